@@ -1,0 +1,304 @@
+/*
+ * td_cmd_replay.c - `touchd replay --rules DIR FILE.jsonl`: the engine
+ * offline. Events in (JSON lines, `-` for stdin), recommendations out as JSON
+ * lines on stdout, state in memory, and a clock that follows the events
+ * (now = the latest occurred_at seen, so it never goes backwards).
+ *
+ * A bad line is reported on stderr with its line number and the decoder's
+ * reason, and skipped. At the end a per-rule summary goes to stderr: how many
+ * times each rule fired, was blocked (and by which guards), lost in its group,
+ * was in cooldown, failed; plus the pipeline figure from the playbook (share
+ * of prospects that reached proposal and were then lost: above 30% means
+ * attention is not maintained between proposal and signature).
+ *
+ * @locality main thread.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td_cli.h"
+#include "td_engine.h"
+#include "td_event.h"
+#include "td_time.h"
+
+/* One prospect of the replay: its state and what the summary needs. */
+typedef struct pslot {
+    td_state *st;
+    bool reached_proposal;
+} pslot;
+
+/* Open addressing on td_hash64(prospect_id). */
+typedef struct pmap {
+    pslot *v;
+    size_t cap, n;
+} pmap;
+
+static pslot *pmap_get(pmap *m, const char *id) {
+    if ((m->n + 1) * 2 > m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 1024;
+        pslot *v = calloc(cap, sizeof *v);
+        if (!v) return NULL;
+        for (size_t i = 0; i < m->cap; i++) {
+            if (!m->v[i].st) continue;
+            size_t h = td_hash64(m->v[i].st->prospect_id, strlen(m->v[i].st->prospect_id),
+                                 TD_HASH_SEED) & (cap - 1);
+            while (v[h].st) h = (h + 1) & (cap - 1);
+            v[h] = m->v[i];
+        }
+        free(m->v);
+        m->v = v;
+        m->cap = cap;
+    }
+    size_t h = td_hash64(id, strlen(id), TD_HASH_SEED) & (m->cap - 1);
+    while (m->v[h].st) {
+        if (strcmp(m->v[h].st->prospect_id, id) == 0) return &m->v[h];
+        h = (h + 1) & (m->cap - 1);
+    }
+    td_state *st = malloc(sizeof *st);
+    if (!st) return NULL;
+    td_state_init(st, id);
+    m->v[h].st = st;
+    m->v[h].reached_proposal = false;
+    m->n++;
+    return &m->v[h];
+}
+
+static void pmap_free(pmap *m) {
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!m->v[i].st) continue;
+        td_state_free(m->v[i].st);
+        free(m->v[i].st);
+    }
+    free(m->v);
+}
+
+typedef struct rule_stats {
+    uint64_t outcome[TD_OUT_ERROR + 1];
+} rule_stats;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: touchd replay --rules DIR [--rules DIR...] [options] FILE.jsonl|-\n"
+            "\n"
+            "Runs events (one JSON object per line; - reads stdin) through the rules with\n"
+            "in-memory state. Recommendations are printed on stdout as JSON lines (the\n"
+            "output topic's format); the clock follows the events' occurred_at.\n"
+            "\n"
+            "  -r, --rules PATH   rules file or directory (repeatable; required)\n"
+            "  -b, --brief        print one tab-separated line per recommendation instead:\n"
+            "                     prospect_id rule channel touch not_before trigger\n"
+            "  -q, --quiet        no summary on stderr\n"
+            "  -h, --help         this help\n"
+            "\n"
+            "Exit status: 0 all lines applied, 1 the rules do not compile, 2 usage error,\n"
+            "3 some lines were rejected (reported on stderr, the rest was applied).\n");
+}
+
+static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_trigger *trig) {
+    char nb[TD_TIME_BUF];
+    td_time_format(r->not_before, nb, sizeof nb);
+    return fprintf(out, "%s\t%s\t%s\t%s\t%s\t%s\n", st->prospect_id, r->rule->id,
+                   td_channel_name(r->channel), r->touch, nb,
+                   trig->kind == TD_TRIG_EVENT ? trig->ev->id : "timer");
+}
+
+int td_cmd_replay(int argc, char **argv) {
+    static const struct option opts[] = {{"rules", required_argument, NULL, 'r'},
+                                         {"brief", no_argument, NULL, 'b'},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *rules[64];
+    size_t nrules = 0;
+    bool brief = false, quiet = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:bqh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            if (nrules == 64) {
+                fprintf(stderr, "touchd replay: at most 64 --rules paths\n");
+                return TD_EXIT_USAGE;
+            }
+            rules[nrules++] = optarg;
+            break;
+        case 'b': brief = true; break;
+        case 'q': quiet = true; break;
+        case 'h': usage(stdout); return TD_EXIT_OK;
+        default: usage(stderr); return TD_EXIT_USAGE;
+        }
+    }
+    if (nrules == 0) {
+        fprintf(stderr, "touchd replay: --rules DIR is required (e.g. --rules rules/)\n");
+        return TD_EXIT_USAGE;
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "touchd replay: give exactly one input file (or - for stdin)\n");
+        usage(stderr);
+        return TD_EXIT_USAGE;
+    }
+    const char *path = argv[optind];
+    FILE *in = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!in) {
+        fprintf(stderr, "touchd replay: cannot open %s: %s\n", path, strerror(errno));
+        return TD_EXIT_USAGE;
+    }
+    const char *label = in == stdin ? "<stdin>" : path;
+
+    td_diags diags = {0};
+    td_ruleset *rs = td_load_rules(rules, nrules, &diags);
+    td_print_diags(&diags, stderr);
+    td_diags_free(&diags);
+    if (!rs) {
+        if (in != stdin) fclose(in);
+        fprintf(stderr, "touchd replay: the rules do not compile; nothing replayed\n");
+        return TD_EXIT_FAIL;
+    }
+
+    size_t nr = td_ruleset_count(rs);
+    rule_stats *stats = calloc(nr ? nr : 1, sizeof *stats);
+    uint64_t *blocked_by = calloc(nr ? nr : 1, sizeof *blocked_by);
+    td_step_out *out = malloc(sizeof *out);
+    td_tzdb *tz = td_tzdb_new();
+    pmap states = {0};
+    td_buf buf = {0};
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    uint64_t lineno = 0, applied = 0, rejected = 0, duplicates = 0, recs = 0, errors = 0;
+    td_ms now = TD_MS_MISSING;
+    int rc = TD_EXIT_OK;
+    if (!stats || !blocked_by || !out || !tz) {
+        fprintf(stderr, "touchd replay: out of memory\n");
+        rc = TD_EXIT_FATAL;
+        goto done;
+    }
+
+    while ((len = getline(&line, &lcap, in)) != -1) {
+        lineno++;
+        size_t l = (size_t)len;
+        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r')) l--;
+        size_t k = 0;
+        while (k < l && (line[k] == ' ' || line[k] == '\t')) k++;
+        if (k == l) continue; /* blank line */
+        td_event ev;
+        td_event_error err;
+        if (td_event_decode(line, l, &ev, &err) != TD_OK) {
+            rejected++;
+            fprintf(stderr, "%s:%llu: rejected: %s%s%s\n", label, (unsigned long long)lineno,
+                    err.field[0] ? err.field : "", err.field[0] ? ": " : "", err.reason);
+            continue;
+        }
+        if (now == TD_MS_MISSING || ev.occurred_at > now) now = ev.occurred_at;
+        pslot *slot = pmap_get(&states, ev.prospect_id);
+        if (!slot) {
+            fprintf(stderr, "touchd replay: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
+        }
+        if (ev.type == TD_EV_PROSPECT_UPDATED && (ev.has & TD_HAS_STAGE) &&
+            (ev.stage == TD_STAGE_PROPOSAL || ev.stage == TD_STAGE_NEGOTIATION))
+            slot->reached_proposal = true;
+        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
+        if (td_engine_step(rs, slot->st, &trig, now, tz, TD_STEP_OUTCOMES, out) != TD_OK) {
+            fprintf(stderr, "touchd replay: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
+        }
+        if (out->duplicate) {
+            duplicates++;
+            continue;
+        }
+        applied++;
+        errors += out->nerrors;
+        for (uint32_t i = 0; i < out->ndecisions; i++) {
+            const td_decision *d = &out->decisions[i];
+            stats[d->rule->index].outcome[d->outcome]++;
+            if (d->outcome == TD_OUT_BLOCKED && d->by) blocked_by[d->by->index]++;
+            if (d->outcome == TD_OUT_ERROR)
+                fprintf(stderr, "%s:%llu: rule %s: %s\n", label, (unsigned long long)lineno,
+                        d->rule->id, d->error);
+        }
+        for (uint32_t i = 0; i < out->nrecs; i++) {
+            recs++;
+            if (brief) {
+                brief_line(stdout, &out->recs[i], slot->st, &trig);
+            } else {
+                buf.len = 0;
+                if (td_rec_json(&out->recs[i], slot->st, rs, &trig, now, &buf) != TD_OK) {
+                    fprintf(stderr, "touchd replay: out of memory\n");
+                    rc = TD_EXIT_FATAL;
+                    goto done;
+                }
+                fwrite(buf.p, 1, buf.len, stdout);
+                fputc('\n', stdout);
+            }
+        }
+    }
+    if (ferror(in)) {
+        fprintf(stderr, "touchd replay: read error on %s: %s\n", label, strerror(errno));
+        rc = TD_EXIT_FATAL;
+        goto done;
+    }
+    if (fflush(stdout) != 0) {
+        fprintf(stderr, "touchd replay: write error: %s\n", strerror(errno));
+        rc = TD_EXIT_FATAL;
+        goto done;
+    }
+    if (rejected) rc = TD_EXIT_REJECTED;
+
+    if (!quiet) {
+        fprintf(stderr,
+                "replay: %llu lines, %llu events applied, %llu rejected, %llu duplicates, %zu "
+                "prospects, %llu recommendations, %llu rule errors; ruleset %s\n",
+                (unsigned long long)lineno, (unsigned long long)applied,
+                (unsigned long long)rejected, (unsigned long long)duplicates, states.n,
+                (unsigned long long)recs, (unsigned long long)errors, td_ruleset_hash(rs));
+        fprintf(stderr, "%-40s %7s %7s %7s %8s %7s %7s\n", "rule", "fired", "blocked", "lost",
+                "cooldown", "armed", "errors");
+        for (size_t i = 0; i < nr; i++) {
+            const td_rule *r = td_ruleset_rule(rs, i);
+            if (r->guard)
+                fprintf(stderr, "%-40s %7s %7llu %7s %8s %7s %7llu   (guard: blocks)\n", r->id,
+                        "-", (unsigned long long)blocked_by[i], "-", "-", "-",
+                        (unsigned long long)stats[i].outcome[TD_OUT_ERROR]);
+            else
+                fprintf(stderr, "%-40s %7llu %7llu %7llu %8llu %7llu %7llu\n", r->id,
+                        (unsigned long long)stats[i].outcome[TD_OUT_FIRED],
+                        (unsigned long long)stats[i].outcome[TD_OUT_BLOCKED],
+                        (unsigned long long)stats[i].outcome[TD_OUT_LOST_GROUP],
+                        (unsigned long long)stats[i].outcome[TD_OUT_COOLDOWN],
+                        (unsigned long long)stats[i].outcome[TD_OUT_ARMED],
+                        (unsigned long long)stats[i].outcome[TD_OUT_ERROR]);
+        }
+        uint64_t reached = 0, won = 0, lost = 0;
+        for (size_t i = 0; i < states.cap; i++) {
+            if (!states.v[i].st || !states.v[i].reached_proposal) continue;
+            reached++;
+            won += states.v[i].st->stage == TD_STAGE_WON;
+            lost += states.v[i].st->stage == TD_STAGE_LOST;
+        }
+        if (reached)
+            fprintf(stderr,
+                    "pipeline: %llu prospects reached proposal: %llu won, %llu lost (%.0f%% lost; "
+                    "above 30%% means attention is not maintained between proposal and "
+                    "signature)\n",
+                    (unsigned long long)reached, (unsigned long long)won,
+                    (unsigned long long)lost, 100.0 * (double)lost / (double)reached);
+    }
+
+done:
+    free(line);
+    td_buf_free(&buf);
+    pmap_free(&states);
+    td_tzdb_free(tz);
+    free(out);
+    free(stats);
+    free(blocked_by);
+    td_ruleset_free(rs);
+    if (in != stdin) fclose(in);
+    return rc;
+}

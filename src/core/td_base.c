@@ -1,0 +1,81 @@
+/*
+ * td_base.c - the small helpers every core module shares: channel and type
+ * names, a bounded string copy and the FNV-1a hash.
+ *
+ * Owns nothing: every table here is constant, every function is pure.
+ *
+ * @locality any thread.
+ */
+#include "td_base.h"
+
+#include <string.h>
+
+/* Indexed by td_channel; the names are the wire names of DESIGN.md. */
+static const char *const channel_names[TD_CH__COUNT] = {
+    [TD_CH_EMAIL] = "email",     [TD_CH_WHATSAPP] = "whatsapp", [TD_CH_SMS] = "sms",
+    [TD_CH_LINKEDIN] = "linkedin", [TD_CH_CALL] = "call",       [TD_CH_MEETING] = "meeting",
+    [TD_CH_GIFT] = "gift",
+};
+
+const char *td_channel_name(td_channel ch)
+{
+    if ((int)ch < 0 || ch >= TD_CH__COUNT)
+        return NULL;
+    return channel_names[ch];
+}
+
+td_channel td_channel_parse(const char *s, size_t len)
+{
+    if (s == NULL)
+        return TD_CH_NONE;
+    for (int i = 0; i < TD_CH__COUNT; i++) {
+        const char *n = channel_names[i];
+        /* Names are short and few: a length check first makes this a
+         * handful of compares, cheaper than hashing. */
+        if (strlen(n) == len && memcmp(n, s, len) == 0)
+            return (td_channel)i;
+    }
+    return TD_CH_NONE;
+}
+
+bool td_strlcpy(char *dst, const char *src, size_t cap)
+{
+    if (cap == 0)
+        return false;
+    if (src == NULL) {
+        dst[0] = '\0';
+        return true;
+    }
+    size_t n = strnlen(src, cap);
+    if (n < cap) {
+        memcpy(dst, src, n + 1);
+        return true;
+    }
+    memcpy(dst, src, cap - 1);
+    dst[cap - 1] = '\0';
+    return false;
+}
+
+uint64_t td_hash64(const void *data, size_t len, uint64_t seed)
+{
+    const unsigned char *p = data;
+    uint64_t h = seed;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL; /* the 64-bit FNV prime */
+    }
+    return h;
+}
+
+static const char *const type_names[TD_T__COUNT] = {
+    [TD_T_NONE] = "none", [TD_T_BOOL] = "bool", [TD_T_INT] = "int",       [TD_T_DEC] = "decimal",
+    [TD_T_STR] = "string", [TD_T_TIME] = "time", [TD_T_DUR] = "duration",
+};
+
+const char *td_type_name(td_type t)
+{
+    /* Never NULL: callers put it straight into diagnostics. */
+    if ((int)t < 0 || t >= TD_T__COUNT)
+        return "unknown";
+    return type_names[t];
+}

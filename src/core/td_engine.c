@@ -1,0 +1,484 @@
+/*
+ * td_engine.c - the engine step (see td_engine.h for the algorithm) and the
+ * recommendation's JSON form.
+ *
+ * The step allocates nothing on its hot path: candidates live on the stack
+ * (bounded by TD_STEP_RECS_MAX), explanations are written into the caller's
+ * td_step_out, and only the state's fired/timer tables may grow. Explanations
+ * (`because`) are computed only for the recommendations that are published,
+ * or for every rule considered when the caller asks (TD_STEP_EXPLAIN), by
+ * evaluating each top-level conjunct of `when` with fact recording on.
+ *
+ * Recommendation ids are "r-" + the first 128 bits of
+ * sha256(trigger id "\x1f" rule id), so a replay of the same input, a retry
+ * after a crash, or another instance yields the same id.
+ *
+ * @locality any thread; no globals.
+ */
+#include "td_engine.h"
+
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td_time.h"
+
+const char *td_outcome_name(td_outcome o) {
+    switch (o) {
+    case TD_OUT_FIRED: return "fired";
+    case TD_OUT_NOT_MATCHED: return "not_matched";
+    case TD_OUT_COOLDOWN: return "cooldown";
+    case TD_OUT_BLOCKED: return "blocked";
+    case TD_OUT_LOST_GROUP: return "lost_group";
+    case TD_OUT_ARMED: return "armed";
+    case TD_OUT_ERROR: return "error";
+    }
+    return "?";
+}
+
+/* A rule that matched and waits for guards and group resolution. */
+typedef struct cand {
+    const td_rule *rule;
+    td_ms not_before;
+    const td_rule *blocked_by;
+    bool lost;
+    const td_rule *winner;
+} cand;
+
+static td_decision *decision(td_step_out *out, unsigned flags, const td_rule *r, td_outcome o) {
+    if (!(flags & (TD_STEP_EXPLAIN | TD_STEP_OUTCOMES)) ||
+        out->ndecisions >= TD_STEP_DECISIONS_MAX)
+        return NULL;
+    td_decision *d = &out->decisions[out->ndecisions++];
+    d->rule = r;
+    d->outcome = o;
+    d->by = NULL;
+    d->until = TD_MS_MISSING;
+    d->error[0] = '\0';
+    d->nbecause = 0;
+    return d;
+}
+
+/* Fills because[] with each conjunct of `when`, its value and the facts read. */
+static uint32_t explain(const td_rule *r, const td_ctx *base, td_because *because) {
+    if (!r->when) return 0;
+    size_t n = td_expr_conjuncts(r->when);
+    if (n > TD_BECAUSE_MAX) n = TD_BECAUSE_MAX;
+    for (size_t i = 0; i < n; i++) {
+        td_because *b = &because[i];
+        size_t len = 0;
+        b->expr = td_expr_conjunct_source(r->when, i, &len);
+        b->len = (uint32_t)len;
+        b->facts.n = 0;
+        td_ctx ctx = *base;
+        ctx.facts = &b->facts;
+        char err[96];
+        if (td_expr_eval_conjunct(r->when, i, &ctx, &b->value, err, sizeof err) != TD_OK) {
+            b->value.type = TD_T_BOOL;
+            b->value.missing = true;
+        }
+    }
+    return (uint32_t)n;
+}
+
+static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    char buf[TD_ID_MAX + 96 + TD_RULE_ID_MAX + 2];
+    size_t tl = strlen(trigger_id), rl = strlen(rule_id);
+    memcpy(buf, trigger_id, tl);
+    buf[tl] = '\x1f';
+    memcpy(buf + tl + 1, rule_id, rl);
+    EVP_Digest(buf, tl + 1 + rl, md, &mdlen, EVP_sha256(), NULL);
+    static const char hex[] = "0123456789abcdef";
+    out[0] = 'r';
+    out[1] = '-';
+    for (unsigned i = 0; i < 16; i++) {
+        unsigned char c = i < mdlen ? md[i] : 0;
+        out[2 + 2 * i] = hex[c >> 4];
+        out[3 + 2 * i] = hex[c & 15];
+    }
+    out[TD_REC_ID_LEN] = '\0';
+}
+
+/* Evaluates a rule's `when` and cooldown; on a match computes not_before and
+ * appends a candidate. */
+static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_step_out *out,
+                     cand *cands, uint32_t *ncands) {
+    td_value v;
+    char err[160];
+    if (r->when) {
+        if (td_expr_eval(r->when, ctx, &v, err, sizeof err) != TD_OK) {
+            out->nerrors++;
+            td_decision *d = decision(out, flags, r, TD_OUT_ERROR);
+            if (d) snprintf(d->error, sizeof d->error, "when: %s", err);
+            return;
+        }
+        if (v.missing || !v.u.b) {
+            td_decision *d = decision(out, flags, r, TD_OUT_NOT_MATCHED);
+            if (d) d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(r, ctx, d->because) : 0;
+            return;
+        }
+    }
+    if (r->cooldown > 0) {
+        td_ms last = td_state_fired_at(ctx->st, r->id);
+        if (last != TD_MS_MISSING && ctx->now - last < r->cooldown) {
+            td_decision *d = decision(out, flags, r, TD_OUT_COOLDOWN);
+            if (d) {
+                d->until = last + r->cooldown;
+                d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(r, ctx, d->because) : 0;
+            }
+            return;
+        }
+    }
+    td_ms nb = ctx->now;
+    if (r->at) {
+        if (td_expr_eval(r->at, ctx, &v, err, sizeof err) != TD_OK) {
+            out->nerrors++;
+            td_decision *d = decision(out, flags, r, TD_OUT_ERROR);
+            if (d) snprintf(d->error, sizeof d->error, "at: %s", err);
+            return;
+        }
+        if (!v.missing && v.u.t > nb) nb = v.u.t;
+    }
+    if (*ncands >= TD_STEP_RECS_MAX) {
+        out->nerrors++;
+        td_decision *d = decision(out, flags, r, TD_OUT_ERROR);
+        if (d)
+            snprintf(d->error, sizeof d->error, "more than %d rules matched one trigger",
+                     TD_STEP_RECS_MAX);
+        return;
+    }
+    cand *c = &cands[(*ncands)++];
+    c->rule = r;
+    c->not_before = nb;
+    c->blocked_by = NULL;
+    c->lost = false;
+    c->winner = NULL;
+}
+
+static bool same_group(const td_rule *a, const td_rule *b) {
+    if (a == b) return true;
+    if (!a->group || !b->group) return false;
+    return strcmp(a->group, b->group) == 0;
+}
+
+/* Guards, groups, recommendations: steps 5 to 7. */
+static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigned flags,
+                    td_step_out *out, cand *cands, uint32_t ncands) {
+    size_t ng;
+    const td_rule *const *guards = td_ruleset_guards(rs, &ng);
+    char err[160];
+    for (uint32_t i = 0; i < ncands; i++) {
+        cand *c = &cands[i];
+        td_rec_view view = {.channel = c->rule->channel,
+                            .touch = c->rule->touch,
+                            .rule = c->rule->id,
+                            .group = c->rule->group ? c->rule->group : "",
+                            .priority = c->rule->priority,
+                            .not_before = c->not_before};
+        td_ctx gctx = *ctx;
+        gctx.rec = &view;
+        for (size_t g = 0; g < ng && !c->blocked_by; g++) {
+            const td_rule *gr = guards[g];
+            if (!td_rule_guards_trigger(gr, trigger_type)) continue;
+            td_value v;
+            if (gr->when) {
+                if (td_expr_eval(gr->when, &gctx, &v, err, sizeof err) != TD_OK) {
+                    out->nerrors++;
+                    td_decision *d = decision(out, flags, gr, TD_OUT_ERROR);
+                    if (d) snprintf(d->error, sizeof d->error, "when: %s", err);
+                    continue;
+                }
+                if (v.missing || !v.u.b) continue;
+            }
+            if (td_expr_eval(gr->block, &gctx, &v, err, sizeof err) != TD_OK) {
+                /* a guard that cannot decide blocks: failing safe is the point of a guard */
+                out->nerrors++;
+                c->blocked_by = gr;
+                td_decision *d = decision(out, flags, gr, TD_OUT_ERROR);
+                if (d) snprintf(d->error, sizeof d->error, "block: %s (blocked to be safe)", err);
+                continue;
+            }
+            if (!v.missing && v.u.b) c->blocked_by = gr;
+        }
+        if (c->blocked_by) out->nblocked++;
+    }
+    /* group resolution among unblocked candidates */
+    for (uint32_t i = 0; i < ncands; i++) {
+        cand *c = &cands[i];
+        if (c->blocked_by) continue;
+        for (uint32_t j = 0; j < ncands; j++) {
+            cand *o = &cands[j];
+            if (j == i || o->blocked_by || !same_group(c->rule, o->rule)) continue;
+            bool o_wins = o->rule->priority > c->rule->priority ||
+                          (o->rule->priority == c->rule->priority && o->rule->index < c->rule->index);
+            if (o_wins) {
+                c->lost = true;
+                if (!c->winner || o->rule->priority > c->winner->priority ||
+                    (o->rule->priority == c->winner->priority && o->rule->index < c->winner->index))
+                    c->winner = o->rule;
+            }
+        }
+    }
+    for (uint32_t i = 0; i < ncands; i++) {
+        cand *c = &cands[i];
+        if (c->blocked_by) {
+            td_decision *d = decision(out, flags, c->rule, TD_OUT_BLOCKED);
+            if (d) {
+                d->by = c->blocked_by;
+                d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(c->rule, ctx, d->because) : 0;
+            }
+            continue;
+        }
+        if (c->lost) {
+            td_decision *d = decision(out, flags, c->rule, TD_OUT_LOST_GROUP);
+            if (d) {
+                d->by = c->winner;
+                d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(c->rule, ctx, d->because) : 0;
+            }
+            continue;
+        }
+        td_rec *r = &out->recs[out->nrecs++];
+        rec_id(out->trigger_id, c->rule->id, r->id);
+        r->rule = c->rule;
+        r->channel = c->rule->channel;
+        r->touch = c->rule->touch;
+        r->note = c->rule->note;
+        r->not_before = c->not_before;
+        r->priority = c->rule->priority;
+        r->nbecause = explain(c->rule, ctx, r->because);
+        td_decision *d = decision(out, flags, c->rule, TD_OUT_FIRED);
+        if (d) {
+            d->nbecause = r->nbecause;
+            memcpy(d->because, r->because, r->nbecause * sizeof(td_because));
+        }
+    }
+}
+
+int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                   td_tzdb *tz, unsigned flags, td_step_out *out) {
+    out->duplicate = false;
+    out->stale = false;
+    out->nrecs = 0;
+    out->narms = 0;
+    out->ndecisions = 0;
+    out->nblocked = 0;
+    out->nerrors = 0;
+    out->trigger_id[0] = '\0';
+
+    td_ctx ctx = {.st = st, .ev = NULL, .now = now, .rec = NULL, .tz = tz,
+                  .settings = td_ruleset_settings(rs), .facts = NULL};
+    cand cands[TD_STEP_RECS_MAX];
+    uint32_t ncands = 0;
+
+    if (trig->kind == TD_TRIG_EVENT) {
+        const td_event *ev = trig->ev;
+        td_strlcpy(out->trigger_id, ev->id, sizeof out->trigger_id);
+        if (td_state_seen(st, ev->id)) {
+            out->duplicate = true;
+            return TD_OK;
+        }
+        if (!st->prospect_id[0]) td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
+        if (td_state_apply(st, ev, tz, ctx.settings) != TD_OK) return TD_ERR;
+        td_state_remember(st, ev->id);
+        ctx.ev = ev;
+
+        size_t n;
+        const td_rule *const *rules = td_ruleset_for_event(rs, ev->type, &n);
+        for (size_t i = 0; i < n; i++) {
+            const td_rule *r = rules[i];
+            if (r->after > 0) {
+                td_ms due = ev->occurred_at + r->after;
+                if (td_state_arm_timer(st, r->id, due, ev->id) != TD_OK) return TD_ERR;
+                if (out->narms < TD_STEP_RECS_MAX) {
+                    out->arms[out->narms].rule = r;
+                    out->arms[out->narms].due_at = due;
+                    out->narms++;
+                }
+                td_decision *d = decision(out, flags, r, TD_OUT_ARMED);
+                if (d) d->until = due;
+                continue;
+            }
+            consider(r, &ctx, flags, out, cands, &ncands);
+        }
+        resolve(rs, &ctx, (int)ev->type, flags, out, cands, ncands);
+    } else {
+        const td_rule *r = trig->rule ? td_ruleset_find(rs, trig->rule) : NULL;
+        const td_timer *t = trig->rule ? td_state_timer(st, trig->rule) : NULL;
+        snprintf(out->trigger_id, sizeof out->trigger_id, "timer:%s:%s:%lld",
+                 trig->rule ? trig->rule : "", trig->armed_by ? trig->armed_by : "",
+                 (long long)trig->due_at);
+        if (!t || t->due_at != trig->due_at || !trig->armed_by ||
+            strcmp(t->armed_by, trig->armed_by) != 0) {
+            out->stale = true;
+            return TD_OK;
+        }
+        td_state_disarm_timer(st, trig->rule);
+        if (!r || r->guard || r->after <= 0) {
+            /* the rule was removed or changed since the timer was armed */
+            out->stale = true;
+            return TD_OK;
+        }
+        consider(r, &ctx, flags, out, cands, &ncands);
+        resolve(rs, &ctx, -1, flags, out, cands, ncands);
+    }
+    for (uint32_t i = 0; i < out->nrecs; i++)
+        if (td_state_set_fired(st, out->recs[i].rule->id, now) != TD_OK) return TD_ERR;
+    return TD_OK;
+}
+
+/* ---- td_buf ---- */
+
+int td_buf_reserve(td_buf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap) return TD_OK;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) return TD_ERR;
+    b->p = p;
+    b->cap = cap;
+    return TD_OK;
+}
+
+int td_buf_append(td_buf *b, const char *s, size_t n) {
+    if (td_buf_reserve(b, n) != TD_OK) return TD_ERR;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return TD_OK;
+}
+
+int td_buf_printf(td_buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char tmp[256];
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return TD_ERR;
+    if ((size_t)n < sizeof tmp) return td_buf_append(b, tmp, (size_t)n);
+    if (td_buf_reserve(b, (size_t)n) != TD_OK) return TD_ERR;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return TD_OK;
+}
+
+int td_buf_json_str(td_buf *b, const char *s, size_t n) {
+    if (td_buf_reserve(b, n + 2) != TD_OK) return TD_ERR;
+    b->p[b->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = NULL;
+        char u[8];
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                snprintf(u, sizeof u, "\\u%04x", c);
+                esc = u;
+            }
+        }
+        if (esc) {
+            if (td_buf_append(b, esc, strlen(esc)) != TD_OK) return TD_ERR;
+        } else {
+            if (td_buf_reserve(b, 2) != TD_OK) return TD_ERR;
+            b->p[b->len++] = (char)c;
+        }
+    }
+    if (td_buf_reserve(b, 1) != TD_OK) return TD_ERR;
+    b->p[b->len++] = '"';
+    b->p[b->len] = '\0';
+    return TD_OK;
+}
+
+void td_buf_free(td_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- recommendation JSON ---- */
+
+static int put_key(td_buf *b, const char *k, bool first) {
+    if (!first && td_buf_append(b, ",", 1) != TD_OK) return TD_ERR;
+    if (td_buf_json_str(b, k, strlen(k)) != TD_OK) return TD_ERR;
+    return td_buf_append(b, ":", 1);
+}
+
+static int put_str(td_buf *b, const char *k, const char *v) {
+    if (put_key(b, k, false) != TD_OK) return TD_ERR;
+    return td_buf_json_str(b, v, strlen(v));
+}
+
+static int put_time(td_buf *b, const char *k, td_ms t) {
+    char tb[TD_TIME_BUF];
+    td_time_format(t, tb, sizeof tb);
+    return put_str(b, k, tb);
+}
+
+int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
+                const td_trigger *trig, td_ms generated_at, td_buf *b) {
+    int rc = TD_OK;
+    rc |= td_buf_append(b, "{", 1);
+    rc |= put_key(b, "id", true);
+    rc |= td_buf_json_str(b, r->id, strlen(r->id));
+    rc |= put_str(b, "prospect_id", st->prospect_id);
+    if (st->owner_id[0]) rc |= put_str(b, "owner_id", st->owner_id);
+    rc |= put_str(b, "rule", r->rule->id);
+    rc |= put_str(b, "channel", td_channel_name(r->channel));
+    rc |= put_str(b, "touch", r->touch);
+    rc |= put_time(b, "not_before", r->not_before);
+    rc |= put_key(b, "priority", false);
+    rc |= td_buf_printf(b, "%lld", (long long)r->priority);
+    if (r->note) rc |= put_str(b, "note", r->note);
+    rc |= put_key(b, "trigger", false);
+    rc |= td_buf_append(b, "{", 1);
+    if (trig->kind == TD_TRIG_EVENT) {
+        rc |= put_key(b, "type", true);
+        const char *tn = td_event_type_name(trig->ev->type);
+        rc |= td_buf_json_str(b, tn, strlen(tn));
+        rc |= put_str(b, "event_id", trig->ev->id);
+    } else {
+        rc |= put_key(b, "type", true);
+        rc |= td_buf_json_str(b, "timer", 5);
+        rc |= put_str(b, "rule", trig->rule);
+        rc |= put_str(b, "armed_by", trig->armed_by);
+        rc |= put_time(b, "due_at", trig->due_at);
+    }
+    rc |= td_buf_append(b, "}", 1);
+    rc |= put_key(b, "because", false);
+    rc |= td_buf_append(b, "[", 1);
+    for (uint32_t i = 0; i < r->nbecause; i++) {
+        const td_because *bc = &r->because[i];
+        char vb[256];
+        if (i) rc |= td_buf_append(b, ",", 1);
+        rc |= td_buf_append(b, "{", 1);
+        rc |= put_key(b, "expr", true);
+        rc |= td_buf_json_str(b, bc->expr, bc->len);
+        rc |= put_key(b, "value", false);
+        size_t vl = td_value_json(&bc->value, vb, sizeof vb);
+        rc |= td_buf_append(b, vb, vl);
+        rc |= put_key(b, "facts", false);
+        rc |= td_buf_append(b, "{", 1);
+        for (uint32_t f = 0; f < bc->facts.n; f++) {
+            const td_fact *fa = &bc->facts.v[f];
+            rc |= put_key(b, fa->field->name, f == 0);
+            vl = td_value_json(&fa->value, vb, sizeof vb);
+            rc |= td_buf_append(b, vb, vl);
+        }
+        rc |= td_buf_append(b, "}}", 2);
+    }
+    rc |= td_buf_append(b, "]", 1);
+    rc |= put_str(b, "ruleset", td_ruleset_hash(rs));
+    rc |= put_time(b, "generated_at", generated_at);
+    rc |= td_buf_append(b, "}", 1);
+    return rc == TD_OK ? TD_OK : TD_ERR;
+}

@@ -1,0 +1,148 @@
+/*
+ * td_engine.h - the engine step, the functional core of touchd:
+ *
+ *   (ruleset, state, trigger, now) -> (new state, recommendations, timers)
+ *
+ * Pure and deterministic: no clock reads (now is a parameter), no I/O, no
+ * globals. The state is changed in place (the caller keeps a copy when it
+ * needs the old one). The same step serves the daemon, replay, test and
+ * explain.
+ *
+ * One step, for an event trigger:
+ *   1. an event id already in the prospect's dedup ring is a duplicate:
+ *      nothing changes (out->duplicate);
+ *   2. the event is applied to the state (td_state_apply) and remembered;
+ *   3. timer rules triggered by the type are armed (or re-armed);
+ *   4. other triggered rules are evaluated: `when`, then cooldown;
+ *   5. guards judge each candidate; a blocked candidate is not published;
+ *   6. per group, the unblocked candidate with the highest priority wins
+ *      (ties: ruleset order); losers are recorded as such;
+ *   7. winners become recommendations with deterministic ids, and their
+ *      rule's last-fired time is set (cooldowns).
+ * For a timer trigger, step 1-3 are replaced by: the pending timer must match
+ * (rule, due_at, armed_by), else the trigger is stale and ignored; it is
+ * disarmed and its rule alone is evaluated as in 4-7.
+ *
+ * @locality any thread; a td_step_out is used by one thread at a time.
+ */
+#ifndef TD_ENGINE_H
+#define TD_ENGINE_H
+
+#include "td_base.h"
+#include "td_event.h"
+#include "td_expr.h"
+#include "td_rules.h"
+#include "td_state.h"
+
+typedef enum td_trigger_kind { TD_TRIG_EVENT = 0, TD_TRIG_TIMER = 1 } td_trigger_kind;
+
+typedef struct td_trigger {
+    td_trigger_kind kind;
+    const td_event *ev;   /* TD_TRIG_EVENT */
+    /* TD_TRIG_TIMER */
+    const char *rule;
+    td_ms due_at;
+    const char *armed_by;
+} td_trigger;
+
+typedef enum td_outcome {
+    TD_OUT_FIRED = 0,    /* published */
+    TD_OUT_NOT_MATCHED,  /* `when` was false */
+    TD_OUT_COOLDOWN,     /* matched, but fired less than `cooldown` ago (until) */
+    TD_OUT_BLOCKED,      /* matched, blocked by guard `by` */
+    TD_OUT_LOST_GROUP,   /* matched, another rule `by` of its group won */
+    TD_OUT_ARMED,        /* timer rule: timer (re)armed, due at `until` */
+    TD_OUT_ERROR         /* evaluation failed: `error` */
+} td_outcome;
+const char *td_outcome_name(td_outcome o); /* "fired", "not_matched", ... */
+
+/* One condition of the explanation: a top-level conjunct of `when`. */
+#define TD_BECAUSE_MAX 8
+typedef struct td_because {
+    const char *expr; /* points into the compiled rule */
+    uint32_t len;
+    td_value value;
+    td_facts facts;
+} td_because;
+
+typedef struct td_decision {
+    const td_rule *rule;
+    td_outcome outcome;
+    const td_rule *by; /* the guard that blocked, or the group's winner */
+    td_ms until;       /* cooldown end, or timer due time */
+    char error[160];
+    td_because because[TD_BECAUSE_MAX];
+    uint32_t nbecause;
+} td_decision;
+
+#define TD_REC_ID_LEN 34 /* "r-" + 32 hex */
+typedef struct td_rec {
+    char id[TD_REC_ID_LEN + 1];
+    const td_rule *rule;
+    td_channel channel;
+    const char *touch; /* from the rule */
+    const char *note;  /* from the rule, may be NULL */
+    td_ms not_before;
+    int64_t priority;
+    td_because because[TD_BECAUSE_MAX];
+    uint32_t nbecause;
+} td_rec;
+
+/* A timer to arm (or re-arm) in durable storage; also recorded in the state. */
+typedef struct td_arm {
+    const td_rule *rule;
+    td_ms due_at;
+} td_arm;
+
+#define TD_STEP_RECS_MAX 32
+#define TD_STEP_DECISIONS_MAX 256
+
+/* Step flags. */
+enum {
+    TD_STEP_EXPLAIN = 1u << 0, /* fill decisions, with explanations, for every rule considered */
+    TD_STEP_OUTCOMES = 1u << 1 /* fill decisions (outcome, by, until) without explanations */
+};
+
+typedef struct td_step_out {
+    bool duplicate; /* event already applied: nothing changed */
+    bool stale;     /* timer trigger no longer pending: nothing changed */
+    td_rec recs[TD_STEP_RECS_MAX];
+    uint32_t nrecs;
+    td_arm arms[TD_STEP_RECS_MAX];
+    uint32_t narms;
+    td_decision decisions[TD_STEP_DECISIONS_MAX]; /* with TD_STEP_EXPLAIN */
+    uint32_t ndecisions;
+    uint32_t nblocked;   /* candidates blocked by guards (always counted) */
+    uint32_t nerrors;    /* rules whose evaluation failed (always counted) */
+    char trigger_id[TD_ID_MAX + 96]; /* event id, or "timer:<rule>:<armed_by>:<due ms>" */
+} td_step_out;
+
+/*
+ * Runs one step. `out` is overwritten. `tz` is a zone cache owned by the
+ * calling thread.
+ * @returns TD_OK, or TD_ERR on out-of-memory (state may be partly updated:
+ * callers discard it and reload).
+ */
+int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                   td_tzdb *tz, unsigned flags, td_step_out *out);
+
+/* A growable byte buffer (for JSON output). */
+typedef struct td_buf {
+    char *p;
+    size_t len, cap;
+} td_buf;
+int td_buf_reserve(td_buf *b, size_t extra);
+int td_buf_append(td_buf *b, const char *s, size_t n);
+int td_buf_printf(td_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int td_buf_json_str(td_buf *b, const char *s, size_t n); /* quoted, escaped */
+void td_buf_free(td_buf *b);
+
+/*
+ * Appends one recommendation as the contract's JSON object (one line, no
+ * trailing newline) to b. generated_at is the caller's clock.
+ * @returns TD_OK or TD_ERR (out of memory).
+ */
+int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
+                const td_trigger *trig, td_ms generated_at, td_buf *b);
+
+#endif

@@ -1,0 +1,99 @@
+/*
+ * td_expr.h - the rules expression language: lexer, parser, type checker,
+ * compiler and evaluator.
+ *
+ * An expression is compiled once, when the ruleset loads, into an immutable
+ * td_expr (fields resolved to schema entries, literals parsed, types fixed);
+ * evaluation walks that compiled form and never re-parses. Type errors are
+ * load-time errors; at run time the only failures are arithmetic ones
+ * (division by zero, overflow), reported as a TD_ERR with a message, never a
+ * crash.
+ *
+ * Language (docs/rules-language.md is the reference):
+ *   literals   true false 42 12.5 "text" 'text' 72h 3d 2w 30m 45s 500ms 1h30m
+ *   names      schema fields (td_state.h) such as email.unanswered, tier,
+ *              touches.7d, event.kind, rec.channel, target.consent; and `now`
+ *   operators  ! unary-  * /  + -  < <= > >=  == !=  in [..]  &&  ||  ??
+ *              (from tightest to loosest; ?? binds tighter than comparison)
+ *   calls      since(t) local_hour(t) weekday(t) month(t) year(t) best_time(t)
+ *              touches_within(d) has(x) min(a,b) max(a,b) abs(x)
+ *   types      bool int decimal string time duration; int mixes with decimal
+ *              (promoted); time - time = duration; time +- duration = time;
+ *              duration * int, duration / int = duration
+ *   missing    a field never set is missing; arithmetic on missing is missing;
+ *              a comparison or `in` with a missing operand is false; in && || !
+ *              a missing bool counts as false; `x ?? y` is y when x is missing.
+ *
+ * @locality compile: the loading thread; eval: any thread (td_expr is
+ * immutable), one td_ctx per thread.
+ */
+#ifndef TD_EXPR_H
+#define TD_EXPR_H
+
+#include "td_base.h"
+#include "td_state.h"
+
+/* A compile diagnostic, positioned by byte offset in the expression source. */
+typedef struct td_expr_diag {
+    uint32_t offset; /* byte offset of the first offending byte */
+    uint32_t length; /* bytes to underline (>= 1) */
+    char code[8];    /* stable code, e.g. "E201"; see docs/diagnostics.md */
+    char msg[200];   /* what is wrong and, when useful, what to do */
+} td_expr_diag;
+
+typedef struct td_expr_diags {
+    td_expr_diag *v;
+    size_t n, cap;
+} td_expr_diags;
+void td_expr_diags_free(td_expr_diags *d); /* frees v; the struct is the caller's */
+
+typedef struct td_expr td_expr;
+
+/*
+ * Compiles `src` (len bytes). `scopes` is a mask of the TD_FIELD_* scopes the
+ * expression may read (TD_FIELD_ANY is always allowed; pass TD_FIELD_EVENT,
+ * and TD_FIELD_GUARD for guards). `want` is the required result type, or
+ * TD_T_NONE for any. Every error found is appended to `diags` (not only the
+ * first).
+ * @returns the compiled expression (caller frees with td_expr_free), or NULL
+ * when there was at least one error.
+ */
+td_expr *td_expr_compile(const char *src, size_t len, int scopes, td_type want,
+                         td_expr_diags *diags);
+void td_expr_free(td_expr *e);
+
+td_type td_expr_type(const td_expr *e);
+/* The source the expression was compiled from (owned by e). */
+const char *td_expr_source(const td_expr *e, size_t *len);
+
+/* Facts read during an evaluation: each schema field once, with its value. */
+#define TD_FACTS_MAX 16
+typedef struct td_fact {
+    const td_field *field;
+    td_value value;
+} td_fact;
+typedef struct td_facts {
+    td_fact v[TD_FACTS_MAX];
+    uint32_t n;
+} td_facts;
+/* Set ctx->facts to a td_facts (n = 0) to have the evaluator record into it. */
+
+/*
+ * Evaluates e. @returns TD_OK with *out, or TD_ERR with a message in err
+ * (division by zero, overflow, unknown zone is NOT an error: UTC is used).
+ */
+int td_expr_eval(const td_expr *e, const td_ctx *ctx, td_value *out, char *err, size_t errcap);
+
+/* Top-level conjuncts ("a && b && c" has three; anything else has one), for
+ * explanations: each one's source span and its own evaluation. */
+size_t td_expr_conjuncts(const td_expr *e);
+const char *td_expr_conjunct_source(const td_expr *e, size_t i, size_t *len);
+int td_expr_eval_conjunct(const td_expr *e, size_t i, const td_ctx *ctx, td_value *out,
+                          char *err, size_t errcap);
+
+/* Formats a value as the JSON the recommendation's `because` uses:
+ * true/false, 12, 12.5, "text", "2026-11-22T10:15:00Z", "72h"; missing is null.
+ * @returns length written (output truncated to cap - 1, always NUL-terminated). */
+size_t td_value_json(const td_value *v, char *buf, size_t cap);
+
+#endif

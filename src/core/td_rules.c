@@ -1,0 +1,980 @@
+/*
+ * td_rules.c - compiles rules files (libconfig text) into an immutable ruleset.
+ *
+ * libconfig parses the structure; this module checks every key of every rule,
+ * compiles the expressions (td_expr), and turns every problem into a td_diag
+ * with file:line:col, the source line and a caret. libconfig reports a
+ * setting's line but not its column, so expression diagnostics are positioned
+ * by re-reading the source: from the setting's line we find its string
+ * literal(s) and map each byte of the decoded string back to the raw source
+ * (escapes and "a" "b" concatenation included). All errors of all files are
+ * collected: compilation never stops at the first one.
+ *
+ * The ruleset hash is sha256 over (name, length, bytes) of every source in the
+ * order given (td_load_rules sorts by name), so the same files always give the
+ * same hash, whatever machine loads them.
+ *
+ * @locality any thread; the result is immutable.
+ */
+#include "td_rules.h"
+
+#include <ctype.h>
+#include <libconfig.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td_time.h"
+
+/* Bit of td_rule.on for guards that also judge timer triggers. */
+#define TD_ON_TIMER (1ULL << 63)
+
+struct td_ruleset {
+    td_rule *rules;
+    size_t n;
+    char **files; /* names, owned */
+    size_t nfiles;
+    td_settings settings;
+    char hash[8 + 64 + 1];
+    /* per event type: triggered non-guard rules in ruleset order */
+    const td_rule **by_type[TD_EV__COUNT];
+    size_t nby_type[TD_EV__COUNT];
+    const td_rule **guards;
+    size_t nguards;
+};
+
+/* ---- diagnostics ---- */
+
+static char *xstrndup(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (!p) return NULL;
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+static char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
+
+/* The text of line `line` (1-based) of src, without its newline. */
+static char *source_line(const char *src, size_t len, int line) {
+    if (!src || line < 1) return NULL;
+    size_t i = 0;
+    for (int l = 1; l < line && i < len; i++)
+        if (src[i] == '\n') l++;
+    if (i > len) return NULL;
+    size_t j = i;
+    while (j < len && src[j] != '\n' && src[j] != '\r') j++;
+    return xstrndup(src + i, j - i);
+}
+
+static void diag_add(td_diags *d, td_severity sev, const char *code, const char *file,
+                     const td_source *src, int line, int col, int caret_len, const char *fmt,
+                     ...) __attribute__((format(printf, 9, 10)));
+
+static void diag_add(td_diags *d, td_severity sev, const char *code, const char *file,
+                     const td_source *src, int line, int col, int caret_len, const char *fmt,
+                     ...) {
+    if (!d) return;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 16;
+        td_diag *v = realloc(d->v, cap * sizeof(*v));
+        if (!v) return; /* out of memory: the diagnostic is lost, the error count is not */
+        d->v = v;
+        d->cap = cap;
+    }
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    td_diag *x = &d->v[d->n++];
+    memset(x, 0, sizeof *x);
+    x->severity = sev;
+    td_strlcpy(x->code, code, sizeof x->code);
+    x->file = xstrdup(file ? file : "<rules>");
+    x->line = line;
+    x->col = col;
+    x->msg = xstrdup(msg);
+    x->source = (src && line > 0) ? source_line(src->text, src->len, line) : NULL;
+    x->caret_len = caret_len > 0 ? caret_len : 1;
+    if (sev == TD_SEV_ERROR)
+        d->errors++;
+    else
+        d->warnings++;
+}
+
+void td_diags_free(td_diags *d) {
+    if (!d) return;
+    for (size_t i = 0; i < d->n; i++) {
+        free(d->v[i].file);
+        free(d->v[i].msg);
+        free(d->v[i].source);
+    }
+    free(d->v);
+    memset(d, 0, sizeof *d);
+}
+
+char *td_diag_format(const td_diag *d) {
+    size_t cap = 256 + strlen(d->file) + strlen(d->msg) +
+                 (d->source ? 2 * strlen(d->source) + (size_t)d->caret_len + 64 : 0);
+    char *out = malloc(cap);
+    if (!out) return NULL;
+    int n;
+    const char *sev = d->severity == TD_SEV_ERROR ? "error" : "warning";
+    if (d->line > 0 && d->col > 0)
+        n = snprintf(out, cap, "%s:%d:%d: %s %s: %s", d->file, d->line, d->col, sev, d->code,
+                     d->msg);
+    else if (d->line > 0)
+        n = snprintf(out, cap, "%s:%d: %s %s: %s", d->file, d->line, sev, d->code, d->msg);
+    else
+        n = snprintf(out, cap, "%s: %s %s: %s", d->file, sev, d->code, d->msg);
+    if (n < 0) n = 0;
+    size_t len = (size_t)n < cap ? (size_t)n : cap - 1;
+    if (d->source && d->line > 0) {
+        char num[16];
+        int w = snprintf(num, sizeof num, "%d", d->line);
+        len += (size_t)snprintf(out + len, cap - len, "\n %s | %s\n %*s | ", num, d->source, w, "");
+        /* the caret line keeps tabs where the source has them, so it aligns */
+        int col = d->col > 0 ? d->col : 1;
+        for (int i = 1; i < col && len + 2 < cap; i++) {
+            char c = (size_t)(i - 1) < strlen(d->source) ? d->source[i - 1] : ' ';
+            out[len++] = c == '\t' ? '\t' : ' ';
+        }
+        for (int i = 0; i < d->caret_len && len + 2 < cap; i++) out[len++] = i == 0 ? '^' : '~';
+        out[len] = '\0';
+    }
+    return out;
+}
+
+/* ---- mapping decoded string offsets back to source positions ---- */
+
+typedef struct strmap {
+    int *line, *col; /* per decoded byte */
+    size_t n;
+    int end_line, end_col; /* position just after the last byte */
+} strmap;
+
+static void strmap_free(strmap *m) {
+    free(m->line);
+    free(m->col);
+    memset(m, 0, sizeof *m);
+}
+
+/* Finds `name` followed by '=' or ':' at or after line `line` and maps the
+ * string literal(s) of its value. Returns false when it cannot be found (the
+ * caller then points at the setting's line). */
+static bool strmap_build(const td_source *src, int line, const char *name, strmap *m) {
+    memset(m, 0, sizeof *m);
+    if (!src || line < 1) return false;
+    const char *s = src->text;
+    size_t len = src->len, i = 0;
+    int l = 1, c = 1;
+    for (; i < len && l < line; i++)
+        if (s[i] == '\n') l++;
+    size_t nlen = strlen(name);
+    /* scan forward (bounded to a few lines) for `name <ws> [=:]` */
+    size_t start = (size_t)-1;
+    int sl = l, sc = 1;
+    for (size_t j = i; j < len && l <= line + 3; j++) {
+        if (s[j] == '\n') {
+            l++;
+            c = 1;
+            continue;
+        }
+        if (j + nlen <= len && memcmp(s + j, name, nlen) == 0 &&
+            (j == 0 || !(isalnum((unsigned char)s[j - 1]) || s[j - 1] == '_'))) {
+            size_t k = j + nlen;
+            while (k < len && (s[k] == ' ' || s[k] == '\t')) k++;
+            if (k < len && (s[k] == '=' || s[k] == ':')) {
+                start = k + 1;
+                sl = l;
+                sc = c + (int)(start - j);
+                break;
+            }
+        }
+        c++;
+    }
+    if (start == (size_t)-1) return false;
+    size_t cap = 64;
+    m->line = malloc(cap * sizeof(int));
+    m->col = malloc(cap * sizeof(int));
+    if (!m->line || !m->col) {
+        strmap_free(m);
+        return false;
+    }
+    l = sl;
+    c = sc;
+    size_t j = start;
+    bool any = false;
+    for (;;) {
+        /* skip white space and comments between literals */
+        while (j < len) {
+            if (s[j] == '\n') {
+                l++;
+                c = 1;
+                j++;
+            } else if (s[j] == ' ' || s[j] == '\t' || s[j] == '\r') {
+                c++;
+                j++;
+            } else if (s[j] == '#' || (s[j] == '/' && j + 1 < len && s[j + 1] == '/')) {
+                while (j < len && s[j] != '\n') j++;
+            } else if (s[j] == '/' && j + 1 < len && s[j + 1] == '*') {
+                j += 2;
+                c += 2;
+                while (j + 1 < len && !(s[j] == '*' && s[j + 1] == '/')) {
+                    if (s[j] == '\n') {
+                        l++;
+                        c = 1;
+                    } else
+                        c++;
+                    j++;
+                }
+                j += 2;
+                c += 2;
+            } else
+                break;
+        }
+        if (j >= len || s[j] != '"') break;
+        any = true;
+        j++;
+        c++;
+        while (j < len && s[j] != '"' && s[j] != '\n') {
+            int bl = l, bc = c;
+            if (s[j] == '\\' && j + 1 < len) {
+                if (s[j + 1] == 'x' && j + 3 < len) {
+                    j += 4;
+                    c += 4;
+                } else {
+                    j += 2;
+                    c += 2;
+                }
+            } else {
+                j++;
+                c++;
+            }
+            if (m->n == cap) {
+                cap *= 2;
+                int *nl = realloc(m->line, cap * sizeof(int));
+                if (!nl) {
+                    strmap_free(m);
+                    return false;
+                }
+                m->line = nl;
+                int *nc = realloc(m->col, cap * sizeof(int));
+                if (!nc) {
+                    strmap_free(m);
+                    return false;
+                }
+                m->col = nc;
+            }
+            m->line[m->n] = bl;
+            m->col[m->n] = bc;
+            m->n++;
+        }
+        m->end_line = l;
+        m->end_col = c;
+        if (j < len && s[j] == '"') {
+            j++;
+            c++;
+        }
+    }
+    if (!any) {
+        strmap_free(m);
+        return false;
+    }
+    return true;
+}
+
+/* ---- compilation context ---- */
+
+typedef struct cctx {
+    const td_source *src;
+    td_diags *diags;
+    td_ruleset *rs;
+    bool settings_seen;
+} cctx;
+
+static int setting_line(const config_setting_t *s) {
+    int l = (int)config_setting_source_line(s);
+    return l > 0 ? l : 0;
+}
+
+static void err_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void err_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    int line = s ? setting_line(s) : 0;
+    int col = 0, caret = 1;
+    /* point at the setting's name when we can find it on its line */
+    const char *name = s ? config_setting_name(s) : NULL;
+    if (name && line > 0) {
+        char *text = source_line(cx->src->text, cx->src->len, line);
+        if (text) {
+            char *p = strstr(text, name);
+            if (p) {
+                col = (int)(p - text) + 1;
+                caret = (int)strlen(name);
+            }
+            free(text);
+        }
+    }
+    diag_add(cx->diags, TD_SEV_ERROR, code, cx->src->name, cx->src, line, col, caret, "%s", msg);
+}
+
+static void warn_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void warn_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    int line = s ? setting_line(s) : 0;
+    diag_add(cx->diags, TD_SEV_WARNING, code, cx->src->name, cx->src, line, 0, 1, "%s", msg);
+}
+
+/* Levenshtein distance, for "did you mean" on keys. */
+static size_t edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    size_t prev[64], cur[64];
+    for (size_t j = 0; j <= lb; j++) prev[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t del = prev[j] + 1, ins = cur[j - 1] + 1,
+                   sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            cur[j] = del < ins ? (del < sub ? del : sub) : (ins < sub ? ins : sub);
+        }
+        memcpy(prev, cur, (lb + 1) * sizeof(size_t));
+    }
+    return prev[lb];
+}
+
+static const char *closest(const char *word, const char *const *cands) {
+    const char *best = NULL;
+    size_t bd = 3;
+    for (size_t i = 0; cands[i]; i++) {
+        size_t d = edit_distance(word, cands[i]);
+        if (d < bd) {
+            bd = d;
+            best = cands[i];
+        }
+    }
+    return best;
+}
+
+static const char *const rule_keys[] = {"id",       "doc",   "on",     "when",      "priority",
+                                        "group",    "after", "cooldown", "recommend", "block",
+                                        "reason",   NULL};
+static const char *const rec_keys[] = {"channel", "touch", "at", "note", NULL};
+static const char *const settings_keys[] = {"default_timezone",      "best_time_min_points",
+                                            "best_time_default_hour", "business_start_hour",
+                                            "business_end_hour",     NULL};
+
+static bool key_known(const char *k, const char *const *keys) {
+    for (size_t i = 0; keys[i]; i++)
+        if (strcmp(k, keys[i]) == 0) return true;
+    return false;
+}
+
+static void check_keys(cctx *cx, const config_setting_t *group, const char *const *keys,
+                       const char *what) {
+    int n = config_setting_length(group);
+    for (int i = 0; i < n; i++) {
+        config_setting_t *m = config_setting_get_elem(group, (unsigned)i);
+        const char *k = config_setting_name(m);
+        if (!k || key_known(k, keys)) continue;
+        const char *sug = closest(k, keys);
+        if (sug)
+            err_at(cx, m, "E105", "unknown key '%s' in %s; did you mean '%s'?", k, what, sug);
+        else
+            err_at(cx, m, "E105", "unknown key '%s' in %s (see docs/rules.md for the keys)", k,
+                   what);
+    }
+}
+
+static const char *get_string(cctx *cx, const config_setting_t *parent, const char *key,
+                              const char *ctxname) {
+    config_setting_t *s = config_setting_get_member(parent, key);
+    if (!s) return NULL;
+    if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+        err_at(cx, s, "E106", "%s.%s must be a string (in double quotes)", ctxname, key);
+        return NULL;
+    }
+    return config_setting_get_string(s);
+}
+
+static bool get_duration(cctx *cx, const config_setting_t *parent, const char *key,
+                         const char *ctxname, td_ms *out) {
+    config_setting_t *s = config_setting_get_member(parent, key);
+    if (!s) return false;
+    if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+        err_at(cx, s, "E109", "%s.%s must be a duration string such as \"72h\", \"3d\", \"30m\"",
+               ctxname, key);
+        return false;
+    }
+    const char *v = config_setting_get_string(s);
+    td_ms d;
+    if (td_duration_parse(v, strlen(v), &d) != TD_OK || d <= 0) {
+        err_at(cx, s, "E109",
+               "%s.%s: '%s' is not a positive duration; write e.g. \"72h\", \"3d\", \"2w\", "
+               "\"30m\", \"1h30m\"",
+               ctxname, key, v);
+        return false;
+    }
+    *out = d;
+    return true;
+}
+
+/* Compiles an expression setting, reporting its diagnostics at their source
+ * positions. */
+static td_expr *compile_expr(cctx *cx, const config_setting_t *parent, const char *key,
+                             int scopes, td_type want, const char *ctxname) {
+    config_setting_t *s = config_setting_get_member(parent, key);
+    if (!s) return NULL;
+    if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+        err_at(cx, s, "E106", "%s.%s must be an expression in a string, e.g. %s = \"...\";",
+               ctxname, key, key);
+        return NULL;
+    }
+    const char *text = config_setting_get_string(s);
+    td_expr_diags ed = {0};
+    td_expr *e = td_expr_compile(text, strlen(text), scopes, want, &ed);
+    if (ed.n > 0) {
+        strmap m;
+        bool mapped = strmap_build(cx->src, setting_line(s), key, &m) && m.n == strlen(text);
+        for (size_t i = 0; i < ed.n; i++) {
+            const td_expr_diag *x = &ed.v[i];
+            int line = setting_line(s), col = 0, caret = (int)(x->length ? x->length : 1);
+            if (mapped) {
+                if (x->offset < m.n) {
+                    line = m.line[x->offset];
+                    col = m.col[x->offset];
+                    /* keep the caret on one line */
+                    size_t last = x->offset + (x->length ? x->length : 1) - 1;
+                    if (last >= m.n || m.line[last] != line) caret = 1;
+                } else {
+                    line = m.end_line;
+                    col = m.end_col;
+                    caret = 1;
+                }
+            }
+            diag_add(cx->diags, TD_SEV_ERROR, x->code, cx->src->name, cx->src, line, col, caret,
+                     "in %s.%s: %s", ctxname, key, x->msg);
+        }
+        if (mapped) strmap_free(&m);
+    }
+    td_expr_diags_free(&ed);
+    if (!e && ed.n == 0)
+        err_at(cx, s, "E207", "%s.%s: the expression could not be compiled", ctxname, key);
+    return e;
+}
+
+static bool valid_rule_id(const char *id) {
+    size_t n = strlen(id);
+    if (n == 0 || n > TD_RULE_ID_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (!(islower(c) || isdigit(c) || c == '.' || c == '_' || c == '-')) return false;
+    }
+    return true;
+}
+
+/* Parses `on`: event types, "<channel>.*", "*", and for guards "timer". */
+static uint64_t parse_on(cctx *cx, const config_setting_t *rule, const char *rid, bool guard,
+                         bool *present) {
+    config_setting_t *s = config_setting_get_member(rule, "on");
+    *present = s != NULL;
+    if (!s) return 0;
+    int t = config_setting_type(s);
+    if (t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) {
+        if (t == CONFIG_TYPE_STRING) {
+            err_at(cx, s, "E106", "rule '%s': on must be a list, e.g. on = [ \"%s\" ];", rid,
+                   config_setting_get_string(s));
+        } else
+            err_at(cx, s, "E106", "rule '%s': on must be a list of event types", rid);
+        return 0;
+    }
+    uint64_t mask = 0;
+    int n = config_setting_length(s);
+    if (n == 0) err_at(cx, s, "E108", "rule '%s': on is empty; list at least one event type", rid);
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+            err_at(cx, s, "E108", "rule '%s': on[%d] must be a string such as \"email.opened\"",
+                   rid, i);
+            continue;
+        }
+        const char *v = config_setting_get_string(e);
+        size_t vl = strlen(v);
+        if (strcmp(v, "*") == 0) {
+            mask |= (1ULL << TD_EV__COUNT) - 1;
+            continue;
+        }
+        if (guard && strcmp(v, "timer") == 0) {
+            mask |= TD_ON_TIMER;
+            continue;
+        }
+        if (vl > 2 && v[vl - 2] == '.' && v[vl - 1] == '*') {
+            td_channel ch = td_channel_parse(v, vl - 2);
+            bool prospect = vl - 2 == 8 && memcmp(v, "prospect", 8) == 0;
+            uint64_t before = mask;
+            for (int ty = 0; ty < TD_EV__COUNT; ty++) {
+                const char *nm = td_event_type_name((td_event_type)ty);
+                if (nm && strncmp(nm, v, vl - 1) == 0) mask |= 1ULL << ty;
+            }
+            if (mask == before || (ch == TD_CH_NONE && !prospect))
+                err_at(cx, s, "E108", "rule '%s': '%s' matches no event type", rid, v);
+            continue;
+        }
+        int ty = td_event_type_parse(v, vl);
+        if (ty < 0) {
+            /* suggest the closest known type */
+            const char *names[TD_EV__COUNT + 1];
+            for (int k = 0; k < TD_EV__COUNT; k++) names[k] = td_event_type_name((td_event_type)k);
+            names[TD_EV__COUNT] = NULL;
+            const char *sug = closest(v, names);
+            if (sug)
+                err_at(cx, s, "E108", "rule '%s': unknown event type '%s'; did you mean '%s'?", rid,
+                       v, sug);
+            else
+                err_at(cx, s, "E108",
+                       "rule '%s': unknown event type '%s' (docs/events.md lists them)", rid, v);
+            continue;
+        }
+        mask |= 1ULL << ty;
+    }
+    return mask;
+}
+
+static void compile_settings(cctx *cx, const config_setting_t *s) {
+    if (cx->settings_seen) {
+        err_at(cx, s, "E111",
+               "settings are given twice in the ruleset; keep one settings block (the other is "
+               "in an earlier file)");
+        return;
+    }
+    cx->settings_seen = true;
+    if (config_setting_type(s) != CONFIG_TYPE_GROUP) {
+        err_at(cx, s, "E111", "settings must be a group: settings = { ... };");
+        return;
+    }
+    check_keys(cx, s, settings_keys, "settings");
+    td_settings *st = &cx->rs->settings;
+    const char *tz = get_string(cx, s, "default_timezone", "settings");
+    if (tz) {
+        td_tzdb *db = td_tzdb_new();
+        if (db && !td_tz_valid(db, tz))
+            err_at(cx, config_setting_get_member(s, "default_timezone"), "E111",
+                   "settings.default_timezone: '%s' is not an IANA time zone (e.g. "
+                   "\"Europe/Paris\", \"UTC\")",
+                   tz);
+        else if (!td_strlcpy(st->default_timezone, tz, sizeof st->default_timezone))
+            err_at(cx, config_setting_get_member(s, "default_timezone"), "E111",
+                   "settings.default_timezone is too long");
+        td_tzdb_free(db);
+    }
+    struct {
+        const char *key;
+        int *dst, lo, hi;
+    } ints[] = {
+        {"best_time_min_points", &st->best_time_min_points, 0, 1000000},
+        {"best_time_default_hour", &st->best_time_default_hour, 0, 23},
+        {"business_start_hour", &st->business_start_hour, 0, 23},
+        {"business_end_hour", &st->business_end_hour, 1, 24},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        config_setting_t *m = config_setting_get_member(s, ints[i].key);
+        if (!m) continue;
+        if (config_setting_type(m) != CONFIG_TYPE_INT) {
+            err_at(cx, m, "E111", "settings.%s must be an integer from %d to %d", ints[i].key,
+                   ints[i].lo, ints[i].hi);
+            continue;
+        }
+        int v = config_setting_get_int(m);
+        if (v < ints[i].lo || v > ints[i].hi) {
+            err_at(cx, m, "E111", "settings.%s must be from %d to %d, not %d", ints[i].key,
+                   ints[i].lo, ints[i].hi, v);
+            continue;
+        }
+        *ints[i].dst = v;
+    }
+    if (st->business_start_hour >= st->business_end_hour)
+        err_at(cx, s, "E111",
+               "settings: business_start_hour (%d) must be before business_end_hour (%d)",
+               st->business_start_hour, st->business_end_hour);
+}
+
+static void rule_free(td_rule *r) {
+    free(r->doc);
+    td_expr_free(r->when);
+    free(r->group);
+    free(r->touch);
+    td_expr_free(r->at);
+    free(r->note);
+    td_expr_free(r->block);
+    free(r->reason);
+}
+
+/* Compiles one rule; returns true when it has no error (it is then kept). */
+static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const char *file) {
+    memset(r, 0, sizeof *r);
+    r->channel = TD_CH_NONE;
+    r->priority = 50;
+    r->file = file;
+    r->line = setting_line(rs);
+    size_t errors_before = cx->diags->errors;
+
+    if (config_setting_type(rs) != CONFIG_TYPE_GROUP) {
+        err_at(cx, rs, "E102", "each element of rules must be a group: { id = \"...\"; ... }");
+        return false;
+    }
+    check_keys(cx, rs, rule_keys, "a rule");
+    const char *id = get_string(cx, rs, "id", "rule");
+    char rid[TD_RULE_ID_MAX + 1] = "?";
+    if (!id) {
+        if (!config_setting_get_member(rs, "id"))
+            err_at(cx, rs, "E103", "a rule has no id; give it one: id = \"topic.what-it-does\";");
+    } else if (!valid_rule_id(id)) {
+        err_at(cx, config_setting_get_member(rs, "id"), "E103",
+               "rule id '%s' must be 1 to %d characters of a-z 0-9 . _ -", id, TD_RULE_ID_MAX);
+    } else {
+        td_strlcpy(r->id, id, sizeof r->id);
+        td_strlcpy(rid, id, sizeof rid);
+    }
+    const char *doc = get_string(cx, rs, "doc", rid);
+    if (doc) r->doc = xstrdup(doc);
+
+    config_setting_t *rec = config_setting_get_member(rs, "recommend");
+    config_setting_t *blk = config_setting_get_member(rs, "block");
+    if (rec && blk)
+        err_at(cx, blk, "E107",
+               "rule '%s' has both recommend and block: a rule recommends, a guard blocks; split "
+               "it in two",
+               rid);
+    else if (!rec && !blk)
+        err_at(cx, rs, "E107",
+               "rule '%s' has neither recommend = { ... } nor block = \"...\" (a guard)", rid);
+    r->guard = blk != NULL && rec == NULL;
+
+    bool has_on;
+    r->on = parse_on(cx, rs, rid, r->guard, &has_on);
+    if (!r->guard && !has_on && rec)
+        err_at(cx, rs, "E113", "rule '%s' has no `on`: list the event types that trigger it", rid);
+
+    config_setting_t *pr = config_setting_get_member(rs, "priority");
+    if (pr) {
+        if (config_setting_type(pr) != CONFIG_TYPE_INT)
+            err_at(cx, pr, "E106", "rule '%s': priority must be an integer from 0 to 1000", rid);
+        else {
+            int v = config_setting_get_int(pr);
+            if (v < 0 || v > 1000)
+                err_at(cx, pr, "E106", "rule '%s': priority must be from 0 to 1000, not %d", rid,
+                       v);
+            r->priority = v;
+        }
+    }
+    const char *grp = get_string(cx, rs, "group", rid);
+    if (grp) {
+        if (!*grp)
+            err_at(cx, config_setting_get_member(rs, "group"), "E106",
+                   "rule '%s': group must not be empty (remove it for a group of its own)", rid);
+        else
+            r->group = xstrdup(grp);
+    }
+    get_duration(cx, rs, "cooldown", rid, &r->cooldown);
+    if (get_duration(cx, rs, "after", rid, &r->after) && r->guard)
+        err_at(cx, config_setting_get_member(rs, "after"), "E112",
+               "rule '%s': a guard cannot have `after` (only recommending rules are timers)", rid);
+
+    int scopes = TD_FIELD_EVENT;
+    if (r->guard) {
+        r->block = compile_expr(cx, rs, "block", TD_FIELD_EVENT | TD_FIELD_GUARD, TD_T_BOOL, rid);
+        const char *reason = get_string(cx, rs, "reason", rid);
+        if (reason) r->reason = xstrdup(reason);
+        if (config_setting_get_member(rs, "when")) scopes |= TD_FIELD_GUARD;
+        if (config_setting_get_member(rs, "cooldown") || config_setting_get_member(rs, "group") ||
+            config_setting_get_member(rs, "priority"))
+            warn_at(cx, rs, "W302",
+                    "guard '%s': cooldown, group and priority have no effect on a guard", rid);
+    }
+    r->when = compile_expr(cx, rs, "when", scopes, TD_T_BOOL, rid);
+
+    if (rec) {
+        if (config_setting_type(rec) != CONFIG_TYPE_GROUP) {
+            err_at(cx, rec, "E110",
+                   "rule '%s': recommend must be a group: recommend = { channel = ...; touch = "
+                   "...; };",
+                   rid);
+        } else {
+            check_keys(cx, rec, rec_keys, "recommend");
+            const char *ch = get_string(cx, rec, "channel", rid);
+            if (!ch)
+                err_at(cx, rec, "E110",
+                       "rule '%s': recommend needs a channel (email, whatsapp, sms, linkedin, "
+                       "call, meeting, gift)",
+                       rid);
+            else {
+                r->channel = td_channel_parse(ch, strlen(ch));
+                if (r->channel == TD_CH_NONE)
+                    err_at(cx, config_setting_get_member(rec, "channel"), "E110",
+                           "rule '%s': unknown channel '%s'; use one of email, whatsapp, sms, "
+                           "linkedin, call, meeting, gift",
+                           rid, ch);
+            }
+            const char *touch = get_string(cx, rec, "touch", rid);
+            if (!touch || !*touch)
+                err_at(cx, rec, "E110", "rule '%s': recommend needs a touch, e.g. touch = "
+                       "\"value_insight\";", rid);
+            else {
+                r->touch = xstrdup(touch);
+                if (!td_touch_known(touch))
+                    warn_at(cx, config_setting_get_member(rec, "touch"), "W301",
+                            "rule '%s': touch '%s' is not in the standard vocabulary "
+                            "(docs/recommendations.md); downstream notifiers may not know it",
+                            rid, touch);
+            }
+            r->at = compile_expr(cx, rec, "at", TD_FIELD_EVENT, TD_T_TIME, rid);
+            const char *note = get_string(cx, rec, "note", rid);
+            if (note) r->note = xstrdup(note);
+        }
+    }
+    return cx->diags->errors == errors_before;
+}
+
+static const td_rule *find_rule(const td_ruleset *rs, size_t upto, const char *id) {
+    for (size_t i = 0; i < upto; i++)
+        if (strcmp(rs->rules[i].id, id) == 0) return &rs->rules[i];
+    return NULL;
+}
+
+static void compile_file(cctx *cx, size_t *cap) {
+    config_t cfg;
+    config_init(&cfg);
+    config_set_auto_convert(&cfg, 0);
+    /* libconfig wants a NUL-terminated string */
+    char *text = xstrndup(cx->src->text, cx->src->len);
+    if (!text) {
+        diag_add(cx->diags, TD_SEV_ERROR, "E101", cx->src->name, NULL, 0, 0, 1, "out of memory");
+        config_destroy(&cfg);
+        return;
+    }
+    if (strstr(text, "@include")) {
+        /* reading other files is the caller's business: a ruleset is its files */
+        const char *p = strstr(text, "@include");
+        int line = 1;
+        for (const char *q = text; q < p; q++)
+            if (*q == '\n') line++;
+        diag_add(cx->diags, TD_SEV_ERROR, "E101", cx->src->name, cx->src, line, 1, 8,
+                 "@include is not supported in rules files: put the file in the rules directory");
+        free(text);
+        config_destroy(&cfg);
+        return;
+    }
+    if (config_read_string(&cfg, text) != CONFIG_TRUE) {
+        int line = config_error_line(&cfg);
+        diag_add(cx->diags, TD_SEV_ERROR, "E101", cx->src->name, cx->src, line, 0, 1,
+                 "syntax error: %s (libconfig syntax: key = value; strings in double quotes, "
+                 "lists in ( ), arrays in [ ], groups in { })",
+                 config_error_text(&cfg));
+        free(text);
+        config_destroy(&cfg);
+        return;
+    }
+    config_setting_t *root = config_root_setting(&cfg);
+    int nroot = config_setting_length(root);
+    for (int i = 0; i < nroot; i++) {
+        config_setting_t *m = config_setting_get_elem(root, (unsigned)i);
+        const char *k = config_setting_name(m);
+        if (strcmp(k, "rules") == 0 || strcmp(k, "settings") == 0) continue;
+        static const char *const top[] = {"rules", "settings", NULL};
+        const char *sug = closest(k, top);
+        err_at(cx, m, "E102", "unknown top-level key '%s'%s%s%s", k, sug ? "; did you mean '" : "",
+               sug ? sug : " (a rules file has `rules = ( ... );` and optionally `settings`)",
+               sug ? "'?" : "");
+    }
+    config_setting_t *settings = config_setting_get_member(root, "settings");
+    if (settings) compile_settings(cx, settings);
+    config_setting_t *rules = config_setting_get_member(root, "rules");
+    if (!rules) {
+        if (!settings)
+            diag_add(cx->diags, TD_SEV_WARNING, "W303", cx->src->name, NULL, 0, 0, 1,
+                     "the file has no rules = ( ... ); it contributes nothing");
+    } else if (config_setting_type(rules) != CONFIG_TYPE_LIST) {
+        err_at(cx, rules, "E102", "rules must be a list: rules = ( { ... }, { ... } );");
+    } else {
+        int n = config_setting_length(rules);
+        const char *fname = cx->rs->files[cx->rs->nfiles - 1];
+        for (int i = 0; i < n; i++) {
+            if (cx->rs->n == *cap) {
+                size_t nc = *cap ? *cap * 2 : 32;
+                td_rule *v = realloc(cx->rs->rules, nc * sizeof(*v));
+                if (!v) {
+                    diag_add(cx->diags, TD_SEV_ERROR, "E101", cx->src->name, NULL, 0, 0, 1,
+                             "out of memory");
+                    break;
+                }
+                cx->rs->rules = v;
+                *cap = nc;
+            }
+            config_setting_t *rs = config_setting_get_elem(rules, (unsigned)i);
+            td_rule *r = &cx->rs->rules[cx->rs->n];
+            bool ok = compile_rule(cx, rs, r, fname);
+            if (r->id[0]) {
+                const td_rule *prev = find_rule(cx->rs, cx->rs->n, r->id);
+                if (prev) {
+                    err_at(cx, config_setting_get_member(rs, "id"), "E104",
+                           "duplicate rule id '%s' (first defined at %s:%d); rule ids must be "
+                           "unique across the ruleset",
+                           r->id, prev->file, prev->line);
+                    ok = false;
+                }
+            }
+            if (ok) {
+                r->index = cx->rs->n;
+                cx->rs->n++;
+            } else
+                rule_free(r);
+        }
+    }
+    free(text);
+    config_destroy(&cfg);
+}
+
+static void compute_hash(td_ruleset *rs, const td_source *srcs, size_t n) {
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
+        for (size_t i = 0; i < n; i++) {
+            char head[64];
+            int hl = snprintf(head, sizeof head, "%zu:", strlen(srcs[i].name));
+            EVP_DigestUpdate(ctx, head, (size_t)hl);
+            EVP_DigestUpdate(ctx, srcs[i].name, strlen(srcs[i].name));
+            hl = snprintf(head, sizeof head, ":%zu:", srcs[i].len);
+            EVP_DigestUpdate(ctx, head, (size_t)hl);
+            EVP_DigestUpdate(ctx, srcs[i].text, srcs[i].len);
+        }
+        EVP_DigestFinal_ex(ctx, md, &mdlen);
+    }
+    EVP_MD_CTX_free(ctx);
+    static const char hex[] = "0123456789abcdef";
+    memcpy(rs->hash, "sha256:", 7);
+    for (unsigned i = 0; i < 32; i++) {
+        rs->hash[7 + 2 * i] = hex[i < mdlen ? md[i] >> 4 : 0];
+        rs->hash[8 + 2 * i] = hex[i < mdlen ? md[i] & 15 : 0];
+    }
+    rs->hash[71] = '\0';
+}
+
+static bool build_index(td_ruleset *rs) {
+    for (int t = 0; t < TD_EV__COUNT; t++) {
+        size_t k = 0;
+        for (size_t i = 0; i < rs->n; i++)
+            if (!rs->rules[i].guard && (rs->rules[i].on & (1ULL << t))) k++;
+        if (!k) continue;
+        rs->by_type[t] = malloc(k * sizeof(td_rule *));
+        if (!rs->by_type[t]) return false;
+        for (size_t i = 0; i < rs->n; i++)
+            if (!rs->rules[i].guard && (rs->rules[i].on & (1ULL << t)))
+                rs->by_type[t][rs->nby_type[t]++] = &rs->rules[i];
+    }
+    size_t g = 0;
+    for (size_t i = 0; i < rs->n; i++) g += rs->rules[i].guard;
+    if (g) {
+        rs->guards = malloc(g * sizeof(td_rule *));
+        if (!rs->guards) return false;
+        for (size_t i = 0; i < rs->n; i++)
+            if (rs->rules[i].guard) rs->guards[rs->nguards++] = &rs->rules[i];
+    }
+    return true;
+}
+
+td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags) {
+    td_diags local = {0};
+    if (!diags) diags = &local;
+    size_t errors_before = diags->errors;
+    td_ruleset *rs = calloc(1, sizeof *rs);
+    if (!rs) return NULL;
+    td_settings_default(&rs->settings);
+    rs->files = calloc(n ? n : 1, sizeof(char *));
+    if (!rs->files) {
+        free(rs);
+        return NULL;
+    }
+    cctx cx = {.diags = diags, .rs = rs};
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++) {
+        rs->files[rs->nfiles++] = xstrdup(srcs[i].name);
+        cx.src = &srcs[i];
+        compile_file(&cx, &cap);
+    }
+    if (n == 0)
+        diag_add(diags, TD_SEV_ERROR, "E100", "<rules>", NULL, 0, 0, 1,
+                 "no rules files: give *.rules files or a directory that contains some");
+    compute_hash(rs, srcs, n);
+    if (diags->errors == errors_before && !build_index(rs))
+        diag_add(diags, TD_SEV_ERROR, "E100", "<rules>", NULL, 0, 0, 1, "out of memory");
+    bool failed = diags->errors != errors_before;
+    if (diags == &local) td_diags_free(&local);
+    if (failed) {
+        td_ruleset_free(rs);
+        return NULL;
+    }
+    return rs;
+}
+
+void td_ruleset_free(td_ruleset *rs) {
+    if (!rs) return;
+    for (size_t i = 0; i < rs->n; i++) rule_free(&rs->rules[i]);
+    free(rs->rules);
+    for (size_t i = 0; i < rs->nfiles; i++) free(rs->files[i]);
+    free(rs->files);
+    for (int t = 0; t < TD_EV__COUNT; t++) free(rs->by_type[t]);
+    free(rs->guards);
+    free(rs);
+}
+
+const char *td_ruleset_hash(const td_ruleset *rs) { return rs->hash; }
+const td_settings *td_ruleset_settings(const td_ruleset *rs) { return &rs->settings; }
+size_t td_ruleset_count(const td_ruleset *rs) { return rs->n; }
+const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i) {
+    return i < rs->n ? &rs->rules[i] : NULL;
+}
+const td_rule *td_ruleset_find(const td_ruleset *rs, const char *id) {
+    return find_rule(rs, rs->n, id);
+}
+
+const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t, size_t *n) {
+    if ((int)t < 0 || t >= TD_EV__COUNT) {
+        *n = 0;
+        return NULL;
+    }
+    *n = rs->nby_type[t];
+    return (const td_rule *const *)rs->by_type[t];
+}
+
+const td_rule *const *td_ruleset_guards(const td_ruleset *rs, size_t *n) {
+    *n = rs->nguards;
+    return (const td_rule *const *)rs->guards;
+}
+
+bool td_rule_guards_trigger(const td_rule *g, int event_type) {
+    if (g->on == 0) return true;
+    if (event_type < 0) return (g->on & TD_ON_TIMER) != 0;
+    return (g->on & (1ULL << event_type)) != 0;
+}
+
+static const char *const touch_vocab[] = {
+    "value_insight", "mini_audit",     "introduction",   "follow_up",        "micro_question",
+    "call_proposal", "human_reply",    "reengage",       "physical_gift",    "handwritten_card",
+    "service_gift",  "charity_donation", "stop_sequence", "owner_nudge",     NULL};
+
+bool td_touch_known(const char *touch) { return key_known(touch, touch_vocab); }

@@ -1,0 +1,109 @@
+/*
+ * td_rules.h - rules files (libconfig) compiled into an immutable ruleset.
+ *
+ * A ruleset is every `*.rules` file of a directory, loaded together, in file
+ * name order, and hashed (sha256 over each file's name and bytes) so that
+ * every recommendation names the exact rules that produced it. Compilation
+ * takes the files' text, not paths: reading files is the caller's I/O.
+ *
+ * Diagnostics carry file:line:col, the source line and a caret, a stable code
+ * and a hint; every error in the ruleset is reported, not only the first.
+ *
+ * @locality compile on any thread; a compiled ruleset is immutable and may be
+ * shared by threads (evaluation state lives in td_ctx and the step output).
+ */
+#ifndef TD_RULES_H
+#define TD_RULES_H
+
+#include "td_base.h"
+#include "td_expr.h"
+#include "td_state.h"
+
+typedef enum td_severity { TD_SEV_ERROR = 0, TD_SEV_WARNING = 1 } td_severity;
+
+typedef struct td_diag {
+    td_severity severity;
+    char code[8];   /* "E101"... "W301"...; docs/diagnostics.md */
+    char *file;     /* owned */
+    int line, col;  /* 1-based; 0 when unknown */
+    char *msg;      /* owned */
+    char *source;   /* owned: the source line, or NULL */
+    int caret_len;  /* >= 1 when source != NULL */
+} td_diag;
+
+typedef struct td_diags {
+    td_diag *v;
+    size_t n, cap;
+    size_t errors, warnings;
+} td_diags;
+void td_diags_free(td_diags *d);
+/* Formats one diagnostic as
+ *   rules/x.rules:12:17: error E201: unknown field 'emial.sent'
+ *      12 |   when = "emial.sent > 2";
+ *         |           ^~~~~~~~~~
+ * (malloc'd, caller frees). */
+char *td_diag_format(const td_diag *d);
+
+/* One rules file's text. */
+typedef struct td_source {
+    const char *name; /* as shown in diagnostics, e.g. "rules/ghosting.rules" */
+    const char *text;
+    size_t len;
+} td_source;
+
+typedef struct td_rule {
+    char id[TD_RULE_ID_MAX + 1];
+    char *doc;
+    const char *file; /* points into the ruleset's file names */
+    int line;
+    size_t index;     /* position in the ruleset (file order, then rule order) */
+    bool guard;       /* has `block` instead of `recommend` */
+
+    uint64_t on;      /* bit (1 << td_event_type) per triggering type; 0 = all for guards */
+    td_ms after;      /* timer rules: delay after the triggering event; 0 = none */
+    td_expr *when;    /* NULL = always true */
+    int64_t priority; /* default 50 */
+    char *group;      /* NULL = its own group */
+    td_ms cooldown;   /* 0 = none */
+
+    /* recommend (non-guards) */
+    td_channel channel;
+    char *touch;
+    td_expr *at;      /* time; NULL = now */
+    char *note;
+
+    /* guards */
+    td_expr *block;   /* bool over rec.*, target.* and state */
+    char *reason;     /* why, in words, for explain and metrics */
+} td_rule;
+
+typedef struct td_ruleset td_ruleset;
+
+/*
+ * Compiles the sources into a ruleset. Diagnostics (errors and warnings) are
+ * appended to `diags`.
+ * @returns the ruleset, or NULL when there was any error.
+ */
+td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags);
+void td_ruleset_free(td_ruleset *rs);
+
+/* "sha256:<64 hex>" */
+const char *td_ruleset_hash(const td_ruleset *rs);
+const td_settings *td_ruleset_settings(const td_ruleset *rs);
+size_t td_ruleset_count(const td_ruleset *rs);
+const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i);
+const td_rule *td_ruleset_find(const td_ruleset *rs, const char *id);
+
+/* Rules (non-guards) triggered by an event type, in ruleset order. */
+const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t, size_t *n);
+/* Guards, in ruleset order. */
+const td_rule *const *td_ruleset_guards(const td_ruleset *rs, size_t *n);
+
+/* Whether guard g judges a trigger: an event type, or -1 for a timer trigger.
+ * A guard without `on` judges every trigger; `on` may list "timer". */
+bool td_rule_guards_trigger(const td_rule *g, int event_type);
+
+/* The touch vocabulary of DESIGN.md (rules may add their own: a warning). */
+bool td_touch_known(const char *touch);
+
+#endif

@@ -1,0 +1,1610 @@
+/*
+ * td_state.c - per-prospect state: the reducer, the dedup ring, input
+ * positions, per-rule tables, the flat (Redis hash) form and the schema that
+ * rule expressions read.
+ *
+ * What it owns: the `fired` and `timers` arrays of a td_state (grown by
+ * doubling, freed by td_state_free). Nothing else is allocated here: the
+ * reducer (td_state_apply) and every schema getter run on the engine's hot
+ * path and never allocate or take locks; td_state_apply does a time-zone
+ * lookup only for the events that need a local time (human opens, replies,
+ * gifts).
+ *
+ * Reducer semantics (docs/state.md is the reference for ops):
+ *   - outbound touches (email/whatsapp/sms.sent, linkedin.invited/messaged,
+ *     call.attempted/voicemail/connected, gift.sent) bump `sent` and
+ *     `unanswered` on their channel and enter the touch ring;
+ *   - human opens (email.opened with human true or absent, whatsapp/sms.read)
+ *     bump `opened` and `opens_since_reply`; machine opens change nothing on
+ *     the channel;
+ *   - a reply (any *.replied except sentiment out_of_office, and
+ *     call.connected) means the prospect answered: `unanswered` and
+ *     `opens_since_reply` go back to 0 on EVERY channel;
+ *   - out-of-office replies change nothing but the common bookkeeping;
+ *   - blocks are permanent except an opt-out, which an explicit opt-in event
+ *     lifts; the first permanent reason recorded is kept;
+ *   - events may arrive slightly out of order: every last_*_at takes the max,
+ *     every first_*_at the min.
+ *
+ * Flat form: one ASCII key/value per non-default field (see td_flat_top and
+ * td_flat_chan for the names). Strings are percent-encoded: bytes below 0x20,
+ * 0x7f and above, and '%' itself become %XX; everything else (space included)
+ * stays as is, so `redis-cli HGETALL` stays readable and every value is
+ * unambiguous. Times are RFC 3339 UTC, or "@<ms>" for instants outside years
+ * 1..9999 (which RFC 3339 cannot write). Decimals are "12.5" (up to four
+ * fractional digits). Key order in Redis is not preserved, so every field is
+ * independent of the others: lists (touches, dedup, hour_hist) are one value
+ * each, and tables (pos.*, fired.*, timer.*) are sorted on insertion.
+ *
+ * @locality any thread; a td_state is used by one thread at a time; the
+ * schema table is immutable.
+ */
+#include "td_state.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Counters saturate rather than wrap: a state read back from Redis may hold
+ * anything, and signed overflow would be undefined behaviour. */
+static inline int64_t td_sat_add(int64_t a, int64_t b) {
+    if (b > 0 && a > INT64_MAX - b) return INT64_MAX;
+    if (b < 0 && a < INT64_MIN - b) return INT64_MIN;
+    return a + b;
+}
+static inline void td_inc(int64_t *c) {
+    if (*c < INT64_MAX) (*c)++;
+}
+static inline void td_max_ms(td_ms *dst, td_ms t) {
+    if (*dst == TD_MS_MISSING || t > *dst) *dst = t;
+}
+static inline void td_min_ms(td_ms *dst, td_ms t) {
+    if (*dst == TD_MS_MISSING || t < *dst) *dst = t;
+}
+
+const char *td_block_reason_name(td_block_reason r) {
+    switch (r) {
+    case TD_BLOCK_UNSUBSCRIBED: return "unsubscribed";
+    case TD_BLOCK_HARD_BOUNCE: return "hard_bounce";
+    case TD_BLOCK_OPTED_OUT: return "opted_out";
+    case TD_BLOCK_NONE:
+    default: return "";
+    }
+}
+
+static int td_block_reason_parse(const char *s, size_t n) {
+    for (int r = TD_BLOCK_UNSUBSCRIBED; r <= TD_BLOCK_OPTED_OUT; r++) {
+        const char *name = td_block_reason_name((td_block_reason)r);
+        if (strlen(name) == n && memcmp(name, s, n) == 0) return r;
+    }
+    return -1;
+}
+
+/* td_event.h has no parser for sentiments: match the names it gives. */
+static int td_sentiment_parse_(const char *s, size_t n) {
+    for (int v = TD_SENT_POSITIVE; v <= TD_SENT_OUT_OF_OFFICE; v++) {
+        const char *name = td_sentiment_name((td_sentiment)v);
+        if (name && strlen(name) == n && memcmp(name, s, n) == 0) return v;
+    }
+    return -1;
+}
+
+static inline const char *td_nz(const char *s) { return s ? s : ""; }
+
+/* ------------------------------------------------------- settings, life */
+
+void td_settings_default(td_settings *s) {
+    memset(s, 0, sizeof *s);
+    td_strlcpy(s->default_timezone, "UTC", sizeof s->default_timezone);
+    s->best_time_min_points = 5;
+    s->best_time_default_hour = 10;
+    s->business_start_hour = 9;
+    s->business_end_hour = 18;
+}
+
+static void td_chan_init(td_chan_state *c) {
+    memset(c, 0, sizeof *c);
+    c->last_sent_at = c->last_opened_at = c->last_replied_at = TD_MS_MISSING;
+    c->blocked = TD_BLOCK_NONE;
+    c->consent = TD_TRI_UNSET;
+}
+
+void td_state_init(td_state *st, const char *prospect_id) {
+    memset(st, 0, sizeof *st);
+    if (prospect_id) td_strlcpy(st->prospect_id, prospect_id, sizeof st->prospect_id);
+    for (int c = 0; c < TD_CH__COUNT; c++) td_chan_init(&st->ch[c]);
+    st->stage = TD_STAGE_NONE;
+    st->tier = TD_INT_MISSING;
+    st->gift_policy = TD_GP_NONE;
+    st->lifetime_value_eur = TD_DEC_MISSING;
+    st->first_seen_at = st->last_event_at = st->last_touch_at = TD_MS_MISSING;
+    st->last_inbound_at = st->first_touch_at = st->stage_changed_at = TD_MS_MISSING;
+    st->next_meeting_at = st->last_gift_at = TD_MS_MISSING;
+    st->last_reply_sentiment = TD_SENT_NONE;
+    st->last_gift_kind = TD_GK_NONE;
+}
+
+void td_state_free(td_state *st) {
+    if (!st) return;
+    free(st->fired);
+    free(st->timers);
+    st->fired = NULL;
+    st->timers = NULL;
+    st->nfired = st->capfired = st->ntimers = st->captimers = 0;
+}
+
+/* Ownership: dst gets its own copies of the tables (freed by td_state_free
+ * on dst). On out-of-memory dst is left a valid state without tables. */
+int td_state_copy(td_state *dst, const td_state *src) {
+    *dst = *src;
+    dst->fired = NULL;
+    dst->timers = NULL;
+    dst->nfired = dst->capfired = dst->ntimers = dst->captimers = 0;
+    if (src->nfired) {
+        dst->fired = malloc(src->nfired * sizeof *dst->fired);
+        if (!dst->fired) return TD_ERR;
+        memcpy(dst->fired, src->fired, src->nfired * sizeof *dst->fired);
+        dst->nfired = dst->capfired = src->nfired;
+    }
+    if (src->ntimers) {
+        dst->timers = malloc(src->ntimers * sizeof *dst->timers);
+        if (!dst->timers) {
+            td_state_free(dst);
+            return TD_ERR;
+        }
+        memcpy(dst->timers, src->timers, src->ntimers * sizeof *dst->timers);
+        dst->ntimers = dst->captimers = src->ntimers;
+    }
+    return TD_OK;
+}
+
+static bool td_chan_equal(const td_chan_state *a, const td_chan_state *b) {
+    return a->sent == b->sent && a->delivered == b->delivered && a->opened == b->opened &&
+           a->clicked == b->clicked && a->replied == b->replied && a->failed == b->failed &&
+           a->unanswered == b->unanswered && a->opens_since_reply == b->opens_since_reply &&
+           a->last_sent_at == b->last_sent_at && a->last_opened_at == b->last_opened_at &&
+           a->last_replied_at == b->last_replied_at && a->blocked == b->blocked &&
+           a->consent == b->consent;
+}
+
+/* Rings compare by content, oldest first: where the head sits is not state. */
+static td_ms td_touch_at(const td_state *st, uint32_t i) { /* i = 0: oldest */
+    uint32_t start = (st->touch_head + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
+    return st->touch_ring[(start + i) % TD_TOUCH_RING];
+}
+static uint64_t td_dedup_at(const td_state *st, uint32_t i) {
+    uint32_t start = (st->dedup_head + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
+    return st->dedup[(start + i) % TD_DEDUP_RING];
+}
+
+bool td_state_equal(const td_state *a, const td_state *b) {
+    if (strcmp(a->prospect_id, b->prospect_id) || strcmp(a->owner_id, b->owner_id) ||
+        a->version != b->version || a->events != b->events)
+        return false;
+    for (int c = 0; c < TD_CH__COUNT; c++)
+        if (!td_chan_equal(&a->ch[c], &b->ch[c])) return false;
+    if (a->stage != b->stage || a->tier != b->tier || strcmp(a->country, b->country) ||
+        strcmp(a->sector, b->sector) || strcmp(a->timezone, b->timezone) ||
+        a->gift_policy != b->gift_policy || a->lifetime_value_eur != b->lifetime_value_eur ||
+        strcmp(a->language, b->language))
+        return false;
+    if (a->first_seen_at != b->first_seen_at || a->last_event_at != b->last_event_at ||
+        a->last_touch_at != b->last_touch_at || a->last_inbound_at != b->last_inbound_at ||
+        a->first_touch_at != b->first_touch_at || a->stage_changed_at != b->stage_changed_at ||
+        a->replies != b->replies || a->last_reply_sentiment != b->last_reply_sentiment ||
+        a->meetings_booked != b->meetings_booked || a->meetings_held != b->meetings_held ||
+        a->meetings_cancelled != b->meetings_cancelled ||
+        a->meetings_no_show != b->meetings_no_show || a->next_meeting_at != b->next_meeting_at)
+        return false;
+    if (a->touch_count != b->touch_count) return false;
+    for (uint32_t i = 0; i < a->touch_count; i++)
+        if (td_touch_at(a, i) != td_touch_at(b, i)) return false;
+    if (memcmp(a->hour_hist, b->hour_hist, sizeof a->hour_hist)) return false;
+    if (a->gift_year != b->gift_year || a->gifts_year_count != b->gifts_year_count ||
+        a->gifts_year_spend_eur != b->gifts_year_spend_eur || a->gifts_total != b->gifts_total ||
+        a->last_gift_at != b->last_gift_at || a->last_gift_kind != b->last_gift_kind)
+        return false;
+    if (a->dedup_count != b->dedup_count) return false;
+    for (uint32_t i = 0; i < a->dedup_count; i++)
+        if (td_dedup_at(a, i) != td_dedup_at(b, i)) return false;
+    if (a->npos != b->npos) return false;
+    for (uint32_t i = 0; i < a->npos; i++) /* kept sorted by key */
+        if (a->pos[i].key != b->pos[i].key || a->pos[i].offset != b->pos[i].offset) return false;
+    if (a->nfired != b->nfired || a->ntimers != b->ntimers) return false;
+    for (uint32_t i = 0; i < a->nfired; i++)
+        if (strcmp(a->fired[i].rule, b->fired[i].rule) || a->fired[i].at != b->fired[i].at)
+            return false;
+    for (uint32_t i = 0; i < a->ntimers; i++)
+        if (strcmp(a->timers[i].rule, b->timers[i].rule) ||
+            a->timers[i].due_at != b->timers[i].due_at ||
+            strcmp(a->timers[i].armed_by, b->timers[i].armed_by))
+            return false;
+    return true;
+}
+
+/* ------------------------------------------------------------ dedup ring */
+
+static inline uint64_t td_fingerprint(const char *event_id) {
+    return td_hash64(event_id, strlen(event_id), TD_HASH_SEED);
+}
+
+bool td_state_seen(const td_state *st, const char *event_id) {
+    uint64_t fp = td_fingerprint(event_id);
+    uint32_t n = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
+    for (uint32_t i = 0; i < n; i++) /* order does not matter: scan the slots */
+        if (td_dedup_at(st, i) == fp) return true;
+    return false;
+}
+
+void td_state_remember(td_state *st, const char *event_id) {
+    st->dedup[st->dedup_head % TD_DEDUP_RING] = td_fingerprint(event_id);
+    st->dedup_head = (st->dedup_head + 1) % TD_DEDUP_RING;
+    if (st->dedup_count < TD_DEDUP_RING) st->dedup_count++;
+}
+
+/* -------------------------------------------------------- input positions */
+
+/* td_hash64 of "<topic>/<partition>", hashed in two pieces (FNV-1a chains
+ * through its seed) so that no topic length needs a buffer. */
+static uint64_t td_pos_key(const char *topic, int32_t partition) {
+    char sfx[16];
+    int n = snprintf(sfx, sizeof sfx, "/%" PRId32, partition);
+    uint64_t h = td_hash64(topic, strlen(topic), TD_HASH_SEED);
+    return td_hash64(sfx, n > 0 ? (size_t)n : 0, h);
+}
+
+int64_t td_state_pos_get(const td_state *st, const char *topic, int32_t partition) {
+    uint64_t k = td_pos_key(topic, partition);
+    for (uint32_t i = 0; i < st->npos && i < TD_POS_MAX; i++)
+        if (st->pos[i].key == k) return st->pos[i].offset;
+    return -1;
+}
+
+/* Keeps pos[] sorted by key so that the flat form reads back identical
+ * whatever order Redis returns the fields in. When all TD_POS_MAX slots are
+ * taken (a prospect whose key moved across many topics: not expected), the
+ * entry with the lowest offset is dropped. */
+static void td_pos_put(td_state *st, uint64_t k, int64_t offset) {
+    uint32_t i;
+    for (i = 0; i < st->npos; i++)
+        if (st->pos[i].key == k) {
+            st->pos[i].offset = offset;
+            return;
+        }
+    if (st->npos >= TD_POS_MAX) {
+        uint32_t lo = 0;
+        for (i = 1; i < st->npos; i++)
+            if (st->pos[i].offset < st->pos[lo].offset) lo = i;
+        memmove(&st->pos[lo], &st->pos[lo + 1], (st->npos - lo - 1) * sizeof st->pos[0]);
+        st->npos--;
+    }
+    for (i = 0; i < st->npos && st->pos[i].key < k; i++) {}
+    memmove(&st->pos[i + 1], &st->pos[i], (st->npos - i) * sizeof st->pos[0]);
+    st->pos[i].key = k;
+    st->pos[i].offset = offset;
+    st->npos++;
+}
+
+void td_state_pos_set(td_state *st, const char *topic, int32_t partition, int64_t offset) {
+    td_pos_put(st, td_pos_key(topic, partition), offset);
+}
+
+/* ------------------------------------------------ fired and timer tables */
+
+/* Binary search by rule id; *found tells whether the returned index holds it. */
+static uint32_t td_fired_find(const td_state *st, const char *rule, bool *found) {
+    uint32_t lo = 0, hi = st->nfired;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(st->fired[mid].rule, rule);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+static uint32_t td_timer_find(const td_state *st, const char *rule, bool *found) {
+    uint32_t lo = 0, hi = st->ntimers;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(st->timers[mid].rule, rule);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+/* Grows a table by doubling (from 4). Ownership stays with the state. */
+static int td_grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
+    if (need <= *cap) return TD_OK;
+    uint32_t ncap = *cap ? *cap : 4;
+    while (ncap < need) {
+        if (ncap > UINT32_MAX / 2) return TD_ERR;
+        ncap *= 2;
+    }
+    void *np = realloc(*p, (size_t)ncap * elem);
+    if (!np) return TD_ERR;
+    *p = np;
+    *cap = ncap;
+    return TD_OK;
+}
+
+td_ms td_state_fired_at(const td_state *st, const char *rule) {
+    bool found;
+    uint32_t i = td_fired_find(st, rule, &found);
+    return found ? st->fired[i].at : TD_MS_MISSING;
+}
+
+/* @returns TD_OK, or TD_ERR on out-of-memory or a rule id over
+ * TD_RULE_ID_MAX bytes (never silently truncated: two rules would merge). */
+int td_state_set_fired(td_state *st, const char *rule, td_ms at) {
+    if (strlen(rule) > TD_RULE_ID_MAX) return TD_ERR;
+    bool found;
+    uint32_t i = td_fired_find(st, rule, &found);
+    if (!found) {
+        void *p = st->fired;
+        if (td_grow(&p, &st->capfired, st->nfired + 1, sizeof *st->fired)) return TD_ERR;
+        st->fired = p;
+        memmove(&st->fired[i + 1], &st->fired[i], (st->nfired - i) * sizeof *st->fired);
+        st->nfired++;
+        memset(&st->fired[i], 0, sizeof st->fired[i]);
+        td_strlcpy(st->fired[i].rule, rule, sizeof st->fired[i].rule);
+    }
+    st->fired[i].at = at;
+    return TD_OK;
+}
+
+const td_timer *td_state_timer(const td_state *st, const char *rule) {
+    bool found;
+    uint32_t i = td_timer_find(st, rule, &found);
+    return found ? &st->timers[i] : NULL;
+}
+
+/* @returns TD_OK, or TD_ERR on out-of-memory or an over-long rule id or
+ * armed_by (state unchanged then). */
+int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char *armed_by) {
+    if (!armed_by) armed_by = "";
+    if (strlen(rule) > TD_RULE_ID_MAX || strlen(armed_by) > TD_ID_MAX) return TD_ERR;
+    bool found;
+    uint32_t i = td_timer_find(st, rule, &found);
+    if (!found) {
+        void *p = st->timers;
+        if (td_grow(&p, &st->captimers, st->ntimers + 1, sizeof *st->timers)) return TD_ERR;
+        st->timers = p;
+        memmove(&st->timers[i + 1], &st->timers[i], (st->ntimers - i) * sizeof *st->timers);
+        st->ntimers++;
+        memset(&st->timers[i], 0, sizeof st->timers[i]);
+        td_strlcpy(st->timers[i].rule, rule, sizeof st->timers[i].rule);
+    }
+    st->timers[i].due_at = due_at;
+    td_strlcpy(st->timers[i].armed_by, armed_by, sizeof st->timers[i].armed_by);
+    return TD_OK;
+}
+
+void td_state_disarm_timer(td_state *st, const char *rule) {
+    bool found;
+    uint32_t i = td_timer_find(st, rule, &found);
+    if (!found) return;
+    memmove(&st->timers[i], &st->timers[i + 1], (st->ntimers - i - 1) * sizeof *st->timers);
+    st->ntimers--;
+}
+
+/* ---------------------------------------------------------------- touches */
+
+static void td_touch_push(td_state *st, td_ms t) {
+    st->touch_ring[st->touch_head % TD_TOUCH_RING] = t;
+    st->touch_head = (st->touch_head + 1) % TD_TOUCH_RING;
+    if (st->touch_count < TD_TOUCH_RING) st->touch_count++;
+}
+
+/* Counts ring entries in (now - window, now]. Touches older than the ring
+ * (more than TD_TOUCH_RING ago) are not counted: the caps rules express are
+ * far below that. */
+int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window) {
+    td_ms lo = td_sat_add(now, window == INT64_MIN ? INT64_MAX : -window);
+    int64_t n = 0;
+    uint32_t cnt = st->touch_count < TD_TOUCH_RING ? st->touch_count : TD_TOUCH_RING;
+    for (uint32_t i = 0; i < cnt; i++) {
+        td_ms t = td_touch_at(st, i);
+        if (t > lo && t <= now) n++;
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- reducer */
+
+/* What an event type does, decided once per type (a table, not string work). */
+enum {
+    TD_A_TOUCH = 1u << 0,     /* outbound touch on the channel */
+    TD_A_DELIVERED = 1u << 1,
+    TD_A_OPEN = 1u << 2,      /* human open (email.opened checks `human`) */
+    TD_A_CLICK = 1u << 3,
+    TD_A_REPLY = 1u << 4,     /* a reply (email/.. .replied checks sentiment) */
+    TD_A_INBOUND = 1u << 5,   /* inbound engagement, not a reply */
+    TD_A_FAILED = 1u << 6,
+    TD_A_BOUNCE = 1u << 7,
+    TD_A_UNSUB = 1u << 8,
+    TD_A_OPT_IN = 1u << 9,
+    TD_A_OPT_OUT = 1u << 10,
+    TD_A_MEETING = 1u << 11,
+    TD_A_GIFT = 1u << 12,
+    TD_A_PROSPECT = 1u << 13
+};
+
+typedef struct td_reducer {
+    int8_t channel;
+    uint16_t acts;
+} td_reducer;
+
+static const td_reducer td_reducers[TD_EV__COUNT] = {
+    [TD_EV_EMAIL_SENT] = {TD_CH_EMAIL, TD_A_TOUCH},
+    [TD_EV_EMAIL_DELIVERED] = {TD_CH_EMAIL, TD_A_DELIVERED},
+    [TD_EV_EMAIL_OPENED] = {TD_CH_EMAIL, TD_A_OPEN},
+    [TD_EV_EMAIL_CLICKED] = {TD_CH_EMAIL, TD_A_CLICK},
+    [TD_EV_EMAIL_REPLIED] = {TD_CH_EMAIL, TD_A_REPLY},
+    [TD_EV_EMAIL_BOUNCED] = {TD_CH_EMAIL, TD_A_BOUNCE},
+    [TD_EV_EMAIL_UNSUBSCRIBED] = {TD_CH_EMAIL, TD_A_UNSUB},
+    [TD_EV_WHATSAPP_SENT] = {TD_CH_WHATSAPP, TD_A_TOUCH},
+    [TD_EV_WHATSAPP_DELIVERED] = {TD_CH_WHATSAPP, TD_A_DELIVERED},
+    [TD_EV_WHATSAPP_READ] = {TD_CH_WHATSAPP, TD_A_OPEN},
+    [TD_EV_WHATSAPP_REPLIED] = {TD_CH_WHATSAPP, TD_A_REPLY},
+    [TD_EV_WHATSAPP_FAILED] = {TD_CH_WHATSAPP, TD_A_FAILED},
+    [TD_EV_WHATSAPP_OPTED_IN] = {TD_CH_WHATSAPP, TD_A_OPT_IN},
+    [TD_EV_WHATSAPP_OPTED_OUT] = {TD_CH_WHATSAPP, TD_A_OPT_OUT},
+    [TD_EV_SMS_SENT] = {TD_CH_SMS, TD_A_TOUCH},
+    [TD_EV_SMS_DELIVERED] = {TD_CH_SMS, TD_A_DELIVERED},
+    [TD_EV_SMS_READ] = {TD_CH_SMS, TD_A_OPEN},
+    [TD_EV_SMS_REPLIED] = {TD_CH_SMS, TD_A_REPLY},
+    [TD_EV_SMS_FAILED] = {TD_CH_SMS, TD_A_FAILED},
+    [TD_EV_SMS_OPTED_IN] = {TD_CH_SMS, TD_A_OPT_IN},
+    [TD_EV_SMS_OPTED_OUT] = {TD_CH_SMS, TD_A_OPT_OUT},
+    [TD_EV_LINKEDIN_INVITED] = {TD_CH_LINKEDIN, TD_A_TOUCH},
+    [TD_EV_LINKEDIN_ACCEPTED] = {TD_CH_LINKEDIN, TD_A_INBOUND},
+    [TD_EV_LINKEDIN_MESSAGED] = {TD_CH_LINKEDIN, TD_A_TOUCH},
+    [TD_EV_LINKEDIN_REPLIED] = {TD_CH_LINKEDIN, TD_A_REPLY},
+    [TD_EV_CALL_ATTEMPTED] = {TD_CH_CALL, TD_A_TOUCH},
+    [TD_EV_CALL_CONNECTED] = {TD_CH_CALL, TD_A_TOUCH | TD_A_REPLY},
+    [TD_EV_CALL_VOICEMAIL] = {TD_CH_CALL, TD_A_TOUCH},
+    [TD_EV_MEETING_BOOKED] = {TD_CH_MEETING, TD_A_MEETING},
+    [TD_EV_MEETING_HELD] = {TD_CH_MEETING, TD_A_MEETING},
+    [TD_EV_MEETING_CANCELLED] = {TD_CH_MEETING, TD_A_MEETING},
+    [TD_EV_MEETING_NO_SHOW] = {TD_CH_MEETING, TD_A_MEETING},
+    [TD_EV_GIFT_SENT] = {TD_CH_GIFT, TD_A_TOUCH | TD_A_GIFT},
+    [TD_EV_PROSPECT_UPDATED] = {TD_CH_NONE, TD_A_PROSPECT},
+};
+
+/* Local civil time of t for this prospect: its zone, else the default zone,
+ * else UTC. "UTC" (the default) and a NULL tzdb are handled without ICU. */
+static void td_state_local(const td_state *st, td_tzdb *tz, const td_settings *set, td_ms t,
+                           td_civil *out) {
+    const char *zone = st->timezone[0] ? st->timezone : (set ? set->default_timezone : "");
+    if (!tz || !zone[0] || strcmp(zone, "UTC") == 0) {
+        td_civil_from_ms(t, out);
+        return;
+    }
+    if (td_tz_local(tz, zone, t, out, NULL) == TD_OK) return;
+    /* an unknown prospect zone falls back to the default zone */
+    if (zone == st->timezone && set && set->default_timezone[0] &&
+        strcmp(set->default_timezone, "UTC") != 0 &&
+        td_tz_local(tz, set->default_timezone, t, out, NULL) == TD_OK)
+        return;
+    td_civil_from_ms(t, out);
+}
+
+static void td_hist_add(td_state *st, td_tzdb *tz, const td_settings *set, td_ms t) {
+    td_civil c;
+    td_state_local(st, tz, set, t, &c);
+    if (c.hour >= 0 && c.hour < 24 && st->hour_hist[c.hour] < UINT32_MAX) st->hour_hist[c.hour]++;
+}
+
+static void td_apply_touch(td_state *st, td_chan_state *c, td_ms t) {
+    td_inc(&c->sent);
+    td_inc(&c->unanswered);
+    td_max_ms(&c->last_sent_at, t);
+    td_max_ms(&st->last_touch_at, t);
+    td_min_ms(&st->first_touch_at, t);
+    td_touch_push(st, t);
+}
+
+static void td_apply_reply(td_state *st, td_chan_state *c, const td_event *ev, td_tzdb *tz,
+                           const td_settings *set) {
+    td_ms t = ev->occurred_at;
+    td_inc(&c->replied);
+    td_max_ms(&c->last_replied_at, t);
+    td_max_ms(&st->last_inbound_at, t);
+    /* the prospect answered: silence counters restart on every channel */
+    for (int i = 0; i < TD_CH__COUNT; i++) {
+        st->ch[i].unanswered = 0;
+        st->ch[i].opens_since_reply = 0;
+    }
+    td_inc(&st->replies);
+    st->last_reply_sentiment = (ev->has & TD_HAS_SENTIMENT) ? ev->sentiment : TD_SENT_NONE;
+    td_hist_add(st, tz, set, t);
+}
+
+static void td_apply_meeting(td_state *st, const td_event *ev) {
+    bool has_at = (ev->has & TD_HAS_AT) != 0;
+    /* held / cancelled / no_show end the booked meeting they name (or the
+     * booked one when they carry no `at`); another booked meeting stays */
+    bool ends = !has_at || ev->at == st->next_meeting_at;
+    switch (ev->type) {
+    case TD_EV_MEETING_BOOKED:
+        td_inc(&st->meetings_booked);
+        if (has_at) st->next_meeting_at = ev->at;
+        break;
+    case TD_EV_MEETING_HELD:
+        td_inc(&st->meetings_held);
+        if (ends) st->next_meeting_at = TD_MS_MISSING;
+        break;
+    case TD_EV_MEETING_CANCELLED:
+        td_inc(&st->meetings_cancelled);
+        if (ends) st->next_meeting_at = TD_MS_MISSING;
+        break;
+    case TD_EV_MEETING_NO_SHOW:
+        td_inc(&st->meetings_no_show);
+        if (ends) st->next_meeting_at = TD_MS_MISSING;
+        break;
+    default: break;
+    }
+}
+
+static void td_apply_gift(td_state *st, const td_event *ev, td_tzdb *tz, const td_settings *set) {
+    td_ms t = ev->occurred_at;
+    td_civil c;
+    td_state_local(st, tz, set, t, &c);
+    td_dec value = (ev->has & TD_HAS_VALUE) && ev->value_eur != TD_DEC_MISSING ? ev->value_eur : 0;
+    if (c.year > st->gift_year) { /* a new local year: the yearly budget restarts */
+        st->gift_year = c.year;
+        st->gifts_year_count = 0;
+        st->gifts_year_spend_eur = 0;
+    }
+    if (c.year == st->gift_year) {
+        td_inc(&st->gifts_year_count);
+        st->gifts_year_spend_eur = td_sat_add(st->gifts_year_spend_eur, value);
+    } /* else: a late gift of a past year: counted in the total only */
+    td_inc(&st->gifts_total);
+    if (st->last_gift_at == TD_MS_MISSING || t >= st->last_gift_at) {
+        st->last_gift_at = t;
+        st->last_gift_kind = (ev->has & TD_HAS_GIFT_KIND) ? ev->gift_kind : TD_GK_NONE;
+    }
+}
+
+static void td_apply_prospect(td_state *st, const td_event *ev) {
+    uint32_t h = ev->has;
+    if ((h & TD_HAS_STAGE) && ev->stage != st->stage) {
+        st->stage = ev->stage;
+        st->stage_changed_at = ev->occurred_at;
+    }
+    if (h & TD_HAS_TIER) st->tier = ev->tier;
+    if (h & TD_HAS_COUNTRY) td_strlcpy(st->country, ev->country, sizeof st->country);
+    if (h & TD_HAS_SECTOR) td_strlcpy(st->sector, ev->sector, sizeof st->sector);
+    if (h & TD_HAS_TIMEZONE) td_strlcpy(st->timezone, ev->timezone, sizeof st->timezone);
+    if (h & TD_HAS_GIFT_POLICY) st->gift_policy = ev->gift_policy;
+    if (h & TD_HAS_LTV) st->lifetime_value_eur = ev->lifetime_value_eur;
+    if (h & TD_HAS_LANGUAGE) td_strlcpy(st->language, ev->language, sizeof st->language);
+    if (h & TD_HAS_CONSENT)
+        for (int c = 0; c < TD_CH__COUNT; c++)
+            if (ev->consent[c] != TD_TRI_UNSET) st->ch[c].consent = ev->consent[c];
+}
+
+int td_state_apply(td_state *st, const td_event *ev, td_tzdb *tz, const td_settings *set) {
+    if ((unsigned)ev->type >= TD_EV__COUNT) return TD_ERR;
+    const td_reducer r = td_reducers[ev->type];
+    td_ms t = ev->occurred_at;
+
+    /* bookkeeping common to every event */
+    td_inc(&st->events);
+    td_min_ms(&st->first_seen_at, t);
+    td_max_ms(&st->last_event_at, t);
+    if (ev->has & TD_HAS_OWNER) td_strlcpy(st->owner_id, ev->owner_id, sizeof st->owner_id);
+    if (!st->prospect_id[0]) td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
+
+    if (r.acts & TD_A_PROSPECT) {
+        td_apply_prospect(st, ev);
+        return TD_OK;
+    }
+    td_chan_state *c = &st->ch[r.channel];
+
+    if (r.acts & TD_A_TOUCH) td_apply_touch(st, c, t);
+    if (r.acts & TD_A_DELIVERED) td_inc(&c->delivered);
+    if (r.acts & TD_A_OPEN) {
+        /* `human` defaults to true (contract); machine opens (privacy
+         * proxies prefetching images) are not attention: ignored */
+        bool human = !(ev->has & TD_HAS_HUMAN) || ev->human;
+        if (human) {
+            td_inc(&c->opened);
+            td_inc(&c->opens_since_reply);
+            td_max_ms(&c->last_opened_at, t);
+            td_hist_add(st, tz, set, t);
+        }
+    }
+    if (r.acts & TD_A_CLICK) td_inc(&c->clicked);
+    if (r.acts & TD_A_REPLY) {
+        /* an auto-reply is not the prospect answering: sequences go on */
+        bool ooo = (ev->has & TD_HAS_SENTIMENT) && ev->sentiment == TD_SENT_OUT_OF_OFFICE;
+        if (!ooo) td_apply_reply(st, c, ev, tz, set);
+    }
+    if (r.acts & TD_A_INBOUND) td_max_ms(&st->last_inbound_at, t);
+    if (r.acts & TD_A_FAILED) td_inc(&c->failed);
+    if (r.acts & TD_A_BOUNCE) {
+        if ((ev->has & TD_HAS_HARD) && ev->hard) {
+            if (c->blocked == TD_BLOCK_NONE || c->blocked == TD_BLOCK_OPTED_OUT)
+                c->blocked = TD_BLOCK_HARD_BOUNCE;
+        } else {
+            td_inc(&c->failed);
+        }
+    }
+    if (r.acts & TD_A_UNSUB) {
+        if (c->blocked == TD_BLOCK_NONE || c->blocked == TD_BLOCK_OPTED_OUT)
+            c->blocked = TD_BLOCK_UNSUBSCRIBED;
+        c->consent = TD_TRI_NO;
+    }
+    if (r.acts & TD_A_OPT_OUT) {
+        if (c->blocked == TD_BLOCK_NONE) c->blocked = TD_BLOCK_OPTED_OUT;
+        c->consent = TD_TRI_NO;
+    }
+    if (r.acts & TD_A_OPT_IN) {
+        c->consent = TD_TRI_YES;
+        if (c->blocked == TD_BLOCK_OPTED_OUT) c->blocked = TD_BLOCK_NONE;
+    }
+    if (r.acts & TD_A_MEETING) td_apply_meeting(st, ev);
+    if (r.acts & TD_A_GIFT) td_apply_gift(st, ev, tz, set);
+    return TD_OK;
+}
+
+/* ======================================================= flat form (Redis) */
+
+enum {
+    TD_FK_I64,
+    TD_FK_I32,
+    TD_FK_TIME,
+    TD_FK_DEC,
+    TD_FK_STR,
+    TD_FK_STAGE,
+    TD_FK_GP,
+    TD_FK_SENT,
+    TD_FK_GK,
+    TD_FK_BLOCK,
+    TD_FK_TRI
+};
+
+/* One scalar field of the flat form: key, kind, where it lives, its default
+ * (for I64/I32/DEC; times default to missing, strings to "", enums to 0). */
+typedef struct td_flat {
+    const char *key;
+    uint8_t kind;
+    size_t off;
+    size_t cap; /* strings: array size */
+    int64_t def;
+} td_flat;
+
+#define S_(f) offsetof(td_state, f)
+#define C_(f) offsetof(td_chan_state, f)
+#define SZ_(f) sizeof(((td_state *)0)->f)
+
+static const td_flat td_flat_top[] = {
+    {"v", TD_FK_I64, S_(version), 0, 0},
+    {"prospect_id", TD_FK_STR, S_(prospect_id), SZ_(prospect_id), 0},
+    {"owner_id", TD_FK_STR, S_(owner_id), SZ_(owner_id), 0},
+    {"events", TD_FK_I64, S_(events), 0, 0},
+    {"stage", TD_FK_STAGE, S_(stage), 0, 0},
+    {"stage_changed_at", TD_FK_TIME, S_(stage_changed_at), 0, 0},
+    {"tier", TD_FK_I64, S_(tier), 0, TD_INT_MISSING},
+    {"country", TD_FK_STR, S_(country), SZ_(country), 0},
+    {"sector", TD_FK_STR, S_(sector), SZ_(sector), 0},
+    {"timezone", TD_FK_STR, S_(timezone), SZ_(timezone), 0},
+    {"gift_policy", TD_FK_GP, S_(gift_policy), 0, 0},
+    {"lifetime_value_eur", TD_FK_DEC, S_(lifetime_value_eur), 0, TD_DEC_MISSING},
+    {"language", TD_FK_STR, S_(language), SZ_(language), 0},
+    {"first_seen_at", TD_FK_TIME, S_(first_seen_at), 0, 0},
+    {"last_event_at", TD_FK_TIME, S_(last_event_at), 0, 0},
+    {"first_touch_at", TD_FK_TIME, S_(first_touch_at), 0, 0},
+    {"last_touch_at", TD_FK_TIME, S_(last_touch_at), 0, 0},
+    {"last_inbound_at", TD_FK_TIME, S_(last_inbound_at), 0, 0},
+    {"replies", TD_FK_I64, S_(replies), 0, 0},
+    {"last_reply_sentiment", TD_FK_SENT, S_(last_reply_sentiment), 0, 0},
+    {"meetings.booked", TD_FK_I64, S_(meetings_booked), 0, 0},
+    {"meetings.held", TD_FK_I64, S_(meetings_held), 0, 0},
+    {"meetings.cancelled", TD_FK_I64, S_(meetings_cancelled), 0, 0},
+    {"meetings.no_show", TD_FK_I64, S_(meetings_no_show), 0, 0},
+    {"next_meeting_at", TD_FK_TIME, S_(next_meeting_at), 0, 0},
+    {"gifts.year", TD_FK_I32, S_(gift_year), 0, 0},
+    {"gifts.year_count", TD_FK_I64, S_(gifts_year_count), 0, 0},
+    {"gifts.year_spend_eur", TD_FK_DEC, S_(gifts_year_spend_eur), 0, 0},
+    {"gifts.total", TD_FK_I64, S_(gifts_total), 0, 0},
+    {"last_gift_at", TD_FK_TIME, S_(last_gift_at), 0, 0},
+    {"gifts.last_kind", TD_FK_GK, S_(last_gift_kind), 0, 0},
+};
+
+/* Per channel, as "<channel>.<key>". */
+static const td_flat td_flat_chan[] = {
+    {"sent", TD_FK_I64, C_(sent), 0, 0},
+    {"delivered", TD_FK_I64, C_(delivered), 0, 0},
+    {"opened", TD_FK_I64, C_(opened), 0, 0},
+    {"clicked", TD_FK_I64, C_(clicked), 0, 0},
+    {"replied", TD_FK_I64, C_(replied), 0, 0},
+    {"failed", TD_FK_I64, C_(failed), 0, 0},
+    {"unanswered", TD_FK_I64, C_(unanswered), 0, 0},
+    {"opens_since_reply", TD_FK_I64, C_(opens_since_reply), 0, 0},
+    {"last_sent_at", TD_FK_TIME, C_(last_sent_at), 0, 0},
+    {"last_opened_at", TD_FK_TIME, C_(last_opened_at), 0, 0},
+    {"last_replied_at", TD_FK_TIME, C_(last_replied_at), 0, 0},
+    {"blocked", TD_FK_BLOCK, C_(blocked), 0, 0},
+    {"consent", TD_FK_TRI, C_(consent), 0, 0},
+};
+
+#define TD_NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Instants RFC 3339 can write (years 0001..9999); others are "@<ms>". */
+#define TD_RFC_MIN ((td_ms)-62135596800000LL)
+#define TD_RFC_MAX ((td_ms)253402300799999LL)
+
+static size_t td_fmt_i64(int64_t v, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%" PRId64, v);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+static size_t td_fmt_time(td_ms t, char *buf, size_t cap) {
+    if (t >= TD_RFC_MIN && t <= TD_RFC_MAX) return td_time_format(t, buf, cap);
+    int n = snprintf(buf, cap, "@%" PRId64, t);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+static size_t td_fmt_dec(td_dec d, char *buf, size_t cap) {
+    uint64_t m = d < 0 ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
+    uint64_t ip = m / TD_DEC_SCALE, fp = m % TD_DEC_SCALE;
+    int n = snprintf(buf, cap, "%s%" PRIu64, d < 0 ? "-" : "", ip);
+    if (n < 0) return 0;
+    if (fp) {
+        char f[8];
+        snprintf(f, sizeof f, "%04u", (unsigned)fp);
+        size_t fl = 4;
+        while (fl > 1 && f[fl - 1] == '0') fl--;
+        f[fl] = 0;
+        int k = snprintf(buf + n, cap - (size_t)n, ".%s", f);
+        if (k > 0) n += k;
+    }
+    return (size_t)n;
+}
+
+/* Percent-encodes a NUL-terminated string; out needs 3 * strlen + 1 bytes. */
+static size_t td_pct_enc(const char *s, char *out) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p >= 0x7f || *p == '%') {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        } else {
+            out[n++] = (char)*p;
+        }
+    }
+    out[n] = 0;
+    return n;
+}
+
+static int td_hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes into dst (cap bytes incl. NUL). @returns TD_OK or TD_ERR (bad
+ * escape, a NUL byte, or too long). */
+static int td_pct_dec(const char *v, size_t n, char *dst, size_t cap) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '%') {
+            if (i + 2 >= n) return TD_ERR;
+            int h = td_hexval(v[i + 1]), l = td_hexval(v[i + 2]);
+            if (h < 0 || l < 0) return TD_ERR;
+            c = (unsigned char)(h << 4 | l);
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= cap) return TD_ERR;
+        dst[o++] = (char)c;
+    }
+    dst[o] = 0;
+    return TD_OK;
+}
+
+/* Strict decimal integer: -?[0-9]+ within int64. */
+static int td_parse_i64(const char *v, size_t n, int64_t *out) {
+    size_t i = 0;
+    bool neg = false;
+    if (n && v[0] == '-') {
+        neg = true;
+        i = 1;
+    }
+    if (i >= n) return TD_ERR;
+    uint64_t m = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9') return TD_ERR;
+        unsigned d = (unsigned)(v[i] - '0');
+        if (m > (lim - d) / 10) return TD_ERR;
+        m = m * 10 + d;
+    }
+    *out = neg ? (m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m) : (int64_t)m;
+    return TD_OK;
+}
+
+/* Decimal: -?[0-9]+(\.[0-9]{1,4})? within the td_dec range. */
+static int td_parse_dec(const char *v, size_t n, td_dec *out) {
+    size_t i = 0;
+    bool neg = false;
+    if (n && v[0] == '-') {
+        neg = true;
+        i = 1;
+    }
+    uint64_t ip = 0, fp = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    size_t start = i;
+    for (; i < n && v[i] >= '0' && v[i] <= '9'; i++) {
+        unsigned d = (unsigned)(v[i] - '0');
+        if (ip > (UINT64_MAX - d) / 10) return TD_ERR;
+        ip = ip * 10 + d;
+    }
+    if (i == start) return TD_ERR;
+    if (i < n) {
+        if (v[i] != '.') return TD_ERR;
+        i++;
+        size_t fs = i;
+        for (; i < n && v[i] >= '0' && v[i] <= '9'; i++) fp = fp * 10 + (unsigned)(v[i] - '0');
+        size_t fl = i - fs;
+        if (i != n || fl == 0 || fl > 4) return TD_ERR;
+        for (; fl < 4; fl++) fp *= 10;
+    }
+    if (ip > lim / TD_DEC_SCALE) return TD_ERR;
+    uint64_t m = ip * TD_DEC_SCALE;
+    if (fp > lim - m) return TD_ERR;
+    m += fp;
+    *out = neg ? (m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m) : (int64_t)m;
+    return TD_OK;
+}
+
+static int td_parse_time(const char *v, size_t n, td_ms *out) {
+    if (n && v[0] == '@') return td_parse_i64(v + 1, n - 1, out);
+    if (n == 0 || n > 64) return TD_ERR;
+    return td_time_parse(v, n, out);
+}
+
+/* Emits one scalar descriptor at base if it differs from its default. */
+static void td_emit_flat(const td_flat *f, const char *prefix, const void *base, td_kv_fn fn,
+                         void *ud) {
+    const char *p = (const char *)base + f->off;
+    char key[64];
+    char val[3 * (TD_ID_MAX + 1) + 8];
+    size_t vn = 0;
+    switch (f->kind) {
+    case TD_FK_I64: {
+        int64_t x;
+        memcpy(&x, p, sizeof x);
+        if (x == f->def) return;
+        vn = td_fmt_i64(x, val, sizeof val);
+        break;
+    }
+    case TD_FK_I32: {
+        int32_t x;
+        memcpy(&x, p, sizeof x);
+        if (x == f->def) return;
+        vn = td_fmt_i64(x, val, sizeof val);
+        break;
+    }
+    case TD_FK_TIME: {
+        td_ms x;
+        memcpy(&x, p, sizeof x);
+        if (x == TD_MS_MISSING) return;
+        vn = td_fmt_time(x, val, sizeof val);
+        break;
+    }
+    case TD_FK_DEC: {
+        td_dec x;
+        memcpy(&x, p, sizeof x);
+        if (x == f->def) return;
+        vn = td_fmt_dec(x, val, sizeof val);
+        break;
+    }
+    case TD_FK_STR:
+        if (!p[0]) return;
+        vn = td_pct_enc(p, val);
+        break;
+    default: { /* enums: stored as an enum (int-sized) */
+        int x;
+        memcpy(&x, p, sizeof x);
+        if (x == 0) return;
+        const char *name = "";
+        switch (f->kind) {
+        case TD_FK_STAGE: name = td_nz(td_stage_name((td_stage)x)); break;
+        case TD_FK_GP: name = td_nz(td_gift_policy_name((td_gift_policy)x)); break;
+        case TD_FK_SENT: name = td_nz(td_sentiment_name((td_sentiment)x)); break;
+        case TD_FK_GK: name = td_nz(td_gift_kind_name((td_gift_kind)x)); break;
+        case TD_FK_BLOCK: name = td_block_reason_name((td_block_reason)x); break;
+        case TD_FK_TRI: name = x == TD_TRI_YES ? "true" : x == TD_TRI_NO ? "false" : ""; break;
+        default: break;
+        }
+        if (!name[0]) return; /* out-of-range enum: not a valid state */
+        vn = strlen(name);
+        memcpy(val, name, vn + 1);
+        break;
+    }
+    }
+    int kn = snprintf(key, sizeof key, "%s%s%s", prefix ? prefix : "", prefix ? "." : "", f->key);
+    fn(ud, key, (size_t)kn, val, vn);
+}
+
+/* Serialises the state: one call per non-default field, in the order of
+ * td_flat_top, the channels, hour_hist, touches, dedup, pos.*, fired.*,
+ * timer.*. Key and value buffers are valid during the call only. */
+void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud) {
+    for (size_t i = 0; i < TD_NELEM(td_flat_top); i++)
+        td_emit_flat(&td_flat_top[i], NULL, st, fn, ud);
+    for (int c = 0; c < TD_CH__COUNT; c++)
+        for (size_t i = 0; i < TD_NELEM(td_flat_chan); i++)
+            td_emit_flat(&td_flat_chan[i], td_channel_name((td_channel)c), &st->ch[c], fn, ud);
+
+    char buf[TD_TOUCH_RING * (TD_TIME_BUF + 1) + 64];
+    size_t n = 0;
+    for (int h = 0; h < 24; h++)
+        if (st->hour_hist[h]) {
+            int k = snprintf(buf + n, sizeof buf - n, "%s%d:%" PRIu32, n ? "," : "", h,
+                             st->hour_hist[h]);
+            if (k > 0) n += (size_t)k;
+        }
+    if (n) fn(ud, "hour_hist", 9, buf, n);
+
+    uint32_t cnt = st->touch_count < TD_TOUCH_RING ? st->touch_count : TD_TOUCH_RING;
+    n = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        if (n) buf[n++] = ',';
+        n += td_fmt_time(td_touch_at(st, i), buf + n, sizeof buf - n);
+    }
+    if (cnt) fn(ud, "touches", 7, buf, n);
+
+    cnt = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
+    n = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        int k = snprintf(buf + n, sizeof buf - n, "%s%016" PRIx64, i ? "," : "", td_dedup_at(st, i));
+        if (k > 0) n += (size_t)k;
+    }
+    if (cnt) fn(ud, "dedup", 5, buf, n);
+
+    char key[8 + 3 * (TD_RULE_ID_MAX + 1)];
+    for (uint32_t i = 0; i < st->npos && i < TD_POS_MAX; i++) {
+        int kn = snprintf(key, sizeof key, "pos.%016" PRIx64, st->pos[i].key);
+        n = td_fmt_i64(st->pos[i].offset, buf, sizeof buf);
+        fn(ud, key, (size_t)kn, buf, n);
+    }
+    for (uint32_t i = 0; i < st->nfired; i++) {
+        memcpy(key, "fired.", 6);
+        size_t kn = 6 + td_pct_enc(st->fired[i].rule, key + 6);
+        n = td_fmt_time(st->fired[i].at, buf, sizeof buf);
+        fn(ud, key, kn, buf, n);
+    }
+    for (uint32_t i = 0; i < st->ntimers; i++) {
+        memcpy(key, "timer.", 6);
+        size_t kn = 6 + td_pct_enc(st->timers[i].rule, key + 6);
+        n = td_fmt_time(st->timers[i].due_at, buf, sizeof buf);
+        buf[n++] = ' ';
+        n += td_pct_enc(st->timers[i].armed_by, buf + n);
+        fn(ud, key, kn, buf, n);
+    }
+}
+
+static int td_set_err(char *err, size_t errcap, const char *key, size_t klen, const char *what) {
+    if (err && errcap)
+        snprintf(err, errcap, "state field '%.*s': %s", (int)(klen > 64 ? 64 : klen), key, what);
+    return TD_ERR;
+}
+
+static int td_set_flat(const td_flat *f, void *base, const char *key, size_t klen, const char *v,
+                       size_t n, char *err, size_t errcap) {
+    char *p = (char *)base + f->off;
+    switch (f->kind) {
+    case TD_FK_I64: {
+        int64_t x;
+        if (td_parse_i64(v, n, &x)) return td_set_err(err, errcap, key, klen, "not an integer");
+        memcpy(p, &x, sizeof x);
+        return TD_OK;
+    }
+    case TD_FK_I32: {
+        int64_t x;
+        if (td_parse_i64(v, n, &x) || x < INT32_MIN || x > INT32_MAX)
+            return td_set_err(err, errcap, key, klen, "not a 32-bit integer");
+        int32_t y = (int32_t)x;
+        memcpy(p, &y, sizeof y);
+        return TD_OK;
+    }
+    case TD_FK_TIME: {
+        td_ms x;
+        if (td_parse_time(v, n, &x)) return td_set_err(err, errcap, key, klen, "not a time");
+        memcpy(p, &x, sizeof x);
+        return TD_OK;
+    }
+    case TD_FK_DEC: {
+        td_dec x;
+        if (td_parse_dec(v, n, &x)) return td_set_err(err, errcap, key, klen, "not a decimal");
+        memcpy(p, &x, sizeof x);
+        return TD_OK;
+    }
+    case TD_FK_STR: {
+        char tmp[TD_ID_MAX + 1];
+        if (f->cap > sizeof tmp || td_pct_dec(v, n, tmp, f->cap))
+            return td_set_err(err, errcap, key, klen, "bad escape, NUL byte or too long");
+        memcpy(p, tmp, strlen(tmp) + 1);
+        return TD_OK;
+    }
+    default: {
+        int x = -1;
+        switch (f->kind) {
+        case TD_FK_STAGE: x = td_stage_parse(v, n); break;
+        case TD_FK_GP: x = td_gift_policy_parse(v, n); break;
+        case TD_FK_SENT: x = td_sentiment_parse_(v, n); break;
+        case TD_FK_GK: x = td_gift_kind_parse(v, n); break;
+        case TD_FK_BLOCK: x = td_block_reason_parse(v, n); break;
+        case TD_FK_TRI:
+            x = (n == 4 && !memcmp(v, "true", 4)) ? TD_TRI_YES
+                : (n == 5 && !memcmp(v, "false", 5)) ? TD_TRI_NO
+                                                     : -1;
+            break;
+        default: break;
+        }
+        if (x <= 0) return td_set_err(err, errcap, key, klen, "unknown name");
+        memcpy(p, &x, sizeof x);
+        return TD_OK;
+    }
+    }
+}
+
+static bool td_key_is(const char *k, size_t kn, const char *lit) {
+    size_t n = strlen(lit);
+    return kn == n && memcmp(k, lit, n) == 0;
+}
+static bool td_key_prefix(const char *k, size_t kn, const char *lit) {
+    size_t n = strlen(lit);
+    return kn > n && memcmp(k, lit, n) == 0;
+}
+
+/* Splits a comma list: calls back per item. @returns TD_ERR on the first bad item. */
+typedef int (*td_item_fn)(void *ctx, const char *s, size_t n);
+static int td_each_item(const char *v, size_t n, td_item_fn fn, void *ctx) {
+    if (n == 0) return TD_OK;
+    size_t i = 0;
+    for (;;) {
+        size_t j = i;
+        while (j < n && v[j] != ',') j++;
+        if (fn(ctx, v + i, j - i)) return TD_ERR;
+        if (j == n) return TD_OK;
+        i = j + 1;
+    }
+}
+
+typedef struct td_list_ctx {
+    td_state *st;
+    uint32_t n;
+} td_list_ctx;
+
+static int td_item_hist(void *vctx, const char *s, size_t n) {
+    td_list_ctx *c = vctx;
+    const char *colon = memchr(s, ':', n);
+    int64_t h, cnt;
+    if (!colon || td_parse_i64(s, (size_t)(colon - s), &h) || h < 0 || h > 23 ||
+        td_parse_i64(colon + 1, n - (size_t)(colon - s) - 1, &cnt) || cnt < 0 || cnt > UINT32_MAX)
+        return TD_ERR;
+    c->st->hour_hist[h] = (uint32_t)cnt;
+    return TD_OK;
+}
+
+static int td_item_touch(void *vctx, const char *s, size_t n) {
+    td_list_ctx *c = vctx;
+    td_ms t;
+    if (c->n >= TD_TOUCH_RING || td_parse_time(s, n, &t)) return TD_ERR;
+    c->st->touch_ring[c->n++] = t;
+    return TD_OK;
+}
+
+static int td_item_dedup(void *vctx, const char *s, size_t n) {
+    td_list_ctx *c = vctx;
+    if (c->n >= TD_DEDUP_RING || n == 0 || n > 16) return TD_ERR;
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = td_hexval(s[i]);
+        if (d < 0) return TD_ERR;
+        x = x << 4 | (uint64_t)d;
+    }
+    c->st->dedup[c->n++] = x;
+    return TD_OK;
+}
+
+int td_state_set_field(td_state *st, const char *key, size_t klen, const char *val, size_t vlen,
+                       char *err, size_t errcap) {
+    for (size_t i = 0; i < TD_NELEM(td_flat_top); i++)
+        if (td_key_is(key, klen, td_flat_top[i].key))
+            return td_set_flat(&td_flat_top[i], st, key, klen, val, vlen, err, errcap);
+
+    const char *dot = memchr(key, '.', klen);
+    if (dot) {
+        td_channel ch = td_channel_parse(key, (size_t)(dot - key));
+        if (ch != TD_CH_NONE && (int)ch >= 0 && ch < TD_CH__COUNT) {
+            const char *sfx = dot + 1;
+            size_t sn = klen - (size_t)(sfx - key);
+            for (size_t i = 0; i < TD_NELEM(td_flat_chan); i++)
+                if (td_key_is(sfx, sn, td_flat_chan[i].key))
+                    return td_set_flat(&td_flat_chan[i], &st->ch[ch], key, klen, val, vlen, err,
+                                       errcap);
+            return 1; /* a per-channel field of a newer touchd */
+        }
+    }
+
+    if (td_key_is(key, klen, "hour_hist")) {
+        uint32_t saved[24]; /* restored when the value is malformed */
+        memcpy(saved, st->hour_hist, sizeof saved);
+        memset(st->hour_hist, 0, sizeof st->hour_hist);
+        td_list_ctx c = {st, 0};
+        if (td_each_item(val, vlen, td_item_hist, &c)) {
+            memcpy(st->hour_hist, saved, sizeof saved);
+            return td_set_err(err, errcap, key, klen, "expected <hour>:<count>,... (hours 0..23)");
+        }
+        return TD_OK;
+    }
+    if (td_key_is(key, klen, "touches")) {
+        td_ms saved[TD_TOUCH_RING];
+        memcpy(saved, st->touch_ring, sizeof saved);
+        td_list_ctx c = {st, 0};
+        if (td_each_item(val, vlen, td_item_touch, &c)) {
+            memcpy(st->touch_ring, saved, sizeof saved);
+            return td_set_err(err, errcap, key, klen, "expected up to 64 comma-separated times");
+        }
+        st->touch_count = c.n;
+        st->touch_head = c.n % TD_TOUCH_RING;
+        return TD_OK;
+    }
+    if (td_key_is(key, klen, "dedup")) {
+        uint64_t saved[TD_DEDUP_RING];
+        memcpy(saved, st->dedup, sizeof saved);
+        td_list_ctx c = {st, 0};
+        if (td_each_item(val, vlen, td_item_dedup, &c)) {
+            memcpy(st->dedup, saved, sizeof saved);
+            return td_set_err(err, errcap, key, klen,
+                              "expected up to 32 comma-separated hex fingerprints");
+        }
+        st->dedup_count = c.n;
+        st->dedup_head = c.n % TD_DEDUP_RING;
+        return TD_OK;
+    }
+    if (td_key_prefix(key, klen, "pos.")) {
+        uint64_t k = 0;
+        size_t hn = klen - 4;
+        if (hn > 16) return td_set_err(err, errcap, key, klen, "bad position key");
+        for (size_t i = 4; i < klen; i++) {
+            int d = td_hexval(key[i]);
+            if (d < 0) return td_set_err(err, errcap, key, klen, "bad position key");
+            k = k << 4 | (uint64_t)d;
+        }
+        int64_t off;
+        if (td_parse_i64(val, vlen, &off)) return td_set_err(err, errcap, key, klen, "not an offset");
+        td_pos_put(st, k, off);
+        return TD_OK;
+    }
+    if (td_key_prefix(key, klen, "fired.") || td_key_prefix(key, klen, "timer.")) {
+        bool timer = key[0] == 't';
+        char rule[TD_RULE_ID_MAX + 1];
+        if (td_pct_dec(key + 6, klen - 6, rule, sizeof rule))
+            return td_set_err(err, errcap, key, klen, "bad rule id");
+        const char *sp = timer ? memchr(val, ' ', vlen) : NULL;
+        size_t tn = sp ? (size_t)(sp - val) : vlen;
+        td_ms t;
+        if (td_parse_time(val, tn, &t)) return td_set_err(err, errcap, key, klen, "not a time");
+        if (!timer) {
+            if (td_state_set_fired(st, rule, t)) return td_set_err(err, errcap, key, klen, "out of memory");
+            return TD_OK;
+        }
+        char armed[TD_ID_MAX + 1] = "";
+        if (sp && td_pct_dec(sp + 1, vlen - tn - 1, armed, sizeof armed))
+            return td_set_err(err, errcap, key, klen, "bad armed_by id");
+        if (td_state_arm_timer(st, rule, t, armed))
+            return td_set_err(err, errcap, key, klen, "out of memory");
+        return TD_OK;
+    }
+    return 1;
+}
+
+/* ============================================================== the schema */
+
+static inline void td_v_missing(const td_field *f, td_value *out) {
+    out->type = f->type;
+    out->missing = true;
+    out->u.i = 0;
+}
+static inline void td_v_int(const td_field *f, td_value *out, int64_t i) {
+    out->type = f->type;
+    out->missing = false;
+    out->u.i = i;
+}
+static inline void td_v_time(const td_field *f, td_value *out, td_ms t) {
+    out->type = f->type;
+    out->missing = t == TD_MS_MISSING;
+    out->u.t = t;
+}
+static inline void td_v_bool(const td_field *f, td_value *out, bool b) {
+    out->type = f->type;
+    out->missing = false;
+    out->u.b = b;
+}
+/* A string: missing when NULL or empty (every string field's "never set"). */
+static inline void td_v_str(const td_field *f, td_value *out, const char *s) {
+    out->type = f->type;
+    if (!s || !s[0]) {
+        out->missing = true;
+        out->u.s.p = "";
+        out->u.s.n = 0;
+        return;
+    }
+    out->missing = false;
+    out->u.s.p = s;
+    out->u.s.n = (uint32_t)strlen(s);
+}
+
+/* -- per channel; f->channel < 0 means "the channel of ctx->rec" (target.*) */
+static const td_chan_state *td_f_chan(const td_field *f, const td_ctx *ctx) {
+    int ch = f->channel;
+    if (ch < 0) {
+        if (!ctx->rec) return NULL;
+        ch = ctx->rec->channel;
+    }
+    if (ch < 0 || ch >= TD_CH__COUNT) return NULL;
+    return &ctx->st->ch[ch];
+}
+static void td_get_chan_i64(const td_field *f, const td_ctx *ctx, td_value *out) {
+    const td_chan_state *c = td_f_chan(f, ctx);
+    if (!c) { td_v_missing(f, out); return; }
+    int64_t x;
+    memcpy(&x, (const char *)c + f->offset, sizeof x);
+    td_v_int(f, out, x);
+}
+static void td_get_chan_time(const td_field *f, const td_ctx *ctx, td_value *out) {
+    const td_chan_state *c = td_f_chan(f, ctx);
+    if (!c) { td_v_missing(f, out); return; }
+    td_ms x;
+    memcpy(&x, (const char *)c + f->offset, sizeof x);
+    td_v_time(f, out, x);
+}
+static void td_get_chan_blocked(const td_field *f, const td_ctx *ctx, td_value *out) {
+    const td_chan_state *c = td_f_chan(f, ctx);
+    if (!c) { td_v_missing(f, out); return; }
+    td_v_bool(f, out, c->blocked != TD_BLOCK_NONE);
+}
+static void td_get_chan_block_reason(const td_field *f, const td_ctx *ctx, td_value *out) {
+    const td_chan_state *c = td_f_chan(f, ctx);
+    td_v_str(f, out, c ? td_block_reason_name(c->blocked) : NULL);
+}
+static void td_get_chan_consent(const td_field *f, const td_ctx *ctx, td_value *out) {
+    const td_chan_state *c = td_f_chan(f, ctx);
+    if (!c || c->consent == TD_TRI_UNSET) { td_v_missing(f, out); return; }
+    td_v_bool(f, out, c->consent == TD_TRI_YES);
+}
+
+/* -- prospect */
+static void td_get_i64(const td_field *f, const td_ctx *ctx, td_value *out) {
+    int64_t x;
+    memcpy(&x, (const char *)ctx->st + f->offset, sizeof x);
+    td_v_int(f, out, x);
+}
+static void td_get_i64_opt(const td_field *f, const td_ctx *ctx, td_value *out) {
+    int64_t x;
+    memcpy(&x, (const char *)ctx->st + f->offset, sizeof x);
+    if (x == TD_INT_MISSING) { td_v_missing(f, out); return; }
+    td_v_int(f, out, x);
+}
+static void td_get_dec_opt(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_get_i64_opt(f, ctx, out); /* td_dec and TD_DEC_MISSING match int64 */
+}
+static void td_get_time(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_ms x;
+    memcpy(&x, (const char *)ctx->st + f->offset, sizeof x);
+    td_v_time(f, out, x);
+}
+static void td_get_str(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_str(f, out, (const char *)ctx->st + f->offset);
+}
+static void td_get_stage(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_str(f, out, ctx->st->stage ? td_stage_name(ctx->st->stage) : NULL);
+}
+static void td_get_gift_policy(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_str(f, out, ctx->st->gift_policy ? td_gift_policy_name(ctx->st->gift_policy) : NULL);
+}
+static void td_get_sentiment(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_sentiment s = ctx->st->last_reply_sentiment;
+    td_v_str(f, out, s ? td_sentiment_name(s) : NULL);
+}
+static void td_get_gift_kind(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_gift_kind k = ctx->st->last_gift_kind;
+    td_v_str(f, out, k ? td_gift_kind_name(k) : NULL);
+}
+static void td_get_replied(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_bool(f, out, ctx->st->replies > 0);
+}
+static void td_get_is_new(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_bool(f, out, ctx->st->first_touch_at == TD_MS_MISSING);
+}
+static void td_get_touches_1d(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_int(f, out, td_state_touches_within(ctx->st, ctx->now, TD_DAY));
+}
+static void td_get_touches_7d(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_int(f, out, td_state_touches_within(ctx->st, ctx->now, TD_WEEK));
+}
+static void td_get_touches_30d(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_int(f, out, td_state_touches_within(ctx->st, ctx->now, 30 * TD_DAY));
+}
+static void td_get_touches_total(const td_field *f, const td_ctx *ctx, td_value *out) {
+    int64_t n = 0;
+    for (int c = 0; c < TD_CH__COUNT; c++) n = td_sat_add(n, ctx->st->ch[c].sent);
+    td_v_int(f, out, n);
+}
+static void td_get_points(const td_field *f, const td_ctx *ctx, td_value *out) {
+    int64_t n = 0;
+    for (int h = 0; h < 24; h++) n += ctx->st->hour_hist[h];
+    td_v_int(f, out, n);
+}
+static void td_get_gifts_year_count(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_civil c;
+    td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
+    td_v_int(f, out, c.year == ctx->st->gift_year ? ctx->st->gifts_year_count : 0);
+}
+static void td_get_gifts_year_spend(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_civil c;
+    td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
+    td_v_int(f, out, c.year == ctx->st->gift_year ? ctx->st->gifts_year_spend_eur : 0);
+}
+static void td_get_local_hour(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_civil c;
+    td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
+    td_v_int(f, out, c.hour);
+}
+static void td_get_local_weekday(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_civil c;
+    td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
+    td_v_int(f, out, c.weekday);
+}
+static void td_get_local_month(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_civil c;
+    td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
+    td_v_int(f, out, c.month);
+}
+
+/* -- event.*: missing on timer triggers and when the event lacks the field */
+#define TD_EV_GETTER(name, bit, expr_setter)                                              \
+    static void name(const td_field *f, const td_ctx *ctx, td_value *out) {              \
+        const td_event *ev = ctx->ev;                                                     \
+        if (!ev || ((bit) && !(ev->has & (bit)))) { td_v_missing(f, out); return; }            \
+        expr_setter;                                                                      \
+    }
+TD_EV_GETTER(td_get_ev_type, 0, td_v_str(f, out, td_event_type_name(ev->type)))
+TD_EV_GETTER(td_get_ev_channel, 0,
+             td_v_str(f, out, ev->channel == TD_CH_NONE ? NULL : td_channel_name(ev->channel)))
+TD_EV_GETTER(td_get_ev_kind, TD_HAS_KIND, td_v_str(f, out, ev->kind))
+TD_EV_GETTER(td_get_ev_sentiment, TD_HAS_SENTIMENT,
+             td_v_str(f, out, ev->sentiment ? td_sentiment_name(ev->sentiment) : NULL))
+TD_EV_GETTER(td_get_ev_owner, TD_HAS_OWNER, td_v_str(f, out, ev->owner_id))
+TD_EV_GETTER(td_get_ev_gift_kind, TD_HAS_GIFT_KIND,
+             td_v_str(f, out, ev->gift_kind ? td_gift_kind_name(ev->gift_kind) : NULL))
+TD_EV_GETTER(td_get_ev_wrapping, TD_HAS_WRAPPING, td_v_str(f, out, ev->wrapping))
+TD_EV_GETTER(td_get_ev_hard, TD_HAS_HARD, td_v_bool(f, out, ev->hard))
+TD_EV_GETTER(td_get_ev_occurred, 0, td_v_time(f, out, ev->occurred_at))
+TD_EV_GETTER(td_get_ev_at, TD_HAS_AT, td_v_time(f, out, ev->at))
+TD_EV_GETTER(td_get_ev_value, TD_HAS_VALUE,
+             ev->value_eur == TD_DEC_MISSING ? td_v_missing(f, out) : td_v_int(f, out, ev->value_eur))
+TD_EV_GETTER(td_get_ev_items, TD_HAS_ITEMS, td_v_int(f, out, ev->items))
+TD_EV_GETTER(td_get_ev_duration, TD_HAS_DURATION, td_v_int(f, out, ev->duration_s))
+TD_EV_GETTER(td_get_ev_tier, TD_HAS_TIER, td_v_int(f, out, ev->tier))
+TD_EV_GETTER(td_get_ev_stage, TD_HAS_STAGE,
+             td_v_str(f, out, ev->stage ? td_stage_name(ev->stage) : NULL))
+
+/* event.human: the contract's default (true) applies to email.opened without
+ * the field; other types do not have it. */
+static void td_get_ev_human(const td_field *f, const td_ctx *ctx, td_value *out) {
+    const td_event *ev = ctx->ev;
+    if (!ev) { td_v_missing(f, out); return; }
+    if (ev->has & TD_HAS_HUMAN) {
+        td_v_bool(f, out, ev->human);
+        return;
+    }
+    if (ev->type == TD_EV_EMAIL_OPENED) {
+        td_v_bool(f, out, true);
+        return;
+    }
+    td_v_missing(f, out);
+}
+
+/* -- rec.*: guards only */
+static void td_get_rec_channel(const td_field *f, const td_ctx *ctx, td_value *out) {
+    const td_rec_view *r = ctx->rec;
+    td_v_str(f, out, r && r->channel >= 0 && r->channel < TD_CH__COUNT ? td_channel_name(r->channel)
+                                                                       : NULL);
+}
+static void td_get_rec_touch(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_str(f, out, ctx->rec ? ctx->rec->touch : NULL);
+}
+static void td_get_rec_rule(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_str(f, out, ctx->rec ? ctx->rec->rule : NULL);
+}
+static void td_get_rec_group(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_v_str(f, out, ctx->rec ? ctx->rec->group : NULL);
+}
+static void td_get_rec_priority(const td_field *f, const td_ctx *ctx, td_value *out) {
+    if (!ctx->rec) { td_v_missing(f, out); return; }
+    td_v_int(f, out, ctx->rec->priority);
+}
+static void td_get_rec_not_before(const td_field *f, const td_ctx *ctx, td_value *out) {
+    if (!ctx->rec) { td_v_missing(f, out); return; }
+    td_v_time(f, out, ctx->rec->not_before);
+}
+
+#define A_ TD_FIELD_ANY
+#define E_ TD_FIELD_EVENT
+#define G_ TD_FIELD_GUARD
+
+/* The 14 per-channel fields of channel C (a string literal; ID its index, or
+ * -1 for target.* which reads the channel of the recommendation judged). */
+#define TD_CHAN_FIELDS(C, ID, SCOPE, WHO)                                                      \
+    {C ".sent", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(sent),                              \
+     "Outbound touches sent on " WHO "."},                                                   \
+    {C ".delivered", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(delivered),                    \
+     "Delivery receipts on " WHO "."},                                                       \
+    {C ".opened", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(opened),                          \
+     "Human opens/reads on " WHO " (machine opens excluded)."},                              \
+    {C ".clicked", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(clicked), "Clicks on " WHO "."}, \
+    {C ".replied", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(replied),                        \
+     "Replies on " WHO " (out-of-office excluded)."},                                        \
+    {C ".failed", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(failed),                          \
+     "Failed sends and soft bounces on " WHO "."},                                           \
+    {C ".unanswered", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(unanswered),                  \
+     "Touches on " WHO " since the prospect last replied (any channel)."},                   \
+    {C ".opens_since_reply", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(opens_since_reply),    \
+     "Human opens on " WHO " since the prospect last replied (any channel)."},               \
+    {C ".last_sent_at", TD_T_TIME, SCOPE, td_get_chan_time, ID, C_(last_sent_at),            \
+     "Latest outbound touch on " WHO "; missing when never."},                               \
+    {C ".last_opened_at", TD_T_TIME, SCOPE, td_get_chan_time, ID, C_(last_opened_at),        \
+     "Latest human open on " WHO "; missing when never."},                                   \
+    {C ".last_replied_at", TD_T_TIME, SCOPE, td_get_chan_time, ID, C_(last_replied_at),      \
+     "Latest reply on " WHO "; missing when never."},                                        \
+    {C ".blocked", TD_T_BOOL, SCOPE, td_get_chan_blocked, ID, 0,                             \
+     "True when " WHO " is blocked for good (unsubscribe, hard bounce, opt-out)."},          \
+    {C ".block_reason", TD_T_STR, SCOPE, td_get_chan_block_reason, ID, 0,                    \
+     "unsubscribed, hard_bounce or opted_out; missing when not blocked."},                   \
+    {C ".consent", TD_T_BOOL, SCOPE, td_get_chan_consent, ID, 0,                             \
+     "Consent to be contacted on " WHO "; missing when unknown."}
+
+#define TD_P(name, type, get, off, doc) {name, type, A_, get, -1, off, doc}
+
+static const td_field td_schema[] = {
+    TD_CHAN_FIELDS("email", TD_CH_EMAIL, A_, "email"),
+    TD_CHAN_FIELDS("whatsapp", TD_CH_WHATSAPP, A_, "WhatsApp"),
+    TD_CHAN_FIELDS("sms", TD_CH_SMS, A_, "SMS"),
+    TD_CHAN_FIELDS("linkedin", TD_CH_LINKEDIN, A_, "LinkedIn"),
+    TD_CHAN_FIELDS("call", TD_CH_CALL, A_, "calls"),
+    TD_CHAN_FIELDS("meeting", TD_CH_MEETING, A_, "meetings"),
+    TD_CHAN_FIELDS("gift", TD_CH_GIFT, A_, "gifts"),
+
+    TD_P("prospect_id", TD_T_STR, td_get_str, S_(prospect_id), "The prospect's id."),
+    TD_P("owner_id", TD_T_STR, td_get_str, S_(owner_id),
+         "The seller: owner_id of the latest event that carried one; missing when unknown."),
+    TD_P("stage", TD_T_STR, td_get_stage, 0,
+         "CRM stage: new, contacted, engaged, proposal, negotiation, won, lost; missing when unset."),
+    TD_P("country", TD_T_STR, td_get_str, S_(country), "ISO 3166 alpha-2 country; missing when unset."),
+    TD_P("sector", TD_T_STR, td_get_str, S_(sector), "CRM sector; missing when unset."),
+    TD_P("timezone", TD_T_STR, td_get_str, S_(timezone),
+         "IANA time zone of the prospect; missing when unset (the default zone applies)."),
+    TD_P("gift_policy", TD_T_STR, td_get_gift_policy, 0,
+         "allowed, restricted or forbidden; missing when unset."),
+    TD_P("language", TD_T_STR, td_get_str, S_(language), "BCP 47 language tag; missing when unset."),
+    TD_P("tier", TD_T_INT, td_get_i64_opt, S_(tier),
+         "1 strategic, 2 important, 3 transactional; missing when unset."),
+    TD_P("lifetime_value_eur", TD_T_DEC, td_get_dec_opt, S_(lifetime_value_eur),
+         "Lifetime value in EUR from the CRM; missing when unset."),
+    TD_P("first_seen_at", TD_T_TIME, td_get_time, S_(first_seen_at), "Earliest event time applied."),
+    TD_P("last_event_at", TD_T_TIME, td_get_time, S_(last_event_at), "Latest event time applied."),
+    TD_P("last_touch_at", TD_T_TIME, td_get_time, S_(last_touch_at),
+         "Latest outbound touch, any channel; missing when never."),
+    TD_P("last_inbound_at", TD_T_TIME, td_get_time, S_(last_inbound_at),
+         "Latest reply, connected call or LinkedIn accept; missing when never."),
+    TD_P("first_touch_at", TD_T_TIME, td_get_time, S_(first_touch_at),
+         "Earliest outbound touch, any channel; missing when never."),
+    TD_P("stage_changed_at", TD_T_TIME, td_get_time, S_(stage_changed_at),
+         "When the CRM stage last changed; missing when never set."),
+    TD_P("next_meeting_at", TD_T_TIME, td_get_time, S_(next_meeting_at),
+         "`at` of the booked meeting not yet held/cancelled/no-show; missing when none."),
+    TD_P("last_gift_at", TD_T_TIME, td_get_time, S_(last_gift_at),
+         "Latest gift sent; missing when never."),
+    TD_P("replied", TD_T_BOOL, td_get_replied, 0,
+         "True once the prospect has replied on any channel (out-of-office excluded)."),
+    TD_P("replies", TD_T_INT, td_get_i64, S_(replies),
+         "Replies on any channel, out-of-office excluded (connected calls count)."),
+    TD_P("events", TD_T_INT, td_get_i64, S_(events), "Events applied to this prospect."),
+    TD_P("last_reply_sentiment", TD_T_STR, td_get_sentiment, 0,
+         "positive, neutral or negative of the latest reply; missing when not given."),
+    TD_P("meetings.booked", TD_T_INT, td_get_i64, S_(meetings_booked), "meeting.booked events."),
+    TD_P("meetings.held", TD_T_INT, td_get_i64, S_(meetings_held), "meeting.held events."),
+    TD_P("meetings.cancelled", TD_T_INT, td_get_i64, S_(meetings_cancelled),
+         "meeting.cancelled events."),
+    TD_P("meetings.no_show", TD_T_INT, td_get_i64, S_(meetings_no_show), "meeting.no_show events."),
+    TD_P("touches.1d", TD_T_INT, td_get_touches_1d, 0,
+         "Outbound touches, any channel, in the 24 hours up to now."),
+    TD_P("touches.7d", TD_T_INT, td_get_touches_7d, 0,
+         "Outbound touches, any channel, in the 7 days up to now."),
+    TD_P("touches.30d", TD_T_INT, td_get_touches_30d, 0,
+         "Outbound touches, any channel, in the 30 days up to now (at most the last 64)."),
+    TD_P("touches.total", TD_T_INT, td_get_touches_total, 0,
+         "Outbound touches ever, any channel (sum of C.sent)."),
+    TD_P("gifts.year_count", TD_T_INT, td_get_gifts_year_count, 0,
+         "Gifts sent in the prospect's local calendar year of now."),
+    TD_P("gifts.year_spend_eur", TD_T_DEC, td_get_gifts_year_spend, 0,
+         "EUR spent on gifts in the prospect's local calendar year of now."),
+    TD_P("gifts.total", TD_T_INT, td_get_i64, S_(gifts_total), "Gifts sent ever."),
+    TD_P("gifts.last_kind", TD_T_STR, td_get_gift_kind, 0,
+         "Kind of the latest gift (object, card, ...); missing when never or not given."),
+    TD_P("engagement.points", TD_T_INT, td_get_points, 0,
+         "Human opens and replies counted in the local-hour histogram."),
+    TD_P("is_new", TD_T_BOOL, td_get_is_new, 0, "True until the first outbound touch."),
+    TD_P("local.hour", TD_T_INT, td_get_local_hour, 0, "Hour (0..23) of now in the prospect's zone."),
+    TD_P("local.weekday", TD_T_INT, td_get_local_weekday, 0,
+         "Weekday of now in the prospect's zone: 1 Monday .. 7 Sunday."),
+    TD_P("local.month", TD_T_INT, td_get_local_month, 0,
+         "Month (1..12) of now in the prospect's zone."),
+
+    {"event.type", TD_T_STR, E_, td_get_ev_type, -1, 0, "Type of the triggering event."},
+    {"event.channel", TD_T_STR, E_, td_get_ev_channel, -1, 0,
+     "Channel of the triggering event; missing for prospect.updated."},
+    {"event.kind", TD_T_STR, E_, td_get_ev_kind, -1, 0, "data.kind (value, follow_up, proposal...)."},
+    {"event.sentiment", TD_T_STR, E_, td_get_ev_sentiment, -1, 0, "data.sentiment of a reply."},
+    {"event.owner_id", TD_T_STR, E_, td_get_ev_owner, -1, 0, "owner_id carried by the event."},
+    {"event.gift_kind", TD_T_STR, E_, td_get_ev_gift_kind, -1, 0, "data.kind of gift.sent."},
+    {"event.wrapping", TD_T_STR, E_, td_get_ev_wrapping, -1, 0, "data.wrapping of gift.sent."},
+    {"event.human", TD_T_BOOL, E_, td_get_ev_human, -1, 0,
+     "data.human of an open (true when email.opened omits it)."},
+    {"event.hard", TD_T_BOOL, E_, td_get_ev_hard, -1, 0, "data.hard of email.bounced."},
+    {"event.occurred_at", TD_T_TIME, E_, td_get_ev_occurred, -1, 0, "occurred_at of the event."},
+    {"event.at", TD_T_TIME, E_, td_get_ev_at, -1, 0, "data.at of a meeting event."},
+    {"event.value_eur", TD_T_DEC, E_, td_get_ev_value, -1, 0, "data.value_eur of gift.sent."},
+    {"event.items", TD_T_INT, E_, td_get_ev_items, -1, 0, "data.items of gift.sent."},
+    {"event.duration_s", TD_T_INT, E_, td_get_ev_duration, -1, 0, "data.duration_s of a call."},
+    {"event.tier", TD_T_INT, E_, td_get_ev_tier, -1, 0, "data.tier of prospect.updated."},
+    {"event.stage", TD_T_STR, E_, td_get_ev_stage, -1, 0, "data.stage of prospect.updated."},
+
+    {"rec.channel", TD_T_STR, G_, td_get_rec_channel, -1, 0, "Channel of the recommendation judged."},
+    {"rec.touch", TD_T_STR, G_, td_get_rec_touch, -1, 0, "Touch of the recommendation judged."},
+    {"rec.rule", TD_T_STR, G_, td_get_rec_rule, -1, 0, "Rule id of the recommendation judged."},
+    {"rec.group", TD_T_STR, G_, td_get_rec_group, -1, 0,
+     "Group of the recommendation judged; missing when none."},
+    {"rec.priority", TD_T_INT, G_, td_get_rec_priority, -1, 0, "Priority of the recommendation."},
+    {"rec.not_before", TD_T_TIME, G_, td_get_rec_not_before, -1, 0,
+     "not_before of the recommendation judged."},
+    TD_CHAN_FIELDS("target", -1, G_, "the recommendation's channel"),
+};
+
+const td_field *td_schema_lookup(const char *name, size_t len) {
+    for (size_t i = 0; i < TD_NELEM(td_schema); i++) {
+        const char *n = td_schema[i].name;
+        if (strncmp(n, name, len) == 0 && n[len] == 0) return &td_schema[i];
+    }
+    return NULL;
+}
+
+const td_field *td_schema_fields(size_t *n) {
+    if (n) *n = TD_NELEM(td_schema);
+    return td_schema;
+}

@@ -1,0 +1,246 @@
+/*
+ * td_state.h - per-prospect state: the model, one reducer per event type, the
+ * schema that rules read, and the flat field/value form stored in Redis.
+ *
+ * State is a plain struct plus two small growable tables (per-rule last fired
+ * times, pending timers). The reducer (td_state_apply) is pure: the state and
+ * the event in, the state changed in place, nothing else touched. The schema
+ * (td_schema_*) is the contract of the rules language: every name a `when`,
+ * `block` or `at` expression can read, its type, and how to read it.
+ *
+ * Flat form: td_state_serialize emits only fields that differ from a fresh
+ * state, as ASCII text, so `redis-cli HGETALL touchd:p:{p-42}` is readable;
+ * td_state_set_field reads them back. A round trip is lossless.
+ *
+ * @locality any thread; a td_state is used by one thread at a time.
+ */
+#ifndef TD_STATE_H
+#define TD_STATE_H
+
+#include "td_base.h"
+#include "td_event.h"
+#include "td_time.h"
+
+#define TD_DEDUP_RING 32    /* recently applied event ids kept per prospect */
+#define TD_TOUCH_RING 64    /* recent outbound touch times kept per prospect */
+#define TD_POS_MAX 8        /* input (topic, partition) positions per prospect */
+
+/* Why a channel is blocked for good. */
+typedef enum td_block_reason {
+    TD_BLOCK_NONE = 0,
+    TD_BLOCK_UNSUBSCRIBED, /* email.unsubscribed */
+    TD_BLOCK_HARD_BOUNCE,  /* email.bounced with hard = true */
+    TD_BLOCK_OPTED_OUT     /* whatsapp/sms.opted_out */
+} td_block_reason;
+const char *td_block_reason_name(td_block_reason r); /* "" for NONE */
+
+typedef struct td_chan_state {
+    int64_t sent;              /* outbound touches on this channel */
+    int64_t delivered;
+    int64_t opened;            /* human opens (email.opened human=true, *.read) */
+    int64_t clicked;
+    int64_t replied;           /* replies, out-of-office excluded */
+    int64_t failed;            /* soft bounces, failed sends */
+    int64_t unanswered;        /* sent since the last reply */
+    int64_t opens_since_reply; /* human opens since the last reply */
+    td_ms last_sent_at, last_opened_at, last_replied_at; /* TD_MS_MISSING if never */
+    td_block_reason blocked;
+    td_tristate consent;       /* from opted_in/opted_out and prospect.updated */
+} td_chan_state;
+
+/* Last time a rule fired for this prospect (cooldowns). */
+typedef struct td_fired {
+    char rule[TD_RULE_ID_MAX + 1];
+    td_ms at;
+} td_fired;
+
+/* A pending timer of a rule with `after` (one per rule and prospect). */
+typedef struct td_timer {
+    char rule[TD_RULE_ID_MAX + 1];
+    td_ms due_at;
+    char armed_by[TD_ID_MAX + 1]; /* id of the event that armed it */
+} td_timer;
+
+/* Last applied input offset for one (topic, partition), set by the daemon. */
+typedef struct td_pos {
+    uint64_t key; /* td_hash64 of "<topic>/<partition>" */
+    int64_t offset;
+} td_pos;
+
+typedef struct td_state {
+    char prospect_id[TD_ID_MAX + 1];
+    char owner_id[TD_ID_MAX + 1];
+    int64_t version; /* bumped by every successful write (compare-and-set) */
+    int64_t events;  /* events applied */
+
+    td_chan_state ch[TD_CH__COUNT];
+
+    /* CRM attributes (prospect.updated); "" / NONE / missing when never set */
+    td_stage stage;
+    int64_t tier; /* TD_INT_MISSING or 1..3 */
+    char country[3];
+    char sector[TD_SHORT_MAX + 1];
+    char timezone[TD_SHORT_MAX + 1];
+    td_gift_policy gift_policy;
+    td_dec lifetime_value_eur; /* TD_DEC_MISSING when unknown */
+    char language[16];
+
+    td_ms first_seen_at;   /* occurred_at of the first event applied */
+    td_ms last_event_at;   /* latest occurred_at applied */
+    td_ms last_touch_at;   /* latest outbound touch, any channel */
+    td_ms last_inbound_at; /* latest reply/accept/connected, any channel */
+    td_ms first_touch_at;  /* first outbound touch, any channel */
+    td_ms stage_changed_at;
+    int64_t replies;       /* replies on any channel, out-of-office excluded */
+    td_sentiment last_reply_sentiment;
+    int64_t meetings_booked, meetings_held, meetings_cancelled, meetings_no_show;
+    td_ms next_meeting_at; /* `at` of the last meeting.booked, cleared on held/cancelled */
+
+    /* outbound touch times, newest at touch_ring[(touch_head - 1) % RING] */
+    td_ms touch_ring[TD_TOUCH_RING];
+    uint32_t touch_count; /* entries used, <= TD_TOUCH_RING */
+    uint32_t touch_head;
+
+    /* engagement by local hour: human opens and replies counted by the hour of
+     * day in the prospect's zone (or the default zone) when they occurred */
+    uint32_t hour_hist[24];
+
+    /* gifts: counters are for gift_year (local calendar year of the last gift) */
+    int32_t gift_year;
+    int64_t gifts_year_count;
+    td_dec gifts_year_spend_eur;
+    int64_t gifts_total;
+    td_ms last_gift_at;
+    td_gift_kind last_gift_kind;
+
+    /* recently applied event ids (fingerprints), a ring */
+    uint64_t dedup[TD_DEDUP_RING];
+    uint32_t dedup_count, dedup_head;
+
+    td_pos pos[TD_POS_MAX];
+    uint32_t npos;
+
+    td_fired *fired; /* owned; sorted by rule id */
+    uint32_t nfired, capfired;
+    td_timer *timers; /* owned; sorted by rule id */
+    uint32_t ntimers, captimers;
+} td_state;
+
+/* Settings the state, the functions and the engine read. The ruleset carries
+ * them (a `settings` block in a rules file), so ops tune them with the rules. */
+typedef struct td_settings {
+    char default_timezone[TD_SHORT_MAX + 1]; /* used when the prospect has none; "UTC" */
+    int best_time_min_points;   /* engagement points needed before best_time trusts them (5) */
+    int best_time_default_hour; /* local hour used below that (10) */
+    int business_start_hour;    /* 9: first local hour a touch may be scheduled */
+    int business_end_hour;      /* 18: touches end before this local hour */
+} td_settings;
+/* The defaults above. */
+void td_settings_default(td_settings *s);
+
+/* A fresh state for `prospect_id` (truncated to TD_ID_MAX). */
+void td_state_init(td_state *st, const char *prospect_id);
+/* Frees the tables; the struct itself belongs to the caller. NULL is a no-op. */
+void td_state_free(td_state *st);
+/* Deep copy: dst is initialised (any previous content of dst is NOT freed). */
+int td_state_copy(td_state *dst, const td_state *src);
+/* Deep equality (for tests and round trips). */
+bool td_state_equal(const td_state *a, const td_state *b);
+
+/* Event-id dedup ring. */
+bool td_state_seen(const td_state *st, const char *event_id);
+void td_state_remember(td_state *st, const char *event_id);
+
+/* Input positions: last applied offset of (topic, partition), -1 if none. */
+int64_t td_state_pos_get(const td_state *st, const char *topic, int32_t partition);
+void td_state_pos_set(td_state *st, const char *topic, int32_t partition, int64_t offset);
+
+/* Per-rule last fired time (TD_MS_MISSING if never) and its update. */
+td_ms td_state_fired_at(const td_state *st, const char *rule);
+int td_state_set_fired(td_state *st, const char *rule, td_ms at);
+
+/* Pending timers: find (NULL if none), arm or re-arm, disarm. */
+const td_timer *td_state_timer(const td_state *st, const char *rule);
+int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char *armed_by);
+void td_state_disarm_timer(td_state *st, const char *rule);
+
+/* Outbound touches in (now - window, now]. */
+int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window);
+
+/*
+ * Applies one validated event to the state: counters, last-at times,
+ * unanswered / opens_since_reply, human opens only, out-of-office replies not
+ * counted as replies, consent and opt-outs, hard bounces, CRM attributes,
+ * gifts of the year, engagement by local hour, owner. Does NOT check or update
+ * the dedup ring (the engine does). `tz` and `set` give local time.
+ * @returns TD_OK, or TD_ERR on out-of-memory (state unchanged then).
+ */
+int td_state_apply(td_state *st, const td_event *ev, td_tzdb *tz, const td_settings *set);
+
+/* ---- flat form (Redis hash) ---- */
+
+typedef void (*td_kv_fn)(void *ud, const char *key, size_t klen, const char *val, size_t vlen);
+/* Calls fn once per non-default field, in a stable order. */
+void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud);
+/*
+ * Sets one field from its flat form. Unknown keys are ignored (returns 1) so
+ * an older touchd can read a newer one's hash; a malformed value returns
+ * TD_ERR with a message in err.
+ * @returns TD_OK, 1 (ignored), or TD_ERR.
+ */
+int td_state_set_field(td_state *st, const char *key, size_t klen, const char *val,
+                       size_t vlen, char *err, size_t errcap);
+
+/* ---- the schema: what rule expressions can read ---- */
+
+/* What a guard sees of the recommendation it judges. */
+typedef struct td_rec_view {
+    td_channel channel;
+    const char *touch;
+    const char *rule;
+    const char *group; /* "" when none */
+    int64_t priority;
+    td_ms not_before;
+} td_rec_view;
+
+/* Everything an expression can read, for one evaluation. */
+typedef struct td_ctx {
+    const td_state *st;
+    const td_event *ev;      /* the triggering event; NULL for timer triggers */
+    td_ms now;
+    const td_rec_view *rec;  /* guards only; NULL otherwise */
+    td_tzdb *tz;
+    const td_settings *settings;
+    void *facts;             /* the evaluator's fact recorder, or NULL */
+} td_ctx;
+
+/* Where a field may be read. */
+enum {
+    TD_FIELD_ANY = 0,     /* state and computed fields: everywhere */
+    TD_FIELD_EVENT = 1,   /* event.*: everywhere, missing on timer triggers */
+    TD_FIELD_GUARD = 2    /* rec.*, target.*: only in guards' `block` */
+};
+
+typedef struct td_field td_field;
+typedef void (*td_field_get_fn)(const td_field *f, const td_ctx *ctx, td_value *out);
+struct td_field {
+    const char *name; /* "email.unanswered", "tier", "touches.7d", "event.kind" */
+    td_type type;
+    int scope;        /* TD_FIELD_* */
+    td_field_get_fn get;
+    int channel;      /* for per-channel fields; -1 otherwise */
+    size_t offset;    /* for plain fields: offset in td_state or td_chan_state */
+    const char *doc;  /* one line for docs and `touchd explain` */
+};
+
+/* The field named `name` (len bytes), or NULL. */
+const td_field *td_schema_lookup(const char *name, size_t len);
+/* All fields, for docs and tests; *n receives the count. */
+const td_field *td_schema_fields(size_t *n);
+
+/* Reads a field (convenience for td_field.get). */
+static inline void td_field_read(const td_field *f, const td_ctx *ctx, td_value *out) {
+    f->get(f, ctx, out);
+}
+
+#endif

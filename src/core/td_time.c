@@ -1,0 +1,493 @@
+/*
+ * td_time.c - RFC 3339 timestamps, duration literals, UTC civil arithmetic
+ * and local time in IANA zones.
+ *
+ * Design:
+ * - UTC <-> civil conversion is pure integer arithmetic (Howard Hinnant's
+ *   days_from_civil / civil_from_days over the proleptic Gregorian calendar),
+ *   so it never depends on the C library, the process TZ or the locale.
+ * - Local time goes through ICU's C calendar API (ucal.h) over ICU's copy of
+ *   the IANA database. ICU is asked for one thing only: the UTC offset in
+ *   force at a UTC instant. Civil fields are then computed by our own
+ *   arithmetic from (t + offset), which keeps every calendar computation in
+ *   one place and avoids ICU's Julian/Gregorian switch.
+ * - Wall clock -> UTC (td_tz_to_utc) is solved from offsets alone, the way
+ *   java.time does it: probe the offsets before and after the wall time, keep
+ *   the candidates that map back to the wall time; two candidates is an
+ *   overlap (take the earlier), none is a gap (shift forward by the gap).
+ * - A td_tzdb owns one UCalendar per zone id (opening one costs tens of
+ *   microseconds, using one costs well under one). The cache is an
+ *   open-addressing table of TZDB_SLOTS slots holding at most TZDB_MAX zones;
+ *   unknown ids are cached too (with no calendar) so a flood of events with a
+ *   bad zone does not hit ICU every time. When full, the whole cache is
+ *   flushed: simple, bounded, and real deployments use far fewer zones.
+ *
+ * @locality td_time_*, td_duration_*, td_civil_* and td_days_from_civil: any
+ * thread. A td_tzdb: one thread at a time.
+ */
+#include "td_time.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <unicode/ucal.h>
+#include <unicode/ustring.h>
+
+/* ---- civil arithmetic ---- */
+
+/* Floor division and modulo for possibly negative numerators. */
+static int64_t floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0)))
+        q--;
+    return q;
+}
+
+static int64_t floor_mod(int64_t a, int64_t b)
+{
+    return a - floor_div(a, b) * b;
+}
+
+int64_t td_days_from_civil(int year, int month, int day)
+{
+    /* Months outside 1..12 are folded into the year so callers may do
+     * "month + 1" arithmetic without normalising first. */
+    int64_t y = year;
+    int64_t m = month;
+    if (m < 1 || m > 12) {
+        y += floor_div(m - 1, 12);
+        m = floor_mod(m - 1, 12) + 1;
+    }
+    y -= m <= 2;
+    int64_t era = floor_div(y, 400);
+    int64_t yoe = y - era * 400;                                    /* [0, 399] */
+    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + day - 1; /* [0, 365] */
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;            /* [0, 146096] */
+    return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int *year, int *month, int *day)
+{
+    z += 719468;
+    int64_t era = floor_div(z, 146097);
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t y = yoe + era * 400;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1;
+    int64_t m = mp < 10 ? mp + 3 : mp - 9;
+    *year = (int)(y + (m <= 2));
+    *month = (int)m;
+    *day = (int)d;
+}
+
+void td_civil_from_ms(td_ms t, td_civil *out)
+{
+    int64_t days = floor_div(t, TD_DAY);
+    int64_t rem = t - days * TD_DAY;
+    civil_from_days(days, &out->year, &out->month, &out->day);
+    out->hour = (int)(rem / TD_HOUR);
+    out->minute = (int)(rem % TD_HOUR / TD_MINUTE);
+    out->second = (int)(rem % TD_MINUTE / TD_SECOND);
+    out->ms = (int)(rem % TD_SECOND);
+    /* 1970-01-01 was a Thursday (ISO weekday 4). */
+    out->weekday = (int)(floor_mod(days + 3, 7) + 1);
+    out->yday = (int)(days - td_days_from_civil(out->year, 1, 1) + 1);
+}
+
+td_ms td_civil_to_ms(int year, int month, int day, int hour, int minute, int second)
+{
+    /* Hours, minutes and seconds outside their ranges add linearly. */
+    return td_days_from_civil(year, month, day) * TD_DAY + (td_ms)hour * TD_HOUR +
+           (td_ms)minute * TD_MINUTE + (td_ms)second * TD_SECOND;
+}
+
+static int days_in_month(int year, int month)
+{
+    static const unsigned char dim[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (month == 2 && (year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
+        return 29;
+    return dim[month - 1];
+}
+
+/* ---- RFC 3339 ---- */
+
+/* Reads exactly n digits at s; -1 when one is not a digit. */
+static int digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+int td_time_parse(const char *s, size_t len, td_ms *out)
+{
+    /* date-time = YYYY-MM-DD ("T" / "t" / " ") HH:MM:SS [.frac] ("Z" / "z" / +HH:MM / -HH:MM) */
+    if (s == NULL || len < 20)
+        return TD_ERR;
+    if (s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':')
+        return TD_ERR;
+    if (s[10] != 'T' && s[10] != 't' && s[10] != ' ')
+        return TD_ERR;
+    int year = digits(s, 4), month = digits(s + 5, 2), day = digits(s + 8, 2);
+    int hour = digits(s + 11, 2), minute = digits(s + 14, 2), second = digits(s + 17, 2);
+    if (year < 1 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23 || minute < 0 ||
+        minute > 59 || second < 0 || second > 59)
+        return TD_ERR; /* leap seconds (":60") are rejected: nothing upstream emits them */
+    if (day > days_in_month(year, month))
+        return TD_ERR;
+
+    size_t i = 19;
+    int ms = 0;
+    if (s[i] == '.') {
+        i++;
+        size_t start = i;
+        while (i < len && s[i] >= '0' && s[i] <= '9') {
+            if (i - start < 3)
+                ms = ms * 10 + (s[i] - '0');
+            i++;
+        }
+        if (i == start)
+            return TD_ERR; /* "." needs at least one digit */
+        for (size_t k = i - start; k < 3; k++)
+            ms *= 10;
+    }
+    if (i >= len)
+        return TD_ERR; /* the offset is required */
+    td_ms offset = 0;
+    if (s[i] == 'Z' || s[i] == 'z') {
+        i++;
+    } else if (s[i] == '+' || s[i] == '-') {
+        if (len - i < 6 || s[i + 3] != ':')
+            return TD_ERR;
+        int oh = digits(s + i + 1, 2), om = digits(s + i + 4, 2);
+        if (oh < 0 || oh > 23 || om < 0 || om > 59)
+            return TD_ERR;
+        offset = (td_ms)oh * TD_HOUR + (td_ms)om * TD_MINUTE;
+        if (s[i] == '-')
+            offset = -offset;
+        i += 6;
+    } else {
+        return TD_ERR;
+    }
+    if (i != len)
+        return TD_ERR;
+    *out = td_civil_to_ms(year, month, day, hour, minute, second) + ms - offset;
+    return TD_OK;
+}
+
+size_t td_time_format(td_ms t, char *buf, size_t cap)
+{
+    td_civil c;
+    td_civil_from_ms(t, &c);
+    int n;
+    if (c.ms != 0)
+        n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", c.year, c.month, c.day, c.hour,
+                     c.minute, c.second, c.ms);
+    else
+        n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02dZ", c.year, c.month, c.day, c.hour,
+                     c.minute, c.second);
+    if (n < 0)
+        return 0;
+    if (cap == 0)
+        return 0;
+    return (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* ---- durations ---- */
+
+/* Units, largest first: a literal must use them in this order, each once
+ * ("1h30m", not "30m1h" or "1h1h"), which catches most typos. */
+static const struct {
+    const char *name;
+    size_t len;
+    td_ms ms;
+} units[] = {
+    {"w", 1, TD_WEEK}, {"d", 1, TD_DAY}, {"h", 1, TD_HOUR}, {"m", 1, TD_MINUTE},
+    {"s", 1, TD_SECOND}, {"ms", 2, 1},
+};
+#define N_UNITS (sizeof units / sizeof units[0])
+
+int td_duration_parse(const char *s, size_t len, td_ms *out)
+{
+    if (s == NULL || len == 0)
+        return TD_ERR;
+    size_t i = 0;
+    bool neg = false;
+    if (s[0] == '-') {
+        neg = true;
+        i = 1;
+    }
+    if (i == len)
+        return TD_ERR;
+    td_ms total = 0;
+    size_t next_unit = 0; /* the smallest index a following group may use */
+    while (i < len) {
+        if (s[i] < '0' || s[i] > '9')
+            return TD_ERR;
+        int64_t n = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9') {
+            if (__builtin_mul_overflow(n, 10, &n) || __builtin_add_overflow(n, s[i] - '0', &n))
+                return TD_ERR;
+            i++;
+        }
+        /* Longest unit name first, so "ms" is not read as "m" then "s". */
+        size_t u = N_UNITS;
+        if (len - i >= 2 && s[i] == 'm' && s[i + 1] == 's')
+            u = N_UNITS - 1;
+        else if (i < len) {
+            for (size_t k = 0; k < N_UNITS - 1; k++)
+                if (s[i] == units[k].name[0]) {
+                    u = k;
+                    break;
+                }
+        }
+        if (u == N_UNITS || u < next_unit)
+            return TD_ERR; /* no unit, unknown unit, or out of order */
+        i += units[u].len;
+        next_unit = u + 1;
+        int64_t part;
+        if (__builtin_mul_overflow(n, units[u].ms, &part) ||
+            __builtin_add_overflow(total, part, &total))
+            return TD_ERR;
+    }
+    *out = neg ? -total : total; /* total >= 0, so negating cannot overflow */
+    return TD_OK;
+}
+
+size_t td_duration_format(td_ms d, char *buf, size_t cap)
+{
+    char tmp[64];
+    size_t n = 0;
+    uint64_t v;
+    if (d < 0) {
+        tmp[n++] = '-';
+        v = (uint64_t)0 - (uint64_t)d; /* safe for INT64_MIN */
+    } else {
+        v = (uint64_t)d;
+    }
+    if (v == 0) {
+        memcpy(tmp + n, "0s", 2);
+        n += 2;
+    }
+    for (size_t k = 0; k < N_UNITS && v != 0; k++) {
+        uint64_t q = v / (uint64_t)units[k].ms;
+        if (q == 0)
+            continue;
+        v -= q * (uint64_t)units[k].ms;
+        int w = snprintf(tmp + n, sizeof tmp - n, "%llu%s", (unsigned long long)q, units[k].name);
+        if (w > 0)
+            n += (size_t)w;
+    }
+    tmp[n] = '\0';
+    if (cap == 0)
+        return 0;
+    td_strlcpy(buf, tmp, cap);
+    return n < cap ? n : cap - 1;
+}
+
+/* ---- time zones ---- */
+
+#define TZDB_MAX 256
+#define TZDB_SLOTS 512 /* a power of two, twice TZDB_MAX: short probe chains */
+#define TZ_ID_MAX 64
+
+typedef struct tz_entry {
+    uint64_t hash;
+    UCalendar *cal; /* owned; NULL for an unknown zone */
+    bool used;
+    char id[TZ_ID_MAX + 1];
+} tz_entry;
+
+struct td_tzdb {
+    size_t count;
+    tz_entry slots[TZDB_SLOTS];
+};
+
+td_tzdb *td_tzdb_new(void)
+{
+    return calloc(1, sizeof(td_tzdb));
+}
+
+static void tzdb_flush(td_tzdb *db)
+{
+    for (size_t i = 0; i < TZDB_SLOTS; i++)
+        if (db->slots[i].used && db->slots[i].cal != NULL)
+            ucal_close(db->slots[i].cal);
+    memset(db->slots, 0, sizeof db->slots);
+    db->count = 0;
+}
+
+void td_tzdb_free(td_tzdb *db)
+{
+    if (db == NULL)
+        return;
+    tzdb_flush(db);
+    free(db);
+}
+
+/*
+ * Opens a calendar for `zone` when ICU knows it as a system zone id.
+ * ICU does not fail on unknown ids (it silently uses "Etc/Unknown", i.e.
+ * GMT), so the id is checked with ucal_getCanonicalTimeZoneID first, which
+ * also rejects custom ids such as "GMT+05:00".
+ * @returns a calendar the caller owns (ucal_close), or NULL.
+ */
+static UCalendar *tz_open(const char *zone, size_t len)
+{
+    UChar uid[TZ_ID_MAX + 1];
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)zone[i];
+        if (c <= 0x20 || c >= 0x7f)
+            return NULL; /* zone ids are printable ASCII */
+        uid[i] = (UChar)c;
+    }
+    UChar canon[128];
+    UBool is_system = 0;
+    UErrorCode st = U_ZERO_ERROR;
+    ucal_getCanonicalTimeZoneID(uid, (int32_t)len, canon, (int32_t)(sizeof canon / sizeof canon[0]),
+                                &is_system, &st);
+    if (U_FAILURE(st) || !is_system)
+        return NULL;
+    st = U_ZERO_ERROR;
+    UCalendar *cal = ucal_open(uid, (int32_t)len, "en_US_POSIX", UCAL_GREGORIAN, &st);
+    if (U_FAILURE(st)) {
+        if (cal != NULL)
+            ucal_close(cal);
+        return NULL;
+    }
+    return cal;
+}
+
+/*
+ * The cache entry for `zone` (borrowed from db), creating it when needed.
+ * @returns NULL when the id is syntactically impossible (empty, too long).
+ */
+static tz_entry *tz_lookup(td_tzdb *db, const char *zone)
+{
+    if (zone == NULL)
+        return NULL;
+    size_t len = strnlen(zone, TZ_ID_MAX + 1);
+    if (len == 0 || len > TZ_ID_MAX)
+        return NULL;
+    uint64_t h = td_hash64(zone, len, TD_HASH_SEED);
+    size_t i = (size_t)h & (TZDB_SLOTS - 1);
+    for (;;) {
+        tz_entry *e = &db->slots[i];
+        if (!e->used)
+            break;
+        if (e->hash == h && strcmp(e->id, zone) == 0)
+            return e;
+        i = (i + 1) & (TZDB_SLOTS - 1);
+    }
+    if (db->count >= TZDB_MAX) {
+        tzdb_flush(db);
+        i = (size_t)h & (TZDB_SLOTS - 1);
+    }
+    tz_entry *e = &db->slots[i];
+    e->used = true;
+    e->hash = h;
+    memcpy(e->id, zone, len + 1);
+    e->cal = tz_open(zone, len);
+    db->count++;
+    return e;
+}
+
+bool td_tz_valid(td_tzdb *db, const char *zone)
+{
+    if (db == NULL) {
+        /* No cache: answer anyway, at ICU's price. */
+        size_t len = zone ? strnlen(zone, TZ_ID_MAX + 1) : 0;
+        if (len == 0 || len > TZ_ID_MAX)
+            return false;
+        UCalendar *cal = tz_open(zone, len);
+        if (cal == NULL)
+            return false;
+        ucal_close(cal);
+        return true;
+    }
+    tz_entry *e = tz_lookup(db, zone);
+    return e != NULL && e->cal != NULL;
+}
+
+/* The UTC offset of `cal`'s zone at instant t; false on an ICU error. */
+static bool tz_offset(UCalendar *cal, td_ms t, td_ms *off)
+{
+    UErrorCode st = U_ZERO_ERROR;
+    ucal_setMillis(cal, (UDate)t, &st);
+    int32_t raw = ucal_get(cal, UCAL_ZONE_OFFSET, &st);
+    int32_t dst = ucal_get(cal, UCAL_DST_OFFSET, &st);
+    if (U_FAILURE(st))
+        return false;
+    *off = (td_ms)raw + (td_ms)dst;
+    return true;
+}
+
+/* ICU represents instants as double ms; keep inputs where that is exact and
+ * where ICU's own range checks pass (about +-285,000 years). */
+#define TZ_T_LIMIT ((td_ms)1 << 52)
+
+static UCalendar *tz_calendar(td_tzdb *db, const char *zone)
+{
+    if (db == NULL)
+        return NULL;
+    tz_entry *e = tz_lookup(db, zone);
+    return e != NULL ? e->cal : NULL;
+}
+
+int td_tz_local(td_tzdb *db, const char *zone, td_ms t, td_civil *out, td_ms *offset_ms)
+{
+    td_ms off = 0;
+    int rc = TD_ERR;
+    UCalendar *cal = tz_calendar(db, zone);
+    if (cal != NULL && t > -TZ_T_LIMIT && t < TZ_T_LIMIT && tz_offset(cal, t, &off))
+        rc = TD_OK;
+    else
+        off = 0;
+    td_civil_from_ms(t + off, out);
+    if (offset_ms != NULL)
+        *offset_ms = off;
+    return rc;
+}
+
+int td_tz_to_utc(td_tzdb *db, const char *zone, int year, int month, int day, int hour,
+                 int minute, td_ms *out)
+{
+    td_ms local = td_civil_to_ms(year, month, day, hour, minute, 0);
+    UCalendar *cal = tz_calendar(db, zone);
+    if (cal == NULL || local <= -TZ_T_LIMIT || local >= TZ_T_LIMIT) {
+        *out = local;
+        return TD_ERR;
+    }
+    /*
+     * Offsets in force well before and well after the wall time. 36 hours is
+     * more than the largest offset (14h) plus the largest gap ever used (a
+     * whole day, Pacific/Apia 2011): both probes land on their side of a
+     * transition near `local`.
+     */
+    td_ms before, after, o1, o2;
+    if (!tz_offset(cal, local - 36 * TD_HOUR, &before) ||
+        !tz_offset(cal, local + 36 * TD_HOUR, &after)) {
+        *out = local;
+        return TD_ERR;
+    }
+    td_ms u1 = local - before, u2 = local - after;
+    bool ok1 = tz_offset(cal, u1, &o1) && u1 + o1 == local;
+    bool ok2 = tz_offset(cal, u2, &o2) && u2 + o2 == local;
+    if (ok1 && ok2)
+        *out = u1 < u2 ? u1 : u2; /* overlap: the first occurrence */
+    else if (ok1)
+        *out = u1;
+    else if (ok2)
+        *out = u2;
+    else
+        *out = u1; /* gap: the old offset moves the wall time forward by the gap */
+    return TD_OK;
+}

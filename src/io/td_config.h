@@ -1,0 +1,101 @@
+/*
+ * td_config.h - the daemon's configuration file (libconfig syntax), checked
+ * strictly and documented key by key in docs/config.md.
+ *
+ *   kafka  { brokers, group_id, input_topics, output_topic, dead_letter_topic,
+ *            bootstrap_file, embedded_partitions, consumer = {..}, producer = {..} }
+ *   redis  { host, port, unix_socket, password, username, db, connect_timeout_ms,
+ *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix }
+ *   rules  { dir, reload_poll_ms }
+ *   engine { batch_max_events, batch_max_ms }
+ *   log    { level, format }
+ *
+ * Every key is optional (defaults in td_config_default and docs/config.md).
+ * An unknown key, a value of the wrong type or out of range is an error that
+ * names the place, the key and what is allowed:
+ *
+ *   config/touchd.conf:12: engine.batch_max_events: expected an integer from 1
+ *   to 100000, got "lots"
+ *
+ * Secrets (redis.password, and any kafka.consumer/producer property) may be
+ * given as "env:NAME": the value is read from environment variable NAME at
+ * load time (unset is an error naming the variable, never its value).
+ *
+ * kafka.consumer and kafka.producer pass librdkafka properties through
+ * unchanged (names as in librdkafka's CONFIGURATION.md, values string, int
+ * or bool); each is checked against librdkafka at load time.
+ *
+ * @locality main thread; a loaded td_config is read-only afterwards.
+ */
+#ifndef TD_CONFIG_H
+#define TD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "td_log.h"
+#include "td_redis.h"
+
+/* One passthrough librdkafka property, with its line for error messages. */
+typedef struct td_kv {
+    char *key;
+    char *val;
+    int line;
+} td_kv;
+
+typedef struct td_config {
+    char *path; /* the file loaded, "" for defaults */
+
+    struct {
+        char *brokers;  /* "embedded" or "host:port,host:port" */
+        bool embedded;  /* brokers == "embedded" */
+        char *group_id;
+        char **input_topics;
+        size_t n_input_topics;
+        char *output_topic;
+        char *dead_letter_topic;
+        char *bootstrap_file; /* embedded: where the bootstrap address is written; "" none */
+        int embedded_partitions;
+        td_kv *consumer;
+        size_t n_consumer;
+        td_kv *producer;
+        size_t n_producer;
+    } kafka;
+
+    /* redis: the strings of `redis` point into the owned copies below. */
+    td_redis_conf redis;
+    char *redis_host, *redis_password, *redis_username, *redis_key_prefix;
+
+    struct {
+        char *dir;
+        int reload_poll_ms; /* 0 = no polling (SIGHUP only) */
+    } rules;
+
+    struct {
+        int batch_max_events;
+        int batch_max_ms;
+    } engine;
+
+    struct {
+        td_log_level level;
+        char *format; /* "logfmt" */
+    } log;
+} td_config;
+
+/* A config holding every default (heap strings; free with td_config_free). */
+td_config *td_config_default(void);
+
+/*
+ * Loads and checks `path`. On error returns NULL and writes one message
+ * ("FILE:LINE: KEY: what is wrong") into err.
+ */
+td_config *td_config_load(const char *path, char *err, size_t errcap);
+
+/* Command-line overrides (each may be NULL). redis is "HOST:PORT",
+ * "[V6ADDR]:PORT", "HOST" (port unchanged) or "unix:/path". */
+int td_config_override(td_config *c, const char *redis, const char *rules_dir,
+                       const char *log_level, char *err, size_t errcap);
+
+void td_config_free(td_config *c);
+
+#endif

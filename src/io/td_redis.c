@@ -1,0 +1,807 @@
+/*
+ * td_redis.c - the prospect state store: one Redis hash per prospect, batched
+ * loads (pipelined HGETALL), atomic compare-and-set writes (pipelined EVALSHA
+ * of one Lua script), and a connection that heals itself.
+ *
+ * Design
+ *
+ * - One blocking hiredis context (0.14 API), owned by the main loop. Every
+ *   call runs under one deadline: command_timeout_ms bounds all the round
+ *   trips of the call (the pipeline write, every reply, a SCRIPT LOAD and the
+ *   NOSCRIPT retry), not each command. Before each blocking read or write the
+ *   socket timeout (SO_RCVTIMEO/SO_SNDTIMEO via redisSetTimeout) is set to the
+ *   time left, so no syscall can outlive the deadline. Establishing a session
+ *   (TCP or unix connect, AUTH, SELECT) is bounded by connect_timeout_ms the
+ *   same way. Worst case for one call: connect_timeout + command_timeout.
+ *
+ * - Connection loss, a timeout or a protocol error closes the context (a
+ *   blocking context with unread replies is out of sync and cannot be reused)
+ *   and schedules the next attempt after the current backoff, which doubles
+ *   per failure from backoff_min_ms up to backoff_max_ms and resets after a
+ *   successful session. A call made inside the backoff window fails at once
+ *   ("reconnecting in N ms"): the daemon loop decides whether to wait.
+ *
+ * - No PING on the happy path. Before using an idle connection we poll its
+ *   socket with a zero timeout: a readable socket on an idle RESP2 connection
+ *   means the server closed it (restart, idle timeout, CLIENT KILL), so we
+ *   reconnect at once instead of failing the call on a stale socket.
+ *
+ * - Writes raise SIGPIPE on a connection the peer closed; hiredis 0.14 uses
+ *   write(2), not send(MSG_NOSIGNAL). The daemon ignores SIGPIPE anyway, but
+ *   a library must not kill its host: SIGPIPE is blocked in this thread while
+ *   writing and a SIGPIPE we caused is consumed before unblocking.
+ *
+ * - The version field "v" belongs to this module. td_redis_load parses it
+ *   into td_state.version itself (strict decimal, >= 0) and td_redis_store
+ *   drops any "v" td_state_serialize emits: the script alone writes "v"
+ *   (expected + 1), so the stored version can never disagree with the CAS.
+ *
+ * - The password is copied, never printed (Redis' AUTH error replies do not
+ *   echo it either) and wiped on free.
+ *
+ * @locality one thread (the daemon's main loop); a td_redis is not shared.
+ */
+#include "td_redis.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/*
+ * The compare-and-set script. KEYS[1] = the prospect's hash; ARGV[1] = the
+ * expected version (decimal, as td_redis formats it); ARGV[2..] = field/value
+ * pairs without "v". Versions are compared as strings (exact for any int64;
+ * an absent "v" is "0"); the new version is computed with string.format('%d')
+ * (exact below 2^53: a prospect will not see 9e15 writes). HSET is called in
+ * chunks of 200 arguments to stay far below Lua's unpack() stack limit.
+ * Returns 1 when written, 0 on a version mismatch.
+ */
+static const char td_redis_cas_lua[] =
+    "local key = KEYS[1]\n"
+    "local cur = redis.call('HGET', key, 'v')\n"
+    "if not cur then cur = '0' end\n"
+    "if cur ~= ARGV[1] then return 0 end\n"
+    "redis.call('DEL', key)\n"
+    "redis.call('HSET', key, 'v', string.format('%d', tonumber(ARGV[1]) + 1))\n"
+    "local n = #ARGV\n"
+    "local i = 2\n"
+    "while i <= n do\n"
+    "  local j = i + 199\n"
+    "  if j > n then j = n end\n"
+    "  redis.call('HSET', key, unpack(ARGV, i, j))\n"
+    "  i = j + 1\n"
+    "end\n"
+    "return 1\n";
+
+/* Scratch for building one command: byte spans in one growing buffer. */
+typedef struct td_rscratch {
+    char *buf;
+    size_t len, cap;
+    size_t *off, *slen; /* spans */
+    size_t n, capn;
+    const char **argv; /* built from the spans just before sending */
+    size_t *argvlen;
+    size_t capargv;
+    bool oom;
+} td_rscratch;
+
+struct td_redis {
+    td_redis_conf conf; /* strings point to the copies below */
+    char *host, *password, *username, *prefix;
+    redisContext *c;
+    int64_t backoff_ms;   /* delay after the next failure */
+    int64_t next_try_ms;  /* monotonic: no connect attempt before this */
+    char sha[41];         /* SHA1 of the script once loaded ("" before) */
+    char err[512];
+    td_rscratch s;
+};
+
+/* ---- small helpers ---- */
+
+static int64_t rd_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void rd_seterr(td_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rd_seterr(td_redis *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, sizeof r->err, fmt, ap);
+    va_end(ap);
+}
+
+static char *rd_strdup(const char *s) {
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    if (p)
+        memcpy(p, s, n);
+    return p;
+}
+
+static void rd_wipe_free(char *s) {
+    if (!s)
+        return;
+    volatile char *v = s;
+    while (*v)
+        *v++ = 0;
+    free(s);
+}
+
+/* "127.0.0.1:6379" or the socket path, for messages. */
+static const char *rd_where(const td_redis *r, char *buf, size_t cap) {
+    if (r->conf.unix_socket)
+        snprintf(buf, cap, "%s", r->conf.host);
+    else
+        snprintf(buf, cap, "%s:%d", r->conf.host, r->conf.port);
+    return buf;
+}
+
+/* ---- scratch spans ---- */
+
+static void rs_reset(td_rscratch *s) {
+    s->len = 0;
+    s->n = 0;
+    s->oom = false;
+}
+
+static void rs_push(td_rscratch *s, const char *p, size_t n) {
+    if (s->oom)
+        return;
+    if (s->len + n > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < s->len + n)
+            cap *= 2;
+        char *b = realloc(s->buf, cap);
+        if (!b) {
+            s->oom = true;
+            return;
+        }
+        s->buf = b;
+        s->cap = cap;
+    }
+    if (s->n == s->capn) {
+        size_t capn = s->capn ? s->capn * 2 : 64;
+        size_t *o = realloc(s->off, capn * sizeof *o);
+        if (!o) {
+            s->oom = true;
+            return;
+        }
+        s->off = o;
+        size_t *l = realloc(s->slen, capn * sizeof *l);
+        if (!l) {
+            s->oom = true;
+            return;
+        }
+        s->slen = l;
+        s->capn = capn;
+    }
+    if (n)
+        memcpy(s->buf + s->len, p, n);
+    s->off[s->n] = s->len;
+    s->slen[s->n] = n;
+    s->n++;
+    s->len += n;
+}
+
+static void rs_pushs(td_rscratch *s, const char *p) { rs_push(s, p, strlen(p)); }
+
+/* Points argv at the spans; false on out-of-memory. */
+static bool rs_argv(td_rscratch *s) {
+    if (s->oom)
+        return false;
+    if (s->n > s->capargv) {
+        const char **a = realloc(s->argv, s->n * sizeof *a);
+        if (!a)
+            return false;
+        s->argv = a;
+        size_t *l = realloc(s->argvlen, s->n * sizeof *l);
+        if (!l)
+            return false;
+        s->argvlen = l;
+        s->capargv = s->n;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        s->argv[i] = s->buf + s->off[i];
+        s->argvlen[i] = s->slen[i];
+    }
+    return true;
+}
+
+static void rs_free(td_rscratch *s) {
+    free(s->buf);
+    free(s->off);
+    free(s->slen);
+    free(s->argv);
+    free(s->argvlen);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- connection ---- */
+
+void td_redis_conf_default(td_redis_conf *c) {
+    memset(c, 0, sizeof *c);
+    c->host = "127.0.0.1";
+    c->port = 6379;
+    c->unix_socket = false;
+    c->password = NULL;
+    c->username = NULL;
+    c->db = 0;
+    c->connect_timeout_ms = 2000;
+    c->command_timeout_ms = 5000;
+    c->backoff_min_ms = 100;
+    c->backoff_max_ms = 5000;
+    c->key_prefix = "touchd";
+}
+
+/* Drops the connection; `penalize` schedules the next attempt after the
+ * backoff (and doubles it), otherwise the next call may reconnect at once. */
+static void rd_drop(td_redis *r, bool penalize) {
+    if (r->c) {
+        redisFree(r->c);
+        r->c = NULL;
+    }
+    if (penalize) {
+        r->next_try_ms = rd_now_ms() + r->backoff_ms;
+        int64_t b = r->backoff_ms * 2;
+        r->backoff_ms = b > r->conf.backoff_max_ms ? r->conf.backoff_max_ms : b;
+    }
+}
+
+/* An I/O failure on the live context: message, drop, backoff. `what` says
+ * which step failed. Always returns TD_ERR. */
+static int rd_io_fail(td_redis *r, const char *what, bool timed_out, int timeout_ms) {
+    char where[300];
+    int64_t delay = r->backoff_ms;
+    if (timed_out)
+        rd_seterr(r, "redis %s: %s: timeout after %d ms; reconnecting in %" PRId64 " ms",
+                  rd_where(r, where, sizeof where), what, timeout_ms, delay);
+    else
+        rd_seterr(r, "redis %s: %s: %s; reconnecting in %" PRId64 " ms",
+                  rd_where(r, where, sizeof where), what,
+                  r->c && r->c->errstr[0] ? r->c->errstr : "connection lost", delay);
+    rd_drop(r, true);
+    return TD_ERR;
+}
+
+static bool rd_timeout(td_redis *r, int64_t deadline) {
+    int64_t left = deadline - rd_now_ms();
+    if (left <= 0)
+        return false;
+    struct timeval tv = {.tv_sec = (time_t)(left / 1000), .tv_usec = (suseconds_t)(left % 1000) * 1000};
+    return redisSetTimeout(r->c, tv) == REDIS_OK;
+}
+
+/* Writes the whole output buffer before `deadline`, SIGPIPE suppressed. */
+static int rd_flush(td_redis *r, int64_t deadline, const char *what, int timeout_ms) {
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigemptyset(&pending);
+    sigpending(&pending);
+    bool was_pending = sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+
+    int done = 0, rc = REDIS_OK;
+    bool timed_out = false;
+    while (!done) {
+        if (!rd_timeout(r, deadline)) {
+            timed_out = true;
+            rc = REDIS_ERR;
+            break;
+        }
+        errno = 0;
+        rc = redisBufferWrite(r->c, &done);
+        if (rc != REDIS_OK) {
+            timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
+            break;
+        }
+    }
+
+    if (!was_pending) {
+        sigemptyset(&pending);
+        sigpending(&pending);
+        if (sigismember(&pending, SIGPIPE) == 1) {
+            struct timespec zero = {0, 0};
+            (void)sigtimedwait(&pipe_set, NULL, &zero);
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != REDIS_OK)
+        return rd_io_fail(r, what, timed_out, timeout_ms);
+    return TD_OK;
+}
+
+/* Reads one reply before `deadline`. The caller frees it. */
+static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *what,
+                   int timeout_ms) {
+    void *reply = NULL;
+    for (;;) {
+        if (redisGetReplyFromReader(r->c, &reply) != REDIS_OK)
+            return rd_io_fail(r, what, false, timeout_ms);
+        if (reply) {
+            *out = reply;
+            return TD_OK;
+        }
+        if (!rd_timeout(r, deadline))
+            return rd_io_fail(r, what, true, timeout_ms);
+        errno = 0;
+        if (redisBufferRead(r->c) != REDIS_OK)
+            return rd_io_fail(r, what, errno == EAGAIN || errno == EWOULDBLOCK, timeout_ms);
+    }
+}
+
+/* Appends one command from the scratch spans. */
+static int rd_append(td_redis *r) {
+    if (!rs_argv(&r->s) || r->s.n > INT_MAX) {
+        rd_seterr(r, "redis: out of memory building a command");
+        return TD_ERR;
+    }
+    if (redisAppendCommandArgv(r->c, (int)r->s.n, r->s.argv, r->s.argvlen) != REDIS_OK) {
+        rd_seterr(r, "redis: out of memory building a command");
+        return TD_ERR;
+    }
+    return TD_OK;
+}
+
+/* The socket of an idle connection is readable only if the server closed it
+ * (or broke protocol): either way the connection is unusable. */
+static bool rd_stale(const td_redis *r) {
+    if (!r->c || r->c->err)
+        return true;
+    struct pollfd p = {.fd = r->c->fd, .events = POLLIN};
+    int n = poll(&p, 1, 0);
+    return n != 0; /* readable, hung up, error, or poll itself failed */
+}
+
+/* Connect + AUTH + SELECT, all bounded by connect_timeout_ms. */
+static int rd_connect(td_redis *r) {
+    char where[300];
+    int64_t start = rd_now_ms();
+    int64_t deadline = start + r->conf.connect_timeout_ms;
+    struct timeval tv = {.tv_sec = r->conf.connect_timeout_ms / 1000,
+                         .tv_usec = (suseconds_t)(r->conf.connect_timeout_ms % 1000) * 1000};
+    redisContext *c = r->conf.unix_socket ? redisConnectUnixWithTimeout(r->conf.host, tv)
+                                          : redisConnectWithTimeout(r->conf.host, r->conf.port, tv);
+    if (!c || c->err) {
+        rd_seterr(r, "redis %s: connect failed: %s; reconnecting in %" PRId64 " ms",
+                  rd_where(r, where, sizeof where), c ? c->errstr : "out of memory",
+                  r->backoff_ms);
+        if (c)
+            redisFree(c);
+        rd_drop(r, true);
+        return TD_ERR;
+    }
+    r->c = c;
+    if (!r->conf.unix_socket)
+        (void)redisEnableKeepAlive(c);
+
+    /* AUTH and SELECT in one round trip. */
+    int nreq = 0;
+    if (r->conf.password) {
+        rs_reset(&r->s);
+        rs_pushs(&r->s, "AUTH");
+        if (r->conf.username)
+            rs_pushs(&r->s, r->conf.username);
+        rs_pushs(&r->s, r->conf.password);
+        int rc = rd_append(r);
+        /* the scratch held the password: wipe it */
+        if (r->s.buf)
+            memset(r->s.buf, 0, r->s.len);
+        if (rc != TD_OK) {
+            rd_drop(r, true);
+            return TD_ERR;
+        }
+        nreq++;
+    }
+    if (r->conf.db != 0) {
+        char db[24];
+        snprintf(db, sizeof db, "%d", r->conf.db);
+        rs_reset(&r->s);
+        rs_pushs(&r->s, "SELECT");
+        rs_pushs(&r->s, db);
+        if (rd_append(r) != TD_OK) {
+            rd_drop(r, true);
+            return TD_ERR;
+        }
+        nreq++;
+    }
+    if (nreq == 0)
+        return TD_OK;
+    if (rd_flush(r, deadline, "AUTH/SELECT", r->conf.connect_timeout_ms) != TD_OK)
+        return TD_ERR;
+    bool auth = r->conf.password != NULL;
+    bool failed = false;
+    for (int i = 0; i < nreq; i++) {
+        redisReply *rep = NULL;
+        if (rd_read(r, deadline, &rep, "AUTH/SELECT", r->conf.connect_timeout_ms) != TD_OK)
+            return TD_ERR;
+        const char *cmd = (auth && i == 0) ? "AUTH" : "SELECT";
+        if (!failed && rep->type == REDIS_REPLY_ERROR) {
+            /* Redis' error text never contains the password. */
+            rd_seterr(r, "redis %s: %s failed: %.*s; reconnecting in %" PRId64 " ms",
+                      rd_where(r, where, sizeof where), cmd, (int)rep->len, rep->str,
+                      r->backoff_ms);
+            failed = true;
+        }
+        freeReplyObject(rep);
+    }
+    if (failed) {
+        rd_drop(r, true);
+        return TD_ERR;
+    }
+    return TD_OK;
+}
+
+/* A usable connection, or TD_ERR (fast while in the backoff window). */
+static int rd_ensure(td_redis *r) {
+    if (r->c && !rd_stale(r))
+        return TD_OK;
+    if (r->c)
+        rd_drop(r, false); /* closed by the server while idle: retry at once */
+    int64_t now = rd_now_ms();
+    if (now < r->next_try_ms) {
+        char where[300];
+        rd_seterr(r, "redis %s: reconnecting in %" PRId64 " ms", rd_where(r, where, sizeof where),
+                  r->next_try_ms - now);
+        return TD_ERR;
+    }
+    if (rd_connect(r) != TD_OK)
+        return TD_ERR;
+    r->backoff_ms = r->conf.backoff_min_ms;
+    r->next_try_ms = 0;
+    return TD_OK;
+}
+
+static bool rd_valid_conf(const td_redis_conf *c, char *err, size_t errcap) {
+    const char *why = NULL;
+    if (!c->host || !c->host[0])
+        why = "redis: host (or unix socket path) is empty";
+    else if (!c->unix_socket && (c->port < 1 || c->port > 65535))
+        why = "redis: port must be 1..65535";
+    else if (c->db < 0)
+        why = "redis: db must be >= 0";
+    else if (c->connect_timeout_ms <= 0 || c->command_timeout_ms <= 0)
+        why = "redis: connect_timeout_ms and command_timeout_ms must be > 0";
+    else if (c->backoff_min_ms <= 0 || c->backoff_max_ms < c->backoff_min_ms)
+        why = "redis: backoff must satisfy 0 < backoff_min_ms <= backoff_max_ms";
+    else if (c->username && !c->password)
+        why = "redis: a username needs a password";
+    else if (c->password && !c->password[0])
+        why = "redis: password is empty (use NULL for no AUTH)";
+    else if (!c->key_prefix || !c->key_prefix[0])
+        why = "redis: key_prefix is empty";
+    else if (strchr(c->key_prefix, '{') || strchr(c->key_prefix, '}'))
+        why = "redis: key_prefix must not contain '{' or '}' (they would move the cluster hash tag)";
+    else if (strlen(c->key_prefix) > 64)
+        why = "redis: key_prefix is longer than 64 bytes";
+    if (why) {
+        if (err && errcap)
+            snprintf(err, errcap, "%s", why);
+        return false;
+    }
+    return true;
+}
+
+td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
+    if (err && errcap)
+        err[0] = '\0';
+    if (!conf || !rd_valid_conf(conf, err, errcap))
+        return NULL;
+    td_redis *r = calloc(1, sizeof *r);
+    if (!r) {
+        if (err && errcap)
+            snprintf(err, errcap, "redis: out of memory");
+        return NULL;
+    }
+    r->conf = *conf;
+    r->host = rd_strdup(conf->host);
+    r->prefix = rd_strdup(conf->key_prefix);
+    r->password = rd_strdup(conf->password);
+    r->username = rd_strdup(conf->username);
+    if (!r->host || !r->prefix || (conf->password && !r->password) ||
+        (conf->username && !r->username)) {
+        td_redis_free(r);
+        if (err && errcap)
+            snprintf(err, errcap, "redis: out of memory");
+        return NULL;
+    }
+    r->conf.host = r->host;
+    r->conf.key_prefix = r->prefix;
+    r->conf.password = r->password;
+    r->conf.username = r->username;
+    r->backoff_ms = conf->backoff_min_ms;
+    /* One attempt now; a failure is remembered in last_error and retried
+     * by the next call after the backoff. */
+    (void)rd_ensure(r);
+    return r;
+}
+
+void td_redis_free(td_redis *r) {
+    if (!r)
+        return;
+    if (r->c)
+        redisFree(r->c);
+    free(r->host);
+    free(r->prefix);
+    rd_wipe_free(r->password);
+    free(r->username);
+    rs_free(&r->s);
+    free(r);
+}
+
+bool td_redis_connected(const td_redis *r) { return r && r->c && !r->c->err; }
+
+const char *td_redis_last_error(const td_redis *r) { return r ? r->err : ""; }
+
+size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%s:p:{%s}", r->conf.key_prefix, prospect_id);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+/* Pushes the key of `id` as one span. */
+static void rd_push_key(td_redis *r, const char *id) {
+    char key[TD_ID_MAX + 80];
+    size_t n = td_redis_key(r, id, key, sizeof key);
+    if (n >= sizeof key) /* cannot happen: id <= TD_ID_MAX, prefix <= 64 */
+        n = sizeof key - 1;
+    rs_push(&r->s, key, n);
+}
+
+static int rd_check_ids(td_redis *r, const td_state *states, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (!states[i].prospect_id[0]) {
+            rd_seterr(r, "redis: state %zu has an empty prospect_id", i);
+            return TD_ERR;
+        }
+    }
+    return TD_OK;
+}
+
+/* ---- load ---- */
+
+/* Strict non-negative decimal int64. */
+static bool rd_parse_version(const char *s, size_t n, int64_t *out) {
+    if (n == 0 || n > 19)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        int d = s[i] - '0';
+        if (v > (INT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+/* Applies one HGETALL reply to st; error text names the key and field. */
+static int rd_apply_hash(td_redis *r, td_state *st, const redisReply *rep) {
+    char key[TD_ID_MAX + 80];
+    td_redis_key(r, st->prospect_id, key, sizeof key);
+    if (rep->type == REDIS_REPLY_ERROR) {
+        rd_seterr(r, "redis: HGETALL %s: %.*s", key, (int)rep->len, rep->str);
+        return TD_ERR;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2 != 0) {
+        rd_seterr(r, "redis: HGETALL %s: unexpected reply (type %d)", key, rep->type);
+        return TD_ERR;
+    }
+    for (size_t j = 0; j + 1 < rep->elements; j += 2) {
+        const redisReply *k = rep->element[j], *v = rep->element[j + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            rd_seterr(r, "redis: HGETALL %s: unexpected element type", key);
+            return TD_ERR;
+        }
+        if (k->len == 1 && k->str[0] == 'v') {
+            int64_t ver;
+            if (!rd_parse_version(v->str, v->len, &ver)) {
+                rd_seterr(r, "redis: %s: field \"v\": malformed version \"%.*s\"", key,
+                          (int)(v->len > 32 ? 32 : v->len), v->str);
+                return TD_ERR;
+            }
+            st->version = ver;
+            continue;
+        }
+        char why[200];
+        why[0] = '\0';
+        if (td_state_set_field(st, k->str, k->len, v->str, v->len, why, sizeof why) == TD_ERR) {
+            rd_seterr(r, "redis: %s: field \"%.*s\": %s", key, (int)(k->len > 80 ? 80 : k->len),
+                      k->str, why[0] ? why : "malformed value");
+            return TD_ERR;
+        }
+    }
+    return TD_OK;
+}
+
+int td_redis_load(td_redis *r, td_state *states, size_t n) {
+    r->err[0] = '\0';
+    if (n == 0)
+        return TD_OK;
+    if (rd_check_ids(r, states, n) != TD_OK || rd_ensure(r) != TD_OK)
+        return TD_ERR;
+    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    for (size_t i = 0; i < n; i++) {
+        rs_reset(&r->s);
+        rs_pushs(&r->s, "HGETALL");
+        rd_push_key(r, states[i].prospect_id);
+        if (rd_append(r) != TD_OK) {
+            rd_drop(r, false); /* unsent commands in obuf: start clean */
+            return TD_ERR;
+        }
+    }
+    if (rd_flush(r, deadline, "HGETALL", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    int rc = TD_OK;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *rep = NULL;
+        if (rd_read(r, deadline, &rep, "HGETALL", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        /* after the first bad hash, keep draining to stay in sync */
+        if (rc == TD_OK && rd_apply_hash(r, &states[i], rep) != TD_OK)
+            rc = TD_ERR;
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
+/* ---- store ---- */
+
+static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
+    td_rscratch *s = ud;
+    if (klen == 1 && key[0] == 'v')
+        return; /* the script writes "v" */
+    rs_push(s, key, klen);
+    rs_push(s, val, vlen);
+}
+
+static int rd_script_load(td_redis *r, int64_t deadline) {
+    rs_reset(&r->s);
+    rs_pushs(&r->s, "SCRIPT");
+    rs_pushs(&r->s, "LOAD");
+    rs_push(&r->s, td_redis_cas_lua, sizeof td_redis_cas_lua - 1);
+    if (rd_append(r) != TD_OK) {
+        rd_drop(r, false);
+        return TD_ERR;
+    }
+    if (rd_flush(r, deadline, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    redisReply *rep = NULL;
+    if (rd_read(r, deadline, &rep, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    int rc = TD_OK;
+    if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
+        memcpy(r->sha, rep->str, 40);
+        r->sha[40] = '\0';
+    } else {
+        rd_seterr(r, "redis: SCRIPT LOAD failed: %.*s", rep->str ? (int)rep->len : 0,
+                  rep->str ? rep->str : "unexpected reply");
+        rc = TD_ERR;
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+/* Appends the EVALSHA of prospect i. */
+static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
+    char ver[24];
+    snprintf(ver, sizeof ver, "%" PRId64, expected);
+    rs_reset(&r->s);
+    rs_pushs(&r->s, "EVALSHA");
+    rs_pushs(&r->s, r->sha);
+    rs_pushs(&r->s, "1");
+    rd_push_key(r, st->prospect_id);
+    rs_pushs(&r->s, ver);
+    td_state_serialize(st, rd_kv, &r->s);
+    return rd_append(r);
+}
+
+/*
+ * Sends EVALSHA for the prospects with todo[i] set, reads the replies, fills
+ * result and versions, and leaves todo[i] set only for NOSCRIPT replies.
+ * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
+ */
+static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, size_t n,
+                        int *result, unsigned char *todo, int64_t deadline, size_t *noscript) {
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!todo[i])
+            continue;
+        if (rd_append_cas(r, &states[i], expected[i]) != TD_OK) {
+            rd_drop(r, false);
+            return TD_ERR;
+        }
+        sent++;
+    }
+    if (sent == 0)
+        return TD_OK;
+    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    int rc = TD_OK;
+    *noscript = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!todo[i])
+            continue;
+        redisReply *rep = NULL;
+        if (rd_read(r, deadline, &rep, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        todo[i] = 0;
+        if (rep->type == REDIS_REPLY_INTEGER && (rep->integer == 0 || rep->integer == 1)) {
+            if (rep->integer == 1) {
+                result[i] = TD_REDIS_STORED;
+                states[i].version = expected[i] + 1;
+            } else {
+                result[i] = TD_REDIS_CONFLICT;
+            }
+        } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
+                   memcmp(rep->str, "NOSCRIPT", 8) == 0) {
+            todo[i] = 1;
+            (*noscript)++;
+        } else if (rc == TD_OK) {
+            char key[TD_ID_MAX + 80];
+            td_redis_key(r, states[i].prospect_id, key, sizeof key);
+            if (rep->type == REDIS_REPLY_ERROR)
+                rd_seterr(r, "redis: EVALSHA %s: %.*s", key, (int)rep->len, rep->str);
+            else
+                rd_seterr(r, "redis: EVALSHA %s: unexpected reply (type %d)", key, rep->type);
+            rc = TD_ERR;
+        }
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
+int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_version, size_t n,
+                   int *result) {
+    r->err[0] = '\0';
+    if (n == 0)
+        return TD_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
+            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
+                      states[i].prospect_id, expected_version[i]);
+            return TD_ERR;
+        }
+    }
+    if (rd_check_ids(r, states, n) != TD_OK || rd_ensure(r) != TD_OK)
+        return TD_ERR;
+    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    if (!r->sha[0] && rd_script_load(r, deadline) != TD_OK)
+        return TD_ERR;
+    unsigned char *todo = malloc(n);
+    if (!todo) {
+        rd_seterr(r, "redis: out of memory");
+        return TD_ERR;
+    }
+    memset(todo, 1, n);
+    size_t noscript = 0;
+    int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript);
+    if (rc == TD_OK && noscript > 0) {
+        /* The server lost the script (restart, failover, SCRIPT FLUSH):
+         * load it again and retry those prospects once. */
+        rc = rd_script_load(r, deadline);
+        if (rc == TD_OK)
+            rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript);
+        if (rc == TD_OK && noscript > 0) {
+            rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
+                      noscript);
+            rc = TD_ERR;
+        }
+    }
+    free(todo);
+    return rc;
+}

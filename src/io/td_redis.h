@@ -1,0 +1,83 @@
+/*
+ * td_redis.h - prospect state in Redis: batched loads, atomic conditional
+ * writes, reconnection.
+ *
+ * Key layout (inspectable with redis-cli):
+ *   touchd:p:{<prospect_id>}   hash, td_state's flat form (td_state_serialize),
+ *                              field "v" is the version used for compare-and-set
+ * (the braces make the prospect id a Redis Cluster hash tag). The key prefix
+ * ("touchd") is configurable so several deployments can share a server.
+ *
+ * A batch load is one pipeline of HGETALLs; a batch store is one pipeline of
+ * EVALSHA calls of a Lua script (loaded once, re-loaded on NOSCRIPT) that, per
+ * prospect and atomically, checks the stored version equals the expected one,
+ * replaces the hash with the new fields and the bumped version. A version
+ * mismatch is reported per prospect (TD_REDIS_CONFLICT): the caller reloads
+ * and recomputes that prospect. Connection errors and timeouts fail the whole
+ * call (TD_ERR) after closing the connection; the next call reconnects with
+ * exponential backoff (see td_redis_conf). No call ever blocks longer than
+ * the configured timeouts.
+ *
+ * @locality one thread (the daemon's main loop); a td_redis is not shared.
+ */
+#ifndef TD_REDIS_H
+#define TD_REDIS_H
+
+#include "td_base.h"
+#include "td_state.h"
+
+typedef struct td_redis_conf {
+    const char *host;       /* "127.0.0.1", or a unix socket path when unix_socket */
+    int port;               /* 6379 */
+    bool unix_socket;
+    const char *password;   /* NULL: no AUTH */
+    const char *username;   /* NULL: AUTH with password only */
+    int db;                 /* SELECT db when != 0 */
+    int connect_timeout_ms; /* 2000 */
+    int command_timeout_ms; /* 5000 */
+    int backoff_min_ms;     /* 100: first reconnect delay */
+    int backoff_max_ms;     /* 5000: cap of the exponential backoff */
+    const char *key_prefix; /* "touchd" */
+} td_redis_conf;
+void td_redis_conf_default(td_redis_conf *c);
+
+typedef struct td_redis td_redis;
+
+/* Creates a client (copies the conf strings) and tries to connect once; a
+ * failed first connect is not an error (calls reconnect later), but a bad
+ * conf is: NULL with a message in err. */
+td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap);
+void td_redis_free(td_redis *r);
+
+/* true when connected now. */
+bool td_redis_connected(const td_redis *r);
+/* Last error text ("" when none). */
+const char *td_redis_last_error(const td_redis *r);
+
+/*
+ * Loads n prospects in one pipeline. states[i] must be initialised by the
+ * caller (td_state_init with ids[i]); fields found in Redis are set into it,
+ * an absent key leaves it fresh (version 0).
+ * @returns TD_OK, or TD_ERR (connection/timeout/protocol/malformed hash; the
+ * message is in td_redis_last_error) with states unspecified.
+ */
+int td_redis_load(td_redis *r, td_state *states, size_t n);
+
+enum { TD_REDIS_STORED = 0, TD_REDIS_CONFLICT = 1 };
+/*
+ * Stores n prospects in one pipeline, each atomic and conditional: written
+ * only when the stored version equals expected_version[i]; on success the
+ * state's version becomes expected_version[i] + 1 (set in states[i]) and
+ * result[i] = TD_REDIS_STORED, else result[i] = TD_REDIS_CONFLICT.
+ * @returns TD_OK (results valid), or TD_ERR (nothing can be assumed about
+ * which writes happened: the caller retries the batch, which is safe because
+ * a write that did happen bumped the version and the dedup ring/positions
+ * make re-applied events no-ops after a reload).
+ */
+int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_version, size_t n,
+                   int *result);
+
+/* The key of a prospect into buf ("touchd:p:{p-42}"); returns its length. */
+size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_t cap);
+
+#endif

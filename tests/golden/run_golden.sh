@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# run_golden.sh - data-driven golden tests of the rules (no C needed to add one).
+#
+# Every directory tests/golden/<case>/ is one case:
+#   events.jsonl        input events (JSON lines, may contain malformed lines)
+#   expected.txt        expected stdout of
+#                         touchd replay --rules <rules> --brief events.jsonl
+#                       (one line per recommendation, tab-separated:
+#                        prospect_id rule channel touch not_before trigger_event_id;
+#                        empty = no recommendation)
+#   expected-exit       optional: expected exit code of replay (default 0;
+#                       3 = some input lines were rejected)
+#   rules/              optional: use these rules INSTEAD of the repo's rules/
+#   extra-rules/        optional: use the repo's rules/ PLUS these files
+#                       (e.g. a deliberately bad rule a guard must block)
+#   expected-check.txt  makes it a diagnostics case instead: expected stderr
+#                       lines of `touchd check rules` (run in the case
+#                       directory; only lines starting with "rules/" are
+#                       compared) and exit code 1
+#
+# Environment: TD_TOUCHD (the touchd binary), TD_SOURCE_DIR (the repo root);
+# both default to this checkout (build-h5/touchd).
+# Usage: run_golden.sh [case...]     (default: every case)
+# Prints a unified diff for each failing case and "N passed, M failed" last;
+# exits 1 when any case fails.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="${TD_SOURCE_DIR:-$(cd "$here/../.." && pwd)}"
+touchd="${TD_TOUCHD:-$src/build-h5/touchd}"
+if [[ ! -x "$touchd" ]]; then
+  echo "run_golden.sh: touchd binary not found or not executable: $touchd" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+cases=()
+if (($#)); then
+  for c in "$@"; do cases+=("$here/${c%/}"); done
+else
+  for d in "$here"/*/; do cases+=("${d%/}"); done
+fi
+
+pass=0
+fail=0
+failed=()
+
+for dir in "${cases[@]}"; do
+  name="$(basename "$dir")"
+  out="$tmp/$name.out"
+  err="$tmp/$name.err"
+  ok=1
+  if [[ -f "$dir/expected-check.txt" ]]; then
+    # Diagnostics case: touchd check must fail with exactly these lines.
+    rc=0
+    (cd "$dir" && "$touchd" check rules) >"$out" 2>"$err" || rc=$?
+    grep '^rules/' "$err" >"$tmp/$name.diag" || true
+    if [[ $rc -ne 1 ]]; then
+      echo "FAIL $name: touchd check exited $rc, expected 1"
+      ok=0
+    fi
+    if ! diff -u --label "$name/expected-check.txt" --label "$name/actual" \
+        "$dir/expected-check.txt" "$tmp/$name.diag"; then
+      echo "FAIL $name: diagnostics differ (full stderr below)"
+      sed 's/^/  | /' "$err"
+      ok=0
+    fi
+  elif [[ -f "$dir/events.jsonl" ]]; then
+    rules="$src/rules"
+    if [[ -d "$dir/rules" ]]; then
+      rules="$dir/rules"
+    elif [[ -d "$dir/extra-rules" ]]; then
+      rules="$tmp/$name.rules"
+      mkdir -p "$rules"
+      cp "$src"/rules/*.rules "$rules"/
+      cp "$dir"/extra-rules/*.rules "$rules"/
+    fi
+    want_rc=0
+    [[ -f "$dir/expected-exit" ]] && want_rc="$(tr -d '[:space:]' <"$dir/expected-exit")"
+    rc=0
+    (cd "$dir" && "$touchd" replay --rules "$rules" --brief events.jsonl) >"$out" 2>"$err" || rc=$?
+    if [[ "$rc" != "$want_rc" ]]; then
+      echo "FAIL $name: touchd replay exited $rc, expected $want_rc; stderr:"
+      sed 's/^/  | /' "$err"
+      ok=0
+    fi
+    if ! diff -u --label "$name/expected.txt" --label "$name/actual" \
+        "$dir/expected.txt" "$out"; then
+      echo "FAIL $name: recommendations differ"
+      ok=0
+    fi
+  else
+    continue # not a case directory
+  fi
+  if ((ok)); then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1))
+    failed+=("$name")
+  fi
+done
+
+if ((fail)); then
+  echo "failed: ${failed[*]}"
+fi
+echo "$pass passed, $fail failed"
+((fail == 0))
