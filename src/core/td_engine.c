@@ -108,7 +108,7 @@ static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
 static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_step_out *out,
                      cand *cands, uint32_t *ncands) {
     td_value v;
-    char err[160];
+    char err[120];
     if (r->when) {
         if (td_expr_eval(r->when, ctx, &v, err, sizeof err) != TD_OK) {
             out->nerrors++;
@@ -170,7 +170,7 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
                     td_step_out *out, cand *cands, uint32_t ncands) {
     size_t ng;
     const td_rule *const *guards = td_ruleset_guards(rs, &ng);
-    char err[160];
+    char err[120];
     for (uint32_t i = 0; i < ncands; i++) {
         cand *c = &cands[i];
         td_rec_view view = {.channel = c->rule->channel,

@@ -289,12 +289,40 @@ static bool strmap_build(const td_source *src, int line, const char *name, strma
 
 /* ---- compilation context ---- */
 
+/* Every rule id seen, kept or not, so duplicates are found even when the
+ * first definition had errors. */
+typedef struct seen_id {
+    char id[TD_RULE_ID_MAX + 1];
+    const char *file;
+    int line;
+} seen_id;
+
 typedef struct cctx {
     const td_source *src;
     td_diags *diags;
     td_ruleset *rs;
     bool settings_seen;
+    seen_id *seen;
+    size_t nseen, capseen;
 } cctx;
+
+/* Records id; returns the earlier definition when it was seen already. */
+static const seen_id *seen_check(cctx *cx, const char *id, const char *file, int line) {
+    for (size_t i = 0; i < cx->nseen; i++)
+        if (strcmp(cx->seen[i].id, id) == 0) return &cx->seen[i];
+    if (cx->nseen == cx->capseen) {
+        size_t cap = cx->capseen ? cx->capseen * 2 : 32;
+        seen_id *v = realloc(cx->seen, cap * sizeof *v);
+        if (!v) return NULL;
+        cx->seen = v;
+        cx->capseen = cap;
+    }
+    seen_id *s = &cx->seen[cx->nseen++];
+    td_strlcpy(s->id, id, sizeof s->id);
+    s->file = file;
+    s->line = line;
+    return NULL;
+}
 
 static int setting_line(const config_setting_t *s) {
     int l = (int)config_setting_source_line(s);
@@ -828,7 +856,7 @@ static void compile_file(cctx *cx, size_t *cap) {
             td_rule *r = &cx->rs->rules[cx->rs->n];
             bool ok = compile_rule(cx, rs, r, fname);
             if (r->id[0]) {
-                const td_rule *prev = find_rule(cx->rs, cx->rs->n, r->id);
+                const seen_id *prev = seen_check(cx, r->id, fname, r->line);
                 if (prev) {
                     err_at(cx, config_setting_get_member(rs, "id"), "E104",
                            "duplicate rule id '%s' (first defined at %s:%d); rule ids must be "
@@ -922,6 +950,7 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     compute_hash(rs, srcs, n);
     if (diags->errors == errors_before && !build_index(rs))
         diag_add(diags, TD_SEV_ERROR, "E100", "<rules>", NULL, 0, 0, 1, "out of memory");
+    free(cx.seen);
     bool failed = diags->errors != errors_before;
     if (diags == &local) td_diags_free(&local);
     if (failed) {

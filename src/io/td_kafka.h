@@ -39,6 +39,7 @@
 #define TD_KAFKA_H
 
 #include <librdkafka/rdkafka.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -89,12 +90,15 @@ int td_kafka_send_rec(td_kafka *k, const char *key, size_t klen, const char *val
 int td_kafka_send_dlq(td_kafka *k, const rd_kafka_message_t *src, const char *reason,
                       const char *field);
 /*
- * Waits until every message of the round is acknowledged, re-sending failed
- * ones. Returns early (-1) when *stop becomes nonzero twice... no: stop is
- * only consulted to shorten log noise; the wait ends on success or on a
- * fatal error. @returns 0 (all acked) or -1 (fatal error).
+ * Waits until every message of the round is acknowledged, re-sending those
+ * whose delivery failed. While it waits longer than a second the consumer is
+ * held and kept alive (td_kafka_hold/keepalive), so a long broker outage does
+ * not cost the group membership. Once *stop is nonzero (shutdown requested)
+ * the wait gives up after stop_grace_ms more.
+ * @returns 0 (all acknowledged), -1 (fatal error) or -2 (gave up on stop:
+ * the caller must not store the batch's offsets).
  */
-int td_kafka_round_wait(td_kafka *k);
+int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop_grace_ms);
 /* Messages in the current round (sent). */
 size_t td_kafka_round_size(const td_kafka *k);
 

@@ -12,7 +12,13 @@
 #                       3 = some input lines were rejected)
 #   rules/              optional: use these rules INSTEAD of the repo's rules/
 #   extra-rules/        optional: use the repo's rules/ PLUS these files
-#                       (e.g. a deliberately bad rule a guard must block)
+#                       (--rules given twice; e.g. a deliberately naive rule
+#                       that a guard of the repo must block)
+#   expected-blocked.txt optional: "guard_id count" per guard that blocked at
+#                       least one candidate, in ruleset order, read from the
+#                       per-rule table replay prints on stderr; proves a guard
+#                       case is empty because of THAT guard
+#   description         optional: one paragraph, what the case shows
 #   expected-check.txt  makes it a diagnostics case instead: expected stderr
 #                       lines of `touchd check rules` (run in the case
 #                       directory; only lines starting with "rules/" are
@@ -69,19 +75,16 @@ for dir in "${cases[@]}"; do
       ok=0
     fi
   elif [[ -f "$dir/events.jsonl" ]]; then
-    rules="$src/rules"
+    rules=(--rules "$src/rules")
     if [[ -d "$dir/rules" ]]; then
-      rules="$dir/rules"
+      rules=(--rules rules)
     elif [[ -d "$dir/extra-rules" ]]; then
-      rules="$tmp/$name.rules"
-      mkdir -p "$rules"
-      cp "$src"/rules/*.rules "$rules"/
-      cp "$dir"/extra-rules/*.rules "$rules"/
+      rules+=(--rules extra-rules)
     fi
     want_rc=0
     [[ -f "$dir/expected-exit" ]] && want_rc="$(tr -d '[:space:]' <"$dir/expected-exit")"
     rc=0
-    (cd "$dir" && "$touchd" replay --rules "$rules" --brief events.jsonl) >"$out" 2>"$err" || rc=$?
+    (cd "$dir" && "$touchd" replay "${rules[@]}" --brief events.jsonl) >"$out" 2>"$err" || rc=$?
     if [[ "$rc" != "$want_rc" ]]; then
       echo "FAIL $name: touchd replay exited $rc, expected $want_rc; stderr:"
       sed 's/^/  | /' "$err"
@@ -91,6 +94,15 @@ for dir in "${cases[@]}"; do
         "$dir/expected.txt" "$out"; then
       echo "FAIL $name: recommendations differ"
       ok=0
+    fi
+    if [[ -f "$dir/expected-blocked.txt" ]]; then
+      # rows of the stats table: rule fired blocked lost cooldown armed errors (guard: blocks)
+      awk '/\(guard: blocks\)$/ && $3 + 0 > 0 { print $1, $3 }' "$err" >"$tmp/$name.blocked"
+      if ! diff -u --label "$name/expected-blocked.txt" --label "$name/actual-blocked" \
+          "$dir/expected-blocked.txt" "$tmp/$name.blocked"; then
+        echo "FAIL $name: guards that blocked differ"
+        ok=0
+      fi
     fi
   else
     continue # not a case directory

@@ -1,0 +1,804 @@
+/*
+ * test_redis_store.c - td_redis against a real redis-server (the shared
+ * harness starts one per test on a free loopback port; never a fake).
+ *
+ * Covers: fresh states for absent keys, a lossless round trip of a richly
+ * populated state, the version compare-and-set with two writers, a batch of
+ * 1000 prospects, NOSCRIPT recovery, AUTH (requirepass and ACL users),
+ * SELECT db, a server killed mid-stream and brought back (reconnect after
+ * backoff), the command timeout (CLIENT PAUSE), malformed hashes, and what a
+ * plain client sees with HGETALL. Also prints MEMORY USAGE of a typical
+ * prospect (quoted in docs/redis.md).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "td_redis.h"
+#include "td_state.h"
+
+/* ---- helpers ---- */
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static void conf_for(td_redis_conf *c, const td_test_redis *srv) {
+    td_redis_conf_default(c);
+    c->host = srv->host;
+    c->port = srv->port;
+    c->connect_timeout_ms = 1000;
+    c->command_timeout_ms = 2000;
+    c->backoff_min_ms = 50;
+    c->backoff_max_ms = 400;
+}
+
+static td_redis *client_for(const td_test_redis *srv) {
+    td_redis_conf c;
+    conf_for(&c, srv);
+    char err[256];
+    td_redis *r = td_redis_new(&c, err, sizeof err);
+    assert_non_null(r);
+    assert_true(td_redis_connected(r));
+    return r;
+}
+
+/* A state with something in every part of the flat form. */
+static void populate(td_state *st, const char *id, int salt) {
+    td_state_init(st, id);
+    td_strlcpy(st->owner_id, "rep-7", sizeof st->owner_id);
+    st->events = 40 + salt;
+    const td_ms t0 = 1795000000000LL + salt * 1000LL; /* 2026-11 */
+    for (int c = 0; c < TD_CH__COUNT; c++) {
+        td_chan_state *ch = &st->ch[c];
+        ch->sent = 3 + c + salt;
+        ch->delivered = 2 + c;
+        ch->opened = 1 + c;
+        ch->clicked = c;
+        ch->replied = c % 2;
+        ch->failed = c % 3;
+        ch->unanswered = 2;
+        ch->opens_since_reply = 1;
+        ch->last_sent_at = t0 - c * TD_HOUR;
+        ch->last_opened_at = t0 - c * TD_HOUR + 250; /* milliseconds survive */
+        if (c % 2)
+            ch->last_replied_at = t0 - TD_DAY;
+        ch->consent = c == TD_CH_SMS ? TD_TRI_NO : TD_TRI_YES;
+    }
+    st->ch[TD_CH_EMAIL].blocked = TD_BLOCK_NONE;
+    st->ch[TD_CH_WHATSAPP].blocked = TD_BLOCK_OPTED_OUT;
+    st->stage = TD_STAGE_ENGAGED;
+    st->tier = 2;
+    td_strlcpy(st->country, "FR", sizeof st->country);
+    td_strlcpy(st->sector, "industrial automation", sizeof st->sector);
+    td_strlcpy(st->timezone, "Europe/Paris", sizeof st->timezone);
+    st->gift_policy = TD_GP_RESTRICTED;
+    st->lifetime_value_eur = 1250000; /* 125.0000 */
+    td_strlcpy(st->language, "fr", sizeof st->language);
+    st->first_seen_at = t0 - 30 * TD_DAY;
+    st->last_event_at = t0;
+    st->last_touch_at = t0 - TD_HOUR;
+    st->last_inbound_at = t0 - TD_DAY;
+    st->first_touch_at = t0 - 29 * TD_DAY;
+    st->stage_changed_at = t0 - 3 * TD_DAY;
+    st->replies = 3;
+    st->last_reply_sentiment = TD_SENT_POSITIVE;
+    st->meetings_booked = 2;
+    st->meetings_held = 1;
+    st->next_meeting_at = t0 + 2 * TD_DAY;
+    for (uint32_t i = 0; i < 10; i++) {
+        st->touch_ring[i] = t0 - (10 - i) * TD_DAY;
+    }
+    st->touch_count = 10;
+    st->touch_head = 10;
+    st->hour_hist[9] = 4;
+    st->hour_hist[14] = 2;
+    st->gift_year = 2026;
+    st->gifts_year_count = 1;
+    st->gifts_year_spend_eur = 450000;
+    st->gifts_total = 2;
+    st->last_gift_at = t0 - 40 * TD_DAY;
+    st->last_gift_kind = TD_GK_BOOK;
+    char eid[64];
+    for (int i = 0; i < 12; i++) {
+        snprintf(eid, sizeof eid, "e-%s-%d", id, i);
+        td_state_remember(st, eid);
+    }
+    td_state_pos_set(st, "crm.events", 3, 1234567 + salt);
+    td_state_pos_set(st, "crm.events", 7, 42);
+    assert_int_equal(td_state_set_fired(st, "ghosting.pivot-channel", t0 - TD_DAY), TD_OK);
+    assert_int_equal(td_state_set_fired(st, "silence.after-value", t0 - 2 * TD_DAY), TD_OK);
+    assert_int_equal(td_state_arm_timer(st, "silence.after-value", t0 + 3 * TD_DAY, "e-armer-1"),
+                     TD_OK);
+}
+
+static long long raw_int(redisContext *c, const char *cmd, const char *arg) {
+    redisReply *rep = redisCommand(c, cmd, arg);
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
+    long long v = rep->integer;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* HGET key field as a malloc'd string, NULL when absent. */
+static char *raw_hget(redisContext *c, const char *key, const char *field) {
+    redisReply *rep = redisCommand(c, "HGET %s %s", key, field);
+    assert_non_null(rep);
+    char *s = NULL;
+    if (rep->type == REDIS_REPLY_STRING)
+        s = strdup(rep->str);
+    else
+        assert_int_equal(rep->type, REDIS_REPLY_NIL);
+    freeReplyObject(rep);
+    return s;
+}
+
+static void raw_ok(redisContext *c, redisReply *rep) {
+    (void)c;
+    assert_non_null(rep);
+    if (rep->type == REDIS_REPLY_ERROR)
+        fail_msg("redis error: %s", rep->str);
+    freeReplyObject(rep);
+}
+
+/* ---- fixtures: one server per test ---- */
+
+static int setup(void **st) {
+    td_test_redis *srv = calloc(1, sizeof *srv);
+    if (!srv || td_test_redis_start(srv) != 0) {
+        free(srv);
+        return -1;
+    }
+    *st = srv;
+    return 0;
+}
+
+static int teardown(void **st) {
+    td_test_redis *srv = *st;
+    td_test_redis_stop(srv);
+    free(srv);
+    return 0;
+}
+
+/* ---- tests ---- */
+
+static void test_key_and_conf(void **unused) {
+    (void)unused;
+    td_redis_conf c;
+    td_redis_conf_default(&c);
+    assert_string_equal(c.key_prefix, "touchd");
+    c.port = 1; /* nothing listens there: not an error at creation */
+    c.key_prefix = "acme";
+    c.connect_timeout_ms = 200;
+    char err[256];
+    td_redis *r = td_redis_new(&c, err, sizeof err);
+    assert_non_null(r);
+    assert_false(td_redis_connected(r));
+    assert_non_null(strstr(td_redis_last_error(r), "connect"));
+    char key[64];
+    assert_int_equal(td_redis_key(r, "p-42", key, sizeof key), strlen("acme:p:{p-42}"));
+    assert_string_equal(key, "acme:p:{p-42}");
+    /* a call inside the backoff window fails at once */
+    td_state s;
+    td_state_init(&s, "p-1");
+    int64_t t = now_ms();
+    assert_int_equal(td_redis_load(r, &s, 1), TD_ERR);
+    assert_true(now_ms() - t < 100);
+    assert_non_null(strstr(td_redis_last_error(r), "reconnecting in"));
+    td_state_free(&s);
+    td_redis_free(r);
+
+    td_redis_conf_default(&c);
+    c.port = 0;
+    assert_null(td_redis_new(&c, err, sizeof err));
+    assert_non_null(strstr(err, "port"));
+    td_redis_conf_default(&c);
+    c.key_prefix = "a{b}";
+    assert_null(td_redis_new(&c, err, sizeof err));
+    assert_non_null(strstr(err, "key_prefix"));
+    td_redis_conf_default(&c);
+    c.username = "u";
+    assert_null(td_redis_new(&c, err, sizeof err));
+    assert_non_null(strstr(err, "password"));
+    td_redis_conf_default(&c);
+    c.backoff_min_ms = 500;
+    c.backoff_max_ms = 100;
+    assert_null(td_redis_new(&c, err, sizeof err));
+    assert_non_null(strstr(err, "backoff"));
+}
+
+static void test_load_absent(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_state s[3], fresh;
+    const char *ids[] = {"p-1", "p-2", "p-\xc3\xa9t\xc3\xa9"};
+    for (int i = 0; i < 3; i++) {
+        td_state_init(&s[i], ids[i]);
+        s[i].events = 99; /* must stay as the caller set it: absent key = no field set */
+    }
+    assert_int_equal(td_redis_load(r, s, 3), TD_OK);
+    assert_string_equal(td_redis_last_error(r), "");
+    for (int i = 0; i < 3; i++) {
+        td_state_init(&fresh, ids[i]);
+        fresh.events = 99;
+        assert_true(td_state_equal(&s[i], &fresh));
+        assert_int_equal(s[i].version, 0);
+        td_state_free(&fresh);
+        td_state_free(&s[i]);
+    }
+    td_redis_free(r);
+}
+
+static void test_roundtrip_and_plain_client(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_state a, b;
+    populate(&a, "p-42", 0);
+    int64_t exp = 0;
+    int res = -1;
+    assert_int_equal(td_redis_store(r, &a, &exp, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(a.version, 1);
+
+    td_state_init(&b, "p-42");
+    assert_int_equal(td_redis_load(r, &b, 1), TD_OK);
+    assert_int_equal(b.version, 1);
+    assert_true(td_state_equal(&a, &b));
+
+    /* what ops see with redis-cli */
+    redisContext *c = td_test_redis_connect(srv);
+    assert_non_null(c);
+    char *v = raw_hget(c, "touchd:p:{p-42}", "v");
+    assert_non_null(v);
+    assert_string_equal(v, "1");
+    free(v);
+    v = raw_hget(c, "touchd:p:{p-42}", "email.sent");
+    assert_non_null(v);
+    assert_string_equal(v, "3");
+    free(v);
+    redisReply *rep = redisCommand(c, "HGETALL %s", "touchd:p:{p-42}");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_true(rep->elements > 40);
+    int nv = 0;
+    for (size_t i = 0; i < rep->elements; i += 2)
+        if (!strcmp(rep->element[i]->str, "v"))
+            nv++;
+    assert_int_equal(nv, 1); /* exactly one version field */
+    size_t nfields = rep->elements / 2;
+    freeReplyObject(rep);
+    rep = redisCommand(c, "MEMORY USAGE %s SAMPLES 0", "touchd:p:{p-42}");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
+    printf("[ INFO     ] typical prospect: %zu hash fields, MEMORY USAGE %lld bytes\n", nfields,
+           rep->integer);
+    freeReplyObject(rep);
+    redisFree(c);
+
+    /* a second write from the loaded state replaces (not merges) the hash */
+    td_state_free(&b);
+    td_state_init(&b, "p-42");
+    b.events = 1;
+    exp = 1;
+    assert_int_equal(td_redis_store(r, &b, &exp, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(b.version, 2);
+    td_state c2;
+    td_state_init(&c2, "p-42");
+    assert_int_equal(td_redis_load(r, &c2, 1), TD_OK);
+    assert_true(td_state_equal(&b, &c2));
+    assert_int_equal(c2.ch[TD_CH_EMAIL].sent, 0); /* old fields gone */
+
+    td_state_free(&a);
+    td_state_free(&b);
+    td_state_free(&c2);
+    td_redis_free(r);
+}
+
+static void test_version_cas(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *w1 = client_for(srv), *w2 = client_for(srv);
+    td_state s1, s2, got;
+    td_state_init(&s1, "p-cas");
+    td_state_init(&s2, "p-cas");
+    assert_int_equal(td_redis_load(w1, &s1, 1), TD_OK);
+    assert_int_equal(td_redis_load(w2, &s2, 1), TD_OK);
+    int64_t e1 = s1.version, e2 = s2.version;
+    assert_int_equal(e1, 0);
+    s1.events = 111;
+    td_strlcpy(s1.owner_id, "rep-1", sizeof s1.owner_id);
+    s2.events = 222;
+    td_strlcpy(s2.owner_id, "rep-2", sizeof s2.owner_id);
+    int r1 = -1, r2 = -1;
+    assert_int_equal(td_redis_store(w1, &s1, &e1, 1, &r1), TD_OK);
+    assert_int_equal(td_redis_store(w2, &s2, &e2, 1, &r2), TD_OK);
+    assert_int_equal(r1, TD_REDIS_STORED);
+    assert_int_equal(r2, TD_REDIS_CONFLICT);
+    assert_int_equal(s1.version, 1);
+    assert_int_equal(s2.version, 0); /* unchanged on conflict */
+
+    td_state_init(&got, "p-cas");
+    assert_int_equal(td_redis_load(w2, &got, 1), TD_OK);
+    assert_int_equal(got.events, 111);
+    assert_string_equal(got.owner_id, "rep-1");
+    assert_true(td_state_equal(&got, &s1));
+
+    /* the loser reloads and retries: now it wins */
+    got.events = 333;
+    int64_t eg = got.version;
+    assert_int_equal(td_redis_store(w2, &got, &eg, 1, &r2), TD_OK);
+    assert_int_equal(r2, TD_REDIS_STORED);
+    assert_int_equal(got.version, 2);
+    /* and the first writer's stale version now conflicts */
+    e1 = 1;
+    assert_int_equal(td_redis_store(w1, &s1, &e1, 1, &r1), TD_OK);
+    assert_int_equal(r1, TD_REDIS_CONFLICT);
+
+    /* a version ahead of the stored one conflicts too (no blind writes) */
+    td_state fresh;
+    td_state_init(&fresh, "p-new");
+    int64_t ahead = 5;
+    assert_int_equal(td_redis_store(w1, &fresh, &ahead, 1, &r1), TD_OK);
+    assert_int_equal(r1, TD_REDIS_CONFLICT);
+    redisContext *c = td_test_redis_connect(srv);
+    assert_int_equal(raw_int(c, "EXISTS %s", "touchd:p:{p-new}"), 0);
+    redisFree(c);
+
+    td_state_free(&fresh);
+    td_state_free(&s1);
+    td_state_free(&s2);
+    td_state_free(&got);
+    td_redis_free(w1);
+    td_redis_free(w2);
+}
+
+#define BATCH 1000
+
+static void test_batch_1000(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_state *s = calloc(BATCH, sizeof *s), *l = calloc(BATCH, sizeof *l);
+    int64_t *exp = calloc(BATCH, sizeof *exp);
+    int *res = calloc(BATCH, sizeof *res);
+    assert_non_null(s);
+    assert_non_null(l);
+    assert_non_null(exp);
+    assert_non_null(res);
+    char id[32];
+    for (int i = 0; i < BATCH; i++) {
+        snprintf(id, sizeof id, "p-%d", i);
+        populate(&s[i], id, i);
+        res[i] = -1;
+    }
+    /* pre-store prospect 500 so exactly one conflicts */
+    int one = -1;
+    td_state tmp;
+    td_state_init(&tmp, "p-500");
+    int64_t zero = 0;
+    assert_int_equal(td_redis_store(r, &tmp, &zero, 1, &one), TD_OK);
+    assert_int_equal(one, TD_REDIS_STORED);
+    td_state_free(&tmp);
+
+    redisContext *c = td_test_redis_connect(srv);
+    raw_ok(c, redisCommand(c, "CONFIG RESETSTAT"));
+    assert_int_equal(td_redis_store(r, s, exp, BATCH, res), TD_OK);
+    for (int i = 0; i < BATCH; i++) {
+        if (i == 500) {
+            assert_int_equal(res[i], TD_REDIS_CONFLICT);
+            assert_int_equal(s[i].version, 0);
+        } else {
+            assert_int_equal(res[i], TD_REDIS_STORED);
+            assert_int_equal(s[i].version, 1);
+        }
+    }
+    /* one EVALSHA per prospect, no extra round trips (no PING, no EVAL) */
+    redisReply *rep = redisCommand(c, "INFO commandstats");
+    assert_non_null(rep);
+    assert_non_null(strstr(rep->str, "cmdstat_evalsha:calls=1000,"));
+    assert_null(strstr(rep->str, "cmdstat_ping:"));
+    freeReplyObject(rep);
+    assert_int_equal(raw_int(c, "DBSIZE%s", ""), BATCH);
+
+    for (int i = 0; i < BATCH; i++) {
+        snprintf(id, sizeof id, "p-%d", i);
+        td_state_init(&l[i], id);
+    }
+    assert_int_equal(td_redis_load(r, l, BATCH), TD_OK);
+    for (int i = 0; i < BATCH; i++) {
+        if (i == 500)
+            assert_int_equal(l[i].version, 1); /* the other writer's fresh state */
+        else
+            assert_true(td_state_equal(&s[i], &l[i]));
+    }
+    rep = redisCommand(c, "INFO commandstats");
+    assert_non_null(strstr(rep->str, "cmdstat_hgetall:calls=1000,"));
+    freeReplyObject(rep);
+    redisFree(c);
+    for (int i = 0; i < BATCH; i++) {
+        td_state_free(&s[i]);
+        td_state_free(&l[i]);
+    }
+    free(s);
+    free(l);
+    free(exp);
+    free(res);
+    td_redis_free(r);
+}
+
+static void test_noscript_recovery(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    redisContext *c = td_test_redis_connect(srv);
+    td_state s[2];
+    td_state_init(&s[0], "p-a");
+    td_state_init(&s[1], "p-b");
+    int64_t exp[2] = {0, 0};
+    int res[2];
+    assert_int_equal(td_redis_store(r, s, exp, 2, res), TD_OK);
+    assert_int_equal(res[0], TD_REDIS_STORED);
+    assert_int_equal(res[1], TD_REDIS_STORED);
+
+    raw_ok(c, redisCommand(c, "SCRIPT FLUSH"));
+    raw_ok(c, redisCommand(c, "CONFIG RESETSTAT"));
+    s[0].events = 5;
+    s[1].events = 6;
+    exp[0] = 1;
+    exp[1] = 1;
+    assert_int_equal(td_redis_store(r, s, exp, 2, res), TD_OK);
+    assert_int_equal(res[0], TD_REDIS_STORED);
+    assert_int_equal(res[1], TD_REDIS_STORED);
+    assert_int_equal(s[0].version, 2);
+    char *v = raw_hget(c, "touchd:p:{p-b}", "events");
+    assert_non_null(v);
+    assert_string_equal(v, "6");
+    free(v);
+    redisReply *rep = redisCommand(c, "INFO commandstats");
+    assert_non_null(rep);
+    /* 2 NOSCRIPT failures + 2 retries, and exactly one SCRIPT LOAD */
+    assert_non_null(strstr(rep->str, "cmdstat_evalsha:calls=4,"));
+    assert_non_null(strstr(rep->str, "cmdstat_script|load:calls=1,"));
+    freeReplyObject(rep);
+
+    redisFree(c);
+    td_state_free(&s[0]);
+    td_state_free(&s[1]);
+    td_redis_free(r);
+}
+
+static void test_auth(void **state) {
+    td_test_redis *srv = *state;
+    static const char pw[] = "s3cret-Pa55";
+    static const char wrong[] = "not-the-Pa55";
+    redisContext *admin = td_test_redis_connect(srv);
+    assert_non_null(admin);
+    raw_ok(admin, redisCommand(admin, "ACL SETUSER touch on >%s ~touchd:* +@all", "acl-Pw-9"));
+    raw_ok(admin, redisCommand(admin, "CONFIG SET requirepass %s", pw));
+
+    td_redis_conf conf;
+    conf_for(&conf, srv);
+    char err[256];
+    td_state s;
+    td_state_init(&s, "p-auth");
+
+    /* no password: NOAUTH, clearly */
+    td_redis *r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    assert_int_equal(td_redis_load(r, &s, 1), TD_ERR);
+    assert_non_null(strstr(td_redis_last_error(r), "NOAUTH"));
+    td_redis_free(r);
+
+    /* wrong password: AUTH failed, and the password is never in the text */
+    conf.password = wrong;
+    r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    assert_false(td_redis_connected(r));
+    assert_non_null(strstr(td_redis_last_error(r), "AUTH failed"));
+    assert_null(strstr(td_redis_last_error(r), wrong));
+    assert_int_equal(td_redis_load(r, &s, 1), TD_ERR);
+    assert_null(strstr(td_redis_last_error(r), wrong));
+    td_redis_free(r);
+
+    /* the right one works */
+    conf.password = pw;
+    r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    assert_true(td_redis_connected(r));
+    int64_t e = 0;
+    int res = -1;
+    assert_int_equal(td_redis_store(r, &s, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_redis_free(r);
+
+    /* ACL user: username + password */
+    conf.username = "touch";
+    conf.password = "acl-Pw-9";
+    r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    assert_true(td_redis_connected(r));
+    e = 1;
+    assert_int_equal(td_redis_store(r, &s, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_state_free(&s);
+    td_state_init(&s, "p-auth");
+    assert_int_equal(td_redis_load(r, &s, 1), TD_OK);
+    assert_int_equal(s.version, 2);
+    td_redis_free(r);
+    /* ACL user with the wrong password */
+    conf.password = wrong;
+    r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    assert_false(td_redis_connected(r));
+    assert_non_null(strstr(td_redis_last_error(r), "WRONGPASS"));
+    assert_null(strstr(td_redis_last_error(r), wrong));
+    td_redis_free(r);
+
+    raw_ok(admin, redisCommand(admin, "CONFIG SET requirepass %s", ""));
+    redisFree(admin);
+    td_state_free(&s);
+}
+
+static void test_select_db(void **state) {
+    td_test_redis *srv = *state;
+    td_redis_conf conf;
+    conf_for(&conf, srv);
+    conf.db = 3;
+    conf.key_prefix = "acme";
+    char err[256];
+    td_redis *r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    td_state s;
+    td_state_init(&s, "p-db");
+    s.events = 7;
+    int64_t e = 0;
+    int res = -1;
+    assert_int_equal(td_redis_store(r, &s, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+
+    redisContext *c = td_test_redis_connect(srv);
+    assert_int_equal(raw_int(c, "EXISTS %s", "acme:p:{p-db}"), 0); /* not in db 0 */
+    raw_ok(c, redisCommand(c, "SELECT 3"));
+    char *v = raw_hget(c, "acme:p:{p-db}", "events");
+    assert_non_null(v);
+    assert_string_equal(v, "7");
+    free(v);
+    redisFree(c);
+
+    /* an out-of-range db is a clear connect error */
+    conf.db = 99999;
+    td_redis *bad = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(bad);
+    assert_false(td_redis_connected(bad));
+    assert_non_null(strstr(td_redis_last_error(bad), "SELECT failed"));
+    td_redis_free(bad);
+    td_state_free(&s);
+    td_redis_free(r);
+}
+
+typedef struct killer {
+    pid_t pid;
+    int after_ms;
+} killer;
+
+static void *killer_main(void *arg) {
+    killer *k = arg;
+    sleep_ms(k->after_ms);
+    kill(k->pid, SIGKILL);
+    return NULL;
+}
+
+static void test_kill_and_reconnect(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    enum { N = 500 };
+    td_state *s = calloc(N, sizeof *s);
+    int64_t *exp = calloc(N, sizeof *exp);
+    int *res = calloc(N, sizeof *res);
+    assert_non_null(s);
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "p-%d", i);
+        populate(&s[i], id, i);
+    }
+    /* it works before the kill */
+    for (int i = 0; i < N; i++)
+        exp[i] = s[i].version;
+    assert_int_equal(td_redis_store(r, s, exp, N, res), TD_OK);
+    assert_int_equal(res[N - 1], TD_REDIS_STORED);
+    /* store batches until the server dies under us (20 ms: mid-batch) */
+    killer k = {srv->pid, 20};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, killer_main, &k), 0);
+    int rc = TD_OK;
+    int rounds = 0;
+    int64_t t0 = now_ms();
+    while (rc == TD_OK && now_ms() - t0 < 10000) {
+        for (int i = 0; i < N; i++)
+            exp[i] = s[i].version;
+        rc = td_redis_store(r, s, exp, N, res);
+        rounds++;
+    }
+    pthread_join(th, NULL);
+    assert_int_equal(rc, TD_ERR);
+    assert_false(td_redis_connected(r));
+    printf("[ INFO     ] after %d batches: %s\n", rounds, td_redis_last_error(r));
+    td_test_redis_kill(srv); /* reap */
+
+    /* while down: fails, fast (connection refused or inside the backoff) */
+    int64_t t = now_ms();
+    assert_int_equal(td_redis_load(r, s, 1), TD_ERR);
+    assert_true(now_ms() - t < 1000);
+    assert_int_equal(td_redis_load(r, s, 1), TD_ERR);
+    assert_non_null(strstr(td_redis_last_error(r), "reconnecting in"));
+
+    assert_int_equal(td_test_redis_restart(srv), 0);
+    /* the next calls reconnect after the backoff (<= backoff_max 400 ms) */
+    int fails = 0;
+    t = now_ms();
+    td_state fresh;
+    td_state_init(&fresh, "p-0");
+    while ((rc = td_redis_load(r, &fresh, 1)) != TD_OK && now_ms() - t < 5000) {
+        fails++;
+        sleep_ms(20);
+    }
+    assert_int_equal(rc, TD_OK);
+    assert_true(td_redis_connected(r));
+    assert_true(now_ms() - t < 2000);
+    printf("[ INFO     ] reconnected after %d fast failures, %lld ms\n", fails,
+           (long long)(now_ms() - t));
+    /* the restarted server has no data (no persistence): a fresh state, and
+     * the script is re-loaded transparently */
+    assert_int_equal(fresh.version, 0);
+    int64_t e = 0;
+    int one = -1;
+    assert_int_equal(td_redis_store(r, &fresh, &e, 1, &one), TD_OK);
+    assert_int_equal(one, TD_REDIS_STORED);
+
+    td_state_free(&fresh);
+    for (int i = 0; i < N; i++)
+        td_state_free(&s[i]);
+    free(s);
+    free(exp);
+    free(res);
+    td_redis_free(r);
+}
+
+static void test_idle_disconnect_is_healed(void **state) {
+    /* the server closes an idle connection (restart, CLIENT KILL): the next
+     * call notices before sending and reconnects at once, no error */
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    redisContext *c = td_test_redis_connect(srv);
+    raw_ok(c, redisCommand(c, "CLIENT KILL TYPE normal SKIPME yes"));
+    sleep_ms(50);
+    td_state s;
+    td_state_init(&s, "p-idle");
+    assert_int_equal(td_redis_load(r, &s, 1), TD_OK);
+    assert_true(td_redis_connected(r));
+    td_state_free(&s);
+    redisFree(c);
+    td_redis_free(r);
+}
+
+static void test_command_timeout(void **state) {
+    td_test_redis *srv = *state;
+    td_redis_conf conf;
+    conf_for(&conf, srv);
+    conf.command_timeout_ms = 500;
+    char err[256];
+    td_redis *r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    assert_true(td_redis_connected(r));
+    td_state s;
+    td_state_init(&s, "p-slow");
+
+    redisContext *c = td_test_redis_connect(srv);
+    raw_ok(c, redisCommand(c, "CLIENT PAUSE 3000 ALL"));
+    int64_t t = now_ms();
+    assert_int_equal(td_redis_load(r, &s, 1), TD_ERR);
+    int64_t took = now_ms() - t;
+    printf("[ INFO     ] load under CLIENT PAUSE: TD_ERR after %lld ms (timeout 500): %s\n",
+           (long long)took, td_redis_last_error(r));
+    assert_true(took >= 400);
+    assert_true(took < 2 * 500 + 300);
+    assert_non_null(strstr(td_redis_last_error(r), "timeout"));
+    assert_false(td_redis_connected(r));
+
+    int64_t e = 0;
+    int res = -1;
+    t = now_ms();
+    assert_int_equal(td_redis_store(r, &s, &e, 1, &res), TD_ERR); /* in the backoff: fast */
+    assert_true(now_ms() - t < 100);
+
+    raw_ok(c, redisCommand(c, "CLIENT UNPAUSE"));
+    sleep_ms(100); /* > backoff_min */
+    assert_int_equal(td_redis_store(r, &s, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    redisFree(c);
+    td_state_free(&s);
+    td_redis_free(r);
+}
+
+static void test_malformed_hash(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    redisContext *c = td_test_redis_connect(srv);
+    raw_ok(c, redisCommand(c, "HSET touchd:p:{p-bad} v 3 email.sent notanumber"));
+    raw_ok(c, redisCommand(c, "HSET touchd:p:{p-ok} v 2 email.sent 4 zz.future.field x"));
+    raw_ok(c, redisCommand(c, "HSET touchd:p:{p-badv} v 1x"));
+    raw_ok(c, redisCommand(c, "SET touchd:p:{p-str} hello"));
+
+    td_state s[2];
+    td_state_init(&s[0], "p-bad");
+    td_state_init(&s[1], "p-ok");
+    assert_int_equal(td_redis_load(r, s, 2), TD_ERR);
+    const char *m = td_redis_last_error(r);
+    assert_non_null(strstr(m, "touchd:p:{p-bad}"));
+    assert_non_null(strstr(m, "email.sent"));
+    td_state_free(&s[0]);
+    td_state_free(&s[1]);
+
+    /* the connection stayed in sync: the good one loads, unknown fields ignored */
+    td_state_init(&s[1], "p-ok");
+    assert_int_equal(td_redis_load(r, &s[1], 1), TD_OK);
+    assert_int_equal(s[1].version, 2);
+    assert_int_equal(s[1].ch[TD_CH_EMAIL].sent, 4);
+    assert_true(td_redis_connected(r));
+    td_state_free(&s[1]);
+
+    td_state_init(&s[0], "p-badv");
+    assert_int_equal(td_redis_load(r, &s[0], 1), TD_ERR);
+    assert_non_null(strstr(td_redis_last_error(r), "\"v\""));
+    td_state_free(&s[0]);
+
+    td_state_init(&s[0], "p-str");
+    assert_int_equal(td_redis_load(r, &s[0], 1), TD_ERR);
+    assert_non_null(strstr(td_redis_last_error(r), "WRONGTYPE"));
+    assert_non_null(strstr(td_redis_last_error(r), "touchd:p:{p-str}"));
+    /* storing over a non-hash is an error too, not a crash */
+    int64_t e = 0;
+    int res = -1;
+    assert_int_equal(td_redis_store(r, &s[0], &e, 1, &res), TD_ERR);
+    assert_non_null(strstr(td_redis_last_error(r), "touchd:p:{p-str}"));
+    td_state_free(&s[0]);
+    redisFree(c);
+    td_redis_free(r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_key_and_conf),
+        cmocka_unit_test_setup_teardown(test_load_absent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_and_plain_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_version_cas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_select_db, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill_and_reconnect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_disconnect_is_healed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_command_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_hash, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
