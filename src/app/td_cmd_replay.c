@@ -4,6 +4,13 @@
  * lines on stdout, state in memory, and a clock that follows the events
  * (now = the latest occurred_at seen, so it never goes backwards).
  *
+ * Timer rules fire on the virtual clock: every timer an event arms is kept in
+ * a min-heap; before an event at time T is applied, every timer due at or
+ * before T fires (in due order, the clock set to its due time), and at the
+ * end `--advance DUR` moves the clock DUR past the last event and fires what
+ * is due by then. A timer that was re-armed or whose rule no longer matches
+ * is stale and ignored by the engine, exactly as in the daemon.
+ *
  * A bad line is reported on stderr with its line number and the decoder's
  * reason, and skipped. At the end a per-rule summary goes to stderr: how many
  * times each rule fired, was blocked (and by which guards), lost in its group,
@@ -75,6 +82,66 @@ static void pmap_free(pmap *m) {
     free(m->v);
 }
 
+/* A pending timer on the virtual clock. */
+typedef struct vtimer {
+    td_ms due_at;
+    uint64_t seq; /* arming order: ties fire in the order they were armed */
+    td_state *st;
+    char rule[TD_RULE_ID_MAX + 1];
+    char armed_by[TD_ID_MAX + 1];
+} vtimer;
+
+typedef struct vheap {
+    vtimer *v;
+    size_t n, cap;
+    uint64_t seq;
+} vheap;
+
+static bool vt_less(const vtimer *a, const vtimer *b) {
+    return a->due_at < b->due_at || (a->due_at == b->due_at && a->seq < b->seq);
+}
+
+static int vheap_push(vheap *h, td_ms due, td_state *st, const char *rule, const char *armed_by) {
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 256;
+        vtimer *v = realloc(h->v, cap * sizeof *v);
+        if (!v) return TD_ERR;
+        h->v = v;
+        h->cap = cap;
+    }
+    vtimer t = {.due_at = due, .seq = h->seq++, .st = st};
+    td_strlcpy(t.rule, rule, sizeof t.rule);
+    td_strlcpy(t.armed_by, armed_by, sizeof t.armed_by);
+    size_t i = h->n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!vt_less(&t, &h->v[p])) break;
+        h->v[i] = h->v[p];
+        i = p;
+    }
+    h->v[i] = t;
+    return TD_OK;
+}
+
+static void vheap_pop(vheap *h, vtimer *out) {
+    *out = h->v[0];
+    vtimer last = h->v[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        const vtimer *best = &last;
+        if (l < h->n && vt_less(&h->v[l], best)) {
+            m = l;
+            best = &h->v[l];
+        }
+        if (r < h->n && vt_less(&h->v[r], best)) m = r;
+        if (m == i) break;
+        h->v[i] = h->v[m];
+        i = m;
+    }
+    if (h->n) h->v[i] = last;
+}
+
 typedef struct rule_stats {
     uint64_t outcome[TD_OUT_ERROR + 1];
 } rule_stats;
@@ -90,12 +157,28 @@ static void usage(FILE *f) {
             "  -r, --rules PATH   rules file or directory (repeatable; required)\n"
             "  -b, --brief        print one tab-separated line per recommendation instead:\n"
             "                     prospect_id rule channel touch not_before trigger\n"
+            "  -a, --advance DUR  after the last event, move the clock DUR further and fire\n"
+            "                     the timers due by then (e.g. --advance 30d)\n"
             "  -q, --quiet        no summary on stderr\n"
             "  -h, --help         this help\n"
             "\n"
             "Exit status: 0 all lines applied, 1 the rules do not compile, 2 usage error,\n"
             "3 some lines were rejected (reported on stderr, the rest was applied).\n");
 }
+
+/* Everything one replay run needs, so the event and timer paths share it. */
+typedef struct replay {
+    const td_ruleset *rs;
+    td_tzdb *tz;
+    td_step_out *out;
+    td_buf buf;
+    bool brief;
+    const char *label;
+    rule_stats *stats;
+    uint64_t *blocked_by;
+    vheap timers;
+    uint64_t recs, errors, timers_fired, timers_stale;
+} replay;
 
 static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_trigger *trig) {
     char nb[TD_TIME_BUF];
@@ -105,18 +188,78 @@ static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_t
                    trig->kind == TD_TRIG_EVENT ? trig->ev->id : "timer");
 }
 
+/* Steps one trigger and prints what it recommends. lineno is 0 for timers.
+ * @returns TD_OK, or TD_ERR on out-of-memory. */
+static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now,
+                    uint64_t lineno) {
+    td_step_out *out = rp->out;
+    if (td_engine_step(rp->rs, st, trig, now, rp->tz, TD_STEP_OUTCOMES, out) != TD_OK)
+        return TD_ERR;
+    if (out->duplicate || out->stale) return TD_OK;
+    rp->errors += out->nerrors;
+    for (uint32_t i = 0; i < out->ndecisions; i++) {
+        const td_decision *d = &out->decisions[i];
+        rp->stats[d->rule->index].outcome[d->outcome]++;
+        if (d->outcome == TD_OUT_BLOCKED && d->by) rp->blocked_by[d->by->index]++;
+        if (d->outcome == TD_OUT_ERROR) {
+            if (lineno)
+                fprintf(stderr, "%s:%llu: rule %s: %s\n", rp->label, (unsigned long long)lineno,
+                        d->rule->id, d->error);
+            else
+                fprintf(stderr, "%s: timer %s of %s: rule %s: %s\n", rp->label, trig->rule,
+                        st->prospect_id, d->rule->id, d->error);
+        }
+    }
+    for (uint32_t i = 0; i < out->narms; i++)
+        if (vheap_push(&rp->timers, out->arms[i].due_at, st, out->arms[i].rule->id,
+                       trig->ev->id) != TD_OK)
+            return TD_ERR;
+    for (uint32_t i = 0; i < out->nrecs; i++) {
+        rp->recs++;
+        if (rp->brief) {
+            brief_line(stdout, &out->recs[i], st, trig);
+        } else {
+            rp->buf.len = 0;
+            if (td_rec_json(&out->recs[i], st, rp->rs, trig, now, &rp->buf) != TD_OK)
+                return TD_ERR;
+            fwrite(rp->buf.p, 1, rp->buf.len, stdout);
+            fputc('\n', stdout);
+        }
+    }
+    return TD_OK;
+}
+
+/* Fires every timer due at or before `until`, each at its own due time. */
+static int fire_timers(replay *rp, td_ms until, td_ms *now) {
+    while (rp->timers.n && rp->timers.v[0].due_at <= until) {
+        vtimer t;
+        vheap_pop(&rp->timers, &t);
+        if (*now == TD_MS_MISSING || t.due_at > *now) *now = t.due_at;
+        td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = t.rule, .due_at = t.due_at,
+                           .armed_by = t.armed_by};
+        if (run_step(rp, t.st, &trig, *now, 0) != TD_OK) return TD_ERR;
+        if (rp->out->stale)
+            rp->timers_stale++;
+        else
+            rp->timers_fired++;
+    }
+    return TD_OK;
+}
+
 int td_cmd_replay(int argc, char **argv) {
     static const struct option opts[] = {{"rules", required_argument, NULL, 'r'},
                                          {"brief", no_argument, NULL, 'b'},
+                                         {"advance", required_argument, NULL, 'a'},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     const char *rules[64];
     size_t nrules = 0;
     bool brief = false, quiet = false;
+    td_ms advance = 0;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "r:bqh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "r:ba:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             if (nrules == 64) {
@@ -126,6 +269,15 @@ int td_cmd_replay(int argc, char **argv) {
             rules[nrules++] = optarg;
             break;
         case 'b': brief = true; break;
+        case 'a':
+            if (td_duration_parse(optarg, strlen(optarg), &advance) != TD_OK || advance < 0) {
+                fprintf(stderr,
+                        "touchd replay: --advance takes a duration such as 72h, 30d, 2w; got "
+                        "'%s'\n",
+                        optarg);
+                return TD_EXIT_USAGE;
+            }
+            break;
         case 'q': quiet = true; break;
         case 'h': usage(stdout); return TD_EXIT_OK;
         default: usage(stderr); return TD_EXIT_USAGE;
@@ -159,19 +311,19 @@ int td_cmd_replay(int argc, char **argv) {
     }
 
     size_t nr = td_ruleset_count(rs);
-    rule_stats *stats = calloc(nr ? nr : 1, sizeof *stats);
-    uint64_t *blocked_by = calloc(nr ? nr : 1, sizeof *blocked_by);
-    td_step_out *out = malloc(sizeof *out);
-    td_tzdb *tz = td_tzdb_new();
+    replay rp = {.rs = rs, .brief = brief, .label = label};
+    rp.stats = calloc(nr ? nr : 1, sizeof *rp.stats);
+    rp.blocked_by = calloc(nr ? nr : 1, sizeof *rp.blocked_by);
+    rp.out = malloc(sizeof *rp.out);
+    rp.tz = td_tzdb_new();
     pmap states = {0};
-    td_buf buf = {0};
     char *line = NULL;
     size_t lcap = 0;
     ssize_t len;
-    uint64_t lineno = 0, applied = 0, rejected = 0, duplicates = 0, recs = 0, errors = 0;
+    uint64_t lineno = 0, applied = 0, rejected = 0, duplicates = 0;
     td_ms now = TD_MS_MISSING;
     int rc = TD_EXIT_OK;
-    if (!stats || !blocked_by || !out || !tz) {
+    if (!rp.stats || !rp.blocked_by || !rp.out || !rp.tz) {
         fprintf(stderr, "touchd replay: out of memory\n");
         rc = TD_EXIT_FATAL;
         goto done;
@@ -192,6 +344,12 @@ int td_cmd_replay(int argc, char **argv) {
                     err.field[0] ? err.field : "", err.field[0] ? ": " : "", err.reason);
             continue;
         }
+        /* timers due before this event fire first, each at its due time */
+        if (fire_timers(&rp, ev.occurred_at, &now) != TD_OK) {
+            fprintf(stderr, "touchd replay: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
+        }
         if (now == TD_MS_MISSING || ev.occurred_at > now) now = ev.occurred_at;
         pslot *slot = pmap_get(&states, ev.prospect_id);
         if (!slot) {
@@ -203,43 +361,23 @@ int td_cmd_replay(int argc, char **argv) {
             (ev.stage == TD_STAGE_PROPOSAL || ev.stage == TD_STAGE_NEGOTIATION))
             slot->reached_proposal = true;
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
-        if (td_engine_step(rs, slot->st, &trig, now, tz, TD_STEP_OUTCOMES, out) != TD_OK) {
+        if (run_step(&rp, slot->st, &trig, now, lineno) != TD_OK) {
             fprintf(stderr, "touchd replay: out of memory\n");
             rc = TD_EXIT_FATAL;
             goto done;
         }
-        if (out->duplicate) {
+        if (rp.out->duplicate)
             duplicates++;
-            continue;
-        }
-        applied++;
-        errors += out->nerrors;
-        for (uint32_t i = 0; i < out->ndecisions; i++) {
-            const td_decision *d = &out->decisions[i];
-            stats[d->rule->index].outcome[d->outcome]++;
-            if (d->outcome == TD_OUT_BLOCKED && d->by) blocked_by[d->by->index]++;
-            if (d->outcome == TD_OUT_ERROR)
-                fprintf(stderr, "%s:%llu: rule %s: %s\n", label, (unsigned long long)lineno,
-                        d->rule->id, d->error);
-        }
-        for (uint32_t i = 0; i < out->nrecs; i++) {
-            recs++;
-            if (brief) {
-                brief_line(stdout, &out->recs[i], slot->st, &trig);
-            } else {
-                buf.len = 0;
-                if (td_rec_json(&out->recs[i], slot->st, rs, &trig, now, &buf) != TD_OK) {
-                    fprintf(stderr, "touchd replay: out of memory\n");
-                    rc = TD_EXIT_FATAL;
-                    goto done;
-                }
-                fwrite(buf.p, 1, buf.len, stdout);
-                fputc('\n', stdout);
-            }
-        }
+        else
+            applied++;
     }
     if (ferror(in)) {
         fprintf(stderr, "touchd replay: read error on %s: %s\n", label, strerror(errno));
+        rc = TD_EXIT_FATAL;
+        goto done;
+    }
+    if (advance > 0 && now != TD_MS_MISSING && fire_timers(&rp, now + advance, &now) != TD_OK) {
+        fprintf(stderr, "touchd replay: out of memory\n");
         rc = TD_EXIT_FATAL;
         goto done;
     }
@@ -253,26 +391,29 @@ int td_cmd_replay(int argc, char **argv) {
     if (!quiet) {
         fprintf(stderr,
                 "replay: %llu lines, %llu events applied, %llu rejected, %llu duplicates, %zu "
-                "prospects, %llu recommendations, %llu rule errors; ruleset %s\n",
+                "prospects, %llu recommendations, %llu rule errors, timers: %llu run, %llu "
+                "stale, %zu pending; ruleset %s\n",
                 (unsigned long long)lineno, (unsigned long long)applied,
                 (unsigned long long)rejected, (unsigned long long)duplicates, states.n,
-                (unsigned long long)recs, (unsigned long long)errors, td_ruleset_hash(rs));
+                (unsigned long long)rp.recs, (unsigned long long)rp.errors,
+                (unsigned long long)rp.timers_fired, (unsigned long long)rp.timers_stale,
+                rp.timers.n, td_ruleset_hash(rs));
         fprintf(stderr, "%-40s %7s %7s %7s %8s %7s %7s\n", "rule", "fired", "blocked", "lost",
                 "cooldown", "armed", "errors");
         for (size_t i = 0; i < nr; i++) {
             const td_rule *r = td_ruleset_rule(rs, i);
             if (r->guard)
                 fprintf(stderr, "%-40s %7s %7llu %7s %8s %7s %7llu   (guard: blocks)\n", r->id,
-                        "-", (unsigned long long)blocked_by[i], "-", "-", "-",
-                        (unsigned long long)stats[i].outcome[TD_OUT_ERROR]);
+                        "-", (unsigned long long)rp.blocked_by[i], "-", "-", "-",
+                        (unsigned long long)rp.stats[i].outcome[TD_OUT_ERROR]);
             else
                 fprintf(stderr, "%-40s %7llu %7llu %7llu %8llu %7llu %7llu\n", r->id,
-                        (unsigned long long)stats[i].outcome[TD_OUT_FIRED],
-                        (unsigned long long)stats[i].outcome[TD_OUT_BLOCKED],
-                        (unsigned long long)stats[i].outcome[TD_OUT_LOST_GROUP],
-                        (unsigned long long)stats[i].outcome[TD_OUT_COOLDOWN],
-                        (unsigned long long)stats[i].outcome[TD_OUT_ARMED],
-                        (unsigned long long)stats[i].outcome[TD_OUT_ERROR]);
+                        (unsigned long long)rp.stats[i].outcome[TD_OUT_FIRED],
+                        (unsigned long long)rp.stats[i].outcome[TD_OUT_BLOCKED],
+                        (unsigned long long)rp.stats[i].outcome[TD_OUT_LOST_GROUP],
+                        (unsigned long long)rp.stats[i].outcome[TD_OUT_COOLDOWN],
+                        (unsigned long long)rp.stats[i].outcome[TD_OUT_ARMED],
+                        (unsigned long long)rp.stats[i].outcome[TD_OUT_ERROR]);
         }
         uint64_t reached = 0, won = 0, lost = 0;
         for (size_t i = 0; i < states.cap; i++) {
@@ -292,12 +433,13 @@ int td_cmd_replay(int argc, char **argv) {
 
 done:
     free(line);
-    td_buf_free(&buf);
+    td_buf_free(&rp.buf);
+    free(rp.timers.v);
     pmap_free(&states);
-    td_tzdb_free(tz);
-    free(out);
-    free(stats);
-    free(blocked_by);
+    td_tzdb_free(rp.tz);
+    free(rp.out);
+    free(rp.stats);
+    free(rp.blocked_by);
     td_ruleset_free(rs);
     if (in != stdin) fclose(in);
     return rc;

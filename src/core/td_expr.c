@@ -135,6 +135,7 @@ typedef enum eop {
     E_NOT, E_NEG, E_I2D,
     E_ADD, E_SUB, E_MUL_I, E_MUL_D, E_DIV_I, E_DIV_D,
     E_CMP_I, E_CMP_S, E_CMP_B, /* aux = cmp kind; _I covers int/dec/time/dur */
+    E_CMP_IK,                  /* E_CMP_I against the constant u.k (emit only) */
     E_IN_I, E_IN_S, E_IN_B,    /* consts[b .. b + n) */
     E_AND, E_OR, E_COAL,
     E_SINCE, E_LOCAL /* aux = LOC_* */, E_BEST, E_TOUCHES, E_HAS, E_MIN, E_MAX, E_ABS
@@ -870,6 +871,7 @@ static const char *closest(const char *name, size_t len, const char *const *cand
 
 static const char *suggest_field(const char *name, size_t len) {
     size_t n = 0;
+    if (len > TD_EXPR_MAX_NAME) return NULL;
     const td_field *f = td_schema_fields(&n);
     if (!f || !n) return NULL;
     return closest(name, len, &f[0].name, n, sizeof *f);
@@ -1261,6 +1263,10 @@ static td_type check_name(cx *c, uint32_t i) {
     pnode *p = &c->nodes[i];
     const char *name = c->src + p->off;
     const td_field *f = td_schema_lookup(name, p->len);
+    if (!f && c->diags && c->diags->n >= TD_EXPR_MAX_DIAGS) {
+        c->nerr++; /* not shown anyway: skip the suggestion search */
+        return TD_T_NONE;
+    }
     if (!f) {
         int len = (int)(p->len > 60 ? 60 : p->len);
         if (find_fn(name, p->len) >= 0) {
@@ -1401,6 +1407,18 @@ static uint32_t emit(emitter *m, uint32_t i) {
         e->nodes[at].a = a;
         break;
     }
+    case E_CMP_I:
+        if (c->nodes[p.b].eop == E_CONST) {
+            /* `field >= 2`: the constant lives in the node, saving a
+             * recursive call on the hottest shape of rule */
+            uint32_t a = emit(m, p.a);
+            n = &e->nodes[at];
+            n->op = E_CMP_IK;
+            n->a = a;
+            n->u.k = c->nodes[p.b].k;
+            break;
+        }
+        /* fall through */
     default: { /* binary: both children */
         uint32_t a = emit(m, p.a);
         uint32_t b = emit(m, p.b);
@@ -1731,6 +1749,10 @@ static int ev(const run *r, uint32_t i, td_value *out) {
     case E_CMP_I:
         if (ev(r, n->a, &x) || ev(r, n->b, &y)) return TD_ERR;
         out->u.b = !x.missing && !y.missing && cmp_i(n->aux, x.u.i, y.u.i);
+        return TD_OK;
+    case E_CMP_IK:
+        if (ev(r, n->a, &x)) return TD_ERR;
+        out->u.b = !x.missing && cmp_i(n->aux, x.u.i, n->u.k.u.i);
         return TD_OK;
     case E_CMP_S:
         if (ev(r, n->a, &x) || ev(r, n->b, &y)) return TD_ERR;

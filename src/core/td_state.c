@@ -172,11 +172,11 @@ static bool td_chan_equal(const td_chan_state *a, const td_chan_state *b) {
 
 /* Rings compare by content, oldest first: where the head sits is not state. */
 static td_ms td_touch_at(const td_state *st, uint32_t i) { /* i = 0: oldest */
-    uint32_t start = (st->touch_head + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
+    uint32_t start = (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
     return st->touch_ring[(start + i) % TD_TOUCH_RING];
 }
 static uint64_t td_dedup_at(const td_state *st, uint32_t i) {
-    uint32_t start = (st->dedup_head + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
+    uint32_t start = (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
     return st->dedup[(start + i) % TD_DEDUP_RING];
 }
 
@@ -233,9 +233,12 @@ static inline uint64_t td_fingerprint(const char *event_id) {
 
 bool td_state_seen(const td_state *st, const char *event_id) {
     uint64_t fp = td_fingerprint(event_id);
-    uint32_t n = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
-    for (uint32_t i = 0; i < n; i++) /* order does not matter: scan the slots */
-        if (td_dedup_at(st, i) == fp) return true;
+    uint32_t cnt = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
+    uint32_t idx = (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - cnt) % TD_DEDUP_RING;
+    for (uint32_t i = 0; i < cnt; i++) {
+        if (st->dedup[idx] == fp) return true;
+        if (++idx == TD_DEDUP_RING) idx = 0;
+    }
     return false;
 }
 
@@ -417,9 +420,13 @@ int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window) {
     td_ms lo = td_sat_add(now, window == INT64_MIN ? INT64_MAX : -window);
     int64_t n = 0;
     uint32_t cnt = st->touch_count < TD_TOUCH_RING ? st->touch_count : TD_TOUCH_RING;
+    /* order does not matter for a count: walk the used slots without a
+     * modulo per element (this runs for every touches.* read) */
+    uint32_t idx = (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - cnt) % TD_TOUCH_RING;
     for (uint32_t i = 0; i < cnt; i++) {
-        td_ms t = td_touch_at(st, i);
-        if (t > lo && t <= now) n++;
+        td_ms t = st->touch_ring[idx];
+        n += (t > lo) & (t <= now);
+        if (++idx == TD_TOUCH_RING) idx = 0;
     }
     return n;
 }

@@ -542,7 +542,7 @@ void td_redis_free(td_redis *r) {
     free(r);
 }
 
-bool td_redis_connected(const td_redis *r) { return r && r->c && !r->c->err; }
+bool td_redis_connected(const td_redis *r) { return r && r->c && !rd_stale(r); }
 
 const char *td_redis_last_error(const td_redis *r) { return r ? r->err : ""; }
 

@@ -53,27 +53,26 @@
 /* ---- options ---- */
 
 typedef struct opts {
-    long prospects;   /* used when events == 0 */
-    long events;      /* 0: all events of `prospects` */
-    double seconds;   /* minimum measured time per kind */
+    long prospects; /* used when events == 0 */
+    long events;    /* 0: all events of `prospects` */
+    double seconds; /* minimum measured time per kind */
     const char *rules;
     bool callgrind;
-    bool check;       /* exit 1 when a target is missed */
+    bool check; /* exit 1 when a target is missed */
     unsigned seed;
 } opts;
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: bench_engine [--prospects N] [--events N] [--seconds S] [--rules DIR]\n"
-            "                    [--seed N] [--check] [--callgrind]\n"
-            "  --prospects N  prospects to generate (default 10000)\n"
-            "  --events N     generate prospects until N events, then stop at N\n"
-            "  --seconds S    minimum measured time for each kind (default 2)\n"
-            "  --rules DIR    the ruleset (default: $TD_SOURCE_DIR/rules, ./rules, ../rules)\n"
-            "  --check        exit 1 when a target is missed (step >= 1e6/s,\n"
-            "                 decode+step >= 250e3/s)\n"
-            "  --callgrind    one untimed pass of each kind, for valgrind --tool=callgrind\n"
-            "                 (see tests/bench/callgrind.sh)\n");
+    fprintf(f, "usage: bench_engine [--prospects N] [--events N] [--seconds S] [--rules DIR]\n"
+               "                    [--seed N] [--check] [--callgrind]\n"
+               "  --prospects N  prospects to generate (default 10000)\n"
+               "  --events N     generate prospects until N events, then stop at N\n"
+               "  --seconds S    minimum measured time for each kind (default 2)\n"
+               "  --rules DIR    the ruleset (default: $TD_SOURCE_DIR/rules, ./rules, ../rules)\n"
+               "  --check        exit 1 when a target is missed (step >= 1e6/s,\n"
+               "                 decode+step >= 250e3/s)\n"
+               "  --callgrind    one untimed pass of each kind, for valgrind --tool=callgrind\n"
+               "                 (see tests/bench/callgrind.sh)\n");
 }
 
 /* ---- a small deterministic PRNG (xorshift64*) ---- */
@@ -180,18 +179,18 @@ static void advance(pgen *g, td_ms min, td_ms max) {
 static const struct place {
     const char *country, *tz, *lang;
 } places[] = {
-    {"FR", "Europe/Paris", "fr"},      {"FR", "Europe/Paris", "fr"},
-    {"DE", "Europe/Berlin", "de"},     {"ES", "Europe/Madrid", "es"},
-    {"GB", "Europe/London", "en"},     {"US", "America/New_York", "en"},
+    {"FR", "Europe/Paris", "fr"},        {"FR", "Europe/Paris", "fr"},
+    {"DE", "Europe/Berlin", "de"},       {"ES", "Europe/Madrid", "es"},
+    {"GB", "Europe/London", "en"},       {"US", "America/New_York", "en"},
     {"US", "America/Los_Angeles", "en"}, {"BR", "America/Sao_Paulo", "pt-BR"},
-    {"JP", "Asia/Tokyo", "ja"},        {"IT", "Europe/Rome", "it"},
+    {"JP", "Asia/Tokyo", "ja"},          {"IT", "Europe/Rome", "it"},
 };
 static const char *sectors[] = {"saas", "manufacturing", "retail", "finance", "public", "health"};
 static const char *stages[] = {"engaged", "proposal", "negotiation", "won", "lost"};
-static const char *gift_kinds[] = {"object", "card", "basket", "book", "experience", "service",
-                                   "donation"};
-static const char *sentiments[] = {"positive", "positive", "neutral", "negative",
-                                   "out_of_office", "out_of_office"};
+static const char *gift_kinds[] = {"object",     "card",    "basket",  "book",
+                                   "experience", "service", "donation"};
+static const char *sentiments[] = {"positive", "positive",      "neutral",
+                                   "negative", "out_of_office", "out_of_office"};
 
 /* Outbound on a messaging channel (whatsapp, sms): sent, delivered, maybe
  * read and replied. Returns true on a reply. */
@@ -209,8 +208,7 @@ static bool messaging(pgen *g, const char *ch, int k) {
     }
     snprintf(type, sizeof type, "%s.delivered", ch);
     emit(g, type, NULL);
-    if (!rng_pct(&g->r, 70))
-        return false;
+    if (!rng_pct(&g->r, 70)) return false;
     advance(g, TD_MINUTE, 6 * TD_HOUR);
     snprintf(type, sizeof type, "%s.read", ch);
     emit(g, type, NULL);
@@ -220,8 +218,7 @@ static bool messaging(pgen *g, const char *ch, int k) {
         emit(g, type, NULL);
         return false;
     }
-    if (!rng_pct(&g->r, 35))
-        return false;
+    if (!rng_pct(&g->r, 35)) return false;
     advance(g, 10 * TD_MINUTE, TD_DAY);
     snprintf(type, sizeof type, "%s.replied", ch);
     snprintf(data, sizeof data, "\"sentiment\":\"%s\"", sentiments[rng_below(&g->r, 4)]);
@@ -232,8 +229,7 @@ static bool messaging(pgen *g, const char *ch, int k) {
 static void gen_prospect(stream *s, uint32_t idx, unsigned seed) {
     pgen g = {.s = s, .idx = idx};
     g.r.s = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)seed << 32) ^ (idx * 0xD1B54A32D192ED03ULL);
-    if (!g.r.s)
-        g.r.s = 1;
+    if (!g.r.s) g.r.s = 1;
     rng_next(&g.r);
     snprintf(g.pid, sizeof g.pid, "p-%06u", idx);
     snprintf(g.owner, sizeof g.owner, "rep-%d", rng_below(&g.r, 40));
@@ -252,8 +248,10 @@ static void gen_prospect(stream *s, uint32_t idx, unsigned seed) {
              "\"sms\":%s,\"linkedin\":true},\"crm_score\":%d",
              1 + rng_below(&g.r, 3), pl->country,
              sectors[rng_below(&g.r, (int)(sizeof sectors / sizeof *sectors))], pl->tz,
-             gp < 7 ? "allowed" : gp < 9 ? "restricted" : "forbidden", pl->lang,
-             rng_below(&g.r, 200000), rng_below(&g.r, 100), wa ? "true" : "false",
+             gp < 7   ? "allowed"
+             : gp < 9 ? "restricted"
+                      : "forbidden",
+             pl->lang, rng_below(&g.r, 200000), rng_below(&g.r, 100), wa ? "true" : "false",
              sms ? "true" : "false", rng_below(&g.r, 100));
     emit(&g, "prospect.updated", data);
     advance(&g, TD_MINUTE, 4 * TD_HOUR);
@@ -262,8 +260,9 @@ static void gen_prospect(stream *s, uint32_t idx, unsigned seed) {
     int emails = 1 + rng_below(&g.r, 4);
     bool replied = false, engaged = false;
     for (int k = 0; k < emails && !replied; k++) {
-        const char *kind = k == 0 ? "value" : (k == emails - 1 && rng_pct(&g.r, 30)) ? "proposal"
-                                                                                    : "follow_up";
+        const char *kind = k == 0                                   ? "value"
+                           : (k == emails - 1 && rng_pct(&g.r, 30)) ? "proposal"
+                                                                    : "follow_up";
         snprintf(data, sizeof data, "\"message_id\":\"m-%s-%d\",\"kind\":\"%s\"", g.pid, k, kind);
         emit(&g, "email.sent", data);
         advance(&g, 5 * TD_SECOND, 3 * TD_MINUTE);
@@ -290,8 +289,8 @@ static void gen_prospect(stream *s, uint32_t idx, unsigned seed) {
         }
         if (opens && rng_pct(&g.r, 15)) {
             advance(&g, 10 * TD_SECOND, 10 * TD_MINUTE);
-            snprintf(data, sizeof data, "\"message_id\":\"m-%s-%d\",\"url\":\"https://x.example/%d\"",
-                     g.pid, k, k);
+            snprintf(data, sizeof data,
+                     "\"message_id\":\"m-%s-%d\",\"url\":\"https://x.example/%d\"", g.pid, k, k);
             emit(&g, "email.clicked", data);
         }
         if (rng_pct(&g.r, 2)) {
@@ -302,8 +301,8 @@ static void gen_prospect(stream *s, uint32_t idx, unsigned seed) {
         if (rng_pct(&g.r, opens ? 22 : 6)) {
             advance(&g, 30 * TD_MINUTE, 2 * TD_DAY);
             const char *sent = sentiments[rng_below(&g.r, 6)];
-            snprintf(data, sizeof data, "\"message_id\":\"m-%s-%d\",\"sentiment\":\"%s\"", g.pid,
-                     k, sent);
+            snprintf(data, sizeof data, "\"message_id\":\"m-%s-%d\",\"sentiment\":\"%s\"", g.pid, k,
+                     sent);
             emit(&g, "email.replied", data);
             replied = strcmp(sent, "out_of_office") != 0;
         }
@@ -373,17 +372,16 @@ static void gen_prospect(stream *s, uint32_t idx, unsigned seed) {
                  "\"kind\":\"%s\",\"value_eur\":%d.%d,\"items\":%d,\"wrapping\":\"%s\","
                  "\"description\":\"bench gift %d\"",
                  gift_kinds[rng_below(&g.r, 7)], 5 + rng_below(&g.r, 120), rng_below(&g.r, 10),
-                 1 + rng_below(&g.r, 3), rng_pct(&g.r, 50) ? "white" : "kraft", rng_below(&g.r, 99));
+                 1 + rng_below(&g.r, 3), rng_pct(&g.r, 50) ? "white" : "kraft",
+                 rng_below(&g.r, 99));
         emit(&g, "gift.sent", data);
     }
-    if (s->prospects < idx + 1)
-        s->prospects = idx + 1;
+    if (s->prospects < idx + 1) s->prospects = idx + 1;
 }
 
 static int cmp_event(const void *a, const void *b) {
     const gen_event *x = a, *y = b;
-    if (x->at != y->at)
-        return x->at < y->at ? -1 : 1;
+    if (x->at != y->at) return x->at < y->at ? -1 : 1;
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
@@ -408,8 +406,7 @@ static int cmp_name(const void *a, const void *b) {
 
 static char *read_all(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     char *p = NULL;
     size_t n = 0, cap = 0;
     for (;;) {
@@ -419,8 +416,7 @@ static char *read_all(const char *path, size_t *len) {
         }
         size_t r = fread(p + n, 1, cap - n - 1, f);
         n += r;
-        if (r == 0)
-            break;
+        if (r == 0) break;
     }
     fclose(f);
     p[n] = '\0';
@@ -429,8 +425,7 @@ static char *read_all(const char *path, size_t *len) {
 }
 
 static const char *find_rules_dir(const char *want) {
-    if (want)
-        return want;
+    if (want) return want;
     static char buf[1024];
     const char *src = getenv("TD_SOURCE_DIR");
     if (src && *src) {
@@ -483,8 +478,7 @@ static td_ruleset *load_rules(const char *dir) {
     if (!rs || diags.errors) {
         for (size_t i = 0; i < diags.n; i++) {
             char *msg = td_diag_format(&diags.v[i]);
-            if (msg)
-                fprintf(stderr, "%s\n", msg);
+            if (msg) fprintf(stderr, "%s\n", msg);
             free(msg);
         }
         fprintf(stderr, "bench_engine: the ruleset in %s does not compile\n", dir);
@@ -496,8 +490,7 @@ static td_ruleset *load_rules(const char *dir) {
     }
     free(srcs);
     free(names);
-    if (!n)
-        fprintf(stderr, "bench_engine: no *.rules in %s\n", dir);
+    if (!n) fprintf(stderr, "bench_engine: no *.rules in %s\n", dir);
     return rs;
 }
 
@@ -518,8 +511,7 @@ typedef struct tally {
 
 static void states_reset(bench *b, bool first) {
     for (uint32_t i = 0; i < b->s->prospects; i++) {
-        if (!first)
-            td_state_free(&b->states[i]);
+        if (!first) td_state_free(&b->states[i]);
         char pid[32];
         snprintf(pid, sizeof pid, "p-%06u", i);
         td_state_init(&b->states[i], pid);
@@ -542,14 +534,13 @@ static void fire_due(bench *b, td_state *st, td_ms now, tally *t) {
         for (uint32_t i = 0; i < st->ntimers; i++)
             if (st->timers[i].due_at <= now && (!due || st->timers[i].due_at < due->due_at))
                 due = &st->timers[i];
-        if (!due)
-            return;
+        if (!due) return;
         /* the step disarms the timer: copy what the trigger points to */
         char rule[TD_RULE_ID_MAX + 1], armed_by[TD_ID_MAX + 1];
         memcpy(rule, due->rule, sizeof rule);
         memcpy(armed_by, due->armed_by, sizeof armed_by);
-        td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = rule, .due_at = due->due_at,
-                           .armed_by = armed_by};
+        td_trigger trig = {
+            .kind = TD_TRIG_TIMER, .rule = rule, .due_at = due->due_at, .armed_by = armed_by};
         int rc = td_engine_step(b->rs, st, &trig, trig.due_at, b->tz, 0, b->out);
         count(t, b->out, rc);
         t->timers++;
@@ -566,8 +557,7 @@ BENCH_NOINLINE void bench_pass_step(bench *b, tally *t) {
     for (size_t i = 0; i < b->s->n; i++) {
         const td_event *ev = &b->events[i];
         td_state *st = &b->states[b->s->v[i].prospect];
-        if (st->ntimers)
-            fire_due(b, st, ev->occurred_at, t);
+        if (st->ntimers) fire_due(b, st, ev->occurred_at, t);
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = ev};
         count(t, b->out, td_engine_step(b->rs, st, &trig, ev->occurred_at, b->tz, 0, b->out));
     }
@@ -584,8 +574,7 @@ BENCH_NOINLINE void bench_pass_decode_step(bench *b, tally *t) {
             continue;
         }
         td_state *st = &b->states[g->prospect];
-        if (st->ntimers)
-            fire_due(b, st, ev.occurred_at, t);
+        if (st->ntimers) fire_due(b, st, ev.occurred_at, t);
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
         count(t, b->out, td_engine_step(b->rs, st, &trig, ev.occurred_at, b->tz, 0, b->out));
     }
@@ -612,8 +601,7 @@ static double measure(bench *b, pass_fn fn, double seconds, tally *first, double
         fn(b, &t);
         total += now_s() - t0;
         events += b->s->n;
-        if (n == 0)
-            *first = t;
+        if (n == 0) *first = t;
         n++;
     } while (total < seconds);
     *passes = n;
@@ -670,8 +658,7 @@ int main(int argc, char **argv) {
 
     const char *dir = find_rules_dir(o.rules);
     td_ruleset *rs = load_rules(dir);
-    if (!rs)
-        return 1;
+    if (!rs) return 1;
 
     stream s = {0};
     double t0 = now_s();
@@ -718,8 +705,7 @@ int main(int argc, char **argv) {
         bench_pass_decode_step(&b, &t2);
         print_tally("step", &t1, s.n);
         print_tally("decode+step", &t2, s.n);
-        if (t1.failed || t2.failed)
-            rc = 1;
+        if (t1.failed || t2.failed) rc = 1;
     } else {
         /* warm-up: caches, branch predictors, the zone cache, page faults */
         tally warm = {0};
@@ -743,8 +729,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_engine: some steps failed\n");
             rc = 1;
         }
-        if (o.check && (!ok1 || !ok2))
-            rc = 1;
+        if (o.check && (!ok1 || !ok2)) rc = 1;
     }
 
     for (uint32_t i = 0; i < s.prospects; i++)

@@ -47,8 +47,7 @@ static void sleep_ms(int ms) {
 
 int td_test_free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
+    if (fd < 0) return -1;
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
@@ -65,11 +64,9 @@ int td_test_free_port(void) {
 
 int td_test_tmpdir(char *buf, size_t cap) {
     const char *base = getenv("TMPDIR");
-    if (!base || !*base)
-        base = "/tmp";
+    if (!base || !*base) base = "/tmp";
     int n = snprintf(buf, cap, "%s/touchd-test-XXXXXX", base);
-    if (n < 0 || (size_t)n >= cap)
-        return -1;
+    if (n < 0 || (size_t)n >= cap) return -1;
     if (!mkdtemp(buf)) {
         fprintf(stderr, "harness: mkdtemp %s: %s\n", buf, strerror(errno));
         return -1;
@@ -79,26 +76,20 @@ int td_test_tmpdir(char *buf, size_t cap) {
 
 static int rmtree_at(const char *path) {
     struct stat st;
-    if (lstat(path, &st) != 0)
-        return errno == ENOENT ? 0 : -1;
-    if (!S_ISDIR(st.st_mode))
-        return unlink(path);
+    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(st.st_mode)) return unlink(path);
     DIR *d = opendir(path);
-    if (!d)
-        return -1;
+    if (!d) return -1;
     int rc = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
         char child[4096];
         int n = snprintf(child, sizeof child, "%s/%s", path, de->d_name);
-        if (n < 0 || (size_t)n >= sizeof child || rmtree_at(child) != 0)
-            rc = -1;
+        if (n < 0 || (size_t)n >= sizeof child || rmtree_at(child) != 0) rc = -1;
     }
     closedir(d);
-    if (rmdir(path) != 0)
-        rc = -1;
+    if (rmdir(path) != 0) rc = -1;
     return rc;
 }
 
@@ -108,27 +99,22 @@ int td_test_rmtree(const char *path) {
         fprintf(stderr, "harness: keeping %s (TD_TEST_KEEP_TMP)\n", path);
         return 0;
     }
-    if (!path || !*path || !strcmp(path, "/"))
-        return -1;
+    if (!path || !*path || !strcmp(path, "/")) return -1;
     return rmtree_at(path);
 }
 
-int td_test_write_file(const char *dir, const char *name, const void *data, size_t len,
-                       char *path, size_t pathcap) {
+int td_test_write_file(const char *dir, const char *name, const void *data, size_t len, char *path,
+                       size_t pathcap) {
     char p[4096];
     int n = snprintf(p, sizeof p, "%s/%s", dir, name);
-    if (n < 0 || (size_t)n >= sizeof p)
-        return -1;
+    if (n < 0 || (size_t)n >= sizeof p) return -1;
     FILE *f = fopen(p, "wb");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     int rc = (len == 0 || fwrite(data, 1, len, f) == len) ? 0 : -1;
-    if (fclose(f) != 0)
-        rc = -1;
+    if (fclose(f) != 0) rc = -1;
     if (rc == 0 && path) {
         int m = snprintf(path, pathcap, "%s", p);
-        if (m < 0 || (size_t)m >= pathcap)
-            rc = -1;
+        if (m < 0 || (size_t)m >= pathcap) rc = -1;
     }
     return rc;
 }
@@ -142,8 +128,7 @@ const char *td_test_source_dir(void) {
 
 static void print_log_tail(const td_test_redis *r) {
     FILE *f = fopen(r->log, "r");
-    if (!f)
-        return;
+    if (!f) return;
     fprintf(stderr, "harness: --- %s (tail) ---\n", r->log);
     /* the last ~2 KiB is enough to show why redis-server refused to start */
     if (fseek(f, 0, SEEK_END) == 0) {
@@ -162,21 +147,23 @@ static void print_log_tail(const td_test_redis *r) {
 
 static pid_t spawn_server(const td_test_redis *r) {
     const char *bin = getenv("TD_REDIS_SERVER");
-    if (!bin || !*bin)
-        bin = "redis-server";
+    if (!bin || !*bin) bin = "redis-server";
     char port[16];
     snprintf(port, sizeof port, "%d", r->port);
-    const char *argv[] = {bin,
-                          "--port", port,
-                          "--bind", "127.0.0.1",
-                          "--dir", r->dir,
-                          "--logfile", r->log,
-                          "--daemonize", "no",
-                          "--save", "",
-                          "--appendonly", r->appendonly ? "yes" : "no",
-                          "--appendfsync", "always",
-                          "--protected-mode", "no",
-                          NULL};
+    /* clang-format off */
+    const char *argv[] = {
+        bin,
+        "--port", port,
+        "--bind", "127.0.0.1",
+        "--dir", r->dir,
+        "--logfile", r->log,
+        "--daemonize", "no",
+        "--save", "",                      /* no RDB snapshots */
+        "--appendonly", r->appendonly ? "yes" : "no",
+        "--appendfsync", "always",         /* an acknowledged write survives kill -9 */
+        "--protected-mode", "no",          /* loopback only anyway */
+        NULL};
+    /* clang-format on */
     pid_t pid = fork();
     if (pid < 0) {
         fprintf(stderr, "harness: fork: %s\n", strerror(errno));
@@ -185,14 +172,12 @@ static pid_t spawn_server(const td_test_redis *r) {
     if (pid == 0) {
         /* die with the test process, whatever happens to it */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() == 1)
-            _exit(127);
+        if (getppid() == 1) _exit(127);
         int devnull = open("/dev/null", O_RDWR);
         if (devnull >= 0) {
             dup2(devnull, STDIN_FILENO);
             dup2(devnull, STDOUT_FILENO); /* the log file gets everything */
-            if (devnull > STDERR_FILENO)
-                close(devnull);
+            if (devnull > STDERR_FILENO) close(devnull);
         }
         execvp(bin, (char *const *)argv);
         fprintf(stderr, "harness: cannot exec %s: %s (is redis-server installed?)\n", bin,
@@ -205,8 +190,7 @@ static pid_t spawn_server(const td_test_redis *r) {
 redisContext *td_test_redis_connect(const td_test_redis *r) {
     struct timeval tv = {1, 0};
     redisContext *c = redisConnectWithTimeout(r->host, r->port, tv);
-    if (!c)
-        return NULL;
+    if (!c) return NULL;
     if (c->err) {
         redisFree(c);
         return NULL;
@@ -217,13 +201,11 @@ redisContext *td_test_redis_connect(const td_test_redis *r) {
 
 static bool ping_ok(const td_test_redis *r) {
     redisContext *c = td_test_redis_connect(r);
-    if (!c)
-        return false;
+    if (!c) return false;
     redisReply *rep = redisCommand(c, "PING");
     /* while loading the AOF, Redis answers -LOADING: not ready yet */
     bool ok = rep && rep->type == REDIS_REPLY_STATUS && !strcmp(rep->str, "PONG");
-    if (rep)
-        freeReplyObject(rep);
+    if (rep) freeReplyObject(rep);
     redisFree(c);
     return ok;
 }
@@ -237,14 +219,12 @@ static void drop_ctx(td_test_redis *r) {
 
 /* Reaps the child, waiting up to timeout_ms; SIGKILL after that. */
 static void reap(td_test_redis *r, int timeout_ms) {
-    if (r->pid <= 0)
-        return;
+    if (r->pid <= 0) return;
     long long deadline = now_ms() + timeout_ms;
     for (;;) {
         int status;
         pid_t w = waitpid(r->pid, &status, WNOHANG);
-        if (w == r->pid || (w < 0 && errno == ECHILD))
-            break;
+        if (w == r->pid || (w < 0 && errno == ECHILD)) break;
         if (now_ms() >= deadline) {
             kill(r->pid, SIGKILL);
             waitpid(r->pid, &status, 0);
@@ -273,14 +253,12 @@ static int launch(td_test_redis *r) {
             r->pid = 0;
             return 1;
         }
-        if (ping_ok(r))
-            return 0;
+        if (ping_ok(r)) return 0;
         sleep_ms(delay);
-        if (delay < 50)
-            delay *= 2;
+        if (delay < 50) delay *= 2;
     }
-    fprintf(stderr, "harness: redis-server on port %d did not answer PING within %d ms\n",
-            r->port, timeout);
+    fprintf(stderr, "harness: redis-server on port %d did not answer PING within %d ms\n", r->port,
+            timeout);
     kill(r->pid, SIGKILL);
     reap(r, 1000);
     return -1;
@@ -293,8 +271,7 @@ int td_test_redis_start(td_test_redis *r) {
     }
     r->ctx = NULL;
     snprintf(r->host, sizeof r->host, "127.0.0.1");
-    if (td_test_tmpdir(r->dir, sizeof r->dir) != 0)
-        return -1;
+    if (td_test_tmpdir(r->dir, sizeof r->dir) != 0) return -1;
     snprintf(r->log, sizeof r->log, "%s/redis.log", r->dir);
     for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
         r->port = td_test_free_port();
@@ -303,13 +280,11 @@ int td_test_redis_start(td_test_redis *r) {
             break;
         }
         int rc = launch(r);
-        if (rc == 0)
-            return 0;
-        if (rc < 0)
-            break;
+        if (rc == 0) return 0;
+        if (rc < 0) break;
         /* exited early: most likely someone took the port; try another */
-        fprintf(stderr, "harness: redis-server exited at start on port %d (attempt %d)\n",
-                r->port, attempt);
+        fprintf(stderr, "harness: redis-server exited at start on port %d (attempt %d)\n", r->port,
+                attempt);
     }
     print_log_tail(r);
     td_test_rmtree(r->dir);
@@ -355,10 +330,8 @@ int td_test_redis_restart(td_test_redis *r) {
      * tests restart precisely to see clients reconnect to the same address. */
     for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
         int rc = launch(r);
-        if (rc == 0)
-            return 0;
-        if (rc < 0)
-            break;
+        if (rc == 0) return 0;
+        if (rc < 0) break;
         sleep_ms(100 * attempt);
     }
     print_log_tail(r);
@@ -366,8 +339,7 @@ int td_test_redis_restart(td_test_redis *r) {
 }
 
 bool td_test_redis_alive(td_test_redis *r) {
-    if (r->pid <= 0)
-        return false;
+    if (r->pid <= 0) return false;
     int status;
     if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
         r->pid = 0;
@@ -378,16 +350,13 @@ bool td_test_redis_alive(td_test_redis *r) {
 
 redisReply *td_test_redis_cmd(td_test_redis *r, const char *fmt, ...) {
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (!r->ctx)
-            r->ctx = td_test_redis_connect(r);
-        if (!r->ctx)
-            continue;
+        if (!r->ctx) r->ctx = td_test_redis_connect(r);
+        if (!r->ctx) continue;
         va_list ap;
         va_start(ap, fmt);
         redisReply *rep = redisvCommand(r->ctx, fmt, ap);
         va_end(ap);
-        if (rep)
-            return rep;
+        if (rep) return rep;
         drop_ctx(r); /* broken connection: reconnect once */
     }
     fprintf(stderr, "harness: cannot run command on redis %s:%d\n", r->host, r->port);

@@ -37,17 +37,17 @@
 
 typedef struct td_test_redis {
     /* options: set before td_test_redis_start; zero means the default */
-    bool appendonly;    /* AOF persistence (appendfsync always); default off */
+    bool appendonly;      /* AOF persistence (appendfsync always); default off */
     int start_timeout_ms; /* wait for PING; default 10000 */
 
     /* filled by td_test_redis_start */
-    char host[32];      /* "127.0.0.1" */
+    char host[32]; /* "127.0.0.1" */
     int port;
-    pid_t pid;          /* 0 when not running */
-    char dir[256];      /* working directory (AOF files, redis.log) */
-    char log[300];      /* dir + "/redis.log" */
+    pid_t pid;     /* 0 when not running */
+    char dir[256]; /* working directory (AOF files, redis.log) */
+    char log[300]; /* dir + "/redis.log" */
 
-    redisContext *ctx;  /* cached connection of td_test_redis_cmd; NULL when none */
+    redisContext *ctx; /* cached connection of td_test_redis_cmd; NULL when none */
 } td_test_redis;
 
 /*
@@ -101,8 +101,8 @@ int td_test_rmtree(const char *path);
 
 /* Writes len bytes to dir/name (creating or truncating it); path, when not
  * NULL, receives the full path. @returns 0, or -1. */
-int td_test_write_file(const char *dir, const char *name, const void *data, size_t len,
-                       char *path, size_t pathcap);
+int td_test_write_file(const char *dir, const char *name, const void *data, size_t len, char *path,
+                       size_t pathcap);
 
 /* The directory of the source tree ($TD_SOURCE_DIR, set by CTest; "." if
  * unset), for tests that read rules/ or examples/. */

@@ -170,8 +170,7 @@ static void test_tmpdir_helpers(void **unused) {
     char dir[256], path[512];
     assert_int_equal(td_test_tmpdir(dir, sizeof dir), 0);
     assert_true(dir_exists(dir));
-    assert_int_equal(td_test_write_file(dir, "a.rules", "rules = ();\n", 11, path, sizeof path),
-                     0);
+    assert_int_equal(td_test_write_file(dir, "a.rules", "rules = ();\n", 11, path, sizeof path), 0);
     assert_int_equal(access(path, R_OK), 0);
     char sub[300];
     snprintf(sub, sizeof sub, "%s/nested", dir);

@@ -10,7 +10,10 @@
  * plain client sees with HGETALL. Also prints MEMORY USAGE of a typical
  * prospect (quoted in docs/redis.md).
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -20,6 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -181,6 +187,50 @@ static int teardown(void **st) {
     return 0;
 }
 
+/* ---- a private server on a unix socket (the shared harness is TCP only) ---- */
+
+static pid_t unix_server_start(const char *dir, char *sock, size_t cap) {
+    snprintf(sock, cap, "%s/redis.sock", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        const char *bin = getenv("TD_REDIS_SERVER");
+        if (!bin || !bin[0])
+            bin = "redis-server";
+        /* port 0: no TCP listener at all */
+        execlp(bin, bin, "--port", "0", "--bind", "127.0.0.1", "--unixsocket", sock,
+               "--unixsocketperm", "700", "--dir", dir, "--save", "", "--appendonly", "no",
+               "--daemonize", "no", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500 && pid > 0; i++) {
+        redisContext *c = redisConnectUnix(sock);
+        bool ok = c && !c->err;
+        if (c)
+            redisFree(c);
+        if (ok)
+            return pid;
+        sleep_ms(10);
+    }
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    return -1;
+}
+
+static void unix_server_stop(pid_t pid) {
+    if (pid <= 0)
+        return;
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+}
+
 /* ---- tests ---- */
 
 static void test_key_and_conf(void **unused) {
@@ -206,6 +256,24 @@ static void test_key_and_conf(void **unused) {
     assert_int_equal(td_redis_load(r, &s, 1), TD_ERR);
     assert_true(now_ms() - t < 100);
     assert_non_null(strstr(td_redis_last_error(r), "reconnecting in"));
+    td_state_free(&s);
+    td_redis_free(r);
+
+    /* the backoff doubles per failed attempt, up to backoff_max_ms */
+    c.backoff_min_ms = 40;
+    c.backoff_max_ms = 100;
+    r = td_redis_new(&c, err, sizeof err);
+    assert_non_null(r);
+    assert_non_null(strstr(td_redis_last_error(r), "reconnecting in 40 ms"));
+    const char *want[] = {"reconnecting in 80 ms", "reconnecting in 100 ms",
+                          "reconnecting in 100 ms"};
+    td_state_init(&s, "p-1");
+    for (int i = 0; i < 3; i++) {
+        sleep_ms(i == 0 ? 60 : 120);
+        assert_int_equal(td_redis_load(r, &s, 1), TD_ERR);
+        assert_non_null(strstr(td_redis_last_error(r), "connect failed"));
+        assert_non_null(strstr(td_redis_last_error(r), want[i]));
+    }
     td_state_free(&s);
     td_redis_free(r);
 
@@ -785,9 +853,78 @@ static void test_malformed_hash(void **state) {
     td_redis_free(r);
 }
 
+static void test_unix_socket(void **unused) {
+    (void)unused;
+    char dir[256], sock[300];
+    assert_int_equal(td_test_tmpdir(dir, sizeof dir), 0);
+    pid_t pid = unix_server_start(dir, sock, sizeof sock);
+    assert_true(pid > 0);
+    td_redis_conf conf;
+    td_redis_conf_default(&conf);
+    conf.host = sock;
+    conf.unix_socket = true;
+    char err[256];
+    td_redis *r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    assert_true(td_redis_connected(r));
+    td_state a, b;
+    populate(&a, "p-unix", 1);
+    int64_t e = 0;
+    int res = -1;
+    assert_int_equal(td_redis_store(r, &a, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_state_init(&b, "p-unix");
+    assert_int_equal(td_redis_load(r, &b, 1), TD_OK);
+    assert_true(td_state_equal(&a, &b));
+    td_state_free(&a);
+    td_state_free(&b);
+    td_redis_free(r);
+    unix_server_stop(pid);
+    td_test_rmtree(dir);
+}
+
+static void test_connect_timeout(void **unused) {
+    /* A listener whose accept queue is full: the kernel drops further SYNs,
+     * so connect() hangs until our connect timeout. */
+    (void)unused;
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(l >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(l, 0), 0);
+    assert_int_equal(getsockname(l, (struct sockaddr *)&a, &alen), 0);
+    int fill[4];
+    for (int i = 0; i < 4; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        (void)connect(fill[i], (struct sockaddr *)&a, sizeof a);
+    }
+    sleep_ms(50);
+    td_redis_conf conf;
+    td_redis_conf_default(&conf);
+    conf.port = ntohs(a.sin_port);
+    conf.connect_timeout_ms = 300;
+    char err[256];
+    int64_t t = now_ms();
+    td_redis *r = td_redis_new(&conf, err, sizeof err);
+    int64_t took = now_ms() - t;
+    assert_non_null(r);
+    assert_false(td_redis_connected(r));
+    printf("[ INFO     ] connect to a full backlog: %lld ms (timeout 300): %s\n", (long long)took,
+           td_redis_last_error(r));
+    assert_true(took < 2 * 300 + 300);
+    assert_non_null(strstr(td_redis_last_error(r), "connect failed"));
+    td_redis_free(r);
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_and_conf),
+        cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test_setup_teardown(test_load_absent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roundtrip_and_plain_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_cas, setup, teardown),

@@ -1,0 +1,672 @@
+/*
+ * td_daemon.c - the `touchd run` loop (see td_daemon.h for the sequence, and
+ * docs/operations.md for why the sequence gives the delivery contract).
+ *
+ * Shape of a batch in memory: msgs[i] (owned rd_kafka messages, consumed
+ * order), evs[i] (decoded events), gidx[i] (the prospect group of msg i, or
+ * -1 for a dead letter) and next[i] (the next message of the same group), so
+ * a group's events are walked in consumed order, which is partition order.
+ * Groups own one td_state each, loaded from Redis in one pipeline. Every
+ * array is sized once for batch_max_events and reused.
+ *
+ * Failure handling, in one place: Redis errors hold the batch (consumption
+ * paused, backoff, retry); CAS conflicts recompute only the prospects that
+ * conflicted; a fatal Kafka error ends the process with exit code 4; a stop
+ * request while the batch cannot complete abandons it without storing its
+ * offsets (it is consumed again after restart, and the state positions make
+ * that harmless).
+ *
+ * @locality main thread.
+ */
+#include "td_daemon.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "td_cli.h"
+#include "td_engine.h"
+#include "td_event.h"
+#include "td_kafka.h"
+#include "td_log.h"
+#include "td_redis.h"
+#include "td_rules.h"
+#include "td_state.h"
+
+volatile sig_atomic_t td_daemon_stop_requested = 0;
+volatile sig_atomic_t td_daemon_reload_requested = 0;
+
+typedef struct td_drec {
+    size_t off, len; /* in recbuf */
+    int32_t g;       /* group (prospect) */
+} td_drec;
+
+struct td_daemon {
+    const td_config *cfg;
+    td_ruleset *rs;
+    uint64_t rules_sig;
+    int64_t next_rules_poll;
+
+    td_redis *redis;
+    td_kafka *kafka;
+    td_tzdb *tz;
+    td_step_out *out;
+
+    /* the batch */
+    size_t cap;
+    rd_kafka_message_t **msgs;
+    size_t nmsgs;
+    td_event *evs;
+    int32_t *gidx, *next;
+    /* groups */
+    td_state *states;
+    int64_t *expected;
+    int32_t *first, *last;
+    bool *changed;
+    size_t ngroups;
+    int32_t *table;
+    size_t tcap;
+    /* recommendations of the current attempt */
+    td_buf recbuf;
+    td_drec *recs;
+    size_t nrecs, caprecs;
+    /* store scratch */
+    td_state *pack;
+    int64_t *pack_expected;
+    int *pack_result;
+    int32_t *pack_g, *work, *work2;
+
+    /* counters since start */
+    uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out,
+        conflicts, redis_waits, reloads, reload_failures;
+    int64_t next_progress;
+};
+
+static int64_t td_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static td_ms td_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (td_ms)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *td_xcalloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz);
+    if (!p) {
+        td_log_error("out of memory", "bytes=%zu", n * sz);
+        abort();
+    }
+    return p;
+}
+
+/* --------------------------------------------------------------- rules */
+
+/* A signature of the rules directory: every *.rules file's name, size and
+ * mtime. It changes when a file is added, removed, renamed or written. */
+static uint64_t td_rules_signature(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return 1; /* "missing": differs from any real signature */
+    uint64_t sig = 0, n = 0;
+    struct dirent *e;
+    char path[4352];
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len < 7 || strcmp(e->d_name + len - 6, ".rules") != 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(path, &st) != 0)
+            continue;
+        struct {
+            int64_t size, sec, nsec;
+        } meta = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
+        uint64_t h = td_hash64(e->d_name, len, TD_HASH_SEED);
+        h = td_hash64(&meta, sizeof meta, h);
+        sig += h; /* order-independent */
+        n++;
+    }
+    closedir(d);
+    return td_hash64(&n, sizeof n, sig) | 2;
+}
+
+static void td_log_diags(const td_diags *dg) {
+    char q1[600], q2[600];
+    for (size_t i = 0; i < dg->n; i++) {
+        const td_diag *x = &dg->v[i];
+        td_log(x->severity == TD_SEV_ERROR ? TD_LOG_ERROR : TD_LOG_WARN, "rules diagnostic",
+               "file=%s line=%d col=%d code=%s text=%s source=%s", x->file ? x->file : "-",
+               x->line, x->col, x->code, td_log_quote(q1, sizeof q1, x->msg ? x->msg : ""),
+               td_log_quote(q2, sizeof q2, x->source ? x->source : ""));
+    }
+}
+
+/* Compiles the rules directory. @returns the ruleset or NULL (diagnostics
+ * logged). */
+static td_ruleset *td_daemon_compile(const td_config *cfg) {
+    td_diags dg = {0};
+    const char *paths[1] = {cfg->rules.dir};
+    td_ruleset *rs = td_load_rules(paths, 1, &dg);
+    td_log_diags(&dg);
+    if (!rs)
+        td_log_error("rules rejected", "dir=%s errors=%zu warnings=%zu", cfg->rules.dir,
+                     dg.errors, dg.warnings);
+    td_diags_free(&dg);
+    return rs;
+}
+
+static void td_daemon_reload(td_daemon *d, const char *why) {
+    d->rules_sig = td_rules_signature(d->cfg->rules.dir);
+    td_log_info("reloading rules", "dir=%s trigger=%s", d->cfg->rules.dir, why);
+    td_ruleset *rs = td_daemon_compile(d->cfg);
+    if (!rs) {
+        d->reload_failures++;
+        td_log_error("reload failed, previous ruleset keeps serving", "ruleset=%s",
+                     td_ruleset_hash(d->rs));
+        return;
+    }
+    const char *old = td_ruleset_hash(d->rs);
+    bool same = strcmp(old, td_ruleset_hash(rs)) == 0;
+    td_log_info("ruleset active", "ruleset=%s rules=%zu previous=%s changed=%s",
+                td_ruleset_hash(rs), td_ruleset_count(rs), old, same ? "false" : "true");
+    td_ruleset_free(d->rs);
+    d->rs = rs;
+    d->reloads++;
+}
+
+static void td_daemon_maybe_reload(td_daemon *d) {
+    if (td_daemon_reload_requested) {
+        td_daemon_reload_requested = 0;
+        td_daemon_reload(d, "SIGHUP");
+        return;
+    }
+    int poll_ms = d->cfg->rules.reload_poll_ms;
+    if (poll_ms <= 0)
+        return;
+    int64_t now = td_mono_ms();
+    if (now < d->next_rules_poll)
+        return;
+    d->next_rules_poll = now + poll_ms;
+    if (td_rules_signature(d->cfg->rules.dir) != d->rules_sig)
+        td_daemon_reload(d, "change");
+}
+
+/* ------------------------------------------------------------ life cycle */
+
+td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
+    td_daemon *d = td_xcalloc(1, sizeof *d);
+    d->cfg = cfg;
+    char err[1024];
+
+    d->rules_sig = td_rules_signature(cfg->rules.dir);
+    d->rs = td_daemon_compile(cfg);
+    if (!d->rs) {
+        *exit_code = TD_EXIT_FAIL;
+        goto fail;
+    }
+    td_log_info("ruleset active", "ruleset=%s rules=%zu dir=%s", td_ruleset_hash(d->rs),
+                td_ruleset_count(d->rs), cfg->rules.dir);
+    d->next_rules_poll = td_mono_ms() + cfg->rules.reload_poll_ms;
+
+    d->redis = td_redis_new(&cfg->redis, err, sizeof err);
+    if (!d->redis) {
+        td_log_error("redis configuration", "reason=%s", err);
+        *exit_code = TD_EXIT_USAGE;
+        goto fail;
+    }
+    if (!td_redis_connected(d->redis)) {
+        char q[600];
+        td_log_error("cannot reach redis at start", "host=%s port=%d reason=%s", cfg->redis.host,
+                     cfg->redis.port, td_log_quote(q, sizeof q, td_redis_last_error(d->redis)));
+        *exit_code = TD_EXIT_FATAL;
+        goto fail;
+    }
+    td_log_info("redis connected", "host=%s port=%d db=%d prefix=%s", cfg->redis.host,
+                cfg->redis.unix_socket ? 0 : cfg->redis.port, cfg->redis.db,
+                cfg->redis.key_prefix);
+
+    d->kafka = td_kafka_new(cfg, err, sizeof err);
+    if (!d->kafka) {
+        char q[1100];
+        td_log_error("kafka start failed", "reason=%s", td_log_quote(q, sizeof q, err));
+        *exit_code = strstr(err, "librdkafka rejects") ? TD_EXIT_USAGE : TD_EXIT_FATAL;
+        goto fail;
+    }
+
+    d->tz = td_tzdb_new();
+    d->out = td_xcalloc(1, sizeof *d->out);
+    size_t cap = (size_t)cfg->engine.batch_max_events;
+    d->cap = cap;
+    d->msgs = td_xcalloc(cap, sizeof *d->msgs);
+    d->evs = td_xcalloc(cap, sizeof *d->evs);
+    d->gidx = td_xcalloc(cap, sizeof *d->gidx);
+    d->next = td_xcalloc(cap, sizeof *d->next);
+    d->states = td_xcalloc(cap, sizeof *d->states);
+    d->expected = td_xcalloc(cap, sizeof *d->expected);
+    d->first = td_xcalloc(cap, sizeof *d->first);
+    d->last = td_xcalloc(cap, sizeof *d->last);
+    d->changed = td_xcalloc(cap, sizeof *d->changed);
+    d->tcap = 16;
+    while (d->tcap < cap * 2)
+        d->tcap *= 2;
+    d->table = td_xcalloc(d->tcap, sizeof *d->table);
+    d->pack = td_xcalloc(cap, sizeof *d->pack);
+    d->pack_expected = td_xcalloc(cap, sizeof *d->pack_expected);
+    d->pack_result = td_xcalloc(cap, sizeof *d->pack_result);
+    d->pack_g = td_xcalloc(cap, sizeof *d->pack_g);
+    d->work = td_xcalloc(cap, sizeof *d->work);
+    d->work2 = td_xcalloc(cap, sizeof *d->work2);
+    d->next_progress = td_mono_ms() + 60000;
+    return d;
+fail:
+    td_daemon_free(d);
+    return NULL;
+}
+
+void td_daemon_free(td_daemon *d) {
+    if (!d)
+        return;
+    if (d->kafka)
+        td_kafka_free(d->kafka); /* final commit, leave the group */
+    td_redis_free(d->redis);
+    td_ruleset_free(d->rs);
+    td_tzdb_free(d->tz);
+    free(d->out);
+    free(d->msgs);
+    free(d->evs);
+    free(d->gidx);
+    free(d->next);
+    free(d->states);
+    free(d->expected);
+    free(d->first);
+    free(d->last);
+    free(d->changed);
+    free(d->table);
+    free(d->pack);
+    free(d->pack_expected);
+    free(d->pack_result);
+    free(d->pack_g);
+    free(d->work);
+    free(d->work2);
+    free(d->recs);
+    td_buf_free(&d->recbuf);
+    free(d);
+}
+
+/* --------------------------------------------------------------- batch */
+
+static void td_batch_release(td_daemon *d) {
+    for (size_t g = 0; g < d->ngroups; g++)
+        td_state_free(&d->states[g]);
+    d->ngroups = 0;
+    for (size_t i = 0; i < d->nmsgs; i++)
+        rd_kafka_message_destroy(d->msgs[i]);
+    d->nmsgs = 0;
+}
+
+/* Consumes up to batch_max_events within batch_max_ms. The batch opens with
+ * the first message (waiting up to 100 ms for it, so signals and reloads are
+ * served while idle) and closes when full, when batch_max_ms has passed, or
+ * as soon as no further message is waiting locally: an idle-ish stream gets
+ * small batches and low latency, a busy one large batches. */
+static size_t td_batch_collect(td_daemon *d) {
+    rd_kafka_message_t *m = td_kafka_poll(d->kafka, 100);
+    if (!m)
+        return 0;
+    d->msgs[d->nmsgs++] = m;
+    int64_t deadline = td_mono_ms() + d->cfg->engine.batch_max_ms;
+    while (d->nmsgs < d->cap) {
+        m = td_kafka_poll(d->kafka, 0);
+        if (!m)
+            break;
+        d->msgs[d->nmsgs++] = m;
+        if ((d->nmsgs & 63) == 0 && td_mono_ms() >= deadline)
+            break;
+    }
+    return d->nmsgs;
+}
+
+/* Decodes every message; invalid ones are queued on the dead-letter topic
+ * (in the round that is about to start); valid ones are grouped by prospect. */
+static int td_batch_decode(td_daemon *d) {
+    memset(d->table, 0, d->tcap * sizeof *d->table);
+    d->ngroups = 0;
+    for (size_t i = 0; i < d->nmsgs; i++) {
+        rd_kafka_message_t *m = d->msgs[i];
+        td_event_error ee;
+        d->gidx[i] = -1;
+        d->next[i] = -1;
+        if (td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0, &d->evs[i],
+                            &ee) != TD_OK) {
+            d->dead_letters++;
+            char q[400];
+            /* The reason names the field, never its value: payloads may
+             * hold personal data. */
+            td_log_warn("event rejected to dead-letter topic",
+                        "topic=%s partition=%d offset=%lld field=%s reason=%s",
+                        rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
+                        ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
+            if (td_kafka_send_dlq(d->kafka, m, ee.reason, ee.field) < 0)
+                return -1;
+            continue;
+        }
+        const char *pid = d->evs[i].prospect_id;
+        size_t plen = strlen(pid);
+        size_t mask = d->tcap - 1;
+        size_t h = (size_t)td_hash64(pid, plen, TD_HASH_SEED) & mask;
+        int32_t g = -1;
+        while (d->table[h]) {
+            int32_t cand = d->table[h] - 1;
+            if (strcmp(d->states[cand].prospect_id, pid) == 0) {
+                g = cand;
+                break;
+            }
+            h = (h + 1) & mask;
+        }
+        if (g < 0) {
+            g = (int32_t)d->ngroups++;
+            d->table[h] = g + 1;
+            td_state_init(&d->states[g], pid);
+            d->first[g] = d->last[g] = (int32_t)i;
+        } else {
+            d->next[d->last[g]] = (int32_t)i;
+            d->last[g] = (int32_t)i;
+        }
+        d->gidx[i] = g;
+    }
+    return 0;
+}
+
+/* Waits while Redis is unavailable. @returns 0 to retry, -1 when a stop was
+ * requested (the batch is abandoned). */
+static int td_redis_wait(td_daemon *d, int *attempt, const char *op) {
+    if (*attempt == 0) {
+        char q[600];
+        td_log_warn("redis unavailable, holding the batch", "op=%s reason=%s", op,
+                    td_log_quote(q, sizeof q, td_redis_last_error(d->redis)));
+        td_kafka_hold(d->kafka);
+        d->redis_waits++;
+    }
+    (*attempt)++;
+    if (td_daemon_stop_requested) {
+        td_log_warn("stop requested while redis is unavailable: batch abandoned, its offsets "
+                    "are not stored",
+                    "events=%zu", d->nmsgs);
+        return -1;
+    }
+    int ms = d->cfg->redis.backoff_min_ms;
+    for (int k = 1; k < *attempt && ms < d->cfg->redis.backoff_max_ms; k++)
+        ms *= 2;
+    if (ms > d->cfg->redis.backoff_max_ms)
+        ms = d->cfg->redis.backoff_max_ms;
+    /* keepalive doubles as the sleep: it serves the consumer meanwhile */
+    int64_t until = td_mono_ms() + ms;
+    while (td_mono_ms() < until && !td_daemon_stop_requested)
+        td_kafka_keepalive(d->kafka, 50);
+    if (*attempt % 10 == 0)
+        td_log_warn("redis still unavailable", "op=%s attempts=%d", op, *attempt);
+    return 0;
+}
+
+static void td_redis_back(td_daemon *d, int attempt, const char *op) {
+    if (attempt > 0) {
+        td_log_info("redis available again, batch resumes", "op=%s attempts=%d", op, attempt);
+        td_kafka_release(d->kafka);
+    }
+}
+
+/* Loads the states of groups work[0..n) (freshly initialised). */
+static int td_batch_load(td_daemon *d, const int32_t *work, size_t n) {
+    int attempt = 0;
+    for (;;) {
+        for (size_t k = 0; k < n; k++) {
+            td_state *st = &d->states[work[k]];
+            char pid[TD_ID_MAX + 1];
+            memcpy(pid, st->prospect_id, sizeof pid);
+            td_state_free(st);
+            td_state_init(st, pid);
+        }
+        int rc;
+        if (n == d->ngroups) {
+            rc = td_redis_load(d->redis, d->states, n);
+        } else {
+            /* A subset: load into the pack, move the results back. */
+            for (size_t k = 0; k < n; k++)
+                d->pack[k] = d->states[work[k]];
+            rc = td_redis_load(d->redis, d->pack, n);
+            for (size_t k = 0; k < n; k++)
+                d->states[work[k]] = d->pack[k];
+        }
+        if (rc == TD_OK)
+            break;
+        if (td_redis_wait(d, &attempt, "load") < 0)
+            return -1;
+    }
+    td_redis_back(d, attempt, "load");
+    for (size_t k = 0; k < n; k++) {
+        d->expected[work[k]] = d->states[work[k]].version;
+        d->changed[work[k]] = false;
+    }
+    return 0;
+}
+
+static int td_rec_add(td_daemon *d, int32_t g, size_t off) {
+    if (d->nrecs == d->caprecs) {
+        size_t cap = d->caprecs ? d->caprecs * 2 : 256;
+        td_drec *v = realloc(d->recs, cap * sizeof *v);
+        if (!v)
+            return -1;
+        d->recs = v;
+        d->caprecs = cap;
+    }
+    d->recs[d->nrecs++] = (td_drec){off, d->recbuf.len - off, g};
+    return 0;
+}
+
+/* Applies the events of group g in order. @returns 0, or -1 (out of memory). */
+static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
+    td_state *st = &d->states[g];
+    for (int32_t i = d->first[g]; i >= 0; i = d->next[i]) {
+        rd_kafka_message_t *m = d->msgs[i];
+        const char *topic = rd_kafka_topic_name(m->rkt);
+        if (m->offset <= td_state_pos_get(st, topic, m->partition)) {
+            d->skipped_pos++; /* applied before a crash or by another instance */
+            continue;
+        }
+        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &d->evs[i]};
+        if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
+            return -1;
+        if (d->out->duplicate)
+            d->duplicates++;
+        else
+            d->applied++;
+        for (uint32_t r = 0; r < d->out->nrecs; r++) {
+            size_t off = d->recbuf.len;
+            if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &d->recbuf) != TD_OK ||
+                td_rec_add(d, g, off) < 0)
+                return -1;
+        }
+        if (d->out->nerrors)
+            td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u",
+                        st->prospect_id, d->evs[i].id, d->out->nerrors);
+        td_state_pos_set(st, topic, m->partition, m->offset);
+        d->changed[g] = true;
+    }
+    return 0;
+}
+
+/* Stores the changed groups among work[0..n); conflicted ones are written to
+ * conflicts[] (*nconf). @returns 0, or -1 when abandoned (stop requested). */
+static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *conflicts,
+                          size_t *nconf) {
+    size_t np = 0;
+    for (size_t k = 0; k < n; k++) {
+        int32_t g = work[k];
+        if (!d->changed[g])
+            continue;
+        d->pack[np] = d->states[g]; /* shallow: the store only reads and sets version */
+        d->pack_expected[np] = d->expected[g];
+        d->pack_g[np] = g;
+        np++;
+    }
+    *nconf = 0;
+    if (np == 0)
+        return 0;
+    int attempt = 0;
+    while (td_redis_store(d->redis, d->pack, d->pack_expected, np, d->pack_result) != TD_OK) {
+        /* Unknown which writes happened: retrying is safe (a write that did
+         * happen bumped the version, so it now conflicts, and the reload
+         * sees our positions). */
+        if (td_redis_wait(d, &attempt, "store") < 0)
+            return -1;
+    }
+    td_redis_back(d, attempt, "store");
+    for (size_t k = 0; k < np; k++) {
+        int32_t g = d->pack_g[k];
+        if (d->pack_result[k] == TD_REDIS_STORED) {
+            d->states[g].version = d->pack[k].version;
+            d->changed[g] = false;
+        } else {
+            conflicts[(*nconf)++] = g;
+        }
+    }
+    return 0;
+}
+
+typedef enum { TD_BATCH_DONE = 0, TD_BATCH_ABANDONED = 1, TD_BATCH_FATAL = 2 } td_batch_rc;
+
+static td_batch_rc td_batch_process(td_daemon *d) {
+    td_kafka_round_begin(d->kafka);
+    if (td_batch_decode(d) < 0)
+        return TD_BATCH_FATAL;
+
+    /* The first attempt covers every group; later ones only the conflicted. */
+    size_t nwork = d->ngroups;
+    for (size_t g = 0; g < nwork; g++)
+        d->work[g] = (int32_t)g;
+    bool first_round = true;
+    for (int attempt = 0;; attempt++) {
+        if (nwork > 0 && td_batch_load(d, d->work, nwork) < 0)
+            return TD_BATCH_ABANDONED;
+        if (!first_round)
+            td_kafka_round_begin(d->kafka);
+        first_round = false;
+        d->nrecs = 0;
+        d->recbuf.len = 0;
+        td_ms now = td_wall_ms();
+        for (size_t k = 0; k < nwork; k++) {
+            if (td_batch_compute(d, d->work[k], now) < 0) {
+                td_log_error("engine step failed (out of memory)", "prospect=%s",
+                             d->states[d->work[k]].prospect_id);
+                return TD_BATCH_FATAL;
+            }
+        }
+        for (size_t r = 0; r < d->nrecs; r++) {
+            const td_drec *x = &d->recs[r];
+            const char *pid = d->states[x->g].prospect_id;
+            if (td_kafka_send_rec(d->kafka, pid, strlen(pid), d->recbuf.p + x->off, x->len) < 0)
+                return TD_BATCH_FATAL;
+        }
+        d->recs_out += d->nrecs;
+        /* Durable output first: nothing of this batch is stored in Redis, and
+         * no offset, before every recommendation is acknowledged. */
+        int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
+        if (w == -1)
+            return TD_BATCH_FATAL;
+        if (w == -2)
+            return TD_BATCH_ABANDONED;
+
+        size_t nconf = 0;
+        if (td_batch_store(d, d->work, nwork, d->work2, &nconf) < 0)
+            return TD_BATCH_ABANDONED;
+        if (nconf == 0)
+            break;
+        d->conflicts += nconf;
+        td_log_info("state changed concurrently, recomputing", "prospects=%zu attempt=%d", nconf,
+                    attempt + 1);
+        memcpy(d->work, d->work2, nconf * sizeof *d->work);
+        nwork = nconf;
+        if (attempt >= 3) {
+            /* Persistent contention: back off a little (another instance is
+             * working on the same prospects during a rebalance). */
+            td_kafka_keepalive(d->kafka, attempt > 20 ? 200 : 10 * attempt);
+        }
+        if (td_daemon_stop_requested && attempt > 50)
+            return TD_BATCH_ABANDONED;
+    }
+
+    /* Everything the batch caused is durable: its offsets may be committed. */
+    td_kafka_store(d->kafka, d->msgs, d->nmsgs);
+    return TD_BATCH_DONE;
+}
+
+static void td_daemon_progress(td_daemon *d, bool force) {
+    int64_t now = td_mono_ms();
+    if (!force && now < d->next_progress)
+        return;
+    d->next_progress = now + 60000;
+    td_kafka_stats ks;
+    td_kafka_get_stats(d->kafka, &ks);
+    td_log_info("progress",
+                "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
+                "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu "
+                "redis_waits=%llu partitions=%d ruleset=%s",
+                (unsigned long long)d->batches, (unsigned long long)d->events,
+                (unsigned long long)d->applied, (unsigned long long)d->skipped_pos,
+                (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
+                (unsigned long long)d->recs_out, (unsigned long long)ks.recs_acked,
+                (unsigned long long)ks.resent, (unsigned long long)d->conflicts,
+                (unsigned long long)d->redis_waits, ks.assigned, td_ruleset_hash(d->rs));
+}
+
+int td_daemon_run(td_daemon *d) {
+    int rc = TD_EXIT_OK;
+    td_log_info("touchd running", "batch_max_events=%d batch_max_ms=%d",
+                d->cfg->engine.batch_max_events, d->cfg->engine.batch_max_ms);
+    while (!td_daemon_stop_requested) {
+        const char *fatal = td_kafka_fatal(d->kafka);
+        if (fatal) {
+            char q[600];
+            td_log_error("fatal kafka error, exiting", "reason=%s",
+                         td_log_quote(q, sizeof q, fatal));
+            rc = TD_EXIT_FATAL;
+            break;
+        }
+        td_daemon_maybe_reload(d);
+        td_daemon_progress(d, false);
+        if (td_batch_collect(d) == 0)
+            continue;
+        int64_t t0 = td_mono_ms();
+        size_t n = d->nmsgs, ng = 0;
+        td_batch_rc br = td_batch_process(d);
+        ng = d->ngroups;
+        d->batches++;
+        d->events += n;
+        td_batch_release(d);
+        if (br == TD_BATCH_FATAL) {
+            const char *why = td_kafka_fatal(d->kafka);
+            char q[600];
+            td_log_error("fatal error, exiting", "reason=%s",
+                         td_log_quote(q, sizeof q, why ? why : "engine"));
+            rc = TD_EXIT_FATAL;
+            break;
+        }
+        if (br == TD_BATCH_ABANDONED)
+            break;
+        td_log_debug("batch done", "events=%zu prospects=%zu recs=%zu ms=%lld", n, ng, d->nrecs,
+                     (long long)(td_mono_ms() - t0));
+    }
+    td_daemon_progress(d, true);
+    if (rc == TD_EXIT_OK)
+        td_log_info("stopping: committing offsets and leaving the group", NULL);
+    td_kafka_close(d->kafka, 10000);
+    return rc;
+}
