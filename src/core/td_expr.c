@@ -742,13 +742,14 @@ static uint32_t parse_unary(cx *c) {
         uint32_t a = parse_unary(c);
         pnode *an = &c->nodes[a];
         if (op.kind == T_MINUS && an->kind == N_LIT &&
-            (an->k.type == TD_T_INT || an->k.type == TD_T_DEC || an->k.type == TD_T_DUR) &&
-            an->off == op.off + op.len) {
+            (an->k.type == TD_T_INT || an->k.type == TD_T_DEC || an->k.type == TD_T_DUR)) {
             /* fold "-5" into a literal: lets `in [-1, 0]` hold constants;
-             * a positive int64 literal always negates safely */
+             * literals are lexed non-negative, and folding twice (--5) gives
+             * a non-negative one back, so the negation never overflows */
+            uint32_t end = an->off + an->len;
             an->k.u.i = -an->k.u.i;
             an->off = op.off;
-            an->len += op.len;
+            an->len = end - op.off;
             r = a;
         } else {
             r = mk(c, N_UNARY, op.off, c->nodes[a].off + c->nodes[a].len - op.off);
@@ -854,7 +855,9 @@ static const char *closest(const char *name, size_t len, const char *const *cand
         if (!cand) continue;
         size_t lc = strlen(cand);
         if (lc > TD_EXPR_MAX_NAME) continue;
-        unsigned d = osa_distance(name, len, cand, lc);
+        /* the distance is at least the length difference: skip hopeless ones */
+        size_t diff = lc > len ? lc - len : len - lc;
+        unsigned d = diff >= bestd ? bestd : osa_distance(name, len, cand, lc);
         if (d < bestd) {
             bestd = d;
             best = cand;

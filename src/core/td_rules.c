@@ -477,7 +477,10 @@ static td_expr *compile_expr(cctx *cx, const config_setting_t *parent, const cha
     td_expr *e = td_expr_compile(text, strlen(text), scopes, want, &ed);
     if (ed.n > 0) {
         strmap m;
-        bool mapped = strmap_build(cx->src, setting_line(s), key, &m) && m.n == strlen(text);
+        bool built = strmap_build(cx->src, setting_line(s), key, &m);
+        /* positions are trusted only when the map covers the decoded string
+         * byte for byte (an escape we do not model, e.g. \f, makes it differ) */
+        bool mapped = built && m.n == strlen(text);
         for (size_t i = 0; i < ed.n; i++) {
             const td_expr_diag *x = &ed.v[i];
             int line = setting_line(s), col = 0, caret = (int)(x->length ? x->length : 1);
@@ -497,7 +500,7 @@ static td_expr *compile_expr(cctx *cx, const config_setting_t *parent, const cha
             diag_add(cx->diags, TD_SEV_ERROR, x->code, cx->src->name, cx->src, line, col, caret,
                      "in %s.%s: %s", ctxname, key, x->msg);
         }
-        if (mapped) strmap_free(&m);
+        if (built) strmap_free(&m);
     }
     td_expr_diags_free(&ed);
     if (!e && ed.n == 0)

@@ -302,6 +302,9 @@ size_t td_duration_format(td_ms d, char *buf, size_t cap)
 typedef struct tz_entry {
     uint64_t hash;
     UCalendar *cal; /* owned; NULL for an unknown zone */
+    /* The offset `off` holds for every instant in [lo, hi): the span between
+     * two transitions, learnt from ICU on the last miss. */
+    td_ms lo, hi, off;
     bool used;
     char id[TZ_ID_MAX + 1];
 } tz_entry;
@@ -396,6 +399,8 @@ static tz_entry *tz_lookup(td_tzdb *db, const char *zone)
     e->hash = h;
     memcpy(e->id, zone, len + 1);
     e->cal = tz_open(zone, len);
+    e->lo = 1; /* an empty span: the first question asks ICU */
+    e->hi = 0;
     db->count++;
     return e;
 }
@@ -417,16 +422,36 @@ bool td_tz_valid(td_tzdb *db, const char *zone)
     return e != NULL && e->cal != NULL;
 }
 
-/* The UTC offset of `cal`'s zone at instant t; false on an ICU error. */
-static bool tz_offset(UCalendar *cal, td_ms t, td_ms *off)
+/*
+ * The UTC offset of e's zone at instant t; false on an ICU error.
+ * Asking ICU costs about a microsecond (ucal_get computes every calendar
+ * field), while consecutive questions for one zone almost always fall
+ * between the same two transitions: remember that span and its offset.
+ */
+static bool tz_offset(tz_entry *e, td_ms t, td_ms *off)
 {
+    if (t >= e->lo && t < e->hi) {
+        *off = e->off;
+        return true;
+    }
     UErrorCode st = U_ZERO_ERROR;
-    ucal_setMillis(cal, (UDate)t, &st);
-    int32_t raw = ucal_get(cal, UCAL_ZONE_OFFSET, &st);
-    int32_t dst = ucal_get(cal, UCAL_DST_OFFSET, &st);
+    ucal_setMillis(e->cal, (UDate)t, &st);
+    int32_t raw = ucal_get(e->cal, UCAL_ZONE_OFFSET, &st);
+    int32_t dst = ucal_get(e->cal, UCAL_DST_OFFSET, &st);
     if (U_FAILURE(st))
         return false;
     *off = (td_ms)raw + (td_ms)dst;
+    /* A transition at T applies from T on: the span is [previous, next). */
+    UDate prev = 0, next = 0;
+    UErrorCode st2 = U_ZERO_ERROR;
+    bool has_prev =
+        ucal_getTimeZoneTransitionDate(e->cal, UCAL_TZ_TRANSITION_PREVIOUS_INCLUSIVE, &prev, &st2);
+    bool has_next = ucal_getTimeZoneTransitionDate(e->cal, UCAL_TZ_TRANSITION_NEXT, &next, &st2);
+    if (U_SUCCESS(st2) && (!has_prev || (td_ms)prev <= t) && (!has_next || (td_ms)next > t)) {
+        e->lo = has_prev ? (td_ms)prev : INT64_MIN;
+        e->hi = has_next ? (td_ms)next : INT64_MAX;
+        e->off = *off;
+    }
     return true;
 }
 
@@ -434,20 +459,21 @@ static bool tz_offset(UCalendar *cal, td_ms t, td_ms *off)
  * where ICU's own range checks pass (about +-285,000 years). */
 #define TZ_T_LIMIT ((td_ms)1 << 52)
 
-static UCalendar *tz_calendar(td_tzdb *db, const char *zone)
+/* The cache entry of a known zone, or NULL. */
+static tz_entry *tz_known(td_tzdb *db, const char *zone)
 {
     if (db == NULL)
         return NULL;
     tz_entry *e = tz_lookup(db, zone);
-    return e != NULL ? e->cal : NULL;
+    return e != NULL && e->cal != NULL ? e : NULL;
 }
 
 int td_tz_local(td_tzdb *db, const char *zone, td_ms t, td_civil *out, td_ms *offset_ms)
 {
     td_ms off = 0;
     int rc = TD_ERR;
-    UCalendar *cal = tz_calendar(db, zone);
-    if (cal != NULL && t > -TZ_T_LIMIT && t < TZ_T_LIMIT && tz_offset(cal, t, &off))
+    tz_entry *e = tz_known(db, zone);
+    if (e != NULL && t > -TZ_T_LIMIT && t < TZ_T_LIMIT && tz_offset(e, t, &off))
         rc = TD_OK;
     else
         off = 0;
@@ -461,8 +487,8 @@ int td_tz_to_utc(td_tzdb *db, const char *zone, int year, int month, int day, in
                  int minute, td_ms *out)
 {
     td_ms local = td_civil_to_ms(year, month, day, hour, minute, 0);
-    UCalendar *cal = tz_calendar(db, zone);
-    if (cal == NULL || local <= -TZ_T_LIMIT || local >= TZ_T_LIMIT) {
+    tz_entry *e = tz_known(db, zone);
+    if (e == NULL || local <= -TZ_T_LIMIT || local >= TZ_T_LIMIT) {
         *out = local;
         return TD_ERR;
     }
@@ -473,14 +499,14 @@ int td_tz_to_utc(td_tzdb *db, const char *zone, int year, int month, int day, in
      * transition near `local`.
      */
     td_ms before, after, o1, o2;
-    if (!tz_offset(cal, local - 36 * TD_HOUR, &before) ||
-        !tz_offset(cal, local + 36 * TD_HOUR, &after)) {
+    if (!tz_offset(e, local - 36 * TD_HOUR, &before) ||
+        !tz_offset(e, local + 36 * TD_HOUR, &after)) {
         *out = local;
         return TD_ERR;
     }
     td_ms u1 = local - before, u2 = local - after;
-    bool ok1 = tz_offset(cal, u1, &o1) && u1 + o1 == local;
-    bool ok2 = tz_offset(cal, u2, &o2) && u2 + o2 == local;
+    bool ok1 = tz_offset(e, u1, &o1) && u1 + o1 == local;
+    bool ok2 = tz_offset(e, u2, &o2) && u2 + o2 == local;
     if (ok1 && ok2)
         *out = u1 < u2 ? u1 : u2; /* overlap: the first occurrence */
     else if (ok1)

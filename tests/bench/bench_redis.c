@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -145,6 +146,13 @@ static void fill(td_state *st, int i, bool rich) {
     td_state_set_fired(st, "value.first-touch", t0 - 20 * TD_DAY);
     td_state_set_fired(st, "ghosting.pivot-channel", t0 - TD_DAY);
     td_state_arm_timer(st, "silence.after-value", t0 + 3 * TD_DAY, "e-armer");
+}
+
+static int64_t cpu_us(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 + ru.ru_utime.tv_usec +
+           ru.ru_stime.tv_usec;
 }
 
 static int cmp_i64(const void *a, const void *b) {
@@ -285,6 +293,7 @@ int main(int argc, char **argv) {
     size_t nb = 0, conflicts = 0, next = 0;
     int64_t t_load = 0, t_store = 0;
     int64_t start = now_us(), deadline = start + (int64_t)(seconds * 1e6);
+    int64_t cpu0 = cpu_us();
     while (now_us() < deadline && nb < maxb) {
         for (size_t i = 0; i < batch; i++) {
             snprintf(id, sizeof id, "p-%zu", (next + i) % prospects);
@@ -319,6 +328,7 @@ int main(int argc, char **argv) {
         next = (next + batch) % prospects;
     }
     double wall = (double)(now_us() - start) / 1e6;
+    double cpu = (double)(cpu_us() - cpu0);
     double io = (double)(t_load + t_store) / 1e6;
 
     qsort(lat_load, nb, sizeof *lat_load, cmp_i64);
@@ -336,6 +346,9 @@ int main(int argc, char **argv) {
     printf("  store per batch: mean %.2f ms  p50 %.2f  p99 %.2f  max %.2f\n",
            (double)t_store / 1000.0 / (double)nb, pct(lat_store, nb, 0.5),
            pct(lat_store, nb, 0.99), pct(lat_store, nb, 1.0));
+    printf("  client CPU (touchd side: serialise, parse, hiredis): %.2f us per prospect "
+           "(load+store)\n",
+           cpu / (double)(nb * batch));
     printf("  conflicts %zu, errors %zu\n", conflicts, errors);
 
     if (raw) {

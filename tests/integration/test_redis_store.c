@@ -560,7 +560,8 @@ static void test_auth(void **state) {
     static const char wrong[] = "not-the-Pa55";
     redisContext *admin = td_test_redis_connect(srv);
     assert_non_null(admin);
-    raw_ok(admin, redisCommand(admin, "ACL SETUSER touch on >%s ~touchd:* +@all", "acl-Pw-9"));
+    raw_ok(admin, redisCommand(admin, "ACL SETUSER touch on >%s ~touchd:* -@all +hgetall +evalsha +script|load +select "
+                           "+hget +hset +del", "acl-Pw-9"));
     raw_ok(admin, redisCommand(admin, "CONFIG SET requirepass %s", pw));
 
     td_redis_conf conf;

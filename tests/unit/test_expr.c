@@ -243,6 +243,9 @@ static void test_precedence(void **state) {
     assert_int_equal(ival("-2 * 3", TD_T_INT), -6);
     assert_int_equal(ival("- (2 + 3)", TD_T_INT), -5);
     assert_int_equal(ival("--3", TD_T_INT), 3);
+    assert_int_equal(ival("- 5", TD_T_INT), -5);
+    assert_int_equal(ival("- -9223372036854775807", TD_T_INT), INT64_MAX);
+    is_true("tier ?? 0 in [- 1, 0]");
     is_true("true || false && false");   /* && binds tighter than || */
     is_false("(true || false) && false");
     is_false("!false && false");         /* ! binds tighter than && */

@@ -433,6 +433,36 @@ static void test_tz_to_utc(void **state)
     }
 }
 
+/* The per-zone offset cache must agree with a cold lookup, whatever the
+ * order of the questions (forwards, backwards, jumping across transitions). */
+static void test_tz_cache_consistent(void **state)
+{
+    td_tzdb *db = *state;
+    static const char *zones[] = {"Europe/Paris", "America/New_York", "Pacific/Apia",
+                                  "Pacific/Kiritimati", "Australia/Lord_Howe", "Asia/Kolkata"};
+    uint64_t x = 88172645463325252ULL; /* xorshift: reproducible */
+    td_ms lo = td_civil_to_ms(1890, 1, 1, 0, 0, 0), hi = td_civil_to_ms(2060, 1, 1, 0, 0, 0);
+    for (int i = 0; i < 3000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        const char *zone = zones[x % 6];
+        td_ms t = lo + (td_ms)(x % (uint64_t)(hi - lo));
+        if (i % 3 == 1)
+            t = td_civil_to_ms(2026, 3 + (int)(x % 8), 1 + (int)(x % 28), 0, 0, 0) + (td_ms)(x % 97) * TD_HOUR;
+        td_civil c1, c2;
+        td_ms o1, o2;
+        assert_int_equal(td_tz_local(db, zone, t, &c1, &o1), TD_OK);
+        td_tzdb *cold = td_tzdb_new();
+        assert_int_equal(td_tz_local(cold, zone, t, &c2, &o2), TD_OK);
+        td_tzdb_free(cold);
+        if (o1 != o2)
+            fail_msg("%s at %lld: cached offset %lld, cold %lld", zone, (long long)t, (long long)o1,
+                     (long long)o2);
+        assert_memory_equal(&c1, &c2, sizeof c1);
+    }
+}
+
 static void test_base(void **state)
 {
     (void)state;
@@ -489,6 +519,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tz_local_date_line, tz_setup, tz_teardown),
         cmocka_unit_test_setup_teardown(test_tz_local_unknown, tz_setup, tz_teardown),
         cmocka_unit_test_setup_teardown(test_tz_to_utc, tz_setup, tz_teardown),
+        cmocka_unit_test_setup_teardown(test_tz_cache_consistent, tz_setup, tz_teardown),
         cmocka_unit_test(test_base),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,62 @@
+/*
+ * td_sim.h - one prospect on a virtual clock: the engine step driven the way
+ * the daemon drives it, for the offline commands (`test`, `explain`).
+ *
+ * The daemon fires a rule's timer when its due time comes on the wall clock;
+ * offline, the clock is virtual and moves only forward, with the events
+ * (now = the latest occurred_at seen, as in `replay`) or when asked
+ * (td_sim_advance). Whenever it moves, every pending timer that came due on
+ * the way is fired first, in due order (ties: rule id), each one an engine
+ * step with a TD_TRIG_TIMER trigger at now = its due time.
+ *
+ * A callback sees every engine step (its trigger and output), so a caller can
+ * collect recommendations and decisions without knowing about timers.
+ *
+ * @locality main thread; a td_sim is used by one thread at a time.
+ */
+#ifndef TD_SIM_H
+#define TD_SIM_H
+
+#include "td_engine.h"
+
+typedef struct td_sim td_sim;
+/* Called after every engine step that was not a duplicate or a stale timer. */
+typedef void (*td_sim_fn)(void *ud, const td_sim *sim, const td_trigger *trig,
+                          const td_step_out *out);
+
+struct td_sim {
+    const td_ruleset *rs; /* borrowed */
+    td_tzdb *tz;          /* borrowed */
+    td_state st;          /* owned (td_sim_free) */
+    td_ms clock;          /* TD_MS_MISSING until the first event or advance */
+    unsigned flags;       /* TD_STEP_* flags of every step */
+    td_step_out *out;     /* owned scratch output of the last step */
+    td_sim_fn fn;         /* optional */
+    void *ud;
+    uint64_t steps, duplicates, timers_fired;
+};
+
+/*
+ * Prepares a simulation of a fresh state for `prospect_id`, or of a copy of
+ * `init` when not NULL. `clock` is the starting time (TD_MS_MISSING: the
+ * first event sets it).
+ * @returns TD_OK, or TD_ERR on out-of-memory (nothing to free then).
+ */
+int td_sim_init(td_sim *s, const td_ruleset *rs, td_tzdb *tz, const char *prospect_id,
+                const td_state *init, td_ms clock, unsigned flags);
+void td_sim_free(td_sim *s);
+
+/* Fires every pending timer due at or before t, in due order; the clock ends
+ * at max(clock, due of the last one fired). @returns TD_OK or TD_ERR (OOM). */
+int td_sim_fire_due(td_sim *s, td_ms t);
+/* Fires the timers due up to t, then sets the clock to t (if later). */
+int td_sim_advance(td_sim *s, td_ms t);
+/*
+ * The daemon's handling of one event: timers due at or before its
+ * occurred_at fire first, then the event is stepped at now = max(clock,
+ * occurred_at) with `flags` (TD_STEP_*; s->flags when 0).
+ * @returns TD_OK (s->out holds the event's step) or TD_ERR (OOM).
+ */
+int td_sim_event(td_sim *s, const td_event *ev, unsigned flags);
+
+#endif

@@ -1,0 +1,647 @@
+/*
+ * test_daemon.c - `touchd run` end to end against real components: the real
+ * touchd binary ($TD_TOUCHD) as a child process, a real redis-server
+ * (harness.h) and librdkafka's mock cluster living in THIS process
+ * (harness_kafka.h), so the broker and the group's committed offsets survive
+ * kill -9 of touchd.
+ *
+ * The rules are a tiny test ruleset written into a temp dir (every
+ * email.sent and every email.opened fires exactly one rule), so expectations
+ * do not depend on the default playbook: each valid event yields exactly one
+ * recommendation, whose deterministic id is taken from `touchd replay` over
+ * the same events.
+ *
+ * Cases: events in -> recommendations out (content, ids, Redis hash);
+ * malformed events -> dead-letter topic with headers, later events not
+ * blocked; SIGHUP with a broken then a good ruleset; SIGTERM commits offsets
+ * (restart consumes nothing twice); kill -9 mid-stream then restart; Redis
+ * killed and restarted mid-stream. The last two check the contract: every
+ * event applied exactly once (state counters) and every recommendation id
+ * present at least once.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "harness.h"
+#include "harness_kafka.h"
+
+#define PARTS 4
+#define T_IN "events"
+#define T_OUT "recs"
+#define T_DLQ "dlq"
+#define GROUP "touchd-test"
+
+static const char RULES_A[] =
+    "rules = (\n"
+    "  { id = \"t.sent\"; doc = \"every email sent\"; on = [ \"email.sent\" ];\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; note = \"test\"; }; },\n"
+    "  { id = \"t.opened\"; doc = \"every open\"; on = [ \"email.opened\" ];\n"
+    "    when = \"email.opened >= 1\";\n"
+    "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; }; }\n"
+    ");\n";
+
+/* Same rules, another note: another ruleset hash, same recommendation ids. */
+static const char RULES_B[] =
+    "rules = (\n"
+    "  { id = \"t.sent\"; doc = \"every email sent\"; on = [ \"email.sent\" ];\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; note = \"v2\"; }; },\n"
+    "  { id = \"t.opened\"; doc = \"every open\"; on = [ \"email.opened\" ];\n"
+    "    when = \"email.opened >= 1\";\n"
+    "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; }; }\n"
+    ");\n";
+
+static const char RULES_BROKEN[] =
+    "rules = (\n"
+    "  { id = \"t.sent\"; on = [ \"email.sent\" ]; when = \"emial.sent > 1\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; }\n"
+    ");\n";
+
+typedef struct fx {
+    char dir[256];
+    char rules_dir[300];
+    char conf[300];
+    char log[300];
+    char events_file[300]; /* every valid event sent, JSON lines, for replay */
+    td_test_redis redis;
+    td_test_kafka kafka;
+    td_test_touchd touchd;
+    int reload_poll_ms;
+} fx;
+
+/* ------------------------------------------------------------- helpers */
+
+static void dump_log(const fx *f) {
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "tail -n 40 %s >&2", f->log);
+    fprintf(stderr, "---- touchd log (%s) ----\n", f->log);
+    if (system(cmd) != 0)
+        fprintf(stderr, "(no log)\n");
+}
+
+static void write_config(fx *f) {
+    char text[2048];
+    int n = snprintf(text, sizeof text,
+                     "kafka = {\n"
+                     "  brokers = \"%s\";\n"
+                     "  group_id = \"" GROUP "\";\n"
+                     "  input_topics = [ \"" T_IN "\" ];\n"
+                     "  output_topic = \"" T_OUT "\";\n"
+                     "  dead_letter_topic = \"" T_DLQ "\";\n"
+                     "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
+                     "               heartbeat_interval_ms = 500; };\n"
+                     "  producer = { linger_ms = 0; };\n"
+                     "};\n"
+                     "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20;\n"
+                     "          backoff_max_ms = 200; command_timeout_ms = 1000;\n"
+                     "          connect_timeout_ms = 500; };\n"
+                     "rules = { dir = \"%s\"; reload_poll_ms = %d; };\n"
+                     "engine = { batch_max_events = 500; batch_max_ms = 20; };\n"
+                     "log = { level = \"info\"; };\n",
+                     f->kafka.bootstraps, f->redis.port, f->rules_dir, f->reload_poll_ms);
+    assert_int_equal(td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf,
+                                        sizeof f->conf),
+                     0);
+}
+
+static void write_rules(fx *f, const char *text) {
+    /* Write then rename, so the poller never compiles a half-written file. */
+    char tmp[400], final[400];
+    assert_int_equal(td_test_write_file(f->rules_dir, "t.rules.tmp", text, strlen(text), tmp,
+                                        sizeof tmp),
+                     0);
+    snprintf(final, sizeof final, "%s/t.rules", f->rules_dir);
+    assert_int_equal(rename(tmp, final), 0);
+}
+
+static int setup_fx(void **state, int reload_poll_ms) {
+    fx *f = calloc(1, sizeof *f);
+    if (td_test_tmpdir(f->dir, sizeof f->dir) != 0)
+        return -1;
+    snprintf(f->rules_dir, sizeof f->rules_dir, "%s/rules", f->dir);
+    if (mkdir(f->rules_dir, 0755) != 0)
+        return -1;
+    snprintf(f->log, sizeof f->log, "%s/touchd.log", f->dir);
+    snprintf(f->events_file, sizeof f->events_file, "%s/events.jsonl", f->dir);
+    f->reload_poll_ms = reload_poll_ms;
+    f->redis.appendonly = true; /* data survives a redis-server kill -9 */
+    if (td_test_redis_start(&f->redis) != 0)
+        return -1;
+    const char *topics[] = {T_IN, T_OUT, T_DLQ};
+    if (td_test_kafka_start(&f->kafka, topics, 3, PARTS) != 0)
+        return -1;
+    *state = f;
+    write_rules(f, RULES_A);
+    write_config(f);
+    return 0;
+}
+
+static int setup(void **state) { return setup_fx(state, 500); }
+static int setup_nopoll(void **state) { return setup_fx(state, 0); }
+
+static int teardown(void **state) {
+    fx *f = *state;
+    if (!f)
+        return 0;
+    if (f->touchd.pid > 0) {
+        dump_log(f);
+        td_test_touchd_kill(&f->touchd);
+    }
+    td_test_kafka_stop(&f->kafka);
+    td_test_redis_stop(&f->redis);
+    td_test_rmtree(f->dir);
+    free(f);
+    return 0;
+}
+
+static void start_touchd(fx *f) {
+    assert_int_equal(td_test_touchd_start(&f->touchd, f->conf, f->log), 0);
+}
+
+static void append_events_file(fx *f, const char *line) {
+    FILE *o = fopen(f->events_file, "a");
+    assert_non_null(o);
+    fprintf(o, "%s\n", line);
+    fclose(o);
+}
+
+/* Event j of prospect p: even j email.sent, odd j email.opened. */
+static int make_event(char *buf, size_t cap, int p, int j) {
+    int minute = j % 60, hour = (j / 60) % 24, day = 1 + (j / 1440) % 28;
+    return snprintf(buf, cap,
+                    "{\"id\":\"e-%d-%d\",\"type\":\"%s\",\"prospect_id\":\"p-%d\","
+                    "\"occurred_at\":\"2026-10-%02dT%02d:%02d:00Z\",\"owner_id\":\"rep-%d\"%s}",
+                    p, j, j % 2 == 0 ? "email.sent" : "email.opened", p, day, hour, minute, p % 3,
+                    j % 2 == 0 ? ",\"data\":{\"kind\":\"value\"}" : "");
+}
+
+static void send_event(fx *f, int p, int j) {
+    char ev[512], key[32];
+    int n = make_event(ev, sizeof ev, p, j);
+    snprintf(key, sizeof key, "p-%d", p);
+    assert_int_equal(td_test_kafka_produce(&f->kafka, T_IN, key, ev, (size_t)n), 0);
+    append_events_file(f, ev);
+}
+
+static long long hget_int(fx *f, int p, const char *field) {
+    redisReply *r = td_test_redis_cmd(&f->redis, "HGET touchd:p:{p-%d} %s", p, field);
+    long long v = -1;
+    if (r && r->type == REDIS_REPLY_STRING)
+        v = atoll(r->str);
+    else if (r && r->type == REDIS_REPLY_NIL)
+        v = 0;
+    if (r)
+        freeReplyObject(r);
+    return v;
+}
+
+/* Waits until prospect p's "events" counter is `want` for every p < np.
+ * @returns true in time. */
+static bool wait_events(fx *f, int np, const int *want, int timeout_ms) {
+    int64_t end = td_test_now_ms() + timeout_ms;
+    while (td_test_now_ms() < end) {
+        bool all = true;
+        for (int p = 0; p < np && all; p++)
+            if (hget_int(f, p, "events") != want[p])
+                all = false;
+        if (all)
+            return true;
+        td_test_sleep_ms(100);
+    }
+    for (int p = 0; p < np; p++)
+        if (hget_int(f, p, "events") != want[p])
+            fprintf(stderr, "prospect p-%d: events=%lld, want %d\n", p, hget_int(f, p, "events"),
+                    want[p]);
+    return false;
+}
+
+/* Expected recommendation ids: `touchd replay` over the events sent. */
+typedef struct idset {
+    char **v;
+    size_t n;
+} idset;
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void idset_add(idset *s, const char *id) {
+    s->v = realloc(s->v, (s->n + 1) * sizeof *s->v);
+    s->v[s->n++] = strdup(id);
+}
+
+static void idset_free(idset *s) {
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i]);
+    free(s->v);
+    s->v = NULL;
+    s->n = 0;
+}
+
+static bool idset_has(const idset *s, const char *id) {
+    return bsearch(&id, s->v, s->n, sizeof *s->v, cmp_str) != NULL;
+}
+
+static void replay_ids(fx *f, idset *out) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s replay --quiet --rules %s %s", td_test_touchd_path(),
+             f->rules_dir, f->events_file);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char line[8192];
+    while (fgets(line, sizeof line, p)) {
+        json_t *j = json_loads(line, 0, NULL);
+        assert_non_null(j);
+        idset_add(out, json_string_value(json_object_get(j, "id")));
+        json_decref(j);
+    }
+    assert_int_equal(pclose(p), 0);
+    qsort(out->v, out->n, sizeof *out->v, cmp_str);
+}
+
+/* Checks: every expected id was published at least once; nothing else was.
+ * @returns the number of duplicates (ids published more than once). */
+static size_t check_recs(fx *f, td_test_reader *r, const idset *want) {
+    size_t n;
+    const td_test_msg *m = td_test_reader_msgs(r, &n);
+    idset got = {0};
+    for (size_t i = 0; i < n; i++) {
+        json_t *j = json_loads(m[i].val, 0, NULL);
+        assert_non_null(j);
+        const char *id = json_string_value(json_object_get(j, "id"));
+        assert_non_null(id);
+        if (!idset_has(want, id)) {
+            fprintf(stderr, "unexpected recommendation %s\n", m[i].val);
+            fail();
+        }
+        idset_add(&got, id);
+        json_decref(j);
+    }
+    qsort(got.v, got.n, sizeof *got.v, cmp_str);
+    size_t missing = 0, dups = 0;
+    for (size_t i = 0; i < want->n; i++)
+        if (!idset_has(&got, want->v[i]))
+            missing++;
+    for (size_t i = 1; i < got.n; i++)
+        if (strcmp(got.v[i], got.v[i - 1]) == 0)
+            dups++;
+    if (missing)
+        fprintf(stderr, "%zu expected recommendation ids missing (of %zu)\n", missing, want->n);
+    assert_int_equal(missing, 0);
+    idset_free(&got);
+    (void)f;
+    return dups;
+}
+
+/* ---------------------------------------------------------------- cases */
+
+static void test_events_to_recommendations(void **state) {
+    fx *f = *state;
+    start_touchd(f);
+    enum { NP = 5, NE = 6 };
+    for (int j = 0; j < NE; j++)
+        for (int p = 0; p < NP; p++)
+            send_event(f, p, j);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    size_t got = td_test_reader_read(r, NP * NE, 30000);
+    if (got < NP * NE)
+        dump_log(f);
+    assert_int_equal(got, NP * NE);
+
+    /* Content: rule, channel, touch, key, ruleset hash, deterministic id. */
+    idset want = {0};
+    replay_ids(f, &want);
+    assert_int_equal(want.n, NP * NE);
+    size_t n;
+    const td_test_msg *m = td_test_reader_msgs(r, &n);
+    const char *hash = NULL;
+    json_t *first = NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_t *j = json_loads(m[i].val, 0, NULL);
+        assert_non_null(j);
+        const char *pid = json_string_value(json_object_get(j, "prospect_id"));
+        assert_string_equal(m[i].key, pid);
+        const char *type =
+            json_string_value(json_object_get(json_object_get(j, "trigger"), "type"));
+        const char *rule = json_string_value(json_object_get(j, "rule"));
+        if (strcmp(type, "email.sent") == 0) {
+            assert_string_equal(rule, "t.sent");
+            assert_string_equal(json_string_value(json_object_get(j, "channel")), "email");
+            assert_string_equal(json_string_value(json_object_get(j, "touch")), "follow_up");
+            assert_string_equal(json_string_value(json_object_get(j, "note")), "test");
+        } else {
+            assert_string_equal(type, "email.opened");
+            assert_string_equal(rule, "t.opened");
+            assert_string_equal(json_string_value(json_object_get(j, "channel")), "whatsapp");
+            assert_string_equal(json_string_value(json_object_get(j, "touch")), "micro_question");
+        }
+        const char *rs = json_string_value(json_object_get(j, "ruleset"));
+        assert_non_null(rs);
+        assert_int_equal(strncmp(rs, "sha256:", 7), 0);
+        if (!first) {
+            first = j;
+            hash = rs;
+        } else {
+            assert_string_equal(rs, hash);
+            json_decref(j);
+        }
+    }
+    assert_int_equal(check_recs(f, r, &want), 0); /* no duplicates in a calm run */
+    /* The daemon logs the hash it serves. */
+    assert_non_null(hash);
+    char needle[128];
+    snprintf(needle, sizeof needle, "ruleset=%s", hash ? hash : "");
+    assert_true(td_test_count_in_file(f->log, needle) >= 1);
+    json_decref(first);
+
+    /* The Redis hash holds the state (HGETALL, as ops would read it). */
+    redisReply *h = td_test_redis_cmd(&f->redis, "HGETALL touchd:p:{p-1}");
+    assert_non_null(h);
+    assert_int_equal(h->type, REDIS_REPLY_ARRAY);
+    bool seen_events = false, seen_sent = false, seen_opened = false, seen_owner = false,
+         seen_v = false;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const char *k = h->element[i]->str, *v = h->element[i + 1]->str;
+        if (strcmp(k, "events") == 0)
+            seen_events = strcmp(v, "6") == 0;
+        else if (strcmp(k, "email.sent") == 0)
+            seen_sent = strcmp(v, "3") == 0;
+        else if (strcmp(k, "email.opened") == 0)
+            seen_opened = strcmp(v, "3") == 0;
+        else if (strcmp(k, "owner_id") == 0)
+            seen_owner = strcmp(v, "rep-1") == 0;
+        else if (strcmp(k, "v") == 0)
+            seen_v = atoi(v) >= 1;
+    }
+    freeReplyObject(h);
+    assert_true(seen_events && seen_sent && seen_opened && seen_owner && seen_v);
+
+    /* Nothing on the dead-letter topic. */
+    td_test_reader *d = td_test_reader_new(&f->kafka, T_DLQ);
+    assert_int_equal(td_test_reader_drain(d, 500), 0);
+    td_test_reader_free(d);
+    td_test_reader_free(r);
+    idset_free(&want);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+static void test_dead_letters(void **state) {
+    fx *f = *state;
+    start_touchd(f);
+    /* All on key p-0: one partition, so the bad ones sit between good ones. */
+    static const char *bad[] = {
+        "this is not json",
+        "{\"id\":\"e-x1\",\"type\":\"email.teleported\",\"prospect_id\":\"p-0\","
+        "\"occurred_at\":\"2026-10-01T00:00:00Z\"}",
+        "{\"type\":\"email.sent\",\"prospect_id\":\"p-0\",\"occurred_at\":\"2026-10-01T00:00:00Z\"}",
+    };
+    send_event(f, 0, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(td_test_kafka_produce(&f->kafka, T_IN, "p-0", bad[i], strlen(bad[i])), 0);
+    send_event(f, 0, 1);
+    send_event(f, 0, 2);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+
+    td_test_reader *d = td_test_reader_new(&f->kafka, T_DLQ);
+    size_t got = td_test_reader_read(d, 3, 30000);
+    if (got != 3)
+        dump_log(f);
+    assert_int_equal(got, 3);
+    size_t n;
+    const td_test_msg *m = td_test_reader_msgs(d, &n);
+    for (size_t i = 0; i < n; i++) {
+        /* In order (one partition), original bytes and key, all headers. */
+        assert_string_equal(m[i].val, bad[i]);
+        assert_string_equal(m[i].key, "p-0");
+        const char *reason = td_test_msg_header(&m[i], "touchd-reason");
+        assert_non_null(reason);
+        assert_true(strlen(reason) > 0);
+        assert_non_null(td_test_msg_header(&m[i], "touchd-field"));
+        assert_string_equal(td_test_msg_header(&m[i], "touchd-source-topic"), T_IN);
+        assert_non_null(td_test_msg_header(&m[i], "touchd-source-partition"));
+        assert_string_equal(td_test_msg_header(&m[i], "touchd-source-offset"),
+                            i == 0 ? "1" : i == 1 ? "2" : "3");
+    }
+    assert_string_equal(td_test_msg_header(&m[1], "touchd-field"), "type");
+    assert_string_equal(td_test_msg_header(&m[2], "touchd-field"), "id");
+
+    /* The later valid events were applied: not blocked. */
+    int want[1] = {3};
+    assert_true(wait_events(f, 1, want, 20000));
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    assert_int_equal(td_test_reader_read(r, 3, 20000), 3);
+    td_test_reader_free(r);
+    td_test_reader_free(d);
+    assert_true(td_test_count_in_file(f->log, "event rejected to dead-letter topic") == 3);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+static const char *rec_hash(const td_test_msg *m, char *buf, size_t cap) {
+    json_t *j = json_loads(m->val, 0, NULL);
+    assert_non_null(j);
+    const char *rs = json_string_value(json_object_get(j, "ruleset"));
+    snprintf(buf, cap, "%s", rs ? rs : "(none)");
+    json_decref(j);
+    return buf;
+}
+
+static void test_sighup_reload(void **state) {
+    fx *f = *state; /* reload_poll_ms = 0: only SIGHUP reloads */
+    start_touchd(f);
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    send_event(f, 0, 0);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    assert_int_equal(td_test_reader_read(r, 1, 30000), 1);
+    size_t n;
+    char ha[128], h[128];
+    rec_hash(&td_test_reader_msgs(r, &n)[0], ha, sizeof ha);
+
+    /* A broken ruleset: rejected with diagnostics, the old one serves on. */
+    write_rules(f, RULES_BROKEN);
+    kill(f->touchd.pid, SIGHUP);
+    assert_true(td_test_wait_file(f->log, "reload failed, previous ruleset keeps serving", 1,
+                                  10000));
+    assert_true(td_test_count_in_file(f->log, "msg=\"rules diagnostic\"") >= 1);
+    assert_true(td_test_count_in_file(f->log, "emial.sent") >= 1);
+    send_event(f, 0, 1);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    assert_int_equal(td_test_reader_read(r, 2, 20000), 2);
+    assert_string_equal(rec_hash(&td_test_reader_msgs(r, &n)[1], h, sizeof h), ha);
+    assert_true(td_test_touchd_alive(&f->touchd));
+
+    /* A good new ruleset: switches; new recommendations carry its hash. */
+    write_rules(f, RULES_B);
+    kill(f->touchd.pid, SIGHUP);
+    assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
+    send_event(f, 0, 2);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    assert_int_equal(td_test_reader_read(r, 3, 20000), 3);
+    const td_test_msg *m = td_test_reader_msgs(r, &n);
+    rec_hash(&m[2], h, sizeof h);
+    assert_string_not_equal(h, ha);
+    char needle[160];
+    snprintf(needle, sizeof needle, "ruleset=%s", h);
+    assert_true(td_test_count_in_file(f->log, needle) >= 1);
+    assert_non_null(strstr(m[2].val, "\"note\":\"v2\""));
+    td_test_reader_free(r);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+static void test_rules_dir_poll(void **state) {
+    fx *f = *state; /* reload_poll_ms = 500 */
+    start_touchd(f);
+    assert_true(td_test_wait_file(f->log, "touchd running", 1, 20000));
+    write_rules(f, RULES_B);
+    assert_true(td_test_wait_file(f->log, "trigger=change", 1, 10000));
+    assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+static void test_sigterm_commits(void **state) {
+    fx *f = *state;
+    enum { NP = 4, NE = 10 };
+    start_touchd(f);
+    for (int j = 0; j < NE; j++)
+        for (int p = 0; p < NP; p++)
+            send_event(f, p, j);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    int want[NP];
+    for (int p = 0; p < NP; p++)
+        want[p] = NE;
+    if (!wait_events(f, NP, want, 30000))
+        dump_log(f);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+    assert_true(td_test_count_in_file(f->log, "offsets committed") >= 1);
+
+    int64_t committed[PARTS], end[PARTS];
+    assert_int_equal(td_test_kafka_committed(&f->kafka, GROUP, T_IN, PARTS, committed), 0);
+    assert_int_equal(td_test_kafka_end_offsets(&f->kafka, T_IN, PARTS, end), 0);
+    for (int p = 0; p < PARTS; p++)
+        assert_int_equal(committed[p], end[p] > 0 ? end[p] : committed[p]);
+
+    /* Restart: only the new events are consumed. */
+    start_touchd(f);
+    for (int p = 0; p < NP; p++)
+        send_event(f, p, NE);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    for (int p = 0; p < NP; p++)
+        want[p] = NE + 1;
+    assert_true(wait_events(f, NP, want, 30000));
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+    /* The second run's final progress line: NP events consumed, none skipped. */
+    char needle[64];
+    snprintf(needle, sizeof needle, "events=%d applied=%d skipped=0", NP, NP);
+    if (td_test_count_in_file(f->log, needle) != 1)
+        dump_log(f);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    for (int p = 0; p < NP; p++) {
+        assert_int_equal(hget_int(f, p, "email.sent"), (NE + 1 + 1) / 2);
+        assert_int_equal(hget_int(f, p, "email.opened"), (NE + 1) / 2);
+    }
+}
+
+/* Streams NP x NE events; `disrupt` is called once, when about a third of
+ * the recommendations have been published. Then checks the contract. */
+static void stream_with_disruption(fx *f, void (*disrupt)(fx *f)) {
+    enum { NP = 12, NE = 150 };
+    start_touchd(f);
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    bool disrupted = false;
+    int64_t deadline = td_test_now_ms() + 60000;
+    for (int j = 0; j < NE; j++) {
+        for (int p = 0; p < NP; p++)
+            send_event(f, p, j);
+        rd_kafka_poll(f->kafka.producer, 0);
+        td_test_sleep_ms(2); /* a stream, not a burst: ~4000 events/s */
+        if (!disrupted && j >= NE / 3) {
+            /* Wait until touchd is really in the middle of the stream. */
+            while (td_test_reader_read(r, (size_t)(NP * j) / 2, 100) < (size_t)(NP * j) / 2 &&
+                   td_test_now_ms() < deadline) {
+            }
+            disrupt(f);
+            disrupted = true;
+        }
+    }
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    int want[NP];
+    for (int p = 0; p < NP; p++)
+        want[p] = NE;
+    bool ok = wait_events(f, NP, want, 90000);
+    if (!ok)
+        dump_log(f);
+    assert_true(ok);
+    /* Exactly once: every counter equals what was sent, per prospect. */
+    for (int p = 0; p < NP; p++) {
+        assert_int_equal(hget_int(f, p, "events"), NE);
+        assert_int_equal(hget_int(f, p, "email.sent"), NE / 2);
+        assert_int_equal(hget_int(f, p, "email.opened"), NE / 2);
+    }
+    /* At least once: every expected recommendation id was published. */
+    idset want_ids = {0};
+    replay_ids(f, &want_ids);
+    assert_int_equal(want_ids.n, NP * NE);
+    td_test_reader_read(r, want_ids.n, 30000);
+    td_test_reader_drain(r, 500);
+    size_t dups = check_recs(f, r, &want_ids);
+    size_t n;
+    td_test_reader_msgs(r, &n);
+    fprintf(stderr, "[ info ] %zu events, %zu recommendations published (%zu re-published)\n",
+            (size_t)NP * NE, n, dups);
+    idset_free(&want_ids);
+    td_test_reader_free(r);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+static void disrupt_kill_touchd(fx *f) {
+    td_test_touchd_kill(&f->touchd); /* kill -9 mid-stream */
+    fprintf(stderr, "[ info ] touchd killed with SIGKILL\n");
+    td_test_sleep_ms(300);
+    start_touchd(f);
+}
+
+static void test_kill9_restart(void **state) {
+    fx *f = *state;
+    stream_with_disruption(f, disrupt_kill_touchd);
+    assert_true(td_test_count_in_file(f->log, "touchd starting") == 2);
+}
+
+static void disrupt_kill_redis(fx *f) {
+    td_test_redis_kill(&f->redis);
+    fprintf(stderr, "[ info ] redis-server killed with SIGKILL\n");
+    td_test_sleep_ms(1500);
+    assert_int_equal(td_test_redis_restart(&f->redis), 0);
+    fprintf(stderr, "[ info ] redis-server restarted\n");
+}
+
+static void test_redis_restart(void **state) {
+    fx *f = *state;
+    stream_with_disruption(f, disrupt_kill_redis);
+    assert_true(td_test_count_in_file(f->log, "redis unavailable, holding the batch") >= 1);
+    assert_true(td_test_count_in_file(f->log, "redis available again") >= 1);
+    assert_true(td_test_count_in_file(f->log, "touchd starting") == 1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_events_to_recommendations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sighup_reload, setup_nopoll, teardown),
+        cmocka_unit_test_setup_teardown(test_rules_dir_poll, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
