@@ -22,6 +22,9 @@ static void usage(FILE *f) {
             "  check RULES...       validate rules files; exit 0 when clean, 1 with diagnostics\n"
             "  replay --rules DIR FILE.jsonl|-\n"
             "                       events through the rules offline; recommendations on stdout\n"
+            "  test RULES...        run the rules' test files (*.test beside the rules)\n"
+            "  explain --rules DIR --events FILE.jsonl --prospect ID [--at EVENT_ID | --now TIME]\n"
+            "                       why each rule did or did not fire for a prospect\n"
             "\n"
             "`touchd COMMAND --help` describes each command. Documentation: docs/cli.md.\n"
             "Options: -h, --help; -V, --version.\n");
@@ -44,6 +47,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "check") == 0) return td_cmd_check(argc - 1, argv + 1);
     if (strcmp(cmd, "replay") == 0) return td_cmd_replay(argc - 1, argv + 1);
     if (strcmp(cmd, "run") == 0) return td_cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "test") == 0) return td_cmd_test(argc - 1, argv + 1);
+    if (strcmp(cmd, "explain") == 0) return td_cmd_explain(argc - 1, argv + 1);
     fprintf(stderr, "touchd: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return TD_EXIT_USAGE;

@@ -32,5 +32,7 @@ void td_print_diags(const td_diags *d, FILE *f);
 int td_cmd_check(int argc, char **argv);
 int td_cmd_replay(int argc, char **argv);
 int td_cmd_run(int argc, char **argv);     /* src/app/td_cmd_run.c */
+int td_cmd_test(int argc, char **argv);    /* src/app/td_cmd_test.c */
+int td_cmd_explain(int argc, char **argv); /* src/app/td_cmd_explain.c */
 
 #endif

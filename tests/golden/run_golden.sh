@@ -108,6 +108,7 @@ for dir in "${cases[@]}"; do
     continue # not a case directory
   fi
   if ((ok)); then
+    echo "PASS $name"
     pass=$((pass + 1))
   else
     fail=$((fail + 1))

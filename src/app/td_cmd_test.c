@@ -1,0 +1,720 @@
+/*
+ * td_cmd_test.c - `touchd test RULES...`: runs the rules' own test files.
+ *
+ * Rules as code: beside `rules/ghosting.rules` lives `rules/ghosting.test`,
+ * a libconfig file of cases (format: docs/rules-testing.md, parser:
+ * td_testfile.c). Each case starts from a fresh in-memory state (optionally
+ * pre-filled), runs a timeline of events and clock advances through the real
+ * engine on a virtual clock (td_sim: timers fire when the clock passes their
+ * due time), and checks what each step produced against its expectations:
+ * the recommendations, none, or a decision (blocked by a named guard, lost in
+ * the group, in cooldown...).
+ *
+ * Output is a test runner's: `PASS file:case` or `FAIL file:case` followed by
+ * a readable diff, then the coverage (every rule and guard that no case
+ * exercised), then exactly `N passed, M failed` as the last line (CI parses
+ * it). `--junit FILE` also writes JUnit XML. Exit 0 when everything passed,
+ * 1 otherwise, 2 on usage errors.
+ *
+ * @locality main thread.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "td_cli.h"
+#include "td_engine.h"
+#include "td_sim.h"
+#include "td_testfile.h"
+#include "td_time.h"
+
+/* ---------------------------------------------------------------- collector */
+
+/* A recommendation produced during a step (ids only). */
+typedef struct got_rec {
+    const td_rule *rule;
+    td_channel channel;
+    const char *touch;
+    td_ms not_before;
+    char trigger[TD_ID_MAX + 8];
+} got_rec;
+
+/* A decision made during a step, with a one-line why for failure reports. */
+typedef struct got_dec {
+    const td_rule *rule;
+    td_outcome outcome;
+    const td_rule *by;
+    td_ms until;
+    char why[320];
+} got_dec;
+
+typedef struct collector {
+    got_rec *recs;
+    size_t nrecs, caprecs;
+    got_dec *decs;
+    size_t ndecs, capdecs;
+    bool *covered; /* per rule index */
+    bool oom;
+} collector;
+
+static void fmt_value(const td_value *v, char *buf, size_t cap) {
+    td_value_json(v, buf, cap);
+}
+
+/* "email.unanswered >= 2 is false (email.unanswered=1); ..." for the
+ * conditions that did not hold. */
+static void why_conditions(const td_decision *d, char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = '\0';
+    for (uint32_t i = 0; i < d->nbecause && n + 1 < cap; i++) {
+        const td_because *b = &d->because[i];
+        if (b->value.type == TD_T_BOOL && !b->value.missing && b->value.u.b) continue;
+        char vb[64];
+        fmt_value(&b->value, vb, sizeof vb);
+        int w = snprintf(buf + n, cap - n, "%s`%.*s` is %s", n ? "; " : "", (int)b->len, b->expr, vb);
+        if (w < 0 || (size_t)w >= cap - n) break;
+        n += (size_t)w;
+        for (uint32_t f = 0; f < b->facts.n && n + 1 < cap; f++) {
+            fmt_value(&b->facts.v[f].value, vb, sizeof vb);
+            w = snprintf(buf + n, cap - n, "%s%s=%s%s", f ? ", " : " (", b->facts.v[f].field->name, vb,
+                         f + 1 == b->facts.n ? ")" : "");
+            if (w < 0 || (size_t)w >= cap - n) break;
+            n += (size_t)w;
+        }
+    }
+}
+
+static void describe(const td_decision *d, char *buf, size_t cap) {
+    char tb[TD_TIME_BUF];
+    switch (d->outcome) {
+    case TD_OUT_FIRED: snprintf(buf, cap, "fired"); break;
+    case TD_OUT_NOT_MATCHED: {
+        char c[280];
+        why_conditions(d, c, sizeof c);
+        snprintf(buf, cap, "not matched%s%s", c[0] ? ": " : "", c);
+        break;
+    }
+    case TD_OUT_COOLDOWN:
+        td_time_format(d->until, tb, sizeof tb);
+        snprintf(buf, cap, "in cooldown until %s", tb);
+        break;
+    case TD_OUT_BLOCKED: snprintf(buf, cap, "blocked by %s", d->by ? d->by->id : "?"); break;
+    case TD_OUT_LOST_GROUP: snprintf(buf, cap, "lost in its group to %s", d->by ? d->by->id : "?"); break;
+    case TD_OUT_ARMED:
+        td_time_format(d->until, tb, sizeof tb);
+        snprintf(buf, cap, "timer armed, due %s", tb);
+        break;
+    case TD_OUT_ERROR: snprintf(buf, cap, "error: %s", d->error); break;
+    }
+}
+
+static void collect(void *ud, const td_sim *sim, const td_trigger *trig, const td_step_out *out) {
+    (void)sim;
+    collector *c = ud;
+    for (uint32_t i = 0; i < out->nrecs; i++) {
+        if (c->nrecs == c->caprecs) {
+            size_t cap = c->caprecs ? c->caprecs * 2 : 16;
+            got_rec *v = realloc(c->recs, cap * sizeof *v);
+            if (!v) {
+                c->oom = true;
+                return;
+            }
+            c->recs = v;
+            c->caprecs = cap;
+        }
+        const td_rec *r = &out->recs[i];
+        got_rec *g = &c->recs[c->nrecs++];
+        g->rule = r->rule;
+        g->channel = r->channel;
+        g->touch = r->touch;
+        g->not_before = r->not_before;
+        if (trig->kind == TD_TRIG_EVENT) snprintf(g->trigger, sizeof g->trigger, "%s", trig->ev->id);
+        else snprintf(g->trigger, sizeof g->trigger, "timer");
+        if (c->covered) c->covered[r->rule->index] = true;
+    }
+    for (uint32_t i = 0; i < out->ndecisions; i++) {
+        const td_decision *d = &out->decisions[i];
+        if (c->ndecs == c->capdecs) {
+            size_t cap = c->capdecs ? c->capdecs * 2 : 32;
+            got_dec *v = realloc(c->decs, cap * sizeof *v);
+            if (!v) {
+                c->oom = true;
+                return;
+            }
+            c->decs = v;
+            c->capdecs = cap;
+        }
+        got_dec *g = &c->decs[c->ndecs++];
+        g->rule = d->rule;
+        g->outcome = d->outcome;
+        g->by = d->by;
+        g->until = d->until;
+        describe(d, g->why, sizeof g->why);
+        if (c->covered && d->outcome == TD_OUT_BLOCKED && d->by) c->covered[d->by->index] = true;
+    }
+}
+
+/* ---------------------------------------------------------------- checking */
+
+static void rec_line(td_buf *b, const char *mark, const td_rule *rule, td_channel ch,
+                     const char *touch, td_ms nb, const char *trigger) {
+    char tb[TD_TIME_BUF] = "*";
+    if (nb != TD_MS_MISSING) td_time_format(nb, tb, sizeof tb);
+    td_buf_printf(b, "        %s %-36s %-9s %-17s %s", mark, rule->id,
+                  ch == TD_CH_NONE ? "*" : td_channel_name(ch), touch ? touch : "*", tb);
+    if (trigger) td_buf_printf(b, "  (trigger %s)", trigger);
+    td_buf_append(b, "\n", 1);
+}
+
+static bool rec_matches(const tf_rec_exp *e, const got_rec *g) {
+    return e->rule == g->rule && (e->channel == TD_CH_NONE || e->channel == g->channel) &&
+           (!e->touch || strcmp(e->touch, g->touch) == 0) &&
+           (e->not_before == TD_MS_MISSING || e->not_before == g->not_before);
+}
+
+/* Why `rule` did not produce what was expected, from the step's decisions. */
+static void explain_rule(td_buf *b, const collector *c, const td_rule *rule) {
+    bool any = false;
+    for (size_t i = 0; i < c->ndecs; i++) {
+        if (c->decs[i].rule != rule) continue;
+        td_buf_printf(b, "        why %s: %s\n", rule->id, c->decs[i].why);
+        any = true;
+    }
+    if (!any)
+        td_buf_printf(b, "        why %s: not evaluated (its `on` does not match this step's "
+                         "triggers, or no timer of it came due)\n",
+                      rule->id);
+}
+
+static const char *step_label(const tf_step *st, char *buf, size_t cap) {
+    if (st->nevents == 1)
+        snprintf(buf, cap, "%s %s", td_event_type_name(st->events[0].type), st->events[0].id);
+    else if (st->nevents > 1)
+        snprintf(buf, cap, "%zu events", st->nevents);
+    else {
+        char tb[TD_TIME_BUF];
+        td_time_format(st->advance_to, tb, sizeof tb);
+        snprintf(buf, cap, "advance to %s", tb);
+    }
+    return buf;
+}
+
+/* Checks one step; appends a report to b on failure. @returns true if it passed. */
+static bool check_step(const tf_file *f, size_t si, const tf_step *st, const collector *c,
+                       td_buf *b) {
+    char label[200];
+    step_label(st, label, sizeof label);
+    bool ok = true;
+    if (st->check_recs) {
+        bool *used = calloc(c->nrecs + 1, sizeof *used);
+        bool *met = calloc(st->nrecs + 1, sizeof *met);
+        if (!used || !met) {
+            free(used);
+            free(met);
+            td_buf_printf(b, "    step %zu: out of memory\n", si + 1);
+            return false;
+        }
+        size_t missing = 0, extra = 0;
+        for (size_t e = 0; e < st->nrecs; e++)
+            for (size_t g = 0; g < c->nrecs && !met[e]; g++)
+                if (!used[g] && rec_matches(&st->recs[e], &c->recs[g])) used[g] = met[e] = true;
+        for (size_t e = 0; e < st->nrecs; e++) missing += !met[e];
+        for (size_t g = 0; g < c->nrecs; g++) extra += !used[g];
+        if (missing || extra) {
+            ok = false;
+            td_buf_printf(b, "    step %zu (%s:%d, %s): recommendations differ (- expected, + actual)\n",
+                          si + 1, f->path, st->line, label);
+            if (st->nrecs == 0) td_buf_printf(b, "        - (none)\n");
+            for (size_t e = 0; e < st->nrecs; e++)
+                rec_line(b, met[e] ? " " : "-", st->recs[e].rule, st->recs[e].channel,
+                         st->recs[e].touch, st->recs[e].not_before, NULL);
+            for (size_t g = 0; g < c->nrecs; g++)
+                if (!used[g])
+                    rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
+                             c->recs[g].not_before, c->recs[g].trigger);
+            if (c->nrecs == 0) td_buf_printf(b, "        + (none)\n");
+            for (size_t e = 0; e < st->nrecs; e++) {
+                if (met[e]) continue;
+                bool fired = false;
+                for (size_t g = 0; g < c->nrecs; g++) fired |= c->recs[g].rule == st->recs[e].rule;
+                if (!fired) explain_rule(b, c, st->recs[e].rule);
+            }
+        }
+        free(used);
+        free(met);
+    }
+    for (size_t k = 0; k < st->nouts; k++) {
+        const tf_out_exp *x = &st->outs[k];
+        bool found = false;
+        for (size_t i = 0; i < c->ndecs && !found; i++) {
+            const got_dec *d = &c->decs[i];
+            found = d->rule == x->rule && d->outcome == x->outcome && (!x->by || d->by == x->by) &&
+                    (x->until == TD_MS_MISSING || d->until == x->until);
+        }
+        if (found) continue;
+        ok = false;
+        char want[160], tb[TD_TIME_BUF];
+        int n = snprintf(want, sizeof want, "%s", td_outcome_name(x->outcome));
+        if (x->by && n > 0)
+            n += snprintf(want + n, sizeof want - (size_t)n, " by %s", x->by->id);
+        if (x->until != TD_MS_MISSING && n > 0 && (size_t)n < sizeof want) {
+            td_time_format(x->until, tb, sizeof tb);
+            snprintf(want + n, sizeof want - (size_t)n, " until %s", tb);
+        }
+        td_buf_printf(b, "    step %zu (%s:%d, %s): expected %s to be %s\n", si + 1, f->path,
+                      x->line, label, x->rule->id, want);
+        explain_rule(b, c, x->rule);
+    }
+    for (size_t k = 0; k < st->nnots; k++) {
+        for (size_t g = 0; g < c->nrecs; g++) {
+            if (c->recs[g].rule != st->nots[k]) continue;
+            ok = false;
+            td_buf_printf(b, "    step %zu (%s:%d, %s): %s fired, expected it not to\n", si + 1,
+                          f->path, st->line, label, st->nots[k]->id);
+            rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
+                     c->recs[g].not_before, c->recs[g].trigger);
+            break;
+        }
+    }
+    return ok;
+}
+
+/* Marks the rules and guards a case names in its expectations. */
+static void cover_named(const tf_case *tc, bool *covered) {
+    for (size_t s = 0; s < tc->nsteps; s++) {
+        const tf_step *st = &tc->steps[s];
+        for (size_t i = 0; i < st->nrecs; i++) covered[st->recs[i].rule->index] = true;
+        for (size_t i = 0; i < st->nouts; i++) {
+            covered[st->outs[i].rule->index] = true;
+            if (st->outs[i].by) covered[st->outs[i].by->index] = true;
+        }
+        for (size_t i = 0; i < st->nnots; i++) covered[st->nots[i]->index] = true;
+    }
+}
+
+/* Runs one case. @returns 1 passed, 0 failed, -1 out of memory. */
+static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const tf_case *tc,
+                    bool *covered, td_buf *report) {
+    td_sim sim;
+    if (td_sim_init(&sim, rs, tz, NULL, &tc->init, tc->start, TD_STEP_EXPLAIN) != TD_OK) return -1;
+    collector col = {.covered = covered};
+    sim.fn = collect;
+    sim.ud = &col;
+    int rc = 1;
+    for (size_t i = 0; i < tc->nsetup && rc >= 0; i++)
+        if (td_sim_event(&sim, &tc->setup[i], 0) != TD_OK) rc = -1;
+    for (size_t s = 0; s < tc->nsteps && rc >= 0; s++) {
+        const tf_step *st = &tc->steps[s];
+        col.nrecs = col.ndecs = 0;
+        for (size_t i = 0; i < st->nevents && rc >= 0; i++)
+            if (td_sim_event(&sim, &st->events[i], 0) != TD_OK) rc = -1;
+        if (rc >= 0 && st->advance_to != TD_MS_MISSING && td_sim_advance(&sim, st->advance_to) != TD_OK)
+            rc = -1;
+        if (col.oom) rc = -1;
+        if (rc < 0) break;
+        if (!check_step(f, s, st, &col, report)) rc = 0;
+    }
+    cover_named(tc, covered);
+    free(col.recs);
+    free(col.decs);
+    td_sim_free(&sim);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- JUnit */
+
+typedef struct result {
+    const char *file; /* borrowed from the tf_file list */
+    char *name;       /* owned; NULL for a file-level failure */
+    bool passed;
+    double seconds;
+    char *report; /* owned; failure text */
+} result;
+
+/* XML text: escapes markup, drops bytes XML 1.0 cannot carry, replaces
+ * invalid UTF-8 with '?'. */
+static void xml_text(FILE *o, const char *s) {
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    while (*p) {
+        unsigned char c = *p;
+        if (c == '&') fputs("&amp;", o);
+        else if (c == '<') fputs("&lt;", o);
+        else if (c == '>') fputs("&gt;", o);
+        else if (c == '"') fputs("&quot;", o);
+        else if (c == '\'') fputs("&apos;", o);
+        else if (c < 0x20 && c != '\n' && c != '\t' && c != '\r') fputc('?', o);
+        else if (c < 0x80) fputc(c, o);
+        else {
+            size_t n = c >= 0xf0 && c < 0xf5 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+            size_t k = 1;
+            while (n && k < n && (p[k] & 0xc0) == 0x80) k++;
+            if (n && k == n) {
+                fwrite(p, 1, n, o);
+                p += n;
+                continue;
+            }
+            fputc('?', o);
+        }
+        p++;
+    }
+}
+
+static int write_junit(const char *path, const result *res, size_t nres, const char *const *files,
+                       size_t nfiles, const char *coverage_failure) {
+    FILE *o = fopen(path, "w");
+    if (!o) {
+        fprintf(stderr, "touchd test: cannot write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    size_t total = 0, failed = 0;
+    for (size_t i = 0; i < nres; i++) {
+        total++;
+        failed += !res[i].passed;
+    }
+    if (coverage_failure) {
+        total++;
+        failed++;
+    }
+    fprintf(o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    fprintf(o, "<testsuites name=\"touchd test\" tests=\"%zu\" failures=\"%zu\" errors=\"0\">\n", total,
+            failed);
+    for (size_t fi = 0; fi < nfiles; fi++) {
+        size_t t = 0, fl = 0;
+        double secs = 0;
+        for (size_t i = 0; i < nres; i++)
+            if (res[i].file == files[fi]) {
+                t++;
+                fl += !res[i].passed;
+                secs += res[i].seconds;
+            }
+        fputs("  <testsuite name=\"", o);
+        xml_text(o, files[fi]);
+        fprintf(o, "\" tests=\"%zu\" failures=\"%zu\" errors=\"0\" time=\"%.3f\">\n", t, fl, secs);
+        for (size_t i = 0; i < nres; i++) {
+            if (res[i].file != files[fi]) continue;
+            fputs("    <testcase classname=\"", o);
+            xml_text(o, files[fi]);
+            fputs("\" name=\"", o);
+            xml_text(o, res[i].name ? res[i].name : "(file)");
+            fprintf(o, "\" time=\"%.3f\"", res[i].seconds);
+            if (res[i].passed) {
+                fputs("/>\n", o);
+                continue;
+            }
+            fputs(">\n      <failure message=\"", o);
+            xml_text(o, res[i].name ? "expectations not met" : "the test file has errors");
+            fputs("\" type=\"touchd.test\">", o);
+            xml_text(o, res[i].report);
+            fputs("</failure>\n    </testcase>\n", o);
+        }
+        fputs("  </testsuite>\n", o);
+    }
+    if (coverage_failure) {
+        fputs("  <testsuite name=\"coverage\" tests=\"1\" failures=\"1\" errors=\"0\">\n"
+              "    <testcase classname=\"coverage\" name=\"require-coverage\">\n"
+              "      <failure message=\"rules or guards not exercised\" type=\"touchd.coverage\">",
+              o);
+        xml_text(o, coverage_failure);
+        fputs("</failure>\n    </testcase>\n  </testsuite>\n", o);
+    }
+    fputs("</testsuites>\n", o);
+    if (fclose(o) != 0) {
+        fprintf(stderr, "touchd test: write error on %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- command */
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: touchd test [options] RULES...\n"
+            "\n"
+            "Runs the rules' test files. RULES are directories (their *.rules files are the\n"
+            "ruleset, their *.test files the tests), *.rules files and *.test files. With\n"
+            "only test files, the rules are the *.rules files of their directories.\n"
+            "Format of the test files: docs/rules-testing.md.\n"
+            "\n"
+            "  --junit FILE          also write the results as JUnit XML to FILE\n"
+            "  --require-coverage    fail when a rule or guard is exercised by no case\n"
+            "  -k, --filter TEXT     run only the cases whose name contains TEXT\n"
+            "  -q, --quiet           print only failures, the coverage and the summary\n"
+            "  -h, --help            this help\n"
+            "\n"
+            "Prints PASS/FAIL file:case per case, a diff for each failure, the rules and\n"
+            "guards no case exercised, and `N passed, M failed` as the last line.\n"
+            "Exit status: 0 all passed, 1 a failure (or the rules do not compile, or a test\n"
+            "file has errors, or coverage is required and incomplete), 2 usage error.\n");
+}
+
+typedef struct strv {
+    char **v;
+    size_t n, cap;
+} strv;
+
+static int strv_add(strv *s, const char *x) {
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->v[i], x) == 0) return 0;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 8;
+        char **v = realloc(s->v, cap * sizeof *v);
+        if (!v) return -1;
+        s->v = v;
+        s->cap = cap;
+    }
+    if (!(s->v[s->n] = strdup(x))) return -1;
+    s->n++;
+    return 0;
+}
+
+static void strv_free(strv *s) {
+    for (size_t i = 0; i < s->n; i++) free(s->v[i]);
+    free(s->v);
+}
+
+static bool ends_with(const char *s, const char *sfx) {
+    size_t n = strlen(s), k = strlen(sfx);
+    return n >= k && strcmp(s + n - k, sfx) == 0;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Adds the *.test files of a directory, sorted. */
+static int add_dir_tests(strv *tests, const char *dir) {
+    DIR *dp = opendir(dir);
+    if (!dp) return -1;
+    strv found = {0};
+    struct dirent *e;
+    while ((e = readdir(dp))) {
+        if (e->d_name[0] == '.' || !ends_with(e->d_name, ".test") || strlen(e->d_name) < 6) continue;
+        char path[4096];
+        size_t dl = strlen(dir);
+        snprintf(path, sizeof path, "%s%s%s", dir, dl && dir[dl - 1] == '/' ? "" : "/", e->d_name);
+        if (strv_add(&found, path) != 0) break;
+    }
+    closedir(dp);
+    if (found.n) qsort(found.v, found.n, sizeof *found.v, cmp_str);
+    for (size_t i = 0; i < found.n; i++) strv_add(tests, found.v[i]);
+    strv_free(&found);
+    return 0;
+}
+
+static double mono_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int td_cmd_test(int argc, char **argv) {
+    static const struct option opts[] = {{"junit", required_argument, NULL, 'j'},
+                                         {"require-coverage", no_argument, NULL, 'c'},
+                                         {"filter", required_argument, NULL, 'k'},
+                                         {"quiet", no_argument, NULL, 'q'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *junit = NULL, *filter = NULL;
+    bool require_cov = false, quiet = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "k:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': junit = optarg; break;
+        case 'c': require_cov = true; break;
+        case 'k': filter = optarg; break;
+        case 'q': quiet = true; break;
+        case 'h': usage(stdout); return TD_EXIT_OK;
+        default: usage(stderr); return TD_EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "touchd test: give the rules directory (e.g. touchd test rules/)\n");
+        usage(stderr);
+        return TD_EXIT_USAGE;
+    }
+
+    strv rules = {0}, tests = {0};
+    int rc = TD_EXIT_OK;
+    for (int i = optind; i < argc; i++) {
+        struct stat sb;
+        const char *a = argv[i];
+        if (stat(a, &sb) != 0) {
+            fprintf(stderr, "touchd test: %s: %s\n", a, strerror(errno));
+            rc = TD_EXIT_USAGE;
+        } else if (S_ISDIR(sb.st_mode)) {
+            strv_add(&rules, a);
+            if (add_dir_tests(&tests, a) != 0) {
+                fprintf(stderr, "touchd test: cannot read directory %s: %s\n", a, strerror(errno));
+                rc = TD_EXIT_USAGE;
+            }
+        } else if (ends_with(a, ".test")) {
+            strv_add(&tests, a);
+        } else {
+            strv_add(&rules, a);
+        }
+    }
+    if (rc == TD_EXIT_OK && rules.n == 0) {
+        /* only test files: the rules are the *.rules files beside them */
+        for (size_t i = 0; i < tests.n; i++) {
+            char *d = strdup(tests.v[i]);
+            if (!d) continue;
+            char *slash = strrchr(d, '/');
+            if (slash) *slash = '\0';
+            strv_add(&rules, slash ? (d[0] ? d : "/") : ".");
+            free(d);
+        }
+    }
+    if (rc != TD_EXIT_OK) {
+        strv_free(&rules);
+        strv_free(&tests);
+        return rc;
+    }
+
+    td_diags diags = {0};
+    td_ruleset *rs = td_load_rules((const char *const *)rules.v, rules.n, &diags);
+    td_print_diags(&diags, stderr);
+    td_diags_free(&diags);
+    if (!rs) {
+        fprintf(stderr, "touchd test: the rules do not compile (touchd check shows the same "
+                        "diagnostics); no case was run\n");
+        printf("0 passed, 1 failed\n");
+        strv_free(&rules);
+        strv_free(&tests);
+        return TD_EXIT_FAIL;
+    }
+
+    size_t nr = td_ruleset_count(rs);
+    bool *covered = calloc(nr + 1, sizeof *covered);
+    tf_file *files = calloc(tests.n + 1, sizeof *files);
+    td_tzdb *tz = td_tzdb_new();
+    result *res = NULL;
+    size_t nres = 0, capres = 0, passed = 0, failed = 0;
+    char *cov_fail = NULL;
+    if (!covered || !files || !tz) {
+        fprintf(stderr, "touchd test: out of memory\n");
+        rc = TD_EXIT_FATAL;
+        goto done;
+    }
+    if (tests.n == 0)
+        fprintf(stderr, "touchd test: no *.test files found (write tests beside the rules: "
+                        "docs/rules-testing.md)\n");
+
+    for (size_t fi = 0; fi < tests.n; fi++) {
+        tf_file *f = &files[fi];
+        tf_file_parse(f, tests.v[fi], rs, filter, tz, stderr);
+        size_t need = nres + f->ncases + f->nbroken + 1;
+        if (need > capres) {
+            size_t cap = capres ? capres : 16;
+            while (cap < need) cap *= 2;
+            result *v = realloc(res, cap * sizeof *v);
+            if (!v) {
+                fprintf(stderr, "touchd test: out of memory\n");
+                rc = TD_EXIT_FATAL;
+                goto done;
+            }
+            res = v;
+            capres = cap;
+        }
+        if (f->file_errors) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s has %zu error%s outside its cases (reported on stderr "
+                     "as %s:LINE)", f->path, f->file_errors, f->file_errors == 1 ? "" : "s", f->path);
+            printf("FAIL %s\n    %s\n", f->path, msg);
+            res[nres++] = (result){.file = tests.v[fi], .passed = false, .report = strdup(msg)};
+            failed++;
+        }
+        for (size_t b = 0; b < f->nbroken; b++) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "the case has errors (reported on stderr as %s:LINE); it was "
+                     "not run", f->path);
+            printf("FAIL %s:%s\n    %s\n", f->path, f->broken[b], msg);
+            res[nres++] = (result){.file = tests.v[fi], .name = strdup(f->broken[b]),
+                                   .passed = false, .report = strdup(msg)};
+            failed++;
+        }
+        for (size_t k = 0; k < f->ncases; k++) {
+            const tf_case *tc = &f->cases[k];
+            td_buf report = {0};
+            double t0 = mono_seconds();
+            int r = run_case(rs, tz, f, tc, covered, &report);
+            double secs = mono_seconds() - t0;
+            if (r < 0) {
+                td_buf_free(&report);
+                fprintf(stderr, "touchd test: out of memory\n");
+                rc = TD_EXIT_FATAL;
+                goto done;
+            }
+            if (r == 1) {
+                passed++;
+                if (!quiet) printf("PASS %s:%s\n", f->path, tc->name);
+            } else {
+                failed++;
+                printf("FAIL %s:%s\n%s", f->path, tc->name, report.p ? report.p : "");
+            }
+            res[nres++] = (result){.file = tests.v[fi], .name = strdup(tc->name), .passed = r == 1,
+                                   .seconds = secs, .report = report.p ? strdup(report.p) : NULL};
+            td_buf_free(&report);
+        }
+    }
+
+    /* coverage */
+    {
+        size_t rules_n = 0, rules_cov = 0, guards_n = 0, guards_cov = 0;
+        for (size_t i = 0; i < nr; i++) {
+            const td_rule *r = td_ruleset_rule(rs, i);
+            if (r->guard) {
+                guards_n++;
+                guards_cov += covered[i];
+            } else {
+                rules_n++;
+                rules_cov += covered[i];
+            }
+        }
+        printf("coverage: %zu of %zu rules and %zu of %zu guards exercised\n", rules_cov, rules_n,
+               guards_cov, guards_n);
+        td_buf missing = {0};
+        for (size_t i = 0; i < nr; i++) {
+            const td_rule *r = td_ruleset_rule(rs, i);
+            if (covered[i]) continue;
+            printf("  not exercised: %s %s (%s:%d)\n", r->guard ? "guard" : "rule", r->id, r->file,
+                   r->line);
+            td_buf_printf(&missing, "%s %s (%s:%d)\n", r->guard ? "guard" : "rule", r->id, r->file,
+                          r->line);
+        }
+        if (require_cov && missing.len) {
+            printf("coverage: FAILED (--require-coverage): %zu rules and %zu guards not exercised\n",
+                   rules_n - rules_cov, guards_n - guards_cov);
+            cov_fail = missing.p;
+            missing.p = NULL;
+        }
+        td_buf_free(&missing);
+    }
+    if (junit && write_junit(junit, res, nres, (const char *const *)tests.v, tests.n, cov_fail) != 0)
+        rc = TD_EXIT_FATAL;
+    if (rc == TD_EXIT_OK && (failed || cov_fail || tests.n == 0)) rc = TD_EXIT_FAIL;
+    printf("%zu passed, %zu failed\n", passed, failed);
+
+done:
+    fflush(stdout);
+    for (size_t i = 0; i < nres; i++) {
+        free(res[i].name);
+        free(res[i].report);
+    }
+    free(res);
+    free(cov_fail);
+    for (size_t i = 0; files && i < tests.n; i++) tf_file_free(&files[i]);
+    free(files);
+    free(covered);
+    td_tzdb_free(tz);
+    td_ruleset_free(rs);
+    strv_free(&rules);
+    strv_free(&tests);
+    return rc;
+}
