@@ -30,6 +30,7 @@ typedef struct pctx {
     FILE *diag;
     size_t errors;
     bool case_ok; /* no problem in the current case so far */
+    td_buf *text; /* where the current problems are written */
     /* defaults and state of the current case */
     td_ms start;
     const char *prospect;
@@ -44,12 +45,13 @@ static int line_of(const config_setting_t *s) {
 static void perr(pctx *p, const config_setting_t *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void perr(pctx *p, const config_setting_t *s, const char *fmt, ...) {
+    char msg[768];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(p->diag, "%s:%d: error: ", p->path, line_of(s));
-    vfprintf(p->diag, fmt, ap);
-    fputc('\n', p->diag);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (p->diag) fprintf(p->diag, "%s:%d: error: %s\n", p->path, line_of(s), msg);
+    td_buf_printf(p->text, "%s:%d: error: %s\n", p->path, line_of(s), msg);
     p->errors++;
     p->case_ok = false;
 }
@@ -758,7 +760,7 @@ static bool parse_case(pctx *p, const config_setting_t *g, tf_case *c, td_ms fst
             bool checks = false;
             for (size_t i = 0; i < n; i++)
                 if (c->steps[i].check_recs || c->steps[i].nouts || c->steps[i].nnots) checks = true;
-            if (!checks)
+            if (!checks && p->case_ok)
                 perr(p, steps, "case '%s' expects nothing: add `expect`, `expect_none`, "
                                "`expect_blocked`, `expect_outcome` or `expect_not` to a step",
                      c->name);
@@ -832,6 +834,8 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
     free(text);
     const config_setting_t *root = config_root_setting(&cfg);
     size_t case_errors = 0;
+    td_buf ftext = {0};
+    p.text = &ftext;
     static const char *const keys[] = {"start", "prospect", "doc", "cases", NULL};
     check_keys(&p, root, "a test file (top level)", keys);
     td_ms fstart = TF_DEFAULT_START;
@@ -861,6 +865,8 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
             const char *nm = NULL;
             config_setting_lookup_string(g, "name", &nm);
             size_t before = p.errors;
+            td_buf ctext = {0};
+            p.text = &ctext;
             if (filter && (!nm || !strstr(nm, filter))) continue;
             tf_case *c = &f->cases[f->ncases];
             bool ok = parse_case(&p, g, c, fstart, fprospect);
@@ -874,20 +880,25 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
             if (ok) {
                 f->ncases++;
             } else {
-                char **nb = realloc(f->broken, (f->nbroken + 1) * sizeof *nb);
+                tf_broken *nb = realloc(f->broken, (f->nbroken + 1) * sizeof *nb);
                 if (nb) {
                     f->broken = nb;
-                    f->broken[f->nbroken++] = c->name;
+                    f->broken[f->nbroken].name = c->name;
+                    f->broken[f->nbroken++].errors = ctext.p;
                     c->name = NULL;
+                    ctext.p = NULL;
                 }
                 case_free(c);
             }
+            td_buf_free(&ctext);
+            p.text = &ftext;
             case_errors += p.errors - before;
         }
     }
     config_destroy(&cfg);
     f->errors = p.errors;
     f->file_errors = p.errors - case_errors;
+    f->file_text = ftext.p;
     return TD_OK;
 }
 
@@ -895,7 +906,11 @@ void tf_file_free(tf_file *f) {
     if (!f) return;
     for (size_t i = 0; i < f->ncases; i++) case_free(&f->cases[i]);
     free(f->cases);
-    for (size_t i = 0; i < f->nbroken; i++) free(f->broken[i]);
+    for (size_t i = 0; i < f->nbroken; i++) {
+        free(f->broken[i].name);
+        free(f->broken[i].errors);
+    }
+    free(f->file_text);
     free(f->broken);
     free(f->path);
     memset(f, 0, sizeof *f);

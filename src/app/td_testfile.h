@@ -62,20 +62,29 @@ typedef struct tf_case {
     size_t nsteps;
 } tf_case;
 
+/* A case that has problems: its name and its "path:line: error: ..." lines. */
+typedef struct tf_broken {
+    char *name;
+    char *errors;
+} tf_broken;
+
 typedef struct tf_file {
     char *path;
     tf_case *cases;
     size_t ncases;
-    char **broken; /* names of the cases left out because of a problem */
+    tf_broken *broken; /* the cases left out because of a problem */
     size_t nbroken;
-    size_t errors;      /* problems reported while parsing */
+    size_t errors;      /* problems found while parsing */
     size_t file_errors; /* of which outside any case (or the file is unreadable) */
+    char *file_text;    /* those, one "path:line: error: ..." line each (or NULL) */
 } tf_file;
 
 /*
- * Parses the test file at `path` against `rs`. Every problem is printed on
- * `diag` as "path:line: error: what; how to fix" and counted in f->errors; a
- * case with a problem is left out of f->cases, the other cases are kept.
+ * Parses the test file at `path` against `rs`. Every problem is recorded as
+ * "path:line: error: what; how to fix" (in f->broken[].errors for a case, in
+ * f->file_text outside cases), also printed on `diag` when not NULL, and
+ * counted in f->errors; a case with a problem is left out of f->cases, the
+ * other cases are kept.
  * `filter`, when not NULL, keeps only cases whose name contains it.
  * @returns TD_OK, or TD_ERR when the file cannot be read or is not valid
  * libconfig (reported too; f->errors >= 1). Free with tf_file_free either way.
