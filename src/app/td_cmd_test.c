@@ -507,6 +507,17 @@ static int add_dir_tests(strv *tests, const char *dir) {
     return 0;
 }
 
+/* Appends each line of text, indented by four spaces. */
+static void indent(td_buf *b, const char *text) {
+    const char *p = text ? text : "";
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        td_buf_printf(b, "    %.*s\n", (int)n, p);
+        p += n + (nl ? 1 : 0);
+    }
+}
+
 static double mono_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -608,7 +619,7 @@ int td_cmd_test(int argc, char **argv) {
 
     for (size_t fi = 0; fi < tests.n; fi++) {
         tf_file *f = &files[fi];
-        tf_file_parse(f, tests.v[fi], rs, filter, tz, stderr);
+        tf_file_parse(f, tests.v[fi], rs, filter, tz, NULL);
         size_t need = nres + f->ncases + f->nbroken + 1;
         if (need > capres) {
             size_t cap = capres ? capres : 16;
@@ -623,20 +634,20 @@ int td_cmd_test(int argc, char **argv) {
             capres = cap;
         }
         if (f->file_errors) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "%s has %zu error%s outside its cases (reported on stderr "
-                     "as %s:LINE)", f->path, f->file_errors, f->file_errors == 1 ? "" : "s", f->path);
-            printf("FAIL %s\n    %s\n", f->path, msg);
-            res[nres++] = (result){.file = tests.v[fi], .passed = false, .report = strdup(msg)};
+            td_buf msg = {0};
+            indent(&msg, f->file_text);
+            td_buf_printf(&msg, "    the file has errors outside its cases: fix them first\n");
+            printf("FAIL %s\n%s", f->path, msg.p ? msg.p : "");
+            res[nres++] = (result){.file = tests.v[fi], .passed = false, .report = msg.p};
             failed++;
         }
         for (size_t b = 0; b < f->nbroken; b++) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "the case has errors (reported on stderr as %s:LINE); it was "
-                     "not run", f->path);
-            printf("FAIL %s:%s\n    %s\n", f->path, f->broken[b], msg);
-            res[nres++] = (result){.file = tests.v[fi], .name = strdup(f->broken[b]),
-                                   .passed = false, .report = strdup(msg)};
+            td_buf msg = {0};
+            indent(&msg, f->broken[b].errors);
+            td_buf_printf(&msg, "    the case has errors in the test file; it was not run\n");
+            printf("FAIL %s:%s\n%s", f->path, f->broken[b].name, msg.p ? msg.p : "");
+            res[nres++] = (result){.file = tests.v[fi], .name = strdup(f->broken[b].name),
+                                   .passed = false, .report = msg.p};
             failed++;
         }
         for (size_t k = 0; k < f->ncases; k++) {

@@ -801,6 +801,22 @@ static char *read_all(const char *path, size_t *len) {
     return buf;
 }
 
+static int file_fail(tf_file *f, FILE *diag, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int file_fail(tf_file *f, FILE *diag, const char *fmt, ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (diag) fprintf(diag, "%s\n", msg);
+    td_buf b = {0};
+    td_buf_printf(&b, "%s\n", msg);
+    f->file_text = b.p;
+    f->errors = f->file_errors = 1;
+    return TD_ERR;
+}
+
 int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char *filter,
                   td_tzdb *tz, FILE *diag) {
     memset(f, 0, sizeof *f);
@@ -810,25 +826,21 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
     size_t len = 0;
     char *text = read_all(path, &len);
     if (!text) {
-        fprintf(diag, "%s:0: error: cannot read the test file\n", path);
-        f->errors = f->file_errors = 1;
-        return TD_ERR;
+        return file_fail(f, diag, "%s:0: error: cannot read the test file", path);
     }
     if (strlen(text) != len) {
-        fprintf(diag, "%s:0: error: the test file contains a NUL byte\n", path);
         free(text);
-        f->errors = f->file_errors = 1;
-        return TD_ERR;
+        return file_fail(f, diag, "%s:0: error: the test file contains a NUL byte", path);
     }
     config_t cfg;
     config_init(&cfg);
     if (config_read_string(&cfg, text) != CONFIG_TRUE) {
-        fprintf(diag, "%s:%d: error: %s (libconfig syntax: `key = value;`, groups { }, lists ( ), "
-                      "strings in double quotes)\n",
-                path, config_error_line(&cfg), config_error_text(&cfg));
+        file_fail(f, diag,
+                  "%s:%d: error: %s (libconfig syntax: `key = value;`, groups { }, lists ( ), "
+                  "strings in double quotes)",
+                  path, config_error_line(&cfg), config_error_text(&cfg));
         config_destroy(&cfg);
         free(text);
-        f->errors = f->file_errors = 1;
         return TD_ERR;
     }
     free(text);

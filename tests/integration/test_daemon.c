@@ -643,5 +643,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_kill9_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
     };
+    /* TD_TEST_FILTER=test_kill9* runs a subset (cmocka glob). */
+    if (getenv("TD_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
