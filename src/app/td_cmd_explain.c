@@ -1,2 +1,1014 @@
+/*
+ * td_cmd_explain.c - `touchd explain`: why each rule did or did not fire for
+ * one prospect, at one trigger.
+ *
+ * Offline mode: the prospect's state comes from an event history (JSON lines,
+ * only that prospect's events are applied, through the real engine on a
+ * virtual clock, timers included: td_sim) or from a state file (the flat
+ * form of docs/state.md). Then one trigger is explained with TD_STEP_EXPLAIN:
+ *
+ *   --at EVENT_ID   that event of the history (default: the last one); the
+ *                   history after it is not applied;
+ *   --event JSON    a hypothetical event after the history ("what if");
+ *   --now TIME      a "now" evaluation: the timers due by TIME fire, then
+ *                   every rule is evaluated against the final state as a
+ *                   timer trigger would evaluate it (event.* missing, guards
+ *                   that judge timer triggers).
+ *
+ * For each rule: fired / not matched / cooldown (until) / blocked (guard,
+ * reason) / lost in its group (winner) / timer armed (due) / error / not
+ * triggered, with each top-level condition of `when`, its value and the facts
+ * it read; for each guard what it blocked and, for a block, its own
+ * conditions. Human-readable by default, JSON with --json (shape in
+ * docs/cli.md). Ids only: no event payload text is printed.
+ *
+ * Where the state comes from is a table of sources (explain_sources): the
+ * daemon-backed source (the state in Redis, with the daemon's config) is one
+ * more entry with the same signature.
+ *
+ * @locality main thread.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
 #include "td_cli.h"
-int td_cmd_explain(int argc, char **argv) { (void)argc; (void)argv; return 2; }
+#include "td_engine.h"
+#include "td_sim.h"
+#include "td_time.h"
+
+/* ---------------------------------------------------------------- options */
+
+typedef enum explain_source_kind {
+    EXPLAIN_SRC_EVENTS = 0, /* --events FILE.jsonl */
+    EXPLAIN_SRC_STATE_FILE, /* --state FILE */
+    EXPLAIN_SRC__COUNT      /* the daemon-backed source (Redis) comes here */
+} explain_source_kind;
+
+typedef struct explain_opts {
+    const char *rules[64];
+    size_t nrules;
+    explain_source_kind source;
+    const char *events_path;
+    const char *state_path;
+    const char *prospect;
+    const char *at_id;
+    const char *event_json; /* --event */
+    td_ms now;              /* --now, TD_MS_MISSING when not given */
+    bool json;
+    int marks; /* 0 auto, 1 ascii, 2 unicode */
+} explain_opts;
+
+/* What a source hands over: the simulation positioned just before the
+ * trigger, and the trigger event when there is one. */
+typedef struct explain_input {
+    td_sim sim;
+    bool sim_ready;
+    td_event target;
+    bool has_target;
+    uint64_t history;     /* events applied before the trigger */
+    uint64_t history_all; /* events of the prospect in the source */
+    uint64_t rejected;    /* undecodable lines in the source */
+    char origin[160];     /* where the state came from, for the header */
+} explain_input;
+
+typedef int (*explain_source_fn)(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz,
+                                 explain_input *in, char *err, size_t errcap);
+
+/* ---------------------------------------------------------------- sources */
+
+static int read_lines(const char *path, int (*fn)(void *ud, const char *line, size_t len, uint64_t lineno),
+                      void *ud, char *err, size_t errcap) {
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errcap, "cannot open %s: %s", path, strerror(errno));
+        return TD_ERR;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    uint64_t lineno = 0;
+    int rc = TD_OK;
+    while (rc == TD_OK && (len = getline(&line, &cap, f)) != -1) {
+        lineno++;
+        size_t l = (size_t)len;
+        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r')) l--;
+        line[l] = '\0';
+        rc = fn(ud, line, l, lineno);
+    }
+    if (rc == TD_OK && ferror(f)) {
+        snprintf(err, errcap, "read error on %s: %s", path, strerror(errno));
+        rc = TD_ERR;
+    }
+    free(line);
+    if (f != stdin) fclose(f);
+    return rc;
+}
+
+typedef struct evlist {
+    const char *prospect;
+    td_event *v;
+    size_t n, cap;
+    uint64_t rejected;
+} evlist;
+
+static int take_event(void *ud, const char *line, size_t len, uint64_t lineno) {
+    (void)lineno;
+    evlist *l = ud;
+    size_t k = 0;
+    while (k < len && (line[k] == ' ' || line[k] == '\t')) k++;
+    if (k == len) return TD_OK;
+    td_event ev;
+    td_event_error e;
+    if (td_event_decode(line, len, &ev, &e) != TD_OK) {
+        l->rejected++;
+        return TD_OK;
+    }
+    if (strcmp(ev.prospect_id, l->prospect) != 0) return TD_OK;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        td_event *v = realloc(l->v, cap * sizeof *v);
+        if (!v) return TD_ERR;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = ev;
+    return TD_OK;
+}
+
+static int decode_event_arg(const char *json, td_event *ev, char *err, size_t errcap) {
+    td_event_error e;
+    if (td_event_decode(json, strlen(json), ev, &e) != TD_OK) {
+        snprintf(err, errcap, "--event: rejected: %s%s%s", e.field, e.field[0] ? ": " : "", e.reason);
+        return TD_ERR;
+    }
+    return TD_OK;
+}
+
+/* --events FILE.jsonl: the prospect's history through the engine. */
+static int src_events(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, explain_input *in,
+                      char *err, size_t errcap) {
+    evlist l = {.prospect = o->prospect};
+    if (read_lines(o->events_path, take_event, &l, err, errcap) != TD_OK) {
+        free(l.v);
+        return TD_ERR;
+    }
+    in->rejected = l.rejected;
+    in->history_all = l.n;
+    if (l.n == 0 && !o->event_json) {
+        snprintf(err, errcap, "no event for prospect '%s' in %s", o->prospect, o->events_path);
+        free(l.v);
+        return TD_ERR;
+    }
+    size_t upto = l.n; /* events applied before the trigger */
+    if (o->at_id) {
+        size_t i = 0;
+        while (i < l.n && strcmp(l.v[i].id, o->at_id) != 0) i++;
+        if (i == l.n) {
+            snprintf(err, errcap, "no event '%s' for prospect '%s' in %s", o->at_id, o->prospect,
+                     o->events_path);
+            free(l.v);
+            return TD_ERR;
+        }
+        in->target = l.v[i];
+        in->has_target = true;
+        upto = i;
+    } else if (o->event_json) {
+        if (decode_event_arg(o->event_json, &in->target, err, errcap) != TD_OK) {
+            free(l.v);
+            return TD_ERR;
+        }
+        in->has_target = true;
+    } else if (o->now == TD_MS_MISSING) {
+        in->target = l.v[l.n - 1];
+        in->has_target = true;
+        upto = l.n - 1;
+    }
+    if (td_sim_init(&in->sim, rs, tz, o->prospect, NULL, TD_MS_MISSING, 0) != TD_OK) {
+        free(l.v);
+        snprintf(err, errcap, "out of memory");
+        return TD_ERR;
+    }
+    in->sim_ready = true;
+    for (size_t i = 0; i < upto; i++)
+        if (td_sim_event(&in->sim, &l.v[i], 0) != TD_OK) {
+            free(l.v);
+            snprintf(err, errcap, "out of memory");
+            return TD_ERR;
+        }
+    in->history = upto;
+    snprintf(in->origin, sizeof in->origin, "%s (%llu of the prospect's %llu events applied before)",
+             o->events_path, (unsigned long long)upto, (unsigned long long)l.n);
+    free(l.v);
+    return TD_OK;
+}
+
+typedef struct stload {
+    td_state *st;
+    const char *path;
+    char *err;
+    size_t errcap;
+} stload;
+
+static int set_kv(stload *s, const char *k, size_t kl, const char *v, size_t vl, uint64_t lineno) {
+    char e[200];
+    int rc = td_state_set_field(s->st, k, kl, v, vl, e, sizeof e);
+    if (rc == TD_ERR) {
+        snprintf(s->err, s->errcap, "%s:%llu: %s", s->path, (unsigned long long)lineno, e);
+        return TD_ERR;
+    }
+    if (rc == 1)
+        fprintf(stderr, "touchd explain: %s:%llu: unknown state field '%.*s' ignored\n", s->path,
+                (unsigned long long)lineno, (int)kl, k);
+    return TD_OK;
+}
+
+static int take_kv(void *ud, const char *line, size_t len, uint64_t lineno) {
+    stload *s = ud;
+    size_t i = 0;
+    while (i < len && (line[i] == ' ' || line[i] == '\t')) i++;
+    if (i == len || line[i] == '#') return TD_OK;
+    size_t k0 = i;
+    while (i < len && line[i] != ' ' && line[i] != '\t') i++;
+    size_t k1 = i;
+    while (i < len && (line[i] == ' ' || line[i] == '\t')) i++;
+    return set_kv(s, line + k0, k1 - k0, line + i, len - i, lineno);
+}
+
+/* --state FILE: flat `key value` lines (redis-cli HGETALL pairs joined), or
+ * a JSON object of the flat form. */
+static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz,
+                          explain_input *in, char *err, size_t errcap) {
+    td_state st;
+    td_state_init(&st, o->prospect ? o->prospect : "");
+    stload s = {.st = &st, .path = o->state_path, .err = err, .errcap = errcap};
+    json_error_t je;
+    json_t *j = json_load_file(o->state_path, JSON_REJECT_DUPLICATES, &je);
+    int rc = TD_OK;
+    if (j && json_is_object(j)) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(j, k, v) {
+            char buf[64];
+            const char *vs = buf;
+            if (json_is_string(v)) vs = json_string_value(v);
+            else if (json_is_integer(v)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+            else if (json_is_real(v)) snprintf(buf, sizeof buf, "%.4f", json_real_value(v));
+            else if (json_is_boolean(v)) snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
+            else {
+                snprintf(err, errcap, "%s: field '%s': give a string, number or boolean", o->state_path, k);
+                rc = TD_ERR;
+                break;
+            }
+            if ((rc = set_kv(&s, k, strlen(k), vs, strlen(vs), 0)) != TD_OK) break;
+        }
+    } else {
+        rc = read_lines(o->state_path, take_kv, &s, err, errcap);
+    }
+    json_decref(j);
+    if (rc == TD_OK && !st.prospect_id[0]) {
+        snprintf(err, errcap, "%s has no prospect_id: give --prospect ID", o->state_path);
+        rc = TD_ERR;
+    }
+    if (rc == TD_OK && o->prospect && strcmp(st.prospect_id, o->prospect) != 0) {
+        snprintf(err, errcap, "%s is the state of '%s', not of '%s'", o->state_path, st.prospect_id,
+                 o->prospect);
+        rc = TD_ERR;
+    }
+    if (rc == TD_OK && o->event_json) {
+        if ((rc = decode_event_arg(o->event_json, &in->target, err, errcap)) == TD_OK)
+            in->has_target = true;
+    }
+    if (rc == TD_OK && !in->has_target && o->now == TD_MS_MISSING && st.last_event_at == TD_MS_MISSING) {
+        snprintf(err, errcap, "the state has no last_event_at: give --now TIME or --event JSON");
+        rc = TD_ERR;
+    }
+    if (rc == TD_OK) {
+        if (td_sim_init(&in->sim, rs, tz, NULL, &st, st.last_event_at, 0) != TD_OK) {
+            snprintf(err, errcap, "out of memory");
+            rc = TD_ERR;
+        } else {
+            in->sim_ready = true;
+            snprintf(in->origin, sizeof in->origin, "%s (state file)", o->state_path);
+        }
+    }
+    td_state_free(&st);
+    return rc;
+}
+
+static const struct {
+    const char *name;
+    explain_source_fn load;
+} explain_sources[EXPLAIN_SRC__COUNT] = {
+    [EXPLAIN_SRC_EVENTS] = {"events", src_events},
+    [EXPLAIN_SRC_STATE_FILE] = {"state file", src_state_file},
+};
+
+/* ---------------------------------------------------------------- analysis */
+
+/* What explain knows about one rule or guard at the trigger. */
+typedef struct rule_view {
+    const td_rule *rule;
+    bool decided;       /* d is valid */
+    bool triggered;     /* its `on` matches the trigger (guards: it judges it) */
+    td_decision d;
+    td_ms not_before;   /* fired or blocked candidates: TD_MS_MISSING otherwise */
+    /* guards */
+    const td_rule *blocked[TD_STEP_RECS_MAX];
+    uint32_t nblocked;
+    char guard_error[160];
+    /* a blocked rule: the guard's own conditions for this candidate */
+    td_because gb[TD_BECAUSE_MAX];
+    uint32_t ngb;
+} rule_view;
+
+/* A timer that came due on the way to the trigger. */
+typedef struct fired_timer {
+    const td_rule *rule;
+    char rule_id[TD_RULE_ID_MAX + 1];
+    td_ms due_at;
+    char armed_by[TD_ID_MAX + 1];
+    td_outcome outcome;
+    bool has_outcome;
+} fired_timer;
+
+typedef struct timer_log {
+    fired_timer *v;
+    size_t n, cap;
+    bool oom;
+} timer_log;
+
+static void log_timer(void *ud, const td_sim *sim, const td_trigger *trig, const td_step_out *out) {
+    (void)sim;
+    timer_log *l = ud;
+    if (trig->kind != TD_TRIG_TIMER) return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 8;
+        fired_timer *v = realloc(l->v, cap * sizeof *v);
+        if (!v) {
+            l->oom = true;
+            return;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    fired_timer *t = &l->v[l->n++];
+    memset(t, 0, sizeof *t);
+    td_strlcpy(t->rule_id, trig->rule, sizeof t->rule_id);
+    td_strlcpy(t->armed_by, trig->armed_by, sizeof t->armed_by);
+    t->due_at = trig->due_at;
+    for (uint32_t i = 0; i < out->ndecisions; i++)
+        if (strcmp(out->decisions[i].rule->id, trig->rule) == 0) {
+            t->rule = out->decisions[i].rule;
+            t->outcome = out->decisions[i].outcome;
+            t->has_outcome = true;
+        }
+}
+
+static void eval_conjuncts(const td_expr *e, const td_ctx *base, td_because *out, uint32_t *n) {
+    *n = 0;
+    if (!e) return;
+    size_t k = td_expr_conjuncts(e);
+    if (k > TD_BECAUSE_MAX) k = TD_BECAUSE_MAX;
+    for (size_t i = 0; i < k; i++) {
+        td_because *b = &out[i];
+        size_t len = 0;
+        b->expr = td_expr_conjunct_source(e, i, &len);
+        b->len = (uint32_t)len;
+        b->facts.n = 0;
+        td_ctx ctx = *base;
+        ctx.facts = &b->facts;
+        char err[96];
+        if (td_expr_eval_conjunct(e, i, &ctx, &b->value, err, sizeof err) != TD_OK) {
+            b->value.type = TD_T_BOOL;
+            b->value.missing = true;
+        }
+    }
+    *n = (uint32_t)k;
+}
+
+/* not_before of a candidate, as the engine computes it. */
+static td_ms candidate_nb(const td_rule *r, const td_ctx *ctx) {
+    td_ms nb = ctx->now;
+    if (r->at) {
+        td_value v;
+        char err[96];
+        if (td_expr_eval(r->at, ctx, &v, err, sizeof err) == TD_OK && !v.missing && v.u.t > nb)
+            nb = v.u.t;
+    }
+    return nb;
+}
+
+static td_rec_view rec_view_of(const td_rule *r, td_ms nb) {
+    return (td_rec_view){.channel = r->channel, .touch = r->touch, .rule = r->id,
+                         .group = r->group ? r->group : "", .priority = r->priority,
+                         .not_before = nb};
+}
+
+/* The guard g's own conditions for candidate rule r. */
+static void guard_conditions(rule_view *v, const td_rule *g, const td_ctx *ctx) {
+    td_rec_view view = rec_view_of(v->rule, v->not_before);
+    td_ctx gctx = *ctx;
+    gctx.rec = &view;
+    eval_conjuncts(g->block, &gctx, v->gb, &v->ngb);
+}
+
+/* The views of an event trigger, from the engine's decisions. */
+static void views_from_step(rule_view *views, size_t nr, const td_step_out *out,
+                            const td_ctx *ctx, int trigger_type) {
+    for (size_t i = 0; i < nr; i++) {
+        rule_view *v = &views[i];
+        v->not_before = TD_MS_MISSING;
+        v->triggered = v->rule->guard ? td_rule_guards_trigger(v->rule, trigger_type)
+                                      : trigger_type >= 0 && (v->rule->on & (1ULL << trigger_type));
+    }
+    for (uint32_t i = 0; i < out->ndecisions; i++) {
+        const td_decision *d = &out->decisions[i];
+        rule_view *v = &views[d->rule->index];
+        if (d->rule->guard) { /* a guard's own error (it blocked to be safe, or its when failed) */
+            snprintf(v->guard_error, sizeof v->guard_error, "%s", d->error);
+            continue;
+        }
+        v->d = *d;
+        v->decided = true;
+        if (d->outcome == TD_OUT_BLOCKED && d->by) {
+            rule_view *g = &views[d->by->index];
+            if (g->nblocked < TD_STEP_RECS_MAX) g->blocked[g->nblocked++] = d->rule;
+            v->not_before = candidate_nb(d->rule, ctx);
+            guard_conditions(v, d->by, ctx);
+        }
+    }
+    for (uint32_t i = 0; i < out->nrecs; i++) views[out->recs[i].rule->index].not_before = out->recs[i].not_before;
+}
+
+/* The "now" evaluation: every rule against the state at ctx->now, as a timer
+ * trigger evaluates its rule (steps 4 to 6 of the engine for all rules). */
+static void views_now(rule_view *views, size_t nr, const td_ruleset *rs, const td_ctx *ctx) {
+    size_t ng;
+    const td_rule *const *guards = td_ruleset_guards(rs, &ng);
+    for (size_t i = 0; i < nr; i++) {
+        rule_view *v = &views[i];
+        const td_rule *r = v->rule;
+        v->not_before = TD_MS_MISSING;
+        v->triggered = r->guard ? td_rule_guards_trigger(r, -1) : true;
+        if (r->guard) continue;
+        td_decision *d = &v->d;
+        memset(d, 0, sizeof *d);
+        d->rule = r;
+        d->until = TD_MS_MISSING;
+        v->decided = true;
+        char err[120];
+        td_value val;
+        if (r->when && td_expr_eval(r->when, ctx, &val, err, sizeof err) != TD_OK) {
+            d->outcome = TD_OUT_ERROR;
+            snprintf(d->error, sizeof d->error, "when: %s", err);
+            continue;
+        }
+        eval_conjuncts(r->when, ctx, d->because, &d->nbecause);
+        if (r->when && (val.missing || !val.u.b)) {
+            d->outcome = TD_OUT_NOT_MATCHED;
+            continue;
+        }
+        td_ms last = td_state_fired_at(ctx->st, r->id);
+        if (r->cooldown > 0 && last != TD_MS_MISSING && ctx->now - last < r->cooldown) {
+            d->outcome = TD_OUT_COOLDOWN;
+            d->until = last + r->cooldown;
+            continue;
+        }
+        if (r->at && td_expr_eval(r->at, ctx, &val, err, sizeof err) != TD_OK) {
+            d->outcome = TD_OUT_ERROR;
+            snprintf(d->error, sizeof d->error, "at: %s", err);
+            continue;
+        }
+        v->not_before = candidate_nb(r, ctx);
+        d->outcome = TD_OUT_FIRED; /* a candidate, for now */
+        td_rec_view view = rec_view_of(r, v->not_before);
+        td_ctx gctx = *ctx;
+        gctx.rec = &view;
+        for (size_t g = 0; g < ng && d->outcome == TD_OUT_FIRED; g++) {
+            const td_rule *gr = guards[g];
+            if (!td_rule_guards_trigger(gr, -1)) continue;
+            if (gr->when) {
+                if (td_expr_eval(gr->when, &gctx, &val, err, sizeof err) != TD_OK) {
+                    snprintf(views[gr->index].guard_error, sizeof views[gr->index].guard_error,
+                             "when: %s", err);
+                    continue;
+                }
+                if (val.missing || !val.u.b) continue;
+            }
+            bool block = false;
+            if (td_expr_eval(gr->block, &gctx, &val, err, sizeof err) != TD_OK) {
+                snprintf(views[gr->index].guard_error, sizeof views[gr->index].guard_error,
+                         "block: %s (blocked to be safe)", err);
+                block = true;
+            } else {
+                block = !val.missing && val.u.b;
+            }
+            if (block) {
+                d->outcome = TD_OUT_BLOCKED;
+                d->by = gr;
+                rule_view *gv = &views[gr->index];
+                if (gv->nblocked < TD_STEP_RECS_MAX) gv->blocked[gv->nblocked++] = r;
+                guard_conditions(v, gr, ctx);
+            }
+        }
+    }
+    /* groups among the unblocked candidates */
+    for (size_t i = 0; i < nr; i++) {
+        rule_view *v = &views[i];
+        if (v->rule->guard || v->d.outcome != TD_OUT_FIRED) continue;
+        for (size_t j = 0; j < nr; j++) {
+            rule_view *o = &views[j];
+            if (j == i || o->rule->guard || o->d.outcome == TD_OUT_NOT_MATCHED ||
+                o->d.outcome == TD_OUT_COOLDOWN || o->d.outcome == TD_OUT_BLOCKED ||
+                o->d.outcome == TD_OUT_ERROR)
+                continue;
+            bool same = v->rule->group && o->rule->group && strcmp(v->rule->group, o->rule->group) == 0;
+            if (!same) continue;
+            bool o_wins = o->rule->priority > v->rule->priority ||
+                          (o->rule->priority == v->rule->priority && o->rule->index < v->rule->index);
+            if (o_wins && (!v->d.by || o->rule->priority > v->d.by->priority ||
+                           (o->rule->priority == v->d.by->priority && o->rule->index < v->d.by->index)))
+                v->d.by = o->rule;
+        }
+        if (v->d.by) v->d.outcome = TD_OUT_LOST_GROUP;
+    }
+}
+
+/* ---------------------------------------------------------------- output */
+
+typedef struct marks {
+    const char *yes, *no, *unknown;
+} marks;
+
+static void on_list(const td_rule *r, char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = '\0';
+    int cnt = 0;
+    for (int t = 0; t < TD_EV__COUNT; t++)
+        if (r->on & (1ULL << t)) cnt++;
+    if (cnt == TD_EV__COUNT) {
+        snprintf(buf, cap, "*");
+        return;
+    }
+    for (int t = 0; t < TD_EV__COUNT; t++) {
+        if (!(r->on & (1ULL << t))) continue;
+        int w = snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", td_event_type_name((td_event_type)t));
+        if (w < 0 || (size_t)w >= cap - n) break;
+        n += (size_t)w;
+    }
+    if (r->guard && td_rule_guards_trigger(r, -1) && n < cap)
+        snprintf(buf + n, cap - n, "%stimer", n ? ", " : "");
+}
+
+static void print_conds(FILE *o, const char *label, const td_because *b, uint32_t n,
+                        const marks *mk, int width) {
+    for (uint32_t i = 0; i < n; i++) {
+        char vb[128];
+        td_value_json(&b[i].value, vb, sizeof vb);
+        const char *m = b[i].value.type != TD_T_BOOL ? " "
+                        : b[i].value.missing        ? mk->unknown
+                        : b[i].value.u.b            ? mk->yes
+                                                    : mk->no;
+        fprintf(o, "    %-6s %s %-*.*s = %-6s", i == 0 ? label : "", m, width, (int)b[i].len, b[i].expr, vb);
+        for (uint32_t f = 0; f < b[i].facts.n; f++) {
+            td_value_json(&b[i].facts.v[f].value, vb, sizeof vb);
+            fprintf(o, "%s%s=%s", f ? ", " : "  ", b[i].facts.v[f].field->name, vb);
+        }
+        fputc('\n', o);
+    }
+}
+
+static int conds_width(const td_because *b, uint32_t n) {
+    int w = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if ((int)b[i].len > w) w = (int)b[i].len;
+    return w > 60 ? 60 : w;
+}
+
+static const char *outcome_label(const rule_view *v, bool now_mode) {
+    if (!v->decided) return v->triggered ? "NO DECISION" : "NOT TRIGGERED";
+    switch (v->d.outcome) {
+    case TD_OUT_FIRED: return now_mode ? "WOULD FIRE" : "FIRED";
+    case TD_OUT_NOT_MATCHED: return "NOT MATCHED";
+    case TD_OUT_COOLDOWN: return "COOLDOWN";
+    case TD_OUT_BLOCKED: return "BLOCKED";
+    case TD_OUT_LOST_GROUP: return "LOST IN GROUP";
+    case TD_OUT_ARMED: return "TIMER ARMED";
+    case TD_OUT_ERROR: return "ERROR";
+    }
+    return "?";
+}
+
+static void print_human(FILE *o, const explain_opts *opt, const explain_input *in,
+                        const td_ruleset *rs, const rule_view *views, size_t nr,
+                        const timer_log *tl, td_ms now, const td_step_out *out, const marks *mk) {
+    (void)opt;
+    char tb[TD_TIME_BUF], tb2[TD_TIME_BUF];
+    const td_state *st = &in->sim.st;
+    td_time_format(now, tb, sizeof tb);
+    if (in->has_target)
+        fprintf(o, "prospect %s, trigger %s %s at %s\n", st->prospect_id,
+                td_event_type_name(in->target.type), in->target.id, tb);
+    else
+        fprintf(o, "prospect %s, \"now\" evaluation at %s (every rule, as a timer trigger)\n",
+                st->prospect_id, tb);
+    fprintf(o, "state from %s\n", in->origin);
+    if (in->rejected)
+        fprintf(o, "%llu undecodable lines of the input were skipped\n", (unsigned long long)in->rejected);
+    fprintf(o, "ruleset %s\n", td_ruleset_hash(rs));
+    if (out && out->duplicate)
+        fprintf(o, "the event %s was already applied (duplicate id): nothing changes, nothing fires\n",
+                in->target.id);
+    for (size_t i = 0; i < tl->n; i++) {
+        td_time_format(tl->v[i].due_at, tb2, sizeof tb2);
+        fprintf(o, "timer %s (armed by %s) came due at %s before the trigger: %s\n", tl->v[i].rule_id,
+                tl->v[i].armed_by, tb2,
+                tl->v[i].has_outcome ? td_outcome_name(tl->v[i].outcome) : "dropped (rule changed)");
+    }
+    int idw = 0;
+    for (size_t i = 0; i < nr; i++)
+        if ((int)strlen(views[i].rule->id) > idw) idw = (int)strlen(views[i].rule->id);
+    fputc('\n', o);
+    for (size_t i = 0; i < nr; i++) {
+        const rule_view *v = &views[i];
+        const td_rule *r = v->rule;
+        char onb[512];
+        if (r->guard) continue;
+        fprintf(o, "rule  %-*s  %s", idw, r->id, outcome_label(v, !in->has_target));
+        if (v->decided) {
+            switch (v->d.outcome) {
+            case TD_OUT_COOLDOWN:
+                td_time_format(v->d.until, tb2, sizeof tb2);
+                fprintf(o, " until %s", tb2);
+                break;
+            case TD_OUT_ARMED:
+                td_time_format(v->d.until, tb2, sizeof tb2);
+                fprintf(o, ", due %s", tb2);
+                break;
+            case TD_OUT_BLOCKED:
+                fprintf(o, " by %s", v->d.by ? v->d.by->id : "?");
+                if (v->d.by && v->d.by->reason) fprintf(o, ": %s", v->d.by->reason);
+                break;
+            case TD_OUT_LOST_GROUP:
+                fprintf(o, " %s to %s", r->group ? r->group : "", v->d.by ? v->d.by->id : "?");
+                break;
+            case TD_OUT_ERROR: fprintf(o, ": %s", v->d.error); break;
+            default: break;
+            }
+        } else if (!v->triggered) {
+            on_list(r, onb, sizeof onb);
+            fprintf(o, " (on: %s)", onb);
+        }
+        fputc('\n', o);
+        if (v->not_before != TD_MS_MISSING) {
+            td_time_format(v->not_before, tb2, sizeof tb2);
+            fprintf(o, "    %-6s %s %s, not before %s, priority %lld%s%s\n", "rec",
+                    td_channel_name(r->channel), r->touch, tb2, (long long)r->priority,
+                    r->group ? ", group " : "", r->group ? r->group : "");
+        }
+        if (v->decided && v->d.nbecause)
+            print_conds(o, "when", v->d.because, v->d.nbecause, mk,
+                        conds_width(v->d.because, v->d.nbecause));
+        if (v->decided && v->d.outcome == TD_OUT_BLOCKED && v->ngb)
+            print_conds(o, "guard", v->gb, v->ngb, mk, conds_width(v->gb, v->ngb));
+        const td_timer *t = td_state_timer(st, r->id);
+        if (t) {
+            td_time_format(t->due_at, tb2, sizeof tb2);
+            fprintf(o, "    %-6s pending timer due %s (armed by %s)\n", "timer", tb2, t->armed_by);
+        }
+    }
+    fputc('\n', o);
+    for (size_t i = 0; i < nr; i++) {
+        const rule_view *v = &views[i];
+        if (!v->rule->guard) continue;
+        fprintf(o, "guard %-*s  ", idw, v->rule->id);
+        if (!v->triggered) {
+            char onb[512];
+            on_list(v->rule, onb, sizeof onb);
+            fprintf(o, "DOES NOT JUDGE this trigger (on: %s)\n", onb);
+        } else if (v->nblocked) {
+            fprintf(o, "BLOCKED");
+            for (uint32_t k = 0; k < v->nblocked; k++) fprintf(o, "%s%s", k ? ", " : " ", v->blocked[k]->id);
+            if (v->rule->reason) fprintf(o, ": %s", v->rule->reason);
+            fputc('\n', o);
+        } else {
+            fprintf(o, "PASSED (blocked nothing)\n");
+        }
+        if (v->guard_error[0]) fprintf(o, "    error  %s\n", v->guard_error);
+    }
+}
+
+static json_t *value_json(const td_value *v) {
+    char vb[256];
+    td_value_json(v, vb, sizeof vb);
+    json_t *j = json_loads(vb, JSON_DECODE_ANY, NULL);
+    return j ? j : json_null();
+}
+
+static json_t *conds_json(const td_because *b, uint32_t n) {
+    json_t *a = json_array();
+    for (uint32_t i = 0; i < n; i++) {
+        json_t *facts = json_object();
+        for (uint32_t f = 0; f < b[i].facts.n; f++)
+            json_object_set_new(facts, b[i].facts.v[f].field->name, value_json(&b[i].facts.v[f].value));
+        json_array_append_new(a, json_pack("{s:s%,s:o,s:o}", "expr", b[i].expr, (size_t)b[i].len,
+                                           "value", value_json(&b[i].value), "facts", facts));
+    }
+    return a;
+}
+
+static json_t *time_json(td_ms t) {
+    char tb[TD_TIME_BUF];
+    td_time_format(t, tb, sizeof tb);
+    return json_string(tb);
+}
+
+static json_t *build_json(const explain_input *in, const td_ruleset *rs, const rule_view *views,
+                          size_t nr, const timer_log *tl, td_ms now, const td_step_out *out,
+                          const td_trigger *trig) {
+    const td_state *st = &in->sim.st;
+    json_t *root = json_object();
+    json_object_set_new(root, "prospect_id", json_string(st->prospect_id));
+    json_object_set_new(root, "ruleset", json_string(td_ruleset_hash(rs)));
+    json_object_set_new(root, "now", time_json(now));
+    json_t *trigger = json_object();
+    if (in->has_target) {
+        json_object_set_new(trigger, "type", json_string(td_event_type_name(in->target.type)));
+        json_object_set_new(trigger, "event_id", json_string(in->target.id));
+        json_object_set_new(trigger, "occurred_at", time_json(in->target.occurred_at));
+        json_object_set_new(trigger, "duplicate", json_boolean(out && out->duplicate));
+    } else {
+        json_object_set_new(trigger, "type", json_string("now"));
+    }
+    json_object_set_new(root, "trigger", trigger);
+    json_object_set_new(root, "history_events", json_integer((json_int_t)in->history));
+    json_t *timers = json_array();
+    for (size_t i = 0; i < tl->n; i++) {
+        json_t *t = json_pack("{s:s,s:o,s:s}", "rule", tl->v[i].rule_id, "due_at",
+                              time_json(tl->v[i].due_at), "armed_by", tl->v[i].armed_by);
+        json_object_set_new(t, "outcome", tl->v[i].has_outcome ? json_string(td_outcome_name(tl->v[i].outcome))
+                                                               : json_string("dropped"));
+        json_array_append_new(timers, t);
+    }
+    json_object_set_new(root, "timers_fired", timers);
+    json_t *recs = json_array();
+    if (out && trig) {
+        td_buf b = {0};
+        for (uint32_t i = 0; i < out->nrecs; i++) {
+            b.len = 0;
+            if (td_rec_json(&out->recs[i], st, rs, trig, now, &b) == TD_OK) {
+                json_t *r = json_loads(b.p, 0, NULL);
+                if (r) json_array_append_new(recs, r);
+            }
+        }
+        td_buf_free(&b);
+    }
+    json_object_set_new(root, "recommendations", recs);
+    json_t *rules = json_array();
+    for (size_t i = 0; i < nr; i++) {
+        const rule_view *v = &views[i];
+        const td_rule *r = v->rule;
+        json_t *j = json_object();
+        json_object_set_new(j, "rule", json_string(r->id));
+        json_object_set_new(j, "kind", json_string(r->guard ? "guard" : r->after > 0 ? "timer" : "rule"));
+        json_object_set_new(j, "file", json_string(r->file));
+        json_object_set_new(j, "line", json_integer(r->line));
+        json_object_set_new(j, "triggered", json_boolean(v->triggered));
+        if (r->guard) {
+            json_object_set_new(j, "outcome", json_string(!v->triggered ? "not_judging"
+                                                          : v->nblocked ? "blocked"
+                                                                        : "passed"));
+            json_t *bl = json_array();
+            for (uint32_t k = 0; k < v->nblocked; k++) json_array_append_new(bl, json_string(v->blocked[k]->id));
+            json_object_set_new(j, "blocked", bl);
+            if (r->reason) json_object_set_new(j, "reason", json_string(r->reason));
+            if (v->guard_error[0]) json_object_set_new(j, "error", json_string(v->guard_error));
+            json_array_append_new(rules, j);
+            continue;
+        }
+        const char *oc = !v->decided ? (v->triggered ? "no_decision" : "not_triggered")
+                                     : td_outcome_name(v->d.outcome);
+        if (v->decided && v->d.outcome == TD_OUT_FIRED && !in->has_target) oc = "would_fire";
+        json_object_set_new(j, "outcome", json_string(oc));
+        if (r->group) json_object_set_new(j, "group", json_string(r->group));
+        json_object_set_new(j, "priority", json_integer(r->priority));
+        if (v->decided) {
+            if (v->d.until != TD_MS_MISSING) json_object_set_new(j, "until", time_json(v->d.until));
+            if (v->d.by) json_object_set_new(j, "by", json_string(v->d.by->id));
+            if (v->d.outcome == TD_OUT_BLOCKED && v->d.by) {
+                if (v->d.by->reason) json_object_set_new(j, "reason", json_string(v->d.by->reason));
+                json_object_set_new(j, "guard_conditions", conds_json(v->gb, v->ngb));
+            }
+            if (v->d.outcome == TD_OUT_ERROR) json_object_set_new(j, "error", json_string(v->d.error));
+            json_object_set_new(j, "conditions", conds_json(v->d.because, v->d.nbecause));
+        }
+        if (v->not_before != TD_MS_MISSING)
+            json_object_set_new(j, "recommendation",
+                                json_pack("{s:s,s:s,s:o}", "channel", td_channel_name(r->channel), "touch",
+                                          r->touch, "not_before", time_json(v->not_before)));
+        const td_timer *t = td_state_timer(st, r->id);
+        if (t)
+            json_object_set_new(j, "pending_timer", json_pack("{s:o,s:s}", "due_at", time_json(t->due_at),
+                                                              "armed_by", t->armed_by));
+        json_array_append_new(rules, j);
+    }
+    json_object_set_new(root, "rules", rules);
+    return root;
+}
+
+/* ---------------------------------------------------------------- command */
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: touchd explain --rules DIR (--events FILE.jsonl --prospect ID | --state FILE)\n"
+            "                      [--at EVENT_ID | --now TIME | --event JSON] [--json]\n"
+            "\n"
+            "Why each rule did or did not fire for one prospect at one trigger.\n"
+            "\n"
+            "  -r, --rules PATH     rules file or directory (repeatable; required)\n"
+            "  -e, --events FILE    the event history (JSON lines, - for stdin): the prospect's\n"
+            "                       events are replayed through the engine, timers included\n"
+            "  -s, --state FILE     instead of a history: the state in its flat form (`key value`\n"
+            "                       lines, or a JSON object of the same keys; docs/state.md)\n"
+            "  -p, --prospect ID    the prospect (required with --events)\n"
+            "  -a, --at EVENT_ID    explain that event of the history (default: the last one)\n"
+            "  -n, --now TIME       explain a \"now\" evaluation of every rule at TIME (RFC 3339)\n"
+            "                       against the final state, after the timers due by then\n"
+            "  -E, --event JSON     explain a hypothetical event applied after the history/state\n"
+            "  -j, --json           JSON output (shape in docs/cli.md)\n"
+            "      --ascii          ASCII marks (+ - ?) instead of check marks\n"
+            "      --unicode        check marks even when stdout is not a terminal\n"
+            "  -h, --help           this help\n"
+            "\n"
+            "Exit status: 0 explained, 1 the rules do not compile or the prospect/event is not\n"
+            "found or the input is unreadable, 2 usage error.\n");
+}
+
+static bool utf8_locale(void) {
+    const char *vars[] = {"LC_ALL", "LC_CTYPE", "LANG"};
+    for (size_t i = 0; i < 3; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return strstr(v, "UTF-8") || strstr(v, "utf8") || strstr(v, "UTF8") || strstr(v, "utf-8");
+    }
+    return false;
+}
+
+int td_cmd_explain(int argc, char **argv) {
+    static const struct option opts[] = {{"rules", required_argument, NULL, 'r'},
+                                         {"events", required_argument, NULL, 'e'},
+                                         {"state", required_argument, NULL, 's'},
+                                         {"prospect", required_argument, NULL, 'p'},
+                                         {"at", required_argument, NULL, 'a'},
+                                         {"now", required_argument, NULL, 'n'},
+                                         {"event", required_argument, NULL, 'E'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"ascii", no_argument, NULL, 'A'},
+                                         {"unicode", no_argument, NULL, 'U'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    explain_opts o = {.now = TD_MS_MISSING};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:e:s:p:a:n:E:jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            if (o.nrules == 64) {
+                fprintf(stderr, "touchd explain: at most 64 --rules paths\n");
+                return TD_EXIT_USAGE;
+            }
+            o.rules[o.nrules++] = optarg;
+            break;
+        case 'e': o.events_path = optarg; break;
+        case 's': o.state_path = optarg; break;
+        case 'p': o.prospect = optarg; break;
+        case 'a': o.at_id = optarg; break;
+        case 'n':
+            if (td_time_parse(optarg, strlen(optarg), &o.now) != TD_OK) {
+                fprintf(stderr, "touchd explain: --now %s: not an RFC 3339 time (e.g. 2026-11-23T09:00:00Z)\n",
+                        optarg);
+                return TD_EXIT_USAGE;
+            }
+            break;
+        case 'E': o.event_json = optarg; break;
+        case 'j': o.json = true; break;
+        case 'A': o.marks = 1; break;
+        case 'U': o.marks = 2; break;
+        case 'h': usage(stdout); return TD_EXIT_OK;
+        default: usage(stderr); return TD_EXIT_USAGE;
+        }
+    }
+    const char *problem = NULL;
+    if (optind != argc) problem = "unexpected argument (options only)";
+    else if (o.nrules == 0) problem = "--rules DIR is required";
+    else if (!!o.events_path + !!o.state_path != 1) problem = "give exactly one of --events FILE and --state FILE";
+    else if (o.events_path && !o.prospect) problem = "--events needs --prospect ID";
+    else if (!!o.at_id + (o.now != TD_MS_MISSING) + !!o.event_json > 1)
+        problem = "give at most one of --at, --now and --event";
+    else if (o.at_id && o.state_path) problem = "--at names an event of --events; with --state use --now or --event";
+    if (problem) {
+        fprintf(stderr, "touchd explain: %s\n", problem);
+        usage(stderr);
+        return TD_EXIT_USAGE;
+    }
+    o.source = o.events_path ? EXPLAIN_SRC_EVENTS : EXPLAIN_SRC_STATE_FILE;
+
+    td_diags diags = {0};
+    td_ruleset *rs = td_load_rules(o.rules, o.nrules, &diags);
+    td_print_diags(&diags, stderr);
+    td_diags_free(&diags);
+    if (!rs) {
+        fprintf(stderr, "touchd explain: the rules do not compile\n");
+        return TD_EXIT_FAIL;
+    }
+    int rc = TD_EXIT_OK;
+    td_tzdb *tz = td_tzdb_new();
+    explain_input *in = calloc(1, sizeof *in);
+    size_t nr = td_ruleset_count(rs);
+    rule_view *views = calloc(nr + 1, sizeof *views);
+    timer_log tl = {0};
+    char err[512] = "";
+    if (!tz || !in || !views) {
+        fprintf(stderr, "touchd explain: out of memory\n");
+        rc = TD_EXIT_FATAL;
+        goto done;
+    }
+    if (explain_sources[o.source].load(&o, rs, tz, in, err, sizeof err) != TD_OK) {
+        fprintf(stderr, "touchd explain: %s\n", err);
+        rc = TD_EXIT_FAIL;
+        goto done;
+    }
+    for (size_t i = 0; i < nr; i++) views[i].rule = td_ruleset_rule(rs, i);
+
+    td_sim *sim = &in->sim;
+    sim->fn = log_timer;
+    sim->ud = &tl;
+    sim->flags = TD_STEP_OUTCOMES; /* the timers that come due: their outcome */
+    td_ms now;
+    const td_step_out *out = NULL;
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &in->target};
+    if (in->has_target) {
+        if (td_sim_event(sim, &in->target, TD_STEP_EXPLAIN) != TD_OK || tl.oom) {
+            fprintf(stderr, "touchd explain: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
+        }
+        now = sim->clock;
+        out = sim->out;
+        td_ctx ctx = {.st = &sim->st, .ev = &in->target, .now = now, .tz = tz,
+                      .settings = td_ruleset_settings(rs)};
+        views_from_step(views, nr, out, &ctx, (int)in->target.type);
+        if (out->duplicate)
+            for (size_t i = 0; i < nr; i++) views[i].triggered = false;
+    } else {
+        now = o.now != TD_MS_MISSING ? o.now : sim->clock;
+        if (sim->clock != TD_MS_MISSING && now < sim->clock) {
+            char tb[TD_TIME_BUF];
+            td_time_format(sim->clock, tb, sizeof tb);
+            fprintf(stderr, "touchd explain: --now is before the prospect's last event (%s)\n", tb);
+            rc = TD_EXIT_USAGE;
+            goto done;
+        }
+        if (td_sim_advance(sim, now) != TD_OK || tl.oom) {
+            fprintf(stderr, "touchd explain: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
+        }
+        td_ctx ctx = {.st = &sim->st, .ev = NULL, .now = now, .tz = tz,
+                      .settings = td_ruleset_settings(rs)};
+        views_now(views, nr, rs, &ctx);
+    }
+    for (size_t i = 0; i < tl.n; i++)
+        if (!tl.v[i].rule) tl.v[i].rule = td_ruleset_find(rs, tl.v[i].rule_id);
+
+    if (o.json) {
+        json_t *j = build_json(in, rs, views, nr, &tl, now, out, in->has_target ? &trig : NULL);
+        char *s = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(j);
+        if (!s) {
+            fprintf(stderr, "touchd explain: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
+        }
+        printf("%s\n", s);
+        free(s);
+    } else {
+        bool uni = o.marks == 2 || (o.marks == 0 && isatty(STDOUT_FILENO) && utf8_locale());
+        marks mk = uni ? (marks){"\xe2\x9c\x93", "\xe2\x9c\x97", "?"} : (marks){"+", "-", "?"};
+        print_human(stdout, &o, in, rs, views, nr, &tl, now, out, &mk);
+    }
+    if (fflush(stdout) != 0) rc = TD_EXIT_FATAL;
+
+done:
+    free(tl.v);
+    if (in && in->sim_ready) td_sim_free(&in->sim);
+    free(in);
+    free(views);
+    td_tzdb_free(tz);
+    td_ruleset_free(rs);
+    return rc;
+}

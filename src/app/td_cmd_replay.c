@@ -26,6 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
+#include "td_calendar_load.h"
 #include "td_cli.h"
 #include "td_engine.h"
 #include "td_event.h"
@@ -159,6 +162,8 @@ static void usage(FILE *f) {
             "                     prospect_id rule channel touch not_before trigger\n"
             "  -a, --advance DUR  after the last event, move the clock DUR further and fire\n"
             "                     the timers due by then (e.g. --advance 30d)\n"
+            "  -H, --holidays DIR public holiday files (<CC>.holidays) for business days;\n"
+            "                     default config/holidays when it exists, else weekends only\n"
             "  -q, --quiet        no summary on stderr\n"
             "  -h, --help         this help\n"
             "\n"
@@ -250,6 +255,7 @@ int td_cmd_replay(int argc, char **argv) {
     static const struct option opts[] = {{"rules", required_argument, NULL, 'r'},
                                          {"brief", no_argument, NULL, 'b'},
                                          {"advance", required_argument, NULL, 'a'},
+                                         {"holidays", required_argument, NULL, 'H'},
                                          {"quiet", no_argument, NULL, 'q'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
@@ -257,9 +263,10 @@ int td_cmd_replay(int argc, char **argv) {
     size_t nrules = 0;
     bool brief = false, quiet = false;
     td_ms advance = 0;
+    const char *holidays = NULL;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "r:ba:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "r:ba:H:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             if (nrules == 64) {
@@ -278,6 +285,7 @@ int td_cmd_replay(int argc, char **argv) {
                 return TD_EXIT_USAGE;
             }
             break;
+        case 'H': holidays = optarg; break;
         case 'q': quiet = true; break;
         case 'h': usage(stdout); return TD_EXIT_OK;
         default: usage(stderr); return TD_EXIT_USAGE;
@@ -308,6 +316,23 @@ int td_cmd_replay(int argc, char **argv) {
         if (in != stdin) fclose(in);
         fprintf(stderr, "touchd replay: the rules do not compile; nothing replayed\n");
         return TD_EXIT_FAIL;
+    }
+
+    /* business days: the holiday files given, or the repository's default */
+    td_calendar *cal = NULL;
+    struct stat sb;
+    if (!holidays && stat("config/holidays", &sb) == 0 && S_ISDIR(sb.st_mode))
+        holidays = "config/holidays";
+    if (holidays) {
+        char cerr[256];
+        cal = td_calendar_load_dir(holidays, cerr, sizeof cerr);
+        if (!cal) {
+            fprintf(stderr, "touchd replay: holidays: %s\n", cerr);
+            td_ruleset_free(rs);
+            if (in != stdin) fclose(in);
+            return TD_EXIT_USAGE;
+        }
+        td_ruleset_set_calendar(rs, cal);
     }
 
     size_t nr = td_ruleset_count(rs);
@@ -398,6 +423,8 @@ int td_cmd_replay(int argc, char **argv) {
                 (unsigned long long)rp.recs, (unsigned long long)rp.errors,
                 (unsigned long long)rp.timers_fired, (unsigned long long)rp.timers_stale,
                 rp.timers.n, td_ruleset_hash(rs));
+        fprintf(stderr, "calendar: %s\n",
+                holidays ? holidays : "none (business days are Monday to Friday)");
         fprintf(stderr, "%-40s %7s %7s %7s %8s %7s %7s\n", "rule", "fired", "blocked", "lost",
                 "cooldown", "armed", "errors");
         for (size_t i = 0; i < nr; i++) {
@@ -441,6 +468,7 @@ done:
     free(rp.stats);
     free(rp.blocked_by);
     td_ruleset_free(rs);
+    td_calendar_free(cal);
     if (in != stdin) fclose(in);
     return rc;
 }

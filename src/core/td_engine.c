@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td_schedule.h"
 #include "td_time.h"
 
 const char *td_outcome_name(td_outcome o) {
@@ -143,6 +144,9 @@ static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_ste
         }
         if (!v.missing && v.u.t > nb) nb = v.u.t;
     }
+    /* business days and hours of the prospect's country and zone, or at
+     * least not in quiet hours (`window = "any"`) */
+    nb = td_sched_window(ctx->settings, ctx->tz, ctx->st, nb, r->window_any);
     if (*ncands >= TD_STEP_RECS_MAX) {
         out->nerrors++;
         td_decision *d = decision(out, flags, r, TD_OUT_ERROR);

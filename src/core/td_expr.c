@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td_calendar.h"
+#include "td_schedule.h"
 #include "td_time.h"
 
 /* Limits: rules expressions are one line of a rules file; these only stop a
@@ -138,7 +140,8 @@ typedef enum eop {
     E_CMP_IK,                  /* E_CMP_I against the constant u.k (emit only) */
     E_IN_I, E_IN_S, E_IN_B,    /* consts[b .. b + n) */
     E_AND, E_OR, E_COAL,
-    E_SINCE, E_LOCAL /* aux = LOC_* */, E_BEST, E_TOUCHES, E_HAS, E_MIN, E_MAX, E_ABS
+    E_SINCE, E_LOCAL /* aux = LOC_* */, E_BEST, E_TOUCHES, E_HAS, E_MIN, E_MAX, E_ABS,
+    E_BIZDAY, E_NEXTBIZ, E_LASTFIRED, E_TAXCAP
 } eop;
 
 enum { CMP_LT, CMP_LE, CMP_GT, CMP_GE, CMP_EQ, CMP_NE };
@@ -186,7 +189,8 @@ struct td_expr {
 
 /* Functions: name, arity, signature shown in diagnostics. */
 enum { F_SINCE, F_LOCAL_HOUR, F_WEEKDAY, F_MONTH, F_YEAR, F_BEST_TIME, F_TOUCHES_WITHIN,
-       F_HAS, F_MIN, F_MAX, F_ABS, F__COUNT };
+       F_HAS, F_MIN, F_MAX, F_ABS, F_BUSINESS_DAY, F_NEXT_BUSINESS_SLOT, F_LAST_FIRED,
+       F_GIFT_TAX_CAP, F__COUNT };
 static const struct td_fn_def {
     const char *name;
     unsigned nargs;
@@ -203,6 +207,10 @@ static const struct td_fn_def {
     [F_MIN] = {"min", 2, "min(a, b): two ints/decimals, two times or two durations"},
     [F_MAX] = {"max", 2, "max(a, b): two ints/decimals, two times or two durations"},
     [F_ABS] = {"abs", 1, "abs(int | decimal | duration)"},
+    [F_BUSINESS_DAY] = {"business_day", 1, "business_day(time) -> bool"},
+    [F_NEXT_BUSINESS_SLOT] = {"next_business_slot", 1, "next_business_slot(time) -> time"},
+    [F_LAST_FIRED] = {"last_fired", 1, "last_fired(string rule id) -> time"},
+    [F_GIFT_TAX_CAP] = {"gift_tax_cap_eur", 0, "gift_tax_cap_eur() -> decimal"},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1182,7 +1190,8 @@ static td_type check_call(cx *c, uint32_t i) {
         else
             diag(c, "E204", p->opoff, p->oplen,
                  "unknown function '%.*s': the functions are since, local_hour, weekday, month, "
-                 "year, best_time, touches_within, has, min, max, abs",
+                 "year, best_time, touches_within, has, min, max, abs, business_day, "
+                 "next_business_slot, last_fired, gift_tax_cap_eur",
                  (int)(p->oplen > 40 ? 40 : p->oplen), name);
         return TD_T_NONE;
     }
@@ -1194,7 +1203,7 @@ static td_type check_call(cx *c, uint32_t i) {
         return TD_T_NONE;
     }
     if (poisoned) return TD_T_NONE;
-    uint32_t a0 = c->kids[b], a1 = n > 1 ? c->kids[b + 1] : 0;
+    uint32_t a0 = n > 0 ? c->kids[b] : 0, a1 = n > 1 ? c->kids[b + 1] : 0;
     pnode *q = &c->nodes[i];
     q->a = a0;
     q->b = a1;
@@ -1227,6 +1236,24 @@ static td_type check_call(cx *c, uint32_t i) {
     case F_HAS:
         q->eop = E_HAS;
         return TD_T_BOOL;
+    case F_BUSINESS_DAY:
+    case F_NEXT_BUSINESS_SLOT:
+        if (ts[0] != TD_T_TIME) {
+            arg_error(c, fn, a0, ts[0]);
+            return TD_T_NONE;
+        }
+        q->eop = fn == F_BUSINESS_DAY ? E_BIZDAY : E_NEXTBIZ;
+        return fn == F_BUSINESS_DAY ? TD_T_BOOL : TD_T_TIME;
+    case F_LAST_FIRED:
+        if (ts[0] != TD_T_STR) {
+            arg_error(c, fn, a0, ts[0]);
+            return TD_T_NONE;
+        }
+        q->eop = E_LASTFIRED;
+        return TD_T_TIME;
+    case F_GIFT_TAX_CAP:
+        q->eop = E_TAXCAP;
+        return TD_T_DEC;
     case F_ABS:
         if (ts[0] != TD_T_INT && ts[0] != TD_T_DEC && ts[0] != TD_T_DUR) {
             arg_error(c, fn, a0, ts[0]);
@@ -1405,11 +1432,13 @@ static uint32_t emit(emitter *m, uint32_t i) {
         break;
     }
     case E_NOT: case E_NEG: case E_I2D: case E_SINCE: case E_LOCAL: case E_BEST:
-    case E_TOUCHES: case E_HAS: case E_ABS: {
+    case E_TOUCHES: case E_HAS: case E_ABS: case E_BIZDAY: case E_NEXTBIZ: case E_LASTFIRED: {
         uint32_t a = emit(m, p.a);
         e->nodes[at].a = a;
         break;
     }
+    case E_TAXCAP: /* no operand */
+        break;
     case E_CMP_I:
         if (c->nodes[p.b].eop == E_CONST) {
             /* `field >= 2`: the constant lives in the node, saving a
@@ -1637,7 +1666,8 @@ static int weekday_of_days(int64_t days) { return (int)(((days % 7) + 7 + 3) % 7
  * hour H, t itself; otherwise walk calendar dates from t's date (or the next
  * one when hour H has passed) and convert H:00 of the first Monday-Friday
  * date through the zone (td_tz_to_utc: gaps move forward), keeping the first
- * result >= t. At most 3 weekend days are skipped; 8 dates bound the walk.
+ * result >= t. Non-business days (weekends, and holidays of the prospect's
+ * country when a calendar is attached) are skipped; 20 dates bound the walk.
  */
 static int eval_best_time(const run *r, const td_enode *n, td_ms t, td_ms *out) {
     const td_ctx *ctx = r->ctx;
@@ -1647,22 +1677,25 @@ static int eval_best_time(const run *r, const td_enode *n, td_ms t, td_ms *out) 
         td_settings_default(&defs);
         s = &defs;
     }
-    if (t < TD_CIVIL_MIN + 8 * TD_DAY || t > TD_CIVIL_MAX - 8 * TD_DAY)
+    if (t < TD_CIVIL_MIN + 21 * TD_DAY || t > TD_CIVIL_MAX - 21 * TD_DAY)
         return fail(r, n, "time out of range (years 1..9999)");
     int hour = best_hour(ctx->st, s);
     const char *z = zone_of(ctx);
     td_civil c;
     local_civil(ctx, t, &c);
-    if (c.weekday <= 5 && c.hour == hour) {
+    const char *cc = ctx->st ? ctx->st->country : "";
+    if (c.hour == hour && td_sched_business_day(s, ctx->tz, z ? z : "UTC", cc, t)) {
         *out = t;
         return TD_OK;
     }
     int64_t day = td_days_from_civil(c.year, c.month, c.day);
     if (c.hour >= hour) day++;
-    for (int k = 0; k < 8; k++, day++) {
-        if (weekday_of_days(day) > 5) continue;
+    for (int k = 0; k < 20; k++, day++) {
         td_civil d;
         td_civil_from_ms(day * TD_DAY, &d);
+        if (s->calendar ? !td_calendar_is_business_day(s->calendar, cc, d.year, d.month, d.day)
+                        : weekday_of_days(day) > 5)
+            continue;
         td_ms u;
         if (ctx->tz && z) td_tz_to_utc(ctx->tz, z, d.year, d.month, d.day, hour, 0, &u);
         else u = td_civil_to_ms(d.year, d.month, d.day, hour, 0, 0);
@@ -1887,6 +1920,51 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         out->u.t = 0;
         if (x.missing) return TD_OK;
         return eval_best_time(r, n, x.u.t, &out->u.t);
+    case E_BIZDAY:
+    case E_NEXTBIZ: {
+        if (ev(r, n->a, &x)) return TD_ERR;
+        out->missing = x.missing;
+        out->u.t = 0;
+        if (x.missing) return TD_OK;
+        if (x.u.t < TD_CIVIL_MIN + 70 * TD_DAY || x.u.t > TD_CIVIL_MAX - 70 * TD_DAY)
+            return fail(r, n, "time out of range (years 1..9999)");
+        const td_ctx *ctx = r->ctx;
+        const char *zone = td_sched_zone(ctx->st, ctx->settings);
+        const char *cc = ctx->st ? ctx->st->country : "";
+        if (n->op == E_BIZDAY)
+            out->u.b = td_sched_business_day(ctx->settings, ctx->tz, zone, cc, x.u.t);
+        else
+            out->u.t = td_sched_next_business(ctx->settings, ctx->tz, zone, cc, x.u.t);
+        return TD_OK;
+    }
+    case E_LASTFIRED: {
+        if (ev(r, n->a, &x)) return TD_ERR;
+        out->missing = true;
+        out->u.t = 0;
+        if (x.missing || !r->ctx->st || x.u.s.n > TD_RULE_ID_MAX) return TD_OK;
+        char id[TD_RULE_ID_MAX + 1];
+        memcpy(id, x.u.s.p, x.u.s.n);
+        id[x.u.s.n] = '\0';
+        td_ms at = td_state_fired_at(r->ctx->st, id);
+        if (at != TD_MS_MISSING) {
+            out->missing = false;
+            out->u.t = at;
+        }
+        return TD_OK;
+    }
+    case E_TAXCAP: {
+        const td_ctx *ctx = r->ctx;
+        out->missing = true;
+        out->u.d = 0;
+        if (!ctx->st || !ctx->settings || !ctx->st->country[0]) return TD_OK;
+        for (uint32_t k = 0; k < ctx->settings->ngift_tax_caps; k++)
+            if (strcmp(ctx->settings->gift_tax_caps[k].country, ctx->st->country) == 0) {
+                out->missing = false;
+                out->u.d = ctx->settings->gift_tax_caps[k].cap_eur;
+                break;
+            }
+        return TD_OK;
+    }
     }
     return fail(r, n, "internal error: unknown operation");
 }

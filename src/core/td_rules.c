@@ -26,12 +26,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td_calendar.h"
 #include "td_time.h"
 
 /* Bit of td_rule.on for guards that also judge timer triggers. */
 #define TD_ON_TIMER (1ULL << 63)
 
 struct td_ruleset {
+    td_calendar *own_calendar; /* empty: weekends only, until one is attached */
     td_rule *rules;
     size_t n;
     char **files; /* names, owned */
@@ -401,10 +403,12 @@ static const char *closest(const char *word, const char *const *cands) {
 static const char *const rule_keys[] = {"id",       "doc",   "on",     "when",      "priority",
                                         "group",    "after", "cooldown", "recommend", "block",
                                         "reason",   NULL};
-static const char *const rec_keys[] = {"channel", "touch", "at", "note", NULL};
+static const char *const rec_keys[] = {"channel", "touch", "at", "note", "window", NULL};
 static const char *const settings_keys[] = {"default_timezone",      "best_time_min_points",
                                             "best_time_default_hour", "business_start_hour",
-                                            "business_end_hour",     NULL};
+                                            "business_end_hour",     "quiet_start_hour",
+                                            "quiet_end_hour",        "gift_tax_cap_eur",
+                                            NULL};
 
 static bool key_known(const char *k, const char *const *keys) {
     for (size_t i = 0; keys[i]; i++)
@@ -620,6 +624,8 @@ static void compile_settings(cctx *cx, const config_setting_t *s) {
         {"best_time_default_hour", &st->best_time_default_hour, 0, 23},
         {"business_start_hour", &st->business_start_hour, 0, 23},
         {"business_end_hour", &st->business_end_hour, 1, 24},
+        {"quiet_start_hour", &st->quiet_start_hour, 0, 23},
+        {"quiet_end_hour", &st->quiet_end_hour, 0, 23},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         config_setting_t *m = config_setting_get_member(s, ints[i].key);
@@ -636,6 +642,54 @@ static void compile_settings(cctx *cx, const config_setting_t *s) {
             continue;
         }
         *ints[i].dst = v;
+    }
+    config_setting_t *caps = config_setting_get_member(s, "gift_tax_cap_eur");
+    if (caps) {
+        if (config_setting_type(caps) != CONFIG_TYPE_GROUP) {
+            err_at(cx, caps, "E111",
+                   "settings.gift_tax_cap_eur must be a group of country = amount, e.g. "
+                   "{ FR = 73.0; }");
+        } else {
+            st->ngift_tax_caps = 0; /* the ruleset's list replaces the defaults */
+            int n = config_setting_length(caps);
+            for (int i = 0; i < n; i++) {
+                config_setting_t *m = config_setting_get_elem(caps, (unsigned)i);
+                const char *cc = config_setting_name(m);
+                double v = 0;
+                int t = config_setting_type(m);
+                if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64)
+                    v = (double)config_setting_get_int64(m);
+                else if (t == CONFIG_TYPE_FLOAT)
+                    v = config_setting_get_float(m);
+                else {
+                    err_at(cx, m, "E111", "settings.gift_tax_cap_eur.%s must be an amount in EUR",
+                           cc);
+                    continue;
+                }
+                if (strlen(cc) != 2 || !isupper((unsigned char)cc[0]) ||
+                    !isupper((unsigned char)cc[1])) {
+                    err_at(cx, m, "E111",
+                           "settings.gift_tax_cap_eur: '%s' is not an ISO 3166 alpha-2 country "
+                           "code in capitals (FR, DE...)",
+                           cc);
+                    continue;
+                }
+                if (v < 0 || v > 1e9) {
+                    err_at(cx, m, "E111", "settings.gift_tax_cap_eur.%s must be from 0 to 1e9",
+                           cc);
+                    continue;
+                }
+                if (st->ngift_tax_caps == sizeof st->gift_tax_caps / sizeof st->gift_tax_caps[0]) {
+                    err_at(cx, m, "E111", "settings.gift_tax_cap_eur: at most %zu countries",
+                           sizeof st->gift_tax_caps / sizeof st->gift_tax_caps[0]);
+                    break;
+                }
+                td_strlcpy(st->gift_tax_caps[st->ngift_tax_caps].country, cc, 3);
+                st->gift_tax_caps[st->ngift_tax_caps].cap_eur =
+                    (td_dec)(v * TD_DEC_SCALE + (v >= 0 ? 0.5 : -0.5));
+                st->ngift_tax_caps++;
+            }
+        }
     }
     if (st->business_start_hour >= st->business_end_hour)
         err_at(cx, s, "E111",
@@ -775,6 +829,16 @@ static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const
             r->at = compile_expr(cx, rec, "at", TD_FIELD_EVENT, TD_T_TIME, rid);
             const char *note = get_string(cx, rec, "note", rid);
             if (note) r->note = xstrdup(note);
+            const char *win = get_string(cx, rec, "window", rid);
+            if (win) {
+                if (strcmp(win, "any") == 0)
+                    r->window_any = true;
+                else if (strcmp(win, "business") != 0)
+                    err_at(cx, config_setting_get_member(rec, "window"), "E110",
+                           "rule '%s': window must be \"business\" (the default: business hours "
+                           "on business days) or \"any\" (only quiet hours are avoided)",
+                           rid);
+            }
         }
     }
     return cx->diags->errors == errors_before;
@@ -935,8 +999,15 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     td_ruleset *rs = calloc(1, sizeof *rs);
     if (!rs) return NULL;
     td_settings_default(&rs->settings);
+    rs->own_calendar = td_calendar_new();
+    if (!rs->own_calendar) {
+        free(rs);
+        return NULL;
+    }
+    rs->settings.calendar = rs->own_calendar;
     rs->files = calloc(n ? n : 1, sizeof(char *));
     if (!rs->files) {
+        td_calendar_free(rs->own_calendar);
         free(rs);
         return NULL;
     }
@@ -971,7 +1042,12 @@ void td_ruleset_free(td_ruleset *rs) {
     free(rs->files);
     for (int t = 0; t < TD_EV__COUNT; t++) free(rs->by_type[t]);
     free(rs->guards);
+    td_calendar_free(rs->own_calendar);
     free(rs);
+}
+
+void td_ruleset_set_calendar(td_ruleset *rs, const td_calendar *cal) {
+    rs->settings.calendar = cal ? cal : rs->own_calendar;
 }
 
 const char *td_ruleset_hash(const td_ruleset *rs) { return rs->hash; }

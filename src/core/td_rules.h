@@ -71,6 +71,7 @@ typedef struct td_rule {
     char *touch;
     td_expr *at;      /* time; NULL = now */
     char *note;
+    bool window_any;  /* `window = "any"`: not moved into business hours (quiet hours still apply) */
 
     /* guards */
     td_expr *block;   /* bool over rec.*, target.* and state */
@@ -86,6 +87,12 @@ typedef struct td_ruleset td_ruleset;
  */
 td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags);
 void td_ruleset_free(td_ruleset *rs);
+
+/* Attaches the holiday calendar the engine and business_day() use (borrowed:
+ * it must outlive the ruleset). Without it, the ruleset's own empty calendar
+ * (weekends only) is used. */
+struct td_calendar;
+void td_ruleset_set_calendar(td_ruleset *rs, const struct td_calendar *cal);
 
 /* "sha256:<64 hex>" */
 const char *td_ruleset_hash(const td_ruleset *rs);

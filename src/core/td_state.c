@@ -103,6 +103,14 @@ void td_settings_default(td_settings *s) {
     s->best_time_default_hour = 10;
     s->business_start_hour = 9;
     s->business_end_hour = 18;
+    s->quiet_start_hour = 21;
+    s->quiet_end_hour = 8;
+    /* France: VAT on client gifts recoverable up to 73 EUR incl. VAT per
+     * recipient per year (revalued every five years: a setting) */
+    td_strlcpy(s->gift_tax_caps[0].country, "FR", sizeof s->gift_tax_caps[0].country);
+    s->gift_tax_caps[0].cap_eur = 73 * TD_DEC_SCALE;
+    s->ngift_tax_caps = 1;
+    s->calendar = NULL;
 }
 
 static void td_chan_init(td_chan_state *c) {

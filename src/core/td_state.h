@@ -134,6 +134,19 @@ typedef struct td_settings {
     int best_time_default_hour; /* local hour used below that (10) */
     int business_start_hour;    /* 9: first local hour a touch may be scheduled */
     int business_end_hour;      /* 18: touches end before this local hour */
+    int quiet_start_hour;       /* 21: even `window = "any"` touches wait from this local hour */
+    int quiet_end_hour;         /* 8: ... until this one (the range wraps midnight) */
+    /* yearly cap on client gifts per recipient whose VAT is recoverable, per
+     * country (France: 73 EUR incl. VAT); read by gift_tax_cap_eur() */
+    struct {
+        char country[3];
+        td_dec cap_eur;
+    } gift_tax_caps[32];
+    uint32_t ngift_tax_caps;
+    /* public holidays and weekends per country (td_calendar.h); the ruleset
+     * owns an empty one until the caller attaches a loaded one. Never NULL
+     * inside a compiled ruleset. */
+    const struct td_calendar *calendar;
 } td_settings;
 /* The defaults above. */
 void td_settings_default(td_settings *s);

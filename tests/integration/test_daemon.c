@@ -77,6 +77,7 @@ typedef struct fx {
     td_test_kafka kafka;
     td_test_touchd touchd;
     int reload_poll_ms;
+    char group[64]; /* consumer group; GROUP unless a test changes it */
 } fx;
 
 /* ------------------------------------------------------------- helpers */
@@ -94,7 +95,7 @@ static void write_config(fx *f) {
     int n = snprintf(text, sizeof text,
                      "kafka = {\n"
                      "  brokers = \"%s\";\n"
-                     "  group_id = \"" GROUP "\";\n"
+                     "  group_id = \"%s\";\n"
                      "  input_topics = [ \"" T_IN "\" ];\n"
                      "  output_topic = \"" T_OUT "\";\n"
                      "  dead_letter_topic = \"" T_DLQ "\";\n"
@@ -108,7 +109,8 @@ static void write_config(fx *f) {
                      "rules = { dir = \"%s\"; reload_poll_ms = %d; };\n"
                      "engine = { batch_max_events = 500; batch_max_ms = 20; };\n"
                      "log = { level = \"info\"; };\n",
-                     f->kafka.bootstraps, f->redis.port, f->rules_dir, f->reload_poll_ms);
+                     f->kafka.bootstraps, f->group[0] ? f->group : GROUP, f->redis.port,
+                     f->rules_dir, f->reload_poll_ms);
     assert_int_equal(td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf,
                                         sizeof f->conf),
                      0);
@@ -499,6 +501,43 @@ static void test_sighup_reload(void **state) {
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
 }
 
+/* Input consumed again from the start (a new consumer group: what a lost
+ * commit or an offset reset looks like) changes nothing: every event is
+ * skipped by the positions stored with the state, no recommendation is
+ * published again. */
+static void test_reconsumed_input_is_noop(void **state) {
+    fx *f = *state;
+    enum { NP = 3, NE = 8 };
+    start_touchd(f);
+    for (int j = 0; j < NE; j++)
+        for (int p = 0; p < NP; p++)
+            send_event(f, p, j);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    int want[NP];
+    for (int p = 0; p < NP; p++)
+        want[p] = NE;
+    assert_true(wait_events(f, NP, want, 30000));
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+
+    snprintf(f->group, sizeof f->group, "touchd-test-other");
+    write_config(f);
+    start_touchd(f);
+    char needle[80];
+    snprintf(needle, sizeof needle, "events=%d applied=0 skipped=%d", NP * NE, NP * NE);
+    /* the progress line is written at stop: wait for the consumption first */
+    assert_true(td_test_wait_file(f->log, "partitions assigned", 2, 30000));
+    td_test_sleep_ms(1500);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+    if (td_test_count_in_file(f->log, needle) != 1)
+        dump_log(f);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    for (int p = 0; p < NP; p++)
+        assert_int_equal(hget_int(f, p, "events"), NE);
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    assert_int_equal(td_test_reader_drain(r, 1000), NP * NE);
+    td_test_reader_free(r);
+}
+
 static void test_rules_dir_poll(void **state) {
     fx *f = *state; /* reload_poll_ms = 500 */
     start_touchd(f);
@@ -552,26 +591,33 @@ static void test_sigterm_commits(void **state) {
     }
 }
 
-/* Streams NP x NE events; `disrupt` is called once, when about a third of
- * the recommendations have been published. Then checks the contract. */
-static void stream_with_disruption(fx *f, void (*disrupt)(fx *f)) {
-    enum { NP = 12, NE = 150 };
+/* Streams NP x NE events. When about a third of the stream is out and
+ * touchd is visibly busy with it, `down` is called (kill something); the
+ * stream goes on for ~1 s while it is down, then `up` brings it back. Then
+ * the contract is checked. */
+static void stream_with_disruption(fx *f, void (*down)(fx *f), void (*up)(fx *f)) {
+    enum { NP = 12, NE = 150, DOWN_ROWS = 40 };
     start_touchd(f);
+    /* Stream into a running consumer, not into a backlog. */
+    assert_true(td_test_wait_file(f->log, "partitions assigned", 1, 30000));
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    bool disrupted = false;
+    int down_at = -1;
     int64_t deadline = td_test_now_ms() + 60000;
     for (int j = 0; j < NE; j++) {
         for (int p = 0; p < NP; p++)
             send_event(f, p, j);
         rd_kafka_poll(f->kafka.producer, 0);
-        td_test_sleep_ms(2); /* a stream, not a burst: ~4000 events/s */
-        if (!disrupted && j >= NE / 3) {
+        /* a stream, not a burst: ~4000 events/s, slower while down */
+        td_test_sleep_ms(down_at >= 0 && j < down_at + DOWN_ROWS ? 25 : 2);
+        if (down_at < 0 && j >= NE / 3) {
             /* Wait until touchd is really in the middle of the stream. */
             while (td_test_reader_read(r, (size_t)(NP * j) / 2, 100) < (size_t)(NP * j) / 2 &&
                    td_test_now_ms() < deadline) {
             }
-            disrupt(f);
-            disrupted = true;
+            down(f);
+            down_at = j;
+        } else if (down_at >= 0 && j == down_at + DOWN_ROWS) {
+            up(f);
         }
     }
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
@@ -604,30 +650,35 @@ static void stream_with_disruption(fx *f, void (*disrupt)(fx *f)) {
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
 }
 
-static void disrupt_kill_touchd(fx *f) {
+static void kill_touchd(fx *f) {
     td_test_touchd_kill(&f->touchd); /* kill -9 mid-stream */
     fprintf(stderr, "[ info ] touchd killed with SIGKILL\n");
-    td_test_sleep_ms(300);
+}
+
+static void restart_touchd(fx *f) {
     start_touchd(f);
+    fprintf(stderr, "[ info ] touchd restarted\n");
 }
 
 static void test_kill9_restart(void **state) {
     fx *f = *state;
-    stream_with_disruption(f, disrupt_kill_touchd);
+    stream_with_disruption(f, kill_touchd, restart_touchd);
     assert_true(td_test_count_in_file(f->log, "touchd starting") == 2);
 }
 
-static void disrupt_kill_redis(fx *f) {
+static void kill_redis(fx *f) {
     td_test_redis_kill(&f->redis);
     fprintf(stderr, "[ info ] redis-server killed with SIGKILL\n");
-    td_test_sleep_ms(1500);
+}
+
+static void restart_redis(fx *f) {
     assert_int_equal(td_test_redis_restart(&f->redis), 0);
     fprintf(stderr, "[ info ] redis-server restarted\n");
 }
 
 static void test_redis_restart(void **state) {
     fx *f = *state;
-    stream_with_disruption(f, disrupt_kill_redis);
+    stream_with_disruption(f, kill_redis, restart_redis);
     assert_true(td_test_count_in_file(f->log, "redis unavailable, holding the batch") >= 1);
     assert_true(td_test_count_in_file(f->log, "redis available again") >= 1);
     assert_true(td_test_count_in_file(f->log, "touchd starting") == 1);
@@ -640,6 +691,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup_nopoll, teardown),
         cmocka_unit_test_setup_teardown(test_rules_dir_poll, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconsumed_input_is_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
     };

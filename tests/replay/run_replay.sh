@@ -25,7 +25,7 @@ check "timers: p-2 replied, no fire" bash -c "! grep -q '^p-2' '$tmp/out'"
 check "timers: p-3 re-armed, pending at the end" bash -c "! grep -q '^p-3' '$tmp/out'"
 check "timers: summary counts" grep -q 'timers: 2 run, 1 stale, 1 pending' "$tmp/err"
 "$touchd" replay --brief --advance 3d --rules "$data/timer-rules" "$data/timers.jsonl" >"$tmp/out" 2>"$tmp/err"
-check "advance: p-3 fires 72h after its last send" grep -qxP 'p-3\tsilence.nudge\tlinkedin\tfollow_up\t2026-11-07T10:00:00Z\ttimer' "$tmp/out"
+check "advance: p-3 fires 72h after its last send (Saturday), not_before moved to Monday 09:00" grep -qxP 'p-3\tsilence.nudge\tlinkedin\tfollow_up\t2026-11-09T09:00:00Z\ttimer' "$tmp/out"
 check "advance: nothing pending" grep -q '0 pending' "$tmp/err"
 
 # JSON output is the recommendation contract, one object per line

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# run_test_runner.sh - tests `touchd test` itself, with crafted rules and test
+# files in tests/cli/testrunner/:
+#   pass/       basic.rules + basic.test: every case passes (one untested rule
+#               and one untested guard, for the coverage listing)
+#   fail/       wrong.test: wrong expectations against pass/basic.rules
+#   malformed/  syntax.test (not libconfig), semantic.test (mistakes on known lines)
+#
+# Environment: TD_TOUCHD (the touchd binary), TD_SOURCE_DIR (the repo root).
+# Prints "N passed, M failed" last; exits 1 when any check fails.
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="${TD_SOURCE_DIR:-$(cd "$here/../.." && pwd)}"
+touchd="${TD_TOUCHD:-$src/build/touchd}"
+if [[ ! -x "$touchd" ]]; then
+  echo "run_test_runner.sh: touchd binary not found: $touchd (set TD_TOUCHD)" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+cd "$src" || exit 1
+T=tests/cli/testrunner
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+ko() {
+  fail=$((fail + 1))
+  echo "FAILED: $1" >&2
+  if [[ -n "${2:-}" && -f "$2" ]]; then sed 's/^/    | /' "$2" | head -40 >&2; fi
+}
+# run NAME ARGS...: runs touchd, output in $tmp/NAME.out (stdout+stderr), exit in $tmp/NAME.rc
+run() {
+  local name="$1"
+  shift
+  "$touchd" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
+  echo $? >"$tmp/$name.rc"
+  cat "$tmp/$name.err" >>"$tmp/$name.out"
+}
+expect_rc() { # NAME CODE
+  local got
+  got="$(cat "$tmp/$1.rc")"
+  if [[ "$got" == "$2" ]]; then ok; else ko "$1: exit $got, expected $2" "$tmp/$1.out"; fi
+}
+expect_has() { # NAME FIXED-STRING
+  if grep -qF -- "$2" "$tmp/$1.out"; then ok; else ko "$1: output lacks: $2" "$tmp/$1.out"; fi
+}
+expect_not() { # NAME FIXED-STRING
+  if grep -qF -- "$2" "$tmp/$1.out"; then ko "$1: output should not contain: $2" "$tmp/$1.out"; else ok; fi
+}
+# stdout's last line, for the exact summary (stderr may follow in .out)
+expect_summary() { # NAME LINE
+  local got
+  got="$("$touchd" "${@:3}" 2>/dev/null | tail -n 1)"
+  if [[ "$got" == "$2" ]]; then ok; else ko "$1: summary '$got', expected '$2'"; fi
+}
+
+# ---- a passing suite
+run pass test $T/pass
+expect_rc pass 0
+expect_summary pass "8 passed, 0 failed" test $T/pass
+for c in pivot-whatsapp-with-consent no-consent-falls-to-linkedin follow-up-in-cooldown \
+         silence-timer-fires-after-72h silence-timer-quiet-after-reply daily-cap-blocks-follow-up; do
+  expect_has pass "PASS $T/pass/basic.test:$c"
+done
+expect_not pass "FAIL"
+
+# ---- coverage: the untested rule and guard are listed, the tested ones are not
+expect_has pass "coverage: 5 of 6 rules and 2 of 3 guards exercised"
+expect_has pass "not exercised: rule tr.untested ($T/pass/basic.rules:48)"
+expect_has pass "not exercised: guard guard.never-used ($T/pass/basic.rules:63)"
+expect_not pass "not exercised: rule tr.pivot-whatsapp"
+expect_not pass "not exercised: rule tr.silence"
+expect_not pass "not exercised: guard guard.consent"
+run cov test --require-coverage $T/pass
+expect_rc cov 1
+expect_has cov "coverage: FAILED (--require-coverage): 1 rules and 1 guards not exercised"
+expect_summary cov "8 passed, 0 failed" test --require-coverage $T/pass
+
+# ---- test files given alone: the rules are the *.rules beside them
+run alone test $T/pass/basic.test
+expect_rc alone 0
+expect_summary alone "8 passed, 0 failed" test $T/pass/basic.test
+
+# ---- -k filter
+run filter test -k silence $T/pass
+expect_rc filter 0
+expect_summary filter "2 passed, 0 failed" test -k silence $T/pass
+expect_not filter "pivot-whatsapp-with-consent"
+
+# ---- a failing suite: exit 1, a readable diff per failure
+run fail test $T/pass/basic.rules $T/fail/wrong.test
+expect_rc fail 1
+expect_summary fail "1 passed, 5 failed" test $T/pass/basic.rules $T/fail/wrong.test
+expect_has fail "PASS $T/fail/wrong.test:passes"
+expect_has fail "FAIL $T/fail/wrong.test:wrong-rule"
+expect_has fail "step 1 ($T/fail/wrong.test:15, email.opened e-1): recommendations differ (- expected, + actual)"
+expect_has fail "- tr.follow-up                         email     *                 *"
+expect_has fail "+ tr.pivot-whatsapp                    whatsapp  micro_question    2026-11-23T11:00:00Z  (trigger e-1)"
+expect_has fail "why tr.follow-up: lost in its group to tr.pivot-whatsapp"
+expect_has fail "FAIL $T/fail/wrong.test:unexpected-recommendation"
+expect_has fail "- (none)"
+expect_has fail "FAIL $T/fail/wrong.test:blocked-by-another-guard"
+expect_has fail "expected tr.pivot-whatsapp to be blocked by guard.cap-daily"
+expect_has fail "why tr.pivot-whatsapp: blocked by guard.consent"
+expect_has fail "FAIL $T/fail/wrong.test:wrong-not-before"
+expect_has fail "- tr.silence                           *         *                 2026-11-27T09:00:00Z"
+expect_has fail "+ tr.silence                           email     reengage          2026-11-26T09:00:00Z  (trigger timer)"
+expect_has fail "FAIL $T/fail/wrong.test:fired-but-expected-not"
+expect_has fail "tr.follow-up fired, expected it not to"
+
+# ---- JUnit XML: well-formed, right counts, escaped names
+"$touchd" test --junit "$tmp/fail.xml" $T/pass/basic.rules $T/fail/wrong.test >/dev/null 2>&1
+"$touchd" test --junit "$tmp/pass.xml" $T/pass >/dev/null 2>&1
+for x in fail pass; do
+  if [[ ! -s "$tmp/$x.xml" ]]; then
+    ko "junit: $x.xml was not written"
+  elif command -v xmllint >/dev/null 2>&1; then
+    if xmllint --noout "$tmp/$x.xml" 2>"$tmp/xmllint.err"; then ok; else ko "junit: $x.xml is not well-formed" "$tmp/xmllint.err"; fi
+  else
+    if python3 -c 'import sys,xml.etree.ElementTree as E; E.parse(sys.argv[1])' "$tmp/$x.xml" 2>"$tmp/xmllint.err"; then ok; else ko "junit: $x.xml is not well-formed" "$tmp/xmllint.err"; fi
+  fi
+done
+junit_counts() { # FILE -> "suites tests failures testcases failure-elements"
+  python3 - "$1" <<'PY'
+import sys, xml.etree.ElementTree as E
+r = E.parse(sys.argv[1]).getroot()
+cases = r.findall('./testsuite/testcase')
+print(r.tag, r.get('tests'), r.get('failures'), len(cases), sum(1 for c in cases if c.find('failure') is not None))
+PY
+}
+got="$(junit_counts "$tmp/fail.xml" 2>&1)"
+if [[ "$got" == "testsuites 6 5 6 5" ]]; then ok; else ko "junit fail counts: '$got', expected 'testsuites 6 5 6 5'"; fi
+got="$(junit_counts "$tmp/pass.xml" 2>&1)"
+if [[ "$got" == "testsuites 8 0 8 0" ]]; then ok; else ko "junit pass counts: '$got', expected 'testsuites 8 0 8 0'"; fi
+got="$(python3 -c 'import sys,xml.etree.ElementTree as E; print([c.get("name") for c in E.parse(sys.argv[1]).getroot().iter("testcase")][-1])' "$tmp/pass.xml" 2>&1)"
+if [[ "$got" == "escaping <&> \"quotes\" 'apos'" ]]; then ok; else ko "junit: escaped name round trip: '$got'"; fi
+if grep -q 'why tr.follow-up: lost in its group to tr.pivot-whatsapp' "$tmp/fail.xml"; then ok; else ko "junit: failure text lacks the diff"; fi
+"$touchd" test --require-coverage --junit "$tmp/cov.xml" $T/pass >/dev/null 2>&1
+got="$(python3 -c 'import sys,xml.etree.ElementTree as E; r=E.parse(sys.argv[1]).getroot(); print(r.get("tests"), r.get("failures"), [s.get("name") for s in r.findall("testsuite")][-1])' "$tmp/cov.xml" 2>&1)"
+if [[ "$got" == "9 1 coverage" ]]; then ok; else ko "junit with --require-coverage: '$got', expected '9 1 coverage'"; fi
+
+# ---- malformed test files: file:line and what to fix
+run bad test $T/pass/basic.rules $T/malformed/syntax.test $T/malformed/semantic.test
+expect_rc bad 1
+expect_summary bad "1 passed, 7 failed" test $T/pass/basic.rules $T/malformed/syntax.test $T/malformed/semantic.test
+expect_has bad "FAIL $T/malformed/syntax.test"
+expect_has bad "$T/malformed/syntax.test:7: error: syntax error"
+expect_has bad "$T/malformed/semantic.test:7: error: unknown rule 'tr.pivot-whatsap' in the ruleset; did you mean 'tr.pivot-whatsapp'?"
+expect_has bad "$T/malformed/semantic.test:11: error: \`at = \"tomorrow\"\` is not a time"
+expect_has bad "$T/malformed/semantic.test:15: error: unknown key 'expcet_none' in a step"
+expect_has bad "$T/malformed/semantic.test:19: error: event rejected by the decoder: type:"
+expect_has bad "$T/malformed/semantic.test:23: error: unknown state field 'emial.sent'"
+expect_has bad "$T/malformed/semantic.test:29: error: 'tr.pivot-linkedin' is not a guard"
+expect_has bad "FAIL $T/malformed/semantic.test:unknown-rule"
+expect_has bad "PASS $T/malformed/semantic.test:still-runs"
+
+# ---- usage errors and rules that do not compile
+run noargs test
+expect_rc noargs 2
+run badopt test --bogus $T/pass
+expect_rc badopt 2
+run nopath test "$tmp/does-not-exist"
+expect_rc nopath 2
+mkdir -p "$tmp/badrules"
+printf 'rules = ( { id = "x"; on = [ "email.opened" ]; when = "emial.sent > 1"; recommend = { channel = "email"; touch = "follow_up"; }; } );\n' >"$tmp/badrules/x.rules"
+cp $T/pass/basic.test "$tmp/badrules/"
+run badrules test "$tmp/badrules"
+expect_rc badrules 1
+expect_has badrules "unknown field 'emial.sent'"
+expect_summary badrules "0 passed, 1 failed" test "$tmp/badrules"
+mkdir -p "$tmp/notests"
+cp $T/pass/basic.rules "$tmp/notests/"
+run notests test "$tmp/notests"
+expect_rc notests 1
+expect_has notests "no *.test files found"
+
+echo "$pass passed, $fail failed"
+((fail == 0))
