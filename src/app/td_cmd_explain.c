@@ -36,6 +36,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "td_calendar.h"
 #include "td_cli.h"
 #include "td_engine.h"
 #include "td_sim.h"
@@ -58,6 +59,7 @@ typedef struct explain_opts {
     const char *prospect;
     const char *at_id;
     const char *event_json; /* --event */
+    const char *holidays;   /* --holidays */
     td_ms now;              /* --now, TD_MS_MISSING when not given */
     bool json;
     int marks; /* 0 auto, 1 ascii, 2 unicode */
@@ -841,6 +843,8 @@ static void usage(FILE *f) {
             "                       against the final state, after the timers due by then\n"
             "  -E, --event JSON     explain a hypothetical event applied after the history/state\n"
             "  -j, --json           JSON output (shape in docs/cli.md)\n"
+            "  -H, --holidays DIR   public holiday files for business days (default\n"
+            "                       config/holidays when it exists, else weekends only)\n"
             "      --ascii          ASCII marks (+ - ?) instead of check marks\n"
             "      --unicode        check marks even when stdout is not a terminal\n"
             "  -h, --help           this help\n"
@@ -869,12 +873,13 @@ int td_cmd_explain(int argc, char **argv) {
                                          {"json", no_argument, NULL, 'j'},
                                          {"ascii", no_argument, NULL, 'A'},
                                          {"unicode", no_argument, NULL, 'U'},
+                                         {"holidays", required_argument, NULL, 'H'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     explain_opts o = {.now = TD_MS_MISSING};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "r:e:s:p:a:n:E:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "r:e:s:p:a:n:E:jH:h", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             if (o.nrules == 64) {
@@ -898,6 +903,7 @@ int td_cmd_explain(int argc, char **argv) {
         case 'j': o.json = true; break;
         case 'A': o.marks = 1; break;
         case 'U': o.marks = 2; break;
+        case 'H': o.holidays = optarg; break;
         case 'h': usage(stdout); return TD_EXIT_OK;
         default: usage(stderr); return TD_EXIT_USAGE;
         }
@@ -925,6 +931,15 @@ int td_cmd_explain(int argc, char **argv) {
         fprintf(stderr, "touchd explain: the rules do not compile\n");
         return TD_EXIT_FAIL;
     }
+    struct td_calendar *cal = NULL;
+    const char *cal_dir = NULL;
+    char cerr[320];
+    if (td_sim_load_calendar(o.holidays, &cal, &cal_dir, cerr, sizeof cerr) != TD_OK) {
+        fprintf(stderr, "touchd explain: %s\n", cerr);
+        td_ruleset_free(rs);
+        return TD_EXIT_USAGE;
+    }
+    if (cal) td_ruleset_set_calendar(rs, cal);
     int rc = TD_EXIT_OK;
     td_tzdb *tz = td_tzdb_new();
     explain_input *in = calloc(1, sizeof *in);
@@ -1010,5 +1025,6 @@ done:
     free(views);
     td_tzdb_free(tz);
     td_ruleset_free(rs);
+    td_calendar_free(cal);
     return rc;
 }

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "td_calendar.h"
 #include "td_cli.h"
 #include "td_engine.h"
 #include "td_sim.h"
@@ -284,6 +285,19 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
     return ok;
 }
 
+/* -v: what a step produced, whether or not it was checked. */
+static void trace_step(size_t si, const tf_step *st, const collector *c, td_buf *b) {
+    char label[200];
+    td_buf_printf(b, "    step %zu (line %d, %s): %zu recommendation%s\n", si + 1, st->line,
+                  step_label(st, label, sizeof label), c->nrecs, c->nrecs == 1 ? "" : "s");
+    for (size_t g = 0; g < c->nrecs; g++)
+        rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
+                 c->recs[g].not_before, c->recs[g].trigger);
+    for (size_t i = 0; i < c->ndecs; i++)
+        if (c->decs[i].outcome != TD_OUT_FIRED)
+            td_buf_printf(b, "          %s: %s\n", c->decs[i].rule->id, c->decs[i].why);
+}
+
 /* Marks the rules and guards a case names in its expectations. */
 static void cover_named(const tf_case *tc, bool *covered) {
     for (size_t s = 0; s < tc->nsteps; s++) {
@@ -299,7 +313,7 @@ static void cover_named(const tf_case *tc, bool *covered) {
 
 /* Runs one case. @returns 1 passed, 0 failed, -1 out of memory. */
 static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const tf_case *tc,
-                    bool *covered, td_buf *report) {
+                    bool *covered, bool verbose, td_buf *report, td_buf *trace) {
     td_sim sim;
     /* setup events may come before the start: they run at their own times,
      * then the clock moves to the start (firing the timers due by then) */
@@ -322,6 +336,7 @@ static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const t
             rc = -1;
         if (col.oom) rc = -1;
         if (rc < 0) break;
+        if (verbose) trace_step(s, st, &col, trace);
         if (!check_step(f, s, st, &col, report)) rc = 0;
     }
     cover_named(tc, covered);
@@ -450,6 +465,10 @@ static void usage(FILE *f) {
             "  --require-coverage    fail when a rule or guard is exercised by no case\n"
             "  -k, --filter TEXT     run only the cases whose name contains TEXT\n"
             "  -q, --quiet           print only failures, the coverage and the summary\n"
+"  -H, --holidays DIR    public holiday files (<CC>.holidays) for business days;\n"
+            "                        default config/holidays when it exists, else weekends only\n"
+            "  -v, --verbose         after each case, what every step produced and why the\n"
+            "                        other rules did not fire (to write expectations)\n"
             "  -h, --help            this help\n"
             "\n"
             "Prints PASS/FAIL file:case per case, a diff for each failure, the rules and\n"
@@ -534,18 +553,22 @@ int td_cmd_test(int argc, char **argv) {
                                          {"require-coverage", no_argument, NULL, 'c'},
                                          {"filter", required_argument, NULL, 'k'},
                                          {"quiet", no_argument, NULL, 'q'},
+                                         {"verbose", no_argument, NULL, 'v'},
+                                         {"holidays", required_argument, NULL, 'H'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *junit = NULL, *filter = NULL;
-    bool require_cov = false, quiet = false;
+    const char *junit = NULL, *filter = NULL, *holidays = NULL;
+    bool require_cov = false, quiet = false, verbose = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "k:qh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "k:qvH:h", opts, NULL)) != -1) {
         switch (c) {
         case 'j': junit = optarg; break;
         case 'c': require_cov = true; break;
         case 'k': filter = optarg; break;
         case 'q': quiet = true; break;
+        case 'v': verbose = true; break;
+        case 'H': holidays = optarg; break;
         case 'h': usage(stdout); return TD_EXIT_OK;
         default: usage(stderr); return TD_EXIT_USAGE;
         }
@@ -606,6 +629,18 @@ int td_cmd_test(int argc, char **argv) {
         return TD_EXIT_FAIL;
     }
 
+    struct td_calendar *cal = NULL;
+    const char *cal_dir = NULL;
+    char cerr[320];
+    if (td_sim_load_calendar(holidays, &cal, &cal_dir, cerr, sizeof cerr) != TD_OK) {
+        fprintf(stderr, "touchd test: %s\n", cerr);
+        td_ruleset_free(rs);
+        strv_free(&rules);
+        strv_free(&tests);
+        return TD_EXIT_USAGE;
+    }
+    if (cal) td_ruleset_set_calendar(rs, cal);
+
     size_t nr = td_ruleset_count(rs);
     bool *covered = calloc(nr + 1, sizeof *covered);
     tf_file *files = calloc(tests.n + 1, sizeof *files);
@@ -657,12 +692,13 @@ int td_cmd_test(int argc, char **argv) {
         }
         for (size_t k = 0; k < f->ncases; k++) {
             const tf_case *tc = &f->cases[k];
-            td_buf report = {0};
+            td_buf report = {0}, trace = {0};
             double t0 = mono_seconds();
-            int r = run_case(rs, tz, f, tc, covered, &report);
+            int r = run_case(rs, tz, f, tc, covered, verbose, &report, &trace);
             double secs = mono_seconds() - t0;
             if (r < 0) {
                 td_buf_free(&report);
+                td_buf_free(&trace);
                 fprintf(stderr, "touchd test: out of memory\n");
                 rc = TD_EXIT_FATAL;
                 goto done;
@@ -674,6 +710,8 @@ int td_cmd_test(int argc, char **argv) {
                 failed++;
                 printf("FAIL %s:%s\n%s", f->path, tc->name, report.p ? report.p : "");
             }
+            if (trace.p) printf("%s", trace.p);
+            td_buf_free(&trace);
             res[nres++] = (result){.file = tests.v[fi], .name = strdup(tc->name), .passed = r == 1,
                                    .seconds = secs, .report = report.p ? strdup(report.p) : NULL};
             td_buf_free(&report);
@@ -730,6 +768,7 @@ done:
     free(covered);
     td_tzdb_free(tz);
     td_ruleset_free(rs);
+    td_calendar_free(cal);
     strv_free(&rules);
     strv_free(&tests);
     return rc;

@@ -84,6 +84,8 @@ struct td_daemon {
     uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out,
         conflicts, redis_waits, reloads, reload_failures;
     int64_t next_progress;
+    /* time spent in the phases of the last batch (ms), for the debug log */
+    int64_t t_load, t_compute, t_deliver, t_store;
 };
 
 static int64_t td_mono_ms(void) {
@@ -544,6 +546,7 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
 typedef enum { TD_BATCH_DONE = 0, TD_BATCH_ABANDONED = 1, TD_BATCH_FATAL = 2 } td_batch_rc;
 
 static td_batch_rc td_batch_process(td_daemon *d) {
+    d->t_load = d->t_compute = d->t_deliver = d->t_store = 0;
     td_kafka_round_begin(d->kafka);
     if (td_batch_decode(d) < 0)
         return TD_BATCH_FATAL;
@@ -554,8 +557,11 @@ static td_batch_rc td_batch_process(td_daemon *d) {
         d->work[g] = (int32_t)g;
     bool first_round = true;
     for (int attempt = 0;; attempt++) {
+        int64_t t0 = td_mono_ms();
         if (nwork > 0 && td_batch_load(d, d->work, nwork) < 0)
             return TD_BATCH_ABANDONED;
+        int64_t t1 = td_mono_ms();
+        d->t_load += t1 - t0;
         if (!first_round)
             td_kafka_round_begin(d->kafka);
         first_round = false;
@@ -576,6 +582,8 @@ static td_batch_rc td_batch_process(td_daemon *d) {
                 return TD_BATCH_FATAL;
         }
         d->recs_out += d->nrecs;
+        int64_t t2 = td_mono_ms();
+        d->t_compute += t2 - t1;
         /* Durable output first: nothing of this batch is stored in Redis, and
          * no offset, before every recommendation is acknowledged. */
         int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
@@ -584,9 +592,12 @@ static td_batch_rc td_batch_process(td_daemon *d) {
         if (w == -2)
             return TD_BATCH_ABANDONED;
 
+        int64_t t3 = td_mono_ms();
+        d->t_deliver += t3 - t2;
         size_t nconf = 0;
         if (td_batch_store(d, d->work, nwork, d->work2, &nconf) < 0)
             return TD_BATCH_ABANDONED;
+        d->t_store += td_mono_ms() - t3;
         if (nconf == 0)
             break;
         d->conflicts += nconf;
@@ -661,8 +672,11 @@ int td_daemon_run(td_daemon *d) {
         }
         if (br == TD_BATCH_ABANDONED)
             break;
-        td_log_debug("batch done", "events=%zu prospects=%zu recs=%zu ms=%lld", n, ng, d->nrecs,
-                     (long long)(td_mono_ms() - t0));
+        td_log_debug("batch done",
+                     "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
+                     "deliver_ms=%lld store_ms=%lld",
+                     n, ng, d->nrecs, (long long)(td_mono_ms() - t0), (long long)d->t_load,
+                     (long long)d->t_compute, (long long)d->t_deliver, (long long)d->t_store);
     }
     td_daemon_progress(d, true);
     if (rc == TD_EXIT_OK)

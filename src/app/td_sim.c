@@ -7,8 +7,12 @@
  */
 #include "td_sim.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "td_calendar_load.h"
 
 int td_sim_init(td_sim *s, const td_ruleset *rs, td_tzdb *tz, const char *prospect_id,
                 const td_state *init, td_ms clock, unsigned flags) {
@@ -88,5 +92,22 @@ int td_sim_event(td_sim *s, const td_event *ev, unsigned flags) {
         return TD_ERR;
     if (s->out->duplicate) s->duplicates++;
     notify(s, &trig);
+    return TD_OK;
+}
+
+int td_sim_load_calendar(const char *dir, struct td_calendar **cal, const char **used, char *err,
+                         size_t errcap) {
+    struct stat sb;
+    *cal = NULL;
+    *used = NULL;
+    if (!dir && stat("config/holidays", &sb) == 0 && S_ISDIR(sb.st_mode)) dir = "config/holidays";
+    if (!dir) return TD_OK;
+    char cerr[256];
+    *cal = td_calendar_load_dir(dir, cerr, sizeof cerr);
+    if (!*cal) {
+        snprintf(err, errcap, "holidays: %s", cerr);
+        return TD_ERR;
+    }
+    *used = dir;
     return TD_OK;
 }

@@ -59,4 +59,15 @@ int td_sim_advance(td_sim *s, td_ms t);
  */
 int td_sim_event(td_sim *s, const td_event *ev, unsigned flags);
 
+/*
+ * The business calendar for the offline commands, as `replay` chooses it:
+ * the holiday files of `dir`, or of ./config/holidays when dir is NULL and
+ * that directory exists, else none (NULL: weekends only). *used receives the
+ * directory read (or NULL).
+ * @returns TD_OK (*cal may be NULL) or TD_ERR with err set.
+ */
+struct td_calendar;
+int td_sim_load_calendar(const char *dir, struct td_calendar **cal, const char **used, char *err,
+                         size_t errcap);
+
 #endif

@@ -780,8 +780,10 @@ int td_calendar_add(td_calendar *cal, const char *region, const char *text, size
     size_t at = region_pos(cal, norm, &found);
     cal_region *r = found ? cal->r[at] : NULL;
     if (!p.oom) {
-        qsort(p.hol.v, p.hol.n, sizeof *p.hol.v, day_cmp);
-        qsort(p.work.v, p.work.n, sizeof *p.work.v, day_cmp);
+        if (p.hol.n > 1)
+            qsort(p.hol.v, p.hol.n, sizeof *p.hol.v, day_cmp);
+        if (p.work.n > 1)
+            qsort(p.work.v, p.work.n, sizeof *p.work.v, day_cmp);
         check_dups(&p, r);
     }
     if (p.oom && err != NULL && errcap > 0)

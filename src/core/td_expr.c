@@ -1986,6 +1986,28 @@ int td_expr_eval(const td_expr *e, const td_ctx *ctx, td_value *out, char *err, 
     return eval_at(e, 0, ctx, out, err, errcap);
 }
 
+size_t td_expr_fields(const td_expr *e, const td_field **out, size_t cap) {
+    size_t n = 0;
+    if (!e) return 0;
+    for (uint32_t i = 0; i < e->nnodes; i++) {
+        if (e->nodes[i].op != E_FIELD) continue;
+        const td_field *f = e->nodes[i].u.f;
+        bool seen = false;
+        for (size_t j = 0; j < n && j < cap; j++)
+            if (out[j] == f) seen = true;
+        if (seen) continue;
+        if (n < cap) out[n] = f;
+        n++;
+    }
+    return n;
+}
+
+bool td_expr_constant(const td_expr *e, td_value *out) {
+    if (!e || e->nnodes == 0 || e->nodes[0].op != E_CONST) return false;
+    *out = e->nodes[0].u.k;
+    return true;
+}
+
 size_t td_expr_conjuncts(const td_expr *e) { return e ? e->nconj : 0; }
 
 const char *td_expr_conjunct_source(const td_expr *e, size_t i, size_t *len) {

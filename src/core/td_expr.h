@@ -66,6 +66,12 @@ td_type td_expr_type(const td_expr *e);
 /* The source the expression was compiled from (owned by e). */
 const char *td_expr_source(const td_expr *e, size_t *len);
 
+/* The distinct schema fields e reads, for lint checks: up to cap of them go
+ * into out; @returns how many there are. */
+size_t td_expr_fields(const td_expr *e, const td_field **out, size_t cap);
+/* true, with *out, when the whole expression is a constant. */
+bool td_expr_constant(const td_expr *e, td_value *out);
+
 /* Facts read during an evaluation: each schema field once, with its value. */
 #define TD_FACTS_MAX 16
 typedef struct td_fact {

@@ -992,6 +992,125 @@ static bool build_index(td_ruleset *rs) {
     return true;
 }
 
+/* ---- warnings that need the whole ruleset (W304..W308) ---- */
+
+static uint64_t types_matching(const char *prefix_or_suffix, bool suffix) {
+    uint64_t m = 0;
+    size_t pl = strlen(prefix_or_suffix);
+    for (int t = 0; t < TD_EV__COUNT; t++) {
+        const char *nm = td_event_type_name((td_event_type)t);
+        size_t nl = strlen(nm);
+        if (suffix ? (nl >= pl && strcmp(nm + nl - pl, prefix_or_suffix) == 0)
+                   : strncmp(nm, prefix_or_suffix, pl) == 0)
+            m |= 1ULL << t;
+    }
+    return m;
+}
+
+/* Event types that can carry event field `name`; all types for the envelope
+ * fields, 0 for names that are not event fields. */
+static uint64_t event_field_types(const char *name) {
+    static const struct {
+        const char *field, *match;
+        bool suffix;
+    } map[] = {
+        {"event.sentiment", ".replied", true},  {"event.human", "email.opened", false},
+        {"event.hard", "email.bounced", false}, {"event.value_eur", "gift.", false},
+        {"event.items", "gift.", false},        {"event.gift_kind", "gift.", false},
+        {"event.wrapping", "gift.", false},     {"event.duration_s", "call.", false},
+        {"event.at", "meeting.", false},        {"event.stage", "prospect.", false},
+        {"event.tier", "prospect.", false},
+    };
+    if (strncmp(name, "event.", 6) != 0) return 0;
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (strcmp(name, map[i].field) == 0) return types_matching(map[i].match, map[i].suffix);
+    if (strcmp(name, "event.kind") == 0)
+        return types_matching("email.", false) | types_matching("whatsapp.", false) |
+               types_matching("sms.", false);
+    return (1ULL << TD_EV__COUNT) - 1; /* type, channel, owner_id, occurred_at */
+}
+
+static void lint_warn(td_diags *d, const td_rule *r, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void lint_warn(td_diags *d, const td_rule *r, const char *code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    diag_add(d, TD_SEV_WARNING, code, r->file, NULL, r->line, 0, 1, "%s", msg);
+}
+
+static bool shares_trigger(const td_rule *a, const td_rule *b) {
+    return (a->on & b->on & ((1ULL << TD_EV__COUNT) - 1)) != 0;
+}
+
+static void lint(const td_ruleset *rs, td_diags *d) {
+    char dur1[32], dur2[32];
+    for (size_t i = 0; i < rs->n; i++) {
+        const td_rule *r = &rs->rules[i];
+        td_value k;
+        const td_expr *cond = r->guard ? r->block : r->when;
+        if (cond && td_expr_constant(cond, &k) && !k.missing && !k.u.b)
+            lint_warn(d, r, "W304", "%s '%s' can never %s: its %s is always false",
+                      r->guard ? "guard" : "rule", r->id, r->guard ? "block" : "fire",
+                      r->guard ? "block" : "when");
+        if (r->guard || !r->when) goto cooldown;
+        const td_field *fs[32];
+        size_t nf = td_expr_fields(r->when, fs, 32);
+        for (size_t j = 0; j < nf && j < 32; j++) {
+            const char *name = fs[j]->name;
+            if (strncmp(name, "event.", 6) != 0) continue;
+            if (r->after > 0) {
+                lint_warn(d, r, "W305",
+                          "timer rule '%s' reads %s, but event fields are missing when a timer "
+                          "fires (the state is all there is): compare it with ?? or move the "
+                          "condition to the state",
+                          r->id, name);
+                continue;
+            }
+            uint64_t carry = event_field_types(name);
+            if ((carry & r->on) == 0)
+                lint_warn(d, r, "W304",
+                          "rule '%s' reads %s, which none of its `on` event types carries: a "
+                          "comparison with it is always false (missing)",
+                          r->id, name);
+        }
+    cooldown:
+        if (!r->guard && r->after > 0 && r->cooldown >= r->after) {
+            td_duration_format(r->cooldown, dur1, sizeof dur1);
+            td_duration_format(r->after, dur2, sizeof dur2);
+            lint_warn(d, r, "W308",
+                      "timer rule '%s': cooldown %s is not shorter than its timer (after = %s): a "
+                      "timer re-armed and due within the cooldown will not fire",
+                      r->id, dur1, dur2);
+        }
+        if (r->guard || !r->group) continue;
+        for (size_t j = 0; j < i; j++) {
+            const td_rule *o = &rs->rules[j];
+            if (o->guard || !o->group || strcmp(o->group, r->group) != 0) continue;
+            if (!shares_trigger(o, r) || (o->after > 0) != (r->after > 0)) continue;
+            if (o->priority == r->priority)
+                lint_warn(d, r, "W306",
+                          "rules '%s' and '%s' of group '%s' have the same priority %lld and "
+                          "share a trigger: when both match, the one defined first ('%s') "
+                          "always wins",
+                          o->id, r->id, r->group, (long long)r->priority, o->id);
+            /* a higher-priority rule that always matches and is never in
+             * cooldown shadows every lower one on the triggers it covers */
+            const td_rule *hi = o->priority >= r->priority ? o : r;
+            const td_rule *lo = hi == o ? r : o;
+            if (hi->priority > lo->priority && !hi->when && !hi->cooldown &&
+                (lo->on & ~hi->on & ((1ULL << TD_EV__COUNT) - 1)) == 0)
+                lint_warn(d, lo, "W307",
+                          "rule '%s' can only win its group '%s' when a guard blocks '%s', which "
+                          "has a higher priority, no `when` and no cooldown on every trigger of "
+                          "'%s'",
+                          lo->id, lo->group, hi->id, lo->id);
+        }
+    }
+}
+
 td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags) {
     td_diags local = {0};
     if (!diags) diags = &local;
@@ -1024,6 +1143,7 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     compute_hash(rs, srcs, n);
     if (diags->errors == errors_before && !build_index(rs))
         diag_add(diags, TD_SEV_ERROR, "E100", "<rules>", NULL, 0, 0, 1, "out of memory");
+    if (diags->errors == errors_before) lint(rs, diags);
     free(cx.seen);
     bool failed = diags->errors != errors_before;
     if (diags == &local) td_diags_free(&local);

@@ -42,6 +42,7 @@
  * @locality one thread (the daemon's main loop); a td_redis is not shared.
  */
 #include "td_redis.h"
+#include "td_timers.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -64,21 +65,69 @@
  * (exact below 2^53: a prospect will not see 9e15 writes). HSET is called in
  * chunks of 200 arguments to stay far below Lua's unpack() stack limit.
  * Returns 1 when written, 0 on a version mismatch.
+ *
+ * With the timer index on (td_redis_set_timer_shards), KEYS[2] = the
+ * prospect's timer shard ("<prefix>:t:<shard>") and the arguments are
+ * ARGV[1] = expected version, ARGV[2] = member prefix ("<id>\x1f"),
+ * ARGV[3] = T, the number of timer.* fields among the pairs, ARGV[4..3+T] =
+ * their due times in ms (in the order the timer.* fields appear), then the
+ * pairs. Before replacing the hash the script reads the stored timer.*
+ * fields (HKEYS + HMGET); after writing, a timer field that is new or whose
+ * value ("<due> <armed_by>") changed is ZADDed (member = prefix + the part
+ * after "timer."; a re-arm updates the score of the same member), and a
+ * stored timer field that is gone is ZREMed. An unchanged timer is not
+ * touched (it may be claimed and firing right now: re-adding it would let a
+ * second claimer in). One script, one node: state and index change together.
  */
 static const char td_redis_cas_lua[] =
     "local key = KEYS[1]\n"
     "local cur = redis.call('HGET', key, 'v')\n"
     "if not cur then cur = '0' end\n"
     "if cur ~= ARGV[1] then return 0 end\n"
+    "local i = 2\n"
+    "local zk, mp, old, sc\n"
+    "if #KEYS > 1 then\n"
+    "  zk = KEYS[2]\n"
+    "  mp = ARGV[2]\n"
+    "  local nt = tonumber(ARGV[3])\n"
+    "  sc = {}\n"
+    "  for k = 1, nt do sc[k] = ARGV[3 + k] end\n"
+    "  i = 4 + nt\n"
+    "  old = {}\n"
+    "  local names = {}\n"
+    "  for _, f in ipairs(redis.call('HKEYS', key)) do\n"
+    "    if string.sub(f, 1, 6) == 'timer.' then names[#names + 1] = f end\n"
+    "  end\n"
+    "  if #names > 0 then\n"
+    "    local vals = redis.call('HMGET', key, unpack(names))\n"
+    "    for k, f in ipairs(names) do old[f] = vals[k] end\n"
+    "  end\n"
+    "end\n"
+    "local first = i\n"
     "redis.call('DEL', key)\n"
     "redis.call('HSET', key, 'v', string.format('%d', tonumber(ARGV[1]) + 1))\n"
     "local n = #ARGV\n"
-    "local i = 2\n"
     "while i <= n do\n"
     "  local j = i + 199\n"
     "  if j > n then j = n end\n"
     "  redis.call('HSET', key, unpack(ARGV, i, j))\n"
     "  i = j + 1\n"
+    "end\n"
+    "if zk then\n"
+    "  local t = 0\n"
+    "  for k = first, n - 1, 2 do\n"
+    "    local f = ARGV[k]\n"
+    "    if string.sub(f, 1, 6) == 'timer.' then\n"
+    "      t = t + 1\n"
+    "      if old[f] ~= ARGV[k + 1] then\n"
+    "        redis.call('ZADD', zk, sc[t], mp .. string.sub(f, 7))\n"
+    "      end\n"
+    "      old[f] = nil\n"
+    "    end\n"
+    "  end\n"
+    "  local rem = {}\n"
+    "  for f, _ in pairs(old) do rem[#rem + 1] = mp .. string.sub(f, 7) end\n"
+    "  if #rem > 0 then redis.call('ZREM', zk, unpack(rem)) end\n"
     "end\n"
     "return 1\n";
 
@@ -101,6 +150,7 @@ struct td_redis {
     int64_t backoff_ms;   /* delay after the next failure */
     int64_t next_try_ms;  /* monotonic: no connect attempt before this */
     char sha[41];         /* SHA1 of the script once loaded ("" before) */
+    uint32_t timer_shards; /* 0: no timer index (td_redis_set_timer_shards) */
     char err[512];
     td_rscratch s;
 };
@@ -696,16 +746,43 @@ static int rd_script_load(td_redis *r, int64_t deadline) {
     return rc;
 }
 
-/* Appends the EVALSHA of prospect i. */
+void td_redis_set_timer_shards(td_redis *r, uint32_t shards) { r->timer_shards = shards; }
+
+/* Appends the EVALSHA of prospect i (with its timer shard when the index is
+ * on: see td_redis_cas_lua for the argument layout). */
 static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     char ver[24];
     snprintf(ver, sizeof ver, "%" PRId64, expected);
     rs_reset(&r->s);
     rs_pushs(&r->s, "EVALSHA");
     rs_pushs(&r->s, r->sha);
-    rs_pushs(&r->s, "1");
-    rd_push_key(r, st->prospect_id);
-    rs_pushs(&r->s, ver);
+    if (r->timer_shards) {
+        rs_pushs(&r->s, "2");
+        rd_push_key(r, st->prospect_id);
+        char zk[96];
+        size_t zn = td_timers_shard_key(r->conf.key_prefix,
+                                        td_timers_shard(st->prospect_id, r->timer_shards), zk,
+                                        sizeof zk);
+        rs_push(&r->s, zk, zn < sizeof zk ? zn : sizeof zk - 1);
+        rs_pushs(&r->s, ver);
+        char mp[TD_ID_MAX + 2];
+        size_t pn = strlen(st->prospect_id);
+        memcpy(mp, st->prospect_id, pn);
+        mp[pn++] = TD_TIMER_SEP;
+        rs_push(&r->s, mp, pn);
+        char num[24];
+        snprintf(num, sizeof num, "%" PRIu32, st->ntimers);
+        rs_pushs(&r->s, num);
+        /* td_state_serialize emits timer.* in st->timers order */
+        for (uint32_t k = 0; k < st->ntimers; k++) {
+            snprintf(num, sizeof num, "%" PRId64, (int64_t)st->timers[k].due_at);
+            rs_pushs(&r->s, num);
+        }
+    } else {
+        rs_pushs(&r->s, "1");
+        rd_push_key(r, st->prospect_id);
+        rs_pushs(&r->s, ver);
+    }
     td_state_serialize(st, rd_kv, &r->s);
     return rd_append(r);
 }

@@ -90,6 +90,12 @@ expect_rc filter 0
 expect_summary filter "2 passed, 0 failed" test -k silence $T/pass
 expect_not filter "pivot-whatsapp-with-consent"
 
+# ---- -v: what each step produced and why the others did not fire
+run verbose test -v -k cooldown $T/pass
+expect_rc verbose 0
+expect_has verbose "tr.follow-up: in cooldown until 2026-11-25T09:00:00Z"
+expect_has verbose "tr.pivot-whatsapp: not matched: \`email.unanswered >= 2\` is false (email.unanswered=1)"
+
 # ---- a failing suite: exit 1, a readable diff per failure
 run fail test $T/pass/basic.rules $T/fail/wrong.test
 expect_rc fail 1

@@ -280,6 +280,61 @@ static void test_no_sources_and_include(void **state) {
     td_diags_free(&d2);
 }
 
+/* Warnings: the ruleset compiles, each problem is named with its rule's line. */
+static void test_lint_warnings(void **state) {
+    (void)state;
+    const char *text =
+        "rules = (\n"
+        "  { id = \"never\"; on = [ \"email.opened\" ]; when = \"false\";\n"            /* 2: W304 */
+        "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+        "  { id = \"wrong-event\"; on = [ \"email.sent\" ]; when = \"event.sentiment == 'positive'\";\n" /* 4 */
+        "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+        "  { id = \"timer-event\"; on = [ \"email.sent\" ]; after = \"72h\"; cooldown = \"7d\";\n" /* 6 */
+        "    when = \"event.kind == 'value'\";\n"
+        "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+        "  { id = \"a\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 60;\n"   /* 9 */
+        "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+        "  { id = \"b\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 40; when = \"tier == 1\";\n" /* 11 */
+        "    recommend = { channel = \"sms\"; touch = \"follow_up\"; }; },\n"
+        "  { id = \"c\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 40;\n"   /* 13 */
+        "    recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; },\n"
+        "  { id = \"ok\"; on = [ \"email.replied\" ]; when = \"event.sentiment == 'positive'\";\n"
+        "    recommend = { channel = \"email\"; touch = \"human_reply\"; }; }\n"
+        ");\n";
+    td_diags d = {0};
+    td_ruleset *rs = compile1("lint.rules", text, &d);
+    assert_non_null(rs); /* warnings do not reject */
+    assert_int_equal(d.errors, 0);
+    struct {
+        const char *code;
+        int line;
+        const char *needle;
+    } want[] = {
+        {"W304", 2, "'never' can never fire"},
+        {"W304", 4, "event.sentiment"},
+        {"W305", 6, "event.kind"},
+        {"W308", 6, "cooldown 1w"},
+        {"W306", 13, "same priority 40"},
+        {"W307", 11, "'b' can only win"},
+        {"W307", 13, "'c' can only win"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        bool found = false;
+        for (size_t j = 0; j < d.n; j++)
+            if (strcmp(d.v[j].code, want[i].code) == 0 && d.v[j].line == want[i].line &&
+                strstr(d.v[j].msg, want[i].needle))
+                found = true;
+        if (!found) print_message("missing %s at line %d (%s)\n", want[i].code, want[i].line,
+                                  want[i].needle);
+        assert_true(found);
+    }
+    /* the well-formed reply rule gets no warning */
+    for (size_t j = 0; j < d.n; j++) assert_null(strstr(d.v[j].msg, "'ok'"));
+    assert_int_equal(d.warnings, 7);
+    td_ruleset_free(rs);
+    td_diags_free(&d);
+}
+
 static void test_touch_vocabulary(void **state) {
     (void)state;
     assert_true(td_touch_known("micro_question"));
@@ -298,6 +353,7 @@ int main(void) {
         cmocka_unit_test(test_guard_scopes),
         cmocka_unit_test(test_settings_errors),
         cmocka_unit_test(test_no_sources_and_include),
+        cmocka_unit_test(test_lint_warnings),
         cmocka_unit_test(test_touch_vocabulary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,161 @@
+/*
+ * td_timers.h - durable timers: the Redis timer index, claiming with leases,
+ * and firing (see docs/timers.md for the semantics and the argument).
+ *
+ * The prospect state (st->timers, written by td_redis_store) is the
+ * authority on which timers are pending. The index only says *when to look*:
+ *
+ *   <prefix>:t:<shard>      sorted set, one per shard (shard = hash of the
+ *                           prospect id mod `shards`): member
+ *                           "<prospect_id>\x1f<rule_id>", score = due ms
+ *   <prefix>:t:claimed      sorted set of claimed members, score = lease end ms
+ *
+ * Arming: td_redis_store (once td_redis_set_timer_shards was called) writes
+ * the state and, in the same Lua script (atomic on one Redis node), ZADDs the
+ * timers that are new or changed and ZREMs those that were disarmed, by
+ * diffing the stored hash's timer.* fields against the new ones.
+ *
+ * Claiming: td_timers_claim runs one Lua script that moves up to
+ * claim_batch due members (score <= now) from a window of shards (round
+ * robin) into the claimed set with a lease, and re-leases members whose lease
+ * expired (their claimer died). td_timers_ack removes claimed members, but
+ * only those still holding the lease the caller got (a member re-claimed by
+ * someone else is left alone).
+ *
+ * Firing: td_timers_poll does one full round: claim, load the states, step
+ * the engine with TD_TRIG_TIMER triggers built from the state's pending timer,
+ * publish through the caller's sink and wait for its acknowledgement, store
+ * the states with compare-and-set (which disarms the fired timers in the
+ * state and in the index), then ack the claims. Conflicts are recomputed.
+ *
+ * Redis Cluster is not supported (the state script touches the prospect's
+ * hash and a shard key, which are in different slots): see docs/timers.md.
+ *
+ * @locality one thread (the daemon's main loop); a td_timers is not shared.
+ */
+#ifndef TD_TIMERS_H
+#define TD_TIMERS_H
+
+#include "td_base.h"
+#include "td_engine.h"
+#include "td_redis.h"
+#include "td_rules.h"
+#include "td_state.h"
+
+typedef enum td_overdue_policy {
+    TD_OVERDUE_FIRE_LATE = 0, /* an overdue timer fires, however late */
+    TD_OVERDUE_DROP = 1       /* overdue by more than drop_older_than: disarmed, counted */
+} td_overdue_policy;
+const char *td_overdue_policy_name(td_overdue_policy p); /* "fire_late", "drop" */
+
+typedef struct td_timers_conf {
+    int shards;          /* 4096: number of shard keys (1..65536); never shrink it */
+    int poll_ms;         /* 100: pause between polls when nothing was due */
+    int claim_batch;     /* 500: members claimed per poll at most (1..2000) */
+    int lease_ms;        /* 30000: a claim not acked by then is claimable again */
+    int sweep_ms;        /* 500: every shard is visited at least once per sweep_ms of polls */
+    td_overdue_policy overdue_policy; /* TD_OVERDUE_FIRE_LATE */
+    td_ms drop_older_than;            /* with TD_OVERDUE_DROP: > 0 */
+} td_timers_conf;
+void td_timers_conf_default(td_timers_conf *c);
+/* false with a message in err when a value is out of range. */
+bool td_timers_conf_check(const td_timers_conf *c, char *err, size_t errcap);
+
+/* ---- the index layout (shared with td_redis.c) ---- */
+
+/* The shard of a prospect (FNV-1a 64 of the id, mod shards). Stable across
+ * versions and instances: every instance on one Redis must use the same
+ * `shards`. */
+uint32_t td_timers_shard(const char *prospect_id, uint32_t shards);
+/* "<prefix>:t:<shard>" into buf; returns the length (like snprintf). */
+size_t td_timers_shard_key(const char *prefix, uint32_t shard, char *buf, size_t cap);
+/* "<prefix>:t:claimed" into buf; returns the length. */
+size_t td_timers_claimed_key(const char *prefix, char *buf, size_t cap);
+#define TD_TIMER_SEP '\x1f' /* between prospect id and rule id in a member */
+
+/*
+ * Makes td_redis_store maintain the timer index in `shards` shard keys
+ * (0: off, the default; nothing but the state hash is written). Implemented
+ * in td_redis.c.
+ */
+void td_redis_set_timer_shards(td_redis *r, uint32_t shards);
+
+/* ---- claiming ---- */
+
+typedef struct td_claim {
+    char prospect_id[TD_ID_MAX + 1];
+    char rule[TD_RULE_ID_MAX + 1];
+    td_ms due_at;      /* the score it was claimed at; TD_MS_MISSING when re-leased
+                          after an expired lease (the state says when it was due) */
+    td_ms lease_until; /* the lease (the ack token) */
+} td_claim;
+
+typedef struct td_timers td_timers;
+
+/* A client with its own Redis connection (the conf's host, port, auth, db,
+ * timeouts and key prefix are copied). NULL with a message on a bad conf. A
+ * failed first connect is not an error. */
+td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf, char *err,
+                         size_t errcap);
+void td_timers_free(td_timers *t);
+const char *td_timers_last_error(const td_timers *t);
+const td_timers_conf *td_timers_get_conf(const td_timers *t);
+
+/*
+ * Claims up to `max` (<= claim_batch) members due at `now` from the next
+ * window of shards (ceil(shards * poll_ms / sweep_ms) shards, round robin),
+ * after re-leasing expired claims. The lease ends at now + lease_ms.
+ * @returns the number claimed (>= 0) into out[], or TD_ERR (the message in
+ * td_timers_last_error; members possibly claimed are re-claimable after
+ * their lease).
+ */
+int td_timers_claim(td_timers *t, td_ms now, td_claim *out, size_t max);
+/* Like td_timers_claim over an explicit shard range [first, first + count). */
+int td_timers_claim_range(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,
+                          size_t max);
+
+/* Removes claimed members still holding the lease they were claimed with.
+ * @returns how many were removed (>= 0), or TD_ERR. */
+int td_timers_ack(td_timers *t, const td_claim *c, size_t n);
+
+/* Members pending in the index (sum of ZCARD over the shards) and claimed. */
+int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed);
+
+/* ---- firing ---- */
+
+/* Where recommendations go. send queues one (key = prospect id); wait
+ * returns 0 once every one sent since the last wait is acknowledged. Both
+ * return -1 on failure (nothing of the round is stored or acked: the claims
+ * come back after their lease). */
+typedef struct td_timers_sink {
+    void *ud;
+    int (*send)(void *ud, const char *prospect_id, const char *json, size_t len);
+    int (*wait)(void *ud);
+} td_timers_sink;
+
+typedef struct td_timers_stats {
+    uint64_t polls;      /* claim calls */
+    uint64_t claimed;    /* members claimed (re-leased ones included) */
+    uint64_t reclaimed;  /* of which re-leased after an expired lease */
+    uint64_t fired;      /* timer steps run (the rule evaluated) */
+    uint64_t recs;       /* recommendations published by timer steps */
+    uint64_t stale;      /* claimed but no longer pending in the state (ignored) */
+    uint64_t dropped;    /* overdue beyond drop_older_than: disarmed, not fired */
+    uint64_t conflicts;  /* compare-and-set conflicts (recomputed) */
+    uint64_t acked;      /* claims removed after the fire was durable */
+    uint64_t errors;     /* polls that failed (Redis or sink) */
+    td_ms max_delay_ms;  /* largest (fire time - due time) seen */
+    td_ms last_delay_ms; /* largest delay of the last poll that fired */
+} td_timers_stats;
+const td_timers_stats *td_timers_get_stats(const td_timers *t);
+
+/*
+ * One poll: claim, load, step, publish (sink), store, ack (see above). `now`
+ * is the wall clock in ms. `*fired_out` (may be NULL) receives how many
+ * members were claimed, so a caller can poll again at once while timers are
+ * due. @returns TD_OK, or TD_ERR (Redis, sink or out of memory; logged).
+ */
+int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz, td_ms now,
+                   const td_timers_sink *sink, size_t *claimed_out);
+
+#endif

@@ -1,0 +1,320 @@
+/*
+ * bench_pipeline.c - the whole touchd pipeline on this machine: the
+ * librdkafka mock broker (in this process), a real redis-server, and the real
+ * touchd binary as a child process.
+ *
+ *   (a) sustained throughput: events produced as fast as touchd keeps up
+ *       (at most WINDOW events in flight: the mock broker keeps only a few MB
+ *       per partition, so we consume while producing, never backlog);
+ *   (b) latency at a fixed rate (10,000 events/s by default): from the
+ *       produce call to the recommendation's arrival in this process (the
+ *       produce time travels in the event id: "b-<seq>-<us>").
+ *
+ * The ruleset makes every event cause exactly one recommendation (the
+ * heaviest output: one produced message per consumed one), so counting
+ * recommendations counts processed events.
+ *
+ * Usage: bench_pipeline [seconds_a [seconds_b [rate_b]]]
+ * Env: TD_TOUCHD (default: touchd next to this binary), BENCH_PROSPECTS
+ * (default 10000), BENCH_PARTITIONS (4), BENCH_BATCH (touchd's
+ * engine.batch_max_events, 2000), BENCH_LOG (keep touchd's log there).
+ *
+ * The harness (redis-server, mock cluster, child process) is the
+ * integration tests' own, compiled in here.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "integration/harness.c"
+#include "integration/harness_kafka.c"
+
+#define T_IN "touchd.events"
+#define T_OUT "touchd.recommendations"
+#define T_DLQ "touchd.dead-letter"
+
+static const char RULES[] =
+    "rules = (\n"
+    "  { id = \"b.sent\"; doc = \"every email sent\"; on = [ \"email.sent\" ];\n"
+    "    when = \"email.sent >= 1 && !email.blocked\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; note = \"bench\"; }; },\n"
+    "  { id = \"b.opened\"; doc = \"every open\"; on = [ \"email.opened\" ];\n"
+    "    when = \"email.opened >= 1 && email.unanswered >= 0\";\n"
+    "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; }; }\n"
+    ");\n";
+
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---------------------------------------------------------- the reader */
+
+static const char *find(const char *h, size_t hn, const char *n, size_t nn) {
+    for (size_t i = 0; i + nn <= hn; i++)
+        if (h[i] == n[0] && memcmp(h + i, n, nn) == 0)
+            return h + i;
+    return NULL;
+}
+
+typedef struct reader {
+    rd_kafka_t *c;
+    atomic_long recs;       /* recommendations received */
+    atomic_int stop;
+    atomic_int record;      /* 1: record latencies */
+    int64_t *lat;           /* microseconds */
+    size_t nlat, caplat;
+    pthread_mutex_t mu;
+} reader;
+
+static void *reader_main(void *arg) {
+    reader *r = arg;
+    while (!atomic_load(&r->stop)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(r->c, 20);
+        if (!m)
+            continue;
+        if (!m->err) {
+            int64_t t = now_us();
+            atomic_fetch_add(&r->recs, 1);
+            if (atomic_load(&r->record) && m->payload) {
+                /* "event_id":"b-<seq>-<us>" */
+                const char *p = find(m->payload, m->len, "\"event_id\":\"b-", 14);
+                if (p) {
+                    p = strchr(p + 14, '-');
+                    if (p) {
+                        int64_t sent = strtoll(p + 1, NULL, 10);
+                        pthread_mutex_lock(&r->mu);
+                        if (r->nlat == r->caplat) {
+                            r->caplat = r->caplat ? r->caplat * 2 : 65536;
+                            r->lat = realloc(r->lat, r->caplat * sizeof *r->lat);
+                        }
+                        r->lat[r->nlat++] = t - sent;
+                        pthread_mutex_unlock(&r->mu);
+                    }
+                }
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ------------------------------------------------------------ producing */
+
+static long g_seq;
+static int g_prospects = 10000;
+
+static int produce_one(td_test_kafka *k) {
+    char ev[400], key[32];
+    long seq = g_seq++;
+    int p = (int)(seq % g_prospects);
+    long j = seq / g_prospects;
+    snprintf(key, sizeof key, "p-%d", p);
+    int n = snprintf(ev, sizeof ev,
+                     "{\"id\":\"b-%ld-%" PRId64 "\",\"type\":\"%s\",\"prospect_id\":\"%s\","
+                     "\"occurred_at\":\"2026-11-20T%02ld:%02ld:00Z\",\"owner_id\":\"rep-%d\","
+                     "\"data\":{\"kind\":\"value\"}}",
+                     seq, now_us(), j % 2 == 0 ? "email.sent" : "email.opened", key,
+                     (j / 60) % 24, j % 60, p % 50);
+    for (;;) {
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            k->producer, RD_KAFKA_V_TOPIC(T_IN), RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_VALUE(ev, (size_t)n), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_END);
+        if (!e)
+            return 0;
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            fprintf(stderr, "produce: %s\n", rd_kafka_err2str(e));
+            return -1;
+        }
+        rd_kafka_poll(k->producer, 1);
+    }
+}
+
+static void print_touchd_progress(const char *log) {
+    char cmd[700];
+    snprintf(cmd, sizeof cmd,
+             "grep -h 'msg=\"progress\"' %s | tail -n 1 | sed 's/ ruleset=.*//' >&2", log);
+    if (system(cmd) != 0)
+        fprintf(stderr, "(no progress line)\n");
+}
+
+int main(int argc, char **argv) {
+    int secs_a = argc > 1 ? atoi(argv[1]) : 15;
+    int secs_b = argc > 2 ? atoi(argv[2]) : 15;
+    int rate_b = argc > 3 ? atoi(argv[3]) : 10000;
+    if (getenv("BENCH_PROSPECTS"))
+        g_prospects = atoi(getenv("BENCH_PROSPECTS"));
+    int parts = getenv("BENCH_PARTITIONS") ? atoi(getenv("BENCH_PARTITIONS")) : 4;
+    int batch = getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 2000;
+    const long window = 20000; /* events in flight at most (mock broker memory) */
+
+    static char touchd[PATH_MAX];
+    if (getenv("TD_TOUCHD")) {
+        snprintf(touchd, sizeof touchd, "%s", getenv("TD_TOUCHD"));
+    } else {
+        ssize_t n = readlink("/proc/self/exe", touchd, sizeof touchd - 16);
+        if (n < 0)
+            return 2;
+        touchd[n] = '\0';
+        char *slash = strrchr(touchd, '/');
+        strcpy(slash + 1, "touchd");
+        setenv("TD_TOUCHD", touchd, 1);
+    }
+
+    char dir[256], rules_dir[300], conf[300], log[300];
+    if (td_test_tmpdir(dir, sizeof dir) != 0)
+        return 2;
+    snprintf(rules_dir, sizeof rules_dir, "%s/rules", dir);
+    mkdir(rules_dir, 0755);
+    td_test_write_file(rules_dir, "bench.rules", RULES, strlen(RULES), NULL, 0);
+    if (getenv("BENCH_LOG"))
+        snprintf(log, sizeof log, "%s", getenv("BENCH_LOG"));
+    else
+        snprintf(log, sizeof log, "%s/touchd.log", dir);
+
+    td_test_redis redis = {0};
+    if (td_test_redis_start(&redis) != 0)
+        return 2;
+    td_test_kafka k;
+    const char *topics[] = {T_IN, T_OUT, T_DLQ};
+    if (td_test_kafka_start(&k, topics, 3, parts) != 0)
+        return 2;
+
+    char text[2048];
+    int n = snprintf(text, sizeof text,
+                     "kafka = { brokers = \"%s\"; group_id = \"touchd-bench\";\n"
+                     "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
+                     "  dead_letter_topic = \"" T_DLQ "\";\n"
+                     "  consumer = { fetch_wait_max_ms = 1; };\n"
+                     "  producer = { linger_ms = 0; }; };\n"
+                     "redis = { host = \"127.0.0.1\"; port = %d; };\n"
+                     "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
+                     "engine = { batch_max_events = %d; batch_max_ms = 10; };\n"
+                     "log = { level = \"%s\"; };\n",
+                     k.bootstraps, redis.port, rules_dir, batch,
+                     getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info");
+    td_test_write_file(dir, "touchd.conf", text, (size_t)n, conf, sizeof conf);
+
+    /* The reader: every partition of the output topic. */
+    char err[512];
+    rd_kafka_conf_t *rc = rd_kafka_conf_new();
+    rd_kafka_conf_set(rc, "bootstrap.servers", k.bootstraps, err, sizeof err);
+    rd_kafka_conf_set(rc, "group.id", "bench-reader", err, sizeof err);
+    rd_kafka_conf_set(rc, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_conf_set(rc, "fetch.wait.max.ms", "1", err, sizeof err);
+    reader rd = {0};
+    pthread_mutex_init(&rd.mu, NULL);
+    rd.c = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof err);
+    rd_kafka_poll_set_consumer(rd.c);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts);
+    for (int p = 0; p < parts; p++)
+        rd_kafka_topic_partition_list_add(l, T_OUT, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(rd.c, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    pthread_t th;
+    pthread_create(&th, NULL, reader_main, &rd);
+
+    td_test_touchd t = {0};
+    if (td_test_touchd_start(&t, conf, log) != 0 ||
+        !td_test_wait_file(log, "partitions assigned", 1, 30000)) {
+        fprintf(stderr, "touchd did not start; log: %s\n", log);
+        return 2;
+    }
+    printf("bench_pipeline: touchd %s, %d partitions, %d prospects, batch_max_events %d, "
+           "%ld cores\n",
+           touchd, parts, g_prospects, batch, sysconf(_SC_NPROCESSORS_ONLN));
+
+    /* ---- (a) sustained throughput ---- */
+    int64_t t0 = now_us(), warm = t0 + 2000000, end = warm + (int64_t)secs_a * 1000000;
+    long recs_at_warm = -1;
+    int64_t warm_t = 0;
+    while (now_us() < end) {
+        long inflight = g_seq - atomic_load(&rd.recs);
+        if (inflight < window) {
+            for (int i = 0; i < 256; i++)
+                if (produce_one(&k) < 0)
+                    return 2;
+            rd_kafka_poll(k.producer, 0);
+        } else {
+            rd_kafka_poll(k.producer, 1);
+        }
+        if (recs_at_warm < 0 && now_us() >= warm) {
+            recs_at_warm = atomic_load(&rd.recs);
+            warm_t = now_us();
+        }
+    }
+    long recs_end = atomic_load(&rd.recs);
+    int64_t end_t = now_us();
+    double eps = (double)(recs_end - recs_at_warm) / ((double)(end_t - warm_t) / 1e6);
+    printf("(a) sustained: %.0f events/s end to end (%ld events in %.1f s after a 2 s warm-up; "
+           "1 recommendation per event)\n",
+           eps, recs_end - recs_at_warm, (double)(end_t - warm_t) / 1e6);
+    fflush(stdout);
+    /* Let the backlog drain. */
+    int64_t drain_end = now_us() + 30000000;
+    while (atomic_load(&rd.recs) < g_seq && now_us() < drain_end) {
+        rd_kafka_poll(k.producer, 10);
+    }
+
+    /* ---- (b) latency at a fixed rate ---- */
+    atomic_store(&rd.record, 1);
+    int64_t start = now_us();
+    int64_t bend = start + (int64_t)secs_b * 1000000;
+    long sent_b = 0;
+    while (now_us() < bend) {
+        /* produce what the schedule says is due by now, then sleep a tick */
+        long due = (long)((double)(now_us() - start) * rate_b / 1e6);
+        while (sent_b < due) {
+            if (produce_one(&k) < 0)
+                return 2;
+            sent_b++;
+        }
+        rd_kafka_poll(k.producer, 0);
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+    drain_end = now_us() + 30000000;
+    while (atomic_load(&rd.recs) < g_seq && now_us() < drain_end)
+        rd_kafka_poll(k.producer, 10);
+    atomic_store(&rd.stop, 1);
+    pthread_join(th, NULL);
+
+    qsort(rd.lat, rd.nlat, sizeof *rd.lat, cmp_i64);
+    if (rd.nlat) {
+#define PCT(q) (rd.lat[(size_t)((double)(rd.nlat - 1) * (q))] / 1000.0)
+        printf("(b) latency at %d events/s for %d s (%zu of %ld recommendations measured): "
+               "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+               rate_b, secs_b, rd.nlat, sent_b, PCT(0.50), PCT(0.90), PCT(0.99),
+               rd.lat[rd.nlat - 1] / 1000.0);
+    } else {
+        printf("(b) no recommendation measured\n");
+    }
+    int code = td_test_touchd_stop(&t, SIGTERM, 30000);
+    print_touchd_progress(log);
+    printf("touchd exit code %d; total events %ld, recommendations received %ld\n", code, g_seq,
+           atomic_load(&rd.recs));
+    rd_kafka_consumer_close(rd.c);
+    rd_kafka_destroy(rd.c);
+    free(rd.lat);
+    td_test_kafka_stop(&k);
+    td_test_redis_stop(&redis);
+    if (!getenv("BENCH_LOG"))
+        td_test_rmtree(dir);
+    return code == 0 ? 0 : 1;
+}
