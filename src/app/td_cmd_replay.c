@@ -182,7 +182,8 @@ typedef struct replay {
     rule_stats *stats;
     uint64_t *blocked_by;
     vheap timers;
-    uint64_t recs, errors, timers_fired, timers_stale;
+    pmap *states;
+    uint64_t recs, errors, timers_fired, timers_stale, derived;
 } replay;
 
 static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_trigger *trig) {
@@ -193,7 +194,8 @@ static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_t
                    trig->kind == TD_TRIG_EVENT ? trig->ev->id : "timer");
 }
 
-/* Steps one trigger and prints what it recommends. lineno is 0 for timers.
+/* Steps one trigger and prints what it recommends; then the event it derives
+ * for the prospect's owner, if any. lineno is 0 for timers.
  * @returns TD_OK, or TD_ERR on out-of-memory. */
 static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now,
                     uint64_t lineno) {
@@ -230,6 +232,15 @@ static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now,
             fwrite(rp->buf.p, 1, rp->buf.len, stdout);
             fputc('\n', stdout);
         }
+    }
+    if (out->has_derived) {
+        /* `out` is reused by the next step: the derived event moves out first */
+        td_event d = out->derived;
+        pslot *owner = pmap_get(rp->states, d.prospect_id);
+        if (!owner) return TD_ERR;
+        rp->derived++;
+        td_trigger dt = {.kind = TD_TRIG_EVENT, .ev = &d};
+        return run_step(rp, owner->st, &dt, now, lineno);
     }
     return TD_OK;
 }
@@ -336,12 +347,12 @@ int td_cmd_replay(int argc, char **argv) {
     }
 
     size_t nr = td_ruleset_count(rs);
-    replay rp = {.rs = rs, .brief = brief, .label = label};
+    pmap states = {0};
+    replay rp = {.rs = rs, .brief = brief, .label = label, .states = &states};
     rp.stats = calloc(nr ? nr : 1, sizeof *rp.stats);
     rp.blocked_by = calloc(nr ? nr : 1, sizeof *rp.blocked_by);
     rp.out = malloc(sizeof *rp.out);
     rp.tz = td_tzdb_new();
-    pmap states = {0};
     char *line = NULL;
     size_t lcap = 0;
     ssize_t len;
@@ -417,12 +428,12 @@ int td_cmd_replay(int argc, char **argv) {
         fprintf(stderr,
                 "replay: %llu lines, %llu events applied, %llu rejected, %llu duplicates, %zu "
                 "prospects, %llu recommendations, %llu rule errors, timers: %llu run, %llu "
-                "stale, %zu pending; ruleset %s\n",
+                "stale, %zu pending, %llu owner events derived; ruleset %s\n",
                 (unsigned long long)lineno, (unsigned long long)applied,
                 (unsigned long long)rejected, (unsigned long long)duplicates, states.n,
                 (unsigned long long)rp.recs, (unsigned long long)rp.errors,
                 (unsigned long long)rp.timers_fired, (unsigned long long)rp.timers_stale,
-                rp.timers.n, td_ruleset_hash(rs));
+                rp.timers.n, (unsigned long long)rp.derived, td_ruleset_hash(rs));
         fprintf(stderr, "calendar: %s\n",
                 holidays ? holidays : "none (business days are Monday to Friday)");
         fprintf(stderr, "%-40s %7s %7s %7s %8s %7s %7s\n", "rule", "fired", "blocked", "lost",

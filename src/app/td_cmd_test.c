@@ -548,6 +548,213 @@ static double mono_seconds(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static int grow_results(result **res, size_t *cap, size_t need) {
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : 16;
+    while (n < need) n *= 2;
+    result *v = realloc(*res, n * sizeof *v);
+    if (!v) return -1;
+    *res = v;
+    *cap = n;
+    return 0;
+}
+
+/* Parses and runs one test file against rs. @returns 0, or -1 on out-of-memory. */
+static int run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char *path,
+                    const char *filter, bool *covered, bool verbose, bool quiet, result **res,
+                    size_t *nres, size_t *capres, size_t *passed, size_t *failed) {
+    tf_file_parse(f, path, rs, filter, tz, NULL);
+    if (grow_results(res, capres, *nres + f->ncases + f->nbroken + 1) != 0) return -1;
+    if (f->file_errors) {
+        td_buf msg = {0};
+        indent(&msg, f->file_text);
+        td_buf_printf(&msg, "    the file has errors outside its cases: fix them first\n");
+        printf("FAIL %s\n%s", f->path, msg.p ? msg.p : "");
+        (*res)[(*nres)++] = (result){.file = path, .passed = false, .report = msg.p};
+        (*failed)++;
+    }
+    for (size_t b = 0; b < f->nbroken; b++) {
+        td_buf msg = {0};
+        indent(&msg, f->broken[b].errors);
+        td_buf_printf(&msg, "    the case has errors in the test file; it was not run\n");
+        printf("FAIL %s:%s\n%s", f->path, f->broken[b].name, msg.p ? msg.p : "");
+        (*res)[(*nres)++] = (result){.file = path, .name = strdup(f->broken[b].name),
+                                     .passed = false, .report = msg.p};
+        (*failed)++;
+    }
+    for (size_t k = 0; k < f->ncases; k++) {
+        const tf_case *tc = &f->cases[k];
+        td_buf report = {0}, trace = {0};
+        double t0 = mono_seconds();
+        int r = run_case(rs, tz, f, tc, covered, verbose, &report, &trace);
+        double secs = mono_seconds() - t0;
+        if (r < 0) {
+            td_buf_free(&report);
+            td_buf_free(&trace);
+            return -1;
+        }
+        if (r == 1) {
+            (*passed)++;
+            if (!quiet) printf("PASS %s:%s\n", f->path, tc->name);
+        } else {
+            (*failed)++;
+            printf("FAIL %s:%s\n%s", f->path, tc->name, report.p ? report.p : "");
+        }
+        if (trace.p) printf("%s", trace.p);
+        td_buf_free(&trace);
+        (*res)[(*nres)++] = (result){.file = path, .name = strdup(tc->name), .passed = r == 1,
+                                     .seconds = secs, .report = report.p};
+    }
+    return 0;
+}
+
+/* The rules files of the paths, as td_load_rules reads them (directories:
+ * their *.rules in name order), so that extra rules compile with them. */
+typedef struct srcset {
+    td_source *v;
+    char **bufs, **names;
+    size_t n, cap;
+} srcset;
+
+static void srcset_free(srcset *s) {
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->bufs[i]);
+        free(s->names[i]);
+    }
+    free(s->v);
+    free(s->bufs);
+    free(s->names);
+}
+
+static int srcset_add(srcset *s, char *name, char *text, size_t len) {
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 16;
+        td_source *v = realloc(s->v, cap * sizeof *v);
+        if (v) s->v = v;
+        char **b = realloc(s->bufs, cap * sizeof *b);
+        if (b) s->bufs = b;
+        char **nm = realloc(s->names, cap * sizeof *nm);
+        if (nm) s->names = nm;
+        if (!v || !b || !nm) {
+            free(name);
+            free(text);
+            return -1;
+        }
+        s->cap = cap;
+    }
+    s->bufs[s->n] = text;
+    s->names[s->n] = name;
+    s->v[s->n] = (td_source){.name = name, .text = text, .len = len};
+    s->n++;
+    return 0;
+}
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    td_buf b = {0};
+    char tmp[8192];
+    size_t r;
+    while ((r = fread(tmp, 1, sizeof tmp, f)) > 0)
+        if (td_buf_append(&b, tmp, r) != TD_OK) break;
+    bool bad = ferror(f) != 0;
+    fclose(f);
+    if (bad) {
+        td_buf_free(&b);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p ? b.p : strdup("");
+}
+
+static int srcset_load(srcset *s, const strv *paths) {
+    for (size_t i = 0; i < paths->n; i++) {
+        const char *p = paths->v[i];
+        struct stat sb;
+        if (stat(p, &sb) != 0) return -1;
+        strv files = {0};
+        if (S_ISDIR(sb.st_mode)) {
+            DIR *dp = opendir(p);
+            if (!dp) return -1;
+            struct dirent *e;
+            while ((e = readdir(dp))) {
+                size_t l = strlen(e->d_name);
+                if (l < 7 || e->d_name[0] == '.' || strcmp(e->d_name + l - 6, ".rules") != 0) continue;
+                char path[4096];
+                size_t dl = strlen(p);
+                snprintf(path, sizeof path, "%s%s%s", p, dl && p[dl - 1] == '/' ? "" : "/", e->d_name);
+                strv_add(&files, path);
+            }
+            closedir(dp);
+            if (files.n) qsort(files.v, files.n, sizeof *files.v, cmp_str);
+        } else {
+            strv_add(&files, p);
+        }
+        for (size_t k = 0; k < files.n; k++) {
+            size_t len = 0;
+            char *text = slurp(files.v[k], &len);
+            char *name = strdup(files.v[k]);
+            if (!text || !name) {
+                free(text);
+                free(name);
+                strv_free(&files);
+                return -1;
+            }
+            if (srcset_add(s, name, text, len) != 0) { /* frees name and text */
+                strv_free(&files);
+                return -1;
+            }
+        }
+        strv_free(&files);
+    }
+    return 0;
+}
+
+/* The ruleset for a test file with extra rules (*ext, NULL when it has
+ * none). @returns TD_OK, or TD_ERR with the problems in msg. */
+static int extra_ruleset(const strv *rules, const char *test_path, struct td_calendar *cal,
+                         td_ruleset **ext, td_buf *msg) {
+    char *text = NULL, *name = NULL;
+    size_t len = 0;
+    char err[512];
+    *ext = NULL;
+    if (tf_file_extra_rules(test_path, &text, &len, &name, err, sizeof err) != TD_OK) {
+        td_buf_printf(msg, "    %s\n", err);
+        return TD_ERR;
+    }
+    if (!text) {
+        free(name);
+        return TD_OK;
+    }
+    srcset s = {0};
+    int lrc = srcset_load(&s, rules);
+    if (lrc != 0 || !name) {
+        free(text);
+        free(name);
+    }
+    if (lrc != 0 || !name || srcset_add(&s, name, text, len) != 0) {
+        srcset_free(&s);
+        td_buf_printf(msg, "    %s: cannot read the rules again for its extra rules\n", test_path);
+        return TD_ERR;
+    }
+    td_diags d = {0};
+    *ext = td_ruleset_compile(s.v, s.n, &d);
+    if (!*ext) {
+        for (size_t i = 0; i < d.n; i++) {
+            if (d.v[i].severity != TD_SEV_ERROR) continue;
+            char *line = td_diag_format(&d.v[i]);
+            if (line) indent(msg, line);
+            free(line);
+        }
+        td_buf_printf(msg, "    the extra rules of this test file do not compile with the ruleset\n");
+    } else if (cal) {
+        td_ruleset_set_calendar(*ext, cal);
+    }
+    td_diags_free(&d);
+    srcset_free(&s);
+    return *ext ? TD_OK : TD_ERR;
+}
+
 int td_cmd_test(int argc, char **argv) {
     static const struct option opts[] = {{"junit", required_argument, NULL, 'j'},
                                          {"require-coverage", no_argument, NULL, 'c'},
@@ -659,62 +866,46 @@ int td_cmd_test(int argc, char **argv) {
 
     for (size_t fi = 0; fi < tests.n; fi++) {
         tf_file *f = &files[fi];
-        tf_file_parse(f, tests.v[fi], rs, filter, tz, NULL);
-        size_t need = nres + f->ncases + f->nbroken + 1;
-        if (need > capres) {
-            size_t cap = capres ? capres : 16;
-            while (cap < need) cap *= 2;
-            result *v = realloc(res, cap * sizeof *v);
-            if (!v) {
-                fprintf(stderr, "touchd test: out of memory\n");
-                rc = TD_EXIT_FATAL;
-                goto done;
-            }
-            res = v;
-            capres = cap;
+        size_t need = nres + 2;
+        if (need > capres && grow_results(&res, &capres, need) != 0) {
+            fprintf(stderr, "touchd test: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
         }
-        if (f->file_errors) {
-            td_buf msg = {0};
-            indent(&msg, f->file_text);
-            td_buf_printf(&msg, "    the file has errors outside its cases: fix them first\n");
-            printf("FAIL %s\n%s", f->path, msg.p ? msg.p : "");
-            res[nres++] = (result){.file = tests.v[fi], .passed = false, .report = msg.p};
+        /* a file may add rules of its own (a naive rule a guard must block) */
+        td_ruleset *ext = NULL;
+        td_buf xerr = {0};
+        if (extra_ruleset(&rules, tests.v[fi], cal, &ext, &xerr) != TD_OK) {
+            f->path = strdup(tests.v[fi]);
+            printf("FAIL %s\n%s", tests.v[fi], xerr.p ? xerr.p : "");
+            res[nres++] = (result){.file = tests.v[fi], .passed = false, .report = xerr.p};
             failed++;
+            continue;
         }
-        for (size_t b = 0; b < f->nbroken; b++) {
-            td_buf msg = {0};
-            indent(&msg, f->broken[b].errors);
-            td_buf_printf(&msg, "    the case has errors in the test file; it was not run\n");
-            printf("FAIL %s:%s\n%s", f->path, f->broken[b].name, msg.p ? msg.p : "");
-            res[nres++] = (result){.file = tests.v[fi], .name = strdup(f->broken[b].name),
-                                   .passed = false, .report = msg.p};
-            failed++;
+        td_buf_free(&xerr);
+        const td_ruleset *frs = ext ? ext : rs;
+        bool *fcov = ext ? calloc(td_ruleset_count(ext) + 1, sizeof *fcov) : covered;
+        if (!fcov) {
+            td_ruleset_free(ext);
+            fprintf(stderr, "touchd test: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
         }
-        for (size_t k = 0; k < f->ncases; k++) {
-            const tf_case *tc = &f->cases[k];
-            td_buf report = {0}, trace = {0};
-            double t0 = mono_seconds();
-            int r = run_case(rs, tz, f, tc, covered, verbose, &report, &trace);
-            double secs = mono_seconds() - t0;
-            if (r < 0) {
-                td_buf_free(&report);
-                td_buf_free(&trace);
-                fprintf(stderr, "touchd test: out of memory\n");
-                rc = TD_EXIT_FATAL;
-                goto done;
+        int frc = run_file(frs, tz, f, tests.v[fi], filter, fcov, verbose, quiet, &res, &nres,
+                           &capres, &passed, &failed);
+        if (ext) {
+            /* coverage is of the ruleset under test: map by rule id */
+            for (size_t i = 0; i < td_ruleset_count(ext); i++) {
+                const td_rule *base = fcov[i] ? td_ruleset_find(rs, td_ruleset_rule(ext, i)->id) : NULL;
+                if (base) covered[base->index] = true;
             }
-            if (r == 1) {
-                passed++;
-                if (!quiet) printf("PASS %s:%s\n", f->path, tc->name);
-            } else {
-                failed++;
-                printf("FAIL %s:%s\n%s", f->path, tc->name, report.p ? report.p : "");
-            }
-            if (trace.p) printf("%s", trace.p);
-            td_buf_free(&trace);
-            res[nres++] = (result){.file = tests.v[fi], .name = strdup(tc->name), .passed = r == 1,
-                                   .seconds = secs, .report = report.p ? strdup(report.p) : NULL};
-            td_buf_free(&report);
+            free(fcov);
+            td_ruleset_free(ext);
+        }
+        if (frc != 0) {
+            fprintf(stderr, "touchd test: out of memory\n");
+            rc = TD_EXIT_FATAL;
+            goto done;
         }
     }
 

@@ -848,7 +848,8 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
     size_t case_errors = 0;
     td_buf ftext = {0};
     p.text = &ftext;
-    static const char *const keys[] = {"start", "prospect", "doc", "cases", NULL};
+    static const char *const keys[] = {"start", "prospect",    "doc", "cases", "extra_rules",
+                                       "extra_rules_file", NULL};
     check_keys(&p, root, "a test file (top level)", keys);
     td_ms fstart = TF_DEFAULT_START;
     const char *s = get_str(&p, root, "start", false, "the file");
@@ -926,4 +927,63 @@ void tf_file_free(tf_file *f) {
     free(f->broken);
     free(f->path);
     memset(f, 0, sizeof *f);
+}
+
+int tf_file_extra_rules(const char *path, char **text, size_t *len, char **name, char *err,
+                        size_t errcap) {
+    *text = NULL;
+    *name = NULL;
+    *len = 0;
+    size_t flen = 0;
+    char *ftext = read_all(path, &flen);
+    if (!ftext) return TD_OK; /* reported by tf_file_parse */
+    config_t cfg;
+    config_init(&cfg);
+    int rc = TD_OK;
+    if (config_read_string(&cfg, ftext) == CONFIG_TRUE) {
+        const config_setting_t *root = config_root_setting(&cfg);
+        const config_setting_t *inl = config_setting_get_member(root, "extra_rules");
+        const config_setting_t *fil = config_setting_get_member(root, "extra_rules_file");
+        if (inl && fil) {
+            snprintf(err, errcap, "%s:%d: error: give `extra_rules` or `extra_rules_file`, not both",
+                     path, line_of(fil));
+            rc = TD_ERR;
+        } else if ((inl && config_setting_type(inl) != CONFIG_TYPE_STRING) ||
+                   (fil && config_setting_type(fil) != CONFIG_TYPE_STRING)) {
+            snprintf(err, errcap, "%s:%d: error: `%s` is a string", path, line_of(inl ? inl : fil),
+                     inl ? "extra_rules" : "extra_rules_file");
+            rc = TD_ERR;
+        } else if (inl) {
+            *text = strdup(config_setting_get_string(inl));
+            *len = *text ? strlen(*text) : 0;
+            size_t n = strlen(path) + 32;
+            *name = malloc(n);
+            if (*name) snprintf(*name, n, "%s(extra_rules)", path);
+            /* diagnostics count lines from the start of the string */
+        } else if (fil) {
+            const char *rel = config_setting_get_string(fil);
+            const char *slash = strrchr(path, '/');
+            size_t dl = slash ? (size_t)(slash - path) + 1 : 0;
+            size_t n = dl + strlen(rel) + 1;
+            *name = malloc(n);
+            if (*name) {
+                if (rel[0] == '/') snprintf(*name, n, "%s", rel);
+                else snprintf(*name, n, "%.*s%s", (int)dl, path, rel);
+                *text = read_all(*name, len);
+                if (!*text) {
+                    snprintf(err, errcap, "%s:%d: error: cannot read extra_rules_file '%s'", path,
+                             line_of(fil), *name);
+                    rc = TD_ERR;
+                }
+            }
+        }
+    }
+    config_destroy(&cfg);
+    free(ftext);
+    if (rc != TD_OK) {
+        free(*text);
+        free(*name);
+        *text = *name = NULL;
+    }
+    return rc;
 }

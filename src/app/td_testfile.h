@@ -93,6 +93,18 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
                   td_tzdb *tz, FILE *diag);
 void tf_file_free(tf_file *f);
 
+/*
+ * The extra rules a test file declares (top-level `extra_rules = "..."`,
+ * inline rules text, or `extra_rules_file = "path"`, relative to the test
+ * file's directory): rules compiled with the ruleset under test for this file
+ * only, e.g. a deliberately naive rule that a guard of the ruleset must
+ * block. On success *text is malloc'd (or NULL when the file declares none)
+ * and *name is the name diagnostics show (malloc'd).
+ * @returns TD_OK, or TD_ERR with err set ("path:line: error: ...").
+ */
+int tf_file_extra_rules(const char *path, char **text, size_t *len, char **name, char *err,
+                        size_t errcap);
+
 /* The start time of a case without `start`: 2026-01-05T09:00:00Z, a Monday. */
 #define TF_DEFAULT_START ((td_ms)1767603600000LL)
 #define TF_DEFAULT_PROSPECT "p-test"

@@ -187,7 +187,7 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
         gctx.rec = &view;
         for (size_t g = 0; g < ng && !c->blocked_by; g++) {
             const td_rule *gr = guards[g];
-            if (!td_rule_guards_trigger(gr, trigger_type)) continue;
+            if (!td_rule_guards_candidate(gr, c->rule, trigger_type)) continue;
             td_value v;
             if (gr->when) {
                 if (td_expr_eval(gr->when, &gctx, &v, err, sizeof err) != TD_OK) {
@@ -262,10 +262,38 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
     }
 }
 
+/* The owner.prospect_contacted event a first touch derives. Its id is the
+ * touch's id + "#owner" (or a hash when that would be too long), so a
+ * redelivered touch derives the same id and the owner's dedup ring drops it. */
+static void derive_owner_event(const td_state *st, const td_event *ev, td_event *d, bool *has) {
+    memset(d, 0, sizeof *d);
+    d->type = TD_EV_OWNER_PROSPECT_CONTACTED;
+    d->channel = TD_CH_NONE;
+    d->occurred_at = ev->occurred_at;
+    d->has = TD_HAS_OWNER;
+    size_t il = strlen(ev->id);
+    if (il + 6 <= TD_ID_MAX) {
+        memcpy(d->id, ev->id, il);
+        memcpy(d->id + il, "#owner", 7);
+    } else
+        snprintf(d->id, sizeof d->id, "o-%016llx#owner",
+                 (unsigned long long)td_hash64(ev->id, il, TD_HASH_SEED));
+    snprintf(d->prospect_id, sizeof d->prospect_id, "owner:%.*s", TD_ID_MAX - 6, st->owner_id);
+    td_strlcpy(d->owner_id, st->owner_id, sizeof d->owner_id);
+    d->duration_s = TD_INT_MISSING;
+    d->at = TD_MS_MISSING;
+    d->value_eur = TD_DEC_MISSING;
+    d->items = TD_INT_MISSING;
+    d->tier = TD_INT_MISSING;
+    d->lifetime_value_eur = TD_DEC_MISSING;
+    *has = true;
+}
+
 int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
                    td_tzdb *tz, unsigned flags, td_step_out *out) {
     out->duplicate = false;
     out->stale = false;
+    out->has_derived = false;
     out->nrecs = 0;
     out->narms = 0;
     out->ndecisions = 0;
@@ -286,8 +314,12 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
             return TD_OK;
         }
         if (!st->prospect_id[0]) td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
+        bool untouched = st->first_touch_at == TD_MS_MISSING;
         if (td_state_apply(st, ev, tz, ctx.settings) != TD_OK) return TD_ERR;
         td_state_remember(st, ev->id);
+        if (untouched && st->first_touch_at != TD_MS_MISSING && st->owner_id[0] &&
+            ev->type != TD_EV_OWNER_PROSPECT_CONTACTED)
+            derive_owner_event(st, ev, &out->derived, &out->has_derived);
         ctx.ev = ev;
 
         size_t n;

@@ -112,6 +112,11 @@ typedef struct td_step_out {
     uint32_t narms;
     td_decision decisions[TD_STEP_DECISIONS_MAX]; /* with TD_STEP_EXPLAIN */
     uint32_t ndecisions;
+    /* owner.prospect_contacted for the owner's state ("owner:<owner_id>"),
+     * when this event was the prospect's first outbound touch and the owner
+     * is known: the caller steps it next, like any event */
+    bool has_derived;
+    td_event derived;
     uint32_t nblocked;   /* candidates blocked by guards (always counted) */
     uint32_t nerrors;    /* rules whose evaluation failed (always counted) */
     char trigger_id[TD_ID_MAX + 96]; /* event id, or "timer:<rule>:<armed_by>:<due ms>" */

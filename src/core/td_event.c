@@ -49,7 +49,7 @@ static const char *const event_type_names[TD_EV__COUNT] = {
     "sms.opted_out",     "linkedin.invited", "linkedin.accepted", "linkedin.messaged",
     "linkedin.replied",  "call.attempted",   "call.connected",    "call.voicemail",
     "meeting.booked",    "meeting.held",     "meeting.cancelled", "meeting.no_show",
-    "gift.sent",         "prospect.updated",
+    "gift.sent",         "prospect.updated", "owner.prospect_contacted",
 };
 
 const char *td_event_type_name(td_event_type t)
@@ -798,6 +798,8 @@ static int decode_data(json_t *d, const char *buf, size_t len, td_event *ev, td_
     case TD_CH_LINKEDIN:
         break;
     default:
+        if (t == TD_EV_OWNER_PROSPECT_CONTACTED)
+            return TD_OK; /* no data fields */
         return decode_prospect(d, buf, len, ev, err);
     }
     if (t == TD_EV_EMAIL_REPLIED || t == TD_EV_WHATSAPP_REPLIED || t == TD_EV_SMS_REPLIED ||

@@ -51,6 +51,10 @@ typedef enum td_event_type {
     TD_EV_MEETING_NO_SHOW,
     TD_EV_GIFT_SENT,
     TD_EV_PROSPECT_UPDATED,
+    /* Derived by the engine (td_step_out.derived) when a prospect gets its
+     * first outbound touch; applied to the owner's own state, whose
+     * prospect_id is "owner:<owner_id>". A CRM may send it too. */
+    TD_EV_OWNER_PROSPECT_CONTACTED,
     TD_EV__COUNT
 } td_event_type;
 

@@ -550,7 +550,8 @@ static uint64_t parse_on(cctx *cx, const config_setting_t *rule, const char *rid
         const char *v = config_setting_get_string(e);
         size_t vl = strlen(v);
         if (strcmp(v, "*") == 0) {
-            mask |= (1ULL << TD_EV__COUNT) - 1;
+            /* every prospect event; owner events (owner.*) only when named */
+            mask |= ((1ULL << TD_EV__COUNT) - 1) & ~(1ULL << TD_EV_OWNER_PROSPECT_CONTACTED);
             continue;
         }
         if (guard && strcmp(v, "timer") == 0) {
@@ -558,14 +559,12 @@ static uint64_t parse_on(cctx *cx, const config_setting_t *rule, const char *rid
             continue;
         }
         if (vl > 2 && v[vl - 2] == '.' && v[vl - 1] == '*') {
-            td_channel ch = td_channel_parse(v, vl - 2);
-            bool prospect = vl - 2 == 8 && memcmp(v, "prospect", 8) == 0;
             uint64_t before = mask;
             for (int ty = 0; ty < TD_EV__COUNT; ty++) {
                 const char *nm = td_event_type_name((td_event_type)ty);
                 if (nm && strncmp(nm, v, vl - 1) == 0) mask |= 1ULL << ty;
             }
-            if (mask == before || (ch == TD_CH_NONE && !prospect))
+            if (mask == before)
                 err_at(cx, s, "E108", "rule '%s': '%s' matches no event type", rid, v);
             continue;
         }
@@ -1192,6 +1191,17 @@ const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t
 const td_rule *const *td_ruleset_guards(const td_ruleset *rs, size_t *n) {
     *n = rs->nguards;
     return (const td_rule *const *)rs->guards;
+}
+
+bool td_rule_owner_domain(const td_rule *r) {
+    const uint64_t owner = 1ULL << TD_EV_OWNER_PROSPECT_CONTACTED;
+    return (r->on & ((1ULL << TD_EV__COUNT) - 1)) == owner;
+}
+
+bool td_rule_guards_candidate(const td_rule *g, const td_rule *r, int event_type) {
+    const uint64_t owner = 1ULL << TD_EV_OWNER_PROSPECT_CONTACTED;
+    if (td_rule_owner_domain(r)) return (g->on & owner) != 0;
+    return td_rule_guards_trigger(g, event_type);
 }
 
 bool td_rule_guards_trigger(const td_rule *g, int event_type) {

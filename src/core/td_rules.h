@@ -109,6 +109,11 @@ const td_rule *const *td_ruleset_guards(const td_ruleset *rs, size_t *n);
 /* Whether guard g judges a trigger: an event type, or -1 for a timer trigger.
  * A guard without `on` judges every trigger; `on` may list "timer". */
 bool td_rule_guards_trigger(const td_rule *g, int event_type);
+/* Rules triggered only by owner.* events work on an owner's state (owner
+ * nudges): the owner domain. Guards judge prospect recommendations; an
+ * owner-domain candidate is judged only by guards whose `on` names owner.*. */
+bool td_rule_owner_domain(const td_rule *r);
+bool td_rule_guards_candidate(const td_rule *g, const td_rule *r, int event_type);
 
 /* The touch vocabulary of DESIGN.md (rules may add their own: a warning). */
 bool td_touch_known(const char *touch);

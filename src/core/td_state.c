@@ -456,7 +456,8 @@ enum {
     TD_A_OPT_OUT = 1u << 10,
     TD_A_MEETING = 1u << 11,
     TD_A_GIFT = 1u << 12,
-    TD_A_PROSPECT = 1u << 13
+    TD_A_PROSPECT = 1u << 13,
+    TD_A_OWNER = 1u << 14 /* owner.prospect_contacted on an owner's state */
 };
 
 typedef struct td_reducer {
@@ -499,6 +500,7 @@ static const td_reducer td_reducers[TD_EV__COUNT] = {
     [TD_EV_MEETING_NO_SHOW] = {TD_CH_MEETING, TD_A_MEETING},
     [TD_EV_GIFT_SENT] = {TD_CH_GIFT, TD_A_TOUCH | TD_A_GIFT},
     [TD_EV_PROSPECT_UPDATED] = {TD_CH_NONE, TD_A_PROSPECT},
+    [TD_EV_OWNER_PROSPECT_CONTACTED] = {TD_CH_NONE, TD_A_OWNER},
 };
 
 /* Local civil time of t for this prospect: its zone, else the default zone,
@@ -629,6 +631,14 @@ int td_state_apply(td_state *st, const td_event *ev, td_tzdb *tz, const td_setti
 
     if (r.acts & TD_A_PROSPECT) {
         td_apply_prospect(st, ev);
+        return TD_OK;
+    }
+    if (r.acts & TD_A_OWNER) {
+        /* an owner's state counts the prospects it contacted for the first
+         * time as its touches: touches.1d is "new prospects in 24 h" */
+        td_max_ms(&st->last_touch_at, t);
+        td_min_ms(&st->first_touch_at, t);
+        td_touch_push(st, t);
         return TD_OK;
     }
     td_chan_state *c = &st->ch[r.channel];

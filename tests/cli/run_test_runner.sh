@@ -5,6 +5,7 @@
 #               and one untested guard, for the coverage listing)
 #   fail/       wrong.test: wrong expectations against pass/basic.rules
 #   malformed/  syntax.test (not libconfig), semantic.test (mistakes on known lines)
+#   extra/      test files with extra rules (inline, from a file, not compiling)
 #
 # Environment: TD_TOUCHD (the touchd binary), TD_SOURCE_DIR (the repo root).
 # Prints "N passed, M failed" last; exits 1 when any check fails.
@@ -162,6 +163,20 @@ expect_has bad "$T/malformed/semantic.test:23: error: unknown state field 'emial
 expect_has bad "$T/malformed/semantic.test:29: error: 'tr.pivot-linkedin' is not a guard"
 expect_has bad "FAIL $T/malformed/semantic.test:unknown-rule"
 expect_has bad "PASS $T/malformed/semantic.test:still-runs"
+
+# ---- extra rules of a test file (inline and from a file): compiled with the
+# ruleset for that file only; coverage maps back to the ruleset's rules
+X=$T/extra
+run extra test $T/pass/basic.rules $X/inline.test $X/fromfile.test $X/broken.test
+expect_rc extra 1
+expect_summary extra "2 passed, 1 failed" test $T/pass/basic.rules $X/inline.test $X/fromfile.test $X/broken.test
+expect_has extra "PASS $X/inline.test:naive gift is blocked"
+expect_has extra "PASS $X/fromfile.test:naive gift is blocked"
+expect_has extra "FAIL $X/broken.test"
+expect_has extra "$X/broken.test(extra_rules):2:11: error E201: in x.bad.when: unknown field 'emial.sent'"
+expect_has extra "coverage: 1 of 6 rules and 1 of 3 guards exercised"
+expect_not extra "not exercised: guard guard.never-used"
+expect_not extra "x.naive-gift ("
 
 # ---- usage errors and rules that do not compile
 run noargs test

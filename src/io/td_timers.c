@@ -1,0 +1,1016 @@
+/*
+ * td_timers.c - the durable timer index: claim/ack scripts on a connection of
+ * its own, and the firing round (td_timers_poll). See td_timers.h and
+ * docs/timers.md.
+ *
+ * Design
+ *
+ * - A blocking hiredis connection owned by this module (separate from
+ *   td_redis's, so a claim never interleaves with a state pipeline). Every
+ *   command is bounded by command_timeout_ms (redisSetTimeout); an I/O error
+ *   closes the connection and the next call reconnects after a backoff
+ *   (backoff_min_ms doubling to backoff_max_ms), like td_redis.
+ *
+ * - Two Lua scripts, loaded on first use and re-loaded on NOSCRIPT:
+ *   claim (KEYS[1] = claimed set, KEYS[2..] = shard keys; ARGV = now,
+ *   lease end, budget) and ack (KEYS[1] = claimed set; ARGV = member,
+ *   lease pairs). Both run atomically, so two instances polling the same
+ *   shards never receive the same member under the same lease.
+ *
+ * - The poll round keeps its arrays (claims sorted by prospect, one state per
+ *   prospect) sized for claim_batch and reuses them.
+ *
+ * @locality one thread.
+ */
+#include "td_timers.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "td_log.h"
+
+/*
+ * Claim. Re-leases expired claims first (their claimer died or gave up:
+ * reported with due "-1", the state knows when they were due), then takes due
+ * members shard by shard until the budget is spent. Returns
+ * {shards_scanned, member, due, member, due, ...}. ZADD/ZREM in chunks of
+ * 200 members (Lua's unpack limit is ~8000 values).
+ */
+static const char tm_claim_lua[] =
+    "local cl = KEYS[1]\n"
+    "local now, lease, budget = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+    "local out = {0}\n"
+    "local function move(src, ms)\n"
+    "  local k = 1\n"
+    "  while k <= #ms do\n"
+    "    local e = k + 199\n"
+    "    if e > #ms then e = #ms end\n"
+    "    local za = {}\n"
+    "    for x = k, e do za[#za + 1] = lease; za[#za + 1] = ms[x] end\n"
+    "    redis.call('ZADD', cl, unpack(za))\n"
+    "    if src then redis.call('ZREM', src, unpack(ms, k, e)) end\n"
+    "    k = e + 1\n"
+    "  end\n"
+    "end\n"
+    "local exp = redis.call('ZRANGEBYSCORE', cl, '-inf', now, 'LIMIT', 0, budget)\n"
+    "if #exp > 0 then\n"
+    "  move(nil, exp)\n"
+    "  for _, m in ipairs(exp) do out[#out + 1] = m; out[#out + 1] = '-1' end\n"
+    "  budget = budget - #exp\n"
+    "end\n"
+    "local scanned = 0\n"
+    "for i = 2, #KEYS do\n"
+    "  if budget <= 0 then break end\n"
+    "  local d = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'WITHSCORES', 'LIMIT', 0, budget)\n"
+    "  if #d > 0 then\n"
+    "    local ms = {}\n"
+    "    for j = 1, #d, 2 do\n"
+    "      ms[#ms + 1] = d[j]\n"
+    "      out[#out + 1] = d[j]; out[#out + 1] = d[j + 1]\n"
+    "    end\n"
+    "    move(KEYS[i], ms)\n"
+    "    budget = budget - #ms\n"
+    "  end\n"
+    "  scanned = scanned + 1\n"
+    "end\n"
+    "out[1] = scanned\n"
+    "return out\n";
+
+/* Ack: removes a claimed member only while it still holds the caller's lease. */
+static const char tm_ack_lua[] =
+    "local n = 0\n"
+    "for i = 1, #ARGV, 2 do\n"
+    "  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])\n"
+    "  if s and tonumber(s) == tonumber(ARGV[i + 1]) then\n"
+    "    redis.call('ZREM', KEYS[1], ARGV[i])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+enum { TM_CLAIM = 0, TM_ACK = 1, TM_NSCRIPTS = 2 };
+static const char *const tm_scripts[TM_NSCRIPTS] = {tm_claim_lua, tm_ack_lua};
+
+/* A prospect of the current round: claims [first, first + n) of the sorted
+ * array, its state and the version it was loaded at. */
+typedef struct tm_group {
+    size_t first, n;
+    int64_t expected;
+    bool changed;
+    /* outcome of the last computation (the one that was stored) */
+    uint32_t fired, stale, dropped, recs;
+    td_ms max_delay;
+} tm_group;
+
+/* Rendered recommendation of the current attempt. */
+typedef struct tm_rec {
+    size_t off, len, g;
+} tm_rec;
+
+struct td_timers {
+    td_redis_conf rconf; /* strings point to the copies below */
+    char *host, *password, *username, *prefix;
+    td_timers_conf conf;
+    redisContext *c;
+    int64_t backoff_ms, next_try_ms;
+    char sha[TM_NSCRIPTS][41];
+    char err[512];
+    uint32_t cursor;  /* next shard of the round robin */
+    uint32_t window;  /* shards per claim call */
+    char claimed_key[96];
+
+    /* argv scratch */
+    const char **argv;
+    size_t *argvlen, *aoff;
+    size_t capargv;
+    char *abuf;
+    size_t abuflen, abufcap;
+
+    /* poll round */
+    td_claim *claims;
+    tm_group *groups;
+    td_state *states;
+    int64_t *expected;
+    int *result;
+    size_t *work, *work2;
+    td_step_out *out;
+    td_buf recbuf;
+    tm_rec *recs;
+    size_t nrecs, caprecs;
+
+    td_timers_stats stats;
+};
+
+/* ---- helpers ---- */
+
+static int64_t tm_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void tm_seterr(td_timers *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tm_seterr(td_timers *t, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->err, sizeof t->err, fmt, ap);
+    va_end(ap);
+}
+
+static char *tm_strdup(const char *s) {
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    if (p)
+        memcpy(p, s, n);
+    return p;
+}
+
+const char *td_overdue_policy_name(td_overdue_policy p) {
+    return p == TD_OVERDUE_DROP ? "drop" : "fire_late";
+}
+
+void td_timers_conf_default(td_timers_conf *c) {
+    memset(c, 0, sizeof *c);
+    c->shards = 4096;
+    c->poll_ms = 100;
+    c->claim_batch = 500;
+    c->lease_ms = 30000;
+    c->sweep_ms = 500;
+    c->overdue_policy = TD_OVERDUE_FIRE_LATE;
+    c->drop_older_than = 0;
+}
+
+bool td_timers_conf_check(const td_timers_conf *c, char *err, size_t errcap) {
+    const char *why = NULL;
+    if (c->shards < 1 || c->shards > 65536)
+        why = "timers.shards must be 1..65536";
+    else if (c->poll_ms < 1 || c->poll_ms > 60000)
+        why = "timers.poll_ms must be 1..60000";
+    else if (c->claim_batch < 1 || c->claim_batch > 2000)
+        why = "timers.claim_batch must be 1..2000";
+    else if (c->lease_ms < 1000 || c->lease_ms > 3600000)
+        why = "timers.lease_ms must be 1000..3600000";
+    else if (c->sweep_ms < c->poll_ms || c->sweep_ms > 600000)
+        why = "timers.sweep_ms must be poll_ms..600000";
+    else if (c->overdue_policy == TD_OVERDUE_DROP && c->drop_older_than <= 0)
+        why = "timers.drop_older_than must be a positive duration with overdue_policy = drop";
+    if (why) {
+        if (err && errcap)
+            snprintf(err, errcap, "%s", why);
+        return false;
+    }
+    return true;
+}
+
+uint32_t td_timers_shard(const char *prospect_id, uint32_t shards) {
+    if (shards <= 1)
+        return 0;
+    /* FNV-1a 64, written out here so the layout never depends on another
+     * module's hash choice. */
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const unsigned char *p = (const unsigned char *)prospect_id; *p; p++) {
+        h ^= *p;
+        h *= 0x100000001b3ULL;
+    }
+    return (uint32_t)(h % shards);
+}
+
+size_t td_timers_shard_key(const char *prefix, uint32_t shard, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%s:t:%" PRIu32, prefix, shard);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+size_t td_timers_claimed_key(const char *prefix, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%s:t:claimed", prefix);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+/* ---- argv scratch ---- */
+
+/* Arguments are copied into one buffer and kept as offsets (the buffer may
+ * move while growing); tm_eval turns them into pointers. */
+static void tm_args_reset(td_timers *t) { t->abuflen = 0; }
+
+static bool tm_arg(td_timers *t, size_t *n, const char *p, size_t len) {
+    if (*n >= t->capargv) {
+        size_t cap = t->capargv ? t->capargv * 2 : 256;
+        const char **a = realloc(t->argv, cap * sizeof *a);
+        if (!a)
+            return false;
+        t->argv = a;
+        size_t *l = realloc(t->argvlen, cap * sizeof *l);
+        if (!l)
+            return false;
+        t->argvlen = l;
+        size_t *o = realloc(t->aoff, cap * sizeof *o);
+        if (!o)
+            return false;
+        t->aoff = o;
+        t->capargv = cap;
+    }
+    if (t->abuflen + len > t->abufcap) {
+        size_t cap = t->abufcap ? t->abufcap : 4096;
+        while (cap < t->abuflen + len)
+            cap *= 2;
+        char *b = realloc(t->abuf, cap);
+        if (!b)
+            return false;
+        t->abuf = b;
+        t->abufcap = cap;
+    }
+    if (len)
+        memcpy(t->abuf + t->abuflen, p, len);
+    t->aoff[*n] = t->abuflen;
+    t->argvlen[*n] = len;
+    t->abuflen += len;
+    (*n)++;
+    return true;
+}
+
+static bool tm_args(td_timers *t, size_t *n, const char *s) { return tm_arg(t, n, s, strlen(s)); }
+
+/* ---- connection ---- */
+
+static void tm_drop(td_timers *t, bool penalize) {
+    if (t->c) {
+        redisFree(t->c);
+        t->c = NULL;
+    }
+    if (penalize) {
+        t->next_try_ms = tm_mono_ms() + t->backoff_ms;
+        int64_t b = t->backoff_ms * 2;
+        t->backoff_ms = b > t->rconf.backoff_max_ms ? t->rconf.backoff_max_ms : b;
+    }
+}
+
+static redisReply *tm_command(td_timers *t, int argc, const char **argv, const size_t *lens) {
+    redisReply *rep = redisCommandArgv(t->c, argc, argv, lens);
+    if (!rep) {
+        tm_seterr(t, "redis timers: %s; reconnecting in %" PRId64 " ms",
+                  t->c->errstr[0] ? t->c->errstr : "connection lost", t->backoff_ms);
+        tm_drop(t, true);
+    }
+    return rep;
+}
+
+static int tm_connect(td_timers *t) {
+    struct timeval ctv = {.tv_sec = t->rconf.connect_timeout_ms / 1000,
+                          .tv_usec = (t->rconf.connect_timeout_ms % 1000) * 1000};
+    redisContext *c = t->rconf.unix_socket ? redisConnectUnixWithTimeout(t->rconf.host, ctv)
+                                           : redisConnectWithTimeout(t->rconf.host, t->rconf.port, ctv);
+    if (!c || c->err) {
+        tm_seterr(t, "redis timers: connect: %s; reconnecting in %" PRId64 " ms",
+                  c ? c->errstr : "out of memory", t->backoff_ms);
+        if (c)
+            redisFree(c);
+        tm_drop(t, true);
+        return TD_ERR;
+    }
+    t->c = c;
+    (void)redisSetTimeout(c, ctv);
+    if (t->rconf.password) {
+        const char *argv[3];
+        size_t lens[3];
+        int argc = 0;
+        argv[argc] = "AUTH";
+        lens[argc++] = 4;
+        if (t->rconf.username) {
+            argv[argc] = t->rconf.username;
+            lens[argc++] = strlen(t->rconf.username);
+        }
+        argv[argc] = t->rconf.password;
+        lens[argc++] = strlen(t->rconf.password);
+        redisReply *rep = tm_command(t, argc, argv, lens);
+        if (!rep)
+            return TD_ERR;
+        bool bad = rep->type == REDIS_REPLY_ERROR;
+        if (bad)
+            tm_seterr(t, "redis timers: AUTH failed: %.*s", (int)rep->len, rep->str);
+        freeReplyObject(rep);
+        if (bad) {
+            tm_drop(t, true);
+            return TD_ERR;
+        }
+    }
+    if (t->rconf.db != 0) {
+        redisReply *rep = redisCommand(t->c, "SELECT %d", t->rconf.db);
+        if (!rep) {
+            tm_seterr(t, "redis timers: SELECT: connection lost");
+            tm_drop(t, true);
+            return TD_ERR;
+        }
+        bool bad = rep->type == REDIS_REPLY_ERROR;
+        if (bad)
+            tm_seterr(t, "redis timers: SELECT failed: %.*s", (int)rep->len, rep->str);
+        freeReplyObject(rep);
+        if (bad) {
+            tm_drop(t, true);
+            return TD_ERR;
+        }
+    }
+    struct timeval tv = {.tv_sec = t->rconf.command_timeout_ms / 1000,
+                         .tv_usec = (t->rconf.command_timeout_ms % 1000) * 1000};
+    (void)redisSetTimeout(t->c, tv);
+    return TD_OK;
+}
+
+static int tm_ensure(td_timers *t) {
+    if (t->c && !t->c->err)
+        return TD_OK;
+    if (t->c)
+        tm_drop(t, false);
+    int64_t now = tm_mono_ms();
+    if (now < t->next_try_ms) {
+        tm_seterr(t, "redis timers: reconnecting in %" PRId64 " ms", t->next_try_ms - now);
+        return TD_ERR;
+    }
+    if (tm_connect(t) != TD_OK)
+        return TD_ERR;
+    t->backoff_ms = t->rconf.backoff_min_ms;
+    t->next_try_ms = 0;
+    return TD_OK;
+}
+
+static int tm_load_script(td_timers *t, int which) {
+    const char *argv[3] = {"SCRIPT", "LOAD", tm_scripts[which]};
+    size_t lens[3] = {6, 4, strlen(tm_scripts[which])};
+    redisReply *rep = tm_command(t, 3, argv, lens);
+    if (!rep)
+        return TD_ERR;
+    int rc = TD_OK;
+    if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
+        memcpy(t->sha[which], rep->str, 40);
+        t->sha[which][40] = '\0';
+    } else {
+        tm_seterr(t, "redis timers: SCRIPT LOAD failed: %.*s", rep->str ? (int)rep->len : 0,
+                  rep->str ? rep->str : "unexpected reply");
+        rc = TD_ERR;
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+/*
+ * EVALSHA of script `which` with argv[2..argc) already in the scratch (slots
+ * 0 and 1 are reserved for "EVALSHA" and the sha). Retries once on NOSCRIPT
+ * and once on a connection that turned out to be dead (the server closed an
+ * idle connection): both scripts are safe to re-run (a claim whose reply was
+ * lost only leases members, which come back after the lease).
+ * @returns the reply (caller frees) or NULL.
+ */
+static redisReply *tm_eval(td_timers *t, int which, size_t argc) {
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (tm_ensure(t) != TD_OK)
+            return NULL;
+        if (!t->sha[which][0] && tm_load_script(t, which) != TD_OK)
+            return NULL;
+        for (size_t i = 2; i < argc; i++)
+            t->argv[i] = t->abuf + t->aoff[i];
+        t->argv[0] = "EVALSHA";
+        t->argvlen[0] = 7;
+        t->argv[1] = t->sha[which];
+        t->argvlen[1] = 40;
+        redisReply *rep = redisCommandArgv(t->c, (int)argc, t->argv, t->argvlen);
+        if (!rep) {
+            bool retry = attempt == 0 && (t->c->err == REDIS_ERR_EOF || t->c->err == REDIS_ERR_IO);
+            tm_seterr(t, "redis timers: %s; reconnecting in %" PRId64 " ms",
+                      t->c->errstr[0] ? t->c->errstr : "connection lost", t->backoff_ms);
+            tm_drop(t, !retry);
+            if (retry)
+                continue;
+            return NULL;
+        }
+        if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 && memcmp(rep->str, "NOSCRIPT", 8) == 0) {
+            freeReplyObject(rep);
+            t->sha[which][0] = '\0';
+            continue;
+        }
+        if (rep->type == REDIS_REPLY_ERROR) {
+            tm_seterr(t, "redis timers: EVALSHA: %.*s", (int)rep->len, rep->str);
+            freeReplyObject(rep);
+            return NULL;
+        }
+        return rep;
+    }
+    tm_seterr(t, "redis timers: EVALSHA kept failing (NOSCRIPT or connection)");
+    return NULL;
+}
+
+/* ---- life cycle ---- */
+
+td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf, char *err,
+                         size_t errcap) {
+    if (err && errcap)
+        err[0] = '\0';
+    if (!td_timers_conf_check(tconf, err, errcap))
+        return NULL;
+    if (!rconf->host || !rconf->key_prefix || rconf->command_timeout_ms <= 0 ||
+        rconf->connect_timeout_ms <= 0 || rconf->backoff_min_ms <= 0) {
+        if (err && errcap)
+            snprintf(err, errcap, "redis timers: incomplete redis configuration");
+        return NULL;
+    }
+    td_timers *t = calloc(1, sizeof *t);
+    if (!t)
+        goto oom;
+    t->rconf = *rconf;
+    t->conf = *tconf;
+    t->host = tm_strdup(rconf->host);
+    t->prefix = tm_strdup(rconf->key_prefix);
+    t->password = tm_strdup(rconf->password);
+    t->username = tm_strdup(rconf->username);
+    if (!t->host || !t->prefix || (rconf->password && !t->password) ||
+        (rconf->username && !t->username))
+        goto oom;
+    t->rconf.host = t->host;
+    t->rconf.key_prefix = t->prefix;
+    t->rconf.password = t->password;
+    t->rconf.username = t->username;
+    t->backoff_ms = rconf->backoff_min_ms;
+    td_timers_claimed_key(t->prefix, t->claimed_key, sizeof t->claimed_key);
+    int64_t w = ((int64_t)tconf->shards * tconf->poll_ms + tconf->sweep_ms - 1) / tconf->sweep_ms;
+    t->window = (uint32_t)(w < 1 ? 1 : w > tconf->shards ? tconf->shards : w);
+    size_t cap = (size_t)tconf->claim_batch;
+    t->claims = calloc(cap, sizeof *t->claims);
+    t->groups = calloc(cap, sizeof *t->groups);
+    t->states = calloc(cap, sizeof *t->states);
+    t->expected = calloc(cap, sizeof *t->expected);
+    t->result = calloc(cap, sizeof *t->result);
+    t->work = calloc(cap, sizeof *t->work);
+    t->work2 = calloc(cap, sizeof *t->work2);
+    t->out = calloc(1, sizeof *t->out);
+    if (!t->claims || !t->groups || !t->states || !t->expected || !t->result || !t->work ||
+        !t->work2 || !t->out)
+        goto oom;
+    (void)tm_ensure(t); /* a failure is retried by the next call */
+    return t;
+oom:
+    td_timers_free(t);
+    if (err && errcap)
+        snprintf(err, errcap, "redis timers: out of memory");
+    return NULL;
+}
+
+void td_timers_free(td_timers *t) {
+    if (!t)
+        return;
+    if (t->c)
+        redisFree(t->c);
+    free(t->host);
+    free(t->prefix);
+    if (t->password) {
+        volatile char *v = t->password;
+        while (*v)
+            *v++ = 0;
+        free(t->password);
+    }
+    free(t->username);
+    free(t->argv);
+    free(t->argvlen);
+    free(t->aoff);
+    free(t->abuf);
+    free(t->claims);
+    free(t->groups);
+    free(t->states);
+    free(t->expected);
+    free(t->result);
+    free(t->work);
+    free(t->work2);
+    free(t->out);
+    free(t->recs);
+    td_buf_free(&t->recbuf);
+    free(t);
+}
+
+const char *td_timers_last_error(const td_timers *t) { return t ? t->err : ""; }
+const td_timers_conf *td_timers_get_conf(const td_timers *t) { return &t->conf; }
+const td_timers_stats *td_timers_get_stats(const td_timers *t) { return &t->stats; }
+
+/* ---- claim / ack ---- */
+
+static bool tm_parse_i64(const char *s, size_t n, int64_t *out) {
+    if (n == 0 || n > 20)
+        return false;
+    char buf[24];
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    char *end;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (errno || *end) {
+        /* a score Redis printed as a double ("1.7e+12") */
+        double d = strtod(buf, &end);
+        if (*end)
+            return false;
+        v = (long long)d;
+    }
+    *out = (int64_t)v;
+    return true;
+}
+
+/* Claims from shards [first, first + count); *scanned receives how many of
+ * them were looked at before the budget ran out. */
+static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,
+                    size_t max, uint32_t *scanned) {
+    t->err[0] = '\0';
+    *scanned = 0;
+    uint32_t shards = (uint32_t)t->conf.shards;
+    if (count > shards)
+        count = shards;
+    if (max == 0 || count == 0)
+        return 0;
+    tm_args_reset(t);
+    size_t argc = 0;
+    char num[32];
+    bool ok = tm_arg(t, &argc, "", 0) && tm_arg(t, &argc, "", 0); /* EVALSHA sha */
+    snprintf(num, sizeof num, "%" PRIu32, count + 1);
+    ok = ok && tm_args(t, &argc, num) && tm_args(t, &argc, t->claimed_key);
+    for (uint32_t i = 0; ok && i < count; i++) {
+        char key[96];
+        size_t n = td_timers_shard_key(t->prefix, (first + i) % shards, key, sizeof key);
+        ok = tm_arg(t, &argc, key, n);
+    }
+    td_ms lease = now + t->conf.lease_ms;
+    snprintf(num, sizeof num, "%" PRId64, (int64_t)now);
+    ok = ok && tm_args(t, &argc, num);
+    snprintf(num, sizeof num, "%" PRId64, (int64_t)lease);
+    ok = ok && tm_args(t, &argc, num);
+    snprintf(num, sizeof num, "%zu", max);
+    ok = ok && tm_args(t, &argc, num);
+    if (!ok) {
+        tm_seterr(t, "redis timers: out of memory");
+        return TD_ERR;
+    }
+    redisReply *rep = tm_eval(t, TM_CLAIM, argc);
+    if (!rep)
+        return TD_ERR;
+    t->stats.polls++;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->elements % 2 != 1 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER) {
+        tm_seterr(t, "redis timers: claim: unexpected reply (type %d)", rep->type);
+        freeReplyObject(rep);
+        return TD_ERR;
+    }
+    *scanned = (uint32_t)(rep->element[0]->integer < 0 ? 0 : rep->element[0]->integer);
+    size_t n = 0;
+    for (size_t i = 1; i + 1 < rep->elements && n < max; i += 2) {
+        const redisReply *m = rep->element[i], *s = rep->element[i + 1];
+        if (m->type != REDIS_REPLY_STRING || s->type != REDIS_REPLY_STRING)
+            continue;
+        const char *sep = memchr(m->str, TD_TIMER_SEP, m->len);
+        int64_t due;
+        size_t plen = sep ? (size_t)(sep - m->str) : 0;
+        size_t rlen = sep ? m->len - plen - 1 : 0;
+        if (!sep || plen == 0 || plen > TD_ID_MAX || rlen == 0 || rlen > TD_RULE_ID_MAX ||
+            !tm_parse_i64(s->str, s->len, &due)) {
+            /* not ours: leave it leased (visible in the claimed set) and say so */
+            td_log_warn("malformed timer member in the index, ignored", "len=%zu", m->len);
+            continue;
+        }
+        td_claim *c = &out[n++];
+        memcpy(c->prospect_id, m->str, plen);
+        c->prospect_id[plen] = '\0';
+        memcpy(c->rule, sep + 1, rlen);
+        c->rule[rlen] = '\0';
+        c->due_at = due < 0 ? TD_MS_MISSING : due;
+        c->lease_until = lease;
+        if (due < 0)
+            t->stats.reclaimed++;
+    }
+    t->stats.claimed += n;
+    freeReplyObject(rep);
+    return (int)n;
+}
+
+int td_timers_claim_range(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,
+                          size_t max) {
+    uint32_t scanned;
+    return tm_claim(t, now, first, count, out, max, &scanned);
+}
+
+int td_timers_claim(td_timers *t, td_ms now, td_claim *out, size_t max) {
+    /* Round robin: the next poll starts after the last shard this one looked
+     * at (when the budget ran out inside the window, the rest of the window
+     * comes next). */
+    uint32_t scanned = 0;
+    int n = tm_claim(t, now, t->cursor, t->window, out, max, &scanned);
+    if (n >= 0)
+        t->cursor = (uint32_t)(((uint64_t)t->cursor + scanned) % (uint32_t)t->conf.shards);
+    return n;
+}
+
+int td_timers_ack(td_timers *t, const td_claim *c, size_t n) {
+    t->err[0] = '\0';
+    if (n == 0)
+        return 0;
+    int total = 0;
+    for (size_t start = 0; start < n; start += 500) {
+        size_t end = start + 500 < n ? start + 500 : n;
+        tm_args_reset(t);
+        size_t argc = 0;
+        bool ok = tm_arg(t, &argc, "", 0) && tm_arg(t, &argc, "", 0) &&
+                  tm_args(t, &argc, "1") && tm_args(t, &argc, t->claimed_key);
+        for (size_t i = start; ok && i < end; i++) {
+            char m[TD_ID_MAX + TD_RULE_ID_MAX + 2];
+            int k = snprintf(m, sizeof m, "%s%c%s", c[i].prospect_id, TD_TIMER_SEP, c[i].rule);
+            char num[24];
+            snprintf(num, sizeof num, "%" PRId64, (int64_t)c[i].lease_until);
+            ok = tm_arg(t, &argc, m, (size_t)k) && tm_args(t, &argc, num);
+        }
+        if (!ok) {
+            tm_seterr(t, "redis timers: out of memory");
+            return TD_ERR;
+        }
+        redisReply *rep = tm_eval(t, TM_ACK, argc);
+        if (!rep)
+            return TD_ERR;
+        if (rep->type == REDIS_REPLY_INTEGER)
+            total += (int)rep->integer;
+        freeReplyObject(rep);
+    }
+    t->stats.acked += (uint64_t)total;
+    return total;
+}
+
+int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
+    t->err[0] = '\0';
+    if (tm_ensure(t) != TD_OK)
+        return TD_ERR;
+    uint32_t shards = (uint32_t)t->conf.shards;
+    for (uint32_t s = 0; s < shards; s++) {
+        char key[96];
+        td_timers_shard_key(t->prefix, s, key, sizeof key);
+        if (redisAppendCommand(t->c, "ZCARD %s", key) != REDIS_OK) {
+            tm_drop(t, false);
+            tm_seterr(t, "redis timers: out of memory");
+            return TD_ERR;
+        }
+    }
+    redisAppendCommand(t->c, "ZCARD %s", t->claimed_key);
+    int64_t sum = 0, cl = 0;
+    for (uint32_t s = 0; s <= shards; s++) {
+        void *r = NULL;
+        if (redisGetReply(t->c, &r) != REDIS_OK || !r) {
+            tm_seterr(t, "redis timers: ZCARD: %s", t->c->errstr);
+            tm_drop(t, true);
+            return TD_ERR;
+        }
+        redisReply *rep = r;
+        if (rep->type == REDIS_REPLY_INTEGER) {
+            if (s < shards)
+                sum += rep->integer;
+            else
+                cl = rep->integer;
+        }
+        freeReplyObject(rep);
+    }
+    if (pending)
+        *pending = sum;
+    if (claimed)
+        *claimed = cl;
+    return TD_OK;
+}
+
+/* ---- firing ---- */
+
+static int tm_claim_cmp(const void *a, const void *b) {
+    const td_claim *x = a, *y = b;
+    int c = strcmp(x->prospect_id, y->prospect_id);
+    if (c)
+        return c;
+    c = strcmp(x->rule, y->rule);
+    if (c)
+        return c;
+    return (x->due_at > y->due_at) - (x->due_at < y->due_at);
+}
+
+static int tm_rec_add(td_timers *t, size_t g, size_t off) {
+    if (t->nrecs == t->caprecs) {
+        size_t cap = t->caprecs ? t->caprecs * 2 : 64;
+        tm_rec *v = realloc(t->recs, cap * sizeof *v);
+        if (!v)
+            return TD_ERR;
+        t->recs = v;
+        t->caprecs = cap;
+    }
+    t->recs[t->nrecs++] = (tm_rec){off, t->recbuf.len - off, g};
+    return TD_OK;
+}
+
+/* Loads the states of groups work[0..n) into t->states (fresh first). */
+static int tm_load(td_timers *t, td_redis *r, const size_t *work, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        size_t g = work[k];
+        td_state_free(&t->states[g]);
+        td_state_init(&t->states[g], t->claims[t->groups[g].first].prospect_id);
+    }
+    /* load contiguous when all, else through a pack in expected[] order */
+    int rc;
+    if (n == 0)
+        return TD_OK;
+    bool all = true;
+    for (size_t k = 0; k < n; k++)
+        if (work[k] != k)
+            all = false;
+    if (all) {
+        rc = td_redis_load(r, t->states, n);
+    } else {
+        td_state *pack = calloc(n, sizeof *pack);
+        if (!pack)
+            return TD_ERR;
+        for (size_t k = 0; k < n; k++)
+            pack[k] = t->states[work[k]];
+        rc = td_redis_load(r, pack, n);
+        for (size_t k = 0; k < n; k++)
+            t->states[work[k]] = pack[k];
+        free(pack);
+    }
+    if (rc != TD_OK) {
+        tm_seterr(t, "%s", td_redis_last_error(r));
+        return TD_ERR;
+    }
+    for (size_t k = 0; k < n; k++) {
+        t->groups[work[k]].expected = t->states[work[k]].version;
+        t->groups[work[k]].changed = false;
+    }
+    return TD_OK;
+}
+
+/* Steps every claim of group g against its (freshly loaded) state. */
+static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g, td_ms now) {
+    tm_group *gr = &t->groups[g];
+    tm_group *cnt = gr;
+    gr->fired = gr->stale = gr->dropped = gr->recs = 0;
+    gr->max_delay = 0;
+    td_state *st = &t->states[g];
+    for (size_t i = gr->first; i < gr->first + gr->n; i++) {
+        const td_claim *c = &t->claims[i];
+        const td_timer *tm = td_state_timer(st, c->rule);
+        /* The state is the authority: a claim is a hint to look. */
+        if (!tm || (c->due_at != TD_MS_MISSING && tm->due_at != c->due_at) || tm->due_at > now) {
+            /* disarmed, fired already, or re-armed (its new due time is in
+             * the index as the same member: ZADD moved it) */
+            cnt->stale++;
+            continue;
+        }
+        td_ms late = now - tm->due_at;
+        if (t->conf.overdue_policy == TD_OVERDUE_DROP && late > t->conf.drop_older_than) {
+            char due[40];
+            td_time_format(tm->due_at, due, sizeof due);
+            td_log_warn("overdue timer dropped", "prospect=%s rule=%s due_at=%s overdue_ms=%lld "
+                        "drop_older_than_ms=%lld", st->prospect_id, c->rule, due,
+                        (long long)late, (long long)t->conf.drop_older_than);
+            td_state_disarm_timer(st, c->rule);
+            gr->changed = true;
+            cnt->dropped++;
+            continue;
+        }
+        char armed_by[TD_ID_MAX + 1], rule[TD_RULE_ID_MAX + 1];
+        memcpy(armed_by, tm->armed_by, sizeof armed_by);
+        memcpy(rule, tm->rule, sizeof rule);
+        td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = rule, .due_at = tm->due_at,
+                           .armed_by = armed_by};
+        uint32_t before = st->ntimers;
+        if (td_engine_step(rs, st, &trig, now, tz, 0, t->out) != TD_OK) {
+            tm_seterr(t, "engine step failed (out of memory)");
+            return TD_ERR;
+        }
+        if (st->ntimers != before)
+            gr->changed = true; /* disarmed (fired, or its rule was removed) */
+        if (t->out->stale) {
+            cnt->stale++;
+            continue;
+        }
+        cnt->fired++;
+        if (late > cnt->max_delay)
+            cnt->max_delay = late;
+        if (t->out->nerrors)
+            td_log_warn("rule evaluation errors", "prospect=%s timer=%s errors=%u",
+                        st->prospect_id, rule, t->out->nerrors);
+        for (uint32_t k = 0; k < t->out->nrecs; k++) {
+            size_t off = t->recbuf.len;
+            if (td_rec_json(&t->out->recs[k], st, rs, &trig, now, &t->recbuf) != TD_OK ||
+                tm_rec_add(t, g, off) != TD_OK) {
+                tm_seterr(t, "out of memory");
+                return TD_ERR;
+            }
+            cnt->recs++;
+        }
+    }
+    return TD_OK;
+}
+
+static void tm_free_states(td_timers *t, size_t ng) {
+    for (size_t g = 0; g < ng; g++)
+        td_state_free(&t->states[g]);
+}
+
+int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz, td_ms now,
+                   const td_timers_sink *sink, size_t *claimed_out) {
+    if (claimed_out)
+        *claimed_out = 0;
+    int n = td_timers_claim(t, now, t->claims, (size_t)t->conf.claim_batch);
+    if (n < 0) {
+        t->stats.errors++;
+        return TD_ERR;
+    }
+    if (claimed_out)
+        *claimed_out = (size_t)n;
+    if (n == 0)
+        return TD_OK;
+    size_t nc = (size_t)n;
+    qsort(t->claims, nc, sizeof *t->claims, tm_claim_cmp);
+    size_t ng = 0;
+    for (size_t i = 0; i < nc; i++) {
+        if (ng == 0 || strcmp(t->claims[i].prospect_id,
+                              t->claims[t->groups[ng - 1].first].prospect_id) != 0) {
+            t->groups[ng] = (tm_group){.first = i, .n = 0};
+            memset(&t->states[ng], 0, sizeof t->states[ng]);
+            ng++;
+        }
+        t->groups[ng - 1].n++;
+    }
+    size_t nwork = ng;
+    for (size_t g = 0; g < ng; g++)
+        t->work[g] = g;
+    int rc = TD_OK;
+    for (int attempt = 0;; attempt++) {
+        if (tm_load(t, r, t->work, nwork) != TD_OK) {
+            rc = TD_ERR;
+            break;
+        }
+        t->nrecs = 0;
+        t->recbuf.len = 0;
+        for (size_t k = 0; k < nwork && rc == TD_OK; k++)
+            rc = tm_compute(t, rs, tz, t->work[k], now);
+        if (rc != TD_OK)
+            break;
+        /* durable output first */
+        if (t->nrecs > 0) {
+            for (size_t k = 0; k < t->nrecs; k++) {
+                const tm_rec *x = &t->recs[k];
+                const char *pid = t->states[x->g].prospect_id;
+                if (sink->send(sink->ud, pid, t->recbuf.p + x->off, x->len) != 0) {
+                    tm_seterr(t, "publishing a timer recommendation failed");
+                    rc = TD_ERR;
+                    break;
+                }
+            }
+            if (rc == TD_OK && sink->wait(sink->ud) != 0) {
+                tm_seterr(t, "waiting for the timer recommendations' acknowledgements failed");
+                rc = TD_ERR;
+            }
+            if (rc != TD_OK)
+                break;
+        }
+        /* then the states (which disarm the timers, in the index too) */
+        size_t np = 0;
+        td_state *pack = NULL;
+        for (size_t k = 0; k < nwork; k++)
+            if (t->groups[t->work[k]].changed)
+                np++;
+        size_t nconf = 0;
+        if (np > 0) {
+            pack = calloc(np, sizeof *pack);
+            if (!pack) {
+                tm_seterr(t, "out of memory");
+                rc = TD_ERR;
+                break;
+            }
+            size_t j = 0;
+            for (size_t k = 0; k < nwork; k++) {
+                size_t g = t->work[k];
+                if (!t->groups[g].changed)
+                    continue;
+                pack[j] = t->states[g];
+                t->expected[j] = t->groups[g].expected;
+                j++;
+            }
+            if (td_redis_store(r, pack, t->expected, np, t->result) != TD_OK) {
+                tm_seterr(t, "%s", td_redis_last_error(r));
+                free(pack);
+                rc = TD_ERR;
+                break;
+            }
+            j = 0;
+            for (size_t k = 0; k < nwork; k++) {
+                size_t g = t->work[k];
+                if (!t->groups[g].changed)
+                    continue;
+                if (t->result[j] == TD_REDIS_STORED) {
+                    t->states[g].version = pack[j].version;
+                    t->groups[g].changed = false;
+                } else {
+                    t->work2[nconf++] = g;
+                }
+                j++;
+            }
+            free(pack);
+        }
+        if (nconf == 0)
+            break;
+        t->stats.conflicts += nconf;
+        td_log_info("timer state changed concurrently, recomputing", "prospects=%zu attempt=%d",
+                    nconf, attempt + 1);
+        memcpy(t->work, t->work2, nconf * sizeof *t->work);
+        nwork = nconf;
+        if (attempt >= 20) {
+            tm_seterr(t, "persistent compare-and-set conflicts on timer prospects");
+            rc = TD_ERR;
+            break;
+        }
+    }
+    tm_free_states(t, ng);
+    /* each group's counts are those of its stored computation */
+    struct {
+        uint64_t fired, stale, dropped, recs;
+        td_ms max_delay;
+    } total = {0, 0, 0, 0, 0};
+    for (size_t g = 0; g < ng; g++) {
+        total.fired += t->groups[g].fired;
+        total.stale += t->groups[g].stale;
+        total.dropped += t->groups[g].dropped;
+        total.recs += t->groups[g].recs;
+        if (t->groups[g].max_delay > total.max_delay)
+            total.max_delay = t->groups[g].max_delay;
+    }
+    if (rc != TD_OK) {
+        /* nothing acked: the claims come back after their lease */
+        t->stats.errors++;
+        char q[600];
+        td_log_warn("timer poll failed, claims are retried after their lease",
+                    "claimed=%zu lease_ms=%d reason=%s", nc, t->conf.lease_ms,
+                    td_log_quote(q, sizeof q, t->err));
+        return TD_ERR;
+    }
+    t->stats.fired += total.fired;
+    t->stats.stale += total.stale;
+    t->stats.dropped += total.dropped;
+    t->stats.recs += total.recs;
+    if (total.fired) {
+        t->stats.last_delay_ms = total.max_delay;
+        if (total.max_delay > t->stats.max_delay_ms)
+            t->stats.max_delay_ms = total.max_delay;
+    }
+    if (td_timers_ack(t, t->claims, nc) < 0) {
+        /* fired and stored: an unacked claim comes back after its lease
+         * and is then stale (the state no longer holds it) */
+        t->stats.errors++;
+        char q[600];
+        td_log_warn("timer ack failed (harmless: re-claimed as stale after the lease)",
+                    "claimed=%zu reason=%s", nc, td_log_quote(q, sizeof q, t->err));
+        return TD_ERR;
+    }
+    td_log_debug("timers polled", "claimed=%zu fired=%llu stale=%llu dropped=%llu recs=%llu",
+                 nc, (unsigned long long)total.fired, (unsigned long long)total.stale,
+                 (unsigned long long)total.dropped, (unsigned long long)total.recs);
+    return TD_OK;
+}
