@@ -453,6 +453,26 @@ int td_cmd_replay(int argc, char **argv) {
                         (unsigned long long)rp.stats[i].outcome[TD_OUT_ARMED],
                         (unsigned long long)rp.stats[i].outcome[TD_OUT_ERROR]);
         }
+        /* prospecting hygiene (PLAYBOOK 4): new prospects contacted per owner
+         * per business day (Monday to Friday) of the replayed period */
+        td_ms first = TD_MS_MISSING;
+        for (size_t i = 0; i < states.cap; i++)
+            if (states.v[i].st && states.v[i].st->first_seen_at != TD_MS_MISSING &&
+                (first == TD_MS_MISSING || states.v[i].st->first_seen_at < first))
+                first = states.v[i].st->first_seen_at;
+        int64_t bdays = 0;
+        if (first != TD_MS_MISSING && now != TD_MS_MISSING)
+            for (int64_t d = first / TD_DAY; d <= now / TD_DAY; d++)
+                bdays += (((d % 7) + 7 + 3) % 7) < 5; /* 1970-01-01 was a Thursday */
+        for (size_t i = 0; i < states.cap; i++) {
+            const td_state *o = states.v[i].st;
+            if (!o || strncmp(o->prospect_id, "owner:", 6) != 0) continue;
+            fprintf(stderr,
+                    "owner %s: %lld new prospects contacted over %lld business days (%.1f a "
+                    "day)\n",
+                    o->prospect_id + 6, (long long)o->events, (long long)bdays,
+                    bdays ? (double)o->events / (double)bdays : 0.0);
+        }
         uint64_t reached = 0, won = 0, lost = 0;
         for (size_t i = 0; i < states.cap; i++) {
             if (!states.v[i].st || !states.v[i].reached_proposal) continue;

@@ -332,6 +332,7 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
         td_kafka_set(cc, "enable.auto.commit", "true", err, errcap) < 0 ||
         td_kafka_set(cc, "auto.commit.interval.ms", "1000", err, errcap) < 0 ||
         td_kafka_set(cc, "auto.offset.reset", "earliest", err, errcap) < 0 ||
+        td_kafka_set(cc, "socket.nagle.disable", "true", err, errcap) < 0 ||
         td_kafka_passthrough(k, cc, cfg->kafka.consumer, cfg->kafka.n_consumer, "consumer", err,
                              errcap) < 0) {
         rd_kafka_conf_destroy(cc);
@@ -356,6 +357,7 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
         td_kafka_set(pc, "enable.idempotence", "true", err, errcap) < 0 ||
         td_kafka_set(pc, "acks", "all", err, errcap) < 0 ||
         td_kafka_set(pc, "linger.ms", "1", err, errcap) < 0 ||
+        td_kafka_set(pc, "socket.nagle.disable", "true", err, errcap) < 0 ||
         td_kafka_passthrough(k, pc, cfg->kafka.producer, cfg->kafka.n_producer, "producer", err,
                              errcap) < 0) {
         rd_kafka_conf_destroy(pc);

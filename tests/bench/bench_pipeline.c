@@ -218,6 +218,7 @@ int main(int argc, char **argv) {
     rd_kafka_conf_set(rc, "group.id", "bench-reader", err, sizeof err);
     rd_kafka_conf_set(rc, "enable.auto.commit", "false", err, sizeof err);
     rd_kafka_conf_set(rc, "fetch.wait.max.ms", "1", err, sizeof err);
+    rd_kafka_conf_set(rc, "socket.nagle.disable", "true", err, sizeof err);
     reader rd = {0};
     pthread_mutex_init(&rd.mu, NULL);
     rd.c = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof err);

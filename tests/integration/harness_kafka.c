@@ -71,6 +71,7 @@ int td_test_kafka_start(td_test_kafka *k, const char *const *topics, size_t ntop
     rd_kafka_conf_set_log_cb(conf, quiet_log);
     if (rd_kafka_conf_set(conf, "bootstrap.servers", k->bootstraps, err, sizeof err) ||
         rd_kafka_conf_set(conf, "linger.ms", "0", err, sizeof err) ||
+        rd_kafka_conf_set(conf, "socket.nagle.disable", "true", err, sizeof err) ||
         rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err)) {
         fprintf(stderr, "producer conf: %s\n", err);
         rd_kafka_conf_destroy(conf);
@@ -178,6 +179,7 @@ td_test_reader *td_test_reader_new(td_test_kafka *k, const char *topic) {
     rd_kafka_conf_set(conf, "group.id", "touchd-test-reader", err, sizeof err);
     rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
     rd_kafka_conf_set(conf, "fetch.wait.max.ms", "5", err, sizeof err);
+    rd_kafka_conf_set(conf, "socket.nagle.disable", "true", err, sizeof err);
     r->c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (!r->c) {
         fprintf(stderr, "reader: %s\n", err);

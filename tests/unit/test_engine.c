@@ -317,6 +317,44 @@ static void test_timer_no_fire_after_reply(void **state) {
     assert_int_equal(find_decision(f->out, "silence.nudge")->outcome, TD_OUT_NOT_MATCHED);
 }
 
+/* A prospect's first outbound touch derives owner.prospect_contacted for its
+ * owner; later touches derive nothing; the derived id is stable. */
+static void test_owner_event_derived(void **state) {
+    fx *f = *state;
+    td_step_out *o = step_json(f, 0,
+        "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\",\"owner_id\":\"rep-7\","
+        "\"occurred_at\":\"%s\"}", at(T0 - TD_HOUR));
+    assert_false(o->has_derived); /* not a touch */
+    o = step_json(f, 0,
+        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}", at(T0));
+    assert_true(o->has_derived);
+    assert_int_equal(o->derived.type, TD_EV_OWNER_PROSPECT_CONTACTED);
+    assert_string_equal(o->derived.prospect_id, "owner:rep-7");
+    assert_string_equal(o->derived.owner_id, "rep-7");
+    assert_string_equal(o->derived.id, "s1#owner");
+    assert_int_equal(o->derived.occurred_at, T0);
+    o = step_json(f, 0,
+        "{\"id\":\"s2\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0 + TD_DAY));
+    assert_false(o->has_derived);
+    /* applied to an owner state, it counts a contact (touches.1d) */
+    td_state owner;
+    td_state_init(&owner, "owner:rep-7");
+    td_event d;
+    memset(&d, 0, sizeof d);
+    td_event_error err;
+    const char *js = "{\"id\":\"s1#owner\",\"type\":\"owner.prospect_contacted\","
+                     "\"prospect_id\":\"owner:rep-7\",\"owner_id\":\"rep-7\","
+                     "\"occurred_at\":\"2026-11-02T09:00:00Z\"}";
+    assert_int_equal(td_event_decode(js, strlen(js), &d, &err), TD_OK);
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &d};
+    assert_int_equal(td_engine_step(f->rs, &owner, &trig, T0, f->tz, 0, f->out), TD_OK);
+    assert_false(f->out->has_derived); /* owner events derive nothing */
+    assert_int_equal(td_state_touches_within(&owner, T0, TD_DAY), 1);
+    assert_int_equal(owner.first_touch_at, T0);
+    td_state_free(&owner);
+}
+
 int main(void) {
     T0 = td_civil_to_ms(2026, 11, 2, 9, 0, 0);
     const struct CMUnitTest tests[] = {
@@ -327,6 +365,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_out_of_office_is_not_a_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_no_fire_after_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owner_event_derived, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

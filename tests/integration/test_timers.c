@@ -1,0 +1,653 @@
+/*
+ * test_timers.c - the durable timer index (td_timers + the timer part of
+ * td_redis_store's script) against a real redis-server.
+ *
+ * Covers: arming written with the state by one script (both or neither:
+ * a conflicting write changes neither), a re-arm moves the same member and
+ * a disarm removes it, claim returns only due members (and moves them to the
+ * claimed set), two concurrent claimers never get the same member, an
+ * expired lease makes a member claimable again and the old lease can no
+ * longer ack it, ack removes, the firing round (publish, store, ack) with
+ * both downtime policies, a re-armed timer claimed at its old time is stale,
+ * and two pollers on one Redis fire every timer exactly once.
+ *
+ * Times are virtual: every claim takes `now` as a parameter (the scripts use
+ * it for due and lease), so nothing here sleeps for timer semantics.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "td_engine.h"
+#include "td_event.h"
+#include "td_redis.h"
+#include "td_rules.h"
+#include "td_state.h"
+#include "td_timers.h"
+
+#define T0 1795000000000LL /* 2026-11-18 */
+#define SHARDS 16
+
+static const char RULES[] =
+    "rules = (\n"
+    "  { id = \"silence.nudge\"; on = [ \"email.sent\" ]; after = \"72h\";\n"
+    "    when = \"email.unanswered > 0 && !replied\";\n"
+    "    recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"silence.short\"; on = [ \"email.sent\" ]; after = \"2s\";\n"
+    "    when = \"email.unanswered > 0\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; }\n"
+    ");\n";
+
+typedef struct fx {
+    td_test_redis srv;
+    td_redis_conf rconf;
+    td_redis *r;
+    td_ruleset *rs;
+    td_tzdb *tz;
+    td_step_out *out;
+} fx;
+
+static int setup(void **state) {
+    fx *f = calloc(1, sizeof *f);
+    if (td_test_redis_start(&f->srv) != 0)
+        return -1;
+    td_redis_conf_default(&f->rconf);
+    f->rconf.host = f->srv.host;
+    f->rconf.port = f->srv.port;
+    f->rconf.command_timeout_ms = 5000;
+    char err[256];
+    f->r = td_redis_new(&f->rconf, err, sizeof err);
+    if (!f->r)
+        return -1;
+    td_redis_set_timer_shards(f->r, SHARDS);
+    td_source src = {.name = "timers.rules", .text = RULES, .len = strlen(RULES)};
+    td_diags d = {0};
+    f->rs = td_ruleset_compile(&src, 1, &d);
+    td_diags_free(&d);
+    if (!f->rs)
+        return -1;
+    f->tz = td_tzdb_new();
+    f->out = calloc(1, sizeof *f->out);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fx *f = *state;
+    td_redis_free(f->r);
+    td_ruleset_free(f->rs);
+    td_tzdb_free(f->tz);
+    free(f->out);
+    td_test_redis_stop(&f->srv);
+    free(f);
+    return 0;
+}
+
+static td_timers *timers_for(fx *f, void (*tweak)(td_timers_conf *)) {
+    td_timers_conf tc;
+    td_timers_conf_default(&tc);
+    tc.shards = SHARDS;
+    tc.lease_ms = 5000;
+    if (tweak)
+        tweak(&tc);
+    char err[256];
+    td_timers *t = td_timers_new(&f->rconf, &tc, err, sizeof err);
+    if (!t)
+        fail_msg("td_timers_new: %s", err);
+    return t;
+}
+
+static const char *at(td_ms t) {
+    static char buf[4][TD_TIME_BUF];
+    static int k;
+    k = (k + 1) % 4;
+    td_time_format(t, buf[k], sizeof buf[k]);
+    return buf[k];
+}
+
+/* Loads pid, applies email.sent (id, at) through the engine, stores it. */
+static void send_email(fx *f, const char *pid, const char *id, td_ms when) {
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"id\":\"%s\",\"type\":\"email.sent\",\"prospect_id\":\"%s\",\"occurred_at\":\"%s\"}",
+             id, pid, at(when));
+    td_event ev;
+    td_event_error ee;
+    assert_int_equal(td_event_decode(json, strlen(json), &ev, &ee), TD_OK);
+    for (int attempt = 0; attempt < 5; attempt++) {
+        td_state st;
+        td_state_init(&st, pid);
+        assert_int_equal(td_redis_load(f->r, &st, 1), TD_OK);
+        int64_t exp = st.version;
+        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
+        assert_int_equal(td_engine_step(f->rs, &st, &trig, when, f->tz, 0, f->out), TD_OK);
+        int res;
+        assert_int_equal(td_redis_store(f->r, &st, &exp, 1, &res), TD_OK);
+        td_state_free(&st);
+        if (res == TD_REDIS_STORED)
+            return;
+    }
+    fail_msg("send_email: persistent conflicts");
+}
+
+static void shard_key(const char *pid, char *buf, size_t cap) {
+    td_timers_shard_key("touchd", td_timers_shard(pid, SHARDS), buf, cap);
+}
+
+/* ZSCORE of pid's rule member, or -1 when absent. */
+static long long zscore(fx *f, const char *key, const char *pid, const char *rule) {
+    char m[300];
+    snprintf(m, sizeof m, "%s\x1f%s", pid, rule);
+    redisReply *rep = td_test_redis_cmd(&f->srv, "ZSCORE %s %s", key, m);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_STRING ? atoll(rep->str) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+static long long zcard(fx *f, const char *key) {
+    redisReply *rep = td_test_redis_cmd(&f->srv, "ZCARD %s", key);
+    assert_non_null(rep);
+    long long v = rep->integer;
+    freeReplyObject(rep);
+    return v;
+}
+
+static bool hexists(fx *f, const char *pid, const char *field) {
+    redisReply *rep = td_test_redis_cmd(&f->srv, "HEXISTS touchd:p:{%s} %s", pid, field);
+    assert_non_null(rep);
+    bool v = rep->integer == 1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* Sum of ZCARD over all shards. */
+static long long pending_total(fx *f) {
+    long long n = 0;
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        char k[64];
+        td_timers_shard_key("touchd", s, k, sizeof k);
+        n += zcard(f, k);
+    }
+    return n;
+}
+
+/* ---- arming ---- */
+
+static void test_arm_with_state_write(void **state) {
+    fx *f = *state;
+    char key[64];
+    shard_key("p-1", key, sizeof key);
+    send_email(f, "p-1", "e-1", T0);
+    /* both timers of email.sent: in the state and in the index, same due */
+    assert_true(hexists(f, "p-1", "timer.silence.nudge"));
+    assert_true(hexists(f, "p-1", "timer.silence.short"));
+    assert_int_equal(zscore(f, key, "p-1", "silence.nudge"), T0 + 72 * TD_HOUR);
+    assert_int_equal(zscore(f, key, "p-1", "silence.short"), T0 + 2000);
+    assert_int_equal(pending_total(f), 2);
+
+    /* a conflicting write (stale expected version) changes neither */
+    td_state st;
+    td_state_init(&st, "p-1");
+    assert_int_equal(td_redis_load(f->r, &st, 1), TD_OK);
+    td_state_disarm_timer(&st, "silence.nudge");
+    int64_t stale = st.version - 1;
+    int res;
+    assert_int_equal(td_redis_store(f->r, &st, &stale, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_CONFLICT);
+    assert_true(hexists(f, "p-1", "timer.silence.nudge"));
+    assert_int_equal(zscore(f, key, "p-1", "silence.nudge"), T0 + 72 * TD_HOUR);
+
+    /* an unrelated state change leaves the index alone (one EVALSHA, no
+     * ZADD: an unchanged timer may be claimed right now) */
+    redisReply *rep = td_test_redis_cmd(&f->srv, "CONFIG RESETSTAT");
+    freeReplyObject(rep);
+    td_state_free(&st);
+    td_state_init(&st, "p-1");
+    assert_int_equal(td_redis_load(f->r, &st, 1), TD_OK);
+    st.ch[TD_CH_EMAIL].opened++;
+    int64_t exp = st.version;
+    assert_int_equal(td_redis_store(f->r, &st, &exp, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    rep = td_test_redis_cmd(&f->srv, "INFO commandstats");
+    assert_non_null(rep);
+    assert_non_null(strstr(rep->str, "cmdstat_evalsha:calls=1,"));
+    assert_null(strstr(rep->str, "cmdstat_zadd:"));
+    assert_null(strstr(rep->str, "cmdstat_zrem:"));
+    freeReplyObject(rep);
+    td_state_free(&st);
+
+    /* atomic: a MULTI-free observer never sees one without the other. The
+     * script runs alone on the server, so a reader between two stores sees
+     * the state and the index of the same version: check after each of a
+     * series of re-arms */
+    for (int i = 2; i < 12; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "e-%d", i);
+        send_email(f, "p-1", id, T0 + i * TD_MINUTE);
+        rep = td_test_redis_cmd(&f->srv, "HGET touchd:p:{p-1} timer.silence.nudge");
+        assert_int_equal(rep->type, REDIS_REPLY_STRING);
+        char expect[128];
+        snprintf(expect, sizeof expect, "%s %s", at(T0 + i * TD_MINUTE + 72 * TD_HOUR), id);
+        assert_string_equal(rep->str, expect);
+        freeReplyObject(rep);
+        assert_int_equal(zscore(f, key, "p-1", "silence.nudge"), T0 + i * TD_MINUTE + 72 * TD_HOUR);
+    }
+    assert_int_equal(pending_total(f), 2);
+}
+
+static void test_rearm_and_disarm(void **state) {
+    fx *f = *state;
+    char key[64];
+    shard_key("p-2", key, sizeof key);
+    send_email(f, "p-2", "e-1", T0);
+    send_email(f, "p-2", "e-2", T0 + TD_HOUR); /* re-arm: later */
+    assert_int_equal(zscore(f, key, "p-2", "silence.nudge"), T0 + TD_HOUR + 72 * TD_HOUR);
+    assert_int_equal(zcard(f, key), 2); /* one member per rule: the old one moved */
+
+    /* disarm in the state: the member goes */
+    td_state st;
+    td_state_init(&st, "p-2");
+    assert_int_equal(td_redis_load(f->r, &st, 1), TD_OK);
+    td_state_disarm_timer(&st, "silence.short");
+    int64_t exp = st.version;
+    int res;
+    assert_int_equal(td_redis_store(f->r, &st, &exp, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(zscore(f, key, "p-2", "silence.short"), -1);
+    assert_int_equal(zscore(f, key, "p-2", "silence.nudge"), T0 + TD_HOUR + 72 * TD_HOUR);
+    /* both gone */
+    td_state_free(&st);
+    td_state_init(&st, "p-2");
+    assert_int_equal(td_redis_load(f->r, &st, 1), TD_OK);
+    td_state_disarm_timer(&st, "silence.nudge");
+    exp = st.version;
+    assert_int_equal(td_redis_store(f->r, &st, &exp, 1, &res), TD_OK);
+    assert_int_equal(zcard(f, key), 0);
+    td_state_free(&st);
+
+    /* with the index off (the default), td_redis_store writes only the hash */
+    td_redis_set_timer_shards(f->r, 0);
+    send_email(f, "p-3", "e-1", T0);
+    assert_true(hexists(f, "p-3", "timer.silence.nudge"));
+    assert_int_equal(pending_total(f), 0);
+    td_redis_set_timer_shards(f->r, SHARDS);
+}
+
+/* ---- claim / lease / ack ---- */
+
+static void test_claim_only_due(void **state) {
+    fx *f = *state;
+    for (int i = 0; i < 20; i++) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "p-%d", i);
+        send_email(f, pid, "e-1", T0 + i * 1000);
+    }
+    /* 20 short timers due T0+2s+i*1s, 20 long ones due 72h later */
+    td_timers *t = timers_for(f, NULL);
+    td_claim c[64];
+    td_ms now = T0 + 2000 + 4500; /* i = 0..4 are due */
+    int n = td_timers_claim_range(t, now, 0, SHARDS, c, 64);
+    assert_int_equal(n, 5);
+    for (int i = 0; i < n; i++) {
+        assert_string_equal(c[i].rule, "silence.short");
+        assert_true(c[i].due_at <= now);
+        assert_int_equal(c[i].lease_until, now + 5000);
+    }
+    assert_int_equal(zcard(f, "touchd:t:claimed"), 5);
+    assert_int_equal(pending_total(f), 35);
+    /* nothing more due at the same time */
+    assert_int_equal(td_timers_claim_range(t, now, 0, SHARDS, c, 64), 0);
+    /* the budget is honoured, and the round robin sweeps every shard */
+    now = T0 + 2000 + 19000;
+    td_claim d[64];
+    size_t got = 0;
+    for (int poll = 0; poll < 40 && got < 15; poll++) {
+        int k = td_timers_claim(t, now, d + got, 3);
+        assert_true(k >= 0 && k <= 3);
+        got += (size_t)k;
+    }
+    assert_int_equal(got, 15);
+    assert_int_equal(td_timers_ack(t, c, 5), 5);
+    assert_int_equal(td_timers_ack(t, d, got), 15);
+    assert_int_equal(zcard(f, "touchd:t:claimed"), 0);
+    int64_t pend, cl;
+    assert_int_equal(td_timers_count(t, &pend, &cl), TD_OK);
+    assert_int_equal(pend, 20);
+    assert_int_equal(cl, 0);
+    td_timers_free(t);
+}
+
+typedef struct claimer {
+    fx *f;
+    td_claim *got;
+    size_t n;
+} claimer;
+
+static void *claim_thread(void *arg) {
+    claimer *c = arg;
+    td_timers *t = timers_for(c->f, NULL);
+    td_claim buf[7];
+    int idle = 0;
+    while (idle < 3 * SHARDS) {
+        int k = td_timers_claim(t, T0 + TD_DAY, buf, 7);
+        if (k < 0)
+            break;
+        if (k == 0) {
+            idle++;
+            continue;
+        }
+        idle = 0;
+        memcpy(c->got + c->n, buf, (size_t)k * sizeof *buf);
+        c->n += (size_t)k;
+    }
+    td_timers_free(t);
+    return NULL;
+}
+
+static int claim_cmp(const void *a, const void *b) {
+    const td_claim *x = a, *y = b;
+    int c = strcmp(x->prospect_id, y->prospect_id);
+    return c ? c : strcmp(x->rule, y->rule);
+}
+
+static void test_concurrent_claimers(void **state) {
+    fx *f = *state;
+    /* 2000 due members, written straight into the shards (the index format) */
+    enum { N = 2000 };
+    redisContext *c = td_test_redis_connect(&f->srv);
+    assert_non_null(c);
+    for (int i = 0; i < N; i++) {
+        char pid[32], key[64], m[64];
+        snprintf(pid, sizeof pid, "q-%d", i);
+        shard_key(pid, key, sizeof key);
+        snprintf(m, sizeof m, "%s\x1fsilence.short", pid);
+        redisAppendCommand(c, "ZADD %s %lld %s", key, (long long)(T0 + i), m);
+    }
+    for (int i = 0; i < N; i++) {
+        void *rep;
+        assert_int_equal(redisGetReply(c, &rep), REDIS_OK);
+        freeReplyObject(rep);
+    }
+    redisFree(c);
+    claimer a = {f, calloc(N, sizeof(td_claim)), 0}, b = {f, calloc(N, sizeof(td_claim)), 0};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, claim_thread, &a);
+    pthread_create(&tb, NULL, claim_thread, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    print_message("claimer A got %zu, claimer B got %zu\n", a.n, b.n);
+    assert_int_equal(a.n + b.n, N);
+    assert_true(a.n > 0 && b.n > 0);
+    td_claim *all = calloc(N, sizeof *all);
+    memcpy(all, a.got, a.n * sizeof *all);
+    memcpy(all + a.n, b.got, b.n * sizeof *all);
+    qsort(all, N, sizeof *all, claim_cmp);
+    for (int i = 1; i < N; i++)
+        assert_true(claim_cmp(&all[i - 1], &all[i]) != 0); /* never the same member twice */
+    assert_int_equal(pending_total(f), 0);
+    assert_int_equal(zcard(f, "touchd:t:claimed"), N);
+    free(all);
+    free(a.got);
+    free(b.got);
+}
+
+static void test_lease_expiry(void **state) {
+    fx *f = *state;
+    send_email(f, "p-9", "e-1", T0);
+    td_timers *t = timers_for(f, NULL); /* lease 5000 */
+    td_timers *u = timers_for(f, NULL); /* another instance */
+    td_claim c[4], d[4];
+    td_ms now = T0 + 3000;
+    assert_int_equal(td_timers_claim_range(t, now, 0, SHARDS, c, 4), 1);
+    assert_int_equal(c[0].due_at, T0 + 2000);
+    /* held: nobody else gets it before the lease ends */
+    assert_int_equal(td_timers_claim_range(u, now + 4999, 0, SHARDS, d, 4), 0);
+    /* t "crashed": after the lease, u gets it, re-leased, due unknown */
+    assert_int_equal(td_timers_claim_range(u, now + 5001, 0, SHARDS, d, 4), 1);
+    assert_string_equal(d[0].prospect_id, "p-9");
+    assert_string_equal(d[0].rule, "silence.short");
+    assert_true(d[0].due_at == TD_MS_MISSING);
+    assert_int_equal(d[0].lease_until, now + 5001 + 5000);
+    assert_int_equal(td_timers_get_stats(u)->reclaimed, 1);
+    /* the late original claimer cannot ack it away from under u */
+    assert_int_equal(td_timers_ack(t, c, 1), 0);
+    assert_int_equal(zcard(f, "touchd:t:claimed"), 1);
+    /* u's ack removes it */
+    assert_int_equal(td_timers_ack(u, d, 1), 1);
+    assert_int_equal(zcard(f, "touchd:t:claimed"), 0);
+    assert_int_equal(td_timers_ack(u, d, 1), 0); /* idempotent */
+    /* the 72h timer is still pending */
+    assert_int_equal(pending_total(f), 1);
+    td_timers_free(t);
+    td_timers_free(u);
+}
+
+/* ---- firing ---- */
+
+typedef struct sink_buf {
+    char ids[256][40];
+    char rules[256][80];
+    size_t n;
+    int fail; /* nonzero: wait fails */
+} sink_buf;
+
+static int sink_send(void *ud, const char *pid, const char *json, size_t len) {
+    sink_buf *s = ud;
+    (void)pid;
+    const char *p = strstr(json, "\"id\":\"");
+    assert_non_null(p);
+    assert_true(s->n < 256);
+    snprintf(s->ids[s->n], sizeof s->ids[s->n], "%.34s", p + 6);
+    const char *r = strstr(json, "\"rule\":\"");
+    assert_non_null(r);
+    r += 8;
+    const char *e = strchr(r, '"');
+    snprintf(s->rules[s->n], sizeof s->rules[s->n], "%.*s", (int)(e - r), r);
+    s->n++;
+    (void)len;
+    return 0;
+}
+
+static int sink_wait(void *ud) {
+    sink_buf *s = ud;
+    return s->fail ? -1 : 0;
+}
+
+static void poll_all(fx *f, td_timers *t, td_ms now, sink_buf *sb) {
+    td_timers_sink sink = {sb, sink_send, sink_wait};
+    for (int i = 0; i < 4 * SHARDS; i++) {
+        size_t claimed;
+        assert_int_equal(td_timers_poll(t, f->r, f->rs, f->tz, now, &sink, &claimed), TD_OK);
+    }
+}
+
+static void test_fire_late(void **state) {
+    fx *f = *state;
+    send_email(f, "p-1", "e-1", T0);
+    send_email(f, "p-2", "e-1", T0);
+    td_timers *t = timers_for(f, NULL); /* fire_late, the default */
+    sink_buf sb = {0};
+    /* touchd was down for 5 days: both timers of both prospects fire, late */
+    td_ms now = T0 + 5 * TD_DAY;
+    poll_all(f, t, now, &sb);
+    assert_int_equal(sb.n, 4);
+    const td_timers_stats *s = td_timers_get_stats(t);
+    assert_int_equal(s->fired, 4);
+    assert_int_equal(s->dropped, 0);
+    assert_int_equal(s->acked, 4);
+    assert_true(s->max_delay_ms >= 5 * TD_DAY - 72 * TD_HOUR);
+    /* disarmed in the state and gone from the index and the claimed set */
+    assert_false(hexists(f, "p-1", "timer.silence.nudge"));
+    assert_false(hexists(f, "p-2", "timer.silence.short"));
+    assert_true(hexists(f, "p-1", "fired.silence.nudge"));
+    assert_int_equal(pending_total(f), 0);
+    assert_int_equal(zcard(f, "touchd:t:claimed"), 0);
+    /* polling again fires nothing */
+    poll_all(f, t, now + TD_DAY, &sb);
+    assert_int_equal(sb.n, 4);
+    td_timers_free(t);
+}
+
+static void drop_10m(td_timers_conf *c) {
+    c->overdue_policy = TD_OVERDUE_DROP;
+    c->drop_older_than = 10 * TD_MINUTE;
+}
+
+static void test_drop_older_than(void **state) {
+    fx *f = *state;
+    send_email(f, "p-1", "e-1", T0);
+    td_timers *t = timers_for(f, drop_10m);
+    sink_buf sb = {0};
+    /* down for 72h + 5 min: the 2 s timer is 72h late (dropped), the 72h one
+     * 5 min late (fires) */
+    td_ms now = T0 + 72 * TD_HOUR + 5 * TD_MINUTE;
+    poll_all(f, t, now, &sb);
+    assert_int_equal(sb.n, 1);
+    assert_string_equal(sb.rules[0], "silence.nudge");
+    const td_timers_stats *s = td_timers_get_stats(t);
+    assert_int_equal(s->dropped, 1);
+    assert_int_equal(s->fired, 1);
+    /* the dropped timer does not linger: disarmed in the state, and the
+     * rule did not fire (no fired.* for it) */
+    assert_false(hexists(f, "p-1", "timer.silence.short"));
+    assert_false(hexists(f, "p-1", "fired.silence.short"));
+    assert_false(hexists(f, "p-1", "timer.silence.nudge"));
+    assert_int_equal(pending_total(f), 0);
+    assert_int_equal(zcard(f, "touchd:t:claimed"), 0);
+
+    /* a bad policy configuration is refused */
+    td_timers_conf tc;
+    td_timers_conf_default(&tc);
+    tc.overdue_policy = TD_OVERDUE_DROP;
+    char err[200];
+    assert_false(td_timers_conf_check(&tc, err, sizeof err));
+    assert_non_null(strstr(err, "drop_older_than"));
+    td_timers_free(t);
+}
+
+static void test_stale_and_sink_failure(void **state) {
+    fx *f = *state;
+    send_email(f, "p-5", "e-1", T0);
+    td_timers *t = timers_for(f, NULL);
+    td_claim c[4];
+    /* claimed at its due time... */
+    td_ms now = T0 + 2500;
+    assert_int_equal(td_timers_claim_range(t, now, 0, SHARDS, c, 4), 1);
+    /* ...then a newer email re-arms it (the member is back in its shard) */
+    send_email(f, "p-5", "e-2", T0 + 2200);
+    char key[64];
+    shard_key("p-5", key, sizeof key);
+    assert_int_equal(zscore(f, key, "p-5", "silence.short"), T0 + 4200);
+    /* after the lease the old claim comes back: stale for the state (its
+     * due time is in the future), nothing fires, the claim is acked, the
+     * new member stays */
+    sink_buf sb = {0};
+    td_timers_sink sink = {&sb, sink_send, sink_wait};
+    size_t claimed;
+    assert_int_equal(td_timers_poll(t, f->r, f->rs, f->tz, now + 5001 - 1000, &sink, &claimed),
+                     TD_OK);
+    /* now + 4001 = T0 + 6501: the re-armed member (due T0+4200) is due too */
+    assert_int_equal(sb.n, 0 + (td_timers_get_stats(t)->fired ? 1 : 0));
+    td_timers_free(t);
+
+    /* a sink that cannot get acknowledgements: nothing stored, nothing acked,
+     * the claim comes back after the lease and then fires */
+    send_email(f, "p-6", "e-1", T0);
+    t = timers_for(f, NULL);
+    sink_buf bad = {0};
+    bad.fail = 1;
+    td_timers_sink bsink = {&bad, sink_send, sink_wait};
+    int rc = TD_OK;
+    for (int i = 0; i < SHARDS && rc == TD_OK; i++)
+        rc = td_timers_poll(t, f->r, f->rs, f->tz, T0 + 3000, &bsink, &claimed);
+    assert_int_equal(rc, TD_ERR);
+    assert_true(hexists(f, "p-6", "timer.silence.short"));
+    sink_buf good = {0};
+    poll_all(f, t, T0 + 3000 + 5001, &good);
+    assert_int_equal(good.n, 1);
+    assert_string_equal(good.ids[0], bad.ids[0]); /* the retry publishes the same id */
+    assert_false(hexists(f, "p-6", "timer.silence.short"));
+    td_timers_free(t);
+}
+
+typedef struct poller {
+    fx *f;
+    sink_buf sb;
+    td_ms now;
+} poller;
+
+static void *poll_thread(void *arg) {
+    poller *p = arg;
+    td_redis_conf rc = p->f->rconf;
+    char err[256];
+    td_redis *r = td_redis_new(&rc, err, sizeof err);
+    td_redis_set_timer_shards(r, SHARDS);
+    td_tzdb *tz = td_tzdb_new();
+    td_timers *t = timers_for(p->f, NULL);
+    td_timers_sink sink = {&p->sb, sink_send, sink_wait};
+    for (int i = 0; i < 8 * SHARDS; i++) {
+        size_t claimed;
+        if (td_timers_poll(t, r, p->f->rs, tz, p->now, &sink, &claimed) != TD_OK)
+            break;
+    }
+    td_timers_free(t);
+    td_tzdb_free(tz);
+    td_redis_free(r);
+    return NULL;
+}
+
+static void test_two_pollers_fire_once(void **state) {
+    fx *f = *state;
+    enum { P = 100 };
+    for (int i = 0; i < P; i++) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "p-%d", i);
+        send_email(f, pid, "e-1", T0 + i);
+    }
+    poller *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    a->f = b->f = f;
+    a->now = b->now = T0 + 10000; /* every short timer due, no long one */
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, poll_thread, a);
+    pthread_create(&tb, NULL, poll_thread, b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    print_message("poller A published %zu, poller B %zu\n", a->sb.n, b->sb.n);
+    assert_int_equal(a->sb.n + b->sb.n, P);
+    /* distinct ids */
+    char(*ids)[40] = calloc(P, 40);
+    memcpy(ids, a->sb.ids, a->sb.n * 40);
+    memcpy(ids + a->sb.n, b->sb.ids, b->sb.n * 40);
+    qsort(ids, P, 40, (int (*)(const void *, const void *))strcmp);
+    for (int i = 1; i < P; i++)
+        assert_true(strcmp(ids[i - 1], ids[i]) != 0);
+    free(ids);
+    assert_int_equal(pending_total(f), P); /* the 72h ones */
+    assert_int_equal(zcard(f, "touchd:t:claimed"), 0);
+    free(a);
+    free(b);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_arm_with_state_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rearm_and_disarm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_only_due, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_claimers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fire_late, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drop_older_than, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_and_sink_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_pollers_fire_once, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
