@@ -344,10 +344,10 @@ typedef struct timer_log {
     bool oom;
 } timer_log;
 
-static void log_timer(void *ud, const td_sim *sim, const td_trigger *trig, const td_step_out *out) {
-    (void)sim;
+static void log_timer(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
+                      const td_step_out *out) {
     timer_log *l = ud;
-    if (trig->kind != TD_TRIG_TIMER) return;
+    if (trig->kind != TD_TRIG_TIMER || st != &sim->st) return; /* the prospect's own timers */
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 8;
         fired_timer *v = realloc(l->v, cap * sizeof *v);

@@ -114,8 +114,10 @@ static void describe(const td_decision *d, char *buf, size_t cap) {
     }
 }
 
-static void collect(void *ud, const td_sim *sim, const td_trigger *trig, const td_step_out *out) {
+static void collect(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
+                    const td_step_out *out) {
     (void)sim;
+    (void)st;
     collector *c = ud;
     for (uint32_t i = 0; i < out->nrecs; i++) {
         if (c->nrecs == c->caprecs) {

@@ -39,23 +39,71 @@ int td_sim_init(td_sim *s, const td_ruleset *rs, td_tzdb *tz, const char *prospe
 void td_sim_free(td_sim *s) {
     if (!s) return;
     td_state_free(&s->st);
+    for (size_t i = 0; i < s->nothers; i++) {
+        td_state_free(s->others[i]);
+        free(s->others[i]);
+    }
+    free(s->others);
+    s->others = NULL;
+    s->nothers = s->capothers = 0;
     free(s->out);
-    s->out = NULL;
+    free(s->dout);
+    s->out = s->dout = NULL;
 }
 
-static void notify(td_sim *s, const td_trigger *trig) {
+td_state *td_sim_state(td_sim *s, const char *id, bool create) {
+    if (strcmp(s->st.prospect_id, id) == 0) return &s->st;
+    for (size_t i = 0; i < s->nothers; i++)
+        if (strcmp(s->others[i]->prospect_id, id) == 0) return s->others[i];
+    if (!create) return NULL;
+    if (s->nothers == s->capothers) {
+        size_t cap = s->capothers ? s->capothers * 2 : 4;
+        td_state **v = realloc(s->others, cap * sizeof *v);
+        if (!v) return NULL;
+        s->others = v;
+        s->capothers = cap;
+    }
+    td_state *st = malloc(sizeof *st);
+    if (!st) return NULL;
+    td_state_init(st, id);
+    s->others[s->nothers++] = st;
+    return st;
+}
+
+/* Steps one trigger on st, tells the callback, then steps the event it
+ * derives (if any) on its state. */
+static int step(td_sim *s, td_state *st, const td_trigger *trig, unsigned flags,
+                td_step_out *out) {
+    if (td_engine_step(s->rs, st, trig, s->clock, s->tz, flags, out) != TD_OK) return TD_ERR;
     s->steps++;
-    if (s->fn && !s->out->duplicate && !s->out->stale) s->fn(s->ud, s, trig, s->out);
+    if (trig->kind == TD_TRIG_EVENT && out->duplicate) s->duplicates++;
+    if (out->duplicate || out->stale) return TD_OK;
+    if (s->fn) s->fn(s->ud, s, st, trig, out);
+    if (!out->has_derived) return TD_OK;
+    if (!s->dout && !(s->dout = malloc(sizeof *s->dout))) return TD_ERR;
+    td_event d = out->derived; /* dout may be `out` (a derived event deriving) */
+    td_state *ost = td_sim_state(s, d.prospect_id, true);
+    if (!ost) return TD_ERR;
+    s->derived++;
+    td_trigger dt = {.kind = TD_TRIG_EVENT, .ev = &d};
+    return step(s, ost, &dt, s->flags, s->dout);
 }
 
 int td_sim_fire_due(td_sim *s, td_ms t) {
     for (;;) {
-        /* the earliest pending timer (the table is sorted by rule id, so the
-         * first of equal due times is the smallest rule id) */
+        /* the earliest pending timer of any state (each table is sorted by
+         * rule id, so the first of equal due times is the smallest rule id) */
         const td_timer *next = NULL;
-        for (uint32_t i = 0; i < s->st.ntimers; i++) {
-            const td_timer *x = &s->st.timers[i];
-            if (x->due_at <= t && (!next || x->due_at < next->due_at)) next = x;
+        td_state *nst = NULL;
+        for (size_t k = 0; k <= s->nothers; k++) {
+            td_state *st = k == 0 ? &s->st : s->others[k - 1];
+            for (uint32_t i = 0; i < st->ntimers; i++) {
+                const td_timer *x = &st->timers[i];
+                if (x->due_at <= t && (!next || x->due_at < next->due_at)) {
+                    next = x;
+                    nst = st;
+                }
+            }
         }
         if (!next) return TD_OK;
         /* the step disarms the timer: copy what the trigger points to */
@@ -66,14 +114,13 @@ int td_sim_fire_due(td_sim *s, td_ms t) {
         if (s->clock == TD_MS_MISSING || due > s->clock) s->clock = due;
         td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = rule, .due_at = due,
                            .armed_by = armed_by};
-        if (td_engine_step(s->rs, &s->st, &trig, s->clock, s->tz, s->flags, s->out) != TD_OK)
-            return TD_ERR;
-        if (td_state_timer(&s->st, rule) && td_state_timer(&s->st, rule)->due_at == due) {
+        if (step(s, nst, &trig, s->flags, s->out) != TD_OK) return TD_ERR;
+        const td_timer *left = td_state_timer(nst, rule);
+        if (left && left->due_at == due) {
             /* a stale trigger leaves the timer in place: drop it so the loop ends */
-            td_state_disarm_timer(&s->st, rule);
+            td_state_disarm_timer(nst, rule);
         }
         s->timers_fired++;
-        notify(s, &trig);
     }
 }
 
@@ -87,12 +134,9 @@ int td_sim_event(td_sim *s, const td_event *ev, unsigned flags) {
     if (td_sim_fire_due(s, ev->occurred_at) != TD_OK) return TD_ERR;
     if (s->clock == TD_MS_MISSING || ev->occurred_at > s->clock) s->clock = ev->occurred_at;
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = ev};
-    if (td_engine_step(s->rs, &s->st, &trig, s->clock, s->tz, flags ? flags : s->flags, s->out) !=
-        TD_OK)
-        return TD_ERR;
-    if (s->out->duplicate) s->duplicates++;
-    notify(s, &trig);
-    return TD_OK;
+    td_state *st = td_sim_state(s, ev->prospect_id, false);
+    if (!st) st = &s->st; /* the prospect's own events */
+    return step(s, st, &trig, flags ? flags : s->flags, s->out);
 }
 
 int td_sim_load_calendar(const char *dir, struct td_calendar **cal, const char **used, char *err,

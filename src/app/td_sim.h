@@ -9,8 +9,14 @@
  * the way is fired first, in due order (ties: rule id), each one an engine
  * step with a TD_TRIG_TIMER trigger at now = its due time.
  *
- * A callback sees every engine step (its trigger and output), so a caller can
- * collect recommendations and decisions without knowing about timers.
+ * The engine may derive an event for another state (owner.prospect_contacted
+ * for the seller's "owner:<owner_id>" state, on a prospect's first outbound
+ * touch): it is stepped right after, on that state, created on first use;
+ * its timers fire like the prospect's.
+ *
+ * A callback sees every engine step (the state, the trigger and the output),
+ * so a caller can collect recommendations and decisions without knowing
+ * about timers or owner states.
  *
  * @locality main thread; a td_sim is used by one thread at a time.
  */
@@ -21,19 +27,23 @@
 
 typedef struct td_sim td_sim;
 /* Called after every engine step that was not a duplicate or a stale timer. */
-typedef void (*td_sim_fn)(void *ud, const td_sim *sim, const td_trigger *trig,
-                          const td_step_out *out);
+typedef void (*td_sim_fn)(void *ud, const td_sim *sim, const td_state *st,
+                          const td_trigger *trig, const td_step_out *out);
 
 struct td_sim {
     const td_ruleset *rs; /* borrowed */
     td_tzdb *tz;          /* borrowed */
-    td_state st;          /* owned (td_sim_free) */
+    td_state st;          /* the prospect's state; owned (td_sim_free) */
+    td_state **others;    /* derived states ("owner:<id>"); owned */
+    size_t nothers, capothers;
     td_ms clock;          /* TD_MS_MISSING until the first event or advance */
     unsigned flags;       /* TD_STEP_* flags of every step */
-    td_step_out *out;     /* owned scratch output of the last step */
+    td_step_out *out;     /* owned: output of the last step on a trigger given
+                           * (event or timer), kept when it derives an event */
+    td_step_out *dout;    /* owned: output of the derived events' steps */
     td_sim_fn fn;         /* optional */
     void *ud;
-    uint64_t steps, duplicates, timers_fired;
+    uint64_t steps, duplicates, timers_fired, derived;
 };
 
 /*
@@ -45,6 +55,10 @@ struct td_sim {
 int td_sim_init(td_sim *s, const td_ruleset *rs, td_tzdb *tz, const char *prospect_id,
                 const td_state *init, td_ms clock, unsigned flags);
 void td_sim_free(td_sim *s);
+
+/* The state of `id`: the prospect's, or a derived one (created when `create`).
+ * @returns NULL when absent (or out of memory). */
+td_state *td_sim_state(td_sim *s, const char *id, bool create);
 
 /* Fires every pending timer due at or before t, in due order; the clock ends
  * at max(clock, due of the last one fired). @returns TD_OK or TD_ERR (OOM). */

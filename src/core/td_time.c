@@ -183,22 +183,47 @@ int td_time_parse(const char *s, size_t len, td_ms *out)
     return TD_OK;
 }
 
+static void put_digits(char *p, int v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        p[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
 size_t td_time_format(td_ms t, char *buf, size_t cap)
 {
+    /* Written by hand, not snprintf: every state write and recommendation
+     * formats several times, and snprintf dominated them. */
     td_civil c;
     td_civil_from_ms(t, &c);
-    int n;
-    if (c.ms != 0)
-        n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", c.year, c.month, c.day, c.hour,
-                     c.minute, c.second, c.ms);
-    else
-        n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02dZ", c.year, c.month, c.day, c.hour,
-                     c.minute, c.second);
-    if (n < 0)
-        return 0;
+    char tmp[TD_TIME_BUF];
+    int year = c.year < 0 ? 0 : c.year > 9999 ? 9999 : c.year;
+    put_digits(tmp, year, 4);
+    tmp[4] = '-';
+    put_digits(tmp + 5, c.month, 2);
+    tmp[7] = '-';
+    put_digits(tmp + 8, c.day, 2);
+    tmp[10] = 'T';
+    put_digits(tmp + 11, c.hour, 2);
+    tmp[13] = ':';
+    put_digits(tmp + 14, c.minute, 2);
+    tmp[16] = ':';
+    put_digits(tmp + 17, c.second, 2);
+    size_t n = 19;
+    if (c.ms != 0) {
+        tmp[n++] = '.';
+        put_digits(tmp + n, c.ms, 3);
+        n += 3;
+    }
+    tmp[n++] = 'Z';
     if (cap == 0)
         return 0;
-    return (size_t)n < cap ? (size_t)n : cap - 1;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, tmp, n);
+    buf[n] = '\0';
+    return n;
 }
 
 /* ---- durations ---- */
