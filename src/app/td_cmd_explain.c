@@ -541,6 +541,17 @@ static void views_now(rule_view *views, size_t nr, const td_ruleset *rs, const t
     }
 }
 
+/* Candidates the guards judged (fired, blocked or lost in their group). */
+static size_t count_candidates(const rule_view *views, size_t nr) {
+    size_t n = 0;
+    for (size_t i = 0; i < nr; i++)
+        if (!views[i].rule->guard && views[i].decided &&
+            (views[i].d.outcome == TD_OUT_FIRED || views[i].d.outcome == TD_OUT_BLOCKED ||
+             views[i].d.outcome == TD_OUT_LOST_GROUP))
+            n++;
+    return n;
+}
+
 /* ---------------------------------------------------------------- output */
 
 typedef struct marks {
@@ -698,6 +709,8 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
             for (uint32_t k = 0; k < v->nblocked; k++) fprintf(o, "%s%s", k ? ", " : " ", v->blocked[k]->id);
             if (v->rule->reason) fprintf(o, ": %s", v->rule->reason);
             fputc('\n', o);
+        } else if (count_candidates(views, nr) == 0) {
+            fprintf(o, "NO CANDIDATE to judge\n");
         } else {
             fprintf(o, "PASSED (blocked nothing)\n");
         }
@@ -782,9 +795,11 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
         json_object_set_new(j, "line", json_integer(r->line));
         json_object_set_new(j, "triggered", json_boolean(v->triggered));
         if (r->guard) {
-            json_object_set_new(j, "outcome", json_string(!v->triggered ? "not_judging"
-                                                          : v->nblocked ? "blocked"
-                                                                        : "passed"));
+            json_object_set_new(j, "outcome",
+                                json_string(!v->triggered                        ? "not_judging"
+                                            : v->nblocked                        ? "blocked"
+                                            : count_candidates(views, nr) == 0 ? "no_candidates"
+                                                                                 : "passed"));
             json_t *bl = json_array();
             for (uint32_t k = 0; k < v->nblocked; k++) json_array_append_new(bl, json_string(v->blocked[k]->id));
             json_object_set_new(j, "blocked", bl);

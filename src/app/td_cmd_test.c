@@ -10,6 +10,11 @@
  * the recommendations, none, or a decision (blocked by a named guard, lost in
  * the group, in cooldown...).
  *
+ * A test file may declare extra rules (a deliberately naive rule that a
+ * guard of the ruleset must block): the ruleset is then compiled again from
+ * the same files plus those, for that file only, and what its cases cover is
+ * mapped back to the ruleset's rules by id.
+ *
  * Output is a test runner's: `PASS file:case` or `FAIL file:case` followed by
  * a readable diff, then the coverage (every rule and guard that no case
  * exercised), then exactly `N passed, M failed` as the last line (CI parses

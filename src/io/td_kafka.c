@@ -358,6 +358,10 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
         td_kafka_set(pc, "acks", "all", err, errcap) < 0 ||
         td_kafka_set(pc, "linger.ms", "1", err, errcap) < 0 ||
         td_kafka_set(pc, "socket.nagle.disable", "true", err, errcap) < 0 ||
+        /* The embedded (mock) broker keeps Nagle on for its sockets: with
+         * several requests in flight its small responses wait for our
+         * delayed ACK (~40 ms each). One request at a time avoids that. */
+        (cfg->kafka.embedded && td_kafka_set(pc, "max.in.flight", "1", err, errcap) < 0) ||
         td_kafka_passthrough(k, pc, cfg->kafka.producer, cfg->kafka.n_producer, "producer", err,
                              errcap) < 0) {
         rd_kafka_conf_destroy(pc);

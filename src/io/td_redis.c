@@ -711,12 +711,19 @@ int td_redis_load(td_redis *r, td_state *states, size_t n) {
 
 /* ---- store ---- */
 
+typedef struct rd_kv_ctx {
+    td_rscratch *s;
+    uint32_t timer_fields; /* timer.* fields emitted (checked against ntimers) */
+} rd_kv_ctx;
+
 static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
-    td_rscratch *s = ud;
+    rd_kv_ctx *x = ud;
     if (klen == 1 && key[0] == 'v')
         return; /* the script writes "v" */
-    rs_push(s, key, klen);
-    rs_push(s, val, vlen);
+    if (klen > 6 && memcmp(key, "timer.", 6) == 0)
+        x->timer_fields++;
+    rs_push(x->s, key, klen);
+    rs_push(x->s, val, vlen);
 }
 
 static int rd_script_load(td_redis *r, int64_t deadline) {
@@ -783,7 +790,14 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
         rd_push_key(r, st->prospect_id);
         rs_pushs(&r->s, ver);
     }
-    td_state_serialize(st, rd_kv, &r->s);
+    rd_kv_ctx x = {&r->s, 0};
+    td_state_serialize(st, rd_kv, &x);
+    if (r->timer_shards && x.timer_fields != st->ntimers) {
+        /* the script pairs the due times with the timer.* fields by order */
+        rd_seterr(r, "redis: %s: %" PRIu32 " timer fields serialized for %" PRIu32 " timers",
+                  st->prospect_id, x.timer_fields, st->ntimers);
+        return TD_ERR;
+    }
     return rd_append(r);
 }
 

@@ -139,6 +139,7 @@ struct td_timers {
     int64_t *expected;
     int *result;
     size_t *work, *work2;
+    td_ms *delay; /* per claim of the round: delay when fired, else -1 */
     td_step_out *out;
     td_buf recbuf;
     tm_rec *recs;
@@ -486,9 +487,10 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
     t->result = calloc(cap, sizeof *t->result);
     t->work = calloc(cap, sizeof *t->work);
     t->work2 = calloc(cap, sizeof *t->work2);
+    t->delay = calloc(cap, sizeof *t->delay);
     t->out = calloc(1, sizeof *t->out);
     if (!t->claims || !t->groups || !t->states || !t->expected || !t->result || !t->work ||
-        !t->work2 || !t->out)
+        !t->work2 || !t->delay || !t->out)
         goto oom;
     (void)tm_ensure(t); /* a failure is retried by the next call */
     return t;
@@ -524,6 +526,7 @@ void td_timers_free(td_timers *t) {
     free(t->result);
     free(t->work);
     free(t->work2);
+    free(t->delay);
     free(t->out);
     free(t->recs);
     td_buf_free(&t->recbuf);
@@ -533,6 +536,24 @@ void td_timers_free(td_timers *t) {
 const char *td_timers_last_error(const td_timers *t) { return t ? t->err : ""; }
 const td_timers_conf *td_timers_get_conf(const td_timers *t) { return &t->conf; }
 const td_timers_stats *td_timers_get_stats(const td_timers *t) { return &t->stats; }
+
+td_ms td_timers_delay_quantile(const td_timers_stats *s, double p) {
+    uint64_t n = 0;
+    for (size_t b = 0; b < TD_TIMERS_DELAY_BUCKETS; b++)
+        n += s->delay_hist[b];
+    if (n == 0)
+        return -1;
+    uint64_t want = (uint64_t)(p * (double)n + 0.999999);
+    if (want < 1)
+        want = 1;
+    uint64_t acc = 0;
+    for (size_t b = 0; b < TD_TIMERS_DELAY_BUCKETS; b++) {
+        acc += s->delay_hist[b];
+        if (acc >= want)
+            return (td_ms)(b + 1) * TD_TIMERS_DELAY_BUCKET_MS;
+    }
+    return (td_ms)TD_TIMERS_DELAY_BUCKETS * TD_TIMERS_DELAY_BUCKET_MS;
+}
 
 /* ---- claim / ack ---- */
 
@@ -719,6 +740,53 @@ int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
     return TD_OK;
 }
 
+static long long tm_config_int(td_timers *t, const char *name) {
+    redisReply *rep = redisCommand(t->c, "CONFIG GET %s", name);
+    if (!rep) {
+        tm_drop(t, true);
+        return -2;
+    }
+    long long v = -1;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[1]->type == REDIS_REPLY_STRING)
+        v = atoll(rep->element[1]->str);
+    freeReplyObject(rep);
+    return v;
+}
+
+int td_timers_redis_advice(td_timers *t, char *msg, size_t cap) {
+    if (msg && cap)
+        msg[0] = '\0';
+    if (tm_ensure(t) != TD_OK)
+        return TD_ERR;
+    long long entries = tm_config_int(t, "zset-max-listpack-entries");
+    if (entries == -2)
+        return TD_ERR;
+    long long value = tm_config_int(t, "zset-max-listpack-value");
+    if (value == -2)
+        return TD_ERR;
+    if (entries < 0 || value < 0)
+        return 0; /* CONFIG not allowed (ACL, managed Redis): nothing to say */
+    int64_t pending = 0;
+    if (td_timers_count(t, &pending, NULL) != TD_OK)
+        return TD_ERR;
+    /* hash-sharded sets vary in fill: count 70 % of the limit per shard */
+    long long compact = (long long)t->conf.shards * entries * 7 / 10;
+    long long longest = TD_ID_MAX + 1 + TD_RULE_ID_MAX;
+    bool warn = pending > compact / 2 || value < longest;
+    if (msg && cap)
+        snprintf(msg, cap,
+                 "shards=%d zset-max-listpack-entries=%lld zset-max-listpack-value=%lld "
+                 "pending=%lld compact_up_to=%lld%s",
+                 t->conf.shards, entries, value, (long long)pending, compact,
+                 value < longest ? " advice=\"raise zset-max-listpack-value to 200: members of "
+                                   "long prospect ids would turn a shard into a skiplist\""
+                 : pending > compact / 2 ? " advice=\"raise zset-max-listpack-entries or "
+                                           "timers.shards (docs/timers.md)\""
+                                         : "");
+    return warn ? 1 : 0;
+}
+
 /* ---- firing ---- */
 
 static int tm_claim_cmp(const void *a, const void *b) {
@@ -791,6 +859,8 @@ static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g,
     gr->fired = gr->stale = gr->dropped = gr->recs = 0;
     gr->max_delay = 0;
     td_state *st = &t->states[g];
+    for (size_t i = gr->first; i < gr->first + gr->n; i++)
+        t->delay[i] = -1;
     for (size_t i = gr->first; i < gr->first + gr->n; i++) {
         const td_claim *c = &t->claims[i];
         const td_timer *tm = td_state_timer(st, c->rule);
@@ -830,6 +900,7 @@ static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g,
             continue;
         }
         cnt->fired++;
+        t->delay[i] = late < 0 ? 0 : late;
         if (late > cnt->max_delay)
             cnt->max_delay = late;
         if (t->out->nerrors)
@@ -990,6 +1061,12 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
                     "claimed=%zu lease_ms=%d reason=%s", nc, t->conf.lease_ms,
                     td_log_quote(q, sizeof q, t->err));
         return TD_ERR;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        if (t->delay[i] < 0)
+            continue;
+        td_ms b = t->delay[i] / TD_TIMERS_DELAY_BUCKET_MS;
+        t->stats.delay_hist[b >= TD_TIMERS_DELAY_BUCKETS ? TD_TIMERS_DELAY_BUCKETS - 1 : b]++;
     }
     t->stats.fired += total.fired;
     t->stats.stale += total.stale;

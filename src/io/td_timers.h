@@ -118,6 +118,16 @@ int td_timers_claim_range(td_timers *t, td_ms now, uint32_t first, uint32_t coun
  * @returns how many were removed (>= 0), or TD_ERR. */
 int td_timers_ack(td_timers *t, const td_claim *c, size_t n);
 
+/*
+ * Reads Redis' zset-max-listpack-entries/-value (CONFIG GET; silently 0 when
+ * CONFIG is not allowed) and the pending count, and writes advice into msg:
+ * the number of pending timers the index holds compactly (listpack) with this
+ * shard count. @returns 1 when the settings look too small for the current
+ * population or for long members (a warning), 0 when fine or unknown, and
+ * TD_ERR on a connection error.
+ */
+int td_timers_redis_advice(td_timers *t, char *msg, size_t cap);
+
 /* Members pending in the index (sum of ZCARD over the shards) and claimed. */
 int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed);
 
@@ -133,6 +143,8 @@ typedef struct td_timers_sink {
     int (*wait)(void *ud);
 } td_timers_sink;
 
+#define TD_TIMERS_DELAY_BUCKETS 1001
+#define TD_TIMERS_DELAY_BUCKET_MS 10
 typedef struct td_timers_stats {
     uint64_t polls;      /* claim calls */
     uint64_t claimed;    /* members claimed (re-leased ones included) */
@@ -144,10 +156,17 @@ typedef struct td_timers_stats {
     uint64_t conflicts;  /* compare-and-set conflicts (recomputed) */
     uint64_t acked;      /* claims removed after the fire was durable */
     uint64_t errors;     /* polls that failed (Redis or sink) */
-    td_ms max_delay_ms;  /* largest (fire time - due time) seen */
+    td_ms max_delay_ms;  /* largest (claim time - due time) of a fired timer */
     td_ms last_delay_ms; /* largest delay of the last poll that fired */
+    /* firing delays (claim time - due time) of fired timers: 10 ms buckets,
+     * the last one counts every delay >= 10 s */
+    uint64_t delay_hist[TD_TIMERS_DELAY_BUCKETS];
 } td_timers_stats;
 const td_timers_stats *td_timers_get_stats(const td_timers *t);
+/* The p-quantile (0 < p <= 1) of the firing delays, as the upper bound of
+ * its 10 ms bucket (so "p99 <= 40 ms"); -1 when nothing fired; 10000 and
+ * more mean ">= 10 s" (see max_delay_ms). */
+td_ms td_timers_delay_quantile(const td_timers_stats *s, double p);
 
 /*
  * One poll: claim, load, step, publish (sink), store, ack (see above). `now`

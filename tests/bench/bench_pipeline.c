@@ -202,7 +202,7 @@ int main(int argc, char **argv) {
                      "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
                      "  dead_letter_topic = \"" T_DLQ "\";\n"
                      "  consumer = { fetch_wait_max_ms = 1; };\n"
-                     "  producer = { linger_ms = 0; %s }; };\n"
+                     "  producer = { linger_ms = 0; max_in_flight = 1; %s }; };\n"
                      "redis = { host = \"127.0.0.1\"; port = %d; };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
                      "engine = { batch_max_events = %d; batch_max_ms = 10; };\n"

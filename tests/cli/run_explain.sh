@@ -5,6 +5,8 @@
 #                                    gift with a private description), one
 #                                    undecodable line
 #   tests/cli/explain/state.txt      a flat state (--state)
+#   tests/cli/explain/errors.rules   rules that fail at run time (added with a
+#                                    second --rules)
 # with the rules of tests/cli/testrunner/pass/basic.rules.
 #
 # p-1: e1, e2 email.sent (e2 arms tr.silence, due 11-27 09:00); e3 opened:
@@ -106,6 +108,26 @@ expect_jq json_e3 '.rules[] | select(.rule=="tr.silence") | [.kind, .outcome, .p
 run json_last --rules $R --events $H --prospect p-1 --json
 expect_jq json_last '.rules[] | select(.rule=="tr.pivot-whatsapp") | [.outcome, .until]' '["cooldown","2026-11-27T12:00:00Z"]'
 expect_jq json_last '[.recommendations[] | .rule]' '["tr.pivot-linkedin"]'
+
+# ---- run-time errors: a rule's (ERROR) and a guard's (it blocks, to be safe)
+E=tests/cli/explain/errors.rules
+run err --rules $R --rules $E --events $H --prospect p-1 --at e3
+expect_rc err 0
+expect_line err "^rule +x\.divide +ERROR: when: division by zero"
+expect_line err "^rule +x\.linkedin-nudge +BLOCKED by x\.guard-divide: fails at run time$"
+expect_line err "^ +error +block: division by zero .*\(blocked to be safe\)$"
+expect_line err "^rule +tr\.follow-up +FIRED$"
+run errj --rules $R --rules $E --events $H --prospect p-1 --at e3 --json
+expect_jq errj '.rules[] | select(.rule=="x.divide") | [.outcome, (.error | test("division by zero"))]' '["error",true]'
+expect_jq errj '.rules[] | select(.rule=="x.guard-divide") | [.outcome, .blocked, (.error | test("blocked to be safe"))]' '["blocked",["tr.pivot-linkedin","x.linkedin-nudge"],true]'
+
+# ---- a timer armed, and guards with nothing to judge (e1 only arms tr.silence)
+run at_e1 --rules $R --events $H --prospect p-1 --at e1
+expect_line at_e1 "^rule +tr\.silence +TIMER ARMED, due 2026-11-26T09:00:00Z$"
+expect_line at_e1 "^guard +guard\.consent +NO CANDIDATE to judge$"
+run at_e1j --rules $R --events $H --prospect p-1 --at e1 --json
+expect_jq at_e1j '[.rules[] | select(.kind=="guard") | .outcome] | unique' '["no_candidates"]'
+expect_jq at_e1j '.rules[] | select(.rule=="tr.silence") | [.outcome, .until]' '["armed","2026-11-26T09:00:00Z"]'
 
 # ---- --now: the due timer fires on the way, then every rule is evaluated
 run now --rules $R --events $H --prospect p-1 --now 2026-11-28T00:00:00Z --json

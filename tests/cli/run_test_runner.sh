@@ -178,6 +178,11 @@ expect_has extra "coverage: 1 of 6 rules and 1 of 3 guards exercised"
 expect_not extra "not exercised: guard guard.never-used"
 expect_not extra "x.naive-gift ("
 
+# ---- events derived for the seller's state (owner:<id>) run too, with their timers
+run owner test $T/pass/basic.rules $X/owner.test
+expect_rc owner 0
+expect_summary owner "2 passed, 0 failed" test $T/pass/basic.rules $X/owner.test
+
 # ---- usage errors and rules that do not compile
 run noargs test
 expect_rc noargs 2

@@ -4,10 +4,14 @@
 # Every directory tests/golden/<case>/ is one case:
 #   events.jsonl        input events (JSON lines, may contain malformed lines)
 #   expected.txt        expected stdout of
-#                         touchd replay --rules <rules> --brief events.jsonl
+#                         touchd replay --rules <rules> --holidays $TD_SOURCE_DIR/config/holidays \
+#                           --brief events.jsonl
 #                       (one line per recommendation, tab-separated:
 #                        prospect_id rule channel touch not_before trigger_event_id;
 #                        empty = no recommendation)
+#   advance             optional: a duration (e.g. 30d): replay runs with
+#                       --advance DUR, so timers due after the last event fire
+#                       (silence and quiet-partner timer rules)
 #   expected-exit       optional: expected exit code of replay (default 0;
 #                       3 = some input lines were rejected)
 #   rules/              optional: use these rules INSTEAD of the repo's rules/
@@ -83,10 +87,15 @@ for dir in "${cases[@]}"; do
     elif [[ -d "$dir/extra-rules" ]]; then
       rules+=(--rules extra-rules)
     fi
+    adv=()
+    [[ -f "$dir/advance" ]] && adv=(--advance "$(tr -d '[:space:]' <"$dir/advance")")
     want_rc=0
     [[ -f "$dir/expected-exit" ]] && want_rc="$(tr -d '[:space:]' <"$dir/expected-exit")"
     rc=0
-    (cd "$dir" && "$touchd" replay "${rules[@]}" --brief events.jsonl) >"$out" 2>"$err" || rc=$?
+    # Holidays explicitly: replay runs in the case directory, where its default
+    # (config/holidays of the current directory) does not exist.
+    (cd "$dir" && "$touchd" replay "${rules[@]}" --holidays "$src/config/holidays" \
+      ${adv[@]+"${adv[@]}"} --brief events.jsonl) >"$out" 2>"$err" || rc=$?
     # Owner-level recommendations (prospect_id "owner:<id>", rules/owners.rules)
     # are compared only in cases about them (name starting with "owners-"):
     # every other case checks the prospects' own recommendations.

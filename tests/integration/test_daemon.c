@@ -101,7 +101,7 @@ static void write_config(fx *f) {
                      "  dead_letter_topic = \"" T_DLQ "\";\n"
                      "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
                      "               heartbeat_interval_ms = 500; };\n"
-                     "  producer = { linger_ms = 0; };\n"
+                     "  producer = { linger_ms = 0; max_in_flight = 1; };\n"
                      "};\n"
                      "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20;\n"
                      "          backoff_max_ms = 200; command_timeout_ms = 1000;\n"
@@ -405,8 +405,8 @@ static void test_dead_letters(void **state) {
     /* All on key p-0: one partition, so the bad ones sit between good ones. */
     static const char *bad[] = {
         "this is not json",
-        "{\"id\":\"e-x1\",\"type\":\"email.teleported\",\"prospect_id\":\"p-0\","
-        "\"occurred_at\":\"2026-10-01T00:00:00Z\"}",
+        ("{\"id\":\"e-x1\",\"type\":\"email.teleported\",\"prospect_id\":\"p-0\","
+         "\"occurred_at\":\"2026-10-01T00:00:00Z\"}"),
         "{\"type\":\"email.sent\",\"prospect_id\":\"p-0\",\"occurred_at\":\"2026-10-01T00:00:00Z\"}",
     };
     send_event(f, 0, 0);

@@ -359,6 +359,23 @@ static int claim_cmp(const void *a, const void *b) {
     return c ? c : strcmp(x->rule, y->rule);
 }
 
+static void test_redis_advice(void **state) {
+    fx *f = *state;
+    td_timers *t = timers_for(f, NULL);
+    char msg[400];
+    /* Redis defaults: value 64 is too small for the longest members */
+    assert_int_equal(td_timers_redis_advice(t, msg, sizeof msg), 1);
+    print_message("%s\n", msg);
+    assert_non_null(strstr(msg, "zset-max-listpack-value=64"));
+    assert_non_null(strstr(msg, "advice="));
+    redisReply *rep = td_test_redis_cmd(&f->srv, "CONFIG SET zset-max-listpack-value 200");
+    freeReplyObject(rep);
+    assert_int_equal(td_timers_redis_advice(t, msg, sizeof msg), 0);
+    assert_null(strstr(msg, "advice="));
+    assert_non_null(strstr(msg, "compact_up_to=1433")); /* 16 shards x 128 x 0.7 */
+    td_timers_free(t);
+}
+
 static void test_concurrent_claimers(void **state) {
     fx *f = *state;
     /* 2000 due members, written straight into the shards (the index format) */
@@ -649,6 +666,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_arm_with_state_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rearm_and_disarm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_only_due, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_advice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_claimers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fire_late, setup, teardown),
