@@ -204,6 +204,17 @@ void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud);
 int td_state_set_field(td_state *st, const char *key, size_t klen, const char *val,
                        size_t vlen, char *err, size_t errcap);
 
+/*
+ * The difference between two states' flat forms, for writes that send only
+ * what changed: set_fn is called for every key of `now` whose value differs
+ * from (or is absent in) `before`, del_fn for every key of `before` that
+ * `now` no longer has. Applying them to before's hash gives now's hash.
+ * @returns TD_OK, or TD_ERR on out-of-memory (nothing was called then).
+ */
+typedef void (*td_kdel_fn)(void *ud, const char *key, size_t klen);
+int td_state_diff(const td_state *before, const td_state *now, td_kv_fn set_fn, td_kdel_fn del_fn,
+                  void *ud);
+
 /* ---- the schema: what rule expressions can read ---- */
 
 /* What a guard sees of the recommendation it judges. */

@@ -1060,6 +1060,86 @@ static void rnd_state(td_state *st) {
     }
 }
 
+/* td_state_diff: applying its sets and deletes to the "before" hash gives the
+ * "after" hash exactly, for random pairs of states and for a state and the
+ * same state after one more event (where the diff must be small). */
+typedef struct diffapply {
+    kvlist *hash;
+    size_t sets, dels;
+} diffapply;
+
+static void diff_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    diffapply *d = ud;
+    d->sets++;
+    for (size_t i = 0; i < d->hash->n; i++)
+        if (d->hash->a[i].kn == kl && memcmp(d->hash->a[i].k, k, kl) == 0) {
+            free(d->hash->a[i].v);
+            d->hash->a[i].v = malloc(vl + 1);
+            memcpy(d->hash->a[i].v, v, vl);
+            d->hash->a[i].v[vl] = 0;
+            d->hash->a[i].vn = vl;
+            return;
+        }
+    kv_collect(d->hash, k, kl, v, vl);
+}
+
+static void diff_del(void *ud, const char *k, size_t kl) {
+    diffapply *d = ud;
+    d->dels++;
+    for (size_t i = 0; i < d->hash->n; i++)
+        if (d->hash->a[i].kn == kl && memcmp(d->hash->a[i].k, k, kl) == 0) {
+            free(d->hash->a[i].k);
+            free(d->hash->a[i].v);
+            d->hash->a[i] = d->hash->a[--d->hash->n];
+            return;
+        }
+    fail_msg("deleted a key that was not there");
+}
+
+static void check_diff(const td_state *a, const td_state *b, diffapply *out) {
+    kvlist ha = {0};
+    td_state_serialize(a, kv_collect, &ha);
+    diffapply d = {.hash = &ha};
+    assert_int_equal(td_state_diff(a, b, diff_set, diff_del, &d), TD_OK);
+    td_state r;
+    td_state_init(&r, b->prospect_id);
+    for (size_t i = 0; i < ha.n; i++)
+        assert_int_equal(td_state_set_field(&r, ha.a[i].k, ha.a[i].kn, ha.a[i].v, ha.a[i].vn,
+                                            NULL, 0) == TD_ERR, 0);
+    r.version = b->version; /* the version is the store's business */
+    if (!td_state_equal(&r, b)) fail_msg("diff did not reproduce the state");
+    td_state_free(&r);
+    kv_free(&ha);
+    if (out) *out = d;
+}
+
+static void test_diff(void **state) {
+    fixture *f = *state;
+    rng_state = 0xd1ffd1ffULL;
+    for (int it = 0; it < 500; it++) {
+        td_state a, b;
+        rnd_state(&a);
+        rnd_state(&b);
+        td_strlcpy(b.prospect_id, a.prospect_id, sizeof b.prospect_id);
+        check_diff(&a, &b, NULL);
+        check_diff(&a, &a, NULL);
+        td_state_free(&a);
+        td_state_free(&b);
+    }
+    /* one event on a rich state changes a few fields only */
+    build_rich(f);
+    td_state before;
+    assert_int_equal(td_state_copy(&before, &f->st), TD_OK);
+    apply_simple(f, TD_EV_EMAIL_OPENED, "2026-12-01T10:00:00Z");
+    td_state_remember(&f->st, "e-new");
+    diffapply d;
+    check_diff(&before, &f->st, &d);
+    assert_true(d.sets >= 3);  /* email.opened, opens_since_reply, last_opened_at, ... */
+    assert_true(d.sets <= 10); /* far fewer than the ~100 fields of the state */
+    assert_int_equal(d.dels, 0);
+    td_state_free(&before);
+}
+
 static void test_round_trip_random(void **state) {
     (void)state;
     rng_state = 0x5eed1234abcdULL;
@@ -1369,6 +1449,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_touches_within, setup, teardown),
         cmocka_unit_test_setup_teardown(test_round_trip_rich, setup, teardown),
         cmocka_unit_test(test_round_trip_random),
+        cmocka_unit_test_setup_teardown(test_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_values, setup, teardown),
         cmocka_unit_test(test_schema_types),
         cmocka_unit_test_setup_teardown(test_schema_getters, setup, teardown),
