@@ -36,6 +36,7 @@
 #include "td_redis.h"
 #include "td_rules.h"
 #include "td_state.h"
+#include "td_timers.h"
 
 volatile sig_atomic_t td_daemon_stop_requested = 0;
 volatile sig_atomic_t td_daemon_reload_requested = 0;
@@ -86,6 +87,11 @@ struct td_daemon {
     int64_t next_progress;
     /* time spent in the phases of the last batch (ms), for the debug log */
     int64_t t_load, t_compute, t_deliver, t_store;
+
+    /* durable timers (docs/timers.md) */
+    td_timers *timers;
+    int64_t next_timer_poll; /* monotonic ms */
+    uint64_t timer_poll_failures;
 };
 
 static int64_t td_mono_ms(void) {
@@ -235,6 +241,26 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
                 cfg->redis.unix_socket ? 0 : cfg->redis.port, cfg->redis.db,
                 cfg->redis.key_prefix);
 
+    /* Timers: every state write maintains the index; a poller fires them. */
+    td_redis_set_timer_shards(d->redis, (uint32_t)cfg->timers.shards);
+    d->timers = td_timers_new(&cfg->redis, &cfg->timers, err, sizeof err);
+    if (!d->timers) {
+        td_log_error("timers configuration", "reason=%s", err);
+        *exit_code = TD_EXIT_USAGE;
+        goto fail;
+    }
+    {
+        char advice[600];
+        int a = td_timers_redis_advice(d->timers, advice, sizeof advice);
+        td_log(a == 1 ? TD_LOG_WARN : TD_LOG_INFO, "timers ready",
+               "poll_ms=%d sweep_ms=%d claim_batch=%d lease_ms=%d overdue_policy=%s "
+               "drop_older_than_ms=%lld %s",
+               cfg->timers.poll_ms, cfg->timers.sweep_ms, cfg->timers.claim_batch,
+               cfg->timers.lease_ms, td_overdue_policy_name(cfg->timers.overdue_policy),
+               (long long)cfg->timers.drop_older_than,
+               advice[0] ? advice : "index=unknown");
+    }
+
     d->kafka = td_kafka_new(cfg, err, sizeof err);
     if (!d->kafka) {
         char q[1100];
@@ -278,6 +304,7 @@ void td_daemon_free(td_daemon *d) {
         return;
     if (d->kafka)
         td_kafka_free(d->kafka); /* final commit, leave the group */
+    td_timers_free(d->timers);
     td_redis_free(d->redis);
     td_ruleset_free(d->rs);
     td_tzdb_free(d->tz);
@@ -319,8 +346,8 @@ static void td_batch_release(td_daemon *d) {
  * served while idle) and closes when full, when batch_max_ms has passed, or
  * as soon as no further message is waiting locally: an idle-ish stream gets
  * small batches and low latency, a busy one large batches. */
-static size_t td_batch_collect(td_daemon *d) {
-    rd_kafka_message_t *m = td_kafka_poll(d->kafka, 100);
+static size_t td_batch_collect(td_daemon *d, int wait_ms) {
+    rd_kafka_message_t *m = td_kafka_poll(d->kafka, wait_ms);
     if (!m)
         return 0;
     d->msgs[d->nmsgs++] = m;
@@ -619,6 +646,64 @@ static td_batch_rc td_batch_process(td_daemon *d) {
     return TD_BATCH_DONE;
 }
 
+/* ---------------------------------------------------------------- timers */
+
+/* The timer path's sink: recommendations go out in their own Kafka round,
+ * acknowledged before the states are stored (same rule as batches). */
+static int td_timer_send(void *ud, const char *pid, const char *json, size_t len) {
+    td_daemon *d = ud;
+    if (td_kafka_send_rec(d->kafka, pid, strlen(pid), json, len) < 0)
+        return -1;
+    d->recs_out++;
+    return 0;
+}
+
+static int td_timer_wait(void *ud) {
+    td_daemon *d = ud;
+    int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
+    td_kafka_round_begin(d->kafka); /* a recompute after a conflict sends anew */
+    return w == 0 ? 0 : -1;
+}
+
+/* Polls due timers when it is time: repeatedly while polls come back full
+ * (a backlog), for at most ~250 ms so the input keeps flowing. */
+static void td_daemon_timers(td_daemon *d) {
+    int64_t now = td_mono_ms();
+    if (now < d->next_timer_poll)
+        return;
+    const td_timers_conf *tc = &d->cfg->timers;
+    td_timers_sink sink = {d, td_timer_send, td_timer_wait};
+    int64_t until = now + 250;
+    for (;;) {
+        size_t claimed = 0;
+        td_kafka_round_begin(d->kafka);
+        int rc = td_timers_poll(d->timers, d->redis, d->rs, d->tz, td_wall_ms(), &sink, &claimed);
+        if (rc != TD_OK) {
+            d->timer_poll_failures++;
+            if (d->timer_poll_failures == 1 || d->timer_poll_failures % 100 == 0) {
+                char q[600];
+                td_log_warn("timer poll failed", "failures=%llu reason=%s",
+                            (unsigned long long)d->timer_poll_failures,
+                            td_log_quote(q, sizeof q, td_timers_last_error(d->timers)));
+            }
+            break;
+        }
+        if (d->timer_poll_failures) {
+            td_log_info("timer polls work again", "failures=%llu",
+                        (unsigned long long)d->timer_poll_failures);
+            d->timer_poll_failures = 0;
+        }
+        if (claimed < (size_t)tc->claim_batch || td_daemon_stop_requested ||
+            td_mono_ms() >= until) {
+            /* a full poll means more may be due: come back at once */
+            d->next_timer_poll =
+                td_mono_ms() + (claimed < (size_t)tc->claim_batch ? tc->poll_ms : 0);
+            return;
+        }
+    }
+    d->next_timer_poll = td_mono_ms() + tc->poll_ms;
+}
+
 static void td_daemon_progress(td_daemon *d, bool force) {
     int64_t now = td_mono_ms();
     if (!force && now < d->next_progress)
@@ -626,16 +711,26 @@ static void td_daemon_progress(td_daemon *d, bool force) {
     d->next_progress = now + 60000;
     td_kafka_stats ks;
     td_kafka_get_stats(d->kafka, &ks);
+    const td_timers_stats *ts = td_timers_get_stats(d->timers);
     td_log_info("progress",
                 "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
                 "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu "
-                "redis_waits=%llu partitions=%d ruleset=%s",
+                "redis_waits=%llu partitions=%d timers_claimed=%llu timers_fired=%llu "
+                "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
+                "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
+                "timers_delay_max_ms=%lld ruleset=%s",
                 (unsigned long long)d->batches, (unsigned long long)d->events,
                 (unsigned long long)d->applied, (unsigned long long)d->skipped_pos,
                 (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
                 (unsigned long long)d->recs_out, (unsigned long long)ks.recs_acked,
                 (unsigned long long)ks.resent, (unsigned long long)d->conflicts,
-                (unsigned long long)d->redis_waits, ks.assigned, td_ruleset_hash(d->rs));
+                (unsigned long long)d->redis_waits, ks.assigned,
+                (unsigned long long)ts->claimed, (unsigned long long)ts->fired,
+                (unsigned long long)ts->recs, (unsigned long long)ts->stale,
+                (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
+                (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
+                (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
+                td_ruleset_hash(d->rs));
 }
 
 int td_daemon_run(td_daemon *d) {
@@ -653,7 +748,12 @@ int td_daemon_run(td_daemon *d) {
         }
         td_daemon_maybe_reload(d);
         td_daemon_progress(d, false);
-        if (td_batch_collect(d) == 0)
+        td_daemon_timers(d);
+        if (td_daemon_stop_requested)
+            break;
+        /* wait for input at most until the next timer poll (and 100 ms) */
+        int64_t wait = d->next_timer_poll - td_mono_ms();
+        if (td_batch_collect(d, wait < 0 ? 0 : wait > 100 ? 100 : (int)wait) == 0)
             continue;
         int64_t t0 = td_mono_ms();
         size_t n = d->nmsgs, ng = 0;

@@ -14,6 +14,8 @@
  */
 #include "td_config.h"
 
+#include "td_time.h"
+
 #include <errno.h>
 #include <libconfig.h>
 #include <librdkafka/rdkafka.h>
@@ -448,6 +450,58 @@ static bool td_cfg_engine(td_cfg_ctx *x, const config_setting_t *g, td_config *c
     return !x->failed;
 }
 
+static bool td_cfg_timers(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
+    char key[128];
+    int n = config_setting_length(g);
+    td_timers_conf *t = &c->timers;
+    for (int i = 0; i < n && !x->failed; i++) {
+        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
+        const char *name = config_setting_name(s);
+        snprintf(key, sizeof key, "timers.%s", name);
+        if (strcmp(name, "shards") == 0) {
+            td_cfg_get_int(x, s, key, 1, 65536, &t->shards);
+        } else if (strcmp(name, "poll_ms") == 0) {
+            td_cfg_get_int(x, s, key, 1, 60000, &t->poll_ms);
+        } else if (strcmp(name, "sweep_ms") == 0) {
+            td_cfg_get_int(x, s, key, 1, 600000, &t->sweep_ms);
+        } else if (strcmp(name, "claim_batch") == 0) {
+            td_cfg_get_int(x, s, key, 1, 2000, &t->claim_batch);
+        } else if (strcmp(name, "lease_ms") == 0) {
+            td_cfg_get_int(x, s, key, 1000, 3600000, &t->lease_ms);
+        } else if (strcmp(name, "overdue_policy") == 0) {
+            char *v = NULL;
+            if (td_cfg_get_str(x, s, key, &v, false, false)) {
+                if (strcmp(v, "fire_late") == 0)
+                    t->overdue_policy = TD_OVERDUE_FIRE_LATE;
+                else if (strcmp(v, "drop") == 0 || strcmp(v, "drop_older_than") == 0)
+                    t->overdue_policy = TD_OVERDUE_DROP;
+                else
+                    td_cfg_fail(x, s, key, "expected \"fire_late\" or \"drop\", got \"%.80s\"",
+                                v);
+            }
+            free(v);
+        } else if (strcmp(name, "drop_older_than") == 0) {
+            char *v = NULL;
+            if (td_cfg_get_str(x, s, key, &v, false, false)) {
+                td_ms d;
+                if (td_duration_parse(v, strlen(v), &d) != TD_OK || d <= 0)
+                    td_cfg_fail(x, s, key,
+                                "expected a positive duration such as \"10m\", \"6h\", \"2d\", "
+                                "got \"%.80s\"",
+                                v);
+                else
+                    t->drop_older_than = d;
+            }
+            free(v);
+        } else {
+            td_cfg_unknown(x, s, key,
+                           "shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy, "
+                           "drop_older_than");
+        }
+    }
+    return !x->failed;
+}
+
 static bool td_cfg_log(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
     char key[128];
     int n = config_setting_length(g);
@@ -495,6 +549,23 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
     c->redis.password = c->redis_password && *c->redis_password ? c->redis_password : NULL;
     c->redis.username = c->redis_username && *c->redis_username ? c->redis_username : NULL;
     c->redis.key_prefix = c->redis_key_prefix;
+    if (!x->failed) {
+        td_timers_conf *t = &c->timers;
+        if (t->overdue_policy == TD_OVERDUE_DROP && t->drop_older_than <= 0)
+            td_cfg_fail(x, NULL, "timers.drop_older_than",
+                        "is required with overdue_policy = \"drop\" (e.g. \"6h\")");
+        else if (t->overdue_policy == TD_OVERDUE_FIRE_LATE && t->drop_older_than > 0)
+            td_cfg_fail(x, NULL, "timers.drop_older_than",
+                        "only applies with overdue_policy = \"drop\" (the policy is \"fire_late\")");
+        else if (t->sweep_ms < t->poll_ms)
+            td_cfg_fail(x, NULL, "timers.sweep_ms", "must be >= timers.poll_ms (%d), got %d",
+                        t->poll_ms, t->sweep_ms);
+        else {
+            char why[200];
+            if (!td_timers_conf_check(t, why, sizeof why))
+                td_cfg_fail(x, NULL, "timers", "%s", why);
+        }
+    }
 }
 
 /* ----------------------------------------------------------------- public */
@@ -524,6 +595,7 @@ td_config *td_config_default(void) {
     c->rules.reload_poll_ms = 2000;
     c->engine.batch_max_events = 1000;
     c->engine.batch_max_ms = 20;
+    td_timers_conf_default(&c->timers);
     c->log.level = TD_LOG_INFO;
     c->log.format = td_cfg_strdup("logfmt");
     td_cfg_ctx x = {.path = "", .err = NULL, .errcap = 0};
@@ -565,9 +637,9 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
         const char *name = config_setting_name(g);
         bool known = strcmp(name, "kafka") == 0 || strcmp(name, "redis") == 0 ||
                      strcmp(name, "rules") == 0 || strcmp(name, "engine") == 0 ||
-                     strcmp(name, "log") == 0;
+                     strcmp(name, "timers") == 0 || strcmp(name, "log") == 0;
         if (!known) {
-            td_cfg_unknown(&x, g, name, "kafka, redis, rules, engine, log");
+            td_cfg_unknown(&x, g, name, "kafka, redis, rules, engine, timers, log");
             break;
         }
         if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
@@ -583,6 +655,8 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
             td_cfg_rules(&x, g, c);
         else if (strcmp(name, "engine") == 0)
             td_cfg_engine(&x, g, c);
+        else if (strcmp(name, "timers") == 0)
+            td_cfg_timers(&x, g, c);
         else
             td_cfg_log(&x, g, c);
     }

@@ -8,6 +8,8 @@
  *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix }
  *   rules  { dir, reload_poll_ms }
  *   engine { batch_max_events, batch_max_ms }
+ *   timers { shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy,
+ *            drop_older_than }                       (docs/timers.md)
  *   log    { level, format }
  *
  * Every key is optional (defaults in td_config_default and docs/config.md).
@@ -35,6 +37,7 @@
 
 #include "td_log.h"
 #include "td_redis.h"
+#include "td_timers.h"
 
 /* One passthrough librdkafka property, with its line for error messages. */
 typedef struct td_kv {
@@ -75,6 +78,8 @@ typedef struct td_config {
         int batch_max_events;
         int batch_max_ms;
     } engine;
+
+    td_timers_conf timers; /* durable timers (td_timers.h, docs/timers.md) */
 
     struct {
         td_log_level level;

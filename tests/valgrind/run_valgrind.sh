@@ -58,10 +58,9 @@ if ((${#rules[@]} == 0)); then
 fi
 add_job "touchd check rules" 0 "$TOUCHD" check "${rules[@]}"
 for ex in "$SRC"/examples/*.jsonl; do
-    # sample.jsonl is all valid; other examples may hold deliberately bad
-    # lines, reported and skipped, which makes the exit status 3 (docs/cli.md).
+    # examples may hold deliberately bad lines (sample.jsonl has a truncated
+    # one), reported and skipped: exit status 3 (docs/cli.md) is fine here.
     allowed="0 3"
-    [[ $(basename "$ex") == sample.jsonl ]] && allowed=0
     add_job "touchd replay $(basename "$ex")" "$allowed" \
         "$TOUCHD" replay --rules "$SRC/rules" "$ex"
 done
