@@ -88,6 +88,17 @@ struct td_daemon {
     /* time spent in the phases of the last batch (ms), for the debug log */
     int64_t t_load, t_compute, t_deliver, t_store;
 
+    /* events the engine derived for owners ("owner:<owner_id>" states),
+     * kept for the whole batch: dq_g[i] is the owner's group. Owner groups
+     * have no input messages (first = -1). stamp[g] == attempt marks the
+     * groups (re)loaded in the current attempt. */
+    td_event *dq;
+    int32_t *dq_g;
+    size_t ndq, capdq;
+    uint32_t *stamp;
+    uint32_t attempt_seq;
+    uint64_t derived;
+
     /* durable timers (docs/timers.md) */
     td_timers *timers;
     int64_t next_timer_poll; /* monotonic ms */
@@ -277,21 +288,25 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     d->evs = td_xcalloc(cap, sizeof *d->evs);
     d->gidx = td_xcalloc(cap, sizeof *d->gidx);
     d->next = td_xcalloc(cap, sizeof *d->next);
-    d->states = td_xcalloc(cap, sizeof *d->states);
-    d->expected = td_xcalloc(cap, sizeof *d->expected);
-    d->first = td_xcalloc(cap, sizeof *d->first);
-    d->last = td_xcalloc(cap, sizeof *d->last);
-    d->changed = td_xcalloc(cap, sizeof *d->changed);
+    /* groups: one per prospect of the batch, plus one per owner an event
+     * derives for: at most 2 * cap */
+    size_t gcap = 2 * cap;
+    d->states = td_xcalloc(gcap, sizeof *d->states);
+    d->expected = td_xcalloc(gcap, sizeof *d->expected);
+    d->first = td_xcalloc(gcap, sizeof *d->first);
+    d->last = td_xcalloc(gcap, sizeof *d->last);
+    d->changed = td_xcalloc(gcap, sizeof *d->changed);
+    d->stamp = td_xcalloc(gcap, sizeof *d->stamp);
     d->tcap = 16;
-    while (d->tcap < cap * 2)
+    while (d->tcap < gcap * 2)
         d->tcap *= 2;
     d->table = td_xcalloc(d->tcap, sizeof *d->table);
-    d->pack = td_xcalloc(cap, sizeof *d->pack);
-    d->pack_expected = td_xcalloc(cap, sizeof *d->pack_expected);
-    d->pack_result = td_xcalloc(cap, sizeof *d->pack_result);
-    d->pack_g = td_xcalloc(cap, sizeof *d->pack_g);
-    d->work = td_xcalloc(cap, sizeof *d->work);
-    d->work2 = td_xcalloc(cap, sizeof *d->work2);
+    d->pack = td_xcalloc(gcap, sizeof *d->pack);
+    d->pack_expected = td_xcalloc(gcap, sizeof *d->pack_expected);
+    d->pack_result = td_xcalloc(gcap, sizeof *d->pack_result);
+    d->pack_g = td_xcalloc(gcap, sizeof *d->pack_g);
+    d->work = td_xcalloc(gcap, sizeof *d->work);
+    d->work2 = td_xcalloc(gcap, sizeof *d->work2);
     d->next_progress = td_mono_ms() + 60000;
     return d;
 fail:
@@ -318,6 +333,9 @@ void td_daemon_free(td_daemon *d) {
     free(d->first);
     free(d->last);
     free(d->changed);
+    free(d->stamp);
+    free(d->dq);
+    free(d->dq_g);
     free(d->table);
     free(d->pack);
     free(d->pack_expected);
@@ -363,6 +381,34 @@ static size_t td_batch_collect(td_daemon *d, int wait_ms) {
     return d->nmsgs;
 }
 
+/* The group of prospect `pid`, created (state initialised, no messages)
+ * when absent and `create`; -1 when absent and not created. */
+static int32_t td_group_lookup(td_daemon *d, const char *pid, bool create, bool *created) {
+    size_t plen = strlen(pid);
+    size_t mask = d->tcap - 1;
+    size_t h = (size_t)td_hash64(pid, plen, TD_HASH_SEED) & mask;
+    if (created)
+        *created = false;
+    while (d->table[h]) {
+        int32_t cand = d->table[h] - 1;
+        if (strcmp(d->states[cand].prospect_id, pid) == 0)
+            return cand;
+        h = (h + 1) & mask;
+    }
+    if (!create || d->ngroups >= 2 * d->cap)
+        return -1;
+    int32_t g = (int32_t)d->ngroups++;
+    d->table[h] = g + 1;
+    td_state_init(&d->states[g], pid);
+    d->first[g] = d->last[g] = -1;
+    d->expected[g] = 0;
+    d->changed[g] = false;
+    d->stamp[g] = 0;
+    if (created)
+        *created = true;
+    return g;
+}
+
 /* Decodes every message; invalid ones are queued on the dead-letter topic
  * (in the round that is about to start); valid ones are grouped by prospect. */
 static int td_batch_decode(td_daemon *d) {
@@ -387,23 +433,9 @@ static int td_batch_decode(td_daemon *d) {
                 return -1;
             continue;
         }
-        const char *pid = d->evs[i].prospect_id;
-        size_t plen = strlen(pid);
-        size_t mask = d->tcap - 1;
-        size_t h = (size_t)td_hash64(pid, plen, TD_HASH_SEED) & mask;
-        int32_t g = -1;
-        while (d->table[h]) {
-            int32_t cand = d->table[h] - 1;
-            if (strcmp(d->states[cand].prospect_id, pid) == 0) {
-                g = cand;
-                break;
-            }
-            h = (h + 1) & mask;
-        }
-        if (g < 0) {
-            g = (int32_t)d->ngroups++;
-            d->table[h] = g + 1;
-            td_state_init(&d->states[g], pid);
+        bool created;
+        int32_t g = td_group_lookup(d, d->evs[i].prospect_id, true, &created);
+        if (created) {
             d->first[g] = d->last[g] = (int32_t)i;
         } else {
             d->next[d->last[g]] = (int32_t)i;
@@ -487,6 +519,25 @@ static int td_batch_load(td_daemon *d, const int32_t *work, size_t n) {
     return 0;
 }
 
+static int td_dq_push(td_daemon *d, const td_event *ev) {
+    if (d->ndq == d->capdq) {
+        size_t cap = d->capdq ? d->capdq * 2 : 64;
+        td_event *v = realloc(d->dq, cap * sizeof *v);
+        if (!v)
+            return -1;
+        d->dq = v;
+        int32_t *gv = realloc(d->dq_g, cap * sizeof *gv);
+        if (!gv)
+            return -1;
+        d->dq_g = gv;
+        d->capdq = cap;
+    }
+    d->dq[d->ndq] = *ev;
+    d->dq_g[d->ndq] = -1;
+    d->ndq++;
+    return 0;
+}
+
 static int td_rec_add(td_daemon *d, int32_t g, size_t off) {
     if (d->nrecs == d->caprecs) {
         size_t cap = d->caprecs ? d->caprecs * 2 : 256;
@@ -526,8 +577,84 @@ static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
         if (d->out->nerrors)
             td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u",
                         st->prospect_id, d->evs[i].id, d->out->nerrors);
+        if (d->out->has_derived && td_dq_push(d, &d->out->derived) < 0)
+            return -1;
         td_state_pos_set(st, topic, m->partition, m->offset);
         d->changed[g] = true;
+    }
+    return 0;
+}
+
+/* Steps derived event i on its owner's state (the owner's dedup ring makes a
+ * repeat a no-op). @returns 0, or -1 (out of memory). */
+static int td_derived_step(td_daemon *d, size_t i, td_ms now) {
+    int32_t g = d->dq_g[i];
+    td_state *st = &d->states[g];
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &d->dq[i]};
+    if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
+        return -1;
+    if (d->out->duplicate)
+        return 0;
+    d->derived++;
+    for (uint32_t r = 0; r < d->out->nrecs; r++) {
+        size_t off = d->recbuf.len;
+        if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &d->recbuf) != TD_OK ||
+            td_rec_add(d, g, off) < 0)
+            return -1;
+    }
+    if (d->out->nerrors)
+        td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u", st->prospect_id,
+                    d->dq[i].id, d->out->nerrors);
+    d->changed[g] = true;
+    return 0;
+}
+
+/*
+ * Applies the events derived in this attempt (dq[from..ndq)) and, for owner
+ * groups (re)loaded in this attempt, every event derived for them in the
+ * batch so far (a reload after a conflict dropped them). New owner groups are
+ * created, loaded and appended to work; an owner group stored in an earlier
+ * attempt that receives a new event is appended to work again.
+ * @returns 0, -1 (out of memory) or -2 (abandoned: stop requested).
+ */
+static int td_batch_derive(td_daemon *d, size_t *nwork, size_t from, td_ms now) {
+    if (d->ndq == 0)
+        return 0;
+    uint32_t seq = d->attempt_seq;
+    size_t n0 = *nwork, ncreated = 0;
+    for (size_t i = from; i < d->ndq; i++) {
+        bool created;
+        int32_t g = td_group_lookup(d, d->dq[i].prospect_id, true, &created);
+        if (g < 0)
+            return -1; /* cannot happen: at most one derived event per input event */
+        d->dq_g[i] = g;
+        if (created) {
+            d->work[n0 + ncreated++] = g;
+            d->stamp[g] = seq;
+        }
+    }
+    if (ncreated > 0) {
+        if (td_batch_load(d, d->work + n0, ncreated) < 0)
+            return -2;
+        *nwork += ncreated;
+    }
+    /* groups loaded in this attempt: every derived event for them */
+    for (size_t i = 0; i < d->ndq; i++) {
+        int32_t g = d->dq_g[i];
+        if (d->stamp[g] == seq && td_derived_step(d, i, now) < 0)
+            return -1;
+    }
+    /* groups stored earlier in the batch: only the new events */
+    for (size_t i = from; i < d->ndq; i++) {
+        int32_t g = d->dq_g[i];
+        if (d->stamp[g] == seq)
+            continue;
+        d->expected[g] = d->states[g].version; /* as stored by us */
+        d->stamp[g] = seq;
+        d->work[(*nwork)++] = g;
+        for (size_t k = i; k < d->ndq; k++)
+            if (d->dq_g[k] == g && td_derived_step(d, k, now) < 0)
+                return -1;
     }
     return 0;
 }
@@ -537,14 +664,21 @@ static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
 static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *conflicts,
                           size_t *nconf) {
     size_t np = 0;
-    for (size_t k = 0; k < n; k++) {
-        int32_t g = work[k];
-        if (!d->changed[g])
-            continue;
-        d->pack[np] = d->states[g]; /* shallow: the store only reads and sets version */
-        d->pack_expected[np] = d->expected[g];
-        d->pack_g[np] = g;
-        np++;
+    /* Owner groups (no input messages) first: Redis runs a pipeline in
+     * order, so a crash mid-store may lose a prospect's write (its event is
+     * consumed again and derives the same "<id>#owner" event, which the
+     * owner's dedup ring drops) but never an owner's event whose source
+     * prospect was stored. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t k = 0; k < n; k++) {
+            int32_t g = work[k];
+            if (!d->changed[g] || (d->first[g] < 0) != (pass == 0))
+                continue;
+            d->pack[np] = d->states[g]; /* shallow: the store only reads and sets version */
+            d->pack_expected[np] = d->expected[g];
+            d->pack_g[np] = g;
+            np++;
+        }
     }
     *nconf = 0;
     if (np == 0)
@@ -575,6 +709,7 @@ typedef enum { TD_BATCH_DONE = 0, TD_BATCH_ABANDONED = 1, TD_BATCH_FATAL = 2 } t
 static td_batch_rc td_batch_process(td_daemon *d) {
     d->t_load = d->t_compute = d->t_deliver = d->t_store = 0;
     td_kafka_round_begin(d->kafka);
+    d->ndq = 0;
     if (td_batch_decode(d) < 0)
         return TD_BATCH_FATAL;
 
@@ -595,6 +730,10 @@ static td_batch_rc td_batch_process(td_daemon *d) {
         d->nrecs = 0;
         d->recbuf.len = 0;
         td_ms now = td_wall_ms();
+        uint32_t seq = ++d->attempt_seq;
+        for (size_t k = 0; k < nwork; k++)
+            d->stamp[d->work[k]] = seq;
+        size_t dq_from = d->ndq;
         for (size_t k = 0; k < nwork; k++) {
             if (td_batch_compute(d, d->work[k], now) < 0) {
                 td_log_error("engine step failed (out of memory)", "prospect=%s",
@@ -602,6 +741,15 @@ static td_batch_rc td_batch_process(td_daemon *d) {
                 return TD_BATCH_FATAL;
             }
         }
+        /* events derived for owners: stepped on the owners' states, stored
+         * with them in this attempt */
+        int dr = td_batch_derive(d, &nwork, dq_from, now);
+        if (dr == -1) {
+            td_log_error("engine step failed (out of memory)", "derived=%zu", d->ndq);
+            return TD_BATCH_FATAL;
+        }
+        if (dr == -2)
+            return TD_BATCH_ABANDONED;
         for (size_t r = 0; r < d->nrecs; r++) {
             const td_drec *x = &d->recs[r];
             const char *pid = d->states[x->g].prospect_id;
@@ -715,7 +863,7 @@ static void td_daemon_progress(td_daemon *d, bool force) {
     td_log_info("progress",
                 "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
                 "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu "
-                "redis_waits=%llu partitions=%d timers_claimed=%llu timers_fired=%llu "
+                "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
                 "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
                 "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
                 "timers_delay_max_ms=%lld ruleset=%s",
@@ -724,7 +872,7 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
                 (unsigned long long)d->recs_out, (unsigned long long)ks.recs_acked,
                 (unsigned long long)ks.resent, (unsigned long long)d->conflicts,
-                (unsigned long long)d->redis_waits, ks.assigned,
+                (unsigned long long)d->redis_waits, ks.assigned, (unsigned long long)d->derived,
                 (unsigned long long)ts->claimed, (unsigned long long)ts->fired,
                 (unsigned long long)ts->recs, (unsigned long long)ts->stale,
                 (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,

@@ -719,12 +719,14 @@ int main(int argc, char **argv) {
         print_tally("step", &t1, s.n);
         print_tally("decode+step", &t2, s.n);
         bool ok1 = r1 >= 1e6, ok2 = r2 >= 250e3;
-        printf("  %-12s %12.0f events/s %9.1f ns/event  (%d passes, %.2f s)  target >= 1000000:"
-               " %s\n",
-               "step", r1, ns1, p1, el1, ok1 ? "met" : "MISSED");
-        printf("  %-12s %12.0f events/s %9.1f ns/event  (%d passes, %.2f s)  target >=  250000:"
-               " %s\n",
-               "decode+step", r2, ns2, p2, el2, ok2 ? "met" : "MISSED");
+        /* steps include the timer triggers fired between events */
+        double spe1 = (double)t1.steps / (double)s.n, spe2 = (double)t2.steps / (double)s.n;
+        printf("  %-12s %10.0f events/s %8.1f ns/event %10.0f steps/s  (%d passes, %.2f s)"
+               "  target >= 1000000 events/s: %s\n",
+               "step", r1, ns1, r1 * spe1, p1, el1, ok1 ? "met" : "MISSED");
+        printf("  %-12s %10.0f events/s %8.1f ns/event %10.0f steps/s  (%d passes, %.2f s)"
+               "  target >=  250000 events/s: %s\n",
+               "decode+step", r2, ns2, r2 * spe2, p2, el2, ok2 ? "met" : "MISSED");
         if (t1.failed || t2.failed) {
             fprintf(stderr, "bench_engine: some steps failed\n");
             rc = 1;

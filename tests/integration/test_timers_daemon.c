@@ -16,7 +16,9 @@
  *   - touchd killed (SIGKILL) with timers pending, restarted after they are
  *     overdue: every overdue timer fires exactly once (fire_late);
  *   - overdue_policy = "drop": timers overdue beyond drop_older_than after a
- *     restart are not fired, and are disarmed in the state.
+ *     restart are not fired, and are disarmed in the state;
+ *   - a prospect's first touch derives owner.prospect_contacted for the
+ *     seller's state in the same batch, and the owner's timer rule fires.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -47,7 +49,10 @@ static const char RULES[] =
     "rules = (\n"
     "  { id = \"t.silence\"; doc = \"2 s after an email, if unanswered\";\n"
     "    on = [ \"email.sent\" ]; after = \"2s\"; when = \"email.unanswered >= 1\";\n"
-    "    recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; }\n"
+    "    recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"t.owner\"; doc = \"2 s after a seller's first contact of a prospect\";\n"
+    "    on = [ \"owner.prospect_contacted\" ]; after = \"2s\";\n"
+    "    recommend = { channel = \"email\"; touch = \"owner_nudge\"; }; }\n"
     ");\n";
 
 typedef struct fx {
@@ -231,6 +236,22 @@ static int max_count(const seen *s) {
     return m;
 }
 
+/* timers_fired=N of the last progress line of a log (0 when none). */
+static int fired_in_log(const char *path) {
+    FILE *in = fopen(path, "r");
+    if (!in)
+        return 0;
+    char line[4096];
+    int v = 0;
+    while (fgets(line, sizeof line, in)) {
+        const char *p = strstr(line, " timers_fired=");
+        if (p)
+            v = atoi(p + 14);
+    }
+    fclose(in);
+    return v;
+}
+
 /* ---- cases ---- */
 
 static void test_short_timer_fires_on_time(void **state) {
@@ -292,10 +313,10 @@ static void test_two_instances_fire_once(void **state) {
     td_test_reader_free(r);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 15000), 0);
     assert_int_equal(td_test_touchd_stop(&f->touchd2, SIGTERM, 15000), 0);
-    /* both instances fired some (they share the shards) */
-    print_message("instance logs: %d and %d progress lines with timers\n",
-                  td_test_count_in_file(f->log, "timers_fired="),
-                  td_test_count_in_file(f->log2, "timers_fired="));
+    /* how the two instances shared the work (both poll every shard) */
+    print_message("fired by instance 1: %d, by instance 2: %d\n", fired_in_log(f->log),
+                  fired_in_log(f->log2));
+    assert_int_equal(fired_in_log(f->log) + fired_in_log(f->log2), NP);
 }
 
 static void test_kill_with_pending_then_overdue(void **state) {
@@ -334,6 +355,61 @@ static void test_kill_with_pending_then_overdue(void **state) {
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 15000), 0);
 }
 
+/* A prospect's first outbound touch derives owner.prospect_contacted for its
+ * seller's state ("owner:<owner_id>"), stepped in the same batch; the owner's
+ * timer rule then fires through the same durable timers. */
+static void test_owner_event_and_owner_timer(void **state) {
+    fx *f = *state;
+    start(f, &f->touchd, f->log);
+    assert_true(td_test_wait_file(f->log, "msg=\"partitions assigned\"", 1, 20000));
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    char ts[40], ev[512];
+    int64_t at = wall_ms();
+    td_time_format(at, ts, sizeof ts);
+    /* two prospects of rep-1 (first touches: 2 derived events), one of rep-2,
+     * and a second email to p-0 (not a first touch: nothing derived) */
+    const char *pids[] = {"p-0", "p-1", "p-2", "p-0"};
+    const char *owners[] = {"rep-1", "rep-1", "rep-2", "rep-1"};
+    for (int i = 0; i < 4; i++) {
+        int n = snprintf(ev, sizeof ev,
+                         "{\"id\":\"o-%d\",\"type\":\"email.sent\",\"prospect_id\":\"%s\","
+                         "\"owner_id\":\"%s\",\"occurred_at\":\"%s\"}",
+                         i, pids[i], owners[i], ts);
+        assert_int_equal(td_test_kafka_produce(&f->kafka, T_IN, pids[i], ev, (size_t)n), 0);
+    }
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
+    /* 3 prospect timers (p-0 re-armed once) + 2 owner timers */
+    size_t got = td_test_reader_read(r, 5, 15000);
+    td_test_reader_drain(r, 1500);
+    size_t n;
+    const td_test_msg *m = td_test_reader_msgs(r, &n);
+    int owner_recs = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *j = json_loads(m[i].val, 0, NULL);
+        const char *rule = json_string_value(json_object_get(j, "rule"));
+        const char *pid = json_string_value(json_object_get(j, "prospect_id"));
+        if (strcmp(rule, "t.owner") == 0) {
+            owner_recs++;
+            assert_true(strcmp(pid, "owner:rep-1") == 0 || strcmp(pid, "owner:rep-2") == 0);
+        }
+        json_decref(j);
+    }
+    print_message("%zu recommendations, %d for owners\n", got, owner_recs);
+    assert_int_equal(n, 5);
+    assert_int_equal(owner_recs, 2);
+    /* the owners' states: rep-1 counted 2 first contacts */
+    redisReply *rep = td_test_redis_cmd(&f->redis, "HGET touchd:p:{owner:rep-1} events");
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, "2");
+    freeReplyObject(rep);
+    rep = td_test_redis_cmd(&f->redis, "HGET touchd:p:{owner:rep-2} events");
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, "1");
+    freeReplyObject(rep);
+    td_test_reader_free(r);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 15000), 0);
+}
+
 static void test_drop_policy_after_outage(void **state) {
     fx *f = *state;
     write_config(f, "overdue_policy = \"drop\"; drop_older_than = \"1s\";");
@@ -368,6 +444,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_two_instances_fire_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill_with_pending_then_overdue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_policy_after_outage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owner_event_and_owner_timer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
