@@ -344,9 +344,27 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
     } else {
         const td_rule *r = trig->rule ? td_ruleset_find(rs, trig->rule) : NULL;
         const td_timer *t = trig->rule ? td_state_timer(st, trig->rule) : NULL;
-        snprintf(out->trigger_id, sizeof out->trigger_id, "timer:%s:%s:%lld",
-                 trig->rule ? trig->rule : "", trig->armed_by ? trig->armed_by : "",
-                 (long long)trig->due_at);
+        /* "timer:<rule>:<armed_by>:<due ms>", built by hand (a hot path) */
+        const char *parts[2] = {trig->rule ? trig->rule : "", trig->armed_by ? trig->armed_by : ""};
+        size_t n = 6;
+        memcpy(out->trigger_id, "timer:", 6);
+        for (int k = 0; k < 2; k++) {
+            size_t l = strlen(parts[k]);
+            if (l > TD_ID_MAX) l = TD_ID_MAX;
+            memcpy(out->trigger_id + n, parts[k], l);
+            n += l;
+            out->trigger_id[n++] = ':';
+        }
+        char digits[24];
+        size_t nd = 0;
+        uint64_t v = trig->due_at < 0 ? (uint64_t)0 - (uint64_t)trig->due_at : (uint64_t)trig->due_at;
+        do {
+            digits[nd++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        if (trig->due_at < 0) out->trigger_id[n++] = '-';
+        while (nd) out->trigger_id[n++] = digits[--nd];
+        out->trigger_id[n] = '\0';
         if (!t || t->due_at != trig->due_at || !trig->armed_by ||
             strcmp(t->armed_by, trig->armed_by) != 0) {
             out->stale = true;

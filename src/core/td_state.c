@@ -388,7 +388,8 @@ const td_timer *td_state_timer(const td_state *st, const char *rule) {
  * armed_by (state unchanged then). */
 int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char *armed_by) {
     if (!armed_by) armed_by = "";
-    if (strlen(rule) > TD_RULE_ID_MAX || strlen(armed_by) > TD_ID_MAX) return TD_ERR;
+    size_t al = strlen(armed_by);
+    if (strlen(rule) > TD_RULE_ID_MAX || al > TD_ID_MAX) return TD_ERR;
     bool found;
     uint32_t i = td_timer_find(st, rule, &found);
     if (!found) {
@@ -401,7 +402,7 @@ int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char 
         td_strlcpy(st->timers[i].rule, rule, sizeof st->timers[i].rule);
     }
     st->timers[i].due_at = due_at;
-    td_strlcpy(st->timers[i].armed_by, armed_by, sizeof st->timers[i].armed_by);
+    memcpy(st->timers[i].armed_by, armed_by, al + 1); /* length checked above */
     return TD_OK;
 }
 
