@@ -217,6 +217,10 @@ static long utf8_invalid_at(const unsigned char *s, size_t n)
 static int read_str(json_t *obj, const char *key, const char *path, const char **s, size_t *n,
                     td_event_error *err)
 {
+    /* outputs are always set, so callers (and -O3's flow analysis) never
+     * see them uninitialised on the ABSENT and error paths */
+    *s = "";
+    *n = 0;
     json_t *v = json_object_get(obj, key);
     if (v == NULL || json_is_null(v))
         return ABSENT;
@@ -243,8 +247,8 @@ static bool has_control(const char *s, size_t n)
 static int read_text(json_t *obj, const char *key, const char *path, char *dst, size_t max,
                      bool required, td_event_error *err)
 {
-    const char *s;
-    size_t n;
+    const char *s = NULL;
+    size_t n = 0;
     int rc = read_str(obj, key, path, &s, &n, err);
     if (rc == ABSENT && required)
         return fail(err, path, "is required");
@@ -309,8 +313,8 @@ static int read_int(json_t *obj, const char *key, const char *path, int64_t min,
 static int read_time(json_t *obj, const char *key, const char *path, bool required, td_ms *out,
                      td_event_error *err)
 {
-    const char *s;
-    size_t n;
+    const char *s = NULL;
+    size_t n = 0;
     int rc = read_str(obj, key, path, &s, &n, err);
     if (rc == ABSENT && required)
         return fail(err, path, "is required");
