@@ -322,10 +322,11 @@ static void cover_named(const tf_case *tc, bool *covered) {
 static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const tf_case *tc,
                     bool *covered, bool verbose, td_buf *report, td_buf *trace) {
     td_sim sim;
-    /* setup events may come before the start: they run at their own times,
-     * then the clock moves to the start (firing the timers due by then) */
-    if (td_sim_init(&sim, rs, tz, NULL, &tc->init, tc->nsetup ? TD_MS_MISSING : tc->start,
-                    TD_STEP_EXPLAIN) != TD_OK)
+    /* the clock starts with the first event (or advance), which may come
+     * before `start`: a story told from its past runs at its own times.
+     * After setup events, it moves to `start` (firing the timers due by
+     * then): the steps begin there. */
+    if (td_sim_init(&sim, rs, tz, NULL, &tc->init, TD_MS_MISSING, TD_STEP_EXPLAIN) != TD_OK)
         return -1;
     collector col = {.covered = covered};
     sim.fn = collect;
@@ -333,7 +334,7 @@ static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const t
     int rc = 1;
     for (size_t i = 0; i < tc->nsetup && rc >= 0; i++)
         if (td_sim_event(&sim, &tc->setup[i], 0) != TD_OK) rc = -1;
-    if (rc >= 0 && td_sim_advance(&sim, tc->start) != TD_OK) rc = -1;
+    if (rc >= 0 && tc->nsetup && td_sim_advance(&sim, tc->start) != TD_OK) rc = -1;
     for (size_t s = 0; s < tc->nsteps && rc >= 0; s++) {
         const tf_step *st = &tc->steps[s];
         col.nrecs = col.ndecs = 0;

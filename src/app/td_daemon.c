@@ -36,6 +36,7 @@
 #include "td_redis.h"
 #include "td_rules.h"
 #include "td_state.h"
+#include "td_shadow.h"
 #include "td_timers.h"
 
 volatile sig_atomic_t td_daemon_stop_requested = 0;
@@ -77,6 +78,11 @@ struct td_daemon {
     size_t nrecs, caprecs;
     /* store scratch */
     td_state *pack;
+    /* base[g]: the state exactly as Redis holds it at expected[g] (loaded,
+     * or last stored by us): writes send only the difference */
+    td_state *base;
+    bool *has_base;
+    td_state *pack_base;
     int64_t *pack_expected;
     int *pack_result;
     int32_t *pack_g, *work, *work2;
@@ -103,6 +109,9 @@ struct td_daemon {
     td_timers *timers;
     int64_t next_timer_poll; /* monotonic ms */
     uint64_t timer_poll_failures;
+
+    /* shadow ruleset (td_shadow.h): NULL when none is configured */
+    td_shadow *shadow;
 };
 
 static int64_t td_mono_ms(void) {
@@ -205,6 +214,7 @@ static void td_daemon_maybe_reload(td_daemon *d) {
     if (td_daemon_reload_requested) {
         td_daemon_reload_requested = 0;
         td_daemon_reload(d, "SIGHUP");
+        td_shadow_reload(d->shadow, "SIGHUP");
         return;
     }
     int poll_ms = d->cfg->rules.reload_poll_ms;
@@ -281,6 +291,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     }
 
     d->tz = td_tzdb_new();
+    d->shadow = td_shadow_new(cfg, td_kafka_bootstraps(d->kafka), d->tz);
     d->out = td_xcalloc(1, sizeof *d->out);
     size_t cap = (size_t)cfg->engine.batch_max_events;
     d->cap = cap;
@@ -302,6 +313,9 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         d->tcap *= 2;
     d->table = td_xcalloc(d->tcap, sizeof *d->table);
     d->pack = td_xcalloc(gcap, sizeof *d->pack);
+    d->base = td_xcalloc(gcap, sizeof *d->base);
+    d->has_base = td_xcalloc(gcap, sizeof *d->has_base);
+    d->pack_base = td_xcalloc(gcap, sizeof *d->pack_base);
     d->pack_expected = td_xcalloc(gcap, sizeof *d->pack_expected);
     d->pack_result = td_xcalloc(gcap, sizeof *d->pack_result);
     d->pack_g = td_xcalloc(gcap, sizeof *d->pack_g);
@@ -317,6 +331,7 @@ fail:
 void td_daemon_free(td_daemon *d) {
     if (!d)
         return;
+    td_shadow_free(d->shadow); /* before the (embedded) broker goes */
     if (d->kafka)
         td_kafka_free(d->kafka); /* final commit, leave the group */
     td_timers_free(d->timers);
@@ -338,6 +353,9 @@ void td_daemon_free(td_daemon *d) {
     free(d->dq_g);
     free(d->table);
     free(d->pack);
+    free(d->base);
+    free(d->has_base);
+    free(d->pack_base);
     free(d->pack_expected);
     free(d->pack_result);
     free(d->pack_g);
@@ -350,9 +368,24 @@ void td_daemon_free(td_daemon *d) {
 
 /* --------------------------------------------------------------- batch */
 
+/* Makes base[g] a copy of states[g] (what Redis now holds). @returns 0 or -1. */
+static int td_base_set(td_daemon *d, int32_t g) {
+    if (d->has_base[g])
+        td_state_free(&d->base[g]);
+    d->has_base[g] = false;
+    if (td_state_copy(&d->base[g], &d->states[g]) != TD_OK)
+        return -1;
+    d->has_base[g] = true;
+    return 0;
+}
+
 static void td_batch_release(td_daemon *d) {
-    for (size_t g = 0; g < d->ngroups; g++)
+    for (size_t g = 0; g < d->ngroups; g++) {
         td_state_free(&d->states[g]);
+        if (d->has_base[g])
+            td_state_free(&d->base[g]);
+        d->has_base[g] = false;
+    }
     d->ngroups = 0;
     for (size_t i = 0; i < d->nmsgs; i++)
         rd_kafka_message_destroy(d->msgs[i]);
@@ -515,6 +548,8 @@ static int td_batch_load(td_daemon *d, const int32_t *work, size_t n) {
     for (size_t k = 0; k < n; k++) {
         d->expected[work[k]] = d->states[work[k]].version;
         d->changed[work[k]] = false;
+        if (td_base_set(d, work[k]) < 0)
+            return -1;
     }
     return 0;
 }
@@ -562,8 +597,12 @@ static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
             continue;
         }
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &d->evs[i]};
+        if (d->shadow)
+            td_shadow_before(d->shadow, st); /* a copy, stepped after live, never stored */
         if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
             return -1;
+        if (d->shadow)
+            td_shadow_after(d->shadow, d->rs, &trig, now, d->out);
         if (d->out->duplicate)
             d->duplicates++;
         else
@@ -659,8 +698,9 @@ static int td_batch_derive(td_daemon *d, size_t *nwork, size_t from, td_ms now) 
     return 0;
 }
 
-/* Stores the changed groups among work[0..n); conflicted ones are written to
- * conflicts[] (*nconf). @returns 0, or -1 when abandoned (stop requested). */
+/* Stores the changed groups among work[0..n), sending each one's difference
+ * from its base; conflicted ones are written to conflicts[] (*nconf).
+ * @returns 0, -1 when abandoned (stop requested), -2 on out-of-memory. */
 static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *conflicts,
                           size_t *nconf) {
     size_t np = 0;
@@ -675,6 +715,7 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
             if (!d->changed[g] || (d->first[g] < 0) != (pass == 0))
                 continue;
             d->pack[np] = d->states[g]; /* shallow: the store only reads and sets version */
+            d->pack_base[np] = d->base[g]; /* shallow, read only */
             d->pack_expected[np] = d->expected[g];
             d->pack_g[np] = g;
             np++;
@@ -684,7 +725,8 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
     if (np == 0)
         return 0;
     int attempt = 0;
-    while (td_redis_store(d->redis, d->pack, d->pack_expected, np, d->pack_result) != TD_OK) {
+    while (td_redis_store_diff(d->redis, d->pack, d->pack_base, d->pack_expected, np,
+                               d->pack_result) != TD_OK) {
         /* Unknown which writes happened: retrying is safe (a write that did
          * happen bumped the version, so it now conflicts, and the reload
          * sees our positions). */
@@ -697,6 +739,8 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
         if (d->pack_result[k] == TD_REDIS_STORED) {
             d->states[g].version = d->pack[k].version;
             d->changed[g] = false;
+            if (td_base_set(d, g) < 0)
+                return -2; /* out of memory */
         } else {
             conflicts[(*nconf)++] = g;
         }
@@ -770,7 +814,12 @@ static td_batch_rc td_batch_process(td_daemon *d) {
         int64_t t3 = td_mono_ms();
         d->t_deliver += t3 - t2;
         size_t nconf = 0;
-        if (td_batch_store(d, d->work, nwork, d->work2, &nconf) < 0)
+        int sr = td_batch_store(d, d->work, nwork, d->work2, &nconf);
+        if (sr == -2) {
+            td_log_error("out of memory after a state write", "prospects=%zu", nwork);
+            return TD_BATCH_FATAL;
+        }
+        if (sr < 0)
             return TD_BATCH_ABANDONED;
         d->t_store += td_mono_ms() - t3;
         if (nconf == 0)
@@ -895,6 +944,7 @@ int td_daemon_run(td_daemon *d) {
             break;
         }
         td_daemon_maybe_reload(d);
+        td_shadow_tick(d->shadow);
         td_daemon_progress(d, false);
         td_daemon_timers(d);
         if (td_daemon_stop_requested)

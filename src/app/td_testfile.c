@@ -428,6 +428,19 @@ static int parse_event(pctx *p, const config_setting_t *s, td_event *ev) {
         perr(p, s, "out of memory");
         return TD_ERR;
     }
+    /* data.at (meeting.*) may be a delay from the start too */
+    json_t *dat = json_object_get(json_object_get(o, "data"), "at");
+    if (json_is_string(dat) && is_relative(json_string_value(dat))) {
+        td_ms t;
+        if (parse_rel_time(p, json_string_value(dat), &t) != TD_OK) {
+            perr(p, s, "data.at \"%s\" is not a delay like \"+7d\"", json_string_value(dat));
+            json_decref(o);
+            return TD_ERR;
+        }
+        char tb[TD_TIME_BUF];
+        td_time_format(t, tb, sizeof tb);
+        json_object_set_new(json_object_get(o, "data"), "at", json_string(tb));
+    }
     /* defaults: id, prospect_id, occurred_at = the case's clock */
     p->autoid++;
     if (!json_object_get(o, "id")) {

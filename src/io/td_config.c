@@ -298,8 +298,8 @@ static bool td_cfg_unknown(td_cfg_ctx *x, const config_setting_t *s, const char 
 
 static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
     static const char *allowed = "brokers, group_id, input_topics, output_topic, "
-                                 "dead_letter_topic, bootstrap_file, embedded_partitions, "
-                                 "consumer, producer";
+                                 "dead_letter_topic, shadow_topic, bootstrap_file, "
+                                 "embedded_partitions, consumer, producer";
     char key[128], got[128];
     int n = config_setting_length(g);
     for (int i = 0; i < n && !x->failed; i++) {
@@ -340,6 +340,9 @@ static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c)
             td_cfg_get_topic(x, s, key, &c->kafka.output_topic);
         } else if (strcmp(name, "dead_letter_topic") == 0) {
             td_cfg_get_topic(x, s, key, &c->kafka.dead_letter_topic);
+        } else if (strcmp(name, "shadow_topic") == 0) {
+            td_cfg_get_topic(x, s, key, &c->kafka.shadow_topic);
+            c->kafka.shadow_topic_default = false;
         } else if (strcmp(name, "bootstrap_file") == 0) {
             td_cfg_get_str(x, s, key, &c->kafka.bootstrap_file, true, false);
         } else if (strcmp(name, "embedded_partitions") == 0) {
@@ -427,8 +430,16 @@ static bool td_cfg_rules(td_cfg_ctx *x, const config_setting_t *g, td_config *c)
             td_cfg_get_str(x, s, key, &c->rules.dir, false, false);
         else if (strcmp(name, "reload_poll_ms") == 0)
             td_cfg_get_int(x, s, key, 0, 3600000, &c->rules.reload_poll_ms);
+        else if (strcmp(name, "shadow_dir") == 0)
+            td_cfg_get_str(x, s, key, &c->rules.shadow_dir, true, false);
+        else if (strcmp(name, "shadow_report") == 0)
+            td_cfg_get_str(x, s, key, &c->rules.shadow_report, true, false);
+        else if (strcmp(name, "shadow_report_interval_ms") == 0)
+            td_cfg_get_int(x, s, key, 100, 3600000, &c->rules.shadow_report_interval_ms);
         else
-            td_cfg_unknown(x, s, key, "dir, reload_poll_ms");
+            td_cfg_unknown(x, s, key,
+                           "dir, reload_poll_ms, shadow_dir, shadow_report, "
+                           "shadow_report_interval_ms");
     }
     return !x->failed;
 }
@@ -545,6 +556,30 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
                         "must differ from every input topic (\"%s\" is both)",
                         c->kafka.dead_letter_topic);
     }
+    /* the shadow topic: "<output_topic>.shadow" unless set */
+    if (!x->failed && (!*c->kafka.shadow_topic || c->kafka.shadow_topic_default)) {
+        size_t n = strlen(c->kafka.output_topic) + sizeof ".shadow";
+        char *t = malloc(n);
+        if (!t)
+            abort();
+        snprintf(t, n, "%s.shadow", c->kafka.output_topic);
+        free(c->kafka.shadow_topic);
+        c->kafka.shadow_topic = t;
+        c->kafka.shadow_topic_default = true;
+    }
+    for (size_t i = 0; i < c->kafka.n_input_topics && !x->failed; i++)
+        if (strcmp(c->kafka.input_topics[i], c->kafka.shadow_topic) == 0)
+            td_cfg_fail(x, NULL, "kafka.shadow_topic",
+                        "must differ from every input topic (\"%s\" is both)",
+                        c->kafka.shadow_topic);
+    if (!x->failed && (strcmp(c->kafka.shadow_topic, c->kafka.output_topic) == 0 ||
+                       strcmp(c->kafka.shadow_topic, c->kafka.dead_letter_topic) == 0))
+        td_cfg_fail(x, NULL, "kafka.shadow_topic",
+                    "must differ from the output and dead-letter topics (got \"%s\")",
+                    c->kafka.shadow_topic);
+    if (!x->failed && *c->rules.shadow_dir && strcmp(c->rules.shadow_dir, c->rules.dir) == 0)
+        td_cfg_fail(x, NULL, "rules.shadow_dir", "must differ from rules.dir (got \"%s\")",
+                    c->rules.shadow_dir);
     c->redis.host = c->redis_host;
     c->redis.password = c->redis_password && *c->redis_password ? c->redis_password : NULL;
     c->redis.username = c->redis_username && *c->redis_username ? c->redis_username : NULL;
@@ -582,6 +617,7 @@ td_config *td_config_default(void) {
     c->kafka.n_input_topics = 1;
     c->kafka.output_topic = td_cfg_strdup("touchd.recommendations");
     c->kafka.dead_letter_topic = td_cfg_strdup("touchd.dead-letter");
+    c->kafka.shadow_topic = td_cfg_strdup("");
     c->kafka.bootstrap_file = td_cfg_strdup("");
     c->kafka.embedded_partitions = 4;
     td_redis_conf_default(&c->redis);
@@ -593,6 +629,9 @@ td_config *td_config_default(void) {
     c->redis_key_prefix = td_cfg_strdup("touchd");
     c->rules.dir = td_cfg_strdup("rules");
     c->rules.reload_poll_ms = 2000;
+    c->rules.shadow_dir = td_cfg_strdup("");
+    c->rules.shadow_report = td_cfg_strdup("");
+    c->rules.shadow_report_interval_ms = 10000;
     c->engine.batch_max_events = 1000;
     c->engine.batch_max_ms = 20;
     td_timers_conf_default(&c->timers);
@@ -769,6 +808,7 @@ void td_config_free(td_config *c) {
     free(c->kafka.input_topics);
     free(c->kafka.output_topic);
     free(c->kafka.dead_letter_topic);
+    free(c->kafka.shadow_topic);
     free(c->kafka.bootstrap_file);
     td_kv_free(c->kafka.consumer, c->kafka.n_consumer);
     td_kv_free(c->kafka.producer, c->kafka.n_producer);
@@ -782,6 +822,8 @@ void td_config_free(td_config *c) {
     free(c->redis_username);
     free(c->redis_key_prefix);
     free(c->rules.dir);
+    free(c->rules.shadow_dir);
+    free(c->rules.shadow_report);
     free(c->log.format);
     free(c);
 }

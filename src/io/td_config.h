@@ -3,10 +3,10 @@
  * strictly and documented key by key in docs/config.md.
  *
  *   kafka  { brokers, group_id, input_topics, output_topic, dead_letter_topic,
- *            bootstrap_file, embedded_partitions, consumer = {..}, producer = {..} }
+ *            shadow_topic, bootstrap_file, embedded_partitions, consumer = {..}, producer = {..} }
  *   redis  { host, port, unix_socket, password, username, db, connect_timeout_ms,
  *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix }
- *   rules  { dir, reload_poll_ms }
+ *   rules  { dir, reload_poll_ms, shadow_dir, shadow_report, shadow_report_interval_ms }
  *   engine { batch_max_events, batch_max_ms }
  *   timers { shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy,
  *            drop_older_than }                       (docs/timers.md)
@@ -57,6 +57,8 @@ typedef struct td_config {
         size_t n_input_topics;
         char *output_topic;
         char *dead_letter_topic;
+        char *shadow_topic;   /* shadow recommendations; default "<output_topic>.shadow" */
+        bool shadow_topic_default; /* not set in the file: follows output_topic */
         char *bootstrap_file; /* embedded: where the bootstrap address is written; "" none */
         int embedded_partitions;
         td_kv *consumer;
@@ -72,6 +74,10 @@ typedef struct td_config {
     struct {
         char *dir;
         int reload_poll_ms; /* 0 = no polling (SIGHUP only) */
+        /* shadow ruleset (docs/operations.md "Shadow ruleset"): "" = none */
+        char *shadow_dir;
+        char *shadow_report;            /* JSON report file; "" = none */
+        int shadow_report_interval_ms;  /* how often the report is rewritten */
     } rules;
 
     struct {

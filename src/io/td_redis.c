@@ -131,6 +131,47 @@ static const char td_redis_cas_lua[] =
     "end\n"
     "return 1\n";
 
+/*
+ * The diff script (td_redis_store_diff). KEYS[1] = the prospect's hash,
+ * KEYS[2] = its timer shard when the index is on. ARGV[1] = expected version,
+ * ARGV[2] = member prefix ("<id>\x1f", or "" without index), ARGV[3] = NS,
+ * ARGV[4] = ND, ARGV[5] = NZ, ARGV[6] = NR, then NS field/value pairs to
+ * set, ND fields to delete, NZ (score, member suffix) pairs to ZADD and NR
+ * member suffixes to ZREM. Returns 1 when written, 0 on a version mismatch.
+ * Writing only the changed fields is what makes a state write cheap: an
+ * event changes a handful of a state's fifty-odd fields.
+ */
+static const char td_redis_diff_lua[] =
+    "local key = KEYS[1]\n"
+    "local cur = redis.call('HGET', key, 'v')\n"
+    "if not cur then cur = '0' end\n"
+    "if cur ~= ARGV[1] then return 0 end\n"
+    "local mp = ARGV[2]\n"
+    "local ns, nd, nz, nr = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "local i = 7\n"
+    "local e = i + 2 * ns - 1\n"
+    "while i <= e do\n"
+    "  local j = i + 199\n"
+    "  if j > e then j = e end\n"
+    "  redis.call('HSET', key, unpack(ARGV, i, j))\n"
+    "  i = j + 1\n"
+    "end\n"
+    "if nd > 0 then redis.call('HDEL', key, unpack(ARGV, i, i + nd - 1)) end\n"
+    "i = i + nd\n"
+    "redis.call('HSET', key, 'v', string.format('%d', tonumber(ARGV[1]) + 1))\n"
+    "if #KEYS > 1 then\n"
+    "  for k = 1, nz do\n"
+    "    redis.call('ZADD', KEYS[2], ARGV[i], mp .. ARGV[i + 1])\n"
+    "    i = i + 2\n"
+    "  end\n"
+    "  if nr > 0 then\n"
+    "    local rem = {}\n"
+    "    for k = 1, nr do rem[k] = mp .. ARGV[i + k - 1] end\n"
+    "    redis.call('ZREM', KEYS[2], unpack(rem))\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
 /* Scratch for building one command: byte spans in one growing buffer. */
 typedef struct td_rscratch {
     char *buf;
@@ -150,6 +191,7 @@ struct td_redis {
     int64_t backoff_ms;   /* delay after the next failure */
     int64_t next_try_ms;  /* monotonic: no connect attempt before this */
     char sha[41];         /* SHA1 of the script once loaded ("" before) */
+    char dsha[41];        /* SHA1 of the diff script once loaded ("" before) */
     uint32_t timer_shards; /* 0: no timer index (td_redis_set_timer_shards) */
     char err[512];
     td_rscratch s;
@@ -853,6 +895,242 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
         }
         freeReplyObject(rep);
     }
+    return rc;
+}
+
+/* ---- diff writes ---- */
+
+static int rd_diff_script_load(td_redis *r, int64_t deadline) {
+    rs_reset(&r->s);
+    rs_pushs(&r->s, "SCRIPT");
+    rs_pushs(&r->s, "LOAD");
+    rs_push(&r->s, td_redis_diff_lua, sizeof td_redis_diff_lua - 1);
+    if (rd_append(r) != TD_OK) {
+        rd_drop(r, false);
+        return TD_ERR;
+    }
+    if (rd_flush(r, deadline, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    redisReply *rep = NULL;
+    if (rd_read(r, deadline, &rep, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    int rc = TD_OK;
+    if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
+        memcpy(r->dsha, rep->str, 40);
+        r->dsha[40] = '\0';
+    } else {
+        rd_seterr(r, "redis: SCRIPT LOAD failed: %.*s", rep->str ? (int)rep->len : 0,
+                  rep->str ? rep->str : "unexpected reply");
+        rc = TD_ERR;
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
+/* Collected diff of one state: set pairs and deleted keys, as spans of one
+ * buffer, then copied into the command in the script's order. */
+typedef struct rd_diffbuf {
+    td_rscratch sets, dels;
+    uint32_t nsets, ndels;
+} rd_diffbuf;
+
+static void rd_diff_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    rd_diffbuf *d = ud;
+    if (kl == 1 && k[0] == 'v') return; /* the script writes "v" */
+    rs_push(&d->sets, k, kl);
+    rs_push(&d->sets, v, vl);
+    d->nsets++;
+}
+
+static void rd_diff_del(void *ud, const char *k, size_t kl) {
+    rd_diffbuf *d = ud;
+    if (kl == 1 && k[0] == 'v') return;
+    rs_push(&d->dels, k, kl);
+    d->ndels++;
+}
+
+/* The index member suffix of a timer: its rule id as the flat form writes it
+ * in "timer.<rule>" (percent-encoded bytes < 0x20, 0x7f.., and '%'), so that
+ * members written by either script name the same timer. */
+static size_t rd_member_suffix(const char *rule, char *out) {
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)rule; *p; p++) {
+        if (*p < 0x20 || *p >= 0x7f || *p == '%') {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        } else
+            out[n++] = (char)*p;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static int rd_append_diff(td_redis *r, const td_state *st, const td_state *base, int64_t expected,
+                          rd_diffbuf *d) {
+    rs_reset(&d->sets);
+    rs_reset(&d->dels);
+    d->nsets = d->ndels = 0;
+    if (td_state_diff(base, st, rd_diff_set, rd_diff_del, d) != TD_OK || d->sets.oom ||
+        d->dels.oom) {
+        rd_seterr(r, "redis: out of memory");
+        return TD_ERR;
+    }
+    char num[24];
+    rs_reset(&r->s);
+    rs_pushs(&r->s, "EVALSHA");
+    rs_pushs(&r->s, r->dsha);
+    rs_pushs(&r->s, r->timer_shards ? "2" : "1");
+    rd_push_key(r, st->prospect_id);
+    if (r->timer_shards) {
+        char zk[96];
+        size_t zn = td_timers_shard_key(r->conf.key_prefix,
+                                        td_timers_shard(st->prospect_id, r->timer_shards), zk,
+                                        sizeof zk);
+        rs_push(&r->s, zk, zn < sizeof zk ? zn : sizeof zk - 1);
+    }
+    snprintf(num, sizeof num, "%" PRId64, expected);
+    rs_pushs(&r->s, num);
+    char mp[TD_ID_MAX + 2];
+    size_t pn = strlen(st->prospect_id);
+    memcpy(mp, st->prospect_id, pn);
+    mp[pn++] = TD_TIMER_SEP;
+    rs_push(&r->s, mp, r->timer_shards ? pn : 0);
+    /* timer index changes: both tables are sorted by rule id */
+    uint32_t nz = 0, nr = 0;
+    uint32_t zi[64], ri[64]; /* indices into st->timers / base->timers */
+    if (r->timer_shards) {
+        uint32_t a = 0, b = 0;
+        while (a < base->ntimers || b < st->ntimers) {
+            int c = a == base->ntimers ? 1
+                    : b == st->ntimers ? -1
+                                       : strcmp(base->timers[a].rule, st->timers[b].rule);
+            if (c < 0) {
+                if (nr < 64) ri[nr++] = a;
+                a++;
+            } else if (c > 0) {
+                if (nz < 64) zi[nz++] = b;
+                b++;
+            } else {
+                if (base->timers[a].due_at != st->timers[b].due_at ||
+                    strcmp(base->timers[a].armed_by, st->timers[b].armed_by) != 0)
+                    if (nz < 64) zi[nz++] = b;
+                a++;
+                b++;
+            }
+        }
+        if (nz == 64 || nr == 64) {
+            rd_seterr(r, "redis: %s: more than 63 timers changed in one write",
+                      st->prospect_id);
+            return TD_ERR;
+        }
+    }
+    snprintf(num, sizeof num, "%" PRIu32, d->nsets);
+    rs_pushs(&r->s, num);
+    snprintf(num, sizeof num, "%" PRIu32, d->ndels);
+    rs_pushs(&r->s, num);
+    snprintf(num, sizeof num, "%" PRIu32, nz);
+    rs_pushs(&r->s, num);
+    snprintf(num, sizeof num, "%" PRIu32, nr);
+    rs_pushs(&r->s, num);
+    for (size_t k = 0; k < d->sets.n; k++) rs_push(&r->s, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
+    for (size_t k = 0; k < d->dels.n; k++) rs_push(&r->s, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
+    char sfx[3 * (TD_RULE_ID_MAX + 1) + 1];
+    for (uint32_t k = 0; k < nz; k++) {
+        snprintf(num, sizeof num, "%" PRId64, (int64_t)st->timers[zi[k]].due_at);
+        rs_pushs(&r->s, num);
+        rs_push(&r->s, sfx, rd_member_suffix(st->timers[zi[k]].rule, sfx));
+    }
+    for (uint32_t k = 0; k < nr; k++)
+        rs_push(&r->s, sfx, rd_member_suffix(base->timers[ri[k]].rule, sfx));
+    return rd_append(r);
+}
+
+static int rd_diff_round(td_redis *r, td_state *states, const td_state *bases,
+                         const int64_t *expected, size_t n, int *result, unsigned char *todo,
+                         int64_t deadline, size_t *noscript, rd_diffbuf *d) {
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!todo[i]) continue;
+        if (rd_append_diff(r, &states[i], &bases[i], expected[i], d) != TD_OK) {
+            rd_drop(r, false);
+            return TD_ERR;
+        }
+        sent++;
+    }
+    if (sent == 0) return TD_OK;
+    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
+    int rc = TD_OK;
+    *noscript = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!todo[i]) continue;
+        redisReply *rep = NULL;
+        if (rd_read(r, deadline, &rep, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        todo[i] = 0;
+        if (rep->type == REDIS_REPLY_INTEGER && (rep->integer == 0 || rep->integer == 1)) {
+            if (rep->integer == 1) {
+                result[i] = TD_REDIS_STORED;
+                states[i].version = expected[i] + 1;
+            } else
+                result[i] = TD_REDIS_CONFLICT;
+        } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
+                   memcmp(rep->str, "NOSCRIPT", 8) == 0) {
+            todo[i] = 1;
+            (*noscript)++;
+        } else if (rc == TD_OK) {
+            char key[TD_ID_MAX + 80];
+            td_redis_key(r, states[i].prospect_id, key, sizeof key);
+            if (rep->type == REDIS_REPLY_ERROR)
+                rd_seterr(r, "redis: EVALSHA %s: %.*s", key, (int)rep->len, rep->str);
+            else
+                rd_seterr(r, "redis: EVALSHA %s: unexpected reply (type %d)", key, rep->type);
+            rc = TD_ERR;
+        }
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
+int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
+                        const int64_t *expected_version, size_t n, int *result) {
+    r->err[0] = '\0';
+    if (n == 0) return TD_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
+            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
+                      states[i].prospect_id, expected_version[i]);
+            return TD_ERR;
+        }
+    }
+    if (rd_check_ids(r, states, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
+    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    if (!r->dsha[0] && rd_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
+    unsigned char *todo = malloc(n);
+    if (!todo) {
+        rd_seterr(r, "redis: out of memory");
+        return TD_ERR;
+    }
+    memset(todo, 1, n);
+    rd_diffbuf d = {0};
+    size_t noscript = 0;
+    int rc = rd_diff_round(r, states, bases, expected_version, n, result, todo, deadline,
+                           &noscript, &d);
+    if (rc == TD_OK && noscript > 0) {
+        rc = rd_diff_script_load(r, deadline);
+        if (rc == TD_OK)
+            rc = rd_diff_round(r, states, bases, expected_version, n, result, todo, deadline,
+                               &noscript, &d);
+        if (rc == TD_OK && noscript > 0) {
+            rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
+                      noscript);
+            rc = TD_ERR;
+        }
+    }
+    rs_free(&d.sets);
+    rs_free(&d.dels);
+    free(todo);
     return rc;
 }
 

@@ -77,6 +77,18 @@ enum { TD_REDIS_STORED = 0, TD_REDIS_CONFLICT = 1 };
 int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_version, size_t n,
                    int *result);
 
+/*
+ * Like td_redis_store, but sends only what changed: bases[i] must be the
+ * state exactly as stored at expected_version[i] (what td_redis_load gave,
+ * or what the last successful store wrote). Fields that changed are set,
+ * fields that disappeared are deleted, and (with the timer index on) only
+ * timers that were armed, re-armed or disarmed touch the index. The same
+ * compare-and-set on the version makes it safe: a hash that moved on since
+ * the base conflicts and is reloaded.
+ */
+int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
+                        const int64_t *expected_version, size_t n, int *result);
+
 /* The key of a prospect into buf ("touchd:p:{p-42}"); returns its length. */
 size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_t cap);
 

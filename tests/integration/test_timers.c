@@ -661,6 +661,43 @@ static void test_two_pollers_fire_once(void **state) {
     free(b);
 }
 
+/* The minimal ACL user of docs/timers.md can arm, claim, fire and ack. */
+static void test_acl_user(void **state) {
+    fx *f = *state;
+    redisReply *rep = td_test_redis_cmd(
+        &f->srv, "ACL SETUSER touchd on >s3cret ~touchd:* -@all +hgetall +evalsha +script|load "
+                 "+select +hget +hset +del +hkeys +hmget +zadd +zrem +zrangebyscore +zscore +zcard");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    td_redis_conf rc = f->rconf;
+    rc.username = "touchd";
+    rc.password = "s3cret";
+    char err[256];
+    td_redis *r = td_redis_new(&rc, err, sizeof err);
+    assert_non_null(r);
+    td_redis_set_timer_shards(r, SHARDS);
+    td_redis *saved = f->r;
+    f->r = r; /* send_email and the poll use this client */
+    send_email(f, "p-acl", "e-1", T0);
+    td_timers_conf tc;
+    td_timers_conf_default(&tc);
+    tc.shards = SHARDS;
+    tc.lease_ms = 5000;
+    td_timers *t = td_timers_new(&rc, &tc, err, sizeof err);
+    assert_non_null(t);
+    sink_buf sb = {0};
+    poll_all(f, t, T0 + 3000, &sb);
+    assert_int_equal(sb.n, 1);
+    assert_int_equal(td_timers_get_stats(t)->acked, 1);
+    /* CONFIG is not allowed: the advice says nothing, without failing */
+    char msg[300];
+    assert_int_equal(td_timers_redis_advice(t, msg, sizeof msg), 0);
+    td_timers_free(t);
+    f->r = saved;
+    td_redis_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_arm_with_state_write, setup, teardown),
@@ -673,6 +710,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_drop_older_than, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_and_sink_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_pollers_fire_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_acl_user, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

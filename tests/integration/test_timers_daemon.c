@@ -162,7 +162,7 @@ static void send_sent(fx *f, int p, int j, int64_t at) {
 
 static void start(fx *f, td_test_touchd *t, const char *log) {
     assert_int_equal(td_test_touchd_start(t, f->conf, log), 0);
-    if (!td_test_wait_file(log, "msg=\"touchd running\"", 1, 20000)) {
+    if (!td_test_wait_file(log, "msg=\"touchd running\"", 1, 30000)) {
         dump_log(log);
         fail_msg("touchd did not start");
     }
@@ -295,6 +295,9 @@ static void test_two_instances_fire_once(void **state) {
     fx *f = *state;
     start(f, &f->touchd, f->log);
     start(f, &f->touchd2, f->log2);
+    /* both in the group (so events are applied, and timers armed, at once) */
+    assert_true(td_test_wait_file(f->log2, "msg=\"partitions assigned\"", 1, 30000));
+    td_test_sleep_ms(500);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
     enum { NP = 200 };
     int64_t at = (wall_ms() / 1000) * 1000;
@@ -324,7 +327,7 @@ static void test_kill_with_pending_then_overdue(void **state) {
     start(f, &f->touchd, f->log);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
     enum { NP = 100 };
-    int64_t at = (wall_ms() / 1000) * 1000 + 2000; /* due in ~4 s */
+    int64_t at = wall_ms() + 4000; /* due in 6 s: all applied and pending before the kill */
     for (int p = 0; p < NP; p++)
         send_sent(f, p, 0, at);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
@@ -416,7 +419,7 @@ static void test_drop_policy_after_outage(void **state) {
     start(f, &f->touchd, f->log);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
     enum { NP = 20 };
-    int64_t at = (wall_ms() / 1000) * 1000 + 2000;
+    int64_t at = wall_ms() + 4000; /* due in 6 s */
     for (int p = 0; p < NP; p++)
         send_sent(f, p, 0, at);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
