@@ -25,6 +25,8 @@ static void usage(FILE *f) {
             "  test RULES...        run the rules' test files (*.test beside the rules)\n"
             "  explain --rules DIR --events FILE.jsonl --prospect ID [--at EVENT_ID | --now TIME]\n"
             "                       why each rule did or did not fire for a prospect\n"
+            "  gifts -c FILE | --events FILE.jsonl [--prospect ID] [--year YYYY]\n"
+            "                       the gift register: gifts, yearly totals, tax caps\n"
             "\n"
             "`touchd COMMAND --help` describes each command. Documentation: docs/cli.md.\n"
             "Options: -h, --help; -V, --version.\n");
@@ -49,6 +51,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "run") == 0) return td_cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "test") == 0) return td_cmd_test(argc - 1, argv + 1);
     if (strcmp(cmd, "explain") == 0) return td_cmd_explain(argc - 1, argv + 1);
+    if (strcmp(cmd, "gifts") == 0) return td_cmd_gifts(argc - 1, argv + 1);
     fprintf(stderr, "touchd: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return TD_EXIT_USAGE;

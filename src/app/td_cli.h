@@ -34,5 +34,6 @@ int td_cmd_replay(int argc, char **argv);
 int td_cmd_run(int argc, char **argv);     /* src/app/td_cmd_run.c */
 int td_cmd_test(int argc, char **argv);    /* src/app/td_cmd_test.c */
 int td_cmd_explain(int argc, char **argv); /* src/app/td_cmd_explain.c */
+int td_cmd_gifts(int argc, char **argv);   /* src/app/td_cmd_gifts.c */
 
 #endif

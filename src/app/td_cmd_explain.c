@@ -23,8 +23,9 @@
  * docs/cli.md). Ids only: no event payload text is printed.
  *
  * Where the state comes from is a table of sources (explain_sources): the
- * daemon-backed source (the state in Redis, with the daemon's config) is one
- * more entry with the same signature.
+ * daemon-backed source (-c CONFIG: the state in Redis, with the daemon's
+ * config, read only; its I/O is in td_explain_redis.c) is one more entry
+ * with the same signature.
  *
  * @locality main thread.
  */
@@ -39,6 +40,7 @@
 #include "td_calendar.h"
 #include "td_cli.h"
 #include "td_engine.h"
+#include "td_explain_redis.h"
 #include "td_sim.h"
 #include "td_time.h"
 
@@ -47,7 +49,8 @@
 typedef enum explain_source_kind {
     EXPLAIN_SRC_EVENTS = 0, /* --events FILE.jsonl */
     EXPLAIN_SRC_STATE_FILE, /* --state FILE */
-    EXPLAIN_SRC__COUNT      /* the daemon-backed source (Redis) comes here */
+    EXPLAIN_SRC_REDIS,      /* -c CONFIG: the daemon's state in Redis */
+    EXPLAIN_SRC__COUNT
 } explain_source_kind;
 
 typedef struct explain_opts {
@@ -61,6 +64,9 @@ typedef struct explain_opts {
     const char *event_json; /* --event */
     const char *holidays;   /* --holidays */
     td_ms now;              /* --now, TD_MS_MISSING when not given */
+    const char *config_path; /* -c CONFIG (the Redis source) */
+    const char *redis_addr;  /* --redis HOST:PORT override */
+    const td_config *cfg;    /* loaded from config_path */
     bool json;
     int marks; /* 0 auto, 1 ascii, 2 unicode */
 } explain_opts;
@@ -302,12 +308,47 @@ static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *
     return rc;
 }
 
+/* -c CONFIG: the prospect's live state in Redis (read only). The trigger
+ * is explained as with --state; without --now or --event it is a "now"
+ * evaluation at the wall clock (the daemon's now), or at the state's
+ * last_event_at when that is later. */
+static int src_redis(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, explain_input *in,
+                     char *err, size_t errcap) {
+    td_state st;
+    if (td_explain_redis_load(o->cfg, o->prospect, &st, in->origin, sizeof in->origin, err,
+                              errcap) != TD_OK)
+        return TD_ERR;
+    int rc = TD_OK;
+    if (o->event_json) {
+        if ((rc = decode_event_arg(o->event_json, &in->target, err, errcap)) == TD_OK)
+            in->has_target = true;
+    }
+    td_ms clock = st.last_event_at;
+    if (!in->has_target && o->now == TD_MS_MISSING) {
+        td_ms wall = td_explain_wall_ms();
+        if (clock == TD_MS_MISSING || wall > clock) clock = wall;
+    }
+    if (rc == TD_OK) {
+        if (td_sim_init(&in->sim, rs, tz, NULL, &st, clock, 0) != TD_OK) {
+            snprintf(err, errcap, "out of memory");
+            rc = TD_ERR;
+        } else {
+            in->sim_ready = true;
+            in->history = (uint64_t)st.events;
+            in->history_all = (uint64_t)st.events;
+        }
+    }
+    td_state_free(&st);
+    return rc;
+}
+
 static const struct {
     const char *name;
     explain_source_fn load;
 } explain_sources[EXPLAIN_SRC__COUNT] = {
     [EXPLAIN_SRC_EVENTS] = {"events", src_events},
     [EXPLAIN_SRC_STATE_FILE] = {"state file", src_state_file},
+    [EXPLAIN_SRC_REDIS] = {"redis", src_redis},
 };
 
 /* ---------------------------------------------------------------- analysis */
@@ -844,6 +885,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: touchd explain --rules DIR (--events FILE.jsonl --prospect ID | --state FILE)\n"
             "                      [--at EVENT_ID | --now TIME | --event JSON] [--json]\n"
+            "       touchd explain -c CONFIG --prospect ID [--now TIME | --event JSON] [--json]\n"
             "\n"
             "Why each rule did or did not fire for one prospect at one trigger.\n"
             "\n"
@@ -852,7 +894,12 @@ static void usage(FILE *f) {
             "                       events are replayed through the engine, timers included\n"
             "  -s, --state FILE     instead of a history: the state in its flat form (`key value`\n"
             "                       lines, or a JSON object of the same keys; docs/state.md)\n"
-            "  -p, --prospect ID    the prospect (required with --events)\n"
+            "  -c, --config FILE    instead: the daemon's config; the prospect's live state is\n"
+            "                       read from its Redis (read only) and the rules from its\n"
+            "                       rules.dir (unless --rules is given). Without --now or\n"
+            "                       --event: a \"now\" evaluation at the current time\n"
+            "      --redis ADDR     with -c: override redis (HOST:PORT or unix:/path)\n"
+            "  -p, --prospect ID    the prospect (required with --events and -c)\n"
             "  -a, --at EVENT_ID    explain that event of the history (default: the last one)\n"
             "  -n, --now TIME       explain a \"now\" evaluation of every rule at TIME (RFC 3339)\n"
             "                       against the final state, after the timers due by then\n"
@@ -889,12 +936,14 @@ int td_cmd_explain(int argc, char **argv) {
                                          {"ascii", no_argument, NULL, 'A'},
                                          {"unicode", no_argument, NULL, 'U'},
                                          {"holidays", required_argument, NULL, 'H'},
+                                         {"config", required_argument, NULL, 'c'},
+                                         {"redis", required_argument, NULL, 'R'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     explain_opts o = {.now = TD_MS_MISSING};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "r:e:s:p:a:n:E:jH:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "r:e:s:p:a:n:E:jH:c:h", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             if (o.nrules == 64) {
@@ -919,14 +968,20 @@ int td_cmd_explain(int argc, char **argv) {
         case 'A': o.marks = 1; break;
         case 'U': o.marks = 2; break;
         case 'H': o.holidays = optarg; break;
+        case 'c': o.config_path = optarg; break;
+        case 'R': o.redis_addr = optarg; break;
         case 'h': usage(stdout); return TD_EXIT_OK;
         default: usage(stderr); return TD_EXIT_USAGE;
         }
     }
     const char *problem = NULL;
     if (optind != argc) problem = "unexpected argument (options only)";
-    else if (o.nrules == 0) problem = "--rules DIR is required";
-    else if (!!o.events_path + !!o.state_path != 1) problem = "give exactly one of --events FILE and --state FILE";
+    else if (o.nrules == 0 && !o.config_path) problem = "--rules DIR is required (or -c CONFIG)";
+    else if (!!o.events_path + !!o.state_path + !!o.config_path != 1)
+        problem = "give exactly one of --events FILE, --state FILE and -c CONFIG";
+    else if (o.config_path && !o.prospect) problem = "-c CONFIG needs --prospect ID";
+    else if (o.redis_addr && !o.config_path) problem = "--redis goes with -c CONFIG";
+    else if (o.at_id && o.config_path) problem = "--at names an event of --events; with -c use --now or --event";
     else if (o.events_path && !o.prospect) problem = "--events needs --prospect ID";
     else if (!!o.at_id + (o.now != TD_MS_MISSING) + !!o.event_json > 1)
         problem = "give at most one of --at, --now and --event";
@@ -936,7 +991,17 @@ int td_cmd_explain(int argc, char **argv) {
         usage(stderr);
         return TD_EXIT_USAGE;
     }
-    o.source = o.events_path ? EXPLAIN_SRC_EVENTS : EXPLAIN_SRC_STATE_FILE;
+    o.source = o.events_path ? EXPLAIN_SRC_EVENTS : o.state_path ? EXPLAIN_SRC_STATE_FILE : EXPLAIN_SRC_REDIS;
+    td_config *cfg = NULL;
+    if (o.config_path) {
+        char cerr0[1024];
+        if (!(cfg = td_explain_redis_config(o.config_path, o.redis_addr, cerr0, sizeof cerr0))) {
+            fprintf(stderr, "touchd explain: %s\n", cerr0);
+            return TD_EXIT_USAGE;
+        }
+        o.cfg = cfg;
+        if (o.nrules == 0) o.rules[o.nrules++] = cfg->rules.dir; /* the live ruleset */
+    }
 
     td_diags diags = {0};
     td_ruleset *rs = td_load_rules(o.rules, o.nrules, &diags);
@@ -944,6 +1009,7 @@ int td_cmd_explain(int argc, char **argv) {
     td_diags_free(&diags);
     if (!rs) {
         fprintf(stderr, "touchd explain: the rules do not compile\n");
+        td_config_free(cfg);
         return TD_EXIT_FAIL;
     }
     struct td_calendar *cal = NULL;
@@ -952,6 +1018,7 @@ int td_cmd_explain(int argc, char **argv) {
     if (td_sim_load_calendar(o.holidays, &cal, &cal_dir, cerr, sizeof cerr) != TD_OK) {
         fprintf(stderr, "touchd explain: %s\n", cerr);
         td_ruleset_free(rs);
+        td_config_free(cfg);
         return TD_EXIT_USAGE;
     }
     if (cal) td_ruleset_set_calendar(rs, cal);
@@ -1041,5 +1108,6 @@ done:
     td_tzdb_free(tz);
     td_ruleset_free(rs);
     td_calendar_free(cal);
+    td_config_free(cfg);
     return rc;
 }

@@ -19,6 +19,7 @@
  * @locality main thread.
  */
 #include "td_daemon.h"
+#include "td_state_cache.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -31,6 +32,7 @@
 #include "td_cli.h"
 #include "td_engine.h"
 #include "td_event.h"
+#include "td_gifts.h"
 #include "td_kafka.h"
 #include "td_log.h"
 #include "td_redis.h"
@@ -82,6 +84,8 @@ struct td_daemon {
      * or last stored by us): writes send only the difference */
     td_state *base;
     bool *has_base;
+    td_state_cache *cache; /* NULL when engine.state_cache = 0 */
+    int32_t *miss;
     td_state *pack_base;
     int64_t *pack_expected;
     int *pack_result;
@@ -112,7 +116,19 @@ struct td_daemon {
 
     /* shadow ruleset (td_shadow.h): NULL when none is configured */
     td_shadow *shadow;
+
+    /* gift register (td_gifts.h, docs/gifts.md): the gift.sent events
+     * applied in attempt gift_seq, written after delivery, before the store */
+    td_gifts *gifts;
+    td_gifts_kafka *gifts_kafka; /* NULL: kafka.gift_register_topic = "" */
+    td_gift_rec *gift_recs;
+    size_t ngifts, capgifts;
+    uint32_t gift_seq;
+    uint64_t gifts_registered, gifts_again;
 };
+
+static int td_daemon_gifts_init(td_daemon *d);  /* gift register, below */
+static void td_daemon_gifts_free(td_daemon *d);
 
 static int64_t td_mono_ms(void) {
     struct timespec ts;
@@ -292,6 +308,10 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
 
     d->tz = td_tzdb_new();
     d->shadow = td_shadow_new(cfg, td_kafka_bootstraps(d->kafka), d->tz);
+    if (td_daemon_gifts_init(d) < 0) {
+        *exit_code = TD_EXIT_USAGE;
+        goto fail;
+    }
     d->out = td_xcalloc(1, sizeof *d->out);
     size_t cap = (size_t)cfg->engine.batch_max_events;
     d->cap = cap;
@@ -315,6 +335,12 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     d->pack = td_xcalloc(gcap, sizeof *d->pack);
     d->base = td_xcalloc(gcap, sizeof *d->base);
     d->has_base = td_xcalloc(gcap, sizeof *d->has_base);
+    d->miss = td_xcalloc(gcap, sizeof *d->miss);
+    if (cfg->engine.state_cache > 0) {
+        d->cache = td_state_cache_new((size_t)cfg->engine.state_cache);
+        if (!d->cache)
+            goto fail;
+    }
     d->pack_base = td_xcalloc(gcap, sizeof *d->pack_base);
     d->pack_expected = td_xcalloc(gcap, sizeof *d->pack_expected);
     d->pack_result = td_xcalloc(gcap, sizeof *d->pack_result);
@@ -332,6 +358,7 @@ void td_daemon_free(td_daemon *d) {
     if (!d)
         return;
     td_shadow_free(d->shadow); /* before the (embedded) broker goes */
+    td_daemon_gifts_free(d);
     if (d->kafka)
         td_kafka_free(d->kafka); /* final commit, leave the group */
     td_timers_free(d->timers);
@@ -355,6 +382,8 @@ void td_daemon_free(td_daemon *d) {
     free(d->pack);
     free(d->base);
     free(d->has_base);
+    free(d->miss);
+    td_state_cache_free(d->cache);
     free(d->pack_base);
     free(d->pack_expected);
     free(d->pack_result);
@@ -518,9 +547,31 @@ static void td_redis_back(td_daemon *d, int attempt, const char *op) {
 }
 
 /* Loads the states of groups work[0..n) (freshly initialised). */
-static int td_batch_load(td_daemon *d, const int32_t *work, size_t n) {
+static int td_batch_load(td_daemon *d, const int32_t *work_in, size_t n_in) {
+    /* States this instance stored last come from the cache; only the others
+     * are read from Redis. A stale cached state is caught by the version
+     * check of the write (a conflict drops it and reloads). */
+    const int32_t *work = work_in;
+    size_t n = n_in;
+    if (d->cache) {
+        size_t nmiss = 0;
+        for (size_t k = 0; k < n_in; k++) {
+            int32_t g = work_in[k];
+            td_state hit;
+            if (td_state_cache_get(d->cache, d->states[g].prospect_id, &hit)) {
+                td_state_free(&d->states[g]);
+                d->states[g] = hit;
+            } else {
+                d->miss[nmiss++] = g;
+            }
+        }
+        work = d->miss;
+        n = nmiss;
+    }
     int attempt = 0;
     for (;;) {
+        if (n == 0)
+            break;
         for (size_t k = 0; k < n; k++) {
             td_state *st = &d->states[work[k]];
             char pid[TD_ID_MAX + 1];
@@ -529,7 +580,7 @@ static int td_batch_load(td_daemon *d, const int32_t *work, size_t n) {
             td_state_init(st, pid);
         }
         int rc;
-        if (n == d->ngroups) {
+        if (n == d->ngroups && work == work_in) {
             rc = td_redis_load(d->redis, d->states, n);
         } else {
             /* A subset: load into the pack, move the results back. */
@@ -545,10 +596,10 @@ static int td_batch_load(td_daemon *d, const int32_t *work, size_t n) {
             return -1;
     }
     td_redis_back(d, attempt, "load");
-    for (size_t k = 0; k < n; k++) {
-        d->expected[work[k]] = d->states[work[k]].version;
-        d->changed[work[k]] = false;
-        if (td_base_set(d, work[k]) < 0)
+    for (size_t k = 0; k < n_in; k++) {
+        d->expected[work_in[k]] = d->states[work_in[k]].version;
+        d->changed[work_in[k]] = false;
+        if (td_base_set(d, work_in[k]) < 0)
             return -1;
     }
     return 0;
@@ -586,6 +637,113 @@ static int td_rec_add(td_daemon *d, int32_t g, size_t off) {
     return 0;
 }
 
+/* ----------------------------------------------------------- gift register */
+
+/* Notes applied event i of group g when it is a gift.sent (docs/gifts.md).
+ * The list restarts with every attempt. @returns 0, or -1 (out of memory). */
+static int td_gift_note(td_daemon *d, int32_t g, int32_t i) {
+    if (d->evs[i].type != TD_EV_GIFT_SENT)
+        return 0;
+    if (d->gift_seq != d->attempt_seq) {
+        d->gift_seq = d->attempt_seq;
+        d->ngifts = 0;
+    }
+    if (d->ngifts == d->capgifts) {
+        size_t cap = d->capgifts ? d->capgifts * 2 : 64;
+        td_gift_rec *v = realloc(d->gift_recs, cap * sizeof *v);
+        if (!v)
+            return -1;
+        d->gift_recs = v;
+        d->capgifts = cap;
+    }
+    td_gift_rec_from_event(&d->gift_recs[d->ngifts++], &d->evs[i], &d->states[g], d->tz,
+                           td_ruleset_settings(d->rs));
+    return 0;
+}
+
+/* Writes this attempt's gifts: the Kafka topic (when configured, waiting for
+ * its acknowledgements), then the Redis register (idempotent script),
+ * holding the batch while Redis is unavailable. Runs after the
+ * recommendations are acknowledged and before the states are stored, so a
+ * crash re-runs it and the script drops what was already registered.
+ * @returns 0, -1 (fatal Kafka error) or -2 (stop requested: abandoned). */
+static int td_daemon_gifts(td_daemon *d) {
+    if (d->gift_seq != d->attempt_seq || d->ngifts == 0)
+        return 0;
+    size_t n = d->ngifts;
+    if (d->gifts_kafka) {
+        td_gifts_kafka_begin(d->gifts_kafka);
+        for (size_t k = 0; k < n; k++)
+            if (td_gifts_kafka_send(d->gifts_kafka, &d->gift_recs[k]) < 0)
+                return -1;
+        int w = td_gifts_kafka_wait(d->gifts_kafka, &td_daemon_stop_requested, 10000);
+        if (w < 0)
+            return w;
+    }
+    int attempt = 0;
+    size_t added = 0;
+    while (td_gifts_write(d->gifts, d->gift_recs, n, &added) != TD_OK) {
+        if (attempt++ == 0) {
+            char q[600];
+            td_log_warn("redis unavailable, holding the batch", "op=gifts reason=%s",
+                        td_log_quote(q, sizeof q, td_gifts_last_error(d->gifts)));
+            td_kafka_hold(d->kafka);
+            d->redis_waits++;
+        }
+        if (td_daemon_stop_requested) {
+            td_log_warn("stop requested while redis is unavailable: batch abandoned, its offsets "
+                        "are not stored",
+                        "events=%zu", d->nmsgs);
+            return -2;
+        }
+        int64_t until = td_mono_ms() + d->cfg->redis.backoff_min_ms;
+        while (td_mono_ms() < until && !td_daemon_stop_requested)
+            td_kafka_keepalive(d->kafka, 50);
+        if (attempt % 10 == 0)
+            td_log_warn("redis still unavailable", "op=gifts attempts=%d", attempt);
+    }
+    if (attempt > 0) {
+        td_log_info("redis available again, batch resumes", "op=gifts attempts=%d", attempt);
+        td_kafka_release(d->kafka);
+    }
+    d->gifts_registered += added;
+    d->gifts_again += n - added;
+    td_log_debug("gift register written", "gifts=%zu added=%zu", n, added);
+    d->ngifts = 0;
+    return 0;
+}
+
+static int td_daemon_gifts_init(td_daemon *d) {
+    char err[600];
+    d->gifts = td_gifts_new(&d->cfg->redis, d->cfg->gifts.retention_days, err, sizeof err);
+    if (!d->gifts) {
+        td_log_error("gift register configuration", "reason=%s", err);
+        return -1;
+    }
+    if (d->cfg->kafka.gift_register_topic[0]) {
+        d->gifts_kafka = td_gifts_kafka_new(d->cfg, td_kafka_bootstraps(d->kafka), err, sizeof err);
+        if (!d->gifts_kafka) {
+            char q[700];
+            td_log_error("gift register configuration", "reason=%s",
+                         td_log_quote(q, sizeof q, err));
+            return -1;
+        }
+    }
+    td_log_info("gift register ready", "retention_days=%d topic=%s",
+                d->cfg->gifts.retention_days,
+                d->cfg->kafka.gift_register_topic[0] ? d->cfg->kafka.gift_register_topic : "-");
+    return 0;
+}
+
+static void td_daemon_gifts_free(td_daemon *d) {
+    if (d->gifts_registered || d->gifts_again)
+        td_log_info("gift register", "registered=%llu already_registered=%llu",
+                    (unsigned long long)d->gifts_registered, (unsigned long long)d->gifts_again);
+    td_gifts_kafka_free(d->gifts_kafka);
+    td_gifts_free(d->gifts);
+    free(d->gift_recs);
+}
+
 /* Applies the events of group g in order. @returns 0, or -1 (out of memory). */
 static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
     td_state *st = &d->states[g];
@@ -607,6 +765,8 @@ static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
             d->duplicates++;
         else
             d->applied++;
+        if (!d->out->duplicate && td_gift_note(d, g, i) < 0)
+            return -1;
         for (uint32_t r = 0; r < d->out->nrecs; r++) {
             size_t off = d->recbuf.len;
             if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &d->recbuf) != TD_OK ||
@@ -741,7 +901,9 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
             d->changed[g] = false;
             if (td_base_set(d, g) < 0)
                 return -2; /* out of memory */
+            td_state_cache_put(d->cache, &d->states[g]); /* failure: just not cached */
         } else {
+            td_state_cache_drop(d->cache, d->states[g].prospect_id);
             conflicts[(*nconf)++] = g;
         }
     }
@@ -809,6 +971,11 @@ static td_batch_rc td_batch_process(td_daemon *d) {
         if (w == -1)
             return TD_BATCH_FATAL;
         if (w == -2)
+            return TD_BATCH_ABANDONED;
+        int gw = td_daemon_gifts(d); /* the gift register: after delivery, before the store */
+        if (gw == -1)
+            return TD_BATCH_FATAL;
+        if (gw == -2)
             return TD_BATCH_ABANDONED;
 
         int64_t t3 = td_mono_ms();
@@ -909,6 +1076,11 @@ static void td_daemon_progress(td_daemon *d, bool force) {
     td_kafka_stats ks;
     td_kafka_get_stats(d->kafka, &ks);
     const td_timers_stats *ts = td_timers_get_stats(d->timers);
+    td_state_cache_stats cs;
+    td_state_cache_stats_get(d->cache, &cs);
+    td_log_info("state cache", "hits=%llu misses=%llu drops=%llu used=%zu entries=%zu",
+                (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+                (unsigned long long)cs.drops, cs.used, cs.entries);
     td_log_info("progress",
                 "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
                 "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu "

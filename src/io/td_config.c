@@ -298,7 +298,7 @@ static bool td_cfg_unknown(td_cfg_ctx *x, const config_setting_t *s, const char 
 
 static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
     static const char *allowed = "brokers, group_id, input_topics, output_topic, "
-                                 "dead_letter_topic, shadow_topic, bootstrap_file, "
+                                 "dead_letter_topic, gift_register_topic, shadow_topic, bootstrap_file, "
                                  "embedded_partitions, consumer, producer";
     char key[128], got[128];
     int n = config_setting_length(g);
@@ -340,6 +340,14 @@ static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c)
             td_cfg_get_topic(x, s, key, &c->kafka.output_topic);
         } else if (strcmp(name, "dead_letter_topic") == 0) {
             td_cfg_get_topic(x, s, key, &c->kafka.dead_letter_topic);
+        } else if (strcmp(name, "gift_register_topic") == 0) {
+            /* "" = off; otherwise a topic name (docs/gifts.md) */
+            if (td_cfg_get_str(x, s, key, &c->kafka.gift_register_topic, true, false) &&
+                *c->kafka.gift_register_topic && !td_cfg_topic_ok(c->kafka.gift_register_topic))
+                td_cfg_fail(x, s, key,
+                            "expected \"\" (off) or a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), "
+                            "got \"%.80s\"",
+                            c->kafka.gift_register_topic);
         } else if (strcmp(name, "shadow_topic") == 0) {
             td_cfg_get_topic(x, s, key, &c->kafka.shadow_topic);
             c->kafka.shadow_topic_default = false;
@@ -455,8 +463,10 @@ static bool td_cfg_engine(td_cfg_ctx *x, const config_setting_t *g, td_config *c
             td_cfg_get_int(x, s, key, 1, 100000, &c->engine.batch_max_events);
         else if (strcmp(name, "batch_max_ms") == 0)
             td_cfg_get_int(x, s, key, 1, 60000, &c->engine.batch_max_ms);
+        else if (strcmp(name, "state_cache") == 0)
+            td_cfg_get_int(x, s, key, 0, 10000000, &c->engine.state_cache);
         else
-            td_cfg_unknown(x, s, key, "batch_max_events, batch_max_ms");
+            td_cfg_unknown(x, s, key, "batch_max_events, batch_max_ms, state_cache");
     }
     return !x->failed;
 }
@@ -543,6 +553,21 @@ static bool td_cfg_log(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
     return !x->failed;
 }
 
+static bool td_cfg_gifts(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
+    char key[128];
+    int n = config_setting_length(g);
+    for (int i = 0; i < n && !x->failed; i++) {
+        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
+        const char *name = config_setting_name(s);
+        snprintf(key, sizeof key, "gifts.%s", name);
+        if (strcmp(name, "retention_days") == 0)
+            td_cfg_get_int(x, s, key, 1, 36500, &c->gifts.retention_days);
+        else
+            td_cfg_unknown(x, s, key, "retention_days");
+    }
+    return !x->failed;
+}
+
 /* Cross-key checks, after every key is read. */
 static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
     c->kafka.embedded = strcmp(c->kafka.brokers, "embedded") == 0;
@@ -580,6 +605,18 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
     if (!x->failed && *c->rules.shadow_dir && strcmp(c->rules.shadow_dir, c->rules.dir) == 0)
         td_cfg_fail(x, NULL, "rules.shadow_dir", "must differ from rules.dir (got \"%s\")",
                     c->rules.shadow_dir);
+    if (!x->failed && *c->kafka.gift_register_topic) {
+        const char *gt = c->kafka.gift_register_topic;
+        bool clash = strcmp(gt, c->kafka.output_topic) == 0 ||
+                     strcmp(gt, c->kafka.dead_letter_topic) == 0 ||
+                     strcmp(gt, c->kafka.shadow_topic) == 0;
+        for (size_t i = 0; i < c->kafka.n_input_topics; i++)
+            clash = clash || strcmp(gt, c->kafka.input_topics[i]) == 0;
+        if (clash)
+            td_cfg_fail(x, NULL, "kafka.gift_register_topic",
+                        "must differ from the input, output, shadow and dead-letter topics "
+                        "(got \"%s\")", gt);
+    }
     c->redis.host = c->redis_host;
     c->redis.password = c->redis_password && *c->redis_password ? c->redis_password : NULL;
     c->redis.username = c->redis_username && *c->redis_username ? c->redis_username : NULL;
@@ -617,6 +654,7 @@ td_config *td_config_default(void) {
     c->kafka.n_input_topics = 1;
     c->kafka.output_topic = td_cfg_strdup("touchd.recommendations");
     c->kafka.dead_letter_topic = td_cfg_strdup("touchd.dead-letter");
+    c->kafka.gift_register_topic = td_cfg_strdup("");
     c->kafka.shadow_topic = td_cfg_strdup("");
     c->kafka.bootstrap_file = td_cfg_strdup("");
     c->kafka.embedded_partitions = 4;
@@ -633,8 +671,10 @@ td_config *td_config_default(void) {
     c->rules.shadow_report = td_cfg_strdup("");
     c->rules.shadow_report_interval_ms = 10000;
     c->engine.batch_max_events = 1000;
+    c->engine.state_cache = 65536;
     c->engine.batch_max_ms = 20;
     td_timers_conf_default(&c->timers);
+    c->gifts.retention_days = 400; /* TD_GIFTS_RETENTION_DAYS_DEFAULT */
     c->log.level = TD_LOG_INFO;
     c->log.format = td_cfg_strdup("logfmt");
     td_cfg_ctx x = {.path = "", .err = NULL, .errcap = 0};
@@ -676,9 +716,10 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
         const char *name = config_setting_name(g);
         bool known = strcmp(name, "kafka") == 0 || strcmp(name, "redis") == 0 ||
                      strcmp(name, "rules") == 0 || strcmp(name, "engine") == 0 ||
-                     strcmp(name, "timers") == 0 || strcmp(name, "log") == 0;
+                     strcmp(name, "timers") == 0 || strcmp(name, "log") == 0 ||
+                     strcmp(name, "gifts") == 0;
         if (!known) {
-            td_cfg_unknown(&x, g, name, "kafka, redis, rules, engine, timers, log");
+            td_cfg_unknown(&x, g, name, "kafka, redis, rules, engine, timers, gifts, log");
             break;
         }
         if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
@@ -696,6 +737,8 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
             td_cfg_engine(&x, g, c);
         else if (strcmp(name, "timers") == 0)
             td_cfg_timers(&x, g, c);
+        else if (strcmp(name, "gifts") == 0)
+            td_cfg_gifts(&x, g, c);
         else
             td_cfg_log(&x, g, c);
     }
@@ -808,6 +851,7 @@ void td_config_free(td_config *c) {
     free(c->kafka.input_topics);
     free(c->kafka.output_topic);
     free(c->kafka.dead_letter_topic);
+    free(c->kafka.gift_register_topic);
     free(c->kafka.shadow_topic);
     free(c->kafka.bootstrap_file);
     td_kv_free(c->kafka.consumer, c->kafka.n_consumer);

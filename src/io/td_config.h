@@ -3,13 +3,15 @@
  * strictly and documented key by key in docs/config.md.
  *
  *   kafka  { brokers, group_id, input_topics, output_topic, dead_letter_topic,
- *            shadow_topic, bootstrap_file, embedded_partitions, consumer = {..}, producer = {..} }
+ *            shadow_topic, gift_register_topic, bootstrap_file, embedded_partitions,
+ *            consumer = {..}, producer = {..} }
  *   redis  { host, port, unix_socket, password, username, db, connect_timeout_ms,
  *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix }
  *   rules  { dir, reload_poll_ms, shadow_dir, shadow_report, shadow_report_interval_ms }
  *   engine { batch_max_events, batch_max_ms }
  *   timers { shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy,
  *            drop_older_than }                       (docs/timers.md)
+ *   gifts  { retention_days }                          (docs/gifts.md)
  *   log    { level, format }
  *
  * Every key is optional (defaults in td_config_default and docs/config.md).
@@ -57,6 +59,7 @@ typedef struct td_config {
         size_t n_input_topics;
         char *output_topic;
         char *dead_letter_topic;
+        char *gift_register_topic; /* gift register records; "" = off (docs/gifts.md) */
         char *shadow_topic;   /* shadow recommendations; default "<output_topic>.shadow" */
         bool shadow_topic_default; /* not set in the file: follows output_topic */
         char *bootstrap_file; /* embedded: where the bootstrap address is written; "" none */
@@ -83,9 +86,14 @@ typedef struct td_config {
     struct {
         int batch_max_events;
         int batch_max_ms;
+        int state_cache; /* prospect states kept in memory between batches; 0 = off */
     } engine;
 
     td_timers_conf timers; /* durable timers (td_timers.h, docs/timers.md) */
+
+    struct {
+        int retention_days; /* TTL of the gift register's seen keys (docs/gifts.md) */
+    } gifts;
 
     struct {
         td_log_level level;

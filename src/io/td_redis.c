@@ -1057,7 +1057,11 @@ static int rd_diff_round(td_redis *r, td_state *states, const td_state *bases,
             rd_drop(r, false);
             return TD_ERR;
         }
-        sent++;
+        /* hand Redis the first commands while the next are being built:
+         * the server executes while the client serialises */
+        if (++sent % 64 == 0 &&
+            rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
     }
     if (sent == 0) return TD_OK;
     if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;

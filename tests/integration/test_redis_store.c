@@ -441,6 +441,62 @@ static void test_version_cas(void **state) {
     td_redis_free(w2);
 }
 
+/* Diff writes (td_redis_store_diff): only changed fields are sent, a
+ * removed field disappears from the hash, a stale base conflicts and leaves
+ * the stored hash alone, and a plain load reads back exactly the new state. */
+static void test_store_diff(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_state base, st, got;
+    populate(&st, "p-diff", 7);
+    td_state_init(&base, "p-diff"); /* nothing stored yet: the base is empty */
+    int64_t e = 0;
+    int res = -1;
+    assert_int_equal(td_redis_store_diff(r, &st, &base, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(st.version, 1);
+    td_state_init(&got, "p-diff");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_true(td_state_equal(&got, &st));
+    td_state_free(&got);
+
+    /* next write: one counter changes, one field is removed (owner cleared) */
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 5;
+    st.owner_id[0] = '\0';
+    e = 1;
+    assert_int_equal(td_redis_store_diff(r, &st, &base, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    redisContext *c = td_test_redis_connect(srv);
+    char *owner = raw_hget(c, "touchd:p:{p-diff}", "owner_id");
+    assert_null(owner); /* removed from the hash */
+    char *v = raw_hget(c, "touchd:p:{p-diff}", "v");
+    assert_string_equal(v, "2");
+    free(v);
+    td_state_init(&got, "p-diff");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_true(td_state_equal(&got, &st));
+    td_state_free(&got);
+
+    /* another writer moves the hash on: our stale base/version conflicts and
+     * the other writer's data stays */
+    raw_ok(c, redisCommand(c, "HSET touchd:p:{p-diff} events 999 v 3"));
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 1;
+    e = 2;
+    assert_int_equal(td_redis_store_diff(r, &st, &base, &e, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_CONFLICT);
+    char *ev = raw_hget(c, "touchd:p:{p-diff}", "events");
+    assert_string_equal(ev, "999");
+    free(ev);
+    redisFree(c);
+    td_state_free(&base);
+    td_state_free(&st);
+    td_redis_free(r);
+}
+
 #define BATCH 1000
 
 static void test_batch_1000(void **state) {
@@ -929,6 +985,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_load_absent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roundtrip_and_plain_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_cas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth, setup, teardown),

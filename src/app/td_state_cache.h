@@ -1,0 +1,46 @@
+/*
+ * td_state_cache.h - the daemon's cache of prospect states as it last stored
+ * them, so a prospect seen again in a later batch is not read back from
+ * Redis (HGETALL and parsing were a quarter of a batch).
+ *
+ * Safety does not depend on the cache being fresh: every write is a
+ * compare-and-set on the version, so a cached state that another writer
+ * (another instance after a rebalance, the timer path, a Redis restart) has
+ * moved past conflicts, is dropped, and is reloaded. The cache is two-way
+ * set associative over td_hash64 of the prospect id, with a fixed number of
+ * entries: memory is bounded (about entries x sizeof(td_state)).
+ *
+ * @locality the daemon's main thread.
+ */
+#ifndef TD_STATE_CACHE_H
+#define TD_STATE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "td_state.h"
+
+typedef struct td_state_cache td_state_cache;
+
+/* A cache of about `entries` states (rounded up to a power of two); 0 gives
+ * NULL, which every function accepts as "no cache". */
+td_state_cache *td_state_cache_new(size_t entries);
+void td_state_cache_free(td_state_cache *c);
+
+/* On a hit, *out becomes a copy of the cached state (initialised here; the
+ * caller frees it) and true is returned. */
+bool td_state_cache_get(td_state_cache *c, const char *prospect_id, td_state *out);
+/* Stores a copy of st (replacing the older entry of its set). @returns TD_OK
+ * or TD_ERR (out of memory: nothing cached, which is always safe). */
+int td_state_cache_put(td_state_cache *c, const td_state *st);
+/* Forgets a prospect (after a conflict). */
+void td_state_cache_drop(td_state_cache *c, const char *prospect_id);
+
+typedef struct td_state_cache_stats {
+    uint64_t hits, misses, drops;
+    size_t entries, used;
+} td_state_cache_stats;
+void td_state_cache_stats_get(const td_state_cache *c, td_state_cache_stats *out);
+
+#endif
