@@ -120,7 +120,8 @@ static uint64_t sh_signature(const char *dir) {
 }
 
 static void sh_reset_counts(td_shadow *sh, const char *live_hash) {
-    snprintf(sh->live_hash, sizeof sh->live_hash, "%s", live_hash ? live_hash : "");
+    if (live_hash != sh->live_hash) /* may be sh->live_hash itself: keep it */
+        td_strlcpy(sh->live_hash, live_hash ? live_hash : "", sizeof sh->live_hash);
     snprintf(sh->shadow_hash, sizeof sh->shadow_hash, "%s", sh->rs ? td_ruleset_hash(sh->rs) : "");
     sh->since = sh_wall_ms();
     sh->steps = sh->events = sh->timers = sh->duplicates = sh->live_recs = sh->shadow_recs = 0;
