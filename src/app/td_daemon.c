@@ -1029,6 +1029,19 @@ static int td_timer_wait(void *ud) {
     return w == 0 ? 0 : -1;
 }
 
+/* The shadow ruleset judges timer fires too: a copy of the state before the
+ * live timer step, stepped after it with the shadow rules, never stored. */
+static void td_timer_shadow_before(void *ud, const td_state *st) {
+    td_daemon *d = ud;
+    td_shadow_before(d->shadow, st);
+}
+
+static void td_timer_shadow_after(void *ud, const td_ruleset *rs, const td_trigger *trig,
+                                  td_ms now, const td_step_out *out) {
+    td_daemon *d = ud;
+    td_shadow_after(d->shadow, rs, trig, now, out);
+}
+
 /* Polls due timers when it is time: repeatedly while polls come back full
  * (a backlog), for at most ~250 ms so the input keeps flowing. */
 static void td_daemon_timers(td_daemon *d) {
@@ -1036,7 +1049,11 @@ static void td_daemon_timers(td_daemon *d) {
     if (now < d->next_timer_poll)
         return;
     const td_timers_conf *tc = &d->cfg->timers;
-    td_timers_sink sink = {d, td_timer_send, td_timer_wait};
+    td_timers_sink sink = {d, td_timer_send, td_timer_wait, NULL, NULL};
+    if (d->shadow) {
+        sink.before_step = td_timer_shadow_before;
+        sink.after_step = td_timer_shadow_after;
+    }
     int64_t until = now + 250;
     for (;;) {
         size_t claimed = 0;

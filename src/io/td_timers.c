@@ -853,7 +853,8 @@ static int tm_load(td_timers *t, td_redis *r, const size_t *work, size_t n) {
 }
 
 /* Steps every claim of group g against its (freshly loaded) state. */
-static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g, td_ms now) {
+static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g, td_ms now,
+                      const td_timers_sink *sink) {
     tm_group *gr = &t->groups[g];
     tm_group *cnt = gr;
     gr->fired = gr->stale = gr->dropped = gr->recs = 0;
@@ -889,10 +890,12 @@ static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g,
         td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = rule, .due_at = tm->due_at,
                            .armed_by = armed_by};
         uint32_t before = st->ntimers;
+        if (sink && sink->before_step) sink->before_step(sink->ud, st);
         if (td_engine_step(rs, st, &trig, now, tz, 0, t->out) != TD_OK) {
             tm_seterr(t, "engine step failed (out of memory)");
             return TD_ERR;
         }
+        if (sink && sink->after_step) sink->after_step(sink->ud, rs, &trig, now, t->out);
         if (st->ntimers != before)
             gr->changed = true; /* disarmed (fired, or its rule was removed) */
         if (t->out->stale) {
@@ -961,7 +964,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
         t->nrecs = 0;
         t->recbuf.len = 0;
         for (size_t k = 0; k < nwork && rc == TD_OK; k++)
-            rc = tm_compute(t, rs, tz, t->work[k], now);
+            rc = tm_compute(t, rs, tz, t->work[k], now, sink);
         if (rc != TD_OK)
             break;
         /* durable output first */

@@ -141,6 +141,11 @@ typedef struct td_timers_sink {
     void *ud;
     int (*send)(void *ud, const char *prospect_id, const char *json, size_t len);
     int (*wait)(void *ud);
+    /* optional (NULL: none): called around each timer step, e.g. to run a
+     * shadow ruleset on a copy of the state; they must not change it */
+    void (*before_step)(void *ud, const td_state *st);
+    void (*after_step)(void *ud, const td_ruleset *rs, const td_trigger *trig, td_ms now,
+                       const td_step_out *out);
 } td_timers_sink;
 
 #define TD_TIMERS_DELAY_BUCKETS 1001

@@ -480,7 +480,7 @@ static int sink_wait(void *ud) {
 }
 
 static void poll_all(fx *f, td_timers *t, td_ms now, sink_buf *sb) {
-    td_timers_sink sink = {sb, sink_send, sink_wait};
+    td_timers_sink sink = {sb, sink_send, sink_wait, NULL, NULL};
     for (int i = 0; i < 4 * SHARDS; i++) {
         size_t claimed;
         assert_int_equal(td_timers_poll(t, f->r, f->rs, f->tz, now, &sink, &claimed), TD_OK);
@@ -588,7 +588,7 @@ static void test_stale_and_sink_failure(void **state) {
     t = timers_for(f, NULL);
     sink_buf bad = {0};
     bad.fail = 1;
-    td_timers_sink bsink = {&bad, sink_send, sink_wait};
+    td_timers_sink bsink = {&bad, sink_send, sink_wait, NULL, NULL};
     int rc = TD_OK;
     size_t claimed;
     for (int i = 0; i < SHARDS && rc == TD_OK; i++)
@@ -617,7 +617,7 @@ static void *poll_thread(void *arg) {
     td_redis_set_timer_shards(r, SHARDS);
     td_tzdb *tz = td_tzdb_new();
     td_timers *t = timers_for(p->f, NULL);
-    td_timers_sink sink = {&p->sb, sink_send, sink_wait};
+    td_timers_sink sink = {&p->sb, sink_send, sink_wait, NULL, NULL};
     for (int i = 0; i < 8 * SHARDS; i++) {
         size_t claimed;
         if (td_timers_poll(t, r, p->f->rs, tz, p->now, &sink, &claimed) != TD_OK)
