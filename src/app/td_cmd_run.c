@@ -87,8 +87,26 @@ static void td_run_print_config(const td_config *c, FILE *f) {
             c->redis.key_prefix, c->redis.password ? "(set)" : "(none)");
     fprintf(f, "rules.dir = %s\nrules.reload_poll_ms = %d\n", c->rules.dir,
             c->rules.reload_poll_ms);
-    fprintf(f, "engine.batch_max_events = %d\nengine.batch_max_ms = %d\n",
-            c->engine.batch_max_events, c->engine.batch_max_ms);
+    fprintf(f, "rules.shadow_dir = %s\nrules.shadow_report = %s\nrules.shadow_report_interval_ms = %d\n",
+            c->rules.shadow_dir && c->rules.shadow_dir[0] ? c->rules.shadow_dir : "(none)",
+            c->rules.shadow_report && c->rules.shadow_report[0] ? c->rules.shadow_report : "(none)",
+            c->rules.shadow_report_interval_ms);
+    fprintf(f, "kafka.shadow_topic = %s\nkafka.gift_register_topic = %s\n",
+            c->kafka.shadow_topic ? c->kafka.shadow_topic : "(none)",
+            c->kafka.gift_register_topic && c->kafka.gift_register_topic[0]
+                ? c->kafka.gift_register_topic
+                : "(off)");
+    fprintf(f, "engine.batch_max_events = %d\nengine.batch_max_ms = %d\nengine.state_cache = %d\n",
+            c->engine.batch_max_events, c->engine.batch_max_ms, c->engine.state_cache);
+    fprintf(f,
+            "timers.shards = %d\ntimers.poll_ms = %d\ntimers.claim_batch = %d\n"
+            "timers.lease_ms = %d\ntimers.sweep_ms = %d\ntimers.overdue_policy = %s\n"
+            "timers.drop_older_than_ms = %lld\n",
+            c->timers.shards, c->timers.poll_ms, c->timers.claim_batch, c->timers.lease_ms,
+            c->timers.sweep_ms,
+            c->timers.overdue_policy == TD_OVERDUE_FIRE_LATE ? "fire_late" : "drop",
+            (long long)c->timers.drop_older_than);
+    fprintf(f, "gifts.retention_days = %d\n", c->gifts.retention_days);
     fprintf(f, "log.level = %s\n", td_log_level_name(c->log.level));
 }
 

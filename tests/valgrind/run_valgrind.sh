@@ -5,6 +5,7 @@
 # memcheck error or definite leak:
 #   touchd check   over the default rules (rules/*.rules)
 #   touchd replay  of every examples/*.jsonl through the default rules
+#   touchd test, explain, gifts (offline), replay --advance
 #   every unit test binary (tests/unit/test_*.c)
 # Integration tests are not run under valgrind: they mostly measure the
 # redis-server and broker they drive, and ASan covers them (build-asan/).
@@ -64,6 +65,15 @@ for ex in "$SRC"/examples/*.jsonl; do
     add_job "touchd replay $(basename "$ex")" "$allowed" \
         "$TOUCHD" replay --rules "$SRC/rules" "$ex"
 done
+# the rules' own tests, with timers on the virtual clock (touchd test), an
+# explanation of a replayed history (touchd explain), the offline gift
+# register, and replay with timers advanced past the last event
+add_job "touchd test rules" 0 "$TOUCHD" test --holidays "$SRC/config/holidays" "$SRC/rules"
+add_job "touchd explain" 0 "$TOUCHD" explain --rules "$SRC/rules" --holidays "$SRC/config/holidays" \
+    --events "$SRC/examples/sample.jsonl" --prospect p-1001
+add_job "touchd gifts" "0 3" "$TOUCHD" gifts --events "$SRC/examples/sample.jsonl"
+add_job "touchd replay --advance" "0 3" "$TOUCHD" replay --rules "$SRC/rules" --advance 30d \
+    --holidays "$SRC/config/holidays" "$SRC/examples/sample.jsonl"
 for t in "$SRC"/tests/unit/test_*.c; do
     name=$(basename "$t" .c)
     if [[ -x $BIN/$name ]]; then
