@@ -327,7 +327,11 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
         for (size_t i = 0; i < n; i++) {
             const td_rule *r = rules[i];
             if (r->after > 0) {
-                td_ms due = ev->occurred_at + r->after;
+                td_ms due = r->after_business_days > 0
+                                ? td_sched_add_business_days(
+                                      ctx.settings, tz, td_sched_zone(st, ctx.settings),
+                                      st->country, ev->occurred_at, r->after_business_days)
+                                : ev->occurred_at + r->after;
                 if (td_state_arm_timer(st, r->id, due, ev->id) != TD_OK) return TD_ERR;
                 if (out->narms < TD_STEP_RECS_MAX) {
                     out->arms[out->narms].rule = r;

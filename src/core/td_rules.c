@@ -778,7 +778,36 @@ static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const
             r->group = xstrdup(grp);
     }
     get_duration(cx, rs, "cooldown", rid, &r->cooldown);
-    if (get_duration(cx, rs, "after", rid, &r->after) && r->guard)
+    config_setting_t *aft = config_setting_get_member(rs, "after");
+    if (aft && config_setting_type(aft) == CONFIG_TYPE_STRING) {
+        /* "2bd": business days (weekends and the prospect's holidays skipped) */
+        const char *v = config_setting_get_string(aft);
+        size_t vl = strlen(v);
+        if (vl > 2 && strcmp(v + vl - 2, "bd") == 0) {
+            int nbd = 0;
+            bool digits = vl - 2 <= 3;
+            for (size_t k = 0; k + 2 < vl && digits; k++) {
+                if (!isdigit((unsigned char)v[k])) digits = false;
+                else nbd = nbd * 10 + (v[k] - '0');
+            }
+            if (!digits || nbd < 1 || nbd > 250)
+                err_at(cx, aft, "E109",
+                       "%s.after: '%s' is not a number of business days from 1 to 250 (e.g. "
+                       "\"1bd\")",
+                       rid, v);
+            else {
+                r->after_business_days = nbd;
+                r->after = (td_ms)nbd * TD_DAY;
+                if (r->guard)
+                    err_at(cx, aft, "E112",
+                           "rule '%s': a guard cannot have `after` (only recommending rules are "
+                           "timers)",
+                           rid);
+            }
+            aft = NULL; /* handled */
+        }
+    }
+    if (aft && get_duration(cx, rs, "after", rid, &r->after) && r->guard)
         err_at(cx, config_setting_get_member(rs, "after"), "E112",
                "rule '%s': a guard cannot have `after` (only recommending rules are timers)", rid);
 

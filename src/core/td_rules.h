@@ -61,6 +61,7 @@ typedef struct td_rule {
 
     uint64_t on;      /* bit (1 << td_event_type) per triggering type; 0 = all for guards */
     td_ms after;      /* timer rules: delay after the triggering event; 0 = none */
+    int after_business_days; /* `after = "2bd"`: business days instead (after = n days) */
     td_expr *when;    /* NULL = always true */
     int64_t priority; /* default 50 */
     char *group;      /* NULL = its own group */

@@ -81,6 +81,22 @@ td_ms td_sched_after_quiet(const td_settings *s, td_tzdb *tz, const char *zone, 
     return u >= t ? u : t;
 }
 
+td_ms td_sched_add_business_days(const td_settings *s, td_tzdb *tz, const char *zone,
+                                 const char *country, td_ms t, int n) {
+    td_civil c;
+    td_tz_local(tz, zone, t, &c, NULL);
+    int64_t day = td_days_from_civil(c.year, c.month, c.day);
+    for (int k = 0, left = n; left > 0 && k < 366; k++) {
+        day++;
+        if (business_date(s, country, day)) left--;
+    }
+    td_civil d;
+    td_civil_from_ms(day * TD_DAY, &d);
+    td_ms u;
+    td_tz_to_utc(tz, zone, d.year, d.month, d.day, c.hour, c.minute, &u);
+    return u + (td_ms)c.second * TD_SECOND + c.ms;
+}
+
 td_ms td_sched_window(const td_settings *s, td_tzdb *tz, const td_state *st, td_ms t,
                       bool any_window) {
     const char *zone = td_sched_zone(st, s);

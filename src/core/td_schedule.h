@@ -33,6 +33,12 @@ td_ms td_sched_next_business(const td_settings *s, td_tzdb *tz, const char *zone
 /* t, or the end of the quiet hours when t falls inside them (local time). */
 td_ms td_sched_after_quiet(const td_settings *s, td_tzdb *tz, const char *zone, td_ms t);
 
+/* The same local time of day n business days after t (n >= 1): weekends and
+ * holidays of country are skipped, in zone. A time that does not exist on
+ * the target day (DST gap) moves forward. */
+td_ms td_sched_add_business_days(const td_settings *s, td_tzdb *tz, const char *zone,
+                                 const char *country, td_ms t, int n);
+
 /* not_before for a recommendation: business window (any_window = false) or
  * only out of quiet hours (any_window = true). */
 td_ms td_sched_window(const td_settings *s, td_tzdb *tz, const td_state *st, td_ms t,

@@ -138,6 +138,59 @@ static void test_dst(void **state) {
     td_tzdb_free(tz);
 }
 
+/* n business days later, same local time: weekends and holidays skipped. */
+static void test_add_business_days(void **state) {
+    (void)state;
+    td_tzdb *tz = td_tzdb_new();
+    td_calendar *cal = load_calendar();
+    td_settings s;
+    td_settings_default(&s);
+    s.calendar = cal;
+    /* Friday 6 Nov 2026 10:15 Paris + 1 business day = Monday 9 Nov 10:15 */
+    td_ms t = paris(2026, 11, 6, 10, 15, tz);
+    assert_int_equal(td_sched_add_business_days(&s, tz, "Europe/Paris", "FR", t, 1),
+                     paris(2026, 11, 9, 10, 15, tz));
+    /* Tuesday + 1 = Wednesday */
+    t = paris(2026, 11, 3, 16, 0, tz);
+    assert_int_equal(td_sched_add_business_days(&s, tz, "Europe/Paris", "FR", t, 1),
+                     paris(2026, 11, 4, 16, 0, tz));
+    /* Tuesday 10 Nov + 1 skips Armistice Day (Wed 11 Nov, FR): Thursday 12 */
+    t = paris(2026, 11, 10, 9, 30, tz);
+    assert_int_equal(td_sched_add_business_days(&s, tz, "Europe/Paris", "FR", t, 1),
+                     paris(2026, 11, 12, 9, 30, tz));
+    /* ...but not for a German prospect (11 Nov is Veterans Day in the US: skipped there too) */
+    assert_int_equal(td_sched_add_business_days(&s, tz, "Europe/Paris", "DE", t, 1),
+                     paris(2026, 11, 11, 9, 30, tz));
+    /* across the spring DST change: Friday 27 Mar 09:00 (UTC+1) + 1 = Monday 30 Mar 09:00 (UTC+2) */
+    t = paris(2026, 3, 27, 9, 0, tz);
+    td_ms m = td_sched_add_business_days(&s, tz, "Europe/Paris", "FR", t, 1);
+    assert_int_equal(m, paris(2026, 3, 30, 9, 0, tz));
+    assert_int_equal(m - t, 3 * TD_DAY - TD_HOUR);
+    /* 5 business days = a week */
+    t = paris(2026, 11, 2, 9, 0, tz);
+    assert_int_equal(td_sched_add_business_days(&s, tz, "Europe/Paris", "FR", t, 5),
+                     paris(2026, 11, 9, 9, 0, tz));
+    /* the rules key: after = "2bd"; bad counts are E109 */
+    const char *good = "rules = ( { id = \"t\"; on = [ \"email.sent\" ]; after = \"2bd\";\n"
+                       "  recommend = { channel = \"email\"; touch = \"follow_up\"; }; } );\n";
+    td_source src = {.name = "bd.rules", .text = good, .len = strlen(good)};
+    td_diags d = {0};
+    td_ruleset *rs = td_ruleset_compile(&src, 1, &d);
+    assert_non_null(rs);
+    assert_int_equal(td_ruleset_find(rs, "t")->after_business_days, 2);
+    td_ruleset_free(rs);
+    td_diags_free(&d);
+    const char *bad = "rules = ( { id = \"t\"; on = [ \"email.sent\" ]; after = \"0bd\";\n"
+                      "  recommend = { channel = \"email\"; touch = \"follow_up\"; }; } );\n";
+    td_source src2 = {.name = "bd.rules", .text = bad, .len = strlen(bad)};
+    td_diags d2 = {0};
+    assert_null(td_ruleset_compile(&src2, 1, &d2));
+    assert_string_equal(d2.v[0].code, "E109");
+    td_diags_free(&d2);
+    td_calendar_free(cal);
+    td_tzdb_free(tz);
+}
+
 static const char *RULES =
     "settings = { default_timezone = \"Europe/Paris\"; gift_tax_cap_eur = { FR = 73.0; DE = 35; }; };\n"
     "rules = (\n"
@@ -236,6 +289,7 @@ int main(void) {
         cmocka_unit_test(test_dst),
         cmocka_unit_test(test_engine_windows_and_functions),
         cmocka_unit_test(test_window_key_errors),
+        cmocka_unit_test(test_add_business_days),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
