@@ -768,11 +768,13 @@ static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_
     rs_push(x->s, val, vlen);
 }
 
-static int rd_script_load(td_redis *r, int64_t deadline) {
+/* Loads a script (SCRIPT LOAD) and keeps its SHA1 in sha_out (41 bytes). */
+static int rd_load_script(td_redis *r, int64_t deadline, const char *script, size_t len,
+                          char *sha_out) {
     rs_reset(&r->s);
     rs_pushs(&r->s, "SCRIPT");
     rs_pushs(&r->s, "LOAD");
-    rs_push(&r->s, td_redis_cas_lua, sizeof td_redis_cas_lua - 1);
+    rs_push(&r->s, script, len);
     if (rd_append(r) != TD_OK) {
         rd_drop(r, false);
         return TD_ERR;
@@ -784,8 +786,8 @@ static int rd_script_load(td_redis *r, int64_t deadline) {
         return TD_ERR;
     int rc = TD_OK;
     if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
-        memcpy(r->sha, rep->str, 40);
-        r->sha[40] = '\0';
+        memcpy(sha_out, rep->str, 40);
+        sha_out[40] = '\0';
     } else {
         rd_seterr(r, "redis: SCRIPT LOAD failed: %.*s", rep->str ? (int)rep->len : 0,
                   rep->str ? rep->str : "unexpected reply");
@@ -793,6 +795,10 @@ static int rd_script_load(td_redis *r, int64_t deadline) {
     }
     freeReplyObject(rep);
     return rc;
+}
+
+static int rd_script_load(td_redis *r, int64_t deadline) {
+    return rd_load_script(r, deadline, td_redis_cas_lua, sizeof td_redis_cas_lua - 1, r->sha);
 }
 
 void td_redis_set_timer_shards(td_redis *r, uint32_t shards) { r->timer_shards = shards; }
@@ -901,30 +907,7 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
 /* ---- diff writes ---- */
 
 static int rd_diff_script_load(td_redis *r, int64_t deadline) {
-    rs_reset(&r->s);
-    rs_pushs(&r->s, "SCRIPT");
-    rs_pushs(&r->s, "LOAD");
-    rs_push(&r->s, td_redis_diff_lua, sizeof td_redis_diff_lua - 1);
-    if (rd_append(r) != TD_OK) {
-        rd_drop(r, false);
-        return TD_ERR;
-    }
-    if (rd_flush(r, deadline, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
-    redisReply *rep = NULL;
-    if (rd_read(r, deadline, &rep, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
-    int rc = TD_OK;
-    if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
-        memcpy(r->dsha, rep->str, 40);
-        r->dsha[40] = '\0';
-    } else {
-        rd_seterr(r, "redis: SCRIPT LOAD failed: %.*s", rep->str ? (int)rep->len : 0,
-                  rep->str ? rep->str : "unexpected reply");
-        rc = TD_ERR;
-    }
-    freeReplyObject(rep);
-    return rc;
+    return rd_load_script(r, deadline, td_redis_diff_lua, sizeof td_redis_diff_lua - 1, r->dsha);
 }
 
 /* Collected diff of one state: set pairs and deleted keys, as spans of one
