@@ -12,6 +12,7 @@
 #ifndef TD_CLI_H
 #define TD_CLI_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "td_rules.h"
@@ -26,6 +27,11 @@ enum { TD_EXIT_OK = 0, TD_EXIT_FAIL = 1, TD_EXIT_USAGE = 2, TD_EXIT_REJECTED = 3
  * appended either way (caller frees).
  */
 td_ruleset *td_load_rules(const char *const *paths, size_t n, td_diags *diags);
+/* A signature of a rules directory: every *.rules file's name, size and
+ * mtime, order-independent. It changes when a file is added, removed,
+ * renamed or written (the daemon's reload poll; the shadow's too). */
+uint64_t td_rules_dir_signature(const char *dir);
+
 /* Prints every diagnostic (td_diag_format) and a summary line to f. */
 void td_print_diags(const td_diags *d, FILE *f);
 

@@ -153,35 +153,6 @@ static void *td_xcalloc(size_t n, size_t sz) {
 
 /* --------------------------------------------------------------- rules */
 
-/* A signature of the rules directory: every *.rules file's name, size and
- * mtime. It changes when a file is added, removed, renamed or written. */
-static uint64_t td_rules_signature(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d)
-        return 1; /* "missing": differs from any real signature */
-    uint64_t sig = 0, n = 0;
-    struct dirent *e;
-    char path[4352];
-    while ((e = readdir(d)) != NULL) {
-        size_t len = strlen(e->d_name);
-        if (len < 7 || strcmp(e->d_name + len - 6, ".rules") != 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (stat(path, &st) != 0)
-            continue;
-        struct {
-            int64_t size, sec, nsec;
-        } meta = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
-        uint64_t h = td_hash64(e->d_name, len, TD_HASH_SEED);
-        h = td_hash64(&meta, sizeof meta, h);
-        sig += h; /* order-independent */
-        n++;
-    }
-    closedir(d);
-    return td_hash64(&n, sizeof n, sig) | 2;
-}
-
 static void td_log_diags(const td_diags *dg) {
     char q1[600], q2[600];
     for (size_t i = 0; i < dg->n; i++) {
@@ -208,7 +179,7 @@ static td_ruleset *td_daemon_compile(const td_config *cfg) {
 }
 
 static void td_daemon_reload(td_daemon *d, const char *why) {
-    d->rules_sig = td_rules_signature(d->cfg->rules.dir);
+    d->rules_sig = td_rules_dir_signature(d->cfg->rules.dir);
     td_log_info("reloading rules", "dir=%s trigger=%s", d->cfg->rules.dir, why);
     td_ruleset *rs = td_daemon_compile(d->cfg);
     if (!rs) {
@@ -240,7 +211,7 @@ static void td_daemon_maybe_reload(td_daemon *d) {
     if (now < d->next_rules_poll)
         return;
     d->next_rules_poll = now + poll_ms;
-    if (td_rules_signature(d->cfg->rules.dir) != d->rules_sig)
+    if (td_rules_dir_signature(d->cfg->rules.dir) != d->rules_sig)
         td_daemon_reload(d, "change");
 }
 
@@ -251,7 +222,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     d->cfg = cfg;
     char err[1024];
 
-    d->rules_sig = td_rules_signature(cfg->rules.dir);
+    d->rules_sig = td_rules_dir_signature(cfg->rules.dir);
     d->rs = td_daemon_compile(cfg);
     if (!d->rs) {
         *exit_code = TD_EXIT_FAIL;

@@ -91,33 +91,6 @@ static td_ms sh_wall_ms(void) {
 
 /* ----------------------------------------------------------------- rules */
 
-/* Names, sizes and mtimes of the *.rules files (as the live reload does). */
-static uint64_t sh_signature(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d)
-        return 1;
-    uint64_t sig = 0, n = 0;
-    struct dirent *e;
-    char path[4352];
-    while ((e = readdir(d)) != NULL) {
-        size_t len = strlen(e->d_name);
-        if (len < 7 || strcmp(e->d_name + len - 6, ".rules") != 0)
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (stat(path, &st) != 0)
-            continue;
-        struct {
-            int64_t size, sec, nsec;
-        } meta = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
-        uint64_t h = td_hash64(e->d_name, len, TD_HASH_SEED);
-        h = td_hash64(&meta, sizeof meta, h);
-        sig += h;
-        n++;
-    }
-    closedir(d);
-    return td_hash64(&n, sizeof n, sig) | 2;
-}
 
 static void sh_reset_counts(td_shadow *sh, const char *live_hash) {
     if (live_hash != sh->live_hash) /* may be sh->live_hash itself: keep it */
@@ -132,7 +105,7 @@ static void sh_reset_counts(td_shadow *sh, const char *live_hash) {
 
 static void sh_compile(td_shadow *sh, const char *why) {
     const char *dir = sh->cfg->rules.shadow_dir;
-    sh->sig = sh_signature(dir);
+    sh->sig = td_rules_dir_signature(dir);
     td_diags dg = {0};
     const char *paths[1] = {dir};
     td_ruleset *rs = td_load_rules(paths, 1, &dg);
@@ -549,7 +522,7 @@ void td_shadow_tick(td_shadow *sh) {
     int poll_ms = sh->cfg->rules.reload_poll_ms;
     if (poll_ms > 0 && now >= sh->next_poll) {
         sh->next_poll = now + poll_ms;
-        if (sh_signature(sh->cfg->rules.shadow_dir) != sh->sig)
+        if (td_rules_dir_signature(sh->cfg->rules.shadow_dir) != sh->sig)
             td_shadow_reload(sh, "change");
     }
     if (now >= sh->next_report) {
