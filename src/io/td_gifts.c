@@ -29,6 +29,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "td_log.h"
+#include "td_rconn.h"
 
 /*
  * KEYS[1] = <prefix>:gifts:seen:<event_id>, KEYS[2] = <prefix>:gifts:<YYYY>;
@@ -47,8 +48,7 @@ struct td_gifts {
     td_redis_conf rconf; /* strings point to the copies below */
     char *host, *password, *username, *prefix;
     int retention_days;
-    redisContext *c;
-    int64_t backoff_ms, next_try_ms;
+    td_rconn rc; /* the connection (td_rconn.h) */
     char sha[41];
     char err[512];
 };
@@ -212,125 +212,17 @@ static char *tg_strdup(const char *s) {
     return p;
 }
 
-static void tg_drop(td_gifts *g, bool penalize) {
-    if (g->c) {
-        redisFree(g->c);
-        g->c = NULL;
-    }
-    if (penalize) {
-        g->next_try_ms = tg_mono_ms() + g->backoff_ms;
-        int64_t b = g->backoff_ms * 2;
-        g->backoff_ms = b > g->rconf.backoff_max_ms ? g->rconf.backoff_max_ms : b;
-    }
-}
+/* The connection policy (timeouts, AUTH, SELECT, backoff) is td_rconn's. */
+static void tg_drop(td_gifts *g, bool penalize) { td_rconn_drop(&g->rc, penalize); }
 
-/* One command on the connection; NULL (connection dropped) on I/O error. */
 static redisReply *tg_command(td_gifts *g, int argc, const char **argv, const size_t *lens) {
-    redisReply *rep = redisCommandArgv(g->c, argc, argv, lens);
-    if (!rep) {
-        tg_seterr(g, "redis gifts: %s; reconnecting in %" PRId64 " ms",
-                  g->c->errstr[0] ? g->c->errstr : "connection lost", g->backoff_ms);
-        tg_drop(g, true);
-    }
-    return rep;
+    return td_rconn_command(&g->rc, argc, argv, lens);
 }
 
-static int tg_connect(td_gifts *g) {
-    struct timeval ctv = {.tv_sec = g->rconf.connect_timeout_ms / 1000,
-                          .tv_usec = (g->rconf.connect_timeout_ms % 1000) * 1000};
-    redisContext *c = g->rconf.unix_socket ? redisConnectUnixWithTimeout(g->rconf.host, ctv)
-                                           : redisConnectWithTimeout(g->rconf.host, g->rconf.port, ctv);
-    if (!c || c->err) {
-        tg_seterr(g, "redis gifts: connect: %s; reconnecting in %" PRId64 " ms",
-                  c ? c->errstr : "out of memory", g->backoff_ms);
-        if (c)
-            redisFree(c);
-        tg_drop(g, true);
-        return TD_ERR;
-    }
-    g->c = c;
-    (void)redisSetTimeout(c, ctv);
-    if (g->rconf.password) {
-        const char *argv[3];
-        size_t lens[3];
-        int argc = 0;
-        argv[argc] = "AUTH";
-        lens[argc++] = 4;
-        if (g->rconf.username) {
-            argv[argc] = g->rconf.username;
-            lens[argc++] = strlen(g->rconf.username);
-        }
-        argv[argc] = g->rconf.password;
-        lens[argc++] = strlen(g->rconf.password);
-        redisReply *rep = tg_command(g, argc, argv, lens);
-        if (!rep)
-            return TD_ERR;
-        bool bad = rep->type == REDIS_REPLY_ERROR;
-        if (bad)
-            tg_seterr(g, "redis gifts: AUTH failed: %.*s", (int)rep->len, rep->str);
-        freeReplyObject(rep);
-        if (bad) {
-            tg_drop(g, true);
-            return TD_ERR;
-        }
-    }
-    if (g->rconf.db != 0) {
-        char db[16];
-        snprintf(db, sizeof db, "%d", g->rconf.db);
-        const char *argv[2] = {"SELECT", db};
-        size_t lens[2] = {6, strlen(db)};
-        redisReply *rep = tg_command(g, 2, argv, lens);
-        if (!rep)
-            return TD_ERR;
-        bool bad = rep->type == REDIS_REPLY_ERROR;
-        if (bad)
-            tg_seterr(g, "redis gifts: SELECT failed: %.*s", (int)rep->len, rep->str);
-        freeReplyObject(rep);
-        if (bad) {
-            tg_drop(g, true);
-            return TD_ERR;
-        }
-    }
-    struct timeval tv = {.tv_sec = g->rconf.command_timeout_ms / 1000,
-                         .tv_usec = (g->rconf.command_timeout_ms % 1000) * 1000};
-    (void)redisSetTimeout(g->c, tv);
-    return TD_OK;
-}
-
-static int tg_ensure(td_gifts *g) {
-    if (g->c && !g->c->err)
-        return TD_OK;
-    if (g->c)
-        tg_drop(g, false);
-    int64_t now = tg_mono_ms();
-    if (now < g->next_try_ms) {
-        tg_seterr(g, "redis gifts: reconnecting in %" PRId64 " ms", g->next_try_ms - now);
-        return TD_ERR;
-    }
-    if (tg_connect(g) != TD_OK)
-        return TD_ERR;
-    g->backoff_ms = g->rconf.backoff_min_ms;
-    g->next_try_ms = 0;
-    return TD_OK;
-}
+static int tg_ensure(td_gifts *g) { return td_rconn_ensure(&g->rc); }
 
 static int tg_load_script(td_gifts *g) {
-    const char *argv[3] = {"SCRIPT", "LOAD", tg_lua};
-    size_t lens[3] = {6, 4, sizeof tg_lua - 1};
-    redisReply *rep = tg_command(g, 3, argv, lens);
-    if (!rep)
-        return TD_ERR;
-    int rc = TD_OK;
-    if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
-        memcpy(g->sha, rep->str, 40);
-        g->sha[40] = '\0';
-    } else {
-        tg_seterr(g, "redis gifts: SCRIPT LOAD failed: %.*s", rep->str ? (int)rep->len : 0,
-                  rep->str ? rep->str : "unexpected reply");
-        rc = TD_ERR;
-    }
-    freeReplyObject(rep);
-    return rc;
+    return td_rconn_load_script(&g->rc, tg_lua, sizeof tg_lua - 1, g->sha);
 }
 
 /* ------------------------------------------------------------ life cycle */
@@ -366,7 +258,7 @@ td_gifts *td_gifts_new(const td_redis_conf *rconf, int retention_days, char *err
     g->rconf.key_prefix = g->prefix;
     g->rconf.password = g->password;
     g->rconf.username = g->username;
-    g->backoff_ms = rconf->backoff_min_ms;
+    td_rconn_init(&g->rc, &g->rconf, "redis gifts", g->err, sizeof g->err);
     (void)tg_ensure(g); /* a failure is retried by the next call */
     return g;
 oom:
@@ -379,8 +271,7 @@ oom:
 void td_gifts_free(td_gifts *g) {
     if (!g)
         return;
-    if (g->c)
-        redisFree(g->c);
+    td_rconn_close(&g->rc);
     free(g->host);
     free(g->prefix);
     if (g->password) {
@@ -457,7 +348,7 @@ static int tg_pass(td_gifts *g, const td_gift_rec *recs, size_t *todo, size_t *n
     size_t n = *ntodo;
     for (size_t k = 0; k < n; k++) {
         tg_build(g, &recs[todo[k]], &c);
-        if (redisAppendCommandArgv(g->c, c.argc, c.argv, c.lens) != REDIS_OK) {
+        if (redisAppendCommandArgv(g->rc.c, c.argc, c.argv, c.lens) != REDIS_OK) {
             tg_seterr(g, "redis gifts: out of memory");
             tg_drop(g, false);
             return TD_ERR;
@@ -467,10 +358,10 @@ static int tg_pass(td_gifts *g, const td_gift_rec *recs, size_t *todo, size_t *n
     int rc = TD_OK;
     for (size_t k = 0; k < n; k++) {
         void *p = NULL;
-        if (redisGetReply(g->c, &p) != REDIS_OK || !p) {
-            bool stale = k == 0 && (g->c->err == REDIS_ERR_EOF || g->c->err == REDIS_ERR_IO);
+        if (redisGetReply(g->rc.c, &p) != REDIS_OK || !p) {
+            bool stale = k == 0 && (g->rc.c->err == REDIS_ERR_EOF || g->rc.c->err == REDIS_ERR_IO);
             tg_seterr(g, "redis gifts: %s; reconnecting in %" PRId64 " ms",
-                      g->c->errstr[0] ? g->c->errstr : "connection lost", g->backoff_ms);
+                      g->rc.c->errstr[0] ? g->rc.c->errstr : "connection lost", g->rc.backoff_ms);
             tg_drop(g, !stale);
             return stale ? 1 : TD_ERR;
         }

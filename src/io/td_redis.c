@@ -849,22 +849,30 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     return rd_append(r);
 }
 
+/* Appends the command of prospect i to the pipeline. */
+typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
+
 /*
- * Sends EVALSHA for the prospects with todo[i] set, reads the replies, fills
- * result and versions, and leaves todo[i] set only for NOSCRIPT replies.
+ * Sends EVALSHA for the prospects with todo[i] set (append builds each one),
+ * reads the replies, fills result and versions, and leaves todo[i] set only
+ * for NOSCRIPT replies. Commands are flushed every 64 so the server executes
+ * while the rest is being built.
  * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
  */
 static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, size_t n,
-                        int *result, unsigned char *todo, int64_t deadline, size_t *noscript) {
+                        int *result, unsigned char *todo, int64_t deadline, size_t *noscript,
+                        rd_append_fn append, void *ud) {
     size_t sent = 0;
     for (size_t i = 0; i < n; i++) {
         if (!todo[i])
             continue;
-        if (rd_append_cas(r, &states[i], expected[i]) != TD_OK) {
+        if (append(r, i, ud) != TD_OK) {
             rd_drop(r, false);
             return TD_ERR;
         }
-        sent++;
+        if (++sent % 64 == 0 &&
+            rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
     }
     if (sent == 0)
         return TD_OK;
@@ -902,6 +910,17 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
         freeReplyObject(rep);
     }
     return rc;
+}
+
+/* Full writes (td_redis_store). */
+typedef struct rd_full_ud {
+    const td_state *states;
+    const int64_t *expected;
+} rd_full_ud;
+
+static int rd_append_full(td_redis *r, size_t i, void *ud) {
+    const rd_full_ud *u = ud;
+    return rd_append_cas(r, &u->states[i], u->expected[i]);
 }
 
 /* ---- diff writes ---- */
@@ -1030,54 +1049,16 @@ static int rd_append_diff(td_redis *r, const td_state *st, const td_state *base,
     return rd_append(r);
 }
 
-static int rd_diff_round(td_redis *r, td_state *states, const td_state *bases,
-                         const int64_t *expected, size_t n, int *result, unsigned char *todo,
-                         int64_t deadline, size_t *noscript, rd_diffbuf *d) {
-    size_t sent = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!todo[i]) continue;
-        if (rd_append_diff(r, &states[i], &bases[i], expected[i], d) != TD_OK) {
-            rd_drop(r, false);
-            return TD_ERR;
-        }
-        /* hand Redis the first commands while the next are being built:
-         * the server executes while the client serialises */
-        if (++sent % 64 == 0 &&
-            rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
-            return TD_ERR;
-    }
-    if (sent == 0) return TD_OK;
-    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
-    int rc = TD_OK;
-    *noscript = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!todo[i]) continue;
-        redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
-            return TD_ERR;
-        todo[i] = 0;
-        if (rep->type == REDIS_REPLY_INTEGER && (rep->integer == 0 || rep->integer == 1)) {
-            if (rep->integer == 1) {
-                result[i] = TD_REDIS_STORED;
-                states[i].version = expected[i] + 1;
-            } else
-                result[i] = TD_REDIS_CONFLICT;
-        } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
-                   memcmp(rep->str, "NOSCRIPT", 8) == 0) {
-            todo[i] = 1;
-            (*noscript)++;
-        } else if (rc == TD_OK) {
-            char key[TD_ID_MAX + 80];
-            td_redis_key(r, states[i].prospect_id, key, sizeof key);
-            if (rep->type == REDIS_REPLY_ERROR)
-                rd_seterr(r, "redis: EVALSHA %s: %.*s", key, (int)rep->len, rep->str);
-            else
-                rd_seterr(r, "redis: EVALSHA %s: unexpected reply (type %d)", key, rep->type);
-            rc = TD_ERR;
-        }
-        freeReplyObject(rep);
-    }
-    return rc;
+/* Diff writes (td_redis_store_diff). */
+typedef struct rd_diff_ud {
+    const td_state *states, *bases;
+    const int64_t *expected;
+    rd_diffbuf *d;
+} rd_diff_ud;
+
+static int rd_append_diff_i(td_redis *r, size_t i, void *ud) {
+    const rd_diff_ud *u = ud;
+    return rd_append_diff(r, &u->states[i], &u->bases[i], u->expected[i], u->d);
 }
 
 int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
@@ -1102,13 +1083,14 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
     memset(todo, 1, n);
     rd_diffbuf d = {0};
     size_t noscript = 0;
-    int rc = rd_diff_round(r, states, bases, expected_version, n, result, todo, deadline,
-                           &noscript, &d);
+    rd_diff_ud u = {states, bases, expected_version, &d};
+    int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
+                          rd_append_diff_i, &u);
     if (rc == TD_OK && noscript > 0) {
         rc = rd_diff_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_diff_round(r, states, bases, expected_version, n, result, todo, deadline,
-                               &noscript, &d);
+            rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline,
+                              &noscript, rd_append_diff_i, &u);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
                       noscript);
@@ -1145,13 +1127,16 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
     }
     memset(todo, 1, n);
     size_t noscript = 0;
-    int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript);
+    rd_full_ud u = {states, expected_version};
+    int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
+                          rd_append_full, &u);
     if (rc == TD_OK && noscript > 0) {
         /* The server lost the script (restart, failover, SCRIPT FLUSH):
          * load it again and retry those prospects once. */
         rc = rd_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript);
+            rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
+                              rd_append_full, &u);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
                       noscript);

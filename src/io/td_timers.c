@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "td_log.h"
+#include "td_rconn.h"
 
 /*
  * Claim. Re-leases expired claims first (their claimer died or gave up:
@@ -117,8 +118,7 @@ struct td_timers {
     td_redis_conf rconf; /* strings point to the copies below */
     char *host, *password, *username, *prefix;
     td_timers_conf conf;
-    redisContext *c;
-    int64_t backoff_ms, next_try_ms;
+    td_rconn rc; /* the connection (td_rconn.h) */
     char sha[TM_NSCRIPTS][41];
     char err[512];
     uint32_t cursor;  /* next shard of the round robin */
@@ -149,12 +149,6 @@ struct td_timers {
 };
 
 /* ---- helpers ---- */
-
-static int64_t tm_mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void tm_seterr(td_timers *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void tm_seterr(td_timers *t, const char *fmt, ...) {
@@ -280,123 +274,14 @@ static bool tm_args(td_timers *t, size_t *n, const char *s) { return tm_arg(t, n
 
 /* ---- connection ---- */
 
-static void tm_drop(td_timers *t, bool penalize) {
-    if (t->c) {
-        redisFree(t->c);
-        t->c = NULL;
-    }
-    if (penalize) {
-        t->next_try_ms = tm_mono_ms() + t->backoff_ms;
-        int64_t b = t->backoff_ms * 2;
-        t->backoff_ms = b > t->rconf.backoff_max_ms ? t->rconf.backoff_max_ms : b;
-    }
-}
+/* The connection policy (timeouts, AUTH, SELECT, backoff) is td_rconn's. */
+static void tm_drop(td_timers *t, bool penalize) { td_rconn_drop(&t->rc, penalize); }
 
-static redisReply *tm_command(td_timers *t, int argc, const char **argv, const size_t *lens) {
-    redisReply *rep = redisCommandArgv(t->c, argc, argv, lens);
-    if (!rep) {
-        tm_seterr(t, "redis timers: %s; reconnecting in %" PRId64 " ms",
-                  t->c->errstr[0] ? t->c->errstr : "connection lost", t->backoff_ms);
-        tm_drop(t, true);
-    }
-    return rep;
-}
-
-static int tm_connect(td_timers *t) {
-    struct timeval ctv = {.tv_sec = t->rconf.connect_timeout_ms / 1000,
-                          .tv_usec = (t->rconf.connect_timeout_ms % 1000) * 1000};
-    redisContext *c = t->rconf.unix_socket ? redisConnectUnixWithTimeout(t->rconf.host, ctv)
-                                           : redisConnectWithTimeout(t->rconf.host, t->rconf.port, ctv);
-    if (!c || c->err) {
-        tm_seterr(t, "redis timers: connect: %s; reconnecting in %" PRId64 " ms",
-                  c ? c->errstr : "out of memory", t->backoff_ms);
-        if (c)
-            redisFree(c);
-        tm_drop(t, true);
-        return TD_ERR;
-    }
-    t->c = c;
-    (void)redisSetTimeout(c, ctv);
-    if (t->rconf.password) {
-        const char *argv[3];
-        size_t lens[3];
-        int argc = 0;
-        argv[argc] = "AUTH";
-        lens[argc++] = 4;
-        if (t->rconf.username) {
-            argv[argc] = t->rconf.username;
-            lens[argc++] = strlen(t->rconf.username);
-        }
-        argv[argc] = t->rconf.password;
-        lens[argc++] = strlen(t->rconf.password);
-        redisReply *rep = tm_command(t, argc, argv, lens);
-        if (!rep)
-            return TD_ERR;
-        bool bad = rep->type == REDIS_REPLY_ERROR;
-        if (bad)
-            tm_seterr(t, "redis timers: AUTH failed: %.*s", (int)rep->len, rep->str);
-        freeReplyObject(rep);
-        if (bad) {
-            tm_drop(t, true);
-            return TD_ERR;
-        }
-    }
-    if (t->rconf.db != 0) {
-        redisReply *rep = redisCommand(t->c, "SELECT %d", t->rconf.db);
-        if (!rep) {
-            tm_seterr(t, "redis timers: SELECT: connection lost");
-            tm_drop(t, true);
-            return TD_ERR;
-        }
-        bool bad = rep->type == REDIS_REPLY_ERROR;
-        if (bad)
-            tm_seterr(t, "redis timers: SELECT failed: %.*s", (int)rep->len, rep->str);
-        freeReplyObject(rep);
-        if (bad) {
-            tm_drop(t, true);
-            return TD_ERR;
-        }
-    }
-    struct timeval tv = {.tv_sec = t->rconf.command_timeout_ms / 1000,
-                         .tv_usec = (t->rconf.command_timeout_ms % 1000) * 1000};
-    (void)redisSetTimeout(t->c, tv);
-    return TD_OK;
-}
-
-static int tm_ensure(td_timers *t) {
-    if (t->c && !t->c->err)
-        return TD_OK;
-    if (t->c)
-        tm_drop(t, false);
-    int64_t now = tm_mono_ms();
-    if (now < t->next_try_ms) {
-        tm_seterr(t, "redis timers: reconnecting in %" PRId64 " ms", t->next_try_ms - now);
-        return TD_ERR;
-    }
-    if (tm_connect(t) != TD_OK)
-        return TD_ERR;
-    t->backoff_ms = t->rconf.backoff_min_ms;
-    t->next_try_ms = 0;
-    return TD_OK;
-}
+static int tm_ensure(td_timers *t) { return td_rconn_ensure(&t->rc); }
 
 static int tm_load_script(td_timers *t, int which) {
-    const char *argv[3] = {"SCRIPT", "LOAD", tm_scripts[which]};
-    size_t lens[3] = {6, 4, strlen(tm_scripts[which])};
-    redisReply *rep = tm_command(t, 3, argv, lens);
-    if (!rep)
-        return TD_ERR;
-    int rc = TD_OK;
-    if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
-        memcpy(t->sha[which], rep->str, 40);
-        t->sha[which][40] = '\0';
-    } else {
-        tm_seterr(t, "redis timers: SCRIPT LOAD failed: %.*s", rep->str ? (int)rep->len : 0,
-                  rep->str ? rep->str : "unexpected reply");
-        rc = TD_ERR;
-    }
-    freeReplyObject(rep);
-    return rc;
+    return td_rconn_load_script(&t->rc, tm_scripts[which], strlen(tm_scripts[which]),
+                                t->sha[which]);
 }
 
 /*
@@ -419,11 +304,11 @@ static redisReply *tm_eval(td_timers *t, int which, size_t argc) {
         t->argvlen[0] = 7;
         t->argv[1] = t->sha[which];
         t->argvlen[1] = 40;
-        redisReply *rep = redisCommandArgv(t->c, (int)argc, t->argv, t->argvlen);
+        redisReply *rep = redisCommandArgv(t->rc.c, (int)argc, t->argv, t->argvlen);
         if (!rep) {
-            bool retry = attempt == 0 && (t->c->err == REDIS_ERR_EOF || t->c->err == REDIS_ERR_IO);
+            bool retry = attempt == 0 && (t->rc.c->err == REDIS_ERR_EOF || t->rc.c->err == REDIS_ERR_IO);
             tm_seterr(t, "redis timers: %s; reconnecting in %" PRId64 " ms",
-                      t->c->errstr[0] ? t->c->errstr : "connection lost", t->backoff_ms);
+                      t->rc.c->errstr[0] ? t->rc.c->errstr : "connection lost", t->rc.backoff_ms);
             tm_drop(t, !retry);
             if (retry)
                 continue;
@@ -475,7 +360,7 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
     t->rconf.key_prefix = t->prefix;
     t->rconf.password = t->password;
     t->rconf.username = t->username;
-    t->backoff_ms = rconf->backoff_min_ms;
+    td_rconn_init(&t->rc, &t->rconf, "redis timers", t->err, sizeof t->err);
     td_timers_claimed_key(t->prefix, t->claimed_key, sizeof t->claimed_key);
     int64_t w = ((int64_t)tconf->shards * tconf->poll_ms + tconf->sweep_ms - 1) / tconf->sweep_ms;
     t->window = (uint32_t)(w < 1 ? 1 : w > tconf->shards ? tconf->shards : w);
@@ -504,8 +389,7 @@ oom:
 void td_timers_free(td_timers *t) {
     if (!t)
         return;
-    if (t->c)
-        redisFree(t->c);
+    td_rconn_close(&t->rc);
     free(t->host);
     free(t->prefix);
     if (t->password) {
@@ -709,18 +593,18 @@ int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
     for (uint32_t s = 0; s < shards; s++) {
         char key[96];
         td_timers_shard_key(t->prefix, s, key, sizeof key);
-        if (redisAppendCommand(t->c, "ZCARD %s", key) != REDIS_OK) {
+        if (redisAppendCommand(t->rc.c, "ZCARD %s", key) != REDIS_OK) {
             tm_drop(t, false);
             tm_seterr(t, "redis timers: out of memory");
             return TD_ERR;
         }
     }
-    redisAppendCommand(t->c, "ZCARD %s", t->claimed_key);
+    redisAppendCommand(t->rc.c, "ZCARD %s", t->claimed_key);
     int64_t sum = 0, cl = 0;
     for (uint32_t s = 0; s <= shards; s++) {
         void *r = NULL;
-        if (redisGetReply(t->c, &r) != REDIS_OK || !r) {
-            tm_seterr(t, "redis timers: ZCARD: %s", t->c->errstr);
+        if (redisGetReply(t->rc.c, &r) != REDIS_OK || !r) {
+            tm_seterr(t, "redis timers: ZCARD: %s", t->rc.c->errstr);
             tm_drop(t, true);
             return TD_ERR;
         }
@@ -741,7 +625,7 @@ int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
 }
 
 static long long tm_config_int(td_timers *t, const char *name) {
-    redisReply *rep = redisCommand(t->c, "CONFIG GET %s", name);
+    redisReply *rep = redisCommand(t->rc.c, "CONFIG GET %s", name);
     if (!rep) {
         tm_drop(t, true);
         return -2;

@@ -1,0 +1,151 @@
+/*
+ * td_rconn.c - see td_rconn.h.
+ *
+ * @locality one thread (the owner's).
+ */
+#include "td_rconn.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static int64_t rc_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void td_rconn_seterr(td_rconn *rc, const char *fmt, ...) {
+    if (!rc->err || !rc->errcap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rc->err, rc->errcap, fmt, ap);
+    va_end(ap);
+}
+
+void td_rconn_init(td_rconn *rc, const td_redis_conf *conf, const char *who, char *err,
+                   size_t errcap) {
+    memset(rc, 0, sizeof *rc);
+    rc->conf = conf;
+    rc->who = who;
+    rc->err = err;
+    rc->errcap = errcap;
+    rc->backoff_ms = conf->backoff_min_ms;
+}
+
+void td_rconn_close(td_rconn *rc) {
+    if (rc->c) {
+        redisFree(rc->c);
+        rc->c = NULL;
+    }
+}
+
+void td_rconn_drop(td_rconn *rc, bool penalize) {
+    td_rconn_close(rc);
+    if (penalize) {
+        rc->next_try_ms = rc_mono_ms() + rc->backoff_ms;
+        int64_t b = rc->backoff_ms * 2;
+        rc->backoff_ms = b > rc->conf->backoff_max_ms ? rc->conf->backoff_max_ms : b;
+    }
+}
+
+redisReply *td_rconn_command(td_rconn *rc, int argc, const char **argv, const size_t *lens) {
+    redisReply *rep = redisCommandArgv(rc->c, argc, argv, lens);
+    if (!rep) {
+        td_rconn_seterr(rc, "%s: %s; reconnecting in %" PRId64 " ms", rc->who,
+                        rc->c->errstr[0] ? rc->c->errstr : "connection lost", rc->backoff_ms);
+        td_rconn_drop(rc, true);
+    }
+    return rep;
+}
+
+/* Runs a session command (AUTH, SELECT); an error reply drops the connection. */
+static int rc_session(td_rconn *rc, const char *what, int argc, const char **argv,
+                      const size_t *lens) {
+    redisReply *rep = td_rconn_command(rc, argc, argv, lens);
+    if (!rep) return TD_ERR;
+    bool bad = rep->type == REDIS_REPLY_ERROR;
+    if (bad) td_rconn_seterr(rc, "%s: %s failed: %.*s", rc->who, what, (int)rep->len, rep->str);
+    freeReplyObject(rep);
+    if (bad) {
+        td_rconn_drop(rc, true);
+        return TD_ERR;
+    }
+    return TD_OK;
+}
+
+static int rc_connect(td_rconn *rc) {
+    const td_redis_conf *cf = rc->conf;
+    struct timeval ctv = {.tv_sec = cf->connect_timeout_ms / 1000,
+                          .tv_usec = (cf->connect_timeout_ms % 1000) * 1000};
+    redisContext *c = cf->unix_socket ? redisConnectUnixWithTimeout(cf->host, ctv)
+                                      : redisConnectWithTimeout(cf->host, cf->port, ctv);
+    if (!c || c->err) {
+        td_rconn_seterr(rc, "%s: connect: %s; reconnecting in %" PRId64 " ms", rc->who,
+                        c ? c->errstr : "out of memory", rc->backoff_ms);
+        if (c) redisFree(c);
+        td_rconn_drop(rc, true);
+        return TD_ERR;
+    }
+    rc->c = c;
+    (void)redisSetTimeout(c, ctv); /* the session commands run under the connect timeout */
+    if (cf->password) {
+        const char *argv[3];
+        size_t lens[3];
+        int argc = 0;
+        argv[argc] = "AUTH";
+        lens[argc++] = 4;
+        if (cf->username) {
+            argv[argc] = cf->username;
+            lens[argc++] = strlen(cf->username);
+        }
+        argv[argc] = cf->password;
+        lens[argc++] = strlen(cf->password);
+        if (rc_session(rc, "AUTH", argc, argv, lens) != TD_OK) return TD_ERR;
+    }
+    if (cf->db != 0) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", cf->db);
+        const char *argv[2] = {"SELECT", db};
+        size_t lens[2] = {6, strlen(db)};
+        if (rc_session(rc, "SELECT", 2, argv, lens) != TD_OK) return TD_ERR;
+    }
+    struct timeval tv = {.tv_sec = cf->command_timeout_ms / 1000,
+                         .tv_usec = (cf->command_timeout_ms % 1000) * 1000};
+    (void)redisSetTimeout(rc->c, tv);
+    return TD_OK;
+}
+
+int td_rconn_ensure(td_rconn *rc) {
+    if (rc->c && !rc->c->err) return TD_OK;
+    if (rc->c) td_rconn_drop(rc, false);
+    int64_t now = rc_mono_ms();
+    if (now < rc->next_try_ms) {
+        td_rconn_seterr(rc, "%s: reconnecting in %" PRId64 " ms", rc->who, rc->next_try_ms - now);
+        return TD_ERR;
+    }
+    if (rc_connect(rc) != TD_OK) return TD_ERR;
+    rc->backoff_ms = rc->conf->backoff_min_ms;
+    rc->next_try_ms = 0;
+    return TD_OK;
+}
+
+int td_rconn_load_script(td_rconn *rc, const char *script, size_t len, char *sha) {
+    const char *argv[3] = {"SCRIPT", "LOAD", script};
+    size_t lens[3] = {6, 4, len};
+    redisReply *rep = td_rconn_command(rc, 3, argv, lens);
+    if (!rep) return TD_ERR;
+    int rc_ = TD_OK;
+    if (rep->type == REDIS_REPLY_STRING && rep->len == 40) {
+        memcpy(sha, rep->str, 40);
+        sha[40] = '\0';
+    } else {
+        td_rconn_seterr(rc, "%s: SCRIPT LOAD failed: %.*s", rc->who,
+                        rep->str ? (int)rep->len : 0, rep->str ? rep->str : "unexpected reply");
+        rc_ = TD_ERR;
+    }
+    freeReplyObject(rep);
+    return rc_;
+}
