@@ -80,13 +80,15 @@ struct td_daemon {
     size_t nrecs, caprecs;
     /* store scratch */
     td_state *pack;
-    /* base[g]: the state exactly as Redis holds it at expected[g] (loaded,
-     * or last stored by us): writes send only the difference */
-    td_state *base;
+    /* base[g]: the flat form of the state exactly as Redis holds it at
+     * expected[g] (loaded, or last stored by us): writes send only the
+     * difference. The buffers are kept across batches for reuse. */
+    td_kvs *base;
     bool *has_base;
     td_state_cache *cache; /* NULL when engine.state_cache = 0 */
     int32_t *miss;
-    td_state *pack_base;
+    td_kvs *pack_base; /* shallow copies of base[g] */
+    td_kvs *pack_now;  /* the flat forms being written (owned, reused) */
     int64_t *pack_expected;
     int *pack_result;
     int32_t *pack_g, *work, *work2;
@@ -313,6 +315,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
             goto fail;
     }
     d->pack_base = td_xcalloc(gcap, sizeof *d->pack_base);
+    d->pack_now = td_xcalloc(gcap, sizeof *d->pack_now);
     d->pack_expected = td_xcalloc(gcap, sizeof *d->pack_expected);
     d->pack_result = td_xcalloc(gcap, sizeof *d->pack_result);
     d->pack_g = td_xcalloc(gcap, sizeof *d->pack_g);
@@ -351,11 +354,18 @@ void td_daemon_free(td_daemon *d) {
     free(d->dq_g);
     free(d->table);
     free(d->pack);
+    if (d->base)
+        for (size_t g = 0; g < 2 * d->cap; g++)
+            td_kvs_free(&d->base[g]);
     free(d->base);
     free(d->has_base);
     free(d->miss);
     td_state_cache_free(d->cache);
     free(d->pack_base);
+    if (d->pack_now)
+        for (size_t g = 0; g < 2 * d->cap; g++)
+            td_kvs_free(&d->pack_now[g]);
+    free(d->pack_now);
     free(d->pack_expected);
     free(d->pack_result);
     free(d->pack_g);
@@ -368,22 +378,22 @@ void td_daemon_free(td_daemon *d) {
 
 /* --------------------------------------------------------------- batch */
 
-/* Makes base[g] a copy of states[g] (what Redis now holds). @returns 0 or -1. */
+/* Makes base[g] the flat form of states[g] (what Redis now holds).
+ * @returns 0 or -1 (out of memory). */
 static int td_base_set(td_daemon *d, int32_t g) {
-    if (d->has_base[g])
-        td_state_free(&d->base[g]);
-    d->has_base[g] = false;
-    if (td_state_copy(&d->base[g], &d->states[g]) != TD_OK)
-        return -1;
-    d->has_base[g] = true;
-    return 0;
+    d->has_base[g] = td_kvs_capture(&d->base[g], &d->states[g]) == TD_OK;
+    return d->has_base[g] ? 0 : -1;
 }
 
+/* Ends a batch: states that are what Redis holds (loaded or stored, and not
+ * changed since) go back to the cache with their flat form; the others are
+ * dropped (the next batch reloads them). */
 static void td_batch_release(td_daemon *d) {
     for (size_t g = 0; g < d->ngroups; g++) {
+        if (d->has_base[g] && !d->changed[g])
+            td_state_cache_give(d->cache, &d->states[g], &d->base[g]);
         td_state_free(&d->states[g]);
-        if (d->has_base[g])
-            td_state_free(&d->base[g]);
+        td_kvs_clear(&d->base[g]);
         d->has_base[g] = false;
     }
     d->ngroups = 0;
@@ -528,10 +538,10 @@ static int td_batch_load(td_daemon *d, const int32_t *work_in, size_t n_in) {
         size_t nmiss = 0;
         for (size_t k = 0; k < n_in; k++) {
             int32_t g = work_in[k];
-            td_state hit;
-            if (td_state_cache_get(d->cache, d->states[g].prospect_id, &hit)) {
-                td_state_free(&d->states[g]);
-                d->states[g] = hit;
+            td_state_free(&d->states[g]);
+            if (td_state_cache_take(d->cache, d->states[g].prospect_id, &d->states[g],
+                                    &d->base[g])) {
+                d->has_base[g] = true;
             } else {
                 d->miss[nmiss++] = g;
             }
@@ -567,11 +577,12 @@ static int td_batch_load(td_daemon *d, const int32_t *work_in, size_t n_in) {
             return -1;
     }
     td_redis_back(d, attempt, "load");
+    for (size_t k = 0; k < n; k++)
+        if (td_base_set(d, work[k]) < 0)
+            return -1;
     for (size_t k = 0; k < n_in; k++) {
         d->expected[work_in[k]] = d->states[work_in[k]].version;
         d->changed[work_in[k]] = false;
-        if (td_base_set(d, work_in[k]) < 0)
-            return -1;
     }
     return 0;
 }
@@ -847,6 +858,8 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
                 continue;
             d->pack[np] = d->states[g]; /* shallow: the store only reads and sets version */
             d->pack_base[np] = d->base[g]; /* shallow, read only */
+            if (td_kvs_capture(&d->pack_now[np], &d->states[g]) != TD_OK)
+                return -2;
             d->pack_expected[np] = d->expected[g];
             d->pack_g[np] = g;
             np++;
@@ -856,7 +869,7 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
     if (np == 0)
         return 0;
     int attempt = 0;
-    while (td_redis_store_diff(d->redis, d->pack, d->pack_base, d->pack_expected, np,
+    while (td_redis_store_diff(d->redis, d->pack, d->pack_base, d->pack_now, d->pack_expected, np,
                                d->pack_result) != TD_OK) {
         /* Unknown which writes happened: retrying is safe (a write that did
          * happen bumped the version, so it now conflicts, and the reload
@@ -870,9 +883,12 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
         if (d->pack_result[k] == TD_REDIS_STORED) {
             d->states[g].version = d->pack[k].version;
             d->changed[g] = false;
-            if (td_base_set(d, g) < 0)
-                return -2; /* out of memory */
-            td_state_cache_put(d->cache, &d->states[g]); /* failure: just not cached */
+            /* what was written becomes the base; the old base's buffers are
+             * reused for the next write */
+            td_kvs old = d->base[g];
+            d->base[g] = d->pack_now[k];
+            d->pack_now[k] = old;
+            d->has_base[g] = true;
         } else {
             td_state_cache_drop(d->cache, d->states[g].prospect_id);
             conflicts[(*nconf)++] = g;

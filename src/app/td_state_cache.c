@@ -13,6 +13,7 @@ typedef struct slot {
     uint64_t hash;
     uint64_t stamp; /* last use: the older of a set is replaced */
     td_state st;
+    td_kvs kv;
 } slot;
 
 struct td_state_cache {
@@ -41,7 +42,10 @@ td_state_cache *td_state_cache_new(size_t entries) {
 void td_state_cache_free(td_state_cache *c) {
     if (!c) return;
     for (size_t i = 0; i <= 2 * c->mask + 1; i++)
+    {
         if (c->v[i].used) td_state_free(&c->v[i].st);
+        td_kvs_free(&c->v[i].kv); /* unused slots may keep buffers */
+    }
     free(c->v);
     free(c);
 }
@@ -53,23 +57,33 @@ static slot *find(td_state_cache *c, const char *id, uint64_t h) {
     return NULL;
 }
 
-bool td_state_cache_get(td_state_cache *c, const char *prospect_id, td_state *out) {
+bool td_state_cache_take(td_state_cache *c, const char *prospect_id, td_state *st, td_kvs *kv) {
     if (!c) return false;
     uint64_t h = td_hash64(prospect_id, strlen(prospect_id), TD_HASH_SEED);
     slot *s = find(c, prospect_id, h);
-    if (!s || td_state_copy(out, &s->st) != TD_OK) {
+    if (!s) {
         c->stats.misses++;
         return false;
     }
-    s->stamp = ++c->clock;
+    *st = s->st;
+    td_kvs_move(kv, &s->kv);
+    s->used = false;
+    c->stats.used--;
     c->stats.hits++;
     return true;
 }
 
-int td_state_cache_put(td_state_cache *c, const td_state *st) {
-    if (!c) return TD_OK;
-    uint64_t h = td_hash64(st->prospect_id, strlen(st->prospect_id), TD_HASH_SEED);
-    slot *s = find(c, st->prospect_id, h);
+void td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv) {
+    char pid[TD_ID_MAX + 1];
+    memcpy(pid, st->prospect_id, sizeof pid);
+    if (!c) {
+        td_state_free(st);
+        td_state_init(st, pid);
+        td_kvs_clear(kv);
+        return;
+    }
+    uint64_t h = td_hash64(pid, strlen(pid), TD_HASH_SEED);
+    slot *s = find(c, pid, h);
     if (!s) {
         slot *set = &c->v[2 * (h & c->mask)];
         s = !set[0].used ? &set[0] : !set[1].used ? &set[1]
@@ -81,12 +95,18 @@ int td_state_cache_put(td_state_cache *c, const td_state *st) {
         s->used = false;
         c->stats.used--;
     }
-    if (td_state_copy(&s->st, st) != TD_OK) return TD_ERR;
+    s->st = *st;
+    /* the slot keeps its kv buffers only if it has none: swap, then the
+     * caller's kv is emptied (its buffers, if any, are reused by the caller) */
+    td_kvs tmp = s->kv;
+    s->kv = *kv;
+    *kv = tmp;
+    td_kvs_clear(kv);
     s->used = true;
     s->hash = h;
     s->stamp = ++c->clock;
     c->stats.used++;
-    return TD_OK;
+    td_state_init(st, pid);
 }
 
 void td_state_cache_drop(td_state_cache *c, const char *prospect_id) {

@@ -8,7 +8,13 @@
  * (another instance after a rebalance, the timer path, a Redis restart) has
  * moved past conflicts, is dropped, and is reloaded. The cache is two-way
  * set associative over td_hash64 of the prospect id, with a fixed number of
- * entries: memory is bounded (about entries x sizeof(td_state)).
+ * entries: memory is bounded (about entries x (sizeof(td_state) + the flat
+ * form, ~2 KB)).
+ *
+ * Entries move in and out, never copied: a prospect taken for a batch is out
+ * of the cache until the batch gives it back (it is in no other batch
+ * meanwhile: the daemon runs one batch at a time). Each entry holds the
+ * state and its flat form (td_kvs), the base of the next diff write.
  *
  * @locality the daemon's main thread.
  */
@@ -19,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "td_kvs.h"
 #include "td_state.h"
 
 typedef struct td_state_cache td_state_cache;
@@ -28,12 +35,14 @@ typedef struct td_state_cache td_state_cache;
 td_state_cache *td_state_cache_new(size_t entries);
 void td_state_cache_free(td_state_cache *c);
 
-/* On a hit, *out becomes a copy of the cached state (initialised here; the
- * caller frees it) and true is returned. */
-bool td_state_cache_get(td_state_cache *c, const char *prospect_id, td_state *out);
-/* Stores a copy of st (replacing the older entry of its set). @returns TD_OK
- * or TD_ERR (out of memory: nothing cached, which is always safe). */
-int td_state_cache_put(td_state_cache *c, const td_state *st);
+/* On a hit, the entry moves out: *st (overwritten, not freed first) and *kv
+ * (freed first) become the cached state and its flat form, owned by the
+ * caller, and true is returned. */
+bool td_state_cache_take(td_state_cache *c, const char *prospect_id, td_state *st, td_kvs *kv);
+/* Moves st and kv in (replacing an entry of the same prospect, else the
+ * older entry of its set): *st is left an empty state (td_state_init with
+ * its prospect id), *kv empty. Both must describe what Redis holds. */
+void td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv);
 /* Forgets a prospect (after a conflict). */
 void td_state_cache_drop(td_state_cache *c, const char *prospect_id);
 

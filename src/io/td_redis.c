@@ -42,6 +42,7 @@
  * @locality one thread (the daemon's main loop); a td_redis is not shared.
  */
 #include "td_redis.h"
+#include "td_kvs.h"
 #include "td_timers.h"
 
 #include <errno.h>
@@ -930,11 +931,17 @@ static int rd_diff_script_load(td_redis *r, int64_t deadline) {
 }
 
 /* Collected diff of one state: set pairs and deleted keys, as spans of one
- * buffer, then copied into the command in the script's order. */
+ * buffer each, then copied into the command in the script's order; and the
+ * timer index changes: the member suffixes of timer.* fields set (armed or
+ * re-armed) and deleted (disarmed or fired). */
 typedef struct rd_diffbuf {
-    td_rscratch sets, dels;
+    td_rscratch sets, dels, zadd, zrem;
     uint32_t nsets, ndels;
 } rd_diffbuf;
+
+static bool rd_is_timer_key(const char *k, size_t kl) {
+    return kl > 6 && memcmp(k, "timer.", 6) == 0;
+}
 
 static void rd_diff_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
     rd_diffbuf *d = ud;
@@ -942,6 +949,8 @@ static void rd_diff_set(void *ud, const char *k, size_t kl, const char *v, size_
     rs_push(&d->sets, k, kl);
     rs_push(&d->sets, v, vl);
     d->nsets++;
+    if (rd_is_timer_key(k, kl))
+        rs_push(&d->zadd, k + 6, kl - 6);
 }
 
 static void rd_diff_del(void *ud, const char *k, size_t kl) {
@@ -949,6 +958,21 @@ static void rd_diff_del(void *ud, const char *k, size_t kl) {
     if (kl == 1 && k[0] == 'v') return;
     rs_push(&d->dels, k, kl);
     d->ndels++;
+    if (rd_is_timer_key(k, kl))
+        rs_push(&d->zrem, k + 6, kl - 6);
+}
+
+/* Decimal digits of v into out (no NUL); @returns the length. */
+static size_t rd_u64(uint64_t v, char *out) {
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
 }
 
 /* The index member suffix of a timer: its rule id as the flat form writes it
@@ -969,13 +993,25 @@ static size_t rd_member_suffix(const char *rule, char *out) {
     return n;
 }
 
-static int rd_append_diff(td_redis *r, const td_state *st, const td_state *base, int64_t expected,
-                          rd_diffbuf *d) {
+/* The due time of the timer of st whose member suffix is sfx[0..n), or
+ * TD_MS_MISSING (cannot happen for a suffix taken from st's own flat form). */
+static td_ms rd_timer_due(const td_state *st, const char *sfx, size_t n) {
+    char enc[3 * (TD_RULE_ID_MAX + 1) + 1];
+    for (uint32_t i = 0; i < st->ntimers; i++)
+        if (rd_member_suffix(st->timers[i].rule, enc) == n && memcmp(enc, sfx, n) == 0)
+            return st->timers[i].due_at;
+    return TD_MS_MISSING;
+}
+
+static int rd_append_diff(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                          int64_t expected, rd_diffbuf *d) {
     rs_reset(&d->sets);
     rs_reset(&d->dels);
+    rs_reset(&d->zadd);
+    rs_reset(&d->zrem);
     d->nsets = d->ndels = 0;
-    if (td_state_diff(base, st, rd_diff_set, rd_diff_del, d) != TD_OK || d->sets.oom ||
-        d->dels.oom) {
+    if (td_kvs_diff(base, now, rd_diff_set, rd_diff_del, d) != TD_OK || d->sets.oom ||
+        d->dels.oom || d->zadd.oom || d->zrem.oom) {
         rd_seterr(r, "redis: out of memory");
         return TD_ERR;
     }
@@ -992,76 +1028,56 @@ static int rd_append_diff(td_redis *r, const td_state *st, const td_state *base,
                                         sizeof zk);
         rs_push(&r->s, zk, zn < sizeof zk ? zn : sizeof zk - 1);
     }
-    snprintf(num, sizeof num, "%" PRId64, expected);
-    rs_pushs(&r->s, num);
+    rs_push(&r->s, num, (size_t)rd_u64((uint64_t)expected, num));
     char mp[TD_ID_MAX + 2];
     size_t pn = strlen(st->prospect_id);
     memcpy(mp, st->prospect_id, pn);
     mp[pn++] = TD_TIMER_SEP;
     rs_push(&r->s, mp, r->timer_shards ? pn : 0);
-    /* timer index changes: both tables are sorted by rule id */
-    uint32_t nz = 0, nr = 0;
-    uint32_t zi[64], ri[64]; /* indices into st->timers / base->timers */
-    if (r->timer_shards) {
-        uint32_t a = 0, b = 0;
-        while (a < base->ntimers || b < st->ntimers) {
-            int c = a == base->ntimers ? 1
-                    : b == st->ntimers ? -1
-                                       : strcmp(base->timers[a].rule, st->timers[b].rule);
-            if (c < 0) {
-                if (nr < 64) ri[nr++] = a;
-                a++;
-            } else if (c > 0) {
-                if (nz < 64) zi[nz++] = b;
-                b++;
-            } else {
-                if (base->timers[a].due_at != st->timers[b].due_at ||
-                    strcmp(base->timers[a].armed_by, st->timers[b].armed_by) != 0)
-                    if (nz < 64) zi[nz++] = b;
-                a++;
-                b++;
-            }
-        }
-        if (nz == 64 || nr == 64) {
-            rd_seterr(r, "redis: %s: more than 63 timers changed in one write",
-                      st->prospect_id);
-            return TD_ERR;
-        }
-    }
-    snprintf(num, sizeof num, "%" PRIu32, d->nsets);
-    rs_pushs(&r->s, num);
-    snprintf(num, sizeof num, "%" PRIu32, d->ndels);
-    rs_pushs(&r->s, num);
-    snprintf(num, sizeof num, "%" PRIu32, nz);
-    rs_pushs(&r->s, num);
-    snprintf(num, sizeof num, "%" PRIu32, nr);
-    rs_pushs(&r->s, num);
+    /* without the index, timer fields are plain hash fields */
+    size_t nz = r->timer_shards ? d->zadd.n : 0, nr = r->timer_shards ? d->zrem.n : 0;
+    rs_push(&r->s, num, (size_t)rd_u64(d->nsets, num));
+    rs_push(&r->s, num, (size_t)rd_u64(d->ndels, num));
+    rs_push(&r->s, num, (size_t)rd_u64(nz, num));
+    rs_push(&r->s, num, (size_t)rd_u64(nr, num));
     for (size_t k = 0; k < d->sets.n; k++) rs_push(&r->s, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
     for (size_t k = 0; k < d->dels.n; k++) rs_push(&r->s, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
-    char sfx[3 * (TD_RULE_ID_MAX + 1) + 1];
-    for (uint32_t k = 0; k < nz; k++) {
-        snprintf(num, sizeof num, "%" PRId64, (int64_t)st->timers[zi[k]].due_at);
-        rs_pushs(&r->s, num);
-        rs_push(&r->s, sfx, rd_member_suffix(st->timers[zi[k]].rule, sfx));
+    for (size_t k = 0; k < nz; k++) {
+        const char *sfx = d->zadd.buf + d->zadd.off[k];
+        size_t sl = d->zadd.slen[k];
+        td_ms due = rd_timer_due(st, sfx, sl);
+        if (due == TD_MS_MISSING) {
+            rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
+                      (int)(sl > 64 ? 64 : sl), sfx);
+            return TD_ERR;
+        }
+        char dn[24];
+        size_t len = 0;
+        if (due < 0)
+            dn[len++] = '-';
+        len += rd_u64(due < 0 ? (uint64_t)0 - (uint64_t)due : (uint64_t)due, dn + len);
+        rs_push(&r->s, dn, len);
+        rs_push(&r->s, sfx, sl);
     }
-    for (uint32_t k = 0; k < nr; k++)
-        rs_push(&r->s, sfx, rd_member_suffix(base->timers[ri[k]].rule, sfx));
+    for (size_t k = 0; k < nr; k++)
+        rs_push(&r->s, d->zrem.buf + d->zrem.off[k], d->zrem.slen[k]);
     return rd_append(r);
 }
 
 /* Diff writes (td_redis_store_diff). */
 typedef struct rd_diff_ud {
-    const td_state *states, *bases;
+    const td_state *states;
+    const td_kvs *bases, *nows;
     const int64_t *expected;
     rd_diffbuf *d;
 } rd_diff_ud;
 
 static int rd_append_diff_i(td_redis *r, size_t i, void *ud) {
     const rd_diff_ud *u = ud;
-    return rd_append_diff(r, &u->states[i], &u->bases[i], u->expected[i], u->d);
+    return rd_append_diff(r, &u->states[i], &u->bases[i], &u->nows[i], u->expected[i], u->d);
 }
 
-int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
+int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
                         const int64_t *expected_version, size_t n, int *result) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
@@ -1083,7 +1099,7 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
     memset(todo, 1, n);
     rd_diffbuf d = {0};
     size_t noscript = 0;
-    rd_diff_ud u = {states, bases, expected_version, &d};
+    rd_diff_ud u = {states, bases, nows, expected_version, &d};
     int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
                           rd_append_diff_i, &u);
     if (rc == TD_OK && noscript > 0) {
@@ -1099,6 +1115,8 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
     }
     rs_free(&d.sets);
     rs_free(&d.dels);
+    rs_free(&d.zadd);
+    rs_free(&d.zrem);
     free(todo);
     return rc;
 }

@@ -24,6 +24,7 @@
 #define TD_REDIS_H
 
 #include "td_base.h"
+#include "td_kvs.h"
 #include "td_state.h"
 
 typedef struct td_redis_conf {
@@ -79,14 +80,16 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
 
 /*
  * Like td_redis_store, but sends only what changed: bases[i] must be the
- * state exactly as stored at expected_version[i] (what td_redis_load gave,
- * or what the last successful store wrote). Fields that changed are set,
+ * flat form (td_kvs_capture) of the state exactly as stored at
+ * expected_version[i] (what td_redis_load gave, or what the last successful
+ * store wrote), and nows[i] the flat form of states[i], which the caller
+ * keeps as the next base when the write succeeds. Fields that changed are set,
  * fields that disappeared are deleted, and (with the timer index on) only
  * timers that were armed, re-armed or disarmed touch the index. The same
  * compare-and-set on the version makes it safe: a hash that moved on since
  * the base conflicts and is reloaded.
  */
-int td_redis_store_diff(td_redis *r, td_state *states, const td_state *bases,
+int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
                         const int64_t *expected_version, size_t n, int *result);
 
 /* The key of a prospect into buf ("touchd:p:{p-42}"); returns its length. */

@@ -66,6 +66,11 @@ int td_test_kafka_start(td_test_kafka *k, const char *const *topics, size_t ntop
             return -1;
         }
     snprintf(k->bootstraps, sizeof k->bootstraps, "%s", rd_kafka_mock_cluster_bootstraps(k->mc));
+    k->nodelay = td_mock_nodelay_new(k->bootstraps);
+    if (!k->nodelay || td_mock_nodelay_start(k->nodelay, 100) != 0) {
+        fprintf(stderr, "mock broker nodelay watcher failed\n");
+        return -1;
+    }
 
     conf = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(conf, quiet_log);
@@ -94,6 +99,8 @@ void td_test_kafka_stop(td_test_kafka *k) {
         rd_kafka_destroy(k->producer);
         k->producer = NULL;
     }
+    td_mock_nodelay_free(k->nodelay);
+    k->nodelay = NULL;
     if (k->mc) {
         rd_kafka_mock_cluster_destroy(k->mc);
         k->mc = NULL;

@@ -36,12 +36,15 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "td_mock_nodelay.h"
+
 typedef struct td_test_kafka {
     rd_kafka_t *mock_rk;          /* owns the mock cluster */
     rd_kafka_mock_cluster_t *mc;
     char bootstraps[256];
     rd_kafka_t *producer;         /* the test's producer (events in) */
     int partitions;
+    td_mock_nodelay *nodelay;     /* TCP_NODELAY on the broker's sockets */
 } td_test_kafka;
 
 /* Starts a one-broker mock cluster on 127.0.0.1, creates the topics with

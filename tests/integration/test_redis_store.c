@@ -32,8 +32,10 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "td_kvs.h"
 #include "td_redis.h"
 #include "td_state.h"
+#include "td_timers.h"
 
 /* ---- helpers ---- */
 
@@ -441,6 +443,17 @@ static void test_version_cas(void **state) {
     td_redis_free(w2);
 }
 
+/* td_redis_store_diff of one state against a base state (both captured). */
+static int store_diff1(td_redis *r, td_state *st, const td_state *base, int64_t e, int *res) {
+    td_kvs kb = {0}, kn = {0};
+    assert_int_equal(td_kvs_capture(&kb, base), TD_OK);
+    assert_int_equal(td_kvs_capture(&kn, st), TD_OK);
+    int rc = td_redis_store_diff(r, st, &kb, &kn, &e, 1, res);
+    td_kvs_free(&kb);
+    td_kvs_free(&kn);
+    return rc;
+}
+
 /* Diff writes (td_redis_store_diff): only changed fields are sent, a
  * removed field disappears from the hash, a stale base conflicts and leaves
  * the stored hash alone, and a plain load reads back exactly the new state. */
@@ -450,9 +463,8 @@ static void test_store_diff(void **state) {
     td_state base, st, got;
     populate(&st, "p-diff", 7);
     td_state_init(&base, "p-diff"); /* nothing stored yet: the base is empty */
-    int64_t e = 0;
     int res = -1;
-    assert_int_equal(td_redis_store_diff(r, &st, &base, &e, 1, &res), TD_OK);
+    assert_int_equal(store_diff1(r, &st, &base, 0, &res), TD_OK);
     assert_int_equal(res, TD_REDIS_STORED);
     assert_int_equal(st.version, 1);
     td_state_init(&got, "p-diff");
@@ -465,8 +477,7 @@ static void test_store_diff(void **state) {
     assert_int_equal(td_state_copy(&base, &st), TD_OK);
     st.events += 5;
     st.owner_id[0] = '\0';
-    e = 1;
-    assert_int_equal(td_redis_store_diff(r, &st, &base, &e, 1, &res), TD_OK);
+    assert_int_equal(store_diff1(r, &st, &base, 1, &res), TD_OK);
     assert_int_equal(res, TD_REDIS_STORED);
     redisContext *c = td_test_redis_connect(srv);
     char *owner = raw_hget(c, "touchd:p:{p-diff}", "owner_id");
@@ -485,12 +496,73 @@ static void test_store_diff(void **state) {
     td_state_free(&base);
     assert_int_equal(td_state_copy(&base, &st), TD_OK);
     st.events += 1;
-    e = 2;
-    assert_int_equal(td_redis_store_diff(r, &st, &base, &e, 1, &res), TD_OK);
+    assert_int_equal(store_diff1(r, &st, &base, 2, &res), TD_OK);
     assert_int_equal(res, TD_REDIS_CONFLICT);
     char *ev = raw_hget(c, "touchd:p:{p-diff}", "events");
     assert_string_equal(ev, "999");
     free(ev);
+    redisFree(c);
+    td_state_free(&base);
+    td_state_free(&st);
+    td_redis_free(r);
+}
+
+/* The score of member "<pid>\x1f<rule>" in the prospect's timer shard, or
+ * -1 when absent. */
+static long long timer_score(redisContext *c, const char *pid, const char *rule, uint32_t shards) {
+    char zk[96], member[256];
+    td_timers_shard_key("touchd", td_timers_shard(pid, shards), zk, sizeof zk);
+    int n = snprintf(member, sizeof member, "%s%c%s", pid, TD_TIMER_SEP, rule);
+    redisReply *rep = redisCommand(c, "ZSCORE %s %b", zk, member, (size_t)n);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_STRING ? atoll(rep->str) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* Diff writes keep the timer index in step: an armed timer is ZADDed with
+ * its due time, a re-armed one gets the new score, a disarmed one is ZREMed,
+ * and an unchanged one is not touched (it may be being claimed). */
+static void test_store_diff_timers(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_redis_set_timer_shards(r, 4);
+    redisContext *c = td_test_redis_connect(srv);
+    td_state base, st;
+    td_state_init(&base, "p-dt");
+    td_state_init(&st, "p-dt");
+    assert_int_equal(td_state_arm_timer(&st, "t.one", 1000000, "e-1"), TD_OK);
+    assert_int_equal(td_state_arm_timer(&st, "t.two", 2000000, "e-1"), TD_OK);
+    assert_int_equal(td_state_arm_timer(&st, "t.keep", 5000000, "e-1"), TD_OK);
+    int res = -1;
+    assert_int_equal(store_diff1(r, &st, &base, 0, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(timer_score(c, "p-dt", "t.one", 4), 1000000);
+    assert_int_equal(timer_score(c, "p-dt", "t.two", 4), 2000000);
+    assert_int_equal(timer_score(c, "p-dt", "t.keep", 4), 5000000);
+
+    /* a marker score on t.keep: an unchanged timer must keep it */
+    char zk[96], member[64];
+    td_timers_shard_key("touchd", td_timers_shard("p-dt", 4), zk, sizeof zk);
+    int mn = snprintf(member, sizeof member, "p-dt%ct.keep", TD_TIMER_SEP);
+    raw_ok(c, redisCommand(c, "ZADD %s 42 %b", zk, member, (size_t)mn));
+
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    assert_int_equal(td_state_arm_timer(&st, "t.one", 1500000, "e-2"), TD_OK);
+    td_state_disarm_timer(&st, "t.two");
+    assert_int_equal(td_state_arm_timer(&st, "t.four", 4000000, "e-2"), TD_OK);
+    assert_int_equal(store_diff1(r, &st, &base, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(timer_score(c, "p-dt", "t.one", 4), 1500000);  /* re-armed */
+    assert_int_equal(timer_score(c, "p-dt", "t.two", 4), -1);       /* disarmed */
+    assert_int_equal(timer_score(c, "p-dt", "t.four", 4), 4000000); /* armed */
+    assert_int_equal(timer_score(c, "p-dt", "t.keep", 4), 42);      /* untouched */
+    td_state got;
+    td_state_init(&got, "p-dt");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_true(td_state_equal(&got, &st));
+    td_state_free(&got);
     redisFree(c);
     td_state_free(&base);
     td_state_free(&st);
@@ -985,6 +1057,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_load_absent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roundtrip_and_plain_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_cas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),

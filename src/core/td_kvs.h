@@ -1,0 +1,59 @@
+/*
+ * td_kvs.h - a state's flat form held in memory: the field/value pairs of
+ * td_state_serialize, in its order, in one buffer.
+ *
+ * The daemon keeps, per prospect, the td_kvs of what Redis holds (as loaded
+ * or as last stored). A write then serialises the new state once and sends
+ * only the difference (td_kvs_diff), and the new td_kvs becomes the next
+ * base: one serialisation per write, no state copy.
+ *
+ * @locality any; a td_kvs is a plain value owned by its holder.
+ */
+#ifndef TD_KVS_H
+#define TD_KVS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "td_state.h"
+
+typedef struct td_kvs_entry {
+    uint32_t k, kl; /* key: buf[k .. k+kl) */
+    uint32_t v, vl; /* value: buf[v .. v+vl) */
+} td_kvs_entry;
+
+typedef struct td_kvs {
+    char *buf;
+    size_t len, cap;
+    td_kvs_entry *e;
+    size_t n, ecap;
+    bool oom;
+} td_kvs;
+
+/* An empty td_kvs needs no initialisation beyond {0}. */
+void td_kvs_free(td_kvs *kv);
+/* Empties kv, keeping its memory for reuse. */
+void td_kvs_clear(td_kvs *kv);
+/* Moves *from into *to (freeing what *to held); *from becomes empty. */
+void td_kvs_move(td_kvs *to, td_kvs *from);
+
+/* Appends one pair (a td_kv_fn: `ud` is the td_kvs). On out-of-memory the
+ * td_kvs is marked (oom) and further pairs are ignored. */
+void td_kvs_add(void *ud, const char *key, size_t klen, const char *val, size_t vlen);
+
+/* kv becomes the flat form of st (td_state_serialize's pairs, in order).
+ * @returns TD_OK or TD_ERR (out of memory; kv is then empty). */
+int td_kvs_capture(td_kvs *kv, const td_state *st);
+
+/*
+ * What turns hash `before` into hash `now`: set_fn for each pair of `now`
+ * that is new or has another value, del_fn for each key of `before` absent
+ * from `now`. Neither is modified. Linear when both come from
+ * td_state_serialize (same field order). @returns TD_OK or TD_ERR (out of
+ * memory: nothing was reported).
+ */
+int td_kvs_diff(const td_kvs *before, const td_kvs *now, td_kv_fn set_fn, td_kdel_fn del_fn,
+                void *ud);
+
+#endif
