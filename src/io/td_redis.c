@@ -133,45 +133,77 @@ static const char td_redis_cas_lua[] =
     "return 1\n";
 
 /*
- * The diff script (td_redis_store_diff). KEYS[1] = the prospect's hash,
- * KEYS[2] = its timer shard when the index is on. ARGV[1] = expected version,
- * ARGV[2] = member prefix ("<id>\x1f", or "" without index), ARGV[3] = NS,
- * ARGV[4] = ND, ARGV[5] = NZ, ARGV[6] = NR, then NS field/value pairs to
- * set, ND fields to delete, NZ (score, member suffix) pairs to ZADD and NR
- * member suffixes to ZREM. Returns 1 when written, 0 on a version mismatch.
- * Writing only the changed fields is what makes a state write cheap: an
- * event changes a handful of a state's fifty-odd fields.
+ * The diff script (td_redis_store_diff): one call writes a chunk of up to
+ * TD_REDIS_DIFF_CHUNK prospects, each with its own compare-and-set (a chunk
+ * runs atomically as a whole, which is more than each write needs). Per-call
+ * overhead (command parsing, script lookup, Lua entry) was most of a single
+ * write's cost in Redis.
+ *
+ * ARGV[1] = P, the number of prospects; ARGV[2] = "1" when the timer index
+ * is on. KEYS = for each prospect its hash, then (index on) its timer shard.
+ * Then per prospect, from ARGV[3] on: the expected version, the member
+ * prefix ("<id>\x1f", or ""), NS, ND, NZ, NR, then NS field/value pairs to
+ * set (the first pair is always "v" = expected + 1), ND fields to delete, NZ
+ * (score, member suffix) pairs to ZADD and NR member suffixes to ZREM.
+ * Returns an array of P integers: 1 written, 0 version mismatch (nothing of
+ * that prospect written). Writing only the changed fields is what makes a
+ * state write cheap: an event changes a handful of a state's fifty-odd
+ * fields.
  */
 static const char td_redis_diff_lua[] =
-    "local key = KEYS[1]\n"
-    "local cur = redis.call('HGET', key, 'v')\n"
-    "if not cur then cur = '0' end\n"
-    "if cur ~= ARGV[1] then return 0 end\n"
-    "local mp = ARGV[2]\n"
-    "local ns, nd, nz, nr = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
-    "local i = 7\n"
-    "local e = i + 2 * ns - 1\n"
-    "while i <= e do\n"
-    "  local j = i + 199\n"
-    "  if j > e then j = e end\n"
-    "  redis.call('HSET', key, unpack(ARGV, i, j))\n"
-    "  i = j + 1\n"
-    "end\n"
-    "if nd > 0 then redis.call('HDEL', key, unpack(ARGV, i, i + nd - 1)) end\n"
-    "i = i + nd\n"
-    "redis.call('HSET', key, 'v', string.format('%d', tonumber(ARGV[1]) + 1))\n"
-    "if #KEYS > 1 then\n"
-    "  for k = 1, nz do\n"
-    "    redis.call('ZADD', KEYS[2], ARGV[i], mp .. ARGV[i + 1])\n"
-    "    i = i + 2\n"
+    "local np = tonumber(ARGV[1])\n"
+    "local zon = ARGV[2] == '1'\n"
+    "local a, k, res = 3, 1, {}\n"
+    "for p = 1, np do\n"
+    "  local key = KEYS[k]\n"
+    "  k = k + 1\n"
+    "  local zk\n"
+    "  if zon then zk = KEYS[k]; k = k + 1 end\n"
+    "  local exp, mp = ARGV[a], ARGV[a + 1]\n"
+    "  local ns, nd = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
+    "  local nz, nr = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])\n"
+    "  local i = a + 6\n"
+    "  local nxt = i + 2 * ns + nd + 2 * nz + nr\n"
+    "  local cur = redis.call('HGET', key, 'v')\n"
+    "  if not cur then cur = '0' end\n"
+    "  if cur ~= exp then\n"
+    "    res[p] = 0\n"
+    "  else\n"
+    "    local e = i + 2 * ns - 1\n"
+    "    while i <= e do\n"
+    "      local j = i + 199\n"
+    "      if j > e then j = e end\n"
+    "      redis.call('HSET', key, unpack(ARGV, i, j))\n"
+    "      i = j + 1\n"
+    "    end\n"
+    "    if nd > 0 then redis.call('HDEL', key, unpack(ARGV, i, i + nd - 1)) end\n"
+    "    i = i + nd\n"
+    "    if zk then\n"
+    "      if nz > 0 then\n"
+    "        local add = {}\n"
+    "        for z = 1, nz do\n"
+    "          add[2 * z - 1] = ARGV[i]\n"
+    "          add[2 * z] = mp .. ARGV[i + 1]\n"
+    "          i = i + 2\n"
+    "        end\n"
+    "        redis.call('ZADD', zk, unpack(add))\n"
+    "      end\n"
+    "      if nr > 0 then\n"
+    "        local rem = {}\n"
+    "        for z = 1, nr do rem[z] = mp .. ARGV[i + z - 1] end\n"
+    "        redis.call('ZREM', zk, unpack(rem))\n"
+    "      end\n"
+    "    end\n"
+    "    res[p] = 1\n"
     "  end\n"
-    "  if nr > 0 then\n"
-    "    local rem = {}\n"
-    "    for k = 1, nr do rem[k] = mp .. ARGV[i + k - 1] end\n"
-    "    redis.call('ZREM', KEYS[2], unpack(rem))\n"
-    "  end\n"
+    "  a = nxt\n"
     "end\n"
-    "return 1\n";
+    "return res\n";
+
+/* Prospects per diff-script call: big enough to amortise the call, small
+ * enough that Redis is never blocked long (~0.2 ms) and Lua's unpack()
+ * limits are far. */
+#define TD_REDIS_DIFF_CHUNK 64
 
 /* Scratch for building one command: byte spans in one growing buffer. */
 typedef struct td_rscratch {
@@ -179,9 +211,6 @@ typedef struct td_rscratch {
     size_t len, cap;
     size_t *off, *slen; /* spans */
     size_t n, capn;
-    const char **argv; /* built from the spans just before sending */
-    size_t *argvlen;
-    size_t capargv;
     bool oom;
 } td_rscratch;
 
@@ -196,6 +225,8 @@ struct td_redis {
     uint32_t timer_shards; /* 0: no timer index (td_redis_set_timer_shards) */
     char err[512];
     td_rscratch s;
+    char *resp; /* a command formatted as RESP (rd_append) */
+    size_t respcap;
 };
 
 /* ---- small helpers ---- */
@@ -240,6 +271,19 @@ static const char *rd_where(const td_redis *r, char *buf, size_t cap) {
     else
         snprintf(buf, cap, "%s:%d", r->conf.host, r->conf.port);
     return buf;
+}
+
+/* Decimal digits of v into out (no NUL); @returns the length. */
+static size_t rd_u64(uint64_t v, char *out) {
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
 }
 
 /* ---- scratch spans ---- */
@@ -291,34 +335,11 @@ static void rs_push(td_rscratch *s, const char *p, size_t n) {
 
 static void rs_pushs(td_rscratch *s, const char *p) { rs_push(s, p, strlen(p)); }
 
-/* Points argv at the spans; false on out-of-memory. */
-static bool rs_argv(td_rscratch *s) {
-    if (s->oom)
-        return false;
-    if (s->n > s->capargv) {
-        const char **a = realloc(s->argv, s->n * sizeof *a);
-        if (!a)
-            return false;
-        s->argv = a;
-        size_t *l = realloc(s->argvlen, s->n * sizeof *l);
-        if (!l)
-            return false;
-        s->argvlen = l;
-        s->capargv = s->n;
-    }
-    for (size_t i = 0; i < s->n; i++) {
-        s->argv[i] = s->buf + s->off[i];
-        s->argvlen[i] = s->slen[i];
-    }
-    return true;
-}
 
 static void rs_free(td_rscratch *s) {
     free(s->buf);
     free(s->off);
     free(s->slen);
-    free(s->argv);
-    free(s->argvlen);
     memset(s, 0, sizeof *s);
 }
 
@@ -436,13 +457,47 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
     }
 }
 
-/* Appends one command from the scratch spans. */
+/* "<c><n>\r\n" at p; @returns its length. */
+static size_t rd_resp_head(char *p, char c, size_t n) {
+    p[0] = c;
+    size_t k = 1 + rd_u64(n, p + 1);
+    p[k++] = '\r';
+    p[k++] = '\n';
+    return k;
+}
+
+/* Appends one command from the scratch spans, formatted as RESP here (the
+ * spans are copied once; hiredis' own argv formatter was a visible share of
+ * a batch). */
 static int rd_append(td_redis *r) {
-    if (!rs_argv(&r->s) || r->s.n > INT_MAX) {
+    td_rscratch *s = &r->s;
+    if (s->oom) {
         rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
     }
-    if (redisAppendCommandArgv(r->c, (int)r->s.n, r->s.argv, r->s.argvlen) != REDIS_OK) {
+    size_t need = 24 + s->len + s->n * 28; /* "$<len>\r\n" + "\r\n" per argument */
+    if (need > r->respcap) {
+        size_t cap = r->respcap ? r->respcap : 8192;
+        while (cap < need)
+            cap *= 2;
+        char *b = realloc(r->resp, cap);
+        if (!b) {
+            rd_seterr(r, "redis: out of memory building a command");
+            return TD_ERR;
+        }
+        r->resp = b;
+        r->respcap = cap;
+    }
+    char *p = r->resp;
+    size_t k = rd_resp_head(p, '*', s->n);
+    for (size_t i = 0; i < s->n; i++) {
+        k += rd_resp_head(p + k, '$', s->slen[i]);
+        memcpy(p + k, s->buf + s->off[i], s->slen[i]);
+        k += s->slen[i];
+        p[k++] = '\r';
+        p[k++] = '\n';
+    }
+    if (redisAppendFormattedCommand(r->c, p, k) != REDIS_OK) {
         rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
     }
@@ -632,6 +687,7 @@ void td_redis_free(td_redis *r) {
     rd_wipe_free(r->password);
     free(r->username);
     rs_free(&r->s);
+    free(r->resp);
     free(r);
 }
 
@@ -936,6 +992,7 @@ static int rd_diff_script_load(td_redis *r, int64_t deadline) {
  * re-armed) and deleted (disarmed or fired). */
 typedef struct rd_diffbuf {
     td_rscratch sets, dels, zadd, zrem;
+    td_rscratch keys, args; /* the call being built (rd_diff_add) */
     uint32_t nsets, ndels;
 } rd_diffbuf;
 
@@ -960,19 +1017,6 @@ static void rd_diff_del(void *ud, const char *k, size_t kl) {
     d->ndels++;
     if (rd_is_timer_key(k, kl))
         rs_push(&d->zrem, k + 6, kl - 6);
-}
-
-/* Decimal digits of v into out (no NUL); @returns the length. */
-static size_t rd_u64(uint64_t v, char *out) {
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
-    return n;
 }
 
 /* The index member suffix of a timer: its rule id as the flat form writes it
@@ -1003,8 +1047,10 @@ static td_ms rd_timer_due(const td_state *st, const char *sfx, size_t n) {
     return TD_MS_MISSING;
 }
 
-static int rd_append_diff(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
-                          int64_t expected, rd_diffbuf *d) {
+/* Adds prospect st's part of a diff-script call: its key(s) to d->keys and
+ * its arguments to d->args (see td_redis_diff_lua). */
+static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                       int64_t expected, rd_diffbuf *d) {
     rs_reset(&d->sets);
     rs_reset(&d->dels);
     rs_reset(&d->zadd);
@@ -1015,33 +1061,36 @@ static int rd_append_diff(td_redis *r, const td_state *st, const td_kvs *base, c
         rd_seterr(r, "redis: out of memory");
         return TD_ERR;
     }
-    char num[24];
-    rs_reset(&r->s);
-    rs_pushs(&r->s, "EVALSHA");
-    rs_pushs(&r->s, r->dsha);
-    rs_pushs(&r->s, r->timer_shards ? "2" : "1");
-    rd_push_key(r, st->prospect_id);
+    char key[TD_ID_MAX + 80];
+    size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
+    rs_push(&d->keys, key, kn < sizeof key ? kn : sizeof key - 1);
     if (r->timer_shards) {
         char zk[96];
         size_t zn = td_timers_shard_key(r->conf.key_prefix,
                                         td_timers_shard(st->prospect_id, r->timer_shards), zk,
                                         sizeof zk);
-        rs_push(&r->s, zk, zn < sizeof zk ? zn : sizeof zk - 1);
+        rs_push(&d->keys, zk, zn < sizeof zk ? zn : sizeof zk - 1);
     }
-    rs_push(&r->s, num, (size_t)rd_u64((uint64_t)expected, num));
+    char num[24], ver[24];
+    td_rscratch *a = &d->args;
+    rs_push(a, num, rd_u64((uint64_t)expected, num));
     char mp[TD_ID_MAX + 2];
     size_t pn = strlen(st->prospect_id);
     memcpy(mp, st->prospect_id, pn);
     mp[pn++] = TD_TIMER_SEP;
-    rs_push(&r->s, mp, r->timer_shards ? pn : 0);
+    rs_push(a, mp, r->timer_shards ? pn : 0);
     /* without the index, timer fields are plain hash fields */
     size_t nz = r->timer_shards ? d->zadd.n : 0, nr = r->timer_shards ? d->zrem.n : 0;
-    rs_push(&r->s, num, (size_t)rd_u64(d->nsets, num));
-    rs_push(&r->s, num, (size_t)rd_u64(d->ndels, num));
-    rs_push(&r->s, num, (size_t)rd_u64(nz, num));
-    rs_push(&r->s, num, (size_t)rd_u64(nr, num));
-    for (size_t k = 0; k < d->sets.n; k++) rs_push(&r->s, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
-    for (size_t k = 0; k < d->dels.n; k++) rs_push(&r->s, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
+    rs_push(a, num, rd_u64(d->nsets + 1, num)); /* + the version pair */
+    rs_push(a, num, rd_u64(d->ndels, num));
+    rs_push(a, num, rd_u64(nz, num));
+    rs_push(a, num, rd_u64(nr, num));
+    rs_push(a, "v", 1); /* the new version: checked against `expected` first */
+    rs_push(a, ver, rd_u64((uint64_t)expected + 1, ver));
+    for (size_t k = 0; k < d->sets.n; k++)
+        rs_push(a, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
+    for (size_t k = 0; k < d->dels.n; k++)
+        rs_push(a, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
     for (size_t k = 0; k < nz; k++) {
         const char *sfx = d->zadd.buf + d->zadd.off[k];
         size_t sl = d->zadd.slen[k];
@@ -1056,25 +1105,116 @@ static int rd_append_diff(td_redis *r, const td_state *st, const td_kvs *base, c
         if (due < 0)
             dn[len++] = '-';
         len += rd_u64(due < 0 ? (uint64_t)0 - (uint64_t)due : (uint64_t)due, dn + len);
-        rs_push(&r->s, dn, len);
-        rs_push(&r->s, sfx, sl);
+        rs_push(a, dn, len);
+        rs_push(a, sfx, sl);
     }
     for (size_t k = 0; k < nr; k++)
-        rs_push(&r->s, d->zrem.buf + d->zrem.off[k], d->zrem.slen[k]);
+        rs_push(a, d->zrem.buf + d->zrem.off[k], d->zrem.slen[k]);
+    if (d->keys.oom || a->oom) {
+        rd_seterr(r, "redis: out of memory");
+        return TD_ERR;
+    }
+    return TD_OK;
+}
+
+/* Appends the diff-script call of the `np` prospects collected in d. */
+static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
+    char num[24];
+    td_rscratch *s = &r->s;
+    rs_reset(s);
+    rs_push(s, "EVALSHA", 7);
+    rs_push(s, r->dsha, 40);
+    rs_push(s, num, rd_u64(d->keys.n, num));
+    for (size_t k = 0; k < d->keys.n; k++)
+        rs_push(s, d->keys.buf + d->keys.off[k], d->keys.slen[k]);
+    rs_push(s, num, rd_u64(np, num));
+    rs_push(s, r->timer_shards ? "1" : "0", 1);
+    for (size_t k = 0; k < d->args.n; k++)
+        rs_push(s, d->args.buf + d->args.off[k], d->args.slen[k]);
+    rs_reset(&d->keys);
+    rs_reset(&d->args);
     return rd_append(r);
 }
 
-/* Diff writes (td_redis_store_diff). */
-typedef struct rd_diff_ud {
-    const td_state *states;
-    const td_kvs *bases, *nows;
-    const int64_t *expected;
-    rd_diffbuf *d;
-} rd_diff_ud;
-
-static int rd_append_diff_i(td_redis *r, size_t i, void *ud) {
-    const rd_diff_ud *u = ud;
-    return rd_append_diff(r, &u->states[i], &u->bases[i], &u->nows[i], u->expected[i], u->d);
+/*
+ * One round of diff writes: the prospects with todo[i] set go out in calls
+ * of up to TD_REDIS_DIFF_CHUNK, each flushed as soon as it is built (Redis
+ * runs one chunk while the next is diffed). Fills result and versions and
+ * leaves todo[i] set only for prospects whose call got NOSCRIPT.
+ * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
+ */
+static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
+                         const int64_t *expected, size_t n, int *result, unsigned char *todo,
+                         int64_t deadline, size_t *noscript, rd_diffbuf *d, size_t *order) {
+    size_t sent = 0, inchunk = 0;
+    rs_reset(&d->keys);
+    rs_reset(&d->args);
+    for (size_t i = 0; i < n; i++) {
+        if (!todo[i])
+            continue;
+        if (rd_diff_add(r, &states[i], &bases[i], &nows[i], expected[i], d) != TD_OK)
+            goto fail;
+        order[sent++] = i;
+        if (++inchunk == TD_REDIS_DIFF_CHUNK) {
+            if (rd_diff_send(r, d, inchunk) != TD_OK)
+                goto fail;
+            inchunk = 0;
+            if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+                return TD_ERR;
+        }
+    }
+    if (inchunk > 0 && rd_diff_send(r, d, inchunk) != TD_OK)
+        goto fail;
+    if (sent == 0)
+        return TD_OK;
+    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    int rc = TD_OK;
+    *noscript = 0;
+    for (size_t c0 = 0; c0 < sent; c0 += TD_REDIS_DIFF_CHUNK) {
+        size_t cn = sent - c0 < TD_REDIS_DIFF_CHUNK ? sent - c0 : TD_REDIS_DIFF_CHUNK;
+        redisReply *rep = NULL;
+        if (rd_read(r, deadline, &rep, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        bool ok = rep->type == REDIS_REPLY_ARRAY && rep->elements == cn;
+        for (size_t k = 0; ok && k < cn; k++)
+            ok = rep->element[k]->type == REDIS_REPLY_INTEGER &&
+                 (rep->element[k]->integer == 0 || rep->element[k]->integer == 1);
+        if (ok) {
+            for (size_t k = 0; k < cn; k++) {
+                size_t i = order[c0 + k];
+                todo[i] = 0;
+                if (rep->element[k]->integer == 1) {
+                    result[i] = TD_REDIS_STORED;
+                    states[i].version = expected[i] + 1;
+                } else {
+                    result[i] = TD_REDIS_CONFLICT;
+                }
+            }
+        } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
+                   memcmp(rep->str, "NOSCRIPT", 8) == 0) {
+            *noscript += cn; /* nothing of the chunk ran: todo stays set */
+        } else {
+            for (size_t k = 0; k < cn; k++)
+                todo[order[c0 + k]] = 0;
+            if (rc == TD_OK) {
+                char key[TD_ID_MAX + 80];
+                td_redis_key(r, states[order[c0]].prospect_id, key, sizeof key);
+                if (rep->type == REDIS_REPLY_ERROR)
+                    rd_seterr(r, "redis: EVALSHA (%zu prospects from %s): %.*s", cn, key,
+                              (int)rep->len, rep->str);
+                else
+                    rd_seterr(r, "redis: EVALSHA (%zu prospects from %s): unexpected reply "
+                              "(type %d)", cn, key, rep->type);
+                rc = TD_ERR;
+            }
+        }
+        freeReplyObject(rep);
+    }
+    return rc;
+fail:
+    rd_drop(r, false); /* unsent commands in obuf: start clean */
+    return TD_ERR;
 }
 
 int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
@@ -1092,21 +1232,25 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, cons
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
     if (!r->dsha[0] && rd_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
-    if (!todo) {
+    size_t *order = malloc(n * sizeof *order);
+    if (!todo || !order) {
+        free(todo);
+        free(order);
         rd_seterr(r, "redis: out of memory");
         return TD_ERR;
     }
     memset(todo, 1, n);
     rd_diffbuf d = {0};
     size_t noscript = 0;
-    rd_diff_ud u = {states, bases, nows, expected_version, &d};
-    int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
-                          rd_append_diff_i, &u);
+    int rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
+                           &noscript, &d, order);
     if (rc == TD_OK && noscript > 0) {
+        /* The server lost the script (restart, failover, SCRIPT FLUSH):
+         * load it again and retry those prospects once. */
         rc = rd_diff_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline,
-                              &noscript, rd_append_diff_i, &u);
+            rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo,
+                               deadline, &noscript, &d, order);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
                       noscript);
@@ -1117,7 +1261,10 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, cons
     rs_free(&d.dels);
     rs_free(&d.zadd);
     rs_free(&d.zrem);
+    rs_free(&d.keys);
+    rs_free(&d.args);
     free(todo);
+    free(order);
     return rc;
 }
 
