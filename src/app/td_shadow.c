@@ -190,8 +190,7 @@ static bool sh_producer_new(td_shadow *sh, const char *bootstraps) {
     rd_kafka_conf_t *pc = rd_kafka_conf_new();
     bool ok = sh_set(pc, "bootstrap.servers", bootstraps) &&
               sh_set(pc, "client.id", "touchd-shadow") && sh_set(pc, "linger.ms", "5") &&
-              sh_set(pc, "socket.nagle.disable", "true") &&
-              (!cfg->kafka.embedded || sh_set(pc, "max.in.flight", "1"));
+              sh_set(pc, "socket.nagle.disable", "true");
     /* the live producer's passthrough (security, timeouts...) applies too */
     for (size_t i = 0; ok && i < cfg->kafka.n_producer; i++)
         ok = sh_set(pc, cfg->kafka.producer[i].key, cfg->kafka.producer[i].val);

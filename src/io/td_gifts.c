@@ -690,8 +690,7 @@ td_gifts_kafka *td_gifts_kafka_new(const td_config *cfg, const char *bootstraps,
         tg_kset(pc, "enable.idempotence", "true", err, errcap) < 0 ||
         tg_kset(pc, "acks", "all", err, errcap) < 0 ||
         tg_kset(pc, "linger.ms", "1", err, errcap) < 0 ||
-        tg_kset(pc, "socket.nagle.disable", "true", err, errcap) < 0 ||
-        (cfg->kafka.embedded && tg_kset(pc, "max.in.flight", "1", err, errcap) < 0)) {
+        tg_kset(pc, "socket.nagle.disable", "true", err, errcap) < 0) {
         rd_kafka_conf_destroy(pc);
         td_gifts_kafka_free(k);
         return NULL;

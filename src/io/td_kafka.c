@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "td_log.h"
+#include "td_mock_nodelay.h"
 
 typedef struct td_kout {
     uint8_t dlq;   /* 0: recommendation, 1: dead letter */
@@ -50,6 +51,7 @@ struct td_kafka {
 
     rd_kafka_t *mock_rk; /* embedded broker's own handle */
     rd_kafka_mock_cluster_t *mcluster;
+    td_mock_nodelay *nodelay; /* TCP_NODELAY on the embedded broker's sockets */
 
     rd_kafka_t *consumer;
     rd_kafka_t *producer;
@@ -296,6 +298,19 @@ static int td_kafka_start_embedded(td_kafka *k, char *err, size_t errcap) {
         }
     }
     k->bootstraps = strdup(rd_kafka_mock_cluster_bootstraps(k->mcluster));
+    if (!k->bootstraps) {
+        snprintf(err, errcap, "embedded broker: out of memory");
+        return -1;
+    }
+    /* The mock broker leaves Nagle on: its small responses (produce acks,
+     * fetches) would wait for the clients' delayed ACKs. */
+    k->nodelay = td_mock_nodelay_new(k->bootstraps);
+    if (!k->nodelay || td_mock_nodelay_start(k->nodelay, 100) != 0) {
+        td_mock_nodelay_free(k->nodelay);
+        k->nodelay = NULL;
+        snprintf(err, errcap, "embedded broker: cannot start the socket option watcher");
+        return -1;
+    }
     td_log_info("embedded broker started", "bootstrap=%s partitions=%d topics=%zu", k->bootstraps,
                 np, nt);
     if (c->kafka.bootstrap_file[0]) {
@@ -358,10 +373,6 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
         td_kafka_set(pc, "acks", "all", err, errcap) < 0 ||
         td_kafka_set(pc, "linger.ms", "1", err, errcap) < 0 ||
         td_kafka_set(pc, "socket.nagle.disable", "true", err, errcap) < 0 ||
-        /* The embedded (mock) broker keeps Nagle on for its sockets: with
-         * several requests in flight its small responses wait for our
-         * delayed ACK (~40 ms each). One request at a time avoids that. */
-        (cfg->kafka.embedded && td_kafka_set(pc, "max.in.flight", "1", err, errcap) < 0) ||
         td_kafka_passthrough(k, pc, cfg->kafka.producer, cfg->kafka.n_producer, "producer", err,
                              errcap) < 0) {
         rd_kafka_conf_destroy(pc);
@@ -444,6 +455,7 @@ void td_kafka_free(td_kafka *k) {
         rd_kafka_destroy(k->consumer);
     if (k->producer)
         rd_kafka_destroy(k->producer);
+    td_mock_nodelay_free(k->nodelay);
     if (k->mcluster) {
         rd_kafka_mock_cluster_destroy(k->mcluster);
         if (k->cfg->kafka.bootstrap_file[0])

@@ -202,12 +202,12 @@ int main(int argc, char **argv) {
                      "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
                      "  dead_letter_topic = \"" T_DLQ "\";\n"
                      "  consumer = { fetch_wait_max_ms = 1; };\n"
-                     "  producer = { linger_ms = 0; max_in_flight = %s; %s }; };\n"
+                     "  producer = { linger_ms = 0; %s }; };\n"
                      "redis = { host = \"127.0.0.1\"; port = %d; };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
                      "engine = { batch_max_events = %d; batch_max_ms = 10; };\n"
                      "log = { level = \"%s\"; };\n",
-                     k.bootstraps, getenv("BENCH_MAX_IN_FLIGHT") ? getenv("BENCH_MAX_IN_FLIGHT") : "1", getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis.port, rules_dir, batch,
+                     k.bootstraps, getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis.port, rules_dir, batch,
                      getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info");
     td_test_write_file(dir, "touchd.conf", text, (size_t)n, conf, sizeof conf);
 

@@ -77,9 +77,6 @@ int td_test_kafka_start(td_test_kafka *k, const char *const *topics, size_t ntop
     if (rd_kafka_conf_set(conf, "bootstrap.servers", k->bootstraps, err, sizeof err) ||
         rd_kafka_conf_set(conf, "linger.ms", "0", err, sizeof err) ||
         rd_kafka_conf_set(conf, "socket.nagle.disable", "true", err, sizeof err) ||
-        /* The mock broker's sockets keep Nagle on: with several requests in
-         * flight its small responses wait for our delayed ACK (~40 ms). */
-        rd_kafka_conf_set(conf, "max.in.flight", "1", err, sizeof err) ||
         rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err)) {
         fprintf(stderr, "producer conf: %s\n", err);
         rd_kafka_conf_destroy(conf);

@@ -253,7 +253,7 @@ static void write_config(fx *f, const char *group) {
                      "  gift_register_topic = \"" T_GIFTS "\";\n"
                      "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
                      "               heartbeat_interval_ms = 500; };\n"
-                     "  producer = { linger_ms = 0; max_in_flight = 1; };\n"
+                     "  producer = { linger_ms = 0; };\n"
                      "};\n"
                      "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20;\n"
                      "          backoff_max_ms = 200; command_timeout_ms = 1000;\n"

@@ -18,7 +18,15 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+
 #include "harness.h"
+#include "harness_kafka.h"
 
 static void assert_status(redisReply *rep, const char *want) {
     assert_non_null(rep);
@@ -182,6 +190,60 @@ static void test_tmpdir_helpers(void **unused) {
     assert_non_null(td_test_source_dir());
 }
 
+/* Connected TCP sockets of this process whose local port is `port`, and
+ * how many of them have TCP_NODELAY. */
+static void sockets_on_port(uint16_t port, int *total, int *nodelay) {
+    *total = *nodelay = 0;
+    DIR *dir = opendir("/proc/self/fd");
+    assert_non_null(dir);
+    struct dirent *de;
+    while ((de = readdir(dir)) != NULL) {
+        int fd = atoi(de->d_name);
+        struct sockaddr_in local, peer;
+        socklen_t ll = sizeof local, pl = sizeof peer;
+        if (fd <= 2 || fd == dirfd(dir) ||
+            getsockname(fd, (struct sockaddr *)&local, &ll) != 0 ||
+            getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 || local.sin_family != AF_INET ||
+            ntohs(local.sin_port) != port)
+            continue;
+        int v = 0;
+        socklen_t vl = sizeof v;
+        (*total)++;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) == 0 && v)
+            (*nodelay)++;
+    }
+    closedir(dir);
+}
+
+/* The mock broker's accepted sockets get TCP_NODELAY from the watcher
+ * (td_mock_nodelay): without it its small responses wait for delayed ACKs. */
+static void test_mock_broker_nodelay(void **unused) {
+    (void)unused;
+    td_test_kafka k;
+    const char *topics[] = {"t.nodelay"};
+    assert_int_equal(td_test_kafka_start(&k, topics, 1, 1), 0);
+    const char *colon = strrchr(k.bootstraps, ':');
+    assert_non_null(colon);
+    uint16_t port = (uint16_t)atoi(colon + 1);
+    /* a produce makes the producer connect */
+    assert_int_equal(rd_kafka_producev(k.producer, RD_KAFKA_V_TOPIC("t.nodelay"),
+                                       RD_KAFKA_V_VALUE("x", 1), RD_KAFKA_V_END),
+                     RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert_int_equal(rd_kafka_flush(k.producer, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    int total = 0, nodelay = 0;
+    for (int i = 0; i < 100; i++) { /* the watcher scans every 100 ms */
+        sockets_on_port(port, &total, &nodelay);
+        if (total > 0 && nodelay == total)
+            break;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(total > 0);
+    assert_int_equal(nodelay, total);
+    assert_true(td_mock_nodelay_count(k.nodelay) >= total);
+    td_test_kafka_stop(&k);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_start_set_get_stop),
@@ -190,6 +252,7 @@ int main(void) {
         cmocka_unit_test(test_without_aof_restart_is_empty),
         cmocka_unit_test(test_two_servers),
         cmocka_unit_test(test_tmpdir_helpers),
+        cmocka_unit_test(test_mock_broker_nodelay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

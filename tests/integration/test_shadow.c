@@ -133,7 +133,7 @@ static void write_config(fx *f, run *r) {
                      "  dead_letter_topic = \"dlq\";\n"
                      "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
                      "               heartbeat_interval_ms = 500; };\n"
-                     "  producer = { linger_ms = 0; max_in_flight = 1; };\n"
+                     "  producer = { linger_ms = 0; };\n"
                      "};\n"
                      "redis = { host = \"127.0.0.1\"; port = %d; key_prefix = \"%s\";\n"
                      "          backoff_min_ms = 20; backoff_max_ms = 200; };\n"
