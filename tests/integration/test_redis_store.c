@@ -689,7 +689,7 @@ static void test_auth(void **state) {
     redisContext *admin = td_test_redis_connect(srv);
     assert_non_null(admin);
     raw_ok(admin, redisCommand(admin, "ACL SETUSER touch on >%s ~touchd:* -@all +hgetall +evalsha +script|load +select "
-                           "+hget +hset +del", "acl-Pw-9"));
+                           "+hget +hset +hdel +del +zadd +zrem", "acl-Pw-9"));
     raw_ok(admin, redisCommand(admin, "CONFIG SET requirepass %s", pw));
 
     td_redis_conf conf;
@@ -740,6 +740,23 @@ static void test_auth(void **state) {
     td_state_init(&s, "p-auth");
     assert_int_equal(td_redis_load(r, &s, 1), TD_OK);
     assert_int_equal(s.version, 2);
+    /* the documented ACL covers the daemon's diff writes (HDEL included) */
+    td_state before;
+    assert_int_equal(td_state_copy(&before, &s), TD_OK);
+    s.events += 3;
+    assert_int_equal(store_diff1(r, &s, &before, 2, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_state_free(&before);
+    assert_int_equal(td_state_copy(&before, &s), TD_OK);
+    s.events = 0; /* back to the default: the field is deleted */
+    assert_int_equal(store_diff1(r, &s, &before, 3, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_state_free(&before);
+    td_state_free(&s);
+    td_state_init(&s, "p-auth");
+    assert_int_equal(td_redis_load(r, &s, 1), TD_OK);
+    assert_int_equal(s.version, 4);
+    assert_int_equal(s.events, 0);
     td_redis_free(r);
     /* ACL user with the wrong password */
     conf.password = wrong;
