@@ -35,7 +35,7 @@ void td_kvs_add(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
         return;
     }
     if (l->len + kl + vl > l->cap) {
-        size_t cap = l->cap ? l->cap : 2048;
+        size_t cap = l->cap ? l->cap : 512;
         while (cap < l->len + kl + vl)
             cap *= 2;
         char *b = realloc(l->buf, cap);
@@ -47,7 +47,7 @@ void td_kvs_add(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
         l->cap = cap;
     }
     if (l->n == l->ecap) {
-        size_t cap = l->ecap ? l->ecap * 2 : 64;
+        size_t cap = l->ecap ? l->ecap * 2 : 32;
         void *e = realloc(l->e, cap * sizeof *l->e);
         if (!e) {
             l->oom = true;
