@@ -3,10 +3,19 @@
  * in"; the contract as implemented is docs/events.md).
  *
  * Design:
- * - jansson parses (it validates UTF-8, rejects "\u0000" escapes and, with
+ * - Two paths, one meaning (td_event_internal.h). The slow path: jansson
+ *   parses (it validates UTF-8, rejects "\u0000" escapes and, with
  *   JSON_REJECT_DUPLICATES, duplicate keys); this file then reads the known
  *   fields with direct lookups and copies what it keeps into the fixed-size
  *   td_event. The only heap memory is jansson's tree, freed before return.
+ *   The fast path, tried first: td_event_fast.c scans the bytes once, with
+ *   no allocation, into a td_event_doc, and declines anything outside the
+ *   plain JSON real events use (and any message the contract rejects); the
+ *   slow path then runs as if the fast one did not exist, so every
+ *   rejection and its words come from it. Both paths fill the td_event
+ *   through the same readers, which see an object through a `view`; only
+ *   `member` knows which parser is behind it. A scan costs a few thousand
+ *   instructions, jansson's tree about ten times that.
  * - Cheap checks come first (size, NUL bytes) so hostile input costs little.
  *   Error paths may be slower (formatting, a UTF-8 scan to say why jansson
  *   failed); the accept path does no formatting and no extra allocation.
@@ -17,7 +26,8 @@
  * - Money is exact. A JSON number with a fraction reaches jansson as a
  *   double, which cannot hold 0.1. For those (and only those) the raw text of
  *   the number is found again in the message by a small scanner over the
- *   already-validated JSON and parsed digit by digit into a td_dec.
+ *   already-validated JSON and parsed digit by digit into a td_dec. (The
+ *   fast path has the text at hand and feeds the same parser.)
  * - JSON null on an optional field means "not given"; on a required field it
  *   is "missing". Many CRM serialisers write null for unset fields.
  * - Rejection reasons may echo short enumerated values (a type, a stage)
@@ -36,38 +46,45 @@
 #include <jansson.h>
 #include <pthread.h>
 
+#include "td_event_internal.h"
 #include "td_time.h"
 
 /* ---- names ---- */
 
-static const char *const event_type_names[TD_EV__COUNT] = {
-    "email.sent",        "email.delivered",  "email.opened",      "email.clicked",
-    "email.replied",     "email.bounced",    "email.unsubscribed", "whatsapp.sent",
-    "whatsapp.delivered", "whatsapp.read",   "whatsapp.replied",  "whatsapp.failed",
-    "whatsapp.opted_in", "whatsapp.opted_out", "sms.sent",        "sms.delivered",
-    "sms.read",          "sms.replied",      "sms.failed",        "sms.opted_in",
-    "sms.opted_out",     "linkedin.invited", "linkedin.accepted", "linkedin.messaged",
-    "linkedin.replied",  "call.attempted",   "call.connected",    "call.voicemail",
-    "meeting.booked",    "meeting.held",     "meeting.cancelled", "meeting.no_show",
-    "gift.sent",         "prospect.updated", "owner.prospect_contacted",
+/* Names with their lengths: the parser compares lengths before bytes. */
+static const struct {
+    const char *name;
+    size_t len;
+} event_types[TD_EV__COUNT] = {
+#define N(s) {s, sizeof s - 1}
+    N("email.sent"),        N("email.delivered"),    N("email.opened"),       N("email.clicked"),
+    N("email.replied"),     N("email.bounced"),      N("email.unsubscribed"), N("whatsapp.sent"),
+    N("whatsapp.delivered"), N("whatsapp.read"),     N("whatsapp.replied"),   N("whatsapp.failed"),
+    N("whatsapp.opted_in"), N("whatsapp.opted_out"), N("sms.sent"),           N("sms.delivered"),
+    N("sms.read"),          N("sms.replied"),        N("sms.failed"),         N("sms.opted_in"),
+    N("sms.opted_out"),     N("linkedin.invited"),   N("linkedin.accepted"),  N("linkedin.messaged"),
+    N("linkedin.replied"),  N("call.attempted"),     N("call.connected"),     N("call.voicemail"),
+    N("meeting.booked"),    N("meeting.held"),       N("meeting.cancelled"),  N("meeting.no_show"),
+    N("gift.sent"),         N("prospect.updated"),   N("owner.prospect_contacted"),
+#undef N
 };
 
 const char *td_event_type_name(td_event_type t)
 {
     if ((int)t < 0 || t >= TD_EV__COUNT)
         return NULL;
-    return event_type_names[t];
+    return event_types[t].name;
 }
 
 int td_event_type_parse(const char *s, size_t len)
 {
-    if (s == NULL)
+    if (s == NULL || len == 0)
         return -1;
     for (int i = 0; i < TD_EV__COUNT; i++) {
-        const char *n = event_type_names[i];
-        /* Comparing the first byte and the length first rejects almost every
-         * entry without a memcmp; 34 entries is too few to need a hash. */
-        if (n[0] == s[0] && strlen(n) == len && memcmp(n, s, len) == 0)
+        /* Length and first byte reject almost every entry without a
+         * memcmp; 35 entries is too few to need a hash. */
+        if (event_types[i].len == len && event_types[i].name[0] == s[0] &&
+            memcmp(event_types[i].name, s, len) == 0)
             return i;
     }
     return -1;
@@ -172,40 +189,143 @@ static const char *echo(const char *s, size_t n, char buf[40])
     return buf;
 }
 
+size_t td_utf8_seq_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    if (c < 0x80)
+        return 1;
+    size_t need;
+    uint32_t cp, min;
+    if (c >= 0xc2 && c <= 0xdf) {
+        need = 1, cp = c & 0x1f, min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        need = 2, cp = c & 0x0f, min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        need = 3, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n <= need)
+        return 0;
+    for (size_t k = 1; k <= need; k++) {
+        if ((s[k] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[k] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return need + 1;
+}
+
 /* Byte offset of the first invalid UTF-8 sequence, or -1 when valid. Used on
  * the error path only, to say why jansson refused the message. */
 static long utf8_invalid_at(const unsigned char *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
-        unsigned char c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        uint32_t cp, min;
-        if (c >= 0xc2 && c <= 0xdf) {
-            need = 1, cp = c & 0x1f, min = 0x80;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2, cp = c & 0x0f, min = 0x800;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3, cp = c & 0x07, min = 0x10000;
-        } else {
+        size_t k = td_utf8_seq_len(s + i, n - i);
+        if (k == 0)
             return (long)i;
-        }
-        if (n - i <= need)
-            return (long)i;
-        for (size_t k = 1; k <= need; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return (long)i;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return (long)i;
-        i += need + 1;
+        i += k;
     }
     return -1;
+}
+
+/* ---- one object, two parsers ----
+ *
+ * The readers below see an object through a `view`: jansson's tree (the slow
+ * path) or the fast scanner's td_event_doc (td_event_fast.c). Only `member`
+ * knows which; which fields are read, required, ranged, defaulted and
+ * has-flagged is one code for both paths, so the fast path cannot drift from
+ * the slow one. */
+
+const td_event_field_name td_event_fields[TD_EF__COUNT] = {
+#define F(key, path) {key, path, sizeof key - 1}
+    [TD_EF_ID] = F("id", "id"),
+    [TD_EF_TYPE] = F("type", "type"),
+    [TD_EF_PROSPECT_ID] = F("prospect_id", "prospect_id"),
+    [TD_EF_OCCURRED_AT] = F("occurred_at", "occurred_at"),
+    [TD_EF_OWNER_ID] = F("owner_id", "owner_id"),
+    [TD_EF_DATA] = F("data", "data"),
+    [TD_EF_MESSAGE_ID] = F("message_id", "data.message_id"),
+    [TD_EF_KIND] = F("kind", "data.kind"),
+    [TD_EF_HUMAN] = F("human", "data.human"),
+    [TD_EF_SENTIMENT] = F("sentiment", "data.sentiment"),
+    [TD_EF_HARD] = F("hard", "data.hard"),
+    [TD_EF_DURATION_S] = F("duration_s", "data.duration_s"),
+    [TD_EF_AT] = F("at", "data.at"),
+    [TD_EF_VALUE_EUR] = F("value_eur", "data.value_eur"),
+    [TD_EF_ITEMS] = F("items", "data.items"),
+    [TD_EF_WRAPPING] = F("wrapping", "data.wrapping"),
+    [TD_EF_DESCRIPTION] = F("description", "data.description"),
+    [TD_EF_STAGE] = F("stage", "data.stage"),
+    [TD_EF_TIER] = F("tier", "data.tier"),
+    [TD_EF_COUNTRY] = F("country", "data.country"),
+    [TD_EF_SECTOR] = F("sector", "data.sector"),
+    [TD_EF_TIMEZONE] = F("timezone", "data.timezone"),
+    [TD_EF_GIFT_POLICY] = F("gift_policy", "data.gift_policy"),
+    [TD_EF_CONSENT] = F("consent", "data.consent"),
+    [TD_EF_LIFETIME_VALUE_EUR] = F("lifetime_value_eur", "data.lifetime_value_eur"),
+    [TD_EF_LANGUAGE] = F("language", "data.language"),
+#undef F
+};
+
+/* An object being decoded: exactly one of the two is set. The fast path has
+ * one doc for both levels (envelope and data keys are distinct fields). */
+typedef struct view {
+    json_t *json;
+    const td_event_doc *doc;
+} view;
+
+/* The value of field f in o; `tmp` holds it when it must be converted. */
+static const td_jv *member(const view *o, td_event_field f, td_jv *tmp)
+{
+    static const td_jv absent = {TD_JV_ABSENT, NULL, 0, 0};
+    if (o->doc != NULL)
+        return o->doc->seen & (1u << f) ? &o->doc->v[f] : &absent;
+    json_t *j = json_object_get(o->json, td_event_fields[f].key);
+    if (j == NULL)
+        return &absent;
+    *tmp = absent;
+    switch (json_typeof(j)) {
+    case JSON_OBJECT:
+        tmp->kind = TD_JV_OBJECT;
+        break;
+    case JSON_ARRAY:
+        tmp->kind = TD_JV_ARRAY;
+        break;
+    case JSON_STRING:
+        tmp->kind = TD_JV_STRING;
+        tmp->s = json_string_value(j);
+        tmp->n = json_string_length(j);
+        break;
+    case JSON_INTEGER:
+        tmp->kind = TD_JV_INTEGER;
+        tmp->i = (int64_t)json_integer_value(j);
+        break;
+    case JSON_REAL:
+        tmp->kind = TD_JV_REAL; /* s = NULL: read_dec finds the text */
+        break;
+    case JSON_TRUE:
+        tmp->kind = TD_JV_TRUE;
+        break;
+    case JSON_FALSE:
+        tmp->kind = TD_JV_FALSE;
+        break;
+    case JSON_NULL:
+        tmp->kind = TD_JV_NULL;
+        break;
+    }
+    return tmp;
+}
+
+/* The object held by field f of o (which is known to be an object). */
+static view sub_object(const view *o, td_event_field f)
+{
+    view v = *o;
+    if (o->json != NULL)
+        v.json = json_object_get(o->json, td_event_fields[f].key);
+    return v;
 }
 
 /* ---- field readers ----
@@ -214,20 +334,24 @@ static long utf8_invalid_at(const unsigned char *s, size_t n)
 
 #define ABSENT 1
 
-static int read_str(json_t *obj, const char *key, const char *path, const char **s, size_t *n,
+/* Absent or null: "not given" (on a required field, "missing"). */
+static bool nothing(const td_jv *v) { return v->kind <= TD_JV_NULL; }
+
+static int read_str(const view *o, td_event_field f, const char **s, size_t *n,
                     td_event_error *err)
 {
     /* outputs are always set, so callers (and -O3's flow analysis) never
      * see them uninitialised on the ABSENT and error paths */
     *s = "";
     *n = 0;
-    json_t *v = json_object_get(obj, key);
-    if (v == NULL || json_is_null(v))
+    td_jv tmp;
+    const td_jv *v = member(o, f, &tmp);
+    if (nothing(v))
         return ABSENT;
-    if (!json_is_string(v))
-        return fail(err, path, "must be a string");
-    *s = json_string_value(v);
-    *n = json_string_length(v);
+    if (v->kind != TD_JV_STRING)
+        return fail(err, td_event_fields[f].path, "must be a string");
+    *s = v->s;
+    *n = v->n;
     return 0;
 }
 
@@ -235,7 +359,19 @@ static int read_str(json_t *obj, const char *key, const char *path, const char *
  * logs, Redis keys read by people and terminal output. */
 static bool has_control(const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    /* Eight bytes at a time: a byte below 0x20 makes (x - 0x20..) & ~x set
+     * its high bit, a 0x7f byte makes x ^ 0x7f.. zero, found the same way.
+     * A borrow flags only bytes above a flagged one, so "any" is exact. */
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    for (; n - i >= 8; i += 8) {
+        uint64_t x, d;
+        memcpy(&x, s + i, 8);
+        d = x ^ (ones * 0x7f);
+        if ((((x - ones * 0x20) & ~x) | ((d - ones) & ~d)) & highs)
+            return true;
+    }
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c == 0x7f)
             return true;
@@ -244,12 +380,13 @@ static bool has_control(const char *s, size_t n)
 }
 
 /* A bounded, control-free string copied into dst (capacity max + 1). */
-static int read_text(json_t *obj, const char *key, const char *path, char *dst, size_t max,
-                     bool required, td_event_error *err)
+static int read_text(const view *o, td_event_field f, char *dst, size_t max, bool required,
+                     td_event_error *err)
 {
+    const char *path = td_event_fields[f].path;
     const char *s = NULL;
     size_t n = 0;
-    int rc = read_str(obj, key, path, &s, &n, err);
+    int rc = read_str(o, f, &s, &n, err);
     if (rc == ABSENT && required)
         return fail(err, path, "is required");
     if (rc != 0)
@@ -263,44 +400,47 @@ static int read_text(json_t *obj, const char *key, const char *path, char *dst, 
     return 0;
 }
 
-static int read_enum(json_t *obj, const char *key, const char *path, const name_set *set, int *out,
+static int read_enum(const view *o, td_event_field f, const name_set *set, int *out,
                      td_event_error *err)
 {
     const char *s;
     size_t n;
-    int rc = read_str(obj, key, path, &s, &n, err);
+    int rc = read_str(o, f, &s, &n, err);
     if (rc != 0)
         return rc;
     int v = set_parse(set, s, n);
     if (v < 0) {
         char e[40];
-        return fail(err, path, "'%s' is not one of %s", echo(s, n, e), set->list);
+        return fail(err, td_event_fields[f].path, "'%s' is not one of %s", echo(s, n, e),
+                    set->list);
     }
     *out = v;
     return 0;
 }
 
-static int read_bool(json_t *obj, const char *key, const char *path, bool *out,
-                     td_event_error *err)
+static int read_bool(const view *o, td_event_field f, bool *out, td_event_error *err)
 {
-    json_t *v = json_object_get(obj, key);
-    if (v == NULL || json_is_null(v))
+    td_jv tmp;
+    const td_jv *v = member(o, f, &tmp);
+    if (nothing(v))
         return ABSENT;
-    if (!json_is_boolean(v))
-        return fail(err, path, "must be true or false");
-    *out = json_is_true(v);
+    if (v->kind != TD_JV_TRUE && v->kind != TD_JV_FALSE)
+        return fail(err, td_event_fields[f].path, "must be true or false");
+    *out = v->kind == TD_JV_TRUE;
     return 0;
 }
 
-static int read_int(json_t *obj, const char *key, const char *path, int64_t min, int64_t max,
-                    int64_t *out, td_event_error *err)
+static int read_int(const view *o, td_event_field f, int64_t min, int64_t max, int64_t *out,
+                    td_event_error *err)
 {
-    json_t *v = json_object_get(obj, key);
-    if (v == NULL || json_is_null(v))
+    const char *path = td_event_fields[f].path;
+    td_jv tmp;
+    const td_jv *v = member(o, f, &tmp);
+    if (nothing(v))
         return ABSENT;
-    if (!json_is_integer(v))
+    if (v->kind != TD_JV_INTEGER)
         return fail(err, path, "must be an integer");
-    int64_t i = (int64_t)json_integer_value(v);
+    int64_t i = v->i;
     if (i < min || i > max) {
         if (max == INT64_MAX)
             return fail(err, path, "must be >= %lld", (long long)min);
@@ -310,12 +450,13 @@ static int read_int(json_t *obj, const char *key, const char *path, int64_t min,
     return 0;
 }
 
-static int read_time(json_t *obj, const char *key, const char *path, bool required, td_ms *out,
+static int read_time(const view *o, td_event_field f, bool required, td_ms *out,
                      td_event_error *err)
 {
+    const char *path = td_event_fields[f].path;
     const char *s = NULL;
     size_t n = 0;
-    int rc = read_str(obj, key, path, &s, &n, err);
+    int rc = read_str(o, f, &s, &n, err);
     if (rc == ABSENT && required)
         return fail(err, path, "is required");
     if (rc != 0)
@@ -589,16 +730,18 @@ static bool find_data_number(const char *buf, size_t len, const char *key, const
     return *n > 0;
 }
 
-static int read_dec(json_t *data, const char *key, const char *path, const char *buf, size_t len,
-                    td_dec *out, td_event_error *err)
+static int read_dec(const view *o, td_event_field f, const char *buf, size_t len, td_dec *out,
+                    td_event_error *err)
 {
-    json_t *v = json_object_get(data, key);
-    if (v == NULL || json_is_null(v))
+    const char *path = td_event_fields[f].path;
+    td_jv tmp;
+    const td_jv *v = member(o, f, &tmp);
+    if (nothing(v))
         return ABSENT;
     const char *why;
-    if (json_is_integer(v)) {
-        /* Exact already: jansson keeps integers as 64-bit integers. */
-        int64_t i = (int64_t)json_integer_value(v);
+    if (v->kind == TD_JV_INTEGER) {
+        /* Exact already: both parsers keep integers as 64-bit integers. */
+        int64_t i = v->i;
         if (i < 0)
             return fail(err, path, "must be >= 0");
         if (i > INT64_MAX / TD_DEC_SCALE)
@@ -606,12 +749,12 @@ static int read_dec(json_t *data, const char *key, const char *path, const char 
         *out = i * TD_DEC_SCALE;
         return 0;
     }
-    if (json_is_string(v)) {
-        why = parse_decimal(json_string_value(v), json_string_length(v), out);
-    } else if (json_is_real(v)) {
-        const char *s;
-        size_t n;
-        if (!find_data_number(buf, len, key, &s, &n))
+    if (v->kind == TD_JV_STRING) {
+        why = parse_decimal(v->s, v->n, out);
+    } else if (v->kind == TD_JV_REAL) {
+        const char *s = v->s;
+        size_t n = v->n;
+        if (s == NULL && !find_data_number(buf, len, td_event_fields[f].key, &s, &n))
             return fail(err, path, "could not be read exactly"); /* unreachable for valid JSON */
         why = parse_decimal(s, n, out);
     } else {
@@ -625,11 +768,11 @@ static int read_dec(json_t *data, const char *key, const char *path, const char 
 /* ---- data per type ---- */
 
 /* "xx": two ASCII letters, stored upper case. */
-static int read_country(json_t *data, td_event *ev, td_event_error *err)
+static int read_country(const view *d, td_event *ev, td_event_error *err)
 {
     const char *s;
     size_t n;
-    int rc = read_str(data, "country", "data.country", &s, &n, err);
+    int rc = read_str(d, TD_EF_COUNTRY, &s, &n, err);
     if (rc != 0)
         return rc;
     bool ok = n == 2;
@@ -646,11 +789,11 @@ static int read_country(json_t *data, td_event *ev, td_event_error *err)
 
 /* IANA zone id syntax only: 1..64 bytes of printable ASCII without spaces.
  * Whether the zone exists is the tz database's call (td_tz_valid). */
-static int read_timezone(json_t *data, td_event *ev, td_event_error *err)
+static int read_timezone(const view *d, td_event *ev, td_event_error *err)
 {
     const char *s;
     size_t n;
-    int rc = read_str(data, "timezone", "data.timezone", &s, &n, err);
+    int rc = read_str(d, TD_EF_TIMEZONE, &s, &n, err);
     if (rc != 0)
         return rc;
     if (n == 0 || n > TD_SHORT_MAX)
@@ -668,11 +811,11 @@ static int read_timezone(json_t *data, td_event *ev, td_event_error *err)
 
 /* BCP 47 syntax, loosely: a 2..8 letter primary subtag, then -subtags of
  * 1..8 letters or digits ("fr", "pt-BR", "zh-Hant-TW"), 15 bytes at most. */
-static int read_language(json_t *data, td_event *ev, td_event_error *err)
+static int read_language(const view *d, td_event *ev, td_event_error *err)
 {
     const char *s;
     size_t n;
-    int rc = read_str(data, "language", "data.language", &s, &n, err);
+    int rc = read_str(d, TD_EF_LANGUAGE, &s, &n, err);
     if (rc != 0)
         return rc;
     bool ok = n >= 2 && n < sizeof ev->language;
@@ -697,16 +840,23 @@ static int read_language(json_t *data, td_event *ev, td_event_error *err)
     return 0;
 }
 
-static int read_consent(json_t *data, td_event *ev, td_event_error *err)
+static int read_consent(const view *d, td_event *ev, td_event_error *err)
 {
-    json_t *c = json_object_get(data, "consent");
-    if (c == NULL || json_is_null(c))
+    td_jv tmp;
+    const td_jv *v = member(d, TD_EF_CONSENT, &tmp);
+    if (nothing(v))
         return ABSENT;
-    if (!json_is_object(c))
+    if (v->kind != TD_JV_OBJECT)
         return fail(err, "data.consent", "must be an object of channel -> true/false");
+    if (d->doc != NULL) {
+        /* The scanner took only known channels with true, false or null. */
+        memcpy(ev->consent, d->doc->consent, sizeof ev->consent);
+        return 0;
+    }
+    json_t *c = sub_object(d, TD_EF_CONSENT).json;
     const char *key;
-    json_t *v;
-    json_object_foreach(c, key, v)
+    json_t *cv;
+    json_object_foreach(c, key, cv)
     {
         char path[64], e[40];
         td_channel ch = td_channel_parse(key, strlen(key));
@@ -715,13 +865,13 @@ static int read_consent(json_t *data, td_event *ev, td_event_error *err)
             return fail(err, path,
                         "unknown channel (known: email, whatsapp, sms, linkedin, call, meeting, gift)");
         }
-        if (json_is_null(v))
+        if (json_is_null(cv))
             continue;
-        if (!json_is_boolean(v)) {
+        if (!json_is_boolean(cv)) {
             snprintf(path, sizeof path, "data.consent.%s", key);
             return fail(err, path, "must be true or false");
         }
-        ev->consent[ch] = json_is_true(v) ? TD_TRI_YES : TD_TRI_NO;
+        ev->consent[ch] = json_is_true(cv) ? TD_TRI_YES : TD_TRI_NO;
     }
     return 0;
 }
@@ -736,66 +886,64 @@ static int read_consent(json_t *data, td_event *ev, td_event_error *err)
             ev->has |= (bit);                                                                      \
     } while (0)
 
-static int decode_prospect(json_t *d, const char *buf, size_t len, td_event *ev,
+static int decode_prospect(const view *d, const char *buf, size_t len, td_event *ev,
                            td_event_error *err)
 {
     int e;
     e = 0;
-    TAKE(read_enum(d, "stage", "data.stage", &stages, &e, err), TD_HAS_STAGE);
+    TAKE(read_enum(d, TD_EF_STAGE, &stages, &e, err), TD_HAS_STAGE);
     ev->stage = (td_stage)e;
-    TAKE(read_int(d, "tier", "data.tier", 1, 3, &ev->tier, err), TD_HAS_TIER);
+    TAKE(read_int(d, TD_EF_TIER, 1, 3, &ev->tier, err), TD_HAS_TIER);
     TAKE(read_country(d, ev, err), TD_HAS_COUNTRY);
-    TAKE(read_text(d, "sector", "data.sector", ev->sector, TD_SHORT_MAX, false, err), TD_HAS_SECTOR);
+    TAKE(read_text(d, TD_EF_SECTOR, ev->sector, TD_SHORT_MAX, false, err), TD_HAS_SECTOR);
     TAKE(read_timezone(d, ev, err), TD_HAS_TIMEZONE);
     e = 0;
-    TAKE(read_enum(d, "gift_policy", "data.gift_policy", &gift_policies, &e, err),
-         TD_HAS_GIFT_POLICY);
+    TAKE(read_enum(d, TD_EF_GIFT_POLICY, &gift_policies, &e, err), TD_HAS_GIFT_POLICY);
     ev->gift_policy = (td_gift_policy)e;
     TAKE(read_consent(d, ev, err), TD_HAS_CONSENT);
-    TAKE(read_dec(d, "lifetime_value_eur", "data.lifetime_value_eur", buf, len,
-                  &ev->lifetime_value_eur, err),
+    TAKE(read_dec(d, TD_EF_LIFETIME_VALUE_EUR, buf, len, &ev->lifetime_value_eur, err),
          TD_HAS_LTV);
     TAKE(read_language(d, ev, err), TD_HAS_LANGUAGE);
     return TD_OK;
 }
 
-static int decode_gift(json_t *d, const char *buf, size_t len, td_event *ev, td_event_error *err)
+static int decode_gift(const view *d, const char *buf, size_t len, td_event *ev,
+                       td_event_error *err)
 {
     int e = 0;
-    TAKE(read_enum(d, "kind", "data.kind", &gift_kinds, &e, err), TD_HAS_GIFT_KIND);
+    TAKE(read_enum(d, TD_EF_KIND, &gift_kinds, &e, err), TD_HAS_GIFT_KIND);
     ev->gift_kind = (td_gift_kind)e;
-    TAKE(read_dec(d, "value_eur", "data.value_eur", buf, len, &ev->value_eur, err), TD_HAS_VALUE);
-    TAKE(read_int(d, "items", "data.items", 1, INT64_MAX, &ev->items, err), TD_HAS_ITEMS);
-    TAKE(read_text(d, "wrapping", "data.wrapping", ev->wrapping, TD_SHORT_MAX, false, err),
-         TD_HAS_WRAPPING);
+    TAKE(read_dec(d, TD_EF_VALUE_EUR, buf, len, &ev->value_eur, err), TD_HAS_VALUE);
+    TAKE(read_int(d, TD_EF_ITEMS, 1, INT64_MAX, &ev->items, err), TD_HAS_ITEMS);
+    TAKE(read_text(d, TD_EF_WRAPPING, ev->wrapping, TD_SHORT_MAX, false, err), TD_HAS_WRAPPING);
     /* Free text: its type is checked, its content never kept. */
     const char *s;
     size_t n;
-    TAKE(read_str(d, "description", "data.description", &s, &n, err), TD_HAS_DESCRIPTION);
+    TAKE(read_str(d, TD_EF_DESCRIPTION, &s, &n, err), TD_HAS_DESCRIPTION);
     return TD_OK;
 }
 
-static int decode_data(json_t *d, const char *buf, size_t len, td_event *ev, td_event_error *err)
+static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
+                       td_event_error *err)
 {
     td_event_type t = ev->type;
     switch (ev->channel) {
     case TD_CH_EMAIL:
     case TD_CH_WHATSAPP:
     case TD_CH_SMS:
-        TAKE(read_text(d, "message_id", "data.message_id", ev->message_id, TD_ID_MAX, false, err),
+        TAKE(read_text(d, TD_EF_MESSAGE_ID, ev->message_id, TD_ID_MAX, false, err),
              TD_HAS_MESSAGE_ID);
-        TAKE(read_text(d, "kind", "data.kind", ev->kind, TD_SHORT_MAX, false, err), TD_HAS_KIND);
+        TAKE(read_text(d, TD_EF_KIND, ev->kind, TD_SHORT_MAX, false, err), TD_HAS_KIND);
         if (t == TD_EV_EMAIL_OPENED)
-            TAKE(read_bool(d, "human", "data.human", &ev->human, err), TD_HAS_HUMAN);
+            TAKE(read_bool(d, TD_EF_HUMAN, &ev->human, err), TD_HAS_HUMAN);
         if (t == TD_EV_EMAIL_BOUNCED)
-            TAKE(read_bool(d, "hard", "data.hard", &ev->hard, err), TD_HAS_HARD);
+            TAKE(read_bool(d, TD_EF_HARD, &ev->hard, err), TD_HAS_HARD);
         break;
     case TD_CH_CALL:
-        TAKE(read_int(d, "duration_s", "data.duration_s", 0, INT64_MAX, &ev->duration_s, err),
-             TD_HAS_DURATION);
+        TAKE(read_int(d, TD_EF_DURATION_S, 0, INT64_MAX, &ev->duration_s, err), TD_HAS_DURATION);
         break;
     case TD_CH_MEETING:
-        TAKE(read_time(d, "at", "data.at", false, &ev->at, err), TD_HAS_AT);
+        TAKE(read_time(d, TD_EF_AT, false, &ev->at, err), TD_HAS_AT);
         break;
     case TD_CH_GIFT:
         return decode_gift(d, buf, len, ev, err);
@@ -809,7 +957,7 @@ static int decode_data(json_t *d, const char *buf, size_t len, td_event *ev, td_
     if (t == TD_EV_EMAIL_REPLIED || t == TD_EV_WHATSAPP_REPLIED || t == TD_EV_SMS_REPLIED ||
         t == TD_EV_LINKEDIN_REPLIED) {
         int e = 0;
-        TAKE(read_enum(d, "sentiment", "data.sentiment", &sentiments, &e, err), TD_HAS_SENTIMENT);
+        TAKE(read_enum(d, TD_EF_SENTIMENT, &sentiments, &e, err), TD_HAS_SENTIMENT);
         ev->sentiment = (td_sentiment)e;
     }
     return TD_OK;
@@ -842,17 +990,17 @@ static int parse_error(const char *buf, size_t len, const json_error_t *je, td_e
                 je->column);
 }
 
-static int decode_object(json_t *root, const char *buf, size_t len, td_event *ev,
+static int decode_object(const view *root, const char *buf, size_t len, td_event *ev,
                          td_event_error *err)
 {
     const char *s;
     size_t n;
     int rc;
 
-    if (read_text(root, "id", "id", ev->id, TD_ID_MAX, true, err) != 0)
+    if (read_text(root, TD_EF_ID, ev->id, TD_ID_MAX, true, err) != 0)
         return TD_ERR;
 
-    rc = read_str(root, "type", "type", &s, &n, err);
+    rc = read_str(root, TD_EF_TYPE, &s, &n, err);
     if (rc == ABSENT)
         return fail(err, "type", "is required");
     if (rc != 0)
@@ -865,22 +1013,36 @@ static int decode_object(json_t *root, const char *buf, size_t len, td_event *ev
     ev->type = (td_event_type)t;
     ev->channel = td_event_type_channel(ev->type);
 
-    if (read_text(root, "prospect_id", "prospect_id", ev->prospect_id, TD_ID_MAX, true, err) != 0)
+    if (read_text(root, TD_EF_PROSPECT_ID, ev->prospect_id, TD_ID_MAX, true, err) != 0)
         return TD_ERR;
-    if (read_time(root, "occurred_at", "occurred_at", true, &ev->occurred_at, err) != 0)
+    if (read_time(root, TD_EF_OCCURRED_AT, true, &ev->occurred_at, err) != 0)
         return TD_ERR;
-    TAKE(read_text(root, "owner_id", "owner_id", ev->owner_id, TD_ID_MAX, false, err),
-         TD_HAS_OWNER);
+    TAKE(read_text(root, TD_EF_OWNER_ID, ev->owner_id, TD_ID_MAX, false, err), TD_HAS_OWNER);
 
     /* Defaults before data: a missing or null data object still gets them. */
     ev->human = ev->type == TD_EV_EMAIL_OPENED;
 
-    json_t *data = json_object_get(root, "data");
-    if (data == NULL || json_is_null(data))
+    td_jv tmp;
+    const td_jv *data = member(root, TD_EF_DATA, &tmp);
+    if (nothing(data))
         return TD_OK;
-    if (!json_is_object(data))
+    if (data->kind != TD_JV_OBJECT)
         return fail(err, "data", "must be an object");
-    return decode_data(data, buf, len, ev, err);
+    view d = sub_object(root, TD_EF_DATA);
+    return decode_data(&d, buf, len, ev, err);
+}
+
+/* Both paths start from the same bytes: zeros, and sentinels that make a
+ * stray read of an unset field obviously "missing". */
+static void event_init(td_event *ev)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->duration_s = TD_INT_MISSING;
+    ev->at = TD_MS_MISSING;
+    ev->value_eur = TD_DEC_MISSING;
+    ev->items = TD_INT_MISSING;
+    ev->tier = TD_INT_MISSING;
+    ev->lifetime_value_eur = TD_DEC_MISSING;
 }
 
 /*
@@ -928,7 +1090,7 @@ static void td_jansson_setup(void)
 
 static pthread_once_t td_jansson_once = PTHREAD_ONCE_INIT;
 
-int td_event_decode(const char *buf, size_t len, td_event *ev, td_event_error *err)
+int td_event_decode_slow(const char *buf, size_t len, td_event *ev, td_event_error *err)
 {
     td_event_error scratch;
     if (err == NULL)
@@ -961,18 +1123,39 @@ int td_event_decode(const char *buf, size_t len, td_event *ev, td_event_error *e
     if (!json_is_object(root)) {
         rc = fail(err, "", "not a JSON object");
     } else {
-        memset(ev, 0, sizeof *ev);
-        /* Sentinels make a stray read of an unset field obviously "missing". */
-        ev->duration_s = TD_INT_MISSING;
-        ev->at = TD_MS_MISSING;
-        ev->value_eur = TD_DEC_MISSING;
-        ev->items = TD_INT_MISSING;
-        ev->tier = TD_INT_MISSING;
-        ev->lifetime_value_eur = TD_DEC_MISSING;
-        rc = decode_object(root, buf, len, ev, err);
+        event_init(ev);
+        view v = {root, NULL};
+        rc = decode_object(&v, buf, len, ev, err);
     }
     json_decref(root);
     td_arena.active = false;
     td_arena.used = 0;
     return rc;
+}
+
+int td_event_decode_fast(const char *buf, size_t len, td_event *ev)
+{
+    if (buf == NULL || len == 0 || len > TD_EVENT_MAX)
+        return TD_EVENT_DECLINED; /* the slow path says why */
+    td_event_doc doc;
+    if (td_event_scan(buf, len, &doc) != TD_OK)
+        return TD_EVENT_DECLINED;
+    /* A rejection is formatted here only to be dropped: the slow path
+     * formats it again, identically, for the caller. */
+    td_event_error scratch;
+    event_init(ev);
+    view v = {NULL, &doc};
+    return decode_object(&v, buf, len, ev, &scratch) == TD_OK ? TD_OK : TD_EVENT_DECLINED;
+}
+
+int td_event_decode(const char *buf, size_t len, td_event *ev, td_event_error *err)
+{
+    if (td_event_decode_fast(buf, len, ev) == TD_OK) {
+        if (err != NULL) {
+            err->field[0] = '\0';
+            err->reason[0] = '\0';
+        }
+        return TD_OK;
+    }
+    return td_event_decode_slow(buf, len, ev, err);
 }

@@ -2,6 +2,11 @@
  * test_event.c - unit tests for td_event_decode: every event type, every
  * data field, every rejection (field and reason asserted), and the exact
  * decimal conversion. Reject cases are a table: adding one needs one line.
+ *
+ * The decoder has a fast path and a jansson path (td_event_internal.h): the
+ * test_fast_* cases check that the fast path accepts real events of every
+ * type with the jansson path's exact td_event, declines what it must, and
+ * that every rejection still reads as the jansson path words it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +19,7 @@
 #include <cmocka.h>
 
 #include "td_event.h"
+#include "td_event_internal.h"
 #include "td_time.h"
 
 #define ENV_FMT                                                                                    \
@@ -38,6 +44,20 @@ static td_event decode_ok(const char *json)
     return ev;
 }
 
+/* The fast path must decline `json`, and td_event_decode must answer as
+ * the jansson path alone does, to the byte. */
+static void expect_same_rejection(const char *json, size_t len)
+{
+    td_event ev;
+    td_event_error err, slow_err;
+    if (td_event_decode_fast(json, len, &ev) != TD_EVENT_DECLINED)
+        fail_msg("fast path accepted: %.200s", json);
+    assert_int_equal(td_event_decode_slow(json, len, &ev, &slow_err), TD_ERR);
+    assert_int_equal(td_event_decode(json, len, &ev, &err), TD_ERR);
+    assert_string_equal(err.field, slow_err.field);
+    assert_string_equal(err.reason, slow_err.reason);
+}
+
 static void expect_reject(const char *json, size_t len, const char *field, const char *reason)
 {
     td_event ev;
@@ -47,6 +67,38 @@ static void expect_reject(const char *json, size_t len, const char *field, const
     if (strcmp(err.field, field) != 0 || strstr(err.reason, reason) == NULL)
         fail_msg("%.200s\n  got      field '%s' reason '%s'\n  expected field '%s' reason ~'%s'",
                  json, err.field, err.reason, field, reason);
+    expect_same_rejection(json, len);
+}
+
+/* The fast path must accept `json` with exactly the jansson path's event:
+ * both paths fill the struct from the same zeroed start, so memcmp also
+ * compares padding and the bytes after each string's NUL. */
+static td_event expect_fast(const char *json)
+{
+    td_event fast, slow;
+    td_event_error err;
+    memset(&fast, 0xa5, sizeof fast);
+    memset(&slow, 0x5a, sizeof slow);
+    if (td_event_decode_slow(json, strlen(json), &slow, &err) != TD_OK)
+        fail_msg("slow path rejected %s: %s: %s", json, err.field, err.reason);
+    if (td_event_decode_fast(json, strlen(json), &fast) != TD_OK)
+        fail_msg("fast path declined: %s", json);
+    if (memcmp(&fast, &slow, sizeof fast) != 0)
+        fail_msg("fast and slow paths differ on: %s", json);
+    return fast;
+}
+
+/* A message both paths accept, the fast one declining it. */
+static void expect_declined_ok(const char *json, size_t len)
+{
+    td_event ev, slow;
+    td_event_error err;
+    if (td_event_decode_fast(json, len, &ev) != TD_EVENT_DECLINED)
+        fail_msg("fast path accepted: %.200s", json);
+    if (td_event_decode_slow(json, len, &slow, &err) != TD_OK)
+        fail_msg("slow path rejected %.200s: %s: %s", json, err.field, err.reason);
+    assert_int_equal(td_event_decode(json, len, &ev, &err), TD_OK);
+    assert_memory_equal(&ev, &slow, sizeof ev);
 }
 
 static void test_type_names(void **state)
@@ -586,6 +638,350 @@ static void test_ignored_fields(void **state)
     assert_memory_equal(&a, &b, sizeof a);
 }
 
+/* Control bytes anywhere in a long id are refused (the check reads eight
+ * bytes at a time, so every position in and around a word is tried), and
+ * the bytes next to the refused ranges are accepted. */
+static void test_control_bytes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *esc; /* as a JSON escape, so the message stays valid JSON */
+        bool control;
+    } bytes[] = {
+        {"\\u0001", true},  {"\\u001f", true},  {"\\u007f", true},  {"\\t", true},
+        {"\\u0020", false}, {"\\u007e", false}, {"\\u0080", false}, {"\\u00ff", false},
+        {"\\u07ff", false}, {"\\uffff", false},
+    };
+    for (size_t b = 0; b < sizeof bytes / sizeof bytes[0]; b++)
+        for (int pos = 0; pos < 20; pos++) {
+            char id[64], json[256];
+            snprintf(id, sizeof id, "%.*s%s%.*s", pos, "aaaaaaaaaaaaaaaaaaaa", bytes[b].esc,
+                     19 - pos, "bbbbbbbbbbbbbbbbbbbb");
+            snprintf(json, sizeof json,
+                     "{\"id\":\"%s\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
+                     "\"occurred_at\":\"2026-11-22T10:15:00Z\"}",
+                     id);
+            if (bytes[b].control)
+                expect_reject(json, strlen(json), "id", "must not contain control characters");
+            else
+                expect_fast(json);
+        }
+}
+
+/* ---- the fast path ---- */
+
+/* A data object that exercises every reader of type t's channel. */
+static const char *full_data(td_event_type t)
+{
+    switch (td_event_type_channel(t)) {
+    case TD_CH_EMAIL:
+    case TD_CH_WHATSAPP:
+    case TD_CH_SMS:
+        return "{\"message_id\":\"m-p-000042-1\",\"kind\":\"follow_up\",\"human\":false,"
+               "\"sentiment\":\"positive\",\"hard\":true,\"crm_score\":7}";
+    case TD_CH_LINKEDIN:
+        return "{\"message_id\":\"li-1\",\"sentiment\":\"neutral\"}";
+    case TD_CH_CALL:
+        return "{\"duration_s\":312}";
+    case TD_CH_MEETING:
+        return "{\"at\":\"2026-12-01T14:00:00+01:00\"}";
+    case TD_CH_GIFT:
+        return "{\"kind\":\"book\",\"value_eur\":12.5,\"items\":2,\"wrapping\":\"white\","
+               "\"description\":\"A signed copy\"}";
+    default:
+        if (t == TD_EV_OWNER_PROSPECT_CONTACTED)
+            return "{\"first\":true}";
+        return "{\"stage\":\"new\",\"tier\":2,\"country\":\"fr\",\"sector\":\"logistics\","
+               "\"timezone\":\"Europe/Paris\",\"gift_policy\":\"allowed\",\"language\":\"fr\","
+               "\"lifetime_value_eur\":1234.56,\"consent\":{\"email\":true,\"whatsapp\":false,"
+               "\"sms\":null,\"linkedin\":true},\"crm_score\":42}";
+    }
+}
+
+static void test_fast_every_type(void **state)
+{
+    (void)state;
+    char json[1024];
+    for (int i = 0; i < TD_EV__COUNT; i++) {
+        const char *type = td_event_type_name((td_event_type)i);
+        /* The bench generator's shape: owner, an unknown "source", data. */
+        snprintf(json, sizeof json,
+                 "{\"id\":\"e-p-000042-0001\",\"type\":\"%s\",\"prospect_id\":\"p-000042\","
+                 "\"occurred_at\":\"2026-11-22T10:15:00Z\",\"owner_id\":\"rep-7\","
+                 "\"source\":\"crm-bench\",\"data\":%s}",
+                 type, full_data((td_event_type)i));
+        td_event ev = expect_fast(json);
+        assert_int_equal(ev.type, i);
+        assert_true(ev.has & TD_HAS_OWNER);
+        /* data was read, for every type that reads any */
+        bool reads = i != TD_EV_OWNER_PROSPECT_CONTACTED &&
+                     (ev.channel != TD_CH_LINKEDIN || i == TD_EV_LINKEDIN_REPLIED);
+        assert_int_equal((ev.has & ~(uint32_t)TD_HAS_OWNER) != 0, reads);
+        /* No data, null data, empty data: defaults only. */
+        expect_fast(env(type, NULL));
+        expect_fast(env(type, "null"));
+        expect_fast(env(type, "{}"));
+    }
+    /* Spot checks that the fast path's values are the contract's (the
+     * other tests assert every field through td_event_decode). */
+    td_event ev = expect_fast(env("prospect.updated", full_data(TD_EV_PROSPECT_UPDATED)));
+    assert_int_equal(ev.lifetime_value_eur, 12345600);
+    assert_int_equal(ev.consent[TD_CH_WHATSAPP], TD_TRI_NO);
+    assert_int_equal(ev.consent[TD_CH_SMS], TD_TRI_UNSET);
+    assert_string_equal(ev.country, "FR");
+    ev = expect_fast(env("email.opened", NULL));
+    assert_true(ev.human);
+}
+
+/* Forms the fast path handles itself: whitespace, key order, escapes in
+ * values, UTF-8, numbers of every JSON shape, nulls, unknown scalars. */
+static void test_fast_forms(void **state)
+{
+    (void)state;
+    static const char *const msgs[] = {
+        " \r\n\t{ \"id\" : \"e\" ,\n \"type\":\"email.sent\" , \"prospect_id\":\"p\","
+        "\"occurred_at\":\"2026-11-22T10:15:00Z\" , \"data\" : { \"kind\" : \"value\" } } \n",
+        "{\"data\":{\"human\":true,\"message_id\":\"m\"},\"type\":\"email.opened\","
+        "\"occurred_at\":\"2026-11-22T11:15:00.250+01:00\",\"prospect_id\":\"p-1\",\"id\":\"e-1\"}",
+        /* escapes in values, decoded as jansson decodes them */
+        "{\"id\":\"a\\/b\\\\c\",\"type\":\"email.sent\",\"prospect_id\":\"pr\xc3\xa9-\\u00e9\\u20AC\","
+        "\"occurred_at\":\"2026-11-22T10:15:00Z\",\"owner_id\":\"\\ud83d\\ude00\\\"\","
+        "\"note\":\"tab\\there\\b\\f\\n\\r\",\"data\":{\"kind\":\"v\\u0061lue\"}}",
+        "{\"id\":\"x\",\"type\":\"gift.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\","
+        "\"data\":{\"description\":\"Line one\\nline \\\"two\\\"\",\"kind\":\"card\"}}",
+        /* raw UTF-8 of every length, and 0x7f, in values and unknown keys */
+        "{\"id\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\",\"type\":\"sms.sent\",\"prospect_id\":\"p\","
+        "\"occurred_at\":\"2026-11-22T10:15:00Z\",\"\xc3\xa9t\xc3\xa9\":\"a\x7f\"}",
+        /* nulls are "not given" */
+        "{\"id\":\"x\",\"type\":\"email.bounced\",\"prospect_id\":\"p\",\"occurred_at\":"
+        "\"2026-11-22T10:15:00Z\",\"owner_id\":null,\"data\":{\"hard\":null,\"kind\":null}}",
+        /* unknown scalars of every kind */
+        "{\"id\":\"x\",\"type\":\"call.connected\",\"prospect_id\":\"p\",\"occurred_at\":"
+        "\"2026-11-22T10:15:00Z\",\"a\":true,\"b\":false,\"c\":null,\"d\":-0,\"e\":-12.5e-3,"
+        "\"f\":123456789012345678,\"g\":1E+99,\"h\":\"\",\"\":0,\"data\":{\"duration_s\":0,"
+        "\"id\":\"not the envelope's\",\"data\":7}}",
+        "{\"id\":\"x\",\"type\":\"meeting.held\",\"prospect_id\":\"p\",\"occurred_at\":"
+        "\"2026-11-22 10:15:00.123456z\",\"data\":{\"at\":\"2026-12-01T13:00:00-05:30\"}}",
+        /* fields of other types are ignored whatever their values */
+        "{\"id\":\"x\",\"type\":\"linkedin.invited\",\"prospect_id\":\"p\",\"occurred_at\":"
+        "\"2026-11-22T10:15:00Z\",\"data\":{\"human\":\"no\",\"duration_s\":1.5,\"tier\":99,"
+        "\"consent\":{\"email\":true},\"value_eur\":\"x\",\"stage\":7}}",
+        "{\"id\":\"x\",\"type\":\"prospect.updated\",\"prospect_id\":\"p\",\"occurred_at\":"
+        "\"2026-11-22T10:15:00Z\",\"data\":{\"consent\":{},\"tier\":3,\"gift_policy\":\"forbidden\","
+        "\"language\":\"zh-Hant-TW\",\"timezone\":\"Etc/GMT+5\",\"country\":\"Us\","
+        "\"stage\":\"won\",\"sector\":\"retail\"}}",
+        "{\"id\":\"x\",\"type\":\"prospect.updated\",\"prospect_id\":\"p\",\"occurred_at\":"
+        "\"2026-11-22T10:15:00Z\",\"data\":{\"consent\":{\"email\":false,\"whatsapp\":true,"
+        "\"sms\":true,\"linkedin\":true,\"call\":false,\"meeting\":true,\"gift\":null}}}",
+    };
+    for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
+        expect_fast(msgs[i]);
+
+    td_event ev = expect_fast(msgs[2]);
+    assert_string_equal(ev.id, "a/b\\c");
+    assert_string_equal(ev.prospect_id, "pr\xc3\xa9-\xc3\xa9\xe2\x82\xac");
+    assert_string_equal(ev.owner_id, "\xf0\x9f\x98\x80\"");
+    assert_string_equal(ev.kind, "value");
+
+    /* Decimals as numbers and as strings, through the shared parser. */
+    static const char *const decimals[] = {
+        "0",   "0.1",  "0.0001", "12.50000000", "19.99", "1234567.8901", "100", "1e2",
+        "1.5E+1", "25e-4", "-0", "-0.0", "922337203685477.5807", "\"12.5\"", "\"1e3\"",
+        "\"0e-999999999999\"",
+    };
+    char data[128];
+    for (size_t i = 0; i < sizeof decimals / sizeof decimals[0]; i++) {
+        snprintf(data, sizeof data, "{\"value_eur\":%s,\"items\":1}", decimals[i]);
+        expect_fast(env("gift.sent", data));
+        snprintf(data, sizeof data, "{\"lifetime_value_eur\":%s}", decimals[i]);
+        expect_fast(env("prospect.updated", data));
+    }
+
+    /* Bounds: 128-byte ids and 64-byte short strings are accepted. */
+    char big[512];
+    snprintf(big, sizeof big,
+             "{\"id\":\"%0128d\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
+             "\"occurred_at\":\"2026-11-22T10:15:00Z\",\"data\":{\"kind\":\"%064d\"}}",
+             0, 0);
+    ev = expect_fast(big);
+    assert_int_equal(strlen(ev.id), TD_ID_MAX);
+    assert_int_equal(strlen(ev.kind), TD_SHORT_MAX);
+}
+
+/* Valid messages the fast path leaves to jansson, by design. */
+static void test_fast_declines_valid(void **state)
+{
+    (void)state;
+    static const char *const head =
+        "{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
+        "\"occurred_at\":\"2026-11-22T10:15:00Z\"";
+    static const char *const tails[] = {
+        ",\"\\u006fwner_id\":\"r\"}",            /* an escaped key */
+        ",\"crm\":{\"a\":1}}",                   /* nesting other than data and consent */
+        ",\"tags\":[]}",                         /* arrays */
+        ",\"data\":{\"kind\":\"v\",\"x\":[1]}}",
+        ",\"n\":1234567890123456789}",           /* 19 digits: jansson's strtoll judges */
+        ",\"n\":-0.5e100}",                      /* exponents past 99 */
+        ",\"n\":1e-400}",
+        ",\"n\":12345678901234567890.5}",
+        ",\"data\":{\"consent\":{\"fax\":true}}}", /* consent as email.sent ignores it */
+        ",\"data\":{\"consent\":{\"email\":1}}}",
+        ",\"data\":{\"consent\":[]}}",
+        ",\"data\":{\"consent\":{\"\\u0065mail\":true}}}",
+    };
+    char json[4096];
+    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
+        snprintf(json, sizeof json, "%s%s", head, tails[i]);
+        expect_declined_ok(json, strlen(json));
+    }
+    /* More unknown keys in one object than the duplicate check tracks. */
+    int n = snprintf(json, sizeof json, "%s", head);
+    for (int k = 0; k < 17; k++)
+        n += snprintf(json + n, sizeof json - (size_t)n, ",\"k%d\":%d", k, k);
+    snprintf(json + n, sizeof json - (size_t)n, "}");
+    expect_declined_ok(json, strlen(json));
+    /* Sixteen are fine. */
+    n = snprintf(json, sizeof json, "%s", head);
+    for (int k = 0; k < 16; k++)
+        n += snprintf(json + n, sizeof json - (size_t)n, ",\"k%d\":%d", k, k);
+    snprintf(json + n, sizeof json - (size_t)n, "}");
+    expect_fast(json);
+    /* Escaped text beyond the scanner's buffer for decoded strings. */
+    n = snprintf(json, sizeof json, "%s,\"data\":{\"description\":\"", head);
+    for (int k = 0; k < 1100; k++)
+        n += snprintf(json + n, sizeof json - (size_t)n, "\\n");
+    snprintf(json + n, sizeof json - (size_t)n, "\"}}");
+    expect_declined_ok(json, strlen(json));
+}
+
+/* Messages jansson refuses: the fast path declines, the reason is jansson's.
+ * Each case is a valid event but for one flaw, so that flaw alone must make
+ * the fast path decline. */
+static void test_fast_declines_invalid(void **state)
+{
+    (void)state;
+    static const char *const head =
+        "{\"id\":\"x\",\"type\":\"prospect.updated\",\"prospect_id\":\"p\","
+        "\"occurred_at\":\"2026-11-22T10:15:00Z\"";
+    static const char *const tails[] = {
+        "}", /* the control case: valid, accepted (checked below) */
+        /* duplicates at every level, known or not */
+        ",\"id\":\"y\"}",
+        ",\"x\":1,\"x\":1}",
+        ",\"data\":{\"tier\":1,\"tier\":2}}",
+        ",\"data\":{\"y\":1,\"y\":\"1\"}}",
+        ",\"data\":{\"consent\":{\"email\":true,\"email\":null}}}",
+        ",\"data\":null,\"data\":{}}",
+        /* strings */
+        ",\"x\":\"a}",
+        ",\"x\":\"a\x01\"}",
+        ",\"x\":\"a\nb\"}",
+        ",\"x\":\"a\xff\"}",
+        ",\"x\":\"\xc0\xaf\"}",
+        ",\"x\":\"\xed\xa0\x80\"}",
+        ",\"x\":\"\xf4\x90\x80\x80\"}",
+        ",\"x\":\"\xe2\x82\"}",
+        ",\"x\":\"\xe2\x82\xac\x80\"}",
+        ",\"\xff\":1}",
+        ",\"x\":\"\\u0000\"}",
+        ",\"x\":\"\\ud800\"}",
+        ",\"x\":\"\\ud800\\u0041\"}",
+        ",\"x\":\"\\udc00\\udc00\"}",
+        ",\"x\":\"\\x\"}",
+        ",\"x\":\"\\u12G4\"}",
+        ",\"x\":\"\\u12\"}",
+        ",\"x\":\"\\",
+        /* numbers */
+        ",\"x\":01}", ",\"x\":1.}", ",\"x\":.5}", ",\"x\":-}", ",\"x\":1e}", ",\"x\":+1}",
+        ",\"x\":1.5.3}", ",\"x\":-01}", ",\"x\":1e+}", ",\"x\":0x1}", ",\"x\":1E5.0}",
+        /* literals and structure */
+        ",\"x\":tru}", ",\"x\":True}", ",\"x\":truex}", ",\"x\":nul}", ",\"x\":falsey}",
+        ",\"x\":1,}", ",\"x\" 1}", ",\"x\":1 \"y\":2}", ",}", "}}", "} {}", "} x", ",'x':1}",
+        ",x:1}", "", ",\"x\":}", ",\"data\":{,}}", ",\"data\":{\"tier\":1,}}", ",\"data\":{\"tier\"}}",
+        /* valid JSON, invalid events */
+        ",\"data\":{\"consent\":{\"fax\":true}}}",
+        ",\"data\":{\"consent\":{\"email\":\"yes\"}}}",
+        ",\"data\":{\"tier\":4}}",
+        ",\"data\":{\"tier\":2.0}}",
+        ",\"data\":{\"lifetime_value_eur\":0.00001}}",
+        ",\"data\":{\"lifetime_value_eur\":-1}}",
+        ",\"data\":{\"stage\":\"Won\"}}",
+        ",\"data\":{\"country\":\"\\u00e9\"}}",
+        ",\"data\":{\"sector\":\"a\\tb\"}}",
+        ",\"data\":{\"sector\":\"a\x7f\"}}",
+        ",\"data\":{\"language\":\"fr_FR\"}}",
+        ",\"data\":\"x\"}",
+        ",\"owner_id\":\"\"}",
+        ",\"owner_id\":7}",
+    };
+    char json[512];
+    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
+        snprintf(json, sizeof json, "%s%s", head, tails[i]);
+        if (i == 0)
+            expect_fast(json);
+        else
+            expect_same_rejection(json, strlen(json));
+    }
+    /* Whole-message flaws. */
+    static const char *const msgs[] = {
+        "{}", " ", "[1]", "\"x\"", "42", "null", "{",
+        "{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\"}",
+        "{\"id\":\"x\",\"type\":\"fax.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\"}",
+        "{\"id\":\"a\\u007fb\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
+        "\"occurred_at\":\"2026-11-22T10:15:00Z\"}",
+        "{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
+        "\"occurred_at\":\"2026-11-22T10:15:00\"}",
+    };
+    for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
+        expect_same_rejection(msgs[i], strlen(msgs[i]));
+    /* Bytes past len and NUL bytes are never read as JSON. */
+    snprintf(json, sizeof json, "%s}", head);
+    expect_same_rejection(json, strlen(json) - 1);
+    json[8] = '\0'; /* inside the id */
+    expect_same_rejection(json, strlen(head) + 1);
+    expect_same_rejection(NULL, 0);
+    char *big = malloc(TD_EVENT_MAX + 1);
+    assert_non_null(big);
+    memset(big, ' ', TD_EVENT_MAX + 1);
+    snprintf(json, sizeof json, "%s}", head);
+    memcpy(big, json, strlen(json));
+    expect_same_rejection(big, TD_EVENT_MAX + 1);
+    free(big);
+}
+
+/* Every line of examples/sample.jsonl: the fast path takes each event the
+ * jansson path accepts (real events are its subset), and rejections read
+ * the same. */
+static void test_fast_sample_file(void **state)
+{
+    (void)state;
+    const char *src = getenv("TD_SOURCE_DIR");
+    if (src == NULL)
+        skip();
+    char path[1024];
+    snprintf(path, sizeof path, "%s/examples/sample.jsonl", src);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char line[TD_EVENT_MAX + 2];
+    int accepted = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        size_t n = strcspn(line, "\n");
+        line[n] = '\0';
+        if (n == 0)
+            continue;
+        td_event ev;
+        td_event_error err;
+        if (td_event_decode_slow(line, n, &ev, &err) == TD_OK) {
+            expect_fast(line);
+            accepted++;
+        } else {
+            expect_same_rejection(line, n);
+        }
+    }
+    fclose(f);
+    assert_true(accepted > 50);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -594,7 +990,10 @@ int main(void)
         cmocka_unit_test(test_call_meeting),    cmocka_unit_test(test_gift),
         cmocka_unit_test(test_decimal_exact),   cmocka_unit_test(test_prospect_updated),
         cmocka_unit_test(test_rejects),         cmocka_unit_test(test_size_and_bytes),
-        cmocka_unit_test(test_ignored_fields),
+        cmocka_unit_test(test_ignored_fields),  cmocka_unit_test(test_fast_every_type),
+        cmocka_unit_test(test_fast_forms),      cmocka_unit_test(test_fast_declines_valid),
+        cmocka_unit_test(test_fast_declines_invalid), cmocka_unit_test(test_fast_sample_file),
+        cmocka_unit_test(test_control_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
