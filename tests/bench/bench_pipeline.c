@@ -17,7 +17,12 @@
  * Usage: bench_pipeline [seconds_a [seconds_b [rate_b]]]
  * Env: TD_TOUCHD (default: touchd next to this binary), BENCH_PROSPECTS
  * (default 10000), BENCH_PARTITIONS (4), BENCH_BATCH (touchd's
- * engine.batch_max_events, 2000), BENCH_LOG (keep touchd's log there).
+ * engine.batch_max_events, 2000), BENCH_LOG (keep touchd's log there),
+ * BENCH_LOG_LEVEL (touchd's log.level; "debug" logs each batch's load,
+ * compute, deliver and store milliseconds), BENCH_PRODUCER_EXTRA (more
+ * settings in touchd's kafka.producer group, e.g. "max_in_flight = 1;"),
+ * TD_TEST_INFLIGHT (max.in.flight of this process' event producer, 1 by
+ * default: see harness_kafka.c).
  *
  * The harness (redis-server, mock cluster, child process) is the
  * integration tests' own, compiled in here.
