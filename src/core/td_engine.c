@@ -13,6 +13,12 @@
  * sha256(trigger id "\x1f" rule id), so a replay of the same input, a retry
  * after a crash, or another instance yields the same id.
  *
+ * Shortcuts that change no outcome (docs/rules.md, "Performance"): a `when`
+ * whose leading enum test fails is not walked (td_expr_may_hold); a guard is
+ * not evaluated for a candidate whose rule it can never block
+ * (td_rule_never_blocks, precomputed by the ruleset); the state's fired and
+ * timer tables are searched with the rules' precomputed keys (td_rule.key).
+ *
  * @locality any thread; no globals.
  */
 #include "td_engine.h"
@@ -84,7 +90,7 @@ static uint32_t explain(const td_rule *r, const td_ctx *base, td_because *becaus
     return (uint32_t)n;
 }
 
-static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
+static void rec_id(const EVP_MD *sha256, const char *trigger_id, const char *rule_id, char *out) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     char buf[TD_ID_MAX + 96 + TD_RULE_ID_MAX + 2];
@@ -92,7 +98,7 @@ static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
     memcpy(buf, trigger_id, tl);
     buf[tl] = '\x1f';
     memcpy(buf + tl + 1, rule_id, rl);
-    EVP_Digest(buf, tl + 1 + rl, md, &mdlen, EVP_sha256(), NULL);
+    EVP_Digest(buf, tl + 1 + rl, md, &mdlen, sha256 ? sha256 : EVP_sha256(), NULL);
     static const char hex[] = "0123456789abcdef";
     out[0] = 'r';
     out[1] = '-';
@@ -108,23 +114,26 @@ static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
  * appends a candidate. */
 static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_step_out *out,
                      cand *cands, uint32_t *ncands) {
-    td_value v;
+    td_value v = {.type = TD_T_BOOL, .missing = true};
     char err[120];
     if (r->when) {
-        if (td_expr_eval(r->when, ctx, &v, err, sizeof err) != TD_OK) {
+        /* may_hold: a failing enum test in front (`stage == 'won' && ...`)
+         * is false without the walk */
+        bool may = td_expr_may_hold(r->when, ctx->st);
+        if (may && td_expr_eval(r->when, ctx, &v, err, sizeof err) != TD_OK) {
             out->nerrors++;
             td_decision *d = decision(out, flags, r, TD_OUT_ERROR);
             if (d) snprintf(d->error, sizeof d->error, "when: %s", err);
             return;
         }
-        if (v.missing || !v.u.b) {
+        if (!may || v.missing || !v.u.b) {
             td_decision *d = decision(out, flags, r, TD_OUT_NOT_MATCHED);
             if (d) d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(r, ctx, d->because) : 0;
             return;
         }
     }
     if (r->cooldown > 0) {
-        td_ms last = td_state_fired_at(ctx->st, r->id);
+        td_ms last = td_state_fired_at_key(ctx->st, &r->key);
         if (last != TD_MS_MISSING && ctx->now - last < r->cooldown) {
             td_decision *d = decision(out, flags, r, TD_OUT_COOLDOWN);
             if (d) {
@@ -190,6 +199,7 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
             if (!td_rule_guards_candidate(gr, c->rule, trigger_type)) continue;
             td_value v;
             if (gr->when) {
+                if (!td_expr_may_hold(gr->when, ctx->st)) continue;
                 if (td_expr_eval(gr->when, &gctx, &v, err, sizeof err) != TD_OK) {
                     out->nerrors++;
                     td_decision *d = decision(out, flags, gr, TD_OUT_ERROR);
@@ -198,6 +208,12 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
                 }
                 if (v.missing || !v.u.b) continue;
             }
+            /* false without evaluation: a conjunct of the block that reads
+             * only the candidate's rule and is false for it, decided when
+             * the ruleset was built (td_rule_never_blocks), or a failing
+             * enum test in front of it (td_expr_may_hold) */
+            if (td_rule_never_blocks(gr, c->rule) || !td_expr_may_hold(gr->block, ctx->st))
+                continue;
             if (td_expr_eval(gr->block, &gctx, &v, err, sizeof err) != TD_OK) {
                 /* a guard that cannot decide blocks: failing safe is the point of a guard */
                 out->nerrors++;
@@ -246,7 +262,7 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
             continue;
         }
         td_rec *r = &out->recs[out->nrecs++];
-        rec_id(out->trigger_id, c->rule->id, r->id);
+        rec_id(td_ruleset_sha256(rs), out->trigger_id, c->rule->id, r->id);
         r->rule = c->rule;
         r->channel = c->rule->channel;
         r->touch = c->rule->touch;
@@ -309,20 +325,21 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
     if (trig->kind == TD_TRIG_EVENT) {
         const td_event *ev = trig->ev;
         td_strlcpy(out->trigger_id, ev->id, sizeof out->trigger_id);
-        if (td_state_seen(st, ev->id)) {
+        uint64_t fp = td_state_fingerprint(ev->id);
+        if (td_state_seen_fp(st, fp)) {
             out->duplicate = true;
             return TD_OK;
         }
         if (!st->prospect_id[0]) td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
         bool untouched = st->first_touch_at == TD_MS_MISSING;
         if (td_state_apply(st, ev, tz, ctx.settings) != TD_OK) return TD_ERR;
-        td_state_remember(st, ev->id);
+        td_state_remember_fp(st, fp);
         if (untouched && st->first_touch_at != TD_MS_MISSING && st->owner_id[0] &&
             ev->type != TD_EV_OWNER_PROSPECT_CONTACTED)
             derive_owner_event(st, ev, &out->derived, &out->has_derived);
         ctx.ev = ev;
 
-        size_t n;
+        size_t n, idlen = strlen(ev->id);
         const td_rule *const *rules = td_ruleset_for_event(rs, ev->type, &n);
         for (size_t i = 0; i < n; i++) {
             const td_rule *r = rules[i];
@@ -332,7 +349,8 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
                                       ctx.settings, tz, td_sched_zone(st, ctx.settings),
                                       st->country, ev->occurred_at, r->after_business_days)
                                 : ev->occurred_at + r->after;
-                if (td_state_arm_timer(st, r->id, due, ev->id) != TD_OK) return TD_ERR;
+                if (td_state_arm_timer_key(st, &r->key, due, ev->id, idlen) != TD_OK)
+                    return TD_ERR;
                 if (out->narms < TD_STEP_RECS_MAX) {
                     out->arms[out->narms].rule = r;
                     out->arms[out->narms].due_at = due;
@@ -346,8 +364,9 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
         }
         resolve(rs, &ctx, (int)ev->type, flags, out, cands, ncands);
     } else {
-        const td_rule *r = trig->rule ? td_ruleset_find(rs, trig->rule) : NULL;
-        const td_timer *t = trig->rule ? td_state_timer(st, trig->rule) : NULL;
+        td_rule_key tk = td_rule_key_make(trig->rule ? trig->rule : "");
+        const td_rule *r = trig->rule ? td_ruleset_find_key(rs, &tk) : NULL;
+        const td_timer *t = trig->rule ? td_state_timer_key(st, &tk) : NULL;
         /* "timer:<rule>:<armed_by>:<due ms>", built by hand (a hot path) */
         const char *parts[2] = {trig->rule ? trig->rule : "", trig->armed_by ? trig->armed_by : ""};
         size_t n = 6;
@@ -374,7 +393,7 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
             out->stale = true;
             return TD_OK;
         }
-        td_state_disarm_timer(st, trig->rule);
+        td_state_disarm_timer_key(st, &tk);
         if (!r || r->guard || r->after <= 0) {
             /* the rule was removed or changed since the timer was armed */
             out->stale = true;
@@ -384,7 +403,7 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
         resolve(rs, &ctx, -1, flags, out, cands, ncands);
     }
     for (uint32_t i = 0; i < out->nrecs; i++)
-        if (td_state_set_fired(st, out->recs[i].rule->id, now) != TD_OK) return TD_ERR;
+        if (td_state_set_fired_key(st, &out->recs[i].rule->key, now) != TD_OK) return TD_ERR;
     return TD_OK;
 }
 

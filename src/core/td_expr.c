@@ -141,8 +141,19 @@ typedef enum eop {
     E_IN_I, E_IN_S, E_IN_B,    /* consts[b .. b + n) */
     E_AND, E_OR, E_COAL,
     E_SINCE, E_LOCAL /* aux = LOC_* */, E_BEST, E_TOUCHES, E_HAS, E_MIN, E_MAX, E_ABS,
-    E_BIZDAY, E_NEXTBIZ, E_LASTFIRED, E_TAXCAP
+    E_BIZDAY, E_NEXTBIZ, E_LASTFIRED, E_TAXCAP,
+    /* emitted in place of the general forms above (see emit) */
+    E_FLD_I64, E_FLD_OPT, /* a field read in place: int64 at st + b (td_field_direct) */
+    E_SIN,                /* string field ==, != or in constant strings (consts[b .. b + n)) */
+    E_LASTFIRED_K         /* last_fired('constant'): the rule key is precomputed */
 } eop;
+
+/* E_SIN's aux bits. */
+enum {
+    SIN_NEG = 1,     /* != : the result is negated (a missing value still gives false) */
+    SIN_MISSING = 2, /* the result when the field is missing: `(f ?? 'x') == 'y'` folded */
+    SIN_ENUM = 4     /* the field is an enum code at st + a: u.fm.mask has a bit per code */
+};
 
 enum { CMP_LT, CMP_LE, CMP_GT, CMP_GE, CMP_EQ, CMP_NE };
 enum { LOC_HOUR, LOC_WEEKDAY, LOC_MONTH, LOC_YEAR };
@@ -171,6 +182,12 @@ typedef struct td_enode {
     union {
         td_value k;
         const td_field *f;
+        struct {
+            const td_field *f;
+            uint64_t mask; /* SIN_ENUM: bit c is the result for enum code c */
+        } fm;              /* E_SIN */
+        td_rule_key key;   /* E_LASTFIRED_K: points into the string pool */
+        uint32_t chain;    /* E_AND/E_OR heading a chain of n operands: chain[chain ..] */
     } u;
 } td_enode;
 
@@ -185,6 +202,13 @@ struct td_expr {
     char *pool; /* unescaped string literals; constants point into it */
     uint32_t *conj; /* root node of each top-level conjunct */
     uint32_t nconj;
+    uint32_t *chain; /* operands of the &&/|| chains, left to right (see link_chains) */
+    uint32_t nchain;
+    /* td_expr_may_hold: the first conjunct is an enum test (E_SIN with
+     * SIN_ENUM) at state offset pre_off, true for the codes of pre_mask */
+    bool pre;
+    uint32_t pre_off;
+    uint64_t pre_mask;
 };
 
 /* Functions: name, arity, signature shown in diagnostics. */
@@ -1397,6 +1421,80 @@ typedef struct emitter {
     uint32_t cap, capconst;
 } emitter;
 
+/* Whether string x is one of the n strings of k. */
+static bool str_in(const td_value *x, const td_value *k, uint32_t n) {
+    for (uint32_t j = 0; j < n; j++)
+        if (k[j].u.s.n == x->u.s.n && memcmp(k[j].u.s.p, x->u.s.p, x->u.s.n) == 0) return true;
+    return false;
+}
+
+/* `field` or `(field ?? 'literal')` at parse node i: the field, and the
+ * fallback literal in *fallback (NULL without one); NULL for anything else. */
+static const td_field *str_field_of(const cx *c, uint32_t i, const td_value **fallback) {
+    const pnode *p = &c->nodes[i];
+    *fallback = NULL;
+    if (p->eop == E_FIELD) return p->f;
+    if (p->eop == E_COAL && c->nodes[p->a].eop == E_FIELD && c->nodes[p->b].eop == E_CONST) {
+        *fallback = &c->nodes[p->b].k;
+        return c->nodes[p->a].f;
+    }
+    return NULL;
+}
+
+/*
+ * Emits node `at` as E_SIN when parse node fi is a string field (or
+ * `field ?? 'literal'`) compared with the literals of parse nodes lits[]
+ * (`==`: one literal, `in`: the list; neg for `!=`). One node instead of
+ * three or more, no string work for enum fields (stage, gift_policy...):
+ * the result of every code is decided here, once. @returns false when the
+ * shape does not fit (the caller emits the general form).
+ */
+static bool emit_sin(emitter *m, uint32_t at, uint32_t fi, const uint32_t *lits, uint32_t nlits,
+                     bool neg) {
+    cx *c = m->c;
+    td_expr *e = m->e;
+    const td_value *fb;
+    const td_field *f = str_field_of(c, fi, &fb);
+    if (!f || f->type != TD_T_STR) return false;
+    if (!grow((void **)&e->consts, &m->capconst, e->nconsts + nlits, sizeof(td_value))) {
+        c->oom = true;
+        return true;
+    }
+    uint32_t start = e->nconsts;
+    for (uint32_t j = 0; j < nlits; j++) e->consts[e->nconsts++] = c->nodes[lits[j]].k;
+    const td_value *k = e->consts + start;
+    td_enode *n = &e->nodes[at];
+    n->op = E_SIN;
+    n->u.fm.f = f;
+    n->u.fm.mask = 0;
+    n->b = start;
+    n->n = nlits;
+    n->aux = neg ? SIN_NEG : 0;
+    if (fb && str_in(fb, k, nlits) != neg) n->aux |= SIN_MISSING;
+    size_t off = 0;
+    td_enum_name_fn name = NULL;
+    if (td_field_direct(f, &off, &name) == TD_FA_ENUM && name && off <= UINT32_MAX) {
+        uint64_t mask = 0;
+        for (int code = 0; code < 64; code++) {
+            const char *s = name(code);
+            bool hit;
+            if (!s || !*s) {
+                hit = (n->aux & SIN_MISSING) != 0; /* the getter gives a missing value */
+            } else {
+                td_value v = {.type = TD_T_STR};
+                v.u.s.p = s;
+                v.u.s.n = (uint32_t)strlen(s);
+                hit = str_in(&v, k, nlits) != neg;
+            }
+            if (hit) mask |= 1ULL << code;
+        }
+        n->aux |= SIN_ENUM;
+        n->a = (uint32_t)off;
+        n->u.fm.mask = mask;
+    }
+    return true;
+}
+
 static uint32_t emit(emitter *m, uint32_t i) {
     cx *c = m->c;
     td_expr *e = m->e;
@@ -1413,9 +1511,27 @@ static uint32_t emit(emitter *m, uint32_t i) {
     n->aux = p.aux;
     n->off = p.off;
     n->len = p.len;
+    if (p.eop == E_CMP_S && (p.aux == CMP_EQ || p.aux == CMP_NE)) {
+        uint32_t fi = p.a, ki = p.b; /* `field == 'x'`, or `'x' == field` */
+        if (c->nodes[ki].eop != E_CONST) {
+            fi = p.b;
+            ki = p.a;
+        }
+        if (c->nodes[ki].eop == E_CONST && emit_sin(m, at, fi, &ki, 1, p.aux == CMP_NE)) return at;
+    }
+    if (p.eop == E_IN_S && emit_sin(m, at, p.a, c->kids + p.b, p.n, false)) return at;
     switch ((eop)p.eop) {
     case E_CONST: n->u.k = p.k; break;
-    case E_FIELD: n->u.f = p.f; break;
+    case E_FIELD: {
+        n->u.f = p.f;
+        size_t off = 0;
+        td_field_access a = td_field_direct(p.f, &off, NULL);
+        if ((a == TD_FA_I64 || a == TD_FA_I64_OPT) && off <= UINT32_MAX) {
+            n->op = a == TD_FA_I64 ? E_FLD_I64 : E_FLD_OPT;
+            n->b = (uint32_t)off;
+        }
+        break;
+    }
     case E_NOW: break;
     case E_IN_I: case E_IN_S: case E_IN_B: {
         uint32_t a = emit(m, p.a);
@@ -1431,8 +1547,19 @@ static uint32_t emit(emitter *m, uint32_t i) {
         n->n = p.n;
         break;
     }
+    case E_LASTFIRED:
+        if (c->nodes[p.a].eop == E_CONST) {
+            /* last_fired('rule.id'): hash the id once, here */
+            const td_value *k = &c->nodes[p.a].k;
+            n->op = E_LASTFIRED_K;
+            n->u.key.id = k->u.s.p;
+            n->u.key.len = k->u.s.n;
+            n->u.key.hash = td_hash64(k->u.s.p, k->u.s.n, TD_HASH_SEED);
+            break;
+        }
+        /* fall through */
     case E_NOT: case E_NEG: case E_I2D: case E_SINCE: case E_LOCAL: case E_BEST:
-    case E_TOUCHES: case E_HAS: case E_ABS: case E_BIZDAY: case E_NEXTBIZ: case E_LASTFIRED: {
+    case E_TOUCHES: case E_HAS: case E_ABS: case E_BIZDAY: case E_NEXTBIZ: {
         uint32_t a = emit(m, p.a);
         e->nodes[at].a = a;
         break;
@@ -1462,6 +1589,54 @@ static uint32_t emit(emitter *m, uint32_t i) {
     return at;
 }
 
+/*
+ * `a && b && c` parses as ((a && b) && c): evaluated as a tree, each && is
+ * a call. The node heading such a chain (an && that is not the left operand
+ * of another &&; the same for ||) gets the list of its operands, left to
+ * right, so the evaluator walks them in a loop. Same order, same
+ * short-circuit, same result: an inner && only ever fed the outer one's
+ * truth test. The inner nodes stay (explanations split the tree).
+ * @returns false on out-of-memory.
+ */
+static bool link_chains(td_expr *e) {
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < e->nnodes; i++) {
+        const td_enode *n = &e->nodes[i];
+        if (n->op != E_AND && n->op != E_OR) continue;
+        total += 2; /* an upper bound: each node adds at most its right operand + 1 */
+    }
+    if (!total) return true;
+    e->chain = malloc(total * sizeof *e->chain);
+    if (!e->chain) return false;
+    /* left operands of a same-operator parent are not heads */
+    bool *inner = calloc(e->nnodes, sizeof *inner);
+    if (!inner) return false;
+    for (uint32_t i = 0; i < e->nnodes; i++) {
+        const td_enode *n = &e->nodes[i];
+        if ((n->op == E_AND || n->op == E_OR) && e->nodes[n->a].op == n->op) inner[n->a] = true;
+    }
+    for (uint32_t i = 0; i < e->nnodes; i++) {
+        td_enode *h = &e->nodes[i];
+        if ((h->op != E_AND && h->op != E_OR) || inner[i]) continue;
+        uint32_t depth = 0, m = i;
+        while (e->nodes[m].op == h->op) { /* down the left spine */
+            depth++;
+            m = e->nodes[m].a;
+        }
+        uint32_t start = e->nchain;
+        e->chain[e->nchain++] = m; /* the leftmost operand */
+        for (uint32_t k = depth; k-- > 0;) { /* then the right operands, bottom up */
+            uint32_t s = i;
+            for (uint32_t j = 0; j < k; j++) s = e->nodes[s].a;
+            e->chain[e->nchain++] = e->nodes[s].b;
+        }
+        h->n = depth + 1;
+        h->u.chain = start;
+    }
+    free(inner);
+    return true;
+}
+
 /* Splits the top-level && chain (at any parenthesisation) into conjuncts. */
 static void collect_conjuncts(td_expr *e, uint32_t i, uint32_t *cap, bool *oom) {
     const td_enode *n = &e->nodes[i];
@@ -1485,6 +1660,7 @@ void td_expr_free(td_expr *e) {
     free(e->consts);
     free(e->pool);
     free(e->conj);
+    free(e->chain);
     free(e);
 }
 
@@ -1574,6 +1750,15 @@ td_expr *td_expr_compile(const char *src, size_t len, int scopes, td_type want,
     uint32_t capc = 0;
     bool oom = c.oom;
     if (!oom) collect_conjuncts(e, 0, &capc, &oom);
+    if (!oom && !link_chains(e)) oom = true;
+    if (!oom && e->nconj && t == TD_T_BOOL) {
+        const td_enode *c0 = &e->nodes[e->conj[0]];
+        if (c0->op == E_SIN && (c0->aux & SIN_ENUM)) {
+            e->pre = true;
+            e->pre_off = c0->a;
+            e->pre_mask = c0->u.fm.mask;
+        }
+    }
     free(c.toks);
     free(c.nodes);
     free(c.kids);
@@ -1730,10 +1915,33 @@ static inline bool truthy(const td_value *v) { return v->u.b && !v->missing; }
 
 static int ev(const run *r, uint32_t i, td_value *out);
 
+/* Evaluates node i: the leaves that are most of every expression (constants
+ * and fields read in place) without a call, the rest through ev(). */
+static inline int evx(const run *r, uint32_t i, td_value *out) {
+    const td_enode *n = &r->e->nodes[i];
+    if (n->op == E_FLD_OPT || n->op == E_FLD_I64) {
+        int64_t v;
+        memcpy(&v, (const char *)r->ctx->st + n->b, sizeof v);
+        bool missing = n->op == E_FLD_OPT && v == INT64_MIN;
+        out->type = (td_type)n->type;
+        out->missing = missing;
+        /* what the getters leave in a missing value: times keep the
+         * sentinel, numbers are zeroed (td_state.c td_v_time, td_v_missing) */
+        out->u.i = missing && n->type != TD_T_TIME ? 0 : v;
+        if (r->facts) record_fact(r->facts, n->u.f, out);
+        return TD_OK;
+    }
+    if (n->op == E_CONST) {
+        *out = n->u.k;
+        return TD_OK;
+    }
+    return ev(r, i, out);
+}
+
 /* Evaluates both children of n; @returns 1 when either is missing (out is
  * then a missing value of n's type), 0 when both are present, TD_ERR. */
 static int ev2(const run *r, const td_enode *n, td_value *x, td_value *y, td_value *out) {
-    if (ev(r, n->a, x) || ev(r, n->b, y)) return TD_ERR;
+    if (evx(r, n->a, x) || evx(r, n->b, y)) return TD_ERR;
     if (x->missing || y->missing) {
         out->missing = true;
         out->u.i = 0;
@@ -1761,45 +1969,45 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         out->u.t = r->ctx->now;
         return TD_OK;
     case E_AND:
-        if (ev(r, n->a, &x)) return TD_ERR;
-        if (!truthy(&x)) {
-            out->u.b = false;
-            return TD_OK;
+    case E_OR: {
+        /* a chain head: every operand in a loop (link_chains); an inner
+         * node (never evaluated on its own) would be a chain of its two */
+        bool stop = n->op == E_OR; /* the truth value that ends the chain */
+        uint32_t pair[2] = {n->a, n->b};
+        const uint32_t *ops = n->n ? r->e->chain + n->u.chain : pair;
+        uint32_t nops = n->n ? n->n : 2;
+        for (uint32_t j = 0; j < nops; j++) {
+            if (evx(r, ops[j], &x)) return TD_ERR;
+            if (truthy(&x) == stop) {
+                out->u.b = stop;
+                return TD_OK;
+            }
         }
-        if (ev(r, n->b, &y)) return TD_ERR;
-        out->u.b = truthy(&y);
+        out->u.b = !stop;
         return TD_OK;
-    case E_OR:
-        if (ev(r, n->a, &x)) return TD_ERR;
-        if (truthy(&x)) {
-            out->u.b = true;
-            return TD_OK;
-        }
-        if (ev(r, n->b, &y)) return TD_ERR;
-        out->u.b = truthy(&y);
-        return TD_OK;
+    }
     case E_NOT:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->u.b = !truthy(&x);
         return TD_OK;
     case E_CMP_I:
-        if (ev(r, n->a, &x) || ev(r, n->b, &y)) return TD_ERR;
+        if (evx(r, n->a, &x) || evx(r, n->b, &y)) return TD_ERR;
         out->u.b = !x.missing && !y.missing && cmp_i(n->aux, x.u.i, y.u.i);
         return TD_OK;
     case E_CMP_IK:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->u.b = !x.missing && cmp_i(n->aux, x.u.i, n->u.k.u.i);
         return TD_OK;
     case E_CMP_S:
-        if (ev(r, n->a, &x) || ev(r, n->b, &y)) return TD_ERR;
+        if (evx(r, n->a, &x) || evx(r, n->b, &y)) return TD_ERR;
         out->u.b = !x.missing && !y.missing && cmp_i(n->aux, str_cmp(&x, &y), 0);
         return TD_OK;
     case E_CMP_B:
-        if (ev(r, n->a, &x) || ev(r, n->b, &y)) return TD_ERR;
+        if (evx(r, n->a, &x) || evx(r, n->b, &y)) return TD_ERR;
         out->u.b = !x.missing && !y.missing && cmp_i(n->aux, x.u.b, y.u.b);
         return TD_OK;
     case E_IN_I: case E_IN_S: case E_IN_B: {
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->u.b = false;
         if (x.missing) return TD_OK;
         const td_value *k = r->e->consts + n->b;
@@ -1815,20 +2023,20 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         return TD_OK;
     }
     case E_COAL:
-        if (ev(r, n->a, out)) return TD_ERR;
+        if (evx(r, n->a, out)) return TD_ERR;
         if (!out->missing) return TD_OK;
-        if (ev(r, n->b, out)) return TD_ERR;
+        if (evx(r, n->b, out)) return TD_ERR;
         out->type = (td_type)n->type;
         return TD_OK;
     case E_NEG:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.i = 0;
         if (x.missing) return TD_OK;
         if (__builtin_sub_overflow((int64_t)0, x.u.i, &out->u.i)) return fail(r, n, "overflow");
         return TD_OK;
     case E_I2D:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.d = 0;
         if (x.missing) return TD_OK;
@@ -1874,7 +2082,7 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         out->u.i = (n->op == E_MIN) == (x.u.i < y.u.i) ? x.u.i : y.u.i;
         return TD_OK;
     case E_ABS:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.i = 0;
         if (x.missing) return TD_OK;
@@ -1882,25 +2090,25 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         out->u.i = x.u.i < 0 ? -x.u.i : x.u.i;
         return TD_OK;
     case E_HAS:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->u.b = !x.missing;
         return TD_OK;
     case E_SINCE:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.t = 0;
         if (x.missing) return TD_OK;
         if (__builtin_sub_overflow(r->ctx->now, x.u.t, &out->u.t)) return fail(r, n, "overflow");
         return TD_OK;
     case E_TOUCHES:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.i = 0;
         if (x.missing) return TD_OK;
         out->u.i = r->ctx->st ? td_state_touches_within(r->ctx->st, r->ctx->now, x.u.t) : 0;
         return TD_OK;
     case E_LOCAL: {
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.i = 0;
         if (x.missing) return TD_OK;
@@ -1915,14 +2123,14 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         return TD_OK;
     }
     case E_BEST:
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.t = 0;
         if (x.missing) return TD_OK;
         return eval_best_time(r, n, x.u.t, &out->u.t);
     case E_BIZDAY:
     case E_NEXTBIZ: {
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = x.missing;
         out->u.t = 0;
         if (x.missing) return TD_OK;
@@ -1938,7 +2146,7 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         return TD_OK;
     }
     case E_LASTFIRED: {
-        if (ev(r, n->a, &x)) return TD_ERR;
+        if (evx(r, n->a, &x)) return TD_ERR;
         out->missing = true;
         out->u.t = 0;
         if (x.missing || !r->ctx->st || x.u.s.n > TD_RULE_ID_MAX) return TD_OK;
@@ -1946,6 +2154,36 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         memcpy(id, x.u.s.p, x.u.s.n);
         id[x.u.s.n] = '\0';
         td_ms at = td_state_fired_at(r->ctx->st, id);
+        if (at != TD_MS_MISSING) {
+            out->missing = false;
+            out->u.t = at;
+        }
+        return TD_OK;
+    }
+    case E_FLD_I64: case E_FLD_OPT: /* reached only as a root: evx handles them */
+        return evx(r, i, out);
+    case E_SIN: {
+        const td_field *f = n->u.fm.f;
+        if ((n->aux & SIN_ENUM) && !r->facts && r->ctx->st) {
+            int code;
+            memcpy(&code, (const char *)r->ctx->st + n->a, sizeof code);
+            if ((unsigned)code < 64) {
+                out->u.b = (n->u.fm.mask >> code) & 1;
+                return TD_OK;
+            }
+        }
+        f->get(f, r->ctx, &x);
+        x.type = TD_T_STR;
+        if (r->facts) record_fact(r->facts, f, &x);
+        if (x.missing) out->u.b = (n->aux & SIN_MISSING) != 0;
+        else out->u.b = str_in(&x, r->e->consts + n->b, n->n) != ((n->aux & SIN_NEG) != 0);
+        return TD_OK;
+    }
+    case E_LASTFIRED_K: {
+        out->missing = true;
+        out->u.t = 0;
+        if (!r->ctx->st) return TD_OK;
+        td_ms at = td_state_fired_at_key(r->ctx->st, &n->u.key);
         if (at != TD_MS_MISSING) {
             out->missing = false;
             out->u.t = at;
@@ -1990,8 +2228,9 @@ size_t td_expr_fields(const td_expr *e, const td_field **out, size_t cap) {
     size_t n = 0;
     if (!e) return 0;
     for (uint32_t i = 0; i < e->nnodes; i++) {
-        if (e->nodes[i].op != E_FIELD) continue;
-        const td_field *f = e->nodes[i].u.f;
+        uint8_t op = e->nodes[i].op;
+        if (op != E_FIELD && op != E_FLD_I64 && op != E_FLD_OPT && op != E_SIN) continue;
+        const td_field *f = op == E_SIN ? e->nodes[i].u.fm.f : e->nodes[i].u.f;
         bool seen = false;
         for (size_t j = 0; j < n && j < cap; j++)
             if (out[j] == f) seen = true;
@@ -2006,6 +2245,55 @@ bool td_expr_constant(const td_expr *e, td_value *out) {
     if (!e || e->nnodes == 0 || e->nodes[0].op != E_CONST) return false;
     *out = e->nodes[0].u.k;
     return true;
+}
+
+bool td_expr_may_hold(const td_expr *e, const td_state *st) {
+    if (!e || !e->pre || !st) return true;
+    int code;
+    memcpy(&code, (const char *)st + e->pre_off, sizeof code);
+    return (unsigned)code >= 64 || ((e->pre_mask >> code) & 1);
+}
+
+bool td_expr_conjunct_reads_only(const td_expr *e, size_t i, const td_field *const *allowed) {
+    if (!e || i >= e->nconj) return false;
+    /* nodes are in preorder and the conjuncts left to right, so conjunct i
+     * is the node range [conj[i], conj[i + 1]) (the last one: to the end) */
+    uint32_t end = i + 1 < e->nconj ? e->conj[i + 1] : e->nnodes;
+    for (uint32_t k = e->conj[i]; k < end; k++) {
+        const td_enode *n = &e->nodes[k];
+        const td_field *f = NULL;
+        switch ((eop)n->op) {
+        case E_FIELD: case E_FLD_I64: case E_FLD_OPT: f = n->u.f; break;
+        case E_SIN: f = n->u.fm.f; break;
+        case E_CONST: case E_NOT: case E_NEG: case E_I2D: case E_ADD: case E_SUB:
+        case E_MUL_I: case E_MUL_D: case E_DIV_I: case E_DIV_D: case E_CMP_I: case E_CMP_S:
+        case E_CMP_B: case E_CMP_IK: case E_IN_I: case E_IN_S: case E_IN_B: case E_AND:
+        case E_OR: case E_COAL: case E_HAS: case E_MIN: case E_MAX: case E_ABS:
+            continue;
+        default: return false; /* now, time and state functions */
+        }
+        bool ok = false;
+        for (size_t j = 0; allowed[j]; j++)
+            if (allowed[j] == f) ok = true;
+        if (!ok) return false;
+    }
+    return true;
+}
+
+bool td_expr_conjunct_may_fail(const td_expr *e, size_t i) {
+    if (!e || i >= e->nconj) return true;
+    uint32_t end = i + 1 < e->nconj ? e->conj[i + 1] : e->nnodes;
+    for (uint32_t k = e->conj[i]; k < end; k++) {
+        switch ((eop)e->nodes[k].op) {
+        case E_CONST: case E_FIELD: case E_FLD_I64: case E_FLD_OPT: case E_NOW: case E_NOT:
+        case E_CMP_I: case E_CMP_S: case E_CMP_B: case E_CMP_IK: case E_IN_I: case E_IN_S:
+        case E_IN_B: case E_SIN: case E_AND: case E_OR: case E_COAL: case E_HAS: case E_MIN:
+        case E_MAX: case E_TOUCHES: case E_LASTFIRED: case E_LASTFIRED_K: case E_TAXCAP:
+            continue;
+        default: return true; /* overflow, division by zero, out-of-range times */
+        }
+    }
+    return false;
 }
 
 size_t td_expr_conjuncts(const td_expr *e) { return e ? e->nconj : 0; }

@@ -90,6 +90,24 @@ typedef struct td_facts {
  */
 int td_expr_eval(const td_expr *e, const td_ctx *ctx, td_value *out, char *err, size_t errcap);
 
+/*
+ * A cheap test before td_expr_eval: false when the expression is certainly
+ * false for state st, because its first top-level conjunct compares an enum
+ * field of the state with constants (`stage == 'won'`, `gift_policy in
+ * [...]`) and that comparison fails; true when the expression must be
+ * evaluated. Evaluating it would give the same false, without an error (the
+ * conjunct cannot fail and `&&` stops there): this only saves the walk.
+ */
+bool td_expr_may_hold(const td_expr *e, const td_state *st);
+
+/* Whether top-level conjunct i reads nothing but constants and the fields of
+ * `allowed` (NULL-terminated): no other field, no `now`, no function of the
+ * state or the clock. Its value then depends on those fields alone. */
+bool td_expr_conjunct_reads_only(const td_expr *e, size_t i, const td_field *const *allowed);
+/* Whether evaluating top-level conjunct i can fail (arithmetic, local time):
+ * false when it only reads, compares and combines values. */
+bool td_expr_conjunct_may_fail(const td_expr *e, size_t i);
+
 /* Top-level conjuncts ("a && b && c" has three; anything else has one), for
  * explanations: each one's source span and its own evaluation. */
 size_t td_expr_conjuncts(const td_expr *e);

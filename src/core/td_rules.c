@@ -49,6 +49,7 @@ struct td_ruleset {
      * rule by id; a linear strcmp over the ruleset was 2% of a step) */
     const td_rule **by_id;
     size_t by_id_cap;
+    EVP_MD *sha256; /* fetched once: recommendation ids */
 };
 
 /* ---- diagnostics ---- */
@@ -709,6 +710,7 @@ static void rule_free(td_rule *r) {
     free(r->note);
     td_expr_free(r->block);
     free(r->reason);
+    free(r->never_blocks);
 }
 
 /* Compiles one rule; returns true when it has no error (it is then kept). */
@@ -1001,7 +1003,60 @@ static void compute_hash(td_ruleset *rs, const td_source *srcs, size_t n) {
     rs->hash[71] = '\0';
 }
 
+/*
+ * td_rule.never_blocks of each guard: a conjunct of its block that reads only
+ * the candidate's fixed rec.* fields (`rec.touch in ['physical_gift', ...]`)
+ * is evaluated here once per rule, with nothing but that rule's view; where
+ * it is false the block can never be true for the rule. Only conjuncts
+ * reached without a possible failure count: a conjunct before them that can
+ * fail (arithmetic, local time) would block at run time (guards fail safe),
+ * so the scan stops at the first such conjunct. rec.not_before is not fixed
+ * (it depends on the state): a conjunct that reads it is left to run time.
+ * @returns false on out-of-memory.
+ */
+static bool build_never_blocks(td_ruleset *rs) {
+    static const char *const fixed[] = {"rec.channel", "rec.touch", "rec.rule", "rec.group",
+                                        "rec.priority"};
+    const td_field *allowed[(sizeof fixed / sizeof *fixed) + 1];
+    for (size_t k = 0; k < (sizeof fixed / sizeof *fixed); k++) {
+        allowed[k] = td_schema_lookup(fixed[k], strlen(fixed[k]));
+        if (!allowed[k]) return true; /* a schema without them: nothing to precompute */
+    }
+    allowed[(sizeof fixed / sizeof *fixed)] = NULL;
+    size_t words = (rs->n + 63) / 64;
+    for (size_t gi = 0; gi < rs->n; gi++) {
+        td_rule *g = &rs->rules[gi];
+        if (!g->guard || !g->block) continue;
+        size_t nconj = td_expr_conjuncts(g->block);
+        for (size_t k = 0; k < nconj; k++) {
+            if (k > 0 && td_expr_conjunct_may_fail(g->block, k - 1)) break;
+            if (!td_expr_conjunct_reads_only(g->block, k, allowed)) continue;
+            if (!g->never_blocks) {
+                g->never_blocks = calloc(words ? words : 1, sizeof *g->never_blocks);
+                if (!g->never_blocks) return false;
+            }
+            for (size_t ri = 0; ri < rs->n; ri++) {
+                const td_rule *r = &rs->rules[ri];
+                if (r->guard) continue;
+                /* the view resolve() gives the guards, minus not_before */
+                td_rec_view view = {.channel = r->channel, .touch = r->touch, .rule = r->id,
+                                    .group = r->group ? r->group : "", .priority = r->priority,
+                                    .not_before = TD_MS_MISSING};
+                td_ctx ctx = {.rec = &view, .settings = &rs->settings};
+                td_value v;
+                char err[96];
+                if (td_expr_eval_conjunct(g->block, k, &ctx, &v, err, sizeof err) == TD_OK &&
+                    (v.missing || !v.u.b))
+                    g->never_blocks[r->index / 64] |= 1ULL << (r->index % 64);
+            }
+        }
+    }
+    return true;
+}
+
 static bool build_index(td_ruleset *rs) {
+    /* the rules array no longer moves: keys may point at the ids */
+    for (size_t i = 0; i < rs->n; i++) rs->rules[i].key = td_rule_key_make(rs->rules[i].id);
     for (int t = 0; t < TD_EV__COUNT; t++) {
         size_t k = 0;
         for (size_t i = 0; i < rs->n; i++)
@@ -1018,11 +1073,11 @@ static bool build_index(td_ruleset *rs) {
     rs->by_id = calloc(rs->by_id_cap, sizeof *rs->by_id);
     if (!rs->by_id) return false;
     for (size_t i = 0; i < rs->n; i++) {
-        size_t h = td_hash64(rs->rules[i].id, strlen(rs->rules[i].id), TD_HASH_SEED) &
-                   (rs->by_id_cap - 1);
+        size_t h = rs->rules[i].key.hash & (rs->by_id_cap - 1);
         while (rs->by_id[h]) h = (h + 1) & (rs->by_id_cap - 1);
         rs->by_id[h] = &rs->rules[i];
     }
+    if (!build_never_blocks(rs)) return false;
     size_t g = 0;
     for (size_t i = 0; i < rs->n; i++) g += rs->rules[i].guard;
     if (g) {
@@ -1160,8 +1215,10 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     td_ruleset *rs = calloc(1, sizeof *rs);
     if (!rs) return NULL;
     td_settings_default(&rs->settings);
+    rs->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     rs->own_calendar = td_calendar_new();
     if (!rs->own_calendar) {
+        EVP_MD_free(rs->sha256);
         free(rs);
         return NULL;
     }
@@ -1169,6 +1226,7 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     rs->files = calloc(n ? n : 1, sizeof(char *));
     if (!rs->files) {
         td_calendar_free(rs->own_calendar);
+        EVP_MD_free(rs->sha256);
         free(rs);
         return NULL;
     }
@@ -1206,6 +1264,7 @@ void td_ruleset_free(td_ruleset *rs) {
     free(rs->guards);
     free(rs->by_id);
     td_calendar_free(rs->own_calendar);
+    EVP_MD_free(rs->sha256);
     free(rs);
 }
 
@@ -1214,6 +1273,7 @@ void td_ruleset_set_calendar(td_ruleset *rs, const td_calendar *cal) {
 }
 
 const char *td_ruleset_hash(const td_ruleset *rs) { return rs->hash; }
+const struct evp_md_st *td_ruleset_sha256(const td_ruleset *rs) { return rs->sha256; }
 const td_settings *td_ruleset_settings(const td_ruleset *rs) { return &rs->settings; }
 size_t td_ruleset_count(const td_ruleset *rs) { return rs->n; }
 const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i) {
@@ -1221,9 +1281,15 @@ const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i) {
 }
 const td_rule *td_ruleset_find(const td_ruleset *rs, const char *id) {
     if (!rs->by_id) return find_rule(rs, rs->n, id);
-    size_t h = td_hash64(id, strlen(id), TD_HASH_SEED) & (rs->by_id_cap - 1);
+    td_rule_key k = td_rule_key_make(id);
+    return td_ruleset_find_key(rs, &k);
+}
+
+const td_rule *td_ruleset_find_key(const td_ruleset *rs, const td_rule_key *key) {
+    if (!rs->by_id) return find_rule(rs, rs->n, key->id);
+    size_t h = key->hash & (rs->by_id_cap - 1);
     for (const td_rule *r; (r = rs->by_id[h]); h = (h + 1) & (rs->by_id_cap - 1))
-        if (strcmp(r->id, id) == 0) return r;
+        if (r->key.hash == key->hash && strcmp(r->id, key->id) == 0) return r;
     return NULL;
 }
 

@@ -53,6 +53,7 @@ typedef struct td_source {
 
 typedef struct td_rule {
     char id[TD_RULE_ID_MAX + 1];
+    td_rule_key key;  /* id with its length and hash: the key of the state's fired and timer tables */
     char *doc;
     const char *file; /* points into the ruleset's file names */
     int line;
@@ -77,6 +78,12 @@ typedef struct td_rule {
     /* guards */
     td_expr *block;   /* bool over rec.*, target.* and state */
     char *reason;     /* why, in words, for explain and metrics */
+    /* guards: bit i set when `block` is false for rule i (td_rule.index)
+     * whatever the state, because one of its conjuncts reads only what the
+     * rule fixes (rec.channel, rec.touch, rec.rule, rec.group, rec.priority)
+     * and is false for it, with no conjunct before it that can fail; NULL
+     * when no conjunct qualifies. Owned; read through td_rule_never_blocks. */
+    uint64_t *never_blocks;
 } td_rule;
 
 typedef struct td_ruleset td_ruleset;
@@ -97,10 +104,17 @@ void td_ruleset_set_calendar(td_ruleset *rs, const struct td_calendar *cal);
 
 /* "sha256:<64 hex>" */
 const char *td_ruleset_hash(const td_ruleset *rs);
+/* SHA-256 fetched once for the ruleset's lifetime (an OpenSSL EVP_MD, for
+ * recommendation ids: an implicit fetch per digest costs more than the
+ * digest); NULL when the fetch failed (callers use EVP_sha256() then). */
+struct evp_md_st;
+const struct evp_md_st *td_ruleset_sha256(const td_ruleset *rs);
 const td_settings *td_ruleset_settings(const td_ruleset *rs);
 size_t td_ruleset_count(const td_ruleset *rs);
 const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i);
 const td_rule *td_ruleset_find(const td_ruleset *rs, const char *id);
+/* The same with a precomputed key (td_rule_key_make). */
+const td_rule *td_ruleset_find_key(const td_ruleset *rs, const td_rule_key *key);
 
 /* Rules (non-guards) triggered by an event type, in ruleset order. */
 const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t, size_t *n);
@@ -115,6 +129,11 @@ bool td_rule_guards_trigger(const td_rule *g, int event_type);
  * owner-domain candidate is judged only by guards whose `on` names owner.*. */
 bool td_rule_owner_domain(const td_rule *r);
 bool td_rule_guards_candidate(const td_rule *g, const td_rule *r, int event_type);
+/* Whether guard g's block is false for every candidate of rule r, so the
+ * engine need not evaluate it (its `when`, a precondition, still is). */
+static inline bool td_rule_never_blocks(const td_rule *g, const td_rule *r) {
+    return g->never_blocks && ((g->never_blocks[r->index / 64] >> (r->index % 64)) & 1);
+}
 
 /* The touch vocabulary of DESIGN.md (rules may add their own: a warning). */
 bool td_touch_known(const char *touch);

@@ -48,6 +48,8 @@
 
 /* ---------------------------------------------------------------- helpers */
 
+#define TD_NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
 /* Counters saturate rather than wrap: a state read back from Redis may hold
  * anything, and signed overflow would be undefined behaviour. */
 static inline int64_t td_sat_add(int64_t a, int64_t b) {
@@ -235,12 +237,15 @@ bool td_state_equal(const td_state *a, const td_state *b) {
 
 /* ------------------------------------------------------------ dedup ring */
 
-static inline uint64_t td_fingerprint(const char *event_id) {
+uint64_t td_state_fingerprint(const char *event_id) {
     return td_hash64(event_id, strlen(event_id), TD_HASH_SEED);
 }
 
 bool td_state_seen(const td_state *st, const char *event_id) {
-    uint64_t fp = td_fingerprint(event_id);
+    return td_state_seen_fp(st, td_state_fingerprint(event_id));
+}
+
+bool td_state_seen_fp(const td_state *st, uint64_t fp) {
     uint32_t cnt = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
     uint32_t idx = (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - cnt) % TD_DEDUP_RING;
     for (uint32_t i = 0; i < cnt; i++) {
@@ -251,7 +256,11 @@ bool td_state_seen(const td_state *st, const char *event_id) {
 }
 
 void td_state_remember(td_state *st, const char *event_id) {
-    st->dedup[st->dedup_head % TD_DEDUP_RING] = td_fingerprint(event_id);
+    td_state_remember_fp(st, td_state_fingerprint(event_id));
+}
+
+void td_state_remember_fp(td_state *st, uint64_t fp) {
+    st->dedup[st->dedup_head % TD_DEDUP_RING] = fp;
     st->dedup_head = (st->dedup_head + 1) % TD_DEDUP_RING;
     if (st->dedup_count < TD_DEDUP_RING) st->dedup_count++;
 }
@@ -305,12 +314,68 @@ void td_state_pos_set(td_state *st, const char *topic, int32_t partition, int64_
 
 /* ------------------------------------------------ fired and timer tables */
 
-/* Binary search by rule id; *found tells whether the returned index holds it. */
-static uint32_t td_fired_find(const td_state *st, const char *rule, bool *found) {
-    uint32_t lo = 0, hi = st->nfired;
+td_rule_key td_rule_key_make(const char *id) {
+    size_t n = strlen(id);
+    td_rule_key k = {id, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n, td_hash64(id, n, TD_HASH_SEED)};
+    return k;
+}
+
+/* Both tables' entries start with the rule id's hash; the id itself is at
+ * `rule_off`. A hash match is always confirmed on the bytes. */
+_Static_assert(offsetof(td_fired, hash) == 0 && offsetof(td_timer, hash) == 0,
+               "td_table_find reads the hash at the start of an entry");
+static inline bool td_table_is(const char *e, size_t rule_off, const td_rule_key *k) {
+    uint64_t h;
+    memcpy(&h, e, sizeof h);
+    return h == k->hash && memcmp(e + rule_off, k->id, k->len) == 0 && e[rule_off + k->len] == '\0';
+}
+
+static uint32_t td_table_scan(const char *p, uint32_t n, size_t elem, size_t rule_off,
+                              const td_rule_key *k, bool pos, bool *found);
+
+/*
+ * Finds rule key k in a per-rule table (fired or timers): `n` entries of
+ * `elem` bytes. The slot of `slots` the hash selects is tried first (one
+ * entry, one cache line); on a miss, a lookup scans the hashes (a prospect
+ * has a handful of entries), and an insertion (`pos`) does a binary search
+ * by id, which finds the entry too when it is there. @returns the entry's
+ * index (*found = true), or, when absent and `pos` is set, the index where it
+ * belongs in rule id order (the tables stay sorted: the flat form and
+ * td_redis's diff rely on it).
+ */
+static inline uint32_t td_table_find(const void *base, uint32_t n, size_t elem, size_t rule_off,
+                                     const uint8_t *slots, uint32_t nslots, const td_rule_key *k,
+                                     bool pos, bool *found) {
+    const char *p = base;
+    uint32_t s = slots[k->hash % nslots];
+    if (s && s - 1 < n && k->len <= TD_RULE_ID_MAX &&
+        td_table_is(p + (size_t)(s - 1) * elem, rule_off, k)) {
+        *found = true;
+        return s - 1;
+    }
+    return td_table_scan(p, n, elem, rule_off, k, pos, found);
+}
+
+/* td_table_find without (or after a miss of) the slot. */
+static uint32_t td_table_scan(const char *p, uint32_t n, size_t elem, size_t rule_off,
+                              const td_rule_key *k, bool pos, bool *found) {
+    *found = false;
+    if (k->len > TD_RULE_ID_MAX) return n; /* never stored (set/arm refuse it) */
+    if (!pos) { /* a lookup: compare hashes, the bytes only on a match */
+        for (uint32_t i = 0; i < n; i++) {
+            if (td_table_is(p + (size_t)i * elem, rule_off, k)) {
+                *found = true;
+                return i;
+            }
+        }
+        return n;
+    }
+    /* an insertion point is wanted (set/arm: the key is NUL-terminated):
+     * the binary search finds the entry too when it is there */
+    uint32_t lo = 0, hi = n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->fired[mid].rule, rule);
+        int c = strcmp(p + (size_t)mid * elem + rule_off, k->id);
         if (c == 0) {
             *found = true;
             return mid;
@@ -318,24 +383,36 @@ static uint32_t td_fired_find(const td_state *st, const char *rule, bool *found)
         if (c < 0) lo = mid + 1;
         else hi = mid;
     }
-    *found = false;
     return lo;
 }
 
-static uint32_t td_timer_find(const td_state *st, const char *rule, bool *found) {
-    uint32_t lo = 0, hi = st->ntimers;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->timers[mid].rule, rule);
-        if (c == 0) {
-            *found = true;
-            return mid;
-        }
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+static uint32_t td_fired_find(const td_state *st, const td_rule_key *k, bool pos, bool *found) {
+    return td_table_find(st->fired, st->nfired, sizeof *st->fired, offsetof(td_fired, rule),
+                         st->fired_slot, TD_NELEM(st->fired_slot), k, pos, found);
+}
+
+static uint32_t td_timer_find(const td_state *st, const td_rule_key *k, bool pos, bool *found) {
+    return td_table_find(st->timers, st->ntimers, sizeof *st->timers, offsetof(td_timer, rule),
+                         st->timer_slot, TD_NELEM(st->timer_slot), k, pos, found);
+}
+
+/* Re-points every slot after entries moved (an insert or a removal). */
+static void td_slots_rebuild(uint8_t *slots, uint32_t nslots, const void *base, uint32_t n,
+                             size_t elem) {
+    memset(slots, 0, nslots);
+    for (uint32_t i = 0; i < n && i < UINT8_MAX; i++) {
+        uint64_t h;
+        memcpy(&h, (const char *)base + (size_t)i * elem, sizeof h);
+        slots[h % nslots] = (uint8_t)(i + 1);
     }
-    *found = false;
-    return lo;
+}
+static void td_fired_slots(td_state *st) {
+    td_slots_rebuild(st->fired_slot, TD_NELEM(st->fired_slot), st->fired, st->nfired,
+                     sizeof *st->fired);
+}
+static void td_timer_slots(td_state *st) {
+    td_slots_rebuild(st->timer_slot, TD_NELEM(st->timer_slot), st->timers, st->ntimers,
+                     sizeof *st->timers);
 }
 
 /* Grows a table by doubling (from 4). Ownership stays with the state. */
@@ -353,18 +430,23 @@ static int td_grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
     return TD_OK;
 }
 
-td_ms td_state_fired_at(const td_state *st, const char *rule) {
+td_ms td_state_fired_at_key(const td_state *st, const td_rule_key *rule) {
     bool found;
-    uint32_t i = td_fired_find(st, rule, &found);
+    uint32_t i = td_fired_find(st, rule, false, &found);
     return found ? st->fired[i].at : TD_MS_MISSING;
+}
+
+td_ms td_state_fired_at(const td_state *st, const char *rule) {
+    td_rule_key k = td_rule_key_make(rule);
+    return td_state_fired_at_key(st, &k);
 }
 
 /* @returns TD_OK, or TD_ERR on out-of-memory or a rule id over
  * TD_RULE_ID_MAX bytes (never silently truncated: two rules would merge). */
-int td_state_set_fired(td_state *st, const char *rule, td_ms at) {
-    if (strlen(rule) > TD_RULE_ID_MAX) return TD_ERR;
+int td_state_set_fired_key(td_state *st, const td_rule_key *rule, td_ms at) {
+    if (rule->len > TD_RULE_ID_MAX) return TD_ERR;
     bool found;
-    uint32_t i = td_fired_find(st, rule, &found);
+    uint32_t i = td_fired_find(st, rule, true, &found);
     if (!found) {
         void *p = st->fired;
         if (td_grow(&p, &st->capfired, st->nfired + 1, sizeof *st->fired)) return TD_ERR;
@@ -372,26 +454,41 @@ int td_state_set_fired(td_state *st, const char *rule, td_ms at) {
         memmove(&st->fired[i + 1], &st->fired[i], (st->nfired - i) * sizeof *st->fired);
         st->nfired++;
         memset(&st->fired[i], 0, sizeof st->fired[i]);
-        td_strlcpy(st->fired[i].rule, rule, sizeof st->fired[i].rule);
+        memcpy(st->fired[i].rule, rule->id, rule->len);
+        st->fired[i].rule[rule->len] = '\0';
+        st->fired[i].hash = rule->hash;
+        td_fired_slots(st);
+    } else if (i < UINT8_MAX) {
+        st->fired_slot[rule->hash % TD_NELEM(st->fired_slot)] = (uint8_t)(i + 1);
     }
     st->fired[i].at = at;
     return TD_OK;
 }
 
-const td_timer *td_state_timer(const td_state *st, const char *rule) {
+int td_state_set_fired(td_state *st, const char *rule, td_ms at) {
+    td_rule_key k = td_rule_key_make(rule);
+    return td_state_set_fired_key(st, &k, at);
+}
+
+const td_timer *td_state_timer_key(const td_state *st, const td_rule_key *rule) {
     bool found;
-    uint32_t i = td_timer_find(st, rule, &found);
+    uint32_t i = td_timer_find(st, rule, false, &found);
     return found ? &st->timers[i] : NULL;
+}
+
+const td_timer *td_state_timer(const td_state *st, const char *rule) {
+    td_rule_key k = td_rule_key_make(rule);
+    return td_state_timer_key(st, &k);
 }
 
 /* @returns TD_OK, or TD_ERR on out-of-memory or an over-long rule id or
  * armed_by (state unchanged then). */
-int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char *armed_by) {
-    if (!armed_by) armed_by = "";
-    size_t al = strlen(armed_by);
-    if (strlen(rule) > TD_RULE_ID_MAX || al > TD_ID_MAX) return TD_ERR;
+int td_state_arm_timer_key(td_state *st, const td_rule_key *rule, td_ms due_at,
+                           const char *armed_by, size_t al) {
+    if (!armed_by) armed_by = "", al = 0;
+    if (rule->len > TD_RULE_ID_MAX || al > TD_ID_MAX) return TD_ERR;
     bool found;
-    uint32_t i = td_timer_find(st, rule, &found);
+    uint32_t i = td_timer_find(st, rule, true, &found);
     if (!found) {
         void *p = st->timers;
         if (td_grow(&p, &st->captimers, st->ntimers + 1, sizeof *st->timers)) return TD_ERR;
@@ -399,19 +496,36 @@ int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char 
         memmove(&st->timers[i + 1], &st->timers[i], (st->ntimers - i) * sizeof *st->timers);
         st->ntimers++;
         memset(&st->timers[i], 0, sizeof st->timers[i]);
-        td_strlcpy(st->timers[i].rule, rule, sizeof st->timers[i].rule);
+        memcpy(st->timers[i].rule, rule->id, rule->len);
+        st->timers[i].rule[rule->len] = '\0';
+        st->timers[i].hash = rule->hash;
+        td_timer_slots(st);
+    } else if (i < UINT8_MAX) {
+        st->timer_slot[rule->hash % TD_NELEM(st->timer_slot)] = (uint8_t)(i + 1);
     }
     st->timers[i].due_at = due_at;
-    memcpy(st->timers[i].armed_by, armed_by, al + 1); /* length checked above */
+    memcpy(st->timers[i].armed_by, armed_by, al); /* length checked above */
+    st->timers[i].armed_by[al] = '\0';
     return TD_OK;
 }
 
-void td_state_disarm_timer(td_state *st, const char *rule) {
+int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char *armed_by) {
+    td_rule_key k = td_rule_key_make(rule);
+    return td_state_arm_timer_key(st, &k, due_at, armed_by, armed_by ? strlen(armed_by) : 0);
+}
+
+void td_state_disarm_timer_key(td_state *st, const td_rule_key *rule) {
     bool found;
-    uint32_t i = td_timer_find(st, rule, &found);
+    uint32_t i = td_timer_find(st, rule, false, &found);
     if (!found) return;
     memmove(&st->timers[i], &st->timers[i + 1], (st->ntimers - i - 1) * sizeof *st->timers);
     st->ntimers--;
+    td_timer_slots(st);
+}
+
+void td_state_disarm_timer(td_state *st, const char *rule) {
+    td_rule_key k = td_rule_key_make(rule);
+    td_state_disarm_timer_key(st, &k);
 }
 
 /* ---------------------------------------------------------------- touches */
@@ -772,7 +886,6 @@ static const td_flat td_flat_chan[] = {
     {"consent", TD_FK_TRI, C_(consent), 0, 0},
 };
 
-#define TD_NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Instants RFC 3339 can write (years 0001..9999); others are "@<ms>". */
 #define TD_RFC_MIN ((td_ms)-62135596800000LL)
@@ -1659,6 +1772,59 @@ static const td_field td_schema[] = {
      "not_before of the recommendation judged."},
     TD_CHAN_FIELDS("target", -1, G_, "the recommendation's channel"),
 };
+
+/* The strings of the enum fields, exactly as their getters give them. */
+static const char *td_en_stage(int c) { return c ? td_stage_name((td_stage)c) : NULL; }
+static const char *td_en_gift_policy(int c) {
+    return c ? td_gift_policy_name((td_gift_policy)c) : NULL;
+}
+static const char *td_en_sentiment(int c) { return c ? td_sentiment_name((td_sentiment)c) : NULL; }
+static const char *td_en_gift_kind(int c) { return c ? td_gift_kind_name((td_gift_kind)c) : NULL; }
+
+/* The evaluator reads enum codes as int. */
+_Static_assert(sizeof(td_stage) == sizeof(int) && sizeof(td_gift_policy) == sizeof(int) &&
+                   sizeof(td_sentiment) == sizeof(int) && sizeof(td_gift_kind) == sizeof(int),
+               "enum fields must be int-sized");
+
+td_field_access td_field_direct(const td_field *f, size_t *off, td_enum_name_fn *enum_name) {
+    /* per-channel fields of a fixed channel live at a fixed place too */
+    size_t chan = f->channel >= 0 && f->channel < TD_CH__COUNT
+                      ? offsetof(td_state, ch) + (size_t)f->channel * sizeof(td_chan_state)
+                      : 0;
+    if (f->get == td_get_i64) {
+        *off = f->offset;
+        return TD_FA_I64;
+    }
+    if (f->get == td_get_i64_opt || f->get == td_get_dec_opt || f->get == td_get_time) {
+        *off = f->offset;
+        return TD_FA_I64_OPT;
+    }
+    if (f->get == td_get_chan_i64 && chan) {
+        *off = chan + f->offset;
+        return TD_FA_I64;
+    }
+    if (f->get == td_get_chan_time && chan) {
+        *off = chan + f->offset;
+        return TD_FA_I64_OPT;
+    }
+    static const struct {
+        td_field_get_fn get;
+        size_t off;
+        td_enum_name_fn name;
+    } enums[] = {
+        {td_get_stage, offsetof(td_state, stage), td_en_stage},
+        {td_get_gift_policy, offsetof(td_state, gift_policy), td_en_gift_policy},
+        {td_get_sentiment, offsetof(td_state, last_reply_sentiment), td_en_sentiment},
+        {td_get_gift_kind, offsetof(td_state, last_gift_kind), td_en_gift_kind},
+    };
+    for (size_t i = 0; i < TD_NELEM(enums); i++)
+        if (f->get == enums[i].get) {
+            *off = enums[i].off;
+            if (enum_name) *enum_name = enums[i].name;
+            return TD_FA_ENUM;
+        }
+    return TD_FA_GETTER;
+}
 
 const td_field *td_schema_lookup(const char *name, size_t len) {
     for (size_t i = 0; i < TD_NELEM(td_schema); i++) {

@@ -48,16 +48,37 @@ typedef struct td_chan_state {
     td_tristate consent;       /* from opted_in/opted_out and prospect.updated */
 } td_chan_state;
 
+/*
+ * A rule id with its length and hash: the key of the per-rule tables below.
+ * The ruleset computes one per rule when it compiles (td_rule.key) and the
+ * expression compiler one per constant last_fired('...') argument, so the
+ * engine's lookups compare 64-bit hashes instead of calling strcmp; a hash
+ * match is always confirmed on the bytes, so a collision costs time, never
+ * correctness. The string API (td_state_fired_at...) makes one on the fly.
+ */
+typedef struct td_rule_key {
+    const char *id; /* borrowed: len bytes (NUL-terminated when it is stored) */
+    uint32_t len;
+    uint64_t hash; /* td_hash64(id, len, TD_HASH_SEED) */
+} td_rule_key;
+/* The key of `id` (borrowed: it must outlive the key). */
+td_rule_key td_rule_key_make(const char *id);
+
 /* Last time a rule fired for this prospect (cooldowns). */
 typedef struct td_fired {
-    char rule[TD_RULE_ID_MAX + 1];
+    uint64_t hash; /* td_rule_key hash of rule: a lookup accelerator, not in the flat form */
     td_ms at;
+    char rule[TD_RULE_ID_MAX + 1];
 } td_fired;
 
 /* A pending timer of a rule with `after` (one per rule and prospect). */
 typedef struct td_timer {
-    char rule[TD_RULE_ID_MAX + 1];
+    /* td_rule_key hash of rule: a lookup accelerator, not in the flat form.
+     * hash, due_at and most of rule share the first cache line: finding a
+     * timer (and checking when it is due) reads one line per entry. */
+    uint64_t hash;
     td_ms due_at;
+    char rule[TD_RULE_ID_MAX + 1];
     char armed_by[TD_ID_MAX + 1]; /* id of the event that armed it */
 } td_timer;
 
@@ -124,6 +145,14 @@ typedef struct td_state {
     uint32_t nfired, capfired;
     td_timer *timers; /* owned; sorted by rule id */
     uint32_t ntimers, captimers;
+
+    /* Lookup accelerators for the two tables, not state (never serialised,
+     * compared or trusted): slot hash % N holds 1 + the index of an entry
+     * whose rule id has that hash, or 0. A hit is verified on the entry, a
+     * miss falls back to a scan, so a stale slot costs time, never a wrong
+     * answer. td_state.c keeps them current when entries move. */
+    uint8_t fired_slot[32];
+    uint8_t timer_slot[64];
 } td_state;
 
 /* Settings the state, the functions and the engine read. The ruleset carries
@@ -160,22 +189,35 @@ int td_state_copy(td_state *dst, const td_state *src);
 /* Deep equality (for tests and round trips). */
 bool td_state_equal(const td_state *a, const td_state *b);
 
-/* Event-id dedup ring. */
+/* Event-id dedup ring. The _fp forms take td_state_fingerprint(event_id),
+ * so a step that checks then remembers hashes the id once. */
 bool td_state_seen(const td_state *st, const char *event_id);
 void td_state_remember(td_state *st, const char *event_id);
+uint64_t td_state_fingerprint(const char *event_id);
+bool td_state_seen_fp(const td_state *st, uint64_t fp);
+void td_state_remember_fp(td_state *st, uint64_t fp);
 
 /* Input positions: last applied offset of (topic, partition), -1 if none. */
 int64_t td_state_pos_get(const td_state *st, const char *topic, int32_t partition);
 void td_state_pos_set(td_state *st, const char *topic, int32_t partition, int64_t offset);
 
-/* Per-rule last fired time (TD_MS_MISSING if never) and its update. */
+/* Per-rule last fired time (TD_MS_MISSING if never) and its update. Both
+ * tables stay sorted by rule id (the flat form and td_redis rely on it); the
+ * _key forms are the same operations with a precomputed key. */
 td_ms td_state_fired_at(const td_state *st, const char *rule);
 int td_state_set_fired(td_state *st, const char *rule, td_ms at);
+td_ms td_state_fired_at_key(const td_state *st, const td_rule_key *rule);
+int td_state_set_fired_key(td_state *st, const td_rule_key *rule, td_ms at);
 
 /* Pending timers: find (NULL if none), arm or re-arm, disarm. */
 const td_timer *td_state_timer(const td_state *st, const char *rule);
 int td_state_arm_timer(td_state *st, const char *rule, td_ms due_at, const char *armed_by);
 void td_state_disarm_timer(td_state *st, const char *rule);
+const td_timer *td_state_timer_key(const td_state *st, const td_rule_key *rule);
+/* armed_len: strlen(armed_by), so a step arming many timers measures it once */
+int td_state_arm_timer_key(td_state *st, const td_rule_key *rule, td_ms due_at,
+                           const char *armed_by, size_t armed_len);
+void td_state_disarm_timer_key(td_state *st, const td_rule_key *rule);
 
 /* Outbound touches in (now - window, now]. */
 int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window);
@@ -261,6 +303,24 @@ struct td_field {
 const td_field *td_schema_lookup(const char *name, size_t len);
 /* All fields, for docs and tests; *n receives the count. */
 const td_field *td_schema_fields(size_t *n);
+
+/*
+ * How the expression evaluator may read a field without calling its getter:
+ * the same value, from a fixed place in the td_state. Fields that compute
+ * their value (touches.7d, local.hour...), event.*, rec.* and target.* are
+ * TD_FA_GETTER: only f->get reads them.
+ */
+typedef enum td_field_access {
+    TD_FA_GETTER = 0, /* only through f->get */
+    TD_FA_I64,        /* an int64_t at (const char *)ctx->st + off; never missing */
+    TD_FA_I64_OPT,    /* an int64_t at st + off; missing when INT64_MIN (times, tier, decimals) */
+    TD_FA_ENUM        /* an int enum code at st + off; its string is enum_name(code), missing
+                         when that is NULL or "" */
+} td_field_access;
+typedef const char *(*td_enum_name_fn)(int code);
+/* The access of f; *off and (for TD_FA_ENUM) *enum_name are set when it is
+ * not TD_FA_GETTER. */
+td_field_access td_field_direct(const td_field *f, size_t *off, td_enum_name_fn *enum_name);
 
 /* Reads a field (convenience for td_field.get). */
 static inline void td_field_read(const td_field *f, const td_ctx *ctx, td_value *out) {

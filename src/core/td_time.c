@@ -327,15 +327,19 @@ size_t td_duration_format(td_ms d, char *buf, size_t cap)
 typedef struct tz_entry {
     uint64_t hash;
     UCalendar *cal; /* owned; NULL for an unknown zone */
-    /* The offset `off` holds for every instant in [lo, hi): the span between
-     * two transitions, learnt from ICU on the last miss. */
-    td_ms lo, hi, off;
+    /* The offset off[k] holds for every instant in [lo[k], hi[k]): spans
+     * between two transitions, learnt from ICU on the last two misses (a
+     * step often looks at both sides of a DST change: the event and a time
+     * weeks later), the newer in slot `recent`. */
+    td_ms lo[2], hi[2], off[2];
+    int recent;
     bool used;
     char id[TZ_ID_MAX + 1];
 } tz_entry;
 
 struct td_tzdb {
     size_t count;
+    tz_entry *last; /* the entry of the previous lookup: most lookups repeat it */
     tz_entry slots[TZDB_SLOTS];
 };
 
@@ -351,6 +355,7 @@ static void tzdb_flush(td_tzdb *db)
             ucal_close(db->slots[i].cal);
     memset(db->slots, 0, sizeof db->slots);
     db->count = 0;
+    db->last = NULL;
 }
 
 void td_tzdb_free(td_tzdb *db)
@@ -402,6 +407,8 @@ static tz_entry *tz_lookup(td_tzdb *db, const char *zone)
 {
     if (zone == NULL)
         return NULL;
+    if (db->last != NULL && strcmp(db->last->id, zone) == 0)
+        return db->last;
     size_t len = strnlen(zone, TZ_ID_MAX + 1);
     if (len == 0 || len > TZ_ID_MAX)
         return NULL;
@@ -412,7 +419,7 @@ static tz_entry *tz_lookup(td_tzdb *db, const char *zone)
         if (!e->used)
             break;
         if (e->hash == h && strcmp(e->id, zone) == 0)
-            return e;
+            return db->last = e;
         i = (i + 1) & (TZDB_SLOTS - 1);
     }
     if (db->count >= TZDB_MAX) {
@@ -424,10 +431,12 @@ static tz_entry *tz_lookup(td_tzdb *db, const char *zone)
     e->hash = h;
     memcpy(e->id, zone, len + 1);
     e->cal = tz_open(zone, len);
-    e->lo = 1; /* an empty span: the first question asks ICU */
-    e->hi = 0;
+    for (int k = 0; k < 2; k++) {
+        e->lo[k] = 1; /* empty spans: the first question asks ICU */
+        e->hi[k] = 0;
+    }
     db->count++;
-    return e;
+    return db->last = e;
 }
 
 bool td_tz_valid(td_tzdb *db, const char *zone)
@@ -455,9 +464,12 @@ bool td_tz_valid(td_tzdb *db, const char *zone)
  */
 static bool tz_offset(tz_entry *e, td_ms t, td_ms *off)
 {
-    if (t >= e->lo && t < e->hi) {
-        *off = e->off;
-        return true;
+    for (int k = 0; k < 2; k++) {
+        int j = k ? !e->recent : e->recent;
+        if (t >= e->lo[j] && t < e->hi[j]) {
+            *off = e->off[j];
+            return true;
+        }
     }
     UErrorCode st = U_ZERO_ERROR;
     ucal_setMillis(e->cal, (UDate)t, &st);
@@ -473,9 +485,11 @@ static bool tz_offset(tz_entry *e, td_ms t, td_ms *off)
         ucal_getTimeZoneTransitionDate(e->cal, UCAL_TZ_TRANSITION_PREVIOUS_INCLUSIVE, &prev, &st2);
     bool has_next = ucal_getTimeZoneTransitionDate(e->cal, UCAL_TZ_TRANSITION_NEXT, &next, &st2);
     if (U_SUCCESS(st2) && (!has_prev || (td_ms)prev <= t) && (!has_next || (td_ms)next > t)) {
-        e->lo = has_prev ? (td_ms)prev : INT64_MIN;
-        e->hi = has_next ? (td_ms)next : INT64_MAX;
-        e->off = *off;
+        int j = !e->recent; /* replaces the older span */
+        e->lo[j] = has_prev ? (td_ms)prev : INT64_MIN;
+        e->hi[j] = has_next ? (td_ms)next : INT64_MAX;
+        e->off[j] = *off;
+        e->recent = j;
     }
     return true;
 }

@@ -141,6 +141,94 @@ static void test_group_guard_fallback(void **state) {
     assert_int_equal(d->because[0].facts.v[0].value.u.i, 2);
 }
 
+/* The shortcuts of the step: a rule whose leading enum test fails is not
+ * matched (and still explained), and a guard whose first conjunct reads only
+ * the candidate's rule is skipped where it cannot block, with the same
+ * outcomes as a full evaluation. */
+static const char *SHORTCUT_RULES =
+    "rules = (\n"
+    "  { id = \"won.gift\"; on = [ \"email.opened\" ];\n"
+    "    when = \"stage == 'won' && email.opened >= 1\";\n"
+    "    recommend = { channel = \"gift\"; touch = \"physical_gift\"; window = \"any\"; }; },\n"
+    "  { id = \"any.question\"; on = [ \"email.opened\" ];\n"
+    "    recommend = { channel = \"linkedin\"; touch = \"micro_question\"; window = \"any\"; }; },\n"
+    "  { id = \"guard.gift-tier\"; block = \"rec.touch in ['physical_gift'] && tier == 1\"; },\n"
+    "  { id = \"guard.state-first\"; block = \"tier == 3 && rec.touch == 'micro_question'\"; },\n"
+    "  { id = \"guard.may-fail\";\n"
+    "    block = \"email.sent / (email.failed + 1) > 100 && rec.touch == 'nothing'\"; }\n"
+    ");\n";
+
+static void test_step_shortcuts(void **state) {
+    fx *f = *state;
+    td_source src = {.name = "shortcuts.rules", .text = SHORTCUT_RULES, .len = strlen(SHORTCUT_RULES)};
+    td_diags d = {0};
+    td_ruleset *rs = td_ruleset_compile(&src, 1, &d);
+    td_diags_free(&d);
+    assert_non_null(rs);
+    assert_non_null(td_ruleset_sha256(rs));
+    const td_rule *gift = td_ruleset_find(rs, "won.gift"), *q = td_ruleset_find(rs, "any.question");
+    const td_rule *g1 = td_ruleset_find(rs, "guard.gift-tier");
+    const td_rule *g2 = td_ruleset_find(rs, "guard.state-first");
+    const td_rule *g3 = td_ruleset_find(rs, "guard.may-fail");
+    assert_true(gift && q && g1 && g2 && g3);
+    assert_true(td_ruleset_find_key(rs, &gift->key) == gift);
+    assert_false(td_rule_never_blocks(g1, gift)); /* physical_gift: the rest decides */
+    assert_true(td_rule_never_blocks(g1, q));     /* micro_question: never */
+    /* a later conjunct counts when the ones before it cannot fail */
+    assert_true(td_rule_never_blocks(g2, gift));
+    assert_false(td_rule_never_blocks(g2, q));
+    /* ... and not after one that can (a failing guard blocks: fail safe) */
+    assert_null(g3->never_blocks);
+    assert_false(td_rule_never_blocks(g3, q));
+
+    td_ruleset *saved = f->rs;
+    f->rs = rs;
+    /* not won: won.gift is not matched without evaluation, yet explained */
+    step_json(f, 0, "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"stage\":\"engaged\",\"tier\":3}}", at(T0));
+    td_step_out *o = step_json(f, TD_STEP_EXPLAIN,
+        "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0 + TD_HOUR));
+    const td_decision *dg = find_decision(o, "won.gift");
+    assert_non_null(dg);
+    assert_int_equal(dg->outcome, TD_OUT_NOT_MATCHED);
+    assert_int_equal(dg->nbecause, 2);
+    assert_false(dg->because[0].value.u.b);
+    assert_string_equal(dg->because[0].facts.v[0].field->name, "stage");
+    /* tier 3: the state-first guard blocks the question */
+    const td_decision *dq = find_decision(o, "any.question");
+    assert_non_null(dq);
+    assert_int_equal(dq->outcome, TD_OUT_BLOCKED);
+    assert_string_equal(dq->by->id, "guard.state-first");
+    assert_int_equal(o->nrecs, 0);
+
+    /* won, tier 1: the gift matches and guard.gift-tier blocks it; the
+     * question is published (guard.gift-tier skipped for it) */
+    step_json(f, 0, "{\"id\":\"u2\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"stage\":\"won\",\"tier\":1}}", at(T0 + 2 * TD_HOUR));
+    o = step_json(f, TD_STEP_OUTCOMES,
+        "{\"id\":\"o2\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0 + 3 * TD_HOUR));
+    dg = find_decision(o, "won.gift");
+    assert_non_null(dg);
+    assert_int_equal(dg->outcome, TD_OUT_BLOCKED);
+    assert_string_equal(dg->by->id, "guard.gift-tier");
+    assert_int_equal(o->nrecs, 1);
+    assert_string_equal(o->recs[0].rule->id, "any.question");
+    assert_true(td_state_fired_at_key(&f->st, &q->key) == T0 + 3 * TD_HOUR);
+
+    /* tier 2: nothing blocks, both are published */
+    step_json(f, 0, "{\"id\":\"u3\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"tier\":2}}", at(T0 + 4 * TD_HOUR));
+    o = step_json(f, 0,
+        "{\"id\":\"o3\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0 + 5 * TD_HOUR));
+    assert_int_equal(o->nrecs, 2);
+    assert_int_equal(o->nblocked, 0);
+    f->rs = saved;
+    td_ruleset_free(rs);
+}
+
 static void test_group_priority_and_cooldown(void **state) {
     fx *f = *state;
     step_json(f, 0, "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
@@ -359,6 +447,7 @@ int main(void) {
     T0 = td_civil_to_ms(2026, 11, 2, 9, 0, 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_group_guard_fallback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_shortcuts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_priority_and_cooldown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_event, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deterministic_ids_and_json, setup, teardown),

@@ -792,6 +792,225 @@ static void test_facts(void **state) {
     g_ctx.facts = NULL;
 }
 
+/* ------------------------------------------------- specialised node forms */
+
+static bool eval_bool(const char *src) {
+    td_value v = eval_ok(src);
+    assert_int_equal(v.type, TD_T_BOOL);
+    return v.u.b && !v.missing;
+}
+
+/* `field == 'x'`, `!=`, `in` and `(field ?? 'x') ...` compile to one node
+ * (an enum bit test for stage, gift_policy...): each must give what the
+ * general form gives. `(f ?? f)` and `((f ?? 'x') ?? 'y')` are not fused. */
+static void test_string_compare_forms(void **state) {
+    (void)state;
+    static const char *const pairs[][2] = {
+        {"stage == 'won'", "(stage ?? stage) == 'won'"},
+        {"'won' == stage", "'won' == (stage ?? stage)"},
+        {"stage != 'won'", "(stage ?? stage) != 'won'"},
+        {"stage in ['won', 'lost']", "(stage ?? stage) in ['won', 'lost']"},
+        {"!(stage in ['won', 'lost'])", "!((stage ?? stage) in ['won', 'lost'])"},
+        {"(stage ?? 'new') == 'new'", "((stage ?? 'new') ?? 'x') == 'new'"},
+        {"(stage ?? 'new') in ['new', 'contacted']",
+         "((stage ?? 'new') ?? 'x') in ['new', 'contacted']"},
+        {"(stage ?? 'new') != 'won'", "((stage ?? 'new') ?? 'x') != 'won'"},
+        {"stage == 'nonsense'", "(stage ?? stage) == 'nonsense'"},
+        {"gift_policy == 'allowed'", "(gift_policy ?? gift_policy) == 'allowed'"},
+        {"last_reply_sentiment == 'positive'",
+         "(last_reply_sentiment ?? last_reply_sentiment) == 'positive'"},
+        {"gifts.last_kind in ['card', 'book']", "(gifts.last_kind ?? gifts.last_kind) in ['card', 'book']"},
+        {"country == 'FR'", "(country ?? country) == 'FR'"},
+        {"sector in ['saas', 'retail']", "(sector ?? sector) in ['saas', 'retail']"},
+        {"(sector ?? '') == ''", "((sector ?? '') ?? 'x') == ''"},
+    };
+    /* every stage, an unnamed code below 64 and one above (both missing) */
+    const int stages[] = {TD_STAGE_NONE, 1, 2, 3, 4, 5, 6, 7, 9, 70};
+    for (size_t s = 0; s < sizeof stages / sizeof *stages; s++) {
+        g_st.stage = (td_stage)stages[s];
+        g_st.gift_policy = (td_gift_policy)(s % 4);
+        g_st.last_reply_sentiment = (td_sentiment)(s % 5);
+        g_st.last_gift_kind = (td_gift_kind)(s % 8);
+        td_strlcpy(g_st.country, s % 2 ? "FR" : "", sizeof g_st.country);
+        td_strlcpy(g_st.sector, s % 3 ? "saas" : "", sizeof g_st.sector);
+        for (size_t p = 0; p < sizeof pairs / sizeof *pairs; p++) {
+            bool fused = eval_bool(pairs[p][0]), general = eval_bool(pairs[p][1]);
+            if (fused != general)
+                print_message("stage code %d: '%s' is %d, '%s' is %d\n", stages[s], pairs[p][0],
+                              fused, pairs[p][1], general);
+            assert_true(fused == general);
+        }
+    }
+    g_st.stage = TD_STAGE_WON;
+    assert_true(eval_bool("stage == 'won'"));
+    assert_false(eval_bool("stage != 'won'"));
+    g_st.stage = TD_STAGE_NONE;
+    assert_false(eval_bool("stage == 'won'"));
+    assert_false(eval_bool("stage != 'won'")); /* missing: every comparison is false */
+    assert_true(eval_bool("(stage ?? 'new') == 'new'"));
+
+    /* the fused form records its field as a fact, as the general form does */
+    g_st.stage = TD_STAGE_WON;
+    td_expr *e = ok("stage == 'won'");
+    td_facts fx = {.n = 0};
+    g_ctx.facts = &fx;
+    td_value v;
+    assert_int_equal(td_expr_eval(e, &g_ctx, &v, NULL, 0), TD_OK);
+    g_ctx.facts = NULL;
+    assert_true(v.u.b);
+    assert_int_equal(fx.n, 1);
+    assert_string_equal(fx.v[0].field->name, "stage");
+    assert_int_equal(fx.v[0].value.u.s.n, 3);
+    assert_memory_equal(fx.v[0].value.u.s.p, "won", 3);
+    td_expr_free(e);
+}
+
+/* Fields read in place (E_FLD_*) give exactly what their getters give,
+ * missing or not. */
+static void test_direct_fields(void **state) {
+    (void)state;
+    g_st.tier = 2;
+    g_st.ch[TD_CH_SMS].last_sent_at = T("2026-11-20T10:00:00Z");
+    g_st.ch[TD_CH_EMAIL].unanswered = 3;
+    g_st.lifetime_value_eur = 125000;
+    g_st.meetings_held = INT64_MIN; /* a counter read back as anything stays present */
+    size_t n, direct = 0;
+    const td_field *fs = td_schema_fields(&n);
+    for (size_t i = 0; i < n; i++) {
+        size_t off;
+        td_field_access a = td_field_direct(&fs[i], &off, NULL);
+        if (a != TD_FA_I64 && a != TD_FA_I64_OPT) continue;
+        direct++;
+        td_value want, got = eval_ok(fs[i].name);
+        td_field_read(&fs[i], &g_ctx, &want);
+        if (got.missing != want.missing || got.u.i != want.u.i)
+            print_message("field %s: got %d/%lld, getter %d/%lld\n", fs[i].name, got.missing,
+                          (long long)got.u.i, want.missing, (long long)want.u.i);
+        assert_int_equal(got.missing, want.missing);
+        assert_true(got.u.i == want.u.i);
+        assert_int_equal(got.type, fs[i].type);
+    }
+    assert_true(direct > 50); /* the per-channel counters and times, and more */
+    size_t off;
+    assert_int_equal(td_field_direct(td_schema_lookup("target.sent", 11), &off, NULL),
+                     TD_FA_GETTER); /* the channel is the candidate's */
+    assert_int_equal(td_field_direct(td_schema_lookup("touches.7d", 10), &off, NULL),
+                     TD_FA_GETTER);
+}
+
+/* && and || chains are evaluated in a loop: same results, same order, same
+ * short-circuit (errors only from operands actually reached). */
+static void test_logic_chains(void **state) {
+    (void)state;
+    for (int tier = 0; tier <= 4; tier++) {
+        g_st.tier = tier ? tier : TD_INT_MISSING;
+        bool t1 = tier == 1, t2 = tier == 2, t3 = tier == 3;
+        assert_true(eval_bool("tier == 1 || tier == 2 || tier == 3") == (t1 || t2 || t3));
+        assert_true(eval_bool("(tier == 1 || tier == 2) || tier == 3") == (t1 || t2 || t3));
+        assert_true(eval_bool("tier == 1 || (tier == 2 || tier == 3)") == (t1 || t2 || t3));
+        assert_true(eval_bool("tier >= 1 && tier <= 3 && tier != 2 && has(tier)") ==
+                    (tier >= 1 && tier <= 3 && tier != 2));
+        assert_true(eval_bool("(tier >= 1 && tier <= 3) && (tier != 2 && has(tier))") ==
+                    (tier >= 1 && tier <= 3 && tier != 2));
+        assert_true(eval_bool("tier == 1 || tier >= 2 && tier <= 3 || tier == 4") ==
+                    (t1 || (tier >= 2 && tier <= 3) || tier == 4));
+        assert_true(eval_bool("!(tier == 1 || tier == 2) && (tier ?? 0) < 4") ==
+                    (!(t1 || t2) && tier < 4));
+    }
+    g_st.tier = 2;
+    /* short-circuit: the failing operand is never reached */
+    is_false("tier == 1 && tier / 0 == 1 && true");
+    is_true("tier == 2 || tier / 0 == 1 || false");
+    is_false("false && true && tier / 0 == 1");
+    /* ... and reached, it fails the whole expression */
+    run_err("tier == 2 && true && tier / 0 == 1", "division by zero");
+    run_err("tier == 1 || false || tier / 0 == 1", "division by zero");
+    /* a missing operand counts as false inside a chain */
+    g_st.ch[TD_CH_EMAIL].consent = TD_TRI_UNSET;
+    is_false("true && email.consent && true");
+    is_true("false || email.consent || true");
+    td_expr *e = ok("tier == 1 && tier == 2 && tier == 3");
+    assert_int_equal(td_expr_conjuncts(e), 3); /* explanations still split the chain */
+    td_expr_free(e);
+}
+
+/* td_expr_may_hold: false only when a leading enum test fails. */
+static void test_may_hold(void **state) {
+    (void)state;
+    td_expr *a = ok("stage == 'won' && tier == 1");
+    td_expr *b = ok("tier == 1 && stage == 'won'");
+    td_expr *c = ok("(stage ?? 'new') in ['new', 'contacted']");
+    g_st.stage = TD_STAGE_ENGAGED;
+    assert_false(td_expr_may_hold(a, &g_st));
+    assert_true(td_expr_may_hold(b, &g_st)); /* the enum test is not first */
+    assert_false(td_expr_may_hold(c, &g_st));
+    g_st.stage = TD_STAGE_WON;
+    assert_true(td_expr_may_hold(a, &g_st));
+    assert_false(td_expr_may_hold(c, &g_st));
+    g_st.stage = TD_STAGE_NONE;
+    assert_false(td_expr_may_hold(a, &g_st));
+    assert_true(td_expr_may_hold(c, &g_st));
+    assert_true(td_expr_may_hold(a, NULL));
+    assert_true(td_expr_may_hold(NULL, &g_st));
+    /* whenever may_hold says false, the evaluation is false */
+    for (int s = 0; s < 8; s++) {
+        g_st.stage = (td_stage)s;
+        td_value v;
+        assert_int_equal(td_expr_eval(a, &g_ctx, &v, NULL, 0), TD_OK);
+        if (!td_expr_may_hold(a, &g_st)) assert_false(v.u.b && !v.missing);
+        assert_int_equal(td_expr_eval(c, &g_ctx, &v, NULL, 0), TD_OK);
+        assert_true(td_expr_may_hold(c, &g_st) == (v.u.b && !v.missing));
+    }
+    td_expr_free(a);
+    td_expr_free(b);
+    td_expr_free(c);
+}
+
+/* last_fired('constant') (key precomputed) and last_fired(expression). */
+static void test_last_fired_forms(void **state) {
+    (void)state;
+    td_ms t = T("2026-11-20T10:00:00Z");
+    assert_int_equal(td_state_set_fired(&g_st, "ghosting.pivot-sms", t), TD_OK);
+    td_strlcpy(g_st.sector, "ghosting.pivot-sms", sizeof g_st.sector);
+    assert_true(eval_bool("has(last_fired('ghosting.pivot-sms'))"));
+    assert_true(eval_bool("last_fired('ghosting.pivot-sms') == last_fired(sector)"));
+    assert_true(eval_bool("since(last_fired('ghosting.pivot-sms')) == 3d + 15m"));
+    assert_false(eval_bool("has(last_fired('ghosting.pivot'))"));
+    assert_false(eval_bool("has(last_fired('ghosting.pivot-sms2'))"));
+    is_missing("last_fired('x-never')");
+    is_missing("last_fired('a-rule-id-that-is-much-longer-than-sixty-four-characters-is-never-stored')");
+}
+
+/* td_expr_conjunct_reads_only: what a guard's first conjunct depends on. */
+static void test_conjunct_reads_only(void **state) {
+    (void)state;
+    const td_field *touch = td_schema_lookup("rec.touch", 9);
+    const td_field *channel = td_schema_lookup("rec.channel", 11);
+    const td_field *both[] = {touch, channel, NULL}, *one[] = {touch, NULL};
+    td_expr *e = ok_s("rec.touch in ['a', 'b'] && tier == 1 && since(now) < 1h && "
+                      "(rec.channel == 'email' || rec.touch == 'c') && has(last_fired('x'))",
+                      TD_FIELD_EVENT | TD_FIELD_GUARD, TD_T_BOOL);
+    assert_int_equal(td_expr_conjuncts(e), 5);
+    assert_true(td_expr_conjunct_reads_only(e, 0, one));
+    assert_false(td_expr_conjunct_reads_only(e, 1, both)); /* tier */
+    assert_false(td_expr_conjunct_reads_only(e, 2, both)); /* now */
+    assert_true(td_expr_conjunct_reads_only(e, 3, both));
+    assert_false(td_expr_conjunct_reads_only(e, 3, one)); /* rec.channel is not allowed */
+    assert_false(td_expr_conjunct_reads_only(e, 4, both)); /* the state's fired table */
+    assert_false(td_expr_conjunct_reads_only(e, 5, both)); /* no such conjunct */
+    assert_false(td_expr_conjunct_may_fail(e, 0));
+    assert_false(td_expr_conjunct_may_fail(e, 1));
+    assert_true(td_expr_conjunct_may_fail(e, 2)); /* since(): overflow */
+    assert_false(td_expr_conjunct_may_fail(e, 4));
+    assert_true(td_expr_conjunct_may_fail(e, 5));
+    td_expr_free(e);
+    e = ok("email.sent / 2 > 1 && -email.sent < 0 && (tier ?? 1) in [1, 2]");
+    assert_true(td_expr_conjunct_may_fail(e, 0));
+    assert_true(td_expr_conjunct_may_fail(e, 1));
+    assert_false(td_expr_conjunct_may_fail(e, 2));
+    td_expr_free(e);
+}
+
 /* ---------------------------------------------------------------- conjuncts */
 
 static void test_conjuncts(void **state) {
@@ -905,6 +1124,12 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lexer_literals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lexer_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_precedence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_string_compare_forms, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_direct_fields, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_may_hold, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_logic_chains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_last_fired_forms, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_conjunct_reads_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_syntax_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_too_complex, setup, teardown),
         cmocka_unit_test_setup_teardown(test_types_accepted, setup, teardown),

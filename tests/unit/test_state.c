@@ -827,6 +827,106 @@ static void test_fired_and_timers(void **state) {
     kv_free(&l);
 }
 
+/* The key API (precomputed hashes, slot cache) finds exactly what the
+ * string API finds, keeps the tables sorted, and is never fooled by a hash
+ * that matches with different bytes or by a stale slot. */
+static void test_rule_keys(void **state) {
+    fixture *f = *state;
+    td_ms t = T("2026-11-02T08:00:00Z");
+    const char *ids[] = {"gifts.physical-quiet", "silence.reengage-email", "gifts.card-only-quiet",
+                         "silence.reengage-linkedin", "a", "gifts.physical-cn-quiet"};
+    td_rule_key keys[6];
+    for (int i = 0; i < 6; i++) {
+        keys[i] = td_rule_key_make(ids[i]);
+        assert_int_equal(keys[i].len, strlen(ids[i]));
+        assert_true(keys[i].hash == td_hash64(ids[i], strlen(ids[i]), TD_HASH_SEED));
+        /* odd ones through the key API, even ones through the string API */
+        if (i % 2) {
+            assert_int_equal(td_state_arm_timer_key(&f->st, &keys[i], t + i, "e-k", 3), TD_OK);
+            assert_int_equal(td_state_set_fired_key(&f->st, &keys[i], t - i), TD_OK);
+        } else {
+            assert_int_equal(td_state_arm_timer(&f->st, ids[i], t + i, "e-s"), TD_OK);
+            assert_int_equal(td_state_set_fired(&f->st, ids[i], t - i), TD_OK);
+        }
+    }
+    assert_int_equal(f->st.ntimers, 6);
+    for (uint32_t i = 1; i < f->st.ntimers; i++)
+        assert_true(strcmp(f->st.timers[i - 1].rule, f->st.timers[i].rule) < 0);
+    for (uint32_t i = 1; i < f->st.nfired; i++)
+        assert_true(strcmp(f->st.fired[i - 1].rule, f->st.fired[i].rule) < 0);
+    for (int i = 0; i < 6; i++) {
+        const td_timer *a = td_state_timer(&f->st, ids[i]), *b = td_state_timer_key(&f->st, &keys[i]);
+        assert_non_null(a);
+        assert_ptr_equal(a, b);
+        assert_true(a->due_at == t + i);
+        assert_string_equal(a->armed_by, i % 2 ? "e-k" : "e-s");
+        assert_true(td_state_fired_at(&f->st, ids[i]) == t - i);
+        assert_true(td_state_fired_at_key(&f->st, &keys[i]) == t - i);
+    }
+    /* the same hash with other bytes is another rule */
+    td_rule_key forged = {"gifts.physical-quieT", keys[0].len, keys[0].hash};
+    assert_null(td_state_timer_key(&f->st, &forged));
+    assert_true(td_state_fired_at_key(&f->st, &forged) == TD_MS_MISSING);
+    /* a key of a prefix (shorter len, same bytes) is another rule too */
+    td_rule_key prefix = {"gifts.physical-quiet", 5, td_hash64("gifts", 5, TD_HASH_SEED)};
+    assert_null(td_state_timer_key(&f->st, &prefix));
+    /* stale or wrong slots cost a scan, never a wrong answer */
+    memset(f->st.timer_slot, 1, sizeof f->st.timer_slot);
+    memset(f->st.fired_slot, 200, sizeof f->st.fired_slot);
+    for (int i = 0; i < 6; i++) {
+        const td_timer *tm = td_state_timer_key(&f->st, &keys[i]);
+        assert_non_null(tm);
+        assert_string_equal(tm->rule, ids[i]);
+        assert_true(td_state_fired_at_key(&f->st, &keys[i]) == t - i);
+    }
+    /* removals move entries: lookups still find the others */
+    td_state_disarm_timer_key(&f->st, &keys[4]); /* "a", the first entry */
+    td_state_disarm_timer(&f->st, ids[1]);
+    assert_int_equal(f->st.ntimers, 4);
+    assert_null(td_state_timer_key(&f->st, &keys[4]));
+    assert_null(td_state_timer(&f->st, ids[1]));
+    for (int i = 0; i < 6; i++) {
+        if (i == 4 || i == 1) continue;
+        const td_timer *tm = td_state_timer_key(&f->st, &keys[i]);
+        assert_non_null(tm);
+        assert_true(tm->due_at == t + i);
+    }
+    /* re-arming keeps one entry per rule and a copy is equal */
+    assert_int_equal(td_state_arm_timer_key(&f->st, &keys[0], t + 99, "e-9", 3), TD_OK);
+    assert_int_equal(f->st.ntimers, 4);
+    assert_true(td_state_timer(&f->st, ids[0])->due_at == t + 99);
+    td_state cp;
+    assert_int_equal(td_state_copy(&cp, &f->st), TD_OK);
+    assert_true(td_state_equal(&cp, &f->st));
+    assert_non_null(td_state_timer_key(&cp, &keys[5]));
+    td_state_free(&cp);
+    /* over-long ids are refused through the key API too */
+    char longid[TD_RULE_ID_MAX + 2];
+    memset(longid, 'r', sizeof longid - 1);
+    longid[sizeof longid - 1] = 0;
+    td_rule_key lk = td_rule_key_make(longid);
+    assert_int_equal(td_state_arm_timer_key(&f->st, &lk, t, "e", 1), TD_ERR);
+    char longev[TD_ID_MAX + 2];
+    memset(longev, 'e', sizeof longev - 1);
+    longev[sizeof longev - 1] = 0;
+    assert_int_equal(td_state_arm_timer_key(&f->st, &keys[0], t, longev, strlen(longev)), TD_ERR);
+    assert_int_equal(td_state_set_fired_key(&f->st, &lk, t), TD_ERR);
+    assert_null(td_state_timer_key(&f->st, &lk));
+    check_round_trip(&f->st, true);
+}
+
+/* The fingerprint forms of the dedup ring agree with the string forms. */
+static void test_dedup_fingerprint(void **state) {
+    fixture *f = *state;
+    uint64_t fp = td_state_fingerprint("e-1");
+    assert_false(td_state_seen_fp(&f->st, fp));
+    td_state_remember_fp(&f->st, fp);
+    assert_true(td_state_seen(&f->st, "e-1"));
+    assert_false(td_state_seen(&f->st, "e-2"));
+    td_state_remember(&f->st, "e-2");
+    assert_true(td_state_seen_fp(&f->st, td_state_fingerprint("e-2")));
+}
+
 static void test_touches_within(void **state) {
     fixture *f = *state;
     td_ms now = T("2026-11-30T12:00:00Z");
@@ -1355,7 +1455,9 @@ static void test_schema_getters(void **state) {
     size_t n = 0;
     const td_field *all = td_schema_fields(&n);
     td_event ev = gift("2026-03-01T10:00:00Z", 10000, TD_GK_BOOK);
-    td_rec_view rec = {TD_CH_WHATSAPP, "micro_question", "ghosting.pivot", "", 80, T("2026-03-02T09:00:00Z")};
+    td_rec_view rec = {.channel = TD_CH_WHATSAPP, .touch = "micro_question",
+                       .rule = "ghosting.pivot", .group = "", .priority = 80,
+                       .not_before = T("2026-03-02T09:00:00Z")};
     td_ctx with = CTX(f, &ev, T("2026-03-01T10:00:00Z"));
     with.rec = &rec;
     td_ctx without = CTX(f, NULL, T("2026-03-01T10:00:00Z"));
@@ -1446,6 +1548,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_dedup_ring, setup, teardown),
         cmocka_unit_test_setup_teardown(test_positions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fired_and_timers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rule_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dedup_fingerprint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_touches_within, setup, teardown),
         cmocka_unit_test_setup_teardown(test_round_trip_rich, setup, teardown),
         cmocka_unit_test(test_round_trip_random),
