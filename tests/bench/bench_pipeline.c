@@ -21,6 +21,7 @@
  * BENCH_LOG_LEVEL (touchd's log.level; "debug" logs each batch's load,
  * compute, deliver and store milliseconds), BENCH_PRODUCER_EXTRA (more
  * settings in touchd's kafka.producer group, e.g. "max_in_flight = 1;"),
+ * BENCH_CONFIG_EXTRA (more top-level config, e.g. "timers = { shards = 64; };"),
  * TD_TEST_INFLIGHT (max.in.flight of this process' event producer, 1 by
  * default: see harness_kafka.c).
  *
@@ -211,9 +212,10 @@ int main(int argc, char **argv) {
                      "redis = { host = \"127.0.0.1\"; port = %d; };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
                      "engine = { batch_max_events = %d; batch_max_ms = 10; };\n"
-                     "log = { level = \"%s\"; };\n",
+                     "log = { level = \"%s\"; };\n%s\n",
                      k.bootstraps, getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis.port, rules_dir, batch,
-                     getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info");
+                     getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info",
+                     getenv("BENCH_CONFIG_EXTRA") ? getenv("BENCH_CONFIG_EXTRA") : "");
     td_test_write_file(dir, "touchd.conf", text, (size_t)n, conf, sizeof conf);
 
     /* The reader: every partition of the output topic. */
