@@ -16,7 +16,9 @@
  * Shortcuts that change no outcome (docs/rules.md, "Performance"): a `when`
  * whose leading enum test fails is not walked (td_expr_may_hold); a guard is
  * not evaluated for a candidate whose rule it can never block
- * (td_rule_never_blocks, precomputed by the ruleset); the state's fired and
+ * (td_rule_never_blocks, precomputed by the ruleset), and the rec.* string
+ * tests of a guard it does evaluate are read from bits precomputed for the
+ * candidate's rule (td_rule.fixed_truth); the state's fired and
  * timer tables are searched with the rules' precomputed keys (td_rule.key).
  *
  * @locality any thread; no globals.
@@ -214,7 +216,11 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
              * enum test in front of it (td_expr_may_hold) */
             if (td_rule_never_blocks(gr, c->rule) || !td_expr_may_hold(gr->block, ctx->st))
                 continue;
-            if (td_expr_eval(gr->block, &gctx, &v, err, sizeof err) != TD_OK) {
+            /* its rec.* string tests, decided for this rule at load */
+            view.fixed = gr->fixed_truth ? &gr->fixed_truth[c->rule->index] : NULL;
+            int brc = td_expr_eval(gr->block, &gctx, &v, err, sizeof err);
+            view.fixed = NULL;
+            if (brc != TD_OK) {
                 /* a guard that cannot decide blocks: failing safe is the point of a guard */
                 out->nerrors++;
                 c->blocked_by = gr;
@@ -339,8 +345,11 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
             derive_owner_event(st, ev, &out->derived, &out->has_derived);
         ctx.ev = ev;
 
-        size_t n, idlen = strlen(ev->id);
+        size_t n;
         const td_rule *const *rules = td_ruleset_for_event(rs, ev->type, &n);
+        /* the event's id in the state's armed_by pool, held while it arms
+         * its timers (looked up once, not per timer) */
+        uint32_t held = UINT32_MAX;
         for (size_t i = 0; i < n; i++) {
             const td_rule *r = rules[i];
             if (r->after > 0) {
@@ -349,8 +358,13 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
                                       ctx.settings, tz, td_sched_zone(st, ctx.settings),
                                       st->country, ev->occurred_at, r->after_business_days)
                                 : ev->occurred_at + r->after;
-                if (td_state_arm_timer_key(st, &r->key, due, ev->id, idlen) != TD_OK)
+                if (held == UINT32_MAX &&
+                    td_state_armed_hold(st, ev->id, strlen(ev->id), &held) != TD_OK)
                     return TD_ERR;
+                if (td_state_arm_timer_slot(st, &r->key, due, held) != TD_OK) {
+                    td_state_armed_drop(st, held);
+                    return TD_ERR;
+                }
                 if (out->narms < TD_STEP_RECS_MAX) {
                     out->arms[out->narms].rule = r;
                     out->arms[out->narms].due_at = due;
@@ -362,6 +376,7 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
             }
             consider(r, &ctx, flags, out, cands, &ncands);
         }
+        if (held != UINT32_MAX) td_state_armed_drop(st, held);
         resolve(rs, &ctx, (int)ev->type, flags, out, cands, ncands);
     } else {
         td_rule_key tk = td_rule_key_make(trig->rule ? trig->rule : "");

@@ -177,6 +177,7 @@ typedef struct td_enode {
     uint8_t op;   /* eop */
     uint8_t type; /* td_type of the result */
     uint8_t aux;
+    uint8_t fix;  /* 1 + the index of a fixed chain operand (td_expr_fix_operands), or 0 */
     uint32_t a, b, n; /* children (preorder indices) or const list */
     uint32_t off, len; /* source span, for runtime error messages */
     union {
@@ -1788,6 +1789,11 @@ typedef struct run {
     td_facts *facts;
     char *err;
     size_t errcap;
+    /* the truth of the fixed chain operands (td_expr_fix_operands) for the
+     * candidate judged, when ctx->rec->fixed gives it and no facts are
+     * recorded (a fact list must show what the operands read) */
+    bool usefix;
+    uint64_t fixv;
 } run;
 
 /* Civil time is defined for years 1..9999 (td_time.h). */
@@ -1977,8 +1983,15 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         const uint32_t *ops = n->n ? r->e->chain + n->u.chain : pair;
         uint32_t nops = n->n ? n->n : 2;
         for (uint32_t j = 0; j < nops; j++) {
-            if (evx(r, ops[j], &x)) return TD_ERR;
-            if (truthy(&x) == stop) {
+            uint8_t fix = r->e->nodes[ops[j]].fix;
+            bool t;
+            if (fix && r->usefix) {
+                t = (r->fixv >> (fix - 1)) & 1;
+            } else {
+                if (evx(r, ops[j], &x)) return TD_ERR;
+                t = truthy(&x);
+            }
+            if (t == stop) {
                 out->u.b = stop;
                 return TD_OK;
             }
@@ -2210,7 +2223,11 @@ static int ev(const run *r, uint32_t i, td_value *out) {
 static int eval_at(const td_expr *e, uint32_t root, const td_ctx *ctx, td_value *out, char *err,
                    size_t errcap) {
     if (err && errcap) err[0] = '\0';
-    run r = {e, ctx, (td_facts *)ctx->facts, err, errcap};
+    run r = {e, ctx, (td_facts *)ctx->facts, err, errcap, false, 0};
+    if (!r.facts && ctx->rec && ctx->rec->fixed) {
+        r.usefix = true;
+        r.fixv = *ctx->rec->fixed;
+    }
     int rc = ev(&r, root, out);
     if (rc != TD_OK) {
         memset(out, 0, sizeof *out);
@@ -2278,6 +2295,34 @@ bool td_expr_conjunct_reads_only(const td_expr *e, size_t i, const td_field *con
         if (!ok) return false;
     }
     return true;
+}
+
+size_t td_expr_fix_operands(td_expr *e, const td_field *const *allowed) {
+    if (!e) return 0;
+    size_t k = 0;
+    for (uint32_t c = 0; c < e->nchain && k < 64; c++) {
+        td_enode *n = &e->nodes[e->chain[c]];
+        if (n->op != E_SIN || n->fix) continue;
+        for (size_t j = 0; allowed[j]; j++)
+            if (allowed[j] == n->u.fm.f) {
+                n->fix = (uint8_t)(++k);
+                break;
+            }
+    }
+    return k;
+}
+
+uint64_t td_expr_fixed_truth(const td_expr *e, const td_ctx *ctx) {
+    uint64_t bits = 0;
+    if (!e) return 0;
+    run r = {e, ctx, NULL, NULL, 0, false, 0};
+    for (uint32_t i = 0; i < e->nnodes; i++) {
+        const td_enode *n = &e->nodes[i];
+        if (!n->fix) continue;
+        td_value x;
+        if (ev(&r, i, &x) == TD_OK && truthy(&x)) bits |= 1ULL << (n->fix - 1);
+    }
+    return bits;
 }
 
 bool td_expr_conjunct_may_fail(const td_expr *e, size_t i) {

@@ -110,6 +110,20 @@ bool td_expr_conjunct_may_fail(const td_expr *e, size_t i);
 
 /* Top-level conjuncts ("a && b && c" has three; anything else has one), for
  * explanations: each one's source span and its own evaluation. */
+/*
+ * Guards specialised per candidate rule: marks the operands of e's && and ||
+ * chains that are a string test (==, !=, in literals) of one of the
+ * `allowed` fields (NULL-terminated: the rec.* fields a rule fixes), up to
+ * 64, and @returns how many. td_expr_fixed_truth gives their truth for one
+ * context (bit i: marked operand i), computed once per (guard, rule) when
+ * the ruleset loads; an evaluation whose ctx->rec->fixed points at those
+ * bits reads them instead of testing (`rec.rule != 'x' && ...` costs a bit
+ * test). Evaluations that record facts, or without ctx->rec->fixed, test as
+ * before. A string test cannot fail, so the result is the same.
+ */
+size_t td_expr_fix_operands(td_expr *e, const td_field *const *allowed);
+uint64_t td_expr_fixed_truth(const td_expr *e, const td_ctx *ctx);
+
 size_t td_expr_conjuncts(const td_expr *e);
 const char *td_expr_conjunct_source(const td_expr *e, size_t i, size_t *len);
 int td_expr_eval_conjunct(const td_expr *e, size_t i, const td_ctx *ctx, td_value *out,

@@ -711,6 +711,7 @@ static void rule_free(td_rule *r) {
     td_expr_free(r->block);
     free(r->reason);
     free(r->never_blocks);
+    free(r->fixed_truth);
 }
 
 /* Compiles one rule; returns true when it has no error (it is then kept). */
@@ -1012,6 +1013,8 @@ static void compute_hash(td_ruleset *rs, const td_source *srcs, size_t n) {
  * fail (arithmetic, local time) would block at run time (guards fail safe),
  * so the scan stops at the first such conjunct. rec.not_before is not fixed
  * (it depends on the state): a conjunct that reads it is left to run time.
+ * Also td_rule.fixed_truth: the truth of each rec.* string test in the
+ * block's && / || chains (at any depth), per rule (td_expr_fix_operands).
  * @returns false on out-of-memory.
  */
 static bool build_never_blocks(td_ruleset *rs) {
@@ -1049,6 +1052,19 @@ static bool build_never_blocks(td_ruleset *rs) {
                     (v.missing || !v.u.b))
                     g->never_blocks[r->index / 64] |= 1ULL << (r->index % 64);
             }
+        }
+        /* the block's rec.* string tests in && / || chains, per rule */
+        if (td_expr_fix_operands(g->block, allowed) == 0) continue;
+        g->fixed_truth = calloc(rs->n ? rs->n : 1, sizeof *g->fixed_truth);
+        if (!g->fixed_truth) return false;
+        for (size_t ri = 0; ri < rs->n; ri++) {
+            const td_rule *r = &rs->rules[ri];
+            if (r->guard) continue;
+            td_rec_view view = {.channel = r->channel, .touch = r->touch, .rule = r->id,
+                                .group = r->group ? r->group : "", .priority = r->priority,
+                                .not_before = TD_MS_MISSING};
+            td_ctx ctx = {.rec = &view, .settings = &rs->settings};
+            g->fixed_truth[r->index] = td_expr_fixed_truth(g->block, &ctx);
         }
     }
     return true;

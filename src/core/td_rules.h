@@ -84,6 +84,10 @@ typedef struct td_rule {
      * and is false for it, with no conjunct before it that can fail; NULL
      * when no conjunct qualifies. Owned; read through td_rule_never_blocks. */
     uint64_t *never_blocks;
+    /* guards: the truth of the block's fixed operands (td_expr_fix_operands)
+     * for each rule, by td_rule.index; NULL when the block has none. Owned;
+     * the engine points td_rec_view.fixed at the candidate's word. */
+    uint64_t *fixed_truth;
 } td_rule;
 
 typedef struct td_ruleset td_ruleset;

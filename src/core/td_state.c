@@ -3,8 +3,8 @@
  * positions, per-rule tables, the flat (Redis hash) form and the schema that
  * rule expressions read.
  *
- * What it owns: the `fired` and `timers` arrays of a td_state (grown by
- * doubling, freed by td_state_free). Nothing else is allocated here: the
+ * What it owns: the `fired` and `timers` arrays of a td_state and the pool
+ * of the timers' armed_by ids (grown by doubling, freed by td_state_free). Nothing else is allocated here: the
  * reducer (td_state_apply) and every schema getter run on the engine's hot
  * path and never allocate or take locks; td_state_apply does a time-zone
  * lookup only for the events that need a local time (human opens, replies,
@@ -141,9 +141,18 @@ void td_state_free(td_state *st) {
     if (!st) return;
     free(st->fired);
     free(st->timers);
+    free(st->armed);
     st->fired = NULL;
     st->timers = NULL;
+    st->armed = NULL;
     st->nfired = st->capfired = st->ntimers = st->captimers = 0;
+    st->narmed = st->caparmed = st->armed_hint = 0;
+}
+
+/* Points every timer's armed_by at its pool slot (after the pool moved). */
+static void td_armed_repoint(td_state *st) {
+    for (uint32_t i = 0; i < st->ntimers; i++)
+        st->timers[i].armed_by = st->armed[st->timers[i].armed_slot].id;
 }
 
 /* Ownership: dst gets its own copies of the tables (freed by td_state_free
@@ -152,7 +161,9 @@ int td_state_copy(td_state *dst, const td_state *src) {
     *dst = *src;
     dst->fired = NULL;
     dst->timers = NULL;
+    dst->armed = NULL;
     dst->nfired = dst->capfired = dst->ntimers = dst->captimers = 0;
+    dst->narmed = dst->caparmed = dst->armed_hint = 0;
     if (src->nfired) {
         dst->fired = malloc(src->nfired * sizeof *dst->fired);
         if (!dst->fired) return TD_ERR;
@@ -167,6 +178,16 @@ int td_state_copy(td_state *dst, const td_state *src) {
         }
         memcpy(dst->timers, src->timers, src->ntimers * sizeof *dst->timers);
         dst->ntimers = dst->captimers = src->ntimers;
+        /* the pool as is (slot indices stay valid), re-pointed */
+        dst->armed = malloc(src->narmed * sizeof *dst->armed);
+        if (!dst->armed) {
+            td_state_free(dst);
+            return TD_ERR;
+        }
+        memcpy(dst->armed, src->armed, src->narmed * sizeof *dst->armed);
+        dst->narmed = dst->caparmed = src->narmed;
+        dst->armed_hint = src->armed_hint < src->narmed ? src->armed_hint : 0;
+        td_armed_repoint(dst);
     }
     return TD_OK;
 }
@@ -336,8 +357,9 @@ static uint32_t td_table_scan(const char *p, uint32_t n, size_t elem, size_t rul
 /*
  * Finds rule key k in a per-rule table (fired or timers): `n` entries of
  * `elem` bytes. The slot of `slots` the hash selects is tried first (one
- * entry, one cache line); on a miss, a lookup scans the hashes (a prospect
- * has a handful of entries), and an insertion (`pos`) does a binary search
+ * entry, one cache line); a lookup whose slot is empty misses at once;
+ * on another miss it scans the hashes (a prospect has a handful of
+ * entries), and an insertion (`pos`) does a binary search
  * by id, which finds the entry too when it is there. @returns the entry's
  * index (*found = true), or, when absent and `pos` is set, the index where it
  * belongs in rule id order (the tables stay sorted: the flat form and
@@ -352,6 +374,13 @@ static inline uint32_t td_table_find(const void *base, uint32_t n, size_t elem, 
         td_table_is(p + (size_t)(s - 1) * elem, rule_off, k)) {
         *found = true;
         return s - 1;
+    }
+    /* an empty slot is a miss: every insertion and removal rebuilds the
+     * slots from all entries (td_slots_rebuild, up to UINT8_MAX of them),
+     * so no entry has this slot's hash */
+    if (!s && !pos && n < UINT8_MAX) {
+        *found = false;
+        return n;
     }
     return td_table_scan(p, n, elem, rule_off, k, pos, found);
 }
@@ -470,6 +499,50 @@ int td_state_set_fired(td_state *st, const char *rule, td_ms at) {
     return td_state_set_fired_key(st, &k, at);
 }
 
+/*
+ * A pool slot holding armed_by (al bytes, <= TD_ID_MAX), its reference taken
+ * for one timer: the slot of the latest arm when it is the same id (one
+ * event arms all its timers in a row), else any slot with that id, else a
+ * free one, else a new one (the pool grows; timers are re-pointed).
+ * @returns TD_OK, or TD_ERR on out-of-memory (nothing changed then).
+ */
+static int td_armed_acquire(td_state *st, const char *armed_by, size_t al, uint32_t *slot) {
+    if (!armed_by) armed_by = "", al = 0;
+    if (al > TD_ID_MAX) return TD_ERR;
+    td_armed *a = st->armed;
+    uint32_t h = st->armed_hint, free_slot = UINT32_MAX;
+    if (h < st->narmed && a[h].len == al && memcmp(a[h].id, armed_by, al) == 0) {
+        a[h].refs++;
+        *slot = h;
+        return TD_OK;
+    }
+    for (uint32_t k = 0; k < st->narmed; k++) {
+        if (a[k].refs == 0) {
+            if (free_slot == UINT32_MAX) free_slot = k;
+        } else if (a[k].len == al && memcmp(a[k].id, armed_by, al) == 0) {
+            a[k].refs++;
+            *slot = st->armed_hint = k;
+            return TD_OK;
+        }
+    }
+    if (free_slot == UINT32_MAX) {
+        void *p = st->armed;
+        if (td_grow(&p, &st->caparmed, st->narmed + 1, sizeof *st->armed)) return TD_ERR;
+        if (p != st->armed) {
+            st->armed = p;
+            td_armed_repoint(st);
+        }
+        free_slot = st->narmed++;
+    }
+    td_armed *f = &st->armed[free_slot];
+    memset(f->id, 0, sizeof f->id); /* all TD_ID_MAX + 1 bytes defined: callers copy them */
+    memcpy(f->id, armed_by, al);
+    f->len = (uint8_t)al;
+    f->refs = 1;
+    *slot = st->armed_hint = free_slot;
+    return TD_OK;
+}
+
 const td_timer *td_state_timer_key(const td_state *st, const td_rule_key *rule) {
     bool found;
     uint32_t i = td_timer_find(st, rule, false, &found);
@@ -483,15 +556,37 @@ const td_timer *td_state_timer(const td_state *st, const char *rule) {
 
 /* @returns TD_OK, or TD_ERR on out-of-memory or an over-long rule id or
  * armed_by (state unchanged then). */
+int td_state_armed_hold(td_state *st, const char *armed_by, size_t al, uint32_t *slot) {
+    return td_armed_acquire(st, armed_by, al, slot);
+}
+
+void td_state_armed_drop(td_state *st, uint32_t slot) {
+    if (slot < st->narmed && st->armed[slot].refs) st->armed[slot].refs--;
+}
+
 int td_state_arm_timer_key(td_state *st, const td_rule_key *rule, td_ms due_at,
                            const char *armed_by, size_t al) {
-    if (!armed_by) armed_by = "", al = 0;
-    if (rule->len > TD_RULE_ID_MAX || al > TD_ID_MAX) return TD_ERR;
+    if (rule->len > TD_RULE_ID_MAX) return TD_ERR;
+    uint32_t slot;
+    if (td_armed_acquire(st, armed_by, al, &slot) != TD_OK) return TD_ERR;
+    int rc = td_state_arm_timer_slot(st, rule, due_at, slot);
+    td_state_armed_drop(st, slot);
+    return rc;
+}
+
+/* @returns TD_OK, or TD_ERR on out-of-memory or an over-long rule id or a
+ * slot not held (state unchanged then). */
+int td_state_arm_timer_slot(td_state *st, const td_rule_key *rule, td_ms due_at, uint32_t slot) {
+    if (rule->len > TD_RULE_ID_MAX || slot >= st->narmed || !st->armed[slot].refs) return TD_ERR;
+    st->armed[slot].refs++; /* the timer's reference */
     bool found;
     uint32_t i = td_timer_find(st, rule, true, &found);
     if (!found) {
         void *p = st->timers;
-        if (td_grow(&p, &st->captimers, st->ntimers + 1, sizeof *st->timers)) return TD_ERR;
+        if (td_grow(&p, &st->captimers, st->ntimers + 1, sizeof *st->timers)) {
+            st->armed[slot].refs--;
+            return TD_ERR;
+        }
         st->timers = p;
         memmove(&st->timers[i + 1], &st->timers[i], (st->ntimers - i) * sizeof *st->timers);
         st->ntimers++;
@@ -500,12 +595,14 @@ int td_state_arm_timer_key(td_state *st, const td_rule_key *rule, td_ms due_at,
         st->timers[i].rule[rule->len] = '\0';
         st->timers[i].hash = rule->hash;
         td_timer_slots(st);
-    } else if (i < UINT8_MAX) {
-        st->timer_slot[rule->hash % TD_NELEM(st->timer_slot)] = (uint8_t)(i + 1);
+    } else {
+        st->armed[st->timers[i].armed_slot].refs--; /* the previous arm's id */
+        if (i < UINT8_MAX)
+            st->timer_slot[rule->hash % TD_NELEM(st->timer_slot)] = (uint8_t)(i + 1);
     }
     st->timers[i].due_at = due_at;
-    memcpy(st->timers[i].armed_by, armed_by, al); /* length checked above */
-    st->timers[i].armed_by[al] = '\0';
+    st->timers[i].armed_slot = slot;
+    st->timers[i].armed_by = st->armed[slot].id;
     return TD_OK;
 }
 
@@ -518,6 +615,7 @@ void td_state_disarm_timer_key(td_state *st, const td_rule_key *rule) {
     bool found;
     uint32_t i = td_timer_find(st, rule, false, &found);
     if (!found) return;
+    st->armed[st->timers[i].armed_slot].refs--;
     memmove(&st->timers[i], &st->timers[i + 1], (st->ntimers - i - 1) * sizeof *st->timers);
     st->ntimers--;
     td_timer_slots(st);

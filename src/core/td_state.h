@@ -71,7 +71,18 @@ typedef struct td_fired {
     char rule[TD_RULE_ID_MAX + 1];
 } td_fired;
 
-/* A pending timer of a rule with `after` (one per rule and prospect). */
+/*
+ * A pending timer of a rule with `after` (one per rule and prospect).
+ *
+ * One event arms many timers (every rule with `after` it triggers), all with
+ * its id, so the id is not stored in each entry but once per state, in a
+ * small pool of td_armed slots shared by reference count; an entry is 96
+ * bytes instead of 216, and re-arming a state's timers touches half the
+ * memory. `armed_by` reads as before (a NUL-terminated id with TD_ID_MAX + 1
+ * readable bytes behind it, so copying `sizeof(char[TD_ID_MAX + 1])` bytes
+ * from it is safe); like the entry itself, it stays valid until the state's
+ * timers change (arm, disarm, copy, free).
+ */
 typedef struct td_timer {
     /* td_rule_key hash of rule: a lookup accelerator, not in the flat form.
      * hash, due_at and most of rule share the first cache line: finding a
@@ -79,8 +90,16 @@ typedef struct td_timer {
     uint64_t hash;
     td_ms due_at;
     char rule[TD_RULE_ID_MAX + 1];
-    char armed_by[TD_ID_MAX + 1]; /* id of the event that armed it */
+    uint32_t armed_slot;  /* index of its td_armed in the state's pool */
+    const char *armed_by; /* id of the event that armed it: the pool slot's id */
 } td_timer;
+
+/* An armed_by id shared by the timers it armed (td_state.armed). */
+typedef struct td_armed {
+    char id[TD_ID_MAX + 1];
+    uint8_t len;   /* strlen(id) (TD_ID_MAX fits) */
+    uint32_t refs; /* timers pointing here; 0: free for reuse */
+} td_armed;
 
 /* Last applied input offset for one (topic, partition), set by the daemon. */
 typedef struct td_pos {
@@ -145,12 +164,21 @@ typedef struct td_state {
     uint32_t nfired, capfired;
     td_timer *timers; /* owned; sorted by rule id */
     uint32_t ntimers, captimers;
+    /* owned: the armed_by ids of the timers, shared (see td_timer); slots
+     * with refs == 0 are reused, and none of this is state (the flat form
+     * and td_state_equal see only each timer's armed_by) */
+    td_armed *armed;
+    uint32_t narmed, caparmed;
+    uint32_t armed_hint; /* slot of the latest arm: the next one is often the same event */
 
-    /* Lookup accelerators for the two tables, not state (never serialised,
-     * compared or trusted): slot hash % N holds 1 + the index of an entry
-     * whose rule id has that hash, or 0. A hit is verified on the entry, a
-     * miss falls back to a scan, so a stale slot costs time, never a wrong
-     * answer. td_state.c keeps them current when entries move. */
+    /* Lookup accelerators for the two tables, not state (never serialised
+     * or compared): slot hash % N holds 1 + the index of an entry whose
+     * rule id has that hash, or 0 when no entry has it. A hit is verified on
+     * the entry and a wrong non-zero slot falls back to a scan, so it costs
+     * time, never a wrong answer; a 0 is trusted (a lookup misses at once),
+     * which holds because td_state.c rebuilds them from every entry (while
+     * fewer than 255) on each insertion or removal: only td_state.c may
+     * change the tables. */
     uint8_t fired_slot[32];
     uint8_t timer_slot[64];
 } td_state;
@@ -218,6 +246,18 @@ const td_timer *td_state_timer_key(const td_state *st, const td_rule_key *rule);
 int td_state_arm_timer_key(td_state *st, const td_rule_key *rule, td_ms due_at,
                            const char *armed_by, size_t armed_len);
 void td_state_disarm_timer_key(td_state *st, const td_rule_key *rule);
+/*
+ * Arming many timers with one armed_by (what an event does): hold its pool
+ * slot once, arm each timer with the slot, then drop the hold; the id is
+ * then looked up once, not once per timer. The slot stays valid while held
+ * (arming and disarming timers do not move the pool). td_state_armed_hold
+ * returns TD_ERR on out-of-memory or an id over TD_ID_MAX bytes;
+ * td_state_arm_timer_slot as td_state_arm_timer_key (and TD_ERR for a slot
+ * that is not held).
+ */
+int td_state_armed_hold(td_state *st, const char *armed_by, size_t armed_len, uint32_t *slot);
+int td_state_arm_timer_slot(td_state *st, const td_rule_key *rule, td_ms due_at, uint32_t slot);
+void td_state_armed_drop(td_state *st, uint32_t slot);
 
 /* Outbound touches in (now - window, now]. */
 int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window);
@@ -267,6 +307,9 @@ typedef struct td_rec_view {
     const char *group; /* "" when none */
     int64_t priority;
     td_ms not_before;
+    /* the truth of the judging guard's fixed operands for this rule
+     * (td_expr_fix_operands), or NULL: then every operand is tested */
+    const uint64_t *fixed;
 } td_rec_view;
 
 /* Everything an expression can read, for one evaluation. */

@@ -229,6 +229,72 @@ static void test_step_shortcuts(void **state) {
     td_ruleset_free(rs);
 }
 
+static const char *NUDGE_RULES =
+    "rules = (\n"
+    "  { id = \"t.one\"; on = [ \"email.sent\" ]; after = \"1d\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"t.two\"; on = [ \"email.sent\" ]; after = \"2d\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"n.a\"; on = [ \"email.opened\" ]; recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"n.b\"; on = [ \"email.opened\" ]; recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"guard.one-nudge\";\n"
+    "    block = \"rec.touch in ['follow_up'] && ((rec.rule != 'n.a' && has(last_fired('n.a'))) ||"
+    " (rec.rule != 'n.b' && has(last_fired('n.b'))))\"; reason = \"one\"; }\n"
+    ");\n";
+
+/* An event arming several timers stores its id once (the state's armed_by
+ * pool), and a guard's rec.* tests are read from bits decided per rule. */
+static void test_shared_armed_by_and_fixed_guard(void **state) {
+    fx *f = *state;
+    td_source src = {.name = "nudge.rules", .text = NUDGE_RULES, .len = strlen(NUDGE_RULES)};
+    td_diags d = {0};
+    td_ruleset *rs = td_ruleset_compile(&src, 1, &d);
+    td_diags_free(&d);
+    assert_non_null(rs);
+    const td_rule *g = td_ruleset_find(rs, "guard.one-nudge");
+    const td_rule *na = td_ruleset_find(rs, "n.a"), *nb = td_ruleset_find(rs, "n.b");
+    assert_true(g && na && nb);
+    assert_non_null(g->fixed_truth);
+    /* marked in chain order: rec.touch in [...], rec.rule != 'n.a', rec.rule != 'n.b' */
+    assert_int_equal(g->fixed_truth[na->index], 1 | 4);
+    assert_int_equal(g->fixed_truth[nb->index], 1 | 2);
+
+    td_ruleset *saved = f->rs;
+    f->rs = rs;
+    td_step_out *o = step_json(f, 0,
+        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}", at(T0));
+    assert_int_equal(o->narms, 2);
+    assert_int_equal(f->st.ntimers, 2);
+    assert_int_equal(f->st.narmed, 1); /* one id for both timers */
+    assert_int_equal(f->st.armed[0].refs, 2);
+    assert_string_equal(td_state_timer(&f->st, "t.one")->armed_by, "s1");
+    assert_string_equal(td_state_timer(&f->st, "t.two")->armed_by, "s1");
+    step_json(f, 0,
+        "{\"id\":\"s2\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0 + TD_HOUR));
+    assert_int_equal(f->st.narmed, 2);
+    assert_string_equal(td_state_timer(&f->st, "t.two")->armed_by, "s2");
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < f->st.narmed; i++) live += f->st.armed[i].refs != 0;
+    assert_int_equal(live, 1); /* s1's slot is free again */
+
+    /* both nudges match; neither fired before: the guard blocks neither,
+     * and the fired ones then block each other (not themselves) */
+    o = step_json(f, TD_STEP_OUTCOMES,
+        "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0 + 2 * TD_HOUR));
+    assert_int_equal(o->nrecs, 2);
+    assert_int_equal(o->nblocked, 0);
+    o = step_json(f, TD_STEP_OUTCOMES,
+        "{\"id\":\"o2\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0 + 3 * TD_HOUR));
+    assert_int_equal(o->nrecs, 0);
+    assert_int_equal(o->nblocked, 2);
+    assert_string_equal(find_decision(o, "n.a")->by->id, "guard.one-nudge");
+    f->rs = saved;
+    td_ruleset_free(rs);
+}
+
 static void test_group_priority_and_cooldown(void **state) {
     fx *f = *state;
     step_json(f, 0, "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
@@ -448,6 +514,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_group_guard_fallback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_shortcuts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_armed_by_and_fixed_guard, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_priority_and_cooldown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_event, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deterministic_ids_and_json, setup, teardown),

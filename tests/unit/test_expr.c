@@ -981,6 +981,59 @@ static void test_last_fired_forms(void **state) {
     is_missing("last_fired('a-rule-id-that-is-much-longer-than-sixty-four-characters-is-never-stored')");
 }
 
+/* td_expr_fix_operands / td_expr_fixed_truth: a guard's rec.* string tests
+ * in && / || chains, decided per rule and read back as bits. */
+static void test_fixed_operands(void **state) {
+    (void)state;
+    const td_field *touch = td_schema_lookup("rec.touch", 9);
+    const td_field *rule = td_schema_lookup("rec.rule", 8);
+    const td_field *allowed[] = {touch, rule, NULL};
+    td_expr *e = ok_s("rec.touch in ['follow_up', 'micro_question'] && tier == 1 && "
+                      "((rec.rule != 'a' && tier >= 1) || (rec.rule != 'b' && tier >= 1))",
+                      TD_FIELD_EVENT | TD_FIELD_GUARD, TD_T_BOOL);
+    /* rec.touch in [...], rec.rule != 'a', rec.rule != 'b'; not tier == 1 */
+    assert_int_equal(td_expr_fix_operands(e, allowed), 3);
+    g_st.tier = 1;
+    td_rec_view va = {.channel = TD_CH_EMAIL, .touch = "follow_up", .rule = "a", .group = ""};
+    td_ctx c = g_ctx;
+    c.rec = &va;
+    uint64_t bits_a = td_expr_fixed_truth(e, &c);
+    assert_int_equal(bits_a, 1 | 4); /* touch in, 'a' != 'a' false, 'a' != 'b' true */
+    td_rec_view vg = {.channel = TD_CH_GIFT, .touch = "physical_gift", .rule = "b", .group = ""};
+    c.rec = &vg;
+    assert_int_equal(td_expr_fixed_truth(e, &c), 2);
+    /* the engine's use: the same result through the bits */
+    td_value v;
+    char err[96];
+    c.rec = &va;
+    assert_int_equal(td_expr_eval(e, &c, &v, err, sizeof err), TD_OK);
+    assert_true(v.u.b && !v.missing);
+    va.fixed = &bits_a;
+    assert_int_equal(td_expr_eval(e, &c, &v, err, sizeof err), TD_OK);
+    assert_true(v.u.b && !v.missing);
+    /* the bits are what is read: wrong bits give another answer (which is
+     * why only the ruleset computes them) */
+    uint64_t none = 0;
+    va.fixed = &none;
+    assert_int_equal(td_expr_eval(e, &c, &v, err, sizeof err), TD_OK);
+    assert_false(v.u.b);
+    /* ... except when facts are recorded: then every operand is tested */
+    td_facts fx = {.n = 0};
+    c.facts = &fx;
+    assert_int_equal(td_expr_eval(e, &c, &v, err, sizeof err), TD_OK);
+    assert_true(v.u.b && !v.missing);
+    assert_true(fx.n >= 2);
+    c.facts = NULL;
+    td_expr_free(e);
+    /* nothing to fix: no chain, or no allowed field in one */
+    e = ok_s("rec.rule != 'a'", TD_FIELD_EVENT | TD_FIELD_GUARD, TD_T_BOOL);
+    assert_int_equal(td_expr_fix_operands(e, allowed), 0);
+    td_expr_free(e);
+    e = ok_s("rec.channel == 'email' && tier == 1", TD_FIELD_EVENT | TD_FIELD_GUARD, TD_T_BOOL);
+    assert_int_equal(td_expr_fix_operands(e, allowed), 0);
+    td_expr_free(e);
+}
+
 /* td_expr_conjunct_reads_only: what a guard's first conjunct depends on. */
 static void test_conjunct_reads_only(void **state) {
     (void)state;
@@ -1144,6 +1197,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_runtime_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_facts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_conjuncts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fixed_operands, setup, teardown),
         cmocka_unit_test_setup_teardown(test_value_json, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -782,6 +782,66 @@ static void test_positions(void **state) {
     check_round_trip(&f->st, true);
 }
 
+/* The timers' armed_by ids live once per state in a pool shared by
+ * reference count: one event arming many timers takes one slot, re-arming
+ * them reuses the freed slot, copies re-point into their own pool. */
+static void test_armed_by_pool(void **state) {
+    (void)state;
+    td_state st;
+    td_state_init(&st, "p-pool");
+    const td_ms t = 1700000000000;
+    char rule[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(rule, sizeof rule, "r%02d", i);
+        assert_int_equal(td_state_arm_timer(&st, rule, t + i, "e-1"), TD_OK);
+    }
+    assert_int_equal(st.ntimers, 10);
+    assert_int_equal(st.narmed, 1); /* one id, shared */
+    assert_int_equal(st.armed[0].refs, 10);
+    /* the held form: one lookup, then each timer takes a reference */
+    uint32_t slot;
+    assert_int_equal(td_state_armed_hold(&st, "e-2", 3, &slot), TD_OK);
+    for (int i = 0; i < 10; i++) {
+        snprintf(rule, sizeof rule, "r%02d", i);
+        td_rule_key k = td_rule_key_make(rule);
+        assert_int_equal(td_state_arm_timer_slot(&st, &k, t + TD_DAY + i, slot), TD_OK);
+    }
+    td_state_armed_drop(&st, slot);
+    assert_int_equal(st.narmed, 2);
+    assert_int_equal(st.armed[slot].refs, 10);
+    assert_int_equal(st.armed[1 - slot].refs, 0); /* e-1 no longer used: free */
+    /* a third event reuses the free slot instead of growing the pool */
+    assert_int_equal(td_state_arm_timer(&st, "r00", t + 2 * TD_DAY, "e-3"), TD_OK);
+    assert_int_equal(st.narmed, 2);
+    assert_string_equal(td_state_timer(&st, "r00")->armed_by, "e-3");
+    assert_string_equal(td_state_timer(&st, "r01")->armed_by, "e-2");
+    /* a slot nobody holds cannot be armed with */
+    td_rule_key k = td_rule_key_make("r05");
+    assert_int_equal(td_state_arm_timer_slot(&st, &k, t, 7), TD_ERR);
+    /* over-long armed_by ids are refused, not truncated */
+    char longid[TD_ID_MAX + 2];
+    memset(longid, 'x', sizeof longid - 1);
+    longid[sizeof longid - 1] = 0;
+    assert_int_equal(td_state_arm_timer(&st, "r01", t, longid), TD_ERR);
+    assert_string_equal(td_state_timer(&st, "r01")->armed_by, "e-2");
+    /* a copy has its own pool: freeing the source leaves its ids intact */
+    td_state cp;
+    assert_int_equal(td_state_copy(&cp, &st), TD_OK);
+    assert_true(td_state_equal(&cp, &st));
+    td_state_free(&st);
+    assert_string_equal(td_state_timer(&cp, "r00")->armed_by, "e-3");
+    assert_string_equal(td_state_timer(&cp, "r09")->armed_by, "e-2");
+    assert_ptr_not_equal(td_state_timer(&cp, "r09")->armed_by, NULL);
+    /* disarming drops the references */
+    for (int i = 0; i < 10; i++) {
+        snprintf(rule, sizeof rule, "r%02d", i);
+        td_state_disarm_timer(&cp, rule);
+    }
+    assert_int_equal(cp.ntimers, 0);
+    for (uint32_t i = 0; i < cp.narmed; i++) assert_int_equal(cp.armed[i].refs, 0);
+    td_state_free(&cp);
+}
+
 static void test_fired_and_timers(void **state) {
     fixture *f = *state;
     td_ms t = T("2026-11-02T08:00:00Z");
@@ -1556,6 +1616,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_values, setup, teardown),
         cmocka_unit_test(test_schema_types),
+        cmocka_unit_test(test_armed_by_pool),
         cmocka_unit_test_setup_teardown(test_schema_getters, setup, teardown),
     };
     return cmocka_run_group_tests_name("td_state", tests, NULL, NULL);
