@@ -1319,41 +1319,19 @@ static bool rd_is_status(const redisReply *rep, const char *want) {
            memcmp(rep->str, want, rep->len) == 0;
 }
 
-enum { RD_WATCH_DONE = 0, RD_WATCH_ERR = -1, RD_WATCH_RACED = 1 };
-
-/*
- * Diff writes without Lua, for the prospects with todo[i] set, in two round
- * trips: WATCH every key and read every version (HGET v); a prospect whose
- * version is not the expected one is a conflict and is not written; the
- * others are written in one MULTI/EXEC. EXEC runs only if no watched key
- * changed since the WATCH, so each write is still conditional on the
- * version it was checked against, and all of them are atomic together. In
- * Redis this costs about half of the script's per-prospect time (no Lua
- * argument tables, no redis.call conversions).
- * @returns RD_WATCH_DONE (results filled, todo cleared), RD_WATCH_RACED
- * (another client changed a watched key between the two trips: nothing was
- * written, todo unchanged) or RD_WATCH_ERR (I/O or error reply).
- */
-static int rd_diff_watch_round(td_redis *r, td_state *states, const td_kvs *bases,
-                               const td_kvs *nows, const int64_t *expected, size_t n, int *result,
-                               unsigned char *todo, int64_t deadline, rd_diffbuf *d,
-                               size_t *order) {
+/* Appends "WATCH <keys>" and one "HGET <key> v" per prospect of
+ * order[0..m). */
+static int rd_watch_append(td_redis *r, const td_state *states, const size_t *order, size_t m) {
     char key[TD_ID_MAX + 80];
-    size_t m = 0;
     td_rscratch *c = &r->s;
     rs_reset(c);
     rs_push(c, "WATCH", 5);
-    for (size_t i = 0; i < n && m < TD_REDIS_DIFF_CHUNK; i++) {
-        if (!todo[i])
-            continue;
-        size_t kn = td_redis_key(r, states[i].prospect_id, key, sizeof key);
+    for (size_t k = 0; k < m; k++) {
+        size_t kn = td_redis_key(r, states[order[k]].prospect_id, key, sizeof key);
         rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
-        order[m++] = i;
     }
-    if (m == 0)
-        return RD_WATCH_DONE;
     if (rd_append(r) != TD_OK)
-        goto fail;
+        return TD_ERR;
     for (size_t k = 0; k < m; k++) {
         rs_reset(c);
         rs_push(c, "HGET", 4);
@@ -1361,129 +1339,174 @@ static int rd_diff_watch_round(td_redis *r, td_state *states, const td_kvs *base
         rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
         rs_push(c, "v", 1);
         if (rd_append(r) != TD_OK)
-            goto fail;
+            return TD_ERR;
     }
-    if (rd_flush(r, deadline, "WATCH", r->conf.command_timeout_ms) != TD_OK)
-        return RD_WATCH_ERR;
-    /* match[k]: the stored version is the expected one */
-    unsigned char *match = malloc(m);
-    if (!match) {
-        rd_seterr(r, "redis: out of memory");
-        rd_drop(r, false); /* replies unread: start clean */
-        return RD_WATCH_ERR;
-    }
-    int rc = RD_WATCH_DONE;
-    size_t nmatch = 0;
+    return TD_OK;
+}
+
+/* Reads the replies of rd_watch_append: match[k] = the stored version of
+ * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set; all
+ * replies were read unless the connection failed). */
+static int rd_watch_read(td_redis *r, const td_state *states, const int64_t *expected,
+                         const size_t *order, size_t m, int64_t deadline, unsigned char *match,
+                         size_t *nmatch) {
+    int rc = TD_OK;
+    *nmatch = 0;
     for (size_t k = 0; k <= m; k++) {
         redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "WATCH", r->conf.command_timeout_ms) != TD_OK) {
-            free(match);
-            return RD_WATCH_ERR;
-        }
+        if (rd_read(r, deadline, &rep, "WATCH", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
         if (k == 0) {
-            if (!rd_is_status(rep, "OK") && rc == RD_WATCH_DONE) {
-                rd_seterr(r, "redis: WATCH: %.*s", rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
+            if (!rd_is_status(rep, "OK") && rc == TD_OK) {
+                rd_seterr(r, "redis: WATCH: %.*s",
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
                           rep->type == REDIS_REPLY_ERROR ? rep->str : "");
-                rc = RD_WATCH_ERR;
+                rc = TD_ERR;
             }
         } else {
             size_t i = order[k - 1];
             char num[24];
             size_t nl = rd_u64((uint64_t)expected[i], num);
-            bool ok;
-            if (rep->type == REDIS_REPLY_NIL)
+            bool ok = false;
+            if (rep->type == REDIS_REPLY_NIL) {
                 ok = expected[i] == 0;
-            else if (rep->type == REDIS_REPLY_STRING)
+            } else if (rep->type == REDIS_REPLY_STRING) {
                 ok = rep->len == nl && memcmp(rep->str, num, nl) == 0;
-            else {
-                ok = false;
-                if (rc == RD_WATCH_DONE) {
-                    td_redis_key(r, states[i].prospect_id, key, sizeof key);
-                    rd_seterr(r, "redis: HGET %s v: %.*s", key,
-                              rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
-                              rep->type == REDIS_REPLY_ERROR ? rep->str : "");
-                    rc = RD_WATCH_ERR;
-                }
+            } else if (rc == TD_OK) {
+                char key[TD_ID_MAX + 80];
+                td_redis_key(r, states[i].prospect_id, key, sizeof key);
+                rd_seterr(r, "redis: HGET %s v: %.*s", key,
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
+                          rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+                rc = TD_ERR;
             }
             match[k - 1] = ok;
-            nmatch += ok;
+            *nmatch += ok;
         }
         freeReplyObject(rep);
     }
-    if (rc != RD_WATCH_DONE || nmatch == 0) {
-        /* nothing to write: drop the watches */
-        rs_reset(c);
-        rs_push(c, "UNWATCH", 7);
-        redisReply *rep = NULL;
-        if (rd_append(r) != TD_OK || rd_flush(r, deadline, "UNWATCH", r->conf.command_timeout_ms) != TD_OK ||
-            rd_read(r, deadline, &rep, "UNWATCH", r->conf.command_timeout_ms) != TD_OK) {
-            free(match);
-            return RD_WATCH_ERR;
-        }
-        freeReplyObject(rep);
-        if (rc == RD_WATCH_DONE)
-            for (size_t k = 0; k < m; k++) {
-                result[order[k]] = TD_REDIS_CONFLICT;
-                todo[order[k]] = 0;
-            }
-        free(match);
-        return rc;
-    }
-    if (r->race_hook)
-        r->race_hook(r->race_ud);
-    rs_reset(c);
-    rs_push(c, "MULTI", 5);
-    size_t queued = 0;
-    if (rd_append(r) != TD_OK)
-        goto fail_m;
-    for (size_t k = 0; k < m; k++) {
-        size_t i = order[k];
-        if (match[k] &&
-            rd_diff_queue(r, &states[i], &bases[i], &nows[i], expected[i], d, &queued) != TD_OK)
-            goto fail_m;
-    }
-    rs_reset(c);
-    rs_push(c, "EXEC", 4);
-    if (rd_append(r) != TD_OK)
-        goto fail_m;
-    if (rd_flush(r, deadline, "EXEC", r->conf.command_timeout_ms) != TD_OK) {
-        free(match);
-        return RD_WATCH_ERR;
-    }
+    return rc;
+}
+
+/* Reads the replies of a MULTI ... EXEC of `queued` commands.
+ * @returns TD_OK (executed), 1 (EXEC aborted: a watched key changed) or
+ * TD_ERR. */
+static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
+    int rc = TD_OK;
     for (size_t q = 0; q <= queued + 1; q++) {
         redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "EXEC", r->conf.command_timeout_ms) != TD_OK) {
-            free(match);
-            return RD_WATCH_ERR;
-        }
+        if (rd_read(r, deadline, &rep, "EXEC", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
         if (q <= queued) { /* +OK for MULTI, then +QUEUED per command */
-            if (!rd_is_status(rep, q == 0 ? "OK" : "QUEUED") && rc == RD_WATCH_DONE) {
-                rd_seterr(r, "redis: MULTI: %.*s", rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
+            if (!rd_is_status(rep, q == 0 ? "OK" : "QUEUED") && rc == TD_OK) {
+                rd_seterr(r, "redis: MULTI: %.*s",
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 16,
                           rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-                rc = RD_WATCH_ERR;
+                rc = TD_ERR;
             }
-        } else if (rc == RD_WATCH_DONE) {
+        } else if (rc == TD_OK) {
             if (rep->type == REDIS_REPLY_NIL) {
-                rc = RD_WATCH_RACED; /* a watched key changed: nothing ran */
+                rc = 1; /* nothing ran */
             } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != queued) {
-                rd_seterr(r, "redis: EXEC: %.*s", rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
+                rd_seterr(r, "redis: EXEC: %.*s",
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 16,
                           rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-                rc = RD_WATCH_ERR;
+                rc = TD_ERR;
             } else {
-                for (size_t e = 0; e < rep->elements && rc == RD_WATCH_DONE; e++)
+                for (size_t e = 0; e < rep->elements && rc == TD_OK; e++)
                     if (rep->element[e]->type == REDIS_REPLY_ERROR) {
                         /* e.g. WRONGTYPE: a key that is not a hash */
                         rd_seterr(r, "redis: EXEC: %.*s", (int)rep->element[e]->len,
                                   rep->element[e]->str);
-                        rc = RD_WATCH_ERR;
+                        rc = TD_ERR;
                     }
             }
         }
         freeReplyObject(rep);
     }
-    if (rc == RD_WATCH_DONE) {
-        for (size_t k = 0; k < m; k++) {
-            size_t i = order[k];
+    return rc;
+}
+
+/*
+ * Diff writes without Lua for the prospects with todo[i] set, in chunks of
+ * TD_REDIS_DIFF_CHUNK (Redis' WATCH is quadratic in the keys a client
+ * watches). Per chunk: WATCH its keys and read every version (HGET v); a
+ * prospect whose version is not the expected one is a conflict and is not
+ * written; the others are written in one MULTI/EXEC, which runs only if no
+ * watched key changed since the WATCH: each write is still conditional on
+ * the version it was checked against. One round trip per chunk: the WATCH of
+ * chunk k+1 travels with the MULTI/EXEC of chunk k (EXEC clears the
+ * watches first). In Redis this costs much less per prospect than the
+ * script (no Lua argument tables, no redis.call conversions).
+ * Results are filled and todo cleared for every chunk that ran; a chunk
+ * whose EXEC aborted (another writer changed one of its keys in between)
+ * keeps todo set and *raced counts its prospects.
+ * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed).
+ */
+static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
+                         const int64_t *expected, size_t n, int *result, unsigned char *todo,
+                         int64_t deadline, rd_diffbuf *d, size_t *order, size_t *raced) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (todo[i])
+            order[m++] = i;
+    *raced = 0;
+    if (m == 0)
+        return TD_OK;
+    unsigned char match[TD_REDIS_DIFF_CHUNK];
+    size_t c0 = 0, cn = m < TD_REDIS_DIFF_CHUNK ? m : TD_REDIS_DIFF_CHUNK;
+    if (rd_watch_append(r, states, order, cn) != TD_OK)
+        goto fail;
+    if (rd_flush(r, deadline, "WATCH", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    while (cn > 0) {
+        size_t nmatch;
+        if (rd_watch_read(r, states, expected, order + c0, cn, deadline, match, &nmatch) != TD_OK)
+            goto fail;
+        if (r->race_hook)
+            r->race_hook(r->race_ud);
+        /* this chunk's write (or UNWATCH), then the next chunk's WATCH */
+        td_rscratch *c = &r->s;
+        size_t queued = 0;
+        rs_reset(c);
+        rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
+        if (rd_append(r) != TD_OK)
+            goto fail;
+        if (nmatch) {
+            for (size_t k = 0; k < cn; k++) {
+                size_t i = order[c0 + k];
+                if (match[k] && rd_diff_queue(r, &states[i], &bases[i], &nows[i], expected[i], d,
+                                              &queued) != TD_OK)
+                    goto fail;
+            }
+            rs_reset(c);
+            rs_push(c, "EXEC", 4);
+            if (rd_append(r) != TD_OK)
+                goto fail;
+        }
+        size_t n0 = c0 + cn, nn = m - n0 < TD_REDIS_DIFF_CHUNK ? m - n0 : TD_REDIS_DIFF_CHUNK;
+        if (nn > 0 && rd_watch_append(r, states, order + n0, nn) != TD_OK)
+            goto fail;
+        if (rd_flush(r, deadline, "EXEC", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        int x;
+        if (nmatch) {
+            x = rd_exec_read(r, queued, deadline);
+        } else {
+            redisReply *rep = NULL;
+            if (rd_read(r, deadline, &rep, "UNWATCH", r->conf.command_timeout_ms) != TD_OK)
+                return TD_ERR;
+            freeReplyObject(rep);
+            x = TD_OK;
+        }
+        if (x == TD_ERR)
+            goto fail;
+        for (size_t k = 0; k < cn; k++) {
+            size_t i = order[c0 + k];
+            if (x == 1) {
+                (*raced)++; /* nothing of the chunk ran: todo stays set */
+                continue;
+            }
             todo[i] = 0;
             if (match[k]) {
                 result[i] = TD_REDIS_STORED;
@@ -1492,14 +1515,13 @@ static int rd_diff_watch_round(td_redis *r, td_state *states, const td_kvs *base
                 result[i] = TD_REDIS_CONFLICT;
             }
         }
+        c0 = n0;
+        cn = nn;
     }
-    free(match);
-    return rc;
-fail_m:
-    free(match);
+    return TD_OK;
 fail:
     rd_drop(r, false); /* unsent commands or unread replies: start clean */
-    return RD_WATCH_ERR;
+    return TD_ERR;
 }
 
 int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
@@ -1528,16 +1550,11 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, cons
     rd_diffbuf d = {0};
     size_t noscript = 0;
     int rc = TD_OK;
-    /* chunks of TD_REDIS_DIFF_CHUNK: Redis' WATCH is quadratic in the
-     * number of keys a client watches */
-    int w;
-    do
-        w = rd_diff_watch_round(r, states, bases, nows, expected_version, n, result, todo,
-                                deadline, &d, order);
-    while (w == RD_WATCH_DONE && memchr(todo, 1, n) != NULL);
-    if (w == RD_WATCH_ERR)
+    size_t raced = 0;
+    if (rd_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
+                      order, &raced) != TD_OK)
         rc = TD_ERR;
-    else if (w == RD_WATCH_RACED)
+    else if (raced > 0)
         /* Contention (another writer on these keys): the script writes each
          * prospect on its own, so one busy key cannot starve the rest. */
         rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
