@@ -464,6 +464,14 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
     }
 }
 
+/* Signed decimal digits of v into out (no NUL); @returns the length. */
+static size_t rd_i64(int64_t v, char *out) {
+    if (v >= 0)
+        return rd_u64((uint64_t)v, out);
+    out[0] = '-';
+    return 1 + rd_u64((uint64_t)0 - (uint64_t)v, out + 1);
+}
+
 /* "<c><n>\r\n" at p; @returns its length. */
 static size_t rd_resp_head(char *p, char c, size_t n) {
     p[0] = c;
@@ -1054,10 +1062,9 @@ static td_ms rd_timer_due(const td_state *st, const char *sfx, size_t n) {
     return TD_MS_MISSING;
 }
 
-/* Adds prospect st's part of a diff-script call: its key(s) to d->keys and
- * its arguments to d->args (see td_redis_diff_lua). */
-static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
-                       int64_t expected, rd_diffbuf *d) {
+/* Collects into d what turns `base` into `now`: pairs to set, keys to
+ * delete, and the timer members to add and remove. */
+static int rd_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, rd_diffbuf *d) {
     rs_reset(&d->sets);
     rs_reset(&d->dels);
     rs_reset(&d->zadd);
@@ -1068,6 +1075,15 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
         rd_seterr(r, "redis: out of memory");
         return TD_ERR;
     }
+    return TD_OK;
+}
+
+/* Adds prospect st's part of a diff-script call: its key(s) to d->keys and
+ * its arguments to d->args (see td_redis_diff_lua). */
+static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                       int64_t expected, rd_diffbuf *d) {
+    if (rd_diff_collect(r, base, now, d) != TD_OK)
+        return TD_ERR;
     char key[TD_ID_MAX + 80];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     rs_push(&d->keys, key, kn < sizeof key ? kn : sizeof key - 1);
@@ -1108,11 +1124,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
             return TD_ERR;
         }
         char dn[24];
-        size_t len = 0;
-        if (due < 0)
-            dn[len++] = '-';
-        len += rd_u64(due < 0 ? (uint64_t)0 - (uint64_t)due : (uint64_t)due, dn + len);
-        rs_push(a, dn, len);
+        rs_push(a, dn, rd_i64(due, dn));
         rs_push(a, sfx, sl);
     }
     for (size_t k = 0; k < nr; k++)
@@ -1224,22 +1236,14 @@ fail:
     return TD_ERR;
 }
 
-/* Appends prospect st's writes inside the MULTI of rd_diff_watch_round:
+/* Appends prospect st's writes inside the MULTI of rd_diff_watch:
  * HSET (the new version first, then the changed fields), HDEL, and with the
  * timer index ZADD / ZREM. The same changes as the script's, as plain
  * commands. */
 static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
                          int64_t expected, rd_diffbuf *d, size_t *queued) {
-    rs_reset(&d->sets);
-    rs_reset(&d->dels);
-    rs_reset(&d->zadd);
-    rs_reset(&d->zrem);
-    d->nsets = d->ndels = 0;
-    if (td_kvs_diff(base, now, rd_diff_set, rd_diff_del, d) != TD_OK || d->sets.oom ||
-        d->dels.oom || d->zadd.oom || d->zrem.oom) {
-        rd_seterr(r, "redis: out of memory");
+    if (rd_diff_collect(r, base, now, d) != TD_OK)
         return TD_ERR;
-    }
     char key[TD_ID_MAX + 80], ver[24];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     if (kn >= sizeof key)
@@ -1297,11 +1301,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
                     return TD_ERR;
                 }
                 char dn[24];
-                size_t len = 0;
-                if (due < 0)
-                    dn[len++] = '-';
-                len += rd_u64(due < 0 ? (uint64_t)0 - (uint64_t)due : (uint64_t)due, dn + len);
-                rs_push(c, dn, len);
+                rs_push(c, dn, rd_i64(due, dn));
             }
             memcpy(member + pn, sfx, sl);
             rs_push(c, member, pn + sl);
