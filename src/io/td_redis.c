@@ -921,6 +921,14 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     return rd_append(r);
 }
 
+/* Records the outcome of prospect i's compare-and-set. */
+static void rd_result(td_state *states, const int64_t *expected, int *result, size_t i,
+                      bool stored) {
+    result[i] = stored ? TD_REDIS_STORED : TD_REDIS_CONFLICT;
+    if (stored)
+        states[i].version = expected[i] + 1;
+}
+
 /* Appends the command of prospect i to the pipeline. */
 typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
 
@@ -960,12 +968,7 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
             return TD_ERR;
         todo[i] = 0;
         if (rep->type == REDIS_REPLY_INTEGER && (rep->integer == 0 || rep->integer == 1)) {
-            if (rep->integer == 1) {
-                result[i] = TD_REDIS_STORED;
-                states[i].version = expected[i] + 1;
-            } else {
-                result[i] = TD_REDIS_CONFLICT;
-            }
+            rd_result(states, expected, result, i, rep->integer == 1);
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
             todo[i] = 1;
@@ -1203,12 +1206,7 @@ static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, con
             for (size_t k = 0; k < cn; k++) {
                 size_t i = order[c0 + k];
                 todo[i] = 0;
-                if (rep->element[k]->integer == 1) {
-                    result[i] = TD_REDIS_STORED;
-                    states[i].version = expected[i] + 1;
-                } else {
-                    result[i] = TD_REDIS_CONFLICT;
-                }
+                rd_result(states, expected, result, i, rep->element[k]->integer == 1);
             }
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
@@ -1508,12 +1506,7 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
                 continue;
             }
             todo[i] = 0;
-            if (match[k]) {
-                result[i] = TD_REDIS_STORED;
-                states[i].version = expected[i] + 1;
-            } else {
-                result[i] = TD_REDIS_CONFLICT;
-            }
+            rd_result(states, expected, result, i, match[k]);
         }
         c0 = n0;
         cn = nn;
