@@ -227,7 +227,14 @@ struct td_redis {
     td_rscratch s;
     char *resp; /* a command formatted as RESP (rd_append) */
     size_t respcap;
+    void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
+    void *race_ud;
 };
+
+void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud) {
+    r->race_hook = fn;
+    r->race_ud = ud;
+}
 
 /* ---- small helpers ---- */
 
@@ -455,6 +462,14 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
         if (redisBufferRead(r->c) != REDIS_OK)
             return rd_io_fail(r, what, errno == EAGAIN || errno == EWOULDBLOCK, timeout_ms);
     }
+}
+
+/* Signed decimal digits of v into out (no NUL); @returns the length. */
+static size_t rd_i64(int64_t v, char *out) {
+    if (v >= 0)
+        return rd_u64((uint64_t)v, out);
+    out[0] = '-';
+    return 1 + rd_u64((uint64_t)0 - (uint64_t)v, out + 1);
 }
 
 /* "<c><n>\r\n" at p; @returns its length. */
@@ -906,6 +921,14 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     return rd_append(r);
 }
 
+/* Records the outcome of prospect i's compare-and-set. */
+static void rd_result(td_state *states, const int64_t *expected, int *result, size_t i,
+                      bool stored) {
+    result[i] = stored ? TD_REDIS_STORED : TD_REDIS_CONFLICT;
+    if (stored)
+        states[i].version = expected[i] + 1;
+}
+
 /* Appends the command of prospect i to the pipeline. */
 typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
 
@@ -945,12 +968,7 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
             return TD_ERR;
         todo[i] = 0;
         if (rep->type == REDIS_REPLY_INTEGER && (rep->integer == 0 || rep->integer == 1)) {
-            if (rep->integer == 1) {
-                result[i] = TD_REDIS_STORED;
-                states[i].version = expected[i] + 1;
-            } else {
-                result[i] = TD_REDIS_CONFLICT;
-            }
+            rd_result(states, expected, result, i, rep->integer == 1);
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
             todo[i] = 1;
@@ -1047,10 +1065,9 @@ static td_ms rd_timer_due(const td_state *st, const char *sfx, size_t n) {
     return TD_MS_MISSING;
 }
 
-/* Adds prospect st's part of a diff-script call: its key(s) to d->keys and
- * its arguments to d->args (see td_redis_diff_lua). */
-static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
-                       int64_t expected, rd_diffbuf *d) {
+/* Collects into d what turns `base` into `now`: pairs to set, keys to
+ * delete, and the timer members to add and remove. */
+static int rd_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, rd_diffbuf *d) {
     rs_reset(&d->sets);
     rs_reset(&d->dels);
     rs_reset(&d->zadd);
@@ -1061,6 +1078,15 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
         rd_seterr(r, "redis: out of memory");
         return TD_ERR;
     }
+    return TD_OK;
+}
+
+/* Adds prospect st's part of a diff-script call: its key(s) to d->keys and
+ * its arguments to d->args (see td_redis_diff_lua). */
+static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                       int64_t expected, rd_diffbuf *d) {
+    if (rd_diff_collect(r, base, now, d) != TD_OK)
+        return TD_ERR;
     char key[TD_ID_MAX + 80];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     rs_push(&d->keys, key, kn < sizeof key ? kn : sizeof key - 1);
@@ -1101,11 +1127,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
             return TD_ERR;
         }
         char dn[24];
-        size_t len = 0;
-        if (due < 0)
-            dn[len++] = '-';
-        len += rd_u64(due < 0 ? (uint64_t)0 - (uint64_t)due : (uint64_t)due, dn + len);
-        rs_push(a, dn, len);
+        rs_push(a, dn, rd_i64(due, dn));
         rs_push(a, sfx, sl);
     }
     for (size_t k = 0; k < nr; k++)
@@ -1184,12 +1206,7 @@ static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, con
             for (size_t k = 0; k < cn; k++) {
                 size_t i = order[c0 + k];
                 todo[i] = 0;
-                if (rep->element[k]->integer == 1) {
-                    result[i] = TD_REDIS_STORED;
-                    states[i].version = expected[i] + 1;
-                } else {
-                    result[i] = TD_REDIS_CONFLICT;
-                }
+                rd_result(states, expected, result, i, rep->element[k]->integer == 1);
             }
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
@@ -1214,6 +1231,289 @@ static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, con
     return rc;
 fail:
     rd_drop(r, false); /* unsent commands in obuf: start clean */
+    return TD_ERR;
+}
+
+/* Appends prospect st's writes inside the MULTI of rd_diff_watch:
+ * HSET (the new version first, then the changed fields), HDEL, and with the
+ * timer index ZADD / ZREM. The same changes as the script's, as plain
+ * commands. */
+static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                         int64_t expected, rd_diffbuf *d, size_t *queued) {
+    if (rd_diff_collect(r, base, now, d) != TD_OK)
+        return TD_ERR;
+    char key[TD_ID_MAX + 80], ver[24];
+    size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
+    if (kn >= sizeof key)
+        kn = sizeof key - 1;
+    td_rscratch *c = &r->s;
+    rs_reset(c);
+    rs_push(c, "HSET", 4);
+    rs_push(c, key, kn);
+    rs_push(c, "v", 1);
+    rs_push(c, ver, rd_u64((uint64_t)expected + 1, ver));
+    for (size_t k = 0; k < d->sets.n; k++)
+        rs_push(c, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
+    if (rd_append(r) != TD_OK)
+        return TD_ERR;
+    (*queued)++;
+    if (d->dels.n > 0) {
+        rs_reset(c);
+        rs_push(c, "HDEL", 4);
+        rs_push(c, key, kn);
+        for (size_t k = 0; k < d->dels.n; k++)
+            rs_push(c, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
+        if (rd_append(r) != TD_OK)
+            return TD_ERR;
+        (*queued)++;
+    }
+    if (!r->timer_shards || (d->zadd.n == 0 && d->zrem.n == 0))
+        return TD_OK;
+    char zk[96];
+    size_t zn = td_timers_shard_key(r->conf.key_prefix,
+                                    td_timers_shard(st->prospect_id, r->timer_shards), zk,
+                                    sizeof zk);
+    if (zn >= sizeof zk)
+        zn = sizeof zk - 1;
+    char member[TD_ID_MAX + 2 + 3 * (TD_RULE_ID_MAX + 1) + 1];
+    size_t pn = strlen(st->prospect_id);
+    memcpy(member, st->prospect_id, pn);
+    member[pn++] = TD_TIMER_SEP;
+    for (int pass = 0; pass < 2; pass++) {
+        td_rscratch *set = pass == 0 ? &d->zadd : &d->zrem;
+        if (set->n == 0)
+            continue;
+        rs_reset(c);
+        rs_push(c, pass == 0 ? "ZADD" : "ZREM", 4);
+        rs_push(c, zk, zn);
+        for (size_t k = 0; k < set->n; k++) {
+            const char *sfx = set->buf + set->off[k];
+            size_t sl = set->slen[k];
+            if (sl > 3 * (TD_RULE_ID_MAX + 1))
+                sl = 3 * (TD_RULE_ID_MAX + 1);
+            if (pass == 0) {
+                td_ms due = rd_timer_due(st, sfx, sl);
+                if (due == TD_MS_MISSING) {
+                    rd_seterr(r, "redis: %s: timer field without a timer (%.*s)",
+                              st->prospect_id, (int)(sl > 64 ? 64 : sl), sfx);
+                    return TD_ERR;
+                }
+                char dn[24];
+                rs_push(c, dn, rd_i64(due, dn));
+            }
+            memcpy(member + pn, sfx, sl);
+            rs_push(c, member, pn + sl);
+        }
+        if (rd_append(r) != TD_OK)
+            return TD_ERR;
+        (*queued)++;
+    }
+    return TD_OK;
+}
+
+/* A reply that is exactly the status `want` ("OK", "QUEUED"). */
+static bool rd_is_status(const redisReply *rep, const char *want) {
+    return rep->type == REDIS_REPLY_STATUS && rep->len == strlen(want) &&
+           memcmp(rep->str, want, rep->len) == 0;
+}
+
+/* Appends "WATCH <keys>" and one "HGET <key> v" per prospect of
+ * order[0..m). */
+static int rd_watch_append(td_redis *r, const td_state *states, const size_t *order, size_t m) {
+    char key[TD_ID_MAX + 80];
+    td_rscratch *c = &r->s;
+    rs_reset(c);
+    rs_push(c, "WATCH", 5);
+    for (size_t k = 0; k < m; k++) {
+        size_t kn = td_redis_key(r, states[order[k]].prospect_id, key, sizeof key);
+        rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
+    }
+    if (rd_append(r) != TD_OK)
+        return TD_ERR;
+    for (size_t k = 0; k < m; k++) {
+        rs_reset(c);
+        rs_push(c, "HGET", 4);
+        size_t kn = td_redis_key(r, states[order[k]].prospect_id, key, sizeof key);
+        rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
+        rs_push(c, "v", 1);
+        if (rd_append(r) != TD_OK)
+            return TD_ERR;
+    }
+    return TD_OK;
+}
+
+/* Reads the replies of rd_watch_append: match[k] = the stored version of
+ * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set; all
+ * replies were read unless the connection failed). */
+static int rd_watch_read(td_redis *r, const td_state *states, const int64_t *expected,
+                         const size_t *order, size_t m, int64_t deadline, unsigned char *match,
+                         size_t *nmatch) {
+    int rc = TD_OK;
+    *nmatch = 0;
+    for (size_t k = 0; k <= m; k++) {
+        redisReply *rep = NULL;
+        if (rd_read(r, deadline, &rep, "WATCH", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        if (k == 0) {
+            if (!rd_is_status(rep, "OK") && rc == TD_OK) {
+                rd_seterr(r, "redis: WATCH: %.*s",
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
+                          rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+                rc = TD_ERR;
+            }
+        } else {
+            size_t i = order[k - 1];
+            char num[24];
+            size_t nl = rd_u64((uint64_t)expected[i], num);
+            bool ok = false;
+            if (rep->type == REDIS_REPLY_NIL) {
+                ok = expected[i] == 0;
+            } else if (rep->type == REDIS_REPLY_STRING) {
+                ok = rep->len == nl && memcmp(rep->str, num, nl) == 0;
+            } else if (rc == TD_OK) {
+                char key[TD_ID_MAX + 80];
+                td_redis_key(r, states[i].prospect_id, key, sizeof key);
+                rd_seterr(r, "redis: HGET %s v: %.*s", key,
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
+                          rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+                rc = TD_ERR;
+            }
+            match[k - 1] = ok;
+            *nmatch += ok;
+        }
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
+/* Reads the replies of a MULTI ... EXEC of `queued` commands.
+ * @returns TD_OK (executed), 1 (EXEC aborted: a watched key changed) or
+ * TD_ERR. */
+static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
+    int rc = TD_OK;
+    for (size_t q = 0; q <= queued + 1; q++) {
+        redisReply *rep = NULL;
+        if (rd_read(r, deadline, &rep, "EXEC", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        if (q <= queued) { /* +OK for MULTI, then +QUEUED per command */
+            if (!rd_is_status(rep, q == 0 ? "OK" : "QUEUED") && rc == TD_OK) {
+                rd_seterr(r, "redis: MULTI: %.*s",
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 16,
+                          rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+                rc = TD_ERR;
+            }
+        } else if (rc == TD_OK) {
+            if (rep->type == REDIS_REPLY_NIL) {
+                rc = 1; /* nothing ran */
+            } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != queued) {
+                rd_seterr(r, "redis: EXEC: %.*s",
+                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 16,
+                          rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+                rc = TD_ERR;
+            } else {
+                for (size_t e = 0; e < rep->elements && rc == TD_OK; e++)
+                    if (rep->element[e]->type == REDIS_REPLY_ERROR) {
+                        /* e.g. WRONGTYPE: a key that is not a hash */
+                        rd_seterr(r, "redis: EXEC: %.*s", (int)rep->element[e]->len,
+                                  rep->element[e]->str);
+                        rc = TD_ERR;
+                    }
+            }
+        }
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
+/*
+ * Diff writes without Lua for the prospects with todo[i] set, in chunks of
+ * TD_REDIS_DIFF_CHUNK (Redis' WATCH is quadratic in the keys a client
+ * watches). Per chunk: WATCH its keys and read every version (HGET v); a
+ * prospect whose version is not the expected one is a conflict and is not
+ * written; the others are written in one MULTI/EXEC, which runs only if no
+ * watched key changed since the WATCH: each write is still conditional on
+ * the version it was checked against. One round trip per chunk: the WATCH of
+ * chunk k+1 travels with the MULTI/EXEC of chunk k (EXEC clears the
+ * watches first). In Redis this costs much less per prospect than the
+ * script (no Lua argument tables, no redis.call conversions).
+ * Results are filled and todo cleared for every chunk that ran; a chunk
+ * whose EXEC aborted (another writer changed one of its keys in between)
+ * keeps todo set and *raced counts its prospects.
+ * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed).
+ */
+static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
+                         const int64_t *expected, size_t n, int *result, unsigned char *todo,
+                         int64_t deadline, rd_diffbuf *d, size_t *order, size_t *raced) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (todo[i])
+            order[m++] = i;
+    *raced = 0;
+    if (m == 0)
+        return TD_OK;
+    unsigned char match[TD_REDIS_DIFF_CHUNK];
+    size_t c0 = 0, cn = m < TD_REDIS_DIFF_CHUNK ? m : TD_REDIS_DIFF_CHUNK;
+    if (rd_watch_append(r, states, order, cn) != TD_OK)
+        goto fail;
+    if (rd_flush(r, deadline, "WATCH", r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    while (cn > 0) {
+        size_t nmatch;
+        if (rd_watch_read(r, states, expected, order + c0, cn, deadline, match, &nmatch) != TD_OK)
+            goto fail;
+        if (r->race_hook)
+            r->race_hook(r->race_ud);
+        /* this chunk's write (or UNWATCH), then the next chunk's WATCH */
+        td_rscratch *c = &r->s;
+        size_t queued = 0;
+        rs_reset(c);
+        rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
+        if (rd_append(r) != TD_OK)
+            goto fail;
+        if (nmatch) {
+            for (size_t k = 0; k < cn; k++) {
+                size_t i = order[c0 + k];
+                if (match[k] && rd_diff_queue(r, &states[i], &bases[i], &nows[i], expected[i], d,
+                                              &queued) != TD_OK)
+                    goto fail;
+            }
+            rs_reset(c);
+            rs_push(c, "EXEC", 4);
+            if (rd_append(r) != TD_OK)
+                goto fail;
+        }
+        size_t n0 = c0 + cn, nn = m - n0 < TD_REDIS_DIFF_CHUNK ? m - n0 : TD_REDIS_DIFF_CHUNK;
+        if (nn > 0 && rd_watch_append(r, states, order + n0, nn) != TD_OK)
+            goto fail;
+        if (rd_flush(r, deadline, "EXEC", r->conf.command_timeout_ms) != TD_OK)
+            return TD_ERR;
+        int x;
+        if (nmatch) {
+            x = rd_exec_read(r, queued, deadline);
+        } else {
+            redisReply *rep = NULL;
+            if (rd_read(r, deadline, &rep, "UNWATCH", r->conf.command_timeout_ms) != TD_OK)
+                return TD_ERR;
+            freeReplyObject(rep);
+            x = TD_OK;
+        }
+        if (x == TD_ERR)
+            goto fail;
+        for (size_t k = 0; k < cn; k++) {
+            size_t i = order[c0 + k];
+            if (x == 1) {
+                (*raced)++; /* nothing of the chunk ran: todo stays set */
+                continue;
+            }
+            todo[i] = 0;
+            rd_result(states, expected, result, i, match[k]);
+        }
+        c0 = n0;
+        cn = nn;
+    }
+    return TD_OK;
+fail:
+    rd_drop(r, false); /* unsent commands or unread replies: start clean */
     return TD_ERR;
 }
 
@@ -1242,7 +1542,15 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, cons
     memset(todo, 1, n);
     rd_diffbuf d = {0};
     size_t noscript = 0;
-    int rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
+    int rc = TD_OK;
+    size_t raced = 0;
+    if (rd_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
+                      order, &raced) != TD_OK)
+        rc = TD_ERR;
+    else if (raced > 0)
+        /* Contention (another writer on these keys): the script writes each
+         * prospect on its own, so one busy key cannot starve the rest. */
+        rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
                            &noscript, &d, order);
     if (rc == TD_OK && noscript > 0) {
         /* The server lost the script (restart, failover, SCRIPT FLUSH):

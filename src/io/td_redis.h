@@ -79,7 +79,8 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
                    int *result);
 
 /*
- * Like td_redis_store, but sends only what changed: bases[i] must be the
+ * Like td_redis_store, but sends only what changed (plain commands in one
+ * WATCH/MULTI/EXEC; under contention, the diff script per prospect): bases[i] must be the
  * flat form (td_kvs_capture) of the state exactly as stored at
  * expected_version[i] (what td_redis_load gave, or what the last successful
  * store wrote), and nows[i] the flat form of states[i], which the caller
@@ -91,6 +92,11 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
  */
 int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
                         const int64_t *expected_version, size_t n, int *result);
+
+/* Tests only: fn(ud) runs in td_redis_store_diff between the version
+ * check (WATCH + HGET) and the MULTI/EXEC, so a test can play the concurrent
+ * writer that makes EXEC abort. NULL removes it. */
+void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud);
 
 /* The key of a prospect into buf ("touchd:p:{p-42}"); returns its length. */
 size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_t cap);

@@ -115,6 +115,27 @@ static void *reader_main(void *arg) {
     return NULL;
 }
 
+/* CPU time (user + system) of process `pid` so far, in microseconds, or -1
+ * (from /proc/<pid>/stat: fields 14 and 15, in clock ticks). */
+static int64_t cpu_us(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!p)
+        return -1;
+    unsigned long long ut = 0, st = 0;
+    /* after ")": state(3) ... utime(14) stime(15) */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (int64_t)((ut + st) * 1000000ULL / (unsigned long long)sysconf(_SC_CLK_TCK));
+}
+
 static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
@@ -252,6 +273,7 @@ int main(int argc, char **argv) {
     int64_t t0 = now_us(), warm = t0 + 2000000, end = warm + (int64_t)secs_a * 1000000;
     long recs_at_warm = -1;
     int64_t warm_t = 0;
+    int64_t cpu0[3] = {-1, -1, -1}; /* touchd, redis-server, this process */
     while (now_us() < end) {
         long inflight = g_seq - atomic_load(&rd.recs);
         if (inflight < window) {
@@ -265,14 +287,35 @@ int main(int argc, char **argv) {
         if (recs_at_warm < 0 && now_us() >= warm) {
             recs_at_warm = atomic_load(&rd.recs);
             warm_t = now_us();
+            cpu0[0] = cpu_us(t.pid);
+            cpu0[1] = cpu_us(redis.pid);
+            cpu0[2] = cpu_us(getpid());
         }
     }
     long recs_end = atomic_load(&rd.recs);
     int64_t end_t = now_us();
+    int64_t cpu1[3] = {cpu_us(t.pid), cpu_us(redis.pid), cpu_us(getpid())};
     double eps = (double)(recs_end - recs_at_warm) / ((double)(end_t - warm_t) / 1e6);
     printf("(a) sustained: %.0f events/s end to end (%ld events in %.1f s after a 2 s warm-up; "
            "1 recommendation per event)\n",
            eps, recs_end - recs_at_warm, (double)(end_t - warm_t) / 1e6);
+    if (recs_end > recs_at_warm && cpu0[0] >= 0 && cpu0[1] >= 0 && cpu0[2] >= 0 &&
+        cpu1[0] >= 0 && cpu1[1] >= 0 && cpu1[2] >= 0) {
+        /* CPU per event over the measured window (clock-tick resolution);
+         * "broker+load" is this process: the mock broker, the event
+         * producer and the recommendation reader */
+        double ev = (double)(recs_end - recs_at_warm), wall = (double)(end_t - warm_t);
+        const char *name[3] = {"touchd", "redis-server", "broker+load"};
+        printf("    CPU per event:");
+        double tot = 0;
+        for (int i = 0; i < 3; i++) {
+            double us = (double)(cpu1[i] - cpu0[i]);
+            tot += us;
+            printf(" %s %.1f us (%.2f cores)%s", name[i], us / ev, us / wall, i < 2 ? "," : "");
+        }
+        printf("; total %.1f us, %.2f of %ld cores\n", tot / ev, tot / wall,
+               sysconf(_SC_NPROCESSORS_ONLN));
+    }
     fflush(stdout);
     /* Let the backlog drain. */
     int64_t drain_end = now_us() + 30000000;

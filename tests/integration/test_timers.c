@@ -666,7 +666,8 @@ static void test_acl_user(void **state) {
     fx *f = *state;
     redisReply *rep = td_test_redis_cmd(
         &f->srv, "ACL SETUSER touchd on >s3cret ~touchd:* -@all +hgetall +evalsha +script|load "
-                 "+select +hget +hset +del +hkeys +hmget +zadd +zrem +zrangebyscore +zscore +zcard");
+                 "+select +hget +hset +hdel +del +hkeys +hmget +zadd +zrem +zrangebyscore +zscore +zcard "
+                 "+watch +unwatch +multi +exec");
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_STATUS);
     freeReplyObject(rep);
