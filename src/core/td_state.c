@@ -40,6 +40,7 @@
  * schema table is immutable.
  */
 #include "td_state.h"
+#include "td_kvs.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -1939,94 +1940,15 @@ const td_field *td_schema_fields(size_t *n) {
 
 /* ---- diff of flat forms ---- */
 
-/* One serialised state: pairs in emission order, bytes in one buffer. */
-typedef struct td_flatlist {
-    char *buf;
-    size_t len, cap;
-    struct {
-        uint32_t k, kl, v, vl;
-        bool seen;
-    } *e;
-    size_t n, ecap;
-    bool oom;
-} td_flatlist;
-
-static void td_flat_collect(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
-    td_flatlist *l = ud;
-    if (l->oom) return;
-    if (l->len + kl + vl > l->cap) {
-        size_t cap = l->cap ? l->cap : 4096;
-        while (cap < l->len + kl + vl) cap *= 2;
-        char *b = realloc(l->buf, cap);
-        if (!b) {
-            l->oom = true;
-            return;
-        }
-        l->buf = b;
-        l->cap = cap;
-    }
-    if (l->n == l->ecap) {
-        size_t cap = l->ecap ? l->ecap * 2 : 64;
-        void *e = realloc(l->e, cap * sizeof *l->e);
-        if (!e) {
-            l->oom = true;
-            return;
-        }
-        l->e = e;
-        l->ecap = cap;
-    }
-    l->e[l->n].k = (uint32_t)l->len;
-    l->e[l->n].kl = (uint32_t)kl;
-    memcpy(l->buf + l->len, k, kl);
-    l->len += kl;
-    l->e[l->n].v = (uint32_t)l->len;
-    l->e[l->n].vl = (uint32_t)vl;
-    memcpy(l->buf + l->len, v, vl);
-    l->len += vl;
-    l->e[l->n].seen = false;
-    l->n++;
-}
-
+/* The difference of two states' flat forms (td_kvs_diff; the daemon keeps
+ * the td_kvs of what Redis holds and calls td_kvs_diff itself). */
 int td_state_diff(const td_state *before, const td_state *now, td_kv_fn set_fn, td_kdel_fn del_fn,
                   void *ud) {
-    td_flatlist a = {0}, b = {0};
-    td_state_serialize(before, td_flat_collect, &a);
-    td_state_serialize(now, td_flat_collect, &b);
+    td_kvs a = {0}, b = {0};
     int rc = TD_ERR;
-    if (a.oom || b.oom) goto done;
-    /* Both lists come out in the same field order, so the matching key of
-     * `before` is almost always at or just after the cursor: a forward scan
-     * that wraps around is linear in practice. */
-    size_t cur = 0;
-    for (size_t i = 0; i < b.n; i++) {
-        const char *k = b.buf + b.e[i].k;
-        size_t kl = b.e[i].kl;
-        size_t found = a.n;
-        for (size_t step = 0; step < a.n; step++) {
-            size_t j = (cur + step) % a.n;
-            if (a.e[j].kl == kl && memcmp(a.buf + a.e[j].k, k, kl) == 0) {
-                found = j;
-                break;
-            }
-        }
-        const char *v = b.buf + b.e[i].v;
-        size_t vl = b.e[i].vl;
-        if (found == a.n) {
-            set_fn(ud, k, kl, v, vl);
-            continue;
-        }
-        a.e[found].seen = true;
-        cur = found + 1;
-        if (a.e[found].vl != vl || memcmp(a.buf + a.e[found].v, v, vl) != 0)
-            set_fn(ud, k, kl, v, vl);
-    }
-    for (size_t j = 0; j < a.n; j++)
-        if (!a.e[j].seen) del_fn(ud, a.buf + a.e[j].k, a.e[j].kl);
-    rc = TD_OK;
-done:
-    free(a.buf);
-    free(a.e);
-    free(b.buf);
-    free(b.e);
+    if (td_kvs_capture(&a, before) == TD_OK && td_kvs_capture(&b, now) == TD_OK)
+        rc = td_kvs_diff(&a, &b, set_fn, del_fn, ud);
+    td_kvs_free(&a);
+    td_kvs_free(&b);
     return rc;
 }
