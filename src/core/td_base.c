@@ -79,3 +79,23 @@ const char *td_type_name(td_type t)
         return "unknown";
     return type_names[t];
 }
+
+size_t td_fmt_u64(uint64_t v, char *buf) {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    buf[n] = '\0';
+    return n;
+}
+
+size_t td_fmt_i64(int64_t v, char *buf) {
+    if (v >= 0)
+        return td_fmt_u64((uint64_t)v, buf);
+    buf[0] = '-';
+    return 1 + td_fmt_u64((uint64_t)0 - (uint64_t)v, buf + 1);
+}

@@ -1004,6 +1004,14 @@ static void compute_hash(td_ruleset *rs, const td_source *srcs, size_t n) {
     rs->hash[71] = '\0';
 }
 
+/* The view of a rule's recommendation that resolve() gives the guards,
+ * without not_before (what load-time guard analysis may depend on). */
+static td_rec_view td_rule_view(const td_rule *r) {
+    return (td_rec_view){.channel = r->channel, .touch = r->touch, .rule = r->id,
+                         .group = r->group ? r->group : "", .priority = r->priority,
+                         .not_before = TD_MS_MISSING};
+}
+
 /*
  * td_rule.never_blocks of each guard: a conjunct of its block that reads only
  * the candidate's fixed rec.* fields (`rec.touch in ['physical_gift', ...]`)
@@ -1041,10 +1049,7 @@ static bool build_never_blocks(td_ruleset *rs) {
             for (size_t ri = 0; ri < rs->n; ri++) {
                 const td_rule *r = &rs->rules[ri];
                 if (r->guard) continue;
-                /* the view resolve() gives the guards, minus not_before */
-                td_rec_view view = {.channel = r->channel, .touch = r->touch, .rule = r->id,
-                                    .group = r->group ? r->group : "", .priority = r->priority,
-                                    .not_before = TD_MS_MISSING};
+                td_rec_view view = td_rule_view(r);
                 td_ctx ctx = {.rec = &view, .settings = &rs->settings};
                 td_value v;
                 char err[96];
@@ -1060,9 +1065,7 @@ static bool build_never_blocks(td_ruleset *rs) {
         for (size_t ri = 0; ri < rs->n; ri++) {
             const td_rule *r = &rs->rules[ri];
             if (r->guard) continue;
-            td_rec_view view = {.channel = r->channel, .touch = r->touch, .rule = r->id,
-                                .group = r->group ? r->group : "", .priority = r->priority,
-                                .not_before = TD_MS_MISSING};
+            td_rec_view view = td_rule_view(r);
             td_ctx ctx = {.rec = &view, .settings = &rs->settings};
             g->fixed_truth[r->index] = td_expr_fixed_truth(g->block, &ctx);
         }

@@ -992,26 +992,6 @@ static const td_flat td_flat_chan[] = {
 
 /* Decimal and hex writers: the flat form is written for every prospect of
  * every batch, and snprintf was half of its cost (callgrind). */
-static size_t td_fmt_u64(uint64_t v, char *buf) {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++) buf[i] = tmp[n - 1 - i];
-    buf[n] = '\0';
-    return n;
-}
-
-static size_t td_fmt_i64(int64_t v, char *buf, size_t cap) {
-    if (cap < 21) return 0;
-    if (v < 0) {
-        buf[0] = '-';
-        return 1 + td_fmt_u64((uint64_t)0 - (uint64_t)v, buf + 1);
-    }
-    return td_fmt_u64((uint64_t)v, buf);
-}
 
 static size_t td_fmt_hex16(uint64_t v, char *buf) {
     static const char hex[] = "0123456789abcdef";
@@ -1161,14 +1141,14 @@ static void td_emit_flat(const td_flat *f, const char *prefix, const void *base,
         int64_t x;
         memcpy(&x, p, sizeof x);
         if (x == f->def) return;
-        vn = td_fmt_i64(x, val, sizeof val);
+        vn = td_fmt_i64(x, val);
         break;
     }
     case TD_FK_I32: {
         int32_t x;
         memcpy(&x, p, sizeof x);
         if (x == f->def) return;
-        vn = td_fmt_i64(x, val, sizeof val);
+        vn = td_fmt_i64(x, val);
         break;
     }
     case TD_FK_TIME: {
@@ -1262,7 +1242,7 @@ void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud) {
     for (uint32_t i = 0; i < st->npos && i < TD_POS_MAX; i++) {
         memcpy(key, "pos.", 4);
         size_t kn = 4 + td_fmt_hex16(st->pos[i].key, key + 4);
-        n = td_fmt_i64(st->pos[i].offset, buf, sizeof buf);
+        n = td_fmt_i64(st->pos[i].offset, buf);
         fn(ud, key, kn, buf, n);
     }
     for (uint32_t i = 0; i < st->nfired; i++) {

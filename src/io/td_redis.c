@@ -280,18 +280,6 @@ static const char *rd_where(const td_redis *r, char *buf, size_t cap) {
     return buf;
 }
 
-/* Decimal digits of v into out (no NUL); @returns the length. */
-static size_t rd_u64(uint64_t v, char *out) {
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
-    return n;
-}
 
 /* ---- scratch spans ---- */
 
@@ -464,18 +452,11 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
     }
 }
 
-/* Signed decimal digits of v into out (no NUL); @returns the length. */
-static size_t rd_i64(int64_t v, char *out) {
-    if (v >= 0)
-        return rd_u64((uint64_t)v, out);
-    out[0] = '-';
-    return 1 + rd_u64((uint64_t)0 - (uint64_t)v, out + 1);
-}
 
 /* "<c><n>\r\n" at p; @returns its length. */
 static size_t rd_resp_head(char *p, char c, size_t n) {
     p[0] = c;
-    size_t k = 1 + rd_u64(n, p + 1);
+    size_t k = 1 + td_fmt_u64(n, p + 1);
     p[k++] = '\r';
     p[k++] = '\n';
     return k;
@@ -1099,7 +1080,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
     }
     char num[24], ver[24];
     td_rscratch *a = &d->args;
-    rs_push(a, num, rd_u64((uint64_t)expected, num));
+    rs_push(a, num, td_fmt_u64((uint64_t)expected, num));
     char mp[TD_ID_MAX + 2];
     size_t pn = strlen(st->prospect_id);
     memcpy(mp, st->prospect_id, pn);
@@ -1107,12 +1088,12 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
     rs_push(a, mp, r->timer_shards ? pn : 0);
     /* without the index, timer fields are plain hash fields */
     size_t nz = r->timer_shards ? d->zadd.n : 0, nr = r->timer_shards ? d->zrem.n : 0;
-    rs_push(a, num, rd_u64(d->nsets + 1, num)); /* + the version pair */
-    rs_push(a, num, rd_u64(d->ndels, num));
-    rs_push(a, num, rd_u64(nz, num));
-    rs_push(a, num, rd_u64(nr, num));
+    rs_push(a, num, td_fmt_u64(d->nsets + 1, num)); /* + the version pair */
+    rs_push(a, num, td_fmt_u64(d->ndels, num));
+    rs_push(a, num, td_fmt_u64(nz, num));
+    rs_push(a, num, td_fmt_u64(nr, num));
     rs_push(a, "v", 1); /* the new version: checked against `expected` first */
-    rs_push(a, ver, rd_u64((uint64_t)expected + 1, ver));
+    rs_push(a, ver, td_fmt_u64((uint64_t)expected + 1, ver));
     for (size_t k = 0; k < d->sets.n; k++)
         rs_push(a, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
     for (size_t k = 0; k < d->dels.n; k++)
@@ -1127,7 +1108,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
             return TD_ERR;
         }
         char dn[24];
-        rs_push(a, dn, rd_i64(due, dn));
+        rs_push(a, dn, td_fmt_i64(due, dn));
         rs_push(a, sfx, sl);
     }
     for (size_t k = 0; k < nr; k++)
@@ -1146,10 +1127,10 @@ static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
     rs_reset(s);
     rs_push(s, "EVALSHA", 7);
     rs_push(s, r->dsha, 40);
-    rs_push(s, num, rd_u64(d->keys.n, num));
+    rs_push(s, num, td_fmt_u64(d->keys.n, num));
     for (size_t k = 0; k < d->keys.n; k++)
         rs_push(s, d->keys.buf + d->keys.off[k], d->keys.slen[k]);
-    rs_push(s, num, rd_u64(np, num));
+    rs_push(s, num, td_fmt_u64(np, num));
     rs_push(s, r->timer_shards ? "1" : "0", 1);
     for (size_t k = 0; k < d->args.n; k++)
         rs_push(s, d->args.buf + d->args.off[k], d->args.slen[k]);
@@ -1251,7 +1232,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
     rs_push(c, "HSET", 4);
     rs_push(c, key, kn);
     rs_push(c, "v", 1);
-    rs_push(c, ver, rd_u64((uint64_t)expected + 1, ver));
+    rs_push(c, ver, td_fmt_u64((uint64_t)expected + 1, ver));
     for (size_t k = 0; k < d->sets.n; k++)
         rs_push(c, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
     if (rd_append(r) != TD_OK)
@@ -1299,7 +1280,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
                     return TD_ERR;
                 }
                 char dn[24];
-                rs_push(c, dn, rd_i64(due, dn));
+                rs_push(c, dn, td_fmt_i64(due, dn));
             }
             memcpy(member + pn, sfx, sl);
             rs_push(c, member, pn + sl);
@@ -1364,7 +1345,7 @@ static int rd_watch_read(td_redis *r, const td_state *states, const int64_t *exp
         } else {
             size_t i = order[k - 1];
             char num[24];
-            size_t nl = rd_u64((uint64_t)expected[i], num);
+            size_t nl = td_fmt_u64((uint64_t)expected[i], num);
             bool ok = false;
             if (rep->type == REDIS_REPLY_NIL) {
                 ok = expected[i] == 0;
