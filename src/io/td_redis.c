@@ -1524,9 +1524,13 @@ int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, cons
     rd_diffbuf d = {0};
     size_t noscript = 0;
     int rc = TD_OK;
-    size_t raced = 0;
-    if (rd_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
-                      order, &raced) != TD_OK)
+    /* Up to one chunk, the script's single round trip beats WATCH's two
+     * (latency at low rates); above, the plain commands' lower cost in Redis
+     * wins (throughput). */
+    size_t raced = n > TD_REDIS_DIFF_CHUNK ? 0 : n;
+    if (n > TD_REDIS_DIFF_CHUNK && rd_diff_watch(r, states, bases, nows, expected_version, n,
+                                                 result, todo, deadline, &d, order,
+                                                 &raced) != TD_OK)
         rc = TD_ERR;
     else if (raced > 0)
         /* Contention (another writer on these keys): the script writes each

@@ -507,6 +507,67 @@ static void test_store_diff(void **state) {
     td_redis_free(r);
 }
 
+static long long timer_score(redisContext *c, const char *pid, const char *rule, uint32_t shards);
+
+/* The same timer-index changes through the WATCH/MULTI path (more than one
+ * chunk of prospects), which writes plain ZADD/ZREM instead of the script. */
+static void test_store_diff_timers_multi(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_redis_set_timer_shards(r, 4);
+    redisContext *c = td_test_redis_connect(srv);
+    enum { N = 70 };
+    static td_state st[N];
+    static td_kvs kb[N], kn[N];
+    int64_t e[N];
+    int res[N];
+    char pid[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(pid, sizeof pid, "p-tm-%d", i);
+        td_state_init(&st[i], pid);
+        memset(&kb[i], 0, sizeof kb[i]);
+        memset(&kn[i], 0, sizeof kn[i]);
+        assert_int_equal(td_kvs_capture(&kb[i], &st[i]), TD_OK); /* empty base */
+        assert_int_equal(td_state_arm_timer(&st[i], "t.one", 1000000 + i, "e-1"), TD_OK);
+        assert_int_equal(td_state_arm_timer(&st[i], "t.two", 2000000 + i, "e-1"), TD_OK);
+        assert_int_equal(td_kvs_capture(&kn[i], &st[i]), TD_OK);
+        e[i] = 0;
+    }
+    assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i], TD_REDIS_STORED);
+        snprintf(pid, sizeof pid, "p-tm-%d", i);
+        assert_int_equal(timer_score(c, pid, "t.one", 4), 1000000 + i);
+        assert_int_equal(timer_score(c, pid, "t.two", 4), 2000000 + i);
+    }
+    for (int i = 0; i < N; i++) {
+        td_kvs_move(&kb[i], &kn[i]);
+        assert_int_equal(td_state_arm_timer(&st[i], "t.one", 1500000 + i, "e-2"), TD_OK);
+        td_state_disarm_timer(&st[i], "t.two");
+        assert_int_equal(td_kvs_capture(&kn[i], &st[i]), TD_OK);
+        e[i] = 1;
+    }
+    assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i], TD_REDIS_STORED);
+        snprintf(pid, sizeof pid, "p-tm-%d", i);
+        assert_int_equal(timer_score(c, pid, "t.one", 4), 1500000 + i);
+        assert_int_equal(timer_score(c, pid, "t.two", 4), -1);
+    }
+    td_state got;
+    td_state_init(&got, "p-tm-69");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_true(td_state_equal(&got, &st[69]));
+    td_state_free(&got);
+    for (int i = 0; i < N; i++) {
+        td_state_free(&st[i]);
+        td_kvs_free(&kb[i]);
+        td_kvs_free(&kn[i]);
+    }
+    redisFree(c);
+    td_redis_free(r);
+}
+
 /* A concurrent writer between the version check and the write: EXEC
  * aborts, nothing of the round is written, and the per-prospect script then
  * stores the untouched prospects and reports the changed one as a conflict
@@ -527,9 +588,10 @@ static void race(void *ud) {
 static void test_store_diff_race(void **state) {
     td_test_redis *srv = *state;
     td_redis *r = client_for(srv);
-    enum { N = 3 };
-    td_state st[N], base[N];
-    td_kvs kb[N], kn[N];
+    /* more than one chunk (64): smaller writes go straight to the script */
+    enum { N = 70 };
+    static td_state st[N], base[N];
+    static td_kvs kb[N], kn[N];
     int64_t e[N];
     int res[N];
     for (int i = 0; i < N; i++) {
@@ -547,15 +609,14 @@ static void test_store_diff_race(void **state) {
     racer rc = {srv, 0};
     td_redis_set_race_hook(r, race, &rc);
     assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
-    assert_int_equal(rc.calls, 1); /* the fallback does not go through WATCH */
-    assert_int_equal(res[0], TD_REDIS_STORED);
-    assert_int_equal(res[1], TD_REDIS_CONFLICT);
-    assert_int_equal(res[2], TD_REDIS_STORED);
+    assert_int_equal(rc.calls, 2); /* once per chunk; the fallback has no WATCH */
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], i == 1 ? TD_REDIS_CONFLICT : TD_REDIS_STORED);
     redisContext *c = td_test_redis_connect(srv);
     char *ev = raw_hget(c, "touchd:p:{p-race-1}", "events");
     assert_string_equal(ev, "777");
     free(ev);
-    char *v = raw_hget(c, "touchd:p:{p-race-2}", "v");
+    char *v = raw_hget(c, "touchd:p:{p-race-69}", "v");
     assert_string_equal(v, "1");
     free(v);
     redisFree(c);
@@ -564,7 +625,7 @@ static void test_store_diff_race(void **state) {
     assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
     assert_true(td_state_equal(&got, &st[2]));
     td_state_free(&got);
-    /* without contention the watch round alone stores: a version conflict
+    /* without contention the watch rounds alone store: a version conflict
      * found by the check is reported, the rest written */
     td_redis_set_race_hook(r, NULL, NULL);
     for (int i = 0; i < N; i++) {
@@ -574,10 +635,14 @@ static void test_store_diff_race(void **state) {
         e[i] = i == 1 ? 0 : 1; /* p-race-1 is at 9: a stale expectation */
     }
     assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
-    assert_int_equal(res[0], TD_REDIS_STORED);
-    assert_int_equal(res[1], TD_REDIS_CONFLICT);
-    assert_int_equal(res[2], TD_REDIS_STORED);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], i == 1 ? TD_REDIS_CONFLICT : TD_REDIS_STORED);
     assert_int_equal(st[0].version, 2);
+    assert_int_equal(st[68].version, 2);
+    td_state_init(&got, "p-race-68");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_true(td_state_equal(&got, &st[68]));
+    td_state_free(&got);
     for (int i = 0; i < N; i++) {
         td_state_free(&st[i]);
         td_state_free(&base[i]);
@@ -1156,6 +1221,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_version_cas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_timers_multi, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
