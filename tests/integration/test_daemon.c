@@ -513,7 +513,8 @@ static void test_reconsumed_input_is_noop(void **state) {
         for (int p = 0; p < NP; p++)
             send_event(f, p, j);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    int want[NP];
+    int *want = calloc((size_t)NP, sizeof *want);
+    assert_non_null(want);
     for (int p = 0; p < NP; p++)
         want[p] = NE;
     assert_true(wait_events(f, NP, want, 30000));
@@ -556,7 +557,8 @@ static void test_sigterm_commits(void **state) {
         for (int p = 0; p < NP; p++)
             send_event(f, p, j);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    int want[NP];
+    int *want = calloc((size_t)NP, sizeof *want);
+    assert_non_null(want);
     for (int p = 0; p < NP; p++)
         want[p] = NE;
     if (!wait_events(f, NP, want, 30000))
@@ -591,12 +593,14 @@ static void test_sigterm_commits(void **state) {
     }
 }
 
-/* Streams NP x NE events. When about a third of the stream is out and
- * touchd is visibly busy with it, `down` is called (kill something); the
- * stream goes on for ~1 s while it is down, then `up` brings it back. Then
- * the contract is checked. */
-static void stream_with_disruption(fx *f, void (*down)(fx *f), void (*up)(fx *f)) {
-    enum { NP = 12, NE = 150, DOWN_ROWS = 40 };
+/* Streams NP x NE events (NE even). When about a third of the stream is out
+ * and touchd is visibly busy with it, `down` is called (kill something); the
+ * stream goes on for DOWN_ROWS rows (slowly) while it is down, then `up`
+ * brings it back. Then the contract is checked. Narrow streams (few
+ * prospects) make small writes (the store script); wide ones make batches
+ * of more than 64 prospects (WATCH + MULTI/EXEC writes). */
+static void stream_with_disruption(fx *f, int NP, int NE, int DOWN_ROWS, void (*down)(fx *f),
+                                   void (*up)(fx *f)) {
     start_touchd(f);
     /* Stream into a running consumer, not into a backlog. */
     assert_true(td_test_wait_file(f->log, "partitions assigned", 1, 30000));
@@ -621,10 +625,12 @@ static void stream_with_disruption(fx *f, void (*down)(fx *f), void (*up)(fx *f)
         }
     }
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    int want[NP];
+    int *want = calloc((size_t)NP, sizeof *want);
+    assert_non_null(want);
     for (int p = 0; p < NP; p++)
         want[p] = NE;
     bool ok = wait_events(f, NP, want, 90000);
+    free(want);
     if (!ok)
         dump_log(f);
     assert_true(ok);
@@ -637,7 +643,7 @@ static void stream_with_disruption(fx *f, void (*down)(fx *f), void (*up)(fx *f)
     /* At least once: every expected recommendation id was published. */
     idset want_ids = {0};
     replay_ids(f, &want_ids);
-    assert_int_equal(want_ids.n, NP * NE);
+    assert_int_equal(want_ids.n, (size_t)NP * NE);
     td_test_reader_read(r, want_ids.n, 30000);
     td_test_reader_drain(r, 500);
     size_t dups = check_recs(f, r, &want_ids);
@@ -662,7 +668,13 @@ static void restart_touchd(fx *f) {
 
 static void test_kill9_restart(void **state) {
     fx *f = *state;
-    stream_with_disruption(f, kill_touchd, restart_touchd);
+    stream_with_disruption(f, 12, 150, 40, kill_touchd, restart_touchd);
+    assert_true(td_test_count_in_file(f->log, "touchd starting") == 2);
+}
+
+static void test_kill9_restart_wide(void **state) {
+    fx *f = *state;
+    stream_with_disruption(f, 300, 20, 5, kill_touchd, restart_touchd);
     assert_true(td_test_count_in_file(f->log, "touchd starting") == 2);
 }
 
@@ -678,7 +690,15 @@ static void restart_redis(fx *f) {
 
 static void test_redis_restart(void **state) {
     fx *f = *state;
-    stream_with_disruption(f, kill_redis, restart_redis);
+    stream_with_disruption(f, 12, 150, 40, kill_redis, restart_redis);
+    assert_true(td_test_count_in_file(f->log, "redis unavailable, holding the batch") >= 1);
+    assert_true(td_test_count_in_file(f->log, "redis available again") >= 1);
+    assert_true(td_test_count_in_file(f->log, "touchd starting") == 1);
+}
+
+static void test_redis_restart_wide(void **state) {
+    fx *f = *state;
+    stream_with_disruption(f, 300, 20, 5, kill_redis, restart_redis);
     assert_true(td_test_count_in_file(f->log, "redis unavailable, holding the batch") >= 1);
     assert_true(td_test_count_in_file(f->log, "redis available again") >= 1);
     assert_true(td_test_count_in_file(f->log, "touchd starting") == 1);
@@ -694,6 +714,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_reconsumed_input_is_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_restart_wide, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_restart_wide, setup, teardown),
     };
     /* TD_TEST_FILTER=test_kill9* runs a subset (cmocka glob). */
     if (getenv("TD_TEST_FILTER"))
