@@ -513,8 +513,7 @@ static void test_reconsumed_input_is_noop(void **state) {
         for (int p = 0; p < NP; p++)
             send_event(f, p, j);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    int *want = calloc((size_t)NP, sizeof *want);
-    assert_non_null(want);
+    int want[NP];
     for (int p = 0; p < NP; p++)
         want[p] = NE;
     assert_true(wait_events(f, NP, want, 30000));
@@ -557,8 +556,7 @@ static void test_sigterm_commits(void **state) {
         for (int p = 0; p < NP; p++)
             send_event(f, p, j);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    int *want = calloc((size_t)NP, sizeof *want);
-    assert_non_null(want);
+    int want[NP];
     for (int p = 0; p < NP; p++)
         want[p] = NE;
     if (!wait_events(f, NP, want, 30000))
