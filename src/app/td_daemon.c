@@ -354,18 +354,12 @@ void td_daemon_free(td_daemon *d) {
     free(d->dq_g);
     free(d->table);
     free(d->pack);
-    if (d->base)
-        for (size_t g = 0; g < 2 * d->cap; g++)
-            td_kvs_free(&d->base[g]);
-    free(d->base);
+    td_kvs_free_array(d->base, 2 * d->cap);
     free(d->has_base);
     free(d->miss);
     td_state_cache_free(d->cache);
     free(d->pack_base);
-    if (d->pack_now)
-        for (size_t g = 0; g < 2 * d->cap; g++)
-            td_kvs_free(&d->pack_now[g]);
-    free(d->pack_now);
+    td_kvs_free_array(d->pack_now, 2 * d->cap);
     free(d->pack_expected);
     free(d->pack_result);
     free(d->pack_g);

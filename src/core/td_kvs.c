@@ -12,6 +12,14 @@ void td_kvs_free(td_kvs *kv) {
     memset(kv, 0, sizeof *kv);
 }
 
+void td_kvs_free_array(td_kvs *a, size_t n) {
+    if (!a)
+        return;
+    for (size_t i = 0; i < n; i++)
+        td_kvs_free(&a[i]);
+    free(a);
+}
+
 void td_kvs_clear(td_kvs *kv) {
     kv->len = 0;
     kv->n = 0;

@@ -33,6 +33,8 @@ typedef struct td_kvs {
 
 /* An empty td_kvs needs no initialisation beyond {0}. */
 void td_kvs_free(td_kvs *kv);
+/* Frees each of a[0..n) and the array itself (NULL is a no-op). */
+void td_kvs_free_array(td_kvs *a, size_t n);
 /* Empties kv, keeping its memory for reuse. */
 void td_kvs_clear(td_kvs *kv);
 /* Moves *from into *to (freeing what *to held); *from becomes empty. */
