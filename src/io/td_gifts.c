@@ -45,8 +45,7 @@ static const char tg_lua[] =
     "return false\n";
 
 struct td_gifts {
-    td_redis_conf rconf; /* strings point to the copies below */
-    char *host, *password, *username, *prefix;
+    td_redis_conf rconf; /* an owned copy (td_redis_conf_dup) */
     int retention_days;
     td_rconn rc; /* the connection (td_rconn.h) */
     char sha[41];
@@ -202,16 +201,6 @@ static void tg_seterr(td_gifts *g, const char *fmt, ...) {
     va_end(ap);
 }
 
-static char *tg_strdup(const char *s) {
-    if (!s)
-        return NULL;
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p)
-        memcpy(p, s, n);
-    return p;
-}
-
 /* The connection policy (timeouts, AUTH, SELECT, backoff) is td_rconn's. */
 static void tg_drop(td_gifts *g, bool penalize) { td_rconn_drop(&g->rc, penalize); }
 
@@ -245,19 +234,9 @@ td_gifts *td_gifts_new(const td_redis_conf *rconf, int retention_days, char *err
     td_gifts *g = calloc(1, sizeof *g);
     if (!g)
         goto oom;
-    g->rconf = *rconf;
     g->retention_days = retention_days;
-    g->host = tg_strdup(rconf->host);
-    g->prefix = tg_strdup(rconf->key_prefix);
-    g->password = tg_strdup(rconf->password);
-    g->username = tg_strdup(rconf->username);
-    if (!g->host || !g->prefix || (rconf->password && !g->password) ||
-        (rconf->username && !g->username))
+    if (td_redis_conf_dup(&g->rconf, rconf) != TD_OK)
         goto oom;
-    g->rconf.host = g->host;
-    g->rconf.key_prefix = g->prefix;
-    g->rconf.password = g->password;
-    g->rconf.username = g->username;
     td_rconn_init(&g->rc, &g->rconf, "redis gifts", g->err, sizeof g->err);
     (void)tg_ensure(g); /* a failure is retried by the next call */
     return g;
@@ -272,15 +251,7 @@ void td_gifts_free(td_gifts *g) {
     if (!g)
         return;
     td_rconn_close(&g->rc);
-    free(g->host);
-    free(g->prefix);
-    if (g->password) {
-        volatile char *v = g->password;
-        while (*v)
-            *v++ = 0;
-        free(g->password);
-    }
-    free(g->username);
+    td_redis_conf_release(&g->rconf);
     free(g);
 }
 
@@ -306,8 +277,8 @@ static void tg_build(const td_gifts *g, const td_gift_rec *r, tg_cmd *c) {
     tg_arg(c, "EVALSHA", 7);
     tg_arg(c, g->sha, 40);
     tg_arg(c, "2", 1);
-    tg_arg(c, c->seen, td_gifts_seen_key(g->prefix, r->event_id, c->seen, sizeof c->seen));
-    tg_arg(c, c->stream, td_gifts_stream_key(g->prefix, r->year, c->stream, sizeof c->stream));
+    tg_arg(c, c->seen, td_gifts_seen_key(g->rconf.key_prefix, r->event_id, c->seen, sizeof c->seen));
+    tg_arg(c, c->stream, td_gifts_stream_key(g->rconf.key_prefix, r->year, c->stream, sizeof c->stream));
     tg_arg(c, c->ttl,
            (size_t)snprintf(c->ttl, sizeof c->ttl, "%lld", (long long)g->retention_days * 86400));
     tg_arg(c, "event_id", 8);
@@ -477,7 +448,7 @@ static int tg_parse_entry(const redisReply *fl, int year, td_gift_rec *r) {
 int td_gifts_read(td_gifts *g, int year, const char *prospect_id, td_gift_rec **out, size_t *n,
                   size_t *cap) {
     char key[96], start[64] = "-";
-    td_gifts_stream_key(g->prefix, year, key, sizeof key);
+    td_gifts_stream_key(g->rconf.key_prefix, year, key, sizeof key);
     for (;;) {
         if (tg_ensure(g) != TD_OK)
             return TD_ERR;
@@ -539,13 +510,13 @@ int td_gifts_years(td_gifts *g, int *years, size_t max) {
     /* MATCH pattern: the prefix with glob characters escaped */
     char pat[200];
     size_t o = 0;
-    for (const char *p = g->prefix; *p && o + 2 < sizeof pat - 16; p++) {
+    for (const char *p = g->rconf.key_prefix; *p && o + 2 < sizeof pat - 16; p++) {
         if (*p == '*' || *p == '?' || *p == '[' || *p == ']' || *p == '\\')
             pat[o++] = '\\';
         pat[o++] = *p;
     }
     snprintf(pat + o, sizeof pat - o, ":gifts:[0-9][0-9][0-9][0-9]");
-    size_t plen = strlen(g->prefix) + 7; /* "<prefix>:gifts:" */
+    size_t plen = strlen(g->rconf.key_prefix) + 7; /* "<prefix>:gifts:" */
     char cursor[32] = "0";
     size_t n = 0;
     do {
@@ -683,7 +654,7 @@ td_gifts_kafka *td_gifts_kafka_new(const td_config *cfg, const char *bootstraps,
         return NULL;
     }
     k->gen = 1;
-    k->topic = tg_strdup(cfg->kafka.gift_register_topic);
+    k->topic = strdup(cfg->kafka.gift_register_topic);
     rd_kafka_conf_t *pc = rd_kafka_conf_new();
     if (!k->topic || tg_kset(pc, "bootstrap.servers", bootstraps, err, errcap) < 0 ||
         tg_kset(pc, "client.id", "touchd-gift-register", err, errcap) < 0 ||

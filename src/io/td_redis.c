@@ -215,8 +215,7 @@ typedef struct td_rscratch {
 } td_rscratch;
 
 struct td_redis {
-    td_redis_conf conf; /* strings point to the copies below */
-    char *host, *password, *username, *prefix;
+    td_redis_conf conf; /* an owned copy (td_redis_conf_dup) */
     redisContext *c;
     int64_t backoff_ms;   /* delay after the next failure */
     int64_t next_try_ms;  /* monotonic: no connect attempt before this */
@@ -252,23 +251,31 @@ static void rd_seterr(td_redis *r, const char *fmt, ...) {
     va_end(ap);
 }
 
-static char *rd_strdup(const char *s) {
-    if (!s)
-        return NULL;
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p)
-        memcpy(p, s, n);
-    return p;
+int td_redis_conf_dup(td_redis_conf *dst, const td_redis_conf *src) {
+    *dst = *src;
+    dst->host = src->host ? strdup(src->host) : NULL;
+    dst->key_prefix = src->key_prefix ? strdup(src->key_prefix) : NULL;
+    dst->password = src->password ? strdup(src->password) : NULL;
+    dst->username = src->username ? strdup(src->username) : NULL;
+    if ((src->host && !dst->host) || (src->key_prefix && !dst->key_prefix) ||
+        (src->password && !dst->password) || (src->username && !dst->username)) {
+        td_redis_conf_release(dst);
+        return TD_ERR;
+    }
+    return TD_OK;
 }
 
-static void rd_wipe_free(char *s) {
-    if (!s)
-        return;
-    volatile char *v = s;
-    while (*v)
-        *v++ = 0;
-    free(s);
+void td_redis_conf_release(td_redis_conf *c) {
+    if (c->password) {
+        volatile char *v = (char *)c->password;
+        while (*v)
+            *v++ = 0;
+    }
+    free((char *)c->host);
+    free((char *)c->key_prefix);
+    free((char *)c->password);
+    free((char *)c->username);
+    memset(c, 0, sizeof *c);
 }
 
 /* "127.0.0.1:6379" or the socket path, for messages. */
@@ -650,22 +657,12 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
             snprintf(err, errcap, "redis: out of memory");
         return NULL;
     }
-    r->conf = *conf;
-    r->host = rd_strdup(conf->host);
-    r->prefix = rd_strdup(conf->key_prefix);
-    r->password = rd_strdup(conf->password);
-    r->username = rd_strdup(conf->username);
-    if (!r->host || !r->prefix || (conf->password && !r->password) ||
-        (conf->username && !r->username)) {
-        td_redis_free(r);
+    if (td_redis_conf_dup(&r->conf, conf) != TD_OK) {
+        free(r);
         if (err && errcap)
             snprintf(err, errcap, "redis: out of memory");
         return NULL;
     }
-    r->conf.host = r->host;
-    r->conf.key_prefix = r->prefix;
-    r->conf.password = r->password;
-    r->conf.username = r->username;
     r->backoff_ms = conf->backoff_min_ms;
     /* One attempt now; a failure is remembered in last_error and retried
      * by the next call after the backoff. */
@@ -678,10 +675,7 @@ void td_redis_free(td_redis *r) {
         return;
     if (r->c)
         redisFree(r->c);
-    free(r->host);
-    free(r->prefix);
-    rd_wipe_free(r->password);
-    free(r->username);
+    td_redis_conf_release(&r->conf);
     rs_free(&r->s);
     free(r->resp);
     free(r);

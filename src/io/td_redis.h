@@ -41,6 +41,13 @@ typedef struct td_redis_conf {
     const char *key_prefix; /* "touchd" */
 } td_redis_conf;
 void td_redis_conf_default(td_redis_conf *c);
+/* dst becomes a copy of src whose strings (host, password, username,
+ * key_prefix) are its own. @returns TD_OK, or TD_ERR (out of memory: dst
+ * holds nothing to release). */
+int td_redis_conf_dup(td_redis_conf *dst, const td_redis_conf *src);
+/* Frees the strings of a td_redis_conf_dup copy, wiping the password first;
+ * the struct is left zeroed. */
+void td_redis_conf_release(td_redis_conf *c);
 
 typedef struct td_redis td_redis;
 

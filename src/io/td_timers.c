@@ -115,8 +115,7 @@ typedef struct tm_rec {
 } tm_rec;
 
 struct td_timers {
-    td_redis_conf rconf; /* strings point to the copies below */
-    char *host, *password, *username, *prefix;
+    td_redis_conf rconf; /* an owned copy (td_redis_conf_dup) */
     td_timers_conf conf;
     td_rconn rc; /* the connection (td_rconn.h) */
     char sha[TM_NSCRIPTS][41];
@@ -156,16 +155,6 @@ static void tm_seterr(td_timers *t, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(t->err, sizeof t->err, fmt, ap);
     va_end(ap);
-}
-
-static char *tm_strdup(const char *s) {
-    if (!s)
-        return NULL;
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p)
-        memcpy(p, s, n);
-    return p;
 }
 
 const char *td_overdue_policy_name(td_overdue_policy p) {
@@ -347,21 +336,11 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
     td_timers *t = calloc(1, sizeof *t);
     if (!t)
         goto oom;
-    t->rconf = *rconf;
     t->conf = *tconf;
-    t->host = tm_strdup(rconf->host);
-    t->prefix = tm_strdup(rconf->key_prefix);
-    t->password = tm_strdup(rconf->password);
-    t->username = tm_strdup(rconf->username);
-    if (!t->host || !t->prefix || (rconf->password && !t->password) ||
-        (rconf->username && !t->username))
+    if (td_redis_conf_dup(&t->rconf, rconf) != TD_OK)
         goto oom;
-    t->rconf.host = t->host;
-    t->rconf.key_prefix = t->prefix;
-    t->rconf.password = t->password;
-    t->rconf.username = t->username;
     td_rconn_init(&t->rc, &t->rconf, "redis timers", t->err, sizeof t->err);
-    td_timers_claimed_key(t->prefix, t->claimed_key, sizeof t->claimed_key);
+    td_timers_claimed_key(t->rconf.key_prefix, t->claimed_key, sizeof t->claimed_key);
     int64_t w = ((int64_t)tconf->shards * tconf->poll_ms + tconf->sweep_ms - 1) / tconf->sweep_ms;
     t->window = (uint32_t)(w < 1 ? 1 : w > tconf->shards ? tconf->shards : w);
     size_t cap = (size_t)tconf->claim_batch;
@@ -390,15 +369,7 @@ void td_timers_free(td_timers *t) {
     if (!t)
         return;
     td_rconn_close(&t->rc);
-    free(t->host);
-    free(t->prefix);
-    if (t->password) {
-        volatile char *v = t->password;
-        while (*v)
-            *v++ = 0;
-        free(t->password);
-    }
-    free(t->username);
+    td_redis_conf_release(&t->rconf);
     free(t->argv);
     free(t->argvlen);
     free(t->aoff);
@@ -480,7 +451,7 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
     ok = ok && tm_args(t, &argc, num) && tm_args(t, &argc, t->claimed_key);
     for (uint32_t i = 0; ok && i < count; i++) {
         char key[96];
-        size_t n = td_timers_shard_key(t->prefix, (first + i) % shards, key, sizeof key);
+        size_t n = td_timers_shard_key(t->rconf.key_prefix, (first + i) % shards, key, sizeof key);
         ok = tm_arg(t, &argc, key, n);
     }
     td_ms lease = now + t->conf.lease_ms;
@@ -592,7 +563,7 @@ int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
     uint32_t shards = (uint32_t)t->conf.shards;
     for (uint32_t s = 0; s < shards; s++) {
         char key[96];
-        td_timers_shard_key(t->prefix, s, key, sizeof key);
+        td_timers_shard_key(t->rconf.key_prefix, s, key, sizeof key);
         if (redisAppendCommand(t->rc.c, "ZCARD %s", key) != REDIS_OK) {
             tm_drop(t, false);
             tm_seterr(t, "redis timers: out of memory");
