@@ -41,8 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "integration/harness.c"
-#include "integration/harness_kafka.c"
+#include "harness.h"
+#include "harness_kafka.h"
 
 #define T_IN "touchd.events"
 #define T_OUT "touchd.recommendations"

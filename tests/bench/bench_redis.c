@@ -32,6 +32,8 @@
 
 #include <hiredis/hiredis.h>
 
+#include "harness.h"
+
 #include "td_redis.h"
 #include "td_state.h"
 
@@ -41,41 +43,6 @@ static int64_t now_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static pid_t start_server(int port) {
-    char p[16];
-    snprintf(p, sizeof p, "%d", port);
-    const char *bin = getenv("TD_REDIS_SERVER");
-    if (!bin || !bin[0])
-        bin = "redis-server";
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execlp(bin, bin, "--port", p, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--daemonize", "no", "--protected-mode", "no", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
 static redisContext *raw_connect(const char *host, int port) {
     redisContext *c = redisConnectWithTimeout(host, port, (struct timeval){1, 0});
     if (c && c->err) {
@@ -83,23 +50,6 @@ static redisContext *raw_connect(const char *host, int port) {
         return NULL;
     }
     return c;
-}
-
-static bool wait_ping(const char *host, int port, int ms) {
-    for (int waited = 0; waited < ms; waited += 10) {
-        redisContext *c = raw_connect(host, port);
-        if (c) {
-            redisReply *rep = redisCommand(c, "PING");
-            bool ok = rep && rep->type == REDIS_REPLY_STATUS;
-            if (rep)
-                freeReplyObject(rep);
-            redisFree(c);
-            if (ok)
-                return true;
-        }
-        usleep(10000);
-    }
-    return false;
 }
 
 /* A typical prospect a few weeks into a sequence: email and LinkedIn
@@ -221,18 +171,14 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    pid_t server = 0;
+    /* without --port: a private redis-server (the integration tests' harness) */
+    td_test_redis server = {0};
     if (port == 0) {
-        port = free_port();
-        server = start_server(port);
-        if (port <= 0 || server <= 0 || !wait_ping(host, port, 10000)) {
-            fprintf(stderr, "bench_redis: could not start redis-server on port %d\n", port);
-            if (server > 0) {
-                kill(server, SIGKILL);
-                waitpid(server, NULL, 0);
-            }
+        if (td_test_redis_start(&server) != 0) {
+            fprintf(stderr, "bench_redis: could not start redis-server\n");
             return 1;
         }
+        port = server.port;
     }
 
     td_redis_conf conf;
@@ -245,10 +191,7 @@ int main(int argc, char **argv) {
     if (!r || !td_redis_connected(r)) {
         fprintf(stderr, "bench_redis: %s\n", r ? td_redis_last_error(r) : err);
         td_redis_free(r);
-        if (server > 0) {
-            kill(server, SIGTERM);
-            waitpid(server, NULL, 0);
-        }
+        td_test_redis_stop(&server); /* no-op when not started */
         return 1;
     }
     redisContext *raw = raw_connect(host, port);
@@ -392,9 +335,6 @@ int main(int argc, char **argv) {
     free(lat_load);
     free(lat_store);
     td_redis_free(r);
-    if (server > 0) {
-        kill(server, SIGTERM);
-        waitpid(server, NULL, 0);
-    }
+    td_test_redis_stop(&server); /* no-op when not started */
     return errors ? 1 : 0;
 }
