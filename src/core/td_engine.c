@@ -459,35 +459,47 @@ int td_buf_printf(td_buf *b, const char *fmt, ...) {
     return TD_OK;
 }
 
+/* The short JSON escapes, by byte; the other bytes below 0x20 and 0x7f are
+ * written \u00XX, and every other byte (UTF-8 included) as it is. */
+static const char td_json_esc[128][7] = {
+    ['"'] = "\\\"", ['\\'] = "\\\\", ['\n'] = "\\n", ['\r'] = "\\r", ['\t'] = "\\t",
+};
+
+static inline bool td_json_plain(unsigned char c) {
+    return c >= 0x20 && c != '"' && c != '\\' && c != 0x7f;
+}
+
 int td_buf_json_str(td_buf *b, const char *s, size_t n) {
-    if (td_buf_reserve(b, n + 2) != TD_OK) return TD_ERR;
-    b->p[b->len++] = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        const char *esc = NULL;
-        char u[8];
-        switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        default:
-            if (c < 0x20 || c == 0x7f) {
-                snprintf(u, sizeof u, "\\u%04x", c);
-                esc = u;
-            }
+    /* Runs of plain bytes are copied whole; escapes are at most 6 bytes
+     * each, so one reservation of 6 * n + 2 covers the whole string. */
+    if (n > (SIZE_MAX - 3) / 6 || td_buf_reserve(b, 6 * n + 2) != TD_OK) return TD_ERR;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && td_json_plain((unsigned char)s[j])) j++;
+        memcpy(o, s + i, j - i);
+        o += j - i;
+        if (j == n) break;
+        unsigned char c = (unsigned char)s[j];
+        const char *e = td_json_esc[c];
+        if (e[0]) {
+            size_t el = strlen(e);
+            memcpy(o, e, el);
+            o += el;
+        } else { /* other controls and DEL: \u00XX */
+            static const char hex[] = "0123456789abcdef";
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
         }
-        if (esc) {
-            if (td_buf_append(b, esc, strlen(esc)) != TD_OK) return TD_ERR;
-        } else {
-            if (td_buf_reserve(b, 2) != TD_OK) return TD_ERR;
-            b->p[b->len++] = (char)c;
-        }
+        i = j + 1;
     }
-    if (td_buf_reserve(b, 1) != TD_OK) return TD_ERR;
-    b->p[b->len++] = '"';
-    b->p[b->len] = '\0';
+    *o++ = '"';
+    *o = '\0';
+    b->len = (size_t)(o - b->p);
     return TD_OK;
 }
 
@@ -529,7 +541,8 @@ int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
     rc |= put_str(b, "touch", r->touch);
     rc |= put_time(b, "not_before", r->not_before);
     rc |= put_key(b, "priority", false);
-    rc |= td_buf_printf(b, "%lld", (long long)r->priority);
+    char num[24];
+    rc |= td_buf_append(b, num, td_fmt_i64(r->priority, num));
     if (r->note) rc |= put_str(b, "note", r->note);
     rc |= put_key(b, "trigger", false);
     rc |= td_buf_append(b, "{", 1);

@@ -924,6 +924,7 @@ enum {
  * (for I64/I32/DEC; times default to missing, strings to "", enums to 0). */
 typedef struct td_flat {
     const char *key;
+    uint8_t klen; /* strlen(key): K_ */
     uint8_t kind;
     size_t off;
     size_t cap; /* strings: array size */
@@ -933,56 +934,57 @@ typedef struct td_flat {
 #define S_(f) offsetof(td_state, f)
 #define C_(f) offsetof(td_chan_state, f)
 #define SZ_(f) sizeof(((td_state *)0)->f)
+#define K_(k) k, sizeof(k) - 1
 
 static const td_flat td_flat_top[] = {
-    {"v", TD_FK_I64, S_(version), 0, 0},
-    {"prospect_id", TD_FK_STR, S_(prospect_id), SZ_(prospect_id), 0},
-    {"owner_id", TD_FK_STR, S_(owner_id), SZ_(owner_id), 0},
-    {"events", TD_FK_I64, S_(events), 0, 0},
-    {"stage", TD_FK_STAGE, S_(stage), 0, 0},
-    {"stage_changed_at", TD_FK_TIME, S_(stage_changed_at), 0, 0},
-    {"tier", TD_FK_I64, S_(tier), 0, TD_INT_MISSING},
-    {"country", TD_FK_STR, S_(country), SZ_(country), 0},
-    {"sector", TD_FK_STR, S_(sector), SZ_(sector), 0},
-    {"timezone", TD_FK_STR, S_(timezone), SZ_(timezone), 0},
-    {"gift_policy", TD_FK_GP, S_(gift_policy), 0, 0},
-    {"lifetime_value_eur", TD_FK_DEC, S_(lifetime_value_eur), 0, TD_DEC_MISSING},
-    {"language", TD_FK_STR, S_(language), SZ_(language), 0},
-    {"first_seen_at", TD_FK_TIME, S_(first_seen_at), 0, 0},
-    {"last_event_at", TD_FK_TIME, S_(last_event_at), 0, 0},
-    {"first_touch_at", TD_FK_TIME, S_(first_touch_at), 0, 0},
-    {"last_touch_at", TD_FK_TIME, S_(last_touch_at), 0, 0},
-    {"last_inbound_at", TD_FK_TIME, S_(last_inbound_at), 0, 0},
-    {"replies", TD_FK_I64, S_(replies), 0, 0},
-    {"last_reply_sentiment", TD_FK_SENT, S_(last_reply_sentiment), 0, 0},
-    {"meetings.booked", TD_FK_I64, S_(meetings_booked), 0, 0},
-    {"meetings.held", TD_FK_I64, S_(meetings_held), 0, 0},
-    {"meetings.cancelled", TD_FK_I64, S_(meetings_cancelled), 0, 0},
-    {"meetings.no_show", TD_FK_I64, S_(meetings_no_show), 0, 0},
-    {"next_meeting_at", TD_FK_TIME, S_(next_meeting_at), 0, 0},
-    {"gifts.year", TD_FK_I32, S_(gift_year), 0, 0},
-    {"gifts.year_count", TD_FK_I64, S_(gifts_year_count), 0, 0},
-    {"gifts.year_spend_eur", TD_FK_DEC, S_(gifts_year_spend_eur), 0, 0},
-    {"gifts.total", TD_FK_I64, S_(gifts_total), 0, 0},
-    {"last_gift_at", TD_FK_TIME, S_(last_gift_at), 0, 0},
-    {"gifts.last_kind", TD_FK_GK, S_(last_gift_kind), 0, 0},
+    {K_("v"), TD_FK_I64, S_(version), 0, 0},
+    {K_("prospect_id"), TD_FK_STR, S_(prospect_id), SZ_(prospect_id), 0},
+    {K_("owner_id"), TD_FK_STR, S_(owner_id), SZ_(owner_id), 0},
+    {K_("events"), TD_FK_I64, S_(events), 0, 0},
+    {K_("stage"), TD_FK_STAGE, S_(stage), 0, 0},
+    {K_("stage_changed_at"), TD_FK_TIME, S_(stage_changed_at), 0, 0},
+    {K_("tier"), TD_FK_I64, S_(tier), 0, TD_INT_MISSING},
+    {K_("country"), TD_FK_STR, S_(country), SZ_(country), 0},
+    {K_("sector"), TD_FK_STR, S_(sector), SZ_(sector), 0},
+    {K_("timezone"), TD_FK_STR, S_(timezone), SZ_(timezone), 0},
+    {K_("gift_policy"), TD_FK_GP, S_(gift_policy), 0, 0},
+    {K_("lifetime_value_eur"), TD_FK_DEC, S_(lifetime_value_eur), 0, TD_DEC_MISSING},
+    {K_("language"), TD_FK_STR, S_(language), SZ_(language), 0},
+    {K_("first_seen_at"), TD_FK_TIME, S_(first_seen_at), 0, 0},
+    {K_("last_event_at"), TD_FK_TIME, S_(last_event_at), 0, 0},
+    {K_("first_touch_at"), TD_FK_TIME, S_(first_touch_at), 0, 0},
+    {K_("last_touch_at"), TD_FK_TIME, S_(last_touch_at), 0, 0},
+    {K_("last_inbound_at"), TD_FK_TIME, S_(last_inbound_at), 0, 0},
+    {K_("replies"), TD_FK_I64, S_(replies), 0, 0},
+    {K_("last_reply_sentiment"), TD_FK_SENT, S_(last_reply_sentiment), 0, 0},
+    {K_("meetings.booked"), TD_FK_I64, S_(meetings_booked), 0, 0},
+    {K_("meetings.held"), TD_FK_I64, S_(meetings_held), 0, 0},
+    {K_("meetings.cancelled"), TD_FK_I64, S_(meetings_cancelled), 0, 0},
+    {K_("meetings.no_show"), TD_FK_I64, S_(meetings_no_show), 0, 0},
+    {K_("next_meeting_at"), TD_FK_TIME, S_(next_meeting_at), 0, 0},
+    {K_("gifts.year"), TD_FK_I32, S_(gift_year), 0, 0},
+    {K_("gifts.year_count"), TD_FK_I64, S_(gifts_year_count), 0, 0},
+    {K_("gifts.year_spend_eur"), TD_FK_DEC, S_(gifts_year_spend_eur), 0, 0},
+    {K_("gifts.total"), TD_FK_I64, S_(gifts_total), 0, 0},
+    {K_("last_gift_at"), TD_FK_TIME, S_(last_gift_at), 0, 0},
+    {K_("gifts.last_kind"), TD_FK_GK, S_(last_gift_kind), 0, 0},
 };
 
 /* Per channel, as "<channel>.<key>". */
 static const td_flat td_flat_chan[] = {
-    {"sent", TD_FK_I64, C_(sent), 0, 0},
-    {"delivered", TD_FK_I64, C_(delivered), 0, 0},
-    {"opened", TD_FK_I64, C_(opened), 0, 0},
-    {"clicked", TD_FK_I64, C_(clicked), 0, 0},
-    {"replied", TD_FK_I64, C_(replied), 0, 0},
-    {"failed", TD_FK_I64, C_(failed), 0, 0},
-    {"unanswered", TD_FK_I64, C_(unanswered), 0, 0},
-    {"opens_since_reply", TD_FK_I64, C_(opens_since_reply), 0, 0},
-    {"last_sent_at", TD_FK_TIME, C_(last_sent_at), 0, 0},
-    {"last_opened_at", TD_FK_TIME, C_(last_opened_at), 0, 0},
-    {"last_replied_at", TD_FK_TIME, C_(last_replied_at), 0, 0},
-    {"blocked", TD_FK_BLOCK, C_(blocked), 0, 0},
-    {"consent", TD_FK_TRI, C_(consent), 0, 0},
+    {K_("sent"), TD_FK_I64, C_(sent), 0, 0},
+    {K_("delivered"), TD_FK_I64, C_(delivered), 0, 0},
+    {K_("opened"), TD_FK_I64, C_(opened), 0, 0},
+    {K_("clicked"), TD_FK_I64, C_(clicked), 0, 0},
+    {K_("replied"), TD_FK_I64, C_(replied), 0, 0},
+    {K_("failed"), TD_FK_I64, C_(failed), 0, 0},
+    {K_("unanswered"), TD_FK_I64, C_(unanswered), 0, 0},
+    {K_("opens_since_reply"), TD_FK_I64, C_(opens_since_reply), 0, 0},
+    {K_("last_sent_at"), TD_FK_TIME, C_(last_sent_at), 0, 0},
+    {K_("last_opened_at"), TD_FK_TIME, C_(last_opened_at), 0, 0},
+    {K_("last_replied_at"), TD_FK_TIME, C_(last_replied_at), 0, 0},
+    {K_("blocked"), TD_FK_BLOCK, C_(blocked), 0, 0},
+    {K_("consent"), TD_FK_TRI, C_(consent), 0, 0},
 };
 
 
@@ -1005,38 +1007,87 @@ static size_t td_fmt_hex16(uint64_t v, char *buf) {
 
 static size_t td_fmt_time(td_ms t, char *buf, size_t cap) {
     if (t >= TD_RFC_MIN && t <= TD_RFC_MAX) return td_time_format(t, buf, cap);
-    int n = snprintf(buf, cap, "@%" PRId64, t);
-    return n < 0 ? 0 : (size_t)n;
+    if (cap < 23) return 0; /* not reached: "@" and 21 digits always fit */
+    buf[0] = '@';
+    return 1 + td_fmt_i64(t, buf + 1);
 }
 
-static size_t td_fmt_dec(td_dec d, char *buf, size_t cap) {
-    uint64_t m = d < 0 ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
-    uint64_t ip = m / TD_DEC_SCALE, fp = m % TD_DEC_SCALE;
-    int n = snprintf(buf, cap, "%s%" PRIu64, d < 0 ? "-" : "", ip);
-    if (n < 0) return 0;
-    if (fp) {
-        char f[8];
-        snprintf(f, sizeof f, "%04u", (unsigned)fp);
-        size_t fl = 4;
-        while (fl > 1 && f[fl - 1] == '0') fl--;
-        f[fl] = 0;
-        int k = snprintf(buf + n, cap - (size_t)n, ".%s", f);
-        if (k > 0) n += k;
+/* td_fmt_time into buf (at least TD_TIME_BUF bytes), through a one-entry
+ * memo (*mt, memo[0..*mn)) of the last instant formatted. */
+static size_t td_fmt_time_memo(td_ms t, char *buf, td_ms *mt, char *memo, size_t *mn) {
+    if (t != *mt || t == TD_MS_MISSING) {
+        *mn = td_fmt_time(t, memo, TD_TIME_BUF);
+        *mt = t;
     }
-    return (size_t)n;
+    memcpy(buf, memo, *mn + 1);
+    return *mn;
 }
 
-/* Percent-encodes a NUL-terminated string; out needs 3 * strlen + 1 bytes. */
+/* "12.5", "-0.0001", "7": the integer part, then up to four fractional
+ * digits without trailing zeros. buf: at least 27 bytes. */
+static size_t td_fmt_dec(td_dec d, char *buf, size_t cap) {
+    if (cap < 27) return 0; /* not reached: callers pass larger buffers */
+    uint64_t m = d < 0 ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
+    uint64_t ip = m / TD_DEC_SCALE;
+    unsigned fp = (unsigned)(m % TD_DEC_SCALE);
+    size_t n = 0;
+    if (d < 0) buf[n++] = '-';
+    n += td_fmt_u64(ip, buf + n);
+    if (fp) {
+        buf[n++] = '.';
+        for (unsigned div = TD_DEC_SCALE / 10; fp; div /= 10) {
+            buf[n++] = (char)('0' + fp / div);
+            fp %= div;
+        }
+        buf[n] = '\0';
+    }
+    return n;
+}
+
+/* Bytes that stay as they are in the flat form: 0x20..0x7e but '%'. */
+#define TD_PCT_PLAIN(c) ((c) >= 0x20 && (c) < 0x7f && (c) != '%')
+
+/* Non-zero when one of the 8 bytes of x is not TD_PCT_PLAIN: per byte b
+ * (x7 = b & 0x7f, so no sum carries into the next byte), b >= 0x80 is its
+ * top bit, b < 0x20 is x7 + 0x60 < 0x80, b == 0x7f is x7 + 0x01 >= 0x80 and
+ * b == '%' is (x7 ^ 0x25) + 0x7f < 0x80. */
+static inline uint64_t td_pct_special8(uint64_t x) {
+    const uint64_t k01 = 0x0101010101010101ULL, k80 = 0x8080808080808080ULL;
+    uint64_t x7 = x & ~k80;
+    return (x | ~(x7 + 0x60 * k01) | (x7 + k01) | ~((x7 ^ 0x25 * k01) + 0x7f * k01)) & k80;
+}
+
+/* Percent-encodes a NUL-terminated string; out needs 3 * strlen + 1 bytes.
+ * Ids, zones and rule ids are plain ASCII almost always: whole words of 8
+ * plain bytes are copied as they are, and only a word with another byte is
+ * encoded byte by byte. */
 static size_t td_pct_enc(const char *s, char *out) {
     static const char hex[] = "0123456789ABCDEF";
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p < 0x20 || *p >= 0x7f || *p == '%') {
-            out[n++] = '%';
-            out[n++] = hex[*p >> 4];
-            out[n++] = hex[*p & 15];
+    size_t len = strlen(s), i = 0, n = 0;
+    uint64_t x;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&x, s + i, 8);
+        if (td_pct_special8(x)) break;
+        memcpy(out + n, &x, 8);
+        n += 8;
+    }
+    if (i < len && len >= 8 && i + 8 > len) {
+        /* every word so far plain (out == s up to i): the last 8 bytes, overlapping */
+        memcpy(&x, s + len - 8, 8);
+        if (!td_pct_special8(x)) {
+            memcpy(out + len - 8, &x, 8);
+            out[len] = 0;
+            return len;
+        }
+    }
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (TD_PCT_PLAIN(c)) {
+            out[n++] = (char)c;
         } else {
-            out[n++] = (char)*p;
+            out[n++] = '%';
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 15];
         }
     }
     out[n] = 0;
@@ -1129,9 +1180,10 @@ static int td_parse_time(const char *v, size_t n, td_ms *out) {
     return td_time_parse(v, n, out);
 }
 
-/* Emits one scalar descriptor at base if it differs from its default. */
-static void td_emit_flat(const td_flat *f, const char *prefix, const void *base, td_kv_fn fn,
-                         void *ud) {
+/* Emits one scalar descriptor at base if it differs from its default; the
+ * key is prefix[0..pl) (a channel's "<channel>.", or empty) then f->key. */
+static void td_emit_flat(const td_flat *f, const char *prefix, size_t pl, const void *base,
+                         td_kv_fn fn, void *ud) {
     const char *p = (const char *)base + f->off;
     char key[64];
     char val[3 * (TD_ID_MAX + 1) + 8];
@@ -1189,27 +1241,42 @@ static void td_emit_flat(const td_flat *f, const char *prefix, const void *base,
         break;
     }
     }
-    size_t kn = 0, pl = prefix ? strlen(prefix) : 0, fl = strlen(f->key);
-    if (pl + 1 + fl >= sizeof key) return; /* not reached: keys are short literals */
-    if (pl) {
-        memcpy(key, prefix, pl);
-        key[pl] = '.';
-        kn = pl + 1;
-    }
-    memcpy(key + kn, f->key, fl + 1);
-    kn += fl;
+    size_t kn = pl + f->klen;
+    if (kn >= sizeof key) return; /* not reached: keys are short literals */
+    memcpy(key, prefix, pl);
+    memcpy(key + pl, f->key, f->klen);
+    key[kn] = '\0';
     fn(ud, key, kn, val, vn);
 }
+
+/* A channel every field of which is at its default (td_chan_init): such a
+ * channel has no key in the flat form, and most channels of most states are
+ * like this. Fields absent from td_flat_chan only make the memcmp fail, which
+ * costs the field-by-field path, never a wrong form. */
+static const td_chan_state td_chan_default = {
+    .last_sent_at = TD_MS_MISSING,
+    .last_opened_at = TD_MS_MISSING,
+    .last_replied_at = TD_MS_MISSING,
+    .blocked = TD_BLOCK_NONE,
+    .consent = TD_TRI_UNSET,
+};
 
 /* Serialises the state: one call per non-default field, in the order of
  * td_flat_top, the channels, hour_hist, touches, dedup, pos.*, fired.*,
  * timer.*. Key and value buffers are valid during the call only. */
 void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud) {
     for (size_t i = 0; i < TD_NELEM(td_flat_top); i++)
-        td_emit_flat(&td_flat_top[i], NULL, st, fn, ud);
-    for (int c = 0; c < TD_CH__COUNT; c++)
+        td_emit_flat(&td_flat_top[i], "", 0, st, fn, ud);
+    for (int c = 0; c < TD_CH__COUNT; c++) {
+        if (memcmp(&st->ch[c], &td_chan_default, sizeof td_chan_default) == 0) continue;
+        char prefix[24];
+        const char *name = td_channel_name((td_channel)c);
+        size_t pl = strlen(name);
+        memcpy(prefix, name, pl);
+        prefix[pl++] = '.';
         for (size_t i = 0; i < TD_NELEM(td_flat_chan); i++)
-            td_emit_flat(&td_flat_chan[i], td_channel_name((td_channel)c), &st->ch[c], fn, ud);
+            td_emit_flat(&td_flat_chan[i], prefix, pl, &st->ch[c], fn, ud);
+    }
 
     char buf[TD_TOUCH_RING * (TD_TIME_BUF + 1) + 64];
     size_t n = 0;
@@ -1245,16 +1312,21 @@ void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud) {
         n = td_fmt_i64(st->pos[i].offset, buf);
         fn(ud, key, kn, buf, n);
     }
+    /* Rules fired by one step, and timers armed by one event, share their
+     * instant: the last one formatted is kept. */
+    td_ms memo_t = TD_MS_MISSING;
+    char memo[TD_TIME_BUF];
+    size_t memo_n = 0;
     for (uint32_t i = 0; i < st->nfired; i++) {
         memcpy(key, "fired.", 6);
         size_t kn = 6 + td_pct_enc(st->fired[i].rule, key + 6);
-        n = td_fmt_time(st->fired[i].at, buf, sizeof buf);
+        n = td_fmt_time_memo(st->fired[i].at, buf, &memo_t, memo, &memo_n);
         fn(ud, key, kn, buf, n);
     }
     for (uint32_t i = 0; i < st->ntimers; i++) {
         memcpy(key, "timer.", 6);
         size_t kn = 6 + td_pct_enc(st->timers[i].rule, key + 6);
-        n = td_fmt_time(st->timers[i].due_at, buf, sizeof buf);
+        n = td_fmt_time_memo(st->timers[i].due_at, buf, &memo_t, memo, &memo_n);
         buf[n++] = ' ';
         n += td_pct_enc(st->timers[i].armed_by, buf + n);
         fn(ud, key, kn, buf, n);

@@ -29,6 +29,21 @@
  * (tests/bench/callgrind.sh runs it on N and 2N events and prints the
  * instructions per event of each pass from the difference.)
  *
+ * --flat: what a write costs besides the step. The stream is stepped once
+ * (untimed); for --samples writes spread over it (5000 by default) the state
+ * before and after the step is copied, with the recommendations of that
+ * step. Then, timed as above:
+ *   capture       td_kvs_capture of the state after (the new flat form, into
+ *                 one reused td_kvs, as the daemon's pack_now);
+ *   diff          td_kvs_diff of the flat forms before and after;
+ *   rec_json      td_rec_json of each recommendation of the sampled steps.
+ * With --callgrind each runs once, in bench_pass_flat_capture,
+ * bench_pass_flat_diff and bench_pass_rec_json (valgrind --toggle-collect).
+ * --dump (with --flat) prints instead every sampled flat form and
+ * recommendation JSON, then the flat forms of --samples synthetic states
+ * with random and extreme field values: two builds that print the same
+ * bytes serialise identically.
+ *
  * @locality single thread.
  */
 #include <dirent.h>
@@ -40,6 +55,7 @@
 
 #include "td_engine.h"
 #include "td_event.h"
+#include "td_kvs.h"
 #include "td_rules.h"
 #include "td_state.h"
 #include "td_time.h"
@@ -59,12 +75,15 @@ typedef struct opts {
     const char *rules;
     bool callgrind;
     bool check; /* exit 1 when a target is missed */
+    bool flat;  /* flat-form capture, diff and recommendation JSON */
+    bool dump;  /* with flat: print them instead of timing */
+    long samples;
     unsigned seed;
 } opts;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: bench_engine [--prospects N] [--events N] [--seconds S] [--rules DIR]\n"
-               "                    [--seed N] [--check] [--callgrind]\n"
+               "                    [--seed N] [--check] [--callgrind] [--flat [--samples N] [--dump]]\n"
                "  --prospects N  prospects to generate (default 10000)\n"
                "  --events N     generate prospects until N events, then stop at N\n"
                "  --seconds S    minimum measured time for each kind (default 2)\n"
@@ -72,7 +91,11 @@ static void usage(FILE *f) {
                "  --check        exit 1 when a target is missed (step >= 1e6/s,\n"
                "                 decode+step >= 250e3/s)\n"
                "  --callgrind    one untimed pass of each kind, for valgrind --tool=callgrind\n"
-               "                 (see tests/bench/callgrind.sh)\n");
+               "                 (see tests/bench/callgrind.sh)\n"
+               "  --flat         measure a write's flat form (capture, diff) and the\n"
+               "                 recommendation JSON on states sampled from the stream\n"
+               "  --samples N    writes sampled for --flat (default 5000)\n"
+               "  --dump         with --flat: print the flat forms and JSON, no timing\n");
 }
 
 /* ---- a small deterministic PRNG (xorshift64*) ---- */
@@ -619,8 +642,403 @@ static void print_tally(const char *what, const tally *t, size_t events) {
            (unsigned long long)t->failed);
 }
 
+
+/* ---- --flat: a write's flat form and the recommendation JSON ---- */
+
+/* A recommendation of a sampled step, with what td_rec_json needs. */
+typedef struct flat_rec {
+    td_rec rec;
+    size_t sample; /* its step: the state after is the sample's */
+    size_t event;  /* its trigger: b->events[event] */
+} flat_rec;
+
+typedef struct flat_set {
+    td_state *before, *after; /* the prospect's state around a sampled step */
+    td_kvs *kb, *ka;          /* their flat forms (for the diff pass) */
+    td_ms *now;               /* the step's clock: generated_at of its JSON */
+    size_t n;
+    flat_rec *recs;
+    size_t nrecs, caprecs;
+} flat_set;
+
+static void flat_oom(void) {
+    fprintf(stderr, "bench_engine: out of memory\n");
+    exit(1);
+}
+
+/* Steps the whole stream once from fresh states, copying the state before
+ * and after `want` steps spread evenly over it (a write each, as the daemon
+ * would store), with their recommendations. */
+static void flat_collect(bench *b, flat_set *fs, long want) {
+    size_t n = b->s->n, stride = n / (size_t)want ? n / (size_t)want : 1;
+    size_t cap = (size_t)want < n ? (size_t)want : n;
+    fs->before = xrealloc(NULL, cap * sizeof *fs->before);
+    fs->after = xrealloc(NULL, cap * sizeof *fs->after);
+    fs->kb = calloc(cap, sizeof *fs->kb);
+    fs->ka = calloc(cap, sizeof *fs->ka);
+    fs->now = xrealloc(NULL, cap * sizeof *fs->now);
+    if (!fs->kb || !fs->ka) flat_oom();
+    states_reset(b, false);
+    tally t = {0};
+    for (size_t i = 0; i < n; i++) {
+        const td_event *ev = &b->events[i];
+        td_state *st = &b->states[b->s->v[i].prospect];
+        if (st->ntimers) fire_due(b, st, ev->occurred_at, &t);
+        bool take = i % stride == 0 && fs->n < cap;
+        if (take && td_state_copy(&fs->before[fs->n], st) != TD_OK) flat_oom();
+        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = ev};
+        count(&t, b->out, td_engine_step(b->rs, st, &trig, ev->occurred_at, b->tz, 0, b->out));
+        st->version++; /* as the daemon's write does */
+        if (!take) continue;
+        if (td_state_copy(&fs->after[fs->n], st) != TD_OK) flat_oom();
+        fs->now[fs->n] = ev->occurred_at;
+        for (uint32_t r = 0; r < b->out->nrecs; r++) {
+            if (fs->nrecs == fs->caprecs) {
+                fs->caprecs = fs->caprecs ? 2 * fs->caprecs : 1024;
+                fs->recs = xrealloc(fs->recs, fs->caprecs * sizeof *fs->recs);
+            }
+            fs->recs[fs->nrecs++] = (flat_rec){.rec = b->out->recs[r], .sample = fs->n, .event = i};
+        }
+        fs->n++;
+    }
+    for (size_t i = 0; i < fs->n; i++)
+        if (td_kvs_capture(&fs->kb[i], &fs->before[i]) != TD_OK ||
+            td_kvs_capture(&fs->ka[i], &fs->after[i]) != TD_OK)
+            flat_oom();
+}
+
+static void flat_free(flat_set *fs) {
+    for (size_t i = 0; i < fs->n; i++) {
+        td_state_free(&fs->before[i]);
+        td_state_free(&fs->after[i]);
+    }
+    td_kvs_free_array(fs->kb, fs->n);
+    td_kvs_free_array(fs->ka, fs->n);
+    free(fs->before);
+    free(fs->after);
+    free(fs->now);
+    free(fs->recs);
+}
+
+typedef struct diff_count {
+    size_t sets, dels, bytes;
+} diff_count;
+
+static void flat_count_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    diff_count *c = ud;
+    (void)k;
+    (void)v;
+    c->sets++;
+    c->bytes += kl + vl;
+}
+
+static void flat_count_del(void *ud, const char *k, size_t kl) {
+    diff_count *c = ud;
+    (void)k;
+    c->dels++;
+    c->bytes += kl;
+}
+
+BENCH_NOINLINE size_t bench_pass_flat_capture(const flat_set *fs, td_kvs *kv);
+BENCH_NOINLINE void bench_pass_flat_diff(const flat_set *fs, diff_count *c);
+BENCH_NOINLINE size_t bench_pass_rec_json(const bench *b, const flat_set *fs, td_buf *buf);
+
+/* The new flat form of each sampled write, into one reused td_kvs (as the
+ * daemon's pack_now). @returns the fields captured. */
+BENCH_NOINLINE size_t bench_pass_flat_capture(const flat_set *fs, td_kvs *kv) {
+    size_t fields = 0;
+    for (size_t i = 0; i < fs->n; i++) {
+        if (td_kvs_capture(kv, &fs->after[i]) != TD_OK) {
+            fprintf(stderr, "bench_engine: td_kvs_capture failed\n");
+            exit(1);
+        }
+        fields += kv->n;
+    }
+    return fields;
+}
+
+/* What each sampled write sends: the diff of the flat forms. */
+BENCH_NOINLINE void bench_pass_flat_diff(const flat_set *fs, diff_count *c) {
+    for (size_t i = 0; i < fs->n; i++)
+        if (td_kvs_diff(&fs->kb[i], &fs->ka[i], flat_count_set, flat_count_del, c) != TD_OK) {
+            fprintf(stderr, "bench_engine: td_kvs_diff failed\n");
+            exit(1);
+        }
+}
+
+/* The JSON of each recommendation of the sampled steps. @returns bytes. */
+BENCH_NOINLINE size_t bench_pass_rec_json(const bench *b, const flat_set *fs, td_buf *buf) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < fs->nrecs; i++) {
+        const flat_rec *r = &fs->recs[i];
+        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->events[r->event]};
+        buf->len = 0;
+        if (td_rec_json(&r->rec, &fs->after[r->sample], b->rs, &trig, fs->now[r->sample], buf) !=
+            TD_OK) {
+            fprintf(stderr, "bench_engine: td_rec_json failed\n");
+            exit(1);
+        }
+        bytes += buf->len;
+    }
+    return bytes;
+}
+
+/* ---- --flat --dump: synthetic states with random and extreme values ---- */
+
+static td_ms flat_rand_time(rng *r) {
+    static const td_ms edge[] = {
+        0, -1, 1, 999, -999, -1000, TD_DAY - 1, -TD_DAY, 951782400000LL /* 2000-02-29 */,
+        4107542400000LL /* 2100-03-01 */, -62135596800000LL /* 0001-01-01 */,
+        -62135596800001LL, 253402300799999LL /* 9999-12-31T23:59:59.999 */, 253402300800000LL,
+        INT64_MAX, INT64_MIN + 1, -62198755200000LL /* year 0 */, 1767225599999LL};
+    switch (rng_below(r, 6)) {
+    case 0: return TD_MS_MISSING;
+    case 1: return edge[rng_below(r, (int)(sizeof edge / sizeof *edge))];
+    case 2: return (td_ms)rng_next(r); /* anything */
+    case 3: /* any RFC 3339 instant, whole seconds half of the time */ {
+        td_ms t = -62135596800000LL + (td_ms)(rng_next(r) % 315537897600000ULL);
+        return rng_pct(r, 50) ? t - t % 1000 : t;
+    }
+    default: /* this decade, as real states hold */
+        return 1735689600000LL + (td_ms)(rng_next(r) % (10ULL * 365 * 86400000));
+    }
+}
+
+static int64_t flat_rand_i64(rng *r) {
+    switch (rng_below(r, 6)) {
+    case 0: return 0;
+    case 1: return INT64_MIN;
+    case 2: return INT64_MAX;
+    case 3: return (int64_t)rng_next(r);
+    default: return rng_below(r, 200) - 20;
+    }
+}
+
+static void flat_rand_str(rng *r, char *dst, size_t cap) {
+    size_t n = rng_pct(r, 30) ? 0 : (size_t)rng_below(r, (int)cap);
+    for (size_t i = 0; i < n; i++) {
+        int c = rng_pct(r, 70) ? 'a' + rng_below(r, 26) : 1 + rng_below(r, 255);
+        dst[i] = (char)c;
+    }
+    dst[n] = '\0';
+}
+
+static void flat_rand_state(rng *r, td_state *st) {
+    td_state_init(st, "p");
+    flat_rand_str(r, st->prospect_id, sizeof st->prospect_id);
+    flat_rand_str(r, st->owner_id, sizeof st->owner_id);
+    flat_rand_str(r, st->country, sizeof st->country);
+    flat_rand_str(r, st->sector, sizeof st->sector);
+    flat_rand_str(r, st->timezone, sizeof st->timezone);
+    flat_rand_str(r, st->language, sizeof st->language);
+    st->version = flat_rand_i64(r);
+    st->events = flat_rand_i64(r);
+    st->stage = (td_stage)rng_below(r, 12);
+    st->tier = rng_pct(r, 30) ? TD_INT_MISSING : flat_rand_i64(r);
+    st->gift_policy = (td_gift_policy)rng_below(r, 6);
+    st->lifetime_value_eur = rng_pct(r, 30) ? TD_DEC_MISSING : flat_rand_i64(r);
+    st->first_seen_at = flat_rand_time(r);
+    st->last_event_at = flat_rand_time(r);
+    st->last_touch_at = flat_rand_time(r);
+    st->last_inbound_at = flat_rand_time(r);
+    st->first_touch_at = flat_rand_time(r);
+    st->stage_changed_at = flat_rand_time(r);
+    st->replies = flat_rand_i64(r);
+    st->last_reply_sentiment = (td_sentiment)rng_below(r, 8);
+    st->meetings_booked = flat_rand_i64(r);
+    st->meetings_held = flat_rand_i64(r);
+    st->meetings_cancelled = flat_rand_i64(r);
+    st->meetings_no_show = flat_rand_i64(r);
+    st->next_meeting_at = flat_rand_time(r);
+    st->gift_year = rng_pct(r, 50) ? 0 : (int32_t)rng_next(r);
+    st->gifts_year_count = flat_rand_i64(r);
+    st->gifts_year_spend_eur = flat_rand_i64(r);
+    st->gifts_total = flat_rand_i64(r);
+    st->last_gift_at = flat_rand_time(r);
+    st->last_gift_kind = (td_gift_kind)rng_below(r, 10);
+    for (int c = 0; c < TD_CH__COUNT; c++) {
+        td_chan_state *ch = &st->ch[c];
+        if (rng_pct(r, 40)) continue; /* most channels stay all default */
+        ch->sent = flat_rand_i64(r);
+        ch->delivered = flat_rand_i64(r);
+        ch->opened = flat_rand_i64(r);
+        ch->clicked = flat_rand_i64(r);
+        ch->replied = flat_rand_i64(r);
+        ch->failed = flat_rand_i64(r);
+        ch->unanswered = flat_rand_i64(r);
+        ch->opens_since_reply = flat_rand_i64(r);
+        ch->last_sent_at = flat_rand_time(r);
+        ch->last_opened_at = flat_rand_time(r);
+        ch->last_replied_at = flat_rand_time(r);
+        ch->blocked = (td_block_reason)rng_below(r, 6);
+        ch->consent = (td_tristate)rng_below(r, 5);
+    }
+    st->touch_count = (uint32_t)rng_below(r, TD_TOUCH_RING + 20);
+    st->touch_head = (uint32_t)rng_next(r);
+    for (int i = 0; i < TD_TOUCH_RING; i++) {
+        td_ms t = flat_rand_time(r);
+        st->touch_ring[i] = t == TD_MS_MISSING ? 0 : t;
+    }
+    for (int h = 0; h < 24; h++)
+        st->hour_hist[h] = rng_pct(r, 50) ? 0 : (uint32_t)rng_next(r) >> rng_below(r, 32);
+    st->dedup_count = (uint32_t)rng_below(r, TD_DEDUP_RING + 10);
+    st->dedup_head = (uint32_t)rng_next(r);
+    for (int i = 0; i < TD_DEDUP_RING; i++)
+        st->dedup[i] = rng_next(r);
+    st->npos = (uint32_t)rng_below(r, TD_POS_MAX + 1);
+    for (uint32_t i = 0; i < st->npos; i++) {
+        st->pos[i].key = rng_next(r);
+        st->pos[i].offset = flat_rand_i64(r);
+    }
+    int nf = rng_below(r, 8), nt = rng_below(r, 6);
+    for (int i = 0; i < nf + nt; i++) {
+        char rule[TD_RULE_ID_MAX + 1], by[TD_ID_MAX + 1];
+        flat_rand_str(r, rule, sizeof rule);
+        flat_rand_str(r, by, sizeof by);
+        if (!rule[0]) continue;
+        td_ms t = flat_rand_time(r);
+        if (t == TD_MS_MISSING) t = 0;
+        if (i < nf)
+            td_state_set_fired(st, rule, t);
+        else
+            td_state_arm_timer(st, rule, t, by);
+    }
+}
+
+static void flat_print(const td_kvs *kv) {
+    for (size_t i = 0; i < kv->n; i++) {
+        const td_kvs_entry *e = &kv->e[i];
+        printf("%.*s=%.*s\n", (int)e->kl, kv->buf + e->k, (int)e->vl, kv->buf + e->v);
+    }
+}
+
+static void flat_dump_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    (void)ud;
+    printf("set %.*s=%.*s\n", (int)kl, k, (int)vl, v);
+}
+
+static void flat_dump_del(void *ud, const char *k, size_t kl) {
+    (void)ud;
+    printf("del %.*s\n", (int)kl, k);
+}
+
+/* Prints every sampled flat form, its diff and recommendation JSON, then
+ * the flat forms of `synthetic` random states. @returns 0 or 1. */
+static int flat_dump(const bench *b, const flat_set *fs, long synthetic, unsigned seed) {
+    for (size_t i = 0; i < fs->n; i++) {
+        printf("# sample %zu\n", i);
+        flat_print(&fs->ka[i]);
+        if (td_kvs_diff(&fs->kb[i], &fs->ka[i], flat_dump_set, flat_dump_del, NULL) != TD_OK)
+            return 1;
+    }
+    td_buf buf = {0};
+    for (size_t i = 0; i < fs->nrecs; i++) {
+        const flat_rec *r = &fs->recs[i];
+        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->events[r->event]};
+        buf.len = 0;
+        if (td_rec_json(&r->rec, &fs->after[r->sample], b->rs, &trig, fs->now[r->sample], &buf) !=
+            TD_OK)
+            return 1;
+        printf("%s\n", buf.p);
+    }
+    td_buf_free(&buf);
+    rng r = {.s = 0x853c49e6748fea9bULL ^ seed};
+    td_kvs kv = {0}, prev = {0};
+    for (long i = 0; i < synthetic; i++) {
+        td_state st;
+        flat_rand_state(&r, &st);
+        if (td_kvs_capture(&kv, &st) != TD_OK) return 1;
+        printf("# synthetic %ld\n", i);
+        flat_print(&kv);
+        if (td_kvs_diff(&prev, &kv, flat_dump_set, flat_dump_del, NULL) != TD_OK) return 1;
+        td_kvs_move(&prev, &kv);
+        td_state_free(&st);
+    }
+    td_kvs_free(&kv);
+    td_kvs_free(&prev);
+    return 0;
+}
+
+/* Runs pass `which` (0 capture, 1 diff, 2 rec_json) until `seconds` of
+ * measured time; @returns ns per item (sample, or recommendation). */
+static double flat_measure(const bench *b, const flat_set *fs, int which, double seconds,
+                           int *passes) {
+    td_kvs kv = {0};
+    td_buf buf = {0};
+    diff_count c = {0};
+    double total = 0;
+    size_t items = 0;
+    int n = 0;
+    (void)bench_pass_flat_capture(fs, &kv); /* warm-up: the reused buffers grow once */
+    do {
+        double t0 = now_s();
+        if (which == 0) {
+            (void)bench_pass_flat_capture(fs, &kv);
+            items += fs->n;
+        } else if (which == 1) {
+            bench_pass_flat_diff(fs, &c);
+            items += fs->n;
+        } else {
+            (void)bench_pass_rec_json(b, fs, &buf);
+            items += fs->nrecs;
+        }
+        total += now_s() - t0;
+        n++;
+    } while (total < seconds);
+    td_kvs_free(&kv);
+    td_buf_free(&buf);
+    *passes = n;
+    return items ? total * 1e9 / (double)items : 0;
+}
+
+/* --flat: @returns the exit status. */
+static int flat_main(bench *b, const opts *o) {
+    flat_set fs = {0};
+    flat_collect(b, &fs, o->samples);
+    int rc = 0;
+    if (o->dump) {
+        rc = flat_dump(b, &fs, o->samples, o->seed);
+        flat_free(&fs);
+        return rc;
+    }
+    size_t fields = 0, bytes = 0;
+    for (size_t i = 0; i < fs.n; i++) {
+        fields += fs.ka[i].n;
+        bytes += fs.ka[i].len;
+    }
+    diff_count c = {0};
+    for (size_t i = 0; i < fs.n; i++)
+        if (td_kvs_diff(&fs.kb[i], &fs.ka[i], flat_count_set, flat_count_del, &c) != TD_OK) rc = 1;
+    printf("  flat: %zu sampled writes, %.1f fields and %.0f bytes per flat form, %.1f sets and"
+           " %.2f deletes per diff, %zu recommendations\n",
+           fs.n, (double)fields / (double)fs.n, (double)bytes / (double)fs.n,
+           (double)c.sets / (double)fs.n, (double)c.dels / (double)fs.n, fs.nrecs);
+    if (o->callgrind) {
+        /* one pass each; callgrind counts bench_pass_flat_* and _rec_json */
+        td_kvs kv = {0};
+        td_buf buf = {0};
+        diff_count c2 = {0};
+        size_t f = bench_pass_flat_capture(&fs, &kv);
+        bench_pass_flat_diff(&fs, &c2);
+        size_t jb = bench_pass_rec_json(b, &fs, &buf);
+        printf("  flat passes: %zu fields captured, %zu sets, %zu JSON bytes\n", f, c2.sets, jb);
+        td_kvs_free(&kv);
+        td_buf_free(&buf);
+    } else {
+        static const char *const names[] = {"capture", "diff", "rec_json"};
+        static const char *const per[] = {"write", "write", "recommendation"};
+        for (int w = 0; w < 3; w++) {
+            int passes;
+            double ns = flat_measure(b, &fs, w, o->seconds, &passes);
+            printf("  %-12s %8.1f ns/%s  (%d passes)\n", names[w], ns, per[w], passes);
+        }
+    }
+    flat_free(&fs);
+    return rc;
+}
+
 int main(int argc, char **argv) {
-    opts o = {.prospects = 10000, .seconds = 2.0, .seed = 42};
+    opts o = {.prospects = 10000, .seconds = 2.0, .seed = 42, .samples = 5000};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -639,6 +1057,13 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--seed") && v) {
             o.seed = (unsigned)strtoul(v, NULL, 10);
             i++;
+        } else if (!strcmp(a, "--samples") && v) {
+            o.samples = strtol(v, NULL, 10);
+            i++;
+        } else if (!strcmp(a, "--flat")) {
+            o.flat = true;
+        } else if (!strcmp(a, "--dump")) {
+            o.dump = true;
         } else if (!strcmp(a, "--check")) {
             o.check = true;
         } else if (!strcmp(a, "--callgrind")) {
@@ -651,7 +1076,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (o.prospects <= 0 || o.events < 0 || o.seconds < 0) {
+    if (o.prospects <= 0 || o.events < 0 || o.seconds < 0 || o.samples <= 0 ||
+        (o.dump && !o.flat)) {
         usage(stderr);
         return 2;
     }
@@ -691,13 +1117,18 @@ int main(int argc, char **argv) {
     }
     states_reset(&b, true);
 
-    printf("bench_engine: %u prospects, %zu events (%zu redelivered duplicates, %.0f bytes/event"
-           " avg), generated in %.2f s\n",
-           s.prospects, s.n, s.duplicates, (double)bytes / (double)s.n, tgen);
-    printf("  ruleset %s: %zu rules from %s\n", td_ruleset_hash(rs), td_ruleset_count(rs), dir);
+    if (!o.dump) {
+        printf("bench_engine: %u prospects, %zu events (%zu redelivered duplicates, %.0f"
+               " bytes/event avg), generated in %.2f s\n",
+               s.prospects, s.n, s.duplicates, (double)bytes / (double)s.n, tgen);
+        printf("  ruleset %s: %zu rules from %s\n", td_ruleset_hash(rs), td_ruleset_count(rs),
+               dir);
+    }
 
     int rc = 0;
-    if (o.callgrind) {
+    if (o.flat) {
+        rc = flat_main(&b, &o);
+    } else if (o.callgrind) {
         /* one pass each, from fresh states; callgrind counts the functions */
         tally t1 = {0}, t2 = {0};
         bench_pass_step(&b, &t1);

@@ -1589,6 +1589,92 @@ static void test_schema_getters(void **state) {
     td_state_free(&fresh);
 }
 
+/* Percent-encoding as the flat form defines it, one byte at a time. */
+static void ref_pct(const char *s, char *out) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        out += *p < 0x20 || *p >= 0x7f || *p == '%' ? sprintf(out, "%%%02X", *p)
+                                                    : sprintf(out, "%c", *p);
+    *out = 0;
+}
+
+/* Strings of every length with one special byte (each of them) at each
+ * position, or random bytes: the serialised values and fired.* / timer.*
+ * keys match the byte-by-byte encoding (the encoder copies plain words of 8
+ * bytes at a time). */
+static void test_flat_pct_reference(void **unused) {
+    (void)unused;
+    char want[3 * (TD_ID_MAX + 1) + 16], key[3 * (TD_RULE_ID_MAX + 1) + 16];
+    for (int round = 0; round < 3000; round++) {
+        td_state st;
+        td_state_init(&st, "p");
+        size_t n = 1 + (size_t)(rnd() % TD_ID_MAX);
+        for (size_t i = 0; i < n; i++) st.owner_id[i] = (char)('a' + rnd() % 26);
+        st.owner_id[n] = 0;
+        if (round < 2 * 255) { /* each byte at a random position */
+            st.owner_id[rnd() % n] = (char)(1 + round % 255);
+        } else {
+            for (size_t i = 0; i < n; i++)
+                if (rnd() % 8 == 0) st.owner_id[i] = (char)(1 + rnd() % 255);
+        }
+        char rule[TD_RULE_ID_MAX + 1];
+        size_t rn = 1 + (size_t)(rnd() % TD_RULE_ID_MAX);
+        for (size_t i = 0; i < rn; i++)
+            rule[i] = rnd() % 6 ? (char)('a' + rnd() % 26) : (char)(1 + rnd() % 255);
+        rule[rn] = 0;
+        assert_int_equal(td_state_set_fired(&st, rule, 0), TD_OK);
+        assert_int_equal(td_state_arm_timer(&st, rule, 1000, st.owner_id), TD_OK);
+        kvlist l = {0};
+        td_state_serialize(&st, kv_collect, &l);
+        ref_pct(st.owner_id, want);
+        assert_string_equal(kv_get(&l, "owner_id"), want);
+        strcpy(key, "fired.");
+        ref_pct(rule, key + 6);
+        assert_string_equal(kv_get(&l, key), "1970-01-01T00:00:00Z");
+        memcpy(key, "timer.", 6);
+        char tv[sizeof want + 32];
+        snprintf(tv, sizeof tv, "1970-01-01T00:00:01Z %s", want);
+        assert_string_equal(kv_get(&l, key), tv);
+        kv_free(&l);
+        td_state_free(&st);
+    }
+}
+
+/* A channel with all its fields at their defaults has no key (the
+ * serialiser skips such channels whole); any one field off its default
+ * gives exactly that channel's key. */
+static void test_flat_channel_fields(void **unused) {
+    (void)unused;
+    td_state st;
+    td_state_init(&st, "p");
+    kvlist base = {0};
+    td_state_serialize(&st, kv_collect, &base);
+    static const char *const names[] = {"sent",         "delivered",     "opened",
+                                        "clicked",      "replied",       "failed",
+                                        "unanswered",   "opens_since_reply",
+                                        "last_sent_at", "last_opened_at", "last_replied_at",
+                                        "blocked",      "consent"};
+    for (int c = 0; c < TD_CH__COUNT; c++)
+        for (int f = 0; f < 13; f++) {
+            td_state_init(&st, "p");
+            td_chan_state *ch = &st.ch[c];
+            int64_t *cnt[] = {&ch->sent,     &ch->delivered, &ch->opened,     &ch->clicked,
+                              &ch->replied,  &ch->failed,    &ch->unanswered, &ch->opens_since_reply};
+            td_ms *tm[] = {&ch->last_sent_at, &ch->last_opened_at, &ch->last_replied_at};
+            if (f < 8) *cnt[f] = 1 + f;
+            else if (f < 11) *tm[f - 8] = 0;
+            else if (f == 11) ch->blocked = TD_BLOCK_OPTED_OUT;
+            else ch->consent = TD_TRI_NO;
+            kvlist l = {0};
+            td_state_serialize(&st, kv_collect, &l);
+            assert_int_equal(l.n, base.n + 1);
+            char key[64];
+            snprintf(key, sizeof key, "%s.%s", td_channel_name((td_channel)c), names[f]);
+            assert_non_null(kv_get(&l, key));
+            kv_free(&l);
+        }
+    kv_free(&base);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -1618,6 +1704,8 @@ int main(void) {
         cmocka_unit_test(test_schema_types),
         cmocka_unit_test(test_armed_by_pool),
         cmocka_unit_test_setup_teardown(test_schema_getters, setup, teardown),
+        cmocka_unit_test(test_flat_pct_reference),
+        cmocka_unit_test(test_flat_channel_fields),
     };
     return cmocka_run_group_tests_name("td_state", tests, NULL, NULL);
 }

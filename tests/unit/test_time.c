@@ -111,6 +111,122 @@ static void test_time_format(void **state)
     }
 }
 
+/* The formatter as it was before its fast path (td_civil_from_ms, then
+ * digit by digit, years clamped to 0..9999): the reference it must match. */
+static size_t ref_format(td_ms t, char *buf, size_t cap)
+{
+    td_civil c;
+    td_civil_from_ms(t, &c);
+    int year = c.year < 0 ? 0 : c.year > 9999 ? 9999 : c.year;
+    int v[7] = {year, c.month, c.day, c.hour, c.minute, c.second, c.ms};
+    static const int width[7] = {4, 2, 2, 2, 2, 2, 3};
+    static const char sep[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    char tmp[TD_TIME_BUF];
+    size_t n = 0;
+    for (int f = 0; f < 7; f++) {
+        if (f == 6 && c.ms == 0) {
+            n--; /* no ".": the "Z" takes its place */
+            break;
+        }
+        for (int i = width[f] - 1; i >= 0; i--) {
+            tmp[n + (size_t)i] = (char)('0' + v[f] % 10);
+            v[f] /= 10;
+        }
+        n += (size_t)width[f];
+        tmp[n++] = sep[f];
+    }
+    if (tmp[n - 1] != 'Z')
+        tmp[n++] = 'Z';
+    if (cap == 0)
+        return 0;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, tmp, n);
+    buf[n] = '\0';
+    return n;
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Formats t with td_time_format and ref_format into buffers of `cap` bytes
+ * (pre-filled differently) and checks length and bytes (NUL included). */
+static void check_format(td_ms t, size_t cap)
+{
+    char a[TD_TIME_BUF + 8], b[TD_TIME_BUF + 8];
+    memset(a, 'x', sizeof a);
+    memset(b, 'y', sizeof b);
+    size_t na = td_time_format(t, a, cap), nb = ref_format(t, b, cap);
+    if (na != nb || (cap && memcmp(a, b, na + 1) != 0) || (!cap && a[0] != 'x'))
+        fail_msg("td_time_format(%lld, cap %zu): \"%.*s\" (%zu), expected \"%.*s\" (%zu)",
+                 (long long)t, cap, (int)na, a, na, (int)nb, b, nb);
+}
+
+static void test_time_format_reference(void **state)
+{
+    (void)state;
+    /* the reference itself, on known instants */
+    char buf[TD_TIME_BUF];
+    assert_int_equal(ref_format(1795342500250LL, buf, sizeof buf), 24);
+    assert_string_equal(buf, "2026-11-22T10:15:00.250Z");
+    assert_int_equal(ref_format(951782400000LL, buf, sizeof buf), 20);
+    assert_string_equal(buf, "2000-02-29T00:00:00Z");
+    /* every day of 1900..2199 and every 13th day of 0001..9999, at a
+     * random instant of the day and at its first and last millisecond */
+    uint64_t rs = 0x9e3779b97f4a7c15ULL;
+    td_ms lo = -62135596800000LL, hi = 253402300799999LL;
+    td_ms d1900 = td_civil_to_ms(1900, 1, 1, 0, 0, 0), d2200 = td_civil_to_ms(2200, 1, 1, 0, 0, 0);
+    for (td_ms d = lo; d <= hi; d += (d >= d1900 && d < d2200) ? TD_DAY : 13 * TD_DAY) {
+        check_format(d, TD_TIME_BUF);
+        check_format(d + TD_DAY - 1, TD_TIME_BUF);
+        td_ms r = d + (td_ms)(xorshift(&rs) % (uint64_t)TD_DAY);
+        check_format(r, TD_TIME_BUF);
+        check_format(r - r % 1000, TD_TIME_BUF); /* whole seconds: no ".mmm" */
+    }
+    /* leap days, century rules, the edges of the range and just outside */
+    static const td_ms edge[] = {0,
+                                 -1,
+                                 1,
+                                 999,
+                                 1000,
+                                 -62135596800000LL,
+                                 -62135596800001LL,
+                                 253402300799999LL,
+                                 253402300800000LL,
+                                 -62198755200000LL, /* year 0: clamped path */
+                                 INT64_MAX,
+                                 INT64_MIN,
+                                 INT64_MIN + 1,
+                                 INT64_MAX - TD_DAY};
+    for (size_t i = 0; i < sizeof edge / sizeof *edge; i++)
+        for (size_t cap = 0; cap <= TD_TIME_BUF; cap++)
+            check_format(edge[i], cap);
+    static const int leap[][3] = {{2000, 2, 29}, {2024, 2, 29}, {1600, 2, 29}, {4, 2, 29},
+                                  {9996, 2, 29}, {2100, 2, 28}, {2100, 3, 1}, {1900, 3, 1},
+                                  {2400, 2, 29}, {1, 1, 1},     {9999, 12, 31}};
+    for (size_t i = 0; i < sizeof leap / sizeof *leap; i++) {
+        td_ms t = td_civil_to_ms(leap[i][0], leap[i][1], leap[i][2], 23, 59, 59) + 999;
+        check_format(t, TD_TIME_BUF);
+        td_time_format(t, buf, sizeof buf);
+        char want[16];
+        snprintf(want, sizeof want, "%04d-%02d-%02d", leap[i][0], leap[i][1], leap[i][2]);
+        assert_memory_equal(buf, want, 10);
+    }
+    /* random instants anywhere in int64 (most outside 1..9999), and random
+     * ones inside with every buffer size (truncation) */
+    for (int i = 0; i < 200000; i++) {
+        check_format((td_ms)xorshift(&rs), TD_TIME_BUF);
+        td_ms t = lo + (td_ms)(xorshift(&rs) % (uint64_t)(hi - lo + 1));
+        check_format(t, (size_t)(xorshift(&rs) % (TD_TIME_BUF + 1)));
+        check_format(t - t % 1000, TD_TIME_BUF);
+    }
+}
+
 static void test_civil(void **state)
 {
     (void)state;
@@ -521,6 +637,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tz_to_utc, tz_setup, tz_teardown),
         cmocka_unit_test_setup_teardown(test_tz_cache_consistent, tz_setup, tz_teardown),
         cmocka_unit_test(test_base),
+        cmocka_unit_test(test_time_format_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
