@@ -68,17 +68,21 @@
  * Returns 1 when written, 0 on a version mismatch.
  *
  * With the timer index on (td_redis_set_timer_shards), KEYS[2] = the
- * prospect's timer shard ("<prefix>:t:<shard>") and the arguments are
- * ARGV[1] = expected version, ARGV[2] = member prefix ("<id>\x1f"),
- * ARGV[3] = T, the number of timer.* fields among the pairs, ARGV[4..3+T] =
- * their due times in ms (in the order the timer.* fields appear), then the
- * pairs. Before replacing the hash the script reads the stored timer.*
- * fields (HKEYS + HMGET); after writing, a timer field that is new or whose
- * value ("<due> <armed_by>") changed is ZADDed (member = prefix + the part
- * after "timer."; a re-arm updates the score of the same member), and a
- * stored timer field that is gone is ZREMed. An unchanged timer is not
- * touched (it may be claimed and firing right now: re-adding it would let a
- * second claimer in). One script, one node: state and index change together.
+ * prospect's timer shard ("<prefix>:t:<shard>"), KEYS[3] = the heads
+ * ("<prefix>:t:heads") and the arguments are ARGV[1] = expected version,
+ * ARGV[2] = member prefix ("<id>\x1f"), ARGV[3] = the shard number (its
+ * member in the heads), ARGV[4] = T, the number of timer.* fields among the
+ * pairs, ARGV[5..4+T] = their due times in ms (in the order the timer.*
+ * fields appear), then the pairs. Before replacing the hash the script reads
+ * the stored timer.* fields (HKEYS + HMGET); after writing, a timer field
+ * that is new or whose value ("<due> <armed_by>") changed is ZADDed (member
+ * = prefix + the part after "timer."; a re-arm updates the score of the same
+ * member), the shard's head is lowered to the earliest due time ZADDed
+ * (ZADD LT: never raised, so it stays a lower bound of the shard; see
+ * td_timers.h), and a stored timer field that is gone is ZREMed (the head
+ * may then be early: harmless). An unchanged timer is not touched (it may be
+ * claimed and firing right now: re-adding it would let a second claimer
+ * in). One script, one node: state, index and head change together.
  */
 static const char td_redis_cas_lua[] =
     "local key = KEYS[1]\n"
@@ -86,14 +90,14 @@ static const char td_redis_cas_lua[] =
     "if not cur then cur = '0' end\n"
     "if cur ~= ARGV[1] then return 0 end\n"
     "local i = 2\n"
-    "local zk, mp, old, sc\n"
+    "local zk, hk, hs, mp, old, sc\n"
     "if #KEYS > 1 then\n"
-    "  zk = KEYS[2]\n"
-    "  mp = ARGV[2]\n"
-    "  local nt = tonumber(ARGV[3])\n"
+    "  zk, hk = KEYS[2], KEYS[3]\n"
+    "  mp, hs = ARGV[2], ARGV[3]\n"
+    "  local nt = tonumber(ARGV[4])\n"
     "  sc = {}\n"
-    "  for k = 1, nt do sc[k] = ARGV[3 + k] end\n"
-    "  i = 4 + nt\n"
+    "  for k = 1, nt do sc[k] = ARGV[4 + k] end\n"
+    "  i = 5 + nt\n"
     "  old = {}\n"
     "  local names = {}\n"
     "  for _, f in ipairs(redis.call('HKEYS', key)) do\n"
@@ -115,17 +119,19 @@ static const char td_redis_cas_lua[] =
     "  i = j + 1\n"
     "end\n"
     "if zk then\n"
-    "  local t = 0\n"
+    "  local t, lo = 0, nil\n"
     "  for k = first, n - 1, 2 do\n"
     "    local f = ARGV[k]\n"
     "    if string.sub(f, 1, 6) == 'timer.' then\n"
     "      t = t + 1\n"
     "      if old[f] ~= ARGV[k + 1] then\n"
     "        redis.call('ZADD', zk, sc[t], mp .. string.sub(f, 7))\n"
+    "        if not lo or tonumber(sc[t]) < tonumber(lo) then lo = sc[t] end\n"
     "      end\n"
     "      old[f] = nil\n"
     "    end\n"
     "  end\n"
+    "  if lo then redis.call('ZADD', hk, 'LT', lo, hs) end\n"
     "  local rem = {}\n"
     "  for f, _ in pairs(old) do rem[#rem + 1] = mp .. string.sub(f, 7) end\n"
     "  if #rem > 0 then redis.call('ZREM', zk, unpack(rem)) end\n"
@@ -140,11 +146,15 @@ static const char td_redis_cas_lua[] =
  * write's cost in Redis.
  *
  * ARGV[1] = P, the number of prospects; ARGV[2] = "1" when the timer index
- * is on. KEYS = for each prospect its hash, then (index on) its timer shard.
+ * is on. KEYS = for each prospect its hash, then (index on) its timer shard;
+ * with the index, the last key is the heads ("<prefix>:t:heads").
  * Then per prospect, from ARGV[3] on: the expected version, the member
- * prefix ("<id>\x1f", or ""), NS, ND, NZ, NR, then NS field/value pairs to
+ * prefix ("<id>\x1f", or ""), the shard number (its heads member, or ""),
+ * NS, ND, NZ, NR, then NS field/value pairs to
  * set (the first pair is always "v" = expected + 1), ND fields to delete, NZ
- * (score, member suffix) pairs to ZADD and NR member suffixes to ZREM.
+ * (score, member suffix) pairs to ZADD and NR member suffixes to ZREM. With
+ * ZADDs the shard's head is lowered to the earliest of their scores (ZADD
+ * LT, as in the state script).
  * Returns an array of P integers: 1 written, 0 version mismatch (nothing of
  * that prospect written). Writing only the changed fields is what makes a
  * state write cheap: an event changes a handful of a state's fifty-odd
@@ -153,16 +163,17 @@ static const char td_redis_cas_lua[] =
 static const char td_redis_diff_lua[] =
     "local np = tonumber(ARGV[1])\n"
     "local zon = ARGV[2] == '1'\n"
+    "local hk = KEYS[#KEYS]\n"
     "local a, k, res = 3, 1, {}\n"
     "for p = 1, np do\n"
     "  local key = KEYS[k]\n"
     "  k = k + 1\n"
     "  local zk\n"
     "  if zon then zk = KEYS[k]; k = k + 1 end\n"
-    "  local exp, mp = ARGV[a], ARGV[a + 1]\n"
-    "  local ns, nd = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
-    "  local nz, nr = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])\n"
-    "  local i = a + 6\n"
+    "  local exp, mp, hs = ARGV[a], ARGV[a + 1], ARGV[a + 2]\n"
+    "  local ns, nd = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])\n"
+    "  local nz, nr = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])\n"
+    "  local i = a + 7\n"
     "  local nxt = i + 2 * ns + nd + 2 * nz + nr\n"
     "  local cur = redis.call('HGET', key, 'v')\n"
     "  if not cur then cur = '0' end\n"
@@ -180,13 +191,15 @@ static const char td_redis_diff_lua[] =
     "    i = i + nd\n"
     "    if zk then\n"
     "      if nz > 0 then\n"
-    "        local add = {}\n"
+    "        local add, lo = {}, nil\n"
     "        for z = 1, nz do\n"
     "          add[2 * z - 1] = ARGV[i]\n"
     "          add[2 * z] = mp .. ARGV[i + 1]\n"
+    "          if not lo or tonumber(ARGV[i]) < tonumber(lo) then lo = ARGV[i] end\n"
     "          i = i + 2\n"
     "        end\n"
     "        redis.call('ZADD', zk, unpack(add))\n"
+    "        redis.call('ZADD', hk, 'LT', lo, hs)\n"
     "      end\n"
     "      if nr > 0 then\n"
     "        local rem = {}\n"
@@ -859,12 +872,13 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     rs_pushs(&r->s, "EVALSHA");
     rs_pushs(&r->s, r->sha);
     if (r->timer_shards) {
-        rs_pushs(&r->s, "2");
+        rs_pushs(&r->s, "3");
         rd_push_key(r, st->prospect_id);
         char zk[96];
-        size_t zn = td_timers_shard_key(r->conf.key_prefix,
-                                        td_timers_shard(st->prospect_id, r->timer_shards), zk,
-                                        sizeof zk);
+        uint32_t shard = td_timers_shard(st->prospect_id, r->timer_shards);
+        size_t zn = td_timers_shard_key(r->conf.key_prefix, shard, zk, sizeof zk);
+        rs_push(&r->s, zk, zn < sizeof zk ? zn : sizeof zk - 1);
+        zn = td_timers_heads_key(r->conf.key_prefix, zk, sizeof zk);
         rs_push(&r->s, zk, zn < sizeof zk ? zn : sizeof zk - 1);
         rs_pushs(&r->s, ver);
         char mp[TD_ID_MAX + 2];
@@ -873,6 +887,8 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
         mp[pn++] = TD_TIMER_SEP;
         rs_push(&r->s, mp, pn);
         char num[24];
+        snprintf(num, sizeof num, "%" PRIu32, shard);
+        rs_pushs(&r->s, num);
         snprintf(num, sizeof num, "%" PRIu32, st->ntimers);
         rs_pushs(&r->s, num);
         /* td_state_serialize emits timer.* in st->timers order */
@@ -1065,11 +1081,10 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
     char key[TD_ID_MAX + 80];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     rs_push(&d->keys, key, kn < sizeof key ? kn : sizeof key - 1);
+    uint32_t shard = r->timer_shards ? td_timers_shard(st->prospect_id, r->timer_shards) : 0;
     if (r->timer_shards) {
         char zk[96];
-        size_t zn = td_timers_shard_key(r->conf.key_prefix,
-                                        td_timers_shard(st->prospect_id, r->timer_shards), zk,
-                                        sizeof zk);
+        size_t zn = td_timers_shard_key(r->conf.key_prefix, shard, zk, sizeof zk);
         rs_push(&d->keys, zk, zn < sizeof zk ? zn : sizeof zk - 1);
     }
     char num[24], ver[24];
@@ -1080,6 +1095,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
     memcpy(mp, st->prospect_id, pn);
     mp[pn++] = TD_TIMER_SEP;
     rs_push(a, mp, r->timer_shards ? pn : 0);
+    rs_push(a, num, r->timer_shards ? td_fmt_u64(shard, num) : 0); /* its heads member */
     /* without the index, timer fields are plain hash fields */
     size_t nz = r->timer_shards ? d->zadd.n : 0, nr = r->timer_shards ? d->zrem.n : 0;
     rs_push(a, num, td_fmt_u64(d->nsets + 1, num)); /* + the version pair */
@@ -1121,9 +1137,14 @@ static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
     rs_reset(s);
     rs_push(s, "EVALSHA", 7);
     rs_push(s, r->dsha, 40);
-    rs_push(s, num, td_fmt_u64(d->keys.n, num));
+    rs_push(s, num, td_fmt_u64(d->keys.n + (r->timer_shards ? 1 : 0), num));
     for (size_t k = 0; k < d->keys.n; k++)
         rs_push(s, d->keys.buf + d->keys.off[k], d->keys.slen[k]);
+    if (r->timer_shards) { /* the heads, last (td_redis_diff_lua) */
+        char hk[96];
+        size_t hn = td_timers_heads_key(r->conf.key_prefix, hk, sizeof hk);
+        rs_push(s, hk, hn < sizeof hk ? hn : sizeof hk - 1);
+    }
     rs_push(s, num, td_fmt_u64(np, num));
     rs_push(s, r->timer_shards ? "1" : "0", 1);
     for (size_t k = 0; k < d->args.n; k++)
@@ -1245,11 +1266,11 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
     if (!r->timer_shards || (d->zadd.n == 0 && d->zrem.n == 0))
         return TD_OK;
     char zk[96];
-    size_t zn = td_timers_shard_key(r->conf.key_prefix,
-                                    td_timers_shard(st->prospect_id, r->timer_shards), zk,
-                                    sizeof zk);
+    uint32_t shard = td_timers_shard(st->prospect_id, r->timer_shards);
+    size_t zn = td_timers_shard_key(r->conf.key_prefix, shard, zk, sizeof zk);
     if (zn >= sizeof zk)
         zn = sizeof zk - 1;
+    td_ms lo = TD_MS_MISSING; /* the earliest due time ZADDed: the head's bound */
     char member[TD_ID_MAX + 2 + 3 * (TD_RULE_ID_MAX + 1) + 1];
     size_t pn = strlen(st->prospect_id);
     memcpy(member, st->prospect_id, pn);
@@ -1275,10 +1296,27 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
                 }
                 char dn[24];
                 rs_push(c, dn, td_fmt_i64(due, dn));
+                if (lo == TD_MS_MISSING || due < lo)
+                    lo = due;
             }
             memcpy(member + pn, sfx, sl);
             rs_push(c, member, pn + sl);
         }
+        if (rd_append(r) != TD_OK)
+            return TD_ERR;
+        (*queued)++;
+    }
+    if (lo != TD_MS_MISSING) {
+        /* lower the shard's head in the same MULTI (td_timers.h: a head is
+         * never later than its shard's earliest member) */
+        char hk[96], dn[24], sn[24];
+        size_t hn = td_timers_heads_key(r->conf.key_prefix, hk, sizeof hk);
+        rs_reset(c);
+        rs_push(c, "ZADD", 4);
+        rs_push(c, hk, hn < sizeof hk ? hn : sizeof hk - 1);
+        rs_push(c, "LT", 2);
+        rs_push(c, dn, td_fmt_i64(lo, dn));
+        rs_push(c, sn, td_fmt_u64(shard, sn));
         if (rd_append(r) != TD_OK)
             return TD_ERR;
         (*queued)++;

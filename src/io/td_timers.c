@@ -12,10 +12,17 @@
  *   (backoff_min_ms doubling to backoff_max_ms), like td_redis.
  *
  * - Two Lua scripts, loaded on first use and re-loaded on NOSCRIPT:
- *   claim (KEYS[1] = claimed set, KEYS[2..] = shard keys; ARGV = now,
- *   lease end, budget) and ack (KEYS[1] = claimed set; ARGV = member,
- *   lease pairs). Both run atomically, so two instances polling the same
- *   shards never receive the same member under the same lease.
+ *   claim (KEYS = claimed set, heads, the safety-net window of shards; see
+ *   tm_claim_lua) and ack (KEYS[1] = claimed set; ARGV = member, lease
+ *   pairs). Both run atomically, so two instances polling the same shards
+ *   never receive the same member under the same lease, and a head is never
+ *   re-computed while a writer is between its ZADD and its head update.
+ *
+ * - The heads (<prefix>:t:heads) make a poll cost what is due, not the
+ *   number of shards: see td_timers.h for the invariant and docs/timers.md
+ *   for the argument. The round-robin window is only a safety net now; it
+ *   runs fast for the first full round after td_timers_new (the upgrade
+ *   path: shards written by a version without heads), then slowly.
  *
  * - The poll round keeps its arrays (claims sorted by prospect, one state per
  *   prospect) sized for claim_batch and reuses them.
@@ -37,15 +44,37 @@
 #include "td_rconn.h"
 
 /*
- * Claim. Re-leases expired claims first (their claimer died or gave up:
- * reported with due "-1", the state knows when they were due), then takes due
- * members shard by shard until the budget is spent. Returns
- * {shards_scanned, member, due, member, due, ...}. ZADD/ZREM in chunks of
- * 200 members (Lua's unpack limit is ~8000 values).
+ * Claim. KEYS[1] = the claimed set, KEYS[2] = the heads, KEYS[3..] = the
+ * safety-net window of shards; ARGV = now, lease end, budget, the shard key
+ * prefix ("<prefix>:t:"), the window's first shard number, the shard count.
+ *
+ * 1. Re-leases expired claims (their claimer died or gave up: reported with
+ *    due "-1", the state knows when they were due).
+ * 2. Safety net: re-computes the head of every window shard from its first
+ *    member (members written without a head: an older touchd, a hand edit).
+ * 3. Asks the heads for shards with something due (score <= now), earliest
+ *    first, 32 at a time, and takes due members shard by shard until the
+ *    budget is spent (or budget shards were visited); every visited shard's
+ *    head is re-computed (exact: the script runs alone, so no write can slip
+ *    between the read and the head), which takes it out of the due range
+ *    unless the budget ran out inside it: so each page is read from the
+ *    start of the range.
+ *
+ * Heads are only ever set exactly here (from the shard's own first member)
+ * or lowered by writers (ZADD LT), so a head is never later than its shard's
+ * earliest member. Heads members that are not decimal shard numbers (a hand
+ * edit) are removed, so a typo can never turn another key into a "shard".
+ * Shard keys of step 3 are derived from the heads (not declared in KEYS):
+ * fine on one node; Redis Cluster is unsupported anyway (docs/timers.md).
+ * Returns {window shards done, member, due, member, due, ...}. ZADD/ZREM in
+ * chunks of 200 members (Lua's unpack limit is ~8000 values). On an idle
+ * poll nothing is written (ZADD of an unchanged score and ZREM of an absent
+ * member change nothing and are not replicated).
  */
 static const char tm_claim_lua[] =
-    "local cl = KEYS[1]\n"
+    "local cl, hk = KEYS[1], KEYS[2]\n"
     "local now, lease, budget = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+    "local pfx, first, nsh = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])\n"
     "local out = {0}\n"
     "local function move(src, ms)\n"
     "  local k = 1\n"
@@ -59,28 +88,45 @@ static const char tm_claim_lua[] =
     "    k = e + 1\n"
     "  end\n"
     "end\n"
+    "local function fix(key, s)\n"
+    "  local h = redis.call('ZRANGEBYSCORE', key, '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)\n"
+    "  if #h > 0 then redis.call('ZADD', hk, h[2], s) else redis.call('ZREM', hk, s) end\n"
+    "end\n"
     "local exp = redis.call('ZRANGEBYSCORE', cl, '-inf', now, 'LIMIT', 0, budget)\n"
     "if #exp > 0 then\n"
     "  move(nil, exp)\n"
     "  for _, m in ipairs(exp) do out[#out + 1] = m; out[#out + 1] = '-1' end\n"
     "  budget = budget - #exp\n"
     "end\n"
-    "local scanned = 0\n"
-    "for i = 2, #KEYS do\n"
-    "  if budget <= 0 then break end\n"
-    "  local d = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'WITHSCORES', 'LIMIT', 0, budget)\n"
-    "  if #d > 0 then\n"
-    "    local ms = {}\n"
-    "    for j = 1, #d, 2 do\n"
-    "      ms[#ms + 1] = d[j]\n"
-    "      out[#out + 1] = d[j]; out[#out + 1] = d[j + 1]\n"
-    "    end\n"
-    "    move(KEYS[i], ms)\n"
-    "    budget = budget - #ms\n"
-    "  end\n"
-    "  scanned = scanned + 1\n"
+    "for i = 3, #KEYS do\n"
+    "  fix(KEYS[i], string.format('%d', (first + i - 3) % nsh))\n"
     "end\n"
-    "out[1] = scanned\n"
+    "out[1] = #KEYS - 2\n"
+    "local visits = tonumber(ARGV[3])\n"
+    "while budget > 0 and visits > 0 do\n"
+    "  local hs = redis.call('ZRANGEBYSCORE', hk, '-inf', now, 'LIMIT', 0, 32)\n"
+    "  for _, s in ipairs(hs) do\n"
+    "    if budget <= 0 then break end\n"
+    "    visits = visits - 1\n"
+    "    if string.match(s, '^%d+$') then\n"
+    "      local key = pfx .. s\n"
+    "      local d = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, budget)\n"
+    "      if #d > 0 then\n"
+    "        local ms = {}\n"
+    "        for j = 1, #d, 2 do\n"
+    "          ms[#ms + 1] = d[j]\n"
+    "          out[#out + 1] = d[j]; out[#out + 1] = d[j + 1]\n"
+    "        end\n"
+    "        move(key, ms)\n"
+    "        budget = budget - #ms\n"
+    "      end\n"
+    "      fix(key, s)\n"
+    "    else\n"
+    "      redis.call('ZREM', hk, s)\n"
+    "    end\n"
+    "  end\n"
+    "  if #hs < 32 then break end\n"
+    "end\n"
     "return out\n";
 
 /* Ack: removes a claimed member only while it still holds the caller's lease. */
@@ -96,6 +142,9 @@ static const char tm_ack_lua[] =
     "return n\n";
 
 enum { TM_CLAIM = 0, TM_ACK = 1, TM_NSCRIPTS = 2 };
+
+/* The start-up round visits every shard within this much polling time. */
+#define TM_CATCHUP_MS 500
 static const char *const tm_scripts[TM_NSCRIPTS] = {tm_claim_lua, tm_ack_lua};
 
 /* A prospect of the current round: claims [first, first + n) of the sorted
@@ -120,9 +169,13 @@ struct td_timers {
     td_rconn rc; /* the connection (td_rconn.h) */
     char sha[TM_NSCRIPTS][41];
     char err[512];
-    uint32_t cursor;  /* next shard of the round robin */
-    uint32_t window;  /* shards per claim call */
+    uint32_t cursor;  /* next shard of the safety-net round robin */
+    uint32_t window;  /* safety-net shards per claim call */
+    uint32_t fast_window;  /* the same during the start-up round */
+    uint32_t catchup_left; /* shards of the start-up round still to visit */
     char claimed_key[96];
+    char heads_key[96];
+    char shard_prefix[96]; /* "<prefix>:t:" */
 
     /* argv scratch */
     const char **argv;
@@ -167,7 +220,7 @@ void td_timers_conf_default(td_timers_conf *c) {
     c->poll_ms = 100;
     c->claim_batch = 500;
     c->lease_ms = 30000;
-    c->sweep_ms = 500;
+    c->sweep_ms = 60000;
     c->overdue_policy = TD_OVERDUE_FIRE_LATE;
     c->drop_older_than = 0;
 }
@@ -214,6 +267,11 @@ size_t td_timers_shard_key(const char *prefix, uint32_t shard, char *buf, size_t
 
 size_t td_timers_claimed_key(const char *prefix, char *buf, size_t cap) {
     int n = snprintf(buf, cap, "%s:t:claimed", prefix);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+size_t td_timers_heads_key(const char *prefix, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%s:t:heads", prefix);
     return n < 0 ? 0 : (size_t)n;
 }
 
@@ -341,8 +399,17 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
         goto oom;
     td_rconn_init(&t->rc, &t->rconf, "redis timers", t->err, sizeof t->err);
     td_timers_claimed_key(t->rconf.key_prefix, t->claimed_key, sizeof t->claimed_key);
+    td_timers_heads_key(t->rconf.key_prefix, t->heads_key, sizeof t->heads_key);
+    snprintf(t->shard_prefix, sizeof t->shard_prefix, "%s:t:", t->rconf.key_prefix);
     int64_t w = ((int64_t)tconf->shards * tconf->poll_ms + tconf->sweep_ms - 1) / tconf->sweep_ms;
     t->window = (uint32_t)(w < 1 ? 1 : w > tconf->shards ? tconf->shards : w);
+    /* the start-up round: the old full-sweep pace (every shard within 500 ms
+     * of polls), so heads missing after an upgrade are rebuilt at once */
+    w = ((int64_t)tconf->shards * tconf->poll_ms + TM_CATCHUP_MS - 1) / TM_CATCHUP_MS;
+    t->fast_window = (uint32_t)(w < 1 ? 1 : w > tconf->shards ? tconf->shards : w);
+    if (t->fast_window < t->window)
+        t->fast_window = t->window;
+    t->catchup_left = (uint32_t)tconf->shards;
     size_t cap = (size_t)tconf->claim_batch;
     t->claims = calloc(cap, sizeof *t->claims);
     t->groups = calloc(cap, sizeof *t->groups);
@@ -432,8 +499,9 @@ static bool tm_parse_i64(const char *s, size_t n, int64_t *out) {
     return true;
 }
 
-/* Claims from shards [first, first + count); *scanned receives how many of
- * them were looked at before the budget ran out. */
+/* Claims what the heads say is due, after re-computing the heads of the
+ * safety-net window [first, first + count) (count 0: none); *scanned
+ * receives how many window shards were done (all of them). */
 static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,
                     size_t max, uint32_t *scanned) {
     t->err[0] = '\0';
@@ -441,14 +509,16 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
     uint32_t shards = (uint32_t)t->conf.shards;
     if (count > shards)
         count = shards;
-    if (max == 0 || count == 0)
+    if (max == 0)
         return 0;
     tm_args_reset(t);
     size_t argc = 0;
     char num[32];
     bool ok = tm_arg(t, &argc, "", 0) && tm_arg(t, &argc, "", 0); /* EVALSHA sha */
-    snprintf(num, sizeof num, "%" PRIu32, count + 1);
-    ok = ok && tm_args(t, &argc, num) && tm_args(t, &argc, t->claimed_key);
+    snprintf(num, sizeof num, "%" PRIu32, count + 2);
+    ok = ok && tm_args(t, &argc, num) && tm_args(t, &argc, t->claimed_key) &&
+         tm_args(t, &argc, t->heads_key);
+    first %= shards;
     for (uint32_t i = 0; ok && i < count; i++) {
         char key[96];
         size_t n = td_timers_shard_key(t->rconf.key_prefix, (first + i) % shards, key, sizeof key);
@@ -460,6 +530,10 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
     snprintf(num, sizeof num, "%" PRId64, (int64_t)lease);
     ok = ok && tm_args(t, &argc, num);
     snprintf(num, sizeof num, "%zu", max);
+    ok = ok && tm_args(t, &argc, num) && tm_args(t, &argc, t->shard_prefix);
+    snprintf(num, sizeof num, "%" PRIu32, first);
+    ok = ok && tm_args(t, &argc, num);
+    snprintf(num, sizeof num, "%" PRIu32, shards);
     ok = ok && tm_args(t, &argc, num);
     if (!ok) {
         tm_seterr(t, "redis timers: out of memory");
@@ -476,6 +550,7 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
         return TD_ERR;
     }
     *scanned = (uint32_t)(rep->element[0]->integer < 0 ? 0 : rep->element[0]->integer);
+    t->stats.swept += *scanned;
     size_t n = 0;
     for (size_t i = 1; i + 1 < rep->elements && n < max; i += 2) {
         const redisReply *m = rep->element[i], *s = rep->element[i + 1];
@@ -513,13 +588,15 @@ int td_timers_claim_range(td_timers *t, td_ms now, uint32_t first, uint32_t coun
 }
 
 int td_timers_claim(td_timers *t, td_ms now, td_claim *out, size_t max) {
-    /* Round robin: the next poll starts after the last shard this one looked
-     * at (when the budget ran out inside the window, the rest of the window
-     * comes next). */
+    /* The safety-net round robin: the next poll's window starts after this
+     * one's; the first full round after start goes at the fast pace. */
+    uint32_t w = t->catchup_left > 0 ? t->fast_window : t->window;
     uint32_t scanned = 0;
-    int n = tm_claim(t, now, t->cursor, t->window, out, max, &scanned);
-    if (n >= 0)
+    int n = tm_claim(t, now, t->cursor, w, out, max, &scanned);
+    if (n >= 0) {
         t->cursor = (uint32_t)(((uint64_t)t->cursor + scanned) % (uint32_t)t->conf.shards);
+        t->catchup_left = t->catchup_left > scanned ? t->catchup_left - scanned : 0;
+    }
     return n;
 }
 

@@ -8,19 +8,31 @@
  *   <prefix>:t:<shard>      sorted set, one per shard (shard = hash of the
  *                           prospect id mod `shards`): member
  *                           "<prospect_id>\x1f<rule_id>", score = due ms
+ *   <prefix>:t:heads        sorted set of shards: member = the shard number
+ *                           (decimal), score = a LOWER BOUND of the earliest
+ *                           due time in that shard
  *   <prefix>:t:claimed      sorted set of claimed members, score = lease end ms
+ *
+ * The heads invariant: every member of a shard has a score >= its shard's
+ * head (a shard with members has a head). A head may be too early (harmless:
+ * the claim looks, finds nothing and corrects it) but never too late.
  *
  * Arming: td_redis_store (once td_redis_set_timer_shards was called) writes
  * the state and, in the same Lua script (atomic on one Redis node), ZADDs the
- * timers that are new or changed and ZREMs those that were disarmed, by
- * diffing the stored hash's timer.* fields against the new ones.
+ * timers that are new or changed, lowers the shard's head (ZADD heads LT)
+ * and ZREMs those that were disarmed, by diffing the stored hash's timer.*
+ * fields against the new ones. Every other write path into a shard (the diff
+ * script, the WATCH/MULTI diff writes) does the same in the same atomic unit.
  *
- * Claiming: td_timers_claim runs one Lua script that moves up to
- * claim_batch due members (score <= now) from a window of shards (round
- * robin) into the claimed set with a lease, and re-leases members whose lease
- * expired (their claimer died). td_timers_ack removes claimed members, but
- * only those still holding the lease the caller got (a member re-claimed by
- * someone else is left alone).
+ * Claiming: td_timers_claim runs one Lua script that re-leases members whose
+ * lease expired (their claimer died), re-computes the heads of a small
+ * round-robin window of shards (the safety net: members written without a
+ * head, by an older touchd or by hand), then asks the heads which shards have
+ * something due (score <= now) and moves up to claim_batch due members from
+ * those into the claimed set with a lease, re-computing each visited shard's
+ * head. An idle poll is two ZRANGEBYSCOREs plus the window (a few shards).
+ * td_timers_ack removes claimed members, but only those still holding the
+ * lease the caller got (a member re-claimed by someone else is left alone).
  *
  * Firing: td_timers_poll does one full round: claim, load the states, step
  * the engine with TD_TRIG_TIMER triggers built from the state's pending timer,
@@ -53,7 +65,9 @@ typedef struct td_timers_conf {
     int poll_ms;         /* 100: pause between polls when nothing was due */
     int claim_batch;     /* 500: members claimed per poll at most (1..2000) */
     int lease_ms;        /* 30000: a claim not acked by then is claimable again */
-    int sweep_ms;        /* 500: every shard is visited at least once per sweep_ms of polls */
+    int sweep_ms;        /* 60000: the safety net: every shard's head is re-computed at least
+                            once per sweep_ms of polls (due timers are found through the
+                            heads at every poll, whatever sweep_ms) */
     td_overdue_policy overdue_policy; /* TD_OVERDUE_FIRE_LATE */
     td_ms drop_older_than;            /* with TD_OVERDUE_DROP: > 0 */
 } td_timers_conf;
@@ -71,6 +85,8 @@ uint32_t td_timers_shard(const char *prospect_id, uint32_t shards);
 size_t td_timers_shard_key(const char *prefix, uint32_t shard, char *buf, size_t cap);
 /* "<prefix>:t:claimed" into buf; returns the length. */
 size_t td_timers_claimed_key(const char *prefix, char *buf, size_t cap);
+/* "<prefix>:t:heads" into buf; returns the length. */
+size_t td_timers_heads_key(const char *prefix, char *buf, size_t cap);
 #define TD_TIMER_SEP '\x1f' /* between prospect id and rule id in a member */
 
 /*
@@ -102,15 +118,20 @@ const char *td_timers_last_error(const td_timers *t);
 const td_timers_conf *td_timers_get_conf(const td_timers *t);
 
 /*
- * Claims up to `max` (<= claim_batch) members due at `now` from the next
- * window of shards (ceil(shards * poll_ms / sweep_ms) shards, round robin),
- * after re-leasing expired claims. The lease ends at now + lease_ms.
+ * Claims up to `max` (<= claim_batch) members due at `now` from the shards
+ * whose head is due, after re-leasing expired claims and re-computing the
+ * heads of the next safety-net window of shards (ceil(shards * poll_ms /
+ * sweep_ms) shards, round robin; during the first full round after
+ * td_timers_new, ceil(shards * poll_ms / 500) shards, so that members
+ * written without heads, by an older version, are found within ~500 ms of
+ * polls after an upgrade). The lease ends at now + lease_ms.
  * @returns the number claimed (>= 0) into out[], or TD_ERR (the message in
  * td_timers_last_error; members possibly claimed are re-claimable after
  * their lease).
  */
 int td_timers_claim(td_timers *t, td_ms now, td_claim *out, size_t max);
-/* Like td_timers_claim over an explicit shard range [first, first + count). */
+/* Like td_timers_claim with an explicit safety-net window [first, first +
+ * count) (count 0: the heads alone). */
 int td_timers_claim_range(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,
                           size_t max);
 
@@ -152,6 +173,7 @@ typedef struct td_timers_sink {
 #define TD_TIMERS_DELAY_BUCKET_MS 10
 typedef struct td_timers_stats {
     uint64_t polls;      /* claim calls */
+    uint64_t swept;      /* shards whose head the safety-net window re-computed */
     uint64_t claimed;    /* members claimed (re-leased ones included) */
     uint64_t reclaimed;  /* of which re-leased after an expired lease */
     uint64_t fired;      /* timer steps run (the rule evaluated) */

@@ -19,11 +19,17 @@
  *      daemon's path: claim, load, engine step, publish to a null sink,
  *      store, ack) on the wall clock. Reports the firing delay (claim time -
  *      due time) p50/p90/p99/max, and whether every timer fired once.
+ *   5. idle: N timers pending (due in a year), then the cost of one claim
+ *      call (td_timers_claim, what every poll runs) when nothing is due, when
+ *      a few timers are due (10 per call, armed through the state script),
+ *      and when a full claim_batch is due (busy): round trip, Redis time
+ *      (INFO commandstats usec of the EVALSHA) and ZRANGEBYSCORE calls per
+ *      claim (the keys a claim looks at).
  *
  *   bench_timers [--timers N] [--shards S] [--rate R] [--window SEC]
  *                [--listpack-entries E] [--listpack-value V]
- *                [--claim-batch B] [--poll-ms P] [--phases arm,mem,fire,delay]
- *                [--background N]   (delay phase: N more timers pending, due later)
+ *                [--claim-batch B] [--poll-ms P] [--phases arm,mem,fire,delay,idle]
+ *                [--sweep-ms S] [--background N]   (delay phase: N more timers pending, due later)
  *                [--host H --port P]
  */
 #include <arpa/inet.h>
@@ -116,7 +122,8 @@ static void pid_of(size_t i, char *buf, size_t cap) { snprintf(buf, cap, "p-%08z
 
 /* Arms timers i in [0, n) due at due_fn(i) through td_redis_store, 500 per
  * pipeline. @returns seconds taken. */
-static double arm_script(td_redis *r, size_t n, td_ms base, double per_ms, int *fail) {
+static double arm_script_pfx(td_redis *r, const char *pfx, size_t n, td_ms base, double per_ms,
+                             int *fail) {
     enum { B = 500 };
     td_state st[B];
     int64_t exp[B];
@@ -126,7 +133,7 @@ static double arm_script(td_redis *r, size_t n, td_ms base, double per_ms, int *
         size_t k = n - start < B ? n - start : B;
         for (size_t j = 0; j < k; j++) {
             char pid[32];
-            pid_of(start + j, pid, sizeof pid);
+            snprintf(pid, sizeof pid, "%s%08zu", pfx, start + j);
             td_state_init(&st[j], pid);
             td_ms due = base + (td_ms)((double)(start + j) / per_ms);
             td_state_arm_timer(&st[j], "bench.silence", due, "e-1");
@@ -145,6 +152,70 @@ static double arm_script(td_redis *r, size_t n, td_ms base, double per_ms, int *
             break;
     }
     return (double)(mono_us() - t0) / 1e6;
+}
+
+static double arm_script(td_redis *r, size_t n, td_ms base, double per_ms, int *fail) {
+    return arm_script_pfx(r, "p-", n, base, per_ms, fail);
+}
+
+/* INFO commandstats: calls and usec of one command since the last
+ * CONFIG RESETSTAT (0 when it did not run). */
+static void cmdstat(redisContext *c, const char *name, long long *calls, long long *usec) {
+    *calls = *usec = 0;
+    redisReply *rep = redisCommand(c, "INFO commandstats");
+    if (rep && rep->type == REDIS_REPLY_STRING) {
+        char pat[64];
+        snprintf(pat, sizeof pat, "cmdstat_%s:calls=", name);
+        const char *p = strstr(rep->str, pat);
+        if (p) {
+            *calls = atoll(p + strlen(pat));
+            const char *u = strstr(p, "usec=");
+            if (u)
+                *usec = atoll(u + 5);
+        }
+    }
+    if (rep)
+        freeReplyObject(rep);
+}
+
+/* Writes n members "<pfx>NNNNNNNN\x1fbench.silence" straight into their shards
+ * (no state hashes), due at base + i. @returns 0 or -1. */
+static int zadd_direct(redisContext *raw, const char *pfx, size_t n, int shards, td_ms base) {
+    for (size_t b = 0; b < n; b += 1000) {
+        size_t k = n - b < 1000 ? n - b : 1000;
+        for (size_t j = 0; j < k; j++) {
+            char pid[32], key[96], m[64];
+            snprintf(pid, sizeof pid, "%s%08zu", pfx, b + j);
+            td_timers_shard_key("tdbench", td_timers_shard(pid, (uint32_t)shards), key,
+                                sizeof key);
+            snprintf(m, sizeof m, "%s\x1f%s", pid, "bench.silence");
+            redisAppendCommand(raw, "ZADD %s %lld %s", key, (long long)(base + (td_ms)(b + j)), m);
+        }
+        for (size_t j = 0; j < k; j++) {
+            redisReply *rep;
+            if (redisGetReply(raw, (void **)&rep) != REDIS_OK)
+                return -1;
+            freeReplyObject(rep);
+        }
+    }
+    return 0;
+}
+
+/* One measured claim call: round trip (us), Redis time of the claim script
+ * (us) and its ZRANGEBYSCORE calls. @returns the number claimed, or -1. */
+static int timed_claim(redisContext *raw, td_timers *t, td_claim *cl, size_t max, double *rt_us,
+                       double *redis_us, double *zr) {
+    redisReply *rs = redisCommand(raw, "CONFIG RESETSTAT");
+    freeReplyObject(rs);
+    int64_t t0 = mono_us();
+    int n = td_timers_claim(t, wall_ms(), cl, max);
+    *rt_us += (double)(mono_us() - t0);
+    long long calls, usec;
+    cmdstat(raw, "evalsha", &calls, &usec);
+    *redis_us += (double)usec;
+    cmdstat(raw, "zrangebyscore", &calls, &usec);
+    *zr += (double)calls;
+    return n;
 }
 
 typedef struct shard_mem {
@@ -197,14 +268,16 @@ static int null_wait(void *ud) {
 static void usage(void) {
     fprintf(stderr, "usage: bench_timers [--timers N] [--shards S] [--rate R] [--window SEC] "
                     "[--listpack-entries E] [--listpack-value V] [--claim-batch B] "
-                    "[--poll-ms P] [--phases arm,mem,fire,delay] [--host H --port P]\n");
+                    "[--poll-ms P] [--sweep-ms S] [--phases arm,mem,fire,delay,idle] "
+                    "[--host H --port P]\n");
 }
 
 int main(int argc, char **argv) {
     size_t ntimers = 1000000;
     int shards = 4096, rate = 10000, window = 20, lp_entries = 0, lp_value = 0, claim_batch = 500,
         poll_ms = 100;
-    const char *phases = "arm,mem,fire,delay";
+    const char *phases = "arm,mem,fire,delay,idle";
+    int sweep_ms = 0;
     const char *host = "127.0.0.1";
     int port = 0;
     size_t background = 0;
@@ -230,6 +303,8 @@ int main(int argc, char **argv) {
             claim_batch = atoi(v);
         else if (!strcmp(a, "--poll-ms"))
             poll_ms = atoi(v);
+        else if (!strcmp(a, "--sweep-ms"))
+            sweep_ms = atoi(v);
         else if (!strcmp(a, "--background"))
             background = strtoul(v, NULL, 10);
         else if (!strcmp(a, "--phases"))
@@ -301,6 +376,8 @@ int main(int argc, char **argv) {
     tc.shards = shards;
     tc.claim_batch = claim_batch;
     tc.poll_ms = poll_ms;
+    if (sweep_ms > 0)
+        tc.sweep_ms = sweep_ms;
     if (tc.sweep_ms < poll_ms)
         tc.sweep_ms = poll_ms;
 
@@ -501,6 +578,81 @@ int main(int argc, char **argv) {
         td_timers_free(t);
         td_tzdb_free(tz);
         td_ruleset_free(rs);
+    }
+    /* 5. the cost of one claim call: idle, lightly loaded, busy */
+    if (strstr(phases, "idle")) {
+        cmd(raw, "FLUSHALL");
+        td_ms now0 = wall_ms();
+        if (zadd_direct(raw, "i-", ntimers, shards, now0 + 365 * TD_DAY) != 0) {
+            rc = 1;
+            goto done;
+        }
+        /* the same population through the state script would take minutes:
+         * written straight into the shards, then a warm-up of polls (a full
+         * round robin at the configured sweep, or the start-up pass) */
+        td_timers *t = td_timers_new(&conf, &tc, err, sizeof err);
+        if (!t) {
+            fprintf(stderr, "bench_timers: %s\n", err);
+            rc = 1;
+            goto done;
+        }
+        td_claim *cl = calloc((size_t)claim_batch, sizeof *cl);
+        for (int k = 0; k < 20; k++)
+            (void)td_timers_claim(t, wall_ms(), cl, (size_t)claim_batch);
+        enum { M = 200 };
+        double rt = 0, ru = 0, zr = 0;
+        for (int k = 0; k < M; k++)
+            if (timed_claim(raw, t, cl, (size_t)claim_batch, &rt, &ru, &zr) != 0) {
+                fprintf(stderr, "bench_timers: idle claim claimed something\n");
+                rc = 1;
+            }
+        printf("idle claim (%zu pending, none due, %d shards, sweep_ms %d): %.3f ms round trip, "
+               "%.3f ms in Redis, %.1f ZRANGEBYSCORE per claim (mean of %d)\n",
+               ntimers, shards, tc.sweep_ms, rt / M / 1000.0, ru / M / 1000.0, zr / M, M);
+        /* lightly loaded: 10 timers due per claim, armed with their state */
+        rt = ru = zr = 0;
+        size_t got = 0;
+        for (int k = 0; k < M; k++) {
+            char pfx[16];
+            snprintf(pfx, sizeof pfx, "l%d-", k);
+            int fail = 0;
+            arm_script_pfx(r, pfx, 10, wall_ms() - 5, 1e9, &fail); /* all due */
+            int n = timed_claim(raw, t, cl, (size_t)claim_batch, &rt, &ru, &zr);
+            if (fail || n < 0) {
+                rc = 1;
+                break;
+            }
+            got += (size_t)n;
+            td_timers_ack(t, cl, (size_t)n);
+        }
+        printf("light claim (10 due per claim, %zu pending): %.3f ms round trip, %.3f ms in "
+               "Redis, %.1f ZRANGEBYSCORE per claim, %zu of %d claimed at once\n",
+               ntimers, rt / M / 1000.0, ru / M / 1000.0, zr / M, got, 10 * M);
+        /* busy: 100 full batches due, armed with their state */
+        size_t nb = (size_t)claim_batch * 100;
+        int fail = 0;
+        arm_script_pfx(r, "b-", nb, wall_ms() - 60000, 10.0, &fail);
+        rt = ru = zr = 0;
+        got = 0;
+        int calls = 0;
+        while (got < nb && calls < 1000 && !fail) {
+            int n = timed_claim(raw, t, cl, (size_t)claim_batch, &rt, &ru, &zr);
+            if (n < 0) {
+                rc = 1;
+                break;
+            }
+            calls++;
+            got += (size_t)n;
+            td_timers_ack(t, cl, (size_t)n);
+        }
+        printf("busy claim (%zu due, batch %d): %d claim calls, %.3f ms round trip, %.3f ms in "
+               "Redis per call, %.1f ZRANGEBYSCORE per call, %.0f timers/s claimed\n",
+               nb, claim_batch, calls, rt / calls / 1000.0, ru / calls / 1000.0, zr / calls,
+               (double)got / (rt / 1e6));
+        if (got != nb)
+            rc = 1;
+        free(cl);
+        td_timers_free(t);
     }
 done:
     td_redis_free(r);

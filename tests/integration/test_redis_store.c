@@ -509,6 +509,15 @@ static void test_store_diff(void **state) {
 
 static long long timer_score(redisContext *c, const char *pid, const char *rule, uint32_t shards);
 
+/* The head of a timer shard (ZSCORE <prefix>:t:heads <shard>), or -1. */
+static long long head_score(redisContext *c, uint32_t shard) {
+    redisReply *rep = redisCommand(c, "ZSCORE touchd:t:heads %u", shard);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_STRING ? atoll(rep->str) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
 /* The same timer-index changes through the WATCH/MULTI path (more than one
  * chunk of prospects), which writes plain ZADD/ZREM instead of the script. */
 static void test_store_diff_timers_multi(void **state) {
@@ -534,12 +543,19 @@ static void test_store_diff_timers_multi(void **state) {
         e[i] = 0;
     }
     assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
+    long long lo[4] = {-1, -1, -1, -1}; /* the earliest t.one per shard */
     for (int i = 0; i < N; i++) {
         assert_int_equal(res[i], TD_REDIS_STORED);
         snprintf(pid, sizeof pid, "p-tm-%d", i);
         assert_int_equal(timer_score(c, pid, "t.one", 4), 1000000 + i);
         assert_int_equal(timer_score(c, pid, "t.two", 4), 2000000 + i);
+        uint32_t sh = td_timers_shard(pid, 4);
+        if (lo[sh] < 0)
+            lo[sh] = 1000000 + i;
     }
+    /* the MULTI set every shard's head (ZADD LT) to its earliest timer */
+    for (uint32_t sh = 0; sh < 4; sh++)
+        assert_int_equal(head_score(c, sh), lo[sh]);
     for (int i = 0; i < N; i++) {
         td_kvs_move(&kb[i], &kn[i]);
         assert_int_equal(td_state_arm_timer(&st[i], "t.one", 1500000 + i, "e-2"), TD_OK);
@@ -554,6 +570,9 @@ static void test_store_diff_timers_multi(void **state) {
         assert_int_equal(timer_score(c, pid, "t.one", 4), 1500000 + i);
         assert_int_equal(timer_score(c, pid, "t.two", 4), -1);
     }
+    /* re-armed later: the heads stay (early, never late) */
+    for (uint32_t sh = 0; sh < 4; sh++)
+        assert_int_equal(head_score(c, sh), lo[sh]);
     td_state got;
     td_state_init(&got, "p-tm-69");
     assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
@@ -685,6 +704,9 @@ static void test_store_diff_timers(void **state) {
     assert_int_equal(timer_score(c, "p-dt", "t.one", 4), 1000000);
     assert_int_equal(timer_score(c, "p-dt", "t.two", 4), 2000000);
     assert_int_equal(timer_score(c, "p-dt", "t.keep", 4), 5000000);
+    /* the diff script lowered the shard's head to the earliest timer */
+    uint32_t dsh = td_timers_shard("p-dt", 4);
+    assert_int_equal(head_score(c, dsh), 1000000);
 
     /* a marker score on t.keep: an unchanged timer must keep it */
     char zk[96], member[64];
@@ -703,6 +725,14 @@ static void test_store_diff_timers(void **state) {
     assert_int_equal(timer_score(c, "p-dt", "t.two", 4), -1);       /* disarmed */
     assert_int_equal(timer_score(c, "p-dt", "t.four", 4), 4000000); /* armed */
     assert_int_equal(timer_score(c, "p-dt", "t.keep", 4), 42);      /* untouched */
+    assert_int_equal(head_score(c, dsh), 1000000); /* ZADD LT 1500000: not raised */
+    /* an earlier arm lowers it */
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    assert_int_equal(td_state_arm_timer(&st, "t.five", 900000, "e-3"), TD_OK);
+    assert_int_equal(store_diff1(r, &st, &base, 2, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(head_score(c, dsh), 900000);
     td_state got;
     td_state_init(&got, "p-dt");
     assert_int_equal(td_redis_load(r, &got, 1), TD_OK);

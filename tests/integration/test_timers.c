@@ -11,6 +11,15 @@
  * both downtime policies, a re-armed timer claimed at its old time is stale,
  * and two pollers on one Redis fire every timer exactly once.
  *
+ * The heads (<prefix>:t:heads): stores keep every shard's head a lower bound
+ * of its earliest member (the invariant is checked after each test that
+ * writes); an idle poll looks at a constant number of keys whatever the
+ * shard count and writes nothing; a timer written without a head (the layout
+ * of the previous version) still fires through the safety-net sweep; two
+ * claimers working from the heads alone, while another client keeps
+ * storing, claim every due member exactly once; a re-arm to a later time
+ * keeps the timer reachable.
+ *
  * Times are virtual: every claim takes `now` as a parameter (the scripts use
  * it for due and lease), so nothing here sleeps for timer semantics.
  */
@@ -699,6 +708,385 @@ static void test_acl_user(void **state) {
     td_redis_free(r);
 }
 
+
+/* ---- the heads ---- */
+
+/* The head of a shard (ZSCORE <prefix>:t:heads <shard>), or -1. */
+static long long head_of(fx *f, uint32_t shard) {
+    redisReply *rep = td_test_redis_cmd(&f->srv, "ZSCORE touchd:t:heads %u", shard);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_STRING ? atoll(rep->str) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* The earliest score of a shard, or -1 when empty. */
+static long long shard_min(fx *f, uint32_t shard) {
+    redisReply *rep = td_test_redis_cmd(&f->srv, "ZRANGE touchd:t:%u 0 0 WITHSCORES", shard);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_ARRAY && rep->elements == 2
+                      ? atoll(rep->element[1]->str)
+                      : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* The heads invariant: every non-empty shard has a head <= its earliest
+ * member. @returns the number of shards breaking it. */
+static int heads_violations(fx *f) {
+    int bad = 0;
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        long long m = shard_min(f, s), h = head_of(f, s);
+        if (m >= 0 && (h < 0 || h > m)) {
+            print_message("shard %u: earliest %lld, head %lld\n", s, m, h);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+/* calls=N of a command in INFO commandstats (0 when it never ran). */
+static long long cmd_calls(fx *f, const char *name) {
+    redisReply *rep = td_test_redis_cmd(&f->srv, "INFO commandstats");
+    assert_non_null(rep);
+    char pat[64];
+    snprintf(pat, sizeof pat, "cmdstat_%s:calls=", name);
+    const char *p = strstr(rep->str, pat);
+    long long v = p ? atoll(p + strlen(pat)) : 0;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* An INFO field as a number (-1 when missing). */
+static long long info_num(fx *f, const char *section, const char *field) {
+    redisReply *rep = td_test_redis_cmd(&f->srv, "INFO %s", section);
+    assert_non_null(rep);
+    char pat[80];
+    snprintf(pat, sizeof pat, "\r\n%s:", field);
+    const char *p = strstr(rep->str, pat);
+    long long v = p ? atoll(p + strlen(pat)) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* A prospect id "<stem>-N" that lands in `shard`. */
+static void pid_in_shard(uint32_t shard, const char *stem, char *buf, size_t cap) {
+    for (int i = 0; i < 100000; i++) {
+        snprintf(buf, cap, "%s-%d", stem, i);
+        if (td_timers_shard(buf, SHARDS) == shard)
+            return;
+    }
+    fail_msg("no id for shard %u", shard);
+}
+
+/* Claims from the heads alone (no safety-net window). */
+static int claim_heads(td_timers *t, td_ms now, td_claim *out, size_t max) {
+    return td_timers_claim_range(t, now, 0, 0, out, max);
+}
+
+static void test_heads_maintained_by_stores(void **state) {
+    fx *f = *state;
+    uint32_t s1 = td_timers_shard("p-1", SHARDS);
+    assert_int_equal(head_of(f, s1), -1);
+    send_email(f, "p-1", "e-1", T0); /* due T0+2s and T0+72h */
+    assert_int_equal(head_of(f, s1), T0 + 2000);
+    /* another prospect of the same shard with an earlier timer lowers it */
+    char q[32], r2[32];
+    pid_in_shard(s1, "q", q, sizeof q);
+    send_email(f, q, "e-1", T0 - 1500);
+    assert_int_equal(head_of(f, s1), T0 + 500);
+    /* a later one does not raise it */
+    pid_in_shard(s1, "r", r2, sizeof r2);
+    send_email(f, r2, "e-1", T0 + 9000);
+    assert_int_equal(head_of(f, s1), T0 + 500);
+    /* a disarm leaves it early (a lower bound is all it promises)... */
+    td_state st;
+    td_state_init(&st, q);
+    assert_int_equal(td_redis_load(f->r, &st, 1), TD_OK);
+    td_state_disarm_timer(&st, "silence.short");
+    int64_t exp = st.version;
+    int res;
+    assert_int_equal(td_redis_store(f->r, &st, &exp, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_state_free(&st);
+    assert_int_equal(head_of(f, s1), T0 + 500);
+    assert_int_equal(shard_min(f, s1), T0 + 2000);
+    /* ...until a claim looks: nothing due at T0+1s, the head is corrected */
+    td_timers *t = timers_for(f, NULL);
+    td_claim c[8];
+    assert_int_equal(claim_heads(t, T0 + 1000, c, 8), 0);
+    assert_int_equal(head_of(f, s1), T0 + 2000);
+    /* a claim that empties the due part moves the head to what is left */
+    assert_int_equal(claim_heads(t, T0 + 2000, c, 8), 1);
+    assert_string_equal(c[0].prospect_id, "p-1");
+    assert_int_equal(head_of(f, s1), T0 + 11000);
+    /* a shard emptied completely loses its head at the next look */
+    char e1[32];
+    pid_in_shard((s1 + 1) % SHARDS, "e", e1, sizeof e1);
+    uint32_t s9 = (s1 + 1) % SHARDS;
+    send_email(f, e1, "e-1", T0);
+    assert_int_equal(head_of(f, s9), T0 + 2000);
+    td_state_init(&st, e1);
+    assert_int_equal(td_redis_load(f->r, &st, 1), TD_OK);
+    td_state_disarm_timer(&st, "silence.short");
+    td_state_disarm_timer(&st, "silence.nudge");
+    exp = st.version;
+    assert_int_equal(td_redis_store(f->r, &st, &exp, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_state_free(&st);
+    assert_int_equal(shard_min(f, s9), -1);
+    assert_int_equal(head_of(f, s9), T0 + 2000); /* stale, early: harmless */
+    assert_int_equal(claim_heads(t, T0 + 3000, c, 8), 0);
+    assert_int_equal(head_of(f, s9), -1);
+    assert_int_equal(heads_violations(f), 0);
+    td_timers_free(t);
+}
+
+/* An idle poll: a constant number of keys, whatever the shard count, and
+ * no write. */
+static void test_idle_poll_constant_keys(void **state) {
+    fx *f = *state;
+    for (int i = 0; i < 50; i++) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "p-%d", i);
+        send_email(f, pid, "e-1", T0);
+    }
+    td_timers *t = timers_for(f, NULL); /* sweep_ms 60000: window of 1 shard */
+    td_claim c[8];
+    /* the start-up round first (every shard, at the fast pace) */
+    for (int i = 0; i < 2 * SHARDS && td_timers_get_stats(t)->swept < SHARDS; i++)
+        assert_int_equal(td_timers_claim(t, T0 + 1000, c, 8), 0);
+    assert_true(td_timers_get_stats(t)->swept >= SHARDS);
+    redisReply *rep = td_test_redis_cmd(&f->srv, "CONFIG RESETSTAT");
+    freeReplyObject(rep);
+    long long dirty = info_num(f, "persistence", "rdb_changes_since_last_save");
+    enum { POLLS = 20 };
+    for (int i = 0; i < POLLS; i++)
+        assert_int_equal(td_timers_claim(t, T0 + 1000, c, 8), 0); /* 100 pending, none due */
+    /* per poll: the claimed set, the heads, and one window shard */
+    assert_int_equal(cmd_calls(f, "evalsha"), POLLS);
+    assert_int_equal(cmd_calls(f, "zrangebyscore"), POLLS * 3);
+    assert_int_equal(info_num(f, "persistence", "rdb_changes_since_last_save"), dirty);
+    td_timers_free(t);
+
+    /* 4096 shards (the default): still 3 ZRANGEBYSCORE per idle poll at
+     * sweep_ms = 600000 (the old layout read 820 shards per poll) */
+    td_timers_conf tc;
+    td_timers_conf_default(&tc);
+    tc.shards = 4096;
+    tc.sweep_ms = 600000;
+    char err[256];
+    t = td_timers_new(&f->rconf, &tc, err, sizeof err);
+    assert_non_null(t);
+    for (int i = 0; i < 100 && td_timers_get_stats(t)->swept < 4096; i++)
+        assert_int_equal(td_timers_claim(t, T0 + 1000, c, 8), 0);
+    assert_true(td_timers_get_stats(t)->swept >= 4096);
+    rep = td_test_redis_cmd(&f->srv, "CONFIG RESETSTAT");
+    freeReplyObject(rep);
+    for (int i = 0; i < POLLS; i++)
+        assert_int_equal(td_timers_claim(t, T0 + 1000, c, 8), 0);
+    assert_int_equal(cmd_calls(f, "zrangebyscore"), POLLS * 3);
+    /* the start-up round: 5 polls of 820 shards; then 1 shard per poll */
+    assert_int_equal(td_timers_get_stats(t)->swept, 5 * 820 + POLLS);
+    td_timers_free(t);
+}
+
+/* A timer written without a head (the previous version's layout: shards
+ * only) fires through the safety net: at once in the start-up round, and
+ * within one sweep later on. */
+static void test_old_layout_fires_via_sweep(void **state) {
+    fx *f = *state;
+    send_email(f, "p-old", "e-1", T0);
+    redisReply *rep = td_test_redis_cmd(&f->srv, "DEL touchd:t:heads");
+    freeReplyObject(rep);
+    td_timers *t = timers_for(f, NULL); /* window 1; start-up round 4 shards per poll */
+    td_claim c[8];
+    /* the heads alone do not know it */
+    assert_int_equal(claim_heads(t, T0 + 3000, c, 8), 0);
+    /* the start-up round (16 shards / 4 per poll) finds it, and the poll fires it */
+    sink_buf sb = {0};
+    td_timers_sink sink = {&sb, sink_send, sink_wait, NULL, NULL};
+    int polls = 0;
+    while (sb.n == 0 && polls < 8) {
+        size_t claimed;
+        assert_int_equal(td_timers_poll(t, f->r, f->rs, f->tz, T0 + 3000, &sink, &claimed), TD_OK);
+        polls++;
+    }
+    print_message("old-layout timer fired after %d polls of the start-up round\n", polls);
+    assert_int_equal(sb.n, 1);
+    assert_true(polls <= 4);
+    assert_false(hexists(f, "p-old", "timer.silence.short"));
+    /* the round put the shard with the 72h timer in the heads */
+    assert_int_equal(head_of(f, td_timers_shard("p-old", SHARDS)), T0 + 72 * TD_HOUR);
+    /* after the start-up round: one shard per poll; a headless timer written
+     * now is found within one sweep (SHARDS polls), not necessarily at once */
+    for (int i = 0; i < SHARDS; i++)
+        assert_int_equal(td_timers_claim(t, T0 + 3000, c, 8), 0);
+    send_email(f, "p-old2", "e-1", T0);
+    rep = td_test_redis_cmd(&f->srv, "ZREM touchd:t:heads %u", td_timers_shard("p-old2", SHARDS));
+    freeReplyObject(rep);
+    uint64_t swept0 = td_timers_get_stats(t)->swept;
+    int got = 0;
+    for (polls = 0; polls < SHARDS && !got; polls++) {
+        got = td_timers_claim(t, T0 + 3000, c, 8);
+        assert_true(got >= 0);
+    }
+    print_message("headless timer found after %d polls of the slow sweep\n", polls);
+    assert_int_equal(got, 1);
+    assert_string_equal(c[0].prospect_id, "p-old2");
+    assert_int_equal(td_timers_get_stats(t)->swept - swept0, (uint64_t)polls);
+    assert_int_equal(heads_violations(f), 0);
+    td_timers_free(t);
+}
+
+/* Two claimers working from the heads alone while a third client keeps
+ * arming: every due member is claimed exactly once. A head lost or raised
+ * too far by an interleaving would strand a member (nothing else would
+ * find it: no safety-net window here). */
+typedef struct hclaimer {
+    fx *f;
+    td_claim *got;
+    size_t n;
+    volatile int *writing;
+    int errors;
+} hclaimer;
+
+static void *heads_claim_thread(void *arg) {
+    hclaimer *c = arg;
+    td_timers *t = timers_for(c->f, NULL);
+    td_claim buf[5];
+    int idle = 0;
+    while (*c->writing || idle < 20) {
+        int k = claim_heads(t, T0 + TD_DAY, buf, 5);
+        if (k < 0) {
+            c->errors++;
+            break;
+        }
+        idle = k == 0 ? idle + 1 : 0;
+        memcpy(c->got + c->n, buf, (size_t)k * sizeof *buf);
+        c->n += (size_t)k;
+    }
+    td_timers_free(t);
+    return NULL;
+}
+
+typedef struct hwriter {
+    fx *f;
+    int n;
+    volatile int *writing;
+    int errors;
+} hwriter;
+
+/* Arms prospects w-0..w-(n-1) (short timers due T0 + 2s + i ms, long ones
+ * 72h later) through the state script, each written twice (a re-arm). */
+static void *heads_write_thread(void *arg) {
+    hwriter *w = arg;
+    char err[256];
+    td_redis *r = td_redis_new(&w->f->rconf, err, sizeof err);
+    td_redis_set_timer_shards(r, SHARDS);
+    for (int round = 0; round < 2 && r; round++) {
+        for (int i = 0; i < w->n; i++) {
+            char pid[32];
+            snprintf(pid, sizeof pid, "w-%d", i);
+            td_state st;
+            td_state_init(&st, pid);
+            if (td_redis_load(r, &st, 1) != TD_OK) {
+                w->errors++;
+                td_state_free(&st);
+                continue;
+            }
+            int64_t exp = st.version;
+            td_state_arm_timer(&st, "silence.short", T0 + 2000 + i + round, round ? "e-2" : "e-1");
+            td_state_arm_timer(&st, "silence.nudge", T0 + 72 * TD_HOUR + i, "e-1");
+            int res;
+            if (td_redis_store(r, &st, &exp, 1, &res) != TD_OK || res != TD_REDIS_STORED)
+                w->errors++;
+            td_state_free(&st);
+        }
+    }
+    td_redis_free(r);
+    *w->writing = 0;
+    return NULL;
+}
+
+static void test_two_claimers_heads_only(void **state) {
+    fx *f = *state;
+    enum { N = 400 };
+    volatile int writing = 1;
+    hwriter w = {f, N, &writing, 0};
+    hclaimer a = {f, calloc(2 * N, sizeof(td_claim)), 0, &writing, 0};
+    hclaimer b = {f, calloc(2 * N, sizeof(td_claim)), 0, &writing, 0};
+    pthread_t tw, ta, tb;
+    pthread_create(&ta, NULL, heads_claim_thread, &a);
+    pthread_create(&tb, NULL, heads_claim_thread, &b);
+    pthread_create(&tw, NULL, heads_write_thread, &w);
+    pthread_join(tw, NULL);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    print_message("claimer A got %zu, claimer B got %zu\n", a.n, b.n);
+    assert_int_equal(w.errors, 0);
+    assert_int_equal(a.errors + b.errors, 0);
+    /* every short timer is claimed; one claimed before its re-arm comes
+     * back (the re-arm puts the member back in its shard: a stale second
+     * hand-out that the state resolves) but never to both claimers twice
+     * under the same due time */
+    size_t n = a.n + b.n;
+    td_claim *all = calloc(n ? n : 1, sizeof *all);
+    memcpy(all, a.got, a.n * sizeof *all);
+    memcpy(all + a.n, b.got, b.n * sizeof *all);
+    qsort(all, n, sizeof *all, claim_cmp);
+    size_t distinct = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(all[i].rule, "silence.short");
+        if (i == 0 || claim_cmp(&all[i - 1], &all[i]) != 0) {
+            distinct++;
+        } else {
+            /* the same member twice: only across its re-arm */
+            assert_true(all[i - 1].due_at != all[i].due_at);
+        }
+    }
+    assert_int_equal(distinct, N);
+    assert_true(n <= 2 * N);
+    /* nothing due is left behind in any shard: only the 72h timers */
+    assert_int_equal(pending_total(f), N);
+    for (uint32_t s = 0; s < SHARDS; s++) {
+        long long m = shard_min(f, s);
+        assert_true(m < 0 || m >= T0 + 72 * TD_HOUR);
+    }
+    assert_int_equal(heads_violations(f), 0);
+    free(all);
+    free(a.got);
+    free(b.got);
+}
+
+/* A re-arm to a later time leaves the head early: the claim at the old
+ * time finds nothing and moves the head, and the timer fires at its new
+ * time; the same after a re-arm of a claimed timer. */
+static void test_rearm_later_keeps_head(void **state) {
+    fx *f = *state;
+    uint32_t s = td_timers_shard("p-r", SHARDS);
+    send_email(f, "p-r", "e-1", T0);             /* short due T0+2s */
+    send_email(f, "p-r", "e-2", T0 + 10000);     /* re-armed: due T0+12s */
+    assert_int_equal(head_of(f, s), T0 + 2000); /* not raised */
+    td_timers *t = timers_for(f, NULL);
+    td_claim c[4];
+    assert_int_equal(claim_heads(t, T0 + 3000, c, 4), 0);
+    assert_int_equal(head_of(f, s), T0 + 12000); /* corrected, not lost */
+    assert_int_equal(claim_heads(t, T0 + 11999, c, 4), 0);
+    assert_int_equal(claim_heads(t, T0 + 12000, c, 4), 1);
+    assert_string_equal(c[0].prospect_id, "p-r");
+    assert_int_equal(c[0].due_at, T0 + 12000);
+    /* claimed, then re-armed by a new email: back in the shard with a head */
+    send_email(f, "p-r", "e-3", T0 + 12500); /* due T0+14.5s */
+    assert_true(head_of(f, s) <= T0 + 14500);
+    assert_int_equal(claim_heads(t, T0 + 14000, c, 4), 0);
+    assert_int_equal(claim_heads(t, T0 + 14500, c, 4), 1);
+    assert_int_equal(c[0].due_at, T0 + 14500);
+    /* and the full round fires it, from the heads alone */
+    assert_int_equal(heads_violations(f), 0);
+    td_timers_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_arm_with_state_write, setup, teardown),
@@ -712,6 +1100,11 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_stale_and_sink_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_pollers_fire_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acl_user, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_heads_maintained_by_stores, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_poll_constant_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_old_layout_fires_via_sweep, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_claimers_heads_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rearm_later_keeps_head, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
