@@ -2,27 +2,42 @@
  * td_daemon.c - the `touchd run` loop (see td_daemon.h for the sequence, and
  * docs/operations.md for why the sequence gives the delivery contract).
  *
- * Shape of a batch in memory: msgs[i] (owned rd_kafka messages, consumed
- * order), evs[i] (decoded events), gidx[i] (the prospect group of msg i, or
- * -1 for a dead letter) and next[i] (the next message of the same group), so
- * a group's events are walked in consumed order, which is partition order.
- * Groups own one td_state each, loaded from Redis in one pipeline. Every
- * array is sized once for batch_max_events and reused.
+ * Shape of a batch in memory (td_batch): msgs[i] (owned rd_kafka messages,
+ * consumed order), evs[i] (decoded events), dead[i] (sent to the dead-letter
+ * topic), gidx[i] (the prospect group of msg i, or -1) and next[i] (the next
+ * message of the same group), so a group's events are walked in consumed
+ * order, which is partition order. Groups own one td_state each. Every array
+ * is sized once for batch_max_events and reused.
  *
- * Failure handling, in one place: Redis errors hold the batch (consumption
- * paused, backoff, retry); CAS conflicts recompute only the prospects that
- * conflicted; a fatal Kafka error ends the process with exit code 4; a stop
- * request while the batch cannot complete abandons it without storing its
- * offsets (it is consumed again after restart, and the state positions make
- * that harmless).
+ * The pipeline (engine.pipeline, on by default): two batches are alive at
+ * once. While batch N's states are written to Redis by the store thread (its
+ * own connection, nothing else), the main thread consumes, decodes, loads
+ * and computes batch N+1 and produces its recommendations. A prospect of
+ * N+1 that is also in N starts from a copy of N's computed state; once N's
+ * write is known to have landed, that copy takes N's stored version and
+ * flat form as its base. If any of N's writes conflicted, N is recomputed
+ * and stored first (on the main thread), then N+1 is recomputed from
+ * scratch, so nothing is stored from a state that was not stored before it.
+ * Order of the durable steps per batch is unchanged: its recommendations are
+ * acknowledged, then its states are stored, then its offsets; and N's
+ * offsets are stored before N+1's states are written.
  *
- * @locality main thread.
+ * Failure handling: Redis errors hold the batch (consumption paused,
+ * backoff, retry, on the main thread); CAS conflicts recompute only the
+ * prospects that conflicted; a fatal Kafka error ends the process with exit
+ * code 4; a stop request while a batch cannot complete abandons it without
+ * storing its offsets (it is consumed again after restart, and the state
+ * positions make that harmless).
+ *
+ * @locality main thread, except td_store_main (the store thread), which
+ * only reads the batch handed to it and writes its pack_* arrays.
  */
 #include "td_daemon.h"
 #include "td_state_cache.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,10 +59,80 @@
 volatile sig_atomic_t td_daemon_stop_requested = 0;
 volatile sig_atomic_t td_daemon_reload_requested = 0;
 
+/* td_batch_store: the batch was not written yet */
+#define TD_STORE_UNTRIED 1
+
 typedef struct td_drec {
     size_t off, len; /* in recbuf */
     int32_t g;       /* group (prospect) */
 } td_drec;
+
+typedef struct td_batch {
+    /* messages */
+    rd_kafka_message_t **msgs;
+    size_t nmsgs;
+    td_event *evs;
+    bool *dead;
+    int32_t *gidx, *next;
+    /* groups */
+    td_state *states;
+    int64_t *expected;
+    int32_t *first, *last;
+    bool *changed;
+    size_t ngroups;
+    int32_t *table;
+    /* pipeline: src[g] is the group of the batch in flight whose computed
+     * state states[g] was copied from (-1: loaded); superseded[g] marks a
+     * group of the batch in flight copied by the next batch (written by the
+     * main thread only; the store thread never reads it) */
+    int32_t *src;
+    bool *superseded;
+    bool recomputed; /* some group conflicted and was recomputed */
+    /* recommendations of the current attempt */
+    td_buf recbuf;
+    td_drec *recs;
+    size_t nrecs, caprecs;
+    /* base[g]: the flat form of the state exactly as Redis holds it at
+     * expected[g] (loaded, or last stored by us): writes send only the
+     * difference. The buffers are kept across batches for reuse. */
+    td_kvs *base;
+    bool *has_base;
+    int32_t *miss;
+    /* store: filled by td_batch_store_send (main or store thread), read by
+     * td_batch_store_apply (main thread) */
+    td_state *pack;     /* shallow copies of states[g] */
+    td_kvs *pack_base;  /* shallow copies of base[g] */
+    td_kvs *pack_now;   /* the flat forms being written (owned, reused) */
+    int64_t *pack_expected;
+    int *pack_result;
+    int32_t *pack_g;
+    size_t npack;
+    int store_rc; /* TD_OK, TD_ERR (Redis) or -2 (out of memory) */
+    int32_t *work, *work2;
+    size_t nwork;
+
+    /* events the engine derived for owners ("owner:<owner_id>" states),
+     * kept for the whole batch: dq_g[i] is the owner's group. Owner groups
+     * have no input messages (first = -1). stamp[g] == attempt_seq marks the
+     * groups (re)loaded in the current attempt. */
+    td_event *dq;
+    int32_t *dq_g;
+    size_t ndq, capdq;
+    uint32_t *stamp;
+    uint32_t attempt_seq;
+
+    /* gift register (td_gifts.h, docs/gifts.md): the gift.sent events
+     * applied in attempt gift_seq, written after delivery, before the store */
+    td_gift_rec *gift_recs;
+    size_t ngifts, capgifts;
+    uint32_t gift_seq;
+
+    /* counters, added to the daemon's when the batch is released (a
+     * recomputed batch starts them again) */
+    uint64_t applied, skipped_pos, duplicates, derived;
+    /* milliseconds spent in the phases, for the debug log */
+    int64_t t_start, t_load, t_compute, t_deliver, t_store, t_wait;
+} td_batch;
 
 struct td_daemon {
     const td_config *cfg;
@@ -59,56 +144,26 @@ struct td_daemon {
     td_kafka *kafka;
     td_tzdb *tz;
     td_step_out *out;
-
-    /* the batch */
-    size_t cap;
-    rd_kafka_message_t **msgs;
-    size_t nmsgs;
-    td_event *evs;
-    int32_t *gidx, *next;
-    /* groups */
-    td_state *states;
-    int64_t *expected;
-    int32_t *first, *last;
-    bool *changed;
-    size_t ngroups;
-    int32_t *table;
-    size_t tcap;
-    /* recommendations of the current attempt */
-    td_buf recbuf;
-    td_drec *recs;
-    size_t nrecs, caprecs;
-    /* store scratch */
-    td_state *pack;
-    /* base[g]: the flat form of the state exactly as Redis holds it at
-     * expected[g] (loaded, or last stored by us): writes send only the
-     * difference. The buffers are kept across batches for reuse. */
-    td_kvs *base;
-    bool *has_base;
     td_state_cache *cache; /* NULL when engine.state_cache = 0 */
-    int32_t *miss;
-    td_kvs *pack_base; /* shallow copies of base[g] */
-    td_kvs *pack_now;  /* the flat forms being written (owned, reused) */
-    int64_t *pack_expected;
-    int *pack_result;
-    int32_t *pack_g, *work, *work2;
+
+    /* the two batches; `inflight` (one of them, or NULL) is being stored */
+    size_t cap, gcap, tcap;
+    td_batch bt[2];
+    td_batch *inflight;
+
+    /* the store thread (engine.pipeline) and its own Redis connection */
+    td_redis *redis_store;
+    pthread_t store_th;
+    bool store_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    td_batch *job;  /* handed to the store thread; NULL when it is done */
+    bool quit;
 
     /* counters since start */
     uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out,
-        conflicts, redis_waits, reloads, reload_failures;
+        conflicts, redis_waits, reloads, reload_failures, redone;
     int64_t next_progress;
-    /* time spent in the phases of the last batch (ms), for the debug log */
-    int64_t t_load, t_compute, t_deliver, t_store;
-
-    /* events the engine derived for owners ("owner:<owner_id>" states),
-     * kept for the whole batch: dq_g[i] is the owner's group. Owner groups
-     * have no input messages (first = -1). stamp[g] == attempt marks the
-     * groups (re)loaded in the current attempt. */
-    td_event *dq;
-    int32_t *dq_g;
-    size_t ndq, capdq;
-    uint32_t *stamp;
-    uint32_t attempt_seq;
     uint64_t derived;
 
     /* durable timers (docs/timers.md) */
@@ -119,13 +174,9 @@ struct td_daemon {
     /* shadow ruleset (td_shadow.h): NULL when none is configured */
     td_shadow *shadow;
 
-    /* gift register (td_gifts.h, docs/gifts.md): the gift.sent events
-     * applied in attempt gift_seq, written after delivery, before the store */
+    /* gift register (td_gifts.h, docs/gifts.md) */
     td_gifts *gifts;
     td_gifts_kafka *gifts_kafka; /* NULL: kafka.gift_register_topic = "" */
-    td_gift_rec *gift_recs;
-    size_t ngifts, capgifts;
-    uint32_t gift_seq;
     uint64_t gifts_registered, gifts_again;
 };
 
@@ -219,10 +270,78 @@ static void td_daemon_maybe_reload(td_daemon *d) {
 
 /* ------------------------------------------------------------ life cycle */
 
+/* ------------------------------------------------------------ life cycle */
+
+static void td_batch_alloc(td_batch *b, size_t cap, size_t gcap, size_t tcap) {
+    b->msgs = td_xcalloc(cap, sizeof *b->msgs);
+    b->evs = td_xcalloc(cap, sizeof *b->evs);
+    b->dead = td_xcalloc(cap, sizeof *b->dead);
+    b->gidx = td_xcalloc(cap, sizeof *b->gidx);
+    b->next = td_xcalloc(cap, sizeof *b->next);
+    b->states = td_xcalloc(gcap, sizeof *b->states);
+    b->expected = td_xcalloc(gcap, sizeof *b->expected);
+    b->first = td_xcalloc(gcap, sizeof *b->first);
+    b->last = td_xcalloc(gcap, sizeof *b->last);
+    b->changed = td_xcalloc(gcap, sizeof *b->changed);
+    b->stamp = td_xcalloc(gcap, sizeof *b->stamp);
+    b->src = td_xcalloc(gcap, sizeof *b->src);
+    b->superseded = td_xcalloc(gcap, sizeof *b->superseded);
+    b->table = td_xcalloc(tcap, sizeof *b->table);
+    b->base = td_xcalloc(gcap, sizeof *b->base);
+    b->has_base = td_xcalloc(gcap, sizeof *b->has_base);
+    b->miss = td_xcalloc(gcap, sizeof *b->miss);
+    b->pack = td_xcalloc(gcap, sizeof *b->pack);
+    b->pack_base = td_xcalloc(gcap, sizeof *b->pack_base);
+    b->pack_now = td_xcalloc(gcap, sizeof *b->pack_now);
+    b->pack_expected = td_xcalloc(gcap, sizeof *b->pack_expected);
+    b->pack_result = td_xcalloc(gcap, sizeof *b->pack_result);
+    b->pack_g = td_xcalloc(gcap, sizeof *b->pack_g);
+    b->work = td_xcalloc(gcap, sizeof *b->work);
+    b->work2 = td_xcalloc(gcap, sizeof *b->work2);
+}
+
+static void td_batch_free(td_batch *b, size_t gcap) {
+    free(b->msgs);
+    free(b->evs);
+    free(b->dead);
+    free(b->gidx);
+    free(b->next);
+    free(b->states);
+    free(b->expected);
+    free(b->first);
+    free(b->last);
+    free(b->changed);
+    free(b->stamp);
+    free(b->src);
+    free(b->superseded);
+    free(b->table);
+    td_kvs_free_array(b->base, gcap);
+    free(b->has_base);
+    free(b->miss);
+    free(b->pack);
+    free(b->pack_base);
+    td_kvs_free_array(b->pack_now, gcap);
+    free(b->pack_expected);
+    free(b->pack_result);
+    free(b->pack_g);
+    free(b->work);
+    free(b->work2);
+    free(b->dq);
+    free(b->dq_g);
+    free(b->gift_recs);
+    free(b->recs);
+    td_buf_free(&b->recbuf);
+}
+
+static int td_batch_store_send(td_redis *r, td_batch *b);
+static void *td_store_main(void *arg);
+
 td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     td_daemon *d = td_xcalloc(1, sizeof *d);
     d->cfg = cfg;
     char err[1024];
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
 
     d->rules_sig = td_rules_dir_signature(cfg->rules.dir);
     d->rs = td_daemon_compile(cfg);
@@ -253,6 +372,17 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
 
     /* Timers: every state write maintains the index; a poller fires them. */
     td_redis_set_timer_shards(d->redis, (uint32_t)cfg->timers.shards);
+    if (cfg->engine.pipeline) {
+        /* the store thread's own connection (hiredis contexts are not
+         * shared between threads); it reconnects by itself like the first */
+        d->redis_store = td_redis_new(&cfg->redis, err, sizeof err);
+        if (!d->redis_store) {
+            td_log_error("redis configuration", "reason=%s", err);
+            *exit_code = TD_EXIT_USAGE;
+            goto fail;
+        }
+        td_redis_set_timer_shards(d->redis_store, (uint32_t)cfg->timers.shards);
+    }
     d->timers = td_timers_new(&cfg->redis, &cfg->timers, err, sizeof err);
     if (!d->timers) {
         td_log_error("timers configuration", "reason=%s", err);
@@ -288,39 +418,27 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     d->out = td_xcalloc(1, sizeof *d->out);
     size_t cap = (size_t)cfg->engine.batch_max_events;
     d->cap = cap;
-    d->msgs = td_xcalloc(cap, sizeof *d->msgs);
-    d->evs = td_xcalloc(cap, sizeof *d->evs);
-    d->gidx = td_xcalloc(cap, sizeof *d->gidx);
-    d->next = td_xcalloc(cap, sizeof *d->next);
     /* groups: one per prospect of the batch, plus one per owner an event
      * derives for: at most 2 * cap */
-    size_t gcap = 2 * cap;
-    d->states = td_xcalloc(gcap, sizeof *d->states);
-    d->expected = td_xcalloc(gcap, sizeof *d->expected);
-    d->first = td_xcalloc(gcap, sizeof *d->first);
-    d->last = td_xcalloc(gcap, sizeof *d->last);
-    d->changed = td_xcalloc(gcap, sizeof *d->changed);
-    d->stamp = td_xcalloc(gcap, sizeof *d->stamp);
+    d->gcap = 2 * cap;
     d->tcap = 16;
-    while (d->tcap < gcap * 2)
+    while (d->tcap < d->gcap * 2)
         d->tcap *= 2;
-    d->table = td_xcalloc(d->tcap, sizeof *d->table);
-    d->pack = td_xcalloc(gcap, sizeof *d->pack);
-    d->base = td_xcalloc(gcap, sizeof *d->base);
-    d->has_base = td_xcalloc(gcap, sizeof *d->has_base);
-    d->miss = td_xcalloc(gcap, sizeof *d->miss);
+    for (int i = 0; i < 2; i++)
+        td_batch_alloc(&d->bt[i], d->cap, d->gcap, d->tcap);
     if (cfg->engine.state_cache > 0) {
         d->cache = td_state_cache_new((size_t)cfg->engine.state_cache);
         if (!d->cache)
             goto fail;
     }
-    d->pack_base = td_xcalloc(gcap, sizeof *d->pack_base);
-    d->pack_now = td_xcalloc(gcap, sizeof *d->pack_now);
-    d->pack_expected = td_xcalloc(gcap, sizeof *d->pack_expected);
-    d->pack_result = td_xcalloc(gcap, sizeof *d->pack_result);
-    d->pack_g = td_xcalloc(gcap, sizeof *d->pack_g);
-    d->work = td_xcalloc(gcap, sizeof *d->work);
-    d->work2 = td_xcalloc(gcap, sizeof *d->work2);
+    if (cfg->engine.pipeline) {
+        if (pthread_create(&d->store_th, NULL, td_store_main, d) != 0) {
+            td_log_error("cannot start the store thread", "reason=%s", strerror(errno));
+            *exit_code = TD_EXIT_FATAL;
+            goto fail;
+        }
+        d->store_started = true;
+    }
     d->next_progress = td_mono_ms() + 60000;
     return d;
 fail:
@@ -331,133 +449,183 @@ fail:
 void td_daemon_free(td_daemon *d) {
     if (!d)
         return;
+    if (d->store_started) {
+        pthread_mutex_lock(&d->mu);
+        d->quit = true;
+        pthread_cond_broadcast(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        pthread_join(d->store_th, NULL);
+    }
     td_shadow_free(d->shadow); /* before the (embedded) broker goes */
     td_daemon_gifts_free(d);
     if (d->kafka)
         td_kafka_free(d->kafka); /* final commit, leave the group */
     td_timers_free(d->timers);
     td_redis_free(d->redis);
+    td_redis_free(d->redis_store);
     td_ruleset_free(d->rs);
     td_tzdb_free(d->tz);
     free(d->out);
-    free(d->msgs);
-    free(d->evs);
-    free(d->gidx);
-    free(d->next);
-    free(d->states);
-    free(d->expected);
-    free(d->first);
-    free(d->last);
-    free(d->changed);
-    free(d->stamp);
-    free(d->dq);
-    free(d->dq_g);
-    free(d->table);
-    free(d->pack);
-    td_kvs_free_array(d->base, 2 * d->cap);
-    free(d->has_base);
-    free(d->miss);
+    for (int i = 0; i < 2; i++) {
+        td_batch *b = &d->bt[i];
+        if (b->states)
+            for (size_t g = 0; g < b->ngroups; g++)
+                td_state_free(&b->states[g]);
+        if (b->msgs)
+            for (size_t m = 0; m < b->nmsgs; m++)
+                rd_kafka_message_destroy(b->msgs[m]);
+        td_batch_free(b, d->gcap);
+    }
     td_state_cache_free(d->cache);
-    free(d->pack_base);
-    td_kvs_free_array(d->pack_now, 2 * d->cap);
-    free(d->pack_expected);
-    free(d->pack_result);
-    free(d->pack_g);
-    free(d->work);
-    free(d->work2);
-    free(d->recs);
-    td_buf_free(&d->recbuf);
+    pthread_cond_destroy(&d->cv);
+    pthread_mutex_destroy(&d->mu);
     free(d);
+}
+
+/* ----------------------------------------------------------- store thread */
+
+static void *td_store_main(void *arg) {
+    td_daemon *d = arg;
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        while (!d->job && !d->quit)
+            pthread_cond_wait(&d->cv, &d->mu);
+        if (!d->job)
+            break;
+        td_batch *b = d->job;
+        pthread_mutex_unlock(&d->mu);
+        int64_t t0 = td_mono_ms();
+        b->store_rc = td_batch_store_send(d->redis_store, b);
+        b->t_store = td_mono_ms() - t0;
+        pthread_mutex_lock(&d->mu);
+        d->job = NULL;
+        pthread_cond_broadcast(&d->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* Hands b's store to the store thread. */
+static void td_store_start(td_daemon *d, td_batch *b) {
+    pthread_mutex_lock(&d->mu);
+    d->job = b;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Waits for the store thread to finish its batch. */
+static void td_store_join(td_daemon *d) {
+    pthread_mutex_lock(&d->mu);
+    while (d->job)
+        pthread_cond_wait(&d->cv, &d->mu);
+    pthread_mutex_unlock(&d->mu);
 }
 
 /* --------------------------------------------------------------- batch */
 
 /* Makes base[g] the flat form of states[g] (what Redis now holds).
  * @returns 0 or -1 (out of memory). */
-static int td_base_set(td_daemon *d, int32_t g) {
-    d->has_base[g] = td_kvs_capture(&d->base[g], &d->states[g]) == TD_OK;
-    return d->has_base[g] ? 0 : -1;
+static int td_base_set(td_batch *b, int32_t g) {
+    b->has_base[g] = td_kvs_capture(&b->base[g], &b->states[g]) == TD_OK;
+    return b->has_base[g] ? 0 : -1;
+}
+
+/* Frees the groups' states (keeping their buffers' arrays). */
+static void td_batch_drop_groups(td_batch *b) {
+    for (size_t g = 0; g < b->ngroups; g++) {
+        td_state_free(&b->states[g]);
+        td_kvs_clear(&b->base[g]);
+        b->has_base[g] = false;
+    }
+    b->ngroups = 0;
 }
 
 /* Ends a batch: states that are what Redis holds (loaded or stored, and not
- * changed since) go back to the cache with their flat form; the others are
- * dropped (the next batch reloads them). */
-static void td_batch_release(td_daemon *d) {
-    for (size_t g = 0; g < d->ngroups; g++) {
-        if (d->has_base[g] && !d->changed[g])
-            td_state_cache_give(d->cache, &d->states[g], &d->base[g]);
-        td_state_free(&d->states[g]);
-        td_kvs_clear(&d->base[g]);
-        d->has_base[g] = false;
+ * changed since, and not carried on by the next batch) go back to the cache
+ * with their flat form; the others are dropped (the next batch reloads
+ * them). Its counters join the daemon's. */
+static void td_batch_release(td_daemon *d, td_batch *b) {
+    for (size_t g = 0; g < b->ngroups; g++) {
+        if (b->has_base[g] && !b->changed[g] && !b->superseded[g])
+            td_state_cache_give(d->cache, &b->states[g], &b->base[g]);
+        b->superseded[g] = false;
     }
-    d->ngroups = 0;
-    for (size_t i = 0; i < d->nmsgs; i++)
-        rd_kafka_message_destroy(d->msgs[i]);
-    d->nmsgs = 0;
+    td_batch_drop_groups(b);
+    for (size_t i = 0; i < b->nmsgs; i++)
+        rd_kafka_message_destroy(b->msgs[i]);
+    d->batches++;
+    d->events += b->nmsgs;
+    d->applied += b->applied;
+    d->skipped_pos += b->skipped_pos;
+    d->duplicates += b->duplicates;
+    d->derived += b->derived;
+    b->applied = b->skipped_pos = b->duplicates = b->derived = 0;
+    b->nmsgs = 0;
 }
 
 /* Consumes up to batch_max_events within batch_max_ms. The batch opens with
- * the first message (waiting up to 100 ms for it, so signals and reloads are
- * served while idle) and closes when full, when batch_max_ms has passed, or
- * as soon as no further message is waiting locally: an idle-ish stream gets
- * small batches and low latency, a busy one large batches. */
-static size_t td_batch_collect(td_daemon *d, int wait_ms) {
+ * the first message (waiting up to wait_ms for it, so signals and reloads
+ * are served while idle) and closes when full, when batch_max_ms has passed,
+ * or as soon as no further message is waiting locally: an idle-ish stream
+ * gets small batches and low latency, a busy one large batches. */
+static size_t td_batch_collect(td_daemon *d, td_batch *b, int wait_ms) {
     rd_kafka_message_t *m = td_kafka_poll(d->kafka, wait_ms);
     if (!m)
         return 0;
-    d->msgs[d->nmsgs++] = m;
+    b->msgs[b->nmsgs++] = m;
     int64_t deadline = td_mono_ms() + d->cfg->engine.batch_max_ms;
-    while (d->nmsgs < d->cap) {
+    while (b->nmsgs < d->cap) {
         m = td_kafka_poll(d->kafka, 0);
         if (!m)
             break;
-        d->msgs[d->nmsgs++] = m;
-        if ((d->nmsgs & 63) == 0 && td_mono_ms() >= deadline)
+        b->msgs[b->nmsgs++] = m;
+        if ((b->nmsgs & 63) == 0 && td_mono_ms() >= deadline)
             break;
     }
-    return d->nmsgs;
+    return b->nmsgs;
 }
 
-/* The group of prospect `pid`, created (state initialised, no messages)
- * when absent and `create`; -1 when absent and not created. */
-static int32_t td_group_lookup(td_daemon *d, const char *pid, bool create, bool *created) {
+/* The group of prospect `pid` in b, created (state initialised, no
+ * messages) when absent and `create`; -1 when absent and not created. */
+static int32_t td_group_lookup(const td_daemon *d, td_batch *b, const char *pid, bool create,
+                               bool *created) {
     size_t plen = strlen(pid);
     size_t mask = d->tcap - 1;
     size_t h = (size_t)td_hash64(pid, plen, TD_HASH_SEED) & mask;
     if (created)
         *created = false;
-    while (d->table[h]) {
-        int32_t cand = d->table[h] - 1;
-        if (strcmp(d->states[cand].prospect_id, pid) == 0)
+    while (b->table[h]) {
+        int32_t cand = b->table[h] - 1;
+        if (strcmp(b->states[cand].prospect_id, pid) == 0)
             return cand;
         h = (h + 1) & mask;
     }
-    if (!create || d->ngroups >= 2 * d->cap)
+    if (!create || b->ngroups >= d->gcap)
         return -1;
-    int32_t g = (int32_t)d->ngroups++;
-    d->table[h] = g + 1;
-    td_state_init(&d->states[g], pid);
-    d->first[g] = d->last[g] = -1;
-    d->expected[g] = 0;
-    d->changed[g] = false;
-    d->stamp[g] = 0;
+    int32_t g = (int32_t)b->ngroups++;
+    b->table[h] = g + 1;
+    td_state_init(&b->states[g], pid);
+    b->first[g] = b->last[g] = -1;
+    b->expected[g] = 0;
+    b->changed[g] = false;
+    b->stamp[g] = 0;
+    b->src[g] = -1;
+    b->superseded[g] = false;
     if (created)
         *created = true;
     return g;
 }
 
 /* Decodes every message; invalid ones are queued on the dead-letter topic
- * (in the round that is about to start); valid ones are grouped by prospect. */
-static int td_batch_decode(td_daemon *d) {
-    memset(d->table, 0, d->tcap * sizeof *d->table);
-    d->ngroups = 0;
-    for (size_t i = 0; i < d->nmsgs; i++) {
-        rd_kafka_message_t *m = d->msgs[i];
+ * (in the round that is open). */
+static int td_batch_decode(td_daemon *d, td_batch *b) {
+    for (size_t i = 0; i < b->nmsgs; i++) {
+        rd_kafka_message_t *m = b->msgs[i];
         td_event_error ee;
-        d->gidx[i] = -1;
-        d->next[i] = -1;
-        if (td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0, &d->evs[i],
+        b->dead[i] = false;
+        if (td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0, &b->evs[i],
                             &ee) != TD_OK) {
+            b->dead[i] = true;
             d->dead_letters++;
             char q[400];
             /* The reason names the field, never its value: payloads may
@@ -468,28 +636,39 @@ static int td_batch_decode(td_daemon *d) {
                         ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
             if (td_kafka_send_dlq(d->kafka, m, ee.reason, ee.field) < 0)
                 return -1;
-            continue;
         }
-        bool created;
-        int32_t g = td_group_lookup(d, d->evs[i].prospect_id, true, &created);
-        if (created) {
-            d->first[g] = d->last[g] = (int32_t)i;
-        } else {
-            d->next[d->last[g]] = (int32_t)i;
-            d->last[g] = (int32_t)i;
-        }
-        d->gidx[i] = g;
     }
     return 0;
 }
 
+/* Groups the valid events by prospect (from scratch). */
+static void td_batch_group(td_daemon *d, td_batch *b) {
+    memset(b->table, 0, d->tcap * sizeof *b->table);
+    b->ngroups = 0;
+    for (size_t i = 0; i < b->nmsgs; i++) {
+        b->gidx[i] = -1;
+        b->next[i] = -1;
+        if (b->dead[i])
+            continue;
+        bool created;
+        int32_t g = td_group_lookup(d, b, b->evs[i].prospect_id, true, &created);
+        if (created) {
+            b->first[g] = b->last[g] = (int32_t)i;
+        } else {
+            b->next[b->last[g]] = (int32_t)i;
+            b->last[g] = (int32_t)i;
+        }
+        b->gidx[i] = g;
+    }
+}
+
 /* Waits while Redis is unavailable. @returns 0 to retry, -1 when a stop was
  * requested (the batch is abandoned). */
-static int td_redis_wait(td_daemon *d, int *attempt, const char *op) {
+static int td_redis_wait(td_daemon *d, td_redis *r, int *attempt, const char *op) {
     if (*attempt == 0) {
         char q[600];
         td_log_warn("redis unavailable, holding the batch", "op=%s reason=%s", op,
-                    td_log_quote(q, sizeof q, td_redis_last_error(d->redis)));
+                    td_log_quote(q, sizeof q, td_redis_last_error(r)));
         td_kafka_hold(d->kafka);
         d->redis_waits++;
     }
@@ -497,7 +676,7 @@ static int td_redis_wait(td_daemon *d, int *attempt, const char *op) {
     if (td_daemon_stop_requested) {
         td_log_warn("stop requested while redis is unavailable: batch abandoned, its offsets "
                     "are not stored",
-                    "events=%zu", d->nmsgs);
+                    NULL);
         return -1;
     }
     int ms = d->cfg->redis.backoff_min_ms;
@@ -521,95 +700,107 @@ static void td_redis_back(td_daemon *d, int attempt, const char *op) {
     }
 }
 
-/* Loads the states of groups work[0..n) (freshly initialised). */
-static int td_batch_load(td_daemon *d, const int32_t *work_in, size_t n_in) {
-    /* States this instance stored last come from the cache; only the others
-     * are read from Redis. A stale cached state is caught by the version
-     * check of the write (a conflict drops it and reloads). */
+/* Loads the states of b's groups work[0..n) (freshly initialised). A
+ * prospect that is also in `from` (the batch in flight, or NULL) starts from
+ * a copy of the state computed there: its version and base are settled when
+ * that batch's write is known (td_batch_adopt). Other states this instance
+ * stored last come from the cache; only the rest are read from Redis. A
+ * stale cached state is caught by the version check of the write (a
+ * conflict drops it and reloads). */
+static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_t *work_in,
+                         size_t n_in) {
     const int32_t *work = work_in;
     size_t n = n_in;
-    if (d->cache) {
-        size_t nmiss = 0;
-        for (size_t k = 0; k < n_in; k++) {
-            int32_t g = work_in[k];
-            td_state_free(&d->states[g]);
-            if (td_state_cache_take(d->cache, d->states[g].prospect_id, &d->states[g],
-                                    &d->base[g])) {
-                d->has_base[g] = true;
-            } else {
-                d->miss[nmiss++] = g;
+    size_t nmiss = 0;
+    for (size_t k = 0; k < n_in; k++) {
+        int32_t g = work_in[k];
+        b->src[g] = -1;
+        if (from) {
+            int32_t sg = td_group_lookup(d, from, b->states[g].prospect_id, false, NULL);
+            if (sg >= 0) {
+                td_state_free(&b->states[g]);
+                if (td_state_copy(&b->states[g], &from->states[sg]) != TD_OK)
+                    return -2;
+                b->src[g] = sg;
+                from->superseded[sg] = true;
+                b->has_base[g] = false;
+                continue;
             }
         }
-        work = d->miss;
-        n = nmiss;
+        if (d->cache) {
+            td_state_free(&b->states[g]);
+            if (td_state_cache_take(d->cache, b->states[g].prospect_id, &b->states[g],
+                                    &b->base[g])) {
+                b->has_base[g] = true;
+                continue;
+            }
+        }
+        b->miss[nmiss++] = g;
     }
+    work = b->miss;
+    n = nmiss;
     int attempt = 0;
     for (;;) {
         if (n == 0)
             break;
         for (size_t k = 0; k < n; k++) {
-            td_state *st = &d->states[work[k]];
+            td_state *st = &b->states[work[k]];
             char pid[TD_ID_MAX + 1];
             memcpy(pid, st->prospect_id, sizeof pid);
             td_state_free(st);
             td_state_init(st, pid);
         }
-        int rc;
-        if (n == d->ngroups && work == work_in) {
-            rc = td_redis_load(d->redis, d->states, n);
-        } else {
-            /* A subset: load into the pack, move the results back. */
-            for (size_t k = 0; k < n; k++)
-                d->pack[k] = d->states[work[k]];
-            rc = td_redis_load(d->redis, d->pack, n);
-            for (size_t k = 0; k < n; k++)
-                d->states[work[k]] = d->pack[k];
-        }
+        /* load into the pack, move the results back */
+        for (size_t k = 0; k < n; k++)
+            b->pack[k] = b->states[work[k]];
+        int rc = td_redis_load(d->redis, b->pack, n);
+        for (size_t k = 0; k < n; k++)
+            b->states[work[k]] = b->pack[k];
         if (rc == TD_OK)
             break;
-        if (td_redis_wait(d, &attempt, "load") < 0)
+        if (td_redis_wait(d, d->redis, &attempt, "load") < 0)
             return -1;
     }
     td_redis_back(d, attempt, "load");
     for (size_t k = 0; k < n; k++)
-        if (td_base_set(d, work[k]) < 0)
-            return -1;
+        if (td_base_set(b, work[k]) < 0)
+            return -2;
     for (size_t k = 0; k < n_in; k++) {
-        d->expected[work_in[k]] = d->states[work_in[k]].version;
-        d->changed[work_in[k]] = false;
+        b->expected[work_in[k]] = b->states[work_in[k]].version;
+        b->changed[work_in[k]] = false;
     }
     return 0;
 }
 
-static int td_dq_push(td_daemon *d, const td_event *ev) {
-    if (d->ndq == d->capdq) {
-        size_t cap = d->capdq ? d->capdq * 2 : 64;
-        td_event *v = realloc(d->dq, cap * sizeof *v);
+static int td_dq_push(td_batch *b, const td_event *ev) {
+    if (b->ndq == b->capdq) {
+        size_t cap = b->capdq ? b->capdq * 2 : 64;
+        td_event *v = realloc(b->dq, cap * sizeof *v);
         if (!v)
             return -1;
-        d->dq = v;
-        int32_t *gv = realloc(d->dq_g, cap * sizeof *gv);
+        b->dq = v;
+        int32_t *gv = realloc(b->dq_g, cap * sizeof *gv);
         if (!gv)
             return -1;
-        d->dq_g = gv;
-        d->capdq = cap;
+        b->dq_g = gv;
+        b->capdq = cap;
     }
-    d->dq[d->ndq] = *ev;
-    d->dq_g[d->ndq] = -1;
-    d->ndq++;
+    b->dq[b->ndq] = *ev;
+    b->dq_g[b->ndq] = -1;
+    b->ndq++;
     return 0;
 }
 
-static int td_rec_add(td_daemon *d, int32_t g, size_t off) {
-    if (d->nrecs == d->caprecs) {
-        size_t cap = d->caprecs ? d->caprecs * 2 : 256;
-        td_drec *v = realloc(d->recs, cap * sizeof *v);
+static int td_rec_add(td_batch *b, int32_t g, size_t off) {
+    if (b->nrecs == b->caprecs) {
+        size_t cap = b->caprecs ? b->caprecs * 2 : 256;
+        td_drec *v = realloc(b->recs, cap * sizeof *v);
         if (!v)
             return -1;
-        d->recs = v;
-        d->caprecs = cap;
+        b->recs = v;
+        b->caprecs = cap;
     }
-    d->recs[d->nrecs++] = (td_drec){off, d->recbuf.len - off, g};
+    b->recs[b->nrecs++] = (td_drec){off, b->recbuf.len - off, g};
     return 0;
 }
 
@@ -617,22 +808,22 @@ static int td_rec_add(td_daemon *d, int32_t g, size_t off) {
 
 /* Notes applied event i of group g when it is a gift.sent (docs/gifts.md).
  * The list restarts with every attempt. @returns 0, or -1 (out of memory). */
-static int td_gift_note(td_daemon *d, int32_t g, int32_t i) {
-    if (d->evs[i].type != TD_EV_GIFT_SENT)
+static int td_gift_note(td_daemon *d, td_batch *b, int32_t g, int32_t i) {
+    if (b->evs[i].type != TD_EV_GIFT_SENT)
         return 0;
-    if (d->gift_seq != d->attempt_seq) {
-        d->gift_seq = d->attempt_seq;
-        d->ngifts = 0;
+    if (b->gift_seq != b->attempt_seq) {
+        b->gift_seq = b->attempt_seq;
+        b->ngifts = 0;
     }
-    if (d->ngifts == d->capgifts) {
-        size_t cap = d->capgifts ? d->capgifts * 2 : 64;
-        td_gift_rec *v = realloc(d->gift_recs, cap * sizeof *v);
+    if (b->ngifts == b->capgifts) {
+        size_t cap = b->capgifts ? b->capgifts * 2 : 64;
+        td_gift_rec *v = realloc(b->gift_recs, cap * sizeof *v);
         if (!v)
             return -1;
-        d->gift_recs = v;
-        d->capgifts = cap;
+        b->gift_recs = v;
+        b->capgifts = cap;
     }
-    td_gift_rec_from_event(&d->gift_recs[d->ngifts++], &d->evs[i], &d->states[g], d->tz,
+    td_gift_rec_from_event(&b->gift_recs[b->ngifts++], &b->evs[i], &b->states[g], d->tz,
                            td_ruleset_settings(d->rs));
     return 0;
 }
@@ -643,14 +834,14 @@ static int td_gift_note(td_daemon *d, int32_t g, int32_t i) {
  * recommendations are acknowledged and before the states are stored, so a
  * crash re-runs it and the script drops what was already registered.
  * @returns 0, -1 (fatal Kafka error) or -2 (stop requested: abandoned). */
-static int td_daemon_gifts(td_daemon *d) {
-    if (d->gift_seq != d->attempt_seq || d->ngifts == 0)
+static int td_daemon_gifts(td_daemon *d, td_batch *b) {
+    if (b->gift_seq != b->attempt_seq || b->ngifts == 0)
         return 0;
-    size_t n = d->ngifts;
+    size_t n = b->ngifts;
     if (d->gifts_kafka) {
         td_gifts_kafka_begin(d->gifts_kafka);
         for (size_t k = 0; k < n; k++)
-            if (td_gifts_kafka_send(d->gifts_kafka, &d->gift_recs[k]) < 0)
+            if (td_gifts_kafka_send(d->gifts_kafka, &b->gift_recs[k]) < 0)
                 return -1;
         int w = td_gifts_kafka_wait(d->gifts_kafka, &td_daemon_stop_requested, 10000);
         if (w < 0)
@@ -658,7 +849,7 @@ static int td_daemon_gifts(td_daemon *d) {
     }
     int attempt = 0;
     size_t added = 0;
-    while (td_gifts_write(d->gifts, d->gift_recs, n, &added) != TD_OK) {
+    while (td_gifts_write(d->gifts, b->gift_recs, n, &added) != TD_OK) {
         if (attempt++ == 0) {
             char q[600];
             td_log_warn("redis unavailable, holding the batch", "op=gifts reason=%s",
@@ -669,7 +860,7 @@ static int td_daemon_gifts(td_daemon *d) {
         if (td_daemon_stop_requested) {
             td_log_warn("stop requested while redis is unavailable: batch abandoned, its offsets "
                         "are not stored",
-                        "events=%zu", d->nmsgs);
+                        "events=%zu", b->nmsgs);
             return -2;
         }
         int64_t until = td_mono_ms() + d->cfg->redis.backoff_min_ms;
@@ -685,7 +876,7 @@ static int td_daemon_gifts(td_daemon *d) {
     d->gifts_registered += added;
     d->gifts_again += n - added;
     td_log_debug("gift register written", "gifts=%zu added=%zu", n, added);
-    d->ngifts = 0;
+    b->ngifts = 0;
     return 0;
 }
 
@@ -717,20 +908,19 @@ static void td_daemon_gifts_free(td_daemon *d) {
                     (unsigned long long)d->gifts_registered, (unsigned long long)d->gifts_again);
     td_gifts_kafka_free(d->gifts_kafka);
     td_gifts_free(d->gifts);
-    free(d->gift_recs);
 }
 
 /* Applies the events of group g in order. @returns 0, or -1 (out of memory). */
-static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
-    td_state *st = &d->states[g];
-    for (int32_t i = d->first[g]; i >= 0; i = d->next[i]) {
-        rd_kafka_message_t *m = d->msgs[i];
+static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
+    td_state *st = &b->states[g];
+    for (int32_t i = b->first[g]; i >= 0; i = b->next[i]) {
+        rd_kafka_message_t *m = b->msgs[i];
         const char *topic = rd_kafka_topic_name(m->rkt);
         if (m->offset <= td_state_pos_get(st, topic, m->partition)) {
-            d->skipped_pos++; /* applied before a crash or by another instance */
+            b->skipped_pos++; /* applied before a crash or by another instance */
             continue;
         }
-        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &d->evs[i]};
+        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->evs[i]};
         if (d->shadow)
             td_shadow_before(d->shadow, st); /* a copy, stepped after live, never stored */
         if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
@@ -738,49 +928,49 @@ static int td_batch_compute(td_daemon *d, int32_t g, td_ms now) {
         if (d->shadow)
             td_shadow_after(d->shadow, d->rs, &trig, now, d->out);
         if (d->out->duplicate)
-            d->duplicates++;
+            b->duplicates++;
         else
-            d->applied++;
-        if (!d->out->duplicate && td_gift_note(d, g, i) < 0)
+            b->applied++;
+        if (!d->out->duplicate && td_gift_note(d, b, g, i) < 0)
             return -1;
         for (uint32_t r = 0; r < d->out->nrecs; r++) {
-            size_t off = d->recbuf.len;
-            if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &d->recbuf) != TD_OK ||
-                td_rec_add(d, g, off) < 0)
+            size_t off = b->recbuf.len;
+            if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &b->recbuf) != TD_OK ||
+                td_rec_add(b, g, off) < 0)
                 return -1;
         }
         if (d->out->nerrors)
             td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u",
-                        st->prospect_id, d->evs[i].id, d->out->nerrors);
-        if (d->out->has_derived && td_dq_push(d, &d->out->derived) < 0)
+                        st->prospect_id, b->evs[i].id, d->out->nerrors);
+        if (d->out->has_derived && td_dq_push(b, &d->out->derived) < 0)
             return -1;
         td_state_pos_set(st, topic, m->partition, m->offset);
-        d->changed[g] = true;
+        b->changed[g] = true;
     }
     return 0;
 }
 
 /* Steps derived event i on its owner's state (the owner's dedup ring makes a
  * repeat a no-op). @returns 0, or -1 (out of memory). */
-static int td_derived_step(td_daemon *d, size_t i, td_ms now) {
-    int32_t g = d->dq_g[i];
-    td_state *st = &d->states[g];
-    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &d->dq[i]};
+static int td_derived_step(td_daemon *d, td_batch *b, size_t i, td_ms now) {
+    int32_t g = b->dq_g[i];
+    td_state *st = &b->states[g];
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->dq[i]};
     if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
         return -1;
     if (d->out->duplicate)
         return 0;
-    d->derived++;
+    b->derived++;
     for (uint32_t r = 0; r < d->out->nrecs; r++) {
-        size_t off = d->recbuf.len;
-        if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &d->recbuf) != TD_OK ||
-            td_rec_add(d, g, off) < 0)
+        size_t off = b->recbuf.len;
+        if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &b->recbuf) != TD_OK ||
+            td_rec_add(b, g, off) < 0)
             return -1;
     }
     if (d->out->nerrors)
         td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u", st->prospect_id,
-                    d->dq[i].id, d->out->nerrors);
-    d->changed[g] = true;
+                    b->dq[i].id, d->out->nerrors);
+    b->changed[g] = true;
     return 0;
 }
 
@@ -792,53 +982,55 @@ static int td_derived_step(td_daemon *d, size_t i, td_ms now) {
  * attempt that receives a new event is appended to work again.
  * @returns 0, -1 (out of memory) or -2 (abandoned: stop requested).
  */
-static int td_batch_derive(td_daemon *d, size_t *nwork, size_t from, td_ms now) {
-    if (d->ndq == 0)
+static int td_batch_derive(td_daemon *d, td_batch *b, td_batch *from, size_t from_dq, td_ms now) {
+    if (b->ndq == 0)
         return 0;
-    uint32_t seq = d->attempt_seq;
-    size_t n0 = *nwork, ncreated = 0;
-    for (size_t i = from; i < d->ndq; i++) {
+    uint32_t seq = b->attempt_seq;
+    size_t n0 = b->nwork, ncreated = 0;
+    for (size_t i = from_dq; i < b->ndq; i++) {
         bool created;
-        int32_t g = td_group_lookup(d, d->dq[i].prospect_id, true, &created);
+        int32_t g = td_group_lookup(d, b, b->dq[i].prospect_id, true, &created);
         if (g < 0)
             return -1; /* cannot happen: at most one derived event per input event */
-        d->dq_g[i] = g;
+        b->dq_g[i] = g;
         if (created) {
-            d->work[n0 + ncreated++] = g;
-            d->stamp[g] = seq;
+            b->work[n0 + ncreated++] = g;
+            b->stamp[g] = seq;
         }
     }
     if (ncreated > 0) {
-        if (td_batch_load(d, d->work + n0, ncreated) < 0)
-            return -2;
-        *nwork += ncreated;
+        int lr = td_batch_load(d, b, from, b->work + n0, ncreated);
+        if (lr < 0)
+            return lr == -2 ? -1 : -2;
+        b->nwork += ncreated;
     }
     /* groups loaded in this attempt: every derived event for them */
-    for (size_t i = 0; i < d->ndq; i++) {
-        int32_t g = d->dq_g[i];
-        if (d->stamp[g] == seq && td_derived_step(d, i, now) < 0)
+    for (size_t i = 0; i < b->ndq; i++) {
+        int32_t g = b->dq_g[i];
+        if (b->stamp[g] == seq && td_derived_step(d, b, i, now) < 0)
             return -1;
     }
     /* groups stored earlier in the batch: only the new events */
-    for (size_t i = from; i < d->ndq; i++) {
-        int32_t g = d->dq_g[i];
-        if (d->stamp[g] == seq)
+    for (size_t i = from_dq; i < b->ndq; i++) {
+        int32_t g = b->dq_g[i];
+        if (b->stamp[g] == seq)
             continue;
-        d->expected[g] = d->states[g].version; /* as stored by us */
-        d->stamp[g] = seq;
-        d->work[(*nwork)++] = g;
-        for (size_t k = i; k < d->ndq; k++)
-            if (d->dq_g[k] == g && td_derived_step(d, k, now) < 0)
+        b->expected[g] = b->states[g].version; /* as stored by us */
+        b->stamp[g] = seq;
+        b->work[b->nwork++] = g;
+        for (size_t k = i; k < b->ndq; k++)
+            if (b->dq_g[k] == g && td_derived_step(d, b, k, now) < 0)
                 return -1;
     }
     return 0;
 }
 
-/* Stores the changed groups among work[0..n), sending each one's difference
- * from its base; conflicted ones are written to conflicts[] (*nconf).
- * @returns 0, -1 when abandoned (stop requested), -2 on out-of-memory. */
-static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *conflicts,
-                          size_t *nconf) {
+/* Prepares the pack of the changed groups among work[0..nwork) and writes
+ * each one's difference from its base through r. Reads b's states and bases
+ * and writes only the pack_* arrays: it runs on the store thread.
+ * @returns TD_OK, TD_ERR (Redis: unknown which writes happened) or -2 (out
+ * of memory). */
+static int td_batch_store_send(td_redis *r, td_batch *b) {
     size_t np = 0;
     /* Owner groups (no input messages) first: Redis runs a pipeline in
      * order, so a crash mid-store may lose a prospect's write (its event is
@@ -846,137 +1038,171 @@ static int td_batch_store(td_daemon *d, const int32_t *work, size_t n, int32_t *
      * owner's dedup ring drops) but never an owner's event whose source
      * prospect was stored. */
     for (int pass = 0; pass < 2; pass++) {
-        for (size_t k = 0; k < n; k++) {
-            int32_t g = work[k];
-            if (!d->changed[g] || (d->first[g] < 0) != (pass == 0))
+        for (size_t k = 0; k < b->nwork; k++) {
+            int32_t g = b->work[k];
+            if (!b->changed[g] || (b->first[g] < 0) != (pass == 0))
                 continue;
-            d->pack[np] = d->states[g]; /* shallow: the store only reads and sets version */
-            d->pack_base[np] = d->base[g]; /* shallow, read only */
-            if (td_kvs_capture(&d->pack_now[np], &d->states[g]) != TD_OK)
+            b->pack[np] = b->states[g]; /* shallow: the store only reads and sets version */
+            b->pack_base[np] = b->base[g]; /* shallow, read only */
+            if (td_kvs_capture(&b->pack_now[np], &b->states[g]) != TD_OK)
                 return -2;
-            d->pack_expected[np] = d->expected[g];
-            d->pack_g[np] = g;
+            b->pack_expected[np] = b->expected[g];
+            b->pack_g[np] = g;
             np++;
         }
     }
-    *nconf = 0;
+    b->npack = np;
     if (np == 0)
-        return 0;
+        return TD_OK;
+    return td_redis_store_diff(r, b->pack, b->pack_base, b->pack_now, b->pack_expected, np,
+                               b->pack_result) == TD_OK
+               ? TD_OK
+               : TD_ERR;
+}
+
+/* Takes the outcome of a successful td_batch_store_send: stored groups take
+ * their new version and what was written becomes their base (the old
+ * base's buffers are reused for the next write); conflicted ones are written
+ * to work2[] (*nconf) and dropped from the cache. */
+static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
+    *nconf = 0;
+    for (size_t k = 0; k < b->npack; k++) {
+        int32_t g = b->pack_g[k];
+        if (b->pack_result[k] == TD_REDIS_STORED) {
+            b->states[g].version = b->pack[k].version;
+            b->changed[g] = false;
+            td_kvs old = b->base[g];
+            b->base[g] = b->pack_now[k];
+            b->pack_now[k] = old;
+            b->has_base[g] = true;
+        } else {
+            td_state_cache_drop(d->cache, b->states[g].prospect_id);
+            b->work2[(*nconf)++] = g;
+        }
+    }
+}
+
+/* Stores b's changed groups on the main thread, holding the batch while
+ * Redis is unavailable. `rc` is the outcome of a store already tried
+ * (TD_ERR: retry it; TD_OK: apply it) or TD_STORE_UNTRIED (not tried yet).
+ * @returns 0 (conflicts in work2[0..*nconf)), -1 when abandoned (stop
+ * requested), -2 on out-of-memory. */
+static int td_batch_store(td_daemon *d, td_batch *b, int rc, td_redis *tried_on, size_t *nconf) {
     int attempt = 0;
-    while (td_redis_store_diff(d->redis, d->pack, d->pack_base, d->pack_now, d->pack_expected, np,
-                               d->pack_result) != TD_OK) {
+    if (rc == TD_STORE_UNTRIED)
+        rc = td_batch_store_send(d->redis, b);
+    td_redis *r = tried_on ? tried_on : d->redis;
+    while (rc != TD_OK) {
+        if (rc == -2)
+            return -2;
         /* Unknown which writes happened: retrying is safe (a write that did
          * happen bumped the version, so it now conflicts, and the reload
          * sees our positions). */
-        if (td_redis_wait(d, &attempt, "store") < 0)
+        if (td_redis_wait(d, r, &attempt, "store") < 0)
             return -1;
+        r = d->redis;
+        rc = td_batch_store_send(d->redis, b);
     }
     td_redis_back(d, attempt, "store");
-    for (size_t k = 0; k < np; k++) {
-        int32_t g = d->pack_g[k];
-        if (d->pack_result[k] == TD_REDIS_STORED) {
-            d->states[g].version = d->pack[k].version;
-            d->changed[g] = false;
-            /* what was written becomes the base; the old base's buffers are
-             * reused for the next write */
-            td_kvs old = d->base[g];
-            d->base[g] = d->pack_now[k];
-            d->pack_now[k] = old;
-            d->has_base[g] = true;
-        } else {
-            td_state_cache_drop(d->cache, d->states[g].prospect_id);
-            conflicts[(*nconf)++] = g;
-        }
-    }
+    td_batch_store_apply(d, b, nconf);
     return 0;
 }
 
 typedef enum { TD_BATCH_DONE = 0, TD_BATCH_ABANDONED = 1, TD_BATCH_FATAL = 2 } td_batch_rc;
 
-static td_batch_rc td_batch_process(td_daemon *d) {
-    d->t_load = d->t_compute = d->t_deliver = d->t_store = 0;
-    td_kafka_round_begin(d->kafka);
-    d->ndq = 0;
-    if (td_batch_decode(d) < 0)
+/* One computing attempt over b->work[0..nwork): load (`from`: the batch in
+ * flight, or NULL), apply the events, derive, and send the
+ * recommendations in the open round. */
+static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
+    int64_t t0 = td_mono_ms();
+    if (b->nwork > 0) {
+        int lr = td_batch_load(d, b, from, b->work, b->nwork);
+        if (lr == -2) {
+            td_log_error("out of memory while loading states", "prospects=%zu", b->nwork);
+            return TD_BATCH_FATAL;
+        }
+        if (lr < 0)
+            return TD_BATCH_ABANDONED;
+    }
+    int64_t t1 = td_mono_ms();
+    b->t_load += t1 - t0;
+    b->nrecs = 0;
+    b->recbuf.len = 0;
+    td_ms now = td_wall_ms();
+    uint32_t seq = ++b->attempt_seq;
+    for (size_t k = 0; k < b->nwork; k++)
+        b->stamp[b->work[k]] = seq;
+    size_t dq_from = b->ndq;
+    size_t nw = b->nwork; /* derive appends owner groups, computed there */
+    for (size_t k = 0; k < nw; k++) {
+        if (td_batch_compute(d, b, b->work[k], now) < 0) {
+            td_log_error("engine step failed (out of memory)", "prospect=%s",
+                         b->states[b->work[k]].prospect_id);
+            return TD_BATCH_FATAL;
+        }
+    }
+    /* events derived for owners: stepped on the owners' states, stored
+     * with them in this attempt */
+    int dr = td_batch_derive(d, b, from, dq_from, now);
+    if (dr == -1) {
+        td_log_error("engine step failed (out of memory)", "derived=%zu", b->ndq);
         return TD_BATCH_FATAL;
+    }
+    if (dr == -2)
+        return TD_BATCH_ABANDONED;
+    for (size_t r = 0; r < b->nrecs; r++) {
+        const td_drec *x = &b->recs[r];
+        const char *pid = b->states[x->g].prospect_id;
+        if (td_kafka_send_rec(d->kafka, pid, strlen(pid), b->recbuf.p + x->off, x->len) < 0)
+            return TD_BATCH_FATAL;
+    }
+    d->recs_out += b->nrecs;
+    b->t_compute += td_mono_ms() - t1;
+    return TD_BATCH_DONE;
+}
 
-    /* The first attempt covers every group; later ones only the conflicted. */
-    size_t nwork = d->ngroups;
-    for (size_t g = 0; g < nwork; g++)
-        d->work[g] = (int32_t)g;
-    bool first_round = true;
+/* Durable output first: nothing of b's attempt is stored in Redis, and no
+ * offset, before every recommendation (and dead letter) of the open round is
+ * acknowledged; then the gift register. */
+static td_batch_rc td_batch_deliver(td_daemon *d, td_batch *b) {
+    int64_t t0 = td_mono_ms();
+    int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
+    if (w == -1)
+        return TD_BATCH_FATAL;
+    if (w == -2)
+        return TD_BATCH_ABANDONED;
+    int gw = td_daemon_gifts(d, b); /* the gift register: after delivery, before the store */
+    if (gw == -1)
+        return TD_BATCH_FATAL;
+    if (gw == -2)
+        return TD_BATCH_ABANDONED;
+    b->t_deliver += td_mono_ms() - t0;
+    return TD_BATCH_DONE;
+}
+
+/* Stores b on the main thread, then recomputes, delivers and stores its
+ * conflicted groups until none conflicts. `rc`/`tried_on`: see
+ * td_batch_store. */
+static td_batch_rc td_batch_settle(td_daemon *d, td_batch *b, int rc, td_redis *tried_on) {
     for (int attempt = 0;; attempt++) {
         int64_t t0 = td_mono_ms();
-        if (nwork > 0 && td_batch_load(d, d->work, nwork) < 0)
-            return TD_BATCH_ABANDONED;
-        int64_t t1 = td_mono_ms();
-        d->t_load += t1 - t0;
-        if (!first_round)
-            td_kafka_round_begin(d->kafka);
-        first_round = false;
-        d->nrecs = 0;
-        d->recbuf.len = 0;
-        td_ms now = td_wall_ms();
-        uint32_t seq = ++d->attempt_seq;
-        for (size_t k = 0; k < nwork; k++)
-            d->stamp[d->work[k]] = seq;
-        size_t dq_from = d->ndq;
-        for (size_t k = 0; k < nwork; k++) {
-            if (td_batch_compute(d, d->work[k], now) < 0) {
-                td_log_error("engine step failed (out of memory)", "prospect=%s",
-                             d->states[d->work[k]].prospect_id);
-                return TD_BATCH_FATAL;
-            }
-        }
-        /* events derived for owners: stepped on the owners' states, stored
-         * with them in this attempt */
-        int dr = td_batch_derive(d, &nwork, dq_from, now);
-        if (dr == -1) {
-            td_log_error("engine step failed (out of memory)", "derived=%zu", d->ndq);
-            return TD_BATCH_FATAL;
-        }
-        if (dr == -2)
-            return TD_BATCH_ABANDONED;
-        for (size_t r = 0; r < d->nrecs; r++) {
-            const td_drec *x = &d->recs[r];
-            const char *pid = d->states[x->g].prospect_id;
-            if (td_kafka_send_rec(d->kafka, pid, strlen(pid), d->recbuf.p + x->off, x->len) < 0)
-                return TD_BATCH_FATAL;
-        }
-        d->recs_out += d->nrecs;
-        int64_t t2 = td_mono_ms();
-        d->t_compute += t2 - t1;
-        /* Durable output first: nothing of this batch is stored in Redis, and
-         * no offset, before every recommendation is acknowledged. */
-        int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
-        if (w == -1)
-            return TD_BATCH_FATAL;
-        if (w == -2)
-            return TD_BATCH_ABANDONED;
-        int gw = td_daemon_gifts(d); /* the gift register: after delivery, before the store */
-        if (gw == -1)
-            return TD_BATCH_FATAL;
-        if (gw == -2)
-            return TD_BATCH_ABANDONED;
-
-        int64_t t3 = td_mono_ms();
-        d->t_deliver += t3 - t2;
         size_t nconf = 0;
-        int sr = td_batch_store(d, d->work, nwork, d->work2, &nconf);
+        int sr = td_batch_store(d, b, rc, tried_on, &nconf);
         if (sr == -2) {
-            td_log_error("out of memory after a state write", "prospects=%zu", nwork);
+            td_log_error("out of memory after a state write", "prospects=%zu", b->nwork);
             return TD_BATCH_FATAL;
         }
         if (sr < 0)
             return TD_BATCH_ABANDONED;
-        d->t_store += td_mono_ms() - t3;
+        b->t_store += td_mono_ms() - t0;
         if (nconf == 0)
-            break;
+            return TD_BATCH_DONE;
         d->conflicts += nconf;
+        b->recomputed = true;
         td_log_info("state changed concurrently, recomputing", "prospects=%zu attempt=%d", nconf,
                     attempt + 1);
-        memcpy(d->work, d->work2, nconf * sizeof *d->work);
-        nwork = nconf;
+        memcpy(b->work, b->work2, nconf * sizeof *b->work);
+        b->nwork = nconf;
         if (attempt >= 3) {
             /* Persistent contention: back off a little (another instance is
              * working on the same prospects during a rebalance). */
@@ -984,17 +1210,175 @@ static td_batch_rc td_batch_process(td_daemon *d) {
         }
         if (td_daemon_stop_requested && attempt > 50)
             return TD_BATCH_ABANDONED;
+        td_kafka_round_begin(d->kafka);
+        td_batch_rc br = td_batch_attempt(d, b, NULL);
+        if (br == TD_BATCH_DONE)
+            br = td_batch_deliver(d, b);
+        if (br != TD_BATCH_DONE)
+            return br;
+        rc = TD_STORE_UNTRIED;
+        tried_on = NULL;
     }
-
-    /* Everything the batch caused is durable: its offsets may be committed. */
-    td_kafka_store(d->kafka, d->msgs, d->nmsgs);
-    return TD_BATCH_DONE;
 }
 
-/* ---------------------------------------------------------------- timers */
+/* Groups b's decoded events and computes every group in the open round
+ * (loading from `from`, the batch in flight, where it has the prospect). */
+static td_batch_rc td_batch_compute_all(td_daemon *d, td_batch *b, td_batch *from) {
+    td_batch_group(d, b);
+    b->nwork = b->ngroups;
+    for (size_t g = 0; g < b->nwork; g++)
+        b->work[g] = (int32_t)g;
+    return td_batch_attempt(d, b, from);
+}
 
-/* The timer path's sink: recommendations go out in their own Kafka round,
- * acknowledged before the states are stored (same rule as batches). */
+/* Opens b's round, decodes its messages and computes every group. */
+static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
+    b->t_start = td_mono_ms();
+    b->t_load = b->t_compute = b->t_deliver = b->t_store = b->t_wait = 0;
+    b->recomputed = false;
+    b->ndq = 0;
+    td_kafka_round_begin(d->kafka);
+    if (td_batch_decode(d, b) < 0)
+        return TD_BATCH_FATAL;
+    return td_batch_compute_all(d, b, from);
+}
+
+/* Recomputes b from scratch on top of `from` (settled): every group is
+ * loaded again (from `from` where it has the prospect, else the cache or
+ * Redis), the events applied again and the recommendations sent again in a
+ * new round. b's previous round was waited for (its dead letters are
+ * delivered). */
+static td_batch_rc td_batch_redo(td_daemon *d, td_batch *b, td_batch *from) {
+    for (size_t g = 0; g < b->ngroups; g++)
+        if (b->src[g] >= 0)
+            from->superseded[b->src[g]] = false;
+    td_batch_drop_groups(b);
+    b->applied = b->skipped_pos = b->duplicates = b->derived = 0;
+    b->ndq = 0;
+    b->ngifts = 0;
+    d->redone++;
+    td_kafka_round_begin(d->kafka);
+    return td_batch_compute_all(d, b, from);
+}
+
+/* `from` is settled (its writes landed): the states b copied from it take
+ * the version it stored and its base (the flat form Redis now holds). */
+static void td_batch_adopt(td_batch *b, td_batch *from) {
+    for (size_t g = 0; g < b->ngroups; g++) {
+        int32_t sg = b->src[g];
+        if (sg < 0)
+            continue;
+        int64_t v = from->states[sg].version;
+        b->states[g].version = v;
+        b->expected[g] = v;
+        if (from->has_base[sg]) {
+            td_kvs_move(&b->base[g], &from->base[sg]);
+            from->has_base[sg] = false;
+            b->has_base[g] = true;
+        } else {
+            b->has_base[g] = false; /* out of memory earlier: written whole */
+        }
+        b->src[g] = -1;
+    }
+}
+
+/* Finishes the batch in flight: waits for its store, settles it (Redis
+ * errors, conflicts), stores its offsets and releases it. `next` (or NULL)
+ * was computed on top of it and has its round open: if the batch in flight
+ * had to be recomputed, next is recomputed too; else it adopts the versions
+ * and bases. */
+static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
+    td_batch *a = d->inflight;
+    int64_t t0 = td_mono_ms();
+    td_store_join(d);
+    a->t_wait = td_mono_ms() - t0;
+    d->inflight = NULL;
+    td_batch_rc br = TD_BATCH_DONE;
+    size_t nconf = 0;
+    if (a->store_rc == TD_OK)
+        td_batch_store_apply(d, a, &nconf);
+    if (a->store_rc != TD_OK || nconf > 0) {
+        if (next) {
+            /* the settling uses rounds of its own: close next's first */
+            int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
+            if (w != 0) {
+                br = w == -1 ? TD_BATCH_FATAL : TD_BATCH_ABANDONED;
+                goto out;
+            }
+        }
+        if (a->store_rc == TD_OK) {
+            /* conflicts: recompute them, then settle */
+            d->conflicts += nconf;
+            a->recomputed = true;
+            td_log_info("state changed concurrently, recomputing", "prospects=%zu attempt=1",
+                        nconf);
+            memcpy(a->work, a->work2, nconf * sizeof *a->work);
+            a->nwork = nconf;
+            td_kafka_round_begin(d->kafka);
+            br = td_batch_attempt(d, a, NULL);
+            if (br == TD_BATCH_DONE)
+                br = td_batch_deliver(d, a);
+            if (br == TD_BATCH_DONE)
+                br = td_batch_settle(d, a, TD_STORE_UNTRIED, NULL);
+        } else {
+            br = td_batch_settle(d, a, a->store_rc, d->redis_store);
+        }
+        if (br != TD_BATCH_DONE)
+            goto out;
+    }
+    /* Everything a caused is durable: its offsets may be committed. */
+    td_kafka_store(d->kafka, a->msgs, a->nmsgs);
+    if (next) {
+        if (a->recomputed)
+            br = td_batch_redo(d, next, a);
+        else
+            td_batch_adopt(next, a);
+    }
+out:
+    td_log_debug("batch done",
+                 "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
+                 "deliver_ms=%lld store_ms=%lld store_wait_ms=%lld",
+                 a->nmsgs, a->ngroups, a->nrecs, (long long)(td_mono_ms() - a->t_start),
+                 (long long)a->t_load, (long long)a->t_compute, (long long)a->t_deliver,
+                 (long long)a->t_store, (long long)a->t_wait);
+    td_batch_release(d, a);
+    return br;
+}
+
+/* Processes batch b (collected): computes it on top of the batch in flight,
+ * finishes that one, delivers b, then stores b (on the store thread with
+ * engine.pipeline, leaving b in flight; else at once, and releases it). */
+static td_batch_rc td_batch_process(td_daemon *d, td_batch *b) {
+    td_batch_rc br = td_batch_begin(d, b, d->inflight);
+    if (d->inflight) {
+        td_batch_rc fr = td_pipe_finish(d, br == TD_BATCH_DONE ? b : NULL);
+        if (br == TD_BATCH_DONE)
+            br = fr;
+    }
+    if (br == TD_BATCH_DONE)
+        br = td_batch_deliver(d, b);
+    if (br != TD_BATCH_DONE) {
+        td_batch_release(d, b);
+        return br;
+    }
+    if (d->store_started) {
+        d->inflight = b;
+        td_store_start(d, b);
+        return TD_BATCH_DONE;
+    }
+    br = td_batch_settle(d, b, TD_STORE_UNTRIED, NULL);
+    if (br == TD_BATCH_DONE)
+        td_kafka_store(d->kafka, b->msgs, b->nmsgs);
+    td_log_debug("batch done",
+                 "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
+                 "deliver_ms=%lld store_ms=%lld",
+                 b->nmsgs, b->ngroups, b->nrecs, (long long)(td_mono_ms() - b->t_start),
+                 (long long)b->t_load, (long long)b->t_compute, (long long)b->t_deliver,
+                 (long long)b->t_store);
+    td_batch_release(d, b);
+    return br;
+}
+
 static int td_timer_send(void *ud, const char *pid, const char *json, size_t len) {
     td_daemon *d = ud;
     if (td_kafka_send_rec(d->kafka, pid, strlen(pid), json, len) < 0)
@@ -1081,7 +1465,7 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 (unsigned long long)cs.drops, cs.used, cs.entries);
     td_log_info("progress",
                 "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
-                "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu "
+                "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
                 "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
                 "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
                 "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
@@ -1091,6 +1475,7 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
                 (unsigned long long)d->recs_out, (unsigned long long)ks.recs_acked,
                 (unsigned long long)ks.resent, (unsigned long long)d->conflicts,
+                (unsigned long long)d->redone,
                 (unsigned long long)d->redis_waits, ks.assigned, (unsigned long long)d->derived,
                 (unsigned long long)ts->claimed, (unsigned long long)ts->fired,
                 (unsigned long long)ts->recs, (unsigned long long)ts->stale,
@@ -1100,10 +1485,25 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 td_ruleset_hash(d->rs));
 }
 
+
+/* @returns true when the loop must end (rc set for a fatal error). */
+static bool td_daemon_batch_end(td_daemon *d, td_batch_rc br, int *rc) {
+    if (br == TD_BATCH_FATAL) {
+        const char *why = td_kafka_fatal(d->kafka);
+        char q[600];
+        td_log_error("fatal error, exiting", "reason=%s",
+                     td_log_quote(q, sizeof q, why ? why : "engine"));
+        *rc = TD_EXIT_FATAL;
+        return true;
+    }
+    return br == TD_BATCH_ABANDONED;
+}
+
 int td_daemon_run(td_daemon *d) {
     int rc = TD_EXIT_OK;
-    td_log_info("touchd running", "batch_max_events=%d batch_max_ms=%d",
-                d->cfg->engine.batch_max_events, d->cfg->engine.batch_max_ms);
+    td_log_info("touchd running", "batch_max_events=%d batch_max_ms=%d pipeline=%s",
+                d->cfg->engine.batch_max_events, d->cfg->engine.batch_max_ms,
+                d->store_started ? "true" : "false");
     while (!td_daemon_stop_requested) {
         const char *fatal = td_kafka_fatal(d->kafka);
         if (fatal) {
@@ -1119,32 +1519,26 @@ int td_daemon_run(td_daemon *d) {
         td_daemon_timers(d);
         if (td_daemon_stop_requested)
             break;
-        /* wait for input at most until the next timer poll (and 100 ms) */
+        /* wait for input at most until the next timer poll (and 100 ms);
+         * not at all while a batch is being stored: finish it instead */
         int64_t wait = d->next_timer_poll - td_mono_ms();
-        if (td_batch_collect(d, wait < 0 ? 0 : wait > 100 ? 100 : (int)wait) == 0)
+        int wait_ms = wait < 0 ? 0 : wait > 100 ? 100 : (int)wait;
+        if (d->inflight)
+            wait_ms = 0;
+        td_batch *b = d->inflight == &d->bt[0] ? &d->bt[1] : &d->bt[0];
+        if (td_batch_collect(d, b, wait_ms) == 0) {
+            if (d->inflight && td_daemon_batch_end(d, td_pipe_finish(d, NULL), &rc))
+                break;
             continue;
-        int64_t t0 = td_mono_ms();
-        size_t n = d->nmsgs, ng = 0;
-        td_batch_rc br = td_batch_process(d);
-        ng = d->ngroups;
-        d->batches++;
-        d->events += n;
-        td_batch_release(d);
-        if (br == TD_BATCH_FATAL) {
-            const char *why = td_kafka_fatal(d->kafka);
-            char q[600];
-            td_log_error("fatal error, exiting", "reason=%s",
-                         td_log_quote(q, sizeof q, why ? why : "engine"));
-            rc = TD_EXIT_FATAL;
-            break;
         }
-        if (br == TD_BATCH_ABANDONED)
+        if (td_daemon_batch_end(d, td_batch_process(d, b), &rc))
             break;
-        td_log_debug("batch done",
-                     "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
-                     "deliver_ms=%lld store_ms=%lld",
-                     n, ng, d->nrecs, (long long)(td_mono_ms() - t0), (long long)d->t_load,
-                     (long long)d->t_compute, (long long)d->t_deliver, (long long)d->t_store);
+    }
+    if (d->inflight) {
+        /* the batch being stored: settle it and store its offsets */
+        td_batch_rc br = td_pipe_finish(d, NULL);
+        if (br == TD_BATCH_FATAL && rc == TD_EXIT_OK)
+            td_daemon_batch_end(d, br, &rc);
     }
     td_daemon_progress(d, true);
     if (rc == TD_EXIT_OK)

@@ -17,6 +17,11 @@
  *     Redis down -> pause consumption, back off, retry until it is back
  *   store the input offsets of every message of the batch (auto-committed)
  *
+ * With engine.pipeline (the default) the store of batch N runs on a store
+ * thread while the main thread consumes and computes batch N+1 (which starts
+ * from N's computed states where they share prospects); N's offsets are
+ * stored, and a conflict in N recomputes N+1, before N+1's store starts.
+ *
  * Why this gives "applied exactly once, published at least once" is written
  * out in docs/operations.md.
  *
@@ -26,7 +31,8 @@
  * compile is logged diagnostic by diagnostic and the previous one keeps
  * serving.
  *
- * @locality main thread (librdkafka's callbacks are served on it too).
+ * @locality main thread (librdkafka's callbacks are served on it too), and
+ * the store thread for Redis writes.
  */
 #ifndef TD_DAEMON_H
 #define TD_DAEMON_H

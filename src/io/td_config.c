@@ -171,6 +171,18 @@ static bool td_cfg_get_int(td_cfg_ctx *x, const config_setting_t *s, const char 
     return true;
 }
 
+static bool td_cfg_get_bool(td_cfg_ctx *x, const config_setting_t *s, const char *key,
+                            bool *dst) {
+    char got[128];
+    if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
+        td_cfg_fail(x, s, key, "expected true or false, got %s",
+                    td_cfg_describe(s, got, sizeof got));
+        return false;
+    }
+    *dst = config_setting_get_bool(s) != 0;
+    return true;
+}
+
 static bool td_cfg_topic_ok(const char *t) {
     size_t n = strlen(t);
     if (n == 0 || n > 249 || strcmp(t, ".") == 0 || strcmp(t, "..") == 0)
@@ -465,8 +477,10 @@ static bool td_cfg_engine(td_cfg_ctx *x, const config_setting_t *g, td_config *c
             td_cfg_get_int(x, s, key, 1, 60000, &c->engine.batch_max_ms);
         else if (strcmp(name, "state_cache") == 0)
             td_cfg_get_int(x, s, key, 0, 10000000, &c->engine.state_cache);
+        else if (strcmp(name, "pipeline") == 0)
+            td_cfg_get_bool(x, s, key, &c->engine.pipeline);
         else
-            td_cfg_unknown(x, s, key, "batch_max_events, batch_max_ms, state_cache");
+            td_cfg_unknown(x, s, key, "batch_max_events, batch_max_ms, state_cache, pipeline");
     }
     return !x->failed;
 }
@@ -672,6 +686,7 @@ td_config *td_config_default(void) {
     c->rules.shadow_report_interval_ms = 10000;
     c->engine.batch_max_events = 1000;
     c->engine.state_cache = 65536;
+    c->engine.pipeline = true;
     c->engine.batch_max_ms = 20;
     td_timers_conf_default(&c->timers);
     c->gifts.retention_days = 400; /* TD_GIFTS_RETENTION_DAYS_DEFAULT */

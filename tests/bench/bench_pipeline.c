@@ -23,7 +23,9 @@
  * settings in touchd's kafka.producer group, e.g. "max_in_flight = 1;"),
  * BENCH_CONFIG_EXTRA (more top-level config, e.g. "timers = { shards = 64; };"),
  * TD_TEST_INFLIGHT (max.in.flight of this process' event producer, 1 by
- * default: see harness_kafka.c).
+ * default: see harness_kafka.c), BENCH_LOOPBACK=1 (phase (b) produces
+ * recommendation-shaped messages straight to the output topic: the latency
+ * floor of one hop through the mock broker, without touchd).
  *
  * The harness (redis-server, mock cluster, child process) is the
  * integration tests' own, compiled in here.
@@ -146,12 +148,24 @@ static int cmp_i64(const void *a, const void *b) {
 static long g_seq;
 static int g_prospects = 10000;
 
+static long g_tick_us = 200; /* BENCH_TICK_US: (b) produces what is due every tick */
+static int g_loopback; /* BENCH_LOOPBACK: (b) skips touchd (the broker's own latency) */
+
 static int produce_one(td_test_kafka *k) {
     char ev[400], key[32];
     long seq = g_seq++;
     int p = (int)(seq % g_prospects);
     long j = seq / g_prospects;
     snprintf(key, sizeof key, "p-%d", p);
+    if (g_loopback == 2) {
+        /* a recommendation-shaped message straight to the output topic */
+        int n = snprintf(ev, sizeof ev, "{\"event_id\":\"b-%ld-%" PRId64 "\"}", seq, now_us());
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            k->producer, RD_KAFKA_V_TOPIC(T_OUT), RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_VALUE(ev, (size_t)n), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_END);
+        return e ? -1 : 0;
+    }
     int n = snprintf(ev, sizeof ev,
                      "{\"id\":\"b-%ld-%" PRId64 "\",\"type\":\"%s\",\"prospect_id\":\"%s\","
                      "\"occurred_at\":\"2026-11-20T%02ld:%02ld:00Z\",\"owner_id\":\"rep-%d\","
@@ -185,6 +199,9 @@ int main(int argc, char **argv) {
     int secs_a = argc > 1 ? atoi(argv[1]) : 15;
     int secs_b = argc > 2 ? atoi(argv[2]) : 15;
     int rate_b = argc > 3 ? atoi(argv[3]) : 10000;
+    if (getenv("BENCH_TICK_US"))
+        g_tick_us = atol(getenv("BENCH_TICK_US"));
+    g_loopback = getenv("BENCH_LOOPBACK") && atoi(getenv("BENCH_LOOPBACK")) != 0;
     if (getenv("BENCH_PROSPECTS"))
         g_prospects = atoi(getenv("BENCH_PROSPECTS"));
     int parts = getenv("BENCH_PARTITIONS") ? atoi(getenv("BENCH_PARTITIONS")) : 4;
@@ -324,6 +341,18 @@ int main(int argc, char **argv) {
     }
 
     /* ---- (b) latency at a fixed rate ---- */
+    if (g_loopback) {
+        /* the floor: one hop through the mock broker, producer to reader
+         * (after a warm-up: the first produce to a topic fetches metadata) */
+        g_loopback = 2;
+        printf("(b) BENCH_LOOPBACK: events go straight to the output topic, touchd is idle\n");
+        for (int i = 0; i < 1000; i++)
+            if (produce_one(&k) < 0)
+                return 2;
+        drain_end = now_us() + 10000000;
+        while (atomic_load(&rd.recs) < g_seq && now_us() < drain_end)
+            rd_kafka_poll(k.producer, 10);
+    }
     atomic_store(&rd.record, 1);
     int64_t start = now_us();
     int64_t bend = start + (int64_t)secs_b * 1000000;
@@ -337,7 +366,7 @@ int main(int argc, char **argv) {
             sent_b++;
         }
         rd_kafka_poll(k.producer, 0);
-        struct timespec ts = {0, 200000};
+        struct timespec ts = {0, g_tick_us * 1000L};
         nanosleep(&ts, NULL);
     }
     drain_end = now_us() + 30000000;

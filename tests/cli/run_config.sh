@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# run_config.sh - `touchd run -c FILE` rejects bad configuration files before
+# connecting to anything: exit code 2 and one message naming the file, the
+# line, the key and what is allowed (docs/config.md).
+#
+# Environment: TD_TOUCHD, TD_SOURCE_DIR. Prints "N passed, M failed" last.
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="${TD_SOURCE_DIR:-$(cd "$here/../.." && pwd)}"
+touchd="${TD_TOUCHD:-$src/build/touchd}"
+if [[ ! -x "$touchd" ]]; then
+  echo "run_config.sh: touchd binary not found: $touchd (set TD_TOUCHD)" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+
+# expect NAME WANT_TEXT CONFIG_TEXT: exit 2, WANT_TEXT in stderr, in < 5 s
+expect() {
+  local name="$1" want="$2" text="$3"
+  printf '%s\n' "$text" > "$tmp/$name.conf"
+  local out rc
+  out="$(timeout 5 "$touchd" run -c "$tmp/$name.conf" 2>&1 >/dev/null)"
+  rc=$?
+  if [[ $rc -eq 2 && "$out" == *"$want"* ]]; then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1))
+    echo "FAIL $name: exit $rc, want 2 and '$want' in: $out" >&2
+  fi
+}
+
+expect pipeline-not-bool "$tmp/pipeline-not-bool.conf:3: engine.pipeline: expected true or false, got 3" \
+'kafka = { brokers = "embedded"; };
+engine = { batch_max_events = 100;
+  pipeline = 3; };'
+expect pipeline-string "engine.pipeline: expected true or false" \
+'engine = { pipeline = "yes"; };'
+expect engine-unknown "engine.pipelin: unknown key (allowed here: batch_max_events, batch_max_ms, state_cache, pipeline)" \
+'engine = { pipelin = true; };'
+expect batch-range "engine.batch_max_events: expected an integer from 1 to 100000, got 0" \
+'engine = { batch_max_events = 0; };'
+expect syntax "syntax.conf:2:" \
+'engine = { batch_max_events = 10;
+  pipeline = = true; };'
+
+# a good engine group passes validation (then fails later on Redis, not 2)
+printf 'kafka = { brokers = "embedded"; bootstrap_file = "%s/b"; };\nredis = { host = "127.0.0.1"; port = 1; connect_timeout_ms = 100; };\nrules = { dir = "%s/rules"; };\nengine = { pipeline = false; };\n' "$tmp" "$src" > "$tmp/good.conf"
+out="$(timeout 20 "$touchd" run -c "$tmp/good.conf" 2>&1 >/dev/null)"
+rc=$?
+if [[ $rc -ne 2 && "$out" != *"engine.pipeline"* ]]; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1))
+  echo "FAIL good-engine: exit $rc: $out" >&2
+fi
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]
