@@ -88,6 +88,7 @@ typedef struct td_batch {
     int32_t *src;
     bool *superseded;
     bool recomputed; /* some group conflicted and was recomputed */
+    bool redone;     /* recomputed whole after the batch before it conflicted */
     /* recommendations of the current attempt */
     td_buf recbuf;
     td_drec *recs;
@@ -98,8 +99,9 @@ typedef struct td_batch {
     td_kvs *base;
     bool *has_base;
     int32_t *miss;
-    /* store: filled by td_batch_store_send (main or store thread), read by
-     * td_batch_store_apply (main thread) */
+    /* store: filled by td_batch_pack and td_batch_pack_bind (main thread),
+     * td_batch_store_send (main or store thread: pack_result and the pack's
+     * versions), read by td_batch_store_apply (main thread) */
     td_state *pack;     /* shallow copies of states[g] */
     td_kvs *pack_base;  /* shallow copies of base[g] */
     td_kvs *pack_now;   /* the flat forms being written (owned, reused) */
@@ -132,6 +134,7 @@ typedef struct td_batch {
     uint64_t applied, skipped_pos, duplicates, derived;
     /* milliseconds spent in the phases, for the debug log */
     int64_t t_start, t_load, t_compute, t_deliver, t_store, t_wait;
+    int64_t age; /* ms from the oldest message's timestamp to the batch's start */
 } td_batch;
 
 struct td_daemon {
@@ -1025,12 +1028,12 @@ static int td_batch_derive(td_daemon *d, td_batch *b, td_batch *from, size_t fro
     return 0;
 }
 
-/* Prepares the pack of the changed groups among work[0..nwork) and writes
- * each one's difference from its base through r. Reads b's states and bases
- * and writes only the pack_* arrays: it runs on the store thread.
- * @returns TD_OK, TD_ERR (Redis: unknown which writes happened) or -2 (out
- * of memory). */
-static int td_batch_store_send(td_redis *r, td_batch *b) {
+/* Captures the flat forms of the changed groups among work[0..nwork) into
+ * the pack (pack_now, pack_g), owners first. Only the states are read: it
+ * may run before the bases and versions of groups copied from the batch in
+ * flight are known (td_batch_pack_bind completes the pack).
+ * @returns 0 or -2 (out of memory). */
+static int td_batch_pack(td_batch *b) {
     size_t np = 0;
     /* Owner groups (no input messages) first: Redis runs a pipeline in
      * order, so a crash mid-store may lose a prospect's write (its event is
@@ -1042,22 +1045,47 @@ static int td_batch_store_send(td_redis *r, td_batch *b) {
             int32_t g = b->work[k];
             if (!b->changed[g] || (b->first[g] < 0) != (pass == 0))
                 continue;
-            b->pack[np] = b->states[g]; /* shallow: the store only reads and sets version */
-            b->pack_base[np] = b->base[g]; /* shallow, read only */
             if (td_kvs_capture(&b->pack_now[np], &b->states[g]) != TD_OK)
                 return -2;
-            b->pack_expected[np] = b->expected[g];
             b->pack_g[np] = g;
             np++;
         }
     }
     b->npack = np;
-    if (np == 0)
+    return 0;
+}
+
+/* Completes the pack with each group's state (shallow: the store only reads
+ * it and sets its version), base (shallow, read only) and expected version. */
+static void td_batch_pack_bind(td_batch *b) {
+    for (size_t k = 0; k < b->npack; k++) {
+        int32_t g = b->pack_g[k];
+        b->pack[k] = b->states[g];
+        b->pack_base[k] = b->base[g];
+        b->pack_expected[k] = b->expected[g];
+    }
+}
+
+/* Writes each packed group's difference from its base through r. Reads b's
+ * pack and writes only pack_result and the pack's versions: it runs on the
+ * store thread. @returns TD_OK or TD_ERR (Redis: unknown which writes
+ * happened). */
+static int td_batch_store_send(td_redis *r, td_batch *b) {
+    if (b->npack == 0)
         return TD_OK;
-    return td_redis_store_diff(r, b->pack, b->pack_base, b->pack_now, b->pack_expected, np,
+    return td_redis_store_diff(r, b->pack, b->pack_base, b->pack_now, b->pack_expected, b->npack,
                                b->pack_result) == TD_OK
                ? TD_OK
                : TD_ERR;
+}
+
+/* td_batch_pack + td_batch_pack_bind + td_batch_store_send, on the main
+ * thread. @returns as td_batch_store_send, or -2 (out of memory). */
+static int td_batch_store_now(td_redis *r, td_batch *b) {
+    if (td_batch_pack(b) < 0)
+        return -2;
+    td_batch_pack_bind(b);
+    return td_batch_store_send(r, b);
 }
 
 /* Takes the outcome of a successful td_batch_store_send: stored groups take
@@ -1090,7 +1118,7 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
 static int td_batch_store(td_daemon *d, td_batch *b, int rc, td_redis *tried_on, size_t *nconf) {
     int attempt = 0;
     if (rc == TD_STORE_UNTRIED)
-        rc = td_batch_store_send(d->redis, b);
+        rc = td_batch_store_now(d->redis, b);
     td_redis *r = tried_on ? tried_on : d->redis;
     while (rc != TD_OK) {
         if (rc == -2)
@@ -1101,7 +1129,7 @@ static int td_batch_store(td_daemon *d, td_batch *b, int rc, td_redis *tried_on,
         if (td_redis_wait(d, r, &attempt, "store") < 0)
             return -1;
         r = d->redis;
-        rc = td_batch_store_send(d->redis, b);
+        rc = td_batch_store_now(d->redis, b);
     }
     td_redis_back(d, attempt, "store");
     td_batch_store_apply(d, b, nconf);
@@ -1235,6 +1263,13 @@ static td_batch_rc td_batch_compute_all(td_daemon *d, td_batch *b, td_batch *fro
 static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
     b->t_start = td_mono_ms();
     b->t_load = b->t_compute = b->t_deliver = b->t_store = b->t_wait = 0;
+    int64_t oldest = INT64_MAX;
+    for (size_t i = 0; i < b->nmsgs; i++) {
+        int64_t ts = rd_kafka_message_timestamp(b->msgs[i], NULL);
+        if (ts > 0 && ts < oldest)
+            oldest = ts;
+    }
+    b->age = oldest == INT64_MAX ? -1 : (int64_t)td_wall_ms() - oldest;
     b->recomputed = false;
     b->ndq = 0;
     td_kafka_round_begin(d->kafka);
@@ -1257,6 +1292,7 @@ static td_batch_rc td_batch_redo(td_daemon *d, td_batch *b, td_batch *from) {
     b->ndq = 0;
     b->ngifts = 0;
     d->redone++;
+    b->redone = true;
     td_kafka_round_begin(d->kafka);
     return td_batch_compute_all(d, b, from);
 }
@@ -1299,7 +1335,8 @@ static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
         td_batch_store_apply(d, a, &nconf);
     if (a->store_rc != TD_OK || nconf > 0) {
         if (next) {
-            /* the settling uses rounds of its own: close next's first */
+            /* the settling uses rounds of its own: next's must be closed
+             * (it normally is: delivered before this finish) */
             int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
             if (w != 0) {
                 br = w == -1 ? TD_BATCH_FATAL : TD_BATCH_ABANDONED;
@@ -1337,10 +1374,10 @@ static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
 out:
     td_log_debug("batch done",
                  "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
-                 "deliver_ms=%lld store_ms=%lld store_wait_ms=%lld",
+                 "deliver_ms=%lld store_ms=%lld store_wait_ms=%lld age_ms=%lld",
                  a->nmsgs, a->ngroups, a->nrecs, (long long)(td_mono_ms() - a->t_start),
                  (long long)a->t_load, (long long)a->t_compute, (long long)a->t_deliver,
-                 (long long)a->t_store, (long long)a->t_wait);
+                 (long long)a->t_store, (long long)a->t_wait, (long long)a->age);
     td_batch_release(d, a);
     return br;
 }
@@ -1350,18 +1387,36 @@ out:
  * engine.pipeline, leaving b in flight; else at once, and releases it). */
 static td_batch_rc td_batch_process(td_daemon *d, td_batch *b) {
     td_batch_rc br = td_batch_begin(d, b, d->inflight);
+    /* b's acknowledgements are awaited while the batch in flight is still
+     * being written: if that one conflicts, b is recomputed and delivered
+     * again (a recommendation from a conflicted state is re-published with
+     * its id, as after any conflict) */
+    if (br == TD_BATCH_DONE)
+        br = td_batch_deliver(d, b);
+    /* b's flat forms are captured while the batch in flight is written */
+    if (br == TD_BATCH_DONE && d->store_started && td_batch_pack(b) < 0) {
+        td_log_error("out of memory while packing states", "prospects=%zu", b->nwork);
+        br = TD_BATCH_FATAL;
+    }
     if (d->inflight) {
+        b->redone = false;
         td_batch_rc fr = td_pipe_finish(d, br == TD_BATCH_DONE ? b : NULL);
         if (br == TD_BATCH_DONE)
             br = fr;
+        if (br == TD_BATCH_DONE && b->redone) {
+            br = td_batch_deliver(d, b);
+            if (br == TD_BATCH_DONE && td_batch_pack(b) < 0) {
+                td_log_error("out of memory while packing states", "prospects=%zu", b->nwork);
+                br = TD_BATCH_FATAL;
+            }
+        }
     }
-    if (br == TD_BATCH_DONE)
-        br = td_batch_deliver(d, b);
     if (br != TD_BATCH_DONE) {
         td_batch_release(d, b);
         return br;
     }
     if (d->store_started) {
+        td_batch_pack_bind(b); /* versions and bases of copied groups are known now */
         d->inflight = b;
         td_store_start(d, b);
         return TD_BATCH_DONE;
@@ -1371,10 +1426,10 @@ static td_batch_rc td_batch_process(td_daemon *d, td_batch *b) {
         td_kafka_store(d->kafka, b->msgs, b->nmsgs);
     td_log_debug("batch done",
                  "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
-                 "deliver_ms=%lld store_ms=%lld",
+                 "deliver_ms=%lld store_ms=%lld age_ms=%lld",
                  b->nmsgs, b->ngroups, b->nrecs, (long long)(td_mono_ms() - b->t_start),
                  (long long)b->t_load, (long long)b->t_compute, (long long)b->t_deliver,
-                 (long long)b->t_store);
+                 (long long)b->t_store, (long long)b->age);
     td_batch_release(d, b);
     return br;
 }
