@@ -14,7 +14,13 @@
  * heaviest output: one produced message per consumed one), so counting
  * recommendations counts processed events.
  *
- * Usage: bench_pipeline [seconds_a [seconds_b [rate_b]]]
+ *   (c) the floor of (b): the same rate and duration, but produced straight
+ *       to the output topic (recommendation-shaped messages, touchd idle):
+ *       one hop through the mock broker, producer to reader. (b) crosses
+ *       the broker twice (events in, recommendations out).
+ *
+ * Usage: bench_pipeline [seconds_a [seconds_b [rate_b [seconds_c]]]]
+ * (seconds_c defaults to seconds_b; 0 skips a phase).
  * Env: TD_TOUCHD (default: touchd next to this binary), BENCH_PROSPECTS
  * (default 10000), BENCH_PARTITIONS (4), BENCH_BATCH (touchd's
  * engine.batch_max_events, 2000), BENCH_LOG (keep touchd's log there),
@@ -23,9 +29,8 @@
  * settings in touchd's kafka.producer group, e.g. "max_in_flight = 1;"),
  * BENCH_CONFIG_EXTRA (more top-level config, e.g. "timers = { shards = 64; };"),
  * TD_TEST_INFLIGHT (max.in.flight of this process' event producer, 1 by
- * default: see harness_kafka.c), BENCH_LOOPBACK=1 (phase (b) produces
- * recommendation-shaped messages straight to the output topic: the latency
- * floor of one hop through the mock broker, without touchd).
+ * default: see harness_kafka.c), BENCH_TICK_US ((b) and (c) produce what is
+ * due every tick, 200 us by default).
  *
  * The harness (redis-server, mock cluster, child process) is the
  * integration tests' own, compiled in here.
@@ -162,7 +167,7 @@ static long g_seq;
 static int g_prospects = 10000;
 
 static long g_tick_us = 200; /* BENCH_TICK_US: (b) produces what is due every tick */
-static int g_loopback; /* BENCH_LOOPBACK: (b) skips touchd (the broker's own latency) */
+static int g_loopback; /* 2: phase (c), messages straight to the output topic */
 
 static int produce_one(td_test_kafka *k) {
     char ev[400], key[32];
@@ -200,6 +205,72 @@ static int produce_one(td_test_kafka *k) {
     }
 }
 
+/* Produces `rate` events/s for `secs` seconds (what is due every tick) and
+ * prints the latency percentiles of their recommendations (with
+ * g_loopback == 2: of messages produced straight to the output topic). The
+ * reader's samples are reset first. @returns 0, or -1 (produce failed). */
+static int fixed_rate(td_test_kafka *k, reader *rd, int secs, int rate, const char *label) {
+    if (secs <= 0)
+        return 0;
+    if (g_loopback == 2) {
+        /* warm-up: the first produce to a topic fetches its metadata */
+        for (int i = 0; i < 1000; i++)
+            if (produce_one(k) < 0)
+                return -1;
+        int64_t until = now_us() + 10000000;
+        while (atomic_load(&rd->recs) < g_seq && now_us() < until)
+            rd_kafka_poll(k->producer, 10);
+    }
+    pthread_mutex_lock(&rd->mu);
+    rd->nlat = 0;
+    pthread_mutex_unlock(&rd->mu);
+    atomic_store(&rd->record, 1);
+    int64_t start = now_us(), end = start + (int64_t)secs * 1000000;
+    long sent = 0;
+    while (now_us() < end) {
+        /* produce what the schedule says is due by now, then sleep a tick */
+        long due = (long)((double)(now_us() - start) * rate / 1e6);
+        while (sent < due) {
+            if (produce_one(k) < 0)
+                return -1;
+            sent++;
+        }
+        rd_kafka_poll(k->producer, 0);
+        struct timespec ts = {0, g_tick_us * 1000L};
+        nanosleep(&ts, NULL);
+    }
+    int64_t until = now_us() + 30000000;
+    while (atomic_load(&rd->recs) < g_seq && now_us() < until)
+        rd_kafka_poll(k->producer, 10);
+    atomic_store(&rd->record, 0);
+    pthread_mutex_lock(&rd->mu);
+    /* the part up to touchd's produce of the recommendation: the hop in,
+     * the wait, the batch (ms precision, from the Kafka timestamp) */
+    size_t n = rd->nlat, nin = 0;
+    for (size_t i = 0; i < n; i++)
+        if (rd->lat_in[i] >= 0)
+            rd->lat_in[nin++] = rd->lat_in[i];
+    qsort(rd->lat_in, nin, sizeof *rd->lat_in, cmp_i64);
+    qsort(rd->lat, n, sizeof *rd->lat, cmp_i64);
+    if (n) {
+#define PCT(a, n, q) ((a)[(size_t)((double)((n) - 1) * (q))] / 1000.0)
+        printf("%s latency at %d events/s for %d s (%zu of %ld measured): "
+               "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+               label, rate, secs, n, sent, PCT(rd->lat, n, 0.50), PCT(rd->lat, n, 0.90),
+               PCT(rd->lat, n, 0.99), rd->lat[n - 1] / 1000.0);
+        if (nin && g_loopback != 2)
+            printf("    of which up to touchd's produce of the recommendation (+-0.5 ms): "
+                   "p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+                   PCT(rd->lat_in, nin, 0.50), PCT(rd->lat_in, nin, 0.90),
+                   PCT(rd->lat_in, nin, 0.99), rd->lat_in[nin - 1] / 1000.0);
+    } else {
+        printf("%s nothing measured\n", label);
+    }
+    pthread_mutex_unlock(&rd->mu);
+    fflush(stdout);
+    return 0;
+}
+
 static void print_touchd_progress(const char *log) {
     char cmd[700];
     snprintf(cmd, sizeof cmd,
@@ -212,9 +283,9 @@ int main(int argc, char **argv) {
     int secs_a = argc > 1 ? atoi(argv[1]) : 15;
     int secs_b = argc > 2 ? atoi(argv[2]) : 15;
     int rate_b = argc > 3 ? atoi(argv[3]) : 10000;
+    int secs_c = argc > 4 ? atoi(argv[4]) : secs_b;
     if (getenv("BENCH_TICK_US"))
         g_tick_us = atol(getenv("BENCH_TICK_US"));
-    g_loopback = getenv("BENCH_LOOPBACK") && atoi(getenv("BENCH_LOOPBACK")) != 0;
     if (getenv("BENCH_PROSPECTS"))
         g_prospects = atoi(getenv("BENCH_PROSPECTS"));
     int parts = getenv("BENCH_PARTITIONS") ? atoi(getenv("BENCH_PARTITIONS")) : 4;
@@ -353,64 +424,15 @@ int main(int argc, char **argv) {
         rd_kafka_poll(k.producer, 10);
     }
 
-    /* ---- (b) latency at a fixed rate ---- */
-    if (g_loopback) {
-        /* the floor: one hop through the mock broker, producer to reader
-         * (after a warm-up: the first produce to a topic fetches metadata) */
-        g_loopback = 2;
-        printf("(b) BENCH_LOOPBACK: events go straight to the output topic, touchd is idle\n");
-        for (int i = 0; i < 1000; i++)
-            if (produce_one(&k) < 0)
-                return 2;
-        drain_end = now_us() + 10000000;
-        while (atomic_load(&rd.recs) < g_seq && now_us() < drain_end)
-            rd_kafka_poll(k.producer, 10);
-    }
-    atomic_store(&rd.record, 1);
-    int64_t start = now_us();
-    int64_t bend = start + (int64_t)secs_b * 1000000;
-    long sent_b = 0;
-    while (now_us() < bend) {
-        /* produce what the schedule says is due by now, then sleep a tick */
-        long due = (long)((double)(now_us() - start) * rate_b / 1e6);
-        while (sent_b < due) {
-            if (produce_one(&k) < 0)
-                return 2;
-            sent_b++;
-        }
-        rd_kafka_poll(k.producer, 0);
-        struct timespec ts = {0, g_tick_us * 1000L};
-        nanosleep(&ts, NULL);
-    }
-    drain_end = now_us() + 30000000;
-    while (atomic_load(&rd.recs) < g_seq && now_us() < drain_end)
-        rd_kafka_poll(k.producer, 10);
+    /* ---- (b) latency at a fixed rate, through touchd ---- */
+    if (fixed_rate(&k, &rd, secs_b, rate_b, "(b)") < 0)
+        return 2;
+    /* ---- (c) the same through the broker alone: one hop, touchd idle ---- */
+    g_loopback = 2;
+    if (fixed_rate(&k, &rd, secs_c, rate_b, "(c) broker alone, one hop:") < 0)
+        return 2;
     atomic_store(&rd.stop, 1);
     pthread_join(th, NULL);
-
-    /* the part up to touchd's produce of the recommendation: the hop in,
-     * the wait, the batch (ms precision, from the Kafka timestamp) */
-    size_t nin = 0;
-    for (size_t i = 0; i < rd.nlat; i++)
-        if (rd.lat_in[i] >= 0)
-            rd.lat_in[nin++] = rd.lat_in[i];
-    qsort(rd.lat_in, nin, sizeof *rd.lat_in, cmp_i64);
-    qsort(rd.lat, rd.nlat, sizeof *rd.lat, cmp_i64);
-    if (rd.nlat) {
-#define PCT(q) (rd.lat[(size_t)((double)(rd.nlat - 1) * (q))] / 1000.0)
-        printf("(b) latency at %d events/s for %d s (%zu of %ld recommendations measured): "
-               "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
-               rate_b, secs_b, rd.nlat, sent_b, PCT(0.50), PCT(0.90), PCT(0.99),
-               rd.lat[rd.nlat - 1] / 1000.0);
-        if (nin && !g_loopback) {
-#define PCTIN(q) (rd.lat_in[(size_t)((double)(nin - 1) * (q))] / 1000.0)
-            printf("    of which up to touchd's produce of the recommendation (+-0.5 ms): "
-                   "p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n",
-                   PCTIN(0.50), PCTIN(0.90), PCTIN(0.99), rd.lat_in[nin - 1] / 1000.0);
-        }
-    } else {
-        printf("(b) no recommendation measured\n");
-    }
     int code = td_test_touchd_stop(&t, SIGTERM, 30000);
     print_touchd_progress(log);
     printf("touchd exit code %d; total events %ld, recommendations received %ld\n", code, g_seq,
