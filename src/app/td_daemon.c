@@ -15,9 +15,10 @@
  * and computes batch N+1 and produces its recommendations. A prospect of
  * N+1 that is also in N starts from a copy of N's computed state; once N's
  * write is known to have landed, that copy takes N's stored version and
- * flat form as its base. If any of N's writes conflicted, N is recomputed
- * and stored first (on the main thread), then N+1 is recomputed from
- * scratch, so nothing is stored from a state that was not stored before it.
+ * flat form as its base. If any of N's writes conflicted, N's conflicted
+ * prospects are recomputed and stored first (on the main thread), then the
+ * groups of N+1 that started from them are recomputed, so nothing is stored
+ * from a state that was not stored before it.
  * Order of the durable steps per batch is unchanged: its recommendations are
  * acknowledged, then its states are stored, then its offsets; and N's
  * offsets are stored before N+1's states are written.
@@ -87,8 +88,9 @@ typedef struct td_batch {
      * main thread only; the store thread never reads it) */
     int32_t *src;
     bool *superseded;
-    bool recomputed; /* some group conflicted and was recomputed */
-    bool redone;     /* recomputed whole after the batch before it conflicted */
+    bool recomputed;  /* some group conflicted and was recomputed */
+    bool *conflicted; /* conflicted[g]: group g conflicted (and was recomputed) */
+    bool redone;      /* groups recomputed after the batch before them conflicted */
     /* recommendations of the current attempt */
     td_buf recbuf;
     td_drec *recs;
@@ -289,6 +291,7 @@ static void td_batch_alloc(td_batch *b, size_t cap, size_t gcap, size_t tcap) {
     b->stamp = td_xcalloc(gcap, sizeof *b->stamp);
     b->src = td_xcalloc(gcap, sizeof *b->src);
     b->superseded = td_xcalloc(gcap, sizeof *b->superseded);
+    b->conflicted = td_xcalloc(gcap, sizeof *b->conflicted);
     b->table = td_xcalloc(tcap, sizeof *b->table);
     b->base = td_xcalloc(gcap, sizeof *b->base);
     b->has_base = td_xcalloc(gcap, sizeof *b->has_base);
@@ -317,6 +320,7 @@ static void td_batch_free(td_batch *b, size_t gcap) {
     free(b->stamp);
     free(b->src);
     free(b->superseded);
+    free(b->conflicted);
     free(b->table);
     td_kvs_free_array(b->base, gcap);
     free(b->has_base);
@@ -614,6 +618,7 @@ static int32_t td_group_lookup(const td_daemon *d, td_batch *b, const char *pid,
     b->stamp[g] = 0;
     b->src[g] = -1;
     b->superseded[g] = false;
+    b->conflicted[g] = false;
     if (created)
         *created = true;
     return g;
@@ -1028,8 +1033,9 @@ static int td_batch_derive(td_daemon *d, td_batch *b, td_batch *from, size_t fro
     return 0;
 }
 
-/* Captures the flat forms of the changed groups among work[0..nwork) into
- * the pack (pack_now, pack_g), owners first. Only the states are read: it
+/* Captures the flat forms of b's changed groups (every group the batch
+ * changed and has not stored yet) into the pack (pack_now, pack_g), owners
+ * first. Only the states are read: it
  * may run before the bases and versions of groups copied from the batch in
  * flight are known (td_batch_pack_bind completes the pack).
  * @returns 0 or -2 (out of memory). */
@@ -1041,8 +1047,8 @@ static int td_batch_pack(td_batch *b) {
      * owner's dedup ring drops) but never an owner's event whose source
      * prospect was stored. */
     for (int pass = 0; pass < 2; pass++) {
-        for (size_t k = 0; k < b->nwork; k++) {
-            int32_t g = b->work[k];
+        for (size_t k = 0; k < b->ngroups; k++) {
+            int32_t g = (int32_t)k;
             if (!b->changed[g] || (b->first[g] < 0) != (pass == 0))
                 continue;
             if (td_kvs_capture(&b->pack_now[np], &b->states[g]) != TD_OK)
@@ -1105,6 +1111,7 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
             b->has_base[g] = true;
         } else {
             td_state_cache_drop(d->cache, b->states[g].prospect_id);
+            b->conflicted[g] = true;
             b->work2[(*nconf)++] = g;
         }
     }
@@ -1278,23 +1285,24 @@ static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
     return td_batch_compute_all(d, b, from);
 }
 
-/* Recomputes b from scratch on top of `from` (settled): every group is
- * loaded again (from `from` where it has the prospect, else the cache or
- * Redis), the events applied again and the recommendations sent again in a
- * new round. b's previous round was waited for (its dead letters are
- * delivered). */
+/* Recomputes the groups of b that started from a state `from` had to
+ * recompute after a conflict: they are copied again from `from` (settled),
+ * their events applied again (and the events derived for owners) and their
+ * recommendations sent again in a new round. b's previous round was waited
+ * for. The other groups keep what they computed: their starting states are
+ * what `from` stored, or what Redis or the cache had. */
 static td_batch_rc td_batch_redo(td_daemon *d, td_batch *b, td_batch *from) {
+    size_t n = 0;
     for (size_t g = 0; g < b->ngroups; g++)
-        if (b->src[g] >= 0)
-            from->superseded[b->src[g]] = false;
-    td_batch_drop_groups(b);
-    b->applied = b->skipped_pos = b->duplicates = b->derived = 0;
-    b->ndq = 0;
-    b->ngifts = 0;
+        if (b->src[g] >= 0 && from->conflicted[b->src[g]])
+            b->work[n++] = (int32_t)g;
+    if (n == 0)
+        return TD_BATCH_DONE;
+    b->nwork = n;
     d->redone++;
     b->redone = true;
     td_kafka_round_begin(d->kafka);
-    return td_batch_compute_all(d, b, from);
+    return td_batch_attempt(d, b, from);
 }
 
 /* `from` is settled (its writes landed): the states b copied from it take
@@ -1368,7 +1376,7 @@ static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
     if (next) {
         if (a->recomputed)
             br = td_batch_redo(d, next, a);
-        else
+        if (br == TD_BATCH_DONE)
             td_batch_adopt(next, a);
     }
 out:

@@ -740,17 +740,26 @@ static void stream_with_writer(fx *f, int NP, int NE) {
     start_touchd(f);
     assert_true(td_test_wait_file(f->log, "partitions assigned", 1, 30000));
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    int64_t deadline = td_test_now_ms() + 60000;
+    bool writing = false;
     for (int j = 0; j < NE; j++) {
         for (int p = 0; p < NP; p++)
             send_event(f, p, j);
         rd_kafka_poll(f->kafka.producer, 0);
-        td_test_sleep_ms(6); /* ~2000 events/s: touchd works through the stream */
-        if (j >= NE / 5 && j < NE - NE / 5) {
+        td_test_sleep_ms(3); /* ~4000 events/s: touchd works through the stream */
+        if (!writing && j >= NE / 5) {
+            /* start writing once touchd is really in the stream */
+            while (td_test_reader_read(r, (size_t)(NP * j) / 2, 100) < (size_t)(NP * j) / 2 &&
+                   td_test_now_ms() < deadline) {
+            }
+            writing = true;
+        }
+        if (writing && j < NE - NE / 5) {
             /* the other writer: a version bump (a write that changes
-             * nothing touchd counts) on two prospects of the stream */
-            for (int k = 0; k < 2; k++) {
+             * nothing touchd counts) on a third of the prospects */
+            for (int k = 0; k < NP / 3; k++) {
                 redisReply *x = td_test_redis_cmd(&f->redis, "HINCRBY touchd:p:{p-%d} v 1",
-                                                  (j * 7 + k * 5) % NP);
+                                                  (j * 7 + k * 3) % NP);
                 assert_non_null(x);
                 assert_int_equal(x->type, REDIS_REPLY_INTEGER);
                 freeReplyObject(x);
