@@ -28,6 +28,8 @@
  * compute, deliver and store milliseconds), BENCH_PRODUCER_EXTRA (more
  * settings in touchd's kafka.producer group, e.g. "max_in_flight = 1;"),
  * BENCH_CONFIG_EXTRA (more top-level config, e.g. "timers = { shards = 64; };"),
+ * BENCH_ENGINE_EXTRA (more settings in touchd's engine group, e.g.
+ * "pipeline = false;"),
  * TD_TEST_INFLIGHT (max.in.flight of this process' event producer, 1 by
  * default: see harness_kafka.c), BENCH_TICK_US ((b) and (c) produce what is
  * due every tick, 200 us by default).
@@ -333,9 +335,10 @@ int main(int argc, char **argv) {
                      "  producer = { linger_ms = 0; %s }; };\n"
                      "redis = { host = \"127.0.0.1\"; port = %d; };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
-                     "engine = { batch_max_events = %d; batch_max_ms = 10; };\n"
+                     "engine = { batch_max_events = %d; batch_max_ms = 10; %s };\n"
                      "log = { level = \"%s\"; };\n%s\n",
                      k.bootstraps, getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis.port, rules_dir, batch,
+                     getenv("BENCH_ENGINE_EXTRA") ? getenv("BENCH_ENGINE_EXTRA") : "",
                      getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info",
                      getenv("BENCH_CONFIG_EXTRA") ? getenv("BENCH_CONFIG_EXTRA") : "");
     td_test_write_file(dir, "touchd.conf", text, (size_t)n, conf, sizeof conf);
