@@ -89,7 +89,10 @@ typedef struct td_batch {
     int32_t *src;
     bool *superseded;
     bool recomputed;  /* some group conflicted and was recomputed */
-    bool *conflicted; /* conflicted[g]: group g conflicted (and was recomputed) */
+    bool *restated;   /* restated[g]: group g's state changed after its first
+                       * compute (it conflicted and was recomputed, or an
+                       * owner group re-stepped then): a copy the next batch
+                       * took of it is stale */
     bool redone;      /* groups recomputed after the batch before them conflicted */
     /* recommendations of the current attempt */
     td_buf recbuf;
@@ -291,7 +294,7 @@ static void td_batch_alloc(td_batch *b, size_t cap, size_t gcap, size_t tcap) {
     b->stamp = td_xcalloc(gcap, sizeof *b->stamp);
     b->src = td_xcalloc(gcap, sizeof *b->src);
     b->superseded = td_xcalloc(gcap, sizeof *b->superseded);
-    b->conflicted = td_xcalloc(gcap, sizeof *b->conflicted);
+    b->restated = td_xcalloc(gcap, sizeof *b->restated);
     b->table = td_xcalloc(tcap, sizeof *b->table);
     b->base = td_xcalloc(gcap, sizeof *b->base);
     b->has_base = td_xcalloc(gcap, sizeof *b->has_base);
@@ -320,7 +323,7 @@ static void td_batch_free(td_batch *b, size_t gcap) {
     free(b->stamp);
     free(b->src);
     free(b->superseded);
-    free(b->conflicted);
+    free(b->restated);
     free(b->table);
     td_kvs_free_array(b->base, gcap);
     free(b->has_base);
@@ -618,7 +621,7 @@ static int32_t td_group_lookup(const td_daemon *d, td_batch *b, const char *pid,
     b->stamp[g] = 0;
     b->src[g] = -1;
     b->superseded[g] = false;
-    b->conflicted[g] = false;
+    b->restated[g] = false;
     if (created)
         *created = true;
     return g;
@@ -1111,7 +1114,6 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
             b->has_base[g] = true;
         } else {
             td_state_cache_drop(d->cache, b->states[g].prospect_id);
-            b->conflicted[g] = true;
             b->work2[(*nconf)++] = g;
         }
     }
@@ -1144,6 +1146,14 @@ static int td_batch_store(td_daemon *d, td_batch *b, int rc, td_redis *tried_on,
 }
 
 typedef enum { TD_BATCH_DONE = 0, TD_BATCH_ABANDONED = 1, TD_BATCH_FATAL = 2 } td_batch_rc;
+
+/* After a recomputing attempt: every group it loaded or stepped (the
+ * conflicted ones, and owner groups that received events derived again) has
+ * a state the next batch may hold a stale copy of. */
+static void td_batch_mark_restated(td_batch *b) {
+    for (size_t k = 0; k < b->nwork; k++)
+        b->restated[b->work[k]] = true;
+}
 
 /* One computing attempt over b->work[0..nwork): load (`from`: the batch in
  * flight, or NULL), apply the events, derive, and send the
@@ -1247,6 +1257,7 @@ static td_batch_rc td_batch_settle(td_daemon *d, td_batch *b, int rc, td_redis *
             return TD_BATCH_ABANDONED;
         td_kafka_round_begin(d->kafka);
         td_batch_rc br = td_batch_attempt(d, b, NULL);
+        td_batch_mark_restated(b);
         if (br == TD_BATCH_DONE)
             br = td_batch_deliver(d, b);
         if (br != TD_BATCH_DONE)
@@ -1285,8 +1296,9 @@ static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
     return td_batch_compute_all(d, b, from);
 }
 
-/* Recomputes the groups of b that started from a state `from` had to
- * recompute after a conflict: they are copied again from `from` (settled),
+/* Recomputes the groups of b that started from a state `from` changed
+ * after b copied it (a conflict there: td_batch_mark_restated): they are
+ * copied again from `from` (settled),
  * their events applied again (and the events derived for owners) and their
  * recommendations sent again in a new round. b's previous round was waited
  * for. The other groups keep what they computed: their starting states are
@@ -1294,7 +1306,7 @@ static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
 static td_batch_rc td_batch_redo(td_daemon *d, td_batch *b, td_batch *from) {
     size_t n = 0;
     for (size_t g = 0; g < b->ngroups; g++)
-        if (b->src[g] >= 0 && from->conflicted[b->src[g]])
+        if (b->src[g] >= 0 && from->restated[b->src[g]])
             b->work[n++] = (int32_t)g;
     if (n == 0)
         return TD_BATCH_DONE;
@@ -1361,6 +1373,7 @@ static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
             a->nwork = nconf;
             td_kafka_round_begin(d->kafka);
             br = td_batch_attempt(d, a, NULL);
+            td_batch_mark_restated(a);
             if (br == TD_BATCH_DONE)
                 br = td_batch_deliver(d, a);
             if (br == TD_BATCH_DONE)
