@@ -61,6 +61,21 @@ static const char RULES_B[] =
     "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; }; }\n"
     ");\n";
 
+/* One recommendation per event, chosen by a field a reply resets:
+ * email.unanswered (absent from the stored hash when 0). A stale stored
+ * value would pick the other rule for an open. */
+static const char RULES_REPLIES[] =
+    "rules = (\n"
+    "  { id = \"r.sent\"; on = [ \"email.sent\" ]; when = \"email.sent >= 1\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"r.open-waiting\"; on = [ \"email.opened\" ]; when = \"email.unanswered >= 1\";\n"
+    "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; }; },\n"
+    "  { id = \"r.open-answered\"; on = [ \"email.opened\" ]; when = \"email.unanswered == 0\";\n"
+    "    recommend = { channel = \"linkedin\"; touch = \"micro_question\"; }; },\n"
+    "  { id = \"r.replied\"; on = [ \"email.replied\" ]; when = \"email.replied >= 1\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; }\n"
+    ");\n";
+
 static const char RULES_BROKEN[] =
     "rules = (\n"
     "  { id = \"t.sent\"; on = [ \"email.sent\" ]; when = \"emial.sent > 1\";\n"
@@ -79,6 +94,7 @@ typedef struct fx {
     int reload_poll_ms;
     char group[64]; /* consumer group; GROUP unless a test changes it */
     bool serial;    /* engine.pipeline = false */
+    bool replies;   /* streams: sent, opened, replied, opened (else sent, opened) */
 } fx;
 
 /* ------------------------------------------------------------- helpers */
@@ -178,19 +194,25 @@ static void append_events_file(fx *f, const char *line) {
     fclose(o);
 }
 
-/* Event j of prospect p: even j email.sent, odd j email.opened. */
-static int make_event(char *buf, size_t cap, int p, int j) {
+/* Event j of prospect p: even j email.sent, odd j email.opened; with
+ * `replies`, j % 4 == 2 is an email.replied instead of a sent. */
+static int make_event(char *buf, size_t cap, int p, int j, bool replies) {
     int minute = j % 60, hour = (j / 60) % 24, day = 1 + (j / 1440) % 28;
+    bool reply = replies && j % 4 == 2;
+    bool sent = !reply && j % 2 == 0;
+    const char *type = reply ? "email.replied" : sent ? "email.sent" : "email.opened";
+    const char *data = reply  ? ",\"data\":{\"sentiment\":\"positive\"}"
+                       : sent ? ",\"data\":{\"kind\":\"value\"}"
+                              : "";
     return snprintf(buf, cap,
                     "{\"id\":\"e-%d-%d\",\"type\":\"%s\",\"prospect_id\":\"p-%d\","
                     "\"occurred_at\":\"2026-10-%02dT%02d:%02d:00Z\",\"owner_id\":\"rep-%d\"%s}",
-                    p, j, j % 2 == 0 ? "email.sent" : "email.opened", p, day, hour, minute, p % 3,
-                    j % 2 == 0 ? ",\"data\":{\"kind\":\"value\"}" : "");
+                    p, j, type, p, day, hour, minute, p % 3, data);
 }
 
 static void send_event(fx *f, int p, int j) {
     char ev[512], key[32];
-    int n = make_event(ev, sizeof ev, p, j);
+    int n = make_event(ev, sizeof ev, p, j, f->replies);
     snprintf(key, sizeof key, "p-%d", p);
     assert_int_equal(td_test_kafka_produce(&f->kafka, T_IN, key, ev, (size_t)n), 0);
     append_events_file(f, ev);
@@ -645,8 +667,17 @@ static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE) {
     /* Exactly once: every counter equals what was sent, per prospect. */
     for (int p = 0; p < NP; p++) {
         assert_int_equal(hget_int(f, p, "events"), NE);
-        assert_int_equal(hget_int(f, p, "email.sent"), NE / 2);
-        assert_int_equal(hget_int(f, p, "email.opened"), NE / 2);
+        if (f->replies) {
+            /* NE % 4 == 0: the last row is an open after a reply */
+            assert_int_equal(hget_int(f, p, "email.sent"), NE / 4);
+            assert_int_equal(hget_int(f, p, "email.opened"), NE / 2);
+            assert_int_equal(hget_int(f, p, "email.replied"), NE / 4);
+            /* 0 is not stored: the last reply's write deleted the field */
+            assert_int_equal(hget_int(f, p, "email.unanswered"), 0);
+        } else {
+            assert_int_equal(hget_int(f, p, "email.opened"), NE / 2);
+            assert_int_equal(hget_int(f, p, "email.sent"), NE / 2);
+        }
     }
     /* At least once: every expected recommendation id was published. */
     idset want_ids = {0};
@@ -736,7 +767,7 @@ static long long log_last_value(fx *f, const char *key) {
  * recomputed, and with the pipeline the batch computed on top of a
  * conflicted one must be recomputed too, without applying any event twice.
  */
-static void stream_with_writer(fx *f, int NP, int NE) {
+static void stream_with_writer(fx *f, int NP, int NE, int bumps) {
     start_touchd(f);
     assert_true(td_test_wait_file(f->log, "partitions assigned", 1, 30000));
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
@@ -756,8 +787,8 @@ static void stream_with_writer(fx *f, int NP, int NE) {
         }
         if (writing && j < NE - NE / 5) {
             /* the other writer: a version bump (a write that changes
-             * nothing touchd counts) on a third of the prospects */
-            for (int k = 0; k < NP / 3; k++) {
+             * nothing touchd counts) on `bumps` prospects */
+            for (int k = 0; k < bumps; k++) {
                 redisReply *x = td_test_redis_cmd(&f->redis, "HINCRBY touchd:p:{p-%d} v 1",
                                                   (j * 7 + k * 3) % NP);
                 assert_non_null(x);
@@ -778,7 +809,7 @@ static void stream_with_writer(fx *f, int NP, int NE) {
 
 static void test_concurrent_writer(void **state) {
     fx *f = *state;
-    stream_with_writer(f, 12, 200);
+    stream_with_writer(f, 12, 200, 4);
     long long redone = log_last_value(f, "redone");
     fprintf(stderr, "[ info ] conflicts=%lld redone=%lld\n", log_last_value(f, "conflicts"),
             redone);
@@ -786,11 +817,28 @@ static void test_concurrent_writer(void **state) {
     assert_true(redone > 0);
 }
 
+/* The same with replies: every fourth row a reply makes email.unanswered
+ * 0, which its write must delete from the hash. A state written against
+ * the wrong base leaves the old count; read back at a reload (the writer
+ * forces many), the next open picks the other rule: an id `touchd replay`
+ * does not expect. (With the base left out after a recompute, planted on
+ * purpose, this failed in 1 of 3 runs: it catches such a bug by chance,
+ * not every time.) */
+static void test_concurrent_writer_replies(void **state) {
+    fx *f = *state;
+    f->replies = true;
+    write_rules(f, RULES_REPLIES);
+    stream_with_writer(f, 12, 200, 4);
+    fprintf(stderr, "[ info ] conflicts=%lld redone=%lld\n", log_last_value(f, "conflicts"),
+            log_last_value(f, "redone"));
+    assert_true(log_last_value(f, "redone") > 0);
+}
+
 static void test_concurrent_writer_serial(void **state) {
     fx *f = *state;
     f->serial = true;
     write_config(f);
-    stream_with_writer(f, 12, 200);
+    stream_with_writer(f, 12, 200, 4);
     assert_int_equal(log_last_value(f, "redone"), 0);
     assert_true(td_test_count_in_file(f->log, "pipeline=false") == 1);
 }
@@ -809,6 +857,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_redis_restart_wide, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer_serial, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_writer_replies, setup, teardown),
     };
     /* TD_TEST_FILTER=test_kill9* runs a subset (cmocka glob). */
     if (getenv("TD_TEST_FILTER"))
