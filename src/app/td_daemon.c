@@ -553,8 +553,14 @@ static void td_batch_drop_groups(td_batch *b) {
 /* Ends a batch: states that are what Redis holds (loaded or stored, and not
  * changed since, and not carried on by the next batch) go back to the cache
  * with their flat form; the others are dropped (the next batch reloads
- * them). Its counters join the daemon's. */
+ * them). Its counters join the daemon's; its timings go to the debug log. */
 static void td_batch_release(td_daemon *d, td_batch *b) {
+    td_log_debug("batch done",
+                 "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
+                 "deliver_ms=%lld store_ms=%lld store_wait_ms=%lld age_ms=%lld",
+                 b->nmsgs, b->ngroups, b->nrecs, (long long)(td_mono_ms() - b->t_start),
+                 (long long)b->t_load, (long long)b->t_compute, (long long)b->t_deliver,
+                 (long long)b->t_store, (long long)b->t_wait, (long long)b->age);
     for (size_t g = 0; g < b->ngroups; g++) {
         if (b->has_base[g] && !b->changed[g] && !b->superseded[g])
             td_state_cache_give(d->cache, &b->states[g], &b->base[g]);
@@ -1120,8 +1126,8 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
 }
 
 /* Stores b's changed groups on the main thread, holding the batch while
- * Redis is unavailable. `rc` is the outcome of a store already tried
- * (TD_ERR: retry it; TD_OK: apply it) or TD_STORE_UNTRIED (not tried yet).
+ * Redis is unavailable. `rc` is the outcome of a store already tried (on
+ * `tried_on`; TD_ERR: retry it; TD_OK: apply it) or TD_STORE_UNTRIED.
  * @returns 0 (conflicts in work2[0..*nconf)), -1 when abandoned (stop
  * requested), -2 on out-of-memory. */
 static int td_batch_store(td_daemon *d, td_batch *b, int rc, td_redis *tried_on, size_t *nconf) {
@@ -1267,17 +1273,9 @@ static td_batch_rc td_batch_settle(td_daemon *d, td_batch *b, int rc, td_redis *
     }
 }
 
-/* Groups b's decoded events and computes every group in the open round
- * (loading from `from`, the batch in flight, where it has the prospect). */
-static td_batch_rc td_batch_compute_all(td_daemon *d, td_batch *b, td_batch *from) {
-    td_batch_group(d, b);
-    b->nwork = b->ngroups;
-    for (size_t g = 0; g < b->nwork; g++)
-        b->work[g] = (int32_t)g;
-    return td_batch_attempt(d, b, from);
-}
-
-/* Opens b's round, decodes its messages and computes every group. */
+/* Opens b's round, decodes its messages, groups them and computes every
+ * group (loading from `from`, the batch in flight, where it has the
+ * prospect). */
 static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
     b->t_start = td_mono_ms();
     b->t_load = b->t_compute = b->t_deliver = b->t_store = b->t_wait = 0;
@@ -1293,7 +1291,11 @@ static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
     td_kafka_round_begin(d->kafka);
     if (td_batch_decode(d, b) < 0)
         return TD_BATCH_FATAL;
-    return td_batch_compute_all(d, b, from);
+    td_batch_group(d, b);
+    b->nwork = b->ngroups;
+    for (size_t g = 0; g < b->nwork; g++)
+        b->work[g] = (int32_t)g;
+    return td_batch_attempt(d, b, from);
 }
 
 /* Recomputes the groups of b that started from a state `from` changed
@@ -1342,48 +1344,19 @@ static void td_batch_adopt(td_batch *b, td_batch *from) {
  * errors, conflicts), stores its offsets and releases it. `next` (or NULL)
  * was computed on top of it and has its round open: if the batch in flight
  * had to be recomputed, next is recomputed too; else it adopts the versions
- * and bases. */
+ * and bases. next must be delivered (its round closed). */
 static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
     td_batch *a = d->inflight;
     int64_t t0 = td_mono_ms();
     td_store_join(d);
     a->t_wait = td_mono_ms() - t0;
     d->inflight = NULL;
-    td_batch_rc br = TD_BATCH_DONE;
-    size_t nconf = 0;
-    if (a->store_rc == TD_OK)
-        td_batch_store_apply(d, a, &nconf);
-    if (a->store_rc != TD_OK || nconf > 0) {
-        if (next) {
-            /* the settling uses rounds of its own: next's must be closed
-             * (it normally is: delivered before this finish) */
-            int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
-            if (w != 0) {
-                br = w == -1 ? TD_BATCH_FATAL : TD_BATCH_ABANDONED;
-                goto out;
-            }
-        }
-        if (a->store_rc == TD_OK) {
-            /* conflicts: recompute them, then settle */
-            d->conflicts += nconf;
-            a->recomputed = true;
-            td_log_info("state changed concurrently, recomputing", "prospects=%zu attempt=1",
-                        nconf);
-            memcpy(a->work, a->work2, nconf * sizeof *a->work);
-            a->nwork = nconf;
-            td_kafka_round_begin(d->kafka);
-            br = td_batch_attempt(d, a, NULL);
-            td_batch_mark_restated(a);
-            if (br == TD_BATCH_DONE)
-                br = td_batch_deliver(d, a);
-            if (br == TD_BATCH_DONE)
-                br = td_batch_settle(d, a, TD_STORE_UNTRIED, NULL);
-        } else {
-            br = td_batch_settle(d, a, a->store_rc, d->redis_store);
-        }
-        if (br != TD_BATCH_DONE)
-            goto out;
-    }
+    /* the thread's outcome is applied (TD_OK) or its write retried (TD_ERR)
+     * by td_batch_settle, which also recomputes conflicts; next's round is
+     * closed (delivered before this), so the settling may use rounds */
+    td_batch_rc br = td_batch_settle(d, a, a->store_rc, d->redis_store);
+    if (br != TD_BATCH_DONE)
+        goto out;
     /* Everything a caused is durable: its offsets may be committed. */
     td_kafka_store(d->kafka, a->msgs, a->nmsgs);
     if (next) {
@@ -1393,12 +1366,6 @@ static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
             td_batch_adopt(next, a);
     }
 out:
-    td_log_debug("batch done",
-                 "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
-                 "deliver_ms=%lld store_ms=%lld store_wait_ms=%lld age_ms=%lld",
-                 a->nmsgs, a->ngroups, a->nrecs, (long long)(td_mono_ms() - a->t_start),
-                 (long long)a->t_load, (long long)a->t_compute, (long long)a->t_deliver,
-                 (long long)a->t_store, (long long)a->t_wait, (long long)a->age);
     td_batch_release(d, a);
     return br;
 }
@@ -1445,12 +1412,6 @@ static td_batch_rc td_batch_process(td_daemon *d, td_batch *b) {
     br = td_batch_settle(d, b, TD_STORE_UNTRIED, NULL);
     if (br == TD_BATCH_DONE)
         td_kafka_store(d->kafka, b->msgs, b->nmsgs);
-    td_log_debug("batch done",
-                 "events=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld compute_ms=%lld "
-                 "deliver_ms=%lld store_ms=%lld age_ms=%lld",
-                 b->nmsgs, b->ngroups, b->nrecs, (long long)(td_mono_ms() - b->t_start),
-                 (long long)b->t_load, (long long)b->t_compute, (long long)b->t_deliver,
-                 (long long)b->t_store, (long long)b->age);
     td_batch_release(d, b);
     return br;
 }
