@@ -218,6 +218,20 @@ static const char td_redis_diff_lua[] =
  * limits are far. */
 #define TD_REDIS_DIFF_CHUNK 64
 
+/* Commands formatted ahead of sending (RESP bytes). */
+typedef struct rd_sink {
+    char *buf;
+    size_t len, cap;
+} rd_sink;
+
+/* One chunk of diff writes formatted ahead of its MULTI (rd_diff_watch):
+ * prospect k's commands are out.buf[off[k] .. off[k + 1]), q[k] of them. */
+typedef struct rd_prebuilt {
+    rd_sink out;
+    size_t off[TD_REDIS_DIFF_CHUNK + 1];
+    unsigned char q[TD_REDIS_DIFF_CHUNK];
+} rd_prebuilt;
+
 /* Scratch for building one command: byte spans in one growing buffer. */
 typedef struct td_rscratch {
     char *buf;
@@ -239,6 +253,8 @@ struct td_redis {
     td_rscratch s;
     char *resp; /* a command formatted as RESP (rd_append) */
     size_t respcap;
+    struct rd_sink *sink; /* non-NULL: rd_append formats into it, not hiredis */
+    rd_prebuilt pre[2];   /* rd_diff_watch: the chunk being sent, the next one */
     void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
     void *race_ud;
 };
@@ -513,6 +529,24 @@ static int rd_append(td_redis *r) {
         p[k++] = '\r';
         p[k++] = '\n';
     }
+    if (r->sink) {
+        rd_sink *o = r->sink;
+        if (o->len + k > o->cap) {
+            size_t cap = o->cap ? o->cap : 16384;
+            while (cap < o->len + k)
+                cap *= 2;
+            char *b = realloc(o->buf, cap);
+            if (!b) {
+                rd_seterr(r, "redis: out of memory building a command");
+                return TD_ERR;
+            }
+            o->buf = b;
+            o->cap = cap;
+        }
+        memcpy(o->buf + o->len, p, k);
+        o->len += k;
+        return TD_OK;
+    }
     if (redisAppendFormattedCommand(r->c, p, k) != REDIS_OK) {
         rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
@@ -691,6 +725,8 @@ void td_redis_free(td_redis *r) {
     td_redis_conf_release(&r->conf);
     rs_free(&r->s);
     free(r->resp);
+    free(r->pre[0].out.buf);
+    free(r->pre[1].out.buf);
     free(r);
 }
 
@@ -699,8 +735,21 @@ bool td_redis_connected(const td_redis *r) { return r && r->c && !rd_stale(r); }
 const char *td_redis_last_error(const td_redis *r) { return r ? r->err : ""; }
 
 size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_t cap) {
-    int n = snprintf(buf, cap, "%s:p:{%s}", r->conf.key_prefix, prospect_id);
-    return n < 0 ? 0 : (size_t)n;
+    /* snprintf(buf, cap, "%s:p:{%s}", prefix, id) without the format
+     * interpreter: this runs for every key of every write. */
+    const char *parts[4] = {r->conf.key_prefix, ":p:{", prospect_id, "}"};
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        size_t l = strlen(parts[i]);
+        if (n < cap) {
+            size_t room = cap - 1 - n, c = l < room ? l : room;
+            memcpy(buf + n, parts[i], c);
+        }
+        n += l;
+    }
+    if (cap > 0)
+        buf[n < cap ? n : cap - 1] = '\0';
+    return n;
 }
 
 /* Pushes the key of `id` as one span. */
@@ -1438,6 +1487,26 @@ static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
     return rc;
 }
 
+/* Formats the writes of the cn prospects order[0..cn) into pb (rd_diff_queue
+ * into a sink instead of the connection): they do not depend on the versions
+ * the WATCH reads, so they are built while Redis runs the previous chunk. */
+static int rd_diff_prebuild(td_redis *r, td_state *states, const td_kvs *bases,
+                            const td_kvs *nows, const int64_t *expected, const size_t *order,
+                            size_t cn, rd_diffbuf *d, rd_prebuilt *pb) {
+    pb->out.len = 0;
+    r->sink = &pb->out;
+    int rc = TD_OK;
+    for (size_t k = 0; k < cn && rc == TD_OK; k++) {
+        size_t i = order[k], q = 0;
+        pb->off[k] = pb->out.len;
+        rc = rd_diff_queue(r, &states[i], &bases[i], &nows[i], expected[i], d, &q);
+        pb->q[k] = (unsigned char)q;
+    }
+    pb->off[cn] = pb->out.len;
+    r->sink = NULL;
+    return rc;
+}
+
 /*
  * Diff writes without Lua for the prospects with todo[i] set, in chunks of
  * TD_REDIS_DIFF_CHUNK (Redis' WATCH is quadratic in the keys a client
@@ -1447,8 +1516,10 @@ static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
  * watched key changed since the WATCH: each write is still conditional on
  * the version it was checked against. One round trip per chunk: the WATCH of
  * chunk k+1 travels with the MULTI/EXEC of chunk k (EXEC clears the
- * watches first). In Redis this costs much less per prospect than the
- * script (no Lua argument tables, no redis.call conversions).
+ * watches first). The writes of chunk k+1 are formatted while Redis runs
+ * that round trip (rd_diff_prebuild), so this thread's work and Redis' work
+ * overlap. In Redis this costs much less per prospect than the script (no
+ * Lua argument tables, no redis.call conversions).
  * Results are filled and todo cleared for every chunk that ran; a chunk
  * whose EXEC aborted (another writer changed one of its keys in between)
  * keeps todo set and *raced counts its prospects.
@@ -1466,10 +1537,13 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
         return TD_OK;
     unsigned char match[TD_REDIS_DIFF_CHUNK];
     size_t c0 = 0, cn = m < TD_REDIS_DIFF_CHUNK ? m : TD_REDIS_DIFF_CHUNK;
+    int cur = 0;
     if (rd_watch_append(r, states, order, cn) != TD_OK)
         goto fail;
     if (rd_flush(r, deadline, "WATCH", r->conf.command_timeout_ms) != TD_OK)
         return TD_ERR;
+    if (rd_diff_prebuild(r, states, bases, nows, expected, order, cn, d, &r->pre[cur]) != TD_OK)
+        goto fail;
     while (cn > 0) {
         size_t nmatch;
         if (rd_watch_read(r, states, expected, order + c0, cn, deadline, match, &nmatch) != TD_OK)
@@ -1478,6 +1552,7 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
             r->race_hook(r->race_ud);
         /* this chunk's write (or UNWATCH), then the next chunk's WATCH */
         td_rscratch *c = &r->s;
+        const rd_prebuilt *pb = &r->pre[cur];
         size_t queued = 0;
         rs_reset(c);
         rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
@@ -1485,10 +1560,14 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
             goto fail;
         if (nmatch) {
             for (size_t k = 0; k < cn; k++) {
-                size_t i = order[c0 + k];
-                if (match[k] && rd_diff_queue(r, &states[i], &bases[i], &nows[i], expected[i], d,
-                                              &queued) != TD_OK)
+                if (!match[k])
+                    continue;
+                if (redisAppendFormattedCommand(r->c, pb->out.buf + pb->off[k],
+                                                pb->off[k + 1] - pb->off[k]) != REDIS_OK) {
+                    rd_seterr(r, "redis: out of memory building a command");
                     goto fail;
+                }
+                queued += pb->q[k];
             }
             rs_reset(c);
             rs_push(c, "EXEC", 4);
@@ -1500,6 +1579,9 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
             goto fail;
         if (rd_flush(r, deadline, "EXEC", r->conf.command_timeout_ms) != TD_OK)
             return TD_ERR;
+        if (nn > 0 && rd_diff_prebuild(r, states, bases, nows, expected, order + n0, nn, d,
+                                       &r->pre[cur ^ 1]) != TD_OK)
+            goto fail;
         int x;
         if (nmatch) {
             x = rd_exec_read(r, queued, deadline);
@@ -1523,6 +1605,7 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
         }
         c0 = n0;
         cn = nn;
+        cur ^= 1;
     }
     return TD_OK;
 fail:
