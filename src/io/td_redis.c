@@ -498,6 +498,34 @@ static size_t rd_resp_head(char *p, char c, size_t n) {
     return k;
 }
 
+/* Room for `more` bytes in a sink. @returns false (out of memory). */
+static bool sk_reserve(rd_sink *o, size_t more) {
+    if (o->len + more <= o->cap)
+        return true;
+    size_t cap = o->cap ? o->cap : 16384;
+    while (cap < o->len + more)
+        cap *= 2;
+    char *b = realloc(o->buf, cap);
+    if (!b)
+        return false;
+    o->buf = b;
+    o->cap = cap;
+    return true;
+}
+
+/* RESP straight into a reserved sink: an array header, a bulk string
+ * (room: 24 + n bytes). */
+static void sk_head(rd_sink *o, size_t n) { o->len += rd_resp_head(o->buf + o->len, '*', n); }
+static void sk_bulk(rd_sink *o, const char *p, size_t n) {
+    char *w = o->buf + o->len;
+    size_t k = rd_resp_head(w, '$', n);
+    memcpy(w + k, p, n);
+    k += n;
+    w[k++] = '\r';
+    w[k++] = '\n';
+    o->len += k;
+}
+
 /* Appends one command from the scratch spans, formatted as RESP here (the
  * spans are copied once; hiredis' own argv formatter was a visible share of
  * a batch). */
@@ -531,17 +559,9 @@ static int rd_append(td_redis *r) {
     }
     if (r->sink) {
         rd_sink *o = r->sink;
-        if (o->len + k > o->cap) {
-            size_t cap = o->cap ? o->cap : 16384;
-            while (cap < o->len + k)
-                cap *= 2;
-            char *b = realloc(o->buf, cap);
-            if (!b) {
-                rd_seterr(r, "redis: out of memory building a command");
-                return TD_ERR;
-            }
-            o->buf = b;
-            o->cap = cap;
+        if (!sk_reserve(o, k)) {
+            rd_seterr(r, "redis: out of memory building a command");
+            return TD_ERR;
         }
         memcpy(o->buf + o->len, p, k);
         o->len += k;
@@ -1279,10 +1299,10 @@ fail:
     return TD_ERR;
 }
 
-/* Appends prospect st's writes inside the MULTI of rd_diff_watch:
- * HSET (the new version first, then the changed fields), HDEL, and with the
- * timer index ZADD / ZREM. The same changes as the script's, as plain
- * commands. */
+/* Formats prospect st's writes for the MULTI of rd_diff_watch into r->sink
+ * (set by rd_diff_prebuild): HSET (the new version first, then the changed
+ * fields), HDEL, and with the timer index ZADD / ZREM. The same changes as
+ * the script's, as plain commands; *queued counts them. */
 static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
                          int64_t expected, rd_diffbuf *d, size_t *queued) {
     if (rd_diff_collect(r, base, now, d) != TD_OK)
@@ -1291,27 +1311,33 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     if (kn >= sizeof key)
         kn = sizeof key - 1;
-    td_rscratch *c = &r->s;
-    rs_reset(c);
-    rs_push(c, "HSET", 4);
-    rs_push(c, key, kn);
-    rs_push(c, "v", 1);
-    rs_push(c, ver, td_fmt_u64((uint64_t)expected + 1, ver));
-    for (size_t k = 0; k < d->sets.n; k++)
-        rs_push(c, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
-    if (rd_append(r) != TD_OK)
+    /* HSET and HDEL are written as RESP straight into the sink (one copy
+     * of each field and value); the rarer timer commands go through
+     * rd_append, which appends to the same sink. */
+    rd_sink *o = r->sink;
+    if (!sk_reserve(o, 4 * 32 + kn + 24 + d->sets.len + 32 * d->sets.n + d->dels.len +
+                           32 * d->dels.n + 128 + kn)) {
+        rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
+    }
+    size_t vn = td_fmt_u64((uint64_t)expected + 1, ver);
+    sk_head(o, 4 + d->sets.n);
+    sk_bulk(o, "HSET", 4);
+    sk_bulk(o, key, kn);
+    sk_bulk(o, "v", 1);
+    sk_bulk(o, ver, vn);
+    for (size_t k = 0; k < d->sets.n; k++)
+        sk_bulk(o, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
     (*queued)++;
     if (d->dels.n > 0) {
-        rs_reset(c);
-        rs_push(c, "HDEL", 4);
-        rs_push(c, key, kn);
+        sk_head(o, 2 + d->dels.n);
+        sk_bulk(o, "HDEL", 4);
+        sk_bulk(o, key, kn);
         for (size_t k = 0; k < d->dels.n; k++)
-            rs_push(c, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
-        if (rd_append(r) != TD_OK)
-            return TD_ERR;
+            sk_bulk(o, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
         (*queued)++;
     }
+    td_rscratch *c = &r->s;
     if (!r->timer_shards || (d->zadd.n == 0 && d->zrem.n == 0))
         return TD_OK;
     char zk[96];
