@@ -36,7 +36,17 @@
  *
  * The harness (redis-server, mock cluster, child process) is the
  * integration tests' own, compiled in here.
+ *
+ * Which librdkafka: the mock broker and this process' clients use the
+ * librdkafka this binary loaded; `scripts/bench-broker run` points it (with
+ * LD_LIBRARY_PATH) at a build whose mock broker has two defects fixed
+ * (tests/bench/mock_broker/, docs/testing.md). touchd, the system under
+ * test, must run the stock library: LD_LIBRARY_PATH and LD_PRELOAD are
+ * removed from the environment it inherits, and one line names the library
+ * file of each (the broker's by dladdr, touchd's from /proc/<pid>/maps).
  */
+#define _GNU_SOURCE /* dladdr */
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -273,6 +283,60 @@ static int fixed_rate(td_test_kafka *k, reader *rd, int secs, int rate, const ch
     return 0;
 }
 
+/* The librdkafka file mapped by process `pid` (from /proc/<pid>/maps), in
+ * `out`; "?" if none is found. */
+static void mapped_rdkafka(pid_t pid, char *out, size_t cap) {
+    char path[64], line[1024];
+    snprintf(out, cap, "?");
+    snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        char *p = strchr(line, '/');
+        if (p && strstr(p, "/librdkafka.so")) {
+            p[strcspn(p, "\n")] = '\0';
+            snprintf(out, cap, "%s", p);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* Prints which librdkafka the mock broker (this process) and touchd run.
+ * scripts/bench-broker installs its patched build with a marker file,
+ * mock-broker-patch.txt, beside the library: with it, the broker's library
+ * is "PATCHED"; without it, "stock". */
+static void print_libraries(pid_t touchd_pid) {
+    char broker[PATH_MAX] = "?", marker[PATH_MAX + 32], desc[256] = "";
+    Dl_info info;
+    if (dladdr((void *)rd_kafka_mock_cluster_new, &info) && info.dli_fname &&
+        !realpath(info.dli_fname, broker)) /* /lib is /usr/lib: compare real paths */
+        snprintf(broker, sizeof broker, "%s", info.dli_fname);
+    char *slash = strrchr(broker, '/');
+    snprintf(marker, sizeof marker, "%.*s/mock-broker-patch.txt",
+             slash ? (int)(slash - broker) : 0, broker);
+    FILE *f = slash ? fopen(marker, "r") : NULL;
+    int patched = f != NULL;
+    if (f) {
+        if (!fgets(desc, sizeof desc, f))
+            desc[0] = '\0';
+        desc[strcspn(desc, "\n")] = '\0';
+        fclose(f);
+    }
+    char td[PATH_MAX], td_real[PATH_MAX];
+    mapped_rdkafka(touchd_pid, td, sizeof td);
+    if (realpath(td, td_real))
+        snprintf(td, sizeof td, "%s", td_real);
+    printf("bench_pipeline: mock broker and bench clients: librdkafka %s %s (%s); "
+           "touchd: %s\n",
+           rd_kafka_version_str(), patched ? "PATCHED mock broker" : "stock", broker, td);
+    if (patched)
+        printf("    patch: %s\n", desc);
+    if (patched && strcmp(td, broker) == 0)
+        printf("    WARNING: touchd runs the patched library too\n");
+}
+
 static void print_touchd_progress(const char *log) {
     char cmd[700];
     snprintf(cmd, sizeof cmd,
@@ -282,6 +346,11 @@ static void print_touchd_progress(const char *log) {
 }
 
 int main(int argc, char **argv) {
+    /* touchd (and redis-server) get the stock libraries: whatever
+     * LD_LIBRARY_PATH gave this process (e.g. scripts/bench-broker's patched
+     * mock broker) is loaded already and must not reach them. */
+    unsetenv("LD_LIBRARY_PATH");
+    unsetenv("LD_PRELOAD");
     int secs_a = argc > 1 ? atoi(argv[1]) : 15;
     int secs_b = argc > 2 ? atoi(argv[2]) : 15;
     int rate_b = argc > 3 ? atoi(argv[3]) : 10000;
@@ -372,6 +441,7 @@ int main(int argc, char **argv) {
     printf("bench_pipeline: touchd %s, %d partitions, %d prospects, batch_max_events %d, "
            "%ld cores\n",
            touchd, parts, g_prospects, batch, sysconf(_SC_NPROCESSORS_ONLN));
+    print_libraries(t.pid);
 
     /* ---- (a) sustained throughput ---- */
     int64_t t0 = now_us(), warm = t0 + 2000000, end = warm + (int64_t)secs_a * 1000000;
