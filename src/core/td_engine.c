@@ -23,9 +23,13 @@
  *
  * @locality any thread; no globals.
  */
+/* SHA256_Init/Update/Final: deprecated in OpenSSL 3 but present; they reach
+ * the same block function as EVP without EVP's per-call context allocation
+ * and provider dispatch (see rec_id). */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "td_engine.h"
 
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,22 +96,31 @@ static uint32_t explain(const td_rule *r, const td_ctx *base, td_because *becaus
     return (uint32_t)n;
 }
 
-static void rec_id(const EVP_MD *sha256, const char *trigger_id, const char *rule_id, char *out) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
+/*
+ * "r-" + the first 128 bits of sha256(trigger_id "\x1f" rule_id), in hex.
+ * The low-level SHA-256 calls on a stack context: no allocation, no shared
+ * state (any thread), the same block function as EVP_Digest (SHA-NI where
+ * the CPU has it) without EVP_Digest's per-call EVP_MD_CTX and provider
+ * context (new, init, free: about 1,100 instructions, more than the block
+ * itself on a SHA-NI CPU). Same digest, same ids.
+ */
+static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256_CTX c;
     char buf[TD_ID_MAX + 96 + TD_RULE_ID_MAX + 2];
     size_t tl = strlen(trigger_id), rl = strlen(rule_id);
     memcpy(buf, trigger_id, tl);
     buf[tl] = '\x1f';
     memcpy(buf + tl + 1, rule_id, rl);
-    EVP_Digest(buf, tl + 1 + rl, md, &mdlen, sha256 ? sha256 : EVP_sha256(), NULL);
+    SHA256_Init(&c);
+    SHA256_Update(&c, buf, tl + 1 + rl);
+    SHA256_Final(md, &c);
     static const char hex[] = "0123456789abcdef";
     out[0] = 'r';
     out[1] = '-';
     for (unsigned i = 0; i < 16; i++) {
-        unsigned char c = i < mdlen ? md[i] : 0;
-        out[2 + 2 * i] = hex[c >> 4];
-        out[3 + 2 * i] = hex[c & 15];
+        out[2 + 2 * i] = hex[md[i] >> 4];
+        out[3 + 2 * i] = hex[md[i] & 15];
     }
     out[TD_REC_ID_LEN] = '\0';
 }
@@ -268,7 +281,7 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
             continue;
         }
         td_rec *r = &out->recs[out->nrecs++];
-        rec_id(td_ruleset_sha256(rs), out->trigger_id, c->rule->id, r->id);
+        rec_id(out->trigger_id, c->rule->id, r->id);
         r->rule = c->rule;
         r->channel = c->rule->channel;
         r->touch = c->rule->touch;
@@ -469,25 +482,116 @@ static inline bool td_json_plain(unsigned char c) {
     return c >= 0x20 && c != '"' && c != '\\' && c != 0x7f;
 }
 
-int td_buf_json_str(td_buf *b, const char *s, size_t n) {
-    /* Runs of plain bytes are copied whole; escapes are at most 6 bytes
-     * each, so one reservation of 6 * n + 2 covers the whole string. */
-    if (n > (SIZE_MAX - 3) / 6 || td_buf_reserve(b, 6 * n + 2) != TD_OK) return TD_ERR;
-    char *o = b->p + b->len;
+/*
+ * The plain prefix of p[0..r): copied to o, its length returned. o has room
+ * for r bytes (the caller reserved 6 * r for them): bytes past the prefix
+ * may be written too, and are overwritten by the caller.
+ *
+ * With SSE2 (every x86-64), 16 bytes per test; the last bytes of a run are
+ * tested with one load that ends at p + r and overlaps bytes already known
+ * plain, and a run shorter than 16 with two overlapping 8- or 4-byte loads.
+ * Otherwise, 8 bytes per test in a 64-bit word (SWAR), then byte by byte.
+ * Reads stay inside p[0..r).
+ */
+#if defined(__SSE2__) && !defined(TD_JSON_NO_SSE2) /* tests build the other path too */
+#include <emmintrin.h>
+
+/* Bit k set when byte k of v is not td_json_plain. */
+static inline unsigned td_json_special16(__m128i v) {
+    __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v); /* v <= 0x1f */
+    __m128i q = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
+    __m128i bs = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
+    __m128i del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(ctl, q), _mm_or_si128(bs, del)));
+}
+
+static inline size_t td_json_plain_run(char *o, const char *p, size_t r) {
+    if (r >= 16) {
+        size_t k = 0;
+        for (; r - k >= 16; k += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
+            unsigned m = td_json_special16(v);
+            _mm_storeu_si128((__m128i *)(void *)(o + k), v);
+            if (m) return k + (size_t)__builtin_ctz(m);
+        }
+        if (k == r) return r;
+        /* p[r - 16 .. k) is plain: its bits are clear */
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + r - 16));
+        unsigned m = td_json_special16(v);
+        _mm_storeu_si128((__m128i *)(void *)(o + r - 16), v);
+        return m ? r - 16 + (size_t)__builtin_ctz(m) : r;
+    }
+    if (r >= 8) { /* p[0..8) and p[r-8..r) */
+        __m128i a = _mm_loadl_epi64((const __m128i *)(const void *)p);
+        __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(p + r - 8));
+        unsigned m = td_json_special16(_mm_unpacklo_epi64(a, b));
+        _mm_storel_epi64((__m128i *)(void *)o, a);
+        _mm_storel_epi64((__m128i *)(void *)(o + r - 8), b);
+        if (m & 0xff) return (size_t)__builtin_ctz(m);
+        return m ? r - 16 + (size_t)__builtin_ctz(m) : r;
+    }
+    if (r >= 4) { /* p[0..4) and p[r-4..r) */
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + r - 4, 4);
+        unsigned m = td_json_special16(_mm_set_epi32(0x40404040, 0x40404040, (int)b, (int)a)) & 0xff;
+        memcpy(o, &a, 4);
+        memcpy(o + r - 4, &b, 4);
+        if (m & 0xf) return (size_t)__builtin_ctz(m);
+        return m ? r - 8 + (size_t)__builtin_ctz(m) : r;
+    }
+    size_t k = 0;
+    while (k < r && td_json_plain((unsigned char)p[k])) {
+        o[k] = p[k];
+        k++;
+    }
+    return k;
+}
+#else
+/* Nonzero when some byte of w is not td_json_plain. Each term sets a byte's
+ * high bit only if that byte or a lower one matches (a borrow runs upwards
+ * from a real match), so "any byte" is exact; bytes >= 0x80 never match. */
+#define TD_SWAR_ONES 0x0101010101010101ULL
+static inline uint64_t td_json_special8(uint64_t w) {
+    uint64_t q = w ^ (TD_SWAR_ONES * '"'), bs = w ^ (TD_SWAR_ONES * '\\'),
+             del = w ^ (TD_SWAR_ONES * 0x7f);
+    return (((w - TD_SWAR_ONES * 0x20) & ~w) | ((q - TD_SWAR_ONES) & ~q) |
+            ((bs - TD_SWAR_ONES) & ~bs) | ((del - TD_SWAR_ONES) & ~del)) &
+           (TD_SWAR_ONES * 0x80);
+}
+
+static inline size_t td_json_plain_run(char *o, const char *p, size_t r) {
+    size_t k = 0;
+    for (; r - k >= 8; k += 8) {
+        uint64_t w;
+        memcpy(&w, p + k, 8);
+        if (td_json_special8(w)) break;
+        memcpy(o + k, &w, 8);
+    }
+    while (k < r && td_json_plain((unsigned char)p[k])) {
+        o[k] = p[k];
+        k++;
+    }
+    return k;
+}
+#endif
+
+/* Writes s (n bytes) quoted and escaped at o, which has room for 6 * n + 2
+ * bytes; @returns the end. */
+static char *td_json_str_at(char *o, const char *s, size_t n) {
     *o++ = '"';
     size_t i = 0;
-    while (i < n) {
-        size_t j = i;
-        while (j < n && td_json_plain((unsigned char)s[j])) j++;
-        memcpy(o, s + i, j - i);
-        o += j - i;
-        if (j == n) break;
-        unsigned char c = (unsigned char)s[j];
+    for (;;) {
+        size_t k = td_json_plain_run(o, s + i, n - i);
+        o += k;
+        i += k;
+        if (i == n) break;
+        unsigned char c = (unsigned char)s[i++]; /* not plain: below 0x80 */
         const char *e = td_json_esc[c];
-        if (e[0]) {
-            size_t el = strlen(e);
-            memcpy(o, e, el);
-            o += el;
+        if (e[0]) { /* every short escape is two bytes */
+            o[0] = e[0];
+            o[1] = e[1];
+            o += 2;
         } else { /* other controls and DEL: \u00XX */
             static const char hex[] = "0123456789abcdef";
             memcpy(o, "\\u00", 4);
@@ -495,9 +599,15 @@ int td_buf_json_str(td_buf *b, const char *s, size_t n) {
             o[5] = hex[c & 15];
             o += 6;
         }
-        i = j + 1;
     }
     *o++ = '"';
+    return o;
+}
+
+int td_buf_json_str(td_buf *b, const char *s, size_t n) {
+    /* escapes are at most 6 bytes each: one reservation covers the string */
+    if (n > (SIZE_MAX - 3) / 6 || td_buf_reserve(b, 6 * n + 2) != TD_OK) return TD_ERR;
+    char *o = td_json_str_at(b->p + b->len, s, n);
     *o = '\0';
     b->len = (size_t)(o - b->p);
     return TD_OK;
@@ -509,81 +619,131 @@ void td_buf_free(td_buf *b) {
     b->len = b->cap = 0;
 }
 
-/* ---- recommendation JSON ---- */
+/* ---- recommendation JSON ----
+ *
+ * Written straight into the buffer: each piece reserves what it can take at
+ * most (a string 6 * n + 2 escaped, a value 256, a time 2 + TD_TIME_BUF),
+ * keys are literals with their quotes, comma and colon (one copy each), and
+ * the NUL is written once at the end. The bytes are those of the plain
+ * key-by-key writer this replaced (tests/unit/test_rec_json.c holds it as
+ * the reference). */
 
-static int put_key(td_buf *b, const char *k, bool first) {
-    if (!first && td_buf_append(b, ",", 1) != TD_OK) return TD_ERR;
-    if (td_buf_json_str(b, k, strlen(k)) != TD_OK) return TD_ERR;
-    return td_buf_append(b, ":", 1);
+/* Room for n more bytes and a NUL (td_buf_reserve's contract, inline). */
+static inline int rj_room(td_buf *b, size_t n) {
+    return b->len + n + 1 <= b->cap ? TD_OK : td_buf_reserve(b, n);
 }
 
-static int put_str(td_buf *b, const char *k, const char *v) {
-    if (put_key(b, k, false) != TD_OK) return TD_ERR;
-    return td_buf_json_str(b, v, strlen(v));
+/* A literal, e.g. RJ_LIT(b, ",\"key\":"): one copy of a known length. */
+#define RJ_LIT(b, lit) rj_raw((b), (lit), sizeof(lit) - 1)
+static inline int rj_raw(td_buf *b, const char *s, size_t n) {
+    if (rj_room(b, n) != TD_OK) return TD_ERR;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return TD_OK;
 }
 
-static int put_time(td_buf *b, const char *k, td_ms t) {
-    char tb[TD_TIME_BUF];
-    td_time_format(t, tb, sizeof tb);
-    return put_str(b, k, tb);
+/* A literal key (with its punctuation) and a string value of n bytes. */
+#define RJ_STR(b, lit, s, n) rj_str((b), (lit), sizeof(lit) - 1, (s), (n))
+static inline int rj_str(td_buf *b, const char *lit, size_t ll, const char *s, size_t n) {
+    if (n > (SIZE_MAX - 3) / 6 - ll || rj_room(b, ll + 6 * n + 2) != TD_OK) return TD_ERR;
+    char *o = b->p + b->len;
+    memcpy(o, lit, ll);
+    o = td_json_str_at(o + ll, s, n);
+    b->len = (size_t)(o - b->p);
+    return TD_OK;
+}
+
+/* A literal key and a time, quoted: td_time_format writes digits, '-', ':',
+ * 'T', '.' and 'Z' only, nothing to escape. */
+#define RJ_TIME(b, lit, t) rj_time((b), (lit), sizeof(lit) - 1, (t))
+static inline int rj_time(td_buf *b, const char *lit, size_t ll, td_ms t) {
+    if (rj_room(b, ll + 2 + TD_TIME_BUF) != TD_OK) return TD_ERR;
+    char *o = b->p + b->len;
+    memcpy(o, lit, ll);
+    o += ll;
+    *o++ = '"';
+    o += td_time_format(t, o, TD_TIME_BUF);
+    *o++ = '"';
+    b->len = (size_t)(o - b->p);
+    return TD_OK;
+}
+
+/* A value, as td_value_json writes it into a 256-byte buffer (long strings
+ * are cut at 255 bytes, as they always were). */
+static inline int rj_value(td_buf *b, const td_value *v) {
+    if (rj_room(b, 256) != TD_OK) return TD_ERR;
+    b->len += td_value_json(v, b->p + b->len, 256);
+    return TD_OK;
+}
+
+/* A fact's key: [","] + the field name quoted + ":". */
+static inline int rj_fact_key(td_buf *b, const char *name, bool first) {
+    size_t n = strlen(name);
+    if (n > (SIZE_MAX - 5) / 6 || rj_room(b, 6 * n + 4) != TD_OK) return TD_ERR;
+    char *o = b->p + b->len;
+    if (!first) *o++ = ',';
+    o = td_json_str_at(o, name, n);
+    *o++ = ':';
+    b->len = (size_t)(o - b->p);
+    return TD_OK;
+}
+
+static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
+                    const td_trigger *trig, td_ms generated_at, td_buf *b) {
+    if (RJ_STR(b, "{\"id\":", r->id, strlen(r->id)) != TD_OK ||
+        RJ_STR(b, ",\"prospect_id\":", st->prospect_id, strlen(st->prospect_id)) != TD_OK)
+        return TD_ERR;
+    if (st->owner_id[0] &&
+        RJ_STR(b, ",\"owner_id\":", st->owner_id, strlen(st->owner_id)) != TD_OK)
+        return TD_ERR;
+    const char *ch = td_channel_name(r->channel);
+    if (RJ_STR(b, ",\"rule\":", r->rule->id, strlen(r->rule->id)) != TD_OK ||
+        RJ_STR(b, ",\"channel\":", ch, strlen(ch)) != TD_OK ||
+        RJ_STR(b, ",\"touch\":", r->touch, strlen(r->touch)) != TD_OK ||
+        RJ_TIME(b, ",\"not_before\":", r->not_before) != TD_OK ||
+        RJ_LIT(b, ",\"priority\":") != TD_OK || rj_room(b, 24) != TD_OK)
+        return TD_ERR;
+    b->len += td_fmt_i64(r->priority, b->p + b->len);
+    if (r->note && RJ_STR(b, ",\"note\":", r->note, strlen(r->note)) != TD_OK) return TD_ERR;
+    if (trig->kind == TD_TRIG_EVENT) {
+        const char *tn = td_event_type_name(trig->ev->type);
+        if (RJ_STR(b, ",\"trigger\":{\"type\":", tn, strlen(tn)) != TD_OK ||
+            RJ_STR(b, ",\"event_id\":", trig->ev->id, strlen(trig->ev->id)) != TD_OK)
+            return TD_ERR;
+    } else {
+        if (RJ_LIT(b, ",\"trigger\":{\"type\":\"timer\"") != TD_OK ||
+            RJ_STR(b, ",\"rule\":", trig->rule, strlen(trig->rule)) != TD_OK ||
+            RJ_STR(b, ",\"armed_by\":", trig->armed_by, strlen(trig->armed_by)) != TD_OK ||
+            RJ_TIME(b, ",\"due_at\":", trig->due_at) != TD_OK)
+            return TD_ERR;
+    }
+    if (RJ_LIT(b, "},\"because\":[") != TD_OK) return TD_ERR;
+    for (uint32_t i = 0; i < r->nbecause; i++) {
+        const td_because *bc = &r->because[i];
+        int rc = i ? RJ_STR(b, ",{\"expr\":", bc->expr, bc->len)
+                   : RJ_STR(b, "{\"expr\":", bc->expr, bc->len);
+        if (rc != TD_OK || RJ_LIT(b, ",\"value\":") != TD_OK || rj_value(b, &bc->value) != TD_OK ||
+            RJ_LIT(b, ",\"facts\":{") != TD_OK)
+            return TD_ERR;
+        for (uint32_t f = 0; f < bc->facts.n; f++) {
+            const td_fact *fa = &bc->facts.v[f];
+            if (rj_fact_key(b, fa->field->name, f == 0) != TD_OK || rj_value(b, &fa->value) != TD_OK)
+                return TD_ERR;
+        }
+        if (RJ_LIT(b, "}}") != TD_OK) return TD_ERR;
+    }
+    const char *hash = td_ruleset_hash(rs);
+    if (RJ_STR(b, "],\"ruleset\":", hash, strlen(hash)) != TD_OK ||
+        RJ_TIME(b, ",\"generated_at\":", generated_at) != TD_OK || RJ_LIT(b, "}") != TD_OK)
+        return TD_ERR;
+    return TD_OK;
 }
 
 int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
                 const td_trigger *trig, td_ms generated_at, td_buf *b) {
-    int rc = TD_OK;
-    rc |= td_buf_append(b, "{", 1);
-    rc |= put_key(b, "id", true);
-    rc |= td_buf_json_str(b, r->id, strlen(r->id));
-    rc |= put_str(b, "prospect_id", st->prospect_id);
-    if (st->owner_id[0]) rc |= put_str(b, "owner_id", st->owner_id);
-    rc |= put_str(b, "rule", r->rule->id);
-    rc |= put_str(b, "channel", td_channel_name(r->channel));
-    rc |= put_str(b, "touch", r->touch);
-    rc |= put_time(b, "not_before", r->not_before);
-    rc |= put_key(b, "priority", false);
-    char num[24];
-    rc |= td_buf_append(b, num, td_fmt_i64(r->priority, num));
-    if (r->note) rc |= put_str(b, "note", r->note);
-    rc |= put_key(b, "trigger", false);
-    rc |= td_buf_append(b, "{", 1);
-    if (trig->kind == TD_TRIG_EVENT) {
-        rc |= put_key(b, "type", true);
-        const char *tn = td_event_type_name(trig->ev->type);
-        rc |= td_buf_json_str(b, tn, strlen(tn));
-        rc |= put_str(b, "event_id", trig->ev->id);
-    } else {
-        rc |= put_key(b, "type", true);
-        rc |= td_buf_json_str(b, "timer", 5);
-        rc |= put_str(b, "rule", trig->rule);
-        rc |= put_str(b, "armed_by", trig->armed_by);
-        rc |= put_time(b, "due_at", trig->due_at);
-    }
-    rc |= td_buf_append(b, "}", 1);
-    rc |= put_key(b, "because", false);
-    rc |= td_buf_append(b, "[", 1);
-    for (uint32_t i = 0; i < r->nbecause; i++) {
-        const td_because *bc = &r->because[i];
-        char vb[256];
-        if (i) rc |= td_buf_append(b, ",", 1);
-        rc |= td_buf_append(b, "{", 1);
-        rc |= put_key(b, "expr", true);
-        rc |= td_buf_json_str(b, bc->expr, bc->len);
-        rc |= put_key(b, "value", false);
-        size_t vl = td_value_json(&bc->value, vb, sizeof vb);
-        rc |= td_buf_append(b, vb, vl);
-        rc |= put_key(b, "facts", false);
-        rc |= td_buf_append(b, "{", 1);
-        for (uint32_t f = 0; f < bc->facts.n; f++) {
-            const td_fact *fa = &bc->facts.v[f];
-            rc |= put_key(b, fa->field->name, f == 0);
-            vl = td_value_json(&fa->value, vb, sizeof vb);
-            rc |= td_buf_append(b, vb, vl);
-        }
-        rc |= td_buf_append(b, "}}", 2);
-    }
-    rc |= td_buf_append(b, "]", 1);
-    rc |= put_str(b, "ruleset", td_ruleset_hash(rs));
-    rc |= put_time(b, "generated_at", generated_at);
-    rc |= td_buf_append(b, "}", 1);
-    return rc == TD_OK ? TD_OK : TD_ERR;
+    size_t start = b->len;
+    int rc = rec_json(r, st, rs, trig, generated_at, b);
+    if (rc != TD_OK) b->len = start; /* out of memory: nothing appended */
+    if (b->p) b->p[b->len] = '\0';
+    return rc;
 }

@@ -2366,6 +2366,14 @@ int td_expr_eval_conjunct(const td_expr *e, size_t i, const td_ctx *ctx, td_valu
 /* JSON rendering                                                           */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * td_value_json's output is the full JSON of the value cut to cap - 1 bytes
+ * (even inside an escape), then a NUL. The full form is written straight
+ * into buf when it fits whatever the bytes (numbers, bools, times, strings
+ * of n bytes when 6 * n + 2 < cap); only a string that might not fit goes
+ * through jw, which writes byte by byte and stops at cap - 1: the same
+ * bytes, the same cut.
+ */
 typedef struct jw {
     char *buf;
     size_t cap, n;
@@ -2377,7 +2385,6 @@ static void jw_put(jw *w, const char *s, size_t len) {
         w->buf[w->n++] = s[k];
     }
 }
-static void jw_str(jw *w, const char *s) { jw_put(w, s, strlen(s)); }
 
 static void jw_quoted(jw *w, const char *s, size_t len) {
     jw_put(w, "\"", 1);
@@ -2402,54 +2409,109 @@ static void jw_quoted(jw *w, const char *s, size_t len) {
     jw_put(w, "\"", 1);
 }
 
-/* A decimal, exactly: 12.5, 0.003, -1, 100. */
-static void jw_dec(jw *w, td_dec d) {
-    char tmp[48];
-    uint64_t u = d < 0 ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
-    uint64_t whole = u / TD_DEC_SCALE, frac = u % TD_DEC_SCALE;
-    int len;
-    if (frac == 0) {
-        len = snprintf(tmp, sizeof tmp, "%s%llu", d < 0 ? "-" : "", (unsigned long long)whole);
-    } else {
-        char f[8];
-        snprintf(f, sizeof f, "%04llu", (unsigned long long)frac);
-        int fl = 4;
-        while (fl > 0 && f[fl - 1] == '0') fl--;
-        f[fl] = '\0';
-        len = snprintf(tmp, sizeof tmp, "%s%llu.%s", d < 0 ? "-" : "",
-                       (unsigned long long)whole, f);
+/* The string quoted and escaped at o, which has room for 6 * len + 2 bytes
+ * (the bytes jw_quoted writes); @returns the length. */
+static size_t jv_quoted(char *o, const char *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    char *p = o;
+    *p++ = '"';
+    for (size_t k = 0; k < len; k++) {
+        unsigned char ch = (unsigned char)s[k];
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f) {
+            *p++ = (char)ch;
+            continue;
+        }
+        *p++ = '\\';
+        switch (ch) {
+        case '"': *p++ = '"'; break;
+        case '\\': *p++ = '\\'; break;
+        case '\n': *p++ = 'n'; break;
+        case '\r': *p++ = 'r'; break;
+        case '\t': *p++ = 't'; break;
+        default:
+            memcpy(p, "u00", 3);
+            p[3] = hex[ch >> 4];
+            p[4] = hex[ch & 15];
+            p += 5;
+        }
     }
-    if (len > 0) jw_put(w, tmp, (size_t)len);
+    *p++ = '"';
+    return (size_t)(p - o);
+}
+
+/* A decimal, exactly: 12.5, 0.003, -1, 100, at o (room for 22 bytes: at
+ * most 21, "-922337203685477.5808", and td_fmt_u64's NUL). @returns the
+ * length. */
+static size_t jv_dec(char *o, td_dec d) {
+    uint64_t u = d < 0 ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
+    uint64_t whole = u / TD_DEC_SCALE;
+    uint32_t frac = (uint32_t)(u % TD_DEC_SCALE);
+    size_t n = 0;
+    if (d < 0) o[n++] = '-';
+    n += td_fmt_u64(whole, o + n);
+    if (frac) { /* four digits, trailing zeros dropped */
+        o[n++] = '.';
+        for (uint32_t div = 1000; frac; div /= 10) {
+            o[n++] = (char)('0' + frac / div);
+            frac %= div;
+        }
+    }
+    return n;
 }
 
 size_t td_value_json(const td_value *v, char *buf, size_t cap) {
-    jw w = {buf, cap, 0};
     if (!buf || cap == 0) return 0;
-    char tmp[64];
+    char tmp[64]; /* the longest non-string form: a time, a duration, INT64_MIN */
+    const char *s;
+    size_t n;
     if (!v || v->missing) {
-        jw_str(&w, "null");
+        s = "null";
+        n = 4;
     } else {
         switch (v->type) {
-        case TD_T_BOOL: jw_str(&w, v->u.b ? "true" : "false"); break;
+        case TD_T_BOOL:
+            s = v->u.b ? "true" : "false";
+            n = v->u.b ? 4 : 5;
+            break;
         case TD_T_INT:
-            snprintf(tmp, sizeof tmp, "%lld", (long long)v->u.i);
-            jw_str(&w, tmp);
+            n = td_fmt_i64(v->u.i, tmp);
+            s = tmp;
             break;
-        case TD_T_DEC: jw_dec(&w, v->u.d); break;
-        case TD_T_STR: jw_quoted(&w, v->u.s.p ? v->u.s.p : "", v->u.s.p ? v->u.s.n : 0); break;
-        case TD_T_TIME: {
-            size_t l = td_time_format(v->u.t, tmp, sizeof tmp);
-            jw_quoted(&w, tmp, l < sizeof tmp ? l : sizeof tmp - 1);
+        case TD_T_DEC:
+            n = jv_dec(tmp, v->u.d);
+            s = tmp;
+            break;
+        case TD_T_STR: {
+            const char *p = v->u.s.p ? v->u.s.p : "";
+            size_t len = v->u.s.p ? v->u.s.n : 0;
+            if (cap >= 3 && len <= (cap - 3) / 6) { /* 6 * len + 2 < cap */
+                n = jv_quoted(buf, p, len);
+                buf[n] = '\0';
+                return n;
+            }
+            jw w = {buf, cap, 0};
+            jw_quoted(&w, p, len);
+            buf[w.n] = '\0';
+            return w.n;
+        }
+        case TD_T_TIME:
+        case TD_T_DUR: { /* digits, signs, units, 'T', ':', '.', 'Z': nothing to escape */
+            size_t l = v->type == TD_T_TIME ? td_time_format(v->u.t, tmp + 1, sizeof tmp - 2)
+                                            : td_duration_format(v->u.t, tmp + 1, sizeof tmp - 2);
+            tmp[0] = '"';
+            tmp[l + 1] = '"';
+            n = l + 2;
+            s = tmp;
             break;
         }
-        case TD_T_DUR: {
-            size_t l = td_duration_format(v->u.t, tmp, sizeof tmp);
-            jw_quoted(&w, tmp, l < sizeof tmp ? l : sizeof tmp - 1);
+        default:
+            s = "null";
+            n = 4;
             break;
-        }
-        default: jw_str(&w, "null"); break;
         }
     }
-    buf[w.n] = '\0';
-    return w.n;
+    if (n > cap - 1) n = cap - 1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return n;
 }
