@@ -44,16 +44,35 @@ void td_kvs_move(td_kvs *to, td_kvs *from);
  * td_kvs is marked (oom) and further pairs are ignored. */
 void td_kvs_add(void *ud, const char *key, size_t klen, const char *val, size_t vlen);
 
+/* Grows the entries (as td_kvs_add would). @returns TD_OK, or TD_ERR: oom. */
+int td_kvs_grow_entries(td_kvs *kv);
+/* For a writer that formats pairs in place (td_kvs_capture): appends the
+ * pair whose key (kl bytes) then value (vl bytes) it wrote at buf + len,
+ * within the buffer (len + kl + vl <= cap, and cap <= UINT32_MAX). */
+static inline void td_kvs_commit(td_kvs *kv, size_t kl, size_t vl) {
+    if (kv->n == kv->ecap && td_kvs_grow_entries(kv) != TD_OK) return;
+    td_kvs_entry *x = &kv->e[kv->n++];
+    x->k = (uint32_t)kv->len;
+    x->kl = (uint32_t)kl;
+    x->v = (uint32_t)(kv->len + kl);
+    x->vl = (uint32_t)vl;
+    kv->len += kl + vl;
+}
+
+/* Appends the flat form of st to kv (td_state.c; td_kvs_capture's writer). */
+void td_state_serialize_kvs(const td_state *st, td_kvs *kv);
+
 /* kv becomes the flat form of st (td_state_serialize's pairs, in order).
  * @returns TD_OK or TD_ERR (out of memory; kv is then empty). */
 int td_kvs_capture(td_kvs *kv, const td_state *st);
 
 /*
  * What turns hash `before` into hash `now`: set_fn for each pair of `now`
- * that is new or has another value, del_fn for each key of `before` absent
- * from `now`. Neither is modified. Linear when both come from
- * td_state_serialize (same field order). @returns TD_OK or TD_ERR (out of
- * memory: nothing was reported).
+ * that is new or has another value (in the order of `now`), then del_fn for
+ * each key of `before` absent from `now` (in the order of `before`). Neither
+ * is modified. The keys of each are distinct, as a hash's are (td_kvs_capture's
+ * always are). Linear when both come from td_state_serialize (same field
+ * order). @returns TD_OK or TD_ERR (out of memory: nothing was reported).
  */
 int td_kvs_diff(const td_kvs *before, const td_kvs *now, td_kv_fn set_fn, td_kdel_fn del_fn,
                 void *ud);

@@ -42,10 +42,12 @@
 #include "td_state.h"
 #include "td_kvs.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -94,8 +96,6 @@ static int td_sentiment_parse_(const char *s, size_t n) {
     }
     return -1;
 }
-
-static inline const char *td_nz(const char *s) { return s ? s : ""; }
 
 /* ------------------------------------------------------- settings, life */
 
@@ -289,13 +289,23 @@ void td_state_remember_fp(td_state *st, uint64_t fp) {
 
 /* -------------------------------------------------------- input positions */
 
+static inline size_t td_w_u64(char *p, uint64_t v);
+
 /* td_hash64 of "<topic>/<partition>", hashed in two pieces (FNV-1a chains
- * through its seed) so that no topic length needs a buffer. */
+ * through its seed) so that no topic length needs a buffer. The suffix is
+ * written by hand: this runs twice per event (check, then set). */
 static uint64_t td_pos_key(const char *topic, int32_t partition) {
     char sfx[16];
-    int n = snprintf(sfx, sizeof sfx, "/%" PRId32, partition);
+    size_t n = 0;
+    sfx[n++] = '/';
+    uint32_t u = (uint32_t)partition;
+    if (partition < 0) {
+        sfx[n++] = '-';
+        u = 0u - u;
+    }
+    n += td_w_u64(sfx + n, u);
     uint64_t h = td_hash64(topic, strlen(topic), TD_HASH_SEED);
-    return td_hash64(sfx, n > 0 ? (size_t)n : 0, h);
+    return td_hash64(sfx, n, h);
 }
 
 int64_t td_state_pos_get(const td_state *st, const char *topic, int32_t partition) {
@@ -923,7 +933,7 @@ enum {
 /* One scalar field of the flat form: key, kind, where it lives, its default
  * (for I64/I32/DEC; times default to missing, strings to "", enums to 0). */
 typedef struct td_flat {
-    const char *key;
+    char key[32]; /* NUL-padded: the writer copies all 32 bytes at once */
     uint8_t klen; /* strlen(key): K_ */
     uint8_t kind;
     size_t off;
@@ -988,58 +998,146 @@ static const td_flat td_flat_chan[] = {
 };
 
 
+/*
+ * The writers of the flat form. It is written for every prospect of every
+ * batch, so each field is formatted in place, straight into the td_kvs of
+ * td_kvs_capture when it has room (td_fw_begin), without snprintf or an
+ * intermediate copy; the writers below may store a few bytes past what
+ * they return (the room asked for covers it).
+ */
+
+#define TD_FW_INLINE static inline __attribute__((always_inline))
+
+/* "00".."99": two digits per table read. */
+static const char td_dig2[200] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+static const uint64_t td_pow10[20] = {1ULL,
+                                      10ULL,
+                                      100ULL,
+                                      1000ULL,
+                                      10000ULL,
+                                      100000ULL,
+                                      1000000ULL,
+                                      10000000ULL,
+                                      100000000ULL,
+                                      1000000000ULL,
+                                      10000000000ULL,
+                                      100000000000ULL,
+                                      1000000000000ULL,
+                                      10000000000000ULL,
+                                      100000000000000ULL,
+                                      1000000000000000ULL,
+                                      10000000000000000ULL,
+                                      100000000000000000ULL,
+                                      1000000000000000000ULL,
+                                      10000000000000000000ULL};
+
+/* td_w_u64 for v >= 100. */
+static __attribute__((noinline)) size_t td_w_u64_long(char *p, uint64_t v) {
+    size_t n = 3;
+    while (n < 20 && v >= td_pow10[n]) n++;
+    char *e = p + n;
+    while (v >= 100) {
+        uint64_t q = v / 100;
+        e -= 2;
+        memcpy(e, td_dig2 + 2 * (v - q * 100), 2);
+        v = q;
+    }
+    if (v >= 10)
+        memcpy(e - 2, td_dig2 + 2 * v, 2);
+    else
+        e[-1] = (char)('0' + v);
+    return n;
+}
+
+/* v in decimal (td_fmt_u64's digits, no NUL): up to 20 bytes. Counters are
+ * small: one or two digits inline. */
+static inline size_t td_w_u64(char *p, uint64_t v) {
+    if (v < 10) {
+        p[0] = (char)('0' + v);
+        return 1;
+    }
+    if (v < 100) {
+        memcpy(p, td_dig2 + 2 * v, 2);
+        return 2;
+    }
+    return td_w_u64_long(p, v);
+}
+
+/* td_fmt_i64's digits (no NUL): up to 20 bytes. */
+static inline size_t td_w_i64(char *p, int64_t v) {
+    if (v >= 0) return td_w_u64(p, (uint64_t)v);
+    p[0] = '-';
+    return 1 + td_w_u64(p + 1, (uint64_t)0 - (uint64_t)v);
+}
+
+/* The 8 lower-case hex digits of x, first digit in the lowest byte: each
+ * nibble spread to a byte, then '0' + d or 'a' + d - 10 for all at once. */
+static inline uint64_t td_hex8(uint32_t x) {
+    uint64_t v = x;
+    v = (v | v << 16) & 0x0000FFFF0000FFFFULL;
+    v = (v | v << 8) & 0x00FF00FF00FF00FFULL;
+    v = (v | v << 4) & 0x0F0F0F0F0F0F0F0FULL; /* byte j = nibble j (j = 0: lowest) */
+    uint64_t letter = (v + 0x0606060606060606ULL) >> 4 & 0x0101010101010101ULL; /* d >= 10 */
+    v += 0x3030303030303030ULL + letter * ('a' - '0' - 10);
+    return __builtin_bswap64(v); /* nibble 7 first */
+}
+
+/* v as 16 hex digits, zero-padded (no NUL). */
+static inline void td_w_hex16(char *p, uint64_t v) {
+    uint64_t hi = td_hex8((uint32_t)(v >> 32)), lo = td_hex8((uint32_t)v);
+    memcpy(p, &hi, 8);
+    memcpy(p + 8, &lo, 8);
+}
+
 /* Instants RFC 3339 can write (years 0001..9999); others are "@<ms>". */
 #define TD_RFC_MIN ((td_ms)-62135596800000LL)
 #define TD_RFC_MAX ((td_ms)253402300799999LL)
 
-/* Decimal and hex writers: the flat form is written for every prospect of
- * every batch, and snprintf was half of its cost (callgrind). */
-
-static size_t td_fmt_hex16(uint64_t v, char *buf) {
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 15; i >= 0; i--) {
-        buf[i] = hex[v & 15];
-        v >>= 4;
-    }
-    buf[16] = '\0';
-    return 16;
+/* An instant outside years 1..9999: "@<ms>" (rare: out of line). */
+static __attribute__((noinline)) size_t td_w_at(char *p, td_ms t) {
+    p[0] = '@';
+    return 1 + td_w_i64(p + 1, t);
 }
 
-static size_t td_fmt_time(td_ms t, char *buf, size_t cap) {
-    if (t >= TD_RFC_MIN && t <= TD_RFC_MAX) return td_time_format(t, buf, cap);
-    if (cap < 23) return 0; /* not reached: "@" and 21 digits always fit */
-    buf[0] = '@';
-    return 1 + td_fmt_i64(t, buf + 1);
+/* A time: RFC 3339 through the date memo, or "@<ms>". Stores up to
+ * TD_TIME_BUF bytes; @returns its length (up to 24). */
+static inline size_t td_w_time(char *p, td_ms t, td_time_memo *m) {
+    if (t >= TD_RFC_MIN && t <= TD_RFC_MAX) return td_time_format_memo(t, p, m);
+    return td_w_at(p, t);
 }
 
-/* td_fmt_time into buf (at least TD_TIME_BUF bytes), through a one-entry
- * memo (*mt, memo[0..*mn)) of the last instant formatted. */
-static size_t td_fmt_time_memo(td_ms t, char *buf, td_ms *mt, char *memo, size_t *mn) {
+/* An instant often repeated (rules fired by one step, timers armed by one
+ * event): the last one written is kept whole in memo[TD_TIME_BUF] (*mt; its
+ * length *mn). Stores TD_TIME_BUF bytes. */
+static inline size_t td_w_time_rep(char *p, td_ms t, td_ms *mt, char *memo, size_t *mn,
+                                   td_time_memo *m) {
     if (t != *mt || t == TD_MS_MISSING) {
-        *mn = td_fmt_time(t, memo, TD_TIME_BUF);
+        *mn = td_w_time(memo, t, m);
         *mt = t;
     }
-    memcpy(buf, memo, *mn + 1);
+    memcpy(p, memo, TD_TIME_BUF);
     return *mn;
 }
 
 /* "12.5", "-0.0001", "7": the integer part, then up to four fractional
- * digits without trailing zeros. buf: at least 27 bytes. */
-static size_t td_fmt_dec(td_dec d, char *buf, size_t cap) {
-    if (cap < 27) return 0; /* not reached: callers pass larger buffers */
+ * digits without trailing zeros; up to 26 bytes. */
+static __attribute__((noinline)) size_t td_w_dec(char *p, td_dec d) {
     uint64_t m = d < 0 ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
     uint64_t ip = m / TD_DEC_SCALE;
     unsigned fp = (unsigned)(m % TD_DEC_SCALE);
     size_t n = 0;
-    if (d < 0) buf[n++] = '-';
-    n += td_fmt_u64(ip, buf + n);
+    if (d < 0) p[n++] = '-';
+    n += td_w_u64(p + n, ip);
     if (fp) {
-        buf[n++] = '.';
+        p[n++] = '.';
         for (unsigned div = TD_DEC_SCALE / 10; fp; div /= 10) {
-            buf[n++] = (char)('0' + fp / div);
+            p[n++] = (char)('0' + fp / div);
             fp %= div;
         }
-        buf[n] = '\0';
     }
     return n;
 }
@@ -1057,29 +1155,22 @@ static inline uint64_t td_pct_special8(uint64_t x) {
     return (x | ~(x7 + 0x60 * k01) | (x7 + k01) | ~((x7 ^ 0x25 * k01) + 0x7f * k01)) & k80;
 }
 
-/* Percent-encodes a NUL-terminated string; out needs 3 * strlen + 1 bytes.
- * Ids, zones and rule ids are plain ASCII almost always: whole words of 8
- * plain bytes are copied as they are, and only a word with another byte is
- * encoded byte by byte. */
-static size_t td_pct_enc(const char *s, char *out) {
+#ifdef __SSE2__
+/* Non-zero when one of the 16 bytes at s is not TD_PCT_PLAIN: below 0x20 or
+ * from 0x80 (a signed compare catches both), 0x7f, or '%'. */
+static inline int td_pct_special16(const char *s) {
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)s);
+    __m128i bad = _mm_or_si128(_mm_cmplt_epi8(x, _mm_set1_epi8(0x20)),
+                               _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f)),
+                                            _mm_cmpeq_epi8(x, _mm_set1_epi8('%'))));
+    return _mm_movemask_epi8(bad);
+}
+#endif
+
+/* Percent-encodes s[0..len) byte by byte from i on (out holds s[0..i) as is). */
+static size_t td_w_pct_from(char *out, const char *s, size_t len, size_t i) {
     static const char hex[] = "0123456789ABCDEF";
-    size_t len = strlen(s), i = 0, n = 0;
-    uint64_t x;
-    for (; i + 8 <= len; i += 8) {
-        memcpy(&x, s + i, 8);
-        if (td_pct_special8(x)) break;
-        memcpy(out + n, &x, 8);
-        n += 8;
-    }
-    if (i < len && len >= 8 && i + 8 > len) {
-        /* every word so far plain (out == s up to i): the last 8 bytes, overlapping */
-        memcpy(&x, s + len - 8, 8);
-        if (!td_pct_special8(x)) {
-            memcpy(out + len - 8, &x, 8);
-            out[len] = 0;
-            return len;
-        }
-    }
+    size_t n = i;
     for (; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (TD_PCT_PLAIN(c)) {
@@ -1090,8 +1181,72 @@ static size_t td_pct_enc(const char *s, char *out) {
             out[n++] = hex[c & 15];
         }
     }
-    out[n] = 0;
     return n;
+}
+
+/* Percent-encodes s[0..len) into out (3 * len bytes; no NUL). Ids, zones
+ * and rule ids are plain ASCII almost always: whole blocks of 16 (or 8)
+ * plain bytes are copied as they are, the last one overlapping, and only
+ * from a block with another byte on is the rest encoded byte by byte.
+ * @returns the length written. */
+TD_FW_INLINE size_t td_w_pct_inl(char *out, const char *s, size_t len) {
+    size_t i = 0;
+#ifdef __SSE2__
+    if (len >= 16) {
+        for (; i + 16 <= len; i += 16) {
+            if (td_pct_special16(s + i)) return td_w_pct_from(out, s, len, i);
+            memcpy(out + i, s + i, 16);
+        }
+        if (i < len) {
+            if (td_pct_special16(s + len - 16)) return td_w_pct_from(out, s, len, i);
+            memcpy(out + len - 16, s + len - 16, 16);
+        }
+        return len;
+    }
+#endif
+    if (len >= 8) {
+        uint64_t x, y;
+        memcpy(&y, s + len - 8, 8);
+        for (; i + 8 <= len; i += 8) {
+            memcpy(&x, s + i, 8);
+            if (td_pct_special8(x)) return td_w_pct_from(out, s, len, i);
+            memcpy(out + i, &x, 8);
+        }
+        if (i < len) {
+            /* every word so far plain (out == s up to i): the last 8 bytes, overlapping */
+            if (td_pct_special8(y)) return td_w_pct_from(out, s, len, i);
+            memcpy(out + len - 8, &y, 8);
+        }
+        return len;
+    }
+    if (len >= 2) {
+        /* two overlapping halves, the rest of the word plain ('a') */
+        uint64_t x = 0x6161616161616161ULL;
+        if (len >= 4) {
+            uint32_t a, b;
+            memcpy(&a, s, 4);
+            memcpy(&b, s + len - 4, 4);
+            x = (uint64_t)a | (uint64_t)b << 32;
+            if (td_pct_special8(x)) return td_w_pct_from(out, s, len, 0);
+            memcpy(out, &a, 4);
+            memcpy(out + len - 4, &b, 4);
+        } else {
+            uint16_t a, b;
+            memcpy(&a, s, 2);
+            memcpy(&b, s + len - 2, 2);
+            x = (x & ~0xFFFFFFFFULL) | a | (uint32_t)b << 16;
+            if (td_pct_special8(x)) return td_w_pct_from(out, s, len, 0);
+            memcpy(out, &a, 2);
+            memcpy(out + len - 2, &b, 2);
+        }
+        return len;
+    }
+    return td_w_pct_from(out, s, len, 0);
+}
+
+/* The same, out of line (the unrolled scalar fields: less code). */
+static __attribute__((noinline)) size_t td_w_pct(char *out, const char *s, size_t len) {
+    return td_w_pct_inl(out, s, len);
 }
 
 static int td_hexval(char c) {
@@ -1180,73 +1335,198 @@ static int td_parse_time(const char *v, size_t n, td_ms *out) {
     return td_time_parse(v, n, out);
 }
 
-/* Emits one scalar descriptor at base if it differs from its default; the
- * key is prefix[0..pl) (a channel's "<channel>.", or empty) then f->key. */
-static void td_emit_flat(const td_flat *f, const char *prefix, size_t pl, const void *base,
-                         td_kv_fn fn, void *ud) {
-    const char *p = (const char *)base + f->off;
-    char key[64];
-    char val[3 * (TD_ID_MAX + 1) + 8];
-    size_t vn = 0;
+/*
+ * Where the pairs go: into a td_kvs (capture), formatted in place when it
+ * has room; otherwise (a full buffer, or td_state_serialize's callback) in
+ * `scratch`, then td_kvs_add or the callback. One field never needs more
+ * than TD_FW_SCRATCH bytes (the touch list: 64 times of up to 25 bytes).
+ * While writing, the td_kvs's fields live here, in registers: the writer
+ * is always inlined and its address never escapes.
+ */
+#define TD_FW_SCRATCH 2048
+typedef struct td_fw {
+    char *buf;        /* kv->buf */
+    size_t len;       /* kv->len */
+    size_t lim;       /* kv->cap, or 0 when in-place writing is off (oom, 32-bit) */
+    td_kvs_entry *e;  /* kv->e */
+    size_t n, ecap;   /* kv->n, kv->ecap */
+    td_kvs *kv;       /* capture: the flat form goes there */
+    td_kv_fn fn;      /* otherwise */
+    void *ud;
+    char *scratch;    /* TD_FW_SCRATCH + 2 bytes */
+} td_fw;
+
+TD_FW_INLINE void td_fw_load(td_fw *w) {
+    td_kvs *kv = w->kv;
+    w->buf = kv->buf;
+    w->len = kv->len;
+    w->lim = kv->oom || kv->cap > UINT32_MAX ? 0 : kv->cap;
+    w->e = kv->e;
+    w->n = kv->n;
+    w->ecap = kv->ecap;
+}
+
+/* Where the next pair (key then value, up to `need` bytes stored) is
+ * written. `kvmode` is a constant: each mode has its own copy. */
+TD_FW_INLINE char *td_fw_begin(td_fw *w, size_t need, bool kvmode) {
+    if (kvmode && w->len + need <= w->lim) return w->buf + w->len;
+    return w->scratch;
+}
+
+/* The slow ends of a pair in a td_kvs: formatted in scratch (td_kvs_add
+ * grows the buffer), or in place when the entries are full. */
+static __attribute__((noinline)) void td_fw_kv_slow(td_kvs *kv, size_t len, size_t n,
+                                                    const char *scratch, bool in_place, size_t kl,
+                                                    size_t vl) {
+    kv->len = len;
+    kv->n = n;
+    if (in_place)
+        td_kvs_commit(kv, kl, vl);
+    else
+        td_kvs_add(kv, scratch, kl, scratch + kl, vl);
+}
+
+/* The callback's pair, formatted in scratch: key and value NUL-terminated. */
+static void td_fw_call(td_kv_fn fn, void *ud, char *p, size_t kl, size_t vl) {
+    memmove(p + kl + 1, p + kl, vl);
+    p[kl] = '\0';
+    p[kl + 1 + vl] = '\0';
+    fn(ud, p, kl, p + kl + 1, vl);
+}
+
+/* The pair at p (from td_fw_begin) is complete: kl key bytes, vl value bytes. */
+TD_FW_INLINE void td_fw_end(td_fw *w, char *p, size_t kl, size_t vl, bool kvmode) {
+    if (!kvmode) {
+        td_fw_call(w->fn, w->ud, p, kl, vl);
+        return;
+    }
+    if (p != w->scratch && w->n < w->ecap) {
+        td_kvs_entry *x = &w->e[w->n++];
+        x->k = (uint32_t)w->len;
+        x->kl = (uint32_t)kl;
+        x->v = (uint32_t)(w->len + kl);
+        x->vl = (uint32_t)vl;
+        w->len += kl + vl;
+        return;
+    }
+    td_fw_kv_slow(w->kv, w->len, w->n, w->scratch, p != w->scratch, kl, vl);
+    td_fw_load(w);
+}
+
+/* The end of the writing: the td_kvs takes its fields back. */
+TD_FW_INLINE void td_fw_done(td_fw *w, bool kvmode) {
+    if (!kvmode) return;
+    w->kv->len = w->len;
+    w->kv->n = w->n;
+}
+
+/* A scalar field at p: the key, prefix[0..pl) (a channel's "<channel>.",
+ * or empty) then f->key, 16 and 32 bytes at once; then the value: x, or
+ * the string s (sl bytes: percent-encoded, or an enum's name as is).
+ * Stores up to pl + 32 + TD_FW_VMAX(sl) bytes. @returns the value's length
+ * (*kl the key's). */
+#define TD_FW_VMAX(sl) (3 * (sl) > 32 ? 3 * (sl) : 32)
+TD_FW_INLINE size_t td_fw_scalar_at(char *p, const td_flat *f, const char *prefix, size_t pl,
+                                    int64_t x, const char *s, size_t sl, td_time_memo *tm,
+                                    size_t *kl) {
+    if (pl) {
+        if (pl <= 16)
+            memcpy(p, prefix, 16);
+        else
+            memcpy(p, prefix, pl);
+    }
+    memcpy(p + pl, f->key, 32);
+    *kl = pl + f->klen;
+    char *v = p + *kl;
     switch (f->kind) {
-    case TD_FK_I64: {
-        int64_t x;
-        memcpy(&x, p, sizeof x);
-        if (x == f->def) return;
-        vn = td_fmt_i64(x, val);
-        break;
+    case TD_FK_I64:
+    case TD_FK_I32: return td_w_i64(v, x);
+    case TD_FK_DEC: return td_w_dec(v, x);
+    case TD_FK_TIME: return td_w_time(v, x, tm);
+    case TD_FK_STR: return td_w_pct(v, s, sl);
+    default: memcpy(v, s, sl); return sl;
     }
+}
+
+/* A scalar field without room in the td_kvs (kv), or for the callback
+ * (fn, ud): formatted in scratch, then td_kvs_add or the callback. */
+static __attribute__((noinline)) void td_fw_scalar_slow(td_kvs *kv, td_kv_fn fn, void *ud,
+                                                        const td_flat *f, const char *prefix,
+                                                        size_t pl, int64_t x, const char *s,
+                                                        size_t sl, td_time_memo *tm) {
+    char scratch[64 + 32 + 3 * (TD_ID_MAX + 1) + 2];
+    if (pl > 64 || sl > TD_ID_MAX + 1) return; /* not reached: short names, bounded strings */
+    size_t kl, vl = td_fw_scalar_at(scratch, f, prefix, pl, x, s, sl, tm, &kl);
+    if (kv)
+        td_kvs_add(kv, scratch, kl, scratch + kl, vl);
+    else
+        td_fw_call(fn, ud, scratch, kl, vl);
+}
+
+/* One scalar descriptor at base, if it differs from its default. Unrolled
+ * (kvmode), f is a constant: only the fast path is inline, formatting in
+ * place when the td_kvs has room for the widest value and an entry. */
+TD_FW_INLINE void td_fw_scalar(td_fw *w, const td_flat *f, const char *prefix, size_t pl,
+                               const void *base, td_time_memo *tm, bool kvmode) {
+    const char *src = (const char *)base + f->off;
+    int64_t x = 0;
+    const char *s = src;
+    size_t sl = 0;
+    switch (f->kind) {
+    case TD_FK_I64:
+    case TD_FK_DEC:
+        memcpy(&x, src, sizeof x);
+        if (x == f->def) return;
+        break;
     case TD_FK_I32: {
-        int32_t x;
-        memcpy(&x, p, sizeof x);
-        if (x == f->def) return;
-        vn = td_fmt_i64(x, val);
+        int32_t y;
+        memcpy(&y, src, sizeof y);
+        if (y == f->def) return;
+        x = y;
         break;
     }
-    case TD_FK_TIME: {
-        td_ms x;
-        memcpy(&x, p, sizeof x);
+    case TD_FK_TIME:
+        memcpy(&x, src, sizeof x);
         if (x == TD_MS_MISSING) return;
-        vn = td_fmt_time(x, val, sizeof val);
         break;
-    }
-    case TD_FK_DEC: {
-        td_dec x;
-        memcpy(&x, p, sizeof x);
-        if (x == f->def) return;
-        vn = td_fmt_dec(x, val, sizeof val);
-        break;
-    }
     case TD_FK_STR:
-        if (!p[0]) return;
-        vn = td_pct_enc(p, val);
+        if (!src[0]) return;
+        sl = strlen(src);
         break;
     default: { /* enums: stored as an enum (int-sized) */
-        int x;
-        memcpy(&x, p, sizeof x);
-        if (x == 0) return;
-        const char *name = "";
+        int e;
+        memcpy(&e, src, sizeof e);
+        if (e == 0) return;
         switch (f->kind) {
-        case TD_FK_STAGE: name = td_nz(td_stage_name((td_stage)x)); break;
-        case TD_FK_GP: name = td_nz(td_gift_policy_name((td_gift_policy)x)); break;
-        case TD_FK_SENT: name = td_nz(td_sentiment_name((td_sentiment)x)); break;
-        case TD_FK_GK: name = td_nz(td_gift_kind_name((td_gift_kind)x)); break;
-        case TD_FK_BLOCK: name = td_block_reason_name((td_block_reason)x); break;
-        case TD_FK_TRI: name = x == TD_TRI_YES ? "true" : x == TD_TRI_NO ? "false" : ""; break;
-        default: break;
+        case TD_FK_STAGE: s = td_stage_name((td_stage)e); break;
+        case TD_FK_GP: s = td_gift_policy_name((td_gift_policy)e); break;
+        case TD_FK_SENT: s = td_sentiment_name((td_sentiment)e); break;
+        case TD_FK_GK: s = td_gift_kind_name((td_gift_kind)e); break;
+        case TD_FK_BLOCK: s = td_block_reason_name((td_block_reason)e); break;
+        case TD_FK_TRI: s = e == TD_TRI_YES ? "true" : e == TD_TRI_NO ? "false" : NULL; break;
+        default: s = NULL; break;
         }
-        if (!name[0]) return; /* out-of-range enum: not a valid state */
-        vn = strlen(name);
-        memcpy(val, name, vn + 1);
+        if (!s || !s[0]) return; /* out-of-range enum: not a valid state */
+        sl = strlen(s);
         break;
     }
     }
-    size_t kn = pl + f->klen;
-    if (kn >= sizeof key) return; /* not reached: keys are short literals */
-    memcpy(key, prefix, pl);
-    memcpy(key + pl, f->key, f->klen);
-    key[kn] = '\0';
-    fn(ud, key, kn, val, vn);
+    if (!kvmode || w->len + pl + 32 + TD_FW_VMAX(sl) > w->lim || w->n == w->ecap) {
+        if (kvmode) {
+            w->kv->len = w->len;
+            w->kv->n = w->n;
+        }
+        td_fw_scalar_slow(w->kv, w->fn, w->ud, f, prefix, pl, x, s, sl, tm);
+        if (kvmode) td_fw_load(w);
+        return;
+    }
+    size_t kl, vl = td_fw_scalar_at(w->buf + w->len, f, prefix, pl, x, s, sl, tm, &kl);
+    td_kvs_entry *e = &w->e[w->n++];
+    e->k = (uint32_t)w->len;
+    e->kl = (uint32_t)kl;
+    e->v = (uint32_t)(w->len + kl);
+    e->vl = (uint32_t)vl;
+    w->len += kl + vl;
 }
 
 /* A channel every field of which is at its default (td_chan_init): such a
@@ -1261,76 +1541,163 @@ static const td_chan_state td_chan_default = {
     .consent = TD_TRI_UNSET,
 };
 
-/* Serialises the state: one call per non-default field, in the order of
+/* The longest field through scratch: the touch list (key, 64 times and
+ * commas, and the last time's TD_TIME_BUF stored bytes); the others are
+ * shorter (a timer: 6 + 3 * 64 key bytes, a time, a space and 3 * 128 id
+ * bytes). Scalars have their own (td_fw_scalar_slow). */
+_Static_assert(7 + TD_TOUCH_RING * 25 + TD_TIME_BUF <= TD_FW_SCRATCH, "scratch holds the touches");
+_Static_assert(6 + 3 * TD_RULE_ID_MAX + TD_TIME_BUF + 1 + 3 * TD_ID_MAX + 16 <= TD_FW_SCRATCH,
+               "scratch holds a timer");
+
+/* Serialises the state: one pair per non-default field, in the order of
  * td_flat_top, the channels, hour_hist, touches, dedup, pos.*, fired.*,
- * timer.*. Key and value buffers are valid during the call only. */
-void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud) {
-    for (size_t i = 0; i < TD_NELEM(td_flat_top); i++)
-        td_emit_flat(&td_flat_top[i], "", 0, st, fn, ud);
+ * timer.*. */
+TD_FW_INLINE void td_fw_state(const td_state *st, td_fw *w, bool kvmode) {
+    td_time_memo tm = TD_TIME_MEMO_INIT; /* dates repeat: a state's times are close */
+    /* Unrolled for capture: each descriptor's kind, offset and default
+     * become constants (the callback form keeps the loop: less code). */
+    if (kvmode) {
+#pragma GCC unroll 64
+        for (size_t i = 0; i < TD_NELEM(td_flat_top); i++)
+            td_fw_scalar(w, &td_flat_top[i], NULL, 0, st, &tm, kvmode);
+    } else {
+        for (size_t i = 0; i < TD_NELEM(td_flat_top); i++)
+            td_fw_scalar(w, &td_flat_top[i], NULL, 0, st, &tm, kvmode);
+    }
     for (int c = 0; c < TD_CH__COUNT; c++) {
         if (memcmp(&st->ch[c], &td_chan_default, sizeof td_chan_default) == 0) continue;
-        char prefix[24];
+        char prefix[64] = {0};
         const char *name = td_channel_name((td_channel)c);
         size_t pl = strlen(name);
+        if (pl > sizeof prefix - 2) continue; /* not reached: names are short */
         memcpy(prefix, name, pl);
         prefix[pl++] = '.';
-        for (size_t i = 0; i < TD_NELEM(td_flat_chan); i++)
-            td_emit_flat(&td_flat_chan[i], prefix, pl, &st->ch[c], fn, ud);
+        if (kvmode) {
+#pragma GCC unroll 64
+            for (size_t i = 0; i < TD_NELEM(td_flat_chan); i++)
+                td_fw_scalar(w, &td_flat_chan[i], prefix, pl, &st->ch[c], &tm, kvmode);
+        } else {
+            for (size_t i = 0; i < TD_NELEM(td_flat_chan); i++)
+                td_fw_scalar(w, &td_flat_chan[i], prefix, pl, &st->ch[c], &tm, kvmode);
+        }
     }
 
-    char buf[TD_TOUCH_RING * (TD_TIME_BUF + 1) + 64];
-    size_t n = 0;
-    for (int h = 0; h < 24; h++)
-        if (st->hour_hist[h]) {
-            if (n) buf[n++] = ',';
-            n += td_fmt_u64((uint64_t)h, buf + n);
-            buf[n++] = ':';
-            n += td_fmt_u64(st->hour_hist[h], buf + n);
-        }
-    if (n) fn(ud, "hour_hist", 9, buf, n);
+    uint32_t any = 0;
+    for (int h = 0; h < 24; h++) any |= st->hour_hist[h];
+    if (any) {
+        char *p = td_fw_begin(w, 9 + 24 * (2 + 1 + 10 + 1), kvmode);
+        memcpy(p, "hour_hist", 9);
+        char *v = p + 9;
+        size_t n = 0;
+        for (int h = 0; h < 24; h++)
+            if (st->hour_hist[h]) {
+                if (n) v[n++] = ',';
+                n += td_w_u64(v + n, (uint64_t)h);
+                v[n++] = ':';
+                n += td_w_u64(v + n, st->hour_hist[h]);
+            }
+        td_fw_end(w, p, 9, n, kvmode);
+    }
 
     uint32_t cnt = st->touch_count < TD_TOUCH_RING ? st->touch_count : TD_TOUCH_RING;
-    n = 0;
-    for (uint32_t i = 0; i < cnt; i++) {
-        if (n) buf[n++] = ',';
-        n += td_fmt_time(td_touch_at(st, i), buf + n, sizeof buf - n);
+    if (cnt) {
+        char *p = td_fw_begin(w, 7 + cnt * 25 + TD_TIME_BUF, kvmode);
+        memcpy(p, "touches", 7);
+        char *v = p + 7;
+        size_t n = 0;
+        uint32_t at = (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
+        for (uint32_t i = 0; i < cnt; i++) {
+            if (i) v[n++] = ',';
+            n += td_w_time(v + n, st->touch_ring[at], &tm);
+            if (++at == TD_TOUCH_RING) at = 0;
+        }
+        td_fw_end(w, p, 7, n, kvmode);
     }
-    if (cnt) fn(ud, "touches", 7, buf, n);
 
     cnt = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
-    n = 0;
-    for (uint32_t i = 0; i < cnt; i++) {
-        if (i) buf[n++] = ',';
-        n += td_fmt_hex16(td_dedup_at(st, i), buf + n);
+    if (cnt) {
+        char *p = td_fw_begin(w, 5 + cnt * 17, kvmode);
+        memcpy(p, "dedup", 5);
+        char *v = p + 5;
+        uint32_t at = (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
+        for (uint32_t i = 0; i < cnt; i++) {
+            td_w_hex16(v + 17 * i, st->dedup[at]);
+            v[17 * i + 16] = ','; /* the last one is past the value */
+            if (++at == TD_DEDUP_RING) at = 0;
+        }
+        td_fw_end(w, p, 5, 17 * cnt - 1, kvmode);
     }
-    if (cnt) fn(ud, "dedup", 5, buf, n);
 
-    char key[8 + 3 * (TD_RULE_ID_MAX + 1)];
     for (uint32_t i = 0; i < st->npos && i < TD_POS_MAX; i++) {
-        memcpy(key, "pos.", 4);
-        size_t kn = 4 + td_fmt_hex16(st->pos[i].key, key + 4);
-        n = td_fmt_i64(st->pos[i].offset, buf);
-        fn(ud, key, kn, buf, n);
+        char *p = td_fw_begin(w, 4 + 16 + 20, kvmode);
+        memcpy(p, "pos.", 4);
+        td_w_hex16(p + 4, st->pos[i].key);
+        td_fw_end(w, p, 20, td_w_i64(p + 20, st->pos[i].offset), kvmode);
     }
+
     /* Rules fired by one step, and timers armed by one event, share their
-     * instant: the last one formatted is kept. */
+     * instant: the last one written is kept whole. */
     td_ms memo_t = TD_MS_MISSING;
-    char memo[TD_TIME_BUF];
+    char memo[TD_TIME_BUF] = {0};
     size_t memo_n = 0;
     for (uint32_t i = 0; i < st->nfired; i++) {
-        memcpy(key, "fired.", 6);
-        size_t kn = 6 + td_pct_enc(st->fired[i].rule, key + 6);
-        n = td_fmt_time_memo(st->fired[i].at, buf, &memo_t, memo, &memo_n);
-        fn(ud, key, kn, buf, n);
+        const char *rule = st->fired[i].rule;
+        size_t rl = strlen(rule);
+        char *p = td_fw_begin(w, 6 + 3 * rl + TD_TIME_BUF, kvmode);
+        memcpy(p, "fired.", 6);
+        size_t kl = 6 + td_w_pct_inl(p + 6, rule, rl);
+        size_t vl = td_w_time_rep(p + kl, st->fired[i].at, &memo_t, memo, &memo_n, &tm);
+        td_fw_end(w, p, kl, vl, kvmode);
     }
+    /* A timer's value, "<due> <armed_by>", is most often the previous
+     * timer's (one event arms many): the last one is kept (tv, tvl). */
+    const char *prev_by = NULL;
+    td_ms prev_due = TD_MS_MISSING;
+    char tv[TD_TIME_BUF + 1 + 3 * TD_ID_MAX + 16]; /* bytes past tvl are copied, never read */
+    size_t tvl = 0;
     for (uint32_t i = 0; i < st->ntimers; i++) {
-        memcpy(key, "timer.", 6);
-        size_t kn = 6 + td_pct_enc(st->timers[i].rule, key + 6);
-        n = td_fmt_time_memo(st->timers[i].due_at, buf, &memo_t, memo, &memo_n);
-        buf[n++] = ' ';
-        n += td_pct_enc(st->timers[i].armed_by, buf + n);
-        fn(ud, key, kn, buf, n);
+        const td_timer *t = &st->timers[i];
+        size_t rl = strlen(t->rule);
+        bool same = prev_by && t->armed_by == prev_by && t->due_at == prev_due;
+        size_t al = same ? 0 : strlen(t->armed_by);
+        if (!same && al > TD_ID_MAX) al = TD_ID_MAX; /* not reached: ids are bounded */
+        size_t vneed = same ? tvl + 16 : TD_TIME_BUF + 1 + 3 * al;
+        char *p = td_fw_begin(w, 6 + 3 * rl + vneed, kvmode);
+        memcpy(p, "timer.", 6);
+        size_t kl = 6 + td_w_pct_inl(p + 6, t->rule, rl);
+        char *v = p + kl;
+        size_t vl;
+        if (same) {
+            for (size_t o = 0; o < tvl; o += 16) memcpy(v + o, tv + o, 16);
+            vl = tvl;
+        } else {
+            vl = td_w_time_rep(v, t->due_at, &memo_t, memo, &memo_n, &tm);
+            v[vl++] = ' ';
+            vl += td_w_pct_inl(v + vl, t->armed_by, al);
+            memcpy(tv, v, vl);
+            tvl = vl;
+            prev_by = t->armed_by;
+            prev_due = t->due_at;
+        }
+        td_fw_end(w, p, kl, vl, kvmode);
     }
+}
+
+/* The callback form: each pair formatted in a scratch buffer. Key and value
+ * are NUL-terminated, valid during the call only. */
+void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud) {
+    char scratch[TD_FW_SCRATCH + 2];
+    td_fw w = {.fn = fn, .ud = ud, .scratch = scratch};
+    td_fw_state(st, &w, false);
+}
+
+/* td_kvs_capture's: the pairs formatted in kv's buffer. */
+void td_state_serialize_kvs(const td_state *st, td_kvs *kv) {
+    char scratch[TD_FW_SCRATCH + 2];
+    td_fw w = {.kv = kv, .scratch = scratch};
+    td_fw_load(&w);
+    td_fw_state(st, &w, true);
+    td_fw_done(&w, true);
 }
 
 static int td_set_err(char *err, size_t errcap, const char *key, size_t klen, const char *what) {

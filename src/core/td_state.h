@@ -275,7 +275,8 @@ int td_state_apply(td_state *st, const td_event *ev, td_tzdb *tz, const td_setti
 /* ---- flat form (Redis hash) ---- */
 
 typedef void (*td_kv_fn)(void *ud, const char *key, size_t klen, const char *val, size_t vlen);
-/* Calls fn once per non-default field, in a stable order. */
+/* Calls fn once per non-default field, in a stable order; key and value
+ * are NUL-terminated and valid during the call only. */
 void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud);
 /*
  * Sets one field from its flat form. Unknown keys are ignored (returns 1) so

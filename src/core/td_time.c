@@ -244,20 +244,27 @@ static size_t time_format_slow(td_ms t, char *tmp)
  * weekday and day of year td_civil_from_ms also computes, and two digits per
  * table read. Several times cheaper than the slow path, byte for byte the
  * same (tests/unit/test_time.c checks every day of the range against it).
+ * put_date writes "YYYY-MM-DDT" of day `day` (days since 0001-01-01).
  */
-static size_t time_format_fast(td_ms t, char *p)
+static inline void put_date(char *p, uint32_t day)
 {
-    uint64_t u = (uint64_t)(t - FMT_MIN); /* ms since 0001-01-01T00:00:00Z */
-    uint32_t day = (uint32_t)(u / (uint64_t)TD_DAY);
-    uint32_t rem = (uint32_t)(u - (uint64_t)day * (uint64_t)TD_DAY);
-    uint32_t z = day + 306; /* days since 0000-03-01 */
-    uint32_t era = z / 146097, doe = z - era * 146097;
-    uint32_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    uint32_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    uint32_t mp = (5 * doy + 2) / 153;
-    uint32_t d = doy - (153 * mp + 2) / 5 + 1;
-    uint32_t m = mp < 10 ? mp + 3 : mp - 9;
-    uint32_t y = yoe + era * 400 + (m <= 2);
+    /* Neri and Schneider, "Euclidean affine functions and their application
+     * to calendar algorithms" (2022): the same civil date as civil_from_days
+     * with fewer operations (tests/unit/test_flat.c compares every day). */
+    uint32_t n1 = 4 * (day + 306) + 3;  /* from 0000-03-01 */
+    uint32_t c = n1 / 146097;           /* centuries */
+    uint32_t n2 = (n1 % 146097) | 3;    /* 4 * (day of the century) + 3 */
+    uint64_t p2 = (uint64_t)2939745 * n2;
+    uint32_t z = (uint32_t)(p2 >> 32);  /* year of the century */
+    uint32_t ny = (uint32_t)p2 / 2939745 / 4; /* day of the year, from March 1 */
+    uint32_t y = 100 * c + z;
+    uint32_t n3 = 2141 * ny + 197913;
+    uint32_t m = n3 >> 16;
+    uint32_t d = (n3 & 0xFFFF) / 2141 + 1;
+    if (ny >= 306) { /* January, February: the next civil year */
+        y++;
+        m -= 12;
+    }
     put2(p, y / 100);
     put2(p + 2, y % 100);
     p[4] = '-';
@@ -265,12 +272,25 @@ static size_t time_format_fast(td_ms t, char *p)
     p[7] = '-';
     put2(p + 8, d);
     p[10] = 'T';
+}
+
+/* "HH:MM:SS" of the second `sec` of a day (< 86400) into p. */
+static inline void put_hms(char *p, uint32_t sec)
+{
+    uint32_t h = sec / 3600, r = sec - h * 3600, mi = r / 60;
+    put2(p, h);
+    p[2] = ':';
+    put2(p + 3, mi);
+    p[5] = ':';
+    put2(p + 6, r - mi * 60);
+}
+
+/* The time of day (ms `rem` < TD_DAY) at p + 11 (after the date), then 'Z'.
+ * @returns the whole length: 20, or 24 with milliseconds. */
+static inline size_t put_time(char *p, uint32_t rem)
+{
     uint32_t sec = rem / 1000, ms = rem - sec * 1000;
-    put2(p + 11, sec / 3600);
-    put2(p + 14, sec / 60 % 60);
-    put2(p + 17, sec % 60);
-    p[13] = ':';
-    p[16] = ':';
+    put_hms(p + 11, sec);
     if (ms == 0) {
         p[19] = 'Z';
         return 20;
@@ -280,6 +300,15 @@ static size_t time_format_fast(td_ms t, char *p)
     put2(p + 21, ms % 100);
     p[23] = 'Z';
     return 24;
+}
+
+static size_t time_format_fast(td_ms t, char *p)
+{
+    uint64_t u = (uint64_t)(t - FMT_MIN); /* ms since 0001-01-01T00:00:00Z */
+    uint32_t day = (uint32_t)(u / (uint64_t)TD_DAY);
+    uint32_t rem = (uint32_t)(u - (uint64_t)day * (uint64_t)TD_DAY);
+    put_date(p, day);
+    return put_time(p, rem);
 }
 
 size_t td_time_format(td_ms t, char *buf, size_t cap)
@@ -298,6 +327,25 @@ size_t td_time_format(td_ms t, char *buf, size_t cap)
     if (n >= cap)
         n = cap - 1;
     memcpy(buf, tmp, n);
+    buf[n] = '\0';
+    return n;
+}
+
+/* time_format_fast with the date part kept in the memo (see td_time.h). */
+size_t td_time_format_memo(td_ms t, char *buf, td_time_memo *m)
+{
+    if (t < FMT_MIN || t > FMT_MAX)
+        return td_time_format(t, buf, TD_TIME_BUF);
+    uint64_t u = (uint64_t)(t - FMT_MIN); /* ms since 0001-01-01T00:00:00Z */
+    uint32_t day = (uint32_t)(u / (uint64_t)TD_DAY);
+    uint32_t rem = (uint32_t)(u - (uint64_t)day * (uint64_t)TD_DAY);
+    uint32_t slot = day % TD_TIME_MEMO_SLOTS;
+    if (day != m->day[slot]) {
+        put_date(m->date[slot], day);
+        m->day[slot] = day;
+    }
+    memcpy(buf, m->date[slot], 16); /* 11 bytes used; the rest is overwritten */
+    size_t n = put_time(buf, rem);
     buf[n] = '\0';
     return n;
 }

@@ -33,6 +33,26 @@ size_t td_time_format(td_ms t, char *buf, size_t cap);
 #define TD_TIME_BUF 32
 
 /*
+ * td_time_format for many instants in a row (a state's flat form: its
+ * timestamps, the touch list), which often share their date: the date parts
+ * last formatted are kept in the memo (8 of them, by day) and copied when
+ * the next instant falls on one of those UTC days. Byte for byte what
+ * td_time_format writes, NUL included; buf needs TD_TIME_BUF bytes
+ * (whatever the length). A memo starts as TD_TIME_MEMO_INIT and belongs to
+ * one caller at a time. @returns the length written (excluding NUL).
+ */
+#define TD_TIME_MEMO_SLOTS 8
+typedef struct td_time_memo {
+    uint32_t day[TD_TIME_MEMO_SLOTS];     /* days since 0001-01-01 of date[i], or UINT32_MAX */
+    char date[TD_TIME_MEMO_SLOTS][16];    /* "YYYY-MM-DDT" (11 bytes used) */
+} td_time_memo;
+#define TD_TIME_MEMO_INIT                                                                      \
+    {{UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX,     \
+      UINT32_MAX},                                                                             \
+     {{0}}}
+size_t td_time_format_memo(td_ms t, char *buf, td_time_memo *m);
+
+/*
  * Parses a duration literal: one or more <integer><unit> groups with units
  * ms, s, m, h, d, w ("72h", "3d", "2w", "30m", "1h30m", "500ms").
  * @returns TD_OK and *out (milliseconds), or TD_ERR.
