@@ -49,7 +49,6 @@ struct td_ruleset {
      * rule by id; a linear strcmp over the ruleset was 2% of a step) */
     const td_rule **by_id;
     size_t by_id_cap;
-    EVP_MD *sha256; /* fetched once: recommendation ids */
 };
 
 /* ---- diagnostics ---- */
@@ -1234,10 +1233,8 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     td_ruleset *rs = calloc(1, sizeof *rs);
     if (!rs) return NULL;
     td_settings_default(&rs->settings);
-    rs->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     rs->own_calendar = td_calendar_new();
     if (!rs->own_calendar) {
-        EVP_MD_free(rs->sha256);
         free(rs);
         return NULL;
     }
@@ -1245,7 +1242,6 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     rs->files = calloc(n ? n : 1, sizeof(char *));
     if (!rs->files) {
         td_calendar_free(rs->own_calendar);
-        EVP_MD_free(rs->sha256);
         free(rs);
         return NULL;
     }
@@ -1283,7 +1279,6 @@ void td_ruleset_free(td_ruleset *rs) {
     free(rs->guards);
     free(rs->by_id);
     td_calendar_free(rs->own_calendar);
-    EVP_MD_free(rs->sha256);
     free(rs);
 }
 
@@ -1292,7 +1287,6 @@ void td_ruleset_set_calendar(td_ruleset *rs, const td_calendar *cal) {
 }
 
 const char *td_ruleset_hash(const td_ruleset *rs) { return rs->hash; }
-const struct evp_md_st *td_ruleset_sha256(const td_ruleset *rs) { return rs->sha256; }
 const td_settings *td_ruleset_settings(const td_ruleset *rs) { return &rs->settings; }
 size_t td_ruleset_count(const td_ruleset *rs) { return rs->n; }
 const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i) {

@@ -108,11 +108,6 @@ void td_ruleset_set_calendar(td_ruleset *rs, const struct td_calendar *cal);
 
 /* "sha256:<64 hex>" */
 const char *td_ruleset_hash(const td_ruleset *rs);
-/* SHA-256 fetched once for the ruleset's lifetime (an OpenSSL EVP_MD, for
- * recommendation ids: an implicit fetch per digest costs more than the
- * digest); NULL when the fetch failed (callers use EVP_sha256() then). */
-struct evp_md_st;
-const struct evp_md_st *td_ruleset_sha256(const td_ruleset *rs);
 const td_settings *td_ruleset_settings(const td_ruleset *rs);
 size_t td_ruleset_count(const td_ruleset *rs);
 const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i);
