@@ -75,8 +75,9 @@ typedef struct td_batch {
     td_event *evs;
     bool *dead;
     int32_t *gidx, *next;
-    /* groups */
-    td_state *states;
+    /* groups: states[g] is owned by the batch (heap-allocated; it moves to
+     * and from the cache and the daemon's spares by pointer) */
+    td_state **states;
     int64_t *expected;
     int32_t *first, *last;
     bool *changed;
@@ -107,7 +108,8 @@ typedef struct td_batch {
     /* store: filled by td_batch_pack and td_batch_pack_bind (main thread),
      * td_batch_store_send (main or store thread: pack_result and the pack's
      * versions), read by td_batch_store_apply (main thread) */
-    td_state *pack;     /* shallow copies of states[g] */
+    td_state *pack;     /* loads: shallow copies of the missed states */
+    const td_state **pack_st; /* stores: states[g] of the packed groups */
     td_kvs *pack_base;  /* shallow copies of base[g] */
     td_kvs *pack_now;   /* the flat forms being written (owned, reused) */
     int64_t *pack_expected;
@@ -153,6 +155,9 @@ struct td_daemon {
     td_tzdb *tz;
     td_step_out *out;
     td_state_cache *cache; /* NULL when engine.state_cache = 0 */
+    /* state objects not in a batch nor in the cache, for reuse (main thread) */
+    td_state **spare;
+    size_t nspare, capspare;
 
     /* the two batches; `inflight` (one of them, or NULL) is being stored */
     size_t cap, gcap, tcap;
@@ -300,6 +305,7 @@ static void td_batch_alloc(td_batch *b, size_t cap, size_t gcap, size_t tcap) {
     b->has_base = td_xcalloc(gcap, sizeof *b->has_base);
     b->miss = td_xcalloc(gcap, sizeof *b->miss);
     b->pack = td_xcalloc(gcap, sizeof *b->pack);
+    b->pack_st = td_xcalloc(gcap, sizeof *b->pack_st);
     b->pack_base = td_xcalloc(gcap, sizeof *b->pack_base);
     b->pack_now = td_xcalloc(gcap, sizeof *b->pack_now);
     b->pack_expected = td_xcalloc(gcap, sizeof *b->pack_expected);
@@ -316,6 +322,7 @@ static void td_batch_free(td_batch *b, size_t gcap) {
     free(b->gidx);
     free(b->next);
     free(b->states);
+    free(b->pack_st);
     free(b->expected);
     free(b->first);
     free(b->last);
@@ -480,13 +487,19 @@ void td_daemon_free(td_daemon *d) {
         td_batch *b = &d->bt[i];
         if (b->states)
             for (size_t g = 0; g < b->ngroups; g++)
-                td_state_free(&b->states[g]);
+                if (b->states[g]) {
+                    td_state_free(b->states[g]);
+                    free(b->states[g]);
+                }
         if (b->msgs)
             for (size_t m = 0; m < b->nmsgs; m++)
                 rd_kafka_message_destroy(b->msgs[m]);
         td_batch_free(b, d->gcap);
     }
     td_state_cache_free(d->cache);
+    for (size_t i = 0; i < d->nspare; i++)
+        free(d->spare[i]);
+    free(d->spare);
     pthread_cond_destroy(&d->cv);
     pthread_mutex_destroy(&d->mu);
     free(d);
@@ -536,14 +549,49 @@ static void td_store_join(td_daemon *d) {
 /* Makes base[g] the flat form of states[g] (what Redis now holds).
  * @returns 0 or -1 (out of memory). */
 static int td_base_set(td_batch *b, int32_t g) {
-    b->has_base[g] = td_kvs_capture(&b->base[g], &b->states[g]) == TD_OK;
+    b->has_base[g] = td_kvs_capture(&b->base[g], b->states[g]) == TD_OK;
     return b->has_base[g] ? 0 : -1;
 }
 
+/* A state object for a new group: a spare one, else a new one. Only its
+ * prospect_id and its tables (none) are set: td_batch_load defines the rest
+ * before anything reads it. @returns NULL when out of memory. */
+static td_state *td_state_take_spare(td_daemon *d, const char *pid) {
+    td_state *st = d->nspare ? d->spare[--d->nspare] : malloc(sizeof *st);
+    if (!st)
+        return NULL;
+    td_strlcpy(st->prospect_id, pid, sizeof st->prospect_id);
+    st->fired = NULL;
+    st->timers = NULL;
+    st->armed = NULL;
+    st->nfired = st->capfired = st->ntimers = st->captimers = 0;
+    st->narmed = st->caparmed = st->armed_hint = 0;
+    return st;
+}
+
+/* Keeps st (its tables freed) for reuse; NULL is a no-op. */
+static void td_state_put_spare(td_daemon *d, td_state *st) {
+    if (!st)
+        return;
+    td_state_free(st);
+    if (d->nspare == d->capspare) {
+        size_t cap = d->capspare ? d->capspare * 2 : 256;
+        td_state **v = realloc(d->spare, cap * sizeof *v);
+        if (!v) {
+            free(st);
+            return;
+        }
+        d->spare = v;
+        d->capspare = cap;
+    }
+    d->spare[d->nspare++] = st;
+}
+
 /* Frees the groups' states (keeping their buffers' arrays). */
-static void td_batch_drop_groups(td_batch *b) {
+static void td_batch_drop_groups(td_daemon *d, td_batch *b) {
     for (size_t g = 0; g < b->ngroups; g++) {
-        td_state_free(&b->states[g]);
+        td_state_put_spare(d, b->states[g]);
+        b->states[g] = NULL;
         td_kvs_clear(&b->base[g]);
         b->has_base[g] = false;
     }
@@ -562,11 +610,13 @@ static void td_batch_release(td_daemon *d, td_batch *b) {
                  (long long)b->t_load, (long long)b->t_compute, (long long)b->t_deliver,
                  (long long)b->t_store, (long long)b->t_wait, (long long)b->age);
     for (size_t g = 0; g < b->ngroups; g++) {
-        if (b->has_base[g] && !b->changed[g] && !b->superseded[g])
-            td_state_cache_give(d->cache, &b->states[g], &b->base[g]);
+        if (b->has_base[g] && !b->changed[g] && !b->superseded[g]) {
+            td_state_put_spare(d, td_state_cache_give(d->cache, b->states[g], &b->base[g]));
+            b->states[g] = NULL;
+        }
         b->superseded[g] = false;
     }
-    td_batch_drop_groups(b);
+    td_batch_drop_groups(d, b);
     for (size_t i = 0; i < b->nmsgs; i++)
         rd_kafka_message_destroy(b->msgs[i]);
     d->batches++;
@@ -601,9 +651,10 @@ static size_t td_batch_collect(td_daemon *d, td_batch *b, int wait_ms) {
     return b->nmsgs;
 }
 
-/* The group of prospect `pid` in b, created (state initialised, no
- * messages) when absent and `create`; -1 when absent and not created. */
-static int32_t td_group_lookup(const td_daemon *d, td_batch *b, const char *pid, bool create,
+/* The group of prospect `pid` in b, created (no messages, its state to be
+ * loaded: td_state_take_spare) when absent and `create`; -1 when absent and
+ * not created, -2 when out of memory. */
+static int32_t td_group_lookup(td_daemon *d, td_batch *b, const char *pid, bool create,
                                bool *created) {
     size_t plen = strlen(pid);
     size_t mask = d->tcap - 1;
@@ -612,15 +663,18 @@ static int32_t td_group_lookup(const td_daemon *d, td_batch *b, const char *pid,
         *created = false;
     while (b->table[h]) {
         int32_t cand = b->table[h] - 1;
-        if (strcmp(b->states[cand].prospect_id, pid) == 0)
+        if (strcmp(b->states[cand]->prospect_id, pid) == 0)
             return cand;
         h = (h + 1) & mask;
     }
     if (!create || b->ngroups >= d->gcap)
         return -1;
+    td_state *st = td_state_take_spare(d, pid);
+    if (!st)
+        return -2;
     int32_t g = (int32_t)b->ngroups++;
     b->table[h] = g + 1;
-    td_state_init(&b->states[g], pid);
+    b->states[g] = st;
     b->first[g] = b->last[g] = -1;
     b->expected[g] = 0;
     b->changed[g] = false;
@@ -658,8 +712,9 @@ static int td_batch_decode(td_daemon *d, td_batch *b) {
     return 0;
 }
 
-/* Groups the valid events by prospect (from scratch). */
-static void td_batch_group(td_daemon *d, td_batch *b) {
+/* Groups the valid events by prospect (from scratch). @returns 0, or -1
+ * (out of memory). */
+static int td_batch_group(td_daemon *d, td_batch *b) {
     memset(b->table, 0, d->tcap * sizeof *b->table);
     b->ngroups = 0;
     for (size_t i = 0; i < b->nmsgs; i++) {
@@ -669,6 +724,8 @@ static void td_batch_group(td_daemon *d, td_batch *b) {
             continue;
         bool created;
         int32_t g = td_group_lookup(d, b, b->evs[i].prospect_id, true, &created);
+        if (g < 0)
+            return -1; /* out of memory (never full: gcap >= the batch's events) */
         if (created) {
             b->first[g] = b->last[g] = (int32_t)i;
         } else {
@@ -677,6 +734,7 @@ static void td_batch_group(td_daemon *d, td_batch *b) {
         }
         b->gidx[i] = g;
     }
+    return 0;
 }
 
 /* Waits while Redis is unavailable. @returns 0 to retry, -1 when a stop was
@@ -733,10 +791,10 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
         int32_t g = work_in[k];
         b->src[g] = -1;
         if (from) {
-            int32_t sg = td_group_lookup(d, from, b->states[g].prospect_id, false, NULL);
+            int32_t sg = td_group_lookup(d, from, b->states[g]->prospect_id, false, NULL);
             if (sg >= 0) {
-                td_state_free(&b->states[g]);
-                if (td_state_copy(&b->states[g], &from->states[sg]) != TD_OK)
+                td_state_free(b->states[g]);
+                if (td_state_copy(b->states[g], from->states[sg]) != TD_OK)
                     return -2;
                 b->src[g] = sg;
                 from->superseded[sg] = true;
@@ -745,9 +803,10 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
             }
         }
         if (d->cache) {
-            td_state_free(&b->states[g]);
-            if (td_state_cache_take(d->cache, b->states[g].prospect_id, &b->states[g],
-                                    &b->base[g])) {
+            td_state *hit = td_state_cache_take(d->cache, b->states[g]->prospect_id, &b->base[g]);
+            if (hit) {
+                td_state_put_spare(d, b->states[g]);
+                b->states[g] = hit;
                 b->has_base[g] = true;
                 continue;
             }
@@ -761,7 +820,7 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
         if (n == 0)
             break;
         for (size_t k = 0; k < n; k++) {
-            td_state *st = &b->states[work[k]];
+            td_state *st = b->states[work[k]];
             char pid[TD_ID_MAX + 1];
             memcpy(pid, st->prospect_id, sizeof pid);
             td_state_free(st);
@@ -769,10 +828,10 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
         }
         /* load into the pack, move the results back */
         for (size_t k = 0; k < n; k++)
-            b->pack[k] = b->states[work[k]];
+            b->pack[k] = *b->states[work[k]];
         int rc = td_redis_load(d->redis, b->pack, n);
         for (size_t k = 0; k < n; k++)
-            b->states[work[k]] = b->pack[k];
+            *b->states[work[k]] = b->pack[k];
         if (rc == TD_OK)
             break;
         if (td_redis_wait(d, d->redis, &attempt, "load") < 0)
@@ -783,7 +842,7 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
         if (td_base_set(b, work[k]) < 0)
             return -2;
     for (size_t k = 0; k < n_in; k++) {
-        b->expected[work_in[k]] = b->states[work_in[k]].version;
+        b->expected[work_in[k]] = b->states[work_in[k]]->version;
         b->changed[work_in[k]] = false;
     }
     return 0;
@@ -840,7 +899,7 @@ static int td_gift_note(td_daemon *d, td_batch *b, int32_t g, int32_t i) {
         b->gift_recs = v;
         b->capgifts = cap;
     }
-    td_gift_rec_from_event(&b->gift_recs[b->ngifts++], &b->evs[i], &b->states[g], d->tz,
+    td_gift_rec_from_event(&b->gift_recs[b->ngifts++], &b->evs[i], b->states[g], d->tz,
                            td_ruleset_settings(d->rs));
     return 0;
 }
@@ -929,7 +988,7 @@ static void td_daemon_gifts_free(td_daemon *d) {
 
 /* Applies the events of group g in order. @returns 0, or -1 (out of memory). */
 static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
-    td_state *st = &b->states[g];
+    td_state *st = b->states[g];
     for (int32_t i = b->first[g]; i >= 0; i = b->next[i]) {
         rd_kafka_message_t *m = b->msgs[i];
         const char *topic = rd_kafka_topic_name(m->rkt);
@@ -971,7 +1030,7 @@ static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
  * repeat a no-op). @returns 0, or -1 (out of memory). */
 static int td_derived_step(td_daemon *d, td_batch *b, size_t i, td_ms now) {
     int32_t g = b->dq_g[i];
-    td_state *st = &b->states[g];
+    td_state *st = b->states[g];
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->dq[i]};
     if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
         return -1;
@@ -1008,7 +1067,7 @@ static int td_batch_derive(td_daemon *d, td_batch *b, td_batch *from, size_t fro
         bool created;
         int32_t g = td_group_lookup(d, b, b->dq[i].prospect_id, true, &created);
         if (g < 0)
-            return -1; /* cannot happen: at most one derived event per input event */
+            return -1; /* out of memory (never full: one derived event per input event) */
         b->dq_g[i] = g;
         if (created) {
             b->work[n0 + ncreated++] = g;
@@ -1032,7 +1091,7 @@ static int td_batch_derive(td_daemon *d, td_batch *b, td_batch *from, size_t fro
         int32_t g = b->dq_g[i];
         if (b->stamp[g] == seq)
             continue;
-        b->expected[g] = b->states[g].version; /* as stored by us */
+        b->expected[g] = b->states[g]->version; /* as stored by us */
         b->stamp[g] = seq;
         b->work[b->nwork++] = g;
         for (size_t k = i; k < b->ndq; k++)
@@ -1060,7 +1119,7 @@ static int td_batch_pack(td_batch *b) {
             int32_t g = (int32_t)k;
             if (!b->changed[g] || (b->first[g] < 0) != (pass == 0))
                 continue;
-            if (td_kvs_capture(&b->pack_now[np], &b->states[g]) != TD_OK)
+            if (td_kvs_capture(&b->pack_now[np], b->states[g]) != TD_OK)
                 return -2;
             b->pack_g[np] = g;
             np++;
@@ -1070,12 +1129,12 @@ static int td_batch_pack(td_batch *b) {
     return 0;
 }
 
-/* Completes the pack with each group's state (shallow: the store only reads
- * it and sets its version), base (shallow, read only) and expected version. */
+/* Completes the pack with each group's state (a pointer: the store only
+ * reads it), base (shallow, read only) and expected version. */
 static void td_batch_pack_bind(td_batch *b) {
     for (size_t k = 0; k < b->npack; k++) {
         int32_t g = b->pack_g[k];
-        b->pack[k] = b->states[g];
+        b->pack_st[k] = b->states[g];
         b->pack_base[k] = b->base[g];
         b->pack_expected[k] = b->expected[g];
     }
@@ -1088,8 +1147,8 @@ static void td_batch_pack_bind(td_batch *b) {
 static int td_batch_store_send(td_redis *r, td_batch *b) {
     if (b->npack == 0)
         return TD_OK;
-    return td_redis_store_diff(r, b->pack, b->pack_base, b->pack_now, b->pack_expected, b->npack,
-                               b->pack_result) == TD_OK
+    return td_redis_store_diff(r, b->pack_st, b->pack_base, b->pack_now, b->pack_expected,
+                               b->npack, b->pack_result) == TD_OK
                ? TD_OK
                : TD_ERR;
 }
@@ -1112,14 +1171,14 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
     for (size_t k = 0; k < b->npack; k++) {
         int32_t g = b->pack_g[k];
         if (b->pack_result[k] == TD_REDIS_STORED) {
-            b->states[g].version = b->pack[k].version;
+            b->states[g]->version = b->pack_expected[k] + 1;
             b->changed[g] = false;
             td_kvs old = b->base[g];
             b->base[g] = b->pack_now[k];
             b->pack_now[k] = old;
             b->has_base[g] = true;
         } else {
-            td_state_cache_drop(d->cache, b->states[g].prospect_id);
+            td_state_cache_drop(d->cache, b->states[g]->prospect_id);
             b->work2[(*nconf)++] = g;
         }
     }
@@ -1188,7 +1247,7 @@ static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
     for (size_t k = 0; k < nw; k++) {
         if (td_batch_compute(d, b, b->work[k], now) < 0) {
             td_log_error("engine step failed (out of memory)", "prospect=%s",
-                         b->states[b->work[k]].prospect_id);
+                         b->states[b->work[k]]->prospect_id);
             return TD_BATCH_FATAL;
         }
     }
@@ -1203,7 +1262,7 @@ static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
         return TD_BATCH_ABANDONED;
     for (size_t r = 0; r < b->nrecs; r++) {
         const td_drec *x = &b->recs[r];
-        const char *pid = b->states[x->g].prospect_id;
+        const char *pid = b->states[x->g]->prospect_id;
         if (td_kafka_send_rec(d->kafka, pid, strlen(pid), b->recbuf.p + x->off, x->len) < 0)
             return TD_BATCH_FATAL;
     }
@@ -1291,7 +1350,10 @@ static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
     td_kafka_round_begin(d->kafka);
     if (td_batch_decode(d, b) < 0)
         return TD_BATCH_FATAL;
-    td_batch_group(d, b);
+    if (td_batch_group(d, b) < 0) {
+        td_log_error("out of memory while grouping events", "events=%zu", b->nmsgs);
+        return TD_BATCH_FATAL;
+    }
     b->nwork = b->ngroups;
     for (size_t g = 0; g < b->nwork; g++)
         b->work[g] = (int32_t)g;
@@ -1326,8 +1388,8 @@ static void td_batch_adopt(td_batch *b, td_batch *from) {
         int32_t sg = b->src[g];
         if (sg < 0)
             continue;
-        int64_t v = from->states[sg].version;
-        b->states[g].version = v;
+        int64_t v = from->states[sg]->version;
+        b->states[g]->version = v;
         b->expected[g] = v;
         if (from->has_base[sg]) {
             td_kvs_move(&b->base[g], &from->base[sg]);

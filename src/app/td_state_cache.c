@@ -2,8 +2,8 @@
  * td_state_cache.c - see td_state_cache.h.
  *
  * Layout: the tags (hash, last use) of all slots sit in one compact array,
- * apart from the payloads (a td_state is ~2.4 KB): a lookup reads one cache
- * line of tags and touches a payload only on a hash match.
+ * apart from the payloads: a lookup reads the two cache lines of its set's
+ * tags and touches a state only on a hash match.
  *
  * @locality the daemon's main thread.
  */
@@ -12,20 +12,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define WAYS 8
+
 typedef struct tag {
     uint64_t hash;  /* 0: empty slot (hashes are stored with the low bit set) */
-    uint64_t stamp; /* last use: the older of a set is replaced */
+    uint64_t stamp; /* last give: the oldest of a set is replaced */
 } tag;
 
 typedef struct slot {
-    td_state st;
-    td_kvs kv; /* kept when the slot empties: its buffers are reused */
+    td_state *st; /* NULL when empty */
+    td_kvs kv;    /* kept when the slot empties: its buffers are reused */
 } slot;
 
 struct td_state_cache {
     tag *t;
     slot *v;
-    size_t mask; /* number of sets - 1; a set is two adjacent slots */
+    size_t mask; /* number of sets - 1; a set is WAYS adjacent slots */
     uint64_t clock;
     td_state_cache_stats stats;
 };
@@ -33,11 +35,11 @@ struct td_state_cache {
 td_state_cache *td_state_cache_new(size_t entries) {
     if (entries == 0) return NULL;
     size_t sets = 1;
-    while (sets * 2 < entries) sets *= 2;
+    while (sets * WAYS < entries) sets *= 2;
     td_state_cache *c = calloc(1, sizeof *c);
     if (!c) return NULL;
-    c->t = calloc(sets * 2, sizeof *c->t);
-    c->v = calloc(sets * 2, sizeof *c->v);
+    c->t = calloc(sets * WAYS, sizeof *c->t);
+    c->v = calloc(sets * WAYS, sizeof *c->v);
     if (!c->t || !c->v) {
         free(c->t);
         free(c->v);
@@ -45,14 +47,17 @@ td_state_cache *td_state_cache_new(size_t entries) {
         return NULL;
     }
     c->mask = sets - 1;
-    c->stats.entries = sets * 2;
+    c->stats.entries = sets * WAYS;
     return c;
 }
 
 void td_state_cache_free(td_state_cache *c) {
     if (!c) return;
-    for (size_t i = 0; i <= 2 * c->mask + 1; i++) {
-        if (c->t[i].hash) td_state_free(&c->v[i].st);
+    for (size_t i = 0; i < c->stats.entries; i++) {
+        if (c->v[i].st) {
+            td_state_free(c->v[i].st);
+            free(c->v[i].st);
+        }
         td_kvs_free(&c->v[i].kv);
     }
     free(c->t);
@@ -62,57 +67,67 @@ void td_state_cache_free(td_state_cache *c) {
 
 static uint64_t key_hash(const char *id) { return td_hash64(id, strlen(id), TD_HASH_SEED) | 1; }
 
+static size_t set_of(const td_state_cache *c, uint64_t h) { return WAYS * (h >> 1 & c->mask); }
+
 /* The slot index of prospect `id` (hash h), or -1. */
 static long find(const td_state_cache *c, const char *id, uint64_t h) {
-    size_t i = 2 * (h >> 1 & c->mask);
-    for (size_t k = i; k < i + 2; k++)
-        if (c->t[k].hash == h && strcmp(c->v[k].st.prospect_id, id) == 0) return (long)k;
+    size_t i = set_of(c, h);
+    for (size_t k = i; k < i + WAYS; k++)
+        if (c->t[k].hash == h && strcmp(c->v[k].st->prospect_id, id) == 0) return (long)k;
     return -1;
 }
 
-static void empty(td_state_cache *c, size_t i) {
-    td_state_free(&c->v[i].st);
+/* Empties slot i: @returns its state (tables freed) for the caller. */
+static td_state *empty(td_state_cache *c, size_t i) {
+    td_state *st = c->v[i].st;
+    td_state_free(st);
+    c->v[i].st = NULL;
     c->t[i].hash = 0;
     c->stats.used--;
+    return st;
 }
 
-bool td_state_cache_take(td_state_cache *c, const char *prospect_id, td_state *st, td_kvs *kv) {
-    if (!c) return false;
+td_state *td_state_cache_take(td_state_cache *c, const char *prospect_id, td_kvs *kv) {
+    if (!c) return NULL;
     long i = find(c, prospect_id, key_hash(prospect_id));
     if (i < 0) {
         c->stats.misses++;
-        return false;
+        return NULL;
     }
-    *st = c->v[i].st;
+    td_state *st = c->v[i].st;
     td_kvs_move(kv, &c->v[i].kv);
-    c->t[i].hash = 0; /* the state moved out: nothing to free */
+    c->v[i].st = NULL;
+    c->t[i].hash = 0;
     c->stats.used--;
     c->stats.hits++;
-    return true;
+    return st;
 }
 
-void td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv) {
-    char pid[TD_ID_MAX + 1];
-    memcpy(pid, st->prospect_id, sizeof pid);
+td_state *td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv) {
     if (!c) {
         td_state_free(st);
-        td_state_init(st, pid);
         td_kvs_clear(kv);
-        return;
+        return st;
     }
-    uint64_t h = key_hash(pid);
-    long f = find(c, pid, h);
+    uint64_t h = key_hash(st->prospect_id);
+    long f = find(c, st->prospect_id, h);
     size_t i;
     if (f >= 0) {
         i = (size_t)f;
     } else {
-        size_t s = 2 * (h >> 1 & c->mask);
-        i = !c->t[s].hash ? s : !c->t[s + 1].hash ? s + 1
-            : c->t[s].stamp <= c->t[s + 1].stamp ? s
-                                                 : s + 1;
+        /* an empty way, else the least recently given */
+        size_t s = set_of(c, h);
+        i = s;
+        for (size_t k = s; k < s + WAYS; k++) {
+            if (!c->t[k].hash) {
+                i = k;
+                break;
+            }
+            if (c->t[k].stamp < c->t[i].stamp) i = k;
+        }
     }
-    if (c->t[i].hash) empty(c, i);
-    c->v[i].st = *st;
+    td_state *out = c->t[i].hash ? empty(c, i) : NULL;
+    c->v[i].st = st;
     /* swap: the slot takes the caller's buffers, the caller gets the slot's
      * old (emptied) ones back for reuse */
     td_kvs old = c->v[i].kv;
@@ -122,14 +137,14 @@ void td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv) {
     c->t[i].hash = h;
     c->t[i].stamp = ++c->clock;
     c->stats.used++;
-    td_state_init(st, pid);
+    return out;
 }
 
 void td_state_cache_drop(td_state_cache *c, const char *prospect_id) {
     if (!c) return;
     long i = find(c, prospect_id, key_hash(prospect_id));
     if (i < 0) return;
-    empty(c, (size_t)i);
+    free(empty(c, (size_t)i));
     c->stats.drops++;
 }
 

@@ -989,6 +989,12 @@ static void rd_result(td_state *states, const int64_t *expected, int *result, si
         states[i].version = expected[i] + 1;
 }
 
+/* The diff path's outcome: the caller owns the states (read-only here, so
+ * the main thread may read them meanwhile) and sets their versions. */
+static void rd_result_diff(int *result, size_t i, bool stored) {
+    result[i] = stored ? TD_REDIS_STORED : TD_REDIS_CONFLICT;
+}
+
 /* Appends the command of prospect i to the pipeline. */
 typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
 
@@ -1230,7 +1236,7 @@ static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
  * leaves todo[i] set only for prospects whose call got NOSCRIPT.
  * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
  */
-static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
+static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kvs *bases, const td_kvs *nows,
                          const int64_t *expected, size_t n, int *result, unsigned char *todo,
                          int64_t deadline, size_t *noscript, rd_diffbuf *d, size_t *order) {
     size_t sent = 0, inchunk = 0;
@@ -1239,7 +1245,7 @@ static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, con
     for (size_t i = 0; i < n; i++) {
         if (!todo[i])
             continue;
-        if (rd_diff_add(r, &states[i], &bases[i], &nows[i], expected[i], d) != TD_OK)
+        if (rd_diff_add(r, states[i], &bases[i], &nows[i], expected[i], d) != TD_OK)
             goto fail;
         order[sent++] = i;
         if (++inchunk == TD_REDIS_DIFF_CHUNK) {
@@ -1271,7 +1277,7 @@ static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, con
             for (size_t k = 0; k < cn; k++) {
                 size_t i = order[c0 + k];
                 todo[i] = 0;
-                rd_result(states, expected, result, i, rep->element[k]->integer == 1);
+                rd_result_diff(result, i, rep->element[k]->integer == 1);
             }
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
@@ -1281,7 +1287,7 @@ static int rd_diff_round(td_redis *r, td_state *states, const td_kvs *bases, con
                 todo[order[c0 + k]] = 0;
             if (rc == TD_OK) {
                 char key[TD_ID_MAX + 80];
-                td_redis_key(r, states[order[c0]].prospect_id, key, sizeof key);
+                td_redis_key(r, states[order[c0]]->prospect_id, key, sizeof key);
                 if (rep->type == REDIS_REPLY_ERROR)
                     rd_seterr(r, "redis: EVALSHA (%zu prospects from %s): %.*s", cn, key,
                               (int)rep->len, rep->str);
@@ -1407,13 +1413,13 @@ static bool rd_is_status(const redisReply *rep, const char *want) {
 
 /* Appends "WATCH <keys>" and one "HGET <key> v" per prospect of
  * order[0..m). */
-static int rd_watch_append(td_redis *r, const td_state *states, const size_t *order, size_t m) {
+static int rd_watch_append(td_redis *r, const td_state *const *states, const size_t *order, size_t m) {
     char key[TD_ID_MAX + 80];
     td_rscratch *c = &r->s;
     rs_reset(c);
     rs_push(c, "WATCH", 5);
     for (size_t k = 0; k < m; k++) {
-        size_t kn = td_redis_key(r, states[order[k]].prospect_id, key, sizeof key);
+        size_t kn = td_redis_key(r, states[order[k]]->prospect_id, key, sizeof key);
         rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
     }
     if (rd_append(r) != TD_OK)
@@ -1421,7 +1427,7 @@ static int rd_watch_append(td_redis *r, const td_state *states, const size_t *or
     for (size_t k = 0; k < m; k++) {
         rs_reset(c);
         rs_push(c, "HGET", 4);
-        size_t kn = td_redis_key(r, states[order[k]].prospect_id, key, sizeof key);
+        size_t kn = td_redis_key(r, states[order[k]]->prospect_id, key, sizeof key);
         rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
         rs_push(c, "v", 1);
         if (rd_append(r) != TD_OK)
@@ -1433,7 +1439,7 @@ static int rd_watch_append(td_redis *r, const td_state *states, const size_t *or
 /* Reads the replies of rd_watch_append: match[k] = the stored version of
  * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set; all
  * replies were read unless the connection failed). */
-static int rd_watch_read(td_redis *r, const td_state *states, const int64_t *expected,
+static int rd_watch_read(td_redis *r, const td_state *const *states, const int64_t *expected,
                          const size_t *order, size_t m, int64_t deadline, unsigned char *match,
                          size_t *nmatch) {
     int rc = TD_OK;
@@ -1460,7 +1466,7 @@ static int rd_watch_read(td_redis *r, const td_state *states, const int64_t *exp
                 ok = rep->len == nl && memcmp(rep->str, num, nl) == 0;
             } else if (rc == TD_OK) {
                 char key[TD_ID_MAX + 80];
-                td_redis_key(r, states[i].prospect_id, key, sizeof key);
+                td_redis_key(r, states[i]->prospect_id, key, sizeof key);
                 rd_seterr(r, "redis: HGET %s v: %.*s", key,
                           rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
                           rep->type == REDIS_REPLY_ERROR ? rep->str : "");
@@ -1516,7 +1522,7 @@ static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
 /* Formats the writes of the cn prospects order[0..cn) into pb (rd_diff_queue
  * into a sink instead of the connection): they do not depend on the versions
  * the WATCH reads, so they are built while Redis runs the previous chunk. */
-static int rd_diff_prebuild(td_redis *r, td_state *states, const td_kvs *bases,
+static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td_kvs *bases,
                             const td_kvs *nows, const int64_t *expected, const size_t *order,
                             size_t cn, rd_diffbuf *d, rd_prebuilt *pb) {
     pb->out.len = 0;
@@ -1525,7 +1531,7 @@ static int rd_diff_prebuild(td_redis *r, td_state *states, const td_kvs *bases,
     for (size_t k = 0; k < cn && rc == TD_OK; k++) {
         size_t i = order[k], q = 0;
         pb->off[k] = pb->out.len;
-        rc = rd_diff_queue(r, &states[i], &bases[i], &nows[i], expected[i], d, &q);
+        rc = rd_diff_queue(r, states[i], &bases[i], &nows[i], expected[i], d, &q);
         pb->q[k] = (unsigned char)q;
     }
     pb->off[cn] = pb->out.len;
@@ -1551,7 +1557,7 @@ static int rd_diff_prebuild(td_redis *r, td_state *states, const td_kvs *bases,
  * keeps todo set and *raced counts its prospects.
  * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed).
  */
-static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
+static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases, const td_kvs *nows,
                          const int64_t *expected, size_t n, int *result, unsigned char *todo,
                          int64_t deadline, rd_diffbuf *d, size_t *order, size_t *raced) {
     size_t m = 0;
@@ -1585,15 +1591,22 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
         if (rd_append(r) != TD_OK)
             goto fail;
         if (nmatch) {
-            for (size_t k = 0; k < cn; k++) {
-                if (!match[k])
+            /* each run of matching prospects is contiguous in pb: one
+             * append (one copy into hiredis' buffer) per run */
+            for (size_t k = 0; k < cn;) {
+                if (!match[k]) {
+                    k++;
                     continue;
+                }
+                size_t k1 = k;
+                while (k1 < cn && match[k1])
+                    queued += pb->q[k1++];
                 if (redisAppendFormattedCommand(r->c, pb->out.buf + pb->off[k],
-                                                pb->off[k + 1] - pb->off[k]) != REDIS_OK) {
+                                                pb->off[k1] - pb->off[k]) != REDIS_OK) {
                     rd_seterr(r, "redis: out of memory building a command");
                     goto fail;
                 }
-                queued += pb->q[k];
+                k = k1;
             }
             rs_reset(c);
             rs_push(c, "EXEC", 4);
@@ -1627,7 +1640,7 @@ static int rd_diff_watch(td_redis *r, td_state *states, const td_kvs *bases, con
                 continue;
             }
             todo[i] = 0;
-            rd_result(states, expected, result, i, match[k]);
+            rd_result_diff(result, i, match[k]);
         }
         c0 = n0;
         cn = nn;
@@ -1639,18 +1652,24 @@ fail:
     return TD_ERR;
 }
 
-int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
+int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs *bases, const td_kvs *nows,
                         const int64_t *expected_version, size_t n, int *result) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
     for (size_t i = 0; i < n; i++) {
         if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
             rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
-                      states[i].prospect_id, expected_version[i]);
+                      states[i]->prospect_id, expected_version[i]);
             return TD_ERR;
         }
     }
-    if (rd_check_ids(r, states, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
+    for (size_t i = 0; i < n; i++) {
+        if (!states[i]->prospect_id[0]) {
+            rd_seterr(r, "redis: state %zu has an empty prospect_id", i);
+            return TD_ERR;
+        }
+    }
+    if (rd_ensure(r) != TD_OK) return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
     if (!r->dsha[0] && rd_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);

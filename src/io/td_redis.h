@@ -95,10 +95,14 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
  * fields that disappeared are deleted, and (with the timer index on) only
  * timers that were armed, re-armed or disarmed touch the index. The same
  * compare-and-set on the version makes it safe: a hash that moved on since
- * the base conflicts and is reloaded.
+ * the base conflicts and is reloaded. Unlike td_redis_store, the states are
+ * only read (through pointers, so the caller's other threads may read them
+ * meanwhile): on TD_REDIS_STORED the caller sets states[i]'s version to
+ * expected_version[i] + 1 itself.
  */
-int td_redis_store_diff(td_redis *r, td_state *states, const td_kvs *bases, const td_kvs *nows,
-                        const int64_t *expected_version, size_t n, int *result);
+int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs *bases,
+                        const td_kvs *nows, const int64_t *expected_version, size_t n,
+                        int *result);
 
 /* Tests only: fn(ud) runs in td_redis_store_diff between the version
  * check (WATCH + HGET) and the MULTI/EXEC, so a test can play the concurrent

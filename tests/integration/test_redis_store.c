@@ -443,12 +443,33 @@ static void test_version_cas(void **state) {
     td_redis_free(w2);
 }
 
+/* td_redis_store_diff of st[0..n) (pointers to them), as the daemon calls
+ * it: the states are only read (checked: their versions are unchanged), and
+ * the caller then sets the version of each stored one. */
+static int store_diff_n(td_redis *r, td_state *st, const td_kvs *kb, const td_kvs *kn,
+                        const int64_t *e, size_t n, int *res) {
+    const td_state *p[128];
+    int64_t before[128];
+    assert_true(n <= 128);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = &st[i];
+        before[i] = st[i].version;
+    }
+    int rc = td_redis_store_diff(r, p, kb, kn, e, n, res);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(st[i].version, before[i]);
+        if (rc == TD_OK && res[i] == TD_REDIS_STORED)
+            st[i].version = e[i] + 1;
+    }
+    return rc;
+}
+
 /* td_redis_store_diff of one state against a base state (both captured). */
 static int store_diff1(td_redis *r, td_state *st, const td_state *base, int64_t e, int *res) {
     td_kvs kb = {0}, kn = {0};
     assert_int_equal(td_kvs_capture(&kb, base), TD_OK);
     assert_int_equal(td_kvs_capture(&kn, st), TD_OK);
-    int rc = td_redis_store_diff(r, st, &kb, &kn, &e, 1, res);
+    int rc = store_diff_n(r, st, &kb, &kn, &e, 1, res);
     td_kvs_free(&kb);
     td_kvs_free(&kn);
     return rc;
@@ -542,7 +563,7 @@ static void test_store_diff_timers_multi(void **state) {
         assert_int_equal(td_kvs_capture(&kn[i], &st[i]), TD_OK);
         e[i] = 0;
     }
-    assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
+    assert_int_equal(store_diff_n(r, st, kb, kn, e, N, res), TD_OK);
     long long lo[4] = {-1, -1, -1, -1}; /* the earliest t.one per shard */
     for (int i = 0; i < N; i++) {
         assert_int_equal(res[i], TD_REDIS_STORED);
@@ -563,7 +584,7 @@ static void test_store_diff_timers_multi(void **state) {
         assert_int_equal(td_kvs_capture(&kn[i], &st[i]), TD_OK);
         e[i] = 1;
     }
-    assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
+    assert_int_equal(store_diff_n(r, st, kb, kn, e, N, res), TD_OK);
     for (int i = 0; i < N; i++) {
         assert_int_equal(res[i], TD_REDIS_STORED);
         snprintf(pid, sizeof pid, "p-tm-%d", i);
@@ -627,7 +648,7 @@ static void test_store_diff_race(void **state) {
     }
     racer rc = {srv, 0};
     td_redis_set_race_hook(r, race, &rc);
-    assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
+    assert_int_equal(store_diff_n(r, st, kb, kn, e, N, res), TD_OK);
     assert_int_equal(rc.calls, 2); /* once per chunk; the fallback has no WATCH */
     for (int i = 0; i < N; i++)
         assert_int_equal(res[i], i == 1 ? TD_REDIS_CONFLICT : TD_REDIS_STORED);
@@ -653,11 +674,20 @@ static void test_store_diff_race(void **state) {
         assert_int_equal(td_kvs_capture(&kn[i], &st[i]), TD_OK);
         e[i] = i == 1 ? 0 : 1; /* p-race-1 is at 9: a stale expectation */
     }
-    assert_int_equal(td_redis_store_diff(r, st, kb, kn, e, N, res), TD_OK);
+    assert_int_equal(store_diff_n(r, st, kb, kn, e, N, res), TD_OK);
     for (int i = 0; i < N; i++)
         assert_int_equal(res[i], i == 1 ? TD_REDIS_CONFLICT : TD_REDIS_STORED);
-    assert_int_equal(st[0].version, 2);
-    assert_int_equal(st[68].version, 2);
+    c = td_test_redis_connect(srv);
+    v = raw_hget(c, "touchd:p:{p-race-0}", "v");
+    assert_string_equal(v, "2");
+    free(v);
+    v = raw_hget(c, "touchd:p:{p-race-68}", "v");
+    assert_string_equal(v, "2");
+    free(v);
+    v = raw_hget(c, "touchd:p:{p-race-1}", "v"); /* the conflict: untouched */
+    assert_string_equal(v, "9");
+    free(v);
+    redisFree(c);
     td_state_init(&got, "p-race-68");
     assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
     assert_true(td_state_equal(&got, &st[68]));
