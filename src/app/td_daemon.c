@@ -1119,6 +1119,15 @@ static int td_batch_pack(td_batch *b) {
             int32_t g = (int32_t)k;
             if (!b->changed[g] || (b->first[g] < 0) != (pass == 0))
                 continue;
+            /* a state and a buffer two ahead: both were last touched many
+             * states ago (td_kvs_prefetch) */
+            if (k + 2 < b->ngroups) {
+                const char *sp = (const char *)b->states[k + 2];
+                for (size_t o = 0; o < sizeof(td_state); o += 64)
+                    __builtin_prefetch(sp + o, 0);
+            }
+            if (np + 2 < b->ngroups)
+                td_kvs_prefetch(&b->pack_now[np + 2], true);
             if (td_kvs_capture(&b->pack_now[np], b->states[g]) != TD_OK)
                 return -2;
             b->pack_g[np] = g;

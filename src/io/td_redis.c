@@ -1528,8 +1528,16 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
     pb->out.len = 0;
     r->sink = &pb->out;
     int rc = TD_OK;
+    for (size_t k = 0; k < 2 && k < cn; k++) {
+        td_kvs_prefetch(&bases[order[k]], false);
+        td_kvs_prefetch(&nows[order[k]], false);
+    }
     for (size_t k = 0; k < cn && rc == TD_OK; k++) {
         size_t i = order[k], q = 0;
+        if (k + 2 < cn) { /* the flat forms two prospects ahead */
+            td_kvs_prefetch(&bases[order[k + 2]], false);
+            td_kvs_prefetch(&nows[order[k + 2]], false);
+        }
         pb->off[k] = pb->out.len;
         rc = rd_diff_queue(r, states[i], &bases[i], &nows[i], expected[i], d, &q);
         pb->q[k] = (unsigned char)q;
