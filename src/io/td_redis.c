@@ -243,6 +243,7 @@ typedef struct td_rscratch {
 
 struct td_redis {
     td_redis_conf conf; /* an owned copy (td_redis_conf_dup) */
+    size_t prefix_len;  /* strlen(conf.key_prefix) */
     redisContext *c;
     int64_t backoff_ms;   /* delay after the next failure */
     int64_t next_try_ms;  /* monotonic: no connect attempt before this */
@@ -731,6 +732,7 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
         return NULL;
     }
     r->backoff_ms = conf->backoff_min_ms;
+    r->prefix_len = strlen(r->conf.key_prefix);
     /* One attempt now; a failure is remembered in last_error and retried
      * by the next call after the backoff. */
     (void)rd_ensure(r);
@@ -758,9 +760,10 @@ size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_
     /* snprintf(buf, cap, "%s:p:{%s}", prefix, id) without the format
      * interpreter: this runs for every key of every write. */
     const char *parts[4] = {r->conf.key_prefix, ":p:{", prospect_id, "}"};
+    const size_t lens[4] = {r->prefix_len, 4, strlen(prospect_id), 1};
     size_t n = 0;
     for (int i = 0; i < 4; i++) {
-        size_t l = strlen(parts[i]);
+        size_t l = lens[i];
         if (n < cap) {
             size_t room = cap - 1 - n, c = l < room ? l : room;
             memcpy(buf + n, parts[i], c);

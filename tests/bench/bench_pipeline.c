@@ -32,7 +32,8 @@
  * "pipeline = false;"),
  * TD_TEST_INFLIGHT (max.in.flight of this process' event producer, 1 by
  * default: see harness_kafka.c), BENCH_TICK_US ((b) and (c) produce what is
- * due every tick, 200 us by default).
+ * due every tick, 200 us by default), BENCH_REDIS_UNIX (1: touchd reaches
+ * Redis by a Unix socket instead of loopback TCP).
  *
  * The harness (redis-server, mock cluster, child process) is the
  * integration tests' own, compiled in here.
@@ -388,6 +389,9 @@ int main(int argc, char **argv) {
         snprintf(log, sizeof log, "%s/touchd.log", dir);
 
     td_test_redis redis = {0};
+    /* BENCH_REDIS_UNIX=1: touchd reaches Redis by its Unix socket (a
+     * co-located Redis) instead of loopback TCP */
+    redis.unixsocket = getenv("BENCH_REDIS_UNIX") && atoi(getenv("BENCH_REDIS_UNIX"));
     if (td_test_redis_start(&redis) != 0)
         return 2;
     td_test_kafka k;
@@ -395,6 +399,11 @@ int main(int argc, char **argv) {
     if (td_test_kafka_start(&k, topics, 3, parts) != 0)
         return 2;
 
+    char redis_at[400];
+    if (redis.unixsocket)
+        snprintf(redis_at, sizeof redis_at, "unix_socket = \"%s\";", redis.sock);
+    else
+        snprintf(redis_at, sizeof redis_at, "host = \"127.0.0.1\"; port = %d;", redis.port);
     char text[2048];
     int n = snprintf(text, sizeof text,
                      "kafka = { brokers = \"%s\"; group_id = \"touchd-bench\";\n"
@@ -402,11 +411,11 @@ int main(int argc, char **argv) {
                      "  dead_letter_topic = \"" T_DLQ "\";\n"
                      "  consumer = { fetch_wait_max_ms = 1; };\n"
                      "  producer = { linger_ms = 0; %s }; };\n"
-                     "redis = { host = \"127.0.0.1\"; port = %d; };\n"
+                     "redis = { %s };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
                      "engine = { batch_max_events = %d; batch_max_ms = 10; %s };\n"
                      "log = { level = \"%s\"; };\n%s\n",
-                     k.bootstraps, getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis.port, rules_dir, batch,
+                     k.bootstraps, getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis_at, rules_dir, batch,
                      getenv("BENCH_ENGINE_EXTRA") ? getenv("BENCH_ENGINE_EXTRA") : "",
                      getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info",
                      getenv("BENCH_CONFIG_EXTRA") ? getenv("BENCH_CONFIG_EXTRA") : "");
@@ -439,8 +448,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("bench_pipeline: touchd %s, %d partitions, %d prospects, batch_max_events %d, "
-           "%ld cores\n",
-           touchd, parts, g_prospects, batch, sysconf(_SC_NPROCESSORS_ONLN));
+           "%ld cores, redis by %s\n",
+           touchd, parts, g_prospects, batch, sysconf(_SC_NPROCESSORS_ONLN),
+           redis.unixsocket ? "Unix socket" : "loopback TCP");
     print_libraries(t.pid);
 
     /* ---- (a) sustained throughput ---- */

@@ -162,8 +162,16 @@ static pid_t spawn_server(const td_test_redis *r) {
         "--appendonly", r->appendonly ? "yes" : "no",
         "--appendfsync", "always",         /* an acknowledged write survives kill -9 */
         "--protected-mode", "no",          /* loopback only anyway */
-        NULL};
+        NULL, NULL, NULL, NULL, NULL};
     /* clang-format on */
+    if (r->unixsocket) {
+        size_t n = 0;
+        while (argv[n]) n++;
+        argv[n++] = "--unixsocket";
+        argv[n++] = r->sock;
+        argv[n++] = "--unixsocketperm";
+        argv[n++] = "700";
+    }
     pid_t pid = fork();
     if (pid < 0) {
         fprintf(stderr, "harness: fork: %s\n", strerror(errno));
@@ -273,6 +281,7 @@ int td_test_redis_start(td_test_redis *r) {
     snprintf(r->host, sizeof r->host, "127.0.0.1");
     if (td_test_tmpdir(r->dir, sizeof r->dir) != 0) return -1;
     snprintf(r->log, sizeof r->log, "%s/redis.log", r->dir);
+    snprintf(r->sock, sizeof r->sock, "%s/redis.sock", r->dir);
     for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
         r->port = td_test_free_port();
         if (r->port <= 0) {

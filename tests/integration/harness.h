@@ -39,6 +39,7 @@ typedef struct td_test_redis {
     /* options: set before td_test_redis_start; zero means the default */
     bool appendonly;      /* AOF persistence (appendfsync always); default off */
     int start_timeout_ms; /* wait for PING; default 10000 */
+    bool unixsocket;      /* also listen on a Unix socket (sock, below) */
 
     /* filled by td_test_redis_start */
     char host[32]; /* "127.0.0.1" */
@@ -46,6 +47,7 @@ typedef struct td_test_redis {
     pid_t pid;     /* 0 when not running */
     char dir[256]; /* working directory (AOF files, redis.log) */
     char log[300]; /* dir + "/redis.log" */
+    char sock[300]; /* dir + "/redis.sock" when unixsocket */
 
     redisContext *ctx; /* cached connection of td_test_redis_cmd; NULL when none */
 } td_test_redis;
