@@ -63,6 +63,11 @@ volatile sig_atomic_t td_daemon_reload_requested = 0;
 /* td_batch_store: the batch was not written yet */
 #define TD_STORE_UNTRIED 1
 
+/* What one group's computation counted (td_batch.gc). */
+typedef struct td_gcount {
+    uint32_t applied, skipped_pos, duplicates, derived;
+} td_gcount;
+
 typedef struct td_drec {
     size_t off, len; /* in recbuf */
     int32_t g;       /* group (prospect) */
@@ -136,9 +141,12 @@ typedef struct td_batch {
     size_t ngifts, capgifts;
     uint32_t gift_seq;
 
-    /* counters, added to the daemon's when the batch is released (a
-     * recomputed batch starts them again) */
+    /* counters, added to the daemon's when the batch is released; gc[g]
+     * is group g's share, taken back when the group is computed again from
+     * a reloaded or re-copied state (a conflict, a redo), so every event
+     * counts once */
     uint64_t applied, skipped_pos, duplicates, derived;
+    td_gcount *gc;
     /* milliseconds spent in the phases, for the debug log */
     int64_t t_start, t_load, t_compute, t_deliver, t_store, t_wait;
     int64_t age; /* ms from the oldest message's timestamp to the batch's start */
@@ -297,6 +305,7 @@ static void td_batch_alloc(td_batch *b, size_t cap, size_t gcap, size_t tcap) {
     b->last = td_xcalloc(gcap, sizeof *b->last);
     b->changed = td_xcalloc(gcap, sizeof *b->changed);
     b->stamp = td_xcalloc(gcap, sizeof *b->stamp);
+    b->gc = td_xcalloc(gcap, sizeof *b->gc);
     b->src = td_xcalloc(gcap, sizeof *b->src);
     b->superseded = td_xcalloc(gcap, sizeof *b->superseded);
     b->restated = td_xcalloc(gcap, sizeof *b->restated);
@@ -328,6 +337,7 @@ static void td_batch_free(td_batch *b, size_t gcap) {
     free(b->last);
     free(b->changed);
     free(b->stamp);
+    free(b->gc);
     free(b->src);
     free(b->superseded);
     free(b->restated);
@@ -679,6 +689,7 @@ static int32_t td_group_lookup(td_daemon *d, td_batch *b, const char *pid, bool 
     b->expected[g] = 0;
     b->changed[g] = false;
     b->stamp[g] = 0;
+    b->gc[g] = (td_gcount){0};
     b->src[g] = -1;
     b->superseded[g] = false;
     b->restated[g] = false;
@@ -994,6 +1005,7 @@ static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
         const char *topic = rd_kafka_topic_name(m->rkt);
         if (m->offset <= td_state_pos_get(st, topic, m->partition)) {
             b->skipped_pos++; /* applied before a crash or by another instance */
+            b->gc[g].skipped_pos++;
             continue;
         }
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->evs[i]};
@@ -1003,10 +1015,13 @@ static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
             return -1;
         if (d->shadow)
             td_shadow_after(d->shadow, d->rs, &trig, now, d->out);
-        if (d->out->duplicate)
+        if (d->out->duplicate) {
             b->duplicates++;
-        else
+            b->gc[g].duplicates++;
+        } else {
             b->applied++;
+            b->gc[g].applied++;
+        }
         if (!d->out->duplicate && td_gift_note(d, b, g, i) < 0)
             return -1;
         for (uint32_t r = 0; r < d->out->nrecs; r++) {
@@ -1037,6 +1052,7 @@ static int td_derived_step(td_daemon *d, td_batch *b, size_t i, td_ms now) {
     if (d->out->duplicate)
         return 0;
     b->derived++;
+    b->gc[g].derived++;
     for (uint32_t r = 0; r < d->out->nrecs; r++) {
         size_t off = b->recbuf.len;
         if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &b->recbuf) != TD_OK ||
@@ -1234,6 +1250,15 @@ static void td_batch_mark_restated(td_batch *b) {
  * recommendations in the open round. */
 static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
     int64_t t0 = td_mono_ms();
+    /* the groups computed again: what they counted before is taken back */
+    for (size_t k = 0; k < b->nwork; k++) {
+        td_gcount *c = &b->gc[b->work[k]];
+        b->applied -= c->applied;
+        b->skipped_pos -= c->skipped_pos;
+        b->duplicates -= c->duplicates;
+        b->derived -= c->derived;
+        *c = (td_gcount){0};
+    }
     if (b->nwork > 0) {
         int lr = td_batch_load(d, b, from, b->work, b->nwork);
         if (lr == -2) {
