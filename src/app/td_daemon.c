@@ -147,6 +147,10 @@ typedef struct td_batch {
      * counts once */
     uint64_t applied, skipped_pos, duplicates, derived;
     td_gcount *gc;
+    /* ghash[g]: td_hash64 of the prospect id (TD_HASH_SEED), glen[g] its
+     * length: measured once per group, for the group table and the cache */
+    uint64_t *ghash;
+    uint32_t *glen;
     /* milliseconds spent in the phases, for the debug log */
     int64_t t_start, t_load, t_compute, t_deliver, t_store, t_wait;
     int64_t age; /* ms from the oldest message's timestamp to the batch's start */
@@ -306,6 +310,8 @@ static void td_batch_alloc(td_batch *b, size_t cap, size_t gcap, size_t tcap) {
     b->changed = td_xcalloc(gcap, sizeof *b->changed);
     b->stamp = td_xcalloc(gcap, sizeof *b->stamp);
     b->gc = td_xcalloc(gcap, sizeof *b->gc);
+    b->ghash = td_xcalloc(gcap, sizeof *b->ghash);
+    b->glen = td_xcalloc(gcap, sizeof *b->glen);
     b->src = td_xcalloc(gcap, sizeof *b->src);
     b->superseded = td_xcalloc(gcap, sizeof *b->superseded);
     b->restated = td_xcalloc(gcap, sizeof *b->restated);
@@ -338,6 +344,8 @@ static void td_batch_free(td_batch *b, size_t gcap) {
     free(b->changed);
     free(b->stamp);
     free(b->gc);
+    free(b->ghash);
+    free(b->glen);
     free(b->src);
     free(b->superseded);
     free(b->restated);
@@ -566,11 +574,14 @@ static int td_base_set(td_batch *b, int32_t g) {
 /* A state object for a new group: a spare one, else a new one. Only its
  * prospect_id and its tables (none) are set: td_batch_load defines the rest
  * before anything reads it. @returns NULL when out of memory. */
-static td_state *td_state_take_spare(td_daemon *d, const char *pid) {
+static td_state *td_state_take_spare(td_daemon *d, const char *pid, size_t plen) {
     td_state *st = d->nspare ? d->spare[--d->nspare] : malloc(sizeof *st);
     if (!st)
         return NULL;
-    td_strlcpy(st->prospect_id, pid, sizeof st->prospect_id);
+    if (plen > TD_ID_MAX)
+        plen = TD_ID_MAX; /* as td_state_init (ids are validated to fit) */
+    memcpy(st->prospect_id, pid, plen);
+    st->prospect_id[plen] = '\0';
     st->fired = NULL;
     st->timers = NULL;
     st->armed = NULL;
@@ -621,7 +632,8 @@ static void td_batch_release(td_daemon *d, td_batch *b) {
                  (long long)b->t_store, (long long)b->t_wait, (long long)b->age);
     for (size_t g = 0; g < b->ngroups; g++) {
         if (b->has_base[g] && !b->changed[g] && !b->superseded[g]) {
-            td_state_put_spare(d, td_state_cache_give(d->cache, b->states[g], &b->base[g]));
+            td_state_put_spare(
+                d, td_state_cache_give(d->cache, b->states[g], b->ghash[g], &b->base[g]));
             b->states[g] = NULL;
         }
         b->superseded[g] = false;
@@ -664,11 +676,10 @@ static size_t td_batch_collect(td_daemon *d, td_batch *b, int wait_ms) {
 /* The group of prospect `pid` in b, created (no messages, its state to be
  * loaded: td_state_take_spare) when absent and `create`; -1 when absent and
  * not created, -2 when out of memory. */
-static int32_t td_group_lookup(td_daemon *d, td_batch *b, const char *pid, bool create,
-                               bool *created) {
-    size_t plen = strlen(pid);
+static int32_t td_group_find(td_daemon *d, td_batch *b, const char *pid, size_t plen,
+                             uint64_t hash, bool create, bool *created) {
     size_t mask = d->tcap - 1;
-    size_t h = (size_t)td_hash64(pid, plen, TD_HASH_SEED) & mask;
+    size_t h = (size_t)hash & mask;
     if (created)
         *created = false;
     while (b->table[h]) {
@@ -679,12 +690,14 @@ static int32_t td_group_lookup(td_daemon *d, td_batch *b, const char *pid, bool 
     }
     if (!create || b->ngroups >= d->gcap)
         return -1;
-    td_state *st = td_state_take_spare(d, pid);
+    td_state *st = td_state_take_spare(d, pid, plen);
     if (!st)
         return -2;
     int32_t g = (int32_t)b->ngroups++;
     b->table[h] = g + 1;
     b->states[g] = st;
+    b->ghash[g] = hash;
+    b->glen[g] = (uint32_t)plen;
     b->first[g] = b->last[g] = -1;
     b->expected[g] = 0;
     b->changed[g] = false;
@@ -696,6 +709,13 @@ static int32_t td_group_lookup(td_daemon *d, td_batch *b, const char *pid, bool 
     if (created)
         *created = true;
     return g;
+}
+
+/* td_group_find of an id not measured yet. */
+static int32_t td_group_lookup(td_daemon *d, td_batch *b, const char *pid, bool create,
+                               bool *created) {
+    size_t plen = strlen(pid);
+    return td_group_find(d, b, pid, plen, td_hash64(pid, plen, TD_HASH_SEED), create, created);
 }
 
 /* Decodes every message; invalid ones are queued on the dead-letter topic
@@ -802,7 +822,8 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
         int32_t g = work_in[k];
         b->src[g] = -1;
         if (from) {
-            int32_t sg = td_group_lookup(d, from, b->states[g]->prospect_id, false, NULL);
+            int32_t sg = td_group_find(d, from, b->states[g]->prospect_id, b->glen[g],
+                                       b->ghash[g], false, NULL);
             if (sg >= 0) {
                 td_state_free(b->states[g]);
                 if (td_state_copy(b->states[g], from->states[sg]) != TD_OK)
@@ -814,7 +835,8 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
             }
         }
         if (d->cache) {
-            td_state *hit = td_state_cache_take(d->cache, b->states[g]->prospect_id, &b->base[g]);
+            td_state *hit =
+                td_state_cache_take(d->cache, b->states[g]->prospect_id, b->ghash[g], &b->base[g]);
             if (hit) {
                 td_state_put_spare(d, b->states[g]);
                 b->states[g] = hit;
@@ -1203,7 +1225,7 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
             b->pack_now[k] = old;
             b->has_base[g] = true;
         } else {
-            td_state_cache_drop(d->cache, b->states[g]->prospect_id);
+            td_state_cache_drop(d->cache, b->states[g]->prospect_id, b->ghash[g]);
             b->work2[(*nconf)++] = g;
         }
     }
@@ -1297,7 +1319,7 @@ static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
     for (size_t r = 0; r < b->nrecs; r++) {
         const td_drec *x = &b->recs[r];
         const char *pid = b->states[x->g]->prospect_id;
-        if (td_kafka_send_rec(d->kafka, pid, strlen(pid), b->recbuf.p + x->off, x->len) < 0)
+        if (td_kafka_send_rec(d->kafka, pid, b->glen[x->g], b->recbuf.p + x->off, x->len) < 0)
             return TD_BATCH_FATAL;
     }
     d->recs_out += b->nrecs;

@@ -65,7 +65,8 @@ void td_state_cache_free(td_state_cache *c) {
     free(c);
 }
 
-static uint64_t key_hash(const char *id) { return td_hash64(id, strlen(id), TD_HASH_SEED) | 1; }
+/* Tags hold the hash with the low bit set (0 marks an empty slot). */
+static uint64_t key_hash(uint64_t hash) { return hash | 1; }
 
 static size_t set_of(const td_state_cache *c, uint64_t h) { return WAYS * (h >> 1 & c->mask); }
 
@@ -87,9 +88,10 @@ static td_state *empty(td_state_cache *c, size_t i) {
     return st;
 }
 
-td_state *td_state_cache_take(td_state_cache *c, const char *prospect_id, td_kvs *kv) {
+td_state *td_state_cache_take(td_state_cache *c, const char *prospect_id, uint64_t hash,
+                              td_kvs *kv) {
     if (!c) return NULL;
-    long i = find(c, prospect_id, key_hash(prospect_id));
+    long i = find(c, prospect_id, key_hash(hash));
     if (i < 0) {
         c->stats.misses++;
         return NULL;
@@ -103,13 +105,13 @@ td_state *td_state_cache_take(td_state_cache *c, const char *prospect_id, td_kvs
     return st;
 }
 
-td_state *td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv) {
+td_state *td_state_cache_give(td_state_cache *c, td_state *st, uint64_t hash, td_kvs *kv) {
     if (!c) {
         td_state_free(st);
         td_kvs_clear(kv);
         return st;
     }
-    uint64_t h = key_hash(st->prospect_id);
+    uint64_t h = key_hash(hash);
     long f = find(c, st->prospect_id, h);
     size_t i;
     if (f >= 0) {
@@ -140,9 +142,9 @@ td_state *td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv) {
     return out;
 }
 
-void td_state_cache_drop(td_state_cache *c, const char *prospect_id) {
+void td_state_cache_drop(td_state_cache *c, const char *prospect_id, uint64_t hash) {
     if (!c) return;
-    long i = find(c, prospect_id, key_hash(prospect_id));
+    long i = find(c, prospect_id, key_hash(hash));
     if (i < 0) return;
     free(empty(c, (size_t)i));
     c->stats.drops++;

@@ -39,19 +39,23 @@ td_state_cache *td_state_cache_new(size_t entries);
 /* Frees the cache and every state in it. */
 void td_state_cache_free(td_state_cache *c);
 
-/* On a hit, the entry moves out: the cached state is returned (owned by the
+/* `hash` (below) is td_hash64(prospect_id, strlen(prospect_id), TD_HASH_SEED):
+ * the daemon measures each id once per batch.
+ *
+ * On a hit, the entry moves out: the cached state is returned (owned by the
  * caller, heap-allocated) and *kv (freed first) becomes its flat form. NULL
  * on a miss. */
-td_state *td_state_cache_take(td_state_cache *c, const char *prospect_id, td_kvs *kv);
+td_state *td_state_cache_take(td_state_cache *c, const char *prospect_id, uint64_t hash,
+                              td_kvs *kv);
 /* Moves st (heap-allocated, owned by the cache from now on) and kv in,
  * replacing an entry of the same prospect, else the least recently given
  * entry of its set; *kv is left empty (holding the replaced entry's buffers
  * for reuse). Both must describe what Redis holds. @returns a state object
  * the caller now owns, emptied (td_state_free) for reuse: the replaced
  * entry's, or st itself when c is NULL; NULL when nothing was replaced. */
-td_state *td_state_cache_give(td_state_cache *c, td_state *st, td_kvs *kv);
+td_state *td_state_cache_give(td_state_cache *c, td_state *st, uint64_t hash, td_kvs *kv);
 /* Forgets a prospect (after a conflict). */
-void td_state_cache_drop(td_state_cache *c, const char *prospect_id);
+void td_state_cache_drop(td_state_cache *c, const char *prospect_id, uint64_t hash);
 
 typedef struct td_state_cache_stats {
     uint64_t hits, misses, drops;

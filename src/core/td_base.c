@@ -80,16 +80,39 @@ const char *td_type_name(td_type t)
     return type_names[t];
 }
 
+/* "00" "01" ... "99": two digits per step. */
+static const char td_digits2[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 size_t td_fmt_u64(uint64_t v, char *buf) {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = tmp[n - 1 - i];
+    /* Most numbers written are short (RESP lengths, counters, offsets):
+     * count the digits, then fill from the end two at a time. */
+    if (v < 10) {
+        buf[0] = (char)('0' + v);
+        buf[1] = '\0';
+        return 1;
+    }
+    size_t n = 2;
+    for (uint64_t t = v / 100; t; t /= 10)
+        n++;
     buf[n] = '\0';
+    char *w = buf + n;
+    while (v >= 100) {
+        size_t i = (size_t)(v % 100) * 2;
+        v /= 100;
+        w -= 2;
+        w[0] = td_digits2[i];
+        w[1] = td_digits2[i + 1];
+    }
+    if (v >= 10) {
+        w -= 2;
+        w[0] = td_digits2[v * 2];
+        w[1] = td_digits2[v * 2 + 1];
+    } else {
+        *--w = (char)('0' + v);
+    }
     return n;
 }
 

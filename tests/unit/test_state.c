@@ -196,6 +196,46 @@ static void check_round_trip(const td_state *st, bool shuffle) {
 
 /* ---------------------------------------------------------- life cycle */
 
+/* td_fmt_u64 / td_fmt_i64 (the flat form's and the RESP lengths' integer
+ * writer) agree with printf at every digit-count boundary and on random
+ * values. */
+static void check_fmt(uint64_t v) {
+    char want[32], got[32];
+    memset(got, 'x', sizeof got);
+    int wn = snprintf(want, sizeof want, "%llu", (unsigned long long)v);
+    size_t n = td_fmt_u64(v, got);
+    assert_int_equal(n, (size_t)wn);
+    assert_string_equal(got, want);
+    int64_t sv = (int64_t)v;
+    wn = snprintf(want, sizeof want, "%lld", (long long)sv);
+    n = td_fmt_i64(sv, got);
+    assert_int_equal(n, (size_t)wn);
+    assert_string_equal(got, want);
+}
+
+static void test_fmt_integers(void **state) {
+    (void)state;
+    uint64_t p = 1;
+    for (int d = 0; d < 20; d++) {
+        check_fmt(p - 1);
+        check_fmt(p);
+        check_fmt(p + 1);
+        check_fmt(p * 2 + 7);
+        if (d < 19)
+            p *= 10;
+    }
+    check_fmt(UINT64_MAX);
+    check_fmt((uint64_t)INT64_MAX);
+    check_fmt((uint64_t)INT64_MIN);
+    uint64_t x = 0x9E3779B97F4A7C15ULL;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        check_fmt(x >> (x & 63)); /* every magnitude */
+    }
+}
+
 static void test_defaults(void **state) {
     (void)state;
     td_settings s;
@@ -1677,6 +1717,7 @@ static void test_flat_channel_fields(void **unused) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fmt_integers),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test_setup_teardown(test_copy_equal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_touches_each_channel, setup, teardown),

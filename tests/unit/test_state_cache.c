@@ -15,6 +15,9 @@
 
 #include "td_state_cache.h"
 
+/* The hash the cache is given (the daemon's: measured once per group). */
+static uint64_t H(const char *id) { return td_hash64(id, strlen(id), TD_HASH_SEED); }
+
 /* A heap state (as the daemon's) with some content, and its flat form. */
 static td_state *make(td_kvs *kv, const char *pid, int64_t events) {
     td_state *st = malloc(sizeof *st);
@@ -42,12 +45,12 @@ static void test_give_take(void **unused) {
     td_state *st = make(&kv, "p-1", 7);
     size_t npairs = kv.n;
     /* an empty set: nothing replaced, the caller's kv is left empty */
-    assert_null(td_state_cache_give(c, st, &kv));
+    assert_null(td_state_cache_give(c, st, H(st->prospect_id), &kv));
     assert_int_equal(kv.n, 0);
 
     td_kvs gkv = {0};
-    assert_null(td_state_cache_take(c, "p-2", &gkv));
-    td_state *got = td_state_cache_take(c, "p-1", &gkv);
+    assert_null(td_state_cache_take(c, "p-2", H("p-2"), &gkv));
+    td_state *got = td_state_cache_take(c, "p-1", H("p-1"), &gkv);
     /* the very object given: moved, not copied */
     assert_ptr_equal(got, st);
     assert_int_equal(got->events, 7);
@@ -56,7 +59,7 @@ static void test_give_take(void **unused) {
     assert_int_equal(gkv.n, npairs);
     /* taken means gone: a second take misses */
     td_kvs akv = {0};
-    assert_null(td_state_cache_take(c, "p-1", &akv));
+    assert_null(td_state_cache_take(c, "p-1", H("p-1"), &akv));
     td_state_cache_stats s;
     td_state_cache_stats_get(c, &s);
     assert_int_equal(s.hits, 1);
@@ -83,7 +86,7 @@ static void test_bounded_replace_drop(void **unused) {
         td_kvs kv;
         snprintf(pid, sizeof pid, "p-%d", i);
         td_state *st = make(&kv, pid, i + 1);
-        td_state *old = td_state_cache_give(c, st, &kv);
+        td_state *old = td_state_cache_give(c, st, H(st->prospect_id), &kv);
         if (old) {
             /* emptied for reuse: no tables left */
             assert_int_equal(old->ntimers, 0);
@@ -99,27 +102,27 @@ static void test_bounded_replace_drop(void **unused) {
     assert_int_equal(s.entries, 8);
     assert_int_equal(s.used, 8);
     td_kvs gkv = {0};
-    assert_null(td_state_cache_take(c, "p-0", &gkv)); /* the two oldest went */
-    assert_null(td_state_cache_take(c, "p-1", &gkv));
+    assert_null(td_state_cache_take(c, "p-0", H("p-0"), &gkv)); /* the two oldest went */
+    assert_null(td_state_cache_take(c, "p-1", H("p-1"), &gkv));
     /* p-9 again with other content replaces its own entry */
     td_kvs kv;
     td_state *st = make(&kv, "p-9", 42);
-    td_state *old = td_state_cache_give(c, st, &kv);
+    td_state *old = td_state_cache_give(c, st, H(st->prospect_id), &kv);
     assert_non_null(old);
     dispose(old);
     td_state_cache_stats_get(c, &s);
     assert_int_equal(s.used, 8);
-    td_state_cache_drop(c, "p-8");
+    td_state_cache_drop(c, "p-8", H("p-8"));
     td_state_cache_stats_get(c, &s);
     assert_int_equal(s.used, 7);
     assert_int_equal(s.drops, 1);
-    assert_null(td_state_cache_take(c, "p-8", &gkv));
-    td_state *got = td_state_cache_take(c, "p-9", &gkv);
+    assert_null(td_state_cache_take(c, "p-8", H("p-8"), &gkv));
+    td_state *got = td_state_cache_take(c, "p-9", H("p-9"), &gkv);
     assert_non_null(got);
     assert_int_equal(got->events, 42);
     /* p-2 survived although given before eight others: it was only evicted
      * in order (p-0, p-1 first) */
-    td_state *p2 = td_state_cache_take(c, "p-2", &gkv);
+    td_state *p2 = td_state_cache_take(c, "p-2", H("p-2"), &gkv);
     assert_non_null(p2);
     assert_int_equal(p2->events, 3);
     dispose(p2);
@@ -141,14 +144,14 @@ static void test_no_conflict_misses(void **unused) {
         for (int i = 0; i < 10000; i++) {
             snprintf(pid, sizeof pid, "p-%d", i);
             td_kvs kv = {0};
-            td_state *st = td_state_cache_take(c, pid, &kv);
+            td_state *st = td_state_cache_take(c, pid, H(pid), &kv);
             if (!st) {
                 st = malloc(sizeof *st);
                 assert_non_null(st);
                 td_state_init(st, pid);
             }
             st->events++;
-            td_state *old = td_state_cache_give(c, st, &kv);
+            td_state *old = td_state_cache_give(c, st, H(st->prospect_id), &kv);
             assert_null(old); /* nothing ever evicted */
             td_kvs_free(&kv);
         }
@@ -158,7 +161,7 @@ static void test_no_conflict_misses(void **unused) {
     assert_int_equal(s.hits, 10000);
     assert_int_equal(s.used, 10000);
     td_kvs kv = {0};
-    td_state *st = td_state_cache_take(c, "p-4321", &kv);
+    td_state *st = td_state_cache_take(c, "p-4321", H("p-4321"), &kv);
     assert_non_null(st);
     assert_int_equal(st->events, 2);
     dispose(st);
@@ -172,10 +175,10 @@ static void test_null_cache(void **unused) {
     assert_null(td_state_cache_new(0));
     td_kvs kv;
     td_state *st = make(&kv, "p-1", 3);
-    assert_ptr_equal(td_state_cache_give(NULL, st, &kv), st);
+    assert_ptr_equal(td_state_cache_give(NULL, st, H(st->prospect_id), &kv), st);
     assert_int_equal(st->ntimers, 0);
     assert_int_equal(kv.n, 0);
-    assert_null(td_state_cache_take(NULL, "p-1", &kv));
+    assert_null(td_state_cache_take(NULL, "p-1", H("p-1"), &kv));
     dispose(st);
     td_kvs_free(&kv);
 }
