@@ -25,10 +25,12 @@
  */
 /* SHA256_Init/Update/Final: deprecated in OpenSSL 3 but present; they reach
  * the same block function as EVP without EVP's per-call context allocation
- * and provider dispatch (see rec_id). */
+ * and provider dispatch (see rec_id). An OpenSSL built without them
+ * (OPENSSL_NO_DEPRECATED_3_0) gets EVP_Digest instead: the same ids. */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include "td_engine.h"
 
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -106,15 +108,22 @@ static uint32_t explain(const td_rule *r, const td_ctx *base, td_because *becaus
  */
 static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
     unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256_CTX c;
     char buf[TD_ID_MAX + 96 + TD_RULE_ID_MAX + 2];
     size_t tl = strlen(trigger_id), rl = strlen(rule_id);
     memcpy(buf, trigger_id, tl);
     buf[tl] = '\x1f';
     memcpy(buf + tl + 1, rule_id, rl);
+#ifdef OPENSSL_NO_DEPRECATED_3_0
+    /* an OpenSSL built without the deprecated calls: EVP, the same digest */
+    unsigned mdlen = 0;
+    if (!EVP_Digest(buf, tl + 1 + rl, md, &mdlen, EVP_sha256(), NULL))
+        memset(md, 0, sizeof md); /* not reached: SHA-256 is always available */
+#else
+    SHA256_CTX c;
     SHA256_Init(&c);
     SHA256_Update(&c, buf, tl + 1 + rl);
     SHA256_Final(md, &c);
+#endif
     static const char hex[] = "0123456789abcdef";
     out[0] = 'r';
     out[1] = '-';
