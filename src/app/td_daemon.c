@@ -113,7 +113,7 @@ typedef struct td_batch {
     /* store: filled by td_batch_pack and td_batch_pack_bind (main thread),
      * td_batch_store_send (main or store thread: pack_result and the pack's
      * versions), read by td_batch_store_apply (main thread) */
-    td_state *pack;     /* loads: shallow copies of the missed states */
+    td_state **pack_ld;       /* loads: states[g] of the missed groups */
     const td_state **pack_st; /* stores: states[g] of the packed groups */
     td_kvs *pack_base;  /* shallow copies of base[g] */
     td_kvs *pack_now;   /* the flat forms being written (owned, reused) */
@@ -319,7 +319,7 @@ static void td_batch_alloc(td_batch *b, size_t cap, size_t gcap, size_t tcap) {
     b->base = td_xcalloc(gcap, sizeof *b->base);
     b->has_base = td_xcalloc(gcap, sizeof *b->has_base);
     b->miss = td_xcalloc(gcap, sizeof *b->miss);
-    b->pack = td_xcalloc(gcap, sizeof *b->pack);
+    b->pack_ld = td_xcalloc(gcap, sizeof *b->pack_ld);
     b->pack_st = td_xcalloc(gcap, sizeof *b->pack_st);
     b->pack_base = td_xcalloc(gcap, sizeof *b->pack_base);
     b->pack_now = td_xcalloc(gcap, sizeof *b->pack_now);
@@ -353,7 +353,7 @@ static void td_batch_free(td_batch *b, size_t gcap) {
     td_kvs_free_array(b->base, gcap);
     free(b->has_base);
     free(b->miss);
-    free(b->pack);
+    free(b->pack_ld);
     free(b->pack_base);
     td_kvs_free_array(b->pack_now, gcap);
     free(b->pack_expected);
@@ -571,22 +571,18 @@ static int td_base_set(td_batch *b, int32_t g) {
     return b->has_base[g] ? 0 : -1;
 }
 
-/* A state object for a new group: a spare one, else a new one. Only its
- * prospect_id and its tables (none) are set: td_batch_load defines the rest
- * before anything reads it. @returns NULL when out of memory. */
+/* A state object for a new group: a spare one (td_state_put_spare left it
+ * without tables), else a new zeroed one. Only its prospect_id is set:
+ * td_batch_load defines the rest before anything reads it.
+ * @returns NULL when out of memory. */
 static td_state *td_state_take_spare(td_daemon *d, const char *pid, size_t plen) {
-    td_state *st = d->nspare ? d->spare[--d->nspare] : malloc(sizeof *st);
+    td_state *st = d->nspare ? d->spare[--d->nspare] : calloc(1, sizeof *st);
     if (!st)
         return NULL;
     if (plen > TD_ID_MAX)
         plen = TD_ID_MAX; /* as td_state_init (ids are validated to fit) */
     memcpy(st->prospect_id, pid, plen);
     st->prospect_id[plen] = '\0';
-    st->fired = NULL;
-    st->timers = NULL;
-    st->armed = NULL;
-    st->nfired = st->capfired = st->ntimers = st->captimers = 0;
-    st->narmed = st->caparmed = st->armed_hint = 0;
     return st;
 }
 
@@ -859,12 +855,9 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
             td_state_free(st);
             td_state_init(st, pid);
         }
-        /* load into the pack, move the results back */
         for (size_t k = 0; k < n; k++)
-            b->pack[k] = *b->states[work[k]];
-        int rc = td_redis_load(d->redis, b->pack, n);
-        for (size_t k = 0; k < n; k++)
-            *b->states[work[k]] = b->pack[k];
+            b->pack_ld[k] = b->states[work[k]];
+        int rc = td_redis_load_ptrs(d->redis, b->pack_ld, n);
         if (rc == TD_OK)
             break;
         if (td_redis_wait(d, d->redis, &attempt, "load") < 0)

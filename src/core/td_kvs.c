@@ -69,17 +69,9 @@ void td_kvs_add(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
         l->buf = b;
         l->cap = cap;
     }
-    if (l->n == l->ecap && td_kvs_grow_entries(l) != TD_OK)
-        return;
-    td_kvs_entry *x = &l->e[l->n++];
-    x->k = (uint32_t)l->len;
-    x->kl = (uint32_t)kl;
     memcpy(l->buf + l->len, k, kl);
-    l->len += kl;
-    x->v = (uint32_t)l->len;
-    x->vl = (uint32_t)vl;
-    memcpy(l->buf + l->len, v, vl);
-    l->len += vl;
+    memcpy(l->buf + l->len + kl, v, vl);
+    td_kvs_commit(l, kl, vl);
 }
 
 int td_kvs_capture(td_kvs *kv, const td_state *st) {

@@ -46,17 +46,22 @@ void td_kvs_add(void *ud, const char *key, size_t klen, const char *val, size_t 
 
 /* Grows the entries (as td_kvs_add would). @returns TD_OK, or TD_ERR: oom. */
 int td_kvs_grow_entries(td_kvs *kv);
+/* Entry x describes the pair whose key (kl bytes) then value (vl bytes)
+ * start at offset len. @returns the offset after the pair. */
+static inline size_t td_kvs_entry_set(td_kvs_entry *x, size_t len, size_t kl, size_t vl) {
+    x->k = (uint32_t)len;
+    x->kl = (uint32_t)kl;
+    x->v = (uint32_t)(len + kl);
+    x->vl = (uint32_t)vl;
+    return len + kl + vl;
+}
+
 /* For a writer that formats pairs in place (td_kvs_capture): appends the
  * pair whose key (kl bytes) then value (vl bytes) it wrote at buf + len,
  * within the buffer (len + kl + vl <= cap, and cap <= UINT32_MAX). */
 static inline void td_kvs_commit(td_kvs *kv, size_t kl, size_t vl) {
     if (kv->n == kv->ecap && td_kvs_grow_entries(kv) != TD_OK) return;
-    td_kvs_entry *x = &kv->e[kv->n++];
-    x->k = (uint32_t)kv->len;
-    x->kl = (uint32_t)kl;
-    x->v = (uint32_t)(kv->len + kl);
-    x->vl = (uint32_t)vl;
-    kv->len += kl + vl;
+    kv->len = td_kvs_entry_set(&kv->e[kv->n++], kv->len, kl, vl);
 }
 
 /* Asks the CPU to bring kv's pairs and entries into its caches (`write`:

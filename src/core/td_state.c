@@ -1401,12 +1401,7 @@ TD_FW_INLINE void td_fw_end(td_fw *w, char *p, size_t kl, size_t vl, bool kvmode
         return;
     }
     if (p != w->scratch && w->n < w->ecap) {
-        td_kvs_entry *x = &w->e[w->n++];
-        x->k = (uint32_t)w->len;
-        x->kl = (uint32_t)kl;
-        x->v = (uint32_t)(w->len + kl);
-        x->vl = (uint32_t)vl;
-        w->len += kl + vl;
+        w->len = td_kvs_entry_set(&w->e[w->n++], w->len, kl, vl);
         return;
     }
     td_fw_kv_slow(w->kv, w->len, w->n, w->scratch, p != w->scratch, kl, vl);
@@ -1521,12 +1516,7 @@ TD_FW_INLINE void td_fw_scalar(td_fw *w, const td_flat *f, const char *prefix, s
         return;
     }
     size_t kl, vl = td_fw_scalar_at(w->buf + w->len, f, prefix, pl, x, s, sl, tm, &kl);
-    td_kvs_entry *e = &w->e[w->n++];
-    e->k = (uint32_t)w->len;
-    e->kl = (uint32_t)kl;
-    e->v = (uint32_t)(w->len + kl);
-    e->vl = (uint32_t)vl;
-    w->len += kl + vl;
+    w->len = td_kvs_entry_set(&w->e[w->n++], w->len, kl, vl);
 }
 
 /* A channel every field of which is at its default (td_chan_init): such a

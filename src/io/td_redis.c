@@ -784,9 +784,16 @@ static void rd_push_key(td_redis *r, const char *id) {
     rs_push(&r->s, key, n);
 }
 
-static int rd_check_ids(td_redis *r, const td_state *states, size_t n) {
+/* Calls take their states as an array (`arr`) or as pointers (`ptrs`, when
+ * non-NULL): state i. */
+static td_state *rd_st(td_state *arr, td_state *const *ptrs, size_t i) {
+    return ptrs ? ptrs[i] : &arr[i];
+}
+
+static int rd_check_ids(td_redis *r, const td_state *arr, const td_state *const *ptrs,
+                        size_t n) {
     for (size_t i = 0; i < n; i++) {
-        if (!states[i].prospect_id[0]) {
+        if (!(ptrs ? ptrs[i] : &arr[i])->prospect_id[0]) {
             rd_seterr(r, "redis: state %zu has an empty prospect_id", i);
             return TD_ERR;
         }
@@ -852,17 +859,17 @@ static int rd_apply_hash(td_redis *r, td_state *st, const redisReply *rep) {
     return TD_OK;
 }
 
-int td_redis_load(td_redis *r, td_state *states, size_t n) {
+static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) {
     r->err[0] = '\0';
     if (n == 0)
         return TD_OK;
-    if (rd_check_ids(r, states, n) != TD_OK || rd_ensure(r) != TD_OK)
+    if (rd_check_ids(r, arr, (const td_state *const *)ptrs, n) != TD_OK || rd_ensure(r) != TD_OK)
         return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
     for (size_t i = 0; i < n; i++) {
         rs_reset(&r->s);
         rs_pushs(&r->s, "HGETALL");
-        rd_push_key(r, states[i].prospect_id);
+        rd_push_key(r, rd_st(arr, ptrs, i)->prospect_id);
         if (rd_append(r) != TD_OK) {
             rd_drop(r, false); /* unsent commands in obuf: start clean */
             return TD_ERR;
@@ -876,11 +883,17 @@ int td_redis_load(td_redis *r, td_state *states, size_t n) {
         if (rd_read(r, deadline, &rep, "HGETALL", r->conf.command_timeout_ms) != TD_OK)
             return TD_ERR;
         /* after the first bad hash, keep draining to stay in sync */
-        if (rc == TD_OK && rd_apply_hash(r, &states[i], rep) != TD_OK)
+        if (rc == TD_OK && rd_apply_hash(r, rd_st(arr, ptrs, i), rep) != TD_OK)
             rc = TD_ERR;
         freeReplyObject(rep);
     }
     return rc;
+}
+
+int td_redis_load(td_redis *r, td_state *states, size_t n) { return rd_load(r, states, NULL, n); }
+
+int td_redis_load_ptrs(td_redis *r, td_state *const *states, size_t n) {
+    return rd_load(r, NULL, states, n);
 }
 
 /* ---- store ---- */
@@ -984,18 +997,19 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     return rd_append(r);
 }
 
-/* Records the outcome of prospect i's compare-and-set. */
-static void rd_result(td_state *states, const int64_t *expected, int *result, size_t i,
-                      bool stored) {
-    result[i] = stored ? TD_REDIS_STORED : TD_REDIS_CONFLICT;
-    if (stored)
-        states[i].version = expected[i] + 1;
-}
-
-/* The diff path's outcome: the caller owns the states (read-only here, so
- * the main thread may read them meanwhile) and sets their versions. */
+/* The outcome of prospect i's compare-and-set. The diff path records only
+ * this: its caller owns the states (read-only there, so the main thread may
+ * read them meanwhile) and sets their versions. */
 static void rd_result_diff(int *result, size_t i, bool stored) {
     result[i] = stored ? TD_REDIS_STORED : TD_REDIS_CONFLICT;
+}
+
+/* The outcome, and the new version of a stored state (td_redis_store). */
+static void rd_result(td_state *states, const int64_t *expected, int *result, size_t i,
+                      bool stored) {
+    rd_result_diff(result, i, stored);
+    if (stored)
+        states[i].version = expected[i] + 1;
 }
 
 /* Appends the command of prospect i to the pipeline. */
@@ -1239,9 +1253,10 @@ static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
  * leaves todo[i] set only for prospects whose call got NOSCRIPT.
  * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
  */
-static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kvs *bases, const td_kvs *nows,
-                         const int64_t *expected, size_t n, int *result, unsigned char *todo,
-                         int64_t deadline, size_t *noscript, rd_diffbuf *d, size_t *order) {
+static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kvs *bases,
+                         const td_kvs *nows, const int64_t *expected, size_t n, int *result,
+                         unsigned char *todo, int64_t deadline, size_t *noscript, rd_diffbuf *d,
+                         size_t *order) {
     size_t sent = 0, inchunk = 0;
     rs_reset(&d->keys);
     rs_reset(&d->args);
@@ -1416,7 +1431,8 @@ static bool rd_is_status(const redisReply *rep, const char *want) {
 
 /* Appends "WATCH <keys>" and one "HGET <key> v" per prospect of
  * order[0..m). */
-static int rd_watch_append(td_redis *r, const td_state *const *states, const size_t *order, size_t m) {
+static int rd_watch_append(td_redis *r, const td_state *const *states, const size_t *order,
+                           size_t m) {
     char key[TD_ID_MAX + 80];
     td_rscratch *c = &r->s;
     rs_reset(c);
@@ -1568,9 +1584,10 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
  * keeps todo set and *raced counts its prospects.
  * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed).
  */
-static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases, const td_kvs *nows,
-                         const int64_t *expected, size_t n, int *result, unsigned char *todo,
-                         int64_t deadline, rd_diffbuf *d, size_t *order, size_t *raced) {
+static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases,
+                         const td_kvs *nows, const int64_t *expected, size_t n, int *result,
+                         unsigned char *todo, int64_t deadline, rd_diffbuf *d, size_t *order,
+                         size_t *raced) {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
         if (todo[i])
@@ -1663,8 +1680,9 @@ fail:
     return TD_ERR;
 }
 
-int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs *bases, const td_kvs *nows,
-                        const int64_t *expected_version, size_t n, int *result) {
+int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs *bases,
+                        const td_kvs *nows, const int64_t *expected_version, size_t n,
+                        int *result) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
     for (size_t i = 0; i < n; i++) {
@@ -1674,13 +1692,7 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
             return TD_ERR;
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        if (!states[i]->prospect_id[0]) {
-            rd_seterr(r, "redis: state %zu has an empty prospect_id", i);
-            return TD_ERR;
-        }
-    }
-    if (rd_ensure(r) != TD_OK) return TD_ERR;
+    if (rd_check_ids(r, NULL, states, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
     if (!r->dsha[0] && rd_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
@@ -1744,7 +1756,7 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
             return TD_ERR;
         }
     }
-    if (rd_check_ids(r, states, n) != TD_OK || rd_ensure(r) != TD_OK)
+    if (rd_check_ids(r, states, NULL, n) != TD_OK || rd_ensure(r) != TD_OK)
         return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
     if (!r->sha[0] && rd_script_load(r, deadline) != TD_OK)

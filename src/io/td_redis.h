@@ -70,6 +70,8 @@ const char *td_redis_last_error(const td_redis *r);
  * message is in td_redis_last_error) with states unspecified.
  */
 int td_redis_load(td_redis *r, td_state *states, size_t n);
+/* The same for states held by pointer (the daemon's). */
+int td_redis_load_ptrs(td_redis *r, td_state *const *states, size_t n);
 
 enum { TD_REDIS_STORED = 0, TD_REDIS_CONFLICT = 1 };
 /*

@@ -653,6 +653,18 @@ static void ref_rec_id(const char *trigger_id, const char *rule_id, char *out) {
     for (int i = 0; i < 16; i++) sprintf(out + 2 + 2 * i, "%02x", md[i]);
 }
 
+/* Decodes event json and steps it on a fresh state of p-1; both rules
+ * recommend. */
+static void step_fresh(const td_ruleset *rs, td_tzdb *tz, const char *json, td_event *ev,
+                       td_state *st, td_step_out *out) {
+    td_event_error err;
+    assert_int_equal(td_event_decode(json, strlen(json), ev, &err), TD_OK);
+    td_state_init(st, "p-1");
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = ev};
+    assert_int_equal(td_engine_step(rs, st, &trig, ev->occurred_at, tz, 0, out), TD_OK);
+    assert_int_equal(out->nrecs, 2);
+}
+
 /* Event ids of every length 1..128 with a 1-byte and a 64-byte rule id:
  * digest inputs of 3 to 194 bytes, across every padding boundary (55/56,
  * 63/64, 119/120 bytes). Plus one known id, computed independently. */
@@ -685,12 +697,7 @@ static void test_rec_ids(void **state) {
                  "{\"id\":\"%s\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\","
                  "\"occurred_at\":\"2026-11-02T09:00:00Z\"}",
                  id);
-        td_event_error err;
-        assert_int_equal(td_event_decode(json, strlen(json), &ev, &err), TD_OK);
-        td_state_init(&st, "p-1");
-        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
-        assert_int_equal(td_engine_step(rs, &st, &trig, ev.occurred_at, tz, 0, &out), TD_OK);
-        assert_int_equal(out.nrecs, 2);
+        step_fresh(rs, tz, json, &ev, &st, &out);
         for (uint32_t r = 0; r < out.nrecs; r++) {
             char want[TD_REC_ID_LEN + 1];
             ref_rec_id(id, out.recs[r].rule->id, want);
@@ -703,12 +710,7 @@ static void test_rec_ids(void **state) {
     /* a known id: printf 'e-1\x1fr' | sha256sum -> 62f96bbd2e66361f8a7f7260e353c76a... */
     const char *json = "{\"id\":\"e-1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\","
                        "\"occurred_at\":\"2026-11-02T09:00:00Z\"}";
-    td_event_error err;
-    assert_int_equal(td_event_decode(json, strlen(json), &ev, &err), TD_OK);
-    td_state_init(&st, "p-1");
-    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
-    assert_int_equal(td_engine_step(rs, &st, &trig, ev.occurred_at, tz, 0, &out), TD_OK);
-    assert_int_equal(out.nrecs, 2);
+    step_fresh(rs, tz, json, &ev, &st, &out);
     const td_rec *rr = strcmp(out.recs[0].rule->id, "r") == 0 ? &out.recs[0] : &out.recs[1];
     assert_string_equal(rr->rule->id, "r");
     assert_string_equal(rr->id, "r-62f96bbd2e66361f8a7f7260e353c76a");
