@@ -407,6 +407,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
 
     /* Timers: every state write maintains the index; a poller fires them. */
     td_redis_set_timer_shards(d->redis, (uint32_t)cfg->timers.shards);
+    td_redis_set_lanes(d->redis, (unsigned)cfg->engine.store_connections);
     if (cfg->engine.pipeline) {
         /* the store thread's own connection (hiredis contexts are not
          * shared between threads); it reconnects by itself like the first */
@@ -417,6 +418,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
             goto fail;
         }
         td_redis_set_timer_shards(d->redis_store, (uint32_t)cfg->timers.shards);
+        td_redis_set_lanes(d->redis_store, (unsigned)cfg->engine.store_connections);
     }
     d->timers = td_timers_new(&cfg->redis, &cfg->timers, err, sizeof err);
     if (!d->timers) {

@@ -479,8 +479,12 @@ static bool td_cfg_engine(td_cfg_ctx *x, const config_setting_t *g, td_config *c
             td_cfg_get_int(x, s, key, 0, 10000000, &c->engine.state_cache);
         else if (strcmp(name, "pipeline") == 0)
             td_cfg_get_bool(x, s, key, &c->engine.pipeline);
+        else if (strcmp(name, "store_connections") == 0)
+            td_cfg_get_int(x, s, key, 1, 2, &c->engine.store_connections);
         else
-            td_cfg_unknown(x, s, key, "batch_max_events, batch_max_ms, state_cache, pipeline");
+            td_cfg_unknown(x, s, key,
+                           "batch_max_events, batch_max_ms, state_cache, pipeline, "
+                           "store_connections");
     }
     return !x->failed;
 }
@@ -687,6 +691,7 @@ td_config *td_config_default(void) {
     c->engine.batch_max_events = 1000;
     c->engine.state_cache = 65536;
     c->engine.pipeline = true;
+    c->engine.store_connections = 2;
     c->engine.batch_max_ms = 20;
     td_timers_conf_default(&c->timers);
     c->gifts.retention_days = 400; /* TD_GIFTS_RETENTION_DAYS_DEFAULT */

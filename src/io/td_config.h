@@ -8,7 +8,7 @@
  *   redis  { host, port, unix_socket, password, username, db, connect_timeout_ms,
  *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix }
  *   rules  { dir, reload_poll_ms, shadow_dir, shadow_report, shadow_report_interval_ms }
- *   engine { batch_max_events, batch_max_ms, state_cache, pipeline }
+ *   engine { batch_max_events, batch_max_ms, state_cache, pipeline, store_connections }
  *   timers { shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy,
  *            drop_older_than }                       (docs/timers.md)
  *   gifts  { retention_days }                          (docs/gifts.md)
@@ -88,6 +88,7 @@ typedef struct td_config {
         int batch_max_ms;
         int state_cache; /* prospect states kept in memory between batches; 0 = off */
         bool pipeline;   /* true: a batch is computed while the previous one is stored */
+        int store_connections; /* 1 or 2: connections of a batch's state write */
     } engine;
 
     td_timers_conf timers; /* durable timers (td_timers.h, docs/timers.md) */

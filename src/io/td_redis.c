@@ -256,9 +256,19 @@ struct td_redis {
     size_t respcap;
     struct rd_sink *sink; /* non-NULL: rd_append formats into it, not hiredis */
     rd_prebuilt pre[2];   /* rd_diff_watch: the chunk being sent, the next one */
+    struct td_redis *peer; /* rd_diff_watch's second lane (td_redis_set_lanes) */
+    unsigned lanes;        /* 1 or 2 */
     void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
     void *race_ud;
 };
+
+void td_redis_set_lanes(td_redis *r, unsigned lanes) {
+    r->lanes = lanes > 1 ? 2 : 1;
+    if (r->lanes == 1) {
+        td_redis_free(r->peer);
+        r->peer = NULL;
+    }
+}
 
 void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud) {
     r->race_hook = fn;
@@ -732,6 +742,7 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
         return NULL;
     }
     r->backoff_ms = conf->backoff_min_ms;
+    r->lanes = 1;
     r->prefix_len = strlen(r->conf.key_prefix);
     /* One attempt now; a failure is remembered in last_error and retried
      * by the next call after the backoff. */
@@ -742,6 +753,7 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
 void td_redis_free(td_redis *r) {
     if (!r)
         return;
+    td_redis_free(r->peer);
     if (r->c)
         redisFree(r->c);
     td_redis_conf_release(&r->conf);
@@ -1566,6 +1578,41 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
     return rc;
 }
 
+/* One connection of rd_diff_watch (a lane). Chunk j of the prospects to
+ * write is order[j * TD_REDIS_DIFF_CHUNK ...]; lane l of L runs the chunks
+ * l, l + L, l + 2L, ... Per lane at most two chunks are in flight: `w`, whose
+ * WATCH + HGET replies are awaited (its writes prebuilt in pre[cur]), and
+ * `x`, whose MULTI/EXEC (or UNWATCH) replies are awaited, sent before w's
+ * WATCH on the same connection, so read first. */
+typedef struct rd_lane {
+    td_redis *r;
+    size_t w, x;   /* chunk numbers; SIZE_MAX: none */
+    size_t queued; /* commands in x's MULTI; 0: x was an UNWATCH */
+    int cur;
+    unsigned char match[TD_REDIS_DIFF_CHUNK]; /* of x */
+} rd_lane;
+
+/* The chunk j's share of order[0..m): its first index, its length. */
+static size_t rd_chunk(size_t j, size_t m, size_t *c0) {
+    *c0 = j * TD_REDIS_DIFF_CHUNK;
+    return m - *c0 < TD_REDIS_DIFF_CHUNK ? m - *c0 : TD_REDIS_DIFF_CHUNK;
+}
+
+/* Sends chunk j's WATCH + HGETs on lane ln (after whatever is appended) and
+ * formats its writes while Redis runs them. */
+static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const *states,
+                         const td_kvs *bases, const td_kvs *nows, const int64_t *expected,
+                         const size_t *order, rd_diffbuf *d, int64_t deadline) {
+    size_t c0, cn = rd_chunk(j, m, &c0);
+    if (rd_watch_append(ln->r, states, order + c0, cn) != TD_OK)
+        return TD_ERR;
+    if (rd_flush(ln->r, deadline, "WATCH", ln->r->conf.command_timeout_ms) != TD_OK)
+        return TD_ERR;
+    ln->w = j;
+    return rd_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d,
+                            &ln->r->pre[ln->cur]);
+}
+
 /*
  * Diff writes without Lua for the prospects with todo[i] set, in chunks of
  * TD_REDIS_DIFF_CHUNK (Redis' WATCH is quadratic in the keys a client
@@ -1573,16 +1620,23 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
  * prospect whose version is not the expected one is a conflict and is not
  * written; the others are written in one MULTI/EXEC, which runs only if no
  * watched key changed since the WATCH: each write is still conditional on
- * the version it was checked against. One round trip per chunk: the WATCH of
- * chunk k+1 travels with the MULTI/EXEC of chunk k (EXEC clears the
- * watches first). The writes of chunk k+1 are formatted while Redis runs
- * that round trip (rd_diff_prebuild), so this thread's work and Redis' work
- * overlap. In Redis this costs much less per prospect than the script (no
- * Lua argument tables, no redis.call conversions).
+ * the version it was checked against. In Redis this costs much less per
+ * prospect than the script (no Lua argument tables, no redis.call
+ * conversions).
+ *
+ * One round trip per chunk and connection: the WATCH of a lane's next chunk
+ * travels with the MULTI/EXEC of its current one (EXEC clears the watches
+ * first), and the writes of that next chunk are formatted while Redis runs
+ * the round trip (rd_diff_prebuild). With two lanes (two connections, the
+ * chunks alternating between them), Redis runs one lane's round trip while
+ * this thread reads the other's replies and sends its next one, so Redis is
+ * not idle while this thread turns a chunk around. The chunks hold distinct
+ * prospects, so the lanes never watch each other's keys.
  * Results are filled and todo cleared for every chunk that ran; a chunk
  * whose EXEC aborted (another writer changed one of its keys in between)
  * keeps todo set and *raced counts its prospects.
- * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed).
+ * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed;
+ * every lane's connection is dropped, the message is in r).
  */
 static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases,
                          const td_kvs *nows, const int64_t *expected, size_t n, int *result,
@@ -1595,88 +1649,120 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
     *raced = 0;
     if (m == 0)
         return TD_OK;
-    unsigned char match[TD_REDIS_DIFF_CHUNK];
-    size_t c0 = 0, cn = m < TD_REDIS_DIFF_CHUNK ? m : TD_REDIS_DIFF_CHUNK;
-    int cur = 0;
-    if (rd_watch_append(r, states, order, cn) != TD_OK)
-        goto fail;
-    if (rd_flush(r, deadline, "WATCH", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
-    if (rd_diff_prebuild(r, states, bases, nows, expected, order, cn, d, &r->pre[cur]) != TD_OK)
-        goto fail;
-    while (cn > 0) {
-        size_t nmatch;
-        if (rd_watch_read(r, states, expected, order + c0, cn, deadline, match, &nmatch) != TD_OK)
+    size_t nchunks = (m + TD_REDIS_DIFF_CHUNK - 1) / TD_REDIS_DIFF_CHUNK;
+    rd_lane lanes[2] = {{.r = r, .w = SIZE_MAX, .x = SIZE_MAX},
+                        {.r = r->peer, .w = SIZE_MAX, .x = SIZE_MAX}};
+    size_t nl = 1;
+    if (r->peer)
+        r->peer->err[0] = '\0';
+    if (nchunks > 1 && r->peer) {
+        r->peer->timer_shards = r->timer_shards;
+        if (rd_ensure(r->peer) == TD_OK)
+            nl = 2; /* else this batch runs on one connection */
+    }
+    for (size_t l = 0; l < nl; l++)
+        if (rd_lane_watch(&lanes[l], l, m, states, bases, nows, expected, order, d, deadline) !=
+            TD_OK)
             goto fail;
-        if (r->race_hook)
-            r->race_hook(r->race_ud);
-        /* this chunk's write (or UNWATCH), then the next chunk's WATCH */
-        td_rscratch *c = &r->s;
-        const rd_prebuilt *pb = &r->pre[cur];
-        size_t queued = 0;
-        rs_reset(c);
-        rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
-        if (rd_append(r) != TD_OK)
-            goto fail;
-        if (nmatch) {
-            /* each run of matching prospects is contiguous in pb: one
-             * append (one copy into hiredis' buffer) per run */
-            for (size_t k = 0; k < cn;) {
-                if (!match[k]) {
-                    k++;
-                    continue;
+    for (size_t busy = nl; busy > 0;) {
+        for (size_t l = 0; l < nl; l++) {
+            rd_lane *ln = &lanes[l];
+            td_redis *lr = ln->r;
+            if (!lr)
+                continue; /* done */
+            size_t c0, cn;
+            if (ln->x != SIZE_MAX) { /* the previous chunk's EXEC or UNWATCH */
+                cn = rd_chunk(ln->x, m, &c0);
+                int x = TD_OK;
+                if (ln->queued) {
+                    x = rd_exec_read(lr, ln->queued, deadline);
+                } else {
+                    redisReply *rep = NULL;
+                    if (rd_read(lr, deadline, &rep, "UNWATCH", lr->conf.command_timeout_ms) !=
+                        TD_OK)
+                        goto fail;
+                    freeReplyObject(rep);
                 }
-                size_t k1 = k;
-                while (k1 < cn && match[k1])
-                    queued += pb->q[k1++];
-                if (redisAppendFormattedCommand(r->c, pb->out.buf + pb->off[k],
-                                                pb->off[k1] - pb->off[k]) != REDIS_OK) {
-                    rd_seterr(r, "redis: out of memory building a command");
+                if (x == TD_ERR)
                     goto fail;
+                for (size_t k = 0; k < cn; k++) {
+                    size_t i = order[c0 + k];
+                    if (x == 1) {
+                        (*raced)++; /* nothing of the chunk ran: todo stays set */
+                        continue;
+                    }
+                    todo[i] = 0;
+                    rd_result_diff(result, i, ln->match[k]);
                 }
-                k = k1;
+                ln->x = SIZE_MAX;
             }
-            rs_reset(c);
-            rs_push(c, "EXEC", 4);
-            if (rd_append(r) != TD_OK)
-                goto fail;
-        }
-        size_t n0 = c0 + cn, nn = m - n0 < TD_REDIS_DIFF_CHUNK ? m - n0 : TD_REDIS_DIFF_CHUNK;
-        if (nn > 0 && rd_watch_append(r, states, order + n0, nn) != TD_OK)
-            goto fail;
-        if (rd_flush(r, deadline, "EXEC", r->conf.command_timeout_ms) != TD_OK)
-            return TD_ERR;
-        if (nn > 0 && rd_diff_prebuild(r, states, bases, nows, expected, order + n0, nn, d,
-                                       &r->pre[cur ^ 1]) != TD_OK)
-            goto fail;
-        int x;
-        if (nmatch) {
-            x = rd_exec_read(r, queued, deadline);
-        } else {
-            redisReply *rep = NULL;
-            if (rd_read(r, deadline, &rep, "UNWATCH", r->conf.command_timeout_ms) != TD_OK)
-                return TD_ERR;
-            freeReplyObject(rep);
-            x = TD_OK;
-        }
-        if (x == TD_ERR)
-            goto fail;
-        for (size_t k = 0; k < cn; k++) {
-            size_t i = order[c0 + k];
-            if (x == 1) {
-                (*raced)++; /* nothing of the chunk ran: todo stays set */
+            if (ln->w == SIZE_MAX) {
+                ln->r = NULL; /* this lane is done */
+                busy--;
                 continue;
             }
-            todo[i] = 0;
-            rd_result_diff(result, i, match[k]);
+            cn = rd_chunk(ln->w, m, &c0);
+            size_t nmatch;
+            if (rd_watch_read(lr, states, expected, order + c0, cn, deadline, ln->match,
+                              &nmatch) != TD_OK)
+                goto fail;
+            if (r->race_hook)
+                r->race_hook(r->race_ud);
+            /* this chunk's write (or UNWATCH), then the lane's next WATCH */
+            td_rscratch *c = &lr->s;
+            const rd_prebuilt *pb = &lr->pre[ln->cur];
+            size_t queued = 0;
+            rs_reset(c);
+            rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
+            if (rd_append(lr) != TD_OK)
+                goto fail;
+            if (nmatch) {
+                /* each run of matching prospects is contiguous in pb: one
+                 * append (one copy into hiredis' buffer) per run */
+                for (size_t k = 0; k < cn;) {
+                    if (!ln->match[k]) {
+                        k++;
+                        continue;
+                    }
+                    size_t k1 = k;
+                    while (k1 < cn && ln->match[k1])
+                        queued += pb->q[k1++];
+                    if (redisAppendFormattedCommand(lr->c, pb->out.buf + pb->off[k],
+                                                    pb->off[k1] - pb->off[k]) != REDIS_OK) {
+                        rd_seterr(lr, "redis: out of memory building a command");
+                        goto fail;
+                    }
+                    k = k1;
+                }
+                rs_reset(c);
+                rs_push(c, "EXEC", 4);
+                if (rd_append(lr) != TD_OK)
+                    goto fail;
+            }
+            ln->x = ln->w;
+            ln->queued = queued;
+            ln->w = SIZE_MAX;
+            size_t next = ln->x + nl;
+            if (next < nchunks) {
+                ln->cur ^= 1;
+                if (rd_lane_watch(ln, next, m, states, bases, nows, expected, order, d,
+                                  deadline) != TD_OK)
+                    goto fail;
+            } else if (rd_flush(lr, deadline, "EXEC", lr->conf.command_timeout_ms) != TD_OK) {
+                goto fail;
+            }
         }
-        c0 = n0;
-        cn = nn;
-        cur ^= 1;
     }
     return TD_OK;
 fail:
-    rd_drop(r, false); /* unsent commands or unread replies: start clean */
+    for (size_t l = 0; l < 2; l++) {
+        td_redis *lr = l == 0 ? r : r->peer;
+        if (!lr)
+            continue;
+        if (lr != r && !r->err[0])
+            snprintf(r->err, sizeof r->err, "%s", lr->err);
+        rd_drop(lr, false); /* unsent commands or unread replies: start clean */
+    }
     return TD_ERR;
 }
 
@@ -1711,6 +1797,8 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
      * (latency at low rates); above, the plain commands' lower cost in Redis
      * wins (throughput). */
     size_t raced = n > TD_REDIS_DIFF_CHUNK ? 0 : n;
+    if (n > TD_REDIS_DIFF_CHUNK && r->lanes > 1 && !r->peer)
+        r->peer = td_redis_new(&r->conf, NULL, 0); /* NULL (no memory): one lane */
     if (n > TD_REDIS_DIFF_CHUNK && rd_diff_watch(r, states, bases, nows, expected_version, n,
                                                  result, todo, deadline, &d, order,
                                                  &raced) != TD_OK)

@@ -410,12 +410,12 @@ int main(int argc, char **argv) {
                      "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
                      "  dead_letter_topic = \"" T_DLQ "\";\n"
                      "  consumer = { fetch_wait_max_ms = 1; };\n"
-                     "  producer = { linger_ms = 0; %s }; };\n"
+                     "  producer = { linger_ms = %s; %s }; };\n"
                      "redis = { %s };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
                      "engine = { batch_max_events = %d; batch_max_ms = 10; %s };\n"
                      "log = { level = \"%s\"; };\n%s\n",
-                     k.bootstraps, getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis_at, rules_dir, batch,
+                     k.bootstraps, getenv("BENCH_LINGER_MS") ? getenv("BENCH_LINGER_MS") : "0", getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis_at, rules_dir, batch,
                      getenv("BENCH_ENGINE_EXTRA") ? getenv("BENCH_ENGINE_EXTRA") : "",
                      getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info",
                      getenv("BENCH_CONFIG_EXTRA") ? getenv("BENCH_CONFIG_EXTRA") : "");

@@ -40,8 +40,10 @@ engine = { batch_max_events = 100;
   pipeline = 3; };'
 expect pipeline-string "engine.pipeline: expected true or false" \
 'engine = { pipeline = "yes"; };'
-expect engine-unknown "engine.pipelin: unknown key (allowed here: batch_max_events, batch_max_ms, state_cache, pipeline)" \
+expect engine-unknown "engine.pipelin: unknown key (allowed here: batch_max_events, batch_max_ms, state_cache, pipeline, store_connections)" \
 'engine = { pipelin = true; };'
+expect store-connections-range "engine.store_connections: expected an integer from 1 to 2, got 3" \
+'engine = { store_connections = 3; };'
 expect batch-range "engine.batch_max_events: expected an integer from 1 to 100000, got 0" \
 'engine = { batch_max_events = 0; };'
 expect syntax "syntax.conf:2:" \
@@ -49,7 +51,7 @@ expect syntax "syntax.conf:2:" \
   pipeline = = true; };'
 
 # a good engine group passes validation (then fails later on Redis, not 2)
-printf 'kafka = { brokers = "embedded"; bootstrap_file = "%s/b"; };\nredis = { host = "127.0.0.1"; port = 1; connect_timeout_ms = 100; };\nrules = { dir = "%s/rules"; };\nengine = { pipeline = false; };\n' "$tmp" "$src" > "$tmp/good.conf"
+printf 'kafka = { brokers = "embedded"; bootstrap_file = "%s/b"; };\nredis = { host = "127.0.0.1"; port = 1; connect_timeout_ms = 100; };\nrules = { dir = "%s/rules"; };\nengine = { pipeline = false; store_connections = 1; };\n' "$tmp" "$src" > "$tmp/good.conf"
 out="$(timeout 20 "$touchd" run -c "$tmp/good.conf" 2>&1 >/dev/null)"
 rc=$?
 if [[ $rc -ne 2 && "$out" != *"engine.pipeline"* ]]; then

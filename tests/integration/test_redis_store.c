@@ -541,9 +541,9 @@ static long long head_score(redisContext *c, uint32_t shard) {
 
 /* The same timer-index changes through the WATCH/MULTI path (more than one
  * chunk of prospects), which writes plain ZADD/ZREM instead of the script. */
-static void test_store_diff_timers_multi(void **state) {
-    td_test_redis *srv = *state;
+static void store_diff_timers_multi(td_test_redis *srv, unsigned lanes) {
     td_redis *r = client_for(srv);
+    td_redis_set_lanes(r, lanes);
     td_redis_set_timer_shards(r, 4);
     redisContext *c = td_test_redis_connect(srv);
     enum { N = 70 };
@@ -608,6 +608,9 @@ static void test_store_diff_timers_multi(void **state) {
     td_redis_free(r);
 }
 
+static void test_store_diff_timers_multi(void **state) { store_diff_timers_multi(*state, 1); }
+static void test_store_diff_timers_multi2(void **state) { store_diff_timers_multi(*state, 2); }
+
 /* A concurrent writer between the version check and the write: EXEC
  * aborts, nothing of the round is written, and the per-prospect script then
  * stores the untouched prospects and reports the changed one as a conflict
@@ -625,9 +628,9 @@ static void race(void *ud) {
     redisFree(c);
 }
 
-static void test_store_diff_race(void **state) {
-    td_test_redis *srv = *state;
+static void store_diff_race(td_test_redis *srv, unsigned lanes) {
     td_redis *r = client_for(srv);
+    td_redis_set_lanes(r, lanes);
     /* more than one chunk (64): smaller writes go straight to the script */
     enum { N = 70 };
     static td_state st[N], base[N];
@@ -700,6 +703,9 @@ static void test_store_diff_race(void **state) {
     }
     td_redis_free(r);
 }
+
+static void test_store_diff_race(void **state) { store_diff_race(*state, 1); }
+static void test_store_diff_race2(void **state) { store_diff_race(*state, 2); }
 
 /* The score of member "<pid>\x1f<rule>" in the prospect's timer shard, or
  * -1 when absent. */
@@ -1102,6 +1108,159 @@ static void test_kill_and_reconnect(void **state) {
     td_redis_free(r);
 }
 
+/* Clients of srv whose last command was `cmd` (CLIENT LIST). */
+static int clients_last(redisContext *c, const char *cmd) {
+    redisReply *rep = redisCommand(c, "CLIENT LIST");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    char want[64];
+    snprintf(want, sizeof want, " cmd=%s ", cmd);
+    int n = 0;
+    for (const char *p = rep->str; (p = strstr(p, want)) != NULL; p++)
+        n++;
+    freeReplyObject(rep);
+    return n;
+}
+
+/* A many-chunk diff write of n prospects "p-ln-<i>" of st through r; each
+ * base becomes the state written. */
+static int lanes_write(td_redis *r, td_state *st, td_kvs *kb, td_kvs *kn, int64_t *e, int *res,
+                       size_t n) {
+    const td_state **p = calloc(n, sizeof *p);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = &st[i];
+        assert_int_equal(td_kvs_capture(&kn[i], &st[i]), TD_OK);
+        res[i] = -1;
+    }
+    int rc = td_redis_store_diff(r, p, kb, kn, e, n, res);
+    for (size_t i = 0; rc == TD_OK && i < n; i++)
+        if (res[i] == TD_REDIS_STORED) {
+            st[i].version = e[i] + 1;
+            td_kvs_move(&kb[i], &kn[i]);
+        }
+    free(p);
+    return rc;
+}
+
+/* Two connections (td_redis_set_lanes 2): a write of 1,000 prospects (16
+ * chunks) runs its chunks on both, every prospect written once with its
+ * version checked (stale expectations in chunks of both lanes conflict and
+ * leave the hash alone); Redis killed under a two-lane write: TD_ERR, and
+ * writes after the restart succeed and bring both lanes back. */
+static void test_store_diff_lanes(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_redis_set_lanes(r, 2);
+    enum { N = 1000 };
+    td_state *st = calloc(N, sizeof *st);
+    td_kvs *kb = calloc(N, sizeof *kb), *kn = calloc(N, sizeof *kn);
+    int64_t *e = calloc(N, sizeof *e);
+    int *res = calloc(N, sizeof *res);
+    assert_true(st && kb && kn && e && res);
+    char pid[32];
+    td_state empty;
+    for (int i = 0; i < N; i++) {
+        snprintf(pid, sizeof pid, "p-ln-%d", i);
+        populate(&st[i], pid, i);
+        td_state_init(&empty, pid);
+        assert_int_equal(td_kvs_capture(&kb[i], &empty), TD_OK);
+        td_state_free(&empty);
+    }
+    assert_int_equal(lanes_write(r, st, kb, kn, e, res, N), TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], TD_REDIS_STORED);
+    redisContext *c = td_test_redis_connect(srv);
+    assert_int_equal(clients_last(c, "exec"), 2); /* both lanes wrote */
+    char *v = raw_hget(c, "touchd:p:{p-ln-999}", "v");
+    assert_string_equal(v, "1");
+    free(v);
+
+    /* stale expectations in chunk 0 (lane 1) and chunk 1 (lane 2) */
+    for (int i = 0; i < N; i++) {
+        st[i].events += 1;
+        e[i] = (i == 5 || i == 70) ? 0 : 1;
+    }
+    assert_int_equal(lanes_write(r, st, kb, kn, e, res, N), TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], (i == 5 || i == 70) ? TD_REDIS_CONFLICT : TD_REDIS_STORED);
+    v = raw_hget(c, "touchd:p:{p-ln-70}", "v");
+    assert_string_equal(v, "1"); /* untouched */
+    free(v);
+    v = raw_hget(c, "touchd:p:{p-ln-71}", "v");
+    assert_string_equal(v, "2");
+    free(v);
+    td_state got;
+    td_state_init(&got, "p-ln-500");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_true(td_state_equal(&got, &st[500]));
+    td_state_free(&got);
+    redisFree(c);
+
+    /* killed mid-write: an error, never a hang or a crash */
+    killer k = {srv->pid, 20};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, killer_main, &k), 0);
+    int rc = TD_OK, rounds = 0;
+    int64_t t0 = now_ms();
+    while (rc == TD_OK && now_ms() - t0 < 10000) {
+        for (int i = 0; i < N; i++) {
+            st[i].events += 1;
+            e[i] = st[i].version;
+        }
+        rc = lanes_write(r, st, kb, kn, e, res, N);
+        rounds++;
+    }
+    pthread_join(th, NULL);
+    assert_int_equal(rc, TD_ERR);
+    printf("[ INFO     ] after %d two-lane writes: %s\n", rounds, td_redis_last_error(r));
+    td_test_redis_kill(srv);
+    assert_int_equal(td_test_redis_restart(srv), 0);
+    /* the restarted server is empty (no persistence): version 0 again */
+    for (int i = 0; i < N; i++) {
+        td_state_init(&empty, st[i].prospect_id);
+        td_kvs_free(&kb[i]);
+        memset(&kb[i], 0, sizeof kb[i]);
+        assert_int_equal(td_kvs_capture(&kb[i], &empty), TD_OK);
+        td_state_free(&empty);
+        e[i] = 0;
+    }
+    t0 = now_ms();
+    while ((rc = lanes_write(r, st, kb, kn, e, res, N)) != TD_OK && now_ms() - t0 < 5000)
+        sleep_ms(20);
+    assert_int_equal(rc, TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], TD_REDIS_STORED);
+    /* the second lane may still be in its own reconnect backoff (then the
+     * write ran on one lane): past the longest backoff, both run again */
+    sleep_ms(450);
+    for (int i = 0; i < N; i++) {
+        st[i].events += 1;
+        e[i] = st[i].version;
+    }
+    assert_int_equal(lanes_write(r, st, kb, kn, e, res, N), TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], TD_REDIS_STORED);
+    c = td_test_redis_connect(srv);
+    assert_int_equal(clients_last(c, "exec"), 2);
+    v = raw_hget(c, "touchd:p:{p-ln-0}", "v");
+    assert_string_equal(v, "2");
+    free(v);
+    redisFree(c);
+
+    for (int i = 0; i < N; i++) {
+        td_state_free(&st[i]);
+        td_kvs_free(&kb[i]);
+        td_kvs_free(&kn[i]);
+    }
+    free(st);
+    free(kb);
+    free(kn);
+    free(e);
+    free(res);
+    td_redis_free(r);
+}
+
 static void test_idle_disconnect_is_healed(void **state) {
     /* the server closes an idle connection (restart, CLIENT KILL): the next
      * call notices before sending and reconnects at once, no error */
@@ -1281,7 +1440,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_version_cas, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_race2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_timers_multi, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_timers_multi2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_lanes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
