@@ -25,7 +25,8 @@
  * (default 10000), BENCH_PARTITIONS (4), BENCH_BATCH (touchd's
  * engine.batch_max_events, 2000), BENCH_LOG (keep touchd's log there),
  * BENCH_LOG_LEVEL (touchd's log.level; "debug" logs each batch's load,
- * compute, deliver and store milliseconds), BENCH_PRODUCER_EXTRA (more
+ * compute, deliver and store milliseconds), BENCH_LINGER_MS (touchd's
+ * kafka.producer linger_ms, 0 by default), BENCH_PRODUCER_EXTRA (more
  * settings in touchd's kafka.producer group, e.g. "max_in_flight = 1;"),
  * BENCH_CONFIG_EXTRA (more top-level config, e.g. "timers = { shards = 64; };"),
  * BENCH_ENGINE_EXTRA (more settings in touchd's engine group, e.g.
