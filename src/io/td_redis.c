@@ -1755,14 +1755,18 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
     }
     return TD_OK;
 fail:
-    for (size_t l = 0; l < 2; l++) {
-        td_redis *lr = l == 0 ? r : r->peer;
-        if (!lr)
-            continue;
-        if (lr != r && !r->err[0])
-            snprintf(r->err, sizeof r->err, "%s", lr->err);
-        rd_drop(lr, false); /* unsent commands or unread replies: start clean */
+    /* The second lane's own failure (an error reply such as Redis at
+     * maxclients refusing it, or its I/O) backs it off: the retries run on
+     * the first lane alone until its backoff has passed. */
+    if (r->peer && r->peer->err[0]) {
+        if (!r->err[0])
+            snprintf(r->err, sizeof r->err, "second store connection: %.400s", r->peer->err);
+        if (r->peer->c)
+            rd_drop(r->peer, true);
+    } else if (r->peer) {
+        rd_drop(r->peer, false); /* unsent commands or unread replies: start clean */
     }
+    rd_drop(r, false);
     return TD_ERR;
 }
 

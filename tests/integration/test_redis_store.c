@@ -1261,6 +1261,91 @@ static void test_store_diff_lanes(void **state) {
     td_redis_free(r);
 }
 
+/* Redis refusing the second connection (maxclients): a write fails once,
+ * then the retries run on the first connection alone (the second backs
+ * off) and store everything; once Redis accepts it again, both lanes run. */
+static void test_store_diff_lanes_refused(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_redis_set_lanes(r, 2);
+    redisContext *c = td_test_redis_connect(srv); /* 2 clients: r's and c */
+    raw_ok(c, redisCommand(c, "CONFIG SET maxclients 2"));
+    enum { N = 300 };
+    td_state *st = calloc(N, sizeof *st);
+    td_kvs *kb = calloc(N, sizeof *kb), *kn = calloc(N, sizeof *kn);
+    int64_t *e = calloc(N, sizeof *e);
+    int *res = calloc(N, sizeof *res);
+    assert_true(st && kb && kn && e && res);
+    char pid[32];
+    td_state empty;
+    for (int i = 0; i < N; i++) {
+        snprintf(pid, sizeof pid, "p-rf-%d", i);
+        populate(&st[i], pid, i);
+        td_state_init(&empty, pid);
+        assert_int_equal(td_kvs_capture(&kb[i], &empty), TD_OK);
+        td_state_free(&empty);
+    }
+    int fails = 0, rc;
+    while ((rc = lanes_write(r, st, kb, kn, e, res, N)) != TD_OK && fails < 5) {
+        fails++;
+        printf("[ INFO     ] refused: %s\n", td_redis_last_error(r));
+        assert_non_null(strstr(td_redis_last_error(r), "second store connection: "));
+    }
+    assert_int_equal(rc, TD_OK);
+    assert_true(fails <= 1); /* the first try at most; then one lane */
+    assert_int_equal(clients_last(c, "exec"), 1); /* the retry ran on one lane */
+    /* chunks the failed try wrote before the refusal conflict now (as the
+     * daemon sees them: reload); each holds exactly the state sent */
+    int conflicts = 0;
+    for (int i = 0; i < N; i++) {
+        if (res[i] == TD_REDIS_STORED)
+            continue;
+        assert_int_equal(res[i], TD_REDIS_CONFLICT);
+        assert_int_equal(fails, 1);
+        conflicts++;
+        td_state got;
+        td_state_init(&got, st[i].prospect_id);
+        assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+        st[i].version = 1;
+        assert_true(td_state_equal(&got, &st[i]));
+        td_state_free(&got);
+        td_kvs_move(&kb[i], &kn[i]);
+    }
+    printf("[ INFO     ] %d failed tries, %d prospects written by the failed one\n", fails,
+           conflicts);
+    char *v = raw_hget(c, "touchd:p:{p-rf-299}", "v");
+    assert_string_equal(v, "1");
+    free(v);
+
+    raw_ok(c, redisCommand(c, "CONFIG SET maxclients 10000"));
+    sleep_ms(450); /* past the longest backoff (400 ms) */
+    for (int i = 0; i < N; i++) {
+        st[i].events += 1;
+        e[i] = 1;
+    }
+    assert_int_equal(lanes_write(r, st, kb, kn, e, res, N), TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i], TD_REDIS_STORED);
+    assert_int_equal(clients_last(c, "exec"), 2);
+    td_state got;
+    td_state_init(&got, "p-rf-150");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_true(td_state_equal(&got, &st[150]));
+    td_state_free(&got);
+    redisFree(c);
+    for (int i = 0; i < N; i++) {
+        td_state_free(&st[i]);
+        td_kvs_free(&kb[i]);
+        td_kvs_free(&kn[i]);
+    }
+    free(st);
+    free(kb);
+    free(kn);
+    free(e);
+    free(res);
+    td_redis_free(r);
+}
+
 static void test_idle_disconnect_is_healed(void **state) {
     /* the server closes an idle connection (restart, CLIENT KILL): the next
      * call notices before sending and reconnects at once, no error */
@@ -1444,6 +1529,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_store_diff_timers_multi, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_timers_multi2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_lanes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_lanes_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
