@@ -1143,6 +1143,48 @@ static int lanes_write(td_redis *r, td_state *st, td_kvs *kb, td_kvs *kn, int64_
     return rc;
 }
 
+/* The prospects of the two-lane tests: n states "<prefix><i>", each with an
+ * empty base (a first write), and the arrays lanes_write takes. */
+typedef struct lanes_fx {
+    td_state *st;
+    td_kvs *kb, *kn;
+    int64_t *e;
+    int *res;
+    size_t n;
+} lanes_fx;
+
+static void lanes_fx_new(lanes_fx *f, const char *prefix, size_t n) {
+    f->n = n;
+    f->st = calloc(n, sizeof *f->st);
+    f->kb = calloc(n, sizeof *f->kb);
+    f->kn = calloc(n, sizeof *f->kn);
+    f->e = calloc(n, sizeof *f->e);
+    f->res = calloc(n, sizeof *f->res);
+    assert_true(f->st && f->kb && f->kn && f->e && f->res);
+    char pid[64];
+    td_state empty;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(pid, sizeof pid, "%s%zu", prefix, i);
+        populate(&f->st[i], pid, (int)i);
+        td_state_init(&empty, pid);
+        assert_int_equal(td_kvs_capture(&f->kb[i], &empty), TD_OK);
+        td_state_free(&empty);
+    }
+}
+
+static void lanes_fx_free(lanes_fx *f) {
+    for (size_t i = 0; i < f->n; i++) {
+        td_state_free(&f->st[i]);
+        td_kvs_free(&f->kb[i]);
+        td_kvs_free(&f->kn[i]);
+    }
+    free(f->st);
+    free(f->kb);
+    free(f->kn);
+    free(f->e);
+    free(f->res);
+}
+
 /* Two connections (td_redis_set_lanes 2): a write of 1,000 prospects (16
  * chunks) runs its chunks on both, every prospect written once with its
  * version checked (stale expectations in chunks of both lanes conflict and
@@ -1153,20 +1195,12 @@ static void test_store_diff_lanes(void **state) {
     td_redis *r = client_for(srv);
     td_redis_set_lanes(r, 2);
     enum { N = 1000 };
-    td_state *st = calloc(N, sizeof *st);
-    td_kvs *kb = calloc(N, sizeof *kb), *kn = calloc(N, sizeof *kn);
-    int64_t *e = calloc(N, sizeof *e);
-    int *res = calloc(N, sizeof *res);
-    assert_true(st && kb && kn && e && res);
-    char pid[32];
-    td_state empty;
-    for (int i = 0; i < N; i++) {
-        snprintf(pid, sizeof pid, "p-ln-%d", i);
-        populate(&st[i], pid, i);
-        td_state_init(&empty, pid);
-        assert_int_equal(td_kvs_capture(&kb[i], &empty), TD_OK);
-        td_state_free(&empty);
-    }
+    lanes_fx f;
+    lanes_fx_new(&f, "p-ln-", N);
+    td_state *st = f.st;
+    td_kvs *kb = f.kb, *kn = f.kn;
+    int64_t *e = f.e;
+    int *res = f.res;
     assert_int_equal(lanes_write(r, st, kb, kn, e, res, N), TD_OK);
     for (int i = 0; i < N; i++)
         assert_int_equal(res[i], TD_REDIS_STORED);
@@ -1217,6 +1251,7 @@ static void test_store_diff_lanes(void **state) {
     td_test_redis_kill(srv);
     assert_int_equal(td_test_redis_restart(srv), 0);
     /* the restarted server is empty (no persistence): version 0 again */
+    td_state empty;
     for (int i = 0; i < N; i++) {
         td_state_init(&empty, st[i].prospect_id);
         td_kvs_free(&kb[i]);
@@ -1248,16 +1283,7 @@ static void test_store_diff_lanes(void **state) {
     free(v);
     redisFree(c);
 
-    for (int i = 0; i < N; i++) {
-        td_state_free(&st[i]);
-        td_kvs_free(&kb[i]);
-        td_kvs_free(&kn[i]);
-    }
-    free(st);
-    free(kb);
-    free(kn);
-    free(e);
-    free(res);
+    lanes_fx_free(&f);
     td_redis_free(r);
 }
 
@@ -1271,20 +1297,12 @@ static void test_store_diff_lanes_refused(void **state) {
     redisContext *c = td_test_redis_connect(srv); /* 2 clients: r's and c */
     raw_ok(c, redisCommand(c, "CONFIG SET maxclients 2"));
     enum { N = 300 };
-    td_state *st = calloc(N, sizeof *st);
-    td_kvs *kb = calloc(N, sizeof *kb), *kn = calloc(N, sizeof *kn);
-    int64_t *e = calloc(N, sizeof *e);
-    int *res = calloc(N, sizeof *res);
-    assert_true(st && kb && kn && e && res);
-    char pid[32];
-    td_state empty;
-    for (int i = 0; i < N; i++) {
-        snprintf(pid, sizeof pid, "p-rf-%d", i);
-        populate(&st[i], pid, i);
-        td_state_init(&empty, pid);
-        assert_int_equal(td_kvs_capture(&kb[i], &empty), TD_OK);
-        td_state_free(&empty);
-    }
+    lanes_fx f;
+    lanes_fx_new(&f, "p-rf-", N);
+    td_state *st = f.st;
+    td_kvs *kb = f.kb, *kn = f.kn;
+    int64_t *e = f.e;
+    int *res = f.res;
     int fails = 0, rc;
     while ((rc = lanes_write(r, st, kb, kn, e, res, N)) != TD_OK && fails < 5) {
         fails++;
@@ -1333,16 +1351,7 @@ static void test_store_diff_lanes_refused(void **state) {
     assert_true(td_state_equal(&got, &st[150]));
     td_state_free(&got);
     redisFree(c);
-    for (int i = 0; i < N; i++) {
-        td_state_free(&st[i]);
-        td_kvs_free(&kb[i]);
-        td_kvs_free(&kn[i]);
-    }
-    free(st);
-    free(kb);
-    free(kn);
-    free(e);
-    free(res);
+    lanes_fx_free(&f);
     td_redis_free(r);
 }
 
