@@ -255,7 +255,7 @@ struct td_redis {
     char *resp; /* a command formatted as RESP (rd_append) */
     size_t respcap;
     struct rd_sink *sink; /* non-NULL: rd_append formats into it, not hiredis */
-    rd_prebuilt pre[2];   /* rd_diff_watch: the chunk being sent, the next one */
+    rd_prebuilt pre;      /* rd_diff_watch: this connection's next chunk */
     struct td_redis *peer; /* rd_diff_watch's second lane (td_redis_set_lanes) */
     unsigned lanes;        /* 1 or 2 */
     void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
@@ -759,8 +759,7 @@ void td_redis_free(td_redis *r) {
     td_redis_conf_release(&r->conf);
     rs_free(&r->s);
     free(r->resp);
-    free(r->pre[0].out.buf);
-    free(r->pre[1].out.buf);
+    free(r->pre.out.buf);
     free(r);
 }
 
@@ -1581,14 +1580,13 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
 /* One connection of rd_diff_watch (a lane). Chunk j of the prospects to
  * write is order[j * TD_REDIS_DIFF_CHUNK ...]; lane l of L runs the chunks
  * l, l + L, l + 2L, ... Per lane at most two chunks are in flight: `w`, whose
- * WATCH + HGET replies are awaited (its writes prebuilt in pre[cur]), and
+ * WATCH + HGET replies are awaited (its writes prebuilt in r->pre), and
  * `x`, whose MULTI/EXEC (or UNWATCH) replies are awaited, sent before w's
  * WATCH on the same connection, so read first. */
 typedef struct rd_lane {
     td_redis *r;
     size_t w, x;   /* chunk numbers; SIZE_MAX: none */
     size_t queued; /* commands in x's MULTI; 0: x was an UNWATCH */
-    int cur;
     unsigned char match[TD_REDIS_DIFF_CHUNK]; /* of x */
 } rd_lane;
 
@@ -1610,7 +1608,7 @@ static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const 
         return TD_ERR;
     ln->w = j;
     return rd_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d,
-                            &ln->r->pre[ln->cur]);
+                            &ln->r->pre);
 }
 
 /*
@@ -1710,7 +1708,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                 r->race_hook(r->race_ud);
             /* this chunk's write (or UNWATCH), then the lane's next WATCH */
             td_rscratch *c = &lr->s;
-            const rd_prebuilt *pb = &lr->pre[ln->cur];
+            const rd_prebuilt *pb = &lr->pre; /* copied out below: free again */
             size_t queued = 0;
             rs_reset(c);
             rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
@@ -1744,7 +1742,6 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
             ln->w = SIZE_MAX;
             size_t next = ln->x + nl;
             if (next < nchunks) {
-                ln->cur ^= 1;
                 if (rd_lane_watch(ln, next, m, states, bases, nows, expected, order, d,
                                   deadline) != TD_OK)
                     goto fail;

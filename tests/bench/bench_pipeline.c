@@ -64,6 +64,7 @@
 
 #include "harness.h"
 #include "harness_kafka.h"
+#include "td_base.h"
 
 #define T_IN "touchd.events"
 #define T_OUT "touchd.recommendations"
@@ -189,17 +190,6 @@ static char *put_s(char *w, const char *s) {
     memcpy(w, s, n);
     return w + n;
 }
-static char *put_u(char *w, uint64_t v) {
-    char t[24];
-    int n = 0;
-    do {
-        t[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *w++ = t[--n];
-    return w;
-}
 static char *put_2(char *w, long v) {
     w[0] = (char)('0' + v / 10);
     w[1] = (char)('0' + v % 10);
@@ -222,8 +212,7 @@ static int produce_one(td_test_kafka *k) {
     long j = seq / g_prospects;
     key[0] = 'p';
     key[1] = '-';
-    int kn = (int)(put_u(key + 2, (uint64_t)p) - key);
-    key[kn] = '\0';
+    int kn = 2 + (int)td_fmt_u64((uint64_t)p, key + 2);
     if (g_loopback == 2) {
         /* a recommendation-shaped message straight to the output topic */
         int n = snprintf(ev, sizeof ev, "{\"event_id\":\"b-%ld-%" PRId64 "\"}", seq, wall_us());
@@ -237,9 +226,9 @@ static int produce_one(td_test_kafka *k) {
      * cores with what it measures, so it should cost as little as it can */
     char *w = ev;
     w = put_s(w, "{\"id\":\"b-");
-    w = put_u(w, (uint64_t)seq);
+    w += td_fmt_u64((uint64_t)seq, w);
     *w++ = '-';
-    w = put_u(w, (uint64_t)wall_us());
+    w += td_fmt_u64((uint64_t)wall_us(), w);
     w = put_s(w, j % 2 == 0 ? "\",\"type\":\"email.sent\",\"prospect_id\":\""
                             : "\",\"type\":\"email.opened\",\"prospect_id\":\"");
     w = put_s(w, key);
@@ -248,7 +237,7 @@ static int produce_one(td_test_kafka *k) {
     *w++ = ':';
     w = put_2(w, j % 60);
     w = put_s(w, ":00Z\",\"owner_id\":\"rep-");
-    w = put_u(w, (uint64_t)(p % 50));
+    w += td_fmt_u64((uint64_t)(p % 50), w);
     w = put_s(w, "\",\"data\":{\"kind\":\"value\"}}");
     int n = (int)(w - ev);
     for (;;) {
