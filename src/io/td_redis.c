@@ -31,6 +31,11 @@
  *   a library must not kill its host: SIGPIPE is blocked in this thread while
  *   writing and a SIGPIPE we caused is consumed before unblocking.
  *
+ * - The WATCH path of td_redis_store_diff (writes of more than one chunk)
+ *   does its own socket I/O: send(MSG_NOSIGNAL) of prebuilt RESP, replies
+ *   parsed in place (td_resp.h), poll(2) bounded by the same deadline. See
+ *   rd_tx / rd_rx below.
+ *
  * - The version field "v" belongs to this module. td_redis_load parses it
  *   into td_state.version itself (strict decimal, >= 0) and td_redis_store
  *   drops any "v" td_state_serialize emits: the script alone writes "v"
@@ -43,6 +48,7 @@
  */
 #include "td_redis.h"
 #include "td_kvs.h"
+#include "td_resp.h"
 #include "td_timers.h"
 
 #include <errno.h>
@@ -56,6 +62,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 /*
@@ -256,6 +263,9 @@ struct td_redis {
     size_t respcap;
     struct rd_sink *sink; /* non-NULL: rd_append formats into it, not hiredis */
     rd_prebuilt pre;      /* rd_diff_watch: this connection's next chunk */
+    rd_sink out;          /* rd_diff_watch: commands to send (rd_tx) */
+    rd_sink in;           /* rd_diff_watch: replies received, in[rpos..len) unread */
+    size_t rpos;
     struct td_redis *peer; /* rd_diff_watch's second lane (td_redis_set_lanes) */
     unsigned lanes;        /* 1 or 2 */
     void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
@@ -537,6 +547,104 @@ static void sk_bulk(rd_sink *o, const char *p, size_t n) {
     o->len += k;
 }
 
+/*
+ * The WATCH path's own socket I/O (rd_diff_watch). A chunk of 64 prospects
+ * brings back about 200 replies; read through hiredis each is an allocated
+ * object, filled, then freed, and each command is copied once more into
+ * hiredis' output buffer: together about a tenth of touchd's instructions.
+ * There the commands go from r->out straight to the socket, and the replies
+ * are parsed in place from r->in (td_resp). Both are used only while
+ * hiredis' own buffers are empty (rd_raw_ready) and are empty again when
+ * rd_diff_watch returns TD_OK, so hiredis and this never see each other's
+ * bytes. Non-blocking send/recv; poll(2) waits, bounded by the deadline;
+ * MSG_NOSIGNAL instead of blocking SIGPIPE.
+ */
+
+/* A raw I/O failure: hiredis' fields say what it was, as for its own. */
+static int rd_raw_fail(td_redis *r, const char *what, int type, const char *why, bool timed_out) {
+    if (r->c && !timed_out) {
+        r->c->err = type;
+        snprintf(r->c->errstr, sizeof r->c->errstr, "%s", why);
+    }
+    return rd_io_fail(r, what, timed_out, r->conf.command_timeout_ms);
+}
+
+/* Waits until fd is ready for `events` or the deadline. @returns TD_OK, or
+ * TD_ERR (failed and dropped). */
+static int rd_raw_wait(td_redis *r, short events, int64_t deadline, const char *what) {
+    for (;;) {
+        int64_t left = deadline - rd_now_ms();
+        if (left <= 0)
+            return rd_raw_fail(r, what, REDIS_ERR_IO, "", true);
+        struct pollfd pf = {.fd = r->c->fd, .events = events};
+        int n = poll(&pf, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n > 0)
+            return TD_OK; /* ready, or an error the next send/recv reports */
+        if (n < 0 && errno != EINTR)
+            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+    }
+}
+
+/* hiredis has nothing buffered either way on r's connection. */
+static bool rd_raw_ready(const td_redis *r) {
+    return sdslen(r->c->obuf) == 0 && r->c->reader->pos == r->c->reader->len;
+}
+
+/* Sends r->out whole, then empties it. */
+static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
+    const char *p = r->out.buf;
+    size_t n = r->out.len;
+    while (n > 0) {
+        ssize_t k = send(r->c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k > 0) {
+            p += k;
+            n -= (size_t)k;
+        } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (rd_raw_wait(r, POLLOUT, deadline, what) != TD_OK)
+                return TD_ERR;
+        } else if (k < 0 && errno != EINTR) {
+            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+        }
+    }
+    r->out.len = 0;
+    return TD_OK;
+}
+
+/* The next reply (an array: its header; the elements are the next replies),
+ * a view into r->in valid until the next call. */
+static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) {
+    rd_sink *in = &r->in;
+    for (;;) {
+        ssize_t k = td_resp_parse(in->buf + r->rpos, in->len - r->rpos, rep);
+        if (k > 0) {
+            r->rpos += (size_t)k;
+            return TD_OK;
+        }
+        if (k < 0)
+            return rd_raw_fail(r, what, REDIS_ERR_PROTOCOL, "Protocol error: not a RESP2 reply",
+                               false);
+        /* part of a reply: keep it, make room, read more */
+        if (r->rpos > 0) {
+            memmove(in->buf, in->buf + r->rpos, in->len - r->rpos);
+            in->len -= r->rpos;
+            r->rpos = 0;
+        }
+        if (in->len == in->cap && !sk_reserve(in, in->cap ? in->cap : 16384))
+            return rd_raw_fail(r, what, REDIS_ERR_OOM, "Out of memory", false);
+        ssize_t got = recv(r->c->fd, in->buf + in->len, in->cap - in->len, MSG_DONTWAIT);
+        if (got > 0) {
+            in->len += (size_t)got;
+        } else if (got == 0) {
+            return rd_raw_fail(r, what, REDIS_ERR_EOF, "Server closed the connection", false);
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (rd_raw_wait(r, POLLIN, deadline, what) != TD_OK)
+                return TD_ERR;
+        } else if (errno != EINTR) {
+            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+        }
+    }
+}
+
 /* Appends one command from the scratch spans, formatted as RESP here (the
  * spans are copied once; hiredis' own argv formatter was a visible share of
  * a batch). */
@@ -760,6 +868,8 @@ void td_redis_free(td_redis *r) {
     rs_free(&r->s);
     free(r->resp);
     free(r->pre.out.buf);
+    free(r->out.buf);
+    free(r->in.buf);
     free(r);
 }
 
@@ -1338,33 +1448,82 @@ fail:
  * (set by rd_diff_prebuild): HSET (the new version first, then the changed
  * fields), HDEL, and with the timer index ZADD / ZREM. The same changes as
  * the script's, as plain commands; *queued counts them. */
+/* td_kvs_diff's callbacks for rd_diff_queue: a pair to set goes straight
+ * into the sink as two RESP bulk strings (room reserved for every pair of
+ * the new flat form); keys to delete and timer members are collected. */
+typedef struct rd_sinkdiff {
+    rd_sink *o;
+    rd_diffbuf *d;
+    size_t nsets;
+} rd_sinkdiff;
+
+static void rd_sink_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    rd_sinkdiff *x = ud;
+    if (kl == 1 && k[0] == 'v') return; /* written from the expected version */
+    sk_bulk(x->o, k, kl);
+    sk_bulk(x->o, v, vl);
+    x->nsets++;
+    if (rd_is_timer_key(k, kl))
+        rs_push(&x->d->zadd, k + 6, kl - 6);
+}
+
+static void rd_sink_del(void *ud, const char *k, size_t kl) {
+    rd_diff_del(((rd_sinkdiff *)ud)->d, k, kl);
+}
+
+/* The bytes of "<c><n>\r\n". */
+static size_t rd_head_len(size_t n) {
+    char tmp[24];
+    return 3 + td_fmt_u64(n, tmp);
+}
+
 static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
                          int64_t expected, rd_diffbuf *d, size_t *queued) {
-    if (rd_diff_collect(r, base, now, d) != TD_OK)
-        return TD_ERR;
     char key[TD_ID_MAX + 80], ver[24];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     if (kn >= sizeof key)
         kn = sizeof key - 1;
-    /* HSET and HDEL are written as RESP straight into the sink (one copy
-     * of each field and value); the rarer timer commands go through
-     * rd_append, which appends to the same sink. */
+    /* The HSET is written as RESP straight into the sink while diffing:
+     * one copy of each field and value. Its argument count is known only
+     * after the diff, so the body starts after room for the largest
+     * header (every pair of `now` set) and is moved back onto the real
+     * header if that is shorter. HDEL and the rarer timer commands follow
+     * (rd_append appends to the same sink). */
     rd_sink *o = r->sink;
-    if (!sk_reserve(o, 4 * 32 + kn + 24 + d->sets.len + 32 * d->sets.n + d->dels.len +
-                           32 * d->dels.n + 128 + kn)) {
+    size_t hmax = rd_head_len(4 + 2 * now->n);
+    if (!sk_reserve(o, hmax + 4 * 32 + kn + now->len + 32 * now->n)) {
         rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
     }
+    rs_reset(&d->dels);
+    rs_reset(&d->zadd);
+    rs_reset(&d->zrem);
+    d->ndels = 0;
+    size_t h0 = o->len;
+    o->len += hmax;
     size_t vn = td_fmt_u64((uint64_t)expected + 1, ver);
-    sk_head(o, 4 + d->sets.n);
     sk_bulk(o, "HSET", 4);
     sk_bulk(o, key, kn);
     sk_bulk(o, "v", 1);
     sk_bulk(o, ver, vn);
-    for (size_t k = 0; k < d->sets.n; k++)
-        sk_bulk(o, d->sets.buf + d->sets.off[k], d->sets.slen[k]);
+    rd_sinkdiff x = {o, d, 0};
+    if (td_kvs_diff(base, now, rd_sink_set, rd_sink_del, &x) != TD_OK || d->dels.oom ||
+        d->zadd.oom || d->zrem.oom) {
+        o->len = h0;
+        rd_seterr(r, "redis: out of memory");
+        return TD_ERR;
+    }
+    size_t hl = rd_resp_head(o->buf + h0, '*', 4 + 2 * x.nsets);
+    if (hl < hmax) {
+        memmove(o->buf + h0 + hl, o->buf + h0 + hmax, o->len - h0 - hmax);
+        o->len -= hmax - hl;
+    }
     (*queued)++;
     if (d->dels.n > 0) {
+        if (!sk_reserve(o, 2 * 16 + kn + d->dels.len + 16 * d->dels.n)) {
+            rd_seterr(r, "redis: out of memory building a command");
+            return TD_ERR;
+        }
         sk_head(o, 2 + d->dels.n);
         sk_bulk(o, "HDEL", 4);
         sk_bulk(o, key, kn);
@@ -1434,12 +1593,6 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
     return TD_OK;
 }
 
-/* A reply that is exactly the status `want` ("OK", "QUEUED"). */
-static bool rd_is_status(const redisReply *rep, const char *want) {
-    return rep->type == REDIS_REPLY_STATUS && rep->len == strlen(want) &&
-           memcmp(rep->str, want, rep->len) == 0;
-}
-
 /* Appends "WATCH <keys>" and one "HGET <key> v" per prospect of
  * order[0..m). */
 static int rd_watch_append(td_redis *r, const td_state *const *states, const size_t *order,
@@ -1466,23 +1619,28 @@ static int rd_watch_append(td_redis *r, const td_state *const *states, const siz
     return TD_OK;
 }
 
+/* An error reply's text for a message ("" for any other reply). */
+#define RD_ERRTXT(rep) ((rep)->type == TD_RESP_ERROR ? (int)((rep)->len > 200 ? 200 : (rep)->len) : 0), \
+                       ((rep)->type == TD_RESP_ERROR ? (rep)->s : "")
+
 /* Reads the replies of rd_watch_append: match[k] = the stored version of
- * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set; all
- * replies were read unless the connection failed). */
+ * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set). */
 static int rd_watch_read(td_redis *r, const td_state *const *states, const int64_t *expected,
                          const size_t *order, size_t m, int64_t deadline, unsigned char *match,
                          size_t *nmatch) {
     int rc = TD_OK;
     *nmatch = 0;
     for (size_t k = 0; k <= m; k++) {
-        redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "WATCH", r->conf.command_timeout_ms) != TD_OK)
+        td_resp rep;
+        if (rd_rx(r, deadline, &rep, "WATCH") != TD_OK)
             return TD_ERR;
+        if (rep.type == TD_RESP_ARRAY) {
+            rd_seterr(r, "redis: WATCH: unexpected reply");
+            return TD_ERR; /* not one reply per command: out of step */
+        }
         if (k == 0) {
-            if (!rd_is_status(rep, "OK") && rc == TD_OK) {
-                rd_seterr(r, "redis: WATCH: %.*s",
-                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
-                          rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+            if (!td_resp_is_status(&rep, "OK") && rc == TD_OK) {
+                rd_seterr(r, "redis: WATCH: %.*s", RD_ERRTXT(&rep));
                 rc = TD_ERR;
             }
         } else {
@@ -1490,61 +1648,68 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
             char num[24];
             size_t nl = td_fmt_u64((uint64_t)expected[i], num);
             bool ok = false;
-            if (rep->type == REDIS_REPLY_NIL) {
+            if (rep.type == TD_RESP_NIL) {
                 ok = expected[i] == 0;
-            } else if (rep->type == REDIS_REPLY_STRING) {
-                ok = rep->len == nl && memcmp(rep->str, num, nl) == 0;
+            } else if (rep.type == TD_RESP_BULK) {
+                ok = rep.len == nl && memcmp(rep.s, num, nl) == 0;
             } else if (rc == TD_OK) {
                 char key[TD_ID_MAX + 80];
                 td_redis_key(r, states[i]->prospect_id, key, sizeof key);
-                rd_seterr(r, "redis: HGET %s v: %.*s", key,
-                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 0,
-                          rep->type == REDIS_REPLY_ERROR ? rep->str : "");
+                rd_seterr(r, "redis: HGET %s v: %.*s", key, RD_ERRTXT(&rep));
                 rc = TD_ERR;
             }
             match[k - 1] = ok;
             *nmatch += ok;
         }
-        freeReplyObject(rep);
     }
     return rc;
 }
 
 /* Reads the replies of a MULTI ... EXEC of `queued` commands.
  * @returns TD_OK (executed), 1 (EXEC aborted: a watched key changed) or
- * TD_ERR. */
+ * TD_ERR (message set). */
 static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
     int rc = TD_OK;
-    for (size_t q = 0; q <= queued + 1; q++) {
-        redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "EXEC", r->conf.command_timeout_ms) != TD_OK)
+    for (size_t q = 0; q <= queued; q++) { /* +OK for MULTI, then +QUEUED per command */
+        td_resp rep;
+        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK)
             return TD_ERR;
-        if (q <= queued) { /* +OK for MULTI, then +QUEUED per command */
-            if (!rd_is_status(rep, q == 0 ? "OK" : "QUEUED") && rc == TD_OK) {
-                rd_seterr(r, "redis: MULTI: %.*s",
-                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 16,
-                          rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-                rc = TD_ERR;
+        if (!td_resp_is_status(&rep, q == 0 ? "OK" : "QUEUED")) {
+            if (rep.type != TD_RESP_ERROR) {
+                rd_seterr(r, "redis: MULTI: unexpected reply");
+                return TD_ERR; /* out of step: the caller drops the connection */
             }
-        } else if (rc == TD_OK) {
-            if (rep->type == REDIS_REPLY_NIL) {
-                rc = 1; /* nothing ran */
-            } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != queued) {
-                rd_seterr(r, "redis: EXEC: %.*s",
-                          rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 16,
-                          rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-                rc = TD_ERR;
-            } else {
-                for (size_t e = 0; e < rep->elements && rc == TD_OK; e++)
-                    if (rep->element[e]->type == REDIS_REPLY_ERROR) {
-                        /* e.g. WRONGTYPE: a key that is not a hash */
-                        rd_seterr(r, "redis: EXEC: %.*s", (int)rep->element[e]->len,
-                                  rep->element[e]->str);
-                        rc = TD_ERR;
-                    }
-            }
+            if (rc == TD_OK)
+                rd_seterr(r, "redis: MULTI: %.*s", RD_ERRTXT(&rep));
+            rc = TD_ERR;
         }
-        freeReplyObject(rep);
+    }
+    td_resp rep;
+    if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK)
+        return TD_ERR;
+    if (rc != TD_OK)
+        return rc;
+    if (rep.type == TD_RESP_NIL)
+        return 1; /* nothing ran */
+    if (rep.type != TD_RESP_ARRAY || (uint64_t)rep.i != queued) {
+        if (rep.type == TD_RESP_ERROR)
+            rd_seterr(r, "redis: EXEC: %.*s", RD_ERRTXT(&rep));
+        else
+            rd_seterr(r, "redis: EXEC: unexpected reply");
+        return TD_ERR;
+    }
+    for (size_t e = 0; e < queued; e++) {
+        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK)
+            return TD_ERR;
+        if (rep.type == TD_RESP_ARRAY) {
+            rd_seterr(r, "redis: EXEC: unexpected reply");
+            return TD_ERR; /* HSET, HDEL, ZADD, ZREM answer with integers */
+        }
+        if (rep.type == TD_RESP_ERROR && rc == TD_OK) {
+            /* e.g. WRONGTYPE: a key that is not a hash */
+            rd_seterr(r, "redis: EXEC: %.*s", RD_ERRTXT(&rep));
+            rc = TD_ERR;
+        }
     }
     return rc;
 }
@@ -1602,9 +1767,10 @@ static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const 
                          const td_kvs *bases, const td_kvs *nows, const int64_t *expected,
                          const size_t *order, rd_diffbuf *d, int64_t deadline) {
     size_t c0, cn = rd_chunk(j, m, &c0);
-    if (rd_watch_append(ln->r, states, order + c0, cn) != TD_OK)
-        return TD_ERR;
-    if (rd_flush(ln->r, deadline, "WATCH", ln->r->conf.command_timeout_ms) != TD_OK)
+    ln->r->sink = &ln->r->out; /* after the previous chunk's MULTI/EXEC, if any */
+    int rc = rd_watch_append(ln->r, states, order + c0, cn);
+    ln->r->sink = NULL;
+    if (rc != TD_OK || rd_tx(ln->r, deadline, "WATCH") != TD_OK)
         return TD_ERR;
     ln->w = j;
     return rd_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d,
@@ -1658,6 +1824,14 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
         if (rd_ensure(r->peer) == TD_OK)
             nl = 2; /* else this batch runs on one connection */
     }
+    for (size_t l = 0; l < nl; l++) {
+        td_redis *lr = lanes[l].r;
+        lr->out.len = lr->in.len = lr->rpos = 0;
+        if (!rd_raw_ready(lr)) { /* not reached: every call reads all its replies */
+            rd_seterr(lr, "redis: unread replies on the connection");
+            goto fail;
+        }
+    }
     for (size_t l = 0; l < nl; l++)
         if (rd_lane_watch(&lanes[l], l, m, states, bases, nows, expected, order, d, deadline) !=
             TD_OK)
@@ -1675,11 +1849,13 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                 if (ln->queued) {
                     x = rd_exec_read(lr, ln->queued, deadline);
                 } else {
-                    redisReply *rep = NULL;
-                    if (rd_read(lr, deadline, &rep, "UNWATCH", lr->conf.command_timeout_ms) !=
-                        TD_OK)
+                    td_resp rep;
+                    if (rd_rx(lr, deadline, &rep, "UNWATCH") != TD_OK)
                         goto fail;
-                    freeReplyObject(rep);
+                    if (!td_resp_is_status(&rep, "OK")) {
+                        rd_seterr(lr, "redis: UNWATCH: %.*s", RD_ERRTXT(&rep));
+                        goto fail;
+                    }
                 }
                 if (x == TD_ERR)
                     goto fail;
@@ -1712,12 +1888,12 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
             size_t queued = 0;
             rs_reset(c);
             rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
-            if (rd_append(lr) != TD_OK)
-                goto fail;
-            if (nmatch) {
+            lr->sink = &lr->out;
+            int ar = rd_append(lr);
+            if (ar == TD_OK && nmatch) {
                 /* each run of matching prospects is contiguous in pb: one
-                 * append (one copy into hiredis' buffer) per run */
-                for (size_t k = 0; k < cn;) {
+                 * copy per run */
+                for (size_t k = 0; k < cn && ar == TD_OK;) {
                     if (!ln->match[k]) {
                         k++;
                         continue;
@@ -1725,18 +1901,24 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                     size_t k1 = k;
                     while (k1 < cn && ln->match[k1])
                         queued += pb->q[k1++];
-                    if (redisAppendFormattedCommand(lr->c, pb->out.buf + pb->off[k],
-                                                    pb->off[k1] - pb->off[k]) != REDIS_OK) {
+                    size_t bytes = pb->off[k1] - pb->off[k];
+                    if (!sk_reserve(&lr->out, bytes)) {
                         rd_seterr(lr, "redis: out of memory building a command");
-                        goto fail;
+                        ar = TD_ERR;
+                        break;
                     }
+                    memcpy(lr->out.buf + lr->out.len, pb->out.buf + pb->off[k], bytes);
+                    lr->out.len += bytes;
                     k = k1;
                 }
                 rs_reset(c);
                 rs_push(c, "EXEC", 4);
-                if (rd_append(lr) != TD_OK)
-                    goto fail;
+                if (ar == TD_OK)
+                    ar = rd_append(lr);
             }
+            lr->sink = NULL;
+            if (ar != TD_OK)
+                goto fail;
             ln->x = ln->w;
             ln->queued = queued;
             ln->w = SIZE_MAX;
@@ -1745,9 +1927,16 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                 if (rd_lane_watch(ln, next, m, states, bases, nows, expected, order, d,
                                   deadline) != TD_OK)
                     goto fail;
-            } else if (rd_flush(lr, deadline, "EXEC", lr->conf.command_timeout_ms) != TD_OK) {
+            } else if (rd_tx(lr, deadline, "EXEC") != TD_OK) {
                 goto fail;
             }
+        }
+    }
+    for (size_t l = 0; l < nl; l++) {
+        td_redis *lr = l == 0 ? r : r->peer;
+        if (lr->rpos != lr->in.len) { /* more than a reply per command */
+            rd_seterr(lr, "redis: unexpected replies after EXEC");
+            goto fail;
         }
     }
     return TD_OK;

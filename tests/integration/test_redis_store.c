@@ -61,15 +61,19 @@ static void conf_for(td_redis_conf *c, const td_test_redis *srv) {
     c->backoff_max_ms = 400;
 }
 
-static td_redis *client_for(const td_test_redis *srv) {
+/* A connected client of srv whose calls time out after `timeout_ms`. */
+static td_redis *client_tmo(const td_test_redis *srv, int timeout_ms) {
     td_redis_conf c;
     conf_for(&c, srv);
+    c.command_timeout_ms = timeout_ms;
     char err[256];
     td_redis *r = td_redis_new(&c, err, sizeof err);
     assert_non_null(r);
     assert_true(td_redis_connected(r));
     return r;
 }
+
+static td_redis *client_for(const td_test_redis *srv) { return client_tmo(srv, 2000); }
 
 /* A state with something in every part of the flat form. */
 static void populate(td_state *st, const char *id, int salt) {
@@ -1185,6 +1189,114 @@ static void lanes_fx_free(lanes_fx *f) {
     free(f->res);
 }
 
+/* After a failed first write of f (versions expected 0) and a successful
+ * retry: every prospect is stored, or conflicts because the failed try
+ * wrote it before failing, and then holds exactly the state sent (version
+ * 1; it becomes the base). @returns how many conflicted. */
+static int lanes_written_before(td_redis *r, lanes_fx *f) {
+    int conflicts = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        if (f->res[i] == TD_REDIS_STORED)
+            continue;
+        assert_int_equal(f->res[i], TD_REDIS_CONFLICT);
+        conflicts++;
+        td_state got;
+        td_state_init(&got, f->st[i].prospect_id);
+        assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+        f->st[i].version = 1;
+        assert_true(td_state_equal(&got, &f->st[i]));
+        td_state_free(&got);
+        td_kvs_move(&f->kb[i], &f->kn[i]);
+    }
+    return conflicts;
+}
+
+/* The WATCH path's failures, on two lanes:
+ * - an error reply (a key that is not a hash) in the first chunk: TD_ERR
+ *   with Redis' error and the key, nothing written, and once the key is
+ *   fixed every prospect is stored;
+ * - the same in the second chunk (the second connection): the message
+ *   names that connection; the retry stores every prospect (or finds it
+ *   written, as sent, by the failed try);
+ * - Redis paused past command_timeout_ms: TD_ERR within the deadline, no
+ *   hang; writes resume after the pause. */
+static void test_store_diff_watch_errors(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_tmo(srv, 500);
+    td_redis_set_lanes(r, 2);
+    redisContext *c = td_test_redis_connect(srv);
+    enum { N = 130 }; /* chunks 0 and 2 on the first lane, 1 on the second */
+    lanes_fx f;
+    lanes_fx_new(&f, "p-we-", N);
+
+    raw_ok(c, redisCommand(c, "SET touchd:p:{p-we-3} hello"));
+    assert_int_equal(lanes_write(r, f.st, f.kb, f.kn, f.e, f.res, N), TD_ERR);
+    const char *m = td_redis_last_error(r);
+    printf("[ INFO     ] first chunk: %s\n", m);
+    assert_non_null(strstr(m, "HGET touchd:p:{p-we-3} v: WRONGTYPE"));
+    assert_null(strstr(m, "second store connection"));
+    redisReply *rep = redisCommand(c, "DBSIZE");
+    assert_non_null(rep);
+    assert_int_equal(rep->integer, 1); /* only the bad key: nothing written */
+    freeReplyObject(rep);
+    raw_ok(c, redisCommand(c, "DEL touchd:p:{p-we-3}"));
+    assert_int_equal(lanes_write(r, f.st, f.kb, f.kn, f.e, f.res, N), TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(f.res[i], TD_REDIS_STORED);
+    assert_int_equal(clients_last(c, "exec"), 2);
+
+    /* the second lane's chunk: prospects 64..127 */
+    lanes_fx g;
+    lanes_fx_new(&g, "p-wf-", N);
+    raw_ok(c, redisCommand(c, "SET touchd:p:{p-wf-100} hello"));
+    assert_int_equal(lanes_write(r, g.st, g.kb, g.kn, g.e, g.res, N), TD_ERR);
+    m = td_redis_last_error(r);
+    printf("[ INFO     ] second chunk: %s\n", m);
+    assert_non_null(strstr(m, "second store connection: redis: HGET touchd:p:{p-wf-100} v: "
+                              "WRONGTYPE"));
+    raw_ok(c, redisCommand(c, "DEL touchd:p:{p-wf-100}"));
+    assert_int_equal(lanes_write(r, g.st, g.kb, g.kn, g.e, g.res, N), TD_OK);
+    printf("[ INFO     ] %d prospects written by the failed try\n",
+           lanes_written_before(r, &g));
+    char *v = raw_hget(c, "touchd:p:{p-wf-100}", "v");
+    assert_string_equal(v, "1");
+    free(v);
+
+    /* paused: a timeout, bounded */
+    for (int i = 0; i < N; i++) {
+        f.st[i].events += 1;
+        f.e[i] = 1;
+    }
+    raw_ok(c, redisCommand(c, "CLIENT PAUSE 1500 ALL"));
+    int64_t t = now_ms();
+    assert_int_equal(lanes_write(r, f.st, f.kb, f.kn, f.e, f.res, N), TD_ERR);
+    int64_t took = now_ms() - t;
+    printf("[ INFO     ] paused: TD_ERR after %lld ms (timeout 500): %s\n", (long long)took,
+           td_redis_last_error(r));
+    assert_true(took >= 400 && took < 1000);
+    assert_non_null(strstr(td_redis_last_error(r), "timeout after 500 ms"));
+    sleep_ms(1600); /* the pause is over, and the backoffs */
+    int rc;
+    int64_t t0 = now_ms();
+    while ((rc = lanes_write(r, f.st, f.kb, f.kn, f.e, f.res, N)) != TD_OK &&
+           now_ms() - t0 < 3000)
+        sleep_ms(50);
+    assert_int_equal(rc, TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(f.res[i], TD_REDIS_STORED); /* the paused try wrote nothing */
+    td_state got;
+    td_state_init(&got, "p-we-129");
+    assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+    assert_int_equal(got.version, 2);
+    assert_true(td_state_equal(&got, &f.st[129]));
+    td_state_free(&got);
+
+    redisFree(c);
+    lanes_fx_free(&f);
+    lanes_fx_free(&g);
+    td_redis_free(r);
+}
+
 /* Two connections (td_redis_set_lanes 2): a write of 1,000 prospects (16
  * chunks) runs its chunks on both, every prospect written once with its
  * version checked (stale expectations in chunks of both lanes conflict and
@@ -1314,21 +1426,8 @@ static void test_store_diff_lanes_refused(void **state) {
     assert_int_equal(clients_last(c, "exec"), 1); /* the retry ran on one lane */
     /* chunks the failed try wrote before the refusal conflict now (as the
      * daemon sees them: reload); each holds exactly the state sent */
-    int conflicts = 0;
-    for (int i = 0; i < N; i++) {
-        if (res[i] == TD_REDIS_STORED)
-            continue;
-        assert_int_equal(res[i], TD_REDIS_CONFLICT);
-        assert_int_equal(fails, 1);
-        conflicts++;
-        td_state got;
-        td_state_init(&got, st[i].prospect_id);
-        assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
-        st[i].version = 1;
-        assert_true(td_state_equal(&got, &st[i]));
-        td_state_free(&got);
-        td_kvs_move(&kb[i], &kn[i]);
-    }
+    int conflicts = lanes_written_before(r, &f);
+    assert_true(conflicts == 0 || fails == 1);
     printf("[ INFO     ] %d failed tries, %d prospects written by the failed one\n", fails,
            conflicts);
     char *v = raw_hget(c, "touchd:p:{p-rf-299}", "v");
@@ -1374,13 +1473,7 @@ static void test_idle_disconnect_is_healed(void **state) {
 
 static void test_command_timeout(void **state) {
     td_test_redis *srv = *state;
-    td_redis_conf conf;
-    conf_for(&conf, srv);
-    conf.command_timeout_ms = 500;
-    char err[256];
-    td_redis *r = td_redis_new(&conf, err, sizeof err);
-    assert_non_null(r);
-    assert_true(td_redis_connected(r));
+    td_redis *r = client_tmo(srv, 500);
     td_state s;
     td_state_init(&s, "p-slow");
 
@@ -1539,6 +1632,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_store_diff_timers_multi2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_lanes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_lanes_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_watch_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
