@@ -1619,7 +1619,7 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
                 "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
                 "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
-                "timers_delay_max_ms=%lld ruleset=%s",
+                "timers_delay_max_ms=%lld store_one_connection=%llu ruleset=%s",
                 (unsigned long long)d->batches, (unsigned long long)d->events,
                 (unsigned long long)d->applied, (unsigned long long)d->skipped_pos,
                 (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
@@ -1632,6 +1632,8 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
                 (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
                 (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
+                (unsigned long long)(td_redis_one_lane_writes(d->redis_store) +
+                                     td_redis_one_lane_writes(d->redis)),
                 td_ruleset_hash(d->rs));
 }
 

@@ -268,6 +268,7 @@ struct td_redis {
     size_t rpos;
     struct td_redis *peer; /* rd_diff_watch's second lane (td_redis_set_lanes) */
     unsigned lanes;        /* 1 or 2 */
+    uint64_t one_lane;     /* td_redis_one_lane_writes (__atomic: read by other threads) */
     void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
     void *race_ud;
 };
@@ -278,6 +279,10 @@ void td_redis_set_lanes(td_redis *r, unsigned lanes) {
         td_redis_free(r->peer);
         r->peer = NULL;
     }
+}
+
+uint64_t td_redis_one_lane_writes(const td_redis *r) {
+    return r ? __atomic_load_n(&r->one_lane, __ATOMIC_RELAXED) : 0;
 }
 
 void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud) {
@@ -1824,6 +1829,8 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
         if (rd_ensure(r->peer) == TD_OK)
             nl = 2; /* else this batch runs on one connection */
     }
+    if (nchunks > 1 && r->lanes > 1 && nl == 1)
+        __atomic_fetch_add(&r->one_lane, 1, __ATOMIC_RELAXED);
     for (size_t l = 0; l < nl; l++) {
         td_redis *lr = lanes[l].r;
         lr->out.len = lr->in.len = lr->rpos = 0;

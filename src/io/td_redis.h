@@ -106,14 +106,18 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
                         const td_kvs *nows, const int64_t *expected_version, size_t n,
                         int *result);
 
-/* Tests only: fn(ud) runs in td_redis_store_diff between the version
- * check (WATCH + HGET) and the MULTI/EXEC, so a test can play the concurrent
- * writer that makes EXEC abort. NULL removes it. */
 /* Connections of td_redis_store_diff's WATCH path: 1 (the default) or 2 (a
  * second connection, opened by the first write of more than one chunk of
  * prospects, runs every other chunk, so Redis runs one chunk while this
  * thread turns the other around). */
 void td_redis_set_lanes(td_redis *r, unsigned lanes);
+/* Writes of more than one chunk that ran on the first connection alone
+ * although two are set: the second could not connect (it was in its
+ * backoff, or refused). Any thread may read it. */
+uint64_t td_redis_one_lane_writes(const td_redis *r);
+/* Tests only: fn(ud) runs in td_redis_store_diff between the version
+ * check (WATCH + HGET) and the MULTI/EXEC, so a test can play the concurrent
+ * writer that makes EXEC abort. NULL removes it. */
 void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud);
 
 /* The key of a prospect into buf ("touchd:p:{p-42}"); returns its length. */

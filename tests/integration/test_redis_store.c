@@ -1318,6 +1318,7 @@ static void test_store_diff_lanes(void **state) {
         assert_int_equal(res[i], TD_REDIS_STORED);
     redisContext *c = td_test_redis_connect(srv);
     assert_int_equal(clients_last(c, "exec"), 2); /* both lanes wrote */
+    assert_int_equal(td_redis_one_lane_writes(r), 0);
     char *v = raw_hget(c, "touchd:p:{p-ln-999}", "v");
     assert_string_equal(v, "1");
     free(v);
@@ -1424,6 +1425,8 @@ static void test_store_diff_lanes_refused(void **state) {
     assert_int_equal(rc, TD_OK);
     assert_true(fails <= 1); /* the first try at most; then one lane */
     assert_int_equal(clients_last(c, "exec"), 1); /* the retry ran on one lane */
+    uint64_t one = td_redis_one_lane_writes(r); /* and is counted */
+    assert_int_equal(one, 1);
     /* chunks the failed try wrote before the refusal conflict now (as the
      * daemon sees them: reload); each holds exactly the state sent */
     int conflicts = lanes_written_before(r, &f);
@@ -1444,6 +1447,7 @@ static void test_store_diff_lanes_refused(void **state) {
     for (int i = 0; i < N; i++)
         assert_int_equal(res[i], TD_REDIS_STORED);
     assert_int_equal(clients_last(c, "exec"), 2);
+    assert_int_equal(td_redis_one_lane_writes(r), one); /* two lanes: not counted */
     td_state got;
     td_state_init(&got, "p-rf-150");
     assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
