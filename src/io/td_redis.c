@@ -63,6 +63,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 
 /*
@@ -266,6 +267,11 @@ struct td_redis {
     rd_sink out;          /* rd_diff_watch: commands to send (rd_tx) */
     rd_sink in;           /* rd_diff_watch: replies received, in[rpos..len) unread */
     size_t rpos;
+    /* rd_diff_watch: runs of prebuilt writes (in pre) sent by rd_tx between
+     * out[0..split) and out[split..len), without copying them into out */
+    struct iovec run[TD_REDIS_DIFF_CHUNK / 2 + 1];
+    size_t nrun, split;
+    size_t tx_max; /* tests: td_redis_set_send_limit */
     struct td_redis *peer; /* rd_diff_watch's second lane (td_redis_set_lanes) */
     unsigned lanes;        /* 1 or 2 */
     uint64_t one_lane;     /* td_redis_one_lane_writes (__atomic: read by other threads) */
@@ -284,6 +290,8 @@ void td_redis_set_lanes(td_redis *r, unsigned lanes) {
 uint64_t td_redis_one_lane_writes(const td_redis *r) {
     return r ? __atomic_load_n(&r->one_lane, __ATOMIC_RELAXED) : 0;
 }
+
+void td_redis_set_send_limit(td_redis *r, size_t max_bytes) { r->tx_max = max_bytes; }
 
 void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud) {
     r->race_hook = fn;
@@ -595,15 +603,45 @@ static bool rd_raw_ready(const td_redis *r) {
     return sdslen(r->c->obuf) == 0 && r->c->reader->pos == r->c->reader->len;
 }
 
-/* Sends r->out whole, then empties it. */
+/* Sends out[0..split), the runs, then out[split..len) (with no runs: out
+ * whole), then empties out and the runs. */
 static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
-    const char *p = r->out.buf;
-    size_t n = r->out.len;
-    while (n > 0) {
-        ssize_t k = send(r->c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    struct iovec iov[TD_REDIS_DIFF_CHUNK / 2 + 3];
+    size_t n = 0, split = r->nrun ? r->split : r->out.len;
+    iov[n++] = (struct iovec){r->out.buf, split};
+    for (size_t i = 0; i < r->nrun; i++)
+        iov[n++] = r->run[i];
+    if (r->out.len > split)
+        iov[n++] = (struct iovec){r->out.buf + split, r->out.len - split};
+    r->out.len = 0;
+    r->nrun = 0;
+    for (size_t i = 0; i < n;) {
+        if (iov[i].iov_len == 0) {
+            i++;
+            continue;
+        }
+        struct msghdr mh = {.msg_iov = iov + i, .msg_iovlen = n - i};
+        struct iovec lim[TD_REDIS_DIFF_CHUNK / 2 + 3];
+        if (r->tx_max) { /* tests: at most tx_max bytes per send */
+            size_t room = r->tx_max, m = 0;
+            for (size_t j = i; j < n && room > 0; j++) {
+                lim[m] = iov[j];
+                if (lim[m].iov_len > room)
+                    lim[m].iov_len = room;
+                room -= lim[m++].iov_len;
+            }
+            mh.msg_iov = lim;
+            mh.msg_iovlen = m;
+        }
+        ssize_t k = sendmsg(r->c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (k > 0) {
-            p += k;
-            n -= (size_t)k;
+            size_t left = (size_t)k; /* drop what went out */
+            while (left > 0 && left >= iov[i].iov_len)
+                left -= iov[i++].iov_len;
+            if (left > 0) {
+                iov[i].iov_base = (char *)iov[i].iov_base + left;
+                iov[i].iov_len -= left;
+            }
         } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             if (rd_raw_wait(r, POLLOUT, deadline, what) != TD_OK)
                 return TD_ERR;
@@ -611,7 +649,6 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
             return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
         }
     }
-    r->out.len = 0;
     return TD_OK;
 }
 
@@ -1449,10 +1486,6 @@ fail:
     return TD_ERR;
 }
 
-/* Formats prospect st's writes for the MULTI of rd_diff_watch into r->sink
- * (set by rd_diff_prebuild): HSET (the new version first, then the changed
- * fields), HDEL, and with the timer index ZADD / ZREM. The same changes as
- * the script's, as plain commands; *queued counts them. */
 /* td_kvs_diff's callbacks for rd_diff_queue: a pair to set goes straight
  * into the sink as two RESP bulk strings (room reserved for every pair of
  * the new flat form); keys to delete and timer members are collected. */
@@ -1482,6 +1515,10 @@ static size_t rd_head_len(size_t n) {
     return 3 + td_fmt_u64(n, tmp);
 }
 
+/* Formats prospect st's writes for the MULTI of rd_diff_watch into r->sink
+ * (set by rd_diff_prebuild): HSET (the new version first, then the changed
+ * fields), HDEL, and with the timer index ZADD / ZREM. The same changes as
+ * the script's, as plain commands; *queued counts them. */
 static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
                          int64_t expected, rd_diffbuf *d, size_t *queued) {
     char key[TD_ID_MAX + 80], ver[24];
@@ -1826,6 +1863,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
         r->peer->err[0] = '\0';
     if (nchunks > 1 && r->peer) {
         r->peer->timer_shards = r->timer_shards;
+        r->peer->tx_max = r->tx_max;
         if (rd_ensure(r->peer) == TD_OK)
             nl = 2; /* else this batch runs on one connection */
     }
@@ -1833,7 +1871,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
         __atomic_fetch_add(&r->one_lane, 1, __ATOMIC_RELAXED);
     for (size_t l = 0; l < nl; l++) {
         td_redis *lr = lanes[l].r;
-        lr->out.len = lr->in.len = lr->rpos = 0;
+        lr->out.len = lr->in.len = lr->rpos = lr->nrun = 0;
         if (!rd_raw_ready(lr)) { /* not reached: every call reads all its replies */
             rd_seterr(lr, "redis: unread replies on the connection");
             goto fail;
@@ -1891,16 +1929,18 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                 r->race_hook(r->race_ud);
             /* this chunk's write (or UNWATCH), then the lane's next WATCH */
             td_rscratch *c = &lr->s;
-            const rd_prebuilt *pb = &lr->pre; /* copied out below: free again */
+            const rd_prebuilt *pb = &lr->pre; /* sent from, before its next prebuild */
             size_t queued = 0;
             rs_reset(c);
             rs_push(c, nmatch ? "MULTI" : "UNWATCH", nmatch ? 5 : 7);
             lr->sink = &lr->out;
             int ar = rd_append(lr);
             if (ar == TD_OK && nmatch) {
-                /* each run of matching prospects is contiguous in pb: one
-                 * copy per run */
-                for (size_t k = 0; k < cn && ar == TD_OK;) {
+                /* each run of matching prospects is contiguous in pb: sent
+                 * from there (rd_tx sends pb before the lane prebuilds its
+                 * next chunk into it), at most one run per two prospects */
+                lr->split = lr->out.len;
+                for (size_t k = 0; k < cn;) {
                     if (!ln->match[k]) {
                         k++;
                         continue;
@@ -1908,14 +1948,8 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                     size_t k1 = k;
                     while (k1 < cn && ln->match[k1])
                         queued += pb->q[k1++];
-                    size_t bytes = pb->off[k1] - pb->off[k];
-                    if (!sk_reserve(&lr->out, bytes)) {
-                        rd_seterr(lr, "redis: out of memory building a command");
-                        ar = TD_ERR;
-                        break;
-                    }
-                    memcpy(lr->out.buf + lr->out.len, pb->out.buf + pb->off[k], bytes);
-                    lr->out.len += bytes;
+                    lr->run[lr->nrun++] = (struct iovec){pb->out.buf + pb->off[k],
+                                                         pb->off[k1] - pb->off[k]};
                     k = k1;
                 }
                 rs_reset(c);

@@ -119,6 +119,9 @@ uint64_t td_redis_one_lane_writes(const td_redis *r);
  * check (WATCH + HGET) and the MULTI/EXEC, so a test can play the concurrent
  * writer that makes EXEC abort. NULL removes it. */
 void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud);
+/* Tests only: each send of the WATCH path carries at most max_bytes (0, the
+ * default: no limit), so that partial sends are exercised. */
+void td_redis_set_send_limit(td_redis *r, size_t max_bytes);
 
 /* The key of a prospect into buf ("touchd:p:{p-42}"); returns its length. */
 size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_t cap);

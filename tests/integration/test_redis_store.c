@@ -1211,6 +1211,54 @@ static int lanes_written_before(td_redis *r, lanes_fx *f) {
     return conflicts;
 }
 
+/* Sends of the WATCH path cut anywhere (at most 777 bytes per send, so a
+ * chunk of about 150 KB goes out in about 200 pieces, cut inside commands
+ * and between the runs of prebuilt writes): every prospect is written
+ * whole, on both connections, and reads back equal. */
+static void test_store_diff_partial_sends(void **state) {
+    td_test_redis *srv = *state;
+    td_redis *r = client_for(srv);
+    td_redis_set_lanes(r, 2);
+    td_redis_set_send_limit(r, 777);
+    enum { N = 300 };
+    lanes_fx f;
+    lanes_fx_new(&f, "p-ps-", N);
+    redisContext *c = td_test_redis_connect(srv);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            f.st[i].events += round;
+            f.e[i] = round;
+        }
+        /* a stale version in a chunk of each lane: that prospect is left
+         * out of the MULTI, which splits the chunk's writes in two runs */
+        if (round == 1) {
+            f.e[10] = 5;
+            f.e[100] = 5;
+        }
+        assert_int_equal(lanes_write(r, f.st, f.kb, f.kn, f.e, f.res, N), TD_OK);
+        assert_int_equal(clients_last(c, "exec"), 2); /* both connections wrote */
+        for (int i = 0; i < N; i++)
+            assert_int_equal(f.res[i], round == 1 && (i == 10 || i == 100) ? TD_REDIS_CONFLICT
+                                                                           : TD_REDIS_STORED);
+        for (int i = 0; i < N; i += 37) {
+            td_state got;
+            td_state_init(&got, f.st[i].prospect_id);
+            assert_int_equal(td_redis_load(r, &got, 1), TD_OK);
+            assert_true(td_state_equal(&got, &f.st[i]));
+            td_state_free(&got);
+        }
+    }
+    char *v = raw_hget(c, "touchd:p:{p-ps-100}", "v");
+    assert_string_equal(v, "1"); /* the stale one: not written again */
+    free(v);
+    v = raw_hget(c, "touchd:p:{p-ps-299}", "v");
+    assert_string_equal(v, "2");
+    free(v);
+    redisFree(c);
+    lanes_fx_free(&f);
+    td_redis_free(r);
+}
+
 /* The WATCH path's failures, on two lanes:
  * - an error reply (a key that is not a hash) in the first chunk: TD_ERR
  *   with Redis' error and the key, nothing written, and once the key is
@@ -1637,6 +1685,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_store_diff_lanes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_lanes_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_watch_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_partial_sends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
