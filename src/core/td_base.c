@@ -122,3 +122,22 @@ size_t td_fmt_i64(int64_t v, char *buf) {
     buf[0] = '-';
     return 1 + td_fmt_u64((uint64_t)0 - (uint64_t)v, buf + 1);
 }
+
+int td_parse_i64(const char *v, size_t n, int64_t *out) {
+    size_t i = 0;
+    bool neg = false;
+    if (n && v[0] == '-') {
+        neg = true;
+        i = 1;
+    }
+    if (i >= n) return TD_ERR;
+    uint64_t m = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9') return TD_ERR;
+        unsigned d = (unsigned)(v[i] - '0');
+        if (m > (lim - d) / 10) return TD_ERR;
+        m = m * 10 + d;
+    }
+    *out = neg ? (m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m) : (int64_t)m;
+    return TD_OK;
+}

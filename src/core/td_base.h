@@ -74,6 +74,9 @@ uint64_t td_hash64(const void *data, size_t len, uint64_t seed);
  * the cost of writing a state's flat form (callgrind). */
 size_t td_fmt_u64(uint64_t v, char *buf);
 size_t td_fmt_i64(int64_t v, char *buf);
+/* Strict decimal integer v[0..n): -?[0-9]+ within int64 (leading zeros
+ * allowed). @returns TD_OK (*out set) or TD_ERR. */
+int td_parse_i64(const char *v, size_t n, int64_t *out);
 #define TD_HASH_SEED 0xcbf29ce484222325ULL
 
 /* ---- typed values: what rule expressions compute and state fields hold ---- */

@@ -3,6 +3,8 @@
  */
 #include "td_resp.h"
 
+#include "td_base.h"
+
 #include <stdbool.h>
 #include <string.h>
 
@@ -20,26 +22,13 @@ static ssize_t td_resp_line(const char *p, size_t n) {
     return cr[1] == '\n' ? (ssize_t)l : -2;
 }
 
-/* A decimal integer: an optional '-', 1..19 digits, no leading zero but "0"
- * itself. @returns 0, or -1 (malformed or out of int64 range). */
+/* A RESP integer: td_parse_i64's, without a leading zero (but "0" itself)
+ * or "-0". @returns 0, or -1. */
 static int td_resp_int(const char *s, size_t n, int64_t *out) {
-    size_t i = 0;
-    bool neg = n > 0 && s[0] == '-';
-    i += neg;
-    if (i == n || n - i > 19 || (s[i] == '0' && n - i > 1))
+    size_t i = n > 0 && s[0] == '-';
+    if (i < n && s[i] == '0' && (n - i > 1 || i == 1))
         return -1;
-    uint64_t v = 0;
-    for (; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (uint64_t)(s[i] - '0'); /* 19 digits fit in uint64 */
-    }
-    if (neg ? v > (uint64_t)INT64_MAX + 1 : v > (uint64_t)INT64_MAX)
-        return -1;
-    if (neg && v == 0)
-        return -1; /* "-0" */
-    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
-    return 0;
+    return td_parse_i64(s, n, out) == TD_OK ? 0 : -1;
 }
 
 ssize_t td_resp_parse(const char *p, size_t n, td_resp *out) {
@@ -100,7 +89,7 @@ ssize_t td_resp_parse(const char *p, size_t n, td_resp *out) {
     }
 }
 
-int td_resp_is_status(const td_resp *r, const char *want) {
+bool td_resp_is_status(const td_resp *r, const char *want) {
     size_t n = strlen(want);
     return r->type == TD_RESP_STATUS && r->len == n && memcmp(r->s, want, n) == 0;
 }

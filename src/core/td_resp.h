@@ -16,6 +16,7 @@
 #ifndef TD_RESP_H
 #define TD_RESP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -52,6 +53,6 @@ typedef struct td_resp {
 ssize_t td_resp_parse(const char *p, size_t n, td_resp *out);
 
 /* The reply is the status `want` (e.g. "OK", "QUEUED"). */
-int td_resp_is_status(const td_resp *r, const char *want);
+bool td_resp_is_status(const td_resp *r, const char *want);
 
 #endif

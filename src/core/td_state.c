@@ -1276,26 +1276,6 @@ static int td_pct_dec(const char *v, size_t n, char *dst, size_t cap) {
     return TD_OK;
 }
 
-/* Strict decimal integer: -?[0-9]+ within int64. */
-static int td_parse_i64(const char *v, size_t n, int64_t *out) {
-    size_t i = 0;
-    bool neg = false;
-    if (n && v[0] == '-') {
-        neg = true;
-        i = 1;
-    }
-    if (i >= n) return TD_ERR;
-    uint64_t m = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-    for (; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9') return TD_ERR;
-        unsigned d = (unsigned)(v[i] - '0');
-        if (m > (lim - d) / 10) return TD_ERR;
-        m = m * 10 + d;
-    }
-    *out = neg ? (m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m) : (int64_t)m;
-    return TD_OK;
-}
-
 /* Decimal: -?[0-9]+(\.[0-9]{1,4})? within the td_dec range. */
 static int td_parse_dec(const char *v, size_t n, td_dec *out) {
     size_t i = 0;
