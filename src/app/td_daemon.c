@@ -188,6 +188,7 @@ struct td_daemon {
     /* counters since start */
     uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out,
         conflicts, redis_waits, reloads, reload_failures, redone;
+    uint64_t verify_seen; /* redis.verify_writes differences already logged */
     int64_t next_progress;
     uint64_t derived;
 
@@ -569,6 +570,13 @@ static void td_store_join(td_daemon *d) {
 /* Makes base[g] the flat form of states[g] (what Redis now holds).
  * @returns 0 or -1 (out of memory). */
 static int td_base_set(td_batch *b, int32_t g) {
+    if (b->states[g]->version == 0) {
+        /* never stored: Redis holds nothing, so the first write sends every
+         * field, prospect_id included (the state's is set from the key) */
+        td_kvs_clear(&b->base[g]);
+        b->has_base[g] = true;
+        return 0;
+    }
     b->has_base[g] = td_kvs_capture(&b->base[g], b->states[g]) == TD_OK;
     return b->has_base[g] ? 0 : -1;
 }
@@ -1226,6 +1234,22 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
     }
 }
 
+/* redis.verify_writes: logs the differences the last write through r
+ * found (the store thread's connection has handed the batch back). */
+static void td_daemon_verify_log(td_daemon *d, td_redis *r) {
+    uint64_t all =
+        td_redis_verify_mismatches(d->redis) + td_redis_verify_mismatches(d->redis_store);
+    if (all == d->verify_seen)
+        return;
+    char last[400], q[480];
+    td_redis_verify_last(r, last, sizeof last);
+    td_log_error("verify_writes: redis holds other than the state written",
+                 "new=%llu total=%llu last=%s",
+                 (unsigned long long)(all - d->verify_seen), (unsigned long long)all,
+                 td_log_quote(q, sizeof q, last));
+    d->verify_seen = all;
+}
+
 /* Stores b's changed groups on the main thread, holding the batch while
  * Redis is unavailable. `rc` is the outcome of a store already tried (on
  * `tried_on`; TD_ERR: retry it; TD_OK: apply it) or TD_STORE_UNTRIED.
@@ -1249,6 +1273,8 @@ static int td_batch_store(td_daemon *d, td_batch *b, int rc, td_redis *tried_on,
     }
     td_redis_back(d, attempt, "store");
     td_batch_store_apply(d, b, nconf);
+    if (d->cfg->redis.verify_writes)
+        td_daemon_verify_log(d, r);
     return 0;
 }
 
@@ -1619,7 +1645,8 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
                 "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
                 "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
-                "timers_delay_max_ms=%lld store_one_connection=%llu ruleset=%s",
+                "timers_delay_max_ms=%lld store_one_connection=%llu verify_mismatches=%llu "
+                "ruleset=%s",
                 (unsigned long long)d->batches, (unsigned long long)d->events,
                 (unsigned long long)d->applied, (unsigned long long)d->skipped_pos,
                 (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
@@ -1634,6 +1661,8 @@ static void td_daemon_progress(td_daemon *d, bool force) {
                 (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
                 (unsigned long long)(td_redis_one_lane_writes(d->redis_store) +
                                      td_redis_one_lane_writes(d->redis)),
+                (unsigned long long)(td_redis_verify_mismatches(d->redis_store) +
+                                     td_redis_verify_mismatches(d->redis)),
                 td_ruleset_hash(d->rs));
 }
 

@@ -383,7 +383,7 @@ static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c)
 static bool td_cfg_redis(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
     static const char *allowed = "host, port, unix_socket, password, username, db, "
                                  "connect_timeout_ms, command_timeout_ms, backoff_min_ms, "
-                                 "backoff_max_ms, key_prefix";
+                                 "backoff_max_ms, key_prefix, verify_writes";
     char key[128];
     char *unix_socket = NULL;
     const config_setting_t *unix_s = NULL;
@@ -413,6 +413,8 @@ static bool td_cfg_redis(td_cfg_ctx *x, const config_setting_t *g, td_config *c)
             td_cfg_get_int(x, s, key, 1, 600000, &c->redis.backoff_min_ms);
         } else if (strcmp(name, "backoff_max_ms") == 0) {
             td_cfg_get_int(x, s, key, 1, 600000, &c->redis.backoff_max_ms);
+        } else if (strcmp(name, "verify_writes") == 0) {
+            td_cfg_get_bool(x, s, key, &c->redis.verify_writes);
         } else if (strcmp(name, "key_prefix") == 0) {
             if (td_cfg_get_str(x, s, key, &c->redis_key_prefix, false, false) &&
                 strpbrk(c->redis_key_prefix, " {}\t\r\n"))

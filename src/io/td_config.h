@@ -6,7 +6,7 @@
  *            shadow_topic, gift_register_topic, bootstrap_file, embedded_partitions,
  *            consumer = {..}, producer = {..} }
  *   redis  { host, port, unix_socket, password, username, db, connect_timeout_ms,
- *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix }
+ *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix, verify_writes }
  *   rules  { dir, reload_poll_ms, shadow_dir, shadow_report, shadow_report_interval_ms }
  *   engine { batch_max_events, batch_max_ms, state_cache, pipeline, store_connections }
  *   timers { shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy,

@@ -39,6 +39,7 @@ typedef struct td_redis_conf {
     int backoff_min_ms;     /* 100: first reconnect delay */
     int backoff_max_ms;     /* 5000: cap of the exponential backoff */
     const char *key_prefix; /* "touchd" */
+    bool verify_writes;     /* false: td_redis_store_diff reads back what it wrote */
 } td_redis_conf;
 void td_redis_conf_default(td_redis_conf *c);
 /* dst becomes a copy of src whose strings (host, password, username,
@@ -115,6 +116,26 @@ void td_redis_set_lanes(td_redis *r, unsigned lanes);
  * although two are set: the second could not connect (it was in its
  * backoff, or refused). Any thread may read it. */
 uint64_t td_redis_one_lane_writes(const td_redis *r);
+/*
+ * With conf.verify_writes, each successful td_redis_store_diff reads back
+ * (HGETALL, one pipeline) every hash it stored, loads it as a reload would
+ * (fields parsed, unknown ones ignored) and compares that state's flat form
+ * with nows[i]: the same fields with the same values, and a version of at
+ * least expected_version[i] + 1 (a later writer may have moved it on). A
+ * difference means the base given for that prospect was not what Redis held:
+ * the write succeeded (it was a compare-and-set on the version) but left the
+ * hash other than the state. Each differing hash counts once; the text of
+ * the last one (key, field, both values) is kept. Costs a round trip and a
+ * read of every written hash: for tests and for chasing a suspected bug. A
+ * writer other than touchd that changes fields between the write and the
+ * read back is reported too.
+ */
+/* Hashes that differed since r was created (any thread may read it). */
+uint64_t td_redis_verify_mismatches(const td_redis *r);
+/* Copies the last difference's text into buf ("" if none); the thread that
+ * writes through r only. */
+void td_redis_verify_last(const td_redis *r, char *buf, size_t cap);
+
 /* Tests only: fn(ud) runs in td_redis_store_diff between the version
  * check (WATCH + HGET) and the MULTI/EXEC, so a test can play the concurrent
  * writer that makes EXEC abort. NULL removes it. */

@@ -46,6 +46,10 @@ expect store-connections-range "engine.store_connections: expected an integer fr
 'engine = { store_connections = 3; };'
 expect batch-range "engine.batch_max_events: expected an integer from 1 to 100000, got 0" \
 'engine = { batch_max_events = 0; };'
+expect verify-writes-not-bool "redis.verify_writes: expected true or false" \
+'redis = { verify_writes = "on"; };'
+expect redis-unknown "redis.verify_write: unknown key (allowed here: host, port, unix_socket, password, username, db, connect_timeout_ms, command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix, verify_writes)" \
+'redis = { verify_write = true; };'
 expect syntax "syntax.conf:2:" \
 'engine = { batch_max_events = 10;
   pipeline = = true; };'

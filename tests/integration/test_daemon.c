@@ -122,7 +122,7 @@ static void write_config(fx *f) {
                      "};\n"
                      "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20;\n"
                      "          backoff_max_ms = 200; command_timeout_ms = 1000;\n"
-                     "          connect_timeout_ms = 500; };\n"
+                     "          connect_timeout_ms = 500; verify_writes = true; };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = %d; };\n"
                      "engine = { batch_max_events = 500; batch_max_ms = 20; pipeline = %s; };\n"
                      "log = { level = \"info\"; };\n",
@@ -396,7 +396,7 @@ static void test_events_to_recommendations(void **state) {
     assert_non_null(h);
     assert_int_equal(h->type, REDIS_REPLY_ARRAY);
     bool seen_events = false, seen_sent = false, seen_opened = false, seen_owner = false,
-         seen_v = false;
+         seen_v = false, seen_id = false;
     for (size_t i = 0; i + 1 < h->elements; i += 2) {
         const char *k = h->element[i]->str, *v = h->element[i + 1]->str;
         if (strcmp(k, "events") == 0)
@@ -409,9 +409,12 @@ static void test_events_to_recommendations(void **state) {
             seen_owner = strcmp(v, "rep-1") == 0;
         else if (strcmp(k, "v") == 0)
             seen_v = atoi(v) >= 1;
+        else if (strcmp(k, "prospect_id") == 0)
+            seen_id = strcmp(v, "p-1") == 0; /* the first write sends every field */
     }
     freeReplyObject(h);
     assert_true(seen_events && seen_sent && seen_opened && seen_owner && seen_v);
+    assert_true(seen_id);
 
     /* Nothing on the dead-letter topic. */
     td_test_reader *d = td_test_reader_new(&f->kafka, T_DLQ);
@@ -522,6 +525,7 @@ static void test_sighup_reload(void **state) {
     assert_non_null(strstr(m[2].val, "\"note\":\"v2\""));
     td_test_reader_free(r);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+    assert_true(td_test_count_in_file(f->log, " verify_mismatches=0 ") >= 1);
 }
 
 /* Input consumed again from the start (a new consumer group: what a lost
@@ -664,6 +668,14 @@ static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE) {
     if (!ok)
         dump_log(f);
     assert_true(ok);
+    /* redis.verify_writes read back every hash touchd wrote: each held
+     * exactly the state touchd computed. A write against a wrong base
+     * leaves a difference the moment it lands, whether or not a later
+     * write or reload would have exposed it (first, so it names the
+     * prospect and field when something below fails for that reason). */
+    if (td_test_count_in_file(f->log, "verify_writes: redis holds") != 0)
+        dump_log(f);
+    assert_int_equal(td_test_count_in_file(f->log, "verify_writes: redis holds"), 0);
     /* Exactly once: every counter equals what was sent, per prospect. */
     for (int p = 0; p < NP; p++) {
         assert_int_equal(hget_int(f, p, "events"), NE);
@@ -693,6 +705,7 @@ static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE) {
     idset_free(&want_ids);
     td_test_reader_free(r);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+    assert_true(td_test_count_in_file(f->log, " verify_mismatches=0 ") >= 1);
 }
 
 static void kill_touchd(fx *f) {
@@ -829,9 +842,14 @@ static void test_concurrent_writer(void **state) {
  * 0, which its write must delete from the hash. A state written against
  * the wrong base leaves the old count; read back at a reload (the writer
  * forces many), the next open picks the other rule: an id `touchd replay`
- * does not expect. (With the base left out after a recompute, planted on
- * purpose, this failed in 1 of 3 runs: it catches such a bug by chance,
- * not every time.) */
+ * does not expect, but only if a reload happens to read it back. The
+ * daemon runs with redis.verify_writes, which reads back each write as it
+ * lands (check_exactly_once asserts no difference was logged). Planted on
+ * purpose (redone groups keeping their stale base instead of adopting the
+ * settled batch's), the bug failed this test in 3 runs of 3, once through
+ * the read-back alone; without the read-back, the ids caught a similar
+ * plant in 1 run of 3. test_concurrent_writer, whose writer only bumps
+ * versions, cannot tell: there a stale base still equals Redis' fields. */
 static void test_concurrent_writer_replies(void **state) {
     fx *f = *state;
     f->replies = true;

@@ -532,6 +532,124 @@ static void test_store_diff(void **state) {
     td_redis_free(r);
 }
 
+/* redis.verify_writes: a write against a base that is not what Redis holds
+ * succeeds (same version) but leaves the hash other than the state; the read
+ * back names the key and the field. Right bases, on the script path and on
+ * the WATCH path (more than one chunk), find nothing. */
+static void test_store_diff_verify(void **state) {
+    td_test_redis *srv = *state;
+    td_redis_conf conf;
+    conf_for(&conf, srv);
+    conf.verify_writes = true;
+    char err[256];
+    td_redis *r = td_redis_new(&conf, err, sizeof err);
+    assert_non_null(r);
+    td_redis *plain = client_for(srv);
+    char last[400];
+
+    td_state base, st;
+    populate(&st, "p-ver", 3);
+    td_state_init(&base, "p-ver");
+    int res = -1;
+    assert_int_equal(store_diff1(r, &st, &base, 0, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    td_state_free(&base); /* right base: nothing to report */
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 1;
+    assert_int_equal(store_diff1(r, &st, &base, 1, &res), TD_OK);
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(td_redis_verify_mismatches(r), 0);
+    td_redis_verify_last(r, last, sizeof last);
+    assert_string_equal(last, "");
+
+    /* 128 prospects (the WATCH path, two chunks), right bases */
+    enum { N = 128 };
+    static td_state many[N];
+    td_kvs kb[N], kn[N];
+    int64_t e[N];
+    int mres[N];
+    for (int i = 0; i < N; i++) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "p-vm-%d", i);
+        populate(&many[i], pid, i);
+        kb[i] = (td_kvs){0};
+        kn[i] = (td_kvs){0};
+        assert_int_equal(td_kvs_capture(&kn[i], &many[i]), TD_OK);
+        e[i] = 0;
+    }
+    assert_int_equal(store_diff_n(r, many, kb, kn, e, N, mres), TD_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(mres[i], TD_REDIS_STORED);
+    assert_int_equal(td_redis_verify_mismatches(r), 0);
+
+    /* a wrong base: it says Redis holds owner "rep-9", Redis holds "rep-7";
+     * the state has "rep-9", so the diff sends nothing for it */
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    td_strlcpy(base.owner_id, "rep-9", sizeof base.owner_id);
+    td_strlcpy(st.owner_id, "rep-9", sizeof st.owner_id);
+    st.events += 1;
+    assert_int_equal(store_diff1(plain, &st, &base, 2, &res), TD_OK); /* verify off */
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(td_redis_verify_mismatches(plain), 0);
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 1;
+    assert_int_equal(store_diff1(r, &st, &base, 3, &res), TD_OK); /* still rep-7 in Redis */
+    assert_int_equal(res, TD_REDIS_STORED);
+    assert_int_equal(td_redis_verify_mismatches(r), 1);
+    td_redis_verify_last(r, last, sizeof last);
+    assert_non_null(strstr(last, "touchd:p:{p-ver}"));
+    assert_non_null(strstr(last, "field \"owner_id\": redis holds \"rep-7\", touchd wrote \"rep-9\""));
+
+    /* another writer, no version bump: a field touchd's state does not
+     * have (an email reply count where touchd has none); a field unknown to
+     * touchd is ignored, as a reload ignores it */
+    redisContext *c = td_test_redis_connect(srv);
+    raw_ok(c, redisCommand(c, "HSET touchd:p:{p-ver} owner_id rep-9 zz.future x"));
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 1;
+    assert_int_equal(store_diff1(r, &st, &base, 4, &res), TD_OK);
+    assert_int_equal(td_redis_verify_mismatches(r), 1); /* agrees again */
+    assert_int_equal(st.ch[TD_CH_SMS].replied, 0);
+    raw_ok(c, redisCommand(c, "HSET touchd:p:{p-ver} sms.replied 5"));
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 1;
+    assert_int_equal(store_diff1(r, &st, &base, 5, &res), TD_OK);
+    assert_int_equal(td_redis_verify_mismatches(r), 2);
+    td_redis_verify_last(r, last, sizeof last);
+    assert_non_null(strstr(last, "field \"sms.replied\": redis holds \"5\", touchd has no such field"));
+
+    /* a field touchd wrote that is gone */
+    raw_ok(c, redisCommand(c, "HDEL touchd:p:{p-ver} sms.replied"));
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 1;
+    assert_int_equal(store_diff1(r, &st, &base, 6, &res), TD_OK);
+    assert_int_equal(td_redis_verify_mismatches(r), 2); /* agrees again */
+    raw_ok(c, redisCommand(c, "HDEL touchd:p:{p-ver} owner_id"));
+    td_state_free(&base);
+    assert_int_equal(td_state_copy(&base, &st), TD_OK);
+    st.events += 1;
+    assert_int_equal(store_diff1(r, &st, &base, 7, &res), TD_OK);
+    assert_int_equal(td_redis_verify_mismatches(r), 3);
+    td_redis_verify_last(r, last, sizeof last);
+    assert_non_null(strstr(last, "field \"owner_id\": touchd wrote \"rep-9\", redis has no such field"));
+
+    redisFree(c);
+    for (int i = 0; i < N; i++) {
+        td_state_free(&many[i]);
+        td_kvs_free(&kb[i]);
+        td_kvs_free(&kn[i]);
+    }
+    td_state_free(&base);
+    td_state_free(&st);
+    td_redis_free(plain);
+    td_redis_free(r);
+}
+
 static long long timer_score(redisContext *c, const char *pid, const char *rule, uint32_t shards);
 
 /* The head of a timer shard (ZSCORE <prefix>:t:heads <shard>), or -1. */
@@ -1563,6 +1681,7 @@ static void test_malformed_hash(void **state) {
     raw_ok(c, redisCommand(c, "HSET touchd:p:{p-bad} v 3 email.sent notanumber"));
     raw_ok(c, redisCommand(c, "HSET touchd:p:{p-ok} v 2 email.sent 4 zz.future.field x"));
     raw_ok(c, redisCommand(c, "HSET touchd:p:{p-badv} v 1x"));
+    raw_ok(c, redisCommand(c, "HSET touchd:p:{p-negv} v -4"));
     raw_ok(c, redisCommand(c, "SET touchd:p:{p-str} hello"));
 
     td_state s[2];
@@ -1586,6 +1705,11 @@ static void test_malformed_hash(void **state) {
     td_state_init(&s[0], "p-badv");
     assert_int_equal(td_redis_load(r, &s[0], 1), TD_ERR);
     assert_non_null(strstr(td_redis_last_error(r), "\"v\""));
+    td_state_free(&s[0]);
+    /* a version is never negative: the store only ever increments it */
+    td_state_init(&s[0], "p-negv");
+    assert_int_equal(td_redis_load(r, &s[0], 1), TD_ERR);
+    assert_non_null(strstr(td_redis_last_error(r), "malformed version \"-4\""));
     td_state_free(&s[0]);
 
     td_state_init(&s[0], "p-str");
@@ -1686,6 +1810,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_store_diff_lanes_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_watch_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff_partial_sends, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_diff_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_diff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_1000, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
