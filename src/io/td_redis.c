@@ -275,6 +275,7 @@ struct td_redis {
     struct td_redis *peer; /* rd_diff_watch's second lane (td_redis_set_lanes) */
     unsigned lanes;        /* 1 or 2 */
     uint64_t one_lane;     /* td_redis_one_lane_writes (__atomic: read by other threads) */
+    bool answered;             /* a reply was read since this connection opened */
     uint64_t verify_bad;       /* td_redis_verify_mismatches (__atomic) */
     char verify_msg[400];      /* td_redis_verify_last */
     void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
@@ -459,9 +460,16 @@ static int rd_io_fail(td_redis *r, const char *what, bool timed_out, int timeout
         rd_seterr(r, "redis %s: %s: timeout after %d ms; reconnecting in %" PRId64 " ms",
                   rd_where(r, where, sizeof where), what, timeout_ms, delay);
     else
-        rd_seterr(r, "redis %s: %s: %s; reconnecting in %" PRId64 " ms",
+        /* A server that refuses a connection (maxclients) writes its error
+         * and closes at once; when our first command is already on its way,
+         * its close resets the connection and the error text is lost. */
+        rd_seterr(r, "redis %s: %s: %s%s; reconnecting in %" PRId64 " ms",
                   rd_where(r, where, sizeof where), what,
-                  r->c && r->c->errstr[0] ? r->c->errstr : "connection lost", delay);
+                  r->c && r->c->errstr[0] ? r->c->errstr : "connection lost",
+                  r->c && !r->answered ? " before any reply on a new connection (is Redis "
+                                         "refusing connections? maxclients: INFO clients)"
+                                       : "",
+                  delay);
     rd_drop(r, true);
     return TD_ERR;
 }
@@ -523,6 +531,7 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
             return rd_io_fail(r, what, false, timeout_ms);
         if (reply) {
             *out = reply;
+            r->answered = true;
             return TD_OK;
         }
         if (!rd_timeout(r, deadline))
@@ -671,6 +680,7 @@ static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
         ssize_t k = td_resp_parse(in->buf + r->rpos, in->len - r->rpos, rep);
         if (k > 0) {
             r->rpos += (size_t)k;
+            r->answered = true;
             return TD_OK;
         }
         if (k < 0)
@@ -775,6 +785,7 @@ static int rd_connect(td_redis *r) {
         return TD_ERR;
     }
     r->c = c;
+    r->answered = false;
     if (!r->conf.unix_socket)
         (void)redisEnableKeepAlive(c);
 
@@ -1665,11 +1676,22 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
                          const size_t *order, size_t m, int64_t deadline, unsigned char *match,
                          size_t *nmatch) {
     int rc = TD_OK;
+    char first[sizeof r->err] = "";
     *nmatch = 0;
     for (size_t k = 0; k <= m; k++) {
         td_resp rep;
-        if (rd_rx(r, deadline, &rep, "WATCH") != TD_OK)
+        if (rc != TD_OK && first[0] == '\0')
+            memcpy(first, r->err, sizeof first);
+        if (rd_rx(r, deadline, &rep, "WATCH") != TD_OK) {
+            if (rc != TD_OK) {
+                /* the first error says why (a server refusing the
+                 * connection answers its first command, then closes) */
+                char lost[sizeof r->err];
+                memcpy(lost, r->err, sizeof lost);
+                rd_seterr(r, "%.250s; then %.250s", first, lost);
+            }
             return TD_ERR;
+        }
         if (rep.type == TD_RESP_ARRAY) {
             rd_seterr(r, "redis: WATCH: unexpected reply");
             return TD_ERR; /* not one reply per command: out of step */
