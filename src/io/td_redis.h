@@ -128,7 +128,9 @@ uint64_t td_redis_one_lane_writes(const td_redis *r);
  * the last one (key, field, both values) is kept. Costs a round trip and a
  * read of every written hash: for tests and for chasing a suspected bug. A
  * writer other than touchd that changes fields between the write and the
- * read back is reported too.
+ * read back is reported too. A read back that fails (Redis lost) fails the
+ * call like any Redis error: its writes may have happened, and the caller's
+ * retry finds them as conflicts and reloads, as after any failed write.
  */
 /* Hashes that differed since r was created (any thread may read it). */
 uint64_t td_redis_verify_mismatches(const td_redis *r);
