@@ -869,6 +869,33 @@ static void test_concurrent_writer_serial(void **state) {
     assert_true(td_test_count_in_file(f->log, "pipeline=false") == 1);
 }
 
+/* redis.verify_writes in the daemon: a writer other than touchd sets a
+ * field without bumping the version, so touchd's next write of that
+ * prospect (its cached state, the right version) succeeds without that
+ * field; the read back finds it, logs key and field, and counts it. */
+static void test_verify_writes_reports(void **state) {
+    fx *f = *state;
+    start_touchd(f);
+    assert_true(td_test_wait_file(f->log, "partitions assigned", 1, 30000));
+    send_event(f, 0, 0);
+    int want = 1;
+    assert_true(wait_events(f, 1, &want, 30000));
+    redisReply *x = td_test_redis_cmd(&f->redis, "HSET touchd:p:{p-0} whatsapp.sent 5");
+    assert_non_null(x);
+    freeReplyObject(x);
+    send_event(f, 0, 1);
+    want = 2;
+    assert_true(wait_events(f, 1, &want, 30000));
+    assert_true(td_test_wait_file(f->log, "verify_writes: redis holds", 1, 10000));
+    assert_true(td_test_count_in_file(
+                    f->log, "touchd:p:{p-0}: field \\\"whatsapp.sent\\\": redis holds "
+                            "\\\"5\\\", touchd has no such field") >= 1);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+    /* 1, or 2 if the field landed before the first write's read back */
+    long long n = log_last_value(f, "verify_mismatches");
+    assert_true(n >= 1 && n <= 2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_events_to_recommendations, setup, teardown),
@@ -883,6 +910,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_redis_restart_wide, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer_serial, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify_writes_reports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer_replies, setup, teardown),
     };
     /* TD_TEST_FILTER=test_kill9* runs a subset (cmocka glob). */
