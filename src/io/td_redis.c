@@ -1676,7 +1676,8 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
                          const size_t *order, size_t m, int64_t deadline, unsigned char *match,
                          size_t *nmatch) {
     int rc = TD_OK;
-    char first[sizeof r->err] = "";
+    char first[sizeof r->err]; /* the round's first error, once there is one */
+    first[0] = '\0';
     *nmatch = 0;
     for (size_t k = 0; k <= m; k++) {
         td_resp rep;
