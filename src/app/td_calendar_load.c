@@ -18,21 +18,18 @@
 
 #define EXT ".holidays"
 
-static int name_cmp(const void *a, const void *b)
-{
+static int name_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void free_names(char **v, size_t n)
-{
+static void free_names(char **v, size_t n) {
     for (size_t i = 0; i < n; i++)
         free(v[i]);
     free(v);
 }
 
 /* Reads a whole file; NULL with err set on failure. */
-static char *read_file(const char *path, size_t *len, char *err, size_t errcap)
-{
+static char *read_file(const char *path, size_t *len, char *err, size_t errcap) {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
         snprintf(err, errcap, "%s: %s", path, strerror(errno));
@@ -68,8 +65,7 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errcap)
     return buf;
 }
 
-td_calendar *td_calendar_load_dir(const char *dir, char *err, size_t errcap)
-{
+td_calendar *td_calendar_load_dir(const char *dir, char *err, size_t errcap) {
     char scratch[8];
     if (err == NULL || errcap == 0) {
         err = scratch;
@@ -92,23 +88,19 @@ td_calendar *td_calendar_load_dir(const char *dir, char *err, size_t errcap)
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 32;
             char **v = realloc(names, nc * sizeof *v);
-            if (v == NULL)
-                goto oom;
+            if (v == NULL) goto oom;
             names = v;
             cap = nc;
         }
-        if ((names[n] = strdup(de->d_name)) == NULL)
-            goto oom;
+        if ((names[n] = strdup(de->d_name)) == NULL) goto oom;
         n++;
     }
     closedir(d);
     d = NULL;
-    if (n > 0)
-        qsort(names, n, sizeof *names, name_cmp);
+    if (n > 0) qsort(names, n, sizeof *names, name_cmp);
 
     td_calendar *cal = td_calendar_new();
-    if (cal == NULL)
-        goto oom;
+    if (cal == NULL) goto oom;
     for (size_t i = 0; i < n; i++) {
         char path[4096];
         if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= sizeof path) {
@@ -126,8 +118,7 @@ td_calendar *td_calendar_load_dir(const char *dir, char *err, size_t errcap)
         region[rl] = '\0';
         size_t len = 0;
         char *text = read_file(path, &len, err, errcap);
-        if (text == NULL)
-            goto fail;
+        if (text == NULL) goto fail;
         char msg[512];
         int rc = td_calendar_add(cal, region, text, len, msg, sizeof msg);
         free(text);
@@ -143,8 +134,7 @@ fail:
     free_names(names, n);
     return NULL;
 oom:
-    if (d != NULL)
-        closedir(d);
+    if (d != NULL) closedir(d);
     free_names(names, n);
     snprintf(err, errcap, "%s: out of memory", dir);
     return NULL;

@@ -17,7 +17,13 @@
 
 #include "td_rules.h"
 
-enum { TD_EXIT_OK = 0, TD_EXIT_FAIL = 1, TD_EXIT_USAGE = 2, TD_EXIT_REJECTED = 3, TD_EXIT_FATAL = 4 };
+enum {
+    TD_EXIT_OK = 0,
+    TD_EXIT_FAIL = 1,
+    TD_EXIT_USAGE = 2,
+    TD_EXIT_REJECTED = 3,
+    TD_EXIT_FATAL = 4
+};
 
 /*
  * Reads rules from `paths` (files, or directories whose *.rules files are all

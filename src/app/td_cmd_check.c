@@ -13,17 +13,16 @@
 #include "td_cli.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: touchd check [--quiet] [--strict] RULES...\n"
-            "\n"
-            "Compiles the rules files (and every *.rules file of each directory given) as one\n"
-            "ruleset and prints every error and warning as file:line:col with the source line.\n"
-            "\n"
-            "  -q, --quiet   print only diagnostics, not the summary line\n"
-            "      --strict  treat warnings as errors (exit 1 when there is any)\n"
-            "  -h, --help    this help\n"
-            "\n"
-            "Exit status: 0 the ruleset is valid, 1 it has errors, 2 usage error.\n");
+    fprintf(f, "usage: touchd check [--quiet] [--strict] RULES...\n"
+               "\n"
+               "Compiles the rules files (and every *.rules file of each directory given) as one\n"
+               "ruleset and prints every error and warning as file:line:col with the source line.\n"
+               "\n"
+               "  -q, --quiet   print only diagnostics, not the summary line\n"
+               "      --strict  treat warnings as errors (exit 1 when there is any)\n"
+               "  -h, --help    this help\n"
+               "\n"
+               "Exit status: 0 the ruleset is valid, 1 it has errors, 2 usage error.\n");
 }
 
 int td_cmd_check(int argc, char **argv) {
@@ -36,10 +35,18 @@ int td_cmd_check(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
         switch (c) {
-        case 'q': quiet = true; break;
-        case 's': strict = true; break;
-        case 'h': usage(stdout); return TD_EXIT_OK;
-        default: usage(stderr); return TD_EXIT_USAGE;
+        case 'q':
+            quiet = true;
+            break;
+        case 's':
+            strict = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return TD_EXIT_OK;
+        default:
+            usage(stderr);
+            return TD_EXIT_USAGE;
         }
     }
     if (optind >= argc) {
@@ -48,8 +55,8 @@ int td_cmd_check(int argc, char **argv) {
         return TD_EXIT_USAGE;
     }
     td_diags diags = {0};
-    td_ruleset *rs = td_load_rules((const char *const *)argv + optind, (size_t)(argc - optind),
-                                   &diags);
+    td_ruleset *rs =
+        td_load_rules((const char *const *)argv + optind, (size_t)(argc - optind), &diags);
     td_print_diags(&diags, stderr);
     int rc = TD_EXIT_OK;
     if (!rs || (strict && diags.warnings)) rc = TD_EXIT_FAIL;

@@ -61,9 +61,9 @@ typedef struct explain_opts {
     const char *state_path;
     const char *prospect;
     const char *at_id;
-    const char *event_json; /* --event */
-    const char *holidays;   /* --holidays */
-    td_ms now;              /* --now, TD_MS_MISSING when not given */
+    const char *event_json;  /* --event */
+    const char *holidays;    /* --holidays */
+    td_ms now;               /* --now, TD_MS_MISSING when not given */
     const char *config_path; /* -c CONFIG (the Redis source) */
     const char *redis_addr;  /* --redis HOST:PORT override */
     const td_config *cfg;    /* loaded from config_path */
@@ -89,8 +89,9 @@ typedef int (*explain_source_fn)(const explain_opts *o, const td_ruleset *rs, td
 
 /* ---------------------------------------------------------------- sources */
 
-static int read_lines(const char *path, int (*fn)(void *ud, const char *line, size_t len, uint64_t lineno),
-                      void *ud, char *err, size_t errcap) {
+static int read_lines(const char *path,
+                      int (*fn)(void *ud, const char *line, size_t len, uint64_t lineno), void *ud,
+                      char *err, size_t errcap) {
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
     if (!f) {
         snprintf(err, errcap, "cannot open %s: %s", path, strerror(errno));
@@ -104,7 +105,8 @@ static int read_lines(const char *path, int (*fn)(void *ud, const char *line, si
     while (rc == TD_OK && (len = getline(&line, &cap, f)) != -1) {
         lineno++;
         size_t l = (size_t)len;
-        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r')) l--;
+        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+            l--;
         line[l] = '\0';
         rc = fn(ud, line, l, lineno);
     }
@@ -128,7 +130,8 @@ static int take_event(void *ud, const char *line, size_t len, uint64_t lineno) {
     (void)lineno;
     evlist *l = ud;
     size_t k = 0;
-    while (k < len && (line[k] == ' ' || line[k] == '\t')) k++;
+    while (k < len && (line[k] == ' ' || line[k] == '\t'))
+        k++;
     if (k == len) return TD_OK;
     td_event ev;
     td_event_error e;
@@ -151,7 +154,8 @@ static int take_event(void *ud, const char *line, size_t len, uint64_t lineno) {
 static int decode_event_arg(const char *json, td_event *ev, char *err, size_t errcap) {
     td_event_error e;
     if (td_event_decode(json, strlen(json), ev, &e) != TD_OK) {
-        snprintf(err, errcap, "--event: rejected: %s%s%s", e.field, e.field[0] ? ": " : "", e.reason);
+        snprintf(err, errcap, "--event: rejected: %s%s%s", e.field, e.field[0] ? ": " : "",
+                 e.reason);
         return TD_ERR;
     }
     return TD_OK;
@@ -175,7 +179,8 @@ static int src_events(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, 
     size_t upto = l.n; /* events applied before the trigger */
     if (o->at_id) {
         size_t i = 0;
-        while (i < l.n && strcmp(l.v[i].id, o->at_id) != 0) i++;
+        while (i < l.n && strcmp(l.v[i].id, o->at_id) != 0)
+            i++;
         if (i == l.n) {
             snprintf(err, errcap, "no event '%s' for prospect '%s' in %s", o->at_id, o->prospect,
                      o->events_path);
@@ -209,8 +214,9 @@ static int src_events(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, 
             return TD_ERR;
         }
     in->history = upto;
-    snprintf(in->origin, sizeof in->origin, "%s (%llu of the prospect's %llu events applied before)",
-             o->events_path, (unsigned long long)upto, (unsigned long long)l.n);
+    snprintf(in->origin, sizeof in->origin,
+             "%s (%llu of the prospect's %llu events applied before)", o->events_path,
+             (unsigned long long)upto, (unsigned long long)l.n);
     free(l.v);
     return TD_OK;
 }
@@ -238,12 +244,15 @@ static int set_kv(stload *s, const char *k, size_t kl, const char *v, size_t vl,
 static int take_kv(void *ud, const char *line, size_t len, uint64_t lineno) {
     stload *s = ud;
     size_t i = 0;
-    while (i < len && (line[i] == ' ' || line[i] == '\t')) i++;
+    while (i < len && (line[i] == ' ' || line[i] == '\t'))
+        i++;
     if (i == len || line[i] == '#') return TD_OK;
     size_t k0 = i;
-    while (i < len && line[i] != ' ' && line[i] != '\t') i++;
+    while (i < len && line[i] != ' ' && line[i] != '\t')
+        i++;
     size_t k1 = i;
-    while (i < len && (line[i] == ' ' || line[i] == '\t')) i++;
+    while (i < len && (line[i] == ' ' || line[i] == '\t'))
+        i++;
     return set_kv(s, line + k0, k1 - k0, line + i, len - i, lineno);
 }
 
@@ -263,12 +272,17 @@ static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *
         json_object_foreach(j, k, v) {
             char buf[64];
             const char *vs = buf;
-            if (json_is_string(v)) vs = json_string_value(v);
-            else if (json_is_integer(v)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
-            else if (json_is_real(v)) snprintf(buf, sizeof buf, "%.4f", json_real_value(v));
-            else if (json_is_boolean(v)) snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
+            if (json_is_string(v))
+                vs = json_string_value(v);
+            else if (json_is_integer(v))
+                snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+            else if (json_is_real(v))
+                snprintf(buf, sizeof buf, "%.4f", json_real_value(v));
+            else if (json_is_boolean(v))
+                snprintf(buf, sizeof buf, "%s", json_is_true(v) ? "true" : "false");
             else {
-                snprintf(err, errcap, "%s: field '%s': give a string, number or boolean", o->state_path, k);
+                snprintf(err, errcap, "%s: field '%s': give a string, number or boolean",
+                         o->state_path, k);
                 rc = TD_ERR;
                 break;
             }
@@ -291,7 +305,8 @@ static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *
         if ((rc = decode_event_arg(o->event_json, &in->target, err, errcap)) == TD_OK)
             in->has_target = true;
     }
-    if (rc == TD_OK && !in->has_target && o->now == TD_MS_MISSING && st.last_event_at == TD_MS_MISSING) {
+    if (rc == TD_OK && !in->has_target && o->now == TD_MS_MISSING &&
+        st.last_event_at == TD_MS_MISSING) {
         snprintf(err, errcap, "the state has no last_event_at: give --now TIME or --event JSON");
         rc = TD_ERR;
     }
@@ -356,10 +371,10 @@ static const struct {
 /* What explain knows about one rule or guard at the trigger. */
 typedef struct rule_view {
     const td_rule *rule;
-    bool decided;       /* d is valid */
-    bool triggered;     /* its `on` matches the trigger (guards: it judges it) */
+    bool decided;   /* d is valid */
+    bool triggered; /* its `on` matches the trigger (guards: it judges it) */
     td_decision d;
-    td_ms not_before;   /* fired or blocked candidates: TD_MS_MISSING otherwise */
+    td_ms not_before; /* fired or blocked candidates: TD_MS_MISSING otherwise */
     /* guards */
     const td_rule *blocked[TD_STEP_RECS_MAX];
     uint32_t nblocked;
@@ -447,8 +462,11 @@ static td_ms candidate_nb(const td_rule *r, const td_ctx *ctx) {
 }
 
 static td_rec_view rec_view_of(const td_rule *r, td_ms nb) {
-    return (td_rec_view){.channel = r->channel, .touch = r->touch, .rule = r->id,
-                         .group = r->group ? r->group : "", .priority = r->priority,
+    return (td_rec_view){.channel = r->channel,
+                         .touch = r->touch,
+                         .rule = r->id,
+                         .group = r->group ? r->group : "",
+                         .priority = r->priority,
                          .not_before = nb};
 }
 
@@ -461,8 +479,8 @@ static void guard_conditions(rule_view *v, const td_rule *g, const td_ctx *ctx) 
 }
 
 /* The views of an event trigger, from the engine's decisions. */
-static void views_from_step(rule_view *views, size_t nr, const td_step_out *out,
-                            const td_ctx *ctx, int trigger_type) {
+static void views_from_step(rule_view *views, size_t nr, const td_step_out *out, const td_ctx *ctx,
+                            int trigger_type) {
     for (size_t i = 0; i < nr; i++) {
         rule_view *v = &views[i];
         v->not_before = TD_MS_MISSING;
@@ -485,7 +503,8 @@ static void views_from_step(rule_view *views, size_t nr, const td_step_out *out,
             guard_conditions(v, d->by, ctx);
         }
     }
-    for (uint32_t i = 0; i < out->nrecs; i++) views[out->recs[i].rule->index].not_before = out->recs[i].not_before;
+    for (uint32_t i = 0; i < out->nrecs; i++)
+        views[out->recs[i].rule->index].not_before = out->recs[i].not_before;
 }
 
 /* The "now" evaluation: every rule against the state at ctx->now, as a timer
@@ -570,12 +589,15 @@ static void views_now(rule_view *views, size_t nr, const td_ruleset *rs, const t
                 o->d.outcome == TD_OUT_COOLDOWN || o->d.outcome == TD_OUT_BLOCKED ||
                 o->d.outcome == TD_OUT_ERROR)
                 continue;
-            bool same = v->rule->group && o->rule->group && strcmp(v->rule->group, o->rule->group) == 0;
+            bool same =
+                v->rule->group && o->rule->group && strcmp(v->rule->group, o->rule->group) == 0;
             if (!same) continue;
-            bool o_wins = o->rule->priority > v->rule->priority ||
-                          (o->rule->priority == v->rule->priority && o->rule->index < v->rule->index);
-            if (o_wins && (!v->d.by || o->rule->priority > v->d.by->priority ||
-                           (o->rule->priority == v->d.by->priority && o->rule->index < v->d.by->index)))
+            bool o_wins =
+                o->rule->priority > v->rule->priority ||
+                (o->rule->priority == v->rule->priority && o->rule->index < v->rule->index);
+            if (o_wins &&
+                (!v->d.by || o->rule->priority > v->d.by->priority ||
+                 (o->rule->priority == v->d.by->priority && o->rule->index < v->d.by->index)))
                 v->d.by = o->rule;
         }
         if (v->d.by) v->d.outcome = TD_OUT_LOST_GROUP;
@@ -611,7 +633,8 @@ static void on_list(const td_rule *r, char *buf, size_t cap) {
     }
     for (int t = 0; t < TD_EV__COUNT; t++) {
         if (!(r->on & (1ULL << t))) continue;
-        int w = snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", td_event_type_name((td_event_type)t));
+        int w =
+            snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", td_event_type_name((td_event_type)t));
         if (w < 0 || (size_t)w >= cap - n) break;
         n += (size_t)w;
     }
@@ -625,10 +648,11 @@ static void print_conds(FILE *o, const char *label, const td_because *b, uint32_
         char vb[128];
         td_value_json(&b[i].value, vb, sizeof vb);
         const char *m = b[i].value.type != TD_T_BOOL ? " "
-                        : b[i].value.missing        ? mk->unknown
-                        : b[i].value.u.b            ? mk->yes
-                                                    : mk->no;
-        fprintf(o, "    %-6s %s %-*.*s = %-6s", i == 0 ? label : "", m, width, (int)b[i].len, b[i].expr, vb);
+                        : b[i].value.missing         ? mk->unknown
+                        : b[i].value.u.b             ? mk->yes
+                                                     : mk->no;
+        fprintf(o, "    %-6s %s %-*.*s = %-6s", i == 0 ? label : "", m, width, (int)b[i].len,
+                b[i].expr, vb);
         for (uint32_t f = 0; f < b[i].facts.n; f++) {
             td_value_json(&b[i].facts.v[f].value, vb, sizeof vb);
             fprintf(o, "%s%s=%s", f ? ", " : "  ", b[i].facts.v[f].field->name, vb);
@@ -647,13 +671,20 @@ static int conds_width(const td_because *b, uint32_t n) {
 static const char *outcome_label(const rule_view *v, bool now_mode) {
     if (!v->decided) return v->triggered ? "NO DECISION" : "NOT TRIGGERED";
     switch (v->d.outcome) {
-    case TD_OUT_FIRED: return now_mode ? "WOULD FIRE" : "FIRED";
-    case TD_OUT_NOT_MATCHED: return "NOT MATCHED";
-    case TD_OUT_COOLDOWN: return "COOLDOWN";
-    case TD_OUT_BLOCKED: return "BLOCKED";
-    case TD_OUT_LOST_GROUP: return "LOST IN GROUP";
-    case TD_OUT_ARMED: return "TIMER ARMED";
-    case TD_OUT_ERROR: return "ERROR";
+    case TD_OUT_FIRED:
+        return now_mode ? "WOULD FIRE" : "FIRED";
+    case TD_OUT_NOT_MATCHED:
+        return "NOT MATCHED";
+    case TD_OUT_COOLDOWN:
+        return "COOLDOWN";
+    case TD_OUT_BLOCKED:
+        return "BLOCKED";
+    case TD_OUT_LOST_GROUP:
+        return "LOST IN GROUP";
+    case TD_OUT_ARMED:
+        return "TIMER ARMED";
+    case TD_OUT_ERROR:
+        return "ERROR";
     }
     return "?";
 }
@@ -673,16 +704,19 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
                 st->prospect_id, tb);
     fprintf(o, "state from %s\n", in->origin);
     if (in->rejected)
-        fprintf(o, "%llu undecodable lines of the input were skipped\n", (unsigned long long)in->rejected);
+        fprintf(o, "%llu undecodable lines of the input were skipped\n",
+                (unsigned long long)in->rejected);
     fprintf(o, "ruleset %s\n", td_ruleset_hash(rs));
     if (out && out->duplicate)
-        fprintf(o, "the event %s was already applied (duplicate id): nothing changes, nothing fires\n",
+        fprintf(o,
+                "the event %s was already applied (duplicate id): nothing changes, nothing fires\n",
                 in->target.id);
     for (size_t i = 0; i < tl->n; i++) {
         td_time_format(tl->v[i].due_at, tb2, sizeof tb2);
-        fprintf(o, "timer %s (armed by %s) came due at %s before the trigger: %s\n", tl->v[i].rule_id,
-                tl->v[i].armed_by, tb2,
-                tl->v[i].has_outcome ? td_outcome_name(tl->v[i].outcome) : "dropped (rule changed)");
+        fprintf(o, "timer %s (armed by %s) came due at %s before the trigger: %s\n",
+                tl->v[i].rule_id, tl->v[i].armed_by, tb2,
+                tl->v[i].has_outcome ? td_outcome_name(tl->v[i].outcome)
+                                     : "dropped (rule changed)");
     }
     int idw = 0;
     for (size_t i = 0; i < nr; i++)
@@ -711,8 +745,11 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
             case TD_OUT_LOST_GROUP:
                 fprintf(o, " %s to %s", r->group ? r->group : "", v->d.by ? v->d.by->id : "?");
                 break;
-            case TD_OUT_ERROR: fprintf(o, ": %s", v->d.error); break;
-            default: break;
+            case TD_OUT_ERROR:
+                fprintf(o, ": %s", v->d.error);
+                break;
+            default:
+                break;
             }
         } else if (!v->triggered) {
             on_list(r, onb, sizeof onb);
@@ -747,7 +784,8 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
             fprintf(o, "DOES NOT JUDGE this trigger (on: %s)\n", onb);
         } else if (v->nblocked) {
             fprintf(o, "BLOCKED");
-            for (uint32_t k = 0; k < v->nblocked; k++) fprintf(o, "%s%s", k ? ", " : " ", v->blocked[k]->id);
+            for (uint32_t k = 0; k < v->nblocked; k++)
+                fprintf(o, "%s%s", k ? ", " : " ", v->blocked[k]->id);
             if (v->rule->reason) fprintf(o, ": %s", v->rule->reason);
             fputc('\n', o);
         } else if (count_candidates(views, nr) == 0) {
@@ -771,7 +809,8 @@ static json_t *conds_json(const td_because *b, uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {
         json_t *facts = json_object();
         for (uint32_t f = 0; f < b[i].facts.n; f++)
-            json_object_set_new(facts, b[i].facts.v[f].field->name, value_json(&b[i].facts.v[f].value));
+            json_object_set_new(facts, b[i].facts.v[f].field->name,
+                                value_json(&b[i].facts.v[f].value));
         json_array_append_new(a, json_pack("{s:s%,s:o,s:o}", "expr", b[i].expr, (size_t)b[i].len,
                                            "value", value_json(&b[i].value), "facts", facts));
     }
@@ -807,8 +846,9 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
     for (size_t i = 0; i < tl->n; i++) {
         json_t *t = json_pack("{s:s,s:o,s:s}", "rule", tl->v[i].rule_id, "due_at",
                               time_json(tl->v[i].due_at), "armed_by", tl->v[i].armed_by);
-        json_object_set_new(t, "outcome", tl->v[i].has_outcome ? json_string(td_outcome_name(tl->v[i].outcome))
-                                                               : json_string("dropped"));
+        json_object_set_new(t, "outcome",
+                            tl->v[i].has_outcome ? json_string(td_outcome_name(tl->v[i].outcome))
+                                                 : json_string("dropped"));
         json_array_append_new(timers, t);
     }
     json_object_set_new(root, "timers_fired", timers);
@@ -831,18 +871,22 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
         const td_rule *r = v->rule;
         json_t *j = json_object();
         json_object_set_new(j, "rule", json_string(r->id));
-        json_object_set_new(j, "kind", json_string(r->guard ? "guard" : r->after > 0 ? "timer" : "rule"));
+        json_object_set_new(j, "kind",
+                            json_string(r->guard       ? "guard"
+                                        : r->after > 0 ? "timer"
+                                                       : "rule"));
         json_object_set_new(j, "file", json_string(r->file));
         json_object_set_new(j, "line", json_integer(r->line));
         json_object_set_new(j, "triggered", json_boolean(v->triggered));
         if (r->guard) {
             json_object_set_new(j, "outcome",
-                                json_string(!v->triggered                        ? "not_judging"
-                                            : v->nblocked                        ? "blocked"
+                                json_string(!v->triggered                      ? "not_judging"
+                                            : v->nblocked                      ? "blocked"
                                             : count_candidates(views, nr) == 0 ? "no_candidates"
-                                                                                 : "passed"));
+                                                                               : "passed"));
             json_t *bl = json_array();
-            for (uint32_t k = 0; k < v->nblocked; k++) json_array_append_new(bl, json_string(v->blocked[k]->id));
+            for (uint32_t k = 0; k < v->nblocked; k++)
+                json_array_append_new(bl, json_string(v->blocked[k]->id));
             json_object_set_new(j, "blocked", bl);
             if (r->reason) json_object_set_new(j, "reason", json_string(r->reason));
             if (v->guard_error[0]) json_object_set_new(j, "error", json_string(v->guard_error));
@@ -862,17 +906,20 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
                 if (v->d.by->reason) json_object_set_new(j, "reason", json_string(v->d.by->reason));
                 json_object_set_new(j, "guard_conditions", conds_json(v->gb, v->ngb));
             }
-            if (v->d.outcome == TD_OUT_ERROR) json_object_set_new(j, "error", json_string(v->d.error));
+            if (v->d.outcome == TD_OUT_ERROR)
+                json_object_set_new(j, "error", json_string(v->d.error));
             json_object_set_new(j, "conditions", conds_json(v->d.because, v->d.nbecause));
         }
         if (v->not_before != TD_MS_MISSING)
             json_object_set_new(j, "recommendation",
-                                json_pack("{s:s,s:s,s:o}", "channel", td_channel_name(r->channel), "touch",
-                                          r->touch, "not_before", time_json(v->not_before)));
+                                json_pack("{s:s,s:s,s:o}", "channel", td_channel_name(r->channel),
+                                          "touch", r->touch, "not_before",
+                                          time_json(v->not_before)));
         const td_timer *t = td_state_timer(st, r->id);
         if (t)
-            json_object_set_new(j, "pending_timer", json_pack("{s:o,s:s}", "due_at", time_json(t->due_at),
-                                                              "armed_by", t->armed_by));
+            json_object_set_new(
+                j, "pending_timer",
+                json_pack("{s:o,s:s}", "due_at", time_json(t->due_at), "armed_by", t->armed_by));
         json_array_append_new(rules, j);
     }
     json_object_set_new(root, "rules", rules);
@@ -919,7 +966,9 @@ static bool utf8_locale(void) {
     const char *vars[] = {"LC_ALL", "LC_CTYPE", "LANG"};
     for (size_t i = 0; i < 3; i++) {
         const char *v = getenv(vars[i]);
-        if (v && *v) return strstr(v, "UTF-8") || strstr(v, "utf8") || strstr(v, "UTF8") || strstr(v, "utf-8");
+        if (v && *v)
+            return strstr(v, "UTF-8") || strstr(v, "utf8") || strstr(v, "UTF8") ||
+                   strstr(v, "utf-8");
     }
     return false;
 }
@@ -952,46 +1001,83 @@ int td_cmd_explain(int argc, char **argv) {
             }
             o.rules[o.nrules++] = optarg;
             break;
-        case 'e': o.events_path = optarg; break;
-        case 's': o.state_path = optarg; break;
-        case 'p': o.prospect = optarg; break;
-        case 'a': o.at_id = optarg; break;
+        case 'e':
+            o.events_path = optarg;
+            break;
+        case 's':
+            o.state_path = optarg;
+            break;
+        case 'p':
+            o.prospect = optarg;
+            break;
+        case 'a':
+            o.at_id = optarg;
+            break;
         case 'n':
             if (td_time_parse(optarg, strlen(optarg), &o.now) != TD_OK) {
-                fprintf(stderr, "touchd explain: --now %s: not an RFC 3339 time (e.g. 2026-11-23T09:00:00Z)\n",
-                        optarg);
+                fprintf(
+                    stderr,
+                    "touchd explain: --now %s: not an RFC 3339 time (e.g. 2026-11-23T09:00:00Z)\n",
+                    optarg);
                 return TD_EXIT_USAGE;
             }
             break;
-        case 'E': o.event_json = optarg; break;
-        case 'j': o.json = true; break;
-        case 'A': o.marks = 1; break;
-        case 'U': o.marks = 2; break;
-        case 'H': o.holidays = optarg; break;
-        case 'c': o.config_path = optarg; break;
-        case 'R': o.redis_addr = optarg; break;
-        case 'h': usage(stdout); return TD_EXIT_OK;
-        default: usage(stderr); return TD_EXIT_USAGE;
+        case 'E':
+            o.event_json = optarg;
+            break;
+        case 'j':
+            o.json = true;
+            break;
+        case 'A':
+            o.marks = 1;
+            break;
+        case 'U':
+            o.marks = 2;
+            break;
+        case 'H':
+            o.holidays = optarg;
+            break;
+        case 'c':
+            o.config_path = optarg;
+            break;
+        case 'R':
+            o.redis_addr = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return TD_EXIT_OK;
+        default:
+            usage(stderr);
+            return TD_EXIT_USAGE;
         }
     }
     const char *problem = NULL;
-    if (optind != argc) problem = "unexpected argument (options only)";
-    else if (o.nrules == 0 && !o.config_path) problem = "--rules DIR is required (or -c CONFIG)";
+    if (optind != argc)
+        problem = "unexpected argument (options only)";
+    else if (o.nrules == 0 && !o.config_path)
+        problem = "--rules DIR is required (or -c CONFIG)";
     else if (!!o.events_path + !!o.state_path + !!o.config_path != 1)
         problem = "give exactly one of --events FILE, --state FILE and -c CONFIG";
-    else if (o.config_path && !o.prospect) problem = "-c CONFIG needs --prospect ID";
-    else if (o.redis_addr && !o.config_path) problem = "--redis goes with -c CONFIG";
-    else if (o.at_id && o.config_path) problem = "--at names an event of --events; with -c use --now or --event";
-    else if (o.events_path && !o.prospect) problem = "--events needs --prospect ID";
+    else if (o.config_path && !o.prospect)
+        problem = "-c CONFIG needs --prospect ID";
+    else if (o.redis_addr && !o.config_path)
+        problem = "--redis goes with -c CONFIG";
+    else if (o.at_id && o.config_path)
+        problem = "--at names an event of --events; with -c use --now or --event";
+    else if (o.events_path && !o.prospect)
+        problem = "--events needs --prospect ID";
     else if (!!o.at_id + (o.now != TD_MS_MISSING) + !!o.event_json > 1)
         problem = "give at most one of --at, --now and --event";
-    else if (o.at_id && o.state_path) problem = "--at names an event of --events; with --state use --now or --event";
+    else if (o.at_id && o.state_path)
+        problem = "--at names an event of --events; with --state use --now or --event";
     if (problem) {
         fprintf(stderr, "touchd explain: %s\n", problem);
         usage(stderr);
         return TD_EXIT_USAGE;
     }
-    o.source = o.events_path ? EXPLAIN_SRC_EVENTS : o.state_path ? EXPLAIN_SRC_STATE_FILE : EXPLAIN_SRC_REDIS;
+    o.source = o.events_path  ? EXPLAIN_SRC_EVENTS
+               : o.state_path ? EXPLAIN_SRC_STATE_FILE
+                              : EXPLAIN_SRC_REDIS;
     td_config *cfg = NULL;
     if (o.config_path) {
         char cerr0[1024];
@@ -1039,7 +1125,8 @@ int td_cmd_explain(int argc, char **argv) {
         rc = TD_EXIT_FAIL;
         goto done;
     }
-    for (size_t i = 0; i < nr; i++) views[i].rule = td_ruleset_rule(rs, i);
+    for (size_t i = 0; i < nr; i++)
+        views[i].rule = td_ruleset_rule(rs, i);
 
     td_sim *sim = &in->sim;
     sim->fn = log_timer;
@@ -1056,11 +1143,15 @@ int td_cmd_explain(int argc, char **argv) {
         }
         now = sim->clock;
         out = sim->out;
-        td_ctx ctx = {.st = &sim->st, .ev = &in->target, .now = now, .tz = tz,
+        td_ctx ctx = {.st = &sim->st,
+                      .ev = &in->target,
+                      .now = now,
+                      .tz = tz,
                       .settings = td_ruleset_settings(rs)};
         views_from_step(views, nr, out, &ctx, (int)in->target.type);
         if (out->duplicate)
-            for (size_t i = 0; i < nr; i++) views[i].triggered = false;
+            for (size_t i = 0; i < nr; i++)
+                views[i].triggered = false;
     } else {
         now = o.now != TD_MS_MISSING ? o.now : sim->clock;
         if (sim->clock != TD_MS_MISSING && now < sim->clock) {
@@ -1075,8 +1166,8 @@ int td_cmd_explain(int argc, char **argv) {
             rc = TD_EXIT_FATAL;
             goto done;
         }
-        td_ctx ctx = {.st = &sim->st, .ev = NULL, .now = now, .tz = tz,
-                      .settings = td_ruleset_settings(rs)};
+        td_ctx ctx = {
+            .st = &sim->st, .ev = NULL, .now = now, .tz = tz, .settings = td_ruleset_settings(rs)};
         views_now(views, nr, rs, &ctx);
     }
     for (size_t i = 0; i < tl.n; i++)

@@ -37,29 +37,29 @@
 #include "td_state.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: touchd gifts -c CONFIG [--redis ADDR] [options]\n"
-            "       touchd gifts --events FILE.jsonl|- [options]\n"
-            "\n"
-            "Prints the gift register (every gift.sent: date, prospect, owner, kind, value,\n"
-            "items, wrapping, event id) and per prospect and year the number of gifts, the\n"
-            "spend and whether the country's yearly tax cap on client gifts is exceeded.\n"
-            "\n"
-            "  -c, --config FILE   read the register from the Redis of this daemon config\n"
-            "      --redis ADDR    override redis (HOST:PORT, unix:/path)\n"
-            "      --events FILE   build the register offline from events (JSON lines, - = stdin)\n"
-            "  -p, --prospect ID   only this prospect\n"
-            "  -y, --year YYYY     only this year (the prospect's local calendar year);\n"
-            "                      default: every year in the register\n"
-            "      --rules DIR     ruleset whose settings give the tax caps per country and the\n"
-            "                      default timezone (default with -c: the config's rules.dir)\n"
-            "      --tax-cap EUR   one yearly cap for every prospect (overrides the ruleset)\n"
-            "      --json          one JSON document: {\"gifts\": [...], \"totals\": [...]}\n"
-            "  -h, --help          this help\n"
-            "\n"
-            "Exit status: 0 printed; 1 the rules do not compile or the events file cannot be\n"
-            "read; 2 usage or configuration error; 3 (--events) some lines were rejected\n"
-            "(reported with their line numbers, the others used); 4 Redis unreachable or failed.\n");
+    fprintf(
+        f, "usage: touchd gifts -c CONFIG [--redis ADDR] [options]\n"
+           "       touchd gifts --events FILE.jsonl|- [options]\n"
+           "\n"
+           "Prints the gift register (every gift.sent: date, prospect, owner, kind, value,\n"
+           "items, wrapping, event id) and per prospect and year the number of gifts, the\n"
+           "spend and whether the country's yearly tax cap on client gifts is exceeded.\n"
+           "\n"
+           "  -c, --config FILE   read the register from the Redis of this daemon config\n"
+           "      --redis ADDR    override redis (HOST:PORT, unix:/path)\n"
+           "      --events FILE   build the register offline from events (JSON lines, - = stdin)\n"
+           "  -p, --prospect ID   only this prospect\n"
+           "  -y, --year YYYY     only this year (the prospect's local calendar year);\n"
+           "                      default: every year in the register\n"
+           "      --rules DIR     ruleset whose settings give the tax caps per country and the\n"
+           "                      default timezone (default with -c: the config's rules.dir)\n"
+           "      --tax-cap EUR   one yearly cap for every prospect (overrides the ruleset)\n"
+           "      --json          one JSON document: {\"gifts\": [...], \"totals\": [...]}\n"
+           "  -h, --help          this help\n"
+           "\n"
+           "Exit status: 0 printed; 1 the rules do not compile or the events file cannot be\n"
+           "read; 2 usage or configuration error; 3 (--events) some lines were rejected\n"
+           "(reported with their line numbers, the others used); 4 Redis unreachable or failed.\n");
 }
 
 /* ------------------------------------------------------------- helpers */
@@ -82,8 +82,7 @@ static int gx_push(gx *x, const td_gift_rec *r) {
     if (x->n == x->cap) {
         size_t cap = x->cap ? x->cap * 2 : 64;
         td_gift_rec *v = realloc(x->recs, cap * sizeof *v);
-        if (!v)
-            return -1;
+        if (!v) return -1;
         x->recs = v;
         x->cap = cap;
     }
@@ -97,20 +96,17 @@ static gx_prospect *gx_find(gx *x, const char *id, bool create) {
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
         int c = strcmp(x->ps[mid].id, id);
-        if (c == 0)
-            return &x->ps[mid];
+        if (c == 0) return &x->ps[mid];
         if (c < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    if (!create)
-        return NULL;
+    if (!create) return NULL;
     if (x->np == x->capp) {
         size_t cap = x->capp ? x->capp * 2 : 64;
         gx_prospect *v = realloc(x->ps, cap * sizeof *v);
-        if (!v)
-            return NULL;
+        if (!v) return NULL;
         x->ps = v;
         x->capp = cap;
     }
@@ -124,21 +120,17 @@ static gx_prospect *gx_find(gx *x, const char *id, bool create) {
 
 static void gx_free(gx *x) {
     for (size_t i = 0; i < x->np; i++)
-        if (x->ps[i].has_state)
-            td_state_free(&x->ps[i].st);
+        if (x->ps[i].has_state) td_state_free(&x->ps[i].st);
     free(x->ps);
     free(x->recs);
 }
 
 static int gx_rec_cmp(const void *a, const void *b) {
     const td_gift_rec *x = a, *y = b;
-    if (x->year != y->year)
-        return x->year < y->year ? -1 : 1;
+    if (x->year != y->year) return x->year < y->year ? -1 : 1;
     int c = strcmp(x->prospect_id, y->prospect_id);
-    if (c)
-        return c;
-    if (x->occurred_at != y->occurred_at)
-        return x->occurred_at < y->occurred_at ? -1 : 1;
+    if (c) return c;
+    if (x->occurred_at != y->occurred_at) return x->occurred_at < y->occurred_at ? -1 : 1;
     return strcmp(x->event_id, y->event_id);
 }
 
@@ -154,11 +146,9 @@ static int gx_seen_add(gx_seen *s, const char *id) {
     if (2 * (s->n + 1) > s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 256;
         char **v = calloc(cap, sizeof *v);
-        if (!v)
-            return -1;
+        if (!v) return -1;
         for (size_t i = 0; i < s->cap; i++) {
-            if (!s->ids[i])
-                continue;
+            if (!s->ids[i]) continue;
             size_t h = (size_t)td_hash64(s->ids[i], strlen(s->ids[i]), TD_HASH_SEED) & (cap - 1);
             while (v[h])
                 h = (h + 1) & (cap - 1);
@@ -170,13 +160,11 @@ static int gx_seen_add(gx_seen *s, const char *id) {
     }
     size_t h = (size_t)td_hash64(id, strlen(id), TD_HASH_SEED) & (s->cap - 1);
     while (s->ids[h]) {
-        if (strcmp(s->ids[h], id) == 0)
-            return 1;
+        if (strcmp(s->ids[h], id) == 0) return 1;
         h = (h + 1) & (s->cap - 1);
     }
     s->ids[h] = strdup(id);
-    if (!s->ids[h])
-        return -1;
+    if (!s->ids[h]) return -1;
     s->n++;
     return 0;
 }
@@ -190,10 +178,8 @@ static void gx_seen_free(gx_seen *s) {
 /* The yearly cap for a country: --tax-cap, else the settings; missing when
  * neither has one. */
 static td_dec gx_cap(const td_settings *set, td_dec cli_cap, const char *country) {
-    if (cli_cap != TD_DEC_MISSING)
-        return cli_cap;
-    if (!set || !country || !country[0])
-        return TD_DEC_MISSING;
+    if (cli_cap != TD_DEC_MISSING) return cli_cap;
+    if (!set || !country || !country[0]) return TD_DEC_MISSING;
     for (uint32_t i = 0; i < set->ngift_tax_caps; i++)
         if (strcmp(set->gift_tax_caps[i].country, country) == 0)
             return set->gift_tax_caps[i].cap_eur;
@@ -225,8 +211,7 @@ static long gx_from_events(gx *x, const char *path, const td_settings *set, td_t
         size_t k = 0;
         while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t'))
             k++;
-        if (k == (size_t)len)
-            continue; /* blank line */
+        if (k == (size_t)len) continue; /* blank line */
         td_event_error ee;
         if (td_event_decode(line, (size_t)len, &ev, &ee) != TD_OK) {
             /* the reason names the field, never its value */
@@ -244,8 +229,7 @@ static long gx_from_events(gx *x, const char *path, const td_settings *set, td_t
             td_state_init(&p->st, ev.prospect_id);
             p->has_state = true;
         }
-        if (td_state_seen(&p->st, ev.id))
-            continue; /* a duplicate the engine would drop too */
+        if (td_state_seen(&p->st, ev.id)) continue; /* a duplicate the engine would drop too */
         int dup = 0;
         if (ev.type == TD_EV_GIFT_SENT && (dup = gx_seen_add(&seen, ev.id)) < 0) {
             rc = -2;
@@ -268,10 +252,8 @@ static long gx_from_events(gx *x, const char *path, const td_settings *set, td_t
     free(line);
     gx_seen_free(&seen);
     bool rerr = ferror(f);
-    if (f != stdin)
-        fclose(f);
-    if (rc < 0)
-        return rc;
+    if (f != stdin) fclose(f);
+    if (rc < 0) return rc;
     if (rerr) {
         fprintf(stderr, "touchd gifts: %s: read error\n", path);
         return -1;
@@ -299,11 +281,9 @@ static int gx_from_redis(gx *x, const td_config *cfg, const char *prospect, int 
         ny = td_gifts_years(g, years, sizeof years / sizeof *years);
     }
     int rc = 0;
-    if (ny < 0)
-        rc = -1;
+    if (ny < 0) rc = -1;
     for (int i = 0; i < ny && rc == 0; i++)
-        if (td_gifts_read(g, years[i], prospect, &x->recs, &x->n, &x->cap) != TD_OK)
-            rc = -1;
+        if (td_gifts_read(g, years[i], prospect, &x->recs, &x->n, &x->cap) != TD_OK) rc = -1;
     if (rc < 0) {
         fprintf(stderr, "touchd gifts: %s\n", td_gifts_last_error(g));
         td_gifts_free(g);
@@ -311,10 +291,8 @@ static int gx_from_redis(gx *x, const td_config *cfg, const char *prospect, int 
     }
     td_gifts_free(g);
     for (size_t i = 0; i < x->n; i++)
-        if (!gx_find(x, x->recs[i].prospect_id, true))
-            return -1;
-    if (x->np == 0)
-        return 0;
+        if (!gx_find(x, x->recs[i].prospect_id, true)) return -1;
+    if (x->np == 0) return 0;
     /* the countries: one pipelined load of the prospects' states */
     td_redis *r = td_redis_new(&cfg->redis, err, sizeof err);
     if (!r) {
@@ -361,19 +339,17 @@ static size_t gx_totals(gx *x, const td_settings *set, td_dec cli_cap, gx_total 
             strcmp(t[nt - 1].prospect_id, r->prospect_id) != 0) {
             gx_prospect *p = gx_find(x, r->prospect_id, false);
             const char *country = p ? p->country : "";
-            t[nt++] = (gx_total){r->prospect_id, country, r->year, 0, 0,
-                                 gx_cap(set, cli_cap, country)};
+            t[nt++] =
+                (gx_total){r->prospect_id, country, r->year, 0, 0, gx_cap(set, cli_cap, country)};
         }
         t[nt - 1].count++;
-        if (r->value_eur != TD_DEC_MISSING)
-            t[nt - 1].spend += r->value_eur;
+        if (r->value_eur != TD_DEC_MISSING) t[nt - 1].spend += r->value_eur;
     }
     return nt;
 }
 
 static const char *gx_cap_word(const gx_total *t) {
-    if (t->cap == TD_DEC_MISSING)
-        return "no cap";
+    if (t->cap == TD_DEC_MISSING) return "no cap";
     return t->spend > t->cap ? "EXCEEDED" : "within";
 }
 
@@ -436,44 +412,35 @@ static void gx_print_table(gx *x, const gx_total *t, size_t nt) {
                t[i].prospect_id, t[i].count, sp, t[i].country[0] ? t[i].country : "-", cp,
                gx_cap_word(&t[i]));
     }
-    printf("%zu gift%s, %zu prospect-year%s\n", x->n, x->n == 1 ? "" : "s", nt,
-           nt == 1 ? "" : "s");
+    printf("%zu gift%s, %zu prospect-year%s\n", x->n, x->n == 1 ? "" : "s", nt, nt == 1 ? "" : "s");
 }
 
 static int gx_print_json(gx *x, const gx_total *t, size_t nt) {
     td_buf b = {0};
     int rc = td_buf_append(&b, "{\"gifts\":[", 10);
     for (size_t i = 0; i < x->n && rc == 0; i++) {
-        if (i)
-            rc = td_buf_append(&b, ",", 1);
-        if (rc == 0)
-            rc = td_gift_rec_json(&x->recs[i], &b);
+        if (i) rc = td_buf_append(&b, ",", 1);
+        if (rc == 0) rc = td_gift_rec_json(&x->recs[i], &b);
     }
-    if (rc == 0)
-        rc = td_buf_append(&b, "],\"totals\":[", 12);
+    if (rc == 0) rc = td_buf_append(&b, "],\"totals\":[", 12);
     for (size_t i = 0; i < nt && rc == 0; i++) {
         char sp[40], cp[40];
         td_gift_dec_format(t[i].spend, sp, sizeof sp);
         rc = td_buf_append(&b, i ? ",{\"prospect_id\":" : "{\"prospect_id\":", i ? 16 : 15);
-        if (rc == 0)
-            rc = td_buf_json_str(&b, t[i].prospect_id, strlen(t[i].prospect_id));
+        if (rc == 0) rc = td_buf_json_str(&b, t[i].prospect_id, strlen(t[i].prospect_id));
         if (rc == 0)
             rc = td_buf_printf(&b, ",\"year\":%d,\"count\":%" PRId64 ",\"spend_eur\":\"%s\"",
                                t[i].year, t[i].count, sp);
-        if (rc == 0 && t[i].country[0])
-            rc = td_buf_printf(&b, ",\"country\":\"%s\"", t[i].country);
+        if (rc == 0 && t[i].country[0]) rc = td_buf_printf(&b, ",\"country\":\"%s\"", t[i].country);
         if (rc == 0 && t[i].cap != TD_DEC_MISSING) {
             td_gift_dec_format(t[i].cap, cp, sizeof cp);
             rc = td_buf_printf(&b, ",\"tax_cap_eur\":\"%s\",\"cap_exceeded\":%s", cp,
                                t[i].spend > t[i].cap ? "true" : "false");
         }
-        if (rc == 0)
-            rc = td_buf_append(&b, "}", 1);
+        if (rc == 0) rc = td_buf_append(&b, "}", 1);
     }
-    if (rc == 0)
-        rc = td_buf_append(&b, "]}\n", 3);
-    if (rc == 0 && fwrite(b.p, 1, b.len, stdout) != b.len)
-        rc = -1;
+    if (rc == 0) rc = td_buf_append(&b, "]}\n", 3);
+    if (rc == 0 && fwrite(b.p, 1, b.len, stdout) != b.len) rc = -1;
     td_buf_free(&b);
     return rc;
 }
@@ -500,10 +467,18 @@ int td_cmd_gifts(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:p:y:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': conf_path = optarg; break;
-        case O_REDIS: redis = optarg; break;
-        case O_EVENTS: events = optarg; break;
-        case 'p': prospect = optarg; break;
+        case 'c':
+            conf_path = optarg;
+            break;
+        case O_REDIS:
+            redis = optarg;
+            break;
+        case O_EVENTS:
+            events = optarg;
+            break;
+        case 'p':
+            prospect = optarg;
+            break;
         case 'y': {
             char *end;
             long v = strtol(optarg, &end, 10);
@@ -515,7 +490,9 @@ int td_cmd_gifts(int argc, char **argv) {
             year = (int)v;
             break;
         }
-        case O_RULES: rules = optarg; break;
+        case O_RULES:
+            rules = optarg;
+            break;
         case O_TAXCAP:
             if (td_gift_dec_parse(optarg, strlen(optarg), &cli_cap) != TD_OK || cli_cap < 0) {
                 fprintf(stderr,
@@ -525,9 +502,15 @@ int td_cmd_gifts(int argc, char **argv) {
                 return TD_EXIT_USAGE;
             }
             break;
-        case O_JSON: json = true; break;
-        case 'h': usage(stdout); return TD_EXIT_OK;
-        default: usage(stderr); return TD_EXIT_USAGE;
+        case O_JSON:
+            json = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return TD_EXIT_OK;
+        default:
+            usage(stderr);
+            return TD_EXIT_USAGE;
         }
     }
     if (optind < argc) {
@@ -563,8 +546,7 @@ int td_cmd_gifts(int argc, char **argv) {
             td_config_free(cfg);
             return TD_EXIT_USAGE;
         }
-        if (!rules && cli_cap == TD_DEC_MISSING)
-            rules = cfg->rules.dir;
+        if (!rules && cli_cap == TD_DEC_MISSING) rules = cfg->rules.dir;
     }
 
     /* the settings: tax caps, and (offline) the default timezone */
@@ -614,21 +596,18 @@ int td_cmd_gifts(int argc, char **argv) {
     }
 
     if (rc == TD_EXIT_OK || rc == TD_EXIT_REJECTED) {
-        if (x.n > 1)
-            qsort(x.recs, x.n, sizeof *x.recs, gx_rec_cmp);
+        if (x.n > 1) qsort(x.recs, x.n, sizeof *x.recs, gx_rec_cmp);
         gx_total *t = calloc(x.n ? x.n : 1, sizeof *t);
         if (!t) {
             rc = TD_EXIT_FATAL;
         } else {
             size_t nt = gx_totals(&x, set, cli_cap, t);
             if (json) {
-                if (gx_print_json(&x, t, nt) < 0)
-                    rc = TD_EXIT_FATAL;
+                if (gx_print_json(&x, t, nt) < 0) rc = TD_EXIT_FATAL;
             } else {
                 gx_print_table(&x, t, nt);
             }
-            if (fflush(stdout) != 0)
-                rc = TD_EXIT_FATAL;
+            if (fflush(stdout) != 0) rc = TD_EXIT_FATAL;
             free(t);
         }
     }

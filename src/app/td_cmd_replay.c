@@ -53,9 +53,11 @@ static pslot *pmap_get(pmap *m, const char *id) {
         if (!v) return NULL;
         for (size_t i = 0; i < m->cap; i++) {
             if (!m->v[i].st) continue;
-            size_t h = td_hash64(m->v[i].st->prospect_id, strlen(m->v[i].st->prospect_id),
-                                 TD_HASH_SEED) & (cap - 1);
-            while (v[h].st) h = (h + 1) & (cap - 1);
+            size_t h =
+                td_hash64(m->v[i].st->prospect_id, strlen(m->v[i].st->prospect_id), TD_HASH_SEED) &
+                (cap - 1);
+            while (v[h].st)
+                h = (h + 1) & (cap - 1);
             v[h] = m->v[i];
         }
         free(m->v);
@@ -150,25 +152,24 @@ typedef struct rule_stats {
 } rule_stats;
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: touchd replay --rules DIR [--rules DIR...] [options] FILE.jsonl|-\n"
-            "\n"
-            "Runs events (one JSON object per line; - reads stdin) through the rules with\n"
-            "in-memory state. Recommendations are printed on stdout as JSON lines (the\n"
-            "output topic's format); the clock follows the events' occurred_at.\n"
-            "\n"
-            "  -r, --rules PATH   rules file or directory (repeatable; required)\n"
-            "  -b, --brief        print one tab-separated line per recommendation instead:\n"
-            "                     prospect_id rule channel touch not_before trigger\n"
-            "  -a, --advance DUR  after the last event, move the clock DUR further and fire\n"
-            "                     the timers due by then (e.g. --advance 30d)\n"
-            "  -H, --holidays DIR public holiday files (<CC>.holidays) for business days;\n"
-            "                     default config/holidays when it exists, else weekends only\n"
-            "  -q, --quiet        no summary on stderr\n"
-            "  -h, --help         this help\n"
-            "\n"
-            "Exit status: 0 all lines applied, 1 the rules do not compile, 2 usage error,\n"
-            "3 some lines were rejected (reported on stderr, the rest was applied).\n");
+    fprintf(f, "usage: touchd replay --rules DIR [--rules DIR...] [options] FILE.jsonl|-\n"
+               "\n"
+               "Runs events (one JSON object per line; - reads stdin) through the rules with\n"
+               "in-memory state. Recommendations are printed on stdout as JSON lines (the\n"
+               "output topic's format); the clock follows the events' occurred_at.\n"
+               "\n"
+               "  -r, --rules PATH   rules file or directory (repeatable; required)\n"
+               "  -b, --brief        print one tab-separated line per recommendation instead:\n"
+               "                     prospect_id rule channel touch not_before trigger\n"
+               "  -a, --advance DUR  after the last event, move the clock DUR further and fire\n"
+               "                     the timers due by then (e.g. --advance 30d)\n"
+               "  -H, --holidays DIR public holiday files (<CC>.holidays) for business days;\n"
+               "                     default config/holidays when it exists, else weekends only\n"
+               "  -q, --quiet        no summary on stderr\n"
+               "  -h, --help         this help\n"
+               "\n"
+               "Exit status: 0 all lines applied, 1 the rules do not compile, 2 usage error,\n"
+               "3 some lines were rejected (reported on stderr, the rest was applied).\n");
 }
 
 /* Everything one replay run needs, so the event and timer paths share it. */
@@ -197,8 +198,7 @@ static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_t
 /* Steps one trigger and prints what it recommends; then the event it derives
  * for the prospect's owner, if any. lineno is 0 for timers.
  * @returns TD_OK, or TD_ERR on out-of-memory. */
-static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now,
-                    uint64_t lineno) {
+static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now, uint64_t lineno) {
     td_step_out *out = rp->out;
     if (td_engine_step(rp->rs, st, trig, now, rp->tz, TD_STEP_OUTCOMES, out) != TD_OK)
         return TD_ERR;
@@ -218,8 +218,8 @@ static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now,
         }
     }
     for (uint32_t i = 0; i < out->narms; i++)
-        if (vheap_push(&rp->timers, out->arms[i].due_at, st, out->arms[i].rule->id,
-                       trig->ev->id) != TD_OK)
+        if (vheap_push(&rp->timers, out->arms[i].due_at, st, out->arms[i].rule->id, trig->ev->id) !=
+            TD_OK)
             return TD_ERR;
     for (uint32_t i = 0; i < out->nrecs; i++) {
         rp->recs++;
@@ -227,8 +227,7 @@ static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now,
             brief_line(stdout, &out->recs[i], st, trig);
         } else {
             rp->buf.len = 0;
-            if (td_rec_json(&out->recs[i], st, rp->rs, trig, now, &rp->buf) != TD_OK)
-                return TD_ERR;
+            if (td_rec_json(&out->recs[i], st, rp->rs, trig, now, &rp->buf) != TD_OK) return TD_ERR;
             fwrite(rp->buf.p, 1, rp->buf.len, stdout);
             fputc('\n', stdout);
         }
@@ -251,8 +250,8 @@ static int fire_timers(replay *rp, td_ms until, td_ms *now) {
         vtimer t;
         vheap_pop(&rp->timers, &t);
         if (*now == TD_MS_MISSING || t.due_at > *now) *now = t.due_at;
-        td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = t.rule, .due_at = t.due_at,
-                           .armed_by = t.armed_by};
+        td_trigger trig = {
+            .kind = TD_TRIG_TIMER, .rule = t.rule, .due_at = t.due_at, .armed_by = t.armed_by};
         if (run_step(rp, t.st, &trig, *now, 0) != TD_OK) return TD_ERR;
         if (rp->out->stale)
             rp->timers_stale++;
@@ -286,7 +285,9 @@ int td_cmd_replay(int argc, char **argv) {
             }
             rules[nrules++] = optarg;
             break;
-        case 'b': brief = true; break;
+        case 'b':
+            brief = true;
+            break;
         case 'a':
             if (td_duration_parse(optarg, strlen(optarg), &advance) != TD_OK || advance < 0) {
                 fprintf(stderr,
@@ -296,10 +297,18 @@ int td_cmd_replay(int argc, char **argv) {
                 return TD_EXIT_USAGE;
             }
             break;
-        case 'H': holidays = optarg; break;
-        case 'q': quiet = true; break;
-        case 'h': usage(stdout); return TD_EXIT_OK;
-        default: usage(stderr); return TD_EXIT_USAGE;
+        case 'H':
+            holidays = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return TD_EXIT_OK;
+        default:
+            usage(stderr);
+            return TD_EXIT_USAGE;
         }
     }
     if (nrules == 0) {
@@ -368,9 +377,11 @@ int td_cmd_replay(int argc, char **argv) {
     while ((len = getline(&line, &lcap, in)) != -1) {
         lineno++;
         size_t l = (size_t)len;
-        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r')) l--;
+        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+            l--;
         size_t k = 0;
-        while (k < l && (line[k] == ' ' || line[k] == '\t')) k++;
+        while (k < l && (line[k] == ' ' || line[k] == '\t'))
+            k++;
         if (k == l) continue; /* blank line */
         td_event ev;
         td_event_error err;
@@ -441,8 +452,8 @@ int td_cmd_replay(int argc, char **argv) {
         for (size_t i = 0; i < nr; i++) {
             const td_rule *r = td_ruleset_rule(rs, i);
             if (r->guard)
-                fprintf(stderr, "%-40s %7s %7llu %7s %8s %7s %7llu   (guard: blocks)\n", r->id,
-                        "-", (unsigned long long)rp.blocked_by[i], "-", "-", "-",
+                fprintf(stderr, "%-40s %7s %7llu %7s %8s %7s %7llu   (guard: blocks)\n", r->id, "-",
+                        (unsigned long long)rp.blocked_by[i], "-", "-", "-",
                         (unsigned long long)rp.stats[i].outcome[TD_OUT_ERROR]);
             else
                 fprintf(stderr, "%-40s %7llu %7llu %7llu %8llu %7llu %7llu\n", r->id,
@@ -485,8 +496,8 @@ int td_cmd_replay(int argc, char **argv) {
                     "pipeline: %llu prospects reached proposal: %llu won, %llu lost (%.0f%% lost; "
                     "above 30%% means attention is not maintained between proposal and "
                     "signature)\n",
-                    (unsigned long long)reached, (unsigned long long)won,
-                    (unsigned long long)lost, 100.0 * (double)lost / (double)reached);
+                    (unsigned long long)reached, (unsigned long long)won, (unsigned long long)lost,
+                    100.0 * (double)lost / (double)reached);
     }
 
 done:

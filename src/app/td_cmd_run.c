@@ -22,29 +22,28 @@
 #include "td_log.h"
 
 static void td_run_usage(FILE *f) {
-    fprintf(f,
-            "usage: touchd run -c FILE [--redis HOST:PORT] [--rules DIR] [--log-level LEVEL]\n"
-            "\n"
-            "The daemon: consumes prospect events from Kafka, keeps per-prospect state in\n"
-            "Redis, evaluates the rules and publishes recommendations to Kafka. With\n"
-            "kafka.brokers = \"embedded\" it starts an in-process Kafka-protocol broker and\n"
-            "logs (and writes to kafka.bootstrap_file) its address.\n"
-            "\n"
-            "  -c, --config FILE    configuration file (docs/config.md); required\n"
-            "      --redis ADDR     override redis: HOST:PORT, HOST, [V6]:PORT or unix:/PATH\n"
-            "      --rules DIR      override rules.dir\n"
-            "      --log-level L    override log.level: debug, info, warn, error\n"
-            "      --check-config   load and check the configuration, print it, exit\n"
-            "  -h, --help           this help\n"
-            "\n"
-            "Signals: SIGTERM/SIGINT finish the current batch, commit offsets and exit 0;\n"
-            "SIGHUP reloads the rules (a ruleset with errors is rejected, the previous one\n"
-            "keeps serving). The rules directory is also polled for changes.\n"
-            "\n"
-            "Logs: logfmt lines on stderr (ts=... level=... msg=\"...\" key=value...).\n"
-            "Exit status: 0 clean stop, 1 rules do not compile at start, 2 usage or\n"
-            "configuration error, 4 fatal runtime error (Kafka fatal error, Redis\n"
-            "unreachable at start). Documentation: docs/operations.md, docs/config.md.\n");
+    fprintf(f, "usage: touchd run -c FILE [--redis HOST:PORT] [--rules DIR] [--log-level LEVEL]\n"
+               "\n"
+               "The daemon: consumes prospect events from Kafka, keeps per-prospect state in\n"
+               "Redis, evaluates the rules and publishes recommendations to Kafka. With\n"
+               "kafka.brokers = \"embedded\" it starts an in-process Kafka-protocol broker and\n"
+               "logs (and writes to kafka.bootstrap_file) its address.\n"
+               "\n"
+               "  -c, --config FILE    configuration file (docs/config.md); required\n"
+               "      --redis ADDR     override redis: HOST:PORT, HOST, [V6]:PORT or unix:/PATH\n"
+               "      --rules DIR      override rules.dir\n"
+               "      --log-level L    override log.level: debug, info, warn, error\n"
+               "      --check-config   load and check the configuration, print it, exit\n"
+               "  -h, --help           this help\n"
+               "\n"
+               "Signals: SIGTERM/SIGINT finish the current batch, commit offsets and exit 0;\n"
+               "SIGHUP reloads the rules (a ruleset with errors is rejected, the previous one\n"
+               "keeps serving). The rules directory is also polled for changes.\n"
+               "\n"
+               "Logs: logfmt lines on stderr (ts=... level=... msg=\"...\" key=value...).\n"
+               "Exit status: 0 clean stop, 1 rules do not compile at start, 2 usage or\n"
+               "configuration error, 4 fatal runtime error (Kafka fatal error, Redis\n"
+               "unreachable at start). Documentation: docs/operations.md, docs/config.md.\n");
 }
 
 static void td_run_on_stop(int sig) {
@@ -82,15 +81,17 @@ static void td_run_print_config(const td_config *c, FILE *f) {
         fprintf(f, "kafka.consumer: %s = (set)\n", c->kafka.consumer[i].key);
     for (size_t i = 0; i < c->kafka.n_producer; i++)
         fprintf(f, "kafka.producer: %s = (set)\n", c->kafka.producer[i].key);
-    fprintf(f, "redis = %s%s:%d db %d prefix %s password %s\n",
-            c->redis.unix_socket ? "unix:" : "", c->redis.host, c->redis.port, c->redis.db,
-            c->redis.key_prefix, c->redis.password ? "(set)" : "(none)");
+    fprintf(f, "redis = %s%s:%d db %d prefix %s password %s\n", c->redis.unix_socket ? "unix:" : "",
+            c->redis.host, c->redis.port, c->redis.db, c->redis.key_prefix,
+            c->redis.password ? "(set)" : "(none)");
     fprintf(f, "rules.dir = %s\nrules.reload_poll_ms = %d\n", c->rules.dir,
             c->rules.reload_poll_ms);
-    fprintf(f, "rules.shadow_dir = %s\nrules.shadow_report = %s\nrules.shadow_report_interval_ms = %d\n",
-            c->rules.shadow_dir && c->rules.shadow_dir[0] ? c->rules.shadow_dir : "(none)",
-            c->rules.shadow_report && c->rules.shadow_report[0] ? c->rules.shadow_report : "(none)",
-            c->rules.shadow_report_interval_ms);
+    fprintf(
+        f,
+        "rules.shadow_dir = %s\nrules.shadow_report = %s\nrules.shadow_report_interval_ms = %d\n",
+        c->rules.shadow_dir && c->rules.shadow_dir[0] ? c->rules.shadow_dir : "(none)",
+        c->rules.shadow_report && c->rules.shadow_report[0] ? c->rules.shadow_report : "(none)",
+        c->rules.shadow_report_interval_ms);
     fprintf(f, "kafka.shadow_topic = %s\nkafka.gift_register_topic = %s\n",
             c->kafka.shadow_topic ? c->kafka.shadow_topic : "(none)",
             c->kafka.gift_register_topic && c->kafka.gift_register_topic[0]
@@ -124,18 +125,31 @@ int td_cmd_run(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': path = optarg; break;
-        case 'r': redis = optarg; break;
-        case 'R': rules = optarg; break;
-        case 'l': level = optarg; break;
-        case 'C': check_only = true; break;
-        case 'h': td_run_usage(stdout); return TD_EXIT_OK;
-        default: td_run_usage(stderr); return TD_EXIT_USAGE;
+        case 'c':
+            path = optarg;
+            break;
+        case 'r':
+            redis = optarg;
+            break;
+        case 'R':
+            rules = optarg;
+            break;
+        case 'l':
+            level = optarg;
+            break;
+        case 'C':
+            check_only = true;
+            break;
+        case 'h':
+            td_run_usage(stdout);
+            return TD_EXIT_OK;
+        default:
+            td_run_usage(stderr);
+            return TD_EXIT_USAGE;
         }
     }
     if (!path || optind < argc) {
-        fprintf(stderr, "touchd run: %s\n", !path ? "-c FILE is required"
-                                                  : "unexpected argument");
+        fprintf(stderr, "touchd run: %s\n", !path ? "-c FILE is required" : "unexpected argument");
         td_run_usage(stderr);
         return TD_EXIT_USAGE;
     }

@@ -68,9 +68,7 @@ typedef struct collector {
     bool oom;
 } collector;
 
-static void fmt_value(const td_value *v, char *buf, size_t cap) {
-    td_value_json(v, buf, cap);
-}
+static void fmt_value(const td_value *v, char *buf, size_t cap) { td_value_json(v, buf, cap); }
 
 /* "email.unanswered >= 2 is false (email.unanswered=1); ..." for the
  * conditions that did not hold. */
@@ -82,13 +80,14 @@ static void why_conditions(const td_decision *d, char *buf, size_t cap) {
         if (b->value.type == TD_T_BOOL && !b->value.missing && b->value.u.b) continue;
         char vb[64];
         fmt_value(&b->value, vb, sizeof vb);
-        int w = snprintf(buf + n, cap - n, "%s`%.*s` is %s", n ? "; " : "", (int)b->len, b->expr, vb);
+        int w =
+            snprintf(buf + n, cap - n, "%s`%.*s` is %s", n ? "; " : "", (int)b->len, b->expr, vb);
         if (w < 0 || (size_t)w >= cap - n) break;
         n += (size_t)w;
         for (uint32_t f = 0; f < b->facts.n && n + 1 < cap; f++) {
             fmt_value(&b->facts.v[f].value, vb, sizeof vb);
-            w = snprintf(buf + n, cap - n, "%s%s=%s%s", f ? ", " : " (", b->facts.v[f].field->name, vb,
-                         f + 1 == b->facts.n ? ")" : "");
+            w = snprintf(buf + n, cap - n, "%s%s=%s%s", f ? ", " : " (", b->facts.v[f].field->name,
+                         vb, f + 1 == b->facts.n ? ")" : "");
             if (w < 0 || (size_t)w >= cap - n) break;
             n += (size_t)w;
         }
@@ -98,7 +97,9 @@ static void why_conditions(const td_decision *d, char *buf, size_t cap) {
 static void describe(const td_decision *d, char *buf, size_t cap) {
     char tb[TD_TIME_BUF];
     switch (d->outcome) {
-    case TD_OUT_FIRED: snprintf(buf, cap, "fired"); break;
+    case TD_OUT_FIRED:
+        snprintf(buf, cap, "fired");
+        break;
     case TD_OUT_NOT_MATCHED: {
         char c[280];
         why_conditions(d, c, sizeof c);
@@ -109,13 +110,19 @@ static void describe(const td_decision *d, char *buf, size_t cap) {
         td_time_format(d->until, tb, sizeof tb);
         snprintf(buf, cap, "in cooldown until %s", tb);
         break;
-    case TD_OUT_BLOCKED: snprintf(buf, cap, "blocked by %s", d->by ? d->by->id : "?"); break;
-    case TD_OUT_LOST_GROUP: snprintf(buf, cap, "lost in its group to %s", d->by ? d->by->id : "?"); break;
+    case TD_OUT_BLOCKED:
+        snprintf(buf, cap, "blocked by %s", d->by ? d->by->id : "?");
+        break;
+    case TD_OUT_LOST_GROUP:
+        snprintf(buf, cap, "lost in its group to %s", d->by ? d->by->id : "?");
+        break;
     case TD_OUT_ARMED:
         td_time_format(d->until, tb, sizeof tb);
         snprintf(buf, cap, "timer armed, due %s", tb);
         break;
-    case TD_OUT_ERROR: snprintf(buf, cap, "error: %s", d->error); break;
+    case TD_OUT_ERROR:
+        snprintf(buf, cap, "error: %s", d->error);
+        break;
     }
 }
 
@@ -141,8 +148,10 @@ static void collect(void *ud, const td_sim *sim, const td_state *st, const td_tr
         g->channel = r->channel;
         g->touch = r->touch;
         g->not_before = r->not_before;
-        if (trig->kind == TD_TRIG_EVENT) snprintf(g->trigger, sizeof g->trigger, "%s", trig->ev->id);
-        else snprintf(g->trigger, sizeof g->trigger, "timer");
+        if (trig->kind == TD_TRIG_EVENT)
+            snprintf(g->trigger, sizeof g->trigger, "%s", trig->ev->id);
+        else
+            snprintf(g->trigger, sizeof g->trigger, "timer");
         if (c->covered) c->covered[r->rule->index] = true;
     }
     for (uint32_t i = 0; i < out->ndecisions; i++) {
@@ -194,8 +203,9 @@ static void explain_rule(td_buf *b, const collector *c, const td_rule *rule) {
         any = true;
     }
     if (!any)
-        td_buf_printf(b, "        why %s: not evaluated (its `on` does not match this step's "
-                         "triggers, or no timer of it came due)\n",
+        td_buf_printf(b,
+                      "        why %s: not evaluated (its `on` does not match this step's "
+                      "triggers, or no timer of it came due)\n",
                       rule->id);
 }
 
@@ -231,12 +241,15 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
         for (size_t e = 0; e < st->nrecs; e++)
             for (size_t g = 0; g < c->nrecs && !met[e]; g++)
                 if (!used[g] && rec_matches(&st->recs[e], &c->recs[g])) used[g] = met[e] = true;
-        for (size_t e = 0; e < st->nrecs; e++) missing += !met[e];
-        for (size_t g = 0; g < c->nrecs; g++) extra += !used[g];
+        for (size_t e = 0; e < st->nrecs; e++)
+            missing += !met[e];
+        for (size_t g = 0; g < c->nrecs; g++)
+            extra += !used[g];
         if (missing || extra) {
             ok = false;
-            td_buf_printf(b, "    step %zu (%s:%d, %s): recommendations differ (- expected, + actual)\n",
-                          si + 1, f->path, st->line, label);
+            td_buf_printf(
+                b, "    step %zu (%s:%d, %s): recommendations differ (- expected, + actual)\n",
+                si + 1, f->path, st->line, label);
             if (st->nrecs == 0) td_buf_printf(b, "        - (none)\n");
             for (size_t e = 0; e < st->nrecs; e++)
                 rec_line(b, met[e] ? " " : "-", st->recs[e].rule, st->recs[e].channel,
@@ -249,7 +262,8 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
             for (size_t e = 0; e < st->nrecs; e++) {
                 if (met[e]) continue;
                 bool fired = false;
-                for (size_t g = 0; g < c->nrecs; g++) fired |= c->recs[g].rule == st->recs[e].rule;
+                for (size_t g = 0; g < c->nrecs; g++)
+                    fired |= c->recs[g].rule == st->recs[e].rule;
                 if (!fired) explain_rule(b, c, st->recs[e].rule);
             }
         }
@@ -268,8 +282,7 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
         ok = false;
         char want[160], tb[TD_TIME_BUF];
         int n = snprintf(want, sizeof want, "%s", td_outcome_name(x->outcome));
-        if (x->by && n > 0)
-            n += snprintf(want + n, sizeof want - (size_t)n, " by %s", x->by->id);
+        if (x->by && n > 0) n += snprintf(want + n, sizeof want - (size_t)n, " by %s", x->by->id);
         if (x->until != TD_MS_MISSING && n > 0 && (size_t)n < sizeof want) {
             td_time_format(x->until, tb, sizeof tb);
             snprintf(want + n, sizeof want - (size_t)n, " until %s", tb);
@@ -309,12 +322,14 @@ static void trace_step(size_t si, const tf_step *st, const collector *c, td_buf 
 static void cover_named(const tf_case *tc, bool *covered) {
     for (size_t s = 0; s < tc->nsteps; s++) {
         const tf_step *st = &tc->steps[s];
-        for (size_t i = 0; i < st->nrecs; i++) covered[st->recs[i].rule->index] = true;
+        for (size_t i = 0; i < st->nrecs; i++)
+            covered[st->recs[i].rule->index] = true;
         for (size_t i = 0; i < st->nouts; i++) {
             covered[st->outs[i].rule->index] = true;
             if (st->outs[i].by) covered[st->outs[i].by->index] = true;
         }
-        for (size_t i = 0; i < st->nnots; i++) covered[st->nots[i]->index] = true;
+        for (size_t i = 0; i < st->nnots; i++)
+            covered[st->nots[i]->index] = true;
     }
 }
 
@@ -340,7 +355,8 @@ static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const t
         col.nrecs = col.ndecs = 0;
         for (size_t i = 0; i < st->nevents && rc >= 0; i++)
             if (td_sim_event(&sim, &st->events[i], 0) != TD_OK) rc = -1;
-        if (rc >= 0 && st->advance_to != TD_MS_MISSING && td_sim_advance(&sim, st->advance_to) != TD_OK)
+        if (rc >= 0 && st->advance_to != TD_MS_MISSING &&
+            td_sim_advance(&sim, st->advance_to) != TD_OK)
             rc = -1;
         if (col.oom) rc = -1;
         if (rc < 0) break;
@@ -370,17 +386,25 @@ static void xml_text(FILE *o, const char *s) {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     while (*p) {
         unsigned char c = *p;
-        if (c == '&') fputs("&amp;", o);
-        else if (c == '<') fputs("&lt;", o);
-        else if (c == '>') fputs("&gt;", o);
-        else if (c == '"') fputs("&quot;", o);
-        else if (c == '\'') fputs("&apos;", o);
-        else if (c < 0x20 && c != '\n' && c != '\t' && c != '\r') fputc('?', o);
-        else if (c < 0x80) fputc(c, o);
+        if (c == '&')
+            fputs("&amp;", o);
+        else if (c == '<')
+            fputs("&lt;", o);
+        else if (c == '>')
+            fputs("&gt;", o);
+        else if (c == '"')
+            fputs("&quot;", o);
+        else if (c == '\'')
+            fputs("&apos;", o);
+        else if (c < 0x20 && c != '\n' && c != '\t' && c != '\r')
+            fputc('?', o);
+        else if (c < 0x80)
+            fputc(c, o);
         else {
             size_t n = c >= 0xf0 && c < 0xf5 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
             size_t k = 1;
-            while (n && k < n && (p[k] & 0xc0) == 0x80) k++;
+            while (n && k < n && (p[k] & 0xc0) == 0x80)
+                k++;
             if (n && k == n) {
                 fwrite(p, 1, n, o);
                 p += n;
@@ -409,8 +433,8 @@ static int write_junit(const char *path, const result *res, size_t nres, const c
         failed++;
     }
     fprintf(o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    fprintf(o, "<testsuites name=\"touchd test\" tests=\"%zu\" failures=\"%zu\" errors=\"0\">\n", total,
-            failed);
+    fprintf(o, "<testsuites name=\"touchd test\" tests=\"%zu\" failures=\"%zu\" errors=\"0\">\n",
+            total, failed);
     for (size_t fi = 0; fi < nfiles; fi++) {
         size_t t = 0, fl = 0;
         double secs = 0;
@@ -473,7 +497,7 @@ static void usage(FILE *f) {
             "  --require-coverage    fail when a rule or guard is exercised by no case\n"
             "  -k, --filter TEXT     run only the cases whose name contains TEXT\n"
             "  -q, --quiet           print only failures, the coverage and the summary\n"
-"  -H, --holidays DIR    public holiday files (<CC>.holidays) for business days;\n"
+            "  -H, --holidays DIR    public holiday files (<CC>.holidays) for business days;\n"
             "                        default config/holidays when it exists, else weekends only\n"
             "  -v, --verbose         after each case, what every step produced and why the\n"
             "                        other rules did not fire (to write expectations)\n"
@@ -506,7 +530,8 @@ static int strv_add(strv *s, const char *x) {
 }
 
 static void strv_free(strv *s) {
-    for (size_t i = 0; i < s->n; i++) free(s->v[i]);
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i]);
     free(s->v);
 }
 
@@ -526,7 +551,8 @@ static int add_dir_tests(strv *tests, const char *dir) {
     strv found = {0};
     struct dirent *e;
     while ((e = readdir(dp))) {
-        if (e->d_name[0] == '.' || !ends_with(e->d_name, ".test") || strlen(e->d_name) < 6) continue;
+        if (e->d_name[0] == '.' || !ends_with(e->d_name, ".test") || strlen(e->d_name) < 6)
+            continue;
         char path[4096];
         size_t dl = strlen(dir);
         snprintf(path, sizeof path, "%s%s%s", dir, dl && dir[dl - 1] == '/' ? "" : "/", e->d_name);
@@ -534,7 +560,8 @@ static int add_dir_tests(strv *tests, const char *dir) {
     }
     closedir(dp);
     if (found.n) qsort(found.v, found.n, sizeof *found.v, cmp_str);
-    for (size_t i = 0; i < found.n; i++) strv_add(tests, found.v[i]);
+    for (size_t i = 0; i < found.n; i++)
+        strv_add(tests, found.v[i]);
     strv_free(&found);
     return 0;
 }
@@ -559,7 +586,8 @@ static double mono_seconds(void) {
 static int grow_results(result **res, size_t *cap, size_t need) {
     if (need <= *cap) return 0;
     size_t n = *cap ? *cap : 16;
-    while (n < need) n *= 2;
+    while (n < need)
+        n *= 2;
     result *v = realloc(*res, n * sizeof *v);
     if (!v) return -1;
     *res = v;
@@ -586,8 +614,8 @@ static int run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char *p
         indent(&msg, f->broken[b].errors);
         td_buf_printf(&msg, "    the case has errors in the test file; it was not run\n");
         printf("FAIL %s:%s\n%s", f->path, f->broken[b].name, msg.p ? msg.p : "");
-        (*res)[(*nres)++] = (result){.file = path, .name = strdup(f->broken[b].name),
-                                     .passed = false, .report = msg.p};
+        (*res)[(*nres)++] = (result){
+            .file = path, .name = strdup(f->broken[b].name), .passed = false, .report = msg.p};
         (*failed)++;
     }
     for (size_t k = 0; k < f->ncases; k++) {
@@ -610,8 +638,11 @@ static int run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char *p
         }
         if (trace.p) printf("%s", trace.p);
         td_buf_free(&trace);
-        (*res)[(*nres)++] = (result){.file = path, .name = strdup(tc->name), .passed = r == 1,
-                                     .seconds = secs, .report = report.p};
+        (*res)[(*nres)++] = (result){.file = path,
+                                     .name = strdup(tc->name),
+                                     .passed = r == 1,
+                                     .seconds = secs,
+                                     .report = report.p};
     }
     return 0;
 }
@@ -687,10 +718,12 @@ static int srcset_load(srcset *s, const strv *paths) {
             struct dirent *e;
             while ((e = readdir(dp))) {
                 size_t l = strlen(e->d_name);
-                if (l < 7 || e->d_name[0] == '.' || strcmp(e->d_name + l - 6, ".rules") != 0) continue;
+                if (l < 7 || e->d_name[0] == '.' || strcmp(e->d_name + l - 6, ".rules") != 0)
+                    continue;
                 char path[4096];
                 size_t dl = strlen(p);
-                snprintf(path, sizeof path, "%s%s%s", p, dl && p[dl - 1] == '/' ? "" : "/", e->d_name);
+                snprintf(path, sizeof path, "%s%s%s", p, dl && p[dl - 1] == '/' ? "" : "/",
+                         e->d_name);
                 strv_add(&files, path);
             }
             closedir(dp);
@@ -754,7 +787,8 @@ static int extra_ruleset(const strv *rules, const char *test_path, struct td_cal
             if (line) indent(msg, line);
             free(line);
         }
-        td_buf_printf(msg, "    the extra rules of this test file do not compile with the ruleset\n");
+        td_buf_printf(msg,
+                      "    the extra rules of this test file do not compile with the ruleset\n");
     } else if (cal) {
         td_ruleset_set_calendar(*ext, cal);
     }
@@ -764,28 +798,41 @@ static int extra_ruleset(const strv *rules, const char *test_path, struct td_cal
 }
 
 int td_cmd_test(int argc, char **argv) {
-    static const struct option opts[] = {{"junit", required_argument, NULL, 'j'},
-                                         {"require-coverage", no_argument, NULL, 'c'},
-                                         {"filter", required_argument, NULL, 'k'},
-                                         {"quiet", no_argument, NULL, 'q'},
-                                         {"verbose", no_argument, NULL, 'v'},
-                                         {"holidays", required_argument, NULL, 'H'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"junit", required_argument, NULL, 'j'},  {"require-coverage", no_argument, NULL, 'c'},
+        {"filter", required_argument, NULL, 'k'}, {"quiet", no_argument, NULL, 'q'},
+        {"verbose", no_argument, NULL, 'v'},      {"holidays", required_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
     const char *junit = NULL, *filter = NULL, *holidays = NULL;
     bool require_cov = false, quiet = false, verbose = false;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "k:qvH:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': junit = optarg; break;
-        case 'c': require_cov = true; break;
-        case 'k': filter = optarg; break;
-        case 'q': quiet = true; break;
-        case 'v': verbose = true; break;
-        case 'H': holidays = optarg; break;
-        case 'h': usage(stdout); return TD_EXIT_OK;
-        default: usage(stderr); return TD_EXIT_USAGE;
+        case 'j':
+            junit = optarg;
+            break;
+        case 'c':
+            require_cov = true;
+            break;
+        case 'k':
+            filter = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'v':
+            verbose = true;
+            break;
+        case 'H':
+            holidays = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return TD_EXIT_OK;
+        default:
+            usage(stderr);
+            return TD_EXIT_USAGE;
         }
     }
     if (optind >= argc) {
@@ -904,7 +951,8 @@ int td_cmd_test(int argc, char **argv) {
         if (ext) {
             /* coverage is of the ruleset under test: map by rule id */
             for (size_t i = 0; i < td_ruleset_count(ext); i++) {
-                const td_rule *base = fcov[i] ? td_ruleset_find(rs, td_ruleset_rule(ext, i)->id) : NULL;
+                const td_rule *base =
+                    fcov[i] ? td_ruleset_find(rs, td_ruleset_rule(ext, i)->id) : NULL;
                 if (base) covered[base->index] = true;
             }
             free(fcov);
@@ -942,14 +990,16 @@ int td_cmd_test(int argc, char **argv) {
                           r->line);
         }
         if (require_cov && missing.len) {
-            printf("coverage: FAILED (--require-coverage): %zu rules and %zu guards not exercised\n",
-                   rules_n - rules_cov, guards_n - guards_cov);
+            printf(
+                "coverage: FAILED (--require-coverage): %zu rules and %zu guards not exercised\n",
+                rules_n - rules_cov, guards_n - guards_cov);
             cov_fail = missing.p;
             missing.p = NULL;
         }
         td_buf_free(&missing);
     }
-    if (junit && write_junit(junit, res, nres, (const char *const *)tests.v, tests.n, cov_fail) != 0)
+    if (junit &&
+        write_junit(junit, res, nres, (const char *const *)tests.v, tests.n, cov_fail) != 0)
         rc = TD_EXIT_FATAL;
     if (rc == TD_EXIT_OK && (failed || cov_fail || tests.n == 0)) rc = TD_EXIT_FAIL;
     printf("%zu passed, %zu failed\n", passed, failed);
@@ -962,7 +1012,8 @@ done:
     }
     free(res);
     free(cov_fail);
-    for (size_t i = 0; files && i < tests.n; i++) tf_file_free(&files[i]);
+    for (size_t i = 0; files && i < tests.n; i++)
+        tf_file_free(&files[i]);
     free(files);
     free(covered);
     td_tzdb_free(tz);

@@ -53,8 +53,8 @@
 #include "td_log.h"
 #include "td_redis.h"
 #include "td_rules.h"
-#include "td_state.h"
 #include "td_shadow.h"
+#include "td_state.h"
 #include "td_timers.h"
 
 volatile sig_atomic_t td_daemon_stop_requested = 0;
@@ -94,12 +94,12 @@ typedef struct td_batch {
      * main thread only; the store thread never reads it) */
     int32_t *src;
     bool *superseded;
-    bool recomputed;  /* some group conflicted and was recomputed */
-    bool *restated;   /* restated[g]: group g's state changed after its first
+    bool recomputed; /* some group conflicted and was recomputed */
+    bool *restated;  /* restated[g]: group g's state changed after its first
                        * compute (it conflicted and was recomputed, or an
                        * owner group re-stepped then): a copy the next batch
                        * took of it is stale */
-    bool redone;      /* groups recomputed after the batch before them conflicted */
+    bool redone;     /* groups recomputed after the batch before them conflicted */
     /* recommendations of the current attempt */
     td_buf recbuf;
     td_drec *recs;
@@ -115,8 +115,8 @@ typedef struct td_batch {
      * versions), read by td_batch_store_apply (main thread) */
     td_state **pack_ld;       /* loads: states[g] of the missed groups */
     const td_state **pack_st; /* stores: states[g] of the packed groups */
-    td_kvs *pack_base;  /* shallow copies of base[g] */
-    td_kvs *pack_now;   /* the flat forms being written (owned, reused) */
+    td_kvs *pack_base;        /* shallow copies of base[g] */
+    td_kvs *pack_now;         /* the flat forms being written (owned, reused) */
     int64_t *pack_expected;
     int *pack_result;
     int32_t *pack_g;
@@ -182,12 +182,12 @@ struct td_daemon {
     bool store_started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    td_batch *job;  /* handed to the store thread; NULL when it is done */
+    td_batch *job; /* handed to the store thread; NULL when it is done */
     bool quit;
 
     /* counters since start */
-    uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out,
-        conflicts, redis_waits, reloads, reload_failures, redone;
+    uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out, conflicts,
+        redis_waits, reloads, reload_failures, redone;
     uint64_t verify_seen; /* redis.verify_writes differences already logged */
     int64_t next_progress;
     uint64_t derived;
@@ -206,7 +206,7 @@ struct td_daemon {
     uint64_t gifts_registered, gifts_again;
 };
 
-static int td_daemon_gifts_init(td_daemon *d);  /* gift register, below */
+static int td_daemon_gifts_init(td_daemon *d); /* gift register, below */
 static void td_daemon_gifts_free(td_daemon *d);
 
 static int64_t td_mono_ms(void) {
@@ -237,8 +237,8 @@ static void td_log_diags(const td_diags *dg) {
     for (size_t i = 0; i < dg->n; i++) {
         const td_diag *x = &dg->v[i];
         td_log(x->severity == TD_SEV_ERROR ? TD_LOG_ERROR : TD_LOG_WARN, "rules diagnostic",
-               "file=%s line=%d col=%d code=%s text=%s source=%s", x->file ? x->file : "-",
-               x->line, x->col, x->code, td_log_quote(q1, sizeof q1, x->msg ? x->msg : ""),
+               "file=%s line=%d col=%d code=%s text=%s source=%s", x->file ? x->file : "-", x->line,
+               x->col, x->code, td_log_quote(q1, sizeof q1, x->msg ? x->msg : ""),
                td_log_quote(q2, sizeof q2, x->source ? x->source : ""));
     }
 }
@@ -251,8 +251,8 @@ static td_ruleset *td_daemon_compile(const td_config *cfg) {
     td_ruleset *rs = td_load_rules(paths, 1, &dg);
     td_log_diags(&dg);
     if (!rs)
-        td_log_error("rules rejected", "dir=%s errors=%zu warnings=%zu", cfg->rules.dir,
-                     dg.errors, dg.warnings);
+        td_log_error("rules rejected", "dir=%s errors=%zu warnings=%zu", cfg->rules.dir, dg.errors,
+                     dg.warnings);
     td_diags_free(&dg);
     return rs;
 }
@@ -284,14 +284,11 @@ static void td_daemon_maybe_reload(td_daemon *d) {
         return;
     }
     int poll_ms = d->cfg->rules.reload_poll_ms;
-    if (poll_ms <= 0)
-        return;
+    if (poll_ms <= 0) return;
     int64_t now = td_mono_ms();
-    if (now < d->next_rules_poll)
-        return;
+    if (now < d->next_rules_poll) return;
     d->next_rules_poll = now + poll_ms;
-    if (td_rules_dir_signature(d->cfg->rules.dir) != d->rules_sig)
-        td_daemon_reload(d, "change");
+    if (td_rules_dir_signature(d->cfg->rules.dir) != d->rules_sig) td_daemon_reload(d, "change");
 }
 
 /* ------------------------------------------------------------ life cycle */
@@ -403,8 +400,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         goto fail;
     }
     td_log_info("redis connected", "host=%s port=%d db=%d prefix=%s", cfg->redis.host,
-                cfg->redis.unix_socket ? 0 : cfg->redis.port, cfg->redis.db,
-                cfg->redis.key_prefix);
+                cfg->redis.unix_socket ? 0 : cfg->redis.port, cfg->redis.db, cfg->redis.key_prefix);
 
     /* Timers: every state write maintains the index; a poller fires them. */
     td_redis_set_timer_shards(d->redis, (uint32_t)cfg->timers.shards);
@@ -435,8 +431,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
                "drop_older_than_ms=%lld %s",
                cfg->timers.poll_ms, cfg->timers.sweep_ms, cfg->timers.claim_batch,
                cfg->timers.lease_ms, td_overdue_policy_name(cfg->timers.overdue_policy),
-               (long long)cfg->timers.drop_older_than,
-               advice[0] ? advice : "index=unknown");
+               (long long)cfg->timers.drop_older_than, advice[0] ? advice : "index=unknown");
     }
 
     d->kafka = td_kafka_new(cfg, err, sizeof err);
@@ -466,8 +461,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         td_batch_alloc(&d->bt[i], d->cap, d->gcap, d->tcap);
     if (cfg->engine.state_cache > 0) {
         d->cache = td_state_cache_new((size_t)cfg->engine.state_cache);
-        if (!d->cache)
-            goto fail;
+        if (!d->cache) goto fail;
     }
     if (cfg->engine.pipeline) {
         if (pthread_create(&d->store_th, NULL, td_store_main, d) != 0) {
@@ -485,8 +479,7 @@ fail:
 }
 
 void td_daemon_free(td_daemon *d) {
-    if (!d)
-        return;
+    if (!d) return;
     if (d->store_started) {
         pthread_mutex_lock(&d->mu);
         d->quit = true;
@@ -496,8 +489,7 @@ void td_daemon_free(td_daemon *d) {
     }
     td_shadow_free(d->shadow); /* before the (embedded) broker goes */
     td_daemon_gifts_free(d);
-    if (d->kafka)
-        td_kafka_free(d->kafka); /* final commit, leave the group */
+    if (d->kafka) td_kafka_free(d->kafka); /* final commit, leave the group */
     td_timers_free(d->timers);
     td_redis_free(d->redis);
     td_redis_free(d->redis_store);
@@ -534,8 +526,7 @@ static void *td_store_main(void *arg) {
     for (;;) {
         while (!d->job && !d->quit)
             pthread_cond_wait(&d->cv, &d->mu);
-        if (!d->job)
-            break;
+        if (!d->job) break;
         td_batch *b = d->job;
         pthread_mutex_unlock(&d->mu);
         int64_t t0 = td_mono_ms();
@@ -587,10 +578,8 @@ static int td_base_set(td_batch *b, int32_t g) {
  * @returns NULL when out of memory. */
 static td_state *td_state_take_spare(td_daemon *d, const char *pid, size_t plen) {
     td_state *st = d->nspare ? d->spare[--d->nspare] : calloc(1, sizeof *st);
-    if (!st)
-        return NULL;
-    if (plen > TD_ID_MAX)
-        plen = TD_ID_MAX; /* as td_state_init (ids are validated to fit) */
+    if (!st) return NULL;
+    if (plen > TD_ID_MAX) plen = TD_ID_MAX; /* as td_state_init (ids are validated to fit) */
     memcpy(st->prospect_id, pid, plen);
     st->prospect_id[plen] = '\0';
     return st;
@@ -598,8 +587,7 @@ static td_state *td_state_take_spare(td_daemon *d, const char *pid, size_t plen)
 
 /* Keeps st (its tables freed) for reuse; NULL is a no-op. */
 static void td_state_put_spare(td_daemon *d, td_state *st) {
-    if (!st)
-        return;
+    if (!st) return;
     td_state_free(st);
     if (d->nspare == d->capspare) {
         size_t cap = d->capspare ? d->capspare * 2 : 256;
@@ -664,17 +652,14 @@ static void td_batch_release(td_daemon *d, td_batch *b) {
  * gets small batches and low latency, a busy one large batches. */
 static size_t td_batch_collect(td_daemon *d, td_batch *b, int wait_ms) {
     rd_kafka_message_t *m = td_kafka_poll(d->kafka, wait_ms);
-    if (!m)
-        return 0;
+    if (!m) return 0;
     b->msgs[b->nmsgs++] = m;
     int64_t deadline = td_mono_ms() + d->cfg->engine.batch_max_ms;
     while (b->nmsgs < d->cap) {
         m = td_kafka_poll(d->kafka, 0);
-        if (!m)
-            break;
+        if (!m) break;
         b->msgs[b->nmsgs++] = m;
-        if ((b->nmsgs & 63) == 0 && td_mono_ms() >= deadline)
-            break;
+        if ((b->nmsgs & 63) == 0 && td_mono_ms() >= deadline) break;
     }
     return b->nmsgs;
 }
@@ -682,23 +667,19 @@ static size_t td_batch_collect(td_daemon *d, td_batch *b, int wait_ms) {
 /* The group of prospect `pid` in b, created (no messages, its state to be
  * loaded: td_state_take_spare) when absent and `create`; -1 when absent and
  * not created, -2 when out of memory. */
-static int32_t td_group_find(td_daemon *d, td_batch *b, const char *pid, size_t plen,
-                             uint64_t hash, bool create, bool *created) {
+static int32_t td_group_find(td_daemon *d, td_batch *b, const char *pid, size_t plen, uint64_t hash,
+                             bool create, bool *created) {
     size_t mask = d->tcap - 1;
     size_t h = (size_t)hash & mask;
-    if (created)
-        *created = false;
+    if (created) *created = false;
     while (b->table[h]) {
         int32_t cand = b->table[h] - 1;
-        if (strcmp(b->states[cand]->prospect_id, pid) == 0)
-            return cand;
+        if (strcmp(b->states[cand]->prospect_id, pid) == 0) return cand;
         h = (h + 1) & mask;
     }
-    if (!create || b->ngroups >= d->gcap)
-        return -1;
+    if (!create || b->ngroups >= d->gcap) return -1;
     td_state *st = td_state_take_spare(d, pid, plen);
-    if (!st)
-        return -2;
+    if (!st) return -2;
     int32_t g = (int32_t)b->ngroups++;
     b->table[h] = g + 1;
     b->states[g] = st;
@@ -712,8 +693,7 @@ static int32_t td_group_find(td_daemon *d, td_batch *b, const char *pid, size_t 
     b->src[g] = -1;
     b->superseded[g] = false;
     b->restated[g] = false;
-    if (created)
-        *created = true;
+    if (created) *created = true;
     return g;
 }
 
@@ -742,8 +722,7 @@ static int td_batch_decode(td_daemon *d, td_batch *b) {
                         "topic=%s partition=%d offset=%lld field=%s reason=%s",
                         rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
                         ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
-            if (td_kafka_send_dlq(d->kafka, m, ee.reason, ee.field) < 0)
-                return -1;
+            if (td_kafka_send_dlq(d->kafka, m, ee.reason, ee.field) < 0) return -1;
         }
     }
     return 0;
@@ -757,12 +736,10 @@ static int td_batch_group(td_daemon *d, td_batch *b) {
     for (size_t i = 0; i < b->nmsgs; i++) {
         b->gidx[i] = -1;
         b->next[i] = -1;
-        if (b->dead[i])
-            continue;
+        if (b->dead[i]) continue;
         bool created;
         int32_t g = td_group_lookup(d, b, b->evs[i].prospect_id, true, &created);
-        if (g < 0)
-            return -1; /* out of memory (never full: gcap >= the batch's events) */
+        if (g < 0) return -1; /* out of memory (never full: gcap >= the batch's events) */
         if (created) {
             b->first[g] = b->last[g] = (int32_t)i;
         } else {
@@ -794,8 +771,7 @@ static int td_redis_wait(td_daemon *d, td_redis *r, int *attempt, const char *op
     int ms = d->cfg->redis.backoff_min_ms;
     for (int k = 1; k < *attempt && ms < d->cfg->redis.backoff_max_ms; k++)
         ms *= 2;
-    if (ms > d->cfg->redis.backoff_max_ms)
-        ms = d->cfg->redis.backoff_max_ms;
+    if (ms > d->cfg->redis.backoff_max_ms) ms = d->cfg->redis.backoff_max_ms;
     /* keepalive doubles as the sleep: it serves the consumer meanwhile */
     int64_t until = td_mono_ms() + ms;
     while (td_mono_ms() < until && !td_daemon_stop_requested)
@@ -828,12 +804,11 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
         int32_t g = work_in[k];
         b->src[g] = -1;
         if (from) {
-            int32_t sg = td_group_find(d, from, b->states[g]->prospect_id, b->glen[g],
-                                       b->ghash[g], false, NULL);
+            int32_t sg = td_group_find(d, from, b->states[g]->prospect_id, b->glen[g], b->ghash[g],
+                                       false, NULL);
             if (sg >= 0) {
                 td_state_free(b->states[g]);
-                if (td_state_copy(b->states[g], from->states[sg]) != TD_OK)
-                    return -2;
+                if (td_state_copy(b->states[g], from->states[sg]) != TD_OK) return -2;
                 b->src[g] = sg;
                 from->superseded[sg] = true;
                 b->has_base[g] = false;
@@ -856,8 +831,7 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
     n = nmiss;
     int attempt = 0;
     for (;;) {
-        if (n == 0)
-            break;
+        if (n == 0) break;
         for (size_t k = 0; k < n; k++) {
             td_state *st = b->states[work[k]];
             char pid[TD_ID_MAX + 1];
@@ -868,15 +842,12 @@ static int td_batch_load(td_daemon *d, td_batch *b, td_batch *from, const int32_
         for (size_t k = 0; k < n; k++)
             b->pack_ld[k] = b->states[work[k]];
         int rc = td_redis_load_ptrs(d->redis, b->pack_ld, n);
-        if (rc == TD_OK)
-            break;
-        if (td_redis_wait(d, d->redis, &attempt, "load") < 0)
-            return -1;
+        if (rc == TD_OK) break;
+        if (td_redis_wait(d, d->redis, &attempt, "load") < 0) return -1;
     }
     td_redis_back(d, attempt, "load");
     for (size_t k = 0; k < n; k++)
-        if (td_base_set(b, work[k]) < 0)
-            return -2;
+        if (td_base_set(b, work[k]) < 0) return -2;
     for (size_t k = 0; k < n_in; k++) {
         b->expected[work_in[k]] = b->states[work_in[k]]->version;
         b->changed[work_in[k]] = false;
@@ -888,12 +859,10 @@ static int td_dq_push(td_batch *b, const td_event *ev) {
     if (b->ndq == b->capdq) {
         size_t cap = b->capdq ? b->capdq * 2 : 64;
         td_event *v = realloc(b->dq, cap * sizeof *v);
-        if (!v)
-            return -1;
+        if (!v) return -1;
         b->dq = v;
         int32_t *gv = realloc(b->dq_g, cap * sizeof *gv);
-        if (!gv)
-            return -1;
+        if (!gv) return -1;
         b->dq_g = gv;
         b->capdq = cap;
     }
@@ -907,8 +876,7 @@ static int td_rec_add(td_batch *b, int32_t g, size_t off) {
     if (b->nrecs == b->caprecs) {
         size_t cap = b->caprecs ? b->caprecs * 2 : 256;
         td_drec *v = realloc(b->recs, cap * sizeof *v);
-        if (!v)
-            return -1;
+        if (!v) return -1;
         b->recs = v;
         b->caprecs = cap;
     }
@@ -921,8 +889,7 @@ static int td_rec_add(td_batch *b, int32_t g, size_t off) {
 /* Notes applied event i of group g when it is a gift.sent (docs/gifts.md).
  * The list restarts with every attempt. @returns 0, or -1 (out of memory). */
 static int td_gift_note(td_daemon *d, td_batch *b, int32_t g, int32_t i) {
-    if (b->evs[i].type != TD_EV_GIFT_SENT)
-        return 0;
+    if (b->evs[i].type != TD_EV_GIFT_SENT) return 0;
     if (b->gift_seq != b->attempt_seq) {
         b->gift_seq = b->attempt_seq;
         b->ngifts = 0;
@@ -930,8 +897,7 @@ static int td_gift_note(td_daemon *d, td_batch *b, int32_t g, int32_t i) {
     if (b->ngifts == b->capgifts) {
         size_t cap = b->capgifts ? b->capgifts * 2 : 64;
         td_gift_rec *v = realloc(b->gift_recs, cap * sizeof *v);
-        if (!v)
-            return -1;
+        if (!v) return -1;
         b->gift_recs = v;
         b->capgifts = cap;
     }
@@ -947,17 +913,14 @@ static int td_gift_note(td_daemon *d, td_batch *b, int32_t g, int32_t i) {
  * crash re-runs it and the script drops what was already registered.
  * @returns 0, -1 (fatal Kafka error) or -2 (stop requested: abandoned). */
 static int td_daemon_gifts(td_daemon *d, td_batch *b) {
-    if (b->gift_seq != b->attempt_seq || b->ngifts == 0)
-        return 0;
+    if (b->gift_seq != b->attempt_seq || b->ngifts == 0) return 0;
     size_t n = b->ngifts;
     if (d->gifts_kafka) {
         td_gifts_kafka_begin(d->gifts_kafka);
         for (size_t k = 0; k < n; k++)
-            if (td_gifts_kafka_send(d->gifts_kafka, &b->gift_recs[k]) < 0)
-                return -1;
+            if (td_gifts_kafka_send(d->gifts_kafka, &b->gift_recs[k]) < 0) return -1;
         int w = td_gifts_kafka_wait(d->gifts_kafka, &td_daemon_stop_requested, 10000);
-        if (w < 0)
-            return w;
+        if (w < 0) return w;
     }
     int attempt = 0;
     size_t added = 0;
@@ -1008,8 +971,7 @@ static int td_daemon_gifts_init(td_daemon *d) {
             return -1;
         }
     }
-    td_log_info("gift register ready", "retention_days=%d topic=%s",
-                d->cfg->gifts.retention_days,
+    td_log_info("gift register ready", "retention_days=%d topic=%s", d->cfg->gifts.retention_days,
                 d->cfg->kafka.gift_register_topic[0] ? d->cfg->kafka.gift_register_topic : "-");
     return 0;
 }
@@ -1036,10 +998,8 @@ static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->evs[i]};
         if (d->shadow)
             td_shadow_before(d->shadow, st); /* a copy, stepped after live, never stored */
-        if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
-            return -1;
-        if (d->shadow)
-            td_shadow_after(d->shadow, d->rs, &trig, now, d->out);
+        if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK) return -1;
+        if (d->shadow) td_shadow_after(d->shadow, d->rs, &trig, now, d->out);
         if (d->out->duplicate) {
             b->duplicates++;
             b->gc[g].duplicates++;
@@ -1047,8 +1007,7 @@ static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
             b->applied++;
             b->gc[g].applied++;
         }
-        if (!d->out->duplicate && td_gift_note(d, b, g, i) < 0)
-            return -1;
+        if (!d->out->duplicate && td_gift_note(d, b, g, i) < 0) return -1;
         for (uint32_t r = 0; r < d->out->nrecs; r++) {
             size_t off = b->recbuf.len;
             if (td_rec_json(&d->out->recs[r], st, d->rs, &trig, now, &b->recbuf) != TD_OK ||
@@ -1056,10 +1015,9 @@ static int td_batch_compute(td_daemon *d, td_batch *b, int32_t g, td_ms now) {
                 return -1;
         }
         if (d->out->nerrors)
-            td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u",
-                        st->prospect_id, b->evs[i].id, d->out->nerrors);
-        if (d->out->has_derived && td_dq_push(b, &d->out->derived) < 0)
-            return -1;
+            td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u", st->prospect_id,
+                        b->evs[i].id, d->out->nerrors);
+        if (d->out->has_derived && td_dq_push(b, &d->out->derived) < 0) return -1;
         td_state_pos_set(st, topic, m->partition, m->offset);
         b->changed[g] = true;
     }
@@ -1072,10 +1030,8 @@ static int td_derived_step(td_daemon *d, td_batch *b, size_t i, td_ms now) {
     int32_t g = b->dq_g[i];
     td_state *st = b->states[g];
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->dq[i]};
-    if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK)
-        return -1;
-    if (d->out->duplicate)
-        return 0;
+    if (td_engine_step(d->rs, st, &trig, now, d->tz, 0, d->out) != TD_OK) return -1;
+    if (d->out->duplicate) return 0;
     b->derived++;
     b->gc[g].derived++;
     for (uint32_t r = 0; r < d->out->nrecs; r++) {
@@ -1100,15 +1056,13 @@ static int td_derived_step(td_daemon *d, td_batch *b, size_t i, td_ms now) {
  * @returns 0, -1 (out of memory) or -2 (abandoned: stop requested).
  */
 static int td_batch_derive(td_daemon *d, td_batch *b, td_batch *from, size_t from_dq, td_ms now) {
-    if (b->ndq == 0)
-        return 0;
+    if (b->ndq == 0) return 0;
     uint32_t seq = b->attempt_seq;
     size_t n0 = b->nwork, ncreated = 0;
     for (size_t i = from_dq; i < b->ndq; i++) {
         bool created;
         int32_t g = td_group_lookup(d, b, b->dq[i].prospect_id, true, &created);
-        if (g < 0)
-            return -1; /* out of memory (never full: one derived event per input event) */
+        if (g < 0) return -1; /* out of memory (never full: one derived event per input event) */
         b->dq_g[i] = g;
         if (created) {
             b->work[n0 + ncreated++] = g;
@@ -1117,27 +1071,23 @@ static int td_batch_derive(td_daemon *d, td_batch *b, td_batch *from, size_t fro
     }
     if (ncreated > 0) {
         int lr = td_batch_load(d, b, from, b->work + n0, ncreated);
-        if (lr < 0)
-            return lr == -2 ? -1 : -2;
+        if (lr < 0) return lr == -2 ? -1 : -2;
         b->nwork += ncreated;
     }
     /* groups loaded in this attempt: every derived event for them */
     for (size_t i = 0; i < b->ndq; i++) {
         int32_t g = b->dq_g[i];
-        if (b->stamp[g] == seq && td_derived_step(d, b, i, now) < 0)
-            return -1;
+        if (b->stamp[g] == seq && td_derived_step(d, b, i, now) < 0) return -1;
     }
     /* groups stored earlier in the batch: only the new events */
     for (size_t i = from_dq; i < b->ndq; i++) {
         int32_t g = b->dq_g[i];
-        if (b->stamp[g] == seq)
-            continue;
+        if (b->stamp[g] == seq) continue;
         b->expected[g] = b->states[g]->version; /* as stored by us */
         b->stamp[g] = seq;
         b->work[b->nwork++] = g;
         for (size_t k = i; k < b->ndq; k++)
-            if (b->dq_g[k] == g && td_derived_step(d, b, k, now) < 0)
-                return -1;
+            if (b->dq_g[k] == g && td_derived_step(d, b, k, now) < 0) return -1;
     }
     return 0;
 }
@@ -1158,8 +1108,7 @@ static int td_batch_pack(td_batch *b) {
     for (int pass = 0; pass < 2; pass++) {
         for (size_t k = 0; k < b->ngroups; k++) {
             int32_t g = (int32_t)k;
-            if (!b->changed[g] || (b->first[g] < 0) != (pass == 0))
-                continue;
+            if (!b->changed[g] || (b->first[g] < 0) != (pass == 0)) continue;
             /* a state and a buffer two ahead: both were last touched many
              * states ago (td_kvs_prefetch) */
             if (k + 2 < b->ngroups) {
@@ -1167,10 +1116,8 @@ static int td_batch_pack(td_batch *b) {
                 for (size_t o = 0; o < sizeof(td_state); o += 64)
                     __builtin_prefetch(sp + o, 0);
             }
-            if (np + 2 < b->ngroups)
-                td_kvs_prefetch(&b->pack_now[np + 2], true);
-            if (td_kvs_capture(&b->pack_now[np], b->states[g]) != TD_OK)
-                return -2;
+            if (np + 2 < b->ngroups) td_kvs_prefetch(&b->pack_now[np + 2], true);
+            if (td_kvs_capture(&b->pack_now[np], b->states[g]) != TD_OK) return -2;
             b->pack_g[np] = g;
             np++;
         }
@@ -1195,10 +1142,9 @@ static void td_batch_pack_bind(td_batch *b) {
  * store thread. @returns TD_OK or TD_ERR (Redis: unknown which writes
  * happened). */
 static int td_batch_store_send(td_redis *r, td_batch *b) {
-    if (b->npack == 0)
-        return TD_OK;
-    return td_redis_store_diff(r, b->pack_st, b->pack_base, b->pack_now, b->pack_expected,
-                               b->npack, b->pack_result) == TD_OK
+    if (b->npack == 0) return TD_OK;
+    return td_redis_store_diff(r, b->pack_st, b->pack_base, b->pack_now, b->pack_expected, b->npack,
+                               b->pack_result) == TD_OK
                ? TD_OK
                : TD_ERR;
 }
@@ -1206,8 +1152,7 @@ static int td_batch_store_send(td_redis *r, td_batch *b) {
 /* td_batch_pack + td_batch_pack_bind + td_batch_store_send, on the main
  * thread. @returns as td_batch_store_send, or -2 (out of memory). */
 static int td_batch_store_now(td_redis *r, td_batch *b) {
-    if (td_batch_pack(b) < 0)
-        return -2;
+    if (td_batch_pack(b) < 0) return -2;
     td_batch_pack_bind(b);
     return td_batch_store_send(r, b);
 }
@@ -1239,14 +1184,12 @@ static void td_batch_store_apply(td_daemon *d, td_batch *b, size_t *nconf) {
 static void td_daemon_verify_log(td_daemon *d, td_redis *r) {
     uint64_t all =
         td_redis_verify_mismatches(d->redis) + td_redis_verify_mismatches(d->redis_store);
-    if (all == d->verify_seen)
-        return;
+    if (all == d->verify_seen) return;
     char last[400], q[480];
     td_redis_verify_last(r, last, sizeof last);
     td_log_error("verify_writes: redis holds other than the state written",
-                 "new=%llu total=%llu last=%s",
-                 (unsigned long long)(all - d->verify_seen), (unsigned long long)all,
-                 td_log_quote(q, sizeof q, last));
+                 "new=%llu total=%llu last=%s", (unsigned long long)(all - d->verify_seen),
+                 (unsigned long long)all, td_log_quote(q, sizeof q, last));
     d->verify_seen = all;
 }
 
@@ -1257,24 +1200,20 @@ static void td_daemon_verify_log(td_daemon *d, td_redis *r) {
  * requested), -2 on out-of-memory. */
 static int td_batch_store(td_daemon *d, td_batch *b, int rc, td_redis *tried_on, size_t *nconf) {
     int attempt = 0;
-    if (rc == TD_STORE_UNTRIED)
-        rc = td_batch_store_now(d->redis, b);
+    if (rc == TD_STORE_UNTRIED) rc = td_batch_store_now(d->redis, b);
     td_redis *r = tried_on ? tried_on : d->redis;
     while (rc != TD_OK) {
-        if (rc == -2)
-            return -2;
+        if (rc == -2) return -2;
         /* Unknown which writes happened: retrying is safe (a write that did
          * happen bumped the version, so it now conflicts, and the reload
          * sees our positions). */
-        if (td_redis_wait(d, r, &attempt, "store") < 0)
-            return -1;
+        if (td_redis_wait(d, r, &attempt, "store") < 0) return -1;
         r = d->redis;
         rc = td_batch_store_now(d->redis, b);
     }
     td_redis_back(d, attempt, "store");
     td_batch_store_apply(d, b, nconf);
-    if (d->cfg->redis.verify_writes)
-        td_daemon_verify_log(d, r);
+    if (d->cfg->redis.verify_writes) td_daemon_verify_log(d, r);
     return 0;
 }
 
@@ -1308,8 +1247,7 @@ static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
             td_log_error("out of memory while loading states", "prospects=%zu", b->nwork);
             return TD_BATCH_FATAL;
         }
-        if (lr < 0)
-            return TD_BATCH_ABANDONED;
+        if (lr < 0) return TD_BATCH_ABANDONED;
     }
     int64_t t1 = td_mono_ms();
     b->t_load += t1 - t0;
@@ -1335,8 +1273,7 @@ static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
         td_log_error("engine step failed (out of memory)", "derived=%zu", b->ndq);
         return TD_BATCH_FATAL;
     }
-    if (dr == -2)
-        return TD_BATCH_ABANDONED;
+    if (dr == -2) return TD_BATCH_ABANDONED;
     for (size_t r = 0; r < b->nrecs; r++) {
         const td_drec *x = &b->recs[r];
         const char *pid = b->states[x->g]->prospect_id;
@@ -1354,15 +1291,11 @@ static td_batch_rc td_batch_attempt(td_daemon *d, td_batch *b, td_batch *from) {
 static td_batch_rc td_batch_deliver(td_daemon *d, td_batch *b) {
     int64_t t0 = td_mono_ms();
     int w = td_kafka_round_wait(d->kafka, &td_daemon_stop_requested, 10000);
-    if (w == -1)
-        return TD_BATCH_FATAL;
-    if (w == -2)
-        return TD_BATCH_ABANDONED;
+    if (w == -1) return TD_BATCH_FATAL;
+    if (w == -2) return TD_BATCH_ABANDONED;
     int gw = td_daemon_gifts(d, b); /* the gift register: after delivery, before the store */
-    if (gw == -1)
-        return TD_BATCH_FATAL;
-    if (gw == -2)
-        return TD_BATCH_ABANDONED;
+    if (gw == -1) return TD_BATCH_FATAL;
+    if (gw == -2) return TD_BATCH_ABANDONED;
     b->t_deliver += td_mono_ms() - t0;
     return TD_BATCH_DONE;
 }
@@ -1379,11 +1312,9 @@ static td_batch_rc td_batch_settle(td_daemon *d, td_batch *b, int rc, td_redis *
             td_log_error("out of memory after a state write", "prospects=%zu", b->nwork);
             return TD_BATCH_FATAL;
         }
-        if (sr < 0)
-            return TD_BATCH_ABANDONED;
+        if (sr < 0) return TD_BATCH_ABANDONED;
         b->t_store += td_mono_ms() - t0;
-        if (nconf == 0)
-            return TD_BATCH_DONE;
+        if (nconf == 0) return TD_BATCH_DONE;
         d->conflicts += nconf;
         b->recomputed = true;
         td_log_info("state changed concurrently, recomputing", "prospects=%zu attempt=%d", nconf,
@@ -1395,15 +1326,12 @@ static td_batch_rc td_batch_settle(td_daemon *d, td_batch *b, int rc, td_redis *
              * working on the same prospects during a rebalance). */
             td_kafka_keepalive(d->kafka, attempt > 20 ? 200 : 10 * attempt);
         }
-        if (td_daemon_stop_requested && attempt > 50)
-            return TD_BATCH_ABANDONED;
+        if (td_daemon_stop_requested && attempt > 50) return TD_BATCH_ABANDONED;
         td_kafka_round_begin(d->kafka);
         td_batch_rc br = td_batch_attempt(d, b, NULL);
         td_batch_mark_restated(b);
-        if (br == TD_BATCH_DONE)
-            br = td_batch_deliver(d, b);
-        if (br != TD_BATCH_DONE)
-            return br;
+        if (br == TD_BATCH_DONE) br = td_batch_deliver(d, b);
+        if (br != TD_BATCH_DONE) return br;
         rc = TD_STORE_UNTRIED;
         tried_on = NULL;
     }
@@ -1418,15 +1346,13 @@ static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
     int64_t oldest = INT64_MAX;
     for (size_t i = 0; i < b->nmsgs; i++) {
         int64_t ts = rd_kafka_message_timestamp(b->msgs[i], NULL);
-        if (ts > 0 && ts < oldest)
-            oldest = ts;
+        if (ts > 0 && ts < oldest) oldest = ts;
     }
     b->age = oldest == INT64_MAX ? -1 : (int64_t)td_wall_ms() - oldest;
     b->recomputed = false;
     b->ndq = 0;
     td_kafka_round_begin(d->kafka);
-    if (td_batch_decode(d, b) < 0)
-        return TD_BATCH_FATAL;
+    if (td_batch_decode(d, b) < 0) return TD_BATCH_FATAL;
     if (td_batch_group(d, b) < 0) {
         td_log_error("out of memory while grouping events", "events=%zu", b->nmsgs);
         return TD_BATCH_FATAL;
@@ -1447,10 +1373,8 @@ static td_batch_rc td_batch_begin(td_daemon *d, td_batch *b, td_batch *from) {
 static td_batch_rc td_batch_redo(td_daemon *d, td_batch *b, td_batch *from) {
     size_t n = 0;
     for (size_t g = 0; g < b->ngroups; g++)
-        if (b->src[g] >= 0 && from->restated[b->src[g]])
-            b->work[n++] = (int32_t)g;
-    if (n == 0)
-        return TD_BATCH_DONE;
+        if (b->src[g] >= 0 && from->restated[b->src[g]]) b->work[n++] = (int32_t)g;
+    if (n == 0) return TD_BATCH_DONE;
     b->nwork = n;
     d->redone++;
     b->redone = true;
@@ -1463,8 +1387,7 @@ static td_batch_rc td_batch_redo(td_daemon *d, td_batch *b, td_batch *from) {
 static void td_batch_adopt(td_batch *b, td_batch *from) {
     for (size_t g = 0; g < b->ngroups; g++) {
         int32_t sg = b->src[g];
-        if (sg < 0)
-            continue;
+        if (sg < 0) continue;
         int64_t v = from->states[sg]->version;
         b->states[g]->version = v;
         b->expected[g] = v;
@@ -1494,15 +1417,12 @@ static td_batch_rc td_pipe_finish(td_daemon *d, td_batch *next) {
      * by td_batch_settle, which also recomputes conflicts; next's round is
      * closed (delivered before this), so the settling may use rounds */
     td_batch_rc br = td_batch_settle(d, a, a->store_rc, d->redis_store);
-    if (br != TD_BATCH_DONE)
-        goto out;
+    if (br != TD_BATCH_DONE) goto out;
     /* Everything a caused is durable: its offsets may be committed. */
     td_kafka_store(d->kafka, a->msgs, a->nmsgs);
     if (next) {
-        if (a->recomputed)
-            br = td_batch_redo(d, next, a);
-        if (br == TD_BATCH_DONE)
-            td_batch_adopt(next, a);
+        if (a->recomputed) br = td_batch_redo(d, next, a);
+        if (br == TD_BATCH_DONE) td_batch_adopt(next, a);
     }
 out:
     td_batch_release(d, a);
@@ -1518,8 +1438,7 @@ static td_batch_rc td_batch_process(td_daemon *d, td_batch *b) {
      * being written: if that one conflicts, b is recomputed and delivered
      * again (a recommendation from a conflicted state is re-published with
      * its id, as after any conflict) */
-    if (br == TD_BATCH_DONE)
-        br = td_batch_deliver(d, b);
+    if (br == TD_BATCH_DONE) br = td_batch_deliver(d, b);
     /* b's flat forms are captured while the batch in flight is written */
     if (br == TD_BATCH_DONE && d->store_started && td_batch_pack(b) < 0) {
         td_log_error("out of memory while packing states", "prospects=%zu", b->nwork);
@@ -1528,8 +1447,7 @@ static td_batch_rc td_batch_process(td_daemon *d, td_batch *b) {
     if (d->inflight) {
         b->redone = false;
         td_batch_rc fr = td_pipe_finish(d, br == TD_BATCH_DONE ? b : NULL);
-        if (br == TD_BATCH_DONE)
-            br = fr;
+        if (br == TD_BATCH_DONE) br = fr;
         if (br == TD_BATCH_DONE && b->redone) {
             br = td_batch_deliver(d, b);
             if (br == TD_BATCH_DONE && td_batch_pack(b) < 0) {
@@ -1549,16 +1467,14 @@ static td_batch_rc td_batch_process(td_daemon *d, td_batch *b) {
         return TD_BATCH_DONE;
     }
     br = td_batch_settle(d, b, TD_STORE_UNTRIED, NULL);
-    if (br == TD_BATCH_DONE)
-        td_kafka_store(d->kafka, b->msgs, b->nmsgs);
+    if (br == TD_BATCH_DONE) td_kafka_store(d->kafka, b->msgs, b->nmsgs);
     td_batch_release(d, b);
     return br;
 }
 
 static int td_timer_send(void *ud, const char *pid, const char *json, size_t len) {
     td_daemon *d = ud;
-    if (td_kafka_send_rec(d->kafka, pid, strlen(pid), json, len) < 0)
-        return -1;
+    if (td_kafka_send_rec(d->kafka, pid, strlen(pid), json, len) < 0) return -1;
     d->recs_out++;
     return 0;
 }
@@ -1577,8 +1493,8 @@ static void td_timer_shadow_before(void *ud, const td_state *st) {
     td_shadow_before(d->shadow, st);
 }
 
-static void td_timer_shadow_after(void *ud, const td_ruleset *rs, const td_trigger *trig,
-                                  td_ms now, const td_step_out *out) {
+static void td_timer_shadow_after(void *ud, const td_ruleset *rs, const td_trigger *trig, td_ms now,
+                                  const td_step_out *out) {
     td_daemon *d = ud;
     td_shadow_after(d->shadow, rs, trig, now, out);
 }
@@ -1587,8 +1503,7 @@ static void td_timer_shadow_after(void *ud, const td_ruleset *rs, const td_trigg
  * (a backlog), for at most ~250 ms so the input keeps flowing. */
 static void td_daemon_timers(td_daemon *d) {
     int64_t now = td_mono_ms();
-    if (now < d->next_timer_poll)
-        return;
+    if (now < d->next_timer_poll) return;
     const td_timers_conf *tc = &d->cfg->timers;
     td_timers_sink sink = {d, td_timer_send, td_timer_wait, NULL, NULL};
     if (d->shadow) {
@@ -1628,8 +1543,7 @@ static void td_daemon_timers(td_daemon *d) {
 
 static void td_daemon_progress(td_daemon *d, bool force) {
     int64_t now = td_mono_ms();
-    if (!force && now < d->next_progress)
-        return;
+    if (!force && now < d->next_progress) return;
     d->next_progress = now + 60000;
     td_kafka_stats ks;
     td_kafka_get_stats(d->kafka, &ks);
@@ -1639,33 +1553,32 @@ static void td_daemon_progress(td_daemon *d, bool force) {
     td_log_info("state cache", "hits=%llu misses=%llu drops=%llu used=%zu entries=%zu",
                 (unsigned long long)cs.hits, (unsigned long long)cs.misses,
                 (unsigned long long)cs.drops, cs.used, cs.entries);
-    td_log_info("progress",
-                "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
-                "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
-                "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
-                "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
-                "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
-                "timers_delay_max_ms=%lld store_one_connection=%llu verify_mismatches=%llu "
-                "ruleset=%s",
-                (unsigned long long)d->batches, (unsigned long long)d->events,
-                (unsigned long long)d->applied, (unsigned long long)d->skipped_pos,
-                (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
-                (unsigned long long)d->recs_out, (unsigned long long)ks.recs_acked,
-                (unsigned long long)ks.resent, (unsigned long long)d->conflicts,
-                (unsigned long long)d->redone,
-                (unsigned long long)d->redis_waits, ks.assigned, (unsigned long long)d->derived,
-                (unsigned long long)ts->claimed, (unsigned long long)ts->fired,
-                (unsigned long long)ts->recs, (unsigned long long)ts->stale,
-                (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
-                (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
-                (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
-                (unsigned long long)(td_redis_one_lane_writes(d->redis_store) +
-                                     td_redis_one_lane_writes(d->redis)),
-                (unsigned long long)(td_redis_verify_mismatches(d->redis_store) +
-                                     td_redis_verify_mismatches(d->redis)),
-                td_ruleset_hash(d->rs));
+    td_log_info(
+        "progress",
+        "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
+        "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
+        "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
+        "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
+        "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
+        "timers_delay_max_ms=%lld store_one_connection=%llu verify_mismatches=%llu "
+        "ruleset=%s",
+        (unsigned long long)d->batches, (unsigned long long)d->events,
+        (unsigned long long)d->applied, (unsigned long long)d->skipped_pos,
+        (unsigned long long)d->duplicates, (unsigned long long)d->dead_letters,
+        (unsigned long long)d->recs_out, (unsigned long long)ks.recs_acked,
+        (unsigned long long)ks.resent, (unsigned long long)d->conflicts,
+        (unsigned long long)d->redone, (unsigned long long)d->redis_waits, ks.assigned,
+        (unsigned long long)d->derived, (unsigned long long)ts->claimed,
+        (unsigned long long)ts->fired, (unsigned long long)ts->recs, (unsigned long long)ts->stale,
+        (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
+        (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
+        (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
+        (unsigned long long)(td_redis_one_lane_writes(d->redis_store) +
+                             td_redis_one_lane_writes(d->redis)),
+        (unsigned long long)(td_redis_verify_mismatches(d->redis_store) +
+                             td_redis_verify_mismatches(d->redis)),
+        td_ruleset_hash(d->rs));
 }
-
 
 /* @returns true when the loop must end (rc set for a fatal error). */
 static bool td_daemon_batch_end(td_daemon *d, td_batch_rc br, int *rc) {
@@ -1698,32 +1611,26 @@ int td_daemon_run(td_daemon *d) {
         td_shadow_tick(d->shadow);
         td_daemon_progress(d, false);
         td_daemon_timers(d);
-        if (td_daemon_stop_requested)
-            break;
+        if (td_daemon_stop_requested) break;
         /* wait for input at most until the next timer poll (and 100 ms);
          * not at all while a batch is being stored: finish it instead */
         int64_t wait = d->next_timer_poll - td_mono_ms();
         int wait_ms = wait < 0 ? 0 : wait > 100 ? 100 : (int)wait;
-        if (d->inflight)
-            wait_ms = 0;
+        if (d->inflight) wait_ms = 0;
         td_batch *b = d->inflight == &d->bt[0] ? &d->bt[1] : &d->bt[0];
         if (td_batch_collect(d, b, wait_ms) == 0) {
-            if (d->inflight && td_daemon_batch_end(d, td_pipe_finish(d, NULL), &rc))
-                break;
+            if (d->inflight && td_daemon_batch_end(d, td_pipe_finish(d, NULL), &rc)) break;
             continue;
         }
-        if (td_daemon_batch_end(d, td_batch_process(d, b), &rc))
-            break;
+        if (td_daemon_batch_end(d, td_batch_process(d, b), &rc)) break;
     }
     if (d->inflight) {
         /* the batch being stored: settle it and store its offsets */
         td_batch_rc br = td_pipe_finish(d, NULL);
-        if (br == TD_BATCH_FATAL && rc == TD_EXIT_OK)
-            td_daemon_batch_end(d, br, &rc);
+        if (br == TD_BATCH_FATAL && rc == TD_EXIT_OK) td_daemon_batch_end(d, br, &rc);
     }
     td_daemon_progress(d, true);
-    if (rc == TD_EXIT_OK)
-        td_log_info("stopping: committing offsets and leaving the group", NULL);
+    if (rc == TD_EXIT_OK) td_log_info("stopping: committing offsets and leaving the group", NULL);
     td_kafka_close(d->kafka, 10000);
     return rc;
 }

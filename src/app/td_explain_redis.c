@@ -17,11 +17,9 @@
 
 #include "td_redis.h"
 
-td_config *td_explain_redis_config(const char *path, const char *redis, char *err,
-                                   size_t errcap) {
+td_config *td_explain_redis_config(const char *path, const char *redis, char *err, size_t errcap) {
     td_config *cfg = td_config_load(path, err, errcap);
-    if (!cfg)
-        return NULL;
+    if (!cfg) return NULL;
     if (redis && td_config_override(cfg, redis, NULL, NULL, err, errcap) != 0) {
         td_config_free(cfg);
         return NULL;

@@ -10,8 +10,8 @@
  * @locality main thread.
  */
 #include <dirent.h>
-#include <stdint.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -203,19 +203,16 @@ void td_print_diags(const td_diags *d, FILE *f) {
  * mtime. It changes when a file is added, removed, renamed or written. */
 uint64_t td_rules_dir_signature(const char *dir) {
     DIR *d = opendir(dir);
-    if (!d)
-        return 1; /* "missing": differs from any real signature */
+    if (!d) return 1; /* "missing": differs from any real signature */
     uint64_t sig = 0, n = 0;
     struct dirent *e;
     char path[4352];
     while ((e = readdir(d)) != NULL) {
         size_t len = strlen(e->d_name);
-        if (len < 7 || strcmp(e->d_name + len - 6, ".rules") != 0)
-            continue;
+        if (len < 7 || strcmp(e->d_name + len - 6, ".rules") != 0) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         struct stat st;
-        if (stat(path, &st) != 0)
-            continue;
+        if (stat(path, &st) != 0) continue;
         struct {
             int64_t size, sec, nsec;
         } meta = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};

@@ -91,7 +91,6 @@ static td_ms sh_wall_ms(void) {
 
 /* ----------------------------------------------------------------- rules */
 
-
 static void sh_reset_counts(td_shadow *sh, const char *live_hash) {
     if (live_hash != sh->live_hash) /* may be sh->live_hash itself: keep it */
         td_strlcpy(sh->live_hash, live_hash ? live_hash : "", sizeof sh->live_hash);
@@ -112,16 +111,15 @@ static void sh_compile(td_shadow *sh, const char *why) {
     char q1[600], q2[600];
     for (size_t i = 0; i < dg.n; i++) {
         const td_diag *x = &dg.v[i];
-        td_log(x->severity == TD_SEV_ERROR ? TD_LOG_ERROR : TD_LOG_WARN,
-               "shadow rules diagnostic", "file=%s line=%d col=%d code=%s text=%s source=%s",
-               x->file ? x->file : "-", x->line, x->col, x->code,
-               td_log_quote(q1, sizeof q1, x->msg ? x->msg : ""),
+        td_log(x->severity == TD_SEV_ERROR ? TD_LOG_ERROR : TD_LOG_WARN, "shadow rules diagnostic",
+               "file=%s line=%d col=%d code=%s text=%s source=%s", x->file ? x->file : "-", x->line,
+               x->col, x->code, td_log_quote(q1, sizeof q1, x->msg ? x->msg : ""),
                td_log_quote(q2, sizeof q2, x->source ? x->source : ""));
     }
     if (!rs) {
         sh->reload_failures++;
-        snprintf(sh->last_error, sizeof sh->last_error, "%zu errors, %zu warnings in %s",
-                 dg.errors, dg.warnings, dir);
+        snprintf(sh->last_error, sizeof sh->last_error, "%zu errors, %zu warnings in %s", dg.errors,
+                 dg.warnings, dir);
         td_log_error(sh->rs ? "shadow rules rejected, previous shadow keeps running"
                             : "shadow rules rejected, no shadow runs",
                      "dir=%s trigger=%s errors=%zu warnings=%zu shadow_ruleset=%s", dir, why,
@@ -133,18 +131,17 @@ static void sh_compile(td_shadow *sh, const char *why) {
     sh->last_error[0] = '\0';
     const char *old = sh->rs ? td_ruleset_hash(sh->rs) : "none";
     bool changed = strcmp(old, td_ruleset_hash(rs)) != 0;
-    td_log_info("shadow ruleset active", "shadow_ruleset=%s rules=%zu dir=%s previous=%s changed=%s",
-                td_ruleset_hash(rs), td_ruleset_count(rs), dir, old, changed ? "true" : "false");
+    td_log_info("shadow ruleset active",
+                "shadow_ruleset=%s rules=%zu dir=%s previous=%s changed=%s", td_ruleset_hash(rs),
+                td_ruleset_count(rs), dir, old, changed ? "true" : "false");
     td_ruleset_free(sh->rs);
     sh->rs = rs;
     sh->reloads++;
-    if (changed)
-        sh_reset_counts(sh, sh->live_hash);
+    if (changed) sh_reset_counts(sh, sh->live_hash);
 }
 
 void td_shadow_reload(td_shadow *sh, const char *why) {
-    if (!sh)
-        return;
+    if (!sh) return;
     td_log_info("reloading shadow rules", "dir=%s trigger=%s", sh->cfg->rules.shadow_dir, why);
     sh_compile(sh, why);
 }
@@ -172,8 +169,10 @@ static void sh_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) 
 static void sh_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     (void)rk;
     char q[600];
-    td_log(level <= 3 ? TD_LOG_ERROR : level <= 4 ? TD_LOG_WARN : TD_LOG_DEBUG, "librdkafka",
-           "client=shadow fac=%s detail=%s", fac, td_log_quote(q, sizeof q, buf));
+    td_log(level <= 3   ? TD_LOG_ERROR
+           : level <= 4 ? TD_LOG_WARN
+                        : TD_LOG_DEBUG,
+           "librdkafka", "client=shadow fac=%s detail=%s", fac, td_log_quote(q, sizeof q, buf));
 }
 
 static bool sh_set(rd_kafka_conf_t *c, const char *k, const char *v) {
@@ -225,8 +224,7 @@ static void sh_send(td_shadow *sh, const char *pid, const char *json, size_t len
         sh->dropped++;
         if (sh->dropped == 1 || sh->dropped % 1000 == 0)
             td_log_warn("shadow recommendation dropped", "reason=%s dropped=%llu",
-                        rd_kafka_err2name(rd_kafka_last_error()),
-                        (unsigned long long)sh->dropped);
+                        rd_kafka_err2name(rd_kafka_last_error()), (unsigned long long)sh->dropped);
         return;
     }
     sh->sent++;
@@ -235,8 +233,7 @@ static void sh_send(td_shadow *sh, const char *pid, const char *json, size_t len
 /* ------------------------------------------------------------ life cycle */
 
 td_shadow *td_shadow_new(const td_config *cfg, const char *bootstraps, td_tzdb *tz) {
-    if (!cfg->rules.shadow_dir || !*cfg->rules.shadow_dir)
-        return NULL;
+    if (!cfg->rules.shadow_dir || !*cfg->rules.shadow_dir) return NULL;
     td_shadow *sh = calloc(1, sizeof *sh);
     td_step_out *out = calloc(1, sizeof *out);
     if (!sh || !out) {
@@ -267,20 +264,16 @@ static void sh_write_report(td_shadow *sh);
 static void sh_log_counts(td_shadow *sh);
 
 void td_shadow_free(td_shadow *sh) {
-    if (!sh)
-        return;
+    if (!sh) return;
     if (sh->producer) {
         rd_kafka_flush(sh->producer, 2000);
         rd_kafka_poll(sh->producer, 0);
     }
     sh_write_report(sh);
     sh_log_counts(sh);
-    if (sh->rkt)
-        rd_kafka_topic_destroy(sh->rkt);
-    if (sh->producer)
-        rd_kafka_destroy(sh->producer);
-    if (sh->have_copy)
-        td_state_free(&sh->copy);
+    if (sh->rkt) rd_kafka_topic_destroy(sh->rkt);
+    if (sh->producer) rd_kafka_destroy(sh->producer);
+    if (sh->have_copy) td_state_free(&sh->copy);
     td_ruleset_free(sh->rs);
     td_buf_free(&sh->buf);
     free(sh->rc);
@@ -295,8 +288,7 @@ void td_shadow_before(td_shadow *sh, const td_state *st) {
         td_state_free(&sh->copy);
         sh->have_copy = false;
     }
-    if (!sh->rs)
-        return;
+    if (!sh->rs) return;
     if (td_state_copy(&sh->copy, st) != TD_OK) {
         td_state_free(&sh->copy);
         sh->step_failures++;
@@ -311,8 +303,7 @@ static td_shadow_rc *sh_rc(td_shadow *sh, const char *id) {
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
         int c = strcmp(sh->rc[mid].rule, id);
-        if (c == 0)
-            return &sh->rc[mid];
+        if (c == 0) return &sh->rc[mid];
         if (c < 0)
             lo = mid + 1;
         else
@@ -321,8 +312,7 @@ static td_shadow_rc *sh_rc(td_shadow *sh, const char *id) {
     if (sh->nrc == sh->caprc) {
         size_t cap = sh->caprc ? sh->caprc * 2 : 64;
         td_shadow_rc *v = realloc(sh->rc, cap * sizeof *v);
-        if (!v)
-            return NULL;
+        if (!v) return NULL;
         sh->rc = v;
         sh->caprc = cap;
     }
@@ -343,21 +333,17 @@ static void sh_compare(td_shadow *sh, const td_step_out *live, const td_step_out
         const td_rec *l = &live->recs[i];
         const td_rec *s = NULL;
         for (uint32_t k = 0; k < shadow->nrecs && !s; k++)
-            if (strcmp(shadow->recs[k].rule->id, l->rule->id) == 0)
-                s = &shadow->recs[k];
+            if (strcmp(shadow->recs[k].rule->id, l->rule->id) == 0) s = &shadow->recs[k];
         td_shadow_rc *c = sh_rc(sh, l->rule->id);
         if (!s) {
             sh->live_only++;
-            if (c)
-                c->live_only++;
+            if (c) c->live_only++;
         } else if (sh_same_rec(l, s)) {
             sh->agree++;
-            if (c)
-                c->agree++;
+            if (c) c->agree++;
         } else {
             sh->differ++;
-            if (c)
-                c->differ++;
+            if (c) c->differ++;
         }
     }
     for (uint32_t k = 0; k < shadow->nrecs; k++) {
@@ -365,19 +351,16 @@ static void sh_compare(td_shadow *sh, const td_step_out *live, const td_step_out
         bool in_live = false;
         for (uint32_t i = 0; i < live->nrecs && !in_live; i++)
             in_live = strcmp(live->recs[i].rule->id, s->rule->id) == 0;
-        if (in_live)
-            continue;
+        if (in_live) continue;
         sh->shadow_only++;
         td_shadow_rc *c = sh_rc(sh, s->rule->id);
-        if (c)
-            c->shadow_only++;
+        if (c) c->shadow_only++;
     }
 }
 
-void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger *trig,
-                     td_ms now, const td_step_out *live_out) {
-    if (!sh->have_copy)
-        return;
+void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger *trig, td_ms now,
+                     const td_step_out *live_out) {
+    if (!sh->have_copy) return;
     const char *lh = td_ruleset_hash(live_rs);
     if (strcmp(lh, sh->live_hash) != 0) {
         if (sh->live_hash[0])
@@ -426,8 +409,7 @@ static json_t *sh_time_json(td_ms t) {
 
 static void sh_write_report(td_shadow *sh) {
     const char *path = sh->cfg->rules.shadow_report;
-    if (!path || !*path)
-        return;
+    if (!path || !*path) return;
     json_t *root = json_object();
     json_object_set_new(root, "generated_at", sh_time_json(sh_wall_ms()));
     json_object_set_new(root, "since", sh_time_json(sh->since));
@@ -440,18 +422,17 @@ static void sh_write_report(td_shadow *sh) {
     json_object_set_new(root, "status", json_string(sh->rs ? "running" : "not_running"));
     json_object_set_new(root, "last_reload_error",
                         sh->last_error[0] ? json_string(sh->last_error) : json_null());
+    json_object_set_new(root, "steps",
+                        json_pack("{s:I,s:I,s:I,s:I,s:I}", "compared", (json_int_t)sh->steps,
+                                  "events", (json_int_t)sh->events, "timers",
+                                  (json_int_t)sh->timers, "duplicates", (json_int_t)sh->duplicates,
+                                  "failed", (json_int_t)sh->step_failures));
     json_object_set_new(
-        root, "steps",
-        json_pack("{s:I,s:I,s:I,s:I,s:I}", "compared", (json_int_t)sh->steps, "events",
-                  (json_int_t)sh->events, "timers", (json_int_t)sh->timers, "duplicates",
-                  (json_int_t)sh->duplicates, "failed", (json_int_t)sh->step_failures));
-    json_object_set_new(root, "recommendations",
-                        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "live", (json_int_t)sh->live_recs,
-                                  "shadow", (json_int_t)sh->shadow_recs, "shadow_sent",
-                                  (json_int_t)sh->sent, "shadow_acked", (json_int_t)sh->acked,
-                                  "shadow_failed", (json_int_t)sh->failed, "shadow_dropped",
-                                  (json_int_t)sh->dropped, "shadow_rule_errors",
-                                  (json_int_t)sh->shadow_errors));
+        root, "recommendations",
+        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "live", (json_int_t)sh->live_recs, "shadow",
+                  (json_int_t)sh->shadow_recs, "shadow_sent", (json_int_t)sh->sent, "shadow_acked",
+                  (json_int_t)sh->acked, "shadow_failed", (json_int_t)sh->failed, "shadow_dropped",
+                  (json_int_t)sh->dropped, "shadow_rule_errors", (json_int_t)sh->shadow_errors));
     json_object_set_new(root, "totals",
                         json_pack("{s:I,s:I,s:I,s:I}", "agree", (json_int_t)sh->agree, "differ",
                                   (json_int_t)sh->differ, "live_only", (json_int_t)sh->live_only,
@@ -459,8 +440,7 @@ static void sh_write_report(td_shadow *sh) {
     json_t *rules = json_array();
     for (size_t i = 0; i < sh->nrc; i++) {
         const td_shadow_rc *c = &sh->rc[i];
-        if (!(c->agree | c->differ | c->live_only | c->shadow_only))
-            continue;
+        if (!(c->agree | c->differ | c->live_only | c->shadow_only)) continue;
         json_array_append_new(
             rules, json_pack("{s:s,s:I,s:I,s:I,s:I}", "rule", c->rule, "agree",
                              (json_int_t)c->agree, "differ", (json_int_t)c->differ, "live_only",
@@ -492,19 +472,18 @@ static void sh_log_counts(td_shadow *sh) {
                 "live_ruleset=%s shadow_ruleset=%s steps=%llu agree=%llu differ=%llu "
                 "live_only=%llu shadow_only=%llu live_recs=%llu shadow_recs=%llu "
                 "shadow_sent=%llu shadow_acked=%llu shadow_failed=%llu shadow_dropped=%llu",
-                sh->live_hash[0] ? sh->live_hash : "none", sh->rs ? td_ruleset_hash(sh->rs) : "none",
-                (unsigned long long)sh->steps, (unsigned long long)sh->agree,
-                (unsigned long long)sh->differ, (unsigned long long)sh->live_only,
-                (unsigned long long)sh->shadow_only, (unsigned long long)sh->live_recs,
-                (unsigned long long)sh->shadow_recs, (unsigned long long)sh->sent,
-                (unsigned long long)sh->acked, (unsigned long long)sh->failed,
-                (unsigned long long)sh->dropped);
+                sh->live_hash[0] ? sh->live_hash : "none",
+                sh->rs ? td_ruleset_hash(sh->rs) : "none", (unsigned long long)sh->steps,
+                (unsigned long long)sh->agree, (unsigned long long)sh->differ,
+                (unsigned long long)sh->live_only, (unsigned long long)sh->shadow_only,
+                (unsigned long long)sh->live_recs, (unsigned long long)sh->shadow_recs,
+                (unsigned long long)sh->sent, (unsigned long long)sh->acked,
+                (unsigned long long)sh->failed, (unsigned long long)sh->dropped);
     /* rules that disagree at info, rules that only agree at debug */
     for (size_t i = 0; i < sh->nrc; i++) {
         const td_shadow_rc *c = &sh->rc[i];
         bool diff = c->differ || c->live_only || c->shadow_only;
-        if (!diff && !c->agree)
-            continue;
+        if (!diff && !c->agree) continue;
         td_log(diff ? TD_LOG_INFO : TD_LOG_DEBUG, "shadow rule",
                "rule=%s agree=%llu differ=%llu live_only=%llu shadow_only=%llu", c->rule,
                (unsigned long long)c->agree, (unsigned long long)c->differ,
@@ -513,10 +492,8 @@ static void sh_log_counts(td_shadow *sh) {
 }
 
 void td_shadow_tick(td_shadow *sh) {
-    if (!sh)
-        return;
-    if (sh->producer)
-        rd_kafka_poll(sh->producer, 0); /* delivery reports */
+    if (!sh) return;
+    if (sh->producer) rd_kafka_poll(sh->producer, 0); /* delivery reports */
     int64_t now = sh_mono_ms();
     int poll_ms = sh->cfg->rules.reload_poll_ms;
     if (poll_ms > 0 && now >= sh->next_poll) {

@@ -62,8 +62,8 @@ void td_shadow_before(td_shadow *sh, const td_state *st);
 /* Steps the copy taken by td_shadow_before with the shadow ruleset, publishes
  * its recommendations on the shadow topic and counts agreement with
  * live_out (the live step's output for the same trigger). */
-void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger *trig,
-                     td_ms now, const td_step_out *live_out);
+void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger *trig, td_ms now,
+                     const td_step_out *live_out);
 
 /* Recompiles the shadow ruleset now (SIGHUP). */
 void td_shadow_reload(td_shadow *sh, const char *why);

@@ -72,8 +72,7 @@ td_state *td_sim_state(td_sim *s, const char *id, bool create) {
 
 /* Steps one trigger on st, tells the callback, then steps the event it
  * derives (if any) on its state. */
-static int step(td_sim *s, td_state *st, const td_trigger *trig, unsigned flags,
-                td_step_out *out) {
+static int step(td_sim *s, td_state *st, const td_trigger *trig, unsigned flags, td_step_out *out) {
     if (td_engine_step(s->rs, st, trig, s->clock, s->tz, flags, out) != TD_OK) return TD_ERR;
     s->steps++;
     if (trig->kind == TD_TRIG_EVENT && out->duplicate) s->duplicates++;
@@ -112,8 +111,8 @@ int td_sim_fire_due(td_sim *s, td_ms t) {
         td_strlcpy(armed_by, next->armed_by, sizeof armed_by);
         td_ms due = next->due_at;
         if (s->clock == TD_MS_MISSING || due > s->clock) s->clock = due;
-        td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = rule, .due_at = due,
-                           .armed_by = armed_by};
+        td_trigger trig = {
+            .kind = TD_TRIG_TIMER, .rule = rule, .due_at = due, .armed_by = armed_by};
         if (step(s, nst, &trig, s->flags, s->out) != TD_OK) return TD_ERR;
         const td_timer *left = td_state_timer(nst, rule);
         if (left && left->due_at == due) {

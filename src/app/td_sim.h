@@ -27,8 +27,8 @@
 
 typedef struct td_sim td_sim;
 /* Called after every engine step that was not a duplicate or a stale timer. */
-typedef void (*td_sim_fn)(void *ud, const td_sim *sim, const td_state *st,
-                          const td_trigger *trig, const td_step_out *out);
+typedef void (*td_sim_fn)(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
+                          const td_step_out *out);
 
 struct td_sim {
     const td_ruleset *rs; /* borrowed */
@@ -36,12 +36,12 @@ struct td_sim {
     td_state st;          /* the prospect's state; owned (td_sim_free) */
     td_state **others;    /* derived states ("owner:<id>"); owned */
     size_t nothers, capothers;
-    td_ms clock;          /* TD_MS_MISSING until the first event or advance */
-    unsigned flags;       /* TD_STEP_* flags of every step */
-    td_step_out *out;     /* owned: output of the last step on a trigger given
+    td_ms clock;       /* TD_MS_MISSING until the first event or advance */
+    unsigned flags;    /* TD_STEP_* flags of every step */
+    td_step_out *out;  /* owned: output of the last step on a trigger given
                            * (event or timer), kept when it derives an event */
-    td_step_out *dout;    /* owned: output of the derived events' steps */
-    td_sim_fn fn;         /* optional */
+    td_step_out *dout; /* owned: output of the derived events' steps */
+    td_sim_fn fn;      /* optional */
     void *ud;
     uint64_t steps, duplicates, timers_fired, derived;
 };

@@ -35,7 +35,8 @@ struct td_state_cache {
 td_state_cache *td_state_cache_new(size_t entries) {
     if (entries == 0) return NULL;
     size_t sets = 1;
-    while (sets * WAYS < entries) sets *= 2;
+    while (sets * WAYS < entries)
+        sets *= 2;
     td_state_cache *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->t = calloc(sets * WAYS, sizeof *c->t);

@@ -38,9 +38,7 @@ typedef struct pctx {
     unsigned autoid;
 } pctx;
 
-static int line_of(const config_setting_t *s) {
-    return s ? (int)config_setting_source_line(s) : 0;
-}
+static int line_of(const config_setting_t *s) { return s ? (int)config_setting_source_line(s) : 0; }
 
 static void perr(pctx *p, const config_setting_t *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -58,15 +56,23 @@ static void perr(pctx *p, const config_setting_t *s, const char *fmt, ...) {
 
 static const char *type_word(const config_setting_t *s) {
     switch (config_setting_type(s)) {
-    case CONFIG_TYPE_GROUP: return "a group { ... }";
+    case CONFIG_TYPE_GROUP:
+        return "a group { ... }";
     case CONFIG_TYPE_INT:
-    case CONFIG_TYPE_INT64: return "an integer";
-    case CONFIG_TYPE_FLOAT: return "a number";
-    case CONFIG_TYPE_STRING: return "a string";
-    case CONFIG_TYPE_BOOL: return "a boolean";
-    case CONFIG_TYPE_ARRAY: return "an array [ ... ]";
-    case CONFIG_TYPE_LIST: return "a list ( ... )";
-    default: return "a value";
+    case CONFIG_TYPE_INT64:
+        return "an integer";
+    case CONFIG_TYPE_FLOAT:
+        return "a number";
+    case CONFIG_TYPE_STRING:
+        return "a string";
+    case CONFIG_TYPE_BOOL:
+        return "a boolean";
+    case CONFIG_TYPE_ARRAY:
+        return "an array [ ... ]";
+    case CONFIG_TYPE_LIST:
+        return "a list ( ... )";
+    default:
+        return "a value";
     }
 }
 
@@ -112,7 +118,8 @@ static size_t edit_distance(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
     if (la > 64 || lb > 64) return 99;
     size_t row[65];
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
     for (size_t i = 1; i <= la; i++) {
         size_t prev = row[0];
         row[0] = i;
@@ -136,8 +143,7 @@ static const td_rule *find_rule(pctx *p, const config_setting_t *s, const char *
             return NULL;
         }
         if (want == 2 && !r->guard) {
-            perr(p, s, "'%s' is not a guard (a guard has `block`); name the guard that blocks",
-                 id);
+            perr(p, s, "'%s' is not a guard (a guard has `block`); name the guard that blocks", id);
             return NULL;
         }
         return r;
@@ -194,20 +200,28 @@ static int get_time(pctx *p, const config_setting_t *g, const char *key, td_ms *
 
 static int scalar_text(const config_setting_t *s, char *buf, size_t cap) {
     switch (config_setting_type(s)) {
-    case CONFIG_TYPE_INT: snprintf(buf, cap, "%d", config_setting_get_int(s)); return 0;
+    case CONFIG_TYPE_INT:
+        snprintf(buf, cap, "%d", config_setting_get_int(s));
+        return 0;
     case CONFIG_TYPE_INT64:
         snprintf(buf, cap, "%lld", (long long)config_setting_get_int64(s));
         return 0;
     case CONFIG_TYPE_FLOAT: {
         snprintf(buf, cap, "%.4f", config_setting_get_float(s));
         size_t n = strlen(buf);
-        while (n > 1 && buf[n - 1] == '0') buf[--n] = '\0';
+        while (n > 1 && buf[n - 1] == '0')
+            buf[--n] = '\0';
         if (n && buf[n - 1] == '.') buf[--n] = '\0';
         return 0;
     }
-    case CONFIG_TYPE_BOOL: snprintf(buf, cap, "%s", config_setting_get_bool(s) ? "true" : "false"); return 0;
-    case CONFIG_TYPE_STRING: snprintf(buf, cap, "%s", config_setting_get_string(s)); return 0;
-    default: return -1;
+    case CONFIG_TYPE_BOOL:
+        snprintf(buf, cap, "%s", config_setting_get_bool(s) ? "true" : "false");
+        return 0;
+    case CONFIG_TYPE_STRING:
+        snprintf(buf, cap, "%s", config_setting_get_string(s));
+        return 0;
+    default:
+        return -1;
     }
 }
 
@@ -227,8 +241,9 @@ static void set_field(pctx *p, td_state *st, const config_setting_t *s, const ch
     char err[160];
     int rc = td_state_set_field(st, key, strlen(key), val, strlen(val), err, sizeof err);
     if (rc == 1)
-        perr(p, s, "unknown state field '%s' (the flat keys of docs/state.md: e.g. stage, tier, "
-                   "timezone, email = { sent = 2; }, whatsapp = { consent = true; }, touches)",
+        perr(p, s,
+             "unknown state field '%s' (the flat keys of docs/state.md: e.g. stage, tier, "
+             "timezone, email = { sent = 2; }, whatsapp = { consent = true; }, touches)",
              key);
     else if (rc != TD_OK)
         perr(p, s, "%s", err);
@@ -296,11 +311,14 @@ static void state_group(pctx *p, td_state *st, const config_setting_t *g, const 
             for (int k = 0; k < config_setting_length(m) && !bad; k++) {
                 char item[128];
                 const config_setting_t *e = config_setting_get_elem(m, (unsigned)k);
-                if (flat_value(p, e, item, sizeof item) != 0) bad = true;
+                if (flat_value(p, e, item, sizeof item) != 0)
+                    bad = true;
                 else {
                     int w = snprintf(val + n, sizeof val - n, "%s%s", n ? "," : "", item);
-                    if (w < 0 || (size_t)w >= sizeof val - n) bad = true;
-                    else n += (size_t)w;
+                    if (w < 0 || (size_t)w >= sizeof val - n)
+                        bad = true;
+                    else
+                        n += (size_t)w;
                 }
             }
             if (bad) {
@@ -352,12 +370,18 @@ static json_t *cfg_to_json(const config_setting_t *s) {
         }
         return a;
     }
-    case CONFIG_TYPE_INT: return json_integer(config_setting_get_int(s));
-    case CONFIG_TYPE_INT64: return json_integer((json_int_t)config_setting_get_int64(s));
-    case CONFIG_TYPE_FLOAT: return json_real(config_setting_get_float(s));
-    case CONFIG_TYPE_BOOL: return json_boolean(config_setting_get_bool(s));
-    case CONFIG_TYPE_STRING: return json_string(config_setting_get_string(s));
-    default: return json_null();
+    case CONFIG_TYPE_INT:
+        return json_integer(config_setting_get_int(s));
+    case CONFIG_TYPE_INT64:
+        return json_integer((json_int_t)config_setting_get_int64(s));
+    case CONFIG_TYPE_FLOAT:
+        return json_real(config_setting_get_float(s));
+    case CONFIG_TYPE_BOOL:
+        return json_boolean(config_setting_get_bool(s));
+    case CONFIG_TYPE_STRING:
+        return json_string(config_setting_get_string(s));
+    default:
+        return json_null();
     }
 }
 
@@ -370,8 +394,9 @@ static int parse_event(pctx *p, const config_setting_t *s, td_event *ev) {
         const char *txt = config_setting_get_string(s);
         o = json_loads(txt, JSON_REJECT_DUPLICATES, &je);
         if (!o || !json_is_object(o)) {
-            perr(p, s, "event is not a JSON object (%s, at column %d of the string); write it "
-                       "as a group instead: { type = \"email.opened\"; at = \"+1h\"; }",
+            perr(p, s,
+                 "event is not a JSON object (%s, at column %d of the string); write it "
+                 "as a group instead: { type = \"email.opened\"; at = \"+1h\"; }",
                  o ? "not an object" : je.text, je.column);
             json_decref(o);
             return TD_ERR;
@@ -390,8 +415,8 @@ static int parse_event(pctx *p, const config_setting_t *s, td_event *ev) {
             json_object_set_new(o, "occurred_at", json_string(tb));
         }
     } else if (type == CONFIG_TYPE_GROUP) {
-        static const char *const keys[] = {"id",       "type", "at", "occurred_at", "prospect_id",
-                                           "owner_id", "data", NULL};
+        static const char *const keys[] = {"id",          "type",     "at",   "occurred_at",
+                                           "prospect_id", "owner_id", "data", NULL};
         size_t before = p->errors;
         check_keys(p, s, "an event", keys);
         if (!config_setting_get_member(s, "type"))
@@ -470,8 +495,9 @@ static int parse_event(pctx *p, const config_setting_t *s, td_event *ev) {
         return TD_ERR;
     }
     if (strcmp(ev->prospect_id, p->prospect) != 0) {
-        perr(p, s, "event for prospect '%s', but the case's prospect is '%s': a case follows one "
-                   "prospect",
+        perr(p, s,
+             "event for prospect '%s', but the case's prospect is '%s': a case follows one "
+             "prospect",
              ev->prospect_id, p->prospect);
         return TD_ERR;
     }
@@ -483,7 +509,8 @@ static int parse_event(pctx *p, const config_setting_t *s, td_event *ev) {
 static void parse_events(pctx *p, const config_setting_t *s, bool list, td_event **v, size_t *n) {
     int cnt = 1;
     if (list) {
-        if (config_setting_type(s) != CONFIG_TYPE_LIST && config_setting_type(s) != CONFIG_TYPE_ARRAY) {
+        if (config_setting_type(s) != CONFIG_TYPE_LIST &&
+            config_setting_type(s) != CONFIG_TYPE_ARRAY) {
             perr(p, s, "`%s` must be a list of events: ( { type = \"...\"; }, ... )",
                  config_setting_name(s));
             return;
@@ -514,10 +541,12 @@ static bool grow(void **v, size_t n, size_t size) {
 
 static void parse_expect(pctx *p, tf_step *st, const config_setting_t *s) {
     int type = config_setting_type(s);
-    int cnt = (type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY) ? config_setting_length(s) : 1;
+    int cnt =
+        (type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY) ? config_setting_length(s) : 1;
     for (int i = 0; i < cnt; i++) {
-        const config_setting_t *e =
-            (type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY) ? config_setting_get_elem(s, (unsigned)i) : s;
+        const config_setting_t *e = (type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY)
+                                        ? config_setting_get_elem(s, (unsigned)i)
+                                        : s;
         tf_rec_exp x = {.channel = TD_CH_NONE, .not_before = TD_MS_MISSING, .line = line_of(e)};
         const char *rule = NULL;
         if (config_setting_type(e) == CONFIG_TYPE_STRING) {
@@ -531,7 +560,8 @@ static void parse_expect(pctx *p, tf_step *st, const config_setting_t *s) {
                 x.channel = td_channel_parse(ch, strlen(ch));
                 if (x.channel == TD_CH_NONE)
                     perr(p, config_setting_get_member(e, "channel"),
-                         "unknown channel '%s' (email, whatsapp, sms, linkedin, call, meeting, gift)",
+                         "unknown channel '%s' (email, whatsapp, sms, linkedin, call, meeting, "
+                         "gift)",
                          ch);
             }
             const char *touch = get_str(p, e, "touch", false, "an expected recommendation");
@@ -539,12 +569,14 @@ static void parse_expect(pctx *p, tf_step *st, const config_setting_t *s) {
             if (config_setting_get_member(e, "not_before"))
                 get_time(p, e, "not_before", &x.not_before);
         } else {
-            perr(p, e, "an expected recommendation is a group { rule = \"...\"; channel = \"...\"; } "
-                       "or a rule id string, not %s",
+            perr(p, e,
+                 "an expected recommendation is a group { rule = \"...\"; channel = \"...\"; } "
+                 "or a rule id string, not %s",
                  type_word(e));
             continue;
         }
-        if (!rule || !(x.rule = find_rule(p, e, rule, 1)) || !grow((void **)&st->recs, st->nrecs, sizeof x)) {
+        if (!rule || !(x.rule = find_rule(p, e, rule, 1)) ||
+            !grow((void **)&st->recs, st->nrecs, sizeof x)) {
             free(x.touch);
             continue;
         }
@@ -600,7 +632,8 @@ static void parse_outs(pctx *p, tf_step *st, const config_setting_t *s, bool blo
                      "`by` applies to the outcomes blocked (a guard) and lost_group (the winner)");
                 continue;
             }
-            if (!(x.by = find_rule(p, config_setting_get_member(e, "by"), by, guard ? 2 : 1))) continue;
+            if (!(x.by = find_rule(p, config_setting_get_member(e, "by"), by, guard ? 2 : 1)))
+                continue;
         }
         if (!grow((void **)&st->outs, st->nouts, sizeof x)) continue;
         st->outs[st->nouts++] = x;
@@ -630,13 +663,13 @@ static void parse_step(pctx *p, const config_setting_t *s, tf_step *st) {
     st->line = line_of(s);
     st->advance_to = TD_MS_MISSING;
     if (config_setting_type(s) != CONFIG_TYPE_GROUP) {
-        perr(p, s, "a step is a group { event = { ... }; expect = ( ... ); }, not %s", type_word(s));
+        perr(p, s, "a step is a group { event = { ... }; expect = ( ... ); }, not %s",
+             type_word(s));
         return;
     }
-    static const char *const keys[] = {"event",          "events",         "advance",
-                                       "advance_to",     "expect",         "expect_none",
-                                       "expect_blocked", "expect_outcome", "expect_not",
-                                       "doc",            NULL};
+    static const char *const keys[] = {
+        "event",          "events",         "advance",    "advance_to", "expect", "expect_none",
+        "expect_blocked", "expect_outcome", "expect_not", "doc",        NULL};
     check_keys(p, s, "a step", keys);
     const config_setting_t *ev = config_setting_get_member(s, "event");
     const config_setting_t *evs = config_setting_get_member(s, "events");
@@ -644,8 +677,9 @@ static void parse_step(pctx *p, const config_setting_t *s, tf_step *st) {
     const config_setting_t *advto = config_setting_get_member(s, "advance_to");
     int actions = !!ev + !!evs + !!adv + !!advto;
     if (actions != 1) {
-        perr(p, s, "a step does exactly one thing: `event`, `events`, `advance` (\"72h\") or "
-                   "`advance_to` (a time); this one has %d",
+        perr(p, s,
+             "a step does exactly one thing: `event`, `events`, `advance` (\"72h\") or "
+             "`advance_to` (a time); this one has %d",
              actions);
         return;
     }
@@ -655,7 +689,8 @@ static void parse_step(pctx *p, const config_setting_t *s, tf_step *st) {
         const char *d = get_str(p, s, "advance", false, "a step");
         td_ms dur;
         if (d && (td_duration_parse(d, strlen(d), &dur) != TD_OK || dur <= 0))
-            perr(p, adv, "`advance = \"%s\"` is not a positive duration (\"30m\", \"72h\", \"3d\")", d);
+            perr(p, adv, "`advance = \"%s\"` is not a positive duration (\"30m\", \"72h\", \"3d\")",
+                 d);
         else if (d) {
             st->advance_to = p->clock + dur;
             p->clock = st->advance_to;
@@ -667,7 +702,8 @@ static void parse_step(pctx *p, const config_setting_t *s, tf_step *st) {
             if (t < p->clock) {
                 char tb[TD_TIME_BUF];
                 td_time_format(p->clock, tb, sizeof tb);
-                perr(p, advto, "advance_to goes back in time: the case's clock is already at %s", tb);
+                perr(p, advto, "advance_to goes back in time: the case's clock is already at %s",
+                     tb);
             } else {
                 st->advance_to = t;
                 p->clock = t;
@@ -694,7 +730,8 @@ static void parse_step(pctx *p, const config_setting_t *s, tf_step *st) {
 }
 
 static void step_free(tf_step *st) {
-    for (size_t i = 0; i < st->nrecs; i++) free(st->recs[i].touch);
+    for (size_t i = 0; i < st->nrecs; i++)
+        free(st->recs[i].touch);
     free(st->recs);
     free(st->outs);
     free(st->nots);
@@ -705,7 +742,8 @@ static void case_free(tf_case *c) {
     free(c->name);
     td_state_free(&c->init);
     free(c->setup);
-    for (size_t i = 0; i < c->nsteps; i++) step_free(&c->steps[i]);
+    for (size_t i = 0; i < c->nsteps; i++)
+        step_free(&c->steps[i]);
     free(c->steps);
 }
 
@@ -741,14 +779,18 @@ static bool parse_case(pctx *p, const config_setting_t *g, tf_case *c, td_ms fst
     p->prospect = fprospect;
     const char *pr = get_str(p, g, "prospect", false, "a case");
     if (pr) {
-        if (valid_prospect(pr)) p->prospect = pr;
-        else perr(p, config_setting_get_member(g, "prospect"), "prospect must be 1..128 printable bytes");
+        if (valid_prospect(pr))
+            p->prospect = pr;
+        else
+            perr(p, config_setting_get_member(g, "prospect"),
+                 "prospect must be 1..128 printable bytes");
     }
     td_state_init(&c->init, p->prospect);
     const config_setting_t *st = config_setting_get_member(g, "state");
     if (st) {
         if (config_setting_type(st) != CONFIG_TYPE_GROUP)
-            perr(p, st, "`state` is a group: state = { stage = \"proposal\"; email = { sent = 2; }; };");
+            perr(p, st,
+                 "`state` is a group: state = { stage = \"proposal\"; email = { sent = 2; }; };");
         else
             state_group(p, &c->init, st, NULL);
         /* a state cannot move the clock backwards: events happen after it */
@@ -774,8 +816,9 @@ static bool parse_case(pctx *p, const config_setting_t *g, tf_case *c, td_ms fst
             for (size_t i = 0; i < n; i++)
                 if (c->steps[i].check_recs || c->steps[i].nouts || c->steps[i].nnots) checks = true;
             if (!checks && p->case_ok)
-                perr(p, steps, "case '%s' expects nothing: add `expect`, `expect_none`, "
-                               "`expect_blocked`, `expect_outcome` or `expect_not` to a step",
+                perr(p, steps,
+                     "case '%s' expects nothing: add `expect`, `expect_none`, "
+                     "`expect_blocked`, `expect_outcome` or `expect_not` to a step",
                      c->name);
         }
     }
@@ -834,7 +877,11 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
                   td_tzdb *tz, FILE *diag) {
     memset(f, 0, sizeof *f);
     f->path = strdup(path);
-    pctx p = {.path = path, .rs = rs, .tz = tz, .diag = diag, .start = TF_DEFAULT_START,
+    pctx p = {.path = path,
+              .rs = rs,
+              .tz = tz,
+              .diag = diag,
+              .start = TF_DEFAULT_START,
               .prospect = TF_DEFAULT_PROSPECT};
     size_t len = 0;
     char *text = read_all(path, &len);
@@ -861,8 +908,8 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
     size_t case_errors = 0;
     td_buf ftext = {0};
     p.text = &ftext;
-    static const char *const keys[] = {"start", "prospect",    "doc", "cases", "extra_rules",
-                                       "extra_rules_file", NULL};
+    static const char *const keys[] = {"start",       "prospect",         "doc", "cases",
+                                       "extra_rules", "extra_rules_file", NULL};
     check_keys(&p, root, "a test file (top level)", keys);
     td_ms fstart = TF_DEFAULT_START;
     const char *s = get_str(&p, root, "start", false, "the file");
@@ -872,8 +919,11 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
     const char *fprospect = TF_DEFAULT_PROSPECT;
     const char *pr = get_str(&p, root, "prospect", false, "the file");
     if (pr) {
-        if (valid_prospect(pr)) fprospect = pr;
-        else perr(&p, config_setting_get_member(root, "prospect"), "prospect must be 1..128 printable bytes");
+        if (valid_prospect(pr))
+            fprospect = pr;
+        else
+            perr(&p, config_setting_get_member(root, "prospect"),
+                 "prospect must be 1..128 printable bytes");
     }
     const config_setting_t *cases = config_setting_get_member(root, "cases");
     if (!cases || config_setting_type(cases) != CONFIG_TYPE_LIST) {
@@ -898,8 +948,9 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
             bool ok = parse_case(&p, g, c, fstart, fprospect);
             for (size_t k = 0; ok && k < f->ncases; k++)
                 if (strcmp(f->cases[k].name, c->name) == 0) {
-                    perr(&p, g, "a second case named '%s' (the first is at line %d): names are "
-                                "unique in a file",
+                    perr(&p, g,
+                         "a second case named '%s' (the first is at line %d): names are "
+                         "unique in a file",
                          c->name, f->cases[k].line);
                     ok = false;
                 }
@@ -930,7 +981,8 @@ int tf_file_parse(tf_file *f, const char *path, const td_ruleset *rs, const char
 
 void tf_file_free(tf_file *f) {
     if (!f) return;
-    for (size_t i = 0; i < f->ncases; i++) case_free(&f->cases[i]);
+    for (size_t i = 0; i < f->ncases; i++)
+        case_free(&f->cases[i]);
     free(f->cases);
     for (size_t i = 0; i < f->nbroken; i++) {
         free(f->broken[i].name);
@@ -958,8 +1010,9 @@ int tf_file_extra_rules(const char *path, char **text, size_t *len, char **name,
         const config_setting_t *inl = config_setting_get_member(root, "extra_rules");
         const config_setting_t *fil = config_setting_get_member(root, "extra_rules_file");
         if (inl && fil) {
-            snprintf(err, errcap, "%s:%d: error: give `extra_rules` or `extra_rules_file`, not both",
-                     path, line_of(fil));
+            snprintf(err, errcap,
+                     "%s:%d: error: give `extra_rules` or `extra_rules_file`, not both", path,
+                     line_of(fil));
             rc = TD_ERR;
         } else if ((inl && config_setting_type(inl) != CONFIG_TYPE_STRING) ||
                    (fil && config_setting_type(fil) != CONFIG_TYPE_STRING)) {
@@ -980,8 +1033,10 @@ int tf_file_extra_rules(const char *path, char **text, size_t *len, char **name,
             size_t n = dl + strlen(rel) + 1;
             *name = malloc(n);
             if (*name) {
-                if (rel[0] == '/') snprintf(*name, n, "%s", rel);
-                else snprintf(*name, n, "%.*s%s", (int)dl, path, rel);
+                if (rel[0] == '/')
+                    snprintf(*name, n, "%s", rel);
+                else
+                    snprintf(*name, n, "%.*s%s", (int)dl, path, rel);
                 *text = read_all(*name, len);
                 if (!*text) {
                     snprintf(err, errcap, "%s:%d: error: cannot read extra_rules_file '%s'", path,

@@ -12,36 +12,29 @@
 
 /* Indexed by td_channel; the names are the wire names of DESIGN.md. */
 static const char *const channel_names[TD_CH__COUNT] = {
-    [TD_CH_EMAIL] = "email",     [TD_CH_WHATSAPP] = "whatsapp", [TD_CH_SMS] = "sms",
-    [TD_CH_LINKEDIN] = "linkedin", [TD_CH_CALL] = "call",       [TD_CH_MEETING] = "meeting",
+    [TD_CH_EMAIL] = "email",       [TD_CH_WHATSAPP] = "whatsapp", [TD_CH_SMS] = "sms",
+    [TD_CH_LINKEDIN] = "linkedin", [TD_CH_CALL] = "call",         [TD_CH_MEETING] = "meeting",
     [TD_CH_GIFT] = "gift",
 };
 
-const char *td_channel_name(td_channel ch)
-{
-    if ((int)ch < 0 || ch >= TD_CH__COUNT)
-        return NULL;
+const char *td_channel_name(td_channel ch) {
+    if ((int)ch < 0 || ch >= TD_CH__COUNT) return NULL;
     return channel_names[ch];
 }
 
-td_channel td_channel_parse(const char *s, size_t len)
-{
-    if (s == NULL)
-        return TD_CH_NONE;
+td_channel td_channel_parse(const char *s, size_t len) {
+    if (s == NULL) return TD_CH_NONE;
     for (int i = 0; i < TD_CH__COUNT; i++) {
         const char *n = channel_names[i];
         /* Names are short and few: a length check first makes this a
          * handful of compares, cheaper than hashing. */
-        if (strlen(n) == len && memcmp(n, s, len) == 0)
-            return (td_channel)i;
+        if (strlen(n) == len && memcmp(n, s, len) == 0) return (td_channel)i;
     }
     return TD_CH_NONE;
 }
 
-bool td_strlcpy(char *dst, const char *src, size_t cap)
-{
-    if (cap == 0)
-        return false;
+bool td_strlcpy(char *dst, const char *src, size_t cap) {
+    if (cap == 0) return false;
     if (src == NULL) {
         dst[0] = '\0';
         return true;
@@ -56,8 +49,7 @@ bool td_strlcpy(char *dst, const char *src, size_t cap)
     return false;
 }
 
-uint64_t td_hash64(const void *data, size_t len, uint64_t seed)
-{
+uint64_t td_hash64(const void *data, size_t len, uint64_t seed) {
     const unsigned char *p = data;
     uint64_t h = seed;
     for (size_t i = 0; i < len; i++) {
@@ -68,15 +60,13 @@ uint64_t td_hash64(const void *data, size_t len, uint64_t seed)
 }
 
 static const char *const type_names[TD_T__COUNT] = {
-    [TD_T_NONE] = "none", [TD_T_BOOL] = "bool", [TD_T_INT] = "int",       [TD_T_DEC] = "decimal",
+    [TD_T_NONE] = "none",  [TD_T_BOOL] = "bool", [TD_T_INT] = "int",      [TD_T_DEC] = "decimal",
     [TD_T_STR] = "string", [TD_T_TIME] = "time", [TD_T_DUR] = "duration",
 };
 
-const char *td_type_name(td_type t)
-{
+const char *td_type_name(td_type t) {
     /* Never NULL: callers put it straight into diagnostics. */
-    if ((int)t < 0 || t >= TD_T__COUNT)
-        return "unknown";
+    if ((int)t < 0 || t >= TD_T__COUNT) return "unknown";
     return type_names[t];
 }
 
@@ -117,8 +107,7 @@ size_t td_fmt_u64(uint64_t v, char *buf) {
 }
 
 size_t td_fmt_i64(int64_t v, char *buf) {
-    if (v >= 0)
-        return td_fmt_u64((uint64_t)v, buf);
+    if (v >= 0) return td_fmt_u64((uint64_t)v, buf);
     buf[0] = '-';
     return 1 + td_fmt_u64((uint64_t)0 - (uint64_t)v, buf + 1);
 }

@@ -36,10 +36,10 @@ typedef int64_t td_dec;
 #define TD_INT_MISSING INT64_MIN
 
 /* Bounds from the event contract (DESIGN.md, "Events in"). */
-#define TD_ID_MAX 128          /* ids: 1..128 bytes */
+#define TD_ID_MAX 128            /* ids: 1..128 bytes */
 #define TD_EVENT_MAX (64 * 1024) /* one event message: at most 64 KiB */
-#define TD_SHORT_MAX 64        /* sector, timezone, kind, wrapping...: bytes */
-#define TD_RULE_ID_MAX 64      /* rule ids: bytes */
+#define TD_SHORT_MAX 64          /* sector, timezone, kind, wrapping...: bytes */
+#define TD_RULE_ID_MAX 64        /* rule ids: bytes */
 
 /* Touch channels: where a recommendation can send a seller. */
 typedef enum td_channel {
@@ -105,9 +105,9 @@ typedef struct td_value {
     bool missing;
     union {
         bool b;
-        int64_t i;  /* TD_T_INT */
-        td_dec d;   /* TD_T_DEC */
-        td_ms t;    /* TD_T_TIME and TD_T_DUR */
+        int64_t i; /* TD_T_INT */
+        td_dec d;  /* TD_T_DEC */
+        td_ms t;   /* TD_T_TIME and TD_T_DUR */
         struct {
             const char *p;
             uint32_t n;

@@ -63,8 +63,8 @@ void td_calendar_free(td_calendar *cal);
  * when there are others.
  * @returns TD_OK, or TD_ERR (syntax, bad region name, out-of-memory).
  */
-int td_calendar_add(td_calendar *cal, const char *region, const char *text, size_t len,
-                    char *err, size_t errcap);
+int td_calendar_add(td_calendar *cal, const char *region, const char *text, size_t len, char *err,
+                    size_t errcap);
 
 /*
  * true when y-m-d is a public holiday of `country` (or of its country when
@@ -79,8 +79,7 @@ bool td_calendar_is_holiday(const td_calendar *cal, const char *country, int y, 
  * declared make-up working day or not a weekend day. An unknown or empty
  * country: Monday to Friday. An invalid date is not a business day.
  */
-bool td_calendar_is_business_day(const td_calendar *cal, const char *country, int y, int m,
-                                 int d);
+bool td_calendar_is_business_day(const td_calendar *cal, const char *country, int y, int m, int d);
 
 /* true when ISO weekday `wd` (1 = Monday .. 7 = Sunday) is a weekend day of
  * `country` (default Saturday and Sunday). */

@@ -42,13 +42,20 @@
 
 const char *td_outcome_name(td_outcome o) {
     switch (o) {
-    case TD_OUT_FIRED: return "fired";
-    case TD_OUT_NOT_MATCHED: return "not_matched";
-    case TD_OUT_COOLDOWN: return "cooldown";
-    case TD_OUT_BLOCKED: return "blocked";
-    case TD_OUT_LOST_GROUP: return "lost_group";
-    case TD_OUT_ARMED: return "armed";
-    case TD_OUT_ERROR: return "error";
+    case TD_OUT_FIRED:
+        return "fired";
+    case TD_OUT_NOT_MATCHED:
+        return "not_matched";
+    case TD_OUT_COOLDOWN:
+        return "cooldown";
+    case TD_OUT_BLOCKED:
+        return "blocked";
+    case TD_OUT_LOST_GROUP:
+        return "lost_group";
+    case TD_OUT_ARMED:
+        return "armed";
+    case TD_OUT_ERROR:
+        return "error";
     }
     return "?";
 }
@@ -63,8 +70,7 @@ typedef struct cand {
 } cand;
 
 static td_decision *decision(td_step_out *out, unsigned flags, const td_rule *r, td_outcome o) {
-    if (!(flags & (TD_STEP_EXPLAIN | TD_STEP_OUTCOMES)) ||
-        out->ndecisions >= TD_STEP_DECISIONS_MAX)
+    if (!(flags & (TD_STEP_EXPLAIN | TD_STEP_OUTCOMES)) || out->ndecisions >= TD_STEP_DECISIONS_MAX)
         return NULL;
     td_decision *d = &out->decisions[out->ndecisions++];
     d->rule = r;
@@ -261,8 +267,9 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
         for (uint32_t j = 0; j < ncands; j++) {
             cand *o = &cands[j];
             if (j == i || o->blocked_by || !same_group(c->rule, o->rule)) continue;
-            bool o_wins = o->rule->priority > c->rule->priority ||
-                          (o->rule->priority == c->rule->priority && o->rule->index < c->rule->index);
+            bool o_wins =
+                o->rule->priority > c->rule->priority ||
+                (o->rule->priority == c->rule->priority && o->rule->index < c->rule->index);
             if (o_wins) {
                 c->lost = true;
                 if (!c->winner || o->rule->priority > c->winner->priority ||
@@ -345,8 +352,13 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
     out->nerrors = 0;
     out->trigger_id[0] = '\0';
 
-    td_ctx ctx = {.st = st, .ev = NULL, .now = now, .rec = NULL, .tz = tz,
-                  .settings = td_ruleset_settings(rs), .facts = NULL};
+    td_ctx ctx = {.st = st,
+                  .ev = NULL,
+                  .now = now,
+                  .rec = NULL,
+                  .tz = tz,
+                  .settings = td_ruleset_settings(rs),
+                  .facts = NULL};
     cand cands[TD_STEP_RECS_MAX];
     uint32_t ncands = 0;
 
@@ -358,7 +370,8 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
             out->duplicate = true;
             return TD_OK;
         }
-        if (!st->prospect_id[0]) td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
+        if (!st->prospect_id[0])
+            td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
         bool untouched = st->first_touch_at == TD_MS_MISSING;
         if (td_state_apply(st, ev, tz, ctx.settings) != TD_OK) return TD_ERR;
         td_state_remember_fp(st, fp);
@@ -417,13 +430,15 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
         }
         char digits[24];
         size_t nd = 0;
-        uint64_t v = trig->due_at < 0 ? (uint64_t)0 - (uint64_t)trig->due_at : (uint64_t)trig->due_at;
+        uint64_t v =
+            trig->due_at < 0 ? (uint64_t)0 - (uint64_t)trig->due_at : (uint64_t)trig->due_at;
         do {
             digits[nd++] = (char)('0' + v % 10);
             v /= 10;
         } while (v);
         if (trig->due_at < 0) out->trigger_id[n++] = '-';
-        while (nd) out->trigger_id[n++] = digits[--nd];
+        while (nd)
+            out->trigger_id[n++] = digits[--nd];
         out->trigger_id[n] = '\0';
         if (!t || t->due_at != trig->due_at || !trig->armed_by ||
             strcmp(t->armed_by, trig->armed_by) != 0) {
@@ -449,7 +464,8 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
 int td_buf_reserve(td_buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return TD_OK;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra + 1) cap *= 2;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
     char *p = realloc(b->p, cap);
     if (!p) return TD_ERR;
     b->p = p;
@@ -543,7 +559,8 @@ static inline size_t td_json_plain_run(char *o, const char *p, size_t r) {
         uint32_t a, b;
         memcpy(&a, p, 4);
         memcpy(&b, p + r - 4, 4);
-        unsigned m = td_json_special16(_mm_set_epi32(0x40404040, 0x40404040, (int)b, (int)a)) & 0xff;
+        unsigned m =
+            td_json_special16(_mm_set_epi32(0x40404040, 0x40404040, (int)b, (int)a)) & 0xff;
         memcpy(o, &a, 4);
         memcpy(o + r - 4, &b, 4);
         if (m & 0xf) return (size_t)__builtin_ctz(m);
@@ -702,8 +719,7 @@ static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
     if (RJ_STR(b, "{\"id\":", r->id, strlen(r->id)) != TD_OK ||
         RJ_STR(b, ",\"prospect_id\":", st->prospect_id, strlen(st->prospect_id)) != TD_OK)
         return TD_ERR;
-    if (st->owner_id[0] &&
-        RJ_STR(b, ",\"owner_id\":", st->owner_id, strlen(st->owner_id)) != TD_OK)
+    if (st->owner_id[0] && RJ_STR(b, ",\"owner_id\":", st->owner_id, strlen(st->owner_id)) != TD_OK)
         return TD_ERR;
     const char *ch = td_channel_name(r->channel);
     if (RJ_STR(b, ",\"rule\":", r->rule->id, strlen(r->rule->id)) != TD_OK ||
@@ -736,7 +752,8 @@ static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
             return TD_ERR;
         for (uint32_t f = 0; f < bc->facts.n; f++) {
             const td_fact *fa = &bc->facts.v[f];
-            if (rj_fact_key(b, fa->field->name, f == 0) != TD_OK || rj_value(b, &fa->value) != TD_OK)
+            if (rj_fact_key(b, fa->field->name, f == 0) != TD_OK ||
+                rj_value(b, &fa->value) != TD_OK)
                 return TD_ERR;
         }
         if (RJ_LIT(b, "}}") != TD_OK) return TD_ERR;
@@ -748,8 +765,8 @@ static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
     return TD_OK;
 }
 
-int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
-                const td_trigger *trig, td_ms generated_at, td_buf *b) {
+int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs, const td_trigger *trig,
+                td_ms generated_at, td_buf *b) {
     size_t start = b->len;
     int rc = rec_json(r, st, rs, trig, generated_at, b);
     if (rc != TD_OK) b->len = start; /* out of memory: nothing appended */

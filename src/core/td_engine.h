@@ -38,7 +38,7 @@ typedef enum td_trigger_kind { TD_TRIG_EVENT = 0, TD_TRIG_TIMER = 1 } td_trigger
 
 typedef struct td_trigger {
     td_trigger_kind kind;
-    const td_event *ev;   /* TD_TRIG_EVENT */
+    const td_event *ev; /* TD_TRIG_EVENT */
     /* TD_TRIG_TIMER */
     const char *rule;
     td_ms due_at;
@@ -46,13 +46,13 @@ typedef struct td_trigger {
 } td_trigger;
 
 typedef enum td_outcome {
-    TD_OUT_FIRED = 0,    /* published */
-    TD_OUT_NOT_MATCHED,  /* `when` was false */
-    TD_OUT_COOLDOWN,     /* matched, but fired less than `cooldown` ago (until) */
-    TD_OUT_BLOCKED,      /* matched, blocked by guard `by` */
-    TD_OUT_LOST_GROUP,   /* matched, another rule `by` of its group won */
-    TD_OUT_ARMED,        /* timer rule: timer (re)armed, due at `until` */
-    TD_OUT_ERROR         /* evaluation failed: `error` */
+    TD_OUT_FIRED = 0,   /* published */
+    TD_OUT_NOT_MATCHED, /* `when` was false */
+    TD_OUT_COOLDOWN,    /* matched, but fired less than `cooldown` ago (until) */
+    TD_OUT_BLOCKED,     /* matched, blocked by guard `by` */
+    TD_OUT_LOST_GROUP,  /* matched, another rule `by` of its group won */
+    TD_OUT_ARMED,       /* timer rule: timer (re)armed, due at `until` */
+    TD_OUT_ERROR        /* evaluation failed: `error` */
 } td_outcome;
 const char *td_outcome_name(td_outcome o); /* "fired", "not_matched", ... */
 
@@ -117,8 +117,8 @@ typedef struct td_step_out {
      * is known: the caller steps it next, like any event */
     bool has_derived;
     td_event derived;
-    uint32_t nblocked;   /* candidates blocked by guards (always counted) */
-    uint32_t nerrors;    /* rules whose evaluation failed (always counted) */
+    uint32_t nblocked;               /* candidates blocked by guards (always counted) */
+    uint32_t nerrors;                /* rules whose evaluation failed (always counted) */
     char trigger_id[TD_ID_MAX + 96]; /* event id, or "timer:<rule>:<armed_by>:<due ms>" */
 } td_step_out;
 
@@ -147,7 +147,7 @@ void td_buf_free(td_buf *b);
  * trailing newline) to b. generated_at is the caller's clock.
  * @returns TD_OK or TD_ERR (out of memory).
  */
-int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
-                const td_trigger *trig, td_ms generated_at, td_buf *b);
+int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs, const td_trigger *trig,
+                td_ms generated_at, td_buf *b);
 
 #endif

@@ -39,8 +39,8 @@
 #include "td_event.h"
 
 #include <stdarg.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -56,30 +56,53 @@ static const struct {
     const char *name;
     size_t len;
 } event_types[TD_EV__COUNT] = {
-#define N(s) {s, sizeof s - 1}
-    N("email.sent"),        N("email.delivered"),    N("email.opened"),       N("email.clicked"),
-    N("email.replied"),     N("email.bounced"),      N("email.unsubscribed"), N("whatsapp.sent"),
-    N("whatsapp.delivered"), N("whatsapp.read"),     N("whatsapp.replied"),   N("whatsapp.failed"),
-    N("whatsapp.opted_in"), N("whatsapp.opted_out"), N("sms.sent"),           N("sms.delivered"),
-    N("sms.read"),          N("sms.replied"),        N("sms.failed"),         N("sms.opted_in"),
-    N("sms.opted_out"),     N("linkedin.invited"),   N("linkedin.accepted"),  N("linkedin.messaged"),
-    N("linkedin.replied"),  N("call.attempted"),     N("call.connected"),     N("call.voicemail"),
-    N("meeting.booked"),    N("meeting.held"),       N("meeting.cancelled"),  N("meeting.no_show"),
-    N("gift.sent"),         N("prospect.updated"),   N("owner.prospect_contacted"),
+#define N(s)                                                                                       \
+    { s, sizeof s - 1 }
+    N("email.sent"),
+    N("email.delivered"),
+    N("email.opened"),
+    N("email.clicked"),
+    N("email.replied"),
+    N("email.bounced"),
+    N("email.unsubscribed"),
+    N("whatsapp.sent"),
+    N("whatsapp.delivered"),
+    N("whatsapp.read"),
+    N("whatsapp.replied"),
+    N("whatsapp.failed"),
+    N("whatsapp.opted_in"),
+    N("whatsapp.opted_out"),
+    N("sms.sent"),
+    N("sms.delivered"),
+    N("sms.read"),
+    N("sms.replied"),
+    N("sms.failed"),
+    N("sms.opted_in"),
+    N("sms.opted_out"),
+    N("linkedin.invited"),
+    N("linkedin.accepted"),
+    N("linkedin.messaged"),
+    N("linkedin.replied"),
+    N("call.attempted"),
+    N("call.connected"),
+    N("call.voicemail"),
+    N("meeting.booked"),
+    N("meeting.held"),
+    N("meeting.cancelled"),
+    N("meeting.no_show"),
+    N("gift.sent"),
+    N("prospect.updated"),
+    N("owner.prospect_contacted"),
 #undef N
 };
 
-const char *td_event_type_name(td_event_type t)
-{
-    if ((int)t < 0 || t >= TD_EV__COUNT)
-        return NULL;
+const char *td_event_type_name(td_event_type t) {
+    if ((int)t < 0 || t >= TD_EV__COUNT) return NULL;
     return event_types[t].name;
 }
 
-int td_event_type_parse(const char *s, size_t len)
-{
-    if (s == NULL || len == 0)
-        return -1;
+int td_event_type_parse(const char *s, size_t len) {
+    if (s == NULL || len == 0) return -1;
     for (int i = 0; i < TD_EV__COUNT; i++) {
         /* Length and first byte reject almost every entry without a
          * memcmp; 35 entries is too few to need a hash. */
@@ -90,22 +113,14 @@ int td_event_type_parse(const char *s, size_t len)
     return -1;
 }
 
-td_channel td_event_type_channel(td_event_type t)
-{
-    if (t <= TD_EV_EMAIL_UNSUBSCRIBED)
-        return TD_CH_EMAIL;
-    if (t <= TD_EV_WHATSAPP_OPTED_OUT)
-        return TD_CH_WHATSAPP;
-    if (t <= TD_EV_SMS_OPTED_OUT)
-        return TD_CH_SMS;
-    if (t <= TD_EV_LINKEDIN_REPLIED)
-        return TD_CH_LINKEDIN;
-    if (t <= TD_EV_CALL_VOICEMAIL)
-        return TD_CH_CALL;
-    if (t <= TD_EV_MEETING_NO_SHOW)
-        return TD_CH_MEETING;
-    if (t == TD_EV_GIFT_SENT)
-        return TD_CH_GIFT;
+td_channel td_event_type_channel(td_event_type t) {
+    if (t <= TD_EV_EMAIL_UNSUBSCRIBED) return TD_CH_EMAIL;
+    if (t <= TD_EV_WHATSAPP_OPTED_OUT) return TD_CH_WHATSAPP;
+    if (t <= TD_EV_SMS_OPTED_OUT) return TD_CH_SMS;
+    if (t <= TD_EV_LINKEDIN_REPLIED) return TD_CH_LINKEDIN;
+    if (t <= TD_EV_CALL_VOICEMAIL) return TD_CH_CALL;
+    if (t <= TD_EV_MEETING_NO_SHOW) return TD_CH_MEETING;
+    if (t == TD_EV_GIFT_SENT) return TD_CH_GIFT;
     return TD_CH_NONE;
 }
 
@@ -116,12 +131,13 @@ typedef struct name_set {
     const char *list; /* for error messages */
 } name_set;
 
-static const char *const sentiment_names[] = {"", "positive", "neutral", "negative", "out_of_office"};
+static const char *const sentiment_names[] = {"", "positive", "neutral", "negative",
+                                              "out_of_office"};
 static const char *const stage_names[] = {"",         "new",         "contacted", "engaged",
                                           "proposal", "negotiation", "won",       "lost"};
 static const char *const gift_policy_names[] = {"", "allowed", "restricted", "forbidden"};
-static const char *const gift_kind_names[] = {"",           "object",  "card",    "basket", "book",
-                                              "experience", "service", "donation"};
+static const char *const gift_kind_names[] = {"",     "object",     "card",    "basket",
+                                              "book", "experience", "service", "donation"};
 
 static const name_set sentiments = {sentiment_names, 5,
                                     "positive, neutral, negative, out_of_office"};
@@ -131,19 +147,15 @@ static const name_set gift_policies = {gift_policy_names, 4, "allowed, restricte
 static const name_set gift_kinds = {gift_kind_names, 8,
                                     "object, card, basket, book, experience, service, donation"};
 
-static const char *set_name(const name_set *set, int v)
-{
+static const char *set_name(const name_set *set, int v) {
     return v >= 0 && v < set->count ? set->names[v] : "";
 }
 
 /* The index (>= 1) of a name, or -1. Case-sensitive: the wire names are. */
-static int set_parse(const name_set *set, const char *s, size_t len)
-{
-    if (s == NULL)
-        return -1;
+static int set_parse(const name_set *set, const char *s, size_t len) {
+    if (s == NULL) return -1;
     for (int i = 1; i < set->count; i++)
-        if (strlen(set->names[i]) == len && memcmp(set->names[i], s, len) == 0)
-            return i;
+        if (strlen(set->names[i]) == len && memcmp(set->names[i], s, len) == 0) return i;
     return -1;
 }
 
@@ -160,8 +172,7 @@ int td_gift_kind_parse(const char *s, size_t len) { return set_parse(&gift_kinds
 /* Fills err; always returns TD_ERR so call sites can `return fail(...)`. */
 static int fail(td_event_error *err, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static int fail(td_event_error *err, const char *field, const char *fmt, ...)
-{
+static int fail(td_event_error *err, const char *field, const char *fmt, ...) {
     td_strlcpy(err->field, field, sizeof err->field);
     va_list ap;
     va_start(ap, fmt);
@@ -174,8 +185,7 @@ static int fail(td_event_error *err, const char *field, const char *fmt, ...)
  * A printable, bounded copy of untrusted text for an error message: at most
  * 32 bytes, anything but printable ASCII (and quotes) becomes '?'.
  */
-static const char *echo(const char *s, size_t n, char buf[40])
-{
+static const char *echo(const char *s, size_t n, char buf[40]) {
     size_t k = 0;
     for (size_t i = 0; i < n && k < 32; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -189,11 +199,9 @@ static const char *echo(const char *s, size_t n, char buf[40])
     return buf;
 }
 
-size_t td_utf8_seq_len(const unsigned char *s, size_t n)
-{
+size_t td_utf8_seq_len(const unsigned char *s, size_t n) {
     unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
+    if (c < 0x80) return 1;
     size_t need;
     uint32_t cp, min;
     if (c >= 0xc2 && c <= 0xdf) {
@@ -205,27 +213,22 @@ size_t td_utf8_seq_len(const unsigned char *s, size_t n)
     } else {
         return 0;
     }
-    if (n <= need)
-        return 0;
+    if (n <= need) return 0;
     for (size_t k = 1; k <= need; k++) {
-        if ((s[k] & 0xc0) != 0x80)
-            return 0;
+        if ((s[k] & 0xc0) != 0x80) return 0;
         cp = (cp << 6) | (s[k] & 0x3f);
     }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
     return need + 1;
 }
 
 /* Byte offset of the first invalid UTF-8 sequence, or -1 when valid. Used on
  * the error path only, to say why jansson refused the message. */
-static long utf8_invalid_at(const unsigned char *s, size_t n)
-{
+static long utf8_invalid_at(const unsigned char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         size_t k = td_utf8_seq_len(s + i, n - i);
-        if (k == 0)
-            return (long)i;
+        if (k == 0) return (long)i;
         i += k;
     }
     return -1;
@@ -240,7 +243,8 @@ static long utf8_invalid_at(const unsigned char *s, size_t n)
  * the slow one. */
 
 const td_event_field_name td_event_fields[TD_EF__COUNT] = {
-#define F(key, path) {key, path, sizeof key - 1}
+#define F(key, path)                                                                               \
+    { key, path, sizeof key - 1 }
     [TD_EF_ID] = F("id", "id"),
     [TD_EF_TYPE] = F("type", "type"),
     [TD_EF_PROSPECT_ID] = F("prospect_id", "prospect_id"),
@@ -278,14 +282,11 @@ typedef struct view {
 } view;
 
 /* The value of field f in o; `tmp` holds it when it must be converted. */
-static const td_jv *member(const view *o, td_event_field f, td_jv *tmp)
-{
+static const td_jv *member(const view *o, td_event_field f, td_jv *tmp) {
     static const td_jv absent = {TD_JV_ABSENT, NULL, 0, 0};
-    if (o->doc != NULL)
-        return o->doc->seen & (1u << f) ? &o->doc->v[f] : &absent;
+    if (o->doc != NULL) return o->doc->seen & (1u << f) ? &o->doc->v[f] : &absent;
     json_t *j = json_object_get(o->json, td_event_fields[f].key);
-    if (j == NULL)
-        return &absent;
+    if (j == NULL) return &absent;
     *tmp = absent;
     switch (json_typeof(j)) {
     case JSON_OBJECT:
@@ -320,11 +321,9 @@ static const td_jv *member(const view *o, td_event_field f, td_jv *tmp)
 }
 
 /* The object held by field f of o (which is known to be an object). */
-static view sub_object(const view *o, td_event_field f)
-{
+static view sub_object(const view *o, td_event_field f) {
     view v = *o;
-    if (o->json != NULL)
-        v.json = json_object_get(o->json, td_event_fields[f].key);
+    if (o->json != NULL) v.json = json_object_get(o->json, td_event_fields[f].key);
     return v;
 }
 
@@ -338,18 +337,15 @@ static view sub_object(const view *o, td_event_field f)
 static bool nothing(const td_jv *v) { return v->kind <= TD_JV_NULL; }
 
 static int read_str(const view *o, td_event_field f, const char **s, size_t *n,
-                    td_event_error *err)
-{
+                    td_event_error *err) {
     /* outputs are always set, so callers (and -O3's flow analysis) never
      * see them uninitialised on the ABSENT and error paths */
     *s = "";
     *n = 0;
     td_jv tmp;
     const td_jv *v = member(o, f, &tmp);
-    if (nothing(v))
-        return ABSENT;
-    if (v->kind != TD_JV_STRING)
-        return fail(err, td_event_fields[f].path, "must be a string");
+    if (nothing(v)) return ABSENT;
+    if (v->kind != TD_JV_STRING) return fail(err, td_event_fields[f].path, "must be a string");
     *s = v->s;
     *n = v->n;
     return 0;
@@ -357,8 +353,7 @@ static int read_str(const view *o, td_event_field f, const char **s, size_t *n,
 
 /* Bytes below 0x20 and 0x7f are refused in ids and short strings: they break
  * logs, Redis keys read by people and terminal output. */
-static bool has_control(const char *s, size_t n)
-{
+static bool has_control(const char *s, size_t n) {
     size_t i = 0;
     /* Eight bytes at a time: a byte below 0x20 makes (x - 0x20..) & ~x set
      * its high bit, a 0x7f byte makes x ^ 0x7f.. zero, found the same way.
@@ -368,46 +363,37 @@ static bool has_control(const char *s, size_t n)
         uint64_t x, d;
         memcpy(&x, s + i, 8);
         d = x ^ (ones * 0x7f);
-        if ((((x - ones * 0x20) & ~x) | ((d - ones) & ~d)) & highs)
-            return true;
+        if ((((x - ones * 0x20) & ~x) | ((d - ones) & ~d)) & highs) return true;
     }
     for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f)
-            return true;
+        if (c < 0x20 || c == 0x7f) return true;
     }
     return false;
 }
 
 /* A bounded, control-free string copied into dst (capacity max + 1). */
 static int read_text(const view *o, td_event_field f, char *dst, size_t max, bool required,
-                     td_event_error *err)
-{
+                     td_event_error *err) {
     const char *path = td_event_fields[f].path;
     const char *s = NULL;
     size_t n = 0;
     int rc = read_str(o, f, &s, &n, err);
-    if (rc == ABSENT && required)
-        return fail(err, path, "is required");
-    if (rc != 0)
-        return rc;
-    if (n == 0 || n > max)
-        return fail(err, path, "must be 1..%zu bytes long (got %zu)", max, n);
-    if (has_control(s, n))
-        return fail(err, path, "must not contain control characters");
+    if (rc == ABSENT && required) return fail(err, path, "is required");
+    if (rc != 0) return rc;
+    if (n == 0 || n > max) return fail(err, path, "must be 1..%zu bytes long (got %zu)", max, n);
+    if (has_control(s, n)) return fail(err, path, "must not contain control characters");
     memcpy(dst, s, n);
     dst[n] = '\0';
     return 0;
 }
 
 static int read_enum(const view *o, td_event_field f, const name_set *set, int *out,
-                     td_event_error *err)
-{
+                     td_event_error *err) {
     const char *s;
     size_t n;
     int rc = read_str(o, f, &s, &n, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     int v = set_parse(set, s, n);
     if (v < 0) {
         char e[40];
@@ -418,12 +404,10 @@ static int read_enum(const view *o, td_event_field f, const name_set *set, int *
     return 0;
 }
 
-static int read_bool(const view *o, td_event_field f, bool *out, td_event_error *err)
-{
+static int read_bool(const view *o, td_event_field f, bool *out, td_event_error *err) {
     td_jv tmp;
     const td_jv *v = member(o, f, &tmp);
-    if (nothing(v))
-        return ABSENT;
+    if (nothing(v)) return ABSENT;
     if (v->kind != TD_JV_TRUE && v->kind != TD_JV_FALSE)
         return fail(err, td_event_fields[f].path, "must be true or false");
     *out = v->kind == TD_JV_TRUE;
@@ -431,19 +415,15 @@ static int read_bool(const view *o, td_event_field f, bool *out, td_event_error 
 }
 
 static int read_int(const view *o, td_event_field f, int64_t min, int64_t max, int64_t *out,
-                    td_event_error *err)
-{
+                    td_event_error *err) {
     const char *path = td_event_fields[f].path;
     td_jv tmp;
     const td_jv *v = member(o, f, &tmp);
-    if (nothing(v))
-        return ABSENT;
-    if (v->kind != TD_JV_INTEGER)
-        return fail(err, path, "must be an integer");
+    if (nothing(v)) return ABSENT;
+    if (v->kind != TD_JV_INTEGER) return fail(err, path, "must be an integer");
     int64_t i = v->i;
     if (i < min || i > max) {
-        if (max == INT64_MAX)
-            return fail(err, path, "must be >= %lld", (long long)min);
+        if (max == INT64_MAX) return fail(err, path, "must be >= %lld", (long long)min);
         return fail(err, path, "must be %lld..%lld", (long long)min, (long long)max);
     }
     *out = i;
@@ -451,16 +431,13 @@ static int read_int(const view *o, td_event_field f, int64_t min, int64_t max, i
 }
 
 static int read_time(const view *o, td_event_field f, bool required, td_ms *out,
-                     td_event_error *err)
-{
+                     td_event_error *err) {
     const char *path = td_event_fields[f].path;
     const char *s = NULL;
     size_t n = 0;
     int rc = read_str(o, f, &s, &n, err);
-    if (rc == ABSENT && required)
-        return fail(err, path, "is required");
-    if (rc != 0)
-        return rc;
+    if (rc == ABSENT && required) return fail(err, path, "is required");
+    if (rc != 0) return rc;
     if (td_time_parse(s, n, out) != TD_OK)
         return fail(err, path,
                     "must be an RFC 3339 date-time with an offset or Z, e.g. 2026-11-22T10:15:00Z");
@@ -475,8 +452,7 @@ static int read_time(const view *o, td_event_field f, bool required, td_ms *out,
  * digits ("1.50000" is 1.5), an exponent shifts the point ("1.5e2" is 150).
  * @returns NULL and *out, or the reason it is refused.
  */
-static const char *parse_decimal(const char *s, size_t n, td_dec *out)
-{
+static const char *parse_decimal(const char *s, size_t n, td_dec *out) {
     const char *syntax = "must be a decimal number such as 12.5 (as a JSON number or string)";
     size_t i = 0;
     bool neg = false;
@@ -496,30 +472,24 @@ static const char *parse_decimal(const char *s, size_t n, td_dec *out)
         while (i < n && s[i] >= '0' && s[i] <= '9')
             i++;
         frac_end = i;
-        if (frac_end == frac_start)
-            return syntax;
+        if (frac_end == frac_start) return syntax;
     }
     int64_t exp = 0;
     if (i < n && (s[i] == 'e' || s[i] == 'E')) {
         i++;
         bool eneg = false;
-        if (i < n && (s[i] == '+' || s[i] == '-'))
-            eneg = s[i++] == '-';
+        if (i < n && (s[i] == '+' || s[i] == '-')) eneg = s[i++] == '-';
         size_t es = i;
         while (i < n && s[i] >= '0' && s[i] <= '9') {
             /* Saturate: any exponent beyond +-10^6 is decided by the checks
              * below (too large, or too many fractional digits). */
-            if (exp < 1000000)
-                exp = exp * 10 + (s[i] - '0');
+            if (exp < 1000000) exp = exp * 10 + (s[i] - '0');
             i++;
         }
-        if (i == es)
-            return syntax;
-        if (eneg)
-            exp = -exp;
+        if (i == es) return syntax;
+        if (eneg) exp = -exp;
     }
-    if (i != n)
-        return syntax;
+    if (i != n) return syntax;
 
     /* The significant digits are int digits then frac digits; the value is
      * digits * 10^(exp - nfrac). Drop trailing zeros into the exponent. */
@@ -538,20 +508,16 @@ static const char *parse_decimal(const char *s, size_t n, td_dec *out)
         *out = 0; /* zero, whatever the sign and exponent */
         return NULL;
     }
-    if (neg)
-        return "must be >= 0";
+    if (neg) return "must be >= 0";
     pow10 += 4; /* scale to 10^-4 units */
-    if (pow10 < 0)
-        return "must have at most 4 fractional digits";
-    if (total - first > 19 || pow10 > 19)
-        return "is too large";
+    if (pow10 < 0) return "must have at most 4 fractional digits";
+    if (total - first > 19 || pow10 > 19) return "is too large";
     int64_t v = 0;
     for (size_t k = first; k < total; k++)
         if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, DIGIT(k) - '0', &v))
             return "is too large";
     for (int64_t k = 0; k < pow10; k++)
-        if (__builtin_mul_overflow(v, 10, &v))
-            return "is too large";
+        if (__builtin_mul_overflow(v, 10, &v)) return "is too large";
 #undef DIGIT
     *out = v;
     return NULL;
@@ -567,66 +533,52 @@ typedef struct scanner {
     const char *end;
 } scanner;
 
-static void sc_ws(scanner *sc)
-{
+static void sc_ws(scanner *sc) {
     while (sc->p < sc->end && (*sc->p == ' ' || *sc->p == '\t' || *sc->p == '\n' || *sc->p == '\r'))
         sc->p++;
 }
 
 /* At '"': the raw span between the quotes; sc->p ends after the closing one. */
-static bool sc_string(scanner *sc, const char **s, size_t *n)
-{
-    if (sc->p >= sc->end || *sc->p != '"')
-        return false;
+static bool sc_string(scanner *sc, const char **s, size_t *n) {
+    if (sc->p >= sc->end || *sc->p != '"') return false;
     const char *start = ++sc->p;
     while (sc->p < sc->end && *sc->p != '"') {
-        if (*sc->p == '\\')
-            sc->p++;
+        if (*sc->p == '\\') sc->p++;
         sc->p++;
     }
-    if (sc->p >= sc->end)
-        return false;
+    if (sc->p >= sc->end) return false;
     *s = start;
     *n = (size_t)(sc->p - start);
     sc->p++;
     return true;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
 /* Whether a raw (still escaped) key equals the ASCII name `want`. Escapes
  * matter: "value\u005feur" is the key value_eur. */
-static bool sc_key_is(const char *k, size_t n, const char *want)
-{
+static bool sc_key_is(const char *k, size_t n, const char *want) {
     size_t w = 0, i = 0;
     while (i < n) {
         char c = k[i++];
         if (c == '\\') {
-            if (i >= n)
-                return false;
+            if (i >= n) return false;
             char e = k[i++];
             if (e == 'u') {
-                if (n - i < 4)
-                    return false;
+                if (n - i < 4) return false;
                 int cp = 0;
                 for (int d = 0; d < 4; d++) {
                     int h = hexval(k[i + d]);
-                    if (h < 0)
-                        return false;
+                    if (h < 0) return false;
                     cp = cp * 16 + h;
                 }
                 i += 4;
-                if (cp == 0 || cp >= 0x80)
-                    return false; /* not in any of our (ASCII) names */
+                if (cp == 0 || cp >= 0x80) return false; /* not in any of our (ASCII) names */
                 c = (char)cp;
             } else if (e == '"' || e == '\\' || e == '/') {
                 c = e;
@@ -634,18 +586,15 @@ static bool sc_key_is(const char *k, size_t n, const char *want)
                 return false; /* \b \f \n \r \t: control characters */
             }
         }
-        if (want[w] == '\0' || want[w] != c)
-            return false;
+        if (want[w] == '\0' || want[w] != c) return false;
         w++;
     }
     return want[w] == '\0';
 }
 
 /* Skips one value of any kind. */
-static bool sc_skip(scanner *sc)
-{
-    if (sc->p >= sc->end)
-        return false;
+static bool sc_skip(scanner *sc) {
+    if (sc->p >= sc->end) return false;
     char c = *sc->p;
     if (c == '"') {
         const char *s;
@@ -659,8 +608,7 @@ static bool sc_skip(scanner *sc)
             if (c == '"') {
                 const char *s;
                 size_t n;
-                if (!sc_string(sc, &s, &n))
-                    return false;
+                if (!sc_string(sc, &s, &n)) return false;
                 continue;
             }
             if (c == '{' || c == '[')
@@ -686,41 +634,32 @@ static bool sc_skip(scanner *sc)
  * Walks the members of the object at sc->p; stops at the value of `key`
  * (returns true with sc->p on it) or returns false.
  */
-static bool sc_find_member(scanner *sc, const char *key)
-{
+static bool sc_find_member(scanner *sc, const char *key) {
     sc_ws(sc);
-    if (sc->p >= sc->end || *sc->p != '{')
-        return false;
+    if (sc->p >= sc->end || *sc->p != '{') return false;
     sc->p++;
     for (;;) {
         sc_ws(sc);
         const char *k;
         size_t kn;
-        if (!sc_string(sc, &k, &kn))
-            return false; /* '}' of an empty object, or malformed */
+        if (!sc_string(sc, &k, &kn)) return false; /* '}' of an empty object, or malformed */
         sc_ws(sc);
-        if (sc->p >= sc->end || *sc->p != ':')
-            return false;
+        if (sc->p >= sc->end || *sc->p != ':') return false;
         sc->p++;
         sc_ws(sc);
-        if (sc_key_is(k, kn, key))
-            return true;
-        if (!sc_skip(sc))
-            return false;
+        if (sc_key_is(k, kn, key)) return true;
+        if (!sc_skip(sc)) return false;
         sc_ws(sc);
-        if (sc->p >= sc->end || *sc->p != ',')
-            return false;
+        if (sc->p >= sc->end || *sc->p != ',') return false;
         sc->p++;
     }
 }
 
 /* The raw text of the number at data.<key> in the message. */
 static bool find_data_number(const char *buf, size_t len, const char *key, const char **s,
-                             size_t *n)
-{
+                             size_t *n) {
     scanner sc = {buf, buf + len};
-    if (!sc_find_member(&sc, "data") || !sc_find_member(&sc, key))
-        return false;
+    if (!sc_find_member(&sc, "data") || !sc_find_member(&sc, key)) return false;
     const char *start = sc.p;
     while (sc.p < sc.end && ((*sc.p >= '0' && *sc.p <= '9') || *sc.p == '-' || *sc.p == '+' ||
                              *sc.p == '.' || *sc.p == 'e' || *sc.p == 'E'))
@@ -731,21 +670,17 @@ static bool find_data_number(const char *buf, size_t len, const char *key, const
 }
 
 static int read_dec(const view *o, td_event_field f, const char *buf, size_t len, td_dec *out,
-                    td_event_error *err)
-{
+                    td_event_error *err) {
     const char *path = td_event_fields[f].path;
     td_jv tmp;
     const td_jv *v = member(o, f, &tmp);
-    if (nothing(v))
-        return ABSENT;
+    if (nothing(v)) return ABSENT;
     const char *why;
     if (v->kind == TD_JV_INTEGER) {
         /* Exact already: both parsers keep integers as 64-bit integers. */
         int64_t i = v->i;
-        if (i < 0)
-            return fail(err, path, "must be >= 0");
-        if (i > INT64_MAX / TD_DEC_SCALE)
-            return fail(err, path, "is too large");
+        if (i < 0) return fail(err, path, "must be >= 0");
+        if (i > INT64_MAX / TD_DEC_SCALE) return fail(err, path, "is too large");
         *out = i * TD_DEC_SCALE;
         return 0;
     }
@@ -760,21 +695,18 @@ static int read_dec(const view *o, td_event_field f, const char *buf, size_t len
     } else {
         return fail(err, path, "must be a number or a decimal string");
     }
-    if (why != NULL)
-        return fail(err, path, "%s", why);
+    if (why != NULL) return fail(err, path, "%s", why);
     return 0;
 }
 
 /* ---- data per type ---- */
 
 /* "xx": two ASCII letters, stored upper case. */
-static int read_country(const view *d, td_event *ev, td_event_error *err)
-{
+static int read_country(const view *d, td_event *ev, td_event_error *err) {
     const char *s;
     size_t n;
     int rc = read_str(d, TD_EF_COUNTRY, &s, &n, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     bool ok = n == 2;
     for (size_t i = 0; ok && i < 2; i++) {
         char c = s[i];
@@ -789,13 +721,11 @@ static int read_country(const view *d, td_event *ev, td_event_error *err)
 
 /* IANA zone id syntax only: 1..64 bytes of printable ASCII without spaces.
  * Whether the zone exists is the tz database's call (td_tz_valid). */
-static int read_timezone(const view *d, td_event *ev, td_event_error *err)
-{
+static int read_timezone(const view *d, td_event *ev, td_event_error *err) {
     const char *s;
     size_t n;
     int rc = read_str(d, TD_EF_TIMEZONE, &s, &n, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     if (n == 0 || n > TD_SHORT_MAX)
         return fail(err, "data.timezone", "must be 1..%d bytes long (got %zu)", TD_SHORT_MAX, n);
     for (size_t i = 0; i < n; i++) {
@@ -811,13 +741,11 @@ static int read_timezone(const view *d, td_event *ev, td_event_error *err)
 
 /* BCP 47 syntax, loosely: a 2..8 letter primary subtag, then -subtags of
  * 1..8 letters or digits ("fr", "pt-BR", "zh-Hant-TW"), 15 bytes at most. */
-static int read_language(const view *d, td_event *ev, td_event_error *err)
-{
+static int read_language(const view *d, td_event *ev, td_event_error *err) {
     const char *s;
     size_t n;
     int rc = read_str(d, TD_EF_LANGUAGE, &s, &n, err);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     bool ok = n >= 2 && n < sizeof ev->language;
     size_t sub = 0, subtags = 0;
     for (size_t i = 0; ok && i <= n; i++) {
@@ -833,19 +761,16 @@ static int read_language(const view *d, td_event *ev, td_event_error *err)
             ok = false;
         }
     }
-    if (!ok)
-        return fail(err, "data.language", "must be a BCP 47 language tag such as fr or pt-BR");
+    if (!ok) return fail(err, "data.language", "must be a BCP 47 language tag such as fr or pt-BR");
     memcpy(ev->language, s, n);
     ev->language[n] = '\0';
     return 0;
 }
 
-static int read_consent(const view *d, td_event *ev, td_event_error *err)
-{
+static int read_consent(const view *d, td_event *ev, td_event_error *err) {
     td_jv tmp;
     const td_jv *v = member(d, TD_EF_CONSENT, &tmp);
-    if (nothing(v))
-        return ABSENT;
+    if (nothing(v)) return ABSENT;
     if (v->kind != TD_JV_OBJECT)
         return fail(err, "data.consent", "must be an object of channel -> true/false");
     if (d->doc != NULL) {
@@ -856,17 +781,16 @@ static int read_consent(const view *d, td_event *ev, td_event_error *err)
     json_t *c = sub_object(d, TD_EF_CONSENT).json;
     const char *key;
     json_t *cv;
-    json_object_foreach(c, key, cv)
-    {
+    json_object_foreach(c, key, cv) {
         char path[64], e[40];
         td_channel ch = td_channel_parse(key, strlen(key));
         if (ch == TD_CH_NONE) {
             snprintf(path, sizeof path, "data.consent.%s", echo(key, strlen(key), e));
-            return fail(err, path,
-                        "unknown channel (known: email, whatsapp, sms, linkedin, call, meeting, gift)");
+            return fail(
+                err, path,
+                "unknown channel (known: email, whatsapp, sms, linkedin, call, meeting, gift)");
         }
-        if (json_is_null(cv))
-            continue;
+        if (json_is_null(cv)) continue;
         if (!json_is_boolean(cv)) {
             snprintf(path, sizeof path, "data.consent.%s", key);
             return fail(err, path, "must be true or false");
@@ -880,15 +804,12 @@ static int read_consent(const view *d, td_event *ev, td_event_error *err)
 #define TAKE(call, bit)                                                                            \
     do {                                                                                           \
         int rc_ = (call);                                                                          \
-        if (rc_ == TD_ERR)                                                                         \
-            return TD_ERR;                                                                         \
-        if (rc_ == 0)                                                                              \
-            ev->has |= (bit);                                                                      \
+        if (rc_ == TD_ERR) return TD_ERR;                                                          \
+        if (rc_ == 0) ev->has |= (bit);                                                            \
     } while (0)
 
 static int decode_prospect(const view *d, const char *buf, size_t len, td_event *ev,
-                           td_event_error *err)
-{
+                           td_event_error *err) {
     int e;
     e = 0;
     TAKE(read_enum(d, TD_EF_STAGE, &stages, &e, err), TD_HAS_STAGE);
@@ -901,15 +822,13 @@ static int decode_prospect(const view *d, const char *buf, size_t len, td_event 
     TAKE(read_enum(d, TD_EF_GIFT_POLICY, &gift_policies, &e, err), TD_HAS_GIFT_POLICY);
     ev->gift_policy = (td_gift_policy)e;
     TAKE(read_consent(d, ev, err), TD_HAS_CONSENT);
-    TAKE(read_dec(d, TD_EF_LIFETIME_VALUE_EUR, buf, len, &ev->lifetime_value_eur, err),
-         TD_HAS_LTV);
+    TAKE(read_dec(d, TD_EF_LIFETIME_VALUE_EUR, buf, len, &ev->lifetime_value_eur, err), TD_HAS_LTV);
     TAKE(read_language(d, ev, err), TD_HAS_LANGUAGE);
     return TD_OK;
 }
 
 static int decode_gift(const view *d, const char *buf, size_t len, td_event *ev,
-                       td_event_error *err)
-{
+                       td_event_error *err) {
     int e = 0;
     TAKE(read_enum(d, TD_EF_KIND, &gift_kinds, &e, err), TD_HAS_GIFT_KIND);
     ev->gift_kind = (td_gift_kind)e;
@@ -924,8 +843,7 @@ static int decode_gift(const view *d, const char *buf, size_t len, td_event *ev,
 }
 
 static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
-                       td_event_error *err)
-{
+                       td_event_error *err) {
     td_event_type t = ev->type;
     switch (ev->channel) {
     case TD_CH_EMAIL:
@@ -934,10 +852,8 @@ static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
         TAKE(read_text(d, TD_EF_MESSAGE_ID, ev->message_id, TD_ID_MAX, false, err),
              TD_HAS_MESSAGE_ID);
         TAKE(read_text(d, TD_EF_KIND, ev->kind, TD_SHORT_MAX, false, err), TD_HAS_KIND);
-        if (t == TD_EV_EMAIL_OPENED)
-            TAKE(read_bool(d, TD_EF_HUMAN, &ev->human, err), TD_HAS_HUMAN);
-        if (t == TD_EV_EMAIL_BOUNCED)
-            TAKE(read_bool(d, TD_EF_HARD, &ev->hard, err), TD_HAS_HARD);
+        if (t == TD_EV_EMAIL_OPENED) TAKE(read_bool(d, TD_EF_HUMAN, &ev->human, err), TD_HAS_HUMAN);
+        if (t == TD_EV_EMAIL_BOUNCED) TAKE(read_bool(d, TD_EF_HARD, &ev->hard, err), TD_HAS_HARD);
         break;
     case TD_CH_CALL:
         TAKE(read_int(d, TD_EF_DURATION_S, 0, INT64_MAX, &ev->duration_s, err), TD_HAS_DURATION);
@@ -950,8 +866,7 @@ static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
     case TD_CH_LINKEDIN:
         break;
     default:
-        if (t == TD_EV_OWNER_PROSPECT_CONTACTED)
-            return TD_OK; /* no data fields */
+        if (t == TD_EV_OWNER_PROSPECT_CONTACTED) return TD_OK; /* no data fields */
         return decode_prospect(d, buf, len, ev, err);
     }
     if (t == TD_EV_EMAIL_REPLIED || t == TD_EV_WHATSAPP_REPLIED || t == TD_EV_SMS_REPLIED ||
@@ -965,8 +880,7 @@ static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
 
 /* ---- the envelope ---- */
 
-static int parse_error(const char *buf, size_t len, const json_error_t *je, td_event_error *err)
-{
+static int parse_error(const char *buf, size_t len, const json_error_t *je, td_event_error *err) {
     switch (json_error_code(je)) {
     case json_error_duplicate_key:
         return fail(err, "", "duplicate key at line %d column %d: each key may appear once",
@@ -984,27 +898,21 @@ static int parse_error(const char *buf, size_t len, const json_error_t *je, td_e
         break;
     }
     long bad = utf8_invalid_at((const unsigned char *)buf, len);
-    if (bad >= 0)
-        return fail(err, "", "not valid UTF-8 (byte offset %ld)", bad);
-    return fail(err, "", "not valid JSON: %s at line %d column %d", je->text, je->line,
-                je->column);
+    if (bad >= 0) return fail(err, "", "not valid UTF-8 (byte offset %ld)", bad);
+    return fail(err, "", "not valid JSON: %s at line %d column %d", je->text, je->line, je->column);
 }
 
 static int decode_object(const view *root, const char *buf, size_t len, td_event *ev,
-                         td_event_error *err)
-{
+                         td_event_error *err) {
     const char *s;
     size_t n;
     int rc;
 
-    if (read_text(root, TD_EF_ID, ev->id, TD_ID_MAX, true, err) != 0)
-        return TD_ERR;
+    if (read_text(root, TD_EF_ID, ev->id, TD_ID_MAX, true, err) != 0) return TD_ERR;
 
     rc = read_str(root, TD_EF_TYPE, &s, &n, err);
-    if (rc == ABSENT)
-        return fail(err, "type", "is required");
-    if (rc != 0)
-        return TD_ERR;
+    if (rc == ABSENT) return fail(err, "type", "is required");
+    if (rc != 0) return TD_ERR;
     int t = td_event_type_parse(s, n);
     if (t < 0) {
         char e[40];
@@ -1015,8 +923,7 @@ static int decode_object(const view *root, const char *buf, size_t len, td_event
 
     if (read_text(root, TD_EF_PROSPECT_ID, ev->prospect_id, TD_ID_MAX, true, err) != 0)
         return TD_ERR;
-    if (read_time(root, TD_EF_OCCURRED_AT, true, &ev->occurred_at, err) != 0)
-        return TD_ERR;
+    if (read_time(root, TD_EF_OCCURRED_AT, true, &ev->occurred_at, err) != 0) return TD_ERR;
     TAKE(read_text(root, TD_EF_OWNER_ID, ev->owner_id, TD_ID_MAX, false, err), TD_HAS_OWNER);
 
     /* Defaults before data: a missing or null data object still gets them. */
@@ -1024,18 +931,15 @@ static int decode_object(const view *root, const char *buf, size_t len, td_event
 
     td_jv tmp;
     const td_jv *data = member(root, TD_EF_DATA, &tmp);
-    if (nothing(data))
-        return TD_OK;
-    if (data->kind != TD_JV_OBJECT)
-        return fail(err, "data", "must be an object");
+    if (nothing(data)) return TD_OK;
+    if (data->kind != TD_JV_OBJECT) return fail(err, "data", "must be an object");
     view d = sub_object(root, TD_EF_DATA);
     return decode_data(&d, buf, len, ev, err);
 }
 
 /* Both paths start from the same bytes: zeros, and sentinels that make a
  * stray read of an unset field obviously "missing". */
-static void event_init(td_event *ev)
-{
+static void event_init(td_event *ev) {
     memset(ev, 0, sizeof *ev);
     ev->duration_s = TD_INT_MISSING;
     ev->at = TD_MS_MISSING;
@@ -1062,8 +966,7 @@ static _Thread_local struct {
     bool active;
 } td_arena;
 
-static void *td_jmalloc(size_t n)
-{
+static void *td_jmalloc(size_t n) {
     if (td_arena.active) {
         size_t need = (n + 15) & ~(size_t)15;
         if (need >= n && td_arena.used + need <= TD_ARENA_SIZE) {
@@ -1075,33 +978,26 @@ static void *td_jmalloc(size_t n)
     return malloc(n);
 }
 
-static void td_jfree(void *p)
-{
+static void td_jfree(void *p) {
     if (p && td_arena.base && (char *)p >= td_arena.base &&
         (char *)p < td_arena.base + TD_ARENA_SIZE)
         return; /* reclaimed when the decode ends */
     free(p);
 }
 
-static void td_jansson_setup(void)
-{
-    json_set_alloc_funcs(td_jmalloc, td_jfree);
-}
+static void td_jansson_setup(void) { json_set_alloc_funcs(td_jmalloc, td_jfree); }
 
 static pthread_once_t td_jansson_once = PTHREAD_ONCE_INIT;
 
-int td_event_decode_slow(const char *buf, size_t len, td_event *ev, td_event_error *err)
-{
+int td_event_decode_slow(const char *buf, size_t len, td_event *ev, td_event_error *err) {
     td_event_error scratch;
-    if (err == NULL)
-        err = &scratch;
+    if (err == NULL) err = &scratch;
     err->field[0] = '\0';
     err->reason[0] = '\0';
 
     if (len > TD_EVENT_MAX)
         return fail(err, "", "oversize: %zu bytes, the limit is %d", len, TD_EVENT_MAX);
-    if (buf == NULL || len == 0)
-        return fail(err, "", "empty message");
+    if (buf == NULL || len == 0) return fail(err, "", "empty message");
     /* jansson would refuse a raw NUL too, but as a vague syntax error. */
     const char *nul = memchr(buf, '\0', len);
     if (nul != NULL)
@@ -1133,13 +1029,11 @@ int td_event_decode_slow(const char *buf, size_t len, td_event *ev, td_event_err
     return rc;
 }
 
-int td_event_decode_fast(const char *buf, size_t len, td_event *ev)
-{
+int td_event_decode_fast(const char *buf, size_t len, td_event *ev) {
     if (buf == NULL || len == 0 || len > TD_EVENT_MAX)
         return TD_EVENT_DECLINED; /* the slow path says why */
     td_event_doc doc;
-    if (td_event_scan(buf, len, &doc) != TD_OK)
-        return TD_EVENT_DECLINED;
+    if (td_event_scan(buf, len, &doc) != TD_OK) return TD_EVENT_DECLINED;
     /* A rejection is formatted here only to be dropped: the slow path
      * formats it again, identically, for the caller. */
     td_event_error scratch;
@@ -1148,8 +1042,7 @@ int td_event_decode_fast(const char *buf, size_t len, td_event *ev)
     return decode_object(&v, buf, len, ev, &scratch) == TD_OK ? TD_OK : TD_EVENT_DECLINED;
 }
 
-int td_event_decode(const char *buf, size_t len, td_event *ev, td_event_error *err)
-{
+int td_event_decode(const char *buf, size_t len, td_event *ev, td_event_error *err) {
     if (td_event_decode_fast(buf, len, ev) == TD_OK) {
         if (err != NULL) {
             err->field[0] = '\0';

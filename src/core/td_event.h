@@ -84,7 +84,7 @@ typedef enum td_stage {
     TD_STAGE_WON,
     TD_STAGE_LOST
 } td_stage;
-const char *td_stage_name(td_stage s); /* "" for NONE */
+const char *td_stage_name(td_stage s);         /* "" for NONE */
 int td_stage_parse(const char *s, size_t len); /* -1 when unknown */
 
 typedef enum td_gift_policy {
@@ -149,23 +149,23 @@ typedef struct td_event {
 
     /* data, per type (see DESIGN.md); meaningful only when its has-bit is set */
     char message_id[TD_ID_MAX + 1];
-    char kind[TD_SHORT_MAX + 1]; /* email/whatsapp/sms kind: value, follow_up, proposal... */
-    bool human;                  /* opened: default true */
-    td_sentiment sentiment;      /* replied */
-    bool hard;                   /* bounced */
-    int64_t duration_s;          /* call.* */
-    td_ms at;                    /* meeting.* */
-    td_gift_kind gift_kind;      /* gift.sent */
-    td_dec value_eur;            /* gift.sent */
-    int64_t items;               /* gift.sent */
+    char kind[TD_SHORT_MAX + 1];     /* email/whatsapp/sms kind: value, follow_up, proposal... */
+    bool human;                      /* opened: default true */
+    td_sentiment sentiment;          /* replied */
+    bool hard;                       /* bounced */
+    int64_t duration_s;              /* call.* */
+    td_ms at;                        /* meeting.* */
+    td_gift_kind gift_kind;          /* gift.sent */
+    td_dec value_eur;                /* gift.sent */
+    int64_t items;                   /* gift.sent */
     char wrapping[TD_SHORT_MAX + 1]; /* gift.sent: colour/style, e.g. "white" */
     /* gift.sent `description` is validated as a string but never stored: it
      * is free text that may hold personal data. */
 
     /* prospect.updated */
     td_stage stage;
-    int64_t tier; /* 1..3 */
-    char country[3];                 /* ISO 3166 alpha-2, upper case */
+    int64_t tier;    /* 1..3 */
+    char country[3]; /* ISO 3166 alpha-2, upper case */
     char sector[TD_SHORT_MAX + 1];
     char timezone[TD_SHORT_MAX + 1]; /* IANA id, checked for syntax only here */
     td_gift_policy gift_policy;

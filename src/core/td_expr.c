@@ -43,10 +43,10 @@
 
 /* Limits: rules expressions are one line of a rules file; these only stop a
  * hostile or broken input from costing unbounded memory or stack. */
-#define TD_EXPR_MAX_LEN 16384   /* bytes of source */
-#define TD_EXPR_MAX_DEPTH 200   /* nesting of the tree (recursion bound) */
-#define TD_EXPR_MAX_DIAGS 64    /* diagnostics per expression */
-#define TD_EXPR_MAX_NAME 128    /* longest name we try to suggest for */
+#define TD_EXPR_MAX_LEN 16384 /* bytes of source */
+#define TD_EXPR_MAX_DEPTH 200 /* nesting of the tree (recursion bound) */
+#define TD_EXPR_MAX_DIAGS 64  /* diagnostics per expression */
+#define TD_EXPR_MAX_NAME 128  /* longest name we try to suggest for */
 
 /* ------------------------------------------------------------------------ */
 /* diagnostics                                                              */
@@ -65,13 +65,35 @@ void td_expr_diags_free(td_expr_diags *d) {
 
 typedef enum tok_kind {
     T_EOF = 0,
-    T_INT, T_DEC, T_STR, T_DUR, T_TRUE, T_FALSE, /* literals */
-    T_BAD,                                       /* a literal already reported */
-    T_NAME, T_NOW, T_IN,
-    T_NOT, T_MINUS, T_STAR, T_SLASH, T_PLUS,
-    T_LT, T_LE, T_GT, T_GE, T_EQ, T_NE,
-    T_AND, T_OR, T_COAL,
-    T_LBRACK, T_RBRACK, T_LPAREN, T_RPAREN, T_COMMA
+    T_INT,
+    T_DEC,
+    T_STR,
+    T_DUR,
+    T_TRUE,
+    T_FALSE, /* literals */
+    T_BAD,   /* a literal already reported */
+    T_NAME,
+    T_NOW,
+    T_IN,
+    T_NOT,
+    T_MINUS,
+    T_STAR,
+    T_SLASH,
+    T_PLUS,
+    T_LT,
+    T_LE,
+    T_GT,
+    T_GE,
+    T_EQ,
+    T_NE,
+    T_AND,
+    T_OR,
+    T_COAL,
+    T_LBRACK,
+    T_RBRACK,
+    T_LPAREN,
+    T_RPAREN,
+    T_COMMA
 } tok_kind;
 
 typedef struct tok {
@@ -82,35 +104,65 @@ typedef struct tok {
 
 static const char *tok_text(tok_kind k) {
     switch (k) {
-    case T_EOF: return "the end of the expression";
-    case T_INT: case T_DEC: return "a number";
-    case T_STR: return "a string";
-    case T_DUR: return "a duration";
-    case T_TRUE: return "'true'";
-    case T_FALSE: return "'false'";
-    case T_BAD: return "a bad literal";
-    case T_NAME: return "a name";
-    case T_NOW: return "'now'";
-    case T_IN: return "'in'";
-    case T_NOT: return "'!'";
-    case T_MINUS: return "'-'";
-    case T_STAR: return "'*'";
-    case T_SLASH: return "'/'";
-    case T_PLUS: return "'+'";
-    case T_LT: return "'<'";
-    case T_LE: return "'<='";
-    case T_GT: return "'>'";
-    case T_GE: return "'>='";
-    case T_EQ: return "'=='";
-    case T_NE: return "'!='";
-    case T_AND: return "'&&'";
-    case T_OR: return "'||'";
-    case T_COAL: return "'?\?'";
-    case T_LBRACK: return "'['";
-    case T_RBRACK: return "']'";
-    case T_LPAREN: return "'('";
-    case T_RPAREN: return "')'";
-    case T_COMMA: return "','";
+    case T_EOF:
+        return "the end of the expression";
+    case T_INT:
+    case T_DEC:
+        return "a number";
+    case T_STR:
+        return "a string";
+    case T_DUR:
+        return "a duration";
+    case T_TRUE:
+        return "'true'";
+    case T_FALSE:
+        return "'false'";
+    case T_BAD:
+        return "a bad literal";
+    case T_NAME:
+        return "a name";
+    case T_NOW:
+        return "'now'";
+    case T_IN:
+        return "'in'";
+    case T_NOT:
+        return "'!'";
+    case T_MINUS:
+        return "'-'";
+    case T_STAR:
+        return "'*'";
+    case T_SLASH:
+        return "'/'";
+    case T_PLUS:
+        return "'+'";
+    case T_LT:
+        return "'<'";
+    case T_LE:
+        return "'<='";
+    case T_GT:
+        return "'>'";
+    case T_GE:
+        return "'>='";
+    case T_EQ:
+        return "'=='";
+    case T_NE:
+        return "'!='";
+    case T_AND:
+        return "'&&'";
+    case T_OR:
+        return "'||'";
+    case T_COAL:
+        return "'?\?'";
+    case T_LBRACK:
+        return "'['";
+    case T_RBRACK:
+        return "']'";
+    case T_LPAREN:
+        return "'('";
+    case T_RPAREN:
+        return "')'";
+    case T_COMMA:
+        return "','";
     }
     return "?";
 }
@@ -133,19 +185,45 @@ typedef enum pkind {
 
 /* Evaluation operations, specialised by operand type at compile time. */
 typedef enum eop {
-    E_CONST = 0, E_FIELD, E_NOW,
-    E_NOT, E_NEG, E_I2D,
-    E_ADD, E_SUB, E_MUL_I, E_MUL_D, E_DIV_I, E_DIV_D,
-    E_CMP_I, E_CMP_S, E_CMP_B, /* aux = cmp kind; _I covers int/dec/time/dur */
-    E_CMP_IK,                  /* E_CMP_I against the constant u.k (emit only) */
-    E_IN_I, E_IN_S, E_IN_B,    /* consts[b .. b + n) */
-    E_AND, E_OR, E_COAL,
-    E_SINCE, E_LOCAL /* aux = LOC_* */, E_BEST, E_TOUCHES, E_HAS, E_MIN, E_MAX, E_ABS,
-    E_BIZDAY, E_NEXTBIZ, E_LASTFIRED, E_TAXCAP,
+    E_CONST = 0,
+    E_FIELD,
+    E_NOW,
+    E_NOT,
+    E_NEG,
+    E_I2D,
+    E_ADD,
+    E_SUB,
+    E_MUL_I,
+    E_MUL_D,
+    E_DIV_I,
+    E_DIV_D,
+    E_CMP_I,
+    E_CMP_S,
+    E_CMP_B,  /* aux = cmp kind; _I covers int/dec/time/dur */
+    E_CMP_IK, /* E_CMP_I against the constant u.k (emit only) */
+    E_IN_I,
+    E_IN_S,
+    E_IN_B, /* consts[b .. b + n) */
+    E_AND,
+    E_OR,
+    E_COAL,
+    E_SINCE,
+    E_LOCAL /* aux = LOC_* */,
+    E_BEST,
+    E_TOUCHES,
+    E_HAS,
+    E_MIN,
+    E_MAX,
+    E_ABS,
+    E_BIZDAY,
+    E_NEXTBIZ,
+    E_LASTFIRED,
+    E_TAXCAP,
     /* emitted in place of the general forms above (see emit) */
-    E_FLD_I64, E_FLD_OPT, /* a field read in place: int64 at st + b (td_field_direct) */
-    E_SIN,                /* string field ==, != or in constant strings (consts[b .. b + n)) */
-    E_LASTFIRED_K         /* last_fired('constant'): the rule key is precomputed */
+    E_FLD_I64,
+    E_FLD_OPT,    /* a field read in place: int64 at st + b (td_field_direct) */
+    E_SIN,        /* string field ==, != or in constant strings (consts[b .. b + n)) */
+    E_LASTFIRED_K /* last_fired('constant'): the rule key is precomputed */
 } eop;
 
 /* E_SIN's aux bits. */
@@ -159,17 +237,17 @@ enum { CMP_LT, CMP_LE, CMP_GT, CMP_GE, CMP_EQ, CMP_NE };
 enum { LOC_HOUR, LOC_WEEKDAY, LOC_MONTH, LOC_YEAR };
 
 typedef struct pnode {
-    uint8_t kind;  /* pkind */
-    uint8_t op;    /* tok_kind of the operator, or function index */
-    uint8_t type;  /* td_type, set by the checker */
-    uint8_t eop;   /* eop, set by the checker */
+    uint8_t kind; /* pkind */
+    uint8_t op;   /* tok_kind of the operator, or function index */
+    uint8_t type; /* td_type, set by the checker */
+    uint8_t eop;  /* eop, set by the checker */
     uint8_t aux;
     uint16_t depth;
     uint32_t off, len;     /* whole span */
     uint32_t opoff, oplen; /* operator or function-name span */
     uint32_t a, b, n;
-    td_value k;            /* N_LIT */
-    const td_field *f;     /* N_NAME */
+    td_value k;        /* N_LIT */
+    const td_field *f; /* N_NAME */
 } pnode;
 
 /* The compiled node: what td_expr_eval walks. */
@@ -177,8 +255,8 @@ typedef struct td_enode {
     uint8_t op;   /* eop */
     uint8_t type; /* td_type of the result */
     uint8_t aux;
-    uint8_t fix;  /* 1 + the index of a fixed chain operand (td_expr_fix_operands), or 0 */
-    uint32_t a, b, n; /* children (preorder indices) or const list */
+    uint8_t fix;       /* 1 + the index of a fixed chain operand (td_expr_fix_operands), or 0 */
+    uint32_t a, b, n;  /* children (preorder indices) or const list */
     uint32_t off, len; /* source span, for runtime error messages */
     union {
         td_value k;
@@ -200,7 +278,7 @@ struct td_expr {
     uint32_t nnodes;
     td_value *consts;
     uint32_t nconsts;
-    char *pool; /* unescaped string literals; constants point into it */
+    char *pool;     /* unescaped string literals; constants point into it */
     uint32_t *conj; /* root node of each top-level conjunct */
     uint32_t nconj;
     uint32_t *chain; /* operands of the &&/|| chains, left to right (see link_chains) */
@@ -213,9 +291,24 @@ struct td_expr {
 };
 
 /* Functions: name, arity, signature shown in diagnostics. */
-enum { F_SINCE, F_LOCAL_HOUR, F_WEEKDAY, F_MONTH, F_YEAR, F_BEST_TIME, F_TOUCHES_WITHIN,
-       F_HAS, F_MIN, F_MAX, F_ABS, F_BUSINESS_DAY, F_NEXT_BUSINESS_SLOT, F_LAST_FIRED,
-       F_GIFT_TAX_CAP, F__COUNT };
+enum {
+    F_SINCE,
+    F_LOCAL_HOUR,
+    F_WEEKDAY,
+    F_MONTH,
+    F_YEAR,
+    F_BEST_TIME,
+    F_TOUCHES_WITHIN,
+    F_HAS,
+    F_MIN,
+    F_MAX,
+    F_ABS,
+    F_BUSINESS_DAY,
+    F_NEXT_BUSINESS_SLOT,
+    F_LAST_FIRED,
+    F_GIFT_TAX_CAP,
+    F__COUNT
+};
 static const struct td_fn_def {
     const char *name;
     unsigned nargs;
@@ -246,7 +339,7 @@ typedef struct cx {
     const char *src;
     uint32_t len;
     td_expr_diags *diags;
-    size_t nerr;         /* errors found (even those not stored) */
+    size_t nerr;          /* errors found (even those not stored) */
     uint32_t last_syntax; /* offset of the last E207 (UINT32_MAX: none): one per spot */
     bool oom;
 
@@ -294,7 +387,8 @@ static void diag(cx *c, const char *code, uint32_t off, uint32_t len, const char
 static bool grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
     if (need <= *cap) return true;
     uint32_t n = *cap ? *cap : 16;
-    while (n < need) n *= 2;
+    while (n < need)
+        n *= 2;
     void *q = realloc(*p, (size_t)n * elem);
     if (!q) return false;
     *p = q;
@@ -330,11 +424,13 @@ static void push_tok(cx *c, tok_kind k, uint32_t off, uint32_t len, const td_val
 static void lex_number(cx *c, uint32_t *ip) {
     const char *s = c->src;
     uint32_t i = *ip, start = i;
-    while (i < c->len && is_digit(s[i])) i++;
+    while (i < c->len && is_digit(s[i]))
+        i++;
     td_value v;
     memset(&v, 0, sizeof v);
     if (i < c->len && is_alpha(s[i])) {
-        while (i < c->len && is_alnum(s[i])) i++;
+        while (i < c->len && is_alnum(s[i]))
+            i++;
         td_ms d;
         if (td_duration_parse(s + start, i - start, &d) != TD_OK) {
             diag(c, "E208", start, i - start,
@@ -359,9 +455,11 @@ static void lex_number(cx *c, uint32_t *ip) {
     }
     if (i + 1 < c->len && s[i] == '.' && is_digit(s[i + 1])) {
         uint32_t f0 = ++i;
-        while (i < c->len && is_digit(s[i])) i++;
+        while (i < c->len && is_digit(s[i]))
+            i++;
         if (i < c->len && is_alpha(s[i])) {
-            while (i < c->len && is_alnum(s[i])) i++;
+            while (i < c->len && is_alnum(s[i]))
+                i++;
             diag(c, "E208", start, i - start,
                  "bad literal '%.*s': a duration takes whole units (write 1h30m, not 1.5h)",
                  (int)(i - start > 40 ? 40 : i - start), s + start);
@@ -380,8 +478,10 @@ static void lex_number(cx *c, uint32_t *ip) {
         }
         int64_t frac = 0;
         uint32_t nd = 0;
-        for (uint32_t j = f0; j < i; j++, nd++) frac = frac * 10 + (s[j] - '0');
-        for (; nd < 4; nd++) frac *= 10;
+        for (uint32_t j = f0; j < i; j++, nd++)
+            frac = frac * 10 + (s[j] - '0');
+        for (; nd < 4; nd++)
+            frac *= 10;
         int64_t d;
         if (bad || __builtin_mul_overflow(whole, (int64_t)TD_DEC_SCALE, &d) ||
             __builtin_add_overflow(d, frac, &d)) {
@@ -436,13 +536,20 @@ static void lex_string(cx *c, uint32_t *ip) {
             char e = s[i + 1];
             char out;
             switch (e) {
-            case '\\': out = '\\'; break;
-            case '"': out = '"'; break;
-            case '\'': out = '\''; break;
-            case 'n': out = '\n'; break;
+            case '\\':
+                out = '\\';
+                break;
+            case '"':
+                out = '"';
+                break;
+            case '\'':
+                out = '\'';
+                break;
+            case 'n':
+                out = '\n';
+                break;
             default:
-                diag(c, "E208", i, 2,
-                     "unknown escape '\\%c' in a string: use \\\\ \\\" \\' or \\n",
+                diag(c, "E208", i, 2, "unknown escape '\\%c' in a string: use \\\\ \\\" \\' or \\n",
                      (e >= 32 && e < 127) ? e : '?');
                 bad = true;
                 out = e;
@@ -488,7 +595,8 @@ static void lex(cx *c) {
         if (is_alpha(ch)) {
             uint32_t start = i;
             for (;;) {
-                while (i < n && is_alnum(s[i])) i++;
+                while (i < n && is_alnum(s[i]))
+                    i++;
                 /* a dot joins segments; a segment may start with a digit
                  * (touches.7d) */
                 if (i + 1 < n && s[i] == '.' && is_alnum(s[i + 1])) {
@@ -501,8 +609,10 @@ static void lex(cx *c) {
             tok_kind k = T_NAME;
             td_value v;
             memset(&v, 0, sizeof v);
-            if (len == 3 && !memcmp(s + start, "now", 3)) k = T_NOW;
-            else if (len == 2 && !memcmp(s + start, "in", 2)) k = T_IN;
+            if (len == 3 && !memcmp(s + start, "now", 3))
+                k = T_NOW;
+            else if (len == 2 && !memcmp(s + start, "in", 2))
+                k = T_IN;
             else if (len == 4 && !memcmp(s + start, "true", 4)) {
                 k = T_TRUE;
                 v.type = TD_T_BOOL;
@@ -518,42 +628,76 @@ static void lex(cx *c) {
         tok_kind k;
         uint32_t len = 1;
         switch (ch) {
-        case '!': k = nx == '=' ? (len = 2, T_NE) : T_NOT; break;
-        case '-': k = T_MINUS; break;
-        case '*': k = T_STAR; break;
-        case '/': k = T_SLASH; break;
-        case '+': k = T_PLUS; break;
-        case '<': k = nx == '=' ? (len = 2, T_LE) : T_LT; break;
-        case '>': k = nx == '=' ? (len = 2, T_GE) : T_GT; break;
-        case '[': k = T_LBRACK; break;
-        case ']': k = T_RBRACK; break;
-        case '(': k = T_LPAREN; break;
-        case ')': k = T_RPAREN; break;
-        case ',': k = T_COMMA; break;
+        case '!':
+            k = nx == '=' ? (len = 2, T_NE) : T_NOT;
+            break;
+        case '-':
+            k = T_MINUS;
+            break;
+        case '*':
+            k = T_STAR;
+            break;
+        case '/':
+            k = T_SLASH;
+            break;
+        case '+':
+            k = T_PLUS;
+            break;
+        case '<':
+            k = nx == '=' ? (len = 2, T_LE) : T_LT;
+            break;
+        case '>':
+            k = nx == '=' ? (len = 2, T_GE) : T_GT;
+            break;
+        case '[':
+            k = T_LBRACK;
+            break;
+        case ']':
+            k = T_RBRACK;
+            break;
+        case '(':
+            k = T_LPAREN;
+            break;
+        case ')':
+            k = T_RPAREN;
+            break;
+        case ',':
+            k = T_COMMA;
+            break;
         case '=':
             k = T_EQ;
-            if (nx == '=') len = 2;
-            else diag(c, "E207", i, 1, "'=' is not an operator: write == to compare");
+            if (nx == '=')
+                len = 2;
+            else
+                diag(c, "E207", i, 1, "'=' is not an operator: write == to compare");
             break;
         case '&':
             k = T_AND;
-            if (nx == '&') len = 2;
-            else diag(c, "E207", i, 1, "'&' is not an operator: write && for 'and'");
+            if (nx == '&')
+                len = 2;
+            else
+                diag(c, "E207", i, 1, "'&' is not an operator: write && for 'and'");
             break;
         case '|':
             k = T_OR;
-            if (nx == '|') len = 2;
-            else diag(c, "E207", i, 1, "'|' is not an operator: write || for 'or'");
+            if (nx == '|')
+                len = 2;
+            else
+                diag(c, "E207", i, 1, "'|' is not an operator: write || for 'or'");
             break;
         case '?':
             k = T_COAL;
-            if (nx == '?') len = 2;
-            else diag(c, "E207", i, 1, "'?' is not an operator: write x ?? y for 'x, or y when x is missing'");
+            if (nx == '?')
+                len = 2;
+            else
+                diag(c, "E207", i, 1,
+                     "'?' is not an operator: write x ?? y for 'x, or y when x is missing'");
             break;
         default: {
             /* skip one whole UTF-8 sequence so the caret covers it */
             uint32_t l = 1;
-            while (i + l < n && ((unsigned char)s[i + l] & 0xC0) == 0x80 && l < 4) l++;
+            while (i + l < n && ((unsigned char)s[i + l] & 0xC0) == 0x80 && l < 4)
+                l++;
             if ((unsigned char)ch >= 32 && (unsigned char)ch < 127)
                 diag(c, "E207", i, l, "unexpected character '%c'", ch);
             else
@@ -639,14 +783,29 @@ static uint32_t parse_bin(cx *c, int minprec);
 
 static int binprec(tok_kind k) {
     switch (k) {
-    case T_OR: return 1;
-    case T_AND: return 2;
-    case T_EQ: case T_NE: return 3;
-    case T_LT: case T_LE: case T_GT: case T_GE: case T_IN: return 4;
-    case T_COAL: return 5;
-    case T_PLUS: case T_MINUS: return 6;
-    case T_STAR: case T_SLASH: return 7;
-    default: return 0;
+    case T_OR:
+        return 1;
+    case T_AND:
+        return 2;
+    case T_EQ:
+    case T_NE:
+        return 3;
+    case T_LT:
+    case T_LE:
+    case T_GT:
+    case T_GE:
+    case T_IN:
+        return 4;
+    case T_COAL:
+        return 5;
+    case T_PLUS:
+    case T_MINUS:
+        return 6;
+    case T_STAR:
+    case T_SLASH:
+        return 7;
+    default:
+        return 0;
     }
 }
 
@@ -657,9 +816,12 @@ static void parse_list(cx *c, tok_kind close, const tok *open, uint32_t node) {
     if (peek(c)->kind != close) {
         for (;;) {
             uint32_t e = parse_bin(c, 1);
-            if (ntmp < 64) tmp[ntmp++] = e;
-            else if (grow((void **)&heap, &capheap, nheap + 1, sizeof(uint32_t))) heap[nheap++] = e;
-            else c->oom = true;
+            if (ntmp < 64)
+                tmp[ntmp++] = e;
+            else if (grow((void **)&heap, &capheap, nheap + 1, sizeof(uint32_t)))
+                heap[nheap++] = e;
+            else
+                c->oom = true;
             if (peek(c)->kind == T_COMMA) {
                 advance(c);
                 if (peek(c)->kind == close) break; /* trailing comma */
@@ -695,7 +857,12 @@ static uint32_t parse_unary(cx *c);
 static uint32_t parse_primary(cx *c) {
     const tok *t = peek(c);
     switch ((tok_kind)t->kind) {
-    case T_INT: case T_DEC: case T_STR: case T_DUR: case T_TRUE: case T_FALSE: {
+    case T_INT:
+    case T_DEC:
+    case T_STR:
+    case T_DUR:
+    case T_TRUE:
+    case T_FALSE: {
         uint32_t n = mk(c, N_LIT, t->off, t->len);
         c->nodes[n].k = t->v;
         advance(c);
@@ -742,7 +909,8 @@ static uint32_t parse_primary(cx *c) {
         }
         return inner;
     }
-    default: break;
+    default:
+        break;
     }
     syntax(c, t, "expected a value (a field, a literal, a function call or '('), found %s",
            tok_text((tok_kind)t->kind));
@@ -854,7 +1022,8 @@ static uint32_t parse_bin(cx *c, int minprec) {
 static unsigned osa_distance(const char *a, size_t la, const char *b, size_t lb) {
     unsigned rows[3][TD_EXPR_MAX_NAME + 1];
     unsigned *pp = rows[0], *p = rows[1], *cur = rows[2];
-    for (size_t j = 0; j <= lb; j++) p[j] = (unsigned)j;
+    for (size_t j = 0; j <= lb; j++)
+        p[j] = (unsigned)j;
     for (size_t i = 1; i <= la; i++) {
         cur[0] = (unsigned)i;
         for (size_t j = 1; j <= lb; j++) {
@@ -862,8 +1031,7 @@ static unsigned osa_distance(const char *a, size_t la, const char *b, size_t lb)
             unsigned v = p[j] + 1;
             if (cur[j - 1] + 1 < v) v = cur[j - 1] + 1;
             if (p[j - 1] + cost < v) v = p[j - 1] + cost;
-            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
-                pp[j - 2] + 1 < v)
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && pp[j - 2] + 1 < v)
                 v = pp[j - 2] + 1;
             cur[j] = v;
         }
@@ -926,13 +1094,20 @@ static int find_fn(const char *name, size_t len) {
 /* "a bool", "an int" */
 static const char *aname(td_type t) {
     switch (t) {
-    case TD_T_BOOL: return "a bool";
-    case TD_T_INT: return "an int";
-    case TD_T_DEC: return "a decimal";
-    case TD_T_STR: return "a string";
-    case TD_T_TIME: return "a time";
-    case TD_T_DUR: return "a duration";
-    default: return "nothing";
+    case TD_T_BOOL:
+        return "a bool";
+    case TD_T_INT:
+        return "an int";
+    case TD_T_DEC:
+        return "a decimal";
+    case TD_T_STR:
+        return "a string";
+    case TD_T_TIME:
+        return "a time";
+    case TD_T_DUR:
+        return "a duration";
+    default:
+        return "nothing";
     }
 }
 
@@ -990,10 +1165,18 @@ static td_type check_arith(cx *c, uint32_t i, td_type ta, td_type tb) {
             p->b = b;
         }
         switch (op) {
-        case T_PLUS: p->eop = E_ADD; break;
-        case T_MINUS: p->eop = E_SUB; break;
-        case T_STAR: p->eop = dec ? E_MUL_D : E_MUL_I; break;
-        default: p->eop = dec ? E_DIV_D : E_DIV_I; break;
+        case T_PLUS:
+            p->eop = E_ADD;
+            break;
+        case T_MINUS:
+            p->eop = E_SUB;
+            break;
+        case T_STAR:
+            p->eop = dec ? E_MUL_D : E_MUL_I;
+            break;
+        default:
+            p->eop = dec ? E_DIV_D : E_DIV_I;
+            break;
         }
         return dec ? TD_T_DEC : TD_T_INT;
     }
@@ -1033,8 +1216,7 @@ static td_type check_arith(cx *c, uint32_t i, td_type ta, td_type tb) {
     default:
         p->eop = E_DIV_I;
         if (ta == TD_T_DUR && tb == TD_T_INT) return TD_T_DUR;
-        op_error(c, p, ta, tb,
-                 ta == TD_T_DUR ? "a duration can only be divided by an int" : NULL);
+        op_error(c, p, ta, tb, ta == TD_T_DUR ? "a duration can only be divided by an int" : NULL);
         return TD_T_NONE;
     }
 }
@@ -1044,12 +1226,24 @@ static td_type check_compare(cx *c, uint32_t i, td_type ta, td_type tb) {
     tok_kind op = (tok_kind)p->op;
     bool eq = op == T_EQ || op == T_NE;
     switch (op) {
-    case T_LT: p->aux = CMP_LT; break;
-    case T_LE: p->aux = CMP_LE; break;
-    case T_GT: p->aux = CMP_GT; break;
-    case T_GE: p->aux = CMP_GE; break;
-    case T_EQ: p->aux = CMP_EQ; break;
-    default: p->aux = CMP_NE; break;
+    case T_LT:
+        p->aux = CMP_LT;
+        break;
+    case T_LE:
+        p->aux = CMP_LE;
+        break;
+    case T_GT:
+        p->aux = CMP_GT;
+        break;
+    case T_GE:
+        p->aux = CMP_GE;
+        break;
+    case T_EQ:
+        p->aux = CMP_EQ;
+        break;
+    default:
+        p->aux = CMP_NE;
+        break;
     }
     if (is_num(ta) && is_num(tb)) {
         if (ta != tb) {
@@ -1065,8 +1259,13 @@ static td_type check_compare(cx *c, uint32_t i, td_type ta, td_type tb) {
     }
     if (ta == tb) {
         switch (ta) {
-        case TD_T_STR: p->eop = E_CMP_S; return TD_T_BOOL;
-        case TD_T_TIME: case TD_T_DUR: p->eop = E_CMP_I; return TD_T_BOOL;
+        case TD_T_STR:
+            p->eop = E_CMP_S;
+            return TD_T_BOOL;
+        case TD_T_TIME:
+        case TD_T_DUR:
+            p->eop = E_CMP_I;
+            return TD_T_BOOL;
         case TD_T_BOOL:
             if (eq) {
                 p->eop = E_CMP_B;
@@ -1074,11 +1273,14 @@ static td_type check_compare(cx *c, uint32_t i, td_type ta, td_type tb) {
             }
             op_error(c, p, ta, tb, "bools can only be compared with == and !=");
             return TD_T_NONE;
-        default: break;
+        default:
+            break;
         }
     }
     if ((ta == TD_T_TIME && tb == TD_T_DUR) || (ta == TD_T_DUR && tb == TD_T_TIME))
-        op_error(c, p, ta, tb, "since(t) turns a time into the duration since it, e.g. since(email.last_sent_at) >= 72h");
+        op_error(c, p, ta, tb,
+                 "since(t) turns a time into the duration since it, e.g. since(email.last_sent_at) "
+                 ">= 72h");
     else if ((ta == TD_T_DUR && is_num(tb)) || (tb == TD_T_DUR && is_num(ta)))
         op_error(c, p, ta, tb, "give the number a unit, e.g. 72h");
     else if (ta == TD_T_STR || tb == TD_T_STR)
@@ -1185,8 +1387,8 @@ static td_type check_in(cx *c, uint32_t i) {
 
 static void arg_error(cx *c, int fn, uint32_t arg, td_type got) {
     const pnode *a = &c->nodes[arg];
-    diag(c, "E205", a->off, a->len, "%s() does not take %s here: %s", td_fns[fn].name,
-         aname(got), td_fns[fn].sig);
+    diag(c, "E205", a->off, a->len, "%s() does not take %s here: %s", td_fns[fn].name, aname(got),
+         td_fns[fn].sig);
 }
 
 static td_type check_call(cx *c, uint32_t i) {
@@ -1203,15 +1405,15 @@ static td_type check_call(cx *c, uint32_t i) {
     int fn = find_fn(name, p->oplen);
     if (fn < 0) {
         const char *names[F__COUNT];
-        for (int k = 0; k < F__COUNT; k++) names[k] = td_fns[k].name;
+        for (int k = 0; k < F__COUNT; k++)
+            names[k] = td_fns[k].name;
         const char *s = closest(name, p->oplen, names, F__COUNT, sizeof names[0]);
         if (s)
             diag(c, "E204", p->opoff, p->oplen, "unknown function '%.*s': did you mean '%s'?",
                  (int)p->oplen, name, s);
         else if (td_schema_lookup(name, p->oplen))
             diag(c, "E204", p->opoff, p->oplen,
-                 "'%.*s' is a field, not a function: remove the parentheses", (int)p->oplen,
-                 name);
+                 "'%.*s' is a field, not a function: remove the parentheses", (int)p->oplen, name);
         else
             diag(c, "E204", p->opoff, p->oplen,
                  "unknown function '%.*s': the functions are since, local_hour, weekday, month, "
@@ -1222,9 +1424,8 @@ static td_type check_call(cx *c, uint32_t i) {
     }
     c->nodes[i].op = (uint8_t)fn;
     if (n != td_fns[fn].nargs) {
-        diag(c, "E205", p->opoff, p->len, "%s() takes %u argument%s, got %u: %s",
-             td_fns[fn].name, td_fns[fn].nargs, td_fns[fn].nargs == 1 ? "" : "s", n,
-             td_fns[fn].sig);
+        diag(c, "E205", p->opoff, p->len, "%s() takes %u argument%s, got %u: %s", td_fns[fn].name,
+             td_fns[fn].nargs, td_fns[fn].nargs == 1 ? "" : "s", n, td_fns[fn].sig);
         return TD_T_NONE;
     }
     if (poisoned) return TD_T_NONE;
@@ -1233,7 +1434,11 @@ static td_type check_call(cx *c, uint32_t i) {
     q->a = a0;
     q->b = a1;
     switch (fn) {
-    case F_SINCE: case F_LOCAL_HOUR: case F_WEEKDAY: case F_MONTH: case F_YEAR:
+    case F_SINCE:
+    case F_LOCAL_HOUR:
+    case F_WEEKDAY:
+    case F_MONTH:
+    case F_YEAR:
     case F_BEST_TIME:
         if (ts[0] != TD_T_TIME) {
             arg_error(c, fn, a0, ts[0]);
@@ -1248,8 +1453,10 @@ static td_type check_call(cx *c, uint32_t i) {
             return TD_T_TIME;
         }
         q->eop = E_LOCAL;
-        q->aux = fn == F_LOCAL_HOUR ? LOC_HOUR : fn == F_WEEKDAY ? LOC_WEEKDAY
-                 : fn == F_MONTH    ? LOC_MONTH : LOC_YEAR;
+        q->aux = fn == F_LOCAL_HOUR ? LOC_HOUR
+                 : fn == F_WEEKDAY  ? LOC_WEEKDAY
+                 : fn == F_MONTH    ? LOC_MONTH
+                                    : LOC_YEAR;
         return TD_T_INT;
     case F_TOUCHES_WITHIN:
         if (ts[0] != TD_T_DUR) {
@@ -1345,8 +1552,10 @@ static td_type check_name(cx *c, uint32_t i) {
                  "block",
                  f->name);
         else
-            diag(c, "E202", p->off, p->len, "'%s' is not allowed here: event.* can only be read "
-                 "in a rule's when and at", f->name);
+            diag(c, "E202", p->off, p->len,
+                 "'%s' is not allowed here: event.* can only be read "
+                 "in a rule's when and at",
+                 f->name);
         return TD_T_NONE;
     }
     p->f = f;
@@ -1358,7 +1567,9 @@ static td_type check(cx *c, uint32_t i) {
     pnode *p = &c->nodes[i];
     td_type t = TD_T_NONE;
     switch ((pkind)p->kind) {
-    case N_ERROR: t = TD_T_NONE; break;
+    case N_ERROR:
+        t = TD_T_NONE;
+        break;
     case N_LIT:
         p->eop = E_CONST;
         t = p->k.type;
@@ -1367,22 +1578,29 @@ static td_type check(cx *c, uint32_t i) {
         p->eop = E_NOW;
         t = TD_T_TIME;
         break;
-    case N_NAME: t = check_name(c, i); break;
-    case N_CONV: t = TD_T_DEC; break;
+    case N_NAME:
+        t = check_name(c, i);
+        break;
+    case N_CONV:
+        t = TD_T_DEC;
+        break;
     case N_UNARY: {
         td_type ta = check(c, p->a);
         p = &c->nodes[i];
         if (ta == TD_T_NONE) break;
         if (p->op == T_NOT) {
             p->eop = E_NOT;
-            if (ta == TD_T_BOOL) t = TD_T_BOOL;
+            if (ta == TD_T_BOOL)
+                t = TD_T_BOOL;
             else
                 diag(c, "E203", p->opoff, p->oplen,
                      "'!' needs a bool, but this is %s: compare it, e.g. !(x > 0)", aname(ta));
         } else {
             p->eop = E_NEG;
-            if (ta == TD_T_INT || ta == TD_T_DEC || ta == TD_T_DUR) t = ta;
-            else diag(c, "E203", p->opoff, p->oplen, "cannot negate %s", aname(ta));
+            if (ta == TD_T_INT || ta == TD_T_DEC || ta == TD_T_DUR)
+                t = ta;
+            else
+                diag(c, "E203", p->opoff, p->oplen, "cannot negate %s", aname(ta));
         }
         break;
     }
@@ -1397,16 +1615,27 @@ static td_type check(cx *c, uint32_t i) {
         }
         if (ta == TD_T_NONE || tb == TD_T_NONE) break;
         switch (op) {
-        case T_PLUS: case T_MINUS: case T_STAR: case T_SLASH:
+        case T_PLUS:
+        case T_MINUS:
+        case T_STAR:
+        case T_SLASH:
             t = check_arith(c, i, ta, tb);
             break;
-        case T_COAL: t = check_coalesce(c, i, ta, tb); break;
-        default: t = check_compare(c, i, ta, tb); break;
+        case T_COAL:
+            t = check_coalesce(c, i, ta, tb);
+            break;
+        default:
+            t = check_compare(c, i, ta, tb);
+            break;
         }
         break;
     }
-    case N_IN: t = check_in(c, i); break;
-    case N_CALL: t = check_call(c, i); break;
+    case N_IN:
+        t = check_in(c, i);
+        break;
+    case N_CALL:
+        t = check_call(c, i);
+        break;
     }
     c->nodes[i].type = (uint8_t)t;
     return t;
@@ -1462,7 +1691,8 @@ static bool emit_sin(emitter *m, uint32_t at, uint32_t fi, const uint32_t *lits,
         return true;
     }
     uint32_t start = e->nconsts;
-    for (uint32_t j = 0; j < nlits; j++) e->consts[e->nconsts++] = c->nodes[lits[j]].k;
+    for (uint32_t j = 0; j < nlits; j++)
+        e->consts[e->nconsts++] = c->nodes[lits[j]].k;
     const td_value *k = e->consts + start;
     td_enode *n = &e->nodes[at];
     n->op = E_SIN;
@@ -1522,7 +1752,9 @@ static uint32_t emit(emitter *m, uint32_t i) {
     }
     if (p.eop == E_IN_S && emit_sin(m, at, p.a, c->kids + p.b, p.n, false)) return at;
     switch ((eop)p.eop) {
-    case E_CONST: n->u.k = p.k; break;
+    case E_CONST:
+        n->u.k = p.k;
+        break;
     case E_FIELD: {
         n->u.f = p.f;
         size_t off = 0;
@@ -1533,15 +1765,19 @@ static uint32_t emit(emitter *m, uint32_t i) {
         }
         break;
     }
-    case E_NOW: break;
-    case E_IN_I: case E_IN_S: case E_IN_B: {
+    case E_NOW:
+        break;
+    case E_IN_I:
+    case E_IN_S:
+    case E_IN_B: {
         uint32_t a = emit(m, p.a);
         uint32_t start = e->nconsts;
         if (!grow((void **)&e->consts, &m->capconst, e->nconsts + p.n, sizeof(td_value))) {
             c->oom = true;
             return at;
         }
-        for (uint32_t j = 0; j < p.n; j++) e->consts[e->nconsts++] = c->nodes[c->kids[p.b + j]].k;
+        for (uint32_t j = 0; j < p.n; j++)
+            e->consts[e->nconsts++] = c->nodes[c->kids[p.b + j]].k;
         n = &e->nodes[at];
         n->a = a;
         n->b = start;
@@ -1559,8 +1795,17 @@ static uint32_t emit(emitter *m, uint32_t i) {
             break;
         }
         /* fall through */
-    case E_NOT: case E_NEG: case E_I2D: case E_SINCE: case E_LOCAL: case E_BEST:
-    case E_TOUCHES: case E_HAS: case E_ABS: case E_BIZDAY: case E_NEXTBIZ: {
+    case E_NOT:
+    case E_NEG:
+    case E_I2D:
+    case E_SINCE:
+    case E_LOCAL:
+    case E_BEST:
+    case E_TOUCHES:
+    case E_HAS:
+    case E_ABS:
+    case E_BIZDAY:
+    case E_NEXTBIZ: {
         uint32_t a = emit(m, p.a);
         e->nodes[at].a = a;
         break;
@@ -1625,10 +1870,11 @@ static bool link_chains(td_expr *e) {
             m = e->nodes[m].a;
         }
         uint32_t start = e->nchain;
-        e->chain[e->nchain++] = m; /* the leftmost operand */
+        e->chain[e->nchain++] = m;           /* the leftmost operand */
         for (uint32_t k = depth; k-- > 0;) { /* then the right operands, bottom up */
             uint32_t s = i;
-            for (uint32_t j = 0; j < k; j++) s = e->nodes[s].a;
+            for (uint32_t j = 0; j < k; j++)
+                s = e->nodes[s].a;
             e->chain[e->nchain++] = e->nodes[s].b;
         }
         h->n = depth + 1;
@@ -1707,8 +1953,9 @@ td_expr *td_expr_compile(const char *src, size_t len, int scopes, td_type want,
              * so its mistakes are reported too */
             while (!c.fatal && peek(&c)->kind != T_EOF) {
                 const tok *t = peek(&c);
-                syntax(&c, t, "unexpected %s after a complete expression: a missing operator "
-                              "(&&, ||, ==...)?",
+                syntax(&c, t,
+                       "unexpected %s after a complete expression: a missing operator "
+                       "(&&, ||, ==...)?",
                        tok_text((tok_kind)t->kind));
                 advance(&c);
                 if (peek(&c)->kind == T_EOF) break;
@@ -1826,8 +2073,10 @@ static const char *zone_of(const td_ctx *ctx) {
 
 static void local_civil(const td_ctx *ctx, td_ms t, td_civil *out) {
     const char *z = zone_of(ctx);
-    if (ctx->tz && z) td_tz_local(ctx->tz, z, t, out, NULL); /* unknown zone: UTC, by contract */
-    else td_civil_from_ms(t, out);
+    if (ctx->tz && z)
+        td_tz_local(ctx->tz, z, t, out, NULL); /* unknown zone: UTC, by contract */
+    else
+        td_civil_from_ms(t, out);
 }
 
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
@@ -1838,7 +2087,8 @@ static int best_hour(const td_state *st, const td_settings *s) {
     int def = clampi(s->best_time_default_hour, 0, 23);
     if (!st) return def;
     uint64_t sum = 0;
-    for (int h = 0; h < 24; h++) sum += st->hour_hist[h];
+    for (int h = 0; h < 24; h++)
+        sum += st->hour_hist[h];
     if (s->best_time_min_points > 0 && sum < (uint64_t)s->best_time_min_points) return def;
     if (sum == 0) return def;
     int lo = clampi(s->business_start_hour, 0, 24), hi = clampi(s->business_end_hour, 0, 24);
@@ -1888,8 +2138,10 @@ static int eval_best_time(const run *r, const td_enode *n, td_ms t, td_ms *out) 
                         : weekday_of_days(day) > 5)
             continue;
         td_ms u;
-        if (ctx->tz && z) td_tz_to_utc(ctx->tz, z, d.year, d.month, d.day, hour, 0, &u);
-        else u = td_civil_to_ms(d.year, d.month, d.day, hour, 0, 0);
+        if (ctx->tz && z)
+            td_tz_to_utc(ctx->tz, z, d.year, d.month, d.day, hour, 0, &u);
+        else
+            u = td_civil_to_ms(d.year, d.month, d.day, hour, 0, 0);
         if (u >= t) {
             *out = u;
             return TD_OK;
@@ -1901,12 +2153,18 @@ static int eval_best_time(const run *r, const td_enode *n, td_ms t, td_ms *out) 
 
 static bool cmp_i(int op, int64_t a, int64_t b) {
     switch (op) {
-    case CMP_LT: return a < b;
-    case CMP_LE: return a <= b;
-    case CMP_GT: return a > b;
-    case CMP_GE: return a >= b;
-    case CMP_EQ: return a == b;
-    default: return a != b;
+    case CMP_LT:
+        return a < b;
+    case CMP_LE:
+        return a <= b;
+    case CMP_GT:
+        return a > b;
+    case CMP_GE:
+        return a >= b;
+    case CMP_EQ:
+        return a == b;
+    default:
+        return a != b;
     }
 }
 
@@ -2019,7 +2277,9 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         if (evx(r, n->a, &x) || evx(r, n->b, &y)) return TD_ERR;
         out->u.b = !x.missing && !y.missing && cmp_i(n->aux, x.u.b, y.u.b);
         return TD_OK;
-    case E_IN_I: case E_IN_S: case E_IN_B: {
+    case E_IN_I:
+    case E_IN_S:
+    case E_IN_B: {
         if (evx(r, n->a, &x)) return TD_ERR;
         out->u.b = false;
         if (x.missing) return TD_OK;
@@ -2090,7 +2350,8 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         out->u.d = (int64_t)q;
         return TD_OK;
     }
-    case E_MIN: case E_MAX:
+    case E_MIN:
+    case E_MAX:
         if ((rc = ev2(r, n, &x, &y, out))) return rc < 0 ? TD_ERR : TD_OK;
         out->u.i = (n->op == E_MIN) == (x.u.i < y.u.i) ? x.u.i : y.u.i;
         return TD_OK;
@@ -2173,7 +2434,8 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         }
         return TD_OK;
     }
-    case E_FLD_I64: case E_FLD_OPT: /* reached only as a root: evx handles them */
+    case E_FLD_I64:
+    case E_FLD_OPT: /* reached only as a root: evx handles them */
         return evx(r, i, out);
     case E_SIN: {
         const td_field *f = n->u.fm.f;
@@ -2188,8 +2450,10 @@ static int ev(const run *r, uint32_t i, td_value *out) {
         f->get(f, r->ctx, &x);
         x.type = TD_T_STR;
         if (r->facts) record_fact(r->facts, f, &x);
-        if (x.missing) out->u.b = (n->aux & SIN_MISSING) != 0;
-        else out->u.b = str_in(&x, r->e->consts + n->b, n->n) != ((n->aux & SIN_NEG) != 0);
+        if (x.missing)
+            out->u.b = (n->aux & SIN_MISSING) != 0;
+        else
+            out->u.b = str_in(&x, r->e->consts + n->b, n->n) != ((n->aux & SIN_NEG) != 0);
         return TD_OK;
     }
     case E_LASTFIRED_K: {
@@ -2280,14 +2544,41 @@ bool td_expr_conjunct_reads_only(const td_expr *e, size_t i, const td_field *con
         const td_enode *n = &e->nodes[k];
         const td_field *f = NULL;
         switch ((eop)n->op) {
-        case E_FIELD: case E_FLD_I64: case E_FLD_OPT: f = n->u.f; break;
-        case E_SIN: f = n->u.fm.f; break;
-        case E_CONST: case E_NOT: case E_NEG: case E_I2D: case E_ADD: case E_SUB:
-        case E_MUL_I: case E_MUL_D: case E_DIV_I: case E_DIV_D: case E_CMP_I: case E_CMP_S:
-        case E_CMP_B: case E_CMP_IK: case E_IN_I: case E_IN_S: case E_IN_B: case E_AND:
-        case E_OR: case E_COAL: case E_HAS: case E_MIN: case E_MAX: case E_ABS:
+        case E_FIELD:
+        case E_FLD_I64:
+        case E_FLD_OPT:
+            f = n->u.f;
+            break;
+        case E_SIN:
+            f = n->u.fm.f;
+            break;
+        case E_CONST:
+        case E_NOT:
+        case E_NEG:
+        case E_I2D:
+        case E_ADD:
+        case E_SUB:
+        case E_MUL_I:
+        case E_MUL_D:
+        case E_DIV_I:
+        case E_DIV_D:
+        case E_CMP_I:
+        case E_CMP_S:
+        case E_CMP_B:
+        case E_CMP_IK:
+        case E_IN_I:
+        case E_IN_S:
+        case E_IN_B:
+        case E_AND:
+        case E_OR:
+        case E_COAL:
+        case E_HAS:
+        case E_MIN:
+        case E_MAX:
+        case E_ABS:
             continue;
-        default: return false; /* now, time and state functions */
+        default:
+            return false; /* now, time and state functions */
         }
         bool ok = false;
         for (size_t j = 0; allowed[j]; j++)
@@ -2330,12 +2621,33 @@ bool td_expr_conjunct_may_fail(const td_expr *e, size_t i) {
     uint32_t end = i + 1 < e->nconj ? e->conj[i + 1] : e->nnodes;
     for (uint32_t k = e->conj[i]; k < end; k++) {
         switch ((eop)e->nodes[k].op) {
-        case E_CONST: case E_FIELD: case E_FLD_I64: case E_FLD_OPT: case E_NOW: case E_NOT:
-        case E_CMP_I: case E_CMP_S: case E_CMP_B: case E_CMP_IK: case E_IN_I: case E_IN_S:
-        case E_IN_B: case E_SIN: case E_AND: case E_OR: case E_COAL: case E_HAS: case E_MIN:
-        case E_MAX: case E_TOUCHES: case E_LASTFIRED: case E_LASTFIRED_K: case E_TAXCAP:
+        case E_CONST:
+        case E_FIELD:
+        case E_FLD_I64:
+        case E_FLD_OPT:
+        case E_NOW:
+        case E_NOT:
+        case E_CMP_I:
+        case E_CMP_S:
+        case E_CMP_B:
+        case E_CMP_IK:
+        case E_IN_I:
+        case E_IN_S:
+        case E_IN_B:
+        case E_SIN:
+        case E_AND:
+        case E_OR:
+        case E_COAL:
+        case E_HAS:
+        case E_MIN:
+        case E_MAX:
+        case E_TOUCHES:
+        case E_LASTFIRED:
+        case E_LASTFIRED_K:
+        case E_TAXCAP:
             continue;
-        default: return true; /* overflow, division by zero, out-of-range times */
+        default:
+            return true; /* overflow, division by zero, out-of-range times */
         }
     }
     return false;
@@ -2353,8 +2665,8 @@ const char *td_expr_conjunct_source(const td_expr *e, size_t i, size_t *len) {
     return e->src + n->off;
 }
 
-int td_expr_eval_conjunct(const td_expr *e, size_t i, const td_ctx *ctx, td_value *out,
-                          char *err, size_t errcap) {
+int td_expr_eval_conjunct(const td_expr *e, size_t i, const td_ctx *ctx, td_value *out, char *err,
+                          size_t errcap) {
     if (!e || i >= e->nconj) {
         if (err && errcap) snprintf(err, errcap, "no conjunct %zu", i);
         return TD_ERR;
@@ -2392,11 +2704,21 @@ static void jw_quoted(jw *w, const char *s, size_t len) {
         unsigned char ch = (unsigned char)s[k];
         char esc[8];
         switch (ch) {
-        case '"': jw_put(w, "\\\"", 2); break;
-        case '\\': jw_put(w, "\\\\", 2); break;
-        case '\n': jw_put(w, "\\n", 2); break;
-        case '\r': jw_put(w, "\\r", 2); break;
-        case '\t': jw_put(w, "\\t", 2); break;
+        case '"':
+            jw_put(w, "\\\"", 2);
+            break;
+        case '\\':
+            jw_put(w, "\\\\", 2);
+            break;
+        case '\n':
+            jw_put(w, "\\n", 2);
+            break;
+        case '\r':
+            jw_put(w, "\\r", 2);
+            break;
+        case '\t':
+            jw_put(w, "\\t", 2);
+            break;
         default:
             if (ch < 0x20 || ch == 0x7f) {
                 snprintf(esc, sizeof esc, "\\u%04x", ch);
@@ -2423,11 +2745,21 @@ static size_t jv_quoted(char *o, const char *s, size_t len) {
         }
         *p++ = '\\';
         switch (ch) {
-        case '"': *p++ = '"'; break;
-        case '\\': *p++ = '\\'; break;
-        case '\n': *p++ = 'n'; break;
-        case '\r': *p++ = 'r'; break;
-        case '\t': *p++ = 't'; break;
+        case '"':
+            *p++ = '"';
+            break;
+        case '\\':
+            *p++ = '\\';
+            break;
+        case '\n':
+            *p++ = 'n';
+            break;
+        case '\r':
+            *p++ = 'r';
+            break;
+        case '\t':
+            *p++ = 't';
+            break;
         default:
             memcpy(p, "u00", 3);
             p[3] = hex[ch >> 4];

@@ -126,8 +126,8 @@ uint64_t td_expr_fixed_truth(const td_expr *e, const td_ctx *ctx);
 
 size_t td_expr_conjuncts(const td_expr *e);
 const char *td_expr_conjunct_source(const td_expr *e, size_t i, size_t *len);
-int td_expr_eval_conjunct(const td_expr *e, size_t i, const td_ctx *ctx, td_value *out,
-                          char *err, size_t errcap);
+int td_expr_eval_conjunct(const td_expr *e, size_t i, const td_ctx *ctx, td_value *out, char *err,
+                          size_t errcap);
 
 /* Formats a value as the JSON the recommendation's `because` uses:
  * true/false, 12, 12.5, "text", "2026-11-22T10:15:00Z", "72h"; missing is null.

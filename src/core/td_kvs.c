@@ -16,8 +16,7 @@ void td_kvs_free(td_kvs *kv) {
 }
 
 void td_kvs_free_array(td_kvs *a, size_t n) {
-    if (!a)
-        return;
+    if (!a) return;
     for (size_t i = 0; i < n; i++)
         td_kvs_free(&a[i]);
     free(a);
@@ -30,8 +29,7 @@ void td_kvs_clear(td_kvs *kv) {
 }
 
 void td_kvs_move(td_kvs *to, td_kvs *from) {
-    if (to == from)
-        return;
+    if (to == from) return;
     td_kvs_free(to);
     *to = *from;
     memset(from, 0, sizeof *from);
@@ -51,8 +49,7 @@ int td_kvs_grow_entries(td_kvs *kv) {
 
 void td_kvs_add(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
     td_kvs *l = ud;
-    if (l->oom)
-        return;
+    if (l->oom) return;
     if (l->len + kl + vl > UINT32_MAX) {
         l->oom = true; /* offsets are 32-bit; a state is a few KB */
         return;
@@ -82,10 +79,8 @@ int td_kvs_capture(td_kvs *kv, const td_state *st) {
          * in place from the first pair on */
         kv->buf = malloc(512);
         kv->e = malloc(32 * sizeof *kv->e);
-        if (kv->buf)
-            kv->cap = 512;
-        if (kv->e)
-            kv->ecap = 32;
+        if (kv->buf) kv->cap = 512;
+        if (kv->e) kv->ecap = 32;
     }
     td_state_serialize_kvs(st, kv);
     if (kv->oom) {
@@ -104,10 +99,12 @@ static inline bool td_kvs_eq(const char *p, const char *q, size_t n) {
         if (n > 64) return memcmp(p, q, n) == 0;
         __m128i d = _mm_setzero_si128();
         for (size_t i = 0; i + 16 < n; i += 16)
-            d = _mm_or_si128(d, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(p + i)),
-                                              _mm_loadu_si128((const __m128i *)(const void *)(q + i))));
-        d = _mm_or_si128(d, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(p + n - 16)),
-                                          _mm_loadu_si128((const __m128i *)(const void *)(q + n - 16))));
+            d = _mm_or_si128(
+                d, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(p + i)),
+                                 _mm_loadu_si128((const __m128i *)(const void *)(q + i))));
+        d = _mm_or_si128(
+            d, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(p + n - 16)),
+                             _mm_loadu_si128((const __m128i *)(const void *)(q + n - 16))));
         return _mm_movemask_epi8(_mm_cmpeq_epi8(d, _mm_setzero_si128())) == 0xFFFF;
 #else
         if (n > 64) return memcmp(p, q, n) == 0;
@@ -181,10 +178,11 @@ typedef struct td_kvs_index {
 
 /* Indexes the keys j of kv with !seen[j] (`unseen` of them) into slot[]
  * (`cap` entries, a power of two >= 16 and >= 2 * kv->n). */
-static void td_kvs_index_build(td_kvs_index *x, const td_kvs *kv, const bool *seen,
-                               size_t unseen, uint32_t *slot, size_t cap) {
+static void td_kvs_index_build(td_kvs_index *x, const td_kvs *kv, const bool *seen, size_t unseen,
+                               uint32_t *slot, size_t cap) {
     size_t c = 16;
-    while (c < 2 * unseen) c *= 2;
+    while (c < 2 * unseen)
+        c *= 2;
     if (c > cap) c = cap; /* not reached: cap >= 2 * kv->n */
     x->slot = slot;
     memset(x->slot, 0, c * sizeof *x->slot);
@@ -192,14 +190,14 @@ static void td_kvs_index_build(td_kvs_index *x, const td_kvs *kv, const bool *se
     for (size_t j = 0; j < kv->n; j++) {
         if (seen[j]) continue;
         uint32_t h = td_kvs_khash(kv->buf + kv->e[j].k, kv->e[j].kl) & x->mask;
-        while (x->slot[h]) h = (h + 1) & x->mask;
+        while (x->slot[h])
+            h = (h + 1) & x->mask;
         x->slot[h] = (uint32_t)j + 1;
     }
 }
 
 /* Index of key k in kv among the indexed keys, or kv->n. */
-static size_t td_kvs_index_find(const td_kvs_index *x, const td_kvs *kv, const char *k,
-                                size_t kl) {
+static size_t td_kvs_index_find(const td_kvs_index *x, const td_kvs *kv, const char *k, size_t kl) {
     for (uint32_t h = td_kvs_khash(k, kl) & x->mask; x->slot[h]; h = (h + 1) & x->mask) {
         const td_kvs_entry *e = &kv->e[x->slot[h] - 1];
         if (e->kl == kl && td_kvs_eq(kv->buf + e->k, k, kl)) return x->slot[h] - 1;
@@ -209,28 +207,25 @@ static size_t td_kvs_index_find(const td_kvs_index *x, const td_kvs *kv, const c
 
 int td_kvs_diff(const td_kvs *before, const td_kvs *now, td_kv_fn set_fn, td_kdel_fn del_fn,
                 void *ud) {
-    if (before->oom || now->oom)
-        return TD_ERR;
+    if (before->oom || now->oom) return TD_ERR;
     if (before->n >= UINT32_MAX / 4)
         return TD_ERR; /* not reached: offsets are 32-bit, a state a few KB */
     size_t nb = before->n;
     /* seen[j]: key j of `before` is also in `now` */
     bool stack_seen[256];
     bool *seen = nb <= 256 ? stack_seen : calloc(nb, sizeof *seen);
-    if (!seen)
-        return TD_ERR;
-    if (seen == stack_seen)
-        memset(seen, 0, nb * sizeof *seen);
+    if (!seen) return TD_ERR;
+    if (seen == stack_seen) memset(seen, 0, nb * sizeof *seen);
     /* The index's slots: on the stack, or allocated before anything is
      * reported (the lazy build below never allocates). */
     uint32_t stack_slot[512];
     size_t ncap = 16;
-    while (ncap < 2 * nb) ncap *= 2;
-    uint32_t *slots = ncap <= sizeof stack_slot / sizeof *stack_slot ? stack_slot
-                                                                     : malloc(ncap * sizeof *slots);
+    while (ncap < 2 * nb)
+        ncap *= 2;
+    uint32_t *slots =
+        ncap <= sizeof stack_slot / sizeof *stack_slot ? stack_slot : malloc(ncap * sizeof *slots);
     if (!slots) {
-        if (seen != stack_seen)
-            free(seen);
+        if (seen != stack_seen) free(seen);
         return TD_ERR;
     }
     /*
@@ -274,8 +269,7 @@ int td_kvs_diff(const td_kvs *before, const td_kvs *now, td_kv_fn set_fn, td_kde
             }
         }
         if (found == nb && matched < nb) {
-            if (!idx.slot)
-                td_kvs_index_build(&idx, before, seen, nb - matched, slots, ncap);
+            if (!idx.slot) td_kvs_index_build(&idx, before, seen, nb - matched, slots, ncap);
             found = td_kvs_index_find(&idx, before, k, kl);
         }
         if (found == nb) {
@@ -285,16 +279,12 @@ int td_kvs_diff(const td_kvs *before, const td_kvs *now, td_kv_fn set_fn, td_kde
         matched += !seen[found];
         seen[found] = true;
         cur = found + 1;
-        if (a[found].vl != vl || !td_kvs_eq(ab + a[found].v, v, vl))
-            set_fn(ud, k, kl, v, vl);
+        if (a[found].vl != vl || !td_kvs_eq(ab + a[found].v, v, vl)) set_fn(ud, k, kl, v, vl);
     }
     if (matched < nb)
         for (size_t j = 0; j < nb; j++)
-            if (!seen[j])
-                del_fn(ud, ab + a[j].k, a[j].kl);
-    if (slots != stack_slot)
-        free(slots);
-    if (seen != stack_seen)
-        free(seen);
+            if (!seen[j]) del_fn(ud, ab + a[j].k, a[j].kl);
+    if (slots != stack_slot) free(slots);
+    if (seen != stack_seen) free(seen);
     return TD_OK;
 }

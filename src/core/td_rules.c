@@ -71,17 +71,17 @@ static char *source_line(const char *src, size_t len, int line) {
         if (src[i] == '\n') l++;
     if (i > len) return NULL;
     size_t j = i;
-    while (j < len && src[j] != '\n' && src[j] != '\r') j++;
+    while (j < len && src[j] != '\n' && src[j] != '\r')
+        j++;
     return xstrndup(src + i, j - i);
 }
 
 static void diag_add(td_diags *d, td_severity sev, const char *code, const char *file,
-                     const td_source *src, int line, int col, int caret_len, const char *fmt,
-                     ...) __attribute__((format(printf, 9, 10)));
+                     const td_source *src, int line, int col, int caret_len, const char *fmt, ...)
+    __attribute__((format(printf, 9, 10)));
 
 static void diag_add(td_diags *d, td_severity sev, const char *code, const char *file,
-                     const td_source *src, int line, int col, int caret_len, const char *fmt,
-                     ...) {
+                     const td_source *src, int line, int col, int caret_len, const char *fmt, ...) {
     if (!d) return;
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 16;
@@ -148,7 +148,8 @@ char *td_diag_format(const td_diag *d) {
             char c = (size_t)(i - 1) < strlen(d->source) ? d->source[i - 1] : ' ';
             out[len++] = c == '\t' ? '\t' : ' ';
         }
-        for (int i = 0; i < d->caret_len && len + 2 < cap; i++) out[len++] = i == 0 ? '^' : '~';
+        for (int i = 0; i < d->caret_len && len + 2 < cap; i++)
+            out[len++] = i == 0 ? '^' : '~';
         out[len] = '\0';
     }
     return out;
@@ -192,7 +193,8 @@ static bool strmap_build(const td_source *src, int line, const char *name, strma
         if (j + nlen <= len && memcmp(s + j, name, nlen) == 0 &&
             (j == 0 || !(isalnum((unsigned char)s[j - 1]) || s[j - 1] == '_'))) {
             size_t k = j + nlen;
-            while (k < len && (s[k] == ' ' || s[k] == '\t')) k++;
+            while (k < len && (s[k] == ' ' || s[k] == '\t'))
+                k++;
             if (k < len && (s[k] == '=' || s[k] == ':')) {
                 start = k + 1;
                 sl = l;
@@ -225,7 +227,8 @@ static bool strmap_build(const td_source *src, int line, const char *name, strma
                 c++;
                 j++;
             } else if (s[j] == '#' || (s[j] == '/' && j + 1 < len && s[j + 1] == '/')) {
-                while (j < len && s[j] != '\n') j++;
+                while (j < len && s[j] != '\n')
+                    j++;
             } else if (s[j] == '/' && j + 1 < len && s[j + 1] == '*') {
                 j += 2;
                 c += 2;
@@ -378,7 +381,8 @@ static size_t edit_distance(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
     if (la > 63 || lb > 63) return 99;
     size_t prev[64], cur[64];
-    for (size_t j = 0; j <= lb; j++) prev[j] = j;
+    for (size_t j = 0; j <= lb; j++)
+        prev[j] = j;
     for (size_t i = 1; i <= la; i++) {
         cur[0] = i;
         for (size_t j = 1; j <= lb; j++) {
@@ -404,15 +408,14 @@ static const char *closest(const char *word, const char *const *cands) {
     return best;
 }
 
-static const char *const rule_keys[] = {"id",       "doc",   "on",     "when",      "priority",
-                                        "group",    "after", "cooldown", "recommend", "block",
-                                        "reason",   NULL};
+static const char *const rule_keys[] = {"id",        "doc",   "on",     "when",
+                                        "priority",  "group", "after",  "cooldown",
+                                        "recommend", "block", "reason", NULL};
 static const char *const rec_keys[] = {"channel", "touch", "at", "note", "window", NULL};
-static const char *const settings_keys[] = {"default_timezone",      "best_time_min_points",
-                                            "best_time_default_hour", "business_start_hour",
-                                            "business_end_hour",     "quiet_start_hour",
-                                            "quiet_end_hour",        "gift_tax_cap_eur",
-                                            NULL};
+static const char *const settings_keys[] = {
+    "default_timezone",    "best_time_min_points", "best_time_default_hour",
+    "business_start_hour", "business_end_hour",    "quiet_start_hour",
+    "quiet_end_hour",      "gift_tax_cap_eur",     NULL};
 
 static bool key_known(const char *k, const char *const *keys) {
     for (size_t i = 0; keys[i]; i++)
@@ -471,8 +474,8 @@ static bool get_duration(cctx *cx, const config_setting_t *parent, const char *k
 
 /* Compiles an expression setting, reporting its diagnostics at their source
  * positions. */
-static td_expr *compile_expr(cctx *cx, const config_setting_t *parent, const char *key,
-                             int scopes, td_type want, const char *ctxname) {
+static td_expr *compile_expr(cctx *cx, const config_setting_t *parent, const char *key, int scopes,
+                             td_type want, const char *ctxname) {
     config_setting_t *s = config_setting_get_member(parent, key);
     if (!s) return NULL;
     if (config_setting_type(s) != CONFIG_TYPE_STRING) {
@@ -576,7 +579,8 @@ static uint64_t parse_on(cctx *cx, const config_setting_t *rule, const char *rid
         if (ty < 0) {
             /* suggest the closest known type */
             const char *names[TD_EV__COUNT + 1];
-            for (int k = 0; k < TD_EV__COUNT; k++) names[k] = td_event_type_name((td_event_type)k);
+            for (int k = 0; k < TD_EV__COUNT; k++)
+                names[k] = td_event_type_name((td_event_type)k);
             names[TD_EV__COUNT] = NULL;
             const char *sug = closest(v, names);
             if (sug)
@@ -678,8 +682,7 @@ static void compile_settings(cctx *cx, const config_setting_t *s) {
                     continue;
                 }
                 if (v < 0 || v > 1e9) {
-                    err_at(cx, m, "E111", "settings.gift_tax_cap_eur.%s must be from 0 to 1e9",
-                           cc);
+                    err_at(cx, m, "E111", "settings.gift_tax_cap_eur.%s must be from 0 to 1e9", cc);
                     continue;
                 }
                 if (st->ngift_tax_caps == sizeof st->gift_tax_caps / sizeof st->gift_tax_caps[0]) {
@@ -789,8 +792,10 @@ static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const
             int nbd = 0;
             bool digits = vl - 2 <= 3;
             for (size_t k = 0; k + 2 < vl && digits; k++) {
-                if (!isdigit((unsigned char)v[k])) digits = false;
-                else nbd = nbd * 10 + (v[k] - '0');
+                if (!isdigit((unsigned char)v[k]))
+                    digits = false;
+                else
+                    nbd = nbd * 10 + (v[k] - '0');
             }
             if (!digits || nbd < 1 || nbd > 250)
                 err_at(cx, aft, "E109",
@@ -850,8 +855,10 @@ static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const
             }
             const char *touch = get_string(cx, rec, "touch", rid);
             if (!touch || !*touch)
-                err_at(cx, rec, "E110", "rule '%s': recommend needs a touch, e.g. touch = "
-                       "\"value_insight\";", rid);
+                err_at(cx, rec, "E110",
+                       "rule '%s': recommend needs a touch, e.g. touch = "
+                       "\"value_insight\";",
+                       rid);
             else {
                 r->touch = xstrdup(touch);
                 if (!td_touch_known(touch))
@@ -1006,8 +1013,11 @@ static void compute_hash(td_ruleset *rs, const td_source *srcs, size_t n) {
 /* The view of a rule's recommendation that resolve() gives the guards,
  * without not_before (what load-time guard analysis may depend on). */
 static td_rec_view td_rule_view(const td_rule *r) {
-    return (td_rec_view){.channel = r->channel, .touch = r->touch, .rule = r->id,
-                         .group = r->group ? r->group : "", .priority = r->priority,
+    return (td_rec_view){.channel = r->channel,
+                         .touch = r->touch,
+                         .rule = r->id,
+                         .group = r->group ? r->group : "",
+                         .priority = r->priority,
                          .not_before = TD_MS_MISSING};
 }
 
@@ -1074,7 +1084,8 @@ static bool build_never_blocks(td_ruleset *rs) {
 
 static bool build_index(td_ruleset *rs) {
     /* the rules array no longer moves: keys may point at the ids */
-    for (size_t i = 0; i < rs->n; i++) rs->rules[i].key = td_rule_key_make(rs->rules[i].id);
+    for (size_t i = 0; i < rs->n; i++)
+        rs->rules[i].key = td_rule_key_make(rs->rules[i].id);
     for (int t = 0; t < TD_EV__COUNT; t++) {
         size_t k = 0;
         for (size_t i = 0; i < rs->n; i++)
@@ -1087,17 +1098,20 @@ static bool build_index(td_ruleset *rs) {
                 rs->by_type[t][rs->nby_type[t]++] = &rs->rules[i];
     }
     rs->by_id_cap = 16;
-    while (rs->by_id_cap < rs->n * 2) rs->by_id_cap *= 2;
+    while (rs->by_id_cap < rs->n * 2)
+        rs->by_id_cap *= 2;
     rs->by_id = calloc(rs->by_id_cap, sizeof *rs->by_id);
     if (!rs->by_id) return false;
     for (size_t i = 0; i < rs->n; i++) {
         size_t h = rs->rules[i].key.hash & (rs->by_id_cap - 1);
-        while (rs->by_id[h]) h = (h + 1) & (rs->by_id_cap - 1);
+        while (rs->by_id[h])
+            h = (h + 1) & (rs->by_id_cap - 1);
         rs->by_id[h] = &rs->rules[i];
     }
     if (!build_never_blocks(rs)) return false;
     size_t g = 0;
-    for (size_t i = 0; i < rs->n; i++) g += rs->rules[i].guard;
+    for (size_t i = 0; i < rs->n; i++)
+        g += rs->rules[i].guard;
     if (g) {
         rs->guards = malloc(g * sizeof(td_rule *));
         if (!rs->guards) return false;
@@ -1271,11 +1285,14 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
 
 void td_ruleset_free(td_ruleset *rs) {
     if (!rs) return;
-    for (size_t i = 0; i < rs->n; i++) rule_free(&rs->rules[i]);
+    for (size_t i = 0; i < rs->n; i++)
+        rule_free(&rs->rules[i]);
     free(rs->rules);
-    for (size_t i = 0; i < rs->nfiles; i++) free(rs->files[i]);
+    for (size_t i = 0; i < rs->nfiles; i++)
+        free(rs->files[i]);
     free(rs->files);
-    for (int t = 0; t < TD_EV__COUNT; t++) free(rs->by_type[t]);
+    for (int t = 0; t < TD_EV__COUNT; t++)
+        free(rs->by_type[t]);
     free(rs->guards);
     free(rs->by_id);
     td_calendar_free(rs->own_calendar);
@@ -1338,8 +1355,8 @@ bool td_rule_guards_trigger(const td_rule *g, int event_type) {
 }
 
 static const char *const touch_vocab[] = {
-    "value_insight", "mini_audit",     "introduction",   "follow_up",        "micro_question",
-    "call_proposal", "human_reply",    "reengage",       "physical_gift",    "handwritten_card",
-    "service_gift",  "charity_donation", "stop_sequence", "owner_nudge",     NULL};
+    "value_insight", "mini_audit",       "introduction",  "follow_up",     "micro_question",
+    "call_proposal", "human_reply",      "reengage",      "physical_gift", "handwritten_card",
+    "service_gift",  "charity_donation", "stop_sequence", "owner_nudge",   NULL};
 
 bool td_touch_known(const char *touch) { return key_known(touch, touch_vocab); }

@@ -23,12 +23,12 @@ typedef enum td_severity { TD_SEV_ERROR = 0, TD_SEV_WARNING = 1 } td_severity;
 
 typedef struct td_diag {
     td_severity severity;
-    char code[8];   /* "E101"... "W301"...; docs/diagnostics.md */
-    char *file;     /* owned */
-    int line, col;  /* 1-based; 0 when unknown */
-    char *msg;      /* owned */
-    char *source;   /* owned: the source line, or NULL */
-    int caret_len;  /* >= 1 when source != NULL */
+    char code[8];  /* "E101"... "W301"...; docs/diagnostics.md */
+    char *file;    /* owned */
+    int line, col; /* 1-based; 0 when unknown */
+    char *msg;     /* owned */
+    char *source;  /* owned: the source line, or NULL */
+    int caret_len; /* >= 1 when source != NULL */
 } td_diag;
 
 typedef struct td_diags {
@@ -53,31 +53,32 @@ typedef struct td_source {
 
 typedef struct td_rule {
     char id[TD_RULE_ID_MAX + 1];
-    td_rule_key key;  /* id with its length and hash: the key of the state's fired and timer tables */
+    td_rule_key
+        key; /* id with its length and hash: the key of the state's fired and timer tables */
     char *doc;
     const char *file; /* points into the ruleset's file names */
     int line;
-    size_t index;     /* position in the ruleset (file order, then rule order) */
-    bool guard;       /* has `block` instead of `recommend` */
+    size_t index; /* position in the ruleset (file order, then rule order) */
+    bool guard;   /* has `block` instead of `recommend` */
 
-    uint64_t on;      /* bit (1 << td_event_type) per triggering type; 0 = all for guards */
-    td_ms after;      /* timer rules: delay after the triggering event; 0 = none */
+    uint64_t on;             /* bit (1 << td_event_type) per triggering type; 0 = all for guards */
+    td_ms after;             /* timer rules: delay after the triggering event; 0 = none */
     int after_business_days; /* `after = "2bd"`: business days instead (after = n days) */
-    td_expr *when;    /* NULL = always true */
-    int64_t priority; /* default 50 */
-    char *group;      /* NULL = its own group */
-    td_ms cooldown;   /* 0 = none */
+    td_expr *when;           /* NULL = always true */
+    int64_t priority;        /* default 50 */
+    char *group;             /* NULL = its own group */
+    td_ms cooldown;          /* 0 = none */
 
     /* recommend (non-guards) */
     td_channel channel;
     char *touch;
-    td_expr *at;      /* time; NULL = now */
+    td_expr *at; /* time; NULL = now */
     char *note;
-    bool window_any;  /* `window = "any"`: not moved into business hours (quiet hours still apply) */
+    bool window_any; /* `window = "any"`: not moved into business hours (quiet hours still apply) */
 
     /* guards */
-    td_expr *block;   /* bool over rec.*, target.* and state */
-    char *reason;     /* why, in words, for explain and metrics */
+    td_expr *block; /* bool over rec.*, target.* and state */
+    char *reason;   /* why, in words, for explain and metrics */
     /* guards: bit i set when `block` is false for rule i (td_rule.index)
      * whatever the state, because one of its conjuncts reads only what the
      * rule fixes (rec.channel, rec.touch, rec.rule, rec.group, rec.priority)

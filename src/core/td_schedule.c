@@ -23,8 +23,8 @@ const char *td_sched_zone(const td_state *st, const td_settings *s) {
 
 static int weekday_of_days(int64_t days) { return (int)(((days % 7) + 7 + 3) % 7) + 1; }
 
-bool td_sched_business_day(const td_settings *s, td_tzdb *tz, const char *zone,
-                           const char *country, td_ms t) {
+bool td_sched_business_day(const td_settings *s, td_tzdb *tz, const char *zone, const char *country,
+                           td_ms t) {
     td_civil c;
     td_tz_local(tz, zone, t, &c, NULL);
     if (s && s->calendar)

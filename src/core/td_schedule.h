@@ -22,8 +22,8 @@ const char *td_sched_zone(const td_state *st, const td_settings *s);
 
 /* Whether t's local date (in zone) is a business day of country ("" = any:
  * weekends only). Uses s->calendar when set, else Monday to Friday. */
-bool td_sched_business_day(const td_settings *s, td_tzdb *tz, const char *zone,
-                           const char *country, td_ms t);
+bool td_sched_business_day(const td_settings *s, td_tzdb *tz, const char *zone, const char *country,
+                           td_ms t);
 
 /* The first instant >= t on a business day, inside business hours
  * [business_start_hour, business_end_hour) local. */

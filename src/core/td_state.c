@@ -72,11 +72,15 @@ static inline void td_min_ms(td_ms *dst, td_ms t) {
 
 const char *td_block_reason_name(td_block_reason r) {
     switch (r) {
-    case TD_BLOCK_UNSUBSCRIBED: return "unsubscribed";
-    case TD_BLOCK_HARD_BOUNCE: return "hard_bounce";
-    case TD_BLOCK_OPTED_OUT: return "opted_out";
+    case TD_BLOCK_UNSUBSCRIBED:
+        return "unsubscribed";
+    case TD_BLOCK_HARD_BOUNCE:
+        return "hard_bounce";
+    case TD_BLOCK_OPTED_OUT:
+        return "opted_out";
     case TD_BLOCK_NONE:
-    default: return "";
+    default:
+        return "";
     }
 }
 
@@ -126,7 +130,8 @@ static void td_chan_init(td_chan_state *c) {
 void td_state_init(td_state *st, const char *prospect_id) {
     memset(st, 0, sizeof *st);
     if (prospect_id) td_strlcpy(st->prospect_id, prospect_id, sizeof st->prospect_id);
-    for (int c = 0; c < TD_CH__COUNT; c++) td_chan_init(&st->ch[c]);
+    for (int c = 0; c < TD_CH__COUNT; c++)
+        td_chan_init(&st->ch[c]);
     st->stage = TD_STAGE_NONE;
     st->tier = TD_INT_MISSING;
     st->gift_policy = TD_GP_NONE;
@@ -204,11 +209,13 @@ static bool td_chan_equal(const td_chan_state *a, const td_chan_state *b) {
 
 /* Rings compare by content, oldest first: where the head sits is not state. */
 static td_ms td_touch_at(const td_state *st, uint32_t i) { /* i = 0: oldest */
-    uint32_t start = (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
+    uint32_t start =
+        (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
     return st->touch_ring[(start + i) % TD_TOUCH_RING];
 }
 static uint64_t td_dedup_at(const td_state *st, uint32_t i) {
-    uint32_t start = (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
+    uint32_t start =
+        (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
     return st->dedup[(start + i) % TD_DEDUP_RING];
 }
 
@@ -333,7 +340,8 @@ static void td_pos_put(td_state *st, uint64_t k, int64_t offset) {
         memmove(&st->pos[lo], &st->pos[lo + 1], (st->npos - lo - 1) * sizeof st->pos[0]);
         st->npos--;
     }
-    for (i = 0; i < st->npos && st->pos[i].key < k; i++) {}
+    for (i = 0; i < st->npos && st->pos[i].key < k; i++) {
+    }
     memmove(&st->pos[i + 1], &st->pos[i], (st->npos - i) * sizeof st->pos[0]);
     st->pos[i].key = k;
     st->pos[i].offset = offset;
@@ -401,7 +409,7 @@ static uint32_t td_table_scan(const char *p, uint32_t n, size_t elem, size_t rul
                               const td_rule_key *k, bool pos, bool *found) {
     *found = false;
     if (k->len > TD_RULE_ID_MAX) return n; /* never stored (set/arm refuse it) */
-    if (!pos) { /* a lookup: compare hashes, the bytes only on a match */
+    if (!pos) {                            /* a lookup: compare hashes, the bytes only on a match */
         for (uint32_t i = 0; i < n; i++) {
             if (td_table_is(p + (size_t)i * elem, rule_off, k)) {
                 *found = true;
@@ -420,8 +428,10 @@ static uint32_t td_table_scan(const char *p, uint32_t n, size_t elem, size_t rul
             *found = true;
             return mid;
         }
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -608,8 +618,7 @@ int td_state_arm_timer_slot(td_state *st, const td_rule_key *rule, td_ms due_at,
         td_timer_slots(st);
     } else {
         st->armed[st->timers[i].armed_slot].refs--; /* the previous arm's id */
-        if (i < UINT8_MAX)
-            st->timer_slot[rule->hash % TD_NELEM(st->timer_slot)] = (uint8_t)(i + 1);
+        if (i < UINT8_MAX) st->timer_slot[rule->hash % TD_NELEM(st->timer_slot)] = (uint8_t)(i + 1);
     }
     st->timers[i].due_at = due_at;
     st->timers[i].armed_slot = slot;
@@ -667,12 +676,12 @@ int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window) {
 
 /* What an event type does, decided once per type (a table, not string work). */
 enum {
-    TD_A_TOUCH = 1u << 0,     /* outbound touch on the channel */
+    TD_A_TOUCH = 1u << 0, /* outbound touch on the channel */
     TD_A_DELIVERED = 1u << 1,
-    TD_A_OPEN = 1u << 2,      /* human open (email.opened checks `human`) */
+    TD_A_OPEN = 1u << 2, /* human open (email.opened checks `human`) */
     TD_A_CLICK = 1u << 3,
-    TD_A_REPLY = 1u << 4,     /* a reply (email/.. .replied checks sentiment) */
-    TD_A_INBOUND = 1u << 5,   /* inbound engagement, not a reply */
+    TD_A_REPLY = 1u << 4,   /* a reply (email/.. .replied checks sentiment) */
+    TD_A_INBOUND = 1u << 5, /* inbound engagement, not a reply */
     TD_A_FAILED = 1u << 6,
     TD_A_BOUNCE = 1u << 7,
     TD_A_UNSUB = 1u << 8,
@@ -798,7 +807,8 @@ static void td_apply_meeting(td_state *st, const td_event *ev) {
         td_inc(&st->meetings_no_show);
         if (ends) st->next_meeting_at = TD_MS_MISSING;
         break;
-    default: break;
+    default:
+        break;
     }
 }
 
@@ -997,7 +1007,6 @@ static const td_flat td_flat_chan[] = {
     {K_("consent"), TD_FK_TRI, C_(consent), 0, 0},
 };
 
-
 /*
  * The writers of the flat form. It is written for every prospect of every
  * batch, so each field is formatted in place, straight into the td_kvs of
@@ -1038,7 +1047,8 @@ static const uint64_t td_pow10[20] = {1ULL,
 /* td_w_u64 for v >= 100. */
 static __attribute__((noinline)) size_t td_w_u64_long(char *p, uint64_t v) {
     size_t n = 3;
-    while (n < 20 && v >= td_pow10[n]) n++;
+    while (n < 20 && v >= td_pow10[n])
+        n++;
     char *e = p + n;
     while (v >= 100) {
         uint64_t q = v / 100;
@@ -1296,10 +1306,12 @@ static int td_parse_dec(const char *v, size_t n, td_dec *out) {
         if (v[i] != '.') return TD_ERR;
         i++;
         size_t fs = i;
-        for (; i < n && v[i] >= '0' && v[i] <= '9'; i++) fp = fp * 10 + (unsigned)(v[i] - '0');
+        for (; i < n && v[i] >= '0' && v[i] <= '9'; i++)
+            fp = fp * 10 + (unsigned)(v[i] - '0');
         size_t fl = i - fs;
         if (i != n || fl == 0 || fl > 4) return TD_ERR;
-        for (; fl < 4; fl++) fp *= 10;
+        for (; fl < 4; fl++)
+            fp *= 10;
     }
     if (ip > lim / TD_DEC_SCALE) return TD_ERR;
     uint64_t m = ip * TD_DEC_SCALE;
@@ -1325,15 +1337,15 @@ static int td_parse_time(const char *v, size_t n, td_ms *out) {
  */
 #define TD_FW_SCRATCH 2048
 typedef struct td_fw {
-    char *buf;        /* kv->buf */
-    size_t len;       /* kv->len */
-    size_t lim;       /* kv->cap, or 0 when in-place writing is off (oom, 32-bit) */
-    td_kvs_entry *e;  /* kv->e */
-    size_t n, ecap;   /* kv->n, kv->ecap */
-    td_kvs *kv;       /* capture: the flat form goes there */
-    td_kv_fn fn;      /* otherwise */
+    char *buf;       /* kv->buf */
+    size_t len;      /* kv->len */
+    size_t lim;      /* kv->cap, or 0 when in-place writing is off (oom, 32-bit) */
+    td_kvs_entry *e; /* kv->e */
+    size_t n, ecap;  /* kv->n, kv->ecap */
+    td_kvs *kv;      /* capture: the flat form goes there */
+    td_kv_fn fn;     /* otherwise */
     void *ud;
-    char *scratch;    /* TD_FW_SCRATCH + 2 bytes */
+    char *scratch; /* TD_FW_SCRATCH + 2 bytes */
 } td_fw;
 
 TD_FW_INLINE void td_fw_load(td_fw *w) {
@@ -1415,11 +1427,17 @@ TD_FW_INLINE size_t td_fw_scalar_at(char *p, const td_flat *f, const char *prefi
     char *v = p + *kl;
     switch (f->kind) {
     case TD_FK_I64:
-    case TD_FK_I32: return td_w_i64(v, x);
-    case TD_FK_DEC: return td_w_dec(v, x);
-    case TD_FK_TIME: return td_w_time(v, x, tm);
-    case TD_FK_STR: return td_w_pct(v, s, sl);
-    default: memcpy(v, s, sl); return sl;
+    case TD_FK_I32:
+        return td_w_i64(v, x);
+    case TD_FK_DEC:
+        return td_w_dec(v, x);
+    case TD_FK_TIME:
+        return td_w_time(v, x, tm);
+    case TD_FK_STR:
+        return td_w_pct(v, s, sl);
+    default:
+        memcpy(v, s, sl);
+        return sl;
     }
 }
 
@@ -1473,13 +1491,27 @@ TD_FW_INLINE void td_fw_scalar(td_fw *w, const td_flat *f, const char *prefix, s
         memcpy(&e, src, sizeof e);
         if (e == 0) return;
         switch (f->kind) {
-        case TD_FK_STAGE: s = td_stage_name((td_stage)e); break;
-        case TD_FK_GP: s = td_gift_policy_name((td_gift_policy)e); break;
-        case TD_FK_SENT: s = td_sentiment_name((td_sentiment)e); break;
-        case TD_FK_GK: s = td_gift_kind_name((td_gift_kind)e); break;
-        case TD_FK_BLOCK: s = td_block_reason_name((td_block_reason)e); break;
-        case TD_FK_TRI: s = e == TD_TRI_YES ? "true" : e == TD_TRI_NO ? "false" : NULL; break;
-        default: s = NULL; break;
+        case TD_FK_STAGE:
+            s = td_stage_name((td_stage)e);
+            break;
+        case TD_FK_GP:
+            s = td_gift_policy_name((td_gift_policy)e);
+            break;
+        case TD_FK_SENT:
+            s = td_sentiment_name((td_sentiment)e);
+            break;
+        case TD_FK_GK:
+            s = td_gift_kind_name((td_gift_kind)e);
+            break;
+        case TD_FK_BLOCK:
+            s = td_block_reason_name((td_block_reason)e);
+            break;
+        case TD_FK_TRI:
+            s = e == TD_TRI_YES ? "true" : e == TD_TRI_NO ? "false" : NULL;
+            break;
+        default:
+            s = NULL;
+            break;
         }
         if (!s || !s[0]) return; /* out-of-range enum: not a valid state */
         sl = strlen(s);
@@ -1553,7 +1585,8 @@ TD_FW_INLINE void td_fw_state(const td_state *st, td_fw *w, bool kvmode) {
     }
 
     uint32_t any = 0;
-    for (int h = 0; h < 24; h++) any |= st->hour_hist[h];
+    for (int h = 0; h < 24; h++)
+        any |= st->hour_hist[h];
     if (any) {
         char *p = td_fw_begin(w, 9 + 24 * (2 + 1 + 10 + 1), kvmode);
         memcpy(p, "hour_hist", 9);
@@ -1575,7 +1608,8 @@ TD_FW_INLINE void td_fw_state(const td_state *st, td_fw *w, bool kvmode) {
         memcpy(p, "touches", 7);
         char *v = p + 7;
         size_t n = 0;
-        uint32_t at = (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
+        uint32_t at =
+            (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count) % TD_TOUCH_RING;
         for (uint32_t i = 0; i < cnt; i++) {
             if (i) v[n++] = ',';
             n += td_w_time(v + n, st->touch_ring[at], &tm);
@@ -1589,7 +1623,8 @@ TD_FW_INLINE void td_fw_state(const td_state *st, td_fw *w, bool kvmode) {
         char *p = td_fw_begin(w, 5 + cnt * 17, kvmode);
         memcpy(p, "dedup", 5);
         char *v = p + 5;
-        uint32_t at = (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
+        uint32_t at =
+            (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count) % TD_DEDUP_RING;
         for (uint32_t i = 0; i < cnt; i++) {
             td_w_hex16(v + 17 * i, st->dedup[at]);
             v[17 * i + 16] = ','; /* the last one is past the value */
@@ -1638,7 +1673,8 @@ TD_FW_INLINE void td_fw_state(const td_state *st, td_fw *w, bool kvmode) {
         char *v = p + kl;
         size_t vl;
         if (same) {
-            for (size_t o = 0; o < tvl; o += 16) memcpy(v + o, tv + o, 16);
+            for (size_t o = 0; o < tvl; o += 16)
+                memcpy(v + o, tv + o, 16);
             vl = tvl;
         } else {
             vl = td_w_time_rep(v, t->due_at, &memo_t, memo, &memo_n, &tm);
@@ -1716,17 +1752,28 @@ static int td_set_flat(const td_flat *f, void *base, const char *key, size_t kle
     default: {
         int x = -1;
         switch (f->kind) {
-        case TD_FK_STAGE: x = td_stage_parse(v, n); break;
-        case TD_FK_GP: x = td_gift_policy_parse(v, n); break;
-        case TD_FK_SENT: x = td_sentiment_parse_(v, n); break;
-        case TD_FK_GK: x = td_gift_kind_parse(v, n); break;
-        case TD_FK_BLOCK: x = td_block_reason_parse(v, n); break;
+        case TD_FK_STAGE:
+            x = td_stage_parse(v, n);
+            break;
+        case TD_FK_GP:
+            x = td_gift_policy_parse(v, n);
+            break;
+        case TD_FK_SENT:
+            x = td_sentiment_parse_(v, n);
+            break;
+        case TD_FK_GK:
+            x = td_gift_kind_parse(v, n);
+            break;
+        case TD_FK_BLOCK:
+            x = td_block_reason_parse(v, n);
+            break;
         case TD_FK_TRI:
-            x = (n == 4 && !memcmp(v, "true", 4)) ? TD_TRI_YES
+            x = (n == 4 && !memcmp(v, "true", 4))    ? TD_TRI_YES
                 : (n == 5 && !memcmp(v, "false", 5)) ? TD_TRI_NO
                                                      : -1;
             break;
-        default: break;
+        default:
+            break;
         }
         if (x <= 0) return td_set_err(err, errcap, key, klen, "unknown name");
         memcpy(p, &x, sizeof x);
@@ -1751,7 +1798,8 @@ static int td_each_item(const char *v, size_t n, td_item_fn fn, void *ctx) {
     size_t i = 0;
     for (;;) {
         size_t j = i;
-        while (j < n && v[j] != ',') j++;
+        while (j < n && v[j] != ',')
+            j++;
         if (fn(ctx, v + i, j - i)) return TD_ERR;
         if (j == n) return TD_OK;
         i = j + 1;
@@ -1861,7 +1909,8 @@ int td_state_set_field(td_state *st, const char *key, size_t klen, const char *v
             k = k << 4 | (uint64_t)d;
         }
         int64_t off;
-        if (td_parse_i64(val, vlen, &off)) return td_set_err(err, errcap, key, klen, "not an offset");
+        if (td_parse_i64(val, vlen, &off))
+            return td_set_err(err, errcap, key, klen, "not an offset");
         td_pos_put(st, k, off);
         return TD_OK;
     }
@@ -1875,7 +1924,8 @@ int td_state_set_field(td_state *st, const char *key, size_t klen, const char *v
         td_ms t;
         if (td_parse_time(val, tn, &t)) return td_set_err(err, errcap, key, klen, "not a time");
         if (!timer) {
-            if (td_state_set_fired(st, rule, t)) return td_set_err(err, errcap, key, klen, "out of memory");
+            if (td_state_set_fired(st, rule, t))
+                return td_set_err(err, errcap, key, klen, "out of memory");
             return TD_OK;
         }
         char armed[TD_ID_MAX + 1] = "";
@@ -1936,21 +1986,30 @@ static const td_chan_state *td_f_chan(const td_field *f, const td_ctx *ctx) {
 }
 static void td_get_chan_i64(const td_field *f, const td_ctx *ctx, td_value *out) {
     const td_chan_state *c = td_f_chan(f, ctx);
-    if (!c) { td_v_missing(f, out); return; }
+    if (!c) {
+        td_v_missing(f, out);
+        return;
+    }
     int64_t x;
     memcpy(&x, (const char *)c + f->offset, sizeof x);
     td_v_int(f, out, x);
 }
 static void td_get_chan_time(const td_field *f, const td_ctx *ctx, td_value *out) {
     const td_chan_state *c = td_f_chan(f, ctx);
-    if (!c) { td_v_missing(f, out); return; }
+    if (!c) {
+        td_v_missing(f, out);
+        return;
+    }
     td_ms x;
     memcpy(&x, (const char *)c + f->offset, sizeof x);
     td_v_time(f, out, x);
 }
 static void td_get_chan_blocked(const td_field *f, const td_ctx *ctx, td_value *out) {
     const td_chan_state *c = td_f_chan(f, ctx);
-    if (!c) { td_v_missing(f, out); return; }
+    if (!c) {
+        td_v_missing(f, out);
+        return;
+    }
     td_v_bool(f, out, c->blocked != TD_BLOCK_NONE);
 }
 static void td_get_chan_block_reason(const td_field *f, const td_ctx *ctx, td_value *out) {
@@ -1959,7 +2018,10 @@ static void td_get_chan_block_reason(const td_field *f, const td_ctx *ctx, td_va
 }
 static void td_get_chan_consent(const td_field *f, const td_ctx *ctx, td_value *out) {
     const td_chan_state *c = td_f_chan(f, ctx);
-    if (!c || c->consent == TD_TRI_UNSET) { td_v_missing(f, out); return; }
+    if (!c || c->consent == TD_TRI_UNSET) {
+        td_v_missing(f, out);
+        return;
+    }
     td_v_bool(f, out, c->consent == TD_TRI_YES);
 }
 
@@ -1972,7 +2034,10 @@ static void td_get_i64(const td_field *f, const td_ctx *ctx, td_value *out) {
 static void td_get_i64_opt(const td_field *f, const td_ctx *ctx, td_value *out) {
     int64_t x;
     memcpy(&x, (const char *)ctx->st + f->offset, sizeof x);
-    if (x == TD_INT_MISSING) { td_v_missing(f, out); return; }
+    if (x == TD_INT_MISSING) {
+        td_v_missing(f, out);
+        return;
+    }
     td_v_int(f, out, x);
 }
 static void td_get_dec_opt(const td_field *f, const td_ctx *ctx, td_value *out) {
@@ -2017,12 +2082,14 @@ static void td_get_touches_30d(const td_field *f, const td_ctx *ctx, td_value *o
 }
 static void td_get_touches_total(const td_field *f, const td_ctx *ctx, td_value *out) {
     int64_t n = 0;
-    for (int c = 0; c < TD_CH__COUNT; c++) n = td_sat_add(n, ctx->st->ch[c].sent);
+    for (int c = 0; c < TD_CH__COUNT; c++)
+        n = td_sat_add(n, ctx->st->ch[c].sent);
     td_v_int(f, out, n);
 }
 static void td_get_points(const td_field *f, const td_ctx *ctx, td_value *out) {
     int64_t n = 0;
-    for (int h = 0; h < 24; h++) n += ctx->st->hour_hist[h];
+    for (int h = 0; h < 24; h++)
+        n += ctx->st->hour_hist[h];
     td_v_int(f, out, n);
 }
 static void td_get_gifts_year_count(const td_field *f, const td_ctx *ctx, td_value *out) {
@@ -2052,11 +2119,14 @@ static void td_get_local_month(const td_field *f, const td_ctx *ctx, td_value *o
 }
 
 /* -- event.*: missing on timer triggers and when the event lacks the field */
-#define TD_EV_GETTER(name, bit, expr_setter)                                              \
-    static void name(const td_field *f, const td_ctx *ctx, td_value *out) {              \
-        const td_event *ev = ctx->ev;                                                     \
-        if (!ev || ((bit) && !(ev->has & (bit)))) { td_v_missing(f, out); return; }            \
-        expr_setter;                                                                      \
+#define TD_EV_GETTER(name, bit, expr_setter)                                                       \
+    static void name(const td_field *f, const td_ctx *ctx, td_value *out) {                        \
+        const td_event *ev = ctx->ev;                                                              \
+        if (!ev || ((bit) && !(ev->has & (bit)))) {                                                \
+            td_v_missing(f, out);                                                                  \
+            return;                                                                                \
+        }                                                                                          \
+        expr_setter;                                                                               \
     }
 TD_EV_GETTER(td_get_ev_type, 0, td_v_str(f, out, td_event_type_name(ev->type)))
 TD_EV_GETTER(td_get_ev_channel, 0,
@@ -2072,7 +2142,8 @@ TD_EV_GETTER(td_get_ev_hard, TD_HAS_HARD, td_v_bool(f, out, ev->hard))
 TD_EV_GETTER(td_get_ev_occurred, 0, td_v_time(f, out, ev->occurred_at))
 TD_EV_GETTER(td_get_ev_at, TD_HAS_AT, td_v_time(f, out, ev->at))
 TD_EV_GETTER(td_get_ev_value, TD_HAS_VALUE,
-             ev->value_eur == TD_DEC_MISSING ? td_v_missing(f, out) : td_v_int(f, out, ev->value_eur))
+             ev->value_eur == TD_DEC_MISSING ? td_v_missing(f, out)
+                                             : td_v_int(f, out, ev->value_eur))
 TD_EV_GETTER(td_get_ev_items, TD_HAS_ITEMS, td_v_int(f, out, ev->items))
 TD_EV_GETTER(td_get_ev_duration, TD_HAS_DURATION, td_v_int(f, out, ev->duration_s))
 TD_EV_GETTER(td_get_ev_tier, TD_HAS_TIER, td_v_int(f, out, ev->tier))
@@ -2083,7 +2154,10 @@ TD_EV_GETTER(td_get_ev_stage, TD_HAS_STAGE,
  * the field; other types do not have it. */
 static void td_get_ev_human(const td_field *f, const td_ctx *ctx, td_value *out) {
     const td_event *ev = ctx->ev;
-    if (!ev) { td_v_missing(f, out); return; }
+    if (!ev) {
+        td_v_missing(f, out);
+        return;
+    }
     if (ev->has & TD_HAS_HUMAN) {
         td_v_bool(f, out, ev->human);
         return;
@@ -2098,8 +2172,9 @@ static void td_get_ev_human(const td_field *f, const td_ctx *ctx, td_value *out)
 /* -- rec.*: guards only */
 static void td_get_rec_channel(const td_field *f, const td_ctx *ctx, td_value *out) {
     const td_rec_view *r = ctx->rec;
-    td_v_str(f, out, r && r->channel >= 0 && r->channel < TD_CH__COUNT ? td_channel_name(r->channel)
-                                                                       : NULL);
+    td_v_str(f, out,
+             r && r->channel >= 0 && r->channel < TD_CH__COUNT ? td_channel_name(r->channel)
+                                                               : NULL);
 }
 static void td_get_rec_touch(const td_field *f, const td_ctx *ctx, td_value *out) {
     td_v_str(f, out, ctx->rec ? ctx->rec->touch : NULL);
@@ -2111,11 +2186,17 @@ static void td_get_rec_group(const td_field *f, const td_ctx *ctx, td_value *out
     td_v_str(f, out, ctx->rec ? ctx->rec->group : NULL);
 }
 static void td_get_rec_priority(const td_field *f, const td_ctx *ctx, td_value *out) {
-    if (!ctx->rec) { td_v_missing(f, out); return; }
+    if (!ctx->rec) {
+        td_v_missing(f, out);
+        return;
+    }
     td_v_int(f, out, ctx->rec->priority);
 }
 static void td_get_rec_not_before(const td_field *f, const td_ctx *ctx, td_value *out) {
-    if (!ctx->rec) { td_v_missing(f, out); return; }
+    if (!ctx->rec) {
+        td_v_missing(f, out);
+        return;
+    }
     td_v_time(f, out, ctx->rec->not_before);
 }
 
@@ -2125,36 +2206,99 @@ static void td_get_rec_not_before(const td_field *f, const td_ctx *ctx, td_value
 
 /* The 14 per-channel fields of channel C (a string literal; ID its index, or
  * -1 for target.* which reads the channel of the recommendation judged). */
-#define TD_CHAN_FIELDS(C, ID, SCOPE, WHO)                                                      \
-    {C ".sent", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(sent),                              \
-     "Outbound touches sent on " WHO "."},                                                   \
-    {C ".delivered", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(delivered),                    \
-     "Delivery receipts on " WHO "."},                                                       \
-    {C ".opened", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(opened),                          \
-     "Human opens/reads on " WHO " (machine opens excluded)."},                              \
-    {C ".clicked", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(clicked), "Clicks on " WHO "."}, \
-    {C ".replied", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(replied),                        \
-     "Replies on " WHO " (out-of-office excluded)."},                                        \
-    {C ".failed", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(failed),                          \
-     "Failed sends and soft bounces on " WHO "."},                                           \
-    {C ".unanswered", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(unanswered),                  \
-     "Touches on " WHO " since the prospect last replied (any channel)."},                   \
-    {C ".opens_since_reply", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(opens_since_reply),    \
-     "Human opens on " WHO " since the prospect last replied (any channel)."},               \
-    {C ".last_sent_at", TD_T_TIME, SCOPE, td_get_chan_time, ID, C_(last_sent_at),            \
-     "Latest outbound touch on " WHO "; missing when never."},                               \
-    {C ".last_opened_at", TD_T_TIME, SCOPE, td_get_chan_time, ID, C_(last_opened_at),        \
-     "Latest human open on " WHO "; missing when never."},                                   \
-    {C ".last_replied_at", TD_T_TIME, SCOPE, td_get_chan_time, ID, C_(last_replied_at),      \
-     "Latest reply on " WHO "; missing when never."},                                        \
-    {C ".blocked", TD_T_BOOL, SCOPE, td_get_chan_blocked, ID, 0,                             \
-     "True when " WHO " is blocked for good (unsubscribe, hard bounce, opt-out)."},          \
-    {C ".block_reason", TD_T_STR, SCOPE, td_get_chan_block_reason, ID, 0,                    \
-     "unsubscribed, hard_bounce or opted_out; missing when not blocked."},                   \
-    {C ".consent", TD_T_BOOL, SCOPE, td_get_chan_consent, ID, 0,                             \
-     "Consent to be contacted on " WHO "; missing when unknown."}
+#define TD_CHAN_FIELDS(C, ID, SCOPE, WHO)                                                          \
+    {C ".sent",                                                                                    \
+     TD_T_INT,                                                                                     \
+     SCOPE,                                                                                        \
+     td_get_chan_i64,                                                                              \
+     ID,                                                                                           \
+     C_(sent),                                                                                     \
+     "Outbound touches sent on " WHO "."},                                                         \
+        {C ".delivered",                                                                           \
+         TD_T_INT,                                                                                 \
+         SCOPE,                                                                                    \
+         td_get_chan_i64,                                                                          \
+         ID,                                                                                       \
+         C_(delivered),                                                                            \
+         "Delivery receipts on " WHO "."},                                                         \
+        {C ".opened",                                                                              \
+         TD_T_INT,                                                                                 \
+         SCOPE,                                                                                    \
+         td_get_chan_i64,                                                                          \
+         ID,                                                                                       \
+         C_(opened),                                                                               \
+         "Human opens/reads on " WHO " (machine opens excluded)."},                                \
+        {C ".clicked", TD_T_INT, SCOPE, td_get_chan_i64, ID, C_(clicked), "Clicks on " WHO "."},   \
+        {C ".replied",                                                                             \
+         TD_T_INT,                                                                                 \
+         SCOPE,                                                                                    \
+         td_get_chan_i64,                                                                          \
+         ID,                                                                                       \
+         C_(replied),                                                                              \
+         "Replies on " WHO " (out-of-office excluded)."},                                          \
+        {C ".failed",                                                                              \
+         TD_T_INT,                                                                                 \
+         SCOPE,                                                                                    \
+         td_get_chan_i64,                                                                          \
+         ID,                                                                                       \
+         C_(failed),                                                                               \
+         "Failed sends and soft bounces on " WHO "."},                                             \
+        {C ".unanswered",                                                                          \
+         TD_T_INT,                                                                                 \
+         SCOPE,                                                                                    \
+         td_get_chan_i64,                                                                          \
+         ID,                                                                                       \
+         C_(unanswered),                                                                           \
+         "Touches on " WHO " since the prospect last replied (any channel)."},                     \
+        {C ".opens_since_reply",                                                                   \
+         TD_T_INT,                                                                                 \
+         SCOPE,                                                                                    \
+         td_get_chan_i64,                                                                          \
+         ID,                                                                                       \
+         C_(opens_since_reply),                                                                    \
+         "Human opens on " WHO " since the prospect last replied (any channel)."},                 \
+        {C ".last_sent_at",                                                                        \
+         TD_T_TIME,                                                                                \
+         SCOPE,                                                                                    \
+         td_get_chan_time,                                                                         \
+         ID,                                                                                       \
+         C_(last_sent_at),                                                                         \
+         "Latest outbound touch on " WHO "; missing when never."},                                 \
+        {C ".last_opened_at",                                                                      \
+         TD_T_TIME,                                                                                \
+         SCOPE,                                                                                    \
+         td_get_chan_time,                                                                         \
+         ID,                                                                                       \
+         C_(last_opened_at),                                                                       \
+         "Latest human open on " WHO "; missing when never."},                                     \
+        {C ".last_replied_at",                                                                     \
+         TD_T_TIME,                                                                                \
+         SCOPE,                                                                                    \
+         td_get_chan_time,                                                                         \
+         ID,                                                                                       \
+         C_(last_replied_at),                                                                      \
+         "Latest reply on " WHO "; missing when never."},                                          \
+        {C ".blocked",                                                                             \
+         TD_T_BOOL,                                                                                \
+         SCOPE,                                                                                    \
+         td_get_chan_blocked,                                                                      \
+         ID,                                                                                       \
+         0,                                                                                        \
+         "True when " WHO " is blocked for good (unsubscribe, hard bounce, opt-out)."},            \
+        {C ".block_reason",                                                                        \
+         TD_T_STR,                                                                                 \
+         SCOPE,                                                                                    \
+         td_get_chan_block_reason,                                                                 \
+         ID,                                                                                       \
+         0,                                                                                        \
+         "unsubscribed, hard_bounce or opted_out; missing when not blocked."},                     \
+    {                                                                                              \
+        C ".consent", TD_T_BOOL, SCOPE, td_get_chan_consent, ID, 0,                                \
+            "Consent to be contacted on " WHO "; missing when unknown."                            \
+    }
 
-#define TD_P(name, type, get, off, doc) {name, type, A_, get, -1, off, doc}
+#define TD_P(name, type, get, off, doc)                                                            \
+    { name, type, A_, get, -1, off, doc }
 
 static const td_field td_schema[] = {
     TD_CHAN_FIELDS("email", TD_CH_EMAIL, A_, "email"),
@@ -2169,19 +2313,23 @@ static const td_field td_schema[] = {
     TD_P("owner_id", TD_T_STR, td_get_str, S_(owner_id),
          "The seller: owner_id of the latest event that carried one; missing when unknown."),
     TD_P("stage", TD_T_STR, td_get_stage, 0,
-         "CRM stage: new, contacted, engaged, proposal, negotiation, won, lost; missing when unset."),
-    TD_P("country", TD_T_STR, td_get_str, S_(country), "ISO 3166 alpha-2 country; missing when unset."),
+         "CRM stage: new, contacted, engaged, proposal, negotiation, won, lost; missing when "
+         "unset."),
+    TD_P("country", TD_T_STR, td_get_str, S_(country),
+         "ISO 3166 alpha-2 country; missing when unset."),
     TD_P("sector", TD_T_STR, td_get_str, S_(sector), "CRM sector; missing when unset."),
     TD_P("timezone", TD_T_STR, td_get_str, S_(timezone),
          "IANA time zone of the prospect; missing when unset (the default zone applies)."),
     TD_P("gift_policy", TD_T_STR, td_get_gift_policy, 0,
          "allowed, restricted or forbidden; missing when unset."),
-    TD_P("language", TD_T_STR, td_get_str, S_(language), "BCP 47 language tag; missing when unset."),
+    TD_P("language", TD_T_STR, td_get_str, S_(language),
+         "BCP 47 language tag; missing when unset."),
     TD_P("tier", TD_T_INT, td_get_i64_opt, S_(tier),
          "1 strategic, 2 important, 3 transactional; missing when unset."),
     TD_P("lifetime_value_eur", TD_T_DEC, td_get_dec_opt, S_(lifetime_value_eur),
          "Lifetime value in EUR from the CRM; missing when unset."),
-    TD_P("first_seen_at", TD_T_TIME, td_get_time, S_(first_seen_at), "Earliest event time applied."),
+    TD_P("first_seen_at", TD_T_TIME, td_get_time, S_(first_seen_at),
+         "Earliest event time applied."),
     TD_P("last_event_at", TD_T_TIME, td_get_time, S_(last_event_at), "Latest event time applied."),
     TD_P("last_touch_at", TD_T_TIME, td_get_time, S_(last_touch_at),
          "Latest outbound touch, any channel; missing when never."),
@@ -2225,7 +2373,8 @@ static const td_field td_schema[] = {
     TD_P("engagement.points", TD_T_INT, td_get_points, 0,
          "Human opens and replies counted in the local-hour histogram."),
     TD_P("is_new", TD_T_BOOL, td_get_is_new, 0, "True until the first outbound touch."),
-    TD_P("local.hour", TD_T_INT, td_get_local_hour, 0, "Hour (0..23) of now in the prospect's zone."),
+    TD_P("local.hour", TD_T_INT, td_get_local_hour, 0,
+         "Hour (0..23) of now in the prospect's zone."),
     TD_P("local.weekday", TD_T_INT, td_get_local_weekday, 0,
          "Weekday of now in the prospect's zone: 1 Monday .. 7 Sunday."),
     TD_P("local.month", TD_T_INT, td_get_local_month, 0,
@@ -2234,7 +2383,8 @@ static const td_field td_schema[] = {
     {"event.type", TD_T_STR, E_, td_get_ev_type, -1, 0, "Type of the triggering event."},
     {"event.channel", TD_T_STR, E_, td_get_ev_channel, -1, 0,
      "Channel of the triggering event; missing for prospect.updated."},
-    {"event.kind", TD_T_STR, E_, td_get_ev_kind, -1, 0, "data.kind (value, follow_up, proposal...)."},
+    {"event.kind", TD_T_STR, E_, td_get_ev_kind, -1, 0,
+     "data.kind (value, follow_up, proposal...)."},
     {"event.sentiment", TD_T_STR, E_, td_get_ev_sentiment, -1, 0, "data.sentiment of a reply."},
     {"event.owner_id", TD_T_STR, E_, td_get_ev_owner, -1, 0, "owner_id carried by the event."},
     {"event.gift_kind", TD_T_STR, E_, td_get_ev_gift_kind, -1, 0, "data.kind of gift.sent."},
@@ -2250,7 +2400,8 @@ static const td_field td_schema[] = {
     {"event.tier", TD_T_INT, E_, td_get_ev_tier, -1, 0, "data.tier of prospect.updated."},
     {"event.stage", TD_T_STR, E_, td_get_ev_stage, -1, 0, "data.stage of prospect.updated."},
 
-    {"rec.channel", TD_T_STR, G_, td_get_rec_channel, -1, 0, "Channel of the recommendation judged."},
+    {"rec.channel", TD_T_STR, G_, td_get_rec_channel, -1, 0,
+     "Channel of the recommendation judged."},
     {"rec.touch", TD_T_STR, G_, td_get_rec_touch, -1, 0, "Touch of the recommendation judged."},
     {"rec.rule", TD_T_STR, G_, td_get_rec_rule, -1, 0, "Rule id of the recommendation judged."},
     {"rec.group", TD_T_STR, G_, td_get_rec_group, -1, 0,

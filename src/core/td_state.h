@@ -21,9 +21,9 @@
 #include "td_event.h"
 #include "td_time.h"
 
-#define TD_DEDUP_RING 32    /* recently applied event ids kept per prospect */
-#define TD_TOUCH_RING 64    /* recent outbound touch times kept per prospect */
-#define TD_POS_MAX 8        /* input (topic, partition) positions per prospect */
+#define TD_DEDUP_RING 32 /* recently applied event ids kept per prospect */
+#define TD_TOUCH_RING 64 /* recent outbound touch times kept per prospect */
+#define TD_POS_MAX 8     /* input (topic, partition) positions per prospect */
 
 /* Why a channel is blocked for good. */
 typedef enum td_block_reason {
@@ -35,17 +35,17 @@ typedef enum td_block_reason {
 const char *td_block_reason_name(td_block_reason r); /* "" for NONE */
 
 typedef struct td_chan_state {
-    int64_t sent;              /* outbound touches on this channel */
+    int64_t sent; /* outbound touches on this channel */
     int64_t delivered;
-    int64_t opened;            /* human opens (email.opened human=true, *.read) */
+    int64_t opened; /* human opens (email.opened human=true, *.read) */
     int64_t clicked;
-    int64_t replied;           /* replies, out-of-office excluded */
-    int64_t failed;            /* soft bounces, failed sends */
-    int64_t unanswered;        /* sent since the last reply */
-    int64_t opens_since_reply; /* human opens since the last reply */
+    int64_t replied;                                     /* replies, out-of-office excluded */
+    int64_t failed;                                      /* soft bounces, failed sends */
+    int64_t unanswered;                                  /* sent since the last reply */
+    int64_t opens_since_reply;                           /* human opens since the last reply */
     td_ms last_sent_at, last_opened_at, last_replied_at; /* TD_MS_MISSING if never */
     td_block_reason blocked;
-    td_tristate consent;       /* from opted_in/opted_out and prospect.updated */
+    td_tristate consent; /* from opted_in/opted_out and prospect.updated */
 } td_chan_state;
 
 /*
@@ -131,7 +131,7 @@ typedef struct td_state {
     td_ms last_inbound_at; /* latest reply/accept/connected, any channel */
     td_ms first_touch_at;  /* first outbound touch, any channel */
     td_ms stage_changed_at;
-    int64_t replies;       /* replies on any channel, out-of-office excluded */
+    int64_t replies; /* replies on any channel, out-of-office excluded */
     td_sentiment last_reply_sentiment;
     int64_t meetings_booked, meetings_held, meetings_cancelled, meetings_no_show;
     td_ms next_meeting_at; /* `at` of the last meeting.booked, cleared on held/cancelled */
@@ -284,8 +284,8 @@ void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud);
  * TD_ERR with a message in err.
  * @returns TD_OK, 1 (ignored), or TD_ERR.
  */
-int td_state_set_field(td_state *st, const char *key, size_t klen, const char *val,
-                       size_t vlen, char *err, size_t errcap);
+int td_state_set_field(td_state *st, const char *key, size_t klen, const char *val, size_t vlen,
+                       char *err, size_t errcap);
 
 /*
  * The difference between two states' flat forms, for writes that send only
@@ -316,19 +316,19 @@ typedef struct td_rec_view {
 /* Everything an expression can read, for one evaluation. */
 typedef struct td_ctx {
     const td_state *st;
-    const td_event *ev;      /* the triggering event; NULL for timer triggers */
+    const td_event *ev; /* the triggering event; NULL for timer triggers */
     td_ms now;
-    const td_rec_view *rec;  /* guards only; NULL otherwise */
+    const td_rec_view *rec; /* guards only; NULL otherwise */
     td_tzdb *tz;
     const td_settings *settings;
-    void *facts;             /* the evaluator's fact recorder, or NULL */
+    void *facts; /* the evaluator's fact recorder, or NULL */
 } td_ctx;
 
 /* Where a field may be read. */
 enum {
-    TD_FIELD_ANY = 0,     /* state and computed fields: everywhere */
-    TD_FIELD_EVENT = 1,   /* event.*: everywhere, missing on timer triggers */
-    TD_FIELD_GUARD = 2    /* rec.*, target.*: only in guards' `block` */
+    TD_FIELD_ANY = 0,   /* state and computed fields: everywhere */
+    TD_FIELD_EVENT = 1, /* event.*: everywhere, missing on timer triggers */
+    TD_FIELD_GUARD = 2  /* rec.*, target.*: only in guards' `block` */
 };
 
 typedef struct td_field td_field;
@@ -336,11 +336,11 @@ typedef void (*td_field_get_fn)(const td_field *f, const td_ctx *ctx, td_value *
 struct td_field {
     const char *name; /* "email.unanswered", "tier", "touches.7d", "event.kind" */
     td_type type;
-    int scope;        /* TD_FIELD_* */
+    int scope; /* TD_FIELD_* */
     td_field_get_fn get;
-    int channel;      /* for per-channel fields; -1 otherwise */
-    size_t offset;    /* for plain fields: offset in td_state or td_chan_state */
-    const char *doc;  /* one line for docs and `touchd explain` */
+    int channel;     /* for per-channel fields; -1 otherwise */
+    size_t offset;   /* for plain fields: offset in td_state or td_chan_state */
+    const char *doc; /* one line for docs and `touchd explain` */
 };
 
 /* The field named `name` (len bytes), or NULL. */

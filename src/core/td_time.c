@@ -37,21 +37,15 @@
 /* ---- civil arithmetic ---- */
 
 /* Floor division and modulo for possibly negative numerators. */
-static int64_t floor_div(int64_t a, int64_t b)
-{
+static int64_t floor_div(int64_t a, int64_t b) {
     int64_t q = a / b;
-    if ((a % b != 0) && ((a < 0) != (b < 0)))
-        q--;
+    if ((a % b != 0) && ((a < 0) != (b < 0))) q--;
     return q;
 }
 
-static int64_t floor_mod(int64_t a, int64_t b)
-{
-    return a - floor_div(a, b) * b;
-}
+static int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
 
-int64_t td_days_from_civil(int year, int month, int day)
-{
+int64_t td_days_from_civil(int year, int month, int day) {
     /* Months outside 1..12 are folded into the year so callers may do
      * "month + 1" arithmetic without normalising first. */
     int64_t y = year;
@@ -62,14 +56,13 @@ int64_t td_days_from_civil(int year, int month, int day)
     }
     y -= m <= 2;
     int64_t era = floor_div(y, 400);
-    int64_t yoe = y - era * 400;                                    /* [0, 399] */
+    int64_t yoe = y - era * 400;                                     /* [0, 399] */
     int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + day - 1; /* [0, 365] */
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;            /* [0, 146096] */
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;             /* [0, 146096] */
     return era * 146097 + doe - 719468;
 }
 
-static void civil_from_days(int64_t z, int *year, int *month, int *day)
-{
+static void civil_from_days(int64_t z, int *year, int *month, int *day) {
     z += 719468;
     int64_t era = floor_div(z, 146097);
     int64_t doe = z - era * 146097;
@@ -84,14 +77,12 @@ static void civil_from_days(int64_t z, int *year, int *month, int *day)
     *day = (int)d;
 }
 
-void td_civil_from_ms(td_ms t, td_civil *out)
-{
+void td_civil_from_ms(td_ms t, td_civil *out) {
     int64_t days = floor_div(t, TD_DAY);
     /* floor_mod(t, TD_DAY) without the product days * TD_DAY, which
      * overflows for t within a day of INT64_MIN */
     int64_t rem = t % TD_DAY;
-    if (rem < 0)
-        rem += TD_DAY;
+    if (rem < 0) rem += TD_DAY;
     civil_from_days(days, &out->year, &out->month, &out->day);
     out->hour = (int)(rem / TD_HOUR);
     out->minute = (int)(rem % TD_HOUR / TD_MINUTE);
@@ -102,51 +93,41 @@ void td_civil_from_ms(td_ms t, td_civil *out)
     out->yday = (int)(days - td_days_from_civil(out->year, 1, 1) + 1);
 }
 
-td_ms td_civil_to_ms(int year, int month, int day, int hour, int minute, int second)
-{
+td_ms td_civil_to_ms(int year, int month, int day, int hour, int minute, int second) {
     /* Hours, minutes and seconds outside their ranges add linearly. */
     return td_days_from_civil(year, month, day) * TD_DAY + (td_ms)hour * TD_HOUR +
            (td_ms)minute * TD_MINUTE + (td_ms)second * TD_SECOND;
 }
 
-static int days_in_month(int year, int month)
-{
+static int days_in_month(int year, int month) {
     static const unsigned char dim[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (month == 2 && (year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
-        return 29;
+    if (month == 2 && (year % 4 == 0 && (year % 100 != 0 || year % 400 == 0))) return 29;
     return dim[month - 1];
 }
 
 /* ---- RFC 3339 ---- */
 
 /* Reads exactly n digits at s; -1 when one is not a digit. */
-static int digits(const char *s, int n)
-{
+static int digits(const char *s, int n) {
     int v = 0;
     for (int i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
+        if (s[i] < '0' || s[i] > '9') return -1;
         v = v * 10 + (s[i] - '0');
     }
     return v;
 }
 
-int td_time_parse(const char *s, size_t len, td_ms *out)
-{
+int td_time_parse(const char *s, size_t len, td_ms *out) {
     /* date-time = YYYY-MM-DD ("T" / "t" / " ") HH:MM:SS [.frac] ("Z" / "z" / +HH:MM / -HH:MM) */
-    if (s == NULL || len < 20)
-        return TD_ERR;
-    if (s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':')
-        return TD_ERR;
-    if (s[10] != 'T' && s[10] != 't' && s[10] != ' ')
-        return TD_ERR;
+    if (s == NULL || len < 20) return TD_ERR;
+    if (s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':') return TD_ERR;
+    if (s[10] != 'T' && s[10] != 't' && s[10] != ' ') return TD_ERR;
     int year = digits(s, 4), month = digits(s + 5, 2), day = digits(s + 8, 2);
     int hour = digits(s + 11, 2), minute = digits(s + 14, 2), second = digits(s + 17, 2);
     if (year < 1 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23 || minute < 0 ||
         minute > 59 || second < 0 || second > 59)
         return TD_ERR; /* leap seconds (":60") are rejected: nothing upstream emits them */
-    if (day > days_in_month(year, month))
-        return TD_ERR;
+    if (day > days_in_month(year, month)) return TD_ERR;
 
     size_t i = 19;
     int ms = 0;
@@ -154,41 +135,33 @@ int td_time_parse(const char *s, size_t len, td_ms *out)
         i++;
         size_t start = i;
         while (i < len && s[i] >= '0' && s[i] <= '9') {
-            if (i - start < 3)
-                ms = ms * 10 + (s[i] - '0');
+            if (i - start < 3) ms = ms * 10 + (s[i] - '0');
             i++;
         }
-        if (i == start)
-            return TD_ERR; /* "." needs at least one digit */
+        if (i == start) return TD_ERR; /* "." needs at least one digit */
         for (size_t k = i - start; k < 3; k++)
             ms *= 10;
     }
-    if (i >= len)
-        return TD_ERR; /* the offset is required */
+    if (i >= len) return TD_ERR; /* the offset is required */
     td_ms offset = 0;
     if (s[i] == 'Z' || s[i] == 'z') {
         i++;
     } else if (s[i] == '+' || s[i] == '-') {
-        if (len - i < 6 || s[i + 3] != ':')
-            return TD_ERR;
+        if (len - i < 6 || s[i + 3] != ':') return TD_ERR;
         int oh = digits(s + i + 1, 2), om = digits(s + i + 4, 2);
-        if (oh < 0 || oh > 23 || om < 0 || om > 59)
-            return TD_ERR;
+        if (oh < 0 || oh > 23 || om < 0 || om > 59) return TD_ERR;
         offset = (td_ms)oh * TD_HOUR + (td_ms)om * TD_MINUTE;
-        if (s[i] == '-')
-            offset = -offset;
+        if (s[i] == '-') offset = -offset;
         i += 6;
     } else {
         return TD_ERR;
     }
-    if (i != len)
-        return TD_ERR;
+    if (i != len) return TD_ERR;
     *out = td_civil_to_ms(year, month, day, hour, minute, second) + ms - offset;
     return TD_OK;
 }
 
-static void put_digits(char *p, int v, int width)
-{
+static void put_digits(char *p, int v, int width) {
     for (int i = width - 1; i >= 0; i--) {
         p[i] = (char)('0' + v % 10);
         v /= 10;
@@ -196,14 +169,12 @@ static void put_digits(char *p, int v, int width)
 }
 
 /* "00".."99": two digits per table read. */
-static const char digits2[200] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-                                 "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-                                 "8081828384858687888990919293949596979899";
+static const char digits2[200] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
 
-static inline void put2(char *p, uint32_t v)
-{
-    memcpy(p, digits2 + 2 * v, 2);
-}
+static inline void put2(char *p, uint32_t v) { memcpy(p, digits2 + 2 * v, 2); }
 
 /* Instants of years 1..9999 (RFC 3339's range): the fast path below. */
 #define FMT_MIN ((td_ms)-62135596800000LL) /* 0001-01-01T00:00:00Z */
@@ -211,8 +182,7 @@ static inline void put2(char *p, uint32_t v)
 
 /* The general formatter: any t (years outside 1..9999 are clamped, as they
  * always were), through td_civil_from_ms. */
-static size_t time_format_slow(td_ms t, char *tmp)
-{
+static size_t time_format_slow(td_ms t, char *tmp) {
     td_civil c;
     td_civil_from_ms(t, &c);
     int year = c.year < 0 ? 0 : c.year > 9999 ? 9999 : c.year;
@@ -246,16 +216,15 @@ static size_t time_format_slow(td_ms t, char *tmp)
  * same (tests/unit/test_time.c checks every day of the range against it).
  * put_date writes "YYYY-MM-DDT" of day `day` (days since 0001-01-01).
  */
-static inline void put_date(char *p, uint32_t day)
-{
+static inline void put_date(char *p, uint32_t day) {
     /* Neri and Schneider, "Euclidean affine functions and their application
      * to calendar algorithms" (2022): the same civil date as civil_from_days
      * with fewer operations (tests/unit/test_flat.c compares every day). */
-    uint32_t n1 = 4 * (day + 306) + 3;  /* from 0000-03-01 */
-    uint32_t c = n1 / 146097;           /* centuries */
-    uint32_t n2 = (n1 % 146097) | 3;    /* 4 * (day of the century) + 3 */
+    uint32_t n1 = 4 * (day + 306) + 3; /* from 0000-03-01 */
+    uint32_t c = n1 / 146097;          /* centuries */
+    uint32_t n2 = (n1 % 146097) | 3;   /* 4 * (day of the century) + 3 */
     uint64_t p2 = (uint64_t)2939745 * n2;
-    uint32_t z = (uint32_t)(p2 >> 32);  /* year of the century */
+    uint32_t z = (uint32_t)(p2 >> 32);        /* year of the century */
     uint32_t ny = (uint32_t)p2 / 2939745 / 4; /* day of the year, from March 1 */
     uint32_t y = 100 * c + z;
     uint32_t n3 = 2141 * ny + 197913;
@@ -275,8 +244,7 @@ static inline void put_date(char *p, uint32_t day)
 }
 
 /* "HH:MM:SS" of the second `sec` of a day (< 86400) into p. */
-static inline void put_hms(char *p, uint32_t sec)
-{
+static inline void put_hms(char *p, uint32_t sec) {
     uint32_t h = sec / 3600, r = sec - h * 3600, mi = r / 60;
     put2(p, h);
     p[2] = ':';
@@ -287,8 +255,7 @@ static inline void put_hms(char *p, uint32_t sec)
 
 /* The time of day (ms `rem` < TD_DAY) at p + 11 (after the date), then 'Z'.
  * @returns the whole length: 20, or 24 with milliseconds. */
-static inline size_t put_time(char *p, uint32_t rem)
-{
+static inline size_t put_time(char *p, uint32_t rem) {
     uint32_t sec = rem / 1000, ms = rem - sec * 1000;
     put_hms(p + 11, sec);
     if (ms == 0) {
@@ -302,8 +269,7 @@ static inline size_t put_time(char *p, uint32_t rem)
     return 24;
 }
 
-static size_t time_format_fast(td_ms t, char *p)
-{
+static size_t time_format_fast(td_ms t, char *p) {
     uint64_t u = (uint64_t)(t - FMT_MIN); /* ms since 0001-01-01T00:00:00Z */
     uint32_t day = (uint32_t)(u / (uint64_t)TD_DAY);
     uint32_t rem = (uint32_t)(u - (uint64_t)day * (uint64_t)TD_DAY);
@@ -311,8 +277,7 @@ static size_t time_format_fast(td_ms t, char *p)
     return put_time(p, rem);
 }
 
-size_t td_time_format(td_ms t, char *buf, size_t cap)
-{
+size_t td_time_format(td_ms t, char *buf, size_t cap) {
     /* Written by hand, not snprintf: every state write (up to 64 touch
      * times each) and recommendation formats several times. */
     if (t >= FMT_MIN && t <= FMT_MAX && cap >= 25) {
@@ -322,20 +287,16 @@ size_t td_time_format(td_ms t, char *buf, size_t cap)
     }
     char tmp[TD_TIME_BUF];
     size_t n = t >= FMT_MIN && t <= FMT_MAX ? time_format_fast(t, tmp) : time_format_slow(t, tmp);
-    if (cap == 0)
-        return 0;
-    if (n >= cap)
-        n = cap - 1;
+    if (cap == 0) return 0;
+    if (n >= cap) n = cap - 1;
     memcpy(buf, tmp, n);
     buf[n] = '\0';
     return n;
 }
 
 /* time_format_fast with the date part kept in the memo (see td_time.h). */
-size_t td_time_format_memo(td_ms t, char *buf, td_time_memo *m)
-{
-    if (t < FMT_MIN || t > FMT_MAX)
-        return td_time_format(t, buf, TD_TIME_BUF);
+size_t td_time_format_memo(td_ms t, char *buf, td_time_memo *m) {
+    if (t < FMT_MIN || t > FMT_MAX) return td_time_format(t, buf, TD_TIME_BUF);
     uint64_t u = (uint64_t)(t - FMT_MIN); /* ms since 0001-01-01T00:00:00Z */
     uint32_t day = (uint32_t)(u / (uint64_t)TD_DAY);
     uint32_t rem = (uint32_t)(u - (uint64_t)day * (uint64_t)TD_DAY);
@@ -359,28 +320,24 @@ static const struct {
     size_t len;
     td_ms ms;
 } units[] = {
-    {"w", 1, TD_WEEK}, {"d", 1, TD_DAY}, {"h", 1, TD_HOUR}, {"m", 1, TD_MINUTE},
-    {"s", 1, TD_SECOND}, {"ms", 2, 1},
+    {"w", 1, TD_WEEK},   {"d", 1, TD_DAY},    {"h", 1, TD_HOUR},
+    {"m", 1, TD_MINUTE}, {"s", 1, TD_SECOND}, {"ms", 2, 1},
 };
 #define N_UNITS (sizeof units / sizeof units[0])
 
-int td_duration_parse(const char *s, size_t len, td_ms *out)
-{
-    if (s == NULL || len == 0)
-        return TD_ERR;
+int td_duration_parse(const char *s, size_t len, td_ms *out) {
+    if (s == NULL || len == 0) return TD_ERR;
     size_t i = 0;
     bool neg = false;
     if (s[0] == '-') {
         neg = true;
         i = 1;
     }
-    if (i == len)
-        return TD_ERR;
+    if (i == len) return TD_ERR;
     td_ms total = 0;
     size_t next_unit = 0; /* the smallest index a following group may use */
     while (i < len) {
-        if (s[i] < '0' || s[i] > '9')
-            return TD_ERR;
+        if (s[i] < '0' || s[i] > '9') return TD_ERR;
         int64_t n = 0;
         while (i < len && s[i] >= '0' && s[i] <= '9') {
             if (__builtin_mul_overflow(n, 10, &n) || __builtin_add_overflow(n, s[i] - '0', &n))
@@ -411,8 +368,7 @@ int td_duration_parse(const char *s, size_t len, td_ms *out)
     return TD_OK;
 }
 
-size_t td_duration_format(td_ms d, char *buf, size_t cap)
-{
+size_t td_duration_format(td_ms d, char *buf, size_t cap) {
     char tmp[64];
     size_t n = 0;
     uint64_t v;
@@ -428,16 +384,13 @@ size_t td_duration_format(td_ms d, char *buf, size_t cap)
     }
     for (size_t k = 0; k < N_UNITS && v != 0; k++) {
         uint64_t q = v / (uint64_t)units[k].ms;
-        if (q == 0)
-            continue;
+        if (q == 0) continue;
         v -= q * (uint64_t)units[k].ms;
         int w = snprintf(tmp + n, sizeof tmp - n, "%llu%s", (unsigned long long)q, units[k].name);
-        if (w > 0)
-            n += (size_t)w;
+        if (w > 0) n += (size_t)w;
     }
     tmp[n] = '\0';
-    if (cap == 0)
-        return 0;
+    if (cap == 0) return 0;
     td_strlcpy(buf, tmp, cap);
     return n < cap ? n : cap - 1;
 }
@@ -467,25 +420,18 @@ struct td_tzdb {
     tz_entry slots[TZDB_SLOTS];
 };
 
-td_tzdb *td_tzdb_new(void)
-{
-    return calloc(1, sizeof(td_tzdb));
-}
+td_tzdb *td_tzdb_new(void) { return calloc(1, sizeof(td_tzdb)); }
 
-static void tzdb_flush(td_tzdb *db)
-{
+static void tzdb_flush(td_tzdb *db) {
     for (size_t i = 0; i < TZDB_SLOTS; i++)
-        if (db->slots[i].used && db->slots[i].cal != NULL)
-            ucal_close(db->slots[i].cal);
+        if (db->slots[i].used && db->slots[i].cal != NULL) ucal_close(db->slots[i].cal);
     memset(db->slots, 0, sizeof db->slots);
     db->count = 0;
     db->last = NULL;
 }
 
-void td_tzdb_free(td_tzdb *db)
-{
-    if (db == NULL)
-        return;
+void td_tzdb_free(td_tzdb *db) {
+    if (db == NULL) return;
     tzdb_flush(db);
     free(db);
 }
@@ -497,13 +443,11 @@ void td_tzdb_free(td_tzdb *db)
  * also rejects custom ids such as "GMT+05:00".
  * @returns a calendar the caller owns (ucal_close), or NULL.
  */
-static UCalendar *tz_open(const char *zone, size_t len)
-{
+static UCalendar *tz_open(const char *zone, size_t len) {
     UChar uid[TZ_ID_MAX + 1];
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)zone[i];
-        if (c <= 0x20 || c >= 0x7f)
-            return NULL; /* zone ids are printable ASCII */
+        if (c <= 0x20 || c >= 0x7f) return NULL; /* zone ids are printable ASCII */
         uid[i] = (UChar)c;
     }
     UChar canon[128];
@@ -511,13 +455,11 @@ static UCalendar *tz_open(const char *zone, size_t len)
     UErrorCode st = U_ZERO_ERROR;
     ucal_getCanonicalTimeZoneID(uid, (int32_t)len, canon, (int32_t)(sizeof canon / sizeof canon[0]),
                                 &is_system, &st);
-    if (U_FAILURE(st) || !is_system)
-        return NULL;
+    if (U_FAILURE(st) || !is_system) return NULL;
     st = U_ZERO_ERROR;
     UCalendar *cal = ucal_open(uid, (int32_t)len, "en_US_POSIX", UCAL_GREGORIAN, &st);
     if (U_FAILURE(st)) {
-        if (cal != NULL)
-            ucal_close(cal);
+        if (cal != NULL) ucal_close(cal);
         return NULL;
     }
     return cal;
@@ -527,23 +469,17 @@ static UCalendar *tz_open(const char *zone, size_t len)
  * The cache entry for `zone` (borrowed from db), creating it when needed.
  * @returns NULL when the id is syntactically impossible (empty, too long).
  */
-static tz_entry *tz_lookup(td_tzdb *db, const char *zone)
-{
-    if (zone == NULL)
-        return NULL;
-    if (db->last != NULL && strcmp(db->last->id, zone) == 0)
-        return db->last;
+static tz_entry *tz_lookup(td_tzdb *db, const char *zone) {
+    if (zone == NULL) return NULL;
+    if (db->last != NULL && strcmp(db->last->id, zone) == 0) return db->last;
     size_t len = strnlen(zone, TZ_ID_MAX + 1);
-    if (len == 0 || len > TZ_ID_MAX)
-        return NULL;
+    if (len == 0 || len > TZ_ID_MAX) return NULL;
     uint64_t h = td_hash64(zone, len, TD_HASH_SEED);
     size_t i = (size_t)h & (TZDB_SLOTS - 1);
     for (;;) {
         tz_entry *e = &db->slots[i];
-        if (!e->used)
-            break;
-        if (e->hash == h && strcmp(e->id, zone) == 0)
-            return db->last = e;
+        if (!e->used) break;
+        if (e->hash == h && strcmp(e->id, zone) == 0) return db->last = e;
         i = (i + 1) & (TZDB_SLOTS - 1);
     }
     if (db->count >= TZDB_MAX) {
@@ -563,16 +499,13 @@ static tz_entry *tz_lookup(td_tzdb *db, const char *zone)
     return db->last = e;
 }
 
-bool td_tz_valid(td_tzdb *db, const char *zone)
-{
+bool td_tz_valid(td_tzdb *db, const char *zone) {
     if (db == NULL) {
         /* No cache: answer anyway, at ICU's price. */
         size_t len = zone ? strnlen(zone, TZ_ID_MAX + 1) : 0;
-        if (len == 0 || len > TZ_ID_MAX)
-            return false;
+        if (len == 0 || len > TZ_ID_MAX) return false;
         UCalendar *cal = tz_open(zone, len);
-        if (cal == NULL)
-            return false;
+        if (cal == NULL) return false;
         ucal_close(cal);
         return true;
     }
@@ -586,8 +519,7 @@ bool td_tz_valid(td_tzdb *db, const char *zone)
  * field), while consecutive questions for one zone almost always fall
  * between the same two transitions: remember that span and its offset.
  */
-static bool tz_offset(tz_entry *e, td_ms t, td_ms *off)
-{
+static bool tz_offset(tz_entry *e, td_ms t, td_ms *off) {
     for (int k = 0; k < 2; k++) {
         int j = k ? !e->recent : e->recent;
         if (t >= e->lo[j] && t < e->hi[j]) {
@@ -599,8 +531,7 @@ static bool tz_offset(tz_entry *e, td_ms t, td_ms *off)
     ucal_setMillis(e->cal, (UDate)t, &st);
     int32_t raw = ucal_get(e->cal, UCAL_ZONE_OFFSET, &st);
     int32_t dst = ucal_get(e->cal, UCAL_DST_OFFSET, &st);
-    if (U_FAILURE(st))
-        return false;
+    if (U_FAILURE(st)) return false;
     *off = (td_ms)raw + (td_ms)dst;
     /* A transition at T applies from T on: the span is [previous, next). */
     UDate prev = 0, next = 0;
@@ -623,16 +554,13 @@ static bool tz_offset(tz_entry *e, td_ms t, td_ms *off)
 #define TZ_T_LIMIT ((td_ms)1 << 52)
 
 /* The cache entry of a known zone, or NULL. */
-static tz_entry *tz_known(td_tzdb *db, const char *zone)
-{
-    if (db == NULL)
-        return NULL;
+static tz_entry *tz_known(td_tzdb *db, const char *zone) {
+    if (db == NULL) return NULL;
     tz_entry *e = tz_lookup(db, zone);
     return e != NULL && e->cal != NULL ? e : NULL;
 }
 
-int td_tz_local(td_tzdb *db, const char *zone, td_ms t, td_civil *out, td_ms *offset_ms)
-{
+int td_tz_local(td_tzdb *db, const char *zone, td_ms t, td_civil *out, td_ms *offset_ms) {
     td_ms off = 0;
     int rc = TD_ERR;
     tz_entry *e = tz_known(db, zone);
@@ -641,14 +569,12 @@ int td_tz_local(td_tzdb *db, const char *zone, td_ms t, td_civil *out, td_ms *of
     else
         off = 0;
     td_civil_from_ms(t + off, out);
-    if (offset_ms != NULL)
-        *offset_ms = off;
+    if (offset_ms != NULL) *offset_ms = off;
     return rc;
 }
 
-int td_tz_to_utc(td_tzdb *db, const char *zone, int year, int month, int day, int hour,
-                 int minute, td_ms *out)
-{
+int td_tz_to_utc(td_tzdb *db, const char *zone, int year, int month, int day, int hour, int minute,
+                 td_ms *out) {
     td_ms local = td_civil_to_ms(year, month, day, hour, minute, 0);
     tz_entry *e = tz_known(db, zone);
     if (e == NULL || local <= -TZ_T_LIMIT || local >= TZ_T_LIMIT) {

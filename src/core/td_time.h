@@ -43,13 +43,17 @@ size_t td_time_format(td_ms t, char *buf, size_t cap);
  */
 #define TD_TIME_MEMO_SLOTS 8
 typedef struct td_time_memo {
-    uint32_t day[TD_TIME_MEMO_SLOTS];     /* days since 0001-01-01 of date[i], or UINT32_MAX */
-    char date[TD_TIME_MEMO_SLOTS][16];    /* "YYYY-MM-DDT" (11 bytes used) */
+    uint32_t day[TD_TIME_MEMO_SLOTS];  /* days since 0001-01-01 of date[i], or UINT32_MAX */
+    char date[TD_TIME_MEMO_SLOTS][16]; /* "YYYY-MM-DDT" (11 bytes used) */
 } td_time_memo;
-#define TD_TIME_MEMO_INIT                                                                      \
-    {{UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX,     \
-      UINT32_MAX},                                                                             \
-     {{0}}}
+#define TD_TIME_MEMO_INIT                                                                          \
+    {                                                                                              \
+        {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX,                                           \
+         UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX},                                          \
+        {                                                                                          \
+            { 0 }                                                                                  \
+        }                                                                                          \
+    }
 size_t td_time_format_memo(td_ms t, char *buf, td_time_memo *m);
 
 /*
@@ -105,7 +109,7 @@ int td_tz_local(td_tzdb *db, const char *zone, td_ms t, td_civil *out, td_ms *of
  * (spring-forward gap) moves forward by the gap; an ambiguous one (fall-back)
  * takes the first occurrence. Unknown zone: treated as UTC, returns TD_ERR.
  */
-int td_tz_to_utc(td_tzdb *db, const char *zone, int year, int month, int day, int hour,
-                 int minute, td_ms *out);
+int td_tz_to_utc(td_tzdb *db, const char *zone, int year, int month, int day, int hour, int minute,
+                 td_ms *out);
 
 #endif

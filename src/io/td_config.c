@@ -28,8 +28,7 @@
 /* ---------------------------------------------------------------- helpers */
 
 static char *td_cfg_strdup(const char *s) {
-    if (!s)
-        s = "";
+    if (!s) s = "";
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
     if (!p) {
@@ -53,12 +52,11 @@ typedef struct td_cfg_ctx {
     bool failed;
 } td_cfg_ctx;
 
-static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                        const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                        const char *fmt, ...) {
-    if (x->failed)
-        return;
+static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *key, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *key, const char *fmt,
+                        ...) {
+    if (x->failed) return;
     x->failed = true;
     const char *file = s ? config_setting_source_file(s) : NULL;
     int line = s ? (int)config_setting_source_line(s) : 0;
@@ -67,8 +65,7 @@ static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *ke
         n = snprintf(x->err, x->errcap, "%s:%d: %s: ", file ? file : x->path, line, key);
     else
         n = snprintf(x->err, x->errcap, "%s: %s: ", x->path, key);
-    if (n < 0 || (size_t)n >= x->errcap)
-        return;
+    if (n < 0 || (size_t)n >= x->errcap) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(x->err + n, x->errcap - (size_t)n, fmt, ap);
@@ -113,8 +110,7 @@ static const char *td_cfg_describe(const config_setting_t *s, char *buf, size_t 
 /* Resolves "env:NAME" values; other values are returned as they are. */
 static const char *td_cfg_resolve_env(td_cfg_ctx *x, const config_setting_t *s, const char *key,
                                       const char *v) {
-    if (strncmp(v, "env:", 4) != 0)
-        return v;
+    if (strncmp(v, "env:", 4) != 0) return v;
     const char *name = v + 4;
     if (!*name) {
         td_cfg_fail(x, s, key, "expected env:NAME with a variable name, got \"env:\"");
@@ -138,8 +134,7 @@ static bool td_cfg_get_str(td_cfg_ctx *x, const config_setting_t *s, const char 
     const char *v = config_setting_get_string(s);
     if (allow_env) {
         v = td_cfg_resolve_env(x, s, key, v);
-        if (!v)
-            return false;
+        if (!v) return false;
     }
     if (!allow_empty && !*v) {
         td_cfg_fail(x, s, key, "expected a non-empty string, got \"\"");
@@ -171,8 +166,7 @@ static bool td_cfg_get_int(td_cfg_ctx *x, const config_setting_t *s, const char 
     return true;
 }
 
-static bool td_cfg_get_bool(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                            bool *dst) {
+static bool td_cfg_get_bool(td_cfg_ctx *x, const config_setting_t *s, const char *key, bool *dst) {
     char got[128];
     if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
         td_cfg_fail(x, s, key, "expected true or false, got %s",
@@ -185,8 +179,7 @@ static bool td_cfg_get_bool(td_cfg_ctx *x, const config_setting_t *s, const char
 
 static bool td_cfg_topic_ok(const char *t) {
     size_t n = strlen(t);
-    if (n == 0 || n > 249 || strcmp(t, ".") == 0 || strcmp(t, "..") == 0)
-        return false;
+    if (n == 0 || n > 249 || strcmp(t, ".") == 0 || strcmp(t, "..") == 0) return false;
     for (const char *p = t; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '.' || *p == '_' || *p == '-'))
@@ -196,8 +189,7 @@ static bool td_cfg_topic_ok(const char *t) {
 
 static bool td_cfg_get_topic(td_cfg_ctx *x, const config_setting_t *s, const char *key,
                              char **dst) {
-    if (!td_cfg_get_str(x, s, key, dst, false, false))
-        return false;
+    if (!td_cfg_get_str(x, s, key, dst, false, false)) return false;
     if (!td_cfg_topic_ok(*dst)) {
         td_cfg_fail(x, s, key,
                     "expected a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), got \"%.80s\"",
@@ -237,7 +229,8 @@ static bool td_cfg_passthrough(td_cfg_ctx *x, const config_setting_t *g, const c
                                const td_cfg_owned *owned, td_kv **out, size_t *nout) {
     char got[128], key[256], prop[200];
     if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
-        td_cfg_fail(x, g, gkey, "expected a group of librdkafka properties { name = value; }, got %s",
+        td_cfg_fail(x, g, gkey,
+                    "expected a group of librdkafka properties { name = value; }, got %s",
                     td_cfg_describe(g, got, sizeof got));
         return false;
     }
@@ -249,8 +242,7 @@ static bool td_cfg_passthrough(td_cfg_ctx *x, const config_setting_t *g, const c
         snprintf(key, sizeof key, "%s.%s", gkey, name);
         snprintf(prop, sizeof prop, "%s", name);
         for (char *p = prop; *p; p++)
-            if (*p == '_')
-                *p = '.';
+            if (*p == '_') *p = '.';
         for (const td_cfg_owned *o = owned; o->name; o++)
             if (strcmp(o->name, prop) == 0) {
                 td_cfg_fail(x, s, key, "librdkafka property %s cannot be set here: %s", prop,
@@ -261,8 +253,7 @@ static bool td_cfg_passthrough(td_cfg_ctx *x, const config_setting_t *g, const c
         switch (config_setting_type(s)) {
         case CONFIG_TYPE_STRING: {
             const char *v = td_cfg_resolve_env(x, s, key, config_setting_get_string(s));
-            if (!v)
-                goto fail;
+            if (!v) goto fail;
             snprintf(val, sizeof val, "%s", v);
             break;
         }
@@ -288,8 +279,7 @@ static bool td_cfg_passthrough(td_cfg_ctx *x, const config_setting_t *g, const c
             goto fail;
         }
         *out = realloc(*out, (*nout + 1) * sizeof **out);
-        if (!*out)
-            abort();
+        if (!*out) abort();
         (*out)[*nout].key = td_cfg_strdup(prop);
         (*out)[*nout].val = td_cfg_strdup(val);
         (*out)[*nout].line = (int)config_setting_source_line(s);
@@ -309,9 +299,10 @@ static bool td_cfg_unknown(td_cfg_ctx *x, const config_setting_t *s, const char 
 }
 
 static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    static const char *allowed = "brokers, group_id, input_topics, output_topic, "
-                                 "dead_letter_topic, gift_register_topic, shadow_topic, bootstrap_file, "
-                                 "embedded_partitions, consumer, producer";
+    static const char *allowed =
+        "brokers, group_id, input_topics, output_topic, "
+        "dead_letter_topic, gift_register_topic, shadow_topic, bootstrap_file, "
+        "embedded_partitions, consumer, producer";
     char key[128], got[128];
     int n = config_setting_length(g);
     for (int i = 0; i < n && !x->failed; i++) {
@@ -326,7 +317,8 @@ static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c)
             int t = config_setting_type(s);
             int m = config_setting_length(s);
             if ((t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) || m < 1) {
-                td_cfg_fail(x, s, key, "expected a non-empty list of topic names [\"a\", \"b\"], got %s",
+                td_cfg_fail(x, s, key,
+                            "expected a non-empty list of topic names [\"a\", \"b\"], got %s",
                             t == CONFIG_TYPE_ARRAY || t == CONFIG_TYPE_LIST
                                 ? "an empty list"
                                 : td_cfg_describe(s, got, sizeof got));
@@ -356,10 +348,11 @@ static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c)
             /* "" = off; otherwise a topic name (docs/gifts.md) */
             if (td_cfg_get_str(x, s, key, &c->kafka.gift_register_topic, true, false) &&
                 *c->kafka.gift_register_topic && !td_cfg_topic_ok(c->kafka.gift_register_topic))
-                td_cfg_fail(x, s, key,
-                            "expected \"\" (off) or a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), "
-                            "got \"%.80s\"",
-                            c->kafka.gift_register_topic);
+                td_cfg_fail(
+                    x, s, key,
+                    "expected \"\" (off) or a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), "
+                    "got \"%.80s\"",
+                    c->kafka.gift_register_topic);
         } else if (strcmp(name, "shadow_topic") == 0) {
             td_cfg_get_topic(x, s, key, &c->kafka.shadow_topic);
             c->kafka.shadow_topic_default = false;
@@ -517,8 +510,7 @@ static bool td_cfg_timers(td_cfg_ctx *x, const config_setting_t *g, td_config *c
                 else if (strcmp(v, "drop") == 0 || strcmp(v, "drop_older_than") == 0)
                     t->overdue_policy = TD_OVERDUE_DROP;
                 else
-                    td_cfg_fail(x, s, key, "expected \"fire_late\" or \"drop\", got \"%.80s\"",
-                                v);
+                    td_cfg_fail(x, s, key, "expected \"fire_late\" or \"drop\", got \"%.80s\"", v);
             }
             free(v);
         } else if (strcmp(name, "drop_older_than") == 0) {
@@ -555,8 +547,8 @@ static bool td_cfg_log(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
             if (td_cfg_get_str(x, s, key, &v, false, false)) {
                 int l = td_log_level_parse(v);
                 if (l < 0)
-                    td_cfg_fail(x, s, key, "expected one of debug, info, warn, error, got \"%.80s\"",
-                                v);
+                    td_cfg_fail(x, s, key,
+                                "expected one of debug, info, warn, error, got \"%.80s\"", v);
                 else
                     c->log.level = (td_log_level)l;
             }
@@ -605,8 +597,7 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
     if (!x->failed && (!*c->kafka.shadow_topic || c->kafka.shadow_topic_default)) {
         size_t n = strlen(c->kafka.output_topic) + sizeof ".shadow";
         char *t = malloc(n);
-        if (!t)
-            abort();
+        if (!t) abort();
         snprintf(t, n, "%s.shadow", c->kafka.output_topic);
         free(c->kafka.shadow_topic);
         c->kafka.shadow_topic = t;
@@ -635,7 +626,8 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
         if (clash)
             td_cfg_fail(x, NULL, "kafka.gift_register_topic",
                         "must differ from the input, output, shadow and dead-letter topics "
-                        "(got \"%s\")", gt);
+                        "(got \"%s\")",
+                        gt);
     }
     c->redis.host = c->redis_host;
     c->redis.password = c->redis_password && *c->redis_password ? c->redis_password : NULL;
@@ -647,8 +639,9 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
             td_cfg_fail(x, NULL, "timers.drop_older_than",
                         "is required with overdue_policy = \"drop\" (e.g. \"6h\")");
         else if (t->overdue_policy == TD_OVERDUE_FIRE_LATE && t->drop_older_than > 0)
-            td_cfg_fail(x, NULL, "timers.drop_older_than",
-                        "only applies with overdue_policy = \"drop\" (the policy is \"fire_late\")");
+            td_cfg_fail(
+                x, NULL, "timers.drop_older_than",
+                "only applies with overdue_policy = \"drop\" (the policy is \"fire_late\")");
         else if (t->sweep_ms < t->poll_ms)
             td_cfg_fail(x, NULL, "timers.sweep_ms", "must be >= timers.poll_ms (%d), got %d",
                         t->poll_ms, t->sweep_ms);
@@ -664,8 +657,7 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
 
 td_config *td_config_default(void) {
     td_config *c = calloc(1, sizeof *c);
-    if (!c)
-        abort();
+    if (!c) abort();
     c->path = td_cfg_strdup("");
     c->kafka.brokers = td_cfg_strdup("embedded");
     c->kafka.group_id = td_cfg_strdup("touchd");
@@ -706,8 +698,7 @@ td_config *td_config_default(void) {
 
 td_config *td_config_load(const char *path, char *err, size_t errcap) {
     td_cfg_ctx x = {.path = path, .err = err, .errcap = errcap, .failed = false};
-    if (errcap)
-        err[0] = '\0';
+    if (errcap) err[0] = '\0';
     config_t cf;
     config_init(&cf);
     /* @include "x.conf" is relative to the including file's directory. */
@@ -723,8 +714,8 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
             snprintf(err, errcap, "%s: cannot read: %s", path, strerror(errno ? errno : ENOENT));
         else
             snprintf(err, errcap, "%s:%d: syntax error: %s",
-                     config_error_file(&cf) ? config_error_file(&cf) : path,
-                     config_error_line(&cf), config_error_text(&cf));
+                     config_error_file(&cf) ? config_error_file(&cf) : path, config_error_line(&cf),
+                     config_error_text(&cf));
         config_destroy(&cf);
         return NULL;
     }
@@ -764,8 +755,7 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
         else
             td_cfg_log(&x, g, c);
     }
-    if (!x.failed)
-        td_cfg_finish(&x, c);
+    if (!x.failed) td_cfg_finish(&x, c);
     config_destroy(&cf);
     if (x.failed) {
         td_config_free(c);
@@ -839,7 +829,8 @@ int td_config_override(td_config *c, const char *redis, const char *rules_dir,
     if (log_level) {
         int l = td_log_level_parse(log_level);
         if (l < 0) {
-            snprintf(err, errcap, "--log-level: expected one of debug, info, warn, error, got \"%s\"",
+            snprintf(err, errcap,
+                     "--log-level: expected one of debug, info, warn, error, got \"%s\"",
                      log_level);
             return -1;
         }
@@ -863,8 +854,7 @@ static void td_kv_free(td_kv *v, size_t n) {
 }
 
 void td_config_free(td_config *c) {
-    if (!c)
-        return;
+    if (!c) return;
     free(c->path);
     free(c->kafka.brokers);
     free(c->kafka.group_id);

@@ -52,17 +52,17 @@ typedef struct td_config {
     char *path; /* the file loaded, "" for defaults */
 
     struct {
-        char *brokers;  /* "embedded" or "host:port,host:port" */
-        bool embedded;  /* brokers == "embedded" */
+        char *brokers; /* "embedded" or "host:port,host:port" */
+        bool embedded; /* brokers == "embedded" */
         char *group_id;
         char **input_topics;
         size_t n_input_topics;
         char *output_topic;
         char *dead_letter_topic;
         char *gift_register_topic; /* gift register records; "" = off (docs/gifts.md) */
-        char *shadow_topic;   /* shadow recommendations; default "<output_topic>.shadow" */
+        char *shadow_topic;        /* shadow recommendations; default "<output_topic>.shadow" */
         bool shadow_topic_default; /* not set in the file: follows output_topic */
-        char *bootstrap_file; /* embedded: where the bootstrap address is written; "" none */
+        char *bootstrap_file;      /* embedded: where the bootstrap address is written; "" none */
         int embedded_partitions;
         td_kv *consumer;
         size_t n_consumer;
@@ -79,15 +79,15 @@ typedef struct td_config {
         int reload_poll_ms; /* 0 = no polling (SIGHUP only) */
         /* shadow ruleset (docs/operations.md "Shadow ruleset"): "" = none */
         char *shadow_dir;
-        char *shadow_report;            /* JSON report file; "" = none */
-        int shadow_report_interval_ms;  /* how often the report is rewritten */
+        char *shadow_report;           /* JSON report file; "" = none */
+        int shadow_report_interval_ms; /* how often the report is rewritten */
     } rules;
 
     struct {
         int batch_max_events;
         int batch_max_ms;
-        int state_cache; /* prospect states kept in memory between batches; 0 = off */
-        bool pipeline;   /* true: a batch is computed while the previous one is stored */
+        int state_cache;       /* prospect states kept in memory between batches; 0 = off */
+        bool pipeline;         /* true: a batch is computed while the previous one is stored */
         int store_connections; /* 1 or 2: connections of a batch's state write */
     } engine;
 

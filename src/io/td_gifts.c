@@ -38,11 +38,10 @@
  * before. Atomic: Redis runs one script at a time, so the seen key and the
  * entry appear together or not at all.
  */
-static const char tg_lua[] =
-    "if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then\n"
-    "  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))\n"
-    "end\n"
-    "return false\n";
+static const char tg_lua[] = "if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then\n"
+                             "  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))\n"
+                             "end\n"
+                             "return false\n";
 
 struct td_gifts {
     td_redis_conf rconf; /* an owned copy (td_redis_conf_dup) */
@@ -63,11 +62,9 @@ static int64_t tg_mono_ms(void) {
 int td_gift_local_year(td_tzdb *tz, const char *zone, const td_settings *set, td_ms t) {
     td_civil c;
     const char *def = set ? set->default_timezone : "";
-    if (!zone || !zone[0])
-        zone = def;
+    if (!zone || !zone[0]) zone = def;
     if (tz && zone[0] && strcmp(zone, "UTC") != 0) {
-        if (td_tz_local(tz, zone, t, &c, NULL) == TD_OK)
-            return c.year;
+        if (td_tz_local(tz, zone, t, &c, NULL) == TD_OK) return c.year;
         /* an unknown prospect zone falls back to the default zone (td_state) */
         if (zone != def && def[0] && strcmp(def, "UTC") != 0 &&
             td_tz_local(tz, def, t, &c, NULL) == TD_OK)
@@ -91,13 +88,11 @@ void td_gift_rec_from_event(td_gift_rec *r, const td_event *ev, const td_state *
     r->kind = (ev->has & TD_HAS_GIFT_KIND) ? ev->gift_kind : TD_GK_NONE;
     r->value_eur = (ev->has & TD_HAS_VALUE) ? ev->value_eur : TD_DEC_MISSING;
     r->items = (ev->has & TD_HAS_ITEMS) ? ev->items : TD_INT_MISSING;
-    if (ev->has & TD_HAS_WRAPPING)
-        td_strlcpy(r->wrapping, ev->wrapping, sizeof r->wrapping);
+    if (ev->has & TD_HAS_WRAPPING) td_strlcpy(r->wrapping, ev->wrapping, sizeof r->wrapping);
 }
 
 size_t td_gift_dec_format(td_dec d, char *buf, size_t cap) {
-    if (d == TD_DEC_MISSING)
-        return (size_t)snprintf(buf, cap, "%s", "");
+    if (d == TD_DEC_MISSING) return (size_t)snprintf(buf, cap, "%s", "");
     bool neg = d < 0;
     uint64_t u = neg ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
     uint64_t ip = u / TD_DEC_SCALE, fp = u % TD_DEC_SCALE;
@@ -118,20 +113,17 @@ int td_gift_dec_parse(const char *s, size_t len, td_dec *out) {
         neg = true;
         i++;
     }
-    if (i >= len || s[i] < '0' || s[i] > '9')
-        return TD_ERR;
+    if (i >= len || s[i] < '0' || s[i] > '9') return TD_ERR;
     uint64_t ip = 0;
     while (i < len && s[i] >= '0' && s[i] <= '9') {
-        if (ip > (uint64_t)INT64_MAX / TD_DEC_SCALE / 10)
-            return TD_ERR;
+        if (ip > (uint64_t)INT64_MAX / TD_DEC_SCALE / 10) return TD_ERR;
         ip = ip * 10 + (uint64_t)(s[i++] - '0');
     }
     uint64_t fp = 0;
     int nd = 0;
     if (i < len && s[i] == '.') {
         i++;
-        if (i >= len)
-            return TD_ERR;
+        if (i >= len) return TD_ERR;
         while (i < len && s[i] >= '0' && s[i] <= '9') {
             if (nd < 4) {
                 fp = fp * 10 + (uint64_t)(s[i] - '0');
@@ -142,15 +134,13 @@ int td_gift_dec_parse(const char *s, size_t len, td_dec *out) {
             i++;
         }
     }
-    if (i != len)
-        return TD_ERR;
+    if (i != len) return TD_ERR;
     while (nd < 4) {
         fp *= 10;
         nd++;
     }
     uint64_t v = ip * TD_DEC_SCALE + fp;
-    if (v > (uint64_t)INT64_MAX)
-        return TD_ERR;
+    if (v > (uint64_t)INT64_MAX) return TD_ERR;
     *out = neg ? -(td_dec)v : (td_dec)v;
     return TD_OK;
 }
@@ -166,14 +156,13 @@ int td_gift_rec_json(const td_gift_rec *r, td_buf *out) {
     if (r->owner_id[0] && (td_buf_append(out, ",\"owner_id\":", 12) < 0 ||
                            td_buf_json_str(out, r->owner_id, strlen(r->owner_id)) < 0))
         return TD_ERR;
-    if (td_buf_printf(out, ",\"occurred_at\":\"%s\",\"year\":%d", t, r->year) < 0)
-        return TD_ERR;
-    if (r->kind != TD_GK_NONE && td_buf_printf(out, ",\"kind\":\"%s\"", td_gift_kind_name(r->kind)) < 0)
+    if (td_buf_printf(out, ",\"occurred_at\":\"%s\",\"year\":%d", t, r->year) < 0) return TD_ERR;
+    if (r->kind != TD_GK_NONE &&
+        td_buf_printf(out, ",\"kind\":\"%s\"", td_gift_kind_name(r->kind)) < 0)
         return TD_ERR;
     if (r->value_eur != TD_DEC_MISSING) {
         td_gift_dec_format(r->value_eur, v, sizeof v);
-        if (td_buf_printf(out, ",\"value_eur\":\"%s\"", v) < 0)
-            return TD_ERR;
+        if (td_buf_printf(out, ",\"value_eur\":\"%s\"", v) < 0) return TD_ERR;
     }
     if (r->items != TD_INT_MISSING && td_buf_printf(out, ",\"items\":%" PRId64, r->items) < 0)
         return TD_ERR;
@@ -217,12 +206,10 @@ static int tg_load_script(td_gifts *g) {
 /* ------------------------------------------------------------ life cycle */
 
 td_gifts *td_gifts_new(const td_redis_conf *rconf, int retention_days, char *err, size_t errcap) {
-    if (err && errcap)
-        err[0] = '\0';
+    if (err && errcap) err[0] = '\0';
     if (!rconf->host || !rconf->key_prefix || rconf->command_timeout_ms <= 0 ||
         rconf->connect_timeout_ms <= 0 || rconf->backoff_min_ms <= 0) {
-        if (err && errcap)
-            snprintf(err, errcap, "redis gifts: incomplete redis configuration");
+        if (err && errcap) snprintf(err, errcap, "redis gifts: incomplete redis configuration");
         return NULL;
     }
     if (retention_days < 1 || retention_days > 36500) {
@@ -232,24 +219,20 @@ td_gifts *td_gifts_new(const td_redis_conf *rconf, int retention_days, char *err
         return NULL;
     }
     td_gifts *g = calloc(1, sizeof *g);
-    if (!g)
-        goto oom;
+    if (!g) goto oom;
     g->retention_days = retention_days;
-    if (td_redis_conf_dup(&g->rconf, rconf) != TD_OK)
-        goto oom;
+    if (td_redis_conf_dup(&g->rconf, rconf) != TD_OK) goto oom;
     td_rconn_init(&g->rc, &g->rconf, "redis gifts", g->err, sizeof g->err);
     (void)tg_ensure(g); /* a failure is retried by the next call */
     return g;
 oom:
     td_gifts_free(g);
-    if (err && errcap)
-        snprintf(err, errcap, "redis gifts: out of memory");
+    if (err && errcap) snprintf(err, errcap, "redis gifts: out of memory");
     return NULL;
 }
 
 void td_gifts_free(td_gifts *g) {
-    if (!g)
-        return;
+    if (!g) return;
     td_rconn_close(&g->rc);
     td_redis_conf_release(&g->rconf);
     free(g);
@@ -277,8 +260,10 @@ static void tg_build(const td_gifts *g, const td_gift_rec *r, tg_cmd *c) {
     tg_arg(c, "EVALSHA", 7);
     tg_arg(c, g->sha, 40);
     tg_arg(c, "2", 1);
-    tg_arg(c, c->seen, td_gifts_seen_key(g->rconf.key_prefix, r->event_id, c->seen, sizeof c->seen));
-    tg_arg(c, c->stream, td_gifts_stream_key(g->rconf.key_prefix, r->year, c->stream, sizeof c->stream));
+    tg_arg(c, c->seen,
+           td_gifts_seen_key(g->rconf.key_prefix, r->event_id, c->seen, sizeof c->seen));
+    tg_arg(c, c->stream,
+           td_gifts_stream_key(g->rconf.key_prefix, r->year, c->stream, sizeof c->stream));
     tg_arg(c, c->ttl,
            (size_t)snprintf(c->ttl, sizeof c->ttl, "%lld", (long long)g->retention_days * 86400));
     tg_arg(c, "event_id", 8);
@@ -340,8 +325,7 @@ static int tg_pass(td_gifts *g, const td_gift_rec *recs, size_t *todo, size_t *n
         if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 && memcmp(rep->str, "NOSCRIPT", 8) == 0)
             todo[again++] = todo[k];
         else if (rep->type == REDIS_REPLY_ERROR) {
-            if (rc == TD_OK)
-                tg_seterr(g, "redis gifts: EVALSHA: %.*s", (int)rep->len, rep->str);
+            if (rc == TD_OK) tg_seterr(g, "redis gifts: EVALSHA: %.*s", (int)rep->len, rep->str);
             rc = TD_ERR; /* keep reading: the connection stays in sync */
         } else if (rep->type == REDIS_REPLY_STRING && added) {
             (*added)++;
@@ -353,10 +337,8 @@ static int tg_pass(td_gifts *g, const td_gift_rec *recs, size_t *todo, size_t *n
 }
 
 int td_gifts_write(td_gifts *g, const td_gift_rec *recs, size_t n, size_t *added) {
-    if (added)
-        *added = 0;
-    if (n == 0)
-        return TD_OK;
+    if (added) *added = 0;
+    if (n == 0) return TD_OK;
     size_t *todo = malloc(n * sizeof *todo);
     if (!todo) {
         tg_seterr(g, "redis gifts: out of memory");
@@ -367,17 +349,13 @@ int td_gifts_write(td_gifts *g, const td_gift_rec *recs, size_t n, size_t *added
     size_t ntodo = n;
     int rc = TD_ERR, stale_retries = 0;
     for (int attempt = 0; attempt < 4; attempt++) {
-        if (tg_ensure(g) != TD_OK)
-            break;
-        if (!g->sha[0] && tg_load_script(g) != TD_OK)
-            break;
+        if (tg_ensure(g) != TD_OK) break;
+        if (!g->sha[0] && tg_load_script(g) != TD_OK) break;
         rc = tg_pass(g, recs, todo, &ntodo, added);
         if (rc == 1 && stale_retries++ == 0)
             continue; /* an idle connection the server closed: once more */
-        if (rc != TD_OK)
-            break;
-        if (ntodo == 0)
-            break;
+        if (rc != TD_OK) break;
+        if (ntodo == 0) break;
         g->sha[0] = '\0'; /* NOSCRIPT: load again, retry those */
         rc = TD_ERR;
         tg_seterr(g, "redis gifts: EVALSHA kept failing with NOSCRIPT");
@@ -408,12 +386,10 @@ static int tg_parse_entry(const redisReply *fl, int year, td_gift_rec *r) {
     r->value_eur = TD_DEC_MISSING;
     r->items = TD_INT_MISSING;
     r->kind = TD_GK_NONE;
-    if (fl->type != REDIS_REPLY_ARRAY)
-        return TD_ERR;
+    if (fl->type != REDIS_REPLY_ARRAY) return TD_ERR;
     for (size_t i = 0; i + 1 < fl->elements; i += 2) {
         const redisReply *f = fl->element[i], *v = fl->element[i + 1];
-        if (v->type != REDIS_REPLY_STRING)
-            return TD_ERR;
+        if (v->type != REDIS_REPLY_STRING) return TD_ERR;
         if (tg_eq(f, "event_id"))
             tg_copy(r->event_id, sizeof r->event_id, v);
         else if (tg_eq(f, "prospect_id"))
@@ -423,22 +399,19 @@ static int tg_parse_entry(const redisReply *fl, int year, td_gift_rec *r) {
         else if (tg_eq(f, "wrapping"))
             tg_copy(r->wrapping, sizeof r->wrapping, v);
         else if (tg_eq(f, "occurred_at")) {
-            if (td_time_parse(v->str, v->len, &r->occurred_at) != TD_OK)
-                return TD_ERR;
+            if (td_time_parse(v->str, v->len, &r->occurred_at) != TD_OK) return TD_ERR;
         } else if (tg_eq(f, "kind")) {
             int k = td_gift_kind_parse(v->str, v->len);
             r->kind = k < 0 ? TD_GK_NONE : (td_gift_kind)k;
         } else if (tg_eq(f, "value_eur")) {
-            if (td_gift_dec_parse(v->str, v->len, &r->value_eur) != TD_OK)
-                return TD_ERR;
+            if (td_gift_dec_parse(v->str, v->len, &r->value_eur) != TD_OK) return TD_ERR;
         } else if (tg_eq(f, "items")) {
             char b[24];
             tg_copy(b, sizeof b, v);
             char *end;
             errno = 0;
             long long x = strtoll(b, &end, 10);
-            if (errno || end == b || *end)
-                return TD_ERR;
+            if (errno || end == b || *end) return TD_ERR;
             r->items = x;
         } /* unknown fields: a newer touchd; ignored */
     }
@@ -450,13 +423,11 @@ int td_gifts_read(td_gifts *g, int year, const char *prospect_id, td_gift_rec **
     char key[96], start[64] = "-";
     td_gifts_stream_key(g->rconf.key_prefix, year, key, sizeof key);
     for (;;) {
-        if (tg_ensure(g) != TD_OK)
-            return TD_ERR;
+        if (tg_ensure(g) != TD_OK) return TD_ERR;
         const char *argv[6] = {"XRANGE", key, start, "+", "COUNT", "1000"};
         size_t lens[6] = {6, strlen(key), strlen(start), 1, 5, 4};
         redisReply *rep = tg_command(g, 6, argv, lens);
-        if (!rep)
-            return TD_ERR;
+        if (!rep) return TD_ERR;
         if (rep->type != REDIS_REPLY_ARRAY) {
             tg_seterr(g, "redis gifts: XRANGE %s: %.*s", key,
                       rep->type == REDIS_REPLY_ERROR ? (int)rep->len : 16,
@@ -480,8 +451,7 @@ int td_gifts_read(td_gifts *g, int year, const char *prospect_id, td_gift_rec **
                 freeReplyObject(rep);
                 return TD_ERR;
             }
-            if (prospect_id && strcmp(prospect_id, r.prospect_id) != 0)
-                continue;
+            if (prospect_id && strcmp(prospect_id, r.prospect_id) != 0) continue;
             if (*n == *cap) {
                 size_t nc = *cap ? *cap * 2 : 64;
                 td_gift_rec *v = realloc(*out, nc * sizeof *v);
@@ -496,8 +466,7 @@ int td_gifts_read(td_gifts *g, int year, const char *prospect_id, td_gift_rec **
             (*out)[(*n)++] = r;
         }
         freeReplyObject(rep);
-        if (got < 1000)
-            return TD_OK;
+        if (got < 1000) return TD_OK;
     }
 }
 
@@ -511,8 +480,7 @@ int td_gifts_years(td_gifts *g, int *years, size_t max) {
     char pat[200];
     size_t o = 0;
     for (const char *p = g->rconf.key_prefix; *p && o + 2 < sizeof pat - 16; p++) {
-        if (*p == '*' || *p == '?' || *p == '[' || *p == ']' || *p == '\\')
-            pat[o++] = '\\';
+        if (*p == '*' || *p == '?' || *p == '[' || *p == ']' || *p == '\\') pat[o++] = '\\';
         pat[o++] = *p;
     }
     snprintf(pat + o, sizeof pat - o, ":gifts:[0-9][0-9][0-9][0-9]");
@@ -520,13 +488,11 @@ int td_gifts_years(td_gifts *g, int *years, size_t max) {
     char cursor[32] = "0";
     size_t n = 0;
     do {
-        if (tg_ensure(g) != TD_OK)
-            return TD_ERR;
+        if (tg_ensure(g) != TD_OK) return TD_ERR;
         const char *argv[8] = {"SCAN", cursor, "MATCH", pat, "COUNT", "1000", "TYPE", "stream"};
         size_t lens[8] = {4, strlen(cursor), 5, strlen(pat), 5, 4, 4, 6};
         redisReply *rep = tg_command(g, 8, argv, lens);
-        if (!rep)
-            return TD_ERR;
+        if (!rep) return TD_ERR;
         if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
             rep->element[0]->type != REDIS_REPLY_STRING ||
             rep->element[1]->type != REDIS_REPLY_ARRAY) {
@@ -540,16 +506,14 @@ int td_gifts_years(td_gifts *g, int *years, size_t max) {
         const redisReply *ks = rep->element[1];
         for (size_t i = 0; i < ks->elements; i++) {
             const redisReply *k = ks->element[i];
-            if (k->type != REDIS_REPLY_STRING || k->len != plen + 4)
-                continue;
+            if (k->type != REDIS_REPLY_STRING || k->len != plen + 4) continue;
             int y = 0;
             for (size_t j = plen; j < k->len; j++)
                 y = y * 10 + (k->str[j] - '0');
             bool dup = false;
             for (size_t j = 0; j < n; j++)
                 dup = dup || years[j] == y;
-            if (!dup && n < max)
-                years[n++] = y;
+            if (!dup && n < max) years[n++] = y;
         }
         freeReplyObject(rep);
     } while (strcmp(cursor, "0") != 0);
@@ -581,11 +545,9 @@ static void tg_kafka_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     (void)rk;
     td_gifts_kafka *k = opaque;
     uintptr_t tag = (uintptr_t)m->_private;
-    if ((uint32_t)(tag >> 32) != k->gen)
-        return; /* a report of an earlier round */
+    if ((uint32_t)(tag >> 32) != k->gen) return; /* a report of an earlier round */
     size_t i = (size_t)(tag & 0xffffffffu);
-    if (i >= k->nout || k->out[i].state != 0)
-        return;
+    if (i >= k->nout || k->out[i].state != 0) return;
     if (m->err) {
         k->out[i].state = 2;
         k->failed++;
@@ -631,17 +593,14 @@ static void tg_kafka_ensure_topic(td_gifts_kafka *k, int partitions) {
         bool ok = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
                   md->topics[0].partition_cnt > 0;
         rd_kafka_metadata_destroy(md);
-        if (ok)
-            return;
+        if (ok) return;
     }
     rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(k->topic, partitions, 1, NULL, 0);
-    if (!nt)
-        return;
+    if (!nt) return;
     rd_kafka_queue_t *q = rd_kafka_queue_new(k->rk);
     rd_kafka_CreateTopics(k->rk, &nt, 1, NULL, q);
     rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 5000);
-    if (ev)
-        rd_kafka_event_destroy(ev);
+    if (ev) rd_kafka_event_destroy(ev);
     rd_kafka_queue_destroy(q);
     rd_kafka_NewTopic_destroy(nt);
 }
@@ -686,18 +645,15 @@ td_gifts_kafka *td_gifts_kafka_new(const td_config *cfg, const char *bootstraps,
         return NULL;
     }
     k->rkt = rd_kafka_topic_new(k->rk, k->topic, NULL);
-    if (cfg->kafka.embedded)
-        tg_kafka_ensure_topic(k, cfg->kafka.embedded_partitions);
+    if (cfg->kafka.embedded) tg_kafka_ensure_topic(k, cfg->kafka.embedded_partitions);
     return k;
 }
 
 void td_gifts_kafka_free(td_gifts_kafka *k) {
-    if (!k)
-        return;
+    if (!k) return;
     if (k->rk) {
         rd_kafka_flush(k->rk, 2000);
-        if (k->rkt)
-            rd_kafka_topic_destroy(k->rkt);
+        if (k->rkt) rd_kafka_topic_destroy(k->rkt);
         rd_kafka_destroy(k->rk);
     }
     free(k->topic);
@@ -717,16 +673,13 @@ static int tg_kafka_enqueue(td_gifts_kafka *k, size_t i) {
     void *tag = (void *)(((uintptr_t)k->gen << 32) | (uintptr_t)i);
     o->state = 0;
     for (;;) {
-        if (k->fatal)
-            return -1;
+        if (k->fatal) return -1;
         rd_kafka_resp_err_t e = rd_kafka_producev(
             k->rk, RD_KAFKA_V_RKT(k->rkt), RD_KAFKA_V_KEY(k->arena.p + o->koff, o->klen),
             RD_KAFKA_V_VALUE(k->arena.p + o->off, o->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
-        if (!e)
-            return 0;
-        if (e == RD_KAFKA_RESP_ERR__FATAL)
-            return -1;
+        if (!e) return 0;
+        if (e == RD_KAFKA_RESP_ERR__FATAL) return -1;
         /* queue full or a transient error: serve reports, retry */
         rd_kafka_poll(k->rk, e == RD_KAFKA_RESP_ERR__QUEUE_FULL ? 10 : 200);
     }
@@ -736,19 +689,16 @@ int td_gifts_kafka_send(td_gifts_kafka *k, const td_gift_rec *r) {
     if (k->nout == k->capout) {
         size_t cap = k->capout ? k->capout * 2 : 64;
         tg_kout *v = realloc(k->out, cap * sizeof *v);
-        if (!v)
-            return -1;
+        if (!v) return -1;
         k->out = v;
         k->capout = cap;
     }
     tg_kout *o = &k->out[k->nout];
     o->koff = k->arena.len;
     o->klen = strlen(r->prospect_id);
-    if (td_buf_append(&k->arena, r->prospect_id, o->klen) < 0)
-        return -1;
+    if (td_buf_append(&k->arena, r->prospect_id, o->klen) < 0) return -1;
     o->off = k->arena.len;
-    if (td_gift_rec_json(r, &k->arena) != TD_OK)
-        return -1;
+    if (td_gift_rec_json(r, &k->arena) != TD_OK) return -1;
     o->len = k->arena.len - o->off;
     k->nout++;
     return tg_kafka_enqueue(k, k->nout - 1);
@@ -757,15 +707,12 @@ int td_gifts_kafka_send(td_gifts_kafka *k, const td_gift_rec *r) {
 int td_gifts_kafka_wait(td_gifts_kafka *k, const volatile sig_atomic_t *stop, int stop_grace_ms) {
     int64_t give_up = -1;
     while (k->acked < k->nout) {
-        if (k->fatal)
-            return -1;
+        if (k->fatal) return -1;
         if (k->failed) {
             for (size_t i = 0; i < k->nout; i++) {
-                if (k->out[i].state != 2)
-                    continue;
+                if (k->out[i].state != 2) continue;
                 k->failed--;
-                if (tg_kafka_enqueue(k, i) < 0)
-                    return -1;
+                if (tg_kafka_enqueue(k, i) < 0) return -1;
             }
         }
         rd_kafka_flush(k->rk, 10);

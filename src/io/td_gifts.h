@@ -48,10 +48,10 @@ typedef struct td_gift_rec {
     char prospect_id[TD_ID_MAX + 1];
     char owner_id[TD_ID_MAX + 1]; /* "" when unknown */
     td_ms occurred_at;
-    int year;                     /* the prospect's local calendar year of occurred_at */
-    td_gift_kind kind;            /* TD_GK_NONE when the event had none */
-    td_dec value_eur;             /* TD_DEC_MISSING when the event had none */
-    int64_t items;                /* TD_INT_MISSING when the event had none */
+    int year;                        /* the prospect's local calendar year of occurred_at */
+    td_gift_kind kind;               /* TD_GK_NONE when the event had none */
+    td_dec value_eur;                /* TD_DEC_MISSING when the event had none */
+    int64_t items;                   /* TD_INT_MISSING when the event had none */
     char wrapping[TD_SHORT_MAX + 1]; /* "" when none */
 } td_gift_rec;
 

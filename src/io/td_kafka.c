@@ -33,8 +33,8 @@
 #include "td_mock_nodelay.h"
 
 typedef struct td_kout {
-    uint8_t dlq;   /* 0: recommendation, 1: dead letter */
-    uint8_t state; /* TD_KOUT_* */
+    uint8_t dlq;          /* 0: recommendation, 1: dead letter */
+    uint8_t state;        /* TD_KOUT_* */
     size_t key_off, klen; /* klen == SIZE_MAX: no key */
     size_t val_off, vlen;
     /* dead letters: NUL-terminated strings in the arena */
@@ -88,11 +88,11 @@ static int64_t td_kafka_now_ms(void) {
 /* ---------------------------------------------------------- callbacks */
 
 static void td_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    td_log_level l = level <= 3 ? TD_LOG_ERROR : level == 4 ? TD_LOG_WARN
-                                             : level <= 6   ? TD_LOG_INFO
-                                                            : TD_LOG_DEBUG;
-    if (!td_log_enabled(l))
-        return;
+    td_log_level l = level <= 3   ? TD_LOG_ERROR
+                     : level == 4 ? TD_LOG_WARN
+                     : level <= 6 ? TD_LOG_INFO
+                                  : TD_LOG_DEBUG;
+    if (!td_log_enabled(l)) return;
     char q[1024];
     td_log(l, "librdkafka", "client=%s fac=%s detail=%s", rd_kafka_name(rk), fac,
            td_log_quote(q, sizeof q, buf));
@@ -123,11 +123,9 @@ static void td_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
     uintptr_t tag = (uintptr_t)m->_private;
     uint32_t gen = (uint32_t)(tag >> 32);
     size_t idx = (size_t)(tag & 0xffffffffu);
-    if (gen != k->gen || idx >= k->nout)
-        return; /* a report of an abandoned round (shutdown) */
+    if (gen != k->gen || idx >= k->nout) return; /* a report of an abandoned round (shutdown) */
     td_kout *o = &k->out[idx];
-    if (o->state != TD_KOUT_INFLIGHT)
-        return;
+    if (o->state != TD_KOUT_INFLIGHT) return;
     if (m->err) {
         o->state = TD_KOUT_FAILED;
         k->failed++;
@@ -146,8 +144,7 @@ static void td_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
 }
 
 static void td_kafka_log_parts(const char *what, const rd_kafka_topic_partition_list_t *parts) {
-    if (!td_log_enabled(TD_LOG_INFO))
-        return;
+    if (!td_log_enabled(TD_LOG_INFO)) return;
     char list[1024];
     size_t o = 0;
     list[0] = '\0';
@@ -186,8 +183,7 @@ static void td_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_assign(rk, parts);
         }
         k->st.assigned += parts->cnt;
-        if (k->held)
-            rd_kafka_pause_partitions(rk, parts);
+        if (k->held) rd_kafka_pause_partitions(rk, parts);
         td_kafka_log_parts("partitions assigned", parts);
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         bool lost = rd_kafka_assignment_lost(rk);
@@ -210,13 +206,11 @@ static void td_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_assign(rk, NULL);
         }
         k->st.assigned -= parts->cnt;
-        if (k->st.assigned < 0 || !k->cooperative)
-            k->st.assigned = 0;
+        if (k->st.assigned < 0 || !k->cooperative) k->st.assigned = 0;
         td_kafka_log_parts(lost ? "partitions lost" : "partitions revoked", parts);
     } else {
         td_log_error("rebalance error", "err=%s", rd_kafka_err2name(err));
-        if (!k->cooperative)
-            rd_kafka_assign(rk, NULL);
+        if (!k->cooperative) rd_kafka_assign(rk, NULL);
     }
 }
 
@@ -232,8 +226,8 @@ static int td_kafka_set(rd_kafka_conf_t *conf, const char *name, const char *val
     return 0;
 }
 
-static int td_kafka_passthrough(const td_kafka *k, rd_kafka_conf_t *conf, const td_kv *kv,
-                                size_t n, const char *group, char *err, size_t errcap) {
+static int td_kafka_passthrough(const td_kafka *k, rd_kafka_conf_t *conf, const td_kv *kv, size_t n,
+                                const char *group, char *err, size_t errcap) {
     for (size_t i = 0; i < n; i++) {
         char e[256];
         if (rd_kafka_conf_set(conf, kv[i].key, kv[i].val, e, sizeof e) != RD_KAFKA_CONF_OK) {
@@ -330,8 +324,7 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
     k->cfg = cfg;
     k->gen = 1;
     if (cfg->kafka.embedded) {
-        if (td_kafka_start_embedded(k, err, errcap) < 0)
-            goto fail;
+        if (td_kafka_start_embedded(k, err, errcap) < 0) goto fail;
     } else {
         k->bootstraps = strdup(cfg->kafka.brokers);
     }
@@ -419,8 +412,7 @@ fail:
 }
 
 void td_kafka_close(td_kafka *k, int timeout_ms) {
-    if (!k || k->closed)
-        return;
+    if (!k || k->closed) return;
     k->closed = true;
     if (k->consumer) {
         rd_kafka_resp_err_t ce = rd_kafka_commit(k->consumer, NULL, 0);
@@ -429,8 +421,7 @@ void td_kafka_close(td_kafka *k, int timeout_ms) {
         else
             td_log_info("offsets committed", "final=true");
         rd_kafka_resp_err_t xe = rd_kafka_consumer_close(k->consumer);
-        if (xe)
-            td_log_warn("consumer close", "err=%s", rd_kafka_err2name(xe));
+        if (xe) td_log_warn("consumer close", "err=%s", rd_kafka_err2name(xe));
     }
     if (k->producer) {
         rd_kafka_resp_err_t fe = rd_kafka_flush(k->producer, timeout_ms);
@@ -441,28 +432,21 @@ void td_kafka_close(td_kafka *k, int timeout_ms) {
 }
 
 void td_kafka_free(td_kafka *k) {
-    if (!k)
-        return;
+    if (!k) return;
     td_kafka_close(k, 5000);
     for (size_t i = k->headstash; i < k->nstash; i++)
         rd_kafka_message_destroy(k->stash[i]);
     free(k->stash);
-    if (k->out_rkt)
-        rd_kafka_topic_destroy(k->out_rkt);
-    if (k->dlq_rkt)
-        rd_kafka_topic_destroy(k->dlq_rkt);
-    if (k->consumer)
-        rd_kafka_destroy(k->consumer);
-    if (k->producer)
-        rd_kafka_destroy(k->producer);
+    if (k->out_rkt) rd_kafka_topic_destroy(k->out_rkt);
+    if (k->dlq_rkt) rd_kafka_topic_destroy(k->dlq_rkt);
+    if (k->consumer) rd_kafka_destroy(k->consumer);
+    if (k->producer) rd_kafka_destroy(k->producer);
     td_mock_nodelay_free(k->nodelay);
     if (k->mcluster) {
         rd_kafka_mock_cluster_destroy(k->mcluster);
-        if (k->cfg->kafka.bootstrap_file[0])
-            unlink(k->cfg->kafka.bootstrap_file);
+        if (k->cfg->kafka.bootstrap_file[0]) unlink(k->cfg->kafka.bootstrap_file);
     }
-    if (k->mock_rk)
-        rd_kafka_destroy(k->mock_rk);
+    if (k->mock_rk) rd_kafka_destroy(k->mock_rk);
     free(k->out);
     free(k->arena);
     free(k->bootstraps);
@@ -476,8 +460,7 @@ const char *td_kafka_fatal(td_kafka *k) { return k->fatal_set ? k->fatal : NULL;
 /* ------------------------------------------------------------ consume */
 
 static void td_kafka_consumer_error(td_kafka *k, rd_kafka_message_t *m) {
-    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-        return;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
     if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
         td_kafka_error_cb(k->consumer, m->err, rd_kafka_message_errstr(m), k);
         return;
@@ -491,13 +474,11 @@ static void td_kafka_consumer_error(td_kafka *k, rd_kafka_message_t *m) {
 rd_kafka_message_t *td_kafka_poll(td_kafka *k, int timeout_ms) {
     if (k->headstash < k->nstash) {
         rd_kafka_message_t *m = k->stash[k->headstash++];
-        if (k->headstash == k->nstash)
-            k->headstash = k->nstash = 0;
+        if (k->headstash == k->nstash) k->headstash = k->nstash = 0;
         return m;
     }
     rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
-    if (!m)
-        return NULL;
+    if (!m) return NULL;
     if (m->err) {
         td_kafka_consumer_error(k, m);
         rd_kafka_message_destroy(m);
@@ -525,17 +506,14 @@ static size_t td_kafka_arena_put(td_kafka *k, const void *p, size_t n, bool nul)
         while (cap < need)
             cap *= 2;
         char *a = realloc(k->arena, cap);
-        if (!a)
-            abort(); /* out of memory: nothing sensible to do in a daemon */
+        if (!a) abort(); /* out of memory: nothing sensible to do in a daemon */
         k->arena = a;
         k->acap = cap;
     }
     size_t off = k->alen;
-    if (n)
-        memcpy(k->arena + off, p, n);
+    if (n) memcpy(k->arena + off, p, n);
     k->alen += n;
-    if (nul)
-        k->arena[k->alen++] = '\0';
+    if (nul) k->arena[k->alen++] = '\0';
     return off;
 }
 
@@ -543,8 +521,7 @@ static td_kout *td_kafka_out_new(td_kafka *k) {
     if (k->nout == k->capout) {
         size_t cap = k->capout ? k->capout * 2 : 1024;
         td_kout *v = realloc(k->out, cap * sizeof *v);
-        if (!v)
-            abort();
+        if (!v) abort();
         k->out = v;
         k->capout = cap;
     }
@@ -563,15 +540,13 @@ static int td_kafka_enqueue(td_kafka *k, size_t idx) {
     int64_t warned_at = 0;
     o->state = TD_KOUT_INFLIGHT;
     for (;;) {
-        if (k->fatal_set)
-            return -1;
+        if (k->fatal_set) return -1;
         rd_kafka_resp_err_t err;
         if (!o->dlq) {
-            err = rd_kafka_producev(k->producer, RD_KAFKA_V_RKT(k->out_rkt),
-                                    RD_KAFKA_V_KEY(key, klen),
-                                    RD_KAFKA_V_VALUE(k->arena + o->val_off, o->vlen),
-                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                    RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
+            err = rd_kafka_producev(
+                k->producer, RD_KAFKA_V_RKT(k->out_rkt), RD_KAFKA_V_KEY(key, klen),
+                RD_KAFKA_V_VALUE(k->arena + o->val_off, o->vlen),
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
         } else {
             char part[16], off[24];
             snprintf(part, sizeof part, "%d", (int)o->partition);
@@ -585,21 +560,18 @@ static int td_kafka_enqueue(td_kafka *k, size_t idx) {
             err = rd_kafka_producev(k->producer, RD_KAFKA_V_RKT(k->dlq_rkt),
                                     RD_KAFKA_V_KEY(key, klen),
                                     RD_KAFKA_V_VALUE(k->arena + o->val_off, o->vlen),
-                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                    RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
-            if (err)
-                rd_kafka_headers_destroy(h); /* ownership passes only on success */
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+                                    RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
+            if (err) rd_kafka_headers_destroy(h); /* ownership passes only on success */
         }
-        if (!err)
-            return 0;
+        if (!err) return 0;
         if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
             /* Back-pressure: serve delivery reports to make room. */
             k->st.queue_full++;
             rd_kafka_poll(k->producer, 10);
             continue;
         }
-        if (err == RD_KAFKA_RESP_ERR__FATAL)
-            return -1;
+        if (err == RD_KAFKA_RESP_ERR__FATAL) return -1;
         /* Anything else (unknown topic, message too large...) cannot be
          * skipped without losing a recommendation: log and retry slowly. */
         int64_t now = td_kafka_now_ms();
@@ -657,8 +629,7 @@ int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop
         }
         if (k->failed) {
             for (size_t i = 0; i < k->nout; i++) {
-                if (k->out[i].state != TD_KOUT_FAILED)
-                    continue;
+                if (k->out[i].state != TD_KOUT_FAILED) continue;
                 k->failed--;
                 k->st.resent++;
                 if (td_kafka_enqueue(k, i) < 0) {
@@ -671,13 +642,11 @@ int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop
         rd_kafka_flush(k->producer, holding ? 100 : 10);
         int64_t now = td_kafka_now_ms();
         if (!holding && now - start > 1000 && k->acked < k->nout) {
-            td_log_warn("waiting for delivery reports", "pending=%zu",
-                        k->nout - k->acked);
+            td_log_warn("waiting for delivery reports", "pending=%zu", k->nout - k->acked);
             td_kafka_hold(k);
             holding = true;
         }
-        if (holding)
-            td_kafka_keepalive(k, 0);
+        if (holding) td_kafka_keepalive(k, 0);
         if (stop && *stop) {
             if (give_up_at < 0)
                 give_up_at = now + stop_grace_ms;
@@ -691,16 +660,14 @@ int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop
         }
     }
 out:
-    if (holding)
-        td_kafka_release(k);
+    if (holding) td_kafka_release(k);
     return rc;
 }
 
 /* ------------------------------------------------------------- offsets */
 
 void td_kafka_store(td_kafka *k, rd_kafka_message_t *const *msgs, size_t n) {
-    if (n == 0)
-        return;
+    if (n == 0) return;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
     for (size_t i = 0; i < n; i++) {
         const rd_kafka_message_t *m = msgs[i];
@@ -713,10 +680,8 @@ void td_kafka_store(td_kafka *k, rd_kafka_message_t *const *msgs, size_t n) {
                 p = &l->elems[j];
                 break;
             }
-        if (!p)
-            p = rd_kafka_topic_partition_list_add(l, t, m->partition);
-        if (m->offset + 1 > p->offset)
-            p->offset = m->offset + 1;
+        if (!p) p = rd_kafka_topic_partition_list_add(l, t, m->partition);
+        if (m->offset + 1 > p->offset) p->offset = m->offset + 1;
     }
     rd_kafka_resp_err_t err = rd_kafka_offsets_store(k->consumer, l);
     if (err || td_log_enabled(TD_LOG_DEBUG)) {
@@ -734,8 +699,7 @@ void td_kafka_store(td_kafka *k, rd_kafka_message_t *const *msgs, size_t n) {
 /* ---------------------------------------------------------------- hold */
 
 void td_kafka_hold(td_kafka *k) {
-    if (k->held)
-        return;
+    if (k->held) return;
     k->held = true;
     rd_kafka_topic_partition_list_t *a = NULL;
     if (rd_kafka_assignment(k->consumer, &a) == RD_KAFKA_RESP_ERR_NO_ERROR && a) {
@@ -747,8 +711,7 @@ void td_kafka_hold(td_kafka *k) {
 
 void td_kafka_keepalive(td_kafka *k, int timeout_ms) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
-    if (!m)
-        return;
+    if (!m) return;
     if (m->err) {
         td_kafka_consumer_error(k, m);
         rd_kafka_message_destroy(m);
@@ -759,8 +722,7 @@ void td_kafka_keepalive(td_kafka *k, int timeout_ms) {
     if (k->nstash == k->capstash) {
         size_t cap = k->capstash ? k->capstash * 2 : 256;
         rd_kafka_message_t **v = realloc(k->stash, cap * sizeof *v);
-        if (!v)
-            abort();
+        if (!v) abort();
         k->stash = v;
         k->capstash = cap;
     }
@@ -768,8 +730,7 @@ void td_kafka_keepalive(td_kafka *k, int timeout_ms) {
 }
 
 void td_kafka_release(td_kafka *k) {
-    if (!k->held)
-        return;
+    if (!k->held) return;
     k->held = false;
     rd_kafka_topic_partition_list_t *a = NULL;
     if (rd_kafka_assignment(k->consumer, &a) == RD_KAFKA_RESP_ERR_NO_ERROR && a) {

@@ -126,7 +126,7 @@ typedef struct td_kafka_stats {
     uint64_t resent;     /* messages re-sent after a failed delivery */
     uint64_t queue_full; /* times the local producer queue was full */
     uint64_t rebalances;
-    int assigned;        /* partitions assigned now */
+    int assigned; /* partitions assigned now */
 } td_kafka_stats;
 void td_kafka_get_stats(const td_kafka *k, td_kafka_stats *out);
 

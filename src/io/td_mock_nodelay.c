@@ -50,12 +50,10 @@ static size_t td_mock_ports(const char *bootstraps, uint16_t *ports, size_t cap)
         size_t len = end ? (size_t)(end - p) : strlen(p);
         const char *colon = NULL;
         for (size_t i = 0; i < len; i++)
-            if (p[i] == ':')
-                colon = p + i;
+            if (p[i] == ':') colon = p + i;
         if (colon) {
             long v = strtol(colon + 1, NULL, 10);
-            if (v > 0 && v < 65536)
-                ports[n++] = (uint16_t)v;
+            if (v > 0 && v < 65536) ports[n++] = (uint16_t)v;
         }
         p = end ? end + 1 : NULL;
     }
@@ -64,25 +62,21 @@ static size_t td_mock_ports(const char *bootstraps, uint16_t *ports, size_t cap)
 
 static bool td_mock_port_is(const struct td_mock_nodelay *m, uint16_t port) {
     for (size_t i = 0; i < m->nports; i++)
-        if (m->ports[i] == port)
-            return true;
+        if (m->ports[i] == port) return true;
     return false;
 }
 
 long td_mock_nodelay_scan(td_mock_nodelay *m) {
     DIR *dir = opendir("/proc/self/fd");
-    if (!dir)
-        return -1;
+    if (!dir) return -1;
     long n = 0;
     struct dirent *de;
     while ((de = readdir(dir)) != NULL) {
         char *end;
         long fd = strtol(de->d_name, &end, 10);
-        if (*end != '\0' || end == de->d_name || fd < 0 || fd == dirfd(dir))
-            continue;
+        if (*end != '\0' || end == de->d_name || fd < 0 || fd == dirfd(dir)) continue;
         struct stat st;
-        if (fstat((int)fd, &st) != 0 || !S_ISSOCK(st.st_mode))
-            continue;
+        if (fstat((int)fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
         struct sockaddr_storage local, peer;
         socklen_t ll = sizeof local, pl = sizeof peer;
         if (getsockname((int)fd, (struct sockaddr *)&local, &ll) != 0 ||
@@ -95,14 +89,11 @@ long td_mock_nodelay_scan(td_mock_nodelay *m) {
             port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
         else
             continue;
-        if (!td_mock_port_is(m, port))
-            continue;
+        if (!td_mock_port_is(m, port)) continue;
         int one = 1, cur = 0;
         socklen_t cl = sizeof cur;
-        if (getsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &cur, &cl) == 0 && cur)
-            continue;
-        if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0)
-            n++;
+        if (getsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &cur, &cl) == 0 && cur) continue;
+        if (setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0) n++;
     }
     closedir(dir);
     atomic_fetch_add(&m->set, n);
@@ -125,8 +116,7 @@ static void *td_mock_nodelay_main(void *arg) {
 
 td_mock_nodelay *td_mock_nodelay_new(const char *bootstraps) {
     td_mock_nodelay *m = calloc(1, sizeof *m);
-    if (!m)
-        return NULL;
+    if (!m) return NULL;
     m->nports = td_mock_ports(bootstraps, m->ports, TD_MOCK_MAX_PORTS);
     if (m->nports == 0) {
         free(m);
@@ -144,8 +134,7 @@ int td_mock_nodelay_start(td_mock_nodelay *m, int period_ms) {
 long td_mock_nodelay_count(const td_mock_nodelay *m) { return atomic_load(&m->set); }
 
 void td_mock_nodelay_free(td_mock_nodelay *m) {
-    if (!m)
-        return;
+    if (!m) return;
     if (m->period_ms > 0) {
         atomic_store(&m->stop, 1);
         pthread_join(m->thread, NULL);

@@ -142,8 +142,8 @@ int td_rconn_load_script(td_rconn *rc, const char *script, size_t len, char *sha
         memcpy(sha, rep->str, 40);
         sha[40] = '\0';
     } else {
-        td_rconn_seterr(rc, "%s: SCRIPT LOAD failed: %.*s", rc->who,
-                        rep->str ? (int)rep->len : 0, rep->str ? rep->str : "unexpected reply");
+        td_rconn_seterr(rc, "%s: SCRIPT LOAD failed: %.*s", rc->who, rep->str ? (int)rep->len : 0,
+                        rep->str ? rep->str : "unexpected reply");
         rc_ = TD_ERR;
     }
     freeReplyObject(rep);

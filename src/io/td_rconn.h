@@ -25,9 +25,9 @@ typedef struct td_rconn {
     const char *who;           /* message prefix, e.g. "redis timers" */
     char *err;                 /* the owner's error buffer (borrowed) */
     size_t errcap;
-    redisContext *c;           /* NULL when disconnected */
-    int64_t backoff_ms;        /* delay after the next failure */
-    int64_t next_try_ms;       /* monotonic: no connect attempt before this */
+    redisContext *c;     /* NULL when disconnected */
+    int64_t backoff_ms;  /* delay after the next failure */
+    int64_t next_try_ms; /* monotonic: no connect attempt before this */
 } td_rconn;
 
 void td_rconn_init(td_rconn *rc, const td_redis_conf *conf, const char *who, char *err,

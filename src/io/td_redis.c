@@ -253,10 +253,10 @@ struct td_redis {
     td_redis_conf conf; /* an owned copy (td_redis_conf_dup) */
     size_t prefix_len;  /* strlen(conf.key_prefix) */
     redisContext *c;
-    int64_t backoff_ms;   /* delay after the next failure */
-    int64_t next_try_ms;  /* monotonic: no connect attempt before this */
-    char sha[41];         /* SHA1 of the script once loaded ("" before) */
-    char dsha[41];        /* SHA1 of the diff script once loaded ("" before) */
+    int64_t backoff_ms;    /* delay after the next failure */
+    int64_t next_try_ms;   /* monotonic: no connect attempt before this */
+    char sha[41];          /* SHA1 of the script once loaded ("" before) */
+    char dsha[41];         /* SHA1 of the diff script once loaded ("" before) */
     uint32_t timer_shards; /* 0: no timer index (td_redis_set_timer_shards) */
     char err[512];
     td_rscratch s;
@@ -271,10 +271,10 @@ struct td_redis {
      * out[0..split) and out[split..len), without copying them into out */
     struct iovec run[TD_REDIS_DIFF_CHUNK / 2 + 1];
     size_t nrun, split;
-    size_t tx_max; /* tests: td_redis_set_send_limit */
-    struct td_redis *peer; /* rd_diff_watch's second lane (td_redis_set_lanes) */
-    unsigned lanes;        /* 1 or 2 */
-    uint64_t one_lane;     /* td_redis_one_lane_writes (__atomic: read by other threads) */
+    size_t tx_max;             /* tests: td_redis_set_send_limit */
+    struct td_redis *peer;     /* rd_diff_watch's second lane (td_redis_set_lanes) */
+    unsigned lanes;            /* 1 or 2 */
+    uint64_t one_lane;         /* td_redis_one_lane_writes (__atomic: read by other threads) */
     bool answered;             /* a reply was read since this connection opened */
     uint64_t verify_bad;       /* td_redis_verify_mismatches (__atomic) */
     char verify_msg[400];      /* td_redis_verify_last */
@@ -301,8 +301,7 @@ uint64_t td_redis_verify_mismatches(const td_redis *r) {
 }
 
 void td_redis_verify_last(const td_redis *r, char *buf, size_t cap) {
-    if (cap > 0)
-        snprintf(buf, cap, "%s", r ? r->verify_msg : "");
+    if (cap > 0) snprintf(buf, cap, "%s", r ? r->verify_msg : "");
 }
 
 void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud) {
@@ -362,7 +361,6 @@ static const char *rd_where(const td_redis *r, char *buf, size_t cap) {
     return buf;
 }
 
-
 /* ---- scratch spans ---- */
 
 static void rs_reset(td_rscratch *s) {
@@ -372,8 +370,7 @@ static void rs_reset(td_rscratch *s) {
 }
 
 static void rs_push(td_rscratch *s, const char *p, size_t n) {
-    if (s->oom)
-        return;
+    if (s->oom) return;
     if (s->len + n > s->cap) {
         size_t cap = s->cap ? s->cap : 4096;
         while (cap < s->len + n)
@@ -402,8 +399,7 @@ static void rs_push(td_rscratch *s, const char *p, size_t n) {
         s->slen = l;
         s->capn = capn;
     }
-    if (n)
-        memcpy(s->buf + s->len, p, n);
+    if (n) memcpy(s->buf + s->len, p, n);
     s->off[s->n] = s->len;
     s->slen[s->n] = n;
     s->n++;
@@ -411,7 +407,6 @@ static void rs_push(td_rscratch *s, const char *p, size_t n) {
 }
 
 static void rs_pushs(td_rscratch *s, const char *p) { rs_push(s, p, strlen(p)); }
-
 
 static void rs_free(td_rscratch *s) {
     free(s->buf);
@@ -476,9 +471,9 @@ static int rd_io_fail(td_redis *r, const char *what, bool timed_out, int timeout
 
 static bool rd_timeout(td_redis *r, int64_t deadline) {
     int64_t left = deadline - rd_now_ms();
-    if (left <= 0)
-        return false;
-    struct timeval tv = {.tv_sec = (time_t)(left / 1000), .tv_usec = (suseconds_t)(left % 1000) * 1000};
+    if (left <= 0) return false;
+    struct timeval tv = {.tv_sec = (time_t)(left / 1000),
+                         .tv_usec = (suseconds_t)(left % 1000) * 1000};
     return redisSetTimeout(r->c, tv) == REDIS_OK;
 }
 
@@ -517,8 +512,7 @@ static int rd_flush(td_redis *r, int64_t deadline, const char *what, int timeout
         }
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != REDIS_OK)
-        return rd_io_fail(r, what, timed_out, timeout_ms);
+    if (rc != REDIS_OK) return rd_io_fail(r, what, timed_out, timeout_ms);
     return TD_OK;
 }
 
@@ -534,14 +528,12 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
             r->answered = true;
             return TD_OK;
         }
-        if (!rd_timeout(r, deadline))
-            return rd_io_fail(r, what, true, timeout_ms);
+        if (!rd_timeout(r, deadline)) return rd_io_fail(r, what, true, timeout_ms);
         errno = 0;
         if (redisBufferRead(r->c) != REDIS_OK)
             return rd_io_fail(r, what, errno == EAGAIN || errno == EWOULDBLOCK, timeout_ms);
     }
 }
-
 
 /* "<c><n>\r\n" at p; @returns its length. */
 static size_t rd_resp_head(char *p, char c, size_t n) {
@@ -554,14 +546,12 @@ static size_t rd_resp_head(char *p, char c, size_t n) {
 
 /* Room for `more` bytes in a sink. @returns false (out of memory). */
 static bool sk_reserve(rd_sink *o, size_t more) {
-    if (o->len + more <= o->cap)
-        return true;
+    if (o->len + more <= o->cap) return true;
     size_t cap = o->cap ? o->cap : 16384;
     while (cap < o->len + more)
         cap *= 2;
     char *b = realloc(o->buf, cap);
-    if (!b)
-        return false;
+    if (!b) return false;
     o->buf = b;
     o->cap = cap;
     return true;
@@ -607,12 +597,10 @@ static int rd_raw_fail(td_redis *r, const char *what, int type, const char *why,
 static int rd_raw_wait(td_redis *r, short events, int64_t deadline, const char *what) {
     for (;;) {
         int64_t left = deadline - rd_now_ms();
-        if (left <= 0)
-            return rd_raw_fail(r, what, REDIS_ERR_IO, "", true);
+        if (left <= 0) return rd_raw_fail(r, what, REDIS_ERR_IO, "", true);
         struct pollfd pf = {.fd = r->c->fd, .events = events};
         int n = poll(&pf, 1, left > INT_MAX ? INT_MAX : (int)left);
-        if (n > 0)
-            return TD_OK; /* ready, or an error the next send/recv reports */
+        if (n > 0) return TD_OK; /* ready, or an error the next send/recv reports */
         if (n < 0 && errno != EINTR)
             return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
     }
@@ -631,8 +619,7 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
     iov[n++] = (struct iovec){r->out.buf, split};
     for (size_t i = 0; i < r->nrun; i++)
         iov[n++] = r->run[i];
-    if (r->out.len > split)
-        iov[n++] = (struct iovec){r->out.buf + split, r->out.len - split};
+    if (r->out.len > split) iov[n++] = (struct iovec){r->out.buf + split, r->out.len - split};
     r->out.len = 0;
     r->nrun = 0;
     for (size_t i = 0; i < n;) {
@@ -646,8 +633,7 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
             size_t room = r->tx_max, m = 0;
             for (size_t j = i; j < n && room > 0; j++) {
                 lim[m] = iov[j];
-                if (lim[m].iov_len > room)
-                    lim[m].iov_len = room;
+                if (lim[m].iov_len > room) lim[m].iov_len = room;
                 room -= lim[m++].iov_len;
             }
             mh.msg_iov = lim;
@@ -663,8 +649,7 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
                 iov[i].iov_len -= left;
             }
         } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (rd_raw_wait(r, POLLOUT, deadline, what) != TD_OK)
-                return TD_ERR;
+            if (rd_raw_wait(r, POLLOUT, deadline, what) != TD_OK) return TD_ERR;
         } else if (k < 0 && errno != EINTR) {
             return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
         }
@@ -700,8 +685,7 @@ static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
         } else if (got == 0) {
             return rd_raw_fail(r, what, REDIS_ERR_EOF, "Server closed the connection", false);
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (rd_raw_wait(r, POLLIN, deadline, what) != TD_OK)
-                return TD_ERR;
+            if (rd_raw_wait(r, POLLIN, deadline, what) != TD_OK) return TD_ERR;
         } else if (errno != EINTR) {
             return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
         }
@@ -759,8 +743,7 @@ static int rd_append(td_redis *r) {
 /* The socket of an idle connection is readable only if the server closed it
  * (or broke protocol): either way the connection is unusable. */
 static bool rd_stale(const td_redis *r) {
-    if (!r->c || r->c->err)
-        return true;
+    if (!r->c || r->c->err) return true;
     struct pollfd p = {.fd = r->c->fd, .events = POLLIN};
     int n = poll(&p, 1, 0);
     return n != 0; /* readable, hung up, error, or poll itself failed */
@@ -777,30 +760,25 @@ static int rd_connect(td_redis *r) {
                                           : redisConnectWithTimeout(r->conf.host, r->conf.port, tv);
     if (!c || c->err) {
         rd_seterr(r, "redis %s: connect failed: %s; reconnecting in %" PRId64 " ms",
-                  rd_where(r, where, sizeof where), c ? c->errstr : "out of memory",
-                  r->backoff_ms);
-        if (c)
-            redisFree(c);
+                  rd_where(r, where, sizeof where), c ? c->errstr : "out of memory", r->backoff_ms);
+        if (c) redisFree(c);
         rd_drop(r, true);
         return TD_ERR;
     }
     r->c = c;
     r->answered = false;
-    if (!r->conf.unix_socket)
-        (void)redisEnableKeepAlive(c);
+    if (!r->conf.unix_socket) (void)redisEnableKeepAlive(c);
 
     /* AUTH and SELECT in one round trip. */
     int nreq = 0;
     if (r->conf.password) {
         rs_reset(&r->s);
         rs_pushs(&r->s, "AUTH");
-        if (r->conf.username)
-            rs_pushs(&r->s, r->conf.username);
+        if (r->conf.username) rs_pushs(&r->s, r->conf.username);
         rs_pushs(&r->s, r->conf.password);
         int rc = rd_append(r);
         /* the scratch held the password: wipe it */
-        if (r->s.buf)
-            memset(r->s.buf, 0, r->s.len);
+        if (r->s.buf) memset(r->s.buf, 0, r->s.len);
         if (rc != TD_OK) {
             rd_drop(r, true);
             return TD_ERR;
@@ -819,10 +797,8 @@ static int rd_connect(td_redis *r) {
         }
         nreq++;
     }
-    if (nreq == 0)
-        return TD_OK;
-    if (rd_flush(r, deadline, "AUTH/SELECT", r->conf.connect_timeout_ms) != TD_OK)
-        return TD_ERR;
+    if (nreq == 0) return TD_OK;
+    if (rd_flush(r, deadline, "AUTH/SELECT", r->conf.connect_timeout_ms) != TD_OK) return TD_ERR;
     bool auth = r->conf.password != NULL;
     bool failed = false;
     for (int i = 0; i < nreq; i++) {
@@ -848,10 +824,8 @@ static int rd_connect(td_redis *r) {
 
 /* A usable connection, or TD_ERR (fast while in the backoff window). */
 static int rd_ensure(td_redis *r) {
-    if (r->c && !rd_stale(r))
-        return TD_OK;
-    if (r->c)
-        rd_drop(r, false); /* closed by the server while idle: retry at once */
+    if (r->c && !rd_stale(r)) return TD_OK;
+    if (r->c) rd_drop(r, false); /* closed by the server while idle: retry at once */
     int64_t now = rd_now_ms();
     if (now < r->next_try_ms) {
         char where[300];
@@ -859,8 +833,7 @@ static int rd_ensure(td_redis *r) {
                   r->next_try_ms - now);
         return TD_ERR;
     }
-    if (rd_connect(r) != TD_OK)
-        return TD_ERR;
+    if (rd_connect(r) != TD_OK) return TD_ERR;
     r->backoff_ms = r->conf.backoff_min_ms;
     r->next_try_ms = 0;
     return TD_OK;
@@ -885,32 +858,28 @@ static bool rd_valid_conf(const td_redis_conf *c, char *err, size_t errcap) {
     else if (!c->key_prefix || !c->key_prefix[0])
         why = "redis: key_prefix is empty";
     else if (strchr(c->key_prefix, '{') || strchr(c->key_prefix, '}'))
-        why = "redis: key_prefix must not contain '{' or '}' (they would move the cluster hash tag)";
+        why =
+            "redis: key_prefix must not contain '{' or '}' (they would move the cluster hash tag)";
     else if (strlen(c->key_prefix) > 64)
         why = "redis: key_prefix is longer than 64 bytes";
     if (why) {
-        if (err && errcap)
-            snprintf(err, errcap, "%s", why);
+        if (err && errcap) snprintf(err, errcap, "%s", why);
         return false;
     }
     return true;
 }
 
 td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
-    if (err && errcap)
-        err[0] = '\0';
-    if (!conf || !rd_valid_conf(conf, err, errcap))
-        return NULL;
+    if (err && errcap) err[0] = '\0';
+    if (!conf || !rd_valid_conf(conf, err, errcap)) return NULL;
     td_redis *r = calloc(1, sizeof *r);
     if (!r) {
-        if (err && errcap)
-            snprintf(err, errcap, "redis: out of memory");
+        if (err && errcap) snprintf(err, errcap, "redis: out of memory");
         return NULL;
     }
     if (td_redis_conf_dup(&r->conf, conf) != TD_OK) {
         free(r);
-        if (err && errcap)
-            snprintf(err, errcap, "redis: out of memory");
+        if (err && errcap) snprintf(err, errcap, "redis: out of memory");
         return NULL;
     }
     r->backoff_ms = conf->backoff_min_ms;
@@ -923,11 +892,9 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
 }
 
 void td_redis_free(td_redis *r) {
-    if (!r)
-        return;
+    if (!r) return;
     td_redis_free(r->peer);
-    if (r->c)
-        redisFree(r->c);
+    if (r->c) redisFree(r->c);
     td_redis_conf_release(&r->conf);
     rs_free(&r->s);
     free(r->resp);
@@ -955,8 +922,7 @@ size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_
         }
         n += l;
     }
-    if (cap > 0)
-        buf[n < cap ? n : cap - 1] = '\0';
+    if (cap > 0) buf[n < cap ? n : cap - 1] = '\0';
     return n;
 }
 
@@ -975,8 +941,7 @@ static td_state *rd_st(td_state *arr, td_state *const *ptrs, size_t i) {
     return ptrs ? ptrs[i] : &arr[i];
 }
 
-static int rd_check_ids(td_redis *r, const td_state *arr, const td_state *const *ptrs,
-                        size_t n) {
+static int rd_check_ids(td_redis *r, const td_state *arr, const td_state *const *ptrs, size_t n) {
     for (size_t i = 0; i < n; i++) {
         if (!(ptrs ? ptrs[i] : &arr[i])->prospect_id[0]) {
             rd_seterr(r, "redis: state %zu has an empty prospect_id", i);
@@ -1029,8 +994,7 @@ static int rd_apply_hash(td_redis *r, td_state *st, const redisReply *rep) {
 
 static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) {
     r->err[0] = '\0';
-    if (n == 0)
-        return TD_OK;
+    if (n == 0) return TD_OK;
     if (rd_check_ids(r, arr, (const td_state *const *)ptrs, n) != TD_OK || rd_ensure(r) != TD_OK)
         return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
@@ -1043,16 +1007,14 @@ static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) 
             return TD_ERR;
         }
     }
-    if (rd_flush(r, deadline, "HGETALL", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
+    if (rd_flush(r, deadline, "HGETALL", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
     int rc = TD_OK;
     for (size_t i = 0; i < n; i++) {
         redisReply *rep = NULL;
         if (rd_read(r, deadline, &rep, "HGETALL", r->conf.command_timeout_ms) != TD_OK)
             return TD_ERR;
         /* after the first bad hash, keep draining to stay in sync */
-        if (rc == TD_OK && rd_apply_hash(r, rd_st(arr, ptrs, i), rep) != TD_OK)
-            rc = TD_ERR;
+        if (rc == TD_OK && rd_apply_hash(r, rd_st(arr, ptrs, i), rep) != TD_OK) rc = TD_ERR;
         freeReplyObject(rep);
     }
     return rc;
@@ -1073,10 +1035,8 @@ typedef struct rd_kv_ctx {
 
 static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
     rd_kv_ctx *x = ud;
-    if (klen == 1 && key[0] == 'v')
-        return; /* the script writes "v" */
-    if (klen > 6 && memcmp(key, "timer.", 6) == 0)
-        x->timer_fields++;
+    if (klen == 1 && key[0] == 'v') return; /* the script writes "v" */
+    if (klen > 6 && memcmp(key, "timer.", 6) == 0) x->timer_fields++;
     rs_push(x->s, key, klen);
     rs_push(x->s, val, vlen);
 }
@@ -1092,8 +1052,7 @@ static int rd_load_script(td_redis *r, int64_t deadline, const char *script, siz
         rd_drop(r, false);
         return TD_ERR;
     }
-    if (rd_flush(r, deadline, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
+    if (rd_flush(r, deadline, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
     redisReply *rep = NULL;
     if (rd_read(r, deadline, &rep, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK)
         return TD_ERR;
@@ -1176,8 +1135,7 @@ static void rd_result_diff(int *result, size_t i, bool stored) {
 static void rd_result(td_state *states, const int64_t *expected, int *result, size_t i,
                       bool stored) {
     rd_result_diff(result, i, stored);
-    if (stored)
-        states[i].version = expected[i] + 1;
+    if (stored) states[i].version = expected[i] + 1;
 }
 
 /* Appends the command of prospect i to the pipeline. */
@@ -1195,8 +1153,7 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
                         rd_append_fn append, void *ud) {
     size_t sent = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!todo[i])
-            continue;
+        if (!todo[i]) continue;
         if (append(r, i, ud) != TD_OK) {
             rd_drop(r, false);
             return TD_ERR;
@@ -1205,15 +1162,12 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
             rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
             return TD_ERR;
     }
-    if (sent == 0)
-        return TD_OK;
-    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
+    if (sent == 0) return TD_OK;
+    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
     int rc = TD_OK;
     *noscript = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!todo[i])
-            continue;
+        if (!todo[i]) continue;
         redisReply *rep = NULL;
         if (rd_read(r, deadline, &rep, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
             return TD_ERR;
@@ -1275,8 +1229,7 @@ static void rd_diff_set(void *ud, const char *k, size_t kl, const char *v, size_
     rs_push(&d->sets, k, kl);
     rs_push(&d->sets, v, vl);
     d->nsets++;
-    if (rd_is_timer_key(k, kl))
-        rs_push(&d->zadd, k + 6, kl - 6);
+    if (rd_is_timer_key(k, kl)) rs_push(&d->zadd, k + 6, kl - 6);
 }
 
 static void rd_diff_del(void *ud, const char *k, size_t kl) {
@@ -1284,8 +1237,7 @@ static void rd_diff_del(void *ud, const char *k, size_t kl) {
     if (kl == 1 && k[0] == 'v') return;
     rs_push(&d->dels, k, kl);
     d->ndels++;
-    if (rd_is_timer_key(k, kl))
-        rs_push(&d->zrem, k + 6, kl - 6);
+    if (rd_is_timer_key(k, kl)) rs_push(&d->zrem, k + 6, kl - 6);
 }
 
 /* The index member suffix of a timer: its rule id as the flat form writes it
@@ -1336,8 +1288,7 @@ static int rd_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, r
  * its arguments to d->args (see td_redis_diff_lua). */
 static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
                        int64_t expected, rd_diffbuf *d) {
-    if (rd_diff_collect(r, base, now, d) != TD_OK)
-        return TD_ERR;
+    if (rd_diff_collect(r, base, now, d) != TD_OK) return TD_ERR;
     char key[TD_ID_MAX + 80];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     rs_push(&d->keys, key, kn < sizeof key ? kn : sizeof key - 1);
@@ -1429,25 +1380,19 @@ static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kv
     rs_reset(&d->keys);
     rs_reset(&d->args);
     for (size_t i = 0; i < n; i++) {
-        if (!todo[i])
-            continue;
-        if (rd_diff_add(r, states[i], &bases[i], &nows[i], expected[i], d) != TD_OK)
-            goto fail;
+        if (!todo[i]) continue;
+        if (rd_diff_add(r, states[i], &bases[i], &nows[i], expected[i], d) != TD_OK) goto fail;
         order[sent++] = i;
         if (++inchunk == TD_REDIS_DIFF_CHUNK) {
-            if (rd_diff_send(r, d, inchunk) != TD_OK)
-                goto fail;
+            if (rd_diff_send(r, d, inchunk) != TD_OK) goto fail;
             inchunk = 0;
             if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
                 return TD_ERR;
         }
     }
-    if (inchunk > 0 && rd_diff_send(r, d, inchunk) != TD_OK)
-        goto fail;
-    if (sent == 0)
-        return TD_OK;
-    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
+    if (inchunk > 0 && rd_diff_send(r, d, inchunk) != TD_OK) goto fail;
+    if (sent == 0) return TD_OK;
+    if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
     int rc = TD_OK;
     *noscript = 0;
     for (size_t c0 = 0; c0 < sent; c0 += TD_REDIS_DIFF_CHUNK) {
@@ -1478,8 +1423,10 @@ static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kv
                     rd_seterr(r, "redis: EVALSHA (%zu prospects from %s): %.*s", cn, key,
                               (int)rep->len, rep->str);
                 else
-                    rd_seterr(r, "redis: EVALSHA (%zu prospects from %s): unexpected reply "
-                              "(type %d)", cn, key, rep->type);
+                    rd_seterr(r,
+                              "redis: EVALSHA (%zu prospects from %s): unexpected reply "
+                              "(type %d)",
+                              cn, key, rep->type);
                 rc = TD_ERR;
             }
         }
@@ -1506,8 +1453,7 @@ static void rd_sink_set(void *ud, const char *k, size_t kl, const char *v, size_
     sk_bulk(x->o, k, kl);
     sk_bulk(x->o, v, vl);
     x->nsets++;
-    if (rd_is_timer_key(k, kl))
-        rs_push(&x->d->zadd, k + 6, kl - 6);
+    if (rd_is_timer_key(k, kl)) rs_push(&x->d->zadd, k + 6, kl - 6);
 }
 
 static void rd_sink_del(void *ud, const char *k, size_t kl) {
@@ -1528,8 +1474,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
                          int64_t expected, rd_diffbuf *d, size_t *queued) {
     char key[TD_ID_MAX + 80], ver[24];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
-    if (kn >= sizeof key)
-        kn = sizeof key - 1;
+    if (kn >= sizeof key) kn = sizeof key - 1;
     /* The HSET is written as RESP straight into the sink while diffing:
      * one copy of each field and value. Its argument count is known only
      * after the diff, so the body starts after room for the largest
@@ -1579,13 +1524,11 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
         (*queued)++;
     }
     td_rscratch *c = &r->s;
-    if (!r->timer_shards || (d->zadd.n == 0 && d->zrem.n == 0))
-        return TD_OK;
+    if (!r->timer_shards || (d->zadd.n == 0 && d->zrem.n == 0)) return TD_OK;
     char zk[96];
     uint32_t shard = td_timers_shard(st->prospect_id, r->timer_shards);
     size_t zn = td_timers_shard_key(r->conf.key_prefix, shard, zk, sizeof zk);
-    if (zn >= sizeof zk)
-        zn = sizeof zk - 1;
+    if (zn >= sizeof zk) zn = sizeof zk - 1;
     td_ms lo = TD_MS_MISSING; /* the earliest due time ZADDed: the head's bound */
     char member[TD_ID_MAX + 2 + 3 * (TD_RULE_ID_MAX + 1) + 1];
     size_t pn = strlen(st->prospect_id);
@@ -1593,33 +1536,29 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
     member[pn++] = TD_TIMER_SEP;
     for (int pass = 0; pass < 2; pass++) {
         td_rscratch *set = pass == 0 ? &d->zadd : &d->zrem;
-        if (set->n == 0)
-            continue;
+        if (set->n == 0) continue;
         rs_reset(c);
         rs_push(c, pass == 0 ? "ZADD" : "ZREM", 4);
         rs_push(c, zk, zn);
         for (size_t k = 0; k < set->n; k++) {
             const char *sfx = set->buf + set->off[k];
             size_t sl = set->slen[k];
-            if (sl > 3 * (TD_RULE_ID_MAX + 1))
-                sl = 3 * (TD_RULE_ID_MAX + 1);
+            if (sl > 3 * (TD_RULE_ID_MAX + 1)) sl = 3 * (TD_RULE_ID_MAX + 1);
             if (pass == 0) {
                 td_ms due = rd_timer_due(st, sfx, sl);
                 if (due == TD_MS_MISSING) {
-                    rd_seterr(r, "redis: %s: timer field without a timer (%.*s)",
-                              st->prospect_id, (int)(sl > 64 ? 64 : sl), sfx);
+                    rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
+                              (int)(sl > 64 ? 64 : sl), sfx);
                     return TD_ERR;
                 }
                 char dn[24];
                 rs_push(c, dn, td_fmt_i64(due, dn));
-                if (lo == TD_MS_MISSING || due < lo)
-                    lo = due;
+                if (lo == TD_MS_MISSING || due < lo) lo = due;
             }
             memcpy(member + pn, sfx, sl);
             rs_push(c, member, pn + sl);
         }
-        if (rd_append(r) != TD_OK)
-            return TD_ERR;
+        if (rd_append(r) != TD_OK) return TD_ERR;
         (*queued)++;
     }
     if (lo != TD_MS_MISSING) {
@@ -1633,8 +1572,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
         rs_push(c, "LT", 2);
         rs_push(c, dn, td_fmt_i64(lo, dn));
         rs_push(c, sn, td_fmt_u64(shard, sn));
-        if (rd_append(r) != TD_OK)
-            return TD_ERR;
+        if (rd_append(r) != TD_OK) return TD_ERR;
         (*queued)++;
     }
     return TD_OK;
@@ -1652,23 +1590,22 @@ static int rd_watch_append(td_redis *r, const td_state *const *states, const siz
         size_t kn = td_redis_key(r, states[order[k]]->prospect_id, key, sizeof key);
         rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
     }
-    if (rd_append(r) != TD_OK)
-        return TD_ERR;
+    if (rd_append(r) != TD_OK) return TD_ERR;
     for (size_t k = 0; k < m; k++) {
         rs_reset(c);
         rs_push(c, "HGET", 4);
         size_t kn = td_redis_key(r, states[order[k]]->prospect_id, key, sizeof key);
         rs_push(c, key, kn < sizeof key ? kn : sizeof key - 1);
         rs_push(c, "v", 1);
-        if (rd_append(r) != TD_OK)
-            return TD_ERR;
+        if (rd_append(r) != TD_OK) return TD_ERR;
     }
     return TD_OK;
 }
 
 /* An error reply's text for a message ("" for any other reply). */
-#define RD_ERRTXT(rep) ((rep)->type == TD_RESP_ERROR ? (int)((rep)->len > 200 ? 200 : (rep)->len) : 0), \
-                       ((rep)->type == TD_RESP_ERROR ? (rep)->s : "")
+#define RD_ERRTXT(rep)                                                                             \
+    ((rep)->type == TD_RESP_ERROR ? (int)((rep)->len > 200 ? 200 : (rep)->len) : 0),               \
+        ((rep)->type == TD_RESP_ERROR ? (rep)->s : "")
 
 /* Reads the replies of rd_watch_append: match[k] = the stored version of
  * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set). */
@@ -1681,8 +1618,7 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
     *nmatch = 0;
     for (size_t k = 0; k <= m; k++) {
         td_resp rep;
-        if (rc != TD_OK && first[0] == '\0')
-            memcpy(first, r->err, sizeof first);
+        if (rc != TD_OK && first[0] == '\0') memcpy(first, r->err, sizeof first);
         if (rd_rx(r, deadline, &rep, "WATCH") != TD_OK) {
             if (rc != TD_OK) {
                 /* the first error says why (a server refusing the
@@ -1731,25 +1667,20 @@ static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
     int rc = TD_OK;
     for (size_t q = 0; q <= queued; q++) { /* +OK for MULTI, then +QUEUED per command */
         td_resp rep;
-        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK)
-            return TD_ERR;
+        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
         if (!td_resp_is_status(&rep, q == 0 ? "OK" : "QUEUED")) {
             if (rep.type != TD_RESP_ERROR) {
                 rd_seterr(r, "redis: MULTI: unexpected reply");
                 return TD_ERR; /* out of step: the caller drops the connection */
             }
-            if (rc == TD_OK)
-                rd_seterr(r, "redis: MULTI: %.*s", RD_ERRTXT(&rep));
+            if (rc == TD_OK) rd_seterr(r, "redis: MULTI: %.*s", RD_ERRTXT(&rep));
             rc = TD_ERR;
         }
     }
     td_resp rep;
-    if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK)
-        return TD_ERR;
-    if (rc != TD_OK)
-        return rc;
-    if (rep.type == TD_RESP_NIL)
-        return 1; /* nothing ran */
+    if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
+    if (rc != TD_OK) return rc;
+    if (rep.type == TD_RESP_NIL) return 1; /* nothing ran */
     if (rep.type != TD_RESP_ARRAY || (uint64_t)rep.i != queued) {
         if (rep.type == TD_RESP_ERROR)
             rd_seterr(r, "redis: EXEC: %.*s", RD_ERRTXT(&rep));
@@ -1758,8 +1689,7 @@ static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
         return TD_ERR;
     }
     for (size_t e = 0; e < queued; e++) {
-        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK)
-            return TD_ERR;
+        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
         if (rep.type == TD_RESP_ARRAY) {
             rd_seterr(r, "redis: EXEC: unexpected reply");
             return TD_ERR; /* HSET, HDEL, ZADD, ZREM answer with integers */
@@ -1809,8 +1739,8 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
  * WATCH on the same connection, so read first. */
 typedef struct rd_lane {
     td_redis *r;
-    size_t w, x;   /* chunk numbers; SIZE_MAX: none */
-    size_t queued; /* commands in x's MULTI; 0: x was an UNWATCH */
+    size_t w, x;                              /* chunk numbers; SIZE_MAX: none */
+    size_t queued;                            /* commands in x's MULTI; 0: x was an UNWATCH */
     unsigned char match[TD_REDIS_DIFF_CHUNK]; /* of x */
 } rd_lane;
 
@@ -1829,11 +1759,9 @@ static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const 
     ln->r->sink = &ln->r->out; /* after the previous chunk's MULTI/EXEC, if any */
     int rc = rd_watch_append(ln->r, states, order + c0, cn);
     ln->r->sink = NULL;
-    if (rc != TD_OK || rd_tx(ln->r, deadline, "WATCH") != TD_OK)
-        return TD_ERR;
+    if (rc != TD_OK || rd_tx(ln->r, deadline, "WATCH") != TD_OK) return TD_ERR;
     ln->w = j;
-    return rd_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d,
-                            &ln->r->pre);
+    return rd_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d, &ln->r->pre);
 }
 
 /*
@@ -1867,22 +1795,18 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                          size_t *raced) {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
-        if (todo[i])
-            order[m++] = i;
+        if (todo[i]) order[m++] = i;
     *raced = 0;
-    if (m == 0)
-        return TD_OK;
+    if (m == 0) return TD_OK;
     size_t nchunks = (m + TD_REDIS_DIFF_CHUNK - 1) / TD_REDIS_DIFF_CHUNK;
     rd_lane lanes[2] = {{.r = r, .w = SIZE_MAX, .x = SIZE_MAX},
                         {.r = r->peer, .w = SIZE_MAX, .x = SIZE_MAX}};
     size_t nl = 1;
-    if (r->peer)
-        r->peer->err[0] = '\0';
+    if (r->peer) r->peer->err[0] = '\0';
     if (nchunks > 1 && r->peer) {
         r->peer->timer_shards = r->timer_shards;
         r->peer->tx_max = r->tx_max;
-        if (rd_ensure(r->peer) == TD_OK)
-            nl = 2; /* else this batch runs on one connection */
+        if (rd_ensure(r->peer) == TD_OK) nl = 2; /* else this batch runs on one connection */
     }
     if (nchunks > 1 && r->lanes > 1 && nl == 1)
         __atomic_fetch_add(&r->one_lane, 1, __ATOMIC_RELAXED);
@@ -1902,8 +1826,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
         for (size_t l = 0; l < nl; l++) {
             rd_lane *ln = &lanes[l];
             td_redis *lr = ln->r;
-            if (!lr)
-                continue; /* done */
+            if (!lr) continue; /* done */
             size_t c0, cn;
             if (ln->x != SIZE_MAX) { /* the previous chunk's EXEC or UNWATCH */
                 cn = rd_chunk(ln->x, m, &c0);
@@ -1912,15 +1835,13 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                     x = rd_exec_read(lr, ln->queued, deadline);
                 } else {
                     td_resp rep;
-                    if (rd_rx(lr, deadline, &rep, "UNWATCH") != TD_OK)
-                        goto fail;
+                    if (rd_rx(lr, deadline, &rep, "UNWATCH") != TD_OK) goto fail;
                     if (!td_resp_is_status(&rep, "OK")) {
                         rd_seterr(lr, "redis: UNWATCH: %.*s", RD_ERRTXT(&rep));
                         goto fail;
                     }
                 }
-                if (x == TD_ERR)
-                    goto fail;
+                if (x == TD_ERR) goto fail;
                 for (size_t k = 0; k < cn; k++) {
                     size_t i = order[c0 + k];
                     if (x == 1) {
@@ -1939,11 +1860,10 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
             }
             cn = rd_chunk(ln->w, m, &c0);
             size_t nmatch;
-            if (rd_watch_read(lr, states, expected, order + c0, cn, deadline, ln->match,
-                              &nmatch) != TD_OK)
+            if (rd_watch_read(lr, states, expected, order + c0, cn, deadline, ln->match, &nmatch) !=
+                TD_OK)
                 goto fail;
-            if (r->race_hook)
-                r->race_hook(r->race_ud);
+            if (r->race_hook) r->race_hook(r->race_ud);
             /* this chunk's write (or UNWATCH), then the lane's next WATCH */
             td_rscratch *c = &lr->s;
             const rd_prebuilt *pb = &lr->pre; /* sent from, before its next prebuild */
@@ -1965,25 +1885,23 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                     size_t k1 = k;
                     while (k1 < cn && ln->match[k1])
                         queued += pb->q[k1++];
-                    lr->run[lr->nrun++] = (struct iovec){pb->out.buf + pb->off[k],
-                                                         pb->off[k1] - pb->off[k]};
+                    lr->run[lr->nrun++] =
+                        (struct iovec){pb->out.buf + pb->off[k], pb->off[k1] - pb->off[k]};
                     k = k1;
                 }
                 rs_reset(c);
                 rs_push(c, "EXEC", 4);
-                if (ar == TD_OK)
-                    ar = rd_append(lr);
+                if (ar == TD_OK) ar = rd_append(lr);
             }
             lr->sink = NULL;
-            if (ar != TD_OK)
-                goto fail;
+            if (ar != TD_OK) goto fail;
             ln->x = ln->w;
             ln->queued = queued;
             ln->w = SIZE_MAX;
             size_t next = ln->x + nl;
             if (next < nchunks) {
-                if (rd_lane_watch(ln, next, m, states, bases, nows, expected, order, d,
-                                  deadline) != TD_OK)
+                if (rd_lane_watch(ln, next, m, states, bases, nows, expected, order, d, deadline) !=
+                    TD_OK)
                     goto fail;
             } else if (rd_tx(lr, deadline, "EXEC") != TD_OK) {
                 goto fail;
@@ -2005,8 +1923,7 @@ fail:
     if (r->peer && r->peer->err[0]) {
         if (!r->err[0])
             snprintf(r->err, sizeof r->err, "second store connection: %.400s", r->peer->err);
-        if (r->peer->c)
-            rd_drop(r->peer, true);
+        if (r->peer->c) rd_drop(r->peer, true);
     } else if (r->peer) {
         rd_drop(r->peer, false); /* unsent commands or unread replies: start clean */
     }
@@ -2026,15 +1943,13 @@ typedef struct rd_vdiff {
 
 static const td_kvs_entry *rd_kvs_find(const td_kvs *kv, const char *key, size_t klen) {
     for (size_t j = 0; j < kv->n; j++)
-        if (kv->e[j].kl == klen && memcmp(kv->buf + kv->e[j].k, key, klen) == 0)
-            return &kv->e[j];
+        if (kv->e[j].kl == klen && memcmp(kv->buf + kv->e[j].k, key, klen) == 0) return &kv->e[j];
     return NULL;
 }
 
 static void rd_vdiff_set(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
     rd_vdiff *x = ud;
-    if (x->why[0] || (klen == 1 && key[0] == 'v'))
-        return;
+    if (x->why[0] || (klen == 1 && key[0] == 'v')) return;
     const td_kvs_entry *g = rd_kvs_find(x->got, key, klen);
     if (g)
         snprintf(x->why, x->cap, "field \"%.*s\": redis holds \"%.*s\", touchd wrote \"%.*s\"",
@@ -2047,8 +1962,7 @@ static void rd_vdiff_set(void *ud, const char *key, size_t klen, const char *val
 
 static void rd_vdiff_del(void *ud, const char *key, size_t klen) {
     rd_vdiff *x = ud;
-    if (x->why[0] || (klen == 1 && key[0] == 'v'))
-        return;
+    if (x->why[0] || (klen == 1 && key[0] == 'v')) return;
     const td_kvs_entry *g = rd_kvs_find(x->got, key, klen);
     snprintf(x->why, x->cap, "field \"%.*s\": redis holds \"%.*s\", touchd has no such field",
              (int)(klen > 60 ? 60 : klen), key, g ? (int)(g->vl > 60 ? 60 : g->vl) : 0,
@@ -2058,8 +1972,8 @@ static void rd_vdiff_del(void *ud, const char *key, size_t klen) {
 /* The first difference, into why ("" when none), between the state one
  * HGETALL reply loads as (what a reload would see: fields parsed, unknown
  * ones ignored) and the flat form `now` written at a version >= min_v. */
-static void rd_verify_one(td_redis *r, const td_state *st, const redisReply *rep,
-                          const td_kvs *now, int64_t min_v, char *why, size_t cap) {
+static void rd_verify_one(td_redis *r, const td_state *st, const redisReply *rep, const td_kvs *now,
+                          int64_t min_v, char *why, size_t cap) {
     why[0] = '\0';
     td_state got;
     td_state_init(&got, st->prospect_id);
@@ -2089,8 +2003,7 @@ static int rd_verify(td_redis *r, const td_state *const *states, const td_kvs *n
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
     size_t sent = 0;
     for (size_t i = 0; i < n; i++) {
-        if (result[i] != TD_REDIS_STORED)
-            continue;
+        if (result[i] != TD_REDIS_STORED) continue;
         rs_reset(&r->s);
         rs_pushs(&r->s, "HGETALL");
         rd_push_key(r, states[i]->prospect_id);
@@ -2100,13 +2013,11 @@ static int rd_verify(td_redis *r, const td_state *const *states, const td_kvs *n
         }
         sent++;
     }
-    if (sent == 0)
-        return TD_OK;
+    if (sent == 0) return TD_OK;
     if (rd_flush(r, deadline, "HGETALL (verify_writes)", r->conf.command_timeout_ms) != TD_OK)
         return TD_ERR;
     for (size_t i = 0; i < n; i++) {
-        if (result[i] != TD_REDIS_STORED)
-            continue;
+        if (result[i] != TD_REDIS_STORED) continue;
         redisReply *rep = NULL;
         if (rd_read(r, deadline, &rep, "HGETALL (verify_writes)", r->conf.command_timeout_ms) !=
             TD_OK)
@@ -2157,9 +2068,9 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
     size_t raced = n > TD_REDIS_DIFF_CHUNK ? 0 : n;
     if (n > TD_REDIS_DIFF_CHUNK && r->lanes > 1 && !r->peer)
         r->peer = td_redis_new(&r->conf, NULL, 0); /* NULL (no memory): one lane */
-    if (n > TD_REDIS_DIFF_CHUNK && rd_diff_watch(r, states, bases, nows, expected_version, n,
-                                                 result, todo, deadline, &d, order,
-                                                 &raced) != TD_OK)
+    if (n > TD_REDIS_DIFF_CHUNK &&
+        rd_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
+                      order, &raced) != TD_OK)
         rc = TD_ERR;
     else if (raced > 0)
         /* Contention (another writer on these keys): the script writes each
@@ -2171,8 +2082,8 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
          * load it again and retry those prospects once. */
         rc = rd_diff_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo,
-                               deadline, &noscript, &d, order);
+            rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
+                               &noscript, &d, order);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
                       noscript);
@@ -2195,8 +2106,7 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
 int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_version, size_t n,
                    int *result) {
     r->err[0] = '\0';
-    if (n == 0)
-        return TD_OK;
+    if (n == 0) return TD_OK;
     for (size_t i = 0; i < n; i++) {
         if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
             rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
@@ -2204,11 +2114,9 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
             return TD_ERR;
         }
     }
-    if (rd_check_ids(r, states, NULL, n) != TD_OK || rd_ensure(r) != TD_OK)
-        return TD_ERR;
+    if (rd_check_ids(r, states, NULL, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    if (!r->sha[0] && rd_script_load(r, deadline) != TD_OK)
-        return TD_ERR;
+    if (!r->sha[0] && rd_script_load(r, deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
     if (!todo) {
         rd_seterr(r, "redis: out of memory");

@@ -28,8 +28,8 @@
 #include "td_state.h"
 
 typedef struct td_redis_conf {
-    const char *host;       /* "127.0.0.1", or a unix socket path when unix_socket */
-    int port;               /* 6379 */
+    const char *host; /* "127.0.0.1", or a unix socket path when unix_socket */
+    int port;         /* 6379 */
     bool unix_socket;
     const char *password;   /* NULL: no AUTH */
     const char *username;   /* NULL: AUTH with password only */
@@ -104,8 +104,7 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
  * expected_version[i] + 1 itself.
  */
 int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs *bases,
-                        const td_kvs *nows, const int64_t *expected_version, size_t n,
-                        int *result);
+                        const td_kvs *nows, const int64_t *expected_version, size_t n, int *result);
 
 /* Connections of td_redis_store_diff's WATCH path: 1 (the default) or 2 (a
  * second connection, opened by the first write of more than one chunk of

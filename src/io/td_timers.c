@@ -110,7 +110,8 @@ static const char tm_claim_lua[] =
     "    visits = visits - 1\n"
     "    if string.match(s, '^%d+$') then\n"
     "      local key = pfx .. s\n"
-    "      local d = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, budget)\n"
+    "      local d = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, "
+    "budget)\n"
     "      if #d > 0 then\n"
     "        local ms = {}\n"
     "        for j = 1, #d, 2 do\n"
@@ -130,16 +131,15 @@ static const char tm_claim_lua[] =
     "return out\n";
 
 /* Ack: removes a claimed member only while it still holds the caller's lease. */
-static const char tm_ack_lua[] =
-    "local n = 0\n"
-    "for i = 1, #ARGV, 2 do\n"
-    "  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])\n"
-    "  if s and tonumber(s) == tonumber(ARGV[i + 1]) then\n"
-    "    redis.call('ZREM', KEYS[1], ARGV[i])\n"
-    "    n = n + 1\n"
-    "  end\n"
-    "end\n"
-    "return n\n";
+static const char tm_ack_lua[] = "local n = 0\n"
+                                 "for i = 1, #ARGV, 2 do\n"
+                                 "  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])\n"
+                                 "  if s and tonumber(s) == tonumber(ARGV[i + 1]) then\n"
+                                 "    redis.call('ZREM', KEYS[1], ARGV[i])\n"
+                                 "    n = n + 1\n"
+                                 "  end\n"
+                                 "end\n"
+                                 "return n\n";
 
 enum { TM_CLAIM = 0, TM_ACK = 1, TM_NSCRIPTS = 2 };
 
@@ -169,8 +169,8 @@ struct td_timers {
     td_rconn rc; /* the connection (td_rconn.h) */
     char sha[TM_NSCRIPTS][41];
     char err[512];
-    uint32_t cursor;  /* next shard of the safety-net round robin */
-    uint32_t window;  /* safety-net shards per claim call */
+    uint32_t cursor;       /* next shard of the safety-net round robin */
+    uint32_t window;       /* safety-net shards per claim call */
     uint32_t fast_window;  /* the same during the start-up round */
     uint32_t catchup_left; /* shards of the start-up round still to visit */
     char claimed_key[96];
@@ -240,16 +240,14 @@ bool td_timers_conf_check(const td_timers_conf *c, char *err, size_t errcap) {
     else if (c->overdue_policy == TD_OVERDUE_DROP && c->drop_older_than <= 0)
         why = "timers.drop_older_than must be a positive duration with overdue_policy = drop";
     if (why) {
-        if (err && errcap)
-            snprintf(err, errcap, "%s", why);
+        if (err && errcap) snprintf(err, errcap, "%s", why);
         return false;
     }
     return true;
 }
 
 uint32_t td_timers_shard(const char *prospect_id, uint32_t shards) {
-    if (shards <= 1)
-        return 0;
+    if (shards <= 1) return 0;
     /* FNV-1a 64, written out here so the layout never depends on another
      * module's hash choice. */
     uint64_t h = 0xcbf29ce484222325ULL;
@@ -285,16 +283,13 @@ static bool tm_arg(td_timers *t, size_t *n, const char *p, size_t len) {
     if (*n >= t->capargv) {
         size_t cap = t->capargv ? t->capargv * 2 : 256;
         const char **a = realloc(t->argv, cap * sizeof *a);
-        if (!a)
-            return false;
+        if (!a) return false;
         t->argv = a;
         size_t *l = realloc(t->argvlen, cap * sizeof *l);
-        if (!l)
-            return false;
+        if (!l) return false;
         t->argvlen = l;
         size_t *o = realloc(t->aoff, cap * sizeof *o);
-        if (!o)
-            return false;
+        if (!o) return false;
         t->aoff = o;
         t->capargv = cap;
     }
@@ -303,13 +298,11 @@ static bool tm_arg(td_timers *t, size_t *n, const char *p, size_t len) {
         while (cap < t->abuflen + len)
             cap *= 2;
         char *b = realloc(t->abuf, cap);
-        if (!b)
-            return false;
+        if (!b) return false;
         t->abuf = b;
         t->abufcap = cap;
     }
-    if (len)
-        memcpy(t->abuf + t->abuflen, p, len);
+    if (len) memcpy(t->abuf + t->abuflen, p, len);
     t->aoff[*n] = t->abuflen;
     t->argvlen[*n] = len;
     t->abuflen += len;
@@ -341,10 +334,8 @@ static int tm_load_script(td_timers *t, int which) {
  */
 static redisReply *tm_eval(td_timers *t, int which, size_t argc) {
     for (int attempt = 0; attempt < 3; attempt++) {
-        if (tm_ensure(t) != TD_OK)
-            return NULL;
-        if (!t->sha[which][0] && tm_load_script(t, which) != TD_OK)
-            return NULL;
+        if (tm_ensure(t) != TD_OK) return NULL;
+        if (!t->sha[which][0] && tm_load_script(t, which) != TD_OK) return NULL;
         for (size_t i = 2; i < argc; i++)
             t->argv[i] = t->abuf + t->aoff[i];
         t->argv[0] = "EVALSHA";
@@ -353,15 +344,16 @@ static redisReply *tm_eval(td_timers *t, int which, size_t argc) {
         t->argvlen[1] = 40;
         redisReply *rep = redisCommandArgv(t->rc.c, (int)argc, t->argv, t->argvlen);
         if (!rep) {
-            bool retry = attempt == 0 && (t->rc.c->err == REDIS_ERR_EOF || t->rc.c->err == REDIS_ERR_IO);
+            bool retry =
+                attempt == 0 && (t->rc.c->err == REDIS_ERR_EOF || t->rc.c->err == REDIS_ERR_IO);
             tm_seterr(t, "redis timers: %s; reconnecting in %" PRId64 " ms",
                       t->rc.c->errstr[0] ? t->rc.c->errstr : "connection lost", t->rc.backoff_ms);
             tm_drop(t, !retry);
-            if (retry)
-                continue;
+            if (retry) continue;
             return NULL;
         }
-        if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 && memcmp(rep->str, "NOSCRIPT", 8) == 0) {
+        if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
+            memcmp(rep->str, "NOSCRIPT", 8) == 0) {
             freeReplyObject(rep);
             t->sha[which][0] = '\0';
             continue;
@@ -381,22 +373,17 @@ static redisReply *tm_eval(td_timers *t, int which, size_t argc) {
 
 td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf, char *err,
                          size_t errcap) {
-    if (err && errcap)
-        err[0] = '\0';
-    if (!td_timers_conf_check(tconf, err, errcap))
-        return NULL;
+    if (err && errcap) err[0] = '\0';
+    if (!td_timers_conf_check(tconf, err, errcap)) return NULL;
     if (!rconf->host || !rconf->key_prefix || rconf->command_timeout_ms <= 0 ||
         rconf->connect_timeout_ms <= 0 || rconf->backoff_min_ms <= 0) {
-        if (err && errcap)
-            snprintf(err, errcap, "redis timers: incomplete redis configuration");
+        if (err && errcap) snprintf(err, errcap, "redis timers: incomplete redis configuration");
         return NULL;
     }
     td_timers *t = calloc(1, sizeof *t);
-    if (!t)
-        goto oom;
+    if (!t) goto oom;
     t->conf = *tconf;
-    if (td_redis_conf_dup(&t->rconf, rconf) != TD_OK)
-        goto oom;
+    if (td_redis_conf_dup(&t->rconf, rconf) != TD_OK) goto oom;
     td_rconn_init(&t->rc, &t->rconf, "redis timers", t->err, sizeof t->err);
     td_timers_claimed_key(t->rconf.key_prefix, t->claimed_key, sizeof t->claimed_key);
     td_timers_heads_key(t->rconf.key_prefix, t->heads_key, sizeof t->heads_key);
@@ -407,8 +394,7 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
      * of polls), so heads missing after an upgrade are rebuilt at once */
     w = ((int64_t)tconf->shards * tconf->poll_ms + TM_CATCHUP_MS - 1) / TM_CATCHUP_MS;
     t->fast_window = (uint32_t)(w < 1 ? 1 : w > tconf->shards ? tconf->shards : w);
-    if (t->fast_window < t->window)
-        t->fast_window = t->window;
+    if (t->fast_window < t->window) t->fast_window = t->window;
     t->catchup_left = (uint32_t)tconf->shards;
     size_t cap = (size_t)tconf->claim_batch;
     t->claims = calloc(cap, sizeof *t->claims);
@@ -427,14 +413,12 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
     return t;
 oom:
     td_timers_free(t);
-    if (err && errcap)
-        snprintf(err, errcap, "redis timers: out of memory");
+    if (err && errcap) snprintf(err, errcap, "redis timers: out of memory");
     return NULL;
 }
 
 void td_timers_free(td_timers *t) {
-    if (!t)
-        return;
+    if (!t) return;
     td_rconn_close(&t->rc);
     td_redis_conf_release(&t->rconf);
     free(t->argv);
@@ -463,16 +447,13 @@ td_ms td_timers_delay_quantile(const td_timers_stats *s, double p) {
     uint64_t n = 0;
     for (size_t b = 0; b < TD_TIMERS_DELAY_BUCKETS; b++)
         n += s->delay_hist[b];
-    if (n == 0)
-        return -1;
+    if (n == 0) return -1;
     uint64_t want = (uint64_t)(p * (double)n + 0.999999);
-    if (want < 1)
-        want = 1;
+    if (want < 1) want = 1;
     uint64_t acc = 0;
     for (size_t b = 0; b < TD_TIMERS_DELAY_BUCKETS; b++) {
         acc += s->delay_hist[b];
-        if (acc >= want)
-            return (td_ms)(b + 1) * TD_TIMERS_DELAY_BUCKET_MS;
+        if (acc >= want) return (td_ms)(b + 1) * TD_TIMERS_DELAY_BUCKET_MS;
     }
     return (td_ms)TD_TIMERS_DELAY_BUCKETS * TD_TIMERS_DELAY_BUCKET_MS;
 }
@@ -480,8 +461,7 @@ td_ms td_timers_delay_quantile(const td_timers_stats *s, double p) {
 /* ---- claim / ack ---- */
 
 static bool tm_parse_i64(const char *s, size_t n, int64_t *out) {
-    if (n == 0 || n > 20)
-        return false;
+    if (n == 0 || n > 20) return false;
     char buf[24];
     memcpy(buf, s, n);
     buf[n] = '\0';
@@ -491,8 +471,7 @@ static bool tm_parse_i64(const char *s, size_t n, int64_t *out) {
     if (errno || *end) {
         /* a score Redis printed as a double ("1.7e+12") */
         double d = strtod(buf, &end);
-        if (*end)
-            return false;
+        if (*end) return false;
         v = (long long)d;
     }
     *out = (int64_t)v;
@@ -507,10 +486,8 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
     t->err[0] = '\0';
     *scanned = 0;
     uint32_t shards = (uint32_t)t->conf.shards;
-    if (count > shards)
-        count = shards;
-    if (max == 0)
-        return 0;
+    if (count > shards) count = shards;
+    if (max == 0) return 0;
     tm_args_reset(t);
     size_t argc = 0;
     char num[32];
@@ -540,8 +517,7 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
         return TD_ERR;
     }
     redisReply *rep = tm_eval(t, TM_CLAIM, argc);
-    if (!rep)
-        return TD_ERR;
+    if (!rep) return TD_ERR;
     t->stats.polls++;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->elements % 2 != 1 ||
         rep->element[0]->type != REDIS_REPLY_INTEGER) {
@@ -554,8 +530,7 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
     size_t n = 0;
     for (size_t i = 1; i + 1 < rep->elements && n < max; i += 2) {
         const redisReply *m = rep->element[i], *s = rep->element[i + 1];
-        if (m->type != REDIS_REPLY_STRING || s->type != REDIS_REPLY_STRING)
-            continue;
+        if (m->type != REDIS_REPLY_STRING || s->type != REDIS_REPLY_STRING) continue;
         const char *sep = memchr(m->str, TD_TIMER_SEP, m->len);
         int64_t due;
         size_t plen = sep ? (size_t)(sep - m->str) : 0;
@@ -573,8 +548,7 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
         c->rule[rlen] = '\0';
         c->due_at = due < 0 ? TD_MS_MISSING : due;
         c->lease_until = lease;
-        if (due < 0)
-            t->stats.reclaimed++;
+        if (due < 0) t->stats.reclaimed++;
     }
     t->stats.claimed += n;
     freeReplyObject(rep);
@@ -602,15 +576,14 @@ int td_timers_claim(td_timers *t, td_ms now, td_claim *out, size_t max) {
 
 int td_timers_ack(td_timers *t, const td_claim *c, size_t n) {
     t->err[0] = '\0';
-    if (n == 0)
-        return 0;
+    if (n == 0) return 0;
     int total = 0;
     for (size_t start = 0; start < n; start += 500) {
         size_t end = start + 500 < n ? start + 500 : n;
         tm_args_reset(t);
         size_t argc = 0;
-        bool ok = tm_arg(t, &argc, "", 0) && tm_arg(t, &argc, "", 0) &&
-                  tm_args(t, &argc, "1") && tm_args(t, &argc, t->claimed_key);
+        bool ok = tm_arg(t, &argc, "", 0) && tm_arg(t, &argc, "", 0) && tm_args(t, &argc, "1") &&
+                  tm_args(t, &argc, t->claimed_key);
         for (size_t i = start; ok && i < end; i++) {
             char m[TD_ID_MAX + TD_RULE_ID_MAX + 2];
             int k = snprintf(m, sizeof m, "%s%c%s", c[i].prospect_id, TD_TIMER_SEP, c[i].rule);
@@ -623,10 +596,8 @@ int td_timers_ack(td_timers *t, const td_claim *c, size_t n) {
             return TD_ERR;
         }
         redisReply *rep = tm_eval(t, TM_ACK, argc);
-        if (!rep)
-            return TD_ERR;
-        if (rep->type == REDIS_REPLY_INTEGER)
-            total += (int)rep->integer;
+        if (!rep) return TD_ERR;
+        if (rep->type == REDIS_REPLY_INTEGER) total += (int)rep->integer;
         freeReplyObject(rep);
     }
     t->stats.acked += (uint64_t)total;
@@ -635,8 +606,7 @@ int td_timers_ack(td_timers *t, const td_claim *c, size_t n) {
 
 int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
     t->err[0] = '\0';
-    if (tm_ensure(t) != TD_OK)
-        return TD_ERR;
+    if (tm_ensure(t) != TD_OK) return TD_ERR;
     uint32_t shards = (uint32_t)t->conf.shards;
     for (uint32_t s = 0; s < shards; s++) {
         char key[96];
@@ -665,10 +635,8 @@ int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
         }
         freeReplyObject(rep);
     }
-    if (pending)
-        *pending = sum;
-    if (claimed)
-        *claimed = cl;
+    if (pending) *pending = sum;
+    if (claimed) *claimed = cl;
     return TD_OK;
 }
 
@@ -687,21 +655,16 @@ static long long tm_config_int(td_timers *t, const char *name) {
 }
 
 int td_timers_redis_advice(td_timers *t, char *msg, size_t cap) {
-    if (msg && cap)
-        msg[0] = '\0';
-    if (tm_ensure(t) != TD_OK)
-        return TD_ERR;
+    if (msg && cap) msg[0] = '\0';
+    if (tm_ensure(t) != TD_OK) return TD_ERR;
     long long entries = tm_config_int(t, "zset-max-listpack-entries");
-    if (entries == -2)
-        return TD_ERR;
+    if (entries == -2) return TD_ERR;
     long long value = tm_config_int(t, "zset-max-listpack-value");
-    if (value == -2)
-        return TD_ERR;
+    if (value == -2) return TD_ERR;
     if (entries < 0 || value < 0)
         return 0; /* CONFIG not allowed (ACL, managed Redis): nothing to say */
     int64_t pending = 0;
-    if (td_timers_count(t, &pending, NULL) != TD_OK)
-        return TD_ERR;
+    if (td_timers_count(t, &pending, NULL) != TD_OK) return TD_ERR;
     /* hash-sharded sets vary in fill: count 70 % of the limit per shard */
     long long compact = (long long)t->conf.shards * entries * 7 / 10;
     long long longest = TD_ID_MAX + 1 + TD_RULE_ID_MAX;
@@ -724,11 +687,9 @@ int td_timers_redis_advice(td_timers *t, char *msg, size_t cap) {
 static int tm_claim_cmp(const void *a, const void *b) {
     const td_claim *x = a, *y = b;
     int c = strcmp(x->prospect_id, y->prospect_id);
-    if (c)
-        return c;
+    if (c) return c;
     c = strcmp(x->rule, y->rule);
-    if (c)
-        return c;
+    if (c) return c;
     return (x->due_at > y->due_at) - (x->due_at < y->due_at);
 }
 
@@ -736,8 +697,7 @@ static int tm_rec_add(td_timers *t, size_t g, size_t off) {
     if (t->nrecs == t->caprecs) {
         size_t cap = t->caprecs ? t->caprecs * 2 : 64;
         tm_rec *v = realloc(t->recs, cap * sizeof *v);
-        if (!v)
-            return TD_ERR;
+        if (!v) return TD_ERR;
         t->recs = v;
         t->caprecs = cap;
     }
@@ -754,18 +714,15 @@ static int tm_load(td_timers *t, td_redis *r, const size_t *work, size_t n) {
     }
     /* load contiguous when all, else through a pack in expected[] order */
     int rc;
-    if (n == 0)
-        return TD_OK;
+    if (n == 0) return TD_OK;
     bool all = true;
     for (size_t k = 0; k < n; k++)
-        if (work[k] != k)
-            all = false;
+        if (work[k] != k) all = false;
     if (all) {
         rc = td_redis_load(r, t->states, n);
     } else {
         td_state *pack = calloc(n, sizeof *pack);
-        if (!pack)
-            return TD_ERR;
+        if (!pack) return TD_ERR;
         for (size_t k = 0; k < n; k++)
             pack[k] = t->states[work[k]];
         rc = td_redis_load(r, pack, n);
@@ -808,9 +765,11 @@ static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g,
         if (t->conf.overdue_policy == TD_OVERDUE_DROP && late > t->conf.drop_older_than) {
             char due[40];
             td_time_format(tm->due_at, due, sizeof due);
-            td_log_warn("overdue timer dropped", "prospect=%s rule=%s due_at=%s overdue_ms=%lld "
-                        "drop_older_than_ms=%lld", st->prospect_id, c->rule, due,
-                        (long long)late, (long long)t->conf.drop_older_than);
+            td_log_warn("overdue timer dropped",
+                        "prospect=%s rule=%s due_at=%s overdue_ms=%lld "
+                        "drop_older_than_ms=%lld",
+                        st->prospect_id, c->rule, due, (long long)late,
+                        (long long)t->conf.drop_older_than);
             td_state_disarm_timer(st, c->rule);
             gr->changed = true;
             cnt->dropped++;
@@ -819,8 +778,8 @@ static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g,
         char armed_by[TD_ID_MAX + 1], rule[TD_RULE_ID_MAX + 1];
         memcpy(armed_by, tm->armed_by, sizeof armed_by);
         memcpy(rule, tm->rule, sizeof rule);
-        td_trigger trig = {.kind = TD_TRIG_TIMER, .rule = rule, .due_at = tm->due_at,
-                           .armed_by = armed_by};
+        td_trigger trig = {
+            .kind = TD_TRIG_TIMER, .rule = rule, .due_at = tm->due_at, .armed_by = armed_by};
         uint32_t before = st->ntimers;
         if (sink && sink->before_step) sink->before_step(sink->ud, st);
         if (td_engine_step(rs, st, &trig, now, tz, 0, t->out) != TD_OK) {
@@ -836,11 +795,10 @@ static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g,
         }
         cnt->fired++;
         t->delay[i] = late < 0 ? 0 : late;
-        if (late > cnt->max_delay)
-            cnt->max_delay = late;
+        if (late > cnt->max_delay) cnt->max_delay = late;
         if (t->out->nerrors)
-            td_log_warn("rule evaluation errors", "prospect=%s timer=%s errors=%u",
-                        st->prospect_id, rule, t->out->nerrors);
+            td_log_warn("rule evaluation errors", "prospect=%s timer=%s errors=%u", st->prospect_id,
+                        rule, t->out->nerrors);
         for (uint32_t k = 0; k < t->out->nrecs; k++) {
             size_t off = t->recbuf.len;
             if (td_rec_json(&t->out->recs[k], st, rs, &trig, now, &t->recbuf) != TD_OK ||
@@ -861,23 +819,20 @@ static void tm_free_states(td_timers *t, size_t ng) {
 
 int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz, td_ms now,
                    const td_timers_sink *sink, size_t *claimed_out) {
-    if (claimed_out)
-        *claimed_out = 0;
+    if (claimed_out) *claimed_out = 0;
     int n = td_timers_claim(t, now, t->claims, (size_t)t->conf.claim_batch);
     if (n < 0) {
         t->stats.errors++;
         return TD_ERR;
     }
-    if (claimed_out)
-        *claimed_out = (size_t)n;
-    if (n == 0)
-        return TD_OK;
+    if (claimed_out) *claimed_out = (size_t)n;
+    if (n == 0) return TD_OK;
     size_t nc = (size_t)n;
     qsort(t->claims, nc, sizeof *t->claims, tm_claim_cmp);
     size_t ng = 0;
     for (size_t i = 0; i < nc; i++) {
-        if (ng == 0 || strcmp(t->claims[i].prospect_id,
-                              t->claims[t->groups[ng - 1].first].prospect_id) != 0) {
+        if (ng == 0 ||
+            strcmp(t->claims[i].prospect_id, t->claims[t->groups[ng - 1].first].prospect_id) != 0) {
             t->groups[ng] = (tm_group){.first = i, .n = 0};
             memset(&t->states[ng], 0, sizeof t->states[ng]);
             ng++;
@@ -897,8 +852,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
         t->recbuf.len = 0;
         for (size_t k = 0; k < nwork && rc == TD_OK; k++)
             rc = tm_compute(t, rs, tz, t->work[k], now, sink);
-        if (rc != TD_OK)
-            break;
+        if (rc != TD_OK) break;
         /* durable output first */
         if (t->nrecs > 0) {
             for (size_t k = 0; k < t->nrecs; k++) {
@@ -914,15 +868,13 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
                 tm_seterr(t, "waiting for the timer recommendations' acknowledgements failed");
                 rc = TD_ERR;
             }
-            if (rc != TD_OK)
-                break;
+            if (rc != TD_OK) break;
         }
         /* then the states (which disarm the timers, in the index too) */
         size_t np = 0;
         td_state *pack = NULL;
         for (size_t k = 0; k < nwork; k++)
-            if (t->groups[t->work[k]].changed)
-                np++;
+            if (t->groups[t->work[k]].changed) np++;
         size_t nconf = 0;
         if (np > 0) {
             pack = calloc(np, sizeof *pack);
@@ -934,8 +886,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
             size_t j = 0;
             for (size_t k = 0; k < nwork; k++) {
                 size_t g = t->work[k];
-                if (!t->groups[g].changed)
-                    continue;
+                if (!t->groups[g].changed) continue;
                 pack[j] = t->states[g];
                 t->expected[j] = t->groups[g].expected;
                 j++;
@@ -949,8 +900,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
             j = 0;
             for (size_t k = 0; k < nwork; k++) {
                 size_t g = t->work[k];
-                if (!t->groups[g].changed)
-                    continue;
+                if (!t->groups[g].changed) continue;
                 if (t->result[j] == TD_REDIS_STORED) {
                     t->states[g].version = pack[j].version;
                     t->groups[g].changed = false;
@@ -961,8 +911,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
             }
             free(pack);
         }
-        if (nconf == 0)
-            break;
+        if (nconf == 0) break;
         t->stats.conflicts += nconf;
         td_log_info("timer state changed concurrently, recomputing", "prospects=%zu attempt=%d",
                     nconf, attempt + 1);
@@ -985,8 +934,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
         total.stale += t->groups[g].stale;
         total.dropped += t->groups[g].dropped;
         total.recs += t->groups[g].recs;
-        if (t->groups[g].max_delay > total.max_delay)
-            total.max_delay = t->groups[g].max_delay;
+        if (t->groups[g].max_delay > total.max_delay) total.max_delay = t->groups[g].max_delay;
     }
     if (rc != TD_OK) {
         /* nothing acked: the claims come back after their lease */
@@ -998,8 +946,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
         return TD_ERR;
     }
     for (size_t i = 0; i < nc; i++) {
-        if (t->delay[i] < 0)
-            continue;
+        if (t->delay[i] < 0) continue;
         td_ms b = t->delay[i] / TD_TIMERS_DELAY_BUCKET_MS;
         t->stats.delay_hist[b >= TD_TIMERS_DELAY_BUCKETS ? TD_TIMERS_DELAY_BUCKETS - 1 : b]++;
     }
@@ -1009,8 +956,7 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
     t->stats.recs += total.recs;
     if (total.fired) {
         t->stats.last_delay_ms = total.max_delay;
-        if (total.max_delay > t->stats.max_delay_ms)
-            t->stats.max_delay_ms = total.max_delay;
+        if (total.max_delay > t->stats.max_delay_ms) t->stats.max_delay_ms = total.max_delay;
     }
     if (td_timers_ack(t, t->claims, nc) < 0) {
         /* fired and stored: an unacked claim comes back after its lease
@@ -1021,8 +967,8 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
                     "claimed=%zu reason=%s", nc, td_log_quote(q, sizeof q, t->err));
         return TD_ERR;
     }
-    td_log_debug("timers polled", "claimed=%zu fired=%llu stale=%llu dropped=%llu recs=%llu",
-                 nc, (unsigned long long)total.fired, (unsigned long long)total.stale,
+    td_log_debug("timers polled", "claimed=%zu fired=%llu stale=%llu dropped=%llu recs=%llu", nc,
+                 (unsigned long long)total.fired, (unsigned long long)total.stale,
                  (unsigned long long)total.dropped, (unsigned long long)total.recs);
     return TD_OK;
 }

@@ -61,11 +61,11 @@ typedef enum td_overdue_policy {
 const char *td_overdue_policy_name(td_overdue_policy p); /* "fire_late", "drop" */
 
 typedef struct td_timers_conf {
-    int shards;          /* 4096: number of shard keys (1..65536); never shrink it */
-    int poll_ms;         /* 100: pause between polls when nothing was due */
-    int claim_batch;     /* 500: members claimed per poll at most (1..2000) */
-    int lease_ms;        /* 30000: a claim not acked by then is claimable again */
-    int sweep_ms;        /* 60000: the safety net: every shard's head is re-computed at least
+    int shards;      /* 4096: number of shard keys (1..65536); never shrink it */
+    int poll_ms;     /* 100: pause between polls when nothing was due */
+    int claim_batch; /* 500: members claimed per poll at most (1..2000) */
+    int lease_ms;    /* 30000: a claim not acked by then is claimable again */
+    int sweep_ms;    /* 60000: the safety net: every shard's head is re-computed at least
                             once per sweep_ms of polls (due timers are found through the
                             heads at every poll, whatever sweep_ms) */
     td_overdue_policy overdue_policy; /* TD_OVERDUE_FIRE_LATE */

@@ -82,20 +82,22 @@ typedef struct opts {
 } opts;
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: bench_engine [--prospects N] [--events N] [--seconds S] [--rules DIR]\n"
-               "                    [--seed N] [--check] [--callgrind] [--flat [--samples N] [--dump]]\n"
-               "  --prospects N  prospects to generate (default 10000)\n"
-               "  --events N     generate prospects until N events, then stop at N\n"
-               "  --seconds S    minimum measured time for each kind (default 2)\n"
-               "  --rules DIR    the ruleset (default: $TD_SOURCE_DIR/rules, ./rules, ../rules)\n"
-               "  --check        exit 1 when a target is missed (step >= 1e6/s,\n"
-               "                 decode+step >= 250e3/s)\n"
-               "  --callgrind    one untimed pass of each kind, for valgrind --tool=callgrind\n"
-               "                 (see tests/bench/callgrind.sh)\n"
-               "  --flat         measure a write's flat form (capture, diff) and the\n"
-               "                 recommendation JSON on states sampled from the stream\n"
-               "  --samples N    writes sampled for --flat (default 5000)\n"
-               "  --dump         with --flat: print the flat forms and JSON, no timing\n");
+    fprintf(
+        f,
+        "usage: bench_engine [--prospects N] [--events N] [--seconds S] [--rules DIR]\n"
+        "                    [--seed N] [--check] [--callgrind] [--flat [--samples N] [--dump]]\n"
+        "  --prospects N  prospects to generate (default 10000)\n"
+        "  --events N     generate prospects until N events, then stop at N\n"
+        "  --seconds S    minimum measured time for each kind (default 2)\n"
+        "  --rules DIR    the ruleset (default: $TD_SOURCE_DIR/rules, ./rules, ../rules)\n"
+        "  --check        exit 1 when a target is missed (step >= 1e6/s,\n"
+        "                 decode+step >= 250e3/s)\n"
+        "  --callgrind    one untimed pass of each kind, for valgrind --tool=callgrind\n"
+        "                 (see tests/bench/callgrind.sh)\n"
+        "  --flat         measure a write's flat form (capture, diff) and the\n"
+        "                 recommendation JSON on states sampled from the stream\n"
+        "  --samples N    writes sampled for --flat (default 5000)\n"
+        "  --dump         with --flat: print the flat forms and JSON, no timing\n");
 }
 
 /* ---- a small deterministic PRNG (xorshift64*) ---- */
@@ -642,7 +644,6 @@ static void print_tally(const char *what, const tally *t, size_t events) {
            (unsigned long long)t->failed);
 }
 
-
 /* ---- --flat: a write's flat form and the recommendation JSON ---- */
 
 /* A recommendation of a sampled step, with what td_rec_json needs. */
@@ -786,15 +787,31 @@ BENCH_NOINLINE size_t bench_pass_rec_json(const bench *b, const flat_set *fs, td
 /* ---- --flat --dump: synthetic states with random and extreme values ---- */
 
 static td_ms flat_rand_time(rng *r) {
-    static const td_ms edge[] = {
-        0, -1, 1, 999, -999, -1000, TD_DAY - 1, -TD_DAY, 951782400000LL /* 2000-02-29 */,
-        4107542400000LL /* 2100-03-01 */, -62135596800000LL /* 0001-01-01 */,
-        -62135596800001LL, 253402300799999LL /* 9999-12-31T23:59:59.999 */, 253402300800000LL,
-        INT64_MAX, INT64_MIN + 1, -62198755200000LL /* year 0 */, 1767225599999LL};
+    static const td_ms edge[] = {0,
+                                 -1,
+                                 1,
+                                 999,
+                                 -999,
+                                 -1000,
+                                 TD_DAY - 1,
+                                 -TD_DAY,
+                                 951782400000LL /* 2000-02-29 */,
+                                 4107542400000LL /* 2100-03-01 */,
+                                 -62135596800000LL /* 0001-01-01 */,
+                                 -62135596800001LL,
+                                 253402300799999LL /* 9999-12-31T23:59:59.999 */,
+                                 253402300800000LL,
+                                 INT64_MAX,
+                                 INT64_MIN + 1,
+                                 -62198755200000LL /* year 0 */,
+                                 1767225599999LL};
     switch (rng_below(r, 6)) {
-    case 0: return TD_MS_MISSING;
-    case 1: return edge[rng_below(r, (int)(sizeof edge / sizeof *edge))];
-    case 2: return (td_ms)rng_next(r); /* anything */
+    case 0:
+        return TD_MS_MISSING;
+    case 1:
+        return edge[rng_below(r, (int)(sizeof edge / sizeof *edge))];
+    case 2:
+        return (td_ms)rng_next(r); /* anything */
     case 3: /* any RFC 3339 instant, whole seconds half of the time */ {
         td_ms t = -62135596800000LL + (td_ms)(rng_next(r) % 315537897600000ULL);
         return rng_pct(r, 50) ? t - t % 1000 : t;
@@ -806,11 +823,16 @@ static td_ms flat_rand_time(rng *r) {
 
 static int64_t flat_rand_i64(rng *r) {
     switch (rng_below(r, 6)) {
-    case 0: return 0;
-    case 1: return INT64_MIN;
-    case 2: return INT64_MAX;
-    case 3: return (int64_t)rng_next(r);
-    default: return rng_below(r, 200) - 20;
+    case 0:
+        return 0;
+    case 1:
+        return INT64_MIN;
+    case 2:
+        return INT64_MAX;
+    case 3:
+        return (int64_t)rng_next(r);
+    default:
+        return rng_below(r, 200) - 20;
     }
 }
 
@@ -1121,8 +1143,7 @@ int main(int argc, char **argv) {
         printf("bench_engine: %u prospects, %zu events (%zu redelivered duplicates, %.0f"
                " bytes/event avg), generated in %.2f s\n",
                s.prospects, s.n, s.duplicates, (double)bytes / (double)s.n, tgen);
-        printf("  ruleset %s: %zu rules from %s\n", td_ruleset_hash(rs), td_ruleset_count(rs),
-               dir);
+        printf("  ruleset %s: %zu rules from %s\n", td_ruleset_hash(rs), td_ruleset_count(rs), dir);
     }
 
     int rc = 0;

@@ -98,18 +98,17 @@ static int64_t now_us(void) {
 
 static const char *find(const char *h, size_t hn, const char *n, size_t nn) {
     for (size_t i = 0; i + nn <= hn; i++)
-        if (h[i] == n[0] && memcmp(h + i, n, nn) == 0)
-            return h + i;
+        if (h[i] == n[0] && memcmp(h + i, n, nn) == 0) return h + i;
     return NULL;
 }
 
 typedef struct reader {
     rd_kafka_t *c;
-    atomic_long recs;       /* recommendations received */
+    atomic_long recs; /* recommendations received */
     atomic_int stop;
-    atomic_int record;      /* 1: record latencies */
-    int64_t *lat;           /* microseconds, end to end */
-    int64_t *lat_in;        /* to touchd's produce of the recommendation (ms precision) */
+    atomic_int record; /* 1: record latencies */
+    int64_t *lat;      /* microseconds, end to end */
+    int64_t *lat_in;   /* to touchd's produce of the recommendation (ms precision) */
     size_t nlat, caplat;
     pthread_mutex_t mu;
 } reader;
@@ -118,8 +117,7 @@ static void *reader_main(void *arg) {
     reader *r = arg;
     while (!atomic_load(&r->stop)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(r->c, 20);
-        if (!m)
-            continue;
+        if (!m) continue;
         if (!m->err) {
             int64_t t = wall_us();
             atomic_fetch_add(&r->recs, 1);
@@ -156,14 +154,12 @@ static int64_t cpu_us(pid_t pid) {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
     const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p)
-        return -1;
+    if (!p) return -1;
     unsigned long long ut = 0, st = 0;
     /* after ")": state(3) ... utime(14) stime(15) */
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
@@ -182,7 +178,7 @@ static long g_seq;
 static int g_prospects = 10000;
 
 static long g_tick_us = 200; /* BENCH_TICK_US: (b) produces what is due every tick */
-static int g_loopback; /* 2: phase (c), messages straight to the output topic */
+static int g_loopback;       /* 2: phase (c), messages straight to the output topic */
 
 /* The load generator's formatting (produce_one). */
 static char *put_s(char *w, const char *s) {
@@ -200,8 +196,7 @@ static char *put_2(char *w, long v) {
  * lookup in librdkafka each time). */
 static rd_kafka_topic_t *g_in_rkt;
 static rd_kafka_topic_t *in_topic(td_test_kafka *k) {
-    if (!g_in_rkt)
-        g_in_rkt = rd_kafka_topic_new(k->producer, T_IN, NULL);
+    if (!g_in_rkt) g_in_rkt = rd_kafka_topic_new(k->producer, T_IN, NULL);
     return g_in_rkt;
 }
 
@@ -216,10 +211,10 @@ static int produce_one(td_test_kafka *k) {
     if (g_loopback == 2) {
         /* a recommendation-shaped message straight to the output topic */
         int n = snprintf(ev, sizeof ev, "{\"event_id\":\"b-%ld-%" PRId64 "\"}", seq, wall_us());
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            k->producer, RD_KAFKA_V_TOPIC(T_OUT), RD_KAFKA_V_KEY(key, strlen(key)),
-            RD_KAFKA_V_VALUE(ev, (size_t)n), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_END);
+        rd_kafka_resp_err_t e =
+            rd_kafka_producev(k->producer, RD_KAFKA_V_TOPIC(T_OUT),
+                              RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_VALUE(ev, (size_t)n),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
         return e ? -1 : 0;
     }
     /* formatted by hand, not snprintf: the load generator shares the two
@@ -241,12 +236,11 @@ static int produce_one(td_test_kafka *k) {
     w = put_s(w, "\",\"data\":{\"kind\":\"value\"}}");
     int n = (int)(w - ev);
     for (;;) {
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            k->producer, RD_KAFKA_V_RKT(in_topic(k)), RD_KAFKA_V_KEY(key, (size_t)kn),
-            RD_KAFKA_V_VALUE(ev, (size_t)n), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_END);
-        if (!e)
-            return 0;
+        rd_kafka_resp_err_t e =
+            rd_kafka_producev(k->producer, RD_KAFKA_V_RKT(in_topic(k)),
+                              RD_KAFKA_V_KEY(key, (size_t)kn), RD_KAFKA_V_VALUE(ev, (size_t)n),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (!e) return 0;
         if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
             fprintf(stderr, "produce: %s\n", rd_kafka_err2str(e));
             return -1;
@@ -260,13 +254,11 @@ static int produce_one(td_test_kafka *k) {
  * g_loopback == 2: of messages produced straight to the output topic). The
  * reader's samples are reset first. @returns 0, or -1 (produce failed). */
 static int fixed_rate(td_test_kafka *k, reader *rd, int secs, int rate, const char *label) {
-    if (secs <= 0)
-        return 0;
+    if (secs <= 0) return 0;
     if (g_loopback == 2) {
         /* warm-up: the first produce to a topic fetches its metadata */
         for (int i = 0; i < 1000; i++)
-            if (produce_one(k) < 0)
-                return -1;
+            if (produce_one(k) < 0) return -1;
         int64_t until = now_us() + 10000000;
         while (atomic_load(&rd->recs) < g_seq && now_us() < until)
             rd_kafka_poll(k->producer, 10);
@@ -281,8 +273,7 @@ static int fixed_rate(td_test_kafka *k, reader *rd, int secs, int rate, const ch
         /* produce what the schedule says is due by now, then sleep a tick */
         long due = (long)((double)(now_us() - start) * rate / 1e6);
         while (sent < due) {
-            if (produce_one(k) < 0)
-                return -1;
+            if (produce_one(k) < 0) return -1;
             sent++;
         }
         rd_kafka_poll(k->producer, 0);
@@ -298,12 +289,11 @@ static int fixed_rate(td_test_kafka *k, reader *rd, int secs, int rate, const ch
      * the wait, the batch (ms precision, from the Kafka timestamp) */
     size_t n = rd->nlat, nin = 0;
     for (size_t i = 0; i < n; i++)
-        if (rd->lat_in[i] >= 0)
-            rd->lat_in[nin++] = rd->lat_in[i];
+        if (rd->lat_in[i] >= 0) rd->lat_in[nin++] = rd->lat_in[i];
     qsort(rd->lat_in, nin, sizeof *rd->lat_in, cmp_i64);
     qsort(rd->lat, n, sizeof *rd->lat, cmp_i64);
     if (n) {
-#define PCT(a, n, q) ((a)[(size_t)((double)((n) - 1) * (q))] / 1000.0)
+#define PCT(a, n, q) ((a)[(size_t)((double)((n)-1) * (q))] / 1000.0)
         printf("%s latency at %d events/s for %d s (%zu of %ld measured): "
                "p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n",
                label, rate, secs, n, sent, PCT(rd->lat, n, 0.50), PCT(rd->lat, n, 0.90),
@@ -328,8 +318,7 @@ static void mapped_rdkafka(pid_t pid, char *out, size_t cap) {
     snprintf(out, cap, "?");
     snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
     FILE *f = fopen(path, "r");
-    if (!f)
-        return;
+    if (!f) return;
     while (fgets(line, sizeof line, f)) {
         char *p = strchr(line, '/');
         if (p && strstr(p, "/librdkafka.so")) {
@@ -352,25 +341,22 @@ static void print_libraries(pid_t touchd_pid) {
         !realpath(info.dli_fname, broker)) /* /lib is /usr/lib: compare real paths */
         snprintf(broker, sizeof broker, "%s", info.dli_fname);
     char *slash = strrchr(broker, '/');
-    snprintf(marker, sizeof marker, "%.*s/mock-broker-patch.txt",
-             slash ? (int)(slash - broker) : 0, broker);
+    snprintf(marker, sizeof marker, "%.*s/mock-broker-patch.txt", slash ? (int)(slash - broker) : 0,
+             broker);
     FILE *f = slash ? fopen(marker, "r") : NULL;
     int patched = f != NULL;
     if (f) {
-        if (!fgets(desc, sizeof desc, f))
-            desc[0] = '\0';
+        if (!fgets(desc, sizeof desc, f)) desc[0] = '\0';
         desc[strcspn(desc, "\n")] = '\0';
         fclose(f);
     }
     char td[PATH_MAX], td_real[PATH_MAX];
     mapped_rdkafka(touchd_pid, td, sizeof td);
-    if (realpath(td, td_real))
-        snprintf(td, sizeof td, "%s", td_real);
+    if (realpath(td, td_real)) snprintf(td, sizeof td, "%s", td_real);
     printf("bench_pipeline: mock broker and bench clients: librdkafka %s %s (%s); "
            "touchd: %s\n",
            rd_kafka_version_str(), patched ? "PATCHED mock broker" : "stock", broker, td);
-    if (patched)
-        printf("    patch: %s\n", desc);
+    if (patched) printf("    patch: %s\n", desc);
     if (patched && strcmp(td, broker) == 0)
         printf("    WARNING: touchd runs the patched library too\n");
 }
@@ -379,8 +365,7 @@ static void print_touchd_progress(const char *log) {
     char cmd[700];
     snprintf(cmd, sizeof cmd,
              "grep -h 'msg=\"progress\"' %s | tail -n 1 | sed 's/ ruleset=.*//' >&2", log);
-    if (system(cmd) != 0)
-        fprintf(stderr, "(no progress line)\n");
+    if (system(cmd) != 0) fprintf(stderr, "(no progress line)\n");
 }
 
 int main(int argc, char **argv) {
@@ -393,10 +378,8 @@ int main(int argc, char **argv) {
     int secs_b = argc > 2 ? atoi(argv[2]) : 15;
     int rate_b = argc > 3 ? atoi(argv[3]) : 10000;
     int secs_c = argc > 4 ? atoi(argv[4]) : secs_b;
-    if (getenv("BENCH_TICK_US"))
-        g_tick_us = atol(getenv("BENCH_TICK_US"));
-    if (getenv("BENCH_PROSPECTS"))
-        g_prospects = atoi(getenv("BENCH_PROSPECTS"));
+    if (getenv("BENCH_TICK_US")) g_tick_us = atol(getenv("BENCH_TICK_US"));
+    if (getenv("BENCH_PROSPECTS")) g_prospects = atoi(getenv("BENCH_PROSPECTS"));
     int parts = getenv("BENCH_PARTITIONS") ? atoi(getenv("BENCH_PARTITIONS")) : 4;
     int batch = getenv("BENCH_BATCH") ? atoi(getenv("BENCH_BATCH")) : 2000;
     const long window = 20000; /* events in flight at most (mock broker memory) */
@@ -406,8 +389,7 @@ int main(int argc, char **argv) {
         snprintf(touchd, sizeof touchd, "%s", getenv("TD_TOUCHD"));
     } else {
         ssize_t n = readlink("/proc/self/exe", touchd, sizeof touchd - 16);
-        if (n < 0)
-            return 2;
+        if (n < 0) return 2;
         touchd[n] = '\0';
         char *slash = strrchr(touchd, '/');
         strcpy(slash + 1, "touchd");
@@ -415,8 +397,7 @@ int main(int argc, char **argv) {
     }
 
     char dir[256], rules_dir[300], conf[300], log[300];
-    if (td_test_tmpdir(dir, sizeof dir) != 0)
-        return 2;
+    if (td_test_tmpdir(dir, sizeof dir) != 0) return 2;
     snprintf(rules_dir, sizeof rules_dir, "%s/rules", dir);
     mkdir(rules_dir, 0755);
     td_test_write_file(rules_dir, "bench.rules", RULES, strlen(RULES), NULL, 0);
@@ -429,12 +410,10 @@ int main(int argc, char **argv) {
     /* BENCH_REDIS_UNIX=1: touchd reaches Redis by its Unix socket (a
      * co-located Redis) instead of loopback TCP */
     redis.unixsocket = getenv("BENCH_REDIS_UNIX") && atoi(getenv("BENCH_REDIS_UNIX"));
-    if (td_test_redis_start(&redis) != 0)
-        return 2;
+    if (td_test_redis_start(&redis) != 0) return 2;
     td_test_kafka k;
     const char *topics[] = {T_IN, T_OUT, T_DLQ};
-    if (td_test_kafka_start(&k, topics, 3, parts) != 0)
-        return 2;
+    if (td_test_kafka_start(&k, topics, 3, parts) != 0) return 2;
 
     char redis_at[400];
     if (redis.unixsocket)
@@ -442,20 +421,22 @@ int main(int argc, char **argv) {
     else
         snprintf(redis_at, sizeof redis_at, "host = \"127.0.0.1\"; port = %d;", redis.port);
     char text[2048];
-    int n = snprintf(text, sizeof text,
-                     "kafka = { brokers = \"%s\"; group_id = \"touchd-bench\";\n"
-                     "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
-                     "  dead_letter_topic = \"" T_DLQ "\";\n"
-                     "  consumer = { fetch_wait_max_ms = 1; };\n"
-                     "  producer = { linger_ms = %s; %s }; };\n"
-                     "redis = { %s };\n"
-                     "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
-                     "engine = { batch_max_events = %d; batch_max_ms = 10; %s };\n"
-                     "log = { level = \"%s\"; };\n%s\n",
-                     k.bootstraps, getenv("BENCH_LINGER_MS") ? getenv("BENCH_LINGER_MS") : "0", getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis_at, rules_dir, batch,
-                     getenv("BENCH_ENGINE_EXTRA") ? getenv("BENCH_ENGINE_EXTRA") : "",
-                     getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info",
-                     getenv("BENCH_CONFIG_EXTRA") ? getenv("BENCH_CONFIG_EXTRA") : "");
+    int n =
+        snprintf(text, sizeof text,
+                 "kafka = { brokers = \"%s\"; group_id = \"touchd-bench\";\n"
+                 "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
+                 "  dead_letter_topic = \"" T_DLQ "\";\n"
+                 "  consumer = { fetch_wait_max_ms = 1; };\n"
+                 "  producer = { linger_ms = %s; %s }; };\n"
+                 "redis = { %s };\n"
+                 "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
+                 "engine = { batch_max_events = %d; batch_max_ms = 10; %s };\n"
+                 "log = { level = \"%s\"; };\n%s\n",
+                 k.bootstraps, getenv("BENCH_LINGER_MS") ? getenv("BENCH_LINGER_MS") : "0",
+                 getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis_at,
+                 rules_dir, batch, getenv("BENCH_ENGINE_EXTRA") ? getenv("BENCH_ENGINE_EXTRA") : "",
+                 getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info",
+                 getenv("BENCH_CONFIG_EXTRA") ? getenv("BENCH_CONFIG_EXTRA") : "");
     td_test_write_file(dir, "touchd.conf", text, (size_t)n, conf, sizeof conf);
 
     /* The reader: every partition of the output topic. */
@@ -503,14 +484,12 @@ int main(int argc, char **argv) {
     int nslice = 0, cap_slice = (int)(((int64_t)secs_a * 1000000) / slice) + 1;
     double *slice_eps = calloc((size_t)cap_slice, sizeof *slice_eps);
     long slice_recs = 0;
-    if (!slice_eps)
-        return 2;
+    if (!slice_eps) return 2;
     while (now_us() < end) {
         long inflight = g_seq - atomic_load(&rd.recs);
         if (inflight < window) {
             for (int i = 0; i < 256; i++)
-                if (produce_one(&k) < 0)
-                    return 2;
+                if (produce_one(&k) < 0) return 2;
             rd_kafka_poll(k.producer, 0);
         } else {
             rd_kafka_poll(k.producer, 1);
@@ -528,8 +507,7 @@ int main(int argc, char **argv) {
         if (recs_at_warm >= 0 && now_us() >= next_slice && nslice < cap_slice) {
             long r = atomic_load(&rd.recs);
             int64_t now = now_us();
-            slice_eps[nslice++] =
-                (double)(r - slice_recs) / ((double)(now - slice_t) / 1e6);
+            slice_eps[nslice++] = (double)(r - slice_recs) / ((double)(now - slice_t) / 1e6);
             slice_recs = r;
             slice_t = now;
             next_slice += slice;
@@ -545,8 +523,8 @@ int main(int argc, char **argv) {
     printf("(a) sustained: %.0f events/s end to end (%ld events in %.1f s after a 2 s warm-up; "
            "1 recommendation per event)\n",
            eps, recs_end - recs_at_warm, (double)(end_t - warm_t) / 1e6);
-    if (recs_end > recs_at_warm && cpu0[0] >= 0 && cpu0[1] >= 0 && cpu0[2] >= 0 &&
-        cpu1[0] >= 0 && cpu1[1] >= 0 && cpu1[2] >= 0) {
+    if (recs_end > recs_at_warm && cpu0[0] >= 0 && cpu0[1] >= 0 && cpu0[2] >= 0 && cpu1[0] >= 0 &&
+        cpu1[1] >= 0 && cpu1[2] >= 0) {
         /* CPU per event over the measured window (clock-tick resolution);
          * "broker+load" is this process: the mock broker, the event
          * producer and the recommendation reader */
@@ -583,12 +561,10 @@ int main(int argc, char **argv) {
     }
 
     /* ---- (b) latency at a fixed rate, through touchd ---- */
-    if (fixed_rate(&k, &rd, secs_b, rate_b, "(b)") < 0)
-        return 2;
+    if (fixed_rate(&k, &rd, secs_b, rate_b, "(b)") < 0) return 2;
     /* ---- (c) the same through the broker alone: one hop, touchd idle ---- */
     g_loopback = 2;
-    if (fixed_rate(&k, &rd, secs_c, rate_b, "(c) broker alone, one hop:") < 0)
-        return 2;
+    if (fixed_rate(&k, &rd, secs_c, rate_b, "(c) broker alone, one hop:") < 0) return 2;
     atomic_store(&rd.stop, 1);
     pthread_join(th, NULL);
     int code = td_test_touchd_stop(&t, SIGTERM, 30000);
@@ -599,11 +575,9 @@ int main(int argc, char **argv) {
     rd_kafka_destroy(rd.c);
     free(rd.lat);
     free(rd.lat_in);
-    if (g_in_rkt)
-        rd_kafka_topic_destroy(g_in_rkt);
+    if (g_in_rkt) rd_kafka_topic_destroy(g_in_rkt);
     td_test_kafka_stop(&k);
     td_test_redis_stop(&redis);
-    if (!getenv("BENCH_LOG"))
-        td_test_rmtree(dir);
+    if (!getenv("BENCH_LOG")) td_test_rmtree(dir);
     return code == 0 ? 0 : 1;
 }

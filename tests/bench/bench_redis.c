@@ -111,8 +111,7 @@ static int cmp_i64(const void *a, const void *b) {
 }
 
 static double pct(int64_t *v, size_t n, double p) {
-    if (n == 0)
-        return 0;
+    if (n == 0) return 0;
     size_t i = (size_t)(p * (double)(n - 1));
     return (double)v[i] / 1000.0;
 }
@@ -122,11 +121,9 @@ static long long info_field(redisContext *c, const char *section, const char *fi
     long long v = -1;
     if (rep && rep->type == REDIS_REPLY_STRING) {
         const char *p = strstr(rep->str, field);
-        if (p)
-            v = atoll(p + strlen(field) + 1);
+        if (p) v = atoll(p + strlen(field) + 1);
     }
-    if (rep)
-        freeReplyObject(rep);
+    if (rep) freeReplyObject(rep);
     return v;
 }
 
@@ -201,7 +198,8 @@ int main(int argc, char **argv) {
     int64_t *exp = calloc(batch, sizeof *exp);
     int *res = calloc(batch, sizeof *res);
     size_t maxb = 1 << 20;
-    int64_t *lat_load = calloc(maxb, sizeof *lat_load), *lat_store = calloc(maxb, sizeof *lat_store);
+    int64_t *lat_load = calloc(maxb, sizeof *lat_load),
+            *lat_store = calloc(maxb, sizeof *lat_store);
     if (!st || !exp || !res || !lat_load || !lat_store) {
         fprintf(stderr, "bench_redis: out of memory\n");
         return 1;
@@ -281,14 +279,15 @@ int main(int argc, char **argv) {
     printf("  batches (load+store round trips): %zu  -> %.1f batches/s wall, %.1f batches/s in "
            "redis calls\n",
            nb, (double)nb / wall, (double)nb / io);
-    printf("  prospects: %.0f prospects/s wall (load+store each), %.0f prospects/s in redis calls\n",
-           (double)(nb * batch) / wall, (double)(nb * batch) / io);
+    printf(
+        "  prospects: %.0f prospects/s wall (load+store each), %.0f prospects/s in redis calls\n",
+        (double)(nb * batch) / wall, (double)(nb * batch) / io);
     printf("  load  per batch: mean %.2f ms  p50 %.2f  p99 %.2f  max %.2f\n",
            (double)t_load / 1000.0 / (double)nb, pct(lat_load, nb, 0.5), pct(lat_load, nb, 0.99),
            pct(lat_load, nb, 1.0));
     printf("  store per batch: mean %.2f ms  p50 %.2f  p99 %.2f  max %.2f\n",
-           (double)t_store / 1000.0 / (double)nb, pct(lat_store, nb, 0.5),
-           pct(lat_store, nb, 0.99), pct(lat_store, nb, 1.0));
+           (double)t_store / 1000.0 / (double)nb, pct(lat_store, nb, 0.5), pct(lat_store, nb, 0.99),
+           pct(lat_store, nb, 1.0));
     printf("  client CPU (touchd side: serialise, parse, hiredis): %.2f us per prospect "
            "(load+store)\n",
            cpu / (double)(nb * batch));
@@ -297,30 +296,24 @@ int main(int argc, char **argv) {
     if (raw) {
         redisReply *rep = redisCommand(raw, "MEMORY USAGE %s SAMPLES 0", "tdbench:p:{p-1}");
         long long one = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
-        if (rep)
-            freeReplyObject(rep);
+        if (rep) freeReplyObject(rep);
         rep = redisCommand(raw, "OBJECT ENCODING %s", "tdbench:p:{p-1}");
         char enc[32] = "?";
-        if (rep && rep->type == REDIS_REPLY_STRING)
-            snprintf(enc, sizeof enc, "%s", rep->str);
-        if (rep)
-            freeReplyObject(rep);
+        if (rep && rep->type == REDIS_REPLY_STRING) snprintf(enc, sizeof enc, "%s", rep->str);
+        if (rep) freeReplyObject(rep);
         rep = redisCommand(raw, "HLEN %s", "tdbench:p:{p-1}");
         long long hlen = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
-        if (rep)
-            freeReplyObject(rep);
+        if (rep) freeReplyObject(rep);
         rep = redisCommand(raw, "INFO commandstats");
         if (rep && rep->type == REDIS_REPLY_STRING) {
             const char *cmds[] = {"cmdstat_hgetall:", "cmdstat_evalsha:"};
             for (int k = 0; k < 2; k++) {
                 const char *q = strstr(rep->str, cmds[k]);
                 const char *u = q ? strstr(q, "usec_per_call=") : NULL;
-                if (u)
-                    printf("  server CPU: %s %.2f us per call\n", cmds[k] + 8, atof(u + 14));
+                if (u) printf("  server CPU: %s %.2f us per call\n", cmds[k] + 8, atof(u + 14));
             }
         }
-        if (rep)
-            freeReplyObject(rep);
+        if (rep) freeReplyObject(rep);
         long long mem1 = info_field(raw, "memory", "used_memory");
         size_t keys = prospects;
         printf("  memory: MEMORY USAGE of one prospect %lld bytes (%lld fields, encoding %s); "

@@ -78,8 +78,7 @@ static redisContext *raw_connect(const char *host, int port) {
         redisFree(c);
         return NULL;
     }
-    if (c)
-        redisSetTimeout(c, (struct timeval){60, 0});
+    if (c) redisSetTimeout(c, (struct timeval){60, 0});
     return c;
 }
 
@@ -90,11 +89,9 @@ static long long info_field(redisContext *c, const char *section, const char *fi
         char pat[128];
         snprintf(pat, sizeof pat, "\r\n%s:", field);
         const char *p = strstr(rep->str, pat);
-        if (p)
-            v = atoll(p + strlen(pat));
+        if (p) v = atoll(p + strlen(pat));
     }
-    if (rep)
-        freeReplyObject(rep);
+    if (rep) freeReplyObject(rep);
     return v;
 }
 
@@ -144,12 +141,10 @@ static double arm_script_pfx(td_redis *r, const char *pfx, size_t n, td_ms base,
             *fail = 1;
         }
         for (size_t j = 0; j < k; j++) {
-            if (res[j] != TD_REDIS_STORED)
-                *fail = 1;
+            if (res[j] != TD_REDIS_STORED) *fail = 1;
             td_state_free(&st[j]);
         }
-        if (*fail)
-            break;
+        if (*fail) break;
     }
     return (double)(mono_us() - t0) / 1e6;
 }
@@ -170,12 +165,10 @@ static void cmdstat(redisContext *c, const char *name, long long *calls, long lo
         if (p) {
             *calls = atoll(p + strlen(pat));
             const char *u = strstr(p, "usec=");
-            if (u)
-                *usec = atoll(u + 5);
+            if (u) *usec = atoll(u + 5);
         }
     }
-    if (rep)
-        freeReplyObject(rep);
+    if (rep) freeReplyObject(rep);
 }
 
 /* Writes n members "<pfx>NNNNNNNN\x1fbench.silence" straight into their shards
@@ -186,15 +179,13 @@ static int zadd_direct(redisContext *raw, const char *pfx, size_t n, int shards,
         for (size_t j = 0; j < k; j++) {
             char pid[32], key[96], m[64];
             snprintf(pid, sizeof pid, "%s%08zu", pfx, b + j);
-            td_timers_shard_key("tdbench", td_timers_shard(pid, (uint32_t)shards), key,
-                                sizeof key);
+            td_timers_shard_key("tdbench", td_timers_shard(pid, (uint32_t)shards), key, sizeof key);
             snprintf(m, sizeof m, "%s\x1f%s", pid, "bench.silence");
             redisAppendCommand(raw, "ZADD %s %lld %s", key, (long long)(base + (td_ms)(b + j)), m);
         }
         for (size_t j = 0; j < k; j++) {
             redisReply *rep;
-            if (redisGetReply(raw, (void **)&rep) != REDIS_OK)
-                return -1;
+            if (redisGetReply(raw, (void **)&rep) != REDIS_OK) return -1;
             freeReplyObject(rep);
         }
     }
@@ -236,16 +227,14 @@ static shard_mem index_memory(redisContext *c, const char *prefix, int shards) {
         redisGetReply(c, (void **)&a);
         redisGetReply(c, (void **)&b);
         redisGetReply(c, (void **)&z);
-        if (a && a->type == REDIS_REPLY_INTEGER)
-            m.bytes += a->integer;
+        if (a && a->type == REDIS_REPLY_INTEGER) m.bytes += a->integer;
         if (b && b->type == REDIS_REPLY_STRING) {
             if (!strcmp(b->str, "listpack"))
                 m.listpack++;
             else
                 m.skiplist++;
         }
-        if (z && z->type == REDIS_REPLY_INTEGER)
-            m.members += z->integer;
+        if (z && z->type == REDIS_REPLY_INTEGER) m.members += z->integer;
         freeReplyObject(a);
         freeReplyObject(b);
         freeReplyObject(z);
@@ -338,10 +327,8 @@ int main(int argc, char **argv) {
         rc = 1;
         goto out;
     }
-    if (lp_entries > 0)
-        cmd(raw, "CONFIG SET zset-max-listpack-entries %d", lp_entries);
-    if (lp_value > 0)
-        cmd(raw, "CONFIG SET zset-max-listpack-value %d", lp_value);
+    if (lp_entries > 0) cmd(raw, "CONFIG SET zset-max-listpack-entries %d", lp_entries);
+    if (lp_value > 0) cmd(raw, "CONFIG SET zset-max-listpack-value %d", lp_value);
     {
         redisReply *e = redisCommand(raw, "CONFIG GET zset-max-listpack-entries");
         redisReply *v = redisCommand(raw, "CONFIG GET zset-max-listpack-value");
@@ -376,10 +363,8 @@ int main(int argc, char **argv) {
     tc.shards = shards;
     tc.claim_batch = claim_batch;
     tc.poll_ms = poll_ms;
-    if (sweep_ms > 0)
-        tc.sweep_ms = sweep_ms;
-    if (tc.sweep_ms < poll_ms)
-        tc.sweep_ms = poll_ms;
+    if (sweep_ms > 0) tc.sweep_ms = sweep_ms;
+    if (tc.sweep_ms < poll_ms) tc.sweep_ms = poll_ms;
 
     /* 1. arming through the state script */
     if (strstr(phases, "arm")) {
@@ -396,9 +381,10 @@ int main(int argc, char **argv) {
         printf("arm (script: state hash + ZADD, 1 EVALSHA/prospect, 500/pipeline): %zu timers in "
                "%.1f s = %.0f timers/s\n",
                ntimers, s, (double)ntimers / s);
-        printf("  index: %lld members, MEMORY USAGE sum %lld B = %.1f B/timer; shards listpack %lld, "
-               "skiplist %lld\n",
-               sm.members, sm.bytes, (double)sm.bytes / (double)ntimers, sm.listpack, sm.skiplist);
+        printf(
+            "  index: %lld members, MEMORY USAGE sum %lld B = %.1f B/timer; shards listpack %lld, "
+            "skiplist %lld\n",
+            sm.members, sm.bytes, (double)sm.bytes / (double)ntimers, sm.listpack, sm.skiplist);
         printf("  used_memory delta incl. the %zu state hashes: %.1f B/prospect\n", ntimers,
                (double)(m1 - m0) / (double)ntimers);
     }
@@ -417,8 +403,8 @@ int main(int argc, char **argv) {
                 td_timers_shard_key("tdbench", td_timers_shard(pid, (uint32_t)shards), key,
                                     sizeof key);
                 snprintf(m, sizeof m, "%s\x1f%s", pid, "bench.silence");
-                redisAppendCommand(raw, "ZADD %s %lld %s", key, (long long)(base + (td_ms)(start + j)),
-                                   m);
+                redisAppendCommand(raw, "ZADD %s %lld %s", key,
+                                   (long long)(base + (td_ms)(start + j)), m);
             }
             for (size_t j = 0; j < k; j++) {
                 redisReply *rep;
@@ -539,8 +525,7 @@ int main(int argc, char **argv) {
                 break;
             }
             busy_us += mono_us() - p0;
-            if (claimed < (size_t)claim_batch)
-                sleep_ms(poll_ms < 20 ? poll_ms : 20);
+            if (claimed < (size_t)claim_batch) sleep_ms(poll_ms < 20 ? poll_ms : 20);
         }
         const td_timers_stats *st = td_timers_get_stats(t);
         printf("  fired %llu of %zu (recs %zu, stale %llu, conflicts %llu), polls %llu, "
@@ -553,8 +538,7 @@ int main(int argc, char **argv) {
                (long long)td_timers_delay_quantile(st, 0.50),
                (long long)td_timers_delay_quantile(st, 0.90),
                (long long)td_timers_delay_quantile(st, 0.99), (long long)st->max_delay_ms);
-        if (st->fired != n)
-            rc = 1;
+        if (st->fired != n) rc = 1;
         /* the cost of an idle sweep: claim calls that find nothing */
         long long c0 = info_field(raw, "stats", "total_commands_processed");
         (void)c0;
@@ -649,16 +633,14 @@ int main(int argc, char **argv) {
                "Redis per call, %.1f ZRANGEBYSCORE per call, %.0f timers/s claimed\n",
                nb, claim_batch, calls, rt / calls / 1000.0, ru / calls / 1000.0, zr / calls,
                (double)got / (rt / 1e6));
-        if (got != nb)
-            rc = 1;
+        if (got != nb) rc = 1;
         free(cl);
         td_timers_free(t);
     }
 done:
     td_redis_free(r);
 out:
-    if (raw)
-        redisFree(raw);
+    if (raw) redisFree(raw);
     td_test_redis_stop(&server); /* no-op when not started */
     return rc;
 }

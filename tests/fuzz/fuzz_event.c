@@ -22,14 +22,11 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void check_str(const char *s, size_t cap)
-{
-    if (memchr(s, '\0', cap) == NULL)
-        abort();
+static void check_str(const char *s, size_t cap) {
+    if (memchr(s, '\0', cap) == NULL) abort();
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *s = (const char *)data;
     td_event ev;
     td_event_error err;
@@ -42,36 +39,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_str(ev.kind, sizeof ev.kind);
         check_str(ev.timezone, sizeof ev.timezone);
         check_str(ev.language, sizeof ev.language);
-        if (ev.id[0] == '\0' || ev.prospect_id[0] == '\0')
-            abort();
-        if ((ev.has & TD_HAS_VALUE) && ev.value_eur < 0)
-            abort();
-        if ((ev.has & TD_HAS_LTV) && ev.lifetime_value_eur < 0)
-            abort();
+        if (ev.id[0] == '\0' || ev.prospect_id[0] == '\0') abort();
+        if ((ev.has & TD_HAS_VALUE) && ev.value_eur < 0) abort();
+        if ((ev.has & TD_HAS_LTV) && ev.lifetime_value_eur < 0) abort();
     } else {
         check_str(err.field, sizeof err.field);
         check_str(err.reason, sizeof err.reason);
-        if (err.reason[0] == '\0')
-            abort();
+        if (err.reason[0] == '\0') abort();
     }
 
     td_ms t, back;
     if (td_time_parse(s, size, &t) == TD_OK) {
         char buf[TD_TIME_BUF];
         size_t n = td_time_format(t, buf, sizeof buf);
-        if (td_time_parse(buf, n, &back) != TD_OK || back != t)
-            abort();
+        if (td_time_parse(buf, n, &back) != TD_OK || back != t) abort();
         td_civil c;
         td_civil_from_ms(t, &c);
-        if (td_civil_to_ms(c.year, c.month, c.day, c.hour, c.minute, c.second) + c.ms != t)
-            abort();
+        if (td_civil_to_ms(c.year, c.month, c.day, c.hour, c.minute, c.second) + c.ms != t) abort();
     }
     td_ms d;
     if (td_duration_parse(s, size, &d) == TD_OK) {
         char buf[64];
         size_t n = td_duration_format(d, buf, sizeof buf);
-        if (td_duration_parse(buf, n, &back) != TD_OK || back != d)
-            abort();
+        if (td_duration_parse(buf, n, &back) != TD_OK || back != d) abort();
     }
     return 0;
 }

@@ -25,8 +25,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *s = (const char *)data;
     /* Different fill bytes: a field one path forgets to set shows. */
     td_event fast, slow, both;
@@ -41,17 +40,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rs = td_event_decode_slow(s, size, &slow, &slow_err);
     int rb = td_event_decode(s, size, &both, &both_err);
 
-    if (rf != TD_OK && rf != TD_EVENT_DECLINED)
-        abort();
+    if (rf != TD_OK && rf != TD_EVENT_DECLINED) abort();
     if (rf == TD_OK && (rs != TD_OK || memcmp(&fast, &slow, sizeof fast) != 0))
         abort(); /* the fast path accepted what jansson does not, or differently */
-    if (rb != rs)
-        abort();
+    if (rb != rs) abort();
     if (rs == TD_OK) {
-        if (memcmp(&both, &slow, sizeof both) != 0)
-            abort();
-        if (both_err.field[0] != '\0' || both_err.reason[0] != '\0')
-            abort();
+        if (memcmp(&both, &slow, sizeof both) != 0) abort();
+        if (both_err.field[0] != '\0' || both_err.reason[0] != '\0') abort();
     } else if (strcmp(both_err.field, slow_err.field) != 0 ||
                strcmp(both_err.reason, slow_err.reason) != 0) {
         abort();

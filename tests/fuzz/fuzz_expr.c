@@ -49,7 +49,8 @@ static void populate(void) {
     g_st.stage = TD_STAGE_ENGAGED;
     g_st.first_seen_at = now - 30 * TD_DAY;
     g_st.last_touch_at = now - 80 * TD_HOUR;
-    for (int i = 0; i < 5; i++) g_st.touch_ring[i] = now - (i + 1) * 20 * TD_HOUR;
+    for (int i = 0; i < 5; i++)
+        g_st.touch_ring[i] = now - (i + 1) * 20 * TD_HOUR;
     g_st.touch_count = 5;
     g_st.touch_head = 5;
     g_st.hour_hist[10] = 4;
@@ -75,8 +76,8 @@ static void populate(void) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!g_tz) populate();
     td_expr_diags d = {0};
-    td_expr *e = td_expr_compile((const char *)data, size, TD_FIELD_EVENT | TD_FIELD_GUARD,
-                                 TD_T_NONE, &d);
+    td_expr *e =
+        td_expr_compile((const char *)data, size, TD_FIELD_EVENT | TD_FIELD_GUARD, TD_T_NONE, &d);
     if (!e) {
         if (d.n == 0) abort(); /* a failed compile must say why */
         for (size_t i = 0; i < d.n; i++)
@@ -86,8 +87,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (d.n) abort(); /* a success has no diagnostics */
     td_facts fx = {.n = 0};
-    td_ctx ctx = {.st = &g_st, .ev = &g_ev, .now = g_ev.occurred_at, .rec = &g_rec,
-                  .tz = g_tz, .settings = &g_set, .facts = &fx};
+    td_ctx ctx = {.st = &g_st,
+                  .ev = &g_ev,
+                  .now = g_ev.occurred_at,
+                  .rec = &g_rec,
+                  .tz = g_tz,
+                  .settings = &g_set,
+                  .facts = &fx};
     td_value v;
     char err[160], json[256];
     if (td_expr_eval(e, &ctx, &v, err, sizeof err) == TD_OK) {

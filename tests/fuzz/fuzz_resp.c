@@ -26,29 +26,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     while (at < size) {
         td_resp r;
         ssize_t k = td_resp_parse(p + at, size - at, &r);
-        if (k == 0)
-            break; /* the rest is part of a reply */
+        if (k == 0) break; /* the rest is part of a reply */
         if (k < 0) {
             /* refused: with fewer bytes it is refused or incomplete, never a reply */
             for (size_t cut = 0; cut < size - at && cut < 64; cut++) {
                 td_resp x;
-                if (td_resp_parse(p + at, cut, &x) > 0)
-                    abort();
+                if (td_resp_parse(p + at, cut, &x) > 0) abort();
             }
             break;
         }
-        if ((size_t)k > size - at)
-            abort();
+        if ((size_t)k > size - at) abort();
         switch (r.type) {
         case TD_RESP_STATUS:
         case TD_RESP_ERROR:
         case TD_RESP_BULK:
-            if (r.s < p + at || r.s + r.len > p + at + (size_t)k)
-                abort();
+            if (r.s < p + at || r.s + r.len > p + at + (size_t)k) abort();
             break;
         case TD_RESP_ARRAY:
-            if (r.i < 0)
-                abort();
+            if (r.i < 0) abort();
             break;
         case TD_RESP_INT:
         case TD_RESP_NIL:
@@ -59,8 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* each proper prefix is incomplete */
         for (size_t cut = 0; cut < (size_t)k; cut++) {
             td_resp x;
-            if (td_resp_parse(p + at, cut, &x) != 0)
-                abort();
+            if (td_resp_parse(p + at, cut, &x) != 0) abort();
         }
         at += (size_t)k;
     }

@@ -15,7 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     td_source src = {.name = "fuzz.rules", .text = (const char *)data, .len = size};
     td_diags d = {0};
     td_ruleset *rs = td_ruleset_compile(&src, 1, &d);
-    for (size_t i = 0; i < d.n; i++) free(td_diag_format(&d.v[i]));
+    for (size_t i = 0; i < d.n; i++)
+        free(td_diag_format(&d.v[i]));
     td_ruleset_free(rs);
     td_diags_free(&d);
     return 0;

@@ -166,7 +166,8 @@ static pid_t spawn_server(const td_test_redis *r) {
     /* clang-format on */
     if (r->unixsocket) {
         size_t n = 0;
-        while (argv[n]) n++;
+        while (argv[n])
+            n++;
         argv[n++] = "--unixsocket";
         argv[n++] = r->sock;
         argv[n++] = "--unixsocketperm";

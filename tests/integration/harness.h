@@ -44,9 +44,9 @@ typedef struct td_test_redis {
     /* filled by td_test_redis_start */
     char host[32]; /* "127.0.0.1" */
     int port;
-    pid_t pid;     /* 0 when not running */
-    char dir[256]; /* working directory (AOF files, redis.log) */
-    char log[300]; /* dir + "/redis.log" */
+    pid_t pid;      /* 0 when not running */
+    char dir[256];  /* working directory (AOF files, redis.log) */
+    char log[300];  /* dir + "/redis.log" */
     char sock[300]; /* dir + "/redis.sock" when unixsocket */
 
     redisContext *ctx; /* cached connection of td_test_redis_cmd; NULL when none */

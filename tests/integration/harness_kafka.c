@@ -36,8 +36,7 @@ int64_t td_test_now_ms(void) {
 
 static void quiet_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     (void)rk;
-    if (level <= 3)
-        fprintf(stderr, "test librdkafka %s: %s\n", fac, buf);
+    if (level <= 3) fprintf(stderr, "test librdkafka %s: %s\n", fac, buf);
 }
 
 /* ------------------------------------------------------------- cluster */
@@ -81,7 +80,9 @@ int td_test_kafka_start(td_test_kafka *k, const char *const *topics, size_t ntop
          * producer's events reached touchd 5x later at p50 with five in
          * flight (bench_pipeline at 10k events/s: p50 27-32 ms vs 5.5 ms),
          * even with TCP_NODELAY on the broker's side. */
-        rd_kafka_conf_set(conf, "max.in.flight", getenv("TD_TEST_INFLIGHT") ? getenv("TD_TEST_INFLIGHT") : "1", err, sizeof err) ||
+        rd_kafka_conf_set(conf, "max.in.flight",
+                          getenv("TD_TEST_INFLIGHT") ? getenv("TD_TEST_INFLIGHT") : "1", err,
+                          sizeof err) ||
         rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err)) {
         fprintf(stderr, "producer conf: %s\n", err);
         rd_kafka_conf_destroy(conf);
@@ -120,8 +121,7 @@ int td_test_kafka_produce(td_test_kafka *k, const char *topic, const char *key, 
             k->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_END);
-        if (!e)
-            return 0;
+        if (!e) return 0;
         if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
             fprintf(stderr, "produce: %s\n", rd_kafka_err2str(e));
             return -1;
@@ -143,16 +143,14 @@ static rd_kafka_t *offsets_client(td_test_kafka *k, const char *group) {
     rd_kafka_conf_set(conf, "group.id", group, err, sizeof err);
     rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
     rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
-    if (!c)
-        fprintf(stderr, "offsets client: %s\n", err);
+    if (!c) fprintf(stderr, "offsets client: %s\n", err);
     return c;
 }
 
 int td_test_kafka_committed(td_test_kafka *k, const char *group, const char *topic, int n,
                             int64_t *out) {
     rd_kafka_t *c = offsets_client(k, group);
-    if (!c)
-        return -1;
+    if (!c) return -1;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
     for (int p = 0; p < n; p++)
         rd_kafka_topic_partition_list_add(l, topic, p);
@@ -167,8 +165,7 @@ int td_test_kafka_committed(td_test_kafka *k, const char *group, const char *top
 int td_test_kafka_end_offsets(td_test_kafka *k, const char *topic, int n, int64_t *out) {
     for (int p = 0; p < n; p++) {
         int64_t lo, hi;
-        if (rd_kafka_query_watermark_offsets(k->producer, topic, p, &lo, &hi, 10000))
-            return -1;
+        if (rd_kafka_query_watermark_offsets(k->producer, topic, p, &lo, &hi, 10000)) return -1;
         out[p] = hi;
     }
     return 0;
@@ -209,8 +206,7 @@ td_test_reader *td_test_reader_new(td_test_kafka *k, const char *topic) {
 
 static char *dupn(const void *p, size_t n) {
     char *s = malloc(n + 1);
-    if (n)
-        memcpy(s, p, n);
+    if (n) memcpy(s, p, n);
     s[n] = '\0';
     return s;
 }
@@ -232,9 +228,8 @@ static void reader_take(td_test_reader *r, rd_kafka_message_t *m) {
         const char *name;
         const void *val;
         size_t sz;
-        for (size_t i = 0; i < TD_TEST_MAX_HEADERS &&
-                           rd_kafka_header_get_all(h, i, &name, &val, &sz) == 0;
-             i++) {
+        for (size_t i = 0;
+             i < TD_TEST_MAX_HEADERS && rd_kafka_header_get_all(h, i, &name, &val, &sz) == 0; i++) {
             x->hname[i] = dupn(name, strlen(name));
             x->hval[i] = dupn(val, val ? sz : 0);
             x->nheaders = i + 1;
@@ -246,10 +241,8 @@ size_t td_test_reader_read(td_test_reader *r, size_t want, int timeout_ms) {
     int64_t end = td_test_now_ms() + timeout_ms;
     while (r->n < want && td_test_now_ms() < end) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(r->c, 50);
-        if (!m)
-            continue;
-        if (!m->err)
-            reader_take(r, m);
+        if (!m) continue;
+        if (!m->err) reader_take(r, m);
         rd_kafka_message_destroy(m);
     }
     return r->n;
@@ -259,10 +252,8 @@ size_t td_test_reader_drain(td_test_reader *r, int ms) {
     int64_t end = td_test_now_ms() + ms;
     while (td_test_now_ms() < end) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(r->c, 50);
-        if (!m)
-            continue;
-        if (!m->err)
-            reader_take(r, m);
+        if (!m) continue;
+        if (!m->err) reader_take(r, m);
         rd_kafka_message_destroy(m);
     }
     return r->n;
@@ -275,14 +266,12 @@ const td_test_msg *td_test_reader_msgs(const td_test_reader *r, size_t *n) {
 
 const char *td_test_msg_header(const td_test_msg *m, const char *name) {
     for (size_t i = 0; i < m->nheaders; i++)
-        if (strcmp(m->hname[i], name) == 0)
-            return m->hval[i];
+        if (strcmp(m->hname[i], name) == 0) return m->hval[i];
     return NULL;
 }
 
 void td_test_reader_free(td_test_reader *r) {
-    if (!r)
-        return;
+    if (!r) return;
     rd_kafka_consumer_close(r->c);
     rd_kafka_destroy(r->c);
     for (size_t i = 0; i < r->n; i++) {
@@ -309,12 +298,10 @@ int td_test_touchd_start(td_test_touchd *t, const char *conf, const char *log_pa
     snprintf(t->log, sizeof t->log, "%s", log_path);
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid < 0)
-        return -1;
+    if (pid < 0) return -1;
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
+        if (getppid() != parent) _exit(127);
         int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 2);
@@ -331,8 +318,7 @@ int td_test_touchd_start(td_test_touchd *t, const char *conf, const char *log_pa
 }
 
 bool td_test_touchd_alive(td_test_touchd *t) {
-    if (t->pid <= 0)
-        return false;
+    if (t->pid <= 0) return false;
     int st;
     pid_t r = waitpid(t->pid, &st, WNOHANG);
     if (r == t->pid) {
@@ -344,15 +330,13 @@ bool td_test_touchd_alive(td_test_touchd *t) {
 }
 
 int td_test_touchd_stop(td_test_touchd *t, int sig, int timeout_ms) {
-    if (t->pid <= 0)
-        return -1;
+    if (t->pid <= 0) return -1;
     kill(t->pid, sig);
     int64_t end = td_test_now_ms() + timeout_ms;
     int st = 0;
     for (;;) {
         pid_t r = waitpid(t->pid, &st, WNOHANG);
-        if (r == t->pid)
-            break;
+        if (r == t->pid) break;
         if (td_test_now_ms() >= end) {
             fprintf(stderr, "touchd did not exit within %d ms: SIGKILL\n", timeout_ms);
             kill(t->pid, SIGKILL);
@@ -365,16 +349,13 @@ int td_test_touchd_stop(td_test_touchd *t, int sig, int timeout_ms) {
     }
     t->pid = 0;
     t->status = st;
-    if (WIFEXITED(st))
-        return WEXITSTATUS(st);
-    if (WIFSIGNALED(st))
-        return 128 + WTERMSIG(st);
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
     return -1;
 }
 
 void td_test_touchd_kill(td_test_touchd *t) {
-    if (t->pid <= 0)
-        return;
+    if (t->pid <= 0) return;
     kill(t->pid, SIGKILL);
     int st;
     waitpid(t->pid, &st, 0);
@@ -384,15 +365,13 @@ void td_test_touchd_kill(td_test_touchd *t) {
 
 static char *slurp(const char *path) {
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     size_t cap = 65536, n = 0;
     char *b = malloc(cap);
     size_t got;
     while ((got = fread(b + n, 1, cap - n - 1, f)) > 0) {
         n += got;
-        if (n + 1 == cap)
-            b = realloc(b, cap *= 2);
+        if (n + 1 == cap) b = realloc(b, cap *= 2);
     }
     fclose(f);
     b[n] = '\0';
@@ -401,8 +380,7 @@ static char *slurp(const char *path) {
 
 int td_test_count_in_file(const char *path, const char *needle) {
     char *b = slurp(path);
-    if (!b)
-        return 0;
+    if (!b) return 0;
     int c = 0;
     for (const char *p = b; (p = strstr(p, needle)) != NULL; p += strlen(needle))
         c++;
@@ -413,8 +391,7 @@ int td_test_count_in_file(const char *path, const char *needle) {
 bool td_test_wait_file(const char *path, const char *needle, int count, int timeout_ms) {
     int64_t end = td_test_now_ms() + timeout_ms;
     do {
-        if (td_test_count_in_file(path, needle) >= count)
-            return true;
+        if (td_test_count_in_file(path, needle) >= count) return true;
         td_test_sleep_ms(50);
     } while (td_test_now_ms() < end);
     return false;

@@ -39,12 +39,12 @@
 #include "td_mock_nodelay.h"
 
 typedef struct td_test_kafka {
-    rd_kafka_t *mock_rk;          /* owns the mock cluster */
+    rd_kafka_t *mock_rk; /* owns the mock cluster */
     rd_kafka_mock_cluster_t *mc;
     char bootstraps[256];
-    rd_kafka_t *producer;         /* the test's producer (events in) */
+    rd_kafka_t *producer; /* the test's producer (events in) */
     int partitions;
-    td_mock_nodelay *nodelay;     /* TCP_NODELAY on the broker's sockets */
+    td_mock_nodelay *nodelay; /* TCP_NODELAY on the broker's sockets */
 } td_test_kafka;
 
 /* Starts a one-broker mock cluster on 127.0.0.1, creates the topics with
@@ -70,8 +70,8 @@ int td_test_kafka_end_offsets(td_test_kafka *k, const char *topic, int n, int64_
 
 #define TD_TEST_MAX_HEADERS 8
 typedef struct td_test_msg {
-    char *key;   /* NUL-terminated copy, NULL when the message had none */
-    char *val;   /* NUL-terminated copy */
+    char *key; /* NUL-terminated copy, NULL when the message had none */
+    char *val; /* NUL-terminated copy */
     size_t vlen;
     int32_t partition;
     int64_t offset;
@@ -94,10 +94,10 @@ void td_test_reader_free(td_test_reader *r);
 /* ---- touchd as a child process ---- */
 
 typedef struct td_test_touchd {
-    pid_t pid;          /* 0 when not running */
+    pid_t pid; /* 0 when not running */
     char conf[512];
-    char log[512];      /* stderr of the child (appended across restarts) */
-    int status;         /* wait status of the last exit */
+    char log[512]; /* stderr of the child (appended across restarts) */
+    int status;    /* wait status of the last exit */
 } td_test_touchd;
 
 /* The touchd binary: $TD_TOUCHD, else "touchd" on PATH. */

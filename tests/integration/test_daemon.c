@@ -30,8 +30,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
 #include <jansson.h>
+#include <cmocka.h>
 
 #include "harness.h"
 #include "harness_kafka.h"
@@ -103,8 +103,7 @@ static void dump_log(const fx *f) {
     char cmd[400];
     snprintf(cmd, sizeof cmd, "tail -n 40 %s >&2", f->log);
     fprintf(stderr, "---- touchd log (%s) ----\n", f->log);
-    if (system(cmd) != 0)
-        fprintf(stderr, "(no log)\n");
+    if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
 }
 
 static void write_config(fx *f) {
@@ -128,37 +127,31 @@ static void write_config(fx *f) {
                      "log = { level = \"info\"; };\n",
                      f->kafka.bootstraps, f->group[0] ? f->group : GROUP, f->redis.port,
                      f->rules_dir, f->reload_poll_ms, f->serial ? "false" : "true");
-    assert_int_equal(td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf,
-                                        sizeof f->conf),
-                     0);
+    assert_int_equal(
+        td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf, sizeof f->conf), 0);
 }
 
 static void write_rules(fx *f, const char *text) {
     /* Write then rename, so the poller never compiles a half-written file. */
     char tmp[400], final[400];
-    assert_int_equal(td_test_write_file(f->rules_dir, "t.rules.tmp", text, strlen(text), tmp,
-                                        sizeof tmp),
-                     0);
+    assert_int_equal(
+        td_test_write_file(f->rules_dir, "t.rules.tmp", text, strlen(text), tmp, sizeof tmp), 0);
     snprintf(final, sizeof final, "%s/t.rules", f->rules_dir);
     assert_int_equal(rename(tmp, final), 0);
 }
 
 static int setup_fx(void **state, int reload_poll_ms) {
     fx *f = calloc(1, sizeof *f);
-    if (td_test_tmpdir(f->dir, sizeof f->dir) != 0)
-        return -1;
+    if (td_test_tmpdir(f->dir, sizeof f->dir) != 0) return -1;
     snprintf(f->rules_dir, sizeof f->rules_dir, "%s/rules", f->dir);
-    if (mkdir(f->rules_dir, 0755) != 0)
-        return -1;
+    if (mkdir(f->rules_dir, 0755) != 0) return -1;
     snprintf(f->log, sizeof f->log, "%s/touchd.log", f->dir);
     snprintf(f->events_file, sizeof f->events_file, "%s/events.jsonl", f->dir);
     f->reload_poll_ms = reload_poll_ms;
     f->redis.appendonly = true; /* data survives a redis-server kill -9 */
-    if (td_test_redis_start(&f->redis) != 0)
-        return -1;
+    if (td_test_redis_start(&f->redis) != 0) return -1;
     const char *topics[] = {T_IN, T_OUT, T_DLQ};
-    if (td_test_kafka_start(&f->kafka, topics, 3, PARTS) != 0)
-        return -1;
+    if (td_test_kafka_start(&f->kafka, topics, 3, PARTS) != 0) return -1;
     *state = f;
     write_rules(f, RULES_A);
     write_config(f);
@@ -170,8 +163,7 @@ static int setup_nopoll(void **state) { return setup_fx(state, 0); }
 
 static int teardown(void **state) {
     fx *f = *state;
-    if (!f)
-        return 0;
+    if (!f) return 0;
     if (f->touchd.pid > 0) {
         dump_log(f);
         td_test_touchd_kill(&f->touchd);
@@ -225,8 +217,7 @@ static long long hget_int(fx *f, int p, const char *field) {
         v = atoll(r->str);
     else if (r && r->type == REDIS_REPLY_NIL)
         v = 0;
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return v;
 }
 
@@ -237,10 +228,8 @@ static bool wait_events(fx *f, int np, const int *want, int timeout_ms) {
     while (td_test_now_ms() < end) {
         bool all = true;
         for (int p = 0; p < np && all; p++)
-            if (hget_int(f, p, "events") != want[p])
-                all = false;
-        if (all)
-            return true;
+            if (hget_int(f, p, "events") != want[p]) all = false;
+        if (all) return true;
         td_test_sleep_ms(100);
     }
     for (int p = 0; p < np; p++)
@@ -315,11 +304,9 @@ static size_t check_recs(fx *f, td_test_reader *r, const idset *want) {
     qsort(got.v, got.n, sizeof *got.v, cmp_str);
     size_t missing = 0, dups = 0;
     for (size_t i = 0; i < want->n; i++)
-        if (!idset_has(&got, want->v[i]))
-            missing++;
+        if (!idset_has(&got, want->v[i])) missing++;
     for (size_t i = 1; i < got.n; i++)
-        if (strcmp(got.v[i], got.v[i - 1]) == 0)
-            dups++;
+        if (strcmp(got.v[i], got.v[i - 1]) == 0) dups++;
     if (missing)
         fprintf(stderr, "%zu expected recommendation ids missing (of %zu)\n", missing, want->n);
     assert_int_equal(missing, 0);
@@ -341,8 +328,7 @@ static void test_events_to_recommendations(void **state) {
 
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
     size_t got = td_test_reader_read(r, NP * NE, 30000);
-    if (got < NP * NE)
-        dump_log(f);
+    if (got < NP * NE) dump_log(f);
     assert_int_equal(got, NP * NE);
 
     /* Content: rule, channel, touch, key, ruleset hash, deterministic id. */
@@ -433,7 +419,8 @@ static void test_dead_letters(void **state) {
         "this is not json",
         ("{\"id\":\"e-x1\",\"type\":\"email.teleported\",\"prospect_id\":\"p-0\","
          "\"occurred_at\":\"2026-10-01T00:00:00Z\"}"),
-        "{\"type\":\"email.sent\",\"prospect_id\":\"p-0\",\"occurred_at\":\"2026-10-01T00:00:00Z\"}",
+        "{\"type\":\"email.sent\",\"prospect_id\":\"p-0\",\"occurred_at\":\"2026-10-01T00:00:"
+        "00Z\"}",
     };
     send_event(f, 0, 0);
     for (int i = 0; i < 3; i++)
@@ -444,8 +431,7 @@ static void test_dead_letters(void **state) {
 
     td_test_reader *d = td_test_reader_new(&f->kafka, T_DLQ);
     size_t got = td_test_reader_read(d, 3, 30000);
-    if (got != 3)
-        dump_log(f);
+    if (got != 3) dump_log(f);
     assert_int_equal(got, 3);
     size_t n;
     const td_test_msg *m = td_test_reader_msgs(d, &n);
@@ -459,8 +445,9 @@ static void test_dead_letters(void **state) {
         assert_non_null(td_test_msg_header(&m[i], "touchd-field"));
         assert_string_equal(td_test_msg_header(&m[i], "touchd-source-topic"), T_IN);
         assert_non_null(td_test_msg_header(&m[i], "touchd-source-partition"));
-        assert_string_equal(td_test_msg_header(&m[i], "touchd-source-offset"),
-                            i == 0 ? "1" : i == 1 ? "2" : "3");
+        assert_string_equal(td_test_msg_header(&m[i], "touchd-source-offset"), i == 0   ? "1"
+                                                                               : i == 1 ? "2"
+                                                                                        : "3");
     }
     assert_string_equal(td_test_msg_header(&m[1], "touchd-field"), "type");
     assert_string_equal(td_test_msg_header(&m[2], "touchd-field"), "id");
@@ -499,8 +486,8 @@ static void test_sighup_reload(void **state) {
     /* A broken ruleset: rejected with diagnostics, the old one serves on. */
     write_rules(f, RULES_BROKEN);
     kill(f->touchd.pid, SIGHUP);
-    assert_true(td_test_wait_file(f->log, "reload failed, previous ruleset keeps serving", 1,
-                                  10000));
+    assert_true(
+        td_test_wait_file(f->log, "reload failed, previous ruleset keeps serving", 1, 10000));
     assert_true(td_test_count_in_file(f->log, "msg=\"rules diagnostic\"") >= 1);
     assert_true(td_test_count_in_file(f->log, "emial.sent") >= 1);
     send_event(f, 0, 1);
@@ -555,8 +542,7 @@ static void test_reconsumed_input_is_noop(void **state) {
     assert_true(td_test_wait_file(f->log, "partitions assigned", 2, 30000));
     td_test_sleep_ms(1500);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
-    if (td_test_count_in_file(f->log, needle) != 1)
-        dump_log(f);
+    if (td_test_count_in_file(f->log, needle) != 1) dump_log(f);
     assert_int_equal(td_test_count_in_file(f->log, needle), 1);
     for (int p = 0; p < NP; p++)
         assert_int_equal(hget_int(f, p, "events"), NE);
@@ -586,8 +572,7 @@ static void test_sigterm_commits(void **state) {
     int want[NP];
     for (int p = 0; p < NP; p++)
         want[p] = NE;
-    if (!wait_events(f, NP, want, 30000))
-        dump_log(f);
+    if (!wait_events(f, NP, want, 30000)) dump_log(f);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
     assert_true(td_test_count_in_file(f->log, "offsets committed") >= 1);
 
@@ -609,8 +594,7 @@ static void test_sigterm_commits(void **state) {
     /* The second run's final progress line: NP events consumed, none skipped. */
     char needle[64];
     snprintf(needle, sizeof needle, "events=%d applied=%d skipped=0", NP, NP);
-    if (td_test_count_in_file(f->log, needle) != 1)
-        dump_log(f);
+    if (td_test_count_in_file(f->log, needle) != 1) dump_log(f);
     assert_int_equal(td_test_count_in_file(f->log, needle), 1);
     for (int p = 0; p < NP; p++) {
         assert_int_equal(hget_int(f, p, "email.sent"), (NE + 1 + 1) / 2);
@@ -665,16 +649,14 @@ static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE) {
         want[p] = NE;
     bool ok = wait_events(f, NP, want, 90000);
     free(want);
-    if (!ok)
-        dump_log(f);
+    if (!ok) dump_log(f);
     assert_true(ok);
     /* redis.verify_writes read back every hash touchd wrote: each held
      * exactly the state touchd computed. A write against a wrong base
      * leaves a difference the moment it lands, whether or not a later
      * write or reload would have exposed it (first, so it names the
      * prospect and field when something below fails for that reason). */
-    if (td_test_count_in_file(f->log, "verify_writes: redis holds") != 0)
-        dump_log(f);
+    if (td_test_count_in_file(f->log, "verify_writes: redis holds") != 0) dump_log(f);
     assert_int_equal(td_test_count_in_file(f->log, "verify_writes: redis holds"), 0);
     /* Exactly once: every counter equals what was sent, per prospect. */
     for (int p = 0; p < NP; p++) {
@@ -759,15 +741,13 @@ static void test_redis_restart_wide(void **state) {
 /* The value of `key=` in the last line of the log holding it, or -1. */
 static long long log_last_value(fx *f, const char *key) {
     FILE *in = fopen(f->log, "r");
-    if (!in)
-        return -1;
+    if (!in) return -1;
     char line[8192];
     long long v = -1;
     size_t kl = strlen(key);
     while (fgets(line, sizeof line, in)) {
         for (char *p = strstr(line, key); p; p = strstr(p + 1, key))
-            if ((p == line || p[-1] == ' ') && p[kl] == '=')
-                v = atoll(p + kl + 1);
+            if ((p == line || p[-1] == ' ') && p[kl] == '=') v = atoll(p + kl + 1);
     }
     fclose(in);
     return v;
@@ -822,8 +802,7 @@ static void stream_with_writer(fx *f, int NP, int NE, int bumps) {
     if (log_last_value(f, "conflicts") <= 0) {
         char cmd[400];
         snprintf(cmd, sizeof cmd, "grep -v 'level=debug' %s | tail -n 5 >&2", f->log);
-        if (system(cmd) != 0)
-            fprintf(stderr, "(no log)\n");
+        if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
     }
     assert_true(log_last_value(f, "conflicts") > 0);
 }
@@ -887,9 +866,9 @@ static void test_verify_writes_reports(void **state) {
     want = 2;
     assert_true(wait_events(f, 1, &want, 30000));
     assert_true(td_test_wait_file(f->log, "verify_writes: redis holds", 1, 10000));
-    assert_true(td_test_count_in_file(
-                    f->log, "touchd:p:{p-0}: field \\\"whatsapp.sent\\\": redis holds "
-                            "\\\"5\\\", touchd has no such field") >= 1);
+    assert_true(td_test_count_in_file(f->log,
+                                      "touchd:p:{p-0}: field \\\"whatsapp.sent\\\": redis holds "
+                                      "\\\"5\\\", touchd has no such field") >= 1);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
     /* 1, or 2 if the field landed before the first write's read back */
     long long n = log_last_value(f, "verify_mismatches");
@@ -914,7 +893,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_concurrent_writer_replies, setup, teardown),
     };
     /* TD_TEST_FILTER=test_kill9* runs a subset (cmocka glob). */
-    if (getenv("TD_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
+    if (getenv("TD_TEST_FILTER")) cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -79,33 +79,26 @@ typedef struct fx {
 
 static int setup(void **state) {
     fx *f = calloc(1, sizeof *f);
-    if (!f || td_test_tmpdir(f->dir, sizeof f->dir) != 0)
-        return -1;
+    if (!f || td_test_tmpdir(f->dir, sizeof f->dir) != 0) return -1;
     snprintf(f->rules_dir, sizeof f->rules_dir, "%s/rules", f->dir);
     snprintf(f->log, sizeof f->log, "%s/touchd.log", f->dir);
-    if (mkdir(f->rules_dir, 0755) != 0)
-        return -1;
-    if (td_test_write_file(f->rules_dir, "t.rules", RULES, strlen(RULES), NULL, 0) != 0)
-        return -1;
-    if (td_test_redis_start(&f->redis) != 0)
-        return -1;
+    if (mkdir(f->rules_dir, 0755) != 0) return -1;
+    if (td_test_write_file(f->rules_dir, "t.rules", RULES, strlen(RULES), NULL, 0) != 0) return -1;
+    if (td_test_redis_start(&f->redis) != 0) return -1;
     *state = f;
     return 0;
 }
 
 static int teardown(void **state) {
     fx *f = *state;
-    if (!f)
-        return 0;
+    if (!f) return 0;
     if (f->touchd.pid > 0) {
         char cmd[400];
         snprintf(cmd, sizeof cmd, "tail -n 30 %s >&2", f->log);
-        if (system(cmd) != 0)
-            fprintf(stderr, "(no log)\n");
+        if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
         td_test_touchd_kill(&f->touchd);
     }
-    if (f->kafka.mc)
-        td_test_kafka_stop(&f->kafka);
+    if (f->kafka.mc) td_test_kafka_stop(&f->kafka);
     td_test_redis_stop(&f->redis);
     td_test_rmtree(f->dir);
     free(f);
@@ -115,10 +108,8 @@ static int teardown(void **state) {
 static long long redis_int(fx *f, const char *fmt, const char *arg) {
     redisReply *r = td_test_redis_cmd(&f->redis, fmt, arg);
     long long v = -1;
-    if (r && r->type == REDIS_REPLY_INTEGER)
-        v = r->integer;
-    if (r)
-        freeReplyObject(r);
+    if (r && r->type == REDIS_REPLY_INTEGER) v = r->integer;
+    if (r) freeReplyObject(r);
     return v;
 }
 
@@ -126,8 +117,7 @@ static long long redis_int(fx *f, const char *fmt, const char *arg) {
 static const char *entry_field(const redisReply *e, const char *field) {
     const redisReply *fl = e->element[1];
     for (size_t i = 0; i + 1 < fl->elements; i += 2)
-        if (strcmp(fl->element[i]->str, field) == 0)
-            return fl->element[i + 1]->str;
+        if (strcmp(fl->element[i]->str, field) == 0) return fl->element[i + 1]->str;
     return NULL;
 }
 
@@ -262,9 +252,8 @@ static void write_config(fx *f, const char *group) {
                      "gifts = { retention_days = 30; };\n"
                      "log = { level = \"debug\"; };\n",
                      f->kafka.bootstraps, group, f->redis.port, f->rules_dir);
-    assert_int_equal(td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf,
-                                        sizeof f->conf),
-                     0);
+    assert_int_equal(
+        td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf, sizeof f->conf), 0);
 }
 
 static bool wait_xlen(fx *f, const char *key, long long want, int timeout_ms) {
@@ -272,8 +261,7 @@ static bool wait_xlen(fx *f, const char *key, long long want, int timeout_ms) {
     long long v = -1;
     while (td_test_now_ms() < end) {
         v = redis_int(f, "XLEN %s", key);
-        if (v == want)
-            return true;
+        if (v == want) return true;
         td_test_sleep_ms(100);
     }
     fprintf(stderr, "%s: XLEN %lld, want %lld\n", key, v, want);
@@ -343,8 +331,7 @@ static void assert_register(fx *f) {
 static bool has_bytes(const char *p, size_t n, const char *needle) {
     size_t k = strlen(needle);
     for (size_t i = 0; i + k <= n; i++)
-        if (memcmp(p + i, needle, k) == 0)
-            return true;
+        if (memcmp(p + i, needle, k) == 0) return true;
     return false;
 }
 
@@ -354,8 +341,7 @@ static void assert_no_description_in_redis(fx *f) {
     for (size_t i = 0; i < keys->elements; i++) {
         redisReply *d = td_test_redis_cmd(&f->redis, "DUMP %s", keys->element[i]->str);
         assert_non_null(d);
-        if (d->type == REDIS_REPLY_STRING)
-            assert_false(has_bytes(d->str, d->len, "SECRET"));
+        if (d->type == REDIS_REPLY_STRING) assert_false(has_bytes(d->str, d->len, "SECRET"));
         freeReplyObject(d);
     }
     freeReplyObject(keys);
@@ -387,7 +373,7 @@ static void test_daemon_register(void **state) {
         assert_non_null(strstr(m[i].val, want));
         if (strstr(m[i].val, "\"event_id\":\"g-1\""))
             assert_non_null(strstr(m[i].val, "\"kind\":\"book\",\"value_eur\":\"24.9\","
-                                              "\"items\":1,\"wrapping\":\"blue\""));
+                                             "\"items\":1,\"wrapping\":\"blue\""));
         g2 += strstr(m[i].val, "\"event_id\":\"g-2\"") != NULL;
     }
     assert_int_equal(g2, 1);

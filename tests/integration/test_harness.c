@@ -201,16 +201,14 @@ static void sockets_on_port(uint16_t port, int *total, int *nodelay) {
         int fd = atoi(de->d_name);
         struct sockaddr_in local, peer;
         socklen_t ll = sizeof local, pl = sizeof peer;
-        if (fd <= 2 || fd == dirfd(dir) ||
-            getsockname(fd, (struct sockaddr *)&local, &ll) != 0 ||
+        if (fd <= 2 || fd == dirfd(dir) || getsockname(fd, (struct sockaddr *)&local, &ll) != 0 ||
             getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 || local.sin_family != AF_INET ||
             ntohs(local.sin_port) != port)
             continue;
         int v = 0;
         socklen_t vl = sizeof v;
         (*total)++;
-        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) == 0 && v)
-            (*nodelay)++;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) == 0 && v) (*nodelay)++;
     }
     closedir(dir);
 }
@@ -233,8 +231,7 @@ static void test_mock_broker_nodelay(void **unused) {
     int total = 0, nodelay = 0;
     for (int i = 0; i < 100; i++) { /* the watcher scans every 100 ms */
         sockets_on_port(port, &total, &nodelay);
-        if (total > 0 && nodelay == total)
-            break;
+        if (total > 0 && nodelay == total) break;
         struct timespec ts = {0, 50 * 1000000L};
         nanosleep(&ts, NULL);
     }

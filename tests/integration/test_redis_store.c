@@ -93,8 +93,7 @@ static void populate(td_state *st, const char *id, int salt) {
         ch->opens_since_reply = 1;
         ch->last_sent_at = t0 - c * TD_HOUR;
         ch->last_opened_at = t0 - c * TD_HOUR + 250; /* milliseconds survive */
-        if (c % 2)
-            ch->last_replied_at = t0 - TD_DAY;
+        if (c % 2) ch->last_replied_at = t0 - TD_DAY;
         ch->consent = c == TD_CH_SMS ? TD_TRI_NO : TD_TRI_YES;
     }
     st->ch[TD_CH_EMAIL].blocked = TD_BLOCK_NONE;
@@ -169,8 +168,7 @@ static char *raw_hget(redisContext *c, const char *key, const char *field) {
 static void raw_ok(redisContext *c, redisReply *rep) {
     (void)c;
     assert_non_null(rep);
-    if (rep->type == REDIS_REPLY_ERROR)
-        fail_msg("redis error: %s", rep->str);
+    if (rep->type == REDIS_REPLY_ERROR) fail_msg("redis error: %s", rep->str);
     freeReplyObject(rep);
 }
 
@@ -206,8 +204,7 @@ static pid_t unix_server_start(const char *dir, char *sock, size_t cap) {
             dup2(devnull, 2);
         }
         const char *bin = getenv("TD_REDIS_SERVER");
-        if (!bin || !bin[0])
-            bin = "redis-server";
+        if (!bin || !bin[0]) bin = "redis-server";
         /* port 0: no TCP listener at all */
         execlp(bin, bin, "--port", "0", "--bind", "127.0.0.1", "--unixsocket", sock,
                "--unixsocketperm", "700", "--dir", dir, "--save", "", "--appendonly", "no",
@@ -217,10 +214,8 @@ static pid_t unix_server_start(const char *dir, char *sock, size_t cap) {
     for (int i = 0; i < 500 && pid > 0; i++) {
         redisContext *c = redisConnectUnix(sock);
         bool ok = c && !c->err;
-        if (c)
-            redisFree(c);
-        if (ok)
-            return pid;
+        if (c) redisFree(c);
+        if (ok) return pid;
         sleep_ms(10);
     }
     if (pid > 0) {
@@ -231,8 +226,7 @@ static pid_t unix_server_start(const char *dir, char *sock, size_t cap) {
 }
 
 static void unix_server_stop(pid_t pid) {
-    if (pid <= 0)
-        return;
+    if (pid <= 0) return;
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
 }
@@ -357,8 +351,7 @@ static void test_roundtrip_and_plain_client(void **state) {
     assert_true(rep->elements > 40);
     int nv = 0;
     for (size_t i = 0; i < rep->elements; i += 2)
-        if (!strcmp(rep->element[i]->str, "v"))
-            nv++;
+        if (!strcmp(rep->element[i]->str, "v")) nv++;
     assert_int_equal(nv, 1); /* exactly one version field */
     size_t nfields = rep->elements / 2;
     freeReplyObject(rep);
@@ -462,8 +455,7 @@ static int store_diff_n(td_redis *r, td_state *st, const td_kvs *kb, const td_kv
     int rc = td_redis_store_diff(r, p, kb, kn, e, n, res);
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(st[i].version, before[i]);
-        if (rc == TD_OK && res[i] == TD_REDIS_STORED)
-            st[i].version = e[i] + 1;
+        if (rc == TD_OK && res[i] == TD_REDIS_STORED) st[i].version = e[i] + 1;
     }
     return rc;
 }
@@ -600,7 +592,8 @@ static void test_store_diff_verify(void **state) {
     assert_int_equal(td_redis_verify_mismatches(r), 1);
     td_redis_verify_last(r, last, sizeof last);
     assert_non_null(strstr(last, "touchd:p:{p-ver}"));
-    assert_non_null(strstr(last, "field \"owner_id\": redis holds \"rep-7\", touchd wrote \"rep-9\""));
+    assert_non_null(
+        strstr(last, "field \"owner_id\": redis holds \"rep-7\", touchd wrote \"rep-9\""));
 
     /* another writer, no version bump: a field touchd's state does not
      * have (an email reply count where touchd has none); a field unknown to
@@ -620,7 +613,8 @@ static void test_store_diff_verify(void **state) {
     assert_int_equal(store_diff1(r, &st, &base, 5, &res), TD_OK);
     assert_int_equal(td_redis_verify_mismatches(r), 2);
     td_redis_verify_last(r, last, sizeof last);
-    assert_non_null(strstr(last, "field \"sms.replied\": redis holds \"5\", touchd has no such field"));
+    assert_non_null(
+        strstr(last, "field \"sms.replied\": redis holds \"5\", touchd has no such field"));
 
     /* a field touchd wrote that is gone */
     raw_ok(c, redisCommand(c, "HDEL touchd:p:{p-ver} sms.replied"));
@@ -636,7 +630,8 @@ static void test_store_diff_verify(void **state) {
     assert_int_equal(store_diff1(r, &st, &base, 7, &res), TD_OK);
     assert_int_equal(td_redis_verify_mismatches(r), 3);
     td_redis_verify_last(r, last, sizeof last);
-    assert_non_null(strstr(last, "field \"owner_id\": touchd wrote \"rep-9\", redis has no such field"));
+    assert_non_null(
+        strstr(last, "field \"owner_id\": touchd wrote \"rep-9\", redis has no such field"));
 
     redisFree(c);
     for (int i = 0; i < N; i++) {
@@ -693,8 +688,7 @@ static void store_diff_timers_multi(td_test_redis *srv, unsigned lanes) {
         assert_int_equal(timer_score(c, pid, "t.one", 4), 1000000 + i);
         assert_int_equal(timer_score(c, pid, "t.two", 4), 2000000 + i);
         uint32_t sh = td_timers_shard(pid, 4);
-        if (lo[sh] < 0)
-            lo[sh] = 1000000 + i;
+        if (lo[sh] < 0) lo[sh] = 1000000 + i;
     }
     /* the MULTI set every shard's head (ZADD LT) to its earliest timer */
     for (uint32_t sh = 0; sh < 4; sh++)
@@ -1021,8 +1015,12 @@ static void test_auth(void **state) {
     static const char wrong[] = "not-the-Pa55";
     redisContext *admin = td_test_redis_connect(srv);
     assert_non_null(admin);
-    raw_ok(admin, redisCommand(admin, "ACL SETUSER touch on >%s ~touchd:* -@all +hgetall +evalsha +script|load +select "
-                           "+hget +hset +hdel +del +zadd +zrem +watch +unwatch +multi +exec", "acl-Pw-9"));
+    raw_ok(admin,
+           redisCommand(
+               admin,
+               "ACL SETUSER touch on >%s ~touchd:* -@all +hgetall +evalsha +script|load +select "
+               "+hget +hset +hdel +del +zadd +zrem +watch +unwatch +multi +exec",
+               "acl-Pw-9"));
     raw_ok(admin, redisCommand(admin, "CONFIG SET requirepass %s", pw));
 
     td_redis_conf conf;
@@ -1314,8 +1312,7 @@ static void lanes_fx_free(lanes_fx *f) {
 static int lanes_written_before(td_redis *r, lanes_fx *f) {
     int conflicts = 0;
     for (size_t i = 0; i < f->n; i++) {
-        if (f->res[i] == TD_REDIS_STORED)
-            continue;
+        if (f->res[i] == TD_REDIS_STORED) continue;
         assert_int_equal(f->res[i], TD_REDIS_CONFLICT);
         conflicts++;
         td_state got;
@@ -1422,8 +1419,7 @@ static void test_store_diff_watch_errors(void **state) {
                               "WRONGTYPE"));
     raw_ok(c, redisCommand(c, "DEL touchd:p:{p-wf-100}"));
     assert_int_equal(lanes_write(r, g.st, g.kb, g.kn, g.e, g.res, N), TD_OK);
-    printf("[ INFO     ] %d prospects written by the failed try\n",
-           lanes_written_before(r, &g));
+    printf("[ INFO     ] %d prospects written by the failed try\n", lanes_written_before(r, &g));
     char *v = raw_hget(c, "touchd:p:{p-wf-100}", "v");
     assert_string_equal(v, "1");
     free(v);
@@ -1444,8 +1440,7 @@ static void test_store_diff_watch_errors(void **state) {
     sleep_ms(1600); /* the pause is over, and the backoffs */
     int rc;
     int64_t t0 = now_ms();
-    while ((rc = lanes_write(r, f.st, f.kb, f.kn, f.e, f.res, N)) != TD_OK &&
-           now_ms() - t0 < 3000)
+    while ((rc = lanes_write(r, f.st, f.kb, f.kn, f.e, f.res, N)) != TD_OK && now_ms() - t0 < 3000)
         sleep_ms(50);
     assert_int_equal(rc, TD_OK);
     for (int i = 0; i < N; i++)
@@ -1593,9 +1588,9 @@ static void test_store_diff_lanes_refused(void **state) {
                     strstr(td_redis_last_error(r), "maxclients: INFO clients"));
     }
     assert_int_equal(rc, TD_OK);
-    assert_true(fails <= 1); /* the first try at most; then one lane */
+    assert_true(fails <= 1);                      /* the first try at most; then one lane */
     assert_int_equal(clients_last(c, "exec"), 1); /* the retry ran on one lane */
-    uint64_t one = td_redis_one_lane_writes(r); /* and is counted */
+    uint64_t one = td_redis_one_lane_writes(r);   /* and is counted */
     assert_int_equal(one, 1);
     /* chunks the failed try wrote before the refusal conflict now (as the
      * daemon sees them: reload); each holds exactly the state sent */

@@ -34,8 +34,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
 #include <jansson.h>
+#include <cmocka.h>
 
 #include "harness.h"
 #include "harness_kafka.h"
@@ -106,8 +106,7 @@ static void dump_log(const char *path) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "tail -n 40 %s >&2", path);
     fprintf(stderr, "---- %s ----\n", path);
-    if (system(cmd) != 0)
-        fprintf(stderr, "(no log)\n");
+    if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
 }
 
 static void write_rules(const char *dir, const char *text) {
@@ -144,24 +143,19 @@ static void write_config(fx *f, run *r) {
                      shadow);
     char name[32];
     snprintf(name, sizeof name, "%s.conf", r->name);
-    assert_int_equal(
-        td_test_write_file(f->dir, name, text, (size_t)n, r->conf, sizeof r->conf), 0);
+    assert_int_equal(td_test_write_file(f->dir, name, text, (size_t)n, r->conf, sizeof r->conf), 0);
 }
 
 static int setup(void **state) {
     fx *f = calloc(1, sizeof *f);
-    if (td_test_tmpdir(f->dir, sizeof f->dir) != 0)
-        return -1;
+    if (td_test_tmpdir(f->dir, sizeof f->dir) != 0) return -1;
     snprintf(f->live_dir, sizeof f->live_dir, "%s/rules", f->dir);
     snprintf(f->events_file, sizeof f->events_file, "%s/events.jsonl", f->dir);
-    if (mkdir(f->live_dir, 0755) != 0)
-        return -1;
-    if (td_test_redis_start(&f->redis) != 0)
-        return -1;
+    if (mkdir(f->live_dir, 0755) != 0) return -1;
+    if (td_test_redis_start(&f->redis) != 0) return -1;
     const char *topics[] = {T_IN,     "dlq",           "recs-a",       "recs-b",
                             "recs-c", "recs-b.shadow", "recs-c.shadow"};
-    if (td_test_kafka_start(&f->kafka, topics, 7, PARTS) != 0)
-        return -1;
+    if (td_test_kafka_start(&f->kafka, topics, 7, PARTS) != 0) return -1;
     *state = f;
     write_rules(f->live_dir, RULES_LIVE);
     static const char *names[3] = {"a", "b", "c"};
@@ -172,8 +166,7 @@ static int setup(void **state) {
         snprintf(r->report, sizeof r->report, "%s/%s.report.json", f->dir, names[i]);
         if (i > 0) {
             snprintf(r->shadow_dir, sizeof r->shadow_dir, "%s/shadow-%s", f->dir, names[i]);
-            if (mkdir(r->shadow_dir, 0755) != 0)
-                return -1;
+            if (mkdir(r->shadow_dir, 0755) != 0) return -1;
             write_rules(r->shadow_dir, i == 1 ? RULES_SHADOW : RULES_BROKEN);
         }
         write_config(f, r);
@@ -183,8 +176,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fx *f = *state;
-    if (!f)
-        return 0;
+    if (!f) return 0;
     for (int i = 0; i < 3; i++)
         if (f->runs[i].touchd.pid > 0) {
             dump_log(f->runs[i].log);
@@ -203,11 +195,12 @@ static void send_events(fx *f) {
     for (int j = 0; j < NE; j++)
         for (int p = 0; p < NP; p++) {
             char ev[512], key[32];
-            int n = snprintf(ev, sizeof ev,
-                             "{\"id\":\"e-%d-%d\",\"type\":\"%s\",\"prospect_id\":\"p-%d\","
-                             "\"occurred_at\":\"2026-10-01T10:%02d:00Z\",\"owner_id\":\"rep-%d\"%s}",
-                             p, j, j % 2 == 0 ? "email.sent" : "email.opened", p, j, p,
-                             j % 2 == 0 ? ",\"data\":{\"kind\":\"value\"}" : "");
+            int n =
+                snprintf(ev, sizeof ev,
+                         "{\"id\":\"e-%d-%d\",\"type\":\"%s\",\"prospect_id\":\"p-%d\","
+                         "\"occurred_at\":\"2026-10-01T10:%02d:00Z\",\"owner_id\":\"rep-%d\"%s}",
+                         p, j, j % 2 == 0 ? "email.sent" : "email.opened", p, j, p,
+                         j % 2 == 0 ? ",\"data\":{\"kind\":\"value\"}" : "");
             snprintf(key, sizeof key, "p-%d", p);
             assert_int_equal(td_test_kafka_produce(&f->kafka, T_IN, key, ev, (size_t)n), 0);
             fprintf(o, "%s\n", ev);
@@ -223,8 +216,7 @@ static long long hget_int(fx *f, const char *prefix, int p, const char *field) {
         v = atoll(r->str);
     else if (r && r->type == REDIS_REPLY_NIL)
         v = 0;
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return v;
 }
 
@@ -234,8 +226,7 @@ static bool wait_applied(fx *f, const char *prefix, int timeout_ms) {
         int done = 0;
         for (int p = 0; p < NP; p++)
             done += hget_int(f, prefix, p, "events") == NE;
-        if (done == NP)
-            return true;
+        if (done == NP) return true;
         td_test_sleep_ms(100);
     }
     return false;
@@ -250,8 +241,7 @@ static char *run_cmd(const char *cmd, int *status) {
     size_t n;
     while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
         len += n;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
+        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
     }
     buf[len] = '\0';
     int st = pclose(p);
@@ -307,8 +297,7 @@ static size_t topic_ids(fx *f, const char *topic, size_t want, const char *hash,
     td_test_reader_drain(r, 500); /* nothing more comes */
     size_t n;
     const td_test_msg *m = td_test_reader_msgs(r, &n);
-    if (n != want)
-        fprintf(stderr, "%s: %zu messages, want %zu\n", topic, n, want);
+    if (n != want) fprintf(stderr, "%s: %zu messages, want %zu\n", topic, n, want);
     assert_int_equal(n, want);
     char **v = calloc(n + 1, sizeof *v);
     for (size_t i = 0; i < n; i++) {
@@ -359,11 +348,9 @@ static void assert_same_states(fx *f, const char *x) {
         json_t *v;
         json_object_foreach(a, k, v) {
             json_t *w = json_object_get(b, k);
-            if (!w)
-                fprintf(stderr, "p-%d: field %s missing in %s\n", p, k, x);
+            if (!w) fprintf(stderr, "p-%d: field %s missing in %s\n", p, k, x);
             assert_non_null(w);
-            if (strncmp(k, "fired.", 6) == 0)
-                continue;
+            if (strncmp(k, "fired.", 6) == 0) continue;
             if (strcmp(json_string_value(v), json_string_value(w)) != 0)
                 fprintf(stderr, "p-%d: %s: a=%s %s=%s\n", p, k, json_string_value(v), x,
                         json_string_value(w));
@@ -378,16 +365,14 @@ static void assert_same_states(fx *f, const char *x) {
 static json_t *read_report(const char *path) {
     json_error_t je;
     json_t *j = json_load_file(path, 0, &je);
-    if (!j)
-        fprintf(stderr, "%s: %s\n", path, je.text);
+    if (!j) fprintf(stderr, "%s: %s\n", path, je.text);
     assert_non_null(j);
     return j;
 }
 
 static json_int_t rjint(json_t *o, const char *a, const char *b) {
     json_t *x = json_object_get(o, a);
-    if (b)
-        x = json_object_get(x, b);
+    if (b) x = json_object_get(x, b);
     assert_true(json_is_integer(x));
     return json_integer_value(x);
 }
@@ -400,8 +385,7 @@ static void rule_counts(json_t *rep, const char *id, json_int_t c[4]) {
     size_t i;
     json_t *e;
     json_array_foreach(rules, i, e) {
-        if (strcmp(json_string_value(json_object_get(e, "rule")), id) != 0)
-            continue;
+        if (strcmp(json_string_value(json_object_get(e, "rule")), id) != 0) continue;
         for (int k = 0; k < 4; k++)
             c[k] = json_integer_value(json_object_get(e, names[k]));
     }
@@ -414,8 +398,7 @@ static json_t *wait_report(const char *path, json_int_t compared, int timeout_ms
     while (td_test_now_ms() < end) {
         j = json_load_file(path, 0, NULL);
         json_t *s = json_object_get(json_object_get(j, "steps"), "compared");
-        if (json_is_integer(s) && json_integer_value(s) == compared)
-            return j;
+        if (json_is_integer(s) && json_integer_value(s) == compared) return j;
         json_decref(j);
         j = NULL;
         td_test_sleep_ms(100);
@@ -435,8 +418,7 @@ static void test_shadow_leaves_live_alone(void **state) {
     send_events(f);
     static const char *pre[3] = {"a", "b", "c"};
     for (int i = 0; i < 3; i++) {
-        if (!wait_applied(f, pre[i], 30000))
-            dump_log(f->runs[i].log);
+        if (!wait_applied(f, pre[i], 30000)) dump_log(f->runs[i].log);
         assert_true(wait_applied(f, pre[i], 1));
     }
 
@@ -539,8 +521,7 @@ static void test_explain_from_redis(void **state) {
     run *a = &f->runs[0];
     assert_int_equal(td_test_touchd_start(&a->touchd, a->conf, a->log), 0);
     send_events(f);
-    if (!wait_applied(f, "a", 30000))
-        dump_log(a->log);
+    if (!wait_applied(f, "a", 30000)) dump_log(a->log);
     assert_int_equal(td_test_touchd_stop(&a->touchd, SIGTERM, 20000), 0);
     long long version = hget_int(f, "a", 1, "v");
     assert_true(version >= 1);
@@ -551,8 +532,7 @@ static void test_explain_from_redis(void **state) {
     snprintf(cmd, sizeof cmd, "%s explain --ascii -c %s --prospect p-1 2>&1", td_test_touchd_path(),
              a->conf);
     char *out = run_cmd(cmd, &st);
-    if (st != 0)
-        fprintf(stderr, "%s\n", out);
+    if (st != 0) fprintf(stderr, "%s\n", out);
     assert_int_equal(st, 0);
     assert_non_null(strstr(out, "prospect p-1, \"now\" evaluation at"));
     assert_non_null(strstr(out, "state from redis 127.0.0.1:"));
@@ -564,20 +544,18 @@ static void test_explain_from_redis(void **state) {
     free(out);
 
     /* --json, --now an explicit time */
-    snprintf(cmd, sizeof cmd,
-             "%s explain --json -c %s --prospect p-1 --now 2026-10-02T10:00:00Z",
+    snprintf(cmd, sizeof cmd, "%s explain --json -c %s --prospect p-1 --now 2026-10-02T10:00:00Z",
              td_test_touchd_path(), a->conf);
     out = run_cmd(cmd, &st);
     assert_int_equal(st, 0);
     json_error_t je;
     json_t *j = json_loads(out, 0, &je);
-    if (!j)
-        fprintf(stderr, "not JSON (%s): %s\n", je.text, out);
+    if (!j) fprintf(stderr, "not JSON (%s): %s\n", je.text, out);
     assert_non_null(j);
     assert_string_equal(json_string_value(json_object_get(j, "prospect_id")), "p-1");
     assert_string_equal(json_string_value(json_object_get(j, "now")), "2026-10-02T10:00:00Z");
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(j, "trigger"), "type")), "now");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "trigger"), "type")),
+                        "now");
     assert_int_equal(json_integer_value(json_object_get(j, "history_events")), NE);
     size_t i;
     json_t *e;
@@ -663,7 +641,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_shadow_leaves_live_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_explain_from_redis, setup, teardown),
     };
-    if (getenv("TD_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
+    if (getenv("TD_TEST_FILTER")) cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

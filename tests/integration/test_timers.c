@@ -66,23 +66,20 @@ typedef struct fx {
 
 static int setup(void **state) {
     fx *f = calloc(1, sizeof *f);
-    if (td_test_redis_start(&f->srv) != 0)
-        return -1;
+    if (td_test_redis_start(&f->srv) != 0) return -1;
     td_redis_conf_default(&f->rconf);
     f->rconf.host = f->srv.host;
     f->rconf.port = f->srv.port;
     f->rconf.command_timeout_ms = 5000;
     char err[256];
     f->r = td_redis_new(&f->rconf, err, sizeof err);
-    if (!f->r)
-        return -1;
+    if (!f->r) return -1;
     td_redis_set_timer_shards(f->r, SHARDS);
     td_source src = {.name = "timers.rules", .text = RULES, .len = strlen(RULES)};
     td_diags d = {0};
     f->rs = td_ruleset_compile(&src, 1, &d);
     td_diags_free(&d);
-    if (!f->rs)
-        return -1;
+    if (!f->rs) return -1;
     f->tz = td_tzdb_new();
     f->out = calloc(1, sizeof *f->out);
     *state = f;
@@ -105,12 +102,10 @@ static td_timers *timers_for(fx *f, void (*tweak)(td_timers_conf *)) {
     td_timers_conf_default(&tc);
     tc.shards = SHARDS;
     tc.lease_ms = 5000;
-    if (tweak)
-        tweak(&tc);
+    if (tweak) tweak(&tc);
     char err[256];
     td_timers *t = td_timers_new(&f->rconf, &tc, err, sizeof err);
-    if (!t)
-        fail_msg("td_timers_new: %s", err);
+    if (!t) fail_msg("td_timers_new: %s", err);
     return t;
 }
 
@@ -125,9 +120,10 @@ static const char *at(td_ms t) {
 /* Loads pid, applies email.sent (id, at) through the engine, stores it. */
 static void send_email(fx *f, const char *pid, const char *id, td_ms when) {
     char json[512];
-    snprintf(json, sizeof json,
-             "{\"id\":\"%s\",\"type\":\"email.sent\",\"prospect_id\":\"%s\",\"occurred_at\":\"%s\"}",
-             id, pid, at(when));
+    snprintf(
+        json, sizeof json,
+        "{\"id\":\"%s\",\"type\":\"email.sent\",\"prospect_id\":\"%s\",\"occurred_at\":\"%s\"}", id,
+        pid, at(when));
     td_event ev;
     td_event_error ee;
     assert_int_equal(td_event_decode(json, strlen(json), &ev, &ee), TD_OK);
@@ -141,8 +137,7 @@ static void send_email(fx *f, const char *pid, const char *id, td_ms when) {
         int res;
         assert_int_equal(td_redis_store(f->r, &st, &exp, 1, &res), TD_OK);
         td_state_free(&st);
-        if (res == TD_REDIS_STORED)
-            return;
+        if (res == TD_REDIS_STORED) return;
     }
     fail_msg("send_email: persistent conflicts");
 }
@@ -348,8 +343,7 @@ static void *claim_thread(void *arg) {
     int idle = 0;
     while (idle < 3 * SHARDS) {
         int k = td_timers_claim(t, T0 + TD_DAY, buf, 7);
-        if (k < 0)
-            break;
+        if (k < 0) break;
         if (k == 0) {
             idle++;
             continue;
@@ -629,8 +623,7 @@ static void *poll_thread(void *arg) {
     td_timers_sink sink = {&p->sb, sink_send, sink_wait, NULL, NULL};
     for (int i = 0; i < 8 * SHARDS; i++) {
         size_t claimed;
-        if (td_timers_poll(t, r, p->f->rs, tz, p->now, &sink, &claimed) != TD_OK)
-            break;
+        if (td_timers_poll(t, r, p->f->rs, tz, p->now, &sink, &claimed) != TD_OK) break;
     }
     td_timers_free(t);
     td_tzdb_free(tz);
@@ -674,9 +667,10 @@ static void test_two_pollers_fire_once(void **state) {
 static void test_acl_user(void **state) {
     fx *f = *state;
     redisReply *rep = td_test_redis_cmd(
-        &f->srv, "ACL SETUSER touchd on >s3cret ~touchd:* -@all +hgetall +evalsha +script|load "
-                 "+select +hget +hset +hdel +del +hkeys +hmget +zadd +zrem +zrangebyscore +zscore +zcard "
-                 "+watch +unwatch +multi +exec");
+        &f->srv,
+        "ACL SETUSER touchd on >s3cret ~touchd:* -@all +hgetall +evalsha +script|load "
+        "+select +hget +hset +hdel +del +hkeys +hmget +zadd +zrem +zrangebyscore +zscore +zcard "
+        "+watch +unwatch +multi +exec");
     assert_non_null(rep);
     assert_int_equal(rep->type, REDIS_REPLY_STATUS);
     freeReplyObject(rep);
@@ -708,7 +702,6 @@ static void test_acl_user(void **state) {
     td_redis_free(r);
 }
 
-
 /* ---- the heads ---- */
 
 /* The head of a shard (ZSCORE <prefix>:t:heads <shard>), or -1. */
@@ -724,9 +717,8 @@ static long long head_of(fx *f, uint32_t shard) {
 static long long shard_min(fx *f, uint32_t shard) {
     redisReply *rep = td_test_redis_cmd(&f->srv, "ZRANGE touchd:t:%u 0 0 WITHSCORES", shard);
     assert_non_null(rep);
-    long long v = rep->type == REDIS_REPLY_ARRAY && rep->elements == 2
-                      ? atoll(rep->element[1]->str)
-                      : -1;
+    long long v =
+        rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 ? atoll(rep->element[1]->str) : -1;
     freeReplyObject(rep);
     return v;
 }
@@ -773,8 +765,7 @@ static long long info_num(fx *f, const char *section, const char *field) {
 static void pid_in_shard(uint32_t shard, const char *stem, char *buf, size_t cap) {
     for (int i = 0; i < 100000; i++) {
         snprintf(buf, cap, "%s-%d", stem, i);
-        if (td_timers_shard(buf, SHARDS) == shard)
-            return;
+        if (td_timers_shard(buf, SHARDS) == shard) return;
     }
     fail_msg("no id for shard %u", shard);
 }
@@ -1065,8 +1056,8 @@ static void test_two_claimers_heads_only(void **state) {
 static void test_rearm_later_keeps_head(void **state) {
     fx *f = *state;
     uint32_t s = td_timers_shard("p-r", SHARDS);
-    send_email(f, "p-r", "e-1", T0);             /* short due T0+2s */
-    send_email(f, "p-r", "e-2", T0 + 10000);     /* re-armed: due T0+12s */
+    send_email(f, "p-r", "e-1", T0);            /* short due T0+2s */
+    send_email(f, "p-r", "e-2", T0 + 10000);    /* re-armed: due T0+12s */
     assert_int_equal(head_of(f, s), T0 + 2000); /* not raised */
     td_timers *t = timers_for(f, NULL);
     td_claim c[4];

@@ -32,8 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cmocka.h>
 #include <jansson.h>
+#include <cmocka.h>
 
 #include "harness.h"
 #include "harness_kafka.h"
@@ -70,8 +70,7 @@ static void dump_log(const char *path) {
     char cmd[400];
     snprintf(cmd, sizeof cmd, "tail -n 30 %s >&2", path);
     fprintf(stderr, "---- touchd log (%s) ----\n", path);
-    if (system(cmd) != 0)
-        fprintf(stderr, "(no log)\n");
+    if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
 }
 
 static void write_config(fx *f, const char *timers_extra) {
@@ -97,28 +96,22 @@ static void write_config(fx *f, const char *timers_extra) {
                      "log = { level = \"info\"; };\n",
                      f->kafka.bootstraps, f->redis.port, f->rules_dir,
                      f->claim_batch ? f->claim_batch : 200, timers_extra ? timers_extra : "");
-    assert_int_equal(td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf,
-                                        sizeof f->conf),
-                     0);
+    assert_int_equal(
+        td_test_write_file(f->dir, "touchd.conf", text, (size_t)n, f->conf, sizeof f->conf), 0);
 }
 
 static int setup(void **state) {
     fx *f = calloc(1, sizeof *f);
-    if (td_test_tmpdir(f->dir, sizeof f->dir) != 0)
-        return -1;
+    if (td_test_tmpdir(f->dir, sizeof f->dir) != 0) return -1;
     snprintf(f->rules_dir, sizeof f->rules_dir, "%s/rules", f->dir);
-    if (mkdir(f->rules_dir, 0755) != 0)
-        return -1;
+    if (mkdir(f->rules_dir, 0755) != 0) return -1;
     snprintf(f->log, sizeof f->log, "%s/touchd.log", f->dir);
     snprintf(f->log2, sizeof f->log2, "%s/touchd2.log", f->dir);
     f->redis.appendonly = true;
-    if (td_test_redis_start(&f->redis) != 0)
-        return -1;
+    if (td_test_redis_start(&f->redis) != 0) return -1;
     const char *topics[] = {T_IN, T_OUT, T_DLQ};
-    if (td_test_kafka_start(&f->kafka, topics, 3, PARTS) != 0)
-        return -1;
-    if (td_test_write_file(f->rules_dir, "t.rules", RULES, strlen(RULES), NULL, 0) != 0)
-        return -1;
+    if (td_test_kafka_start(&f->kafka, topics, 3, PARTS) != 0) return -1;
+    if (td_test_write_file(f->rules_dir, "t.rules", RULES, strlen(RULES), NULL, 0) != 0) return -1;
     write_config(f, NULL);
     *state = f;
     return 0;
@@ -126,8 +119,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fx *f = *state;
-    if (!f)
-        return 0;
+    if (!f) return 0;
     if (f->touchd.pid > 0) {
         dump_log(f->log);
         td_test_touchd_kill(&f->touchd);
@@ -176,13 +168,10 @@ static void wait_applied(fx *f, int np, int events, int timeout_ms) {
         int done = 0;
         for (int p = 0; p < np; p++) {
             redisReply *r = td_test_redis_cmd(&f->redis, "HGET touchd:p:{p-%d} events", p);
-            if (r && r->type == REDIS_REPLY_STRING && atoi(r->str) >= events)
-                done++;
-            if (r)
-                freeReplyObject(r);
+            if (r && r->type == REDIS_REPLY_STRING && atoi(r->str) >= events) done++;
+            if (r) freeReplyObject(r);
         }
-        if (done == np)
-            return;
+        if (done == np) return;
         if (td_test_now_ms() > end)
             fail_msg("only %d of %d prospects applied their events", done, np);
         td_test_sleep_ms(50);
@@ -215,16 +204,13 @@ static void tally(td_test_reader *r, seen *s) {
             td_ms d, g;
             assert_int_equal(td_time_parse(due, strlen(due), &d), TD_OK);
             assert_int_equal(td_time_parse(gen, strlen(gen), &g), TD_OK);
-            if (g - d > s->max_delay)
-                s->max_delay = g - d;
+            if (g - d > s->max_delay) s->max_delay = g - d;
         }
         size_t k = 0;
         while (k < s->n && strcmp(s->ids[k], id) != 0)
             k++;
-        if (k == s->n && s->n < 1024)
-            snprintf(s->ids[s->n++], sizeof s->ids[0], "%s", id);
-        if (k < 1024)
-            s->count[k]++;
+        if (k == s->n && s->n < 1024) snprintf(s->ids[s->n++], sizeof s->ids[0], "%s", id);
+        if (k < 1024) s->count[k]++;
         json_decref(j);
     }
 }
@@ -232,22 +218,19 @@ static void tally(td_test_reader *r, seen *s) {
 static int max_count(const seen *s) {
     int m = 0;
     for (size_t i = 0; i < s->n; i++)
-        if (s->count[i] > m)
-            m = s->count[i];
+        if (s->count[i] > m) m = s->count[i];
     return m;
 }
 
 /* timers_fired=N of the last progress line of a log (0 when none). */
 static int fired_in_log(const char *path) {
     FILE *in = fopen(path, "r");
-    if (!in)
-        return 0;
+    if (!in) return 0;
     char line[4096];
     int v = 0;
     while (fgets(line, sizeof line, in)) {
         const char *p = strstr(line, " timers_fired=");
-        if (p)
-            v = atoi(p + 14);
+        if (p) v = atoi(p + 14);
     }
     fclose(in);
     return v;
@@ -325,9 +308,7 @@ static void two_instances_fire(fx *f, int np, int64_t delay_ms) {
     assert_int_equal(fired_in_log(f->log) + fired_in_log(f->log2), np);
 }
 
-static void test_two_instances_fire_once(void **state) {
-    two_instances_fire(*state, 200, 0);
-}
+static void test_two_instances_fire_once(void **state) { two_instances_fire(*state, 200, 0); }
 
 /* Claims in batches of 3: a poll that claims a full batch is followed at
  * once by the next, so both instances drain the due timers at the same
@@ -451,7 +432,8 @@ static void test_drop_policy_after_outage(void **state) {
     assert_true(td_test_wait_file(f->log, "msg=\"overdue timer dropped\"", NP, 15000));
     assert_int_equal(td_test_reader_drain(r, 1000), 0);
     for (int p = 0; p < NP; p++) {
-        redisReply *rep = td_test_redis_cmd(&f->redis, "HEXISTS touchd:p:{p-%d} timer.t.silence", p);
+        redisReply *rep =
+            td_test_redis_cmd(&f->redis, "HEXISTS touchd:p:{p-%d} timer.t.silence", p);
         assert_int_equal(rep->integer, 0);
         freeReplyObject(rep);
     }

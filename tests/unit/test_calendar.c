@@ -23,8 +23,7 @@
 
 /* ---- helpers ---- */
 
-static td_ms at(const char *rfc3339)
-{
+static td_ms at(const char *rfc3339) {
     td_ms t = 0;
     assert_int_equal(td_time_parse(rfc3339, strlen(rfc3339), &t), TD_OK);
     return t;
@@ -32,8 +31,7 @@ static td_ms at(const char *rfc3339)
 
 /* Compares instants and prints both in RFC 3339 when they differ. */
 #define assert_time(got, want) assert_time_((got), (want), __FILE__, __LINE__)
-static void assert_time_(td_ms got, td_ms want, const char *file, int line)
-{
+static void assert_time_(td_ms got, td_ms want, const char *file, int line) {
     if (got != want) {
         char g[TD_TIME_BUF], w[TD_TIME_BUF];
         td_time_format(got, g, sizeof g);
@@ -42,20 +40,17 @@ static void assert_time_(td_ms got, td_ms want, const char *file, int line)
     }
 }
 
-static td_calendar *cal_from(const char *region, const char *text)
-{
+static td_calendar *cal_from(const char *region, const char *text) {
     td_calendar *cal = td_calendar_new();
     assert_non_null(cal);
     char err[256];
     int rc = td_calendar_add(cal, region, text, strlen(text), err, sizeof err);
-    if (rc != TD_OK)
-        fail_msg("td_calendar_add(%s): %s", region, err);
+    if (rc != TD_OK) fail_msg("td_calendar_add(%s): %s", region, err);
     return cal;
 }
 
 /* Adds `text` expecting an error that contains `want`. */
-static void add_fails(const char *text, const char *want)
-{
+static void add_fails(const char *text, const char *want) {
     td_calendar *cal = td_calendar_new();
     char err[256];
     assert_int_equal(td_calendar_add(cal, "XX", text, strlen(text), err, sizeof err), TD_ERR);
@@ -68,26 +63,22 @@ static void add_fails(const char *text, const char *want)
 
 static char g_dir[1024];
 
-static const char *holidays_dir(void)
-{
+static const char *holidays_dir(void) {
     const char *src = getenv("TD_SOURCE_DIR");
     snprintf(g_dir, sizeof g_dir, "%s/config/holidays", src != NULL && *src ? src : "..");
     return g_dir;
 }
 
-static td_calendar *shipped(void)
-{
+static td_calendar *shipped(void) {
     char err[512];
     td_calendar *cal = td_calendar_load_dir(holidays_dir(), err, sizeof err);
-    if (cal == NULL)
-        fail_msg("loading %s: %s", holidays_dir(), err);
+    if (cal == NULL) fail_msg("loading %s: %s", holidays_dir(), err);
     return cal;
 }
 
 /* ---- parsing ---- */
 
-static void test_parse_format(void **state)
-{
+static void test_parse_format(void **state) {
     (void)state;
     const char *text = "# a comment\n"
                        "\n"
@@ -133,21 +124,24 @@ static void test_parse_format(void **state)
     td_calendar_free(cal);
 }
 
-static void test_parse_errors(void **state)
-{
+static void test_parse_errors(void **state) {
     (void)state;
     add_fails("2026-05-01 Labour Day\n2026-02-30 Bad\n", "line 2: bad date '2026-02-30'");
     add_fails("\n\n2026-5-01 Bad\n", "line 3: bad date");
     add_fails("2026-05-01\n", "line 1: holiday 2026-05-01 has no name");
-    add_fails("2026-05-01 A\n# c\n2026-05-01 B\n", "line 3: 2026-05-01 is already a holiday (line 1)");
+    add_fails("2026-05-01 A\n# c\n2026-05-01 B\n",
+              "line 3: 2026-05-01 is already a holiday (line 1)");
     add_fails("2026-02-14 A\nworkday 2026-02-14\n",
               "line 2: 2026-02-14 is both a workday and a holiday (line 1)");
-    add_fails("workday 2026-02-14\nworkday 2026-02-14\n", "line 2: 2026-02-14 is already a workday");
-    add_fails("weekend = sat,sun\nweekend = fri\n", "line 2: weekend declared twice (first at line 1)");
+    add_fails("workday 2026-02-14\nworkday 2026-02-14\n",
+              "line 2: 2026-02-14 is already a workday");
+    add_fails("weekend = sat,sun\nweekend = fri\n",
+              "line 2: weekend declared twice (first at line 1)");
     add_fails("weekend = sat,dimanche\n", "line 1: unknown weekday 'dimanche'");
     add_fails("weekend = sat,sat\n", "line 1: weekday 'sat' listed twice");
     add_fails("weekend = mon,tue,wed,thu,fri,sat,sun\n", "every day of the week is a weekend day");
-    add_fails("years = 2026-2027\n2028-01-01 A\n", "line 2: 2028-01-01 is outside 'years = 2026-2027' (line 1)");
+    add_fails("years = 2026-2027\n2028-01-01 A\n",
+              "line 2: 2028-01-01 is outside 'years = 2026-2027' (line 1)");
     add_fails("2026-01-01 A\nyears = 2026\n", "line 2: years must come before the first date");
     add_fails("years = 2027-2026\n", "line 1: years: 2027-2026 is an empty range");
     add_fails("years = 26\n", "line 1: years: expected YYYY or YYYY-YYYY");
@@ -164,7 +158,8 @@ static void test_parse_errors(void **state)
     /* bad region names */
     td_calendar *cal = td_calendar_new();
     char err[128];
-    static const char *bad_regions[] = {"", "F", "FRA", "France", "F1", "DE_BY", "DE-", "DE-BAYE", NULL};
+    static const char *bad_regions[] = {"",      "F",   "FRA",     "France", "F1",
+                                        "DE_BY", "DE-", "DE-BAYE", NULL};
     for (int i = 0; bad_regions[i] != NULL; i++) {
         assert_int_equal(td_calendar_add(cal, bad_regions[i], "", 0, err, sizeof err), TD_ERR);
         assert_non_null(strstr(err, "bad region name"));
@@ -179,14 +174,15 @@ static void test_parse_errors(void **state)
     td_calendar_free(cal);
 }
 
-static void test_merge_and_subdivisions(void **state)
-{
+static void test_merge_and_subdivisions(void **state) {
     (void)state;
     td_calendar *cal = cal_from("DE", "weekend = sat,sun\n2026-04-03 Good Friday\n");
     char err[256];
     /* a second add to the same region merges; a date declared twice is refused */
-    assert_int_equal(td_calendar_add(cal, "de", "2026-10-03 Unity Day\n", 21, err, sizeof err), TD_OK);
-    assert_int_equal(td_calendar_add(cal, "DE", "# x\n2026-04-03 Again\n", 21, err, sizeof err), TD_ERR);
+    assert_int_equal(td_calendar_add(cal, "de", "2026-10-03 Unity Day\n", 21, err, sizeof err),
+                     TD_OK);
+    assert_int_equal(td_calendar_add(cal, "DE", "# x\n2026-04-03 Again\n", 21, err, sizeof err),
+                     TD_ERR);
     assert_non_null(strstr(err, "line 2: 2026-04-03 is already declared for DE"));
     assert_true(td_calendar_is_holiday(cal, "DE", 2026, 10, 3, NULL));
     /* a subdivision adds its holidays on top of its country's */
@@ -199,13 +195,14 @@ static void test_merge_and_subdivisions(void **state)
     assert_false(td_calendar_is_holiday(cal, "DE-BE", 2026, 1, 6, NULL));
     assert_true(td_calendar_is_holiday(cal, "de-by", 2026, 4, 3, &name)); /* inherited */
     assert_string_equal(name, "Good Friday");
-    assert_true(td_calendar_is_holiday(cal, "DE-BE", 2026, 4, 3, NULL)); /* no file: the country's */
+    assert_true(
+        td_calendar_is_holiday(cal, "DE-BE", 2026, 4, 3, NULL)); /* no file: the country's */
     assert_false(td_calendar_is_business_day(cal, "DE-BY", 2026, 6, 4));
     assert_true(td_calendar_is_business_day(cal, "DE", 2026, 6, 4));
     /* a subdivision's weekend overrides its country's */
     assert_int_equal(td_calendar_add(cal, "DE-XX", "weekend = sun\n", 14, err, sizeof err), TD_OK);
-    assert_true(td_calendar_is_business_day(cal, "DE-XX", 2026, 6, 6));   /* Saturday */
-    assert_false(td_calendar_is_business_day(cal, "DE-XX", 2026, 4, 3));  /* Good Friday */
+    assert_true(td_calendar_is_business_day(cal, "DE-XX", 2026, 6, 6));  /* Saturday */
+    assert_false(td_calendar_is_business_day(cal, "DE-XX", 2026, 4, 3)); /* Good Friday */
     const char *names[8];
     assert_int_equal(td_calendar_countries(cal, names, 8), 3);
     assert_string_equal(names[0], "DE");
@@ -228,8 +225,7 @@ static void test_merge_and_subdivisions(void **state)
 /* Checks every holiday and workday line of every shipped file against the
  * loaded calendar: each holiday is found, each workday is a weekend day made
  * a business day. */
-static void check_file_lines(const td_calendar *cal, const char *dir, const char *fname)
-{
+static void check_file_lines(const td_calendar *cal, const char *dir, const char *fname) {
     char path[1200], line[512], region[16];
     snprintf(path, sizeof path, "%s/%s", dir, fname);
     size_t rl = strcspn(fname, ".");
@@ -256,12 +252,10 @@ static void check_file_lines(const td_calendar *cal, const char *dir, const char
         }
     }
     fclose(f);
-    if (holidays < 4)
-        fail_msg("%s: only %d holidays", fname, holidays);
+    if (holidays < 4) fail_msg("%s: only %d holidays", fname, holidays);
 }
 
-static void test_shipped_files_parse(void **state)
-{
+static void test_shipped_files_parse(void **state) {
     (void)state;
     td_calendar *cal = shipped();
     static const char *required[] = {"AE", "BE", "CH", "CN", "DE", "ES", "FR",
@@ -273,8 +267,7 @@ static void test_shipped_files_parse(void **state)
         bool found = false;
         for (size_t k = 0; k < n; k++)
             found = found || strcmp(names[k], required[i]) == 0;
-        if (!found)
-            fail_msg("no %s.holidays in %s", required[i], holidays_dir());
+        if (!found) fail_msg("no %s.holidays in %s", required[i], holidays_dir());
         assert_true(td_calendar_covers(cal, required[i], 2026));
         assert_true(td_calendar_covers(cal, required[i], 2027));
         assert_false(td_calendar_covers(cal, required[i], 2025));
@@ -291,8 +284,7 @@ typedef struct spot {
     const char *name_part; /* NULL: must NOT be a holiday */
 } spot;
 
-static void test_shipped_dates(void **state)
-{
+static void test_shipped_dates(void **state) {
     (void)state;
     td_calendar *cal = shipped();
     static const spot spots[] = {
@@ -381,21 +373,19 @@ typedef struct slot_case {
     const char *t, *want;
 } slot_case;
 
-static void run_slots(const td_calendar *cal, td_tzdb *tz, const slot_case *c, size_t n)
-{
+static void run_slots(const td_calendar *cal, td_tzdb *tz, const slot_case *c, size_t n) {
     for (size_t i = 0; i < n; i++) {
         td_ms got = td_calendar_next_slot(cal, tz, c[i].zone, c[i].country, 9, 18, at(c[i].t));
         if (got != at(c[i].want)) {
             char g[TD_TIME_BUF];
             td_time_format(got, g, sizeof g);
-            fail_msg("case %zu (%s %s, %s): got %s, want %s", i, c[i].zone, c[i].country,
-                     c[i].t, g, c[i].want);
+            fail_msg("case %zu (%s %s, %s): got %s, want %s", i, c[i].zone, c[i].country, c[i].t, g,
+                     c[i].want);
         }
     }
 }
 
-static void test_next_slot(void **state)
-{
+static void test_next_slot(void **state) {
     (void)state;
     td_calendar *cal = shipped();
     td_tzdb *tz = td_tzdb_new();
@@ -494,21 +484,20 @@ static void test_next_slot(void **state)
     td_calendar_free(cal);
 }
 
-static void test_next_slot_dst_edges(void **state)
-{
+static void test_next_slot_dst_edges(void **state) {
     (void)state;
     /* a region working every day, to put window starts on DST Sundays */
     td_calendar *cal = cal_from("XX", "weekend = none\n2026-03-30 Closed\n");
     td_tzdb *tz = td_tzdb_new();
     /* 02:00 does not exist in Paris on 2026-03-29: the start moves to 03:00 CEST */
-    assert_time(td_calendar_next_slot(cal, tz, "Europe/Paris", "XX", 2, 5,
-                                      at("2026-03-28T23:00:00+01:00")),
-                at("2026-03-29T03:00:00+02:00"));
+    assert_time(
+        td_calendar_next_slot(cal, tz, "Europe/Paris", "XX", 2, 5, at("2026-03-28T23:00:00+01:00")),
+        at("2026-03-29T03:00:00+02:00"));
     /* a window wholly inside the gap does not exist that day: next day */
     /* (30 March is closed) -> 31 March 02:00 */
-    assert_time(td_calendar_next_slot(cal, tz, "Europe/Paris", "XX", 2, 3,
-                                      at("2026-03-28T23:00:00+01:00")),
-                at("2026-03-31T02:00:00+02:00"));
+    assert_time(
+        td_calendar_next_slot(cal, tz, "Europe/Paris", "XX", 2, 3, at("2026-03-28T23:00:00+01:00")),
+        at("2026-03-31T02:00:00+02:00"));
     /* 01:00 occurs twice in New York on 2026-11-01: the first one (EDT) */
     assert_time(td_calendar_next_slot(cal, tz, "America/New_York", "XX", 1, 5,
                                       at("2026-10-31T23:00:00-04:00")),
@@ -542,8 +531,7 @@ static void test_next_slot_dst_edges(void **state)
 
 /* ---- loader ---- */
 
-static void write_file(const char *dir, const char *name, const char *text)
-{
+static void write_file(const char *dir, const char *name, const char *text) {
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     FILE *f = fopen(path, "w");
@@ -552,15 +540,13 @@ static void write_file(const char *dir, const char *name, const char *text)
     fclose(f);
 }
 
-static void remove_file(const char *dir, const char *name)
-{
+static void remove_file(const char *dir, const char *name) {
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     unlink(path);
 }
 
-static void test_load_dir(void **state)
-{
+static void test_load_dir(void **state) {
     (void)state;
     char err[512];
     assert_null(td_calendar_load_dir("/nonexistent/holidays", err, sizeof err));
@@ -579,8 +565,7 @@ static void test_load_dir(void **state)
     write_file(dir, "README.md", "not a calendar\n");
     write_file(dir, ".hidden.holidays", "garbage\n");
     cal = td_calendar_load_dir(dir, err, sizeof err);
-    if (cal == NULL)
-        fail_msg("%s", err);
+    if (cal == NULL) fail_msg("%s", err);
     const char *names[4];
     assert_int_equal(td_calendar_countries(cal, names, 4), 2);
     assert_string_equal(names[0], "FR");
@@ -610,17 +595,12 @@ static void test_load_dir(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_format),
-        cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_merge_and_subdivisions),
-        cmocka_unit_test(test_shipped_files_parse),
-        cmocka_unit_test(test_shipped_dates),
-        cmocka_unit_test(test_next_slot),
-        cmocka_unit_test(test_next_slot_dst_edges),
-        cmocka_unit_test(test_load_dir),
+        cmocka_unit_test(test_parse_format),           cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_merge_and_subdivisions), cmocka_unit_test(test_shipped_files_parse),
+        cmocka_unit_test(test_shipped_dates),          cmocka_unit_test(test_next_slot),
+        cmocka_unit_test(test_next_slot_dst_edges),    cmocka_unit_test(test_load_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

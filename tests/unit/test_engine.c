@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cmocka.h>
 #include <jansson.h>
+#include <cmocka.h>
 
 #include "td_engine.h"
 #include "td_time.h"
@@ -22,21 +22,24 @@ static const char *RULES =
     "  { id = \"pivot.whatsapp\"; on = [ \"email.opened\" ];\n"
     "    when = \"email.unanswered >= 2 && email.opens_since_reply >= 1 && !replied\";\n"
     "    priority = 80; group = \"follow-up\"; cooldown = \"3d\";\n"
-    "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; at = \"now + 1h\"; }; },\n"
+    "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; at = \"now + 1h\"; }; "
+    "},\n"
     "  { id = \"pivot.linkedin\"; on = [ \"email.opened\" ];\n"
     "    when = \"email.unanswered >= 2 && !replied\";\n"
     "    priority = 60; group = \"follow-up\";\n"
     "    recommend = { channel = \"linkedin\"; touch = \"micro_question\"; }; },\n"
     "  { id = \"reply.human\"; on = [ \"email.replied\" ];\n"
     "    when = \"event.sentiment == 'positive'\"; priority = 90;\n"
-    "    recommend = { channel = \"email\"; touch = \"human_reply\"; note = \"Answer fast.\"; }; },\n"
+    "    recommend = { channel = \"email\"; touch = \"human_reply\"; note = \"Answer fast.\"; }; "
+    "},\n"
     "  { id = \"broken.div\"; on = [ \"email.replied\" ];\n"
     "    when = \"email.sent / (email.replied - 1) > 0\";\n"
     "    recommend = { channel = \"call\"; touch = \"call_proposal\"; }; },\n"
     "  { id = \"silence.nudge\"; on = [ \"email.sent\" ]; after = \"72h\";\n"
     "    when = \"email.unanswered > 0 && !replied\";\n"
     "    recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; },\n"
-    "  { id = \"guard.consent\"; block = \"rec.channel == 'whatsapp' && !(target.consent ?? false)\";\n"
+    "  { id = \"guard.consent\"; block = \"rec.channel == 'whatsapp' && !(target.consent ?? "
+    "false)\";\n"
     "    reason = \"no consent\"; }\n"
     ");\n";
 
@@ -111,17 +114,22 @@ static const td_decision *find_decision(const td_step_out *o, const char *rule) 
 
 /* Two sent, one opened: the pivot fires. Consent decides which channel. */
 static void send_two_and_open(fx *f, const char *suffix) {
-    step_json(f, 0, "{\"id\":\"s1%s\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
-              suffix, at(T0));
-    step_json(f, 0, "{\"id\":\"s2%s\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
-              suffix, at(T0 + TD_DAY));
+    step_json(
+        f, 0,
+        "{\"id\":\"s1%s\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        suffix, at(T0));
+    step_json(
+        f, 0,
+        "{\"id\":\"s2%s\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        suffix, at(T0 + TD_DAY));
 }
 
 static void test_group_guard_fallback(void **state) {
     fx *f = *state;
     send_two_and_open(f, "");
     /* no whatsapp consent: the whatsapp pivot is blocked, linkedin wins the group */
-    td_step_out *o = step_json(f, TD_STEP_EXPLAIN,
+    td_step_out *o = step_json(
+        f, TD_STEP_EXPLAIN,
         "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 2 * TD_DAY));
     assert_false(o->duplicate);
@@ -151,7 +159,8 @@ static const char *SHORTCUT_RULES =
     "    when = \"stage == 'won' && email.opened >= 1\";\n"
     "    recommend = { channel = \"gift\"; touch = \"physical_gift\"; window = \"any\"; }; },\n"
     "  { id = \"any.question\"; on = [ \"email.opened\" ];\n"
-    "    recommend = { channel = \"linkedin\"; touch = \"micro_question\"; window = \"any\"; }; },\n"
+    "    recommend = { channel = \"linkedin\"; touch = \"micro_question\"; window = \"any\"; }; "
+    "},\n"
     "  { id = \"guard.gift-tier\"; block = \"rec.touch in ['physical_gift'] && tier == 1\"; },\n"
     "  { id = \"guard.state-first\"; block = \"tier == 3 && rec.touch == 'micro_question'\"; },\n"
     "  { id = \"guard.may-fail\";\n"
@@ -160,7 +169,8 @@ static const char *SHORTCUT_RULES =
 
 static void test_step_shortcuts(void **state) {
     fx *f = *state;
-    td_source src = {.name = "shortcuts.rules", .text = SHORTCUT_RULES, .len = strlen(SHORTCUT_RULES)};
+    td_source src = {
+        .name = "shortcuts.rules", .text = SHORTCUT_RULES, .len = strlen(SHORTCUT_RULES)};
     td_diags d = {0};
     td_ruleset *rs = td_ruleset_compile(&src, 1, &d);
     td_diags_free(&d);
@@ -183,9 +193,12 @@ static void test_step_shortcuts(void **state) {
     td_ruleset *saved = f->rs;
     f->rs = rs;
     /* not won: won.gift is not matched without evaluation, yet explained */
-    step_json(f, 0, "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
-              "\"occurred_at\":\"%s\",\"data\":{\"stage\":\"engaged\",\"tier\":3}}", at(T0));
-    td_step_out *o = step_json(f, TD_STEP_EXPLAIN,
+    step_json(f, 0,
+              "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"stage\":\"engaged\",\"tier\":3}}",
+              at(T0));
+    td_step_out *o = step_json(
+        f, TD_STEP_EXPLAIN,
         "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + TD_HOUR));
     const td_decision *dg = find_decision(o, "won.gift");
@@ -203,9 +216,12 @@ static void test_step_shortcuts(void **state) {
 
     /* won, tier 1: the gift matches and guard.gift-tier blocks it; the
      * question is published (guard.gift-tier skipped for it) */
-    step_json(f, 0, "{\"id\":\"u2\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
-              "\"occurred_at\":\"%s\",\"data\":{\"stage\":\"won\",\"tier\":1}}", at(T0 + 2 * TD_HOUR));
-    o = step_json(f, TD_STEP_OUTCOMES,
+    step_json(f, 0,
+              "{\"id\":\"u2\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"stage\":\"won\",\"tier\":1}}",
+              at(T0 + 2 * TD_HOUR));
+    o = step_json(
+        f, TD_STEP_OUTCOMES,
         "{\"id\":\"o2\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 3 * TD_HOUR));
     dg = find_decision(o, "won.gift");
@@ -217,9 +233,12 @@ static void test_step_shortcuts(void **state) {
     assert_true(td_state_fired_at_key(&f->st, &q->key) == T0 + 3 * TD_HOUR);
 
     /* tier 2: nothing blocks, both are published */
-    step_json(f, 0, "{\"id\":\"u3\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
-              "\"occurred_at\":\"%s\",\"data\":{\"tier\":2}}", at(T0 + 4 * TD_HOUR));
-    o = step_json(f, 0,
+    step_json(f, 0,
+              "{\"id\":\"u3\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"tier\":2}}",
+              at(T0 + 4 * TD_HOUR));
+    o = step_json(
+        f, 0,
         "{\"id\":\"o3\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 5 * TD_HOUR));
     assert_int_equal(o->nrecs, 2);
@@ -234,8 +253,10 @@ static const char *NUDGE_RULES =
     "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
     "  { id = \"t.two\"; on = [ \"email.sent\" ]; after = \"2d\";\n"
     "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-    "  { id = \"n.a\"; on = [ \"email.opened\" ]; recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-    "  { id = \"n.b\"; on = [ \"email.opened\" ]; recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"n.a\"; on = [ \"email.opened\" ]; recommend = { channel = \"email\"; touch = "
+    "\"follow_up\"; }; },\n"
+    "  { id = \"n.b\"; on = [ \"email.opened\" ]; recommend = { channel = \"linkedin\"; touch = "
+    "\"follow_up\"; }; },\n"
     "  { id = \"guard.one-nudge\";\n"
     "    block = \"rec.touch in ['follow_up'] && ((rec.rule != 'n.a' && has(last_fired('n.a'))) ||"
     " (rec.rule != 'n.b' && has(last_fired('n.b'))))\"; reason = \"one\"; }\n"
@@ -260,31 +281,37 @@ static void test_shared_armed_by_and_fixed_guard(void **state) {
 
     td_ruleset *saved = f->rs;
     f->rs = rs;
-    td_step_out *o = step_json(f, 0,
-        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}", at(T0));
+    td_step_out *o = step_json(
+        f, 0,
+        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0));
     assert_int_equal(o->narms, 2);
     assert_int_equal(f->st.ntimers, 2);
     assert_int_equal(f->st.narmed, 1); /* one id for both timers */
     assert_int_equal(f->st.armed[0].refs, 2);
     assert_string_equal(td_state_timer(&f->st, "t.one")->armed_by, "s1");
     assert_string_equal(td_state_timer(&f->st, "t.two")->armed_by, "s1");
-    step_json(f, 0,
+    step_json(
+        f, 0,
         "{\"id\":\"s2\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + TD_HOUR));
     assert_int_equal(f->st.narmed, 2);
     assert_string_equal(td_state_timer(&f->st, "t.two")->armed_by, "s2");
     uint32_t live = 0;
-    for (uint32_t i = 0; i < f->st.narmed; i++) live += f->st.armed[i].refs != 0;
+    for (uint32_t i = 0; i < f->st.narmed; i++)
+        live += f->st.armed[i].refs != 0;
     assert_int_equal(live, 1); /* s1's slot is free again */
 
     /* both nudges match; neither fired before: the guard blocks neither,
      * and the fired ones then block each other (not themselves) */
-    o = step_json(f, TD_STEP_OUTCOMES,
+    o = step_json(
+        f, TD_STEP_OUTCOMES,
         "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 2 * TD_HOUR));
     assert_int_equal(o->nrecs, 2);
     assert_int_equal(o->nblocked, 0);
-    o = step_json(f, TD_STEP_OUTCOMES,
+    o = step_json(
+        f, TD_STEP_OUTCOMES,
         "{\"id\":\"o2\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 3 * TD_HOUR));
     assert_int_equal(o->nrecs, 0);
@@ -296,10 +323,13 @@ static void test_shared_armed_by_and_fixed_guard(void **state) {
 
 static void test_group_priority_and_cooldown(void **state) {
     fx *f = *state;
-    step_json(f, 0, "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
-                    "\"occurred_at\":\"%s\",\"data\":{\"consent\":{\"whatsapp\":true}}}", at(T0 - TD_HOUR));
+    step_json(f, 0,
+              "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"consent\":{\"whatsapp\":true}}}",
+              at(T0 - TD_HOUR));
     send_two_and_open(f, "");
-    td_step_out *o = step_json(f, TD_STEP_OUTCOMES,
+    td_step_out *o = step_json(
+        f, TD_STEP_OUTCOMES,
         "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 2 * TD_DAY));
     assert_int_equal(o->nrecs, 1);
@@ -311,7 +341,8 @@ static void test_group_priority_and_cooldown(void **state) {
     assert_string_equal(d->by->id, "pivot.whatsapp");
     assert_int_equal(td_state_fired_at(&f->st, "pivot.whatsapp"), T0 + 2 * TD_DAY);
     /* a day later: whatsapp is in cooldown (3d), so linkedin wins */
-    o = step_json(f, TD_STEP_OUTCOMES,
+    o = step_json(
+        f, TD_STEP_OUTCOMES,
         "{\"id\":\"o2\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 3 * TD_DAY));
     assert_int_equal(o->nrecs, 1);
@@ -320,7 +351,8 @@ static void test_group_priority_and_cooldown(void **state) {
     assert_int_equal(d->outcome, TD_OUT_COOLDOWN);
     assert_int_equal(d->until, T0 + 5 * TD_DAY);
     /* after the cooldown it fires again */
-    o = step_json(f, 0,
+    o = step_json(
+        f, 0,
         "{\"id\":\"o3\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 6 * TD_DAY));
     assert_int_equal(o->nrecs, 1);
@@ -331,7 +363,8 @@ static void test_duplicate_event(void **state) {
     fx *f = *state;
     send_two_and_open(f, "");
     int64_t events = f->st.events, sent = f->st.ch[TD_CH_EMAIL].sent;
-    td_step_out *o = step_json(f, 0,
+    td_step_out *o = step_json(
+        f, 0,
         "{\"id\":\"s2\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + TD_DAY));
     assert_true(o->duplicate);
@@ -342,9 +375,11 @@ static void test_duplicate_event(void **state) {
 
 static void test_deterministic_ids_and_json(void **state) {
     fx *f = *state;
-    td_step_out *o = step_json(f, 0,
+    td_step_out *o = step_json(
+        f, 0,
         "{\"id\":\"r1\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\",\"owner_id\":\"rep-7\","
-        "\"occurred_at\":\"%s\",\"data\":{\"sentiment\":\"positive\"}}", at(T0));
+        "\"occurred_at\":\"%s\",\"data\":{\"sentiment\":\"positive\"}}",
+        at(T0));
     /* reply.human fires; broken.div divides by zero (replied - 1 == 0): an error, isolated */
     assert_int_equal(o->nrecs, 1);
     assert_int_equal(o->nerrors, 1);
@@ -356,8 +391,9 @@ static void test_deterministic_ids_and_json(void **state) {
     /* JSON form */
     static td_event ev;
     td_event_error err;
-    const char *js = "{\"id\":\"r1\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\","
-                     "\"occurred_at\":\"2026-11-02T09:00:00Z\",\"data\":{\"sentiment\":\"positive\"}}";
+    const char *js =
+        "{\"id\":\"r1\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\","
+        "\"occurred_at\":\"2026-11-02T09:00:00Z\",\"data\":{\"sentiment\":\"positive\"}}";
     assert_int_equal(td_event_decode(js, strlen(js), &ev, &err), TD_OK);
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
     td_buf b = {0};
@@ -372,7 +408,8 @@ static void test_deterministic_ids_and_json(void **state) {
     assert_string_equal(json_string_value(json_object_get(j, "channel")), "email");
     assert_string_equal(json_string_value(json_object_get(j, "touch")), "human_reply");
     assert_string_equal(json_string_value(json_object_get(j, "note")), "Answer fast.");
-    assert_string_equal(json_string_value(json_object_get(j, "not_before")), "2026-11-02T09:00:00Z");
+    assert_string_equal(json_string_value(json_object_get(j, "not_before")),
+                        "2026-11-02T09:00:00Z");
     assert_int_equal(json_integer_value(json_object_get(j, "priority")), 90);
     json_t *tr = json_object_get(j, "trigger");
     assert_string_equal(json_string_value(json_object_get(tr, "type")), "email.replied");
@@ -389,24 +426,30 @@ static void test_deterministic_ids_and_json(void **state) {
     /* the same trigger on a fresh state gives the same id */
     td_state_free(&f->st);
     td_state_init(&f->st, "p-1");
-    o = step_json(f, 0,
+    o = step_json(
+        f, 0,
         "{\"id\":\"r1\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\","
-        "\"data\":{\"sentiment\":\"positive\"}}", at(T0 + TD_DAY));
+        "\"data\":{\"sentiment\":\"positive\"}}",
+        at(T0 + TD_DAY));
     assert_string_equal(o->recs[0].id, id1);
     /* another trigger id gives another id */
-    o = step_json(f, 0,
+    o = step_json(
+        f, 0,
         "{\"id\":\"r2\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\","
-        "\"data\":{\"sentiment\":\"positive\"}}", at(T0 + TD_DAY));
+        "\"data\":{\"sentiment\":\"positive\"}}",
+        at(T0 + TD_DAY));
     assert_string_not_equal(o->recs[0].id, id1);
 }
 
 static void test_out_of_office_is_not_a_reply(void **state) {
     fx *f = *state;
     send_two_and_open(f, "");
-    step_json(f, 0, "{\"id\":\"ooo\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\","
-                    "\"occurred_at\":\"%s\",\"data\":{\"sentiment\":\"out_of_office\"}}",
+    step_json(f, 0,
+              "{\"id\":\"ooo\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"sentiment\":\"out_of_office\"}}",
               at(T0 + TD_DAY + TD_HOUR));
-    td_step_out *o = step_json(f, 0,
+    td_step_out *o = step_json(
+        f, 0,
         "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + 2 * TD_DAY));
     /* still two unanswered: the pivot (linkedin, no consent) fires */
@@ -416,14 +459,17 @@ static void test_out_of_office_is_not_a_reply(void **state) {
 
 static void test_timers(void **state) {
     fx *f = *state;
-    td_step_out *o = step_json(f, TD_STEP_OUTCOMES,
-        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}", at(T0));
+    td_step_out *o = step_json(
+        f, TD_STEP_OUTCOMES,
+        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0));
     assert_int_equal(o->narms, 1);
     assert_string_equal(o->arms[0].rule->id, "silence.nudge");
     assert_int_equal(o->arms[0].due_at, T0 + 72 * TD_HOUR);
     assert_int_equal(find_decision(o, "silence.nudge")->outcome, TD_OUT_ARMED);
     /* a newer send re-arms: one pending timer per rule, due 72h after it */
-    o = step_json(f, 0,
+    o = step_json(
+        f, 0,
         "{\"id\":\"s2\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + TD_DAY));
     const td_timer *t = td_state_timer(&f->st, "silence.nudge");
@@ -431,15 +477,20 @@ static void test_timers(void **state) {
     assert_int_equal(t->due_at, T0 + TD_DAY + 72 * TD_HOUR);
     assert_string_equal(t->armed_by, "s2");
     /* the first timer is stale now */
-    td_trigger stale = {.kind = TD_TRIG_TIMER, .rule = "silence.nudge", .due_at = T0 + 72 * TD_HOUR,
+    td_trigger stale = {.kind = TD_TRIG_TIMER,
+                        .rule = "silence.nudge",
+                        .due_at = T0 + 72 * TD_HOUR,
                         .armed_by = "s1"};
-    assert_int_equal(td_engine_step(f->rs, &f->st, &stale, T0 + 72 * TD_HOUR, f->tz, 0, f->out), TD_OK);
+    assert_int_equal(td_engine_step(f->rs, &f->st, &stale, T0 + 72 * TD_HOUR, f->tz, 0, f->out),
+                     TD_OK);
     assert_true(f->out->stale);
     assert_int_equal(f->out->nrecs, 0);
     assert_non_null(td_state_timer(&f->st, "silence.nudge"));
     /* the current one fires, with a timer trigger id, and is disarmed */
-    td_trigger due = {.kind = TD_TRIG_TIMER, .rule = "silence.nudge",
-                      .due_at = T0 + TD_DAY + 72 * TD_HOUR, .armed_by = "s2"};
+    td_trigger due = {.kind = TD_TRIG_TIMER,
+                      .rule = "silence.nudge",
+                      .due_at = T0 + TD_DAY + 72 * TD_HOUR,
+                      .armed_by = "s2"};
     assert_int_equal(td_engine_step(f->rs, &f->st, &due, due.due_at, f->tz, 0, f->out), TD_OK);
     assert_false(f->out->stale);
     assert_int_equal(f->out->nrecs, 1);
@@ -458,13 +509,20 @@ static void test_timers(void **state) {
 
 static void test_timer_no_fire_after_reply(void **state) {
     fx *f = *state;
-    step_json(f, 0, "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}", at(T0));
-    step_json(f, 0, "{\"id\":\"r1\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\","
-                    "\"occurred_at\":\"%s\",\"data\":{\"sentiment\":\"neutral\"}}", at(T0 + TD_HOUR));
-    td_trigger due = {.kind = TD_TRIG_TIMER, .rule = "silence.nudge", .due_at = T0 + 72 * TD_HOUR,
+    step_json(
+        f, 0,
+        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0));
+    step_json(f, 0,
+              "{\"id\":\"r1\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\","
+              "\"occurred_at\":\"%s\",\"data\":{\"sentiment\":\"neutral\"}}",
+              at(T0 + TD_HOUR));
+    td_trigger due = {.kind = TD_TRIG_TIMER,
+                      .rule = "silence.nudge",
+                      .due_at = T0 + 72 * TD_HOUR,
                       .armed_by = "s1"};
-    assert_int_equal(td_engine_step(f->rs, &f->st, &due, due.due_at, f->tz, TD_STEP_OUTCOMES, f->out),
-                     TD_OK);
+    assert_int_equal(
+        td_engine_step(f->rs, &f->st, &due, due.due_at, f->tz, TD_STEP_OUTCOMES, f->out), TD_OK);
     assert_false(f->out->stale);
     assert_int_equal(f->out->nrecs, 0);
     assert_int_equal(find_decision(f->out, "silence.nudge")->outcome, TD_OUT_NOT_MATCHED);
@@ -475,18 +533,23 @@ static void test_timer_no_fire_after_reply(void **state) {
 static void test_owner_event_derived(void **state) {
     fx *f = *state;
     td_step_out *o = step_json(f, 0,
-        "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\",\"owner_id\":\"rep-7\","
-        "\"occurred_at\":\"%s\"}", at(T0 - TD_HOUR));
+                               "{\"id\":\"u1\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-"
+                               "1\",\"owner_id\":\"rep-7\","
+                               "\"occurred_at\":\"%s\"}",
+                               at(T0 - TD_HOUR));
     assert_false(o->has_derived); /* not a touch */
-    o = step_json(f, 0,
-        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}", at(T0));
+    o = step_json(
+        f, 0,
+        "{\"id\":\"s1\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
+        at(T0));
     assert_true(o->has_derived);
     assert_int_equal(o->derived.type, TD_EV_OWNER_PROSPECT_CONTACTED);
     assert_string_equal(o->derived.prospect_id, "owner:rep-7");
     assert_string_equal(o->derived.owner_id, "rep-7");
     assert_string_equal(o->derived.id, "s1#owner");
     assert_int_equal(o->derived.occurred_at, T0);
-    o = step_json(f, 0,
+    o = step_json(
+        f, 0,
         "{\"id\":\"s2\",\"type\":\"email.sent\",\"prospect_id\":\"p-1\",\"occurred_at\":\"%s\"}",
         at(T0 + TD_DAY));
     assert_false(o->has_derived);

@@ -29,14 +29,12 @@
 static char msg_buf[TD_EVENT_MAX * 2];
 
 /* A message of `type` with `data` (JSON text, or NULL for none). */
-static const char *env(const char *type, const char *data)
-{
+static const char *env(const char *type, const char *data) {
     snprintf(msg_buf, sizeof msg_buf, ENV_FMT, type, data ? ",\"data\":" : "", data ? data : "");
     return msg_buf;
 }
 
-static td_event decode_ok(const char *json)
-{
+static td_event decode_ok(const char *json) {
     td_event ev;
     td_event_error err;
     if (td_event_decode(json, strlen(json), &ev, &err) != TD_OK)
@@ -46,8 +44,7 @@ static td_event decode_ok(const char *json)
 
 /* The fast path must decline `json`, and td_event_decode must answer as
  * the jansson path alone does, to the byte. */
-static void expect_same_rejection(const char *json, size_t len)
-{
+static void expect_same_rejection(const char *json, size_t len) {
     td_event ev;
     td_event_error err, slow_err;
     if (td_event_decode_fast(json, len, &ev) != TD_EVENT_DECLINED)
@@ -58,12 +55,10 @@ static void expect_same_rejection(const char *json, size_t len)
     assert_string_equal(err.reason, slow_err.reason);
 }
 
-static void expect_reject(const char *json, size_t len, const char *field, const char *reason)
-{
+static void expect_reject(const char *json, size_t len, const char *field, const char *reason) {
     td_event ev;
     td_event_error err;
-    if (td_event_decode(json, len, &ev, &err) != TD_ERR)
-        fail_msg("accepted: %.200s", json);
+    if (td_event_decode(json, len, &ev, &err) != TD_ERR) fail_msg("accepted: %.200s", json);
     if (strcmp(err.field, field) != 0 || strstr(err.reason, reason) == NULL)
         fail_msg("%.200s\n  got      field '%s' reason '%s'\n  expected field '%s' reason ~'%s'",
                  json, err.field, err.reason, field, reason);
@@ -73,8 +68,7 @@ static void expect_reject(const char *json, size_t len, const char *field, const
 /* The fast path must accept `json` with exactly the jansson path's event:
  * both paths fill the struct from the same zeroed start, so memcmp also
  * compares padding and the bytes after each string's NUL. */
-static td_event expect_fast(const char *json)
-{
+static td_event expect_fast(const char *json) {
     td_event fast, slow;
     td_event_error err;
     memset(&fast, 0xa5, sizeof fast);
@@ -83,14 +77,12 @@ static td_event expect_fast(const char *json)
         fail_msg("slow path rejected %s: %s: %s", json, err.field, err.reason);
     if (td_event_decode_fast(json, strlen(json), &fast) != TD_OK)
         fail_msg("fast path declined: %s", json);
-    if (memcmp(&fast, &slow, sizeof fast) != 0)
-        fail_msg("fast and slow paths differ on: %s", json);
+    if (memcmp(&fast, &slow, sizeof fast) != 0) fail_msg("fast and slow paths differ on: %s", json);
     return fast;
 }
 
 /* A message both paths accept, the fast one declining it. */
-static void expect_declined_ok(const char *json, size_t len)
-{
+static void expect_declined_ok(const char *json, size_t len) {
     td_event ev, slow;
     td_event_error err;
     if (td_event_decode_fast(json, len, &ev) != TD_EVENT_DECLINED)
@@ -101,8 +93,7 @@ static void expect_declined_ok(const char *json, size_t len)
     assert_memory_equal(&ev, &slow, sizeof ev);
 }
 
-static void test_type_names(void **state)
-{
+static void test_type_names(void **state) {
     (void)state;
     assert_int_equal(TD_EV__COUNT, 35); /* the contract's 34 + owner.prospect_contacted */
     for (int i = 0; i < TD_EV__COUNT; i++) {
@@ -139,12 +130,12 @@ static void test_type_names(void **state)
     assert_string_equal(td_gift_kind_name((td_gift_kind)99), "");
 }
 
-static void test_envelope(void **state)
-{
+static void test_envelope(void **state) {
     (void)state;
-    td_event ev = decode_ok("{\"id\":\"e-20261122-000123\",\"type\":\"email.opened\","
-                            "\"prospect_id\":\"p-42\",\"occurred_at\":\"2026-11-22T11:15:00.250+01:00\","
-                            "\"owner_id\":\"rep-7\",\"data\":{}}");
+    td_event ev =
+        decode_ok("{\"id\":\"e-20261122-000123\",\"type\":\"email.opened\","
+                  "\"prospect_id\":\"p-42\",\"occurred_at\":\"2026-11-22T11:15:00.250+01:00\","
+                  "\"owner_id\":\"rep-7\",\"data\":{}}");
     assert_int_equal(ev.type, TD_EV_EMAIL_OPENED);
     assert_int_equal(ev.channel, TD_CH_EMAIL);
     assert_string_equal(ev.id, "e-20261122-000123");
@@ -189,8 +180,7 @@ static void test_envelope(void **state)
     assert_string_equal(ev.id, "x");
 }
 
-static void test_email_types(void **state)
-{
+static void test_email_types(void **state) {
     (void)state;
     td_event ev;
     ev = decode_ok(env("email.sent", "{\"message_id\":\"m-1\",\"kind\":\"follow_up\","
@@ -231,17 +221,18 @@ static void test_email_types(void **state)
     }
 }
 
-static void test_whatsapp_sms_linkedin(void **state)
-{
+static void test_whatsapp_sms_linkedin(void **state) {
     (void)state;
     static const char *ws[] = {"whatsapp", "sms"};
-    static const char *acts[] = {"sent", "delivered", "read", "replied", "failed", "opted_in", "opted_out"};
+    static const char *acts[] = {"sent",   "delivered", "read",     "replied",
+                                 "failed", "opted_in",  "opted_out"};
     for (size_t c = 0; c < 2; c++)
         for (size_t a = 0; a < 7; a++) {
             char type[32];
             snprintf(type, sizeof type, "%s.%s", ws[c], acts[a]);
-            td_event ev = decode_ok(env(type, "{\"message_id\":\"wa-1\",\"kind\":\"value\","
-                                              "\"sentiment\":\"positive\",\"human\":1,\"hard\":1}"));
+            td_event ev =
+                decode_ok(env(type, "{\"message_id\":\"wa-1\",\"kind\":\"value\","
+                                    "\"sentiment\":\"positive\",\"human\":1,\"hard\":1}"));
             assert_int_equal(ev.type, td_event_type_parse(type, strlen(type)));
             assert_int_equal(ev.channel, c == 0 ? TD_CH_WHATSAPP : TD_CH_SMS);
             assert_string_equal(ev.message_id, "wa-1");
@@ -268,8 +259,7 @@ static void test_whatsapp_sms_linkedin(void **state)
     }
 }
 
-static void test_call_meeting(void **state)
-{
+static void test_call_meeting(void **state) {
     (void)state;
     static const char *calls[] = {"call.attempted", "call.connected", "call.voicemail"};
     for (size_t i = 0; i < 3; i++) {
@@ -284,18 +274,19 @@ static void test_call_meeting(void **state)
     static const char *meetings[] = {"meeting.booked", "meeting.held", "meeting.cancelled",
                                      "meeting.no_show"};
     for (size_t i = 0; i < 4; i++) {
-        ev = decode_ok(env(meetings[i], "{\"at\":\"2026-12-01T14:00:00+01:00\",\"duration_s\":\"x\"}"));
+        ev = decode_ok(
+            env(meetings[i], "{\"at\":\"2026-12-01T14:00:00+01:00\",\"duration_s\":\"x\"}"));
         assert_int_equal(ev.channel, TD_CH_MEETING);
         assert_int_equal(ev.at, td_civil_to_ms(2026, 12, 1, 13, 0, 0));
         assert_int_equal(ev.has, TD_HAS_AT);
     }
 }
 
-static void test_gift(void **state)
-{
+static void test_gift(void **state) {
     (void)state;
-    td_event ev = decode_ok(env("gift.sent", "{\"kind\":\"book\",\"value_eur\":12.5,\"items\":2,"
-                                             "\"wrapping\":\"white\",\"description\":\"A signed copy\"}"));
+    td_event ev =
+        decode_ok(env("gift.sent", "{\"kind\":\"book\",\"value_eur\":12.5,\"items\":2,"
+                                   "\"wrapping\":\"white\",\"description\":\"A signed copy\"}"));
     assert_int_equal(ev.channel, TD_CH_GIFT);
     assert_int_equal(ev.gift_kind, TD_GK_BOOK);
     assert_int_equal(ev.value_eur, 125000);
@@ -305,7 +296,8 @@ static void test_gift(void **state)
                                  TD_HAS_DESCRIPTION);
     assert_string_equal(ev.kind, ""); /* the gift kind is not the message kind */
 
-    static const char *kinds[] = {"object", "card", "basket", "book", "experience", "service", "donation"};
+    static const char *kinds[] = {"object",     "card",    "basket",  "book",
+                                  "experience", "service", "donation"};
     for (size_t i = 0; i < 7; i++) {
         char data[64];
         snprintf(data, sizeof data, "{\"kind\":\"%s\"}", kinds[i]);
@@ -317,8 +309,7 @@ static void test_gift(void **state)
     assert_int_equal(ev.gift_kind, TD_GK_NONE);
 }
 
-static void test_decimal_exact(void **state)
-{
+static void test_decimal_exact(void **state) {
     (void)state;
     static const struct {
         const char *text; /* as it appears in JSON */
@@ -362,22 +353,22 @@ static void test_decimal_exact(void **state)
     }
     /* The raw-text lookup must find the right key: nested decoys, escaped
      * keys, whitespace, data after other objects. */
-    td_event ev = decode_ok("{\"x\":{\"data\":{\"value_eur\":1.1}},\"id\":\"e\",\"type\":\"gift.sent\","
-                            "\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\","
-                            "\"data\" : { \"a\":\"\\\"value_eur\\\":9.9\", \"n\":{\"value_eur\":3.3},"
-                            "\"value\\u005feur\" :\n 2.25 , \"z\":[1.5]}}");
+    td_event ev =
+        decode_ok("{\"x\":{\"data\":{\"value_eur\":1.1}},\"id\":\"e\",\"type\":\"gift.sent\","
+                  "\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\","
+                  "\"data\" : { \"a\":\"\\\"value_eur\\\":9.9\", \"n\":{\"value_eur\":3.3},"
+                  "\"value\\u005feur\" :\n 2.25 , \"z\":[1.5]}}");
     assert_int_equal(ev.value_eur, 22500);
 }
 
-static void test_prospect_updated(void **state)
-{
+static void test_prospect_updated(void **state) {
     (void)state;
-    td_event ev = decode_ok(env(
-        "prospect.updated",
-        "{\"stage\":\"negotiation\",\"tier\":2,\"country\":\"fr\",\"sector\":\"manufacturing\","
-        "\"timezone\":\"Europe/Paris\",\"gift_policy\":\"restricted\","
-        "\"consent\":{\"email\":true,\"whatsapp\":false,\"sms\":null},"
-        "\"lifetime_value_eur\":\"150000.00\",\"language\":\"pt-BR\",\"kind\":\"ignored\"}"));
+    td_event ev = decode_ok(
+        env("prospect.updated",
+            "{\"stage\":\"negotiation\",\"tier\":2,\"country\":\"fr\",\"sector\":\"manufacturing\","
+            "\"timezone\":\"Europe/Paris\",\"gift_policy\":\"restricted\","
+            "\"consent\":{\"email\":true,\"whatsapp\":false,\"sms\":null},"
+            "\"lifetime_value_eur\":\"150000.00\",\"language\":\"pt-BR\",\"kind\":\"ignored\"}"));
     assert_int_equal(ev.channel, TD_CH_NONE);
     assert_int_equal(ev.stage, TD_STAGE_NEGOTIATION);
     assert_int_equal(ev.tier, 2);
@@ -392,11 +383,12 @@ static void test_prospect_updated(void **state)
     assert_int_equal(ev.lifetime_value_eur, 1500000000LL);
     assert_string_equal(ev.language, "pt-BR");
     assert_int_equal(ev.has, TD_HAS_STAGE | TD_HAS_TIER | TD_HAS_COUNTRY | TD_HAS_SECTOR |
-                                 TD_HAS_TIMEZONE | TD_HAS_GIFT_POLICY | TD_HAS_CONSENT | TD_HAS_LTV |
-                                 TD_HAS_LANGUAGE);
+                                 TD_HAS_TIMEZONE | TD_HAS_GIFT_POLICY | TD_HAS_CONSENT |
+                                 TD_HAS_LTV | TD_HAS_LANGUAGE);
     assert_false(ev.has & TD_HAS_KIND);
 
-    static const char *stages[] = {"new", "contacted", "engaged", "proposal", "negotiation", "won", "lost"};
+    static const char *stages[] = {"new",         "contacted", "engaged", "proposal",
+                                   "negotiation", "won",       "lost"};
     for (size_t i = 0; i < 7; i++) {
         char data[64];
         snprintf(data, sizeof data, "{\"stage\":\"%s\"}", stages[i]);
@@ -404,7 +396,8 @@ static void test_prospect_updated(void **state)
         assert_int_equal(ev.stage, (int)i + 1);
         assert_int_equal(ev.has, TD_HAS_STAGE);
     }
-    ev = decode_ok(env("prospect.updated", "{\"tier\":1,\"gift_policy\":\"allowed\",\"language\":\"fr\"}"));
+    ev = decode_ok(
+        env("prospect.updated", "{\"tier\":1,\"gift_policy\":\"allowed\",\"language\":\"fr\"}"));
     assert_int_equal(ev.tier, 1);
     ev = decode_ok(env("prospect.updated", "{\"tier\":3,\"gift_policy\":\"forbidden\","
                                            "\"language\":\"zh-Hant-TW\",\"country\":\"Us\"}"));
@@ -425,8 +418,7 @@ static void test_prospect_updated(void **state)
     assert_string_equal(ev.timezone, "Etc/GMT+5");
 }
 
-static void test_rejects(void **state)
-{
+static void test_rejects(void **state) {
     (void)state;
     static const struct {
         const char *type;
@@ -465,20 +457,30 @@ static void test_rejects(void **state)
         {"{\"id\":\"x\",\"type\":\"\"}", NULL, "type", "unknown event type ''"},
         {"{\"id\":\"x\",\"type\":\"Email.Sent\"}", NULL, "type", "unknown event type"},
         {"{\"id\":\"x\",\"type\":\"email.sent\"}", NULL, "prospect_id", "is required"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"\"}", NULL, "prospect_id", "1..128"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":{}}", NULL, "prospect_id", "must be a string"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"a\\nb\"}", NULL, "prospect_id", "control"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\"}", NULL, "occurred_at", "is required"},
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"\"}", NULL, "prospect_id",
+         "1..128"},
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":{}}", NULL, "prospect_id",
+         "must be a string"},
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"a\\nb\"}", NULL, "prospect_id",
+         "control"},
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\"}", NULL, "occurred_at",
+         "is required"},
         {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":1795342500}",
          NULL, "occurred_at", "must be a string"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00\"}",
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-"
+         "22T10:15:00\"}",
          NULL, "occurred_at", "RFC 3339"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-02-30T10:15:00Z\"}",
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-02-"
+         "30T10:15:00Z\"}",
          NULL, "occurred_at", "RFC 3339"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\","
-         "\"owner_id\":5}", NULL, "owner_id", "must be a string"},
-        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\","
-         "\"owner_id\":\"\"}", NULL, "owner_id", "1..128"},
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-"
+         "22T10:15:00Z\","
+         "\"owner_id\":5}",
+         NULL, "owner_id", "must be a string"},
+        {"{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-"
+         "22T10:15:00Z\","
+         "\"owner_id\":\"\"}",
+         NULL, "owner_id", "1..128"},
         {"email.sent", "[]", "data", "must be an object"},
         {"email.sent", "\"x\"", "data", "must be an object"},
         /* email / whatsapp / sms data */
@@ -487,7 +489,8 @@ static void test_rejects(void **state)
         {"whatsapp.read", "{\"message_id\":\"a\\rb\"}", "data.message_id", "control"},
         {"email.sent", "{\"kind\":true}", "data.kind", "must be a string"},
         {"email.sent", "{\"kind\":\"\"}", "data.kind", "1..64 bytes"},
-        {"email.sent", "{\"kind\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
+        {"email.sent",
+         "{\"kind\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
          "data.kind", "1..64 bytes long (got 65)"},
         {"email.opened", "{\"human\":\"yes\"}", "data.human", "must be true or false"},
         {"email.opened", "{\"human\":1}", "data.human", "must be true or false"},
@@ -513,7 +516,8 @@ static void test_rejects(void **state)
         {"gift.sent", "{\"value_eur\":12.34567}", "data.value_eur", "at most 4 fractional digits"},
         {"gift.sent", "{\"value_eur\":0.1e-4}", "data.value_eur", "at most 4 fractional digits"},
         {"gift.sent", "{\"value_eur\":1e-400}", "data.value_eur", "at most 4 fractional digits"},
-        {"gift.sent", "{\"value_eur\":\"0.00001\"}", "data.value_eur", "at most 4 fractional digits"},
+        {"gift.sent", "{\"value_eur\":\"0.00001\"}", "data.value_eur",
+         "at most 4 fractional digits"},
         {"gift.sent", "{\"value_eur\":922337203685477.5808}", "data.value_eur", "too large"},
         {"gift.sent", "{\"value_eur\":1e300}", "data.value_eur", "too large"},
         {"gift.sent", "{\"value_eur\":922337203685478}", "data.value_eur", "too large"},
@@ -528,8 +532,10 @@ static void test_rejects(void **state)
         {"gift.sent", "{\"value_eur\":\"NaN\"}", "data.value_eur", "must be a decimal number"},
         {"gift.sent", "{\"value_eur\":\"1e\"}", "data.value_eur", "must be a decimal number"},
         {"gift.sent", "{\"value_eur\":\"12 EUR\"}", "data.value_eur", "must be a decimal number"},
-        {"gift.sent", "{\"value_eur\":true}", "data.value_eur", "must be a number or a decimal string"},
-        {"gift.sent", "{\"value_eur\":[1]}", "data.value_eur", "must be a number or a decimal string"},
+        {"gift.sent", "{\"value_eur\":true}", "data.value_eur",
+         "must be a number or a decimal string"},
+        {"gift.sent", "{\"value_eur\":[1]}", "data.value_eur",
+         "must be a number or a decimal string"},
         {"gift.sent", "{\"items\":0}", "data.items", "must be >= 1"},
         {"gift.sent", "{\"items\":1.0}", "data.items", "must be an integer"},
         {"gift.sent", "{\"items\":\"2\"}", "data.items", "must be an integer"},
@@ -551,7 +557,8 @@ static void test_rejects(void **state)
         {"prospect.updated", "{\"sector\":[]}", "data.sector", "must be a string"},
         {"prospect.updated", "{\"sector\":\"\"}", "data.sector", "1..64"},
         {"prospect.updated", "{\"timezone\":\"Europe/ Paris\"}", "data.timezone", "IANA zone id"},
-        {"prospect.updated", "{\"timezone\":\"Europe/Par\xc3\xa9s\"}", "data.timezone", "IANA zone id"},
+        {"prospect.updated", "{\"timezone\":\"Europe/Par\xc3\xa9s\"}", "data.timezone",
+         "IANA zone id"},
         {"prospect.updated", "{\"timezone\":\"\"}", "data.timezone", "1..64"},
         {"prospect.updated",
          "{\"timezone\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
@@ -564,7 +571,8 @@ static void test_rejects(void **state)
         {"prospect.updated", "{\"consent\":{\"fax\":true}}", "data.consent.fax", "unknown channel"},
         {"prospect.updated", "{\"consent\":{\"email\":\"yes\"}}", "data.consent.email",
          "must be true or false"},
-        {"prospect.updated", "{\"lifetime_value_eur\":-5}", "data.lifetime_value_eur", "must be >= 0"},
+        {"prospect.updated", "{\"lifetime_value_eur\":-5}", "data.lifetime_value_eur",
+         "must be >= 0"},
         {"prospect.updated", "{\"lifetime_value_eur\":0.00005}", "data.lifetime_value_eur",
          "at most 4 fractional digits"},
         {"prospect.updated", "{\"lifetime_value_eur\":{}}", "data.lifetime_value_eur",
@@ -585,8 +593,7 @@ static void test_rejects(void **state)
     }
 }
 
-static void test_size_and_bytes(void **state)
-{
+static void test_size_and_bytes(void **state) {
     (void)state;
     /* Exactly 64 KiB is accepted (padding in an ignored field)... */
     char *big = malloc(TD_EVENT_MAX + 2);
@@ -627,22 +634,22 @@ static void test_size_and_bytes(void **state)
 
 /* Unknown fields are ignored but must still be valid JSON values of any
  * shape, and the decode result is independent of key order. */
-static void test_ignored_fields(void **state)
-{
+static void test_ignored_fields(void **state) {
     (void)state;
-    td_event a = decode_ok(env("gift.sent", "{\"future\":{\"x\":[1,{\"y\":\"z\"}]},\"value_eur\":1.25,"
-                                            "\"items\":3,\"extra\":null}"));
-    td_event b = decode_ok("{\"data\":{\"items\":3,\"value_eur\":1.25},\"occurred_at\":"
-                           "\"2026-11-22T10:15:00Z\",\"prospect_id\":\"p-42\",\"type\":\"gift.sent\","
-                           "\"id\":\"e-1\",\"v\":2}");
+    td_event a =
+        decode_ok(env("gift.sent", "{\"future\":{\"x\":[1,{\"y\":\"z\"}]},\"value_eur\":1.25,"
+                                   "\"items\":3,\"extra\":null}"));
+    td_event b =
+        decode_ok("{\"data\":{\"items\":3,\"value_eur\":1.25},\"occurred_at\":"
+                  "\"2026-11-22T10:15:00Z\",\"prospect_id\":\"p-42\",\"type\":\"gift.sent\","
+                  "\"id\":\"e-1\",\"v\":2}");
     assert_memory_equal(&a, &b, sizeof a);
 }
 
 /* Control bytes anywhere in a long id are refused (the check reads eight
  * bytes at a time, so every position in and around a word is tried), and
  * the bytes next to the refused ranges are accepted. */
-static void test_control_bytes(void **state)
-{
+static void test_control_bytes(void **state) {
     (void)state;
     static const struct {
         const char *esc; /* as a JSON escape, so the message stays valid JSON */
@@ -671,8 +678,7 @@ static void test_control_bytes(void **state)
 /* ---- the fast path ---- */
 
 /* A data object that exercises every reader of type t's channel. */
-static const char *full_data(td_event_type t)
-{
+static const char *full_data(td_event_type t) {
     switch (td_event_type_channel(t)) {
     case TD_CH_EMAIL:
     case TD_CH_WHATSAPP:
@@ -689,8 +695,7 @@ static const char *full_data(td_event_type t)
         return "{\"kind\":\"book\",\"value_eur\":12.5,\"items\":2,\"wrapping\":\"white\","
                "\"description\":\"A signed copy\"}";
     default:
-        if (t == TD_EV_OWNER_PROSPECT_CONTACTED)
-            return "{\"first\":true}";
+        if (t == TD_EV_OWNER_PROSPECT_CONTACTED) return "{\"first\":true}";
         return "{\"stage\":\"new\",\"tier\":2,\"country\":\"fr\",\"sector\":\"logistics\","
                "\"timezone\":\"Europe/Paris\",\"gift_policy\":\"allowed\",\"language\":\"fr\","
                "\"lifetime_value_eur\":1234.56,\"consent\":{\"email\":true,\"whatsapp\":false,"
@@ -698,8 +703,7 @@ static const char *full_data(td_event_type t)
     }
 }
 
-static void test_fast_every_type(void **state)
-{
+static void test_fast_every_type(void **state) {
     (void)state;
     char json[1024];
     for (int i = 0; i < TD_EV__COUNT; i++) {
@@ -735,8 +739,7 @@ static void test_fast_every_type(void **state)
 
 /* Forms the fast path handles itself: whitespace, key order, escapes in
  * values, UTF-8, numbers of every JSON shape, nulls, unknown scalars. */
-static void test_fast_forms(void **state)
-{
+static void test_fast_forms(void **state) {
     (void)state;
     static const char *const msgs[] = {
         " \r\n\t{ \"id\" : \"e\" ,\n \"type\":\"email.sent\" , \"prospect_id\":\"p\","
@@ -744,13 +747,16 @@ static void test_fast_forms(void **state)
         "{\"data\":{\"human\":true,\"message_id\":\"m\"},\"type\":\"email.opened\","
         "\"occurred_at\":\"2026-11-22T11:15:00.250+01:00\",\"prospect_id\":\"p-1\",\"id\":\"e-1\"}",
         /* escapes in values, decoded as jansson decodes them */
-        "{\"id\":\"a\\/b\\\\c\",\"type\":\"email.sent\",\"prospect_id\":\"pr\xc3\xa9-\\u00e9\\u20AC\","
+        "{\"id\":\"a\\/"
+        "b\\\\c\",\"type\":\"email.sent\",\"prospect_id\":\"pr\xc3\xa9-\\u00e9\\u20AC\","
         "\"occurred_at\":\"2026-11-22T10:15:00Z\",\"owner_id\":\"\\ud83d\\ude00\\\"\","
         "\"note\":\"tab\\there\\b\\f\\n\\r\",\"data\":{\"kind\":\"v\\u0061lue\"}}",
-        "{\"id\":\"x\",\"type\":\"gift.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\","
+        "{\"id\":\"x\",\"type\":\"gift.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-"
+        "22T10:15:00Z\","
         "\"data\":{\"description\":\"Line one\\nline \\\"two\\\"\",\"kind\":\"card\"}}",
         /* raw UTF-8 of every length, and 0x7f, in values and unknown keys */
-        "{\"id\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\",\"type\":\"sms.sent\",\"prospect_id\":\"p\","
+        "{\"id\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\",\"type\":\"sms.sent\",\"prospect_id\":"
+        "\"p\","
         "\"occurred_at\":\"2026-11-22T10:15:00Z\",\"\xc3\xa9t\xc3\xa9\":\"a\x7f\"}",
         /* nulls are "not given" */
         "{\"id\":\"x\",\"type\":\"email.bounced\",\"prospect_id\":\"p\",\"occurred_at\":"
@@ -767,7 +773,8 @@ static void test_fast_forms(void **state)
         "\"2026-11-22T10:15:00Z\",\"data\":{\"human\":\"no\",\"duration_s\":1.5,\"tier\":99,"
         "\"consent\":{\"email\":true},\"value_eur\":\"x\",\"stage\":7}}",
         "{\"id\":\"x\",\"type\":\"prospect.updated\",\"prospect_id\":\"p\",\"occurred_at\":"
-        "\"2026-11-22T10:15:00Z\",\"data\":{\"consent\":{},\"tier\":3,\"gift_policy\":\"forbidden\","
+        "\"2026-11-22T10:15:00Z\",\"data\":{\"consent\":{},\"tier\":3,\"gift_policy\":"
+        "\"forbidden\","
         "\"language\":\"zh-Hant-TW\",\"timezone\":\"Etc/GMT+5\",\"country\":\"Us\","
         "\"stage\":\"won\",\"sector\":\"retail\"}}",
         "{\"id\":\"x\",\"type\":\"prospect.updated\",\"prospect_id\":\"p\",\"occurred_at\":"
@@ -785,8 +792,21 @@ static void test_fast_forms(void **state)
 
     /* Decimals as numbers and as strings, through the shared parser. */
     static const char *const decimals[] = {
-        "0",   "0.1",  "0.0001", "12.50000000", "19.99", "1234567.8901", "100", "1e2",
-        "1.5E+1", "25e-4", "-0", "-0.0", "922337203685477.5807", "\"12.5\"", "\"1e3\"",
+        "0",
+        "0.1",
+        "0.0001",
+        "12.50000000",
+        "19.99",
+        "1234567.8901",
+        "100",
+        "1e2",
+        "1.5E+1",
+        "25e-4",
+        "-0",
+        "-0.0",
+        "922337203685477.5807",
+        "\"12.5\"",
+        "\"1e3\"",
         "\"0e-999999999999\"",
     };
     char data[128];
@@ -809,19 +829,17 @@ static void test_fast_forms(void **state)
 }
 
 /* Valid messages the fast path leaves to jansson, by design. */
-static void test_fast_declines_valid(void **state)
-{
+static void test_fast_declines_valid(void **state) {
     (void)state;
-    static const char *const head =
-        "{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
-        "\"occurred_at\":\"2026-11-22T10:15:00Z\"";
+    static const char *const head = "{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
+                                    "\"occurred_at\":\"2026-11-22T10:15:00Z\"";
     static const char *const tails[] = {
-        ",\"\\u006fwner_id\":\"r\"}",            /* an escaped key */
-        ",\"crm\":{\"a\":1}}",                   /* nesting other than data and consent */
-        ",\"tags\":[]}",                         /* arrays */
+        ",\"\\u006fwner_id\":\"r\"}", /* an escaped key */
+        ",\"crm\":{\"a\":1}}",        /* nesting other than data and consent */
+        ",\"tags\":[]}",              /* arrays */
         ",\"data\":{\"kind\":\"v\",\"x\":[1]}}",
-        ",\"n\":1234567890123456789}",           /* 19 digits: jansson's strtoll judges */
-        ",\"n\":-0.5e100}",                      /* exponents past 99 */
+        ",\"n\":1234567890123456789}", /* 19 digits: jansson's strtoll judges */
+        ",\"n\":-0.5e100}",            /* exponents past 99 */
         ",\"n\":1e-400}",
         ",\"n\":12345678901234567890.5}",
         ",\"data\":{\"consent\":{\"fax\":true}}}", /* consent as email.sent ignores it */
@@ -857,8 +875,7 @@ static void test_fast_declines_valid(void **state)
 /* Messages jansson refuses: the fast path declines, the reason is jansson's.
  * Each case is a valid event but for one flaw, so that flaw alone must make
  * the fast path decline. */
-static void test_fast_declines_invalid(void **state)
-{
+static void test_fast_declines_invalid(void **state) {
     (void)state;
     static const char *const head =
         "{\"id\":\"x\",\"type\":\"prospect.updated\",\"prospect_id\":\"p\","
@@ -892,12 +909,37 @@ static void test_fast_declines_invalid(void **state)
         ",\"x\":\"\\u12\"}",
         ",\"x\":\"\\",
         /* numbers */
-        ",\"x\":01}", ",\"x\":1.}", ",\"x\":.5}", ",\"x\":-}", ",\"x\":1e}", ",\"x\":+1}",
-        ",\"x\":1.5.3}", ",\"x\":-01}", ",\"x\":1e+}", ",\"x\":0x1}", ",\"x\":1E5.0}",
+        ",\"x\":01}",
+        ",\"x\":1.}",
+        ",\"x\":.5}",
+        ",\"x\":-}",
+        ",\"x\":1e}",
+        ",\"x\":+1}",
+        ",\"x\":1.5.3}",
+        ",\"x\":-01}",
+        ",\"x\":1e+}",
+        ",\"x\":0x1}",
+        ",\"x\":1E5.0}",
         /* literals and structure */
-        ",\"x\":tru}", ",\"x\":True}", ",\"x\":truex}", ",\"x\":nul}", ",\"x\":falsey}",
-        ",\"x\":1,}", ",\"x\" 1}", ",\"x\":1 \"y\":2}", ",}", "}}", "} {}", "} x", ",'x':1}",
-        ",x:1}", "", ",\"x\":}", ",\"data\":{,}}", ",\"data\":{\"tier\":1,}}", ",\"data\":{\"tier\"}}",
+        ",\"x\":tru}",
+        ",\"x\":True}",
+        ",\"x\":truex}",
+        ",\"x\":nul}",
+        ",\"x\":falsey}",
+        ",\"x\":1,}",
+        ",\"x\" 1}",
+        ",\"x\":1 \"y\":2}",
+        ",}",
+        "}}",
+        "} {}",
+        "} x",
+        ",'x':1}",
+        ",x:1}",
+        "",
+        ",\"x\":}",
+        ",\"data\":{,}}",
+        ",\"data\":{\"tier\":1,}}",
+        ",\"data\":{\"tier\"}}",
         /* valid JSON, invalid events */
         ",\"data\":{\"consent\":{\"fax\":true}}}",
         ",\"data\":{\"consent\":{\"email\":\"yes\"}}}",
@@ -924,9 +966,16 @@ static void test_fast_declines_invalid(void **state)
     }
     /* Whole-message flaws. */
     static const char *const msgs[] = {
-        "{}", " ", "[1]", "\"x\"", "42", "null", "{",
+        "{}",
+        " ",
+        "[1]",
+        "\"x\"",
+        "42",
+        "null",
+        "{",
         "{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\"}",
-        "{\"id\":\"x\",\"type\":\"fax.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:15:00Z\"}",
+        "{\"id\":\"x\",\"type\":\"fax.sent\",\"prospect_id\":\"p\",\"occurred_at\":\"2026-11-22T10:"
+        "15:00Z\"}",
         "{\"id\":\"a\\u007fb\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
         "\"occurred_at\":\"2026-11-22T10:15:00Z\"}",
         "{\"id\":\"x\",\"type\":\"email.sent\",\"prospect_id\":\"p\","
@@ -952,12 +1001,10 @@ static void test_fast_declines_invalid(void **state)
 /* Every line of examples/sample.jsonl: the fast path takes each event the
  * jansson path accepts (real events are its subset), and rejections read
  * the same. */
-static void test_fast_sample_file(void **state)
-{
+static void test_fast_sample_file(void **state) {
     (void)state;
     const char *src = getenv("TD_SOURCE_DIR");
-    if (src == NULL)
-        skip();
+    if (src == NULL) skip();
     char path[1024];
     snprintf(path, sizeof path, "%s/examples/sample.jsonl", src);
     FILE *f = fopen(path, "r");
@@ -967,8 +1014,7 @@ static void test_fast_sample_file(void **state)
     while (fgets(line, sizeof line, f) != NULL) {
         size_t n = strcspn(line, "\n");
         line[n] = '\0';
-        if (n == 0)
-            continue;
+        if (n == 0) continue;
         td_event ev;
         td_event_error err;
         if (td_event_decode_slow(line, n, &ev, &err) == TD_OK) {
@@ -982,17 +1028,24 @@ static void test_fast_sample_file(void **state)
     assert_true(accepted > 50);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_type_names),      cmocka_unit_test(test_envelope),
-        cmocka_unit_test(test_email_types),     cmocka_unit_test(test_whatsapp_sms_linkedin),
-        cmocka_unit_test(test_call_meeting),    cmocka_unit_test(test_gift),
-        cmocka_unit_test(test_decimal_exact),   cmocka_unit_test(test_prospect_updated),
-        cmocka_unit_test(test_rejects),         cmocka_unit_test(test_size_and_bytes),
-        cmocka_unit_test(test_ignored_fields),  cmocka_unit_test(test_fast_every_type),
-        cmocka_unit_test(test_fast_forms),      cmocka_unit_test(test_fast_declines_valid),
-        cmocka_unit_test(test_fast_declines_invalid), cmocka_unit_test(test_fast_sample_file),
+        cmocka_unit_test(test_type_names),
+        cmocka_unit_test(test_envelope),
+        cmocka_unit_test(test_email_types),
+        cmocka_unit_test(test_whatsapp_sms_linkedin),
+        cmocka_unit_test(test_call_meeting),
+        cmocka_unit_test(test_gift),
+        cmocka_unit_test(test_decimal_exact),
+        cmocka_unit_test(test_prospect_updated),
+        cmocka_unit_test(test_rejects),
+        cmocka_unit_test(test_size_and_bytes),
+        cmocka_unit_test(test_ignored_fields),
+        cmocka_unit_test(test_fast_every_type),
+        cmocka_unit_test(test_fast_forms),
+        cmocka_unit_test(test_fast_declines_valid),
+        cmocka_unit_test(test_fast_declines_invalid),
+        cmocka_unit_test(test_fast_sample_file),
         cmocka_unit_test(test_control_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

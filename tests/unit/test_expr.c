@@ -54,8 +54,8 @@ static int teardown(void **state) {
 
 static void dump(const char *src, const td_expr_diags *d) {
     for (size_t i = 0; i < d->n; i++)
-        print_message("  [%s] %s @%u+%u: %s\n", src, d->v[i].code, d->v[i].offset,
-                      d->v[i].length, d->v[i].msg);
+        print_message("  [%s] %s @%u+%u: %s\n", src, d->v[i].code, d->v[i].offset, d->v[i].length,
+                      d->v[i].msg);
 }
 
 static td_expr *ok_s(const char *src, int scopes, td_type want) {
@@ -164,7 +164,8 @@ static void run_err(const char *src, const char *needle) {
     int rc = td_expr_eval(e, &g_ctx, &v, errbuf, sizeof errbuf);
     if (rc != TD_ERR) print_message("'%s' evaluated without an error\n", src);
     assert_int_equal(rc, TD_ERR);
-    if (!strstr(errbuf, needle)) print_message("'%s': error '%s' lacks '%s'\n", src, errbuf, needle);
+    if (!strstr(errbuf, needle))
+        print_message("'%s': error '%s' lacks '%s'\n", src, errbuf, needle);
     assert_non_null(strstr(errbuf, needle));
     assert_true(v.missing);
     td_expr_free(e);
@@ -238,7 +239,7 @@ static void test_precedence(void **state) {
     (void)state;
     assert_int_equal(ival("1 + 2 * 3", TD_T_INT), 7);
     assert_int_equal(ival("(1 + 2) * 3", TD_T_INT), 9);
-    assert_int_equal(ival("10 - 2 - 3", TD_T_INT), 5);   /* left associative */
+    assert_int_equal(ival("10 - 2 - 3", TD_T_INT), 5); /* left associative */
     assert_int_equal(ival("100 / 10 / 5", TD_T_INT), 2);
     assert_int_equal(ival("-2 * 3", TD_T_INT), -6);
     assert_int_equal(ival("- (2 + 3)", TD_T_INT), -5);
@@ -246,15 +247,15 @@ static void test_precedence(void **state) {
     assert_int_equal(ival("- 5", TD_T_INT), -5);
     assert_int_equal(ival("- -9223372036854775807", TD_T_INT), INT64_MAX);
     is_true("tier ?? 0 in [- 1, 0]");
-    is_true("true || false && false");   /* && binds tighter than || */
+    is_true("true || false && false"); /* && binds tighter than || */
     is_false("(true || false) && false");
-    is_false("!false && false");         /* ! binds tighter than && */
-    is_true("1 < 2 == true");            /* comparison before equality */
+    is_false("!false && false"); /* ! binds tighter than && */
+    is_true("1 < 2 == true");    /* comparison before equality */
     is_true("2 in [1, 2] && true");
-    is_true("1 + 1 in [2]");             /* + before in */
-    is_true("tier ?? 2 + 1 == 3");       /* ?? looser than +, tighter than == */
+    is_true("1 + 1 in [2]");       /* + before in */
+    is_true("tier ?? 2 + 1 == 3"); /* ?? looser than +, tighter than == */
     is_true("tier ?? 1 < 2");
-    assert_int_equal(ival("7 / 2", TD_T_INT), 3);         /* truncation */
+    assert_int_equal(ival("7 / 2", TD_T_INT), 3); /* truncation */
     assert_int_equal(ival("-7 / 2", TD_T_INT), -3);
     is_true("(((1)) == (1))");
 }
@@ -283,13 +284,16 @@ static void test_too_complex(void **state) {
     (void)state;
     char buf[4096];
     size_t n = 0;
-    for (int i = 0; i < 300; i++) buf[n++] = '(';
+    for (int i = 0; i < 300; i++)
+        buf[n++] = '(';
     buf[n++] = '1';
-    for (int i = 0; i < 300; i++) buf[n++] = ')';
+    for (int i = 0; i < 300; i++)
+        buf[n++] = ')';
     buf[n] = '\0';
     err(buf, "E210", 100);
     n = 0;
-    for (int i = 0; i < 600; i++) buf[n++] = '!';
+    for (int i = 0; i < 600; i++)
+        buf[n++] = '!';
     memcpy(buf + n, "true", 5);
     err(buf, "E210", 100);
     n = 0;
@@ -505,8 +509,8 @@ static void test_scopes(void **state) {
     td_strlcpy(m, d.v[0].msg, sizeof m);
     td_expr_diags_free(&d);
     assert_non_null(strstr(m, "guard's block"));
-    td_expr_free(ok_s("rec.channel == \"email\" && target.sent > 1", TD_FIELD_EVENT | TD_FIELD_GUARD,
-                      TD_T_BOOL));
+    td_expr_free(ok_s("rec.channel == \"email\" && target.sent > 1",
+                      TD_FIELD_EVENT | TD_FIELD_GUARD, TD_T_BOOL));
     err_s("event.kind == \"x\"", 0, TD_T_BOOL, "E202", 0);
     td_expr_free(ok_s("event.kind == \"x\"", TD_FIELD_EVENT, TD_T_BOOL));
     td_expr_free(ok_s("tier == 1", 0, TD_T_BOOL)); /* TD_FIELD_ANY: always */
@@ -725,7 +729,7 @@ static void test_runtime_errors(void **state) {
     run_err("900000000000000 * 2.0", "overflow");
     run_err("900000000000.0 * 900000000000.0", "overflow");
     run_err("(922337203685477 + 1) * 1.0", "overflow"); /* int -> decimal at run time */
-    err("922337203685478 in [1.5]", "E208", 0); /* int -> decimal at compile time */
+    err("922337203685478 in [1.5]", "E208", 0);         /* int -> decimal at compile time */
     /* errors inside a short-circuited branch never happen */
     is_false("false && 1 / 0 == 1");
     is_true("true || 1 / 0 == 1");
@@ -819,7 +823,8 @@ static void test_string_compare_forms(void **state) {
         {"gift_policy == 'allowed'", "(gift_policy ?? gift_policy) == 'allowed'"},
         {"last_reply_sentiment == 'positive'",
          "(last_reply_sentiment ?? last_reply_sentiment) == 'positive'"},
-        {"gifts.last_kind in ['card', 'book']", "(gifts.last_kind ?? gifts.last_kind) in ['card', 'book']"},
+        {"gifts.last_kind in ['card', 'book']",
+         "(gifts.last_kind ?? gifts.last_kind) in ['card', 'book']"},
         {"country == 'FR'", "(country ?? country) == 'FR'"},
         {"sector in ['saas', 'retail']", "(sector ?? sector) in ['saas', 'retail']"},
         {"(sector ?? '') == ''", "((sector ?? '') ?? 'x') == ''"},
@@ -894,8 +899,7 @@ static void test_direct_fields(void **state) {
     size_t off;
     assert_int_equal(td_field_direct(td_schema_lookup("target.sent", 11), &off, NULL),
                      TD_FA_GETTER); /* the channel is the candidate's */
-    assert_int_equal(td_field_direct(td_schema_lookup("touches.7d", 10), &off, NULL),
-                     TD_FA_GETTER);
+    assert_int_equal(td_field_direct(td_schema_lookup("touches.7d", 10), &off, NULL), TD_FA_GETTER);
 }
 
 /* && and || chains are evaluated in a loop: same results, same order, same
@@ -978,7 +982,8 @@ static void test_last_fired_forms(void **state) {
     assert_false(eval_bool("has(last_fired('ghosting.pivot'))"));
     assert_false(eval_bool("has(last_fired('ghosting.pivot-sms2'))"));
     is_missing("last_fired('x-never')");
-    is_missing("last_fired('a-rule-id-that-is-much-longer-than-sixty-four-characters-is-never-stored')");
+    is_missing(
+        "last_fired('a-rule-id-that-is-much-longer-than-sixty-four-characters-is-never-stored')");
 }
 
 /* td_expr_fix_operands / td_expr_fixed_truth: a guard's rec.* string tests
@@ -1048,7 +1053,7 @@ static void test_conjunct_reads_only(void **state) {
     assert_false(td_expr_conjunct_reads_only(e, 1, both)); /* tier */
     assert_false(td_expr_conjunct_reads_only(e, 2, both)); /* now */
     assert_true(td_expr_conjunct_reads_only(e, 3, both));
-    assert_false(td_expr_conjunct_reads_only(e, 3, one)); /* rec.channel is not allowed */
+    assert_false(td_expr_conjunct_reads_only(e, 3, one));  /* rec.channel is not allowed */
     assert_false(td_expr_conjunct_reads_only(e, 4, both)); /* the state's fired table */
     assert_false(td_expr_conjunct_reads_only(e, 5, both)); /* no such conjunct */
     assert_false(td_expr_conjunct_may_fail(e, 0));

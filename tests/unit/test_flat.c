@@ -44,8 +44,10 @@ static bool leap(int64_t y) { return y % 4 == 0 && (y % 100 != 0 || y % 400 == 0
  * and correction, then the month by walking the month lengths. */
 static void ref_civil(int64_t d, int *y, int *m, int *dd) {
     int64_t yy = d * 400 / 146097 + 1;
-    while (days_before_year(yy) > d) yy--;
-    while (days_before_year(yy + 1) <= d) yy++;
+    while (days_before_year(yy) > d)
+        yy--;
+    while (days_before_year(yy + 1) <= d)
+        yy++;
     int64_t doy = d - days_before_year(yy);
     static const int len[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int mm = 0;
@@ -67,8 +69,8 @@ static int ref_time(char *out, size_t cap, td_ms t) {
     int y, m, d;
     ref_civil(day, &y, &m, &d);
     int ms = (int)(rem % 1000), s = (int)(rem / 1000);
-    int n = snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d", y, m, d, s / 3600, s / 60 % 60,
-                     s % 60);
+    int n =
+        snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d", y, m, d, s / 3600, s / 60 % 60, s % 60);
     if (ms) n += snprintf(out + n, cap - (size_t)n, ".%03d", ms);
     n += snprintf(out + n, cap - (size_t)n, "Z");
     return n;
@@ -95,7 +97,8 @@ static int ref_dec(char *out, size_t cap, td_dec d) {
         char f[8];
         snprintf(f, sizeof f, "%04u", fp);
         size_t fl = strlen(f);
-        while (f[fl - 1] == '0') f[--fl] = 0;
+        while (f[fl - 1] == '0')
+            f[--fl] = 0;
         n += snprintf(out + n, cap - (size_t)n, ".%s", f);
     }
     return n;
@@ -121,7 +124,9 @@ static void text_add(text *t, const char *k, size_t kl, const char *v, size_t vl
     t->p[t->len++] = '\n';
 }
 
-static void ref_kv(text *t, const char *k, const char *v) { text_add(t, k, strlen(k), v, strlen(v)); }
+static void ref_kv(text *t, const char *k, const char *v) {
+    text_add(t, k, strlen(k), v, strlen(v));
+}
 
 #define VBUF 8192
 
@@ -147,7 +152,9 @@ static void ref_name(text *t, const char *k, int x, const char *name) {
     ref_kv(t, k, name);
 }
 
-static const char *tri_name(int x) { return x == TD_TRI_YES ? "true" : x == TD_TRI_NO ? "false" : NULL; }
+static const char *tri_name(int x) {
+    return x == TD_TRI_YES ? "true" : x == TD_TRI_NO ? "false" : NULL;
+}
 
 /* td_state_serialize by its documentation: every non-default field, in the
  * order of the scalar table, the channels, hour_hist, touches (oldest
@@ -199,10 +206,14 @@ static void ref_flat(const td_state *st, text *t) {
         const struct {
             const char *name;
             int64_t x;
-        } ints[] = {{"sent", ch->sent},           {"delivered", ch->delivered},
-                    {"opened", ch->opened},       {"clicked", ch->clicked},
-                    {"replied", ch->replied},     {"failed", ch->failed},
-                    {"unanswered", ch->unanswered}, {"opens_since_reply", ch->opens_since_reply}};
+        } ints[] = {{"sent", ch->sent},
+                    {"delivered", ch->delivered},
+                    {"opened", ch->opened},
+                    {"clicked", ch->clicked},
+                    {"replied", ch->replied},
+                    {"failed", ch->failed},
+                    {"unanswered", ch->unanswered},
+                    {"opens_since_reply", ch->opens_since_reply}};
         for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
             if (ints[i].x) {
                 snprintf(k, sizeof k, "%s.%s", cn, ints[i].name);
@@ -231,8 +242,8 @@ static void ref_flat(const td_state *st, text *t) {
     uint32_t cnt = st->touch_count < TD_TOUCH_RING ? st->touch_count : TD_TOUCH_RING;
     n = 0;
     for (uint32_t i = 0; i < cnt; i++) {
-        uint32_t at = (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count + i) %
-                      TD_TOUCH_RING;
+        uint32_t at =
+            (st->touch_head % TD_TOUCH_RING + TD_TOUCH_RING - st->touch_count + i) % TD_TOUCH_RING;
         if (i) v[n++] = ',';
         n += ref_time(v + n, sizeof v - (size_t)n, st->touch_ring[at]);
     }
@@ -240,8 +251,8 @@ static void ref_flat(const td_state *st, text *t) {
     cnt = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
     n = 0;
     for (uint32_t i = 0; i < cnt; i++) {
-        uint32_t at = (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count + i) %
-                      TD_DEDUP_RING;
+        uint32_t at =
+            (st->dedup_head % TD_DEDUP_RING + TD_DEDUP_RING - st->dedup_count + i) % TD_DEDUP_RING;
         n += snprintf(v + n, sizeof v - (size_t)n, "%s%016" PRIx64, i ? "," : "", st->dedup[at]);
     }
     if (cnt) ref_kv(t, "dedup", v);
@@ -284,9 +295,11 @@ static void cb_text(void *ud, const char *k, size_t kl, const char *v, size_t vl
 }
 
 static void text_eq(const text *got, const text *want, const char *what) {
-    if (got->len == want->len && (want->len == 0 || memcmp(got->p, want->p, want->len) == 0)) return;
+    if (got->len == want->len && (want->len == 0 || memcmp(got->p, want->p, want->len) == 0))
+        return;
     size_t i = 0;
-    while (i < got->len && i < want->len && got->p[i] == want->p[i]) i++;
+    while (i < got->len && i < want->len && got->p[i] == want->p[i])
+        i++;
     size_t from = i > 80 ? i - 80 : 0;
     fail_msg("%s differs at byte %zu:\n got: ...%.*s\nwant: ...%.*s", what, i,
              (int)(got->len - from < 200 ? got->len - from : 200), got->p + from,
@@ -339,10 +352,10 @@ static td_ms rand_time(void) {
                                  -1001,
                                  TD_DAY - 1,
                                  -TD_DAY,
-                                 951782400000LL,  /* 2000-02-29 */
-                                 951868799999LL,  /* 2000-02-29T23:59:59.999 */
-                                 4107542400000LL, /* 2100-03-01 */
-                                 4107455999000LL, /* 2100-02-28T23:59:59 */
+                                 951782400000LL,   /* 2000-02-29 */
+                                 951868799999LL,   /* 2000-02-29T23:59:59.999 */
+                                 4107542400000LL,  /* 2100-03-01 */
+                                 4107455999000LL,  /* 2100-02-28T23:59:59 */
                                  -2203891200000LL, /* 1900-03-01 */
                                  RFC_MIN,
                                  RFC_MIN - 1,
@@ -355,9 +368,12 @@ static td_ms rand_time(void) {
                                  -62198755200000LL, /* year 0 */
                                  1767225599999LL};
     switch (rnd() % 7) {
-    case 0: return TD_MS_MISSING;
-    case 1: return edge[rnd() % (sizeof edge / sizeof *edge)];
-    case 2: return (td_ms)rnd();
+    case 0:
+        return TD_MS_MISSING;
+    case 1:
+        return edge[rnd() % (sizeof edge / sizeof *edge)];
+    case 2:
+        return (td_ms)rnd();
     case 3: {
         td_ms t = RFC_MIN + (td_ms)(rnd() % (uint64_t)(RFC_MAX - RFC_MIN + 1));
         return rnd() % 2 ? t - (t % 1000 + 1000) % 1000 : t;
@@ -372,17 +388,24 @@ static td_ms rand_time(void) {
 
 static int64_t rand_i64(void) {
     switch (rnd() % 8) {
-    case 0: return 0;
-    case 1: return INT64_MIN;
-    case 2: return INT64_MAX;
-    case 3: return (int64_t)rnd();
-    case 4: return (int64_t)(rnd() % 20) - 10;
+    case 0:
+        return 0;
+    case 1:
+        return INT64_MIN;
+    case 2:
+        return INT64_MAX;
+    case 3:
+        return (int64_t)rnd();
+    case 4:
+        return (int64_t)(rnd() % 20) - 10;
     case 5: { /* around a power of ten */
         int64_t p = 1;
-        for (uint64_t e = rnd() % 19; e; e--) p *= 10;
+        for (uint64_t e = rnd() % 19; e; e--)
+            p *= 10;
         return (rnd() % 2 ? p : -p) + (int64_t)(rnd() % 3) - 1;
     }
-    default: return (int64_t)(rnd() % 200);
+    default:
+        return (int64_t)(rnd() % 200);
     }
 }
 
@@ -390,8 +413,9 @@ static void rand_str(char *dst, size_t cap) {
     size_t n = rnd() % 4 == 0 ? 0 : (size_t)(rnd() % cap);
     int plain = (int)(rnd() % 101);
     for (size_t i = 0; i < n; i++) {
-        int c = (int)(rnd() % 100) < plain ? "abcdefghijklmnopqrstuvwxyz.-_ /:0123456789"[rnd() % 42]
-                                          : (int)(1 + rnd() % 255);
+        int c = (int)(rnd() % 100) < plain
+                    ? "abcdefghijklmnopqrstuvwxyz.-_ /:0123456789"[rnd() % 42]
+                    : (int)(1 + rnd() % 255);
         dst[i] = (char)c;
     }
     dst[n] = '\0';
@@ -433,8 +457,8 @@ static void rand_state(td_state *st) {
     for (int c = 0; c < TD_CH__COUNT; c++) {
         td_chan_state *ch = &st->ch[c];
         if (rnd() % 3 == 0) continue;
-        int64_t *ints[] = {&ch->sent,   &ch->delivered, &ch->opened,     &ch->clicked,
-                           &ch->replied, &ch->failed,   &ch->unanswered, &ch->opens_since_reply};
+        int64_t *ints[] = {&ch->sent,    &ch->delivered, &ch->opened,     &ch->clicked,
+                           &ch->replied, &ch->failed,    &ch->unanswered, &ch->opens_since_reply};
         for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
             if (rnd() % 2) *ints[i] = rand_i64();
         ch->last_sent_at = rand_time();
@@ -447,7 +471,8 @@ static void rand_state(td_state *st) {
     static const uint32_t counts[] = {0, 1, 2, TD_TOUCH_RING - 1, TD_TOUCH_RING, TD_TOUCH_RING + 7};
     st->touch_count = rnd() % 2 ? counts[rnd() % 6] : (uint32_t)(rnd() % (TD_TOUCH_RING + 20));
     st->touch_head = (uint32_t)rnd();
-    for (int i = 0; i < TD_TOUCH_RING; i++) st->touch_ring[i] = rand_time();
+    for (int i = 0; i < TD_TOUCH_RING; i++)
+        st->touch_ring[i] = rand_time();
     for (int h = 0; h < 24; h++)
         st->hour_hist[h] = rnd() % 2 ? 0 : (uint32_t)rnd() >> (rnd() % 32);
     st->dedup_count = rnd() % 2 ? (uint32_t)(rnd() % 3) * TD_DEDUP_RING / 2
@@ -457,7 +482,8 @@ static void rand_state(td_state *st) {
         st->dedup[i] = rnd() % 8 == 0 ? (rnd() % 2 ? 0 : UINT64_MAX) : rnd() >> (rnd() % 64);
     st->npos = (uint32_t)(rnd() % (TD_POS_MAX + 1));
     for (uint32_t i = 0; i < st->npos; i++) { /* distinct keys (a hash's), in order */
-        st->pos[i].key = i == 0 && rnd() % 8 == 0 ? 0 : (uint64_t)i * (UINT64_MAX / TD_POS_MAX) + (rnd() >> 4);
+        st->pos[i].key =
+            i == 0 && rnd() % 8 == 0 ? 0 : (uint64_t)i * (UINT64_MAX / TD_POS_MAX) + (rnd() >> 4);
         st->pos[i].offset = rand_i64();
     }
     /* fired and timers: instants and armed_by ids shared or not */
@@ -521,7 +547,8 @@ static void test_flat_edges(void **unused) {
         st.pos[i].key = (uint64_t)i * 0x1111111111111111ULL;
         st.pos[i].offset = i % 2 ? INT64_MAX - i : INT64_MIN + i;
     }
-    for (int h = 0; h < 24; h++) st.hour_hist[h] = h % 3 ? UINT32_MAX - (uint32_t)h : (uint32_t)h;
+    for (int h = 0; h < 24; h++)
+        st.hour_hist[h] = h % 3 ? UINT32_MAX - (uint32_t)h : (uint32_t)h;
     for (uint32_t head = 0; head < 2 * TD_TOUCH_RING; head += 5) {
         st.touch_head = head;
         st.dedup_head = head;
@@ -531,7 +558,9 @@ static void test_flat_edges(void **unused) {
                                : i % 4 == 2 ? RFC_MIN + i * 1000
                                             : 951782400000LL + (td_ms)head * TD_DAY / 3 + i;
         for (int i = 0; i < TD_DEDUP_RING; i++)
-            st.dedup[i] = i % 3 == 0 ? 0 : i % 3 == 1 ? UINT64_MAX : 0xa0b1c2d3e4f50617ULL << (i % 8);
+            st.dedup[i] = i % 3 == 0   ? 0
+                          : i % 3 == 1 ? UINT64_MAX
+                                       : 0xa0b1c2d3e4f50617ULL << (i % 8);
         check_state(&st, &kv, head == 0);
     }
     /* every enum value, in range or not */
@@ -560,9 +589,12 @@ static void test_flat_edges(void **unused) {
     by[TD_ID_MAX] = 0;
     for (int i = 0; i < 40; i++) {
         size_t rl = 1 + (size_t)(i * 7) % TD_RULE_ID_MAX;
-        for (size_t j = 0; j < rl; j++) rule[j] = (char)(i % 5 == 0 ? 1 + (j * 37 + (size_t)i) % 255 : 'a' + (j + (size_t)i) % 26);
+        for (size_t j = 0; j < rl; j++)
+            rule[j] =
+                (char)(i % 5 == 0 ? 1 + (j * 37 + (size_t)i) % 255 : 'a' + (j + (size_t)i) % 26);
         rule[rl] = 0;
-        assert_int_equal(td_state_arm_timer(&st, rule, i % 7 ? RFC_MAX : INT64_MIN + 1, i % 2 ? by : ""), TD_OK);
+        assert_int_equal(
+            td_state_arm_timer(&st, rule, i % 7 ? RFC_MAX : INT64_MIN + 1, i % 2 ? by : ""), TD_OK);
         assert_int_equal(td_state_set_fired(&st, rule, i % 3 ? 0 : -1), TD_OK);
     }
     check_state(&st, &kv, true);
@@ -575,7 +607,8 @@ static void test_flat_edges(void **unused) {
         for (size_t at = 0; at <= len; at++) {
             td_state_init(&st, "p");
             char s[64];
-            for (size_t i = 0; i < len; i++) s[i] = (char)(' ' + (i * 7 + len) % 95);
+            for (size_t i = 0; i < len; i++)
+                s[i] = (char)(' ' + (i * 7 + len) % 95);
             for (size_t i = 0; i < len; i++)
                 if (s[i] == '%' || s[i] == 0x7f) s[i] = 'q';
             if (at < len) s[at] = special[(len + at) % sizeof special];
@@ -647,7 +680,8 @@ static void test_time_memo_days(void **unused) {
             want[8] = (char)('0' + d / 10);
             want[9] = (char)('0' + d % 10);
             want[10] = 'T';
-            if (memcmp(buf, want, 11)) fail_msg("day %" PRId64 ": %.11s, expected %.11s", day, buf, want);
+            if (memcmp(buf, want, 11))
+                fail_msg("day %" PRId64 ": %.11s, expected %.11s", day, buf, want);
             if (day % 97 == 0 || (y >= 1969 && y <= 2031)) check_memo(t, &m);
         }
         if (++d > len[mo - 1] + (mo == 2 && leap(y))) {
@@ -666,9 +700,24 @@ static void test_time_memo_days(void **unused) {
  * out of range (td_time_format's clamped output), INT64 extremes. */
 static void test_time_memo_mixed(void **unused) {
     (void)unused;
-    static const td_ms edge[] = {0, -1, 1, 999, 1000, -1000, -1001, 951782400000LL, 951868799999LL,
-                                 RFC_MIN, RFC_MIN - 1, RFC_MAX, RFC_MAX + 1, INT64_MAX, INT64_MIN,
-                                 INT64_MIN + 1, INT64_MAX - TD_DAY, -62198755200000LL};
+    static const td_ms edge[] = {0,
+                                 -1,
+                                 1,
+                                 999,
+                                 1000,
+                                 -1000,
+                                 -1001,
+                                 951782400000LL,
+                                 951868799999LL,
+                                 RFC_MIN,
+                                 RFC_MIN - 1,
+                                 RFC_MAX,
+                                 RFC_MAX + 1,
+                                 INT64_MAX,
+                                 INT64_MIN,
+                                 INT64_MIN + 1,
+                                 INT64_MAX - TD_DAY,
+                                 -62198755200000LL};
     td_time_memo m = TD_TIME_MEMO_INIT;
     for (size_t i = 0; i < sizeof edge / sizeof *edge; i++) {
         check_memo(edge[i], &m);
@@ -678,11 +727,21 @@ static void test_time_memo_mixed(void **unused) {
     for (int i = 0; i < 150000; i++) {
         td_ms t;
         switch (rnd() % 6) {
-        case 0: t = (td_ms)rnd(); break;
-        case 1: t = RFC_MIN + (td_ms)(rnd() % (uint64_t)(RFC_MAX - RFC_MIN + 1)); break;
-        case 2: t = base + (td_ms)(rnd() % 4) * 8 * TD_DAY + (td_ms)(rnd() % (uint64_t)TD_DAY); break;
-        case 3: t = base + (td_ms)(rnd() % 40) * TD_DAY + (td_ms)(rnd() % 86400) * 1000; break;
-        case 4: t = -(td_ms)(rnd() % 4000000000000ULL); break;
+        case 0:
+            t = (td_ms)rnd();
+            break;
+        case 1:
+            t = RFC_MIN + (td_ms)(rnd() % (uint64_t)(RFC_MAX - RFC_MIN + 1));
+            break;
+        case 2:
+            t = base + (td_ms)(rnd() % 4) * 8 * TD_DAY + (td_ms)(rnd() % (uint64_t)TD_DAY);
+            break;
+        case 3:
+            t = base + (td_ms)(rnd() % 40) * TD_DAY + (td_ms)(rnd() % 86400) * 1000;
+            break;
+        case 4:
+            t = -(td_ms)(rnd() % 4000000000000ULL);
+            break;
         default: /* next to an edge, wrapping at the INT64 ends */
             t = (td_ms)((uint64_t)edge[rnd() % (sizeof edge / sizeof *edge)] + rnd() % 3 - 1);
             break;
@@ -700,8 +759,25 @@ static void test_time_memo_mixed(void **unused) {
 /* The key of (topic, partition) is td_hash64 of "<topic>/<partition>". */
 static void test_pos_keys(void **unused) {
     (void)unused;
-    static const int32_t parts[] = {0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 12345, 99999,
-                                    100000, 2147483647, -1, -9, -10, -100, -2147483647 - 1};
+    static const int32_t parts[] = {0,
+                                    1,
+                                    9,
+                                    10,
+                                    11,
+                                    99,
+                                    100,
+                                    101,
+                                    999,
+                                    1000,
+                                    12345,
+                                    99999,
+                                    100000,
+                                    2147483647,
+                                    -1,
+                                    -9,
+                                    -10,
+                                    -100,
+                                    -2147483647 - 1};
     static const char *const topics[] = {"", "t", "touchd.events", "a/b", "x%y\x01"};
     for (size_t ti = 0; ti < sizeof topics / sizeof *topics; ti++)
         for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
@@ -713,7 +789,8 @@ static void test_pos_keys(void **unused) {
             assert_int_equal(st.npos, 1);
             assert_true(st.pos[0].key == td_hash64(s, (size_t)n, TD_HASH_SEED));
             assert_int_equal(td_state_pos_get(&st, topics[ti], parts[i]), 42);
-            if (parts[i] != 0) assert_int_equal(td_state_pos_get(&st, topics[ti], -parts[i] - 1), -1);
+            if (parts[i] != 0)
+                assert_int_equal(td_state_pos_get(&st, topics[ti], -parts[i] - 1), -1);
             td_state_free(&st);
         }
 }
@@ -743,7 +820,8 @@ static void ref_diff(const td_kvs *b, const td_kvs *a, report *r) {
     for (size_t i = 0; i < a->n; i++) {
         size_t j = 0;
         for (; j < b->n; j++)
-            if (b->e[j].kl == a->e[i].kl && !memcmp(b->buf + b->e[j].k, a->buf + a->e[i].k, a->e[i].kl))
+            if (b->e[j].kl == a->e[i].kl &&
+                !memcmp(b->buf + b->e[j].k, a->buf + a->e[i].k, a->e[i].kl))
                 break;
         if (j == b->n || b->e[j].vl != a->e[i].vl ||
             memcmp(b->buf + b->e[j].v, a->buf + a->e[i].v, a->e[i].vl))
@@ -752,7 +830,8 @@ static void ref_diff(const td_kvs *b, const td_kvs *a, report *r) {
     for (size_t j = 0; j < b->n; j++) {
         size_t i = 0;
         for (; i < a->n; i++)
-            if (b->e[j].kl == a->e[i].kl && !memcmp(b->buf + b->e[j].k, a->buf + a->e[i].k, a->e[i].kl))
+            if (b->e[j].kl == a->e[i].kl &&
+                !memcmp(b->buf + b->e[j].k, a->buf + a->e[i].k, a->e[i].kl))
                 break;
         if (i == a->n) on_del(r, b->buf + b->e[j].k, b->e[j].kl);
     }
@@ -811,7 +890,8 @@ static void test_diff_states(void **unused) {
             char rule[16];
             snprintf(rule, sizeof rule, "r.%02d", (int)(rnd() % 30));
             if (rnd() % 2)
-                assert_int_equal(td_state_arm_timer(&cur, rule, rand_time() & 0xffffffffff, "e-1"), TD_OK);
+                assert_int_equal(td_state_arm_timer(&cur, rule, rand_time() & 0xffffffffff, "e-1"),
+                                 TD_OK);
             else
                 td_state_disarm_timer(&cur, rule);
             if (rnd() % 4 == 0) td_state_remember(&cur, rule);
@@ -855,7 +935,8 @@ static void test_diff_shapes(void **unused) {
                 int i = pass == 0 || order == 0 ? j : order == 1 ? n - 1 - j : (j + rot) % n;
                 /* key i: lengths 1..90, sharing prefixes and suffixes */
                 size_t kl = 1 + (size_t)(i * 13) % 90;
-                for (size_t c = 0; c < kl; c++) k[c] = (char)('a' + (c == kl / 2 ? (size_t)(i % 26) : c % 3));
+                for (size_t c = 0; c < kl; c++)
+                    k[c] = (char)('a' + (c == kl / 2 ? (size_t)(i % 26) : c % 3));
                 k[kl - 1] = (char)('A' + i % 26);
                 if (kl > 2) k[0] = (char)('0' + i / 26 % 10);
                 if (kl > 3) k[1] = (char)('0' + i / 260 % 10);
@@ -863,7 +944,8 @@ static void test_diff_shapes(void **unused) {
                 bool in = pass == 0 ? p < 80 : p < 85;
                 if (!in) continue;
                 size_t vl = (size_t)(rnd() % 4 == 0 ? rnd() % 150 : rnd() % 20);
-                for (size_t c = 0; c < vl; c++) v[c] = (char)('x' + rnd() % (pass + 1));
+                for (size_t c = 0; c < vl; c++)
+                    v[c] = (char)('x' + rnd() % (pass + 1));
                 td_kvs_add(pass == 0 ? &a : &b, k, kl, v, vl);
             }
         check_diff(&a, &b);
@@ -891,12 +973,9 @@ static void test_diff_shapes(void **unused) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_flat_edges),
-        cmocka_unit_test(test_flat_random),
-        cmocka_unit_test(test_time_memo_mixed),
-        cmocka_unit_test(test_time_memo_days),
-        cmocka_unit_test(test_pos_keys),
-        cmocka_unit_test(test_diff_states),
+        cmocka_unit_test(test_flat_edges),      cmocka_unit_test(test_flat_random),
+        cmocka_unit_test(test_time_memo_mixed), cmocka_unit_test(test_time_memo_days),
+        cmocka_unit_test(test_pos_keys),        cmocka_unit_test(test_diff_states),
         cmocka_unit_test(test_diff_shapes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,8 +26,8 @@ typedef struct report {
 
 static void on_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
     report *r = ud;
-    r->len += (size_t)snprintf(r->text + r->len, sizeof r->text - r->len, "+%.*s=%.*s\n",
-                               (int)kl, k, (int)vl, v);
+    r->len += (size_t)snprintf(r->text + r->len, sizeof r->text - r->len, "+%.*s=%.*s\n", (int)kl,
+                               k, (int)vl, v);
     assert_true(r->len < sizeof r->text);
     r->sets++;
 }
@@ -39,7 +39,9 @@ static void on_del(void *ud, const char *k, size_t kl) {
     r->dels++;
 }
 
-static void add(td_kvs *kv, const char *k, const char *v) { td_kvs_add(kv, k, strlen(k), v, strlen(v)); }
+static void add(td_kvs *kv, const char *k, const char *v) {
+    td_kvs_add(kv, k, strlen(k), v, strlen(v));
+}
 
 /* Changed, new, deleted and unchanged pairs, in another order. */
 static void test_diff_pairs(void **unused) {
@@ -49,11 +51,11 @@ static void test_diff_pairs(void **unused) {
     add(&a, "owner_id", "rep-1");
     add(&a, "email.sent", "2");
     add(&a, "timer.t", "2026-11-20T00:00:00Z e-1");
-    add(&b, "events", "4");         /* changed */
-    add(&b, "email.sent", "2");     /* unchanged */
+    add(&b, "events", "4");     /* changed */
+    add(&b, "email.sent", "2"); /* unchanged */
     add(&b, "timer.t", "2026-11-20T00:00:00Z e-1");
-    add(&b, "email.opened", "1");   /* new */
-    report r = {0};                 /* owner_id: deleted */
+    add(&b, "email.opened", "1"); /* new */
+    report r = {0};               /* owner_id: deleted */
     assert_int_equal(td_kvs_diff(&a, &b, on_set, on_del, &r), TD_OK);
     assert_string_equal(r.text, "+events=4\n+email.opened=1\n-owner_id\n");
     /* nothing changed: nothing reported */
@@ -82,10 +84,8 @@ static void test_diff_many(void **unused) {
         snprintf(k, sizeof k, "k%d", i);
         snprintf(v, sizeof v, "%d", i);
         add(&a, k, v);
-        if (i % 100 == 7)
-            continue; /* 6 deleted */
-        if (i % 50 == 3)
-            snprintf(v, sizeof v, "x%d", i); /* 12 changed */
+        if (i % 100 == 7) continue;                       /* 6 deleted */
+        if (i % 50 == 3) snprintf(v, sizeof v, "x%d", i); /* 12 changed */
         add(&b, k, v);
     }
     report r = {0};
@@ -164,15 +164,16 @@ static void ref_diff(const td_kvs *before, const td_kvs *now, report *r) {
 /* Key i of a pool: short and long keys, several sharing their first or last
  * 8 bytes (the diff's index hashes those). */
 static size_t pool_key(int i, char *k) {
-    static const char *const shapes[] = {"%d", "timer.gifts.%d-quiet", "k%d",
-                                         "fired.reciprocity.first-touch-%d",
+    static const char *const shapes[] = {"%d",           "timer.gifts.%d-quiet",
+                                         "k%d",          "fired.reciprocity.first-touch-%d",
                                          "email.sent%d", "x.%d.same-long-suffix-same"};
     return (size_t)snprintf(k, 64, shapes[i % 6], i);
 }
 
 static void rand_kvs(td_kvs *kv, int pool, int pct, bool shuffle) {
     int order[700];
-    for (int i = 0; i < pool; i++) order[i] = i;
+    for (int i = 0; i < pool; i++)
+        order[i] = i;
     if (shuffle)
         for (int i = pool - 1; i > 0; i--) {
             int j = (int)(rnd() % (uint64_t)(i + 1)), t = order[i];
@@ -184,7 +185,8 @@ static void rand_kvs(td_kvs *kv, int pool, int pct, bool shuffle) {
         if ((int)(rnd() % 100) >= pct) continue;
         size_t kl = pool_key(order[i], k);
         size_t vl = (size_t)(rnd() % 4 == 0 ? rnd() % 150 : rnd() % 12);
-        for (size_t b = 0; b < vl; b++) v[b] = (char)('a' + rnd() % 3); /* values often equal */
+        for (size_t b = 0; b < vl; b++)
+            v[b] = (char)('a' + rnd() % 3); /* values often equal */
         td_kvs_add(kv, k, kl, v, vl);
     }
 }
@@ -219,11 +221,21 @@ static void ref_json_str(char *out, size_t *on, const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         switch (c) {
-        case '"': *on += (size_t)sprintf(out + *on, "\\\""); break;
-        case '\\': *on += (size_t)sprintf(out + *on, "\\\\"); break;
-        case '\n': *on += (size_t)sprintf(out + *on, "\\n"); break;
-        case '\r': *on += (size_t)sprintf(out + *on, "\\r"); break;
-        case '\t': *on += (size_t)sprintf(out + *on, "\\t"); break;
+        case '"':
+            *on += (size_t)sprintf(out + *on, "\\\"");
+            break;
+        case '\\':
+            *on += (size_t)sprintf(out + *on, "\\\\");
+            break;
+        case '\n':
+            *on += (size_t)sprintf(out + *on, "\\n");
+            break;
+        case '\r':
+            *on += (size_t)sprintf(out + *on, "\\r");
+            break;
+        case '\t':
+            *on += (size_t)sprintf(out + *on, "\\t");
+            break;
         default:
             if (c < 0x20 || c == 0x7f)
                 *on += (size_t)sprintf(out + *on, "\\u%04x", c);
@@ -276,10 +288,8 @@ static void test_json_str_reference(void **unused) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_diff_pairs),
-        cmocka_unit_test(test_diff_many),
-        cmocka_unit_test(test_capture_move),
-        cmocka_unit_test(test_diff_reference),
+        cmocka_unit_test(test_diff_pairs),         cmocka_unit_test(test_diff_many),
+        cmocka_unit_test(test_capture_move),       cmocka_unit_test(test_diff_reference),
         cmocka_unit_test(test_json_str_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cmocka.h>
 #include <openssl/evp.h>
+#include <cmocka.h>
 
 #include "td_engine.h"
 #include "td_time.h"
@@ -34,11 +34,26 @@ static int ref_json_str(td_buf *b, const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         switch (c) {
-        case '"': memcpy(o, "\\\"", 2); o += 2; break;
-        case '\\': memcpy(o, "\\\\", 2); o += 2; break;
-        case '\n': memcpy(o, "\\n", 2); o += 2; break;
-        case '\r': memcpy(o, "\\r", 2); o += 2; break;
-        case '\t': memcpy(o, "\\t", 2); o += 2; break;
+        case '"':
+            memcpy(o, "\\\"", 2);
+            o += 2;
+            break;
+        case '\\':
+            memcpy(o, "\\\\", 2);
+            o += 2;
+            break;
+        case '\n':
+            memcpy(o, "\\n", 2);
+            o += 2;
+            break;
+        case '\r':
+            memcpy(o, "\\r", 2);
+            o += 2;
+            break;
+        case '\t':
+            memcpy(o, "\\t", 2);
+            o += 2;
+            break;
         default:
             if (c < 0x20 || c == 0x7f) {
                 o += sprintf(o, "\\u%04x", c);
@@ -71,11 +86,21 @@ static void rjw_quoted(rjw *w, const char *s, size_t len) {
         unsigned char ch = (unsigned char)s[k];
         char esc[8];
         switch (ch) {
-        case '"': rjw_put(w, "\\\"", 2); break;
-        case '\\': rjw_put(w, "\\\\", 2); break;
-        case '\n': rjw_put(w, "\\n", 2); break;
-        case '\r': rjw_put(w, "\\r", 2); break;
-        case '\t': rjw_put(w, "\\t", 2); break;
+        case '"':
+            rjw_put(w, "\\\"", 2);
+            break;
+        case '\\':
+            rjw_put(w, "\\\\", 2);
+            break;
+        case '\n':
+            rjw_put(w, "\\n", 2);
+            break;
+        case '\r':
+            rjw_put(w, "\\r", 2);
+            break;
+        case '\t':
+            rjw_put(w, "\\t", 2);
+            break;
         default:
             if (ch < 0x20 || ch == 0x7f) {
                 snprintf(esc, sizeof esc, "\\u%04x", ch);
@@ -99,9 +124,11 @@ static void rjw_dec(rjw *w, td_dec d) {
         char f[8];
         snprintf(f, sizeof f, "%04llu", (unsigned long long)frac);
         int fl = 4;
-        while (fl > 0 && f[fl - 1] == '0') fl--;
+        while (fl > 0 && f[fl - 1] == '0')
+            fl--;
         f[fl] = '\0';
-        len = snprintf(tmp, sizeof tmp, "%s%llu.%s", d < 0 ? "-" : "", (unsigned long long)whole, f);
+        len =
+            snprintf(tmp, sizeof tmp, "%s%llu.%s", d < 0 ? "-" : "", (unsigned long long)whole, f);
     }
     if (len > 0) rjw_put(w, tmp, (size_t)len);
 }
@@ -114,13 +141,19 @@ static size_t ref_value_json(const td_value *v, char *buf, size_t cap) {
         rjw_put(&w, "null", 4);
     } else {
         switch (v->type) {
-        case TD_T_BOOL: rjw_put(&w, v->u.b ? "true" : "false", v->u.b ? 4 : 5); break;
+        case TD_T_BOOL:
+            rjw_put(&w, v->u.b ? "true" : "false", v->u.b ? 4 : 5);
+            break;
         case TD_T_INT:
             snprintf(tmp, sizeof tmp, "%lld", (long long)v->u.i);
             rjw_put(&w, tmp, strlen(tmp));
             break;
-        case TD_T_DEC: rjw_dec(&w, v->u.d); break;
-        case TD_T_STR: rjw_quoted(&w, v->u.s.p ? v->u.s.p : "", v->u.s.p ? v->u.s.n : 0); break;
+        case TD_T_DEC:
+            rjw_dec(&w, v->u.d);
+            break;
+        case TD_T_STR:
+            rjw_quoted(&w, v->u.s.p ? v->u.s.p : "", v->u.s.p ? v->u.s.n : 0);
+            break;
         case TD_T_TIME: {
             size_t l = td_time_format(v->u.t, tmp, sizeof tmp);
             rjw_quoted(&w, tmp, l < sizeof tmp ? l : sizeof tmp - 1);
@@ -131,7 +164,9 @@ static size_t ref_value_json(const td_value *v, char *buf, size_t cap) {
             rjw_quoted(&w, tmp, l < sizeof tmp ? l : sizeof tmp - 1);
             break;
         }
-        default: rjw_put(&w, "null", 4); break;
+        default:
+            rjw_put(&w, "null", 4);
+            break;
         }
     }
     buf[w.n] = '\0';
@@ -228,21 +263,27 @@ static uint64_t rnd(void) { /* xorshift64* */
 
 /* The bytes around every class boundary of the escaper, and UTF-8. */
 static const unsigned char EDGE_BYTES[] = {
-    0x00, 0x01, 0x07, 0x08, 0x09, 0x0a, 0x0c, 0x0d, 0x1e, 0x1f, 0x20, 0x21, 0x22, 0x23,
-    0x2f, 0x30, 0x5b, 0x5c, 0x5d, 0x7e, 0x7f, 0x80, 0x9f, 0xa0, 0xc3, 0xa9, 0xe2, 0x82,
-    0xac, 0xf0, 0x9f, 0x98, 0x80, 0xfe, 0xff, 'a', 'z'};
+    0x00, 0x01, 0x07, 0x08, 0x09, 0x0a, 0x0c, 0x0d, 0x1e, 0x1f, 0x20, 0x21, 0x22,
+    0x23, 0x2f, 0x30, 0x5b, 0x5c, 0x5d, 0x7e, 0x7f, 0x80, 0x9f, 0xa0, 0xc3, 0xa9,
+    0xe2, 0x82, 0xac, 0xf0, 0x9f, 0x98, 0x80, 0xfe, 0xff, 'a',  'z'};
 
 static void rand_bytes(char *s, size_t n) {
     int mode = (int)(rnd() % 4);
     for (size_t i = 0; i < n; i++) {
         switch (mode) {
-        case 0: s[i] = (char)('a' + rnd() % 26); break; /* plain */
-        case 1: s[i] = (char)(rnd() % 256); break;      /* anything */
-        case 2: /* mostly plain, a few edge bytes */
-            s[i] = rnd() % 16 ? (char)(' ' + rnd() % 95)
-                              : (char)EDGE_BYTES[rnd() % sizeof EDGE_BYTES];
+        case 0:
+            s[i] = (char)('a' + rnd() % 26);
+            break; /* plain */
+        case 1:
+            s[i] = (char)(rnd() % 256);
+            break; /* anything */
+        case 2:    /* mostly plain, a few edge bytes */
+            s[i] =
+                rnd() % 16 ? (char)(' ' + rnd() % 95) : (char)EDGE_BYTES[rnd() % sizeof EDGE_BYTES];
             break;
-        default: s[i] = (char)EDGE_BYTES[rnd() % sizeof EDGE_BYTES]; break;
+        default:
+            s[i] = (char)EDGE_BYTES[rnd() % sizeof EDGE_BYTES];
+            break;
         }
     }
 }
@@ -258,8 +299,8 @@ static void check_json_str(const char *s, size_t n, size_t pre) {
     assert_int_equal(td_buf_json_str(&a, s, n), TD_OK);
     assert_int_equal(ref_json_str(&b, s, n), TD_OK);
     if (a.len != b.len || memcmp(a.p, b.p, a.len) != 0)
-        fail_msg("json_str differs (n=%zu pre=%zu):\n  got  %.*s\n  want %.*s", n, pre,
-                 (int)a.len, a.p, (int)b.len, b.p);
+        fail_msg("json_str differs (n=%zu pre=%zu):\n  got  %.*s\n  want %.*s", n, pre, (int)a.len,
+                 a.p, (int)b.len, b.p);
     assert_int_equal(a.p[a.len], '\0');
     td_buf_free(&a);
     td_buf_free(&b);
@@ -287,12 +328,15 @@ static void test_json_str_positions(void **state) {
     (void)state;
     char s[96];
     for (size_t n = 0; n <= 80; n++) {
-        for (size_t i = 0; i < n; i++) s[i] = (char)('A' + i % 26);
-        for (size_t pre = 0; pre < 4; pre++) check_json_str(s, n, pre * 5);
+        for (size_t i = 0; i < n; i++)
+            s[i] = (char)('A' + i % 26);
+        for (size_t pre = 0; pre < 4; pre++)
+            check_json_str(s, n, pre * 5);
         for (size_t pos = 0; pos < n; pos++) {
             /* every edge byte up to 40 bytes, then a few (valgrind runs this) */
             for (size_t e = 0; e < sizeof EDGE_BYTES; e += n <= 40 ? 1 : 5) {
-                for (size_t i = 0; i < n; i++) s[i] = (char)('A' + i % 26);
+                for (size_t i = 0; i < n; i++)
+                    s[i] = (char)('A' + i % 26);
                 s[pos] = (char)EDGE_BYTES[e];
                 check_json_str(s, n, pos % 3);
                 /* and a second special later on */
@@ -318,8 +362,8 @@ static void test_json_str_random(void **state) {
 /* ---- td_value_json ---- */
 
 static void check_value(const td_value *v) {
-    static const size_t caps[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 20, 21, 22, 23, 24,
-                                  25, 26, 27, 28, 30, 64, 100, 255, 256, 257, 1024, 4096};
+    static const size_t caps[] = {1,  2,  3,  4,  5,  6,  7,  8,  9,   10,  15,  16,  20,   21,  22,
+                                  23, 24, 25, 26, 27, 28, 30, 64, 100, 255, 256, 257, 1024, 4096};
     char got[4200], want[4200];
     for (size_t c = 0; c < sizeof caps / sizeof *caps; c++) {
         size_t fill = caps[c] + 2 < sizeof got ? caps[c] + 2 : sizeof got;
@@ -407,11 +451,36 @@ static void test_value_json_known(void **state) {
 
 static void test_value_json_edges(void **state) {
     (void)state;
-    static const int64_t ints[] = {0, 1, -1, 9, 10, -10, 99, 100, 999, 1000, 9999, 10000, -9999,
-                                   -10000, 10001, -10001, 12345, -12345, 1230, -1230, 5000,
-                                   -5000, 100000000000LL, 999999999999999999LL,
-                                   1000000000000000000LL, INT64_MAX, INT64_MIN, INT64_MIN + 1,
-                                   INT64_MAX - 1, 9223372036854770000LL};
+    static const int64_t ints[] = {0,
+                                   1,
+                                   -1,
+                                   9,
+                                   10,
+                                   -10,
+                                   99,
+                                   100,
+                                   999,
+                                   1000,
+                                   9999,
+                                   10000,
+                                   -9999,
+                                   -10000,
+                                   10001,
+                                   -10001,
+                                   12345,
+                                   -12345,
+                                   1230,
+                                   -1230,
+                                   5000,
+                                   -5000,
+                                   100000000000LL,
+                                   999999999999999999LL,
+                                   1000000000000000000LL,
+                                   INT64_MAX,
+                                   INT64_MIN,
+                                   INT64_MIN + 1,
+                                   INT64_MAX - 1,
+                                   9223372036854770000LL};
     td_value v;
     check_value(NULL);
     for (int t = TD_T_NONE; t <= TD_T__COUNT; t++) {
@@ -421,9 +490,16 @@ static void test_value_json_edges(void **state) {
                 v.type = (td_type)t;
                 v.missing = miss;
                 switch (t) {
-                case TD_T_BOOL: v.u.b = ints[i] & 1; break;
-                case TD_T_STR: v.u.s.p = "a\"b"; v.u.s.n = (uint32_t)(i % 4); break;
-                default: v.u.i = ints[i]; break; /* i, d and t share the slot */
+                case TD_T_BOOL:
+                    v.u.b = ints[i] & 1;
+                    break;
+                case TD_T_STR:
+                    v.u.s.p = "a\"b";
+                    v.u.s.n = (uint32_t)(i % 4);
+                    break;
+                default:
+                    v.u.i = ints[i];
+                    break; /* i, d and t share the slot */
                 }
                 check_value(&v);
             }
@@ -434,7 +510,10 @@ static void test_value_json_edges(void **state) {
     for (size_t n = 0; n < sizeof s; n += n < 100 ? 1 : 7) {
         for (int kind = 0; kind < 4; kind++) {
             for (size_t i = 0; i < n; i++)
-                s[i] = kind == 0 ? 'p' : kind == 1 ? '\x01' : kind == 2 ? '"' : (char)EDGE_BYTES[i % sizeof EDGE_BYTES];
+                s[i] = kind == 0   ? 'p'
+                       : kind == 1 ? '\x01'
+                       : kind == 2 ? '"'
+                                   : (char)EDGE_BYTES[i % sizeof EDGE_BYTES];
             v = (td_value){.type = TD_T_STR, .u.s = {s, (uint32_t)n}};
             check_value(&v);
         }
@@ -458,10 +537,11 @@ static void test_value_json_edges(void **state) {
 
 /* ---- td_rec_json ---- */
 
-static const char *RULES = "rules = (\n"
-                           "  { id = \"a.rule\"; on = [ \"email.opened\" ];\n"
-                           "    recommend = { channel = \"email\"; touch = \"micro_question\"; }; }\n"
-                           ");\n";
+static const char *RULES =
+    "rules = (\n"
+    "  { id = \"a.rule\"; on = [ \"email.opened\" ];\n"
+    "    recommend = { channel = \"email\"; touch = \"micro_question\"; }; }\n"
+    ");\n";
 
 static td_ruleset *compile(const char *text) {
     td_source src = {.name = "rec_json.rules", .text = text, .len = strlen(text)};
@@ -486,9 +566,18 @@ static void rand_cstr(char *dst, size_t cap) {
 }
 
 static td_ms rand_time(void) {
-    static const td_ms edge[] = {0, -1, 1, 999, -1000, TD_MS_MISSING, INT64_MAX,
-                                 -62135596800000LL, -62135596800001LL, 253402300799999LL,
-                                 253402300800000LL, 1795424100000LL};
+    static const td_ms edge[] = {0,
+                                 -1,
+                                 1,
+                                 999,
+                                 -1000,
+                                 TD_MS_MISSING,
+                                 INT64_MAX,
+                                 -62135596800000LL,
+                                 -62135596800001LL,
+                                 253402300799999LL,
+                                 253402300800000LL,
+                                 1795424100000LL};
     if (rnd() % 3 == 0) return edge[rnd() % (sizeof edge / sizeof *edge)];
     return 1735689600000LL + (td_ms)(rnd() % (10ULL * 365 * 86400000));
 }
@@ -529,8 +618,10 @@ static void test_rec_json_random(void **state) {
         rand_cstr(rule.id, sizeof rule.id);
         rand_cstr(rec.id, sizeof rec.id);
         rand_cstr(st.prospect_id, sizeof st.prospect_id);
-        if (rnd() % 4) rand_cstr(st.owner_id, sizeof st.owner_id);
-        else st.owner_id[0] = '\0';
+        if (rnd() % 4)
+            rand_cstr(st.owner_id, sizeof st.owner_id);
+        else
+            st.owner_id[0] = '\0';
         rand_cstr(touch, sizeof touch);
         rand_cstr(note, sizeof note);
         rec.rule = &rule;
@@ -563,8 +654,8 @@ static void test_rec_json_random(void **state) {
         } else {
             rand_cstr(trule, sizeof trule);
             rand_cstr(armed_by, sizeof armed_by);
-            trig = (td_trigger){.kind = TD_TRIG_TIMER, .rule = trule, .armed_by = armed_by,
-                                .due_at = rand_time()};
+            trig = (td_trigger){
+                .kind = TD_TRIG_TIMER, .rule = trule, .armed_by = armed_by, .due_at = rand_time()};
         }
         td_ms gen = rand_time();
         /* appended after what the buffer holds, as the daemon's batch buffer */
@@ -590,13 +681,14 @@ static void test_rec_json_random(void **state) {
 /* A real step's recommendation, explained, with its JSON. */
 static void test_rec_json_step(void **state) {
     (void)state;
-    static const char *rules =
-        "rules = (\n"
-        "  { id = \"x.pivot\"; on = [ \"email.opened\" ];\n"
-        "    when = \"email.sent >= 1 && !replied && (tier ?? 3) != 1 && (country ?? '') != 'DE'\";\n"
-        "    priority = 7;\n"
-        "    recommend = { channel = \"whatsapp\"; touch = \"micro_question\"; note = \"Say \\\"hi\\\"\\\\n\"; }; }\n"
-        ");\n";
+    static const char *rules = "rules = (\n"
+                               "  { id = \"x.pivot\"; on = [ \"email.opened\" ];\n"
+                               "    when = \"email.sent >= 1 && !replied && (tier ?? 3) != 1 && "
+                               "(country ?? '') != 'DE'\";\n"
+                               "    priority = 7;\n"
+                               "    recommend = { channel = \"whatsapp\"; touch = "
+                               "\"micro_question\"; note = \"Say \\\"hi\\\"\\\\n\"; }; }\n"
+                               ");\n";
     td_ruleset *rs = compile(rules);
     td_tzdb *tz = td_tzdb_new();
     static td_state st;
@@ -650,7 +742,8 @@ static void ref_rec_id(const char *trigger_id, const char *rule_id, char *out) {
     assert_int_equal(mdlen, 32);
     out[0] = 'r';
     out[1] = '-';
-    for (int i = 0; i < 16; i++) sprintf(out + 2 + 2 * i, "%02x", md[i]);
+    for (int i = 0; i < 16; i++)
+        sprintf(out + 2 + 2 * i, "%02x", md[i]);
 }
 
 /* Decodes event json and steps it on a fresh state of p-1; both rules
@@ -675,14 +768,16 @@ static void test_rec_ids(void **state) {
     memcpy(longid, "long.", 5);
     longid[TD_RULE_ID_MAX] = '\0';
     char rules[1024];
-    snprintf(rules, sizeof rules,
-             "rules = (\n"
-             "  { id = \"r\"; on = [ \"email.opened\" ];\n"
-             "    recommend = { channel = \"email\"; touch = \"micro_question\"; window = \"any\"; }; },\n"
-             "  { id = \"%s\"; on = [ \"email.opened\" ];\n"
-             "    recommend = { channel = \"sms\"; touch = \"micro_question\"; window = \"any\"; }; }\n"
-             ");\n",
-             longid);
+    snprintf(
+        rules, sizeof rules,
+        "rules = (\n"
+        "  { id = \"r\"; on = [ \"email.opened\" ];\n"
+        "    recommend = { channel = \"email\"; touch = \"micro_question\"; window = \"any\"; }; "
+        "},\n"
+        "  { id = \"%s\"; on = [ \"email.opened\" ];\n"
+        "    recommend = { channel = \"sms\"; touch = \"micro_question\"; window = \"any\"; }; }\n"
+        ");\n",
+        longid);
     td_ruleset *rs = compile(rules);
     td_tzdb *tz = td_tzdb_new();
     static td_state st;
@@ -691,7 +786,8 @@ static void test_rec_ids(void **state) {
     size_t checked = 0;
     for (size_t len = 1; len <= TD_ID_MAX; len++) {
         char id[TD_ID_MAX + 1], json[512];
-        for (size_t i = 0; i < len; i++) id[i] = (char)('a' + (i * 7 + len) % 26);
+        for (size_t i = 0; i < len; i++)
+            id[i] = (char)('a' + (i * 7 + len) % 26);
         id[len] = '\0';
         snprintf(json, sizeof json,
                  "{\"id\":\"%s\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\","
@@ -721,14 +817,10 @@ static void test_rec_ids(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_json_str_known),
-        cmocka_unit_test(test_json_str_positions),
-        cmocka_unit_test(test_json_str_random),
-        cmocka_unit_test(test_value_json_known),
-        cmocka_unit_test(test_value_json_edges),
-        cmocka_unit_test(test_rec_json_random),
-        cmocka_unit_test(test_rec_json_step),
-        cmocka_unit_test(test_rec_ids),
+        cmocka_unit_test(test_json_str_known),   cmocka_unit_test(test_json_str_positions),
+        cmocka_unit_test(test_json_str_random),  cmocka_unit_test(test_value_json_known),
+        cmocka_unit_test(test_value_json_edges), cmocka_unit_test(test_rec_json_random),
+        cmocka_unit_test(test_rec_json_step),    cmocka_unit_test(test_rec_ids),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

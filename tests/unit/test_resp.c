@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cmocka.h>
 #include <hiredis/hiredis.h>
+#include <cmocka.h>
 
 #include "td_resp.h"
 
@@ -44,7 +44,8 @@ static void test_types(void **unused) {
 
     r = WHOLE("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
     assert_int_equal(r.type, TD_RESP_ERROR);
-    assert_int_equal(r.len, strlen("WRONGTYPE Operation against a key holding the wrong kind of value"));
+    assert_int_equal(r.len,
+                     strlen("WRONGTYPE Operation against a key holding the wrong kind of value"));
     assert_memory_equal(r.s, "WRONGTYPE Operation", 19);
     assert_false(td_resp_is_status(&r, "WRONGTYPE Operation against a key holding the wrong "
                                        "kind of value")); /* an error is not a status */
@@ -95,30 +96,29 @@ static void test_types(void **unused) {
 static void expect_bad(const char *s, size_t n) {
     td_resp r;
     ssize_t k = td_resp_parse(s, n, &r);
-    if (k != -1)
-        fail_msg("accepted %zu bytes as RESP2 (%zd): \"%.*s\"", n, k, (int)n, s);
+    if (k != -1) fail_msg("accepted %zu bytes as RESP2 (%zd): \"%.*s\"", n, k, (int)n, s);
 }
 #define BAD(lit) expect_bad(lit, sizeof(lit) - 1)
 
 static void test_not_resp(void **unused) {
     (void)unused;
-    BAD("OK\r\n");            /* no type byte */
-    BAD("_\r\n");             /* RESP3 null */
-    BAD("%1\r\n");            /* RESP3 map */
-    BAD("+OK\rx");            /* CR without LF */
-    BAD(":\r\n");             /* no digits */
+    BAD("OK\r\n"); /* no type byte */
+    BAD("_\r\n");  /* RESP3 null */
+    BAD("%1\r\n"); /* RESP3 map */
+    BAD("+OK\rx"); /* CR without LF */
+    BAD(":\r\n");  /* no digits */
     BAD(":12a\r\n");
     BAD(":+1\r\n");
-    BAD(":01\r\n");           /* leading zero */
+    BAD(":01\r\n"); /* leading zero */
     BAD(":-0\r\n");
     BAD(":9223372036854775808\r\n"); /* out of range */
     BAD(":-9223372036854775809\r\n");
     BAD(":99999999999999999999\r\n");
     BAD("$-2\r\n");
     BAD("*-2\r\n");
-    BAD("$3\r\nabcd\r\n");    /* the bulk string is longer than said */
-    BAD("$536870913\r\n");    /* over 512 MB */
-    BAD("+O\nK\r\n");         /* LF inside a status line */
+    BAD("$3\r\nabcd\r\n"); /* the bulk string is longer than said */
+    BAD("$536870913\r\n"); /* over 512 MB */
+    BAD("+O\nK\r\n");      /* LF inside a status line */
     /* a line that never ends is refused once it is longer than the limit */
     size_t n = TD_RESP_LINE_MAX + 16;
     char *big = malloc(n);
@@ -140,9 +140,9 @@ static void test_stream_against_hiredis(void **unused) {
     size_t n = 0;
     n += (size_t)snprintf(s + n, sizeof s - n, "+OK\r\n");
     for (int i = 0; i < 64; i++)
-        n += (size_t)(i % 7 == 0 ? snprintf(s + n, sizeof s - n, "$-1\r\n")
-                                 : snprintf(s + n, sizeof s - n, "$%d\r\n%d\r\n",
-                                            i < 10 ? 1 : 2, i));
+        n += (size_t)(i % 7 == 0
+                          ? snprintf(s + n, sizeof s - n, "$-1\r\n")
+                          : snprintf(s + n, sizeof s - n, "$%d\r\n%d\r\n", i < 10 ? 1 : 2, i));
     n += (size_t)snprintf(s + n, sizeof s - n, "+OK\r\n");
     for (int i = 0; i < 70; i++)
         n += (size_t)snprintf(s + n, sizeof s - n, "+QUEUED\r\n");
@@ -167,8 +167,7 @@ static void test_stream_against_hiredis(void **unused) {
             ssize_t k = td_resp_parse(buf + at, have - at, &r);
             assert_int_not_equal(k, -1);
             if (k == 0) {
-                if (fed == n)
-                    break;
+                if (fed == n) break;
                 size_t m = n - fed < piece ? n - fed : piece;
                 memcpy(buf + have, s + fed, m);
                 have += m;
@@ -181,8 +180,7 @@ static void test_stream_against_hiredis(void **unused) {
             if (hrep && hel < hrep->elements) {
                 want = hrep->element[hel++];
             } else {
-                if (hrep)
-                    freeReplyObject(hrep);
+                if (hrep) freeReplyObject(hrep);
                 hrep = NULL;
                 hel = 0;
                 void *got = NULL;
@@ -220,8 +218,7 @@ static void test_stream_against_hiredis(void **unused) {
                 fail_msg("hiredis reply type %d", want->type);
             }
         }
-        if (hrep)
-            freeReplyObject(hrep);
+        if (hrep) freeReplyObject(hrep);
         void *rest = NULL;
         assert_int_equal(redisReaderGetReply(hr, &rest), REDIS_OK);
         assert_null(rest); /* both saw the same number of replies */

@@ -173,15 +173,15 @@ static void test_all_errors_reported(void **state) {
     (void)state;
     const char *text =
         "rules = (\n"
-        "  { id = \"Bad Id\"; on = [ \"email.opend\" ];\n"                           /* E103 E108 */
-        "    recommend = { channel = \"fax\"; touch = \"follow_up\"; }; },\n"        /* E110 */
-        "  { id = \"b\"; on = [ \"email.opened\" ]; cooldwn = \"3d\";\n"             /* E105 */
+        "  { id = \"Bad Id\"; on = [ \"email.opend\" ];\n"                    /* E103 E108 */
+        "    recommend = { channel = \"fax\"; touch = \"follow_up\"; }; },\n" /* E110 */
+        "  { id = \"b\"; on = [ \"email.opened\" ]; cooldwn = \"3d\";\n"      /* E105 */
         "    recommend = { channel = \"email\"; touch = \"x\"; at = \"1 +\"; }; },\n" /* E207 W301 */
-        "  { id = \"c\"; on = [ \"email.opened\" ]; cooldown = \"soon\";\n"          /* E109 */
+        "  { id = \"c\"; on = [ \"email.opened\" ]; cooldown = \"soon\";\n"           /* E109 */
         "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"c\"; on = [ \"email.opened\" ];\n"                               /* E104 */
+        "  { id = \"c\"; on = [ \"email.opened\" ];\n" /* E104 */
         "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"d\"; on = [ \"email.opened\" ]; }\n"                             /* E107 */
+        "  { id = \"d\"; on = [ \"email.opened\" ]; }\n" /* E107 */
         ");\n";
     td_diags d = {0};
     assert_null(compile1("all.rules", text, &d));
@@ -231,8 +231,9 @@ static void test_guard_scopes(void **state) {
     assert_non_null(find_code(&d, "E202"));
     td_diags_free(&d);
     /* and a `when` of the wrong type is an error */
-    const char *text2 = "rules = ( { id = \"a\"; on = [ \"email.opened\" ]; when = \"email.sent\";\n"
-                        "  recommend = { channel = \"email\"; touch = \"follow_up\"; }; } );\n";
+    const char *text2 =
+        "rules = ( { id = \"a\"; on = [ \"email.opened\" ]; when = \"email.sent\";\n"
+        "  recommend = { channel = \"email\"; touch = \"follow_up\"; }; } );\n";
     td_diags d2 = {0};
     assert_null(compile1("t.rules", text2, &d2));
     assert_non_null(find_code(&d2, "E206"));
@@ -257,9 +258,11 @@ static void test_settings_errors(void **state) {
     td_diags_free(&d);
     /* settings twice across files */
     td_source two[2] = {
-        {.name = "a.rules", .text = "settings = { best_time_default_hour = 9; };\n",
+        {.name = "a.rules",
+         .text = "settings = { best_time_default_hour = 9; };\n",
          .len = strlen("settings = { best_time_default_hour = 9; };\n")},
-        {.name = "b.rules", .text = "settings = { best_time_default_hour = 9; };\n",
+        {.name = "b.rules",
+         .text = "settings = { best_time_default_hour = 9; };\n",
          .len = strlen("settings = { best_time_default_hour = 9; };\n")},
     };
     td_diags d2 = {0};
@@ -285,20 +288,24 @@ static void test_lint_warnings(void **state) {
     (void)state;
     const char *text =
         "rules = (\n"
-        "  { id = \"never\"; on = [ \"email.opened\" ]; when = \"false\";\n"            /* 2: W304 */
+        "  { id = \"never\"; on = [ \"email.opened\" ]; when = \"false\";\n" /* 2: W304 */
         "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"wrong-event\"; on = [ \"email.sent\" ]; when = \"event.sentiment == 'positive'\";\n" /* 4 */
+        "  { id = \"wrong-event\"; on = [ \"email.sent\" ]; when = \"event.sentiment == "
+        "'positive'\";\n" /* 4 */
         "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"timer-event\"; on = [ \"email.sent\" ]; after = \"72h\"; cooldown = \"7d\";\n" /* 6 */
+        "  { id = \"timer-event\"; on = [ \"email.sent\" ]; after = \"72h\"; cooldown = "
+        "\"7d\";\n" /* 6 */
         "    when = \"event.kind == 'value'\";\n"
         "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"a\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 60;\n"   /* 9 */
+        "  { id = \"a\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 60;\n" /* 9 */
         "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"b\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 40; when = \"tier == 1\";\n" /* 11 */
+        "  { id = \"b\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 40; when = "
+        "\"tier == 1\";\n" /* 11 */
         "    recommend = { channel = \"sms\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"c\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 40;\n"   /* 13 */
+        "  { id = \"c\"; on = [ \"email.opened\" ]; group = \"g\"; priority = 40;\n" /* 13 */
         "    recommend = { channel = \"linkedin\"; touch = \"follow_up\"; }; },\n"
-        "  { id = \"ok\"; on = [ \"email.replied\" ]; when = \"event.sentiment == 'positive'\";\n"
+        "  { id = \"ok\"; on = [ \"email.replied\" ]; when = \"event.sentiment == "
+        "'positive'\";\n"
         "    recommend = { channel = \"email\"; touch = \"human_reply\"; }; }\n"
         ");\n";
     td_diags d = {0};
@@ -324,12 +331,14 @@ static void test_lint_warnings(void **state) {
             if (strcmp(d.v[j].code, want[i].code) == 0 && d.v[j].line == want[i].line &&
                 strstr(d.v[j].msg, want[i].needle))
                 found = true;
-        if (!found) print_message("missing %s at line %d (%s)\n", want[i].code, want[i].line,
-                                  want[i].needle);
+        if (!found)
+            print_message("missing %s at line %d (%s)\n", want[i].code, want[i].line,
+                          want[i].needle);
         assert_true(found);
     }
     /* the well-formed reply rule gets no warning */
-    for (size_t j = 0; j < d.n; j++) assert_null(strstr(d.v[j].msg, "'ok'"));
+    for (size_t j = 0; j < d.n; j++)
+        assert_null(strstr(d.v[j].msg, "'ok'"));
     assert_int_equal(d.warnings, 7);
     td_ruleset_free(rs);
     td_diags_free(&d);

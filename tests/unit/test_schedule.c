@@ -123,7 +123,7 @@ static void test_dst(void **state) {
     td_state st;
     td_state_init(&st, "p");
     td_strlcpy(st.timezone, "Europe/Paris", sizeof st.timezone);
-    td_ms t = paris(2026, 3, 28, 12, 0, tz); /* Saturday, UTC+1 */
+    td_ms t = paris(2026, 3, 28, 12, 0, tz);   /* Saturday, UTC+1 */
     td_ms want = paris(2026, 3, 30, 9, 0, tz); /* Monday, UTC+2 */
     assert_int_equal(want, td_civil_to_ms(2026, 3, 30, 7, 0, 0));
     assert_int_equal(td_sched_window(&s, tz, &st, t, false), want);
@@ -192,7 +192,8 @@ static void test_add_business_days(void **state) {
 }
 
 static const char *RULES =
-    "settings = { default_timezone = \"Europe/Paris\"; gift_tax_cap_eur = { FR = 73.0; DE = 35; }; };\n"
+    "settings = { default_timezone = \"Europe/Paris\"; gift_tax_cap_eur = { FR = 73.0; DE = 35; }; "
+    "};\n"
     "rules = (\n"
     "  { id = \"biz\"; on = [ \"email.opened\" ];\n"
     "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
@@ -234,26 +235,32 @@ static void test_engine_windows_and_functions(void **state) {
     td_ruleset_set_calendar(rs, cal);
     td_state st;
     td_state_init(&st, "p-1");
-    step(rs, &st, tz, "{\"id\":\"u\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
-                      "\"occurred_at\":\"2026-12-20T10:00:00Z\",\"data\":{\"country\":\"FR\"}}");
+    step(rs, &st, tz,
+         "{\"id\":\"u\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+         "\"occurred_at\":\"2026-12-20T10:00:00Z\",\"data\":{\"country\":\"FR\"}}");
     /* Christmas Day 2026 (Friday), 15:00 Paris: the business rule waits for Monday 28 */
     td_step_out *o = step(rs, &st, tz,
-        "{\"id\":\"c\",\"type\":\"email.clicked\",\"prospect_id\":\"p-1\",\"occurred_at\":\"2026-12-25T14:00:00Z\"}");
+                          "{\"id\":\"c\",\"type\":\"email.clicked\",\"prospect_id\":\"p-1\","
+                          "\"occurred_at\":\"2026-12-25T14:00:00Z\"}");
     assert_int_equal(o->nrecs, 1); /* fn: not a business day, biz never fired, FR cap 73 */
     assert_string_equal(o->recs[0].rule->id, "fn");
     o = step(rs, &st, tz,
-        "{\"id\":\"o\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":\"2026-12-25T14:00:00Z\"}");
+             "{\"id\":\"o\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\",\"occurred_at\":"
+             "\"2026-12-25T14:00:00Z\"}");
     assert_int_equal(o->nrecs, 1);
     assert_int_equal(o->recs[0].not_before, td_civil_to_ms(2026, 12, 28, 8, 0, 0));
     o = step(rs, &st, tz,
-        "{\"id\":\"r\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\",\"occurred_at\":\"2026-12-25T14:00:00Z\"}");
+             "{\"id\":\"r\",\"type\":\"email.replied\",\"prospect_id\":\"p-1\",\"occurred_at\":"
+             "\"2026-12-25T14:00:00Z\"}");
     assert_int_equal(o->nrecs, 1);
     assert_int_equal(o->recs[0].not_before, td_civil_to_ms(2026, 12, 25, 14, 0, 0)); /* any */
     /* last_fired('biz') is now set; US has no cap configured here */
-    step(rs, &st, tz, "{\"id\":\"u2\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
-                      "\"occurred_at\":\"2026-12-25T15:00:00Z\",\"data\":{\"country\":\"US\"}}");
+    step(rs, &st, tz,
+         "{\"id\":\"u2\",\"type\":\"prospect.updated\",\"prospect_id\":\"p-1\","
+         "\"occurred_at\":\"2026-12-25T15:00:00Z\",\"data\":{\"country\":\"US\"}}");
     o = step(rs, &st, tz,
-        "{\"id\":\"dl\",\"type\":\"email.delivered\",\"prospect_id\":\"p-1\",\"occurred_at\":\"2026-12-25T16:00:00Z\"}");
+             "{\"id\":\"dl\",\"type\":\"email.delivered\",\"prospect_id\":\"p-1\",\"occurred_at\":"
+             "\"2026-12-25T16:00:00Z\"}");
     assert_int_equal(o->nrecs, 1);
     assert_string_equal(o->recs[0].rule->id, "fired");
     td_state_free(&st);
@@ -265,7 +272,8 @@ static void test_engine_windows_and_functions(void **state) {
 static void test_window_key_errors(void **state) {
     (void)state;
     const char *bad = "rules = ( { id = \"a\"; on = [ \"email.opened\" ];\n"
-                      "  recommend = { channel = \"email\"; touch = \"follow_up\"; window = \"always\"; }; } );\n";
+                      "  recommend = { channel = \"email\"; touch = \"follow_up\"; window = "
+                      "\"always\"; }; } );\n";
     td_source src = {.name = "w.rules", .text = bad, .len = strlen(bad)};
     td_diags d = {0};
     assert_null(td_ruleset_compile(&src, 1, &d));

@@ -72,7 +72,8 @@ static void apply_simple(fixture *f, td_event_type type, const char *at) {
 
 static int hist_total(const td_state *st) {
     int n = 0;
-    for (int h = 0; h < 24; h++) n += (int)st->hour_hist[h];
+    for (int h = 0; h < 24; h++)
+        n += (int)st->hour_hist[h];
     return n;
 }
 
@@ -175,11 +176,13 @@ static void check_round_trip(const td_state *st, bool shuffle) {
     td_state_init(&back, "");
     char err[256];
     for (size_t i = 0; i < l.n; i++) {
-        int rc = td_state_set_field(&back, l.a[i].k, l.a[i].kn, l.a[i].v, l.a[i].vn, err, sizeof err);
+        int rc =
+            td_state_set_field(&back, l.a[i].k, l.a[i].kn, l.a[i].v, l.a[i].vn, err, sizeof err);
         if (rc != TD_OK) fail_msg("set_field %s=%s: rc %d %s", l.a[i].k, l.a[i].v, rc, err);
     }
     if (!td_state_equal(st, &back)) {
-        for (size_t i = 0; i < l.n; i++) fprintf(stderr, "  %s = %s\n", l.a[i].k, l.a[i].v);
+        for (size_t i = 0; i < l.n; i++)
+            fprintf(stderr, "  %s = %s\n", l.a[i].k, l.a[i].v);
         fail_msg("round trip lost information");
     }
     td_state_serialize(&back, kv_collect, &l2);
@@ -221,8 +224,7 @@ static void test_fmt_integers(void **state) {
         check_fmt(p);
         check_fmt(p + 1);
         check_fmt(p * 2 + 7);
-        if (d < 19)
-            p *= 10;
+        if (d < 19) p *= 10;
     }
     check_fmt(UINT64_MAX);
     check_fmt((uint64_t)INT64_MAX);
@@ -291,10 +293,14 @@ static void test_touches_each_channel(void **state) {
         td_event_type t;
         td_channel ch;
     } touches[] = {
-        {TD_EV_EMAIL_SENT, TD_CH_EMAIL},       {TD_EV_WHATSAPP_SENT, TD_CH_WHATSAPP},
-        {TD_EV_SMS_SENT, TD_CH_SMS},           {TD_EV_LINKEDIN_INVITED, TD_CH_LINKEDIN},
-        {TD_EV_LINKEDIN_MESSAGED, TD_CH_LINKEDIN}, {TD_EV_CALL_ATTEMPTED, TD_CH_CALL},
-        {TD_EV_CALL_VOICEMAIL, TD_CH_CALL},    {TD_EV_GIFT_SENT, TD_CH_GIFT},
+        {TD_EV_EMAIL_SENT, TD_CH_EMAIL},
+        {TD_EV_WHATSAPP_SENT, TD_CH_WHATSAPP},
+        {TD_EV_SMS_SENT, TD_CH_SMS},
+        {TD_EV_LINKEDIN_INVITED, TD_CH_LINKEDIN},
+        {TD_EV_LINKEDIN_MESSAGED, TD_CH_LINKEDIN},
+        {TD_EV_CALL_ATTEMPTED, TD_CH_CALL},
+        {TD_EV_CALL_VOICEMAIL, TD_CH_CALL},
+        {TD_EV_GIFT_SENT, TD_CH_GIFT},
     };
     td_ms base = T("2026-11-02T08:00:00Z");
     for (size_t i = 0; i < sizeof touches / sizeof touches[0]; i++) {
@@ -689,8 +695,8 @@ static void test_prospect_updated_and_owner(void **state) {
     assert_true(FIELD(&ctx, "event.channel").missing);
     v = FIELD(&ctx, "event.type");
     assert_memory_equal(v.u.s.p, "prospect.updated", v.u.s.n);
-    assert_int_equal(FIELD(&ctx, "local.hour").u.i, 10); /* 09:00Z = 10:00 CET */
-    assert_int_equal(FIELD(&ctx, "local.weekday").u.i, 3);  /* a Wednesday */
+    assert_int_equal(FIELD(&ctx, "local.hour").u.i, 10);   /* 09:00Z = 10:00 CET */
+    assert_int_equal(FIELD(&ctx, "local.weekday").u.i, 3); /* a Wednesday */
     assert_int_equal(FIELD(&ctx, "local.month").u.i, 11);
 }
 
@@ -766,8 +772,10 @@ static void test_dedup_ring(void **state) {
     assert_int_equal(f->st.dedup_count, TD_DEDUP_RING);
     for (int i = 0; i < 40; i++) {
         snprintf(id, sizeof id, "e-%d", i);
-        if (i < 40 - TD_DEDUP_RING) assert_false(td_state_seen(&f->st, id));
-        else assert_true(td_state_seen(&f->st, id));
+        if (i < 40 - TD_DEDUP_RING)
+            assert_false(td_state_seen(&f->st, id));
+        else
+            assert_true(td_state_seen(&f->st, id));
     }
     /* the flat form keeps ring order: oldest first */
     kvlist l = {0};
@@ -775,8 +783,7 @@ static void test_dedup_ring(void **state) {
     const char *d = kv_get(&l, "dedup");
     assert_non_null(d);
     char want[17];
-    snprintf(want, sizeof want, "%016llx",
-             (unsigned long long)td_hash64("e-8", 3, TD_HASH_SEED));
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)td_hash64("e-8", 3, TD_HASH_SEED));
     assert_memory_equal(d, want, 16);
     assert_int_equal(strlen(d), 32 * 17 - 1);
     kv_free(&l);
@@ -787,8 +794,8 @@ static void test_dedup_ring(void **state) {
     kvlist l2 = {0};
     td_state_serialize(&f->st, kv_collect, &l2);
     for (size_t i = 0; i < l2.n; i++)
-        assert_int_equal(td_state_set_field(&c, l2.a[i].k, l2.a[i].kn, l2.a[i].v, l2.a[i].vn,
-                                            NULL, 0), TD_OK);
+        assert_int_equal(
+            td_state_set_field(&c, l2.a[i].k, l2.a[i].kn, l2.a[i].v, l2.a[i].vn, NULL, 0), TD_OK);
     td_state_remember(&c, "e-40");
     td_state_remember(&f->st, "e-40");
     assert_true(td_state_equal(&c, &f->st));
@@ -818,7 +825,8 @@ static void test_positions(void **state) {
     /* the lowest offsets went first */
     assert_int_equal(td_state_pos_get(&f->st, "crm.events", 4), -1);
     assert_int_equal(td_state_pos_get(&f->st, "t9", 0), 1009);
-    for (uint32_t i = 1; i < f->st.npos; i++) assert_true(f->st.pos[i - 1].key < f->st.pos[i].key);
+    for (uint32_t i = 1; i < f->st.npos; i++)
+        assert_true(f->st.pos[i - 1].key < f->st.pos[i].key);
     check_round_trip(&f->st, true);
 }
 
@@ -878,7 +886,8 @@ static void test_armed_by_pool(void **state) {
         td_state_disarm_timer(&cp, rule);
     }
     assert_int_equal(cp.ntimers, 0);
-    for (uint32_t i = 0; i < cp.narmed; i++) assert_int_equal(cp.armed[i].refs, 0);
+    for (uint32_t i = 0; i < cp.narmed; i++)
+        assert_int_equal(cp.armed[i].refs, 0);
     td_state_free(&cp);
 }
 
@@ -887,9 +896,11 @@ static void test_fired_and_timers(void **state) {
     td_ms t = T("2026-11-02T08:00:00Z");
     assert_true(td_state_fired_at(&f->st, "x") == TD_MS_MISSING);
     const char *rules[] = {"m", "c", "z", "a", "k", "b", "y", "d", "q"};
-    for (int i = 0; i < 9; i++) assert_int_equal(td_state_set_fired(&f->st, rules[i], t + i), TD_OK);
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(td_state_set_fired(&f->st, rules[i], t + i), TD_OK);
     assert_int_equal(f->st.nfired, 9);
-    for (int i = 0; i < 9; i++) assert_true(td_state_fired_at(&f->st, rules[i]) == t + i);
+    for (int i = 0; i < 9; i++)
+        assert_true(td_state_fired_at(&f->st, rules[i]) == t + i);
     for (uint32_t i = 1; i < f->st.nfired; i++)
         assert_true(strcmp(f->st.fired[i - 1].rule, f->st.fired[i].rule) < 0);
     assert_int_equal(td_state_set_fired(&f->st, "m", t + 100), TD_OK);
@@ -933,8 +944,12 @@ static void test_fired_and_timers(void **state) {
 static void test_rule_keys(void **state) {
     fixture *f = *state;
     td_ms t = T("2026-11-02T08:00:00Z");
-    const char *ids[] = {"gifts.physical-quiet", "silence.reengage-email", "gifts.card-only-quiet",
-                         "silence.reengage-linkedin", "a", "gifts.physical-cn-quiet"};
+    const char *ids[] = {"gifts.physical-quiet",
+                         "silence.reengage-email",
+                         "gifts.card-only-quiet",
+                         "silence.reengage-linkedin",
+                         "a",
+                         "gifts.physical-cn-quiet"};
     td_rule_key keys[6];
     for (int i = 0; i < 6; i++) {
         keys[i] = td_rule_key_make(ids[i]);
@@ -955,7 +970,8 @@ static void test_rule_keys(void **state) {
     for (uint32_t i = 1; i < f->st.nfired; i++)
         assert_true(strcmp(f->st.fired[i - 1].rule, f->st.fired[i].rule) < 0);
     for (int i = 0; i < 6; i++) {
-        const td_timer *a = td_state_timer(&f->st, ids[i]), *b = td_state_timer_key(&f->st, &keys[i]);
+        const td_timer *a = td_state_timer(&f->st, ids[i]),
+                       *b = td_state_timer_key(&f->st, &keys[i]);
         assert_non_null(a);
         assert_ptr_equal(a, b);
         assert_true(a->due_at == t + i);
@@ -1075,10 +1091,10 @@ static void build_rich(fixture *f) {
     pu.consent[TD_CH_LINKEDIN] = TD_TRI_NO;
     pu.consent[TD_CH_CALL] = TD_TRI_YES;
     apply(f, &pu);
-    const td_event_type seq[] = {TD_EV_EMAIL_SENT, TD_EV_EMAIL_DELIVERED, TD_EV_EMAIL_OPENED,
-                                 TD_EV_EMAIL_CLICKED, TD_EV_WHATSAPP_SENT, TD_EV_WHATSAPP_READ,
-                                 TD_EV_SMS_SENT, TD_EV_SMS_FAILED, TD_EV_LINKEDIN_INVITED,
-                                 TD_EV_LINKEDIN_ACCEPTED, TD_EV_CALL_ATTEMPTED};
+    const td_event_type seq[] = {
+        TD_EV_EMAIL_SENT,       TD_EV_EMAIL_DELIVERED,   TD_EV_EMAIL_OPENED,  TD_EV_EMAIL_CLICKED,
+        TD_EV_WHATSAPP_SENT,    TD_EV_WHATSAPP_READ,     TD_EV_SMS_SENT,      TD_EV_SMS_FAILED,
+        TD_EV_LINKEDIN_INVITED, TD_EV_LINKEDIN_ACCEPTED, TD_EV_CALL_ATTEMPTED};
     for (size_t i = 0; i < sizeof seq / sizeof seq[0]; i++) {
         td_event ev = EV(seq[i], "2026-01-05T08:00:00Z");
         ev.occurred_at += (td_ms)i * 3 * TD_HOUR + 250;
@@ -1161,23 +1177,32 @@ static void test_round_trip_rich(void **state) {
 
 static void rnd_str(char *dst, size_t cap) {
     size_t n = (size_t)(rnd() % cap); /* 0 .. cap-1 bytes */
-    for (size_t i = 0; i < n; i++) dst[i] = (char)(1 + rnd() % 255);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (char)(1 + rnd() % 255);
     dst[n] = 0;
 }
 static int64_t rnd_i64(void) {
     switch (rnd() % 6) {
-    case 0: return 0;
-    case 1: return INT64_MIN;
-    case 2: return INT64_MAX;
-    case 3: return (int64_t)(rnd() % 1000);
-    default: return (int64_t)rnd();
+    case 0:
+        return 0;
+    case 1:
+        return INT64_MIN;
+    case 2:
+        return INT64_MAX;
+    case 3:
+        return (int64_t)(rnd() % 1000);
+    default:
+        return (int64_t)rnd();
     }
 }
 static td_ms rnd_time(void) {
     switch (rnd() % 5) {
-    case 0: return TD_MS_MISSING;
-    case 1: return (td_ms)rnd(); /* anywhere, incl. outside RFC 3339 years */
-    default: return -62135596800000LL + (td_ms)(rnd() % 315537897600000ULL); /* 1..9999 */
+    case 0:
+        return TD_MS_MISSING;
+    case 1:
+        return (td_ms)rnd(); /* anywhere, incl. outside RFC 3339 years */
+    default:
+        return -62135596800000LL + (td_ms)(rnd() % 315537897600000ULL); /* 1..9999 */
     }
 }
 
@@ -1227,8 +1252,10 @@ static void rnd_state(td_state *st) {
     st->next_meeting_at = rnd_time();
     st->touch_count = (uint32_t)(rnd() % (TD_TOUCH_RING + 1));
     st->touch_head = (uint32_t)(rnd() % TD_TOUCH_RING);
-    for (int i = 0; i < TD_TOUCH_RING; i++) st->touch_ring[i] = rnd_time();
-    for (int h = 0; h < 24; h++) st->hour_hist[h] = rnd() % 2 ? 0 : (uint32_t)rnd();
+    for (int i = 0; i < TD_TOUCH_RING; i++)
+        st->touch_ring[i] = rnd_time();
+    for (int h = 0; h < 24; h++)
+        st->hour_hist[h] = rnd() % 2 ? 0 : (uint32_t)rnd();
     st->gift_year = (int32_t)rnd();
     st->gifts_year_count = rnd_i64();
     st->gifts_year_spend_eur = rnd_i64();
@@ -1237,7 +1264,8 @@ static void rnd_state(td_state *st) {
     st->last_gift_kind = (td_gift_kind)(rnd() % 8);
     st->dedup_count = (uint32_t)(rnd() % (TD_DEDUP_RING + 1));
     st->dedup_head = (uint32_t)(rnd() % TD_DEDUP_RING);
-    for (int i = 0; i < TD_DEDUP_RING; i++) st->dedup[i] = rnd();
+    for (int i = 0; i < TD_DEDUP_RING; i++)
+        st->dedup[i] = rnd();
     int np = (int)(rnd() % (TD_POS_MAX + 3));
     for (int i = 0; i < np; i++) {
         char topic[24];
@@ -1304,8 +1332,9 @@ static void check_diff(const td_state *a, const td_state *b, diffapply *out) {
     td_state r;
     td_state_init(&r, b->prospect_id);
     for (size_t i = 0; i < ha.n; i++)
-        assert_int_equal(td_state_set_field(&r, ha.a[i].k, ha.a[i].kn, ha.a[i].v, ha.a[i].vn,
-                                            NULL, 0) == TD_ERR, 0);
+        assert_int_equal(
+            td_state_set_field(&r, ha.a[i].k, ha.a[i].kn, ha.a[i].v, ha.a[i].vn, NULL, 0) == TD_ERR,
+            0);
     r.version = b->version; /* the version is the store's business */
     if (!td_state_equal(&r, b)) fail_msg("diff did not reproduce the state");
     td_state_free(&r);
@@ -1418,28 +1447,35 @@ static void test_malformed_values(void **state) {
         if (rc != TD_ERR) fail_msg("%s=%s accepted (rc %d)", bad[i][0], bad[i][1], rc);
         assert_true(strlen(err) > 0);
         assert_non_null(strstr(err, "state field"));
-        if (!td_state_equal(&before, &f->st)) fail_msg("%s=%s changed the state", bad[i][0], bad[i][1]);
+        if (!td_state_equal(&before, &f->st))
+            fail_msg("%s=%s changed the state", bad[i][0], bad[i][1]);
     }
     /* 65 touches and 33 dedup entries are too many */
     char big[65 * 24];
     size_t n = 0;
-    for (int i = 0; i < 65; i++) n += (size_t)snprintf(big + n, sizeof big - n, "%s@%d", i ? "," : "", i);
+    for (int i = 0; i < 65; i++)
+        n += (size_t)snprintf(big + n, sizeof big - n, "%s@%d", i ? "," : "", i);
     assert_int_equal(td_state_set_field(&f->st, "touches", 7, big, n, err, sizeof err), TD_ERR);
     n = 0;
-    for (int i = 0; i < 33; i++) n += (size_t)snprintf(big + n, sizeof big - n, "%s%x", i ? "," : "", i);
+    for (int i = 0; i < 33; i++)
+        n += (size_t)snprintf(big + n, sizeof big - n, "%s%x", i ? "," : "", i);
     assert_int_equal(td_state_set_field(&f->st, "dedup", 5, big, n, err, sizeof err), TD_ERR);
     /* over-long strings */
     char lng[300];
     memset(lng, 'a', sizeof lng);
-    assert_int_equal(td_state_set_field(&f->st, "owner_id", 8, lng, TD_ID_MAX + 1, err, sizeof err), TD_ERR);
-    assert_int_equal(td_state_set_field(&f->st, "sector", 6, lng, TD_SHORT_MAX + 1, err, sizeof err), TD_ERR);
+    assert_int_equal(td_state_set_field(&f->st, "owner_id", 8, lng, TD_ID_MAX + 1, err, sizeof err),
+                     TD_ERR);
+    assert_int_equal(
+        td_state_set_field(&f->st, "sector", 6, lng, TD_SHORT_MAX + 1, err, sizeof err), TD_ERR);
     assert_int_equal(td_state_set_field(&f->st, "language", 8, lng, 16, err, sizeof err), TD_ERR);
     char key[80] = "fired.";
     memset(key + 6, 'r', TD_RULE_ID_MAX + 1);
-    assert_int_equal(td_state_set_field(&f->st, key, 6 + TD_RULE_ID_MAX + 1, "@1", 2, err, sizeof err), TD_ERR);
+    assert_int_equal(
+        td_state_set_field(&f->st, key, 6 + TD_RULE_ID_MAX + 1, "@1", 2, err, sizeof err), TD_ERR);
     char tv[200] = "@1 ";
     memset(tv + 3, 'e', TD_ID_MAX + 1);
-    assert_int_equal(td_state_set_field(&f->st, "timer.r", 7, tv, 3 + TD_ID_MAX + 1, err, sizeof err), TD_ERR);
+    assert_int_equal(
+        td_state_set_field(&f->st, "timer.r", 7, tv, 3 + TD_ID_MAX + 1, err, sizeof err), TD_ERR);
     /* NUL bytes inside a value (lengths are explicit) */
     assert_int_equal(td_state_set_field(&f->st, "owner_id", 8, "a\0b", 3, err, sizeof err), TD_ERR);
     assert_int_equal(td_state_set_field(&f->st, "v", 1, "1\0", 2, err, sizeof err), TD_ERR);
@@ -1453,13 +1489,19 @@ static void test_malformed_values(void **state) {
     assert_int_equal(td_state_set_field(&f->st, "pos.", 4, "1", 1, err, sizeof err), 1);
     assert_true(td_state_equal(&before, &f->st));
     /* accepted variants */
-    assert_int_equal(td_state_set_field(&f->st, "lifetime_value_eur", 18, "-0.5", 4, err, sizeof err), TD_OK);
+    assert_int_equal(
+        td_state_set_field(&f->st, "lifetime_value_eur", 18, "-0.5", 4, err, sizeof err), TD_OK);
     assert_int_equal(f->st.lifetime_value_eur, -5000);
-    assert_int_equal(td_state_set_field(&f->st, "lifetime_value_eur", 18, "922337203685477.5807", 20, err, sizeof err), TD_OK);
+    assert_int_equal(td_state_set_field(&f->st, "lifetime_value_eur", 18, "922337203685477.5807",
+                                        20, err, sizeof err),
+                     TD_OK);
     assert_true(f->st.lifetime_value_eur == INT64_MAX);
-    assert_int_equal(td_state_set_field(&f->st, "v", 1, "-9223372036854775808", 20, err, sizeof err), TD_OK);
+    assert_int_equal(
+        td_state_set_field(&f->st, "v", 1, "-9223372036854775808", 20, err, sizeof err), TD_OK);
     assert_true(f->st.version == INT64_MIN);
-    assert_int_equal(td_state_set_field(&f->st, "email.last_sent_at", 18, "2026-11-22T11:15:00+01:00", 25, err, sizeof err), TD_OK);
+    assert_int_equal(td_state_set_field(&f->st, "email.last_sent_at", 18,
+                                        "2026-11-22T11:15:00+01:00", 25, err, sizeof err),
+                     TD_OK);
     assert_true(f->st.ch[TD_CH_EMAIL].last_sent_at == T("2026-11-22T10:15:00Z"));
     assert_int_equal(td_state_set_field(&f->st, "timer.r", 7, "@5", 2, err, sizeof err), TD_OK);
     assert_string_equal(td_state_timer(&f->st, "r")->armed_by, "");
@@ -1472,15 +1514,24 @@ static void test_malformed_values(void **state) {
 
 static void test_schema_types(void **state) {
     (void)state;
-    static const char *chans[] = {"email", "whatsapp", "sms", "linkedin", "call", "meeting", "gift", "target"};
+    static const char *chans[] = {"email", "whatsapp", "sms",  "linkedin",
+                                  "call",  "meeting",  "gift", "target"};
     static const struct {
         const char *sfx;
         td_type t;
-    } per[] = {{"sent", TD_T_INT},           {"delivered", TD_T_INT},      {"opened", TD_T_INT},
-               {"clicked", TD_T_INT},        {"replied", TD_T_INT},        {"failed", TD_T_INT},
-               {"unanswered", TD_T_INT},     {"opens_since_reply", TD_T_INT},
-               {"last_sent_at", TD_T_TIME},  {"last_opened_at", TD_T_TIME},
-               {"last_replied_at", TD_T_TIME}, {"blocked", TD_T_BOOL},     {"block_reason", TD_T_STR},
+    } per[] = {{"sent", TD_T_INT},
+               {"delivered", TD_T_INT},
+               {"opened", TD_T_INT},
+               {"clicked", TD_T_INT},
+               {"replied", TD_T_INT},
+               {"failed", TD_T_INT},
+               {"unanswered", TD_T_INT},
+               {"opens_since_reply", TD_T_INT},
+               {"last_sent_at", TD_T_TIME},
+               {"last_opened_at", TD_T_TIME},
+               {"last_replied_at", TD_T_TIME},
+               {"blocked", TD_T_BOOL},
+               {"block_reason", TD_T_STR},
                {"consent", TD_T_BOOL}};
     size_t expected = 0;
     for (size_t c = 0; c < 8; c++)
@@ -1499,32 +1550,67 @@ static void test_schema_types(void **state) {
         td_type t;
         int scope;
     } others[] = {
-        {"prospect_id", TD_T_STR, 0}, {"owner_id", TD_T_STR, 0}, {"stage", TD_T_STR, 0},
-        {"country", TD_T_STR, 0}, {"sector", TD_T_STR, 0}, {"timezone", TD_T_STR, 0},
-        {"gift_policy", TD_T_STR, 0}, {"language", TD_T_STR, 0}, {"tier", TD_T_INT, 0},
-        {"lifetime_value_eur", TD_T_DEC, 0}, {"first_seen_at", TD_T_TIME, 0},
-        {"last_event_at", TD_T_TIME, 0}, {"last_touch_at", TD_T_TIME, 0},
-        {"last_inbound_at", TD_T_TIME, 0}, {"first_touch_at", TD_T_TIME, 0},
-        {"stage_changed_at", TD_T_TIME, 0}, {"next_meeting_at", TD_T_TIME, 0},
-        {"last_gift_at", TD_T_TIME, 0}, {"replied", TD_T_BOOL, 0}, {"replies", TD_T_INT, 0},
-        {"events", TD_T_INT, 0}, {"last_reply_sentiment", TD_T_STR, 0},
-        {"meetings.booked", TD_T_INT, 0}, {"meetings.held", TD_T_INT, 0},
-        {"meetings.cancelled", TD_T_INT, 0}, {"meetings.no_show", TD_T_INT, 0},
-        {"touches.1d", TD_T_INT, 0}, {"touches.7d", TD_T_INT, 0}, {"touches.30d", TD_T_INT, 0},
-        {"touches.total", TD_T_INT, 0}, {"gifts.year_count", TD_T_INT, 0},
-        {"gifts.year_spend_eur", TD_T_DEC, 0}, {"gifts.total", TD_T_INT, 0},
-        {"gifts.last_kind", TD_T_STR, 0}, {"engagement.points", TD_T_INT, 0},
-        {"is_new", TD_T_BOOL, 0}, {"local.hour", TD_T_INT, 0}, {"local.weekday", TD_T_INT, 0},
+        {"prospect_id", TD_T_STR, 0},
+        {"owner_id", TD_T_STR, 0},
+        {"stage", TD_T_STR, 0},
+        {"country", TD_T_STR, 0},
+        {"sector", TD_T_STR, 0},
+        {"timezone", TD_T_STR, 0},
+        {"gift_policy", TD_T_STR, 0},
+        {"language", TD_T_STR, 0},
+        {"tier", TD_T_INT, 0},
+        {"lifetime_value_eur", TD_T_DEC, 0},
+        {"first_seen_at", TD_T_TIME, 0},
+        {"last_event_at", TD_T_TIME, 0},
+        {"last_touch_at", TD_T_TIME, 0},
+        {"last_inbound_at", TD_T_TIME, 0},
+        {"first_touch_at", TD_T_TIME, 0},
+        {"stage_changed_at", TD_T_TIME, 0},
+        {"next_meeting_at", TD_T_TIME, 0},
+        {"last_gift_at", TD_T_TIME, 0},
+        {"replied", TD_T_BOOL, 0},
+        {"replies", TD_T_INT, 0},
+        {"events", TD_T_INT, 0},
+        {"last_reply_sentiment", TD_T_STR, 0},
+        {"meetings.booked", TD_T_INT, 0},
+        {"meetings.held", TD_T_INT, 0},
+        {"meetings.cancelled", TD_T_INT, 0},
+        {"meetings.no_show", TD_T_INT, 0},
+        {"touches.1d", TD_T_INT, 0},
+        {"touches.7d", TD_T_INT, 0},
+        {"touches.30d", TD_T_INT, 0},
+        {"touches.total", TD_T_INT, 0},
+        {"gifts.year_count", TD_T_INT, 0},
+        {"gifts.year_spend_eur", TD_T_DEC, 0},
+        {"gifts.total", TD_T_INT, 0},
+        {"gifts.last_kind", TD_T_STR, 0},
+        {"engagement.points", TD_T_INT, 0},
+        {"is_new", TD_T_BOOL, 0},
+        {"local.hour", TD_T_INT, 0},
+        {"local.weekday", TD_T_INT, 0},
         {"local.month", TD_T_INT, 0},
-        {"event.type", TD_T_STR, 1}, {"event.channel", TD_T_STR, 1}, {"event.kind", TD_T_STR, 1},
-        {"event.sentiment", TD_T_STR, 1}, {"event.owner_id", TD_T_STR, 1},
-        {"event.gift_kind", TD_T_STR, 1}, {"event.wrapping", TD_T_STR, 1},
-        {"event.human", TD_T_BOOL, 1}, {"event.hard", TD_T_BOOL, 1},
-        {"event.occurred_at", TD_T_TIME, 1}, {"event.at", TD_T_TIME, 1},
-        {"event.value_eur", TD_T_DEC, 1}, {"event.items", TD_T_INT, 1},
-        {"event.duration_s", TD_T_INT, 1}, {"event.tier", TD_T_INT, 1}, {"event.stage", TD_T_STR, 1},
-        {"rec.channel", TD_T_STR, 2}, {"rec.touch", TD_T_STR, 2}, {"rec.rule", TD_T_STR, 2},
-        {"rec.group", TD_T_STR, 2}, {"rec.priority", TD_T_INT, 2}, {"rec.not_before", TD_T_TIME, 2},
+        {"event.type", TD_T_STR, 1},
+        {"event.channel", TD_T_STR, 1},
+        {"event.kind", TD_T_STR, 1},
+        {"event.sentiment", TD_T_STR, 1},
+        {"event.owner_id", TD_T_STR, 1},
+        {"event.gift_kind", TD_T_STR, 1},
+        {"event.wrapping", TD_T_STR, 1},
+        {"event.human", TD_T_BOOL, 1},
+        {"event.hard", TD_T_BOOL, 1},
+        {"event.occurred_at", TD_T_TIME, 1},
+        {"event.at", TD_T_TIME, 1},
+        {"event.value_eur", TD_T_DEC, 1},
+        {"event.items", TD_T_INT, 1},
+        {"event.duration_s", TD_T_INT, 1},
+        {"event.tier", TD_T_INT, 1},
+        {"event.stage", TD_T_STR, 1},
+        {"rec.channel", TD_T_STR, 2},
+        {"rec.touch", TD_T_STR, 2},
+        {"rec.rule", TD_T_STR, 2},
+        {"rec.group", TD_T_STR, 2},
+        {"rec.priority", TD_T_INT, 2},
+        {"rec.not_before", TD_T_TIME, 2},
     };
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
         const td_field *fd = td_schema_lookup(others[i].n, strlen(others[i].n));
@@ -1555,8 +1641,11 @@ static void test_schema_getters(void **state) {
     size_t n = 0;
     const td_field *all = td_schema_fields(&n);
     td_event ev = gift("2026-03-01T10:00:00Z", 10000, TD_GK_BOOK);
-    td_rec_view rec = {.channel = TD_CH_WHATSAPP, .touch = "micro_question",
-                       .rule = "ghosting.pivot", .group = "", .priority = 80,
+    td_rec_view rec = {.channel = TD_CH_WHATSAPP,
+                       .touch = "micro_question",
+                       .rule = "ghosting.pivot",
+                       .group = "",
+                       .priority = 80,
                        .not_before = T("2026-03-02T09:00:00Z")};
     td_ctx with = CTX(f, &ev, T("2026-03-01T10:00:00Z"));
     with.rec = &rec;
@@ -1615,10 +1704,19 @@ static void test_schema_getters(void **state) {
     td_state_init(&fresh, "p-1");
     td_ctx c = without;
     c.st = &fresh;
-    static const char *missing[] = {"tier", "stage", "owner_id", "lifetime_value_eur",
-                                    "first_seen_at", "last_touch_at", "email.last_sent_at",
-                                    "email.consent", "email.block_reason", "gifts.last_kind",
-                                    "last_reply_sentiment", "next_meeting_at", "timezone"};
+    static const char *missing[] = {"tier",
+                                    "stage",
+                                    "owner_id",
+                                    "lifetime_value_eur",
+                                    "first_seen_at",
+                                    "last_touch_at",
+                                    "email.last_sent_at",
+                                    "email.consent",
+                                    "email.block_reason",
+                                    "gifts.last_kind",
+                                    "last_reply_sentiment",
+                                    "next_meeting_at",
+                                    "timezone"};
     for (size_t i = 0; i < sizeof missing / sizeof missing[0]; i++)
         if (!FIELD(&c, missing[i]).missing) fail_msg("%s should be missing", missing[i]);
     assert_true(FIELD(&c, "is_new").u.b);
@@ -1648,7 +1746,8 @@ static void test_flat_pct_reference(void **unused) {
         td_state st;
         td_state_init(&st, "p");
         size_t n = 1 + (size_t)(rnd() % TD_ID_MAX);
-        for (size_t i = 0; i < n; i++) st.owner_id[i] = (char)('a' + rnd() % 26);
+        for (size_t i = 0; i < n; i++)
+            st.owner_id[i] = (char)('a' + rnd() % 26);
         st.owner_id[n] = 0;
         if (round < 2 * 255) { /* each byte at a random position */
             st.owner_id[rnd() % n] = (char)(1 + round % 255);
@@ -1688,22 +1787,27 @@ static void test_flat_channel_fields(void **unused) {
     td_state_init(&st, "p");
     kvlist base = {0};
     td_state_serialize(&st, kv_collect, &base);
-    static const char *const names[] = {"sent",         "delivered",     "opened",
-                                        "clicked",      "replied",       "failed",
-                                        "unanswered",   "opens_since_reply",
-                                        "last_sent_at", "last_opened_at", "last_replied_at",
-                                        "blocked",      "consent"};
+    static const char *const names[] = {"sent",           "delivered",         "opened",
+                                        "clicked",        "replied",           "failed",
+                                        "unanswered",     "opens_since_reply", "last_sent_at",
+                                        "last_opened_at", "last_replied_at",   "blocked",
+                                        "consent"};
     for (int c = 0; c < TD_CH__COUNT; c++)
         for (int f = 0; f < 13; f++) {
             td_state_init(&st, "p");
             td_chan_state *ch = &st.ch[c];
-            int64_t *cnt[] = {&ch->sent,     &ch->delivered, &ch->opened,     &ch->clicked,
-                              &ch->replied,  &ch->failed,    &ch->unanswered, &ch->opens_since_reply};
+            int64_t *cnt[] = {&ch->sent,       &ch->delivered,        &ch->opened,
+                              &ch->clicked,    &ch->replied,          &ch->failed,
+                              &ch->unanswered, &ch->opens_since_reply};
             td_ms *tm[] = {&ch->last_sent_at, &ch->last_opened_at, &ch->last_replied_at};
-            if (f < 8) *cnt[f] = 1 + f;
-            else if (f < 11) *tm[f - 8] = 0;
-            else if (f == 11) ch->blocked = TD_BLOCK_OPTED_OUT;
-            else ch->consent = TD_TRI_NO;
+            if (f < 8)
+                *cnt[f] = 1 + f;
+            else if (f < 11)
+                *tm[f - 8] = 0;
+            else if (f == 11)
+                ch->blocked = TD_BLOCK_OPTED_OUT;
+            else
+                ch->consent = TD_TRI_NO;
             kvlist l = {0};
             td_state_serialize(&st, kv_collect, &l);
             assert_int_equal(l.n, base.n + 1);

@@ -13,15 +13,13 @@
 
 #include "td_time.h"
 
-static td_ms parse_ok(const char *s)
-{
+static td_ms parse_ok(const char *s) {
     td_ms t = 0;
     assert_int_equal(td_time_parse(s, strlen(s), &t), TD_OK);
     return t;
 }
 
-static void test_time_parse_accepts(void **state)
-{
+static void test_time_parse_accepts(void **state) {
     (void)state;
     assert_int_equal(parse_ok("1970-01-01T00:00:00Z"), 0);
     assert_int_equal(parse_ok("2026-11-22T10:15:00Z"), 1795342500000LL);
@@ -41,24 +39,23 @@ static void test_time_parse_accepts(void **state)
     assert_int_equal(parse_ok("2026-01-01T00:00:00-00:00"), td_civil_to_ms(2026, 1, 1, 0, 0, 0));
 }
 
-static void test_time_parse_rejects(void **state)
-{
+static void test_time_parse_rejects(void **state) {
     (void)state;
     static const char *bad[] = {
         "",
         "2026-11-22",
-        "2026-11-22T10:15:00",        /* no offset */
-        "2026-11-22T10:15Z",          /* no seconds */
-        "2026-13-01T00:00:00Z",       /* month 13 */
+        "2026-11-22T10:15:00",  /* no offset */
+        "2026-11-22T10:15Z",    /* no seconds */
+        "2026-13-01T00:00:00Z", /* month 13 */
         "2026-00-01T00:00:00Z",
-        "2026-02-29T00:00:00Z",       /* not a leap year */
+        "2026-02-29T00:00:00Z", /* not a leap year */
         "2100-02-29T00:00:00Z",
         "2026-02-30T00:00:00Z",
         "2026-04-31T00:00:00Z",
         "2026-01-00T00:00:00Z",
-        "2026-11-22T24:00:00Z",       /* hour 24 */
+        "2026-11-22T24:00:00Z", /* hour 24 */
         "2026-11-22T10:60:00Z",
-        "2026-11-22T10:15:60Z",       /* leap second */
+        "2026-11-22T10:15:60Z", /* leap second */
         "0000-01-01T00:00:00Z",
         "2026-11-22X10:15:00Z",
         "2026-11-22T10:15:00.Z",
@@ -76,8 +73,7 @@ static void test_time_parse_rejects(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         td_ms t = 42;
-        if (td_time_parse(bad[i], strlen(bad[i]), &t) != TD_ERR)
-            fail_msg("accepted: %s", bad[i]);
+        if (td_time_parse(bad[i], strlen(bad[i]), &t) != TD_ERR) fail_msg("accepted: %s", bad[i]);
         assert_int_equal(t, 42); /* untouched on failure */
     }
     /* The length is authoritative: a valid prefix is not enough. */
@@ -86,8 +82,7 @@ static void test_time_parse_rejects(void **state)
     assert_int_equal(td_time_parse(NULL, 0, &t), TD_ERR);
 }
 
-static void test_time_format(void **state)
-{
+static void test_time_format(void **state) {
     (void)state;
     char buf[TD_TIME_BUF];
     assert_int_equal(td_time_format(1795342500000LL, buf, sizeof buf), 20);
@@ -113,8 +108,7 @@ static void test_time_format(void **state)
 
 /* The formatter as it was before its fast path (td_civil_from_ms, then
  * digit by digit, years clamped to 0..9999): the reference it must match. */
-static size_t ref_format(td_ms t, char *buf, size_t cap)
-{
+static size_t ref_format(td_ms t, char *buf, size_t cap) {
     td_civil c;
     td_civil_from_ms(t, &c);
     int year = c.year < 0 ? 0 : c.year > 9999 ? 9999 : c.year;
@@ -135,19 +129,15 @@ static size_t ref_format(td_ms t, char *buf, size_t cap)
         n += (size_t)width[f];
         tmp[n++] = sep[f];
     }
-    if (tmp[n - 1] != 'Z')
-        tmp[n++] = 'Z';
-    if (cap == 0)
-        return 0;
-    if (n >= cap)
-        n = cap - 1;
+    if (tmp[n - 1] != 'Z') tmp[n++] = 'Z';
+    if (cap == 0) return 0;
+    if (n >= cap) n = cap - 1;
     memcpy(buf, tmp, n);
     buf[n] = '\0';
     return n;
 }
 
-static uint64_t xorshift(uint64_t *s)
-{
+static uint64_t xorshift(uint64_t *s) {
     *s ^= *s << 13;
     *s ^= *s >> 7;
     *s ^= *s << 17;
@@ -156,8 +146,7 @@ static uint64_t xorshift(uint64_t *s)
 
 /* Formats t with td_time_format and ref_format into buffers of `cap` bytes
  * (pre-filled differently) and checks length and bytes (NUL included). */
-static void check_format(td_ms t, size_t cap)
-{
+static void check_format(td_ms t, size_t cap) {
     char a[TD_TIME_BUF + 8], b[TD_TIME_BUF + 8];
     memset(a, 'x', sizeof a);
     memset(b, 'y', sizeof b);
@@ -167,8 +156,7 @@ static void check_format(td_ms t, size_t cap)
                  (long long)t, cap, (int)na, a, na, (int)nb, b, nb);
 }
 
-static void test_time_format_reference(void **state)
-{
+static void test_time_format_reference(void **state) {
     (void)state;
     /* the reference itself, on known instants */
     char buf[TD_TIME_BUF];
@@ -207,7 +195,7 @@ static void test_time_format_reference(void **state)
         for (size_t cap = 0; cap <= TD_TIME_BUF; cap++)
             check_format(edge[i], cap);
     static const int leap[][3] = {{2000, 2, 29}, {2024, 2, 29}, {1600, 2, 29}, {4, 2, 29},
-                                  {9996, 2, 29}, {2100, 2, 28}, {2100, 3, 1}, {1900, 3, 1},
+                                  {9996, 2, 29}, {2100, 2, 28}, {2100, 3, 1},  {1900, 3, 1},
                                   {2400, 2, 29}, {1, 1, 1},     {9999, 12, 31}};
     for (size_t i = 0; i < sizeof leap / sizeof *leap; i++) {
         td_ms t = td_civil_to_ms(leap[i][0], leap[i][1], leap[i][2], 23, 59, 59) + 999;
@@ -227,8 +215,7 @@ static void test_time_format_reference(void **state)
     }
 }
 
-static void test_civil(void **state)
-{
+static void test_civil(void **state) {
     (void)state;
     assert_int_equal(td_days_from_civil(1970, 1, 1), 0);
     assert_int_equal(td_days_from_civil(2000, 3, 1), 11017);
@@ -269,22 +256,18 @@ static void test_civil(void **state)
     for (int64_t d = td_days_from_civil(1800, 1, 1); d < td_days_from_civil(2200, 1, 1); d++) {
         td_civil_from_ms(d * TD_DAY + 1, &c);
         assert_int_equal(td_days_from_civil(c.year, c.month, c.day), d);
-        if (prev)
-            assert_int_equal(c.weekday, prev % 7 + 1);
+        if (prev) assert_int_equal(c.weekday, prev % 7 + 1);
         prev = c.weekday;
     }
 }
 
-static td_ms dur_ok(const char *s)
-{
+static td_ms dur_ok(const char *s) {
     td_ms d = 0;
-    if (td_duration_parse(s, strlen(s), &d) != TD_OK)
-        fail_msg("rejected: %s", s);
+    if (td_duration_parse(s, strlen(s), &d) != TD_OK) fail_msg("rejected: %s", s);
     return d;
 }
 
-static void test_duration_parse(void **state)
-{
+static void test_duration_parse(void **state) {
     (void)state;
     assert_int_equal(dur_ok("72h"), 72 * TD_HOUR);
     assert_int_equal(dur_ok("3d"), 3 * TD_DAY);
@@ -294,17 +277,37 @@ static void test_duration_parse(void **state)
     assert_int_equal(dur_ok("500ms"), 500);
     assert_int_equal(dur_ok("0s"), 0);
     assert_int_equal(dur_ok("45s"), 45 * TD_SECOND);
-    assert_int_equal(dur_ok("1w2d3h4m5s6ms"), TD_WEEK + 2 * TD_DAY + 3 * TD_HOUR + 4 * TD_MINUTE +
-                                                  5 * TD_SECOND + 6);
+    assert_int_equal(dur_ok("1w2d3h4m5s6ms"),
+                     TD_WEEK + 2 * TD_DAY + 3 * TD_HOUR + 4 * TD_MINUTE + 5 * TD_SECOND + 6);
     assert_int_equal(dur_ok("1m500ms"), TD_MINUTE + 500);
     assert_int_equal(dur_ok("-2h"), -2 * TD_HOUR);
     assert_int_equal(dur_ok("9223372036854775807ms"), INT64_MAX);
     assert_int_equal(dur_ok("0072h"), 72 * TD_HOUR);
 
     static const char *bad[] = {
-        "", "h", "72", "72x", "72 h", " 72h", "72h ", "1.5h", "30m1h", "1h1h", "1ms1s", "--1h",
-        "-", "+1h", "1H", "1hm", "9223372036854775808ms", "15250284452472w", "99999999999999999999s",
-        "1d9223372036854775807ms", "1h-30m", "ms", "1mss",
+        "",
+        "h",
+        "72",
+        "72x",
+        "72 h",
+        " 72h",
+        "72h ",
+        "1.5h",
+        "30m1h",
+        "1h1h",
+        "1ms1s",
+        "--1h",
+        "-",
+        "+1h",
+        "1H",
+        "1hm",
+        "9223372036854775808ms",
+        "15250284452472w",
+        "99999999999999999999s",
+        "1d9223372036854775807ms",
+        "1h-30m",
+        "ms",
+        "1mss",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         td_ms d = 42;
@@ -317,8 +320,7 @@ static void test_duration_parse(void **state)
     assert_int_equal(td_duration_parse(NULL, 0, &d), TD_ERR);
 }
 
-static void test_duration_format(void **state)
-{
+static void test_duration_format(void **state) {
     (void)state;
     char buf[64];
     static const struct {
@@ -354,20 +356,17 @@ static void test_duration_format(void **state)
 
 /* ---- time zones ---- */
 
-static int tz_setup(void **state)
-{
+static int tz_setup(void **state) {
     *state = td_tzdb_new();
     return *state ? 0 : -1;
 }
 
-static int tz_teardown(void **state)
-{
+static int tz_teardown(void **state) {
     td_tzdb_free(*state);
     return 0;
 }
 
-static void test_tz_valid(void **state)
-{
+static void test_tz_valid(void **state) {
     td_tzdb *db = *state;
     assert_true(td_tz_valid(db, "Europe/Paris"));
     assert_true(td_tz_valid(db, "America/New_York"));
@@ -394,8 +393,7 @@ static void test_tz_valid(void **state)
     assert_false(td_tz_valid(NULL, "Nowhere/Land"));
 }
 
-static void test_tz_cache_bounded(void **state)
-{
+static void test_tz_cache_bounded(void **state) {
     (void)state;
     /* More distinct ids than the cache holds: it flushes and keeps working. */
     td_tzdb *db = td_tzdb_new();
@@ -403,8 +401,7 @@ static void test_tz_cache_bounded(void **state)
     for (int i = 0; i < 700; i++) {
         snprintf(id, sizeof id, "Nowhere/Zone_%d", i);
         assert_false(td_tz_valid(db, id));
-        if (i % 50 == 0)
-            assert_true(td_tz_valid(db, "Europe/Paris"));
+        if (i % 50 == 0) assert_true(td_tz_valid(db, "Europe/Paris"));
     }
     assert_true(td_tz_valid(db, "Europe/Paris"));
     td_tzdb_free(db);
@@ -412,8 +409,7 @@ static void test_tz_cache_bounded(void **state)
 }
 
 static void check_local(td_tzdb *db, const char *zone, td_ms t, int y, int mo, int d, int h, int mi,
-                        int wd, td_ms off)
-{
+                        int wd, td_ms off) {
     td_civil c;
     td_ms o = 12345;
     assert_int_equal(td_tz_local(db, zone, t, &c, &o), TD_OK);
@@ -426,8 +422,7 @@ static void check_local(td_tzdb *db, const char *zone, td_ms t, int y, int mo, i
     assert_int_equal(o, off);
 }
 
-static void test_tz_local_paris(void **state)
-{
+static void test_tz_local_paris(void **state) {
     td_tzdb *db = *state;
     /* Winter: UTC+1. */
     check_local(db, "Europe/Paris", parse_ok("2026-11-22T10:15:00Z"), 2026, 11, 22, 11, 15, 7,
@@ -444,8 +439,7 @@ static void test_tz_local_paris(void **state)
                 TD_HOUR);
 }
 
-static void test_tz_local_new_york(void **state)
-{
+static void test_tz_local_new_york(void **state) {
     td_tzdb *db = *state;
     /* 2026-03-08 07:00Z: 02:00 EST -> 03:00 EDT. */
     check_local(db, "America/New_York", parse_ok("2026-03-08T06:59:00Z"), 2026, 3, 8, 1, 59, 7,
@@ -462,8 +456,7 @@ static void test_tz_local_new_york(void **state)
                 -5 * TD_HOUR);
 }
 
-static void test_tz_local_date_line(void **state)
-{
+static void test_tz_local_date_line(void **state) {
     td_tzdb *db = *state;
     /* Kiritimati is UTC+14: local date is a day ahead of most of the world. */
     check_local(db, "Pacific/Kiritimati", parse_ok("2026-11-22T10:15:00Z"), 2026, 11, 23, 0, 15, 1,
@@ -483,8 +476,7 @@ static void test_tz_local_date_line(void **state)
                 13 * TD_HOUR);
 }
 
-static void test_tz_local_unknown(void **state)
-{
+static void test_tz_local_unknown(void **state) {
     td_tzdb *db = *state;
     td_civil c;
     td_ms off = 99;
@@ -504,38 +496,52 @@ static void test_tz_local_unknown(void **state)
     assert_int_equal(td_tz_local(db, "Europe/Paris", INT64_MAX / 2, &c, NULL), TD_ERR);
 }
 
-static td_ms to_utc(td_tzdb *db, const char *zone, int y, int mo, int d, int h, int mi)
-{
+static td_ms to_utc(td_tzdb *db, const char *zone, int y, int mo, int d, int h, int mi) {
     td_ms u = 0;
     assert_int_equal(td_tz_to_utc(db, zone, y, mo, d, h, mi, &u), TD_OK);
     return u;
 }
 
-static void test_tz_to_utc(void **state)
-{
+static void test_tz_to_utc(void **state) {
     td_tzdb *db = *state;
     /* Ordinary times. */
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 11, 22, 11, 15), parse_ok("2026-11-22T10:15:00Z"));
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 7, 1, 9, 0), parse_ok("2026-07-01T07:00:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 11, 22, 11, 15),
+                     parse_ok("2026-11-22T10:15:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 7, 1, 9, 0),
+                     parse_ok("2026-07-01T07:00:00Z"));
     assert_int_equal(to_utc(db, "UTC", 2026, 7, 1, 9, 0), parse_ok("2026-07-01T09:00:00Z"));
     /* Paris gap: 02:30 on 2026-03-29 does not exist -> 03:30 CEST. */
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 2, 30), parse_ok("2026-03-29T01:30:00Z"));
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 2, 0), parse_ok("2026-03-29T01:00:00Z"));
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 3, 0), parse_ok("2026-03-29T01:00:00Z"));
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 1, 59), parse_ok("2026-03-29T00:59:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 2, 30),
+                     parse_ok("2026-03-29T01:30:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 2, 0),
+                     parse_ok("2026-03-29T01:00:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 3, 0),
+                     parse_ok("2026-03-29T01:00:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 3, 29, 1, 59),
+                     parse_ok("2026-03-29T00:59:00Z"));
     /* Paris overlap: 02:30 on 2026-10-25 happens twice -> the first (CEST). */
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 10, 25, 2, 30), parse_ok("2026-10-25T00:30:00Z"));
-    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 10, 25, 3, 0), parse_ok("2026-10-25T02:00:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 10, 25, 2, 30),
+                     parse_ok("2026-10-25T00:30:00Z"));
+    assert_int_equal(to_utc(db, "Europe/Paris", 2026, 10, 25, 3, 0),
+                     parse_ok("2026-10-25T02:00:00Z"));
     /* New York gap and overlap. */
-    assert_int_equal(to_utc(db, "America/New_York", 2026, 3, 8, 2, 30), parse_ok("2026-03-08T07:30:00Z"));
-    assert_int_equal(to_utc(db, "America/New_York", 2026, 11, 1, 1, 30), parse_ok("2026-11-01T05:30:00Z"));
-    assert_int_equal(to_utc(db, "America/New_York", 2026, 11, 1, 2, 0), parse_ok("2026-11-01T07:00:00Z"));
+    assert_int_equal(to_utc(db, "America/New_York", 2026, 3, 8, 2, 30),
+                     parse_ok("2026-03-08T07:30:00Z"));
+    assert_int_equal(to_utc(db, "America/New_York", 2026, 11, 1, 1, 30),
+                     parse_ok("2026-11-01T05:30:00Z"));
+    assert_int_equal(to_utc(db, "America/New_York", 2026, 11, 1, 2, 0),
+                     parse_ok("2026-11-01T07:00:00Z"));
     /* Whole skipped days across the date line move forward by 24 hours. */
-    assert_int_equal(to_utc(db, "Pacific/Kiritimati", 1994, 12, 31, 12, 0), parse_ok("1994-12-31T22:00:00Z"));
-    assert_int_equal(to_utc(db, "Pacific/Apia", 2011, 12, 30, 12, 0), parse_ok("2011-12-30T22:00:00Z"));
-    assert_int_equal(to_utc(db, "Pacific/Apia", 2011, 12, 29, 23, 0), parse_ok("2011-12-30T09:00:00Z"));
-    assert_int_equal(to_utc(db, "Pacific/Apia", 2011, 12, 31, 0, 0), parse_ok("2011-12-30T10:00:00Z"));
-    assert_int_equal(to_utc(db, "Pacific/Kiritimati", 2026, 11, 23, 0, 15), parse_ok("2026-11-22T10:15:00Z"));
+    assert_int_equal(to_utc(db, "Pacific/Kiritimati", 1994, 12, 31, 12, 0),
+                     parse_ok("1994-12-31T22:00:00Z"));
+    assert_int_equal(to_utc(db, "Pacific/Apia", 2011, 12, 30, 12, 0),
+                     parse_ok("2011-12-30T22:00:00Z"));
+    assert_int_equal(to_utc(db, "Pacific/Apia", 2011, 12, 29, 23, 0),
+                     parse_ok("2011-12-30T09:00:00Z"));
+    assert_int_equal(to_utc(db, "Pacific/Apia", 2011, 12, 31, 0, 0),
+                     parse_ok("2011-12-30T10:00:00Z"));
+    assert_int_equal(to_utc(db, "Pacific/Kiritimati", 2026, 11, 23, 0, 15),
+                     parse_ok("2026-11-22T10:15:00Z"));
 
     /* Round trip: local(to_utc(wall)) == wall for every hour of a DST year,
      * except inside gaps, which move forward. */
@@ -551,10 +557,9 @@ static void test_tz_to_utc(void **state)
 
 /* The per-zone offset cache must agree with a cold lookup, whatever the
  * order of the questions (forwards, backwards, jumping across transitions). */
-static void test_tz_cache_consistent(void **state)
-{
+static void test_tz_cache_consistent(void **state) {
     td_tzdb *db = *state;
-    static const char *zones[] = {"Europe/Paris", "America/New_York", "Pacific/Apia",
+    static const char *zones[] = {"Europe/Paris",       "America/New_York",    "Pacific/Apia",
                                   "Pacific/Kiritimati", "Australia/Lord_Howe", "Asia/Kolkata"};
     uint64_t x = 88172645463325252ULL; /* xorshift: reproducible */
     td_ms lo = td_civil_to_ms(1890, 1, 1, 0, 0, 0), hi = td_civil_to_ms(2060, 1, 1, 0, 0, 0);
@@ -565,7 +570,8 @@ static void test_tz_cache_consistent(void **state)
         const char *zone = zones[x % 6];
         td_ms t = lo + (td_ms)(x % (uint64_t)(hi - lo));
         if (i % 3 == 1)
-            t = td_civil_to_ms(2026, 3 + (int)(x % 8), 1 + (int)(x % 28), 0, 0, 0) + (td_ms)(x % 97) * TD_HOUR;
+            t = td_civil_to_ms(2026, 3 + (int)(x % 8), 1 + (int)(x % 28), 0, 0, 0) +
+                (td_ms)(x % 97) * TD_HOUR;
         td_civil c1, c2;
         td_ms o1, o2;
         assert_int_equal(td_tz_local(db, zone, t, &c1, &o1), TD_OK);
@@ -579,8 +585,7 @@ static void test_tz_cache_consistent(void **state)
     }
 }
 
-static void test_base(void **state)
-{
+static void test_base(void **state) {
     (void)state;
     assert_string_equal(td_channel_name(TD_CH_EMAIL), "email");
     assert_string_equal(td_channel_name(TD_CH_GIFT), "gift");
@@ -619,8 +624,7 @@ static void test_base(void **state)
     assert_string_equal(td_type_name(TD_T__COUNT), "unknown");
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_time_parse_accepts),
         cmocka_unit_test(test_time_parse_rejects),
