@@ -97,7 +97,7 @@ static int ref_dec(char *out, size_t cap, td_dec d) {
         char f[8];
         snprintf(f, sizeof f, "%04u", fp);
         size_t fl = strlen(f);
-        while (f[fl - 1] == '0')
+        while (fl > 1 && f[fl - 1] == '0') /* fp != 0: a digit is not 0 */
             f[--fl] = 0;
         n += snprintf(out + n, cap - (size_t)n, ".%s", f);
     }
