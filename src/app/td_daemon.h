@@ -1,29 +1,29 @@
 /*
- * td_daemon.h - the `touchd run` loop: the imperative shell around the engine.
+ * td_daemon.h - the `touchd run` process: the imperative shell around the
+ * pipeline (td_pipeline.h), which does every batch.
  *
- * One iteration handles one batch of input messages:
+ * The daemon owns the process: the configuration, the connections (Redis,
+ * Kafka, the timer claimer, the shadow ruleset), signals, rule reloads and
+ * the main loop. Each turn of the loop:
  *
- *   consume (<= batch_max_events, <= batch_max_ms)
- *   decode each; invalid -> dead-letter topic (with the reason)
- *   group valid events by prospect (consumed order = partition order kept)
- *   load every prospect's state from Redis (one pipeline)
- *   per prospect, per event in order: skip when its offset <= the position
- *     stored in the state for (topic, partition) -- applied before a crash --
- *     else engine step (now = wall clock), render recommendations, set position
- *   produce recommendations (and dead letters); wait for every delivery report
- *   store changed states with compare-and-set on their loaded version;
- *     conflict -> reload that prospect, recompute (positions and the dedup
- *     ring skip what the other writer applied), produce, store again;
- *     Redis down -> pause consumption, back off, retry until it is back
- *   store the input offsets of every message of the batch (auto-committed)
+ *   reload the rules when asked (SIGHUP) or when the directory changed
+ *   log the progress line (every 60 s)
+ *   when timers.poll_ms has passed: td_pipeline_timers (a timer batch),
+ *     again at once while polls come back full, for at most ~250 ms
+ *   td_pipeline_events: consume one batch (<= batch_max_events,
+ *     <= batch_max_ms) and run it: decode (invalid -> dead-letter topic),
+ *     group by prospect, load, step (now = wall clock), publish and wait for
+ *     the acknowledgements, register gifts, store with compare-and-set
+ *     (conflicts recomputed; Redis down -> consumption paused, backoff,
+ *     retry), store the input offsets
  *
- * With engine.pipeline (the default) the store of batch N runs on a store
- * thread while the main thread consumes and computes batch N+1 (which starts
- * from N's computed states where they share prospects); N's offsets are
- * stored, and a conflict in N recomputes N+1, before N+1's store starts.
+ * With engine.pipeline (the default) the store of event batch N runs on the
+ * pipeline's store thread while the main thread consumes and computes batch
+ * N+1; N's offsets are stored, and a conflict in N recomputes N+1, before
+ * N+1's store starts.
  *
  * Why this gives "applied exactly once, published at least once" is written
- * out in docs/operations.md.
+ * out in docs/operations.md; the shape of the code in docs/architecture.md.
  *
  * Signals (the handlers only set flags): SIGTERM/SIGINT finish the batch,
  * commit, close and exit 0; SIGHUP reloads the rules. The rules directory is
@@ -32,7 +32,7 @@
  * serving.
  *
  * @locality main thread (librdkafka's callbacks are served on it too), and
- * the store thread for Redis writes.
+ * the pipeline's store thread for Redis writes.
  */
 #ifndef TD_DAEMON_H
 #define TD_DAEMON_H

@@ -1,6 +1,8 @@
 /*
  * td_timers.c - the durable timer index: claim/ack scripts on a connection of
- * its own, and the firing round (td_timers_poll). See td_timers.h and
+ * its own, and the firing counters. It knows nothing of the engine: the
+ * pipeline (src/app/td_pipeline.c) steps what is claimed, stores it and
+ * calls td_timers_ack and td_timers_record. See td_timers.h and
  * docs/timers.md.
  *
  * Design
@@ -23,9 +25,6 @@
  *   for the argument. The round-robin window is only a safety net now; it
  *   runs fast for the first full round after td_timers_new (the upgrade
  *   path: shards written by a version without heads), then slowly.
- *
- * - The poll round keeps its arrays (claims sorted by prospect, one state per
- *   prospect) sized for claim_batch and reuses them.
  *
  * @locality one thread.
  */
@@ -147,22 +146,6 @@ enum { TM_CLAIM = 0, TM_ACK = 1, TM_NSCRIPTS = 2 };
 #define TM_CATCHUP_MS 500
 static const char *const tm_scripts[TM_NSCRIPTS] = {tm_claim_lua, tm_ack_lua};
 
-/* A prospect of the current round: claims [first, first + n) of the sorted
- * array, its state and the version it was loaded at. */
-typedef struct tm_group {
-    size_t first, n;
-    int64_t expected;
-    bool changed;
-    /* outcome of the last computation (the one that was stored) */
-    uint32_t fired, stale, dropped, recs;
-    td_ms max_delay;
-} tm_group;
-
-/* Rendered recommendation of the current attempt. */
-typedef struct tm_rec {
-    size_t off, len, g;
-} tm_rec;
-
 struct td_timers {
     td_redis_conf rconf; /* an owned copy (td_redis_conf_dup) */
     td_timers_conf conf;
@@ -183,19 +166,6 @@ struct td_timers {
     size_t capargv;
     char *abuf;
     size_t abuflen, abufcap;
-
-    /* poll round */
-    td_claim *claims;
-    tm_group *groups;
-    td_state *states;
-    int64_t *expected;
-    int *result;
-    size_t *work, *work2;
-    td_ms *delay; /* per claim of the round: delay when fired, else -1 */
-    td_step_out *out;
-    td_buf recbuf;
-    tm_rec *recs;
-    size_t nrecs, caprecs;
 
     td_timers_stats stats;
 };
@@ -396,19 +366,6 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
     t->fast_window = (uint32_t)(w < 1 ? 1 : w > tconf->shards ? tconf->shards : w);
     if (t->fast_window < t->window) t->fast_window = t->window;
     t->catchup_left = (uint32_t)tconf->shards;
-    size_t cap = (size_t)tconf->claim_batch;
-    t->claims = calloc(cap, sizeof *t->claims);
-    t->groups = calloc(cap, sizeof *t->groups);
-    t->states = calloc(cap, sizeof *t->states);
-    t->expected = calloc(cap, sizeof *t->expected);
-    t->result = calloc(cap, sizeof *t->result);
-    t->work = calloc(cap, sizeof *t->work);
-    t->work2 = calloc(cap, sizeof *t->work2);
-    t->delay = calloc(cap, sizeof *t->delay);
-    t->out = calloc(1, sizeof *t->out);
-    if (!t->claims || !t->groups || !t->states || !t->expected || !t->result || !t->work ||
-        !t->work2 || !t->delay || !t->out)
-        goto oom;
     (void)tm_ensure(t); /* a failure is retried by the next call */
     return t;
 oom:
@@ -425,17 +382,6 @@ void td_timers_free(td_timers *t) {
     free(t->argvlen);
     free(t->aoff);
     free(t->abuf);
-    free(t->claims);
-    free(t->groups);
-    free(t->states);
-    free(t->expected);
-    free(t->result);
-    free(t->work);
-    free(t->work2);
-    free(t->delay);
-    free(t->out);
-    free(t->recs);
-    td_buf_free(&t->recbuf);
     free(t);
 }
 
@@ -682,293 +628,28 @@ int td_timers_redis_advice(td_timers *t, char *msg, size_t cap) {
     return warn ? 1 : 0;
 }
 
-/* ---- firing ---- */
+/* ---- firing counters ---- */
 
-static int tm_claim_cmp(const void *a, const void *b) {
-    const td_claim *x = a, *y = b;
-    int c = strcmp(x->prospect_id, y->prospect_id);
-    if (c) return c;
-    c = strcmp(x->rule, y->rule);
-    if (c) return c;
-    return (x->due_at > y->due_at) - (x->due_at < y->due_at);
-}
-
-static int tm_rec_add(td_timers *t, size_t g, size_t off) {
-    if (t->nrecs == t->caprecs) {
-        size_t cap = t->caprecs ? t->caprecs * 2 : 64;
-        tm_rec *v = realloc(t->recs, cap * sizeof *v);
-        if (!v) return TD_ERR;
-        t->recs = v;
-        t->caprecs = cap;
-    }
-    t->recs[t->nrecs++] = (tm_rec){off, t->recbuf.len - off, g};
-    return TD_OK;
-}
-
-/* Loads the states of groups work[0..n) into t->states (fresh first). */
-static int tm_load(td_timers *t, td_redis *r, const size_t *work, size_t n) {
-    for (size_t k = 0; k < n; k++) {
-        size_t g = work[k];
-        td_state_free(&t->states[g]);
-        td_state_init(&t->states[g], t->claims[t->groups[g].first].prospect_id);
-    }
-    /* load contiguous when all, else through a pack in expected[] order */
-    int rc;
-    if (n == 0) return TD_OK;
-    bool all = true;
-    for (size_t k = 0; k < n; k++)
-        if (work[k] != k) all = false;
-    if (all) {
-        rc = td_redis_load(r, t->states, n);
-    } else {
-        td_state *pack = calloc(n, sizeof *pack);
-        if (!pack) return TD_ERR;
-        for (size_t k = 0; k < n; k++)
-            pack[k] = t->states[work[k]];
-        rc = td_redis_load(r, pack, n);
-        for (size_t k = 0; k < n; k++)
-            t->states[work[k]] = pack[k];
-        free(pack);
-    }
-    if (rc != TD_OK) {
-        tm_seterr(t, "%s", td_redis_last_error(r));
-        return TD_ERR;
-    }
-    for (size_t k = 0; k < n; k++) {
-        t->groups[work[k]].expected = t->states[work[k]].version;
-        t->groups[work[k]].changed = false;
-    }
-    return TD_OK;
-}
-
-/* Steps every claim of group g against its (freshly loaded) state. */
-static int tm_compute(td_timers *t, const td_ruleset *rs, td_tzdb *tz, size_t g, td_ms now,
-                      const td_timers_sink *sink) {
-    tm_group *gr = &t->groups[g];
-    tm_group *cnt = gr;
-    gr->fired = gr->stale = gr->dropped = gr->recs = 0;
-    gr->max_delay = 0;
-    td_state *st = &t->states[g];
-    for (size_t i = gr->first; i < gr->first + gr->n; i++)
-        t->delay[i] = -1;
-    for (size_t i = gr->first; i < gr->first + gr->n; i++) {
-        const td_claim *c = &t->claims[i];
-        const td_timer *tm = td_state_timer(st, c->rule);
-        /* The state is the authority: a claim is a hint to look. */
-        if (!tm || (c->due_at != TD_MS_MISSING && tm->due_at != c->due_at) || tm->due_at > now) {
-            /* disarmed, fired already, or re-armed (its new due time is in
-             * the index as the same member: ZADD moved it) */
-            cnt->stale++;
-            continue;
-        }
-        td_ms late = now - tm->due_at;
-        if (t->conf.overdue_policy == TD_OVERDUE_DROP && late > t->conf.drop_older_than) {
-            char due[40];
-            td_time_format(tm->due_at, due, sizeof due);
-            td_log_warn("overdue timer dropped",
-                        "prospect=%s rule=%s due_at=%s overdue_ms=%lld "
-                        "drop_older_than_ms=%lld",
-                        st->prospect_id, c->rule, due, (long long)late,
-                        (long long)t->conf.drop_older_than);
-            td_state_disarm_timer(st, c->rule);
-            gr->changed = true;
-            cnt->dropped++;
-            continue;
-        }
-        char armed_by[TD_ID_MAX + 1], rule[TD_RULE_ID_MAX + 1];
-        memcpy(armed_by, tm->armed_by, sizeof armed_by);
-        memcpy(rule, tm->rule, sizeof rule);
-        td_trigger trig = {
-            .kind = TD_TRIG_TIMER, .rule = rule, .due_at = tm->due_at, .armed_by = armed_by};
-        uint32_t before = st->ntimers;
-        if (sink && sink->before_step) sink->before_step(sink->ud, st);
-        if (td_engine_step(rs, st, &trig, now, tz, 0, t->out) != TD_OK) {
-            tm_seterr(t, "engine step failed (out of memory)");
-            return TD_ERR;
-        }
-        if (sink && sink->after_step) sink->after_step(sink->ud, rs, &trig, now, t->out);
-        if (st->ntimers != before)
-            gr->changed = true; /* disarmed (fired, or its rule was removed) */
-        if (t->out->stale) {
-            cnt->stale++;
-            continue;
-        }
-        cnt->fired++;
-        t->delay[i] = late < 0 ? 0 : late;
-        if (late > cnt->max_delay) cnt->max_delay = late;
-        if (t->out->nerrors)
-            td_log_warn("rule evaluation errors", "prospect=%s timer=%s errors=%u", st->prospect_id,
-                        rule, t->out->nerrors);
-        for (uint32_t k = 0; k < t->out->nrecs; k++) {
-            size_t off = t->recbuf.len;
-            if (td_rec_json(&t->out->recs[k], st, rs, &trig, now, &t->recbuf) != TD_OK ||
-                tm_rec_add(t, g, off) != TD_OK) {
-                tm_seterr(t, "out of memory");
-                return TD_ERR;
-            }
-            cnt->recs++;
-        }
-    }
-    return TD_OK;
-}
-
-static void tm_free_states(td_timers *t, size_t ng) {
-    for (size_t g = 0; g < ng; g++)
-        td_state_free(&t->states[g]);
-}
-
-int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz, td_ms now,
-                   const td_timers_sink *sink, size_t *claimed_out) {
-    if (claimed_out) *claimed_out = 0;
-    int n = td_timers_claim(t, now, t->claims, (size_t)t->conf.claim_batch);
-    if (n < 0) {
+void td_timers_record(td_timers *t, const td_timers_round *r, bool ok) {
+    t->stats.conflicts += r->conflicts;
+    if (!ok) {
         t->stats.errors++;
-        return TD_ERR;
+        return;
     }
-    if (claimed_out) *claimed_out = (size_t)n;
-    if (n == 0) return TD_OK;
-    size_t nc = (size_t)n;
-    qsort(t->claims, nc, sizeof *t->claims, tm_claim_cmp);
-    size_t ng = 0;
-    for (size_t i = 0; i < nc; i++) {
-        if (ng == 0 ||
-            strcmp(t->claims[i].prospect_id, t->claims[t->groups[ng - 1].first].prospect_id) != 0) {
-            t->groups[ng] = (tm_group){.first = i, .n = 0};
-            memset(&t->states[ng], 0, sizeof t->states[ng]);
-            ng++;
+    if (r->delay)
+        for (size_t i = 0; i < r->n; i++) {
+            if (r->delay[i] < 0) continue;
+            td_ms b = r->delay[i] / TD_TIMERS_DELAY_BUCKET_MS;
+            t->stats.delay_hist[b >= TD_TIMERS_DELAY_BUCKETS ? TD_TIMERS_DELAY_BUCKETS - 1 : b]++;
         }
-        t->groups[ng - 1].n++;
+    t->stats.fired += r->fired;
+    t->stats.stale += r->stale;
+    t->stats.dropped += r->dropped;
+    t->stats.recs += r->recs;
+    if (r->fired) {
+        t->stats.last_delay_ms = r->max_delay;
+        if (r->max_delay > t->stats.max_delay_ms) t->stats.max_delay_ms = r->max_delay;
     }
-    size_t nwork = ng;
-    for (size_t g = 0; g < ng; g++)
-        t->work[g] = g;
-    int rc = TD_OK;
-    for (int attempt = 0;; attempt++) {
-        if (tm_load(t, r, t->work, nwork) != TD_OK) {
-            rc = TD_ERR;
-            break;
-        }
-        t->nrecs = 0;
-        t->recbuf.len = 0;
-        for (size_t k = 0; k < nwork && rc == TD_OK; k++)
-            rc = tm_compute(t, rs, tz, t->work[k], now, sink);
-        if (rc != TD_OK) break;
-        /* durable output first */
-        if (t->nrecs > 0) {
-            for (size_t k = 0; k < t->nrecs; k++) {
-                const tm_rec *x = &t->recs[k];
-                const char *pid = t->states[x->g].prospect_id;
-                if (sink->send(sink->ud, pid, t->recbuf.p + x->off, x->len) != 0) {
-                    tm_seterr(t, "publishing a timer recommendation failed");
-                    rc = TD_ERR;
-                    break;
-                }
-            }
-            if (rc == TD_OK && sink->wait(sink->ud) != 0) {
-                tm_seterr(t, "waiting for the timer recommendations' acknowledgements failed");
-                rc = TD_ERR;
-            }
-            if (rc != TD_OK) break;
-        }
-        /* then the states (which disarm the timers, in the index too) */
-        size_t np = 0;
-        td_state *pack = NULL;
-        for (size_t k = 0; k < nwork; k++)
-            if (t->groups[t->work[k]].changed) np++;
-        size_t nconf = 0;
-        if (np > 0) {
-            pack = calloc(np, sizeof *pack);
-            if (!pack) {
-                tm_seterr(t, "out of memory");
-                rc = TD_ERR;
-                break;
-            }
-            size_t j = 0;
-            for (size_t k = 0; k < nwork; k++) {
-                size_t g = t->work[k];
-                if (!t->groups[g].changed) continue;
-                pack[j] = t->states[g];
-                t->expected[j] = t->groups[g].expected;
-                j++;
-            }
-            if (td_redis_store(r, pack, t->expected, np, t->result) != TD_OK) {
-                tm_seterr(t, "%s", td_redis_last_error(r));
-                free(pack);
-                rc = TD_ERR;
-                break;
-            }
-            j = 0;
-            for (size_t k = 0; k < nwork; k++) {
-                size_t g = t->work[k];
-                if (!t->groups[g].changed) continue;
-                if (t->result[j] == TD_REDIS_STORED) {
-                    t->states[g].version = pack[j].version;
-                    t->groups[g].changed = false;
-                } else {
-                    t->work2[nconf++] = g;
-                }
-                j++;
-            }
-            free(pack);
-        }
-        if (nconf == 0) break;
-        t->stats.conflicts += nconf;
-        td_log_info("timer state changed concurrently, recomputing", "prospects=%zu attempt=%d",
-                    nconf, attempt + 1);
-        memcpy(t->work, t->work2, nconf * sizeof *t->work);
-        nwork = nconf;
-        if (attempt >= 20) {
-            tm_seterr(t, "persistent compare-and-set conflicts on timer prospects");
-            rc = TD_ERR;
-            break;
-        }
-    }
-    tm_free_states(t, ng);
-    /* each group's counts are those of its stored computation */
-    struct {
-        uint64_t fired, stale, dropped, recs;
-        td_ms max_delay;
-    } total = {0, 0, 0, 0, 0};
-    for (size_t g = 0; g < ng; g++) {
-        total.fired += t->groups[g].fired;
-        total.stale += t->groups[g].stale;
-        total.dropped += t->groups[g].dropped;
-        total.recs += t->groups[g].recs;
-        if (t->groups[g].max_delay > total.max_delay) total.max_delay = t->groups[g].max_delay;
-    }
-    if (rc != TD_OK) {
-        /* nothing acked: the claims come back after their lease */
-        t->stats.errors++;
-        char q[600];
-        td_log_warn("timer poll failed, claims are retried after their lease",
-                    "claimed=%zu lease_ms=%d reason=%s", nc, t->conf.lease_ms,
-                    td_log_quote(q, sizeof q, t->err));
-        return TD_ERR;
-    }
-    for (size_t i = 0; i < nc; i++) {
-        if (t->delay[i] < 0) continue;
-        td_ms b = t->delay[i] / TD_TIMERS_DELAY_BUCKET_MS;
-        t->stats.delay_hist[b >= TD_TIMERS_DELAY_BUCKETS ? TD_TIMERS_DELAY_BUCKETS - 1 : b]++;
-    }
-    t->stats.fired += total.fired;
-    t->stats.stale += total.stale;
-    t->stats.dropped += total.dropped;
-    t->stats.recs += total.recs;
-    if (total.fired) {
-        t->stats.last_delay_ms = total.max_delay;
-        if (total.max_delay > t->stats.max_delay_ms) t->stats.max_delay_ms = total.max_delay;
-    }
-    if (td_timers_ack(t, t->claims, nc) < 0) {
-        /* fired and stored: an unacked claim comes back after its lease
-         * and is then stale (the state no longer holds it) */
-        t->stats.errors++;
-        char q[600];
-        td_log_warn("timer ack failed (harmless: re-claimed as stale after the lease)",
-                    "claimed=%zu reason=%s", nc, td_log_quote(q, sizeof q, t->err));
-        return TD_ERR;
-    }
-    td_log_debug("timers polled", "claimed=%zu fired=%llu stale=%llu dropped=%llu recs=%llu", nc,
-                 (unsigned long long)total.fired, (unsigned long long)total.stale,
-                 (unsigned long long)total.dropped, (unsigned long long)total.recs);
-    return TD_OK;
 }
+
+void td_timers_note_error(td_timers *t) { t->stats.errors++; }

@@ -17,12 +17,12 @@
  * head (a shard with members has a head). A head may be too early (harmless:
  * the claim looks, finds nothing and corrects it) but never too late.
  *
- * Arming: td_redis_store (once td_redis_set_timer_shards was called) writes
- * the state and, in the same Lua script (atomic on one Redis node), ZADDs the
+ * Arming: every state write (td_redis_store_diff, and td_redis_store, once
+ * td_redis_set_timer_shards was called) writes the state and, in the same
+ * atomic unit (MULTI/EXEC or one Lua script, on one Redis node), ZADDs the
  * timers that are new or changed, lowers the shard's head (ZADD heads LT)
- * and ZREMs those that were disarmed, by diffing the stored hash's timer.*
- * fields against the new ones. Every other write path into a shard (the diff
- * script, the WATCH/MULTI diff writes) does the same in the same atomic unit.
+ * and ZREMs those that were disarmed, by diffing the stored timer.* fields
+ * against the new ones.
  *
  * Claiming: td_timers_claim runs one Lua script that re-leases members whose
  * lease expired (their claimer died), re-computes the heads of a small
@@ -34,11 +34,13 @@
  * td_timers_ack removes claimed members, but only those still holding the
  * lease the caller got (a member re-claimed by someone else is left alone).
  *
- * Firing: td_timers_poll does one full round: claim, load the states, step
- * the engine with TD_TRIG_TIMER triggers built from the state's pending timer,
- * publish through the caller's sink and wait for its acknowledgement, store
- * the states with compare-and-set (which disarms the fired timers in the
- * state and in the index), then ack the claims. Conflicts are recomputed.
+ * Firing is not here: this module claims and acks and knows nothing of the
+ * engine. The pipeline (src/app/td_pipeline.h) runs the claims as a batch
+ * like any other: group by prospect, load, step the engine with
+ * TD_TRIG_TIMER triggers built from the state's pending timer, publish and
+ * wait for the acknowledgements, store the states with the one write path
+ * (td_redis_store_diff, which disarms the fired timers in the state and in
+ * the index), then td_timers_ack, and reports through td_timers_record.
  *
  * Redis Cluster is not supported (the state script touches the prospect's
  * hash and a shard key, which are in different slots): see docs/timers.md.
@@ -48,11 +50,10 @@
 #ifndef TD_TIMERS_H
 #define TD_TIMERS_H
 
+#include <stdbool.h>
+
 #include "td_base.h"
-#include "td_engine.h"
 #include "td_redis.h"
-#include "td_rules.h"
-#include "td_state.h"
 
 typedef enum td_overdue_policy {
     TD_OVERDUE_FIRE_LATE = 0, /* an overdue timer fires, however late */
@@ -152,23 +153,6 @@ int td_timers_redis_advice(td_timers *t, char *msg, size_t cap);
 /* Members pending in the index (sum of ZCARD over the shards) and claimed. */
 int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed);
 
-/* ---- firing ---- */
-
-/* Where recommendations go. send queues one (key = prospect id); wait
- * returns 0 once every one sent since the last wait is acknowledged. Both
- * return -1 on failure (nothing of the round is stored or acked: the claims
- * come back after their lease). */
-typedef struct td_timers_sink {
-    void *ud;
-    int (*send)(void *ud, const char *prospect_id, const char *json, size_t len);
-    int (*wait)(void *ud);
-    /* optional (NULL: none): called around each timer step, e.g. to run a
-     * shadow ruleset on a copy of the state; they must not change it */
-    void (*before_step)(void *ud, const td_state *st);
-    void (*after_step)(void *ud, const td_ruleset *rs, const td_trigger *trig, td_ms now,
-                       const td_step_out *out);
-} td_timers_sink;
-
 #define TD_TIMERS_DELAY_BUCKETS 1001
 #define TD_TIMERS_DELAY_BUCKET_MS 10
 typedef struct td_timers_stats {
@@ -195,13 +179,21 @@ const td_timers_stats *td_timers_get_stats(const td_timers *t);
  * more mean ">= 10 s" (see max_delay_ms). */
 td_ms td_timers_delay_quantile(const td_timers_stats *s, double p);
 
-/*
- * One poll: claim, load, step, publish (sink), store, ack (see above). `now`
- * is the wall clock in ms. `*fired_out` (may be NULL) receives how many
- * members were claimed, so a caller can poll again at once while timers are
- * due. @returns TD_OK, or TD_ERR (Redis, sink or out of memory; logged).
- */
-int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz, td_ms now,
-                   const td_timers_sink *sink, size_t *claimed_out);
+/* ---- firing counters ---- */
+
+/* What one firing round (the pipeline's timer batch) came to. */
+typedef struct td_timers_round {
+    uint64_t fired, stale, dropped, recs; /* of the computation that was stored */
+    uint64_t conflicts;                   /* compare-and-set conflicts recomputed */
+    td_ms max_delay;                      /* largest delay of a fired claim */
+    const td_ms *delay;                   /* per claim: its firing delay, -1: not fired */
+    size_t n;
+} td_timers_round;
+
+/* Adds a round to the counters: everything when ok (stored; the ack is
+ * counted by td_timers_ack), else only its conflicts and one error. */
+void td_timers_record(td_timers *t, const td_timers_round *r, bool ok);
+/* Counts a failed poll (claim or ack). */
+void td_timers_note_error(td_timers *t);
 
 #endif

@@ -50,6 +50,7 @@
 #include "harness.h"
 
 #include "td_engine.h"
+#include "td_pipeline.h"
 #include "td_redis.h"
 #include "td_rules.h"
 #include "td_state.h"

@@ -1,0 +1,150 @@
+/*
+ * td_pipeline.h - the one path from a trigger to a write: every trigger the
+ * daemon handles (a Kafka event, a due timer, an event the engine derives
+ * for an owner) goes through the same batch:
+ *
+ *   source      a batch of Kafka messages (td_pipeline_events), or a batch
+ *               of timer claims (td_pipeline_timers; the claimer, td_timers,
+ *               knows nothing of the engine)
+ *   group       by prospect (a group per prospect; events in consumed order,
+ *               a prospect's claims by rule and due time)
+ *   load        the state cache, the batch in flight, else Redis (one
+ *               pipelined read)
+ *   step        td_engine_step per trigger; events the engine derives for an
+ *               owner ("owner:<owner_id>") are stepped on the owner's group;
+ *               the shadow ruleset observes every step of a source trigger
+ *   publish     recommendations (and dead letters) on the output, then wait
+ *               for every acknowledgement; then the gift register
+ *   store       td_redis_store_diff (WATCH/MULTI, compare-and-set on the
+ *               version, the timer index in the same transaction): the only
+ *               write path; conflicts are reloaded and recomputed
+ *   acknowledge the source: the Kafka offsets, or the timer claims
+ *
+ * With engine.pipeline, an event batch's store runs on the pipeline's store
+ * thread (its own Redis connection) while the next event batch is computed;
+ * a timer batch first finishes the batch in flight, then runs on the main
+ * thread. Why this gives "applied exactly once, published at least once":
+ * docs/operations.md; the shape of the code: docs/architecture.md.
+ *
+ * The output is Kafka (td_kafka) in the daemon; a td_timers_sink (callbacks)
+ * where there is no broker (td_timers_poll: tests, benchmarks).
+ *
+ * @locality the thread that created it (the daemon's main thread), plus the
+ * store thread it owns, which only writes the batch handed to it.
+ */
+#ifndef TD_PIPELINE_H
+#define TD_PIPELINE_H
+
+#include <signal.h>
+
+#include "td_config.h"
+#include "td_engine.h"
+#include "td_kafka.h"
+#include "td_redis.h"
+#include "td_rules.h"
+#include "td_state_cache.h"
+#include "td_timers.h"
+
+struct td_shadow;
+
+/* Where recommendations go when there is no Kafka producer. send queues one
+ * (key = prospect id); wait returns 0 once every one sent since the last
+ * wait is acknowledged. Both return -1 on failure (nothing of the batch is
+ * stored or acknowledged: timer claims come back after their lease). */
+typedef struct td_timers_sink {
+    void *ud;
+    int (*send)(void *ud, const char *prospect_id, const char *json, size_t len);
+    int (*wait)(void *ud);
+    /* optional (NULL: none): called around each step of a source trigger,
+     * e.g. to run a shadow ruleset on a copy of the state; they must not
+     * change it */
+    void (*before_step)(void *ud, const td_state *st);
+    void (*after_step)(void *ud, const td_ruleset *rs, const td_trigger *trig, td_ms now,
+                       const td_step_out *out);
+} td_timers_sink;
+
+typedef struct td_pipeline td_pipeline;
+
+typedef struct td_pipeline_conf {
+    const td_config *cfg;        /* engine.*, redis.* (backoff, verify_writes), gifts.* */
+    const td_ruleset *rs;        /* the live ruleset (td_pipeline_set_ruleset on reload) */
+    td_tzdb *tz;                 /* borrowed */
+    td_redis *redis;             /* loads, and writes without a store thread; borrowed */
+    td_kafka *kafka;             /* input and output; NULL: timers only, through sink */
+    const td_timers_sink *sink;  /* the output when kafka is NULL */
+    td_timers *timers;           /* the timer claimer; NULL: no timer batches */
+    struct td_shadow *shadow;    /* NULL: no shadow ruleset */
+    volatile sig_atomic_t *stop; /* a stop request (NULL: never) */
+} td_pipeline_conf;
+
+/* What a batch came to. */
+typedef enum td_pl_rc {
+    TD_PL_DONE = 0,      /* stored and acknowledged (or nothing to do) */
+    TD_PL_ABANDONED = 1, /* a stop request, or (without Kafka) a Redis or
+                          * output failure: nothing acknowledged, the source
+                          * delivers it again */
+    TD_PL_FATAL = 2,     /* a fatal Kafka error, or out of memory */
+    TD_PL_FAILED = 3     /* a timer claim or ack failed, or (with Kafka) a timer
+                          * batch could not complete: logged, the claims come
+                          * back after their lease; the next poll retries */
+} td_pl_rc;
+
+/* Counters since start. Each consumed event counts once in events,
+ * applied, skipped_pos and duplicates, also when its prospect was
+ * recomputed after a conflict or a redo. */
+typedef struct td_pipeline_stats {
+    uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out, conflicts,
+        redis_waits, redone, derived;
+    uint64_t gifts_registered, gifts_again;
+} td_pipeline_stats;
+
+/*
+ * Sizes the batches (engine.batch_max_events, timers.claim_batch), opens the
+ * gift register (with Kafka), the state cache (engine.state_cache) and, with
+ * engine.pipeline and Kafka, the store thread and its Redis connection.
+ * @returns the pipeline, or NULL with *exit_code set (TD_EXIT_USAGE: bad
+ * configuration; TD_EXIT_FATAL: the store thread) and the reason logged.
+ */
+td_pipeline *td_pipeline_new(const td_pipeline_conf *pc, int *exit_code);
+/* Finishes nothing (call td_pipeline_flush first); stops the store thread. */
+void td_pipeline_free(td_pipeline *p);
+
+void td_pipeline_set_ruleset(td_pipeline *p, const td_ruleset *rs);
+
+/* Consumes one batch of events (waiting up to wait_ms for the first) and
+ * runs it; with engine.pipeline its store is left in flight. @returns
+ * TD_PL_DONE (also when nothing came), or as td_pl_rc. */
+td_pl_rc td_pipeline_events(td_pipeline *p, int wait_ms);
+
+/* Claims due timers (up to timers.claim_batch) at wall time `now` and runs
+ * them as one batch, then acknowledges the claims. *claimed (may be NULL)
+ * receives how many members were claimed. The timers' counters
+ * (td_timers_get_stats) are kept through td_timers_record. @returns
+ * TD_PL_DONE, or as td_pl_rc. */
+td_pl_rc td_pipeline_timers(td_pipeline *p, td_ms now, size_t *claimed);
+
+/* true while an event batch's store is in flight. */
+bool td_pipeline_busy(const td_pipeline *p);
+/* Settles the batch in flight (if any) and stores its offsets. */
+td_pl_rc td_pipeline_flush(td_pipeline *p);
+
+const td_pipeline_stats *td_pipeline_get_stats(const td_pipeline *p);
+/* The state cache's counters (zeros without a cache). */
+void td_pipeline_cache_stats(const td_pipeline *p, td_state_cache_stats *out);
+/* Writes through either connection that ran on one lane, and verify_writes
+ * differences (docs/redis.md), summed over the pipeline's connections. */
+uint64_t td_pipeline_one_lane_writes(const td_pipeline *p);
+uint64_t td_pipeline_verify_mismatches(const td_pipeline *p);
+
+/*
+ * One timer round through the pipeline, without Kafka: claim, load, step,
+ * publish through `sink` and wait, store, ack. `now` is the wall clock in
+ * ms; *claimed_out (may be NULL) receives how many members were claimed.
+ * Redis or sink failures are not waited out: nothing is acknowledged and
+ * TD_ERR is returned (the claims come back after their lease).
+ * @returns TD_OK or TD_ERR.
+ */
+int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz, td_ms now,
+                   const td_timers_sink *sink, size_t *claimed_out);
+
+#endif
