@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "td_cli.h"
+#include "td_clock.h"
 #include "td_log.h"
 #include "td_time.h"
 
@@ -77,25 +78,13 @@ struct td_shadow {
     int64_t next_report, next_log;
 };
 
-static int64_t sh_mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static td_ms sh_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (td_ms)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ----------------------------------------------------------------- rules */
 
 static void sh_reset_counts(td_shadow *sh, const char *live_hash) {
     if (live_hash != sh->live_hash) /* may be sh->live_hash itself: keep it */
         td_strlcpy(sh->live_hash, live_hash ? live_hash : "", sizeof sh->live_hash);
     snprintf(sh->shadow_hash, sizeof sh->shadow_hash, "%s", sh->rs ? td_ruleset_hash(sh->rs) : "");
-    sh->since = sh_wall_ms();
+    sh->since = td_wall_ms();
     sh->steps = sh->events = sh->timers = sh->duplicates = sh->live_recs = sh->shadow_recs = 0;
     sh->shadow_errors = sh->step_failures = 0;
     sh->agree = sh->differ = sh->live_only = sh->shadow_only = 0;
@@ -248,7 +237,7 @@ td_shadow *td_shadow_new(const td_config *cfg, const char *bootstraps, td_tzdb *
     sh_compile(sh, "start");
     sh_reset_counts(sh, "");
     sh_producer_new(sh, bootstraps);
-    int64_t now = sh_mono_ms();
+    int64_t now = td_mono_ms();
     sh->next_poll = now + cfg->rules.reload_poll_ms;
     sh->next_report = now; /* a first report at once: ops see the shadow is on */
     sh->next_log = now + 60000;
@@ -411,7 +400,7 @@ static void sh_write_report(td_shadow *sh) {
     const char *path = sh->cfg->rules.shadow_report;
     if (!path || !*path) return;
     json_t *root = json_object();
-    json_object_set_new(root, "generated_at", sh_time_json(sh_wall_ms()));
+    json_object_set_new(root, "generated_at", sh_time_json(td_wall_ms()));
     json_object_set_new(root, "since", sh_time_json(sh->since));
     json_object_set_new(root, "live_ruleset",
                         sh->live_hash[0] ? json_string(sh->live_hash) : json_null());
@@ -494,7 +483,7 @@ static void sh_log_counts(td_shadow *sh) {
 void td_shadow_tick(td_shadow *sh) {
     if (!sh) return;
     if (sh->producer) rd_kafka_poll(sh->producer, 0); /* delivery reports */
-    int64_t now = sh_mono_ms();
+    int64_t now = td_mono_ms();
     int poll_ms = sh->cfg->rules.reload_poll_ms;
     if (poll_ms > 0 && now >= sh->next_poll) {
         sh->next_poll = now + poll_ms;

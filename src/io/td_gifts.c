@@ -28,6 +28,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "td_clock.h"
 #include "td_log.h"
 #include "td_rconn.h"
 
@@ -52,12 +53,6 @@ struct td_gifts {
 };
 
 /* ------------------------------------------------------------- records */
-
-static int64_t tg_mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int td_gift_local_year(td_tzdb *tz, const char *zone, const td_settings *set, td_ms t) {
     td_civil c;
@@ -717,7 +712,7 @@ int td_gifts_kafka_wait(td_gifts_kafka *k, const volatile sig_atomic_t *stop, in
         }
         rd_kafka_flush(k->rk, 10);
         if (stop && *stop) {
-            int64_t now = tg_mono_ms();
+            int64_t now = td_mono_ms();
             if (give_up < 0)
                 give_up = now + stop_grace_ms;
             else if (now >= give_up && k->acked < k->nout)

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "td_clock.h"
 #include "td_log.h"
 #include "td_mock_nodelay.h"
 
@@ -78,12 +79,6 @@ struct td_kafka {
 
     td_kafka_stats st;
 };
-
-static int64_t td_kafka_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---------------------------------------------------------- callbacks */
 
@@ -574,7 +569,7 @@ static int td_kafka_enqueue(td_kafka *k, size_t idx) {
         if (err == RD_KAFKA_RESP_ERR__FATAL) return -1;
         /* Anything else (unknown topic, message too large...) cannot be
          * skipped without losing a recommendation: log and retry slowly. */
-        int64_t now = td_kafka_now_ms();
+        int64_t now = td_mono_ms();
         if (now - warned_at > 10000) {
             td_log_error("produce failed, retrying", "topic=%s err=%s",
                          o->dlq ? k->cfg->kafka.dead_letter_topic : k->cfg->kafka.output_topic,
@@ -618,7 +613,7 @@ int td_kafka_send_dlq(td_kafka *k, const rd_kafka_message_t *src, const char *re
 }
 
 int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop_grace_ms) {
-    int64_t start = td_kafka_now_ms();
+    int64_t start = td_mono_ms();
     int64_t give_up_at = -1;
     bool holding = false;
     int rc = 0;
@@ -640,7 +635,7 @@ int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop
         }
         /* flush() sends at once (ignores linger) and serves delivery reports. */
         rd_kafka_flush(k->producer, holding ? 100 : 10);
-        int64_t now = td_kafka_now_ms();
+        int64_t now = td_mono_ms();
         if (!holding && now - start > 1000 && k->acked < k->nout) {
             td_log_warn("waiting for delivery reports", "pending=%zu", k->nout - k->acked);
             td_kafka_hold(k);
