@@ -48,6 +48,7 @@
  */
 #include "td_redis.h"
 #include "td_kvs.h"
+#include "td_rconn.h"
 #include "td_resp.h"
 #include "td_timers.h"
 
@@ -250,11 +251,10 @@ typedef struct td_rscratch {
 } td_rscratch;
 
 struct td_redis {
-    td_redis_conf conf; /* an owned copy (td_redis_conf_dup) */
-    size_t prefix_len;  /* strlen(conf.key_prefix) */
-    redisContext *c;
-    int64_t backoff_ms;    /* delay after the next failure */
-    int64_t next_try_ms;   /* monotonic: no connect attempt before this */
+    td_redis_conf conf;    /* an owned copy (td_redis_conf_dup) */
+    size_t prefix_len;     /* strlen(conf.key_prefix) */
+    td_rconn rc;           /* the connection and its backoff (td_rconn.h) */
+    char who[320];         /* "redis <host>:<port>" or "redis <socket>": messages */
     char sha[41];          /* SHA1 of the script once loaded ("" before) */
     char dsha[41];         /* SHA1 of the diff script once loaded ("" before) */
     uint32_t timer_shards; /* 0: no timer index (td_redis_set_timer_shards) */
@@ -352,15 +352,6 @@ void td_redis_conf_release(td_redis_conf *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* "127.0.0.1:6379" or the socket path, for messages. */
-static const char *rd_where(const td_redis *r, char *buf, size_t cap) {
-    if (r->conf.unix_socket)
-        snprintf(buf, cap, "%s", r->conf.host);
-    else
-        snprintf(buf, cap, "%s:%d", r->conf.host, r->conf.port);
-    return buf;
-}
-
 /* ---- scratch spans ---- */
 
 static void rs_reset(td_rscratch *s) {
@@ -432,40 +423,24 @@ void td_redis_conf_default(td_redis_conf *c) {
     c->key_prefix = "touchd";
 }
 
-/* Drops the connection; `penalize` schedules the next attempt after the
- * backoff (and doubles it), otherwise the next call may reconnect at once. */
-static void rd_drop(td_redis *r, bool penalize) {
-    if (r->c) {
-        redisFree(r->c);
-        r->c = NULL;
-    }
-    if (penalize) {
-        r->next_try_ms = rd_now_ms() + r->backoff_ms;
-        int64_t b = r->backoff_ms * 2;
-        r->backoff_ms = b > r->conf.backoff_max_ms ? r->conf.backoff_max_ms : b;
-    }
-}
-
 /* An I/O failure on the live context: message, drop, backoff. `what` says
  * which step failed. Always returns TD_ERR. */
 static int rd_io_fail(td_redis *r, const char *what, bool timed_out, int timeout_ms) {
-    char where[300];
-    int64_t delay = r->backoff_ms;
+    int64_t delay = r->rc.backoff_ms;
     if (timed_out)
-        rd_seterr(r, "redis %s: %s: timeout after %d ms; reconnecting in %" PRId64 " ms",
-                  rd_where(r, where, sizeof where), what, timeout_ms, delay);
+        rd_seterr(r, "%s: %s: timeout after %d ms; reconnecting in %" PRId64 " ms", r->who, what,
+                  timeout_ms, delay);
     else
         /* A server that refuses a connection (maxclients) writes its error
          * and closes at once; when our first command is already on its way,
          * its close resets the connection and the error text is lost. */
-        rd_seterr(r, "redis %s: %s: %s%s; reconnecting in %" PRId64 " ms",
-                  rd_where(r, where, sizeof where), what,
-                  r->c && r->c->errstr[0] ? r->c->errstr : "connection lost",
-                  r->c && !r->answered ? " before any reply on a new connection (is Redis "
-                                         "refusing connections? maxclients: INFO clients)"
-                                       : "",
+        rd_seterr(r, "%s: %s: %s%s; reconnecting in %" PRId64 " ms", r->who, what,
+                  r->rc.c && r->rc.c->errstr[0] ? r->rc.c->errstr : "connection lost",
+                  r->rc.c && !r->answered ? " before any reply on a new connection (is Redis "
+                                            "refusing connections? maxclients: INFO clients)"
+                                          : "",
                   delay);
-    rd_drop(r, true);
+    td_rconn_drop(&r->rc, true);
     return TD_ERR;
 }
 
@@ -474,7 +449,7 @@ static bool rd_timeout(td_redis *r, int64_t deadline) {
     if (left <= 0) return false;
     struct timeval tv = {.tv_sec = (time_t)(left / 1000),
                          .tv_usec = (suseconds_t)(left % 1000) * 1000};
-    return redisSetTimeout(r->c, tv) == REDIS_OK;
+    return redisSetTimeout(r->rc.c, tv) == REDIS_OK;
 }
 
 /* Writes the whole output buffer before `deadline`, SIGPIPE suppressed. */
@@ -496,7 +471,7 @@ static int rd_flush(td_redis *r, int64_t deadline, const char *what, int timeout
             break;
         }
         errno = 0;
-        rc = redisBufferWrite(r->c, &done);
+        rc = redisBufferWrite(r->rc.c, &done);
         if (rc != REDIS_OK) {
             timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
             break;
@@ -521,7 +496,7 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
                    int timeout_ms) {
     void *reply = NULL;
     for (;;) {
-        if (redisGetReplyFromReader(r->c, &reply) != REDIS_OK)
+        if (redisGetReplyFromReader(r->rc.c, &reply) != REDIS_OK)
             return rd_io_fail(r, what, false, timeout_ms);
         if (reply) {
             *out = reply;
@@ -530,7 +505,7 @@ static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *
         }
         if (!rd_timeout(r, deadline)) return rd_io_fail(r, what, true, timeout_ms);
         errno = 0;
-        if (redisBufferRead(r->c) != REDIS_OK)
+        if (redisBufferRead(r->rc.c) != REDIS_OK)
             return rd_io_fail(r, what, errno == EAGAIN || errno == EWOULDBLOCK, timeout_ms);
     }
 }
@@ -585,9 +560,9 @@ static void sk_bulk(rd_sink *o, const char *p, size_t n) {
 
 /* A raw I/O failure: hiredis' fields say what it was, as for its own. */
 static int rd_raw_fail(td_redis *r, const char *what, int type, const char *why, bool timed_out) {
-    if (r->c && !timed_out) {
-        r->c->err = type;
-        snprintf(r->c->errstr, sizeof r->c->errstr, "%s", why);
+    if (r->rc.c && !timed_out) {
+        r->rc.c->err = type;
+        snprintf(r->rc.c->errstr, sizeof r->rc.c->errstr, "%s", why);
     }
     return rd_io_fail(r, what, timed_out, r->conf.command_timeout_ms);
 }
@@ -598,7 +573,7 @@ static int rd_raw_wait(td_redis *r, short events, int64_t deadline, const char *
     for (;;) {
         int64_t left = deadline - rd_now_ms();
         if (left <= 0) return rd_raw_fail(r, what, REDIS_ERR_IO, "", true);
-        struct pollfd pf = {.fd = r->c->fd, .events = events};
+        struct pollfd pf = {.fd = r->rc.c->fd, .events = events};
         int n = poll(&pf, 1, left > INT_MAX ? INT_MAX : (int)left);
         if (n > 0) return TD_OK; /* ready, or an error the next send/recv reports */
         if (n < 0 && errno != EINTR)
@@ -608,7 +583,7 @@ static int rd_raw_wait(td_redis *r, short events, int64_t deadline, const char *
 
 /* hiredis has nothing buffered either way on r's connection. */
 static bool rd_raw_ready(const td_redis *r) {
-    return sdslen(r->c->obuf) == 0 && r->c->reader->pos == r->c->reader->len;
+    return sdslen(r->rc.c->obuf) == 0 && r->rc.c->reader->pos == r->rc.c->reader->len;
 }
 
 /* Sends out[0..split), the runs, then out[split..len) (with no runs: out
@@ -639,7 +614,7 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
             mh.msg_iov = lim;
             mh.msg_iovlen = m;
         }
-        ssize_t k = sendmsg(r->c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t k = sendmsg(r->rc.c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (k > 0) {
             size_t left = (size_t)k; /* drop what went out */
             while (left > 0 && left >= iov[i].iov_len)
@@ -679,7 +654,7 @@ static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
         }
         if (in->len == in->cap && !sk_reserve(in, in->cap ? in->cap : 16384))
             return rd_raw_fail(r, what, REDIS_ERR_OOM, "Out of memory", false);
-        ssize_t got = recv(r->c->fd, in->buf + in->len, in->cap - in->len, MSG_DONTWAIT);
+        ssize_t got = recv(r->rc.c->fd, in->buf + in->len, in->cap - in->len, MSG_DONTWAIT);
         if (got > 0) {
             in->len += (size_t)got;
         } else if (got == 0) {
@@ -733,41 +708,20 @@ static int rd_append(td_redis *r) {
         o->len += k;
         return TD_OK;
     }
-    if (redisAppendFormattedCommand(r->c, p, k) != REDIS_OK) {
+    if (redisAppendFormattedCommand(r->rc.c, p, k) != REDIS_OK) {
         rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
     }
     return TD_OK;
 }
 
-/* The socket of an idle connection is readable only if the server closed it
- * (or broke protocol): either way the connection is unusable. */
-static bool rd_stale(const td_redis *r) {
-    if (!r->c || r->c->err) return true;
-    struct pollfd p = {.fd = r->c->fd, .events = POLLIN};
-    int n = poll(&p, 1, 0);
-    return n != 0; /* readable, hung up, error, or poll itself failed */
-}
-
-/* Connect + AUTH + SELECT, all bounded by connect_timeout_ms. */
-static int rd_connect(td_redis *r) {
-    char where[300];
-    int64_t start = rd_now_ms();
-    int64_t deadline = start + r->conf.connect_timeout_ms;
-    struct timeval tv = {.tv_sec = r->conf.connect_timeout_ms / 1000,
-                         .tv_usec = (suseconds_t)(r->conf.connect_timeout_ms % 1000) * 1000};
-    redisContext *c = r->conf.unix_socket ? redisConnectUnixWithTimeout(r->conf.host, tv)
-                                          : redisConnectWithTimeout(r->conf.host, r->conf.port, tv);
-    if (!c || c->err) {
-        rd_seterr(r, "redis %s: connect failed: %s; reconnecting in %" PRId64 " ms",
-                  rd_where(r, where, sizeof where), c ? c->errstr : "out of memory", r->backoff_ms);
-        if (c) redisFree(c);
-        rd_drop(r, true);
-        return TD_ERR;
-    }
-    r->c = c;
+/* The store's session on a new socket (td_rconn_policy.session): keepalive,
+ * then AUTH and SELECT in one round trip, all before the connect attempt's
+ * deadline (start + connect_timeout_ms). */
+static int rd_session(td_rconn *conn, int64_t deadline, void *ud) {
+    td_redis *r = ud;
     r->answered = false;
-    if (!r->conf.unix_socket) (void)redisEnableKeepAlive(c);
+    if (!r->conf.unix_socket) (void)redisEnableKeepAlive(conn->c);
 
     /* AUTH and SELECT in one round trip. */
     int nreq = 0;
@@ -780,7 +734,7 @@ static int rd_connect(td_redis *r) {
         /* the scratch held the password: wipe it */
         if (r->s.buf) memset(r->s.buf, 0, r->s.len);
         if (rc != TD_OK) {
-            rd_drop(r, true);
+            td_rconn_drop(&r->rc, true);
             return TD_ERR;
         }
         nreq++;
@@ -792,7 +746,7 @@ static int rd_connect(td_redis *r) {
         rs_pushs(&r->s, "SELECT");
         rs_pushs(&r->s, db);
         if (rd_append(r) != TD_OK) {
-            rd_drop(r, true);
+            td_rconn_drop(&r->rc, true);
             return TD_ERR;
         }
         nreq++;
@@ -808,36 +762,21 @@ static int rd_connect(td_redis *r) {
         const char *cmd = (auth && i == 0) ? "AUTH" : "SELECT";
         if (!failed && rep->type == REDIS_REPLY_ERROR) {
             /* Redis' error text never contains the password. */
-            rd_seterr(r, "redis %s: %s failed: %.*s; reconnecting in %" PRId64 " ms",
-                      rd_where(r, where, sizeof where), cmd, (int)rep->len, rep->str,
-                      r->backoff_ms);
+            rd_seterr(r, "%s: %s failed: %.*s; reconnecting in %" PRId64 " ms", r->who, cmd,
+                      (int)rep->len, rep->str, r->rc.backoff_ms);
             failed = true;
         }
         freeReplyObject(rep);
     }
     if (failed) {
-        rd_drop(r, true);
+        td_rconn_drop(&r->rc, true);
         return TD_ERR;
     }
     return TD_OK;
 }
 
 /* A usable connection, or TD_ERR (fast while in the backoff window). */
-static int rd_ensure(td_redis *r) {
-    if (r->c && !rd_stale(r)) return TD_OK;
-    if (r->c) rd_drop(r, false); /* closed by the server while idle: retry at once */
-    int64_t now = rd_now_ms();
-    if (now < r->next_try_ms) {
-        char where[300];
-        rd_seterr(r, "redis %s: reconnecting in %" PRId64 " ms", rd_where(r, where, sizeof where),
-                  r->next_try_ms - now);
-        return TD_ERR;
-    }
-    if (rd_connect(r) != TD_OK) return TD_ERR;
-    r->backoff_ms = r->conf.backoff_min_ms;
-    r->next_try_ms = 0;
-    return TD_OK;
-}
+static int rd_ensure(td_redis *r) { return td_rconn_ensure(&r->rc); }
 
 static bool rd_valid_conf(const td_redis_conf *c, char *err, size_t errcap) {
     const char *why = NULL;
@@ -882,7 +821,16 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
         if (err && errcap) snprintf(err, errcap, "redis: out of memory");
         return NULL;
     }
-    r->backoff_ms = conf->backoff_min_ms;
+    char where[300];
+    if (r->conf.unix_socket)
+        snprintf(where, sizeof where, "%s", r->conf.host);
+    else
+        snprintf(where, sizeof where, "%s:%d", r->conf.host, r->conf.port);
+    snprintf(r->who, sizeof r->who, "redis %s", where);
+    td_rconn_init(&r->rc, &r->conf, r->who, r->err, sizeof r->err);
+    td_rconn_policy pol = {
+        .connect_what = "connect failed", .poll_idle = true, .session = rd_session, .ud = r};
+    td_rconn_set_policy(&r->rc, &pol);
     r->lanes = 1;
     r->prefix_len = strlen(r->conf.key_prefix);
     /* One attempt now; a failure is remembered in last_error and retried
@@ -894,7 +842,7 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
 void td_redis_free(td_redis *r) {
     if (!r) return;
     td_redis_free(r->peer);
-    if (r->c) redisFree(r->c);
+    td_rconn_close(&r->rc);
     td_redis_conf_release(&r->conf);
     rs_free(&r->s);
     free(r->resp);
@@ -904,7 +852,7 @@ void td_redis_free(td_redis *r) {
     free(r);
 }
 
-bool td_redis_connected(const td_redis *r) { return r && r->c && !rd_stale(r); }
+bool td_redis_connected(const td_redis *r) { return r && td_rconn_usable(&r->rc); }
 
 const char *td_redis_last_error(const td_redis *r) { return r ? r->err : ""; }
 
@@ -1003,7 +951,7 @@ static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) 
         rs_pushs(&r->s, "HGETALL");
         rd_push_key(r, rd_st(arr, ptrs, i)->prospect_id);
         if (rd_append(r) != TD_OK) {
-            rd_drop(r, false); /* unsent commands in obuf: start clean */
+            td_rconn_drop(&r->rc, false); /* unsent commands in obuf: start clean */
             return TD_ERR;
         }
     }
@@ -1049,7 +997,7 @@ static int rd_load_script(td_redis *r, int64_t deadline, const char *script, siz
     rs_pushs(&r->s, "LOAD");
     rs_push(&r->s, script, len);
     if (rd_append(r) != TD_OK) {
-        rd_drop(r, false);
+        td_rconn_drop(&r->rc, false);
         return TD_ERR;
     }
     if (rd_flush(r, deadline, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
@@ -1155,7 +1103,7 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
     for (size_t i = 0; i < n; i++) {
         if (!todo[i]) continue;
         if (append(r, i, ud) != TD_OK) {
-            rd_drop(r, false);
+            td_rconn_drop(&r->rc, false);
             return TD_ERR;
         }
         if (++sent % 64 == 0 &&
@@ -1434,7 +1382,7 @@ static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kv
     }
     return rc;
 fail:
-    rd_drop(r, false); /* unsent commands in obuf: start clean */
+    td_rconn_drop(&r->rc, false); /* unsent commands in obuf: start clean */
     return TD_ERR;
 }
 
@@ -1923,11 +1871,11 @@ fail:
     if (r->peer && r->peer->err[0]) {
         if (!r->err[0])
             snprintf(r->err, sizeof r->err, "second store connection: %.400s", r->peer->err);
-        if (r->peer->c) rd_drop(r->peer, true);
+        if (r->peer->rc.c) td_rconn_drop(&r->peer->rc, true);
     } else if (r->peer) {
-        rd_drop(r->peer, false); /* unsent commands or unread replies: start clean */
+        td_rconn_drop(&r->peer->rc, false); /* unsent commands or unread replies: start clean */
     }
-    rd_drop(r, false);
+    td_rconn_drop(&r->rc, false);
     return TD_ERR;
 }
 
@@ -2008,7 +1956,7 @@ static int rd_verify(td_redis *r, const td_state *const *states, const td_kvs *n
         rs_pushs(&r->s, "HGETALL");
         rd_push_key(r, states[i]->prospect_id);
         if (rd_append(r) != TD_OK) {
-            rd_drop(r, false);
+            td_rconn_drop(&r->rc, false);
             return TD_ERR;
         }
         sent++;
