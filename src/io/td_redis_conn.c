@@ -39,8 +39,8 @@
  * - The password is copied, never printed (Redis' AUTH error replies do not
  *   echo it either) and wiped on free.
  *
- * File-local functions: rd_, as the module's shared ones
- * (td_redis_internal.h).
+ * File-local functions and types: rn_; the module's shared ones (rd_, rs_,
+ * sk_) are in td_redis_internal.h.
  *
  * @locality one thread at a time per td_redis (td_redis.h).
  */
@@ -104,7 +104,7 @@ void td_redis_conf_release(td_redis_conf *c) {
     memset(c, 0, sizeof *c);
 }
 
-static bool rd_valid_conf(const td_redis_conf *c, char *err, size_t errcap) {
+static bool rn_valid_conf(const td_redis_conf *c, char *err, size_t errcap) {
     const char *why = NULL;
     if (!c->host || !c->host[0])
         why = "redis: host (or unix socket path) is empty";
@@ -157,7 +157,7 @@ int rd_io_fail(td_redis *r, const char *what, bool timed_out, int timeout_ms) {
     return TD_ERR;
 }
 
-static bool rd_timeout(td_redis *r, int64_t deadline) {
+static bool rn_timeout(td_redis *r, int64_t deadline) {
     int64_t left = deadline - rd_now_ms();
     if (left <= 0) return false;
     struct timeval tv = {.tv_sec = (time_t)(left / 1000),
@@ -178,7 +178,7 @@ int rd_flush(td_redis *r, int64_t deadline, const char *what, int timeout_ms) {
     int done = 0, rc = REDIS_OK;
     bool timed_out = false;
     while (!done) {
-        if (!rd_timeout(r, deadline)) {
+        if (!rn_timeout(r, deadline)) {
             timed_out = true;
             rc = REDIS_ERR;
             break;
@@ -215,7 +215,7 @@ int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *what, i
             r->answered = true;
             return TD_OK;
         }
-        if (!rd_timeout(r, deadline)) return rd_io_fail(r, what, true, timeout_ms);
+        if (!rn_timeout(r, deadline)) return rd_io_fail(r, what, true, timeout_ms);
         errno = 0;
         if (redisBufferRead(r->rc.c) != REDIS_OK)
             return rd_io_fail(r, what, errno == EAGAIN || errno == EWOULDBLOCK, timeout_ms);
@@ -321,7 +321,7 @@ int rd_check_ids(td_redis *r, const td_state *arr, const td_state *const *ptrs, 
 /* The store's session on a new socket (td_rconn_policy.session): keepalive,
  * then AUTH and SELECT in one round trip, all before the connect attempt's
  * deadline (start + connect_timeout_ms). */
-static int rd_session(td_rconn *conn, int64_t deadline, void *ud) {
+static int rn_session(td_rconn *conn, int64_t deadline, void *ud) {
     td_redis *r = ud;
     r->answered = false;
     if (!r->conf.unix_socket) (void)redisEnableKeepAlive(conn->c);
@@ -380,7 +380,7 @@ static int rd_session(td_rconn *conn, int64_t deadline, void *ud) {
 
 td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
     if (err && errcap) err[0] = '\0';
-    if (!conf || !rd_valid_conf(conf, err, errcap)) return NULL;
+    if (!conf || !rn_valid_conf(conf, err, errcap)) return NULL;
     td_redis *r = calloc(1, sizeof *r);
     if (!r) {
         if (err && errcap) snprintf(err, errcap, "redis: out of memory");
@@ -399,7 +399,7 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
     snprintf(r->who, sizeof r->who, "redis %s", where);
     td_rconn_init(&r->rc, &r->conf, r->who, r->err, sizeof r->err);
     td_rconn_policy pol = {
-        .connect_what = "connect failed", .poll_idle = true, .session = rd_session, .ud = r};
+        .connect_what = "connect failed", .poll_idle = true, .session = rn_session, .ud = r};
     td_rconn_set_policy(&r->rc, &pol);
     r->lanes = 1;
     r->prefix_len = strlen(r->conf.key_prefix);

@@ -12,9 +12,11 @@
  *                      td_redis_store (the full-hash EVALSHA script)
  *   td_redis_verify.c  verify_writes: the read back after a diff write
  *
- * Naming: the module's internal functions, shared through this header or
- * local to one file, are rd_ (scratch spans rs_, RESP sinks sk_); public
- * ones are td_redis_.
+ * Naming: public functions are td_redis_; the module's internal ones,
+ * shared through this header, rd_ (scratch spans: rs_, RESP sinks: sk_);
+ * each file's own (static) functions and types have the file's prefix:
+ * rn_ (td_redis_conn.c), rl_ (td_redis_load.c), rw_ (td_redis_store.c), rv_
+ * (td_redis_verify.c).
  *
  * @locality as td_redis.h: a td_redis is used by one thread at a time.
  */
@@ -44,7 +46,7 @@ typedef struct rd_sink {
     size_t len, cap;
 } rd_sink;
 
-/* One chunk of diff writes formatted ahead of its MULTI (rd_diff_watch):
+/* One chunk of diff writes formatted ahead of its MULTI (rw_diff_watch):
  * prospect k's commands are out.buf[off[k] .. off[k + 1]), q[k] of them. */
 typedef struct rd_prebuilt {
     rd_sink out;
@@ -74,16 +76,16 @@ struct td_redis {
     char *resp; /* a command formatted as RESP (rd_append) */
     size_t respcap;
     struct rd_sink *sink; /* non-NULL: rd_append formats into it, not hiredis */
-    rd_prebuilt pre;      /* rd_diff_watch: this connection's next chunk */
-    rd_sink out;          /* rd_diff_watch: commands to send (rd_tx) */
-    rd_sink in;           /* rd_diff_watch: replies received, in[rpos..len) unread */
+    rd_prebuilt pre;      /* rw_diff_watch: this connection's next chunk */
+    rd_sink out;          /* rw_diff_watch: commands to send (rw_tx) */
+    rd_sink in;           /* rw_diff_watch: replies received, in[rpos..len) unread */
     size_t rpos;
-    /* rd_diff_watch: runs of prebuilt writes (in pre) sent by rd_tx between
+    /* rw_diff_watch: runs of prebuilt writes (in pre) sent by rw_tx between
      * out[0..split) and out[split..len), without copying them into out */
     struct iovec run[TD_REDIS_DIFF_CHUNK / 2 + 1];
     size_t nrun, split;
     size_t tx_max;             /* tests: td_redis_set_send_limit */
-    struct td_redis *peer;     /* rd_diff_watch's second lane (td_redis_set_lanes) */
+    struct td_redis *peer;     /* rw_diff_watch's second lane (td_redis_set_lanes) */
     unsigned lanes;            /* 1 or 2 */
     uint64_t one_lane;         /* td_redis_one_lane_writes (__atomic: read by other threads) */
     bool answered;             /* a reply was read since this connection opened */

@@ -7,8 +7,8 @@
  * td_state.version itself (strict decimal, >= 0); every other field goes to
  * td_state_set_field, which ignores the unknown ones.
  *
- * File-local functions: rd_, as the module's shared ones
- * (td_redis_internal.h).
+ * File-local functions and types: rl_; the module's shared ones (rd_, rs_,
+ * sk_) are in td_redis_internal.h.
  *
  * @locality one thread at a time per td_redis (td_redis.h).
  */
@@ -16,7 +16,7 @@
 
 /* Calls take their states as an array (`arr`) or as pointers (`ptrs`, when
  * non-NULL): state i. */
-static td_state *rd_st(td_state *arr, td_state *const *ptrs, size_t i) {
+static td_state *rl_st(td_state *arr, td_state *const *ptrs, size_t i) {
     return ptrs ? ptrs[i] : &arr[i];
 }
 
@@ -59,7 +59,7 @@ int rd_apply_hash(td_redis *r, td_state *st, const redisReply *rep) {
     return TD_OK;
 }
 
-static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) {
+static int rl_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
     if (rd_check_ids(r, arr, (const td_state *const *)ptrs, n) != TD_OK || rd_ensure(r) != TD_OK)
@@ -68,7 +68,7 @@ static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) 
     for (size_t i = 0; i < n; i++) {
         rs_reset(&r->s);
         rs_pushs(&r->s, "HGETALL");
-        rd_push_key(r, rd_st(arr, ptrs, i)->prospect_id);
+        rd_push_key(r, rl_st(arr, ptrs, i)->prospect_id);
         if (rd_append(r) != TD_OK) {
             td_rconn_drop(&r->rc, false); /* unsent commands in obuf: start clean */
             return TD_ERR;
@@ -81,14 +81,14 @@ static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) 
         if (rd_read(r, deadline, &rep, "HGETALL", r->conf.command_timeout_ms) != TD_OK)
             return TD_ERR;
         /* after the first bad hash, keep draining to stay in sync */
-        if (rc == TD_OK && rd_apply_hash(r, rd_st(arr, ptrs, i), rep) != TD_OK) rc = TD_ERR;
+        if (rc == TD_OK && rd_apply_hash(r, rl_st(arr, ptrs, i), rep) != TD_OK) rc = TD_ERR;
         freeReplyObject(rep);
     }
     return rc;
 }
 
-int td_redis_load(td_redis *r, td_state *states, size_t n) { return rd_load(r, states, NULL, n); }
+int td_redis_load(td_redis *r, td_state *states, size_t n) { return rl_load(r, states, NULL, n); }
 
 int td_redis_load_ptrs(td_redis *r, td_state *const *states, size_t n) {
-    return rd_load(r, NULL, states, n);
+    return rl_load(r, NULL, states, n);
 }

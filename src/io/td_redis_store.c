@@ -6,7 +6,7 @@
  *   between the stored flat form and the new one. Up to one chunk
  *   (TD_REDIS_DIFF_CHUNK prospects) it is one EVALSHA of the diff script
  *   (one round trip); above, WATCH + HGET v, then MULTI/EXEC of plain
- *   commands per chunk, on one or two connections (rd_diff_watch), with the
+ *   commands per chunk, on one or two connections (rw_diff_watch), with the
  *   diff script for the chunks whose EXEC aborted (contention).
  * - td_redis_store, the timer poller's (td_timers.c): the whole hash, one
  *   EVALSHA of the state script per prospect.
@@ -20,10 +20,10 @@
  *
  * - The WATCH path does its own socket I/O: send(MSG_NOSIGNAL) of prebuilt
  *   RESP, replies parsed in place (td_resp.h), poll(2) bounded by the call's
- *   deadline. See rd_tx / rd_rx below.
+ *   deadline. See rw_tx / rw_rx below.
  *
- * File-local functions: rd_ (RESP sinks: sk_), as the module's shared ones
- * (td_redis_internal.h).
+ * File-local functions and types: rw_; the module's shared ones (rd_, rs_,
+ * sk_) are in td_redis_internal.h.
  *
  * @locality one thread at a time per td_redis (td_redis.h).
  */
@@ -214,8 +214,8 @@ void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud) {
 
 /* RESP straight into a reserved sink: an array header, a bulk string
  * (room: 24 + n bytes). */
-static void sk_head(rd_sink *o, size_t n) { o->len += rd_resp_head(o->buf + o->len, '*', n); }
-static void sk_bulk(rd_sink *o, const char *p, size_t n) {
+static void rw_sk_head(rd_sink *o, size_t n) { o->len += rd_resp_head(o->buf + o->len, '*', n); }
+static void rw_sk_bulk(rd_sink *o, const char *p, size_t n) {
     char *w = o->buf + o->len;
     size_t k = rd_resp_head(w, '$', n);
     memcpy(w + k, p, n);
@@ -226,20 +226,20 @@ static void sk_bulk(rd_sink *o, const char *p, size_t n) {
 }
 
 /*
- * The WATCH path's own socket I/O (rd_diff_watch). A chunk of 64 prospects
+ * The WATCH path's own socket I/O (rw_diff_watch). A chunk of 64 prospects
  * brings back about 200 replies; read through hiredis each is an allocated
  * object, filled, then freed, and each command is copied once more into
  * hiredis' output buffer: together about a tenth of touchd's instructions.
  * There the commands go from r->out straight to the socket, and the replies
  * are parsed in place from r->in (td_resp). Both are used only while
- * hiredis' own buffers are empty (rd_raw_ready) and are empty again when
- * rd_diff_watch returns TD_OK, so hiredis and this never see each other's
+ * hiredis' own buffers are empty (rw_raw_ready) and are empty again when
+ * rw_diff_watch returns TD_OK, so hiredis and this never see each other's
  * bytes. Non-blocking send/recv; poll(2) waits, bounded by the deadline;
  * MSG_NOSIGNAL instead of blocking SIGPIPE.
  */
 
 /* A raw I/O failure: hiredis' fields say what it was, as for its own. */
-static int rd_raw_fail(td_redis *r, const char *what, int type, const char *why, bool timed_out) {
+static int rw_raw_fail(td_redis *r, const char *what, int type, const char *why, bool timed_out) {
     if (r->rc.c && !timed_out) {
         r->rc.c->err = type;
         snprintf(r->rc.c->errstr, sizeof r->rc.c->errstr, "%s", why);
@@ -249,26 +249,26 @@ static int rd_raw_fail(td_redis *r, const char *what, int type, const char *why,
 
 /* Waits until fd is ready for `events` or the deadline. @returns TD_OK, or
  * TD_ERR (failed and dropped). */
-static int rd_raw_wait(td_redis *r, short events, int64_t deadline, const char *what) {
+static int rw_raw_wait(td_redis *r, short events, int64_t deadline, const char *what) {
     for (;;) {
         int64_t left = deadline - rd_now_ms();
-        if (left <= 0) return rd_raw_fail(r, what, REDIS_ERR_IO, "", true);
+        if (left <= 0) return rw_raw_fail(r, what, REDIS_ERR_IO, "", true);
         struct pollfd pf = {.fd = r->rc.c->fd, .events = events};
         int n = poll(&pf, 1, left > INT_MAX ? INT_MAX : (int)left);
         if (n > 0) return TD_OK; /* ready, or an error the next send/recv reports */
         if (n < 0 && errno != EINTR)
-            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+            return rw_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
     }
 }
 
 /* hiredis has nothing buffered either way on r's connection. */
-static bool rd_raw_ready(const td_redis *r) {
+static bool rw_raw_ready(const td_redis *r) {
     return sdslen(r->rc.c->obuf) == 0 && r->rc.c->reader->pos == r->rc.c->reader->len;
 }
 
 /* Sends out[0..split), the runs, then out[split..len) (with no runs: out
  * whole), then empties out and the runs. */
-static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
+static int rw_tx(td_redis *r, int64_t deadline, const char *what) {
     struct iovec iov[TD_REDIS_DIFF_CHUNK / 2 + 3];
     size_t n = 0, split = r->nrun ? r->split : r->out.len;
     iov[n++] = (struct iovec){r->out.buf, split};
@@ -304,9 +304,9 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
                 iov[i].iov_len -= left;
             }
         } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (rd_raw_wait(r, POLLOUT, deadline, what) != TD_OK) return TD_ERR;
+            if (rw_raw_wait(r, POLLOUT, deadline, what) != TD_OK) return TD_ERR;
         } else if (k < 0 && errno != EINTR) {
-            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+            return rw_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
         }
     }
     return TD_OK;
@@ -314,7 +314,7 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
 
 /* The next reply (an array: its header; the elements are the next replies),
  * a view into r->in valid until the next call. */
-static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) {
+static int rw_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) {
     rd_sink *in = &r->in;
     for (;;) {
         ssize_t k = td_resp_parse(in->buf + r->rpos, in->len - r->rpos, rep);
@@ -324,7 +324,7 @@ static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
             return TD_OK;
         }
         if (k < 0)
-            return rd_raw_fail(r, what, REDIS_ERR_PROTOCOL, "Protocol error: not a RESP2 reply",
+            return rw_raw_fail(r, what, REDIS_ERR_PROTOCOL, "Protocol error: not a RESP2 reply",
                                false);
         /* part of a reply: keep it, make room, read more */
         if (r->rpos > 0) {
@@ -333,29 +333,29 @@ static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
             r->rpos = 0;
         }
         if (in->len == in->cap && !sk_reserve(in, in->cap ? in->cap : 16384))
-            return rd_raw_fail(r, what, REDIS_ERR_OOM, "Out of memory", false);
+            return rw_raw_fail(r, what, REDIS_ERR_OOM, "Out of memory", false);
         ssize_t got = recv(r->rc.c->fd, in->buf + in->len, in->cap - in->len, MSG_DONTWAIT);
         if (got > 0) {
             in->len += (size_t)got;
         } else if (got == 0) {
-            return rd_raw_fail(r, what, REDIS_ERR_EOF, "Server closed the connection", false);
+            return rw_raw_fail(r, what, REDIS_ERR_EOF, "Server closed the connection", false);
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (rd_raw_wait(r, POLLIN, deadline, what) != TD_OK) return TD_ERR;
+            if (rw_raw_wait(r, POLLIN, deadline, what) != TD_OK) return TD_ERR;
         } else if (errno != EINTR) {
-            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+            return rw_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
         }
     }
 }
 
 /* ---- store ---- */
 
-typedef struct rd_kv_ctx {
+typedef struct rw_kv_ctx {
     td_rscratch *s;
     uint32_t timer_fields; /* timer.* fields emitted (checked against ntimers) */
-} rd_kv_ctx;
+} rw_kv_ctx;
 
-static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
-    rd_kv_ctx *x = ud;
+static void rw_kv(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
+    rw_kv_ctx *x = ud;
     if (klen == 1 && key[0] == 'v') return; /* the script writes "v" */
     if (klen > 6 && memcmp(key, "timer.", 6) == 0) x->timer_fields++;
     rs_push(x->s, key, klen);
@@ -363,7 +363,7 @@ static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_
 }
 
 /* Loads a script (SCRIPT LOAD) and keeps its SHA1 in sha_out (41 bytes). */
-static int rd_load_script(td_redis *r, int64_t deadline, const char *script, size_t len,
+static int rw_load_script(td_redis *r, int64_t deadline, const char *script, size_t len,
                           char *sha_out) {
     rs_reset(&r->s);
     rs_pushs(&r->s, "SCRIPT");
@@ -390,15 +390,15 @@ static int rd_load_script(td_redis *r, int64_t deadline, const char *script, siz
     return rc;
 }
 
-static int rd_script_load(td_redis *r, int64_t deadline) {
-    return rd_load_script(r, deadline, td_redis_cas_lua, sizeof td_redis_cas_lua - 1, r->sha);
+static int rw_script_load(td_redis *r, int64_t deadline) {
+    return rw_load_script(r, deadline, td_redis_cas_lua, sizeof td_redis_cas_lua - 1, r->sha);
 }
 
 void td_redis_set_timer_shards(td_redis *r, uint32_t shards) { r->timer_shards = shards; }
 
 /* Appends the EVALSHA of prospect i (with its timer shard when the index is
  * on: see td_redis_cas_lua for the argument layout). */
-static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
+static int rw_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     char ver[24];
     snprintf(ver, sizeof ver, "%" PRId64, expected);
     rs_reset(&r->s);
@@ -434,8 +434,8 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
         rd_push_key(r, st->prospect_id);
         rs_pushs(&r->s, ver);
     }
-    rd_kv_ctx x = {&r->s, 0};
-    td_state_serialize(st, rd_kv, &x);
+    rw_kv_ctx x = {&r->s, 0};
+    td_state_serialize(st, rw_kv, &x);
     if (r->timer_shards && x.timer_fields != st->ntimers) {
         /* the script pairs the due times with the timer.* fields by order */
         rd_seterr(r, "redis: %s: %" PRIu32 " timer fields serialized for %" PRIu32 " timers",
@@ -448,19 +448,19 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
 /* The outcome of prospect i's compare-and-set. The diff path records only
  * this: its caller owns the states (read-only there, so the main thread may
  * read them meanwhile) and sets their versions. */
-static void rd_result_diff(int *result, size_t i, bool stored) {
+static void rw_result_diff(int *result, size_t i, bool stored) {
     result[i] = stored ? TD_REDIS_STORED : TD_REDIS_CONFLICT;
 }
 
 /* The outcome, and the new version of a stored state (td_redis_store). */
-static void rd_result(td_state *states, const int64_t *expected, int *result, size_t i,
+static void rw_result(td_state *states, const int64_t *expected, int *result, size_t i,
                       bool stored) {
-    rd_result_diff(result, i, stored);
+    rw_result_diff(result, i, stored);
     if (stored) states[i].version = expected[i] + 1;
 }
 
 /* Appends the command of prospect i to the pipeline. */
-typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
+typedef int (*rw_append_fn)(td_redis *r, size_t i, void *ud);
 
 /*
  * Sends EVALSHA for the prospects with todo[i] set (append builds each one),
@@ -469,9 +469,9 @@ typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
  * while the rest is being built.
  * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
  */
-static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, size_t n,
+static int rw_cas_round(td_redis *r, td_state *states, const int64_t *expected, size_t n,
                         int *result, unsigned char *todo, int64_t deadline, size_t *noscript,
-                        rd_append_fn append, void *ud) {
+                        rw_append_fn append, void *ud) {
     size_t sent = 0;
     for (size_t i = 0; i < n; i++) {
         if (!todo[i]) continue;
@@ -494,7 +494,7 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
             return TD_ERR;
         todo[i] = 0;
         if (rep->type == REDIS_REPLY_INTEGER && (rep->integer == 0 || rep->integer == 1)) {
-            rd_result(states, expected, result, i, rep->integer == 1);
+            rw_result(states, expected, result, i, rep->integer == 1);
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
             todo[i] = 1;
@@ -514,57 +514,57 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
 }
 
 /* Full writes (td_redis_store). */
-typedef struct rd_full_ud {
+typedef struct rw_full_ud {
     const td_state *states;
     const int64_t *expected;
-} rd_full_ud;
+} rw_full_ud;
 
-static int rd_append_full(td_redis *r, size_t i, void *ud) {
-    const rd_full_ud *u = ud;
-    return rd_append_cas(r, &u->states[i], u->expected[i]);
+static int rw_append_full(td_redis *r, size_t i, void *ud) {
+    const rw_full_ud *u = ud;
+    return rw_append_cas(r, &u->states[i], u->expected[i]);
 }
 
 /* ---- diff writes ---- */
 
-static int rd_diff_script_load(td_redis *r, int64_t deadline) {
-    return rd_load_script(r, deadline, td_redis_diff_lua, sizeof td_redis_diff_lua - 1, r->dsha);
+static int rw_diff_script_load(td_redis *r, int64_t deadline) {
+    return rw_load_script(r, deadline, td_redis_diff_lua, sizeof td_redis_diff_lua - 1, r->dsha);
 }
 
 /* Collected diff of one state: set pairs and deleted keys, as spans of one
  * buffer each, then copied into the command in the script's order; and the
  * timer index changes: the member suffixes of timer.* fields set (armed or
  * re-armed) and deleted (disarmed or fired). */
-typedef struct rd_diffbuf {
+typedef struct rw_diffbuf {
     td_rscratch sets, dels, zadd, zrem;
-    td_rscratch keys, args; /* the call being built (rd_diff_add) */
+    td_rscratch keys, args; /* the call being built (rw_diff_add) */
     uint32_t nsets, ndels;
-} rd_diffbuf;
+} rw_diffbuf;
 
-static bool rd_is_timer_key(const char *k, size_t kl) {
+static bool rw_is_timer_key(const char *k, size_t kl) {
     return kl > 6 && memcmp(k, "timer.", 6) == 0;
 }
 
-static void rd_diff_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
-    rd_diffbuf *d = ud;
+static void rw_diff_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    rw_diffbuf *d = ud;
     if (kl == 1 && k[0] == 'v') return; /* the script writes "v" */
     rs_push(&d->sets, k, kl);
     rs_push(&d->sets, v, vl);
     d->nsets++;
-    if (rd_is_timer_key(k, kl)) rs_push(&d->zadd, k + 6, kl - 6);
+    if (rw_is_timer_key(k, kl)) rs_push(&d->zadd, k + 6, kl - 6);
 }
 
-static void rd_diff_del(void *ud, const char *k, size_t kl) {
-    rd_diffbuf *d = ud;
+static void rw_diff_del(void *ud, const char *k, size_t kl) {
+    rw_diffbuf *d = ud;
     if (kl == 1 && k[0] == 'v') return;
     rs_push(&d->dels, k, kl);
     d->ndels++;
-    if (rd_is_timer_key(k, kl)) rs_push(&d->zrem, k + 6, kl - 6);
+    if (rw_is_timer_key(k, kl)) rs_push(&d->zrem, k + 6, kl - 6);
 }
 
 /* The index member suffix of a timer: its rule id as the flat form writes it
  * in "timer.<rule>" (percent-encoded bytes < 0x20, 0x7f.., and '%'), so that
  * members written by either script name the same timer. */
-static size_t rd_member_suffix(const char *rule, char *out) {
+static size_t rw_member_suffix(const char *rule, char *out) {
     static const char hex[] = "0123456789ABCDEF";
     size_t n = 0;
     for (const unsigned char *p = (const unsigned char *)rule; *p; p++) {
@@ -581,23 +581,23 @@ static size_t rd_member_suffix(const char *rule, char *out) {
 
 /* The due time of the timer of st whose member suffix is sfx[0..n), or
  * TD_MS_MISSING (cannot happen for a suffix taken from st's own flat form). */
-static td_ms rd_timer_due(const td_state *st, const char *sfx, size_t n) {
+static td_ms rw_timer_due(const td_state *st, const char *sfx, size_t n) {
     char enc[3 * (TD_RULE_ID_MAX + 1) + 1];
     for (uint32_t i = 0; i < st->ntimers; i++)
-        if (rd_member_suffix(st->timers[i].rule, enc) == n && memcmp(enc, sfx, n) == 0)
+        if (rw_member_suffix(st->timers[i].rule, enc) == n && memcmp(enc, sfx, n) == 0)
             return st->timers[i].due_at;
     return TD_MS_MISSING;
 }
 
 /* Collects into d what turns `base` into `now`: pairs to set, keys to
  * delete, and the timer members to add and remove. */
-static int rd_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, rd_diffbuf *d) {
+static int rw_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, rw_diffbuf *d) {
     rs_reset(&d->sets);
     rs_reset(&d->dels);
     rs_reset(&d->zadd);
     rs_reset(&d->zrem);
     d->nsets = d->ndels = 0;
-    if (td_kvs_diff(base, now, rd_diff_set, rd_diff_del, d) != TD_OK || d->sets.oom ||
+    if (td_kvs_diff(base, now, rw_diff_set, rw_diff_del, d) != TD_OK || d->sets.oom ||
         d->dels.oom || d->zadd.oom || d->zrem.oom) {
         rd_seterr(r, "redis: out of memory");
         return TD_ERR;
@@ -607,9 +607,9 @@ static int rd_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, r
 
 /* Adds prospect st's part of a diff-script call: its key(s) to d->keys and
  * its arguments to d->args (see td_redis_diff_lua). */
-static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
-                       int64_t expected, rd_diffbuf *d) {
-    if (rd_diff_collect(r, base, now, d) != TD_OK) return TD_ERR;
+static int rw_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                       int64_t expected, rw_diffbuf *d) {
+    if (rw_diff_collect(r, base, now, d) != TD_OK) return TD_ERR;
     char key[TD_ID_MAX + 80];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     rs_push(&d->keys, key, kn < sizeof key ? kn : sizeof key - 1);
@@ -643,7 +643,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
     for (size_t k = 0; k < nz; k++) {
         const char *sfx = d->zadd.buf + d->zadd.off[k];
         size_t sl = d->zadd.slen[k];
-        td_ms due = rd_timer_due(st, sfx, sl);
+        td_ms due = rw_timer_due(st, sfx, sl);
         if (due == TD_MS_MISSING) {
             rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
                       (int)(sl > 64 ? 64 : sl), sfx);
@@ -663,7 +663,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
 }
 
 /* Appends the diff-script call of the `np` prospects collected in d. */
-static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
+static int rw_diff_send(td_redis *r, rw_diffbuf *d, size_t np) {
     char num[24];
     td_rscratch *s = &r->s;
     rs_reset(s);
@@ -693,25 +693,25 @@ static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
  * leaves todo[i] set only for prospects whose call got NOSCRIPT.
  * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
  */
-static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kvs *bases,
+static int rw_diff_round(td_redis *r, const td_state *const *states, const td_kvs *bases,
                          const td_kvs *nows, const int64_t *expected, size_t n, int *result,
-                         unsigned char *todo, int64_t deadline, size_t *noscript, rd_diffbuf *d,
+                         unsigned char *todo, int64_t deadline, size_t *noscript, rw_diffbuf *d,
                          size_t *order) {
     size_t sent = 0, inchunk = 0;
     rs_reset(&d->keys);
     rs_reset(&d->args);
     for (size_t i = 0; i < n; i++) {
         if (!todo[i]) continue;
-        if (rd_diff_add(r, states[i], &bases[i], &nows[i], expected[i], d) != TD_OK) goto fail;
+        if (rw_diff_add(r, states[i], &bases[i], &nows[i], expected[i], d) != TD_OK) goto fail;
         order[sent++] = i;
         if (++inchunk == TD_REDIS_DIFF_CHUNK) {
-            if (rd_diff_send(r, d, inchunk) != TD_OK) goto fail;
+            if (rw_diff_send(r, d, inchunk) != TD_OK) goto fail;
             inchunk = 0;
             if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
                 return TD_ERR;
         }
     }
-    if (inchunk > 0 && rd_diff_send(r, d, inchunk) != TD_OK) goto fail;
+    if (inchunk > 0 && rw_diff_send(r, d, inchunk) != TD_OK) goto fail;
     if (sent == 0) return TD_OK;
     if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
     int rc = TD_OK;
@@ -729,7 +729,7 @@ static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kv
             for (size_t k = 0; k < cn; k++) {
                 size_t i = order[c0 + k];
                 todo[i] = 0;
-                rd_result_diff(result, i, rep->element[k]->integer == 1);
+                rw_result_diff(result, i, rep->element[k]->integer == 1);
             }
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
@@ -759,40 +759,40 @@ fail:
     return TD_ERR;
 }
 
-/* td_kvs_diff's callbacks for rd_diff_queue: a pair to set goes straight
+/* td_kvs_diff's callbacks for rw_diff_queue: a pair to set goes straight
  * into the sink as two RESP bulk strings (room reserved for every pair of
  * the new flat form); keys to delete and timer members are collected. */
-typedef struct rd_sinkdiff {
+typedef struct rw_sinkdiff {
     rd_sink *o;
-    rd_diffbuf *d;
+    rw_diffbuf *d;
     size_t nsets;
-} rd_sinkdiff;
+} rw_sinkdiff;
 
-static void rd_sink_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
-    rd_sinkdiff *x = ud;
+static void rw_sink_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    rw_sinkdiff *x = ud;
     if (kl == 1 && k[0] == 'v') return; /* written from the expected version */
-    sk_bulk(x->o, k, kl);
-    sk_bulk(x->o, v, vl);
+    rw_sk_bulk(x->o, k, kl);
+    rw_sk_bulk(x->o, v, vl);
     x->nsets++;
-    if (rd_is_timer_key(k, kl)) rs_push(&x->d->zadd, k + 6, kl - 6);
+    if (rw_is_timer_key(k, kl)) rs_push(&x->d->zadd, k + 6, kl - 6);
 }
 
-static void rd_sink_del(void *ud, const char *k, size_t kl) {
-    rd_diff_del(((rd_sinkdiff *)ud)->d, k, kl);
+static void rw_sink_del(void *ud, const char *k, size_t kl) {
+    rw_diff_del(((rw_sinkdiff *)ud)->d, k, kl);
 }
 
 /* The bytes of "<c><n>\r\n". */
-static size_t rd_head_len(size_t n) {
+static size_t rw_head_len(size_t n) {
     char tmp[24];
     return 3 + td_fmt_u64(n, tmp);
 }
 
-/* Formats prospect st's writes for the MULTI of rd_diff_watch into r->sink
- * (set by rd_diff_prebuild): HSET (the new version first, then the changed
+/* Formats prospect st's writes for the MULTI of rw_diff_watch into r->sink
+ * (set by rw_diff_prebuild): HSET (the new version first, then the changed
  * fields), HDEL, and with the timer index ZADD / ZREM. The same changes as
  * the script's, as plain commands; *queued counts them. */
-static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
-                         int64_t expected, rd_diffbuf *d, size_t *queued) {
+static int rw_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                         int64_t expected, rw_diffbuf *d, size_t *queued) {
     char key[TD_ID_MAX + 80], ver[24];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     if (kn >= sizeof key) kn = sizeof key - 1;
@@ -803,7 +803,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
      * header if that is shorter. HDEL and the rarer timer commands follow
      * (rd_append appends to the same sink). */
     rd_sink *o = r->sink;
-    size_t hmax = rd_head_len(4 + 2 * now->n);
+    size_t hmax = rw_head_len(4 + 2 * now->n);
     if (!sk_reserve(o, hmax + 4 * 32 + kn + now->len + 32 * now->n)) {
         rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
@@ -815,12 +815,12 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
     size_t h0 = o->len;
     o->len += hmax;
     size_t vn = td_fmt_u64((uint64_t)expected + 1, ver);
-    sk_bulk(o, "HSET", 4);
-    sk_bulk(o, key, kn);
-    sk_bulk(o, "v", 1);
-    sk_bulk(o, ver, vn);
-    rd_sinkdiff x = {o, d, 0};
-    if (td_kvs_diff(base, now, rd_sink_set, rd_sink_del, &x) != TD_OK || d->dels.oom ||
+    rw_sk_bulk(o, "HSET", 4);
+    rw_sk_bulk(o, key, kn);
+    rw_sk_bulk(o, "v", 1);
+    rw_sk_bulk(o, ver, vn);
+    rw_sinkdiff x = {o, d, 0};
+    if (td_kvs_diff(base, now, rw_sink_set, rw_sink_del, &x) != TD_OK || d->dels.oom ||
         d->zadd.oom || d->zrem.oom) {
         o->len = h0;
         rd_seterr(r, "redis: out of memory");
@@ -837,11 +837,11 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
             rd_seterr(r, "redis: out of memory building a command");
             return TD_ERR;
         }
-        sk_head(o, 2 + d->dels.n);
-        sk_bulk(o, "HDEL", 4);
-        sk_bulk(o, key, kn);
+        rw_sk_head(o, 2 + d->dels.n);
+        rw_sk_bulk(o, "HDEL", 4);
+        rw_sk_bulk(o, key, kn);
         for (size_t k = 0; k < d->dels.n; k++)
-            sk_bulk(o, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
+            rw_sk_bulk(o, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
         (*queued)++;
     }
     td_rscratch *c = &r->s;
@@ -866,7 +866,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
             size_t sl = set->slen[k];
             if (sl > 3 * (TD_RULE_ID_MAX + 1)) sl = 3 * (TD_RULE_ID_MAX + 1);
             if (pass == 0) {
-                td_ms due = rd_timer_due(st, sfx, sl);
+                td_ms due = rw_timer_due(st, sfx, sl);
                 if (due == TD_MS_MISSING) {
                     rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
                               (int)(sl > 64 ? 64 : sl), sfx);
@@ -901,7 +901,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
 
 /* Appends "WATCH <keys>" and one "HGET <key> v" per prospect of
  * order[0..m). */
-static int rd_watch_append(td_redis *r, const td_state *const *states, const size_t *order,
+static int rw_watch_append(td_redis *r, const td_state *const *states, const size_t *order,
                            size_t m) {
     char key[TD_ID_MAX + 80];
     td_rscratch *c = &r->s;
@@ -924,13 +924,13 @@ static int rd_watch_append(td_redis *r, const td_state *const *states, const siz
 }
 
 /* An error reply's text for a message ("" for any other reply). */
-#define RD_ERRTXT(rep)                                                                             \
+#define RW_ERRTXT(rep)                                                                             \
     ((rep)->type == TD_RESP_ERROR ? (int)((rep)->len > 200 ? 200 : (rep)->len) : 0),               \
         ((rep)->type == TD_RESP_ERROR ? (rep)->s : "")
 
-/* Reads the replies of rd_watch_append: match[k] = the stored version of
+/* Reads the replies of rw_watch_append: match[k] = the stored version of
  * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set). */
-static int rd_watch_read(td_redis *r, const td_state *const *states, const int64_t *expected,
+static int rw_watch_read(td_redis *r, const td_state *const *states, const int64_t *expected,
                          const size_t *order, size_t m, int64_t deadline, unsigned char *match,
                          size_t *nmatch) {
     int rc = TD_OK;
@@ -940,7 +940,7 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
     for (size_t k = 0; k <= m; k++) {
         td_resp rep;
         if (rc != TD_OK && first[0] == '\0') memcpy(first, r->err, sizeof first);
-        if (rd_rx(r, deadline, &rep, "WATCH") != TD_OK) {
+        if (rw_rx(r, deadline, &rep, "WATCH") != TD_OK) {
             if (rc != TD_OK) {
                 /* the first error says why (a server refusing the
                  * connection answers its first command, then closes) */
@@ -956,7 +956,7 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
         }
         if (k == 0) {
             if (!td_resp_is_status(&rep, "OK") && rc == TD_OK) {
-                rd_seterr(r, "redis: WATCH: %.*s", RD_ERRTXT(&rep));
+                rd_seterr(r, "redis: WATCH: %.*s", RW_ERRTXT(&rep));
                 rc = TD_ERR;
             }
         } else {
@@ -971,7 +971,7 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
             } else if (rc == TD_OK) {
                 char key[TD_ID_MAX + 80];
                 td_redis_key(r, states[i]->prospect_id, key, sizeof key);
-                rd_seterr(r, "redis: HGET %s v: %.*s", key, RD_ERRTXT(&rep));
+                rd_seterr(r, "redis: HGET %s v: %.*s", key, RW_ERRTXT(&rep));
                 rc = TD_ERR;
             }
             match[k - 1] = ok;
@@ -984,52 +984,52 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
 /* Reads the replies of a MULTI ... EXEC of `queued` commands.
  * @returns TD_OK (executed), 1 (EXEC aborted: a watched key changed) or
  * TD_ERR (message set). */
-static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
+static int rw_exec_read(td_redis *r, size_t queued, int64_t deadline) {
     int rc = TD_OK;
     for (size_t q = 0; q <= queued; q++) { /* +OK for MULTI, then +QUEUED per command */
         td_resp rep;
-        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
+        if (rw_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
         if (!td_resp_is_status(&rep, q == 0 ? "OK" : "QUEUED")) {
             if (rep.type != TD_RESP_ERROR) {
                 rd_seterr(r, "redis: MULTI: unexpected reply");
                 return TD_ERR; /* out of step: the caller drops the connection */
             }
-            if (rc == TD_OK) rd_seterr(r, "redis: MULTI: %.*s", RD_ERRTXT(&rep));
+            if (rc == TD_OK) rd_seterr(r, "redis: MULTI: %.*s", RW_ERRTXT(&rep));
             rc = TD_ERR;
         }
     }
     td_resp rep;
-    if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
+    if (rw_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
     if (rc != TD_OK) return rc;
     if (rep.type == TD_RESP_NIL) return 1; /* nothing ran */
     if (rep.type != TD_RESP_ARRAY || (uint64_t)rep.i != queued) {
         if (rep.type == TD_RESP_ERROR)
-            rd_seterr(r, "redis: EXEC: %.*s", RD_ERRTXT(&rep));
+            rd_seterr(r, "redis: EXEC: %.*s", RW_ERRTXT(&rep));
         else
             rd_seterr(r, "redis: EXEC: unexpected reply");
         return TD_ERR;
     }
     for (size_t e = 0; e < queued; e++) {
-        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
+        if (rw_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
         if (rep.type == TD_RESP_ARRAY) {
             rd_seterr(r, "redis: EXEC: unexpected reply");
             return TD_ERR; /* HSET, HDEL, ZADD, ZREM answer with integers */
         }
         if (rep.type == TD_RESP_ERROR && rc == TD_OK) {
             /* e.g. WRONGTYPE: a key that is not a hash */
-            rd_seterr(r, "redis: EXEC: %.*s", RD_ERRTXT(&rep));
+            rd_seterr(r, "redis: EXEC: %.*s", RW_ERRTXT(&rep));
             rc = TD_ERR;
         }
     }
     return rc;
 }
 
-/* Formats the writes of the cn prospects order[0..cn) into pb (rd_diff_queue
+/* Formats the writes of the cn prospects order[0..cn) into pb (rw_diff_queue
  * into a sink instead of the connection): they do not depend on the versions
  * the WATCH reads, so they are built while Redis runs the previous chunk. */
-static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td_kvs *bases,
+static int rw_diff_prebuild(td_redis *r, const td_state *const *states, const td_kvs *bases,
                             const td_kvs *nows, const int64_t *expected, const size_t *order,
-                            size_t cn, rd_diffbuf *d, rd_prebuilt *pb) {
+                            size_t cn, rw_diffbuf *d, rd_prebuilt *pb) {
     pb->out.len = 0;
     r->sink = &pb->out;
     int rc = TD_OK;
@@ -1044,7 +1044,7 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
             td_kvs_prefetch(&nows[order[k + 2]], false);
         }
         pb->off[k] = pb->out.len;
-        rc = rd_diff_queue(r, states[i], &bases[i], &nows[i], expected[i], d, &q);
+        rc = rw_diff_queue(r, states[i], &bases[i], &nows[i], expected[i], d, &q);
         pb->q[k] = (unsigned char)q;
     }
     pb->off[cn] = pb->out.len;
@@ -1052,37 +1052,37 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
     return rc;
 }
 
-/* One connection of rd_diff_watch (a lane). Chunk j of the prospects to
+/* One connection of rw_diff_watch (a lane). Chunk j of the prospects to
  * write is order[j * TD_REDIS_DIFF_CHUNK ...]; lane l of L runs the chunks
  * l, l + L, l + 2L, ... Per lane at most two chunks are in flight: `w`, whose
  * WATCH + HGET replies are awaited (its writes prebuilt in r->pre), and
  * `x`, whose MULTI/EXEC (or UNWATCH) replies are awaited, sent before w's
  * WATCH on the same connection, so read first. */
-typedef struct rd_lane {
+typedef struct rw_lane {
     td_redis *r;
     size_t w, x;                              /* chunk numbers; SIZE_MAX: none */
     size_t queued;                            /* commands in x's MULTI; 0: x was an UNWATCH */
     unsigned char match[TD_REDIS_DIFF_CHUNK]; /* of x */
-} rd_lane;
+} rw_lane;
 
 /* The chunk j's share of order[0..m): its first index, its length. */
-static size_t rd_chunk(size_t j, size_t m, size_t *c0) {
+static size_t rw_chunk(size_t j, size_t m, size_t *c0) {
     *c0 = j * TD_REDIS_DIFF_CHUNK;
     return m - *c0 < TD_REDIS_DIFF_CHUNK ? m - *c0 : TD_REDIS_DIFF_CHUNK;
 }
 
 /* Sends chunk j's WATCH + HGETs on lane ln (after whatever is appended) and
  * formats its writes while Redis runs them. */
-static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const *states,
+static int rw_lane_watch(rw_lane *ln, size_t j, size_t m, const td_state *const *states,
                          const td_kvs *bases, const td_kvs *nows, const int64_t *expected,
-                         const size_t *order, rd_diffbuf *d, int64_t deadline) {
-    size_t c0, cn = rd_chunk(j, m, &c0);
+                         const size_t *order, rw_diffbuf *d, int64_t deadline) {
+    size_t c0, cn = rw_chunk(j, m, &c0);
     ln->r->sink = &ln->r->out; /* after the previous chunk's MULTI/EXEC, if any */
-    int rc = rd_watch_append(ln->r, states, order + c0, cn);
+    int rc = rw_watch_append(ln->r, states, order + c0, cn);
     ln->r->sink = NULL;
-    if (rc != TD_OK || rd_tx(ln->r, deadline, "WATCH") != TD_OK) return TD_ERR;
+    if (rc != TD_OK || rw_tx(ln->r, deadline, "WATCH") != TD_OK) return TD_ERR;
     ln->w = j;
-    return rd_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d, &ln->r->pre);
+    return rw_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d, &ln->r->pre);
 }
 
 /*
@@ -1099,7 +1099,7 @@ static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const 
  * One round trip per chunk and connection: the WATCH of a lane's next chunk
  * travels with the MULTI/EXEC of its current one (EXEC clears the watches
  * first), and the writes of that next chunk are formatted while Redis runs
- * the round trip (rd_diff_prebuild). With two lanes (two connections, the
+ * the round trip (rw_diff_prebuild). With two lanes (two connections, the
  * chunks alternating between them), Redis runs one lane's round trip while
  * this thread reads the other's replies and sends its next one, so Redis is
  * not idle while this thread turns a chunk around. The chunks hold distinct
@@ -1110,9 +1110,9 @@ static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const 
  * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed;
  * every lane's connection is dropped, the message is in r).
  */
-static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases,
+static int rw_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases,
                          const td_kvs *nows, const int64_t *expected, size_t n, int *result,
-                         unsigned char *todo, int64_t deadline, rd_diffbuf *d, size_t *order,
+                         unsigned char *todo, int64_t deadline, rw_diffbuf *d, size_t *order,
                          size_t *raced) {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
@@ -1120,7 +1120,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
     *raced = 0;
     if (m == 0) return TD_OK;
     size_t nchunks = (m + TD_REDIS_DIFF_CHUNK - 1) / TD_REDIS_DIFF_CHUNK;
-    rd_lane lanes[2] = {{.r = r, .w = SIZE_MAX, .x = SIZE_MAX},
+    rw_lane lanes[2] = {{.r = r, .w = SIZE_MAX, .x = SIZE_MAX},
                         {.r = r->peer, .w = SIZE_MAX, .x = SIZE_MAX}};
     size_t nl = 1;
     if (r->peer) r->peer->err[0] = '\0';
@@ -1134,31 +1134,31 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
     for (size_t l = 0; l < nl; l++) {
         td_redis *lr = lanes[l].r;
         lr->out.len = lr->in.len = lr->rpos = lr->nrun = 0;
-        if (!rd_raw_ready(lr)) { /* not reached: every call reads all its replies */
+        if (!rw_raw_ready(lr)) { /* not reached: every call reads all its replies */
             rd_seterr(lr, "redis: unread replies on the connection");
             goto fail;
         }
     }
     for (size_t l = 0; l < nl; l++)
-        if (rd_lane_watch(&lanes[l], l, m, states, bases, nows, expected, order, d, deadline) !=
+        if (rw_lane_watch(&lanes[l], l, m, states, bases, nows, expected, order, d, deadline) !=
             TD_OK)
             goto fail;
     for (size_t busy = nl; busy > 0;) {
         for (size_t l = 0; l < nl; l++) {
-            rd_lane *ln = &lanes[l];
+            rw_lane *ln = &lanes[l];
             td_redis *lr = ln->r;
             if (!lr) continue; /* done */
             size_t c0, cn;
             if (ln->x != SIZE_MAX) { /* the previous chunk's EXEC or UNWATCH */
-                cn = rd_chunk(ln->x, m, &c0);
+                cn = rw_chunk(ln->x, m, &c0);
                 int x = TD_OK;
                 if (ln->queued) {
-                    x = rd_exec_read(lr, ln->queued, deadline);
+                    x = rw_exec_read(lr, ln->queued, deadline);
                 } else {
                     td_resp rep;
-                    if (rd_rx(lr, deadline, &rep, "UNWATCH") != TD_OK) goto fail;
+                    if (rw_rx(lr, deadline, &rep, "UNWATCH") != TD_OK) goto fail;
                     if (!td_resp_is_status(&rep, "OK")) {
-                        rd_seterr(lr, "redis: UNWATCH: %.*s", RD_ERRTXT(&rep));
+                        rd_seterr(lr, "redis: UNWATCH: %.*s", RW_ERRTXT(&rep));
                         goto fail;
                     }
                 }
@@ -1170,7 +1170,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                         continue;
                     }
                     todo[i] = 0;
-                    rd_result_diff(result, i, ln->match[k]);
+                    rw_result_diff(result, i, ln->match[k]);
                 }
                 ln->x = SIZE_MAX;
             }
@@ -1179,9 +1179,9 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                 busy--;
                 continue;
             }
-            cn = rd_chunk(ln->w, m, &c0);
+            cn = rw_chunk(ln->w, m, &c0);
             size_t nmatch;
-            if (rd_watch_read(lr, states, expected, order + c0, cn, deadline, ln->match, &nmatch) !=
+            if (rw_watch_read(lr, states, expected, order + c0, cn, deadline, ln->match, &nmatch) !=
                 TD_OK)
                 goto fail;
             if (r->race_hook) r->race_hook(r->race_ud);
@@ -1195,7 +1195,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
             int ar = rd_append(lr);
             if (ar == TD_OK && nmatch) {
                 /* each run of matching prospects is contiguous in pb: sent
-                 * from there (rd_tx sends pb before the lane prebuilds its
+                 * from there (rw_tx sends pb before the lane prebuilds its
                  * next chunk into it), at most one run per two prospects */
                 lr->split = lr->out.len;
                 for (size_t k = 0; k < cn;) {
@@ -1221,10 +1221,10 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
             ln->w = SIZE_MAX;
             size_t next = ln->x + nl;
             if (next < nchunks) {
-                if (rd_lane_watch(ln, next, m, states, bases, nows, expected, order, d, deadline) !=
+                if (rw_lane_watch(ln, next, m, states, bases, nows, expected, order, d, deadline) !=
                     TD_OK)
                     goto fail;
-            } else if (rd_tx(lr, deadline, "EXEC") != TD_OK) {
+            } else if (rw_tx(lr, deadline, "EXEC") != TD_OK) {
                 goto fail;
             }
         }
@@ -1266,7 +1266,7 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
     }
     if (rd_check_ids(r, NULL, states, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    if (!r->dsha[0] && rd_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
+    if (!r->dsha[0] && rw_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
     size_t *order = malloc(n * sizeof *order);
     if (!todo || !order) {
@@ -1276,7 +1276,7 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
         return TD_ERR;
     }
     memset(todo, 1, n);
-    rd_diffbuf d = {0};
+    rw_diffbuf d = {0};
     size_t noscript = 0;
     int rc = TD_OK;
     /* Up to one chunk, the script's single round trip beats WATCH's two
@@ -1286,20 +1286,20 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
     if (n > TD_REDIS_DIFF_CHUNK && r->lanes > 1 && !r->peer)
         r->peer = td_redis_new(&r->conf, NULL, 0); /* NULL (no memory): one lane */
     if (n > TD_REDIS_DIFF_CHUNK &&
-        rd_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
+        rw_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
                       order, &raced) != TD_OK)
         rc = TD_ERR;
     else if (raced > 0)
         /* Contention (another writer on these keys): the script writes each
          * prospect on its own, so one busy key cannot starve the rest. */
-        rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
+        rc = rw_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
                            &noscript, &d, order);
     if (rc == TD_OK && noscript > 0) {
         /* The server lost the script (restart, failover, SCRIPT FLUSH):
          * load it again and retry those prospects once. */
-        rc = rd_diff_script_load(r, deadline);
+        rc = rw_diff_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
+            rc = rw_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
                                &noscript, &d, order);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
@@ -1333,7 +1333,7 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
     }
     if (rd_check_ids(r, states, NULL, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
     int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    if (!r->sha[0] && rd_script_load(r, deadline) != TD_OK) return TD_ERR;
+    if (!r->sha[0] && rw_script_load(r, deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
     if (!todo) {
         rd_seterr(r, "redis: out of memory");
@@ -1341,16 +1341,16 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
     }
     memset(todo, 1, n);
     size_t noscript = 0;
-    rd_full_ud u = {states, expected_version};
-    int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
-                          rd_append_full, &u);
+    rw_full_ud u = {states, expected_version};
+    int rc = rw_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
+                          rw_append_full, &u);
     if (rc == TD_OK && noscript > 0) {
         /* The server lost the script (restart, failover, SCRIPT FLUSH):
          * load it again and retry those prospects once. */
-        rc = rd_script_load(r, deadline);
+        rc = rw_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
-                              rd_append_full, &u);
+            rc = rw_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
+                              rw_append_full, &u);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
                       noscript);

@@ -5,8 +5,8 @@
  * flat form the caller meant to write (td_redis.h says what counts as a
  * difference). Differences are counted, not errors; a failed read back is.
  *
- * File-local functions: rd_, as the module's shared ones
- * (td_redis_internal.h).
+ * File-local functions and types: rv_; the module's shared ones (rd_, rs_,
+ * sk_) are in td_redis_internal.h.
  *
  * @locality one thread at a time per td_redis (td_redis.h); the counter is
  * read by any thread.
@@ -24,24 +24,24 @@ void td_redis_verify_last(const td_redis *r, char *buf, size_t cap) {
     if (cap > 0) snprintf(buf, cap, "%s", r ? r->verify_msg : "");
 }
 
-/* td_kvs_diff callbacks of rd_verify_one: the first difference between
+/* td_kvs_diff callbacks of rv_verify_one: the first difference between
  * the flat form Redis' hash loads as (`got`) and the one written (`now`). */
-typedef struct rd_vdiff {
+typedef struct rv_vdiff {
     const td_kvs *got;
     char *why;
     size_t cap;
-} rd_vdiff;
+} rv_vdiff;
 
-static const td_kvs_entry *rd_kvs_find(const td_kvs *kv, const char *key, size_t klen) {
+static const td_kvs_entry *rv_kvs_find(const td_kvs *kv, const char *key, size_t klen) {
     for (size_t j = 0; j < kv->n; j++)
         if (kv->e[j].kl == klen && memcmp(kv->buf + kv->e[j].k, key, klen) == 0) return &kv->e[j];
     return NULL;
 }
 
-static void rd_vdiff_set(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
-    rd_vdiff *x = ud;
+static void rv_vdiff_set(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
+    rv_vdiff *x = ud;
     if (x->why[0] || (klen == 1 && key[0] == 'v')) return;
-    const td_kvs_entry *g = rd_kvs_find(x->got, key, klen);
+    const td_kvs_entry *g = rv_kvs_find(x->got, key, klen);
     if (g)
         snprintf(x->why, x->cap, "field \"%.*s\": redis holds \"%.*s\", touchd wrote \"%.*s\"",
                  (int)(klen > 60 ? 60 : klen), key, (int)(g->vl > 60 ? 60 : g->vl),
@@ -51,10 +51,10 @@ static void rd_vdiff_set(void *ud, const char *key, size_t klen, const char *val
                  (int)(klen > 60 ? 60 : klen), key, (int)(vlen > 60 ? 60 : vlen), val);
 }
 
-static void rd_vdiff_del(void *ud, const char *key, size_t klen) {
-    rd_vdiff *x = ud;
+static void rv_vdiff_del(void *ud, const char *key, size_t klen) {
+    rv_vdiff *x = ud;
     if (x->why[0] || (klen == 1 && key[0] == 'v')) return;
-    const td_kvs_entry *g = rd_kvs_find(x->got, key, klen);
+    const td_kvs_entry *g = rv_kvs_find(x->got, key, klen);
     snprintf(x->why, x->cap, "field \"%.*s\": redis holds \"%.*s\", touchd has no such field",
              (int)(klen > 60 ? 60 : klen), key, g ? (int)(g->vl > 60 ? 60 : g->vl) : 0,
              g ? x->got->buf + g->v : "");
@@ -63,7 +63,7 @@ static void rd_vdiff_del(void *ud, const char *key, size_t klen) {
 /* The first difference, into why ("" when none), between the state one
  * HGETALL reply loads as (what a reload would see: fields parsed, unknown
  * ones ignored) and the flat form `now` written at a version >= min_v. */
-static void rd_verify_one(td_redis *r, const td_state *st, const redisReply *rep, const td_kvs *now,
+static void rv_verify_one(td_redis *r, const td_state *st, const redisReply *rep, const td_kvs *now,
                           int64_t min_v, char *why, size_t cap) {
     why[0] = '\0';
     td_state got;
@@ -78,9 +78,9 @@ static void rd_verify_one(td_redis *r, const td_state *st, const redisReply *rep
                  got.version, min_v);
     } else {
         td_kvs kv = {0};
-        rd_vdiff x = {&kv, why, cap};
+        rv_vdiff x = {&kv, why, cap};
         if (td_kvs_capture(&kv, &got) != TD_OK ||
-            td_kvs_diff(&kv, now, rd_vdiff_set, rd_vdiff_del, &x) != TD_OK)
+            td_kvs_diff(&kv, now, rv_vdiff_set, rv_vdiff_del, &x) != TD_OK)
             snprintf(why, cap, "out of memory comparing");
         td_kvs_free(&kv);
     }
@@ -114,7 +114,7 @@ int rd_verify(td_redis *r, const td_state *const *states, const td_kvs *nows,
             TD_OK)
             return TD_ERR;
         char why[300];
-        rd_verify_one(r, states[i], rep, &nows[i], expected_version[i] + 1, why, sizeof why);
+        rv_verify_one(r, states[i], rep, &nows[i], expected_version[i] + 1, why, sizeof why);
         freeReplyObject(rep);
         if (why[0]) {
             char key[TD_ID_MAX + 80];
