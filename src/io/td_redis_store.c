@@ -589,6 +589,22 @@ static td_ms rw_timer_due(const td_state *st, const char *sfx, size_t n) {
     return TD_MS_MISSING;
 }
 
+/* Pushes onto `a` the due time (decimal ms) of st's timer whose member suffix
+ * is sfx[0..sl), and gives it in *due. @returns TD_OK, or TD_ERR (no such
+ * timer: message set). */
+static int rw_push_due(td_redis *r, const td_state *st, const char *sfx, size_t sl, td_rscratch *a,
+                       td_ms *due) {
+    *due = rw_timer_due(st, sfx, sl);
+    if (*due == TD_MS_MISSING) {
+        rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
+                  (int)(sl > 64 ? 64 : sl), sfx);
+        return TD_ERR;
+    }
+    char dn[24];
+    rs_push(a, dn, td_fmt_i64(*due, dn));
+    return TD_OK;
+}
+
 /* Collects into d what turns `base` into `now`: pairs to set, keys to
  * delete, and the timer members to add and remove. */
 static int rw_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, rw_diffbuf *d) {
@@ -643,14 +659,8 @@ static int rw_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
     for (size_t k = 0; k < nz; k++) {
         const char *sfx = d->zadd.buf + d->zadd.off[k];
         size_t sl = d->zadd.slen[k];
-        td_ms due = rw_timer_due(st, sfx, sl);
-        if (due == TD_MS_MISSING) {
-            rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
-                      (int)(sl > 64 ? 64 : sl), sfx);
-            return TD_ERR;
-        }
-        char dn[24];
-        rs_push(a, dn, td_fmt_i64(due, dn));
+        td_ms due;
+        if (rw_push_due(r, st, sfx, sl, a, &due) != TD_OK) return TD_ERR;
         rs_push(a, sfx, sl);
     }
     for (size_t k = 0; k < nr; k++)
@@ -866,14 +876,8 @@ static int rw_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
             size_t sl = set->slen[k];
             if (sl > 3 * (TD_RULE_ID_MAX + 1)) sl = 3 * (TD_RULE_ID_MAX + 1);
             if (pass == 0) {
-                td_ms due = rw_timer_due(st, sfx, sl);
-                if (due == TD_MS_MISSING) {
-                    rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
-                              (int)(sl > 64 ? 64 : sl), sfx);
-                    return TD_ERR;
-                }
-                char dn[24];
-                rs_push(c, dn, td_fmt_i64(due, dn));
+                td_ms due;
+                if (rw_push_due(r, st, sfx, sl, c, &due) != TD_OK) return TD_ERR;
                 if (lo == TD_MS_MISSING || due < lo) lo = due;
             }
             memcpy(member + pn, sfx, sl);
@@ -1252,21 +1256,32 @@ fail:
     return TD_ERR;
 }
 
+/* What both writes do before sending a state: check the arguments (states
+ * as arr[i], or *ptrs[i] when ptrs), get a usable connection, start the
+ * call's deadline and load the write's script (the diff script when diff)
+ * if it is not loaded yet. @returns TD_OK/TD_ERR. */
+static int rw_begin(td_redis *r, const td_state *arr, const td_state *const *ptrs,
+                    const int64_t *expected_version, size_t n, bool diff, int64_t *deadline) {
+    for (size_t i = 0; i < n; i++) {
+        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
+            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
+                      (ptrs ? ptrs[i] : &arr[i])->prospect_id, expected_version[i]);
+            return TD_ERR;
+        }
+    }
+    if (rd_check_ids(r, arr, ptrs, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
+    *deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    if (diff) return r->dsha[0] ? TD_OK : rw_diff_script_load(r, *deadline);
+    return r->sha[0] ? TD_OK : rw_script_load(r, *deadline);
+}
+
 int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs *bases,
                         const td_kvs *nows, const int64_t *expected_version, size_t n,
                         int *result) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
-    for (size_t i = 0; i < n; i++) {
-        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
-            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
-                      states[i]->prospect_id, expected_version[i]);
-            return TD_ERR;
-        }
-    }
-    if (rd_check_ids(r, NULL, states, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    if (!r->dsha[0] && rw_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
+    int64_t deadline;
+    if (rw_begin(r, NULL, states, expected_version, n, true, &deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
     size_t *order = malloc(n * sizeof *order);
     if (!todo || !order) {
@@ -1324,16 +1339,8 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
                    int *result) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
-    for (size_t i = 0; i < n; i++) {
-        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
-            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
-                      states[i].prospect_id, expected_version[i]);
-            return TD_ERR;
-        }
-    }
-    if (rd_check_ids(r, states, NULL, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    if (!r->sha[0] && rw_script_load(r, deadline) != TD_OK) return TD_ERR;
+    int64_t deadline;
+    if (rw_begin(r, states, NULL, expected_version, n, false, &deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
     if (!todo) {
         rd_seterr(r, "redis: out of memory");
