@@ -1,13 +1,18 @@
 /*
  * td_base.c - the small helpers every core module shares: channel and type
- * names, a bounded string copy and the FNV-1a hash.
+ * names, a bounded string copy, the FNV-1a hash, and the growable byte
+ * buffer td_buf with its JSON string writer (td_json_str_at).
  *
- * Owns nothing: every table here is constant, every function is pure.
+ * Owns nothing: every table here is constant; every function but td_buf's
+ * is pure (td_buf's allocate the buffer their caller owns).
  *
  * @locality any thread.
  */
 #include "td_base.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Indexed by td_channel; the names are the wire names of DESIGN.md. */
@@ -129,4 +134,188 @@ int td_parse_i64(const char *v, size_t n, int64_t *out) {
     }
     *out = neg ? (m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m) : (int64_t)m;
     return TD_OK;
+}
+
+/* ---- td_buf ---- */
+
+int td_buf_reserve(td_buf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap) return TD_OK;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) return TD_ERR;
+    b->p = p;
+    b->cap = cap;
+    return TD_OK;
+}
+
+int td_buf_append(td_buf *b, const char *s, size_t n) {
+    if (td_buf_reserve(b, n) != TD_OK) return TD_ERR;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return TD_OK;
+}
+
+int td_buf_printf(td_buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char tmp[256];
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return TD_ERR;
+    if ((size_t)n < sizeof tmp) return td_buf_append(b, tmp, (size_t)n);
+    if (td_buf_reserve(b, (size_t)n) != TD_OK) return TD_ERR;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return TD_OK;
+}
+
+/* The short JSON escapes, by byte; the other bytes below 0x20 and 0x7f are
+ * written \u00XX, and every other byte (UTF-8 included) as it is. */
+static const char td_json_esc[128][7] = {
+    ['"'] = "\\\"", ['\\'] = "\\\\", ['\n'] = "\\n", ['\r'] = "\\r", ['\t'] = "\\t",
+};
+
+static inline bool td_json_plain(unsigned char c) {
+    return c >= 0x20 && c != '"' && c != '\\' && c != 0x7f;
+}
+
+/*
+ * The plain prefix of p[0..r): copied to o, its length returned. o has room
+ * for r bytes (the caller reserved 6 * r for them): bytes past the prefix
+ * may be written too, and are overwritten by the caller.
+ *
+ * With SSE2 (every x86-64), 16 bytes per test; the last bytes of a run are
+ * tested with one load that ends at p + r and overlaps bytes already known
+ * plain, and a run shorter than 16 with two overlapping 8- or 4-byte loads.
+ * Otherwise, 8 bytes per test in a 64-bit word (SWAR), then byte by byte.
+ * Reads stay inside p[0..r).
+ */
+#if defined(__SSE2__) && !defined(TD_JSON_NO_SSE2) /* tests build the other path too */
+#include <emmintrin.h>
+
+/* Bit k set when byte k of v is not td_json_plain. */
+static inline unsigned td_json_special16(__m128i v) {
+    __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v); /* v <= 0x1f */
+    __m128i q = _mm_cmpeq_epi8(v, _mm_set1_epi8('"'));
+    __m128i bs = _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'));
+    __m128i del = _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f));
+    return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(ctl, q), _mm_or_si128(bs, del)));
+}
+
+static inline size_t td_json_plain_run(char *o, const char *p, size_t r) {
+    if (r >= 16) {
+        size_t k = 0;
+        for (; r - k >= 16; k += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
+            unsigned m = td_json_special16(v);
+            _mm_storeu_si128((__m128i *)(void *)(o + k), v);
+            if (m) return k + (size_t)__builtin_ctz(m);
+        }
+        if (k == r) return r;
+        /* p[r - 16 .. k) is plain: its bits are clear */
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + r - 16));
+        unsigned m = td_json_special16(v);
+        _mm_storeu_si128((__m128i *)(void *)(o + r - 16), v);
+        return m ? r - 16 + (size_t)__builtin_ctz(m) : r;
+    }
+    if (r >= 8) { /* p[0..8) and p[r-8..r) */
+        __m128i a = _mm_loadl_epi64((const __m128i *)(const void *)p);
+        __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(p + r - 8));
+        unsigned m = td_json_special16(_mm_unpacklo_epi64(a, b));
+        _mm_storel_epi64((__m128i *)(void *)o, a);
+        _mm_storel_epi64((__m128i *)(void *)(o + r - 8), b);
+        if (m & 0xff) return (size_t)__builtin_ctz(m);
+        return m ? r - 16 + (size_t)__builtin_ctz(m) : r;
+    }
+    if (r >= 4) { /* p[0..4) and p[r-4..r) */
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + r - 4, 4);
+        unsigned m =
+            td_json_special16(_mm_set_epi32(0x40404040, 0x40404040, (int)b, (int)a)) & 0xff;
+        memcpy(o, &a, 4);
+        memcpy(o + r - 4, &b, 4);
+        if (m & 0xf) return (size_t)__builtin_ctz(m);
+        return m ? r - 8 + (size_t)__builtin_ctz(m) : r;
+    }
+    size_t k = 0;
+    while (k < r && td_json_plain((unsigned char)p[k])) {
+        o[k] = p[k];
+        k++;
+    }
+    return k;
+}
+#else
+/* Nonzero when some byte of w is not td_json_plain. Each term sets a byte's
+ * high bit only if that byte or a lower one matches (a borrow runs upwards
+ * from a real match), so "any byte" is exact; bytes >= 0x80 never match. */
+#define TD_SWAR_ONES 0x0101010101010101ULL
+static inline uint64_t td_json_special8(uint64_t w) {
+    uint64_t q = w ^ (TD_SWAR_ONES * '"'), bs = w ^ (TD_SWAR_ONES * '\\'),
+             del = w ^ (TD_SWAR_ONES * 0x7f);
+    return (((w - TD_SWAR_ONES * 0x20) & ~w) | ((q - TD_SWAR_ONES) & ~q) |
+            ((bs - TD_SWAR_ONES) & ~bs) | ((del - TD_SWAR_ONES) & ~del)) &
+           (TD_SWAR_ONES * 0x80);
+}
+
+static inline size_t td_json_plain_run(char *o, const char *p, size_t r) {
+    size_t k = 0;
+    for (; r - k >= 8; k += 8) {
+        uint64_t w;
+        memcpy(&w, p + k, 8);
+        if (td_json_special8(w)) break;
+        memcpy(o + k, &w, 8);
+    }
+    while (k < r && td_json_plain((unsigned char)p[k])) {
+        o[k] = p[k];
+        k++;
+    }
+    return k;
+}
+#endif
+
+char *td_json_str_at(char *o, const char *s, size_t n) {
+    *o++ = '"';
+    size_t i = 0;
+    for (;;) {
+        size_t k = td_json_plain_run(o, s + i, n - i);
+        o += k;
+        i += k;
+        if (i == n) break;
+        unsigned char c = (unsigned char)s[i++]; /* not plain: below 0x80 */
+        const char *e = td_json_esc[c];
+        if (e[0]) { /* every short escape is two bytes */
+            o[0] = e[0];
+            o[1] = e[1];
+            o += 2;
+        } else { /* other controls and DEL: \u00XX */
+            static const char hex[] = "0123456789abcdef";
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+        }
+    }
+    *o++ = '"';
+    return o;
+}
+
+int td_buf_json_str(td_buf *b, const char *s, size_t n) {
+    /* escapes are at most 6 bytes each: one reservation covers the string */
+    if (n > (SIZE_MAX - 3) / 6 || td_buf_reserve(b, 6 * n + 2) != TD_OK) return TD_ERR;
+    char *o = td_json_str_at(b->p + b->len, s, n);
+    *o = '\0';
+    b->len = (size_t)(o - b->p);
+    return TD_OK;
+}
+
+void td_buf_free(td_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
 }

@@ -79,6 +79,22 @@ size_t td_fmt_i64(int64_t v, char *buf);
 int td_parse_i64(const char *v, size_t n, int64_t *out);
 #define TD_HASH_SEED 0xcbf29ce484222325ULL
 
+/* A growable byte buffer (JSON output: recommendations, gift records). The
+ * text is kept NUL-terminated; the owner frees it with td_buf_free. */
+typedef struct td_buf {
+    char *p;
+    size_t len, cap;
+} td_buf;
+int td_buf_reserve(td_buf *b, size_t extra);
+int td_buf_append(td_buf *b, const char *s, size_t n);
+int td_buf_printf(td_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int td_buf_json_str(td_buf *b, const char *s, size_t n); /* quoted, escaped */
+void td_buf_free(td_buf *b);
+/* Writes s (n bytes) as a JSON string, quoted and escaped, at o, which has
+ * room for 6 * n + 2 bytes (no NUL is written); @returns the end. What
+ * td_buf_json_str and the recommendation writer (td_engine.c) write. */
+char *td_json_str_at(char *o, const char *s, size_t n);
+
 /* ---- typed values: what rule expressions compute and state fields hold ---- */
 
 typedef enum td_type {

@@ -131,17 +131,6 @@ typedef struct td_step_out {
 int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
                    td_tzdb *tz, unsigned flags, td_step_out *out);
 
-/* A growable byte buffer (for JSON output). */
-typedef struct td_buf {
-    char *p;
-    size_t len, cap;
-} td_buf;
-int td_buf_reserve(td_buf *b, size_t extra);
-int td_buf_append(td_buf *b, const char *s, size_t n);
-int td_buf_printf(td_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int td_buf_json_str(td_buf *b, const char *s, size_t n); /* quoted, escaped */
-void td_buf_free(td_buf *b);
-
 /*
  * Appends one recommendation as the contract's JSON object (one line, no
  * trailing newline) to b. generated_at is the caller's clock.

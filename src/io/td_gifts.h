@@ -37,7 +37,6 @@
 
 #include "td_base.h"
 #include "td_config.h"
-#include "td_engine.h"
 #include "td_event.h"
 #include "td_redis.h"
 #include "td_state.h"

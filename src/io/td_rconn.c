@@ -1,11 +1,15 @@
 /*
- * td_rconn.c - see td_rconn.h.
+ * td_rconn.c - see td_rconn.h: connect, the plain session (AUTH, SELECT),
+ * the idle check, and the backoff every Redis connection of touchd uses.
+ *
+ * File-local functions: rc_.
  *
  * @locality one thread (the owner's).
  */
 #include "td_rconn.h"
 
 #include <inttypes.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -33,6 +37,18 @@ void td_rconn_init(td_rconn *rc, const td_redis_conf *conf, const char *who, cha
     rc->err = err;
     rc->errcap = errcap;
     rc->backoff_ms = conf->backoff_min_ms;
+    rc->pol.connect_what = "connect";
+}
+
+void td_rconn_set_policy(td_rconn *rc, const td_rconn_policy *pol) { rc->pol = *pol; }
+
+bool td_rconn_usable(const td_rconn *rc) {
+    if (!rc->c || rc->c->err) return false;
+    if (!rc->pol.poll_idle) return true;
+    /* The socket of an idle connection is readable only if the server closed
+     * it (or broke protocol): either way the connection is unusable. */
+    struct pollfd p = {.fd = rc->c->fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 0; /* readable, hung up, error, or poll itself failed */
 }
 
 void td_rconn_close(td_rconn *rc) {
@@ -76,21 +92,13 @@ static int rc_session(td_rconn *rc, const char *what, int argc, const char **arg
     return TD_OK;
 }
 
-static int rc_connect(td_rconn *rc) {
+/* The plain session: AUTH, then SELECT, one command at a time under the
+ * connect timeout; then the command timeout on the socket. */
+static int rc_plain_session(td_rconn *rc) {
     const td_redis_conf *cf = rc->conf;
     struct timeval ctv = {.tv_sec = cf->connect_timeout_ms / 1000,
                           .tv_usec = (cf->connect_timeout_ms % 1000) * 1000};
-    redisContext *c = cf->unix_socket ? redisConnectUnixWithTimeout(cf->host, ctv)
-                                      : redisConnectWithTimeout(cf->host, cf->port, ctv);
-    if (!c || c->err) {
-        td_rconn_seterr(rc, "%s: connect: %s; reconnecting in %" PRId64 " ms", rc->who,
-                        c ? c->errstr : "out of memory", rc->backoff_ms);
-        if (c) redisFree(c);
-        td_rconn_drop(rc, true);
-        return TD_ERR;
-    }
-    rc->c = c;
-    (void)redisSetTimeout(c, ctv); /* the session commands run under the connect timeout */
+    (void)redisSetTimeout(rc->c, ctv); /* the session commands run under the connect timeout */
     if (cf->password) {
         const char *argv[3];
         size_t lens[3];
@@ -118,9 +126,29 @@ static int rc_connect(td_rconn *rc) {
     return TD_OK;
 }
 
+/* Connect (TCP or unix socket, bounded by connect_timeout_ms), then the
+ * owner's session. */
+static int rc_connect(td_rconn *rc) {
+    const td_redis_conf *cf = rc->conf;
+    int64_t deadline = rc_mono_ms() + cf->connect_timeout_ms;
+    struct timeval ctv = {.tv_sec = cf->connect_timeout_ms / 1000,
+                          .tv_usec = (cf->connect_timeout_ms % 1000) * 1000};
+    redisContext *c = cf->unix_socket ? redisConnectUnixWithTimeout(cf->host, ctv)
+                                      : redisConnectWithTimeout(cf->host, cf->port, ctv);
+    if (!c || c->err) {
+        td_rconn_seterr(rc, "%s: %s: %s; reconnecting in %" PRId64 " ms", rc->who,
+                        rc->pol.connect_what, c ? c->errstr : "out of memory", rc->backoff_ms);
+        if (c) redisFree(c);
+        td_rconn_drop(rc, true);
+        return TD_ERR;
+    }
+    rc->c = c;
+    return rc->pol.session ? rc->pol.session(rc, deadline, rc->pol.ud) : rc_plain_session(rc);
+}
+
 int td_rconn_ensure(td_rconn *rc) {
-    if (rc->c && !rc->c->err) return TD_OK;
-    if (rc->c) td_rconn_drop(rc, false);
+    if (td_rconn_usable(rc)) return TD_OK;
+    if (rc->c) td_rconn_drop(rc, false); /* broken, or closed by the server while idle: at once */
     int64_t now = rc_mono_ms();
     if (now < rc->next_try_ms) {
         td_rconn_seterr(rc, "%s: reconnecting in %" PRId64 " ms", rc->who, rc->next_try_ms - now);

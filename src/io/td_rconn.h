@@ -1,12 +1,15 @@
 /*
- * td_rconn.h - one plain (non-pipelined) Redis connection with the project's
- * connection policy: connect and command timeouts, AUTH (password or ACL
- * user), SELECT, and reconnection with exponential backoff where a call
- * inside the backoff window fails fast instead of sleeping.
+ * td_rconn.h - touchd's one Redis connection layer: a hiredis context with
+ * the project's connection policy: connect and command timeouts, AUTH
+ * (password or ACL user), SELECT, and reconnection with exponential backoff
+ * where a call inside the backoff window fails fast instead of sleeping.
  *
- * The timer index (td_timers.c) and the gift register (td_gifts.c) use it;
- * td_redis.c keeps its own pipelined engine (deadlines across a whole batch)
- * on top of the same td_redis_conf.
+ * Every Redis connection of touchd is a td_rconn: the timer index
+ * (td_timers.c) and the gift register (td_gifts.c) send plain commands
+ * through it (td_rconn_command); the state store (td_redis_*.c) embeds one
+ * per connection and runs its own pipelined, deadline-bound I/O on rc->c,
+ * with its own session (AUTH and SELECT in one round trip) and an idle check
+ * by poll (td_rconn_set_policy). The backoff is this file's alone.
  *
  * The configuration and the error buffer belong to the owner and must outlive
  * the connection; messages never contain the password.
@@ -20,7 +23,28 @@
 
 #include "td_redis.h"
 
-typedef struct td_rconn {
+typedef struct td_rconn td_rconn;
+
+/* What differs between owners (td_rconn_init sets the plain policy: the
+ * timers' and the gifts'). */
+typedef struct td_rconn_policy {
+    /* The step a failed connect names in its message: "connect" ("redis
+     * timers: connect: <why>; reconnecting in N ms"). */
+    const char *connect_what;
+    /* td_rconn_ensure and td_rconn_usable also poll an idle socket: readable
+     * means the server closed it (restart, idle timeout, CLIENT KILL), so the
+     * next call reconnects at once instead of failing on a stale socket. */
+    bool poll_idle;
+    /* Runs on each new socket, before `deadline` (monotonic ms: the connect
+     * attempt's start + connect_timeout_ms): TD_OK, or TD_ERR with the
+     * message set and the connection dropped (penalized). NULL: the plain
+     * session: AUTH, then SELECT, one command at a time under the connect
+     * timeout, then the command timeout on the socket. */
+    int (*session)(td_rconn *rc, int64_t deadline, void *ud);
+    void *ud;
+} td_rconn_policy;
+
+struct td_rconn {
     const td_redis_conf *conf; /* borrowed */
     const char *who;           /* message prefix, e.g. "redis timers" */
     char *err;                 /* the owner's error buffer (borrowed) */
@@ -28,16 +52,22 @@ typedef struct td_rconn {
     redisContext *c;     /* NULL when disconnected */
     int64_t backoff_ms;  /* delay after the next failure */
     int64_t next_try_ms; /* monotonic: no connect attempt before this */
-} td_rconn;
+    td_rconn_policy pol;
+};
 
 void td_rconn_init(td_rconn *rc, const td_redis_conf *conf, const char *who, char *err,
                    size_t errcap);
+/* Replaces the plain policy (before the first td_rconn_ensure). */
+void td_rconn_set_policy(td_rconn *rc, const td_rconn_policy *pol);
+/* Connected now (with poll_idle: and not closed by the server meanwhile). */
+bool td_rconn_usable(const td_rconn *rc);
 /* Closes the connection (the struct stays usable). */
 void td_rconn_close(td_rconn *rc);
 /* Closes the connection; with penalize, the next attempt waits the backoff,
  * which then doubles up to backoff_max_ms. */
 void td_rconn_drop(td_rconn *rc, bool penalize);
-/* Connected now, or connects when the backoff allows. @returns TD_OK/TD_ERR. */
+/* Connected now, or connects when the backoff allows (a successful session
+ * resets the backoff to backoff_min_ms). @returns TD_OK/TD_ERR. */
 int td_rconn_ensure(td_rconn *rc);
 /* One command; NULL (connection dropped, penalized, error set) on I/O error.
  * The caller frees the reply. */

@@ -8,17 +8,36 @@
  * (the braces make the prospect id a Redis Cluster hash tag). The key prefix
  * ("touchd") is configurable so several deployments can share a server.
  *
- * A batch load is one pipeline of HGETALLs; a batch store is one pipeline of
- * EVALSHA calls of a Lua script (loaded once, re-loaded on NOSCRIPT) that, per
- * prospect and atomically, checks the stored version equals the expected one,
- * replaces the hash with the new fields and the bumped version. A version
- * mismatch is reported per prospect (TD_REDIS_CONFLICT): the caller reloads
- * and recomputes that prospect. Connection errors and timeouts fail the whole
- * call (TD_ERR) after closing the connection; the next call reconnects with
- * exponential backoff (see td_redis_conf). No call ever blocks longer than
- * the configured timeouts.
+ * A batch load is one pipeline of HGETALLs. Every write is, per prospect, a
+ * compare-and-set: written only when the stored version equals the expected
+ * one, with the version bumped; a mismatch is reported per prospect
+ * (TD_REDIS_CONFLICT) and the caller reloads and recomputes that prospect.
+ * There are two write calls:
+ *   - td_redis_store_diff (the daemon's event batches): only the fields that
+ *     changed. Up to a chunk (64 prospects): one EVALSHA of the
+ *     diff script. More: per chunk of 64, WATCH + HGET v, then the writes as
+ *     plain commands in MULTI/EXEC, on one connection or two
+ *     (td_redis_set_lanes); a chunk whose EXEC aborted (another writer) is
+ *     written by the diff script instead.
+ *   - td_redis_store (the timer poller's, td_timers.c): the whole hash
+ *     replaced by one EVALSHA of the state script per prospect.
+ * The scripts are loaded once and re-loaded on NOSCRIPT; with the timer
+ * index on (td_redis_set_timer_shards, td_timers.h) every write keeps the
+ * index in the same atomic unit. Connection errors and timeouts fail the
+ * whole call (TD_ERR) after closing the connection; the next call
+ * reconnects with exponential backoff (see td_redis_conf; the connection is
+ * a td_rconn). No call ever blocks longer than the configured timeouts.
  *
- * @locality one thread (the daemon's main loop); a td_redis is not shared.
+ * Code: td_redis_conn.c (client, connection, I/O), td_redis_load.c,
+ * td_redis_store.c (both writes), td_redis_verify.c (verify_writes).
+ *
+ * @locality a td_redis is used by one thread at a time, and each thread
+ * that talks to Redis has its own: the daemon's main thread uses one (loads,
+ * timer writes, and the event writes when engine.pipeline is off or a batch
+ * is retried), its store thread another (the event writes of the pipeline);
+ * the second connection of td_redis_set_lanes belongs to its td_redis.
+ * td_redis_one_lane_writes and td_redis_verify_mismatches may be read from
+ * any thread.
  */
 #ifndef TD_REDIS_H
 #define TD_REDIS_H
@@ -76,7 +95,9 @@ int td_redis_load_ptrs(td_redis *r, td_state *const *states, size_t n);
 
 enum { TD_REDIS_STORED = 0, TD_REDIS_CONFLICT = 1 };
 /*
- * Stores n prospects in one pipeline, each atomic and conditional: written
+ * The full-hash write (the timer poller's): stores n prospects in one
+ * pipeline of EVALSHA calls of the state script, each atomic and
+ * conditional, replacing the whole hash: written
  * only when the stored version equals expected_version[i]; on success the
  * state's version becomes expected_version[i] + 1 (set in states[i]) and
  * result[i] = TD_REDIS_STORED, else result[i] = TD_REDIS_CONFLICT.
@@ -89,8 +110,11 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
                    int *result);
 
 /*
- * Like td_redis_store, but sends only what changed (plain commands in one
- * WATCH/MULTI/EXEC; under contention, the diff script per prospect): bases[i] must be the
+ * The diff write (the daemon's): like td_redis_store, but sends only what
+ * changed. Up to a chunk (64 prospects), one EVALSHA of the diff
+ * script; more, WATCH + HGET v and then plain commands in MULTI/EXEC per
+ * chunk (on two connections with td_redis_set_lanes), and the diff script
+ * for the chunks whose EXEC aborted (contention). bases[i] must be the
  * flat form (td_kvs_capture) of the state exactly as stored at
  * expected_version[i] (what td_redis_load gave, or what the last successful
  * store wrote), and nows[i] the flat form of states[i], which the caller

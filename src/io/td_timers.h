@@ -76,7 +76,7 @@ void td_timers_conf_default(td_timers_conf *c);
 /* false with a message in err when a value is out of range. */
 bool td_timers_conf_check(const td_timers_conf *c, char *err, size_t errcap);
 
-/* ---- the index layout (shared with td_redis.c) ---- */
+/* ---- the index layout (shared with td_redis_store.c) ---- */
 
 /* The shard of a prospect (FNV-1a 64 of the id, mod shards). Stable across
  * versions and instances: every instance on one Redis must use the same
@@ -91,9 +91,9 @@ size_t td_timers_heads_key(const char *prefix, char *buf, size_t cap);
 #define TD_TIMER_SEP '\x1f' /* between prospect id and rule id in a member */
 
 /*
- * Makes td_redis_store maintain the timer index in `shards` shard keys
- * (0: off, the default; nothing but the state hash is written). Implemented
- * in td_redis.c.
+ * Makes the state writes (td_redis_store and td_redis_store_diff) maintain
+ * the timer index in `shards` shard keys (0: off, the default; nothing but
+ * the state hash is written). Implemented in td_redis_store.c.
  */
 void td_redis_set_timer_shards(td_redis *r, uint32_t shards);
 

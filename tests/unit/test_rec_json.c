@@ -8,8 +8,8 @@
  * MAX, negative decimals, every escape, control bytes, UTF-8, strings long
  * enough to be cut at 255 bytes) and on random ones.
  *
- * test_rec_json_portable.c includes td_engine.c built without SSE2, then
- * this file: the same cases against the portable string scanner.
+ * test_rec_json_portable.c includes td_base.c and td_engine.c built without
+ * SSE2, then this file: the same cases against the portable string scanner.
  */
 #include <setjmp.h>
 #include <stdarg.h>

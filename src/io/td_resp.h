@@ -1,7 +1,7 @@
 /*
  * td_resp.h - one RESP2 reply at a time, parsed in place from a byte buffer.
  *
- * The store's WATCH path (td_redis.c, rd_diff_watch) reads its replies with
+ * The store's WATCH path (td_redis_store.c, rw_diff_watch) reads its replies with
  * this instead of hiredis' reader: a chunk of 64 prospects brings back about
  * 200 replies (+OK, a version per prospect, +QUEUED per command, an EXEC
  * array of integers), and hiredis allocates, fills and frees an object for

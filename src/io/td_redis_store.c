@@ -1,70 +1,42 @@
 /*
- * td_redis.c - the prospect state store: one Redis hash per prospect, batched
- * loads (pipelined HGETALL), atomic compare-and-set writes (pipelined EVALSHA
- * of one Lua script), and a connection that heals itself.
+ * td_redis_store.c - the state store's writes (td_redis.h), each prospect's
+ * a compare-and-set on its version field "v":
  *
- * Design
+ * - td_redis_store_diff, the daemon's (event batches): only what changed
+ *   between the stored flat form and the new one. Up to one chunk
+ *   (TD_REDIS_DIFF_CHUNK prospects) it is one EVALSHA of the diff script
+ *   (one round trip); above, WATCH + HGET v, then MULTI/EXEC of plain
+ *   commands per chunk, on one or two connections (rw_diff_watch), with the
+ *   diff script for the chunks whose EXEC aborted (contention).
+ * - td_redis_store, the timer poller's (td_timers.c): the whole hash, one
+ *   EVALSHA of the state script per prospect.
+ * Both scripts are loaded once (SCRIPT LOAD) and again on NOSCRIPT; with the
+ * timer index on (td_redis_set_timer_shards) every write also maintains the
+ * index (td_timers.h) in the same atomic unit.
  *
- * - One blocking hiredis context (0.14 API), owned by the main loop. Every
- *   call runs under one deadline: command_timeout_ms bounds all the round
- *   trips of the call (the pipeline write, every reply, a SCRIPT LOAD and the
- *   NOSCRIPT retry), not each command. Before each blocking read or write the
- *   socket timeout (SO_RCVTIMEO/SO_SNDTIMEO via redisSetTimeout) is set to the
- *   time left, so no syscall can outlive the deadline. Establishing a session
- *   (TCP or unix connect, AUTH, SELECT) is bounded by connect_timeout_ms the
- *   same way. Worst case for one call: connect_timeout + command_timeout.
+ * - The version field "v" belongs to this module: a write drops any "v" the
+ *   flat form holds and writes expected + 1 itself, so the stored version
+ *   can never disagree with the compare-and-set.
  *
- * - Connection loss, a timeout or a protocol error closes the context (a
- *   blocking context with unread replies is out of sync and cannot be reused)
- *   and schedules the next attempt after the current backoff, which doubles
- *   per failure from backoff_min_ms up to backoff_max_ms and resets after a
- *   successful session. A call made inside the backoff window fails at once
- *   ("reconnecting in N ms"): the daemon loop decides whether to wait.
+ * - The WATCH path does its own socket I/O: send(MSG_NOSIGNAL) of prebuilt
+ *   RESP, replies parsed in place (td_resp.h), poll(2) bounded by the call's
+ *   deadline. See rw_tx / rw_rx below.
  *
- * - No PING on the happy path. Before using an idle connection we poll its
- *   socket with a zero timeout: a readable socket on an idle RESP2 connection
- *   means the server closed it (restart, idle timeout, CLIENT KILL), so we
- *   reconnect at once instead of failing the call on a stale socket.
+ * File-local functions and types: rw_; the module's shared ones (rd_, rs_,
+ * sk_) are in td_redis_internal.h.
  *
- * - Writes raise SIGPIPE on a connection the peer closed; hiredis 0.14 uses
- *   write(2), not send(MSG_NOSIGNAL). The daemon ignores SIGPIPE anyway, but
- *   a library must not kill its host: SIGPIPE is blocked in this thread while
- *   writing and a SIGPIPE we caused is consumed before unblocking.
- *
- * - The WATCH path of td_redis_store_diff (writes of more than one chunk)
- *   does its own socket I/O: send(MSG_NOSIGNAL) of prebuilt RESP, replies
- *   parsed in place (td_resp.h), poll(2) bounded by the same deadline. See
- *   rd_tx / rd_rx below.
- *
- * - The version field "v" belongs to this module. td_redis_load parses it
- *   into td_state.version itself (strict decimal, >= 0) and td_redis_store
- *   drops any "v" td_state_serialize emits: the script alone writes "v"
- *   (expected + 1), so the stored version can never disagree with the CAS.
- *
- * - The password is copied, never printed (Redis' AUTH error replies do not
- *   echo it either) and wiped on free.
- *
- * @locality one thread (the daemon's main loop); a td_redis is not shared.
+ * @locality one thread at a time per td_redis (td_redis.h).
  */
-#include "td_redis.h"
-#include "td_kvs.h"
+#include "td_redis_internal.h"
 #include "td_resp.h"
 #include "td_timers.h"
 
 #include <errno.h>
-#include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
-#include <time.h>
 
 /*
  * The compare-and-set script. KEYS[1] = the prospect's hash; ARGV[1] = the
@@ -221,67 +193,6 @@ static const char td_redis_diff_lua[] =
     "end\n"
     "return res\n";
 
-/* Prospects per diff-script call: big enough to amortise the call, small
- * enough that Redis is never blocked long (~0.2 ms) and Lua's unpack()
- * limits are far. */
-#define TD_REDIS_DIFF_CHUNK 64
-
-/* Commands formatted ahead of sending (RESP bytes). */
-typedef struct rd_sink {
-    char *buf;
-    size_t len, cap;
-} rd_sink;
-
-/* One chunk of diff writes formatted ahead of its MULTI (rd_diff_watch):
- * prospect k's commands are out.buf[off[k] .. off[k + 1]), q[k] of them. */
-typedef struct rd_prebuilt {
-    rd_sink out;
-    size_t off[TD_REDIS_DIFF_CHUNK + 1];
-    unsigned char q[TD_REDIS_DIFF_CHUNK];
-} rd_prebuilt;
-
-/* Scratch for building one command: byte spans in one growing buffer. */
-typedef struct td_rscratch {
-    char *buf;
-    size_t len, cap;
-    size_t *off, *slen; /* spans */
-    size_t n, capn;
-    bool oom;
-} td_rscratch;
-
-struct td_redis {
-    td_redis_conf conf; /* an owned copy (td_redis_conf_dup) */
-    size_t prefix_len;  /* strlen(conf.key_prefix) */
-    redisContext *c;
-    int64_t backoff_ms;    /* delay after the next failure */
-    int64_t next_try_ms;   /* monotonic: no connect attempt before this */
-    char sha[41];          /* SHA1 of the script once loaded ("" before) */
-    char dsha[41];         /* SHA1 of the diff script once loaded ("" before) */
-    uint32_t timer_shards; /* 0: no timer index (td_redis_set_timer_shards) */
-    char err[512];
-    td_rscratch s;
-    char *resp; /* a command formatted as RESP (rd_append) */
-    size_t respcap;
-    struct rd_sink *sink; /* non-NULL: rd_append formats into it, not hiredis */
-    rd_prebuilt pre;      /* rd_diff_watch: this connection's next chunk */
-    rd_sink out;          /* rd_diff_watch: commands to send (rd_tx) */
-    rd_sink in;           /* rd_diff_watch: replies received, in[rpos..len) unread */
-    size_t rpos;
-    /* rd_diff_watch: runs of prebuilt writes (in pre) sent by rd_tx between
-     * out[0..split) and out[split..len), without copying them into out */
-    struct iovec run[TD_REDIS_DIFF_CHUNK / 2 + 1];
-    size_t nrun, split;
-    size_t tx_max;             /* tests: td_redis_set_send_limit */
-    struct td_redis *peer;     /* rd_diff_watch's second lane (td_redis_set_lanes) */
-    unsigned lanes;            /* 1 or 2 */
-    uint64_t one_lane;         /* td_redis_one_lane_writes (__atomic: read by other threads) */
-    bool answered;             /* a reply was read since this connection opened */
-    uint64_t verify_bad;       /* td_redis_verify_mismatches (__atomic) */
-    char verify_msg[400];      /* td_redis_verify_last */
-    void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
-    void *race_ud;
-};
-
 void td_redis_set_lanes(td_redis *r, unsigned lanes) {
     r->lanes = lanes > 1 ? 2 : 1;
     if (r->lanes == 1) {
@@ -296,271 +207,15 @@ uint64_t td_redis_one_lane_writes(const td_redis *r) {
 
 void td_redis_set_send_limit(td_redis *r, size_t max_bytes) { r->tx_max = max_bytes; }
 
-uint64_t td_redis_verify_mismatches(const td_redis *r) {
-    return r ? __atomic_load_n(&r->verify_bad, __ATOMIC_RELAXED) : 0;
-}
-
-void td_redis_verify_last(const td_redis *r, char *buf, size_t cap) {
-    if (cap > 0) snprintf(buf, cap, "%s", r ? r->verify_msg : "");
-}
-
 void td_redis_set_race_hook(td_redis *r, void (*fn)(void *ud), void *ud) {
     r->race_hook = fn;
     r->race_ud = ud;
 }
 
-/* ---- small helpers ---- */
-
-static int64_t rd_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void rd_seterr(td_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void rd_seterr(td_redis *r, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->err, sizeof r->err, fmt, ap);
-    va_end(ap);
-}
-
-int td_redis_conf_dup(td_redis_conf *dst, const td_redis_conf *src) {
-    *dst = *src;
-    dst->host = src->host ? strdup(src->host) : NULL;
-    dst->key_prefix = src->key_prefix ? strdup(src->key_prefix) : NULL;
-    dst->password = src->password ? strdup(src->password) : NULL;
-    dst->username = src->username ? strdup(src->username) : NULL;
-    if ((src->host && !dst->host) || (src->key_prefix && !dst->key_prefix) ||
-        (src->password && !dst->password) || (src->username && !dst->username)) {
-        td_redis_conf_release(dst);
-        return TD_ERR;
-    }
-    return TD_OK;
-}
-
-void td_redis_conf_release(td_redis_conf *c) {
-    if (c->password) {
-        volatile char *v = (char *)c->password;
-        while (*v)
-            *v++ = 0;
-    }
-    free((char *)c->host);
-    free((char *)c->key_prefix);
-    free((char *)c->password);
-    free((char *)c->username);
-    memset(c, 0, sizeof *c);
-}
-
-/* "127.0.0.1:6379" or the socket path, for messages. */
-static const char *rd_where(const td_redis *r, char *buf, size_t cap) {
-    if (r->conf.unix_socket)
-        snprintf(buf, cap, "%s", r->conf.host);
-    else
-        snprintf(buf, cap, "%s:%d", r->conf.host, r->conf.port);
-    return buf;
-}
-
-/* ---- scratch spans ---- */
-
-static void rs_reset(td_rscratch *s) {
-    s->len = 0;
-    s->n = 0;
-    s->oom = false;
-}
-
-static void rs_push(td_rscratch *s, const char *p, size_t n) {
-    if (s->oom) return;
-    if (s->len + n > s->cap) {
-        size_t cap = s->cap ? s->cap : 4096;
-        while (cap < s->len + n)
-            cap *= 2;
-        char *b = realloc(s->buf, cap);
-        if (!b) {
-            s->oom = true;
-            return;
-        }
-        s->buf = b;
-        s->cap = cap;
-    }
-    if (s->n == s->capn) {
-        size_t capn = s->capn ? s->capn * 2 : 64;
-        size_t *o = realloc(s->off, capn * sizeof *o);
-        if (!o) {
-            s->oom = true;
-            return;
-        }
-        s->off = o;
-        size_t *l = realloc(s->slen, capn * sizeof *l);
-        if (!l) {
-            s->oom = true;
-            return;
-        }
-        s->slen = l;
-        s->capn = capn;
-    }
-    if (n) memcpy(s->buf + s->len, p, n);
-    s->off[s->n] = s->len;
-    s->slen[s->n] = n;
-    s->n++;
-    s->len += n;
-}
-
-static void rs_pushs(td_rscratch *s, const char *p) { rs_push(s, p, strlen(p)); }
-
-static void rs_free(td_rscratch *s) {
-    free(s->buf);
-    free(s->off);
-    free(s->slen);
-    memset(s, 0, sizeof *s);
-}
-
-/* ---- connection ---- */
-
-void td_redis_conf_default(td_redis_conf *c) {
-    memset(c, 0, sizeof *c);
-    c->host = "127.0.0.1";
-    c->port = 6379;
-    c->unix_socket = false;
-    c->password = NULL;
-    c->username = NULL;
-    c->db = 0;
-    c->connect_timeout_ms = 2000;
-    c->command_timeout_ms = 5000;
-    c->backoff_min_ms = 100;
-    c->backoff_max_ms = 5000;
-    c->key_prefix = "touchd";
-}
-
-/* Drops the connection; `penalize` schedules the next attempt after the
- * backoff (and doubles it), otherwise the next call may reconnect at once. */
-static void rd_drop(td_redis *r, bool penalize) {
-    if (r->c) {
-        redisFree(r->c);
-        r->c = NULL;
-    }
-    if (penalize) {
-        r->next_try_ms = rd_now_ms() + r->backoff_ms;
-        int64_t b = r->backoff_ms * 2;
-        r->backoff_ms = b > r->conf.backoff_max_ms ? r->conf.backoff_max_ms : b;
-    }
-}
-
-/* An I/O failure on the live context: message, drop, backoff. `what` says
- * which step failed. Always returns TD_ERR. */
-static int rd_io_fail(td_redis *r, const char *what, bool timed_out, int timeout_ms) {
-    char where[300];
-    int64_t delay = r->backoff_ms;
-    if (timed_out)
-        rd_seterr(r, "redis %s: %s: timeout after %d ms; reconnecting in %" PRId64 " ms",
-                  rd_where(r, where, sizeof where), what, timeout_ms, delay);
-    else
-        /* A server that refuses a connection (maxclients) writes its error
-         * and closes at once; when our first command is already on its way,
-         * its close resets the connection and the error text is lost. */
-        rd_seterr(r, "redis %s: %s: %s%s; reconnecting in %" PRId64 " ms",
-                  rd_where(r, where, sizeof where), what,
-                  r->c && r->c->errstr[0] ? r->c->errstr : "connection lost",
-                  r->c && !r->answered ? " before any reply on a new connection (is Redis "
-                                         "refusing connections? maxclients: INFO clients)"
-                                       : "",
-                  delay);
-    rd_drop(r, true);
-    return TD_ERR;
-}
-
-static bool rd_timeout(td_redis *r, int64_t deadline) {
-    int64_t left = deadline - rd_now_ms();
-    if (left <= 0) return false;
-    struct timeval tv = {.tv_sec = (time_t)(left / 1000),
-                         .tv_usec = (suseconds_t)(left % 1000) * 1000};
-    return redisSetTimeout(r->c, tv) == REDIS_OK;
-}
-
-/* Writes the whole output buffer before `deadline`, SIGPIPE suppressed. */
-static int rd_flush(td_redis *r, int64_t deadline, const char *what, int timeout_ms) {
-    sigset_t pipe_set, old, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    sigemptyset(&pending);
-    sigpending(&pending);
-    bool was_pending = sigismember(&pending, SIGPIPE) == 1;
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-
-    int done = 0, rc = REDIS_OK;
-    bool timed_out = false;
-    while (!done) {
-        if (!rd_timeout(r, deadline)) {
-            timed_out = true;
-            rc = REDIS_ERR;
-            break;
-        }
-        errno = 0;
-        rc = redisBufferWrite(r->c, &done);
-        if (rc != REDIS_OK) {
-            timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
-            break;
-        }
-    }
-
-    if (!was_pending) {
-        sigemptyset(&pending);
-        sigpending(&pending);
-        if (sigismember(&pending, SIGPIPE) == 1) {
-            struct timespec zero = {0, 0};
-            (void)sigtimedwait(&pipe_set, NULL, &zero);
-        }
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != REDIS_OK) return rd_io_fail(r, what, timed_out, timeout_ms);
-    return TD_OK;
-}
-
-/* Reads one reply before `deadline`. The caller frees it. */
-static int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *what,
-                   int timeout_ms) {
-    void *reply = NULL;
-    for (;;) {
-        if (redisGetReplyFromReader(r->c, &reply) != REDIS_OK)
-            return rd_io_fail(r, what, false, timeout_ms);
-        if (reply) {
-            *out = reply;
-            r->answered = true;
-            return TD_OK;
-        }
-        if (!rd_timeout(r, deadline)) return rd_io_fail(r, what, true, timeout_ms);
-        errno = 0;
-        if (redisBufferRead(r->c) != REDIS_OK)
-            return rd_io_fail(r, what, errno == EAGAIN || errno == EWOULDBLOCK, timeout_ms);
-    }
-}
-
-/* "<c><n>\r\n" at p; @returns its length. */
-static size_t rd_resp_head(char *p, char c, size_t n) {
-    p[0] = c;
-    size_t k = 1 + td_fmt_u64(n, p + 1);
-    p[k++] = '\r';
-    p[k++] = '\n';
-    return k;
-}
-
-/* Room for `more` bytes in a sink. @returns false (out of memory). */
-static bool sk_reserve(rd_sink *o, size_t more) {
-    if (o->len + more <= o->cap) return true;
-    size_t cap = o->cap ? o->cap : 16384;
-    while (cap < o->len + more)
-        cap *= 2;
-    char *b = realloc(o->buf, cap);
-    if (!b) return false;
-    o->buf = b;
-    o->cap = cap;
-    return true;
-}
-
 /* RESP straight into a reserved sink: an array header, a bulk string
  * (room: 24 + n bytes). */
-static void sk_head(rd_sink *o, size_t n) { o->len += rd_resp_head(o->buf + o->len, '*', n); }
-static void sk_bulk(rd_sink *o, const char *p, size_t n) {
+static void rw_sk_head(rd_sink *o, size_t n) { o->len += rd_resp_head(o->buf + o->len, '*', n); }
+static void rw_sk_bulk(rd_sink *o, const char *p, size_t n) {
     char *w = o->buf + o->len;
     size_t k = rd_resp_head(w, '$', n);
     memcpy(w + k, p, n);
@@ -571,49 +226,49 @@ static void sk_bulk(rd_sink *o, const char *p, size_t n) {
 }
 
 /*
- * The WATCH path's own socket I/O (rd_diff_watch). A chunk of 64 prospects
+ * The WATCH path's own socket I/O (rw_diff_watch). A chunk of 64 prospects
  * brings back about 200 replies; read through hiredis each is an allocated
  * object, filled, then freed, and each command is copied once more into
  * hiredis' output buffer: together about a tenth of touchd's instructions.
  * There the commands go from r->out straight to the socket, and the replies
  * are parsed in place from r->in (td_resp). Both are used only while
- * hiredis' own buffers are empty (rd_raw_ready) and are empty again when
- * rd_diff_watch returns TD_OK, so hiredis and this never see each other's
+ * hiredis' own buffers are empty (rw_raw_ready) and are empty again when
+ * rw_diff_watch returns TD_OK, so hiredis and this never see each other's
  * bytes. Non-blocking send/recv; poll(2) waits, bounded by the deadline;
  * MSG_NOSIGNAL instead of blocking SIGPIPE.
  */
 
 /* A raw I/O failure: hiredis' fields say what it was, as for its own. */
-static int rd_raw_fail(td_redis *r, const char *what, int type, const char *why, bool timed_out) {
-    if (r->c && !timed_out) {
-        r->c->err = type;
-        snprintf(r->c->errstr, sizeof r->c->errstr, "%s", why);
+static int rw_raw_fail(td_redis *r, const char *what, int type, const char *why, bool timed_out) {
+    if (r->rc.c && !timed_out) {
+        r->rc.c->err = type;
+        snprintf(r->rc.c->errstr, sizeof r->rc.c->errstr, "%s", why);
     }
     return rd_io_fail(r, what, timed_out, r->conf.command_timeout_ms);
 }
 
 /* Waits until fd is ready for `events` or the deadline. @returns TD_OK, or
  * TD_ERR (failed and dropped). */
-static int rd_raw_wait(td_redis *r, short events, int64_t deadline, const char *what) {
+static int rw_raw_wait(td_redis *r, short events, int64_t deadline, const char *what) {
     for (;;) {
         int64_t left = deadline - rd_now_ms();
-        if (left <= 0) return rd_raw_fail(r, what, REDIS_ERR_IO, "", true);
-        struct pollfd pf = {.fd = r->c->fd, .events = events};
+        if (left <= 0) return rw_raw_fail(r, what, REDIS_ERR_IO, "", true);
+        struct pollfd pf = {.fd = r->rc.c->fd, .events = events};
         int n = poll(&pf, 1, left > INT_MAX ? INT_MAX : (int)left);
         if (n > 0) return TD_OK; /* ready, or an error the next send/recv reports */
         if (n < 0 && errno != EINTR)
-            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+            return rw_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
     }
 }
 
 /* hiredis has nothing buffered either way on r's connection. */
-static bool rd_raw_ready(const td_redis *r) {
-    return sdslen(r->c->obuf) == 0 && r->c->reader->pos == r->c->reader->len;
+static bool rw_raw_ready(const td_redis *r) {
+    return sdslen(r->rc.c->obuf) == 0 && r->rc.c->reader->pos == r->rc.c->reader->len;
 }
 
 /* Sends out[0..split), the runs, then out[split..len) (with no runs: out
  * whole), then empties out and the runs. */
-static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
+static int rw_tx(td_redis *r, int64_t deadline, const char *what) {
     struct iovec iov[TD_REDIS_DIFF_CHUNK / 2 + 3];
     size_t n = 0, split = r->nrun ? r->split : r->out.len;
     iov[n++] = (struct iovec){r->out.buf, split};
@@ -639,7 +294,7 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
             mh.msg_iov = lim;
             mh.msg_iovlen = m;
         }
-        ssize_t k = sendmsg(r->c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t k = sendmsg(r->rc.c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (k > 0) {
             size_t left = (size_t)k; /* drop what went out */
             while (left > 0 && left >= iov[i].iov_len)
@@ -649,9 +304,9 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
                 iov[i].iov_len -= left;
             }
         } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (rd_raw_wait(r, POLLOUT, deadline, what) != TD_OK) return TD_ERR;
+            if (rw_raw_wait(r, POLLOUT, deadline, what) != TD_OK) return TD_ERR;
         } else if (k < 0 && errno != EINTR) {
-            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+            return rw_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
         }
     }
     return TD_OK;
@@ -659,7 +314,7 @@ static int rd_tx(td_redis *r, int64_t deadline, const char *what) {
 
 /* The next reply (an array: its header; the elements are the next replies),
  * a view into r->in valid until the next call. */
-static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) {
+static int rw_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) {
     rd_sink *in = &r->in;
     for (;;) {
         ssize_t k = td_resp_parse(in->buf + r->rpos, in->len - r->rpos, rep);
@@ -669,7 +324,7 @@ static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
             return TD_OK;
         }
         if (k < 0)
-            return rd_raw_fail(r, what, REDIS_ERR_PROTOCOL, "Protocol error: not a RESP2 reply",
+            return rw_raw_fail(r, what, REDIS_ERR_PROTOCOL, "Protocol error: not a RESP2 reply",
                                false);
         /* part of a reply: keep it, make room, read more */
         if (r->rpos > 0) {
@@ -678,363 +333,29 @@ static int rd_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
             r->rpos = 0;
         }
         if (in->len == in->cap && !sk_reserve(in, in->cap ? in->cap : 16384))
-            return rd_raw_fail(r, what, REDIS_ERR_OOM, "Out of memory", false);
-        ssize_t got = recv(r->c->fd, in->buf + in->len, in->cap - in->len, MSG_DONTWAIT);
+            return rw_raw_fail(r, what, REDIS_ERR_OOM, "Out of memory", false);
+        ssize_t got = recv(r->rc.c->fd, in->buf + in->len, in->cap - in->len, MSG_DONTWAIT);
         if (got > 0) {
             in->len += (size_t)got;
         } else if (got == 0) {
-            return rd_raw_fail(r, what, REDIS_ERR_EOF, "Server closed the connection", false);
+            return rw_raw_fail(r, what, REDIS_ERR_EOF, "Server closed the connection", false);
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (rd_raw_wait(r, POLLIN, deadline, what) != TD_OK) return TD_ERR;
+            if (rw_raw_wait(r, POLLIN, deadline, what) != TD_OK) return TD_ERR;
         } else if (errno != EINTR) {
-            return rd_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
+            return rw_raw_fail(r, what, REDIS_ERR_IO, strerror(errno), false);
         }
     }
-}
-
-/* Appends one command from the scratch spans, formatted as RESP here (the
- * spans are copied once; hiredis' own argv formatter was a visible share of
- * a batch). */
-static int rd_append(td_redis *r) {
-    td_rscratch *s = &r->s;
-    if (s->oom) {
-        rd_seterr(r, "redis: out of memory building a command");
-        return TD_ERR;
-    }
-    size_t need = 24 + s->len + s->n * 28; /* "$<len>\r\n" + "\r\n" per argument */
-    if (need > r->respcap) {
-        size_t cap = r->respcap ? r->respcap : 8192;
-        while (cap < need)
-            cap *= 2;
-        char *b = realloc(r->resp, cap);
-        if (!b) {
-            rd_seterr(r, "redis: out of memory building a command");
-            return TD_ERR;
-        }
-        r->resp = b;
-        r->respcap = cap;
-    }
-    char *p = r->resp;
-    size_t k = rd_resp_head(p, '*', s->n);
-    for (size_t i = 0; i < s->n; i++) {
-        k += rd_resp_head(p + k, '$', s->slen[i]);
-        memcpy(p + k, s->buf + s->off[i], s->slen[i]);
-        k += s->slen[i];
-        p[k++] = '\r';
-        p[k++] = '\n';
-    }
-    if (r->sink) {
-        rd_sink *o = r->sink;
-        if (!sk_reserve(o, k)) {
-            rd_seterr(r, "redis: out of memory building a command");
-            return TD_ERR;
-        }
-        memcpy(o->buf + o->len, p, k);
-        o->len += k;
-        return TD_OK;
-    }
-    if (redisAppendFormattedCommand(r->c, p, k) != REDIS_OK) {
-        rd_seterr(r, "redis: out of memory building a command");
-        return TD_ERR;
-    }
-    return TD_OK;
-}
-
-/* The socket of an idle connection is readable only if the server closed it
- * (or broke protocol): either way the connection is unusable. */
-static bool rd_stale(const td_redis *r) {
-    if (!r->c || r->c->err) return true;
-    struct pollfd p = {.fd = r->c->fd, .events = POLLIN};
-    int n = poll(&p, 1, 0);
-    return n != 0; /* readable, hung up, error, or poll itself failed */
-}
-
-/* Connect + AUTH + SELECT, all bounded by connect_timeout_ms. */
-static int rd_connect(td_redis *r) {
-    char where[300];
-    int64_t start = rd_now_ms();
-    int64_t deadline = start + r->conf.connect_timeout_ms;
-    struct timeval tv = {.tv_sec = r->conf.connect_timeout_ms / 1000,
-                         .tv_usec = (suseconds_t)(r->conf.connect_timeout_ms % 1000) * 1000};
-    redisContext *c = r->conf.unix_socket ? redisConnectUnixWithTimeout(r->conf.host, tv)
-                                          : redisConnectWithTimeout(r->conf.host, r->conf.port, tv);
-    if (!c || c->err) {
-        rd_seterr(r, "redis %s: connect failed: %s; reconnecting in %" PRId64 " ms",
-                  rd_where(r, where, sizeof where), c ? c->errstr : "out of memory", r->backoff_ms);
-        if (c) redisFree(c);
-        rd_drop(r, true);
-        return TD_ERR;
-    }
-    r->c = c;
-    r->answered = false;
-    if (!r->conf.unix_socket) (void)redisEnableKeepAlive(c);
-
-    /* AUTH and SELECT in one round trip. */
-    int nreq = 0;
-    if (r->conf.password) {
-        rs_reset(&r->s);
-        rs_pushs(&r->s, "AUTH");
-        if (r->conf.username) rs_pushs(&r->s, r->conf.username);
-        rs_pushs(&r->s, r->conf.password);
-        int rc = rd_append(r);
-        /* the scratch held the password: wipe it */
-        if (r->s.buf) memset(r->s.buf, 0, r->s.len);
-        if (rc != TD_OK) {
-            rd_drop(r, true);
-            return TD_ERR;
-        }
-        nreq++;
-    }
-    if (r->conf.db != 0) {
-        char db[24];
-        snprintf(db, sizeof db, "%d", r->conf.db);
-        rs_reset(&r->s);
-        rs_pushs(&r->s, "SELECT");
-        rs_pushs(&r->s, db);
-        if (rd_append(r) != TD_OK) {
-            rd_drop(r, true);
-            return TD_ERR;
-        }
-        nreq++;
-    }
-    if (nreq == 0) return TD_OK;
-    if (rd_flush(r, deadline, "AUTH/SELECT", r->conf.connect_timeout_ms) != TD_OK) return TD_ERR;
-    bool auth = r->conf.password != NULL;
-    bool failed = false;
-    for (int i = 0; i < nreq; i++) {
-        redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "AUTH/SELECT", r->conf.connect_timeout_ms) != TD_OK)
-            return TD_ERR;
-        const char *cmd = (auth && i == 0) ? "AUTH" : "SELECT";
-        if (!failed && rep->type == REDIS_REPLY_ERROR) {
-            /* Redis' error text never contains the password. */
-            rd_seterr(r, "redis %s: %s failed: %.*s; reconnecting in %" PRId64 " ms",
-                      rd_where(r, where, sizeof where), cmd, (int)rep->len, rep->str,
-                      r->backoff_ms);
-            failed = true;
-        }
-        freeReplyObject(rep);
-    }
-    if (failed) {
-        rd_drop(r, true);
-        return TD_ERR;
-    }
-    return TD_OK;
-}
-
-/* A usable connection, or TD_ERR (fast while in the backoff window). */
-static int rd_ensure(td_redis *r) {
-    if (r->c && !rd_stale(r)) return TD_OK;
-    if (r->c) rd_drop(r, false); /* closed by the server while idle: retry at once */
-    int64_t now = rd_now_ms();
-    if (now < r->next_try_ms) {
-        char where[300];
-        rd_seterr(r, "redis %s: reconnecting in %" PRId64 " ms", rd_where(r, where, sizeof where),
-                  r->next_try_ms - now);
-        return TD_ERR;
-    }
-    if (rd_connect(r) != TD_OK) return TD_ERR;
-    r->backoff_ms = r->conf.backoff_min_ms;
-    r->next_try_ms = 0;
-    return TD_OK;
-}
-
-static bool rd_valid_conf(const td_redis_conf *c, char *err, size_t errcap) {
-    const char *why = NULL;
-    if (!c->host || !c->host[0])
-        why = "redis: host (or unix socket path) is empty";
-    else if (!c->unix_socket && (c->port < 1 || c->port > 65535))
-        why = "redis: port must be 1..65535";
-    else if (c->db < 0)
-        why = "redis: db must be >= 0";
-    else if (c->connect_timeout_ms <= 0 || c->command_timeout_ms <= 0)
-        why = "redis: connect_timeout_ms and command_timeout_ms must be > 0";
-    else if (c->backoff_min_ms <= 0 || c->backoff_max_ms < c->backoff_min_ms)
-        why = "redis: backoff must satisfy 0 < backoff_min_ms <= backoff_max_ms";
-    else if (c->username && !c->password)
-        why = "redis: a username needs a password";
-    else if (c->password && !c->password[0])
-        why = "redis: password is empty (use NULL for no AUTH)";
-    else if (!c->key_prefix || !c->key_prefix[0])
-        why = "redis: key_prefix is empty";
-    else if (strchr(c->key_prefix, '{') || strchr(c->key_prefix, '}'))
-        why =
-            "redis: key_prefix must not contain '{' or '}' (they would move the cluster hash tag)";
-    else if (strlen(c->key_prefix) > 64)
-        why = "redis: key_prefix is longer than 64 bytes";
-    if (why) {
-        if (err && errcap) snprintf(err, errcap, "%s", why);
-        return false;
-    }
-    return true;
-}
-
-td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
-    if (err && errcap) err[0] = '\0';
-    if (!conf || !rd_valid_conf(conf, err, errcap)) return NULL;
-    td_redis *r = calloc(1, sizeof *r);
-    if (!r) {
-        if (err && errcap) snprintf(err, errcap, "redis: out of memory");
-        return NULL;
-    }
-    if (td_redis_conf_dup(&r->conf, conf) != TD_OK) {
-        free(r);
-        if (err && errcap) snprintf(err, errcap, "redis: out of memory");
-        return NULL;
-    }
-    r->backoff_ms = conf->backoff_min_ms;
-    r->lanes = 1;
-    r->prefix_len = strlen(r->conf.key_prefix);
-    /* One attempt now; a failure is remembered in last_error and retried
-     * by the next call after the backoff. */
-    (void)rd_ensure(r);
-    return r;
-}
-
-void td_redis_free(td_redis *r) {
-    if (!r) return;
-    td_redis_free(r->peer);
-    if (r->c) redisFree(r->c);
-    td_redis_conf_release(&r->conf);
-    rs_free(&r->s);
-    free(r->resp);
-    free(r->pre.out.buf);
-    free(r->out.buf);
-    free(r->in.buf);
-    free(r);
-}
-
-bool td_redis_connected(const td_redis *r) { return r && r->c && !rd_stale(r); }
-
-const char *td_redis_last_error(const td_redis *r) { return r ? r->err : ""; }
-
-size_t td_redis_key(const td_redis *r, const char *prospect_id, char *buf, size_t cap) {
-    /* snprintf(buf, cap, "%s:p:{%s}", prefix, id) without the format
-     * interpreter: this runs for every key of every write. */
-    const char *parts[4] = {r->conf.key_prefix, ":p:{", prospect_id, "}"};
-    const size_t lens[4] = {r->prefix_len, 4, strlen(prospect_id), 1};
-    size_t n = 0;
-    for (int i = 0; i < 4; i++) {
-        size_t l = lens[i];
-        if (n < cap) {
-            size_t room = cap - 1 - n, c = l < room ? l : room;
-            memcpy(buf + n, parts[i], c);
-        }
-        n += l;
-    }
-    if (cap > 0) buf[n < cap ? n : cap - 1] = '\0';
-    return n;
-}
-
-/* Pushes the key of `id` as one span. */
-static void rd_push_key(td_redis *r, const char *id) {
-    char key[TD_ID_MAX + 80];
-    size_t n = td_redis_key(r, id, key, sizeof key);
-    if (n >= sizeof key) /* cannot happen: id <= TD_ID_MAX, prefix <= 64 */
-        n = sizeof key - 1;
-    rs_push(&r->s, key, n);
-}
-
-/* Calls take their states as an array (`arr`) or as pointers (`ptrs`, when
- * non-NULL): state i. */
-static td_state *rd_st(td_state *arr, td_state *const *ptrs, size_t i) {
-    return ptrs ? ptrs[i] : &arr[i];
-}
-
-static int rd_check_ids(td_redis *r, const td_state *arr, const td_state *const *ptrs, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        if (!(ptrs ? ptrs[i] : &arr[i])->prospect_id[0]) {
-            rd_seterr(r, "redis: state %zu has an empty prospect_id", i);
-            return TD_ERR;
-        }
-    }
-    return TD_OK;
-}
-
-/* ---- load ---- */
-
-/* Applies one HGETALL reply to st; error text names the key and field. */
-static int rd_apply_hash(td_redis *r, td_state *st, const redisReply *rep) {
-    char key[TD_ID_MAX + 80];
-    td_redis_key(r, st->prospect_id, key, sizeof key);
-    if (rep->type == REDIS_REPLY_ERROR) {
-        rd_seterr(r, "redis: HGETALL %s: %.*s", key, (int)rep->len, rep->str);
-        return TD_ERR;
-    }
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2 != 0) {
-        rd_seterr(r, "redis: HGETALL %s: unexpected reply (type %d)", key, rep->type);
-        return TD_ERR;
-    }
-    for (size_t j = 0; j + 1 < rep->elements; j += 2) {
-        const redisReply *k = rep->element[j], *v = rep->element[j + 1];
-        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
-            rd_seterr(r, "redis: HGETALL %s: unexpected element type", key);
-            return TD_ERR;
-        }
-        if (k->len == 1 && k->str[0] == 'v') {
-            int64_t ver;
-            if (td_parse_i64(v->str, v->len, &ver) != TD_OK || ver < 0) {
-                rd_seterr(r, "redis: %s: field \"v\": malformed version \"%.*s\"", key,
-                          (int)(v->len > 32 ? 32 : v->len), v->str);
-                return TD_ERR;
-            }
-            st->version = ver;
-            continue;
-        }
-        char why[200];
-        why[0] = '\0';
-        if (td_state_set_field(st, k->str, k->len, v->str, v->len, why, sizeof why) == TD_ERR) {
-            rd_seterr(r, "redis: %s: field \"%.*s\": %s", key, (int)(k->len > 80 ? 80 : k->len),
-                      k->str, why[0] ? why : "malformed value");
-            return TD_ERR;
-        }
-    }
-    return TD_OK;
-}
-
-static int rd_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) {
-    r->err[0] = '\0';
-    if (n == 0) return TD_OK;
-    if (rd_check_ids(r, arr, (const td_state *const *)ptrs, n) != TD_OK || rd_ensure(r) != TD_OK)
-        return TD_ERR;
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    for (size_t i = 0; i < n; i++) {
-        rs_reset(&r->s);
-        rs_pushs(&r->s, "HGETALL");
-        rd_push_key(r, rd_st(arr, ptrs, i)->prospect_id);
-        if (rd_append(r) != TD_OK) {
-            rd_drop(r, false); /* unsent commands in obuf: start clean */
-            return TD_ERR;
-        }
-    }
-    if (rd_flush(r, deadline, "HGETALL", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
-    int rc = TD_OK;
-    for (size_t i = 0; i < n; i++) {
-        redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "HGETALL", r->conf.command_timeout_ms) != TD_OK)
-            return TD_ERR;
-        /* after the first bad hash, keep draining to stay in sync */
-        if (rc == TD_OK && rd_apply_hash(r, rd_st(arr, ptrs, i), rep) != TD_OK) rc = TD_ERR;
-        freeReplyObject(rep);
-    }
-    return rc;
-}
-
-int td_redis_load(td_redis *r, td_state *states, size_t n) { return rd_load(r, states, NULL, n); }
-
-int td_redis_load_ptrs(td_redis *r, td_state *const *states, size_t n) {
-    return rd_load(r, NULL, states, n);
 }
 
 /* ---- store ---- */
 
-typedef struct rd_kv_ctx {
+typedef struct rw_kv_ctx {
     td_rscratch *s;
     uint32_t timer_fields; /* timer.* fields emitted (checked against ntimers) */
-} rd_kv_ctx;
+} rw_kv_ctx;
 
-static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
-    rd_kv_ctx *x = ud;
+static void rw_kv(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
+    rw_kv_ctx *x = ud;
     if (klen == 1 && key[0] == 'v') return; /* the script writes "v" */
     if (klen > 6 && memcmp(key, "timer.", 6) == 0) x->timer_fields++;
     rs_push(x->s, key, klen);
@@ -1042,14 +363,14 @@ static void rd_kv(void *ud, const char *key, size_t klen, const char *val, size_
 }
 
 /* Loads a script (SCRIPT LOAD) and keeps its SHA1 in sha_out (41 bytes). */
-static int rd_load_script(td_redis *r, int64_t deadline, const char *script, size_t len,
+static int rw_load_script(td_redis *r, int64_t deadline, const char *script, size_t len,
                           char *sha_out) {
     rs_reset(&r->s);
     rs_pushs(&r->s, "SCRIPT");
     rs_pushs(&r->s, "LOAD");
     rs_push(&r->s, script, len);
     if (rd_append(r) != TD_OK) {
-        rd_drop(r, false);
+        td_rconn_drop(&r->rc, false);
         return TD_ERR;
     }
     if (rd_flush(r, deadline, "SCRIPT LOAD", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
@@ -1069,15 +390,15 @@ static int rd_load_script(td_redis *r, int64_t deadline, const char *script, siz
     return rc;
 }
 
-static int rd_script_load(td_redis *r, int64_t deadline) {
-    return rd_load_script(r, deadline, td_redis_cas_lua, sizeof td_redis_cas_lua - 1, r->sha);
+static int rw_script_load(td_redis *r, int64_t deadline) {
+    return rw_load_script(r, deadline, td_redis_cas_lua, sizeof td_redis_cas_lua - 1, r->sha);
 }
 
 void td_redis_set_timer_shards(td_redis *r, uint32_t shards) { r->timer_shards = shards; }
 
 /* Appends the EVALSHA of prospect i (with its timer shard when the index is
  * on: see td_redis_cas_lua for the argument layout). */
-static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
+static int rw_append_cas(td_redis *r, const td_state *st, int64_t expected) {
     char ver[24];
     snprintf(ver, sizeof ver, "%" PRId64, expected);
     rs_reset(&r->s);
@@ -1113,8 +434,8 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
         rd_push_key(r, st->prospect_id);
         rs_pushs(&r->s, ver);
     }
-    rd_kv_ctx x = {&r->s, 0};
-    td_state_serialize(st, rd_kv, &x);
+    rw_kv_ctx x = {&r->s, 0};
+    td_state_serialize(st, rw_kv, &x);
     if (r->timer_shards && x.timer_fields != st->ntimers) {
         /* the script pairs the due times with the timer.* fields by order */
         rd_seterr(r, "redis: %s: %" PRIu32 " timer fields serialized for %" PRIu32 " timers",
@@ -1127,19 +448,19 @@ static int rd_append_cas(td_redis *r, const td_state *st, int64_t expected) {
 /* The outcome of prospect i's compare-and-set. The diff path records only
  * this: its caller owns the states (read-only there, so the main thread may
  * read them meanwhile) and sets their versions. */
-static void rd_result_diff(int *result, size_t i, bool stored) {
+static void rw_result_diff(int *result, size_t i, bool stored) {
     result[i] = stored ? TD_REDIS_STORED : TD_REDIS_CONFLICT;
 }
 
 /* The outcome, and the new version of a stored state (td_redis_store). */
-static void rd_result(td_state *states, const int64_t *expected, int *result, size_t i,
+static void rw_result(td_state *states, const int64_t *expected, int *result, size_t i,
                       bool stored) {
-    rd_result_diff(result, i, stored);
+    rw_result_diff(result, i, stored);
     if (stored) states[i].version = expected[i] + 1;
 }
 
 /* Appends the command of prospect i to the pipeline. */
-typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
+typedef int (*rw_append_fn)(td_redis *r, size_t i, void *ud);
 
 /*
  * Sends EVALSHA for the prospects with todo[i] set (append builds each one),
@@ -1148,14 +469,14 @@ typedef int (*rd_append_fn)(td_redis *r, size_t i, void *ud);
  * while the rest is being built.
  * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
  */
-static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, size_t n,
+static int rw_cas_round(td_redis *r, td_state *states, const int64_t *expected, size_t n,
                         int *result, unsigned char *todo, int64_t deadline, size_t *noscript,
-                        rd_append_fn append, void *ud) {
+                        rw_append_fn append, void *ud) {
     size_t sent = 0;
     for (size_t i = 0; i < n; i++) {
         if (!todo[i]) continue;
         if (append(r, i, ud) != TD_OK) {
-            rd_drop(r, false);
+            td_rconn_drop(&r->rc, false);
             return TD_ERR;
         }
         if (++sent % 64 == 0 &&
@@ -1173,7 +494,7 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
             return TD_ERR;
         todo[i] = 0;
         if (rep->type == REDIS_REPLY_INTEGER && (rep->integer == 0 || rep->integer == 1)) {
-            rd_result(states, expected, result, i, rep->integer == 1);
+            rw_result(states, expected, result, i, rep->integer == 1);
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
             todo[i] = 1;
@@ -1193,57 +514,57 @@ static int rd_cas_round(td_redis *r, td_state *states, const int64_t *expected, 
 }
 
 /* Full writes (td_redis_store). */
-typedef struct rd_full_ud {
+typedef struct rw_full_ud {
     const td_state *states;
     const int64_t *expected;
-} rd_full_ud;
+} rw_full_ud;
 
-static int rd_append_full(td_redis *r, size_t i, void *ud) {
-    const rd_full_ud *u = ud;
-    return rd_append_cas(r, &u->states[i], u->expected[i]);
+static int rw_append_full(td_redis *r, size_t i, void *ud) {
+    const rw_full_ud *u = ud;
+    return rw_append_cas(r, &u->states[i], u->expected[i]);
 }
 
 /* ---- diff writes ---- */
 
-static int rd_diff_script_load(td_redis *r, int64_t deadline) {
-    return rd_load_script(r, deadline, td_redis_diff_lua, sizeof td_redis_diff_lua - 1, r->dsha);
+static int rw_diff_script_load(td_redis *r, int64_t deadline) {
+    return rw_load_script(r, deadline, td_redis_diff_lua, sizeof td_redis_diff_lua - 1, r->dsha);
 }
 
 /* Collected diff of one state: set pairs and deleted keys, as spans of one
  * buffer each, then copied into the command in the script's order; and the
  * timer index changes: the member suffixes of timer.* fields set (armed or
  * re-armed) and deleted (disarmed or fired). */
-typedef struct rd_diffbuf {
+typedef struct rw_diffbuf {
     td_rscratch sets, dels, zadd, zrem;
-    td_rscratch keys, args; /* the call being built (rd_diff_add) */
+    td_rscratch keys, args; /* the call being built (rw_diff_add) */
     uint32_t nsets, ndels;
-} rd_diffbuf;
+} rw_diffbuf;
 
-static bool rd_is_timer_key(const char *k, size_t kl) {
+static bool rw_is_timer_key(const char *k, size_t kl) {
     return kl > 6 && memcmp(k, "timer.", 6) == 0;
 }
 
-static void rd_diff_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
-    rd_diffbuf *d = ud;
+static void rw_diff_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    rw_diffbuf *d = ud;
     if (kl == 1 && k[0] == 'v') return; /* the script writes "v" */
     rs_push(&d->sets, k, kl);
     rs_push(&d->sets, v, vl);
     d->nsets++;
-    if (rd_is_timer_key(k, kl)) rs_push(&d->zadd, k + 6, kl - 6);
+    if (rw_is_timer_key(k, kl)) rs_push(&d->zadd, k + 6, kl - 6);
 }
 
-static void rd_diff_del(void *ud, const char *k, size_t kl) {
-    rd_diffbuf *d = ud;
+static void rw_diff_del(void *ud, const char *k, size_t kl) {
+    rw_diffbuf *d = ud;
     if (kl == 1 && k[0] == 'v') return;
     rs_push(&d->dels, k, kl);
     d->ndels++;
-    if (rd_is_timer_key(k, kl)) rs_push(&d->zrem, k + 6, kl - 6);
+    if (rw_is_timer_key(k, kl)) rs_push(&d->zrem, k + 6, kl - 6);
 }
 
 /* The index member suffix of a timer: its rule id as the flat form writes it
  * in "timer.<rule>" (percent-encoded bytes < 0x20, 0x7f.., and '%'), so that
  * members written by either script name the same timer. */
-static size_t rd_member_suffix(const char *rule, char *out) {
+static size_t rw_member_suffix(const char *rule, char *out) {
     static const char hex[] = "0123456789ABCDEF";
     size_t n = 0;
     for (const unsigned char *p = (const unsigned char *)rule; *p; p++) {
@@ -1260,23 +581,39 @@ static size_t rd_member_suffix(const char *rule, char *out) {
 
 /* The due time of the timer of st whose member suffix is sfx[0..n), or
  * TD_MS_MISSING (cannot happen for a suffix taken from st's own flat form). */
-static td_ms rd_timer_due(const td_state *st, const char *sfx, size_t n) {
+static td_ms rw_timer_due(const td_state *st, const char *sfx, size_t n) {
     char enc[3 * (TD_RULE_ID_MAX + 1) + 1];
     for (uint32_t i = 0; i < st->ntimers; i++)
-        if (rd_member_suffix(st->timers[i].rule, enc) == n && memcmp(enc, sfx, n) == 0)
+        if (rw_member_suffix(st->timers[i].rule, enc) == n && memcmp(enc, sfx, n) == 0)
             return st->timers[i].due_at;
     return TD_MS_MISSING;
 }
 
+/* Pushes onto `a` the due time (decimal ms) of st's timer whose member suffix
+ * is sfx[0..sl), and gives it in *due. @returns TD_OK, or TD_ERR (no such
+ * timer: message set). */
+static int rw_push_due(td_redis *r, const td_state *st, const char *sfx, size_t sl, td_rscratch *a,
+                       td_ms *due) {
+    *due = rw_timer_due(st, sfx, sl);
+    if (*due == TD_MS_MISSING) {
+        rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
+                  (int)(sl > 64 ? 64 : sl), sfx);
+        return TD_ERR;
+    }
+    char dn[24];
+    rs_push(a, dn, td_fmt_i64(*due, dn));
+    return TD_OK;
+}
+
 /* Collects into d what turns `base` into `now`: pairs to set, keys to
  * delete, and the timer members to add and remove. */
-static int rd_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, rd_diffbuf *d) {
+static int rw_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, rw_diffbuf *d) {
     rs_reset(&d->sets);
     rs_reset(&d->dels);
     rs_reset(&d->zadd);
     rs_reset(&d->zrem);
     d->nsets = d->ndels = 0;
-    if (td_kvs_diff(base, now, rd_diff_set, rd_diff_del, d) != TD_OK || d->sets.oom ||
+    if (td_kvs_diff(base, now, rw_diff_set, rw_diff_del, d) != TD_OK || d->sets.oom ||
         d->dels.oom || d->zadd.oom || d->zrem.oom) {
         rd_seterr(r, "redis: out of memory");
         return TD_ERR;
@@ -1286,9 +623,9 @@ static int rd_diff_collect(td_redis *r, const td_kvs *base, const td_kvs *now, r
 
 /* Adds prospect st's part of a diff-script call: its key(s) to d->keys and
  * its arguments to d->args (see td_redis_diff_lua). */
-static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
-                       int64_t expected, rd_diffbuf *d) {
-    if (rd_diff_collect(r, base, now, d) != TD_OK) return TD_ERR;
+static int rw_diff_add(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                       int64_t expected, rw_diffbuf *d) {
+    if (rw_diff_collect(r, base, now, d) != TD_OK) return TD_ERR;
     char key[TD_ID_MAX + 80];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     rs_push(&d->keys, key, kn < sizeof key ? kn : sizeof key - 1);
@@ -1322,14 +659,8 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
     for (size_t k = 0; k < nz; k++) {
         const char *sfx = d->zadd.buf + d->zadd.off[k];
         size_t sl = d->zadd.slen[k];
-        td_ms due = rd_timer_due(st, sfx, sl);
-        if (due == TD_MS_MISSING) {
-            rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
-                      (int)(sl > 64 ? 64 : sl), sfx);
-            return TD_ERR;
-        }
-        char dn[24];
-        rs_push(a, dn, td_fmt_i64(due, dn));
+        td_ms due;
+        if (rw_push_due(r, st, sfx, sl, a, &due) != TD_OK) return TD_ERR;
         rs_push(a, sfx, sl);
     }
     for (size_t k = 0; k < nr; k++)
@@ -1342,7 +673,7 @@ static int rd_diff_add(td_redis *r, const td_state *st, const td_kvs *base, cons
 }
 
 /* Appends the diff-script call of the `np` prospects collected in d. */
-static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
+static int rw_diff_send(td_redis *r, rw_diffbuf *d, size_t np) {
     char num[24];
     td_rscratch *s = &r->s;
     rs_reset(s);
@@ -1372,25 +703,25 @@ static int rd_diff_send(td_redis *r, rd_diffbuf *d, size_t np) {
  * leaves todo[i] set only for prospects whose call got NOSCRIPT.
  * @returns TD_OK, or TD_ERR (I/O, or an error reply other than NOSCRIPT).
  */
-static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kvs *bases,
+static int rw_diff_round(td_redis *r, const td_state *const *states, const td_kvs *bases,
                          const td_kvs *nows, const int64_t *expected, size_t n, int *result,
-                         unsigned char *todo, int64_t deadline, size_t *noscript, rd_diffbuf *d,
+                         unsigned char *todo, int64_t deadline, size_t *noscript, rw_diffbuf *d,
                          size_t *order) {
     size_t sent = 0, inchunk = 0;
     rs_reset(&d->keys);
     rs_reset(&d->args);
     for (size_t i = 0; i < n; i++) {
         if (!todo[i]) continue;
-        if (rd_diff_add(r, states[i], &bases[i], &nows[i], expected[i], d) != TD_OK) goto fail;
+        if (rw_diff_add(r, states[i], &bases[i], &nows[i], expected[i], d) != TD_OK) goto fail;
         order[sent++] = i;
         if (++inchunk == TD_REDIS_DIFF_CHUNK) {
-            if (rd_diff_send(r, d, inchunk) != TD_OK) goto fail;
+            if (rw_diff_send(r, d, inchunk) != TD_OK) goto fail;
             inchunk = 0;
             if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK)
                 return TD_ERR;
         }
     }
-    if (inchunk > 0 && rd_diff_send(r, d, inchunk) != TD_OK) goto fail;
+    if (inchunk > 0 && rw_diff_send(r, d, inchunk) != TD_OK) goto fail;
     if (sent == 0) return TD_OK;
     if (rd_flush(r, deadline, "EVALSHA", r->conf.command_timeout_ms) != TD_OK) return TD_ERR;
     int rc = TD_OK;
@@ -1408,7 +739,7 @@ static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kv
             for (size_t k = 0; k < cn; k++) {
                 size_t i = order[c0 + k];
                 todo[i] = 0;
-                rd_result_diff(result, i, rep->element[k]->integer == 1);
+                rw_result_diff(result, i, rep->element[k]->integer == 1);
             }
         } else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 &&
                    memcmp(rep->str, "NOSCRIPT", 8) == 0) {
@@ -1434,44 +765,44 @@ static int rd_diff_round(td_redis *r, const td_state *const *states, const td_kv
     }
     return rc;
 fail:
-    rd_drop(r, false); /* unsent commands in obuf: start clean */
+    td_rconn_drop(&r->rc, false); /* unsent commands in obuf: start clean */
     return TD_ERR;
 }
 
-/* td_kvs_diff's callbacks for rd_diff_queue: a pair to set goes straight
+/* td_kvs_diff's callbacks for rw_diff_queue: a pair to set goes straight
  * into the sink as two RESP bulk strings (room reserved for every pair of
  * the new flat form); keys to delete and timer members are collected. */
-typedef struct rd_sinkdiff {
+typedef struct rw_sinkdiff {
     rd_sink *o;
-    rd_diffbuf *d;
+    rw_diffbuf *d;
     size_t nsets;
-} rd_sinkdiff;
+} rw_sinkdiff;
 
-static void rd_sink_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
-    rd_sinkdiff *x = ud;
+static void rw_sink_set(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    rw_sinkdiff *x = ud;
     if (kl == 1 && k[0] == 'v') return; /* written from the expected version */
-    sk_bulk(x->o, k, kl);
-    sk_bulk(x->o, v, vl);
+    rw_sk_bulk(x->o, k, kl);
+    rw_sk_bulk(x->o, v, vl);
     x->nsets++;
-    if (rd_is_timer_key(k, kl)) rs_push(&x->d->zadd, k + 6, kl - 6);
+    if (rw_is_timer_key(k, kl)) rs_push(&x->d->zadd, k + 6, kl - 6);
 }
 
-static void rd_sink_del(void *ud, const char *k, size_t kl) {
-    rd_diff_del(((rd_sinkdiff *)ud)->d, k, kl);
+static void rw_sink_del(void *ud, const char *k, size_t kl) {
+    rw_diff_del(((rw_sinkdiff *)ud)->d, k, kl);
 }
 
 /* The bytes of "<c><n>\r\n". */
-static size_t rd_head_len(size_t n) {
+static size_t rw_head_len(size_t n) {
     char tmp[24];
     return 3 + td_fmt_u64(n, tmp);
 }
 
-/* Formats prospect st's writes for the MULTI of rd_diff_watch into r->sink
- * (set by rd_diff_prebuild): HSET (the new version first, then the changed
+/* Formats prospect st's writes for the MULTI of rw_diff_watch into r->sink
+ * (set by rw_diff_prebuild): HSET (the new version first, then the changed
  * fields), HDEL, and with the timer index ZADD / ZREM. The same changes as
  * the script's, as plain commands; *queued counts them. */
-static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
-                         int64_t expected, rd_diffbuf *d, size_t *queued) {
+static int rw_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, const td_kvs *now,
+                         int64_t expected, rw_diffbuf *d, size_t *queued) {
     char key[TD_ID_MAX + 80], ver[24];
     size_t kn = td_redis_key(r, st->prospect_id, key, sizeof key);
     if (kn >= sizeof key) kn = sizeof key - 1;
@@ -1482,7 +813,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
      * header if that is shorter. HDEL and the rarer timer commands follow
      * (rd_append appends to the same sink). */
     rd_sink *o = r->sink;
-    size_t hmax = rd_head_len(4 + 2 * now->n);
+    size_t hmax = rw_head_len(4 + 2 * now->n);
     if (!sk_reserve(o, hmax + 4 * 32 + kn + now->len + 32 * now->n)) {
         rd_seterr(r, "redis: out of memory building a command");
         return TD_ERR;
@@ -1494,12 +825,12 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
     size_t h0 = o->len;
     o->len += hmax;
     size_t vn = td_fmt_u64((uint64_t)expected + 1, ver);
-    sk_bulk(o, "HSET", 4);
-    sk_bulk(o, key, kn);
-    sk_bulk(o, "v", 1);
-    sk_bulk(o, ver, vn);
-    rd_sinkdiff x = {o, d, 0};
-    if (td_kvs_diff(base, now, rd_sink_set, rd_sink_del, &x) != TD_OK || d->dels.oom ||
+    rw_sk_bulk(o, "HSET", 4);
+    rw_sk_bulk(o, key, kn);
+    rw_sk_bulk(o, "v", 1);
+    rw_sk_bulk(o, ver, vn);
+    rw_sinkdiff x = {o, d, 0};
+    if (td_kvs_diff(base, now, rw_sink_set, rw_sink_del, &x) != TD_OK || d->dels.oom ||
         d->zadd.oom || d->zrem.oom) {
         o->len = h0;
         rd_seterr(r, "redis: out of memory");
@@ -1516,11 +847,11 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
             rd_seterr(r, "redis: out of memory building a command");
             return TD_ERR;
         }
-        sk_head(o, 2 + d->dels.n);
-        sk_bulk(o, "HDEL", 4);
-        sk_bulk(o, key, kn);
+        rw_sk_head(o, 2 + d->dels.n);
+        rw_sk_bulk(o, "HDEL", 4);
+        rw_sk_bulk(o, key, kn);
         for (size_t k = 0; k < d->dels.n; k++)
-            sk_bulk(o, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
+            rw_sk_bulk(o, d->dels.buf + d->dels.off[k], d->dels.slen[k]);
         (*queued)++;
     }
     td_rscratch *c = &r->s;
@@ -1545,14 +876,8 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
             size_t sl = set->slen[k];
             if (sl > 3 * (TD_RULE_ID_MAX + 1)) sl = 3 * (TD_RULE_ID_MAX + 1);
             if (pass == 0) {
-                td_ms due = rd_timer_due(st, sfx, sl);
-                if (due == TD_MS_MISSING) {
-                    rd_seterr(r, "redis: %s: timer field without a timer (%.*s)", st->prospect_id,
-                              (int)(sl > 64 ? 64 : sl), sfx);
-                    return TD_ERR;
-                }
-                char dn[24];
-                rs_push(c, dn, td_fmt_i64(due, dn));
+                td_ms due;
+                if (rw_push_due(r, st, sfx, sl, c, &due) != TD_OK) return TD_ERR;
                 if (lo == TD_MS_MISSING || due < lo) lo = due;
             }
             memcpy(member + pn, sfx, sl);
@@ -1580,7 +905,7 @@ static int rd_diff_queue(td_redis *r, const td_state *st, const td_kvs *base, co
 
 /* Appends "WATCH <keys>" and one "HGET <key> v" per prospect of
  * order[0..m). */
-static int rd_watch_append(td_redis *r, const td_state *const *states, const size_t *order,
+static int rw_watch_append(td_redis *r, const td_state *const *states, const size_t *order,
                            size_t m) {
     char key[TD_ID_MAX + 80];
     td_rscratch *c = &r->s;
@@ -1603,13 +928,13 @@ static int rd_watch_append(td_redis *r, const td_state *const *states, const siz
 }
 
 /* An error reply's text for a message ("" for any other reply). */
-#define RD_ERRTXT(rep)                                                                             \
+#define RW_ERRTXT(rep)                                                                             \
     ((rep)->type == TD_RESP_ERROR ? (int)((rep)->len > 200 ? 200 : (rep)->len) : 0),               \
         ((rep)->type == TD_RESP_ERROR ? (rep)->s : "")
 
-/* Reads the replies of rd_watch_append: match[k] = the stored version of
+/* Reads the replies of rw_watch_append: match[k] = the stored version of
  * order[k] is the expected one. @returns TD_OK, or TD_ERR (message set). */
-static int rd_watch_read(td_redis *r, const td_state *const *states, const int64_t *expected,
+static int rw_watch_read(td_redis *r, const td_state *const *states, const int64_t *expected,
                          const size_t *order, size_t m, int64_t deadline, unsigned char *match,
                          size_t *nmatch) {
     int rc = TD_OK;
@@ -1619,7 +944,7 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
     for (size_t k = 0; k <= m; k++) {
         td_resp rep;
         if (rc != TD_OK && first[0] == '\0') memcpy(first, r->err, sizeof first);
-        if (rd_rx(r, deadline, &rep, "WATCH") != TD_OK) {
+        if (rw_rx(r, deadline, &rep, "WATCH") != TD_OK) {
             if (rc != TD_OK) {
                 /* the first error says why (a server refusing the
                  * connection answers its first command, then closes) */
@@ -1635,7 +960,7 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
         }
         if (k == 0) {
             if (!td_resp_is_status(&rep, "OK") && rc == TD_OK) {
-                rd_seterr(r, "redis: WATCH: %.*s", RD_ERRTXT(&rep));
+                rd_seterr(r, "redis: WATCH: %.*s", RW_ERRTXT(&rep));
                 rc = TD_ERR;
             }
         } else {
@@ -1650,7 +975,7 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
             } else if (rc == TD_OK) {
                 char key[TD_ID_MAX + 80];
                 td_redis_key(r, states[i]->prospect_id, key, sizeof key);
-                rd_seterr(r, "redis: HGET %s v: %.*s", key, RD_ERRTXT(&rep));
+                rd_seterr(r, "redis: HGET %s v: %.*s", key, RW_ERRTXT(&rep));
                 rc = TD_ERR;
             }
             match[k - 1] = ok;
@@ -1663,52 +988,52 @@ static int rd_watch_read(td_redis *r, const td_state *const *states, const int64
 /* Reads the replies of a MULTI ... EXEC of `queued` commands.
  * @returns TD_OK (executed), 1 (EXEC aborted: a watched key changed) or
  * TD_ERR (message set). */
-static int rd_exec_read(td_redis *r, size_t queued, int64_t deadline) {
+static int rw_exec_read(td_redis *r, size_t queued, int64_t deadline) {
     int rc = TD_OK;
     for (size_t q = 0; q <= queued; q++) { /* +OK for MULTI, then +QUEUED per command */
         td_resp rep;
-        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
+        if (rw_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
         if (!td_resp_is_status(&rep, q == 0 ? "OK" : "QUEUED")) {
             if (rep.type != TD_RESP_ERROR) {
                 rd_seterr(r, "redis: MULTI: unexpected reply");
                 return TD_ERR; /* out of step: the caller drops the connection */
             }
-            if (rc == TD_OK) rd_seterr(r, "redis: MULTI: %.*s", RD_ERRTXT(&rep));
+            if (rc == TD_OK) rd_seterr(r, "redis: MULTI: %.*s", RW_ERRTXT(&rep));
             rc = TD_ERR;
         }
     }
     td_resp rep;
-    if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
+    if (rw_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
     if (rc != TD_OK) return rc;
     if (rep.type == TD_RESP_NIL) return 1; /* nothing ran */
     if (rep.type != TD_RESP_ARRAY || (uint64_t)rep.i != queued) {
         if (rep.type == TD_RESP_ERROR)
-            rd_seterr(r, "redis: EXEC: %.*s", RD_ERRTXT(&rep));
+            rd_seterr(r, "redis: EXEC: %.*s", RW_ERRTXT(&rep));
         else
             rd_seterr(r, "redis: EXEC: unexpected reply");
         return TD_ERR;
     }
     for (size_t e = 0; e < queued; e++) {
-        if (rd_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
+        if (rw_rx(r, deadline, &rep, "EXEC") != TD_OK) return TD_ERR;
         if (rep.type == TD_RESP_ARRAY) {
             rd_seterr(r, "redis: EXEC: unexpected reply");
             return TD_ERR; /* HSET, HDEL, ZADD, ZREM answer with integers */
         }
         if (rep.type == TD_RESP_ERROR && rc == TD_OK) {
             /* e.g. WRONGTYPE: a key that is not a hash */
-            rd_seterr(r, "redis: EXEC: %.*s", RD_ERRTXT(&rep));
+            rd_seterr(r, "redis: EXEC: %.*s", RW_ERRTXT(&rep));
             rc = TD_ERR;
         }
     }
     return rc;
 }
 
-/* Formats the writes of the cn prospects order[0..cn) into pb (rd_diff_queue
+/* Formats the writes of the cn prospects order[0..cn) into pb (rw_diff_queue
  * into a sink instead of the connection): they do not depend on the versions
  * the WATCH reads, so they are built while Redis runs the previous chunk. */
-static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td_kvs *bases,
+static int rw_diff_prebuild(td_redis *r, const td_state *const *states, const td_kvs *bases,
                             const td_kvs *nows, const int64_t *expected, const size_t *order,
-                            size_t cn, rd_diffbuf *d, rd_prebuilt *pb) {
+                            size_t cn, rw_diffbuf *d, rd_prebuilt *pb) {
     pb->out.len = 0;
     r->sink = &pb->out;
     int rc = TD_OK;
@@ -1723,7 +1048,7 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
             td_kvs_prefetch(&nows[order[k + 2]], false);
         }
         pb->off[k] = pb->out.len;
-        rc = rd_diff_queue(r, states[i], &bases[i], &nows[i], expected[i], d, &q);
+        rc = rw_diff_queue(r, states[i], &bases[i], &nows[i], expected[i], d, &q);
         pb->q[k] = (unsigned char)q;
     }
     pb->off[cn] = pb->out.len;
@@ -1731,37 +1056,37 @@ static int rd_diff_prebuild(td_redis *r, const td_state *const *states, const td
     return rc;
 }
 
-/* One connection of rd_diff_watch (a lane). Chunk j of the prospects to
+/* One connection of rw_diff_watch (a lane). Chunk j of the prospects to
  * write is order[j * TD_REDIS_DIFF_CHUNK ...]; lane l of L runs the chunks
  * l, l + L, l + 2L, ... Per lane at most two chunks are in flight: `w`, whose
  * WATCH + HGET replies are awaited (its writes prebuilt in r->pre), and
  * `x`, whose MULTI/EXEC (or UNWATCH) replies are awaited, sent before w's
  * WATCH on the same connection, so read first. */
-typedef struct rd_lane {
+typedef struct rw_lane {
     td_redis *r;
     size_t w, x;                              /* chunk numbers; SIZE_MAX: none */
     size_t queued;                            /* commands in x's MULTI; 0: x was an UNWATCH */
     unsigned char match[TD_REDIS_DIFF_CHUNK]; /* of x */
-} rd_lane;
+} rw_lane;
 
 /* The chunk j's share of order[0..m): its first index, its length. */
-static size_t rd_chunk(size_t j, size_t m, size_t *c0) {
+static size_t rw_chunk(size_t j, size_t m, size_t *c0) {
     *c0 = j * TD_REDIS_DIFF_CHUNK;
     return m - *c0 < TD_REDIS_DIFF_CHUNK ? m - *c0 : TD_REDIS_DIFF_CHUNK;
 }
 
 /* Sends chunk j's WATCH + HGETs on lane ln (after whatever is appended) and
  * formats its writes while Redis runs them. */
-static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const *states,
+static int rw_lane_watch(rw_lane *ln, size_t j, size_t m, const td_state *const *states,
                          const td_kvs *bases, const td_kvs *nows, const int64_t *expected,
-                         const size_t *order, rd_diffbuf *d, int64_t deadline) {
-    size_t c0, cn = rd_chunk(j, m, &c0);
+                         const size_t *order, rw_diffbuf *d, int64_t deadline) {
+    size_t c0, cn = rw_chunk(j, m, &c0);
     ln->r->sink = &ln->r->out; /* after the previous chunk's MULTI/EXEC, if any */
-    int rc = rd_watch_append(ln->r, states, order + c0, cn);
+    int rc = rw_watch_append(ln->r, states, order + c0, cn);
     ln->r->sink = NULL;
-    if (rc != TD_OK || rd_tx(ln->r, deadline, "WATCH") != TD_OK) return TD_ERR;
+    if (rc != TD_OK || rw_tx(ln->r, deadline, "WATCH") != TD_OK) return TD_ERR;
     ln->w = j;
-    return rd_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d, &ln->r->pre);
+    return rw_diff_prebuild(ln->r, states, bases, nows, expected, order + c0, cn, d, &ln->r->pre);
 }
 
 /*
@@ -1778,7 +1103,7 @@ static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const 
  * One round trip per chunk and connection: the WATCH of a lane's next chunk
  * travels with the MULTI/EXEC of its current one (EXEC clears the watches
  * first), and the writes of that next chunk are formatted while Redis runs
- * the round trip (rd_diff_prebuild). With two lanes (two connections, the
+ * the round trip (rw_diff_prebuild). With two lanes (two connections, the
  * chunks alternating between them), Redis runs one lane's round trip while
  * this thread reads the other's replies and sends its next one, so Redis is
  * not idle while this thread turns a chunk around. The chunks hold distinct
@@ -1789,9 +1114,9 @@ static int rd_lane_watch(rd_lane *ln, size_t j, size_t m, const td_state *const 
  * @returns TD_OK or TD_ERR (I/O or error reply: nothing can be assumed;
  * every lane's connection is dropped, the message is in r).
  */
-static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases,
+static int rw_diff_watch(td_redis *r, const td_state *const *states, const td_kvs *bases,
                          const td_kvs *nows, const int64_t *expected, size_t n, int *result,
-                         unsigned char *todo, int64_t deadline, rd_diffbuf *d, size_t *order,
+                         unsigned char *todo, int64_t deadline, rw_diffbuf *d, size_t *order,
                          size_t *raced) {
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
@@ -1799,7 +1124,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
     *raced = 0;
     if (m == 0) return TD_OK;
     size_t nchunks = (m + TD_REDIS_DIFF_CHUNK - 1) / TD_REDIS_DIFF_CHUNK;
-    rd_lane lanes[2] = {{.r = r, .w = SIZE_MAX, .x = SIZE_MAX},
+    rw_lane lanes[2] = {{.r = r, .w = SIZE_MAX, .x = SIZE_MAX},
                         {.r = r->peer, .w = SIZE_MAX, .x = SIZE_MAX}};
     size_t nl = 1;
     if (r->peer) r->peer->err[0] = '\0';
@@ -1813,31 +1138,31 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
     for (size_t l = 0; l < nl; l++) {
         td_redis *lr = lanes[l].r;
         lr->out.len = lr->in.len = lr->rpos = lr->nrun = 0;
-        if (!rd_raw_ready(lr)) { /* not reached: every call reads all its replies */
+        if (!rw_raw_ready(lr)) { /* not reached: every call reads all its replies */
             rd_seterr(lr, "redis: unread replies on the connection");
             goto fail;
         }
     }
     for (size_t l = 0; l < nl; l++)
-        if (rd_lane_watch(&lanes[l], l, m, states, bases, nows, expected, order, d, deadline) !=
+        if (rw_lane_watch(&lanes[l], l, m, states, bases, nows, expected, order, d, deadline) !=
             TD_OK)
             goto fail;
     for (size_t busy = nl; busy > 0;) {
         for (size_t l = 0; l < nl; l++) {
-            rd_lane *ln = &lanes[l];
+            rw_lane *ln = &lanes[l];
             td_redis *lr = ln->r;
             if (!lr) continue; /* done */
             size_t c0, cn;
             if (ln->x != SIZE_MAX) { /* the previous chunk's EXEC or UNWATCH */
-                cn = rd_chunk(ln->x, m, &c0);
+                cn = rw_chunk(ln->x, m, &c0);
                 int x = TD_OK;
                 if (ln->queued) {
-                    x = rd_exec_read(lr, ln->queued, deadline);
+                    x = rw_exec_read(lr, ln->queued, deadline);
                 } else {
                     td_resp rep;
-                    if (rd_rx(lr, deadline, &rep, "UNWATCH") != TD_OK) goto fail;
+                    if (rw_rx(lr, deadline, &rep, "UNWATCH") != TD_OK) goto fail;
                     if (!td_resp_is_status(&rep, "OK")) {
-                        rd_seterr(lr, "redis: UNWATCH: %.*s", RD_ERRTXT(&rep));
+                        rd_seterr(lr, "redis: UNWATCH: %.*s", RW_ERRTXT(&rep));
                         goto fail;
                     }
                 }
@@ -1849,7 +1174,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                         continue;
                     }
                     todo[i] = 0;
-                    rd_result_diff(result, i, ln->match[k]);
+                    rw_result_diff(result, i, ln->match[k]);
                 }
                 ln->x = SIZE_MAX;
             }
@@ -1858,9 +1183,9 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
                 busy--;
                 continue;
             }
-            cn = rd_chunk(ln->w, m, &c0);
+            cn = rw_chunk(ln->w, m, &c0);
             size_t nmatch;
-            if (rd_watch_read(lr, states, expected, order + c0, cn, deadline, ln->match, &nmatch) !=
+            if (rw_watch_read(lr, states, expected, order + c0, cn, deadline, ln->match, &nmatch) !=
                 TD_OK)
                 goto fail;
             if (r->race_hook) r->race_hook(r->race_ud);
@@ -1874,7 +1199,7 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
             int ar = rd_append(lr);
             if (ar == TD_OK && nmatch) {
                 /* each run of matching prospects is contiguous in pb: sent
-                 * from there (rd_tx sends pb before the lane prebuilds its
+                 * from there (rw_tx sends pb before the lane prebuilds its
                  * next chunk into it), at most one run per two prospects */
                 lr->split = lr->out.len;
                 for (size_t k = 0; k < cn;) {
@@ -1900,10 +1225,10 @@ static int rd_diff_watch(td_redis *r, const td_state *const *states, const td_kv
             ln->w = SIZE_MAX;
             size_t next = ln->x + nl;
             if (next < nchunks) {
-                if (rd_lane_watch(ln, next, m, states, bases, nows, expected, order, d, deadline) !=
+                if (rw_lane_watch(ln, next, m, states, bases, nows, expected, order, d, deadline) !=
                     TD_OK)
                     goto fail;
-            } else if (rd_tx(lr, deadline, "EXEC") != TD_OK) {
+            } else if (rw_tx(lr, deadline, "EXEC") != TD_OK) {
                 goto fail;
             }
         }
@@ -1923,116 +1248,31 @@ fail:
     if (r->peer && r->peer->err[0]) {
         if (!r->err[0])
             snprintf(r->err, sizeof r->err, "second store connection: %.400s", r->peer->err);
-        if (r->peer->c) rd_drop(r->peer, true);
+        if (r->peer->rc.c) td_rconn_drop(&r->peer->rc, true);
     } else if (r->peer) {
-        rd_drop(r->peer, false); /* unsent commands or unread replies: start clean */
+        td_rconn_drop(&r->peer->rc, false); /* unsent commands or unread replies: start clean */
     }
-    rd_drop(r, false);
+    td_rconn_drop(&r->rc, false);
     return TD_ERR;
 }
 
-/* ---- verify_writes ---- */
-
-/* td_kvs_diff callbacks of rd_verify_one: the first difference between
- * the flat form Redis' hash loads as (`got`) and the one written (`now`). */
-typedef struct rd_vdiff {
-    const td_kvs *got;
-    char *why;
-    size_t cap;
-} rd_vdiff;
-
-static const td_kvs_entry *rd_kvs_find(const td_kvs *kv, const char *key, size_t klen) {
-    for (size_t j = 0; j < kv->n; j++)
-        if (kv->e[j].kl == klen && memcmp(kv->buf + kv->e[j].k, key, klen) == 0) return &kv->e[j];
-    return NULL;
-}
-
-static void rd_vdiff_set(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
-    rd_vdiff *x = ud;
-    if (x->why[0] || (klen == 1 && key[0] == 'v')) return;
-    const td_kvs_entry *g = rd_kvs_find(x->got, key, klen);
-    if (g)
-        snprintf(x->why, x->cap, "field \"%.*s\": redis holds \"%.*s\", touchd wrote \"%.*s\"",
-                 (int)(klen > 60 ? 60 : klen), key, (int)(g->vl > 60 ? 60 : g->vl),
-                 x->got->buf + g->v, (int)(vlen > 60 ? 60 : vlen), val);
-    else
-        snprintf(x->why, x->cap, "field \"%.*s\": touchd wrote \"%.*s\", redis has no such field",
-                 (int)(klen > 60 ? 60 : klen), key, (int)(vlen > 60 ? 60 : vlen), val);
-}
-
-static void rd_vdiff_del(void *ud, const char *key, size_t klen) {
-    rd_vdiff *x = ud;
-    if (x->why[0] || (klen == 1 && key[0] == 'v')) return;
-    const td_kvs_entry *g = rd_kvs_find(x->got, key, klen);
-    snprintf(x->why, x->cap, "field \"%.*s\": redis holds \"%.*s\", touchd has no such field",
-             (int)(klen > 60 ? 60 : klen), key, g ? (int)(g->vl > 60 ? 60 : g->vl) : 0,
-             g ? x->got->buf + g->v : "");
-}
-
-/* The first difference, into why ("" when none), between the state one
- * HGETALL reply loads as (what a reload would see: fields parsed, unknown
- * ones ignored) and the flat form `now` written at a version >= min_v. */
-static void rd_verify_one(td_redis *r, const td_state *st, const redisReply *rep, const td_kvs *now,
-                          int64_t min_v, char *why, size_t cap) {
-    why[0] = '\0';
-    td_state got;
-    td_state_init(&got, st->prospect_id);
-    char err[sizeof r->err];
-    memcpy(err, r->err, sizeof err);
-    if (rd_apply_hash(r, &got, rep) != TD_OK) {
-        snprintf(why, cap, "does not load: %.200s", r->err);
-        memcpy(r->err, err, sizeof err);
-    } else if (got.version < min_v) {
-        snprintf(why, cap, "field \"v\": redis holds %" PRId64 ", expected at least %" PRId64,
-                 got.version, min_v);
-    } else {
-        td_kvs kv = {0};
-        rd_vdiff x = {&kv, why, cap};
-        if (td_kvs_capture(&kv, &got) != TD_OK ||
-            td_kvs_diff(&kv, now, rd_vdiff_set, rd_vdiff_del, &x) != TD_OK)
-            snprintf(why, cap, "out of memory comparing");
-        td_kvs_free(&kv);
-    }
-    td_state_free(&got);
-}
-
-/* Reads back the hashes td_redis_store_diff stored (conf.verify_writes).
- * @returns TD_OK (differences are counted, not errors) or TD_ERR (Redis). */
-static int rd_verify(td_redis *r, const td_state *const *states, const td_kvs *nows,
-                     const int64_t *expected_version, size_t n, const int *result) {
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    size_t sent = 0;
+/* What both writes do before sending a state: check the arguments (states
+ * as arr[i], or *ptrs[i] when ptrs), get a usable connection, start the
+ * call's deadline and load the write's script (the diff script when diff)
+ * if it is not loaded yet. @returns TD_OK/TD_ERR. */
+static int rw_begin(td_redis *r, const td_state *arr, const td_state *const *ptrs,
+                    const int64_t *expected_version, size_t n, bool diff, int64_t *deadline) {
     for (size_t i = 0; i < n; i++) {
-        if (result[i] != TD_REDIS_STORED) continue;
-        rs_reset(&r->s);
-        rs_pushs(&r->s, "HGETALL");
-        rd_push_key(r, states[i]->prospect_id);
-        if (rd_append(r) != TD_OK) {
-            rd_drop(r, false);
+        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
+            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
+                      (ptrs ? ptrs[i] : &arr[i])->prospect_id, expected_version[i]);
             return TD_ERR;
         }
-        sent++;
     }
-    if (sent == 0) return TD_OK;
-    if (rd_flush(r, deadline, "HGETALL (verify_writes)", r->conf.command_timeout_ms) != TD_OK)
-        return TD_ERR;
-    for (size_t i = 0; i < n; i++) {
-        if (result[i] != TD_REDIS_STORED) continue;
-        redisReply *rep = NULL;
-        if (rd_read(r, deadline, &rep, "HGETALL (verify_writes)", r->conf.command_timeout_ms) !=
-            TD_OK)
-            return TD_ERR;
-        char why[300];
-        rd_verify_one(r, states[i], rep, &nows[i], expected_version[i] + 1, why, sizeof why);
-        freeReplyObject(rep);
-        if (why[0]) {
-            char key[TD_ID_MAX + 80];
-            td_redis_key(r, states[i]->prospect_id, key, sizeof key);
-            snprintf(r->verify_msg, sizeof r->verify_msg, "%s: %s", key, why);
-            __atomic_add_fetch(&r->verify_bad, 1, __ATOMIC_RELAXED);
-        }
-    }
-    return TD_OK;
+    if (rd_check_ids(r, arr, ptrs, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
+    *deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    if (diff) return r->dsha[0] ? TD_OK : rw_diff_script_load(r, *deadline);
+    return r->sha[0] ? TD_OK : rw_script_load(r, *deadline);
 }
 
 int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs *bases,
@@ -2040,16 +1280,8 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
                         int *result) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
-    for (size_t i = 0; i < n; i++) {
-        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
-            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
-                      states[i]->prospect_id, expected_version[i]);
-            return TD_ERR;
-        }
-    }
-    if (rd_check_ids(r, NULL, states, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    if (!r->dsha[0] && rd_diff_script_load(r, deadline) != TD_OK) return TD_ERR;
+    int64_t deadline;
+    if (rw_begin(r, NULL, states, expected_version, n, true, &deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
     size_t *order = malloc(n * sizeof *order);
     if (!todo || !order) {
@@ -2059,7 +1291,7 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
         return TD_ERR;
     }
     memset(todo, 1, n);
-    rd_diffbuf d = {0};
+    rw_diffbuf d = {0};
     size_t noscript = 0;
     int rc = TD_OK;
     /* Up to one chunk, the script's single round trip beats WATCH's two
@@ -2069,20 +1301,20 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
     if (n > TD_REDIS_DIFF_CHUNK && r->lanes > 1 && !r->peer)
         r->peer = td_redis_new(&r->conf, NULL, 0); /* NULL (no memory): one lane */
     if (n > TD_REDIS_DIFF_CHUNK &&
-        rd_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
+        rw_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
                       order, &raced) != TD_OK)
         rc = TD_ERR;
     else if (raced > 0)
         /* Contention (another writer on these keys): the script writes each
          * prospect on its own, so one busy key cannot starve the rest. */
-        rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
+        rc = rw_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
                            &noscript, &d, order);
     if (rc == TD_OK && noscript > 0) {
         /* The server lost the script (restart, failover, SCRIPT FLUSH):
          * load it again and retry those prospects once. */
-        rc = rd_diff_script_load(r, deadline);
+        rc = rw_diff_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
+            rc = rw_diff_round(r, states, bases, nows, expected_version, n, result, todo, deadline,
                                &noscript, &d, order);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
@@ -2107,16 +1339,8 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
                    int *result) {
     r->err[0] = '\0';
     if (n == 0) return TD_OK;
-    for (size_t i = 0; i < n; i++) {
-        if (expected_version[i] < 0 || expected_version[i] == INT64_MAX) {
-            rd_seterr(r, "redis: state %zu (%s): expected version %" PRId64 " out of range", i,
-                      states[i].prospect_id, expected_version[i]);
-            return TD_ERR;
-        }
-    }
-    if (rd_check_ids(r, states, NULL, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
-    if (!r->sha[0] && rd_script_load(r, deadline) != TD_OK) return TD_ERR;
+    int64_t deadline;
+    if (rw_begin(r, states, NULL, expected_version, n, false, &deadline) != TD_OK) return TD_ERR;
     unsigned char *todo = malloc(n);
     if (!todo) {
         rd_seterr(r, "redis: out of memory");
@@ -2124,16 +1348,16 @@ int td_redis_store(td_redis *r, td_state *states, const int64_t *expected_versio
     }
     memset(todo, 1, n);
     size_t noscript = 0;
-    rd_full_ud u = {states, expected_version};
-    int rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
-                          rd_append_full, &u);
+    rw_full_ud u = {states, expected_version};
+    int rc = rw_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
+                          rw_append_full, &u);
     if (rc == TD_OK && noscript > 0) {
         /* The server lost the script (restart, failover, SCRIPT FLUSH):
          * load it again and retry those prospects once. */
-        rc = rd_script_load(r, deadline);
+        rc = rw_script_load(r, deadline);
         if (rc == TD_OK)
-            rc = rd_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
-                              rd_append_full, &u);
+            rc = rw_cas_round(r, states, expected_version, n, result, todo, deadline, &noscript,
+                              rw_append_full, &u);
         if (rc == TD_OK && noscript > 0) {
             rd_seterr(r, "redis: EVALSHA: NOSCRIPT again after SCRIPT LOAD (%zu prospects)",
                       noscript);
