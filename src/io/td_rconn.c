@@ -15,11 +15,7 @@
 #include <string.h>
 #include <time.h>
 
-static int64_t rc_mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#include "td_clock.h"
 
 void td_rconn_seterr(td_rconn *rc, const char *fmt, ...) {
     if (!rc->err || !rc->errcap) return;
@@ -61,7 +57,7 @@ void td_rconn_close(td_rconn *rc) {
 void td_rconn_drop(td_rconn *rc, bool penalize) {
     td_rconn_close(rc);
     if (penalize) {
-        rc->next_try_ms = rc_mono_ms() + rc->backoff_ms;
+        rc->next_try_ms = td_mono_ms() + rc->backoff_ms;
         int64_t b = rc->backoff_ms * 2;
         rc->backoff_ms = b > rc->conf->backoff_max_ms ? rc->conf->backoff_max_ms : b;
     }
@@ -130,7 +126,7 @@ static int rc_plain_session(td_rconn *rc) {
  * owner's session. */
 static int rc_connect(td_rconn *rc) {
     const td_redis_conf *cf = rc->conf;
-    int64_t deadline = rc_mono_ms() + cf->connect_timeout_ms;
+    int64_t deadline = td_mono_ms() + cf->connect_timeout_ms;
     struct timeval ctv = {.tv_sec = cf->connect_timeout_ms / 1000,
                           .tv_usec = (cf->connect_timeout_ms % 1000) * 1000};
     redisContext *c = cf->unix_socket ? redisConnectUnixWithTimeout(cf->host, ctv)
@@ -149,7 +145,7 @@ static int rc_connect(td_rconn *rc) {
 int td_rconn_ensure(td_rconn *rc) {
     if (td_rconn_usable(rc)) return TD_OK;
     if (rc->c) td_rconn_drop(rc, false); /* broken, or closed by the server while idle: at once */
-    int64_t now = rc_mono_ms();
+    int64_t now = td_mono_ms();
     if (now < rc->next_try_ms) {
         td_rconn_seterr(rc, "%s: reconnecting in %" PRId64 " ms", rc->who, rc->next_try_ms - now);
         return TD_ERR;

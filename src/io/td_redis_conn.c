@@ -158,7 +158,7 @@ int rd_io_fail(td_redis *r, const char *what, bool timed_out, int timeout_ms) {
 }
 
 static bool rn_timeout(td_redis *r, int64_t deadline) {
-    int64_t left = deadline - rd_now_ms();
+    int64_t left = deadline - td_mono_ms();
     if (left <= 0) return false;
     struct timeval tv = {.tv_sec = (time_t)(left / 1000),
                          .tv_usec = (suseconds_t)(left % 1000) * 1000};

@@ -31,6 +31,7 @@
 #include <sys/uio.h>
 #include <time.h>
 
+#include "td_clock.h"
 #include "td_kvs.h"
 #include "td_rconn.h"
 #include "td_redis.h"
@@ -94,13 +95,6 @@ struct td_redis {
     void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
     void *race_ud;
 };
-
-/* Monotonic milliseconds: the calls' deadlines. */
-static inline int64_t rd_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* printf into r->err (td_redis_last_error). */
 void rd_seterr(td_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -64,7 +64,7 @@ static int rl_load(td_redis *r, td_state *arr, td_state *const *ptrs, size_t n) 
     if (n == 0) return TD_OK;
     if (rd_check_ids(r, arr, (const td_state *const *)ptrs, n) != TD_OK || rd_ensure(r) != TD_OK)
         return TD_ERR;
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    int64_t deadline = td_mono_ms() + r->conf.command_timeout_ms;
     for (size_t i = 0; i < n; i++) {
         rs_reset(&r->s);
         rs_pushs(&r->s, "HGETALL");

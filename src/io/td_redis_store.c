@@ -251,7 +251,7 @@ static int rw_raw_fail(td_redis *r, const char *what, int type, const char *why,
  * TD_ERR (failed and dropped). */
 static int rw_raw_wait(td_redis *r, short events, int64_t deadline, const char *what) {
     for (;;) {
-        int64_t left = deadline - rd_now_ms();
+        int64_t left = deadline - td_mono_ms();
         if (left <= 0) return rw_raw_fail(r, what, REDIS_ERR_IO, "", true);
         struct pollfd pf = {.fd = r->rc.c->fd, .events = events};
         int n = poll(&pf, 1, left > INT_MAX ? INT_MAX : (int)left);
@@ -1270,7 +1270,7 @@ static int rw_begin(td_redis *r, const td_state *arr, const td_state *const *ptr
         }
     }
     if (rd_check_ids(r, arr, ptrs, n) != TD_OK || rd_ensure(r) != TD_OK) return TD_ERR;
-    *deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    *deadline = td_mono_ms() + r->conf.command_timeout_ms;
     if (diff) return r->dsha[0] ? TD_OK : rw_diff_script_load(r, *deadline);
     return r->sha[0] ? TD_OK : rw_script_load(r, *deadline);
 }

@@ -91,7 +91,7 @@ static void rv_verify_one(td_redis *r, const td_state *st, const redisReply *rep
  * @returns TD_OK (differences are counted, not errors) or TD_ERR (Redis). */
 int rd_verify(td_redis *r, const td_state *const *states, const td_kvs *nows,
               const int64_t *expected_version, size_t n, const int *result) {
-    int64_t deadline = rd_now_ms() + r->conf.command_timeout_ms;
+    int64_t deadline = td_mono_ms() + r->conf.command_timeout_ms;
     size_t sent = 0;
     for (size_t i = 0; i < n; i++) {
         if (result[i] != TD_REDIS_STORED) continue;
