@@ -18,7 +18,10 @@
  *   - overdue_policy = "drop": timers overdue beyond drop_older_than after a
  *     restart are not fired, and are disarmed in the state;
  *   - a prospect's first touch derives owner.prospect_contacted for the
- *     seller's state in the same batch, and the owner's timer rule fires.
+ *     seller's state in the same batch, and the owner's timer rule fires;
+ *   - timers and events take one path: with the state cache on and one
+ *     instance, events that follow fired timers on the same prospects never
+ *     conflict (a timer write that bypassed the cache would leave it stale).
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -236,6 +239,23 @@ static int fired_in_log(const char *path) {
     return v;
 }
 
+/* The value of ` name=` (e.g. "conflicts") in the last progress line of a
+ * log (-1 when none). */
+static long long progress_value(const char *path, const char *name) {
+    FILE *in = fopen(path, "r");
+    if (!in) return -1;
+    char line[4096], key[64];
+    snprintf(key, sizeof key, " %s=", name);
+    long long v = -1;
+    while (fgets(line, sizeof line, in)) {
+        if (!strstr(line, "msg=\"progress\"")) continue;
+        const char *p = strstr(line, key);
+        if (p) v = atoll(p + strlen(key));
+    }
+    fclose(in);
+    return v;
+}
+
 /* ---- cases ---- */
 
 static void test_short_timer_fires_on_time(void **state) {
@@ -442,6 +462,54 @@ static void test_drop_policy_after_outage(void **state) {
     assert_true(td_test_count_in_file(f->log, "timers_dropped=20") >= 1);
 }
 
+static void test_timers_and_events_one_path(void **state) {
+    fx *f = *state;
+    enum { NP = 40 };
+    start(f, &f->touchd, f->log);
+    assert_true(td_test_wait_file(f->log, "msg=\"partitions assigned\"", 1, 20000));
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    int64_t at = wall_ms();
+    for (int p = 0; p < NP; p++)
+        send_sent(f, p, 0, at);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
+    /* every timer fires (2 s after its event) and is stored */
+    assert_int_equal(td_test_reader_read(r, NP, 20000), NP);
+    int64_t end = td_test_now_ms() + 10000;
+    for (;;) {
+        redisReply *rep = td_test_redis_cmd(&f->redis, "ZCARD touchd:t:claimed");
+        long long claimed = rep->integer;
+        freeReplyObject(rep);
+        rep = td_test_redis_cmd(&f->redis, "HEXISTS touchd:p:{p-%d} timer.t.silence", NP - 1);
+        long long armed = rep->integer;
+        freeReplyObject(rep);
+        if (claimed == 0 && armed == 0) break;
+        assert_true(td_test_now_ms() < end);
+        td_test_sleep_ms(50);
+    }
+    /* then a second event for each of those prospects, loaded from the
+     * cache the timer batch left */
+    for (int p = 0; p < NP; p++)
+        send_sent(f, p, 1, wall_ms());
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
+    wait_applied(f, NP, 2, 20000);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 15000), 0);
+    long long conflicts = progress_value(f->log, "conflicts");
+    long long fired = progress_value(f->log, "timers_fired");
+    print_message("%d timers fired then %d events on the same prospects: conflicts=%lld "
+                  "timers_fired=%lld\n",
+                  NP, NP, conflicts, fired);
+    assert_int_equal(fired, NP);
+    assert_int_equal(conflicts, 0);
+    /* the second events re-armed every timer */
+    for (int p = 0; p < NP; p++) {
+        redisReply *rep =
+            td_test_redis_cmd(&f->redis, "HEXISTS touchd:p:{p-%d} timer.t.silence", p);
+        assert_int_equal(rep->integer, 1);
+        freeReplyObject(rep);
+    }
+    td_test_reader_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_short_timer_fires_on_time, setup, teardown),
@@ -450,6 +518,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_kill_with_pending_then_overdue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_policy_after_outage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owner_event_and_owner_timer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timers_and_events_one_path, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
