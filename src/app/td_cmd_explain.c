@@ -403,7 +403,7 @@ typedef struct timer_log {
 static void log_timer(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
                       const td_step_out *out) {
     timer_log *l = ud;
-    if (trig->kind != TD_TRIG_TIMER || st != &sim->st) return; /* the prospect's own timers */
+    if (trig->kind != TD_TRIG_TIMER || st != sim->main) return; /* the prospect's own timers */
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 8;
         fired_timer *v = realloc(l->v, cap * sizeof *v);
@@ -694,7 +694,7 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
                         const timer_log *tl, td_ms now, const td_step_out *out, const marks *mk) {
     (void)opt;
     char tb[TD_TIME_BUF], tb2[TD_TIME_BUF];
-    const td_state *st = &in->sim.st;
+    const td_state *st = in->sim.main;
     td_time_format(now, tb, sizeof tb);
     if (in->has_target)
         fprintf(o, "prospect %s, trigger %s %s at %s\n", st->prospect_id,
@@ -826,7 +826,7 @@ static json_t *time_json(td_ms t) {
 static json_t *build_json(const explain_input *in, const td_ruleset *rs, const rule_view *views,
                           size_t nr, const timer_log *tl, td_ms now, const td_step_out *out,
                           const td_trigger *trig) {
-    const td_state *st = &in->sim.st;
+    const td_state *st = in->sim.main;
     json_t *root = json_object();
     json_object_set_new(root, "prospect_id", json_string(st->prospect_id));
     json_object_set_new(root, "ruleset", json_string(td_ruleset_hash(rs)));
@@ -1143,7 +1143,7 @@ int td_cmd_explain(int argc, char **argv) {
         }
         now = sim->clock;
         out = sim->out;
-        td_ctx ctx = {.st = &sim->st,
+        td_ctx ctx = {.st = sim->main,
                       .ev = &in->target,
                       .now = now,
                       .tz = tz,
@@ -1167,7 +1167,7 @@ int td_cmd_explain(int argc, char **argv) {
             goto done;
         }
         td_ctx ctx = {
-            .st = &sim->st, .ev = NULL, .now = now, .tz = tz, .settings = td_ruleset_settings(rs)};
+            .st = sim->main, .ev = NULL, .now = now, .tz = tz, .settings = td_ruleset_settings(rs)};
         views_now(views, nr, rs, &ctx);
     }
     for (size_t i = 0; i < tl.n; i++)
