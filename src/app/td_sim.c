@@ -80,10 +80,19 @@ td_sim_entry *td_sim_next(const td_sim *s, size_t *it) {
     return NULL;
 }
 
-/* ---- the timers: a min-heap on (due_at, seq) ---- */
+/* ---- the timers: a min-heap in due order (sim_timer_less) ---- */
 
-static bool sim_timer_less(const td_sim_timer *a, const td_sim_timer *b) {
-    return a->due_at < b->due_at || (a->due_at == b->due_at && a->seq < b->seq);
+/* Due order; ties in arming order, or (one-prospect shape, as `test` has
+ * always fired them) the main state's first, then by rule id. */
+static bool sim_timer_less(const td_sim *s, const td_sim_timer *a, const td_sim_timer *b) {
+    if (a->due_at != b->due_at) return a->due_at < b->due_at;
+    if (s->main) {
+        bool am = a->st == s->main, bm = b->st == s->main;
+        if (am != bm) return am;
+        int c = strcmp(a->rule, b->rule);
+        if (c) return c < 0;
+    }
+    return a->seq < b->seq;
 }
 
 static int sim_heap_push(td_sim *s, td_ms due, td_state *st, const char *rule,
@@ -101,7 +110,7 @@ static int sim_heap_push(td_sim *s, td_ms due, td_state *st, const char *rule,
     size_t i = s->nheap++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!sim_timer_less(&t, &s->heap[p])) break;
+        if (!sim_timer_less(s, &t, &s->heap[p])) break;
         s->heap[i] = s->heap[p];
         i = p;
     }
@@ -117,11 +126,11 @@ static void sim_heap_pop(td_sim *s, td_sim_timer *out) {
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
         const td_sim_timer *best = &last;
-        if (l < s->nheap && sim_timer_less(&h[l], best)) {
+        if (l < s->nheap && sim_timer_less(s, &h[l], best)) {
             m = l;
             best = &h[l];
         }
-        if (r < s->nheap && sim_timer_less(&h[r], best)) m = r;
+        if (r < s->nheap && sim_timer_less(s, &h[r], best)) m = r;
         if (m == i) break;
         h[i] = h[m];
         i = m;

@@ -9,8 +9,7 @@
  * (now = the latest occurred_at seen) or when asked (td_sim_fire_due,
  * td_sim_advance). Every timer a step arms goes into one heap for all the
  * states; whenever the clock moves, every pending timer that came due on the
- * way fires first, in due order (ties: the order they were armed; the timers
- * of an initial state count as armed first, in rule id order), each one an
+ * way fires first, in due order, each one an
  * engine step with a TD_TRIG_TIMER trigger at now = its due time. A timer
  * that was re-armed since, or whose rule no longer matches, is stale: the
  * engine ignores it, exactly as in the daemon (timers_stale counts them).
@@ -23,6 +22,11 @@
  * A callback sees every engine step (the state, the trigger and the output;
  * now is sim->clock), so a caller can collect or print recommendations and
  * decisions without knowing about timers or owner states.
+ *
+ * Ties (timers due at the same time) fire as each tool always fired them:
+ * in the order they were armed in the many-prospect shape (replay), and in
+ * the one-prospect shape the main state's first, then by rule id (test,
+ * explain), then in arming order.
  *
  * Two shapes: with a prospect id or an initial state (td_sim_init), that
  * state is the main one (td_sim_main) and receives the events whose
@@ -67,7 +71,7 @@ struct td_sim {
     td_state *main;       /* the one-prospect shape's state, or NULL; in the store */
     td_sim_entry *slots;  /* the store; owns the states (td_sim_free) */
     size_t cap, nstates;
-    td_sim_timer *heap; /* min-heap on (due_at, seq) */
+    td_sim_timer *heap; /* min-heap in due order (ties: see the top) */
     size_t nheap, capheap;
     uint64_t seq;
     td_ms clock;       /* TD_MS_MISSING until the first event or advance */
