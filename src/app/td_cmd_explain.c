@@ -4,8 +4,10 @@
  *
  * Offline mode: the prospect's state comes from an event history (JSON lines,
  * only that prospect's events are applied, through the real engine on a
- * virtual clock, timers included: td_sim) or from a state file (the flat
- * form of docs/state.md). Then one trigger is explained with TD_STEP_EXPLAIN:
+ * virtual clock, timers included: td_sim, the driver of replay and test) or
+ * from a state file (the flat form of docs/state.md). Then one trigger is
+ * stepped by the engine's probe (td_engine_probe: the step's own code, with
+ * every rule's decision reported), and this file only prints the report:
  *
  *   --at EVENT_ID   that event of the history (default: the last one); the
  *                   history after it is not applied;
@@ -26,6 +28,8 @@
  * daemon-backed source (-c CONFIG: the state in Redis, with the daemon's
  * config, read only; its I/O is in td_explain_redis.c) is one more entry
  * with the same signature.
+ *
+ * File-local functions are prefixed ex_.
  *
  * @locality main thread.
  */
@@ -89,9 +93,9 @@ typedef int (*explain_source_fn)(const explain_opts *o, const td_ruleset *rs, td
 
 /* ---------------------------------------------------------------- sources */
 
-static int read_lines(const char *path,
-                      int (*fn)(void *ud, const char *line, size_t len, uint64_t lineno), void *ud,
-                      char *err, size_t errcap) {
+static int ex_read_lines(const char *path,
+                         int (*fn)(void *ud, const char *line, size_t len, uint64_t lineno),
+                         void *ud, char *err, size_t errcap) {
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
     if (!f) {
         snprintf(err, errcap, "cannot open %s: %s", path, strerror(errno));
@@ -126,7 +130,7 @@ typedef struct evlist {
     uint64_t rejected;
 } evlist;
 
-static int take_event(void *ud, const char *line, size_t len, uint64_t lineno) {
+static int ex_take_event(void *ud, const char *line, size_t len, uint64_t lineno) {
     (void)lineno;
     evlist *l = ud;
     size_t k = 0;
@@ -151,7 +155,7 @@ static int take_event(void *ud, const char *line, size_t len, uint64_t lineno) {
     return TD_OK;
 }
 
-static int decode_event_arg(const char *json, td_event *ev, char *err, size_t errcap) {
+static int ex_decode_event_arg(const char *json, td_event *ev, char *err, size_t errcap) {
     td_event_error e;
     if (td_event_decode(json, strlen(json), ev, &e) != TD_OK) {
         snprintf(err, errcap, "--event: rejected: %s%s%s", e.field, e.field[0] ? ": " : "",
@@ -162,10 +166,10 @@ static int decode_event_arg(const char *json, td_event *ev, char *err, size_t er
 }
 
 /* --events FILE.jsonl: the prospect's history through the engine. */
-static int src_events(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, explain_input *in,
-                      char *err, size_t errcap) {
+static int ex_src_events(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz,
+                         explain_input *in, char *err, size_t errcap) {
     evlist l = {.prospect = o->prospect};
-    if (read_lines(o->events_path, take_event, &l, err, errcap) != TD_OK) {
+    if (ex_read_lines(o->events_path, ex_take_event, &l, err, errcap) != TD_OK) {
         free(l.v);
         return TD_ERR;
     }
@@ -191,7 +195,7 @@ static int src_events(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, 
         in->has_target = true;
         upto = i;
     } else if (o->event_json) {
-        if (decode_event_arg(o->event_json, &in->target, err, errcap) != TD_OK) {
+        if (ex_decode_event_arg(o->event_json, &in->target, err, errcap) != TD_OK) {
             free(l.v);
             return TD_ERR;
         }
@@ -228,7 +232,8 @@ typedef struct stload {
     size_t errcap;
 } stload;
 
-static int set_kv(stload *s, const char *k, size_t kl, const char *v, size_t vl, uint64_t lineno) {
+static int ex_set_kv(stload *s, const char *k, size_t kl, const char *v, size_t vl,
+                     uint64_t lineno) {
     char e[200];
     int rc = td_state_set_field(s->st, k, kl, v, vl, e, sizeof e);
     if (rc == TD_ERR) {
@@ -241,7 +246,7 @@ static int set_kv(stload *s, const char *k, size_t kl, const char *v, size_t vl,
     return TD_OK;
 }
 
-static int take_kv(void *ud, const char *line, size_t len, uint64_t lineno) {
+static int ex_take_kv(void *ud, const char *line, size_t len, uint64_t lineno) {
     stload *s = ud;
     size_t i = 0;
     while (i < len && (line[i] == ' ' || line[i] == '\t'))
@@ -253,13 +258,13 @@ static int take_kv(void *ud, const char *line, size_t len, uint64_t lineno) {
     size_t k1 = i;
     while (i < len && (line[i] == ' ' || line[i] == '\t'))
         i++;
-    return set_kv(s, line + k0, k1 - k0, line + i, len - i, lineno);
+    return ex_set_kv(s, line + k0, k1 - k0, line + i, len - i, lineno);
 }
 
 /* --state FILE: flat `key value` lines (redis-cli HGETALL pairs joined), or
  * a JSON object of the flat form. */
-static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz,
-                          explain_input *in, char *err, size_t errcap) {
+static int ex_src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz,
+                             explain_input *in, char *err, size_t errcap) {
     td_state st;
     td_state_init(&st, o->prospect ? o->prospect : "");
     stload s = {.st = &st, .path = o->state_path, .err = err, .errcap = errcap};
@@ -286,10 +291,10 @@ static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *
                 rc = TD_ERR;
                 break;
             }
-            if ((rc = set_kv(&s, k, strlen(k), vs, strlen(vs), 0)) != TD_OK) break;
+            if ((rc = ex_set_kv(&s, k, strlen(k), vs, strlen(vs), 0)) != TD_OK) break;
         }
     } else {
-        rc = read_lines(o->state_path, take_kv, &s, err, errcap);
+        rc = ex_read_lines(o->state_path, ex_take_kv, &s, err, errcap);
     }
     json_decref(j);
     if (rc == TD_OK && !st.prospect_id[0]) {
@@ -302,7 +307,7 @@ static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *
         rc = TD_ERR;
     }
     if (rc == TD_OK && o->event_json) {
-        if ((rc = decode_event_arg(o->event_json, &in->target, err, errcap)) == TD_OK)
+        if ((rc = ex_decode_event_arg(o->event_json, &in->target, err, errcap)) == TD_OK)
             in->has_target = true;
     }
     if (rc == TD_OK && !in->has_target && o->now == TD_MS_MISSING &&
@@ -327,15 +332,15 @@ static int src_state_file(const explain_opts *o, const td_ruleset *rs, td_tzdb *
  * is explained as with --state; without --now or --event it is a "now"
  * evaluation at the wall clock (the daemon's now), or at the state's
  * last_event_at when that is later. */
-static int src_redis(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, explain_input *in,
-                     char *err, size_t errcap) {
+static int ex_src_redis(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz, explain_input *in,
+                        char *err, size_t errcap) {
     td_state st;
     if (td_explain_redis_load(o->cfg, o->prospect, &st, in->origin, sizeof in->origin, err,
                               errcap) != TD_OK)
         return TD_ERR;
     int rc = TD_OK;
     if (o->event_json) {
-        if ((rc = decode_event_arg(o->event_json, &in->target, err, errcap)) == TD_OK)
+        if ((rc = ex_decode_event_arg(o->event_json, &in->target, err, errcap)) == TD_OK)
             in->has_target = true;
     }
     td_ms clock = st.last_event_at;
@@ -361,28 +366,12 @@ static const struct {
     const char *name;
     explain_source_fn load;
 } explain_sources[EXPLAIN_SRC__COUNT] = {
-    [EXPLAIN_SRC_EVENTS] = {"events", src_events},
-    [EXPLAIN_SRC_STATE_FILE] = {"state file", src_state_file},
-    [EXPLAIN_SRC_REDIS] = {"redis", src_redis},
+    [EXPLAIN_SRC_EVENTS] = {"events", ex_src_events},
+    [EXPLAIN_SRC_STATE_FILE] = {"state file", ex_src_state_file},
+    [EXPLAIN_SRC_REDIS] = {"redis", ex_src_redis},
 };
 
 /* ---------------------------------------------------------------- analysis */
-
-/* What explain knows about one rule or guard at the trigger. */
-typedef struct rule_view {
-    const td_rule *rule;
-    bool decided;   /* d is valid */
-    bool triggered; /* its `on` matches the trigger (guards: it judges it) */
-    td_decision d;
-    td_ms not_before; /* fired or blocked candidates: TD_MS_MISSING otherwise */
-    /* guards */
-    const td_rule *blocked[TD_STEP_RECS_MAX];
-    uint32_t nblocked;
-    char guard_error[160];
-    /* a blocked rule: the guard's own conditions for this candidate */
-    td_because gb[TD_BECAUSE_MAX];
-    uint32_t ngb;
-} rule_view;
 
 /* A timer that came due on the way to the trigger. */
 typedef struct fired_timer {
@@ -400,10 +389,10 @@ typedef struct timer_log {
     bool oom;
 } timer_log;
 
-static void log_timer(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
-                      const td_step_out *out) {
+static void ex_log_timer(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
+                         const td_step_out *out) {
     timer_log *l = ud;
-    if (trig->kind != TD_TRIG_TIMER || st != &sim->st) return; /* the prospect's own timers */
+    if (trig->kind != TD_TRIG_TIMER || st != sim->main) return; /* the prospect's own timers */
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 8;
         fired_timer *v = realloc(l->v, cap * sizeof *v);
@@ -427,193 +416,8 @@ static void log_timer(void *ud, const td_sim *sim, const td_state *st, const td_
         }
 }
 
-static void eval_conjuncts(const td_expr *e, const td_ctx *base, td_because *out, uint32_t *n) {
-    *n = 0;
-    if (!e) return;
-    size_t k = td_expr_conjuncts(e);
-    if (k > TD_BECAUSE_MAX) k = TD_BECAUSE_MAX;
-    for (size_t i = 0; i < k; i++) {
-        td_because *b = &out[i];
-        size_t len = 0;
-        b->expr = td_expr_conjunct_source(e, i, &len);
-        b->len = (uint32_t)len;
-        b->facts.n = 0;
-        td_ctx ctx = *base;
-        ctx.facts = &b->facts;
-        char err[96];
-        if (td_expr_eval_conjunct(e, i, &ctx, &b->value, err, sizeof err) != TD_OK) {
-            b->value.type = TD_T_BOOL;
-            b->value.missing = true;
-        }
-    }
-    *n = (uint32_t)k;
-}
-
-/* not_before of a candidate, as the engine computes it. */
-static td_ms candidate_nb(const td_rule *r, const td_ctx *ctx) {
-    td_ms nb = ctx->now;
-    if (r->at) {
-        td_value v;
-        char err[96];
-        if (td_expr_eval(r->at, ctx, &v, err, sizeof err) == TD_OK && !v.missing && v.u.t > nb)
-            nb = v.u.t;
-    }
-    return nb;
-}
-
-static td_rec_view rec_view_of(const td_rule *r, td_ms nb) {
-    return (td_rec_view){.channel = r->channel,
-                         .touch = r->touch,
-                         .rule = r->id,
-                         .group = r->group ? r->group : "",
-                         .priority = r->priority,
-                         .not_before = nb};
-}
-
-/* The guard g's own conditions for candidate rule r. */
-static void guard_conditions(rule_view *v, const td_rule *g, const td_ctx *ctx) {
-    td_rec_view view = rec_view_of(v->rule, v->not_before);
-    td_ctx gctx = *ctx;
-    gctx.rec = &view;
-    eval_conjuncts(g->block, &gctx, v->gb, &v->ngb);
-}
-
-/* The views of an event trigger, from the engine's decisions. */
-static void views_from_step(rule_view *views, size_t nr, const td_step_out *out, const td_ctx *ctx,
-                            int trigger_type) {
-    for (size_t i = 0; i < nr; i++) {
-        rule_view *v = &views[i];
-        v->not_before = TD_MS_MISSING;
-        v->triggered = v->rule->guard ? td_rule_guards_trigger(v->rule, trigger_type)
-                                      : trigger_type >= 0 && (v->rule->on & (1ULL << trigger_type));
-    }
-    for (uint32_t i = 0; i < out->ndecisions; i++) {
-        const td_decision *d = &out->decisions[i];
-        rule_view *v = &views[d->rule->index];
-        if (d->rule->guard) { /* a guard's own error (it blocked to be safe, or its when failed) */
-            snprintf(v->guard_error, sizeof v->guard_error, "%s", d->error);
-            continue;
-        }
-        v->d = *d;
-        v->decided = true;
-        if (d->outcome == TD_OUT_BLOCKED && d->by) {
-            rule_view *g = &views[d->by->index];
-            if (g->nblocked < TD_STEP_RECS_MAX) g->blocked[g->nblocked++] = d->rule;
-            v->not_before = candidate_nb(d->rule, ctx);
-            guard_conditions(v, d->by, ctx);
-        }
-    }
-    for (uint32_t i = 0; i < out->nrecs; i++)
-        views[out->recs[i].rule->index].not_before = out->recs[i].not_before;
-}
-
-/* The "now" evaluation: every rule against the state at ctx->now, as a timer
- * trigger evaluates its rule (steps 4 to 6 of the engine for all rules). */
-static void views_now(rule_view *views, size_t nr, const td_ruleset *rs, const td_ctx *ctx) {
-    size_t ng;
-    const td_rule *const *guards = td_ruleset_guards(rs, &ng);
-    for (size_t i = 0; i < nr; i++) {
-        rule_view *v = &views[i];
-        const td_rule *r = v->rule;
-        v->not_before = TD_MS_MISSING;
-        v->triggered = r->guard ? td_rule_guards_trigger(r, -1) : true;
-        if (r->guard) continue;
-        td_decision *d = &v->d;
-        memset(d, 0, sizeof *d);
-        d->rule = r;
-        d->until = TD_MS_MISSING;
-        v->decided = true;
-        char err[120];
-        td_value val;
-        if (r->when && td_expr_eval(r->when, ctx, &val, err, sizeof err) != TD_OK) {
-            d->outcome = TD_OUT_ERROR;
-            snprintf(d->error, sizeof d->error, "when: %s", err);
-            continue;
-        }
-        eval_conjuncts(r->when, ctx, d->because, &d->nbecause);
-        if (r->when && (val.missing || !val.u.b)) {
-            d->outcome = TD_OUT_NOT_MATCHED;
-            continue;
-        }
-        td_ms last = td_state_fired_at(ctx->st, r->id);
-        if (r->cooldown > 0 && last != TD_MS_MISSING && ctx->now - last < r->cooldown) {
-            d->outcome = TD_OUT_COOLDOWN;
-            d->until = last + r->cooldown;
-            continue;
-        }
-        if (r->at && td_expr_eval(r->at, ctx, &val, err, sizeof err) != TD_OK) {
-            d->outcome = TD_OUT_ERROR;
-            snprintf(d->error, sizeof d->error, "at: %s", err);
-            continue;
-        }
-        v->not_before = candidate_nb(r, ctx);
-        d->outcome = TD_OUT_FIRED; /* a candidate, for now */
-        td_rec_view view = rec_view_of(r, v->not_before);
-        td_ctx gctx = *ctx;
-        gctx.rec = &view;
-        for (size_t g = 0; g < ng && d->outcome == TD_OUT_FIRED; g++) {
-            const td_rule *gr = guards[g];
-            if (!td_rule_guards_trigger(gr, -1)) continue;
-            if (gr->when) {
-                if (td_expr_eval(gr->when, &gctx, &val, err, sizeof err) != TD_OK) {
-                    snprintf(views[gr->index].guard_error, sizeof views[gr->index].guard_error,
-                             "when: %s", err);
-                    continue;
-                }
-                if (val.missing || !val.u.b) continue;
-            }
-            bool block = false;
-            if (td_expr_eval(gr->block, &gctx, &val, err, sizeof err) != TD_OK) {
-                snprintf(views[gr->index].guard_error, sizeof views[gr->index].guard_error,
-                         "block: %s (blocked to be safe)", err);
-                block = true;
-            } else {
-                block = !val.missing && val.u.b;
-            }
-            if (block) {
-                d->outcome = TD_OUT_BLOCKED;
-                d->by = gr;
-                rule_view *gv = &views[gr->index];
-                if (gv->nblocked < TD_STEP_RECS_MAX) gv->blocked[gv->nblocked++] = r;
-                guard_conditions(v, gr, ctx);
-            }
-        }
-    }
-    /* groups among the unblocked candidates */
-    for (size_t i = 0; i < nr; i++) {
-        rule_view *v = &views[i];
-        if (v->rule->guard || v->d.outcome != TD_OUT_FIRED) continue;
-        for (size_t j = 0; j < nr; j++) {
-            rule_view *o = &views[j];
-            if (j == i || o->rule->guard || o->d.outcome == TD_OUT_NOT_MATCHED ||
-                o->d.outcome == TD_OUT_COOLDOWN || o->d.outcome == TD_OUT_BLOCKED ||
-                o->d.outcome == TD_OUT_ERROR)
-                continue;
-            bool same =
-                v->rule->group && o->rule->group && strcmp(v->rule->group, o->rule->group) == 0;
-            if (!same) continue;
-            bool o_wins =
-                o->rule->priority > v->rule->priority ||
-                (o->rule->priority == v->rule->priority && o->rule->index < v->rule->index);
-            if (o_wins &&
-                (!v->d.by || o->rule->priority > v->d.by->priority ||
-                 (o->rule->priority == v->d.by->priority && o->rule->index < v->d.by->index)))
-                v->d.by = o->rule;
-        }
-        if (v->d.by) v->d.outcome = TD_OUT_LOST_GROUP;
-    }
-}
-
-/* Candidates the guards judged (fired, blocked or lost in their group). */
-static size_t count_candidates(const rule_view *views, size_t nr) {
-    size_t n = 0;
-    for (size_t i = 0; i < nr; i++)
-        if (!views[i].rule->guard && views[i].decided &&
-            (views[i].d.outcome == TD_OUT_FIRED || views[i].d.outcome == TD_OUT_BLOCKED ||
-             views[i].d.outcome == TD_OUT_LOST_GROUP))
-            n++;
-    return n;
-}
+/* A guard's run-time error at the trigger ("" when none). */
+static const char *ex_guard_error(const td_probe_rule *v) { return v->decided ? v->d.error : ""; }
 
 /* ---------------------------------------------------------------- output */
 
@@ -621,7 +425,7 @@ typedef struct marks {
     const char *yes, *no, *unknown;
 } marks;
 
-static void on_list(const td_rule *r, char *buf, size_t cap) {
+static void ex_on_list(const td_rule *r, char *buf, size_t cap) {
     size_t n = 0;
     buf[0] = '\0';
     int cnt = 0;
@@ -642,8 +446,8 @@ static void on_list(const td_rule *r, char *buf, size_t cap) {
         snprintf(buf + n, cap - n, "%stimer", n ? ", " : "");
 }
 
-static void print_conds(FILE *o, const char *label, const td_because *b, uint32_t n,
-                        const marks *mk, int width) {
+static void ex_print_conds(FILE *o, const char *label, const td_because *b, uint32_t n,
+                           const marks *mk, int width) {
     for (uint32_t i = 0; i < n; i++) {
         char vb[128];
         td_value_json(&b[i].value, vb, sizeof vb);
@@ -661,14 +465,14 @@ static void print_conds(FILE *o, const char *label, const td_because *b, uint32_
     }
 }
 
-static int conds_width(const td_because *b, uint32_t n) {
+static int ex_conds_width(const td_because *b, uint32_t n) {
     int w = 0;
     for (uint32_t i = 0; i < n; i++)
         if ((int)b[i].len > w) w = (int)b[i].len;
     return w > 60 ? 60 : w;
 }
 
-static const char *outcome_label(const rule_view *v, bool now_mode) {
+static const char *ex_outcome_label(const td_probe_rule *v, bool now_mode) {
     if (!v->decided) return v->triggered ? "NO DECISION" : "NOT TRIGGERED";
     switch (v->d.outcome) {
     case TD_OUT_FIRED:
@@ -689,12 +493,14 @@ static const char *outcome_label(const rule_view *v, bool now_mode) {
     return "?";
 }
 
-static void print_human(FILE *o, const explain_opts *opt, const explain_input *in,
-                        const td_ruleset *rs, const rule_view *views, size_t nr,
-                        const timer_log *tl, td_ms now, const td_step_out *out, const marks *mk) {
+static void ex_print_human(FILE *o, const explain_opts *opt, const explain_input *in,
+                           const td_ruleset *rs, const td_probe *pb, const timer_log *tl, td_ms now,
+                           const td_step_out *out, const marks *mk) {
+    const td_probe_rule *views = pb->rules;
+    size_t nr = pb->nrules;
     (void)opt;
     char tb[TD_TIME_BUF], tb2[TD_TIME_BUF];
-    const td_state *st = &in->sim.st;
+    const td_state *st = in->sim.main;
     td_time_format(now, tb, sizeof tb);
     if (in->has_target)
         fprintf(o, "prospect %s, trigger %s %s at %s\n", st->prospect_id,
@@ -723,11 +529,11 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
         if ((int)strlen(views[i].rule->id) > idw) idw = (int)strlen(views[i].rule->id);
     fputc('\n', o);
     for (size_t i = 0; i < nr; i++) {
-        const rule_view *v = &views[i];
+        const td_probe_rule *v = &views[i];
         const td_rule *r = v->rule;
         char onb[512];
         if (r->guard) continue;
-        fprintf(o, "rule  %-*s  %s", idw, r->id, outcome_label(v, !in->has_target));
+        fprintf(o, "rule  %-*s  %s", idw, r->id, ex_outcome_label(v, !in->has_target));
         if (v->decided) {
             switch (v->d.outcome) {
             case TD_OUT_COOLDOWN:
@@ -752,7 +558,7 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
                 break;
             }
         } else if (!v->triggered) {
-            on_list(r, onb, sizeof onb);
+            ex_on_list(r, onb, sizeof onb);
             fprintf(o, " (on: %s)", onb);
         }
         fputc('\n', o);
@@ -763,10 +569,10 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
                     r->group ? ", group " : "", r->group ? r->group : "");
         }
         if (v->decided && v->d.nbecause)
-            print_conds(o, "when", v->d.because, v->d.nbecause, mk,
-                        conds_width(v->d.because, v->d.nbecause));
+            ex_print_conds(o, "when", v->d.because, v->d.nbecause, mk,
+                           ex_conds_width(v->d.because, v->d.nbecause));
         if (v->decided && v->d.outcome == TD_OUT_BLOCKED && v->ngb)
-            print_conds(o, "guard", v->gb, v->ngb, mk, conds_width(v->gb, v->ngb));
+            ex_print_conds(o, "guard", v->gb, v->ngb, mk, ex_conds_width(v->gb, v->ngb));
         const td_timer *t = td_state_timer(st, r->id);
         if (t) {
             td_time_format(t->due_at, tb2, sizeof tb2);
@@ -775,12 +581,12 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
     }
     fputc('\n', o);
     for (size_t i = 0; i < nr; i++) {
-        const rule_view *v = &views[i];
+        const td_probe_rule *v = &views[i];
         if (!v->rule->guard) continue;
         fprintf(o, "guard %-*s  ", idw, v->rule->id);
         if (!v->triggered) {
             char onb[512];
-            on_list(v->rule, onb, sizeof onb);
+            ex_on_list(v->rule, onb, sizeof onb);
             fprintf(o, "DOES NOT JUDGE this trigger (on: %s)\n", onb);
         } else if (v->nblocked) {
             fprintf(o, "BLOCKED");
@@ -788,54 +594,56 @@ static void print_human(FILE *o, const explain_opts *opt, const explain_input *i
                 fprintf(o, "%s%s", k ? ", " : " ", v->blocked[k]->id);
             if (v->rule->reason) fprintf(o, ": %s", v->rule->reason);
             fputc('\n', o);
-        } else if (count_candidates(views, nr) == 0) {
+        } else if (pb->ncandidates == 0) {
             fprintf(o, "NO CANDIDATE to judge\n");
         } else {
             fprintf(o, "PASSED (blocked nothing)\n");
         }
-        if (v->guard_error[0]) fprintf(o, "    error  %s\n", v->guard_error);
+        if (ex_guard_error(v)[0]) fprintf(o, "    error  %s\n", ex_guard_error(v));
     }
 }
 
-static json_t *value_json(const td_value *v) {
+static json_t *ex_value_json(const td_value *v) {
     char vb[256];
     td_value_json(v, vb, sizeof vb);
     json_t *j = json_loads(vb, JSON_DECODE_ANY, NULL);
     return j ? j : json_null();
 }
 
-static json_t *conds_json(const td_because *b, uint32_t n) {
+static json_t *ex_conds_json(const td_because *b, uint32_t n) {
     json_t *a = json_array();
     for (uint32_t i = 0; i < n; i++) {
         json_t *facts = json_object();
         for (uint32_t f = 0; f < b[i].facts.n; f++)
             json_object_set_new(facts, b[i].facts.v[f].field->name,
-                                value_json(&b[i].facts.v[f].value));
+                                ex_value_json(&b[i].facts.v[f].value));
         json_array_append_new(a, json_pack("{s:s%,s:o,s:o}", "expr", b[i].expr, (size_t)b[i].len,
-                                           "value", value_json(&b[i].value), "facts", facts));
+                                           "value", ex_value_json(&b[i].value), "facts", facts));
     }
     return a;
 }
 
-static json_t *time_json(td_ms t) {
+static json_t *ex_time_json(td_ms t) {
     char tb[TD_TIME_BUF];
     td_time_format(t, tb, sizeof tb);
     return json_string(tb);
 }
 
-static json_t *build_json(const explain_input *in, const td_ruleset *rs, const rule_view *views,
-                          size_t nr, const timer_log *tl, td_ms now, const td_step_out *out,
-                          const td_trigger *trig) {
-    const td_state *st = &in->sim.st;
+static json_t *ex_build_json(const explain_input *in, const td_ruleset *rs, const td_probe *pb,
+                             const timer_log *tl, td_ms now, const td_step_out *out,
+                             const td_trigger *trig) {
+    const td_probe_rule *views = pb->rules;
+    size_t nr = pb->nrules;
+    const td_state *st = in->sim.main;
     json_t *root = json_object();
     json_object_set_new(root, "prospect_id", json_string(st->prospect_id));
     json_object_set_new(root, "ruleset", json_string(td_ruleset_hash(rs)));
-    json_object_set_new(root, "now", time_json(now));
+    json_object_set_new(root, "now", ex_time_json(now));
     json_t *trigger = json_object();
     if (in->has_target) {
         json_object_set_new(trigger, "type", json_string(td_event_type_name(in->target.type)));
         json_object_set_new(trigger, "event_id", json_string(in->target.id));
-        json_object_set_new(trigger, "occurred_at", time_json(in->target.occurred_at));
+        json_object_set_new(trigger, "occurred_at", ex_time_json(in->target.occurred_at));
         json_object_set_new(trigger, "duplicate", json_boolean(out && out->duplicate));
     } else {
         json_object_set_new(trigger, "type", json_string("now"));
@@ -845,7 +653,7 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
     json_t *timers = json_array();
     for (size_t i = 0; i < tl->n; i++) {
         json_t *t = json_pack("{s:s,s:o,s:s}", "rule", tl->v[i].rule_id, "due_at",
-                              time_json(tl->v[i].due_at), "armed_by", tl->v[i].armed_by);
+                              ex_time_json(tl->v[i].due_at), "armed_by", tl->v[i].armed_by);
         json_object_set_new(t, "outcome",
                             tl->v[i].has_outcome ? json_string(td_outcome_name(tl->v[i].outcome))
                                                  : json_string("dropped"));
@@ -867,7 +675,7 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
     json_object_set_new(root, "recommendations", recs);
     json_t *rules = json_array();
     for (size_t i = 0; i < nr; i++) {
-        const rule_view *v = &views[i];
+        const td_probe_rule *v = &views[i];
         const td_rule *r = v->rule;
         json_t *j = json_object();
         json_object_set_new(j, "rule", json_string(r->id));
@@ -880,16 +688,17 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
         json_object_set_new(j, "triggered", json_boolean(v->triggered));
         if (r->guard) {
             json_object_set_new(j, "outcome",
-                                json_string(!v->triggered                      ? "not_judging"
-                                            : v->nblocked                      ? "blocked"
-                                            : count_candidates(views, nr) == 0 ? "no_candidates"
-                                                                               : "passed"));
+                                json_string(!v->triggered          ? "not_judging"
+                                            : v->nblocked          ? "blocked"
+                                            : pb->ncandidates == 0 ? "no_candidates"
+                                                                   : "passed"));
             json_t *bl = json_array();
             for (uint32_t k = 0; k < v->nblocked; k++)
                 json_array_append_new(bl, json_string(v->blocked[k]->id));
             json_object_set_new(j, "blocked", bl);
             if (r->reason) json_object_set_new(j, "reason", json_string(r->reason));
-            if (v->guard_error[0]) json_object_set_new(j, "error", json_string(v->guard_error));
+            if (ex_guard_error(v)[0])
+                json_object_set_new(j, "error", json_string(ex_guard_error(v)));
             json_array_append_new(rules, j);
             continue;
         }
@@ -900,26 +709,27 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
         if (r->group) json_object_set_new(j, "group", json_string(r->group));
         json_object_set_new(j, "priority", json_integer(r->priority));
         if (v->decided) {
-            if (v->d.until != TD_MS_MISSING) json_object_set_new(j, "until", time_json(v->d.until));
+            if (v->d.until != TD_MS_MISSING)
+                json_object_set_new(j, "until", ex_time_json(v->d.until));
             if (v->d.by) json_object_set_new(j, "by", json_string(v->d.by->id));
             if (v->d.outcome == TD_OUT_BLOCKED && v->d.by) {
                 if (v->d.by->reason) json_object_set_new(j, "reason", json_string(v->d.by->reason));
-                json_object_set_new(j, "guard_conditions", conds_json(v->gb, v->ngb));
+                json_object_set_new(j, "guard_conditions", ex_conds_json(v->gb, v->ngb));
             }
             if (v->d.outcome == TD_OUT_ERROR)
                 json_object_set_new(j, "error", json_string(v->d.error));
-            json_object_set_new(j, "conditions", conds_json(v->d.because, v->d.nbecause));
+            json_object_set_new(j, "conditions", ex_conds_json(v->d.because, v->d.nbecause));
         }
         if (v->not_before != TD_MS_MISSING)
             json_object_set_new(j, "recommendation",
                                 json_pack("{s:s,s:s,s:o}", "channel", td_channel_name(r->channel),
                                           "touch", r->touch, "not_before",
-                                          time_json(v->not_before)));
+                                          ex_time_json(v->not_before)));
         const td_timer *t = td_state_timer(st, r->id);
         if (t)
             json_object_set_new(
                 j, "pending_timer",
-                json_pack("{s:o,s:s}", "due_at", time_json(t->due_at), "armed_by", t->armed_by));
+                json_pack("{s:o,s:s}", "due_at", ex_time_json(t->due_at), "armed_by", t->armed_by));
         json_array_append_new(rules, j);
     }
     json_object_set_new(root, "rules", rules);
@@ -928,7 +738,7 @@ static json_t *build_json(const explain_input *in, const td_ruleset *rs, const r
 
 /* ---------------------------------------------------------------- command */
 
-static void usage(FILE *f) {
+static void ex_usage(FILE *f) {
     fprintf(f,
             "usage: touchd explain --rules DIR (--events FILE.jsonl --prospect ID | --state FILE)\n"
             "                      [--at EVENT_ID | --now TIME | --event JSON] [--json]\n"
@@ -962,7 +772,7 @@ static void usage(FILE *f) {
             "found or the input is unreadable, 2 usage error.\n");
 }
 
-static bool utf8_locale(void) {
+static bool ex_utf8_locale(void) {
     const char *vars[] = {"LC_ALL", "LC_CTYPE", "LANG"};
     for (size_t i = 0; i < 3; i++) {
         const char *v = getenv(vars[i]);
@@ -1044,10 +854,10 @@ int td_cmd_explain(int argc, char **argv) {
             o.redis_addr = optarg;
             break;
         case 'h':
-            usage(stdout);
+            ex_usage(stdout);
             return TD_EXIT_OK;
         default:
-            usage(stderr);
+            ex_usage(stderr);
             return TD_EXIT_USAGE;
         }
     }
@@ -1072,7 +882,7 @@ int td_cmd_explain(int argc, char **argv) {
         problem = "--at names an event of --events; with --state use --now or --event";
     if (problem) {
         fprintf(stderr, "touchd explain: %s\n", problem);
-        usage(stderr);
+        ex_usage(stderr);
         return TD_EXIT_USAGE;
     }
     o.source = o.events_path  ? EXPLAIN_SRC_EVENTS
@@ -1112,10 +922,10 @@ int td_cmd_explain(int argc, char **argv) {
     td_tzdb *tz = td_tzdb_new();
     explain_input *in = calloc(1, sizeof *in);
     size_t nr = td_ruleset_count(rs);
-    rule_view *views = calloc(nr + 1, sizeof *views);
+    td_probe probe = {.rules = calloc(nr + 1, sizeof *probe.rules), .nrules = nr};
     timer_log tl = {0};
     char err[512] = "";
-    if (!tz || !in || !views) {
+    if (!tz || !in || !probe.rules) {
         fprintf(stderr, "touchd explain: out of memory\n");
         rc = TD_EXIT_FATAL;
         goto done;
@@ -1125,33 +935,24 @@ int td_cmd_explain(int argc, char **argv) {
         rc = TD_EXIT_FAIL;
         goto done;
     }
-    for (size_t i = 0; i < nr; i++)
-        views[i].rule = td_ruleset_rule(rs, i);
 
     td_sim *sim = &in->sim;
-    sim->fn = log_timer;
+    sim->fn = ex_log_timer;
     sim->ud = &tl;
     sim->flags = TD_STEP_OUTCOMES; /* the timers that come due: their outcome */
     td_ms now;
     const td_step_out *out = NULL;
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &in->target};
     if (in->has_target) {
-        if (td_sim_event(sim, &in->target, TD_STEP_EXPLAIN) != TD_OK || tl.oom) {
+        /* the timers due by the event fire, then the probe is its step */
+        td_state *tst = td_sim_prepare(sim, &in->target);
+        now = sim->clock;
+        out = sim->out;
+        if (!tst || tl.oom || td_engine_probe(rs, tst, &trig, now, tz, &probe, sim->out) != TD_OK) {
             fprintf(stderr, "touchd explain: out of memory\n");
             rc = TD_EXIT_FATAL;
             goto done;
         }
-        now = sim->clock;
-        out = sim->out;
-        td_ctx ctx = {.st = &sim->st,
-                      .ev = &in->target,
-                      .now = now,
-                      .tz = tz,
-                      .settings = td_ruleset_settings(rs)};
-        views_from_step(views, nr, out, &ctx, (int)in->target.type);
-        if (out->duplicate)
-            for (size_t i = 0; i < nr; i++)
-                views[i].triggered = false;
     } else {
         now = o.now != TD_MS_MISSING ? o.now : sim->clock;
         if (sim->clock != TD_MS_MISSING && now < sim->clock) {
@@ -1161,20 +962,19 @@ int td_cmd_explain(int argc, char **argv) {
             rc = TD_EXIT_USAGE;
             goto done;
         }
-        if (td_sim_advance(sim, now) != TD_OK || tl.oom) {
+        /* the timers due by then fire, then the probe's "now" evaluation */
+        if (td_sim_advance(sim, now) != TD_OK || tl.oom ||
+            td_engine_probe(rs, sim->main, NULL, now, tz, &probe, sim->out) != TD_OK) {
             fprintf(stderr, "touchd explain: out of memory\n");
             rc = TD_EXIT_FATAL;
             goto done;
         }
-        td_ctx ctx = {
-            .st = &sim->st, .ev = NULL, .now = now, .tz = tz, .settings = td_ruleset_settings(rs)};
-        views_now(views, nr, rs, &ctx);
     }
     for (size_t i = 0; i < tl.n; i++)
         if (!tl.v[i].rule) tl.v[i].rule = td_ruleset_find(rs, tl.v[i].rule_id);
 
     if (o.json) {
-        json_t *j = build_json(in, rs, views, nr, &tl, now, out, in->has_target ? &trig : NULL);
+        json_t *j = ex_build_json(in, rs, &probe, &tl, now, out, in->has_target ? &trig : NULL);
         char *s = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
         json_decref(j);
         if (!s) {
@@ -1185,9 +985,9 @@ int td_cmd_explain(int argc, char **argv) {
         printf("%s\n", s);
         free(s);
     } else {
-        bool uni = o.marks == 2 || (o.marks == 0 && isatty(STDOUT_FILENO) && utf8_locale());
+        bool uni = o.marks == 2 || (o.marks == 0 && isatty(STDOUT_FILENO) && ex_utf8_locale());
         marks mk = uni ? (marks){"\xe2\x9c\x93", "\xe2\x9c\x97", "?"} : (marks){"+", "-", "?"};
-        print_human(stdout, &o, in, rs, views, nr, &tl, now, out, &mk);
+        ex_print_human(stdout, &o, in, rs, &probe, &tl, now, out, &mk);
     }
     if (fflush(stdout) != 0) rc = TD_EXIT_FATAL;
 
@@ -1195,7 +995,7 @@ done:
     free(tl.v);
     if (in && in->sim_ready) td_sim_free(&in->sim);
     free(in);
-    free(views);
+    free(probe.rules);
     td_tzdb_free(tz);
     td_ruleset_free(rs);
     td_calendar_free(cal);

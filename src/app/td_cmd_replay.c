@@ -4,12 +4,15 @@
  * lines on stdout, state in memory, and a clock that follows the events
  * (now = the latest occurred_at seen, so it never goes backwards).
  *
- * Timer rules fire on the virtual clock: every timer an event arms is kept in
- * a min-heap; before an event at time T is applied, every timer due at or
- * before T fires (in due order, the clock set to its due time), and at the
- * end `--advance DUR` moves the clock DUR past the last event and fires what
- * is due by then. A timer that was re-armed or whose rule no longer matches
- * is stale and ignored by the engine, exactly as in the daemon.
+ * The run is td_sim's (the one offline driver, shared with `test` and
+ * `explain`): every prospect's state in its in-memory store, and one
+ * virtual clock whose timer heap fires each timer an event arms before an
+ * event at or after its due time is applied (in due order, the clock set to
+ * its due time); at the end `--advance DUR` moves the clock DUR past the last
+ * event and fires what is due by then. A timer that was re-armed or whose
+ * rule no longer matches is stale and ignored by the engine, exactly as in
+ * the daemon. This file keeps the arguments, the input lines and the output
+ * (td_sim's per-step callback, rp_on_step, prints the recommendations).
  *
  * A bad line is reported on stderr with its line number and the decoder's
  * reason, and skipped. At the end a per-rule summary goes to stderr: how many
@@ -17,6 +20,8 @@
  * was in cooldown, failed; plus the pipeline figure from the playbook (share
  * of prospects that reached proposal and were then lost: above 30% means
  * attention is not maintained between proposal and signature).
+ *
+ * File-local functions are prefixed rp_.
  *
  * @locality main thread.
  */
@@ -26,132 +31,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sys/stat.h>
-
-#include "td_calendar_load.h"
+#include "td_calendar.h"
 #include "td_cli.h"
 #include "td_engine.h"
 #include "td_event.h"
+#include "td_sim.h"
 #include "td_time.h"
-
-/* One prospect of the replay: its state and what the summary needs. */
-typedef struct pslot {
-    td_state *st;
-    bool reached_proposal;
-} pslot;
-
-/* Open addressing on td_hash64(prospect_id). */
-typedef struct pmap {
-    pslot *v;
-    size_t cap, n;
-} pmap;
-
-static pslot *pmap_get(pmap *m, const char *id) {
-    if ((m->n + 1) * 2 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 1024;
-        pslot *v = calloc(cap, sizeof *v);
-        if (!v) return NULL;
-        for (size_t i = 0; i < m->cap; i++) {
-            if (!m->v[i].st) continue;
-            size_t h =
-                td_hash64(m->v[i].st->prospect_id, strlen(m->v[i].st->prospect_id), TD_HASH_SEED) &
-                (cap - 1);
-            while (v[h].st)
-                h = (h + 1) & (cap - 1);
-            v[h] = m->v[i];
-        }
-        free(m->v);
-        m->v = v;
-        m->cap = cap;
-    }
-    size_t h = td_hash64(id, strlen(id), TD_HASH_SEED) & (m->cap - 1);
-    while (m->v[h].st) {
-        if (strcmp(m->v[h].st->prospect_id, id) == 0) return &m->v[h];
-        h = (h + 1) & (m->cap - 1);
-    }
-    td_state *st = malloc(sizeof *st);
-    if (!st) return NULL;
-    td_state_init(st, id);
-    m->v[h].st = st;
-    m->v[h].reached_proposal = false;
-    m->n++;
-    return &m->v[h];
-}
-
-static void pmap_free(pmap *m) {
-    for (size_t i = 0; i < m->cap; i++) {
-        if (!m->v[i].st) continue;
-        td_state_free(m->v[i].st);
-        free(m->v[i].st);
-    }
-    free(m->v);
-}
-
-/* A pending timer on the virtual clock. */
-typedef struct vtimer {
-    td_ms due_at;
-    uint64_t seq; /* arming order: ties fire in the order they were armed */
-    td_state *st;
-    char rule[TD_RULE_ID_MAX + 1];
-    char armed_by[TD_ID_MAX + 1];
-} vtimer;
-
-typedef struct vheap {
-    vtimer *v;
-    size_t n, cap;
-    uint64_t seq;
-} vheap;
-
-static bool vt_less(const vtimer *a, const vtimer *b) {
-    return a->due_at < b->due_at || (a->due_at == b->due_at && a->seq < b->seq);
-}
-
-static int vheap_push(vheap *h, td_ms due, td_state *st, const char *rule, const char *armed_by) {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 256;
-        vtimer *v = realloc(h->v, cap * sizeof *v);
-        if (!v) return TD_ERR;
-        h->v = v;
-        h->cap = cap;
-    }
-    vtimer t = {.due_at = due, .seq = h->seq++, .st = st};
-    td_strlcpy(t.rule, rule, sizeof t.rule);
-    td_strlcpy(t.armed_by, armed_by, sizeof t.armed_by);
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!vt_less(&t, &h->v[p])) break;
-        h->v[i] = h->v[p];
-        i = p;
-    }
-    h->v[i] = t;
-    return TD_OK;
-}
-
-static void vheap_pop(vheap *h, vtimer *out) {
-    *out = h->v[0];
-    vtimer last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        const vtimer *best = &last;
-        if (l < h->n && vt_less(&h->v[l], best)) {
-            m = l;
-            best = &h->v[l];
-        }
-        if (r < h->n && vt_less(&h->v[r], best)) m = r;
-        if (m == i) break;
-        h->v[i] = h->v[m];
-        i = m;
-    }
-    if (h->n) h->v[i] = last;
-}
 
 typedef struct rule_stats {
     uint64_t outcome[TD_OUT_ERROR + 1];
 } rule_stats;
 
-static void usage(FILE *f) {
+static void rp_usage(FILE *f) {
     fprintf(f, "usage: touchd replay --rules DIR [--rules DIR...] [options] FILE.jsonl|-\n"
                "\n"
                "Runs events (one JSON object per line; - reads stdin) through the rules with\n"
@@ -172,22 +63,23 @@ static void usage(FILE *f) {
                "3 some lines were rejected (reported on stderr, the rest was applied).\n");
 }
 
-/* Everything one replay run needs, so the event and timer paths share it. */
+/* What the output and the summary need, filled by rp_on_step. */
 typedef struct replay {
     const td_ruleset *rs;
-    td_tzdb *tz;
-    td_step_out *out;
     td_buf buf;
     bool brief;
     const char *label;
+    uint64_t lineno; /* the event being applied (its derived event's too) */
     rule_stats *stats;
     uint64_t *blocked_by;
-    vheap timers;
-    pmap *states;
-    uint64_t recs, errors, timers_fired, timers_stale, derived;
+    uint64_t recs, errors;
+    bool oom;
 } replay;
 
-static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_trigger *trig) {
+/* td_sim_entry.mark: the prospect reached proposal (or negotiation) */
+#define RP_REACHED_PROPOSAL 1u
+
+static int rp_brief_line(FILE *out, const td_rec *r, const td_state *st, const td_trigger *trig) {
     char nb[TD_TIME_BUF];
     td_time_format(r->not_before, nb, sizeof nb);
     return fprintf(out, "%s\t%s\t%s\t%s\t%s\t%s\n", st->prospect_id, r->rule->id,
@@ -195,70 +87,116 @@ static int brief_line(FILE *out, const td_rec *r, const td_state *st, const td_t
                    trig->kind == TD_TRIG_EVENT ? trig->ev->id : "timer");
 }
 
-/* Steps one trigger and prints what it recommends; then the event it derives
- * for the prospect's owner, if any. lineno is 0 for timers.
- * @returns TD_OK, or TD_ERR on out-of-memory. */
-static int run_step(replay *rp, td_state *st, const td_trigger *trig, td_ms now, uint64_t lineno) {
-    td_step_out *out = rp->out;
-    if (td_engine_step(rp->rs, st, trig, now, rp->tz, TD_STEP_OUTCOMES, out) != TD_OK)
-        return TD_ERR;
-    if (out->duplicate || out->stale) return TD_OK;
+/* The td_sim callback: counts the outcomes and prints what the step
+ * recommends. */
+static void rp_on_step(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
+                       const td_step_out *out) {
+    replay *rp = ud;
     rp->errors += out->nerrors;
     for (uint32_t i = 0; i < out->ndecisions; i++) {
         const td_decision *d = &out->decisions[i];
         rp->stats[d->rule->index].outcome[d->outcome]++;
         if (d->outcome == TD_OUT_BLOCKED && d->by) rp->blocked_by[d->by->index]++;
         if (d->outcome == TD_OUT_ERROR) {
-            if (lineno)
-                fprintf(stderr, "%s:%llu: rule %s: %s\n", rp->label, (unsigned long long)lineno,
+            if (trig->kind == TD_TRIG_EVENT)
+                fprintf(stderr, "%s:%llu: rule %s: %s\n", rp->label, (unsigned long long)rp->lineno,
                         d->rule->id, d->error);
             else
                 fprintf(stderr, "%s: timer %s of %s: rule %s: %s\n", rp->label, trig->rule,
                         st->prospect_id, d->rule->id, d->error);
         }
     }
-    for (uint32_t i = 0; i < out->narms; i++)
-        if (vheap_push(&rp->timers, out->arms[i].due_at, st, out->arms[i].rule->id, trig->ev->id) !=
-            TD_OK)
-            return TD_ERR;
     for (uint32_t i = 0; i < out->nrecs; i++) {
         rp->recs++;
         if (rp->brief) {
-            brief_line(stdout, &out->recs[i], st, trig);
+            rp_brief_line(stdout, &out->recs[i], st, trig);
         } else {
             rp->buf.len = 0;
-            if (td_rec_json(&out->recs[i], st, rp->rs, trig, now, &rp->buf) != TD_OK) return TD_ERR;
+            if (td_rec_json(&out->recs[i], st, rp->rs, trig, sim->clock, &rp->buf) != TD_OK) {
+                rp->oom = true;
+                return;
+            }
             fwrite(rp->buf.p, 1, rp->buf.len, stdout);
             fputc('\n', stdout);
         }
     }
-    if (out->has_derived) {
-        /* `out` is reused by the next step: the derived event moves out first */
-        td_event d = out->derived;
-        pslot *owner = pmap_get(rp->states, d.prospect_id);
-        if (!owner) return TD_ERR;
-        rp->derived++;
-        td_trigger dt = {.kind = TD_TRIG_EVENT, .ev = &d};
-        return run_step(rp, owner->st, &dt, now, lineno);
-    }
-    return TD_OK;
 }
 
-/* Fires every timer due at or before `until`, each at its own due time. */
-static int fire_timers(replay *rp, td_ms until, td_ms *now) {
-    while (rp->timers.n && rp->timers.v[0].due_at <= until) {
-        vtimer t;
-        vheap_pop(&rp->timers, &t);
-        if (*now == TD_MS_MISSING || t.due_at > *now) *now = t.due_at;
-        td_trigger trig = {
-            .kind = TD_TRIG_TIMER, .rule = t.rule, .due_at = t.due_at, .armed_by = t.armed_by};
-        if (run_step(rp, t.st, &trig, *now, 0) != TD_OK) return TD_ERR;
-        if (rp->out->stale)
-            rp->timers_stale++;
+/* The input figures of the summary. */
+typedef struct rp_summary {
+    uint64_t lines, applied, rejected, duplicates;
+    const char *holidays;
+} rp_summary;
+
+/* The per-rule summary, the owners' prospecting figures and the pipeline
+ * figure (see the top comment). */
+static void rp_print_summary(FILE *f, const replay *rp, const td_sim *sim, const rp_summary *sm) {
+    const td_ruleset *rs = rp->rs;
+    size_t nr = td_ruleset_count(rs);
+    fprintf(f,
+            "replay: %llu lines, %llu events applied, %llu rejected, %llu duplicates, %zu "
+            "prospects, %llu recommendations, %llu rule errors, timers: %llu run, %llu "
+            "stale, %zu pending, %llu owner events derived; ruleset %s\n",
+            (unsigned long long)sm->lines, (unsigned long long)sm->applied,
+            (unsigned long long)sm->rejected, (unsigned long long)sm->duplicates, sim->nstates,
+            (unsigned long long)rp->recs, (unsigned long long)rp->errors,
+            (unsigned long long)sim->timers_fired, (unsigned long long)sim->timers_stale,
+            sim->nheap, (unsigned long long)sim->derived, td_ruleset_hash(rs));
+    fprintf(f, "calendar: %s\n",
+            sm->holidays ? sm->holidays : "none (business days are Monday to Friday)");
+    fprintf(f, "%-40s %7s %7s %7s %8s %7s %7s\n", "rule", "fired", "blocked", "lost", "cooldown",
+            "armed", "errors");
+    for (size_t i = 0; i < nr; i++) {
+        const td_rule *r = td_ruleset_rule(rs, i);
+        if (r->guard)
+            fprintf(f, "%-40s %7s %7llu %7s %8s %7s %7llu   (guard: blocks)\n", r->id, "-",
+                    (unsigned long long)rp->blocked_by[i], "-", "-", "-",
+                    (unsigned long long)rp->stats[i].outcome[TD_OUT_ERROR]);
         else
-            rp->timers_fired++;
+            fprintf(f, "%-40s %7llu %7llu %7llu %8llu %7llu %7llu\n", r->id,
+                    (unsigned long long)rp->stats[i].outcome[TD_OUT_FIRED],
+                    (unsigned long long)rp->stats[i].outcome[TD_OUT_BLOCKED],
+                    (unsigned long long)rp->stats[i].outcome[TD_OUT_LOST_GROUP],
+                    (unsigned long long)rp->stats[i].outcome[TD_OUT_COOLDOWN],
+                    (unsigned long long)rp->stats[i].outcome[TD_OUT_ARMED],
+                    (unsigned long long)rp->stats[i].outcome[TD_OUT_ERROR]);
     }
-    return TD_OK;
+    /* prospecting hygiene (PLAYBOOK 4): new prospects contacted per owner
+     * per business day (Monday to Friday) of the replayed period */
+    td_ms first = TD_MS_MISSING, now = sim->clock;
+    const td_sim_entry *e;
+    size_t it = 0;
+    while ((e = td_sim_next(sim, &it)))
+        if (e->st->first_seen_at != TD_MS_MISSING &&
+            (first == TD_MS_MISSING || e->st->first_seen_at < first))
+            first = e->st->first_seen_at;
+    int64_t bdays = 0;
+    if (first != TD_MS_MISSING && now != TD_MS_MISSING)
+        for (int64_t d = first / TD_DAY; d <= now / TD_DAY; d++)
+            bdays += (((d % 7) + 7 + 3) % 7) < 5; /* 1970-01-01 was a Thursday */
+    it = 0;
+    while ((e = td_sim_next(sim, &it))) {
+        const td_state *o = e->st;
+        if (strncmp(o->prospect_id, "owner:", 6) != 0) continue;
+        fprintf(f, "owner %s: %lld new prospects contacted over %lld business days (%.1f a day)\n",
+                o->prospect_id + 6, (long long)o->events, (long long)bdays,
+                bdays ? (double)o->events / (double)bdays : 0.0);
+    }
+    uint64_t reached = 0, won = 0, lost = 0;
+    it = 0;
+    while ((e = td_sim_next(sim, &it))) {
+        if (!(e->mark & RP_REACHED_PROPOSAL)) continue;
+        reached++;
+        won += e->st->stage == TD_STAGE_WON;
+        lost += e->st->stage == TD_STAGE_LOST;
+    }
+    if (reached)
+        fprintf(f,
+                "pipeline: %llu prospects reached proposal: %llu won, %llu lost (%.0f%% lost; "
+                "above 30%% means attention is not maintained between proposal and "
+                "signature)\n",
+                (unsigned long long)reached, (unsigned long long)won, (unsigned long long)lost,
+                100.0 * (double)lost / (double)reached);
 }
 
 int td_cmd_replay(int argc, char **argv) {
@@ -304,10 +242,10 @@ int td_cmd_replay(int argc, char **argv) {
             quiet = true;
             break;
         case 'h':
-            usage(stdout);
+            rp_usage(stdout);
             return TD_EXIT_OK;
         default:
-            usage(stderr);
+            rp_usage(stderr);
             return TD_EXIT_USAGE;
         }
     }
@@ -317,7 +255,7 @@ int td_cmd_replay(int argc, char **argv) {
     }
     if (optind != argc - 1) {
         fprintf(stderr, "touchd replay: give exactly one input file (or - for stdin)\n");
-        usage(stderr);
+        rp_usage(stderr);
         return TD_EXIT_USAGE;
     }
     const char *path = argv[optind];
@@ -340,39 +278,36 @@ int td_cmd_replay(int argc, char **argv) {
 
     /* business days: the holiday files given, or the repository's default */
     td_calendar *cal = NULL;
-    struct stat sb;
-    if (!holidays && stat("config/holidays", &sb) == 0 && S_ISDIR(sb.st_mode))
-        holidays = "config/holidays";
-    if (holidays) {
-        char cerr[256];
-        cal = td_calendar_load_dir(holidays, cerr, sizeof cerr);
-        if (!cal) {
-            fprintf(stderr, "touchd replay: holidays: %s\n", cerr);
-            td_ruleset_free(rs);
-            if (in != stdin) fclose(in);
-            return TD_EXIT_USAGE;
-        }
-        td_ruleset_set_calendar(rs, cal);
+    char cerr[320];
+    if (td_sim_load_calendar(holidays, &cal, &holidays, cerr, sizeof cerr) != TD_OK) {
+        fprintf(stderr, "touchd replay: %s\n", cerr);
+        td_ruleset_free(rs);
+        if (in != stdin) fclose(in);
+        return TD_EXIT_USAGE;
     }
+    if (cal) td_ruleset_set_calendar(rs, cal);
 
     size_t nr = td_ruleset_count(rs);
-    pmap states = {0};
-    replay rp = {.rs = rs, .brief = brief, .label = label, .states = &states};
+    replay rp = {.rs = rs, .brief = brief, .label = label};
     rp.stats = calloc(nr ? nr : 1, sizeof *rp.stats);
     rp.blocked_by = calloc(nr ? nr : 1, sizeof *rp.blocked_by);
-    rp.out = malloc(sizeof *rp.out);
-    rp.tz = td_tzdb_new();
+    td_tzdb *tz = td_tzdb_new();
+    td_sim sim;
+    bool sim_ready = false;
     char *line = NULL;
     size_t lcap = 0;
     ssize_t len;
     uint64_t lineno = 0, applied = 0, rejected = 0, duplicates = 0;
-    td_ms now = TD_MS_MISSING;
     int rc = TD_EXIT_OK;
-    if (!rp.stats || !rp.blocked_by || !rp.out || !rp.tz) {
+    if (!rp.stats || !rp.blocked_by || !tz ||
+        td_sim_init(&sim, rs, tz, NULL, NULL, TD_MS_MISSING, TD_STEP_OUTCOMES) != TD_OK) {
         fprintf(stderr, "touchd replay: out of memory\n");
         rc = TD_EXIT_FATAL;
         goto done;
     }
+    sim_ready = true;
+    sim.fn = rp_on_step;
+    sim.ud = &rp;
 
     while ((len = getline(&line, &lcap, in)) != -1) {
         lineno++;
@@ -391,29 +326,19 @@ int td_cmd_replay(int argc, char **argv) {
                     err.field[0] ? err.field : "", err.field[0] ? ": " : "", err.reason);
             continue;
         }
-        /* timers due before this event fire first, each at its due time */
-        if (fire_timers(&rp, ev.occurred_at, &now) != TD_OK) {
-            fprintf(stderr, "touchd replay: out of memory\n");
-            rc = TD_EXIT_FATAL;
-            goto done;
-        }
-        if (now == TD_MS_MISSING || ev.occurred_at > now) now = ev.occurred_at;
-        pslot *slot = pmap_get(&states, ev.prospect_id);
-        if (!slot) {
-            fprintf(stderr, "touchd replay: out of memory\n");
-            rc = TD_EXIT_FATAL;
-            goto done;
-        }
-        if (ev.type == TD_EV_PROSPECT_UPDATED && (ev.has & TD_HAS_STAGE) &&
+        /* the prospect's entry, created here as td_sim_event would (the
+         * entry may move when the step adds a state: marked before) */
+        td_sim_entry *e = td_sim_entry_get(&sim, ev.prospect_id, true);
+        if (e && ev.type == TD_EV_PROSPECT_UPDATED && (ev.has & TD_HAS_STAGE) &&
             (ev.stage == TD_STAGE_PROPOSAL || ev.stage == TD_STAGE_NEGOTIATION))
-            slot->reached_proposal = true;
-        td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
-        if (run_step(&rp, slot->st, &trig, now, lineno) != TD_OK) {
+            e->mark |= RP_REACHED_PROPOSAL;
+        rp.lineno = lineno;
+        if (!e || td_sim_event(&sim, &ev, 0) != TD_OK || rp.oom) {
             fprintf(stderr, "touchd replay: out of memory\n");
             rc = TD_EXIT_FATAL;
             goto done;
         }
-        if (rp.out->duplicate)
+        if (sim.out->duplicate)
             duplicates++;
         else
             applied++;
@@ -423,7 +348,9 @@ int td_cmd_replay(int argc, char **argv) {
         rc = TD_EXIT_FATAL;
         goto done;
     }
-    if (advance > 0 && now != TD_MS_MISSING && fire_timers(&rp, now + advance, &now) != TD_OK) {
+    /* the clock ends at the last timer fired, not at the end of the span */
+    if (advance > 0 && sim.clock != TD_MS_MISSING &&
+        (td_sim_fire_due(&sim, sim.clock + advance) != TD_OK || rp.oom)) {
         fprintf(stderr, "touchd replay: out of memory\n");
         rc = TD_EXIT_FATAL;
         goto done;
@@ -434,79 +361,20 @@ int td_cmd_replay(int argc, char **argv) {
         goto done;
     }
     if (rejected) rc = TD_EXIT_REJECTED;
-
     if (!quiet) {
-        fprintf(stderr,
-                "replay: %llu lines, %llu events applied, %llu rejected, %llu duplicates, %zu "
-                "prospects, %llu recommendations, %llu rule errors, timers: %llu run, %llu "
-                "stale, %zu pending, %llu owner events derived; ruleset %s\n",
-                (unsigned long long)lineno, (unsigned long long)applied,
-                (unsigned long long)rejected, (unsigned long long)duplicates, states.n,
-                (unsigned long long)rp.recs, (unsigned long long)rp.errors,
-                (unsigned long long)rp.timers_fired, (unsigned long long)rp.timers_stale,
-                rp.timers.n, (unsigned long long)rp.derived, td_ruleset_hash(rs));
-        fprintf(stderr, "calendar: %s\n",
-                holidays ? holidays : "none (business days are Monday to Friday)");
-        fprintf(stderr, "%-40s %7s %7s %7s %8s %7s %7s\n", "rule", "fired", "blocked", "lost",
-                "cooldown", "armed", "errors");
-        for (size_t i = 0; i < nr; i++) {
-            const td_rule *r = td_ruleset_rule(rs, i);
-            if (r->guard)
-                fprintf(stderr, "%-40s %7s %7llu %7s %8s %7s %7llu   (guard: blocks)\n", r->id, "-",
-                        (unsigned long long)rp.blocked_by[i], "-", "-", "-",
-                        (unsigned long long)rp.stats[i].outcome[TD_OUT_ERROR]);
-            else
-                fprintf(stderr, "%-40s %7llu %7llu %7llu %8llu %7llu %7llu\n", r->id,
-                        (unsigned long long)rp.stats[i].outcome[TD_OUT_FIRED],
-                        (unsigned long long)rp.stats[i].outcome[TD_OUT_BLOCKED],
-                        (unsigned long long)rp.stats[i].outcome[TD_OUT_LOST_GROUP],
-                        (unsigned long long)rp.stats[i].outcome[TD_OUT_COOLDOWN],
-                        (unsigned long long)rp.stats[i].outcome[TD_OUT_ARMED],
-                        (unsigned long long)rp.stats[i].outcome[TD_OUT_ERROR]);
-        }
-        /* prospecting hygiene (PLAYBOOK 4): new prospects contacted per owner
-         * per business day (Monday to Friday) of the replayed period */
-        td_ms first = TD_MS_MISSING;
-        for (size_t i = 0; i < states.cap; i++)
-            if (states.v[i].st && states.v[i].st->first_seen_at != TD_MS_MISSING &&
-                (first == TD_MS_MISSING || states.v[i].st->first_seen_at < first))
-                first = states.v[i].st->first_seen_at;
-        int64_t bdays = 0;
-        if (first != TD_MS_MISSING && now != TD_MS_MISSING)
-            for (int64_t d = first / TD_DAY; d <= now / TD_DAY; d++)
-                bdays += (((d % 7) + 7 + 3) % 7) < 5; /* 1970-01-01 was a Thursday */
-        for (size_t i = 0; i < states.cap; i++) {
-            const td_state *o = states.v[i].st;
-            if (!o || strncmp(o->prospect_id, "owner:", 6) != 0) continue;
-            fprintf(stderr,
-                    "owner %s: %lld new prospects contacted over %lld business days (%.1f a "
-                    "day)\n",
-                    o->prospect_id + 6, (long long)o->events, (long long)bdays,
-                    bdays ? (double)o->events / (double)bdays : 0.0);
-        }
-        uint64_t reached = 0, won = 0, lost = 0;
-        for (size_t i = 0; i < states.cap; i++) {
-            if (!states.v[i].st || !states.v[i].reached_proposal) continue;
-            reached++;
-            won += states.v[i].st->stage == TD_STAGE_WON;
-            lost += states.v[i].st->stage == TD_STAGE_LOST;
-        }
-        if (reached)
-            fprintf(stderr,
-                    "pipeline: %llu prospects reached proposal: %llu won, %llu lost (%.0f%% lost; "
-                    "above 30%% means attention is not maintained between proposal and "
-                    "signature)\n",
-                    (unsigned long long)reached, (unsigned long long)won, (unsigned long long)lost,
-                    100.0 * (double)lost / (double)reached);
+        rp_summary summary = {.lines = lineno,
+                              .applied = applied,
+                              .rejected = rejected,
+                              .duplicates = duplicates,
+                              .holidays = holidays};
+        rp_print_summary(stderr, &rp, &sim, &summary);
     }
 
 done:
     free(line);
     td_buf_free(&rp.buf);
-    free(rp.timers.v);
-    pmap_free(&states);
-    td_tzdb_free(rp.tz);
-    free(rp.out);
+    if (sim_ready) td_sim_free(&sim);
+    td_tzdb_free(tz);
     free(rp.stats);
     free(rp.blocked_by);
     td_ruleset_free(rs);

@@ -5,8 +5,8 @@
  * a libconfig file of cases (format: docs/rules-testing.md, parser:
  * td_testfile.c). Each case starts from a fresh in-memory state (optionally
  * pre-filled), runs a timeline of events and clock advances through the real
- * engine on a virtual clock (td_sim: timers fire when the clock passes their
- * due time), and checks what each step produced against its expectations:
+ * engine on a virtual clock (td_sim, the offline driver replay and explain
+ * share: timers fire when the clock passes their due time), and checks what each step produced against its expectations:
  * the recommendations, none, or a decision (blocked by a named guard, lost in
  * the group, in cooldown...).
  *
@@ -20,6 +20,8 @@
  * exercised), then exactly `N passed, M failed` as the last line (CI parses
  * it). `--junit FILE` also writes JUnit XML. Exit 0 when everything passed,
  * 1 otherwise, 2 on usage errors.
+ *
+ * File-local functions are prefixed tt_.
  *
  * @locality main thread.
  */
@@ -68,24 +70,24 @@ typedef struct collector {
     bool oom;
 } collector;
 
-static void fmt_value(const td_value *v, char *buf, size_t cap) { td_value_json(v, buf, cap); }
+static void tt_fmt_value(const td_value *v, char *buf, size_t cap) { td_value_json(v, buf, cap); }
 
 /* "email.unanswered >= 2 is false (email.unanswered=1); ..." for the
  * conditions that did not hold. */
-static void why_conditions(const td_decision *d, char *buf, size_t cap) {
+static void tt_why_conditions(const td_decision *d, char *buf, size_t cap) {
     size_t n = 0;
     buf[0] = '\0';
     for (uint32_t i = 0; i < d->nbecause && n + 1 < cap; i++) {
         const td_because *b = &d->because[i];
         if (b->value.type == TD_T_BOOL && !b->value.missing && b->value.u.b) continue;
         char vb[64];
-        fmt_value(&b->value, vb, sizeof vb);
+        tt_fmt_value(&b->value, vb, sizeof vb);
         int w =
             snprintf(buf + n, cap - n, "%s`%.*s` is %s", n ? "; " : "", (int)b->len, b->expr, vb);
         if (w < 0 || (size_t)w >= cap - n) break;
         n += (size_t)w;
         for (uint32_t f = 0; f < b->facts.n && n + 1 < cap; f++) {
-            fmt_value(&b->facts.v[f].value, vb, sizeof vb);
+            tt_fmt_value(&b->facts.v[f].value, vb, sizeof vb);
             w = snprintf(buf + n, cap - n, "%s%s=%s%s", f ? ", " : " (", b->facts.v[f].field->name,
                          vb, f + 1 == b->facts.n ? ")" : "");
             if (w < 0 || (size_t)w >= cap - n) break;
@@ -94,7 +96,7 @@ static void why_conditions(const td_decision *d, char *buf, size_t cap) {
     }
 }
 
-static void describe(const td_decision *d, char *buf, size_t cap) {
+static void tt_describe(const td_decision *d, char *buf, size_t cap) {
     char tb[TD_TIME_BUF];
     switch (d->outcome) {
     case TD_OUT_FIRED:
@@ -102,7 +104,7 @@ static void describe(const td_decision *d, char *buf, size_t cap) {
         break;
     case TD_OUT_NOT_MATCHED: {
         char c[280];
-        why_conditions(d, c, sizeof c);
+        tt_why_conditions(d, c, sizeof c);
         snprintf(buf, cap, "not matched%s%s", c[0] ? ": " : "", c);
         break;
     }
@@ -126,8 +128,8 @@ static void describe(const td_decision *d, char *buf, size_t cap) {
     }
 }
 
-static void collect(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
-                    const td_step_out *out) {
+static void tt_collect(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
+                       const td_step_out *out) {
     (void)sim;
     (void)st;
     collector *c = ud;
@@ -171,15 +173,15 @@ static void collect(void *ud, const td_sim *sim, const td_state *st, const td_tr
         g->outcome = d->outcome;
         g->by = d->by;
         g->until = d->until;
-        describe(d, g->why, sizeof g->why);
+        tt_describe(d, g->why, sizeof g->why);
         if (c->covered && d->outcome == TD_OUT_BLOCKED && d->by) c->covered[d->by->index] = true;
     }
 }
 
 /* ---------------------------------------------------------------- checking */
 
-static void rec_line(td_buf *b, const char *mark, const td_rule *rule, td_channel ch,
-                     const char *touch, td_ms nb, const char *trigger) {
+static void tt_rec_line(td_buf *b, const char *mark, const td_rule *rule, td_channel ch,
+                        const char *touch, td_ms nb, const char *trigger) {
     char tb[TD_TIME_BUF] = "*";
     if (nb != TD_MS_MISSING) td_time_format(nb, tb, sizeof tb);
     td_buf_printf(b, "        %s %-36s %-9s %-17s %s", mark, rule->id,
@@ -188,14 +190,14 @@ static void rec_line(td_buf *b, const char *mark, const td_rule *rule, td_channe
     td_buf_append(b, "\n", 1);
 }
 
-static bool rec_matches(const tf_rec_exp *e, const got_rec *g) {
+static bool tt_rec_matches(const tf_rec_exp *e, const got_rec *g) {
     return e->rule == g->rule && (e->channel == TD_CH_NONE || e->channel == g->channel) &&
            (!e->touch || strcmp(e->touch, g->touch) == 0) &&
            (e->not_before == TD_MS_MISSING || e->not_before == g->not_before);
 }
 
 /* Why `rule` did not produce what was expected, from the step's decisions. */
-static void explain_rule(td_buf *b, const collector *c, const td_rule *rule) {
+static void tt_explain_rule(td_buf *b, const collector *c, const td_rule *rule) {
     bool any = false;
     for (size_t i = 0; i < c->ndecs; i++) {
         if (c->decs[i].rule != rule) continue;
@@ -209,7 +211,7 @@ static void explain_rule(td_buf *b, const collector *c, const td_rule *rule) {
                       rule->id);
 }
 
-static const char *step_label(const tf_step *st, char *buf, size_t cap) {
+static const char *tt_step_label(const tf_step *st, char *buf, size_t cap) {
     if (st->nevents == 1)
         snprintf(buf, cap, "%s %s", td_event_type_name(st->events[0].type), st->events[0].id);
     else if (st->nevents > 1)
@@ -223,10 +225,10 @@ static const char *step_label(const tf_step *st, char *buf, size_t cap) {
 }
 
 /* Checks one step; appends a report to b on failure. @returns true if it passed. */
-static bool check_step(const tf_file *f, size_t si, const tf_step *st, const collector *c,
-                       td_buf *b) {
+static bool tt_check_step(const tf_file *f, size_t si, const tf_step *st, const collector *c,
+                          td_buf *b) {
     char label[200];
-    step_label(st, label, sizeof label);
+    tt_step_label(st, label, sizeof label);
     bool ok = true;
     if (st->check_recs) {
         bool *used = calloc(c->nrecs + 1, sizeof *used);
@@ -240,7 +242,7 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
         size_t missing = 0, extra = 0;
         for (size_t e = 0; e < st->nrecs; e++)
             for (size_t g = 0; g < c->nrecs && !met[e]; g++)
-                if (!used[g] && rec_matches(&st->recs[e], &c->recs[g])) used[g] = met[e] = true;
+                if (!used[g] && tt_rec_matches(&st->recs[e], &c->recs[g])) used[g] = met[e] = true;
         for (size_t e = 0; e < st->nrecs; e++)
             missing += !met[e];
         for (size_t g = 0; g < c->nrecs; g++)
@@ -252,19 +254,19 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
                 si + 1, f->path, st->line, label);
             if (st->nrecs == 0) td_buf_printf(b, "        - (none)\n");
             for (size_t e = 0; e < st->nrecs; e++)
-                rec_line(b, met[e] ? " " : "-", st->recs[e].rule, st->recs[e].channel,
-                         st->recs[e].touch, st->recs[e].not_before, NULL);
+                tt_rec_line(b, met[e] ? " " : "-", st->recs[e].rule, st->recs[e].channel,
+                            st->recs[e].touch, st->recs[e].not_before, NULL);
             for (size_t g = 0; g < c->nrecs; g++)
                 if (!used[g])
-                    rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
-                             c->recs[g].not_before, c->recs[g].trigger);
+                    tt_rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
+                                c->recs[g].not_before, c->recs[g].trigger);
             if (c->nrecs == 0) td_buf_printf(b, "        + (none)\n");
             for (size_t e = 0; e < st->nrecs; e++) {
                 if (met[e]) continue;
                 bool fired = false;
                 for (size_t g = 0; g < c->nrecs; g++)
                     fired |= c->recs[g].rule == st->recs[e].rule;
-                if (!fired) explain_rule(b, c, st->recs[e].rule);
+                if (!fired) tt_explain_rule(b, c, st->recs[e].rule);
             }
         }
         free(used);
@@ -289,7 +291,7 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
         }
         td_buf_printf(b, "    step %zu (%s:%d, %s): expected %s to be %s\n", si + 1, f->path,
                       x->line, label, x->rule->id, want);
-        explain_rule(b, c, x->rule);
+        tt_explain_rule(b, c, x->rule);
     }
     for (size_t k = 0; k < st->nnots; k++) {
         for (size_t g = 0; g < c->nrecs; g++) {
@@ -297,8 +299,8 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
             ok = false;
             td_buf_printf(b, "    step %zu (%s:%d, %s): %s fired, expected it not to\n", si + 1,
                           f->path, st->line, label, st->nots[k]->id);
-            rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
-                     c->recs[g].not_before, c->recs[g].trigger);
+            tt_rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
+                        c->recs[g].not_before, c->recs[g].trigger);
             break;
         }
     }
@@ -306,20 +308,20 @@ static bool check_step(const tf_file *f, size_t si, const tf_step *st, const col
 }
 
 /* -v: what a step produced, whether or not it was checked. */
-static void trace_step(size_t si, const tf_step *st, const collector *c, td_buf *b) {
+static void tt_trace_step(size_t si, const tf_step *st, const collector *c, td_buf *b) {
     char label[200];
     td_buf_printf(b, "    step %zu (line %d, %s): %zu recommendation%s\n", si + 1, st->line,
-                  step_label(st, label, sizeof label), c->nrecs, c->nrecs == 1 ? "" : "s");
+                  tt_step_label(st, label, sizeof label), c->nrecs, c->nrecs == 1 ? "" : "s");
     for (size_t g = 0; g < c->nrecs; g++)
-        rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
-                 c->recs[g].not_before, c->recs[g].trigger);
+        tt_rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
+                    c->recs[g].not_before, c->recs[g].trigger);
     for (size_t i = 0; i < c->ndecs; i++)
         if (c->decs[i].outcome != TD_OUT_FIRED)
             td_buf_printf(b, "          %s: %s\n", c->decs[i].rule->id, c->decs[i].why);
 }
 
 /* Marks the rules and guards a case names in its expectations. */
-static void cover_named(const tf_case *tc, bool *covered) {
+static void tt_cover_named(const tf_case *tc, bool *covered) {
     for (size_t s = 0; s < tc->nsteps; s++) {
         const tf_step *st = &tc->steps[s];
         for (size_t i = 0; i < st->nrecs; i++)
@@ -334,8 +336,8 @@ static void cover_named(const tf_case *tc, bool *covered) {
 }
 
 /* Runs one case. @returns 1 passed, 0 failed, -1 out of memory. */
-static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const tf_case *tc,
-                    bool *covered, bool verbose, td_buf *report, td_buf *trace) {
+static int tt_run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const tf_case *tc,
+                       bool *covered, bool verbose, td_buf *report, td_buf *trace) {
     td_sim sim;
     /* the clock starts with the first event (or advance), which may come
      * before `start`: a story told from its past runs at its own times.
@@ -344,7 +346,7 @@ static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const t
     if (td_sim_init(&sim, rs, tz, NULL, &tc->init, TD_MS_MISSING, TD_STEP_EXPLAIN) != TD_OK)
         return -1;
     collector col = {.covered = covered};
-    sim.fn = collect;
+    sim.fn = tt_collect;
     sim.ud = &col;
     int rc = 1;
     for (size_t i = 0; i < tc->nsetup && rc >= 0; i++)
@@ -360,10 +362,10 @@ static int run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, const t
             rc = -1;
         if (col.oom) rc = -1;
         if (rc < 0) break;
-        if (verbose) trace_step(s, st, &col, trace);
-        if (!check_step(f, s, st, &col, report)) rc = 0;
+        if (verbose) tt_trace_step(s, st, &col, trace);
+        if (!tt_check_step(f, s, st, &col, report)) rc = 0;
     }
-    cover_named(tc, covered);
+    tt_cover_named(tc, covered);
     free(col.recs);
     free(col.decs);
     td_sim_free(&sim);
@@ -382,7 +384,7 @@ typedef struct result {
 
 /* XML text: escapes markup, drops bytes XML 1.0 cannot carry, replaces
  * invalid UTF-8 with '?'. */
-static void xml_text(FILE *o, const char *s) {
+static void tt_xml_text(FILE *o, const char *s) {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     while (*p) {
         unsigned char c = *p;
@@ -416,8 +418,8 @@ static void xml_text(FILE *o, const char *s) {
     }
 }
 
-static int write_junit(const char *path, const result *res, size_t nres, const char *const *files,
-                       size_t nfiles, const char *coverage_failure) {
+static int tt_write_junit(const char *path, const result *res, size_t nres,
+                          const char *const *files, size_t nfiles, const char *coverage_failure) {
     FILE *o = fopen(path, "w");
     if (!o) {
         fprintf(stderr, "touchd test: cannot write %s: %s\n", path, strerror(errno));
@@ -445,23 +447,23 @@ static int write_junit(const char *path, const result *res, size_t nres, const c
                 secs += res[i].seconds;
             }
         fputs("  <testsuite name=\"", o);
-        xml_text(o, files[fi]);
+        tt_xml_text(o, files[fi]);
         fprintf(o, "\" tests=\"%zu\" failures=\"%zu\" errors=\"0\" time=\"%.3f\">\n", t, fl, secs);
         for (size_t i = 0; i < nres; i++) {
             if (res[i].file != files[fi]) continue;
             fputs("    <testcase classname=\"", o);
-            xml_text(o, files[fi]);
+            tt_xml_text(o, files[fi]);
             fputs("\" name=\"", o);
-            xml_text(o, res[i].name ? res[i].name : "(file)");
+            tt_xml_text(o, res[i].name ? res[i].name : "(file)");
             fprintf(o, "\" time=\"%.3f\"", res[i].seconds);
             if (res[i].passed) {
                 fputs("/>\n", o);
                 continue;
             }
             fputs(">\n      <failure message=\"", o);
-            xml_text(o, res[i].name ? "expectations not met" : "the test file has errors");
+            tt_xml_text(o, res[i].name ? "expectations not met" : "the test file has errors");
             fputs("\" type=\"touchd.test\">", o);
-            xml_text(o, res[i].report);
+            tt_xml_text(o, res[i].report);
             fputs("</failure>\n    </testcase>\n", o);
         }
         fputs("  </testsuite>\n", o);
@@ -471,7 +473,7 @@ static int write_junit(const char *path, const result *res, size_t nres, const c
               "    <testcase classname=\"coverage\" name=\"require-coverage\">\n"
               "      <failure message=\"rules or guards not exercised\" type=\"touchd.coverage\">",
               o);
-        xml_text(o, coverage_failure);
+        tt_xml_text(o, coverage_failure);
         fputs("</failure>\n    </testcase>\n  </testsuite>\n", o);
     }
     fputs("</testsuites>\n", o);
@@ -484,7 +486,7 @@ static int write_junit(const char *path, const result *res, size_t nres, const c
 
 /* ---------------------------------------------------------------- command */
 
-static void usage(FILE *f) {
+static void tt_usage(FILE *f) {
     fprintf(f,
             "usage: touchd test [options] RULES...\n"
             "\n"
@@ -514,7 +516,7 @@ typedef struct strv {
     size_t n, cap;
 } strv;
 
-static int strv_add(strv *s, const char *x) {
+static int tt_strv_add(strv *s, const char *x) {
     for (size_t i = 0; i < s->n; i++)
         if (strcmp(s->v[i], x) == 0) return 0;
     if (s->n == s->cap) {
@@ -529,45 +531,45 @@ static int strv_add(strv *s, const char *x) {
     return 0;
 }
 
-static void strv_free(strv *s) {
+static void tt_strv_free(strv *s) {
     for (size_t i = 0; i < s->n; i++)
         free(s->v[i]);
     free(s->v);
 }
 
-static bool ends_with(const char *s, const char *sfx) {
+static bool tt_ends_with(const char *s, const char *sfx) {
     size_t n = strlen(s), k = strlen(sfx);
     return n >= k && strcmp(s + n - k, sfx) == 0;
 }
 
-static int cmp_str(const void *a, const void *b) {
+static int tt_cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
 /* Adds the *.test files of a directory, sorted. */
-static int add_dir_tests(strv *tests, const char *dir) {
+static int tt_add_dir_tests(strv *tests, const char *dir) {
     DIR *dp = opendir(dir);
     if (!dp) return -1;
     strv found = {0};
     struct dirent *e;
     while ((e = readdir(dp))) {
-        if (e->d_name[0] == '.' || !ends_with(e->d_name, ".test") || strlen(e->d_name) < 6)
+        if (e->d_name[0] == '.' || !tt_ends_with(e->d_name, ".test") || strlen(e->d_name) < 6)
             continue;
         char path[4096];
         size_t dl = strlen(dir);
         snprintf(path, sizeof path, "%s%s%s", dir, dl && dir[dl - 1] == '/' ? "" : "/", e->d_name);
-        if (strv_add(&found, path) != 0) break;
+        if (tt_strv_add(&found, path) != 0) break;
     }
     closedir(dp);
-    if (found.n) qsort(found.v, found.n, sizeof *found.v, cmp_str);
+    if (found.n) qsort(found.v, found.n, sizeof *found.v, tt_cmp_str);
     for (size_t i = 0; i < found.n; i++)
-        strv_add(tests, found.v[i]);
-    strv_free(&found);
+        tt_strv_add(tests, found.v[i]);
+    tt_strv_free(&found);
     return 0;
 }
 
 /* Appends each line of text, indented by four spaces. */
-static void indent(td_buf *b, const char *text) {
+static void tt_indent(td_buf *b, const char *text) {
     const char *p = text ? text : "";
     while (*p) {
         const char *nl = strchr(p, '\n');
@@ -577,13 +579,13 @@ static void indent(td_buf *b, const char *text) {
     }
 }
 
-static double mono_seconds(void) {
+static double tt_mono_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int grow_results(result **res, size_t *cap, size_t need) {
+static int tt_grow_results(result **res, size_t *cap, size_t need) {
     if (need <= *cap) return 0;
     size_t n = *cap ? *cap : 16;
     while (n < need)
@@ -596,14 +598,14 @@ static int grow_results(result **res, size_t *cap, size_t need) {
 }
 
 /* Parses and runs one test file against rs. @returns 0, or -1 on out-of-memory. */
-static int run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char *path,
-                    const char *filter, bool *covered, bool verbose, bool quiet, result **res,
-                    size_t *nres, size_t *capres, size_t *passed, size_t *failed) {
+static int tt_run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char *path,
+                       const char *filter, bool *covered, bool verbose, bool quiet, result **res,
+                       size_t *nres, size_t *capres, size_t *passed, size_t *failed) {
     tf_file_parse(f, path, rs, filter, tz, NULL);
-    if (grow_results(res, capres, *nres + f->ncases + f->nbroken + 1) != 0) return -1;
+    if (tt_grow_results(res, capres, *nres + f->ncases + f->nbroken + 1) != 0) return -1;
     if (f->file_errors) {
         td_buf msg = {0};
-        indent(&msg, f->file_text);
+        tt_indent(&msg, f->file_text);
         td_buf_printf(&msg, "    the file has errors outside its cases: fix them first\n");
         printf("FAIL %s\n%s", f->path, msg.p ? msg.p : "");
         (*res)[(*nres)++] = (result){.file = path, .passed = false, .report = msg.p};
@@ -611,7 +613,7 @@ static int run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char *p
     }
     for (size_t b = 0; b < f->nbroken; b++) {
         td_buf msg = {0};
-        indent(&msg, f->broken[b].errors);
+        tt_indent(&msg, f->broken[b].errors);
         td_buf_printf(&msg, "    the case has errors in the test file; it was not run\n");
         printf("FAIL %s:%s\n%s", f->path, f->broken[b].name, msg.p ? msg.p : "");
         (*res)[(*nres)++] = (result){
@@ -621,9 +623,9 @@ static int run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char *p
     for (size_t k = 0; k < f->ncases; k++) {
         const tf_case *tc = &f->cases[k];
         td_buf report = {0}, trace = {0};
-        double t0 = mono_seconds();
-        int r = run_case(rs, tz, f, tc, covered, verbose, &report, &trace);
-        double secs = mono_seconds() - t0;
+        double t0 = tt_mono_seconds();
+        int r = tt_run_case(rs, tz, f, tc, covered, verbose, &report, &trace);
+        double secs = tt_mono_seconds() - t0;
         if (r < 0) {
             td_buf_free(&report);
             td_buf_free(&trace);
@@ -655,7 +657,7 @@ typedef struct srcset {
     size_t n, cap;
 } srcset;
 
-static void srcset_free(srcset *s) {
+static void tt_srcset_free(srcset *s) {
     for (size_t i = 0; i < s->n; i++) {
         free(s->bufs[i]);
         free(s->names[i]);
@@ -665,7 +667,7 @@ static void srcset_free(srcset *s) {
     free(s->names);
 }
 
-static int srcset_add(srcset *s, char *name, char *text, size_t len) {
+static int tt_srcset_add(srcset *s, char *name, char *text, size_t len) {
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 16;
         td_source *v = realloc(s->v, cap * sizeof *v);
@@ -688,7 +690,7 @@ static int srcset_add(srcset *s, char *name, char *text, size_t len) {
     return 0;
 }
 
-static char *slurp(const char *path, size_t *len) {
+static char *tt_slurp(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     td_buf b = {0};
@@ -706,7 +708,7 @@ static char *slurp(const char *path, size_t *len) {
     return b.p ? b.p : strdup("");
 }
 
-static int srcset_load(srcset *s, const strv *paths) {
+static int tt_srcset_load(srcset *s, const strv *paths) {
     for (size_t i = 0; i < paths->n; i++) {
         const char *p = paths->v[i];
         struct stat sb;
@@ -724,37 +726,37 @@ static int srcset_load(srcset *s, const strv *paths) {
                 size_t dl = strlen(p);
                 snprintf(path, sizeof path, "%s%s%s", p, dl && p[dl - 1] == '/' ? "" : "/",
                          e->d_name);
-                strv_add(&files, path);
+                tt_strv_add(&files, path);
             }
             closedir(dp);
-            if (files.n) qsort(files.v, files.n, sizeof *files.v, cmp_str);
+            if (files.n) qsort(files.v, files.n, sizeof *files.v, tt_cmp_str);
         } else {
-            strv_add(&files, p);
+            tt_strv_add(&files, p);
         }
         for (size_t k = 0; k < files.n; k++) {
             size_t len = 0;
-            char *text = slurp(files.v[k], &len);
+            char *text = tt_slurp(files.v[k], &len);
             char *name = strdup(files.v[k]);
             if (!text || !name) {
                 free(text);
                 free(name);
-                strv_free(&files);
+                tt_strv_free(&files);
                 return -1;
             }
-            if (srcset_add(s, name, text, len) != 0) { /* frees name and text */
-                strv_free(&files);
+            if (tt_srcset_add(s, name, text, len) != 0) { /* frees name and text */
+                tt_strv_free(&files);
                 return -1;
             }
         }
-        strv_free(&files);
+        tt_strv_free(&files);
     }
     return 0;
 }
 
 /* The ruleset for a test file with extra rules (*ext, NULL when it has
  * none). @returns TD_OK, or TD_ERR with the problems in msg. */
-static int extra_ruleset(const strv *rules, const char *test_path, struct td_calendar *cal,
-                         td_ruleset **ext, td_buf *msg) {
+static int tt_extra_ruleset(const strv *rules, const char *test_path, struct td_calendar *cal,
+                            td_ruleset **ext, td_buf *msg) {
     char *text = NULL, *name = NULL;
     size_t len = 0;
     char err[512];
@@ -768,13 +770,13 @@ static int extra_ruleset(const strv *rules, const char *test_path, struct td_cal
         return TD_OK;
     }
     srcset s = {0};
-    int lrc = srcset_load(&s, rules);
+    int lrc = tt_srcset_load(&s, rules);
     if (lrc != 0 || !name) {
         free(text);
         free(name);
     }
-    if (lrc != 0 || !name || srcset_add(&s, name, text, len) != 0) {
-        srcset_free(&s);
+    if (lrc != 0 || !name || tt_srcset_add(&s, name, text, len) != 0) {
+        tt_srcset_free(&s);
         td_buf_printf(msg, "    %s: cannot read the rules again for its extra rules\n", test_path);
         return TD_ERR;
     }
@@ -784,7 +786,7 @@ static int extra_ruleset(const strv *rules, const char *test_path, struct td_cal
         for (size_t i = 0; i < d.n; i++) {
             if (d.v[i].severity != TD_SEV_ERROR) continue;
             char *line = td_diag_format(&d.v[i]);
-            if (line) indent(msg, line);
+            if (line) tt_indent(msg, line);
             free(line);
         }
         td_buf_printf(msg,
@@ -793,7 +795,7 @@ static int extra_ruleset(const strv *rules, const char *test_path, struct td_cal
         td_ruleset_set_calendar(*ext, cal);
     }
     td_diags_free(&d);
-    srcset_free(&s);
+    tt_srcset_free(&s);
     return *ext ? TD_OK : TD_ERR;
 }
 
@@ -828,16 +830,16 @@ int td_cmd_test(int argc, char **argv) {
             holidays = optarg;
             break;
         case 'h':
-            usage(stdout);
+            tt_usage(stdout);
             return TD_EXIT_OK;
         default:
-            usage(stderr);
+            tt_usage(stderr);
             return TD_EXIT_USAGE;
         }
     }
     if (optind >= argc) {
         fprintf(stderr, "touchd test: give the rules directory (e.g. touchd test rules/)\n");
-        usage(stderr);
+        tt_usage(stderr);
         return TD_EXIT_USAGE;
     }
 
@@ -850,15 +852,15 @@ int td_cmd_test(int argc, char **argv) {
             fprintf(stderr, "touchd test: %s: %s\n", a, strerror(errno));
             rc = TD_EXIT_USAGE;
         } else if (S_ISDIR(sb.st_mode)) {
-            strv_add(&rules, a);
-            if (add_dir_tests(&tests, a) != 0) {
+            tt_strv_add(&rules, a);
+            if (tt_add_dir_tests(&tests, a) != 0) {
                 fprintf(stderr, "touchd test: cannot read directory %s: %s\n", a, strerror(errno));
                 rc = TD_EXIT_USAGE;
             }
-        } else if (ends_with(a, ".test")) {
-            strv_add(&tests, a);
+        } else if (tt_ends_with(a, ".test")) {
+            tt_strv_add(&tests, a);
         } else {
-            strv_add(&rules, a);
+            tt_strv_add(&rules, a);
         }
     }
     if (rc == TD_EXIT_OK && rules.n == 0) {
@@ -868,13 +870,13 @@ int td_cmd_test(int argc, char **argv) {
             if (!d) continue;
             char *slash = strrchr(d, '/');
             if (slash) *slash = '\0';
-            strv_add(&rules, slash ? (d[0] ? d : "/") : ".");
+            tt_strv_add(&rules, slash ? (d[0] ? d : "/") : ".");
             free(d);
         }
     }
     if (rc != TD_EXIT_OK) {
-        strv_free(&rules);
-        strv_free(&tests);
+        tt_strv_free(&rules);
+        tt_strv_free(&tests);
         return rc;
     }
 
@@ -886,8 +888,8 @@ int td_cmd_test(int argc, char **argv) {
         fprintf(stderr, "touchd test: the rules do not compile (touchd check shows the same "
                         "diagnostics); no case was run\n");
         printf("0 passed, 1 failed\n");
-        strv_free(&rules);
-        strv_free(&tests);
+        tt_strv_free(&rules);
+        tt_strv_free(&tests);
         return TD_EXIT_FAIL;
     }
 
@@ -897,8 +899,8 @@ int td_cmd_test(int argc, char **argv) {
     if (td_sim_load_calendar(holidays, &cal, &cal_dir, cerr, sizeof cerr) != TD_OK) {
         fprintf(stderr, "touchd test: %s\n", cerr);
         td_ruleset_free(rs);
-        strv_free(&rules);
-        strv_free(&tests);
+        tt_strv_free(&rules);
+        tt_strv_free(&tests);
         return TD_EXIT_USAGE;
     }
     if (cal) td_ruleset_set_calendar(rs, cal);
@@ -922,7 +924,7 @@ int td_cmd_test(int argc, char **argv) {
     for (size_t fi = 0; fi < tests.n; fi++) {
         tf_file *f = &files[fi];
         size_t need = nres + 2;
-        if (need > capres && grow_results(&res, &capres, need) != 0) {
+        if (need > capres && tt_grow_results(&res, &capres, need) != 0) {
             fprintf(stderr, "touchd test: out of memory\n");
             rc = TD_EXIT_FATAL;
             goto done;
@@ -930,7 +932,7 @@ int td_cmd_test(int argc, char **argv) {
         /* a file may add rules of its own (a naive rule a guard must block) */
         td_ruleset *ext = NULL;
         td_buf xerr = {0};
-        if (extra_ruleset(&rules, tests.v[fi], cal, &ext, &xerr) != TD_OK) {
+        if (tt_extra_ruleset(&rules, tests.v[fi], cal, &ext, &xerr) != TD_OK) {
             f->path = strdup(tests.v[fi]);
             printf("FAIL %s\n%s", tests.v[fi], xerr.p ? xerr.p : "");
             res[nres++] = (result){.file = tests.v[fi], .passed = false, .report = xerr.p};
@@ -946,8 +948,8 @@ int td_cmd_test(int argc, char **argv) {
             rc = TD_EXIT_FATAL;
             goto done;
         }
-        int frc = run_file(frs, tz, f, tests.v[fi], filter, fcov, verbose, quiet, &res, &nres,
-                           &capres, &passed, &failed);
+        int frc = tt_run_file(frs, tz, f, tests.v[fi], filter, fcov, verbose, quiet, &res, &nres,
+                              &capres, &passed, &failed);
         if (ext) {
             /* coverage is of the ruleset under test: map by rule id */
             for (size_t i = 0; i < td_ruleset_count(ext); i++) {
@@ -999,7 +1001,7 @@ int td_cmd_test(int argc, char **argv) {
         td_buf_free(&missing);
     }
     if (junit &&
-        write_junit(junit, res, nres, (const char *const *)tests.v, tests.n, cov_fail) != 0)
+        tt_write_junit(junit, res, nres, (const char *const *)tests.v, tests.n, cov_fail) != 0)
         rc = TD_EXIT_FATAL;
     if (rc == TD_EXIT_OK && (failed || cov_fail || tests.n == 0)) rc = TD_EXIT_FAIL;
     printf("%zu passed, %zu failed\n", passed, failed);
@@ -1019,7 +1021,7 @@ done:
     td_tzdb_free(tz);
     td_ruleset_free(rs);
     td_calendar_free(cal);
-    strv_free(&rules);
-    strv_free(&tests);
+    tt_strv_free(&rules);
+    tt_strv_free(&tests);
     return rc;
 }

@@ -21,11 +21,21 @@
  * candidate's rule (td_rule.fixed_truth); the state's fired and
  * timer tables are searched with the rules' precomputed keys (td_rule.key).
  *
+ * The probe (td_engine_probe) runs the same code: eng_run is the step with a
+ * td_probe pointer, always inlined, so td_engine_step (which passes NULL)
+ * compiles to the step alone and the probe's records (each rule's decision,
+ * not_before, the guards' blocked lists and conditions) cost it nothing. Its
+ * "now" evaluation considers every rule as a timer trigger considers its
+ * one, with room for a candidate per rule (the only allocation, the probe's).
+ *
+ * File-local functions are prefixed eng_ (eng_rj_ for the recommendation
+ * JSON writer; its string escaping is td_json_str_at, in td_base).
+ *
  * @locality any thread; no globals.
  */
 /* SHA256_Init/Update/Final: deprecated in OpenSSL 3 but present; they reach
  * the same block function as EVP without EVP's per-call context allocation
- * and provider dispatch (see rec_id). An OpenSSL built without them
+ * and provider dispatch (see eng_rec_id). An OpenSSL built without them
  * (OPENSSL_NO_DEPRECATED_3_0) gets EVP_Digest instead: the same ids. */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include "td_engine.h"
@@ -68,10 +78,20 @@ typedef struct cand {
     const td_rule *winner;
 } cand;
 
-static td_decision *decision(td_step_out *out, unsigned flags, const td_rule *r, td_outcome o) {
-    if (!(flags & (TD_STEP_EXPLAIN | TD_STEP_OUTCOMES)) || out->ndecisions >= TD_STEP_DECISIONS_MAX)
-        return NULL;
-    td_decision *d = &out->decisions[out->ndecisions++];
+/* The decision record for rule r: the probe's entry for it when probing,
+ * else the next of out->decisions when the flags ask for them, else NULL. */
+static td_decision *eng_decision(td_step_out *out, unsigned flags, td_probe *p, const td_rule *r,
+                                 td_outcome o) {
+    td_decision *d;
+    if (p) {
+        p->rules[r->index].decided = true;
+        d = &p->rules[r->index].d;
+    } else {
+        if (!(flags & (TD_STEP_EXPLAIN | TD_STEP_OUTCOMES)) ||
+            out->ndecisions >= TD_STEP_DECISIONS_MAX)
+            return NULL;
+        d = &out->decisions[out->ndecisions++];
+    }
     d->rule = r;
     d->outcome = o;
     d->by = NULL;
@@ -81,21 +101,22 @@ static td_decision *decision(td_step_out *out, unsigned flags, const td_rule *r,
     return d;
 }
 
-/* Fills because[] with each conjunct of `when`, its value and the facts read. */
-static uint32_t explain(const td_rule *r, const td_ctx *base, td_because *because) {
-    if (!r->when) return 0;
-    size_t n = td_expr_conjuncts(r->when);
+/* Fills because[] with each top-level conjunct of e (a rule's `when`, a
+ * guard's `block`), its value and the facts read. */
+static uint32_t eng_explain(const td_expr *e, const td_ctx *base, td_because *because) {
+    if (!e) return 0;
+    size_t n = td_expr_conjuncts(e);
     if (n > TD_BECAUSE_MAX) n = TD_BECAUSE_MAX;
     for (size_t i = 0; i < n; i++) {
         td_because *b = &because[i];
         size_t len = 0;
-        b->expr = td_expr_conjunct_source(r->when, i, &len);
+        b->expr = td_expr_conjunct_source(e, i, &len);
         b->len = (uint32_t)len;
         b->facts.n = 0;
         td_ctx ctx = *base;
         ctx.facts = &b->facts;
         char err[96];
-        if (td_expr_eval_conjunct(r->when, i, &ctx, &b->value, err, sizeof err) != TD_OK) {
+        if (td_expr_eval_conjunct(e, i, &ctx, &b->value, err, sizeof err) != TD_OK) {
             b->value.type = TD_T_BOOL;
             b->value.missing = true;
         }
@@ -111,7 +132,7 @@ static uint32_t explain(const td_rule *r, const td_ctx *base, td_because *becaus
  * context (new, init, free: about 1,100 instructions, more than the block
  * itself on a SHA-NI CPU). Same digest, same ids.
  */
-static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
+static void eng_rec_id(const char *trigger_id, const char *rule_id, char *out) {
     unsigned char md[SHA256_DIGEST_LENGTH];
     char buf[TD_ID_MAX + 96 + TD_RULE_ID_MAX + 2];
     size_t tl = strlen(trigger_id), rl = strlen(rule_id);
@@ -141,8 +162,10 @@ static void rec_id(const char *trigger_id, const char *rule_id, char *out) {
 
 /* Evaluates a rule's `when` and cooldown; on a match computes not_before and
  * appends a candidate. */
-static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_step_out *out,
-                     cand *cands, uint32_t *ncands) {
+static inline __attribute__((always_inline)) void eng_consider(const td_rule *r, const td_ctx *ctx,
+                                                               unsigned flags, td_step_out *out,
+                                                               td_probe *p, cand *cands,
+                                                               uint32_t *ncands, uint32_t capc) {
     td_value v = {.type = TD_T_BOOL, .missing = true};
     char err[120];
     if (r->when) {
@@ -151,23 +174,24 @@ static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_ste
         bool may = td_expr_may_hold(r->when, ctx->st);
         if (may && td_expr_eval(r->when, ctx, &v, err, sizeof err) != TD_OK) {
             out->nerrors++;
-            td_decision *d = decision(out, flags, r, TD_OUT_ERROR);
+            td_decision *d = eng_decision(out, flags, p, r, TD_OUT_ERROR);
             if (d) snprintf(d->error, sizeof d->error, "when: %s", err);
             return;
         }
         if (!may || v.missing || !v.u.b) {
-            td_decision *d = decision(out, flags, r, TD_OUT_NOT_MATCHED);
-            if (d) d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(r, ctx, d->because) : 0;
+            td_decision *d = eng_decision(out, flags, p, r, TD_OUT_NOT_MATCHED);
+            if (d)
+                d->nbecause = (flags & TD_STEP_EXPLAIN) ? eng_explain(r->when, ctx, d->because) : 0;
             return;
         }
     }
     if (r->cooldown > 0) {
         td_ms last = td_state_fired_at_key(ctx->st, &r->key);
         if (last != TD_MS_MISSING && ctx->now - last < r->cooldown) {
-            td_decision *d = decision(out, flags, r, TD_OUT_COOLDOWN);
+            td_decision *d = eng_decision(out, flags, p, r, TD_OUT_COOLDOWN);
             if (d) {
                 d->until = last + r->cooldown;
-                d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(r, ctx, d->because) : 0;
+                d->nbecause = (flags & TD_STEP_EXPLAIN) ? eng_explain(r->when, ctx, d->because) : 0;
             }
             return;
         }
@@ -176,7 +200,7 @@ static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_ste
     if (r->at) {
         if (td_expr_eval(r->at, ctx, &v, err, sizeof err) != TD_OK) {
             out->nerrors++;
-            td_decision *d = decision(out, flags, r, TD_OUT_ERROR);
+            td_decision *d = eng_decision(out, flags, p, r, TD_OUT_ERROR);
             if (d) snprintf(d->error, sizeof d->error, "at: %s", err);
             return;
         }
@@ -185,14 +209,15 @@ static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_ste
     /* business days and hours of the prospect's country and zone, or at
      * least not in quiet hours (`window = "any"`) */
     nb = td_sched_window(ctx->settings, ctx->tz, ctx->st, nb, r->window_any);
-    if (*ncands >= TD_STEP_RECS_MAX) {
+    if (*ncands >= capc) {
         out->nerrors++;
-        td_decision *d = decision(out, flags, r, TD_OUT_ERROR);
+        td_decision *d = eng_decision(out, flags, p, r, TD_OUT_ERROR);
         if (d)
             snprintf(d->error, sizeof d->error, "more than %d rules matched one trigger",
                      TD_STEP_RECS_MAX);
         return;
     }
+    if (p) p->rules[r->index].not_before = nb;
     cand *c = &cands[(*ncands)++];
     c->rule = r;
     c->not_before = nb;
@@ -201,15 +226,17 @@ static void consider(const td_rule *r, const td_ctx *ctx, unsigned flags, td_ste
     c->winner = NULL;
 }
 
-static bool same_group(const td_rule *a, const td_rule *b) {
+static bool eng_same_group(const td_rule *a, const td_rule *b) {
     if (a == b) return true;
     if (!a->group || !b->group) return false;
     return strcmp(a->group, b->group) == 0;
 }
 
 /* Guards, groups, recommendations: steps 5 to 7. */
-static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigned flags,
-                    td_step_out *out, cand *cands, uint32_t ncands) {
+static inline __attribute__((always_inline)) void eng_resolve(const td_ruleset *rs, td_ctx *ctx,
+                                                              int trigger_type, unsigned flags,
+                                                              td_step_out *out, td_probe *p,
+                                                              cand *cands, uint32_t ncands) {
     size_t ng;
     const td_rule *const *guards = td_ruleset_guards(rs, &ng);
     char err[120];
@@ -231,7 +258,7 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
                 if (!td_expr_may_hold(gr->when, ctx->st)) continue;
                 if (td_expr_eval(gr->when, &gctx, &v, err, sizeof err) != TD_OK) {
                     out->nerrors++;
-                    td_decision *d = decision(out, flags, gr, TD_OUT_ERROR);
+                    td_decision *d = eng_decision(out, flags, p, gr, TD_OUT_ERROR);
                     if (d) snprintf(d->error, sizeof d->error, "when: %s", err);
                     continue;
                 }
@@ -251,21 +278,30 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
                 /* a guard that cannot decide blocks: failing safe is the point of a guard */
                 out->nerrors++;
                 c->blocked_by = gr;
-                td_decision *d = decision(out, flags, gr, TD_OUT_ERROR);
+                td_decision *d = eng_decision(out, flags, p, gr, TD_OUT_ERROR);
                 if (d) snprintf(d->error, sizeof d->error, "block: %s (blocked to be safe)", err);
                 continue;
             }
             if (!v.missing && v.u.b) c->blocked_by = gr;
         }
-        if (c->blocked_by) out->nblocked++;
+        if (c->blocked_by) {
+            out->nblocked++;
+            if (p) { /* the guard's list, and its own conditions for this candidate */
+                td_probe_rule *g = &p->rules[c->blocked_by->index];
+                if (g->nblocked < TD_STEP_RECS_MAX) g->blocked[g->nblocked++] = c->rule;
+                td_probe_rule *pr = &p->rules[c->rule->index];
+                pr->ngb = eng_explain(c->blocked_by->block, &gctx, pr->gb);
+            }
+        }
     }
+    if (p) p->ncandidates = ncands;
     /* group resolution among unblocked candidates */
     for (uint32_t i = 0; i < ncands; i++) {
         cand *c = &cands[i];
         if (c->blocked_by) continue;
         for (uint32_t j = 0; j < ncands; j++) {
             cand *o = &cands[j];
-            if (j == i || o->blocked_by || !same_group(c->rule, o->rule)) continue;
+            if (j == i || o->blocked_by || !eng_same_group(c->rule, o->rule)) continue;
             bool o_wins =
                 o->rule->priority > c->rule->priority ||
                 (o->rule->priority == c->rule->priority && o->rule->index < c->rule->index);
@@ -280,31 +316,38 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
     for (uint32_t i = 0; i < ncands; i++) {
         cand *c = &cands[i];
         if (c->blocked_by) {
-            td_decision *d = decision(out, flags, c->rule, TD_OUT_BLOCKED);
+            td_decision *d = eng_decision(out, flags, p, c->rule, TD_OUT_BLOCKED);
             if (d) {
                 d->by = c->blocked_by;
-                d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(c->rule, ctx, d->because) : 0;
+                d->nbecause =
+                    (flags & TD_STEP_EXPLAIN) ? eng_explain(c->rule->when, ctx, d->because) : 0;
             }
             continue;
         }
         if (c->lost) {
-            td_decision *d = decision(out, flags, c->rule, TD_OUT_LOST_GROUP);
+            td_decision *d = eng_decision(out, flags, p, c->rule, TD_OUT_LOST_GROUP);
             if (d) {
                 d->by = c->winner;
-                d->nbecause = (flags & TD_STEP_EXPLAIN) ? explain(c->rule, ctx, d->because) : 0;
+                d->nbecause =
+                    (flags & TD_STEP_EXPLAIN) ? eng_explain(c->rule->when, ctx, d->because) : 0;
             }
             continue;
         }
+        if (out->nrecs >= TD_STEP_RECS_MAX) { /* only a probe's "now" has more candidates */
+            td_decision *d = eng_decision(out, flags, p, c->rule, TD_OUT_FIRED);
+            if (d) d->nbecause = eng_explain(c->rule->when, ctx, d->because);
+            continue;
+        }
         td_rec *r = &out->recs[out->nrecs++];
-        rec_id(out->trigger_id, c->rule->id, r->id);
+        eng_rec_id(out->trigger_id, c->rule->id, r->id);
         r->rule = c->rule;
         r->channel = c->rule->channel;
         r->touch = c->rule->touch;
         r->note = c->rule->note;
         r->not_before = c->not_before;
         r->priority = c->rule->priority;
-        r->nbecause = explain(c->rule, ctx, r->because);
-        td_decision *d = decision(out, flags, c->rule, TD_OUT_FIRED);
+        r->nbecause = eng_explain(c->rule->when, ctx, r->because);
+        td_decision *d = eng_decision(out, flags, p, c->rule, TD_OUT_FIRED);
         if (d) {
             d->nbecause = r->nbecause;
             memcpy(d->because, r->because, r->nbecause * sizeof(td_because));
@@ -315,7 +358,7 @@ static void resolve(const td_ruleset *rs, td_ctx *ctx, int trigger_type, unsigne
 /* The owner.prospect_contacted event a first touch derives. Its id is the
  * touch's id + "#owner" (or a hash when that would be too long), so a
  * redelivered touch derives the same id and the owner's dedup ring drops it. */
-static void derive_owner_event(const td_state *st, const td_event *ev, td_event *d, bool *has) {
+static void eng_derive_owner_event(const td_state *st, const td_event *ev, td_event *d, bool *has) {
     memset(d, 0, sizeof *d);
     d->type = TD_EV_OWNER_PROSPECT_CONTACTED;
     d->channel = TD_CH_NONE;
@@ -339,8 +382,28 @@ static void derive_owner_event(const td_state *st, const td_event *ev, td_event 
     *has = true;
 }
 
-int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
-                   td_tzdb *tz, unsigned flags, td_step_out *out) {
+/* Which rules and guards a trigger puts before the engine (type: an event
+ * type, -1 a timer's or a "now"; rule: the timer's rule, NULL for all). */
+static void eng_probe_triggered(td_probe *p, int type, const td_rule *rule) {
+    for (size_t i = 0; i < p->nrules; i++) {
+        td_probe_rule *pr = &p->rules[i];
+        const td_rule *r = pr->rule;
+        pr->triggered = r->guard    ? td_rule_guards_trigger(r, type)
+                        : type >= 0 ? (r->on & (1ULL << type)) != 0
+                                    : !rule || rule == r;
+    }
+}
+
+/*
+ * The step, and the probe: p is NULL for td_engine_step (the calls below
+ * fold it away, so the step pays nothing for the probe), else every
+ * decision goes to p's entry of its rule. trig is NULL only when probing:
+ * the "now" evaluation, every rule considered as a timer trigger considers
+ * its one rule, and the state left as it is. cands has room for capc.
+ */
+static inline __attribute__((always_inline)) int
+eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, td_tzdb *tz,
+        unsigned flags, td_step_out *out, td_probe *p, cand *cands, uint32_t capc) {
     out->duplicate = false;
     out->stale = false;
     out->has_derived = false;
@@ -358,9 +421,19 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
                   .tz = tz,
                   .settings = td_ruleset_settings(rs),
                   .facts = NULL};
-    cand cands[TD_STEP_RECS_MAX];
     uint32_t ncands = 0;
 
+    if (p && !trig) {
+        memcpy(out->trigger_id, "now", 4);
+        eng_probe_triggered(p, -1, NULL);
+        size_t n = td_ruleset_count(rs);
+        for (size_t i = 0; i < n; i++) {
+            const td_rule *r = td_ruleset_rule(rs, i);
+            if (!r->guard) eng_consider(r, &ctx, flags, out, p, cands, &ncands, capc);
+        }
+        eng_resolve(rs, &ctx, -1, flags, out, p, cands, ncands);
+        return TD_OK;
+    }
     if (trig->kind == TD_TRIG_EVENT) {
         const td_event *ev = trig->ev;
         td_strlcpy(out->trigger_id, ev->id, sizeof out->trigger_id);
@@ -376,8 +449,9 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
         td_state_remember_fp(st, fp);
         if (untouched && st->first_touch_at != TD_MS_MISSING && st->owner_id[0] &&
             ev->type != TD_EV_OWNER_PROSPECT_CONTACTED)
-            derive_owner_event(st, ev, &out->derived, &out->has_derived);
+            eng_derive_owner_event(st, ev, &out->derived, &out->has_derived);
         ctx.ev = ev;
+        if (p) eng_probe_triggered(p, (int)ev->type, NULL);
 
         size_t n;
         const td_rule *const *rules = td_ruleset_for_event(rs, ev->type, &n);
@@ -404,14 +478,14 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
                     out->arms[out->narms].due_at = due;
                     out->narms++;
                 }
-                td_decision *d = decision(out, flags, r, TD_OUT_ARMED);
+                td_decision *d = eng_decision(out, flags, p, r, TD_OUT_ARMED);
                 if (d) d->until = due;
                 continue;
             }
-            consider(r, &ctx, flags, out, cands, &ncands);
+            eng_consider(r, &ctx, flags, out, p, cands, &ncands, capc);
         }
         if (held != UINT32_MAX) td_state_armed_drop(st, held);
-        resolve(rs, &ctx, (int)ev->type, flags, out, cands, ncands);
+        eng_resolve(rs, &ctx, (int)ev->type, flags, out, p, cands, ncands);
     } else {
         td_rule_key tk = td_rule_key_make(trig->rule ? trig->rule : "");
         const td_rule *r = trig->rule ? td_ruleset_find_key(rs, &tk) : NULL;
@@ -450,12 +524,40 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
             out->stale = true;
             return TD_OK;
         }
-        consider(r, &ctx, flags, out, cands, &ncands);
-        resolve(rs, &ctx, -1, flags, out, cands, ncands);
+        if (p) eng_probe_triggered(p, -1, r);
+        eng_consider(r, &ctx, flags, out, p, cands, &ncands, capc);
+        eng_resolve(rs, &ctx, -1, flags, out, p, cands, ncands);
     }
     for (uint32_t i = 0; i < out->nrecs; i++)
         if (td_state_set_fired_key(st, &out->recs[i].rule->key, now) != TD_OK) return TD_ERR;
     return TD_OK;
+}
+
+int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                   td_tzdb *tz, unsigned flags, td_step_out *out) {
+    cand cands[TD_STEP_RECS_MAX];
+    return eng_run(rs, st, trig, now, tz, flags, out, NULL, cands, TD_STEP_RECS_MAX);
+}
+
+int td_engine_probe(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                    td_tzdb *tz, td_probe *p, td_step_out *out) {
+    size_t nr = td_ruleset_count(rs);
+    if (p->nrules != nr) return TD_ERR;
+    for (size_t i = 0; i < nr; i++) {
+        td_probe_rule *pr = &p->rules[i];
+        memset(pr, 0, sizeof *pr);
+        pr->rule = td_ruleset_rule(rs, i);
+        pr->not_before = TD_MS_MISSING;
+        pr->d.until = TD_MS_MISSING;
+    }
+    p->ncandidates = 0;
+    /* a "now" may have a candidate per rule; a trigger, as many as a step */
+    uint32_t capc = trig || nr < TD_STEP_RECS_MAX ? TD_STEP_RECS_MAX : (uint32_t)nr;
+    cand *cands = malloc(capc * sizeof *cands);
+    if (!cands) return TD_ERR;
+    int rc = eng_run(rs, st, trig, now, tz, TD_STEP_EXPLAIN, out, p, cands, capc);
+    free(cands);
+    return rc;
 }
 
 /* ---- recommendation JSON ----
@@ -468,23 +570,23 @@ int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, t
  * the reference). */
 
 /* Room for n more bytes and a NUL (td_buf_reserve's contract, inline). */
-static inline int rj_room(td_buf *b, size_t n) {
+static inline int eng_rj_room(td_buf *b, size_t n) {
     return b->len + n + 1 <= b->cap ? TD_OK : td_buf_reserve(b, n);
 }
 
 /* A literal, e.g. RJ_LIT(b, ",\"key\":"): one copy of a known length. */
-#define RJ_LIT(b, lit) rj_raw((b), (lit), sizeof(lit) - 1)
-static inline int rj_raw(td_buf *b, const char *s, size_t n) {
-    if (rj_room(b, n) != TD_OK) return TD_ERR;
+#define RJ_LIT(b, lit) eng_rj_raw((b), (lit), sizeof(lit) - 1)
+static inline int eng_rj_raw(td_buf *b, const char *s, size_t n) {
+    if (eng_rj_room(b, n) != TD_OK) return TD_ERR;
     memcpy(b->p + b->len, s, n);
     b->len += n;
     return TD_OK;
 }
 
 /* A literal key (with its punctuation) and a string value of n bytes. */
-#define RJ_STR(b, lit, s, n) rj_str((b), (lit), sizeof(lit) - 1, (s), (n))
-static inline int rj_str(td_buf *b, const char *lit, size_t ll, const char *s, size_t n) {
-    if (n > (SIZE_MAX - 3) / 6 - ll || rj_room(b, ll + 6 * n + 2) != TD_OK) return TD_ERR;
+#define RJ_STR(b, lit, s, n) eng_rj_str((b), (lit), sizeof(lit) - 1, (s), (n))
+static inline int eng_rj_str(td_buf *b, const char *lit, size_t ll, const char *s, size_t n) {
+    if (n > (SIZE_MAX - 3) / 6 - ll || eng_rj_room(b, ll + 6 * n + 2) != TD_OK) return TD_ERR;
     char *o = b->p + b->len;
     memcpy(o, lit, ll);
     o = td_json_str_at(o + ll, s, n);
@@ -494,9 +596,9 @@ static inline int rj_str(td_buf *b, const char *lit, size_t ll, const char *s, s
 
 /* A literal key and a time, quoted: td_time_format writes digits, '-', ':',
  * 'T', '.' and 'Z' only, nothing to escape. */
-#define RJ_TIME(b, lit, t) rj_time((b), (lit), sizeof(lit) - 1, (t))
-static inline int rj_time(td_buf *b, const char *lit, size_t ll, td_ms t) {
-    if (rj_room(b, ll + 2 + TD_TIME_BUF) != TD_OK) return TD_ERR;
+#define RJ_TIME(b, lit, t) eng_rj_time((b), (lit), sizeof(lit) - 1, (t))
+static inline int eng_rj_time(td_buf *b, const char *lit, size_t ll, td_ms t) {
+    if (eng_rj_room(b, ll + 2 + TD_TIME_BUF) != TD_OK) return TD_ERR;
     char *o = b->p + b->len;
     memcpy(o, lit, ll);
     o += ll;
@@ -509,16 +611,16 @@ static inline int rj_time(td_buf *b, const char *lit, size_t ll, td_ms t) {
 
 /* A value, as td_value_json writes it into a 256-byte buffer (long strings
  * are cut at 255 bytes, as they always were). */
-static inline int rj_value(td_buf *b, const td_value *v) {
-    if (rj_room(b, 256) != TD_OK) return TD_ERR;
+static inline int eng_rj_value(td_buf *b, const td_value *v) {
+    if (eng_rj_room(b, 256) != TD_OK) return TD_ERR;
     b->len += td_value_json(v, b->p + b->len, 256);
     return TD_OK;
 }
 
 /* A fact's key: [","] + the field name quoted + ":". */
-static inline int rj_fact_key(td_buf *b, const char *name, bool first) {
+static inline int eng_rj_fact_key(td_buf *b, const char *name, bool first) {
     size_t n = strlen(name);
-    if (n > (SIZE_MAX - 5) / 6 || rj_room(b, 6 * n + 4) != TD_OK) return TD_ERR;
+    if (n > (SIZE_MAX - 5) / 6 || eng_rj_room(b, 6 * n + 4) != TD_OK) return TD_ERR;
     char *o = b->p + b->len;
     if (!first) *o++ = ',';
     o = td_json_str_at(o, name, n);
@@ -527,8 +629,8 @@ static inline int rj_fact_key(td_buf *b, const char *name, bool first) {
     return TD_OK;
 }
 
-static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
-                    const td_trigger *trig, td_ms generated_at, td_buf *b) {
+static int eng_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
+                        const td_trigger *trig, td_ms generated_at, td_buf *b) {
     if (RJ_STR(b, "{\"id\":", r->id, strlen(r->id)) != TD_OK ||
         RJ_STR(b, ",\"prospect_id\":", st->prospect_id, strlen(st->prospect_id)) != TD_OK)
         return TD_ERR;
@@ -539,7 +641,7 @@ static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
         RJ_STR(b, ",\"channel\":", ch, strlen(ch)) != TD_OK ||
         RJ_STR(b, ",\"touch\":", r->touch, strlen(r->touch)) != TD_OK ||
         RJ_TIME(b, ",\"not_before\":", r->not_before) != TD_OK ||
-        RJ_LIT(b, ",\"priority\":") != TD_OK || rj_room(b, 24) != TD_OK)
+        RJ_LIT(b, ",\"priority\":") != TD_OK || eng_rj_room(b, 24) != TD_OK)
         return TD_ERR;
     b->len += td_fmt_i64(r->priority, b->p + b->len);
     if (r->note && RJ_STR(b, ",\"note\":", r->note, strlen(r->note)) != TD_OK) return TD_ERR;
@@ -560,13 +662,13 @@ static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
         const td_because *bc = &r->because[i];
         int rc = i ? RJ_STR(b, ",{\"expr\":", bc->expr, bc->len)
                    : RJ_STR(b, "{\"expr\":", bc->expr, bc->len);
-        if (rc != TD_OK || RJ_LIT(b, ",\"value\":") != TD_OK || rj_value(b, &bc->value) != TD_OK ||
-            RJ_LIT(b, ",\"facts\":{") != TD_OK)
+        if (rc != TD_OK || RJ_LIT(b, ",\"value\":") != TD_OK ||
+            eng_rj_value(b, &bc->value) != TD_OK || RJ_LIT(b, ",\"facts\":{") != TD_OK)
             return TD_ERR;
         for (uint32_t f = 0; f < bc->facts.n; f++) {
             const td_fact *fa = &bc->facts.v[f];
-            if (rj_fact_key(b, fa->field->name, f == 0) != TD_OK ||
-                rj_value(b, &fa->value) != TD_OK)
+            if (eng_rj_fact_key(b, fa->field->name, f == 0) != TD_OK ||
+                eng_rj_value(b, &fa->value) != TD_OK)
                 return TD_ERR;
         }
         if (RJ_LIT(b, "}}") != TD_OK) return TD_ERR;
@@ -581,7 +683,7 @@ static int rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
 int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs, const td_trigger *trig,
                 td_ms generated_at, td_buf *b) {
     size_t start = b->len;
-    int rc = rec_json(r, st, rs, trig, generated_at, b);
+    int rc = eng_rec_json(r, st, rs, trig, generated_at, b);
     if (rc != TD_OK) b->len = start; /* out of memory: nothing appended */
     if (b->p) b->p[b->len] = '\0';
     return rc;

@@ -23,6 +23,13 @@
  * (rule, due_at, armed_by), else the trigger is stale and ignored; it is
  * disarmed and its rule alone is evaluated as in 4-7.
  *
+ * The probe (td_engine_probe) is the same step, by the same code, with every
+ * rule's decision written where a caller can read it: whether the trigger put
+ * the rule before the engine, the value of each condition of its `when`, its
+ * cooldown, the guard that blocked it (and that guard's conditions for it),
+ * its group's winner, whether it fired. `touchd explain` reads it instead of
+ * repeating the engine's logic.
+ *
  * @locality any thread; a td_step_out is used by one thread at a time.
  */
 #ifndef TD_ENGINE_H
@@ -130,6 +137,47 @@ typedef struct td_step_out {
  */
 int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
                    td_tzdb *tz, unsigned flags, td_step_out *out);
+
+/* What the probe reports for one rule or guard. */
+typedef struct td_probe_rule {
+    const td_rule *rule;
+    /* rules: the trigger makes it a candidate for evaluation (its `on`; for a
+     * timer, its rule; for a "now", every rule); guards: it judges the
+     * trigger */
+    bool triggered;
+    /* rules: d holds its outcome (fired, not_matched with the value of each
+     * condition of `when`, cooldown until, blocked by, lost_group to, armed
+     * due, error); guards: d.error holds its last run-time error */
+    bool decided;
+    td_decision d;
+    td_ms not_before; /* a rule past `when` and cooldown (fired, blocked or
+                       * lost): its recommendation's time; else TD_MS_MISSING */
+    /* guards: the candidates it blocked */
+    const td_rule *blocked[TD_STEP_RECS_MAX];
+    uint32_t nblocked;
+    /* a blocked rule: the conditions of the guard's `block` for it */
+    td_because gb[TD_BECAUSE_MAX];
+    uint32_t ngb;
+} td_probe_rule;
+
+typedef struct td_probe {
+    td_probe_rule *rules; /* the caller's: one per rule of the ruleset, by index */
+    size_t nrules;        /* td_ruleset_count */
+    uint32_t ncandidates; /* rules the guards judged (fired, blocked or lost) */
+} td_probe;
+
+/*
+ * The step with a report per rule (see the top). With a trigger it is
+ * td_engine_step itself (st changes as the step changes it, out is filled
+ * but for out->decisions, which go to p). With trig NULL it is a "now"
+ * evaluation: every rule is considered at `now` against st as a timer
+ * trigger considers its one rule (event.* missing, the guards that judge
+ * timers), and st is not changed; recommendations past TD_STEP_RECS_MAX are
+ * reported in p only.
+ * @returns TD_OK, or TD_ERR on out-of-memory or p->nrules not the ruleset's.
+ */
+int td_engine_probe(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                    td_tzdb *tz, td_probe *p, td_step_out *out);
 
 /*
  * Appends one recommendation as the contract's JSON object (one line, no

@@ -1,7 +1,8 @@
 /*
  * test_engine.c - the engine step: triggers, `when`, guards, groups and
  * priorities, cooldowns, dedup, timers (arm, re-arm, fire, stale), runtime
- * errors isolated per rule, deterministic ids, explanations, and the JSON form.
+ * errors isolated per rule, deterministic ids, explanations, the JSON form,
+ * and the probe (the same step, reported per rule).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -571,6 +572,70 @@ static void test_owner_event_derived(void **state) {
     td_state_free(&owner);
 }
 
+/* The probe is the step: on a copy of the state it leaves the same state
+ * and recommendations, and reports each rule's decision; its "now" changes
+ * nothing and considers every rule as a timer trigger would. */
+static void test_probe(void **state) {
+    fx *f = *state;
+    send_two_and_open(f, "");
+    const char *js = "{\"id\":\"o1\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\","
+                     "\"occurred_at\":\"2026-11-04T09:00:00Z\"}";
+    td_event ev;
+    td_event_error err;
+    assert_int_equal(td_event_decode(js, strlen(js), &ev, &err), TD_OK);
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
+    td_state copy;
+    assert_int_equal(td_state_copy(&copy, &f->st), TD_OK);
+    size_t nr = td_ruleset_count(f->rs);
+    td_probe p = {.rules = calloc(nr, sizeof *p.rules), .nrules = nr};
+    td_step_out *po = malloc(sizeof *po);
+    assert_int_equal(td_engine_probe(f->rs, &copy, &trig, ev.occurred_at, f->tz, &p, po), TD_OK);
+    td_step_out *o = step_json(f, TD_STEP_OUTCOMES, "%s", js);
+    assert_true(td_state_equal(&copy, &f->st));
+    assert_int_equal(po->nrecs, o->nrecs);
+    for (uint32_t i = 0; i < o->nrecs; i++) {
+        assert_string_equal(po->recs[i].id, o->recs[i].id);
+        assert_int_equal(po->recs[i].not_before, o->recs[i].not_before);
+    }
+    for (uint32_t i = 0; i < o->ndecisions; i++) {
+        const td_decision *d = &o->decisions[i];
+        const td_probe_rule *pr = &p.rules[d->rule->index];
+        assert_true(pr->decided);
+        assert_int_equal(pr->d.outcome, d->outcome);
+        assert_ptr_equal(pr->d.by, d->by);
+    }
+    const td_rule *wa = td_ruleset_find(f->rs, "pivot.whatsapp");
+    const td_rule *reply = td_ruleset_find(f->rs, "reply.human");
+    const td_rule *guard = td_ruleset_find(f->rs, "guard.consent");
+    assert_true(p.rules[wa->index].triggered);
+    assert_int_equal(p.rules[wa->index].d.outcome, TD_OUT_BLOCKED);
+    assert_int_equal(p.rules[wa->index].ngb, 2); /* the guard's conditions for it */
+    assert_true(p.rules[wa->index].not_before != TD_MS_MISSING);
+    assert_int_equal(p.rules[wa->index].d.nbecause, 3);
+    assert_false(p.rules[reply->index].triggered);
+    assert_false(p.rules[reply->index].decided);
+    assert_int_equal(p.rules[guard->index].nblocked, 1);
+    assert_ptr_equal(p.rules[guard->index].blocked[0], wa);
+    assert_int_equal(p.ncandidates, 2);
+    /* "now": nothing changes; every rule is evaluated (event.* missing) */
+    td_state before;
+    assert_int_equal(td_state_copy(&before, &copy), TD_OK);
+    assert_int_equal(td_engine_probe(f->rs, &copy, NULL, ev.occurred_at + TD_DAY, f->tz, &p, po),
+                     TD_OK);
+    assert_true(td_state_equal(&before, &copy));
+    assert_true(p.rules[reply->index].triggered);
+    assert_int_equal(p.rules[reply->index].d.outcome, TD_OUT_NOT_MATCHED);
+    assert_int_equal(p.rules[wa->index].d.outcome, TD_OUT_BLOCKED);
+    const td_rule *li = td_ruleset_find(f->rs, "pivot.linkedin");
+    assert_int_equal(p.rules[li->index].d.outcome, TD_OUT_FIRED);
+    p.nrules = nr - 1; /* not the ruleset's */
+    assert_int_equal(td_engine_probe(f->rs, &copy, NULL, ev.occurred_at, f->tz, &p, po), TD_ERR);
+    td_state_free(&before);
+    td_state_free(&copy);
+    free(p.rules);
+    free(po);
+}
+
 int main(void) {
     T0 = td_civil_to_ms(2026, 11, 2, 9, 0, 0);
     const struct CMUnitTest tests[] = {
@@ -584,6 +649,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_no_fire_after_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owner_event_derived, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_probe, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
