@@ -43,6 +43,7 @@
 
 #include "td_calendar.h"
 #include "td_cli.h"
+#include "td_clock.h"
 #include "td_engine.h"
 #include "td_explain_redis.h"
 #include "td_sim.h"
@@ -345,7 +346,7 @@ static int ex_src_redis(const explain_opts *o, const td_ruleset *rs, td_tzdb *tz
     }
     td_ms clock = st.last_event_at;
     if (!in->has_target && o->now == TD_MS_MISSING) {
-        td_ms wall = td_explain_wall_ms();
+        td_ms wall = td_wall_ms();
         if (clock == TD_MS_MISSING || wall > clock) clock = wall;
     }
     if (rc == TD_OK) {

@@ -21,7 +21,7 @@
 #include "td_daemon.h"
 #include "td_log.h"
 
-static void td_run_usage(FILE *f) {
+static void cr_usage(FILE *f) {
     fprintf(f, "usage: touchd run -c FILE [--redis HOST:PORT] [--rules DIR] [--log-level LEVEL]\n"
                "\n"
                "The daemon: consumes prospect events from Kafka, keeps per-prospect state in\n"
@@ -46,30 +46,30 @@ static void td_run_usage(FILE *f) {
                "unreachable at start). Documentation: docs/operations.md, docs/config.md.\n");
 }
 
-static void td_run_on_stop(int sig) {
+static void cr_on_stop(int sig) {
     (void)sig;
     td_daemon_stop_requested = 1;
 }
 
-static void td_run_on_hup(int sig) {
+static void cr_on_hup(int sig) {
     (void)sig;
     td_daemon_reload_requested = 1;
 }
 
-static void td_run_signals(void) {
+static void cr_signals(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
-    sa.sa_handler = td_run_on_stop;
+    sa.sa_handler = cr_on_stop;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    sa.sa_handler = td_run_on_hup;
+    sa.sa_handler = cr_on_hup;
     sigaction(SIGHUP, &sa, NULL);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
 }
 
-static void td_run_print_config(const td_config *c, FILE *f) {
+static void cr_print_config(const td_config *c, FILE *f) {
     fprintf(f, "config %s: ok\n", c->path);
     fprintf(f, "kafka.brokers = %s\nkafka.group_id = %s\nkafka.input_topics =", c->kafka.brokers,
             c->kafka.group_id);
@@ -141,16 +141,16 @@ int td_cmd_run(int argc, char **argv) {
             check_only = true;
             break;
         case 'h':
-            td_run_usage(stdout);
+            cr_usage(stdout);
             return TD_EXIT_OK;
         default:
-            td_run_usage(stderr);
+            cr_usage(stderr);
             return TD_EXIT_USAGE;
         }
     }
     if (!path || optind < argc) {
         fprintf(stderr, "touchd run: %s\n", !path ? "-c FILE is required" : "unexpected argument");
-        td_run_usage(stderr);
+        cr_usage(stderr);
         return TD_EXIT_USAGE;
     }
     char err[1024];
@@ -165,12 +165,12 @@ int td_cmd_run(int argc, char **argv) {
         return TD_EXIT_USAGE;
     }
     if (check_only) {
-        td_run_print_config(cfg, stdout);
+        cr_print_config(cfg, stdout);
         td_config_free(cfg);
         return TD_EXIT_OK;
     }
     td_log_set_level(cfg->log.level);
-    td_run_signals();
+    cr_signals();
     td_log_info("touchd starting", "config=%s", path);
     int rc = TD_EXIT_OK;
     td_daemon *d = td_daemon_new(cfg, &rc);

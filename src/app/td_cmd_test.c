@@ -36,6 +36,7 @@
 
 #include "td_calendar.h"
 #include "td_cli.h"
+#include "td_clock.h"
 #include "td_engine.h"
 #include "td_sim.h"
 #include "td_testfile.h"
@@ -579,12 +580,6 @@ static void tt_indent(td_buf *b, const char *text) {
     }
 }
 
-static double tt_mono_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int tt_grow_results(result **res, size_t *cap, size_t need) {
     if (need <= *cap) return 0;
     size_t n = *cap ? *cap : 16;
@@ -623,9 +618,9 @@ static int tt_run_file(const td_ruleset *rs, td_tzdb *tz, tf_file *f, const char
     for (size_t k = 0; k < f->ncases; k++) {
         const tf_case *tc = &f->cases[k];
         td_buf report = {0}, trace = {0};
-        double t0 = tt_mono_seconds();
+        double t0 = (double)td_mono_us() / 1e6;
         int r = tt_run_case(rs, tz, f, tc, covered, verbose, &report, &trace);
-        double secs = tt_mono_seconds() - t0;
+        double secs = (double)td_mono_us() / 1e6 - t0;
         if (r < 0) {
             td_buf_free(&report);
             td_buf_free(&trace);

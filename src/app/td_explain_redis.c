@@ -67,9 +67,3 @@ int td_explain_redis_load(const td_config *cfg, const char *id, td_state *st, ch
              (long long)st->version);
     return TD_OK;
 }
-
-td_ms td_explain_wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (td_ms)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}

@@ -30,7 +30,4 @@ td_config *td_explain_redis_config(const char *path, const char *redis, char *er
 int td_explain_redis_load(const td_config *cfg, const char *id, td_state *st, char *origin,
                           size_t origincap, char *err, size_t errcap);
 
-/* The wall clock (ms since the epoch): the daemon's "now". */
-td_ms td_explain_wall_ms(void);
-
 #endif

@@ -956,7 +956,7 @@ static void event_init(td_event *ev) {
  * td_event_decode, so during a decode jansson allocates from a per-thread bump
  * arena (jansson's supported json_set_alloc_funcs hook) that is reset when
  * the decode ends. Outside a decode, and when the arena is full (a large
- * event), allocations go to malloc; td_jfree frees only what is not inside
+ * event), allocations go to malloc; ev_jfree frees only what is not inside
  * the arena, so other jansson users in the process are unaffected.
  */
 #define TD_ARENA_SIZE (256 * 1024)
@@ -966,7 +966,7 @@ static _Thread_local struct {
     bool active;
 } td_arena;
 
-static void *td_jmalloc(size_t n) {
+static void *ev_jmalloc(size_t n) {
     if (td_arena.active) {
         size_t need = (n + 15) & ~(size_t)15;
         if (need >= n && td_arena.used + need <= TD_ARENA_SIZE) {
@@ -978,14 +978,14 @@ static void *td_jmalloc(size_t n) {
     return malloc(n);
 }
 
-static void td_jfree(void *p) {
+static void ev_jfree(void *p) {
     if (p && td_arena.base && (char *)p >= td_arena.base &&
         (char *)p < td_arena.base + TD_ARENA_SIZE)
         return; /* reclaimed when the decode ends */
     free(p);
 }
 
-static void td_jansson_setup(void) { json_set_alloc_funcs(td_jmalloc, td_jfree); }
+static void ev_jansson_setup(void) { json_set_alloc_funcs(ev_jmalloc, ev_jfree); }
 
 static pthread_once_t td_jansson_once = PTHREAD_ONCE_INIT;
 
@@ -1003,7 +1003,7 @@ int td_event_decode_slow(const char *buf, size_t len, td_event *ev, td_event_err
     if (nul != NULL)
         return fail(err, "", "contains a NUL byte (byte offset %ld)", (long)(nul - buf));
 
-    pthread_once(&td_jansson_once, td_jansson_setup);
+    pthread_once(&td_jansson_once, ev_jansson_setup);
     if (!td_arena.base)
         td_arena.base = malloc(TD_ARENA_SIZE); /* NULL: plain malloc, still correct */
     td_arena.used = 0;

@@ -178,8 +178,8 @@ typedef struct td_kvs_index {
 
 /* Indexes the keys j of kv with !seen[j] (`unseen` of them) into slot[]
  * (`cap` entries, a power of two >= 16 and >= 2 * kv->n). */
-static void td_kvs_index_build(td_kvs_index *x, const td_kvs *kv, const bool *seen, size_t unseen,
-                               uint32_t *slot, size_t cap) {
+static void kv_index_build(td_kvs_index *x, const td_kvs *kv, const bool *seen, size_t unseen,
+                           uint32_t *slot, size_t cap) {
     size_t c = 16;
     while (c < 2 * unseen)
         c *= 2;
@@ -197,7 +197,7 @@ static void td_kvs_index_build(td_kvs_index *x, const td_kvs *kv, const bool *se
 }
 
 /* Index of key k in kv among the indexed keys, or kv->n. */
-static size_t td_kvs_index_find(const td_kvs_index *x, const td_kvs *kv, const char *k, size_t kl) {
+static size_t kv_index_find(const td_kvs_index *x, const td_kvs *kv, const char *k, size_t kl) {
     for (uint32_t h = td_kvs_khash(k, kl) & x->mask; x->slot[h]; h = (h + 1) & x->mask) {
         const td_kvs_entry *e = &kv->e[x->slot[h] - 1];
         if (e->kl == kl && td_kvs_eq(kv->buf + e->k, k, kl)) return x->slot[h] - 1;
@@ -269,8 +269,8 @@ int td_kvs_diff(const td_kvs *before, const td_kvs *now, td_kv_fn set_fn, td_kde
             }
         }
         if (found == nb && matched < nb) {
-            if (!idx.slot) td_kvs_index_build(&idx, before, seen, nb - matched, slots, ncap);
-            found = td_kvs_index_find(&idx, before, k, kl);
+            if (!idx.slot) kv_index_build(&idx, before, seen, nb - matched, slots, ncap);
+            found = kv_index_find(&idx, before, k, kl);
         }
         if (found == nb) {
             set_fn(ud, k, kl, v, vl);

@@ -1012,7 +1012,7 @@ static void compute_hash(td_ruleset *rs, const td_source *srcs, size_t n) {
 
 /* The view of a rule's recommendation that resolve() gives the guards,
  * without not_before (what load-time guard analysis may depend on). */
-static td_rec_view td_rule_view(const td_rule *r) {
+static td_rec_view ru_rule_view(const td_rule *r) {
     return (td_rec_view){.channel = r->channel,
                          .touch = r->touch,
                          .rule = r->id,
@@ -1058,7 +1058,7 @@ static bool build_never_blocks(td_ruleset *rs) {
             for (size_t ri = 0; ri < rs->n; ri++) {
                 const td_rule *r = &rs->rules[ri];
                 if (r->guard) continue;
-                td_rec_view view = td_rule_view(r);
+                td_rec_view view = ru_rule_view(r);
                 td_ctx ctx = {.rec = &view, .settings = &rs->settings};
                 td_value v;
                 char err[96];
@@ -1074,7 +1074,7 @@ static bool build_never_blocks(td_ruleset *rs) {
         for (size_t ri = 0; ri < rs->n; ri++) {
             const td_rule *r = &rs->rules[ri];
             if (r->guard) continue;
-            td_rec_view view = td_rule_view(r);
+            td_rec_view view = ru_rule_view(r);
             td_ctx ctx = {.rec = &view, .settings = &rs->settings};
             g->fixed_truth[r->index] = td_expr_fixed_truth(g->block, &ctx);
         }

@@ -82,7 +82,7 @@ struct td_kafka {
 
 /* ---------------------------------------------------------- callbacks */
 
-static void td_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+static void kf_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     td_log_level l = level <= 3   ? TD_LOG_ERROR
                      : level == 4 ? TD_LOG_WARN
                      : level <= 6 ? TD_LOG_INFO
@@ -93,7 +93,7 @@ static void td_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, co
            td_log_quote(q, sizeof q, buf));
 }
 
-static void td_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+static void kf_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     td_kafka *k = opaque;
     char q[600];
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
@@ -112,7 +112,7 @@ static void td_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void 
                 rd_kafka_err2name((rd_kafka_resp_err_t)err), td_log_quote(q, sizeof q, reason));
 }
 
-static void td_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+static void kf_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
     td_kafka *k = opaque;
     uintptr_t tag = (uintptr_t)m->_private;
@@ -138,7 +138,7 @@ static void td_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
     }
 }
 
-static void td_kafka_log_parts(const char *what, const rd_kafka_topic_partition_list_t *parts) {
+static void kf_log_parts(const char *what, const rd_kafka_topic_partition_list_t *parts) {
     if (!td_log_enabled(TD_LOG_INFO)) return;
     char list[1024];
     size_t o = 0;
@@ -149,7 +149,7 @@ static void td_kafka_log_parts(const char *what, const rd_kafka_topic_partition_
     td_log_info(what, "count=%d partitions=%s", parts->cnt, parts->cnt ? list : "-");
 }
 
-static void td_kafka_stash_drop(td_kafka *k, const rd_kafka_topic_partition_list_t *parts) {
+static void kf_stash_drop(td_kafka *k, const rd_kafka_topic_partition_list_t *parts) {
     size_t w = k->headstash;
     for (size_t r = k->headstash; r < k->nstash; r++) {
         rd_kafka_message_t *m = k->stash[r];
@@ -161,8 +161,8 @@ static void td_kafka_stash_drop(td_kafka *k, const rd_kafka_topic_partition_list
     k->nstash = w;
 }
 
-static void td_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                                  rd_kafka_topic_partition_list_t *parts, void *opaque) {
+static void kf_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                            rd_kafka_topic_partition_list_t *parts, void *opaque) {
     td_kafka *k = opaque;
     k->st.rebalances++;
     k->cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
@@ -179,7 +179,7 @@ static void td_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         k->st.assigned += parts->cnt;
         if (k->held) rd_kafka_pause_partitions(rk, parts);
-        td_kafka_log_parts("partitions assigned", parts);
+        kf_log_parts("partitions assigned", parts);
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         bool lost = rd_kafka_assignment_lost(rk);
         /* Commit what is stored so the next owner starts where we stopped
@@ -190,7 +190,7 @@ static void td_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             if (ce && ce != RD_KAFKA_RESP_ERR__NO_OFFSET)
                 td_log_warn("commit on revoke failed", "err=%s", rd_kafka_err2name(ce));
         }
-        td_kafka_stash_drop(k, parts);
+        kf_stash_drop(k, parts);
         if (k->cooperative) {
             rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
             if (e) {
@@ -202,7 +202,7 @@ static void td_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         k->st.assigned -= parts->cnt;
         if (k->st.assigned < 0 || !k->cooperative) k->st.assigned = 0;
-        td_kafka_log_parts(lost ? "partitions lost" : "partitions revoked", parts);
+        kf_log_parts(lost ? "partitions lost" : "partitions revoked", parts);
     } else {
         td_log_error("rebalance error", "err=%s", rd_kafka_err2name(err));
         if (!k->cooperative) rd_kafka_assign(rk, NULL);
@@ -211,8 +211,8 @@ static void td_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ------------------------------------------------------------- set-up */
 
-static int td_kafka_set(rd_kafka_conf_t *conf, const char *name, const char *val, char *err,
-                        size_t errcap) {
+static int kf_set(rd_kafka_conf_t *conf, const char *name, const char *val, char *err,
+                  size_t errcap) {
     char e[256];
     if (rd_kafka_conf_set(conf, name, val, e, sizeof e) != RD_KAFKA_CONF_OK) {
         snprintf(err, errcap, "librdkafka: %s: %s", name, e);
@@ -221,8 +221,8 @@ static int td_kafka_set(rd_kafka_conf_t *conf, const char *name, const char *val
     return 0;
 }
 
-static int td_kafka_passthrough(const td_kafka *k, rd_kafka_conf_t *conf, const td_kv *kv, size_t n,
-                                const char *group, char *err, size_t errcap) {
+static int kf_passthrough(const td_kafka *k, rd_kafka_conf_t *conf, const td_kv *kv, size_t n,
+                          const char *group, char *err, size_t errcap) {
     for (size_t i = 0; i < n; i++) {
         char e[256];
         if (rd_kafka_conf_set(conf, kv[i].key, kv[i].val, e, sizeof e) != RD_KAFKA_CONF_OK) {
@@ -234,7 +234,7 @@ static int td_kafka_passthrough(const td_kafka *k, rd_kafka_conf_t *conf, const 
     return 0;
 }
 
-static int td_kafka_write_bootstrap(const char *file, const char *addr, char *err, size_t errcap) {
+static int kf_write_bootstrap(const char *file, const char *addr, char *err, size_t errcap) {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", file, (long)getpid());
     FILE *f = fopen(tmp, "w");
@@ -251,12 +251,12 @@ static int td_kafka_write_bootstrap(const char *file, const char *addr, char *er
     return 0;
 }
 
-static int td_kafka_start_embedded(td_kafka *k, char *err, size_t errcap) {
+static int kf_start_embedded(td_kafka *k, char *err, size_t errcap) {
     const td_config *c = k->cfg;
     char e[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, td_kafka_log_cb);
-    if (td_kafka_set(conf, "client.id", "touchd-embedded", err, errcap) < 0) {
+    rd_kafka_conf_set_log_cb(conf, kf_log_cb);
+    if (kf_set(conf, "client.id", "touchd-embedded", err, errcap) < 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }
@@ -303,8 +303,7 @@ static int td_kafka_start_embedded(td_kafka *k, char *err, size_t errcap) {
     td_log_info("embedded broker started", "bootstrap=%s partitions=%d topics=%zu", k->bootstraps,
                 np, nt);
     if (c->kafka.bootstrap_file[0]) {
-        if (td_kafka_write_bootstrap(c->kafka.bootstrap_file, k->bootstraps, err, errcap) < 0)
-            return -1;
+        if (kf_write_bootstrap(c->kafka.bootstrap_file, k->bootstraps, err, errcap) < 0) return -1;
         td_log_info("bootstrap address written", "file=%s", c->kafka.bootstrap_file);
     }
     return 0;
@@ -319,7 +318,7 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
     k->cfg = cfg;
     k->gen = 1;
     if (cfg->kafka.embedded) {
-        if (td_kafka_start_embedded(k, err, errcap) < 0) goto fail;
+        if (kf_start_embedded(k, err, errcap) < 0) goto fail;
     } else {
         k->bootstraps = strdup(cfg->kafka.brokers);
     }
@@ -327,24 +326,24 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
     char e[512];
     /* ---- consumer ---- */
     rd_kafka_conf_t *cc = rd_kafka_conf_new();
-    if (td_kafka_set(cc, "bootstrap.servers", k->bootstraps, err, errcap) < 0 ||
-        td_kafka_set(cc, "group.id", cfg->kafka.group_id, err, errcap) < 0 ||
-        td_kafka_set(cc, "client.id", "touchd-consumer", err, errcap) < 0 ||
-        td_kafka_set(cc, "partition.assignment.strategy", "cooperative-sticky", err, errcap) < 0 ||
-        td_kafka_set(cc, "enable.auto.offset.store", "false", err, errcap) < 0 ||
-        td_kafka_set(cc, "enable.auto.commit", "true", err, errcap) < 0 ||
-        td_kafka_set(cc, "auto.commit.interval.ms", "1000", err, errcap) < 0 ||
-        td_kafka_set(cc, "auto.offset.reset", "earliest", err, errcap) < 0 ||
-        td_kafka_set(cc, "socket.nagle.disable", "true", err, errcap) < 0 ||
-        td_kafka_passthrough(k, cc, cfg->kafka.consumer, cfg->kafka.n_consumer, "consumer", err,
-                             errcap) < 0) {
+    if (kf_set(cc, "bootstrap.servers", k->bootstraps, err, errcap) < 0 ||
+        kf_set(cc, "group.id", cfg->kafka.group_id, err, errcap) < 0 ||
+        kf_set(cc, "client.id", "touchd-consumer", err, errcap) < 0 ||
+        kf_set(cc, "partition.assignment.strategy", "cooperative-sticky", err, errcap) < 0 ||
+        kf_set(cc, "enable.auto.offset.store", "false", err, errcap) < 0 ||
+        kf_set(cc, "enable.auto.commit", "true", err, errcap) < 0 ||
+        kf_set(cc, "auto.commit.interval.ms", "1000", err, errcap) < 0 ||
+        kf_set(cc, "auto.offset.reset", "earliest", err, errcap) < 0 ||
+        kf_set(cc, "socket.nagle.disable", "true", err, errcap) < 0 ||
+        kf_passthrough(k, cc, cfg->kafka.consumer, cfg->kafka.n_consumer, "consumer", err, errcap) <
+            0) {
         rd_kafka_conf_destroy(cc);
         goto fail;
     }
     rd_kafka_conf_set_opaque(cc, k);
-    rd_kafka_conf_set_log_cb(cc, td_kafka_log_cb);
-    rd_kafka_conf_set_error_cb(cc, td_kafka_error_cb);
-    rd_kafka_conf_set_rebalance_cb(cc, td_kafka_rebalance_cb);
+    rd_kafka_conf_set_log_cb(cc, kf_log_cb);
+    rd_kafka_conf_set_error_cb(cc, kf_error_cb);
+    rd_kafka_conf_set_rebalance_cb(cc, kf_rebalance_cb);
     k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cc, e, sizeof e);
     if (!k->consumer) {
         rd_kafka_conf_destroy(cc);
@@ -355,21 +354,21 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
 
     /* ---- producer ---- */
     rd_kafka_conf_t *pc = rd_kafka_conf_new();
-    if (td_kafka_set(pc, "bootstrap.servers", k->bootstraps, err, errcap) < 0 ||
-        td_kafka_set(pc, "client.id", "touchd-producer", err, errcap) < 0 ||
-        td_kafka_set(pc, "enable.idempotence", "true", err, errcap) < 0 ||
-        td_kafka_set(pc, "acks", "all", err, errcap) < 0 ||
-        td_kafka_set(pc, "linger.ms", "1", err, errcap) < 0 ||
-        td_kafka_set(pc, "socket.nagle.disable", "true", err, errcap) < 0 ||
-        td_kafka_passthrough(k, pc, cfg->kafka.producer, cfg->kafka.n_producer, "producer", err,
-                             errcap) < 0) {
+    if (kf_set(pc, "bootstrap.servers", k->bootstraps, err, errcap) < 0 ||
+        kf_set(pc, "client.id", "touchd-producer", err, errcap) < 0 ||
+        kf_set(pc, "enable.idempotence", "true", err, errcap) < 0 ||
+        kf_set(pc, "acks", "all", err, errcap) < 0 ||
+        kf_set(pc, "linger.ms", "1", err, errcap) < 0 ||
+        kf_set(pc, "socket.nagle.disable", "true", err, errcap) < 0 ||
+        kf_passthrough(k, pc, cfg->kafka.producer, cfg->kafka.n_producer, "producer", err, errcap) <
+            0) {
         rd_kafka_conf_destroy(pc);
         goto fail;
     }
     rd_kafka_conf_set_opaque(pc, k);
-    rd_kafka_conf_set_log_cb(pc, td_kafka_log_cb);
-    rd_kafka_conf_set_error_cb(pc, td_kafka_error_cb);
-    rd_kafka_conf_set_dr_msg_cb(pc, td_kafka_dr_cb);
+    rd_kafka_conf_set_log_cb(pc, kf_log_cb);
+    rd_kafka_conf_set_error_cb(pc, kf_error_cb);
+    rd_kafka_conf_set_dr_msg_cb(pc, kf_dr_cb);
     k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, e, sizeof e);
     if (!k->producer) {
         rd_kafka_conf_destroy(pc);
@@ -454,10 +453,10 @@ const char *td_kafka_fatal(td_kafka *k) { return k->fatal_set ? k->fatal : NULL;
 
 /* ------------------------------------------------------------ consume */
 
-static void td_kafka_consumer_error(td_kafka *k, rd_kafka_message_t *m) {
+static void kf_consumer_error(td_kafka *k, rd_kafka_message_t *m) {
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
     if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
-        td_kafka_error_cb(k->consumer, m->err, rd_kafka_message_errstr(m), k);
+        kf_error_cb(k->consumer, m->err, rd_kafka_message_errstr(m), k);
         return;
     }
     char q[300];
@@ -475,7 +474,7 @@ rd_kafka_message_t *td_kafka_poll(td_kafka *k, int timeout_ms) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
     if (!m) return NULL;
     if (m->err) {
-        td_kafka_consumer_error(k, m);
+        kf_consumer_error(k, m);
         rd_kafka_message_destroy(m);
         return NULL;
     }
@@ -494,7 +493,7 @@ void td_kafka_round_begin(td_kafka *k) {
 
 size_t td_kafka_round_size(const td_kafka *k) { return k->nout; }
 
-static size_t td_kafka_arena_put(td_kafka *k, const void *p, size_t n, bool nul) {
+static size_t kf_arena_put(td_kafka *k, const void *p, size_t n, bool nul) {
     size_t need = k->alen + n + (nul ? 1 : 0);
     if (need > k->acap) {
         size_t cap = k->acap ? k->acap : 65536;
@@ -512,7 +511,7 @@ static size_t td_kafka_arena_put(td_kafka *k, const void *p, size_t n, bool nul)
     return off;
 }
 
-static td_kout *td_kafka_out_new(td_kafka *k) {
+static td_kout *kf_out_new(td_kafka *k) {
     if (k->nout == k->capout) {
         size_t cap = k->capout ? k->capout * 2 : 1024;
         td_kout *v = realloc(k->out, cap * sizeof *v);
@@ -527,7 +526,7 @@ static td_kout *td_kafka_out_new(td_kafka *k) {
 
 /* Enqueues out[idx] with the producer, polling while the local queue is full.
  * @returns 0, or -1 on a fatal error. */
-static int td_kafka_enqueue(td_kafka *k, size_t idx) {
+static int kf_enqueue(td_kafka *k, size_t idx) {
     td_kout *o = &k->out[idx];
     void *tag = (void *)(((uintptr_t)k->gen << 32) | (uintptr_t)idx);
     const char *key = o->klen == SIZE_MAX ? NULL : k->arena + o->key_off;
@@ -581,35 +580,35 @@ static int td_kafka_enqueue(td_kafka *k, size_t idx) {
 }
 
 int td_kafka_send_rec(td_kafka *k, const char *key, size_t klen, const char *val, size_t vlen) {
-    td_kout *o = td_kafka_out_new(k);
-    o->key_off = td_kafka_arena_put(k, key, klen, false);
+    td_kout *o = kf_out_new(k);
+    o->key_off = kf_arena_put(k, key, klen, false);
     o->klen = klen;
-    o->val_off = td_kafka_arena_put(k, val, vlen, false);
+    o->val_off = kf_arena_put(k, val, vlen, false);
     o->vlen = vlen;
     k->st.recs_sent++;
-    return td_kafka_enqueue(k, k->nout - 1);
+    return kf_enqueue(k, k->nout - 1);
 }
 
 int td_kafka_send_dlq(td_kafka *k, const rd_kafka_message_t *src, const char *reason,
                       const char *field) {
-    td_kout *o = td_kafka_out_new(k);
+    td_kout *o = kf_out_new(k);
     o->dlq = 1;
     if (src->key) {
-        o->key_off = td_kafka_arena_put(k, src->key, src->key_len, false);
+        o->key_off = kf_arena_put(k, src->key, src->key_len, false);
         o->klen = src->key_len;
     } else {
         o->klen = SIZE_MAX;
     }
-    o->val_off = td_kafka_arena_put(k, src->payload, src->payload ? src->len : 0, false);
+    o->val_off = kf_arena_put(k, src->payload, src->payload ? src->len : 0, false);
     o->vlen = src->payload ? src->len : 0;
-    o->reason_off = td_kafka_arena_put(k, reason ? reason : "", strlen(reason ? reason : ""), true);
-    o->field_off = td_kafka_arena_put(k, field ? field : "", strlen(field ? field : ""), true);
+    o->reason_off = kf_arena_put(k, reason ? reason : "", strlen(reason ? reason : ""), true);
+    o->field_off = kf_arena_put(k, field ? field : "", strlen(field ? field : ""), true);
     const char *t = rd_kafka_topic_name(src->rkt);
-    o->topic_off = td_kafka_arena_put(k, t, strlen(t), true);
+    o->topic_off = kf_arena_put(k, t, strlen(t), true);
     o->partition = src->partition;
     o->offset = src->offset;
     k->st.dlq_sent++;
-    return td_kafka_enqueue(k, k->nout - 1);
+    return kf_enqueue(k, k->nout - 1);
 }
 
 int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop_grace_ms) {
@@ -627,7 +626,7 @@ int td_kafka_round_wait(td_kafka *k, const volatile sig_atomic_t *stop, int stop
                 if (k->out[i].state != TD_KOUT_FAILED) continue;
                 k->failed--;
                 k->st.resent++;
-                if (td_kafka_enqueue(k, i) < 0) {
+                if (kf_enqueue(k, i) < 0) {
                     rc = -1;
                     goto out;
                 }
@@ -708,7 +707,7 @@ void td_kafka_keepalive(td_kafka *k, int timeout_ms) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
     if (!m) return;
     if (m->err) {
-        td_kafka_consumer_error(k, m);
+        kf_consumer_error(k, m);
         rd_kafka_message_destroy(m);
         return;
     }

@@ -42,7 +42,7 @@ struct td_mock_nodelay {
 
 /* The ports of a bootstrap list "host:port,host:port" (host may be an
  * IPv6 literal in brackets: the port is what follows the last ':'). */
-static size_t td_mock_ports(const char *bootstraps, uint16_t *ports, size_t cap) {
+static size_t mn_ports(const char *bootstraps, uint16_t *ports, size_t cap) {
     size_t n = 0;
     const char *p = bootstraps;
     while (p && *p && n < cap) {
@@ -60,7 +60,7 @@ static size_t td_mock_ports(const char *bootstraps, uint16_t *ports, size_t cap)
     return n;
 }
 
-static bool td_mock_port_is(const struct td_mock_nodelay *m, uint16_t port) {
+static bool mn_port_is(const struct td_mock_nodelay *m, uint16_t port) {
     for (size_t i = 0; i < m->nports; i++)
         if (m->ports[i] == port) return true;
     return false;
@@ -89,7 +89,7 @@ long td_mock_nodelay_scan(td_mock_nodelay *m) {
             port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
         else
             continue;
-        if (!td_mock_port_is(m, port)) continue;
+        if (!mn_port_is(m, port)) continue;
         int one = 1, cur = 0;
         socklen_t cl = sizeof cur;
         if (getsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &cur, &cl) == 0 && cur) continue;
@@ -100,7 +100,7 @@ long td_mock_nodelay_scan(td_mock_nodelay *m) {
     return n;
 }
 
-static void *td_mock_nodelay_main(void *arg) {
+static void *mn_main(void *arg) {
     td_mock_nodelay *m = arg;
     while (!atomic_load(&m->stop)) {
         td_mock_nodelay_scan(m);
@@ -117,7 +117,7 @@ static void *td_mock_nodelay_main(void *arg) {
 td_mock_nodelay *td_mock_nodelay_new(const char *bootstraps) {
     td_mock_nodelay *m = calloc(1, sizeof *m);
     if (!m) return NULL;
-    m->nports = td_mock_ports(bootstraps, m->ports, TD_MOCK_MAX_PORTS);
+    m->nports = mn_ports(bootstraps, m->ports, TD_MOCK_MAX_PORTS);
     if (m->nports == 0) {
         free(m);
         return NULL;
@@ -128,7 +128,7 @@ td_mock_nodelay *td_mock_nodelay_new(const char *bootstraps) {
 int td_mock_nodelay_start(td_mock_nodelay *m, int period_ms) {
     m->period_ms = period_ms > 0 ? period_ms : 100;
     atomic_store(&m->stop, 0);
-    return pthread_create(&m->thread, NULL, td_mock_nodelay_main, m) == 0 ? 0 : -1;
+    return pthread_create(&m->thread, NULL, mn_main, m) == 0 ? 0 : -1;
 }
 
 long td_mock_nodelay_count(const td_mock_nodelay *m) { return atomic_load(&m->set); }

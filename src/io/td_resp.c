@@ -11,7 +11,7 @@
 /* The line at p[0..n) up to CRLF: its length without the CRLF, or -1 if no
  * CRLF yet (n may grow), or -2 if it cannot be a line (too long, or a CR
  * not followed by LF). */
-static ssize_t td_resp_line(const char *p, size_t n) {
+static ssize_t resp_line(const char *p, size_t n) {
     size_t lim = n < TD_RESP_LINE_MAX + 2 ? n : TD_RESP_LINE_MAX + 2;
     const char *cr = memchr(p, '\r', lim);
     if (!cr) return n >= TD_RESP_LINE_MAX + 2 ? -2 : -1;
@@ -22,7 +22,7 @@ static ssize_t td_resp_line(const char *p, size_t n) {
 
 /* A RESP integer: td_parse_i64's, without a leading zero (but "0" itself)
  * or "-0". @returns 0, or -1. */
-static int td_resp_int(const char *s, size_t n, int64_t *out) {
+static int resp_int(const char *s, size_t n, int64_t *out) {
     size_t i = n > 0 && s[0] == '-';
     if (i < n && s[i] == '0' && (n - i > 1 || i == 1)) return -1;
     return td_parse_i64(s, n, out) == TD_OK ? 0 : -1;
@@ -30,7 +30,7 @@ static int td_resp_int(const char *s, size_t n, int64_t *out) {
 
 ssize_t td_resp_parse(const char *p, size_t n, td_resp *out) {
     if (n == 0) return 0;
-    ssize_t l = td_resp_line(p + 1, n - 1);
+    ssize_t l = resp_line(p + 1, n - 1);
     if (l == -1) return 0;
     if (l < 0) return -1;
     size_t hl = 1 + (size_t)l + 2; /* type byte, line, CRLF */
@@ -46,13 +46,13 @@ ssize_t td_resp_parse(const char *p, size_t n, td_resp *out) {
         return (ssize_t)hl;
     case ':': {
         int64_t v;
-        if (td_resp_int(s, (size_t)l, &v)) return -1;
+        if (resp_int(s, (size_t)l, &v)) return -1;
         *out = (td_resp){.type = TD_RESP_INT, .i = v};
         return (ssize_t)hl;
     }
     case '*': {
         int64_t v;
-        if (td_resp_int(s, (size_t)l, &v) || v < -1) return -1;
+        if (resp_int(s, (size_t)l, &v) || v < -1) return -1;
         if (v == -1)
             *out = (td_resp){.type = TD_RESP_NIL};
         else
@@ -61,7 +61,7 @@ ssize_t td_resp_parse(const char *p, size_t n, td_resp *out) {
     }
     case '$': {
         int64_t v;
-        if (td_resp_int(s, (size_t)l, &v) || v < -1 || v > TD_RESP_BULK_MAX) return -1;
+        if (resp_int(s, (size_t)l, &v) || v < -1 || v > TD_RESP_BULK_MAX) return -1;
         if (v == -1) {
             *out = (td_resp){.type = TD_RESP_NIL};
             return (ssize_t)hl;
