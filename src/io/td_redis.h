@@ -13,14 +13,14 @@
  * one, with the version bumped; a mismatch is reported per prospect
  * (TD_REDIS_CONFLICT) and the caller reloads and recomputes that prospect.
  * There are two write calls:
- *   - td_redis_store_diff (the daemon's event batches): only the fields that
- *     changed. Up to a chunk (64 prospects): one EVALSHA of the
+ *   - td_redis_store_diff (the daemon's one write path: every batch of the
+ *     pipeline, events and timers alike): only the fields that changed. Up to a chunk (64 prospects): one EVALSHA of the
  *     diff script. More: per chunk of 64, WATCH + HGET v, then the writes as
  *     plain commands in MULTI/EXEC, on one connection or two
  *     (td_redis_set_lanes); a chunk whose EXEC aborted (another writer) is
  *     written by the diff script instead.
- *   - td_redis_store (the timer poller's, td_timers.c): the whole hash
- *     replaced by one EVALSHA of the state script per prospect.
+ *   - td_redis_store (tools and tests; the daemon does not use it): the
+ *     whole hash replaced by one EVALSHA of the state script per prospect.
  * The scripts are loaded once and re-loaded on NOSCRIPT; with the timer
  * index on (td_redis_set_timer_shards, td_timers.h) every write keeps the
  * index in the same atomic unit. Connection errors and timeouts fail the
