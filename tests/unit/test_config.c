@@ -8,6 +8,9 @@
  * SECTION.NAME, NAME being the backticked first cell (| `host` | ...).
  * Other tables (librdkafka properties touchd sets) do not count.
  *
+ * The default cell of each row must show the table's default (ints, bools,
+ * enums, strings, the topic list; kafka.shadow_topic's is computed at load).
+ *
  * Environment: TD_SOURCE_DIR (set by ctest; else the current directory).
  */
 #include <setjmp.h>
@@ -27,6 +30,7 @@
 
 typedef struct doc_keys {
     char *key[MAX_DOC_KEYS];
+    char *def[MAX_DOC_KEYS]; /* the default cell, trimmed */
     int line[MAX_DOC_KEYS];
     size_t n;
 } doc_keys;
@@ -76,6 +80,18 @@ static void doc_read(doc_keys *d) {
         char *k = malloc(n);
         assert_non_null(k);
         snprintf(k, n, "%s.%.*s", sect, (int)(e - b - 1), b + 1);
+        /* the third cell: | `key` | type | default | ... */
+        const char *c = strchr(e, '|');
+        c = c ? strchr(c + 1, '|') : NULL;
+        const char *ce = c ? strchr(c + 1, '|') : NULL;
+        if (!ce) fail_msg("%s:%d: a row of a key table without a default cell", path, no);
+        c++;
+        while (*c == ' ')
+            c++;
+        while (ce > c && ce[-1] == ' ')
+            ce--;
+        d->def[d->n] = strndup(c, (size_t)(ce - c));
+        assert_non_null(d->def[d->n]);
         d->line[d->n] = no;
         d->key[d->n++] = k;
     }
@@ -83,8 +99,10 @@ static void doc_read(doc_keys *d) {
 }
 
 static void doc_free(doc_keys *d) {
-    for (size_t i = 0; i < d->n; i++)
+    for (size_t i = 0; i < d->n; i++) {
         free(d->key[i]);
+        free(d->def[i]);
+    }
 }
 
 static void test_docs_list_exactly_the_keys(void **state) {
@@ -124,6 +142,57 @@ static void test_docs_list_exactly_the_keys(void **state) {
 }
 
 /* Every row is well formed: "section.key", a description, a field. */
+/* The default a doc row should show for key k ("" when not checked). */
+static void doc_default_of(const td_config_key *k, char *buf, size_t cap) {
+    buf[0] = '\0';
+    switch (k->type) {
+    case TD_CFG_INT:
+        snprintf(buf, cap, "`%lld`", k->def_int);
+        break;
+    case TD_CFG_BOOL:
+        snprintf(buf, cap, "`%s`", k->def_int ? "true" : "false");
+        break;
+    case TD_CFG_ENUM:
+        for (const td_config_enum *e = k->names; e->name; e++)
+            if (e->value == k->def_int && !e->alias) {
+                snprintf(buf, cap, "`\"%s\"`", e->name);
+                break;
+            }
+        break;
+    case TD_CFG_STRING:
+        /* kafka.shadow_topic's "" becomes "<output_topic>.shadow" at load */
+        if (k->after == NULL) snprintf(buf, cap, "`\"%s\"`", k->def_str);
+        break;
+    case TD_CFG_TOPICS:
+        snprintf(buf, cap, "`[ \"%s\" ]`", k->def_str);
+        break;
+    default:
+        break;
+    }
+}
+
+static void test_docs_show_the_defaults(void **state) {
+    (void)state;
+    doc_keys d;
+    doc_read(&d);
+    size_t n;
+    const td_config_key *k = td_config_keys(&n);
+    int bad = 0;
+    for (size_t j = 0; j < d.n; j++)
+        for (size_t i = 0; i < n; i++) {
+            char want[256];
+            if (strcmp(d.key[j], k[i].path) != 0) continue;
+            doc_default_of(&k[i], want, sizeof want);
+            if (*want && strcmp(want, d.def[j]) != 0) {
+                fprintf(stderr, "docs/config.md:%d: %s: default %s, the table's is %s\n", d.line[j],
+                        d.key[j], d.def[j], want);
+                bad++;
+            }
+        }
+    doc_free(&d);
+    assert_int_equal(bad, 0);
+}
+
 static void test_table_rows(void **state) {
     (void)state;
     size_t n;
@@ -199,6 +268,7 @@ static void test_defaults(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_docs_list_exactly_the_keys),
+        cmocka_unit_test(test_docs_show_the_defaults),
         cmocka_unit_test(test_table_rows),
         cmocka_unit_test(test_unknown_keys_list_the_table),
         cmocka_unit_test(test_defaults),
