@@ -3,10 +3,12 @@
  *
  * libconfig parses; this file walks every setting it produced, so that an
  * unknown key is reported rather than silently ignored (a typo in a timeout
- * must not leave the default in force unnoticed). Each known key has a
- * checker that converts and range-checks it and reports
- * "FILE:LINE: KEY: expected ..., got ..." on failure. The first error wins:
- * a config is small and is fixed one line at a time.
+ * must not leave the default in force unnoticed). Every key is one row of
+ * td_cfg_keys (below): its type, default, bounds or names, where it goes in
+ * td_config. Reading, the defaults, freeing, the "allowed here" list of an
+ * unknown key and the "FILE:LINE: KEY: expected ..., got ..." of a bad value
+ * are all made from that row; cross-key checks are in td_cfg_finish. The
+ * first error wins: a config is small and is fixed one line at a time.
  *
  * librdkafka property names contain dots, which libconfig names cannot: in
  * kafka.consumer / kafka.producer an underscore stands for a dot
@@ -14,6 +16,7 @@
  */
 #include "td_config.h"
 
+#include "td_gifts.h"
 #include "td_time.h"
 
 #include <errno.h>
@@ -187,13 +190,13 @@ static bool td_cfg_topic_ok(const char *t) {
     return true;
 }
 
+#define TD_TOPIC_EXPECTS "a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"
+
 static bool td_cfg_get_topic(td_cfg_ctx *x, const config_setting_t *s, const char *key,
                              char **dst) {
     if (!td_cfg_get_str(x, s, key, dst, false, false)) return false;
     if (!td_cfg_topic_ok(*dst)) {
-        td_cfg_fail(x, s, key,
-                    "expected a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), got \"%.80s\"",
-                    *dst);
+        td_cfg_fail(x, s, key, "expected " TD_TOPIC_EXPECTS ", got \"%.80s\"", *dst);
         return false;
     }
     return true;
@@ -292,292 +295,388 @@ fail:
     return false;
 }
 
+/* ------------------------------------------------------------- the table */
+
+/* The extra checks of some string keys; what each expects is in its row. */
+static bool td_cfg_prefix_ok(const char *v) { return !strpbrk(v, " {}\t\r\n"); }
+static bool td_cfg_topic_or_off_ok(const char *v) { return !*v || td_cfg_topic_ok(v); }
+static bool td_cfg_logfmt_ok(const char *v) { return strcmp(v, "logfmt") == 0; }
+static void td_cfg_shadow_set(td_config *c) { c->kafka.shadow_topic_default = false; }
+
+static const td_config_enum td_cfg_overdue_names[] = {{"fire_late", TD_OVERDUE_FIRE_LATE, false},
+                                                      {"drop", TD_OVERDUE_DROP, false},
+                                                      {"drop_older_than", TD_OVERDUE_DROP, true},
+                                                      {NULL, 0, false}};
+static const td_config_enum td_cfg_level_names[] = {{"debug", TD_LOG_DEBUG, false},
+                                                    {"info", TD_LOG_INFO, false},
+                                                    {"warn", TD_LOG_WARN, false},
+                                                    {"error", TD_LOG_ERROR, false},
+                                                    {NULL, 0, false}};
+_Static_assert(sizeof(td_log_level) == sizeof(int), "td_log_level is stored as an int");
+_Static_assert(sizeof(td_overdue_policy) == sizeof(int), "td_overdue_policy is stored as an int");
+
+#define TD_OFF(field) offsetof(td_config, field)
+#define TD_STR(p, field, def, fl, h)                                                               \
+    {                                                                                              \
+        .path = p, .type = TD_CFG_STRING, .def_str = def, .flags = fl, .off = TD_OFF(field),       \
+        .help = h                                                                                  \
+    }
+#define TD_TOPIC(p, field, def, h)                                                                 \
+    {                                                                                              \
+        .path = p, .type = TD_CFG_STRING, .def_str = def, .off = TD_OFF(field),                    \
+        .check = td_cfg_topic_ok, .expects = TD_TOPIC_EXPECTS, .help = h                           \
+    }
+#define TD_INT(p, field, def, l, u, h)                                                             \
+    {                                                                                              \
+        .path = p, .type = TD_CFG_INT, .def_int = def, .lo = l, .hi = u, .off = TD_OFF(field),     \
+        .help = h                                                                                  \
+    }
+#define TD_BOOL(p, field, def, h)                                                                  \
+    { .path = p, .type = TD_CFG_BOOL, .def_int = def, .off = TD_OFF(field), .help = h }
+
+/*
+ * Every key of the file. The order is that of the "allowed here" lists in
+ * unknown-key messages (sections in order of their first key). Every row is
+ * documented in docs/config.md (tests/unit/test_config.c checks both ways).
+ */
+static const td_config_key td_cfg_keys[] = {
+    TD_STR("kafka.brokers", kafka.brokers, "embedded", 0, "\"embedded\" or host:port,host:port"),
+    TD_STR("kafka.group_id", kafka.group_id, "touchd", 0, "the consumer group"),
+    {.path = "kafka.input_topics",
+     .type = TD_CFG_TOPICS,
+     .def_str = "touchd.events",
+     .off = TD_OFF(kafka.input_topics),
+     .off_n = TD_OFF(kafka.n_input_topics),
+     .help = "topics of the events, a non-empty list"},
+    TD_TOPIC("kafka.output_topic", kafka.output_topic, "touchd.recommendations",
+             "topic of the recommendations"),
+    TD_TOPIC("kafka.dead_letter_topic", kafka.dead_letter_topic, "touchd.dead-letter",
+             "topic of rejected events"),
+    {.path = "kafka.gift_register_topic",
+     .type = TD_CFG_STRING,
+     .def_str = "",
+     .flags = TD_CFG_F_EMPTY,
+     .off = TD_OFF(kafka.gift_register_topic),
+     .check = td_cfg_topic_or_off_ok,
+     .expects = "\"\" (off) or " TD_TOPIC_EXPECTS,
+     .help = "topic every registered gift is also produced to; \"\" = off"},
+    {.path = "kafka.shadow_topic",
+     .type = TD_CFG_STRING,
+     .def_str = "", /* td_cfg_finish: "<output_topic>.shadow" */
+     .off = TD_OFF(kafka.shadow_topic),
+     .check = td_cfg_topic_ok,
+     .expects = TD_TOPIC_EXPECTS,
+     .after = td_cfg_shadow_set,
+     .help = "topic of the shadow ruleset's recommendations"},
+    TD_STR("kafka.bootstrap_file", kafka.bootstrap_file, "", TD_CFG_F_EMPTY,
+           "embedded broker: file its address is written to; \"\" = none"),
+    TD_INT("kafka.embedded_partitions", kafka.embedded_partitions, 4, 1, 256,
+           "embedded broker: partitions of each topic"),
+    {.path = "kafka.consumer",
+     .type = TD_CFG_PASSTHROUGH,
+     .off = TD_OFF(kafka.consumer),
+     .off_n = TD_OFF(kafka.n_consumer),
+     .owned = td_cfg_consumer_owned,
+     .help = "librdkafka consumer properties passed through"},
+    {.path = "kafka.producer",
+     .type = TD_CFG_PASSTHROUGH,
+     .off = TD_OFF(kafka.producer),
+     .off_n = TD_OFF(kafka.n_producer),
+     .owned = td_cfg_producer_owned,
+     .help = "librdkafka producer properties passed through"},
+
+    TD_STR("redis.host", redis_host, "127.0.0.1", 0, "host name or address"),
+    TD_INT("redis.port", redis.port, 6379, 1, 65535, "TCP port"),
+    TD_STR("redis.unix_socket", redis_unix_socket, "", TD_CFG_F_EMPTY,
+           "absolute path of a unix socket; replaces host and port"),
+    TD_STR("redis.password", redis_password, "", TD_CFG_F_EMPTY | TD_CFG_F_ENV | TD_CFG_F_SECRET,
+           "AUTH password; \"\" = no AUTH"),
+    TD_STR("redis.username", redis_username, "", TD_CFG_F_EMPTY | TD_CFG_F_ENV,
+           "Redis 6 ACL user; \"\" = the password only"),
+    TD_INT("redis.db", redis.db, 0, 0, 65535, "SELECTed when not 0"),
+    TD_INT("redis.connect_timeout_ms", redis.connect_timeout_ms, 2000, 1, 600000,
+           "connect timeout"),
+    TD_INT("redis.command_timeout_ms", redis.command_timeout_ms, 5000, 1, 600000,
+           "no Redis call blocks longer"),
+    TD_INT("redis.backoff_min_ms", redis.backoff_min_ms, 100, 1, 600000,
+           "first delay after a failure"),
+    TD_INT("redis.backoff_max_ms", redis.backoff_max_ms, 5000, 1, 600000,
+           "cap of the doubling backoff"),
+    {.path = "redis.key_prefix",
+     .type = TD_CFG_STRING,
+     .def_str = "touchd",
+     .off = TD_OFF(redis_key_prefix),
+     .check = td_cfg_prefix_ok,
+     .expects = "a prefix without spaces or braces",
+     .help = "prefix of every key touchd writes"},
+    TD_BOOL("redis.verify_writes", redis.verify_writes, false,
+            "read back and compare every hash written"),
+
+    TD_STR("rules.dir", rules.dir, "rules", 0, "directory of the *.rules files"),
+    TD_INT("rules.reload_poll_ms", rules.reload_poll_ms, 2000, 0, 3600000,
+           "how often the directory is checked; 0 = SIGHUP only"),
+    TD_STR("rules.shadow_dir", rules.shadow_dir, "", TD_CFG_F_EMPTY,
+           "directory of a shadow ruleset; \"\" = none"),
+    TD_STR("rules.shadow_report", rules.shadow_report, "", TD_CFG_F_EMPTY,
+           "JSON file of the shadow comparison; \"\" = none"),
+    TD_INT("rules.shadow_report_interval_ms", rules.shadow_report_interval_ms, 10000, 100, 3600000,
+           "how often shadow_report is rewritten"),
+
+    TD_INT("engine.batch_max_events", engine.batch_max_events, 1000, 1, 100000,
+           "the most events in one batch"),
+    TD_INT("engine.batch_max_ms", engine.batch_max_ms, 20, 1, 60000,
+           "the longest a batch is gathered"),
+    TD_INT("engine.state_cache", engine.state_cache, 65536, 0, 10000000,
+           "prospect states kept between batches; 0 = off"),
+    TD_BOOL("engine.pipeline", engine.pipeline, true, "store a batch while the next is computed"),
+    TD_INT("engine.store_connections", engine.store_connections, 2, 1, 2,
+           "Redis connections of a batch's state write"),
+
+    TD_INT("timers.shards", timers.shards, 4096, 1, 65536, "sorted sets of the timer index"),
+    TD_INT("timers.poll_ms", timers.poll_ms, 100, 1, 60000, "pause between idle polls"),
+    TD_INT("timers.sweep_ms", timers.sweep_ms, 60000, 1, 600000,
+           "every shard's head is re-computed within this"),
+    TD_INT("timers.claim_batch", timers.claim_batch, 500, 1, 2000, "timers claimed per poll"),
+    TD_INT("timers.lease_ms", timers.lease_ms, 30000, 1000, 3600000,
+           "an unacknowledged claim is claimable again after this"),
+    {.path = "timers.overdue_policy",
+     .type = TD_CFG_ENUM,
+     .def_int = TD_OVERDUE_FIRE_LATE,
+     .off = TD_OFF(timers.overdue_policy),
+     .names = td_cfg_overdue_names,
+     .help = "what an overdue timer does"},
+    {.path = "timers.drop_older_than",
+     .type = TD_CFG_DURATION,
+     .def_int = 0,
+     .off = TD_OFF(timers.drop_older_than),
+     .help = "with \"drop\": overdue by more than this is dropped"},
+
+    TD_INT("gifts.retention_days", gifts.retention_days, TD_GIFTS_RETENTION_DAYS_DEFAULT, 1, 36500,
+           "TTL of the gift register's seen keys"),
+
+    {.path = "log.level",
+     .type = TD_CFG_ENUM,
+     .def_int = TD_LOG_INFO,
+     .off = TD_OFF(log.level),
+     .names = td_cfg_level_names,
+     .help = "the least level logged"},
+    {.path = "log.format",
+     .type = TD_CFG_STRING,
+     .def_str = "logfmt",
+     .off = TD_OFF(log.format),
+     .check = td_cfg_logfmt_ok,
+     .expects = "\"logfmt\" (the only format)",
+     .help = "the log line format"},
+};
+#define TD_CFG_NKEYS (sizeof td_cfg_keys / sizeof td_cfg_keys[0])
+
+const td_config_key *td_config_keys(size_t *n) {
+    *n = TD_CFG_NKEYS;
+    return td_cfg_keys;
+}
+
+/* The section of a key ("redis" of "redis.host"): its length in path. */
+static size_t td_cfg_sect_len(const td_config_key *k) { return strcspn(k->path, "."); }
+
+static bool td_cfg_in_sect(const td_config_key *k, const char *sect) {
+    size_t n = td_cfg_sect_len(k);
+    return strncmp(k->path, sect, n) == 0 && sect[n] == '\0';
+}
+
+static const td_config_key *td_cfg_find(const char *sect, const char *name) {
+    for (size_t i = 0; i < TD_CFG_NKEYS; i++)
+        if (td_cfg_in_sect(&td_cfg_keys[i], sect) &&
+            strcmp(td_cfg_keys[i].path + td_cfg_sect_len(&td_cfg_keys[i]) + 1, name) == 0)
+            return &td_cfg_keys[i];
+    return NULL;
+}
+
+/* true when the table has a key in section `sect`. */
+static bool td_cfg_sect_known(const char *sect) {
+    for (size_t i = 0; i < TD_CFG_NKEYS; i++)
+        if (td_cfg_in_sect(&td_cfg_keys[i], sect)) return true;
+    return false;
+}
+
+/* Appends ", " (unless first) and the n bytes at s to buf. */
+static void td_cfg_list_add(char *buf, size_t cap, const char *s, size_t n) {
+    size_t o = strlen(buf);
+    snprintf(buf + o, cap - o, "%s%.*s", o ? ", " : "", (int)n, s);
+}
+
+/* "kafka, redis, ...": the sections (sect NULL) or the keys of one. */
+static const char *td_cfg_allowed(const char *sect, char *buf, size_t cap) {
+    buf[0] = '\0';
+    for (size_t i = 0; i < TD_CFG_NKEYS; i++) {
+        const td_config_key *k = &td_cfg_keys[i];
+        size_t n = td_cfg_sect_len(k);
+        if (!sect) {
+            if (i == 0 || !(strncmp(td_cfg_keys[i - 1].path, k->path, n) == 0 &&
+                            td_cfg_keys[i - 1].path[n] == '.'))
+                td_cfg_list_add(buf, cap, k->path, n);
+        } else if (td_cfg_in_sect(k, sect)) {
+            td_cfg_list_add(buf, cap, k->path + n + 1, strlen(k->path + n + 1));
+        }
+    }
+    return buf;
+}
+
+/* What an enum key expects: "a" or "b"; one of a, b, c. Aliases are left out. */
+static const char *td_cfg_enum_expects(const td_config_enum *e, char *buf, size_t cap) {
+    size_t n = 0;
+    for (const td_config_enum *p = e; p->name; p++)
+        n += !p->alias;
+    buf[0] = '\0';
+    if (n == 2) {
+        size_t o = 0;
+        for (const td_config_enum *p = e; p->name; p++)
+            if (!p->alias) {
+                snprintf(buf + o, cap - o, "%s\"%s\"", o ? " or " : "", p->name);
+                o = strlen(buf);
+            }
+        return buf;
+    }
+    snprintf(buf, cap, "one of ");
+    bool first = true;
+    for (const td_config_enum *p = e; p->name; p++)
+        if (!p->alias) {
+            size_t o = strlen(buf);
+            snprintf(buf + o, cap - o, "%s%s", first ? "" : ", ", p->name);
+            first = false;
+        }
+    return buf;
+}
+
 static bool td_cfg_unknown(td_cfg_ctx *x, const config_setting_t *s, const char *key,
                            const char *allowed) {
     td_cfg_fail(x, s, key, "unknown key (allowed here: %s)", allowed);
     return false;
 }
 
-static bool td_cfg_kafka(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    static const char *allowed =
-        "brokers, group_id, input_topics, output_topic, "
-        "dead_letter_topic, gift_register_topic, shadow_topic, bootstrap_file, "
-        "embedded_partitions, consumer, producer";
-    char key[128], got[128];
-    int n = config_setting_length(g);
-    for (int i = 0; i < n && !x->failed; i++) {
-        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
-        const char *name = config_setting_name(s);
-        snprintf(key, sizeof key, "kafka.%s", name);
-        if (strcmp(name, "brokers") == 0) {
-            td_cfg_get_str(x, s, key, &c->kafka.brokers, false, false);
-        } else if (strcmp(name, "group_id") == 0) {
-            td_cfg_get_str(x, s, key, &c->kafka.group_id, false, false);
-        } else if (strcmp(name, "input_topics") == 0) {
-            int t = config_setting_type(s);
-            int m = config_setting_length(s);
-            if ((t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) || m < 1) {
-                td_cfg_fail(x, s, key,
-                            "expected a non-empty list of topic names [\"a\", \"b\"], got %s",
-                            t == CONFIG_TYPE_ARRAY || t == CONFIG_TYPE_LIST
-                                ? "an empty list"
-                                : td_cfg_describe(s, got, sizeof got));
-                break;
-            }
-            for (size_t k = 0; k < c->kafka.n_input_topics; k++)
-                free(c->kafka.input_topics[k]);
-            free(c->kafka.input_topics);
-            c->kafka.input_topics = calloc((size_t)m, sizeof(char *));
-            c->kafka.n_input_topics = 0;
-            for (int k = 0; k < m; k++) {
-                const config_setting_t *e = config_setting_get_elem(s, (unsigned)k);
-                char ekey[160];
-                snprintf(ekey, sizeof ekey, "%s[%d]", key, k);
-                char *topic = NULL;
-                if (!td_cfg_get_topic(x, e, ekey, &topic)) {
-                    free(topic);
-                    break;
-                }
-                c->kafka.input_topics[c->kafka.n_input_topics++] = topic;
-            }
-        } else if (strcmp(name, "output_topic") == 0) {
-            td_cfg_get_topic(x, s, key, &c->kafka.output_topic);
-        } else if (strcmp(name, "dead_letter_topic") == 0) {
-            td_cfg_get_topic(x, s, key, &c->kafka.dead_letter_topic);
-        } else if (strcmp(name, "gift_register_topic") == 0) {
-            /* "" = off; otherwise a topic name (docs/gifts.md) */
-            if (td_cfg_get_str(x, s, key, &c->kafka.gift_register_topic, true, false) &&
-                *c->kafka.gift_register_topic && !td_cfg_topic_ok(c->kafka.gift_register_topic))
-                td_cfg_fail(
-                    x, s, key,
-                    "expected \"\" (off) or a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), "
-                    "got \"%.80s\"",
-                    c->kafka.gift_register_topic);
-        } else if (strcmp(name, "shadow_topic") == 0) {
-            td_cfg_get_topic(x, s, key, &c->kafka.shadow_topic);
-            c->kafka.shadow_topic_default = false;
-        } else if (strcmp(name, "bootstrap_file") == 0) {
-            td_cfg_get_str(x, s, key, &c->kafka.bootstrap_file, true, false);
-        } else if (strcmp(name, "embedded_partitions") == 0) {
-            td_cfg_get_int(x, s, key, 1, 256, &c->kafka.embedded_partitions);
-        } else if (strcmp(name, "consumer") == 0) {
-            td_cfg_passthrough(x, s, key, td_cfg_consumer_owned, &c->kafka.consumer,
-                               &c->kafka.n_consumer);
-        } else if (strcmp(name, "producer") == 0) {
-            td_cfg_passthrough(x, s, key, td_cfg_producer_owned, &c->kafka.producer,
-                               &c->kafka.n_producer);
-        } else {
-            td_cfg_unknown(x, s, key, allowed);
-        }
+static void td_cfg_get_topics(td_cfg_ctx *x, const config_setting_t *s, const char *key,
+                              char ***list, size_t *nlist) {
+    char got[128];
+    int t = config_setting_type(s);
+    int m = config_setting_length(s);
+    if ((t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) || m < 1) {
+        td_cfg_fail(x, s, key, "expected a non-empty list of topic names [\"a\", \"b\"], got %s",
+                    t == CONFIG_TYPE_ARRAY || t == CONFIG_TYPE_LIST
+                        ? "an empty list"
+                        : td_cfg_describe(s, got, sizeof got));
+        return;
     }
-    return !x->failed;
+    for (size_t k = 0; k < *nlist; k++)
+        free((*list)[k]);
+    free(*list);
+    *list = calloc((size_t)m, sizeof(char *));
+    if (!*list) abort();
+    *nlist = 0;
+    for (int k = 0; k < m; k++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)k);
+        char ekey[160];
+        snprintf(ekey, sizeof ekey, "%s[%d]", key, k);
+        char *topic = NULL;
+        if (!td_cfg_get_topic(x, e, ekey, &topic)) {
+            free(topic);
+            return;
+        }
+        (*list)[(*nlist)++] = topic;
+    }
 }
 
-static bool td_cfg_redis(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    static const char *allowed = "host, port, unix_socket, password, username, db, "
-                                 "connect_timeout_ms, command_timeout_ms, backoff_min_ms, "
-                                 "backoff_max_ms, key_prefix, verify_writes";
-    char key[128];
-    char *unix_socket = NULL;
-    const config_setting_t *unix_s = NULL;
-    int n = config_setting_length(g);
-    for (int i = 0; i < n && !x->failed; i++) {
-        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
-        const char *name = config_setting_name(s);
-        snprintf(key, sizeof key, "redis.%s", name);
-        if (strcmp(name, "host") == 0) {
-            td_cfg_get_str(x, s, key, &c->redis_host, false, false);
-        } else if (strcmp(name, "port") == 0) {
-            td_cfg_get_int(x, s, key, 1, 65535, &c->redis.port);
-        } else if (strcmp(name, "unix_socket") == 0) {
-            td_cfg_get_str(x, s, key, &unix_socket, true, false);
-            unix_s = s;
-        } else if (strcmp(name, "password") == 0) {
-            td_cfg_get_str(x, s, key, &c->redis_password, true, true);
-        } else if (strcmp(name, "username") == 0) {
-            td_cfg_get_str(x, s, key, &c->redis_username, true, true);
-        } else if (strcmp(name, "db") == 0) {
-            td_cfg_get_int(x, s, key, 0, 65535, &c->redis.db);
-        } else if (strcmp(name, "connect_timeout_ms") == 0) {
-            td_cfg_get_int(x, s, key, 1, 600000, &c->redis.connect_timeout_ms);
-        } else if (strcmp(name, "command_timeout_ms") == 0) {
-            td_cfg_get_int(x, s, key, 1, 600000, &c->redis.command_timeout_ms);
-        } else if (strcmp(name, "backoff_min_ms") == 0) {
-            td_cfg_get_int(x, s, key, 1, 600000, &c->redis.backoff_min_ms);
-        } else if (strcmp(name, "backoff_max_ms") == 0) {
-            td_cfg_get_int(x, s, key, 1, 600000, &c->redis.backoff_max_ms);
-        } else if (strcmp(name, "verify_writes") == 0) {
-            td_cfg_get_bool(x, s, key, &c->redis.verify_writes);
-        } else if (strcmp(name, "key_prefix") == 0) {
-            if (td_cfg_get_str(x, s, key, &c->redis_key_prefix, false, false) &&
-                strpbrk(c->redis_key_prefix, " {}\t\r\n"))
-                td_cfg_fail(x, s, key, "expected a prefix without spaces or braces, got \"%.80s\"",
-                            c->redis_key_prefix);
-        } else {
-            td_cfg_unknown(x, s, key, allowed);
-        }
+/* Reads setting s (named key) as row k says, into c. */
+static void td_cfg_read(td_cfg_ctx *x, const config_setting_t *s, const char *key,
+                        const td_config_key *k, td_config *c) {
+    void *dst = (char *)c + k->off;
+    switch (k->type) {
+    case TD_CFG_STRING: {
+        char **v = dst;
+        if (td_cfg_get_str(x, s, key, v, k->flags & TD_CFG_F_EMPTY, k->flags & TD_CFG_F_ENV) &&
+            k->check && !k->check(*v))
+            td_cfg_fail(x, s, key, "expected %s, got \"%.80s\"", k->expects, *v);
+        break;
     }
-    if (!x->failed && unix_socket && *unix_socket) {
-        if (unix_socket[0] != '/') {
-            td_cfg_fail(x, unix_s, "redis.unix_socket", "expected an absolute path, got \"%.80s\"",
-                        unix_socket);
-        } else {
-            td_cfg_setstr(&c->redis_host, unix_socket);
-            c->redis.unix_socket = true;
+    case TD_CFG_INT:
+        td_cfg_get_int(x, s, key, (int)k->lo, (int)k->hi, dst);
+        break;
+    case TD_CFG_BOOL:
+        td_cfg_get_bool(x, s, key, dst);
+        break;
+    case TD_CFG_ENUM: {
+        char *v = NULL;
+        if (td_cfg_get_str(x, s, key, &v, false, false)) {
+            const td_config_enum *e = k->names;
+            while (e->name && strcmp(e->name, v) != 0)
+                e++;
+            if (e->name) {
+                *(int *)dst = e->value;
+            } else {
+                char want[256];
+                td_cfg_fail(x, s, key, "expected %s, got \"%.80s\"",
+                            td_cfg_enum_expects(k->names, want, sizeof want), v);
+            }
         }
+        free(v);
+        break;
     }
-    free(unix_socket);
-    if (!x->failed && c->redis.backoff_min_ms > c->redis.backoff_max_ms)
+    case TD_CFG_DURATION: {
+        char *v = NULL;
+        if (td_cfg_get_str(x, s, key, &v, false, false)) {
+            td_ms d;
+            if (td_duration_parse(v, strlen(v), &d) != TD_OK || d <= 0)
+                td_cfg_fail(x, s, key,
+                            "expected a positive duration such as \"10m\", \"6h\", \"2d\", "
+                            "got \"%.80s\"",
+                            v);
+            else
+                *(td_ms *)dst = d;
+        }
+        free(v);
+        break;
+    }
+    case TD_CFG_TOPICS:
+        td_cfg_get_topics(x, s, key, dst, (size_t *)((char *)c + k->off_n));
+        break;
+    case TD_CFG_PASSTHROUGH:
+        td_cfg_passthrough(x, s, key, k->owned, dst, (size_t *)((char *)c + k->off_n));
+        break;
+    }
+    if (k->after) k->after(c);
+}
+
+/* After the redis section: the unix socket replaces host, and the backoff bounds. */
+static void td_cfg_redis_done(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
+    if (*c->redis_unix_socket) {
+        if (c->redis_unix_socket[0] != '/') {
+            td_cfg_fail(x, config_setting_get_member(g, "unix_socket"), "redis.unix_socket",
+                        "expected an absolute path, got \"%.80s\"", c->redis_unix_socket);
+            return;
+        }
+        td_cfg_setstr(&c->redis_host, c->redis_unix_socket);
+        c->redis.unix_socket = true;
+    }
+    if (c->redis.backoff_min_ms > c->redis.backoff_max_ms)
         td_cfg_fail(x, g, "redis.backoff_min_ms",
                     "expected at most redis.backoff_max_ms (%d), got %d", c->redis.backoff_max_ms,
                     c->redis.backoff_min_ms);
-    return !x->failed;
 }
 
-static bool td_cfg_rules(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    char key[128];
+/* Reads every setting of section group g. */
+static void td_cfg_section(td_cfg_ctx *x, const config_setting_t *g, const char *sect,
+                           td_config *c) {
+    char key[128], allowed[512];
     int n = config_setting_length(g);
     for (int i = 0; i < n && !x->failed; i++) {
         const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
         const char *name = config_setting_name(s);
-        snprintf(key, sizeof key, "rules.%s", name);
-        if (strcmp(name, "dir") == 0)
-            td_cfg_get_str(x, s, key, &c->rules.dir, false, false);
-        else if (strcmp(name, "reload_poll_ms") == 0)
-            td_cfg_get_int(x, s, key, 0, 3600000, &c->rules.reload_poll_ms);
-        else if (strcmp(name, "shadow_dir") == 0)
-            td_cfg_get_str(x, s, key, &c->rules.shadow_dir, true, false);
-        else if (strcmp(name, "shadow_report") == 0)
-            td_cfg_get_str(x, s, key, &c->rules.shadow_report, true, false);
-        else if (strcmp(name, "shadow_report_interval_ms") == 0)
-            td_cfg_get_int(x, s, key, 100, 3600000, &c->rules.shadow_report_interval_ms);
+        snprintf(key, sizeof key, "%s.%s", sect, name);
+        const td_config_key *k = td_cfg_find(sect, name);
+        if (k)
+            td_cfg_read(x, s, key, k, c);
         else
-            td_cfg_unknown(x, s, key,
-                           "dir, reload_poll_ms, shadow_dir, shadow_report, "
-                           "shadow_report_interval_ms");
+            td_cfg_unknown(x, s, key, td_cfg_allowed(sect, allowed, sizeof allowed));
     }
-    return !x->failed;
-}
-
-static bool td_cfg_engine(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    char key[128];
-    int n = config_setting_length(g);
-    for (int i = 0; i < n && !x->failed; i++) {
-        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
-        const char *name = config_setting_name(s);
-        snprintf(key, sizeof key, "engine.%s", name);
-        if (strcmp(name, "batch_max_events") == 0)
-            td_cfg_get_int(x, s, key, 1, 100000, &c->engine.batch_max_events);
-        else if (strcmp(name, "batch_max_ms") == 0)
-            td_cfg_get_int(x, s, key, 1, 60000, &c->engine.batch_max_ms);
-        else if (strcmp(name, "state_cache") == 0)
-            td_cfg_get_int(x, s, key, 0, 10000000, &c->engine.state_cache);
-        else if (strcmp(name, "pipeline") == 0)
-            td_cfg_get_bool(x, s, key, &c->engine.pipeline);
-        else if (strcmp(name, "store_connections") == 0)
-            td_cfg_get_int(x, s, key, 1, 2, &c->engine.store_connections);
-        else
-            td_cfg_unknown(x, s, key,
-                           "batch_max_events, batch_max_ms, state_cache, pipeline, "
-                           "store_connections");
-    }
-    return !x->failed;
-}
-
-static bool td_cfg_timers(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    char key[128];
-    int n = config_setting_length(g);
-    td_timers_conf *t = &c->timers;
-    for (int i = 0; i < n && !x->failed; i++) {
-        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
-        const char *name = config_setting_name(s);
-        snprintf(key, sizeof key, "timers.%s", name);
-        if (strcmp(name, "shards") == 0) {
-            td_cfg_get_int(x, s, key, 1, 65536, &t->shards);
-        } else if (strcmp(name, "poll_ms") == 0) {
-            td_cfg_get_int(x, s, key, 1, 60000, &t->poll_ms);
-        } else if (strcmp(name, "sweep_ms") == 0) {
-            td_cfg_get_int(x, s, key, 1, 600000, &t->sweep_ms);
-        } else if (strcmp(name, "claim_batch") == 0) {
-            td_cfg_get_int(x, s, key, 1, 2000, &t->claim_batch);
-        } else if (strcmp(name, "lease_ms") == 0) {
-            td_cfg_get_int(x, s, key, 1000, 3600000, &t->lease_ms);
-        } else if (strcmp(name, "overdue_policy") == 0) {
-            char *v = NULL;
-            if (td_cfg_get_str(x, s, key, &v, false, false)) {
-                if (strcmp(v, "fire_late") == 0)
-                    t->overdue_policy = TD_OVERDUE_FIRE_LATE;
-                else if (strcmp(v, "drop") == 0 || strcmp(v, "drop_older_than") == 0)
-                    t->overdue_policy = TD_OVERDUE_DROP;
-                else
-                    td_cfg_fail(x, s, key, "expected \"fire_late\" or \"drop\", got \"%.80s\"", v);
-            }
-            free(v);
-        } else if (strcmp(name, "drop_older_than") == 0) {
-            char *v = NULL;
-            if (td_cfg_get_str(x, s, key, &v, false, false)) {
-                td_ms d;
-                if (td_duration_parse(v, strlen(v), &d) != TD_OK || d <= 0)
-                    td_cfg_fail(x, s, key,
-                                "expected a positive duration such as \"10m\", \"6h\", \"2d\", "
-                                "got \"%.80s\"",
-                                v);
-                else
-                    t->drop_older_than = d;
-            }
-            free(v);
-        } else {
-            td_cfg_unknown(x, s, key,
-                           "shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy, "
-                           "drop_older_than");
-        }
-    }
-    return !x->failed;
-}
-
-static bool td_cfg_log(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    char key[128];
-    int n = config_setting_length(g);
-    for (int i = 0; i < n && !x->failed; i++) {
-        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
-        const char *name = config_setting_name(s);
-        snprintf(key, sizeof key, "log.%s", name);
-        if (strcmp(name, "level") == 0) {
-            char *v = NULL;
-            if (td_cfg_get_str(x, s, key, &v, false, false)) {
-                int l = td_log_level_parse(v);
-                if (l < 0)
-                    td_cfg_fail(x, s, key,
-                                "expected one of debug, info, warn, error, got \"%.80s\"", v);
-                else
-                    c->log.level = (td_log_level)l;
-            }
-            free(v);
-        } else if (strcmp(name, "format") == 0) {
-            if (td_cfg_get_str(x, s, key, &c->log.format, false, false) &&
-                strcmp(c->log.format, "logfmt") != 0)
-                td_cfg_fail(x, s, key, "expected \"logfmt\" (the only format), got \"%.80s\"",
-                            c->log.format);
-        } else {
-            td_cfg_unknown(x, s, key, "level, format");
-        }
-    }
-    return !x->failed;
-}
-
-static bool td_cfg_gifts(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
-    char key[128];
-    int n = config_setting_length(g);
-    for (int i = 0; i < n && !x->failed; i++) {
-        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
-        const char *name = config_setting_name(s);
-        snprintf(key, sizeof key, "gifts.%s", name);
-        if (strcmp(name, "retention_days") == 0)
-            td_cfg_get_int(x, s, key, 1, 36500, &c->gifts.retention_days);
-        else
-            td_cfg_unknown(x, s, key, "retention_days");
-    }
-    return !x->failed;
+    if (!x->failed && strcmp(sect, "redis") == 0) td_cfg_redis_done(x, g, c);
 }
 
 /* Cross-key checks, after every key is read. */
@@ -659,38 +758,37 @@ td_config *td_config_default(void) {
     td_config *c = calloc(1, sizeof *c);
     if (!c) abort();
     c->path = td_cfg_strdup("");
-    c->kafka.brokers = td_cfg_strdup("embedded");
-    c->kafka.group_id = td_cfg_strdup("touchd");
-    c->kafka.input_topics = calloc(1, sizeof(char *));
-    c->kafka.input_topics[0] = td_cfg_strdup("touchd.events");
-    c->kafka.n_input_topics = 1;
-    c->kafka.output_topic = td_cfg_strdup("touchd.recommendations");
-    c->kafka.dead_letter_topic = td_cfg_strdup("touchd.dead-letter");
-    c->kafka.gift_register_topic = td_cfg_strdup("");
-    c->kafka.shadow_topic = td_cfg_strdup("");
-    c->kafka.bootstrap_file = td_cfg_strdup("");
-    c->kafka.embedded_partitions = 4;
-    td_redis_conf_default(&c->redis);
-    c->redis.host = NULL;
-    c->redis_host = td_cfg_strdup("127.0.0.1");
-    c->redis.port = 6379;
-    c->redis_password = td_cfg_strdup("");
-    c->redis_username = td_cfg_strdup("");
-    c->redis_key_prefix = td_cfg_strdup("touchd");
-    c->rules.dir = td_cfg_strdup("rules");
-    c->rules.reload_poll_ms = 2000;
-    c->rules.shadow_dir = td_cfg_strdup("");
-    c->rules.shadow_report = td_cfg_strdup("");
-    c->rules.shadow_report_interval_ms = 10000;
-    c->engine.batch_max_events = 1000;
-    c->engine.state_cache = 65536;
-    c->engine.pipeline = true;
-    c->engine.store_connections = 2;
-    c->engine.batch_max_ms = 20;
-    td_timers_conf_default(&c->timers);
-    c->gifts.retention_days = 400; /* TD_GIFTS_RETENTION_DAYS_DEFAULT */
-    c->log.level = TD_LOG_INFO;
-    c->log.format = td_cfg_strdup("logfmt");
+    /* Every field not in the table is zero: redis.host and the other
+     * pointers of `redis` are set by td_cfg_finish. */
+    for (size_t i = 0; i < TD_CFG_NKEYS; i++) {
+        const td_config_key *k = &td_cfg_keys[i];
+        void *dst = (char *)c + k->off;
+        switch (k->type) {
+        case TD_CFG_STRING:
+            *(char **)dst = td_cfg_strdup(k->def_str);
+            break;
+        case TD_CFG_INT:
+        case TD_CFG_ENUM:
+            *(int *)dst = (int)k->def_int;
+            break;
+        case TD_CFG_BOOL:
+            *(bool *)dst = k->def_int != 0;
+            break;
+        case TD_CFG_DURATION:
+            *(td_ms *)dst = (td_ms)k->def_int;
+            break;
+        case TD_CFG_TOPICS: {
+            char **list = calloc(1, sizeof(char *));
+            if (!list) abort();
+            list[0] = td_cfg_strdup(k->def_str);
+            *(char ***)dst = list;
+            *(size_t *)((char *)c + k->off_n) = 1;
+            break;
+        }
+        case TD_CFG_PASSTHROUGH:
+            break; /* none */
+        }
+    }
     td_cfg_ctx x = {.path = "", .err = NULL, .errcap = 0};
     td_cfg_finish(&x, c);
     return c;
@@ -727,12 +825,9 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
     for (int i = 0; i < n && !x.failed; i++) {
         const config_setting_t *g = config_setting_get_elem(root, (unsigned)i);
         const char *name = config_setting_name(g);
-        bool known = strcmp(name, "kafka") == 0 || strcmp(name, "redis") == 0 ||
-                     strcmp(name, "rules") == 0 || strcmp(name, "engine") == 0 ||
-                     strcmp(name, "timers") == 0 || strcmp(name, "log") == 0 ||
-                     strcmp(name, "gifts") == 0;
-        if (!known) {
-            td_cfg_unknown(&x, g, name, "kafka, redis, rules, engine, timers, gifts, log");
+        if (!td_cfg_sect_known(name)) {
+            char allowed[128];
+            td_cfg_unknown(&x, g, name, td_cfg_allowed(NULL, allowed, sizeof allowed));
             break;
         }
         if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
@@ -740,20 +835,7 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
                         td_cfg_describe(g, got, sizeof got));
             break;
         }
-        if (strcmp(name, "kafka") == 0)
-            td_cfg_kafka(&x, g, c);
-        else if (strcmp(name, "redis") == 0)
-            td_cfg_redis(&x, g, c);
-        else if (strcmp(name, "rules") == 0)
-            td_cfg_rules(&x, g, c);
-        else if (strcmp(name, "engine") == 0)
-            td_cfg_engine(&x, g, c);
-        else if (strcmp(name, "timers") == 0)
-            td_cfg_timers(&x, g, c);
-        else if (strcmp(name, "gifts") == 0)
-            td_cfg_gifts(&x, g, c);
-        else
-            td_cfg_log(&x, g, c);
+        td_cfg_section(&x, g, name, c);
     }
     if (!x.failed) td_cfg_finish(&x, c);
     config_destroy(&cf);
@@ -839,14 +921,17 @@ int td_config_override(td_config *c, const char *redis, const char *rules_dir,
     return 0;
 }
 
+static void td_cfg_wipe(char *s) {
+    if (!s) return;
+    volatile char *p = s;
+    while (*p)
+        *p++ = 0;
+}
+
 static void td_kv_free(td_kv *v, size_t n) {
     for (size_t i = 0; i < n; i++) {
         /* Passthrough values may be secrets: wipe before freeing. */
-        if (v[i].val) {
-            volatile char *p = v[i].val;
-            while (*p)
-                *p++ = 0;
-        }
+        td_cfg_wipe(v[i].val);
         free(v[i].key);
         free(v[i].val);
     }
@@ -856,30 +941,26 @@ static void td_kv_free(td_kv *v, size_t n) {
 void td_config_free(td_config *c) {
     if (!c) return;
     free(c->path);
-    free(c->kafka.brokers);
-    free(c->kafka.group_id);
-    for (size_t i = 0; i < c->kafka.n_input_topics; i++)
-        free(c->kafka.input_topics[i]);
-    free(c->kafka.input_topics);
-    free(c->kafka.output_topic);
-    free(c->kafka.dead_letter_topic);
-    free(c->kafka.gift_register_topic);
-    free(c->kafka.shadow_topic);
-    free(c->kafka.bootstrap_file);
-    td_kv_free(c->kafka.consumer, c->kafka.n_consumer);
-    td_kv_free(c->kafka.producer, c->kafka.n_producer);
-    free(c->redis_host);
-    if (c->redis_password) {
-        volatile char *p = c->redis_password;
-        while (*p)
-            *p++ = 0;
+    for (size_t i = 0; i < TD_CFG_NKEYS; i++) {
+        const td_config_key *k = &td_cfg_keys[i];
+        void *dst = (char *)c + k->off;
+        size_t *n = (size_t *)((char *)c + k->off_n);
+        switch (k->type) {
+        case TD_CFG_STRING:
+            if (k->flags & TD_CFG_F_SECRET) td_cfg_wipe(*(char **)dst);
+            free(*(char **)dst);
+            break;
+        case TD_CFG_TOPICS:
+            for (size_t j = 0; j < *n; j++)
+                free((*(char ***)dst)[j]);
+            free(*(char ***)dst);
+            break;
+        case TD_CFG_PASSTHROUGH:
+            td_kv_free(*(td_kv **)dst, *n);
+            break;
+        default:
+            break;
+        }
     }
-    free(c->redis_password);
-    free(c->redis_username);
-    free(c->redis_key_prefix);
-    free(c->rules.dir);
-    free(c->rules.shadow_dir);
-    free(c->rules.shadow_report);
-    free(c->log.format);
     free(c);
 }

@@ -2,19 +2,12 @@
  * td_config.h - the daemon's configuration file (libconfig syntax), checked
  * strictly and documented key by key in docs/config.md.
  *
- *   kafka  { brokers, group_id, input_topics, output_topic, dead_letter_topic,
- *            shadow_topic, gift_register_topic, bootstrap_file, embedded_partitions,
- *            consumer = {..}, producer = {..} }
- *   redis  { host, port, unix_socket, password, username, db, connect_timeout_ms,
- *            command_timeout_ms, backoff_min_ms, backoff_max_ms, key_prefix, verify_writes }
- *   rules  { dir, reload_poll_ms, shadow_dir, shadow_report, shadow_report_interval_ms }
- *   engine { batch_max_events, batch_max_ms, state_cache, pipeline, store_connections }
- *   timers { shards, poll_ms, sweep_ms, claim_batch, lease_ms, overdue_policy,
- *            drop_older_than }                       (docs/timers.md)
- *   gifts  { retention_days }                          (docs/gifts.md)
- *   log    { level, format }
+ *   kafka, redis, rules, engine, timers (docs/timers.md), gifts (docs/gifts.md), log
  *
- * Every key is optional (defaults in td_config_default and docs/config.md).
+ * Every key is optional. The keys, their types, defaults and bounds are one
+ * table in td_config.c (td_config_keys), which parsing, defaults and the
+ * "expected ..." of error messages are made from; docs/config.md documents
+ * exactly those keys (tests/unit/test_config.c checks it).
  * An unknown key, a value of the wrong type or out of range is an error that
  * names the place, the key and what is allowed:
  *
@@ -73,6 +66,7 @@ typedef struct td_config {
     /* redis: the strings of `redis` point into the owned copies below. */
     td_redis_conf redis;
     char *redis_host, *redis_password, *redis_username, *redis_key_prefix;
+    char *redis_unix_socket; /* as written in the file; "" = none (then redis_host) */
 
     struct {
         char *dir;
@@ -102,6 +96,51 @@ typedef struct td_config {
         char *format; /* "logfmt" */
     } log;
 } td_config;
+
+/* One key of the file, as the table in td_config.c describes it. */
+typedef enum td_config_type {
+    TD_CFG_STRING,      /* char *; optionally a check and what it expects */
+    TD_CFG_INT,         /* int in [lo, hi] */
+    TD_CFG_BOOL,        /* bool */
+    TD_CFG_ENUM,        /* int: one of names (a string in the file) */
+    TD_CFG_DURATION,    /* td_ms: a positive duration string ("6h") */
+    TD_CFG_TOPICS,      /* char ** and a size_t count: a non-empty list of topic names */
+    TD_CFG_PASSTHROUGH, /* td_kv * and a size_t count: librdkafka properties */
+} td_config_type;
+
+typedef struct td_config_enum {
+    const char *name;
+    int value;
+    bool alias; /* accepted, not listed in "expected ..." */
+} td_config_enum;
+
+typedef struct td_config_key {
+    const char *path; /* "redis.host": section, a dot, the key */
+    td_config_type type;
+    const char *def_str; /* STRING, TOPICS (one topic): the default */
+    long long def_int;   /* INT, BOOL, ENUM: the default */
+    long long lo, hi;    /* INT: the bounds */
+    unsigned flags;      /* TD_CFG_F_* */
+    size_t off;          /* offsetof(td_config, ...) of the value */
+    size_t off_n;        /* TOPICS, PASSTHROUGH: offsetof the count */
+    /* STRING: an extra check of the value and what it then "expected"s */
+    bool (*check)(const char *v);
+    const char *expects;
+    const td_config_enum *names; /* ENUM: terminated by a NULL name */
+    const void *owned;           /* PASSTHROUGH: properties touchd owns */
+    void (*after)(td_config *c); /* run after the key is read */
+    const char *help;            /* one line, for readers of the table */
+} td_config_key;
+
+enum {
+    TD_CFG_F_EMPTY = 1,  /* STRING: "" is allowed */
+    TD_CFG_F_ENV = 2,    /* STRING: "env:NAME" is resolved */
+    TD_CFG_F_SECRET = 4, /* wiped before it is freed */
+};
+
+/* The table of every key, in the order of the "allowed here" lists; *n is
+ * set to its length. */
+const td_config_key *td_config_keys(size_t *n);
 
 /* A config holding every default (heap strings; free with td_config_free). */
 td_config *td_config_default(void);

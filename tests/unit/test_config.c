@@ -1,0 +1,277 @@
+/*
+ * test_config.c - the table of config keys (td_config_keys) and what is made
+ * from it: docs/config.md documents exactly its keys, the defaults and the
+ * "allowed here" lists of unknown keys come from it.
+ *
+ * How a key is recognised in docs/config.md: under a heading "## `SECTION`",
+ * each row of a table whose header row starts "| key |" documents the key
+ * SECTION.NAME, NAME being the backticked first cell (| `host` | ...).
+ * Other tables (librdkafka properties touchd sets) do not count.
+ *
+ * The default cell of each row must show the table's default (ints, bools,
+ * enums, strings, the topic list; kafka.shadow_topic's is computed at load).
+ *
+ * Environment: TD_SOURCE_DIR (set by ctest; else the current directory).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "td_config.h"
+
+#define MAX_DOC_KEYS 256
+
+typedef struct doc_keys {
+    char *key[MAX_DOC_KEYS];
+    char *def[MAX_DOC_KEYS]; /* the default cell, trimmed */
+    int line[MAX_DOC_KEYS];
+    size_t n;
+} doc_keys;
+
+/* Reads the documented keys of docs/config.md into d (fails the test when
+ * the file cannot be read). */
+static void doc_read(doc_keys *d) {
+    const char *src = getenv("TD_SOURCE_DIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/docs/config.md", src && *src ? src : ".");
+    FILE *f = fopen(path, "r");
+    if (!f) fail_msg("cannot read %s (set TD_SOURCE_DIR)", path);
+    char line[8192], sect[64] = "";
+    bool in_keys = false, in_table = false;
+    int no = 0;
+    d->n = 0;
+    while (fgets(line, sizeof line, f)) {
+        no++;
+        if (strncmp(line, "## ", 3) == 0) {
+            sect[0] = '\0';
+            /* "## `redis`" names a section; any other heading ends it */
+            const char *b = line + 3, *e;
+            if (*b == '`' && (e = strchr(b + 1, '`')) && (size_t)(e - b - 1) < sizeof sect) {
+                memcpy(sect, b + 1, (size_t)(e - b - 1));
+                sect[e - b - 1] = '\0';
+            }
+            in_table = in_keys = false;
+            continue;
+        }
+        if (line[0] != '|') {
+            in_table = in_keys = false;
+            continue;
+        }
+        if (!in_table) { /* a header row */
+            in_table = true;
+            in_keys = *sect && strncmp(line, "| key |", 7) == 0;
+            continue;
+        }
+        if (!in_keys || strncmp(line, "|---", 4) == 0) continue;
+        const char *b = line + 1;
+        while (*b == ' ')
+            b++;
+        const char *e = *b == '`' ? strchr(b + 1, '`') : NULL;
+        if (!e) fail_msg("%s:%d: a row of a key table without a `key` first: %s", path, no, line);
+        if (d->n == MAX_DOC_KEYS) fail_msg("%s: more than %d keys", path, MAX_DOC_KEYS);
+        size_t n = strlen(sect) + 1 + (size_t)(e - b - 1) + 1;
+        char *k = malloc(n);
+        assert_non_null(k);
+        snprintf(k, n, "%s.%.*s", sect, (int)(e - b - 1), b + 1);
+        /* the third cell: | `key` | type | default | ... */
+        const char *c = strchr(e, '|');
+        c = c ? strchr(c + 1, '|') : NULL;
+        const char *ce = c ? strchr(c + 1, '|') : NULL;
+        if (!ce) fail_msg("%s:%d: a row of a key table without a default cell", path, no);
+        c++;
+        while (*c == ' ')
+            c++;
+        while (ce > c && ce[-1] == ' ')
+            ce--;
+        d->def[d->n] = strndup(c, (size_t)(ce - c));
+        assert_non_null(d->def[d->n]);
+        d->line[d->n] = no;
+        d->key[d->n++] = k;
+    }
+    fclose(f);
+}
+
+static void doc_free(doc_keys *d) {
+    for (size_t i = 0; i < d->n; i++) {
+        free(d->key[i]);
+        free(d->def[i]);
+    }
+}
+
+static void test_docs_list_exactly_the_keys(void **state) {
+    (void)state;
+    doc_keys d;
+    doc_read(&d);
+    size_t n;
+    const td_config_key *k = td_config_keys(&n);
+    assert_true(n > 40);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < d.n && strcmp(d.key[j], k[i].path) != 0)
+            j++;
+        if (j == d.n) {
+            fprintf(stderr, "docs/config.md does not document config key %s\n", k[i].path);
+            bad++;
+        }
+    }
+    for (size_t j = 0; j < d.n; j++) {
+        size_t i = 0;
+        while (i < n && strcmp(d.key[j], k[i].path) != 0)
+            i++;
+        if (i == n) {
+            fprintf(stderr, "docs/config.md:%d: documents %s, which is not a config key\n",
+                    d.line[j], d.key[j]);
+            bad++;
+        }
+        for (size_t m = 0; m < j; m++)
+            if (strcmp(d.key[m], d.key[j]) == 0) {
+                fprintf(stderr, "docs/config.md:%d: documents %s twice\n", d.line[j], d.key[j]);
+                bad++;
+            }
+    }
+    doc_free(&d);
+    assert_int_equal(bad, 0);
+}
+
+/* Every row is well formed: "section.key", a description, a field. */
+/* The default a doc row should show for key k ("" when not checked). */
+static void doc_default_of(const td_config_key *k, char *buf, size_t cap) {
+    buf[0] = '\0';
+    switch (k->type) {
+    case TD_CFG_INT:
+        snprintf(buf, cap, "`%lld`", k->def_int);
+        break;
+    case TD_CFG_BOOL:
+        snprintf(buf, cap, "`%s`", k->def_int ? "true" : "false");
+        break;
+    case TD_CFG_ENUM:
+        for (const td_config_enum *e = k->names; e->name; e++)
+            if (e->value == k->def_int && !e->alias) {
+                snprintf(buf, cap, "`\"%s\"`", e->name);
+                break;
+            }
+        break;
+    case TD_CFG_STRING:
+        /* kafka.shadow_topic's "" becomes "<output_topic>.shadow" at load */
+        if (k->after == NULL) snprintf(buf, cap, "`\"%s\"`", k->def_str);
+        break;
+    case TD_CFG_TOPICS:
+        snprintf(buf, cap, "`[ \"%s\" ]`", k->def_str);
+        break;
+    default:
+        break;
+    }
+}
+
+static void test_docs_show_the_defaults(void **state) {
+    (void)state;
+    doc_keys d;
+    doc_read(&d);
+    size_t n;
+    const td_config_key *k = td_config_keys(&n);
+    int bad = 0;
+    for (size_t j = 0; j < d.n; j++)
+        for (size_t i = 0; i < n; i++) {
+            char want[256];
+            if (strcmp(d.key[j], k[i].path) != 0) continue;
+            doc_default_of(&k[i], want, sizeof want);
+            if (*want && strcmp(want, d.def[j]) != 0) {
+                fprintf(stderr, "docs/config.md:%d: %s: default %s, the table's is %s\n", d.line[j],
+                        d.key[j], d.def[j], want);
+                bad++;
+            }
+        }
+    doc_free(&d);
+    assert_int_equal(bad, 0);
+}
+
+static void test_table_rows(void **state) {
+    (void)state;
+    size_t n;
+    const td_config_key *k = td_config_keys(&n);
+    for (size_t i = 0; i < n; i++) {
+        const char *dot = strchr(k[i].path, '.');
+        assert_non_null(dot);
+        assert_true(dot > k[i].path && dot[1] && !strchr(dot + 1, '.'));
+        assert_true(k[i].help && *k[i].help);
+        if (k[i].type == TD_CFG_INT) {
+            assert_true(k[i].lo <= k[i].def_int && k[i].def_int <= k[i].hi);
+        }
+        if (k[i].type == TD_CFG_ENUM) assert_non_null(k[i].names);
+        if (k[i].check) assert_non_null(k[i].expects);
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(k[i].path, k[j].path);
+    }
+}
+
+static td_config *load_text(const char *text, char *err, size_t errcap) {
+    char path[] = "/tmp/test_config_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    size_t len = strlen(text);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    td_config *c = td_config_load(path, err, errcap);
+    if (!c) { /* drop the temporary name from the message */
+        const char *p = strstr(err, path);
+        if (p) memmove(err, p + strlen(path), strlen(p + strlen(path)) + 1);
+    }
+    unlink(path);
+    return c;
+}
+
+static void test_unknown_keys_list_the_table(void **state) {
+    (void)state;
+    char err[1024];
+    assert_null(load_text("bogus = 1;\n", err, sizeof err));
+    assert_string_equal(
+        err,
+        ":1: bogus: unknown key (allowed here: kafka, redis, rules, engine, timers, gifts, log)");
+    assert_null(load_text("log = { formt = \"x\"; };\n", err, sizeof err));
+    assert_string_equal(err, ":1: log.formt: unknown key (allowed here: level, format)");
+    assert_null(load_text("timers = { overdue_policy = \"later\"; };\n", err, sizeof err));
+    assert_string_equal(
+        err, ":1: timers.overdue_policy: expected \"fire_late\" or \"drop\", got \"later\"");
+    assert_null(load_text("log = { level = \"trace\"; };\n", err, sizeof err));
+    assert_string_equal(err,
+                        ":1: log.level: expected one of debug, info, warn, error, got \"trace\"");
+}
+
+static void test_defaults(void **state) {
+    (void)state;
+    td_config *c = td_config_default();
+    assert_string_equal(c->kafka.brokers, "embedded");
+    assert_true(c->kafka.embedded);
+    assert_int_equal(c->kafka.n_input_topics, 1);
+    assert_string_equal(c->kafka.input_topics[0], "touchd.events");
+    assert_string_equal(c->kafka.shadow_topic, "touchd.recommendations.shadow");
+    assert_string_equal(c->redis.host, "127.0.0.1");
+    assert_int_equal(c->redis.port, 6379);
+    assert_null(c->redis.password);
+    assert_int_equal(c->engine.state_cache, 65536);
+    assert_true(c->engine.pipeline);
+    assert_int_equal(c->timers.shards, 4096);
+    assert_int_equal(c->timers.overdue_policy, TD_OVERDUE_FIRE_LATE);
+    assert_int_equal(c->gifts.retention_days, 400);
+    assert_int_equal(c->log.level, TD_LOG_INFO);
+    td_config_free(c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_docs_list_exactly_the_keys),
+        cmocka_unit_test(test_docs_show_the_defaults),
+        cmocka_unit_test(test_table_rows),
+        cmocka_unit_test(test_unknown_keys_list_the_table),
+        cmocka_unit_test(test_defaults),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
