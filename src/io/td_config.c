@@ -4,11 +4,12 @@
  * libconfig parses; this file walks every setting it produced, so that an
  * unknown key is reported rather than silently ignored (a typo in a timeout
  * must not leave the default in force unnoticed). Every key is one row of
- * td_cfg_keys (below): its type, default, bounds or names, where it goes in
+ * cf_keys (below): its type, default, bounds or names, where it goes in
  * td_config. Reading, the defaults, freeing, the "allowed here" list of an
  * unknown key and the "FILE:LINE: KEY: expected ..., got ..." of a bad value
- * are all made from that row; cross-key checks are in td_cfg_finish. The
+ * are all made from that row; cross-key checks are in cf_finish. The
  * first error wins: a config is small and is fixed one line at a time.
+ * File-local names start with cf_.
  *
  * librdkafka property names contain dots, which libconfig names cannot: in
  * kafka.consumer / kafka.producer an underscore stands for a dot
@@ -30,7 +31,7 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static char *td_cfg_strdup(const char *s) {
+static char *cf_strdup(const char *s) {
     if (!s) s = "";
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
@@ -42,23 +43,22 @@ static char *td_cfg_strdup(const char *s) {
     return p;
 }
 
-static void td_cfg_setstr(char **dst, const char *s) {
+static void cf_setstr(char **dst, const char *s) {
     free(*dst);
-    *dst = td_cfg_strdup(s);
+    *dst = cf_strdup(s);
 }
 
 /* The context of one load: where errors go. */
-typedef struct td_cfg_ctx {
+typedef struct cf_ctx {
     const char *path;
     char *err;
     size_t errcap;
     bool failed;
-} td_cfg_ctx;
+} cf_ctx;
 
-static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *key, const char *fmt,
-                        ...) __attribute__((format(printf, 4, 5)));
-static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *key, const char *fmt,
-                        ...) {
+static void cf_fail(cf_ctx *x, const config_setting_t *s, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void cf_fail(cf_ctx *x, const config_setting_t *s, const char *key, const char *fmt, ...) {
     if (x->failed) return;
     x->failed = true;
     const char *file = s ? config_setting_source_file(s) : NULL;
@@ -76,7 +76,7 @@ static void td_cfg_fail(td_cfg_ctx *x, const config_setting_t *s, const char *ke
 }
 
 /* What a setting holds, for "got ...": "lots" (quoted string), 12, true, a group. */
-static const char *td_cfg_describe(const config_setting_t *s, char *buf, size_t cap) {
+static const char *cf_describe(const config_setting_t *s, char *buf, size_t cap) {
     switch (config_setting_type(s)) {
     case CONFIG_TYPE_STRING: {
         const char *v = config_setting_get_string(s);
@@ -111,44 +111,44 @@ static const char *td_cfg_describe(const config_setting_t *s, char *buf, size_t 
 }
 
 /* Resolves "env:NAME" values; other values are returned as they are. */
-static const char *td_cfg_resolve_env(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                                      const char *v) {
+static const char *cf_resolve_env(cf_ctx *x, const config_setting_t *s, const char *key,
+                                  const char *v) {
     if (strncmp(v, "env:", 4) != 0) return v;
     const char *name = v + 4;
     if (!*name) {
-        td_cfg_fail(x, s, key, "expected env:NAME with a variable name, got \"env:\"");
+        cf_fail(x, s, key, "expected env:NAME with a variable name, got \"env:\"");
         return NULL;
     }
     const char *e = getenv(name);
     if (!e) {
-        td_cfg_fail(x, s, key, "environment variable %s is not set", name);
+        cf_fail(x, s, key, "environment variable %s is not set", name);
         return NULL;
     }
     return e;
 }
 
-static bool td_cfg_get_str(td_cfg_ctx *x, const config_setting_t *s, const char *key, char **dst,
-                           bool allow_empty, bool allow_env) {
+static bool cf_get_str(cf_ctx *x, const config_setting_t *s, const char *key, char **dst,
+                       bool allow_empty, bool allow_env) {
     char got[128];
     if (config_setting_type(s) != CONFIG_TYPE_STRING) {
-        td_cfg_fail(x, s, key, "expected a string, got %s", td_cfg_describe(s, got, sizeof got));
+        cf_fail(x, s, key, "expected a string, got %s", cf_describe(s, got, sizeof got));
         return false;
     }
     const char *v = config_setting_get_string(s);
     if (allow_env) {
-        v = td_cfg_resolve_env(x, s, key, v);
+        v = cf_resolve_env(x, s, key, v);
         if (!v) return false;
     }
     if (!allow_empty && !*v) {
-        td_cfg_fail(x, s, key, "expected a non-empty string, got \"\"");
+        cf_fail(x, s, key, "expected a non-empty string, got \"\"");
         return false;
     }
-    td_cfg_setstr(dst, v);
+    cf_setstr(dst, v);
     return true;
 }
 
-static bool td_cfg_get_int(td_cfg_ctx *x, const config_setting_t *s, const char *key, int lo,
-                           int hi, int *dst) {
+static bool cf_get_int(cf_ctx *x, const config_setting_t *s, const char *key, int lo, int hi,
+                       int *dst) {
     char got[128];
     long long v;
     int t = config_setting_type(s);
@@ -157,30 +157,29 @@ static bool td_cfg_get_int(td_cfg_ctx *x, const config_setting_t *s, const char 
     else if (t == CONFIG_TYPE_INT64)
         v = config_setting_get_int64(s);
     else {
-        td_cfg_fail(x, s, key, "expected an integer from %d to %d, got %s", lo, hi,
-                    td_cfg_describe(s, got, sizeof got));
+        cf_fail(x, s, key, "expected an integer from %d to %d, got %s", lo, hi,
+                cf_describe(s, got, sizeof got));
         return false;
     }
     if (v < lo || v > hi) {
-        td_cfg_fail(x, s, key, "expected an integer from %d to %d, got %lld", lo, hi, v);
+        cf_fail(x, s, key, "expected an integer from %d to %d, got %lld", lo, hi, v);
         return false;
     }
     *dst = (int)v;
     return true;
 }
 
-static bool td_cfg_get_bool(td_cfg_ctx *x, const config_setting_t *s, const char *key, bool *dst) {
+static bool cf_get_bool(cf_ctx *x, const config_setting_t *s, const char *key, bool *dst) {
     char got[128];
     if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
-        td_cfg_fail(x, s, key, "expected true or false, got %s",
-                    td_cfg_describe(s, got, sizeof got));
+        cf_fail(x, s, key, "expected true or false, got %s", cf_describe(s, got, sizeof got));
         return false;
     }
     *dst = config_setting_get_bool(s) != 0;
     return true;
 }
 
-static bool td_cfg_topic_ok(const char *t) {
+static bool cf_topic_ok(const char *t) {
     size_t n = strlen(t);
     if (n == 0 || n > 249 || strcmp(t, ".") == 0 || strcmp(t, "..") == 0) return false;
     for (const char *p = t; *p; p++)
@@ -192,11 +191,10 @@ static bool td_cfg_topic_ok(const char *t) {
 
 #define TD_TOPIC_EXPECTS "a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"
 
-static bool td_cfg_get_topic(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                             char **dst) {
-    if (!td_cfg_get_str(x, s, key, dst, false, false)) return false;
-    if (!td_cfg_topic_ok(*dst)) {
-        td_cfg_fail(x, s, key, "expected " TD_TOPIC_EXPECTS ", got \"%.80s\"", *dst);
+static bool cf_get_topic(cf_ctx *x, const config_setting_t *s, const char *key, char **dst) {
+    if (!cf_get_str(x, s, key, dst, false, false)) return false;
+    if (!cf_topic_ok(*dst)) {
+        cf_fail(x, s, key, "expected " TD_TOPIC_EXPECTS ", got \"%.80s\"", *dst);
         return false;
     }
     return true;
@@ -206,12 +204,12 @@ static bool td_cfg_get_topic(td_cfg_ctx *x, const config_setting_t *s, const cha
 
 /* Properties touchd sets itself: overriding them would break the delivery
  * guarantees (docs/operations.md), so they are rejected with the reason. */
-typedef struct td_cfg_owned {
+typedef struct cf_owned {
     const char *name;
     const char *why;
-} td_cfg_owned;
+} cf_owned;
 
-static const td_cfg_owned td_cfg_consumer_owned[] = {
+static const cf_owned cf_consumer_owned[] = {
     {"bootstrap.servers", "set kafka.brokers instead"},
     {"metadata.broker.list", "set kafka.brokers instead"},
     {"group.id", "set kafka.group_id instead"},
@@ -219,7 +217,7 @@ static const td_cfg_owned td_cfg_consumer_owned[] = {
                                  "recommendations are durable"},
     {"partition.assignment.strategy", "touchd uses cooperative-sticky (incremental rebalances)"},
     {NULL, NULL}};
-static const td_cfg_owned td_cfg_producer_owned[] = {
+static const cf_owned cf_producer_owned[] = {
     {"bootstrap.servers", "set kafka.brokers instead"},
     {"metadata.broker.list", "set kafka.brokers instead"},
     {"enable.idempotence", "touchd's producer is always idempotent"},
@@ -228,13 +226,12 @@ static const td_cfg_owned td_cfg_producer_owned[] = {
     {"transactional.id", "touchd does not use transactions"},
     {NULL, NULL}};
 
-static bool td_cfg_passthrough(td_cfg_ctx *x, const config_setting_t *g, const char *gkey,
-                               const td_cfg_owned *owned, td_kv **out, size_t *nout) {
+static bool cf_passthrough(cf_ctx *x, const config_setting_t *g, const char *gkey,
+                           const cf_owned *owned, td_kv **out, size_t *nout) {
     char got[128], key[256], prop[200];
     if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
-        td_cfg_fail(x, g, gkey,
-                    "expected a group of librdkafka properties { name = value; }, got %s",
-                    td_cfg_describe(g, got, sizeof got));
+        cf_fail(x, g, gkey, "expected a group of librdkafka properties { name = value; }, got %s",
+                cf_describe(g, got, sizeof got));
         return false;
     }
     int n = config_setting_length(g);
@@ -246,16 +243,15 @@ static bool td_cfg_passthrough(td_cfg_ctx *x, const config_setting_t *g, const c
         snprintf(prop, sizeof prop, "%s", name);
         for (char *p = prop; *p; p++)
             if (*p == '_') *p = '.';
-        for (const td_cfg_owned *o = owned; o->name; o++)
+        for (const cf_owned *o = owned; o->name; o++)
             if (strcmp(o->name, prop) == 0) {
-                td_cfg_fail(x, s, key, "librdkafka property %s cannot be set here: %s", prop,
-                            o->why);
+                cf_fail(x, s, key, "librdkafka property %s cannot be set here: %s", prop, o->why);
                 goto fail;
             }
         char val[1024];
         switch (config_setting_type(s)) {
         case CONFIG_TYPE_STRING: {
-            const char *v = td_cfg_resolve_env(x, s, key, config_setting_get_string(s));
+            const char *v = cf_resolve_env(x, s, key, config_setting_get_string(s));
             if (!v) goto fail;
             snprintf(val, sizeof val, "%s", v);
             break;
@@ -271,20 +267,20 @@ static bool td_cfg_passthrough(td_cfg_ctx *x, const config_setting_t *g, const c
             snprintf(val, sizeof val, "%g", config_setting_get_float(s));
             break;
         default:
-            td_cfg_fail(x, s, key, "expected a string, integer or boolean, got %s",
-                        td_cfg_describe(s, got, sizeof got));
+            cf_fail(x, s, key, "expected a string, integer or boolean, got %s",
+                    cf_describe(s, got, sizeof got));
             goto fail;
         }
         char errstr[256];
         if (rd_kafka_conf_set(probe, prop, val, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
             /* Never echo the value: it may be a secret (sasl.password). */
-            td_cfg_fail(x, s, key, "librdkafka rejects %s: %s", prop, errstr);
+            cf_fail(x, s, key, "librdkafka rejects %s: %s", prop, errstr);
             goto fail;
         }
         *out = realloc(*out, (*nout + 1) * sizeof **out);
         if (!*out) abort();
-        (*out)[*nout].key = td_cfg_strdup(prop);
-        (*out)[*nout].val = td_cfg_strdup(val);
+        (*out)[*nout].key = cf_strdup(prop);
+        (*out)[*nout].val = cf_strdup(val);
         (*out)[*nout].line = (int)config_setting_source_line(s);
         (*nout)++;
     }
@@ -298,20 +294,20 @@ fail:
 /* ------------------------------------------------------------- the table */
 
 /* The extra checks of some string keys; what each expects is in its row. */
-static bool td_cfg_prefix_ok(const char *v) { return !strpbrk(v, " {}\t\r\n"); }
-static bool td_cfg_topic_or_off_ok(const char *v) { return !*v || td_cfg_topic_ok(v); }
-static bool td_cfg_logfmt_ok(const char *v) { return strcmp(v, "logfmt") == 0; }
-static void td_cfg_shadow_set(td_config *c) { c->kafka.shadow_topic_default = false; }
+static bool cf_prefix_ok(const char *v) { return !strpbrk(v, " {}\t\r\n"); }
+static bool cf_topic_or_off_ok(const char *v) { return !*v || cf_topic_ok(v); }
+static bool cf_logfmt_ok(const char *v) { return strcmp(v, "logfmt") == 0; }
+static void cf_shadow_set(td_config *c) { c->kafka.shadow_topic_default = false; }
 
-static const td_config_enum td_cfg_overdue_names[] = {{"fire_late", TD_OVERDUE_FIRE_LATE, false},
-                                                      {"drop", TD_OVERDUE_DROP, false},
-                                                      {"drop_older_than", TD_OVERDUE_DROP, true},
-                                                      {NULL, 0, false}};
-static const td_config_enum td_cfg_level_names[] = {{"debug", TD_LOG_DEBUG, false},
-                                                    {"info", TD_LOG_INFO, false},
-                                                    {"warn", TD_LOG_WARN, false},
-                                                    {"error", TD_LOG_ERROR, false},
-                                                    {NULL, 0, false}};
+static const td_config_enum cf_overdue_names[] = {{"fire_late", TD_OVERDUE_FIRE_LATE, false},
+                                                  {"drop", TD_OVERDUE_DROP, false},
+                                                  {"drop_older_than", TD_OVERDUE_DROP, true},
+                                                  {NULL, 0, false}};
+static const td_config_enum cf_level_names[] = {{"debug", TD_LOG_DEBUG, false},
+                                                {"info", TD_LOG_INFO, false},
+                                                {"warn", TD_LOG_WARN, false},
+                                                {"error", TD_LOG_ERROR, false},
+                                                {NULL, 0, false}};
 _Static_assert(sizeof(td_log_level) == sizeof(int), "td_log_level is stored as an int");
 _Static_assert(sizeof(td_overdue_policy) == sizeof(int), "td_overdue_policy is stored as an int");
 
@@ -324,7 +320,7 @@ _Static_assert(sizeof(td_overdue_policy) == sizeof(int), "td_overdue_policy is s
 #define TD_TOPIC(p, field, def, h)                                                                 \
     {                                                                                              \
         .path = p, .type = TD_CFG_STRING, .def_str = def, .off = TD_OFF(field),                    \
-        .check = td_cfg_topic_ok, .expects = TD_TOPIC_EXPECTS, .help = h                           \
+        .check = cf_topic_ok, .expects = TD_TOPIC_EXPECTS, .help = h                               \
     }
 #define TD_INT(p, field, def, l, u, h)                                                             \
     {                                                                                              \
@@ -339,7 +335,7 @@ _Static_assert(sizeof(td_overdue_policy) == sizeof(int), "td_overdue_policy is s
  * unknown-key messages (sections in order of their first key). Every row is
  * documented in docs/config.md (tests/unit/test_config.c checks both ways).
  */
-static const td_config_key td_cfg_keys[] = {
+static const td_config_key cf_keys[] = {
     TD_STR("kafka.brokers", kafka.brokers, "embedded", 0, "\"embedded\" or host:port,host:port"),
     TD_STR("kafka.group_id", kafka.group_id, "touchd", 0, "the consumer group"),
     {.path = "kafka.input_topics",
@@ -357,16 +353,16 @@ static const td_config_key td_cfg_keys[] = {
      .def_str = "",
      .flags = TD_CFG_F_EMPTY,
      .off = TD_OFF(kafka.gift_register_topic),
-     .check = td_cfg_topic_or_off_ok,
+     .check = cf_topic_or_off_ok,
      .expects = "\"\" (off) or " TD_TOPIC_EXPECTS,
      .help = "topic every registered gift is also produced to; \"\" = off"},
     {.path = "kafka.shadow_topic",
      .type = TD_CFG_STRING,
-     .def_str = "", /* td_cfg_finish: "<output_topic>.shadow" */
+     .def_str = "", /* cf_finish: "<output_topic>.shadow" */
      .off = TD_OFF(kafka.shadow_topic),
-     .check = td_cfg_topic_ok,
+     .check = cf_topic_ok,
      .expects = TD_TOPIC_EXPECTS,
-     .after = td_cfg_shadow_set,
+     .after = cf_shadow_set,
      .help = "topic of the shadow ruleset's recommendations"},
     TD_STR("kafka.bootstrap_file", kafka.bootstrap_file, "", TD_CFG_F_EMPTY,
            "embedded broker: file its address is written to; \"\" = none"),
@@ -376,13 +372,13 @@ static const td_config_key td_cfg_keys[] = {
      .type = TD_CFG_PASSTHROUGH,
      .off = TD_OFF(kafka.consumer),
      .off_n = TD_OFF(kafka.n_consumer),
-     .owned = td_cfg_consumer_owned,
+     .owned = cf_consumer_owned,
      .help = "librdkafka consumer properties passed through"},
     {.path = "kafka.producer",
      .type = TD_CFG_PASSTHROUGH,
      .off = TD_OFF(kafka.producer),
      .off_n = TD_OFF(kafka.n_producer),
-     .owned = td_cfg_producer_owned,
+     .owned = cf_producer_owned,
      .help = "librdkafka producer properties passed through"},
 
     TD_STR("redis.host", redis_host, "127.0.0.1", 0, "host name or address"),
@@ -406,7 +402,7 @@ static const td_config_key td_cfg_keys[] = {
      .type = TD_CFG_STRING,
      .def_str = "touchd",
      .off = TD_OFF(redis_key_prefix),
-     .check = td_cfg_prefix_ok,
+     .check = cf_prefix_ok,
      .expects = "a prefix without spaces or braces",
      .help = "prefix of every key touchd writes"},
     TD_BOOL("redis.verify_writes", redis.verify_writes, false,
@@ -443,7 +439,7 @@ static const td_config_key td_cfg_keys[] = {
      .type = TD_CFG_ENUM,
      .def_int = TD_OVERDUE_FIRE_LATE,
      .off = TD_OFF(timers.overdue_policy),
-     .names = td_cfg_overdue_names,
+     .names = cf_overdue_names,
      .help = "what an overdue timer does"},
     {.path = "timers.drop_older_than",
      .type = TD_CFG_DURATION,
@@ -458,71 +454,71 @@ static const td_config_key td_cfg_keys[] = {
      .type = TD_CFG_ENUM,
      .def_int = TD_LOG_INFO,
      .off = TD_OFF(log.level),
-     .names = td_cfg_level_names,
+     .names = cf_level_names,
      .help = "the least level logged"},
     {.path = "log.format",
      .type = TD_CFG_STRING,
      .def_str = "logfmt",
      .off = TD_OFF(log.format),
-     .check = td_cfg_logfmt_ok,
+     .check = cf_logfmt_ok,
      .expects = "\"logfmt\" (the only format)",
      .help = "the log line format"},
 };
-#define TD_CFG_NKEYS (sizeof td_cfg_keys / sizeof td_cfg_keys[0])
+#define TD_CFG_NKEYS (sizeof cf_keys / sizeof cf_keys[0])
 
 const td_config_key *td_config_keys(size_t *n) {
     *n = TD_CFG_NKEYS;
-    return td_cfg_keys;
+    return cf_keys;
 }
 
 /* The section of a key ("redis" of "redis.host"): its length in path. */
-static size_t td_cfg_sect_len(const td_config_key *k) { return strcspn(k->path, "."); }
+static size_t cf_sect_len(const td_config_key *k) { return strcspn(k->path, "."); }
 
-static bool td_cfg_in_sect(const td_config_key *k, const char *sect) {
-    size_t n = td_cfg_sect_len(k);
+static bool cf_in_sect(const td_config_key *k, const char *sect) {
+    size_t n = cf_sect_len(k);
     return strncmp(k->path, sect, n) == 0 && sect[n] == '\0';
 }
 
-static const td_config_key *td_cfg_find(const char *sect, const char *name) {
+static const td_config_key *cf_find(const char *sect, const char *name) {
     for (size_t i = 0; i < TD_CFG_NKEYS; i++)
-        if (td_cfg_in_sect(&td_cfg_keys[i], sect) &&
-            strcmp(td_cfg_keys[i].path + td_cfg_sect_len(&td_cfg_keys[i]) + 1, name) == 0)
-            return &td_cfg_keys[i];
+        if (cf_in_sect(&cf_keys[i], sect) &&
+            strcmp(cf_keys[i].path + cf_sect_len(&cf_keys[i]) + 1, name) == 0)
+            return &cf_keys[i];
     return NULL;
 }
 
 /* true when the table has a key in section `sect`. */
-static bool td_cfg_sect_known(const char *sect) {
+static bool cf_sect_known(const char *sect) {
     for (size_t i = 0; i < TD_CFG_NKEYS; i++)
-        if (td_cfg_in_sect(&td_cfg_keys[i], sect)) return true;
+        if (cf_in_sect(&cf_keys[i], sect)) return true;
     return false;
 }
 
 /* Appends ", " (unless first) and the n bytes at s to buf. */
-static void td_cfg_list_add(char *buf, size_t cap, const char *s, size_t n) {
+static void cf_list_add(char *buf, size_t cap, const char *s, size_t n) {
     size_t o = strlen(buf);
     snprintf(buf + o, cap - o, "%s%.*s", o ? ", " : "", (int)n, s);
 }
 
 /* "kafka, redis, ...": the sections (sect NULL) or the keys of one. */
-static const char *td_cfg_allowed(const char *sect, char *buf, size_t cap) {
+static const char *cf_allowed(const char *sect, char *buf, size_t cap) {
     buf[0] = '\0';
     for (size_t i = 0; i < TD_CFG_NKEYS; i++) {
-        const td_config_key *k = &td_cfg_keys[i];
-        size_t n = td_cfg_sect_len(k);
+        const td_config_key *k = &cf_keys[i];
+        size_t n = cf_sect_len(k);
         if (!sect) {
-            if (i == 0 || !(strncmp(td_cfg_keys[i - 1].path, k->path, n) == 0 &&
-                            td_cfg_keys[i - 1].path[n] == '.'))
-                td_cfg_list_add(buf, cap, k->path, n);
-        } else if (td_cfg_in_sect(k, sect)) {
-            td_cfg_list_add(buf, cap, k->path + n + 1, strlen(k->path + n + 1));
+            if (i == 0 ||
+                !(strncmp(cf_keys[i - 1].path, k->path, n) == 0 && cf_keys[i - 1].path[n] == '.'))
+                cf_list_add(buf, cap, k->path, n);
+        } else if (cf_in_sect(k, sect)) {
+            cf_list_add(buf, cap, k->path + n + 1, strlen(k->path + n + 1));
         }
     }
     return buf;
 }
 
 /* What an enum key expects: "a" or "b"; one of a, b, c. Aliases are left out. */
-static const char *td_cfg_enum_expects(const td_config_enum *e, char *buf, size_t cap) {
+static const char *cf_enum_expects(const td_config_enum *e, char *buf, size_t cap) {
     size_t n = 0;
     for (const td_config_enum *p = e; p->name; p++)
         n += !p->alias;
@@ -547,22 +543,20 @@ static const char *td_cfg_enum_expects(const td_config_enum *e, char *buf, size_
     return buf;
 }
 
-static bool td_cfg_unknown(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                           const char *allowed) {
-    td_cfg_fail(x, s, key, "unknown key (allowed here: %s)", allowed);
+static bool cf_unknown(cf_ctx *x, const config_setting_t *s, const char *key, const char *allowed) {
+    cf_fail(x, s, key, "unknown key (allowed here: %s)", allowed);
     return false;
 }
 
-static void td_cfg_get_topics(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                              char ***list, size_t *nlist) {
+static void cf_get_topics(cf_ctx *x, const config_setting_t *s, const char *key, char ***list,
+                          size_t *nlist) {
     char got[128];
     int t = config_setting_type(s);
     int m = config_setting_length(s);
     if ((t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) || m < 1) {
-        td_cfg_fail(x, s, key, "expected a non-empty list of topic names [\"a\", \"b\"], got %s",
-                    t == CONFIG_TYPE_ARRAY || t == CONFIG_TYPE_LIST
-                        ? "an empty list"
-                        : td_cfg_describe(s, got, sizeof got));
+        cf_fail(x, s, key, "expected a non-empty list of topic names [\"a\", \"b\"], got %s",
+                t == CONFIG_TYPE_ARRAY || t == CONFIG_TYPE_LIST ? "an empty list"
+                                                                : cf_describe(s, got, sizeof got));
         return;
     }
     for (size_t k = 0; k < *nlist; k++)
@@ -576,7 +570,7 @@ static void td_cfg_get_topics(td_cfg_ctx *x, const config_setting_t *s, const ch
         char ekey[160];
         snprintf(ekey, sizeof ekey, "%s[%d]", key, k);
         char *topic = NULL;
-        if (!td_cfg_get_topic(x, e, ekey, &topic)) {
+        if (!cf_get_topic(x, e, ekey, &topic)) {
             free(topic);
             return;
         }
@@ -585,26 +579,26 @@ static void td_cfg_get_topics(td_cfg_ctx *x, const config_setting_t *s, const ch
 }
 
 /* Reads setting s (named key) as row k says, into c. */
-static void td_cfg_read(td_cfg_ctx *x, const config_setting_t *s, const char *key,
-                        const td_config_key *k, td_config *c) {
+static void cf_read(cf_ctx *x, const config_setting_t *s, const char *key, const td_config_key *k,
+                    td_config *c) {
     void *dst = (char *)c + k->off;
     switch (k->type) {
     case TD_CFG_STRING: {
         char **v = dst;
-        if (td_cfg_get_str(x, s, key, v, k->flags & TD_CFG_F_EMPTY, k->flags & TD_CFG_F_ENV) &&
+        if (cf_get_str(x, s, key, v, k->flags & TD_CFG_F_EMPTY, k->flags & TD_CFG_F_ENV) &&
             k->check && !k->check(*v))
-            td_cfg_fail(x, s, key, "expected %s, got \"%.80s\"", k->expects, *v);
+            cf_fail(x, s, key, "expected %s, got \"%.80s\"", k->expects, *v);
         break;
     }
     case TD_CFG_INT:
-        td_cfg_get_int(x, s, key, (int)k->lo, (int)k->hi, dst);
+        cf_get_int(x, s, key, (int)k->lo, (int)k->hi, dst);
         break;
     case TD_CFG_BOOL:
-        td_cfg_get_bool(x, s, key, dst);
+        cf_get_bool(x, s, key, dst);
         break;
     case TD_CFG_ENUM: {
         char *v = NULL;
-        if (td_cfg_get_str(x, s, key, &v, false, false)) {
+        if (cf_get_str(x, s, key, &v, false, false)) {
             const td_config_enum *e = k->names;
             while (e->name && strcmp(e->name, v) != 0)
                 e++;
@@ -612,8 +606,8 @@ static void td_cfg_read(td_cfg_ctx *x, const config_setting_t *s, const char *ke
                 *(int *)dst = e->value;
             } else {
                 char want[256];
-                td_cfg_fail(x, s, key, "expected %s, got \"%.80s\"",
-                            td_cfg_enum_expects(k->names, want, sizeof want), v);
+                cf_fail(x, s, key, "expected %s, got \"%.80s\"",
+                        cf_enum_expects(k->names, want, sizeof want), v);
             }
         }
         free(v);
@@ -621,13 +615,13 @@ static void td_cfg_read(td_cfg_ctx *x, const config_setting_t *s, const char *ke
     }
     case TD_CFG_DURATION: {
         char *v = NULL;
-        if (td_cfg_get_str(x, s, key, &v, false, false)) {
+        if (cf_get_str(x, s, key, &v, false, false)) {
             td_ms d;
             if (td_duration_parse(v, strlen(v), &d) != TD_OK || d <= 0)
-                td_cfg_fail(x, s, key,
-                            "expected a positive duration such as \"10m\", \"6h\", \"2d\", "
-                            "got \"%.80s\"",
-                            v);
+                cf_fail(x, s, key,
+                        "expected a positive duration such as \"10m\", \"6h\", \"2d\", "
+                        "got \"%.80s\"",
+                        v);
             else
                 *(td_ms *)dst = d;
         }
@@ -635,62 +629,59 @@ static void td_cfg_read(td_cfg_ctx *x, const config_setting_t *s, const char *ke
         break;
     }
     case TD_CFG_TOPICS:
-        td_cfg_get_topics(x, s, key, dst, (size_t *)((char *)c + k->off_n));
+        cf_get_topics(x, s, key, dst, (size_t *)((char *)c + k->off_n));
         break;
     case TD_CFG_PASSTHROUGH:
-        td_cfg_passthrough(x, s, key, k->owned, dst, (size_t *)((char *)c + k->off_n));
+        cf_passthrough(x, s, key, k->owned, dst, (size_t *)((char *)c + k->off_n));
         break;
     }
     if (k->after) k->after(c);
 }
 
 /* After the redis section: the unix socket replaces host, and the backoff bounds. */
-static void td_cfg_redis_done(td_cfg_ctx *x, const config_setting_t *g, td_config *c) {
+static void cf_redis_done(cf_ctx *x, const config_setting_t *g, td_config *c) {
     if (*c->redis_unix_socket) {
         if (c->redis_unix_socket[0] != '/') {
-            td_cfg_fail(x, config_setting_get_member(g, "unix_socket"), "redis.unix_socket",
-                        "expected an absolute path, got \"%.80s\"", c->redis_unix_socket);
+            cf_fail(x, config_setting_get_member(g, "unix_socket"), "redis.unix_socket",
+                    "expected an absolute path, got \"%.80s\"", c->redis_unix_socket);
             return;
         }
-        td_cfg_setstr(&c->redis_host, c->redis_unix_socket);
+        cf_setstr(&c->redis_host, c->redis_unix_socket);
         c->redis.unix_socket = true;
     }
     if (c->redis.backoff_min_ms > c->redis.backoff_max_ms)
-        td_cfg_fail(x, g, "redis.backoff_min_ms",
-                    "expected at most redis.backoff_max_ms (%d), got %d", c->redis.backoff_max_ms,
-                    c->redis.backoff_min_ms);
+        cf_fail(x, g, "redis.backoff_min_ms", "expected at most redis.backoff_max_ms (%d), got %d",
+                c->redis.backoff_max_ms, c->redis.backoff_min_ms);
 }
 
 /* Reads every setting of section group g. */
-static void td_cfg_section(td_cfg_ctx *x, const config_setting_t *g, const char *sect,
-                           td_config *c) {
+static void cf_section(cf_ctx *x, const config_setting_t *g, const char *sect, td_config *c) {
     char key[128], allowed[512];
     int n = config_setting_length(g);
     for (int i = 0; i < n && !x->failed; i++) {
         const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
         const char *name = config_setting_name(s);
         snprintf(key, sizeof key, "%s.%s", sect, name);
-        const td_config_key *k = td_cfg_find(sect, name);
+        const td_config_key *k = cf_find(sect, name);
         if (k)
-            td_cfg_read(x, s, key, k, c);
+            cf_read(x, s, key, k, c);
         else
-            td_cfg_unknown(x, s, key, td_cfg_allowed(sect, allowed, sizeof allowed));
+            cf_unknown(x, s, key, cf_allowed(sect, allowed, sizeof allowed));
     }
-    if (!x->failed && strcmp(sect, "redis") == 0) td_cfg_redis_done(x, g, c);
+    if (!x->failed && strcmp(sect, "redis") == 0) cf_redis_done(x, g, c);
 }
 
 /* Cross-key checks, after every key is read. */
-static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
+static void cf_finish(cf_ctx *x, td_config *c) {
     c->kafka.embedded = strcmp(c->kafka.brokers, "embedded") == 0;
     for (size_t i = 0; i < c->kafka.n_input_topics && !x->failed; i++) {
         if (strcmp(c->kafka.input_topics[i], c->kafka.output_topic) == 0)
-            td_cfg_fail(x, NULL, "kafka.output_topic",
-                        "must differ from every input topic (\"%s\" is both)",
-                        c->kafka.output_topic);
+            cf_fail(x, NULL, "kafka.output_topic",
+                    "must differ from every input topic (\"%s\" is both)", c->kafka.output_topic);
         else if (strcmp(c->kafka.input_topics[i], c->kafka.dead_letter_topic) == 0)
-            td_cfg_fail(x, NULL, "kafka.dead_letter_topic",
-                        "must differ from every input topic (\"%s\" is both)",
-                        c->kafka.dead_letter_topic);
+            cf_fail(x, NULL, "kafka.dead_letter_topic",
+                    "must differ from every input topic (\"%s\" is both)",
+                    c->kafka.dead_letter_topic);
     }
     /* the shadow topic: "<output_topic>.shadow" unless set */
     if (!x->failed && (!*c->kafka.shadow_topic || c->kafka.shadow_topic_default)) {
@@ -704,17 +695,16 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
     }
     for (size_t i = 0; i < c->kafka.n_input_topics && !x->failed; i++)
         if (strcmp(c->kafka.input_topics[i], c->kafka.shadow_topic) == 0)
-            td_cfg_fail(x, NULL, "kafka.shadow_topic",
-                        "must differ from every input topic (\"%s\" is both)",
-                        c->kafka.shadow_topic);
+            cf_fail(x, NULL, "kafka.shadow_topic",
+                    "must differ from every input topic (\"%s\" is both)", c->kafka.shadow_topic);
     if (!x->failed && (strcmp(c->kafka.shadow_topic, c->kafka.output_topic) == 0 ||
                        strcmp(c->kafka.shadow_topic, c->kafka.dead_letter_topic) == 0))
-        td_cfg_fail(x, NULL, "kafka.shadow_topic",
-                    "must differ from the output and dead-letter topics (got \"%s\")",
-                    c->kafka.shadow_topic);
+        cf_fail(x, NULL, "kafka.shadow_topic",
+                "must differ from the output and dead-letter topics (got \"%s\")",
+                c->kafka.shadow_topic);
     if (!x->failed && *c->rules.shadow_dir && strcmp(c->rules.shadow_dir, c->rules.dir) == 0)
-        td_cfg_fail(x, NULL, "rules.shadow_dir", "must differ from rules.dir (got \"%s\")",
-                    c->rules.shadow_dir);
+        cf_fail(x, NULL, "rules.shadow_dir", "must differ from rules.dir (got \"%s\")",
+                c->rules.shadow_dir);
     if (!x->failed && *c->kafka.gift_register_topic) {
         const char *gt = c->kafka.gift_register_topic;
         bool clash = strcmp(gt, c->kafka.output_topic) == 0 ||
@@ -723,10 +713,10 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
         for (size_t i = 0; i < c->kafka.n_input_topics; i++)
             clash = clash || strcmp(gt, c->kafka.input_topics[i]) == 0;
         if (clash)
-            td_cfg_fail(x, NULL, "kafka.gift_register_topic",
-                        "must differ from the input, output, shadow and dead-letter topics "
-                        "(got \"%s\")",
-                        gt);
+            cf_fail(x, NULL, "kafka.gift_register_topic",
+                    "must differ from the input, output, shadow and dead-letter topics "
+                    "(got \"%s\")",
+                    gt);
     }
     c->redis.host = c->redis_host;
     c->redis.password = c->redis_password && *c->redis_password ? c->redis_password : NULL;
@@ -735,19 +725,17 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
     if (!x->failed) {
         td_timers_conf *t = &c->timers;
         if (t->overdue_policy == TD_OVERDUE_DROP && t->drop_older_than <= 0)
-            td_cfg_fail(x, NULL, "timers.drop_older_than",
-                        "is required with overdue_policy = \"drop\" (e.g. \"6h\")");
+            cf_fail(x, NULL, "timers.drop_older_than",
+                    "is required with overdue_policy = \"drop\" (e.g. \"6h\")");
         else if (t->overdue_policy == TD_OVERDUE_FIRE_LATE && t->drop_older_than > 0)
-            td_cfg_fail(
-                x, NULL, "timers.drop_older_than",
-                "only applies with overdue_policy = \"drop\" (the policy is \"fire_late\")");
+            cf_fail(x, NULL, "timers.drop_older_than",
+                    "only applies with overdue_policy = \"drop\" (the policy is \"fire_late\")");
         else if (t->sweep_ms < t->poll_ms)
-            td_cfg_fail(x, NULL, "timers.sweep_ms", "must be >= timers.poll_ms (%d), got %d",
-                        t->poll_ms, t->sweep_ms);
+            cf_fail(x, NULL, "timers.sweep_ms", "must be >= timers.poll_ms (%d), got %d",
+                    t->poll_ms, t->sweep_ms);
         else {
             char why[200];
-            if (!td_timers_conf_check(t, why, sizeof why))
-                td_cfg_fail(x, NULL, "timers", "%s", why);
+            if (!td_timers_conf_check(t, why, sizeof why)) cf_fail(x, NULL, "timers", "%s", why);
         }
     }
 }
@@ -757,15 +745,15 @@ static void td_cfg_finish(td_cfg_ctx *x, td_config *c) {
 td_config *td_config_default(void) {
     td_config *c = calloc(1, sizeof *c);
     if (!c) abort();
-    c->path = td_cfg_strdup("");
+    c->path = cf_strdup("");
     /* Every field not in the table is zero: redis.host and the other
-     * pointers of `redis` are set by td_cfg_finish. */
+     * pointers of `redis` are set by cf_finish. */
     for (size_t i = 0; i < TD_CFG_NKEYS; i++) {
-        const td_config_key *k = &td_cfg_keys[i];
+        const td_config_key *k = &cf_keys[i];
         void *dst = (char *)c + k->off;
         switch (k->type) {
         case TD_CFG_STRING:
-            *(char **)dst = td_cfg_strdup(k->def_str);
+            *(char **)dst = cf_strdup(k->def_str);
             break;
         case TD_CFG_INT:
         case TD_CFG_ENUM:
@@ -780,7 +768,7 @@ td_config *td_config_default(void) {
         case TD_CFG_TOPICS: {
             char **list = calloc(1, sizeof(char *));
             if (!list) abort();
-            list[0] = td_cfg_strdup(k->def_str);
+            list[0] = cf_strdup(k->def_str);
             *(char ***)dst = list;
             *(size_t *)((char *)c + k->off_n) = 1;
             break;
@@ -789,13 +777,13 @@ td_config *td_config_default(void) {
             break; /* none */
         }
     }
-    td_cfg_ctx x = {.path = "", .err = NULL, .errcap = 0};
-    td_cfg_finish(&x, c);
+    cf_ctx x = {.path = "", .err = NULL, .errcap = 0};
+    cf_finish(&x, c);
     return c;
 }
 
 td_config *td_config_load(const char *path, char *err, size_t errcap) {
-    td_cfg_ctx x = {.path = path, .err = err, .errcap = errcap, .failed = false};
+    cf_ctx x = {.path = path, .err = err, .errcap = errcap, .failed = false};
     if (errcap) err[0] = '\0';
     config_t cf;
     config_init(&cf);
@@ -818,26 +806,26 @@ td_config *td_config_load(const char *path, char *err, size_t errcap) {
         return NULL;
     }
     td_config *c = td_config_default();
-    td_cfg_setstr(&c->path, path);
+    cf_setstr(&c->path, path);
     const config_setting_t *root = config_root_setting(&cf);
     int n = config_setting_length(root);
     char got[128];
     for (int i = 0; i < n && !x.failed; i++) {
         const config_setting_t *g = config_setting_get_elem(root, (unsigned)i);
         const char *name = config_setting_name(g);
-        if (!td_cfg_sect_known(name)) {
+        if (!cf_sect_known(name)) {
             char allowed[128];
-            td_cfg_unknown(&x, g, name, td_cfg_allowed(NULL, allowed, sizeof allowed));
+            cf_unknown(&x, g, name, cf_allowed(NULL, allowed, sizeof allowed));
             break;
         }
         if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
-            td_cfg_fail(&x, g, name, "expected a group %s = { ... }, got %s", name,
-                        td_cfg_describe(g, got, sizeof got));
+            cf_fail(&x, g, name, "expected a group %s = { ... }, got %s", name,
+                    cf_describe(g, got, sizeof got));
             break;
         }
-        td_cfg_section(&x, g, name, c);
+        cf_section(&x, g, name, c);
     }
-    if (!x.failed) td_cfg_finish(&x, c);
+    if (!x.failed) cf_finish(&x, c);
     config_destroy(&cf);
     if (x.failed) {
         td_config_free(c);
@@ -854,7 +842,7 @@ int td_config_override(td_config *c, const char *redis, const char *rules_dir,
                 snprintf(err, errcap, "--redis: expected unix:/absolute/path, got \"%s\"", redis);
                 return -1;
             }
-            td_cfg_setstr(&c->redis_host, redis + 5);
+            cf_setstr(&c->redis_host, redis + 5);
             c->redis.unix_socket = true;
         } else {
             char host[256];
@@ -896,7 +884,7 @@ int td_config_override(td_config *c, const char *redis, const char *rules_dir,
                 }
                 c->redis.port = (int)p;
             }
-            td_cfg_setstr(&c->redis_host, host);
+            cf_setstr(&c->redis_host, host);
             c->redis.unix_socket = false;
         }
         c->redis.host = c->redis_host;
@@ -906,7 +894,7 @@ int td_config_override(td_config *c, const char *redis, const char *rules_dir,
             snprintf(err, errcap, "--rules: expected a directory, got \"\"");
             return -1;
         }
-        td_cfg_setstr(&c->rules.dir, rules_dir);
+        cf_setstr(&c->rules.dir, rules_dir);
     }
     if (log_level) {
         int l = td_log_level_parse(log_level);
@@ -921,17 +909,17 @@ int td_config_override(td_config *c, const char *redis, const char *rules_dir,
     return 0;
 }
 
-static void td_cfg_wipe(char *s) {
+static void cf_wipe(char *s) {
     if (!s) return;
     volatile char *p = s;
     while (*p)
         *p++ = 0;
 }
 
-static void td_kv_free(td_kv *v, size_t n) {
+static void cf_kv_free(td_kv *v, size_t n) {
     for (size_t i = 0; i < n; i++) {
         /* Passthrough values may be secrets: wipe before freeing. */
-        td_cfg_wipe(v[i].val);
+        cf_wipe(v[i].val);
         free(v[i].key);
         free(v[i].val);
     }
@@ -942,12 +930,12 @@ void td_config_free(td_config *c) {
     if (!c) return;
     free(c->path);
     for (size_t i = 0; i < TD_CFG_NKEYS; i++) {
-        const td_config_key *k = &td_cfg_keys[i];
+        const td_config_key *k = &cf_keys[i];
         void *dst = (char *)c + k->off;
         size_t *n = (size_t *)((char *)c + k->off_n);
         switch (k->type) {
         case TD_CFG_STRING:
-            if (k->flags & TD_CFG_F_SECRET) td_cfg_wipe(*(char **)dst);
+            if (k->flags & TD_CFG_F_SECRET) cf_wipe(*(char **)dst);
             free(*(char **)dst);
             break;
         case TD_CFG_TOPICS:
@@ -956,7 +944,7 @@ void td_config_free(td_config *c) {
             free(*(char ***)dst);
             break;
         case TD_CFG_PASSTHROUGH:
-            td_kv_free(*(td_kv **)dst, *n);
+            cf_kv_free(*(td_kv **)dst, *n);
             break;
         default:
             break;
