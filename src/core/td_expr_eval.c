@@ -192,7 +192,7 @@ static inline int xe_evx(const run *r, uint32_t i, td_value *out) {
         out->type = (td_type)n->type;
         out->missing = missing;
         /* what the getters leave in a missing value: times keep the
-         * sentinel, numbers are zeroed (td_state.c td_v_time, td_v_missing) */
+         * sentinel, numbers are zeroed (td_state_schema.c ss_v_time, ss_v_missing) */
         out->u.i = missing && n->type != TD_T_TIME ? 0 : v;
         if (r->facts) xe_record_fact(r->facts, n->u.f, out);
         return TD_OK;
