@@ -1,6 +1,8 @@
 /*
  * td_expr.h - the rules expression language: lexer, parser, type checker,
- * compiler and evaluator.
+ * compiler and evaluator. The code is in td_expr_parse.c (lexer, parser),
+ * td_expr_check.c (type checker, emitter, td_expr_compile) and
+ * td_expr_eval.c (evaluator, queries, td_value_json).
  *
  * An expression is compiled once, when the ruleset loads, into an immutable
  * td_expr (fields resolved to schema entries, literals parsed, types fixed);

@@ -79,7 +79,7 @@ static inline void td_kvs_prefetch(const td_kvs *kv, bool write) {
         write ? __builtin_prefetch(q + i, 1) : __builtin_prefetch(q + i, 0);
 }
 
-/* Appends the flat form of st to kv (td_state.c; td_kvs_capture's writer). */
+/* Appends the flat form of st to kv (td_state_flat.c; td_kvs_capture's writer). */
 void td_state_serialize_kvs(const td_state *st, td_kvs *kv);
 
 /* kv becomes the flat form of st (td_state_serialize's pairs, in order).

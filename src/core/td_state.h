@@ -12,6 +12,9 @@
  * state, as ASCII text, so `redis-cli HGETALL touchd:p:{p-42}` is readable;
  * td_state_set_field reads them back. A round trip is lossless.
  *
+ * The code is in td_state.c (the reducer and the tables), td_state_flat.c
+ * (the flat form) and td_state_schema.c (the schema and its getters).
+ *
  * @locality any thread; a td_state is used by one thread at a time.
  */
 #ifndef TD_STATE_H
