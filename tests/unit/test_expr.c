@@ -6,7 +6,8 @@
  * td_value_json.
  *
  * States are built with td_state_init and fields set directly; the schema is
- * the real one (td_state.c), so these tests also pin the names rules use.
+ * the real one (td_state_schema.c), so these tests also pin the names rules
+ * use.
  *
  * @locality test main thread.
  */

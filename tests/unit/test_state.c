@@ -1,5 +1,5 @@
 /*
- * test_state.c - unit tests of td_state.c: every reducer, dedup ring,
+ * test_state.c - unit tests of td_state*.c: every reducer, dedup ring,
  * positions, fired/timer tables, touches_within, the flat form (round trips
  * of a rich state and of thousands of random states, malformed values) and
  * the schema (every field, its type, its getter).
