@@ -700,77 +700,16 @@ static void xe_jw_put(jw *w, const char *s, size_t len) {
     }
 }
 
+/* s quoted and escaped as td_json_str_at escapes it, cut at the cap. */
 static void xe_jw_quoted(jw *w, const char *s, size_t len) {
+    char tmp[6 * 64 + 2];
     xe_jw_put(w, "\"", 1);
-    for (size_t k = 0; k < len; k++) {
-        unsigned char ch = (unsigned char)s[k];
-        char esc[8];
-        switch (ch) {
-        case '"':
-            xe_jw_put(w, "\\\"", 2);
-            break;
-        case '\\':
-            xe_jw_put(w, "\\\\", 2);
-            break;
-        case '\n':
-            xe_jw_put(w, "\\n", 2);
-            break;
-        case '\r':
-            xe_jw_put(w, "\\r", 2);
-            break;
-        case '\t':
-            xe_jw_put(w, "\\t", 2);
-            break;
-        default:
-            if (ch < 0x20 || ch == 0x7f) {
-                snprintf(esc, sizeof esc, "\\u%04x", ch);
-                xe_jw_put(w, esc, 6);
-            } else {
-                xe_jw_put(w, (const char *)&ch, 1);
-            }
-        }
+    for (size_t k = 0; k < len && w->n + 1 < w->cap; k += 64) {
+        size_t n = len - k < 64 ? len - k : 64;
+        char *end = td_json_str_at(tmp, s + k, n); /* "..." */
+        xe_jw_put(w, tmp + 1, (size_t)(end - tmp) - 2);
     }
     xe_jw_put(w, "\"", 1);
-}
-
-/* The string quoted and escaped at o, which has room for 6 * len + 2 bytes
- * (the bytes jw_quoted writes); @returns the length. */
-static size_t xe_jv_quoted(char *o, const char *s, size_t len) {
-    static const char hex[] = "0123456789abcdef";
-    char *p = o;
-    *p++ = '"';
-    for (size_t k = 0; k < len; k++) {
-        unsigned char ch = (unsigned char)s[k];
-        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f) {
-            *p++ = (char)ch;
-            continue;
-        }
-        *p++ = '\\';
-        switch (ch) {
-        case '"':
-            *p++ = '"';
-            break;
-        case '\\':
-            *p++ = '\\';
-            break;
-        case '\n':
-            *p++ = 'n';
-            break;
-        case '\r':
-            *p++ = 'r';
-            break;
-        case '\t':
-            *p++ = 't';
-            break;
-        default:
-            memcpy(p, "u00", 3);
-            p[3] = hex[ch >> 4];
-            p[4] = hex[ch & 15];
-            p += 5;
-        }
-    }
-    *p++ = '"';
-    return (size_t)(p - o);
 }
 
 /* A decimal, exactly: 12.5, 0.003, -1, 100, at o (room for 22 bytes: at
@@ -819,7 +758,7 @@ size_t td_value_json(const td_value *v, char *buf, size_t cap) {
             const char *p = v->u.s.p ? v->u.s.p : "";
             size_t len = v->u.s.p ? v->u.s.n : 0;
             if (cap >= 3 && len <= (cap - 3) / 6) { /* 6 * len + 2 < cap */
-                n = xe_jv_quoted(buf, p, len);
+                n = (size_t)(td_json_str_at(buf, p, len) - buf);
                 buf[n] = '\0';
                 return n;
             }

@@ -338,18 +338,15 @@ static int setting_line(const config_setting_t *s) {
     return l > 0 ? l : 0;
 }
 
-static void err_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void err_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...) {
+/* A diagnostic at setting s: errors point at the setting's name on its line
+ * when it can be found there, warnings at the line. */
+static void ru_diag_at(cctx *cx, const config_setting_t *s, td_severity sev, const char *code,
+                       const char *fmt, va_list ap) {
     char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     int line = s ? setting_line(s) : 0;
     int col = 0, caret = 1;
-    /* point at the setting's name when we can find it on its line */
-    const char *name = s ? config_setting_name(s) : NULL;
+    const char *name = s && sev == TD_SEV_ERROR ? config_setting_name(s) : NULL;
     if (name && line > 0) {
         char *text = source_line(cx->src->text, cx->src->len, line);
         if (text) {
@@ -361,19 +358,25 @@ static void err_at(cctx *cx, const config_setting_t *s, const char *code, const 
             free(text);
         }
     }
-    diag_add(cx->diags, TD_SEV_ERROR, code, cx->src->name, cx->src, line, col, caret, "%s", msg);
+    diag_add(cx->diags, sev, code, cx->src->name, cx->src, line, col, caret, "%s", msg);
+}
+
+static void err_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void err_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    ru_diag_at(cx, s, TD_SEV_ERROR, code, fmt, ap);
+    va_end(ap);
 }
 
 static void warn_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void warn_at(cctx *cx, const config_setting_t *s, const char *code, const char *fmt, ...) {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    ru_diag_at(cx, s, TD_SEV_WARNING, code, fmt, ap);
     va_end(ap);
-    int line = s ? setting_line(s) : 0;
-    diag_add(cx->diags, TD_SEV_WARNING, code, cx->src->name, cx->src, line, 0, 1, "%s", msg);
 }
 
 /* Levenshtein distance, for "did you mean" on keys. */
