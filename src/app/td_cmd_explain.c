@@ -145,13 +145,7 @@ static int ex_take_event(void *ud, const char *line, size_t len, uint64_t lineno
         return TD_OK;
     }
     if (strcmp(ev.prospect_id, l->prospect) != 0) return TD_OK;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        td_event *v = realloc(l->v, cap * sizeof *v);
-        if (!v) return TD_ERR;
-        l->v = v;
-        l->cap = cap;
-    }
+    if (td_grow(&l->v, &l->cap, l->n, sizeof *l->v, 64) != TD_OK) return TD_ERR;
     l->v[l->n++] = ev;
     return TD_OK;
 }
@@ -394,15 +388,9 @@ static void ex_log_timer(void *ud, const td_sim *sim, const td_state *st, const 
                          const td_step_out *out) {
     timer_log *l = ud;
     if (trig->kind != TD_TRIG_TIMER || st != sim->main) return; /* the prospect's own timers */
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 8;
-        fired_timer *v = realloc(l->v, cap * sizeof *v);
-        if (!v) {
-            l->oom = true;
-            return;
-        }
-        l->v = v;
-        l->cap = cap;
+    if (td_grow(&l->v, &l->cap, l->n, sizeof *l->v, 8) != TD_OK) {
+        l->oom = true;
+        return;
     }
     fired_timer *t = &l->v[l->n++];
     memset(t, 0, sizeof *t);

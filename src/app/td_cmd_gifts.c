@@ -79,13 +79,7 @@ typedef struct gx {
 } gx;
 
 static int gx_push(gx *x, const td_gift_rec *r) {
-    if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 64;
-        td_gift_rec *v = realloc(x->recs, cap * sizeof *v);
-        if (!v) return -1;
-        x->recs = v;
-        x->cap = cap;
-    }
+    if (td_grow(&x->recs, &x->cap, x->n, sizeof *x->recs, 64) != TD_OK) return -1;
     x->recs[x->n++] = *r;
     return 0;
 }
@@ -103,13 +97,7 @@ static gx_prospect *gx_find(gx *x, const char *id, bool create) {
             hi = mid;
     }
     if (!create) return NULL;
-    if (x->np == x->capp) {
-        size_t cap = x->capp ? x->capp * 2 : 64;
-        gx_prospect *v = realloc(x->ps, cap * sizeof *v);
-        if (!v) return NULL;
-        x->ps = v;
-        x->capp = cap;
-    }
+    if (td_grow(&x->ps, &x->capp, x->np, sizeof *x->ps, 64) != TD_OK) return NULL;
     memmove(&x->ps[lo + 1], &x->ps[lo], (x->np - lo) * sizeof *x->ps);
     x->np++;
     gx_prospect *p = &x->ps[lo];

@@ -135,15 +135,9 @@ static void tt_collect(void *ud, const td_sim *sim, const td_state *st, const td
     (void)st;
     collector *c = ud;
     for (uint32_t i = 0; i < out->nrecs; i++) {
-        if (c->nrecs == c->caprecs) {
-            size_t cap = c->caprecs ? c->caprecs * 2 : 16;
-            got_rec *v = realloc(c->recs, cap * sizeof *v);
-            if (!v) {
-                c->oom = true;
-                return;
-            }
-            c->recs = v;
-            c->caprecs = cap;
+        if (td_grow(&c->recs, &c->caprecs, c->nrecs, sizeof *c->recs, 16) != TD_OK) {
+            c->oom = true;
+            return;
         }
         const td_rec *r = &out->recs[i];
         got_rec *g = &c->recs[c->nrecs++];
@@ -159,15 +153,9 @@ static void tt_collect(void *ud, const td_sim *sim, const td_state *st, const td
     }
     for (uint32_t i = 0; i < out->ndecisions; i++) {
         const td_decision *d = &out->decisions[i];
-        if (c->ndecs == c->capdecs) {
-            size_t cap = c->capdecs ? c->capdecs * 2 : 32;
-            got_dec *v = realloc(c->decs, cap * sizeof *v);
-            if (!v) {
-                c->oom = true;
-                return;
-            }
-            c->decs = v;
-            c->capdecs = cap;
+        if (td_grow(&c->decs, &c->capdecs, c->ndecs, sizeof *c->decs, 32) != TD_OK) {
+            c->oom = true;
+            return;
         }
         got_dec *g = &c->decs[c->ndecs++];
         g->rule = d->rule;
@@ -520,13 +508,7 @@ typedef struct strv {
 static int tt_strv_add(strv *s, const char *x) {
     for (size_t i = 0; i < s->n; i++)
         if (strcmp(s->v[i], x) == 0) return 0;
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 8;
-        char **v = realloc(s->v, cap * sizeof *v);
-        if (!v) return -1;
-        s->v = v;
-        s->cap = cap;
-    }
+    if (td_grow(&s->v, &s->cap, s->n, sizeof *s->v, 8) != TD_OK) return -1;
     if (!(s->v[s->n] = strdup(x))) return -1;
     s->n++;
     return 0;

@@ -27,13 +27,7 @@ typedef struct srclist {
 
 static void add_io_error(td_diags *d, const char *path, const char *what) {
     /* reuse the compiler's diagnostic type so every problem prints the same way */
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : 8;
-        td_diag *v = realloc(d->v, cap * sizeof *v);
-        if (!v) return;
-        d->v = v;
-        d->cap = cap;
-    }
+    if (td_grow(&d->v, &d->cap, d->n, sizeof *d->v, 8) != TD_OK) return;
     td_diag *x = &d->v[d->n++];
     memset(x, 0, sizeof *x);
     x->severity = TD_SEV_ERROR;

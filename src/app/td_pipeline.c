@@ -373,15 +373,9 @@ static td_state *pl_take_spare(td_pipeline *p, const char *pid, size_t plen) {
 static void pl_put_spare(td_pipeline *p, td_state *st) {
     if (!st) return;
     td_state_free(st);
-    if (p->nspare == p->capspare) {
-        size_t cap = p->capspare ? p->capspare * 2 : 256;
-        td_state **v = realloc(p->spare, cap * sizeof *v);
-        if (!v) {
-            free(st);
-            return;
-        }
-        p->spare = v;
-        p->capspare = cap;
+    if (td_grow(&p->spare, &p->capspare, p->nspare, sizeof *p->spare, 256) != TD_OK) {
+        free(st);
+        return;
     }
     p->spare[p->nspare++] = st;
 }
@@ -671,13 +665,7 @@ static int pl_dq_push(pl_batch *b, const td_event *ev) {
 }
 
 static int pl_rec_add(pl_batch *b, int32_t g, size_t off) {
-    if (b->nrecs == b->caprecs) {
-        size_t cap = b->caprecs ? b->caprecs * 2 : 256;
-        pl_drec *v = realloc(b->recs, cap * sizeof *v);
-        if (!v) return -1;
-        b->recs = v;
-        b->caprecs = cap;
-    }
+    if (td_grow(&b->recs, &b->caprecs, b->nrecs, sizeof *b->recs, 256) != TD_OK) return -1;
     b->recs[b->nrecs++] = (pl_drec){off, b->recbuf.len - off, g};
     return 0;
 }
@@ -692,13 +680,8 @@ static int pl_gift_note(td_pipeline *p, pl_batch *b, int32_t g, int32_t i) {
         b->gift_seq = b->attempt_seq;
         b->ngifts = 0;
     }
-    if (b->ngifts == b->capgifts) {
-        size_t cap = b->capgifts ? b->capgifts * 2 : 64;
-        td_gift_rec *v = realloc(b->gift_recs, cap * sizeof *v);
-        if (!v) return -1;
-        b->gift_recs = v;
-        b->capgifts = cap;
-    }
+    if (td_grow(&b->gift_recs, &b->capgifts, b->ngifts, sizeof *b->gift_recs, 64) != TD_OK)
+        return -1;
     td_gift_rec_from_event(&b->gift_recs[b->ngifts++], &b->evs[i], b->states[g], p->tz,
                            td_ruleset_settings(p->rs));
     return 0;

@@ -298,13 +298,7 @@ static td_shadow_rc *sh_rc(td_shadow *sh, const char *id) {
         else
             hi = mid;
     }
-    if (sh->nrc == sh->caprc) {
-        size_t cap = sh->caprc ? sh->caprc * 2 : 64;
-        td_shadow_rc *v = realloc(sh->rc, cap * sizeof *v);
-        if (!v) return NULL;
-        sh->rc = v;
-        sh->caprc = cap;
-    }
+    if (td_grow(&sh->rc, &sh->caprc, sh->nrc, sizeof *sh->rc, 64) != TD_OK) return NULL;
     memmove(&sh->rc[lo + 1], &sh->rc[lo], (sh->nrc - lo) * sizeof *sh->rc);
     memset(&sh->rc[lo], 0, sizeof *sh->rc);
     td_strlcpy(sh->rc[lo].rule, id, sizeof sh->rc[lo].rule);

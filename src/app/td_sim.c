@@ -97,13 +97,7 @@ static bool sim_timer_less(const td_sim *s, const td_sim_timer *a, const td_sim_
 
 static int sim_heap_push(td_sim *s, td_ms due, td_state *st, const char *rule,
                          const char *armed_by) {
-    if (s->nheap == s->capheap) {
-        size_t cap = s->capheap ? s->capheap * 2 : 256;
-        td_sim_timer *v = realloc(s->heap, cap * sizeof *v);
-        if (!v) return TD_ERR;
-        s->heap = v;
-        s->capheap = cap;
-    }
+    if (td_grow(&s->heap, &s->capheap, s->nheap, sizeof *s->heap, 256) != TD_OK) return TD_ERR;
     td_sim_timer t = {.due_at = due, .seq = s->seq++, .st = st};
     td_strlcpy(t.rule, rule, sizeof t.rule);
     td_strlcpy(t.armed_by, armed_by, sizeof t.armed_by);

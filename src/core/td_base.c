@@ -138,6 +138,19 @@ int td_parse_i64(const char *v, size_t n, int64_t *out) {
 
 /* ---- td_buf ---- */
 
+int td_grow(void *arrayp, size_t *cap, size_t n, size_t elem, size_t first) {
+    if (n < *cap) return TD_OK;
+    size_t c = *cap ? *cap * 2 : first;
+    if (c <= n || c > SIZE_MAX / elem) return TD_ERR;
+    void *old;
+    memcpy(&old, arrayp, sizeof old); /* arrayp is a T **: its bytes are a pointer */
+    void *v = realloc(old, c * elem);
+    if (!v) return TD_ERR;
+    memcpy(arrayp, &v, sizeof v);
+    *cap = c;
+    return TD_OK;
+}
+
 int td_buf_reserve(td_buf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return TD_OK;
     size_t cap = b->cap ? b->cap : 256;

@@ -90,6 +90,15 @@ int td_buf_append(td_buf *b, const char *s, size_t n);
 int td_buf_printf(td_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int td_buf_json_str(td_buf *b, const char *s, size_t n); /* quoted, escaped */
 void td_buf_free(td_buf *b);
+/*
+ * Room for one more element in a growable array: when n == *cap, the array
+ * at *(T **)arrayp is reallocated to twice *cap elements of elem bytes (to
+ * `first` when empty) and *cap updated. Call as
+ * td_grow(&a->v, &a->cap, a->n, sizeof *a->v, 64).
+ * @returns TD_OK, or TD_ERR (out of memory: the array is unchanged).
+ */
+int td_grow(void *arrayp, size_t *cap, size_t n, size_t elem, size_t first);
+
 /* Writes s (n bytes) as a JSON string, quoted and escaped, at o, which has
  * room for 6 * n + 2 bytes (no NUL is written); @returns the end. What
  * td_buf_json_str and the recommendation writer (td_engine.c) write. */

@@ -319,13 +319,7 @@ typedef struct cctx {
 static const seen_id *seen_check(cctx *cx, const char *id, const char *file, int line) {
     for (size_t i = 0; i < cx->nseen; i++)
         if (strcmp(cx->seen[i].id, id) == 0) return &cx->seen[i];
-    if (cx->nseen == cx->capseen) {
-        size_t cap = cx->capseen ? cx->capseen * 2 : 32;
-        seen_id *v = realloc(cx->seen, cap * sizeof *v);
-        if (!v) return NULL;
-        cx->seen = v;
-        cx->capseen = cap;
-    }
+    if (td_grow(&cx->seen, &cx->capseen, cx->nseen, sizeof *cx->seen, 32) != TD_OK) return NULL;
     seen_id *s = &cx->seen[cx->nseen++];
     td_strlcpy(s->id, id, sizeof s->id);
     s->file = file;

@@ -681,13 +681,7 @@ static int tg_kafka_enqueue(td_gifts_kafka *k, size_t i) {
 }
 
 int td_gifts_kafka_send(td_gifts_kafka *k, const td_gift_rec *r) {
-    if (k->nout == k->capout) {
-        size_t cap = k->capout ? k->capout * 2 : 64;
-        tg_kout *v = realloc(k->out, cap * sizeof *v);
-        if (!v) return -1;
-        k->out = v;
-        k->capout = cap;
-    }
+    if (td_grow(&k->out, &k->capout, k->nout, sizeof *k->out, 64) != TD_OK) return -1;
     tg_kout *o = &k->out[k->nout];
     o->koff = k->arena.len;
     o->klen = strlen(r->prospect_id);
