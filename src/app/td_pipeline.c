@@ -1242,26 +1242,36 @@ static td_pl_rc pl_batch_settle(td_pipeline *p, pl_batch *b, int rc, td_redis *t
 /* Opens b's round, decodes its messages, groups them and computes every
  * group (loading from `from`, the batch in flight, where it has the
  * prospect). */
-static td_pl_rc pl_batch_begin(td_pipeline *p, pl_batch *b, pl_batch *from) {
+/* Opens a batch: its timings, its derived events and its output round. */
+static void pl_batch_open(td_pipeline *p, pl_batch *b) {
     b->t_start = td_mono_ms();
     b->t_load = b->t_compute = b->t_deliver = b->t_store = b->t_wait = 0;
+    b->recomputed = false;
+    b->ndq = 0;
+    pl_round_begin(p);
+}
+
+/* Every group of b is to be computed. */
+static void pl_work_all(pl_batch *b) {
+    b->nwork = b->ngroups;
+    for (size_t g = 0; g < b->nwork; g++)
+        b->work[g] = (int32_t)g;
+}
+
+static td_pl_rc pl_batch_begin(td_pipeline *p, pl_batch *b, pl_batch *from) {
+    pl_batch_open(p, b);
     int64_t oldest = INT64_MAX;
     for (size_t i = 0; i < b->nmsgs; i++) {
         int64_t ts = rd_kafka_message_timestamp(b->msgs[i], NULL);
         if (ts > 0 && ts < oldest) oldest = ts;
     }
     b->age = oldest == INT64_MAX ? -1 : (int64_t)td_wall_ms() - oldest;
-    b->recomputed = false;
-    b->ndq = 0;
-    pl_round_begin(p);
     if (pl_batch_decode(p, b) < 0) return TD_PL_FATAL;
     if (pl_batch_group(p, b) < 0) {
         td_log_error("out of memory while grouping events", "events=%zu", b->nmsgs);
         return TD_PL_FATAL;
     }
-    b->nwork = b->ngroups;
-    for (size_t g = 0; g < b->nwork; g++)
-        b->work[g] = (int32_t)g;
+    pl_work_all(b);
     return pl_batch_attempt(p, b, from);
 }
 
@@ -1404,19 +1414,13 @@ static int pl_group_claims(td_pipeline *p, pl_batch *b) {
 static td_pl_rc pl_timers_run(td_pipeline *p, pl_batch *b, td_ms now) {
     b->kind = PL_TIMERS;
     b->now = now;
-    b->t_start = td_mono_ms();
-    b->t_load = b->t_compute = b->t_deliver = b->t_store = b->t_wait = 0;
     b->age = -1;
-    b->recomputed = false;
-    b->ndq = 0;
-    pl_round_begin(p);
+    pl_batch_open(p, b);
     if (pl_group_claims(p, b) < 0) {
         td_log_error("out of memory while grouping timers", "claims=%zu", b->nclaims);
         return TD_PL_FATAL;
     }
-    b->nwork = b->ngroups;
-    for (size_t g = 0; g < b->nwork; g++)
-        b->work[g] = (int32_t)g;
+    pl_work_all(b);
     td_pl_rc br = pl_batch_attempt(p, b, NULL);
     if (br == TD_PL_DONE) br = pl_batch_deliver(p, b);
     if (br == TD_PL_DONE) br = pl_batch_settle(p, b, PL_STORE_UNTRIED, NULL);
