@@ -146,6 +146,25 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         *exit_code = TD_EXIT_FATAL;
         goto fail;
     }
+    {
+        /* Connected is not yet usable: a server that wants a password
+         * touchd was not given (NOAUTH), or an ACL user without the
+         * commands touchd needs (NOPERM), answers every command with an
+         * error, which would hold every batch forever. One read now turns
+         * that into a start-up failure that says what to fix. */
+        td_state probe;
+        td_state_init(&probe, "touchd:start-check");
+        int lr = td_redis_load(d->redis, &probe, 1);
+        td_state_free(&probe);
+        if (lr != TD_OK) {
+            char q[600];
+            td_log_error("redis refuses commands at start", "host=%s port=%d reason=%s",
+                         cfg->redis.host, cfg->redis.port,
+                         td_log_quote(q, sizeof q, td_redis_last_error(d->redis)));
+            *exit_code = TD_EXIT_FATAL;
+            goto fail;
+        }
+    }
     td_log_info("redis connected", "host=%s port=%d db=%d prefix=%s", cfg->redis.host,
                 cfg->redis.unix_socket ? 0 : cfg->redis.port, cfg->redis.db, cfg->redis.key_prefix);
 

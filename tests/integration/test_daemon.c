@@ -875,6 +875,25 @@ static void test_verify_writes_reports(void **state) {
     assert_true(n >= 1 && n <= 2);
 }
 
+/* Redis wants a password the configuration does not give: touchd says so
+ * and exits 4 at start, instead of logging "redis connected" and holding
+ * every batch on NOAUTH. */
+static void test_redis_password_missing_fails_at_start(void **state) {
+    fx *f = *state;
+    redisReply *rep = td_test_redis_cmd(&f->redis, "CONFIG SET requirepass %s", "s3cret-Pa55");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    start_touchd(f);
+    bool said = td_test_wait_file(f->log, "msg=\"redis refuses commands at start\"", 1, 20000);
+    int rc = td_test_touchd_stop(&f->touchd, SIGTERM, 10000);
+    if (!said) dump_log(f);
+    assert_true(said);
+    assert_int_equal(rc, 4);
+    assert_true(td_test_count_in_file(f->log, "NOAUTH") >= 1);
+    assert_int_equal(td_test_count_in_file(f->log, "msg=\"touchd running\""), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_events_to_recommendations, setup, teardown),
@@ -890,6 +909,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_concurrent_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer_serial, setup, teardown),
         cmocka_unit_test_setup_teardown(test_verify_writes_reports, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_password_missing_fails_at_start, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer_replies, setup, teardown),
     };
     /* TD_TEST_FILTER=test_kill9* runs a subset (cmocka glob). */
