@@ -181,24 +181,6 @@ static int fail(td_event_error *err, const char *field, const char *fmt, ...) {
     return TD_ERR;
 }
 
-/*
- * A printable, bounded copy of untrusted text for an error message: at most
- * 32 bytes, anything but printable ASCII (and quotes) becomes '?'.
- */
-static const char *echo(const char *s, size_t n, char buf[40]) {
-    size_t k = 0;
-    for (size_t i = 0; i < n && k < 32; i++) {
-        unsigned char c = (unsigned char)s[i];
-        buf[k++] = (c >= 0x20 && c < 0x7f && c != '\'' && c != '"' && c != '\\') ? (char)c : '?';
-    }
-    if (n > 32) {
-        memcpy(buf + k, "...", 3);
-        k += 3;
-    }
-    buf[k] = '\0';
-    return buf;
-}
-
 size_t td_utf8_seq_len(const unsigned char *s, size_t n) {
     unsigned char c = s[0];
     if (c < 0x80) return 1;
@@ -395,11 +377,7 @@ static int read_enum(const view *o, td_event_field f, const name_set *set, int *
     int rc = read_str(o, f, &s, &n, err);
     if (rc != 0) return rc;
     int v = set_parse(set, s, n);
-    if (v < 0) {
-        char e[40];
-        return fail(err, td_event_fields[f].path, "'%s' is not one of %s", echo(s, n, e),
-                    set->list);
-    }
+    if (v < 0) return fail(err, td_event_fields[f].path, "must be one of %s", set->list);
     *out = v;
     return 0;
 }
@@ -782,14 +760,12 @@ static int read_consent(const view *d, td_event *ev, td_event_error *err) {
     const char *key;
     json_t *cv;
     json_object_foreach(c, key, cv) {
-        char path[64], e[40];
+        char path[64];
         td_channel ch = td_channel_parse(key, strlen(key));
-        if (ch == TD_CH_NONE) {
-            snprintf(path, sizeof path, "data.consent.%s", echo(key, strlen(key), e));
-            return fail(
-                err, path,
-                "unknown channel (known: email, whatsapp, sms, linkedin, call, meeting, gift)");
-        }
+        if (ch == TD_CH_NONE) /* the key is the sender's data: not in the path */
+            return fail(err, "data.consent",
+                        "has a key that is not a channel (known: email, whatsapp, sms, linkedin, "
+                        "call, meeting, gift)");
         if (json_is_null(cv)) continue;
         if (!json_is_boolean(cv)) {
             snprintf(path, sizeof path, "data.consent.%s", key);
@@ -899,7 +875,11 @@ static int parse_error(const char *buf, size_t len, const json_error_t *je, td_e
     }
     long bad = utf8_invalid_at((const unsigned char *)buf, len);
     if (bad >= 0) return fail(err, "", "not valid UTF-8 (byte offset %ld)", bad);
-    return fail(err, "", "not valid JSON: %s at line %d column %d", je->text, je->line, je->column);
+    /* jansson's text may quote the input ("... near 'jeanne@...'"): cut there */
+    const char *near = strstr(je->text, " near ");
+    int keep = near ? (int)(near - je->text) : (int)strlen(je->text);
+    return fail(err, "", "not valid JSON: %.*s at line %d column %d", keep, je->text, je->line,
+                je->column);
 }
 
 static int decode_object(const view *root, const char *buf, size_t len, td_event *ev,
@@ -914,10 +894,7 @@ static int decode_object(const view *root, const char *buf, size_t len, td_event
     if (rc == ABSENT) return fail(err, "type", "is required");
     if (rc != 0) return TD_ERR;
     int t = td_event_type_parse(s, n);
-    if (t < 0) {
-        char e[40];
-        return fail(err, "type", "unknown event type '%s'", echo(s, n, e));
-    }
+    if (t < 0) return fail(err, "type", "is not a known event type (docs/events.md lists them)");
     ev->type = (td_event_type)t;
     ev->channel = td_event_type_channel(ev->type);
 
