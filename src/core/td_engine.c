@@ -382,6 +382,15 @@ static void eng_derive_owner_event(const td_state *st, const td_event *ev, td_ev
     *has = true;
 }
 
+/* The engine's now for a trigger at time t: t, or the prospect's clock when
+ * t is older (time never runs backwards for a prospect); the clock moves to
+ * it. */
+static td_ms eng_clock(td_state *st, td_ms t) {
+    if (st->clock != TD_MS_MISSING && t < st->clock) return st->clock;
+    st->clock = t;
+    return t;
+}
+
 /* Which rules and guards a trigger puts before the engine (type: an event
  * type, -1 a timer's or a "now"; rule: the timer's rule, NULL for all). */
 static void eng_probe_triggered(td_probe *p, int type, const td_rule *rule) {
@@ -444,6 +453,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
         }
         if (!st->prospect_id[0])
             td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
+        now = ctx.now = eng_clock(st, ev->occurred_at);
         bool untouched = st->first_touch_at == TD_MS_MISSING;
         if (td_state_apply(st, ev, tz, ctx.settings) != TD_OK) return TD_ERR;
         td_state_remember_fp(st, fp);
@@ -519,6 +529,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
             return TD_OK;
         }
         td_state_disarm_timer_key(st, &tk);
+        now = ctx.now = eng_clock(st, trig->due_at);
         if (!r || r->guard || r->after <= 0) {
             /* the rule was removed or changed since the timer was armed */
             out->stale = true;

@@ -130,7 +130,11 @@ typedef struct td_step_out {
 } td_step_out;
 
 /*
- * Runs one step. `out` is overwritten. `tz` is a zone cache owned by the
+ * Runs one step. `out` is overwritten. The engine's now is the trigger's
+ * time (an event's occurred_at, a timer's due_at), or the prospect's clock
+ * (st->clock) when that is later: per prospect, time never runs backwards,
+ * so an old event is applied to the counters but evaluated at the clock.
+ * `now` is only read by the probe's "now" evaluation (trig NULL). `tz` is a zone cache owned by the
  * calling thread.
  * @returns TD_OK, or TD_ERR on out-of-memory (state may be partly updated:
  * callers discard it and reload).

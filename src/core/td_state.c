@@ -118,7 +118,7 @@ void td_state_init(td_state *st, const char *prospect_id) {
     st->lifetime_value_eur = TD_DEC_MISSING;
     st->first_seen_at = st->last_event_at = st->last_touch_at = TD_MS_MISSING;
     st->last_inbound_at = st->first_touch_at = st->stage_changed_at = TD_MS_MISSING;
-    st->next_meeting_at = st->last_gift_at = TD_MS_MISSING;
+    st->next_meeting_at = st->last_gift_at = st->clock = TD_MS_MISSING;
     st->last_reply_sentiment = TD_SENT_NONE;
     st->last_gift_kind = TD_GK_NONE;
 }
@@ -213,7 +213,8 @@ bool td_state_equal(const td_state *a, const td_state *b) {
     if (a->first_seen_at != b->first_seen_at || a->last_event_at != b->last_event_at ||
         a->last_touch_at != b->last_touch_at || a->last_inbound_at != b->last_inbound_at ||
         a->first_touch_at != b->first_touch_at || a->stage_changed_at != b->stage_changed_at ||
-        a->replies != b->replies || a->last_reply_sentiment != b->last_reply_sentiment ||
+        a->clock != b->clock || a->replies != b->replies ||
+        a->last_reply_sentiment != b->last_reply_sentiment ||
         a->meetings_booked != b->meetings_booked || a->meetings_held != b->meetings_held ||
         a->meetings_cancelled != b->meetings_cancelled ||
         a->meetings_no_show != b->meetings_no_show || a->next_meeting_at != b->next_meeting_at)

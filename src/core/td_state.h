@@ -130,6 +130,8 @@ typedef struct td_state {
 
     td_ms first_seen_at;   /* occurred_at of the first event applied */
     td_ms last_event_at;   /* latest occurred_at applied */
+    td_ms clock;           /* the prospect's clock: the engine's now of its latest
+                            * trigger (never runs backwards; docs/state.md) */
     td_ms last_touch_at;   /* latest outbound touch, any channel */
     td_ms last_inbound_at; /* latest reply/accept/connected, any channel */
     td_ms first_touch_at;  /* first outbound touch, any channel */

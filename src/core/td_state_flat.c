@@ -75,6 +75,7 @@ static const td_flat td_flat_top[] = {
     {K_("language"), TD_FK_STR, S_(language), SZ_(language), 0},
     {K_("first_seen_at"), TD_FK_TIME, S_(first_seen_at), 0, 0},
     {K_("last_event_at"), TD_FK_TIME, S_(last_event_at), 0, 0},
+    {K_("clock"), TD_FK_TIME, S_(clock), 0, 0},
     {K_("first_touch_at"), TD_FK_TIME, S_(first_touch_at), 0, 0},
     {K_("last_touch_at"), TD_FK_TIME, S_(last_touch_at), 0, 0},
     {K_("last_inbound_at"), TD_FK_TIME, S_(last_inbound_at), 0, 0},

@@ -529,6 +529,50 @@ static void test_timer_no_fire_after_reply(void **state) {
     assert_int_equal(find_decision(f->out, "silence.nudge")->outcome, TD_OUT_NOT_MATCHED);
 }
 
+/* The engine's now is the trigger's time, per prospect never backwards: a
+ * late event is applied to the counters but evaluated at the prospect's
+ * clock; the wall-clock argument is not read for a trigger. */
+static void test_event_time_clock(void **state) {
+    fx *f = *state;
+    send_two_and_open(f, "");
+    assert_int_equal(f->st.clock, T0 + TD_DAY);
+    /* an open dated before the last send: counted, evaluated at the clock */
+    static td_event ev;
+    td_event_error err;
+    char json[256];
+    snprintf(json, sizeof json,
+             "{\"id\":\"o-late\",\"type\":\"email.opened\",\"prospect_id\":\"p-1\","
+             "\"occurred_at\":\"%s\"}",
+             at(T0 + TD_HOUR));
+    assert_int_equal(td_event_decode(json, strlen(json), &ev, &err), TD_OK);
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
+    /* a "now" far in the future is ignored for a trigger */
+    assert_int_equal(td_engine_step(f->rs, &f->st, &trig, T0 + 400 * TD_DAY, f->tz, 0, f->out),
+                     TD_OK);
+    assert_int_equal(f->st.ch[TD_CH_EMAIL].opened, 1);
+    assert_int_equal(f->st.clock, T0 + TD_DAY);
+    assert_int_equal(f->out->nrecs, 1); /* pivot.linkedin (no whatsapp consent) */
+    /* "at = now" of pivot.linkedin: the clock, in business hours (09:00 Tuesday) */
+    assert_int_equal(f->out->recs[0].not_before, T0 + TD_DAY);
+    assert_int_equal(td_state_fired_at(&f->st, f->out->recs[0].rule->id), T0 + TD_DAY);
+    /* a timer due later moves the clock to its due time */
+    const td_timer *t = td_state_timer(&f->st, "silence.nudge");
+    assert_non_null(t);
+    td_trigger due = {
+        .kind = TD_TRIG_TIMER, .rule = "silence.nudge", .due_at = t->due_at, .armed_by = "s2"};
+    assert_int_equal(td_engine_step(f->rs, &f->st, &due, 0, f->tz, 0, f->out), TD_OK);
+    assert_false(f->out->stale);
+    assert_int_equal(f->st.clock, T0 + TD_DAY + 72 * TD_HOUR);
+    /* the clock survives the flat form */
+    td_state back;
+    td_state_init(&back, "p-1");
+    char e[64];
+    assert_int_equal(td_state_set_field(&back, "clock", 5, "2026-11-06T09:00:00Z", 20, e, sizeof e),
+                     TD_OK);
+    assert_int_equal(back.clock, f->st.clock);
+    td_state_free(&back);
+}
+
 /* A prospect's first outbound touch derives owner.prospect_contacted for its
  * owner; later touches derive nothing; the derived id is stable. */
 static void test_owner_event_derived(void **state) {
@@ -648,6 +692,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_out_of_office_is_not_a_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timer_no_fire_after_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_time_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owner_event_derived, setup, teardown),
         cmocka_unit_test_setup_teardown(test_probe, setup, teardown),
     };
