@@ -1603,7 +1603,7 @@ void td_pipeline_free(td_pipeline *p) {
     }
     pl_gifts_free(p);
     td_redis_free(p->redis_store);
-    free(p->out);
+    td_step_out_free(p->out);
     for (int i = 0; i < 2; i++) {
         pl_batch *b = &p->bt[i];
         if (b->states)

@@ -266,7 +266,7 @@ void td_shadow_free(td_shadow *sh) {
     td_ruleset_free(sh->rs);
     td_buf_free(&sh->buf);
     free(sh->rc);
-    free(sh->out);
+    td_step_out_free(sh->out);
     free(sh);
 }
 

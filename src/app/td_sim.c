@@ -141,7 +141,7 @@ int td_sim_init(td_sim *s, const td_ruleset *rs, td_tzdb *tz, const char *prospe
     s->tz = tz;
     s->clock = clock;
     s->flags = flags;
-    s->out = malloc(sizeof *s->out);
+    s->out = td_step_out_new();
     if (!s->out) return TD_ERR;
     if (!init && !prospect_id) return TD_OK;
     td_sim_entry *e = td_sim_entry_get(s, init ? init->prospect_id : prospect_id, true);
@@ -171,8 +171,8 @@ void td_sim_free(td_sim *s) {
     }
     free(s->slots);
     free(s->heap);
-    free(s->out);
-    free(s->dout);
+    td_step_out_free(s->out);
+    td_step_out_free(s->dout);
     s->slots = NULL;
     s->heap = NULL;
     s->out = s->dout = NULL;
@@ -194,7 +194,7 @@ static int sim_step(td_sim *s, td_state *st, const td_trigger *trig, unsigned fl
         if (sim_heap_push(s, out->arms[i].due_at, st, out->arms[i].rule->id, trig->ev->id) != TD_OK)
             return TD_ERR;
     if (!out->has_derived) return TD_OK;
-    if (!s->dout && !(s->dout = malloc(sizeof *s->dout))) return TD_ERR;
+    if (!s->dout && !(s->dout = td_step_out_new())) return TD_ERR;
     td_event d = out->derived; /* dout may be `out` (a derived event deriving) */
     td_state *ost = td_sim_state(s, d.prospect_id, true);
     if (!ost) return TD_ERR;

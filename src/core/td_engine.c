@@ -382,6 +382,29 @@ static void eng_derive_owner_event(const td_state *st, const td_event *ev, td_ev
     *has = true;
 }
 
+/* ---- the plan: expiry, lateness, withdrawals (docs/recommendations.md) ---- */
+
+/* What the event changed that withdraws: taken before it is applied, when
+ * something is pending. */
+typedef struct eng_snap {
+    bool taken;
+    td_stage stage;
+    td_block_reason blocked[TD_CH__COUNT];
+    td_tristate consent[TD_CH__COUNT];
+} eng_snap;
+
+static void eng_snap_take(eng_snap *s, const td_state *st) {
+    s->taken = true;
+    s->stage = st->stage;
+    for (int c = 0; c < TD_CH__COUNT; c++) {
+        s->blocked[c] = st->ch[c].blocked;
+        s->consent[c] = st->ch[c].consent;
+    }
+}
+
+static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                    unsigned flags, td_step_out *out, const eng_snap *snap);
+
 /* The engine's now for a trigger at time t: t, or the prospect's clock when
  * t is older (time never runs backwards for a prospect); the clock moves to
  * it. */
@@ -421,6 +444,10 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
     out->ndecisions = 0;
     out->nblocked = 0;
     out->nerrors = 0;
+    out->nwds = 0;
+    out->nlate = 0;
+    out->plan_changed = false;
+    out->text.len = 0;
     out->trigger_id[0] = '\0';
 
     td_ctx ctx = {.st = st,
@@ -431,6 +458,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
                   .settings = td_ruleset_settings(rs),
                   .facts = NULL};
     uint32_t ncands = 0;
+    eng_snap snap = {.taken = false};
 
     if (p && !trig) {
         memcpy(out->trigger_id, "now", 4);
@@ -455,6 +483,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
             td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
         now = ctx.now = eng_clock(st, ev->occurred_at);
         bool untouched = st->first_touch_at == TD_MS_MISSING;
+        if (st->nplan) eng_snap_take(&snap, st);
         if (td_state_apply(st, ev, tz, ctx.settings) != TD_OK) return TD_ERR;
         td_state_remember_fp(st, fp);
         if (untouched && st->first_touch_at != TD_MS_MISSING && st->owner_id[0] &&
@@ -541,7 +570,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
     }
     for (uint32_t i = 0; i < out->nrecs; i++)
         if (td_state_set_fired_key(st, &out->recs[i].rule->key, now) != TD_OK) return TD_ERR;
-    return TD_OK;
+    return eng_plan(rs, st, trig, now, flags, out, &snap);
 }
 
 int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
@@ -640,37 +669,31 @@ static inline int eng_rj_fact_key(td_buf *b, const char *name, bool first) {
     return TD_OK;
 }
 
-static int eng_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs,
-                        const td_trigger *trig, td_ms generated_at, td_buf *b) {
-    if (RJ_STR(b, "{\"id\":", r->id, strlen(r->id)) != TD_OK ||
-        RJ_STR(b, ",\"prospect_id\":", st->prospect_id, strlen(st->prospect_id)) != TD_OK)
-        return TD_ERR;
-    if (st->owner_id[0] && RJ_STR(b, ",\"owner_id\":", st->owner_id, strlen(st->owner_id)) != TD_OK)
-        return TD_ERR;
-    const char *ch = td_channel_name(r->channel);
-    if (RJ_STR(b, ",\"rule\":", r->rule->id, strlen(r->rule->id)) != TD_OK ||
-        RJ_STR(b, ",\"channel\":", ch, strlen(ch)) != TD_OK ||
-        RJ_STR(b, ",\"touch\":", r->touch, strlen(r->touch)) != TD_OK ||
-        RJ_TIME(b, ",\"not_before\":", r->not_before) != TD_OK ||
-        RJ_LIT(b, ",\"priority\":") != TD_OK || eng_rj_room(b, 24) != TD_OK)
-        return TD_ERR;
-    b->len += td_fmt_i64(r->priority, b->p + b->len);
-    if (r->note && RJ_STR(b, ",\"note\":", r->note, strlen(r->note)) != TD_OK) return TD_ERR;
+/* ,"trigger":{...}: the event (type, event_id) or the timer (rule,
+ * armed_by, due_at), and the trigger's time (occurred_at). */
+static int eng_trigger_json(td_buf *b, const td_trigger *trig, td_ms now) {
+    (void)now;
     if (trig->kind == TD_TRIG_EVENT) {
         const char *tn = td_event_type_name(trig->ev->type);
         if (RJ_STR(b, ",\"trigger\":{\"type\":", tn, strlen(tn)) != TD_OK ||
-            RJ_STR(b, ",\"event_id\":", trig->ev->id, strlen(trig->ev->id)) != TD_OK)
+            RJ_STR(b, ",\"event_id\":", trig->ev->id, strlen(trig->ev->id)) != TD_OK ||
+            RJ_TIME(b, ",\"occurred_at\":", trig->ev->occurred_at) != TD_OK)
             return TD_ERR;
     } else {
         if (RJ_LIT(b, ",\"trigger\":{\"type\":\"timer\"") != TD_OK ||
             RJ_STR(b, ",\"rule\":", trig->rule, strlen(trig->rule)) != TD_OK ||
             RJ_STR(b, ",\"armed_by\":", trig->armed_by, strlen(trig->armed_by)) != TD_OK ||
-            RJ_TIME(b, ",\"due_at\":", trig->due_at) != TD_OK)
+            RJ_TIME(b, ",\"due_at\":", trig->due_at) != TD_OK ||
+            RJ_TIME(b, ",\"occurred_at\":", trig->due_at) != TD_OK)
             return TD_ERR;
     }
-    if (RJ_LIT(b, "},\"because\":[") != TD_OK) return TD_ERR;
-    for (uint32_t i = 0; i < r->nbecause; i++) {
-        const td_because *bc = &r->because[i];
+    return RJ_LIT(b, "}");
+}
+
+/* The conditions of an explanation, comma separated (no brackets). */
+static int eng_because_json(td_buf *b, const td_because *because, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        const td_because *bc = &because[i];
         int rc = i ? RJ_STR(b, ",{\"expr\":", bc->expr, bc->len)
                    : RJ_STR(b, "{\"expr\":", bc->expr, bc->len);
         if (rc != TD_OK || RJ_LIT(b, ",\"value\":") != TD_OK ||
@@ -684,18 +707,368 @@ static int eng_rec_json(const td_rec *r, const td_state *st, const td_ruleset *r
         }
         if (RJ_LIT(b, "}}") != TD_OK) return TD_ERR;
     }
+    return TD_OK;
+}
+
+/* A recommendation as published, but for generated_at. */
+static int eng_rec_body(const td_rec *r, const td_state *st, const td_ruleset *rs,
+                        const td_trigger *trig, td_ms now, td_buf *b) {
+    if (RJ_LIT(b, "{\"kind\":\"recommendation\"") != TD_OK ||
+        RJ_STR(b, ",\"id\":", r->id, strlen(r->id)) != TD_OK ||
+        RJ_STR(b, ",\"prospect_id\":", st->prospect_id, strlen(st->prospect_id)) != TD_OK)
+        return TD_ERR;
+    if (st->owner_id[0] && RJ_STR(b, ",\"owner_id\":", st->owner_id, strlen(st->owner_id)) != TD_OK)
+        return TD_ERR;
+    const char *ch = td_channel_name(r->channel);
+    if ((td_rule_owner_domain(r->rule) ? RJ_LIT(b, ",\"audience\":\"owner\"")
+                                       : RJ_LIT(b, ",\"audience\":\"prospect\"")) != TD_OK ||
+        RJ_STR(b, ",\"rule\":", r->rule->id, strlen(r->rule->id)) != TD_OK)
+        return TD_ERR;
+    if (r->rule->group && RJ_STR(b, ",\"group\":", r->rule->group, strlen(r->rule->group)) != TD_OK)
+        return TD_ERR;
+    if (r->rule->intent &&
+        RJ_STR(b, ",\"intent\":", r->rule->intent, strlen(r->rule->intent)) != TD_OK)
+        return TD_ERR;
+    if (RJ_STR(b, ",\"channel\":", ch, strlen(ch)) != TD_OK ||
+        RJ_STR(b, ",\"touch\":", r->touch, strlen(r->touch)) != TD_OK ||
+        RJ_TIME(b, ",\"not_before\":", r->not_before) != TD_OK ||
+        RJ_TIME(b, ",\"expires_at\":", r->expires_at) != TD_OK ||
+        RJ_LIT(b, ",\"priority\":") != TD_OK || eng_rj_room(b, 24) != TD_OK)
+        return TD_ERR;
+    b->len += td_fmt_i64(r->priority, b->p + b->len);
+    if (r->note && RJ_STR(b, ",\"note\":", r->note, strlen(r->note)) != TD_OK) return TD_ERR;
+    if (r->late && RJ_LIT(b, ",\"late\":true") != TD_OK) return TD_ERR;
+    if (eng_trigger_json(b, trig, now) != TD_OK || RJ_LIT(b, ",\"because\":[") != TD_OK ||
+        eng_because_json(b, r->because, r->nbecause) != TD_OK)
+        return TD_ERR;
     const char *hash = td_ruleset_hash(rs);
-    if (RJ_STR(b, "],\"ruleset\":", hash, strlen(hash)) != TD_OK ||
+    if (RJ_STR(b, "],\"ruleset\":", hash, strlen(hash)) != TD_OK || RJ_LIT(b, "}") != TD_OK)
+        return TD_ERR;
+    return TD_OK;
+}
+
+static int eng_body_json(const char *body, size_t len, td_ms generated_at, td_buf *b) {
+    if (len < 2 || body[len - 1] != '}') return TD_ERR;
+    if (eng_rj_raw(b, body, len - 1) != TD_OK ||
         RJ_TIME(b, ",\"generated_at\":", generated_at) != TD_OK || RJ_LIT(b, "}") != TD_OK)
         return TD_ERR;
     return TD_OK;
 }
 
+int td_body_json(const char *body, size_t len, td_ms generated_at, td_buf *b) {
+    size_t start = b->len;
+    int rc = eng_body_json(body, len, generated_at, b);
+    if (rc != TD_OK) b->len = start;
+    if (b->p) b->p[b->len] = '\0';
+    return rc;
+}
+
 int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs, const td_trigger *trig,
                 td_ms generated_at, td_buf *b) {
+    if (r->body) return td_body_json(r->body, r->body_len, generated_at, b);
     size_t start = b->len;
-    int rc = eng_rec_json(r, st, rs, trig, generated_at, b);
+    td_buf body = {0};
+    td_rec x = *r;
+    if (x.expires_at == 0) x.expires_at = x.not_before + td_rule_expires(rs, x.rule);
+    int rc = eng_rec_body(&x, st, rs, trig, st->clock, &body);
+    if (rc == TD_OK) rc = eng_body_json(body.p, body.len, generated_at, b);
+    td_buf_free(&body);
     if (rc != TD_OK) b->len = start; /* out of memory: nothing appended */
     if (b->p) b->p[b->len] = '\0';
     return rc;
+}
+
+int td_plan_json(const td_state *st, const td_ruleset *rs, td_buf *b) {
+    size_t start = b->len;
+    const char *hash = td_ruleset_hash(rs);
+    int rc = RJ_STR(b, "{\"prospect_id\":", st->prospect_id, strlen(st->prospect_id)) == TD_OK &&
+                     RJ_LIT(b, ",\"version\":") == TD_OK && eng_rj_room(b, 24) == TD_OK
+                 ? TD_OK
+                 : TD_ERR;
+    if (rc == TD_OK) {
+        b->len += td_fmt_i64(st->plan_version, b->p + b->len);
+        rc = RJ_TIME(b, ",\"updated_at\":", st->clock) == TD_OK &&
+                     RJ_STR(b, ",\"ruleset\":", hash, strlen(hash)) == TD_OK &&
+                     RJ_LIT(b, ",\"pending\":[") == TD_OK
+                 ? TD_OK
+                 : TD_ERR;
+    }
+    for (uint32_t i = 0; rc == TD_OK && i < st->nplan; i++)
+        if ((i && RJ_LIT(b, ",") != TD_OK) ||
+            eng_rj_raw(b, st->plan[i].json, st->plan[i].len) != TD_OK)
+            rc = TD_ERR;
+    if (rc == TD_OK) rc = RJ_LIT(b, "]}");
+    if (rc != TD_OK) b->len = start;
+    if (b->p) b->p[b->len] = '\0';
+    return rc;
+}
+
+const char *td_wd_reason_name(td_wd_reason r) {
+    static const char *const n[] = {"replied", "opted_out", "bounced", "superseded",
+                                    "stage",   "rule",      "expired"};
+    return (unsigned)r < sizeof n / sizeof n[0] ? n[r] : "?";
+}
+
+static bool eng_gift_touch(const char *touch) {
+    return strcmp(touch, "physical_gift") == 0 || strcmp(touch, "handwritten_card") == 0 ||
+           strcmp(touch, "service_gift") == 0 || strcmp(touch, "charity_donation") == 0;
+}
+
+/* A touch of the sequence: what a reply or a won/lost stage ends (every
+ * prospect touch but gifts). */
+static bool eng_sequence(const td_pending *e) {
+    return !e->owner && e->channel != TD_CH_GIFT && strcmp(e->intent, "gift") != 0 &&
+           !eng_gift_touch(e->touch);
+}
+
+static bool eng_is_reply(const td_event *ev) {
+    switch (ev->type) {
+    case TD_EV_EMAIL_REPLIED:
+    case TD_EV_WHATSAPP_REPLIED:
+    case TD_EV_SMS_REPLIED:
+    case TD_EV_LINKEDIN_REPLIED:
+        return ev->sentiment != TD_SENT_OUT_OF_OFFICE;
+    default:
+        return false;
+    }
+}
+
+/* Whether pending e is in the group of the rule r fires for (its group, or
+ * the rule alone when it has none). */
+static bool eng_pending_same_group(const td_pending *e, const td_rule *r) {
+    if (r->group) return strcmp(e->group, r->group) == 0;
+    return !e->group[0] && strcmp(e->rule, r->id) == 0;
+}
+
+static bool eng_pending_withdrawn_by(const td_pending *e, const td_rule *r) {
+    for (uint32_t k = 0; k < r->nwithdraws; k++) {
+        const td_withdraw *w = &r->withdraws[k];
+        if (w->kind == TD_WD_INTENT
+                ? strcmp(e->intent, w->name) == 0
+                : strcmp(e->rule, w->name) == 0 || (e->group[0] && strcmp(e->group, w->name) == 0))
+            return true;
+    }
+    return false;
+}
+
+static int eng_trigger_json(td_buf *b, const td_trigger *trig, td_ms now);
+static int eng_because_json(td_buf *b, const td_because *bc, uint32_t n);
+static int eng_rec_body(const td_rec *r, const td_state *st, const td_ruleset *rs,
+                        const td_trigger *trig, td_ms now, td_buf *b);
+
+/* One built-in reason's explanation: [{"expr": ..., "value": ..., "facts":
+ * {k: v}}], the values already JSON. */
+static int eng_wd_because(td_buf *b, const char *expr, const char *value, const char *k1,
+                          const char *v1, const char *k2, const char *v2) {
+    if (RJ_STR(b, "[{\"expr\":", expr, strlen(expr)) != TD_OK ||
+        RJ_LIT(b, ",\"value\":") != TD_OK || eng_rj_raw(b, value, strlen(value)) != TD_OK ||
+        RJ_LIT(b, ",\"facts\":{") != TD_OK)
+        return TD_ERR;
+    if (k1 && (eng_rj_fact_key(b, k1, true) != TD_OK || eng_rj_raw(b, v1, strlen(v1)) != TD_OK))
+        return TD_ERR;
+    if (k2 && (eng_rj_fact_key(b, k2, false) != TD_OK || eng_rj_raw(b, v2, strlen(v2)) != TD_OK))
+        return TD_ERR;
+    return RJ_LIT(b, "}}]");
+}
+
+/* The body of withdrawal w of pending e. */
+static int eng_wd_body(const td_wd *w, const td_pending *e, const td_state *st,
+                       const td_ruleset *rs, const td_trigger *trig, td_ms now, td_buf *b) {
+    const char *reason = td_wd_reason_name(w->reason), *ch = td_channel_name(e->channel);
+    if (RJ_LIT(b, "{\"kind\":\"withdrawal\"") != TD_OK ||
+        RJ_STR(b, ",\"id\":", w->id, strlen(w->id)) != TD_OK ||
+        RJ_STR(b, ",\"withdraws\":", e->id, strlen(e->id)) != TD_OK ||
+        RJ_STR(b, ",\"prospect_id\":", st->prospect_id, strlen(st->prospect_id)) != TD_OK)
+        return TD_ERR;
+    if (st->owner_id[0] && RJ_STR(b, ",\"owner_id\":", st->owner_id, strlen(st->owner_id)) != TD_OK)
+        return TD_ERR;
+    if ((e->owner ? RJ_LIT(b, ",\"audience\":\"owner\"")
+                  : RJ_LIT(b, ",\"audience\":\"prospect\"")) != TD_OK ||
+        RJ_STR(b, ",\"rule\":", e->rule, strlen(e->rule)) != TD_OK ||
+        RJ_STR(b, ",\"channel\":", ch, strlen(ch)) != TD_OK ||
+        RJ_STR(b, ",\"touch\":", e->touch, strlen(e->touch)) != TD_OK ||
+        RJ_STR(b, ",\"reason\":", reason, strlen(reason)) != TD_OK ||
+        eng_trigger_json(b, trig, now) != TD_OK || RJ_LIT(b, ",\"because\":") != TD_OK)
+        return TD_ERR;
+    int rc = TD_OK;
+    char v1[64], v2[64];
+    switch (w->reason) {
+    case TD_WDR_SUPERSEDED:
+    case TD_WDR_RULE:
+        rc =
+            RJ_LIT(b, "[") == TD_OK && eng_because_json(b, w->by->because, w->by->nbecause) == TD_OK
+                ? RJ_LIT(b, "]")
+                : TD_ERR;
+        break;
+    case TD_WDR_REPLIED: {
+        const char *tn = td_event_type_name(trig->ev->type);
+        const char *sn = td_sentiment_name(trig->ev->sentiment);
+        snprintf(v1, sizeof v1, "\"%s\"", tn);
+        snprintf(v2, sizeof v2, "\"%s\"", *sn ? sn : "none");
+        rc = eng_wd_because(b, "a reply, not out_of_office", "true", "event.type", v1,
+                            "event.sentiment", v2);
+        break;
+    }
+    case TD_WDR_OPTED_OUT:
+    case TD_WDR_BOUNCED: {
+        char k1[48], k2[48];
+        const td_chan_state *cs = &st->ch[e->channel];
+        snprintf(k1, sizeof k1, "%s.blocked", ch);
+        snprintf(k2, sizeof k2, "%s.consent", ch);
+        const char *bn = td_block_reason_name(cs->blocked);
+        snprintf(v1, sizeof v1, *bn ? "\"%s\"" : "null", bn);
+        snprintf(v2, sizeof v2, "%s",
+                 cs->consent == TD_TRI_NO    ? "false"
+                 : cs->consent == TD_TRI_YES ? "true"
+                                             : "null");
+        rc = eng_wd_because(b, "its channel is blocked or without consent", "true", k1, v1, k2, v2);
+        break;
+    }
+    case TD_WDR_STAGE:
+        snprintf(v1, sizeof v1, "\"%s\"", td_stage_name(st->stage));
+        rc = eng_wd_because(b, "stage in ['won', 'lost']", "true", "stage", v1, NULL, NULL);
+        break;
+    case TD_WDR_EXPIRED:
+        v1[0] = '"';
+        td_time_format(e->expires_at, v1 + 1, sizeof v1 - 2);
+        strcat(v1, "\"");
+        rc = eng_wd_because(b, "now >= expires_at", "true", "expires_at", v1, NULL, NULL);
+        break;
+    }
+    if (rc != TD_OK) return TD_ERR;
+    const char *hash = td_ruleset_hash(rs);
+    if (RJ_STR(b, ",\"ruleset\":", hash, strlen(hash)) != TD_OK || RJ_LIT(b, "}") != TD_OK)
+        return TD_ERR;
+    return TD_OK;
+}
+
+/* Appends withdrawal of plan entry i for `reason` (by: the causing
+ * recommendation, or NULL) to out, with its body. */
+static int eng_withdraw(const td_ruleset *rs, const td_state *st, const td_trigger *trig, td_ms now,
+                        td_step_out *out, uint32_t i, td_wd_reason reason, const td_rec *by,
+                        uint32_t *offs) {
+    const td_pending *e = &st->plan[i];
+    td_wd *w = &out->wds[out->nwds];
+    eng_rec_id(out->trigger_id, e->id, w->id);
+    w->id[0] = 'w';
+    memcpy(w->withdraws, e->id, sizeof w->withdraws);
+    td_strlcpy(w->rule, e->rule, sizeof w->rule);
+    w->reason = reason;
+    w->by = by;
+    offs[out->nwds] = (uint32_t)out->text.len;
+    if (eng_wd_body(w, e, st, rs, trig, now, &out->text) != TD_OK) return TD_ERR;
+    w->body_len = (uint32_t)(out->text.len - offs[out->nwds]);
+    out->nwds++;
+    return TD_OK;
+}
+
+/*
+ * After a step that was not a duplicate or stale: renders the step's
+ * recommendations (expires_at, late), withdraws what the trigger made
+ * obsolete, and puts the new recommendations in the plan. A pending
+ * recommendation is withdrawn once, for the first reason that applies, in
+ * the order: expired, replied, opted_out or bounced (its channel), stage,
+ * superseded (a recommendation of this step in its group), rule (a `withdraws`
+ * of a rule that fired). Recommendations of this step never withdraw each other.
+ */
+static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                    unsigned flags, td_step_out *out, const eng_snap *snap) {
+    if (!trig) return TD_OK;
+    uint32_t roff[TD_STEP_RECS_MAX], woff[TD_PLAN_MAX];
+    for (uint32_t i = 0; i < out->nrecs; i++) {
+        td_rec *r = &out->recs[i];
+        r->expires_at = r->not_before + td_rule_expires(rs, r->rule);
+        r->late = trig->wall > 0 && (trig->wall > r->not_before + td_rule_late_after(rs, r->rule) ||
+                                     trig->wall >= r->expires_at);
+        r->dropped = r->late && (flags & TD_STEP_LATE_DROP);
+        if (r->late) out->nlate++;
+        roff[i] = (uint32_t)out->text.len;
+        if (eng_rec_body(r, st, rs, trig, now, &out->text) != TD_OK) return TD_ERR;
+        r->body_len = (uint32_t)(out->text.len - roff[i]);
+    }
+    /* what the trigger withdraws of what was pending before it */
+    const td_event *ev = trig->kind == TD_TRIG_EVENT ? trig->ev : NULL;
+    bool reply = ev && eng_is_reply(ev);
+    bool ended = snap->taken && st->stage != snap->stage &&
+                 (st->stage == TD_STAGE_WON || st->stage == TD_STAGE_LOST);
+    uint32_t n0 = st->nplan;
+    bool gone[TD_PLAN_MAX] = {false};
+    for (uint32_t i = 0; i < n0 && i < TD_PLAN_MAX; i++) {
+        const td_pending *e = &st->plan[i];
+        int reason = -1;
+        const td_rec *by = NULL;
+        if (e->expires_at <= now)
+            reason = TD_WDR_EXPIRED;
+        else if (reply && eng_sequence(e))
+            reason = TD_WDR_REPLIED;
+        else if (snap->taken && !e->owner && e->channel >= 0 && e->channel < TD_CH__COUNT &&
+                 ((st->ch[e->channel].blocked && !snap->blocked[e->channel]) ||
+                  (st->ch[e->channel].consent == TD_TRI_NO &&
+                   snap->consent[e->channel] != TD_TRI_NO)))
+            reason = st->ch[e->channel].blocked == TD_BLOCK_HARD_BOUNCE ? TD_WDR_BOUNCED
+                                                                        : TD_WDR_OPTED_OUT;
+        else if (ended && eng_sequence(e))
+            reason = TD_WDR_STAGE;
+        for (uint32_t k = 0; reason < 0 && k < out->nrecs; k++)
+            if (eng_pending_same_group(e, out->recs[k].rule)) {
+                reason = TD_WDR_SUPERSEDED;
+                by = &out->recs[k];
+            }
+        for (uint32_t k = 0; reason < 0 && k < out->nrecs; k++)
+            if (eng_pending_withdrawn_by(e, out->recs[k].rule)) {
+                reason = TD_WDR_RULE;
+                by = &out->recs[k];
+            }
+        if (reason < 0) continue;
+        if (eng_withdraw(rs, st, trig, now, out, i, (td_wd_reason)reason, by, woff) != TD_OK)
+            return TD_ERR;
+        gone[i] = true;
+    }
+    for (uint32_t i = n0; i-- > 0;)
+        if (i < TD_PLAN_MAX && gone[i]) td_state_plan_remove(st, i);
+    bool changed = out->nwds > 0;
+    /* the new ones: all but late ones (unless the policy publishes them) */
+    for (uint32_t i = 0; i < out->nrecs; i++) {
+        td_rec *r = &out->recs[i];
+        if (r->late && !(flags & TD_STEP_LATE_PUBLISH)) continue;
+        td_pending e;
+        memset(&e, 0, sizeof e);
+        memcpy(e.id, r->id, sizeof r->id);
+        e.not_before = r->not_before;
+        e.expires_at = r->expires_at;
+        e.channel = r->channel;
+        e.owner = td_rule_owner_domain(r->rule);
+        td_strlcpy(e.rule, r->rule->id, sizeof e.rule);
+        if (r->rule->group) td_strlcpy(e.group, r->rule->group, sizeof e.group);
+        td_strlcpy(e.touch, r->touch, sizeof e.touch);
+        if (r->rule->intent) td_strlcpy(e.intent, r->rule->intent, sizeof e.intent);
+        e.json = malloc(r->body_len + 1);
+        if (!e.json) return TD_ERR;
+        memcpy(e.json, out->text.p + roff[i], r->body_len);
+        e.json[r->body_len] = '\0';
+        e.len = r->body_len;
+        td_pending ev_out;
+        ev_out.json = NULL;
+        if (td_state_plan_add(st, &e, &ev_out) != TD_OK) return TD_ERR;
+        free(ev_out.json); /* a plan of TD_PLAN_MAX loses its first to expire: rare */
+        changed = true;
+    }
+    if (changed) {
+        st->plan_version++;
+        out->plan_changed = true;
+    }
+    /* the text is complete: point the bodies into it */
+    for (uint32_t i = 0; i < out->nrecs; i++)
+        out->recs[i].body = out->text.p + roff[i];
+    for (uint32_t i = 0; i < out->nwds; i++)
+        out->wds[i].body = out->text.p + woff[i];
+    return TD_OK;
+}
+
+td_step_out *td_step_out_new(void) { return calloc(1, sizeof(td_step_out)); }
+
+void td_step_out_free(td_step_out *out) {
+    if (!out) return;
+    td_buf_free(&out->text);
+    free(out);
 }

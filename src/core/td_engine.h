@@ -50,6 +50,11 @@ typedef struct td_trigger {
     const char *rule;
     td_ms due_at;
     const char *armed_by;
+    /* the wall clock at publication, for the catch-up policy (a
+     * recommendation published past its not_before by more than its
+     * late_after, or past its expires_at, is late); 0: never late (the
+     * offline tools, unless told a wall clock) */
+    td_ms wall;
 } td_trigger;
 
 typedef enum td_outcome {
@@ -82,7 +87,7 @@ typedef struct td_decision {
     uint32_t nbecause;
 } td_decision;
 
-#define TD_REC_ID_LEN 34 /* "r-" + 32 hex */
+#define TD_REC_ID_LEN 34 /* "r-" + 32 hex; a withdrawal's "w-" + 32 hex */
 typedef struct td_rec {
     char id[TD_REC_ID_LEN + 1];
     const td_rule *rule;
@@ -90,10 +95,41 @@ typedef struct td_rec {
     const char *touch; /* from the rule */
     const char *note;  /* from the rule, may be NULL */
     td_ms not_before;
+    td_ms expires_at; /* not_before + the rule's expires */
     int64_t priority;
+    bool late;    /* published late (trigger's wall clock; see td_trigger.wall) */
+    bool dropped; /* late under the "drop" policy: not to be published */
     td_because because[TD_BECAUSE_MAX];
     uint32_t nbecause;
+    /* the recommendation's JSON as published but for generated_at (one
+     * line, ends with '}'), in the step's output: valid until the next step */
+    const char *body;
+    uint32_t body_len;
 } td_rec;
+
+/* Why a pending recommendation is withdrawn (the contract's reasons). */
+typedef enum td_wd_reason {
+    TD_WDR_REPLIED = 0, /* a reply, not out_of_office: the sequence ends */
+    TD_WDR_OPTED_OUT,   /* its channel opted out, unsubscribed or lost consent */
+    TD_WDR_BOUNCED,     /* its channel hard-bounced */
+    TD_WDR_SUPERSEDED,  /* a newer recommendation of its group */
+    TD_WDR_STAGE,       /* the stage became won or lost */
+    TD_WDR_RULE,        /* a rule's `withdraws` */
+    TD_WDR_EXPIRED      /* its expires_at passed */
+} td_wd_reason;
+const char *td_wd_reason_name(td_wd_reason r); /* "replied", "opted_out", ... */
+
+/* A withdrawal the step made: the pending recommendation `withdraws` left
+ * the plan for `reason`. */
+typedef struct td_wd {
+    char id[TD_REC_ID_LEN + 1]; /* "w-" + the first 128 bits of sha256(trigger id, withdrawn id) */
+    char withdraws[TD_REC_ID_LEN + 1];
+    char rule[TD_RULE_ID_MAX + 1]; /* the withdrawn recommendation's rule */
+    td_wd_reason reason;
+    const td_rec *by; /* the recommendation of this step that caused it (superseded, rule) */
+    const char *body; /* as td_rec.body */
+    uint32_t body_len;
+} td_wd;
 
 /* A timer to arm (or re-arm) in durable storage; also recorded in the state. */
 typedef struct td_arm {
@@ -106,8 +142,12 @@ typedef struct td_arm {
 
 /* Step flags. */
 enum {
-    TD_STEP_EXPLAIN = 1u << 0, /* fill decisions, with explanations, for every rule considered */
-    TD_STEP_OUTCOMES = 1u << 1 /* fill decisions (outcome, by, until) without explanations */
+    TD_STEP_EXPLAIN = 1u << 0,  /* fill decisions, with explanations, for every rule considered */
+    TD_STEP_OUTCOMES = 1u << 1, /* fill decisions (outcome, by, until) without explanations */
+    /* the catch-up policy for a late recommendation (td_trigger.wall); neither: "mark"
+     * (published with "late": true, not in the plan) */
+    TD_STEP_LATE_PUBLISH = 1u << 2, /* published as any other, in the plan */
+    TD_STEP_LATE_DROP = 1u << 3     /* not published (td_rec.dropped), counted */
 };
 
 typedef struct td_step_out {
@@ -124,10 +164,21 @@ typedef struct td_step_out {
      * is known: the caller steps it next, like any event */
     bool has_derived;
     td_event derived;
-    uint32_t nblocked;               /* candidates blocked by guards (always counted) */
-    uint32_t nerrors;                /* rules whose evaluation failed (always counted) */
+    /* the plan: withdrawals of pending recommendations, and whether the
+     * plan (st->plan) changed, so the caller publishes it */
+    td_wd wds[TD_PLAN_MAX];
+    uint32_t nwds;
+    bool plan_changed;
+    uint32_t nlate;    /* recommendations published late (marked, or not: as the policy says) */
+    td_buf text;       /* owned (td_step_out_free): the bodies */
+    uint32_t nblocked; /* candidates blocked by guards (always counted) */
+    uint32_t nerrors;  /* rules whose evaluation failed (always counted) */
     char trigger_id[TD_ID_MAX + 96]; /* event id, or "timer:<rule>:<armed_by>:<due ms>" */
 } td_step_out;
+
+/* A step output (zeroed), and its release. @returns NULL on out-of-memory. */
+td_step_out *td_step_out_new(void);
+void td_step_out_free(td_step_out *out);
 
 /*
  * Runs one step. `out` is overwritten. The engine's now is the trigger's
@@ -190,5 +241,16 @@ int td_engine_probe(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
  */
 int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs, const td_trigger *trig,
                 td_ms generated_at, td_buf *b);
+/* A body (td_rec.body, td_wd.body) as published: generated_at added. */
+int td_body_json(const char *body, size_t len, td_ms generated_at, td_buf *b);
+/*
+ * The current plan of st as the plan topic's JSON object (one line):
+ * prospect_id, version (st->plan_version), updated_at (the prospect's
+ * clock), ruleset, pending (the pending recommendations as published but
+ * for generated_at, soonest not_before first). With nothing pending the
+ * plan topic gets a tombstone instead: callers check st->nplan.
+ * @returns TD_OK or TD_ERR (out of memory).
+ */
+int td_plan_json(const td_state *st, const td_ruleset *rs, td_buf *b);
 
 #endif

@@ -405,14 +405,21 @@ static const char *closest(const char *word, const char *const *cands) {
     return best;
 }
 
-static const char *const rule_keys[] = {"id",        "doc",   "on",     "when",
-                                        "priority",  "group", "after",  "cooldown",
-                                        "recommend", "block", "reason", NULL};
+static const char *const rule_keys[] = {
+    "id",        "doc",   "on",     "when",   "priority", "group",      "after",     "cooldown",
+    "recommend", "block", "reason", "intent", "expires",  "late_after", "withdraws", NULL};
 static const char *const rec_keys[] = {"channel", "touch", "at", "note", "window", NULL};
-static const char *const settings_keys[] = {
-    "default_timezone",    "best_time_min_points", "best_time_default_hour",
-    "business_start_hour", "business_end_hour",    "quiet_start_hour",
-    "quiet_end_hour",      "gift_tax_cap_eur",     NULL};
+static const char *const settings_keys[] = {"default_timezone",
+                                            "best_time_min_points",
+                                            "best_time_default_hour",
+                                            "business_start_hour",
+                                            "business_end_hour",
+                                            "quiet_start_hour",
+                                            "quiet_end_hour",
+                                            "gift_tax_cap_eur",
+                                            "expires",
+                                            "late_after",
+                                            NULL};
 
 static bool key_known(const char *k, const char *const *keys) {
     for (size_t i = 0; keys[i]; i++)
@@ -647,6 +654,8 @@ static void compile_settings(cctx *cx, const config_setting_t *s) {
         }
         *ints[i].dst = v;
     }
+    get_duration(cx, s, "expires", "settings", &st->expires);
+    get_duration(cx, s, "late_after", "settings", &st->late_after);
     config_setting_t *caps = config_setting_get_member(s, "gift_tax_cap_eur");
     if (caps) {
         if (config_setting_type(caps) != CONFIG_TYPE_GROUP) {
@@ -711,6 +720,76 @@ static void rule_free(td_rule *r) {
     free(r->reason);
     free(r->never_blocks);
     free(r->fixed_truth);
+    free(r->intent);
+    for (uint32_t i = 0; i < r->nwithdraws; i++)
+        free(r->withdraws[i].name);
+    free(r->withdraws);
+}
+
+/* The plan keys of a recommending rule: intent, expires, late_after,
+ * withdraws (names are resolved once every file is compiled:
+ * ru_resolve_withdraws). */
+static void compile_plan_keys(cctx *cx, const config_setting_t *rs, td_rule *r, const char *rid) {
+    const char *keys[] = {"intent", "expires", "late_after", "withdraws"};
+    if (r->guard) {
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            if (config_setting_get_member(rs, keys[i]))
+                err_at(cx, config_setting_get_member(rs, keys[i]), "E114",
+                       "guard '%s': %s belongs to a recommending rule (a guard publishes "
+                       "nothing)",
+                       rid, keys[i]);
+        return;
+    }
+    const char *in = get_string(cx, rs, "intent", rid);
+    if (in) {
+        size_t il = strlen(in);
+        bool ok = il > 0 && il <= TD_INTENT_MAX;
+        for (size_t i = 0; ok && i < il; i++)
+            ok = islower((unsigned char)in[i]) || in[i] == '_';
+        if (!ok)
+            err_at(cx, config_setting_get_member(rs, "intent"), "E114",
+                   "rule '%s': intent must be 1 to %d lower-case letters or '_', e.g. "
+                   "\"follow_up\"",
+                   rid, TD_INTENT_MAX);
+        else {
+            r->intent = xstrdup(in);
+            if (!td_intent_known(in))
+                warn_at(cx, config_setting_get_member(rs, "intent"), "W309",
+                        "rule '%s': intent '%s' is not in the vocabulary (docs/rules.md); "
+                        "`withdraws` can still name it",
+                        rid, in);
+        }
+    }
+    get_duration(cx, rs, "expires", rid, &r->expires);
+    get_duration(cx, rs, "late_after", rid, &r->late_after);
+    config_setting_t *w = config_setting_get_member(rs, "withdraws");
+    if (!w) return;
+    int n =
+        config_setting_type(w) == CONFIG_TYPE_ARRAY || config_setting_type(w) == CONFIG_TYPE_LIST
+            ? config_setting_length(w)
+            : -1;
+    if (n <= 0) {
+        err_at(cx, w, "E114",
+               "rule '%s': withdraws must be a non-empty list of groups, rule ids or "
+               "\"intent:<name>\", e.g. withdraws = [ \"follow-up\", \"intent:ask_meeting\" ];",
+               rid);
+        return;
+    }
+    r->withdraws = calloc((size_t)n, sizeof *r->withdraws);
+    if (!r->withdraws) return;
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(w, (unsigned)i);
+        const char *v =
+            config_setting_type(e) == CONFIG_TYPE_STRING ? config_setting_get_string(e) : NULL;
+        if (!v || !*v) {
+            err_at(cx, w, "E114", "rule '%s': withdraws[%d] must be a non-empty string", rid, i);
+            continue;
+        }
+        td_withdraw *x = &r->withdraws[r->nwithdraws++];
+        x->kind = strncmp(v, "intent:", 7) == 0 ? TD_WD_INTENT : TD_WD_NAME;
+        x->name = xstrdup(x->kind == TD_WD_INTENT ? v + 7 : v);
+        x->line = setting_line(w);
+    }
 }
 
 /* Compiles one rule; returns true when it has no error (it is then kept). */
@@ -776,6 +855,9 @@ static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const
         if (!*grp)
             err_at(cx, config_setting_get_member(rs, "group"), "E106",
                    "rule '%s': group must not be empty (remove it for a group of its own)", rid);
+        else if (strlen(grp) > TD_RULE_ID_MAX)
+            err_at(cx, config_setting_get_member(rs, "group"), "E106",
+                   "rule '%s': group names are at most %d bytes", rid, TD_RULE_ID_MAX);
         else
             r->group = xstrdup(grp);
     }
@@ -827,6 +909,7 @@ static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const
                     "guard '%s': cooldown, group and priority have no effect on a guard", rid);
     }
     r->when = compile_expr(cx, rs, "when", scopes, TD_T_BOOL, rid);
+    compile_plan_keys(cx, rs, r, rid);
 
     if (rec) {
         if (config_setting_type(rec) != CONFIG_TYPE_GROUP) {
@@ -1237,6 +1320,57 @@ static void lint(const td_ruleset *rs, td_diags *d) {
     }
 }
 
+/* Every `withdraws` name must name something of the ruleset: a group or a
+ * rule id, or (intent:) an intent some rule declares. */
+static void ru_resolve_withdraws(const td_ruleset *rs, const td_source *srcs, size_t nsrc,
+                                 td_diags *d) {
+    for (size_t i = 0; i < rs->n; i++) {
+        const td_rule *r = &rs->rules[i];
+        for (uint32_t k = 0; k < r->nwithdraws; k++) {
+            const td_withdraw *w = &r->withdraws[k];
+            bool found = false;
+            for (size_t j = 0; j < rs->n && !found; j++) {
+                const td_rule *o = &rs->rules[j];
+                if (o->guard) continue;
+                if (w->kind == TD_WD_INTENT)
+                    found = o->intent && strcmp(o->intent, w->name) == 0;
+                else
+                    found =
+                        strcmp(o->id, w->name) == 0 || (o->group && strcmp(o->group, w->name) == 0);
+            }
+            if (found) continue;
+            const td_source *src = NULL;
+            for (size_t s = 0; s < nsrc; s++)
+                if (strcmp(srcs[s].name, r->file) == 0) src = &srcs[s];
+            if (w->kind == TD_WD_INTENT)
+                diag_add(d, TD_SEV_ERROR, "E114", r->file, src, w->line, 0, 1,
+                         "rule '%s': withdraws 'intent:%s', but no rule of the ruleset declares "
+                         "intent '%s'",
+                         r->id, w->name, w->name);
+            else
+                diag_add(d, TD_SEV_ERROR, "E114", r->file, src, w->line, 0, 1,
+                         "rule '%s': withdraws '%s', which is neither a group nor a rule id of "
+                         "the ruleset (for an intent write \"intent:%s\")",
+                         r->id, w->name, w->name);
+        }
+    }
+}
+
+td_ms td_rule_expires(const td_ruleset *rs, const td_rule *r) {
+    return r->expires > 0 ? r->expires : rs->settings.expires;
+}
+td_ms td_rule_late_after(const td_ruleset *rs, const td_rule *r) {
+    return r->late_after > 0 ? r->late_after : rs->settings.late_after;
+}
+
+bool td_intent_known(const char *intent) {
+    static const char *const v[] = {"give", "ask_meeting", "follow_up", "reply", "reengage",
+                                    "gift", "stop",        "owner",     NULL};
+    for (size_t i = 0; v[i]; i++)
+        if (strcmp(v[i], intent) == 0) return true;
+    return false;
+}
+
 td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags) {
     td_diags local = {0};
     if (!diags) diags = &local;
@@ -1269,6 +1403,7 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     compute_hash(rs, srcs, n);
     if (diags->errors == errors_before && !build_index(rs))
         diag_add(diags, TD_SEV_ERROR, "E100", "<rules>", NULL, 0, 0, 1, "out of memory");
+    if (diags->errors == errors_before) ru_resolve_withdraws(rs, srcs, n, diags);
     if (diags->errors == errors_before) lint(rs, diags);
     free(cx.seen);
     bool failed = diags->errors != errors_before;

@@ -51,6 +51,16 @@ typedef struct td_source {
     size_t len;
 } td_source;
 
+/* One entry of a rule's `withdraws`: pending recommendations of a group,
+ * of a rule, or with an intent ("intent:<name>"). A bare name is a group or
+ * a rule id (both, when it names both). */
+typedef enum td_withdraw_kind { TD_WD_NAME = 0, TD_WD_INTENT = 1 } td_withdraw_kind;
+typedef struct td_withdraw {
+    td_withdraw_kind kind;
+    char *name; /* owned */
+    int line;   /* of the `withdraws` setting */
+} td_withdraw;
+
 typedef struct td_rule {
     char id[TD_RULE_ID_MAX + 1];
     td_rule_key
@@ -75,6 +85,13 @@ typedef struct td_rule {
     td_expr *at; /* time; NULL = now */
     char *note;
     bool window_any; /* `window = "any"`: not moved into business hours (quiet hours still apply) */
+
+    /* the plan (non-guards) */
+    char *intent;           /* what the touch is for (docs/rules.md), NULL: none */
+    td_ms expires;          /* after its not_before; 0: the ruleset's settings.expires */
+    td_ms late_after;       /* 0: the ruleset's settings.late_after */
+    td_withdraw *withdraws; /* owned: what its recommendation makes obsolete */
+    uint32_t nwithdraws;
 
     /* guards */
     td_expr *block; /* bool over rec.*, target.* and state */
@@ -137,5 +154,10 @@ static inline bool td_rule_never_blocks(const td_rule *g, const td_rule *r) {
 
 /* The touch vocabulary of DESIGN.md (rules may add their own: a warning). */
 bool td_touch_known(const char *touch);
+/* The intent vocabulary (docs/rules.md; others are a warning). */
+bool td_intent_known(const char *intent);
+/* A rule's expiry and lateness bound: its own, or the ruleset's default. */
+td_ms td_rule_expires(const td_ruleset *rs, const td_rule *r);
+td_ms td_rule_late_after(const td_ruleset *rs, const td_rule *r);
 
 #endif

@@ -98,6 +98,8 @@ void td_settings_default(td_settings *s) {
     s->gift_tax_caps[0].cap_eur = 73 * TD_DEC_SCALE;
     s->ngift_tax_caps = 1;
     s->calendar = NULL;
+    s->expires = 7 * TD_DAY;
+    s->late_after = 24 * TD_HOUR;
 }
 
 void td_state_chan_init(td_chan_state *c) {
@@ -128,17 +130,71 @@ void td_state_free(td_state *st) {
     free(st->fired);
     free(st->timers);
     free(st->armed);
+    for (uint32_t i = 0; i < st->nplan; i++)
+        free(st->plan[i].json);
+    free(st->plan);
     st->fired = NULL;
     st->timers = NULL;
     st->armed = NULL;
+    st->plan = NULL;
     st->nfired = st->capfired = st->ntimers = st->captimers = 0;
     st->narmed = st->caparmed = st->armed_hint = 0;
+    st->nplan = st->capplan = 0;
 }
 
 /* Points every timer's armed_by at its pool slot (after the pool moved). */
 static void st_armed_repoint(td_state *st) {
     for (uint32_t i = 0; i < st->ntimers; i++)
         st->timers[i].armed_by = st->armed[st->timers[i].armed_slot].id;
+}
+
+/* ---- the plan ---- */
+
+/* Plan order: soonest not_before first, then by id. */
+static int st_plan_cmp(const td_pending *a, const td_pending *b) {
+    if (a->not_before != b->not_before) return a->not_before < b->not_before ? -1 : 1;
+    return strcmp(a->id, b->id);
+}
+
+int td_state_plan_find(const td_state *st, const char *id) {
+    for (uint32_t i = 0; i < st->nplan; i++)
+        if (strcmp(st->plan[i].id, id) == 0) return (int)i;
+    return -1;
+}
+
+void td_state_plan_remove(td_state *st, uint32_t i) {
+    if (i >= st->nplan) return;
+    free(st->plan[i].json);
+    memmove(&st->plan[i], &st->plan[i + 1], (st->nplan - i - 1) * sizeof *st->plan);
+    st->nplan--;
+}
+
+int td_state_plan_add(td_state *st, td_pending *e, td_pending *evicted) {
+    int at = td_state_plan_find(st, e->id);
+    if (at >= 0) td_state_plan_remove(st, (uint32_t)at); /* the same id again: replaced */
+    if (st->nplan >= TD_PLAN_MAX) {
+        uint32_t k = 0;
+        for (uint32_t i = 1; i < st->nplan; i++)
+            if (st->plan[i].expires_at < st->plan[k].expires_at) k = i;
+        if (evicted) {
+            *evicted = st->plan[k];
+            st->plan[k].json = NULL;
+        }
+        td_state_plan_remove(st, k);
+    }
+    if (td_grow(&st->plan, &st->capplan, st->nplan, sizeof *st->plan, 4) != TD_OK) {
+        free(e->json);
+        e->json = NULL;
+        return TD_ERR;
+    }
+    uint32_t i = st->nplan;
+    while (i > 0 && st_plan_cmp(&st->plan[i - 1], e) > 0)
+        i--;
+    memmove(&st->plan[i + 1], &st->plan[i], (st->nplan - i) * sizeof *st->plan);
+    st->plan[i] = *e;
+    st->nplan++;
+    e->json = NULL;
+    return TD_OK;
 }
 
 /* Ownership: dst gets its own copies of the tables (freed by td_state_free
@@ -148,8 +204,25 @@ int td_state_copy(td_state *dst, const td_state *src) {
     dst->fired = NULL;
     dst->timers = NULL;
     dst->armed = NULL;
+    dst->plan = NULL;
     dst->nfired = dst->capfired = dst->ntimers = dst->captimers = 0;
     dst->narmed = dst->caparmed = dst->armed_hint = 0;
+    dst->nplan = dst->capplan = 0;
+    if (src->nplan) {
+        dst->plan = malloc(src->nplan * sizeof *dst->plan);
+        if (!dst->plan) return TD_ERR;
+        for (uint32_t i = 0; i < src->nplan; i++) {
+            dst->plan[i] = src->plan[i];
+            dst->plan[i].json = malloc(src->plan[i].len + 1);
+            if (!dst->plan[i].json) {
+                dst->nplan = dst->capplan = i;
+                td_state_free(dst);
+                return TD_ERR;
+            }
+            memcpy(dst->plan[i].json, src->plan[i].json, src->plan[i].len + 1);
+        }
+        dst->nplan = dst->capplan = src->nplan;
+    }
     if (src->nfired) {
         dst->fired = malloc(src->nfired * sizeof *dst->fired);
         if (!dst->fired) return TD_ERR;
@@ -233,6 +306,15 @@ bool td_state_equal(const td_state *a, const td_state *b) {
     if (a->npos != b->npos) return false;
     for (uint32_t i = 0; i < a->npos; i++) /* kept sorted by key */
         if (a->pos[i].key != b->pos[i].key || a->pos[i].offset != b->pos[i].offset) return false;
+    if (a->plan_version != b->plan_version || a->nplan != b->nplan) return false;
+    for (uint32_t i = 0; i < a->nplan; i++) {
+        const td_pending *x = &a->plan[i], *y = &b->plan[i];
+        if (strcmp(x->id, y->id) || x->not_before != y->not_before ||
+            x->expires_at != y->expires_at || x->channel != y->channel || x->owner != y->owner ||
+            strcmp(x->rule, y->rule) || strcmp(x->group, y->group) || strcmp(x->touch, y->touch) ||
+            strcmp(x->intent, y->intent) || x->len != y->len || memcmp(x->json, y->json, x->len))
+            return false;
+    }
     if (a->nfired != b->nfired || a->ntimers != b->ntimers) return false;
     for (uint32_t i = 0; i < a->nfired; i++)
         if (strcmp(a->fired[i].rule, b->fired[i].rule) || a->fired[i].at != b->fired[i].at)

@@ -104,6 +104,30 @@ typedef struct td_armed {
     uint32_t refs; /* timers pointing here; 0: free for reuse */
 } td_armed;
 
+/*
+ * A pending recommendation: published, not yet acted on, dismissed,
+ * withdrawn or expired. The state keeps them (the current plan,
+ * docs/recommendations.md), soonest not_before first (then by id), at most
+ * TD_PLAN_MAX. json is the recommendation exactly as published but for its
+ * generated_at (owned, NUL-terminated); the other fields are what the engine
+ * matches withdrawals on, copied from the rule when it fired (a reload that
+ * removes the rule does not orphan them).
+ */
+#define TD_PLAN_MAX 32
+#define TD_INTENT_MAX 24
+typedef struct td_pending {
+    char id[36]; /* "r-" + 32 hex */
+    td_ms not_before, expires_at;
+    td_channel channel;
+    bool owner; /* audience: the owner (an owner nudge), else the prospect */
+    char rule[TD_RULE_ID_MAX + 1];
+    char group[TD_RULE_ID_MAX + 1]; /* "" when the rule has none (its own group) */
+    char touch[TD_SHORT_MAX + 1];
+    char intent[TD_INTENT_MAX + 1]; /* "" when the rule declares none */
+    char *json;
+    uint32_t len;
+} td_pending;
+
 /* Last applied input offset for one (topic, partition), set by the daemon. */
 typedef struct td_pos {
     uint64_t key; /* td_hash64 of "<topic>/<partition>" */
@@ -165,6 +189,12 @@ typedef struct td_state {
     td_pos pos[TD_POS_MAX];
     uint32_t npos;
 
+    /* the current plan: pending recommendations, soonest first (owned) */
+    td_pending *plan;
+    uint32_t nplan;
+    size_t capplan;
+    int64_t plan_version; /* bumped by every change of the plan */
+
     td_fired *fired; /* owned; sorted by rule id */
     uint32_t nfired, capfired;
     td_timer *timers; /* owned; sorted by rule id */
@@ -209,6 +239,10 @@ typedef struct td_settings {
      * owns an empty one until the caller attaches a loaded one. Never NULL
      * inside a compiled ruleset. */
     const struct td_calendar *calendar;
+    /* the plan (docs/rules.md): how long after its not_before a
+     * recommendation expires, and how far past its not_before it may be
+     * published before it is late, unless the rule says (7d, 24h) */
+    td_ms expires, late_after;
 } td_settings;
 /* The defaults above. */
 void td_settings_default(td_settings *s);
@@ -263,6 +297,16 @@ void td_state_disarm_timer_key(td_state *st, const td_rule_key *rule);
 int td_state_armed_hold(td_state *st, const char *armed_by, size_t armed_len, uint32_t *slot);
 int td_state_arm_timer_slot(td_state *st, const td_rule_key *rule, td_ms due_at, uint32_t slot);
 void td_state_armed_drop(td_state *st, uint32_t slot);
+
+/* The plan: td_state_plan_add takes e (its json is owned by the state
+ * afterwards, also on TD_ERR, when it is freed) and keeps the table in plan
+ * order; a plan already at TD_PLAN_MAX first loses the entry that expires
+ * first, which is copied to *evicted (its json then the caller's; NULL:
+ * freed). td_state_plan_remove drops entry i (its json freed unless taken:
+ * set json NULL first). td_state_plan_find returns the index of id or -1. */
+int td_state_plan_add(td_state *st, td_pending *e, td_pending *evicted);
+void td_state_plan_remove(td_state *st, uint32_t i);
+int td_state_plan_find(const td_state *st, const char *id);
 
 /* Outbound touches in (now - window, now]. */
 int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window);

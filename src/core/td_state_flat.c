@@ -76,6 +76,7 @@ static const td_flat td_flat_top[] = {
     {K_("first_seen_at"), TD_FK_TIME, S_(first_seen_at), 0, 0},
     {K_("last_event_at"), TD_FK_TIME, S_(last_event_at), 0, 0},
     {K_("clock"), TD_FK_TIME, S_(clock), 0, 0},
+    {K_("plan_version"), TD_FK_I64, S_(plan_version), 0, 0},
     {K_("first_touch_at"), TD_FK_TIME, S_(first_touch_at), 0, 0},
     {K_("last_touch_at"), TD_FK_TIME, S_(last_touch_at), 0, 0},
     {K_("last_inbound_at"), TD_FK_TIME, S_(last_inbound_at), 0, 0},
@@ -779,12 +780,61 @@ TD_FW_INLINE void sf_fw_state(const td_state *st, td_fw *w, bool kvmode) {
     }
 }
 
+/* The plan, after everything else: "pending.<id>" = "<not_before>
+ * <expires_at> <channel> <p|o> <rule> <group> <touch> <intent> <json>",
+ * the four names percent-encoded (group and intent empty when none), the
+ * json as is (the rest of the value). Pairs go through fn (a td_kv_fn:
+ * td_kvs_add for a td_kvs), formatted in a heap buffer (a plan is rare and
+ * its entries are large). */
+static void sf_plan(const td_state *st, td_kv_fn fn, void *ud) {
+    for (uint32_t i = 0; i < st->nplan; i++) {
+        const td_pending *e = &st->plan[i];
+        size_t idl = strlen(e->id);
+        size_t need =
+            8 + idl + 1 + 2 * TD_TIME_BUF + 24 +
+            3 * (strlen(e->rule) + strlen(e->group) + strlen(e->touch) + strlen(e->intent)) + 8 +
+            e->len + 2;
+        char *p = malloc(need);
+        if (!p) {
+            if (fn == td_kvs_add) ((td_kvs *)ud)->oom = true;
+            return;
+        }
+        memcpy(p, "pending.", 8);
+        memcpy(p + 8, e->id, idl);
+        size_t kl = 8 + idl;
+        p[kl] = '\0';
+        char *v = p + kl + 1, *o = v;
+        o += sf_w_at(o, e->not_before);
+        *o++ = ' ';
+        o += sf_w_at(o, e->expires_at);
+        *o++ = ' ';
+        const char *ch = td_channel_name(e->channel);
+        size_t chl = strlen(ch);
+        memcpy(o, ch, chl);
+        o += chl;
+        *o++ = ' ';
+        *o++ = e->owner ? 'o' : 'p';
+        const char *names[4] = {e->rule, e->group, e->touch, e->intent};
+        for (int k = 0; k < 4; k++) {
+            *o++ = ' ';
+            o += sf_w_pct(o, names[k], strlen(names[k]));
+        }
+        *o++ = ' ';
+        memcpy(o, e->json, e->len);
+        o += e->len;
+        *o = '\0';
+        fn(ud, p, kl, v, (size_t)(o - v));
+        free(p);
+    }
+}
+
 /* The callback form: each pair formatted in a scratch buffer. Key and value
  * are NUL-terminated, valid during the call only. */
 void td_state_serialize(const td_state *st, td_kv_fn fn, void *ud) {
     char scratch[TD_FW_SCRATCH + 2];
     td_fw w = {.fn = fn, .ud = ud, .scratch = scratch};
     sf_fw_state(st, &w, false);
+    sf_plan(st, fn, ud);
 }
 
 /* td_kvs_capture's: the pairs formatted in kv's buffer. */
@@ -794,6 +844,50 @@ void td_state_serialize_kvs(const td_state *st, td_kvs *kv) {
     sf_fw_load(&w);
     sf_fw_state(st, &w, true);
     sf_fw_done(&w, true);
+    if (st->nplan) sf_plan(st, td_kvs_add, kv);
+}
+
+static int sf_set_err(char *err, size_t errcap, const char *key, size_t klen, const char *what);
+
+/* One "pending.<id>" pair back into the plan. */
+static int sf_set_pending(td_state *st, const char *key, size_t klen, const char *val, size_t vlen,
+                          char *err, size_t errcap) {
+    td_pending e;
+    memset(&e, 0, sizeof e);
+    if (klen - 8 >= sizeof e.id) return sf_set_err(err, errcap, key, klen, "bad id");
+    memcpy(e.id, key + 8, klen - 8);
+    const char *f[8];
+    size_t fl[8];
+    const char *q = val, *end = val + vlen;
+    for (int k = 0; k < 8; k++) {
+        const char *sp = memchr(q, ' ', (size_t)(end - q));
+        if (!sp) return sf_set_err(err, errcap, key, klen, "not a pending recommendation");
+        f[k] = q;
+        fl[k] = (size_t)(sp - q);
+        q = sp + 1;
+    }
+    if (sf_parse_time(f[0], fl[0], &e.not_before) || sf_parse_time(f[1], fl[1], &e.expires_at))
+        return sf_set_err(err, errcap, key, klen, "not a time");
+    e.channel = td_channel_parse(f[2], fl[2]);
+    if (e.channel == TD_CH_NONE || fl[3] != 1 || (f[3][0] != 'o' && f[3][0] != 'p'))
+        return sf_set_err(err, errcap, key, klen, "not a pending recommendation");
+    e.owner = f[3][0] == 'o';
+    if (sf_pct_dec(f[4], fl[4], e.rule, sizeof e.rule) ||
+        sf_pct_dec(f[5], fl[5], e.group, sizeof e.group) ||
+        sf_pct_dec(f[6], fl[6], e.touch, sizeof e.touch) ||
+        sf_pct_dec(f[7], fl[7], e.intent, sizeof e.intent))
+        return sf_set_err(err, errcap, key, klen, "bad name");
+    size_t jl = (size_t)(end - q);
+    if (jl < 2 || q[0] != '{' || jl > UINT32_MAX)
+        return sf_set_err(err, errcap, key, klen, "not a pending recommendation");
+    e.json = malloc(jl + 1);
+    if (!e.json) return sf_set_err(err, errcap, key, klen, "out of memory");
+    memcpy(e.json, q, jl);
+    e.json[jl] = '\0';
+    e.len = (uint32_t)jl;
+    if (td_state_plan_add(st, &e, NULL) != TD_OK)
+        return sf_set_err(err, errcap, key, klen, "out of memory");
+    return TD_OK;
 }
 
 static int sf_set_err(char *err, size_t errcap, const char *key, size_t klen, const char *what) {
@@ -989,6 +1083,8 @@ int td_state_set_field(td_state *st, const char *key, size_t klen, const char *v
         st->dedup_head = c.n % TD_DEDUP_RING;
         return TD_OK;
     }
+    if (sf_key_prefix(key, klen, "pending."))
+        return sf_set_pending(st, key, klen, val, vlen, err, errcap);
     if (sf_key_prefix(key, klen, "pos.")) {
         uint64_t k = 0;
         size_t hn = klen - 4;

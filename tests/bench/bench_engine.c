@@ -1193,7 +1193,7 @@ int main(int argc, char **argv) {
     free(s.v);
     free(b.states);
     free(b.events);
-    free(b.out);
+    td_step_out_free(b.out);
     td_tzdb_free(b.tz);
     td_ruleset_free(rs);
     return rc;

@@ -100,7 +100,7 @@ expect_jq json_e3 '.rules[] | select(.rule=="tr.pivot-whatsapp") | .guard_condit
 expect_jq json_e3 '.rules[] | select(.rule=="tr.follow-up") | [.outcome, .by, .group]' '["lost_group","tr.pivot-linkedin","follow-up"]'
 expect_jq json_e3 '.rules[] | select(.rule=="tr.pivot-linkedin") | [.outcome, .recommendation.channel, .conditions[0].facts["email.unanswered"]]' '["fired","linkedin",2]'
 expect_jq json_e3 '[.recommendations[] | .rule]' '["tr.pivot-linkedin"]'
-expect_jq json_e3 '.recommendations[0].trigger' '{"type":"email.opened","event_id":"e3"}'
+expect_jq json_e3 '.recommendations[0].trigger' '{"type":"email.opened","event_id":"e3","occurred_at":"2026-11-24T10:00:00Z"}'
 expect_jq json_e3 '.rules[] | select(.rule=="guard.consent") | [.kind, .outcome, .blocked]' '["guard","blocked",["tr.pivot-whatsapp"]]'
 expect_jq json_e3 '.rules[] | select(.rule=="tr.silence") | [.kind, .outcome, .pending_timer.due_at]' '["timer","not_triggered","2026-11-27T09:00:00Z"]'
 

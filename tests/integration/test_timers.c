@@ -92,7 +92,7 @@ static int teardown(void **state) {
     td_redis_free(f->r);
     td_ruleset_free(f->rs);
     td_tzdb_free(f->tz);
-    free(f->out);
+    td_step_out_free(f->out);
     td_test_redis_stop(&f->srv);
     free(f);
     return 0;

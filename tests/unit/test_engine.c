@@ -64,7 +64,7 @@ static int setup(void **state) {
     td_diags_free(&d);
     if (!f->rs) return -1;
     f->tz = td_tzdb_new();
-    f->out = malloc(sizeof *f->out);
+    f->out = td_step_out_new();
     td_state_init(&f->st, "p-1");
     *state = f;
     return 0;
@@ -75,7 +75,7 @@ static int teardown(void **state) {
     td_state_free(&f->st);
     td_ruleset_free(f->rs);
     td_tzdb_free(f->tz);
-    free(f->out);
+    td_step_out_free(f->out);
     free(f);
     return 0;
 }
@@ -632,7 +632,7 @@ static void test_probe(void **state) {
     assert_int_equal(td_state_copy(&copy, &f->st), TD_OK);
     size_t nr = td_ruleset_count(f->rs);
     td_probe p = {.rules = calloc(nr, sizeof *p.rules), .nrules = nr};
-    td_step_out *po = malloc(sizeof *po);
+    td_step_out *po = td_step_out_new();
     assert_int_equal(td_engine_probe(f->rs, &copy, &trig, ev.occurred_at, f->tz, &p, po), TD_OK);
     td_step_out *o = step_json(f, TD_STEP_OUTCOMES, "%s", js);
     assert_true(td_state_equal(&copy, &f->st));
@@ -677,7 +677,7 @@ static void test_probe(void **state) {
     td_state_free(&before);
     td_state_free(&copy);
     free(p.rules);
-    free(po);
+    td_step_out_free(po);
 }
 
 int main(void) {

@@ -194,19 +194,27 @@ static int ref_rec_json(const td_rec *r, const td_state *st, const td_ruleset *r
                         const td_trigger *trig, td_ms generated_at, td_buf *b) {
     int rc = TD_OK;
     rc |= td_buf_append(b, "{", 1);
-    rc |= ref_put_key(b, "id", true);
-    rc |= ref_json_str(b, r->id, strlen(r->id));
+    rc |= ref_put_key(b, "kind", true);
+    rc |= ref_json_str(b, "recommendation", 14);
+    rc |= ref_put_str(b, "id", r->id);
     rc |= ref_put_str(b, "prospect_id", st->prospect_id);
     if (st->owner_id[0]) rc |= ref_put_str(b, "owner_id", st->owner_id);
+    rc |= ref_put_str(b, "audience", td_rule_owner_domain(r->rule) ? "owner" : "prospect");
     rc |= ref_put_str(b, "rule", r->rule->id);
+    if (r->rule->group) rc |= ref_put_str(b, "group", r->rule->group);
+    if (r->rule->intent) rc |= ref_put_str(b, "intent", r->rule->intent);
     rc |= ref_put_str(b, "channel", td_channel_name(r->channel));
     rc |= ref_put_str(b, "touch", r->touch);
     rc |= ref_put_time(b, "not_before", r->not_before);
+    rc |=
+        ref_put_time(b, "expires_at",
+                     r->expires_at ? r->expires_at : r->not_before + td_rule_expires(rs, r->rule));
     rc |= ref_put_key(b, "priority", false);
     char num[32];
     snprintf(num, sizeof num, "%lld", (long long)r->priority);
     rc |= td_buf_append(b, num, strlen(num));
     if (r->note) rc |= ref_put_str(b, "note", r->note);
+    if (r->late) rc |= td_buf_append(b, ",\"late\":true", 12);
     rc |= ref_put_key(b, "trigger", false);
     rc |= td_buf_append(b, "{", 1);
     if (trig->kind == TD_TRIG_EVENT) {
@@ -214,12 +222,14 @@ static int ref_rec_json(const td_rec *r, const td_state *st, const td_ruleset *r
         const char *tn = td_event_type_name(trig->ev->type);
         rc |= ref_json_str(b, tn, strlen(tn));
         rc |= ref_put_str(b, "event_id", trig->ev->id);
+        rc |= ref_put_time(b, "occurred_at", trig->ev->occurred_at);
     } else {
         rc |= ref_put_key(b, "type", true);
         rc |= ref_json_str(b, "timer", 5);
         rc |= ref_put_str(b, "rule", trig->rule);
         rc |= ref_put_str(b, "armed_by", trig->armed_by);
         rc |= ref_put_time(b, "due_at", trig->due_at);
+        rc |= ref_put_time(b, "occurred_at", trig->due_at);
     }
     rc |= td_buf_append(b, "}", 1);
     rc |= ref_put_key(b, "because", false);
