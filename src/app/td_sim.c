@@ -188,10 +188,12 @@ static int sim_step(td_sim *s, td_state *st, const td_trigger *trig, unsigned fl
     if (td_engine_step(s->rs, st, trig, s->clock, s->tz, flags, out) != TD_OK) return TD_ERR;
     s->steps++;
     if (trig->kind == TD_TRIG_EVENT && out->duplicate) s->duplicates++;
-    if (out->duplicate || out->stale) return TD_OK;
+    if (out->rejected) s->rejected++; /* the caller reports it (out->reject_*) */
+    if (out->duplicate || out->stale || out->rejected) return TD_OK;
     if (s->fn) s->fn(s->ud, s, st, trig, out);
     for (uint32_t i = 0; i < out->narms; i++)
-        if (sim_heap_push(s, out->arms[i].due_at, st, out->arms[i].rule->id, trig->ev->id) != TD_OK)
+        if (sim_heap_push(s, out->arms[i].due_at, st, out->arms[i].rule_id,
+                          out->arms[i].armed_by) != TD_OK)
             return TD_ERR;
     if (!out->has_derived) return TD_OK;
     if (!s->dout && !(s->dout = td_step_out_new())) return TD_ERR;

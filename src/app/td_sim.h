@@ -45,7 +45,7 @@
 #include "td_engine.h"
 
 typedef struct td_sim td_sim;
-/* Called after every engine step that was not a duplicate or a stale timer;
+/* Called after every engine step that was not a duplicate, a rejected event or a stale timer;
  * the step ran at now = sim->clock. */
 typedef void (*td_sim_fn)(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
                           const td_step_out *out);
@@ -82,6 +82,7 @@ struct td_sim {
     td_sim_fn fn;      /* optional */
     void *ud;
     uint64_t steps, duplicates, timers_fired, timers_stale, derived;
+    uint64_t rejected; /* events the engine refused (td_step_out.rejected) */
 };
 
 /*

@@ -47,6 +47,7 @@
 #include <string.h>
 
 #include "td_schedule.h"
+#include "td_state_internal.h"
 #include "td_time.h"
 
 const char *td_outcome_name(td_outcome o) {
@@ -403,7 +404,7 @@ static void eng_snap_take(eng_snap *s, const td_state *st) {
 }
 
 static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
-                    unsigned flags, td_step_out *out, const eng_snap *snap);
+                    unsigned flags, td_step_out *out, const eng_snap *snap, td_tzdb *tz);
 
 /* The engine's now for a trigger at time t: t, or the prospect's clock when
  * t is older (time never runs backwards for a prospect); the clock moves to
@@ -437,6 +438,7 @@ static inline __attribute__((always_inline)) int
 eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, td_tzdb *tz,
         unsigned flags, td_step_out *out, td_probe *p, cand *cands, uint32_t capc) {
     out->duplicate = false;
+    out->rejected = false;
     out->stale = false;
     out->has_derived = false;
     out->nrecs = 0;
@@ -479,6 +481,15 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
             out->duplicate = true;
             return TD_OK;
         }
+        if (td_event_is_feedback(ev->type) && td_state_plan_find(st, ev->recommendation_id) < 0 &&
+            !td_state_rec_seen(st, ev->recommendation_id)) {
+            out->rejected = true;
+            snprintf(out->reject_field, sizeof out->reject_field, "%s", "data.recommendation_id");
+            snprintf(out->reject_reason, sizeof out->reject_reason, "%s",
+                     "is not a recommendation touchd published for this prospect (unknown, of "
+                     "another prospect, or older than its last 32)");
+            return TD_OK;
+        }
         if (!st->prospect_id[0])
             td_strlcpy(st->prospect_id, ev->prospect_id, sizeof st->prospect_id);
         now = ctx.now = eng_clock(st, ev->occurred_at);
@@ -514,6 +525,8 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
                 }
                 if (out->narms < TD_STEP_RECS_MAX) {
                     out->arms[out->narms].rule = r;
+                    out->arms[out->narms].rule_id = r->id;
+                    out->arms[out->narms].armed_by = ev->id;
                     out->arms[out->narms].due_at = due;
                     out->narms++;
                 }
@@ -559,6 +572,8 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
         }
         td_state_disarm_timer_key(st, &tk);
         now = ctx.now = eng_clock(st, trig->due_at);
+        if (strcmp(trig->rule, TD_SNOOZE_TIMER) == 0) /* snoozed ones come back */
+            return eng_plan(rs, st, trig, now, flags, out, &snap, tz);
         if (!r || r->guard || r->after <= 0) {
             /* the rule was removed or changed since the timer was armed */
             out->stale = true;
@@ -570,7 +585,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
     }
     for (uint32_t i = 0; i < out->nrecs; i++)
         if (td_state_set_fired_key(st, &out->recs[i].rule->key, now) != TD_OK) return TD_ERR;
-    return eng_plan(rs, st, trig, now, flags, out, &snap);
+    return eng_plan(rs, st, trig, now, flags, out, &snap, tz);
 }
 
 int td_engine_step(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
@@ -793,10 +808,14 @@ int td_plan_json(const td_state *st, const td_ruleset *rs, td_buf *b) {
                  ? TD_OK
                  : TD_ERR;
     }
-    for (uint32_t i = 0; rc == TD_OK && i < st->nplan; i++)
-        if ((i && RJ_LIT(b, ",") != TD_OK) ||
-            eng_rj_raw(b, st->plan[i].json, st->plan[i].len) != TD_OK)
+    bool first = true;
+    for (uint32_t i = 0; rc == TD_OK && i < st->nplan; i++) {
+        const td_pending *e = &st->plan[i];
+        if (e->snoozed_until && e->snoozed_until > st->clock) continue; /* not yet back */
+        if ((!first && RJ_LIT(b, ",") != TD_OK) || eng_rj_raw(b, e->json, e->len) != TD_OK)
             rc = TD_ERR;
+        first = false;
+    }
     if (rc == TD_OK) rc = RJ_LIT(b, "]}");
     if (rc != TD_OK) b->len = start;
     if (b->p) b->p[b->len] = '\0';
@@ -814,11 +833,82 @@ static bool eng_gift_touch(const char *touch) {
            strcmp(touch, "service_gift") == 0 || strcmp(touch, "charity_donation") == 0;
 }
 
+static bool eng_is_gift(td_channel ch, const char *touch, const char *intent) {
+    return ch == TD_CH_GIFT || (intent && strcmp(intent, "gift") == 0) || eng_gift_touch(touch);
+}
+
 /* A touch of the sequence: what a reply or a won/lost stage ends (every
  * prospect touch but gifts). */
 static bool eng_sequence(const td_pending *e) {
-    return !e->owner && e->channel != TD_CH_GIFT && strcmp(e->intent, "gift") != 0 &&
-           !eng_gift_touch(e->touch);
+    return !e->owner && !eng_is_gift(e->channel, e->touch, e->intent);
+}
+
+/* The gift cadence's count: gift touches recommended in the prospect's
+ * local year of now and not dismissed. */
+static void eng_gift_recommended(const td_ruleset *rs, td_state *st, td_ms now, td_tzdb *tz,
+                                 int delta) {
+    td_civil c;
+    td_state_local(st, tz, td_ruleset_settings(rs), now, &c);
+    if (c.year > st->gift_rec_year) {
+        st->gift_rec_year = c.year;
+        st->gift_recs_year = 0;
+    }
+    if (c.year != st->gift_rec_year) return;
+    if (delta > 0 && st->gift_recs_year < INT64_MAX) st->gift_recs_year++;
+    if (delta < 0 && st->gift_recs_year > 0) st->gift_recs_year--;
+}
+
+/* Feedback (recommendation.*, already checked known by the step): acted and
+ * dismissed take the recommendation out of the plan (dismissed gifts leave
+ * the cadence's count), snoozed keeps it out of the published plan until
+ * `until`. Then, on any trigger, snoozed ones whose time came are back. */
+static int eng_feedback(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
+                        td_tzdb *tz, bool *changed) {
+    const td_event *ev = trig->kind == TD_TRIG_EVENT ? trig->ev : NULL;
+    if (ev && td_event_is_feedback(ev->type)) {
+        int at = td_state_plan_find(st, ev->recommendation_id);
+        uint64_t fp = td_state_rec_seen(st, ev->recommendation_id);
+        if (ev->type == TD_EV_RECOMMENDATION_DISMISSED &&
+            ((at >= 0 &&
+              eng_is_gift(st->plan[at].channel, st->plan[at].touch, st->plan[at].intent)) ||
+             (at < 0 && (fp & 1))))
+            eng_gift_recommended(rs, st, now, tz, -1);
+        if (at >= 0 && ev->type == TD_EV_RECOMMENDATION_SNOOZED && ev->until > now) {
+            st->plan[at].snoozed_until = ev->until;
+            *changed = true;
+        } else if (at >= 0 && ev->type != TD_EV_RECOMMENDATION_SNOOZED) {
+            td_state_plan_remove(st, (uint32_t)at);
+            *changed = true;
+        }
+    }
+    for (uint32_t i = 0; i < st->nplan; i++)
+        if (st->plan[i].snoozed_until && st->plan[i].snoozed_until <= now) {
+            st->plan[i].snoozed_until = 0;
+            *changed = true;
+        }
+    return TD_OK;
+}
+
+/* The plan's timer: due when the first snoozed recommendation comes back,
+ * armed by the trigger's event (or the timer's own armed_by); none without
+ * a snoozed one. */
+static int eng_snooze_arm(td_state *st, const td_trigger *trig, td_step_out *out) {
+    td_ms due = 0;
+    for (uint32_t i = 0; i < st->nplan; i++)
+        if (st->plan[i].snoozed_until && (!due || st->plan[i].snoozed_until < due))
+            due = st->plan[i].snoozed_until;
+    const td_timer *t = td_state_timer(st, TD_SNOOZE_TIMER);
+    if (!due) {
+        if (t) td_state_disarm_timer(st, TD_SNOOZE_TIMER);
+        return TD_OK;
+    }
+    if (t && t->due_at == due) return TD_OK;
+    const char *by = trig->kind == TD_TRIG_EVENT ? trig->ev->id : trig->armed_by;
+    if (!by) by = "";
+    if (out->narms < TD_STEP_RECS_MAX)
+        out->arms[out->narms++] =
+            (td_arm){.rule = NULL, .rule_id = TD_SNOOZE_TIMER, .armed_by = by, .due_at = due};
+    return td_state_arm_timer(st, TD_SNOOZE_TIMER, due, by);
 }
 
 static bool eng_is_reply(const td_event *ev) {
@@ -972,8 +1062,10 @@ static int eng_withdraw(const td_ruleset *rs, const td_state *st, const td_trigg
  * of a rule that fired). Recommendations of this step never withdraw each other.
  */
 static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now,
-                    unsigned flags, td_step_out *out, const eng_snap *snap) {
+                    unsigned flags, td_step_out *out, const eng_snap *snap, td_tzdb *tz) {
     if (!trig) return TD_OK;
+    bool fb_changed = false;
+    if (eng_feedback(rs, st, trig, now, tz, &fb_changed) != TD_OK) return TD_ERR;
     uint32_t roff[TD_STEP_RECS_MAX], woff[TD_PLAN_MAX];
     for (uint32_t i = 0; i < out->nrecs; i++) {
         td_rec *r = &out->recs[i];
@@ -1026,7 +1118,7 @@ static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
     }
     for (uint32_t i = n0; i-- > 0;)
         if (i < TD_PLAN_MAX && gone[i]) td_state_plan_remove(st, i);
-    bool changed = out->nwds > 0;
+    bool changed = out->nwds > 0 || fb_changed;
     /* the new ones: all but late ones (unless the policy publishes them) */
     for (uint32_t i = 0; i < out->nrecs; i++) {
         td_rec *r = &out->recs[i];
@@ -1042,6 +1134,8 @@ static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
         if (r->rule->group) td_strlcpy(e.group, r->rule->group, sizeof e.group);
         td_strlcpy(e.touch, r->touch, sizeof e.touch);
         if (r->rule->intent) td_strlcpy(e.intent, r->rule->intent, sizeof e.intent);
+        if (eng_is_gift(r->channel, r->touch, r->rule->intent))
+            eng_gift_recommended(rs, st, now, tz, +1);
         e.json = malloc(r->body_len + 1);
         if (!e.json) return TD_ERR;
         memcpy(e.json, out->text.p + roff[i], r->body_len);
@@ -1053,6 +1147,14 @@ static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
         free(ev_out.json); /* a plan of TD_PLAN_MAX loses its first to expire: rare */
         changed = true;
     }
+    /* every published one may get feedback (late and marked ones too) */
+    for (uint32_t i = 0; i < out->nrecs; i++)
+        if (!out->recs[i].dropped)
+            td_state_rec_remember(
+                st, td_state_rec_fingerprint(out->recs[i].id,
+                                             eng_is_gift(out->recs[i].channel, out->recs[i].touch,
+                                                         out->recs[i].rule->intent)));
+    if (eng_snooze_arm(st, trig, out) != TD_OK) return TD_ERR;
     if (changed) {
         st->plan_version++;
         out->plan_changed = true;

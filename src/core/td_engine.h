@@ -133,9 +133,15 @@ typedef struct td_wd {
 
 /* A timer to arm (or re-arm) in durable storage; also recorded in the state. */
 typedef struct td_arm {
-    const td_rule *rule;
+    const td_rule *rule;  /* NULL for the plan's own timer (TD_SNOOZE_TIMER) */
+    const char *rule_id;  /* rule->id, or TD_SNOOZE_TIMER */
+    const char *armed_by; /* the event id it is armed with (valid as the trigger) */
     td_ms due_at;
 } td_arm;
+
+/* The timer id the engine arms for a prospect's snoozed recommendations: due
+ * when the first of them comes back. Not a rule: no rule id starts with '~'. */
+#define TD_SNOOZE_TIMER "~snooze"
 
 #define TD_STEP_RECS_MAX 32
 #define TD_STEP_DECISIONS_MAX 256
@@ -152,7 +158,13 @@ enum {
 
 typedef struct td_step_out {
     bool duplicate; /* event already applied: nothing changed */
-    bool stale;     /* timer trigger no longer pending: nothing changed */
+    /* the event cannot be applied (feedback naming a recommendation that is
+     * not this prospect's): nothing changed; the caller dead-letters it with
+     * reject_field and reject_reason (which never echo the value) */
+    bool rejected;
+    char reject_field[32];
+    char reject_reason[160];
+    bool stale; /* timer trigger no longer pending: nothing changed */
     td_rec recs[TD_STEP_RECS_MAX];
     uint32_t nrecs;
     td_arm arms[TD_STEP_RECS_MAX];
@@ -247,8 +259,9 @@ int td_body_json(const char *body, size_t len, td_ms generated_at, td_buf *b);
  * The current plan of st as the plan topic's JSON object (one line):
  * prospect_id, version (st->plan_version), updated_at (the prospect's
  * clock), ruleset, pending (the pending recommendations as published but
- * for generated_at, soonest not_before first). With nothing pending the
- * plan topic gets a tombstone instead: callers check st->nplan.
+ * for generated_at, soonest not_before first; snoozed ones are left out
+ * until their time). With nothing to show the plan topic gets a tombstone
+ * instead: callers check td_state_plan_visible(st).
  * @returns TD_OK or TD_ERR (out of memory).
  */
 int td_plan_json(const td_state *st, const td_ruleset *rs, td_buf *b);

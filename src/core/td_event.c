@@ -92,6 +92,9 @@ static const struct {
     N("meeting.no_show"),
     N("gift.sent"),
     N("prospect.updated"),
+    N("recommendation.acted"),
+    N("recommendation.dismissed"),
+    N("recommendation.snoozed"),
     N("owner.prospect_contacted"),
 #undef N
 };
@@ -253,6 +256,8 @@ const td_event_field_name td_event_fields[TD_EF__COUNT] = {
     [TD_EF_CONSENT] = F("consent", "data.consent"),
     [TD_EF_LIFETIME_VALUE_EUR] = F("lifetime_value_eur", "data.lifetime_value_eur"),
     [TD_EF_LANGUAGE] = F("language", "data.language"),
+    [TD_EF_RECOMMENDATION_ID] = F("recommendation_id", "data.recommendation_id"),
+    [TD_EF_UNTIL] = F("until", "data.until"),
 #undef F
 };
 
@@ -818,6 +823,16 @@ static int decode_gift(const view *d, const char *buf, size_t len, td_event *ev,
     return TD_OK;
 }
 
+/* recommendation.*: the id of a recommendation touchd published (required),
+ * and for snoozed the time it comes back (required). */
+static int decode_feedback(const view *d, td_event *ev, td_event_error *err) {
+    TAKE(read_text(d, TD_EF_RECOMMENDATION_ID, ev->recommendation_id, TD_ID_MAX, true, err),
+         TD_HAS_RECOMMENDATION);
+    if (ev->type == TD_EV_RECOMMENDATION_SNOOZED)
+        TAKE(read_time(d, TD_EF_UNTIL, true, &ev->until, err), TD_HAS_UNTIL);
+    return TD_OK;
+}
+
 static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
                        td_event_error *err) {
     td_event_type t = ev->type;
@@ -843,6 +858,7 @@ static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
         break;
     default:
         if (t == TD_EV_OWNER_PROSPECT_CONTACTED) return TD_OK; /* no data fields */
+        if (td_event_is_feedback(t)) return decode_feedback(d, ev, err);
         return decode_prospect(d, buf, len, ev, err);
     }
     if (t == TD_EV_EMAIL_REPLIED || t == TD_EV_WHATSAPP_REPLIED || t == TD_EV_SMS_REPLIED ||
@@ -908,6 +924,8 @@ static int decode_object(const view *root, const char *buf, size_t len, td_event
 
     td_jv tmp;
     const td_jv *data = member(root, TD_EF_DATA, &tmp);
+    if (nothing(data) && td_event_is_feedback(ev->type))
+        return fail(err, "data.recommendation_id", "is required");
     if (nothing(data)) return TD_OK;
     if (data->kind != TD_JV_OBJECT) return fail(err, "data", "must be an object");
     view d = sub_object(root, TD_EF_DATA);

@@ -51,6 +51,11 @@ typedef enum td_event_type {
     TD_EV_MEETING_NO_SHOW,
     TD_EV_GIFT_SENT,
     TD_EV_PROSPECT_UPDATED,
+    /* Feedback from notifiers about a recommendation touchd published for
+     * this prospect (data.recommendation_id; snoozed: data.until) */
+    TD_EV_RECOMMENDATION_ACTED,
+    TD_EV_RECOMMENDATION_DISMISSED,
+    TD_EV_RECOMMENDATION_SNOOZED,
     /* Derived by the engine (td_step_out.derived) when a prospect gets its
      * first outbound touch; applied to the owner's own state, whose
      * prospect_id is "owner:<owner_id>". A CRM may send it too. */
@@ -132,7 +137,9 @@ enum {
     TD_HAS_CONSENT = 1u << 18,
     TD_HAS_LTV = 1u << 19,
     TD_HAS_LANGUAGE = 1u << 20,
-    TD_HAS_DESCRIPTION = 1u << 21
+    TD_HAS_DESCRIPTION = 1u << 21,
+    TD_HAS_RECOMMENDATION = 1u << 22,
+    TD_HAS_UNTIL = 1u << 23
 };
 
 /* Consent per channel in a prospect.updated event. */
@@ -172,7 +179,17 @@ typedef struct td_event {
     td_tristate consent[TD_CH__COUNT];
     td_dec lifetime_value_eur;
     char language[16]; /* BCP 47 tag, e.g. "fr" or "pt-BR" */
+
+    /* recommendation.* (feedback) */
+    char recommendation_id[TD_ID_MAX + 1];
+    td_ms until; /* snoozed */
 } td_event;
+
+/* Whether t is a feedback event (recommendation.*). */
+static inline bool td_event_is_feedback(td_event_type t) {
+    return t == TD_EV_RECOMMENDATION_ACTED || t == TD_EV_RECOMMENDATION_DISMISSED ||
+           t == TD_EV_RECOMMENDATION_SNOOZED;
+}
 
 /* Why an event was rejected: the field (JSON path, e.g. "data.value_eur",
  * "" for the message as a whole) and a sentence. */

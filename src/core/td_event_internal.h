@@ -66,6 +66,8 @@ typedef enum td_event_field {
     TD_EF_CONSENT,
     TD_EF_LIFETIME_VALUE_EUR,
     TD_EF_LANGUAGE,
+    TD_EF_RECOMMENDATION_ID,
+    TD_EF_UNTIL,
     TD_EF__COUNT
 } td_event_field;
 #define TD_EF_DATA_FIRST TD_EF_MESSAGE_ID

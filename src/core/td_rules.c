@@ -561,8 +561,12 @@ static uint64_t parse_on(cctx *cx, const config_setting_t *rule, const char *rid
         const char *v = config_setting_get_string(e);
         size_t vl = strlen(v);
         if (strcmp(v, "*") == 0) {
-            /* every prospect event; owner events (owner.*) only when named */
-            mask |= ((1ULL << TD_EV__COUNT) - 1) & ~(1ULL << TD_EV_OWNER_PROSPECT_CONTACTED);
+            /* every prospect event; owner events (owner.*) and feedback
+             * (recommendation.*) only when named */
+            mask |= ((1ULL << TD_EV__COUNT) - 1) & ~(1ULL << TD_EV_OWNER_PROSPECT_CONTACTED) &
+                    ~(1ULL << TD_EV_RECOMMENDATION_ACTED) &
+                    ~(1ULL << TD_EV_RECOMMENDATION_DISMISSED) &
+                    ~(1ULL << TD_EV_RECOMMENDATION_SNOOZED);
             continue;
         }
         if (guard && strcmp(v, "timer") == 0) {

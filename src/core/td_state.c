@@ -120,7 +120,7 @@ void td_state_init(td_state *st, const char *prospect_id) {
     st->lifetime_value_eur = TD_DEC_MISSING;
     st->first_seen_at = st->last_event_at = st->last_touch_at = TD_MS_MISSING;
     st->last_inbound_at = st->first_touch_at = st->stage_changed_at = TD_MS_MISSING;
-    st->next_meeting_at = st->last_gift_at = st->clock = TD_MS_MISSING;
+    st->next_meeting_at = st->last_gift_at = st->clock = st->last_acted_at = TD_MS_MISSING;
     st->last_reply_sentiment = TD_SENT_NONE;
     st->last_gift_kind = TD_GK_NONE;
 }
@@ -154,6 +154,32 @@ static void st_armed_repoint(td_state *st) {
 static int st_plan_cmp(const td_pending *a, const td_pending *b) {
     if (a->not_before != b->not_before) return a->not_before < b->not_before ? -1 : 1;
     return strcmp(a->id, b->id);
+}
+
+uint64_t td_state_rec_fingerprint(const char *rec_id, bool gift) {
+    uint64_t h = td_hash64(rec_id, strlen(rec_id), TD_HASH_SEED) & ~(uint64_t)1;
+    if (h == 0) h = 2; /* 0 means absent */
+    return h | (gift ? 1u : 0u);
+}
+
+void td_state_rec_remember(td_state *st, uint64_t fp) {
+    st->recent[st->recent_head % TD_RECENT_RECS] = fp;
+    st->recent_head = (st->recent_head + 1) % TD_RECENT_RECS;
+    if (st->recent_count < TD_RECENT_RECS) st->recent_count++;
+}
+
+uint64_t td_state_rec_seen(const td_state *st, const char *rec_id) {
+    uint64_t h = td_state_rec_fingerprint(rec_id, false);
+    for (uint32_t i = 0; i < st->recent_count && i < TD_RECENT_RECS; i++)
+        if ((st->recent[i] & ~(uint64_t)1) == h) return st->recent[i];
+    return 0;
+}
+
+uint32_t td_state_plan_visible(const td_state *st) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < st->nplan; i++)
+        if (!st->plan[i].snoozed_until || st->plan[i].snoozed_until <= st->clock) n++;
+    return n;
 }
 
 int td_state_plan_find(const td_state *st, const char *id) {
@@ -272,6 +298,12 @@ static uint64_t st_dedup_at(const td_state *st, uint32_t i) {
     return st->dedup[(start + i) % TD_DEDUP_RING];
 }
 
+static uint64_t st_recent_at(const td_state *st, uint32_t i) {
+    uint32_t start =
+        (st->recent_head % TD_RECENT_RECS + TD_RECENT_RECS - st->recent_count) % TD_RECENT_RECS;
+    return st->recent[(start + i) % TD_RECENT_RECS];
+}
+
 bool td_state_equal(const td_state *a, const td_state *b) {
     if (strcmp(a->prospect_id, b->prospect_id) || strcmp(a->owner_id, b->owner_id) ||
         a->version != b->version || a->events != b->events)
@@ -306,13 +338,21 @@ bool td_state_equal(const td_state *a, const td_state *b) {
     if (a->npos != b->npos) return false;
     for (uint32_t i = 0; i < a->npos; i++) /* kept sorted by key */
         if (a->pos[i].key != b->pos[i].key || a->pos[i].offset != b->pos[i].offset) return false;
-    if (a->plan_version != b->plan_version || a->nplan != b->nplan) return false;
+    if (a->plan_version != b->plan_version || a->nplan != b->nplan ||
+        a->recent_count != b->recent_count || a->gift_rec_year != b->gift_rec_year ||
+        a->gift_recs_year != b->gift_recs_year || a->fb_acted != b->fb_acted ||
+        a->fb_dismissed != b->fb_dismissed || a->fb_snoozed != b->fb_snoozed ||
+        a->last_acted_at != b->last_acted_at)
+        return false;
+    for (uint32_t i = 0; i < a->recent_count; i++)
+        if (st_recent_at(a, i) != st_recent_at(b, i)) return false;
     for (uint32_t i = 0; i < a->nplan; i++) {
         const td_pending *x = &a->plan[i], *y = &b->plan[i];
         if (strcmp(x->id, y->id) || x->not_before != y->not_before ||
             x->expires_at != y->expires_at || x->channel != y->channel || x->owner != y->owner ||
             strcmp(x->rule, y->rule) || strcmp(x->group, y->group) || strcmp(x->touch, y->touch) ||
-            strcmp(x->intent, y->intent) || x->len != y->len || memcmp(x->json, y->json, x->len))
+            strcmp(x->intent, y->intent) || x->snoozed_until != y->snoozed_until ||
+            x->len != y->len || memcmp(x->json, y->json, x->len))
             return false;
     }
     if (a->nfired != b->nfired || a->ntimers != b->ntimers) return false;
@@ -751,7 +791,8 @@ enum {
     TD_A_MEETING = 1u << 11,
     TD_A_GIFT = 1u << 12,
     TD_A_PROSPECT = 1u << 13,
-    TD_A_OWNER = 1u << 14 /* owner.prospect_contacted on an owner's state */
+    TD_A_OWNER = 1u << 14,   /* owner.prospect_contacted on an owner's state */
+    TD_A_FEEDBACK = 1u << 15 /* recommendation.*: counters (the plan is the engine's) */
 };
 
 typedef struct td_reducer {
@@ -794,6 +835,9 @@ static const td_reducer td_reducers[TD_EV__COUNT] = {
     [TD_EV_MEETING_NO_SHOW] = {TD_CH_MEETING, TD_A_MEETING},
     [TD_EV_GIFT_SENT] = {TD_CH_GIFT, TD_A_TOUCH | TD_A_GIFT},
     [TD_EV_PROSPECT_UPDATED] = {TD_CH_NONE, TD_A_PROSPECT},
+    [TD_EV_RECOMMENDATION_ACTED] = {TD_CH_NONE, TD_A_FEEDBACK},
+    [TD_EV_RECOMMENDATION_DISMISSED] = {TD_CH_NONE, TD_A_FEEDBACK},
+    [TD_EV_RECOMMENDATION_SNOOZED] = {TD_CH_NONE, TD_A_FEEDBACK},
     [TD_EV_OWNER_PROSPECT_CONTACTED] = {TD_CH_NONE, TD_A_OWNER},
 };
 
@@ -926,6 +970,16 @@ int td_state_apply(td_state *st, const td_event *ev, td_tzdb *tz, const td_setti
 
     if (r.acts & TD_A_PROSPECT) {
         st_apply_prospect(st, ev);
+        return TD_OK;
+    }
+    if (r.acts & TD_A_FEEDBACK) {
+        if (ev->type == TD_EV_RECOMMENDATION_ACTED) {
+            st_inc(&st->fb_acted);
+            st_max_ms(&st->last_acted_at, t);
+        } else if (ev->type == TD_EV_RECOMMENDATION_DISMISSED)
+            st_inc(&st->fb_dismissed);
+        else
+            st_inc(&st->fb_snoozed);
         return TD_OK;
     }
     if (r.acts & TD_A_OWNER) {

@@ -24,9 +24,10 @@
 #include "td_event.h"
 #include "td_time.h"
 
-#define TD_DEDUP_RING 32 /* recently applied event ids kept per prospect */
-#define TD_TOUCH_RING 64 /* recent outbound touch times kept per prospect */
-#define TD_POS_MAX 8     /* input (topic, partition) positions per prospect */
+#define TD_DEDUP_RING 32  /* recently applied event ids kept per prospect */
+#define TD_TOUCH_RING 64  /* recent outbound touch times kept per prospect */
+#define TD_POS_MAX 8      /* input (topic, partition) positions per prospect */
+#define TD_RECENT_RECS 32 /* recently published recommendation ids kept per prospect */
 
 /* Why a channel is blocked for good. */
 typedef enum td_block_reason {
@@ -124,6 +125,7 @@ typedef struct td_pending {
     char group[TD_RULE_ID_MAX + 1]; /* "" when the rule has none (its own group) */
     char touch[TD_SHORT_MAX + 1];
     char intent[TD_INTENT_MAX + 1]; /* "" when the rule declares none */
+    td_ms snoozed_until;            /* 0: not snoozed; else out of the published plan until then */
     char *json;
     uint32_t len;
 } td_pending;
@@ -194,6 +196,18 @@ typedef struct td_state {
     uint32_t nplan;
     size_t capplan;
     int64_t plan_version; /* bumped by every change of the plan */
+    /* fingerprints of the recommendations published lately, newest at
+     * recent[(recent_head - 1) % RING]: what feedback may name; the low bit
+     * is 1 for a gift touch (the gift cadence) */
+    uint64_t recent[TD_RECENT_RECS];
+    uint32_t recent_count, recent_head;
+    /* gift touches recommended in the local year gift_rec_year and not
+     * dismissed (the cadence counts them, whatever the CRM reports) */
+    int32_t gift_rec_year;
+    int64_t gift_recs_year;
+    /* feedback from notifiers */
+    int64_t fb_acted, fb_dismissed, fb_snoozed;
+    td_ms last_acted_at;
 
     td_fired *fired; /* owned; sorted by rule id */
     uint32_t nfired, capfired;
@@ -307,6 +321,14 @@ void td_state_armed_drop(td_state *st, uint32_t slot);
 int td_state_plan_add(td_state *st, td_pending *e, td_pending *evicted);
 void td_state_plan_remove(td_state *st, uint32_t i);
 int td_state_plan_find(const td_state *st, const char *id);
+/* The recently published ring: the fingerprint of a recommendation id (low
+ * bit: gift), remember one, find one (0 when absent, else its stored
+ * fingerprint with the gift bit). */
+uint64_t td_state_rec_fingerprint(const char *rec_id, bool gift);
+void td_state_rec_remember(td_state *st, uint64_t fp);
+uint64_t td_state_rec_seen(const td_state *st, const char *rec_id);
+/* Entries of the plan that are published (not snoozed at the clock). */
+uint32_t td_state_plan_visible(const td_state *st);
 
 /* Outbound touches in (now - window, now]. */
 int64_t td_state_touches_within(const td_state *st, td_ms now, td_ms window);

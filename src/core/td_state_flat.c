@@ -93,6 +93,12 @@ static const td_flat td_flat_top[] = {
     {K_("gifts.total"), TD_FK_I64, S_(gifts_total), 0, 0},
     {K_("last_gift_at"), TD_FK_TIME, S_(last_gift_at), 0, 0},
     {K_("gifts.last_kind"), TD_FK_GK, S_(last_gift_kind), 0, 0},
+    {K_("gifts.rec_year"), TD_FK_I32, S_(gift_rec_year), 0, 0},
+    {K_("gifts.recommended"), TD_FK_I64, S_(gift_recs_year), 0, 0},
+    {K_("feedback.acted"), TD_FK_I64, S_(fb_acted), 0, 0},
+    {K_("feedback.dismissed"), TD_FK_I64, S_(fb_dismissed), 0, 0},
+    {K_("feedback.snoozed"), TD_FK_I64, S_(fb_snoozed), 0, 0},
+    {K_("last_acted_at"), TD_FK_TIME, S_(last_acted_at), 0, 0},
 };
 
 /* Per channel, as "<channel>.<key>". */
@@ -781,12 +787,26 @@ TD_FW_INLINE void sf_fw_state(const td_state *st, td_fw *w, bool kvmode) {
 }
 
 /* The plan, after everything else: "pending.<id>" = "<not_before>
- * <expires_at> <channel> <p|o> <rule> <group> <touch> <intent> <json>",
+ * <expires_at> <snoozed_until|-> <channel> <p|o> <rule> <group> <touch>
+ * <intent> <json>",
  * the four names percent-encoded (group and intent empty when none), the
  * json as is (the rest of the value). Pairs go through fn (a td_kv_fn:
  * td_kvs_add for a td_kvs), formatted in a heap buffer (a plan is rare and
  * its entries are large). */
 static void sf_plan(const td_state *st, td_kv_fn fn, void *ud) {
+    uint32_t cnt = st->recent_count < TD_RECENT_RECS ? st->recent_count : TD_RECENT_RECS;
+    if (cnt) {
+        char v[TD_RECENT_RECS * 17];
+        uint32_t at =
+            (st->recent_head % TD_RECENT_RECS + TD_RECENT_RECS - st->recent_count) % TD_RECENT_RECS;
+        for (uint32_t i = 0; i < cnt; i++) {
+            sf_w_hex16(v + 17 * i, st->recent[at]);
+            v[17 * i + 16] = ',';
+            if (++at == TD_RECENT_RECS) at = 0;
+        }
+        v[17 * cnt - 1] = '\0';
+        fn(ud, "recent_recs", 11, v, 17 * cnt - 1);
+    }
     for (uint32_t i = 0; i < st->nplan; i++) {
         const td_pending *e = &st->plan[i];
         size_t idl = strlen(e->id);
@@ -807,6 +827,11 @@ static void sf_plan(const td_state *st, td_kv_fn fn, void *ud) {
         o += sf_w_at(o, e->not_before);
         *o++ = ' ';
         o += sf_w_at(o, e->expires_at);
+        *o++ = ' ';
+        if (e->snoozed_until)
+            o += sf_w_at(o, e->snoozed_until);
+        else
+            *o++ = '-';
         *o++ = ' ';
         const char *ch = td_channel_name(e->channel);
         size_t chl = strlen(ch);
@@ -844,7 +869,7 @@ void td_state_serialize_kvs(const td_state *st, td_kvs *kv) {
     sf_fw_load(&w);
     sf_fw_state(st, &w, true);
     sf_fw_done(&w, true);
-    if (st->nplan) sf_plan(st, td_kvs_add, kv);
+    if (st->nplan || st->recent_count) sf_plan(st, td_kvs_add, kv);
 }
 
 static int sf_set_err(char *err, size_t errcap, const char *key, size_t klen, const char *what);
@@ -856,10 +881,10 @@ static int sf_set_pending(td_state *st, const char *key, size_t klen, const char
     memset(&e, 0, sizeof e);
     if (klen - 8 >= sizeof e.id) return sf_set_err(err, errcap, key, klen, "bad id");
     memcpy(e.id, key + 8, klen - 8);
-    const char *f[8];
-    size_t fl[8];
+    const char *f[9];
+    size_t fl[9];
     const char *q = val, *end = val + vlen;
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < 9; k++) {
         const char *sp = memchr(q, ' ', (size_t)(end - q));
         if (!sp) return sf_set_err(err, errcap, key, klen, "not a pending recommendation");
         f[k] = q;
@@ -868,14 +893,16 @@ static int sf_set_pending(td_state *st, const char *key, size_t klen, const char
     }
     if (sf_parse_time(f[0], fl[0], &e.not_before) || sf_parse_time(f[1], fl[1], &e.expires_at))
         return sf_set_err(err, errcap, key, klen, "not a time");
-    e.channel = td_channel_parse(f[2], fl[2]);
-    if (e.channel == TD_CH_NONE || fl[3] != 1 || (f[3][0] != 'o' && f[3][0] != 'p'))
+    if (!(fl[2] == 1 && f[2][0] == '-') && sf_parse_time(f[2], fl[2], &e.snoozed_until))
+        return sf_set_err(err, errcap, key, klen, "not a time");
+    e.channel = td_channel_parse(f[3], fl[3]);
+    if (e.channel == TD_CH_NONE || fl[4] != 1 || (f[4][0] != 'o' && f[4][0] != 'p'))
         return sf_set_err(err, errcap, key, klen, "not a pending recommendation");
-    e.owner = f[3][0] == 'o';
-    if (sf_pct_dec(f[4], fl[4], e.rule, sizeof e.rule) ||
-        sf_pct_dec(f[5], fl[5], e.group, sizeof e.group) ||
-        sf_pct_dec(f[6], fl[6], e.touch, sizeof e.touch) ||
-        sf_pct_dec(f[7], fl[7], e.intent, sizeof e.intent))
+    e.owner = f[4][0] == 'o';
+    if (sf_pct_dec(f[5], fl[5], e.rule, sizeof e.rule) ||
+        sf_pct_dec(f[6], fl[6], e.group, sizeof e.group) ||
+        sf_pct_dec(f[7], fl[7], e.touch, sizeof e.touch) ||
+        sf_pct_dec(f[8], fl[8], e.intent, sizeof e.intent))
         return sf_set_err(err, errcap, key, klen, "bad name");
     size_t jl = (size_t)(end - q);
     if (jl < 2 || q[0] != '{' || jl > UINT32_MAX)
@@ -1081,6 +1108,31 @@ int td_state_set_field(td_state *st, const char *key, size_t klen, const char *v
         }
         st->dedup_count = c.n;
         st->dedup_head = c.n % TD_DEDUP_RING;
+        return TD_OK;
+    }
+    if (sf_key_is(key, klen, "recent_recs")) {
+        uint32_t n = 0;
+        uint64_t v[TD_RECENT_RECS];
+        const char *q = val, *end = val + vlen;
+        while (q < end) {
+            const char *c = memchr(q, ',', (size_t)(end - q));
+            size_t l = c ? (size_t)(c - q) : (size_t)(end - q);
+            uint64_t x = 0;
+            bool ok = n < TD_RECENT_RECS && l > 0 && l <= 16;
+            for (size_t i = 0; ok && i < l; i++) {
+                int d = sf_hexval(q[i]);
+                ok = d >= 0;
+                x = x << 4 | (uint64_t)(d < 0 ? 0 : d);
+            }
+            if (!ok)
+                return sf_set_err(err, errcap, key, klen,
+                                  "expected up to 32 comma-separated hex fingerprints");
+            v[n++] = x;
+            q = c ? c + 1 : end;
+        }
+        memcpy(st->recent, v, n * sizeof *v);
+        st->recent_count = n;
+        st->recent_head = n % TD_RECENT_RECS;
         return TD_OK;
     }
     if (sf_key_prefix(key, klen, "pending."))

@@ -172,6 +172,11 @@ static void ss_get_gifts_year_count(const td_field *f, const td_ctx *ctx, td_val
     td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
     ss_v_int(f, out, c.year == ctx->st->gift_year ? ctx->st->gifts_year_count : 0);
 }
+static void ss_get_gifts_recommended(const td_field *f, const td_ctx *ctx, td_value *out) {
+    td_civil c;
+    td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
+    ss_v_int(f, out, c.year == ctx->st->gift_rec_year ? ctx->st->gift_recs_year : 0);
+}
 static void ss_get_gifts_year_spend(const td_field *f, const td_ctx *ctx, td_value *out) {
     td_civil c;
     td_state_local(ctx->st, ctx->tz, ctx->settings, ctx->now, &c);
@@ -443,6 +448,17 @@ static const td_field td_schema[] = {
     TD_P("gifts.year_spend_eur", TD_T_DEC, ss_get_gifts_year_spend, 0,
          "EUR spent on gifts in the prospect's local calendar year of now."),
     TD_P("gifts.total", TD_T_INT, ss_get_i64, S_(gifts_total), "Gifts sent ever."),
+    TD_P("gifts.recommended_year", TD_T_INT, ss_get_gifts_recommended, 0,
+         "Gift touches touchd recommended in the prospect's local calendar year of now and "
+         "that were not dismissed (whatever the CRM reports as sent)."),
+    TD_P("feedback.acted", TD_T_INT, ss_get_i64, S_(fb_acted),
+         "Recommendations the notifiers acted on (recommendation.acted)."),
+    TD_P("feedback.dismissed", TD_T_INT, ss_get_i64, S_(fb_dismissed),
+         "Recommendations the notifiers dismissed (recommendation.dismissed)."),
+    TD_P("feedback.snoozed", TD_T_INT, ss_get_i64, S_(fb_snoozed),
+         "Recommendations the notifiers snoozed (recommendation.snoozed)."),
+    TD_P("last_acted_at", TD_T_TIME, ss_get_time, S_(last_acted_at),
+         "When a notifier last acted on a recommendation (missing if never)."),
     TD_P("gifts.last_kind", TD_T_STR, ss_get_gift_kind, 0,
          "Kind of the latest gift (object, card, ...); missing when never or not given."),
     TD_P("engagement.points", TD_T_INT, ss_get_points, 0,

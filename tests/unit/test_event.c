@@ -95,7 +95,8 @@ static void expect_declined_ok(const char *json, size_t len) {
 
 static void test_type_names(void **state) {
     (void)state;
-    assert_int_equal(TD_EV__COUNT, 35); /* the contract's 34 + owner.prospect_contacted */
+    /* the contract's 34 + 3 feedback types + owner.prospect_contacted */
+    assert_int_equal(TD_EV__COUNT, 38);
     for (int i = 0; i < TD_EV__COUNT; i++) {
         const char *n = td_event_type_name((td_event_type)i);
         assert_non_null(n);
@@ -105,7 +106,8 @@ static void test_type_names(void **state) {
         const char *dot = strchr(n, '.');
         if (ch == TD_CH_NONE)
             assert_true(strcmp(n, "prospect.updated") == 0 ||
-                        strcmp(n, "owner.prospect_contacted") == 0);
+                        strcmp(n, "owner.prospect_contacted") == 0 ||
+                        strncmp(n, "recommendation.", 15) == 0);
         else
             assert_int_equal(td_channel_parse(n, (size_t)(dot - n)), ch);
     }
@@ -738,11 +740,18 @@ static const char *full_data(td_event_type t) {
                "\"description\":\"A signed copy\"}";
     default:
         if (t == TD_EV_OWNER_PROSPECT_CONTACTED) return "{\"first\":true}";
+        if (td_event_is_feedback(t))
+            return "{\"recommendation_id\":\"r-0123456789abcdef0123456789abcdef\","
+                   "\"until\":\"2026-11-25T09:00:00Z\",\"crm_score\":1}";
         return "{\"stage\":\"new\",\"tier\":2,\"country\":\"fr\",\"sector\":\"logistics\","
                "\"timezone\":\"Europe/Paris\",\"gift_policy\":\"allowed\",\"language\":\"fr\","
                "\"lifetime_value_eur\":1234.56,\"consent\":{\"email\":true,\"whatsapp\":false,"
                "\"sms\":null,\"linkedin\":true},\"crm_score\":42}";
     }
+}
+
+static void expect_reject_env(const char *json, const char *field, const char *reason) {
+    expect_reject(json, strlen(json), field, reason);
 }
 
 static void test_fast_every_type(void **state) {
@@ -763,6 +772,23 @@ static void test_fast_every_type(void **state) {
         bool reads = i != TD_EV_OWNER_PROSPECT_CONTACTED &&
                      (ev.channel != TD_CH_LINKEDIN || i == TD_EV_LINKEDIN_REPLIED);
         assert_int_equal((ev.has & ~(uint32_t)TD_HAS_OWNER) != 0, reads);
+        if (td_event_is_feedback((td_event_type)i)) {
+            /* feedback names its recommendation: without it, rejected */
+            assert_string_equal(ev.recommendation_id, "r-0123456789abcdef0123456789abcdef");
+            assert_true(ev.has & TD_HAS_RECOMMENDATION);
+            if (i == TD_EV_RECOMMENDATION_SNOOZED) {
+                assert_true(ev.has & TD_HAS_UNTIL);
+                assert_int_equal(ev.until, 1795597200000); /* 2026-11-25T09:00:00Z */
+                expect_reject_env(env(type, "{\"recommendation_id\":\"r-1\"}"), "data.until",
+                                  "is required");
+            } else
+                assert_false(ev.has & TD_HAS_UNTIL);
+            expect_reject_env(env(type, NULL), "data.recommendation_id", "is required");
+            expect_reject_env(env(type, "{}"), "data.recommendation_id", "is required");
+            expect_reject_env(env(type, "{\"recommendation_id\":7}"), "data.recommendation_id",
+                              "string");
+            continue;
+        }
         /* No data, null data, empty data: defaults only. */
         expect_fast(env(type, NULL));
         expect_fast(env(type, "null"));

@@ -459,6 +459,142 @@ static void test_rules_keys(void **state) {
     td_diags_free(&d);
 }
 
+/* Feedback: acted and dismissed take a recommendation out of the plan; an
+ * id that is not this prospect's is rejected with nothing applied. */
+static void test_feedback_acted_dismissed_unknown(void **state) {
+    fx *f = *state;
+    step(f, "s1", "email.sent", T0, NULL, 0, 0);
+    step(f, "a1", "linkedin.accepted", T0 + 1000, NULL, 0, 0);
+    char fu[40], call[40], data[256];
+    td_strlcpy(fu, f->st.plan[pending(f, "seq.follow-up")].id, sizeof fu);
+    td_strlcpy(call, f->st.plan[pending(f, "seq.call")].id, sizeof call);
+    int64_t v = f->st.plan_version, events = f->st.events;
+
+    /* unknown: rejected, nothing applied, not remembered as seen */
+    td_step_out *o = step(f, "f0", "recommendation.acted", T0 + 2000,
+                          "{\"recommendation_id\":\"r-00000000000000000000000000000000\"}", 0, 0);
+    assert_true(o->rejected);
+    assert_string_equal(o->reject_field, "data.recommendation_id");
+    assert_null(strstr(o->reject_reason, "r-0000"));
+    assert_int_equal(f->st.events, events);
+    assert_false(td_state_seen(&f->st, "f0"));
+    assert_int_equal(f->st.plan_version, v);
+
+    snprintf(data, sizeof data, "{\"recommendation_id\":\"%s\"}", fu);
+    o = step(f, "f1", "recommendation.acted", T0 + 3000, data, 0, 0);
+    assert_false(o->rejected);
+    assert_true(o->plan_changed);
+    assert_int_equal(o->nwds, 0); /* the notifier knows: no withdrawal */
+    assert_int_equal(pending(f, "seq.follow-up"), -1);
+    assert_int_equal(f->st.fb_acted, 1);
+    assert_int_equal(f->st.last_acted_at, T0 + 3000);
+    /* acted on again (no longer pending, still known): accepted, no change */
+    o = step(f, "f2", "recommendation.acted", T0 + 4000, data, 0, 0);
+    assert_false(o->rejected);
+    assert_false(o->plan_changed);
+    snprintf(data, sizeof data, "{\"recommendation_id\":\"%s\"}", call);
+    o = step(f, "f3", "recommendation.dismissed", T0 + 5000, data, 0, 0);
+    assert_true(o->plan_changed);
+    assert_int_equal(f->st.nplan, 0);
+    assert_int_equal(f->st.fb_dismissed, 1);
+
+    /* another prospect's id is foreign here */
+    td_state other;
+    td_state_init(&other, "p-2");
+    td_event ev;
+    td_event_error err;
+    snprintf(data, sizeof data,
+             "{\"id\":\"x1\",\"type\":\"recommendation.acted\",\"prospect_id\":\"p-2\","
+             "\"occurred_at\":\"%s\",\"data\":{\"recommendation_id\":\"%s\"}}",
+             at(T0 + 6000), call);
+    assert_int_equal(td_event_decode(data, strlen(data), &ev, &err), TD_OK);
+    td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &ev};
+    assert_int_equal(td_engine_step(f->rs, &other, &trig, 0, f->tz, 0, f->out), TD_OK);
+    assert_true(f->out->rejected);
+    assert_int_equal(other.events, 0);
+    td_state_free(&other);
+}
+
+/* Dismissed gift touches leave the cadence's count; acted ones stay. */
+static void test_feedback_gift_cadence(void **state) {
+    fx *f = *state;
+    step(f, "u1", "prospect.updated", T0, "{\"tier\":1}", 0, 0);
+    step(f, "u2", "prospect.updated", T0 + TD_DAY, "{\"tier\":1}", 0, 0);
+    assert_int_equal(f->st.gift_recs_year, 2);
+    assert_int_equal(f->st.gift_rec_year, 2026);
+    char g[40], data[128];
+    td_strlcpy(g, f->st.plan[pending(f, "gift.card")].id, sizeof g);
+    snprintf(data, sizeof data, "{\"recommendation_id\":\"%s\"}", g);
+    step(f, "f1", "recommendation.dismissed", T0 + TD_DAY + 1, data, 0, 0);
+    assert_int_equal(f->st.gift_recs_year, 1);
+    /* the superseded first one is dismissed too: still known, counted out */
+    step(f, "f2", "recommendation.acted", T0 + TD_DAY + 2, data, 0, 0);
+    assert_int_equal(f->st.gift_recs_year, 1);
+    /* the rules read it, per local year of now */
+    td_ctx ctx = {
+        .st = &f->st, .now = T0 + TD_DAY + 3, .tz = f->tz, .settings = td_ruleset_settings(f->rs)};
+    const td_field *fd = td_schema_lookup("gifts.recommended_year", 22);
+    assert_non_null(fd);
+    td_value val;
+    td_field_read(fd, &ctx, &val);
+    assert_int_equal(val.u.i, 1);
+    ctx.now = T0 + 70 * TD_DAY; /* 2027 */
+    td_field_read(fd, &ctx, &val);
+    assert_int_equal(val.u.i, 0);
+}
+
+/* Snoozed: out of the published plan until `until`, when the plan's own
+ * timer brings it back; the plan topic's JSON follows. */
+static void test_feedback_snoozed(void **state) {
+    fx *f = *state;
+    step(f, "s1", "email.sent", T0, NULL, 0, 0);
+    char fu[40], data[160];
+    td_strlcpy(fu, f->st.plan[0].id, sizeof fu);
+    td_ms until = T0 + 12 * TD_HOUR;
+    snprintf(data, sizeof data, "{\"recommendation_id\":\"%s\",\"until\":\"%s\"}", fu, at(until));
+    td_step_out *o = step(f, "z1", "recommendation.snoozed", T0 + 1000, data, 0, 0);
+    assert_true(o->plan_changed);
+    assert_int_equal(f->st.nplan, 1);
+    assert_int_equal(td_state_plan_visible(&f->st), 0);
+    assert_int_equal(f->st.plan[0].snoozed_until, until);
+    const td_timer *t = td_state_timer(&f->st, TD_SNOOZE_TIMER);
+    assert_non_null(t);
+    assert_int_equal(t->due_at, until);
+    assert_int_equal(o->narms, 1);
+    assert_string_equal(o->arms[0].rule_id, TD_SNOOZE_TIMER);
+    td_buf b = {0};
+    assert_int_equal(td_plan_json(&f->st, f->rs, &b), TD_OK);
+    assert_non_null(strstr(b.p, "\"pending\":[]"));
+    /* the flat form keeps the snooze and the recent ring */
+    td_kvs kv = {0};
+    assert_int_equal(td_kvs_capture(&kv, &f->st), TD_OK);
+    td_state back;
+    td_state_init(&back, "p-1");
+    char err[128];
+    for (size_t i = 0; i < kv.n; i++)
+        assert_int_equal(td_state_set_field(&back, kv.buf + kv.e[i].k, kv.e[i].kl,
+                                            kv.buf + kv.e[i].v, kv.e[i].vl, err, sizeof err),
+                         TD_OK);
+    assert_true(td_state_equal(&back, &f->st));
+    td_state_free(&back);
+    td_kvs_free(&kv);
+    /* the timer fires: it is back */
+    char armed[TD_ID_MAX + 1];
+    td_strlcpy(armed, t->armed_by, sizeof armed);
+    td_trigger due = {
+        .kind = TD_TRIG_TIMER, .rule = TD_SNOOZE_TIMER, .due_at = until, .armed_by = armed};
+    assert_int_equal(td_engine_step(f->rs, &f->st, &due, 0, f->tz, 0, f->out), TD_OK);
+    assert_false(f->out->stale);
+    assert_true(f->out->plan_changed);
+    assert_int_equal(f->st.plan[0].snoozed_until, 0);
+    assert_int_equal(td_state_plan_visible(&f->st), 1);
+    assert_null(td_state_timer(&f->st, TD_SNOOZE_TIMER));
+    b.len = 0;
+    assert_int_equal(td_plan_json(&f->st, f->rs, &b), TD_OK);
+    assert_non_null(strstr(b.p, fu));
+    td_buf_free(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_recommendation_joins_plan, setup, teardown),
@@ -472,6 +608,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_expired, setup, teardown),
         cmocka_unit_test_setup_teardown(test_late_policies, setup, teardown),
         cmocka_unit_test(test_rules_keys),
+        cmocka_unit_test_setup_teardown(test_feedback_acted_dismissed_unknown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feedback_gift_cadence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feedback_snoozed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
