@@ -735,8 +735,8 @@ static int eng_rec_body(const td_rec *r, const td_state *st, const td_ruleset *r
     if (st->owner_id[0] && RJ_STR(b, ",\"owner_id\":", st->owner_id, strlen(st->owner_id)) != TD_OK)
         return TD_ERR;
     const char *ch = td_channel_name(r->channel);
-    if ((td_rule_owner_domain(r->rule) ? RJ_LIT(b, ",\"audience\":\"owner\"")
-                                       : RJ_LIT(b, ",\"audience\":\"prospect\"")) != TD_OK ||
+    if ((td_rule_owner_audience(r->rule) ? RJ_LIT(b, ",\"audience\":\"owner\"")
+                                         : RJ_LIT(b, ",\"audience\":\"prospect\"")) != TD_OK ||
         RJ_STR(b, ",\"rule\":", r->rule->id, strlen(r->rule->id)) != TD_OK)
         return TD_ERR;
     if (r->rule->group && RJ_STR(b, ",\"group\":", r->rule->group, strlen(r->rule->group)) != TD_OK)
@@ -1129,7 +1129,7 @@ static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
         e.not_before = r->not_before;
         e.expires_at = r->expires_at;
         e.channel = r->channel;
-        e.owner = td_rule_owner_domain(r->rule);
+        e.owner = td_rule_owner_audience(r->rule);
         td_strlcpy(e.rule, r->rule->id, sizeof e.rule);
         if (r->rule->group) td_strlcpy(e.group, r->rule->group, sizeof e.group);
         td_strlcpy(e.touch, r->touch, sizeof e.touch);

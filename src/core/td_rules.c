@@ -1367,6 +1367,11 @@ td_ms td_rule_late_after(const td_ruleset *rs, const td_rule *r) {
     return r->late_after > 0 ? r->late_after : rs->settings.late_after;
 }
 
+bool td_rule_owner_audience(const td_rule *r) {
+    return td_rule_owner_domain(r) || (r->touch && strcmp(r->touch, "owner_nudge") == 0) ||
+           (r->intent && strcmp(r->intent, "owner") == 0);
+}
+
 bool td_intent_known(const char *intent) {
     static const char *const v[] = {"give", "ask_meeting", "follow_up", "reply", "reengage",
                                     "gift", "stop",        "owner",     NULL};

@@ -145,6 +145,9 @@ bool td_rule_guards_trigger(const td_rule *g, int event_type);
  * nudges): the owner domain. Guards judge prospect recommendations; an
  * owner-domain candidate is judged only by guards whose `on` names owner.*. */
 bool td_rule_owner_domain(const td_rule *r);
+/* Whom its recommendations are for: the seller (an owner-domain rule, touch
+ * owner_nudge, or intent owner) or the prospect. */
+bool td_rule_owner_audience(const td_rule *r);
 bool td_rule_guards_candidate(const td_rule *g, const td_rule *r, int event_type);
 /* Whether guard g's block is false for every candidate of rule r, so the
  * engine need not evaluate it (its `when`, a precondition, still is). */

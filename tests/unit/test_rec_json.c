@@ -199,7 +199,7 @@ static int ref_rec_json(const td_rec *r, const td_state *st, const td_ruleset *r
     rc |= ref_put_str(b, "id", r->id);
     rc |= ref_put_str(b, "prospect_id", st->prospect_id);
     if (st->owner_id[0]) rc |= ref_put_str(b, "owner_id", st->owner_id);
-    rc |= ref_put_str(b, "audience", td_rule_owner_domain(r->rule) ? "owner" : "prospect");
+    rc |= ref_put_str(b, "audience", td_rule_owner_audience(r->rule) ? "owner" : "prospect");
     rc |= ref_put_str(b, "rule", r->rule->id);
     if (r->rule->group) rc |= ref_put_str(b, "group", r->rule->group);
     if (r->rule->intent) rc |= ref_put_str(b, "intent", r->rule->intent);
