@@ -71,6 +71,10 @@ const char *td_expr_source(const td_expr *e, size_t *len);
 /* The distinct schema fields e reads, for lint checks: up to cap of them go
  * into out; @returns how many there are. */
 size_t td_expr_fields(const td_expr *e, const td_field **out, size_t cap);
+/* The rule ids e names as constants (last_fired('id')): fn(ud, id, len)
+ * once per occurrence. */
+void td_expr_rule_refs(const td_expr *e, void (*fn)(void *ud, const char *id, size_t len),
+                       void *ud);
 /* true, with *out, when the whole expression is a constant. */
 bool td_expr_constant(const td_expr *e, td_value *out);
 

@@ -524,6 +524,13 @@ size_t td_expr_fields(const td_expr *e, const td_field **out, size_t cap) {
     return n;
 }
 
+void td_expr_rule_refs(const td_expr *e, void (*fn)(void *ud, const char *id, size_t len),
+                       void *ud) {
+    if (!e) return;
+    for (uint32_t i = 0; i < e->nnodes; i++)
+        if (e->nodes[i].op == E_LASTFIRED_K) fn(ud, e->nodes[i].u.key.id, e->nodes[i].u.key.len);
+}
+
 bool td_expr_constant(const td_expr *e, td_value *out) {
     if (!e || e->nnodes == 0 || e->nodes[0].op != E_CONST) return false;
     *out = e->nodes[0].u.k;

@@ -975,6 +975,31 @@ static const td_rule *find_rule(const td_ruleset *rs, size_t upto, const char *i
     return NULL;
 }
 
+/* The byte offset of the first byte that makes buf not UTF-8 text (a NUL,
+ * a control byte other than tab, newline and carriage return, DEL, or
+ * invalid UTF-8), or -1. */
+static long ru_not_text(const char *buf, size_t len) {
+    const unsigned char *s = (const unsigned char *)buf;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7f) return (long)i;
+            i++;
+            continue;
+        }
+        size_t n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+        if (n == 0 || i + n > len) return (long)i;
+        for (size_t k = 1; k < n; k++)
+            if ((s[i + k] & 0xc0) != 0x80) return (long)i;
+        /* overlongs and surrogates */
+        if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] >= 0xa0) ||
+            (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] >= 0x90))
+            return (long)i;
+        i += n;
+    }
+    return -1;
+}
+
 static void compile_file(cctx *cx, size_t *cap) {
     config_t cfg;
     config_init(&cfg);
@@ -983,6 +1008,19 @@ static void compile_file(cctx *cx, size_t *cap) {
     char *text = xstrndup(cx->src->text, cx->src->len);
     if (!text) {
         diag_add(cx->diags, TD_SEV_ERROR, "E101", cx->src->name, NULL, 0, 0, 1, "out of memory");
+        config_destroy(&cfg);
+        return;
+    }
+    /* a rules file is UTF-8 text: a binary or half-written file is refused
+     * before libconfig reads it, and its bytes are never echoed */
+    long bad = ru_not_text(cx->src->text, cx->src->len);
+    if (bad >= 0) {
+        diag_add(cx->diags, TD_SEV_ERROR, "E115", cx->src->name, NULL, 0, 0, 1,
+                 "the file is not UTF-8 text (a NUL, a control byte or invalid UTF-8 at byte "
+                 "offset %ld): a binary or truncated file? Write rules files by atomic rename "
+                 "(docs/operations.md)",
+                 bad);
+        free(text);
         config_destroy(&cfg);
         return;
     }
@@ -1025,8 +1063,10 @@ static void compile_file(cctx *cx, size_t *cap) {
     config_setting_t *rules = config_setting_get_member(root, "rules");
     if (!rules) {
         if (!settings)
-            diag_add(cx->diags, TD_SEV_WARNING, "W303", cx->src->name, NULL, 0, 0, 1,
-                     "the file has no rules = ( ... ); it contributes nothing");
+            diag_add(cx->diags, TD_SEV_ERROR, "E115", cx->src->name, NULL, 0, 0, 1,
+                     "the file is empty (no rules = ( ... ); and no settings): a truncated "
+                     "write? Write rules files by atomic rename (docs/operations.md), and "
+                     "delete a file to remove its rules");
     } else if (config_setting_type(rules) != CONFIG_TYPE_LIST) {
         err_at(cx, rules, "E102", "rules must be a list: rules = ( { ... }, { ... } );");
     } else {
@@ -1360,6 +1400,63 @@ static void ru_resolve_withdraws(const td_ruleset *rs, const td_source *srcs, si
     }
 }
 
+/* last_fired('id') must name a rule of the ruleset: a reload that removes
+ * a rule another one reads is refused, not served with a guard that can
+ * no longer match. */
+typedef struct ru_refs {
+    const td_ruleset *rs;
+    const td_rule *r;
+    const td_source *src;
+    td_diags *d;
+} ru_refs;
+
+static void ru_ref_check(void *ud, const char *id, size_t len) {
+    ru_refs *x = ud;
+    for (size_t j = 0; j < x->rs->n; j++)
+        if (strlen(x->rs->rules[j].id) == len && memcmp(x->rs->rules[j].id, id, len) == 0) return;
+    char name[TD_RULE_ID_MAX + 1];
+    size_t l = len < TD_RULE_ID_MAX ? len : TD_RULE_ID_MAX;
+    memcpy(name, id, l);
+    name[l] = '\0';
+    for (size_t i = 0; i < l; i++)
+        if ((unsigned char)name[i] < 0x20 || (unsigned char)name[i] >= 0x7f) name[i] = '?';
+    /* point at the id: its first occurrence from the rule's line on */
+    int line = x->r->line, col = 0, caret = 1;
+    if (x->src) {
+        const char *t = x->src->text, *end = t + x->src->len, *p = t;
+        for (int ln = 1; ln < line && p < end; p++)
+            if (*p == '\n') ln++;
+        const char *hit = NULL;
+        for (const char *q = p; !hit && q + len <= end; q++)
+            if (memcmp(q, id, len) == 0 && q > t && (q[-1] == '\'' || q[-1] == '"')) hit = q;
+        if (hit) {
+            for (; p < hit; p++)
+                if (*p == '\n') line++;
+            const char *bol = hit;
+            while (bol > t && bol[-1] != '\n')
+                bol--;
+            col = (int)(hit - bol) + 1;
+            caret = (int)len;
+        }
+    }
+    diag_add(x->d, TD_SEV_ERROR, "E116", x->r->file, x->src, line, col, caret,
+             "%s '%s' reads last_fired('%s'), but the ruleset has no rule '%s' (removed or "
+             "misspelled?)",
+             x->r->guard ? "guard" : "rule", x->r->id, name, name);
+}
+
+static void ru_check_refs(const td_ruleset *rs, const td_source *srcs, size_t nsrc, td_diags *d) {
+    for (size_t i = 0; i < rs->n; i++) {
+        const td_rule *r = &rs->rules[i];
+        ru_refs x = {.rs = rs, .r = r, .src = NULL, .d = d};
+        for (size_t s = 0; s < nsrc; s++)
+            if (strcmp(srcs[s].name, r->file) == 0) x.src = &srcs[s];
+        td_expr_rule_refs(r->when, ru_ref_check, &x);
+        td_expr_rule_refs(r->block, ru_ref_check, &x);
+        td_expr_rule_refs(r->at, ru_ref_check, &x);
+    }
+}
+
 td_ms td_rule_expires(const td_ruleset *rs, const td_rule *r) {
     return r->expires > 0 ? r->expires : rs->settings.expires;
 }
@@ -1413,6 +1510,7 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     if (diags->errors == errors_before && !build_index(rs))
         diag_add(diags, TD_SEV_ERROR, "E100", "<rules>", NULL, 0, 0, 1, "out of memory");
     if (diags->errors == errors_before) ru_resolve_withdraws(rs, srcs, n, diags);
+    if (diags->errors == errors_before) ru_check_refs(rs, srcs, n, diags);
     if (diags->errors == errors_before) lint(rs, diags);
     free(cx.seen);
     bool failed = diags->errors != errors_before;

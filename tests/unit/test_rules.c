@@ -283,6 +283,57 @@ static void test_no_sources_and_include(void **state) {
     td_diags_free(&d2);
 }
 
+/* A file that cannot be what its author meant is refused, never served:
+ * empty (a truncated write), not UTF-8 text (binary, NUL bytes; the bytes
+ * are not echoed), and a last_fired('id') naming a rule the ruleset lost. */
+static void test_half_written_files_refused(void **state) {
+    (void)state;
+    static const struct {
+        const char *text;
+        size_t len;
+    } bad[] = {{"", 0},
+               {"  # only a comment\n\n", 21},
+               {"\0garbage\x01\xff", 11},
+               {"rules = ();\x1b[2J", 15},
+               {"rules = (); # caf\xc3", 19}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        td_diags d = {0};
+        td_source src = {.name = "trust.rules", .text = bad[i].text, .len = bad[i].len};
+        assert_null(td_ruleset_compile(&src, 1, &d));
+        const td_diag *x = find_code(&d, "E115");
+        if (!x) fail_msg("case %zu: no E115", i);
+        assert_int_equal(x->severity, TD_SEV_ERROR);
+        assert_null(x->source); /* never the file's bytes */
+        for (const char *m = x->msg; *m; m++)
+            assert_true((unsigned char)*m >= 0x20 && (unsigned char)*m < 0x7f);
+        td_diags_free(&d);
+    }
+    /* valid UTF-8 (a note in French) is text */
+    td_diags ok = {0};
+    td_ruleset *rs = compile1("fr.rules",
+                              "rules = ({ id = \"a\"; on = [\"email.sent\"];\n"
+                              "  recommend = { channel = \"email\"; touch = \"follow_up\";\n"
+                              "    note = \"Une question pr\xc3\xa9\x63ise.\"; }; });\n",
+                              &ok);
+    assert_non_null(rs);
+    td_ruleset_free(rs);
+    td_diags_free(&ok);
+
+    const char *dangling = "rules = (\n"
+                           "  { id = \"g\"; reason = \"x\";\n"
+                           "    block = \"since(last_fired('gone.rule')) < 1d\"; },\n"
+                           "  { id = \"a\"; on = [\"email.sent\"];\n"
+                           "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; });\n";
+    td_diags d = {0};
+    assert_null(compile1("g.rules", dangling, &d));
+    const td_diag *x = find_code(&d, "E116");
+    assert_non_null(x);
+    assert_int_equal(x->line, 3);
+    assert_int_equal(x->col, 32); /* the id, inside its quotes */
+    assert_non_null(strstr(x->msg, "no rule 'gone.rule'"));
+    td_diags_free(&d);
+}
+
 /* Warnings: the ruleset compiles, each problem is named with its rule's line. */
 static void test_lint_warnings(void **state) {
     (void)state;
@@ -362,6 +413,7 @@ int main(void) {
         cmocka_unit_test(test_guard_scopes),
         cmocka_unit_test(test_settings_errors),
         cmocka_unit_test(test_no_sources_and_include),
+        cmocka_unit_test(test_half_written_files_refused),
         cmocka_unit_test(test_lint_warnings),
         cmocka_unit_test(test_touch_vocabulary),
     };
