@@ -496,7 +496,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
         bool untouched = st->first_touch_at == TD_MS_MISSING;
         if (st->nplan) eng_snap_take(&snap, st);
         if (td_state_apply(st, ev, tz, ctx.settings) != TD_OK) return TD_ERR;
-        td_state_remember_fp(st, fp);
+        if (td_state_remember_at(st, fp, now, trig->dedup_window) != TD_OK) return TD_ERR;
         if (untouched && st->first_touch_at != TD_MS_MISSING && st->owner_id[0] &&
             ev->type != TD_EV_OWNER_PROSPECT_CONTACTED)
             eng_derive_owner_event(st, ev, &out->derived, &out->has_derived);

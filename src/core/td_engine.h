@@ -55,6 +55,10 @@ typedef struct td_trigger {
      * late_after, or past its expires_at, is late); 0: never late (the
      * offline tools, unless told a wall clock) */
     td_ms wall;
+    /* how long a duplicate event id is caught at least (engine.dedup_window;
+     * 0: TD_DEDUP_WINDOW, 7 days), besides the prospect's last TD_DEDUP_MIN
+     * events */
+    td_ms dedup_window;
 } td_trigger;
 
 typedef enum td_outcome {

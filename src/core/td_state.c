@@ -133,6 +133,10 @@ void td_state_free(td_state *st) {
     for (uint32_t i = 0; i < st->nplan; i++)
         free(st->plan[i].json);
     free(st->plan);
+    free(st->dold);
+    st->dold = NULL;
+    st->ndold = 0;
+    st->capdold = 0;
     st->fired = NULL;
     st->timers = NULL;
     st->armed = NULL;
@@ -231,9 +235,19 @@ int td_state_copy(td_state *dst, const td_state *src) {
     dst->timers = NULL;
     dst->armed = NULL;
     dst->plan = NULL;
+    dst->dold = NULL;
     dst->nfired = dst->capfired = dst->ntimers = dst->captimers = 0;
     dst->narmed = dst->caparmed = dst->armed_hint = 0;
     dst->nplan = dst->capplan = 0;
+    dst->ndold = 0;
+    dst->capdold = 0;
+    if (src->ndold) {
+        dst->dold = malloc(src->ndold * sizeof *dst->dold);
+        if (!dst->dold) return TD_ERR;
+        memcpy(dst->dold, src->dold, src->ndold * sizeof *dst->dold);
+        dst->ndold = src->ndold;
+        dst->capdold = src->ndold;
+    }
     if (src->nplan) {
         dst->plan = malloc(src->nplan * sizeof *dst->plan);
         if (!dst->plan) return TD_ERR;
@@ -335,6 +349,12 @@ bool td_state_equal(const td_state *a, const td_state *b) {
     if (a->dedup_count != b->dedup_count) return false;
     for (uint32_t i = 0; i < a->dedup_count; i++)
         if (st_dedup_at(a, i) != st_dedup_at(b, i)) return false;
+    if (a->ndold != b->ndold) return false;
+    for (uint32_t i = 0; i < a->ndold; i++)
+        if (a->dold[i].n != b->dold[i].n || a->dold[i].seq != b->dold[i].seq ||
+            a->dold[i].newest != b->dold[i].newest ||
+            memcmp(a->dold[i].fp, b->dold[i].fp, a->dold[i].n * sizeof(uint64_t)))
+            return false;
     if (a->npos != b->npos) return false;
     for (uint32_t i = 0; i < a->npos; i++) /* kept sorted by key */
         if (a->pos[i].key != b->pos[i].key || a->pos[i].offset != b->pos[i].offset) return false;
@@ -384,6 +404,11 @@ bool td_state_seen_fp(const td_state *st, uint64_t fp) {
         if (st->dedup[idx] == fp) return true;
         if (++idx == TD_DEDUP_RING) idx = 0;
     }
+    for (uint32_t s = st->ndold; s-- > 0;) { /* newest first: redeliveries are recent */
+        const td_dedup_seg *g = &st->dold[s];
+        for (uint32_t i = 0; i < g->n; i++)
+            if (g->fp[i] == fp) return true;
+    }
     return false;
 }
 
@@ -392,9 +417,67 @@ void td_state_remember(td_state *st, const char *event_id) {
 }
 
 void td_state_remember_fp(td_state *st, uint64_t fp) {
-    st->dedup[st->dedup_head % TD_DEDUP_RING] = fp;
+    (void)td_state_remember_at(st, fp, st->clock == TD_MS_MISSING ? 0 : st->clock, 0);
+}
+
+int td_state_dedup_put(td_state *st, const td_dedup_seg *g) {
+    uint32_t i = 0;
+    while (i < st->ndold && st->dold[i].seq < g->seq)
+        i++;
+    if (i < st->ndold && st->dold[i].seq == g->seq) {
+        st->dold[i] = *g;
+        return TD_OK;
+    }
+    if (td_grow(&st->dold, &st->capdold, st->ndold, sizeof *st->dold, 4) != TD_OK) return TD_ERR;
+    memmove(&st->dold[i + 1], &st->dold[i], (st->ndold - i) * sizeof *st->dold);
+    st->dold[i] = *g;
+    st->ndold++;
+    return TD_OK;
+}
+
+uint32_t td_state_dedup_size(const td_state *st) {
+    uint32_t n = st->dedup_count < TD_DEDUP_RING ? st->dedup_count : TD_DEDUP_RING;
+    for (uint32_t i = 0; i < st->ndold; i++)
+        n += st->dold[i].n;
+    return n;
+}
+
+int td_state_remember_at(td_state *st, uint64_t fp, td_ms now, td_ms window) {
+    if (window <= 0) window = TD_DEDUP_WINDOW;
+    int rc = TD_OK;
+    uint32_t slot = st->dedup_head % TD_DEDUP_RING;
+    if (st->dedup_count >= TD_DEDUP_RING) { /* the ring evicts its oldest: keep it */
+        td_dedup_seg *last = st->ndold ? &st->dold[st->ndold - 1] : NULL;
+        if (!last || last->n >= TD_DEDUP_SEG) {
+            uint32_t seq = last ? last->seq + 1 : 1;
+            if (td_grow(&st->dold, &st->capdold, st->ndold, sizeof *st->dold, 4) != TD_OK) {
+                rc = TD_ERR;
+                last = NULL;
+            } else {
+                last = &st->dold[st->ndold++];
+                memset(last, 0, sizeof *last);
+                last->seq = seq;
+            }
+        }
+        if (last) {
+            last->fp[last->n++] = st->dedup[slot];
+            last->newest = now;
+        }
+    }
+    st->dedup[slot] = fp;
     st->dedup_head = (st->dedup_head + 1) % TD_DEDUP_RING;
     if (st->dedup_count < TD_DEDUP_RING) st->dedup_count++;
+    /* the oldest segment goes when every id in it is out of both bounds */
+    while (st->ndold > 1) {
+        uint32_t total = td_state_dedup_size(st);
+        const td_dedup_seg *o = &st->dold[0];
+        bool past_min = total - o->n >= TD_DEDUP_MIN;
+        bool past_window = o->newest < now - window;
+        if (!(past_min && past_window) && total <= TD_DEDUP_MAX) break;
+        memmove(&st->dold[0], &st->dold[1], (st->ndold - 1) * sizeof *st->dold);
+        st->ndold--;
+    }
+    return rc;
 }
 
 /* -------------------------------------------------------- input positions */

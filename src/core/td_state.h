@@ -24,7 +24,15 @@
 #include "td_event.h"
 #include "td_time.h"
 
-#define TD_DEDUP_RING 32  /* recently applied event ids kept per prospect */
+#define TD_DEDUP_RING 32 /* the newest applied event ids, a ring */
+/* Older ids, evicted from the ring, kept in segments of TD_DEDUP_SEG: a
+ * duplicate is caught within the dedup window (td_trigger.dedup_window,
+ * default TD_DEDUP_WINDOW) or the prospect's last TD_DEDUP_MIN events,
+ * whichever is larger, and never more than TD_DEDUP_MAX ids (docs/state.md). */
+#define TD_DEDUP_SEG 32
+#define TD_DEDUP_MIN 1000
+#define TD_DEDUP_MAX 4096
+#define TD_DEDUP_WINDOW (7 * TD_DAY)
 #define TD_TOUCH_RING 64  /* recent outbound touch times kept per prospect */
 #define TD_POS_MAX 8      /* input (topic, partition) positions per prospect */
 #define TD_RECENT_RECS 32 /* recently published recommendation ids kept per prospect */
@@ -130,6 +138,14 @@ typedef struct td_pending {
     uint32_t len;
 } td_pending;
 
+/* A segment of older applied event ids (fingerprints), oldest first. */
+typedef struct td_dedup_seg {
+    uint64_t fp[TD_DEDUP_SEG];
+    uint32_t n;
+    uint32_t seq; /* its number: the flat form's "dedup.<seq>" */
+    td_ms newest; /* the prospect's clock when its last id was added */
+} td_dedup_seg;
+
 /* Last applied input offset for one (topic, partition), set by the daemon. */
 typedef struct td_pos {
     uint64_t key; /* td_hash64 of "<topic>/<partition>" */
@@ -187,6 +203,10 @@ typedef struct td_state {
     /* recently applied event ids (fingerprints), a ring */
     uint64_t dedup[TD_DEDUP_RING];
     uint32_t dedup_count, dedup_head;
+    /* owned: the ids evicted from the ring, oldest segment first */
+    td_dedup_seg *dold;
+    uint32_t ndold;
+    size_t capdold;
 
     td_pos pos[TD_POS_MAX];
     uint32_t npos;
@@ -277,6 +297,16 @@ void td_state_remember(td_state *st, const char *event_id);
 uint64_t td_state_fingerprint(const char *event_id);
 bool td_state_seen_fp(const td_state *st, uint64_t fp);
 void td_state_remember_fp(td_state *st, uint64_t fp);
+/* Remembers fp at the prospect's time `now`: the id the ring evicts goes to
+ * the older segments, and the oldest segment goes when all its ids are
+ * older than both bounds (window before now, and the last TD_DEDUP_MIN
+ * ids), or past TD_DEDUP_MAX. window 0: TD_DEDUP_WINDOW.
+ * @returns TD_OK, or TD_ERR on out-of-memory (the id is in the ring). */
+int td_state_remember_at(td_state *st, uint64_t fp, td_ms now, td_ms window);
+/* Ids the dedup remembers (ring and segments). */
+uint32_t td_state_dedup_size(const td_state *st);
+/* Puts a loaded older segment in seq order (the same seq: replaced). */
+int td_state_dedup_put(td_state *st, const td_dedup_seg *g);
 
 /* Input positions: last applied offset of (topic, partition), -1 if none. */
 int64_t td_state_pos_get(const td_state *st, const char *topic, int32_t partition);

@@ -794,6 +794,24 @@ TD_FW_INLINE void sf_fw_state(const td_state *st, td_fw *w, bool kvmode) {
  * td_kvs_add for a td_kvs), formatted in a heap buffer (a plan is rare and
  * its entries are large). */
 static void sf_plan(const td_state *st, td_kv_fn fn, void *ud) {
+    /* the older dedup segments: "dedup.<seq>" = "<newest> fp,fp,..." */
+    for (uint32_t s = 0; s < st->ndold; s++) {
+        const td_dedup_seg *g = &st->dold[s];
+        char k[24], v[TD_TIME_BUF + 1 + TD_DEDUP_SEG * 17 + 1];
+        memcpy(k, "dedup.", 6);
+        size_t kl = 6 + td_w_u64(k + 6, g->seq);
+        k[kl] = '\0';
+        size_t vl = sf_w_at(v, g->newest);
+        v[vl++] = ' ';
+        for (uint32_t i = 0; i < g->n; i++) {
+            sf_w_hex16(v + vl, g->fp[i]);
+            vl += 16;
+            v[vl++] = ',';
+        }
+        if (g->n) vl--; /* the last comma */
+        v[vl] = '\0';
+        fn(ud, k, kl, v, vl);
+    }
     uint32_t cnt = st->recent_count < TD_RECENT_RECS ? st->recent_count : TD_RECENT_RECS;
     if (cnt) {
         char v[TD_RECENT_RECS * 17];
@@ -869,7 +887,7 @@ void td_state_serialize_kvs(const td_state *st, td_kvs *kv) {
     sf_fw_load(&w);
     sf_fw_state(st, &w, true);
     sf_fw_done(&w, true);
-    if (st->nplan || st->recent_count) sf_plan(st, td_kvs_add, kv);
+    if (st->nplan || st->recent_count || st->ndold) sf_plan(st, td_kvs_add, kv);
 }
 
 static int sf_set_err(char *err, size_t errcap, const char *key, size_t klen, const char *what);
@@ -1108,6 +1126,38 @@ int td_state_set_field(td_state *st, const char *key, size_t klen, const char *v
         }
         st->dedup_count = c.n;
         st->dedup_head = c.n % TD_DEDUP_RING;
+        return TD_OK;
+    }
+    if (sf_key_prefix(key, klen, "dedup.")) {
+        td_dedup_seg g;
+        memset(&g, 0, sizeof g);
+        uint64_t seq = 0;
+        bool ok = klen > 6 && klen - 6 <= 9;
+        for (size_t i = 6; ok && i < klen; i++) {
+            ok = key[i] >= '0' && key[i] <= '9';
+            seq = seq * 10 + (uint64_t)(key[i] - '0');
+        }
+        const char *sp = memchr(val, ' ', vlen);
+        if (!ok || seq == 0 || !sp || sf_parse_time(val, (size_t)(sp - val), &g.newest))
+            return sf_set_err(err, errcap, key, klen, "not a dedup segment");
+        g.seq = (uint32_t)seq;
+        const char *q = sp + 1, *end = val + vlen;
+        while (q < end) {
+            const char *c = memchr(q, ',', (size_t)(end - q));
+            size_t l = c ? (size_t)(c - q) : (size_t)(end - q);
+            uint64_t x = 0;
+            ok = g.n < TD_DEDUP_SEG && l > 0 && l <= 16;
+            for (size_t i = 0; ok && i < l; i++) {
+                int d = sf_hexval(q[i]);
+                ok = d >= 0;
+                x = x << 4 | (uint64_t)(d < 0 ? 0 : d);
+            }
+            if (!ok) return sf_set_err(err, errcap, key, klen, "not a dedup segment");
+            g.fp[g.n++] = x;
+            q = c ? c + 1 : end;
+        }
+        if (td_state_dedup_put(st, &g) != TD_OK)
+            return sf_set_err(err, errcap, key, klen, "out of memory");
         return TD_OK;
     }
     if (sf_key_is(key, klen, "recent_recs")) {

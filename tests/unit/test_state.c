@@ -760,6 +760,88 @@ static void test_bad_event_type(void **state) {
 
 /* ------------------------------------------------------- rings, tables */
 
+/* The dedup window: a duplicate is caught within 7 days or the last 1,000
+ * events, whichever is larger, never more than 4,096 ids. */
+static void test_dedup_window(void **state) {
+    (void)state;
+    char id[32];
+    td_ms t0 = 1793606400000; /* 2026-11-02 */
+    /* 1,500 events a minute apart (one day): all within the window */
+    td_state a;
+    td_state_init(&a, "p-a");
+    for (int i = 0; i < 1500; i++) {
+        snprintf(id, sizeof id, "a-%d", i);
+        assert_int_equal(td_state_remember_at(&a, td_state_fingerprint(id), t0 + i * 60000, 0),
+                         TD_OK);
+    }
+    for (int i = 0; i < 1500; i++) {
+        snprintf(id, sizeof id, "a-%d", i);
+        if (!td_state_seen(&a, id)) fail_msg("a-%d forgotten within the window", i);
+    }
+    /* 2,000 events an hour apart (83 days): the last 1,000 stay, and what is
+     * within 7 days (168 of them); the older ones go, a segment at a time */
+    td_state b;
+    td_state_init(&b, "p-b");
+    for (int i = 0; i < 2000; i++) {
+        snprintf(id, sizeof id, "b-%d", i);
+        assert_int_equal(td_state_remember_at(&b, td_state_fingerprint(id), t0 + i * TD_HOUR, 0),
+                         TD_OK);
+    }
+    for (int i = 1000; i < 2000; i++) {
+        snprintf(id, sizeof id, "b-%d", i);
+        if (!td_state_seen(&b, id)) fail_msg("b-%d: one of the last 1,000, forgotten", i);
+    }
+    uint32_t kept = td_state_dedup_size(&b);
+    assert_true(kept >= 1000 && kept < 1000 + TD_DEDUP_SEG + TD_DEDUP_RING);
+    snprintf(id, sizeof id, "b-%d", 0);
+    assert_false(td_state_seen(&b, id));
+    /* a shorter window (engine.dedup_window) keeps the last 1,000 anyway */
+    td_state c;
+    td_state_init(&c, "p-c");
+    for (int i = 0; i < 1200; i++) {
+        snprintf(id, sizeof id, "c-%d", i);
+        assert_int_equal(
+            td_state_remember_at(&c, td_state_fingerprint(id), t0 + i * 60000, TD_HOUR), TD_OK);
+    }
+    for (int i = 200; i < 1200; i++) {
+        snprintf(id, sizeof id, "c-%d", i);
+        if (!td_state_seen(&c, id)) fail_msg("c-%d: one of the last 1,000, forgotten", i);
+    }
+    /* 6,000 in one day: at most 4,096 */
+    td_state d;
+    td_state_init(&d, "p-d");
+    for (int i = 0; i < 6000; i++) {
+        snprintf(id, sizeof id, "d-%d", i);
+        assert_int_equal(td_state_remember_at(&d, td_state_fingerprint(id), t0 + i * 1000, 0),
+                         TD_OK);
+    }
+    assert_true(td_state_dedup_size(&d) <= TD_DEDUP_MAX);
+    assert_true(td_state_dedup_size(&d) > TD_DEDUP_MAX - TD_DEDUP_SEG);
+    for (int i = 6000 - (TD_DEDUP_MAX - TD_DEDUP_SEG); i < 6000; i++) {
+        snprintf(id, sizeof id, "d-%d", i);
+        if (!td_state_seen(&d, id)) fail_msg("d-%d forgotten under the cap", i);
+    }
+    /* the flat form: "dedup" (the ring) and one "dedup.<seq>" per segment;
+     * a round trip is exact, and its size is what docs/state.md says */
+    kvlist l = {0};
+    td_state_serialize(&a, kv_collect, &l);
+    size_t bytes = 0, segs = 0;
+    for (size_t i = 0; i < l.n; i++)
+        if (strncmp(l.a[i].k, "dedup", 5) == 0) {
+            bytes += l.a[i].kn + l.a[i].vn;
+            if (l.a[i].k[5] == '.') segs++;
+        }
+    assert_int_equal(segs, (1500 - TD_DEDUP_RING + TD_DEDUP_SEG - 1) / TD_DEDUP_SEG);
+    print_message("dedup of 1,500 ids: %zu fields, %zu bytes in the flat form\n", segs + 1, bytes);
+    assert_true(bytes < 1500 * 18 + segs * 40);
+    kv_free(&l);
+    check_round_trip(&a, true);
+    td_state_free(&a);
+    td_state_free(&b);
+    td_state_free(&c);
+    td_state_free(&d);
+}
+
 static void test_dedup_ring(void **state) {
     fixture *f = *state;
     char id[32];
@@ -770,13 +852,14 @@ static void test_dedup_ring(void **state) {
         assert_true(td_state_seen(&f->st, id));
     }
     assert_int_equal(f->st.dedup_count, TD_DEDUP_RING);
+    /* the 8 the ring evicted are in the older segments: all 40 are caught */
     for (int i = 0; i < 40; i++) {
         snprintf(id, sizeof id, "e-%d", i);
-        if (i < 40 - TD_DEDUP_RING)
-            assert_false(td_state_seen(&f->st, id));
-        else
-            assert_true(td_state_seen(&f->st, id));
+        assert_true(td_state_seen(&f->st, id));
     }
+    assert_int_equal(f->st.ndold, 1);
+    assert_int_equal(f->st.dold[0].n, 40 - TD_DEDUP_RING);
+    assert_int_equal(td_state_dedup_size(&f->st), 40);
     /* the flat form keeps ring order: oldest first */
     kvlist l = {0};
     td_state_serialize(&f->st, kv_collect, &l);
@@ -796,11 +879,13 @@ static void test_dedup_ring(void **state) {
     for (size_t i = 0; i < l2.n; i++)
         assert_int_equal(
             td_state_set_field(&c, l2.a[i].k, l2.a[i].kn, l2.a[i].v, l2.a[i].vn, NULL, 0), TD_OK);
+    assert_non_null(kv_get(&l2, "dedup.1"));
     td_state_remember(&c, "e-40");
     td_state_remember(&f->st, "e-40");
     assert_true(td_state_equal(&c, &f->st));
-    assert_false(td_state_seen(&c, "e-8"));
+    assert_true(td_state_seen(&c, "e-0"));
     assert_true(td_state_seen(&c, "e-9"));
+    assert_false(td_state_seen(&c, "e-41"));
     kv_free(&l2);
     td_state_free(&c);
 }
@@ -1842,6 +1927,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_out_of_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_event_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dedup_ring, setup, teardown),
+        cmocka_unit_test(test_dedup_window),
         cmocka_unit_test_setup_teardown(test_positions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fired_and_timers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rule_keys, setup, teardown),
