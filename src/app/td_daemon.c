@@ -322,9 +322,12 @@ static bool dm_batch_end(td_daemon *d, td_pl_rc br, int *rc) {
 
 int td_daemon_run(td_daemon *d) {
     int rc = TD_EXIT_OK;
-    td_log_info("touchd running", "batch_max_events=%d batch_max_ms=%d pipeline=%s",
+    td_log_info("touchd running",
+                "batch_max_events=%d batch_max_ms=%d pipeline=%s max_future_skew=%s "
+                "max_past_age=%s",
                 d->cfg->engine.batch_max_events, d->cfg->engine.batch_max_ms,
-                d->cfg->engine.pipeline ? "true" : "false");
+                d->cfg->engine.pipeline ? "true" : "false", d->cfg->time.max_future_skew_text,
+                d->cfg->time.max_past_age_text);
     while (!td_daemon_stop_requested) {
         const char *fatal = td_kafka_fatal(d->kafka);
         if (fatal) {

@@ -4,9 +4,9 @@
  *
  * Shape of a batch in memory (pl_batch): an event batch holds msgs[i]
  * (owned rd_kafka messages, consumed order), evs[i] (decoded events),
- * dead[i] (sent to the dead-letter topic); a timer batch holds claims[i]
- * (sorted by prospect, rule, due time) and delay[i] (the firing delay of
- * claim i, -1 when it did not fire). Either way gidx[i] is the prospect
+ * dead[i] (sent to the dead-letter topic: undecodable, or outside the time
+ * bounds); a timer batch holds claims[i] (sorted by prospect, rule, due
+ * time) and delay[i] (the firing delay of claim i, -1 when it did not fire). Either way gidx[i] is the prospect
  * group of input i (or -1) and next[i] the next input of the same group, so
  * a group's inputs are walked in order. Groups own one td_state each. Every
  * array is sized once and reused.
@@ -484,26 +484,51 @@ static int32_t pl_group_lookup(td_pipeline *p, pl_batch *b, const char *pid, boo
     return pl_group_find(p, b, pid, plen, td_hash64(pid, plen, TD_HASH_SEED), create, created);
 }
 
-/* Decodes every message; invalid ones are queued on the dead-letter topic
- * (in the round that is open). */
+/* The time bounds of intake (time.max_future_skew, time.max_past_age;
+ * docs/events.md): an event whose occurred_at is further ahead of the wall
+ * clock `wall`, or older, is rejected. The reason names the field and the
+ * bound, never the value. @returns true (ee filled) when ev is out of them. */
+static bool pl_out_of_time(const td_pipeline *p, const td_event *ev, td_ms wall,
+                           td_event_error *ee) {
+    const td_config *c = p->cfg;
+    /* both differences fit: decoded times are years 1 to 9999 */
+    if (ev->occurred_at - wall > c->time.max_future_skew)
+        snprintf(ee->reason, sizeof ee->reason,
+                 "field occurred_at: more than %s ahead of the wall clock "
+                 "(time.max_future_skew)",
+                 c->time.max_future_skew_text);
+    else if (wall - ev->occurred_at > c->time.max_past_age)
+        snprintf(ee->reason, sizeof ee->reason,
+                 "field occurred_at: older than time.max_past_age (%s)", c->time.max_past_age_text);
+    else
+        return false;
+    snprintf(ee->field, sizeof ee->field, "occurred_at");
+    return true;
+}
+
+/* Decodes every message; invalid ones (undecodable, or outside the time
+ * bounds at the batch's wall time) are queued on the dead-letter topic (in
+ * the round that is open). */
 static int pl_batch_decode(td_pipeline *p, pl_batch *b) {
+    td_ms wall = td_wall_ms();
     for (size_t i = 0; i < b->nmsgs; i++) {
         rd_kafka_message_t *m = b->msgs[i];
         td_event_error ee;
         b->dead[i] = false;
         if (td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0, &b->evs[i],
-                            &ee) != TD_OK) {
-            b->dead[i] = true;
-            p->st.dead_letters++;
-            char q[400];
-            /* The reason names the field, never its value: payloads may
-             * hold personal data. */
-            td_log_warn("event rejected to dead-letter topic",
-                        "topic=%s partition=%d offset=%lld field=%s reason=%s",
-                        rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-                        ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
-            if (td_kafka_send_dlq(p->kafka, m, ee.reason, ee.field) < 0) return -1;
-        }
+                            &ee) == TD_OK &&
+            !pl_out_of_time(p, &b->evs[i], wall, &ee))
+            continue;
+        b->dead[i] = true;
+        p->st.dead_letters++;
+        char q[400];
+        /* The reason names the field, never its value: payloads may hold
+         * personal data. */
+        td_log_warn("event rejected to dead-letter topic",
+                    "topic=%s partition=%d offset=%lld field=%s reason=%s",
+                    rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
+                    ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
+        if (td_kafka_send_dlq(p->kafka, m, ee.reason, ee.field) < 0) return -1;
     }
     return 0;
 }
