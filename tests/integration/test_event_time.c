@@ -8,7 +8,20 @@
  *     ago and 6 minutes ahead go to the dead-letter topic with a reason that
  *     names the field and the bound (never the value), are counted as dead
  *     letters, their offsets committed, and nothing of them is applied (no
- *     state in Redis); events 399 days ago and 4 minutes ahead are applied.
+ *     state in Redis); events 399 days ago and 4 minutes ahead are applied;
+ *   - a prospect's timers due before its next event fire before that event,
+ *     as `touchd replay` fires them: an email sent two days ago arms two
+ *     timer rules (after = 24h; the first in the ruleset has the later rule
+ *     id), then a reply dated now. Both timers fire, in ruleset order, before
+ *     the reply, with trigger type timer, due_at = sent + 24h and not_before
+ *     from the due time (the reply would make their `when` false), are
+ *     published before the reply's recommendation, are counted as fired
+ *     timers (timers_before_events), and are gone from the state and the
+ *     timer index; the recommendations are those of `touchd replay`.
+ *
+ * The timer claimer polls once at start (nothing is due then) and not again
+ * for a minute (timers.poll_ms), so only the daemon's event path can fire
+ * the timers here.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -212,9 +225,124 @@ static void test_time_bounds_dead_letters(void **state) {
     assert_int_equal(td_test_count_in_file(f->w.log, "field=occurred_at reason="), 4);
 }
 
+/* The recommendations of `touchd replay` over the events file, one JSON
+ * object per line, into out[] (at most cap). @returns how many. */
+static size_t replay(fx *f, json_t **out, size_t cap) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s replay --quiet --rules %s %s", td_test_touchd_path(),
+             f->rules_dir, f->events);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char line[8192];
+    size_t n = 0;
+    while (fgets(line, sizeof line, p)) {
+        json_t *j = json_loads(line, 0, NULL);
+        assert_non_null(j);
+        assert_true(n < cap);
+        out[n++] = j;
+    }
+    assert_int_equal(pclose(p), 0);
+    return n;
+}
+
+/* j without generated_at, as canonical text (caller frees). */
+static char *canon(json_t *j) {
+    json_t *c = json_deep_copy(j);
+    json_object_del(c, "generated_at");
+    char *s = json_dumps(c, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(c);
+    return s;
+}
+
+static void test_timers_due_before_an_event_fire_first(void **state) {
+    fx *f = *state;
+    char sent_at[TD_TIME_BUF], reply_at[TD_TIME_BUF];
+    td_ms now = td_test_wall_ms() / 1000 * 1000;
+    td_ms t_sent = now - 2 * TD_DAY, t_reply = now - TD_MINUTE;
+    fmt_time(t_sent, sent_at);
+    fmt_time(t_reply, reply_at);
+    /* both produced before touchd starts: consumed as a backlog */
+    produce(f, "e-1", "email.sent", "p-b", sent_at, NULL);
+    produce(f, "e-2", "email.replied", "p-b", reply_at, "{\"sentiment\":\"positive\"}");
+    assert_int_equal(td_test_kafka_flush(&f->w.kafka, 10000), 0);
+    assert_true(td_test_touchd_run(&f->w.touchd, f->w.conf, f->w.log));
+
+    td_test_reader *r = td_test_reader_new(&f->w.kafka, T_OUT);
+    size_t got = td_test_reader_read(r, 4, 20000);
+    td_test_reader_drain(r, 500);
+    if (got != 4) td_test_dump_log(f->w.log, 40);
+    size_t n;
+    const td_test_msg *m = td_test_reader_msgs(r, &n);
+    assert_int_equal(n, 4); /* t.sent, t.zeta, t.alpha, t.replied */
+
+    /* one prospect: one output partition, in publication order */
+    const char *order[4] = {"t.sent", "t.zeta", "t.alpha", "t.replied"};
+    json_t *j[4];
+    for (size_t k = 0; k < n; k++) {
+        assert_int_equal(m[k].partition, m[0].partition);
+        j[k] = json_loads(m[k].val, 0, NULL);
+        assert_non_null(j[k]);
+    }
+    /* the reader returns a partition's messages in offset order */
+    for (size_t k = 1; k < n; k++)
+        assert_true(m[k].offset > m[k - 1].offset);
+    for (size_t k = 0; k < n; k++)
+        assert_string_equal(json_string_value(json_object_get(j[k], "rule")), order[k]);
+
+    td_ms due = t_sent + TD_DAY;
+    for (size_t k = 1; k <= 2; k++) {
+        json_t *trig = json_object_get(j[k], "trigger");
+        assert_string_equal(json_string_value(json_object_get(trig, "type")), "timer");
+        assert_string_equal(json_string_value(json_object_get(trig, "armed_by")), "e-1");
+        const char *due_s = json_string_value(json_object_get(trig, "due_at"));
+        const char *nb_s = json_string_value(json_object_get(j[k], "not_before"));
+        td_ms d, nb;
+        assert_int_equal(td_time_parse(due_s, strlen(due_s), &d), TD_OK);
+        assert_int_equal(td_time_parse(nb_s, strlen(nb_s), &nb), TD_OK);
+        assert_int_equal(d, due);
+        /* `at = now + 1h` / `now + 2h`, now being the due time, a day ago */
+        assert_int_equal(nb, due + (td_ms)k * TD_HOUR);
+    }
+    const char *rnb = json_string_value(json_object_get(j[3], "not_before"));
+    td_ms rnbv;
+    assert_int_equal(td_time_parse(rnb, strlen(rnb), &rnbv), TD_OK);
+    assert_int_equal(rnbv, t_reply); /* the reply's own time, not the wall clock */
+
+    /* the same recommendations as `touchd replay` (all but generated_at) */
+    json_t *want[8];
+    size_t nw = replay(f, want, 8);
+    assert_int_equal(nw, 4);
+    for (size_t k = 0; k < 4; k++) {
+        char *a = canon(j[k]), *b = canon(want[k]);
+        assert_string_equal(a, b);
+        free(a);
+        free(b);
+        json_decref(want[k]);
+        json_decref(j[k]);
+    }
+    td_test_reader_free(r);
+
+    /* fired: gone from the state and from the timer index */
+    assert_int_equal(td_test_redis_int(&f->w.redis, "HEXISTS touchd:p:{p-b} timer.t.zeta"), 0);
+    assert_int_equal(td_test_redis_int(&f->w.redis, "HEXISTS touchd:p:{p-b} timer.t.alpha"), 0);
+    char shard[64];
+    td_timers_shard_key("touchd", td_timers_shard("p-b", SHARDS), shard, sizeof shard);
+    assert_int_equal(td_test_redis_int(&f->w.redis, "ZCARD %s", shard), 0);
+    assert_int_equal(td_test_redis_int(&f->w.redis, "ZCARD touchd:t:claimed"), 0);
+    assert_int_equal(hget_int(f, "p-b", "events"), 2);
+
+    assert_int_equal(td_test_touchd_stop(&f->w.touchd, SIGTERM, 20000), 0);
+    assert_int_equal(td_test_progress_value(f->w.log, "timers_fired"), 2);
+    assert_int_equal(td_test_progress_value(f->w.log, "timers_before_events"), 2);
+    assert_int_equal(td_test_progress_value(f->w.log, "timers_recs"), 2);
+    assert_int_equal(td_test_progress_value(f->w.log, "timers_claimed"), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_time_bounds_dead_letters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timers_due_before_an_event_fire_first, setup,
+                                        teardown),
     };
     if (getenv("TD_TEST_FILTER")) cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
