@@ -438,6 +438,14 @@ void td_test_world_stop(td_test_world *w) {
     if (w->dir[0]) td_test_rmtree(w->dir);
 }
 
+int td_test_world_teardown(void **state) {
+    td_test_world *w = *state; /* the fixture's first member */
+    if (!w) return 0;
+    td_test_world_stop(w);
+    free(w);
+    return 0;
+}
+
 long long td_test_progress_value(const char *path, const char *name) {
     FILE *in = fopen(path, "r");
     if (!in) return -1;

@@ -117,6 +117,9 @@ int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntop
 /* Kills a touchd still running (printing its log's end: the test failed),
  * stops the cluster and Redis, removes the dir. */
 void td_test_world_stop(td_test_world *w);
+/* A cmocka teardown for a fixture whose *state is a calloc'ed struct with a
+ * td_test_world as its first member: stops the world, frees the struct. */
+int td_test_world_teardown(void **state);
 
 /* The touchd binary: $TD_TOUCHD, else "touchd" on PATH. */
 const char *td_test_touchd_path(void);

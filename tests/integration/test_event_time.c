@@ -70,7 +70,7 @@ static const char RULES[] =
     ");\n";
 
 typedef struct fx {
-    td_test_world w;
+    td_test_world w; /* first: td_test_world_teardown */
     char rules_dir[300], events[300];
 } fx;
 
@@ -100,14 +100,6 @@ static int setup(void **state) {
                      "log = { level = \"info\"; };\n",
                      f->w.kafka.bootstraps, f->w.redis.port, f->rules_dir, SHARDS);
     return td_test_write_file(f->w.dir, "touchd.conf", text, (size_t)n, NULL, 0);
-}
-
-static int teardown(void **state) {
-    fx *f = *state;
-    if (!f) return 0;
-    td_test_world_stop(&f->w);
-    free(f);
-    return 0;
 }
 
 /* Produces one event of type `type` for prospect pid, dated `at` (an RFC
@@ -340,9 +332,10 @@ static void test_timers_due_before_an_event_fire_first(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_time_bounds_dead_letters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_time_bounds_dead_letters, setup,
+                                        td_test_world_teardown),
         cmocka_unit_test_setup_teardown(test_timers_due_before_an_event_fire_first, setup,
-                                        teardown),
+                                        td_test_world_teardown),
     };
     if (getenv("TD_TEST_FILTER")) cmocka_set_test_filter(getenv("TD_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
