@@ -6,9 +6,10 @@
  * (owned rd_kafka messages, consumed order), evs[i] (decoded events),
  * dead[i] (sent to the dead-letter topic: undecodable, or outside the time
  * bounds); a timer batch holds claims[i] (sorted by prospect, rule, due
- * time) and delay[i] (the firing delay of claim i, -1 when it did not fire). Either way gidx[i] is the prospect
- * group of input i (or -1) and next[i] the next input of the same group, so
- * a group's inputs are walked in order. Groups own one td_state each. Every
+ * time) and delay[i] (the firing delay of claim i, -1 when it did not
+ * fire). Either way gidx[i] is the prospect group of input i (or -1) and
+ * next[i] the next input of the same group, so a group's inputs are walked
+ * in order. Groups own one td_state each. Every
  * array is sized once and reused.
  *
  * The pipeline (engine.pipeline, on by default): two event batches are alive
