@@ -107,6 +107,8 @@ static void cr_print_config(const td_config *c, FILE *f) {
             c->timers.sweep_ms,
             c->timers.overdue_policy == TD_OVERDUE_FIRE_LATE ? "fire_late" : "drop",
             (long long)c->timers.drop_older_than);
+    fprintf(f, "time.max_future_skew = %s\ntime.max_past_age = %s\n", c->time.max_future_skew_text,
+            c->time.max_past_age_text);
     fprintf(f, "gifts.retention_days = %d\n", c->gifts.retention_days);
     fprintf(f, "log.level = %s\n", td_log_level_name(c->log.level));
 }

@@ -288,8 +288,8 @@ static void dm_progress(td_daemon *d, bool force) {
         "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
         "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
         "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
-        "timers_recs=%llu timers_stale=%llu timers_dropped=%llu timers_reclaimed=%llu "
-        "timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
+        "timers_before_events=%llu timers_recs=%llu timers_stale=%llu timers_dropped=%llu "
+        "timers_reclaimed=%llu timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
         "timers_delay_max_ms=%lld store_one_connection=%llu verify_mismatches=%llu "
         "ruleset=%s",
         (unsigned long long)ps->batches, (unsigned long long)ps->events,
@@ -299,7 +299,8 @@ static void dm_progress(td_daemon *d, bool force) {
         (unsigned long long)ks.resent, (unsigned long long)ps->conflicts,
         (unsigned long long)ps->redone, (unsigned long long)ps->redis_waits, ks.assigned,
         (unsigned long long)ps->derived, (unsigned long long)ts->claimed,
-        (unsigned long long)ts->fired, (unsigned long long)ts->recs, (unsigned long long)ts->stale,
+        (unsigned long long)ts->fired, (unsigned long long)ps->timers_before_events,
+        (unsigned long long)ts->recs, (unsigned long long)ts->stale,
         (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
         (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
         (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
@@ -322,9 +323,12 @@ static bool dm_batch_end(td_daemon *d, td_pl_rc br, int *rc) {
 
 int td_daemon_run(td_daemon *d) {
     int rc = TD_EXIT_OK;
-    td_log_info("touchd running", "batch_max_events=%d batch_max_ms=%d pipeline=%s",
+    td_log_info("touchd running",
+                "batch_max_events=%d batch_max_ms=%d pipeline=%s max_future_skew=%s "
+                "max_past_age=%s",
                 d->cfg->engine.batch_max_events, d->cfg->engine.batch_max_ms,
-                d->cfg->engine.pipeline ? "true" : "false");
+                d->cfg->engine.pipeline ? "true" : "false", d->cfg->time.max_future_skew_text,
+                d->cfg->time.max_past_age_text);
     while (!td_daemon_stop_requested) {
         const char *fatal = td_kafka_fatal(d->kafka);
         if (fatal) {

@@ -4,11 +4,12 @@
  *
  * Shape of a batch in memory (pl_batch): an event batch holds msgs[i]
  * (owned rd_kafka messages, consumed order), evs[i] (decoded events),
- * dead[i] (sent to the dead-letter topic); a timer batch holds claims[i]
- * (sorted by prospect, rule, due time) and delay[i] (the firing delay of
- * claim i, -1 when it did not fire). Either way gidx[i] is the prospect
- * group of input i (or -1) and next[i] the next input of the same group, so
- * a group's inputs are walked in order. Groups own one td_state each. Every
+ * dead[i] (sent to the dead-letter topic: undecodable, or outside the time
+ * bounds); a timer batch holds claims[i] (sorted by prospect, rule, due
+ * time) and delay[i] (the firing delay of claim i, -1 when it did not
+ * fire). Either way gidx[i] is the prospect group of input i (or -1) and
+ * next[i] the next input of the same group, so a group's inputs are walked
+ * in order. Groups own one td_state each. Every
  * array is sized once and reused.
  *
  * The pipeline (engine.pipeline, on by default): two event batches are alive
@@ -22,6 +23,13 @@
  * groups of N+1 that started from them are recomputed, so nothing is stored
  * from a state that was not stored before it. A timer batch finishes the
  * batch in flight first and is stored on the main thread.
+ * Time (docs/operations.md, "Event time"): every trigger is evaluated at
+ * its own time (the engine's), and a prospect's timers due by an event's
+ * occurred_at fire before that event, in (due time, rule index) order, as
+ * the offline driver (td_sim.c) fires them: pl_fire_due, on the path of a
+ * claimed timer (pl_fire_timer). A timer batch fires a prospect's claims in
+ * the same order. The events derived for owners are stepped in the order of
+ * the inputs that derived them (consumed order), as offline.
  * Order of the durable steps per batch: its recommendations are
  * acknowledged, then its gifts registered, then its states stored, then its
  * source acknowledged (offsets, claims); and N's offsets are stored before
@@ -64,10 +72,20 @@
 /* What one group's computation counted (pl_batch.gc). */
 typedef struct pl_gcount {
     uint32_t applied, skipped_pos, duplicates, derived;
-    /* timer batches: claims fired, stale, dropped; recommendations */
+    /* timers fired, stale, dropped, and their recommendations: a timer
+     * batch's claims, or (event batches) the timers due before events */
     uint32_t fired, stale, dropped, trecs;
-    td_ms max_delay;
+    td_ms max_delay; /* timer batches: the largest firing delay */
 } pl_gcount;
+
+/* A timer to fire, in firing order (pl_due_cmp): due time, then the rule's
+ * index in the ruleset (SIZE_MAX: a rule no longer in it). */
+typedef struct pl_due {
+    td_ms due_at;
+    size_t index;
+    int32_t src; /* the claim (timer batches), -1 (due before an event) */
+    char rule[TD_RULE_ID_MAX + 1];
+} pl_due;
 
 /* Where a batch's triggers come from. */
 typedef enum pl_kind { PL_EVENTS = 0, PL_TIMERS = 1 } pl_kind;
@@ -137,11 +155,13 @@ typedef struct pl_batch {
     size_t nwork;
 
     /* events the engine derived for owners ("owner:<owner_id>" states),
-     * kept for the whole batch: dq_g[i] is the owner's group. Owner groups
-     * have no input messages (first = -1). stamp[g] == attempt_seq marks the
-     * groups (re)loaded in the current attempt. */
+     * kept for the whole batch: dq_g[i] is the owner's group, dq_src[i] the
+     * input whose step derived it (each attempt's share is put in input
+     * order: pl_dq_order). Owner groups have no input messages (first =
+     * -1). stamp[g] == attempt_seq marks the groups (re)loaded in the
+     * current attempt. */
     td_event *dq;
-    int32_t *dq_g;
+    int32_t *dq_g, *dq_src;
     size_t ndq, capdq;
     uint32_t *stamp;
     uint32_t attempt_seq;
@@ -204,6 +224,10 @@ struct td_pipeline {
     /* gift register (td_gifts.h, docs/gifts.md); NULL without Kafka */
     td_gifts *gifts;
     td_gifts_kafka *gifts_kafka; /* NULL: kafka.gift_register_topic = "" */
+
+    /* the timers of one group being fired, in firing order (reused) */
+    pl_due *due;
+    size_t capdue;
 };
 
 static volatile sig_atomic_t never_stop = 0;
@@ -294,6 +318,7 @@ static void pl_batch_free(pl_batch *b, size_t gcap) {
     free(b->work2);
     free(b->dq);
     free(b->dq_g);
+    free(b->dq_src);
     free(b->gift_recs);
     free(b->recs);
     td_buf_free(&b->recbuf);
@@ -391,11 +416,40 @@ static void pl_batch_drop_groups(td_pipeline *p, pl_batch *b) {
     b->ngroups = 0;
 }
 
+/* Adds the timer counts of b's groups (each that of its last computation,
+ * the one stored) to r. */
+static void pl_round_sum(const pl_batch *b, td_timers_round *r) {
+    for (size_t g = 0; g < b->ngroups; g++) {
+        const pl_gcount *c = &b->gc[g];
+        r->fired += c->fired;
+        r->stale += c->stale;
+        r->dropped += c->dropped;
+        r->recs += c->trecs;
+        if (c->max_delay > r->max_delay) r->max_delay = c->max_delay;
+    }
+}
+
+/* An event batch's timers fired before events (pl_fire_due): each group's
+ * counts are those of its last computation. They join the timers' counters
+ * as fired timers (td_timers_record), without firing delays: the delay
+ * figures are the claimer's, and a timer fired by a backlog's event can be
+ * days overdue on the wall clock by design. */
+static void pl_batch_count_timers(td_pipeline *p, pl_batch *b) {
+    td_timers_round round = {0};
+    pl_round_sum(b, &round);
+    p->st.timers_before_events += round.fired;
+    if (!p->timers || (round.fired | round.stale | round.dropped) == 0) return;
+    /* keeps the last poll's delay figure as it is */
+    round.max_delay = td_timers_get_stats(p->timers)->last_delay_ms;
+    td_timers_record(p->timers, &round, true);
+}
+
 /* Ends a batch: states that are what Redis holds (loaded or stored, and not
  * changed since, and not carried on by the next batch) go back to the cache
  * with their flat form; the others are dropped (the next batch reloads
  * them). Its counters join the daemon's; its timings go to the debug log. */
 static void pl_batch_release(td_pipeline *p, pl_batch *b) {
+    if (b->kind == PL_EVENTS) pl_batch_count_timers(p, b);
     td_log_debug("batch done",
                  "source=%s events=%zu claims=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld "
                  "compute_ms=%lld deliver_ms=%lld store_ms=%lld store_wait_ms=%lld age_ms=%lld",
@@ -484,26 +538,51 @@ static int32_t pl_group_lookup(td_pipeline *p, pl_batch *b, const char *pid, boo
     return pl_group_find(p, b, pid, plen, td_hash64(pid, plen, TD_HASH_SEED), create, created);
 }
 
-/* Decodes every message; invalid ones are queued on the dead-letter topic
- * (in the round that is open). */
+/* The time bounds of intake (time.max_future_skew, time.max_past_age;
+ * docs/events.md): an event whose occurred_at is further ahead of the wall
+ * clock `wall`, or older, is rejected. The reason names the field and the
+ * bound, never the value. @returns true (ee filled) when ev is out of them. */
+static bool pl_out_of_time(const td_pipeline *p, const td_event *ev, td_ms wall,
+                           td_event_error *ee) {
+    const td_config *c = p->cfg;
+    /* both differences fit: decoded times are years 1 to 9999 */
+    if (ev->occurred_at - wall > c->time.max_future_skew)
+        snprintf(ee->reason, sizeof ee->reason,
+                 "field occurred_at: more than %s ahead of the wall clock "
+                 "(time.max_future_skew)",
+                 c->time.max_future_skew_text);
+    else if (wall - ev->occurred_at > c->time.max_past_age)
+        snprintf(ee->reason, sizeof ee->reason,
+                 "field occurred_at: older than time.max_past_age (%s)", c->time.max_past_age_text);
+    else
+        return false;
+    snprintf(ee->field, sizeof ee->field, "occurred_at");
+    return true;
+}
+
+/* Decodes every message; invalid ones (undecodable, or outside the time
+ * bounds at the batch's wall time) are queued on the dead-letter topic (in
+ * the round that is open). */
 static int pl_batch_decode(td_pipeline *p, pl_batch *b) {
+    td_ms wall = td_wall_ms();
     for (size_t i = 0; i < b->nmsgs; i++) {
         rd_kafka_message_t *m = b->msgs[i];
         td_event_error ee;
         b->dead[i] = false;
         if (td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0, &b->evs[i],
-                            &ee) != TD_OK) {
-            b->dead[i] = true;
-            p->st.dead_letters++;
-            char q[400];
-            /* The reason names the field, never its value: payloads may
-             * hold personal data. */
-            td_log_warn("event rejected to dead-letter topic",
-                        "topic=%s partition=%d offset=%lld field=%s reason=%s",
-                        rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-                        ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
-            if (td_kafka_send_dlq(p->kafka, m, ee.reason, ee.field) < 0) return -1;
-        }
+                            &ee) == TD_OK &&
+            !pl_out_of_time(p, &b->evs[i], wall, &ee))
+            continue;
+        b->dead[i] = true;
+        p->st.dead_letters++;
+        char q[400];
+        /* The reason names the field, never its value: payloads may hold
+         * personal data. */
+        td_log_warn("event rejected to dead-letter topic",
+                    "topic=%s partition=%d offset=%lld field=%s reason=%s",
+                    rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
+                    ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
+        if (td_kafka_send_dlq(p->kafka, m, ee.reason, ee.field) < 0) return -1;
     }
     return 0;
 }
@@ -647,7 +726,8 @@ static int pl_batch_load(td_pipeline *p, pl_batch *b, pl_batch *from, const int3
     return 0;
 }
 
-static int pl_dq_push(pl_batch *b, const td_event *ev) {
+/* Queues ev, derived by the step of input src, for its owner's group. */
+static int pl_dq_push(pl_batch *b, const td_event *ev, int32_t src) {
     if (b->ndq == b->capdq) {
         size_t cap = b->capdq ? b->capdq * 2 : 64;
         td_event *v = realloc(b->dq, cap * sizeof *v);
@@ -656,11 +736,58 @@ static int pl_dq_push(pl_batch *b, const td_event *ev) {
         int32_t *gv = realloc(b->dq_g, cap * sizeof *gv);
         if (!gv) return -1;
         b->dq_g = gv;
+        int32_t *sv = realloc(b->dq_src, cap * sizeof *sv);
+        if (!sv) return -1;
+        b->dq_src = sv;
         b->capdq = cap;
     }
     b->dq[b->ndq] = *ev;
     b->dq_g[b->ndq] = -1;
+    b->dq_src[b->ndq] = src;
     b->ndq++;
+    return 0;
+}
+
+static int pl_i64_cmp(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Puts dq[from..ndq) in the order of the inputs that derived them. The
+ * groups are computed one prospect after another, so an attempt queues its
+ * derived events by prospect; an owner's state must see them in consumed
+ * order, as the offline driver steps them (its clock and the timers its
+ * events arm depend on it). Usually in order already (a prospect's first
+ * touch is mostly its first event). @returns 0, or -1 (out of memory). */
+static int pl_dq_order(pl_batch *b, size_t from) {
+    size_t n = b->ndq - from;
+    bool sorted = true;
+    for (size_t i = from + 1; i < b->ndq && sorted; i++)
+        sorted = b->dq_src[i - 1] <= b->dq_src[i];
+    if (sorted) return 0;
+    int64_t *key = malloc(n * sizeof *key);
+    td_event *ev = malloc(n * sizeof *ev);
+    int32_t *src = malloc(n * sizeof *src);
+    if (!key || !ev || !src) {
+        free(key);
+        free(ev);
+        free(src);
+        return -1;
+    }
+    /* (source input, position): stable */
+    for (size_t k = 0; k < n; k++)
+        key[k] = ((int64_t)b->dq_src[from + k] << 32) | (int64_t)k;
+    qsort(key, n, sizeof *key, pl_i64_cmp);
+    for (size_t k = 0; k < n; k++) {
+        size_t at = from + (size_t)(key[k] & 0xffffffff);
+        ev[k] = b->dq[at];
+        src[k] = b->dq_src[at];
+    }
+    memcpy(b->dq + from, ev, n * sizeof *ev);
+    memcpy(b->dq_src + from, src, n * sizeof *src);
+    free(key);
+    free(ev);
+    free(src);
     return 0;
 }
 
@@ -791,7 +918,119 @@ static int pl_render(td_pipeline *p, pl_batch *b, int32_t g, const td_trigger *t
     return 0;
 }
 
-/* Applies the events of group g in order. @returns 0, or -1 (out of memory). */
+/* ------------------------------------------------------------ timers */
+
+static int pl_due_cmp(const void *a, const void *b) {
+    const pl_due *x = a, *y = b;
+    if (x->due_at != y->due_at) return x->due_at < y->due_at ? -1 : 1;
+    if (x->index != y->index) return x->index < y->index ? -1 : 1;
+    return strcmp(x->rule, y->rule);
+}
+
+/* Puts timer tm (of input src, or -1) at p->due[k]. @returns 0, or -1
+ * (out of memory). */
+static int pl_due_put(td_pipeline *p, size_t k, const td_timer *tm, int32_t src) {
+    if (td_grow(&p->due, &p->capdue, k, sizeof *p->due, 16) != TD_OK) return -1;
+    const td_rule *r = td_ruleset_find(p->rs, tm->rule);
+    pl_due *d = &p->due[k];
+    d->due_at = tm->due_at;
+    d->index = r ? r->index : SIZE_MAX;
+    d->src = src;
+    memcpy(d->rule, tm->rule, sizeof d->rule);
+    return 0;
+}
+
+/* What pl_fire_timer did with a timer. */
+enum { PL_FIRE_FIRED = 0, PL_FIRE_STALE = 1, PL_FIRE_DROPPED = 2 };
+
+/*
+ * Fires group g's pending timer of `rule` as a timer trigger: the one path
+ * of a timer, claimed (pl_compute_timers) or due before an event
+ * (pl_fire_due). Under overdue_policy = "drop", a timer overdue by more than
+ * drop_older_than at wall time `wall` is disarmed instead (logged). Else the
+ * engine steps it (at its due time: the engine's now), observed like every
+ * source trigger; its recommendations are rendered (generated_at = wall)
+ * and what it derives is queued. Counted in gc[g]; *late receives wall
+ * minus its due time.
+ * @returns PL_FIRE_*, or -1 (out of memory).
+ */
+static int pl_fire_timer(td_pipeline *p, pl_batch *b, int32_t g, const char *rule, td_ms wall,
+                         int32_t src, td_ms *late) {
+    const td_timers_conf *tc = p->timers ? td_timers_get_conf(p->timers) : &p->cfg->timers;
+    td_state *st = b->states[g];
+    pl_gcount *cnt = &b->gc[g];
+    const td_timer *tm = td_state_timer(st, rule);
+    if (!tm) {
+        cnt->stale++;
+        return PL_FIRE_STALE;
+    }
+    *late = wall - tm->due_at;
+    if (tc->overdue_policy == TD_OVERDUE_DROP && *late > tc->drop_older_than) {
+        char due[40];
+        td_time_format(tm->due_at, due, sizeof due);
+        td_log_warn("overdue timer dropped",
+                    "prospect=%s rule=%s due_at=%s overdue_ms=%lld drop_older_than_ms=%lld",
+                    st->prospect_id, rule, due, (long long)*late, (long long)tc->drop_older_than);
+        td_state_disarm_timer(st, rule);
+        b->changed[g] = true;
+        cnt->dropped++;
+        return PL_FIRE_DROPPED;
+    }
+    /* the step disarms the timer: what the trigger names is copied first */
+    char armed_by[TD_ID_MAX + 1], rid[TD_RULE_ID_MAX + 1];
+    memcpy(armed_by, tm->armed_by, sizeof armed_by);
+    memcpy(rid, tm->rule, sizeof rid);
+    td_trigger trig = {
+        .kind = TD_TRIG_TIMER, .rule = rid, .due_at = tm->due_at, .armed_by = armed_by};
+    uint32_t before = st->ntimers;
+    pl_before(p, st);
+    if (td_engine_step(p->rs, st, &trig, wall, p->tz, 0, p->out) != TD_OK) return -1;
+    pl_after(p, &trig, wall);
+    if (st->ntimers != before) b->changed[g] = true; /* disarmed (fired, or its rule was removed) */
+    if (p->out->stale) {
+        cnt->stale++;
+        return PL_FIRE_STALE;
+    }
+    cnt->fired++;
+    if (p->out->nerrors)
+        td_log_warn("rule evaluation errors", "prospect=%s timer=%s errors=%u", st->prospect_id,
+                    rid, p->out->nerrors);
+    if (pl_render(p, b, g, &trig, wall) < 0) return -1;
+    cnt->trecs += p->out->nrecs;
+    if (p->out->has_derived && pl_dq_push(b, &p->out->derived, src) < 0) return -1;
+    return PL_FIRE_FIRED;
+}
+
+/*
+ * Before a trigger at time t on group g (an input event, or an event
+ * derived for an owner): fires every timer of the state due at or before t,
+ * in (due time, rule index) order, each through pl_fire_timer at wall time
+ * `wall` (src: the input, for what they derive). So a prospect's triggers
+ * reach the engine in time order whatever the wall clock says, as offline
+ * (td_sim fires what is due before each event): an event of a backlog that
+ * comes after a timer's due time sees the state the timer left. The state's
+ * write removes them from the timer index like any fired timer; a claim of
+ * one in flight finds it stale. Counted in gc[g] (pl_batch_count_timers).
+ * @returns 0, or -1 (out of memory).
+ */
+static int pl_fire_due(td_pipeline *p, pl_batch *b, int32_t g, td_ms t, td_ms wall, int32_t src) {
+    const td_state *st = b->states[g];
+    size_t n = 0;
+    for (uint32_t k = 0; k < st->ntimers; k++)
+        if (st->timers[k].due_at <= t && pl_due_put(p, n++, &st->timers[k], -1) < 0) return -1;
+    if (n == 0) return 0;
+    /* firing one timer arms none: the list holds for the whole loop */
+    if (n > 1) qsort(p->due, n, sizeof *p->due, pl_due_cmp);
+    for (size_t k = 0; k < n; k++) {
+        td_ms late;
+        if (pl_fire_timer(p, b, g, p->due[k].rule, wall, src, &late) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Applies the events of group g in order, each after the timers due by its
+ * time (pl_fire_due); `now` is the wall clock. @returns 0, or -1 (out of
+ * memory). */
 static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) {
     td_state *st = b->states[g];
     for (int32_t i = b->first[g]; i >= 0; i = b->next[i]) {
@@ -802,6 +1041,7 @@ static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) 
             b->gc[g].skipped_pos++;
             continue;
         }
+        if (st->ntimers && pl_fire_due(p, b, g, b->evs[i].occurred_at, now, i) < 0) return -1;
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->evs[i]};
         pl_before(p, st);
         if (td_engine_step(p->rs, st, &trig, now, p->tz, 0, p->out) != TD_OK) return -1;
@@ -818,70 +1058,43 @@ static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) 
         if (p->out->nerrors)
             td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u", st->prospect_id,
                         b->evs[i].id, p->out->nerrors);
-        if (p->out->has_derived && pl_dq_push(b, &p->out->derived) < 0) return -1;
+        if (p->out->has_derived && pl_dq_push(b, &p->out->derived, i) < 0) return -1;
         td_state_pos_set(st, topic, m->partition, m->offset);
         b->changed[g] = true;
     }
     return 0;
 }
 
-/* Steps every claim of group g against its state, at the batch's wall time.
- * The state is the authority: a claim is a hint to look. @returns 0, or -1
- * (out of memory). */
+/* Steps every claim of group g against its state, at the batch's wall time,
+ * in (due time, rule index) order, as pl_fire_due and the offline driver
+ * order them. The state is the authority: a claim is a hint to look.
+ * @returns 0, or -1 (out of memory). */
 static int pl_compute_timers(td_pipeline *p, pl_batch *b, int32_t g) {
-    const td_timers_conf *tc = td_timers_get_conf(p->timers);
-    td_state *st = b->states[g];
+    const td_state *st = b->states[g];
     td_ms now = b->now;
     pl_gcount *cnt = &b->gc[g];
-    for (int32_t i = b->first[g]; i >= 0; i = b->next[i])
-        b->delay[i] = -1;
+    size_t n = 0;
     for (int32_t i = b->first[g]; i >= 0; i = b->next[i]) {
         const td_claim *c = &b->claims[i];
         const td_timer *tm = td_state_timer(st, c->rule);
+        b->delay[i] = -1;
         if (!tm || (c->due_at != TD_MS_MISSING && tm->due_at != c->due_at) || tm->due_at > now) {
             /* disarmed, fired already, or re-armed (its new due time is in
              * the index as the same member: ZADD moved it) */
             cnt->stale++;
             continue;
         }
-        td_ms late = now - tm->due_at;
-        if (tc->overdue_policy == TD_OVERDUE_DROP && late > tc->drop_older_than) {
-            char due[40];
-            td_time_format(tm->due_at, due, sizeof due);
-            td_log_warn("overdue timer dropped",
-                        "prospect=%s rule=%s due_at=%s overdue_ms=%lld "
-                        "drop_older_than_ms=%lld",
-                        st->prospect_id, c->rule, due, (long long)late,
-                        (long long)tc->drop_older_than);
-            td_state_disarm_timer(st, c->rule);
-            b->changed[g] = true;
-            cnt->dropped++;
-            continue;
-        }
-        char armed_by[TD_ID_MAX + 1], rule[TD_RULE_ID_MAX + 1];
-        memcpy(armed_by, tm->armed_by, sizeof armed_by);
-        memcpy(rule, tm->rule, sizeof rule);
-        td_trigger trig = {
-            .kind = TD_TRIG_TIMER, .rule = rule, .due_at = tm->due_at, .armed_by = armed_by};
-        uint32_t before = st->ntimers;
-        pl_before(p, st);
-        if (td_engine_step(p->rs, st, &trig, now, p->tz, 0, p->out) != TD_OK) return -1;
-        pl_after(p, &trig, now);
-        if (st->ntimers != before)
-            b->changed[g] = true; /* disarmed (fired, or its rule was removed) */
-        if (p->out->stale) {
-            cnt->stale++;
-            continue;
-        }
-        cnt->fired++;
+        if (pl_due_put(p, n++, tm, i) < 0) return -1;
+    }
+    if (n > 1) qsort(p->due, n, sizeof *p->due, pl_due_cmp);
+    for (size_t k = 0; k < n; k++) {
+        int32_t i = p->due[k].src;
+        td_ms late;
+        int r = pl_fire_timer(p, b, g, p->due[k].rule, now, i, &late);
+        if (r < 0) return -1;
+        if (r != PL_FIRE_FIRED) continue;
         b->delay[i] = late < 0 ? 0 : late;
         if (late > cnt->max_delay) cnt->max_delay = late;
-        if (p->out->nerrors)
-            td_log_warn("rule evaluation errors", "prospect=%s timer=%s errors=%u", st->prospect_id,
-                        rule, p->out->nerrors);
-        if (pl_render(p, b, g, &trig, now) < 0) return -1;
-        cnt->trecs += p->out->nrecs;
-        if (p->out->has_derived && pl_dq_push(b, &p->out->derived) < 0) return -1;
     }
     return 0;
 }
@@ -891,11 +1104,13 @@ static int pl_batch_compute(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) {
     return b->kind == PL_TIMERS ? pl_compute_timers(p, b, g) : pl_compute_events(p, b, g, now);
 }
 
-/* Steps derived event i on its owner's state (the owner's dedup ring makes a
- * repeat a no-op). @returns 0, or -1 (out of memory). */
+/* Steps derived event i on its owner's state, after the owner's timers due
+ * by its time (the owner's dedup ring makes a repeat a no-op). @returns 0,
+ * or -1 (out of memory). */
 static int pl_derived_step(td_pipeline *p, pl_batch *b, size_t i, td_ms now) {
     int32_t g = b->dq_g[i];
     td_state *st = b->states[g];
+    if (st->ntimers && pl_fire_due(p, b, g, b->dq[i].occurred_at, now, b->dq_src[i]) < 0) return -1;
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->dq[i]};
     if (td_engine_step(p->rs, st, &trig, now, p->tz, 0, p->out) != TD_OK) return -1;
     if (p->out->duplicate) return 0;
@@ -919,6 +1134,7 @@ static int pl_derived_step(td_pipeline *p, pl_batch *b, size_t i, td_ms now) {
  */
 static int pl_batch_derive(td_pipeline *p, pl_batch *b, pl_batch *from, size_t from_dq, td_ms now) {
     if (b->ndq == 0) return 0;
+    if (pl_dq_order(b, from_dq) < 0) return -1;
     uint32_t seq = b->attempt_seq;
     size_t n0 = b->nwork, ncreated = 0;
     for (size_t i = from_dq; i < b->ndq; i++) {
@@ -1449,15 +1665,7 @@ td_pl_rc td_pipeline_timers(td_pipeline *p, td_ms now, size_t *claimed) {
     td_timers_round round = {
         .conflicts = p->st.conflicts - conflicts0, .delay = b->delay, .n = b->nclaims};
     if (br == TD_PL_DONE) {
-        /* each group's counts are those of its stored computation */
-        for (size_t g = 0; g < b->ngroups; g++) {
-            const pl_gcount *c = &b->gc[g];
-            round.fired += c->fired;
-            round.stale += c->stale;
-            round.dropped += c->dropped;
-            round.recs += c->trecs;
-            if (c->max_delay > round.max_delay) round.max_delay = c->max_delay;
-        }
+        pl_round_sum(b, &round);
         td_timers_record(p->timers, &round, true);
         if (td_timers_ack(p->timers, b->claims, b->nclaims) < 0) {
             /* fired and stored: an unacked claim comes back after its
@@ -1618,6 +1826,7 @@ void td_pipeline_free(td_pipeline *p) {
         pl_batch_free(b, p->gcap);
     }
     td_state_cache_free(p->cache);
+    free(p->due);
     for (size_t i = 0; i < p->nspare; i++)
         free(p->spare[i]);
     free(p->spare);

@@ -7,11 +7,16 @@
  *               of timer claims (td_pipeline_timers; the claimer, td_timers,
  *               knows nothing of the engine)
  *   group       by prospect (a group per prospect; events in consumed order,
- *               a prospect's claims by rule and due time)
+ *               a prospect's claims fired in (due time, rule index) order)
  *   load        the state cache, the batch in flight, else Redis (one
  *               pipelined read)
- *   step        td_engine_step per trigger; events the engine derives for an
- *               owner ("owner:<owner_id>") are stepped on the owner's group;
+ *   step        td_engine_step per trigger, at the trigger's own time (the
+ *               engine's now: an event's occurred_at, a timer's due time);
+ *               before each event, the prospect's timers due by its
+ *               occurred_at fire first, in (due time, rule index) order, as
+ *               `touchd replay` fires them; events the engine derives for an
+ *               owner ("owner:<owner_id>") are stepped on the owner's group,
+ *               in consumed order, after the owner's timers due by then;
  *               the shadow ruleset observes every step of a source trigger
  *   publish     recommendations (and dead letters) on the output, then wait
  *               for every acknowledgement; then the gift register
@@ -91,10 +96,14 @@ typedef enum td_pl_rc {
 
 /* Counters since start. Each consumed event counts once in events,
  * applied, skipped_pos and duplicates, also when its prospect was
- * recomputed after a conflict or a redo. */
+ * recomputed after a conflict or a redo. dead_letters counts undecodable
+ * events and those outside the time bounds (time.*). timers_before_events:
+ * timers an event batch fired before an event of their prospect whose
+ * occurred_at had passed their due time (also counted as fired in the
+ * timers' counters, td_timers_get_stats). */
 typedef struct td_pipeline_stats {
     uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out, conflicts,
-        redis_waits, redone, derived;
+        redis_waits, redone, derived, timers_before_events;
     uint64_t gifts_registered, gifts_again;
 } td_pipeline_stats;
 

@@ -329,6 +329,13 @@ _Static_assert(sizeof(td_overdue_policy) == sizeof(int), "td_overdue_policy is s
     }
 #define TD_BOOL(p, field, def, h)                                                                  \
     { .path = p, .type = TD_CFG_BOOL, .def_int = def, .off = TD_OFF(field), .help = h }
+/* a duration whose text is kept in field##_text (the last name of field,
+ * with _text) */
+#define TD_DURATION_TEXT(p, field, def, h)                                                         \
+    {                                                                                              \
+        .path = p, .type = TD_CFG_DURATION, .def_str = def, .off = TD_OFF(field),                  \
+        .off_text = TD_OFF(field##_text), .help = h                                                \
+    }
 
 /*
  * Every key of the file. The order is that of the "allowed here" lists in
@@ -446,6 +453,11 @@ static const td_config_key cf_keys[] = {
      .def_int = 0,
      .off = TD_OFF(timers.drop_older_than),
      .help = "with \"drop\": overdue by more than this is dropped"},
+
+    TD_DURATION_TEXT("time.max_future_skew", time.max_future_skew, "5m",
+                     "an event further ahead of the wall clock is a dead letter"),
+    TD_DURATION_TEXT("time.max_past_age", time.max_past_age, "400d",
+                     "an event older than this is a dead letter"),
 
     TD_INT("gifts.retention_days", gifts.retention_days, TD_GIFTS_RETENTION_DAYS_DEFAULT, 1, 36500,
            "TTL of the gift register's seen keys"),
@@ -578,6 +590,18 @@ static void cf_get_topics(cf_ctx *x, const config_setting_t *s, const char *key,
     }
 }
 
+/* Sets duration key k of c to d ms, and its text (when the row keeps one)
+ * to `text`, or to td_duration_format's form when it does not fit. */
+static void cf_set_duration(td_config *c, const td_config_key *k, td_ms d, const char *text) {
+    *(td_ms *)((char *)c + k->off) = d;
+    if (!k->off_text) return;
+    char *t = (char *)c + k->off_text;
+    if (strlen(text) < TD_CFG_DURATION_TEXT)
+        memcpy(t, text, strlen(text) + 1);
+    else
+        td_duration_format(d, t, TD_CFG_DURATION_TEXT);
+}
+
 /* Reads setting s (named key) as row k says, into c. */
 static void cf_read(cf_ctx *x, const config_setting_t *s, const char *key, const td_config_key *k,
                     td_config *c) {
@@ -623,7 +647,7 @@ static void cf_read(cf_ctx *x, const config_setting_t *s, const char *key, const
                         "got \"%.80s\"",
                         v);
             else
-                *(td_ms *)dst = d;
+                cf_set_duration(c, k, d, v);
         }
         free(v);
         break;
@@ -762,9 +786,15 @@ td_config *td_config_default(void) {
         case TD_CFG_BOOL:
             *(bool *)dst = k->def_int != 0;
             break;
-        case TD_CFG_DURATION:
-            *(td_ms *)dst = (td_ms)k->def_int;
+        case TD_CFG_DURATION: {
+            td_ms d = (td_ms)k->def_int;
+            /* a default written as text is parsed, so the table, the
+             * texts of messages and docs/config.md show one value */
+            if (k->def_str && td_duration_parse(k->def_str, strlen(k->def_str), &d) != TD_OK)
+                abort(); /* a bad row of the table (test_config checks every row) */
+            cf_set_duration(c, k, d, k->def_str ? k->def_str : "");
             break;
+        }
         case TD_CFG_TOPICS: {
             char **list = calloc(1, sizeof(char *));
             if (!list) abort();

@@ -2,7 +2,8 @@
  * td_config.h - the daemon's configuration file (libconfig syntax), checked
  * strictly and documented key by key in docs/config.md.
  *
- *   kafka, redis, rules, engine, timers (docs/timers.md), gifts (docs/gifts.md), log
+ *   kafka, redis, rules, engine, timers (docs/timers.md), time (docs/events.md),
+ *   gifts (docs/gifts.md), log
  *
  * Every key is optional. The keys, their types, defaults and bounds are one
  * table in td_config.c (td_config_keys), which parsing, defaults and the
@@ -33,6 +34,10 @@
 #include "td_log.h"
 #include "td_redis.h"
 #include "td_timers.h"
+
+/* Room for a duration as written in the file ("400d"); a longer one is
+ * kept in td_duration_format's form. */
+#define TD_CFG_DURATION_TEXT 32
 
 /* One passthrough librdkafka property, with its line for error messages. */
 typedef struct td_kv {
@@ -87,6 +92,18 @@ typedef struct td_config {
 
     td_timers_conf timers; /* durable timers (td_timers.h, docs/timers.md) */
 
+    /* The time bounds of intake (docs/events.md, "Time bounds"): an event
+     * whose occurred_at is further ahead of the wall clock than
+     * max_future_skew, or older than max_past_age, is a dead letter. The
+     * texts are the durations as written (or as the defaults read), for the
+     * dead-letter reasons. */
+    struct {
+        td_ms max_future_skew;
+        td_ms max_past_age;
+        char max_future_skew_text[TD_CFG_DURATION_TEXT];
+        char max_past_age_text[TD_CFG_DURATION_TEXT];
+    } time;
+
     struct {
         int retention_days; /* TTL of the gift register's seen keys (docs/gifts.md) */
     } gifts;
@@ -103,7 +120,7 @@ typedef enum td_config_type {
     TD_CFG_INT,         /* int in [lo, hi] */
     TD_CFG_BOOL,        /* bool */
     TD_CFG_ENUM,        /* int: one of names (a string in the file) */
-    TD_CFG_DURATION,    /* td_ms: a positive duration string ("6h") */
+    TD_CFG_DURATION,    /* td_ms: a positive duration string ("6h"); optionally its text */
     TD_CFG_TOPICS,      /* char ** and a size_t count: a non-empty list of topic names */
     TD_CFG_PASSTHROUGH, /* td_kv * and a size_t count: librdkafka properties */
 } td_config_type;
@@ -117,12 +134,14 @@ typedef struct td_config_enum {
 typedef struct td_config_key {
     const char *path; /* "redis.host": section, a dot, the key */
     td_config_type type;
-    const char *def_str; /* STRING, TOPICS (one topic): the default */
-    long long def_int;   /* INT, BOOL, ENUM: the default */
+    const char *def_str; /* STRING, TOPICS (one topic), DURATION (NULL: def_int): the default */
+    long long def_int;   /* INT, BOOL, ENUM, DURATION (ms): the default */
     long long lo, hi;    /* INT: the bounds */
     unsigned flags;      /* TD_CFG_F_* */
     size_t off;          /* offsetof(td_config, ...) of the value */
     size_t off_n;        /* TOPICS, PASSTHROUGH: offsetof the count */
+    size_t off_text;     /* DURATION: offsetof a char[TD_CFG_DURATION_TEXT] that
+                          * receives the value as written; 0: none */
     /* STRING: an extra check of the value and what it then "expected"s */
     bool (*check)(const char *v);
     const char *expects;

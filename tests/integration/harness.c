@@ -372,3 +372,19 @@ redisReply *td_test_redis_cmd(td_test_redis *r, const char *fmt, ...) {
     fprintf(stderr, "harness: cannot run command on redis %s:%d\n", r->host, r->port);
     return NULL;
 }
+
+long long td_test_redis_int(td_test_redis *r, const char *fmt, ...) {
+    if (!r->ctx) r->ctx = td_test_redis_connect(r);
+    if (!r->ctx) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redisvCommand(r->ctx, fmt, ap);
+    va_end(ap);
+    if (!rep) {
+        drop_ctx(r);
+        return -1;
+    }
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    freeReplyObject(rep);
+    return v;
+}

@@ -84,6 +84,10 @@ bool td_test_redis_alive(td_test_redis *r);
  */
 redisReply *td_test_redis_cmd(td_test_redis *r, const char *fmt, ...);
 
+/* td_test_redis_cmd for a command with an integer reply (ZCARD, HLEN,
+ * HEXISTS...): the integer, or -1 on any other reply or failure. */
+long long td_test_redis_int(td_test_redis *r, const char *fmt, ...);
+
 /* A new connection to the server (caller frees with redisFree), or NULL. */
 redisContext *td_test_redis_connect(const td_test_redis *r);
 

@@ -34,6 +34,12 @@ int64_t td_test_now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t td_test_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void quiet_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     (void)rk;
     if (level <= 3) fprintf(stderr, "test librdkafka %s: %s\n", fac, buf);
@@ -395,4 +401,62 @@ bool td_test_wait_file(const char *path, const char *needle, int count, int time
         td_test_sleep_ms(50);
     } while (td_test_now_ms() < end);
     return false;
+}
+
+void td_test_dump_log(const char *path, int lines) {
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "tail -n %d '%s' >&2", lines, path);
+    fprintf(stderr, "---- touchd log (%s) ----\n", path);
+    if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
+}
+
+bool td_test_touchd_run(td_test_touchd *t, const char *conf, const char *log_path) {
+    static const char running[] = "msg=\"touchd running\"";
+    int before = td_test_count_in_file(log_path, running); /* appended across restarts */
+    if (td_test_touchd_start(t, conf, log_path) != 0) return false;
+    if (td_test_wait_file(log_path, running, before + 1, 30000)) return true;
+    td_test_dump_log(log_path, 40);
+    return false;
+}
+
+int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntopics,
+                        int partitions) {
+    if (td_test_tmpdir(w->dir, sizeof w->dir) != 0) return -1;
+    snprintf(w->conf, sizeof w->conf, "%s/touchd.conf", w->dir);
+    snprintf(w->log, sizeof w->log, "%s/touchd.log", w->dir);
+    if (td_test_redis_start(&w->redis) != 0) return -1;
+    return td_test_kafka_start(&w->kafka, topics, ntopics, partitions);
+}
+
+void td_test_world_stop(td_test_world *w) {
+    if (w->touchd.pid > 0) {
+        td_test_dump_log(w->log, 40);
+        td_test_touchd_kill(&w->touchd);
+    }
+    td_test_kafka_stop(&w->kafka);
+    td_test_redis_stop(&w->redis);
+    if (w->dir[0]) td_test_rmtree(w->dir);
+}
+
+int td_test_world_teardown(void **state) {
+    td_test_world *w = *state; /* the fixture's first member */
+    if (!w) return 0;
+    td_test_world_stop(w);
+    free(w);
+    return 0;
+}
+
+long long td_test_progress_value(const char *path, const char *name) {
+    FILE *in = fopen(path, "r");
+    if (!in) return -1;
+    char line[8192], key[80];
+    snprintf(key, sizeof key, " %s=", name);
+    long long v = -1;
+    while (fgets(line, sizeof line, in)) {
+        if (!strstr(line, "msg=\"progress\"")) continue;
+        const char *p = strstr(line, key);
+        if (p) v = atoll(p + strlen(key));
+    }
+    fclose(in);
+    return v;
 }

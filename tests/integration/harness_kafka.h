@@ -36,6 +36,7 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "harness.h"
 #include "td_mock_nodelay.h"
 
 typedef struct td_test_kafka {
@@ -100,6 +101,26 @@ typedef struct td_test_touchd {
     int status;    /* wait status of the last exit */
 } td_test_touchd;
 
+/* A daemon test's world: a temporary dir (dir/touchd.conf, dir/touchd.log),
+ * a redis-server, a mock cluster with the topics, and one touchd. */
+typedef struct td_test_world {
+    char dir[256], conf[300], log[300];
+    td_test_redis redis;
+    td_test_kafka kafka;
+    td_test_touchd touchd;
+} td_test_world;
+
+/* Creates the dir and starts Redis and the cluster (ntopics topics of
+ * `partitions` each); touchd is not started. @returns 0, or -1. */
+int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntopics,
+                        int partitions);
+/* Kills a touchd still running (printing its log's end: the test failed),
+ * stops the cluster and Redis, removes the dir. */
+void td_test_world_stop(td_test_world *w);
+/* A cmocka teardown for a fixture whose *state is a calloc'ed struct with a
+ * td_test_world as its first member: stops the world, frees the struct. */
+int td_test_world_teardown(void **state);
+
 /* The touchd binary: $TD_TOUCHD, else "touchd" on PATH. */
 const char *td_test_touchd_path(void);
 
@@ -112,13 +133,26 @@ int td_test_touchd_stop(td_test_touchd *t, int sig, int timeout_ms);
 void td_test_touchd_kill(td_test_touchd *t);
 bool td_test_touchd_alive(td_test_touchd *t);
 
+/* Starts touchd (td_test_touchd_start) and waits up to 30 s for its
+ * `touchd running` line (one more than the log had: logs are appended
+ * across restarts); prints the log's end when it does not come.
+ * @returns true when running. */
+bool td_test_touchd_run(td_test_touchd *t, const char *conf, const char *log_path);
+/* Prints the last `lines` lines of a log file on stderr. */
+void td_test_dump_log(const char *path, int lines);
+
 /* Waits until the file holds `needle` at least `count` times. @returns true
  * when found in time. */
 bool td_test_wait_file(const char *path, const char *needle, int count, int timeout_ms);
 /* Occurrences of needle in the file. */
 int td_test_count_in_file(const char *path, const char *needle);
 
+/* The value of ` name=` (e.g. "dead_letters") in the last `msg="progress"`
+ * line of a touchd log: -1 when there is none. */
+long long td_test_progress_value(const char *path, const char *name);
+
 void td_test_sleep_ms(int ms);
-int64_t td_test_now_ms(void);
+int64_t td_test_now_ms(void);  /* monotonic */
+int64_t td_test_wall_ms(void); /* the wall clock (ms since 1970), as touchd reads it */
 
 #endif

@@ -124,6 +124,8 @@ static void write_config(fx *f) {
                      "          connect_timeout_ms = 500; verify_writes = true; };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = %d; };\n"
                      "engine = { batch_max_events = 500; batch_max_ms = 20; pipeline = %s; };\n"
+                     /* the events have fixed dates (October 2026) */
+                     "time = { max_past_age = \"36500d\"; };\n"
                      "log = { level = \"info\"; };\n",
                      f->kafka.bootstraps, f->group[0] ? f->group : GROUP, f->redis.port,
                      f->rules_dir, f->reload_poll_ms, f->serial ? "false" : "true");

@@ -138,6 +138,8 @@ static void write_config(fx *f, run *r) {
                      "          backoff_min_ms = 20; backoff_max_ms = 200; };\n"
                      "rules = { dir = \"%s\"; reload_poll_ms = 300;%s };\n"
                      "engine = { batch_max_events = 500; batch_max_ms = 20; };\n"
+                     /* the events have fixed dates (October 2026) */
+                     "time = { max_past_age = \"36500d\"; };\n"
                      "log = { level = \"info\"; };\n",
                      f->kafka.bootstraps, r->name, r->name, f->redis.port, r->name, f->live_dir,
                      shadow);

@@ -9,7 +9,8 @@
  * expired lease makes a member claimable again and the old lease can no
  * longer ack it, ack removes, the firing round (publish, store, ack) with
  * both downtime policies, a re-armed timer claimed at its old time is stale,
- * and two pollers on one Redis fire every timer exactly once.
+ * a prospect's claims fire in (due time, rule index) order, each at its due
+ * time, and two pollers on one Redis fire every timer exactly once.
  *
  * The heads (<prefix>:t:heads): stores keep every shard's head a lower bound
  * of its earliest member (the invariant is checked after each test that
@@ -457,6 +458,7 @@ static void test_lease_expiry(void **state) {
 typedef struct sink_buf {
     char ids[256][40];
     char rules[256][80];
+    char not_before[256][40];
     size_t n;
     int fail; /* nonzero: wait fails */
 } sink_buf;
@@ -473,6 +475,11 @@ static int sink_send(void *ud, const char *pid, const char *json, size_t len) {
     r += 8;
     const char *e = strchr(r, '"');
     snprintf(s->rules[s->n], sizeof s->rules[s->n], "%.*s", (int)(e - r), r);
+    const char *nb = strstr(json, "\"not_before\":\"");
+    assert_non_null(nb);
+    nb += 14;
+    snprintf(s->not_before[s->n], sizeof s->not_before[s->n], "%.*s", (int)(strchr(nb, '"') - nb),
+             nb);
     s->n++;
     (void)len;
     return 0;
@@ -605,6 +612,54 @@ static void test_stale_and_sink_failure(void **state) {
     assert_string_equal(good.ids[0], bad.ids[0]); /* the retry publishes the same id */
     assert_false(hexists(f, "p-6", "timer.silence.short"));
     td_timers_free(t);
+}
+
+/* Two timers due at the same time and a later one, on one prospect, claimed
+ * in one poll: they fire in (due time, rule index) order, as the event path
+ * and `touchd replay` fire them (ties by ruleset order, not by rule id),
+ * each evaluated at its own due time (not_before = the due time here). By
+ * rule id the later o.late would fire before o.zeta and move the
+ * prospect's clock past o.zeta's due time. */
+static const char RULES_ORDER[] =
+    "settings = { quiet_start_hour = 0; quiet_end_hour = 0; };\n"
+    "rules = (\n"
+    "  { id = \"o.late\"; on = [ \"email.sent\" ]; after = \"2h\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; window = \"any\"; }; },\n"
+    "  { id = \"o.zeta\"; on = [ \"email.sent\" ]; after = \"1h\";\n"
+    "    recommend = { channel = \"linkedin\"; touch = \"follow_up\"; window = \"any\"; }; },\n"
+    "  { id = \"o.alpha\"; on = [ \"email.sent\" ]; after = \"1h\";\n"
+    "    recommend = { channel = \"call\"; touch = \"call_proposal\"; window = \"any\"; }; }\n"
+    ");\n";
+
+static void test_claims_fire_in_due_order(void **state) {
+    fx *f = *state;
+    td_source src = {.name = "order.rules", .text = RULES_ORDER, .len = strlen(RULES_ORDER)};
+    td_diags d = {0};
+    td_ruleset *rs = td_ruleset_compile(&src, 1, &d);
+    td_diags_free(&d);
+    assert_non_null(rs);
+    td_ruleset *keep = f->rs;
+    f->rs = rs;
+    send_email(f, "p-o", "e-1", T0);
+    td_timers *t = timers_for(f, NULL);
+    sink_buf sb = {0};
+    td_timers_sink sink = {&sb, sink_send, sink_wait, NULL, NULL};
+    size_t claimed = 0;
+    /* one poll claims all three (one prospect: one shard) */
+    assert_int_equal(td_timers_poll(t, f->r, rs, f->tz, T0 + 3 * TD_HOUR, &sink, &claimed), TD_OK);
+    assert_int_equal(claimed, 3);
+    assert_int_equal(sb.n, 3);
+    assert_string_equal(sb.rules[0], "o.zeta");
+    assert_string_equal(sb.rules[1], "o.alpha");
+    assert_string_equal(sb.rules[2], "o.late");
+    assert_string_equal(sb.not_before[0], at(T0 + TD_HOUR));
+    assert_string_equal(sb.not_before[1], at(T0 + TD_HOUR));
+    assert_string_equal(sb.not_before[2], at(T0 + 2 * TD_HOUR));
+    assert_int_equal(td_timers_get_stats(t)->fired, 3);
+    assert_int_equal(pending_total(f), 0);
+    td_timers_free(t);
+    f->rs = keep;
+    td_ruleset_free(rs);
 }
 
 typedef struct poller {
@@ -1090,6 +1145,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_fire_late, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_older_than, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_and_sink_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claims_fire_in_due_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_pollers_fire_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acl_user, setup, teardown),
         cmocka_unit_test_setup_teardown(test_heads_maintained_by_stores, setup, teardown),

@@ -69,13 +69,6 @@ typedef struct fx {
     int claim_batch; /* timers.claim_batch (0: 200) */
 } fx;
 
-static void dump_log(const char *path) {
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "tail -n 30 %s >&2", path);
-    fprintf(stderr, "---- touchd log (%s) ----\n", path);
-    if (system(cmd) != 0) fprintf(stderr, "(no log)\n");
-}
-
 static void write_config(fx *f, const char *timers_extra) {
     char text[2048];
     int n = snprintf(text, sizeof text,
@@ -124,11 +117,11 @@ static int teardown(void **state) {
     fx *f = *state;
     if (!f) return 0;
     if (f->touchd.pid > 0) {
-        dump_log(f->log);
+        td_test_dump_log(f->log, 30);
         td_test_touchd_kill(&f->touchd);
     }
     if (f->touchd2.pid > 0) {
-        dump_log(f->log2);
+        td_test_dump_log(f->log2, 30);
         td_test_touchd_kill(&f->touchd2);
     }
     td_test_kafka_stop(&f->kafka);
@@ -136,12 +129,6 @@ static int teardown(void **state) {
     td_test_rmtree(f->dir);
     free(f);
     return 0;
-}
-
-static int64_t wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* email.sent for prospect p, event j, occurred at `at` (ms). */
@@ -157,11 +144,7 @@ static void send_sent(fx *f, int p, int j, int64_t at) {
 }
 
 static void start(fx *f, td_test_touchd *t, const char *log) {
-    assert_int_equal(td_test_touchd_start(t, f->conf, log), 0);
-    if (!td_test_wait_file(log, "msg=\"touchd running\"", 1, 30000)) {
-        dump_log(log);
-        fail_msg("touchd did not start");
-    }
+    if (!td_test_touchd_run(t, f->conf, log)) fail_msg("touchd did not start");
 }
 
 /* Waits until every prospect 0..np-1 has applied `events` events. */
@@ -239,23 +222,6 @@ static int fired_in_log(const char *path) {
     return v;
 }
 
-/* The value of ` name=` (e.g. "conflicts") in the last progress line of a
- * log (-1 when none). */
-static long long progress_value(const char *path, const char *name) {
-    FILE *in = fopen(path, "r");
-    if (!in) return -1;
-    char line[4096], key[64];
-    snprintf(key, sizeof key, " %s=", name);
-    long long v = -1;
-    while (fgets(line, sizeof line, in)) {
-        if (!strstr(line, "msg=\"progress\"")) continue;
-        const char *p = strstr(line, key);
-        if (p) v = atoll(p + strlen(key));
-    }
-    fclose(in);
-    return v;
-}
-
 /* ---- cases ---- */
 
 static void test_short_timer_fires_on_time(void **state) {
@@ -265,12 +231,12 @@ static void test_short_timer_fires_on_time(void **state) {
      * so that happens now, not seconds later */
     assert_true(td_test_wait_file(f->log, "msg=\"partitions assigned\"", 1, 20000));
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    int64_t at = wall_ms(); /* due at + 2 s */
+    int64_t at = td_test_wall_ms(); /* due at + 2 s */
     for (int p = 0; p < 5; p++)
         send_sent(f, p, 0, at);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
     size_t got = td_test_reader_read(r, 5, 15000);
-    int64_t arrived = wall_ms();
+    int64_t arrived = td_test_wall_ms();
     assert_int_equal(got, 5);
     td_test_reader_drain(r, 1500); /* nothing more */
     seen s;
@@ -304,7 +270,7 @@ static void two_instances_fire(fx *f, int np, int64_t delay_ms) {
     assert_true(td_test_wait_file(f->log2, "msg=\"partitions assigned\"", 1, 30000));
     td_test_sleep_ms(500);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    int64_t at = (wall_ms() / 1000) * 1000 + delay_ms;
+    int64_t at = (td_test_wall_ms() / 1000) * 1000 + delay_ms;
     for (int p = 0; p < np; p++)
         send_sent(f, p, 0, at);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
@@ -347,7 +313,7 @@ static void test_kill_with_pending_then_overdue(void **state) {
     start(f, &f->touchd, f->log);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
     enum { NP = 100 };
-    int64_t at = wall_ms() + 4000; /* due in 6 s: all applied and pending before the kill */
+    int64_t at = td_test_wall_ms() + 4000; /* due in 6 s: all applied and pending before the kill */
     for (int p = 0; p < NP; p++)
         send_sent(f, p, 0, at);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
@@ -363,7 +329,7 @@ static void test_kill_with_pending_then_overdue(void **state) {
     freeReplyObject(rep);
     assert_int_equal(td_test_reader_drain(r, 500), 0);
     /* down until they are all overdue */
-    while (wall_ms() < at + 2000 + 1500)
+    while (td_test_wall_ms() < at + 2000 + 1500)
         td_test_sleep_ms(100);
     start(f, &f->touchd, f->log);
     size_t got = td_test_reader_read(r, NP, 30000);
@@ -387,7 +353,7 @@ static void test_owner_event_and_owner_timer(void **state) {
     assert_true(td_test_wait_file(f->log, "msg=\"partitions assigned\"", 1, 20000));
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
     char ts[40], ev[512];
-    int64_t at = wall_ms();
+    int64_t at = td_test_wall_ms();
     td_time_format(at, ts, sizeof ts);
     /* two prospects of rep-1 (first touches: 2 derived events), one of rep-2,
      * and a second email to p-0 (not a first touch: nothing derived) */
@@ -439,13 +405,13 @@ static void test_drop_policy_after_outage(void **state) {
     start(f, &f->touchd, f->log);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
     enum { NP = 20 };
-    int64_t at = wall_ms() + 4000; /* due in 6 s */
+    int64_t at = td_test_wall_ms() + 4000; /* due in 6 s */
     for (int p = 0; p < NP; p++)
         send_sent(f, p, 0, at);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
     wait_applied(f, NP, 1, 15000);
     td_test_touchd_kill(&f->touchd);
-    while (wall_ms() < at + 2000 + 2500) /* 2.5 s overdue > 1 s */
+    while (td_test_wall_ms() < at + 2000 + 2500) /* 2.5 s overdue > 1 s */
         td_test_sleep_ms(100);
     start(f, &f->touchd, f->log);
     /* every one is dropped: logged, counted, disarmed; nothing published */
@@ -468,7 +434,7 @@ static void test_timers_and_events_one_path(void **state) {
     start(f, &f->touchd, f->log);
     assert_true(td_test_wait_file(f->log, "msg=\"partitions assigned\"", 1, 20000));
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    int64_t at = wall_ms();
+    int64_t at = td_test_wall_ms();
     for (int p = 0; p < NP; p++)
         send_sent(f, p, 0, at);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
@@ -489,12 +455,12 @@ static void test_timers_and_events_one_path(void **state) {
     /* then a second event for each of those prospects, loaded from the
      * cache the timer batch left */
     for (int p = 0; p < NP; p++)
-        send_sent(f, p, 1, wall_ms());
+        send_sent(f, p, 1, td_test_wall_ms());
     assert_int_equal(td_test_kafka_flush(&f->kafka, 5000), 0);
     wait_applied(f, NP, 2, 20000);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 15000), 0);
-    long long conflicts = progress_value(f->log, "conflicts");
-    long long fired = progress_value(f->log, "timers_fired");
+    long long conflicts = td_test_progress_value(f->log, "conflicts");
+    long long fired = td_test_progress_value(f->log, "timers_fired");
     print_message("%d timers fired then %d events on the same prospects: conflicts=%lld "
                   "timers_fired=%lld\n",
                   NP, NP, conflicts, fired);

@@ -9,7 +9,8 @@
  * Other tables (librdkafka properties touchd sets) do not count.
  *
  * The default cell of each row must show the table's default (ints, bools,
- * enums, strings, the topic list; kafka.shadow_topic's is computed at load).
+ * enums, strings, the topic list, durations written as text;
+ * kafka.shadow_topic's is computed at load).
  *
  * Environment: TD_SOURCE_DIR (set by ctest; else the current directory).
  */
@@ -25,6 +26,7 @@
 #include <cmocka.h>
 
 #include "td_config.h"
+#include "td_time.h"
 
 #define MAX_DOC_KEYS 256
 
@@ -166,6 +168,9 @@ static void doc_default_of(const td_config_key *k, char *buf, size_t cap) {
     case TD_CFG_TOPICS:
         snprintf(buf, cap, "`[ \"%s\" ]`", k->def_str);
         break;
+    case TD_CFG_DURATION:
+        if (k->def_str) snprintf(buf, cap, "`\"%s\"`", k->def_str);
+        break;
     default:
         break;
     }
@@ -206,6 +211,13 @@ static void test_table_rows(void **state) {
             assert_true(k[i].lo <= k[i].def_int && k[i].def_int <= k[i].hi);
         }
         if (k[i].type == TD_CFG_ENUM) assert_non_null(k[i].names);
+        if (k[i].type == TD_CFG_DURATION && k[i].def_str) {
+            /* a default written as text is a positive duration that fits */
+            td_ms d;
+            assert_int_equal(td_duration_parse(k[i].def_str, strlen(k[i].def_str), &d), TD_OK);
+            assert_true(d > 0);
+            assert_true(strlen(k[i].def_str) < TD_CFG_DURATION_TEXT);
+        }
         if (k[i].check) assert_non_null(k[i].expects);
         for (size_t j = 0; j < i; j++)
             assert_string_not_equal(k[i].path, k[j].path);
@@ -234,7 +246,8 @@ static void test_unknown_keys_list_the_table(void **state) {
     assert_null(load_text("bogus = 1;\n", err, sizeof err));
     assert_string_equal(
         err,
-        ":1: bogus: unknown key (allowed here: kafka, redis, rules, engine, timers, gifts, log)");
+        ":1: bogus: unknown key (allowed here: kafka, redis, rules, engine, timers, time, gifts, "
+        "log)");
     assert_null(load_text("log = { formt = \"x\"; };\n", err, sizeof err));
     assert_string_equal(err, ":1: log.formt: unknown key (allowed here: level, format)");
     assert_null(load_text("timers = { overdue_policy = \"later\"; };\n", err, sizeof err));
@@ -262,7 +275,60 @@ static void test_defaults(void **state) {
     assert_int_equal(c->timers.overdue_policy, TD_OVERDUE_FIRE_LATE);
     assert_int_equal(c->gifts.retention_days, 400);
     assert_int_equal(c->log.level, TD_LOG_INFO);
+    assert_int_equal(c->time.max_future_skew, 5 * TD_MINUTE);
+    assert_int_equal(c->time.max_past_age, 400 * TD_DAY);
+    assert_string_equal(c->time.max_future_skew_text, "5m");
+    assert_string_equal(c->time.max_past_age_text, "400d");
     td_config_free(c);
+}
+
+/* time.*: durations, kept as written for the dead-letter reasons; a bad
+ * value (negative, zero, not a duration, not a string) names the key. */
+static void test_time_bounds(void **state) {
+    (void)state;
+    char err[1024];
+    td_config *c = load_text("time = { max_future_skew = \"90s\"; max_past_age = \"2w3d\"; };\n",
+                             err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->time.max_future_skew, 90 * TD_SECOND);
+    assert_int_equal(c->time.max_past_age, 17 * TD_DAY);
+    assert_string_equal(c->time.max_future_skew_text, "90s");
+    assert_string_equal(c->time.max_past_age_text, "2w3d");
+    td_config_free(c);
+    /* one key set, the other keeps its default */
+    c = load_text("time = { max_past_age = \"30d\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->time.max_future_skew, 5 * TD_MINUTE);
+    assert_string_equal(c->time.max_past_age_text, "30d");
+    td_config_free(c);
+    /* a text too long to keep is kept in the formatter's form */
+    c = load_text("time = { max_past_age = \"0000000000000000000000000000016d\"; };\n", err,
+                  sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->time.max_past_age, 16 * TD_DAY);
+    assert_string_equal(c->time.max_past_age_text, "2w2d");
+    td_config_free(c);
+
+    static const char *const bad[][2] = {
+        {"time = { max_future_skew = \"-5m\"; };\n",
+         ":1: time.max_future_skew: expected a positive duration such as \"10m\", \"6h\", "
+         "\"2d\", got \"-5m\""},
+        {"time = { max_future_skew = \"0s\"; };\n",
+         ":1: time.max_future_skew: expected a positive duration such as \"10m\", \"6h\", "
+         "\"2d\", got \"0s\""},
+        {"time = { max_past_age = \"a year\"; };\n",
+         ":1: time.max_past_age: expected a positive duration such as \"10m\", \"6h\", "
+         "\"2d\", got \"a year\""},
+        {"time = { max_past_age = 400; };\n", ":1: time.max_past_age: expected a string, got 400"},
+        {"time = { max_past_age = \"\"; };\n",
+         ":1: time.max_past_age: expected a non-empty string, got \"\""},
+        {"time = { max_skew = \"5m\"; };\n",
+         ":1: time.max_skew: unknown key (allowed here: max_future_skew, max_past_age)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_null(load_text(bad[i][0], err, sizeof err));
+        assert_string_equal(err, bad[i][1]);
+    }
 }
 
 int main(void) {
@@ -272,6 +338,7 @@ int main(void) {
         cmocka_unit_test(test_table_rows),
         cmocka_unit_test(test_unknown_keys_list_the_table),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_time_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
