@@ -298,6 +298,18 @@ static bool cf_prefix_ok(const char *v) { return !strpbrk(v, " {}\t\r\n"); }
 static bool cf_topic_or_off_ok(const char *v) { return !*v || cf_topic_ok(v); }
 static bool cf_logfmt_ok(const char *v) { return strcmp(v, "logfmt") == 0; }
 static void cf_shadow_set(td_config *c) { c->kafka.shadow_topic_default = false; }
+static void cf_late_set(td_config *c) { c->time.late_policy_set = true; }
+static void cf_overdue_set(td_config *c) { c->time.overdue_policy_set = true; }
+
+static const td_config_enum cf_late_names[] = {{"mark", TD_LATE_MARK, false},
+                                               {"publish", TD_LATE_PUBLISH, false},
+                                               {"drop", TD_LATE_DROP, false},
+                                               {NULL, 0, false}};
+_Static_assert(sizeof(td_late_policy) == sizeof(int), "td_late_policy is stored as an int");
+
+const char *td_late_policy_name(td_late_policy p) {
+    return p == TD_LATE_PUBLISH ? "publish" : p == TD_LATE_DROP ? "drop" : "mark";
+}
 
 static const td_config_enum cf_overdue_names[] = {{"fire_late", TD_OVERDUE_FIRE_LATE, false},
                                                   {"drop", TD_OVERDUE_DROP, false},
@@ -363,6 +375,14 @@ static const td_config_key cf_keys[] = {
      .check = cf_topic_or_off_ok,
      .expects = "\"\" (off) or " TD_TOPIC_EXPECTS,
      .help = "topic every registered gift is also produced to; \"\" = off"},
+    {.path = "kafka.plan_topic",
+     .type = TD_CFG_STRING,
+     .def_str = "touchd.plans",
+     .flags = TD_CFG_F_EMPTY,
+     .off = TD_OFF(kafka.plan_topic),
+     .check = cf_topic_or_off_ok,
+     .expects = "\"\" (off) or " TD_TOPIC_EXPECTS,
+     .help = "topic of the current plans (cleanup.policy=compact); \"\" = off"},
     {.path = "kafka.shadow_topic",
      .type = TD_CFG_STRING,
      .def_str = "", /* cf_finish: "<output_topic>.shadow" */
@@ -434,6 +454,9 @@ static const td_config_key cf_keys[] = {
     TD_BOOL("engine.pipeline", engine.pipeline, true, "store a batch while the next is computed"),
     TD_INT("engine.store_connections", engine.store_connections, 2, 1, 2,
            "Redis connections of a batch's state write"),
+    TD_DURATION_TEXT("engine.dedup_window", engine.dedup_window, "7d",
+                     "a duplicate event id is caught at least this long (and within the "
+                     "prospect's last 1,000 events)"),
 
     TD_INT("timers.shards", timers.shards, 4096, 1, 65536, "sorted sets of the timer index"),
     TD_INT("timers.poll_ms", timers.poll_ms, 100, 1, 60000, "pause between idle polls"),
@@ -447,17 +470,25 @@ static const td_config_key cf_keys[] = {
      .def_int = TD_OVERDUE_FIRE_LATE,
      .off = TD_OFF(timers.overdue_policy),
      .names = cf_overdue_names,
-     .help = "what an overdue timer does"},
+     .after = cf_overdue_set,
+     .help = "alias of time.late_policy: fire_late = publish, drop = drop"},
     {.path = "timers.drop_older_than",
      .type = TD_CFG_DURATION,
      .def_int = 0,
      .off = TD_OFF(timers.drop_older_than),
-     .help = "with \"drop\": overdue by more than this is dropped"},
+     .help = "accepted with overdue_policy = \"drop\"; lateness is the rules' late_after"},
 
     TD_DURATION_TEXT("time.max_future_skew", time.max_future_skew, "5m",
                      "an event further ahead of the wall clock is a dead letter"),
     TD_DURATION_TEXT("time.max_past_age", time.max_past_age, "400d",
                      "an event older than this is a dead letter"),
+    {.path = "time.late_policy",
+     .type = TD_CFG_ENUM,
+     .def_int = TD_LATE_MARK,
+     .off = TD_OFF(time.late_policy),
+     .names = cf_late_names,
+     .after = cf_late_set,
+     .help = "a late recommendation: mark, publish or drop"},
 
     TD_INT("gifts.retention_days", gifts.retention_days, TD_GIFTS_RETENTION_DAYS_DEFAULT, 1, 36500,
            "TTL of the gift register's seen keys"),
@@ -742,6 +773,23 @@ static void cf_finish(cf_ctx *x, td_config *c) {
                     "(got \"%s\")",
                     gt);
     }
+    if (!x->failed && *c->kafka.plan_topic) {
+        const char *pt = c->kafka.plan_topic;
+        bool clash =
+            strcmp(pt, c->kafka.output_topic) == 0 || strcmp(pt, c->kafka.dead_letter_topic) == 0 ||
+            strcmp(pt, c->kafka.shadow_topic) == 0 || strcmp(pt, c->kafka.gift_register_topic) == 0;
+        for (size_t i = 0; i < c->kafka.n_input_topics; i++)
+            clash = clash || strcmp(pt, c->kafka.input_topics[i]) == 0;
+        if (clash)
+            cf_fail(x, NULL, "kafka.plan_topic",
+                    "must differ from the input, output, shadow, gift register and dead-letter "
+                    "topics (got \"%s\")",
+                    pt);
+    }
+    /* the old name of the catch-up policy */
+    if (!c->time.late_policy_set && c->time.overdue_policy_set)
+        c->time.late_policy =
+            c->timers.overdue_policy == TD_OVERDUE_DROP ? TD_LATE_DROP : TD_LATE_PUBLISH;
     c->redis.host = c->redis_host;
     c->redis.password = c->redis_password && *c->redis_password ? c->redis_password : NULL;
     c->redis.username = c->redis_username && *c->redis_username ? c->redis_username : NULL;
@@ -754,6 +802,9 @@ static void cf_finish(cf_ctx *x, td_config *c) {
         else if (t->overdue_policy == TD_OVERDUE_FIRE_LATE && t->drop_older_than > 0)
             cf_fail(x, NULL, "timers.drop_older_than",
                     "only applies with overdue_policy = \"drop\" (the policy is \"fire_late\")");
+        else if (c->time.late_policy_set && c->time.overdue_policy_set)
+            cf_fail(x, NULL, "timers.overdue_policy",
+                    "is the old name of time.late_policy: set only time.late_policy");
         else if (t->sweep_ms < t->poll_ms)
             cf_fail(x, NULL, "timers.sweep_ms", "must be >= timers.poll_ms (%d), got %d",
                     t->poll_ms, t->sweep_ms);

@@ -46,6 +46,14 @@ typedef struct td_kv {
     int line;
 } td_kv;
 
+/* What a late recommendation becomes (time.late_policy). */
+typedef enum td_late_policy {
+    TD_LATE_MARK = 0,    /* published with "late": true, not in the plan */
+    TD_LATE_PUBLISH = 1, /* published as any other */
+    TD_LATE_DROP = 2     /* not published, counted */
+} td_late_policy;
+const char *td_late_policy_name(td_late_policy p); /* "mark", "publish", "drop" */
+
 typedef struct td_config {
     char *path; /* the file loaded, "" for defaults */
 
@@ -58,6 +66,7 @@ typedef struct td_config {
         char *output_topic;
         char *dead_letter_topic;
         char *gift_register_topic; /* gift register records; "" = off (docs/gifts.md) */
+        char *plan_topic;          /* the current plans (compacted); "" = off */
         char *shadow_topic;        /* shadow recommendations; default "<output_topic>.shadow" */
         bool shadow_topic_default; /* not set in the file: follows output_topic */
         char *bootstrap_file;      /* embedded: where the bootstrap address is written; "" none */
@@ -88,6 +97,8 @@ typedef struct td_config {
         int state_cache;       /* prospect states kept in memory between batches; 0 = off */
         bool pipeline;         /* true: a batch is computed while the previous one is stored */
         int store_connections; /* 1 or 2: connections of a batch's state write */
+        td_ms dedup_window;    /* a duplicate event id is caught at least this long */
+        char dedup_window_text[TD_CFG_DURATION_TEXT];
     } engine;
 
     td_timers_conf timers; /* durable timers (td_timers.h, docs/timers.md) */
@@ -102,6 +113,11 @@ typedef struct td_config {
         td_ms max_past_age;
         char max_future_skew_text[TD_CFG_DURATION_TEXT];
         char max_past_age_text[TD_CFG_DURATION_TEXT];
+        /* the catch-up policy for late recommendations (docs/recommendations.md);
+         * timers.overdue_policy is its alias when late_policy is not set */
+        td_late_policy late_policy;
+        bool late_policy_set;
+        bool overdue_policy_set;
     } time;
 
     struct {

@@ -34,7 +34,9 @@
 #include "td_mock_nodelay.h"
 
 typedef struct td_kout {
-    uint8_t dlq;          /* 0: recommendation, 1: dead letter */
+    uint8_t dlq;          /* 0: output (kind), 1: dead letter */
+    uint8_t kind;         /* td_kafka_kind */
+    uint8_t tombstone;    /* a plan with a null value */
     uint8_t state;        /* TD_KOUT_* */
     size_t key_off, klen; /* klen == SIZE_MAX: no key */
     size_t val_off, vlen;
@@ -56,7 +58,7 @@ struct td_kafka {
 
     rd_kafka_t *consumer;
     rd_kafka_t *producer;
-    rd_kafka_topic_t *out_rkt, *dlq_rkt;
+    rd_kafka_topic_t *out_rkt, *dlq_rkt, *plan_rkt; /* plan_rkt NULL: no plan topic */
     bool cooperative;
     bool closed;
 
@@ -272,12 +274,13 @@ static int kf_start_embedded(td_kafka *k, char *err, size_t errcap) {
         return -1;
     }
     int np = c->kafka.embedded_partitions;
-    const char *topics[66];
+    const char *topics[67];
     size_t nt = 0;
     for (size_t i = 0; i < c->kafka.n_input_topics && nt < 64; i++)
         topics[nt++] = c->kafka.input_topics[i];
     topics[nt++] = c->kafka.output_topic;
     topics[nt++] = c->kafka.dead_letter_topic;
+    if (*c->kafka.plan_topic) topics[nt++] = c->kafka.plan_topic;
     for (size_t i = 0; i < nt; i++) {
         rd_kafka_resp_err_t r = rd_kafka_mock_topic_create(k->mcluster, topics[i], np, 1);
         if (r) {
@@ -377,6 +380,8 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
     }
     k->out_rkt = rd_kafka_topic_new(k->producer, cfg->kafka.output_topic, NULL);
     k->dlq_rkt = rd_kafka_topic_new(k->producer, cfg->kafka.dead_letter_topic, NULL);
+    if (*cfg->kafka.plan_topic)
+        k->plan_rkt = rd_kafka_topic_new(k->producer, cfg->kafka.plan_topic, NULL);
 
     /* ---- subscribe ---- */
     rd_kafka_topic_partition_list_t *sub =
@@ -433,6 +438,7 @@ void td_kafka_free(td_kafka *k) {
     free(k->stash);
     if (k->out_rkt) rd_kafka_topic_destroy(k->out_rkt);
     if (k->dlq_rkt) rd_kafka_topic_destroy(k->dlq_rkt);
+    if (k->plan_rkt) rd_kafka_topic_destroy(k->plan_rkt);
     if (k->consumer) rd_kafka_destroy(k->consumer);
     if (k->producer) rd_kafka_destroy(k->producer);
     td_mock_nodelay_free(k->nodelay);
@@ -537,10 +543,16 @@ static int kf_enqueue(td_kafka *k, size_t idx) {
         if (k->fatal_set) return -1;
         rd_kafka_resp_err_t err;
         if (!o->dlq) {
-            err = rd_kafka_producev(
-                k->producer, RD_KAFKA_V_RKT(k->out_rkt), RD_KAFKA_V_KEY(key, klen),
-                RD_KAFKA_V_VALUE(k->arena + o->val_off, o->vlen),
-                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
+            static const char *const kinds[] = {"recommendation", "withdrawal", "plan"};
+            rd_kafka_headers_t *h = rd_kafka_headers_new(1);
+            rd_kafka_header_add(h, "touchd-kind", -1, kinds[o->kind], -1);
+            rd_kafka_topic_t *rkt = o->kind == TD_KK_PLAN ? k->plan_rkt : k->out_rkt;
+            err = rd_kafka_producev(k->producer, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, klen),
+                                    RD_KAFKA_V_VALUE(o->tombstone ? NULL : k->arena + o->val_off,
+                                                     o->tombstone ? 0 : o->vlen),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+                                    RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
+            if (err) rd_kafka_headers_destroy(h);
         } else {
             char part[16], off[24];
             snprintf(part, sizeof part, "%d", (int)o->partition);
@@ -579,15 +591,27 @@ static int kf_enqueue(td_kafka *k, size_t idx) {
     }
 }
 
-int td_kafka_send_rec(td_kafka *k, const char *key, size_t klen, const char *val, size_t vlen) {
+int td_kafka_send_out(td_kafka *k, td_kafka_kind kind, const char *key, size_t klen,
+                      const char *val, size_t vlen) {
+    if (kind == TD_KK_PLAN && !k->plan_rkt) return -1;
     td_kout *o = kf_out_new(k);
+    o->kind = (uint8_t)kind;
+    o->tombstone = val == NULL;
     o->key_off = kf_arena_put(k, key, klen, false);
     o->klen = klen;
-    o->val_off = kf_arena_put(k, val, vlen, false);
-    o->vlen = vlen;
+    o->val_off = kf_arena_put(k, val, val ? vlen : 0, false);
+    o->vlen = val ? vlen : 0;
     k->st.recs_sent++;
+    if (kind == TD_KK_WITHDRAWAL) k->st.wds_sent++;
+    if (kind == TD_KK_PLAN) k->st.plans_sent++;
     return kf_enqueue(k, k->nout - 1);
 }
+
+int td_kafka_send_rec(td_kafka *k, const char *key, size_t klen, const char *val, size_t vlen) {
+    return td_kafka_send_out(k, TD_KK_RECOMMENDATION, key, klen, val, vlen);
+}
+
+bool td_kafka_has_plans(const td_kafka *k) { return k->plan_rkt != NULL; }
 
 int td_kafka_send_dlq(td_kafka *k, const rd_kafka_message_t *src, const char *reason,
                       const char *field) {

@@ -81,9 +81,21 @@ rd_kafka_message_t *td_kafka_poll(td_kafka *k, int timeout_ms);
 
 /* Starts a new round (the previous one must have been waited for). */
 void td_kafka_round_begin(td_kafka *k);
-/* Enqueues one recommendation (key = prospect id); payload is copied.
- * @returns 0, or -1 on a fatal error. */
+/* What a message of the output is: its topic and its touchd-kind header. */
+typedef enum td_kafka_kind {
+    TD_KK_RECOMMENDATION = 0, /* output topic, "recommendation" */
+    TD_KK_WITHDRAWAL = 1,     /* output topic, "withdrawal" */
+    TD_KK_PLAN = 2            /* plan topic (kafka.plan_topic), "plan"; a NULL val is a tombstone */
+} td_kafka_kind;
+/* Enqueues one message of the output (key = prospect id) with the header
+ * touchd-kind; key and payload are copied. @returns 0, or -1 on a fatal
+ * error (or a plan with the plan topic off). */
+int td_kafka_send_out(td_kafka *k, td_kafka_kind kind, const char *key, size_t klen,
+                      const char *val, size_t vlen);
+/* td_kafka_send_out of a recommendation. */
 int td_kafka_send_rec(td_kafka *k, const char *key, size_t klen, const char *val, size_t vlen);
+/* Whether the plan topic is on. */
+bool td_kafka_has_plans(const td_kafka *k);
 /* Enqueues the original bytes and key of `src` on the dead-letter topic with
  * touchd-reason / -field / -source-topic / -source-partition /
  * -source-offset headers. @returns 0, or -1 on a fatal error. */
@@ -121,7 +133,8 @@ void td_kafka_release(td_kafka *k);
 /* ---- counters (since start) ---- */
 typedef struct td_kafka_stats {
     uint64_t consumed;
-    uint64_t recs_sent, recs_acked;
+    uint64_t recs_sent, recs_acked; /* every message of the output topics */
+    uint64_t wds_sent, plans_sent;  /* of which withdrawals, plans (and tombstones) */
     uint64_t dlq_sent, dlq_acked;
     uint64_t resent;     /* messages re-sent after a failed delivery */
     uint64_t queue_full; /* times the local producer queue was full */

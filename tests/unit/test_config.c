@@ -322,8 +322,8 @@ static void test_time_bounds(void **state) {
         {"time = { max_past_age = 400; };\n", ":1: time.max_past_age: expected a string, got 400"},
         {"time = { max_past_age = \"\"; };\n",
          ":1: time.max_past_age: expected a non-empty string, got \"\""},
-        {"time = { max_skew = \"5m\"; };\n",
-         ":1: time.max_skew: unknown key (allowed here: max_future_skew, max_past_age)"},
+        {"time = { max_skew = \"5m\"; };\n", ":1: time.max_skew: unknown key (allowed here: "
+                                             "max_future_skew, max_past_age, late_policy)"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         assert_null(load_text(bad[i][0], err, sizeof err));
@@ -331,8 +331,56 @@ static void test_time_bounds(void **state) {
     }
 }
 
+/* The plan keys: late_policy (and its old name), plan_topic, dedup_window. */
+static void test_plan_keys(void **state) {
+    (void)state;
+    char err[512];
+    td_config *c = load_text("", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->time.late_policy, TD_LATE_MARK);
+    assert_string_equal(c->kafka.plan_topic, "touchd.plans");
+    assert_int_equal(c->engine.dedup_window, 7 * TD_DAY);
+    td_config_free(c);
+    c = load_text("time = { late_policy = \"drop\"; };\nkafka = { plan_topic = \"\"; };\n"
+                  "engine = { dedup_window = \"30d\"; };\n",
+                  err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->time.late_policy, TD_LATE_DROP);
+    assert_string_equal(c->kafka.plan_topic, "");
+    assert_int_equal(c->engine.dedup_window, 30 * TD_DAY);
+    td_config_free(c);
+    /* the old name maps onto the new one */
+    c = load_text("timers = { overdue_policy = \"fire_late\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->time.late_policy, TD_LATE_PUBLISH);
+    td_config_free(c);
+    c = load_text("timers = { overdue_policy = \"drop\"; drop_older_than = \"6h\"; };\n", err,
+                  sizeof err);
+    assert_non_null(c);
+    assert_int_equal(c->time.late_policy, TD_LATE_DROP);
+    td_config_free(c);
+    static const char *const bad[][2] = {
+        {"time = { late_policy = \"later\"; };\n",
+         ":1: time.late_policy: expected one of mark, publish, drop, got \"later\""},
+        {"time = { late_policy = \"mark\"; };\ntimers = { overdue_policy = \"fire_late\"; };\n",
+         "timers.overdue_policy: is the old name of time.late_policy: set only "
+         "time.late_policy"},
+        {"kafka = { plan_topic = \"touchd.recommendations\"; };\n",
+         "kafka.plan_topic: must differ from the input, output, shadow, gift register and "
+         "dead-letter topics (got \"touchd.recommendations\")"},
+        {"engine = { dedup_window = \"0s\"; };\n",
+         ":1: engine.dedup_window: expected a positive duration such as \"10m\", \"6h\", "
+         "\"2d\", got \"0s\""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_null(load_text(bad[i][0], err, sizeof err));
+        if (!strstr(err, bad[i][1])) fail_msg("case %zu: got '%s'", i, err);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_keys),
         cmocka_unit_test(test_docs_list_exactly_the_keys),
         cmocka_unit_test(test_docs_show_the_defaults),
         cmocka_unit_test(test_table_rows),
