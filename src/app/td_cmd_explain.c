@@ -21,8 +21,12 @@
  * reason) / lost in its group (winner) / timer armed (due) / error / not
  * triggered, with each top-level condition of `when`, its value and the facts
  * it read; for each guard what it blocked and, for a block, its own
- * conditions. Human-readable by default, JSON with --json (shape in
- * docs/cli.md). Ids only: no event payload text is printed.
+ * conditions. Then the plan: what an event trigger withdrew (and why), and
+ * every recommendation still pending after the trigger, with where it came
+ * from, when it expires and what would withdraw it (the engine's reasons, in
+ * its order: it is pending because no trigger since matched one of them).
+ * Human-readable by default, JSON with --json (shape in docs/cli.md). Ids
+ * only: no event payload text is printed.
  *
  * Where the state comes from is a table of sources (explain_sources): the
  * daemon-backed source (-c CONFIG: the state in Redis, with the daemon's
@@ -369,6 +373,7 @@ static const struct {
 /* ---------------------------------------------------------------- analysis */
 
 /* A timer that came due on the way to the trigger. */
+#define EX_TIMER_WDS 4
 typedef struct fired_timer {
     const td_rule *rule;
     char rule_id[TD_RULE_ID_MAX + 1];
@@ -376,6 +381,13 @@ typedef struct fired_timer {
     char armed_by[TD_ID_MAX + 1];
     td_outcome outcome;
     bool has_outcome;
+    /* what its step withdrew (the first EX_TIMER_WDS; nwds counts all) */
+    struct {
+        char rule[TD_RULE_ID_MAX + 1];
+        char withdraws[TD_REC_ID_LEN + 1];
+        td_wd_reason reason;
+    } wds[EX_TIMER_WDS];
+    uint32_t nwds;
 } fired_timer;
 
 typedef struct timer_log {
@@ -403,6 +415,185 @@ static void ex_log_timer(void *ud, const td_sim *sim, const td_state *st, const 
             t->outcome = out->decisions[i].outcome;
             t->has_outcome = true;
         }
+    t->nwds = out->nwds;
+    for (uint32_t i = 0; i < out->nwds && i < EX_TIMER_WDS; i++) {
+        td_strlcpy(t->wds[i].rule, out->wds[i].rule, sizeof t->wds[i].rule);
+        td_strlcpy(t->wds[i].withdraws, out->wds[i].withdraws, sizeof t->wds[i].withdraws);
+        t->wds[i].reason = out->wds[i].reason;
+    }
+}
+
+/* ---------------------------------------------------------------- the plan */
+
+/* Whether pending e is a touch of the sequence, which a reply or a won/lost
+ * stage ends: every prospect touch but gifts (channel gift, intent gift, a
+ * gift touch). The engine's own rule (eng_sequence, td_engine.c), which the
+ * core does not export: keep the two the same. */
+static bool ex_sequence(const td_pending *e) {
+    static const char *const gifts[] = {"physical_gift", "handwritten_card", "service_gift",
+                                        "charity_donation"};
+    if (e->owner || e->channel == TD_CH_GIFT || strcmp(e->intent, "gift") == 0) return false;
+    for (size_t i = 0; i < sizeof gifts / sizeof gifts[0]; i++)
+        if (strcmp(e->touch, gifts[i]) == 0) return false;
+    return true;
+}
+
+/* The reasons a later trigger would withdraw pending e for, in the order
+ * the engine tries them (docs/recommendations.md): owner nudges only
+ * expire, are superseded or named by a rule; a prospect's touch is also
+ * withdrawn by an opt-out or hard bounce of its channel, and a touch of the
+ * sequence by a reply or a won/lost stage. @returns how many (v has 7). */
+static size_t ex_withdrawn_on(const td_pending *e, td_wd_reason *v) {
+    size_t n = 0;
+    bool seq = ex_sequence(e);
+    v[n++] = TD_WDR_EXPIRED;
+    if (seq) v[n++] = TD_WDR_REPLIED;
+    if (!e->owner) {
+        v[n++] = TD_WDR_OPTED_OUT;
+        v[n++] = TD_WDR_BOUNCED;
+    }
+    if (seq) v[n++] = TD_WDR_STAGE;
+    v[n++] = TD_WDR_SUPERSEDED;
+    v[n++] = TD_WDR_RULE;
+    return n;
+}
+
+/* Where a pending recommendation came from: its body's trigger. */
+typedef struct ex_origin {
+    char type[48];                 /* "email.opened", "timer" ("" unknown) */
+    char id[TD_ID_MAX + 1];        /* the event id, or the timer's armed_by */
+    char rule[TD_RULE_ID_MAX + 1]; /* a timer's rule */
+    td_ms at;                      /* the trigger's time, TD_MS_MISSING unknown */
+    bool late;
+} ex_origin;
+
+static void ex_origin_of(const td_pending *e, ex_origin *o) {
+    memset(o, 0, sizeof *o);
+    o->at = TD_MS_MISSING;
+    json_t *j = json_loadb(e->json, e->len, 0, NULL);
+    json_t *t = json_object_get(j, "trigger");
+    const char *type = json_string_value(json_object_get(t, "type"));
+    const char *id = json_string_value(json_object_get(t, "event_id"));
+    const char *ab = json_string_value(json_object_get(t, "armed_by"));
+    const char *rule = json_string_value(json_object_get(t, "rule"));
+    const char *at = json_string_value(json_object_get(t, "occurred_at"));
+    if (type) td_strlcpy(o->type, type, sizeof o->type);
+    if (id || ab) td_strlcpy(o->id, id ? id : ab, sizeof o->id);
+    if (rule) td_strlcpy(o->rule, rule, sizeof o->rule);
+    if (at && td_time_parse(at, strlen(at), &o->at) != TD_OK) o->at = TD_MS_MISSING;
+    o->late = json_is_true(json_object_get(j, "late"));
+    json_decref(j);
+}
+
+/* What a withdrawal reason means, for the human output. */
+static const char *ex_wd_words(td_wd_reason r) {
+    switch (r) {
+    case TD_WDR_REPLIED:
+        return "a reply (not out_of_office) ends the sequence";
+    case TD_WDR_OPTED_OUT:
+        return "its channel was opted out, unsubscribed or lost consent";
+    case TD_WDR_BOUNCED:
+        return "its channel hard-bounced";
+    case TD_WDR_STAGE:
+        return "the stage became won or lost";
+    case TD_WDR_SUPERSEDED:
+        return "a newer recommendation of its group";
+    case TD_WDR_RULE:
+        return "a rule that fired lists it in its withdraws";
+    case TD_WDR_EXPIRED:
+        return "its expires_at passed";
+    }
+    return "?";
+}
+
+/* "no reply or won/lost stage, no opt-out or hard bounce on email, nothing
+ * newer in group follow-up, no rule's withdraws": what did not happen since
+ * e was published, for each reason that would withdraw it but expiry. */
+static void ex_pending_because(const td_pending *e, char *buf, size_t cap) {
+    td_wd_reason v[8];
+    size_t n = ex_withdrawn_on(e, v), k = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        char part[200];
+        switch (v[i]) {
+        case TD_WDR_REPLIED:
+            snprintf(part, sizeof part, "no reply and no won/lost stage");
+            break;
+        case TD_WDR_OPTED_OUT:
+            snprintf(part, sizeof part, "no opt-out, unsubscribe or hard bounce on %s",
+                     td_channel_name(e->channel));
+            break;
+        case TD_WDR_SUPERSEDED:
+            if (e->group[0])
+                snprintf(part, sizeof part, "nothing newer in group %s", e->group);
+            else
+                snprintf(part, sizeof part, "%s did not fire again", e->rule);
+            break;
+        case TD_WDR_RULE:
+            snprintf(part, sizeof part, "no rule whose withdraws names it fired");
+            break;
+        default:
+            continue; /* expiry is said apart; bounced and stage go with the above */
+        }
+        int w = snprintf(buf + k, cap - k, "%s%s", k ? ", " : "", part);
+        if (w < 0 || (size_t)w >= cap - k) break;
+        k += (size_t)w;
+    }
+}
+
+static void ex_print_plan(FILE *o, const td_state *st, const td_step_out *out, td_ms now) {
+    char tb[TD_TIME_BUF], tb2[TD_TIME_BUF], db[32];
+    if (out && !out->duplicate && out->nwds) {
+        fprintf(o, "\nwithdrawn by this trigger: %u\n", out->nwds);
+        for (uint32_t i = 0; i < out->nwds; i++) {
+            const td_wd *w = &out->wds[i];
+            fprintf(o, "withdrawn  %s  %s", w->rule, td_wd_reason_name(w->reason));
+            if (w->by) fprintf(o, " by %s", w->by->rule->id);
+            fprintf(o, ": %s\n    id     %s withdraws %s\n", ex_wd_words(w->reason), w->id,
+                    w->withdraws);
+        }
+    }
+    if (!st->nplan) {
+        fprintf(o, "\nplan: nothing pending (the plan topic holds a tombstone)\n");
+        return;
+    }
+    fprintf(o, "\nplan: %u pending (plan version %lld), soonest not_before first\n", st->nplan,
+            (long long)st->plan_version);
+    for (uint32_t i = 0; i < st->nplan; i++) {
+        const td_pending *e = &st->plan[i];
+        ex_origin og;
+        ex_origin_of(e, &og);
+        td_time_format(e->not_before, tb, sizeof tb);
+        td_time_format(e->expires_at, tb2, sizeof tb2);
+        fprintf(o, "pending  %s  %s %s, not before %s, expires %s%s%s%s\n", e->rule,
+                td_channel_name(e->channel), e->touch, tb, tb2, e->group[0] ? ", group " : "",
+                e->group, e->owner ? ", to the owner" : "");
+        fprintf(o, "    id     %s\n", e->id);
+        if (og.type[0]) {
+            td_time_format(og.at, tb, sizeof tb);
+            if (strcmp(og.type, "timer") == 0)
+                fprintf(o, "    from   timer %s (armed by %s) at %s%s\n", og.rule, og.id, tb,
+                        og.late ? ", published late" : "");
+            else
+                fprintf(o, "    from   %s %s at %s%s\n", og.type, og.id, tb,
+                        og.late ? ", published late" : "");
+        }
+        if (e->expires_at <= now) {
+            td_duration_format(now - e->expires_at, db, sizeof db);
+            fprintf(o,
+                    "    why    EXPIRED at %s (%s ago) and still in the plan: no trigger of the "
+                    "prospect since; the next one withdraws it (expired)\n",
+                    tb2, db);
+            continue;
+        }
+        char because[600];
+        ex_pending_because(e, because, sizeof because);
+        td_duration_format(e->expires_at - now, db, sizeof db);
+        fprintf(o,
+                "    why    pending: no trigger since its publication withdrew it (%s); not "
+                "expired: it expires at %s, in %s\n",
+                because, tb2, db);
+    }
 }
 
 /* A guard's run-time error at the trigger ("" when none). */
@@ -508,10 +699,15 @@ static void ex_print_human(FILE *o, const explain_opts *opt, const explain_input
                 in->target.id);
     for (size_t i = 0; i < tl->n; i++) {
         td_time_format(tl->v[i].due_at, tb2, sizeof tb2);
-        fprintf(o, "timer %s (armed by %s) came due at %s before the trigger: %s\n",
-                tl->v[i].rule_id, tl->v[i].armed_by, tb2,
+        fprintf(o, "timer %s (armed by %s) came due at %s before the trigger: %s", tl->v[i].rule_id,
+                tl->v[i].armed_by, tb2,
                 tl->v[i].has_outcome ? td_outcome_name(tl->v[i].outcome)
                                      : "dropped (rule changed)");
+        for (uint32_t k = 0; k < tl->v[i].nwds && k < EX_TIMER_WDS; k++)
+            fprintf(o, "%s%s %s", k ? ", " : "; withdrew ", tl->v[i].wds[k].rule,
+                    td_wd_reason_name(tl->v[i].wds[k].reason));
+        if (tl->v[i].nwds > EX_TIMER_WDS) fprintf(o, " and %u more", tl->v[i].nwds - EX_TIMER_WDS);
+        fputc('\n', o);
     }
     int idw = 0;
     for (size_t i = 0; i < nr; i++)
@@ -590,6 +786,7 @@ static void ex_print_human(FILE *o, const explain_opts *opt, const explain_input
         }
         if (ex_guard_error(v)[0]) fprintf(o, "    error  %s\n", ex_guard_error(v));
     }
+    ex_print_plan(o, st, in->has_target ? out : NULL, now);
 }
 
 static json_t *ex_value_json(const td_value *v) {
@@ -616,6 +813,41 @@ static json_t *ex_time_json(td_ms t) {
     char tb[TD_TIME_BUF];
     td_time_format(t, tb, sizeof tb);
     return json_string(tb);
+}
+
+/* The plan after the trigger: each pending recommendation, whether it is
+ * still pending at now or expired, where it came from and what would
+ * withdraw it. */
+static json_t *ex_plan_json(const td_state *st, td_ms now) {
+    json_t *a = json_array();
+    for (uint32_t i = 0; i < st->nplan; i++) {
+        const td_pending *e = &st->plan[i];
+        json_t *j = json_object();
+        json_object_set_new(j, "id", json_string(e->id));
+        json_object_set_new(j, "rule", json_string(e->rule));
+        if (e->group[0]) json_object_set_new(j, "group", json_string(e->group));
+        if (e->intent[0]) json_object_set_new(j, "intent", json_string(e->intent));
+        json_object_set_new(j, "audience", json_string(e->owner ? "owner" : "prospect"));
+        json_object_set_new(j, "channel", json_string(td_channel_name(e->channel)));
+        json_object_set_new(j, "touch", json_string(e->touch));
+        json_object_set_new(j, "not_before", ex_time_json(e->not_before));
+        json_object_set_new(j, "expires_at", ex_time_json(e->expires_at));
+        json_object_set_new(j, "status", json_string(e->expires_at <= now ? "expired" : "pending"));
+        json_t *body = json_loadb(e->json, e->len, 0, NULL);
+        json_t *t = json_object_get(body, "trigger");
+        if (t) json_object_set(j, "trigger", t);
+        if (json_is_true(json_object_get(body, "late")))
+            json_object_set_new(j, "late", json_true());
+        json_decref(body);
+        td_wd_reason v[8];
+        size_t n = ex_withdrawn_on(e, v);
+        json_t *on = json_array();
+        for (size_t k = 0; k < n; k++)
+            json_array_append_new(on, json_string(td_wd_reason_name(v[k])));
+        json_object_set_new(j, "withdrawn_on", on);
+        json_array_append_new(a, j);
+    }
+    return a;
 }
 
 static json_t *ex_build_json(const explain_input *in, const td_ruleset *rs, const td_probe *pb,
@@ -646,6 +878,15 @@ static json_t *ex_build_json(const explain_input *in, const td_ruleset *rs, cons
         json_object_set_new(t, "outcome",
                             tl->v[i].has_outcome ? json_string(td_outcome_name(tl->v[i].outcome))
                                                  : json_string("dropped"));
+        if (tl->v[i].nwds) {
+            json_t *wa = json_array();
+            for (uint32_t k = 0; k < tl->v[i].nwds && k < EX_TIMER_WDS; k++)
+                json_array_append_new(wa,
+                                      json_pack("{s:s,s:s,s:s}", "rule", tl->v[i].wds[k].rule,
+                                                "reason", td_wd_reason_name(tl->v[i].wds[k].reason),
+                                                "withdraws", tl->v[i].wds[k].withdraws));
+            json_object_set_new(t, "withdrawals", wa);
+        }
         json_array_append_new(timers, t);
     }
     json_object_set_new(root, "timers_fired", timers);
@@ -662,6 +903,22 @@ static json_t *ex_build_json(const explain_input *in, const td_ruleset *rs, cons
         td_buf_free(&b);
     }
     json_object_set_new(root, "recommendations", recs);
+    if (out && trig) {
+        /* what the trigger withdrew, as published */
+        json_t *wds = json_array();
+        td_buf b = {0};
+        for (uint32_t i = 0; !out->duplicate && i < out->nwds; i++) {
+            b.len = 0;
+            if (td_body_json(out->wds[i].body, out->wds[i].body_len, now, &b) == TD_OK) {
+                json_t *w = json_loads(b.p, 0, NULL);
+                if (w) json_array_append_new(wds, w);
+            }
+        }
+        td_buf_free(&b);
+        json_object_set_new(root, "withdrawals", wds);
+    }
+    json_object_set_new(root, "plan_version", json_integer((json_int_t)st->plan_version));
+    json_object_set_new(root, "plan", ex_plan_json(st, now));
     json_t *rules = json_array();
     for (size_t i = 0; i < nr; i++) {
         const td_probe_rule *v = &views[i];
@@ -733,7 +990,8 @@ static void ex_usage(FILE *f) {
             "                      [--at EVENT_ID | --now TIME | --event JSON] [--json]\n"
             "       touchd explain -c CONFIG --prospect ID [--now TIME | --event JSON] [--json]\n"
             "\n"
-            "Why each rule did or did not fire for one prospect at one trigger.\n"
+            "Why each rule did or did not fire for one prospect at one trigger, what the\n"
+            "trigger withdrew, and what is still pending after it (the plan) and why.\n"
             "\n"
             "  -r, --rules PATH     rules file or directory (repeatable; required)\n"
             "  -e, --events FILE    the event history (JSON lines, - for stdin): the prospect's\n"

@@ -6,9 +6,11 @@
  * td_testfile.c). Each case starts from a fresh in-memory state (optionally
  * pre-filled), runs a timeline of events and clock advances through the real
  * engine on a virtual clock (td_sim, the offline driver replay and explain
- * share: timers fire when the clock passes their due time), and checks what each step produced against its expectations:
- * the recommendations, none, or a decision (blocked by a named guard, lost in
- * the group, in cooldown...).
+ * share: timers fire when the clock passes their due time), and checks what
+ * each step produced against its expectations: the recommendations, none, a
+ * decision (blocked by a named guard, lost in the group, in cooldown...), the
+ * withdrawals (or none), and the prospect's plan after the step (and after
+ * the last one: the case's own expect_plan).
  *
  * A test file may declare extra rules (a deliberately naive rule that a
  * guard of the ruleset must block): the ruleset is then compiled again from
@@ -62,11 +64,21 @@ typedef struct got_dec {
     char why[320];
 } got_dec;
 
+/* A withdrawal made during a step. */
+typedef struct got_wd {
+    char rule[TD_RULE_ID_MAX + 1]; /* the withdrawn recommendation's */
+    td_wd_reason reason;
+    char withdraws[TD_REC_ID_LEN + 1];
+    char trigger[TD_ID_MAX + 8];
+} got_wd;
+
 typedef struct collector {
     got_rec *recs;
     size_t nrecs, caprecs;
     got_dec *decs;
     size_t ndecs, capdecs;
+    got_wd *wds;
+    size_t nwds, capwds;
     bool *covered; /* per rule index */
     bool oom;
 } collector;
@@ -129,11 +141,27 @@ static void tt_describe(const td_decision *d, char *buf, size_t cap) {
     }
 }
 
+static void tt_trigger_word(const td_trigger *trig, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s", trig->kind == TD_TRIG_EVENT ? trig->ev->id : "timer");
+}
+
 static void tt_collect(void *ud, const td_sim *sim, const td_state *st, const td_trigger *trig,
                        const td_step_out *out) {
     (void)sim;
     (void)st;
     collector *c = ud;
+    for (uint32_t i = 0; i < out->nwds; i++) {
+        if (td_grow(&c->wds, &c->capwds, c->nwds, sizeof *c->wds, 8) != TD_OK) {
+            c->oom = true;
+            return;
+        }
+        const td_wd *w = &out->wds[i];
+        got_wd *g = &c->wds[c->nwds++];
+        td_strlcpy(g->rule, w->rule, sizeof g->rule);
+        g->reason = w->reason;
+        td_strlcpy(g->withdraws, w->withdraws, sizeof g->withdraws);
+        tt_trigger_word(trig, g->trigger, sizeof g->trigger);
+    }
     for (uint32_t i = 0; i < out->nrecs; i++) {
         if (td_grow(&c->recs, &c->caprecs, c->nrecs, sizeof *c->recs, 16) != TD_OK) {
             c->oom = true;
@@ -145,10 +173,7 @@ static void tt_collect(void *ud, const td_sim *sim, const td_state *st, const td
         g->channel = r->channel;
         g->touch = r->touch;
         g->not_before = r->not_before;
-        if (trig->kind == TD_TRIG_EVENT)
-            snprintf(g->trigger, sizeof g->trigger, "%s", trig->ev->id);
-        else
-            snprintf(g->trigger, sizeof g->trigger, "timer");
+        tt_trigger_word(trig, g->trigger, sizeof g->trigger);
         if (c->covered) c->covered[r->rule->index] = true;
     }
     for (uint32_t i = 0; i < out->ndecisions; i++) {
@@ -179,10 +204,44 @@ static void tt_rec_line(td_buf *b, const char *mark, const td_rule *rule, td_cha
     td_buf_append(b, "\n", 1);
 }
 
+/*
+ * Pairs expected items with actual ones, each used once, first fit:
+ * (*met)[e] and (*used)[g] (calloc'd, the caller frees them) say which found
+ * a partner. match(ctx, e, g) compares expected e with actual g.
+ * @returns how many of either have none (0: the same multiset), or -1 on
+ * out-of-memory.
+ */
+static long tt_pair(size_t ne, size_t ng, bool (*match)(const void *ctx, size_t e, size_t g),
+                    const void *ctx, bool **met, bool **used) {
+    *met = calloc(ne + 1, sizeof **met);
+    *used = calloc(ng + 1, sizeof **used);
+    if (!*met || !*used) return -1;
+    long unpaired = 0;
+    for (size_t e = 0; e < ne; e++)
+        for (size_t g = 0; g < ng && !(*met)[e]; g++)
+            if (!(*used)[g] && match(ctx, e, g)) (*used)[g] = (*met)[e] = true;
+    for (size_t e = 0; e < ne; e++)
+        unpaired += !(*met)[e];
+    for (size_t g = 0; g < ng; g++)
+        unpaired += !(*used)[g];
+    return unpaired;
+}
+
+/* A step's expectations and what it produced, for tt_pair. */
+typedef struct tt_step_pair {
+    const tf_step *st;
+    const collector *c;
+} tt_step_pair;
+
 static bool tt_rec_matches(const tf_rec_exp *e, const got_rec *g) {
     return e->rule == g->rule && (e->channel == TD_CH_NONE || e->channel == g->channel) &&
            (!e->touch || strcmp(e->touch, g->touch) == 0) &&
            (e->not_before == TD_MS_MISSING || e->not_before == g->not_before);
+}
+
+static bool tt_rec_pair(const void *ctx, size_t e, size_t g) {
+    const tt_step_pair *sp = ctx;
+    return tt_rec_matches(&sp->st->recs[e], &sp->c->recs[g]);
 }
 
 /* Why `rule` did not produce what was expected, from the step's decisions. */
@@ -213,30 +272,161 @@ static const char *tt_step_label(const tf_step *st, char *buf, size_t cap) {
     return buf;
 }
 
-/* Checks one step; appends a report to b on failure. @returns true if it passed. */
+/* ---- withdrawals and the plan */
+
+static void tt_wd_line(td_buf *b, const char *mark, const char *rule, int reason, const got_wd *g) {
+    td_buf_printf(b, "        %s %-36s %s", mark, rule,
+                  reason < 0 ? "*" : td_wd_reason_name((td_wd_reason)reason));
+    if (g) td_buf_printf(b, "  (withdraws %s, trigger %s)", g->withdraws, g->trigger);
+    td_buf_append(b, "\n", 1);
+}
+
+static bool tt_wd_matches(const tf_wd_exp *e, const got_wd *g) {
+    return strcmp(e->rule->id, g->rule) == 0 && (e->reason < 0 || (int)e->reason == (int)g->reason);
+}
+
+/* Why an expected withdrawal of `rule` did not come: is one of its
+ * recommendations still pending? */
+static void tt_explain_wd(td_buf *b, const td_state *st, const td_rule *rule) {
+    for (uint32_t i = 0; st && i < st->nplan; i++)
+        if (strcmp(st->plan[i].rule, rule->id) == 0) {
+            char tb[TD_TIME_BUF];
+            td_time_format(st->plan[i].expires_at, tb, sizeof tb);
+            td_buf_printf(b,
+                          "        why %s: %s is still pending after the step (no trigger of the "
+                          "step withdrew it; it expires at %s)\n",
+                          rule->id, st->plan[i].id, tb);
+            return;
+        }
+    td_buf_printf(b,
+                  "        why %s: nothing of it is pending after the step (never recommended, "
+                  "or it left the plan earlier)\n",
+                  rule->id);
+}
+
+static bool tt_wd_pair(const void *ctx, size_t e, size_t g) {
+    const tt_step_pair *sp = ctx;
+    return tt_wd_matches(&sp->st->wds[e], &sp->c->wds[g]);
+}
+
+/* The step's withdrawals against expect_withdrawn / expect_no_withdrawal
+ * (order does not matter). */
+static bool tt_check_wds(const char *where, const tf_step *st, const collector *c,
+                         const td_state *main, td_buf *b) {
+    bool *used, *met;
+    tt_step_pair sp = {st, c};
+    long unpaired = tt_pair(st->nwds, c->nwds, tt_wd_pair, &sp, &met, &used);
+    if (unpaired < 0) {
+        free(used);
+        free(met);
+        td_buf_printf(b, "    %s: out of memory\n", where);
+        return false;
+    }
+    if (unpaired) {
+        td_buf_printf(b, "    %s: withdrawals differ (- expected, + actual)\n", where);
+        if (st->nwds == 0) td_buf_printf(b, "        - (none)\n");
+        for (size_t e = 0; e < st->nwds; e++)
+            tt_wd_line(b, met[e] ? " " : "-", st->wds[e].rule->id, st->wds[e].reason, NULL);
+        for (size_t g = 0; g < c->nwds; g++)
+            if (!used[g]) tt_wd_line(b, "+", c->wds[g].rule, (int)c->wds[g].reason, &c->wds[g]);
+        if (c->nwds == 0) td_buf_printf(b, "        + (none)\n");
+        for (size_t e = 0; e < st->nwds; e++)
+            if (!met[e]) tt_explain_wd(b, main, st->wds[e].rule);
+    }
+    free(used);
+    free(met);
+    return unpaired == 0;
+}
+
+static bool tt_plan_matches(const tf_rec_exp *e, const td_pending *p) {
+    return strcmp(e->rule->id, p->rule) == 0 &&
+           (e->channel == TD_CH_NONE || e->channel == p->channel) &&
+           (!e->touch || strcmp(e->touch, p->touch) == 0) &&
+           (e->not_before == TD_MS_MISSING || e->not_before == p->not_before) &&
+           (e->expires_at == TD_MS_MISSING || e->expires_at == p->expires_at);
+}
+
+static void tt_plan_line(td_buf *b, const char *mark, const char *rule, td_channel ch,
+                         const char *touch, td_ms nb, td_ms ex, const char *id) {
+    char tb[TD_TIME_BUF] = "*", eb[TD_TIME_BUF] = "*";
+    if (nb != TD_MS_MISSING) td_time_format(nb, tb, sizeof tb);
+    if (ex != TD_MS_MISSING) td_time_format(ex, eb, sizeof eb);
+    td_buf_printf(b, "        %s %-36s %-9s %-17s %-20s  expires %s", mark, rule,
+                  ch == TD_CH_NONE ? "*" : td_channel_name(ch), touch ? touch : "*", tb, eb);
+    if (id) td_buf_printf(b, "  (%s)", id);
+    td_buf_append(b, "\n", 1);
+}
+
+/*
+ * The prospect's plan against an expect_plan (in plan order): the report is
+ * the longest common subsequence of the two lists, ` ` for an expected entry
+ * that is pending at its place, `-` expected and not there, `+` pending and
+ * not expected. @returns true when they are the same, or on out-of-memory
+ * (reported).
+ */
+static bool tt_check_plan(const char *where, const tf_plan_exp *pl, const td_state *st, td_buf *b) {
+    size_t n = pl->n, m = st ? st->nplan : 0;
+    bool same = n == m;
+    for (size_t i = 0; same && i < n; i++)
+        same = tt_plan_matches(&pl->v[i], &st->plan[i]);
+    if (same) return true;
+    uint32_t *lcs = calloc((n + 1) * (m + 1), sizeof *lcs);
+    if (!lcs) {
+        td_buf_printf(b, "    %s: out of memory\n", where);
+        return false;
+    }
+#define TT_L(i, j) lcs[(i) * (m + 1) + (j)]
+    for (size_t i = n; i-- > 0;)
+        for (size_t j = m; j-- > 0;)
+            TT_L(i, j) = tt_plan_matches(&pl->v[i], &st->plan[j])
+                             ? TT_L(i + 1, j + 1) + 1
+                             : (TT_L(i + 1, j) > TT_L(i, j + 1) ? TT_L(i + 1, j) : TT_L(i, j + 1));
+    td_buf_printf(b, "    %s: plan differs (- expected, + pending; soonest not_before first)\n",
+                  where);
+    if (n == 0) td_buf_printf(b, "        - (nothing pending)\n");
+    size_t i = 0, j = 0;
+    while (i < n || j < m) {
+        const tf_rec_exp *e = i < n ? &pl->v[i] : NULL;
+        const td_pending *p = j < m ? &st->plan[j] : NULL;
+        if (e && p && tt_plan_matches(e, p) && TT_L(i, j) == TT_L(i + 1, j + 1) + 1) {
+            tt_plan_line(b, " ", p->rule, p->channel, p->touch, p->not_before, p->expires_at,
+                         p->id);
+            i++;
+            j++;
+        } else if (e && (!p || TT_L(i + 1, j) >= TT_L(i, j + 1))) {
+            tt_plan_line(b, "-", e->rule->id, e->channel, e->touch, e->not_before, e->expires_at,
+                         NULL);
+            i++;
+        } else {
+            tt_plan_line(b, "+", p->rule, p->channel, p->touch, p->not_before, p->expires_at,
+                         p->id);
+            j++;
+        }
+    }
+#undef TT_L
+    if (m == 0) td_buf_printf(b, "        + (nothing pending)\n");
+    free(lcs);
+    return false;
+}
+
+/* Checks one step; appends a report to b on failure. main is the
+ * prospect's state after the step. @returns true if it passed. */
 static bool tt_check_step(const tf_file *f, size_t si, const tf_step *st, const collector *c,
-                          td_buf *b) {
+                          const td_state *main, td_buf *b) {
     char label[200];
     tt_step_label(st, label, sizeof label);
     bool ok = true;
     if (st->check_recs) {
-        bool *used = calloc(c->nrecs + 1, sizeof *used);
-        bool *met = calloc(st->nrecs + 1, sizeof *met);
-        if (!used || !met) {
+        bool *used, *met;
+        tt_step_pair sp = {st, c};
+        long unpaired = tt_pair(st->nrecs, c->nrecs, tt_rec_pair, &sp, &met, &used);
+        if (unpaired < 0) {
             free(used);
             free(met);
             td_buf_printf(b, "    step %zu: out of memory\n", si + 1);
             return false;
         }
-        size_t missing = 0, extra = 0;
-        for (size_t e = 0; e < st->nrecs; e++)
-            for (size_t g = 0; g < c->nrecs && !met[e]; g++)
-                if (!used[g] && tt_rec_matches(&st->recs[e], &c->recs[g])) used[g] = met[e] = true;
-        for (size_t e = 0; e < st->nrecs; e++)
-            missing += !met[e];
-        for (size_t g = 0; g < c->nrecs; g++)
-            extra += !used[g];
-        if (missing || extra) {
+        if (unpaired) {
             ok = false;
             td_buf_printf(
                 b, "    step %zu (%s:%d, %s): recommendations differ (- expected, + actual)\n",
@@ -293,20 +483,41 @@ static bool tt_check_step(const tf_file *f, size_t si, const tf_step *st, const 
             break;
         }
     }
+    char where[300];
+    snprintf(where, sizeof where, "step %zu (%s:%d, %s)", si + 1, f->path, st->line, label);
+    if (st->check_wds && !tt_check_wds(where, st, c, main, b)) ok = false;
+    if (st->plan.check) {
+        snprintf(where, sizeof where, "after step %zu (%s:%d, %s)", si + 1, f->path, st->plan.line,
+                 label);
+        if (!tt_check_plan(where, &st->plan, main, b)) ok = false;
+    }
     return ok;
 }
 
-/* -v: what a step produced, whether or not it was checked. */
-static void tt_trace_step(size_t si, const tf_step *st, const collector *c, td_buf *b) {
+/* -v: what a step produced, whether or not it was checked, and the plan
+ * after it. */
+static void tt_trace_step(size_t si, const tf_step *st, const collector *c, const td_state *main,
+                          td_buf *b) {
     char label[200];
-    td_buf_printf(b, "    step %zu (line %d, %s): %zu recommendation%s\n", si + 1, st->line,
-                  tt_step_label(st, label, sizeof label), c->nrecs, c->nrecs == 1 ? "" : "s");
+    td_buf_printf(b, "    step %zu (line %d, %s): %zu recommendation%s, %zu withdrawal%s\n", si + 1,
+                  st->line, tt_step_label(st, label, sizeof label), c->nrecs,
+                  c->nrecs == 1 ? "" : "s", c->nwds, c->nwds == 1 ? "" : "s");
     for (size_t g = 0; g < c->nrecs; g++)
         tt_rec_line(b, "+", c->recs[g].rule, c->recs[g].channel, c->recs[g].touch,
                     c->recs[g].not_before, c->recs[g].trigger);
+    for (size_t g = 0; g < c->nwds; g++)
+        tt_wd_line(b, "x", c->wds[g].rule, (int)c->wds[g].reason, &c->wds[g]);
     for (size_t i = 0; i < c->ndecs; i++)
         if (c->decs[i].outcome != TD_OUT_FIRED)
             td_buf_printf(b, "          %s: %s\n", c->decs[i].rule->id, c->decs[i].why);
+    if (main && main->nplan)
+        td_buf_printf(b, "          plan after the step: %u pending\n", main->nplan);
+    else
+        td_buf_printf(b, "          plan after the step: nothing pending\n");
+    for (uint32_t k = 0; main && k < main->nplan; k++) {
+        const td_pending *p = &main->plan[k];
+        tt_plan_line(b, "=", p->rule, p->channel, p->touch, p->not_before, p->expires_at, p->id);
+    }
 }
 
 /* Marks the rules and guards a case names in its expectations. */
@@ -321,7 +532,13 @@ static void tt_cover_named(const tf_case *tc, bool *covered) {
         }
         for (size_t i = 0; i < st->nnots; i++)
             covered[st->nots[i]->index] = true;
+        for (size_t i = 0; i < st->nwds; i++)
+            covered[st->wds[i].rule->index] = true;
+        for (size_t i = 0; i < st->plan.n; i++)
+            covered[st->plan.v[i].rule->index] = true;
     }
+    for (size_t i = 0; i < tc->plan.n; i++)
+        covered[tc->plan.v[i].rule->index] = true;
 }
 
 /* Runs one case. @returns 1 passed, 0 failed, -1 out of memory. */
@@ -343,7 +560,7 @@ static int tt_run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, cons
     if (rc >= 0 && tc->nsetup && td_sim_advance(&sim, tc->start) != TD_OK) rc = -1;
     for (size_t s = 0; s < tc->nsteps && rc >= 0; s++) {
         const tf_step *st = &tc->steps[s];
-        col.nrecs = col.ndecs = 0;
+        col.nrecs = col.ndecs = col.nwds = 0;
         for (size_t i = 0; i < st->nevents && rc >= 0; i++)
             if (td_sim_event(&sim, &st->events[i], 0) != TD_OK) rc = -1;
         if (rc >= 0 && st->advance_to != TD_MS_MISSING &&
@@ -351,12 +568,18 @@ static int tt_run_case(const td_ruleset *rs, td_tzdb *tz, const tf_file *f, cons
             rc = -1;
         if (col.oom) rc = -1;
         if (rc < 0) break;
-        if (verbose) tt_trace_step(s, st, &col, trace);
-        if (!tt_check_step(f, s, st, &col, report)) rc = 0;
+        if (verbose) tt_trace_step(s, st, &col, td_sim_main(&sim), trace);
+        if (!tt_check_step(f, s, st, &col, td_sim_main(&sim), report)) rc = 0;
+    }
+    if (rc >= 0 && tc->plan.check) {
+        char where[300];
+        snprintf(where, sizeof where, "at the end of the case (%s:%d)", f->path, tc->plan.line);
+        if (!tt_check_plan(where, &tc->plan, td_sim_main(&sim), report)) rc = 0;
     }
     tt_cover_named(tc, covered);
     free(col.recs);
     free(col.decs);
+    free(col.wds);
     td_sim_free(&sim);
     return rc;
 }

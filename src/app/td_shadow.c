@@ -13,6 +13,15 @@
  *   - errors: out of memory or a failing engine step in the shadow is counted
  *     and the step skipped (the live step already happened).
  *
+ * Withdrawals: the copy holds the live plan (the live ruleset's pending
+ * recommendations), so the shadow step withdraws from the same plan the
+ * live step does; the two are compared by withdrawn recommendation id
+ * (agree: same id, same reason; differ: same id, another reason; live_only,
+ * shadow_only), counted under the withdrawn recommendation's rule, and the
+ * shadow's go to the shadow topic next to its recommendations. Each shadow
+ * message carries the header `touchd-kind` (recommendation, withdrawal), as
+ * on the output topic.
+ *
  * Counts are per (live ruleset, shadow ruleset) pair: they restart (and
  * `since` moves) when either hash changes, so a report always compares two
  * named rulesets. A live recompute after a compare-and-set conflict steps the
@@ -42,6 +51,8 @@
 typedef struct td_shadow_rc {
     char rule[TD_RULE_ID_MAX + 1];
     uint64_t agree, differ, live_only, shadow_only;
+    /* withdrawals of this rule's recommendations, compared the same way */
+    uint64_t wd_agree, wd_differ, wd_live_only, wd_shadow_only;
 } td_shadow_rc;
 
 struct td_shadow {
@@ -70,6 +81,7 @@ struct td_shadow {
     uint64_t steps, events, timers, duplicates, live_recs, shadow_recs, shadow_errors,
         step_failures;
     uint64_t agree, differ, live_only, shadow_only;
+    uint64_t live_wds, shadow_wds, wd_agree, wd_differ, wd_live_only, wd_shadow_only;
     td_shadow_rc *rc; /* sorted by rule id */
     size_t nrc, caprc;
     /* since start */
@@ -88,6 +100,8 @@ static void sh_reset_counts(td_shadow *sh, const char *live_hash) {
     sh->steps = sh->events = sh->timers = sh->duplicates = sh->live_recs = sh->shadow_recs = 0;
     sh->shadow_errors = sh->step_failures = 0;
     sh->agree = sh->differ = sh->live_only = sh->shadow_only = 0;
+    sh->live_wds = sh->shadow_wds = 0;
+    sh->wd_agree = sh->wd_differ = sh->wd_live_only = sh->wd_shadow_only = 0;
     sh->nrc = 0;
 }
 
@@ -202,18 +216,25 @@ static bool sh_producer_new(td_shadow *sh, const char *bootstraps) {
     return sh->rkt != NULL;
 }
 
-static void sh_send(td_shadow *sh, const char *pid, const char *json, size_t len) {
+/* One message (kind: "recommendation" or "withdrawal", its touchd-kind
+ * header) on the shadow topic, key = prospect id. */
+static void sh_send(td_shadow *sh, const char *pid, const char *kind, const char *json,
+                    size_t len) {
     if (!sh->rkt) {
         sh->dropped++;
         return;
     }
-    if (rd_kafka_produce(sh->rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY, (void *)json, len,
-                         pid, strlen(pid), NULL) != 0) {
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        sh->producer, RD_KAFKA_V_RKT(sh->rkt), RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_VALUE((void *)json, len),
+        RD_KAFKA_V_KEY(pid, strlen(pid)), RD_KAFKA_V_HEADER("touchd-kind", kind, -1),
+        RD_KAFKA_V_END);
+    if (err) {
         /* queue full or similar: the shadow never waits (live must not) */
         sh->dropped++;
         if (sh->dropped == 1 || sh->dropped % 1000 == 0)
-            td_log_warn("shadow recommendation dropped", "reason=%s dropped=%llu",
-                        rd_kafka_err2name(rd_kafka_last_error()), (unsigned long long)sh->dropped);
+            td_log_warn("shadow recommendation dropped", "kind=%s reason=%s dropped=%llu", kind,
+                        rd_kafka_err2name(err), (unsigned long long)sh->dropped);
         return;
     }
     sh->sent++;
@@ -224,10 +245,10 @@ static void sh_send(td_shadow *sh, const char *pid, const char *json, size_t len
 td_shadow *td_shadow_new(const td_config *cfg, const char *bootstraps, td_tzdb *tz) {
     if (!cfg->rules.shadow_dir || !*cfg->rules.shadow_dir) return NULL;
     td_shadow *sh = calloc(1, sizeof *sh);
-    td_step_out *out = calloc(1, sizeof *out);
+    td_step_out *out = td_step_out_new();
     if (!sh || !out) {
         free(sh);
-        free(out);
+        td_step_out_free(out);
         td_log_error("shadow disabled: out of memory", NULL);
         return NULL;
     }
@@ -341,6 +362,38 @@ static void sh_compare(td_shadow *sh, const td_step_out *live, const td_step_out
     }
 }
 
+/* The withdrawals of the two steps, by withdrawn recommendation id: both
+ * steps withdraw from the same (live) plan. */
+static void sh_compare_wds(td_shadow *sh, const td_step_out *live, const td_step_out *shadow) {
+    for (uint32_t i = 0; i < live->nwds; i++) {
+        const td_wd *l = &live->wds[i];
+        const td_wd *s = NULL;
+        for (uint32_t k = 0; k < shadow->nwds && !s; k++)
+            if (strcmp(shadow->wds[k].withdraws, l->withdraws) == 0) s = &shadow->wds[k];
+        td_shadow_rc *c = sh_rc(sh, l->rule);
+        if (!s) {
+            sh->wd_live_only++;
+            if (c) c->wd_live_only++;
+        } else if (s->reason == l->reason) {
+            sh->wd_agree++;
+            if (c) c->wd_agree++;
+        } else {
+            sh->wd_differ++;
+            if (c) c->wd_differ++;
+        }
+    }
+    for (uint32_t k = 0; k < shadow->nwds; k++) {
+        const td_wd *s = &shadow->wds[k];
+        bool in_live = false;
+        for (uint32_t i = 0; i < live->nwds && !in_live; i++)
+            in_live = strcmp(live->wds[i].withdraws, s->withdraws) == 0;
+        if (in_live) continue;
+        sh->wd_shadow_only++;
+        td_shadow_rc *c = sh_rc(sh, s->rule);
+        if (c) c->wd_shadow_only++;
+    }
+}
+
 void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger *trig, td_ms now,
                      const td_step_out *live_out) {
     if (!sh->have_copy) return;
@@ -367,15 +420,30 @@ void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger 
         sh->events++;
     sh->live_recs += live_out->nrecs;
     sh->shadow_recs += sh->out->nrecs;
+    sh->live_wds += live_out->nwds;
+    sh->shadow_wds += sh->out->nwds;
     sh->shadow_errors += sh->out->nerrors;
     sh_compare(sh, live_out, sh->out);
+    sh_compare_wds(sh, live_out, sh->out);
+    /* what the shadow would have published: its withdrawals, then its
+     * recommendations (but those its late policy drops) */
+    for (uint32_t w = 0; w < sh->out->nwds; w++) {
+        const td_wd *x = &sh->out->wds[w];
+        sh->buf.len = 0;
+        if (td_body_json(x->body, x->body_len, now, &sh->buf) != TD_OK) {
+            sh->step_failures++;
+            continue;
+        }
+        sh_send(sh, st->prospect_id, "withdrawal", sh->buf.p, sh->buf.len);
+    }
     for (uint32_t r = 0; r < sh->out->nrecs; r++) {
+        if (sh->out->recs[r].dropped) continue;
         sh->buf.len = 0;
         if (td_rec_json(&sh->out->recs[r], st, sh->rs, trig, now, &sh->buf) != TD_OK) {
             sh->step_failures++;
             continue;
         }
-        sh_send(sh, st->prospect_id, sh->buf.p, sh->buf.len);
+        sh_send(sh, st->prospect_id, "recommendation", sh->buf.p, sh->buf.len);
     }
 done:
     td_state_free(&sh->copy);
@@ -420,14 +488,27 @@ static void sh_write_report(td_shadow *sh) {
                         json_pack("{s:I,s:I,s:I,s:I}", "agree", (json_int_t)sh->agree, "differ",
                                   (json_int_t)sh->differ, "live_only", (json_int_t)sh->live_only,
                                   "shadow_only", (json_int_t)sh->shadow_only));
+    json_object_set_new(root, "withdrawals",
+                        json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "live", (json_int_t)sh->live_wds,
+                                  "shadow", (json_int_t)sh->shadow_wds, "agree",
+                                  (json_int_t)sh->wd_agree, "differ", (json_int_t)sh->wd_differ,
+                                  "live_only", (json_int_t)sh->wd_live_only, "shadow_only",
+                                  (json_int_t)sh->wd_shadow_only));
     json_t *rules = json_array();
     for (size_t i = 0; i < sh->nrc; i++) {
         const td_shadow_rc *c = &sh->rc[i];
-        if (!(c->agree | c->differ | c->live_only | c->shadow_only)) continue;
-        json_array_append_new(
-            rules, json_pack("{s:s,s:I,s:I,s:I,s:I}", "rule", c->rule, "agree",
-                             (json_int_t)c->agree, "differ", (json_int_t)c->differ, "live_only",
-                             (json_int_t)c->live_only, "shadow_only", (json_int_t)c->shadow_only));
+        bool wds = c->wd_agree | c->wd_differ | c->wd_live_only | c->wd_shadow_only;
+        if (!(c->agree | c->differ | c->live_only | c->shadow_only) && !wds) continue;
+        json_t *r = json_pack("{s:s,s:I,s:I,s:I,s:I}", "rule", c->rule, "agree",
+                              (json_int_t)c->agree, "differ", (json_int_t)c->differ, "live_only",
+                              (json_int_t)c->live_only, "shadow_only", (json_int_t)c->shadow_only);
+        if (wds)
+            json_object_set_new(r, "withdrawals",
+                                json_pack("{s:I,s:I,s:I,s:I}", "agree", (json_int_t)c->wd_agree,
+                                          "differ", (json_int_t)c->wd_differ, "live_only",
+                                          (json_int_t)c->wd_live_only, "shadow_only",
+                                          (json_int_t)c->wd_shadow_only));
+        json_array_append_new(rules, r);
     }
     json_object_set_new(root, "rules", rules);
     size_t n = strlen(path) + 16;
@@ -454,23 +535,32 @@ static void sh_log_counts(td_shadow *sh) {
     td_log_info("shadow comparison",
                 "live_ruleset=%s shadow_ruleset=%s steps=%llu agree=%llu differ=%llu "
                 "live_only=%llu shadow_only=%llu live_recs=%llu shadow_recs=%llu "
-                "shadow_sent=%llu shadow_acked=%llu shadow_failed=%llu shadow_dropped=%llu",
+                "live_wds=%llu shadow_wds=%llu wd_agree=%llu wd_differ=%llu wd_live_only=%llu "
+                "wd_shadow_only=%llu shadow_sent=%llu shadow_acked=%llu shadow_failed=%llu "
+                "shadow_dropped=%llu",
                 sh->live_hash[0] ? sh->live_hash : "none",
                 sh->rs ? td_ruleset_hash(sh->rs) : "none", (unsigned long long)sh->steps,
                 (unsigned long long)sh->agree, (unsigned long long)sh->differ,
                 (unsigned long long)sh->live_only, (unsigned long long)sh->shadow_only,
                 (unsigned long long)sh->live_recs, (unsigned long long)sh->shadow_recs,
+                (unsigned long long)sh->live_wds, (unsigned long long)sh->shadow_wds,
+                (unsigned long long)sh->wd_agree, (unsigned long long)sh->wd_differ,
+                (unsigned long long)sh->wd_live_only, (unsigned long long)sh->wd_shadow_only,
                 (unsigned long long)sh->sent, (unsigned long long)sh->acked,
                 (unsigned long long)sh->failed, (unsigned long long)sh->dropped);
     /* rules that disagree at info, rules that only agree at debug */
     for (size_t i = 0; i < sh->nrc; i++) {
         const td_shadow_rc *c = &sh->rc[i];
-        bool diff = c->differ || c->live_only || c->shadow_only;
-        if (!diff && !c->agree) continue;
+        bool diff = c->differ || c->live_only || c->shadow_only || c->wd_differ ||
+                    c->wd_live_only || c->wd_shadow_only;
+        if (!diff && !c->agree && !c->wd_agree) continue;
         td_log(diff ? TD_LOG_INFO : TD_LOG_DEBUG, "shadow rule",
-               "rule=%s agree=%llu differ=%llu live_only=%llu shadow_only=%llu", c->rule,
-               (unsigned long long)c->agree, (unsigned long long)c->differ,
-               (unsigned long long)c->live_only, (unsigned long long)c->shadow_only);
+               "rule=%s agree=%llu differ=%llu live_only=%llu shadow_only=%llu wd_agree=%llu "
+               "wd_differ=%llu wd_live_only=%llu wd_shadow_only=%llu",
+               c->rule, (unsigned long long)c->agree, (unsigned long long)c->differ,
+               (unsigned long long)c->live_only, (unsigned long long)c->shadow_only,
+               (unsigned long long)c->wd_agree, (unsigned long long)c->wd_differ,
+               (unsigned long long)c->wd_live_only, (unsigned long long)c->wd_shadow_only);
     }
 }
 

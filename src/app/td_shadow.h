@@ -11,15 +11,20 @@
  *     td_shadow_after(sh, live_rs, trig, now, live_out);
  *
  * td_shadow_after steps the copy with the shadow ruleset (same trigger, same
- * now), renders its recommendations as the output contract's JSON (their
- * `ruleset` is the shadow hash) onto kafka.shadow_topic through a producer of
- * its own (best effort: its queue, failures and delivery reports never touch
- * the live rounds), and compares the two outcomes rule by rule:
+ * now), renders its withdrawals and recommendations as the output contract's
+ * JSON (their `ruleset` is the shadow hash) onto kafka.shadow_topic through a
+ * producer of its own (best effort: its queue, failures and delivery reports
+ * never touch the live rounds), and compares the two outcomes rule by rule:
  *
  *   agree        the rule fired in both, same channel, touch and not_before
  *   differ       the rule fired in both, something of those differs
  *   live_only    the rule fired in live only
  *   shadow_only  the rule fired in the shadow only
+ *
+ * and the withdrawals (the copy holds the live plan, so both steps withdraw
+ * from the same pending recommendations) by withdrawn recommendation id:
+ * wd_agree (same reason), wd_differ (another reason), wd_live_only,
+ * wd_shadow_only, counted under the withdrawn recommendation's rule.
  *
  * The copy is discarded: nothing of the shadow is ever written to Redis, to
  * the live topic or to the offsets. The shadow ruleset is compiled from
@@ -60,8 +65,8 @@ void td_shadow_free(td_shadow *sh);
 void td_shadow_before(td_shadow *sh, const td_state *st);
 
 /* Steps the copy taken by td_shadow_before with the shadow ruleset, publishes
- * its recommendations on the shadow topic and counts agreement with
- * live_out (the live step's output for the same trigger). */
+ * its withdrawals and recommendations on the shadow topic and counts
+ * agreement with live_out (the live step's output for the same trigger). */
 void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger *trig, td_ms now,
                      const td_step_out *live_out);
 

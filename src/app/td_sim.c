@@ -180,11 +180,14 @@ void td_sim_free(td_sim *s) {
     s->cap = s->nstates = s->nheap = s->capheap = 0;
 }
 
-/* Steps one trigger on st at the clock, tells the callback, puts the timers
- * it arms on the clock, then steps the event it derives (if any) on its
- * state. */
-static int sim_step(td_sim *s, td_state *st, const td_trigger *trig, unsigned flags,
+/* Steps one trigger on st at the clock (with the sim's wall clock), tells
+ * the callback, puts the timers it arms on the clock, then steps the event
+ * it derives (if any) on its state. */
+static int sim_step(td_sim *s, td_state *st, const td_trigger *given, unsigned flags,
                     td_step_out *out) {
+    td_trigger t = *given;
+    t.wall = s->wall;
+    const td_trigger *trig = &t;
     if (td_engine_step(s->rs, st, trig, s->clock, s->tz, flags, out) != TD_OK) return TD_ERR;
     s->steps++;
     if (trig->kind == TD_TRIG_EVENT && out->duplicate) s->duplicates++;

@@ -20,8 +20,13 @@
  * its timers fire like the prospect's.
  *
  * A callback sees every engine step (the state, the trigger and the output;
- * now is sim->clock), so a caller can collect or print recommendations and
- * decisions without knowing about timers or owner states.
+ * now is sim->clock), so a caller can collect or print recommendations,
+ * withdrawals and decisions without knowing about timers or owner states.
+ *
+ * Every trigger the driver builds (events, timers, derived events) carries
+ * s->wall as its td_trigger.wall, so `replay --wall` judges lateness as the
+ * daemon would at that wall clock (with the late policy in s->flags); 0, the
+ * default, is "never late".
  *
  * Ties (timers due at the same time) fire as each tool always fired them:
  * in the order they were armed in the many-prospect shape (replay), and in
@@ -75,7 +80,10 @@ struct td_sim {
     size_t nheap, capheap;
     uint64_t seq;
     td_ms clock;       /* TD_MS_MISSING until the first event or advance */
-    unsigned flags;    /* TD_STEP_* flags of every step */
+    td_ms wall;        /* the wall clock every trigger carries (td_trigger.wall):
+                        * lateness is judged against it; 0 (td_sim_init):
+                        * nothing is late */
+    unsigned flags;    /* TD_STEP_* flags of every step (the late policy too) */
     td_step_out *out;  /* owned: output of the last step on a trigger given
                         * (event or timer) */
     td_step_out *dout; /* owned: output of the derived events' steps */

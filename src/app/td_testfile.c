@@ -539,7 +539,10 @@ static bool grow(void **v, size_t n, size_t size) {
     return true;
 }
 
-static void parse_expect(pctx *p, tf_step *st, const config_setting_t *s) {
+/* Expected recommendations (`expect`), or the pending ones of a plan
+ * (`expect_plan`: expires_at allowed too), appended to (*v, *n). */
+static void parse_recs(pctx *p, const config_setting_t *s, bool plan, tf_rec_exp **v, size_t *n) {
+    const char *what = plan ? "an expected pending recommendation" : "an expected recommendation";
     int type = config_setting_type(s);
     int cnt =
         (type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY) ? config_setting_length(s) : 1;
@@ -547,15 +550,20 @@ static void parse_expect(pctx *p, tf_step *st, const config_setting_t *s) {
         const config_setting_t *e = (type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY)
                                         ? config_setting_get_elem(s, (unsigned)i)
                                         : s;
-        tf_rec_exp x = {.channel = TD_CH_NONE, .not_before = TD_MS_MISSING, .line = line_of(e)};
+        tf_rec_exp x = {.channel = TD_CH_NONE,
+                        .not_before = TD_MS_MISSING,
+                        .expires_at = TD_MS_MISSING,
+                        .line = line_of(e)};
         const char *rule = NULL;
         if (config_setting_type(e) == CONFIG_TYPE_STRING) {
             rule = config_setting_get_string(e);
         } else if (config_setting_type(e) == CONFIG_TYPE_GROUP) {
             static const char *const keys[] = {"rule", "channel", "touch", "not_before", NULL};
-            check_keys(p, e, "an expected recommendation", keys);
-            rule = get_str(p, e, "rule", true, "an expected recommendation");
-            const char *ch = get_str(p, e, "channel", false, "an expected recommendation");
+            static const char *const pkeys[] = {"rule",       "channel",    "touch",
+                                                "not_before", "expires_at", NULL};
+            check_keys(p, e, what, plan ? pkeys : keys);
+            rule = get_str(p, e, "rule", true, what);
+            const char *ch = get_str(p, e, "channel", false, what);
             if (ch) {
                 x.channel = td_channel_parse(ch, strlen(ch));
                 if (x.channel == TD_CH_NONE)
@@ -564,24 +572,107 @@ static void parse_expect(pctx *p, tf_step *st, const config_setting_t *s) {
                          "gift)",
                          ch);
             }
-            const char *touch = get_str(p, e, "touch", false, "an expected recommendation");
+            const char *touch = get_str(p, e, "touch", false, what);
             if (touch) x.touch = strdup(touch);
             if (config_setting_get_member(e, "not_before"))
                 get_time(p, e, "not_before", &x.not_before);
+            if (plan && config_setting_get_member(e, "expires_at"))
+                get_time(p, e, "expires_at", &x.expires_at);
         } else {
             perr(p, e,
-                 "an expected recommendation is a group { rule = \"...\"; channel = \"...\"; } "
-                 "or a rule id string, not %s",
+                 "%s is a group { rule = \"...\"; channel = \"...\"; } or a rule id string, not %s",
+                 what, type_word(e));
+            continue;
+        }
+        if (!rule || !(x.rule = find_rule(p, e, rule, 1)) || !grow((void **)v, *n, sizeof x)) {
+            free(x.touch);
+            continue;
+        }
+        (*v)[(*n)++] = x;
+    }
+}
+
+/* A withdrawal reason by name, or -1. */
+static int parse_reason_name(const char *s) {
+    for (int r = TD_WDR_REPLIED; r <= TD_WDR_EXPIRED; r++)
+        if (strcmp(s, td_wd_reason_name((td_wd_reason)r)) == 0) return r;
+    return -1;
+}
+
+/* expect_withdrawn: rule id strings or { rule = "..."; reason = "..."; }. */
+static void parse_wds(pctx *p, tf_step *st, const config_setting_t *s) {
+    int type = config_setting_type(s);
+    bool many = type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY;
+    int cnt = many ? config_setting_length(s) : 1;
+    for (int i = 0; i < cnt; i++) {
+        const config_setting_t *e = many ? config_setting_get_elem(s, (unsigned)i) : s;
+        tf_wd_exp x = {.reason = -1, .line = line_of(e)};
+        const char *rule = NULL;
+        if (config_setting_type(e) == CONFIG_TYPE_STRING) {
+            rule = config_setting_get_string(e);
+        } else if (config_setting_type(e) == CONFIG_TYPE_GROUP) {
+            static const char *const keys[] = {"rule", "reason", NULL};
+            check_keys(p, e, "an expected withdrawal", keys);
+            rule = get_str(p, e, "rule", true, "an expected withdrawal");
+            const char *r = get_str(p, e, "reason", false, "an expected withdrawal");
+            if (r && (x.reason = parse_reason_name(r)) < 0) {
+                perr(p, config_setting_get_member(e, "reason"),
+                     "unknown withdrawal reason '%s' (replied, opted_out, bounced, superseded, "
+                     "stage, rule, expired)",
+                     r);
+                continue;
+            }
+        } else {
+            perr(p, e,
+                 "an expected withdrawal is a group { rule = \"...\"; reason = \"replied\"; } or "
+                 "a rule id string, not %s",
                  type_word(e));
             continue;
         }
         if (!rule || !(x.rule = find_rule(p, e, rule, 1)) ||
-            !grow((void **)&st->recs, st->nrecs, sizeof x)) {
-            free(x.touch);
+            !grow((void **)&st->wds, st->nwds, sizeof x))
             continue;
-        }
-        st->recs[st->nrecs++] = x;
+        st->wds[st->nwds++] = x;
     }
+}
+
+/*
+ * A list expectation of group g and its "nothing" flag (`expect` and
+ * `expect_none`, `expect_withdrawn` and `expect_no_withdrawal`, `expect_plan`
+ * and `expect_plan_empty`): *check is set when either is given (true), *line
+ * to its line. @returns the list's setting, or NULL when it is not given.
+ */
+static const config_setting_t *parse_exp_pair(pctx *p, const config_setting_t *g, const char *list,
+                                              const char *nothing, bool *check, int *line) {
+    const config_setting_t *ex = config_setting_get_member(g, list);
+    const config_setting_t *none = config_setting_get_member(g, nothing);
+    if (ex && none) perr(p, none, "give `%s` or `%s`, not both", list, nothing);
+    if (none) {
+        if (config_setting_type(none) != CONFIG_TYPE_BOOL || !config_setting_get_bool(none))
+            perr(p, none, "write `%s = true;` (or leave it out)", nothing);
+        else {
+            *check = true;
+            if (line) *line = line_of(none);
+        }
+    }
+    if (ex) {
+        *check = true;
+        if (line) *line = line_of(ex);
+    }
+    return ex;
+}
+
+/* `expect_plan` / `expect_plan_empty` of group g (a step or a case) into *pl. */
+static void parse_plan(pctx *p, const config_setting_t *g, tf_plan_exp *pl) {
+    const config_setting_t *ex =
+        parse_exp_pair(p, g, "expect_plan", "expect_plan_empty", &pl->check, &pl->line);
+    if (ex) parse_recs(p, ex, true, &pl->v, &pl->n);
+}
+
+static void plan_free(tf_plan_exp *pl) {
+    for (size_t i = 0; i < pl->n; i++)
+        free(pl->v[i].touch);
+    free(pl->v);
 }
 
 static int parse_outcome_name(const char *s) {
@@ -667,9 +758,21 @@ static void parse_step(pctx *p, const config_setting_t *s, tf_step *st) {
              type_word(s));
         return;
     }
-    static const char *const keys[] = {
-        "event",          "events",         "advance",    "advance_to", "expect", "expect_none",
-        "expect_blocked", "expect_outcome", "expect_not", "doc",        NULL};
+    static const char *const keys[] = {"event",
+                                       "events",
+                                       "advance",
+                                       "advance_to",
+                                       "expect",
+                                       "expect_none",
+                                       "expect_blocked",
+                                       "expect_outcome",
+                                       "expect_not",
+                                       "expect_withdrawn",
+                                       "expect_no_withdrawal",
+                                       "expect_plan",
+                                       "expect_plan_empty",
+                                       "doc",
+                                       NULL};
     check_keys(p, s, "a step", keys);
     const config_setting_t *ev = config_setting_get_member(s, "event");
     const config_setting_t *evs = config_setting_get_member(s, "events");
@@ -710,23 +813,16 @@ static void parse_step(pctx *p, const config_setting_t *s, tf_step *st) {
             }
         }
     }
-    const config_setting_t *ex = config_setting_get_member(s, "expect");
-    const config_setting_t *none = config_setting_get_member(s, "expect_none");
-    if (ex && none) perr(p, none, "give `expect` or `expect_none`, not both");
-    if (none) {
-        if (config_setting_type(none) != CONFIG_TYPE_BOOL || !config_setting_get_bool(none))
-            perr(p, none, "write `expect_none = true;` (or leave it out)");
-        else
-            st->check_recs = true;
-    }
-    if (ex) {
-        st->check_recs = true;
-        parse_expect(p, st, ex);
-    }
     const config_setting_t *x;
+    if ((x = parse_exp_pair(p, s, "expect", "expect_none", &st->check_recs, NULL)))
+        parse_recs(p, x, false, &st->recs, &st->nrecs);
     if ((x = config_setting_get_member(s, "expect_blocked"))) parse_outs(p, st, x, true);
     if ((x = config_setting_get_member(s, "expect_outcome"))) parse_outs(p, st, x, false);
     if ((x = config_setting_get_member(s, "expect_not"))) parse_nots(p, st, x);
+    if ((x = parse_exp_pair(p, s, "expect_withdrawn", "expect_no_withdrawal", &st->check_wds,
+                            NULL)))
+        parse_wds(p, st, x);
+    parse_plan(p, s, &st->plan);
 }
 
 static void step_free(tf_step *st) {
@@ -735,6 +831,8 @@ static void step_free(tf_step *st) {
     free(st->recs);
     free(st->outs);
     free(st->nots);
+    free(st->wds);
+    plan_free(&st->plan);
     free(st->events);
 }
 
@@ -745,6 +843,7 @@ static void case_free(tf_case *c) {
     for (size_t i = 0; i < c->nsteps; i++)
         step_free(&c->steps[i]);
     free(c->steps);
+    plan_free(&c->plan);
 }
 
 static bool valid_prospect(const char *s) {
@@ -761,8 +860,9 @@ static bool parse_case(pctx *p, const config_setting_t *g, tf_case *c, td_ms fst
     memset(c, 0, sizeof *c);
     p->case_ok = true;
     c->line = line_of(g);
-    static const char *const keys[] = {"name",  "doc",   "start", "prospect",
-                                       "state", "setup", "steps", NULL};
+    static const char *const keys[] = {
+        "name",  "doc",   "start",       "prospect",          "state",
+        "setup", "steps", "expect_plan", "expect_plan_empty", NULL};
     check_keys(p, g, "a case", keys);
     const char *name = get_str(p, g, "name", true, "a case");
     c->name = strdup(name ? name : "?");
@@ -812,13 +912,18 @@ static bool parse_case(pctx *p, const config_setting_t *g, tf_case *c, td_ms fst
         } else {
             for (size_t i = 0; i < n; i++)
                 parse_step(p, config_setting_get_elem(steps, (unsigned)i), &c->steps[c->nsteps++]);
-            bool checks = false;
+            /* the case's own expect_plan: the plan after its last step */
+            parse_plan(p, g, &c->plan);
+            bool checks = c->plan.check;
             for (size_t i = 0; i < n; i++)
-                if (c->steps[i].check_recs || c->steps[i].nouts || c->steps[i].nnots) checks = true;
+                if (c->steps[i].check_recs || c->steps[i].nouts || c->steps[i].nnots ||
+                    c->steps[i].check_wds || c->steps[i].plan.check)
+                    checks = true;
             if (!checks && p->case_ok)
                 perr(p, steps,
                      "case '%s' expects nothing: add `expect`, `expect_none`, "
-                     "`expect_blocked`, `expect_outcome` or `expect_not` to a step",
+                     "`expect_blocked`, `expect_outcome`, `expect_not`, `expect_withdrawn`, "
+                     "`expect_no_withdrawal`, `expect_plan` or `expect_plan_empty` to a step",
                      c->name);
         }
     }

@@ -19,14 +19,34 @@
 
 #include "td_engine.h"
 
-/* An expected recommendation: `rule`, and optionally channel, touch, not_before. */
+/* An expected recommendation: `rule`, and optionally channel, touch,
+ * not_before (and, for a pending one of the plan, expires_at). */
 typedef struct tf_rec_exp {
     const td_rule *rule;
     td_channel channel; /* TD_CH_NONE: any */
     char *touch;        /* NULL: any */
     td_ms not_before;   /* TD_MS_MISSING: any */
+    td_ms expires_at;   /* TD_MS_MISSING: any (only in expect_plan) */
     int line;
 } tf_rec_exp;
+
+/* An expected withdrawal: a pending recommendation of `rule` withdrawn for
+ * `reason`. */
+typedef struct tf_wd_exp {
+    const td_rule *rule;
+    int reason; /* a td_wd_reason; -1: any */
+    int line;
+} tf_wd_exp;
+
+/* An expectation on the prospect's plan (expect_plan, expect_plan_empty):
+ * exactly these pending recommendations, in plan order (soonest not_before
+ * first). */
+typedef struct tf_plan_exp {
+    bool check; /* given */
+    tf_rec_exp *v;
+    size_t n;
+    int line;
+} tf_plan_exp;
 
 /* An expected decision: `rule` had `outcome` (by `by`, until `until` when set). */
 typedef struct tf_out_exp {
@@ -49,6 +69,11 @@ typedef struct tf_step {
     size_t nouts;
     const td_rule **nots; /* expect_not: rules that must not fire */
     size_t nnots;
+    bool check_wds; /* `expect_withdrawn` or `expect_no_withdrawal` given: the
+                     * withdrawals must equal wds */
+    tf_wd_exp *wds;
+    size_t nwds;
+    tf_plan_exp plan; /* the plan after the step */
 } tf_step;
 
 typedef struct tf_case {
@@ -60,6 +85,7 @@ typedef struct tf_case {
     size_t nsetup;
     tf_step *steps;
     size_t nsteps;
+    tf_plan_exp plan; /* the case's `expect_plan`: the plan after the last step */
 } tf_case;
 
 /* A case that has problems: its name and its "path:line: error: ..." lines. */

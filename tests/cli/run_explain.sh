@@ -5,6 +5,8 @@
 #                                    gift with a private description), one
 #                                    undecodable line
 #   tests/cli/explain/state.txt      a flat state (--state)
+#   tests/cli/explain/plan-state.txt a flat state with a plan: a follow-up of
+#                                    the sequence and a gift (--state)
 #   tests/cli/explain/errors.rules   rules that fail at run time (added with a
 #                                    second --rules)
 # with the rules of tests/cli/testrunner/pass/basic.rules.
@@ -12,7 +14,9 @@
 # p-1: e1, e2 email.sent (e2 arms tr.silence, due 11-27 09:00); e3 opened:
 # tr.pivot-whatsapp blocked by guard.consent, tr.pivot-linkedin wins the
 # group over tr.follow-up; e4 consent; e5 opened: tr.pivot-whatsapp fires
-# (cooldown 3d); e6 opened: tr.pivot-whatsapp in cooldown until 11-27 12:00.
+# (cooldown 3d) and supersedes e3's tr.pivot-linkedin; e6 opened:
+# tr.pivot-whatsapp in cooldown until 11-27 12:00, tr.pivot-linkedin fires
+# and supersedes e5's tr.pivot-whatsapp (the plan: e6's tr.pivot-linkedin).
 #
 # Environment: TD_TOUCHD, TD_SOURCE_DIR. Prints "N passed, M failed" last.
 set -uo pipefail
@@ -128,6 +132,53 @@ expect_line at_e1 "^guard +guard\.consent +NO CANDIDATE to judge$"
 run at_e1j --rules $R --events $H --prospect p-1 --at e1 --json
 expect_jq at_e1j '[.rules[] | select(.kind=="guard") | .outcome] | unique' '["no_candidates"]'
 expect_jq at_e1j '.rules[] | select(.rule=="tr.silence") | [.outcome, .until]' '["armed","2026-11-26T09:00:00Z"]'
+
+# ---- the plan: what the trigger withdrew, what is still pending, and why
+# p-1: e3 puts tr.pivot-linkedin in the plan; e5's tr.pivot-whatsapp
+# supersedes it; e6's tr.pivot-linkedin supersedes that one in turn.
+expect_has last "withdrawn by this trigger: 1"
+expect_line last "^withdrawn +tr\.pivot-whatsapp +superseded by tr\.pivot-linkedin: a newer recommendation of its group$"
+expect_line last "^ +id +w-[0-9a-f]{32} withdraws r-[0-9a-f]{32}$"
+expect_has last "plan: 1 pending (plan version 3), soonest not_before first"
+expect_line last "^pending +tr\.pivot-linkedin +linkedin micro_question, not before 2026-11-25T10:00:00Z, expires 2026-12-02T10:00:00Z, group follow-up$"
+expect_line last "^ +from +email\.opened e6 at 2026-11-25T10:00:00Z$"
+expect_line last "^ +why +pending: no trigger since its publication withdrew it \(no reply and no won/lost stage, no opt-out, unsubscribe or hard bounce on linkedin, nothing newer in group follow-up, no rule whose withdraws names it fired\); not expired: it expires at 2026-12-02T10:00:00Z, in 1w$"
+run at_e5j --rules $R --events $H --prospect p-1 --at e5 --json
+expect_jq json_last '[.withdrawals[] | [.kind, .rule, .reason, .trigger.event_id, .generated_at]]' '[["withdrawal","tr.pivot-whatsapp","superseded","e6","2026-11-25T10:00:00Z"]]'
+got="$(jq -r '.withdrawals[0].withdraws' "$tmp/json_last.out")"
+want="$(jq -r '.recommendations[0].id' "$tmp/at_e5j.out")"
+if [[ -n "$want" && "$got" == "$want" ]]; then ok; else ko "json_last: withdraws '$got', expected e5's recommendation '$want'"; fi
+expect_jq json_last '.plan_version' '3'
+expect_jq json_last '[.plan[] | [.rule, .status, .not_before, .expires_at, .trigger.event_id, .group, .audience]]' '[["tr.pivot-linkedin","pending","2026-11-25T10:00:00Z","2026-12-02T10:00:00Z","e6","follow-up","prospect"]]'
+expect_jq json_last '.plan[0].withdrawn_on' '["expired","replied","opted_out","bounced","stage","superseded","rule"]'
+got="$(jq -r '.plan[0].id' "$tmp/json_last.out")"
+want="$(jq -r '.recommendations[0].id' "$tmp/json_last.out")"
+if [[ -n "$want" && "$got" == "$want" ]]; then ok; else ko "json_last: the plan holds '$got', expected the trigger's recommendation '$want'"; fi
+# e3: nothing was pending before, nothing withdrawn
+expect_jq json_e3 '[(.withdrawals | length), [.plan[] | .rule]]' '[0,["tr.pivot-linkedin"]]'
+# e1: nothing pending at all
+run at_e1h --rules $R --events $H --prospect p-1 --at e1
+expect_has at_e1h "plan: nothing pending (the plan topic holds a tombstone)"
+expect_jq at_e1j '[.withdrawals, .plan]' '[[],[]]'
+# a now evaluation past the expiry: still in the plan, said expired; no
+# "withdrawals" (a now evaluation withdraws nothing)
+run now_exp --rules $R --events $H --prospect p-1 --now 2026-12-05T00:00:00Z --json
+expect_jq now_exp '[has("withdrawals"), [.plan[] | [.rule, .status]]]' '[false,[["tr.pivot-linkedin","expired"],["tr.silence","expired"]]]'
+expect_jq now_exp '.plan[1].trigger' '{"type":"timer","rule":"tr.silence","armed_by":"e2","due_at":"2026-11-27T09:00:00Z","occurred_at":"2026-11-27T09:00:00Z"}'
+run now_exph --rules $R --events $H --prospect p-1 --now 2026-12-05T00:00:00Z
+expect_line now_exph "^ +why +EXPIRED at 2026-12-02T10:00:00Z \(2d14h ago\) and still in the plan: no trigger of the prospect since; the next one withdraws it \(expired\)$"
+expect_line now_exph "^ +from +timer tr\.silence \(armed by e2\) at 2026-11-27T09:00:00Z$"
+# a state with a plan, and a hypothetical reply: the sequence's follow-up is
+# withdrawn (replied), the gift stays (a reply does not withdraw gifts)
+PS=tests/cli/explain/plan-state.txt
+run plan_reply --rules $R --state $PS --json --event '{"id":"r1","type":"email.replied","prospect_id":"p-8","occurred_at":"2026-11-24T10:00:00Z"}'
+expect_rc plan_reply 0
+expect_jq plan_reply '[.withdrawals[] | [.withdraws, .reason, .rule]]' '[["r-0000000000000000000000000000f011","replied","tr.follow-up"]]'
+expect_jq plan_reply '[.plan[] | [.rule, .status]]' '[["tr.reply","pending"],["x.gift","pending"]]'
+expect_jq plan_reply '.plan[] | select(.rule=="x.gift") | [.intent, .withdrawn_on]' '["gift",["expired","opted_out","bounced","superseded","rule"]]'
+run plan_replyh --rules $R --state $PS --event '{"id":"r1","type":"email.replied","prospect_id":"p-8","occurred_at":"2026-11-24T10:00:00Z"}'
+expect_line plan_replyh "^withdrawn +tr\.follow-up +replied: a reply \(not out_of_office\) ends the sequence$"
+expect_line plan_replyh "^ +why +pending: no trigger since its publication withdrew it \(no opt-out, unsubscribe or hard bounce on gift, nothing newer in group gift, no rule whose withdraws names it fired\); not expired: it expires at 2026-12-07T09:00:00Z, in 1w5d23h$"
 
 # ---- --now: the due timer fires on the way, then every rule is evaluated
 run now --rules $R --events $H --prospect p-1 --now 2026-11-28T00:00:00Z --json

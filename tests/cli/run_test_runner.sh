@@ -6,6 +6,8 @@
 #   fail/       wrong.test: wrong expectations against pass/basic.rules
 #   malformed/  syntax.test (not libconfig), semantic.test (mistakes on known lines)
 #   extra/      test files with extra rules (inline, from a file, not compiling)
+#   plan/       withdrawals and plan expectations against pass/basic.rules:
+#               pass.test (all pass), fail.test (wrong ones), bad.test (mistakes)
 #
 # Environment: TD_TOUCHD (the touchd binary), TD_SOURCE_DIR (the repo root).
 # Prints "N passed, M failed" last; exits 1 when any check fails.
@@ -148,6 +150,57 @@ if grep -q 'why tr.follow-up: lost in its group to tr.pivot-whatsapp' "$tmp/fail
 "$touchd" test --require-coverage --junit "$tmp/cov.xml" $T/pass >/dev/null 2>&1
 got="$(python3 -c 'import sys,xml.etree.ElementTree as E; r=E.parse(sys.argv[1]).getroot(); print(r.get("tests"), r.get("failures"), [s.get("name") for s in r.findall("testsuite")][-1])' "$tmp/cov.xml" 2>&1)"
 if [[ "$got" == "9 1 coverage" ]]; then ok; else ko "junit with --require-coverage: '$got', expected '9 1 coverage'"; fi
+
+# ---- withdrawals and the plan (plan/, against pass/basic.rules)
+P=$T/plan
+run plan test $T/pass/basic.rules $P/pass.test
+expect_rc plan 0
+expect_summary plan "2 passed, 0 failed" test $T/pass/basic.rules $P/pass.test
+expect_has plan "PASS $P/pass.test:a reply withdraws the scheduled follow-up"
+expect_has plan "PASS $P/pass.test:a newer one of the group supersedes, the plan is in not_before order"
+expect_not plan "not exercised: rule tr.reply"
+run planv test -v -k supersedes $T/pass/basic.rules $P/pass.test
+expect_has planv "step 3 (line 32, email.opened e-3): 1 recommendation, 1 withdrawal"
+expect_has planv "x tr.follow-up                         superseded  (withdraws r-d56913b7f0bffdba79173c2e439c3d14, trigger e-3)"
+expect_has planv "plan after the step: 2 pending"
+expect_has planv "= tr.silence                           email     reengage          2026-11-26T10:00:00Z  expires 2026-12-03T10:00:00Z"
+
+run planfail test $T/pass/basic.rules $P/fail.test
+expect_rc planfail 1
+expect_summary planfail "1 passed, 7 failed" test $T/pass/basic.rules $P/fail.test
+expect_has planfail "PASS $P/fail.test:passes"
+expect_has planfail "FAIL $P/fail.test:wrong-reason"
+expect_has planfail "step 2 ($P/fail.test:17, email.replied e-2): withdrawals differ (- expected, + actual)"
+expect_has planfail "- tr.follow-up                         superseded"
+expect_has planfail "+ tr.follow-up                         replied  (withdraws r-d56913b7f0bffdba79173c2e439c3d14, trigger e-2)"
+expect_has planfail "FAIL $P/fail.test:withdrawal-that-does-not-come"
+expect_has planfail "why tr.follow-up: r-d56913b7f0bffdba79173c2e439c3d14 is still pending after the step (no trigger of the step withdrew it; it expires at 2026-12-01T09:00:00Z)"
+expect_has planfail "FAIL $P/fail.test:unexpected-withdrawal"
+expect_has planfail "step 2 ($P/fail.test:34, email.replied e-2): withdrawals differ"
+expect_has planfail "FAIL $P/fail.test:plan-in-the-wrong-order"
+expect_has planfail "after step 3 ($P/fail.test:43, advance to 2026-11-26T10:00:00Z): plan differs (- expected, + pending; soonest not_before first)"
+expect_has planfail "- tr.silence                           *         *                 *                     expires *"
+expect_has planfail "  tr.pivot-linkedin                    linkedin  micro_question    2026-11-23T10:00:00Z  expires 2026-11-30T10:00:00Z  (r-ed913076326836e60abd99c08e2121e2)"
+expect_has planfail "+ tr.silence                           email     reengage          2026-11-26T09:00:00Z  expires 2026-12-03T09:00:00Z"
+expect_has planfail "FAIL $P/fail.test:plan-not-empty"
+expect_has planfail "- (nothing pending)"
+expect_has planfail "FAIL $P/fail.test:wrong-expiry"
+expect_has planfail "- tr.follow-up                         *         *                 *                     expires 2026-11-30T09:00:00Z"
+expect_has planfail "FAIL $P/fail.test:plan-at-the-end"
+expect_has planfail "at the end of the case ($P/fail.test:64): plan differs"
+expect_has planfail "+ tr.reply                             email     human_reply       2026-11-23T11:00:00Z  expires 2026-11-30T11:00:00Z"
+
+run planbad test $T/pass/basic.rules $P/bad.test
+expect_rc planbad 1
+expect_summary planbad "1 passed, 7 failed" test $T/pass/basic.rules $P/bad.test
+expect_has planbad "$P/bad.test:7: error: unknown withdrawal reason 'answered' (replied, opted_out, bounced, superseded, stage, rule, expired)"
+expect_has planbad "$P/bad.test:12: error: give \`expect_plan\` or \`expect_plan_empty\`, not both"
+expect_has planbad "$P/bad.test:16: error: write \`expect_no_withdrawal = true;\`"
+expect_has planbad "$P/bad.test:20: error: unknown rule 'tr.folow-up' in the ruleset; did you mean 'tr.follow-up'?"
+expect_has planbad "$P/bad.test:24: error: 'guard.consent' is a guard, not a recommending rule"
+expect_has planbad "$P/bad.test:29: error: unknown key 'expires_at' in an expected recommendation"
+expect_has planbad "$P/bad.test:34: error: give \`expect_withdrawn\` or \`expect_no_withdrawal\`, not both"
+expect_has planbad "PASS $P/bad.test:still-runs"
 
 # ---- malformed test files: file:line and what to fix
 run bad test $T/pass/basic.rules $T/malformed/syntax.test $T/malformed/semantic.test

@@ -8,10 +8,16 @@
 #                           --brief events.jsonl
 #                       (one line per recommendation, tab-separated:
 #                        prospect_id rule channel touch not_before trigger_event_id;
-#                        empty = no recommendation)
+#                        one per withdrawal, in the order they happen:
+#                        withdrawn prospect_id rule reason withdrawn_id trigger_event_id;
+#                        empty = no recommendation and no withdrawal)
 #   advance             optional: a duration (e.g. 30d): replay runs with
 #                       --advance DUR, so timers due after the last event fire
 #                       (silence and quiet-partner timer rules)
+#   plans               optional (empty): replay runs with --plans, so
+#                       expected.txt ends with the final plans, one line per
+#                       pending recommendation:
+#                        pending prospect_id rule channel touch not_before expires_at id
 #   expected-exit       optional: expected exit code of replay (default 0;
 #                       3 = some input lines were rejected)
 #   rules/              optional: use these rules INSTEAD of the repo's rules/
@@ -23,8 +29,9 @@
 #                       per-rule table replay prints on stderr; proves a guard
 #                       case is empty because of THAT guard
 #   description         optional: one paragraph, what the case shows
-#   (owner-level lines, prospect_id "owner:...", are compared only in cases
-#    named owners-*; elsewhere they are left out of the comparison)
+#   (owner-level lines, prospect_id "owner:..." (recommendations, withdrawals
+#    and pending lines), are compared only in cases named owners-*; elsewhere
+#    they are left out of the comparison)
 #   expected-check.txt  makes it a diagnostics case instead: expected stderr
 #                       lines of `touchd check rules` (run in the case
 #                       directory; only lines starting with "rules/" are
@@ -89,6 +96,7 @@ for dir in "${cases[@]}"; do
     fi
     adv=()
     [[ -f "$dir/advance" ]] && adv=(--advance "$(tr -d '[:space:]' <"$dir/advance")")
+    [[ -f "$dir/plans" ]] && adv+=(--plans)
     want_rc=0
     [[ -f "$dir/expected-exit" ]] && want_rc="$(tr -d '[:space:]' <"$dir/expected-exit")"
     rc=0
@@ -100,7 +108,7 @@ for dir in "${cases[@]}"; do
     # are compared only in cases about them (name starting with "owners-"):
     # every other case checks the prospects' own recommendations.
     if [[ "$name" != owners-* ]]; then
-      grep -v '^owner:' "$out" >"$out.p" || true
+      grep -v -E $'^((withdrawn|pending)\t)?owner:' "$out" >"$out.p" || true
       mv "$out.p" "$out"
     fi
     if [[ "$rc" != "$want_rc" ]]; then
@@ -110,7 +118,7 @@ for dir in "${cases[@]}"; do
     fi
     if ! diff -u --label "$name/expected.txt" --label "$name/actual" \
         "$dir/expected.txt" "$out"; then
-      echo "FAIL $name: recommendations differ"
+      echo "FAIL $name: recommendations or withdrawals differ"
       ok=0
     fi
     if [[ -f "$dir/expected-blocked.txt" ]]; then

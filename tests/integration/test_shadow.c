@@ -15,9 +15,12 @@
  * per-rule last-fired times, which are wall-clock, only by presence); b's
  * shadow topic holds the shadow ruleset's recommendations (ids from
  * `touchd replay` with the shadow rules, `ruleset` = the shadow hash from
- * `touchd check`); b's report holds the expected per-rule counts; c logs
- * the diagnostics, publishes nothing on its shadow topic, and picks up a
- * good shadow ruleset written later (directory poll).
+ * `touchd check`) and its withdrawals, which withdraw from the live plan
+ * (every `withdraws` is a live recommendation id), each message with its
+ * touchd-kind header; b's report holds the expected per-rule counts of
+ * recommendations and of withdrawals; c logs the diagnostics, publishes
+ * nothing on its shadow topic, and picks up a good shadow ruleset written
+ * later (directory poll).
  *
  * Then `touchd explain -c a.conf --prospect p-1` over the state the daemon
  * wrote: the now evaluation (cooldown end and pending timer from the
@@ -62,7 +65,14 @@ static const char RULES_LIVE[] =
 
 /* Shadow: t.opened needs two opens and goes to LinkedIn (first open:
  * live_only; the next two: differ), a new t.new on the third send
- * (shadow_only); t.sent and t.nudge unchanged (agree). */
+ * (shadow_only) that withdraws the pending t.nudge (a withdrawal the shadow
+ * alone makes); t.sent and t.nudge unchanged (agree).
+ *
+ * Withdrawals, per prospect: live, each of the second and third t.sent and
+ * t.opened supersedes the previous one (4, all superseded); the shadow,
+ * stepping copies of the live state (the live plan), supersedes the same
+ * four (its t.opened fires on the second and third opens: agree) and t.new
+ * withdraws t.nudge (reason rule: shadow_only). */
 static const char RULES_SHADOW[] =
     "rules = (\n"
     "  { id = \"t.sent\"; on = [ \"email.sent\" ];\n"
@@ -75,6 +85,7 @@ static const char RULES_SHADOW[] =
     "    when = \"email.unanswered > 0\";\n"
     "    recommend = { channel = \"email\"; touch = \"reengage\"; }; },\n"
     "  { id = \"t.new\"; on = [ \"email.sent\" ]; when = \"email.sent >= 3\";\n"
+    "    withdraws = [ \"t.nudge\" ];\n"
     "    recommend = { channel = \"call\"; touch = \"call_proposal\"; }; }\n"
     ");\n";
 
@@ -265,7 +276,8 @@ static void check_hash(const char *dir, char *out, size_t cap) {
     free(s);
 }
 
-/* Sorted ids of `touchd replay --rules DIR` over the events sent. */
+/* Sorted ids of the recommendations `touchd replay --rules DIR` prints over
+ * the events sent (its withdrawals left out). */
 static size_t replay_ids(fx *f, const char *dir, char ***out) {
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "%s replay --quiet --rules %s %s", td_test_touchd_path(), dir,
@@ -278,8 +290,12 @@ static size_t replay_ids(fx *f, const char *dir, char ***out) {
     for (char *line = strtok(s, "\n"); line; line = strtok(NULL, "\n")) {
         json_t *j = json_loads(line, 0, NULL);
         assert_non_null(j);
-        v = realloc(v, (n + 1) * sizeof *v);
-        v[n++] = strdup(json_string_value(json_object_get(j, "id")));
+        const char *kind = json_string_value(json_object_get(j, "kind"));
+        assert_non_null(kind);
+        if (strcmp(kind, "recommendation") == 0) {
+            v = realloc(v, (n + 1) * sizeof *v);
+            v[n++] = strdup(json_string_value(json_object_get(j, "id")));
+        }
         json_decref(j);
     }
     free(s);
@@ -291,29 +307,65 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* What a topic held besides the recommendations (shadow topics). */
+typedef struct topic_wds {
+    bool headers;      /* check each message's touchd-kind header against its kind */
+    char **withdraws;  /* the withdrawals' `withdraws`, sorted */
+    size_t n;          /* withdrawals */
+    size_t superseded; /* of which reason superseded */
+    size_t rule;       /* of which reason rule */
+} topic_wds;
+
 /* Reads `want` messages of topic; checks each one's ruleset is `hash`;
- * returns their sorted ids. */
-static size_t topic_ids(fx *f, const char *topic, size_t want, const char *hash, char ***out) {
+ * returns the sorted ids of its recommendations. With wds, withdrawals are
+ * expected too (their count is part of want) and described there; without,
+ * every message must be a recommendation. */
+static size_t topic_ids(fx *f, const char *topic, size_t want, const char *hash, char ***out,
+                        topic_wds *wds) {
     td_test_reader *r = td_test_reader_new(&f->kafka, topic);
     td_test_reader_read(r, want, 30000);
     td_test_reader_drain(r, 500); /* nothing more comes */
-    size_t n;
+    size_t n, nrec = 0;
     const td_test_msg *m = td_test_reader_msgs(r, &n);
     if (n != want) fprintf(stderr, "%s: %zu messages, want %zu\n", topic, n, want);
     assert_int_equal(n, want);
     char **v = calloc(n + 1, sizeof *v);
+    if (wds) wds->withdraws = calloc(n + 1, sizeof *wds->withdraws);
     for (size_t i = 0; i < n; i++) {
         json_t *j = json_loads(m[i].val, 0, NULL);
         assert_non_null(j);
         assert_string_equal(json_string_value(json_object_get(j, "ruleset")), hash);
         assert_string_equal(json_string_value(json_object_get(j, "prospect_id")), m[i].key);
-        v[i] = strdup(json_string_value(json_object_get(j, "id")));
+        const char *kind = json_string_value(json_object_get(j, "kind"));
+        assert_non_null(kind);
+        if (wds && wds->headers) {
+            const char *hk = NULL;
+            for (size_t h = 0; h < m[i].nheaders; h++)
+                if (strcmp(m[i].hname[h], "touchd-kind") == 0) hk = m[i].hval[h];
+            assert_non_null(hk);
+            assert_string_equal(hk, kind);
+        }
+        if (strcmp(kind, "recommendation") == 0) {
+            v[nrec++] = strdup(json_string_value(json_object_get(j, "id")));
+        } else {
+            assert_non_null(wds);
+            assert_string_equal(kind, "withdrawal");
+            const char *reason = json_string_value(json_object_get(j, "reason"));
+            wds->superseded += strcmp(reason, "superseded") == 0;
+            wds->rule += strcmp(reason, "rule") == 0;
+            wds->withdraws[wds->n++] = strdup(json_string_value(json_object_get(j, "withdraws")));
+        }
         json_decref(j);
     }
     td_test_reader_free(r);
-    qsort(v, n, sizeof *v, cmp_str);
+    qsort(v, nrec, sizeof *v, cmp_str);
+    if (wds) qsort(wds->withdraws, wds->n, sizeof *wds->withdraws, cmp_str);
     *out = v;
-    return n;
+    return nrec;
+}
+
+static bool has_id(char **v, size_t n, const char *id) {
+    return bsearch(&id, v, n, sizeof *v, cmp_str) != NULL;
 }
 
 static void ids_free(char **v, size_t n) {
@@ -393,6 +445,20 @@ static void rule_counts(json_t *rep, const char *id, json_int_t c[4]) {
     }
 }
 
+/* The report's withdrawal counts of rule id (zeros when absent). */
+static void rule_wd_counts(json_t *rep, const char *id, json_int_t c[4]) {
+    static const char *names[4] = {"agree", "differ", "live_only", "shadow_only"};
+    memset(c, 0, 4 * sizeof *c);
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(rep, "rules"), i, e) {
+        if (strcmp(json_string_value(json_object_get(e, "rule")), id) != 0) continue;
+        json_t *w = json_object_get(e, "withdrawals");
+        for (int k = 0; k < 4; k++)
+            c[k] = json_integer_value(json_object_get(w, names[k]));
+    }
+}
+
 /* Waits until the report says `compared` steps. */
 static json_t *wait_report(const char *path, json_int_t compared, int timeout_ms) {
     int64_t end = td_test_now_ms() + timeout_ms;
@@ -436,9 +502,9 @@ static void test_shadow_leaves_live_alone(void **state) {
     size_t nwant = replay_ids(f, f->live_dir, &want);
     qsort(want, nwant, sizeof *want, cmp_str);
     assert_int_equal(nwant, LIVE_RECS);
-    size_t na = topic_ids(f, "recs-a", LIVE_RECS, live_hash, &ga);
-    size_t nb = topic_ids(f, "recs-b", LIVE_RECS, live_hash, &gb);
-    size_t nc = topic_ids(f, "recs-c", LIVE_RECS, live_hash, &gc);
+    size_t na = topic_ids(f, "recs-a", LIVE_RECS, live_hash, &ga, NULL);
+    size_t nb = topic_ids(f, "recs-b", LIVE_RECS, live_hash, &gb, NULL);
+    size_t nc = topic_ids(f, "recs-c", LIVE_RECS, live_hash, &gc, NULL);
     assert_same_ids(want, nwant, ga, na);
     assert_same_ids(ga, na, gb, nb);
     assert_same_ids(ga, na, gc, nc);
@@ -447,13 +513,25 @@ static void test_shadow_leaves_live_alone(void **state) {
     assert_same_states(f, "b");
     assert_same_states(f, "c");
 
-    /* b's shadow topic: the shadow ruleset's recommendations, its hash. */
+    /* b's shadow topic: the shadow ruleset's recommendations, its hash,
+     * and its withdrawals of live recommendations (the live plan). */
+    enum { LIVE_WDS = NP * 4, SHADOW_WDS = NP * 5 };
     char **sw, **sg;
     size_t nsw = replay_ids(f, f->runs[1].shadow_dir, &sw);
     qsort(sw, nsw, sizeof *sw, cmp_str);
     assert_int_equal(nsw, SHADOW_RECS);
-    size_t nsg = topic_ids(f, "recs-b.shadow", SHADOW_RECS, shadow_hash, &sg);
+    topic_wds swd = {.headers = true};
+    size_t nsg = topic_ids(f, "recs-b.shadow", SHADOW_RECS + SHADOW_WDS, shadow_hash, &sg, &swd);
     assert_same_ids(sw, nsw, sg, nsg);
+    assert_int_equal(swd.n, SHADOW_WDS);
+    assert_int_equal(swd.superseded, NP * 4);
+    assert_int_equal(swd.rule, NP);
+    for (size_t i = 0; i < swd.n; i++) {
+        if (!has_id(ga, na, swd.withdraws[i]))
+            fprintf(stderr, "shadow withdrawal of %s: not a live recommendation\n",
+                    swd.withdraws[i]);
+        assert_true(has_id(ga, na, swd.withdraws[i]));
+    }
 
     /* c: the broken shadow is reported and not run; nothing on its topic. */
     char **cg;
@@ -461,7 +539,7 @@ static void test_shadow_leaves_live_alone(void **state) {
     assert_true(td_test_count_in_file(f->runs[2].log, "shadow rules rejected, no shadow runs") ==
                 1);
     assert_int_equal(td_test_count_in_file(f->runs[2].log, "msg=\"rules diagnostic\""), 0);
-    assert_int_equal(topic_ids(f, "recs-c.shadow", 0, "", &cg), 0);
+    assert_int_equal(topic_ids(f, "recs-c.shadow", 0, "", &cg, NULL), 0);
     ids_free(cg, 0);
     json_t *rc = read_report(f->runs[2].report);
     assert_string_equal(json_string_value(json_object_get(rc, "status")), "not_running");
@@ -481,6 +559,19 @@ static void test_shadow_leaves_live_alone(void **state) {
     assert_int_equal(rjint(rep, "totals", "differ"), NP * 2);
     assert_int_equal(rjint(rep, "totals", "live_only"), NP);
     assert_int_equal(rjint(rep, "totals", "shadow_only"), NP);
+    assert_int_equal(rjint(rep, "withdrawals", "live"), LIVE_WDS);
+    assert_int_equal(rjint(rep, "withdrawals", "shadow"), SHADOW_WDS);
+    assert_int_equal(rjint(rep, "withdrawals", "agree"), LIVE_WDS);
+    assert_int_equal(rjint(rep, "withdrawals", "differ"), 0);
+    assert_int_equal(rjint(rep, "withdrawals", "live_only"), 0);
+    assert_int_equal(rjint(rep, "withdrawals", "shadow_only"), NP);
+    json_int_t w[4];
+    rule_wd_counts(rep, "t.sent", w);
+    assert_true(w[0] == NP * 2 && w[1] == 0 && w[2] == 0 && w[3] == 0);
+    rule_wd_counts(rep, "t.opened", w);
+    assert_true(w[0] == NP * 2 && w[1] == 0 && w[2] == 0 && w[3] == 0);
+    rule_wd_counts(rep, "t.nudge", w);
+    assert_true(w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == NP);
     json_int_t c[4];
     rule_counts(rep, "t.sent", c);
     assert_true(c[0] == NP * 3 && c[1] == 0 && c[2] == 0 && c[3] == 0);
@@ -507,7 +598,16 @@ static void test_shadow_leaves_live_alone(void **state) {
         assert_int_equal(td_test_touchd_stop(&f->runs[i].touchd, SIGTERM, 20000), 0);
     assert_true(td_test_count_in_file(f->runs[1].log,
                                       "msg=\"shadow rule\" rule=t.opened agree=0 differ=8 "
-                                      "live_only=4 shadow_only=0") == 1);
+                                      "live_only=4 shadow_only=0 wd_agree=8 wd_differ=0 "
+                                      "wd_live_only=0 wd_shadow_only=0") == 1);
+    /* t.nudge agrees on its recommendations, not on its withdrawals: info */
+    assert_true(td_test_count_in_file(f->runs[1].log,
+                                      "msg=\"shadow rule\" rule=t.nudge agree=4 differ=0 "
+                                      "live_only=0 shadow_only=0 wd_agree=0 wd_differ=0 "
+                                      "wd_live_only=0 wd_shadow_only=4") == 1);
+    assert_true(td_test_count_in_file(f->runs[1].log, "live_wds=16 shadow_wds=20 wd_agree=16 "
+                                                      "wd_differ=0 wd_live_only=0 "
+                                                      "wd_shadow_only=4") >= 1);
     assert_int_equal(td_test_count_in_file(f->runs[0].log, "shadow"), 0);
 
     ids_free(want, nwant);
@@ -516,6 +616,7 @@ static void test_shadow_leaves_live_alone(void **state) {
     ids_free(gc, nc);
     ids_free(sw, nsw);
     ids_free(sg, nsg);
+    ids_free(swd.withdraws, swd.n);
 }
 
 static void test_explain_from_redis(void **state) {
