@@ -425,37 +425,11 @@ static void ex_log_timer(void *ud, const td_sim *sim, const td_state *st, const 
 
 /* ---------------------------------------------------------------- the plan */
 
-/* Whether pending e is a touch of the sequence, which a reply or a won/lost
- * stage ends: every prospect touch but gifts (channel gift, intent gift, a
- * gift touch). The engine's own rule (eng_sequence, td_engine.c), which the
- * core does not export: keep the two the same. */
-static bool ex_sequence(const td_pending *e) {
-    static const char *const gifts[] = {"physical_gift", "handwritten_card", "service_gift",
-                                        "charity_donation"};
-    if (e->owner || e->channel == TD_CH_GIFT || strcmp(e->intent, "gift") == 0) return false;
-    for (size_t i = 0; i < sizeof gifts / sizeof gifts[0]; i++)
-        if (strcmp(e->touch, gifts[i]) == 0) return false;
-    return true;
-}
-
 /* The reasons a later trigger would withdraw pending e for, in the order
- * the engine tries them (docs/recommendations.md): owner nudges only
- * expire, are superseded or named by a rule; a prospect's touch is also
- * withdrawn by an opt-out or hard bounce of its channel, and a touch of the
- * sequence by a reply or a won/lost stage. @returns how many (v has 7). */
+ * the engine tries them: the engine's own list (td_plan_withdrawn_on).
+ * @returns how many (v has 7). */
 static size_t ex_withdrawn_on(const td_pending *e, td_wd_reason *v) {
-    size_t n = 0;
-    bool seq = ex_sequence(e);
-    v[n++] = TD_WDR_EXPIRED;
-    if (seq) v[n++] = TD_WDR_REPLIED;
-    if (!e->owner) {
-        v[n++] = TD_WDR_OPTED_OUT;
-        v[n++] = TD_WDR_BOUNCED;
-    }
-    if (seq) v[n++] = TD_WDR_STAGE;
-    v[n++] = TD_WDR_SUPERSEDED;
-    v[n++] = TD_WDR_RULE;
-    return n;
+    return td_plan_withdrawn_on(e, v);
 }
 
 /* Where a pending recommendation came from: its body's trigger. */
@@ -699,9 +673,11 @@ static void ex_print_human(FILE *o, const explain_opts *opt, const explain_input
                 in->target.id);
     for (size_t i = 0; i < tl->n; i++) {
         td_time_format(tl->v[i].due_at, tb2, sizeof tb2);
+        bool plan = strcmp(tl->v[i].rule_id, TD_PLAN_TIMER) == 0;
         fprintf(o, "timer %s (armed by %s) came due at %s before the trigger: %s", tl->v[i].rule_id,
                 tl->v[i].armed_by, tb2,
                 tl->v[i].has_outcome ? td_outcome_name(tl->v[i].outcome)
+                : plan               ? "the plan's own timer (expiries, snoozes)"
                                      : "dropped (rule changed)");
         for (uint32_t k = 0; k < tl->v[i].nwds && k < EX_TIMER_WDS; k++)
             fprintf(o, "%s%s %s", k ? ", " : "; withdrew ", tl->v[i].wds[k].rule,

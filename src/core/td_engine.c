@@ -572,7 +572,7 @@ eng_run(const td_ruleset *rs, td_state *st, const td_trigger *trig, td_ms now, t
         }
         td_state_disarm_timer_key(st, &tk);
         now = ctx.now = eng_clock(st, trig->due_at);
-        if (strcmp(trig->rule, TD_SNOOZE_TIMER) == 0) /* snoozed ones come back */
+        if (strcmp(trig->rule, TD_PLAN_TIMER) == 0) /* expiries, and snoozed ones back */
             return eng_plan(rs, st, trig, now, flags, out, &snap, tz);
         if (!r || r->guard || r->after <= 0) {
             /* the rule was removed or changed since the timer was armed */
@@ -784,7 +784,7 @@ int td_rec_json(const td_rec *r, const td_state *st, const td_ruleset *rs, const
     size_t start = b->len;
     td_buf body = {0};
     td_rec x = *r;
-    if (x.expires_at == 0) x.expires_at = x.not_before + td_rule_expires(rs, x.rule);
+    if (x.expires_at == 0) x.expires_at = td_sat_add(x.not_before, td_rule_expires(rs, x.rule));
     int rc = eng_rec_body(&x, st, rs, trig, st->clock, &body);
     if (rc == TD_OK) rc = eng_body_json(body.p, body.len, generated_at, b);
     td_buf_free(&body);
@@ -837,10 +837,35 @@ static bool eng_is_gift(td_channel ch, const char *touch, const char *intent) {
     return ch == TD_CH_GIFT || (intent && strcmp(intent, "gift") == 0) || eng_gift_touch(touch);
 }
 
+/* An answer to the prospect (intent reply, touch human_reply), and a stop
+ * (intent stop, touch stop_sequence): a reply does not end them. */
+static bool eng_is_answer(const char *touch, const char *intent) {
+    return (intent && strcmp(intent, "reply") == 0) || strcmp(touch, "human_reply") == 0;
+}
+static bool eng_is_stop(const char *touch, const char *intent) {
+    return (intent && strcmp(intent, "stop") == 0) || strcmp(touch, "stop_sequence") == 0;
+}
+
 /* A touch of the sequence: what a reply or a won/lost stage ends (every
- * prospect touch but gifts). */
+ * prospect touch but gifts, answers and stops). */
 static bool eng_sequence(const td_pending *e) {
-    return !e->owner && !eng_is_gift(e->channel, e->touch, e->intent);
+    return !e->owner && !eng_is_gift(e->channel, e->touch, e->intent) &&
+           !eng_is_answer(e->touch, e->intent) && !eng_is_stop(e->touch, e->intent);
+}
+
+size_t td_plan_withdrawn_on(const td_pending *e, td_wd_reason *v) {
+    size_t n = 0;
+    bool seq = eng_sequence(e);
+    v[n++] = TD_WDR_EXPIRED;
+    if (seq) v[n++] = TD_WDR_REPLIED;
+    if (!e->owner) {
+        v[n++] = TD_WDR_OPTED_OUT;
+        v[n++] = TD_WDR_BOUNCED;
+    }
+    if (seq) v[n++] = TD_WDR_STAGE;
+    v[n++] = TD_WDR_SUPERSEDED;
+    v[n++] = TD_WDR_RULE;
+    return n;
 }
 
 /* The gift cadence's count: gift touches recommended in the prospect's
@@ -889,17 +914,19 @@ static int eng_feedback(const td_ruleset *rs, td_state *st, const td_trigger *tr
     return TD_OK;
 }
 
-/* The plan's timer: due when the first snoozed recommendation comes back,
- * armed by the trigger's event (or the timer's own armed_by); none without
- * a snoozed one. */
+/* The plan's timer: due when the first pending recommendation expires or
+ * the first snoozed one comes back, armed by the trigger's event (or the
+ * timer's own armed_by); none with an empty plan. */
 static int eng_snooze_arm(td_state *st, const td_trigger *trig, td_step_out *out) {
     td_ms due = 0;
-    for (uint32_t i = 0; i < st->nplan; i++)
-        if (st->plan[i].snoozed_until && (!due || st->plan[i].snoozed_until < due))
-            due = st->plan[i].snoozed_until;
-    const td_timer *t = td_state_timer(st, TD_SNOOZE_TIMER);
+    for (uint32_t i = 0; i < st->nplan; i++) {
+        const td_pending *e = &st->plan[i];
+        if (e->snoozed_until && (!due || e->snoozed_until < due)) due = e->snoozed_until;
+        if (!due || e->expires_at < due) due = e->expires_at;
+    }
+    const td_timer *t = td_state_timer(st, TD_PLAN_TIMER);
     if (!due) {
-        if (t) td_state_disarm_timer(st, TD_SNOOZE_TIMER);
+        if (t) td_state_disarm_timer(st, TD_PLAN_TIMER);
         return TD_OK;
     }
     if (t && t->due_at == due) return TD_OK;
@@ -907,8 +934,8 @@ static int eng_snooze_arm(td_state *st, const td_trigger *trig, td_step_out *out
     if (!by) by = "";
     if (out->narms < TD_STEP_RECS_MAX)
         out->arms[out->narms++] =
-            (td_arm){.rule = NULL, .rule_id = TD_SNOOZE_TIMER, .armed_by = by, .due_at = due};
-    return td_state_arm_timer(st, TD_SNOOZE_TIMER, due, by);
+            (td_arm){.rule = NULL, .rule_id = TD_PLAN_TIMER, .armed_by = by, .due_at = due};
+    return td_state_arm_timer(st, TD_PLAN_TIMER, due, by);
 }
 
 static bool eng_is_reply(const td_event *ev) {
@@ -1034,10 +1061,9 @@ static int eng_wd_body(const td_wd *w, const td_pending *e, const td_state *st,
 
 /* Appends withdrawal of plan entry i for `reason` (by: the causing
  * recommendation, or NULL) to out, with its body. */
-static int eng_withdraw(const td_ruleset *rs, const td_state *st, const td_trigger *trig, td_ms now,
-                        td_step_out *out, uint32_t i, td_wd_reason reason, const td_rec *by,
-                        uint32_t *offs) {
-    const td_pending *e = &st->plan[i];
+static int eng_withdraw_entry(const td_ruleset *rs, const td_state *st, const td_trigger *trig,
+                              td_ms now, td_step_out *out, const td_pending *e, td_wd_reason reason,
+                              const td_rec *by, uint32_t *offs) {
     td_wd *w = &out->wds[out->nwds];
     eng_rec_id(out->trigger_id, e->id, w->id);
     w->id[0] = 'w';
@@ -1050,6 +1076,12 @@ static int eng_withdraw(const td_ruleset *rs, const td_state *st, const td_trigg
     w->body_len = (uint32_t)(out->text.len - offs[out->nwds]);
     out->nwds++;
     return TD_OK;
+}
+
+static int eng_withdraw(const td_ruleset *rs, const td_state *st, const td_trigger *trig, td_ms now,
+                        td_step_out *out, uint32_t i, td_wd_reason reason, const td_rec *by,
+                        uint32_t *offs) {
+    return eng_withdraw_entry(rs, st, trig, now, out, &st->plan[i], reason, by, offs);
 }
 
 /*
@@ -1069,9 +1101,10 @@ static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
     uint32_t roff[TD_STEP_RECS_MAX], woff[TD_PLAN_MAX];
     for (uint32_t i = 0; i < out->nrecs; i++) {
         td_rec *r = &out->recs[i];
-        r->expires_at = r->not_before + td_rule_expires(rs, r->rule);
-        r->late = trig->wall > 0 && (trig->wall > r->not_before + td_rule_late_after(rs, r->rule) ||
-                                     trig->wall >= r->expires_at);
+        r->expires_at = td_sat_add(r->not_before, td_rule_expires(rs, r->rule));
+        r->late = trig->wall > 0 &&
+                  (trig->wall > td_sat_add(r->not_before, td_rule_late_after(rs, r->rule)) ||
+                   trig->wall >= r->expires_at);
         r->dropped = r->late && (flags & TD_STEP_LATE_DROP);
         if (r->late) out->nlate++;
         roff[i] = (uint32_t)out->text.len;
@@ -1101,8 +1134,10 @@ static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
                                                                         : TD_WDR_OPTED_OUT;
         else if (ended && eng_sequence(e))
             reason = TD_WDR_STAGE;
+        bool stop = eng_is_stop(e->touch, e->intent);
         for (uint32_t k = 0; reason < 0 && k < out->nrecs; k++)
-            if (eng_pending_same_group(e, out->recs[k].rule)) {
+            if (eng_pending_same_group(e, out->recs[k].rule) &&
+                (!stop || eng_is_stop(out->recs[k].touch, out->recs[k].rule->intent))) {
                 reason = TD_WDR_SUPERSEDED;
                 by = &out->recs[k];
             }
@@ -1144,7 +1179,13 @@ static int eng_plan(const td_ruleset *rs, td_state *st, const td_trigger *trig, 
         td_pending ev_out;
         ev_out.json = NULL;
         if (td_state_plan_add(st, &e, &ev_out) != TD_OK) return TD_ERR;
-        free(ev_out.json); /* a plan of TD_PLAN_MAX loses its first to expire: rare */
+        if (ev_out.json) { /* a full plan lost the one that expires first: withdrawn */
+            int rc = out->nwds < TD_PLAN_MAX ? eng_withdraw_entry(rs, st, trig, now, out, &ev_out,
+                                                                  TD_WDR_SUPERSEDED, r, woff)
+                                             : TD_OK;
+            free(ev_out.json);
+            if (rc != TD_OK) return TD_ERR;
+        }
         changed = true;
     }
     /* every published one may get feedback (late and marked ones too) */

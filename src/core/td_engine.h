@@ -137,15 +137,17 @@ typedef struct td_wd {
 
 /* A timer to arm (or re-arm) in durable storage; also recorded in the state. */
 typedef struct td_arm {
-    const td_rule *rule;  /* NULL for the plan's own timer (TD_SNOOZE_TIMER) */
-    const char *rule_id;  /* rule->id, or TD_SNOOZE_TIMER */
+    const td_rule *rule;  /* NULL for the plan's own timer (TD_PLAN_TIMER) */
+    const char *rule_id;  /* rule->id, or TD_PLAN_TIMER */
     const char *armed_by; /* the event id it is armed with (valid as the trigger) */
     td_ms due_at;
 } td_arm;
 
-/* The timer id the engine arms for a prospect's snoozed recommendations: due
- * when the first of them comes back. Not a rule: no rule id starts with '~'. */
-#define TD_SNOOZE_TIMER "~snooze"
+/* The timer id the engine arms for a prospect's plan: due when the first
+ * pending recommendation expires or a snoozed one comes back, so the plan
+ * topic follows without waiting for the prospect's next event. Not a rule:
+ * no rule id starts with '~'. */
+#define TD_PLAN_TIMER "~plan"
 
 #define TD_STEP_RECS_MAX 32
 #define TD_STEP_DECISIONS_MAX 256
@@ -269,5 +271,14 @@ int td_body_json(const char *body, size_t len, td_ms generated_at, td_buf *b);
  * @returns TD_OK or TD_ERR (out of memory).
  */
 int td_plan_json(const td_state *st, const td_ruleset *rs, td_buf *b);
+
+/* What may withdraw pending e (the engine's own tests, for explain): the
+ * reasons in the order the engine tries them. Every entry expires and may
+ * be named by a rule's withdraws; a prospect's touch is withdrawn by an
+ * opt-out or hard bounce of its channel; a touch of the sequence (not a
+ * gift, not an answer to a reply, not a stop) by a reply or a won/lost
+ * stage; anything by a newer recommendation of its group, but a stop only
+ * by a newer stop. @returns how many (v has room for 7). */
+size_t td_plan_withdrawn_on(const td_pending *e, td_wd_reason *v);
 
 #endif

@@ -794,6 +794,7 @@ TD_FW_INLINE void sf_fw_state(const td_state *st, td_fw *w, bool kvmode) {
  * td_kvs_add for a td_kvs), formatted in a heap buffer (a plan is rare and
  * its entries are large). */
 static void sf_plan(const td_state *st, td_kv_fn fn, void *ud) {
+    td_time_memo tm = TD_TIME_MEMO_INIT;
     /* the older dedup segments: "dedup.<seq>" = "<newest> fp,fp,..." */
     for (uint32_t s = 0; s < st->ndold; s++) {
         const td_dedup_seg *g = &st->dold[s];
@@ -801,7 +802,7 @@ static void sf_plan(const td_state *st, td_kv_fn fn, void *ud) {
         memcpy(k, "dedup.", 6);
         size_t kl = 6 + td_w_u64(k + 6, g->seq);
         k[kl] = '\0';
-        size_t vl = sf_w_at(v, g->newest);
+        size_t vl = sf_w_time(v, g->newest, &tm);
         v[vl++] = ' ';
         for (uint32_t i = 0; i < g->n; i++) {
             sf_w_hex16(v + vl, g->fp[i]);
@@ -842,12 +843,12 @@ static void sf_plan(const td_state *st, td_kv_fn fn, void *ud) {
         size_t kl = 8 + idl;
         p[kl] = '\0';
         char *v = p + kl + 1, *o = v;
-        o += sf_w_at(o, e->not_before);
+        o += sf_w_time(o, e->not_before, &tm);
         *o++ = ' ';
-        o += sf_w_at(o, e->expires_at);
+        o += sf_w_time(o, e->expires_at, &tm);
         *o++ = ' ';
         if (e->snoozed_until)
-            o += sf_w_at(o, e->snoozed_until);
+            o += sf_w_time(o, e->snoozed_until, &tm);
         else
             *o++ = '-';
         *o++ = ' ';

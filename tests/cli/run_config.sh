@@ -40,7 +40,7 @@ engine = { batch_max_events = 100;
   pipeline = 3; };'
 expect pipeline-string "engine.pipeline: expected true or false" \
 'engine = { pipeline = "yes"; };'
-expect engine-unknown "engine.pipelin: unknown key (allowed here: batch_max_events, batch_max_ms, state_cache, pipeline, store_connections)" \
+expect engine-unknown "engine.pipelin: unknown key (allowed here: batch_max_events, batch_max_ms, state_cache, pipeline, store_connections, dedup_window)" \
 'engine = { pipelin = true; };'
 expect store-connections-range "engine.store_connections: expected an integer from 1 to 2, got 3" \
 'engine = { store_connections = 3; };'

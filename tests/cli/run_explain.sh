@@ -163,11 +163,13 @@ expect_jq at_e1j '[.withdrawals, .plan]' '[[],[]]'
 # a now evaluation past the expiry: still in the plan, said expired; no
 # "withdrawals" (a now evaluation withdraws nothing)
 run now_exp --rules $R --events $H --prospect p-1 --now 2026-12-05T00:00:00Z --json
-expect_jq now_exp '[has("withdrawals"), [.plan[] | [.rule, .status]]]' '[false,[["tr.pivot-linkedin","expired"],["tr.silence","expired"]]]'
-expect_jq now_exp '.plan[1].trigger' '{"type":"timer","rule":"tr.silence","armed_by":"e2","due_at":"2026-11-27T09:00:00Z","occurred_at":"2026-11-27T09:00:00Z"}'
+# the plan's own timer withdrew both at their expiry, with no other trigger
+expect_jq now_exp '[has("withdrawals"), [.plan[] | [.rule, .status]]]' '[false,[]]'
 run now_exph --rules $R --events $H --prospect p-1 --now 2026-12-05T00:00:00Z
-expect_line now_exph "^ +why +EXPIRED at 2026-12-02T10:00:00Z \(2d14h ago\) and still in the plan: no trigger of the prospect since; the next one withdraws it \(expired\)$"
-expect_line now_exph "^ +from +timer tr\.silence \(armed by e2\) at 2026-11-27T09:00:00Z$"
+expect_line now_exph "^timer ~plan \(armed by e6\) came due at 2026-12-02T10:00:00Z before the trigger: the plan's own timer \(expiries, snoozes\); withdrew tr\.pivot-linkedin expired$"
+expect_line now_exph "^timer ~plan \(armed by e6\) came due at 2026-12-04T09:00:00Z before the trigger: the plan's own timer \(expiries, snoozes\); withdrew tr\.silence expired$"
+run now_pend --rules $R --events $H --prospect p-1 --now 2026-12-01T00:00:00Z --json
+expect_jq now_pend '.plan[1].trigger' '{"type":"timer","rule":"tr.silence","armed_by":"e2","due_at":"2026-11-27T09:00:00Z","occurred_at":"2026-11-27T09:00:00Z"}'
 # a state with a plan, and a hypothetical reply: the sequence's follow-up is
 # withdrawn (replied), the gift stays (a reply does not withdraw gifts)
 PS=tests/cli/explain/plan-state.txt

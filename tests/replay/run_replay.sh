@@ -24,10 +24,13 @@ check "timers: exit 0" test "$rc" -eq 0
 check "timers: p-1 fires at due time" grep -qxP 'p-1\tsilence.nudge\tlinkedin\tfollow_up\t2026-11-05T09:00:00Z\ttimer' "$tmp/out"
 check "timers: p-2 replied, no fire" bash -c "! grep -q '^p-2' '$tmp/out'"
 check "timers: p-3 re-armed, pending at the end" bash -c "! grep -q '^p-3' '$tmp/out'"
-check "timers: summary counts" grep -q 'timers: 2 run, 1 stale, 1 pending' "$tmp/err"
+# pending: p-3's rule timer and the plan timer of p-1's recommendation (it
+# expires 7 days after its not_before: the plan's own timer, docs/state.md)
+check "timers: summary counts" grep -q 'timers: 2 run, 1 stale, 2 pending' "$tmp/err"
 "$touchd" replay --brief --advance 3d --rules "$data/timer-rules" "$data/timers.jsonl" >"$tmp/out" 2>"$tmp/err"
 check "advance: p-3 fires 72h after its last send (Saturday), not_before moved to Monday 09:00" grep -qxP 'p-3\tsilence.nudge\tlinkedin\tfollow_up\t2026-11-09T09:00:00Z\ttimer' "$tmp/out"
-check "advance: nothing pending" grep -q '0 pending' "$tmp/err"
+# no rule timer left: only the plan timers of the two pending recommendations
+check "advance: only plan timers pending" grep -q 'timers: 3 run, 1 stale, 2 pending' "$tmp/err"
 
 # JSON output is the recommendation contract, one object per line
 "$touchd" replay --advance 3d --rules "$data/timer-rules" "$data/timers.jsonl" >"$tmp/json" 2>/dev/null
@@ -51,27 +54,27 @@ withdrawn	q-1	p.follow	superseded	r-814ceaa70d4fcfa88741931506f35153	q1-o2
 q-1	p.follow	email	follow_up	2026-11-03T11:00:00Z	q1-o2
 withdrawn	q-1	p.follow	replied	r-af4dc4f95ebc0460150631c51842a415	q1-r1
 q-1	p.answer	email	human_reply	2026-11-02T12:00:00Z	q1-r1
-withdrawn	q-2	p.follow	expired	r-c9700f09c4d14632166bfc4c4c9f475e	q2-o2
+withdrawn	q-2	p.follow	expired	r-c9700f09c4d14632166bfc4c4c9f475e	timer
+withdrawn	q-3	p.follow	expired	r-ebc68484860eeadfe9f4b13ec2ae3fb9	timer
 q-2	p.follow	email	follow_up	2026-11-07T10:00:00Z	q2-o2
 pending	q-1	p.answer	email	human_reply	2026-11-02T12:00:00Z	2026-11-09T12:00:00Z	r-87c4cfe910bcda0608cb23175710f602
 pending	q-2	p.follow	email	follow_up	2026-11-07T10:00:00Z	2026-11-09T10:00:00Z	r-ed15b209315f4dd96f4e033dfef60a2f
-pending	q-3	p.follow	email	follow_up	2026-11-03T10:00:00Z	2026-11-05T10:00:00Z	r-ebc68484860eeadfe9f4b13ec2ae3fb9
 EOF
 check "plan brief: withdrawals in order, then the plans sorted by prospect" diff "$tmp/want" "$tmp/out"
-check "plan brief: summary counts withdrawals" grep -q '6 recommendations, 3 withdrawals,' "$tmp/err"
-check "plan brief: summary per reason" grep -q '^withdrawals: replied 1, opted_out 0, bounced 0, superseded 1, stage 0, rule 0, expired 1; plans: 3 recommendations pending for 3 prospects$' "$tmp/err"
-check "plan brief: withdrawn column per rule" grep -qE '^p\.follow +5 +0 +0 +0 +0 +0 +3$' "$tmp/err"
+check "plan brief: summary counts withdrawals" grep -q '6 recommendations, 4 withdrawals,' "$tmp/err"
+check "plan brief: summary per reason" grep -q '^withdrawals: replied 1, opted_out 0, bounced 0, superseded 1, stage 0, rule 0, expired 2; plans: 2 recommendations pending for 2 prospects$' "$tmp/err"
+check "plan brief: withdrawn column per rule" grep -qE '^p\.follow +5 +0 +0 +0 +0 +0 +4$' "$tmp/err"
 "$touchd" replay --brief --rules "$data/plan-rules" "$data/plan.jsonl" >"$tmp/out2" 2>/dev/null
-check "plan brief: no pending lines without --plans" bash -c "! grep -q '^pending' '$tmp/out2' && test \$(wc -l <'$tmp/out2') -eq 9"
+check "plan brief: no pending lines without --plans" bash -c "! grep -q '^pending' '$tmp/out2' && test \$(wc -l <'$tmp/out2') -eq 10"
 
 "$touchd" replay --plans --rules "$data/plan-rules" "$data/plan.jsonl" >"$tmp/pj" 2>/dev/null
-check "plan json: every line has a kind, in stream order" bash -c "test \"\$(jq -r .kind '$tmp/pj' | tr '\n' ' ')\" = 'recommendation recommendation recommendation withdrawal recommendation withdrawal recommendation withdrawal recommendation plan plan plan '"
-check "plan json: a withdrawal is its body with generated_at" bash -c "jq -e -s '[.[] | select(.kind==\"withdrawal\")] | length == 3 and all(.id | test(\"^w-[0-9a-f]{32}$\")) and all(.generated_at == .trigger.occurred_at) and (map(.reason) == [\"superseded\", \"replied\", \"expired\"]) and all(.ruleset | test(\"^sha256:\"))' '$tmp/pj' >/dev/null"
-check "plan json: each withdrawal names an earlier recommendation" bash -c "jq -e -s '. as \$all | [range(length) as \$i | \$all[\$i] | select(.kind==\"withdrawal\") | .withdraws as \$w | [\$all[0:\$i][] | select(.kind==\"recommendation\" and .id==\$w)] | length == 1] | length == 3 and all' '$tmp/pj' >/dev/null"
+check "plan json: every line has a kind, in stream order" bash -c "test \"\$(jq -r .kind '$tmp/pj' | tr '\n' ' ')\" = 'recommendation recommendation recommendation withdrawal recommendation withdrawal recommendation withdrawal withdrawal recommendation plan plan '"
+check "plan json: a withdrawal is its body with generated_at" bash -c "jq -e -s '[.[] | select(.kind==\"withdrawal\")] | length == 4 and all(.id | test(\"^w-[0-9a-f]{32}$\")) and all(.generated_at == .trigger.occurred_at) and (map(.reason) == [\"superseded\", \"replied\", \"expired\", \"expired\"]) and all(.ruleset | test(\"^sha256:\"))' '$tmp/pj' >/dev/null"
+check "plan json: each withdrawal names an earlier recommendation" bash -c "jq -e -s '. as \$all | [range(length) as \$i | \$all[\$i] | select(.kind==\"withdrawal\") | .withdraws as \$w | [\$all[0:\$i][] | select(.kind==\"recommendation\" and .id==\$w)] | length == 1] | length == 4 and all' '$tmp/pj' >/dev/null"
 check "plan json: reply withdrawal's because" bash -c "jq -e -s '[.[] | select(.reason==\"replied\")][0].because[0].facts == {\"event.type\":\"email.replied\",\"event.sentiment\":\"positive\"}' '$tmp/pj' >/dev/null"
-check "plan json: plans are the plan topic's objects, sorted" bash -c "jq -e -s '[.[] | select(.kind==\"plan\")] | map(.prospect_id) == [\"q-1\",\"q-2\",\"q-3\"] and (map(.version) == [3, 2, 1]) and (.[0].pending | map(.rule)) == [\"p.answer\"] and (.[0].updated_at == \"2026-11-02T12:00:00Z\") and all(.[].pending[]; has(\"generated_at\") | not)' '$tmp/pj' >/dev/null"
+check "plan json: plans are the plan topic's objects, sorted" bash -c "jq -e -s '[.[] | select(.kind==\"plan\")] | map(.prospect_id) == [\"q-1\",\"q-2\"] and (map(.version) == [3, 3]) and (.[0].pending | map(.rule)) == [\"p.answer\"] and (.[0].updated_at == \"2026-11-02T12:00:00Z\") and all(.[].pending[]; has(\"generated_at\") | not)' '$tmp/pj' >/dev/null"
 "$touchd" replay --plans --rules "$data/plan-rules" "$data/plan.jsonl" >"$tmp/pj2" 2>/dev/null
-check "plan json: withdrawal ids are deterministic" bash -c "test \$(grep -c '\"kind\":\"withdrawal\"' '$tmp/pj') -eq 3 && diff '$tmp/pj' '$tmp/pj2'"
+check "plan json: withdrawal ids are deterministic" bash -c "test \$(grep -c '\"kind\":\"withdrawal\"' '$tmp/pj') -eq 4 && diff '$tmp/pj' '$tmp/pj2'"
 
 # --wall: lateness judged at that wall clock, with the late policy (default mark)
 "$touchd" replay --brief --plans --wall 2026-11-06T00:00:00Z --rules "$data/plan-rules" "$data/plan.jsonl" >"$tmp/out" 2>"$tmp/err"
@@ -85,7 +88,7 @@ check "wall drop: only the one not late is printed" test "$(grep -vc '^pending' 
 check "wall drop: summary counts the dropped" grep -q '(policy drop: 5 dropped)' "$tmp/err"
 check "wall drop: 1 recommendation" grep -q ', 1 recommendations, 0 withdrawals,' "$tmp/err"
 "$touchd" replay --brief --plans --wall 2026-11-06T00:00:00Z --late-policy publish --rules "$data/plan-rules" "$data/plan.jsonl" >"$tmp/out" 2>"$tmp/err"
-check "wall publish: late ones join the plan (the same withdrawals as without --wall)" test "$(grep -c '^withdrawn' "$tmp/out")" -eq 3
+check "wall publish: late ones join the plan (the same withdrawals as without --wall)" test "$(grep -c '^withdrawn' "$tmp/out")" -eq 4
 "$touchd" replay --brief --wall now --rules "$data/plan-rules" "$data/plan.jsonl" >"$tmp/out" 2>/dev/null
 check "wall now: everything of 2026-11 is late" test "$(grep -c $'\tlate$' "$tmp/out")" -eq 6
 "$touchd" replay --rules "$data/plan-rules" --late-policy drop "$data/plan.jsonl" >/dev/null 2>"$tmp/err"

@@ -38,6 +38,12 @@ static const char *RULES =
     "    intent = \"gift\";\n"
     "    recommend = { channel = \"gift\"; touch = \"handwritten_card\"; at = \"now + 3d\"; }; "
     "},\n"
+    "  { id = \"reply.answer\"; on = [ \"email.replied\" ]; group = \"follow-up\";\n"
+    "    when = \"event.sentiment == 'positive'\"; intent = \"reply\";\n"
+    "    recommend = { channel = \"email\"; touch = \"human_reply\"; }; },\n"
+    "  { id = \"reply.stop\"; on = [ \"email.replied\" ]; group = \"follow-up\";\n"
+    "    when = \"event.sentiment == 'negative'\"; intent = \"stop\"; priority = 70;\n"
+    "    recommend = { channel = \"email\"; touch = \"stop_sequence\"; }; },\n"
     "  { id = \"meeting.held\"; on = [ \"meeting.held\" ]; intent = \"give\";\n"
     "    withdraws = [ \"intent:ask_meeting\", \"follow-up\" ];\n"
     "    recommend = { channel = \"email\"; touch = \"value_insight\"; at = \"now + 1h\"; }; }\n"
@@ -233,7 +239,7 @@ static void test_reply_withdraws_sequence(void **state) {
     assert_int_equal(o->nwds, 0);
     assert_false(o->plan_changed);
     assert_int_equal(f->st.nplan, 2);
-    o = step(f, "r1", "email.replied", T0 + 3000, "{\"sentiment\":\"negative\"}", 0, 0);
+    o = step(f, "r1", "email.replied", T0 + 3000, "{\"sentiment\":\"neutral\"}", 0, 0);
     assert_int_equal(o->nwds, 1);
     assert_true(o->plan_changed);
     assert_int_equal(o->wds[0].reason, TD_WDR_REPLIED);
@@ -264,7 +270,7 @@ static void test_reply_withdraws_sequence(void **state) {
     json_t *bc = json_array_get(json_object_get(j, "because"), 0);
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(bc, "facts"), "event.sentiment")),
-        "negative");
+        "neutral");
     assert_non_null(json_object_get(j, "ruleset"));
     json_decref(j);
 }
@@ -557,11 +563,11 @@ static void test_feedback_snoozed(void **state) {
     assert_int_equal(f->st.nplan, 1);
     assert_int_equal(td_state_plan_visible(&f->st), 0);
     assert_int_equal(f->st.plan[0].snoozed_until, until);
-    const td_timer *t = td_state_timer(&f->st, TD_SNOOZE_TIMER);
+    const td_timer *t = td_state_timer(&f->st, TD_PLAN_TIMER);
     assert_non_null(t);
     assert_int_equal(t->due_at, until);
     assert_int_equal(o->narms, 1);
-    assert_string_equal(o->arms[0].rule_id, TD_SNOOZE_TIMER);
+    assert_string_equal(o->arms[0].rule_id, TD_PLAN_TIMER);
     td_buf b = {0};
     assert_int_equal(td_plan_json(&f->st, f->rs, &b), TD_OK);
     assert_non_null(strstr(b.p, "\"pending\":[]"));
@@ -582,17 +588,102 @@ static void test_feedback_snoozed(void **state) {
     char armed[TD_ID_MAX + 1];
     td_strlcpy(armed, t->armed_by, sizeof armed);
     td_trigger due = {
-        .kind = TD_TRIG_TIMER, .rule = TD_SNOOZE_TIMER, .due_at = until, .armed_by = armed};
+        .kind = TD_TRIG_TIMER, .rule = TD_PLAN_TIMER, .due_at = until, .armed_by = armed};
     assert_int_equal(td_engine_step(f->rs, &f->st, &due, 0, f->tz, 0, f->out), TD_OK);
     assert_false(f->out->stale);
     assert_true(f->out->plan_changed);
     assert_int_equal(f->st.plan[0].snoozed_until, 0);
     assert_int_equal(td_state_plan_visible(&f->st), 1);
-    assert_null(td_state_timer(&f->st, TD_SNOOZE_TIMER));
+    /* the plan's timer now waits for the expiry */
+    t = td_state_timer(&f->st, TD_PLAN_TIMER);
+    assert_non_null(t);
+    assert_int_equal(t->due_at, f->st.plan[0].expires_at);
     b.len = 0;
     assert_int_equal(td_plan_json(&f->st, f->rs, &b), TD_OK);
     assert_non_null(strstr(b.p, fu));
     td_buf_free(&b);
+}
+
+/* The plan's own timer: a pending recommendation expires on time, with
+ * no other trigger, and the plan follows. */
+static void test_plan_timer_expires(void **state) {
+    fx *f = *state;
+    step(f, "s1", "email.sent", T0, NULL, 0, 0);
+    const td_timer *t = td_state_timer(&f->st, TD_PLAN_TIMER);
+    assert_non_null(t);
+    assert_int_equal(t->due_at, f->st.plan[0].expires_at);
+    char armed[TD_ID_MAX + 1], rid[40];
+    td_strlcpy(armed, t->armed_by, sizeof armed);
+    td_strlcpy(rid, f->st.plan[0].id, sizeof rid);
+    td_trigger due = {
+        .kind = TD_TRIG_TIMER, .rule = TD_PLAN_TIMER, .due_at = t->due_at, .armed_by = armed};
+    assert_int_equal(td_engine_step(f->rs, &f->st, &due, 0, f->tz, 0, f->out), TD_OK);
+    assert_false(f->out->stale);
+    assert_int_equal(f->out->nwds, 1);
+    assert_int_equal(f->out->wds[0].reason, TD_WDR_EXPIRED);
+    assert_string_equal(f->out->wds[0].withdraws, rid);
+    assert_true(f->out->plan_changed);
+    assert_int_equal(f->st.nplan, 0);
+    assert_null(td_state_timer(&f->st, TD_PLAN_TIMER));
+}
+
+/* Answers and stops are not the sequence: a later reply does not withdraw
+ * them, and a stop is only superseded by a newer stop. */
+static void test_answers_and_stops_stay(void **state) {
+    fx *f = *state;
+    step(f, "r1", "email.replied", T0, "{\"sentiment\":\"positive\"}", 0, 0);
+    assert_int_equal(pending(f, "reply.answer"), 0);
+    td_step_out *o = step(f, "r2", "email.replied", T0 + 1000, "{\"sentiment\":\"neutral\"}", 0, 0);
+    assert_int_equal(o->nwds, 0);
+    assert_int_equal(pending(f, "reply.answer"), 0);
+    /* a "no": the stop supersedes the answer (same group) */
+    o = step(f, "r3", "email.replied", T0 + 2000, "{\"sentiment\":\"negative\"}", 0, 0);
+    assert_int_equal(o->nwds, 1);
+    assert_int_equal(o->wds[0].reason, TD_WDR_SUPERSEDED);
+    assert_int_equal(pending(f, "reply.stop"), 0);
+    /* a follow-up of the same group does not supersede the stop */
+    o = step(f, "s1", "email.sent", T0 + 3000, NULL, 0, 0);
+    assert_int_equal(o->nwds, 0);
+    assert_true(pending(f, "reply.stop") >= 0);
+    assert_true(pending(f, "seq.follow-up") >= 0);
+    /* the engine's list for explain agrees */
+    td_wd_reason v[7];
+    size_t n = td_plan_withdrawn_on(&f->st.plan[pending(f, "reply.stop")], v);
+    for (size_t i = 0; i < n; i++)
+        assert_true(v[i] != TD_WDR_REPLIED && v[i] != TD_WDR_STAGE);
+    n = td_plan_withdrawn_on(&f->st.plan[pending(f, "seq.follow-up")], v);
+    assert_int_equal(n, 7);
+}
+
+/* A full plan loses the one that expires first, with a withdrawal. */
+static void test_full_plan_evicts(void **state) {
+    fx *f = *state;
+    char id[16];
+    /* distinct rules are needed for distinct entries: the same rule
+     * supersedes itself, so fill the plan directly */
+    for (int i = 0; i < TD_PLAN_MAX; i++) {
+        td_pending e;
+        memset(&e, 0, sizeof e);
+        snprintf(e.id, sizeof e.id, "r-fill-%02d", i);
+        e.not_before = T0 + i;
+        e.expires_at = T0 + 10 * TD_DAY + i;
+        e.channel = TD_CH_CALL;
+        snprintf(e.rule, sizeof e.rule, "x.fill-%02d", i);
+        td_strlcpy(e.touch, "owner_nudge", sizeof e.touch);
+        e.owner = true;
+        e.json = strdup("{\"kind\":\"recommendation\"}");
+        e.len = (uint32_t)strlen(e.json);
+        assert_int_equal(td_state_plan_add(&f->st, &e, NULL), TD_OK);
+    }
+    assert_int_equal(f->st.nplan, TD_PLAN_MAX);
+    snprintf(id, sizeof id, "s1");
+    td_step_out *o = step(f, id, "email.sent", T0 + 100, NULL, 0, 0);
+    assert_int_equal(o->nrecs, 1);
+    assert_int_equal(f->st.nplan, TD_PLAN_MAX);
+    assert_int_equal(o->nwds, 1);
+    assert_string_equal(o->wds[0].withdraws, "r-fill-00");
+    assert_int_equal(o->wds[0].reason, TD_WDR_SUPERSEDED);
+    assert_true(pending(f, "seq.follow-up") >= 0);
 }
 
 int main(void) {
@@ -611,6 +702,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_feedback_acted_dismissed_unknown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_feedback_gift_cadence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_feedback_snoozed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_plan_timer_expires, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_answers_and_stops_stay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_plan_evicts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -206,9 +206,13 @@ static int ref_rec_json(const td_rec *r, const td_state *st, const td_ruleset *r
     rc |= ref_put_str(b, "channel", td_channel_name(r->channel));
     rc |= ref_put_str(b, "touch", r->touch);
     rc |= ref_put_time(b, "not_before", r->not_before);
-    rc |=
-        ref_put_time(b, "expires_at",
-                     r->expires_at ? r->expires_at : r->not_before + td_rule_expires(rs, r->rule));
+    td_ms exp = r->expires_at;
+    if (!exp) {
+        /* saturating, as the engine: not_before may be near INT64_MAX */
+        td_ms d = td_rule_expires(rs, r->rule);
+        exp = r->not_before > INT64_MAX - d ? INT64_MAX : r->not_before + d;
+    }
+    rc |= ref_put_time(b, "expires_at", exp);
     rc |= ref_put_key(b, "priority", false);
     char num[32];
     snprintf(num, sizeof num, "%lld", (long long)r->priority);
