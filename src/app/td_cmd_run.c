@@ -101,14 +101,17 @@ static void cr_print_config(const td_config *c, FILE *f) {
             c->engine.batch_max_events, c->engine.batch_max_ms, c->engine.state_cache);
     fprintf(f,
             "timers.shards = %d\ntimers.poll_ms = %d\ntimers.claim_batch = %d\n"
-            "timers.lease_ms = %d\ntimers.sweep_ms = %d\ntimers.overdue_policy = %s\n"
-            "timers.drop_older_than_ms = %lld\n",
+            "timers.lease_ms = %d\ntimers.sweep_ms = %d\n",
             c->timers.shards, c->timers.poll_ms, c->timers.claim_batch, c->timers.lease_ms,
-            c->timers.sweep_ms,
-            c->timers.overdue_policy == TD_OVERDUE_FIRE_LATE ? "fire_late" : "drop",
-            (long long)c->timers.drop_older_than);
-    fprintf(f, "time.max_future_skew = %s\ntime.max_past_age = %s\n", c->time.max_future_skew_text,
-            c->time.max_past_age_text);
+            c->timers.sweep_ms);
+    if (c->time.overdue_policy_set)
+        fprintf(f, "timers.overdue_policy = %s (the old name of time.late_policy)\n",
+                c->timers.overdue_policy == TD_OVERDUE_FIRE_LATE ? "fire_late" : "drop");
+    fprintf(f, "time.max_future_skew = %s\ntime.max_past_age = %s\ntime.late_policy = %s\n",
+            c->time.max_future_skew_text, c->time.max_past_age_text,
+            td_late_policy_name(c->time.late_policy));
+    fprintf(f, "kafka.plan_topic = %s\nengine.dedup_window = %s\n",
+            c->kafka.plan_topic[0] ? c->kafka.plan_topic : "(off)", c->engine.dedup_window_text);
     fprintf(f, "gifts.retention_days = %d\n", c->gifts.retention_days);
     fprintf(f, "log.level = %s\n", td_log_level_name(c->log.level));
 }

@@ -182,11 +182,15 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         char advice[600];
         int a = td_timers_redis_advice(d->timers, advice, sizeof advice);
         td_log(a == 1 ? TD_LOG_WARN : TD_LOG_INFO, "timers ready",
-               "poll_ms=%d sweep_ms=%d claim_batch=%d lease_ms=%d overdue_policy=%s "
-               "drop_older_than_ms=%lld %s",
+               "poll_ms=%d sweep_ms=%d claim_batch=%d lease_ms=%d late_policy=%s %s",
                cfg->timers.poll_ms, cfg->timers.sweep_ms, cfg->timers.claim_batch,
-               cfg->timers.lease_ms, td_overdue_policy_name(cfg->timers.overdue_policy),
-               (long long)cfg->timers.drop_older_than, advice[0] ? advice : "index=unknown");
+               cfg->timers.lease_ms, td_late_policy_name(cfg->time.late_policy),
+               advice[0] ? advice : "index=unknown");
+        if (cfg->time.overdue_policy_set)
+            td_log_warn("timers.overdue_policy is the old name of time.late_policy",
+                        "late_policy=%s drop_older_than=ignored (lateness is the rules' "
+                        "late_after)",
+                        td_late_policy_name(cfg->time.late_policy));
     }
 
     d->kafka = td_kafka_new(cfg, err, sizeof err);
@@ -286,7 +290,8 @@ static void dm_progress(td_daemon *d, bool force) {
     td_log_info(
         "progress",
         "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
-        "dead_letters=%llu recs=%llu recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
+        "dead_letters=%llu recs=%llu withdrawals=%llu plans=%llu late=%llu late_dropped=%llu "
+        "recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
         "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
         "timers_before_events=%llu timers_recs=%llu timers_stale=%llu timers_dropped=%llu "
         "timers_reclaimed=%llu timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
@@ -295,7 +300,9 @@ static void dm_progress(td_daemon *d, bool force) {
         (unsigned long long)ps->batches, (unsigned long long)ps->events,
         (unsigned long long)ps->applied, (unsigned long long)ps->skipped_pos,
         (unsigned long long)ps->duplicates, (unsigned long long)ps->dead_letters,
-        (unsigned long long)ps->recs_out, (unsigned long long)ks.recs_acked,
+        (unsigned long long)ps->recs_out, (unsigned long long)ps->wds_out,
+        (unsigned long long)ps->plans_out, (unsigned long long)ps->late,
+        (unsigned long long)ps->late_dropped, (unsigned long long)ks.recs_acked,
         (unsigned long long)ks.resent, (unsigned long long)ps->conflicts,
         (unsigned long long)ps->redone, (unsigned long long)ps->redis_waits, ks.assigned,
         (unsigned long long)ps->derived, (unsigned long long)ts->claimed,

@@ -93,6 +93,8 @@ typedef enum pl_kind { PL_EVENTS = 0, PL_TIMERS = 1 } pl_kind;
 typedef struct pl_drec {
     size_t off, len; /* in recbuf */
     int32_t g;       /* group (prospect) */
+    td_kafka_kind
+        kind; /* recommendation, withdrawal, plan (len 0 with off SIZE_MAX: a tombstone) */
 } pl_drec;
 
 typedef struct pl_batch {
@@ -129,10 +131,14 @@ typedef struct pl_batch {
                        * owner group re-stepped then): a copy the next batch
                        * took of it is stale */
     bool redone;     /* groups recomputed after the batch before them conflicted */
-    /* recommendations of the current attempt */
+    /* recommendations, withdrawals and plans of the current attempt */
     td_buf recbuf;
     pl_drec *recs;
     size_t nrecs, caprecs;
+    /* groups whose plan changed in this attempt (pmark[g] == attempt_seq) */
+    int32_t *pdirty;
+    uint32_t *pmark;
+    size_t npdirty;
     /* base[g]: the flat form of the state exactly as Redis holds it at
      * expected[g] (loaded, or last stored by us): writes send only the
      * difference. The buffers are kept across batches for reuse. */
@@ -261,6 +267,8 @@ static void pl_batch_alloc(pl_batch *b, size_t cap, size_t gcap, size_t tcap, si
     b->first = pl_xcalloc(gcap, sizeof *b->first);
     b->last = pl_xcalloc(gcap, sizeof *b->last);
     b->changed = pl_xcalloc(gcap, sizeof *b->changed);
+    b->pdirty = pl_xcalloc(gcap, sizeof *b->pdirty);
+    b->pmark = pl_xcalloc(gcap, sizeof *b->pmark);
     b->stamp = pl_xcalloc(gcap, sizeof *b->stamp);
     b->gc = pl_xcalloc(gcap, sizeof *b->gc);
     b->ghash = pl_xcalloc(gcap, sizeof *b->ghash);
@@ -297,6 +305,8 @@ static void pl_batch_free(pl_batch *b, size_t gcap) {
     free(b->first);
     free(b->last);
     free(b->changed);
+    free(b->pdirty);
+    free(b->pmark);
     free(b->stamp);
     free(b->gc);
     free(b->ghash);
@@ -791,9 +801,9 @@ static int pl_dq_order(pl_batch *b, size_t from) {
     return 0;
 }
 
-static int pl_rec_add(pl_batch *b, int32_t g, size_t off) {
+static int pl_rec_add(pl_batch *b, int32_t g, size_t off, td_kafka_kind kind) {
     if (td_grow(&b->recs, &b->caprecs, b->nrecs, sizeof *b->recs, 256) != TD_OK) return -1;
-    b->recs[b->nrecs++] = (pl_drec){off, b->recbuf.len - off, g};
+    b->recs[b->nrecs++] = (pl_drec){off, b->recbuf.len - off, g, kind};
     return 0;
 }
 
@@ -909,13 +919,42 @@ static void pl_after(td_pipeline *p, const td_trigger *trig, td_ms now) {
 /* Renders the recommendations of the last step for group g. @returns 0, or
  * -1 (out of memory). */
 static int pl_render(td_pipeline *p, pl_batch *b, int32_t g, const td_trigger *trig, td_ms now) {
-    for (uint32_t r = 0; r < p->out->nrecs; r++) {
+    const td_step_out *o = p->out;
+    /* a trigger's withdrawals first: a reader applying the topic in order
+     * never holds a withdrawn one beside its replacement */
+    for (uint32_t w = 0; w < o->nwds; w++) {
         size_t off = b->recbuf.len;
-        if (td_rec_json(&p->out->recs[r], b->states[g], p->rs, trig, now, &b->recbuf) != TD_OK ||
-            pl_rec_add(b, g, off) < 0)
+        if (td_body_json(o->wds[w].body, o->wds[w].body_len, now, &b->recbuf) != TD_OK ||
+            pl_rec_add(b, g, off, TD_KK_WITHDRAWAL) < 0)
             return -1;
     }
+    for (uint32_t r = 0; r < o->nrecs; r++) {
+        if (o->recs[r].late) p->st.late++;
+        if (o->recs[r].dropped) { /* late, under the "drop" policy */
+            p->st.late_dropped++;
+            continue;
+        }
+        size_t off = b->recbuf.len;
+        if (td_rec_json(&o->recs[r], b->states[g], p->rs, trig, now, &b->recbuf) != TD_OK ||
+            pl_rec_add(b, g, off, TD_KK_RECOMMENDATION) < 0)
+            return -1;
+    }
+    if (o->plan_changed && b->pmark[g] != b->attempt_seq) {
+        b->pmark[g] = b->attempt_seq;
+        b->pdirty[b->npdirty++] = g;
+    }
     return 0;
+}
+
+/* The engine step of every trigger of the daemon: the trigger carries the
+ * wall clock (lateness) and the dedup window, the flags the late policy. */
+static int pl_step(td_pipeline *p, td_state *st, td_trigger *trig, td_ms wall) {
+    trig->wall = wall;
+    trig->dedup_window = p->cfg->engine.dedup_window;
+    unsigned flags = p->cfg->time.late_policy == TD_LATE_PUBLISH ? TD_STEP_LATE_PUBLISH
+                     : p->cfg->time.late_policy == TD_LATE_DROP  ? TD_STEP_LATE_DROP
+                                                                 : 0;
+    return td_engine_step(p->rs, st, trig, wall, p->tz, flags, p->out);
 }
 
 /* ------------------------------------------------------------ timers */
@@ -956,7 +995,6 @@ enum { PL_FIRE_FIRED = 0, PL_FIRE_STALE = 1, PL_FIRE_DROPPED = 2 };
  */
 static int pl_fire_timer(td_pipeline *p, pl_batch *b, int32_t g, const char *rule, td_ms wall,
                          int32_t src, td_ms *late) {
-    const td_timers_conf *tc = p->timers ? td_timers_get_conf(p->timers) : &p->cfg->timers;
     td_state *st = b->states[g];
     pl_gcount *cnt = &b->gc[g];
     const td_timer *tm = td_state_timer(st, rule);
@@ -964,18 +1002,7 @@ static int pl_fire_timer(td_pipeline *p, pl_batch *b, int32_t g, const char *rul
         cnt->stale++;
         return PL_FIRE_STALE;
     }
-    *late = wall - tm->due_at;
-    if (tc->overdue_policy == TD_OVERDUE_DROP && *late > tc->drop_older_than) {
-        char due[40];
-        td_time_format(tm->due_at, due, sizeof due);
-        td_log_warn("overdue timer dropped",
-                    "prospect=%s rule=%s due_at=%s overdue_ms=%lld drop_older_than_ms=%lld",
-                    st->prospect_id, rule, due, (long long)*late, (long long)tc->drop_older_than);
-        td_state_disarm_timer(st, rule);
-        b->changed[g] = true;
-        cnt->dropped++;
-        return PL_FIRE_DROPPED;
-    }
+    *late = wall - tm->due_at; /* how late it is: the late policy judges its recommendations */
     /* the step disarms the timer: what the trigger names is copied first */
     char armed_by[TD_ID_MAX + 1], rid[TD_RULE_ID_MAX + 1];
     memcpy(armed_by, tm->armed_by, sizeof armed_by);
@@ -984,13 +1011,16 @@ static int pl_fire_timer(td_pipeline *p, pl_batch *b, int32_t g, const char *rul
         .kind = TD_TRIG_TIMER, .rule = rid, .due_at = tm->due_at, .armed_by = armed_by};
     uint32_t before = st->ntimers;
     pl_before(p, st);
-    if (td_engine_step(p->rs, st, &trig, wall, p->tz, 0, p->out) != TD_OK) return -1;
+    if (pl_step(p, st, &trig, wall) != TD_OK) return -1;
     pl_after(p, &trig, wall);
-    if (st->ntimers != before) b->changed[g] = true; /* disarmed (fired, or its rule was removed) */
+    if (st->ntimers != before) b->changed[g] = true; /* disarmed (its rule was removed) */
     if (p->out->stale) {
         cnt->stale++;
         return PL_FIRE_STALE;
     }
+    /* fired: disarmed, its clock and cooldown moved, maybe the plan and its
+     * timer (the count of timers may be the same: one out, ~plan in) */
+    b->changed[g] = true;
     cnt->fired++;
     if (p->out->nerrors)
         td_log_warn("rule evaluation errors", "prospect=%s timer=%s errors=%u", st->prospect_id,
@@ -1044,8 +1074,17 @@ static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) 
         if (st->ntimers && pl_fire_due(p, b, g, b->evs[i].occurred_at, now, i) < 0) return -1;
         td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->evs[i]};
         pl_before(p, st);
-        if (td_engine_step(p->rs, st, &trig, now, p->tz, 0, p->out) != TD_OK) return -1;
+        if (pl_step(p, st, &trig, now) != TD_OK) return -1;
         pl_after(p, &trig, now);
+        if (p->out->rejected) { /* feedback naming a recommendation not this prospect's */
+            p->st.dead_letters++;
+            if (p->kafka &&
+                td_kafka_send_dlq(p->kafka, m, p->out->reject_reason, p->out->reject_field) < 0)
+                return -1;
+            td_state_pos_set(st, topic, m->partition, m->offset);
+            b->changed[g] = true;
+            continue;
+        }
         if (p->out->duplicate) {
             b->duplicates++;
             b->gc[g].duplicates++;
@@ -1112,7 +1151,7 @@ static int pl_derived_step(td_pipeline *p, pl_batch *b, size_t i, td_ms now) {
     td_state *st = b->states[g];
     if (st->ntimers && pl_fire_due(p, b, g, b->dq[i].occurred_at, now, b->dq_src[i]) < 0) return -1;
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->dq[i]};
-    if (td_engine_step(p->rs, st, &trig, now, p->tz, 0, p->out) != TD_OK) return -1;
+    if (pl_step(p, st, &trig, now) != TD_OK) return -1;
     if (p->out->duplicate) return 0;
     b->derived++;
     b->gc[g].derived++;
@@ -1312,9 +1351,32 @@ static void pl_round_begin(td_pipeline *p) {
 }
 
 /* Queues one recommendation. @returns 0, or -1 (fatal). */
-static int pl_send(td_pipeline *p, const char *pid, size_t plen, const char *json, size_t len) {
-    if (p->kafka) return td_kafka_send_rec(p->kafka, pid, plen, json, len) < 0 ? -1 : 0;
+static int pl_send(td_pipeline *p, td_kafka_kind kind, const char *pid, size_t plen,
+                   const char *json, size_t len) {
+    if (p->kafka) return td_kafka_send_out(p->kafka, kind, pid, plen, json, len) < 0 ? -1 : 0;
+    if (kind == TD_KK_PLAN)
+        return !p->sink->send_plan || p->sink->send_plan(p->sink->ud, pid, json, len) == 0 ? 0 : -1;
     return p->sink->send(p->sink->ud, pid, json, len) != 0 ? -1 : 0;
+}
+
+/* The plan of every group whose plan changed in this attempt, in the order
+ * they changed: the plan object, or a tombstone (nothing to show). Nothing
+ * when there is no plan topic. @returns 0, or -1 (out of memory). */
+static int pl_plans_render(td_pipeline *p, pl_batch *b) {
+    bool on = p->kafka ? td_kafka_has_plans(p->kafka) : p->sink && p->sink->send_plan;
+    for (size_t k = 0; on && k < b->npdirty; k++) {
+        int32_t g = b->pdirty[k];
+        const td_state *st = b->states[g];
+        if (td_state_plan_visible(st) == 0) {
+            if (td_grow(&b->recs, &b->caprecs, b->nrecs, sizeof *b->recs, 256) != TD_OK) return -1;
+            b->recs[b->nrecs++] = (pl_drec){SIZE_MAX, 0, g, TD_KK_PLAN};
+            continue;
+        }
+        size_t off = b->recbuf.len;
+        if (td_plan_json(st, p->rs, &b->recbuf) != TD_OK || pl_rec_add(b, g, off, TD_KK_PLAN) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* Waits for every acknowledgement of the open round. @returns 0, -1 (fatal
@@ -1364,6 +1426,7 @@ static td_pl_rc pl_batch_attempt(td_pipeline *p, pl_batch *b, pl_batch *from) {
     b->t_load += t1 - t0;
     b->nrecs = 0;
     b->recbuf.len = 0;
+    b->npdirty = 0;
     /* events: the wall clock of the attempt; timers: the time they were
      * claimed at */
     td_ms now = b->kind == PL_TIMERS ? b->now : td_wall_ms();
@@ -1387,13 +1450,21 @@ static td_pl_rc pl_batch_attempt(td_pipeline *p, pl_batch *b, pl_batch *from) {
         return TD_PL_FATAL;
     }
     if (dr == -2) return TD_PL_ABANDONED;
+    /* the plans last: each changed one once, as it stands after the batch */
+    if (pl_plans_render(p, b) < 0) {
+        td_log_error("plan rendering failed (out of memory)", "plans=%zu", b->npdirty);
+        return TD_PL_FATAL;
+    }
     for (size_t r = 0; r < b->nrecs; r++) {
         const pl_drec *x = &b->recs[r];
         const char *pid = b->states[x->g]->prospect_id;
-        if (pl_send(p, pid, b->glen[x->g], b->recbuf.p + x->off, x->len) < 0)
+        const char *val = x->off == SIZE_MAX ? NULL : b->recbuf.p + x->off;
+        if (pl_send(p, x->kind, pid, b->glen[x->g], val, x->len) < 0)
             return p->kafka ? TD_PL_FATAL : TD_PL_ABANDONED;
+        if (x->kind == TD_KK_RECOMMENDATION) p->st.recs_out++;
+        if (x->kind == TD_KK_WITHDRAWAL) p->st.wds_out++;
+        if (x->kind == TD_KK_PLAN) p->st.plans_out++;
     }
-    p->st.recs_out += b->nrecs;
     b->t_compute += td_mono_ms() - t1;
     return TD_PL_DONE;
 }
@@ -1845,6 +1916,9 @@ int td_timers_poll(td_timers *t, td_redis *r, const td_ruleset *rs, td_tzdb *tz,
     cfg->engine.pipeline = false;
     cfg->engine.state_cache = 0;
     cfg->engine.batch_max_events = td_timers_get_conf(t)->claim_batch;
+    /* the timers' overdue policy is the late policy's old name */
+    cfg->time.late_policy =
+        td_timers_get_conf(t)->overdue_policy == TD_OVERDUE_DROP ? TD_LATE_DROP : TD_LATE_PUBLISH;
     td_pipeline_conf pc = {.cfg = cfg, .rs = rs, .tz = tz, .redis = r, .sink = sink, .timers = t};
     int exit_code = 0;
     td_pipeline *p = td_pipeline_new(&pc, &exit_code);

@@ -66,6 +66,9 @@ typedef struct td_timers_sink {
     void (*before_step)(void *ud, const td_state *st);
     void (*after_step)(void *ud, const td_ruleset *rs, const td_trigger *trig, td_ms now,
                        const td_step_out *out);
+    /* optional (NULL: plans are not sent): one prospect's plan, json NULL
+     * for a tombstone */
+    int (*send_plan)(void *ud, const char *prospect_id, const char *json, size_t len);
 } td_timers_sink;
 
 typedef struct td_pipeline td_pipeline;
@@ -104,6 +107,9 @@ typedef enum td_pl_rc {
 typedef struct td_pipeline_stats {
     uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out, conflicts,
         redis_waits, redone, derived, timers_before_events;
+    /* the plan: withdrawals and plans (and tombstones) sent, recommendations
+     * published late (late), of which dropped under the "drop" policy */
+    uint64_t wds_out, plans_out, late, late_dropped;
     uint64_t gifts_registered, gifts_again;
 } td_pipeline_stats;
 

@@ -405,7 +405,11 @@ void td_shadow_after(td_shadow *sh, const td_ruleset *live_rs, const td_trigger 
         sh_reset_counts(sh, lh);
     }
     td_state *st = &sh->copy;
-    if (td_engine_step(sh->rs, st, trig, now, sh->tz, 0, sh->out) != TD_OK) {
+    /* the live late policy: the shadow judges lateness as live does */
+    unsigned flags = sh->cfg->time.late_policy == TD_LATE_PUBLISH ? TD_STEP_LATE_PUBLISH
+                     : sh->cfg->time.late_policy == TD_LATE_DROP  ? TD_STEP_LATE_DROP
+                                                                  : 0;
+    if (td_engine_step(sh->rs, st, trig, now, sh->tz, flags, sh->out) != TD_OK) {
         sh->step_failures++;
         goto done;
     }

@@ -514,7 +514,7 @@ int main(int argc, char **argv) {
                n, rate, window, as, (long long)lead);
         td_timers *t = td_timers_new(&conf, &tc, err, sizeof err);
         size_t published = 0;
-        td_timers_sink sink = {&published, null_send, null_wait, NULL, NULL};
+        td_timers_sink sink = {&published, null_send, null_wait, NULL, NULL, NULL};
         td_ms end = start + (td_ms)window * 1000 + 10000;
         int64_t busy_us = 0;
         while (wall_ms() < end && td_timers_get_stats(t)->fired < n) {

@@ -150,7 +150,7 @@ static void write_config(fx *f, run *r) {
                      "rules = { dir = \"%s\"; reload_poll_ms = 300;%s };\n"
                      "engine = { batch_max_events = 500; batch_max_ms = 20; };\n"
                      /* the events have fixed dates (October 2026) */
-                     "time = { max_past_age = \"36500d\"; };\n"
+                     "time = { max_past_age = \"36500d\"; late_policy = \"publish\"; };\n"
                      "log = { level = \"info\"; };\n",
                      f->kafka.bootstraps, r->name, r->name, f->redis.port, r->name, f->live_dir,
                      shadow);
@@ -497,14 +497,27 @@ static void test_shadow_leaves_live_alone(void **state) {
 
     /* Live recommendations: the same ids in all three runs, and the
      * replay's; each carries the live hash. */
-    enum { LIVE_RECS = NP * 7, SHADOW_RECS = NP * 7 };
+    enum { LIVE_RECS = NP * 7, SHADOW_RECS = NP * 7, LIVE_WDS = NP * 4, SHADOW_WDS = NP * 5 };
     char **want, **ga, **gb, **gc;
     size_t nwant = replay_ids(f, f->live_dir, &want);
     qsort(want, nwant, sizeof *want, cmp_str);
     assert_int_equal(nwant, LIVE_RECS);
-    size_t na = topic_ids(f, "recs-a", LIVE_RECS, live_hash, &ga, NULL);
-    size_t nb = topic_ids(f, "recs-b", LIVE_RECS, live_hash, &gb, NULL);
-    size_t nc = topic_ids(f, "recs-c", LIVE_RECS, live_hash, &gc, NULL);
+    /* the live topics carry the live withdrawals too (the events are old:
+     * late_policy publish keeps them in the plan, as replay does) */
+    topic_wds lwd[3] = {{.headers = true}, {.headers = true}, {.headers = true}};
+    /* ... and, besides what the events withdrew (LIVE_WDS, as the shadow
+     * report counts them), the expiries the plans' own timers publish: the
+     * events are weeks old, every pending one has expired (NP * 3) */
+    enum { LIVE_EXPIRED = NP * 3 };
+    size_t nl = LIVE_RECS + LIVE_WDS + LIVE_EXPIRED;
+    size_t na = topic_ids(f, "recs-a", nl, live_hash, &ga, &lwd[0]);
+    size_t nb = topic_ids(f, "recs-b", nl, live_hash, &gb, &lwd[1]);
+    size_t nc = topic_ids(f, "recs-c", nl, live_hash, &gc, &lwd[2]);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(lwd[i].n, LIVE_WDS + LIVE_EXPIRED);
+        assert_int_equal(lwd[i].superseded, LIVE_WDS);
+        assert_int_equal(lwd[i].rule, 0);
+    }
     assert_same_ids(want, nwant, ga, na);
     assert_same_ids(ga, na, gb, nb);
     assert_same_ids(ga, na, gc, nc);
@@ -515,15 +528,16 @@ static void test_shadow_leaves_live_alone(void **state) {
 
     /* b's shadow topic: the shadow ruleset's recommendations, its hash,
      * and its withdrawals of live recommendations (the live plan). */
-    enum { LIVE_WDS = NP * 4, SHADOW_WDS = NP * 5 };
     char **sw, **sg;
     size_t nsw = replay_ids(f, f->runs[1].shadow_dir, &sw);
     qsort(sw, nsw, sizeof *sw, cmp_str);
     assert_int_equal(nsw, SHADOW_RECS);
     topic_wds swd = {.headers = true};
-    size_t nsg = topic_ids(f, "recs-b.shadow", SHADOW_RECS + SHADOW_WDS, shadow_hash, &sg, &swd);
+    /* the shadow observes the plans' timers too: their expiries */
+    size_t nsg = topic_ids(f, "recs-b.shadow", SHADOW_RECS + SHADOW_WDS + LIVE_EXPIRED, shadow_hash,
+                           &sg, &swd);
     assert_same_ids(sw, nsw, sg, nsg);
-    assert_int_equal(swd.n, SHADOW_WDS);
+    assert_int_equal(swd.n, SHADOW_WDS + LIVE_EXPIRED);
     assert_int_equal(swd.superseded, NP * 4);
     assert_int_equal(swd.rule, NP);
     for (size_t i = 0; i < swd.n; i++) {
@@ -548,30 +562,33 @@ static void test_shadow_leaves_live_alone(void **state) {
     json_decref(rc);
 
     /* b's report: per rule, the crafted differences. */
-    json_t *rep = wait_report(f->runs[1].report, NP * NE, 10000);
+    json_t *rep = wait_report(f->runs[1].report, NP * NE + LIVE_EXPIRED, 10000);
     assert_string_equal(json_string_value(json_object_get(rep, "status")), "running");
     assert_string_equal(json_string_value(json_object_get(rep, "live_ruleset")), live_hash);
     assert_string_equal(json_string_value(json_object_get(rep, "shadow_ruleset")), shadow_hash);
-    assert_int_equal(rjint(rep, "steps", "compared"), NP * NE);
+    /* the events' steps and the plans' timers (every plan expired) */
+    assert_int_equal(rjint(rep, "steps", "compared"), NP * NE + LIVE_EXPIRED);
     assert_int_equal(rjint(rep, "recommendations", "live"), LIVE_RECS);
     assert_int_equal(rjint(rep, "recommendations", "shadow"), SHADOW_RECS);
     assert_int_equal(rjint(rep, "totals", "agree"), NP * 4);
     assert_int_equal(rjint(rep, "totals", "differ"), NP * 2);
     assert_int_equal(rjint(rep, "totals", "live_only"), NP);
     assert_int_equal(rjint(rep, "totals", "shadow_only"), NP);
-    assert_int_equal(rjint(rep, "withdrawals", "live"), LIVE_WDS);
-    assert_int_equal(rjint(rep, "withdrawals", "shadow"), SHADOW_WDS);
-    assert_int_equal(rjint(rep, "withdrawals", "agree"), LIVE_WDS);
+    assert_int_equal(rjint(rep, "withdrawals", "live"), LIVE_WDS + LIVE_EXPIRED);
+    assert_int_equal(rjint(rep, "withdrawals", "shadow"), SHADOW_WDS + LIVE_EXPIRED);
+    assert_int_equal(rjint(rep, "withdrawals", "agree"), LIVE_WDS + LIVE_EXPIRED);
     assert_int_equal(rjint(rep, "withdrawals", "differ"), 0);
     assert_int_equal(rjint(rep, "withdrawals", "live_only"), 0);
     assert_int_equal(rjint(rep, "withdrawals", "shadow_only"), NP);
     json_int_t w[4];
+    /* agree: the superseded ones and, once each prospect's last t.sent,
+     * t.opened and t.nudge expired, those expiries (NP each) */
     rule_wd_counts(rep, "t.sent", w);
-    assert_true(w[0] == NP * 2 && w[1] == 0 && w[2] == 0 && w[3] == 0);
+    assert_true(w[0] == NP * 3 && w[1] == 0 && w[2] == 0 && w[3] == 0);
     rule_wd_counts(rep, "t.opened", w);
-    assert_true(w[0] == NP * 2 && w[1] == 0 && w[2] == 0 && w[3] == 0);
+    assert_true(w[0] == NP * 3 && w[1] == 0 && w[2] == 0 && w[3] == 0);
     rule_wd_counts(rep, "t.nudge", w);
-    assert_true(w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == NP);
+    assert_true(w[0] == NP && w[1] == 0 && w[2] == 0 && w[3] == NP);
     json_int_t c[4];
     rule_counts(rep, "t.sent", c);
     assert_true(c[0] == NP * 3 && c[1] == 0 && c[2] == 0 && c[3] == 0);
@@ -598,14 +615,14 @@ static void test_shadow_leaves_live_alone(void **state) {
         assert_int_equal(td_test_touchd_stop(&f->runs[i].touchd, SIGTERM, 20000), 0);
     assert_true(td_test_count_in_file(f->runs[1].log,
                                       "msg=\"shadow rule\" rule=t.opened agree=0 differ=8 "
-                                      "live_only=4 shadow_only=0 wd_agree=8 wd_differ=0 "
+                                      "live_only=4 shadow_only=0 wd_agree=12 wd_differ=0 "
                                       "wd_live_only=0 wd_shadow_only=0") == 1);
     /* t.nudge agrees on its recommendations, not on its withdrawals: info */
     assert_true(td_test_count_in_file(f->runs[1].log,
                                       "msg=\"shadow rule\" rule=t.nudge agree=4 differ=0 "
-                                      "live_only=0 shadow_only=0 wd_agree=0 wd_differ=0 "
+                                      "live_only=0 shadow_only=0 wd_agree=4 wd_differ=0 "
                                       "wd_live_only=0 wd_shadow_only=4") == 1);
-    assert_true(td_test_count_in_file(f->runs[1].log, "live_wds=16 shadow_wds=20 wd_agree=16 "
+    assert_true(td_test_count_in_file(f->runs[1].log, "live_wds=28 shadow_wds=32 wd_agree=28 "
                                                       "wd_differ=0 wd_live_only=0 "
                                                       "wd_shadow_only=4") >= 1);
     assert_int_equal(td_test_count_in_file(f->runs[0].log, "shadow"), 0);
@@ -617,6 +634,8 @@ static void test_shadow_leaves_live_alone(void **state) {
     ids_free(sw, nsw);
     ids_free(sg, nsg);
     ids_free(swd.withdraws, swd.n);
+    for (int i = 0; i < 3; i++)
+        ids_free(lwd[i].withdraws, lwd[i].n);
 }
 
 static void test_explain_from_redis(void **state) {
