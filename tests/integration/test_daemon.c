@@ -40,9 +40,11 @@
 #define T_IN "events"
 #define T_OUT "recs"
 #define T_DLQ "dlq"
+#define T_PLAN "plans"
 #define GROUP "touchd-test"
 
 static const char RULES_A[] =
+    "settings = { expires = \"3650d\"; };\n" /* nothing expires during a test */
     "rules = (\n"
     "  { id = \"t.sent\"; doc = \"every email sent\"; on = [ \"email.sent\" ];\n"
     "    recommend = { channel = \"email\"; touch = \"follow_up\"; note = \"test\"; }; },\n"
@@ -53,6 +55,7 @@ static const char RULES_A[] =
 
 /* Same rules, another note: another ruleset hash, same recommendation ids. */
 static const char RULES_B[] =
+    "settings = { expires = \"3650d\"; };\n" /* nothing expires during a test */
     "rules = (\n"
     "  { id = \"t.sent\"; doc = \"every email sent\"; on = [ \"email.sent\" ];\n"
     "    recommend = { channel = \"email\"; touch = \"follow_up\"; note = \"v2\"; }; },\n"
@@ -65,6 +68,7 @@ static const char RULES_B[] =
  * email.unanswered (absent from the stored hash when 0). A stale stored
  * value would pick the other rule for an open. */
 static const char RULES_REPLIES[] =
+    "settings = { expires = \"3650d\"; };\n" /* nothing expires during a test */
     "rules = (\n"
     "  { id = \"r.sent\"; on = [ \"email.sent\" ]; when = \"email.sent >= 1\";\n"
     "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
@@ -92,9 +96,10 @@ typedef struct fx {
     td_test_kafka kafka;
     td_test_touchd touchd;
     int reload_poll_ms;
-    char group[64]; /* consumer group; GROUP unless a test changes it */
-    bool serial;    /* engine.pipeline = false */
-    bool replies;   /* streams: sent, opened, replied, opened (else sent, opened) */
+    char group[64];  /* consumer group; GROUP unless a test changes it */
+    bool serial;     /* engine.pipeline = false */
+    bool replies;    /* streams: sent, opened, replied, opened (else sent, opened) */
+    size_t want_wds; /* withdrawals among replay's output (replay_ids) */
 } fx;
 
 /* ------------------------------------------------------------- helpers */
@@ -114,7 +119,7 @@ static void write_config(fx *f) {
                      "  group_id = \"%s\";\n"
                      "  input_topics = [ \"" T_IN "\" ];\n"
                      "  output_topic = \"" T_OUT "\";\n"
-                     "  dead_letter_topic = \"" T_DLQ "\";\n"
+                     "  dead_letter_topic = \"" T_DLQ "\"; plan_topic = \"" T_PLAN "\";\n"
                      "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
                      "               heartbeat_interval_ms = 500; };\n"
                      "  producer = { linger_ms = 0; };\n"
@@ -125,7 +130,10 @@ static void write_config(fx *f) {
                      "rules = { dir = \"%s\"; reload_poll_ms = %d; };\n"
                      "engine = { batch_max_events = 500; batch_max_ms = 20; pipeline = %s; };\n"
                      /* the events have fixed dates (October 2026) */
-                     "time = { max_past_age = \"36500d\"; };\n"
+                     /* the events are weeks old: late ones go in the plan, so
+                      * withdrawals and plans are published (and compared with
+                      * replay's) */
+                     "time = { max_past_age = \"36500d\"; late_policy = \"publish\"; };\n"
                      "log = { level = \"info\"; };\n",
                      f->kafka.bootstraps, f->group[0] ? f->group : GROUP, f->redis.port,
                      f->rules_dir, f->reload_poll_ms, f->serial ? "false" : "true");
@@ -152,8 +160,8 @@ static int setup_fx(void **state, int reload_poll_ms) {
     f->reload_poll_ms = reload_poll_ms;
     f->redis.appendonly = true; /* data survives a redis-server kill -9 */
     if (td_test_redis_start(&f->redis) != 0) return -1;
-    const char *topics[] = {T_IN, T_OUT, T_DLQ};
-    if (td_test_kafka_start(&f->kafka, topics, 3, PARTS) != 0) return -1;
+    const char *topics[] = {T_IN, T_OUT, T_DLQ, T_PLAN};
+    if (td_test_kafka_start(&f->kafka, topics, 4, PARTS) != 0) return -1;
     *state = f;
     write_rules(f, RULES_A);
     write_config(f);
@@ -278,9 +286,9 @@ static void replay_ids(fx *f, idset *out) {
     while (fgets(line, sizeof line, p)) {
         json_t *j = json_loads(line, 0, NULL);
         assert_non_null(j);
-        /* replay also prints withdrawals: the recommendations are compared */
-        if (strcmp(json_string_value(json_object_get(j, "kind")), "recommendation") == 0)
-            idset_add(out, json_string_value(json_object_get(j, "id")));
+        /* recommendations and withdrawals: both published at least once */
+        idset_add(out, json_string_value(json_object_get(j, "id")));
+        if (strcmp(json_string_value(json_object_get(j, "kind")), "withdrawal") == 0) f->want_wds++;
         json_decref(j);
     }
     assert_int_equal(pclose(p), 0);
@@ -330,15 +338,18 @@ static void test_events_to_recommendations(void **state) {
             send_event(f, p, j);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
 
-    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    size_t got = td_test_reader_read(r, NP * NE, 30000);
-    if (got < NP * NE) dump_log(f);
-    assert_int_equal(got, NP * NE);
-
-    /* Content: rule, channel, touch, key, ruleset hash, deterministic id. */
+    /* Content: rule, channel, touch, key, ruleset hash, deterministic id;
+     * and each rule's newer recommendation withdraws its pending one
+     * (superseded), as replay does. */
     idset want = {0};
+    f->want_wds = 0;
     replay_ids(f, &want);
-    assert_int_equal(want.n, NP * NE);
+    assert_int_equal(want.n - f->want_wds, NP * NE);
+    assert_int_equal(f->want_wds, NP * (NE - 2)); /* all but each rule's first */
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    size_t got = td_test_reader_read(r, want.n, 30000);
+    if (got < want.n) dump_log(f);
+    assert_int_equal(got, want.n);
     size_t n;
     const td_test_msg *m = td_test_reader_msgs(r, &n);
     const char *hash = NULL;
@@ -346,6 +357,15 @@ static void test_events_to_recommendations(void **state) {
     for (size_t i = 0; i < n; i++) {
         json_t *j = json_loads(m[i].val, 0, NULL);
         assert_non_null(j);
+        const char *kind = td_test_msg_header(&m[i], "touchd-kind");
+        assert_non_null(kind);
+        assert_string_equal(json_string_value(json_object_get(j, "kind")), kind);
+        if (strcmp(kind, "withdrawal") == 0) {
+            assert_string_equal(json_string_value(json_object_get(j, "reason")), "superseded");
+            assert_string_equal(m[i].key, json_string_value(json_object_get(j, "prospect_id")));
+            json_decref(j);
+            continue;
+        }
         const char *pid = json_string_value(json_object_get(j, "prospect_id"));
         assert_string_equal(m[i].key, pid);
         const char *type =
@@ -506,14 +526,19 @@ static void test_sighup_reload(void **state) {
     assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
     send_event(f, 0, 2);
     assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    assert_int_equal(td_test_reader_read(r, 3, 20000), 3);
+    /* the second email.sent's t.sent supersedes the first: its withdrawal
+     * comes first, then the recommendation */
+    assert_int_equal(td_test_reader_read(r, 4, 20000), 4);
     const td_test_msg *m = td_test_reader_msgs(r, &n);
-    rec_hash(&m[2], h, sizeof h);
+    assert_string_equal(td_test_msg_header(&m[2], "touchd-kind"), "withdrawal");
+    assert_non_null(strstr(m[2].val, "\"reason\":\"superseded\""));
+    assert_string_equal(td_test_msg_header(&m[3], "touchd-kind"), "recommendation");
+    rec_hash(&m[3], h, sizeof h);
     assert_string_not_equal(h, ha);
     char needle[160];
     snprintf(needle, sizeof needle, "ruleset=%s", h);
     assert_true(td_test_count_in_file(f->log, needle) >= 1);
-    assert_non_null(strstr(m[2].val, "\"note\":\"v2\""));
+    assert_non_null(strstr(m[3].val, "\"note\":\"v2\""));
     td_test_reader_free(r);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
     assert_true(td_test_count_in_file(f->log, " verify_mismatches=0 ") >= 1);
@@ -550,8 +575,14 @@ static void test_reconsumed_input_is_noop(void **state) {
     assert_int_equal(td_test_count_in_file(f->log, needle), 1);
     for (int p = 0; p < NP; p++)
         assert_int_equal(hget_int(f, p, "events"), NE);
+    /* nothing new: the first run's recommendations and withdrawals only */
+    idset ids = {0};
+    f->want_wds = 0;
+    replay_ids(f, &ids);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    assert_int_equal(td_test_reader_drain(r, 1000), NP * NE);
+    assert_int_equal(td_test_reader_drain(r, 1000), NP * NE + f->want_wds);
+    assert_int_equal(ids.n, NP * NE + f->want_wds);
+    idset_free(&ids);
     td_test_reader_free(r);
 }
 
@@ -642,6 +673,56 @@ static void stream_with_disruption(fx *f, int NP, int NE, int DOWN_ROWS, void (*
     check_exactly_once(f, r, NP, NE);
 }
 
+/* The plan topic's last value of each prospect is its plan in Redis: the
+ * same pending ids (a tombstone: none pending), the same version. */
+static void check_plans(fx *f, int NP) {
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_PLAN);
+    td_test_reader_read(r, (size_t)NP, 20000);
+    td_test_reader_drain(r, 500);
+    size_t n;
+    const td_test_msg *m = td_test_reader_msgs(r, &n);
+    for (int p = 0; p < NP; p++) {
+        char key[32];
+        snprintf(key, sizeof key, "p-%d", p);
+        const td_test_msg *last = NULL;
+        for (size_t i = 0; i < n; i++) /* one partition per key: offset order */
+            if (m[i].key && strcmp(m[i].key, key) == 0) last = &m[i];
+        assert_non_null(last);
+        assert_string_equal(td_test_msg_header(last, "touchd-kind"), "plan");
+        /* Redis: pending.<id> fields and plan_version */
+        idset in_redis = {0};
+        redisReply *rep = td_test_redis_cmd(&f->redis, "HGETALL touchd:p:{%s}", key);
+        assert_non_null(rep);
+        long long version = 0;
+        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+            const char *k = rep->element[i]->str;
+            if (strncmp(k, "pending.", 8) == 0) idset_add(&in_redis, k + 8);
+            if (strcmp(k, "plan_version") == 0) version = atoll(rep->element[i + 1]->str);
+        }
+        freeReplyObject(rep);
+        qsort(in_redis.v, in_redis.n, sizeof *in_redis.v, cmp_str);
+        if (last->vlen == 0) { /* a tombstone */
+            assert_int_equal(in_redis.n, 0);
+        } else {
+            json_t *j = json_loads(last->val, 0, NULL);
+            assert_non_null(j);
+            assert_int_equal(json_integer_value(json_object_get(j, "version")), version);
+            json_t *pend = json_object_get(j, "pending");
+            assert_int_equal(json_array_size(pend), in_redis.n);
+            for (size_t i = 0; i < json_array_size(pend); i++)
+                assert_true(idset_has(
+                    &in_redis, json_string_value(json_object_get(json_array_get(pend, i), "id"))));
+            json_decref(j);
+        }
+        idset_free(&in_redis);
+    }
+    fprintf(stderr,
+            "[ info ] plans: %zu messages; the last of each of %d prospects is its plan "
+            "in Redis\n",
+            n, NP);
+    td_test_reader_free(r);
+}
+
 /* After a stream of NE rows over NP prospects: every counter equals what
  * was sent (exactly once) and every expected recommendation id was
  * published (at least once); then touchd stops cleanly. Frees r. */
@@ -679,8 +760,10 @@ static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE) {
     }
     /* At least once: every expected recommendation id was published. */
     idset want_ids = {0};
+    f->want_wds = 0;
     replay_ids(f, &want_ids);
-    assert_int_equal(want_ids.n, (size_t)NP * NE);
+    assert_int_equal(want_ids.n - f->want_wds, (size_t)NP * NE);
+    assert_true(f->want_wds > 0); /* each rule's newer one supersedes the pending one */
     td_test_reader_read(r, want_ids.n, 30000);
     td_test_reader_drain(r, 500);
     size_t dups = check_recs(f, r, &want_ids);
@@ -692,6 +775,7 @@ static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE) {
     td_test_reader_free(r);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
     assert_true(td_test_count_in_file(f->log, " verify_mismatches=0 ") >= 1);
+    check_plans(f, NP);
 }
 
 static void kill_touchd(fx *f) {
