@@ -12,7 +12,11 @@
  *
  * The ruleset makes every event cause exactly one recommendation (the
  * heaviest output: one produced message per consumed one), so counting
- * recommendations counts processed events.
+ * recommendations counts processed events. THIS IS NOT THE DEFAULT RULESET
+ * (two rules; docs/testing.md). Each recommendation also supersedes its
+ * rule's pending one (a withdrawal on the output topic, counted apart) and
+ * changes its prospect's plan (a message on the plan topic, BENCH_PLANS=1,
+ * the default; 0 turns the plan topic off to measure what it costs).
  *
  *   (c) the floor of (b): the same rate and duration, but produced straight
  *       to the output topic (recommendation-shaped messages, touchd idle):
@@ -68,6 +72,7 @@
 
 #define T_IN "touchd.events"
 #define T_OUT "touchd.recommendations"
+#define T_PLAN "touchd.plans"
 #define T_DLQ "touchd.dead-letter"
 
 static const char RULES[] =
@@ -105,6 +110,7 @@ static const char *find(const char *h, size_t hn, const char *n, size_t nn) {
 typedef struct reader {
     rd_kafka_t *c;
     atomic_long recs; /* recommendations received */
+    atomic_long wds;  /* withdrawals received (not counted in recs) */
     atomic_int stop;
     atomic_int record; /* 1: record latencies */
     int64_t *lat;      /* microseconds, end to end */
@@ -118,6 +124,13 @@ static void *reader_main(void *arg) {
     while (!atomic_load(&r->stop)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(r->c, 20);
         if (!m) continue;
+        /* withdrawals (each rule's newer recommendation supersedes the
+         * pending one) are counted apart: recommendations count events */
+        if (!m->err && m->len > 24 && memcmp(m->payload, "{\"kind\":\"withdrawal\"", 22) == 0) {
+            atomic_fetch_add(&r->wds, 1);
+            rd_kafka_message_destroy(m);
+            continue;
+        }
         if (!m->err) {
             int64_t t = wall_us();
             atomic_fetch_add(&r->recs, 1);
@@ -412,8 +425,14 @@ int main(int argc, char **argv) {
     redis.unixsocket = getenv("BENCH_REDIS_UNIX") && atoi(getenv("BENCH_REDIS_UNIX"));
     if (td_test_redis_start(&redis) != 0) return 2;
     td_test_kafka k;
-    const char *topics[] = {T_IN, T_OUT, T_DLQ};
-    if (td_test_kafka_start(&k, topics, 3, parts) != 0) return 2;
+    /* BENCH_PLANS (default 1): the plan topic on (kafka.plan_topic) or off
+     * (0). Either way late recommendations join the plan (the events are
+     * dated in the past: late_policy "publish"), so every event changes its
+     * prospect's plan and withdraws the pending recommendation of its rule:
+     * the plan's heaviest case. */
+    bool plans = !getenv("BENCH_PLANS") || atoi(getenv("BENCH_PLANS")) != 0;
+    const char *topics[] = {T_IN, T_OUT, T_DLQ, T_PLAN};
+    if (td_test_kafka_start(&k, topics, 4, parts) != 0) return 2;
 
     char redis_at[400];
     if (redis.unixsocket)
@@ -425,14 +444,16 @@ int main(int argc, char **argv) {
         snprintf(text, sizeof text,
                  "kafka = { brokers = \"%s\"; group_id = \"touchd-bench\";\n"
                  "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
-                 "  dead_letter_topic = \"" T_DLQ "\";\n"
+                 "  dead_letter_topic = \"" T_DLQ "\"; plan_topic = \"%s\";\n"
                  "  consumer = { fetch_wait_max_ms = 1; };\n"
                  "  producer = { linger_ms = %s; %s }; };\n"
                  "redis = { %s };\n"
                  "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
                  "engine = { batch_max_events = %d; batch_max_ms = 10; %s };\n"
+                 "time = { late_policy = \"publish\"; max_past_age = \"36500d\"; };\n"
                  "log = { level = \"%s\"; };\n%s\n",
-                 k.bootstraps, getenv("BENCH_LINGER_MS") ? getenv("BENCH_LINGER_MS") : "0",
+                 k.bootstraps, plans ? T_PLAN : "",
+                 getenv("BENCH_LINGER_MS") ? getenv("BENCH_LINGER_MS") : "0",
                  getenv("BENCH_PRODUCER_EXTRA") ? getenv("BENCH_PRODUCER_EXTRA") : "", redis_at,
                  rules_dir, batch, getenv("BENCH_ENGINE_EXTRA") ? getenv("BENCH_ENGINE_EXTRA") : "",
                  getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL") : "info",
@@ -465,6 +486,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "touchd did not start; log: %s\n", log);
         return 2;
     }
+    printf("bench_pipeline: plan topic %s (BENCH_PLANS), late_policy publish\n",
+           plans ? "on" : "off");
     printf("bench_pipeline: touchd %s, %d partitions, %d prospects, batch_max_events %d, "
            "%ld cores, redis by %s\n",
            touchd, parts, g_prospects, batch, sysconf(_SC_NPROCESSORS_ONLN),
