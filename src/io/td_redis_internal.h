@@ -85,14 +85,14 @@ struct td_redis {
      * out[0..split) and out[split..len), without copying them into out */
     struct iovec run[TD_REDIS_DIFF_CHUNK / 2 + 1];
     size_t nrun, split;
-    size_t tx_max;             /* tests: td_redis_set_send_limit */
-    struct td_redis *peer;     /* rw_diff_watch's second lane (td_redis_set_lanes) */
-    unsigned lanes;            /* 1 or 2 */
-    uint64_t one_lane;         /* td_redis_one_lane_writes (__atomic: read by other threads) */
-    bool answered;             /* a reply was read since this connection opened */
-    uint64_t verify_bad;       /* td_redis_verify_mismatches (__atomic) */
-    char verify_msg[400];      /* td_redis_verify_last */
-    void (*race_hook)(void *); /* tests: runs between WATCH and MULTI */
+    size_t tx_max;         /* tests: td_redis_set_send_limit */
+    struct td_redis *peer; /* rw_diff_watch's second lane (td_redis_set_lanes) */
+    unsigned lanes;        /* 1 or 2 */
+    uint64_t one_lane;     /* td_redis_one_lane_writes (__atomic: read by other threads) */
+    bool answered;         /* a reply was read since this connection opened */
+    uint64_t verify_bad;   /* td_redis_verify_mismatches (__atomic) */
+    char verify_msg[TD_ID_MAX + 80 + 300 + 2]; /* td_redis_verify_last: key, why */
+    void (*race_hook)(void *);                 /* tests: runs between WATCH and MULTI */
     void *race_ud;
 };
 
