@@ -295,8 +295,8 @@ static void dm_progress(td_daemon *d, bool force) {
         "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
         "timers_before_events=%llu timers_recs=%llu timers_stale=%llu timers_dropped=%llu "
         "timers_reclaimed=%llu timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
-        "timers_delay_max_ms=%lld store_one_connection=%llu verify_mismatches=%llu "
-        "ruleset=%s",
+        "timers_delay_max_ms=%lld timers_horizon_lag_ms=%lld timers_held_polls=%llu "
+        "store_one_connection=%llu verify_mismatches=%llu ruleset=%s",
         (unsigned long long)ps->batches, (unsigned long long)ps->events,
         (unsigned long long)ps->applied, (unsigned long long)ps->skipped_pos,
         (unsigned long long)ps->duplicates, (unsigned long long)ps->dead_letters,
@@ -311,6 +311,7 @@ static void dm_progress(td_daemon *d, bool force) {
         (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
         (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
         (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
+        (long long)ps->horizon_lag_ms, (unsigned long long)ps->horizon_held_polls,
         (unsigned long long)td_pipeline_one_lane_writes(d->pl),
         (unsigned long long)td_pipeline_verify_mismatches(d->pl), td_ruleset_hash(d->rs));
 }

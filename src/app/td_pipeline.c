@@ -581,8 +581,10 @@ static int pl_batch_decode(td_pipeline *p, pl_batch *b) {
         b->dead[i] = false;
         if (td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0, &b->evs[i],
                             &ee) == TD_OK &&
-            !pl_out_of_time(p, &b->evs[i], wall, &ee))
+            !pl_out_of_time(p, &b->evs[i], wall, &ee)) {
+            if (p->kafka) td_kafka_note_time(p->kafka, m, b->evs[i].occurred_at);
             continue;
+        }
         b->dead[i] = true;
         p->st.dead_letters++;
         char q[400];
@@ -966,19 +968,6 @@ static int pl_due_cmp(const void *a, const void *b) {
     return strcmp(x->rule, y->rule);
 }
 
-/* Puts timer tm (of input src, or -1) at p->due[k]. @returns 0, or -1
- * (out of memory). */
-static int pl_due_put(td_pipeline *p, size_t k, const td_timer *tm, int32_t src) {
-    if (td_grow(&p->due, &p->capdue, k, sizeof *p->due, 16) != TD_OK) return -1;
-    const td_rule *r = td_ruleset_find(p->rs, tm->rule);
-    pl_due *d = &p->due[k];
-    d->due_at = tm->due_at;
-    d->index = r ? r->index : SIZE_MAX;
-    d->src = src;
-    memcpy(d->rule, tm->rule, sizeof d->rule);
-    return 0;
-}
-
 /* What pl_fire_timer did with a timer. */
 enum { PL_FIRE_FIRED = 0, PL_FIRE_STALE = 1, PL_FIRE_DROPPED = 2 };
 
@@ -1032,30 +1021,51 @@ static int pl_fire_timer(td_pipeline *p, pl_batch *b, int32_t g, const char *rul
 }
 
 /*
- * Before a trigger at time t on group g (an input event, or an event
- * derived for an owner): fires every timer of the state due at or before t,
- * in (due time, rule index) order, each through pl_fire_timer at wall time
- * `wall` (src: the input, for what they derive). So a prospect's triggers
- * reach the engine in time order whatever the wall clock says, as offline
- * (td_sim fires what is due before each event): an event of a backlog that
- * comes after a timer's due time sees the state the timer left. The state's
- * write removes them from the timer index like any fired timer; a claim of
- * one in flight finds it stale. Counted in gc[g] (pl_batch_count_timers).
- * @returns 0, or -1 (out of memory).
+ * Fires group g's timers due at or before t, one at a time in (due time,
+ * rule index) order, each through pl_fire_timer at wall time `wall` (src:
+ * the input or claim, for what they derive). The state is scanned again
+ * after each firing: a firing can arm or re-arm a timer due by t (the plan's
+ * timer, re-armed at the next expiry after a withdrawal), which then fires
+ * in its turn, as offline (td_sim's heap takes what each trigger arms). A
+ * timer the engine leaves armed after a stale step is not tried twice.
+ * Before an event at t (pl_compute_events), and for claims up to the latest
+ * claimed due time (pl_compute_timers): so a prospect's triggers reach the
+ * engine in time order whatever the wall clock says. The state's write
+ * moves the index entries of what fired, claimed or not; a claim of one in
+ * flight elsewhere finds it stale. Counted in gc[g] (pl_batch_count_timers).
+ * @returns the number fired (>= 0), or -1 (out of memory).
  */
 static int pl_fire_due(td_pipeline *p, pl_batch *b, int32_t g, td_ms t, td_ms wall, int32_t src) {
-    const td_state *st = b->states[g];
-    size_t n = 0;
-    for (uint32_t k = 0; k < st->ntimers; k++)
-        if (st->timers[k].due_at <= t && pl_due_put(p, n++, &st->timers[k], -1) < 0) return -1;
-    if (n == 0) return 0;
-    /* firing one timer arms none: the list holds for the whole loop */
-    if (n > 1) qsort(p->due, n, sizeof *p->due, pl_due_cmp);
-    for (size_t k = 0; k < n; k++) {
+    td_state *st = b->states[g];
+    size_t ntried = 0; /* p->due[0..ntried): stepped and left armed */
+    int fired = 0;
+    for (;;) {
+        pl_due best = {.due_at = TD_MS_MISSING};
+        bool found = false;
+        for (uint32_t k = 0; k < st->ntimers; k++) {
+            const td_timer *tm = &st->timers[k];
+            if (tm->due_at > t) continue;
+            const td_rule *r = td_ruleset_find(p->rs, tm->rule);
+            pl_due c = {.due_at = tm->due_at, .index = r ? r->index : SIZE_MAX, .src = src};
+            memcpy(c.rule, tm->rule, sizeof c.rule);
+            bool tried = false;
+            for (size_t x = 0; x < ntried && !tried; x++)
+                tried = p->due[x].due_at == c.due_at && strcmp(p->due[x].rule, c.rule) == 0;
+            if (tried || (found && pl_due_cmp(&c, &best) >= 0)) continue;
+            best = c;
+            found = true;
+        }
+        if (!found) return fired;
         td_ms late;
-        if (pl_fire_timer(p, b, g, p->due[k].rule, wall, src, &late) < 0) return -1;
+        int r = pl_fire_timer(p, b, g, best.rule, wall, src, &late);
+        if (r < 0) return -1;
+        if (r == PL_FIRE_FIRED) fired++;
+        const td_timer *left = td_state_timer(st, best.rule);
+        if (left && left->due_at == best.due_at) {
+            if (td_grow(&p->due, &p->capdue, ntried, sizeof *p->due, 16) != TD_OK) return -1;
+            p->due[ntried++] = best;
+        }
     }
-    return 0;
 }
 
 /* Applies the events of group g in order, each after the timers due by its
@@ -1104,15 +1114,17 @@ static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) 
     return 0;
 }
 
-/* Steps every claim of group g against its state, at the batch's wall time,
- * in (due time, rule index) order, as pl_fire_due and the offline driver
- * order them. The state is the authority: a claim is a hint to look.
+/* Steps the claims of group g against its state, at the batch's wall time:
+ * every timer of the state due by the latest claimed due time fires, in
+ * (due time, rule index) order (pl_fire_due), claimed or not, so that what a
+ * firing arms before the next claimed one fires between them, as offline.
+ * The state is the authority: a claim is a hint to look.
  * @returns 0, or -1 (out of memory). */
 static int pl_compute_timers(td_pipeline *p, pl_batch *b, int32_t g) {
     const td_state *st = b->states[g];
-    td_ms now = b->now;
+    td_ms now = b->now, bound = TD_MS_MISSING;
     pl_gcount *cnt = &b->gc[g];
-    size_t n = 0;
+    int32_t src = -1;
     for (int32_t i = b->first[g]; i >= 0; i = b->next[i]) {
         const td_claim *c = &b->claims[i];
         const td_timer *tm = td_state_timer(st, c->rule);
@@ -1123,19 +1135,14 @@ static int pl_compute_timers(td_pipeline *p, pl_batch *b, int32_t g) {
             cnt->stale++;
             continue;
         }
-        if (pl_due_put(p, n++, tm, i) < 0) return -1;
-    }
-    if (n > 1) qsort(p->due, n, sizeof *p->due, pl_due_cmp);
-    for (size_t k = 0; k < n; k++) {
-        int32_t i = p->due[k].src;
-        td_ms late;
-        int r = pl_fire_timer(p, b, g, p->due[k].rule, now, i, &late);
-        if (r < 0) return -1;
-        if (r != PL_FIRE_FIRED) continue;
+        td_ms late = now - tm->due_at;
         b->delay[i] = late < 0 ? 0 : late;
         if (late > cnt->max_delay) cnt->max_delay = late;
+        if (tm->due_at > bound) bound = tm->due_at;
+        if (src < 0) src = i;
     }
-    return 0;
+    if (src < 0) return 0;
+    return pl_fire_due(p, b, g, bound, now, src) < 0 ? -1 : 0;
 }
 
 static int pl_batch_compute(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) {
@@ -1718,7 +1725,13 @@ td_pl_rc td_pipeline_timers(td_pipeline *p, td_ms now, size_t *claimed) {
     if (claimed) *claimed = 0;
     if (!p->timers) return TD_PL_DONE;
     pl_batch *b = p->inflight == &p->bt[0] ? &p->bt[1] : &p->bt[0];
-    int n = td_timers_claim(p->timers, now, b->claims, p->ccap);
+    td_ms due_by = now;
+    if (p->kafka) {
+        due_by = td_kafka_horizon(p->kafka, now, NULL);
+        p->st.horizon_lag_ms = due_by == TD_MS_MISSING ? -1 : now - due_by;
+        if (due_by < now) p->st.horizon_held_polls++;
+    }
+    int n = td_timers_claim_until(p->timers, now, due_by, b->claims, p->ccap);
     if (n < 0) {
         td_timers_note_error(p->timers);
         return TD_PL_FAILED;

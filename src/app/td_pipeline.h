@@ -111,6 +111,11 @@ typedef struct td_pipeline_stats {
      * published late (late), of which dropped under the "drop" policy */
     uint64_t wds_out, plans_out, late, late_dropped;
     uint64_t gifts_registered, gifts_again;
+    /* the timer horizon at the last poll (docs/timers.md "Backlogs"): how
+     * far behind the wall clock it was (0: the input is caught up; -1: a
+     * partition behind has delivered nothing yet), and polls it bounded */
+    int64_t horizon_lag_ms;
+    uint64_t horizon_held_polls;
 } td_pipeline_stats;
 
 /*
@@ -132,7 +137,9 @@ void td_pipeline_set_ruleset(td_pipeline *p, const td_ruleset *rs);
 td_pl_rc td_pipeline_events(td_pipeline *p, int wait_ms);
 
 /* Claims due timers (up to timers.claim_batch) at wall time `now` and runs
- * them as one batch, then acknowledges the claims. *claimed (may be NULL)
+ * them as one batch, then acknowledges the claims. With Kafka, only timers
+ * due before the event-time horizon (td_kafka_horizon) are claimed: while
+ * the input is behind, a timer waits for the events that precede it. *claimed (may be NULL)
  * receives how many members were claimed. The timers' counters
  * (td_timers_get_stats) are kept through td_timers_record. @returns
  * TD_PL_DONE, or as td_pl_rc. */

@@ -216,6 +216,7 @@ static const cf_owned cf_consumer_owned[] = {
     {"enable.auto.offset.store", "touchd stores offsets itself, only after state and "
                                  "recommendations are durable"},
     {"partition.assignment.strategy", "touchd uses cooperative-sticky (incremental rebalances)"},
+    {"enable.partition.eof", "touchd needs end-of-partition events (the timers' horizon)"},
     {NULL, NULL}};
 static const cf_owned cf_producer_owned[] = {
     {"bootstrap.servers", "set kafka.brokers instead"},

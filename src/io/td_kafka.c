@@ -48,6 +48,16 @@ typedef struct td_kout {
 
 enum { TD_KOUT_INFLIGHT = 0, TD_KOUT_ACKED = 1, TD_KOUT_FAILED = 2 };
 
+/* An assigned partition, for the horizon. rkt is learnt from its first
+ * message (NULL before), so later lookups compare pointers. */
+typedef struct kf_part {
+    char topic[256];
+    int32_t partition;
+    const rd_kafka_topic_t *rkt;
+    td_ms max_time; /* TD_MS_MISSING: no event consumed since assigned */
+    bool caught_up; /* reached the end (EOF, or the last known message) */
+} kf_part;
+
 struct td_kafka {
     const td_config *cfg;
     char *bootstraps;
@@ -73,6 +83,12 @@ struct td_kafka {
     size_t acked, failed;
     char *arena;
     size_t alen, acap;
+
+    /* the event-time horizon (td_kafka_horizon): one entry per assigned
+     * partition, the latest occurred_at applied from it and whether the
+     * consumer has reached its end */
+    kf_part *parts;
+    size_t nparts, capparts;
 
     /* hold */
     bool held;
@@ -163,6 +179,91 @@ static void kf_stash_drop(td_kafka *k, const rd_kafka_topic_partition_list_t *pa
     k->nstash = w;
 }
 
+/* ---- the horizon's partitions ---- */
+
+static kf_part *kf_part_find(td_kafka *k, const char *topic, int32_t partition) {
+    for (size_t i = 0; i < k->nparts; i++)
+        if (k->parts[i].partition == partition && strcmp(k->parts[i].topic, topic) == 0)
+            return &k->parts[i];
+    return NULL;
+}
+
+/* The entry of a consumed message's partition (NULL: not assigned). */
+static kf_part *kf_part_of(td_kafka *k, const rd_kafka_message_t *m) {
+    for (size_t i = 0; i < k->nparts; i++)
+        if (k->parts[i].rkt == m->rkt && k->parts[i].partition == m->partition) return &k->parts[i];
+    if (!m->rkt) return NULL;
+    kf_part *pt = kf_part_find(k, rd_kafka_topic_name(m->rkt), m->partition);
+    if (pt) pt->rkt = m->rkt;
+    return pt;
+}
+
+/* New partitions start behind and with no time: the horizon holds timers
+ * back until each has delivered an event or reported its end. Out of
+ * memory: the partition is not tracked (it then never holds timers). */
+static void kf_parts_add(td_kafka *k, const rd_kafka_topic_partition_list_t *parts) {
+    for (int i = 0; i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        if (kf_part_find(k, tp->topic, tp->partition)) continue;
+        if (k->nparts == k->capparts) {
+            size_t cap = k->capparts ? k->capparts * 2 : 16;
+            kf_part *v = realloc(k->parts, cap * sizeof *v);
+            if (!v) return;
+            k->parts = v;
+            k->capparts = cap;
+        }
+        kf_part *pt = &k->parts[k->nparts++];
+        snprintf(pt->topic, sizeof pt->topic, "%s", tp->topic);
+        pt->partition = tp->partition;
+        pt->rkt = NULL;
+        pt->max_time = TD_MS_MISSING;
+        pt->caught_up = false;
+    }
+}
+
+static void kf_parts_remove(td_kafka *k, const rd_kafka_topic_partition_list_t *parts) {
+    for (int i = 0; i < parts->cnt; i++) {
+        kf_part *pt = kf_part_find(k, parts->elems[i].topic, parts->elems[i].partition);
+        if (pt) *pt = k->parts[--k->nparts];
+    }
+}
+
+/* A message handed to the pipeline: its partition is caught up when it is
+ * the last message the broker reported (the cached high watermark). */
+static void kf_part_consumed(td_kafka *k, const rd_kafka_message_t *m) {
+    kf_part *pt = kf_part_of(k, m);
+    if (!pt) return;
+    int64_t lo, hi;
+    pt->caught_up = rd_kafka_get_watermark_offsets(k->consumer, pt->topic, pt->partition, &lo,
+                                                   &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                    hi >= 0 && m->offset + 1 >= hi;
+}
+
+void td_kafka_note_time(td_kafka *k, const rd_kafka_message_t *m, td_ms t) {
+    kf_part *pt = kf_part_of(k, m);
+    if (pt && (pt->max_time == TD_MS_MISSING || t > pt->max_time)) pt->max_time = t;
+}
+
+td_ms td_kafka_horizon(const td_kafka *k, td_ms wall, int *behind) {
+    /* messages fetched while held are not applied yet: every partition
+     * counts as behind until they are */
+    bool stashed = k->headstash < k->nstash;
+    td_ms h = wall;
+    int n = 0;
+    for (size_t i = 0; i < k->nparts; i++) {
+        const kf_part *pt = &k->parts[i];
+        if (pt->caught_up && !stashed) continue;
+        n++;
+        /* strictly before the latest event: an event of the same
+         * millisecond may still come, and replay fires a timer due at an
+         * event's time before that event */
+        td_ms c = pt->max_time == TD_MS_MISSING ? TD_MS_MISSING : pt->max_time - 1;
+        if (c < h) h = c;
+    }
+    if (behind) *behind = n;
+    return h;
+}
+
 static void kf_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                             rd_kafka_topic_partition_list_t *parts, void *opaque) {
     td_kafka *k = opaque;
@@ -180,6 +281,7 @@ static void kf_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_assign(rk, parts);
         }
         k->st.assigned += parts->cnt;
+        kf_parts_add(k, parts);
         if (k->held) rd_kafka_pause_partitions(rk, parts);
         kf_log_parts("partitions assigned", parts);
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
@@ -193,6 +295,10 @@ static void kf_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 td_log_warn("commit on revoke failed", "err=%s", rd_kafka_err2name(ce));
         }
         kf_stash_drop(k, parts);
+        if (k->cooperative)
+            kf_parts_remove(k, parts);
+        else
+            k->nparts = 0;
         if (k->cooperative) {
             rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
             if (e) {
@@ -339,7 +445,9 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
         kf_set(cc, "auto.offset.reset", "earliest", err, errcap) < 0 ||
         kf_set(cc, "socket.nagle.disable", "true", err, errcap) < 0 ||
         kf_passthrough(k, cc, cfg->kafka.consumer, cfg->kafka.n_consumer, "consumer", err, errcap) <
-            0) {
+            0 ||
+        /* after the pass-through: the horizon needs end-of-partition events */
+        kf_set(cc, "enable.partition.eof", "true", err, errcap) < 0) {
         rd_kafka_conf_destroy(cc);
         goto fail;
     }
@@ -436,6 +544,7 @@ void td_kafka_free(td_kafka *k) {
     for (size_t i = k->headstash; i < k->nstash; i++)
         rd_kafka_message_destroy(k->stash[i]);
     free(k->stash);
+    free(k->parts);
     if (k->out_rkt) rd_kafka_topic_destroy(k->out_rkt);
     if (k->dlq_rkt) rd_kafka_topic_destroy(k->dlq_rkt);
     if (k->plan_rkt) rd_kafka_topic_destroy(k->plan_rkt);
@@ -460,7 +569,11 @@ const char *td_kafka_fatal(td_kafka *k) { return k->fatal_set ? k->fatal : NULL;
 /* ------------------------------------------------------------ consume */
 
 static void kf_consumer_error(td_kafka *k, rd_kafka_message_t *m) {
-    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        kf_part *pt = kf_part_of(k, m);
+        if (pt) pt->caught_up = true;
+        return;
+    }
     if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
         kf_error_cb(k->consumer, m->err, rd_kafka_message_errstr(m), k);
         return;
@@ -475,6 +588,7 @@ rd_kafka_message_t *td_kafka_poll(td_kafka *k, int timeout_ms) {
     if (k->headstash < k->nstash) {
         rd_kafka_message_t *m = k->stash[k->headstash++];
         if (k->headstash == k->nstash) k->headstash = k->nstash = 0;
+        kf_part_consumed(k, m);
         return m;
     }
     rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
@@ -485,6 +599,7 @@ rd_kafka_message_t *td_kafka_poll(td_kafka *k, int timeout_ms) {
         return NULL;
     }
     k->st.consumed++;
+    kf_part_consumed(k, m);
     return m;
 }
 
@@ -547,9 +662,10 @@ static int kf_enqueue(td_kafka *k, size_t idx) {
             rd_kafka_headers_t *h = rd_kafka_headers_new(1);
             rd_kafka_header_add(h, "touchd-kind", -1, kinds[o->kind], -1);
             rd_kafka_topic_t *rkt = o->kind == TD_KK_PLAN ? k->plan_rkt : k->out_rkt;
+            /* the macro casts without parentheses: a ternary there binds wrong */
+            char *val = o->tombstone ? NULL : k->arena + o->val_off;
             err = rd_kafka_producev(k->producer, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, klen),
-                                    RD_KAFKA_V_VALUE(o->tombstone ? NULL : k->arena + o->val_off,
-                                                     o->tombstone ? 0 : o->vlen),
+                                    RD_KAFKA_V_VALUE(val, o->tombstone ? 0 : o->vlen),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
                                     RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
             if (err) rd_kafka_headers_destroy(h);

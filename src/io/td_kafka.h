@@ -121,6 +121,19 @@ size_t td_kafka_round_size(const td_kafka *k);
  * no longer assigned are skipped (logged at debug). */
 void td_kafka_store(td_kafka *k, rd_kafka_message_t *const *msgs, size_t n);
 
+/* ---- the event-time horizon (docs/timers.md "Backlogs") ---- */
+
+/* Records that an event of time t was read from m's partition (the
+ * pipeline calls it for every valid event it decodes). */
+void td_kafka_note_time(td_kafka *k, const rd_kafka_message_t *m, td_ms t);
+/* How far timers may fire without overtaking the input: `wall` when every
+ * assigned partition is caught up (it reported its end, or its last message
+ * was the last one the broker knew of), else 1 ms before the latest event
+ * time read from the earliest partition that is behind (TD_MS_MISSING when
+ * one is behind and has delivered nothing since it was assigned). *behind
+ * (may be NULL) receives the number of partitions behind. */
+td_ms td_kafka_horizon(const td_kafka *k, td_ms wall, int *behind);
+
 /* ---- hold (back-pressure from Redis) ---- */
 
 void td_kafka_hold(td_kafka *k);

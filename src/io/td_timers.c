@@ -45,13 +45,15 @@
 /*
  * Claim. KEYS[1] = the claimed set, KEYS[2] = the heads, KEYS[3..] = the
  * safety-net window of shards; ARGV = now, lease end, budget, the shard key
- * prefix ("<prefix>:t:"), the window's first shard number, the shard count.
+ * prefix ("<prefix>:t:"), the window's first shard number, the shard count,
+ * and the due bound (members due at or before it are taken: the wall clock,
+ * or earlier while the input is behind; td_timers_claim_until).
  *
  * 1. Re-leases expired claims (their claimer died or gave up: reported with
  *    due "-1", the state knows when they were due).
  * 2. Safety net: re-computes the head of every window shard from its first
  *    member (members written without a head: an older touchd, a hand edit).
- * 3. Asks the heads for shards with something due (score <= now), earliest
+ * 3. Asks the heads for shards with something due (score <= the bound), earliest
  *    first, 32 at a time, and takes due members shard by shard until the
  *    budget is spent (or budget shards were visited); every visited shard's
  *    head is re-computed (exact: the script runs alone, so no write can slip
@@ -74,6 +76,7 @@ static const char tm_claim_lua[] =
     "local cl, hk = KEYS[1], KEYS[2]\n"
     "local now, lease, budget = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
     "local pfx, first, nsh = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "local due = ARGV[7]\n"
     "local out = {0}\n"
     "local function move(src, ms)\n"
     "  local k = 1\n"
@@ -103,13 +106,13 @@ static const char tm_claim_lua[] =
     "out[1] = #KEYS - 2\n"
     "local visits = tonumber(ARGV[3])\n"
     "while budget > 0 and visits > 0 do\n"
-    "  local hs = redis.call('ZRANGEBYSCORE', hk, '-inf', now, 'LIMIT', 0, 32)\n"
+    "  local hs = redis.call('ZRANGEBYSCORE', hk, '-inf', due, 'LIMIT', 0, 32)\n"
     "  for _, s in ipairs(hs) do\n"
     "    if budget <= 0 then break end\n"
     "    visits = visits - 1\n"
     "    if string.match(s, '^%d+$') then\n"
     "      local key = pfx .. s\n"
-    "      local d = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, "
+    "      local d = redis.call('ZRANGEBYSCORE', key, '-inf', due, 'WITHSCORES', 'LIMIT', 0, "
     "budget)\n"
     "      if #d > 0 then\n"
     "        local ms = {}\n"
@@ -427,8 +430,8 @@ static bool tm_parse_i64(const char *s, size_t n, int64_t *out) {
 /* Claims what the heads say is due, after re-computing the heads of the
  * safety-net window [first, first + count) (count 0: none); *scanned
  * receives how many window shards were done (all of them). */
-static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,
-                    size_t max, uint32_t *scanned) {
+static int tm_claim(td_timers *t, td_ms now, td_ms due_by, uint32_t first, uint32_t count,
+                    td_claim *out, size_t max, uint32_t *scanned) {
     t->err[0] = '\0';
     *scanned = 0;
     uint32_t shards = (uint32_t)t->conf.shards;
@@ -457,6 +460,8 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
     snprintf(num, sizeof num, "%" PRIu32, first);
     ok = ok && tm_args(t, &argc, num);
     snprintf(num, sizeof num, "%" PRIu32, shards);
+    ok = ok && tm_args(t, &argc, num);
+    snprintf(num, sizeof num, "%" PRId64, (int64_t)(due_by < now ? due_by : now));
     ok = ok && tm_args(t, &argc, num);
     if (!ok) {
         tm_seterr(t, "redis timers: out of memory");
@@ -504,15 +509,19 @@ static int tm_claim(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_
 int td_timers_claim_range(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,
                           size_t max) {
     uint32_t scanned;
-    return tm_claim(t, now, first, count, out, max, &scanned);
+    return tm_claim(t, now, now, first, count, out, max, &scanned);
 }
 
 int td_timers_claim(td_timers *t, td_ms now, td_claim *out, size_t max) {
+    return td_timers_claim_until(t, now, now, out, max);
+}
+
+int td_timers_claim_until(td_timers *t, td_ms now, td_ms due_by, td_claim *out, size_t max) {
     /* The safety-net round robin: the next poll's window starts after this
      * one's; the first full round after start goes at the fast pace. */
     uint32_t w = t->catchup_left > 0 ? t->fast_window : t->window;
     uint32_t scanned = 0;
-    int n = tm_claim(t, now, t->cursor, w, out, max, &scanned);
+    int n = tm_claim(t, now, due_by, t->cursor, w, out, max, &scanned);
     if (n >= 0) {
         t->cursor = (uint32_t)(((uint64_t)t->cursor + scanned) % (uint32_t)t->conf.shards);
         t->catchup_left = t->catchup_left > scanned ? t->catchup_left - scanned : 0;

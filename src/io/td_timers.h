@@ -131,6 +131,11 @@ const td_timers_conf *td_timers_get_conf(const td_timers *t);
  * their lease).
  */
 int td_timers_claim(td_timers *t, td_ms now, td_claim *out, size_t max);
+/* Like td_timers_claim, but takes only members due at or before due_by
+ * (clamped to now): the event-time horizon while the input is behind (a
+ * backlog), so that no timer fires before the events that precede it in
+ * time are applied. Leases still run on the wall clock `now`. */
+int td_timers_claim_until(td_timers *t, td_ms now, td_ms due_by, td_claim *out, size_t max);
 /* Like td_timers_claim with an explicit safety-net window [first, first +
  * count) (count 0: the heads alone). */
 int td_timers_claim_range(td_timers *t, td_ms now, uint32_t first, uint32_t count, td_claim *out,

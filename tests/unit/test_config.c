@@ -371,6 +371,9 @@ static void test_plan_keys(void **state) {
         {"engine = { dedup_window = \"0s\"; };\n",
          ":1: engine.dedup_window: expected a positive duration such as \"10m\", \"6h\", "
          "\"2d\", got \"0s\""},
+        {"kafka = { consumer = { enable_partition_eof = false; }; };\n",
+         "librdkafka property enable.partition.eof cannot be set here: touchd needs "
+         "end-of-partition events (the timers' horizon)"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         assert_null(load_text(bad[i][0], err, sizeof err));
