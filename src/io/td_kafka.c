@@ -591,16 +591,22 @@ rd_kafka_message_t *td_kafka_poll(td_kafka *k, int timeout_ms) {
         kf_part_consumed(k, m);
         return m;
     }
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
-    if (!m) return NULL;
-    if (m->err) {
+    for (;;) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
+        if (!m) return NULL;
+        if (!m->err) {
+            k->st.consumed++;
+            kf_part_consumed(k, m);
+            return m;
+        }
+        bool eof = m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
         kf_consumer_error(k, m);
         rd_kafka_message_destroy(m);
-        return NULL;
+        /* an end of partition is news for the horizon, not the end of a
+         * batch: look for a message that is already there */
+        if (!eof) return NULL;
+        timeout_ms = 0;
     }
-    k->st.consumed++;
-    kf_part_consumed(k, m);
-    return m;
 }
 
 /* -------------------------------------------------------------- rounds */

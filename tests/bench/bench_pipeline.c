@@ -69,6 +69,7 @@
 #include "harness.h"
 #include "harness_kafka.h"
 #include "td_base.h"
+#include "td_time.h"
 
 #define T_IN "touchd.events"
 #define T_OUT "touchd.recommendations"
@@ -91,6 +92,30 @@ static int64_t wall_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The wall clock as RFC 3339 (UTC, ms): events are dated as they are
+ * produced, like live traffic, so recommendations are neither late nor
+ * expired and no plan timer comes due during the run. The seconds part is
+ * formatted once a second. */
+static char *put_time(char *w) {
+    static int64_t sec = -1;
+    static char head[TD_TIME_BUF];
+    static size_t hlen;
+    int64_t ms = wall_us() / 1000;
+    if (ms / 1000 != sec) {
+        sec = ms / 1000;
+        hlen = td_time_format(sec * 1000, head, sizeof head); /* "...:SSZ" */
+        hlen = hlen > 0 ? hlen - 1 : 0;                       /* without the Z */
+    }
+    memcpy(w, head, hlen);
+    w += hlen;
+    *w++ = '.';
+    *w++ = (char)('0' + (ms % 1000) / 100);
+    *w++ = (char)('0' + (ms % 100) / 10);
+    *w++ = (char)('0' + ms % 10);
+    *w++ = 'Z';
+    return w;
 }
 
 static int64_t now_us(void) {
@@ -126,7 +151,8 @@ static void *reader_main(void *arg) {
         if (!m) continue;
         /* withdrawals (each rule's newer recommendation supersedes the
          * pending one) are counted apart: recommendations count events */
-        if (!m->err && m->len > 24 && memcmp(m->payload, "{\"kind\":\"withdrawal\"", 22) == 0) {
+        static const char wd[] = "{\"kind\":\"withdrawal\"";
+        if (!m->err && m->len >= sizeof wd - 1 && memcmp(m->payload, wd, sizeof wd - 1) == 0) {
             atomic_fetch_add(&r->wds, 1);
             rd_kafka_message_destroy(m);
             continue;
@@ -199,11 +225,6 @@ static char *put_s(char *w, const char *s) {
     memcpy(w, s, n);
     return w + n;
 }
-static char *put_2(char *w, long v) {
-    w[0] = (char)('0' + v / 10);
-    w[1] = (char)('0' + v % 10);
-    return w + 2;
-}
 
 /* The input topic's handle, made once (a topic name per produce call is a
  * lookup in librdkafka each time). */
@@ -240,11 +261,9 @@ static int produce_one(td_test_kafka *k) {
     w = put_s(w, j % 2 == 0 ? "\",\"type\":\"email.sent\",\"prospect_id\":\""
                             : "\",\"type\":\"email.opened\",\"prospect_id\":\"");
     w = put_s(w, key);
-    w = put_s(w, "\",\"occurred_at\":\"2026-11-20T");
-    w = put_2(w, (j / 60) % 24);
-    *w++ = ':';
-    w = put_2(w, j % 60);
-    w = put_s(w, ":00Z\",\"owner_id\":\"rep-");
+    w = put_s(w, "\",\"occurred_at\":\"");
+    w = put_time(w);
+    w = put_s(w, "\",\"owner_id\":\"rep-");
     w += td_fmt_u64((uint64_t)(p % 50), w);
     w = put_s(w, "\",\"data\":{\"kind\":\"value\"}}");
     int n = (int)(w - ev);
@@ -426,10 +445,9 @@ int main(int argc, char **argv) {
     if (td_test_redis_start(&redis) != 0) return 2;
     td_test_kafka k;
     /* BENCH_PLANS (default 1): the plan topic on (kafka.plan_topic) or off
-     * (0). Either way late recommendations join the plan (the events are
-     * dated in the past: late_policy "publish"), so every event changes its
-     * prospect's plan and withdraws the pending recommendation of its rule:
-     * the plan's heaviest case. */
+     * (0). The events are dated at the wall clock, so every event changes
+     * its prospect's plan and withdraws the pending recommendation of its
+     * rule (superseded): the plan's heaviest case, with no plan timer due. */
     bool plans = !getenv("BENCH_PLANS") || atoi(getenv("BENCH_PLANS")) != 0;
     const char *topics[] = {T_IN, T_OUT, T_DLQ, T_PLAN};
     if (td_test_kafka_start(&k, topics, 4, parts) != 0) return 2;
@@ -450,7 +468,7 @@ int main(int argc, char **argv) {
                  "redis = { %s };\n"
                  "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
                  "engine = { batch_max_events = %d; batch_max_ms = 10; %s };\n"
-                 "time = { late_policy = \"publish\"; max_past_age = \"36500d\"; };\n"
+                 "time = { late_policy = \"publish\"; };\n"
                  "log = { level = \"%s\"; };\n%s\n",
                  k.bootstraps, plans ? T_PLAN : "",
                  getenv("BENCH_LINGER_MS") ? getenv("BENCH_LINGER_MS") : "0",
