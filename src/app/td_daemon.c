@@ -292,7 +292,9 @@ static void dm_progress(td_daemon *d, bool force) {
         "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
         "dead_letters=%llu recs=%llu withdrawals=%llu plans=%llu late=%llu late_dropped=%llu "
         "recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
-        "redis_waits=%llu partitions=%d owner_events=%llu timers_claimed=%llu timers_fired=%llu "
+        "redis_waits=%llu partitions=%d owner_events=%llu owner_duplicates=%llu "
+        "timers_claimed=%llu "
+        "timers_fired=%llu "
         "timers_before_events=%llu timers_recs=%llu timers_stale=%llu timers_dropped=%llu "
         "timers_reclaimed=%llu timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
         "timers_delay_max_ms=%lld timers_horizon_lag_ms=%lld timers_held_polls=%llu "
@@ -305,13 +307,14 @@ static void dm_progress(td_daemon *d, bool force) {
         (unsigned long long)ps->late_dropped, (unsigned long long)ks.recs_acked,
         (unsigned long long)ks.resent, (unsigned long long)ps->conflicts,
         (unsigned long long)ps->redone, (unsigned long long)ps->redis_waits, ks.assigned,
-        (unsigned long long)ps->derived, (unsigned long long)ts->claimed,
-        (unsigned long long)ts->fired, (unsigned long long)ps->timers_before_events,
-        (unsigned long long)ts->recs, (unsigned long long)ts->stale,
-        (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
-        (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
-        (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
-        (long long)ps->horizon_lag_ms, (unsigned long long)ps->horizon_held_polls,
+        (unsigned long long)ps->derived, (unsigned long long)ps->derived_dups,
+        (unsigned long long)ts->claimed, (unsigned long long)ts->fired,
+        (unsigned long long)ps->timers_before_events, (unsigned long long)ts->recs,
+        (unsigned long long)ts->stale, (unsigned long long)ts->dropped,
+        (unsigned long long)ts->reclaimed, (unsigned long long)ts->conflicts,
+        (unsigned long long)ts->errors, (long long)td_timers_delay_quantile(ts, 0.99),
+        (long long)ts->max_delay_ms, (long long)ps->horizon_lag_ms,
+        (unsigned long long)ps->horizon_held_polls,
         (unsigned long long)td_pipeline_one_lane_writes(d->pl),
         (unsigned long long)td_pipeline_verify_mismatches(d->pl), td_ruleset_hash(d->rs));
 }

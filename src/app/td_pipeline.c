@@ -1159,7 +1159,10 @@ static int pl_derived_step(td_pipeline *p, pl_batch *b, size_t i, td_ms now) {
     if (st->ntimers && pl_fire_due(p, b, g, b->dq[i].occurred_at, now, b->dq_src[i]) < 0) return -1;
     td_trigger trig = {.kind = TD_TRIG_EVENT, .ev = &b->dq[i]};
     if (pl_step(p, st, &trig, now) != TD_OK) return -1;
-    if (p->out->duplicate) return 0;
+    if (p->out->duplicate) {
+        p->st.derived_dups++;
+        return 0;
+    }
     b->derived++;
     b->gc[g].derived++;
     if (pl_render(p, b, g, &trig, now) < 0) return -1;

@@ -107,6 +107,9 @@ typedef enum td_pl_rc {
 typedef struct td_pipeline_stats {
     uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out, conflicts,
         redis_waits, redone, derived, timers_before_events;
+    /* events derived for owners again (a recomputed or redelivered source)
+     * and dropped by the owner's dedup window */
+    uint64_t derived_dups;
     /* the plan: withdrawals and plans (and tombstones) sent, recommendations
      * published late (late), of which dropped under the "drop" policy */
     uint64_t wds_out, plans_out, late, late_dropped;

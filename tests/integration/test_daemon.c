@@ -717,6 +717,23 @@ static void test_sigterm_commits(void **state) {
 static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE);
 static long long log_last_value(fx *f, const char *key);
 
+/* Owner states exactly once: each of the NP prospects' first email
+ * derives one owner.prospect_contacted for its seller (rep-<p % 3>). */
+static void check_owners(fx *f, int NP) {
+    for (int o = 0; o < 3; o++) {
+        long long want_owner = 0;
+        for (int p = 0; p < NP; p++)
+            want_owner += p % 3 == o;
+        redisReply *x = td_test_redis_cmd(&f->redis, "HGET touchd:p:{owner:rep-%d} events", o);
+        assert_non_null(x);
+        long long got_owner = x->type == REDIS_REPLY_STRING ? atoll(x->str) : 0;
+        freeReplyObject(x);
+        if (got_owner != want_owner)
+            fprintf(stderr, "owner:rep-%d: events=%lld, want %lld\n", o, got_owner, want_owner);
+        assert_int_equal(got_owner, want_owner);
+    }
+}
+
 static void stream_with_disruption(fx *f, int NP, int NE, int DOWN_ROWS, void (*down)(fx *f),
                                    void (*up)(fx *f)) {
     start_touchd(f);
@@ -830,20 +847,7 @@ static void check_exactly_once(fx *f, td_test_reader *r, int NP, int NE) {
             assert_int_equal(hget_int(f, p, "email.sent"), NE / 2);
         }
     }
-    /* Owner states exactly once: each prospect's first email derives one
-     * owner.prospect_contacted for its seller (rep-<p % 3>). */
-    for (int o = 0; o < 3; o++) {
-        long long want_owner = 0;
-        for (int p = 0; p < NP; p++)
-            want_owner += p % 3 == o;
-        redisReply *x = td_test_redis_cmd(&f->redis, "HGET touchd:p:{owner:rep-%d} events", o);
-        assert_non_null(x);
-        long long got_owner = x->type == REDIS_REPLY_STRING ? atoll(x->str) : 0;
-        freeReplyObject(x);
-        if (got_owner != want_owner)
-            fprintf(stderr, "owner:rep-%d: events=%lld, want %lld\n", o, got_owner, want_owner);
-        assert_int_equal(got_owner, want_owner);
-    }
+    check_owners(f, NP);
     /* At least once: every expected recommendation id was published. */
     idset want_ids = {0};
     f->want_wds = 0;
@@ -1030,6 +1034,70 @@ static void test_concurrent_writer_replies(void **state) {
     assert_true(log_last_value(f, "redone") > 0);
 }
 
+/*
+ * New prospects all through the stream, with a writer on the ones being
+ * contacted: 240 prospects of 3 sellers start at rows 0, 2, ..., 18 (each
+ * with an email, its first contact), and after each row the writer bumps
+ * the versions of all of them, so writes conflict, first emails' among
+ * them, and are recomputed, deriving the owner's event again. An
+ * owner receives 80 derived events, most in batches of dozens: the owner's
+ * dedup (engine.dedup_window) must drop every re-derived one, however many
+ * other derived events came between.
+ */
+static void test_concurrent_writer_new_prospects(void **state) {
+    fx *f = *state;
+    enum { NP = 240, NE = 20, WAVES = NE / 2 };
+    start_touchd(f);
+    assert_true(td_test_wait_file(f->log, "partitions assigned", 1, 30000));
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    int want[NP];
+    size_t total = 0;
+    for (int p = 0; p < NP; p++) {
+        want[p] = NE - 2 * (p % WAVES);
+        total += (size_t)want[p];
+    }
+    for (int j = 0; j < NE; j++) {
+        for (int p = 0; p < NP; p++)
+            if (j >= 2 * (p % WAVES)) send_event(f, p, j);
+        rd_kafka_poll(f->kafka.producer, 0);
+        td_test_sleep_ms(25); /* touchd keeps up: the bumps fall between its writes */
+        for (int p = 0; p < NP; p++) {
+            redisReply *x = td_test_redis_cmd(&f->redis, "HINCRBY touchd:p:{p-%d} v 1", p);
+            assert_non_null(x);
+            freeReplyObject(x);
+        }
+    }
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    bool ok = wait_events(f, NP, want, 90000);
+    if (!ok) dump_log(f);
+    assert_true(ok);
+    for (int p = 0; p < NP; p++) {
+        assert_int_equal(hget_int(f, p, "email.sent"), want[p] / 2);
+        assert_int_equal(hget_int(f, p, "email.opened"), want[p] / 2);
+    }
+    check_owners(f, NP);
+    idset want_ids = {0};
+    f->want_wds = 0;
+    replay_ids(f, &want_ids);
+    assert_int_equal(want_ids.n - f->want_wds, total);
+    td_test_reader_read(r, want_ids.n, 30000);
+    td_test_reader_drain(r, 500);
+    size_t dups = check_recs(f, r, &want_ids);
+    idset_free(&want_ids);
+    td_test_reader_free(r);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+    long long conflicts = log_last_value(f, "conflicts");
+    fprintf(stderr,
+            "[ info ] %zu events, %zu re-published, conflicts=%lld redone=%lld "
+            "owner_events=%lld owner_duplicates=%lld\n",
+            total, dups, conflicts, log_last_value(f, "redone"), log_last_value(f, "owner_events"),
+            log_last_value(f, "owner_duplicates"));
+    assert_true(conflicts > 0);
+    /* first contacts were recomputed and derived again: the path ran */
+    assert_true(log_last_value(f, "owner_duplicates") > 0);
+    assert_true(td_test_count_in_file(f->log, " verify_mismatches=0 ") >= 1);
+}
+
 static void test_concurrent_writer_serial(void **state) {
     fx *f = *state;
     f->serial = true;
@@ -1100,6 +1168,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_redis_restart_wide, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writer_serial, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_writer_new_prospects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_verify_writes_reports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_password_missing_fails_at_start, setup,
                                         teardown),
