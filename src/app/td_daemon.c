@@ -298,6 +298,7 @@ static void dm_progress(td_daemon *d, bool force) {
         "timers_before_events=%llu timers_recs=%llu timers_stale=%llu timers_dropped=%llu "
         "timers_reclaimed=%llu timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
         "timers_delay_max_ms=%lld timers_horizon_lag_ms=%lld timers_held_polls=%llu "
+        "timers_held_claims=%llu "
         "store_one_connection=%llu verify_mismatches=%llu ruleset=%s",
         (unsigned long long)ps->batches, (unsigned long long)ps->events,
         (unsigned long long)ps->applied, (unsigned long long)ps->skipped_pos,
@@ -314,7 +315,7 @@ static void dm_progress(td_daemon *d, bool force) {
         (unsigned long long)ts->reclaimed, (unsigned long long)ts->conflicts,
         (unsigned long long)ts->errors, (long long)td_timers_delay_quantile(ts, 0.99),
         (long long)ts->max_delay_ms, (long long)ps->horizon_lag_ms,
-        (unsigned long long)ps->horizon_held_polls,
+        (unsigned long long)ps->horizon_held_polls, (unsigned long long)ps->horizon_held_claims,
         (unsigned long long)td_pipeline_one_lane_writes(d->pl),
         (unsigned long long)td_pipeline_verify_mismatches(d->pl), td_ruleset_hash(d->rs));
 }

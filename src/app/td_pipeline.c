@@ -109,6 +109,7 @@ typedef struct pl_batch {
     td_ms *delay;
     size_t nclaims;
     td_ms now;
+    td_ms due_by; /* the horizon the claims were taken at (<= now) */
     /* either: input i's group, the next input of the same group */
     int32_t *gidx, *next;
     /* groups: states[g] is owned by the batch (heap-allocated; it moves to
@@ -1135,6 +1136,14 @@ static int pl_compute_timers(td_pipeline *p, pl_batch *b, int32_t g) {
             cnt->stale++;
             continue;
         }
+        if (tm->due_at > b->due_by) {
+            /* re-leased after its claimer died, and due beyond the horizon:
+             * not acknowledged (lease_until 0 matches no lease), so it comes
+             * back after its lease, when the input may have caught up */
+            b->claims[i].lease_until = 0;
+            p->st.horizon_held_claims++;
+            continue;
+        }
         td_ms late = now - tm->due_at;
         b->delay[i] = late < 0 ? 0 : late;
         if (late > cnt->max_delay) cnt->max_delay = late;
@@ -1708,9 +1717,10 @@ static int pl_group_claims(td_pipeline *p, pl_batch *b) {
 
 /* Runs b's claims (sorted) at wall time `now`: group, load, step, deliver,
  * store (on this thread), recompute conflicts. */
-static td_pl_rc pl_timers_run(td_pipeline *p, pl_batch *b, td_ms now) {
+static td_pl_rc pl_timers_run(td_pipeline *p, pl_batch *b, td_ms now, td_ms due_by) {
     b->kind = PL_TIMERS;
     b->now = now;
+    b->due_by = due_by;
     b->age = -1;
     pl_batch_open(p, b);
     if (pl_group_claims(p, b) < 0) {
@@ -1748,7 +1758,7 @@ td_pl_rc td_pipeline_timers(td_pipeline *p, td_ms now, size_t *claimed) {
      * are then loaded as it stored them */
     if (p->inflight) br = pl_finish(p, NULL);
     uint64_t conflicts0 = p->st.conflicts;
-    if (br == TD_PL_DONE) br = pl_timers_run(p, b, now);
+    if (br == TD_PL_DONE) br = pl_timers_run(p, b, now, due_by);
     td_timers_round round = {
         .conflicts = p->st.conflicts - conflicts0, .delay = b->delay, .n = b->nclaims};
     if (br == TD_PL_DONE) {

@@ -119,6 +119,9 @@ typedef struct td_pipeline_stats {
      * partition behind has delivered nothing yet), and polls it bounded */
     int64_t horizon_lag_ms;
     uint64_t horizon_held_polls;
+    /* re-leased claims (their claimer died) due beyond the horizon, left
+     * to come back after their lease */
+    uint64_t horizon_held_claims;
 } td_pipeline_stats;
 
 /*

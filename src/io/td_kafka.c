@@ -248,7 +248,11 @@ td_ms td_kafka_horizon(const td_kafka *k, td_ms wall, int *behind) {
     /* messages fetched while held are not applied yet: every partition
      * counts as behind until they are */
     bool stashed = k->headstash < k->nstash;
-    td_ms h = wall;
+    /* no partition assigned (yet: before the first assignment, during a
+     * rebalance, or while a dead member of the group still holds them):
+     * nothing tells how far the input is, so no timer fires; the
+     * instances that own the partitions fire them */
+    td_ms h = k->nparts == 0 ? TD_MS_MISSING : wall;
     int n = 0;
     for (size_t i = 0; i < k->nparts; i++) {
         const kf_part *pt = &k->parts[i];
@@ -572,6 +576,9 @@ static void kf_consumer_error(td_kafka *k, rd_kafka_message_t *m) {
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         kf_part *pt = kf_part_of(k, m);
         if (pt) pt->caught_up = true;
+        td_log_debug("partition end", "topic=%s partition=%d offset=%lld tracked=%s",
+                     m->rkt ? rd_kafka_topic_name(m->rkt) : "-", (int)m->partition,
+                     (long long)m->offset, pt ? "true" : "false");
         return;
     }
     if (m->err == RD_KAFKA_RESP_ERR__FATAL) {

@@ -129,9 +129,10 @@ void td_kafka_note_time(td_kafka *k, const rd_kafka_message_t *m, td_ms t);
 /* How far timers may fire without overtaking the input: `wall` when every
  * assigned partition is caught up (it reported its end, or its last message
  * was the last one the broker knew of), else 1 ms before the latest event
- * time read from the earliest partition that is behind (TD_MS_MISSING when
- * one is behind and has delivered nothing since it was assigned). *behind
- * (may be NULL) receives the number of partitions behind. */
+ * time read from the earliest partition that is behind; TD_MS_MISSING
+ * (nothing fires) when one is behind and has delivered nothing since it was
+ * assigned, or when no partition is assigned. *behind (may be NULL)
+ * receives the number of partitions behind. */
 td_ms td_kafka_horizon(const td_kafka *k, td_ms wall, int *behind);
 
 /* ---- hold (back-pressure from Redis) ---- */
