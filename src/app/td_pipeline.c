@@ -157,7 +157,8 @@ typedef struct pl_batch {
     int *pack_result;
     int32_t *pack_g;
     size_t npack;
-    int store_rc; /* TD_OK, TD_ERR (Redis) or -2 (out of memory) */
+    size_t npack_owners; /* pack[0..npack_owners): owner groups, stored first */
+    int store_rc;        /* TD_OK, TD_ERR (Redis) or -2 (out of memory) */
     int32_t *work, *work2;
     size_t nwork;
 
@@ -1236,12 +1237,14 @@ static int pl_batch_derive(td_pipeline *p, pl_batch *b, pl_batch *from, size_t f
  * @returns 0 or -2 (out of memory). */
 static int pl_batch_pack(pl_batch *b) {
     size_t np = 0;
-    /* Owner groups (no input messages) first: Redis runs a pipeline in
-     * order, so a crash mid-store may lose a prospect's write (its event is
-     * consumed again and derives the same "<id>#owner" event, which the
-     * owner's dedup ring drops) but never an owner's event whose source
-     * prospect was stored. */
+    /* Owner groups (no input messages) first, stored before the others
+     * (pl_batch_store_send): a crash mid-store may lose a prospect's write
+     * (its event is consumed again and derives the same "<id>#owner"
+     * event, which the owner's dedup window drops) but never an owner's
+     * event whose source prospect was stored. */
+    b->npack_owners = 0;
     for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) b->npack_owners = np;
         for (size_t k = 0; k < b->ngroups; k++) {
             int32_t g = (int32_t)k;
             if (!b->changed[g] || (b->first[g] < 0) != (pass == 0)) continue;
@@ -1279,8 +1282,33 @@ static void pl_batch_pack_bind(pl_batch *b) {
  * happened). */
 static int pl_batch_store_send(td_redis *r, pl_batch *b) {
     if (b->npack == 0) return TD_OK;
-    return td_redis_store_diff(r, b->pack_st, b->pack_base, b->pack_now, b->pack_expected, b->npack,
-                               b->pack_result) == TD_OK
+    size_t no = b->npack_owners;
+    if (no == 0 || no == b->npack)
+        return td_redis_store_diff(r, b->pack_st, b->pack_base, b->pack_now, b->pack_expected,
+                                   b->npack, b->pack_result) == TD_OK
+                   ? TD_OK
+                   : TD_ERR;
+    /* Owners, then the prospects whose first contacts derived their events,
+     * in two calls: one call may run its writes on two connections (the
+     * lanes), in no order between them, so a crash could land a prospect's
+     * first contact and lose its owner's event (the prospect, read again,
+     * is skipped by position and derives nothing). If an owner's write
+     * conflicted, the prospects are not written either: all of them are
+     * recomputed with the owners, so no prospect is stored before the
+     * events it derived. */
+    if (td_redis_store_diff(r, b->pack_st, b->pack_base, b->pack_now, b->pack_expected, no,
+                            b->pack_result) != TD_OK)
+        return TD_ERR;
+    bool stored = true;
+    for (size_t k = 0; k < no; k++)
+        stored = stored && b->pack_result[k] == TD_REDIS_STORED;
+    if (!stored) {
+        for (size_t k = no; k < b->npack; k++)
+            b->pack_result[k] = TD_REDIS_CONFLICT;
+        return TD_OK;
+    }
+    return td_redis_store_diff(r, b->pack_st + no, b->pack_base + no, b->pack_now + no,
+                               b->pack_expected + no, b->npack - no, b->pack_result + no) == TD_OK
                ? TD_OK
                : TD_ERR;
 }
