@@ -337,7 +337,8 @@ static const td_jv *member(const view *o, td_event_field f, td_jv *tmp) {
     return tmp;
 }
 
-/* A wrong JSON type: what field f must be, and what it got. */
+/* A wrong JSON type: what the field at `path` must be, and the type it got
+ * (never its value). */
 static int fail_type(td_event_error *err, const char *path, const char *must, td_jv_kind got) {
     return fail(err, path, "must be %s (got %s)", must, kind_name(got));
 }
