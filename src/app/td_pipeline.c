@@ -572,6 +572,32 @@ static bool pl_out_of_time(const td_pipeline *p, const td_event *ev, td_ms wall,
     return true;
 }
 
+/* Logs the dead letter m and queues it on the dead-letter topic (in the
+ * round that is open). field and reason name the field and what is wrong
+ * with it, never its value (docs/events.md): payloads may hold personal
+ * data. The topic is quoted as any input-derived id is.
+ * @returns 0, or -1 (the producer refused it). */
+static int pl_dead_letter(td_pipeline *p, const rd_kafka_message_t *m, const char *field,
+                          const char *reason) {
+    p->st.dead_letters++;
+    char qt[300], qf[160], qr[400];
+    td_log_warn("event rejected to dead-letter topic",
+                "topic=%s partition=%d offset=%lld field=%s reason=%s",
+                td_log_quote(qt, sizeof qt, rd_kafka_topic_name(m->rkt)), (int)m->partition,
+                (long long)m->offset, td_log_quote(qf, sizeof qf, field[0] ? field : "-"),
+                td_log_quote(qr, sizeof qr, reason));
+    return p->kafka ? td_kafka_send_dlq(p->kafka, m, reason, field) : 0;
+}
+
+/* A rule failed at run time on the event `event_id` of st's prospect: its
+ * ids, quoted (they are the CRM's: printable ASCII only in the log). */
+static void pl_log_rule_errors(const td_state *st, const char *event_id, unsigned nerrors) {
+    char qp[300], qe[300];
+    td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u",
+                td_log_quote(qp, sizeof qp, st->prospect_id), td_log_quote(qe, sizeof qe, event_id),
+                nerrors);
+}
+
 /* Decodes every message; invalid ones (undecodable, or outside the time
  * bounds at the batch's wall time) are queued on the dead-letter topic (in
  * the round that is open). */
@@ -588,15 +614,7 @@ static int pl_batch_decode(td_pipeline *p, pl_batch *b) {
             continue;
         }
         b->dead[i] = true;
-        p->st.dead_letters++;
-        char q[400];
-        /* The reason names the field, never its value: payloads may hold
-         * personal data. */
-        td_log_warn("event rejected to dead-letter topic",
-                    "topic=%s partition=%d offset=%lld field=%s reason=%s",
-                    rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-                    ee.field[0] ? ee.field : "-", td_log_quote(q, sizeof q, ee.reason));
-        if (td_kafka_send_dlq(p->kafka, m, ee.reason, ee.field) < 0) return -1;
+        if (pl_dead_letter(p, m, ee.field, ee.reason) < 0) return -1;
     }
     return 0;
 }
@@ -1089,10 +1107,7 @@ static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) 
         if (pl_step(p, st, &trig, now) != TD_OK) return -1;
         pl_after(p, &trig, now);
         if (p->out->rejected) { /* feedback naming a recommendation not this prospect's */
-            p->st.dead_letters++;
-            if (p->kafka &&
-                td_kafka_send_dlq(p->kafka, m, p->out->reject_reason, p->out->reject_field) < 0)
-                return -1;
+            if (pl_dead_letter(p, m, p->out->reject_field, p->out->reject_reason) < 0) return -1;
             td_state_pos_set(st, topic, m->partition, m->offset);
             b->changed[g] = true;
             continue;
@@ -1106,9 +1121,7 @@ static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) 
         }
         if (!p->out->duplicate && pl_gift_note(p, b, g, i) < 0) return -1;
         if (pl_render(p, b, g, &trig, now) < 0) return -1;
-        if (p->out->nerrors)
-            td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u", st->prospect_id,
-                        b->evs[i].id, p->out->nerrors);
+        if (p->out->nerrors) pl_log_rule_errors(st, b->evs[i].id, p->out->nerrors);
         if (p->out->has_derived && pl_dq_push(b, &p->out->derived, i) < 0) return -1;
         td_state_pos_set(st, topic, m->partition, m->offset);
         b->changed[g] = true;
@@ -1176,9 +1189,7 @@ static int pl_derived_step(td_pipeline *p, pl_batch *b, size_t i, td_ms now) {
     b->derived++;
     b->gc[g].derived++;
     if (pl_render(p, b, g, &trig, now) < 0) return -1;
-    if (p->out->nerrors)
-        td_log_warn("rule evaluation errors", "prospect=%s event=%s errors=%u", st->prospect_id,
-                    b->dq[i].id, p->out->nerrors);
+    if (p->out->nerrors) pl_log_rule_errors(st, b->dq[i].id, p->out->nerrors);
     b->changed[g] = true;
     return 0;
 }
@@ -1484,8 +1495,9 @@ static td_pl_rc pl_batch_attempt(td_pipeline *p, pl_batch *b, pl_batch *from) {
     size_t nw = b->nwork; /* derive appends owner groups, computed there */
     for (size_t k = 0; k < nw; k++) {
         if (pl_batch_compute(p, b, b->work[k], now) < 0) {
+            char q[300];
             td_log_error("engine step failed (out of memory)", "prospect=%s",
-                         b->states[b->work[k]]->prospect_id);
+                         td_log_quote(q, sizeof q, b->states[b->work[k]]->prospect_id));
             return TD_PL_FATAL;
         }
     }

@@ -30,9 +30,16 @@
  *   fast path has the text at hand and feeds the same parser.)
  * - JSON null on an optional field means "not given"; on a required field it
  *   is "missing". Many CRM serialisers write null for unset fields.
- * - Rejection reasons may echo short enumerated values (a type, a stage)
- *   after sanitising them; they never echo ids or free text, which could
- *   carry personal data into the dead-letter topic.
+ * - Rejection reasons never echo the message: not a value, not a key, not a
+ *   piece of jansson's text around an error. Payloads carry personal data
+ *   (names, emails, phone numbers) and reasons go to the log and to the
+ *   dead-letter headers. A reason says what the field must be and what it
+ *   was instead in words the decoder chose: its JSON type ("got a string"),
+ *   its length ("got 140"), a byte offset or a line and column. A field
+ *   path names only fields of the schema; a key the sender chose (the one
+ *   object with free keys is data.consent) is named by its position among
+ *   its object's keys, "data.consent[#3]" (docs/events.md). So field and
+ *   reason are always printable ASCII, whatever the message held.
  *
  * @locality any thread; no shared state.
  */
@@ -268,6 +275,51 @@ typedef struct view {
     const td_event_doc *doc;
 } view;
 
+/* The kind of a jansson value. */
+static td_jv_kind json_kind(const json_t *j) {
+    switch (json_typeof(j)) {
+    case JSON_OBJECT:
+        return TD_JV_OBJECT;
+    case JSON_ARRAY:
+        return TD_JV_ARRAY;
+    case JSON_STRING:
+        return TD_JV_STRING;
+    case JSON_INTEGER:
+        return TD_JV_INTEGER;
+    case JSON_REAL:
+        return TD_JV_REAL;
+    case JSON_TRUE:
+        return TD_JV_TRUE;
+    case JSON_FALSE:
+        return TD_JV_FALSE;
+    case JSON_NULL:
+        break;
+    }
+    return TD_JV_NULL;
+}
+
+/* What a value is, for a reason's "(got ...)": its JSON type, never its
+ * content. */
+static const char *kind_name(td_jv_kind k) {
+    switch (k) {
+    case TD_JV_FALSE:
+    case TD_JV_TRUE:
+        return "a boolean";
+    case TD_JV_INTEGER:
+        return "an integer";
+    case TD_JV_REAL:
+        return "a number with a fraction or exponent";
+    case TD_JV_STRING:
+        return "a string";
+    case TD_JV_OBJECT:
+        return "an object";
+    case TD_JV_ARRAY:
+        return "an array";
+    default:
+        return "null";
+    }
+}
+
 /* The value of field f in o; `tmp` holds it when it must be converted. */
 static const td_jv *member(const view *o, td_event_field f, td_jv *tmp) {
     static const td_jv absent = {TD_JV_ABSENT, NULL, 0, 0};
@@ -275,36 +327,20 @@ static const td_jv *member(const view *o, td_event_field f, td_jv *tmp) {
     json_t *j = json_object_get(o->json, td_event_fields[f].key);
     if (j == NULL) return &absent;
     *tmp = absent;
-    switch (json_typeof(j)) {
-    case JSON_OBJECT:
-        tmp->kind = TD_JV_OBJECT;
-        break;
-    case JSON_ARRAY:
-        tmp->kind = TD_JV_ARRAY;
-        break;
-    case JSON_STRING:
-        tmp->kind = TD_JV_STRING;
+    tmp->kind = json_kind(j);
+    if (tmp->kind == TD_JV_STRING) {
         tmp->s = json_string_value(j);
         tmp->n = json_string_length(j);
-        break;
-    case JSON_INTEGER:
-        tmp->kind = TD_JV_INTEGER;
+    } else if (tmp->kind == TD_JV_INTEGER) {
         tmp->i = (int64_t)json_integer_value(j);
-        break;
-    case JSON_REAL:
-        tmp->kind = TD_JV_REAL; /* s = NULL: read_dec finds the text */
-        break;
-    case JSON_TRUE:
-        tmp->kind = TD_JV_TRUE;
-        break;
-    case JSON_FALSE:
-        tmp->kind = TD_JV_FALSE;
-        break;
-    case JSON_NULL:
-        tmp->kind = TD_JV_NULL;
-        break;
-    }
+    } /* REAL: s = NULL, read_dec finds the text */
     return tmp;
+}
+
+/* A wrong JSON type: what the field at `path` must be, and the type it got
+ * (never its value). */
+static int fail_type(td_event_error *err, const char *path, const char *must, td_jv_kind got) {
+    return fail(err, path, "must be %s (got %s)", must, kind_name(got));
 }
 
 /* The object held by field f of o (which is known to be an object). */
@@ -332,7 +368,8 @@ static int read_str(const view *o, td_event_field f, const char **s, size_t *n,
     td_jv tmp;
     const td_jv *v = member(o, f, &tmp);
     if (nothing(v)) return ABSENT;
-    if (v->kind != TD_JV_STRING) return fail(err, td_event_fields[f].path, "must be a string");
+    if (v->kind != TD_JV_STRING)
+        return fail_type(err, td_event_fields[f].path, "a string", v->kind);
     *s = v->s;
     *n = v->n;
     return 0;
@@ -392,7 +429,7 @@ static int read_bool(const view *o, td_event_field f, bool *out, td_event_error 
     const td_jv *v = member(o, f, &tmp);
     if (nothing(v)) return ABSENT;
     if (v->kind != TD_JV_TRUE && v->kind != TD_JV_FALSE)
-        return fail(err, td_event_fields[f].path, "must be true or false");
+        return fail_type(err, td_event_fields[f].path, "true or false", v->kind);
     *out = v->kind == TD_JV_TRUE;
     return 0;
 }
@@ -403,7 +440,7 @@ static int read_int(const view *o, td_event_field f, int64_t min, int64_t max, i
     td_jv tmp;
     const td_jv *v = member(o, f, &tmp);
     if (nothing(v)) return ABSENT;
-    if (v->kind != TD_JV_INTEGER) return fail(err, path, "must be an integer");
+    if (v->kind != TD_JV_INTEGER) return fail_type(err, path, "an integer", v->kind);
     int64_t i = v->i;
     if (i < min || i > max) {
         if (max == INT64_MAX) return fail(err, path, "must be >= %lld", (long long)min);
@@ -676,7 +713,7 @@ static int read_dec(const view *o, td_event_field f, const char *buf, size_t len
             return fail(err, path, "could not be read exactly"); /* unreachable for valid JSON */
         why = parse_decimal(s, n, out);
     } else {
-        return fail(err, path, "must be a number or a decimal string");
+        return fail_type(err, path, "a number or a decimal string", v->kind);
     }
     if (why != NULL) return fail(err, path, "%s", why);
     return 0;
@@ -755,7 +792,7 @@ static int read_consent(const view *d, td_event *ev, td_event_error *err) {
     const td_jv *v = member(d, TD_EF_CONSENT, &tmp);
     if (nothing(v)) return ABSENT;
     if (v->kind != TD_JV_OBJECT)
-        return fail(err, "data.consent", "must be an object of channel -> true/false");
+        return fail_type(err, "data.consent", "an object of channel -> true/false", v->kind);
     if (d->doc != NULL) {
         /* The scanner took only known channels with true, false or null. */
         memcpy(ev->consent, d->doc->consent, sizeof ev->consent);
@@ -764,17 +801,21 @@ static int read_consent(const view *d, td_event *ev, td_event_error *err) {
     json_t *c = sub_object(d, TD_EF_CONSENT).json;
     const char *key;
     json_t *cv;
+    unsigned pos = 0; /* jansson keeps keys in message order */
     json_object_foreach(c, key, cv) {
         char path[64];
+        pos++;
         td_channel ch = td_channel_parse(key, strlen(key));
-        if (ch == TD_CH_NONE) /* the key is the sender's data: not in the path */
-            return fail(err, "data.consent",
-                        "has a key that is not a channel (known: email, whatsapp, sms, linkedin, "
+        if (ch == TD_CH_NONE) { /* the key is the sender's data: its position only */
+            snprintf(path, sizeof path, "data.consent[#%u]", pos);
+            return fail(err, path,
+                        "is a key that is not a channel (known: email, whatsapp, sms, linkedin, "
                         "call, meeting, gift)");
+        }
         if (json_is_null(cv)) continue;
         if (!json_is_boolean(cv)) {
-            snprintf(path, sizeof path, "data.consent.%s", key);
-            return fail(err, path, "must be true or false");
+            snprintf(path, sizeof path, "data.consent.%s", td_channel_name(ch));
+            return fail_type(err, path, "true or false", json_kind(cv));
         }
         ev->consent[ch] = json_is_true(cv) ? TD_TRI_YES : TD_TRI_NO;
     }
@@ -872,6 +913,36 @@ static int decode_data(const view *d, const char *buf, size_t len, td_event *ev,
 
 /* ---- the envelope ---- */
 
+/*
+ * Words for a jansson syntax error, never jansson's text itself: that text
+ * quotes the input ("invalid token near 'jeanne@exa'", "invalid Unicode
+ * '\uD83D'", "control character 0x7"). Its known messages (jansson 2.14,
+ * load.c) map to fixed words; anything else is just "syntax error".
+ */
+static const char *json_error_words(const char *text) {
+    static const struct {
+        const char *jansson; /* the start of jansson's message */
+        const char *words;
+    } known[] = {
+        {"invalid token", "invalid token"},
+        {"unexpected token", "unexpected token"},
+        {"unexpected newline", "newline inside a string"},
+        {"control character", "control character inside a string"},
+        {"invalid escape", "invalid escape"},
+        {"invalid Unicode", "invalid \\u escape (an unpaired surrogate)"},
+        {"premature end of input", "premature end of input"},
+        {"string or '}' expected", "string or '}' expected"},
+        {"':' expected", "':' expected"},
+        {"'}' expected", "'}' expected"},
+        {"']' expected", "']' expected"},
+        {"'[' or '{' expected", "'[' or '{' expected"},
+        {"end of file expected", "end of input expected"},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strncmp(text, known[i].jansson, strlen(known[i].jansson)) == 0) return known[i].words;
+    return "syntax error";
+}
+
 static int parse_error(const char *buf, size_t len, const json_error_t *je, td_event_error *err) {
     switch (json_error_code(je)) {
     case json_error_duplicate_key:
@@ -891,11 +962,8 @@ static int parse_error(const char *buf, size_t len, const json_error_t *je, td_e
     }
     long bad = utf8_invalid_at((const unsigned char *)buf, len);
     if (bad >= 0) return fail(err, "", "not valid UTF-8 (byte offset %ld)", bad);
-    /* jansson's text may quote the input ("... near 'jeanne@...'"): cut there */
-    const char *near = strstr(je->text, " near ");
-    int keep = near ? (int)(near - je->text) : (int)strlen(je->text);
-    return fail(err, "", "not valid JSON: %.*s at line %d column %d", keep, je->text, je->line,
-                je->column);
+    return fail(err, "", "not valid JSON: %s at line %d column %d", json_error_words(je->text),
+                je->line, je->column);
 }
 
 static int decode_object(const view *root, const char *buf, size_t len, td_event *ev,
@@ -927,7 +995,7 @@ static int decode_object(const view *root, const char *buf, size_t len, td_event
     if (nothing(data) && td_event_is_feedback(ev->type))
         return fail(err, "data.recommendation_id", "is required");
     if (nothing(data)) return TD_OK;
-    if (data->kind != TD_JV_OBJECT) return fail(err, "data", "must be an object");
+    if (data->kind != TD_JV_OBJECT) return fail_type(err, "data", "an object", data->kind);
     view d = sub_object(root, TD_EF_DATA);
     return decode_data(&d, buf, len, ev, err);
 }

@@ -192,7 +192,10 @@ static inline bool td_event_is_feedback(td_event_type t) {
 }
 
 /* Why an event was rejected: the field (JSON path, e.g. "data.value_eur",
- * "" for the message as a whole) and a sentence. */
+ * "" for the message as a whole; a key the sender chose by its position,
+ * "data.consent[#3]") and a sentence. Both are printable ASCII and never
+ * hold a piece of the message (docs/events.md, "Reasons never echo the
+ * message"): they are logged and sent as dead-letter headers. */
 typedef struct td_event_error {
     char field[64];
     char reason[192];

@@ -4,6 +4,13 @@
  * Formatting happens in a stack buffer and the line leaves in one write(2),
  * so concurrent writers (the main loop, librdkafka's threads via its log
  * callback) never interleave within a line. No allocation, no locks.
+ *
+ * A line holds printable ASCII only (0x20..0x7e, then its newline): values
+ * are quoted with td_log_quote, which escapes every other byte as \xNN, and
+ * the caller's formatted tail is passed through the same escape, so a value
+ * a caller forgot to quote (an id with a UTF-8 name in it, a terminal escape
+ * sequence) still cannot reach the log as raw bytes (docs/operations.md,
+ * "Privacy").
  */
 #include "td_log.h"
 
@@ -37,13 +44,16 @@ td_log_level td_log_get_level(void) { return (td_log_level)td_log_level_v; }
 void td_log_set_fd(int fd) { td_log_fd = fd; }
 bool td_log_enabled(td_log_level l) { return (int)l >= td_log_level_v; }
 
+/* Printable ASCII: the only bytes a log line holds (besides its newline). */
+static bool td_log_printable(unsigned char c) { return c >= 0x20 && c <= 0x7e; }
+
 static const char *td_log_quote_ex(char *buf, size_t cap, const char *s, bool force) {
     if (cap == 0) return buf;
     if (!s) s = "";
     bool plain = !force && *s != '\0';
     for (const char *p = s; *p && plain; p++) {
         unsigned char c = (unsigned char)*p;
-        if (c <= ' ' || c == '=' || c == '"' || c == '\\' || c == 0x7f) plain = false;
+        if (!td_log_printable(c) || c == ' ' || c == '=' || c == '"' || c == '\\') plain = false;
     }
     if (plain) {
         size_t n = strlen(s);
@@ -70,7 +80,8 @@ static const char *td_log_quote_ex(char *buf, size_t cap, const char *s, bool fo
             if (o + 3 >= cap) break;
             buf[o++] = '\\';
             buf[o++] = esc;
-        } else if (c < ' ' || c == 0x7f) {
+        } else if (!td_log_printable(c)) {
+            /* control bytes, DEL and every byte of a UTF-8 sequence */
             if (o + 5 >= cap) break;
             o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", c);
         } else {
@@ -81,6 +92,26 @@ static const char *td_log_quote_ex(char *buf, size_t cap, const char *s, bool fo
     if (o + 1 < cap) buf[o++] = '"';
     buf[o] = '\0';
     return buf;
+}
+
+/* Appends s to line (at *o, capacity cap) with every byte outside printable
+ * ASCII as \xNN: what a caller left unquoted cannot carry such bytes into
+ * the log either. Stops before an escape that does not fit. */
+static void td_log_append_printable(char *line, size_t cap, size_t *o, const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    for (; *s && *o + 1 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (td_log_printable(c)) {
+            line[(*o)++] = (char)c;
+        } else {
+            if (*o + 5 >= cap) break;
+            line[(*o)++] = '\\';
+            line[(*o)++] = 'x';
+            line[(*o)++] = hex[c >> 4];
+            line[(*o)++] = hex[c & 15];
+        }
+    }
+    line[*o] = '\0';
 }
 
 const char *td_log_quote(char *buf, size_t cap, const char *s) {
@@ -106,12 +137,12 @@ void td_log(td_log_level l, const char *msg, const char *kvfmt, ...) {
     if (o >= sizeof line) o = sizeof line - 1;
     if (kvfmt && *kvfmt && o + 2 < sizeof line) {
         line[o++] = ' ';
+        char tail[TD_LOG_LINE_MAX];
         va_list ap;
         va_start(ap, kvfmt);
-        int n = vsnprintf(line + o, sizeof line - o, kvfmt, ap);
+        vsnprintf(tail, sizeof tail, kvfmt, ap);
         va_end(ap);
-        if (n > 0) o += (size_t)n;
-        if (o >= sizeof line) o = sizeof line - 1;
+        td_log_append_printable(line, sizeof line, &o, tail);
     }
     if (o >= sizeof line - 1) o = sizeof line - 2; /* truncated: keep room for the newline */
     line[o++] = '\n';

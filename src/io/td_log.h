@@ -9,7 +9,10 @@
  * quoted with td_log_quote. What is NEVER logged (DESIGN.md): personal data
  * (only ids: prospect, event, rule, recommendation), event payloads, the Redis
  * password or any other secret. Callers are responsible for that; this module
- * only formats.
+ * formats, and guarantees one thing: a line holds only printable ASCII (the
+ * kv tail is escaped as td_log_quote escapes, even where a caller did not
+ * quote), so bytes of a message (UTF-8 names, terminal escapes) never reach
+ * the log raw.
  *
  * A line is written with a single write(2) (lines are capped at 4 KiB, so
  * lines from several threads never interleave: librdkafka logs from its own
@@ -56,9 +59,14 @@ void td_log(td_log_level l, const char *msg, const char *kvfmt, ...)
 #define td_log_error(...) td_log(TD_LOG_ERROR, __VA_ARGS__)
 
 /*
- * A logfmt value for `s`: unchanged when it is non-empty and holds no space,
- * '=', '"', '\\' or control byte, else double-quoted with \" \\ \n \t escapes.
- * Written into buf (truncated to cap, always NUL-terminated); returns buf.
+ * A logfmt value for `s`: unchanged when it is non-empty and holds only
+ * printable ASCII (0x20..0x7e) other than space, '=', '"' and '\\'; else
+ * double-quoted with \" \\ \n \t \r escapes and \xNN for every other byte
+ * outside printable ASCII (control bytes, DEL, each byte of a UTF-8
+ * sequence: "p-\xc3\xa9"). Quote every value that comes from input (event,
+ * prospect and owner ids, topic names): ids may be logged, as printable
+ * ASCII only. Written into buf (truncated to cap, never inside an escape,
+ * always NUL-terminated); returns buf.
  */
 const char *td_log_quote(char *buf, size_t cap, const char *s);
 

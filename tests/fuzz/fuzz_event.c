@@ -5,7 +5,9 @@
  *
  * Besides "does not crash" (ASan/UBSan do the judging), it checks the
  * invariants a caller relies on:
- * - a rejection always names a reason, NUL-terminated within its buffer;
+ * - a rejection always names a reason, NUL-terminated within its buffer,
+ *   and its field and reason are printable ASCII whatever the input held
+ *   (they are logged and sent as dead-letter headers: docs/events.md);
  * - an accepted event's strings are NUL-terminated within their arrays and
  *   its type/channel agree;
  * - a parsed time formats and parses back to the same instant, a parsed
@@ -24,6 +26,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_str(const char *s, size_t cap) {
     if (memchr(s, '\0', cap) == NULL) abort();
+}
+
+static void check_printable(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e) abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -46,6 +53,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check_str(err.field, sizeof err.field);
         check_str(err.reason, sizeof err.reason);
         if (err.reason[0] == '\0') abort();
+        check_printable(err.field);
+        check_printable(err.reason);
     }
 
     td_ms t, back;

@@ -114,6 +114,19 @@ typedef struct td_test_world {
  * `partitions` each); touchd is not started. @returns 0, or -1. */
 int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntopics,
                         int partitions);
+/* Creates w->dir/rules with one file, t.rules, holding `text`; its path
+ * goes to dir. @returns 0, or -1. */
+int td_test_world_write_rules(td_test_world *w, const char *text, char *dir, size_t cap);
+/* Writes w->conf, the daemon config most tests use: brokers = the world's
+ * cluster, group_id `group`, topics in/out/dlq, the quick consumer and
+ * producer settings of the tests (5 ms fetch wait, 6 s session, linger 0),
+ * the world's Redis (plus `redis_extra`, more settings inside the redis
+ * group, or NULL), rules.dir = rules_dir with polling off, then `extra`
+ * (more groups, e.g. "timers = {...}; log = {...};", or NULL).
+ * @returns 0, or -1. */
+int td_test_world_write_conf(td_test_world *w, const char *group, const char *in, const char *out,
+                             const char *dlq, const char *rules_dir, const char *redis_extra,
+                             const char *extra);
 /* Kills a touchd still running (printing its log's end: the test failed),
  * stops the cluster and Redis, removes the dir. */
 void td_test_world_stop(td_test_world *w);
