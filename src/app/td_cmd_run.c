@@ -43,7 +43,8 @@ static void cr_usage(FILE *f) {
                "Logs: logfmt lines on stderr (ts=... level=... msg=\"...\" key=value...).\n"
                "Exit status: 0 clean stop, 1 rules do not compile at start, 2 usage or\n"
                "configuration error, 4 fatal runtime error (Kafka fatal error, Redis\n"
-               "unreachable at start). Documentation: docs/operations.md, docs/config.md.\n");
+               "unreachable or refusing commands at start: a missing or wrong password, an\n"
+               "ACL, maxclients). Documentation: docs/operations.md, docs/config.md.\n");
 }
 
 static void cr_on_stop(int sig) {

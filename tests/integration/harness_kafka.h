@@ -105,6 +105,7 @@ typedef struct td_test_touchd {
  * a redis-server, a mock cluster with the topics, and one touchd. */
 typedef struct td_test_world {
     char dir[256], conf[300], log[300];
+    char rules_dir[300]; /* dir + "/rules" once td_test_world_rules made it */
     td_test_redis redis;
     td_test_kafka kafka;
     td_test_touchd touchd;
@@ -114,6 +115,22 @@ typedef struct td_test_world {
  * `partitions` each); touchd is not started. @returns 0, or -1. */
 int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntopics,
                         int partitions);
+/* Creates w->rules_dir holding one rules file, t.rules, with `rules`.
+ * @returns 0, or -1. */
+int td_test_world_rules(td_test_world *w, const char *rules);
+/* Writes w->conf for a touchd of consumer group `group` on the world's
+ * broker and Redis: input topic `in`, output `out`, dead letters `dlq`, no
+ * plan topic, the tests' quick settings (linger_ms 0; Redis backoff 20..200
+ * ms, command timeout 1 s, connect timeout 500 ms), rules from
+ * w->rules_dir without polling, old events accepted (max_past_age 100
+ * years). `consumer`: the kafka.consumer group's settings (NULL: the quick
+ * ones, fetch_wait_max_ms 5 and a 6 s session with 500 ms heartbeats);
+ * `kafka` and `redis` (NULL: none) are added to the kafka and redis groups
+ * (libconfig refuses a key twice), `rest` (further groups) after.
+ * @returns 0, or -1. */
+int td_test_world_conf(td_test_world *w, const char *group, const char *in, const char *out,
+                       const char *dlq, const char *consumer, const char *kafka, const char *redis,
+                       const char *rest);
 /* Kills a touchd still running (printing its log's end: the test failed),
  * stops the cluster and Redis, removes the dir. */
 void td_test_world_stop(td_test_world *w);
