@@ -33,7 +33,8 @@ static void cr_usage(FILE *f) {
                "      --redis ADDR     override redis: HOST:PORT, HOST, [V6]:PORT or unix:/PATH\n"
                "      --rules DIR      override rules.dir\n"
                "      --log-level L    override log.level: debug, info, warn, error\n"
-               "      --check-config   load and check the configuration, print it, exit\n"
+               "      --check-config   check the configuration and the paths it names (the\n"
+               "                       rules directory, CA and key files...), print it, exit\n"
                "  -h, --help           this help\n"
                "\n"
                "Signals: SIGTERM/SIGINT finish the current batch, commit offsets and exit 0;\n"
@@ -171,9 +172,11 @@ int td_cmd_run(int argc, char **argv) {
         return TD_EXIT_USAGE;
     }
     if (check_only) {
-        cr_print_config(cfg, stdout);
+        /* the paths it names: what a start would find missing only later */
+        int bad = td_config_check_paths(cfg, "touchd run: ", stderr);
+        if (bad == 0) cr_print_config(cfg, stdout);
         td_config_free(cfg);
-        return TD_EXIT_OK;
+        return bad ? TD_EXIT_USAGE : TD_EXIT_OK;
     }
     td_log_set_level(cfg->log.level);
     cr_signals();
