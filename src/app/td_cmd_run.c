@@ -73,8 +73,10 @@ static void cr_signals(void) {
 
 static void cr_print_config(const td_config *c, FILE *f) {
     fprintf(f, "config %s: ok\n", c->path);
-    fprintf(f, "kafka.brokers = %s\nkafka.group_id = %s\nkafka.input_topics =", c->kafka.brokers,
-            c->kafka.group_id);
+    fprintf(f, "kafka.brokers = %s\nkafka.group_id = %s\nkafka.instance_id = %s\n",
+            c->kafka.brokers, c->kafka.group_id,
+            c->kafka.instance_id[0] ? c->kafka.instance_id : "(dynamic membership)");
+    fprintf(f, "kafka.input_topics =");
     for (size_t i = 0; i < c->kafka.n_input_topics; i++)
         fprintf(f, " %s", c->kafka.input_topics[i]);
     fprintf(f, "\nkafka.output_topic = %s\nkafka.dead_letter_topic = %s\n", c->kafka.output_topic,

@@ -408,7 +408,14 @@ int td_daemon_run(td_daemon *d) {
     td_pl_rc br = td_pipeline_flush(d->pl);
     if (br == TD_PL_FATAL && rc == TD_EXIT_OK) dm_batch_end(d, br, &rc);
     dm_progress(d, true);
-    if (rc == TD_EXIT_OK) td_log_info("stopping: committing offsets and leaving the group", NULL);
+    if (rc == TD_EXIT_OK && d->cfg->kafka.instance_id[0])
+        /* KIP-345: a static member does not leave; its partitions wait for
+         * it (or another member) until the group coordinator's session
+         * timeout expires */
+        td_log_info("stopping: committing offsets, keeping the group membership", "instance=%s",
+                    d->cfg->kafka.instance_id);
+    else if (rc == TD_EXIT_OK)
+        td_log_info("stopping: committing offsets and leaving the group", NULL);
     td_kafka_close(d->kafka, 10000);
     return rc;
 }

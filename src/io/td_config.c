@@ -215,6 +215,7 @@ static const cf_owned cf_consumer_owned[] = {
     {"bootstrap.servers", "set kafka.brokers instead"},
     {"metadata.broker.list", "set kafka.brokers instead"},
     {"group.id", "set kafka.group_id instead"},
+    {"group.instance.id", "set kafka.instance_id instead (it takes env:NAME)"},
     {"enable.auto.offset.store", "touchd stores offsets itself, only after state and "
                                  "recommendations are durable"},
     {"partition.assignment.strategy", "touchd uses cooperative-sticky (incremental rebalances)"},
@@ -360,6 +361,14 @@ _Static_assert(sizeof(td_overdue_policy) == sizeof(int), "td_overdue_policy is s
 static const td_config_key cf_keys[] = {
     TD_STR("kafka.brokers", kafka.brokers, "embedded", 0, "\"embedded\" or host:port,host:port"),
     TD_STR("kafka.group_id", kafka.group_id, "touchd", 0, "the consumer group"),
+    {.path = "kafka.instance_id",
+     .type = TD_CFG_STRING,
+     .def_str = "",
+     .flags = TD_CFG_F_EMPTY | TD_CFG_F_ENV,
+     .off = TD_OFF(kafka.instance_id),
+     .check = cf_topic_or_off_ok, /* Kafka checks an instance id as a topic name */
+     .expects = "\"\" (dynamic membership) or 1 to 249 of a-z A-Z 0-9 . _ -",
+     .help = "static group membership (group.instance.id): unique per live instance"},
     {.path = "kafka.input_topics",
      .type = TD_CFG_TOPICS,
      .def_str = "touchd.events",

@@ -62,6 +62,7 @@ typedef struct td_config {
         char *brokers; /* "embedded" or "host:port,host:port" */
         bool embedded; /* brokers == "embedded" */
         char *group_id;
+        char *instance_id; /* librdkafka's group.instance.id; "" = dynamic membership */
         char **input_topics;
         size_t n_input_topics;
         char *output_topic;

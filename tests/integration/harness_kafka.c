@@ -434,6 +434,21 @@ int td_test_world_rules(td_test_world *w, const char *rules) {
     return td_test_write_file(w->rules_dir, "t.rules", rules, strlen(rules), NULL, 0);
 }
 
+int td_test_world_setup_sent(void **state, size_t size) {
+    static const char rules[] =
+        "settings = { expires = \"3650d\"; };\n"
+        "rules = (\n"
+        "  { id = \"t.sent\"; on = [ \"email.sent\" ];\n"
+        "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; }\n"
+        ");\n";
+    const char *topics[] = {"events", "recs", "dlq"};
+    td_test_world *w = calloc(1, size < sizeof *w ? sizeof *w : size);
+    if (!w) return -1;
+    *state = w;
+    if (td_test_world_start(w, topics, 3, 2) != 0) return -1;
+    return td_test_world_rules(w, rules);
+}
+
 int td_test_world_conf(td_test_world *w, const char *group, const char *in, const char *out,
                        const char *dlq, const char *consumer, const char *kafka, const char *redis,
                        const char *rest) {

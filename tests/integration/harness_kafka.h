@@ -115,6 +115,12 @@ typedef struct td_test_world {
  * `partitions` each); touchd is not started. @returns 0, or -1. */
 int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntopics,
                         int partitions);
+/* A cmocka setup for a fixture of `size` bytes whose first member is a
+ * td_test_world (td_test_world_teardown frees it): the world with topics
+ * "events", "recs" and "dlq" of 2 partitions each, and w->rules_dir holding
+ * one rule, t.sent: a follow_up recommendation for every email.sent, that
+ * never expires. @returns 0, or -1. */
+int td_test_world_setup_sent(void **state, size_t size);
 /* Creates w->rules_dir holding one rules file, t.rules, with `rules`.
  * @returns 0, or -1. */
 int td_test_world_rules(td_test_world *w, const char *rules);

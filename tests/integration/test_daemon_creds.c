@@ -44,23 +44,12 @@
 #define PASSWORD "Zq9-test-Secret-71"
 #define WRONG "Wr0ng-test-Guess-38"
 
-static const char RULES[] = "settings = { expires = \"3650d\"; };\n"
-                            "rules = (\n"
-                            "  { id = \"t.sent\"; on = [ \"email.sent\" ];\n"
-                            "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; }\n"
-                            ");\n";
-
 typedef struct fx {
     td_test_world w; /* first: td_test_world_teardown */
 } fx;
 
-static int setup(void **state) {
-    fx *f = calloc(1, sizeof *f);
-    const char *topics[] = {T_IN, T_OUT, T_DLQ};
-    if (!f || td_test_world_start(&f->w, topics, 3, 2) != 0) return -1;
-    *state = f;
-    return td_test_world_rules(&f->w, RULES);
-}
+/* the world: topics events, recs, dlq; one rule for every email.sent */
+static int setup(void **state) { return td_test_world_setup_sent(state, sizeof(fx)); }
 
 /* The config, with `redis_extra` inside the redis group. */
 static void write_conf(fx *f, const char *redis_extra) {

@@ -454,8 +454,45 @@ static void test_check_paths(void **state) {
     rmdir(dir);
 }
 
+/* kafka.instance_id: static membership, "" by default, env:NAME accepted
+ * (one config for every instance: the id from each one's environment),
+ * checked as Kafka checks it; group.instance.id is touchd's to set. */
+static void test_instance_id(void **state) {
+    (void)state;
+    char err[512];
+    td_config *c = load_text("", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->kafka.instance_id, "");
+    td_config_free(c);
+    c = load_text("kafka = { instance_id = \"touchd-a.1_x\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->kafka.instance_id, "touchd-a.1_x");
+    td_config_free(c);
+    setenv("TD_TEST_INSTANCE", "pod-7", 1);
+    c = load_text("kafka = { instance_id = \"env:TD_TEST_INSTANCE\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->kafka.instance_id, "pod-7");
+    td_config_free(c);
+    unsetenv("TD_TEST_INSTANCE");
+    static const char *const bad[][2] = {
+        {"kafka = { instance_id = \"env:TD_TEST_INSTANCE\"; };\n",
+         ":1: kafka.instance_id: environment variable TD_TEST_INSTANCE is not set"},
+        {"kafka = { instance_id = \"touchd a\"; };\n",
+         ":1: kafka.instance_id: expected \"\" (dynamic membership) or 1 to 249 of a-z A-Z 0-9 . "
+         "_ -, got \"touchd a\""},
+        {"kafka = { consumer = { group_instance_id = \"x\"; }; };\n",
+         ":1: kafka.consumer.group_instance_id: librdkafka property group.instance.id cannot be "
+         "set here: set kafka.instance_id instead (it takes env:NAME)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_null(load_text(bad[i][0], err, sizeof err));
+        if (!strstr(err, bad[i][1])) fail_msg("case %zu: got '%s'", i, err);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_instance_id),
         cmocka_unit_test(test_check_paths),
         cmocka_unit_test(test_plan_keys),
         cmocka_unit_test(test_docs_list_exactly_the_keys),
