@@ -33,7 +33,8 @@ static void cr_usage(FILE *f) {
                "      --redis ADDR     override redis: HOST:PORT, HOST, [V6]:PORT or unix:/PATH\n"
                "      --rules DIR      override rules.dir\n"
                "      --log-level L    override log.level: debug, info, warn, error\n"
-               "      --check-config   load and check the configuration, print it, exit\n"
+               "      --check-config   check the configuration and the paths it names (the\n"
+               "                       rules directory, CA and key files...), print it, exit\n"
                "  -h, --help           this help\n"
                "\n"
                "Signals: SIGTERM/SIGINT finish the current batch, commit offsets and exit 0;\n"
@@ -43,7 +44,8 @@ static void cr_usage(FILE *f) {
                "Logs: logfmt lines on stderr (ts=... level=... msg=\"...\" key=value...).\n"
                "Exit status: 0 clean stop, 1 rules do not compile at start, 2 usage or\n"
                "configuration error, 4 fatal runtime error (Kafka fatal error, Redis\n"
-               "unreachable at start). Documentation: docs/operations.md, docs/config.md.\n");
+               "unreachable or refusing commands at start: a missing or wrong password, an\n"
+               "ACL, maxclients). Documentation: docs/operations.md, docs/config.md.\n");
 }
 
 static void cr_on_stop(int sig) {
@@ -71,8 +73,10 @@ static void cr_signals(void) {
 
 static void cr_print_config(const td_config *c, FILE *f) {
     fprintf(f, "config %s: ok\n", c->path);
-    fprintf(f, "kafka.brokers = %s\nkafka.group_id = %s\nkafka.input_topics =", c->kafka.brokers,
-            c->kafka.group_id);
+    fprintf(f, "kafka.brokers = %s\nkafka.group_id = %s\nkafka.instance_id = %s\n",
+            c->kafka.brokers, c->kafka.group_id,
+            c->kafka.instance_id[0] ? c->kafka.instance_id : "(dynamic membership)");
+    fprintf(f, "kafka.input_topics =");
     for (size_t i = 0; i < c->kafka.n_input_topics; i++)
         fprintf(f, " %s", c->kafka.input_topics[i]);
     fprintf(f, "\nkafka.output_topic = %s\nkafka.dead_letter_topic = %s\n", c->kafka.output_topic,
@@ -170,9 +174,11 @@ int td_cmd_run(int argc, char **argv) {
         return TD_EXIT_USAGE;
     }
     if (check_only) {
-        cr_print_config(cfg, stdout);
+        /* the paths it names: what a start would find missing only later */
+        int bad = td_config_check_paths(cfg, "touchd run: ", stderr);
+        if (bad == 0) cr_print_config(cfg, stdout);
         td_config_free(cfg);
-        return TD_EXIT_OK;
+        return bad ? TD_EXIT_USAGE : TD_EXIT_OK;
     }
     td_log_set_level(cfg->log.level);
     cr_signals();

@@ -19,6 +19,7 @@
 #include "td_cli.h"
 #include "td_clock.h"
 #include "td_engine.h"
+#include "td_gifts.h"
 #include "td_kafka.h"
 #include "td_log.h"
 #include "td_pipeline.h"
@@ -37,7 +38,9 @@ struct td_daemon {
     int64_t next_rules_poll;
     uint64_t reloads, reload_failures;
 
-    td_redis *redis;
+    td_redis *redis;       /* the main thread's */
+    td_redis *redis_store; /* the store thread's (engine.pipeline); NULL without */
+    td_gifts *gifts;       /* the gift register's */
     td_kafka *kafka;
     td_tzdb *tz;
     td_timers *timers;
@@ -113,6 +116,44 @@ static void dm_maybe_reload(td_daemon *d) {
 
 /* ------------------------------------------------------------ life cycle */
 
+/* Every Redis connection touchd will use (the main thread's, the store
+ * thread's, each with its second connection when engine.store_connections
+ * is 2, the timers', the gift register's) answers a read now: connected is
+ * not usable when the server wants a password touchd was not given
+ * (NOAUTH), rejects the one it was given (WRONGPASS), has an ACL user
+ * without the commands or keys one of them needs (NOPERM) or is full
+ * (maxclients), and any of those would otherwise hold every batch forever.
+ * @returns the connections checked, or -1 (logged: which one, the reason,
+ * what to fix; never the password). */
+static int dm_check_redis(td_daemon *d) {
+    const td_config *cfg = d->cfg;
+    const char *who = NULL, *why = NULL;
+    if (td_redis_check(d->redis, &who) != TD_OK)
+        why = td_redis_last_error(d->redis);
+    else if (d->redis_store && td_redis_check(d->redis_store, &who) != TD_OK)
+        why = td_redis_last_error(d->redis_store);
+    else if (td_timers_check(d->timers) != TD_OK) {
+        who = "timers";
+        why = td_timers_last_error(d->timers);
+    } else if (td_gifts_check(d->gifts) != TD_OK) {
+        who = "gifts";
+        why = td_gifts_last_error(d->gifts);
+    }
+    if (!why) {
+        int lanes = cfg->engine.store_connections > 1 ? 2 : 1;
+        return lanes * (d->redis_store ? 2 : 1) + 2;
+    }
+    const char *code;
+    const char *fix = td_redis_advice(why, &code);
+    char q[600], fq[400];
+    td_log_error(strcmp(code, "-") ? "redis refuses commands at start"
+                                   : "cannot reach redis at start",
+                 "connection=%s host=%s port=%d code=%s reason=%s fix=%s", who, cfg->redis.host,
+                 cfg->redis.unix_socket ? 0 : cfg->redis.port, code, td_log_quote(q, sizeof q, why),
+                 td_log_quote(fq, sizeof fq, fix));
+    return -1;
+}
+
 td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     td_daemon *d = calloc(1, sizeof *d);
     if (!d) {
@@ -139,37 +180,9 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         *exit_code = TD_EXIT_USAGE;
         goto fail;
     }
-    if (!td_redis_connected(d->redis)) {
-        char q[600];
-        td_log_error("cannot reach redis at start", "host=%s port=%d reason=%s", cfg->redis.host,
-                     cfg->redis.port, td_log_quote(q, sizeof q, td_redis_last_error(d->redis)));
-        *exit_code = TD_EXIT_FATAL;
-        goto fail;
-    }
-    {
-        /* Connected is not yet usable: a server that wants a password
-         * touchd was not given (NOAUTH), or an ACL user without the
-         * commands touchd needs (NOPERM), answers every command with an
-         * error, which would hold every batch forever. One read now turns
-         * that into a start-up failure that says what to fix. */
-        td_state probe;
-        td_state_init(&probe, "touchd:start-check");
-        int lr = td_redis_load(d->redis, &probe, 1);
-        td_state_free(&probe);
-        if (lr != TD_OK) {
-            char q[600];
-            td_log_error("redis refuses commands at start", "host=%s port=%d reason=%s",
-                         cfg->redis.host, cfg->redis.port,
-                         td_log_quote(q, sizeof q, td_redis_last_error(d->redis)));
-            *exit_code = TD_EXIT_FATAL;
-            goto fail;
-        }
-    }
-    td_log_info("redis connected", "host=%s port=%d db=%d prefix=%s", cfg->redis.host,
-                cfg->redis.unix_socket ? 0 : cfg->redis.port, cfg->redis.db, cfg->redis.key_prefix);
-
     /* Timers: every state write maintains the index; the pipeline fires
      * what the claimer hands it. */
+    td_redis_set_name(d->redis, "main");
     td_redis_set_timer_shards(d->redis, (uint32_t)cfg->timers.shards);
     td_redis_set_lanes(d->redis, (unsigned)cfg->engine.store_connections);
     d->timers = td_timers_new(&cfg->redis, &cfg->timers, err, sizeof err);
@@ -178,6 +191,33 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         *exit_code = TD_EXIT_USAGE;
         goto fail;
     }
+    if (cfg->engine.pipeline) {
+        d->redis_store = td_redis_new(&cfg->redis, err, sizeof err);
+        if (!d->redis_store) {
+            td_log_error("redis configuration", "reason=%s", err);
+            *exit_code = TD_EXIT_USAGE;
+            goto fail;
+        }
+        td_redis_set_name(d->redis_store, "store");
+        td_redis_set_timer_shards(d->redis_store, (uint32_t)cfg->timers.shards);
+        td_redis_set_lanes(d->redis_store, (unsigned)cfg->engine.store_connections);
+    }
+    d->gifts = td_gifts_new(&cfg->redis, cfg->gifts.retention_days, err, sizeof err);
+    if (!d->gifts) {
+        td_log_error("gift register configuration", "reason=%s", err);
+        *exit_code = TD_EXIT_USAGE;
+        goto fail;
+    }
+    int nconn = dm_check_redis(d);
+    if (nconn < 0) {
+        *exit_code = TD_EXIT_FATAL;
+        goto fail;
+    }
+    td_redis_auth_log(true); /* from now on an authentication error is news */
+    td_log_info("redis connected", "host=%s port=%d db=%d prefix=%s connections=%d",
+                cfg->redis.host, cfg->redis.unix_socket ? 0 : cfg->redis.port, cfg->redis.db,
+                cfg->redis.key_prefix, nconn);
+
     {
         char advice[600];
         int a = td_timers_redis_advice(d->timers, advice, sizeof advice);
@@ -207,6 +247,8 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
                            .rs = d->rs,
                            .tz = d->tz,
                            .redis = d->redis,
+                           .redis_store = d->redis_store,
+                           .gifts = d->gifts,
                            .kafka = d->kafka,
                            .timers = d->timers,
                            .shadow = d->shadow,
@@ -226,6 +268,8 @@ void td_daemon_free(td_daemon *d) {
     td_shadow_free(d->shadow);             /* before the (embedded) broker goes */
     if (d->kafka) td_kafka_free(d->kafka); /* final commit, leave the group */
     td_timers_free(d->timers);
+    td_gifts_free(d->gifts);
+    td_redis_free(d->redis_store);
     td_redis_free(d->redis);
     td_ruleset_free(d->rs);
     td_tzdb_free(d->tz);
@@ -292,9 +336,8 @@ static void dm_progress(td_daemon *d, bool force) {
         "batches=%llu events=%llu applied=%llu skipped=%llu duplicates=%llu "
         "dead_letters=%llu recs=%llu withdrawals=%llu plans=%llu late=%llu late_dropped=%llu "
         "recs_acked=%llu resent=%llu conflicts=%llu redone=%llu "
-        "redis_waits=%llu partitions=%d owner_events=%llu owner_duplicates=%llu "
-        "timers_claimed=%llu "
-        "timers_fired=%llu "
+        "redis_waits=%llu redis_auth_errors=%llu partitions=%d owner_events=%llu "
+        "owner_duplicates=%llu timers_claimed=%llu timers_fired=%llu "
         "timers_before_events=%llu timers_recs=%llu timers_stale=%llu timers_dropped=%llu "
         "timers_reclaimed=%llu timers_conflicts=%llu timers_errors=%llu timers_delay_p99_ms=%lld "
         "timers_delay_max_ms=%lld timers_horizon_lag_ms=%lld timers_held_polls=%llu "
@@ -307,15 +350,16 @@ static void dm_progress(td_daemon *d, bool force) {
         (unsigned long long)ps->plans_out, (unsigned long long)ps->late,
         (unsigned long long)ps->late_dropped, (unsigned long long)ks.recs_acked,
         (unsigned long long)ks.resent, (unsigned long long)ps->conflicts,
-        (unsigned long long)ps->redone, (unsigned long long)ps->redis_waits, ks.assigned,
-        (unsigned long long)ps->derived, (unsigned long long)ps->derived_dups,
-        (unsigned long long)ts->claimed, (unsigned long long)ts->fired,
-        (unsigned long long)ps->timers_before_events, (unsigned long long)ts->recs,
-        (unsigned long long)ts->stale, (unsigned long long)ts->dropped,
-        (unsigned long long)ts->reclaimed, (unsigned long long)ts->conflicts,
-        (unsigned long long)ts->errors, (long long)td_timers_delay_quantile(ts, 0.99),
-        (long long)ts->max_delay_ms, (long long)ps->horizon_lag_ms,
-        (unsigned long long)ps->horizon_held_polls, (unsigned long long)ps->horizon_held_claims,
+        (unsigned long long)ps->redone, (unsigned long long)ps->redis_waits,
+        (unsigned long long)td_redis_auth_errors(), ks.assigned, (unsigned long long)ps->derived,
+        (unsigned long long)ps->derived_dups, (unsigned long long)ts->claimed,
+        (unsigned long long)ts->fired, (unsigned long long)ps->timers_before_events,
+        (unsigned long long)ts->recs, (unsigned long long)ts->stale,
+        (unsigned long long)ts->dropped, (unsigned long long)ts->reclaimed,
+        (unsigned long long)ts->conflicts, (unsigned long long)ts->errors,
+        (long long)td_timers_delay_quantile(ts, 0.99), (long long)ts->max_delay_ms,
+        (long long)ps->horizon_lag_ms, (unsigned long long)ps->horizon_held_polls,
+        (unsigned long long)ps->horizon_held_claims,
         (unsigned long long)td_pipeline_one_lane_writes(d->pl),
         (unsigned long long)td_pipeline_verify_mismatches(d->pl), td_ruleset_hash(d->rs));
 }
@@ -366,7 +410,14 @@ int td_daemon_run(td_daemon *d) {
     td_pl_rc br = td_pipeline_flush(d->pl);
     if (br == TD_PL_FATAL && rc == TD_EXIT_OK) dm_batch_end(d, br, &rc);
     dm_progress(d, true);
-    if (rc == TD_EXIT_OK) td_log_info("stopping: committing offsets and leaving the group", NULL);
+    if (rc == TD_EXIT_OK && d->cfg->kafka.instance_id[0])
+        /* KIP-345: a static member does not leave; its partitions wait for
+         * it (or another member) until the group coordinator's session
+         * timeout expires */
+        td_log_info("stopping: committing offsets, keeping the group membership", "instance=%s",
+                    d->cfg->kafka.instance_id);
+    else if (rc == TD_EXIT_OK)
+        td_log_info("stopping: committing offsets and leaving the group", NULL);
     td_kafka_close(d->kafka, 10000);
     return rc;
 }

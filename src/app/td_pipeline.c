@@ -240,7 +240,7 @@ struct td_pipeline {
 
 static volatile sig_atomic_t never_stop = 0;
 
-static int pl_gifts_init(td_pipeline *p); /* gift register, below */
+static int pl_gifts_init(td_pipeline *p, td_gifts *gifts); /* gift register, below */
 static void pl_gifts_free(td_pipeline *p);
 
 static void *pl_xcalloc(size_t n, size_t sz) {
@@ -895,11 +895,11 @@ static int pl_gifts_write(td_pipeline *p, pl_batch *b) {
     return 0;
 }
 
-static int pl_gifts_init(td_pipeline *p) {
+static int pl_gifts_init(td_pipeline *p, td_gifts *gifts) {
     char err[600];
-    p->gifts = td_gifts_new(&p->cfg->redis, p->cfg->gifts.retention_days, err, sizeof err);
+    p->gifts = gifts; /* the daemon's: opened and checked before Kafka */
     if (!p->gifts) {
-        td_log_error("gift register configuration", "reason=%s", err);
+        td_log_error("gift register configuration", "reason=%s", "no gift register connection");
         return -1;
     }
     if (p->cfg->kafka.gift_register_topic[0]) {
@@ -921,8 +921,7 @@ static void pl_gifts_free(td_pipeline *p) {
         td_log_info("gift register", "registered=%llu already_registered=%llu",
                     (unsigned long long)p->st.gifts_registered,
                     (unsigned long long)p->st.gifts_again);
-    td_gifts_kafka_free(p->gifts_kafka);
-    td_gifts_free(p->gifts);
+    td_gifts_kafka_free(p->gifts_kafka); /* p->gifts is the daemon's */
 }
 
 /* The observers of every step of a source trigger (the shadow ruleset, a
@@ -1882,13 +1881,12 @@ td_pipeline *td_pipeline_new(const td_pipeline_conf *pc, int *exit_code) {
     p->hold = pc->kafka != NULL;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
-    char err[1024];
     if (!p->kafka && (!p->sink || !p->sink->send || !p->sink->wait)) {
         td_log_error("pipeline configuration", "reason=%s", "no output: neither Kafka nor a sink");
         *exit_code = TD_EXIT_USAGE;
         goto fail;
     }
-    if (p->kafka && pl_gifts_init(p) < 0) {
+    if (p->kafka && pl_gifts_init(p, pc->gifts) < 0) {
         *exit_code = TD_EXIT_USAGE;
         goto fail;
     }
@@ -1915,15 +1913,14 @@ td_pipeline *td_pipeline_new(const td_pipeline_conf *pc, int *exit_code) {
     }
     if (cfg->engine.pipeline && p->kafka) {
         /* the store thread's own connection (hiredis contexts are not
-         * shared between threads); it reconnects by itself like the first */
-        p->redis_store = td_redis_new(&cfg->redis, err, sizeof err);
+         * shared between threads), the daemon's: opened and checked before
+         * Kafka; it reconnects by itself like the first */
+        p->redis_store = pc->redis_store;
         if (!p->redis_store) {
-            td_log_error("redis configuration", "reason=%s", err);
+            td_log_error("pipeline configuration", "reason=%s", "no store thread connection");
             *exit_code = TD_EXIT_USAGE;
             goto fail;
         }
-        td_redis_set_timer_shards(p->redis_store, (uint32_t)cfg->timers.shards);
-        td_redis_set_lanes(p->redis_store, (unsigned)cfg->engine.store_connections);
         if (pthread_create(&p->store_th, NULL, pl_store_main, p) != 0) {
             td_log_error("cannot start the store thread", "reason=%s", strerror(errno));
             *exit_code = TD_EXIT_FATAL;
@@ -1946,8 +1943,7 @@ void td_pipeline_free(td_pipeline *p) {
         pthread_mutex_unlock(&p->mu);
         pthread_join(p->store_th, NULL);
     }
-    pl_gifts_free(p);
-    td_redis_free(p->redis_store);
+    pl_gifts_free(p); /* p->redis_store and p->gifts are the caller's */
     td_step_out_free(p->out);
     for (int i = 0; i < 2; i++) {
         pl_batch *b = &p->bt[i];

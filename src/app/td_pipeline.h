@@ -44,6 +44,7 @@
 
 #include "td_config.h"
 #include "td_engine.h"
+#include "td_gifts.h"
 #include "td_kafka.h"
 #include "td_redis.h"
 #include "td_rules.h"
@@ -78,6 +79,8 @@ typedef struct td_pipeline_conf {
     const td_ruleset *rs;        /* the live ruleset (td_pipeline_set_ruleset on reload) */
     td_tzdb *tz;                 /* borrowed */
     td_redis *redis;             /* loads, and writes without a store thread; borrowed */
+    td_redis *redis_store;       /* the store thread's (engine.pipeline, with kafka); borrowed */
+    td_gifts *gifts;             /* the gift register's (with kafka); borrowed */
     td_kafka *kafka;             /* input and output; NULL: timers only, through sink */
     const td_timers_sink *sink;  /* the output when kafka is NULL */
     td_timers *timers;           /* the timer claimer; NULL: no timer batches */

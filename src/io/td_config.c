@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -213,6 +215,7 @@ static const cf_owned cf_consumer_owned[] = {
     {"bootstrap.servers", "set kafka.brokers instead"},
     {"metadata.broker.list", "set kafka.brokers instead"},
     {"group.id", "set kafka.group_id instead"},
+    {"group.instance.id", "set kafka.instance_id instead (it takes env:NAME)"},
     {"enable.auto.offset.store", "touchd stores offsets itself, only after state and "
                                  "recommendations are durable"},
     {"partition.assignment.strategy", "touchd uses cooperative-sticky (incremental rebalances)"},
@@ -358,6 +361,14 @@ _Static_assert(sizeof(td_overdue_policy) == sizeof(int), "td_overdue_policy is s
 static const td_config_key cf_keys[] = {
     TD_STR("kafka.brokers", kafka.brokers, "embedded", 0, "\"embedded\" or host:port,host:port"),
     TD_STR("kafka.group_id", kafka.group_id, "touchd", 0, "the consumer group"),
+    {.path = "kafka.instance_id",
+     .type = TD_CFG_STRING,
+     .def_str = "",
+     .flags = TD_CFG_F_EMPTY | TD_CFG_F_ENV,
+     .off = TD_OFF(kafka.instance_id),
+     .check = cf_topic_or_off_ok, /* Kafka checks an instance id as a topic name */
+     .expects = "\"\" (dynamic membership) or 1 to 249 of a-z A-Z 0-9 . _ -",
+     .help = "static group membership (group.instance.id): unique per live instance"},
     {.path = "kafka.input_topics",
      .type = TD_CFG_TOPICS,
      .def_str = "touchd.events",
@@ -1006,6 +1017,95 @@ static void cf_kv_free(td_kv *v, size_t n) {
         free(v[i].val);
     }
     free(v);
+}
+
+/* ------------------------------------------------------------- paths */
+
+typedef enum cf_path_kind {
+    CF_PATH_DIR,         /* a directory to read */
+    CF_PATH_FILE,        /* a file to read */
+    CF_PATH_FILE_OR_DIR, /* ssl.ca.location: a CA file or a directory of them */
+    CF_PATH_OUTPUT       /* a file touchd writes: its directory must be writable */
+} cf_path_kind;
+
+/* Why `path` is not what `kind` wants (a directory or a file, to read;
+ * with `dir`, one to write into), or NULL. */
+static const char *cf_path_problem(const char *path, bool dir, bool file, int mode) {
+    struct stat st;
+    if (stat(path, &st) != 0) return strerror(errno);
+    if (dir && !file && !S_ISDIR(st.st_mode)) return "not a directory";
+    if (file && !dir && S_ISDIR(st.st_mode)) return "a directory, not a file";
+    if (access(path, S_ISDIR(st.st_mode) ? mode | X_OK : mode) != 0) return strerror(errno);
+    return NULL;
+}
+
+/* Checks one path; a problem is one line on out. @returns 1 for a problem. */
+static int cf_check_path(FILE *out, const char *prefix, const td_config *c, int line,
+                         const char *key, const char *prop, const char *path, cf_path_kind kind) {
+    char where[600], via[120] = "", dir[PATH_MAX];
+    const char *why;
+    if (kind == CF_PATH_OUTPUT) { /* the directory it is written into */
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (!slash)
+            snprintf(dir, sizeof dir, ".");
+        else
+            slash[slash == dir] = '\0'; /* "/b" is in "/" */
+        why = cf_path_problem(dir, true, false, W_OK);
+    } else {
+        why = cf_path_problem(path, kind != CF_PATH_FILE, kind != CF_PATH_DIR, R_OK);
+    }
+    if (!why) return 0;
+    if (line > 0)
+        snprintf(where, sizeof where, "%s:%d", c->path, line);
+    else
+        snprintf(where, sizeof where, "%s", c->path);
+    if (prop) snprintf(via, sizeof via, " (librdkafka %s)", prop);
+    if (kind == CF_PATH_OUTPUT)
+        fprintf(out, "%s%s: %s: cannot write \"%s\": directory \"%s\": %s\n", prefix, where, key,
+                path, dir, why);
+    else
+        fprintf(out, "%s%s: %s: cannot read %s \"%s\"%s: %s\n", prefix, where, key,
+                kind == CF_PATH_DIR ? "the directory" : "the file", path, via, why);
+    return 1;
+}
+
+/* The passthrough properties of one group that name files librdkafka reads. */
+static int cf_check_props(FILE *out, const char *prefix, const td_config *c, const char *group,
+                          const td_kv *kv, size_t n) {
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *p = kv[i].key;
+        size_t len = strlen(p);
+        bool location = len > 9 && strcmp(p + len - 9, ".location") == 0;
+        if (!location && strcmp(p, "sasl.kerberos.keytab") != 0) continue;
+        bool ca = strcmp(p, "ssl.ca.location") == 0;
+        if (ca && strcmp(kv[i].val, "probe") == 0) continue; /* the system's CA stores */
+        char key[300];
+        snprintf(key, sizeof key, "kafka.%s.%s", group, p);
+        for (char *q = key + strlen("kafka.") + strlen(group) + 1; *q; q++)
+            if (*q == '.') *q = '_'; /* the key as written in the file */
+        bad += cf_check_path(out, prefix, c, kv[i].line, key, p, kv[i].val,
+                             ca ? CF_PATH_FILE_OR_DIR : CF_PATH_FILE);
+    }
+    return bad;
+}
+
+int td_config_check_paths(const td_config *c, const char *prefix, FILE *out) {
+    int bad = cf_check_path(out, prefix, c, 0, "rules.dir", NULL, c->rules.dir, CF_PATH_DIR);
+    bool shadow = c->rules.shadow_dir && c->rules.shadow_dir[0];
+    if (shadow)
+        bad += cf_check_path(out, prefix, c, 0, "rules.shadow_dir", NULL, c->rules.shadow_dir,
+                             CF_PATH_DIR);
+    if (shadow && c->rules.shadow_report && c->rules.shadow_report[0])
+        bad += cf_check_path(out, prefix, c, 0, "rules.shadow_report", NULL, c->rules.shadow_report,
+                             CF_PATH_OUTPUT);
+    if (c->kafka.embedded && c->kafka.bootstrap_file[0])
+        bad += cf_check_path(out, prefix, c, 0, "kafka.bootstrap_file", NULL,
+                             c->kafka.bootstrap_file, CF_PATH_OUTPUT);
+    bad += cf_check_props(out, prefix, c, "consumer", c->kafka.consumer, c->kafka.n_consumer);
+    bad += cf_check_props(out, prefix, c, "producer", c->kafka.producer, c->kafka.n_producer);
+    return bad;
 }
 
 void td_config_free(td_config *c) {

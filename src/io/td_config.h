@@ -30,6 +30,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "td_log.h"
 #include "td_redis.h"
@@ -61,6 +62,7 @@ typedef struct td_config {
         char *brokers; /* "embedded" or "host:port,host:port" */
         bool embedded; /* brokers == "embedded" */
         char *group_id;
+        char *instance_id; /* librdkafka's group.instance.id; "" = dynamic membership */
         char **input_topics;
         size_t n_input_topics;
         char *output_topic;
@@ -190,6 +192,27 @@ td_config *td_config_load(const char *path, char *err, size_t errcap);
  * "[V6ADDR]:PORT", "HOST" (port unchanged) or "unix:/path". */
 int td_config_override(td_config *c, const char *redis, const char *rules_dir,
                        const char *log_level, char *err, size_t errcap);
+
+/*
+ * The paths the configuration names, as `touchd run --check-config` checks
+ * them (relative paths from the current directory, as touchd will open
+ * them): rules.dir, and rules.shadow_dir when set, are directories touchd
+ * can read; every file a kafka.consumer or kafka.producer property names
+ * (those ending in ".location", such as ssl.ca.location, ssl.certificate.
+ * location, ssl.key.location, ssl.keystore.location, ssl.crl.location, and
+ * sasl.kerberos.keytab; ssl.ca.location may be a directory or "probe") is a
+ * file touchd can read; the files touchd writes (kafka.bootstrap_file with
+ * the embedded broker, rules.shadow_report with a shadow) are in a
+ * directory it can write. Each problem is one line on `out`, after
+ * `prefix`, naming the key (as written in the file) and the path:
+ *
+ *   touchd.conf:14: kafka.consumer.ssl_ca_location: cannot read the file
+ *   "/etc/touchd/ca.pem" (librdkafka ssl.ca.location): No such file or
+ *   directory
+ *
+ * @returns the number of problems (0: all good).
+ */
+int td_config_check_paths(const td_config *c, const char *prefix, FILE *out);
 
 void td_config_free(td_config *c);
 

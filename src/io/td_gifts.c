@@ -218,6 +218,7 @@ td_gifts *td_gifts_new(const td_redis_conf *rconf, int retention_days, char *err
     g->retention_days = retention_days;
     if (td_redis_conf_dup(&g->rconf, rconf) != TD_OK) goto oom;
     td_rconn_init(&g->rc, &g->rconf, "redis gifts", g->err, sizeof g->err);
+    g->rc.role = "gifts";
     (void)tg_ensure(g); /* a failure is retried by the next call */
     return g;
 oom:
@@ -226,9 +227,15 @@ oom:
     return NULL;
 }
 
+int td_gifts_check(td_gifts *g) {
+    char key[96];
+    td_gifts_seen_key(g->rconf.key_prefix, "touchd:start-check", key, sizeof key);
+    return td_rconn_probe(&g->rc, key);
+}
+
 void td_gifts_free(td_gifts *g) {
     if (!g) return;
-    td_rconn_close(&g->rc);
+    td_rconn_fini(&g->rc);
     td_redis_conf_release(&g->rconf);
     free(g);
 }
@@ -317,6 +324,7 @@ static int tg_pass(td_gifts *g, const td_gift_rec *recs, size_t *todo, size_t *n
             return stale ? 1 : TD_ERR;
         }
         redisReply *rep = p;
+        td_rconn_note(&g->rc, rep);
         if (rep->type == REDIS_REPLY_ERROR && rep->len >= 8 && memcmp(rep->str, "NOSCRIPT", 8) == 0)
             todo[again++] = todo[k];
         else if (rep->type == REDIS_REPLY_ERROR) {

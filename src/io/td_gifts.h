@@ -95,6 +95,10 @@ typedef struct td_gifts td_gifts;
  * not an error (the next call reconnects, with backoff). */
 td_gifts *td_gifts_new(const td_redis_conf *rconf, int retention_days, char *err, size_t errcap);
 void td_gifts_free(td_gifts *g);
+/* Start-up check: connects and reads one probe key of the register's key
+ * space (EXISTS <prefix>:gifts:seen:touchd:start-check). @returns TD_OK, or
+ * TD_ERR (message in td_gifts_last_error). */
+int td_gifts_check(td_gifts *g);
 const char *td_gifts_last_error(const td_gifts *g);
 
 /*

@@ -448,6 +448,8 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
         kf_set(cc, "auto.commit.interval.ms", "1000", err, errcap) < 0 ||
         kf_set(cc, "auto.offset.reset", "earliest", err, errcap) < 0 ||
         kf_set(cc, "socket.nagle.disable", "true", err, errcap) < 0 ||
+        (cfg->kafka.instance_id[0] &&
+         kf_set(cc, "group.instance.id", cfg->kafka.instance_id, err, errcap) < 0) ||
         kf_passthrough(k, cc, cfg->kafka.consumer, cfg->kafka.n_consumer, "consumer", err, errcap) <
             0 ||
         /* after the pass-through: the horizon needs end-of-partition events */
@@ -512,9 +514,11 @@ td_kafka *td_kafka_new(const td_config *cfg, char *err, size_t errcap) {
     for (size_t i = 0; i < cfg->kafka.n_input_topics && o + 8 < sizeof topics; i++)
         o += (size_t)snprintf(topics + o, sizeof topics - o, "%s%s", i ? "," : "",
                               cfg->kafka.input_topics[i]);
-    td_log_info("kafka connected", "bootstrap=%s group=%s input=%s output=%s dead_letter=%s",
-                k->bootstraps, cfg->kafka.group_id, topics, cfg->kafka.output_topic,
-                cfg->kafka.dead_letter_topic);
+    td_log_info("kafka connected",
+                "bootstrap=%s group=%s instance=%s input=%s output=%s dead_letter=%s",
+                k->bootstraps, cfg->kafka.group_id,
+                cfg->kafka.instance_id[0] ? cfg->kafka.instance_id : "-", topics,
+                cfg->kafka.output_topic, cfg->kafka.dead_letter_topic);
     return k;
 fail:
     k->closed = true;

@@ -1,10 +1,12 @@
 /*
  * td_rconn.c - see td_rconn.h: connect, the plain session (AUTH, SELECT),
- * the idle check, and the backoff every Redis connection of touchd uses.
+ * the idle check, and the backoff every Redis connection of touchd uses;
+ * what a refusing server means (td_rconn_refusal) and the process-wide
+ * authentication state every connection's replies feed (td_redis_auth_*).
  *
  * File-local functions: rc_.
  *
- * @locality one thread (the owner's).
+ * @locality one thread (the owner's); rc_auth_* are atomic, any thread.
  */
 #include "td_rconn.h"
 
@@ -16,6 +18,14 @@
 #include <time.h>
 
 #include "td_clock.h"
+#include "td_log.h"
+
+/* Process-wide authentication state (td_redis_auth_*): connections whose
+ * last reply was an authentication error, such errors since start, and
+ * whether transitions are logged (the daemon turns it on). */
+static int rc_auth_conns;
+static uint64_t rc_auth_errors;
+static int rc_auth_logging;
 
 void td_rconn_seterr(td_rconn *rc, const char *fmt, ...) {
     if (!rc->err || !rc->errcap) return;
@@ -32,6 +42,7 @@ void td_rconn_init(td_rconn *rc, const td_redis_conf *conf, const char *who, cha
     rc->who = who;
     rc->err = err;
     rc->errcap = errcap;
+    rc->role = who;
     rc->backoff_ms = conf->backoff_min_ms;
     rc->pol.connect_what = "connect";
 }
@@ -54,6 +65,14 @@ void td_rconn_close(td_rconn *rc) {
     }
 }
 
+void td_rconn_fini(td_rconn *rc) {
+    td_rconn_close(rc);
+    if (rc->auth_failing) {
+        rc->auth_failing = false;
+        __atomic_sub_fetch(&rc_auth_conns, 1, __ATOMIC_ACQ_REL);
+    }
+}
+
 void td_rconn_drop(td_rconn *rc, bool penalize) {
     td_rconn_close(rc);
     if (penalize) {
@@ -69,7 +88,9 @@ redisReply *td_rconn_command(td_rconn *rc, int argc, const char **argv, const si
         td_rconn_seterr(rc, "%s: %s; reconnecting in %" PRId64 " ms", rc->who,
                         rc->c->errstr[0] ? rc->c->errstr : "connection lost", rc->backoff_ms);
         td_rconn_drop(rc, true);
+        return NULL;
     }
+    td_rconn_note(rc, rep);
     return rep;
 }
 
@@ -172,4 +193,138 @@ int td_rconn_load_script(td_rconn *rc, const char *script, size_t len, char *sha
     }
     freeReplyObject(rep);
     return rc_;
+}
+
+int td_rconn_probe(td_rconn *rc, const char *key) {
+    /* inside the backoff after a failed attempt (the owner's first one): a
+     * new try would replace its reason with "reconnecting in N ms" */
+    if (!td_rconn_usable(rc) && !rc->c && td_mono_ms() < rc->next_try_ms && rc->err && rc->err[0])
+        return TD_ERR;
+    if (td_rconn_ensure(rc) != TD_OK) return TD_ERR;
+    const char *argv[2] = {"EXISTS", key};
+    size_t lens[2] = {6, strlen(key)};
+    redisReply *rep = td_rconn_command(rc, 2, argv, lens);
+    if (!rep) return TD_ERR;
+    int rc_ = TD_OK;
+    if (rep->type != REDIS_REPLY_INTEGER) {
+        bool e = rep->type == REDIS_REPLY_ERROR;
+        td_rconn_seterr(rc, "%s: EXISTS %s: %.*s", rc->who, key, e ? (int)rep->len : 16,
+                        e ? rep->str : "unexpected reply");
+        rc_ = TD_ERR;
+    }
+    freeReplyObject(rep);
+    return rc_;
+}
+
+/* ---- refusals and the authentication state ---- */
+
+/* t[0..n) holds needle (memmem is not POSIX). */
+static bool rc_has(const char *t, size_t n, const char *needle) {
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (t[i] == needle[0] && memcmp(t + i, needle, k) == 0) return true;
+    return false;
+}
+
+td_rrefusal td_rconn_refusal(const char *t, size_t n) {
+    if (!t) return TD_RREFUSE_NONE;
+    /* Redis' replies, from 2.x to 7.x; a message quoting one names it */
+    /* NOAUTH, or what Redis >= 6 answers (and then closes) when a client that
+     * has not authenticated sends a long command: "Protocol error:
+     * unauthenticated multibulk length" */
+    if (rc_has(t, n, "NOAUTH") || rc_has(t, n, "unauthenticated")) return TD_RREFUSE_NOAUTH;
+    if (rc_has(t, n, "WRONGPASS") || rc_has(t, n, "invalid password")) return TD_RREFUSE_WRONGPASS;
+    if (rc_has(t, n, "without any password configured") || rc_has(t, n, "no password is set"))
+        return TD_RREFUSE_NOPASSWORD;
+    if (rc_has(t, n, "NOPERM")) return TD_RREFUSE_NOPERM;
+    /* the server's reply, or td_redis' guess when its close lost the text */
+    if (rc_has(t, n, "max number of clients") || rc_has(t, n, "maxclients"))
+        return TD_RREFUSE_MAXCLIENTS;
+    return TD_RREFUSE_NONE;
+}
+
+bool td_rconn_refusal_is_auth(td_rrefusal k) {
+    return k == TD_RREFUSE_NOAUTH || k == TD_RREFUSE_WRONGPASS || k == TD_RREFUSE_NOPASSWORD;
+}
+
+const char *td_rconn_refusal_code(td_rrefusal k) {
+    switch (k) {
+    case TD_RREFUSE_NOAUTH:
+        return "NOAUTH";
+    case TD_RREFUSE_WRONGPASS:
+        return "WRONGPASS";
+    case TD_RREFUSE_NOPASSWORD:
+        return "AUTH_WITHOUT_PASSWORD";
+    case TD_RREFUSE_NOPERM:
+        return "NOPERM";
+    case TD_RREFUSE_MAXCLIENTS:
+        return "MAXCLIENTS";
+    case TD_RREFUSE_NONE:
+        break;
+    }
+    return "-";
+}
+
+const char *td_rconn_refusal_fix(td_rrefusal k) {
+    switch (k) {
+    case TD_RREFUSE_NOAUTH:
+        return "Redis requires a password: set redis.password (\"env:NAME\" reads it from the "
+               "environment), and redis.username for an ACL user";
+    case TD_RREFUSE_WRONGPASS:
+        return "Redis rejects redis.password (or redis.username): check them against Redis' "
+               "requirepass or ACL user, and that the user is on";
+    case TD_RREFUSE_NOPASSWORD:
+        return "redis.password is set but Redis has no password for this user: remove "
+               "redis.password, or give Redis a requirepass or an ACL user";
+    case TD_RREFUSE_NOPERM:
+        return "the ACL user (redis.username) lacks a command or a key pattern touchd needs: "
+               "see docs/redis.md (AUTH, ACL users) and docs/timers.md (ACL)";
+    case TD_RREFUSE_MAXCLIENTS:
+        return "Redis refuses more connections: raise its maxclients (touchd opens up to 6, "
+               "docs/redis.md) or stop idle clients (INFO clients)";
+    case TD_RREFUSE_NONE:
+        break;
+    }
+    return "check redis.host and redis.port (or redis.unix_socket), that Redis runs there, "
+           "and redis.connect_timeout_ms";
+}
+
+void td_rconn_note_error(td_rconn *rc, const char *s, size_t n) {
+    td_rrefusal k = td_rconn_refusal(s, n);
+    if (!td_rconn_refusal_is_auth(k)) {
+        td_rconn_note_ok(rc); /* the server ran the command as an authenticated one */
+        return;
+    }
+    uint64_t errors = __atomic_add_fetch(&rc_auth_errors, 1, __ATOMIC_RELAXED);
+    if (rc->auth_failing) return;
+    rc->auth_failing = true;
+    int now = __atomic_add_fetch(&rc_auth_conns, 1, __ATOMIC_ACQ_REL);
+    if (now == 1 && __atomic_load_n(&rc_auth_logging, __ATOMIC_RELAXED)) {
+        char q[400];
+        td_log_error("redis authentication failed", "connection=%s code=%s errors=%llu fix=%s",
+                     rc->role, td_rconn_refusal_code(k), (unsigned long long)errors,
+                     td_log_quote(q, sizeof q, td_rconn_refusal_fix(k)));
+    }
+}
+
+void td_rconn_note_recovered(td_rconn *rc) {
+    rc->auth_failing = false;
+    int now = __atomic_sub_fetch(&rc_auth_conns, 1, __ATOMIC_ACQ_REL);
+    if (now == 0 && __atomic_load_n(&rc_auth_logging, __ATOMIC_RELAXED))
+        td_log_info("redis authentication works again", "connection=%s errors=%llu", rc->role,
+                    (unsigned long long)__atomic_load_n(&rc_auth_errors, __ATOMIC_RELAXED));
+}
+
+const char *td_redis_advice(const char *err, const char **code) {
+    td_rrefusal k = td_rconn_refusal(err, err ? strlen(err) : 0);
+    if (code) *code = td_rconn_refusal_code(k);
+    return td_rconn_refusal_fix(k);
+}
+
+uint64_t td_redis_auth_errors(void) { return __atomic_load_n(&rc_auth_errors, __ATOMIC_RELAXED); }
+
+bool td_redis_auth_failing(void) { return __atomic_load_n(&rc_auth_conns, __ATOMIC_ACQUIRE) > 0; }
+
+void td_redis_auth_log(bool on) {
+    __atomic_store_n(&rc_auth_logging, on ? 1 : 0, __ATOMIC_RELAXED);
 }

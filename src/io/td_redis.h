@@ -79,6 +79,46 @@ void td_redis_free(td_redis *r);
 
 /* true when connected now. */
 bool td_redis_connected(const td_redis *r);
+/* Names the client in start checks and authentication logs ("main",
+ * "store"; its second connection is "<name>-2"); the default is its
+ * server's "redis HOST:PORT". name is copied (at most 31 bytes). */
+void td_redis_set_name(td_redis *r, const char *name);
+/*
+ * Start-up check: connects, and reads one probe key (<prefix>:p:{touchd:
+ * start-check}, HGETALL: the store's own read) on the client's connection,
+ * and, with two lanes (td_redis_set_lanes), opens the second connection now
+ * instead of at the first large write and reads it there too: so a server
+ * that refuses commands (a missing or wrong password: NOAUTH, WRONGPASS; an
+ * ACL user without HGETALL or the key pattern: NOPERM; maxclients) is found
+ * before anything runs. @returns TD_OK, or TD_ERR with the message in
+ * td_redis_last_error and *failed (when not NULL) the name of the connection
+ * that failed (td_redis_set_name).
+ */
+int td_redis_check(td_redis *r, const char **failed);
+
+/*
+ * Authentication, process-wide: every Redis connection of the process
+ * (states, the store thread's, their second connections, the timers', the
+ * gift register's) reports each reply it reads. An authentication error
+ * (NOAUTH, WRONGPASS, an AUTH refused because the user has no password)
+ * counts in td_redis_auth_errors and marks its connection as failing until
+ * its next reply that is not one; td_redis_auth_failing is true while any
+ * connection is failing: what /readyz is to report as not ready (the HTTP
+ * listener does not exist yet). With td_redis_auth_log(true) (the daemon,
+ * once its start checks passed) the first failing connection logs
+ * msg="redis authentication failed" (its name, the code, what to fix) and
+ * the last one to recover msg="redis authentication works again": one line
+ * per episode, not one per batch. Any thread.
+ */
+/* What a Redis error message (td_redis_last_error, td_timers_last_error,
+ * td_gifts_last_error) means for whoever runs touchd: *code is "NOAUTH",
+ * "WRONGPASS", "AUTH_WITHOUT_PASSWORD", "NOPERM", "MAXCLIENTS", or "-" for
+ * none of these (unreachable, a timeout); @returns what to change, naming the
+ * configuration keys (static text, never a value). */
+const char *td_redis_advice(const char *err, const char **code);
+uint64_t td_redis_auth_errors(void);
+bool td_redis_auth_failing(void);
+void td_redis_auth_log(bool on);
 /* Last error text ("" when none). */
 const char *td_redis_last_error(const td_redis *r);
 

@@ -213,6 +213,7 @@ int rd_read(td_redis *r, int64_t deadline, redisReply **out, const char *what, i
         if (reply) {
             *out = reply;
             r->answered = true;
+            td_rconn_note(&r->rc, reply);
             return TD_OK;
         }
         if (!rn_timeout(r, deadline)) return rd_io_fail(r, what, true, timeout_ms);
@@ -409,10 +410,29 @@ td_redis *td_redis_new(const td_redis_conf *conf, char *err, size_t errcap) {
     return r;
 }
 
+void td_redis_set_name(td_redis *r, const char *name) {
+    snprintf(r->name, sizeof r->name, "%.31s", name);
+    r->rc.role = r->name;
+    if (r->peer) {
+        snprintf(r->peer->name, sizeof r->peer->name, "%.31s-2", name);
+        r->peer->rc.role = r->peer->name;
+    }
+}
+
+td_redis *rd_peer(td_redis *r) {
+    if (r->peer) return r->peer;
+    r->peer = td_redis_new(&r->conf, NULL, 0);
+    if (r->peer && r->name[0]) {
+        snprintf(r->peer->name, sizeof r->peer->name, "%.31s-2", r->name);
+        r->peer->rc.role = r->peer->name;
+    }
+    return r->peer;
+}
+
 void td_redis_free(td_redis *r) {
     if (!r) return;
     td_redis_free(r->peer);
-    td_rconn_close(&r->rc);
+    td_rconn_fini(&r->rc);
     td_redis_conf_release(&r->conf);
     rs_free(&r->s);
     free(r->resp);

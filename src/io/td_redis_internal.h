@@ -69,6 +69,7 @@ struct td_redis {
     size_t prefix_len;     /* strlen(conf.key_prefix) */
     td_rconn rc;           /* the connection and its backoff (td_rconn.h) */
     char who[320];         /* "redis <host>:<port>" or "redis <socket>": messages */
+    char name[40];         /* td_redis_set_name ("" = who): start checks, auth logs */
     char sha[41];          /* SHA1 of the script once loaded ("" before) */
     char dsha[41];         /* SHA1 of the diff script once loaded ("" before) */
     uint32_t timer_shards; /* 0: no timer index (td_redis_set_timer_shards) */
@@ -95,6 +96,10 @@ struct td_redis {
     void (*race_hook)(void *);                 /* tests: runs between WATCH and MULTI */
     void *race_ud;
 };
+
+/* Opens r's second connection (td_redis_set_lanes) if it has none, named
+ * after r. @returns it, or NULL (out of memory: one lane). */
+struct td_redis *rd_peer(td_redis *r);
 
 /* printf into r->err (td_redis_last_error). */
 void rd_seterr(td_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,7 +1,8 @@
 /*
  * td_redis_load.c - state loads (td_redis_load, td_redis_load_ptrs): one
  * pipeline of HGETALLs per call, under one deadline, each reply applied to
- * its td_state as a reload sees it.
+ * its td_state as a reload sees it; and the start-up check
+ * (td_redis_check), which is one such load of a probe key per connection.
  *
  * The version field "v" belongs to the store: a load parses it into
  * td_state.version itself (strict decimal, >= 0); every other field goes to
@@ -91,4 +92,37 @@ int td_redis_load(td_redis *r, td_state *states, size_t n) { return rl_load(r, s
 
 int td_redis_load_ptrs(td_redis *r, td_state *const *states, size_t n) {
     return rl_load(r, NULL, states, n);
+}
+
+/* One probe read on r's own connection. */
+static int rl_probe(td_redis *r) {
+    /* the first attempt (td_redis_new's) failed and its backoff runs: a new
+     * try now would replace its reason with "reconnecting in N ms" */
+    if (!r->rc.c && td_mono_ms() < r->rc.next_try_ms && r->err[0]) return TD_ERR;
+    td_state probe;
+    td_state_init(&probe, "touchd:start-check");
+    int rc = td_redis_load(r, &probe, 1);
+    td_state_free(&probe);
+    return rc;
+}
+
+int td_redis_check(td_redis *r, const char **failed) {
+    const char *who = r->name[0] ? r->name : r->who;
+    if (rl_probe(r) != TD_OK) {
+        if (failed) *failed = who;
+        return TD_ERR;
+    }
+    if (r->lanes < 2) return TD_OK;
+    td_redis *p = rd_peer(r);
+    if (!p) {
+        rd_seterr(r, "redis: out of memory");
+        if (failed) *failed = who;
+        return TD_ERR;
+    }
+    if (rl_probe(p) != TD_OK) {
+        rd_seterr(r, "%s", p->err);
+        if (failed) *failed = p->name[0] ? p->name : p->who;
+        return TD_ERR;
+    }
+    return TD_OK;
 }

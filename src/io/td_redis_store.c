@@ -321,6 +321,10 @@ static int rw_rx(td_redis *r, int64_t deadline, td_resp *rep, const char *what) 
         if (k > 0) {
             r->rpos += (size_t)k;
             r->answered = true;
+            if (rep->type == TD_RESP_ERROR)
+                td_rconn_note_error(&r->rc, rep->s, rep->len);
+            else
+                td_rconn_note_ok(&r->rc);
             return TD_OK;
         }
         if (k < 0)
@@ -1298,8 +1302,7 @@ int td_redis_store_diff(td_redis *r, const td_state *const *states, const td_kvs
      * (latency at low rates); above, the plain commands' lower cost in Redis
      * wins (throughput). */
     size_t raced = n > TD_REDIS_DIFF_CHUNK ? 0 : n;
-    if (n > TD_REDIS_DIFF_CHUNK && r->lanes > 1 && !r->peer)
-        r->peer = td_redis_new(&r->conf, NULL, 0); /* NULL (no memory): one lane */
+    if (n > TD_REDIS_DIFF_CHUNK && r->lanes > 1) (void)rd_peer(r); /* NULL (no memory): one lane */
     if (n > TD_REDIS_DIFF_CHUNK &&
         rw_diff_watch(r, states, bases, nows, expected_version, n, result, todo, deadline, &d,
                       order, &raced) != TD_OK)

@@ -316,6 +316,7 @@ static redisReply *tm_eval(td_timers *t, int which, size_t argc) {
         t->argv[1] = t->sha[which];
         t->argvlen[1] = 40;
         redisReply *rep = redisCommandArgv(t->rc.c, (int)argc, t->argv, t->argvlen);
+        if (rep) td_rconn_note(&t->rc, rep);
         if (!rep) {
             bool retry =
                 attempt == 0 && (t->rc.c->err == REDIS_ERR_EOF || t->rc.c->err == REDIS_ERR_IO);
@@ -358,6 +359,7 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
     t->conf = *tconf;
     if (td_redis_conf_dup(&t->rconf, rconf) != TD_OK) goto oom;
     td_rconn_init(&t->rc, &t->rconf, "redis timers", t->err, sizeof t->err);
+    t->rc.role = "timers";
     td_timers_claimed_key(t->rconf.key_prefix, t->claimed_key, sizeof t->claimed_key);
     td_timers_heads_key(t->rconf.key_prefix, t->heads_key, sizeof t->heads_key);
     snprintf(t->shard_prefix, sizeof t->shard_prefix, "%s:t:", t->rconf.key_prefix);
@@ -377,9 +379,11 @@ oom:
     return NULL;
 }
 
+int td_timers_check(td_timers *t) { return td_rconn_probe(&t->rc, t->claimed_key); }
+
 void td_timers_free(td_timers *t) {
     if (!t) return;
-    td_rconn_close(&t->rc);
+    td_rconn_fini(&t->rc);
     td_redis_conf_release(&t->rconf);
     free(t->argv);
     free(t->argvlen);
@@ -582,6 +586,7 @@ int td_timers_count(td_timers *t, int64_t *pending, int64_t *claimed) {
             return TD_ERR;
         }
         redisReply *rep = r;
+        td_rconn_note(&t->rc, rep);
         if (rep->type == REDIS_REPLY_INTEGER) {
             if (s < shards)
                 sum += rep->integer;
@@ -601,6 +606,7 @@ static long long tm_config_int(td_timers *t, const char *name) {
         tm_drop(t, true);
         return -2;
     }
+    td_rconn_note(&t->rc, rep);
     long long v = -1;
     if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
         rep->element[1]->type == REDIS_REPLY_STRING)

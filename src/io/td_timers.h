@@ -115,6 +115,9 @@ typedef struct td_timers td_timers;
 td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf, char *err,
                          size_t errcap);
 void td_timers_free(td_timers *t);
+/* Start-up check: connects and reads one key of the index (EXISTS of the
+ * claimed set). @returns TD_OK, or TD_ERR (message in td_timers_last_error). */
+int td_timers_check(td_timers *t);
 const char *td_timers_last_error(const td_timers *t);
 const td_timers_conf *td_timers_get_conf(const td_timers *t);
 

@@ -65,5 +65,29 @@ else
   echo "FAIL good-engine: exit $rc: $out" >&2
 fi
 
+# --check-config looks at the paths too: a missing rules directory and an
+# unreadable CA file are named (key, path), exit 2; with them fixed, exit 0
+# and the printed config
+printf 'kafka = { brokers = "embedded";\n  consumer = { ssl_ca_location = "%s/ca.pem"; }; };\nrules = { dir = "%s/no-rules"; };\n' "$tmp" "$tmp" > "$tmp/paths.conf"
+out="$(timeout 5 "$touchd" run -c "$tmp/paths.conf" --check-config 2>&1)"
+rc=$?
+if [[ $rc -eq 2 && "$out" == *"paths.conf: rules.dir: cannot read the directory \"$tmp/no-rules\": No such file or directory"* &&
+  "$out" == *"paths.conf:2: kafka.consumer.ssl_ca_location: cannot read the file \"$tmp/ca.pem\" (librdkafka ssl.ca.location)"* &&
+  "$out" != *"config $tmp/paths.conf: ok"* ]]; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1))
+  echo "FAIL check-config-paths: exit $rc: $out" >&2
+fi
+mkdir "$tmp/no-rules" && : > "$tmp/ca.pem"
+out="$(timeout 5 "$touchd" run -c "$tmp/paths.conf" --check-config 2>&1)"
+rc=$?
+if [[ $rc -eq 0 && "$out" == *"config $tmp/paths.conf: ok"* ]]; then
+  pass=$((pass + 1))
+else
+  fail=$((fail + 1))
+  echo "FAIL check-config-paths-fixed: exit $rc: $out" >&2
+fi
+
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

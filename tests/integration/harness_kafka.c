@@ -456,6 +456,55 @@ int td_test_world_write_conf(td_test_world *w, const char *group, const char *in
     return td_test_write_file(w->dir, "touchd.conf", text, (size_t)n, NULL, 0);
 }
 
+int td_test_world_rules(td_test_world *w, const char *rules) {
+    snprintf(w->rules_dir, sizeof w->rules_dir, "%s/rules", w->dir);
+    if (mkdir(w->rules_dir, 0755) != 0 && errno != EEXIST) return -1;
+    return td_test_write_file(w->rules_dir, "t.rules", rules, strlen(rules), NULL, 0);
+}
+
+int td_test_world_setup_sent(void **state, size_t size) {
+    static const char rules[] =
+        "settings = { expires = \"3650d\"; };\n"
+        "rules = (\n"
+        "  { id = \"t.sent\"; on = [ \"email.sent\" ];\n"
+        "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; }\n"
+        ");\n";
+    const char *topics[] = {"events", "recs", "dlq"};
+    td_test_world *w = calloc(1, size < sizeof *w ? sizeof *w : size);
+    if (!w) return -1;
+    *state = w;
+    if (td_test_world_start(w, topics, 3, 2) != 0) return -1;
+    return td_test_world_rules(w, rules);
+}
+
+int td_test_world_conf(td_test_world *w, const char *group, const char *in, const char *out,
+                       const char *dlq, const char *consumer, const char *kafka, const char *redis,
+                       const char *rest) {
+    char text[4096];
+    int n = snprintf(
+        text, sizeof text,
+        "kafka = {\n"
+        "  brokers = \"%s\"; group_id = \"%s\";\n"
+        "  input_topics = [ \"%s\" ]; output_topic = \"%s\"; dead_letter_topic = \"%s\";\n"
+        "  plan_topic = \"\";\n"
+        "  consumer = { %s };\n"
+        "  producer = { linger_ms = 0; };\n"
+        "  %s\n"
+        "};\n"
+        "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20; backoff_max_ms = "
+        "200;\n"
+        "          command_timeout_ms = 1000; connect_timeout_ms = 500; %s };\n"
+        "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
+        "time = { max_past_age = \"36500d\"; };\n"
+        "%s\n",
+        w->kafka.bootstraps, group, in, out, dlq,
+        consumer ? consumer
+                 : "fetch_wait_max_ms = 5; session_timeout_ms = 6000; heartbeat_interval_ms = 500;",
+        kafka ? kafka : "", w->redis.port, redis ? redis : "", w->rules_dir, rest ? rest : "");
+    if (n < 0 || (size_t)n >= sizeof text) return -1;
+    return td_test_write_file(w->dir, "touchd.conf", text, (size_t)n, NULL, 0);
+}
+
 void td_test_world_stop(td_test_world *w) {
     if (w->touchd.pid > 0) {
         td_test_dump_log(w->log, 40);

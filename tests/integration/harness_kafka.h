@@ -105,6 +105,7 @@ typedef struct td_test_touchd {
  * a redis-server, a mock cluster with the topics, and one touchd. */
 typedef struct td_test_world {
     char dir[256], conf[300], log[300];
+    char rules_dir[300]; /* dir + "/rules" once td_test_world_rules made it */
     td_test_redis redis;
     td_test_kafka kafka;
     td_test_touchd touchd;
@@ -127,6 +128,28 @@ int td_test_world_write_rules(td_test_world *w, const char *text, char *dir, siz
 int td_test_world_write_conf(td_test_world *w, const char *group, const char *in, const char *out,
                              const char *dlq, const char *rules_dir, const char *redis_extra,
                              const char *extra);
+/* A cmocka setup for a fixture of `size` bytes whose first member is a
+ * td_test_world (td_test_world_teardown frees it): the world with topics
+ * "events", "recs" and "dlq" of 2 partitions each, and w->rules_dir holding
+ * one rule, t.sent: a follow_up recommendation for every email.sent, that
+ * never expires. @returns 0, or -1. */
+int td_test_world_setup_sent(void **state, size_t size);
+/* Creates w->rules_dir holding one rules file, t.rules, with `rules`.
+ * @returns 0, or -1. */
+int td_test_world_rules(td_test_world *w, const char *rules);
+/* Writes w->conf for a touchd of consumer group `group` on the world's
+ * broker and Redis: input topic `in`, output `out`, dead letters `dlq`, no
+ * plan topic, the tests' quick settings (linger_ms 0; Redis backoff 20..200
+ * ms, command timeout 1 s, connect timeout 500 ms), rules from
+ * w->rules_dir without polling, old events accepted (max_past_age 100
+ * years). `consumer`: the kafka.consumer group's settings (NULL: the quick
+ * ones, fetch_wait_max_ms 5 and a 6 s session with 500 ms heartbeats);
+ * `kafka` and `redis` (NULL: none) are added to the kafka and redis groups
+ * (libconfig refuses a key twice), `rest` (further groups) after.
+ * @returns 0, or -1. */
+int td_test_world_conf(td_test_world *w, const char *group, const char *in, const char *out,
+                       const char *dlq, const char *consumer, const char *kafka, const char *redis,
+                       const char *rest);
 /* Kills a touchd still running (printing its log's end: the test failed),
  * stops the cluster and Redis, removes the dir. */
 void td_test_world_stop(td_test_world *w);

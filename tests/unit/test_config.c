@@ -381,8 +381,119 @@ static void test_plan_keys(void **state) {
     }
 }
 
+/* --check-config's paths: each missing or wrong one is a line naming the
+ * key (as written) and the path; the good ones say nothing. */
+static void test_check_paths(void **state) {
+    (void)state;
+    char dir[] = "/tmp/test_config_paths_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char ca[600], text[4096], err[1024];
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    FILE *o = fopen(ca, "w");
+    assert_non_null(o);
+    fclose(o);
+    /* all good: rules dir, a readable CA file, a CA directory, probe */
+    snprintf(text, sizeof text,
+             "kafka = { bootstrap_file = \"%s/b\";\n"
+             "  consumer = { ssl_ca_location = \"%s\"; };\n"
+             "  producer = { ssl_ca_location = \"%s\"; sasl_kerberos_keytab = \"%s\"; }; };\n"
+             "rules = { dir = \"%s\"; };\n",
+             dir, ca, dir, ca, dir);
+    td_config *c = load_text(text, err, sizeof err);
+    assert_non_null(c);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&buf, &len);
+    assert_int_equal(td_config_check_paths(c, "> ", out), 0);
+    fclose(out);
+    assert_int_equal(len, 0);
+    free(buf);
+    td_config_free(c);
+
+    /* every kind of problem, each on its own line */
+    snprintf(text, sizeof text,
+             "kafka = { bootstrap_file = \"%s/no/b\";\n"
+             "  consumer = { ssl_key_location = \"%s/key.pem\"; ssl_ca_location = \"probe\"; };\n"
+             "  producer = { ssl_certificate_location = \"%s\"; }; };\n"
+             "rules = { dir = \"%s/rules\"; shadow_dir = \"%s\"; shadow_report = \"%s/x/r.json\"; "
+             "};\n",
+             dir, dir, dir, dir, ca, dir);
+    c = load_text(text, err, sizeof err);
+    assert_non_null(c);
+    out = open_memstream(&buf, &len);
+    assert_int_equal(td_config_check_paths(c, "> ", out), 6);
+    fclose(out);
+    char want[6][800];
+    snprintf(want[0], sizeof want[0],
+             "> %s: rules.dir: cannot read the directory \"%s/rules\": No such file or directory\n",
+             c->path, dir);
+    snprintf(want[1], sizeof want[1],
+             "> %s: rules.shadow_dir: cannot read the directory \"%s\": not a directory\n", c->path,
+             ca);
+    snprintf(want[2], sizeof want[2],
+             "> %s: rules.shadow_report: cannot write \"%s/x/r.json\": directory \"%s/x\": No such "
+             "file or directory\n",
+             c->path, dir, dir);
+    snprintf(want[3], sizeof want[3],
+             "> %s: kafka.bootstrap_file: cannot write \"%s/no/b\": directory \"%s/no\": No such "
+             "file or directory\n",
+             c->path, dir, dir);
+    snprintf(want[4], sizeof want[4],
+             "> %s:2: kafka.consumer.ssl_key_location: cannot read the file \"%s/key.pem\" "
+             "(librdkafka ssl.key.location): No such file or directory\n",
+             c->path, dir);
+    snprintf(want[5], sizeof want[5],
+             "> %s:3: kafka.producer.ssl_certificate_location: cannot read the file \"%s\" "
+             "(librdkafka ssl.certificate.location): a directory, not a file\n",
+             c->path, dir);
+    for (int i = 0; i < 6; i++)
+        if (!strstr(buf, want[i])) fail_msg("missing line %d: %s\nin:\n%s", i, want[i], buf);
+    free(buf);
+    td_config_free(c);
+    unlink(ca);
+    rmdir(dir);
+}
+
+/* kafka.instance_id: static membership, "" by default, env:NAME accepted
+ * (one config for every instance: the id from each one's environment),
+ * checked as Kafka checks it; group.instance.id is touchd's to set. */
+static void test_instance_id(void **state) {
+    (void)state;
+    char err[512];
+    td_config *c = load_text("", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->kafka.instance_id, "");
+    td_config_free(c);
+    c = load_text("kafka = { instance_id = \"touchd-a.1_x\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->kafka.instance_id, "touchd-a.1_x");
+    td_config_free(c);
+    setenv("TD_TEST_INSTANCE", "pod-7", 1);
+    c = load_text("kafka = { instance_id = \"env:TD_TEST_INSTANCE\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->kafka.instance_id, "pod-7");
+    td_config_free(c);
+    unsetenv("TD_TEST_INSTANCE");
+    static const char *const bad[][2] = {
+        {"kafka = { instance_id = \"env:TD_TEST_INSTANCE\"; };\n",
+         ":1: kafka.instance_id: environment variable TD_TEST_INSTANCE is not set"},
+        {"kafka = { instance_id = \"touchd a\"; };\n",
+         ":1: kafka.instance_id: expected \"\" (dynamic membership) or 1 to 249 of a-z A-Z 0-9 . "
+         "_ -, got \"touchd a\""},
+        {"kafka = { consumer = { group_instance_id = \"x\"; }; };\n",
+         ":1: kafka.consumer.group_instance_id: librdkafka property group.instance.id cannot be "
+         "set here: set kafka.instance_id instead (it takes env:NAME)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_null(load_text(bad[i][0], err, sizeof err));
+        if (!strstr(err, bad[i][1])) fail_msg("case %zu: got '%s'", i, err);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_instance_id),
+        cmocka_unit_test(test_check_paths),
         cmocka_unit_test(test_plan_keys),
         cmocka_unit_test(test_docs_list_exactly_the_keys),
         cmocka_unit_test(test_docs_show_the_defaults),
