@@ -33,8 +33,7 @@ volatile sig_atomic_t td_daemon_reload_requested = 0;
 struct td_daemon {
     const td_config *cfg;
     td_ruleset *rs;
-    uint64_t rules_sig;
-    int64_t next_rules_poll;
+    td_rules_watch watch; /* rules.dir: poll and settle time */
     uint64_t reloads, reload_failures;
 
     td_redis *redis;
@@ -77,7 +76,7 @@ static td_ruleset *dm_compile(const td_config *cfg) {
 }
 
 static void dm_reload(td_daemon *d, const char *why) {
-    d->rules_sig = td_rules_dir_signature(d->cfg->rules.dir);
+    td_rules_watch_compiling(&d->watch);
     td_log_info("reloading rules", "dir=%s trigger=%s", d->cfg->rules.dir, why);
     td_ruleset *rs = dm_compile(d->cfg);
     if (!rs) {
@@ -103,12 +102,19 @@ static void dm_maybe_reload(td_daemon *d) {
         td_shadow_reload(d->shadow, "SIGHUP");
         return;
     }
-    int poll_ms = d->cfg->rules.reload_poll_ms;
-    if (poll_ms <= 0) return;
-    int64_t now = td_mono_ms();
-    if (now < d->next_rules_poll) return;
-    d->next_rules_poll = now + poll_ms;
-    if (td_rules_dir_signature(d->cfg->rules.dir) != d->rules_sig) dm_reload(d, "change");
+    switch (td_rules_watch_poll(&d->watch, td_mono_ms(), td_wall_ms())) {
+    case TD_WATCH_RELOAD:
+        dm_reload(d, "change");
+        break;
+    case TD_WATCH_SETTLE_BEGIN:
+        /* once per change: a half-written file is not compiled */
+        td_log_info("rules changed, waiting for them to settle", "dir=%s settle_ms=%d",
+                    d->cfg->rules.dir, d->cfg->rules.settle_ms);
+        break;
+    case TD_WATCH_SETTLING:
+    case TD_WATCH_IDLE:
+        break;
+    }
 }
 
 /* ------------------------------------------------------------ life cycle */
@@ -123,7 +129,8 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     d->cfg = cfg;
     char err[1024];
 
-    d->rules_sig = td_rules_dir_signature(cfg->rules.dir);
+    td_rules_watch_init(&d->watch, cfg->rules.dir, cfg->rules.reload_poll_ms, cfg->rules.settle_ms,
+                        td_mono_ms());
     d->rs = dm_compile(cfg);
     if (!d->rs) {
         *exit_code = TD_EXIT_FAIL;
@@ -131,7 +138,6 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     }
     td_log_info("ruleset active", "ruleset=%s rules=%zu dir=%s", td_ruleset_hash(d->rs),
                 td_ruleset_count(d->rs), cfg->rules.dir);
-    d->next_rules_poll = td_mono_ms() + cfg->rules.reload_poll_ms;
 
     d->redis = td_redis_new(&cfg->redis, err, sizeof err);
     if (!d->redis) {

@@ -169,6 +169,7 @@ static int setup_fx(void **state, int reload_poll_ms) {
 }
 
 static int setup(void **state) { return setup_fx(state, 500); }
+static int setup_fastpoll(void **state) { return setup_fx(state, 50); }
 static int setup_nopoll(void **state) { return setup_fx(state, 0); }
 
 static int teardown(void **state) {
@@ -596,6 +597,51 @@ static void test_rules_dir_poll(void **state) {
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
 }
 
+/* The hash `touchd check` gives the rules directory as it is now. */
+static void check_hash(fx *f, char *out, size_t cap) {
+    char cmd[800], line[1024];
+    snprintf(cmd, sizeof cmd, "%s check %s 2>&1", td_test_touchd_path(), f->rules_dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    out[0] = '\0';
+    while (fgets(line, sizeof line, p)) {
+        char *h = strstr(line, "sha256:");
+        if (h) snprintf(out, cap, "%.71s", h);
+    }
+    assert_int_equal(pclose(p), 0);
+    assert_int_equal(strlen(out), 71);
+}
+
+/* `cat new > t.rules` rewrites the file in place: it truncates it, then
+ * writes it. Here the write comes 150 ms after the truncation, the poll
+ * looks every 50 ms, rules.settle_ms is the default 500: the empty file is
+ * never compiled, the whole one is, once. */
+static void test_rewrite_in_place_settles(void **state) {
+    fx *f = *state; /* reload_poll_ms = 50 */
+    start_touchd(f);
+    assert_true(td_test_wait_file(f->log, "touchd running", 1, 20000));
+    char path[400], want[80], needle[160];
+    snprintf(path, sizeof path, "%s/t.rules", f->rules_dir);
+    FILE *o = fopen(path, "w"); /* the truncation */
+    assert_non_null(o);
+    assert_int_equal(fclose(o), 0);
+    td_test_sleep_ms(150);
+    o = fopen(path, "a");
+    assert_non_null(o);
+    assert_int_equal(fputs(RULES_B, o) >= 0, 1);
+    assert_int_equal(fclose(o), 0);
+    assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
+    check_hash(f, want, sizeof want);
+    snprintf(needle, sizeof needle, "msg=\"ruleset active\" ruleset=%s rules=2 ", want);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    assert_true(td_test_count_in_file(f->log, "rules changed, waiting for them to settle") >= 1);
+    /* one reload, and nothing refused: the empty state was not compiled */
+    assert_int_equal(td_test_count_in_file(f->log, "msg=\"reloading rules\""), 1);
+    assert_int_equal(td_test_count_in_file(f->log, "rules rejected"), 0);
+    assert_int_equal(td_test_count_in_file(f->log, "E115"), 0);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
 static void test_sigterm_commits(void **state) {
     fx *f = *state;
     enum { NP = 4, NE = 10 };
@@ -988,6 +1034,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_dead_letters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup_nopoll, teardown),
         cmocka_unit_test_setup_teardown(test_rules_dir_poll, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rewrite_in_place_settles, setup_fastpoll, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconsumed_input_is_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_restart, setup, teardown),
