@@ -57,8 +57,9 @@ typedef struct td_source {
 typedef enum td_withdraw_kind { TD_WD_NAME = 0, TD_WD_INTENT = 1 } td_withdraw_kind;
 typedef struct td_withdraw {
     td_withdraw_kind kind;
-    char *name; /* owned */
-    int line;   /* of the `withdraws` setting */
+    char *name;    /* owned */
+    int line, col; /* of the entry's string (col 0: the `withdraws` line only) */
+    int len;       /* bytes of the entry as written, "intent:" included */
 } td_withdraw;
 
 typedef struct td_rule {
