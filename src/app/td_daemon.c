@@ -89,6 +89,17 @@ static void dm_reload(td_daemon *d, const char *why) {
     bool same = strcmp(old, td_ruleset_hash(rs)) == 0;
     td_log_info("ruleset active", "ruleset=%s rules=%zu previous=%s changed=%s",
                 td_ruleset_hash(rs), td_ruleset_count(rs), old, same ? "false" : "true");
+    /* Removing rules is the change to notice: their pending timers are
+     * dropped and nothing recommends in their place. One line, bounded. */
+    size_t nrules, nfiles;
+    char rules[480], files[240];
+    td_ruleset_removed(d->rs, rs, &nrules, rules, sizeof rules, &nfiles, files, sizeof files);
+    if (nrules || nfiles)
+        td_log_warn("reload removes rules",
+                    "dir=%s rules_removed=%zu files_removed=%zu rules=%s files=%s ruleset=%s "
+                    "previous=%s",
+                    d->cfg->rules.dir, nrules, nfiles, nrules ? rules : "-", nfiles ? files : "-",
+                    td_ruleset_hash(rs), old);
     td_pipeline_set_ruleset(d->pl, rs); /* between batches: no step holds the old one */
     td_ruleset_free(d->rs);
     d->rs = rs;

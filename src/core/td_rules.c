@@ -1665,6 +1665,55 @@ const td_rule *td_ruleset_find_key(const td_ruleset *rs, const td_rule_key *key)
     return NULL;
 }
 
+/* A bounded comma-separated list: names are added while they fit (with
+ * room kept for the "+N" of those that do not). */
+typedef struct ru_list {
+    char *out;
+    size_t cap, len, n, unlisted;
+} ru_list;
+
+static void ru_list_add(ru_list *l, const char *name) {
+    size_t nl = strlen(name), need = (l->len ? 1 : 0) + nl;
+    l->n++;
+    if (l->unlisted || l->cap < 24 || l->len + need + 22 > l->cap) {
+        l->unlisted++;
+        return;
+    }
+    if (l->len) l->out[l->len++] = ',';
+    for (size_t i = 0; i < nl; i++) {
+        unsigned char c = (unsigned char)name[i];
+        l->out[l->len++] = c > 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    l->out[l->len] = '\0';
+}
+
+static void ru_list_end(ru_list *l) {
+    if (l->unlisted && l->cap >= 24)
+        snprintf(l->out + l->len, l->cap - l->len, "%s+%zu", l->len ? "," : "", l->unlisted);
+}
+
+void td_ruleset_removed(const td_ruleset *from, const td_ruleset *to, size_t *nrules,
+                        char *rules_out, size_t rules_cap, size_t *nfiles, char *files_out,
+                        size_t files_cap) {
+    ru_list r = {.out = rules_out, .cap = rules_cap}, f = {.out = files_out, .cap = files_cap};
+    if (rules_cap) rules_out[0] = '\0';
+    if (files_cap) files_out[0] = '\0';
+    for (size_t i = 0; from && to && i < from->n; i++)
+        if (!td_ruleset_find(to, from->rules[i].id)) ru_list_add(&r, from->rules[i].id);
+    for (size_t i = 0; from && to && i < from->nfiles; i++) {
+        bool kept = false;
+        for (size_t j = 0; j < to->nfiles && !kept; j++)
+            kept = strcmp(from->files[i], to->files[j]) == 0;
+        if (kept) continue;
+        const char *base = strrchr(from->files[i], '/');
+        ru_list_add(&f, base ? base + 1 : from->files[i]);
+    }
+    ru_list_end(&r);
+    ru_list_end(&f);
+    *nrules = r.n;
+    *nfiles = f.n;
+}
+
 const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t, size_t *n) {
     if ((int)t < 0 || t >= TD_EV__COUNT) {
         *n = 0;

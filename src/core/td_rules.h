@@ -134,6 +134,17 @@ const td_rule *td_ruleset_find(const td_ruleset *rs, const char *id);
 /* The same with a precomputed key (td_rule_key_make). */
 const td_rule *td_ruleset_find_key(const td_ruleset *rs, const td_rule_key *key);
 
+/* What a reload from `from` to `to` removes: the rules of `from` whose id
+ * `to` does not have, and the files `from` was compiled from that `to` is
+ * not (by name as given). *nrules and *nfiles count them all; their names
+ * go into rules_out and files_out (each cap bytes, always NUL-terminated),
+ * comma-separated, rules in ruleset order, files by their last path
+ * component, bytes outside printable ASCII as '?'; when a list does not
+ * fit, it ends with "+N" (N more not listed). For one bounded log line. */
+void td_ruleset_removed(const td_ruleset *from, const td_ruleset *to, size_t *nrules,
+                        char *rules_out, size_t rules_cap, size_t *nfiles, char *files_out,
+                        size_t files_cap);
+
 /* Rules (non-guards) triggered by an event type, in ruleset order. */
 const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t, size_t *n);
 /* Guards, in ruleset order. */

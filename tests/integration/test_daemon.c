@@ -497,28 +497,40 @@ static const char *rec_hash(const td_test_msg *m, char *buf, size_t cap) {
     return buf;
 }
 
+/* Sends prospect 0's event j and reads up to the nth message of r.
+ * @returns the nth's ruleset hash, in h. */
+static const char *send_rec_hash(fx *f, td_test_reader *r, int j, size_t nth, char *h, size_t cap) {
+    send_event(f, 0, j);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    assert_int_equal(td_test_reader_read(r, nth, 30000), nth);
+    size_t n;
+    return rec_hash(&td_test_reader_msgs(r, &n)[nth - 1], h, cap);
+}
+
+/* A reload just refused (SIGHUP sent): the previous ruleset, hash ha,
+ * serves on: event j's recommendation, the nth message, carries ha. */
+static void assert_previous_serves(fx *f, td_test_reader *r, int j, size_t nth, const char *ha) {
+    char h[128];
+    assert_true(
+        td_test_wait_file(f->log, "reload failed, previous ruleset keeps serving", 1, 10000));
+    assert_string_equal(send_rec_hash(f, r, j, nth, h, sizeof h), ha);
+    assert_true(td_test_touchd_alive(&f->touchd));
+}
+
 static void test_sighup_reload(void **state) {
     fx *f = *state; /* reload_poll_ms = 0: only SIGHUP reloads */
     start_touchd(f);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    send_event(f, 0, 0);
-    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    assert_int_equal(td_test_reader_read(r, 1, 30000), 1);
     size_t n;
     char ha[128], h[128];
-    rec_hash(&td_test_reader_msgs(r, &n)[0], ha, sizeof ha);
+    send_rec_hash(f, r, 0, 1, ha, sizeof ha);
 
     /* A broken ruleset: rejected with diagnostics, the old one serves on. */
     write_rules(f, RULES_BROKEN);
     kill(f->touchd.pid, SIGHUP);
-    assert_true(
-        td_test_wait_file(f->log, "reload failed, previous ruleset keeps serving", 1, 10000));
+    assert_previous_serves(f, r, 1, 2, ha);
     assert_true(td_test_count_in_file(f->log, "msg=\"rules diagnostic\"") >= 1);
     assert_true(td_test_count_in_file(f->log, "emial.sent") >= 1);
-    send_event(f, 0, 1);
-    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    assert_int_equal(td_test_reader_read(r, 2, 20000), 2);
-    assert_string_equal(rec_hash(&td_test_reader_msgs(r, &n)[1], h, sizeof h), ha);
     assert_true(td_test_touchd_alive(&f->touchd));
 
     /* A good new ruleset: switches; new recommendations carry its hash. */
@@ -639,6 +651,61 @@ static void test_rewrite_in_place_settles(void **state) {
     assert_int_equal(td_test_count_in_file(f->log, "msg=\"reloading rules\""), 1);
     assert_int_equal(td_test_count_in_file(f->log, "rules rejected"), 0);
     assert_int_equal(td_test_count_in_file(f->log, "E115"), 0);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+/* A rule in a file of its own, and a guard in another that names it. */
+static const char RULES_EXTRA[] =
+    "rules = ( { id = \"t.extra\"; on = [ \"email.replied\" ];\n"
+    "  recommend = { channel = \"call\"; touch = \"call_proposal\"; }; } );\n";
+static const char RULES_GUARD[] =
+    "rules = (\n"
+    "  { id = \"g.after-extra\"; reason = \"spacing\";\n"
+    "    block = \"rec.rule == 't.extra' || since(last_fired('t.extra')) < 1h\"; "
+    "});\n";
+
+/* A reload that removes a rule another file still names is refused, with
+ * the name's file:line:col, and the previous ruleset serves on; removing
+ * the name too goes through, and the log line says what it removed. */
+static void test_reload_keeps_referenced_rules(void **state) {
+    fx *f = *state; /* reload_poll_ms = 0: only SIGHUP reloads */
+    char gpath[400], xpath[400];
+    assert_int_equal(td_test_write_file(f->rules_dir, "g.rules", RULES_GUARD, strlen(RULES_GUARD),
+                                        gpath, sizeof gpath),
+                     0);
+    assert_int_equal(td_test_write_file(f->rules_dir, "x.rules", RULES_EXTRA, strlen(RULES_EXTRA),
+                                        xpath, sizeof xpath),
+                     0);
+    start_touchd(f);
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    char ha[128], needle[600];
+    send_rec_hash(f, r, 0, 1, ha, sizeof ha);
+    snprintf(needle, sizeof needle, "ruleset=%s rules=4 ", ha);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+
+    /* x.rules goes, g.rules still names t.extra: refused at the names */
+    assert_int_equal(unlink(xpath), 0);
+    kill(f->touchd.pid, SIGHUP);
+    assert_previous_serves(f, r, 1, 2, ha);
+    snprintf(needle, sizeof needle, "file=%s line=3 col=27 code=E116 ", gpath);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    snprintf(needle, sizeof needle, "file=%s line=3 col=57 code=E116 ", gpath);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    assert_int_equal(td_test_count_in_file(f->log, "no rule 't.extra'"), 2);
+    assert_int_equal(td_test_count_in_file(f->log, "reload removes rules"), 0);
+
+    /* the guard goes too: accepted; what went is logged, once */
+    assert_int_equal(unlink(gpath), 0);
+    assert_int_equal(td_test_count_in_file(f->log, "changed=true"), 0);
+    kill(f->touchd.pid, SIGHUP);
+    assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
+    assert_true(td_test_wait_file(f->log, "reload removes rules", 1, 5000));
+    assert_int_equal(td_test_count_in_file(f->log, "level=warn msg=\"reload removes rules\""), 1);
+    assert_int_equal(td_test_count_in_file(f->log, " rules_removed=2 files_removed=2 "
+                                                   "rules=g.after-extra,t.extra "
+                                                   "files=g.rules,x.rules "),
+                     1);
+    td_test_reader_free(r);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
 }
 
@@ -1035,6 +1102,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup_nopoll, teardown),
         cmocka_unit_test_setup_teardown(test_rules_dir_poll, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rewrite_in_place_settles, setup_fastpoll, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_keeps_referenced_rules, setup_nopoll, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconsumed_input_is_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_restart, setup, teardown),

@@ -446,6 +446,38 @@ static void test_dangling_references(void **state) {
     td_diags_free(&d);
 }
 
+/* What a reload removes, for its log line: rule ids and files, counted
+ * all, listed while they fit. */
+static void test_ruleset_removed(void **state) {
+    (void)state;
+    td_source before[2] = {{.name = "r/a.rules", .text = REF_A, .len = sizeof REF_A - 1},
+                           {.name = "r/b.rules", .text = REF_B_OLD, .len = sizeof REF_B_OLD - 1}};
+    td_source after = {.name = "r/b.rules", .text = REF_B_NEW, .len = sizeof REF_B_NEW - 1};
+    td_diags d = {0};
+    td_ruleset *from = td_ruleset_compile(before, 2, &d);
+    td_ruleset *to = td_ruleset_compile(&after, 1, &d);
+    assert_non_null(from);
+    assert_non_null(to);
+    size_t nr = 0, nf = 0;
+    char rules[200], files[200];
+    td_ruleset_removed(from, to, &nr, rules, sizeof rules, &nf, files, sizeof files);
+    assert_int_equal(nr, 4);
+    assert_string_equal(rules, "a.guard,a.group-guard,a.sent,b.old");
+    assert_int_equal(nf, 1);
+    assert_string_equal(files, "a.rules");
+    /* nothing removed the other way round */
+    td_ruleset_removed(to, from, &nr, rules, sizeof rules, &nf, files, sizeof files);
+    assert_int_equal(nr + nf, 0);
+    assert_string_equal(rules, "");
+    /* bounded: what does not fit is counted */
+    td_ruleset_removed(from, to, &nr, rules, 40, &nf, files, sizeof files);
+    assert_int_equal(nr, 4);
+    assert_string_equal(rules, "a.guard,+3");
+    td_ruleset_free(from);
+    td_ruleset_free(to);
+    td_diags_free(&d);
+}
+
 /* Warnings: the ruleset compiles, each problem is named with its rule's line. */
 static void test_lint_warnings(void **state) {
     (void)state;
@@ -528,6 +560,7 @@ int main(void) {
         cmocka_unit_test(test_half_written_files_refused),
         cmocka_unit_test(test_not_text_position),
         cmocka_unit_test(test_dangling_references),
+        cmocka_unit_test(test_ruleset_removed),
         cmocka_unit_test(test_lint_warnings),
         cmocka_unit_test(test_touch_vocabulary),
     };
