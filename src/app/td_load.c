@@ -279,8 +279,9 @@ int64_t td_rules_watch_decide(td_rules_watch *w, uint64_t sig, int64_t changed_m
      * or as the file times say, whichever is longer: a file changed before
      * the poll noticed it need not wait again. A time in the future (a
      * clock step, another host's clock) proves nothing. */
-    int64_t quiet = mono - w->pending_since, age = wall - changed_ms;
-    if (changed_ms != INT64_MIN && age >= 0 && age > quiet) quiet = age;
+    int64_t quiet = mono - w->pending_since;
+    if (changed_ms != INT64_MIN && changed_ms <= wall && wall - changed_ms > quiet)
+        quiet = wall - changed_ms;
     return quiet >= w->settle_ms ? 0 : w->settle_ms - quiet;
 }
 
