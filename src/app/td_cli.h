@@ -33,10 +33,55 @@ enum {
  * appended either way (caller frees).
  */
 td_ruleset *td_load_rules(const char *const *paths, size_t n, td_diags *diags);
-/* A signature of a rules directory: every *.rules file's name, size and
- * mtime, order-independent. It changes when a file is added, removed,
- * renamed or written (the daemon's reload poll; the shadow's too). */
+/* A signature of a rules directory: every *.rules file's name, size, mtime
+ * and inode, order-independent. It changes when a file is added, removed,
+ * renamed or written (the daemon's reload poll; the shadow's too). With
+ * changed_ms (may be NULL): the wall-clock time of the directory's latest
+ * change, the newest mtime or ctime of the directory and of its *.rules
+ * files (INT64_MIN when nothing could be read). */
+uint64_t td_rules_dir_scan(const char *dir, int64_t *changed_ms);
 uint64_t td_rules_dir_signature(const char *dir);
+
+/*
+ * The reload poll of a rules directory, with its settle time
+ * (rules.settle_ms; docs/operations.md, "Rules reload"). Every poll_ms the
+ * directory is scanned; a change is compiled only once the directory has
+ * been quiet for settle_ms: unchanged since the poller first saw it, or
+ * last changed (file times) that long ago. So `cat new > trust.rules`,
+ * which leaves an empty file for a moment, is compiled once, whole. While
+ * a change settles, the next look is due when it may be quiet; the caller
+ * never waits.
+ */
+typedef struct td_rules_watch {
+    const char *dir;       /* borrowed */
+    int poll_ms;           /* 0: no polling (SIGHUP only) */
+    int settle_ms;         /* 0: compile as soon as a change is seen */
+    uint64_t sig;          /* the directory as last compiled */
+    uint64_t pending;      /* a signature seen since and not compiled; 0: none */
+    int64_t pending_since; /* monotonic ms it was first seen */
+    int64_t next_poll;     /* monotonic ms */
+} td_rules_watch;
+
+typedef enum td_rules_watch_event {
+    TD_WATCH_IDLE = 0,     /* not due, or nothing changed */
+    TD_WATCH_SETTLE_BEGIN, /* a change, not yet quiet: the first poll that sees it so */
+    TD_WATCH_SETTLING,     /* still not quiet */
+    TD_WATCH_RELOAD        /* changed and quiet: compile now (td_rules_watch_compiling) */
+} td_rules_watch_event;
+
+/* Starts watching dir (borrowed: it must outlive w) as it is now. */
+void td_rules_watch_init(td_rules_watch *w, const char *dir, int poll_ms, int settle_ms,
+                         int64_t mono);
+/* Call just before compiling the directory (a reload for any reason): the
+ * signature of what is about to be read becomes the one in force. */
+void td_rules_watch_compiling(td_rules_watch *w);
+/* One look, when due, at monotonic time mono and wall time wall (ms). */
+td_rules_watch_event td_rules_watch_poll(td_rules_watch *w, int64_t mono, int64_t wall);
+/* The decision alone, for a scan that gave sig and changed_ms: -1 nothing
+ * changed, 0 compile now, > 0 the ms the change still has to stay quiet.
+ * No I/O, no clock. */
+int64_t td_rules_watch_decide(td_rules_watch *w, uint64_t sig, int64_t changed_ms, int64_t mono,
+                              int64_t wall);
 
 /* Prints every diagnostic (td_diag_format) and a summary line to f. */
 void td_print_diags(const td_diags *d, FILE *f);

@@ -88,8 +88,8 @@ static void cr_print_config(const td_config *c, FILE *f) {
     fprintf(f, "redis = %s%s:%d db %d prefix %s password %s\n", c->redis.unix_socket ? "unix:" : "",
             c->redis.host, c->redis.port, c->redis.db, c->redis.key_prefix,
             c->redis.password ? "(set)" : "(none)");
-    fprintf(f, "rules.dir = %s\nrules.reload_poll_ms = %d\n", c->rules.dir,
-            c->rules.reload_poll_ms);
+    fprintf(f, "rules.dir = %s\nrules.reload_poll_ms = %d\nrules.settle_ms = %d\n", c->rules.dir,
+            c->rules.reload_poll_ms, c->rules.settle_ms);
     fprintf(
         f,
         "rules.shadow_dir = %s\nrules.shadow_report = %s\nrules.shadow_report_interval_ms = %d\n",

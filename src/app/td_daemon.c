@@ -34,8 +34,7 @@ volatile sig_atomic_t td_daemon_reload_requested = 0;
 struct td_daemon {
     const td_config *cfg;
     td_ruleset *rs;
-    uint64_t rules_sig;
-    int64_t next_rules_poll;
+    td_rules_watch watch; /* rules.dir: poll and settle time */
     uint64_t reloads, reload_failures;
 
     td_redis *redis;       /* the main thread's */
@@ -80,7 +79,7 @@ static td_ruleset *dm_compile(const td_config *cfg) {
 }
 
 static void dm_reload(td_daemon *d, const char *why) {
-    d->rules_sig = td_rules_dir_signature(d->cfg->rules.dir);
+    td_rules_watch_compiling(&d->watch);
     td_log_info("reloading rules", "dir=%s trigger=%s", d->cfg->rules.dir, why);
     td_ruleset *rs = dm_compile(d->cfg);
     if (!rs) {
@@ -93,6 +92,17 @@ static void dm_reload(td_daemon *d, const char *why) {
     bool same = strcmp(old, td_ruleset_hash(rs)) == 0;
     td_log_info("ruleset active", "ruleset=%s rules=%zu previous=%s changed=%s",
                 td_ruleset_hash(rs), td_ruleset_count(rs), old, same ? "false" : "true");
+    /* Removing rules is the change to notice: their pending timers are
+     * dropped and nothing recommends in their place. One line, bounded. */
+    size_t nrules, nfiles;
+    char rules[480], files[240];
+    td_ruleset_removed(d->rs, rs, &nrules, rules, sizeof rules, &nfiles, files, sizeof files);
+    if (nrules || nfiles)
+        td_log_warn("reload removes rules",
+                    "dir=%s rules_removed=%zu files_removed=%zu rules=%s files=%s ruleset=%s "
+                    "previous=%s",
+                    d->cfg->rules.dir, nrules, nfiles, nrules ? rules : "-", nfiles ? files : "-",
+                    td_ruleset_hash(rs), old);
     td_pipeline_set_ruleset(d->pl, rs); /* between batches: no step holds the old one */
     td_ruleset_free(d->rs);
     d->rs = rs;
@@ -106,12 +116,19 @@ static void dm_maybe_reload(td_daemon *d) {
         td_shadow_reload(d->shadow, "SIGHUP");
         return;
     }
-    int poll_ms = d->cfg->rules.reload_poll_ms;
-    if (poll_ms <= 0) return;
-    int64_t now = td_mono_ms();
-    if (now < d->next_rules_poll) return;
-    d->next_rules_poll = now + poll_ms;
-    if (td_rules_dir_signature(d->cfg->rules.dir) != d->rules_sig) dm_reload(d, "change");
+    switch (td_rules_watch_poll(&d->watch, td_mono_ms(), td_wall_ms())) {
+    case TD_WATCH_RELOAD:
+        dm_reload(d, "change");
+        break;
+    case TD_WATCH_SETTLE_BEGIN:
+        /* once per change: a half-written file is not compiled */
+        td_log_info("rules changed, waiting for them to settle", "dir=%s settle_ms=%d",
+                    d->cfg->rules.dir, d->cfg->rules.settle_ms);
+        break;
+    case TD_WATCH_SETTLING:
+    case TD_WATCH_IDLE:
+        break;
+    }
 }
 
 /* ------------------------------------------------------------ life cycle */
@@ -164,7 +181,8 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     d->cfg = cfg;
     char err[1024];
 
-    d->rules_sig = td_rules_dir_signature(cfg->rules.dir);
+    td_rules_watch_init(&d->watch, cfg->rules.dir, cfg->rules.reload_poll_ms, cfg->rules.settle_ms,
+                        td_mono_ms());
     d->rs = dm_compile(cfg);
     if (!d->rs) {
         *exit_code = TD_EXIT_FAIL;
@@ -172,7 +190,6 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     }
     td_log_info("ruleset active", "ruleset=%s rules=%zu dir=%s", td_ruleset_hash(d->rs),
                 td_ruleset_count(d->rs), cfg->rules.dir);
-    d->next_rules_poll = td_mono_ms() + cfg->rules.reload_poll_ms;
 
     d->redis = td_redis_new(&cfg->redis, err, sizeof err);
     if (!d->redis) {

@@ -27,7 +27,9 @@
  *
  * Signals (the handlers only set flags): SIGTERM/SIGINT finish the batch,
  * commit, close and exit 0; SIGHUP reloads the rules. The rules directory is
- * also polled every rules.reload_poll_ms for changes. A ruleset that fails to
+ * also polled every rules.reload_poll_ms for changes, and a change compiled
+ * once it has been quiet for rules.settle_ms (td_rules_watch, td_cli.h), so
+ * a file rewritten in place is not compiled half-written. A ruleset that fails to
  * compile is logged diagnostic by diagnostic and the previous one keeps
  * serving.
  *

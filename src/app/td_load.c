@@ -11,6 +11,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,11 +194,32 @@ void td_print_diags(const td_diags *d, FILE *f) {
     }
 }
 
-/* A signature of the rules directory: every *.rules file's name, size and
- * mtime. It changes when a file is added, removed, renamed or written. */
-uint64_t td_rules_dir_signature(const char *dir) {
+/* Folds one stat into the scan: the signature takes the name, size, mtime
+ * and inode (a rename puts a new inode in place even when it keeps size
+ * and mtime, as `cp -p` then `mv` does); the latest change takes mtime and
+ * ctime (ctime moves on a rename and on every write, and no one can set it
+ * back). */
+static int64_t ld_stat_ms(const struct timespec *t) {
+    return (int64_t)t->tv_sec * 1000 + t->tv_nsec / 1000000;
+}
+
+static void ld_scan_times(const struct stat *st, int64_t *latest) {
+    int64_t m = ld_stat_ms(&st->st_mtim), c = ld_stat_ms(&st->st_ctim);
+    if (m > *latest) *latest = m;
+    if (c > *latest) *latest = c;
+}
+
+uint64_t td_rules_dir_scan(const char *dir, int64_t *changed_ms) {
+    int64_t latest = INT64_MIN;
+    struct stat dst;
+    /* the directory's own times move when an entry is added, removed or
+     * renamed: a removal leaves no file to stat */
+    if (stat(dir, &dst) == 0) ld_scan_times(&dst, &latest);
     DIR *d = opendir(dir);
-    if (!d) return 1; /* "missing": differs from any real signature */
+    if (!d) {
+        if (changed_ms) *changed_ms = latest;
+        return 1; /* "missing": differs from any real signature */
+    }
     uint64_t sig = 0, n = 0;
     struct dirent *e;
     char path[4352];
@@ -207,14 +229,72 @@ uint64_t td_rules_dir_signature(const char *dir) {
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         struct stat st;
         if (stat(path, &st) != 0) continue;
+        ld_scan_times(&st, &latest);
         struct {
             int64_t size, sec, nsec;
-        } meta = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
+            uint64_t ino;
+        } meta = {(int64_t)st.st_size, (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec,
+                  (uint64_t)st.st_ino};
         uint64_t h = td_hash64(e->d_name, len, TD_HASH_SEED);
         h = td_hash64(&meta, sizeof meta, h);
         sig += h; /* order-independent */
         n++;
     }
     closedir(d);
+    if (changed_ms) *changed_ms = latest;
     return td_hash64(&n, sizeof n, sig) | 2;
+}
+
+uint64_t td_rules_dir_signature(const char *dir) { return td_rules_dir_scan(dir, NULL); }
+
+/* ---- the reload poll and its settle time ---- */
+
+void td_rules_watch_init(td_rules_watch *w, const char *dir, int poll_ms, int settle_ms,
+                         int64_t mono) {
+    memset(w, 0, sizeof *w);
+    w->dir = dir;
+    w->poll_ms = poll_ms;
+    w->settle_ms = settle_ms;
+    w->sig = td_rules_dir_signature(dir);
+    w->next_poll = mono + poll_ms;
+}
+
+void td_rules_watch_compiling(td_rules_watch *w) {
+    w->sig = td_rules_dir_signature(w->dir);
+    w->pending = 0;
+}
+
+int64_t td_rules_watch_decide(td_rules_watch *w, uint64_t sig, int64_t changed_ms, int64_t mono,
+                              int64_t wall) {
+    if (sig == w->sig) {
+        w->pending = 0; /* changed back (an editor's swap dance): nothing to do */
+        return -1;
+    }
+    if (sig != w->pending) {
+        w->pending = sig;
+        w->pending_since = mono;
+    }
+    if (w->settle_ms <= 0) return 0;
+    /* Quiet for as long as the poller has seen this signature unchanged,
+     * or as the file times say, whichever is longer: a file changed before
+     * the poll noticed it need not wait again. A time in the future (a
+     * clock step, another host's clock) proves nothing. */
+    int64_t quiet = mono - w->pending_since;
+    if (changed_ms != INT64_MIN && changed_ms <= wall && wall - changed_ms > quiet)
+        quiet = wall - changed_ms;
+    return quiet >= w->settle_ms ? 0 : w->settle_ms - quiet;
+}
+
+td_rules_watch_event td_rules_watch_poll(td_rules_watch *w, int64_t mono, int64_t wall) {
+    if (w->poll_ms <= 0 || mono < w->next_poll) return TD_WATCH_IDLE;
+    bool settling = w->pending != 0;
+    int64_t changed;
+    uint64_t sig = td_rules_dir_scan(w->dir, &changed);
+    int64_t wait = td_rules_watch_decide(w, sig, changed, mono, wall);
+    /* a change not yet quiet is looked at again when it may be, not a
+     * whole poll later; nothing here waits: the loop goes on */
+    w->next_poll = mono + (wait > 0 && wait < w->poll_ms ? wait : w->poll_ms);
+    if (wait < 0) return TD_WATCH_IDLE;
+    if (wait == 0) return TD_WATCH_RELOAD;
+    return settling ? TD_WATCH_SETTLING : TD_WATCH_SETTLE_BEGIN;
 }

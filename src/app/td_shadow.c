@@ -59,9 +59,8 @@ struct td_shadow {
     const td_config *cfg;
     td_tzdb *tz; /* borrowed from the daemon */
 
-    td_ruleset *rs; /* NULL: nothing runs */
-    uint64_t sig;
-    int64_t next_poll;
+    td_ruleset *rs;       /* NULL: nothing runs */
+    td_rules_watch watch; /* rules.shadow_dir, polled and settled like rules.dir */
     char last_error[200]; /* why the last compile failed ("" when it did not) */
 
     td_state copy;
@@ -107,7 +106,7 @@ static void sh_reset_counts(td_shadow *sh, const char *live_hash) {
 
 static void sh_compile(td_shadow *sh, const char *why) {
     const char *dir = sh->cfg->rules.shadow_dir;
-    sh->sig = td_rules_dir_signature(dir);
+    td_rules_watch_compiling(&sh->watch);
     td_diags dg = {0};
     const char *paths[1] = {dir};
     td_ruleset *rs = td_load_rules(paths, 1, &dg);
@@ -255,11 +254,12 @@ td_shadow *td_shadow_new(const td_config *cfg, const char *bootstraps, td_tzdb *
     sh->cfg = cfg;
     sh->tz = tz;
     sh->out = out;
+    int64_t now = td_mono_ms();
+    td_rules_watch_init(&sh->watch, cfg->rules.shadow_dir, cfg->rules.reload_poll_ms,
+                        cfg->rules.settle_ms, now);
     sh_compile(sh, "start");
     sh_reset_counts(sh, "");
     sh_producer_new(sh, bootstraps);
-    int64_t now = td_mono_ms();
-    sh->next_poll = now + cfg->rules.reload_poll_ms;
     sh->next_report = now; /* a first report at once: ops see the shadow is on */
     sh->next_log = now + 60000;
     td_log_info("shadow ruleset configured",
@@ -572,12 +572,8 @@ void td_shadow_tick(td_shadow *sh) {
     if (!sh) return;
     if (sh->producer) rd_kafka_poll(sh->producer, 0); /* delivery reports */
     int64_t now = td_mono_ms();
-    int poll_ms = sh->cfg->rules.reload_poll_ms;
-    if (poll_ms > 0 && now >= sh->next_poll) {
-        sh->next_poll = now + poll_ms;
-        if (td_rules_dir_signature(sh->cfg->rules.shadow_dir) != sh->sig)
-            td_shadow_reload(sh, "change");
-    }
+    if (td_rules_watch_poll(&sh->watch, now, td_wall_ms()) == TD_WATCH_RELOAD)
+        td_shadow_reload(sh, "change");
     if (now >= sh->next_report) {
         sh->next_report = now + sh->cfg->rules.shadow_report_interval_ms;
         sh_write_report(sh);

@@ -71,10 +71,15 @@ const char *td_expr_source(const td_expr *e, size_t *len);
 /* The distinct schema fields e reads, for lint checks: up to cap of them go
  * into out; @returns how many there are. */
 size_t td_expr_fields(const td_expr *e, const td_field **out, size_t cap);
-/* The rule ids e names as constants (last_fired('id')): fn(ud, id, len)
- * once per occurrence. */
-void td_expr_rule_refs(const td_expr *e, void (*fn)(void *ud, const char *id, size_t len),
-                       void *ud);
+/* The names e holds as constants that may refer to other rules, for the
+ * ruleset's cross-reference checks: the id of last_fired('id') (f = NULL),
+ * and each literal a string field is compared with (`rec.rule == 'x'`,
+ * `rec.group in ['a', 'b']`: f is the field). fn is called once per
+ * literal with its bytes (not NUL-terminated) and the offset in e's source
+ * of its first byte (of the comparison when it is written with escapes). */
+typedef void (*td_expr_ref_fn)(void *ud, const td_field *f, const char *s, size_t len,
+                               uint32_t off);
+void td_expr_str_refs(const td_expr *e, td_expr_ref_fn fn, void *ud);
 /* true, with *out, when the whole expression is a constant. */
 bool td_expr_constant(const td_expr *e, td_value *out);
 

@@ -524,11 +524,35 @@ size_t td_expr_fields(const td_expr *e, const td_field **out, size_t cap) {
     return n;
 }
 
-void td_expr_rule_refs(const td_expr *e, void (*fn)(void *ud, const char *id, size_t len),
-                       void *ud) {
+/* Where the literal s (len bytes, quoted with ' or ") starts inside the
+ * span of node n: the offset of its first byte, or n's own start when it is
+ * not written there as is (an escape). */
+static uint32_t ev_literal_off(const td_expr *e, const td_enode *n, const char *s, size_t len) {
+    size_t end = (size_t)n->off + n->len;
+    if (end > e->len) end = e->len;
+    for (size_t p = n->off; p + len + 2 <= end; p++) {
+        char q = e->src[p];
+        if ((q == '\'' || q == '"') && e->src[p + 1 + len] == q &&
+            memcmp(e->src + p + 1, s, len) == 0)
+            return (uint32_t)(p + 1);
+    }
+    return n->off;
+}
+
+void td_expr_str_refs(const td_expr *e, td_expr_ref_fn fn, void *ud) {
     if (!e) return;
-    for (uint32_t i = 0; i < e->nnodes; i++)
-        if (e->nodes[i].op == E_LASTFIRED_K) fn(ud, e->nodes[i].u.key.id, e->nodes[i].u.key.len);
+    for (uint32_t i = 0; i < e->nnodes; i++) {
+        const td_enode *n = &e->nodes[i];
+        if (n->op == E_LASTFIRED_K) {
+            fn(ud, NULL, n->u.key.id, n->u.key.len,
+               ev_literal_off(e, n, n->u.key.id, n->u.key.len));
+        } else if (n->op == E_SIN) {
+            for (uint32_t j = 0; j < n->n; j++) {
+                const td_value *k = &e->consts[n->b + j];
+                fn(ud, n->u.fm.f, k->u.s.p, k->u.s.n, ev_literal_off(e, n, k->u.s.p, k->u.s.n));
+            }
+        }
+    }
 }
 
 bool td_expr_constant(const td_expr *e, td_value *out) {

@@ -306,6 +306,21 @@ typedef struct seen_id {
     int line;
 } seen_id;
 
+/* A name an expression gives for another rule or a group (last_fired('id'),
+ * rec.rule == 'id', rec.group == 'g'), positioned when it is compiled and
+ * resolved once every file is (ru_check_refs): a reload that removes what
+ * another rule names is refused. */
+typedef enum ru_ref_kind { REF_FIRED = 0, REF_RULE, REF_GROUP } ru_ref_kind;
+typedef struct ru_ref {
+    ru_ref_kind kind;
+    char name[TD_RULE_ID_MAX + 1]; /* the name, cut at TD_RULE_ID_MAX */
+    bool too_long;                 /* longer than any id or group: names nothing */
+    char rid[TD_RULE_ID_MAX + 1];  /* the rule that names it */
+    bool guard;
+    const td_source *src;
+    int line, col, caret;
+} ru_ref;
+
 typedef struct cctx {
     const td_source *src;
     td_diags *diags;
@@ -313,6 +328,9 @@ typedef struct cctx {
     bool settings_seen;
     seen_id *seen;
     size_t nseen, capseen;
+    bool guard; /* the rule being compiled is a guard */
+    ru_ref *refs;
+    size_t nrefs, caprefs;
 } cctx;
 
 /* Records id; returns the earlier definition when it was seen already. */
@@ -476,6 +494,63 @@ static bool get_duration(cctx *cx, const config_setting_t *parent, const char *k
     return true;
 }
 
+typedef struct ru_collect {
+    cctx *cx;
+    const config_setting_t *s;
+    const char *key, *rid;
+    strmap m;
+    int built; /* 0 not yet, 1 mapped byte for byte, -1 cannot be */
+    size_t textlen;
+} ru_collect;
+
+static void ru_collect_one(void *ud, const td_field *f, const char *name, size_t len,
+                           uint32_t off) {
+    ru_collect *c = ud;
+    cctx *cx = c->cx;
+    ru_ref_kind kind;
+    if (!f)
+        kind = REF_FIRED;
+    else if (strcmp(f->name, "rec.rule") == 0)
+        kind = REF_RULE;
+    else if (strcmp(f->name, "rec.group") == 0)
+        kind = REF_GROUP;
+    else
+        return;
+    if (td_grow(&cx->refs, &cx->caprefs, cx->nrefs, sizeof *cx->refs, 16) != TD_OK) return;
+    ru_ref *r = &cx->refs[cx->nrefs++];
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    size_t l = len < TD_RULE_ID_MAX ? len : TD_RULE_ID_MAX;
+    memcpy(r->name, name, l);
+    r->too_long = len > TD_RULE_ID_MAX;
+    td_strlcpy(r->rid, c->rid, sizeof r->rid);
+    r->guard = cx->guard;
+    r->src = cx->src;
+    r->line = setting_line(c->s);
+    r->caret = 1;
+    if (c->built == 0) {
+        bool ok = strmap_build(cx->src, setting_line(c->s), c->key, &c->m);
+        c->built = ok && c->m.n == c->textlen ? 1 : -1;
+        if (ok && c->built < 0) strmap_free(&c->m);
+    }
+    if (c->built > 0 && off < c->m.n) {
+        r->line = c->m.line[off];
+        r->col = c->m.col[off];
+        size_t last = off + (len ? len : 1) - 1;
+        r->caret = last < c->m.n && c->m.line[last] == r->line ? (int)(len ? len : 1) : 1;
+    }
+}
+
+/* Records the names expression e (setting s, key `key` of rule rid) gives
+ * for rules and groups, with their positions. */
+static void ru_collect_refs(cctx *cx, const config_setting_t *s, const char *key, const td_expr *e,
+                            const char *rid) {
+    ru_collect c = {.cx = cx, .s = s, .key = key, .rid = rid};
+    td_expr_source(e, &c.textlen);
+    td_expr_str_refs(e, ru_collect_one, &c);
+    if (c.built > 0) strmap_free(&c.m);
+}
+
 /* Compiles an expression setting, reporting its diagnostics at their source
  * positions. */
 static td_expr *compile_expr(cctx *cx, const config_setting_t *parent, const char *key, int scopes,
@@ -520,6 +595,7 @@ static td_expr *compile_expr(cctx *cx, const config_setting_t *parent, const cha
     td_expr_diags_free(&ed);
     if (!e && ed.n == 0)
         err_at(cx, s, "E207", "%s.%s: the expression could not be compiled", ctxname, key);
+    if (e) ru_collect_refs(cx, s, key, e, ctxname);
     return e;
 }
 
@@ -730,6 +806,29 @@ static void rule_free(td_rule *r) {
     free(r->withdraws);
 }
 
+/* The position of the string literal "s", written as is, at or after line
+ * `line` (a few lines on): *oline and *ocol (its first byte) when found;
+ * both untouched otherwise. */
+static void ru_quoted_pos(const td_source *src, int line, const char *s, int *oline, int *ocol) {
+    if (!src || line < 1) return;
+    const char *t = src->text, *end = t + src->len, *p = t;
+    size_t len = strlen(s);
+    int l = 1;
+    for (; p < end && l < line; p++)
+        if (*p == '\n') l++;
+    const char *bol = p;
+    for (; p + len + 2 <= end && l < line + 20; p++) {
+        if (*p == '\n') {
+            l++;
+            bol = p + 1;
+        } else if (*p == '"' && p[len + 1] == '"' && memcmp(p + 1, s, len) == 0) {
+            *oline = l;
+            *ocol = (int)(p + 1 - bol) + 1;
+            return;
+        }
+    }
+}
+
 /* The plan keys of a recommending rule: intent, expires, late_after,
  * withdraws (names are resolved once every file is compiled:
  * ru_resolve_withdraws). */
@@ -793,6 +892,8 @@ static void compile_plan_keys(cctx *cx, const config_setting_t *rs, td_rule *r, 
         x->kind = strncmp(v, "intent:", 7) == 0 ? TD_WD_INTENT : TD_WD_NAME;
         x->name = xstrdup(x->kind == TD_WD_INTENT ? v + 7 : v);
         x->line = setting_line(w);
+        x->len = (int)strlen(v);
+        ru_quoted_pos(cx->src, x->line, v, &x->line, &x->col);
     }
 }
 
@@ -836,6 +937,7 @@ static bool compile_rule(cctx *cx, const config_setting_t *rs, td_rule *r, const
         err_at(cx, rs, "E107",
                "rule '%s' has neither recommend = { ... } nor block = \"...\" (a guard)", rid);
     r->guard = blk != NULL && rec == NULL;
+    cx->guard = r->guard;
 
     bool has_on;
     r->on = parse_on(cx, rs, rid, r->guard, &has_on);
@@ -1015,10 +1117,20 @@ static void compile_file(cctx *cx, size_t *cap) {
      * before libconfig reads it, and its bytes are never echoed */
     long bad = ru_not_text(cx->src->text, cx->src->len);
     if (bad >= 0) {
-        diag_add(cx->diags, TD_SEV_ERROR, "E115", cx->src->name, NULL, 0, 0, 1,
-                 "the file is not UTF-8 text (a NUL, a control byte or invalid UTF-8 at byte "
-                 "offset %ld): a binary or truncated file? Write rules files by atomic rename "
-                 "(docs/operations.md)",
+        /* its line and column (in bytes), and no source line: the
+         * diagnostic names where the bad byte is, never what it is */
+        int line = 1, col = 1;
+        for (long i = 0; i < bad; i++) {
+            col++;
+            if (cx->src->text[i] == '\n') {
+                line++;
+                col = 1;
+            }
+        }
+        diag_add(cx->diags, TD_SEV_ERROR, "E115", cx->src->name, NULL, line, col, 1,
+                 "the file is not UTF-8 text: a NUL, a control byte or invalid UTF-8 here (byte "
+                 "offset %ld; the bytes are not shown): a binary or truncated file? Write rules "
+                 "files by atomic rename (docs/operations.md)",
                  bad);
         free(text);
         config_destroy(&cfg);
@@ -1386,13 +1498,14 @@ static void ru_resolve_withdraws(const td_ruleset *rs, const td_source *srcs, si
             const td_source *src = NULL;
             for (size_t s = 0; s < nsrc; s++)
                 if (strcmp(srcs[s].name, r->file) == 0) src = &srcs[s];
+            int caret = w->col > 0 ? w->len : 1;
             if (w->kind == TD_WD_INTENT)
-                diag_add(d, TD_SEV_ERROR, "E114", r->file, src, w->line, 0, 1,
+                diag_add(d, TD_SEV_ERROR, "E114", r->file, src, w->line, w->col, caret,
                          "rule '%s': withdraws 'intent:%s', but no rule of the ruleset declares "
                          "intent '%s'",
                          r->id, w->name, w->name);
             else
-                diag_add(d, TD_SEV_ERROR, "E114", r->file, src, w->line, 0, 1,
+                diag_add(d, TD_SEV_ERROR, "E114", r->file, src, w->line, w->col, caret,
                          "rule '%s': withdraws '%s', which is neither a group nor a rule id of "
                          "the ruleset (for an intent write \"intent:%s\")",
                          r->id, w->name, w->name);
@@ -1400,60 +1513,46 @@ static void ru_resolve_withdraws(const td_ruleset *rs, const td_source *srcs, si
     }
 }
 
-/* last_fired('id') must name a rule of the ruleset: a reload that removes
- * a rule another one reads is refused, not served with a guard that can
- * no longer match. */
-typedef struct ru_refs {
-    const td_ruleset *rs;
-    const td_rule *r;
-    const td_source *src;
-    td_diags *d;
-} ru_refs;
-
-static void ru_ref_check(void *ud, const char *id, size_t len) {
-    ru_refs *x = ud;
-    for (size_t j = 0; j < x->rs->n; j++)
-        if (strlen(x->rs->rules[j].id) == len && memcmp(x->rs->rules[j].id, id, len) == 0) return;
-    char name[TD_RULE_ID_MAX + 1];
-    size_t l = len < TD_RULE_ID_MAX ? len : TD_RULE_ID_MAX;
-    memcpy(name, id, l);
-    name[l] = '\0';
-    for (size_t i = 0; i < l; i++)
-        if ((unsigned char)name[i] < 0x20 || (unsigned char)name[i] >= 0x7f) name[i] = '?';
-    /* point at the id: its first occurrence from the rule's line on */
-    int line = x->r->line, col = 0, caret = 1;
-    if (x->src) {
-        const char *t = x->src->text, *end = t + x->src->len, *p = t;
-        for (int ln = 1; ln < line && p < end; p++)
-            if (*p == '\n') ln++;
-        const char *hit = NULL;
-        for (const char *q = p; !hit && q + len <= end; q++)
-            if (memcmp(q, id, len) == 0 && q > t && (q[-1] == '\'' || q[-1] == '"')) hit = q;
-        if (hit) {
-            for (; p < hit; p++)
-                if (*p == '\n') line++;
-            const char *bol = hit;
-            while (bol > t && bol[-1] != '\n')
-                bol--;
-            col = (int)(hit - bol) + 1;
-            caret = (int)len;
-        }
-    }
-    diag_add(x->d, TD_SEV_ERROR, "E116", x->r->file, x->src, line, col, caret,
-             "%s '%s' reads last_fired('%s'), but the ruleset has no rule '%s' (removed or "
-             "misspelled?)",
-             x->r->guard ? "guard" : "rule", x->r->id, name, name);
+/* Every name an expression gives for a rule or a group must name one of
+ * the ruleset: last_fired('id') and rec.rule a rule, rec.group the group
+ * of a recommending rule. A reload that removes a rule another one names
+ * is refused (the previous ruleset serves on), not served with a guard
+ * that can no longer match, or always does. */
+static bool ru_group_exists(const td_ruleset *rs, const char *g) {
+    for (size_t j = 0; j < rs->n; j++)
+        if (!rs->rules[j].guard && rs->rules[j].group && strcmp(rs->rules[j].group, g) == 0)
+            return true;
+    return false;
 }
 
-static void ru_check_refs(const td_ruleset *rs, const td_source *srcs, size_t nsrc, td_diags *d) {
-    for (size_t i = 0; i < rs->n; i++) {
-        const td_rule *r = &rs->rules[i];
-        ru_refs x = {.rs = rs, .r = r, .src = NULL, .d = d};
-        for (size_t s = 0; s < nsrc; s++)
-            if (strcmp(srcs[s].name, r->file) == 0) x.src = &srcs[s];
-        td_expr_rule_refs(r->when, ru_ref_check, &x);
-        td_expr_rule_refs(r->block, ru_ref_check, &x);
-        td_expr_rule_refs(r->at, ru_ref_check, &x);
+static void ru_check_refs(const td_ruleset *rs, const ru_ref *refs, size_t n, td_diags *d) {
+    for (size_t i = 0; i < n; i++) {
+        const ru_ref *x = &refs[i];
+        bool found = !x->too_long && (x->kind == REF_GROUP ? ru_group_exists(rs, x->name)
+                                                           : td_ruleset_find(rs, x->name) != NULL);
+        if (found) continue;
+        char name[TD_RULE_ID_MAX + 4];
+        size_t l = strlen(x->name);
+        memcpy(name, x->name, l + 1);
+        for (size_t k = 0; k < l; k++) /* never a control byte in a log line */
+            if ((unsigned char)name[k] < 0x20 || (unsigned char)name[k] >= 0x7f) name[k] = '?';
+        if (x->too_long) memcpy(name + l, "...", 4);
+        const char *who = x->guard ? "guard" : "rule";
+        if (x->kind == REF_FIRED)
+            diag_add(d, TD_SEV_ERROR, "E116", x->src->name, x->src, x->line, x->col, x->caret,
+                     "%s '%s' reads last_fired('%s'), but the ruleset has no rule '%s' (removed "
+                     "or misspelled?)",
+                     who, x->rid, name, name);
+        else if (x->kind == REF_RULE)
+            diag_add(d, TD_SEV_ERROR, "E116", x->src->name, x->src, x->line, x->col, x->caret,
+                     "%s '%s' compares rec.rule with '%s', but the ruleset has no rule '%s' "
+                     "(removed or misspelled?)",
+                     who, x->rid, name, name);
+        else
+            diag_add(d, TD_SEV_ERROR, "E116", x->src->name, x->src, x->line, x->col, x->caret,
+                     "%s '%s' compares rec.group with '%s', but no rule of the ruleset has "
+                     "group '%s' (removed or misspelled?)",
+                     who, x->rid, name, name);
     }
 }
 
@@ -1509,10 +1608,14 @@ td_ruleset *td_ruleset_compile(const td_source *srcs, size_t n, td_diags *diags)
     compute_hash(rs, srcs, n);
     if (diags->errors == errors_before && !build_index(rs))
         diag_add(diags, TD_SEV_ERROR, "E100", "<rules>", NULL, 0, 0, 1, "out of memory");
-    if (diags->errors == errors_before) ru_resolve_withdraws(rs, srcs, n, diags);
-    if (diags->errors == errors_before) ru_check_refs(rs, srcs, n, diags);
+    if (diags->errors == errors_before) {
+        /* every dangling name at once: a removal usually leaves several */
+        ru_resolve_withdraws(rs, srcs, n, diags);
+        ru_check_refs(rs, cx.refs, cx.nrefs, diags);
+    }
     if (diags->errors == errors_before) lint(rs, diags);
     free(cx.seen);
+    free(cx.refs);
     bool failed = diags->errors != errors_before;
     if (diags == &local) td_diags_free(&local);
     if (failed) {
@@ -1560,6 +1663,55 @@ const td_rule *td_ruleset_find_key(const td_ruleset *rs, const td_rule_key *key)
     for (const td_rule *r; (r = rs->by_id[h]); h = (h + 1) & (rs->by_id_cap - 1))
         if (r->key.hash == key->hash && strcmp(r->id, key->id) == 0) return r;
     return NULL;
+}
+
+/* A bounded comma-separated list: names are added while they fit (with
+ * room kept for the "+N" of those that do not). */
+typedef struct ru_list {
+    char *out;
+    size_t cap, len, n, unlisted;
+} ru_list;
+
+static void ru_list_add(ru_list *l, const char *name) {
+    size_t nl = strlen(name), need = (l->len ? 1 : 0) + nl;
+    l->n++;
+    if (l->unlisted || l->cap < 24 || l->len + need + 22 > l->cap) {
+        l->unlisted++;
+        return;
+    }
+    if (l->len) l->out[l->len++] = ',';
+    for (size_t i = 0; i < nl; i++) {
+        unsigned char c = (unsigned char)name[i];
+        l->out[l->len++] = c > 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    l->out[l->len] = '\0';
+}
+
+static void ru_list_end(ru_list *l) {
+    if (l->unlisted && l->cap >= 24)
+        snprintf(l->out + l->len, l->cap - l->len, "%s+%zu", l->len ? "," : "", l->unlisted);
+}
+
+void td_ruleset_removed(const td_ruleset *from, const td_ruleset *to, size_t *nrules,
+                        char *rules_out, size_t rules_cap, size_t *nfiles, char *files_out,
+                        size_t files_cap) {
+    ru_list r = {.out = rules_out, .cap = rules_cap}, f = {.out = files_out, .cap = files_cap};
+    if (rules_cap) rules_out[0] = '\0';
+    if (files_cap) files_out[0] = '\0';
+    for (size_t i = 0; from && to && i < from->n; i++)
+        if (!td_ruleset_find(to, from->rules[i].id)) ru_list_add(&r, from->rules[i].id);
+    for (size_t i = 0; from && to && i < from->nfiles; i++) {
+        bool kept = false;
+        for (size_t j = 0; j < to->nfiles && !kept; j++)
+            kept = strcmp(from->files[i], to->files[j]) == 0;
+        if (kept) continue;
+        const char *base = strrchr(from->files[i], '/');
+        ru_list_add(&f, base ? base + 1 : from->files[i]);
+    }
+    ru_list_end(&r);
+    ru_list_end(&f);
+    *nrules = r.n;
+    *nfiles = f.n;
 }
 
 const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t, size_t *n) {

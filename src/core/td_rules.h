@@ -57,8 +57,9 @@ typedef struct td_source {
 typedef enum td_withdraw_kind { TD_WD_NAME = 0, TD_WD_INTENT = 1 } td_withdraw_kind;
 typedef struct td_withdraw {
     td_withdraw_kind kind;
-    char *name; /* owned */
-    int line;   /* of the `withdraws` setting */
+    char *name;    /* owned */
+    int line, col; /* of the entry's string (col 0: the `withdraws` line only) */
+    int len;       /* bytes of the entry as written, "intent:" included */
 } td_withdraw;
 
 typedef struct td_rule {
@@ -132,6 +133,17 @@ const td_rule *td_ruleset_rule(const td_ruleset *rs, size_t i);
 const td_rule *td_ruleset_find(const td_ruleset *rs, const char *id);
 /* The same with a precomputed key (td_rule_key_make). */
 const td_rule *td_ruleset_find_key(const td_ruleset *rs, const td_rule_key *key);
+
+/* What a reload from `from` to `to` removes: the rules of `from` whose id
+ * `to` does not have, and the files `from` was compiled from that `to` is
+ * not (by name as given). *nrules and *nfiles count them all; their names
+ * go into rules_out and files_out (each cap bytes, always NUL-terminated),
+ * comma-separated, rules in ruleset order, files by their last path
+ * component, bytes outside printable ASCII as '?'; when a list does not
+ * fit, it ends with "+N" (N more not listed). For one bounded log line. */
+void td_ruleset_removed(const td_ruleset *from, const td_ruleset *to, size_t *nrules,
+                        char *rules_out, size_t rules_cap, size_t *nfiles, char *files_out,
+                        size_t files_cap);
 
 /* Rules (non-guards) triggered by an event type, in ruleset order. */
 const td_rule *const *td_ruleset_for_event(const td_ruleset *rs, td_event_type t, size_t *n);

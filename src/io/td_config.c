@@ -450,6 +450,8 @@ static const td_config_key cf_keys[] = {
     TD_STR("rules.dir", rules.dir, "rules", 0, "directory of the *.rules files"),
     TD_INT("rules.reload_poll_ms", rules.reload_poll_ms, 2000, 0, 3600000,
            "how often the directory is checked; 0 = SIGHUP only"),
+    TD_INT("rules.settle_ms", rules.settle_ms, 500, 0, 60000,
+           "a changed directory is compiled once its files are quiet this long"),
     TD_STR("rules.shadow_dir", rules.shadow_dir, "", TD_CFG_F_EMPTY,
            "directory of a shadow ruleset; \"\" = none"),
     TD_STR("rules.shadow_report", rules.shadow_report, "", TD_CFG_F_EMPTY,

@@ -87,6 +87,7 @@ typedef struct td_config {
     struct {
         char *dir;
         int reload_poll_ms; /* 0 = no polling (SIGHUP only) */
+        int settle_ms;      /* a changed directory is compiled once quiet this long */
         /* shadow ruleset (docs/operations.md "Shadow ruleset"): "" = none */
         char *shadow_dir;
         char *shadow_report;           /* JSON report file; "" = none */

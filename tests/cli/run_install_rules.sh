@@ -31,6 +31,20 @@ if cmp -s "$src/rules/trust.rules" "$tmp/dest/trust.rules"; then ok; else ko "tr
 ls -A "$tmp/dest" | grep -q '^\.install-rules' && ko "staging directory left behind" || ok
 "$touchd" check "$tmp/dest" >/dev/null 2>&1 && ok || ko "installed directory does not pass check"
 
+# again, unchanged: nothing is written (the daemon sees no change), and a
+# changed file is renamed in (a new inode), not written in place
+ino=$(stat -c %i "$tmp/dest/trust.rules")
+out=$(TOUCHD=$touchd "$src/deploy/install-rules" "$src/rules" "$tmp/dest" 2>&1)
+[[ $out == *"(0 files written)"* && $(stat -c %i "$tmp/dest/trust.rules") == "$ino" ]] && ok ||
+  ko "an unchanged install rewrote files: $out"
+mkdir -p "$tmp/next"
+cp "$src"/rules/*.rules "$tmp/next/"
+echo '# a new comment' >>"$tmp/next/trust.rules"
+out=$(TOUCHD=$touchd "$src/deploy/install-rules" "$tmp/next" "$tmp/dest" 2>&1)
+[[ $out == *"(1 files written)"* && $(stat -c %i "$tmp/dest/trust.rules") != "$ino" ]] && ok ||
+  ko "a changed file was not renamed in: $out"
+cmp -s "$tmp/next/trust.rules" "$tmp/dest/trust.rules" && ok || ko "trust.rules not installed"
+
 # a truncated file: refused, destination unchanged
 mkdir -p "$tmp/bad"
 cp "$src"/rules/*.rules "$tmp/bad/"

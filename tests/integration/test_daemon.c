@@ -189,6 +189,7 @@ static int setup_fx(void **state, int reload_poll_ms) {
 }
 
 static int setup(void **state) { return setup_fx(state, 500); }
+static int setup_fastpoll(void **state) { return setup_fx(state, 50); }
 static int setup_nopoll(void **state) { return setup_fx(state, 0); }
 
 static int teardown(void **state) {
@@ -573,28 +574,40 @@ static const char *rec_hash(const td_test_msg *m, char *buf, size_t cap) {
     return buf;
 }
 
+/* Sends prospect 0's event j and reads up to the nth message of r.
+ * @returns the nth's ruleset hash, in h. */
+static const char *send_rec_hash(fx *f, td_test_reader *r, int j, size_t nth, char *h, size_t cap) {
+    send_event(f, 0, j);
+    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
+    assert_int_equal(td_test_reader_read(r, nth, 30000), nth);
+    size_t n;
+    return rec_hash(&td_test_reader_msgs(r, &n)[nth - 1], h, cap);
+}
+
+/* A reload just refused (SIGHUP sent): the previous ruleset, hash ha,
+ * serves on: event j's recommendation, the nth message, carries ha. */
+static void assert_previous_serves(fx *f, td_test_reader *r, int j, size_t nth, const char *ha) {
+    char h[128];
+    assert_true(
+        td_test_wait_file(f->log, "reload failed, previous ruleset keeps serving", 1, 10000));
+    assert_string_equal(send_rec_hash(f, r, j, nth, h, sizeof h), ha);
+    assert_true(td_test_touchd_alive(&f->touchd));
+}
+
 static void test_sighup_reload(void **state) {
     fx *f = *state; /* reload_poll_ms = 0: only SIGHUP reloads */
     start_touchd(f);
     td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
-    send_event(f, 0, 0);
-    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    assert_int_equal(td_test_reader_read(r, 1, 30000), 1);
     size_t n;
     char ha[128], h[128];
-    rec_hash(&td_test_reader_msgs(r, &n)[0], ha, sizeof ha);
+    send_rec_hash(f, r, 0, 1, ha, sizeof ha);
 
     /* A broken ruleset: rejected with diagnostics, the old one serves on. */
     write_rules(f, RULES_BROKEN);
     kill(f->touchd.pid, SIGHUP);
-    assert_true(
-        td_test_wait_file(f->log, "reload failed, previous ruleset keeps serving", 1, 10000));
+    assert_previous_serves(f, r, 1, 2, ha);
     assert_true(td_test_count_in_file(f->log, "msg=\"rules diagnostic\"") >= 1);
     assert_true(td_test_count_in_file(f->log, "emial.sent") >= 1);
-    send_event(f, 0, 1);
-    assert_int_equal(td_test_kafka_flush(&f->kafka, 10000), 0);
-    assert_int_equal(td_test_reader_read(r, 2, 20000), 2);
-    assert_string_equal(rec_hash(&td_test_reader_msgs(r, &n)[1], h, sizeof h), ha);
     assert_true(td_test_touchd_alive(&f->touchd));
 
     /* A good new ruleset: switches; new recommendations carry its hash. */
@@ -670,6 +683,106 @@ static void test_rules_dir_poll(void **state) {
     write_rules(f, RULES_B);
     assert_true(td_test_wait_file(f->log, "trigger=change", 1, 10000));
     assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+/* The hash `touchd check` gives the rules directory as it is now. */
+static void check_hash(fx *f, char *out, size_t cap) {
+    char cmd[800], line[1024];
+    snprintf(cmd, sizeof cmd, "%s check %s 2>&1", td_test_touchd_path(), f->rules_dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    out[0] = '\0';
+    while (fgets(line, sizeof line, p)) {
+        char *h = strstr(line, "sha256:");
+        if (h) snprintf(out, cap, "%.71s", h);
+    }
+    assert_int_equal(pclose(p), 0);
+    assert_int_equal(strlen(out), 71);
+}
+
+/* `cat new > t.rules` rewrites the file in place: it truncates it, then
+ * writes it. Here the write comes 150 ms after the truncation, the poll
+ * looks every 50 ms, rules.settle_ms is the default 500: the empty file is
+ * never compiled, the whole one is, once. */
+static void test_rewrite_in_place_settles(void **state) {
+    fx *f = *state; /* reload_poll_ms = 50 */
+    start_touchd(f);
+    assert_true(td_test_wait_file(f->log, "touchd running", 1, 20000));
+    char path[400], want[80], needle[160];
+    snprintf(path, sizeof path, "%s/t.rules", f->rules_dir);
+    FILE *o = fopen(path, "w"); /* the truncation */
+    assert_non_null(o);
+    assert_int_equal(fclose(o), 0);
+    td_test_sleep_ms(150);
+    o = fopen(path, "a");
+    assert_non_null(o);
+    assert_int_equal(fputs(RULES_B, o) >= 0, 1);
+    assert_int_equal(fclose(o), 0);
+    assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
+    check_hash(f, want, sizeof want);
+    snprintf(needle, sizeof needle, "msg=\"ruleset active\" ruleset=%s rules=2 ", want);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    assert_true(td_test_count_in_file(f->log, "rules changed, waiting for them to settle") >= 1);
+    /* one reload, and nothing refused: the empty state was not compiled */
+    assert_int_equal(td_test_count_in_file(f->log, "msg=\"reloading rules\""), 1);
+    assert_int_equal(td_test_count_in_file(f->log, "rules rejected"), 0);
+    assert_int_equal(td_test_count_in_file(f->log, "E115"), 0);
+    assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
+}
+
+/* A rule in a file of its own, and a guard in another that names it. */
+static const char RULES_EXTRA[] =
+    "rules = ( { id = \"t.extra\"; on = [ \"email.replied\" ];\n"
+    "  recommend = { channel = \"call\"; touch = \"call_proposal\"; }; } );\n";
+static const char RULES_GUARD[] =
+    "rules = (\n"
+    "  { id = \"g.after-extra\"; reason = \"spacing\";\n"
+    "    block = \"rec.rule == 't.extra' || since(last_fired('t.extra')) < 1h\"; "
+    "});\n";
+
+/* A reload that removes a rule another file still names is refused, with
+ * the name's file:line:col, and the previous ruleset serves on; removing
+ * the name too goes through, and the log line says what it removed. */
+static void test_reload_keeps_referenced_rules(void **state) {
+    fx *f = *state; /* reload_poll_ms = 0: only SIGHUP reloads */
+    char gpath[400], xpath[400];
+    assert_int_equal(td_test_write_file(f->rules_dir, "g.rules", RULES_GUARD, strlen(RULES_GUARD),
+                                        gpath, sizeof gpath),
+                     0);
+    assert_int_equal(td_test_write_file(f->rules_dir, "x.rules", RULES_EXTRA, strlen(RULES_EXTRA),
+                                        xpath, sizeof xpath),
+                     0);
+    start_touchd(f);
+    td_test_reader *r = td_test_reader_new(&f->kafka, T_OUT);
+    char ha[128], needle[600];
+    send_rec_hash(f, r, 0, 1, ha, sizeof ha);
+    snprintf(needle, sizeof needle, "ruleset=%s rules=4 ", ha);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+
+    /* x.rules goes, g.rules still names t.extra: refused at the names */
+    assert_int_equal(unlink(xpath), 0);
+    kill(f->touchd.pid, SIGHUP);
+    assert_previous_serves(f, r, 1, 2, ha);
+    snprintf(needle, sizeof needle, "file=%s line=3 col=27 code=E116 ", gpath);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    snprintf(needle, sizeof needle, "file=%s line=3 col=57 code=E116 ", gpath);
+    assert_int_equal(td_test_count_in_file(f->log, needle), 1);
+    assert_int_equal(td_test_count_in_file(f->log, "no rule 't.extra'"), 2);
+    assert_int_equal(td_test_count_in_file(f->log, "reload removes rules"), 0);
+
+    /* the guard goes too: accepted; what went is logged, once */
+    assert_int_equal(unlink(gpath), 0);
+    assert_int_equal(td_test_count_in_file(f->log, "changed=true"), 0);
+    kill(f->touchd.pid, SIGHUP);
+    assert_true(td_test_wait_file(f->log, "changed=true", 1, 10000));
+    assert_true(td_test_wait_file(f->log, "reload removes rules", 1, 5000));
+    assert_int_equal(td_test_count_in_file(f->log, "level=warn msg=\"reload removes rules\""), 1);
+    assert_int_equal(td_test_count_in_file(f->log, " rules_removed=2 files_removed=2 "
+                                                   "rules=g.after-extra,t.extra "
+                                                   "files=g.rules,x.rules "),
+                     1);
+    td_test_reader_free(r);
     assert_int_equal(td_test_touchd_stop(&f->touchd, SIGTERM, 20000), 0);
 }
 
@@ -1165,6 +1278,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_dead_letters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup_nopoll, teardown),
         cmocka_unit_test_setup_teardown(test_rules_dir_poll, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rewrite_in_place_settles, setup_fastpoll, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_keeps_referenced_rules, setup_nopoll, teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconsumed_input_is_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_restart, setup, teardown),

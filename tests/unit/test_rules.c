@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -334,6 +335,149 @@ static void test_half_written_files_refused(void **state) {
     td_diags_free(&d);
 }
 
+/* The bad byte of a file that is not text is named by line and column,
+ * never shown. */
+static void test_not_text_position(void **state) {
+    (void)state;
+    static const char text[] = "rules = (\n  { id = \"a\"; doc = \"caf\xc3\x28\"; }\n);\n";
+    td_diags d = {0};
+    td_source src = {.name = "t.rules", .text = text, .len = sizeof text - 1};
+    assert_null(td_ruleset_compile(&src, 1, &d));
+    const td_diag *x = find_code(&d, "E115");
+    assert_non_null(x);
+    assert_int_equal(x->line, 2);
+    assert_int_equal(x->col, 25); /* the \xc3 not followed by a continuation byte */
+    assert_null(x->source);
+    assert_non_null(strstr(x->msg, "byte offset 34"));
+    char *f = td_diag_format(x);
+    assert_non_null(strstr(f, "t.rules:2:25: error E115"));
+    for (const char *m = f; *m; m++)
+        assert_true((unsigned char)*m >= 0x20 && (unsigned char)*m < 0x7f);
+    free(f);
+    td_diags_free(&d);
+}
+
+/* A reload is the files as they are now: every name a rule gives for
+ * another rule or a group must still be there. Removing the rule `b.old`
+ * (and its group `legacy`) from b.rules while a.rules still names it is an
+ * error at each name, with its file:line:col; the ruleset is not built. */
+static const char REF_A[] =
+    "rules = (\n"
+    "  { id = \"a.guard\"; reason = \"x\";\n"
+    "    block = \"rec.rule in ['b.new', 'b.old'] && since(last_fired('b.old')) < 1d\"; },\n"
+    "  { id = \"a.group-guard\"; reason = \"y\";\n"
+    "    block = \"rec.group == 'legacy'\"; },\n"
+    "  { id = \"a.sent\"; on = [\"email.sent\"];\n"
+    "    withdraws = [ \"follow-up\", \"b.old\" ];\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; });\n";
+static const char REF_B_OLD[] =
+    "rules = (\n"
+    "  { id = \"b.new\"; on = [\"email.opened\"]; group = \"follow-up\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; },\n"
+    "  { id = \"b.old\"; on = [\"email.opened\"]; group = \"legacy\";\n"
+    "    recommend = { channel = \"sms\"; touch = \"follow_up\"; }; });\n";
+static const char REF_B_NEW[] =
+    "rules = (\n"
+    "  { id = \"b.new\"; on = [\"email.opened\"]; group = \"follow-up\";\n"
+    "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; });\n";
+
+static const td_diag *find_msg(const td_diags *d, const char *code, const char *needle) {
+    for (size_t i = 0; i < d->n; i++)
+        if (strcmp(d->v[i].code, code) == 0 && strstr(d->v[i].msg, needle)) return &d->v[i];
+    return NULL;
+}
+
+static void test_dangling_references(void **state) {
+    (void)state;
+    td_source before[2] = {{.name = "r/a.rules", .text = REF_A, .len = sizeof REF_A - 1},
+                           {.name = "r/b.rules", .text = REF_B_OLD, .len = sizeof REF_B_OLD - 1}};
+    td_diags d = {0};
+    td_ruleset *rs = td_ruleset_compile(before, 2, &d);
+    assert_non_null(rs);
+    assert_int_equal(d.errors, 0);
+    td_ruleset_free(rs);
+    td_diags_free(&d);
+
+    td_source after[2] = {before[0],
+                          {.name = "r/b.rules", .text = REF_B_NEW, .len = sizeof REF_B_NEW - 1}};
+    assert_null(td_ruleset_compile(after, 2, &d));
+    static const struct {
+        const char *code, *needle, *name;
+        int line, col;
+    } want[] = {
+        {"E116", "guard 'a.guard' compares rec.rule with 'b.old'", "b.old", 3, 37},
+        {"E116", "guard 'a.guard' reads last_fired('b.old')", "b.old", 3, 66},
+        {"E116", "compares rec.group with 'legacy', but no rule of the ruleset has group", "legacy",
+         5, 28},
+        {"E114", "withdraws 'b.old'", "b.old", 7, 33},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const td_diag *x = find_msg(&d, want[i].code, want[i].needle);
+        if (!x) fail_msg("no %s '%s'", want[i].code, want[i].needle);
+        assert_string_equal(x->file, "r/a.rules");
+        assert_int_equal(x->line, want[i].line);
+        assert_int_equal(x->col, want[i].col);
+        /* the caret is under the name, and as long */
+        assert_int_equal(x->caret_len, (int)strlen(want[i].name));
+        assert_non_null(x->source);
+        assert_memory_equal(x->source + x->col - 1, want[i].name, strlen(want[i].name));
+    }
+    assert_int_equal(d.errors, 4);
+    /* the names that are still there are not reported */
+    assert_null(find_msg(&d, "E116", "'b.new'"));
+    assert_null(find_msg(&d, "E114", "follow-up"));
+    td_diags_free(&d);
+
+    /* a name no id can have (too long, a control byte) is reported cut and
+     * with '?' for the byte: never raw bytes in a log line */
+    char text[512];
+    snprintf(text, sizeof text,
+             "rules = ({ id = \"g\"; reason = \"x\"; block = \"rec.rule == 'a\\nb' || "
+             "rec.rule == '%070d'\"; },\n"
+             "  { id = \"a\"; on = [\"email.sent\"];\n"
+             "    recommend = { channel = \"email\"; touch = \"follow_up\"; }; });\n",
+             0);
+    assert_null(compile1("g.rules", text, &d));
+    assert_int_equal(d.errors, 2);
+    assert_non_null(find_msg(&d, "E116", "with 'a?b'"));
+    const td_diag *x = find_msg(&d, "E116", "0000...'");
+    assert_non_null(x);
+    assert_int_equal(x->line, 1);
+    td_diags_free(&d);
+}
+
+/* What a reload removes, for its log line: rule ids and files, counted
+ * all, listed while they fit. */
+static void test_ruleset_removed(void **state) {
+    (void)state;
+    td_source before[2] = {{.name = "r/a.rules", .text = REF_A, .len = sizeof REF_A - 1},
+                           {.name = "r/b.rules", .text = REF_B_OLD, .len = sizeof REF_B_OLD - 1}};
+    td_source after = {.name = "r/b.rules", .text = REF_B_NEW, .len = sizeof REF_B_NEW - 1};
+    td_diags d = {0};
+    td_ruleset *from = td_ruleset_compile(before, 2, &d);
+    td_ruleset *to = td_ruleset_compile(&after, 1, &d);
+    assert_non_null(from);
+    assert_non_null(to);
+    size_t nr = 0, nf = 0;
+    char rules[200], files[200];
+    td_ruleset_removed(from, to, &nr, rules, sizeof rules, &nf, files, sizeof files);
+    assert_int_equal(nr, 4);
+    assert_string_equal(rules, "a.guard,a.group-guard,a.sent,b.old");
+    assert_int_equal(nf, 1);
+    assert_string_equal(files, "a.rules");
+    /* nothing removed the other way round */
+    td_ruleset_removed(to, from, &nr, rules, sizeof rules, &nf, files, sizeof files);
+    assert_int_equal(nr + nf, 0);
+    assert_string_equal(rules, "");
+    /* bounded: what does not fit is counted */
+    td_ruleset_removed(from, to, &nr, rules, 40, &nf, files, sizeof files);
+    assert_int_equal(nr, 4);
+    assert_string_equal(rules, "a.guard,+3");
+    td_ruleset_free(from);
+    td_ruleset_free(to);
+    td_diags_free(&d);
+}
+
 /* Warnings: the ruleset compiles, each problem is named with its rule's line. */
 static void test_lint_warnings(void **state) {
     (void)state;
@@ -414,6 +558,9 @@ int main(void) {
         cmocka_unit_test(test_settings_errors),
         cmocka_unit_test(test_no_sources_and_include),
         cmocka_unit_test(test_half_written_files_refused),
+        cmocka_unit_test(test_not_text_position),
+        cmocka_unit_test(test_dangling_references),
+        cmocka_unit_test(test_ruleset_removed),
         cmocka_unit_test(test_lint_warnings),
         cmocka_unit_test(test_touch_vocabulary),
     };
