@@ -74,6 +74,10 @@ int td_rconn_ensure(td_rconn *rc);
 redisReply *td_rconn_command(td_rconn *rc, int argc, const char **argv, const size_t *lens);
 /* SCRIPT LOAD; the SHA1 goes to sha (41 bytes). @returns TD_OK/TD_ERR. */
 int td_rconn_load_script(td_rconn *rc, const char *script, size_t len, char *sha);
+/* Since start, over every td_rconn of the process (any thread): sessions
+ * opened (first connects and reconnects), and failures (every drop with a
+ * penalty: an I/O error, a refused connect, a failed AUTH or SELECT). */
+void td_rconn_counts(uint64_t *opened, uint64_t *failures);
 /* printf into the owner's error buffer. */
 void td_rconn_seterr(td_rconn *rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
