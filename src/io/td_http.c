@@ -246,8 +246,8 @@ td_http *td_http_new(const td_http_conf *conf, const td_http_route *routes, size
         flags |= MHD_USE_TLS;
     }
     h->mhd = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, ht_access, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_EXTERNAL_LOGGER, ht_log, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+        flags, (uint16_t)port, NULL, NULL, ht_access, h, MHD_OPTION_EXTERNAL_LOGGER, ht_log, NULL,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_LISTENING_ADDRESS_REUSE,
         (unsigned)1, tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->cert,
         MHD_OPTION_HTTPS_MEM_KEY, h->key, MHD_OPTION_END);

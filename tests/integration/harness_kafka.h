@@ -114,6 +114,12 @@ typedef struct td_test_world {
  * `partitions` each); touchd is not started. @returns 0, or -1. */
 int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntopics,
                         int partitions);
+/* Writes w->conf: the sections a daemon test shares (kafka: the world's
+ * cluster, group, the input, output and dead-letter topics, quick consumer
+ * settings; redis: the world's server, short backoffs; rules: dir, no
+ * polling), then `extra` (more sections, may be ""). @returns 0, or -1. */
+int td_test_world_conf(const td_test_world *w, const char *group, const char *in, const char *out,
+                       const char *dlq, const char *rules_dir, const char *extra);
 /* Kills a touchd still running (printing its log's end: the test failed),
  * stops the cluster and Redis, removes the dir. */
 void td_test_world_stop(td_test_world *w);
