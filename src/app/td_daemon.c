@@ -20,8 +20,11 @@
 #include "td_clock.h"
 #include "td_engine.h"
 #include "td_gifts.h"
+#include "td_health.h"
+#include "td_http.h"
 #include "td_kafka.h"
 #include "td_log.h"
+#include "td_obs.h"
 #include "td_pipeline.h"
 #include "td_redis.h"
 #include "td_rules.h"
@@ -49,6 +52,12 @@ struct td_daemon {
     int64_t next_timer_poll; /* monotonic ms */
     uint64_t timer_poll_failures;
     int64_t next_progress;
+
+    /* http.listen: the listener and what it shows (NULL: off) */
+    td_obs *obs;
+    td_http *http;
+    int64_t next_lags, next_timers_count; /* monotonic ms */
+    td_kafka_lag *lags;
 };
 
 /* --------------------------------------------------------------- rules */
@@ -103,6 +112,11 @@ static void dm_reload(td_daemon *d, const char *why) {
                     "previous=%s",
                     d->cfg->rules.dir, nrules, nfiles, nrules ? rules : "-", nfiles ? files : "-",
                     td_ruleset_hash(rs), old);
+    if (d->obs) { /* the old ruleset's rule counters, kept by rule id */
+        td_pipeline_rule_stats prev;
+        td_pipeline_get_rule_stats(d->pl, &prev);
+        td_obs_set_ruleset(d->obs, rs, td_wall_ms(), d->rs, &prev);
+    }
     td_pipeline_set_ruleset(d->pl, rs); /* between batches: no step holds the old one */
     td_ruleset_free(d->rs);
     d->rs = rs;
@@ -128,6 +142,69 @@ static void dm_maybe_reload(td_daemon *d) {
     case TD_WATCH_SETTLING:
     case TD_WATCH_IDLE:
         break;
+    }
+}
+
+/* ------------------------------------------------------------------ http */
+
+#define DM_LAGS_MAX 512
+#define DM_LAGS_MS 1000          /* consumer lags: read every second */
+#define DM_TIMERS_COUNT_MS 30000 /* timers pending: counted every 30 s (4097 ZCARDs) */
+
+/* Starts the listener (http.listen): /metrics, /healthz, /readyz.
+ * @returns 0, or -1 with *exit_code set and the reason logged. */
+static int dm_http_start(td_daemon *d, int *exit_code) {
+    const td_config *cfg = d->cfg;
+    d->obs = td_obs_new();
+    d->lags = calloc(DM_LAGS_MAX, sizeof *d->lags);
+    if (!d->lags) {
+        td_log_error("out of memory", "what=%s", "http");
+        *exit_code = TD_EXIT_FATAL;
+        return -1;
+    }
+    td_obs_set_ruleset(d->obs, d->rs, td_wall_ms(), NULL, NULL);
+    size_t nr;
+    const td_http_route *routes = td_obs_routes(d->obs, &nr);
+    td_http_conf hc = {
+        .listen = cfg->http.listen, .tls_cert = cfg->http.tls_cert, .tls_key = cfg->http.tls_key};
+    char err[1024], q[1100];
+    d->http = td_http_new(&hc, routes, nr, err, sizeof err);
+    if (!d->http) {
+        td_log_error("http listener", "reason=%s", td_log_quote(q, sizeof q, err));
+        *exit_code = TD_EXIT_USAGE;
+        return -1;
+    }
+    td_log_info("http listening", "listen=%s tls=%s paths=/metrics,/healthz,/readyz",
+                cfg->http.listen, *cfg->http.tls_cert ? "true" : "false");
+    return 0;
+}
+
+/* Publishes the counters for the listener (every loop turn: a memcpy of a
+ * few KB), the consumer lags every second and the timers pending every
+ * 30 s. */
+static void dm_publish(td_daemon *d) {
+    if (!d->obs) return;
+    td_kafka_stats ks;
+    td_kafka_get_stats(d->kafka, &ks);
+    td_obs_input in = {.ps = td_pipeline_get_stats(d->pl),
+                       .ks = &ks,
+                       .ts = td_timers_get_stats(d->timers),
+                       .dm = {d->reloads, d->reload_failures, d->timer_poll_failures,
+                              td_pipeline_one_lane_writes(d->pl),
+                              td_pipeline_verify_mismatches(d->pl)}};
+    td_pipeline_get_rule_stats(d->pl, &in.rules);
+    td_pipeline_cache_stats(d->pl, &in.cs);
+    td_obs_publish(d->obs, &in);
+    int64_t now = td_mono_ms();
+    if (now >= d->next_lags) {
+        d->next_lags = now + DM_LAGS_MS;
+        td_obs_publish_lags(d->obs, d->lags, td_kafka_lags(d->kafka, d->lags, DM_LAGS_MAX));
+    }
+    if (now >= d->next_timers_count) {
+        d->next_timers_count = now + DM_TIMERS_COUNT_MS;
+        int64_t pending, claimed;
+        if (td_timers_count(d->timers, &pending, &claimed) == TD_OK)
+            td_obs_publish_timers(d->obs, pending, claimed);
     }
 }
 
@@ -179,6 +256,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
         return NULL;
     }
     d->cfg = cfg;
+    td_health_init(); /* the heartbeat starts; sd_notify when $NOTIFY_SOCKET is set */
     char err[1024];
 
     td_rules_watch_init(&d->watch, cfg->rules.dir, cfg->rules.reload_poll_ms, cfg->rules.settle_ms,
@@ -273,6 +351,7 @@ td_daemon *td_daemon_new(const td_config *cfg, int *exit_code) {
     d->pl = td_pipeline_new(&pc, exit_code);
     if (!d->pl) goto fail;
     d->next_progress = td_mono_ms() + 60000;
+    if (*cfg->http.listen && dm_http_start(d, exit_code) < 0) goto fail;
     return d;
 fail:
     td_daemon_free(d);
@@ -281,6 +360,9 @@ fail:
 
 void td_daemon_free(td_daemon *d) {
     if (!d) return;
+    td_http_free(d->http); /* its thread first: it reads d->obs */
+    td_obs_free(d->obs);
+    free(d->lags);
     td_pipeline_free(d->pl);               /* its store thread, its messages, the gift register */
     td_shadow_free(d->shadow);             /* before the (embedded) broker goes */
     if (d->kafka) td_kafka_free(d->kafka); /* final commit, leave the group */
@@ -402,7 +484,10 @@ int td_daemon_run(td_daemon *d) {
                 d->cfg->engine.batch_max_events, d->cfg->engine.batch_max_ms,
                 d->cfg->engine.pipeline ? "true" : "false", d->cfg->time.max_future_skew_text,
                 d->cfg->time.max_past_age_text);
+    td_health_notify_ready("running");
     while (!td_daemon_stop_requested) {
+        td_health_beat();
+        dm_publish(d);
         const char *fatal = td_kafka_fatal(d->kafka);
         if (fatal) {
             char q[600];
@@ -423,10 +508,12 @@ int td_daemon_run(td_daemon *d) {
         if (td_pipeline_busy(d->pl)) wait_ms = 0;
         if (dm_batch_end(d, td_pipeline_events(d->pl, wait_ms), &rc)) break;
     }
+    td_health_notify_stopping();
     /* the batch being stored: settle it and store its offsets */
     td_pl_rc br = td_pipeline_flush(d->pl);
     if (br == TD_PL_FATAL && rc == TD_EXIT_OK) dm_batch_end(d, br, &rc);
     dm_progress(d, true);
+    dm_publish(d); /* a last scrape during the stop sees the final counts */
     if (rc == TD_EXIT_OK && d->cfg->kafka.instance_id[0])
         /* KIP-345: a static member does not leave; its partitions wait for
          * it (or another member) until the group coordinator's session

@@ -61,6 +61,7 @@
 #include "td_clock.h"
 #include "td_event.h"
 #include "td_gifts.h"
+#include "td_health.h"
 #include "td_log.h"
 #include "td_shadow.h"
 #include "td_state.h"
@@ -94,7 +95,8 @@ typedef struct pl_drec {
     size_t off, len; /* in recbuf */
     int32_t g;       /* group (prospect) */
     td_kafka_kind
-        kind; /* recommendation, withdrawal, plan (len 0 with off SIZE_MAX: a tombstone) */
+        kind;     /* recommendation, withdrawal, plan (len 0 with off SIZE_MAX: a tombstone) */
+    int32_t rule; /* recommendations: td_rule.index; withdrawals: td_wd_reason; plans: -1 */
 } pl_drec;
 
 typedef struct pl_batch {
@@ -190,7 +192,8 @@ typedef struct pl_batch {
      * length: measured once per group, for the group table and the cache */
     uint64_t *ghash;
     uint32_t *glen;
-    /* milliseconds spent in the phases, for the debug log */
+    /* microseconds spent in the phases, for the debug log (in ms) and the
+     * phase histograms (td_pipeline_stats.phase) */
     int64_t t_start, t_load, t_compute, t_deliver, t_store, t_wait;
     int64_t age; /* ms from the oldest message's timestamp to the batch's start */
 } pl_batch;
@@ -236,6 +239,10 @@ struct td_pipeline {
     /* the timers of one group being fired, in firing order (reused) */
     pl_due *due;
     size_t capdue;
+
+    /* per rule of the live ruleset (td_pipeline_rule_stats), nrules each */
+    uint64_t *r_published, *r_blocked, *r_blocks, *r_errors;
+    size_t nrules;
 };
 
 static volatile sig_atomic_t never_stop = 0;
@@ -350,9 +357,9 @@ static void *pl_store_main(void *arg) {
         if (!p->job) break;
         pl_batch *b = p->job;
         pthread_mutex_unlock(&p->mu);
-        int64_t t0 = td_mono_ms();
+        int64_t t0 = td_mono_us();
         b->store_rc = pl_batch_store_send(p->redis_store, b);
-        b->t_store = td_mono_ms() - t0;
+        b->t_store = td_mono_us() - t0;
         pthread_mutex_lock(&p->mu);
         p->job = NULL;
         pthread_cond_broadcast(&p->cv);
@@ -462,13 +469,21 @@ static void pl_batch_count_timers(td_pipeline *p, pl_batch *b) {
  * them). Its counters join the daemon's; its timings go to the debug log. */
 static void pl_batch_release(td_pipeline *p, pl_batch *b) {
     if (b->kind == PL_EVENTS) pl_batch_count_timers(p, b);
+    int64_t total = td_mono_us() - b->t_start;
     td_log_debug("batch done",
                  "source=%s events=%zu claims=%zu prospects=%zu recs=%zu ms=%lld load_ms=%lld "
                  "compute_ms=%lld deliver_ms=%lld store_ms=%lld store_wait_ms=%lld age_ms=%lld",
                  b->kind == PL_TIMERS ? "timers" : "events", b->nmsgs, b->nclaims, b->ngroups,
-                 b->nrecs, (long long)(td_mono_ms() - b->t_start), (long long)b->t_load,
-                 (long long)b->t_compute, (long long)b->t_deliver, (long long)b->t_store,
-                 (long long)b->t_wait, (long long)b->age);
+                 b->nrecs, (long long)(total / 1000), (long long)(b->t_load / 1000),
+                 (long long)(b->t_compute / 1000), (long long)(b->t_deliver / 1000),
+                 (long long)(b->t_store / 1000), (long long)(b->t_wait / 1000), (long long)b->age);
+    if (b->nmsgs || b->nclaims) {
+        td_hist *h = p->st.phase[b->kind == PL_TIMERS ? 1 : 0];
+        const int64_t us[TD_PHASES] = {b->t_load,  b->t_compute, b->t_deliver,
+                                       b->t_store, b->t_wait,    total};
+        for (int k = 0; k < TD_PHASES; k++)
+            td_hist_observe(&h[k], (double)us[k] / 1e6);
+    }
     for (size_t g = 0; g < b->ngroups; g++) {
         if (b->has_base[g] && !b->changed[g] && !b->superseded[g]) {
             pl_put_spare(p, td_state_cache_give(p->cache, b->states[g], b->ghash[g], &b->base[g]));
@@ -607,13 +622,18 @@ static int pl_batch_decode(td_pipeline *p, pl_batch *b) {
         rd_kafka_message_t *m = b->msgs[i];
         td_event_error ee;
         b->dead[i] = false;
-        if (td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0, &b->evs[i],
-                            &ee) == TD_OK &&
-            !pl_out_of_time(p, &b->evs[i], wall, &ee)) {
+        bool decoded = td_event_decode(m->payload ? m->payload : "", m->payload ? m->len : 0,
+                                       &b->evs[i], &ee) == TD_OK;
+        bool out_of_time = decoded && pl_out_of_time(p, &b->evs[i], wall, &ee);
+        if (decoded && !out_of_time) {
             if (p->kafka) td_kafka_note_time(p->kafka, m, b->evs[i].occurred_at);
             continue;
         }
         b->dead[i] = true;
+        /* a class of the reason, never the reason: a bounded metrics label */
+        p->st.dead_by_class[out_of_time   ? TD_DLQ_TIME_BOUNDS
+                            : ee.field[0] ? TD_DLQ_INVALID
+                                          : TD_DLQ_MALFORMED]++;
         if (pl_dead_letter(p, m, ee.field, ee.reason) < 0) return -1;
     }
     return 0;
@@ -663,6 +683,7 @@ static int pl_redis_wait(td_pipeline *p, td_redis *r, int *attempt, const char *
                     td_log_quote(q, sizeof q, td_redis_last_error(r)));
         td_kafka_hold(p->kafka);
         p->st.redis_waits++;
+        td_health_set_redis_held(true);
     }
     (*attempt)++;
     if (*p->stop) {
@@ -678,7 +699,7 @@ static int pl_redis_wait(td_pipeline *p, td_redis *r, int *attempt, const char *
     /* keepalive doubles as the sleep: it serves the consumer meanwhile */
     int64_t until = td_mono_ms() + ms;
     while (td_mono_ms() < until && !*p->stop)
-        td_kafka_keepalive(p->kafka, 50);
+        td_kafka_keepalive(p->kafka, 50); /* beats the heart too (td_health.h) */
     if (*attempt % 10 == 0)
         td_log_warn("redis still unavailable", "op=%s attempts=%d", op, *attempt);
     return 0;
@@ -688,6 +709,7 @@ static void pl_redis_back(td_pipeline *p, int attempt, const char *op) {
     if (attempt > 0 && p->hold) {
         td_log_info("redis available again, batch resumes", "op=%s attempts=%d", op, attempt);
         td_kafka_release(p->kafka);
+        td_health_set_redis_held(false);
     }
 }
 
@@ -825,7 +847,7 @@ static int pl_dq_order(pl_batch *b, size_t from) {
 
 static int pl_rec_add(pl_batch *b, int32_t g, size_t off, td_kafka_kind kind) {
     if (td_grow(&b->recs, &b->caprecs, b->nrecs, sizeof *b->recs, 256) != TD_OK) return -1;
-    b->recs[b->nrecs++] = (pl_drec){off, b->recbuf.len - off, g, kind};
+    b->recs[b->nrecs++] = (pl_drec){off, b->recbuf.len - off, g, kind, -1};
     return 0;
 }
 
@@ -871,6 +893,7 @@ static int pl_gifts_write(td_pipeline *p, pl_batch *b) {
                         td_log_quote(q, sizeof q, td_gifts_last_error(p->gifts)));
             td_kafka_hold(p->kafka);
             p->st.redis_waits++;
+            td_health_set_redis_held(true);
         }
         if (*p->stop) {
             td_log_warn("stop requested while redis is unavailable: batch abandoned, its offsets "
@@ -887,6 +910,7 @@ static int pl_gifts_write(td_pipeline *p, pl_batch *b) {
     if (attempt > 0) {
         td_log_info("redis available again, batch resumes", "op=gifts attempts=%d", attempt);
         td_kafka_release(p->kafka);
+        td_health_set_redis_held(false);
     }
     p->st.gifts_registered += added;
     p->st.gifts_again += n - added;
@@ -948,6 +972,7 @@ static int pl_render(td_pipeline *p, pl_batch *b, int32_t g, const td_trigger *t
         if (td_body_json(o->wds[w].body, o->wds[w].body_len, now, &b->recbuf) != TD_OK ||
             pl_rec_add(b, g, off, TD_KK_WITHDRAWAL) < 0)
             return -1;
+        b->recs[b->nrecs - 1].rule = (int32_t)o->wds[w].reason;
     }
     for (uint32_t r = 0; r < o->nrecs; r++) {
         if (o->recs[r].late) p->st.late++;
@@ -959,12 +984,26 @@ static int pl_render(td_pipeline *p, pl_batch *b, int32_t g, const td_trigger *t
         if (td_rec_json(&o->recs[r], b->states[g], p->rs, trig, now, &b->recbuf) != TD_OK ||
             pl_rec_add(b, g, off, TD_KK_RECOMMENDATION) < 0)
             return -1;
+        b->recs[b->nrecs - 1].rule = (int32_t)o->recs[r].rule->index;
     }
     if (o->plan_changed && b->pmark[g] != b->attempt_seq) {
         b->pmark[g] = b->attempt_seq;
         b->pdirty[b->npdirty++] = g;
     }
     return 0;
+}
+
+/* Counts a step's blocked candidates and evaluation errors by rule
+ * (td_pipeline_rule_stats). */
+static void pl_count_rules(td_pipeline *p, const td_step_out *o) {
+    uint32_t nb = o->nblocked < TD_STEP_RECS_MAX ? o->nblocked : TD_STEP_RECS_MAX;
+    for (uint32_t k = 0; k < nb; k++) {
+        if (o->blocked_rule[k] < p->nrules) p->r_blocked[o->blocked_rule[k]]++;
+        if (o->blocked_guard[k] < p->nrules) p->r_blocks[o->blocked_guard[k]]++;
+    }
+    uint32_t ne = o->nerrors < TD_STEP_RECS_MAX ? o->nerrors : TD_STEP_RECS_MAX;
+    for (uint32_t k = 0; k < ne; k++)
+        if (o->error_rule[k] < p->nrules) p->r_errors[o->error_rule[k]]++;
 }
 
 /* The engine step of every trigger of the daemon: the trigger carries the
@@ -975,7 +1014,9 @@ static int pl_step(td_pipeline *p, td_state *st, td_trigger *trig, td_ms wall) {
     unsigned flags = p->cfg->time.late_policy == TD_LATE_PUBLISH ? TD_STEP_LATE_PUBLISH
                      : p->cfg->time.late_policy == TD_LATE_DROP  ? TD_STEP_LATE_DROP
                                                                  : 0;
-    return td_engine_step(p->rs, st, trig, wall, p->tz, flags, p->out);
+    if (td_engine_step(p->rs, st, trig, wall, p->tz, flags, p->out) != TD_OK) return TD_ERR;
+    pl_count_rules(p, p->out);
+    return TD_OK;
 }
 
 /* ------------------------------------------------------------ timers */
@@ -1106,6 +1147,7 @@ static int pl_compute_events(td_pipeline *p, pl_batch *b, int32_t g, td_ms now) 
         if (pl_step(p, st, &trig, now) != TD_OK) return -1;
         pl_after(p, &trig, now);
         if (p->out->rejected) { /* feedback naming a recommendation not this prospect's */
+            p->st.dead_by_class[TD_DLQ_FEEDBACK]++;
             if (pl_dead_letter(p, m, p->out->reject_field, p->out->reject_reason) < 0) return -1;
             td_state_pos_set(st, topic, m->partition, m->offset);
             b->changed[g] = true;
@@ -1426,7 +1468,7 @@ static int pl_plans_render(td_pipeline *p, pl_batch *b) {
         const td_state *st = b->states[g];
         if (td_state_plan_visible(st) == 0) {
             if (td_grow(&b->recs, &b->caprecs, b->nrecs, sizeof *b->recs, 256) != TD_OK) return -1;
-            b->recs[b->nrecs++] = (pl_drec){SIZE_MAX, 0, g, TD_KK_PLAN};
+            b->recs[b->nrecs++] = (pl_drec){SIZE_MAX, 0, g, TD_KK_PLAN, -1};
             continue;
         }
         size_t off = b->recbuf.len;
@@ -1461,7 +1503,7 @@ static void pl_pause(td_pipeline *p, int ms) {
  * flight, or NULL), apply the events, derive, and send the
  * recommendations in the open round. */
 static td_pl_rc pl_batch_attempt(td_pipeline *p, pl_batch *b, pl_batch *from) {
-    int64_t t0 = td_mono_ms();
+    int64_t t0 = td_mono_us();
     /* the groups computed again: what they counted before is taken back */
     for (size_t k = 0; k < b->nwork; k++) {
         pl_gcount *c = &b->gc[b->work[k]];
@@ -1479,7 +1521,7 @@ static td_pl_rc pl_batch_attempt(td_pipeline *p, pl_batch *b, pl_batch *from) {
         }
         if (lr < 0) return TD_PL_ABANDONED;
     }
-    int64_t t1 = td_mono_ms();
+    int64_t t1 = td_mono_us();
     b->t_load += t1 - t0;
     b->nrecs = 0;
     b->recbuf.len = 0;
@@ -1519,11 +1561,17 @@ static td_pl_rc pl_batch_attempt(td_pipeline *p, pl_batch *b, pl_batch *from) {
         const char *val = x->off == SIZE_MAX ? NULL : b->recbuf.p + x->off;
         if (pl_send(p, x->kind, pid, b->glen[x->g], val, x->len) < 0)
             return p->kafka ? TD_PL_FATAL : TD_PL_ABANDONED;
-        if (x->kind == TD_KK_RECOMMENDATION) p->st.recs_out++;
-        if (x->kind == TD_KK_WITHDRAWAL) p->st.wds_out++;
+        if (x->kind == TD_KK_RECOMMENDATION) {
+            p->st.recs_out++;
+            if ((size_t)x->rule < p->nrules) p->r_published[x->rule]++;
+        }
+        if (x->kind == TD_KK_WITHDRAWAL) {
+            p->st.wds_out++;
+            if (x->rule >= 0 && x->rule < TD_WDR_REASONS) p->st.wds_by_reason[x->rule]++;
+        }
         if (x->kind == TD_KK_PLAN) p->st.plans_out++;
     }
-    b->t_compute += td_mono_ms() - t1;
+    b->t_compute += td_mono_us() - t1;
     return TD_PL_DONE;
 }
 
@@ -1531,14 +1579,14 @@ static td_pl_rc pl_batch_attempt(td_pipeline *p, pl_batch *b, pl_batch *from) {
  * offset, before every recommendation (and dead letter) of the open round is
  * acknowledged; then the gift register. */
 static td_pl_rc pl_batch_deliver(td_pipeline *p, pl_batch *b) {
-    int64_t t0 = td_mono_ms();
+    int64_t t0 = td_mono_us();
     int w = pl_round_wait(p);
     if (w == -1) return TD_PL_FATAL;
     if (w == -2) return TD_PL_ABANDONED;
     int gw = pl_gifts_write(p, b); /* the gift register: after delivery, before the store */
     if (gw == -1) return TD_PL_FATAL;
     if (gw == -2) return TD_PL_ABANDONED;
-    b->t_deliver += td_mono_ms() - t0;
+    b->t_deliver += td_mono_us() - t0;
     return TD_PL_DONE;
 }
 
@@ -1547,7 +1595,7 @@ static td_pl_rc pl_batch_deliver(td_pipeline *p, pl_batch *b) {
  * pl_batch_store. */
 static td_pl_rc pl_batch_settle(td_pipeline *p, pl_batch *b, int rc, td_redis *tried_on) {
     for (int attempt = 0;; attempt++) {
-        int64_t t0 = td_mono_ms();
+        int64_t t0 = td_mono_us();
         size_t nconf = 0;
         int sr = pl_batch_store(p, b, rc, tried_on, &nconf);
         if (sr == -2) {
@@ -1555,7 +1603,7 @@ static td_pl_rc pl_batch_settle(td_pipeline *p, pl_batch *b, int rc, td_redis *t
             return TD_PL_FATAL;
         }
         if (sr < 0) return TD_PL_ABANDONED;
-        b->t_store += td_mono_ms() - t0;
+        b->t_store += td_mono_us() - t0;
         if (nconf == 0) return TD_PL_DONE;
         p->st.conflicts += nconf;
         b->recomputed = true;
@@ -1589,7 +1637,7 @@ static td_pl_rc pl_batch_settle(td_pipeline *p, pl_batch *b, int rc, td_redis *t
  * prospect). */
 /* Opens a batch: its timings, its derived events and its output round. */
 static void pl_batch_open(td_pipeline *p, pl_batch *b) {
-    b->t_start = td_mono_ms();
+    b->t_start = td_mono_us();
     b->t_load = b->t_compute = b->t_deliver = b->t_store = b->t_wait = 0;
     b->recomputed = false;
     b->ndq = 0;
@@ -1659,6 +1707,17 @@ static void pl_batch_adopt(pl_batch *b, pl_batch *from) {
     }
 }
 
+/* The end-to-end latency of b's events (their batch is done): from each
+ * message's Kafka timestamp (the producer's, or the broker's with
+ * LogAppendTime) to now, wall clock. Messages without one are left out. */
+static void pl_latency(td_pipeline *p, const pl_batch *b) {
+    int64_t now = td_wall_ms();
+    for (size_t i = 0; i < b->nmsgs; i++) {
+        int64_t ts = rd_kafka_message_timestamp(b->msgs[i], NULL);
+        if (ts > 0) td_hist_observe(&p->st.latency, (double)(now > ts ? now - ts : 0) / 1000.0);
+    }
+}
+
 /* Finishes the batch in flight: waits for its store, settles it (Redis
  * errors, conflicts), stores its offsets and releases it. `next` (or NULL)
  * was computed on top of it and has its round open: if the batch in flight
@@ -1666,9 +1725,9 @@ static void pl_batch_adopt(pl_batch *b, pl_batch *from) {
  * and bases. next must be delivered (its round closed). */
 static td_pl_rc pl_finish(td_pipeline *p, pl_batch *next) {
     pl_batch *a = p->inflight;
-    int64_t t0 = td_mono_ms();
+    int64_t t0 = td_mono_us();
     pl_store_join(p);
-    a->t_wait = td_mono_ms() - t0;
+    a->t_wait = td_mono_us() - t0;
     p->inflight = NULL;
     /* the thread's outcome is applied (TD_OK) or its write retried (TD_ERR)
      * by pl_batch_settle, which also recomputes conflicts; next's round is
@@ -1677,6 +1736,7 @@ static td_pl_rc pl_finish(td_pipeline *p, pl_batch *next) {
     if (br != TD_PL_DONE) goto out;
     /* Everything a caused is durable: its offsets may be committed. */
     td_kafka_store(p->kafka, a->msgs, a->nmsgs);
+    pl_latency(p, a);
     if (next) {
         if (a->recomputed) br = pl_batch_redo(p, next, a);
         if (br == TD_PL_DONE) pl_batch_adopt(next, a);
@@ -1724,7 +1784,10 @@ static td_pl_rc pl_batch_process(td_pipeline *p, pl_batch *b) {
         return TD_PL_DONE;
     }
     br = pl_batch_settle(p, b, PL_STORE_UNTRIED, NULL);
-    if (br == TD_PL_DONE) td_kafka_store(p->kafka, b->msgs, b->nmsgs);
+    if (br == TD_PL_DONE) {
+        td_kafka_store(p->kafka, b->msgs, b->nmsgs);
+        pl_latency(p, b);
+    }
     pl_batch_release(p, b);
     return br;
 }
@@ -1848,7 +1911,41 @@ bool td_pipeline_busy(const td_pipeline *p) { return p->inflight != NULL; }
 
 td_pl_rc td_pipeline_flush(td_pipeline *p) { return p->inflight ? pl_finish(p, NULL) : TD_PL_DONE; }
 
-void td_pipeline_set_ruleset(td_pipeline *p, const td_ruleset *rs) { p->rs = rs; }
+/* Sizes the per-rule counters for rs, at zero. */
+static void pl_rules_reset(td_pipeline *p, const td_ruleset *rs) {
+    free(p->r_published);
+    p->nrules = rs ? td_ruleset_count(rs) : 0;
+    /* one allocation, four arrays */
+    p->r_published = pl_xcalloc(4 * p->nrules, sizeof *p->r_published);
+    p->r_blocked = p->r_published + p->nrules;
+    p->r_blocks = p->r_blocked + p->nrules;
+    p->r_errors = p->r_blocks + p->nrules;
+}
+
+void td_pipeline_set_ruleset(td_pipeline *p, const td_ruleset *rs) {
+    p->rs = rs;
+    pl_rules_reset(p, rs);
+}
+
+void td_pipeline_get_rule_stats(const td_pipeline *p, td_pipeline_rule_stats *out) {
+    *out = (td_pipeline_rule_stats){.n = p->nrules,
+                                    .published = p->r_published,
+                                    .blocked = p->r_blocked,
+                                    .blocks = p->r_blocks,
+                                    .errors = p->r_errors};
+}
+
+const char *td_dlq_class_name(td_dlq_class c) {
+    static const char *const names[TD_DLQ_CLASSES] = {"malformed", "invalid", "time_bounds",
+                                                      "feedback"};
+    return (unsigned)c < TD_DLQ_CLASSES ? names[c] : "?";
+}
+
+const char *td_phase_name(int phase) {
+    static const char *const names[TD_PHASES] = {"load",  "compute",    "deliver",
+                                                 "store", "store_wait", "total"};
+    return phase >= 0 && phase < TD_PHASES ? names[phase] : "?";
+}
 
 const td_pipeline_stats *td_pipeline_get_stats(const td_pipeline *p) { return &p->st; }
 
@@ -1881,6 +1978,11 @@ td_pipeline *td_pipeline_new(const td_pipeline_conf *pc, int *exit_code) {
     p->hold = pc->kafka != NULL;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    pl_rules_reset(p, p->rs);
+    for (int k = 0; k < 2; k++)
+        for (int ph = 0; ph < TD_PHASES; ph++)
+            td_hist_init(&p->st.phase[k][ph], td_hist_phase_le, td_hist_phase_n);
+    td_hist_init(&p->st.latency, td_hist_latency_le, td_hist_latency_n);
     if (!p->kafka && (!p->sink || !p->sink->send || !p->sink->wait)) {
         td_log_error("pipeline configuration", "reason=%s", "no output: neither Kafka nor a sink");
         *exit_code = TD_EXIT_USAGE;
@@ -1960,6 +2062,7 @@ void td_pipeline_free(td_pipeline *p) {
     }
     td_state_cache_free(p->cache);
     free(p->due);
+    free(p->r_published);
     for (size_t i = 0; i < p->nspare; i++)
         free(p->spare[i]);
     free(p->spare);

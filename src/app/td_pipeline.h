@@ -46,6 +46,7 @@
 #include "td_engine.h"
 #include "td_gifts.h"
 #include "td_kafka.h"
+#include "td_prom.h"
 #include "td_redis.h"
 #include "td_rules.h"
 #include "td_state_cache.h"
@@ -107,6 +108,33 @@ typedef enum td_pl_rc {
  * timers an event batch fired before an event of their prospect whose
  * occurred_at had passed their due time (also counted as fired in the
  * timers' counters, td_timers_get_stats). */
+/* Classes of dead letters (td_pipeline_stats.dead_by_class): bounded, for
+ * a metrics label; the reason itself is on the dead-letter message. */
+typedef enum td_dlq_class {
+    TD_DLQ_MALFORMED = 0,   /* not a JSON object, empty, oversize, a NUL byte */
+    TD_DLQ_INVALID = 1,     /* a field missing or wrong (td_event_error.field) */
+    TD_DLQ_TIME_BOUNDS = 2, /* occurred_at outside time.max_future_skew / max_past_age */
+    TD_DLQ_FEEDBACK = 3,    /* feedback naming a recommendation not the prospect's */
+    TD_DLQ_CLASSES = 4
+} td_dlq_class;
+const char *td_dlq_class_name(td_dlq_class c); /* "malformed", "invalid", ... */
+
+/* The phases of a batch (td_pipeline_stats.phase): load, compute (steps and
+ * sends), deliver (acknowledgements, gift register), store (the Redis
+ * write), store_wait (the main thread waiting for the store thread), and
+ * the whole batch. */
+enum {
+    TD_PHASE_LOAD,
+    TD_PHASE_COMPUTE,
+    TD_PHASE_DELIVER,
+    TD_PHASE_STORE,
+    TD_PHASE_STORE_WAIT,
+    TD_PHASE_TOTAL,
+    TD_PHASES
+};
+const char *td_phase_name(int phase); /* "load", ... "total" */
+#define TD_WDR_REASONS 7              /* td_wd_reason values */
+
 typedef struct td_pipeline_stats {
     uint64_t batches, events, applied, skipped_pos, duplicates, dead_letters, recs_out, conflicts,
         redis_waits, redone, derived, timers_before_events;
@@ -125,7 +153,28 @@ typedef struct td_pipeline_stats {
     /* re-leased claims (their claimer died) due beyond the horizon, left
      * to come back after their lease */
     uint64_t horizon_held_claims;
+    /* for metrics: dead letters by class, withdrawals by td_wd_reason; phase
+     * durations in seconds of event batches ([0]) and timer batches ([1]);
+     * end-to-end latency of events: from the message's Kafka timestamp to
+     * its batch done (stored, its offsets stored) */
+    uint64_t dead_by_class[TD_DLQ_CLASSES];
+    uint64_t wds_by_reason[TD_WDR_REASONS];
+    td_hist phase[2][TD_PHASES];
+    td_hist latency;
 } td_pipeline_stats;
+
+/* Per rule of the live ruleset, by td_rule.index (n = td_ruleset_count):
+ * recommendations published (sent in a round; re-sent ones after a
+ * conflict again), candidates blocked (by the rule blocked) and blocks (by
+ * the guard that blocked), and evaluation errors. Counted by step: a
+ * prospect recomputed after a store conflict counts its blocks and errors
+ * again. td_pipeline_set_ruleset starts them at zero for the new ruleset.
+ * The arrays are the pipeline's, valid until the next batch or reload. */
+typedef struct td_pipeline_rule_stats {
+    size_t n;
+    const uint64_t *published, *blocked, *blocks, *errors;
+} td_pipeline_rule_stats;
+void td_pipeline_get_rule_stats(const td_pipeline *p, td_pipeline_rule_stats *out);
 
 /*
  * Sizes the batches (engine.batch_max_events, timers.claim_batch), opens the

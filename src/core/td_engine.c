@@ -161,6 +161,13 @@ static void eng_rec_id(const char *trigger_id, const char *rule_id, char *out) {
     out[TD_REC_ID_LEN] = '\0';
 }
 
+/* Counts an evaluation error of rule (or guard) r (its index kept for
+ * metrics: td_step_out.error_rule). */
+static inline void eng_error(td_step_out *out, const td_rule *r) {
+    if (out->nerrors < TD_STEP_RECS_MAX) out->error_rule[out->nerrors] = (uint32_t)r->index;
+    out->nerrors++;
+}
+
 /* Evaluates a rule's `when` and cooldown; on a match computes not_before and
  * appends a candidate. */
 static inline __attribute__((always_inline)) void eng_consider(const td_rule *r, const td_ctx *ctx,
@@ -174,7 +181,7 @@ static inline __attribute__((always_inline)) void eng_consider(const td_rule *r,
          * is false without the walk */
         bool may = td_expr_may_hold(r->when, ctx->st);
         if (may && td_expr_eval(r->when, ctx, &v, err, sizeof err) != TD_OK) {
-            out->nerrors++;
+            eng_error(out, r);
             td_decision *d = eng_decision(out, flags, p, r, TD_OUT_ERROR);
             if (d) snprintf(d->error, sizeof d->error, "when: %s", err);
             return;
@@ -200,7 +207,7 @@ static inline __attribute__((always_inline)) void eng_consider(const td_rule *r,
     td_ms nb = ctx->now;
     if (r->at) {
         if (td_expr_eval(r->at, ctx, &v, err, sizeof err) != TD_OK) {
-            out->nerrors++;
+            eng_error(out, r);
             td_decision *d = eng_decision(out, flags, p, r, TD_OUT_ERROR);
             if (d) snprintf(d->error, sizeof d->error, "at: %s", err);
             return;
@@ -211,7 +218,7 @@ static inline __attribute__((always_inline)) void eng_consider(const td_rule *r,
      * least not in quiet hours (`window = "any"`) */
     nb = td_sched_window(ctx->settings, ctx->tz, ctx->st, nb, r->window_any);
     if (*ncands >= capc) {
-        out->nerrors++;
+        eng_error(out, r);
         td_decision *d = eng_decision(out, flags, p, r, TD_OUT_ERROR);
         if (d)
             snprintf(d->error, sizeof d->error, "more than %d rules matched one trigger",
@@ -258,7 +265,7 @@ static inline __attribute__((always_inline)) void eng_resolve(const td_ruleset *
             if (gr->when) {
                 if (!td_expr_may_hold(gr->when, ctx->st)) continue;
                 if (td_expr_eval(gr->when, &gctx, &v, err, sizeof err) != TD_OK) {
-                    out->nerrors++;
+                    eng_error(out, gr);
                     td_decision *d = eng_decision(out, flags, p, gr, TD_OUT_ERROR);
                     if (d) snprintf(d->error, sizeof d->error, "when: %s", err);
                     continue;
@@ -277,7 +284,7 @@ static inline __attribute__((always_inline)) void eng_resolve(const td_ruleset *
             view.fixed = NULL;
             if (brc != TD_OK) {
                 /* a guard that cannot decide blocks: failing safe is the point of a guard */
-                out->nerrors++;
+                eng_error(out, gr);
                 c->blocked_by = gr;
                 td_decision *d = eng_decision(out, flags, p, gr, TD_OUT_ERROR);
                 if (d) snprintf(d->error, sizeof d->error, "block: %s (blocked to be safe)", err);
@@ -286,6 +293,10 @@ static inline __attribute__((always_inline)) void eng_resolve(const td_ruleset *
             if (!v.missing && v.u.b) c->blocked_by = gr;
         }
         if (c->blocked_by) {
+            if (out->nblocked < TD_STEP_RECS_MAX) {
+                out->blocked_rule[out->nblocked] = (uint32_t)c->rule->index;
+                out->blocked_guard[out->nblocked] = (uint32_t)c->blocked_by->index;
+            }
             out->nblocked++;
             if (p) { /* the guard's list, and its own conditions for this candidate */
                 td_probe_rule *g = &p->rules[c->blocked_by->index];

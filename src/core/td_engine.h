@@ -191,6 +191,11 @@ typedef struct td_step_out {
     td_buf text;       /* owned (td_step_out_free): the bodies */
     uint32_t nblocked; /* candidates blocked by guards (always counted) */
     uint32_t nerrors;  /* rules whose evaluation failed (always counted) */
+    /* for metrics: the first TD_STEP_RECS_MAX blocked candidates (their rule
+     * and the guard that blocked them, by td_rule.index), and the rules (or
+     * guards) of the first TD_STEP_RECS_MAX evaluation errors */
+    uint32_t blocked_rule[TD_STEP_RECS_MAX], blocked_guard[TD_STEP_RECS_MAX];
+    uint32_t error_rule[TD_STEP_RECS_MAX];
     char trigger_id[TD_ID_MAX + 96]; /* event id, or "timer:<rule>:<armed_by>:<due ms>" */
 } td_step_out;
 

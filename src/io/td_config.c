@@ -18,6 +18,7 @@
 #include "td_config.h"
 
 #include "td_gifts.h"
+#include "td_http.h"
 #include "td_time.h"
 
 #include <errno.h>
@@ -304,6 +305,11 @@ static bool cf_logfmt_ok(const char *v) { return strcmp(v, "logfmt") == 0; }
 static void cf_shadow_set(td_config *c) { c->kafka.shadow_topic_default = false; }
 static void cf_late_set(td_config *c) { c->time.late_policy_set = true; }
 static void cf_overdue_set(td_config *c) { c->time.overdue_policy_set = true; }
+static bool cf_listen_ok(const char *v) {
+    char host[256], why[200];
+    int port;
+    return !*v || td_http_listen_parse(v, host, sizeof host, &port, why, sizeof why);
+}
 
 static const td_config_enum cf_late_names[] = {{"mark", TD_LATE_MARK, false},
                                                {"publish", TD_LATE_PUBLISH, false},
@@ -520,6 +526,20 @@ static const td_config_key cf_keys[] = {
      .check = cf_logfmt_ok,
      .expects = "\"logfmt\" (the only format)",
      .help = "the log line format"},
+
+    /* http.*: the listener (td_http.h) */
+    {.path = "http.listen",
+     .type = TD_CFG_STRING,
+     .def_str = "",
+     .flags = TD_CFG_F_EMPTY,
+     .off = TD_OFF(http.listen),
+     .check = cf_listen_ok,
+     .expects = "\"\" (off) or HOST:PORT such as \"127.0.0.1:9464\" or \"[::1]:9464\"",
+     .help = "address of /metrics, /healthz and /readyz; \"\" = off"},
+    TD_STR("http.tls_cert", http.tls_cert, "", TD_CFG_F_EMPTY,
+           "PEM certificate (chain): the listener speaks HTTPS; \"\" = plain HTTP"),
+    TD_STR("http.tls_key", http.tls_key, "", TD_CFG_F_EMPTY,
+           "PEM private key of tls_cert; set both or neither"),
 };
 #define TD_CFG_NKEYS (sizeof cf_keys / sizeof cf_keys[0])
 
@@ -723,6 +743,19 @@ static void cf_redis_done(cf_ctx *x, const config_setting_t *g, td_config *c) {
                 c->redis.backoff_max_ms, c->redis.backoff_min_ms);
 }
 
+/* After the http section: TLS needs both files, and a listener. */
+static void cf_http_done(cf_ctx *x, const config_setting_t *g, td_config *c) {
+    bool cert = *c->http.tls_cert, key = *c->http.tls_key;
+    if (cert != key)
+        cf_fail(x, config_setting_get_member(g, cert ? "tls_cert" : "tls_key"),
+                cert ? "http.tls_key" : "http.tls_cert",
+                "is required with http.%s (TLS needs a certificate and its key)",
+                cert ? "tls_cert" : "tls_key");
+    else if (cert && !*c->http.listen)
+        cf_fail(x, config_setting_get_member(g, "tls_cert"), "http.tls_cert",
+                "needs http.listen (the listener is off)");
+}
+
 /* Reads every setting of section group g. */
 static void cf_section(cf_ctx *x, const config_setting_t *g, const char *sect, td_config *c) {
     char key[128], allowed[512];
@@ -738,6 +771,7 @@ static void cf_section(cf_ctx *x, const config_setting_t *g, const char *sect, t
             cf_unknown(x, s, key, cf_allowed(sect, allowed, sizeof allowed));
     }
     if (!x->failed && strcmp(sect, "redis") == 0) cf_redis_done(x, g, c);
+    if (!x->failed && strcmp(sect, "http") == 0) cf_http_done(x, g, c);
 }
 
 /* Cross-key checks, after every key is read. */

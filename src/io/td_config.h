@@ -3,7 +3,7 @@
  * strictly and documented key by key in docs/config.md.
  *
  *   kafka, redis, rules, engine, timers (docs/timers.md), time (docs/events.md),
- *   gifts (docs/gifts.md), log
+ *   gifts (docs/gifts.md), log, http (docs/operations.md "Metrics and health")
  *
  * Every key is optional. The keys, their types, defaults and bounds are one
  * table in td_config.c (td_config_keys), which parsing, defaults and the
@@ -131,6 +131,13 @@ typedef struct td_config {
         td_log_level level;
         char *format; /* "logfmt" */
     } log;
+
+    /* the HTTP listener (td_http.h): /metrics, /healthz, /readyz */
+    struct {
+        char *listen;   /* "HOST:PORT"; "" = off */
+        char *tls_cert; /* PEM file; "" = plain HTTP */
+        char *tls_key;  /* PEM file; set with tls_cert */
+    } http;
 } td_config;
 
 /* One key of the file, as the table in td_config.c describes it. */

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "td_clock.h"
+#include "td_health.h"
 #include "td_log.h"
 #include "td_mock_nodelay.h"
 
@@ -861,6 +862,7 @@ void td_kafka_hold(td_kafka *k) {
 }
 
 void td_kafka_keepalive(td_kafka *k, int timeout_ms) {
+    td_health_beat(); /* every hold waits here: alive, waiting by design */
     rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, timeout_ms);
     if (!m) return;
     if (m->err) {
@@ -892,3 +894,30 @@ void td_kafka_release(td_kafka *k) {
 }
 
 void td_kafka_get_stats(const td_kafka *k, td_kafka_stats *out) { *out = k->st; }
+
+size_t td_kafka_lags(td_kafka *k, td_kafka_lag *out, size_t cap) {
+    size_t n = k->nparts < cap ? k->nparts : cap;
+    if (n == 0 || k->closed) return 0;
+    rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new((int)n);
+    if (!tl) return 0;
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_topic_partition_list_add(tl, k->parts[i].topic, k->parts[i].partition);
+    size_t w = 0;
+    if (rd_kafka_position(k->consumer, tl) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < tl->cnt; i++) {
+            const rd_kafka_topic_partition_t *tp = &tl->elems[i];
+            int64_t lo, hi;
+            if (tp->offset < 0 ||
+                rd_kafka_get_watermark_offsets(k->consumer, tp->topic, tp->partition, &lo, &hi) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR ||
+                hi < 0)
+                continue;
+            td_kafka_lag *l = &out[w++];
+            snprintf(l->topic, sizeof l->topic, "%s", tp->topic);
+            l->partition = tp->partition;
+            l->lag = hi > tp->offset ? hi - tp->offset : 0;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(tl);
+    return w;
+}

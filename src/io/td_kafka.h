@@ -157,4 +157,16 @@ typedef struct td_kafka_stats {
 } td_kafka_stats;
 void td_kafka_get_stats(const td_kafka *k, td_kafka_stats *out);
 
+/* The consumer lag of an assigned partition: the high watermark librdkafka
+ * last learnt from the broker (fetch responses: no request is made) minus
+ * the consumer's position (the next offset it fetches). */
+typedef struct td_kafka_lag {
+    char topic[128];
+    int32_t partition;
+    int64_t lag;
+} td_kafka_lag;
+/* Fills out[] (up to cap) for the assigned partitions whose position and
+ * watermark are known. @returns how many were written. */
+size_t td_kafka_lags(td_kafka *k, td_kafka_lag *out, size_t cap);
+
 #endif

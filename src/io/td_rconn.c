@@ -73,9 +73,18 @@ void td_rconn_fini(td_rconn *rc) {
     }
 }
 
+/* Process-wide, every connection of every thread (__atomic): metrics. */
+static uint64_t rc_opened, rc_failures;
+
+void td_rconn_counts(uint64_t *opened, uint64_t *failures) {
+    *opened = __atomic_load_n(&rc_opened, __ATOMIC_RELAXED);
+    *failures = __atomic_load_n(&rc_failures, __ATOMIC_RELAXED);
+}
+
 void td_rconn_drop(td_rconn *rc, bool penalize) {
     td_rconn_close(rc);
     if (penalize) {
+        __atomic_add_fetch(&rc_failures, 1, __ATOMIC_RELAXED);
         rc->next_try_ms = td_mono_ms() + rc->backoff_ms;
         int64_t b = rc->backoff_ms * 2;
         rc->backoff_ms = b > rc->conf->backoff_max_ms ? rc->conf->backoff_max_ms : b;
@@ -172,6 +181,7 @@ int td_rconn_ensure(td_rconn *rc) {
         return TD_ERR;
     }
     if (rc_connect(rc) != TD_OK) return TD_ERR;
+    __atomic_add_fetch(&rc_opened, 1, __ATOMIC_RELAXED);
     rc->backoff_ms = rc->conf->backoff_min_ms;
     rc->next_try_ms = 0;
     return TD_OK;

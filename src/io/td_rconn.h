@@ -130,6 +130,10 @@ static inline void td_rconn_note(td_rconn *rc, const redisReply *rep) {
         td_rconn_note_ok(rc);
 }
 
+/* Since start, over every td_rconn of the process (any thread): sessions
+ * opened (first connects and reconnects), and failures (every drop with a
+ * penalty: an I/O error, a refused connect, a failed AUTH or SELECT). */
+void td_rconn_counts(uint64_t *opened, uint64_t *failures);
 /* printf into the owner's error buffer. */
 void td_rconn_seterr(td_rconn *rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -357,6 +357,7 @@ td_timers *td_timers_new(const td_redis_conf *rconf, const td_timers_conf *tconf
     td_timers *t = calloc(1, sizeof *t);
     if (!t) goto oom;
     t->conf = *tconf;
+    td_hist_init(&t->stats.delay, td_hist_latency_le, td_hist_latency_n);
     if (td_redis_conf_dup(&t->rconf, rconf) != TD_OK) goto oom;
     td_rconn_init(&t->rc, &t->rconf, "redis timers", t->err, sizeof t->err);
     t->rc.role = "timers";
@@ -654,6 +655,7 @@ void td_timers_record(td_timers *t, const td_timers_round *r, bool ok) {
     if (r->delay)
         for (size_t i = 0; i < r->n; i++) {
             if (r->delay[i] < 0) continue;
+            td_hist_observe(&t->stats.delay, (double)r->delay[i] / 1000.0);
             td_ms b = r->delay[i] / TD_TIMERS_DELAY_BUCKET_MS;
             t->stats.delay_hist[b >= TD_TIMERS_DELAY_BUCKETS ? TD_TIMERS_DELAY_BUCKETS - 1 : b]++;
         }

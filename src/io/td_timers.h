@@ -53,6 +53,7 @@
 #include <stdbool.h>
 
 #include "td_base.h"
+#include "td_prom.h"
 #include "td_redis.h"
 
 typedef enum td_overdue_policy {
@@ -180,6 +181,8 @@ typedef struct td_timers_stats {
     /* firing delays (claim time - due time) of fired timers: 10 ms buckets,
      * the last one counts every delay >= 10 s */
     uint64_t delay_hist[TD_TIMERS_DELAY_BUCKETS];
+    /* the same delays in seconds, Prometheus buckets (metrics) */
+    td_hist delay;
 } td_timers_stats;
 const td_timers_stats *td_timers_get_stats(const td_timers *t);
 /* The p-quantile (0 < p <= 1) of the firing delays, as the upper bound of

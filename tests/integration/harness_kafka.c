@@ -537,3 +537,25 @@ long long td_test_progress_value(const char *path, const char *name) {
     fclose(in);
     return v;
 }
+
+int td_test_world_conf_rules(const td_test_world *w, const char *group, const char *in,
+                             const char *out, const char *dlq, const char *rules_dir,
+                             const char *extra) {
+    char text[4096];
+    int n = snprintf(text, sizeof text,
+                     "kafka = {\n"
+                     "  brokers = \"%s\"; group_id = \"%s\";\n"
+                     "  input_topics = [ \"%s\" ]; output_topic = \"%s\";\n"
+                     "  dead_letter_topic = \"%s\";\n"
+                     "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
+                     "               heartbeat_interval_ms = 500; };\n"
+                     "  producer = { linger_ms = 0; };\n"
+                     "};\n"
+                     "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20;\n"
+                     "          backoff_max_ms = 200; };\n"
+                     "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n%s",
+                     w->kafka.bootstraps, group, in, out, dlq, w->redis.port, rules_dir,
+                     extra ? extra : "");
+    if (n < 0 || (size_t)n >= sizeof text) return -1;
+    return td_test_write_file(w->dir, "touchd.conf", text, (size_t)n, NULL, 0);
+}

@@ -150,6 +150,13 @@ int td_test_world_rules(td_test_world *w, const char *rules);
 int td_test_world_conf(td_test_world *w, const char *group, const char *in, const char *out,
                        const char *dlq, const char *consumer, const char *kafka, const char *redis,
                        const char *rest);
+/* Writes w->conf: the sections a daemon test shares (kafka: the world's
+ * cluster, group, the input, output and dead-letter topics, quick consumer
+ * settings; redis: the world's server, short backoffs; rules: dir, no
+ * polling), then `extra` (more sections, may be ""). @returns 0, or -1. */
+int td_test_world_conf_rules(const td_test_world *w, const char *group, const char *in,
+                             const char *out, const char *dlq, const char *rules_dir,
+                             const char *extra);
 /* Kills a touchd still running (printing its log's end: the test failed),
  * stops the cluster and Redis, removes the dir. */
 void td_test_world_stop(td_test_world *w);

@@ -83,23 +83,12 @@ static int setup(void **state) {
     snprintf(f->events, sizeof f->events, "%s/events.jsonl", f->w.dir);
     if (mkdir(f->rules_dir, 0755) != 0) return -1;
     if (td_test_write_file(f->rules_dir, "t.rules", RULES, strlen(RULES), NULL, 0) != 0) return -1;
-    char text[2048];
-    int n = snprintf(text, sizeof text,
-                     "kafka = {\n"
-                     "  brokers = \"%s\"; group_id = \"" GROUP "\";\n"
-                     "  input_topics = [ \"" T_IN "\" ]; output_topic = \"" T_OUT "\";\n"
-                     "  dead_letter_topic = \"" T_DLQ "\";\n"
-                     "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
-                     "               heartbeat_interval_ms = 500; };\n"
-                     "  producer = { linger_ms = 0; };\n"
-                     "};\n"
-                     "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20;\n"
-                     "          backoff_max_ms = 200; };\n"
-                     "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
-                     "timers = { shards = %d; poll_ms = 60000; sweep_ms = 60000; };\n"
-                     "log = { level = \"info\"; };\n",
-                     f->w.kafka.bootstraps, f->w.redis.port, f->rules_dir, SHARDS);
-    return td_test_write_file(f->w.dir, "touchd.conf", text, (size_t)n, NULL, 0);
+    char extra[256];
+    snprintf(extra, sizeof extra,
+             "timers = { shards = %d; poll_ms = 60000; sweep_ms = 60000; };\n"
+             "log = { level = \"info\"; };\n",
+             SHARDS);
+    return td_test_world_conf_rules(&f->w, GROUP, T_IN, T_OUT, T_DLQ, f->rules_dir, extra);
 }
 
 /* Produces one event of type `type` for prospect pid, dated `at` (an RFC

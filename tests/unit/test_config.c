@@ -247,7 +247,7 @@ static void test_unknown_keys_list_the_table(void **state) {
     assert_string_equal(
         err,
         ":1: bogus: unknown key (allowed here: kafka, redis, rules, engine, timers, time, gifts, "
-        "log)");
+        "log, http)");
     assert_null(load_text("log = { formt = \"x\"; };\n", err, sizeof err));
     assert_string_equal(err, ":1: log.formt: unknown key (allowed here: level, format)");
     assert_null(load_text("timers = { overdue_policy = \"later\"; };\n", err, sizeof err));
@@ -256,6 +256,41 @@ static void test_unknown_keys_list_the_table(void **state) {
     assert_null(load_text("log = { level = \"trace\"; };\n", err, sizeof err));
     assert_string_equal(err,
                         ":1: log.level: expected one of debug, info, warn, error, got \"trace\"");
+}
+
+/* http.*: the listen address is checked at load, naming the key; TLS
+ * needs both files and a listener. */
+static void test_http_keys(void **state) {
+    (void)state;
+    char err[1024];
+    td_config *c = load_text("http = { listen = \"127.0.0.1:9464\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    assert_string_equal(c->http.listen, "127.0.0.1:9464");
+    assert_string_equal(c->http.tls_cert, "");
+    td_config_free(c);
+    c = load_text("http = { listen = \"[::1]:9464\"; };\n", err, sizeof err);
+    assert_non_null(c);
+    td_config_free(c);
+    static const char *const bad[] = {"9464",  "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536",
+                                      ":9464", "::1:9464",  "[::1]9464",   "host:port"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "http = { listen = \"%s\"; };\n", bad[i]);
+        assert_null(load_text(text, err, sizeof err));
+        char want[256];
+        snprintf(want, sizeof want,
+                 ":1: http.listen: expected \"\" (off) or HOST:PORT such as \"127.0.0.1:9464\" "
+                 "or \"[::1]:9464\", got \"%s\"",
+                 bad[i]);
+        assert_string_equal(err, want);
+    }
+    assert_null(load_text("http = { listen = \"127.0.0.1:9464\"; tls_cert = \"/c.pem\"; };\n", err,
+                          sizeof err));
+    assert_string_equal(err, ":1: http.tls_key: is required with http.tls_cert (TLS needs a "
+                             "certificate and its key)");
+    assert_null(
+        load_text("http = { tls_cert = \"/c.pem\"; tls_key = \"/k.pem\"; };\n", err, sizeof err));
+    assert_string_equal(err, ":1: http.tls_cert: needs http.listen (the listener is off)");
 }
 
 static void test_defaults(void **state) {
@@ -500,6 +535,7 @@ int main(void) {
         cmocka_unit_test(test_table_rows),
         cmocka_unit_test(test_unknown_keys_list_the_table),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_http_keys),
         cmocka_unit_test(test_time_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
