@@ -344,6 +344,18 @@ int td_obs_render_metrics(td_obs *o, td_buf *b) {
          ps->skipped_pos},
         {"touchd_owner_events_total", "Events derived for owners (owner.prospect_contacted).",
          ps->derived},
+        {"touchd_owner_events_duplicate_total",
+         "Events derived for an owner again (source recomputed or re-consumed), dropped.",
+         ps->derived_dups},
+        {"touchd_timer_polls_held_total",
+         "Timer polls bounded by the event-time horizon (the input was behind).",
+         ps->horizon_held_polls},
+        {"touchd_timers_held_total",
+         "Re-leased timer claims due beyond the horizon, left for another lease.",
+         ps->horizon_held_claims},
+        {"touchd_redis_auth_errors_total",
+         "Redis replies that were authentication errors (NOAUTH, WRONGPASS), every connection.",
+         td_redis_auth_errors()},
         {"touchd_batches_total", "Event batches processed.", ps->batches},
         {"touchd_plans_published_total", "Plan messages (plans and tombstones) sent.",
          ps->plans_out},
@@ -470,6 +482,10 @@ int td_obs_render_metrics(td_obs *o, td_buf *b) {
     }
     OB_TRY(td_prom_gauge(b, "touchd_state_cache_entries", "Prospect states in the state cache.",
                          (double)s->cs.used));
+    OB_TRY(td_prom_gauge(b, "touchd_timer_horizon_lag_seconds",
+                         "Wall clock minus the timers' event-time horizon at the last poll (0: "
+                         "caught up; -1: a partition behind has delivered nothing).",
+                         ps->horizon_lag_ms < 0 ? -1.0 : (double)ps->horizon_lag_ms / 1000.0));
     OB_TRY(td_prom_gauge(b, "touchd_redis_held",
                          "1 while a batch is held because Redis fails, else 0.",
                          td_health_redis_held() ? 1 : 0));
