@@ -428,34 +428,6 @@ int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntop
     return td_test_kafka_start(&w->kafka, topics, ntopics, partitions);
 }
 
-int td_test_world_write_rules(td_test_world *w, const char *text, char *dir, size_t cap) {
-    snprintf(dir, cap, "%s/rules", w->dir);
-    if (mkdir(dir, 0755) != 0) return -1;
-    return td_test_write_file(dir, "t.rules", text, strlen(text), NULL, 0);
-}
-
-int td_test_world_write_conf(td_test_world *w, const char *group, const char *in, const char *out,
-                             const char *dlq, const char *rules_dir, const char *redis_extra,
-                             const char *extra) {
-    char text[4096];
-    int n = snprintf(text, sizeof text,
-                     "kafka = {\n"
-                     "  brokers = \"%s\"; group_id = \"%s\";\n"
-                     "  input_topics = [ \"%s\" ]; output_topic = \"%s\";\n"
-                     "  dead_letter_topic = \"%s\";\n"
-                     "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
-                     "               heartbeat_interval_ms = 500; };\n"
-                     "  producer = { linger_ms = 0; };\n"
-                     "};\n"
-                     "redis = { host = \"127.0.0.1\"; port = %d; %s };\n"
-                     "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
-                     "%s\n",
-                     w->kafka.bootstraps, group, in, out, dlq, w->redis.port,
-                     redis_extra ? redis_extra : "", rules_dir, extra ? extra : "");
-    if (n < 0 || (size_t)n >= sizeof text) return -1;
-    return td_test_write_file(w->dir, "touchd.conf", text, (size_t)n, NULL, 0);
-}
-
 int td_test_world_rules(td_test_world *w, const char *rules) {
     snprintf(w->rules_dir, sizeof w->rules_dir, "%s/rules", w->dir);
     if (mkdir(w->rules_dir, 0755) != 0 && errno != EEXIST) return -1;
@@ -486,7 +458,6 @@ int td_test_world_conf(td_test_world *w, const char *group, const char *in, cons
         "kafka = {\n"
         "  brokers = \"%s\"; group_id = \"%s\";\n"
         "  input_topics = [ \"%s\" ]; output_topic = \"%s\"; dead_letter_topic = \"%s\";\n"
-        "  plan_topic = \"\";\n"
         "  consumer = { %s };\n"
         "  producer = { linger_ms = 0; };\n"
         "  %s\n"
@@ -495,7 +466,6 @@ int td_test_world_conf(td_test_world *w, const char *group, const char *in, cons
         "200;\n"
         "          command_timeout_ms = 1000; connect_timeout_ms = 500; %s };\n"
         "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n"
-        "time = { max_past_age = \"36500d\"; };\n"
         "%s\n",
         w->kafka.bootstraps, group, in, out, dlq,
         consumer ? consumer
@@ -536,26 +506,4 @@ long long td_test_progress_value(const char *path, const char *name) {
     }
     fclose(in);
     return v;
-}
-
-int td_test_world_conf_rules(const td_test_world *w, const char *group, const char *in,
-                             const char *out, const char *dlq, const char *rules_dir,
-                             const char *extra) {
-    char text[4096];
-    int n = snprintf(text, sizeof text,
-                     "kafka = {\n"
-                     "  brokers = \"%s\"; group_id = \"%s\";\n"
-                     "  input_topics = [ \"%s\" ]; output_topic = \"%s\";\n"
-                     "  dead_letter_topic = \"%s\";\n"
-                     "  consumer = { fetch_wait_max_ms = 5; session_timeout_ms = 6000;\n"
-                     "               heartbeat_interval_ms = 500; };\n"
-                     "  producer = { linger_ms = 0; };\n"
-                     "};\n"
-                     "redis = { host = \"127.0.0.1\"; port = %d; backoff_min_ms = 20;\n"
-                     "          backoff_max_ms = 200; };\n"
-                     "rules = { dir = \"%s\"; reload_poll_ms = 0; };\n%s",
-                     w->kafka.bootstraps, group, in, out, dlq, w->redis.port, rules_dir,
-                     extra ? extra : "");
-    if (n < 0 || (size_t)n >= sizeof text) return -1;
-    return td_test_write_file(w->dir, "touchd.conf", text, (size_t)n, NULL, 0);
 }

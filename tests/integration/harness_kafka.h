@@ -115,48 +115,27 @@ typedef struct td_test_world {
  * `partitions` each); touchd is not started. @returns 0, or -1. */
 int td_test_world_start(td_test_world *w, const char *const *topics, size_t ntopics,
                         int partitions);
-/* Creates w->dir/rules with one file, t.rules, holding `text`; its path
- * goes to dir. @returns 0, or -1. */
-int td_test_world_write_rules(td_test_world *w, const char *text, char *dir, size_t cap);
-/* Writes w->conf, the daemon config most tests use: brokers = the world's
- * cluster, group_id `group`, topics in/out/dlq, the quick consumer and
- * producer settings of the tests (5 ms fetch wait, 6 s session, linger 0),
- * the world's Redis (plus `redis_extra`, more settings inside the redis
- * group, or NULL), rules.dir = rules_dir with polling off, then `extra`
- * (more groups, e.g. "timers = {...}; log = {...};", or NULL).
- * @returns 0, or -1. */
-int td_test_world_write_conf(td_test_world *w, const char *group, const char *in, const char *out,
-                             const char *dlq, const char *rules_dir, const char *redis_extra,
-                             const char *extra);
 /* A cmocka setup for a fixture of `size` bytes whose first member is a
  * td_test_world (td_test_world_teardown frees it): the world with topics
  * "events", "recs" and "dlq" of 2 partitions each, and w->rules_dir holding
  * one rule, t.sent: a follow_up recommendation for every email.sent, that
  * never expires. @returns 0, or -1. */
 int td_test_world_setup_sent(void **state, size_t size);
-/* Creates w->rules_dir holding one rules file, t.rules, with `rules`.
- * @returns 0, or -1. */
+/* Creates w->rules_dir (w->dir + "/rules") holding one rules file,
+ * t.rules, with `rules`. @returns 0, or -1. */
 int td_test_world_rules(td_test_world *w, const char *rules);
 /* Writes w->conf for a touchd of consumer group `group` on the world's
- * broker and Redis: input topic `in`, output `out`, dead letters `dlq`, no
- * plan topic, the tests' quick settings (linger_ms 0; Redis backoff 20..200
- * ms, command timeout 1 s, connect timeout 500 ms), rules from
- * w->rules_dir without polling, old events accepted (max_past_age 100
- * years). `consumer`: the kafka.consumer group's settings (NULL: the quick
+ * broker and Redis: input topic `in`, output `out`, dead letters `dlq`, the
+ * tests' quick settings (linger_ms 0; Redis backoff 20..200 ms, command
+ * timeout 1 s, connect timeout 500 ms), rules from w->rules_dir without
+ * polling. `consumer`: the kafka.consumer group's settings (NULL: the quick
  * ones, fetch_wait_max_ms 5 and a 6 s session with 500 ms heartbeats);
  * `kafka` and `redis` (NULL: none) are added to the kafka and redis groups
- * (libconfig refuses a key twice), `rest` (further groups) after.
- * @returns 0, or -1. */
+ * (libconfig refuses a key twice), `rest` (further groups, NULL: none)
+ * after. @returns 0, or -1. */
 int td_test_world_conf(td_test_world *w, const char *group, const char *in, const char *out,
                        const char *dlq, const char *consumer, const char *kafka, const char *redis,
                        const char *rest);
-/* Writes w->conf: the sections a daemon test shares (kafka: the world's
- * cluster, group, the input, output and dead-letter topics, quick consumer
- * settings; redis: the world's server, short backoffs; rules: dir, no
- * polling), then `extra` (more sections, may be ""). @returns 0, or -1. */
-int td_test_world_conf_rules(const td_test_world *w, const char *group, const char *in,
-                             const char *out, const char *dlq, const char *rules_dir,
-                             const char *extra);
 /* Kills a touchd still running (printing its log's end: the test failed),
  * stops the cluster and Redis, removes the dir. */
 void td_test_world_stop(td_test_world *w);

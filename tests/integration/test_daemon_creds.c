@@ -53,8 +53,10 @@ static int setup(void **state) { return td_test_world_setup_sent(state, sizeof(f
 
 /* The config, with `redis_extra` inside the redis group. */
 static void write_conf(fx *f, const char *redis_extra) {
-    assert_int_equal(td_test_world_conf(&f->w, GROUP, T_IN, T_OUT, T_DLQ, NULL, NULL, redis_extra,
-                                        "timers = { shards = 64; };"),
+    assert_int_equal(td_test_world_conf(&f->w, GROUP, T_IN, T_OUT, T_DLQ, NULL,
+                                        "plan_topic = \"\";", redis_extra,
+                                        "timers = { shards = 64; };\n"
+                                        "time = { max_past_age = \"36500d\"; };"),
                      0);
 }
 

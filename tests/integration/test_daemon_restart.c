@@ -54,13 +54,15 @@ static int setup(void **state) { return td_test_world_setup_sent(state, sizeof(f
 
 /* The config; `instance`: kafka.instance_id (NULL: none). */
 static void write_conf(fx *f, const char *instance) {
-    char consumer[200], kafka[100] = "";
+    char consumer[200], kafka[100] = "plan_topic = \"\";";
     snprintf(consumer, sizeof consumer,
              "fetch_wait_max_ms = 5; session_timeout_ms = %d; heartbeat_interval_ms = 500;",
              SESSION_MS);
-    if (instance) snprintf(kafka, sizeof kafka, "instance_id = \"%s\";", instance);
-    assert_int_equal(
-        td_test_world_conf(&f->w, GROUP, T_IN, T_OUT, T_DLQ, consumer, kafka, NULL, NULL), 0);
+    if (instance)
+        snprintf(kafka, sizeof kafka, "plan_topic = \"\"; instance_id = \"%s\";", instance);
+    assert_int_equal(td_test_world_conf(&f->w, GROUP, T_IN, T_OUT, T_DLQ, consumer, kafka, NULL,
+                                        "time = { max_past_age = \"36500d\"; };"),
+                     0);
 }
 
 /* both partitions at once: what a restarted single instance gets */

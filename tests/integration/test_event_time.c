@@ -71,7 +71,7 @@ static const char RULES[] =
 
 typedef struct fx {
     td_test_world w; /* first: td_test_world_teardown */
-    char rules_dir[300], events[300];
+    char events[300];
 } fx;
 
 static int setup(void **state) {
@@ -79,16 +79,14 @@ static int setup(void **state) {
     const char *topics[] = {T_IN, T_OUT, T_DLQ};
     if (!f || td_test_world_start(&f->w, topics, 3, 2) != 0) return -1;
     *state = f;
-    snprintf(f->rules_dir, sizeof f->rules_dir, "%s/rules", f->w.dir);
     snprintf(f->events, sizeof f->events, "%s/events.jsonl", f->w.dir);
-    if (mkdir(f->rules_dir, 0755) != 0) return -1;
-    if (td_test_write_file(f->rules_dir, "t.rules", RULES, strlen(RULES), NULL, 0) != 0) return -1;
+    if (td_test_world_rules(&f->w, RULES) != 0) return -1;
     char extra[256];
     snprintf(extra, sizeof extra,
              "timers = { shards = %d; poll_ms = 60000; sweep_ms = 60000; };\n"
              "log = { level = \"info\"; };\n",
              SHARDS);
-    return td_test_world_conf_rules(&f->w, GROUP, T_IN, T_OUT, T_DLQ, f->rules_dir, extra);
+    return td_test_world_conf(&f->w, GROUP, T_IN, T_OUT, T_DLQ, NULL, NULL, NULL, extra);
 }
 
 /* Produces one event of type `type` for prospect pid, dated `at` (an RFC
@@ -213,7 +211,7 @@ static size_t replay(fx *f, json_t **out, size_t cap) {
     /* --wall now: lateness judged as the daemon judged it (an event two
      * days old gives late recommendations, kept out of the plan) */
     snprintf(cmd, sizeof cmd, "%s replay --quiet --wall now --rules %s %s", td_test_touchd_path(),
-             f->rules_dir, f->events);
+             f->w.rules_dir, f->events);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[8192];

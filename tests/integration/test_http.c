@@ -58,7 +58,7 @@ static const char RULES[] =
 
 typedef struct fx {
     td_test_world w; /* first: td_test_world_teardown */
-    char rules_dir[300], notify_path[300];
+    char notify_path[300];
     int notify_fd;
     int http_port;
     pid_t prom;
@@ -223,9 +223,7 @@ static int setup(void **state) {
     if (!f || td_test_world_start(&f->w, topics, 3, 2) != 0) return -1;
     *state = f;
     f->notify_fd = -1;
-    snprintf(f->rules_dir, sizeof f->rules_dir, "%s/rules", f->w.dir);
-    if (mkdir(f->rules_dir, 0755) != 0) return -1;
-    if (td_test_write_file(f->rules_dir, "h.rules", RULES, strlen(RULES), NULL, 0) != 0) return -1;
+    if (td_test_world_rules(&f->w, RULES) != 0) return -1;
     /* the notify socket systemd would own */
     snprintf(f->notify_path, sizeof f->notify_path, "%s/notify.sock", f->w.dir);
     f->notify_fd = socket(AF_UNIX, SOCK_DGRAM, 0);
@@ -241,7 +239,7 @@ static int setup(void **state) {
              "timers = { shards = 16; poll_ms = 100; sweep_ms = 1000; };\n"
              "http = { listen = \"127.0.0.1:%d\"; };\n",
              f->http_port);
-    return td_test_world_conf_rules(&f->w, "touchd-http", T_IN, T_OUT, T_DLQ, f->rules_dir, extra);
+    return td_test_world_conf(&f->w, "touchd-http", T_IN, T_OUT, T_DLQ, NULL, NULL, NULL, extra);
 }
 
 static int teardown(void **state) {

@@ -59,7 +59,6 @@ static const char RULES[] =
 
 typedef struct fx {
     td_test_world w; /* first: td_test_world_teardown */
-    char rules_dir[300];
 } fx;
 
 static int setup(void **state) {
@@ -67,11 +66,10 @@ static int setup(void **state) {
     const char *topics[] = {T_IN, T_OUT, T_DLQ};
     if (!f || td_test_world_start(&f->w, topics, 3, 2) != 0) return -1;
     *state = f;
-    if (td_test_world_write_rules(&f->w, RULES, f->rules_dir, sizeof f->rules_dir) != 0) return -1;
-    return td_test_world_write_conf(&f->w, GROUP, T_IN, T_OUT, T_DLQ, f->rules_dir,
-                                    "verify_writes = true;",
-                                    "timers = { poll_ms = 60000; sweep_ms = 60000; };\n"
-                                    "log = { level = \"debug\"; };");
+    if (td_test_world_rules(&f->w, RULES) != 0) return -1;
+    return td_test_world_conf(&f->w, GROUP, T_IN, T_OUT, T_DLQ, NULL, NULL, "verify_writes = true;",
+                              "timers = { poll_ms = 60000; sweep_ms = 60000; };\n"
+                              "log = { level = \"debug\"; };");
 }
 
 /* ---- looking for the planted values ---- */
