@@ -55,8 +55,9 @@ typedef struct kf_part {
     char topic[256];
     int32_t partition;
     const rd_kafka_topic_t *rkt;
-    td_ms max_time; /* TD_MS_MISSING: no event consumed since assigned */
-    bool caught_up; /* reached the end (EOF, or the last known message) */
+    td_ms max_time;      /* TD_MS_MISSING: no event consumed since assigned */
+    int64_t last_offset; /* of the last message handed out; -1: none */
+    bool at_end;         /* its end reported (EOF) since that message */
 } kf_part;
 
 struct td_kafka {
@@ -218,7 +219,8 @@ static void kf_parts_add(td_kafka *k, const rd_kafka_topic_partition_list_t *par
         pt->partition = tp->partition;
         pt->rkt = NULL;
         pt->max_time = TD_MS_MISSING;
-        pt->caught_up = false;
+        pt->last_offset = -1;
+        pt->at_end = false;
     }
 }
 
@@ -229,15 +231,24 @@ static void kf_parts_remove(td_kafka *k, const rd_kafka_topic_partition_list_t *
     }
 }
 
-/* A message handed to the pipeline: its partition is caught up when it is
- * the last message the broker reported (the cached high watermark). */
+/* A message handed to the pipeline (whether its partition is caught up is
+ * asked at the horizon, once per timer poll, not per message). */
 static void kf_part_consumed(td_kafka *k, const rd_kafka_message_t *m) {
     kf_part *pt = kf_part_of(k, m);
     if (!pt) return;
+    pt->last_offset = m->offset;
+    pt->at_end = false;
+}
+
+/* Caught up: its end was reported since its last message, or that message
+ * is the last one the broker reported (the cached high watermark). */
+static bool kf_part_caught_up(const td_kafka *k, const kf_part *pt) {
+    if (pt->at_end) return true;
     int64_t lo, hi;
-    pt->caught_up = rd_kafka_get_watermark_offsets(k->consumer, pt->topic, pt->partition, &lo,
-                                                   &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-                    hi >= 0 && m->offset + 1 >= hi;
+    return pt->last_offset >= 0 &&
+           rd_kafka_get_watermark_offsets(k->consumer, pt->topic, pt->partition, &lo, &hi) ==
+               RD_KAFKA_RESP_ERR_NO_ERROR &&
+           hi >= 0 && pt->last_offset + 1 >= hi;
 }
 
 void td_kafka_note_time(td_kafka *k, const rd_kafka_message_t *m, td_ms t) {
@@ -257,7 +268,7 @@ td_ms td_kafka_horizon(const td_kafka *k, td_ms wall, int *behind) {
     int n = 0;
     for (size_t i = 0; i < k->nparts; i++) {
         const kf_part *pt = &k->parts[i];
-        if (pt->caught_up && !stashed) continue;
+        if (!stashed && kf_part_caught_up(k, pt)) continue;
         n++;
         /* strictly before the latest event: an event of the same
          * millisecond may still come, and replay fires a timer due at an
@@ -580,7 +591,7 @@ const char *td_kafka_fatal(td_kafka *k) { return k->fatal_set ? k->fatal : NULL;
 static void kf_consumer_error(td_kafka *k, rd_kafka_message_t *m) {
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         kf_part *pt = kf_part_of(k, m);
-        if (pt) pt->caught_up = true;
+        if (pt) pt->at_end = true;
         td_log_debug("partition end", "topic=%s partition=%d offset=%lld tracked=%s",
                      m->rkt ? rd_kafka_topic_name(m->rkt) : "-", (int)m->partition,
                      (long long)m->offset, pt ? "true" : "false");
